@@ -1,0 +1,49 @@
+# hero — top-level targets. `make test` and `make demo` are the whole set-up: they install the
+# Debian packages hero needs (as root; otherwise they print the apt-get command and stop).
+
+LUA ?= lua5.4
+HERO_CUDA ?= auto
+export HERO_CUDA
+
+BUILD := csrc/build
+LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
+          LUA_CPATH="$(CURDIR)/$(1)/?.so;;"
+
+DEBIAN_PACKAGES := lua5.4 liblua5.4-dev lua-busted lua-check luarocks libopenblas-dev zlib1g-dev \
+                   python3-numpy pkg-config make gcc
+
+all: build
+
+deps:
+	@./rocks/install-deps.sh $(DEBIAN_PACKAGES)
+
+build: deps
+	$(MAKE) -C csrc
+
+test: build
+	@$(call LUA_ENV,$(BUILD)) $(LUA) spec/run.lua
+
+# AddressSanitizer + UBSan build of the module, run under the same specs. The sanitizer runtime
+# must be loaded first because lua5.4 itself is not instrumented.
+asan: deps
+	$(MAKE) -C csrc SANITIZE=1
+	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	 $(call LUA_ENV,csrc/build-asan) $(LUA) spec/run.lua
+
+demo: build
+	@$(call LUA_ENV,$(BUILD)) $(LUA) examples/tensors.lua
+
+bench: build
+	@$(call LUA_ENV,$(BUILD)) $(LUA) examples/bench_ops.lua
+
+lint: deps
+	luacheck lua spec examples
+
+repl: build
+	@$(call LUA_ENV,$(BUILD)) $(LUA) -i -l hero
+
+clean:
+	$(MAKE) -C csrc clean
+
+.PHONY: all deps build test asan demo bench lint repl clean

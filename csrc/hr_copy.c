@@ -1,0 +1,155 @@
+/* hr_copy.c — copy with broadcasting and dtype conversion; contiguous, cast, reshape and fill. */
+#include <string.h>
+
+#include "hr_core.h"
+
+typedef struct {
+    hr_dtype dst, src;
+} convert_ctx;
+
+#define CONVERT_LOOP(DT, ST, EXPR)                                           \
+    for (int64_t i = 0; i < n; i++) {                                        \
+        ST v = *(const ST *)(s + i * ss);                                    \
+        *(DT *)(d + i * ds) = (EXPR);                                        \
+    }
+
+/* Operand 0 is the destination, operand 1 the source. */
+static void convert_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
+{
+    const convert_ctx *c = arg;
+    char *d = p[0];
+    const char *s = p[1];
+    int64_t ds = bs[0], ss = bs[1];
+    size_t el = hr_dtype_size(c->dst);
+    if (c->dst == c->src) {
+        if (ds == (int64_t)el && ss == (int64_t)el) {
+            memmove(d, s, (size_t)n * el);
+        } else {
+            for (int64_t i = 0; i < n; i++) memcpy(d + i * ds, s + i * ss, el);
+        }
+        return;
+    }
+    switch (c->dst * HR_NDTYPES + c->src) {
+    case HR_F32 * HR_NDTYPES + HR_F64: CONVERT_LOOP(float, double, (float)v); return;
+    case HR_F64 * HR_NDTYPES + HR_F32: CONVERT_LOOP(double, float, (double)v); return;
+    case HR_F32 * HR_NDTYPES + HR_F16: CONVERT_LOOP(float, uint16_t, hr_f16_to_f32(v)); return;
+    case HR_F16 * HR_NDTYPES + HR_F32: CONVERT_LOOP(uint16_t, float, hr_f32_to_f16(v)); return;
+    case HR_F32 * HR_NDTYPES + HR_BF16: CONVERT_LOOP(float, uint16_t, hr_bf16_to_f32(v)); return;
+    case HR_BF16 * HR_NDTYPES + HR_F32: CONVERT_LOOP(uint16_t, float, hr_f32_to_bf16(v)); return;
+    case HR_F32 * HR_NDTYPES + HR_I64: CONVERT_LOOP(float, int64_t, (float)v); return;
+    case HR_F32 * HR_NDTYPES + HR_I32: CONVERT_LOOP(float, int32_t, (float)v); return;
+    case HR_F32 * HR_NDTYPES + HR_U8: CONVERT_LOOP(float, uint8_t, (float)v); return;
+    case HR_F32 * HR_NDTYPES + HR_BOOL: CONVERT_LOOP(float, uint8_t, v ? 1.0f : 0.0f); return;
+    case HR_I64 * HR_NDTYPES + HR_I32: CONVERT_LOOP(int64_t, int32_t, (int64_t)v); return;
+    case HR_I32 * HR_NDTYPES + HR_I64: CONVERT_LOOP(int32_t, int64_t, (int32_t)(uint32_t)(uint64_t)v); return;
+    default: break;
+    }
+    bool exact_int = hr_dtype_is_int(c->dst) && hr_dtype_is_int(c->src);
+    for (int64_t i = 0; i < n; i++) {
+        if (exact_int) hr_store_i64(d + i * ds, c->dst, hr_load_i64(s + i * ss, c->src));
+        else hr_store_f64(d + i * ds, c->dst, hr_load_f64(s + i * ss, c->src));
+    }
+}
+
+int hr_copy_(hr_tensor *dst, const hr_tensor *src)
+{
+    if (hr_tensor_check_live(dst, "copy_ (destination)") || hr_tensor_check_live(src, "copy_ (source)")) return -1;
+    if (hr_tensor_device(dst).type != HR_CPU || hr_tensor_device(src).type != HR_CPU)
+        return hr_fail(HR_EDEVICE, "copy_: CUDA tensors need the CUDA backend, which this build lacks");
+    int nd;
+    int64_t shape[HR_MAX_DIMS];
+    if (hr_broadcast_shape("copy_", dst->ndim, dst->size, src->ndim, src->size, &nd, shape)) return -1;
+    if (nd != dst->ndim || memcmp(shape, dst->size, sizeof(int64_t) * (size_t)nd) != 0) {
+        char a[160], b[160];
+        return hr_fail(HR_EINVAL, "copy_: source of size %s cannot be broadcast to destination of size %s",
+                       hr_shape_str(src->ndim, src->size, a, sizeof a), hr_shape_str(dst->ndim, dst->size, b, sizeof b));
+    }
+    int64_t sstride[HR_MAX_DIMS];
+    hr_broadcast_strides(src, dst->ndim, dst->size, sstride);
+    hr_iter it;
+    hr_iter_init(&it, dst->ndim, dst->size);
+    hr_iter_add(&it, hr_tensor_data(dst), hr_dtype_size(dst->dtype), dst->stride);
+    hr_iter_add(&it, hr_tensor_data(src), hr_dtype_size(src->dtype), sstride);
+    convert_ctx c = {dst->dtype, src->dtype};
+    /* Overlapping source and destination storages: copy serially to stay well defined. */
+    bool same = dst->storage == src->storage;
+    hr_iter_run(&it, convert_kernel, &c, !same);
+    dst->version++;
+    return 0;
+}
+
+hr_tensor *hr_cast(const hr_tensor *t, hr_dtype dt)
+{
+    if (hr_tensor_check_live(t, "cast")) return NULL;
+    hr_tensor *out = hr_tensor_empty(t->ndim, t->size, dt, hr_tensor_device(t));
+    if (!out) return NULL;
+    if (hr_copy_(out, t)) {
+        hr_tensor_release(out);
+        return NULL;
+    }
+    return out;
+}
+
+hr_tensor *hr_contiguous(hr_tensor *t)
+{
+    if (hr_tensor_check_live(t, "contiguous")) return NULL;
+    if (hr_tensor_is_contiguous(t)) {
+        hr_tensor_retain(t);
+        return t;
+    }
+    return hr_cast(t, t->dtype);
+}
+
+hr_tensor *hr_reshape(hr_tensor *t, int ndim, const int64_t *size)
+{
+    if (hr_tensor_check_live(t, "reshape")) return NULL;
+    hr_tensor *v = hr_view_reshape_nocopy(t, ndim, size);
+    if (v || hr_last_errcode() != HR_EINVAL) return v;
+    /* The shape itself may be invalid: only retry through a copy when the layout was the problem. */
+    hr_tensor *c = hr_cast(t, t->dtype);
+    if (!c) return NULL;
+    v = hr_view_reshape_nocopy(c, ndim, size);
+    hr_tensor_release(c);
+    if (!v) {
+        /* keep the message about the shape, with the op's name */
+        hr_error_prefix("reshape");
+    }
+    return v;
+}
+
+typedef struct {
+    hr_dtype dt;
+    unsigned char value[8];
+} fill_ctx;
+
+static void fill_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
+{
+    const fill_ctx *c = arg;
+    size_t el = hr_dtype_size(c->dt);
+    char *d = p[0];
+    if (c->dt == HR_F32 && bs[0] == 4) {
+        float v;
+        memcpy(&v, c->value, 4);
+        float *f = (float *)d;
+        for (int64_t i = 0; i < n; i++) f[i] = v;
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) memcpy(d + i * bs[0], c->value, el);
+}
+
+int hr_fill_(hr_tensor *t, double v)
+{
+    if (hr_tensor_check_live(t, "fill_")) return -1;
+    if (hr_tensor_device(t).type != HR_CPU)
+        return hr_fail(HR_EDEVICE, "fill_: CUDA tensors need the CUDA backend, which this build lacks");
+    fill_ctx c;
+    c.dt = t->dtype;
+    memset(c.value, 0, sizeof c.value);
+    hr_store_f64(c.value, t->dtype, v);
+    hr_iter it;
+    hr_iter_init(&it, t->ndim, t->size);
+    hr_iter_add(&it, hr_tensor_data(t), hr_dtype_size(t->dtype), t->stride);
+    hr_iter_run(&it, fill_kernel, &c, true);
+    t->version++;
+    return 0;
+}

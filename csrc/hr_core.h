@@ -1,0 +1,242 @@
+/*
+ * hr_core.h — the Lua-free core of hero: errors, dtypes, devices, storage and tensor headers.
+ *
+ * Everything below the Lua bindings (csrc/l_*.c) includes this header and never lua.h.
+ * Conventions used by every core function:
+ *   - functions returning a pointer return NULL on failure, functions returning int return 0 on
+ *     success and -1 on failure; in both cases the reason is in hr_last_error() (thread-local);
+ *   - dimensions inside the core are 0-based (the bindings translate Lua's 1-based numbers);
+ *   - sizes and strides are counted in elements, never bytes.
+ */
+#ifndef HR_CORE_H
+#define HR_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#define HR_MAX_DIMS 8
+
+/* ------------------------------------------------------------------ errors */
+
+typedef enum {
+    HR_OK = 0,
+    HR_EINVAL,   /* bad argument: shape, dtype, range, ... */
+    HR_ENOMEM,   /* an allocation failed; the bindings collect garbage and retry once */
+    HR_EIO,      /* file system error */
+    HR_EFORMAT,  /* a file or buffer is corrupt, truncated or lies about itself */
+    HR_EDEVICE,  /* op not available on this device (e.g. CUDA not compiled in) */
+    HR_EFREED,   /* a freed tensor was used */
+} hr_errcode;
+
+/* Records an error for the calling thread (printf-style) and returns -1 so callers can write
+ * `return hr_fail(HR_EINVAL, "...")`. */
+int hr_fail(hr_errcode code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Same as hr_fail but returns NULL, for pointer-returning functions. */
+void *hr_fail_null(hr_errcode code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prepends "prefix: " to the current error message (adds context on the way up). */
+void hr_error_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *hr_last_error(void);
+hr_errcode hr_last_errcode(void);
+void hr_clear_error(void);
+
+/* ------------------------------------------------------------------ dtypes */
+
+typedef enum {
+    HR_F32 = 0,
+    HR_F64,
+    HR_BF16,
+    HR_F16,
+    HR_I64,
+    HR_I32,
+    HR_U8,
+    HR_BOOL,
+    HR_NDTYPES
+} hr_dtype;
+
+size_t hr_dtype_size(hr_dtype dt);
+const char *hr_dtype_name(hr_dtype dt);          /* "f32", "f64", "bf16", "f16", "i64", "i32", "u8", "bool" */
+int hr_dtype_from_name(const char *name, hr_dtype *out); /* accepts the names above and aliases
+                                                            (float32, float, double, half, long, int, byte, ...) */
+bool hr_dtype_is_float(hr_dtype dt);             /* f32 f64 bf16 f16 */
+bool hr_dtype_is_int(hr_dtype dt);               /* i64 i32 u8 bool */
+/* Type promotion for binary ops (PyTorch's rules without the 0-dim special case). */
+hr_dtype hr_dtype_promote(hr_dtype a, hr_dtype b);
+
+/* Half-precision conversions (round to nearest even; NaN preserved). */
+float hr_f16_to_f32(uint16_t h);
+uint16_t hr_f32_to_f16(float f);
+float hr_bf16_to_f32(uint16_t h);
+uint16_t hr_f32_to_bf16(float f);
+
+/* Scalar access through a double, for generic (slow) paths, printing and item(). i64 values beyond
+ * 2^53 lose precision here; exact integer paths use hr_load_i64/hr_store_i64. */
+double hr_load_f64(const void *p, hr_dtype dt);
+void hr_store_f64(void *p, hr_dtype dt, double v);
+int64_t hr_load_i64(const void *p, hr_dtype dt);
+void hr_store_i64(void *p, hr_dtype dt, int64_t v);
+
+/* ------------------------------------------------------------------ devices */
+
+typedef enum { HR_CPU = 0, HR_CUDA = 1 } hr_device_type;
+typedef struct {
+    hr_device_type type;
+    int index; /* CUDA ordinal; 0 for the CPU */
+} hr_device;
+
+static inline hr_device hr_cpu(void) { hr_device d = {HR_CPU, 0}; return d; }
+static inline bool hr_device_eq(hr_device a, hr_device b) { return a.type == b.type && a.index == b.index; }
+/* Writes "cpu" or "cuda:N" into buf (at least 16 bytes). */
+const char *hr_device_str(hr_device d, char *buf, size_t cap);
+int hr_device_parse(const char *s, hr_device *out);
+
+/* ------------------------------------------------------------------ storage */
+
+typedef enum {
+    HR_STORAGE_HEAP = 0, /* aligned malloc, freed with hr_free_bytes */
+    HR_STORAGE_MMAP,     /* a mapped file region (zero-copy load); munmap on release */
+    HR_STORAGE_EXTERNAL, /* borrowed: release calls the destructor (device allocators, views of buffers) */
+} hr_storage_kind;
+
+typedef struct hr_storage {
+    void *data;
+    size_t nbytes;
+    hr_device device;
+    hr_storage_kind kind;
+    int refcount;            /* touched only by the thread owning the tensors (the Lua thread) */
+    void *map_base;          /* HR_STORAGE_MMAP: the mapping to munmap */
+    size_t map_len;
+    void (*destroy)(struct hr_storage *); /* HR_STORAGE_EXTERNAL */
+    void *destroy_ctx;
+} hr_storage;
+
+/* 64-byte aligned host allocation; the bytes are counted in hr_live_bytes(). */
+void *hr_alloc_bytes(size_t nbytes);
+void hr_free_bytes(void *p, size_t nbytes);
+/* Bytes currently held by live tensor storages (all devices). */
+size_t hr_live_bytes(void);
+
+hr_storage *hr_storage_new(size_t nbytes, hr_device dev);    /* uninitialised bytes */
+hr_storage *hr_storage_new_mmap(void *map_base, size_t map_len, void *data, size_t nbytes);
+void hr_storage_retain(hr_storage *s);
+void hr_storage_release(hr_storage *s);
+
+/* ------------------------------------------------------------------ tensors */
+
+/* An autograd graph node (defined in hr_autograd.c); tensors hold a reference to the node that
+ * produced them. Releasing NULL is a no-op. */
+struct hr_node;
+void hr_node_release(struct hr_node *node);
+
+typedef struct hr_tensor {
+    hr_storage *storage;        /* NULL once freed */
+    hr_dtype dtype;
+    int ndim;                   /* 0 for a scalar tensor */
+    int64_t size[HR_MAX_DIMS];
+    int64_t stride[HR_MAX_DIMS];
+    int64_t offset;             /* in elements, into storage */
+    int refcount;
+    /* autograd */
+    bool requires_grad;
+    struct hr_tensor *grad;     /* owned reference or NULL */
+    struct hr_node *grad_fn;    /* owned reference or NULL */
+    int version;                /* bumped by in-place ops (saved-tensor checks) */
+} hr_tensor;
+
+static inline hr_device hr_tensor_device(const hr_tensor *t) { return t->storage->device; }
+static inline void *hr_tensor_data(const hr_tensor *t)
+{
+    return (char *)t->storage->data + (size_t)t->offset * hr_dtype_size(t->dtype);
+}
+int64_t hr_tensor_numel(const hr_tensor *t);
+bool hr_tensor_is_contiguous(const hr_tensor *t);
+/* Fails with HR_EFREED naming `what` if t is NULL or its storage was freed. */
+int hr_tensor_check_live(const hr_tensor *t, const char *what);
+/* "2x3" (or "scalar"), into buf. */
+const char *hr_shape_str(int ndim, const int64_t *size, char *buf, size_t cap);
+/* "f32 cpu 2x3" description used in error messages. */
+const char *hr_tensor_desc(const hr_tensor *t, char *buf, size_t cap);
+
+/* New contiguous tensor with uninitialised (empty) or zeroed (zeros) data. */
+hr_tensor *hr_tensor_empty(int ndim, const int64_t *size, hr_dtype dt, hr_device dev);
+hr_tensor *hr_tensor_zeros(int ndim, const int64_t *size, hr_dtype dt, hr_device dev);
+hr_tensor *hr_tensor_empty_like(const hr_tensor *t);
+/* A header over an existing storage (retained). Checks that the view fits in the storage. */
+hr_tensor *hr_tensor_view_of(hr_storage *s, hr_dtype dt, int ndim, const int64_t *size,
+                             const int64_t *stride, int64_t offset);
+
+void hr_tensor_retain(hr_tensor *t);
+void hr_tensor_release(hr_tensor *t);   /* drops a reference; frees header (and storage ref) at zero */
+/* Releases the storage now even if the header is still referenced (used by :free()). */
+void hr_tensor_free_storage(hr_tensor *t);
+
+/* Contiguous row-major strides for a shape. */
+void hr_contiguous_strides(int ndim, const int64_t *size, int64_t *stride);
+/* Normalises a possibly negative 0-based dimension; fails naming op if out of range. */
+int hr_wrap_dim(const char *op, int64_t dim, int ndim, int *out);
+
+/* ------------------------------------------------------------------ views (share storage) */
+
+hr_tensor *hr_view_narrow(hr_tensor *t, int dim, int64_t start, int64_t length);
+hr_tensor *hr_view_select(hr_tensor *t, int dim, int64_t index);
+hr_tensor *hr_view_transpose(hr_tensor *t, int d0, int d1);
+hr_tensor *hr_view_permute(hr_tensor *t, const int *perm);
+/* size may contain one -1; fails if t's strides cannot express the new shape without a copy. */
+hr_tensor *hr_view_reshape_nocopy(hr_tensor *t, int ndim, const int64_t *size);
+hr_tensor *hr_view_expand(hr_tensor *t, int ndim, const int64_t *size); /* -1 keeps a size */
+hr_tensor *hr_view_squeeze(hr_tensor *t, int dim); /* dim < 0: every size-1 dim */
+hr_tensor *hr_view_unsqueeze(hr_tensor *t, int dim);
+hr_tensor *hr_view_alias(hr_tensor *t); /* same view, new header */
+
+/* Copy if needed: returns t itself (retained) when already contiguous. */
+hr_tensor *hr_contiguous(hr_tensor *t);
+/* reshape = view when possible, else contiguous copy then view. */
+hr_tensor *hr_reshape(hr_tensor *t, int ndim, const int64_t *size);
+/* Elementwise copy with broadcasting of src to dst's shape and dtype conversion. */
+int hr_copy_(hr_tensor *dst, const hr_tensor *src);
+/* New contiguous tensor of dtype dt (a copy, even when dt == t->dtype). */
+hr_tensor *hr_cast(const hr_tensor *t, hr_dtype dt);
+/* Fills every element with v (converted to t's dtype). */
+int hr_fill_(hr_tensor *t, double v);
+
+/* ------------------------------------------------------------------ broadcasting + iteration */
+
+/* Broadcast shape of a and b into out (ndim and size); fails with both shapes in the message. */
+int hr_broadcast_shape(const char *op, int na, const int64_t *sa, int nb, const int64_t *sb,
+                       int *nout, int64_t *sout);
+/* Strides of t viewed as the broadcast shape (0 on broadcast dims). t's ndim must be <= ndim. */
+void hr_broadcast_strides(const hr_tensor *t, int ndim, const int64_t *size, int64_t *stride);
+
+/*
+ * A strided walk over up to HR_ITER_MAX operands sharing one shape. The walk coalesces dims where
+ * every operand is contiguous across them, then calls `kernel` on the innermost run:
+ *   kernel(ctx, n, ptrs, strides_in_bytes)
+ * where ptrs[i] points at operand i's first element of the run. Used by every generic CPU loop.
+ */
+#define HR_ITER_MAX 4
+typedef void (*hr_iter_kernel)(void *ctx, int64_t n, char **ptrs, const int64_t *byte_strides);
+typedef struct {
+    int nops;
+    int ndim;
+    int64_t size[HR_MAX_DIMS];
+    int64_t stride[HR_ITER_MAX][HR_MAX_DIMS]; /* element strides per operand */
+    char *base[HR_ITER_MAX];
+    size_t elsize[HR_ITER_MAX];
+} hr_iter;
+/* Operand strides must already be broadcast to (ndim, size). */
+void hr_iter_init(hr_iter *it, int ndim, const int64_t *size);
+void hr_iter_add(hr_iter *it, void *base, size_t elsize, const int64_t *stride);
+/* Runs the walk; with parallel=true large walks are split over the thread pool along the outer
+ * dimension (kernels must then be free of shared mutable state). */
+void hr_iter_run(hr_iter *it, hr_iter_kernel kernel, void *ctx, bool parallel);
+
+/* ------------------------------------------------------------------ threads (hr_threads.c) */
+
+void hr_set_num_threads(int n);  /* sets OpenBLAS's pool too */
+int hr_get_num_threads(void);
+/* Runs fn(ctx, begin, end) over [0, n) split in chunks of at least `grain` items across the pool.
+ * Serial when n < 2*grain or one thread is set. */
+typedef void (*hr_parallel_fn)(void *ctx, int64_t begin, int64_t end);
+void hr_parallel_for(int64_t n, int64_t grain, hr_parallel_fn fn, void *ctx);
+
+#endif

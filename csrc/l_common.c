@@ -1,0 +1,152 @@
+/* l_common.c — shared binding helpers: tensor userdata boxing, argument parsing, errors, GC accounting. */
+#include <inttypes.h>
+#include <string.h>
+
+#include "l_common.h"
+
+hr_tensor *hr_lua_to_tensor(lua_State *L, int idx)
+{
+    hr_tensor_box *box = luaL_testudata(L, idx, HR_TENSOR_MT);
+    return box ? box->t : NULL;
+}
+
+hr_tensor *hr_lua_check_tensor(lua_State *L, int idx, const char *op)
+{
+    hr_tensor_box *box = luaL_testudata(L, idx, HR_TENSOR_MT);
+    if (!box) {
+        luaL_error(L, "%s: argument #%d: expected a hero.Tensor, got %s", op, idx, luaL_typename(L, idx));
+        return NULL;
+    }
+    if (!box->t || !box->t->storage) {
+        luaL_error(L, "%s: argument #%d: tensor was freed", op, idx);
+        return NULL;
+    }
+    return box->t;
+}
+
+int hr_lua_error(lua_State *L, const char *op)
+{
+    const char *msg = hr_last_error();
+    /* Core messages usually start with the op's name already; avoid "add: add: ...". */
+    size_t n = strlen(op);
+    if (strncmp(msg, op, n) == 0 && msg[n] == ':') return luaL_error(L, "%s", msg);
+    return luaL_error(L, "%s: %s", op, msg);
+}
+
+/* Bytes allocated since the last full collection, and the limit that triggers the next one. */
+#define HR_GC_STATE_KEY "hero.gc_state"
+typedef struct {
+    size_t since_collect;
+    size_t threshold;
+} gc_state;
+
+static gc_state *get_gc_state(lua_State *L)
+{
+    gc_state *st;
+    if (lua_getfield(L, LUA_REGISTRYINDEX, HR_GC_STATE_KEY) == LUA_TUSERDATA) {
+        st = lua_touserdata(L, -1);
+        lua_pop(L, 1);
+        return st;
+    }
+    lua_pop(L, 1);
+    st = lua_newuserdatauv(L, sizeof *st, 0);
+    st->since_collect = 0;
+    st->threshold = (size_t)256 << 20;
+    lua_setfield(L, LUA_REGISTRYINDEX, HR_GC_STATE_KEY);
+    return st;
+}
+
+void hr_lua_account(lua_State *L, size_t nbytes)
+{
+    gc_state *st = get_gc_state(L);
+    st->since_collect += nbytes;
+    /* Lua cannot see tensor bytes, so it would let garbage tensors pile up: when the bytes
+     * allocated since the last collection exceed the live set (at least 256 MiB), collect. */
+    if (st->since_collect > st->threshold) {
+        lua_gc(L, LUA_GCCOLLECT);
+        st->since_collect = 0;
+        size_t live = hr_live_bytes();
+        st->threshold = live > ((size_t)256 << 20) ? live : ((size_t)256 << 20);
+    } else if (nbytes >= 1024) {
+        lua_gc(L, LUA_GCSTEP, (int)(nbytes >> 10 > 1 << 20 ? 1 << 20 : nbytes >> 10));
+    }
+}
+
+void hr_lua_push_tensor(lua_State *L, hr_tensor *t)
+{
+    if (!t) {
+        hr_lua_error(L, "hero");
+        return;
+    }
+    hr_tensor_box *box = lua_newuserdatauv(L, sizeof *box, 0);
+    box->t = NULL;
+    luaL_setmetatable(L, HR_TENSOR_MT);
+    box->t = t;
+    /* Only fresh storages are new bytes; views share theirs. */
+    if (t->storage && t->storage->refcount == 1 && t->storage->kind == HR_STORAGE_HEAP)
+        hr_lua_account(L, t->storage->nbytes);
+}
+
+int hr_lua_check_dim(lua_State *L, int idx, int ndim, const char *op)
+{
+    lua_Integer d = luaL_checkinteger(L, idx);
+    int n = ndim > 0 ? ndim : 1;
+    if (d == 0 || d > n || d < -n)
+        return luaL_error(L, "%s: dimension %d out of range (the tensor has %d dimension%s; use 1..%d or -1..-%d)", op,
+                          (int)d, ndim, ndim == 1 ? "" : "s", n, n);
+    return d > 0 ? (int)d - 1 : (int)(d + n);
+}
+
+int hr_lua_check_shape(lua_State *L, int idx, int64_t *size, const char *op)
+{
+    int n = 0;
+    if (lua_istable(L, idx)) {
+        n = (int)luaL_len(L, idx);
+        if (n > HR_MAX_DIMS) return luaL_error(L, "%s: at most %d dimensions, got %d", op, HR_MAX_DIMS, n);
+        for (int i = 1; i <= n; i++) {
+            lua_geti(L, idx, i);
+            int isnum;
+            lua_Integer v = lua_tointegerx(L, -1, &isnum);
+            if (!isnum) return luaL_error(L, "%s: size entry %d is not an integer (%s)", op, i, luaL_typename(L, -1));
+            size[i - 1] = v;
+            lua_pop(L, 1);
+        }
+        return n;
+    }
+    int top = lua_gettop(L);
+    for (int i = idx; i <= top; i++) {
+        if (lua_type(L, i) != LUA_TNUMBER) break;
+        if (n >= HR_MAX_DIMS) return luaL_error(L, "%s: at most %d dimensions", op, HR_MAX_DIMS);
+        int isnum;
+        lua_Integer v = lua_tointegerx(L, i, &isnum);
+        if (!isnum) return luaL_error(L, "%s: size %d is not an integer", op, n + 1);
+        size[n++] = v;
+    }
+    return n;
+}
+
+hr_dtype hr_lua_opt_dtype(lua_State *L, int idx, hr_dtype def, const char *op)
+{
+    if (lua_isnoneornil(L, idx)) return def;
+    const char *name = luaL_checkstring(L, idx);
+    hr_dtype dt;
+    if (hr_dtype_from_name(name, &dt)) hr_lua_error(L, op);
+    return dt;
+}
+
+void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, const char *op)
+{
+    if (idx == 0 || !lua_istable(L, idx)) return;
+    if (lua_getfield(L, idx, "dtype") != LUA_TNIL) {
+        const char *name = lua_tostring(L, -1);
+        if (!name) luaL_error(L, "%s: option dtype must be a string", op);
+        if (hr_dtype_from_name(name, dt)) hr_lua_error(L, op);
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, idx, "device") != LUA_TNIL) {
+        const char *name = lua_tostring(L, -1);
+        if (!name) luaL_error(L, "%s: option device must be a string", op);
+        if (hr_device_parse(name, dev)) hr_lua_error(L, op);
+    }
+    lua_pop(L, 1);
+}

@@ -1,0 +1,79 @@
+/*
+ * l_common.h — helpers shared by the Lua bindings (csrc/l_*.c). Only the bindings include lua.h.
+ *
+ * Each binding file exports one registration function, called from luaopen_hero_core (l_hero.c):
+ *     void hr_lua_open_<name>(lua_State *L, int module_idx, int methods_idx);
+ * module_idx is the hero.core table (functions like hero.core.zeros), methods_idx the table of
+ * tensor methods (t:sum(), t:narrow(...)); both are absolute stack indices.
+ */
+#ifndef HR_L_COMMON_H
+#define HR_L_COMMON_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "hr_core.h"
+
+#define HR_TENSOR_MT "hero.Tensor"
+
+/* The userdata is a box holding one reference to a core tensor (NULL once freed). */
+typedef struct {
+    hr_tensor *t;
+} hr_tensor_box;
+
+/* Returns the live tensor at idx or raises "op: argument #idx: expected a hero.Tensor, got X" /
+ * "op: argument #idx: tensor was freed". */
+hr_tensor *hr_lua_check_tensor(lua_State *L, int idx, const char *op);
+/* NULL when the value at idx is not a tensor (no error). */
+hr_tensor *hr_lua_to_tensor(lua_State *L, int idx);
+/* Pushes a new userdata owning t (takes over the caller's reference). If t is NULL, raises the
+ * core's last error. Accounts the storage bytes to the GC (see hr_lua_account). */
+void hr_lua_push_tensor(lua_State *L, hr_tensor *t);
+/* Raises the core's last error as a Lua error, prefixed with op. Never returns. */
+int hr_lua_error(lua_State *L, const char *op);
+
+/* Converts a Lua 1-based (or negative from the end) dimension at idx to a 0-based one. */
+int hr_lua_check_dim(lua_State *L, int idx, int ndim, const char *op);
+/* Reads a shape given either as a table {2,3} or as integers from idx to the top. */
+int hr_lua_check_shape(lua_State *L, int idx, int64_t *size, const char *op);
+/* Parses a dtype name at idx, or returns def when the slot is nil/none. */
+hr_dtype hr_lua_opt_dtype(lua_State *L, int idx, hr_dtype def, const char *op);
+/* Reads the fields dtype= and device= of an options table at idx (absent idx/nil: defaults). */
+void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, const char *op);
+
+/*
+ * Out-of-memory policy: evaluate EXPR (which yields a pointer, NULL on failure); if it failed
+ * with HR_ENOMEM, run a full garbage collection and evaluate it once more.
+ */
+#define HR_LUA_RETRY(L, var, EXPR)                                    \
+    do {                                                              \
+        (var) = (EXPR);                                               \
+        if ((var) == NULL && hr_last_errcode() == HR_ENOMEM) {        \
+            lua_gc((L), LUA_GCCOLLECT);                               \
+            (var) = (EXPR);                                           \
+        }                                                             \
+    } while (0)
+
+/* Same for int-returning expressions (-1 on failure). */
+#define HR_LUA_RETRY_INT(L, var, EXPR)                                \
+    do {                                                              \
+        (var) = (EXPR);                                               \
+        if ((var) != 0 && hr_last_errcode() == HR_ENOMEM) {           \
+            lua_gc((L), LUA_GCCOLLECT);                               \
+            (var) = (EXPR);                                           \
+        }                                                             \
+    } while (0)
+
+/* Tells the GC that nbytes of tensor memory were allocated outside Lua's heap. */
+void hr_lua_account(lua_State *L, size_t nbytes);
+
+/* Registration functions of each binding file. */
+void hr_lua_open_tensor(lua_State *L, int module_idx, int methods_idx);     /* l_tensor.c */
+void hr_lua_open_pointwise(lua_State *L, int module_idx, int methods_idx);  /* l_pointwise.c */
+void hr_lua_open_reduce(lua_State *L, int module_idx, int methods_idx);     /* l_reduce.c */
+void hr_lua_open_linalg(lua_State *L, int module_idx, int methods_idx);     /* l_linalg.c */
+void hr_lua_open_index(lua_State *L, int module_idx, int methods_idx);      /* l_index.c */
+void hr_lua_open_random(lua_State *L, int module_idx, int methods_idx);     /* l_random.c */
+void hr_lua_open_io(lua_State *L, int module_idx, int methods_idx);         /* l_io.c */
+
+#endif

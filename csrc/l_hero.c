@@ -1,0 +1,35 @@
+/* l_hero.c — luaopen_hero_core: builds the hero.core table and the hero.Tensor metatable. */
+#include "l_common.h"
+
+#ifdef HERO_WITH_CUDA
+#define HERO_HAS_CUDA 1
+#else
+#define HERO_HAS_CUDA 0
+#endif
+
+int luaopen_hero_core(lua_State *L)
+{
+    lua_newtable(L); /* hero.core */
+    int module_idx = lua_gettop(L);
+    luaL_newmetatable(L, HR_TENSOR_MT);
+    lua_pop(L, 1);
+    lua_newtable(L); /* tensor methods, shared with Lua code through core.Tensor */
+    int methods_idx = lua_gettop(L);
+
+    hr_lua_open_tensor(L, module_idx, methods_idx);
+    hr_lua_open_pointwise(L, module_idx, methods_idx);
+    hr_lua_open_reduce(L, module_idx, methods_idx);
+    hr_lua_open_linalg(L, module_idx, methods_idx);
+    hr_lua_open_index(L, module_idx, methods_idx);
+    hr_lua_open_random(L, module_idx, methods_idx);
+    hr_lua_open_io(L, module_idx, methods_idx);
+
+    lua_pushvalue(L, methods_idx);
+    lua_setfield(L, module_idx, "Tensor");
+    luaL_getmetatable(L, HR_TENSOR_MT);
+    lua_setfield(L, module_idx, "metatable");
+    lua_pushboolean(L, HERO_HAS_CUDA);
+    lua_setfield(L, module_idx, "cuda_compiled");
+    lua_settop(L, module_idx);
+    return 1;
+}

@@ -1,0 +1,9 @@
+/* l_index.c — Lua bindings of the index ops. */
+#include "l_common.h"
+
+void hr_lua_open_index(lua_State *L, int module_idx, int methods_idx)
+{
+    (void)L;
+    (void)module_idx;
+    (void)methods_idx;
+}

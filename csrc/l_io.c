@@ -1,0 +1,9 @@
+/* l_io.c — Lua bindings of the io ops. */
+#include "l_common.h"
+
+void hr_lua_open_io(lua_State *L, int module_idx, int methods_idx)
+{
+    (void)L;
+    (void)module_idx;
+    (void)methods_idx;
+}

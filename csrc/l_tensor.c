@@ -1,0 +1,781 @@
+/* l_tensor.c — the hero.Tensor userdata: lifetime, creation, shape queries, views, element access. */
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+#include "l_common.h"
+
+/* ------------------------------------------------------------------ lifetime */
+
+/* __gc, __close and :free() are this one idempotent function. */
+static int tensor_free(lua_State *L)
+{
+    hr_tensor_box *box = luaL_checkudata(L, 1, HR_TENSOR_MT);
+    if (box->t) {
+        hr_tensor *t = box->t;
+        box->t = NULL;
+        hr_tensor_release(t);
+    }
+    return 0;
+}
+
+static int tensor_is_freed(lua_State *L)
+{
+    hr_tensor_box *box = luaL_checkudata(L, 1, HR_TENSOR_MT);
+    lua_pushboolean(L, box->t == NULL || box->t->storage == NULL);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ creation */
+
+static int opts_index(lua_State *L)
+{
+    int top = lua_gettop(L);
+    return (top >= 1 && lua_istable(L, top)) ? top : 0;
+}
+
+static hr_tensor *new_filled(lua_State *L, int ndim, const int64_t *size, hr_dtype dt, hr_device dev, double v,
+                             bool zero, const char *op)
+{
+    hr_tensor *t;
+    if (zero) HR_LUA_RETRY(L, t, hr_tensor_zeros(ndim, size, dt, dev));
+    else HR_LUA_RETRY(L, t, hr_tensor_empty(ndim, size, dt, dev));
+    if (!t) hr_lua_error(L, op);
+    if (!zero && !isnan(v) && hr_fill_(t, v)) {
+        hr_tensor_release(t);
+        hr_lua_error(L, op);
+    }
+    return t;
+}
+
+/* Shape arguments: zeros(2, 3), zeros{2, 3}, zeros({2, 3}, {dtype = "i64"}). */
+static int make_filled(lua_State *L, const char *op, double value, bool zero, bool fill)
+{
+    int64_t size[HR_MAX_DIMS];
+    int oi = opts_index(L);
+    /* a lone options table is only an options table when it has no array part */
+    int shape_idx = 1;
+    int ndim;
+    if (lua_istable(L, 1) && (oi != 1 || luaL_len(L, 1) > 0 || lua_gettop(L) == 1)) {
+        ndim = hr_lua_check_shape(L, 1, size, op);
+        if (oi == 1) oi = 0;
+    } else {
+        ndim = hr_lua_check_shape(L, shape_idx, size, op);
+    }
+    hr_dtype dt = HR_F32;
+    hr_device dev = hr_cpu();
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
+    hr_tensor *t = new_filled(L, ndim, size, dt, dev, fill ? value : NAN, zero, op);
+    hr_lua_push_tensor(L, t);
+    return 1;
+}
+
+static int l_empty(lua_State *L) { return make_filled(L, "empty", 0, false, false); }
+static int l_zeros(lua_State *L) { return make_filled(L, "zeros", 0, true, false); }
+static int l_ones(lua_State *L) { return make_filled(L, "ones", 1, false, true); }
+
+/* full(shape, value, opts) */
+static int l_full(lua_State *L)
+{
+    int64_t size[HR_MAX_DIMS];
+    int ndim = hr_lua_check_shape(L, 1, size, "full");
+    if (!lua_istable(L, 1)) luaL_error(L, "full: argument #1 must be a shape table such as {2, 3}");
+    double v = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
+    hr_dtype dt = HR_F32;
+    hr_device dev = hr_cpu();
+    hr_lua_opt_dtype_device(L, lua_istable(L, 3) ? 3 : 0, &dt, &dev, "full");
+    hr_tensor *t = new_filled(L, ndim, size, dt, dev, 0, false, "full");
+    if (hr_fill_(t, v)) {
+        hr_tensor_release(t);
+        hr_lua_error(L, "full");
+    }
+    hr_lua_push_tensor(L, t);
+    return 1;
+}
+
+/* arange(stop) / arange(start, stop[, step]) [, opts]: values start, start+step, ... < stop
+ * (the end is exclusive, as in NumPy and PyTorch). */
+static int l_arange(lua_State *L)
+{
+    int oi = opts_index(L);
+    int nargs = oi ? oi - 1 : lua_gettop(L);
+    double start = 0, stop, step = 1;
+    bool all_int = true;
+    for (int i = 1; i <= nargs; i++) {
+        luaL_checknumber(L, i);
+        if (!lua_isinteger(L, i)) all_int = false;
+    }
+    if (nargs == 1) stop = lua_tonumber(L, 1);
+    else if (nargs >= 2) {
+        start = lua_tonumber(L, 1);
+        stop = lua_tonumber(L, 2);
+        if (nargs >= 3) step = lua_tonumber(L, 3);
+    } else {
+        return luaL_error(L, "arange: expected arange(stop) or arange(start, stop[, step])");
+    }
+    if (step == 0 || isnan(step) || isnan(start) || isnan(stop) || isinf(start) || isinf(stop))
+        return luaL_error(L, "arange: invalid range start=%g stop=%g step=%g", start, stop, step);
+    double count = ceil((stop - start) / step);
+    if (count < 0) count = 0;
+    if (count > 1e12) return luaL_error(L, "arange: range of %g elements is too large", count);
+    hr_dtype dt = all_int ? HR_I64 : HR_F32;
+    hr_device dev = hr_cpu();
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, "arange");
+    int64_t n = (int64_t)count;
+    hr_tensor *t = new_filled(L, 1, &n, dt, hr_cpu(), NAN, false, "arange");
+    char *p = hr_tensor_data(t);
+    size_t el = hr_dtype_size(dt);
+    for (int64_t i = 0; i < n; i++) {
+        if (hr_dtype_is_int(dt) && all_int) hr_store_i64(p + (size_t)i * el, dt, (int64_t)start + i * (int64_t)step);
+        else hr_store_f64(p + (size_t)i * el, dt, start + (double)i * step);
+    }
+    (void)dev;
+    hr_lua_push_tensor(L, t);
+    return 1;
+}
+
+/* eye(n[, m][, opts]) */
+static int l_eye(lua_State *L)
+{
+    int oi = opts_index(L);
+    int64_t size[2];
+    size[0] = luaL_checkinteger(L, 1);
+    size[1] = (lua_type(L, 2) == LUA_TNUMBER) ? lua_tointeger(L, 2) : size[0];
+    hr_dtype dt = HR_F32;
+    hr_device dev = hr_cpu();
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, "eye");
+    hr_tensor *t = new_filled(L, 2, size, dt, dev, 0, true, "eye");
+    char *p = hr_tensor_data(t);
+    size_t el = hr_dtype_size(dt);
+    for (int64_t i = 0; i < size[0] && i < size[1]; i++) hr_store_f64(p + (size_t)(i * size[1] + i) * el, dt, 1.0);
+    hr_lua_push_tensor(L, t);
+    return 1;
+}
+
+/* Walks a nested table to find its shape (the first element at each level). */
+static int nested_shape(lua_State *L, int idx, int64_t *size, bool *has_bool, bool *all_int)
+{
+    int ndim = 0;
+    lua_pushvalue(L, idx);
+    while (lua_istable(L, -1)) {
+        if (ndim >= HR_MAX_DIMS) {
+            lua_pop(L, 1);
+            return luaL_error(L, "tensor: nested table deeper than %d levels", HR_MAX_DIMS);
+        }
+        size[ndim++] = (int64_t)luaL_len(L, -1);
+        if (size[ndim - 1] == 0) break;
+        lua_geti(L, -1, 1);
+        lua_remove(L, -2);
+    }
+    if (lua_isboolean(L, -1)) *has_bool = true;
+    else if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) *all_int = false;
+    lua_pop(L, 1);
+    return ndim;
+}
+
+typedef struct {
+    char *data;
+    hr_dtype dt;
+    size_t el;
+    int64_t pos;
+} fill_cursor;
+
+static void fill_nested(lua_State *L, int idx, int depth, int ndim, const int64_t *size, fill_cursor *c, int64_t *index)
+{
+    if (!lua_istable(L, idx) || (int64_t)luaL_len(L, idx) != size[depth]) {
+        char path[160] = "";
+        size_t used = 0;
+        for (int i = 0; i < depth; i++) used += (size_t)snprintf(path + used, sizeof path - used, "[%" PRId64 "]", index[i]);
+        char msg[320];
+        snprintf(msg, sizeof msg, "tensor: nested table is not rectangular at %s (expected a table of %" PRId64 " entries)",
+                 depth ? path : "the top level", size[depth]);
+        luaL_error(L, "%s", msg);
+    }
+    for (int64_t i = 1; i <= size[depth]; i++) {
+        index[depth] = i;
+        lua_geti(L, idx, i);
+        if (depth + 1 < ndim) {
+            fill_nested(L, lua_gettop(L), depth + 1, ndim, size, c, index);
+        } else {
+            char *dst = c->data + (size_t)c->pos * c->el;
+            int t = lua_type(L, -1);
+            if (t == LUA_TBOOLEAN) {
+                hr_store_f64(dst, c->dt, lua_toboolean(L, -1) ? 1.0 : 0.0);
+            } else if (t == LUA_TNUMBER) {
+                if (lua_isinteger(L, -1)) hr_store_i64(dst, c->dt, lua_tointeger(L, -1));
+                else hr_store_f64(dst, c->dt, lua_tonumber(L, -1));
+            } else {
+                char path[160] = "";
+                size_t used = 0;
+                for (int k = 0; k <= depth; k++)
+                    used += (size_t)snprintf(path + used, sizeof path - used, "[%" PRId64 "]", index[k]);
+                luaL_error(L, "tensor: element %s is a %s, expected a number or boolean", path, luaL_typename(L, -1));
+            }
+            c->pos++;
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* tensor(nested_table | number [, opts]): a new tensor holding a copy of the values. */
+static int l_tensor(lua_State *L)
+{
+    hr_dtype dt = HR_F32;
+    hr_device dev = hr_cpu();
+    int64_t size[HR_MAX_DIMS];
+    bool has_bool = false, all_int = true;
+    if (lua_type(L, 1) == LUA_TNUMBER || lua_type(L, 1) == LUA_TBOOLEAN) {
+        if (lua_isboolean(L, 1)) dt = HR_BOOL;
+        hr_lua_opt_dtype_device(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, "tensor");
+        hr_tensor *t = new_filled(L, 0, size, dt, dev, NAN, false, "tensor");
+        if (lua_isinteger(L, 1)) hr_store_i64(hr_tensor_data(t), dt, lua_tointeger(L, 1));
+        else hr_store_f64(hr_tensor_data(t), dt, lua_isboolean(L, 1) ? lua_toboolean(L, 1) : lua_tonumber(L, 1));
+        hr_lua_push_tensor(L, t);
+        return 1;
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int ndim = nested_shape(L, 1, size, &has_bool, &all_int);
+    if (has_bool) dt = HR_BOOL;
+    hr_lua_opt_dtype_device(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, "tensor");
+    hr_tensor *t = new_filled(L, ndim, size, dt, hr_cpu(), NAN, false, "tensor");
+    /* keep t owned by a userdata while filling, so a Lua error in between cannot leak it */
+    hr_lua_push_tensor(L, t);
+    fill_cursor c = {hr_tensor_data(t), dt, hr_dtype_size(dt), 0};
+    int64_t index[HR_MAX_DIMS];
+    if (ndim > 0) fill_nested(L, 1, 0, ndim, size, &c, index);
+    (void)dev;
+    return 1;
+}
+
+static int l_is_tensor(lua_State *L)
+{
+    lua_pushboolean(L, luaL_testudata(L, 1, HR_TENSOR_MT) != NULL);
+    return 1;
+}
+
+static int l_live_bytes(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)hr_live_bytes());
+    return 1;
+}
+
+static int l_set_num_threads(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    if (n < 1) return luaL_error(L, "set_num_threads: need at least 1 thread, got %d", (int)n);
+    hr_set_num_threads((int)n);
+    return 0;
+}
+
+static int l_get_num_threads(lua_State *L)
+{
+    lua_pushinteger(L, hr_get_num_threads());
+    return 1;
+}
+
+/* ------------------------------------------------------------------ queries */
+
+static int t_size(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "size");
+    if (!lua_isnoneornil(L, 2)) {
+        int d = hr_lua_check_dim(L, 2, t->ndim, "size");
+        lua_pushinteger(L, t->ndim ? t->size[d] : 1);
+        return 1;
+    }
+    lua_createtable(L, t->ndim, 0);
+    for (int i = 0; i < t->ndim; i++) {
+        lua_pushinteger(L, t->size[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+static int t_stride(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "stride");
+    if (!lua_isnoneornil(L, 2)) {
+        int d = hr_lua_check_dim(L, 2, t->ndim, "stride");
+        lua_pushinteger(L, t->ndim ? t->stride[d] : 1);
+        return 1;
+    }
+    lua_createtable(L, t->ndim, 0);
+    for (int i = 0; i < t->ndim; i++) {
+        lua_pushinteger(L, t->stride[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+static int t_dim(lua_State *L)
+{
+    lua_pushinteger(L, hr_lua_check_tensor(L, 1, "dim")->ndim);
+    return 1;
+}
+
+static int t_numel(lua_State *L)
+{
+    lua_pushinteger(L, hr_tensor_numel(hr_lua_check_tensor(L, 1, "numel")));
+    return 1;
+}
+
+static int t_len(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "#");
+    if (t->ndim == 0) return luaL_error(L, "#: a 0-dimensional tensor has no length (use :item())");
+    lua_pushinteger(L, t->size[0]);
+    return 1;
+}
+
+static int t_dtype(lua_State *L)
+{
+    lua_pushstring(L, hr_dtype_name(hr_lua_check_tensor(L, 1, "dtype")->dtype));
+    return 1;
+}
+
+static int t_device(lua_State *L)
+{
+    char buf[16];
+    lua_pushstring(L, hr_device_str(hr_tensor_device(hr_lua_check_tensor(L, 1, "device")), buf, sizeof buf));
+    return 1;
+}
+
+static int t_is_contiguous(lua_State *L)
+{
+    lua_pushboolean(L, hr_tensor_is_contiguous(hr_lua_check_tensor(L, 1, "is_contiguous")));
+    return 1;
+}
+
+static int t_storage_offset(lua_State *L)
+{
+    lua_pushinteger(L, hr_lua_check_tensor(L, 1, "storage_offset")->offset);
+    return 1;
+}
+
+static int t_element_size(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)hr_dtype_size(hr_lua_check_tensor(L, 1, "element_size")->dtype));
+    return 1;
+}
+
+/* Whether two tensors view the same storage (useful to check that a view did not copy). */
+static int t_shares_storage(lua_State *L)
+{
+    hr_tensor *a = hr_lua_check_tensor(L, 1, "shares_storage");
+    hr_tensor *b = hr_lua_check_tensor(L, 2, "shares_storage");
+    lua_pushboolean(L, a->storage == b->storage);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ views */
+
+static hr_tensor *check_result(lua_State *L, hr_tensor *r, const char *op)
+{
+    if (!r) hr_lua_error(L, op);
+    return r;
+}
+
+static int t_narrow(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "narrow");
+    int d = hr_lua_check_dim(L, 2, t->ndim, "narrow");
+    lua_Integer start = luaL_checkinteger(L, 3);
+    lua_Integer len = luaL_checkinteger(L, 4);
+    if (t->ndim && start < 0) start += t->size[d] + 1; /* negative start counts from the end */
+    hr_lua_push_tensor(L, check_result(L, hr_view_narrow(t, d, start - 1, len), "narrow"));
+    return 1;
+}
+
+static int t_select(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "select");
+    int d = hr_lua_check_dim(L, 2, t->ndim, "select");
+    lua_Integer i = luaL_checkinteger(L, 3);
+    if (t->ndim && i < 0) i += t->size[d] + 1;
+    if (i == 0) return luaL_error(L, "select: index 0 is not valid (positions are 1-based; -1 is the last)");
+    hr_lua_push_tensor(L, check_result(L, hr_view_select(t, d, i - 1), "select"));
+    return 1;
+}
+
+static int t_transpose(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "transpose");
+    int d0, d1;
+    if (lua_isnoneornil(L, 2)) {
+        if (t->ndim != 2) return luaL_error(L, "transpose: without dimensions only 2-D tensors, got %d-D", t->ndim);
+        d0 = 0;
+        d1 = 1;
+    } else {
+        d0 = hr_lua_check_dim(L, 2, t->ndim, "transpose");
+        d1 = hr_lua_check_dim(L, 3, t->ndim, "transpose");
+    }
+    hr_lua_push_tensor(L, check_result(L, hr_view_transpose(t, d0, d1), "transpose"));
+    return 1;
+}
+
+static int t_permute(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "permute");
+    int perm[HR_MAX_DIMS];
+    int64_t dims[HR_MAX_DIMS];
+    int n = hr_lua_check_shape(L, 2, dims, "permute");
+    if (n != t->ndim) return luaL_error(L, "permute: got %d dimensions for a %d-D tensor", n, t->ndim);
+    for (int i = 0; i < n; i++) {
+        int64_t d = dims[i];
+        if (d == 0 || d > n || d < -n) return luaL_error(L, "permute: dimension %d out of range", (int)d);
+        perm[i] = (int)(d > 0 ? d - 1 : d + n);
+    }
+    hr_lua_push_tensor(L, check_result(L, hr_view_permute(t, perm), "permute"));
+    return 1;
+}
+
+static int t_view(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "view");
+    int64_t size[HR_MAX_DIMS];
+    int n = hr_lua_check_shape(L, 2, size, "view");
+    hr_lua_push_tensor(L, check_result(L, hr_view_reshape_nocopy(t, n, size), "view"));
+    return 1;
+}
+
+static int t_reshape(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "reshape");
+    int64_t size[HR_MAX_DIMS];
+    int n = hr_lua_check_shape(L, 2, size, "reshape");
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, hr_reshape(t, n, size));
+    hr_lua_push_tensor(L, check_result(L, r, "reshape"));
+    return 1;
+}
+
+static int t_expand(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "expand");
+    int64_t size[HR_MAX_DIMS];
+    int n;
+    hr_tensor *other = hr_lua_to_tensor(L, 2);
+    if (other) {
+        n = other->ndim;
+        memcpy(size, other->size, sizeof size);
+    } else {
+        n = hr_lua_check_shape(L, 2, size, "expand");
+    }
+    hr_lua_push_tensor(L, check_result(L, hr_view_expand(t, n, size), "expand"));
+    return 1;
+}
+
+static int t_squeeze(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "squeeze");
+    int d = lua_isnoneornil(L, 2) ? -1 : hr_lua_check_dim(L, 2, t->ndim, "squeeze");
+    hr_lua_push_tensor(L, check_result(L, hr_view_squeeze(t, d), "squeeze"));
+    return 1;
+}
+
+static int t_unsqueeze(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "unsqueeze");
+    /* positions range over ndim+1 slots: 1..ndim+1 or -1..-(ndim+1) */
+    lua_Integer d = luaL_checkinteger(L, 2);
+    int n = t->ndim + 1;
+    if (d == 0 || d > n || d < -n) return luaL_error(L, "unsqueeze: position %d out of range 1..%d (or -1..-%d)", (int)d, n, n);
+    int pos = d > 0 ? (int)d - 1 : (int)(d + n);
+    hr_lua_push_tensor(L, check_result(L, hr_view_unsqueeze(t, pos), "unsqueeze"));
+    return 1;
+}
+
+static int t_contiguous(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "contiguous");
+    if (hr_tensor_is_contiguous(t)) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, hr_contiguous(t));
+    hr_lua_push_tensor(L, check_result(L, r, "contiguous"));
+    return 1;
+}
+
+static int t_clone(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "clone");
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, hr_cast(t, t->dtype));
+    hr_lua_push_tensor(L, check_result(L, r, "clone"));
+    return 1;
+}
+
+/* to(dtype) / to{dtype=, device=} / type(dtype): a converted copy, or self when nothing changes. */
+static int t_to(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "to");
+    hr_dtype dt = t->dtype;
+    hr_device dev = hr_tensor_device(t);
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        const char *s = lua_tostring(L, 2);
+        if (hr_dtype_from_name(s, &dt) != 0 && hr_device_parse(s, &dev) != 0)
+            return luaL_error(L, "to: '%s' is neither a dtype nor a device", s);
+    } else {
+        hr_lua_opt_dtype_device(L, 2, &dt, &dev, "to");
+    }
+    if (!hr_device_eq(dev, hr_tensor_device(t)))
+        return luaL_error(L, "to: moving tensors to %s needs the CUDA backend, which this build lacks",
+                          dev.type == HR_CUDA ? "cuda" : "cpu");
+    if (dt == t->dtype) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, hr_cast(t, dt));
+    hr_lua_push_tensor(L, check_result(L, r, "to"));
+    return 1;
+}
+
+#define CAST_METHOD(NAME, DT)                                           \
+    static int t_##NAME(lua_State *L)                                   \
+    {                                                                   \
+        hr_tensor *t = hr_lua_check_tensor(L, 1, #NAME);                \
+        if (t->dtype == (DT)) {                                         \
+            lua_settop(L, 1);                                           \
+            return 1;                                                   \
+        }                                                               \
+        hr_tensor *r;                                                   \
+        HR_LUA_RETRY(L, r, hr_cast(t, (DT)));                           \
+        hr_lua_push_tensor(L, check_result(L, r, #NAME));               \
+        return 1;                                                       \
+    }
+CAST_METHOD(float, HR_F32)
+CAST_METHOD(double, HR_F64)
+CAST_METHOD(half, HR_F16)
+CAST_METHOD(bfloat16, HR_BF16)
+CAST_METHOD(long, HR_I64)
+CAST_METHOD(int, HR_I32)
+CAST_METHOD(byte, HR_U8)
+CAST_METHOD(bool, HR_BOOL)
+
+static int t_copy_(lua_State *L)
+{
+    hr_tensor *dst = hr_lua_check_tensor(L, 1, "copy_");
+    hr_tensor *src = hr_lua_check_tensor(L, 2, "copy_");
+    if (hr_copy_(dst, src)) hr_lua_error(L, "copy_");
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int t_fill_(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "fill_");
+    double v = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
+    if (lua_isinteger(L, 2) && hr_dtype_is_int(t->dtype)) {
+        /* exact for 64-bit integers */
+        if (hr_fill_(t, 0)) hr_lua_error(L, "fill_");
+        hr_tensor *one = NULL;
+        (void)one;
+        char *p = hr_tensor_data(t);
+        if (hr_tensor_is_contiguous(t)) {
+            size_t el = hr_dtype_size(t->dtype);
+            int64_t n = hr_tensor_numel(t);
+            lua_Integer iv = lua_tointeger(L, 2);
+            for (int64_t i = 0; i < n; i++) hr_store_i64(p + (size_t)i * el, t->dtype, iv);
+            lua_settop(L, 1);
+            return 1;
+        }
+    }
+    if (hr_fill_(t, v)) hr_lua_error(L, "fill_");
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int t_zero_(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "zero_");
+    if (hr_fill_(t, 0)) hr_lua_error(L, "zero_");
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ element access */
+
+static void push_element(lua_State *L, const char *p, hr_dtype dt)
+{
+    if (dt == HR_BOOL) lua_pushboolean(L, *(const uint8_t *)p != 0);
+    else if (hr_dtype_is_int(dt)) lua_pushinteger(L, hr_load_i64(p, dt));
+    else lua_pushnumber(L, hr_load_f64(p, dt));
+}
+
+static int t_item(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "item");
+    if (hr_tensor_numel(t) != 1) {
+        char buf[160];
+        return luaL_error(L, "item: only one-element tensors can be converted to a number, got size %s",
+                          hr_shape_str(t->ndim, t->size, buf, sizeof buf));
+    }
+    if (hr_tensor_device(t).type != HR_CPU) return luaL_error(L, "item: tensor is on a device this build cannot read");
+    push_element(L, hr_tensor_data(t), t->dtype);
+    return 1;
+}
+
+static void push_nested(lua_State *L, const hr_tensor *t, int depth, const char *p)
+{
+    size_t el = hr_dtype_size(t->dtype);
+    if (depth == t->ndim) {
+        push_element(L, p, t->dtype);
+        return;
+    }
+    luaL_checkstack(L, 4, "totable");
+    lua_createtable(L, (int)t->size[depth], 0);
+    for (int64_t i = 0; i < t->size[depth]; i++) {
+        push_nested(L, t, depth + 1, p + (int64_t)el * i * t->stride[depth]);
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
+/* Nested Lua tables of the values (numbers, integers for integer dtypes, booleans for bool). */
+static int t_totable(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "totable");
+    if (hr_tensor_device(t).type != HR_CPU) return luaL_error(L, "totable: tensor is on a device this build cannot read");
+    push_nested(L, t, 0, hr_tensor_data(t));
+    return 1;
+}
+
+/* t[i] is t:select(1, i); other keys look up methods. */
+static int t_index(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TNUMBER) {
+        hr_tensor *t = hr_lua_check_tensor(L, 1, "index");
+        if (!lua_isinteger(L, 2)) return luaL_error(L, "index: position must be an integer, got %g", lua_tonumber(L, 2));
+        if (t->ndim == 0) return luaL_error(L, "index: cannot index a 0-dimensional tensor (use :item())");
+        lua_Integer i = lua_tointeger(L, 2);
+        if (i < 0) i += t->size[0] + 1;
+        if (i < 1 || i > t->size[0])
+            return luaL_error(L, "index: position %d out of range for dimension 1 of size %d", (int)lua_tointeger(L, 2),
+                              (int)t->size[0]);
+        hr_lua_push_tensor(L, check_result(L, hr_view_select(t, 0, i - 1), "index"));
+        return 1;
+    }
+    lua_pushvalue(L, 2);
+    lua_gettable(L, lua_upvalueindex(1));
+    return 1;
+}
+
+/* t[i] = number | tensor */
+static int t_newindex(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "index assignment");
+    if (!lua_isinteger(L, 2)) return luaL_error(L, "index assignment: position must be an integer");
+    if (t->ndim == 0) return luaL_error(L, "index assignment: cannot index a 0-dimensional tensor");
+    lua_Integer i = lua_tointeger(L, 2);
+    if (i < 0) i += t->size[0] + 1;
+    if (i < 1 || i > t->size[0])
+        return luaL_error(L, "index assignment: position %d out of range for dimension 1 of size %d",
+                          (int)lua_tointeger(L, 2), (int)t->size[0]);
+    hr_tensor *row = hr_view_select(t, 0, i - 1);
+    if (!row) return hr_lua_error(L, "index assignment");
+    int rc;
+    hr_tensor *src = hr_lua_to_tensor(L, 3);
+    if (src) rc = hr_copy_(row, src);
+    else if (lua_isboolean(L, 3)) rc = hr_fill_(row, lua_toboolean(L, 3));
+    else if (lua_type(L, 3) == LUA_TNUMBER) rc = hr_fill_(row, lua_tonumber(L, 3));
+    else {
+        hr_tensor_release(row);
+        return luaL_error(L, "index assignment: value must be a number or a tensor, got %s", luaL_typename(L, 3));
+    }
+    hr_tensor_release(row);
+    if (rc) return hr_lua_error(L, "index assignment");
+    if (t->version >= 0) t->version++;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ registration */
+
+static const luaL_Reg module_functions[] = {
+    {"tensor", l_tensor},
+    {"empty", l_empty},
+    {"zeros", l_zeros},
+    {"ones", l_ones},
+    {"full", l_full},
+    {"arange", l_arange},
+    {"eye", l_eye},
+    {"is_tensor", l_is_tensor},
+    {"live_bytes", l_live_bytes},
+    {"set_num_threads", l_set_num_threads},
+    {"get_num_threads", l_get_num_threads},
+    {NULL, NULL},
+};
+
+static const luaL_Reg tensor_methods[] = {
+    {"free", tensor_free},
+    {"is_freed", tensor_is_freed},
+    {"size", t_size},
+    {"shape", t_size},
+    {"stride", t_stride},
+    {"dim", t_dim},
+    {"numel", t_numel},
+    {"nelement", t_numel},
+    {"dtype", t_dtype},
+    {"device", t_device},
+    {"is_contiguous", t_is_contiguous},
+    {"storage_offset", t_storage_offset},
+    {"element_size", t_element_size},
+    {"shares_storage", t_shares_storage},
+    {"narrow", t_narrow},
+    {"select", t_select},
+    {"transpose", t_transpose},
+    {"t", t_transpose},
+    {"permute", t_permute},
+    {"view", t_view},
+    {"reshape", t_reshape},
+    {"expand", t_expand},
+    {"expand_as", t_expand},
+    {"squeeze", t_squeeze},
+    {"unsqueeze", t_unsqueeze},
+    {"contiguous", t_contiguous},
+    {"clone", t_clone},
+    {"to", t_to},
+    {"type", t_to},
+    {"float", t_float},
+    {"double", t_double},
+    {"half", t_half},
+    {"bfloat16", t_bfloat16},
+    {"long", t_long},
+    {"int", t_int},
+    {"byte", t_byte},
+    {"bool", t_bool},
+    {"copy_", t_copy_},
+    {"fill_", t_fill_},
+    {"zero_", t_zero_},
+    {"item", t_item},
+    {"totable", t_totable},
+    {NULL, NULL},
+};
+
+void hr_lua_open_tensor(lua_State *L, int module_idx, int methods_idx)
+{
+    lua_pushvalue(L, module_idx);
+    luaL_setfuncs(L, module_functions, 0);
+    lua_pop(L, 1);
+    lua_pushvalue(L, methods_idx);
+    luaL_setfuncs(L, tensor_methods, 0);
+    lua_pop(L, 1);
+
+    /* metatable entries */
+    luaL_getmetatable(L, HR_TENSOR_MT);
+    lua_pushcfunction(L, tensor_free);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, tensor_free);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, t_len);
+    lua_setfield(L, -2, "__len");
+    lua_pushvalue(L, methods_idx);
+    lua_pushcclosure(L, t_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, t_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushliteral(L, "hero.Tensor");
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+}

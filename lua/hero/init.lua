@@ -1,0 +1,24 @@
+--- hero: HERO video+language models in Lua, with tensors and kernels in C.
+-- `require "hero"` returns this table (no globals are set). Tensor functions live at the top
+-- (hero.zeros, hero.tensor, ...), tensor methods on every hero.Tensor (t:sum(), t:narrow(...)).
+local core = require "hero.core"
+
+local hero = {}
+
+for name, fn in pairs(core) do
+  if type(fn) == "function" then hero[name] = fn end
+end
+
+hero.core = core
+hero.Tensor = core.Tensor
+hero.version = "scm-1"
+
+-- Lua-side tensor methods (printing and conveniences written in Lua).
+require("hero.tensor_print").install(core.Tensor, core.metatable)
+require("hero.tensor_extra").install(hero, core.Tensor, core.metatable)
+
+hero.io = require "hero.io"
+hero.save = hero.io.save
+hero.load = hero.io.load
+
+return hero

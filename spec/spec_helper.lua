@@ -1,0 +1,125 @@
+--- Shared by every spec: loads hero from the checkout and adds tensor assertions.
+-- Tolerances live here and only here (per dtype); a spec never widens them.
+local say = require "say"
+local assert = require "luassert"
+
+local helper = {}
+
+--- Absolute/relative tolerance per dtype, for values computed independently (NumPy float64
+-- reference rounded to the dtype): |a - b| <= atol + rtol * |b|.
+helper.tolerance = {
+  f64  = {atol = 1e-12, rtol = 1e-10},
+  f32  = {atol = 1e-6,  rtol = 1e-5},
+  bf16 = {atol = 1e-2,  rtol = 1e-2},
+  f16  = {atol = 1e-3,  rtol = 1e-3},
+  i64  = {atol = 0, rtol = 0},
+  i32  = {atol = 0, rtol = 0},
+  u8   = {atol = 0, rtol = 0},
+  bool = {atol = 0, rtol = 0},
+}
+
+local function flatten(v, out)
+  if type(v) == "table" then
+    for i = 1, #v do flatten(v[i], out) end
+  else
+    out[#out + 1] = v
+  end
+  return out
+end
+
+local function shape_of(v, out)
+  out = out or {}
+  if type(v) == "table" then
+    out[#out + 1] = #v
+    if #v > 0 then shape_of(v[1], out) end
+  end
+  return out
+end
+
+local function num(v)
+  if v == true then return 1 elseif v == false then return 0 end
+  return v
+end
+
+--- Compares a tensor with expected values (a tensor or nested table). Returns ok, message.
+function helper.compare(actual, expected, tol)
+  local hero = require "hero"
+  if not hero.is_tensor(actual) then return false, "actual value is not a hero.Tensor" end
+  local dtype = actual:dtype()
+  tol = tol or helper.tolerance[dtype]
+  local exp_shape, exp_vals
+  if hero.is_tensor(expected) then
+    exp_shape = expected:size()
+    exp_vals = flatten(expected:totable(), {})
+  elseif type(expected) == "table" then
+    exp_shape = shape_of(expected)
+    exp_vals = flatten(expected, {})
+  else
+    exp_shape = {}
+    exp_vals = {expected}
+  end
+  local act_shape = actual:size()
+  if table.concat(act_shape, "x") ~= table.concat(exp_shape, "x") and
+     not (#exp_shape == 0 and actual:numel() == 1) then
+    return false, string.format("shape %s, expected %s", table.concat(act_shape, "x"),
+      table.concat(exp_shape, "x"))
+  end
+  local act_vals = flatten(actual:totable(), {})
+  local worst, worst_i = -1, nil
+  for i = 1, #exp_vals do
+    local a, e = num(act_vals[i]), num(exp_vals[i])
+    local bad
+    if e ~= e then
+      bad = a == a
+    elseif e == math.huge or e == -math.huge then
+      bad = a ~= e
+    else
+      local err = math.abs(a - e)
+      bad = not (err <= tol.atol + tol.rtol * math.abs(e))
+      if err > worst then worst, worst_i = err, i end
+    end
+    if bad then
+      return false, string.format("element %d (flat, 1-based): got %.17g, expected %.17g (atol %g, rtol %g)",
+        i, a, e, tol.atol, tol.rtol)
+    end
+  end
+  return true, worst_i and string.format("max error %g", worst) or ""
+end
+
+local function tensor_near(_, arguments)
+  local ok, msg = helper.compare(arguments[1], arguments[2], arguments[3])
+  arguments.n = 3
+  arguments[3] = msg
+  return ok
+end
+
+say:set("assertion.tensor_near.positive", "Tensor mismatch: %s")
+say:set("assertion.tensor_near.negative", "Tensors unexpectedly equal: %s")
+assert:register("assertion", "tensor_near", tensor_near, "assertion.tensor_near.positive",
+  "assertion.tensor_near.negative")
+
+--- Path of a file under spec/fixtures.
+function helper.fixture(name)
+  local dir = debug.getinfo(1, "S").source:match("^@(.*)/spec_helper%.lua$") or "spec"
+  return dir .. "/fixtures/" .. name
+end
+
+--- Loads a Lua-literal fixture (spec/fixtures/*.lua written by the NumPy generators).
+function helper.load_fixture(name)
+  local chunk = assert(loadfile(helper.fixture(name), "t", {math = math}))
+  return chunk()
+end
+
+--- Asserts that fn raises an error whose message contains every given plain substring.
+function helper.assert_error_contains(fn, ...)
+  local ok, err = pcall(fn)
+  assert(not ok, "expected an error, but the call succeeded")
+  err = tostring(err)
+  for _, needle in ipairs {...} do
+    assert(err:find(needle, 1, true), string.format("error %q does not mention %q", err, needle))
+  end
+  return err
+end
+
+package.loaded["spec_helper"] = helper
+return helper

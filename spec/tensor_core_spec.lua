@@ -1,0 +1,100 @@
+local hero = require "hero"
+local helper = require "spec_helper"
+
+describe("tensor core", function()
+  it("creates tensors from nested tables with their shape and dtype", function()
+    local t = hero.tensor {{1, 2, 3}, {4, 5, 6}}
+    assert.same({2, 3}, t:size())
+    assert.equal("f32", t:dtype())
+    assert.equal("cpu", t:device())
+    assert.same({{1, 2, 3}, {4, 5, 6}}, t:totable())
+    local b = hero.tensor {true, false}
+    assert.equal("bool", b:dtype())
+    assert.same({true, false}, b:totable())
+    local i = hero.tensor({9007199254740993, -3}, {dtype = "i64"})
+    assert.same({9007199254740993, -3}, i:totable())
+  end)
+
+  it("rejects ragged tables with the position", function()
+    helper.assert_error_contains(function() hero.tensor {{1, 2}, {3}} end, "not rectangular", "[2]")
+    helper.assert_error_contains(function() hero.tensor {{1, "x"}} end, "[1][2]", "string")
+  end)
+
+  it("makes views that share storage", function()
+    local t = hero.arange(24):view(2, 3, 4)
+    assert.equal("i64", t:dtype())
+    local n = t:narrow(3, 2, 2)
+    assert.same({2, 3, 2}, n:size())
+    assert.is_true(n:shares_storage(t))
+    assert.same({{1, 2}, {5, 6}, {9, 10}}, n[1]:totable())
+    local tr = t:transpose(1, 3)
+    assert.same({4, 3, 2}, tr:size())
+    assert.equal(13, tr[2][1][2]:item())
+    assert.same({3, 4, 2}, t:permute(2, 3, 1):size())
+    assert.same({2, 1, 12}, t:reshape(2, 1, -1):size())
+    assert.equal(23, t[-1][-1][-1]:item())
+    local e = hero.tensor({{1}, {2}}):expand(2, 3)
+    assert.same({{1, 1, 1}, {2, 2, 2}}, e:totable())
+    assert.same({0, 1}, {e:stride(2), e:stride(1)})
+    assert.same({2, 3}, t:narrow(2, 1, 1):squeeze():narrow(2, 1, 3):size())
+    assert.same({2, 1, 3, 4}, t:unsqueeze(2):size())
+    assert.same({2, 3, 4, 1}, t:unsqueeze(-1):size())
+  end)
+
+  it("refuses views that would need a copy, but reshape copies", function()
+    local t = hero.arange(6):view(2, 3):t()
+    helper.assert_error_contains(function() t:view(6) end, "view", "without a copy")
+    local r = t:reshape(6)
+    assert.same({0, 3, 1, 4, 2, 5}, r:totable())
+    assert.is_false(r:shares_storage(t))
+    assert.is_true(t:contiguous():is_contiguous())
+  end)
+
+  it("writes through views", function()
+    local t = hero.zeros(3, 4)
+    t:narrow(2, 2, 2):fill_(7)
+    t[3] = 1
+    t[1][1] = hero.tensor(5)
+    assert.same({{5, 7, 7, 0}, {0, 7, 7, 0}, {1, 1, 1, 1}}, t:totable())
+  end)
+
+  it("converts between dtypes", function()
+    local t = hero.tensor {1.5, -2.25, 65504, 1e-8}
+    assert.same({1.5, -2.25, 65504, 0}, t:half():float():totable())
+    assert.same({1, -2, 65504, 0}, t:long():totable())
+    assert.same({true, true, true, true}, t:bool():totable())
+    assert.same({1.5, -2.25, 65536, 1.0011717677116394e-08}, t:bfloat16():double():totable())
+  end)
+
+  it("frees idempotently and reports freed tensors", function()
+    local t = hero.ones(2, 2)
+    t:free()
+    t:free()
+    assert.is_true(t:is_freed())
+    helper.assert_error_contains(function() return t:size() end, "freed")
+    helper.assert_error_contains(function() return t + 1 end, "freed")
+    do
+      local c <close> = hero.ones(3)
+      assert.equal(3, c:size(1))
+    end
+  end)
+
+  it("gives clear errors for bad dimensions and indices", function()
+    local t = hero.zeros(2, 3)
+    helper.assert_error_contains(function() t:narrow(3, 1, 1) end, "narrow", "dimension 3")
+    helper.assert_error_contains(function() t:narrow(2, 3, 2) end, "narrow", "size 3")
+    helper.assert_error_contains(function() return t[3] end, "position 3", "size 2")
+    helper.assert_error_contains(function() t:view(4, 2) end, "view", "4x2", "2x3")
+    helper.assert_error_contains(function() hero.zeros(2, 3, {dtype = "f128"}) end, "unknown dtype 'f128'")
+    helper.assert_error_contains(function() hero.zeros(2, {device = "cuda:0"}) end, "CUDA")
+  end)
+
+  it("keeps memory bounded when big tensors are dropped without collectgarbage", function()
+    collectgarbage()
+    local base = hero.live_bytes()
+    for _ = 1, 40 do
+      local _ = hero.empty(25 * 1024 * 1024) -- 100 MB each
+    end
+    assert.is_true(hero.live_bytes() - base < 1200 * 1024 * 1024)
+  end)
+end)
