@@ -5,9 +5,9 @@ LUA ?= lua5.4
 HERO_CUDA ?= auto
 export HERO_CUDA
 
-BUILD := csrc/build
+BUILD ?= csrc/build
 LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
-          LUA_CPATH="$(CURDIR)/$(1)/?.so;;"
+          LUA_CPATH="$(abspath $(1))/?.so;;"
 
 DEBIAN_PACKAGES := lua5.4 liblua5.4-dev lua-busted lua-check luarocks libopenblas-dev zlib1g-dev \
                    python3-numpy pkg-config make gcc
@@ -18,7 +18,7 @@ deps:
 	@./rocks/install-deps.sh $(DEBIAN_PACKAGES)
 
 build: deps
-	$(MAKE) -C csrc
+	$(MAKE) -C csrc BUILD_DIR=$(abspath $(BUILD))
 
 test: build
 	@$(call LUA_ENV,$(BUILD)) $(LUA) spec/run.lua
