@@ -1,21 +1,387 @@
-/* hr_autograd.c — graph nodes of the reverse-mode tape.
- *
- * A node records the backward function of the op that produced a tensor and references to the
- * tensors it saved. Nodes are reference counted: each output tensor and each consumer node holds
- * one reference, so a graph is freed as soon as nothing can reach it any more. */
+/* hr_autograd.c — graph nodes and the backward engine of the reverse-mode tape. */
 #include <stdlib.h>
+#include <string.h>
 
-#include "hr_core.h"
+#include "hr_autograd.h"
 
-struct hr_node {
-    int refcount;
-    /* Frees the op-specific payload (saved tensors, parent nodes). */
-    void (*destroy)(struct hr_node *node);
-};
+static _Thread_local int grad_disabled; /* 0: recording (the default) */
+/* Marks the nodes visited by one backward walk without a search through the visited list. */
+static _Thread_local unsigned backward_generation;
 
+bool hr_grad_enabled(void) { return grad_disabled == 0; }
+void hr_set_grad_enabled(bool on) { grad_disabled = on ? 0 : 1; }
+
+bool hr_requires_grad(const hr_tensor *t) { return t && (t->requires_grad || t->grad_fn != NULL); }
+
+bool hr_should_record(int n, hr_tensor *const *inputs)
+{
+    if (grad_disabled) return false;
+    for (int i = 0; i < n; i++)
+        if (hr_requires_grad(inputs[i])) return true;
+    return false;
+}
+
+void hr_node_retain(hr_node *node)
+{
+    if (node) node->refcount++;
+}
+
+static void free_saved(hr_node *node)
+{
+    for (int i = 0; i < node->nsaved; i++) {
+        hr_tensor_release(node->saved[i]);
+        node->saved[i] = NULL;
+    }
+}
+
+/* Releasing a long chain recursively could overflow the C stack: parents whose count drops to zero
+ * are queued and freed iteratively. */
 void hr_node_release(struct hr_node *node)
 {
     if (!node || --node->refcount > 0) return;
-    if (node->destroy) node->destroy(node);
-    free(node);
+    hr_node **stack = NULL;
+    size_t len = 0, cap = 0;
+    hr_node *cur = node;
+    while (cur) {
+        for (int i = 0; i < cur->ninputs; i++) {
+            hr_tensor_release(cur->next[i].leaf);
+            hr_node *parent = cur->next[i].node;
+            if (parent && --parent->refcount == 0) {
+                if (len == cap) {
+                    size_t ncap = cap ? cap * 2 : 16;
+                    hr_node **grown = realloc(stack, ncap * sizeof *grown);
+                    if (!grown) {
+                        /* cannot queue: fall back to recursion for this one */
+                        parent->refcount = 1;
+                        hr_node_release(parent);
+                        continue;
+                    }
+                    stack = grown;
+                    cap = ncap;
+                }
+                stack[len++] = parent;
+            }
+        }
+        free_saved(cur);
+        hr_tensor_release(cur->grad_acc);
+        if (cur->ctx_destroy) cur->ctx_destroy(cur->ctx);
+        free(cur->ctx);
+        free(cur->next);
+        free(cur);
+        cur = len ? stack[--len] : NULL;
+    }
+    free(stack);
+}
+
+hr_node *hr_node_new(const char *op, hr_backward_fn backward, int n, hr_tensor *const *inputs, size_t ctx_size)
+{
+    hr_node *node = calloc(1, sizeof *node);
+    if (!node) return hr_fail_null(HR_ENOMEM, "%s: out of memory recording the autograd node", op);
+    node->next = calloc((size_t)(n > 0 ? n : 1), sizeof *node->next);
+    node->ctx = ctx_size ? calloc(1, ctx_size) : NULL;
+    if (!node->next || (ctx_size && !node->ctx)) {
+        free(node->next);
+        free(node->ctx);
+        free(node);
+        return hr_fail_null(HR_ENOMEM, "%s: out of memory recording the autograd node", op);
+    }
+    node->refcount = 1;
+    node->op = op;
+    node->backward = backward;
+    node->ninputs = n;
+    for (int i = 0; i < n; i++) {
+        hr_tensor *t = inputs[i];
+        if (!t) continue;
+        if (t->grad_fn) {
+            node->next[i].node = t->grad_fn;
+            hr_node_retain(t->grad_fn);
+        } else if (t->requires_grad) {
+            node->next[i].leaf = t;
+            hr_tensor_retain(t);
+        }
+    }
+    return node;
+}
+
+bool hr_node_input_needs_grad(const hr_node *node, int i)
+{
+    return i >= 0 && i < node->ninputs && (node->next[i].node || node->next[i].leaf);
+}
+
+int hr_node_save(hr_node *node, hr_tensor *t)
+{
+    if (node->nsaved >= HR_NODE_MAX_SAVED) return hr_fail(HR_EINVAL, "%s: too many saved tensors", node->op);
+    /* An alias without grad_fn: saving the output itself would make output -> node -> output. */
+    hr_tensor *alias = hr_view_alias(t);
+    if (!alias) return -1;
+    int slot = node->nsaved++;
+    node->saved[slot] = alias;
+    node->saved_version[slot] = t->storage->version;
+    return slot;
+}
+
+hr_tensor *hr_node_saved(hr_node *node, int i)
+{
+    if (node->buffers_freed)
+        return hr_fail_null(HR_EINVAL,
+                            "backward through the graph a second time: the tensors saved by '%s' were already freed "
+                            "(pass retain_graph = true to the first backward)",
+                            node->op);
+    if (i < 0 || i >= node->nsaved || !node->saved[i])
+        return hr_fail_null(HR_EINVAL, "%s: saved tensor %d is missing", node->op, i);
+    hr_tensor *t = node->saved[i];
+    if (!t->storage) return hr_fail_null(HR_EFREED, "%s: a tensor saved for backward was freed", node->op);
+    return t;
+}
+
+void hr_node_attach(hr_node *node, hr_tensor *out)
+{
+    node->out_ndim = out->ndim;
+    memcpy(node->out_size, out->size, sizeof node->out_size);
+    node->out_dtype = out->dtype;
+    hr_node_release(out->grad_fn);
+    out->grad_fn = node;
+    out->requires_grad = true;
+}
+
+/* ------------------------------------------------------------------ accumulation */
+
+typedef struct {
+    hr_dtype dst, src;
+} acc_ctx;
+
+static void accumulate_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
+{
+    const acc_ctx *c = arg;
+    if (c->dst == HR_F32 && c->src == HR_F32 && bs[0] == 4 && bs[1] == 4) {
+        float *d = (float *)p[0];
+        const float *s = (const float *)p[1];
+        for (int64_t i = 0; i < n; i++) d[i] += s[i];
+        return;
+    }
+    if (c->dst == HR_F64 && c->src == HR_F64 && bs[0] == 8 && bs[1] == 8) {
+        double *d = (double *)p[0];
+        const double *s = (const double *)p[1];
+        for (int64_t i = 0; i < n; i++) d[i] += s[i];
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        char *d = p[0] + i * bs[0];
+        hr_store_f64(d, c->dst, hr_load_f64(d, c->dst) + hr_load_f64(p[1] + i * bs[1], c->src));
+    }
+}
+
+int hr_grad_accumulate_(hr_tensor *dst, const hr_tensor *src)
+{
+    if (hr_tensor_check_live(dst, "gradient accumulation") || hr_tensor_check_live(src, "gradient accumulation"))
+        return -1;
+    if (dst->ndim != src->ndim || memcmp(dst->size, src->size, sizeof(int64_t) * (size_t)dst->ndim) != 0) {
+        char a[160], b[160];
+        return hr_fail(HR_EINVAL, "gradient accumulation: gradient of size %s does not match size %s",
+                       hr_shape_str(src->ndim, src->size, a, sizeof a), hr_shape_str(dst->ndim, dst->size, b, sizeof b));
+    }
+    if (hr_tensor_device(dst).type != HR_CPU || hr_tensor_device(src).type != HR_CPU)
+        return hr_fail(HR_EDEVICE, "gradient accumulation: CUDA tensors need the CUDA backend, which this build lacks");
+    hr_iter it;
+    hr_iter_init(&it, dst->ndim, dst->size);
+    hr_iter_add(&it, hr_tensor_data(dst), hr_dtype_size(dst->dtype), dst->stride);
+    hr_iter_add(&it, hr_tensor_data(src), hr_dtype_size(src->dtype), src->stride);
+    acc_ctx c = {dst->dtype, src->dtype};
+    hr_iter_run(&it, accumulate_kernel, &c, dst->storage != src->storage);
+    hr_tensor_bump_version(dst);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ engine */
+
+typedef struct {
+    hr_node **items;
+    size_t len, cap;
+} node_list;
+
+static int list_push(node_list *l, hr_node *n)
+{
+    if (l->len == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 64;
+        hr_node **grown = realloc(l->items, ncap * sizeof *grown);
+        if (!grown) return hr_fail(HR_ENOMEM, "backward: out of memory walking the graph");
+        l->items = grown;
+        l->cap = ncap;
+    }
+    l->items[l->len++] = n;
+    return 0;
+}
+
+static int same_shape(int na, const int64_t *a, int nb, const int64_t *b)
+{
+    return na == nb && memcmp(a, b, sizeof(int64_t) * (size_t)na) == 0;
+}
+
+/* Adds g (a new reference, consumed) to *slot. */
+static int accumulate_into(hr_tensor **slot, hr_tensor *g)
+{
+    if (!*slot) {
+        *slot = g;
+        return 0;
+    }
+    int rc = hr_grad_accumulate_(*slot, g);
+    hr_tensor_release(g);
+    return rc;
+}
+
+static int accumulate_leaf(hr_tensor *leaf, hr_tensor *g)
+{
+    if (!leaf->grad) {
+        /* the leaf keeps its own copy, contiguous and in its dtype */
+        hr_tensor *own = hr_cast(g, leaf->dtype);
+        hr_tensor_release(g);
+        if (!own) return -1;
+        leaf->grad = own;
+        return 0;
+    }
+    int rc = hr_grad_accumulate_(leaf->grad, g);
+    hr_tensor_release(g);
+    return rc;
+}
+
+int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph)
+{
+    if (hr_tensor_check_live(root, "backward")) return -1;
+    if (!hr_requires_grad(root))
+        return hr_fail(HR_EINVAL, "backward: the tensor does not require grad and has no grad_fn (nothing to differentiate)");
+    hr_tensor *seed;
+    if (grad) {
+        if (hr_tensor_check_live(grad, "backward (gradient)")) return -1;
+        if (!same_shape(grad->ndim, grad->size, root->ndim, root->size)) {
+            char a[160], b[160];
+            return hr_fail(HR_EINVAL, "backward: gradient of size %s does not match the tensor's size %s",
+                           hr_shape_str(grad->ndim, grad->size, a, sizeof a),
+                           hr_shape_str(root->ndim, root->size, b, sizeof b));
+        }
+        seed = hr_cast(grad, root->dtype);
+    } else {
+        if (hr_tensor_numel(root) != 1) {
+            char a[160];
+            return hr_fail(HR_EINVAL, "backward: a gradient argument is needed for a tensor of size %s "
+                                      "(only one-element tensors get the implicit gradient 1)",
+                           hr_shape_str(root->ndim, root->size, a, sizeof a));
+        }
+        seed = hr_tensor_empty(root->ndim, root->size, root->dtype, hr_tensor_device(root));
+        if (seed && hr_fill_(seed, 1.0)) {
+            hr_tensor_release(seed);
+            seed = NULL;
+        }
+    }
+    if (!seed) return -1;
+    if (!root->grad_fn) { /* a leaf: its gradient is the seed */
+        int rc = accumulate_leaf(root, seed);
+        return rc;
+    }
+
+    /* 1. discover the graph and count, for each node, the consumers that will send it a gradient */
+    node_list all = {0}, stack = {0};
+    int rc = 0;
+    unsigned gen = ++backward_generation;
+    hr_node *start = root->grad_fn;
+    start->visit = gen;
+    start->pending = 0;
+    start->grad_acc = NULL;
+    if (list_push(&stack, start) || list_push(&all, start)) rc = -1;
+    while (rc == 0 && stack.len) {
+        hr_node *n = stack.items[--stack.len];
+        for (int i = 0; i < n->ninputs; i++) {
+            hr_node *p = n->next[i].node;
+            if (!p) continue;
+            if (p->visit != gen) {
+                p->visit = gen;
+                p->pending = 0;
+                p->grad_acc = NULL;
+                if (list_push(&all, p) || list_push(&stack, p)) {
+                    rc = -1;
+                    break;
+                }
+            }
+            p->pending++;
+        }
+    }
+
+    /* 2. process nodes whose consumers have all reported */
+    if (rc == 0) {
+        start->grad_acc = seed;
+        seed = NULL;
+        stack.len = 0;
+        if (list_push(&stack, start)) rc = -1;
+    }
+    while (rc == 0 && stack.len) {
+        hr_node *n = stack.items[--stack.len];
+        hr_tensor *g = n->grad_acc;
+        n->grad_acc = NULL;
+        hr_tensor **grads_in = calloc((size_t)(n->ninputs > 0 ? n->ninputs : 1), sizeof *grads_in);
+        if (!grads_in) {
+            hr_tensor_release(g);
+            rc = hr_fail(HR_ENOMEM, "backward: out of memory");
+            break;
+        }
+        if (!g) {
+            rc = hr_fail(HR_EINVAL, "backward: node '%s' received no gradient", n->op);
+        } else if (n->buffers_freed && n->nsaved > 0) {
+            rc = hr_fail(HR_EINVAL,
+                         "backward through the graph a second time: the tensors saved by '%s' were already freed "
+                         "(pass retain_graph = true to the first backward)",
+                         n->op);
+        } else {
+            for (int s = 0; s < n->nsaved && rc == 0; s++) {
+                const hr_tensor *sv = n->saved[s];
+                if (sv && sv->storage && sv->storage->version != (unsigned)n->saved_version[s])
+                    rc = hr_fail(HR_EINVAL,
+                                 "backward: a tensor saved by '%s' was modified in place after it was saved "
+                                 "(version %u, saved at %d)",
+                                 n->op, sv->storage->version, n->saved_version[s]);
+            }
+            if (rc == 0 && n->backward(n, g, grads_in) != 0) {
+                hr_error_prefix("backward of %s", n->op);
+                rc = -1;
+            }
+        }
+        hr_tensor_release(g);
+        for (int i = 0; i < n->ninputs; i++) {
+            hr_tensor *gi = grads_in[i];
+            grads_in[i] = NULL;
+            if (rc != 0) {
+                hr_tensor_release(gi);
+                continue;
+            }
+            if (!gi) {
+                /* every input that needs a gradient must get one, or its producer would wait forever */
+                if (hr_node_input_needs_grad(n, i))
+                    rc = hr_fail(HR_EINVAL, "backward of %s produced no gradient for input %d", n->op, i + 1);
+                continue;
+            }
+            if (n->next[i].leaf) {
+                rc = accumulate_leaf(n->next[i].leaf, gi);
+            } else if (n->next[i].node) {
+                hr_node *p = n->next[i].node;
+                rc = accumulate_into(&p->grad_acc, gi);
+                if (rc == 0 && --p->pending == 0)
+                    if (list_push(&stack, p)) rc = -1;
+            } else {
+                hr_tensor_release(gi);
+            }
+        }
+        free(grads_in);
+        if (!retain_graph) {
+            free_saved(n);
+            n->buffers_freed = true;
+        }
+    }
+    /* drop partial gradients left by an error */
+    for (size_t k = 0; k < all.len; k++) {
+        hr_tensor_release(all.items[k]->grad_acc);
+        all.items[k]->grad_acc = NULL;
+        all.items[k]->pending = 0;
+    }
+    hr_tensor_release(seed);
+    free(all.items);
+    free(stack.items);
+    return rc;
 }

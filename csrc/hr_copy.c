@@ -74,7 +74,7 @@ int hr_copy_(hr_tensor *dst, const hr_tensor *src)
     /* Overlapping source and destination storages: copy serially to stay well defined. */
     bool same = dst->storage == src->storage;
     hr_iter_run(&it, convert_kernel, &c, !same);
-    dst->version++;
+    hr_tensor_bump_version(dst);
     return 0;
 }
 
@@ -137,19 +137,35 @@ static void fill_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
     for (int64_t i = 0; i < n; i++) memcpy(d + i * bs[0], c->value, el);
 }
 
-int hr_fill_(hr_tensor *t, double v)
+static int fill_with(hr_tensor *t, const fill_ctx *c)
 {
     if (hr_tensor_check_live(t, "fill_")) return -1;
     if (hr_tensor_device(t).type != HR_CPU)
         return hr_fail(HR_EDEVICE, "fill_: CUDA tensors need the CUDA backend, which this build lacks");
+    hr_iter it;
+    hr_iter_init(&it, t->ndim, t->size);
+    hr_iter_add(&it, hr_tensor_data(t), hr_dtype_size(t->dtype), t->stride);
+    hr_iter_run(&it, fill_kernel, (void *)c, true);
+    hr_tensor_bump_version(t);
+    return 0;
+}
+
+int hr_fill_(hr_tensor *t, double v)
+{
+    if (hr_tensor_check_live(t, "fill_")) return -1;
     fill_ctx c;
     c.dt = t->dtype;
     memset(c.value, 0, sizeof c.value);
     hr_store_f64(c.value, t->dtype, v);
-    hr_iter it;
-    hr_iter_init(&it, t->ndim, t->size);
-    hr_iter_add(&it, hr_tensor_data(t), hr_dtype_size(t->dtype), t->stride);
-    hr_iter_run(&it, fill_kernel, &c, true);
-    t->version++;
-    return 0;
+    return fill_with(t, &c);
+}
+
+int hr_fill_i64_(hr_tensor *t, int64_t v)
+{
+    if (hr_tensor_check_live(t, "fill_")) return -1;
+    fill_ctx c;
+    c.dt = t->dtype;
+    memset(c.value, 0, sizeof c.value);
+    hr_store_i64(c.value, t->dtype, v);
+    return fill_with(t, &c);
 }

@@ -104,6 +104,7 @@ typedef struct hr_storage {
     hr_device device;
     hr_storage_kind kind;
     int refcount;            /* touched only by the thread owning the tensors (the Lua thread) */
+    unsigned version;        /* bumped by every in-place write, shared by all views (autograd checks) */
     void *map_base;          /* HR_STORAGE_MMAP: the mapping to munmap */
     size_t map_len;
     void (*destroy)(struct hr_storage *); /* HR_STORAGE_EXTERNAL */
@@ -140,10 +141,11 @@ typedef struct hr_tensor {
     bool requires_grad;
     struct hr_tensor *grad;     /* owned reference or NULL */
     struct hr_node *grad_fn;    /* owned reference or NULL */
-    int version;                /* bumped by in-place ops (saved-tensor checks) */
 } hr_tensor;
 
 static inline hr_device hr_tensor_device(const hr_tensor *t) { return t->storage->device; }
+/* Every in-place write calls this, so autograd notices tensors modified after being saved. */
+static inline void hr_tensor_bump_version(hr_tensor *t) { t->storage->version++; }
 static inline void *hr_tensor_data(const hr_tensor *t)
 {
     return (char *)t->storage->data + (size_t)t->offset * hr_dtype_size(t->dtype);
@@ -198,6 +200,8 @@ int hr_copy_(hr_tensor *dst, const hr_tensor *src);
 hr_tensor *hr_cast(const hr_tensor *t, hr_dtype dt);
 /* Fills every element with v (converted to t's dtype). */
 int hr_fill_(hr_tensor *t, double v);
+/* Same with an exact 64-bit integer value (converted to t's dtype). */
+int hr_fill_i64_(hr_tensor *t, int64_t v);
 
 /* ------------------------------------------------------------------ broadcasting + iteration */
 

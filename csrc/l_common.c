@@ -2,7 +2,10 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "hr_autograd.h"
 #include "l_common.h"
+
+static bool hr_grad_enabled_flag(void) { return hr_grad_enabled(); }
 
 hr_tensor *hr_lua_to_tensor(lua_State *L, int idx)
 {
@@ -149,4 +152,11 @@ void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev
         if (hr_device_parse(name, dev)) hr_lua_error(L, op);
     }
     lua_pop(L, 1);
+}
+
+void hr_lua_check_inplace(lua_State *L, hr_tensor *t, const char *op)
+{
+    if (t->requires_grad && !t->grad_fn && hr_grad_enabled_flag())
+        luaL_error(L, "%s: a leaf tensor that requires grad cannot be modified in place "
+                      "(do it inside hero.no_grad or on a detached tensor)", op);
 }

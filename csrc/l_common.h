@@ -75,5 +75,12 @@ void hr_lua_open_linalg(lua_State *L, int module_idx, int methods_idx);     /* l
 void hr_lua_open_index(lua_State *L, int module_idx, int methods_idx);      /* l_index.c */
 void hr_lua_open_random(lua_State *L, int module_idx, int methods_idx);     /* l_random.c */
 void hr_lua_open_io(lua_State *L, int module_idx, int methods_idx);         /* l_io.c */
+void hr_lua_open_autograd(lua_State *L, int module_idx, int methods_idx);   /* l_autograd.c */
+
+/* Autograd fields of tensors (t.grad, t.requires_grad, t.is_leaf, t.grad_fn); return 1 when handled. */
+int hr_lua_autograd_field(lua_State *L, hr_tensor *t, const char *key);
+int hr_lua_autograd_set_field(lua_State *L, hr_tensor *t, const char *key, int value_idx);
+/* Raises an error when t is a leaf that requires grad and is about to be written in place. */
+void hr_lua_check_inplace(lua_State *L, hr_tensor *t, const char *op);
 
 #endif

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "hr_autograd_ops.h"
 #include "l_common.h"
 
 /* ------------------------------------------------------------------ lifetime */
@@ -382,7 +383,7 @@ static int t_narrow(lua_State *L)
     lua_Integer start = luaL_checkinteger(L, 3);
     lua_Integer len = luaL_checkinteger(L, 4);
     if (t->ndim && start < 0) start += t->size[d] + 1; /* negative start counts from the end */
-    hr_lua_push_tensor(L, check_result(L, hr_view_narrow(t, d, start - 1, len), "narrow"));
+    hr_lua_push_tensor(L, check_result(L, hr_ag_narrow(t, d, start - 1, len), "narrow"));
     return 1;
 }
 
@@ -393,7 +394,7 @@ static int t_select(lua_State *L)
     lua_Integer i = luaL_checkinteger(L, 3);
     if (t->ndim && i < 0) i += t->size[d] + 1;
     if (i == 0) return luaL_error(L, "select: index 0 is not valid (positions are 1-based; -1 is the last)");
-    hr_lua_push_tensor(L, check_result(L, hr_view_select(t, d, i - 1), "select"));
+    hr_lua_push_tensor(L, check_result(L, hr_ag_select(t, d, i - 1), "select"));
     return 1;
 }
 
@@ -409,7 +410,7 @@ static int t_transpose(lua_State *L)
         d0 = hr_lua_check_dim(L, 2, t->ndim, "transpose");
         d1 = hr_lua_check_dim(L, 3, t->ndim, "transpose");
     }
-    hr_lua_push_tensor(L, check_result(L, hr_view_transpose(t, d0, d1), "transpose"));
+    hr_lua_push_tensor(L, check_result(L, hr_ag_transpose(t, d0, d1), "transpose"));
     return 1;
 }
 
@@ -425,7 +426,7 @@ static int t_permute(lua_State *L)
         if (d == 0 || d > n || d < -n) return luaL_error(L, "permute: dimension %d out of range", (int)d);
         perm[i] = (int)(d > 0 ? d - 1 : d + n);
     }
-    hr_lua_push_tensor(L, check_result(L, hr_view_permute(t, perm), "permute"));
+    hr_lua_push_tensor(L, check_result(L, hr_ag_permute(t, perm), "permute"));
     return 1;
 }
 
@@ -434,7 +435,7 @@ static int t_view(lua_State *L)
     hr_tensor *t = hr_lua_check_tensor(L, 1, "view");
     int64_t size[HR_MAX_DIMS];
     int n = hr_lua_check_shape(L, 2, size, "view");
-    hr_lua_push_tensor(L, check_result(L, hr_view_reshape_nocopy(t, n, size), "view"));
+    hr_lua_push_tensor(L, check_result(L, hr_ag_view(t, n, size), "view"));
     return 1;
 }
 
@@ -444,7 +445,7 @@ static int t_reshape(lua_State *L)
     int64_t size[HR_MAX_DIMS];
     int n = hr_lua_check_shape(L, 2, size, "reshape");
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_reshape(t, n, size));
+    HR_LUA_RETRY(L, r, hr_ag_reshape(t, n, size));
     hr_lua_push_tensor(L, check_result(L, r, "reshape"));
     return 1;
 }
@@ -461,7 +462,7 @@ static int t_expand(lua_State *L)
     } else {
         n = hr_lua_check_shape(L, 2, size, "expand");
     }
-    hr_lua_push_tensor(L, check_result(L, hr_view_expand(t, n, size), "expand"));
+    hr_lua_push_tensor(L, check_result(L, hr_ag_expand(t, n, size), "expand"));
     return 1;
 }
 
@@ -469,7 +470,7 @@ static int t_squeeze(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "squeeze");
     int d = lua_isnoneornil(L, 2) ? -1 : hr_lua_check_dim(L, 2, t->ndim, "squeeze");
-    hr_lua_push_tensor(L, check_result(L, hr_view_squeeze(t, d), "squeeze"));
+    hr_lua_push_tensor(L, check_result(L, hr_ag_squeeze(t, d), "squeeze"));
     return 1;
 }
 
@@ -481,7 +482,7 @@ static int t_unsqueeze(lua_State *L)
     int n = t->ndim + 1;
     if (d == 0 || d > n || d < -n) return luaL_error(L, "unsqueeze: position %d out of range 1..%d (or -1..-%d)", (int)d, n, n);
     int pos = d > 0 ? (int)d - 1 : (int)(d + n);
-    hr_lua_push_tensor(L, check_result(L, hr_view_unsqueeze(t, pos), "unsqueeze"));
+    hr_lua_push_tensor(L, check_result(L, hr_ag_unsqueeze(t, pos), "unsqueeze"));
     return 1;
 }
 
@@ -493,7 +494,7 @@ static int t_contiguous(lua_State *L)
         return 1;
     }
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_contiguous(t));
+    HR_LUA_RETRY(L, r, hr_ag_contiguous(t));
     hr_lua_push_tensor(L, check_result(L, r, "contiguous"));
     return 1;
 }
@@ -502,7 +503,7 @@ static int t_clone(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "clone");
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_cast(t, t->dtype));
+    HR_LUA_RETRY(L, r, hr_ag_clone(t));
     hr_lua_push_tensor(L, check_result(L, r, "clone"));
     return 1;
 }
@@ -528,7 +529,7 @@ static int t_to(lua_State *L)
         return 1;
     }
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_cast(t, dt));
+    HR_LUA_RETRY(L, r, hr_ag_cast(t, dt));
     hr_lua_push_tensor(L, check_result(L, r, "to"));
     return 1;
 }
@@ -542,7 +543,7 @@ static int t_to(lua_State *L)
             return 1;                                                   \
         }                                                               \
         hr_tensor *r;                                                   \
-        HR_LUA_RETRY(L, r, hr_cast(t, (DT)));                           \
+        HR_LUA_RETRY(L, r, hr_ag_cast(t, (DT)));                           \
         hr_lua_push_tensor(L, check_result(L, r, #NAME));               \
         return 1;                                                       \
     }
@@ -559,6 +560,7 @@ static int t_copy_(lua_State *L)
 {
     hr_tensor *dst = hr_lua_check_tensor(L, 1, "copy_");
     hr_tensor *src = hr_lua_check_tensor(L, 2, "copy_");
+    hr_lua_check_inplace(L, dst, "copy_");
     if (hr_copy_(dst, src)) hr_lua_error(L, "copy_");
     lua_settop(L, 1);
     return 1;
@@ -567,23 +569,15 @@ static int t_copy_(lua_State *L)
 static int t_fill_(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "fill_");
-    double v = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
-    if (lua_isinteger(L, 2) && hr_dtype_is_int(t->dtype)) {
-        /* exact for 64-bit integers */
-        if (hr_fill_(t, 0)) hr_lua_error(L, "fill_");
-        hr_tensor *one = NULL;
-        (void)one;
-        char *p = hr_tensor_data(t);
-        if (hr_tensor_is_contiguous(t)) {
-            size_t el = hr_dtype_size(t->dtype);
-            int64_t n = hr_tensor_numel(t);
-            lua_Integer iv = lua_tointeger(L, 2);
-            for (int64_t i = 0; i < n; i++) hr_store_i64(p + (size_t)i * el, t->dtype, iv);
-            lua_settop(L, 1);
-            return 1;
-        }
+    hr_lua_check_inplace(L, t, "fill_");
+    int rc;
+    if (lua_isinteger(L, 2)) {
+        rc = hr_fill_i64_(t, lua_tointeger(L, 2)); /* exact for 64-bit integers */
+    } else {
+        double v = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
+        rc = hr_fill_(t, v);
     }
-    if (hr_fill_(t, v)) hr_lua_error(L, "fill_");
+    if (rc) hr_lua_error(L, "fill_");
     lua_settop(L, 1);
     return 1;
 }
@@ -591,6 +585,7 @@ static int t_fill_(lua_State *L)
 static int t_zero_(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "zero_");
+    hr_lua_check_inplace(L, t, "zero_");
     if (hr_fill_(t, 0)) hr_lua_error(L, "zero_");
     lua_settop(L, 1);
     return 1;
@@ -654,8 +649,13 @@ static int t_index(lua_State *L)
         if (i < 1 || i > t->size[0])
             return luaL_error(L, "index: position %d out of range for dimension 1 of size %d", (int)lua_tointeger(L, 2),
                               (int)t->size[0]);
-        hr_lua_push_tensor(L, check_result(L, hr_view_select(t, 0, i - 1), "index"));
+        hr_lua_push_tensor(L, check_result(L, hr_ag_select(t, 0, i - 1), "index"));
         return 1;
+    }
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        hr_tensor_box *box = luaL_checkudata(L, 1, HR_TENSOR_MT);
+        const char *key = lua_tostring(L, 2);
+        if (box->t && box->t->storage && hr_lua_autograd_field(L, box->t, key)) return 1;
     }
     lua_pushvalue(L, 2);
     lua_gettable(L, lua_upvalueindex(1));
@@ -666,7 +666,13 @@ static int t_index(lua_State *L)
 static int t_newindex(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "index assignment");
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        const char *key = lua_tostring(L, 2);
+        if (hr_lua_autograd_set_field(L, t, key, 3)) return 0;
+        return luaL_error(L, "index assignment: tensors have no settable field '%s'", key);
+    }
     if (!lua_isinteger(L, 2)) return luaL_error(L, "index assignment: position must be an integer");
+    hr_lua_check_inplace(L, t, "index assignment");
     if (t->ndim == 0) return luaL_error(L, "index assignment: cannot index a 0-dimensional tensor");
     lua_Integer i = lua_tointeger(L, 2);
     if (i < 0) i += t->size[0] + 1;
@@ -686,7 +692,6 @@ static int t_newindex(lua_State *L)
     }
     hr_tensor_release(row);
     if (rc) return hr_lua_error(L, "index assignment");
-    if (t->version >= 0) t->version++;
     return 0;
 }
 

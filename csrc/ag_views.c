@@ -1,0 +1,275 @@
+/* ag_views.c — differentiable wrappers of the view ops, casts and copies of the core.
+ *
+ * Each wrapper runs the forward op and, when an input requires grad, records a node whose backward
+ * maps the output gradient back onto the input's shape. */
+#include <string.h>
+
+#include "hr_autograd.h"
+#include "hr_autograd_ops.h"
+
+/* ------------------------------------------------------------------ sum_to_size */
+
+typedef struct {
+    hr_dtype src;
+} sum_ctx;
+
+/* Operand 0: f64 accumulator (broadcast strides, 0 on reduced dims), operand 1: gradient. */
+static void sum_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
+{
+    const sum_ctx *c = arg;
+    for (int64_t i = 0; i < n; i++) *(double *)(p[0] + i * bs[0]) += hr_load_f64(p[1] + i * bs[1], c->src);
+}
+
+hr_tensor *hr_sum_to_size(const hr_tensor *g, int ndim, const int64_t *size)
+{
+    if (hr_tensor_check_live(g, "sum_to_size")) return NULL;
+    if (g->ndim == ndim && memcmp(g->size, size, sizeof(int64_t) * (size_t)ndim) == 0) return hr_cast(g, g->dtype);
+    if (ndim > g->ndim) return hr_fail_null(HR_EINVAL, "sum_to_size: target has more dimensions than the gradient");
+    int lead = g->ndim - ndim;
+    for (int i = 0; i < ndim; i++) {
+        if (size[i] != 1 && size[i] != g->size[lead + i]) {
+            char a[160], b[160];
+            return hr_fail_null(HR_EINVAL, "sum_to_size: gradient of size %s cannot be reduced to %s",
+                                hr_shape_str(g->ndim, g->size, a, sizeof a), hr_shape_str(ndim, size, b, sizeof b));
+        }
+    }
+    /* accumulate in double so long reductions of f32 gradients stay accurate */
+    hr_tensor *acc = hr_tensor_zeros(ndim, size, HR_F64, hr_tensor_device(g));
+    if (!acc) return NULL;
+    int64_t astride[HR_MAX_DIMS];
+    for (int i = 0; i < g->ndim; i++) {
+        int j = i - lead;
+        astride[i] = (j < 0 || size[j] == 1) ? 0 : acc->stride[j];
+    }
+    hr_iter it;
+    hr_iter_init(&it, g->ndim, g->size);
+    hr_iter_add(&it, hr_tensor_data(acc), 8, astride);
+    hr_iter_add(&it, hr_tensor_data(g), hr_dtype_size(g->dtype), g->stride);
+    sum_ctx c = {g->dtype};
+    hr_iter_run(&it, sum_kernel, &c, false); /* serial: many gradient elements land in one slot */
+    hr_tensor *out = hr_cast(acc, g->dtype);
+    hr_tensor_release(acc);
+    return out;
+}
+
+/* ------------------------------------------------------------------ shared helpers */
+
+typedef struct {
+    int ndim;
+    int64_t size[HR_MAX_DIMS];
+    int64_t stride[HR_MAX_DIMS];
+    int64_t offset;
+    hr_dtype dtype;
+    int a, b;        /* op-specific integers (dims) */
+    int64_t start;
+    int perm[HR_MAX_DIMS];
+} view_ctx;
+
+static void remember_input(view_ctx *c, const hr_tensor *in)
+{
+    c->ndim = in->ndim;
+    memcpy(c->size, in->size, sizeof c->size);
+    memcpy(c->stride, in->stride, sizeof c->stride);
+    c->offset = in->offset;
+    c->dtype = in->dtype;
+}
+
+/* Records a one-input node on out; on failure releases out and returns NULL. */
+static hr_tensor *record_unary(const char *op, hr_backward_fn bw, hr_tensor *in, hr_tensor *out, view_ctx **ctx_out)
+{
+    if (!out) return NULL;
+    if (!hr_should_record(1, &in)) {
+        if (ctx_out) *ctx_out = NULL;
+        return out;
+    }
+    hr_node *node = hr_node_new(op, bw, 1, &in, sizeof(view_ctx));
+    if (!node) {
+        hr_tensor_release(out);
+        return NULL;
+    }
+    remember_input(node->ctx, in);
+    if (ctx_out) *ctx_out = node->ctx;
+    hr_node_attach(node, out);
+    return out;
+}
+
+static hr_tensor *zeros_like_ctx(const view_ctx *c, hr_dtype dt)
+{
+    return hr_tensor_zeros(c->ndim, c->size, dt, hr_cpu());
+}
+
+/* ------------------------------------------------------------------ narrow / select */
+
+static int narrow_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const view_ctx *c = node->ctx;
+    hr_tensor *z = zeros_like_ctx(c, g->dtype);
+    if (!z) return -1;
+    hr_tensor *slot = hr_view_narrow(z, c->a, c->start, c->ndim ? g->size[c->a] : 0);
+    int rc = slot ? hr_copy_(slot, g) : -1;
+    hr_tensor_release(slot);
+    if (rc) {
+        hr_tensor_release(z);
+        return -1;
+    }
+    gi[0] = z;
+    return 0;
+}
+
+hr_tensor *hr_ag_narrow(hr_tensor *t, int dim, int64_t start, int64_t length)
+{
+    view_ctx *c;
+    hr_tensor *out = record_unary("narrow", narrow_backward, t, hr_view_narrow(t, dim, start, length), &c);
+    if (out && c) {
+        c->a = dim;
+        c->start = start;
+    }
+    return out;
+}
+
+static int select_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const view_ctx *c = node->ctx;
+    hr_tensor *z = zeros_like_ctx(c, g->dtype);
+    if (!z) return -1;
+    hr_tensor *slot = hr_view_select(z, c->a, c->start);
+    int rc = slot ? hr_copy_(slot, g) : -1;
+    hr_tensor_release(slot);
+    if (rc) {
+        hr_tensor_release(z);
+        return -1;
+    }
+    gi[0] = z;
+    return 0;
+}
+
+hr_tensor *hr_ag_select(hr_tensor *t, int dim, int64_t index)
+{
+    view_ctx *c;
+    hr_tensor *out = record_unary("select", select_backward, t, hr_view_select(t, dim, index), &c);
+    if (out && c) {
+        c->a = dim;
+        c->start = index;
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------ transpose / permute */
+
+static int transpose_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const view_ctx *c = node->ctx;
+    hr_tensor *back = hr_view_transpose((hr_tensor *)g, c->a, c->b);
+    if (!back) return -1;
+    gi[0] = hr_cast(back, back->dtype);
+    hr_tensor_release(back);
+    return gi[0] ? 0 : -1;
+}
+
+hr_tensor *hr_ag_transpose(hr_tensor *t, int d0, int d1)
+{
+    view_ctx *c;
+    hr_tensor *out = record_unary("transpose", transpose_backward, t, hr_view_transpose(t, d0, d1), &c);
+    if (out && c) {
+        c->a = d0;
+        c->b = d1;
+    }
+    return out;
+}
+
+static int permute_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const view_ctx *c = node->ctx;
+    int inverse[HR_MAX_DIMS];
+    for (int i = 0; i < c->ndim; i++) inverse[c->perm[i]] = i;
+    hr_tensor *back = hr_view_permute((hr_tensor *)g, inverse);
+    if (!back) return -1;
+    gi[0] = hr_cast(back, back->dtype);
+    hr_tensor_release(back);
+    return gi[0] ? 0 : -1;
+}
+
+hr_tensor *hr_ag_permute(hr_tensor *t, const int *perm)
+{
+    view_ctx *c;
+    hr_tensor *out = record_unary("permute", permute_backward, t, hr_view_permute(t, perm), &c);
+    if (out && c) memcpy(c->perm, perm, sizeof(int) * (size_t)t->ndim);
+    return out;
+}
+
+/* ------------------------------------------------------------------ reshape family */
+
+/* view, reshape, squeeze, unsqueeze, contiguous, clone: the gradient is reshaped back. */
+static int reshape_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const view_ctx *c = node->ctx;
+    hr_tensor *gc = hr_contiguous((hr_tensor *)g);
+    if (!gc) return -1;
+    hr_tensor *back = hr_view_reshape_nocopy(gc, c->ndim, c->size);
+    hr_tensor_release(gc);
+    if (!back) return -1;
+    gi[0] = back;
+    return 0;
+}
+
+hr_tensor *hr_ag_view(hr_tensor *t, int ndim, const int64_t *size)
+{
+    return record_unary("view", reshape_backward, t, hr_view_reshape_nocopy(t, ndim, size), NULL);
+}
+
+hr_tensor *hr_ag_reshape(hr_tensor *t, int ndim, const int64_t *size)
+{
+    return record_unary("reshape", reshape_backward, t, hr_reshape(t, ndim, size), NULL);
+}
+
+hr_tensor *hr_ag_squeeze(hr_tensor *t, int dim)
+{
+    return record_unary("squeeze", reshape_backward, t, hr_view_squeeze(t, dim), NULL);
+}
+
+hr_tensor *hr_ag_unsqueeze(hr_tensor *t, int dim)
+{
+    return record_unary("unsqueeze", reshape_backward, t, hr_view_unsqueeze(t, dim), NULL);
+}
+
+hr_tensor *hr_ag_contiguous(hr_tensor *t)
+{
+    if (hr_tensor_check_live(t, "contiguous")) return NULL;
+    return record_unary("contiguous", reshape_backward, t, hr_cast(t, t->dtype), NULL);
+}
+
+hr_tensor *hr_ag_clone(hr_tensor *t)
+{
+    if (hr_tensor_check_live(t, "clone")) return NULL;
+    return record_unary("clone", reshape_backward, t, hr_cast(t, t->dtype), NULL);
+}
+
+/* ------------------------------------------------------------------ expand / cast */
+
+static int expand_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const view_ctx *c = node->ctx;
+    gi[0] = hr_sum_to_size(g, c->ndim, c->size);
+    return gi[0] ? 0 : -1;
+}
+
+hr_tensor *hr_ag_expand(hr_tensor *t, int ndim, const int64_t *size)
+{
+    return record_unary("expand", expand_backward, t, hr_view_expand(t, ndim, size), NULL);
+}
+
+static int cast_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const view_ctx *c = node->ctx;
+    gi[0] = hr_cast(g, c->dtype);
+    return gi[0] ? 0 : -1;
+}
+
+hr_tensor *hr_ag_cast(hr_tensor *t, hr_dtype dt)
+{
+    if (hr_tensor_check_live(t, "cast")) return NULL;
+    if (hr_requires_grad(t) && !hr_dtype_is_float(dt))
+        return hr_fail_null(HR_EINVAL, "cast: a tensor that requires grad cannot be cast to %s (not differentiable; "
+                                       "detach() it first)", hr_dtype_name(dt));
+    return record_unary("cast", cast_backward, t, hr_cast(t, dt), NULL);
+}

@@ -1,0 +1,81 @@
+/*
+ * hr_autograd.h — the reverse-mode tape.
+ *
+ * Every differentiable op that sees an input needing a gradient (while grad mode is on) creates one
+ * node: the op's backward function, references to what it saved, and one edge per input saying where
+ * that input's gradient goes (the node that produced the input, or the leaf tensor to accumulate
+ * into). The output tensor holds the node; nodes hold their parents, so a graph lives exactly as long
+ * as some tensor can reach it. hr_backward walks the graph once in reverse topological order.
+ */
+#ifndef HR_AUTOGRAD_H
+#define HR_AUTOGRAD_H
+
+#include "hr_core.h"
+
+#define HR_NODE_MAX_SAVED 8
+
+typedef struct hr_node hr_node;
+
+/* Computes the gradient of each input from the gradient of the output. grads_in has node->ninputs
+ * slots, all NULL on entry; fill those whose edge needs a gradient (hr_node_input_needs_grad) with
+ * new references (the engine takes them over), shaped exactly like the input. Returns 0 or -1. */
+typedef int (*hr_backward_fn)(hr_node *node, const hr_tensor *grad_out, hr_tensor **grads_in);
+
+typedef struct {
+    hr_node *node;   /* the producer of the input (owned reference), or NULL */
+    hr_tensor *leaf; /* a leaf that requires grad (owned reference), or NULL */
+} hr_edge;
+
+struct hr_node {
+    int refcount;
+    const char *op; /* name used in error messages */
+    hr_backward_fn backward;
+    int ninputs;
+    hr_edge *next;
+    /* tensors saved for backward: aliases (never the outputs themselves, to avoid cycles), with the
+     * version they had when saved so in-place changes are detected */
+    int nsaved;
+    hr_tensor *saved[HR_NODE_MAX_SAVED];
+    int saved_version[HR_NODE_MAX_SAVED];
+    bool buffers_freed; /* set after a backward without retain_graph */
+    /* shape/dtype of the output, to check incoming gradients */
+    int out_ndim;
+    int64_t out_size[HR_MAX_DIMS];
+    hr_dtype out_dtype;
+    /* op-specific payload (integers, dims, scalars), freed with the node */
+    void *ctx;
+    void (*ctx_destroy)(void *ctx);
+    /* engine scratch */
+    unsigned visit;
+    int pending;
+    hr_tensor *grad_acc;
+};
+
+/* Grad mode (per thread). */
+bool hr_grad_enabled(void);
+void hr_set_grad_enabled(bool on);
+/* True when t participates in the graph: a leaf requiring grad or the output of a recorded op. */
+bool hr_requires_grad(const hr_tensor *t);
+/* True when grad mode is on and any of the inputs requires grad: the op must record a node. */
+bool hr_should_record(int n, hr_tensor *const *inputs);
+
+/* New node with edges to the inputs (NULL inputs or ones not requiring grad get empty edges).
+ * ctx_size bytes of zeroed payload are allocated in node->ctx. */
+hr_node *hr_node_new(const char *op, hr_backward_fn backward, int n, hr_tensor *const *inputs, size_t ctx_size);
+bool hr_node_input_needs_grad(const hr_node *node, int i);
+/* Saves t for backward (returns its slot or -1). */
+int hr_node_save(hr_node *node, hr_tensor *t);
+/* Returns saved tensor i, or NULL with an error when it was freed by an earlier backward or modified
+ * in place since it was saved. */
+hr_tensor *hr_node_saved(hr_node *node, int i);
+/* Makes node the grad_fn of out (takes over the caller's reference to node). */
+void hr_node_attach(hr_node *node, hr_tensor *out);
+void hr_node_retain(hr_node *node);
+
+/* Runs backward from root. grad may be NULL only for a one-element root (it is then 1). */
+int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph);
+
+/* dst += src elementwise (same shape, float dtypes, may differ in dtype); used for accumulation. */
+int hr_grad_accumulate_(hr_tensor *dst, const hr_tensor *src);
+
+#endif

@@ -1,0 +1,23 @@
+/* hr_autograd_ops.h — differentiable versions of core ops (they record on the tape when needed). */
+#ifndef HR_AUTOGRAD_OPS_H
+#define HR_AUTOGRAD_OPS_H
+
+#include "hr_core.h"
+
+/* Sums g over broadcast dimensions so it has the given shape (the gradient of a broadcast). */
+hr_tensor *hr_sum_to_size(const hr_tensor *g, int ndim, const int64_t *size);
+
+hr_tensor *hr_ag_narrow(hr_tensor *t, int dim, int64_t start, int64_t length);
+hr_tensor *hr_ag_select(hr_tensor *t, int dim, int64_t index);
+hr_tensor *hr_ag_transpose(hr_tensor *t, int d0, int d1);
+hr_tensor *hr_ag_permute(hr_tensor *t, const int *perm);
+hr_tensor *hr_ag_view(hr_tensor *t, int ndim, const int64_t *size);
+hr_tensor *hr_ag_reshape(hr_tensor *t, int ndim, const int64_t *size);
+hr_tensor *hr_ag_squeeze(hr_tensor *t, int dim);
+hr_tensor *hr_ag_unsqueeze(hr_tensor *t, int dim);
+hr_tensor *hr_ag_expand(hr_tensor *t, int ndim, const int64_t *size);
+hr_tensor *hr_ag_contiguous(hr_tensor *t);
+hr_tensor *hr_ag_clone(hr_tensor *t);
+hr_tensor *hr_ag_cast(hr_tensor *t, hr_dtype dt);
+
+#endif

@@ -1,0 +1,168 @@
+/* l_autograd.c — Lua side of the tape: requires_grad, .grad, backward, detach, no_grad. */
+#include <string.h>
+
+#include "hr_autograd.h"
+#include "l_common.h"
+
+/* Fields read as t.grad, t.requires_grad, t.is_leaf, t.grad_fn. Returns 1 when key was one of them. */
+int hr_lua_autograd_field(lua_State *L, hr_tensor *t, const char *key)
+{
+    if (strcmp(key, "grad") == 0) {
+        if (!t->grad) {
+            lua_pushnil(L);
+        } else {
+            hr_tensor_retain(t->grad);
+            hr_lua_push_tensor(L, t->grad);
+        }
+        return 1;
+    }
+    if (strcmp(key, "requires_grad") == 0) {
+        lua_pushboolean(L, hr_requires_grad(t));
+        return 1;
+    }
+    if (strcmp(key, "is_leaf") == 0) {
+        lua_pushboolean(L, t->grad_fn == NULL);
+        return 1;
+    }
+    if (strcmp(key, "grad_fn") == 0) {
+        if (t->grad_fn) lua_pushstring(L, t->grad_fn->op);
+        else lua_pushnil(L);
+        return 1;
+    }
+    return 0;
+}
+
+/* t.grad = nil | tensor, t.requires_grad = bool. Returns 1 when key was one of them. */
+int hr_lua_autograd_set_field(lua_State *L, hr_tensor *t, const char *key, int value_idx)
+{
+    if (strcmp(key, "grad") == 0) {
+        hr_tensor *g = NULL;
+        if (!lua_isnil(L, value_idx)) {
+            g = hr_lua_check_tensor(L, value_idx, "grad assignment");
+            if (g->ndim != t->ndim || memcmp(g->size, t->size, sizeof(int64_t) * (size_t)t->ndim) != 0) {
+                char a[160], b[160];
+                return luaL_error(L, "grad assignment: gradient of size %s for a tensor of size %s",
+                                  hr_shape_str(g->ndim, g->size, a, sizeof a), hr_shape_str(t->ndim, t->size, b, sizeof b));
+            }
+            hr_tensor_retain(g);
+        }
+        hr_tensor_release(t->grad);
+        t->grad = g;
+        return 1;
+    }
+    if (strcmp(key, "requires_grad") == 0) {
+        bool on = lua_toboolean(L, value_idx);
+        if (t->grad_fn && !on)
+            return luaL_error(L, "requires_grad: only leaf tensors can stop requiring grad (use :detach())");
+        if (on && !hr_dtype_is_float(t->dtype))
+            return luaL_error(L, "requires_grad: only floating point tensors can require gradients, got %s",
+                              hr_dtype_name(t->dtype));
+        t->requires_grad = on || t->grad_fn != NULL;
+        return 1;
+    }
+    return 0;
+}
+
+/* t:requires_grad_(on = true) -> t */
+static int t_requires_grad_(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "requires_grad_");
+    if (lua_isnone(L, 2)) lua_pushboolean(L, 1);
+    hr_lua_autograd_set_field(L, t, "requires_grad", 2);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* t:backward([grad][, {retain_graph = bool}]) */
+static int t_backward(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "backward");
+    hr_tensor *g = NULL;
+    int opts = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        if (lua_istable(L, 2) && !hr_lua_to_tensor(L, 2)) opts = 2;
+        else g = hr_lua_check_tensor(L, 2, "backward");
+    }
+    if (!opts && lua_istable(L, 3)) opts = 3;
+    bool retain = false;
+    if (opts) {
+        lua_getfield(L, opts, "retain_graph");
+        retain = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_backward(t, g, retain));
+    if (rc) return hr_lua_error(L, "backward");
+    return 0;
+}
+
+/* t:detach(): same data, cut from the graph. */
+static int t_detach(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "detach");
+    hr_tensor *d = hr_view_alias(t);
+    if (!d) return hr_lua_error(L, "detach");
+    hr_lua_push_tensor(L, d);
+    return 1;
+}
+
+/* t:detach_(): cuts t itself from the graph. */
+static int t_detach_(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "detach_");
+    hr_node_release(t->grad_fn);
+    t->grad_fn = NULL;
+    t->requires_grad = false;
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* hero.no_grad(fn, ...): runs fn with recording off, restoring the mode even when fn raises. */
+static int l_no_grad(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    bool was = hr_grad_enabled();
+    hr_set_grad_enabled(false);
+    int nargs = lua_gettop(L) - 1;
+    int status = lua_pcall(L, nargs, LUA_MULTRET, 0);
+    hr_set_grad_enabled(was);
+    if (status != LUA_OK) return lua_error(L);
+    return lua_gettop(L);
+}
+
+static int l_is_grad_enabled(lua_State *L)
+{
+    lua_pushboolean(L, hr_grad_enabled());
+    return 1;
+}
+
+static int l_set_grad_enabled(lua_State *L)
+{
+    hr_set_grad_enabled(lua_toboolean(L, 1));
+    return 0;
+}
+
+static const luaL_Reg module_functions[] = {
+    {"no_grad", l_no_grad},
+    {"is_grad_enabled", l_is_grad_enabled},
+    {"set_grad_enabled", l_set_grad_enabled},
+    {NULL, NULL},
+};
+
+static const luaL_Reg tensor_methods[] = {
+    {"requires_grad_", t_requires_grad_},
+    {"backward", t_backward},
+    {"detach", t_detach},
+    {"detach_", t_detach_},
+    {NULL, NULL},
+};
+
+void hr_lua_open_autograd(lua_State *L, int module_idx, int methods_idx)
+{
+    lua_pushvalue(L, module_idx);
+    luaL_setfuncs(L, module_functions, 0);
+    lua_pop(L, 1);
+    lua_pushvalue(L, methods_idx);
+    luaL_setfuncs(L, tensor_methods, 0);
+    lua_pop(L, 1);
+}

@@ -1,0 +1,59 @@
+local hero = require "hero"
+local helper = require "spec_helper"
+
+describe("autograd through views and casts", function()
+  it("routes gradients of narrow, transpose, reshape and select back to the leaf", function()
+    local x = hero.tensor({{1, 2, 3}, {4, 5, 6}}, {dtype = "f64"}):requires_grad_()
+    assert.is_true(x.requires_grad)
+    assert.is_true(x.is_leaf)
+    local y = x:narrow(2, 2, 2):t():reshape(4)
+    assert.equal("reshape", y.grad_fn)
+    y:backward(hero.tensor({10, 20, 30, 40}, {dtype = "f64"}))
+    -- y = [x12, x22, x13, x23]
+    assert.same({{0, 10, 30}, {0, 20, 40}}, x.grad:totable())
+    x[1].grad = nil
+    x.grad = nil
+    local s = x[2][3]
+    s:backward()
+    assert.same({{0, 0, 0}, {0, 0, 1}}, x.grad:totable())
+  end)
+
+  it("sums gradients of expand over the broadcast dimensions and accumulates", function()
+    local x = hero.tensor({{1}, {2}}, {dtype = "f64"}):requires_grad_()
+    local e = x:expand(2, 3)
+    e:backward(hero.ones(2, 3, {dtype = "f64"}))
+    assert.same({{3}, {3}}, x.grad:totable())
+    x:unsqueeze(1):permute(2, 3, 1):squeeze():backward(hero.tensor({5, 7}, {dtype = "f64"}))
+    assert.same({{8}, {10}}, x.grad:totable())
+  end)
+
+  it("casts gradients back to the leaf's dtype", function()
+    local x = hero.tensor({1.5, 2.5}):requires_grad_()
+    local y = x:double()
+    y:backward(hero.tensor({1, 2}, {dtype = "f64"}))
+    assert.equal("f32", x.grad:dtype())
+    assert.same({1, 2}, x.grad:totable())
+    helper.assert_error_contains(function() return x:long() end, "cannot be cast to i64")
+  end)
+
+  it("refuses a second backward through freed buffers and bad gradients", function()
+    local x = hero.tensor({1, 2, 3}):requires_grad_()
+    local y = x:narrow(1, 1, 2)
+    helper.assert_error_contains(function() y:backward() end, "gradient argument is needed", "size 2")
+    helper.assert_error_contains(function() y:backward(hero.ones(3)) end, "does not match", "size 2")
+    helper.assert_error_contains(function() hero.ones(2):backward() end, "does not require grad")
+  end)
+
+  it("records nothing inside no_grad and restores the mode after errors", function()
+    local x = hero.tensor({1, 2}):requires_grad_()
+    local y = hero.no_grad(function() return x:narrow(1, 1, 1) end)
+    assert.is_false(y.requires_grad)
+    assert.is_false(pcall(hero.no_grad, function() error("boom") end))
+    assert.is_true(hero.is_grad_enabled())
+    assert.is_true(x:narrow(1, 1, 1).requires_grad)
+    assert.is_false(x:detach().requires_grad)
+    helper.assert_error_contains(function() x:fill_(1) end, "leaf tensor that requires grad")
+    hero.no_grad(function() x:fill_(3) end)
+    assert.same({3, 3}, x:totable())
+  end)
+end)
