@@ -1,0 +1,224 @@
+/* cpu/optim.c — fused AdamW and gradient-norm kernels over many parameters at once. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hr_optim.h"
+
+static int check_item(const hr_adamw_item *it, int i)
+{
+    const hr_tensor *ts[4] = {it->param, it->grad, it->exp_avg, it->exp_avg_sq};
+    static const char *const names[4] = {"parameter", "gradient", "exp_avg", "exp_avg_sq"};
+    for (int k = 0; k < 4; k++) {
+        if (hr_tensor_check_live(ts[k], "adamw")) return hr_fail(HR_EFREED, "adamw: %s %d was freed", names[k], i + 1);
+        if (!hr_tensor_is_contiguous(ts[k]))
+            return hr_fail(HR_EINVAL, "adamw: %s %d is not contiguous", names[k], i + 1);
+        if (hr_tensor_device(ts[k]).type != HR_CPU)
+            return hr_fail(HR_EDEVICE, "adamw: CUDA tensors need the CUDA backend, which this build lacks");
+        if (hr_tensor_numel(ts[k]) != hr_tensor_numel(it->param)) {
+            char a[160], b[160];
+            return hr_fail(HR_EINVAL, "adamw: %s %d has size %s but the parameter has size %s", names[k], i + 1,
+                           hr_shape_str(ts[k]->ndim, ts[k]->size, a, sizeof a),
+                           hr_shape_str(it->param->ndim, it->param->size, b, sizeof b));
+        }
+    }
+    hr_dtype pd = it->param->dtype;
+    if (pd != HR_F32 && pd != HR_F64)
+        return hr_fail(HR_EINVAL, "adamw: parameter %d is %s; master weights must be f32 or f64", i + 1, hr_dtype_name(pd));
+    if (it->exp_avg->dtype != pd || it->exp_avg_sq->dtype != pd)
+        return hr_fail(HR_EINVAL, "adamw: optimizer state of parameter %d must have the parameter's dtype %s", i + 1,
+                       hr_dtype_name(pd));
+    if (!hr_dtype_is_float(it->grad->dtype))
+        return hr_fail(HR_EINVAL, "adamw: gradient %d has dtype %s", i + 1, hr_dtype_name(it->grad->dtype));
+    return 0;
+}
+
+typedef struct {
+    hr_adamw_item *items;
+    int n;
+    int64_t *starts; /* prefix sums of element counts, n + 1 entries */
+    double beta1, beta2, eps;
+} adamw_job;
+
+/* The f32 update mirrors torch's float arithmetic: scalars are rounded to float first. */
+static void adamw_f32(const hr_adamw_item *it, int64_t lo, int64_t hi, const adamw_job *job)
+{
+    float *p = hr_tensor_data(it->param);
+    float *m = hr_tensor_data(it->exp_avg);
+    float *v = hr_tensor_data(it->exp_avg_sq);
+    const float b1 = (float)job->beta1, b2 = (float)job->beta2;
+    const float c1 = (float)(1.0 - job->beta1), c2 = (float)(1.0 - job->beta2);
+    const float eps = (float)job->eps;
+    const float step = (float)it->step_size, decay = (float)it->decay;
+    if (it->grad->dtype == HR_F32) {
+        const float *g = hr_tensor_data(it->grad);
+        for (int64_t i = lo; i < hi; i++) {
+            float mi = m[i] * b1 + c1 * g[i];
+            float vi = v[i] * b2 + (c2 * g[i]) * g[i]; /* addcmul: value * t1 * t2 */
+            m[i] = mi;
+            v[i] = vi;
+            float pi = p[i] - step * (mi / (sqrtf(vi) + eps));
+            if (decay != 0.0f) pi = pi - decay * pi;
+            p[i] = pi;
+        }
+    } else {
+        const char *g = hr_tensor_data(it->grad);
+        size_t gs = hr_dtype_size(it->grad->dtype);
+        for (int64_t i = lo; i < hi; i++) {
+            float gi = (float)hr_load_f64(g + (size_t)i * gs, it->grad->dtype);
+            float mi = m[i] * b1 + c1 * gi;
+            float vi = v[i] * b2 + (c2 * gi) * gi;
+            m[i] = mi;
+            v[i] = vi;
+            float pi = p[i] - step * (mi / (sqrtf(vi) + eps));
+            if (decay != 0.0f) pi = pi - decay * pi;
+            p[i] = pi;
+        }
+    }
+}
+
+static void adamw_f64(const hr_adamw_item *it, int64_t lo, int64_t hi, const adamw_job *job)
+{
+    double *p = hr_tensor_data(it->param);
+    double *m = hr_tensor_data(it->exp_avg);
+    double *v = hr_tensor_data(it->exp_avg_sq);
+    const char *g = hr_tensor_data(it->grad);
+    size_t gs = hr_dtype_size(it->grad->dtype);
+    for (int64_t i = lo; i < hi; i++) {
+        double gi = hr_load_f64(g + (size_t)i * gs, it->grad->dtype);
+        double mi = m[i] * job->beta1 + (1.0 - job->beta1) * gi;
+        double vi = v[i] * job->beta2 + ((1.0 - job->beta2) * gi) * gi;
+        m[i] = mi;
+        v[i] = vi;
+        double pi = p[i] - it->step_size * (mi / (sqrt(vi) + job->eps));
+        if (it->decay != 0.0) pi = pi - it->decay * pi;
+        p[i] = pi;
+    }
+}
+
+/* Processes the global element range [begin, end) which may span several parameters. */
+static void adamw_range(void *arg, int64_t begin, int64_t end)
+{
+    const adamw_job *job = arg;
+    /* first item containing begin */
+    int lo = 0, hi = job->n;
+    while (hi - lo > 1) {
+        int mid = (lo + hi) / 2;
+        if (job->starts[mid] <= begin) lo = mid;
+        else hi = mid;
+    }
+    for (int k = lo; k < job->n && job->starts[k] < end; k++) {
+        int64_t a = begin > job->starts[k] ? begin - job->starts[k] : 0;
+        int64_t b = (end < job->starts[k + 1] ? end : job->starts[k + 1]) - job->starts[k];
+        if (a >= b) continue;
+        const hr_adamw_item *it = &job->items[k];
+        if (it->param->dtype == HR_F32) adamw_f32(it, a, b, job);
+        else adamw_f64(it, a, b, job);
+    }
+}
+
+int hr_adamw_step(hr_adamw_item *items, int n, double beta1, double beta2, double eps)
+{
+    if (n <= 0) return 0;
+    for (int i = 0; i < n; i++)
+        if (check_item(&items[i], i)) return -1;
+    int64_t *starts = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    if (!starts) return hr_fail(HR_ENOMEM, "adamw: out of memory");
+    starts[0] = 0;
+    for (int i = 0; i < n; i++) starts[i + 1] = starts[i] + hr_tensor_numel(items[i].param);
+    adamw_job job = {items, n, starts, beta1, beta2, eps};
+    hr_parallel_for(starts[n], 1 << 15, adamw_range, &job);
+    for (int i = 0; i < n; i++) {
+        hr_tensor_bump_version(items[i].param);
+        hr_tensor_bump_version(items[i].exp_avg);
+        hr_tensor_bump_version(items[i].exp_avg_sq);
+    }
+    free(starts);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ norms */
+
+typedef struct {
+    hr_dtype dt;
+    double sum;
+} sumsq_ctx;
+
+static void sumsq_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
+{
+    sumsq_ctx *c = arg;
+    double s = 0;
+    if (c->dt == HR_F32 && bs[0] == 4) {
+        const float *f = (const float *)p[0];
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        int64_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            s0 += (double)f[i] * f[i];
+            s1 += (double)f[i + 1] * f[i + 1];
+            s2 += (double)f[i + 2] * f[i + 2];
+            s3 += (double)f[i + 3] * f[i + 3];
+        }
+        for (; i < n; i++) s0 += (double)f[i] * f[i];
+        s = s0 + s1 + s2 + s3;
+    } else {
+        for (int64_t i = 0; i < n; i++) {
+            double v = hr_load_f64(p[0] + i * bs[0], c->dt);
+            s += v * v;
+        }
+    }
+    c->sum += s;
+}
+
+int hr_global_norm(hr_tensor *const *tensors, int n, double *norm)
+{
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        const hr_tensor *t = tensors[i];
+        if (hr_tensor_check_live(t, "clip_grad_norm")) return -1;
+        if (hr_tensor_device(t).type != HR_CPU)
+            return hr_fail(HR_EDEVICE, "clip_grad_norm: CUDA tensors need the CUDA backend, which this build lacks");
+        sumsq_ctx c = {t->dtype, 0};
+        hr_iter it;
+        hr_iter_init(&it, t->ndim, t->size);
+        hr_iter_add(&it, hr_tensor_data(t), hr_dtype_size(t->dtype), t->stride);
+        hr_iter_run(&it, sumsq_kernel, &c, false); /* serial: one accumulator, deterministic order */
+        total += c.sum;
+    }
+    *norm = sqrt(total);
+    return 0;
+}
+
+typedef struct {
+    hr_dtype dt;
+    double scale;
+} scale_ctx;
+
+static void scale_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
+{
+    const scale_ctx *c = arg;
+    if (c->dt == HR_F32 && bs[0] == 4) {
+        float *f = (float *)p[0];
+        const float s = (float)c->scale;
+        for (int64_t i = 0; i < n; i++) f[i] *= s;
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        char *q = p[0] + i * bs[0];
+        hr_store_f64(q, c->dt, hr_load_f64(q, c->dt) * c->scale);
+    }
+}
+
+int hr_scale_all_(hr_tensor *const *tensors, int n, double scale)
+{
+    for (int i = 0; i < n; i++) {
+        hr_tensor *t = tensors[i];
+        if (hr_tensor_check_live(t, "clip_grad_norm")) return -1;
+        scale_ctx c = {t->dtype, scale};
+        hr_iter it;
+        hr_iter_init(&it, t->ndim, t->size);
+        hr_iter_add(&it, hr_tensor_data(t), hr_dtype_size(t->dtype), t->stride);
+        hr_iter_run(&it, scale_kernel, &c, true);
+        hr_tensor_bump_version(t);
+    }
+    return 0;
+}

@@ -1,0 +1,171 @@
+--- hero.optim: AdamW exactly as the HERO reference (HuggingFace AdamW with bias correction),
+-- the warmup-linear schedule and global-norm gradient clipping. The arithmetic runs in C, over all
+-- parameters in one fused pass.
+local core = require "hero.core"
+
+local optim = {}
+
+--- Normalises parameters to an ordered array of {name = string, param = tensor}. Accepts the array
+-- of {name, tensor} pairs that Module:named_parameters() returns, or a table name -> tensor (then
+-- sorted by name so the order is reproducible).
+local function ordered_params(params)
+  local list = {}
+  if #params > 0 then
+    for i, pair in ipairs(params) do
+      local name, t = pair[1], pair[2]
+      if type(name) ~= "string" or not core.is_tensor(t) then
+        error(string.format("AdamW: parameter entry %d must be {name, tensor}", i), 3)
+      end
+      list[#list + 1] = {name = name, param = t}
+    end
+  else
+    local names = {}
+    for name, t in pairs(params) do
+      if not core.is_tensor(t) then error(string.format("AdamW: parameter '%s' is not a tensor", tostring(name)), 3) end
+      names[#names + 1] = name
+    end
+    table.sort(names)
+    for _, name in ipairs(names) do list[#list + 1] = {name = name, param = params[name]} end
+  end
+  return list
+end
+
+local function contains_any(name, substrings)
+  for _, s in ipairs(substrings) do
+    if name:find(s, 1, true) then return true end
+  end
+  return false
+end
+
+local AdamW = {}
+AdamW.__index = AdamW
+
+--- optim.AdamW(params, opts)
+-- opts: lr (required), betas = {0.9, 0.999}, eps = 1e-6, weight_decay = 0, no_decay = list of name
+-- substrings that get weight_decay 0, group = function(name) -> group key (parameters with the same
+-- key share lr multipliers; default: one group per decay/no-decay), lr_mul = {[key] = multiplier}.
+function optim.AdamW(params, opts)
+  opts = opts or {}
+  if type(opts.lr) ~= "number" then error("AdamW: opts.lr must be a number", 2) end
+  local betas = opts.betas or {0.9, 0.999}
+  local self = setmetatable({
+    lr = opts.lr,
+    beta1 = betas[1], beta2 = betas[2],
+    eps = opts.eps or 1e-6,
+    weight_decay = opts.weight_decay or 0,
+    no_decay = opts.no_decay or {},
+    lr_mul = opts.lr_mul or {},
+    entries = ordered_params(params),
+    state = {},
+  }, AdamW)
+  if self.beta1 < 0 or self.beta1 >= 1 or self.beta2 < 0 or self.beta2 >= 1 then
+    error(string.format("AdamW: betas must be in [0, 1), got {%g, %g}", self.beta1, self.beta2), 2)
+  end
+  for _, e in ipairs(self.entries) do
+    e.decay = not contains_any(e.name, self.no_decay)
+    e.group = opts.group and opts.group(e.name) or (e.decay and "decay" or "no_decay")
+  end
+  return self
+end
+
+--- Sets the base learning rate (before the per-group multipliers).
+function AdamW:set_lr(lr) self.lr = lr end
+
+--- One update of every parameter that has a gradient (parameters whose .grad is nil are skipped,
+-- as in the reference).
+function AdamW:step()
+  local items = {}
+  for _, e in ipairs(self.entries) do
+    local p = e.param
+    local g = p.grad
+    if g then
+      local st = self.state[e.name]
+      if not st then
+        st = {step = 0, exp_avg = core.zeros(p:size(), {dtype = p:dtype()}),
+              exp_avg_sq = core.zeros(p:size(), {dtype = p:dtype()})}
+        self.state[e.name] = st
+      end
+      st.step = st.step + 1
+      local lr = self.lr * (self.lr_mul[e.group] or 1)
+      local bc1 = 1 - self.beta1 ^ st.step
+      local bc2 = 1 - self.beta2 ^ st.step
+      items[#items + 1] = {
+        param = p, grad = g:contiguous(), exp_avg = st.exp_avg, exp_avg_sq = st.exp_avg_sq,
+        step_size = lr * math.sqrt(bc2) / bc1,
+        decay = e.decay and lr * self.weight_decay or 0,
+      }
+    end
+  end
+  core.adamw_step(items, self.beta1, self.beta2, self.eps)
+end
+
+--- Zeroes every gradient in place (they stay allocated, so parameters that had one keep being
+-- updated, as the reference's zero_grad does).
+function AdamW:zero_grad()
+  for _, e in ipairs(self.entries) do
+    local g = e.param.grad
+    if g then core.no_grad(function() g:zero_() end) end
+  end
+end
+
+--- Optimizer state as a nested table of tensors and numbers (for hero.save).
+function AdamW:state_dict()
+  local state = {}
+  for name, st in pairs(self.state) do
+    state[name] = {step = st.step, exp_avg = st.exp_avg, exp_avg_sq = st.exp_avg_sq}
+  end
+  return {lr = self.lr, betas = {self.beta1, self.beta2}, eps = self.eps, weight_decay = self.weight_decay,
+          state = state}
+end
+
+--- Restores what state_dict returned (copies, so the saved tensors can be freed afterwards).
+function AdamW:load_state_dict(sd)
+  local known = {}
+  for _, e in ipairs(self.entries) do known[e.name] = e.param end
+  self.state = {}
+  for name, st in pairs(sd.state or {}) do
+    local p = known[name]
+    if not p then error(string.format("AdamW:load_state_dict: state for unknown parameter '%s'", name), 2) end
+    local function copy(t, what)
+      if table.concat(t:size(), "x") ~= table.concat(p:size(), "x") then
+        error(string.format("AdamW:load_state_dict: %s of '%s' has size %s, the parameter has %s", what, name,
+          table.concat(t:size(), "x"), table.concat(p:size(), "x")), 3)
+      end
+      return t:to(p:dtype()):clone()
+    end
+    self.state[name] = {step = math.tointeger(st.step) or st.step, exp_avg = copy(st.exp_avg, "exp_avg"),
+                        exp_avg_sq = copy(st.exp_avg_sq, "exp_avg_sq")}
+  end
+  if sd.lr then self.lr = sd.lr end
+end
+
+--- Learning rate of the reference's warmup_linear schedule at update `step` (counted from 1).
+function optim.warmup_linear(base_lr, step, warmup, total)
+  local factor
+  if step < warmup then
+    factor = step / warmup
+  else
+    factor = math.max(0, (total - step) / (total - warmup))
+  end
+  local lr = base_lr * factor
+  if lr <= 0 then lr = 1e-8 end
+  return lr
+end
+
+--- Clips the global L2 norm of the gradients of `params` (a list of tensors, a
+-- named_parameters() array or a name -> tensor table) to max_norm, with the reference's
+-- scale = max_norm / (norm + 1e-6) applied only when below 1. Returns the norm before clipping.
+function optim.clip_grad_norm(params, max_norm)
+  local grads = {}
+  if core.is_tensor(params[1]) then
+    for _, p in ipairs(params) do grads[#grads + 1] = p.grad end
+  else
+    for _, e in ipairs(ordered_params(params)) do grads[#grads + 1] = e.param.grad end
+  end
+  local norm = core.global_norm(grads)
+  local scale = max_norm / (norm + 1e-6)
+  if scale < 1 then core.scale_all_(grads, scale) end
+  return norm
+end
+
+return optim

@@ -1,0 +1,87 @@
+local hero = require "hero"
+local optim = require "hero.optim"
+local helper = require "spec_helper"
+
+-- Reference values computed by hand-written float64 arithmetic of hero-spec §6.1 (in Lua doubles,
+-- independently of the C kernel), compared on f64 parameters.
+local function reference_adamw(p, g, steps, lr, b1, b2, eps, wd)
+  local m, v = {}, {}
+  for i = 1, #p do m[i], v[i] = 0, 0 end
+  for t = 1, steps do
+    local step_size = lr * math.sqrt(1 - b2 ^ t) / (1 - b1 ^ t)
+    for i = 1, #p do
+      m[i] = b1 * m[i] + (1 - b1) * g[i]
+      v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i]
+      p[i] = p[i] - step_size * m[i] / (math.sqrt(v[i]) + eps)
+      p[i] = p[i] - lr * wd * p[i]
+    end
+  end
+  return p
+end
+
+describe("optim", function()
+  it("AdamW follows the reference update, with decay only where names allow it", function()
+    local w = hero.tensor({0.5, -1.0, 2.0}, {dtype = "f64"}):requires_grad_()
+    local b = hero.tensor({0.1, 0.2}, {dtype = "f64"}):requires_grad_()
+    local opt = optim.AdamW({{"layer.weight", w}, {"layer.bias", b}},
+      {lr = 1e-2, betas = {0.9, 0.98}, eps = 1e-6, weight_decay = 0.01, no_decay = {"bias"}})
+    for _ = 1, 3 do
+      w.grad = hero.tensor({0.3, -0.2, 0.05}, {dtype = "f64"})
+      b.grad = hero.tensor({-1.0, 4.0}, {dtype = "f64"})
+      opt:step()
+    end
+    local ew = reference_adamw({0.5, -1.0, 2.0}, {0.3, -0.2, 0.05}, 3, 1e-2, 0.9, 0.98, 1e-6, 0.01)
+    local eb = reference_adamw({0.1, 0.2}, {-1.0, 4.0}, 3, 1e-2, 0.9, 0.98, 1e-6, 0)
+    assert.tensor_near(w, ew)
+    assert.tensor_near(b, eb)
+    assert.equal(3, opt.state["layer.weight"].step)
+  end)
+
+  it("skips parameters without gradients and restores its state bit for bit", function()
+    local w = hero.tensor({1, 2}):requires_grad_()
+    local u = hero.tensor({3, 4}):requires_grad_()
+    local opt = optim.AdamW({{"w", w}, {"u", u}}, {lr = 0.1})
+    w.grad = hero.tensor({1, 1})
+    opt:step()
+    assert.same({3, 4}, u:totable())
+    assert.is_nil(opt.state.u)
+    local sd = opt:state_dict()
+    local w2 = w:detach():clone():requires_grad_()
+    local opt2 = optim.AdamW({{"w", w2}, {"u", u}}, {lr = 0.1})
+    opt2:load_state_dict(sd)
+    w.grad = hero.tensor({0.5, -0.5})
+    w2.grad = hero.tensor({0.5, -0.5})
+    opt:step()
+    opt2:step()
+    assert.same(w:totable(), w2:totable())
+  end)
+
+  it("clips the global norm with the reference's formula", function()
+    local a = hero.tensor({3, 0}):requires_grad_()
+    local b = hero.tensor({0, 4}):requires_grad_()
+    a.grad = hero.tensor({3, 0})
+    b.grad = hero.tensor({0, 4})
+    local norm = optim.clip_grad_norm({a, b}, 1.0)
+    assert.near(5, norm, 1e-12)
+    local s = 1 / (5 + 1e-6)
+    assert.tensor_near(a.grad, {3 * s, 0})
+    assert.tensor_near(b.grad, {0, 4 * s})
+    assert.near(5, optim.clip_grad_norm({a, b}, 10) * (5 + 1e-6), 1e-4)
+  end)
+
+  it("computes the warmup-linear schedule from step 1", function()
+    assert.near(3e-5 * 1 / 10, optim.warmup_linear(3e-5, 1, 10, 100), 1e-20)
+    assert.near(3e-5, optim.warmup_linear(3e-5, 10, 10, 100), 1e-20)
+    assert.near(3e-5 * 40 / 90, optim.warmup_linear(3e-5, 60, 10, 100), 1e-20)
+    assert.equal(1e-8, optim.warmup_linear(3e-5, 100, 10, 100))
+  end)
+
+  it("rejects bad options and states", function()
+    helper.assert_error_contains(function() optim.AdamW({}, {}) end, "lr must be a number")
+    local w = hero.tensor({1, 2}):requires_grad_()
+    local opt = optim.AdamW({{"w", w}}, {lr = 0.1})
+    helper.assert_error_contains(function()
+      opt:load_state_dict({state = {x = {step = 1, exp_avg = hero.zeros(2), exp_avg_sq = hero.zeros(2)}}})
+    end, "unknown parameter 'x'")
+  end)
+end)
