@@ -17,6 +17,7 @@ hero.version = "scm-1"
 require("hero.tensor_print").install(core.Tensor, core.metatable)
 require("hero.tensor_extra").install(hero, core.Tensor, core.metatable)
 
+hero.nn = require "hero.nn"
 hero.optim = require "hero.optim"
 hero.io = require "hero.io"
 hero.save = hero.io.save

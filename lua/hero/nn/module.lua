@@ -1,0 +1,222 @@
+--- hero.nn.Module: the base of every layer. Torch's protocol (forward, parameters, training,
+-- evaluate, printing as a tree) plus named_parameters, state_dict and load_state_dict whose names
+-- are the reference implementation's PyTorch state_dict keys.
+local core = require "hero.core"
+
+local Module = {}
+Module.__index = Module
+Module.__name = "Module"
+
+local function construct(cls, ...)
+  local self = setmetatable({
+    training = true,
+    _params = {}, _param_order = {},
+    _buffers = {}, _buffer_order = {},
+    _modules = {}, _module_order = {},
+    _name = nil, _parent = nil,
+  }, cls)
+  if cls.__init then cls.__init(self, ...) end
+  return self
+end
+
+--- Creates a subclass: `local Linear = Module:extend("Linear")`, then `function Linear:__init(...)`.
+-- Instances are made by calling the class (`Linear(768, 768)`) or `Linear.new(768, 768)`.
+function Module:extend(name)
+  local cls = {}
+  for k, v in pairs(self) do
+    if k:find("^__") then cls[k] = v end -- metamethods are not inherited through __index
+  end
+  cls.__index = cls
+  cls.__name = name
+  cls.super = self
+  cls.new = function(...) return construct(cls, ...) end
+  return setmetatable(cls, {__index = self, __call = function(c, ...) return construct(c, ...) end})
+end
+
+--- The dotted path of this module from the root it was added to ("" for a root).
+function Module:path()
+  local parts = {}
+  local m = self
+  while m and m._name do
+    table.insert(parts, 1, m._name)
+    m = m._parent
+  end
+  return table.concat(parts, ".")
+end
+
+--- Raises an error prefixed with the module's class and path.
+function Module:error(fmt, ...)
+  local path = self:path()
+  local where = path ~= "" and string.format("%s (%s)", self.__name, path) or self.__name
+  error(where .. ": " .. string.format(fmt, ...), 2)
+end
+
+--- Registers a trainable tensor under `name` (also reachable as self[name]).
+function Module:register_parameter(name, t)
+  if not core.is_tensor(t) then self:error("parameter '%s' must be a tensor", name) end
+  if not self._params[name] then self._param_order[#self._param_order + 1] = name end
+  if not t.requires_grad then t:requires_grad_(true) end
+  self._params[name] = t
+  self[name] = t
+  return t
+end
+
+--- Registers a non-trainable tensor that is part of the state_dict (e.g. position ids).
+function Module:register_buffer(name, t)
+  if not self._buffers[name] then self._buffer_order[#self._buffer_order + 1] = name end
+  self._buffers[name] = t
+  self[name] = t
+  return t
+end
+
+--- Adds a child module under `name` (also reachable as self[name]).
+function Module:add_module(name, m)
+  if type(m) ~= "table" or not m._params then self:error("child '%s' is not a hero.nn.Module", name) end
+  if not self._modules[name] then self._module_order[#self._module_order + 1] = name end
+  self._modules[name] = m
+  m._name = name
+  m._parent = self
+  self[name] = m
+  return m
+end
+
+--- Children in registration order, as an array of {name, module}.
+function Module:named_children()
+  local out = {}
+  for _, name in ipairs(self._module_order) do out[#out + 1] = {name, self._modules[name]} end
+  return out
+end
+
+function Module:children()
+  local out = {}
+  for _, name in ipairs(self._module_order) do out[#out + 1] = self._modules[name] end
+  return out
+end
+
+--- Every module of the tree (pre-order), as an array of {path, module}.
+function Module:named_modules(prefix, out)
+  out = out or {}
+  prefix = prefix or ""
+  out[#out + 1] = {prefix, self}
+  for _, name in ipairs(self._module_order) do
+    self._modules[name]:named_modules(prefix == "" and name or prefix .. "." .. name, out)
+  end
+  return out
+end
+
+--- Every parameter as an array of {name, tensor} in registration order. A tensor reachable under
+-- two names (tied weights) is listed once, under the first name.
+function Module:named_parameters()
+  local out, seen = {}, {}
+  for _, entry in ipairs(self:named_modules()) do
+    local prefix, m = entry[1], entry[2]
+    for _, pname in ipairs(m._param_order) do
+      local t = m._params[pname]
+      if not seen[t] then
+        seen[t] = true
+        out[#out + 1] = {prefix == "" and pname or prefix .. "." .. pname, t}
+      end
+    end
+  end
+  return out
+end
+
+function Module:parameters()
+  local out = {}
+  for _, pair in ipairs(self:named_parameters()) do out[#out + 1] = pair[2] end
+  return out
+end
+
+--- Flat table name -> tensor of every parameter and buffer (tied weights under every name, as
+-- PyTorch's state_dict does).
+function Module:state_dict()
+  local sd = {}
+  for _, entry in ipairs(self:named_modules()) do
+    local prefix, m = entry[1], entry[2]
+    local function key(n) return prefix == "" and n or prefix .. "." .. n end
+    for _, n in ipairs(m._param_order) do sd[key(n)] = m._params[n] end
+    for _, n in ipairs(m._buffer_order) do sd[key(n)] = m._buffers[n] end
+  end
+  return sd
+end
+
+local function shape_str(t) return table.concat(t:size(), "x") end
+
+--- Copies tensors of `sd` into this module's parameters and buffers (converting dtypes).
+-- opts.strict (default true): missing or unexpected keys are an error listing them all.
+-- Returns a report {missing = {...}, unexpected = {...}} (sorted).
+function Module:load_state_dict(sd, opts)
+  opts = opts or {}
+  local strict = opts.strict ~= false
+  local own = self:state_dict()
+  local missing, unexpected = {}, {}
+  for name in pairs(own) do
+    if sd[name] == nil then missing[#missing + 1] = name end
+  end
+  for name in pairs(sd) do
+    if own[name] == nil then unexpected[#unexpected + 1] = name end
+  end
+  table.sort(missing)
+  table.sort(unexpected)
+  if strict and (#missing > 0 or #unexpected > 0) then
+    local parts = {}
+    if #missing > 0 then parts[#parts + 1] = "missing keys: " .. table.concat(missing, ", ") end
+    if #unexpected > 0 then parts[#parts + 1] = "unexpected keys: " .. table.concat(unexpected, ", ") end
+    error(string.format("%s:load_state_dict: %s", self.__name, table.concat(parts, "; ")), 2)
+  end
+  for name, dst in pairs(own) do
+    local src = sd[name]
+    if src ~= nil then
+      if not core.is_tensor(src) then
+        error(string.format("%s:load_state_dict: '%s' is not a tensor", self.__name, name), 2)
+      end
+      if shape_str(src) ~= shape_str(dst) then
+        error(string.format("%s:load_state_dict: '%s' has size %s in the checkpoint but %s in the model",
+          self.__name, name, shape_str(src), shape_str(dst)), 2)
+      end
+      core.no_grad(function() dst:copy_(src) end)
+    end
+  end
+  return {missing = missing, unexpected = unexpected}
+end
+
+--- Training mode on (default) or off, for this module and every child.
+function Module:train(mode)
+  if mode == nil then mode = true end
+  for _, entry in ipairs(self:named_modules()) do entry[2].training = mode end
+  return self
+end
+
+function Module:evaluate() return self:train(false) end
+
+--- Sets every parameter's .grad to nil.
+function Module:zero_grad()
+  for _, p in ipairs(self:parameters()) do p.grad = nil end
+end
+
+function Module:forward()
+  self:error("forward is not implemented")
+end
+
+function Module:__call(...)
+  return self:forward(...)
+end
+
+--- A one-line description of the module itself (subclasses override, e.g. "Linear(768 -> 768)").
+function Module:extra_repr()
+  return ""
+end
+
+function Module:__tostring()
+  local lines = {}
+  local function walk(m, indent, label)
+    local extra = m:extra_repr()
+    local head = (label and (label .. ": ") or "") .. m.__name .. (extra ~= "" and ("(" .. extra .. ")") or "")
+    lines[#lines + 1] = indent .. head
+    for _, name in ipairs(m._module_order) do walk(m._modules[name], indent .. "  ", name) end
+  end
+  walk(self, "", nil)
+  return table.concat(lines, "\n")
+end
+
+return Module
