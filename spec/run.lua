@@ -9,6 +9,6 @@ end
 
 local args = {"--directory=" .. here, "--output=" .. here .. "/spec/summary_output.lua"}
 for i = 1, #arg do args[#args + 1] = arg[i] end
-for i = 1, #args do arg[i] = args[i] end
+for i = 1, #args do arg[i] = args[i] end -- luacheck: ignore 122 (busted reads the global arg)
 
 require "busted.runner"({standalone = false})

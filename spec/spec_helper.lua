@@ -75,7 +75,7 @@ function helper.compare(actual, expected, tol)
       bad = a ~= e
     else
       local err = math.abs(a - e)
-      bad = not (err <= tol.atol + tol.rtol * math.abs(e))
+      bad = not (err <= tol.atol + tol.rtol * math.abs(e)) -- luacheck: ignore 581 (NaN must fail)
       if err > worst then worst, worst_i = err, i end
     end
     if bad then

@@ -203,7 +203,7 @@ function Module:__call(...)
 end
 
 --- A one-line description of the module itself (subclasses override, e.g. "Linear(768 -> 768)").
-function Module:extra_repr()
+function Module.extra_repr(_)
   return ""
 end
 
