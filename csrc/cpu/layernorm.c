@@ -1,0 +1,227 @@
+/* cpu/layernorm.c — LayerNorm over the last dimension: forward keeps mean and 1/std per row for
+ * the backward, which is the closed form of the gradient (no recomputation through the tape). */
+#include <math.h>
+#include <string.h>
+
+#include "hr_autograd.h"
+#include "hr_nn.h"
+
+typedef struct {
+    double eps;
+    int64_t rows, cols;
+    bool has_weight, has_bias;
+} ln_ctx;
+
+typedef struct {
+    const void *x, *w, *b;
+    void *y;
+    double *mean, *rstd;
+    int64_t cols;
+    double eps;
+    hr_dtype dt;
+} ln_fwd_job;
+
+#define LN_FORWARD_ROWS(T)                                                              \
+    for (int64_t r = begin; r < end; r++) {                                             \
+        const T *xr = (const T *)j->x + r * n;                                          \
+        T *yr = (T *)j->y + r * n;                                                      \
+        double s = 0;                                                                   \
+        for (int64_t i = 0; i < n; i++) s += xr[i];                                     \
+        double mu = s / (double)n;                                                      \
+        double ss = 0;                                                                  \
+        for (int64_t i = 0; i < n; i++) {                                               \
+            double d = xr[i] - mu;                                                      \
+            ss += d * d;                                                                \
+        }                                                                               \
+        double rs = 1.0 / sqrt(ss / (double)n + j->eps);                                \
+        j->mean[r] = mu;                                                                \
+        j->rstd[r] = rs;                                                                \
+        const T *w = j->w, *b = j->b;                                                   \
+        const T m_ = (T)mu, rs_ = (T)rs;                                                \
+        for (int64_t i = 0; i < n; i++) {                                               \
+            T v = (xr[i] - m_) * rs_;                                                   \
+            if (w) v = v * w[i];                                                        \
+            if (b) v = v + b[i];                                                        \
+            yr[i] = v;                                                                  \
+        }                                                                               \
+    }
+
+static void ln_forward_rows(void *arg, int64_t begin, int64_t end)
+{
+    const ln_fwd_job *j = arg;
+    int64_t n = j->cols;
+    if (j->dt == HR_F32) {
+        LN_FORWARD_ROWS(float)
+    } else {
+        LN_FORWARD_ROWS(double)
+    }
+}
+
+typedef struct {
+    const void *x, *w, *g;
+    void *gx;
+    const double *mean, *rstd;
+    int64_t rows, cols;
+    hr_dtype dt;
+} ln_bwd_job;
+
+/* dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w */
+#define LN_BACKWARD_ROWS(T)                                                             \
+    for (int64_t r = begin; r < end; r++) {                                             \
+        const T *xr = (const T *)j->x + r * n;                                          \
+        const T *gr = (const T *)j->g + r * n;                                          \
+        T *dxr = (T *)j->gx + r * n;                                                    \
+        const T *w = j->w;                                                              \
+        double mu = j->mean[r], rs = j->rstd[r];                                        \
+        double sum_d = 0, sum_dx = 0;                                                   \
+        for (int64_t i = 0; i < n; i++) {                                               \
+            double d = (double)gr[i] * (w ? (double)w[i] : 1.0);                        \
+            double xh = ((double)xr[i] - mu) * rs;                                      \
+            sum_d += d;                                                                 \
+            sum_dx += d * xh;                                                           \
+        }                                                                               \
+        double md = sum_d / (double)n, mdx = sum_dx / (double)n;                        \
+        for (int64_t i = 0; i < n; i++) {                                               \
+            double d = (double)gr[i] * (w ? (double)w[i] : 1.0);                        \
+            double xh = ((double)xr[i] - mu) * rs;                                      \
+            dxr[i] = (T)(rs * (d - md - xh * mdx));                                     \
+        }                                                                               \
+    }
+
+static void ln_backward_rows(void *arg, int64_t begin, int64_t end)
+{
+    const ln_bwd_job *j = arg;
+    int64_t n = j->cols;
+    if (j->dt == HR_F32) {
+        LN_BACKWARD_ROWS(float)
+    } else {
+        LN_BACKWARD_ROWS(double)
+    }
+}
+
+/* Weight and bias gradients: column sums over rows, accumulated in double, serial over rows so the
+ * result does not depend on the thread count; parallel over columns. */
+typedef struct {
+    const ln_bwd_job *j;
+    double *dw, *db;
+} ln_param_job;
+
+static void ln_param_cols(void *arg, int64_t begin, int64_t end)
+{
+    const ln_param_job *p = arg;
+    const ln_bwd_job *j = p->j;
+    int64_t n = j->cols;
+    for (int64_t r = 0; r < j->rows; r++) {
+        double mu = j->mean[r], rs = j->rstd[r];
+        for (int64_t i = begin; i < end; i++) {
+            double x = hr_load_f64((const char *)j->x + (size_t)(r * n + i) * hr_dtype_size(j->dt), j->dt);
+            double g = hr_load_f64((const char *)j->g + (size_t)(r * n + i) * hr_dtype_size(j->dt), j->dt);
+            if (p->dw) p->dw[i] += g * (x - mu) * rs;
+            if (p->db) p->db[i] += g;
+        }
+    }
+}
+
+static int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    const ln_ctx *c = node->ctx;
+    hr_tensor *x = hr_node_saved(node, 0);
+    hr_tensor *mean = hr_node_saved(node, 1);
+    hr_tensor *rstd = hr_node_saved(node, 2);
+    hr_tensor *w = c->has_weight ? hr_node_saved(node, 3) : NULL;
+    if (!x || !mean || !rstd || (c->has_weight && !w)) return -1;
+    hr_tensor *g = hr_cast(grad, x->dtype); /* contiguous, in the input's dtype */
+    if (!g) return -1;
+    ln_bwd_job j = {hr_tensor_data(x), w ? hr_tensor_data(w) : NULL, hr_tensor_data(g), NULL,
+                    hr_tensor_data(mean), hr_tensor_data(rstd), c->rows, c->cols, x->dtype};
+    int rc = 0;
+    if (hr_node_input_needs_grad(node, 0)) {
+        gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
+        if (!gi[0]) rc = -1;
+        else {
+            j.gx = hr_tensor_data(gi[0]);
+            hr_parallel_for(c->rows, 16, ln_backward_rows, &j);
+        }
+    }
+    bool need_w = c->has_weight && hr_node_input_needs_grad(node, 1);
+    bool need_b = c->has_bias && hr_node_input_needs_grad(node, 2);
+    if (rc == 0 && (need_w || need_b)) {
+        int64_t n = c->cols;
+        hr_tensor *dw = need_w ? hr_tensor_zeros(1, &n, HR_F64, hr_cpu()) : NULL;
+        hr_tensor *db = need_b ? hr_tensor_zeros(1, &n, HR_F64, hr_cpu()) : NULL;
+        if ((need_w && !dw) || (need_b && !db)) rc = -1;
+        else {
+            ln_param_job p = {&j, dw ? hr_tensor_data(dw) : NULL, db ? hr_tensor_data(db) : NULL};
+            hr_parallel_for(n, 64, ln_param_cols, &p);
+            if (need_w && !(gi[1] = hr_cast(dw, x->dtype))) rc = -1;
+            if (need_b && !(gi[2] = hr_cast(db, x->dtype))) rc = -1;
+        }
+        hr_tensor_release(dw);
+        hr_tensor_release(db);
+    }
+    hr_tensor_release(g);
+    return rc;
+}
+
+hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps)
+{
+    char a[96], b[96];
+    if (hr_tensor_check_live(x, "layer_norm")) return NULL;
+    if (x->dtype != HR_F32 && x->dtype != HR_F64)
+        return hr_fail_null(HR_EINVAL, "layer_norm: input is %s; f32 and f64 are supported", hr_dtype_name(x->dtype));
+    if (hr_tensor_device(x).type != HR_CPU)
+        return hr_fail_null(HR_EDEVICE, "layer_norm: CUDA tensors need the CUDA backend, which this build lacks");
+    if (x->ndim < 1) return hr_fail_null(HR_EINVAL, "layer_norm: input must have at least one dimension");
+    int64_t cols = x->size[x->ndim - 1];
+    hr_tensor *params[2] = {weight, bias};
+    static const char *const pnames[2] = {"weight", "bias"};
+    for (int k = 0; k < 2; k++) {
+        hr_tensor *p = params[k];
+        if (!p) continue;
+        if (hr_tensor_check_live(p, "layer_norm")) return NULL;
+        if (p->ndim != 1 || p->size[0] != cols || p->dtype != x->dtype)
+            return hr_fail_null(HR_EINVAL, "layer_norm: %s is %s but the input %s needs a %s vector of %lld", pnames[k],
+                                hr_tensor_desc(p, a, sizeof a), hr_tensor_desc(x, b, sizeof b), hr_dtype_name(x->dtype),
+                                (long long)cols);
+    }
+    hr_tensor *xc = hr_contiguous(x);
+    hr_tensor *wc = weight ? hr_contiguous(weight) : NULL;
+    hr_tensor *bc = bias ? hr_contiguous(bias) : NULL;
+    int64_t rows = cols ? hr_tensor_numel(x) / cols : 0;
+    hr_tensor *y = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
+    hr_tensor *mean = hr_tensor_empty(1, &rows, HR_F64, hr_cpu());
+    hr_tensor *rstd = hr_tensor_empty(1, &rows, HR_F64, hr_cpu());
+    hr_tensor *out = NULL;
+    if (xc && (!weight || wc) && (!bias || bc) && y && mean && rstd) {
+        ln_fwd_job j = {hr_tensor_data(xc), wc ? hr_tensor_data(wc) : NULL, bc ? hr_tensor_data(bc) : NULL,
+                        hr_tensor_data(y), hr_tensor_data(mean), hr_tensor_data(rstd), cols, eps, x->dtype};
+        if (cols > 0) hr_parallel_for(rows, 16, ln_forward_rows, &j);
+        out = y;
+        y = NULL;
+        hr_tensor *inputs[3] = {x, weight, bias};
+        if (hr_should_record(3, inputs)) {
+            hr_node *node = hr_node_new("layer_norm", ln_backward, 3, inputs, sizeof(ln_ctx));
+            if (!node || hr_node_save(node, xc) < 0 || hr_node_save(node, mean) < 0 || hr_node_save(node, rstd) < 0 ||
+                (wc && hr_node_save(node, wc) < 0)) {
+                hr_node_release(node);
+                hr_tensor_release(out);
+                out = NULL;
+            } else {
+                ln_ctx *c = node->ctx;
+                c->eps = eps;
+                c->rows = rows;
+                c->cols = cols;
+                c->has_weight = weight != NULL;
+                c->has_bias = bias != NULL;
+                hr_node_attach(node, out);
+            }
+        }
+    }
+    hr_tensor_release(y);
+    hr_tensor_release(xc);
+    hr_tensor_release(wc);
+    hr_tensor_release(bc);
+    hr_tensor_release(mean);
+    hr_tensor_release(rstd);
+    return out;
+}

@@ -1,0 +1,24 @@
+/* hr_nn.h — fused neural-network nodes (forward + hand-written backward, recorded on the tape). */
+#ifndef HR_NN_H
+#define HR_NN_H
+
+#include "hr_core.h"
+
+/* y = (x - mean) / sqrt(var_biased + eps) * weight + bias over the last dimension.
+ * weight/bias: 1-D of the last dim's size, or NULL. */
+hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps);
+
+/* rows of weight [V, H] picked by 0-based indices (any shape, i64/i32) -> [..., H]. The gradient of
+ * a leaf weight is accumulated in place into the used rows only. padding_idx < 0: none. */
+hr_tensor *hr_embedding(hr_tensor *weight, hr_tensor *indices, int64_t padding_idx);
+
+/* Cross entropy of logits [N, C] against 0-based targets [N] (i64/i32) with ignore_index and label
+ * smoothing (PyTorch semantics); reduction: 0 none ([N]), 1 mean over non-ignored, 2 sum. */
+typedef enum { HR_REDUCE_NONE = 0, HR_REDUCE_MEAN = 1, HR_REDUCE_SUM = 2 } hr_reduction;
+hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
+                            hr_reduction reduction);
+
+/* Erf GELU: 0.5 * x * (1 + erf(x / sqrt(2))). */
+hr_tensor *hr_gelu(hr_tensor *x);
+
+#endif
