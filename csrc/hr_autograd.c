@@ -4,6 +4,14 @@
 
 #include "hr_autograd.h"
 
+const hr_tensor hr_grad_handled_marker;
+
+hr_tensor *hr_leaf_grad_buffer(hr_tensor *leaf)
+{
+    if (!leaf->grad) leaf->grad = hr_tensor_zeros(leaf->ndim, leaf->size, leaf->dtype, hr_tensor_device(leaf));
+    return leaf->grad;
+}
+
 static _Thread_local int grad_disabled; /* 0: recording (the default) */
 /* Marks the nodes visited by one backward walk without a search through the visited list. */
 static _Thread_local unsigned backward_generation;
@@ -347,6 +355,7 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph)
         for (int i = 0; i < n->ninputs; i++) {
             hr_tensor *gi = grads_in[i];
             grads_in[i] = NULL;
+            if (gi == HR_GRAD_HANDLED) continue;
             if (rc != 0) {
                 hr_tensor_release(gi);
                 continue;

@@ -21,6 +21,13 @@ typedef struct hr_node hr_node;
  * new references (the engine takes them over), shaped exactly like the input. Returns 0 or -1. */
 typedef int (*hr_backward_fn)(hr_node *node, const hr_tensor *grad_out, hr_tensor **grads_in);
 
+/* A backward function may store this in grads_in[i] when it accumulated input i's gradient itself
+ * (only for a leaf edge: e.g. the embedding adds into the used rows of weight.grad in place). */
+extern const hr_tensor hr_grad_handled_marker;
+#define HR_GRAD_HANDLED ((hr_tensor *)&hr_grad_handled_marker)
+/* The leaf's .grad, created as zeros if absent (for backward functions that accumulate in place). */
+hr_tensor *hr_leaf_grad_buffer(hr_tensor *leaf);
+
 typedef struct {
     hr_node *node;   /* the producer of the input (owned reference), or NULL */
     hr_tensor *leaf; /* a leaf that requires grad (owned reference), or NULL */
