@@ -43,32 +43,56 @@ local function kept_positions(n, summarise)
   return out
 end
 
---- Nested Lua tables of the values to print (GAP where entries are omitted). Only narrowed
--- views are read, so the cost depends on what is shown, not on the tensor's size.
-local function gather(t, sizes, depth, summarise, read)
-  local n = sizes[depth]
-  if depth == #sizes then
-    local edge = M.options.edgeitems
-    if not (summarise and n > 2 * edge) then return read(t) end
-    local head, tail = t:narrow(1, 1, edge), t:narrow(1, n - edge + 1, edge)
-    local out = read(head)
-    out[#out + 1] = GAP
-    for _, v in ipairs(read(tail)) do out[#out + 1] = v end
-    head:free()
-    tail:free()
-    return out
-  end
-  local out = {}
-  for _, i in ipairs(kept_positions(n, summarise)) do
-    if i == GAP then
-      out[#out + 1] = GAP
+--- Nested Lua tables of the values to print, with GAP where entries are left out. Every
+-- combination of head/tail ranges over the summarised dimensions is one narrowed view read with
+-- a single totable, so the cost depends on what is shown, not on the tensor's size.
+local function gather_summary(t, sizes, read)
+  local edge, ndim = M.options.edgeitems, #sizes
+  local ranges = {}
+  for d = 1, ndim do
+    if sizes[d] > 2 * edge then
+      ranges[d] = {{1, edge}, {sizes[d] - edge + 1, edge}}
     else
-      local sub = t:select(1, i)
-      out[#out + 1] = gather(sub, sizes, depth + 1, summarise, read)
+      ranges[d] = {{1, sizes[d]}}
+    end
+  end
+  local pieces = {}
+  local function read_pieces(view, d, key)
+    if d > ndim then
+      pieces[key] = read(view)
+      return
+    end
+    for k, r in ipairs(ranges[d]) do
+      local sub = view:narrow(d, r[1], r[2])
+      read_pieces(sub, d + 1, key .. k)
       sub:free()
     end
   end
-  return out
+  read_pieces(t, 1, "")
+  -- stitch the pieces together: position j of range k along dimension d
+  local local_index = {}
+  local function build(d, key)
+    if d > ndim then
+      local v = pieces[key]
+      for i = 1, ndim do v = v[local_index[i]] end
+      return v
+    end
+    local out = {}
+    for k, r in ipairs(ranges[d]) do
+      if k > 1 then out[#out + 1] = GAP end
+      for j = 1, r[2] do
+        local_index[d] = j
+        out[#out + 1] = build(d + 1, key .. k)
+      end
+    end
+    return out
+  end
+  return build(1, "")
+end
+
+local function gather(t, sizes, summarise, read)
+  if summarise then return gather_summary(t, sizes, read) end
+  return read(t)
 end
 
 local function each_value(v, fn)
@@ -282,7 +306,7 @@ function M.tostring(t)
     return pad(s, s:sub(1, 1) == "-" and #s or #s + 1) .. "\n" .. foot
   end
   local summarise = numel > M.options.threshold
-  local ok, values = attempt(t, gather, t, sizes, 1, summarise, read)
+  local ok, values = attempt(t, gather, t, sizes, summarise, read)
   if not ok then return foot end
   local format, scale = choose_format(values, t:dtype(), true)
   local strings, width = to_strings(values, format)
