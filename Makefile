@@ -40,10 +40,22 @@ bench: build
 lint: deps
 	luacheck lua spec examples
 
+# Installs hero with LuaRocks into a tree under the build directory, offline from this checkout
+# (LuaRocks runs csrc/Makefile, then its install target), and loads it from another directory
+# with only the paths `luarocks path` gives, as a user would.
+ROCK_TREE ?= $(abspath $(BUILD))/rocktree
+ROCK_CHECK = local hero = require "hero"; print(hero.zeros(2, 2)); \
+             print("hero.core loaded from " .. package.searchpath("hero.core", package.cpath))
+install-rock: deps
+	luarocks --lua-version=5.4 make hero-scm-1.rockspec --tree "$(ROCK_TREE)"
+	@cd / && unset LUA_PATH LUA_CPATH LUA_PATH_5_4 LUA_CPATH_5_4 && \
+	 eval "$$(luarocks --lua-version=5.4 --tree "$(ROCK_TREE)" path)" && \
+	 $(LUA) -e '$(ROCK_CHECK)'
+
 repl: build
 	@$(call LUA_ENV,$(BUILD)) $(LUA) -i -l hero
 
 clean:
 	$(MAKE) -C csrc clean
 
-.PHONY: all deps build test asan demo bench lint repl clean
+.PHONY: all deps build test asan demo bench lint install-rock repl clean
