@@ -22,15 +22,73 @@ static int l_layer_norm(lua_State *L)
     return 1;
 }
 
+/* embedding(weight, indices[, padding_idx]) — padding_idx is a 0-based row (its gradient stays 0) */
+static int l_embedding(lua_State *L)
+{
+    hr_tensor *w = hr_lua_check_tensor(L, 1, "embedding");
+    hr_tensor *idx = hr_lua_check_tensor(L, 2, "embedding");
+    lua_Integer pad = luaL_optinteger(L, 3, -1);
+    hr_tensor *y;
+    HR_LUA_RETRY(L, y, hr_embedding(w, idx, pad));
+    if (!y) return hr_lua_error(L, "embedding");
+    hr_lua_push_tensor(L, y);
+    return 1;
+}
+
+/* cross_entropy(logits [N, C], target [N][, {ignore_index = -100, label_smoothing = 0,
+ * reduction = "mean"|"sum"|"none"}]) */
+static int l_cross_entropy(lua_State *L)
+{
+    hr_tensor *x = hr_lua_check_tensor(L, 1, "cross_entropy");
+    hr_tensor *t = hr_lua_check_tensor(L, 2, "cross_entropy");
+    lua_Integer ignore = -100;
+    double smoothing = 0;
+    hr_reduction red = HR_REDUCE_MEAN;
+    if (lua_istable(L, 3)) {
+        if (lua_getfield(L, 3, "ignore_index") != LUA_TNIL) ignore = luaL_checkinteger(L, -1);
+        if (lua_getfield(L, 3, "label_smoothing") != LUA_TNIL) smoothing = luaL_checknumber(L, -1);
+        if (lua_getfield(L, 3, "reduction") != LUA_TNIL) {
+            static const char *const names[] = {"none", "mean", "sum", NULL};
+            red = (hr_reduction)luaL_checkoption(L, -1, NULL, names);
+        }
+        lua_pop(L, 3);
+    }
+    hr_tensor *y;
+    HR_LUA_RETRY(L, y, hr_cross_entropy(x, t, ignore, smoothing, red));
+    if (!y) return hr_lua_error(L, "cross_entropy");
+    hr_lua_push_tensor(L, y);
+    return 1;
+}
+
+static int l_gelu(lua_State *L)
+{
+    hr_tensor *x = hr_lua_check_tensor(L, 1, "gelu");
+    hr_tensor *y;
+    HR_LUA_RETRY(L, y, hr_gelu(x));
+    if (!y) return hr_lua_error(L, "gelu");
+    hr_lua_push_tensor(L, y);
+    return 1;
+}
+
 static const luaL_Reg module_functions[] = {
     {"layer_norm", l_layer_norm},
+    {"embedding", l_embedding},
+    {"cross_entropy", l_cross_entropy},
+    {"gelu", l_gelu},
+    {NULL, NULL},
+};
+
+static const luaL_Reg tensor_methods[] = {
+    {"gelu", l_gelu},
     {NULL, NULL},
 };
 
 void hr_lua_open_nn(lua_State *L, int module_idx, int methods_idx)
 {
-    (void)methods_idx;
     lua_pushvalue(L, module_idx);
     luaL_setfuncs(L, module_functions, 0);
+    lua_pop(L, 1);
+    lua_pushvalue(L, methods_idx);
+    luaL_setfuncs(L, tensor_methods, 0);
     lua_pop(L, 1);
 }

@@ -33,3 +33,54 @@ describe("fused nn nodes", function()
     end)
   end)
 end)
+
+describe("fused nn nodes (losses and lookups)", function()
+  local gradcheck = hero.testing.gradcheck
+
+  it("cross_entropy matches NumPy with ignore_index, smoothing and every reduction", function()
+    local c = fx.cross_entropy
+    local t = hero.tensor(c.target, {dtype = "i64"})
+    for _, dt in ipairs {"f32", "f64"} do
+      local x = hero.tensor(c.logits, {dtype = dt})
+      assert.tensor_near(hero.cross_entropy(x, t), c.mean)
+      assert.tensor_near(hero.cross_entropy(x, t, {label_smoothing = 0.1, reduction = "sum"}), c.sum_smooth)
+      assert.tensor_near(hero.cross_entropy(x, t, {label_smoothing = 0.1, reduction = "none"}), c.none_smooth)
+    end
+    local x = hero.tensor(c.logits, {dtype = "f64"}):requires_grad_()
+    local variants = {{}, {label_smoothing = 0.1, reduction = "sum"}, {reduction = "none", label_smoothing = 0.2}}
+    for _, opts in ipairs(variants) do
+      assert.is_true(gradcheck(function(xx) return hero.cross_entropy(xx, t, opts) end, {x}))
+    end
+    helper.assert_error_contains(function() hero.cross_entropy(x, hero.tensor({1, 2, 3, 9, 0}, {dtype = "i64"})) end,
+      "target 9 at position 4", "7 classes")
+    helper.assert_error_contains(function() hero.cross_entropy(x, hero.tensor({1, 2}, {dtype = "i64"})) end,
+      "5 class indices")
+  end)
+
+  it("embedding looks rows up and accumulates gradients into the used rows only", function()
+    local c = fx.embedding
+    local w = hero.tensor(c.weight, {dtype = "f64"}):requires_grad_()
+    local idx = hero.tensor(c.idx, {dtype = "i64"})
+    assert.tensor_near(hero.embedding(w, idx), c.out)
+    assert.is_true(gradcheck(function(ww) return hero.embedding(ww, idx) end, {w}))
+    w.grad = nil
+    hero.embedding(w, idx):backward(hero.ones(2, 3, 4, {dtype = "f64"}))
+    local g = w.grad:totable()
+    assert.same({1, 1, 1, 1}, g[1])          -- row 0 used once
+    assert.same({2, 2, 2, 2}, g[2])          -- row 1 twice
+    assert.same({0, 0, 0, 0}, g[3])          -- row 2 unused
+    assert.same({2, 2, 2, 2}, g[4])          -- row 3 twice
+    w.grad = nil
+    hero.embedding(w, idx, 1):backward(hero.ones(2, 3, 4, {dtype = "f64"}))
+    assert.same({0, 0, 0, 0}, w.grad:totable()[2])  -- padding row keeps a zero gradient
+    helper.assert_error_contains(function() hero.embedding(w, hero.tensor({6}, {dtype = "i64"})) end,
+      "index 6 at position 1", "6 rows")
+  end)
+
+  it("gelu is the erf form with its exact derivative", function()
+    local c = fx.gelu
+    assert.tensor_near(hero.gelu(hero.tensor(c.x)), c.y)
+    assert.tensor_near(hero.tensor(c.x, {dtype = "f64"}):gelu(), c.y)
+    assert.is_true(gradcheck(hero.gelu, {hero.tensor(c.x, {dtype = "f64"}):requires_grad_()}))
+  end)
+end)

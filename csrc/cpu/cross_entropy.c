@@ -1,0 +1,188 @@
+/* cpu/cross_entropy.c — softmax cross entropy fused with its gradient (PyTorch semantics:
+ * ignore_index, label smoothing, none/mean/sum). Rows are log-sum-exp'd in double. */
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+#include "hr_autograd.h"
+#include "hr_nn.h"
+
+typedef struct {
+    int64_t rows, classes, ignore_index, counted;
+    double smoothing;
+    hr_reduction reduction;
+} ce_ctx;
+
+typedef struct {
+    const void *x;
+    const int64_t *target;
+    double *lse;
+    double *loss;
+    int64_t classes, ignore_index;
+    double smoothing;
+    hr_dtype dt;
+} ce_fwd_job;
+
+static double load(const void *base, hr_dtype dt, int64_t i)
+{
+    return dt == HR_F32 ? (double)((const float *)base)[i] : ((const double *)base)[i];
+}
+
+static void ce_forward_rows(void *arg, int64_t begin, int64_t end)
+{
+    const ce_fwd_job *j = arg;
+    int64_t C = j->classes;
+    for (int64_t r = begin; r < end; r++) {
+        const int64_t off = r * C;
+        double mx = -INFINITY;
+        for (int64_t c = 0; c < C; c++) {
+            double v = load(j->x, j->dt, off + c);
+            if (v > mx) mx = v;
+        }
+        double s = 0, sum_x = 0;
+        for (int64_t c = 0; c < C; c++) {
+            double v = load(j->x, j->dt, off + c);
+            s += exp(v - mx);
+            sum_x += v;
+        }
+        double lse = mx + log(s);
+        j->lse[r] = lse;
+        int64_t t = j->target[r];
+        if (t == j->ignore_index) {
+            j->loss[r] = 0;
+            continue;
+        }
+        double nll = lse - load(j->x, j->dt, off + t);
+        double smooth = lse - sum_x / (double)C; /* mean over classes of -log p */
+        j->loss[r] = (1.0 - j->smoothing) * nll + j->smoothing * smooth;
+    }
+}
+
+typedef struct {
+    const void *x;
+    const int64_t *target;
+    const double *lse;
+    const void *g; /* upstream gradient: per row (none) or one scalar */
+    bool per_row;
+    double scale; /* 1/count for mean */
+    void *gx;
+    int64_t classes, ignore_index;
+    double smoothing;
+    hr_dtype dt, gdt;
+} ce_bwd_job;
+
+static void ce_backward_rows(void *arg, int64_t begin, int64_t end)
+{
+    const ce_bwd_job *j = arg;
+    int64_t C = j->classes;
+    double gscalar = j->per_row ? 0 : hr_load_f64(j->g, j->gdt) * j->scale;
+    for (int64_t r = begin; r < end; r++) {
+        int64_t t = j->target[r];
+        double gr = j->per_row ? hr_load_f64((const char *)j->g + (size_t)r * hr_dtype_size(j->gdt), j->gdt) : gscalar;
+        for (int64_t c = 0; c < C; c++) {
+            double v = 0;
+            if (t != j->ignore_index) {
+                double p = exp(load(j->x, j->dt, r * C + c) - j->lse[r]);
+                v = p - j->smoothing / (double)C - (c == t ? 1.0 - j->smoothing : 0.0);
+                v *= gr;
+            }
+            if (j->dt == HR_F32) ((float *)j->gx)[r * C + c] = (float)v;
+            else ((double *)j->gx)[r * C + c] = v;
+        }
+    }
+}
+
+static int ce_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    const ce_ctx *c = node->ctx;
+    hr_tensor *x = hr_node_saved(node, 0), *target = hr_node_saved(node, 1), *lse = hr_node_saved(node, 2);
+    if (!x || !target || !lse) return -1;
+    hr_tensor *g = hr_contiguous((hr_tensor *)grad);
+    if (!g) return -1;
+    gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
+    if (!gi[0]) {
+        hr_tensor_release(g);
+        return -1;
+    }
+    ce_bwd_job j = {hr_tensor_data(x), hr_tensor_data(target), hr_tensor_data(lse), hr_tensor_data(g),
+                    c->reduction == HR_REDUCE_NONE,
+                    c->reduction == HR_REDUCE_MEAN ? (c->counted ? 1.0 / (double)c->counted : NAN) : 1.0,
+                    hr_tensor_data(gi[0]), c->classes, c->ignore_index, c->smoothing, x->dtype, g->dtype};
+    hr_parallel_for(c->rows, 8, ce_backward_rows, &j);
+    hr_tensor_release(g);
+    return 0;
+}
+
+hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
+                            hr_reduction reduction)
+{
+    char a[96], b[96];
+    if (hr_tensor_check_live(logits, "cross_entropy") || hr_tensor_check_live(target, "cross_entropy")) return NULL;
+    if (logits->ndim != 2 || (logits->dtype != HR_F32 && logits->dtype != HR_F64))
+        return hr_fail_null(HR_EINVAL, "cross_entropy: logits must be 2-D [N, C] f32 or f64, got %s",
+                            hr_tensor_desc(logits, a, sizeof a));
+    if (target->ndim != 1 || target->size[0] != logits->size[0] || (target->dtype != HR_I64 && target->dtype != HR_I32))
+        return hr_fail_null(HR_EINVAL, "cross_entropy: target must be 1-D i64/i32 of %" PRId64 " class indices, got %s",
+                            logits->size[0], hr_tensor_desc(target, b, sizeof b));
+    if (!(label_smoothing >= 0 && label_smoothing <= 1))
+        return hr_fail_null(HR_EINVAL, "cross_entropy: label_smoothing must be in [0, 1], got %g", label_smoothing);
+    if (hr_tensor_device(logits).type != HR_CPU || hr_tensor_device(target).type != HR_CPU)
+        return hr_fail_null(HR_EDEVICE, "cross_entropy: CUDA tensors need the CUDA backend, which this build lacks");
+    int64_t N = logits->size[0], C = logits->size[1];
+    hr_tensor *x = hr_contiguous(logits);
+    hr_tensor *t = hr_cast(target, HR_I64);
+    hr_tensor *lse = hr_tensor_empty(1, &N, HR_F64, hr_cpu());
+    hr_tensor *loss = hr_tensor_empty(1, &N, HR_F64, hr_cpu());
+    hr_tensor *out = NULL;
+    if (!x || !t || !lse || !loss) goto done;
+    int64_t counted = 0;
+    const int64_t *tv = hr_tensor_data(t);
+    for (int64_t r = 0; r < N; r++) {
+        if (tv[r] == ignore_index) continue;
+        if (tv[r] < 0 || tv[r] >= C) {
+            hr_fail(HR_EINVAL, "cross_entropy: target %" PRId64 " at position %" PRId64 " is out of range for %" PRId64
+                               " classes (ignore_index is %" PRId64 ")",
+                    tv[r], r + 1, C, ignore_index);
+            goto done;
+        }
+        counted++;
+    }
+    ce_fwd_job j = {hr_tensor_data(x), tv, hr_tensor_data(lse), hr_tensor_data(loss), C, ignore_index, label_smoothing,
+                    x->dtype};
+    if (C > 0) hr_parallel_for(N, 8, ce_forward_rows, &j);
+    const double *lv = hr_tensor_data(loss);
+    if (reduction == HR_REDUCE_NONE) {
+        out = hr_cast(loss, logits->dtype);
+    } else {
+        double s = 0;
+        for (int64_t r = 0; r < N; r++) s += lv[r];
+        if (reduction == HR_REDUCE_MEAN) s = counted ? s / (double)counted : NAN; /* like PyTorch: 0/0 */
+        out = hr_tensor_empty(0, NULL, logits->dtype, hr_cpu());
+        if (out) hr_store_f64(hr_tensor_data(out), out->dtype, s);
+    }
+    if (!out) goto done;
+    hr_tensor *inputs[2] = {logits, target};
+    if (hr_should_record(1, inputs)) {
+        hr_node *node = hr_node_new("cross_entropy", ce_backward, 1, inputs, sizeof(ce_ctx));
+        if (!node || hr_node_save(node, x) < 0 || hr_node_save(node, t) < 0 || hr_node_save(node, lse) < 0) {
+            hr_node_release(node);
+            hr_tensor_release(out);
+            out = NULL;
+            goto done;
+        }
+        ce_ctx *c = node->ctx;
+        c->rows = N;
+        c->classes = C;
+        c->ignore_index = ignore_index;
+        c->counted = counted;
+        c->smoothing = label_smoothing;
+        c->reduction = reduction;
+        hr_node_attach(node, out);
+    }
+done:
+    hr_tensor_release(x);
+    hr_tensor_release(t);
+    hr_tensor_release(lse);
+    hr_tensor_release(loss);
+    return out;
+}

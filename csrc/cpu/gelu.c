@@ -1,0 +1,92 @@
+/* cpu/gelu.c — the erf form of GELU as one node: y = 0.5 x (1 + erf(x / sqrt 2)),
+ * dy/dx = 0.5 (1 + erf(x / sqrt 2)) + x * exp(-x^2 / 2) / sqrt(2 pi). */
+#include <math.h>
+
+#include "hr_autograd.h"
+#include "hr_nn.h"
+
+typedef struct {
+    const void *x, *g;
+    void *y;
+    hr_dtype dt;
+} gelu_job;
+
+static void gelu_forward_range(void *arg, int64_t begin, int64_t end)
+{
+    const gelu_job *j = arg;
+    if (j->dt == HR_F32) {
+        const float *x = j->x;
+        float *y = j->y;
+        for (int64_t i = begin; i < end; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+    } else {
+        const double *x = j->x;
+        double *y = j->y;
+        for (int64_t i = begin; i < end; i++) y[i] = 0.5 * x[i] * (1.0 + erf(x[i] * M_SQRT1_2));
+    }
+}
+
+static void gelu_backward_range(void *arg, int64_t begin, int64_t end)
+{
+    const gelu_job *j = arg;
+    const double inv_sqrt_2pi = 0.3989422804014327;
+    if (j->dt == HR_F32) {
+        const float *x = j->x, *g = j->g;
+        float *y = j->y;
+        for (int64_t i = begin; i < end; i++) {
+            float cdf = 0.5f * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+            float pdf = (float)inv_sqrt_2pi * expf(-0.5f * x[i] * x[i]);
+            y[i] = g[i] * (cdf + x[i] * pdf);
+        }
+    } else {
+        const double *x = j->x, *g = j->g;
+        double *y = j->y;
+        for (int64_t i = begin; i < end; i++) {
+            double cdf = 0.5 * (1.0 + erf(x[i] * M_SQRT1_2));
+            double pdf = inv_sqrt_2pi * exp(-0.5 * x[i] * x[i]);
+            y[i] = g[i] * (cdf + x[i] * pdf);
+        }
+    }
+}
+
+static int gelu_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    hr_tensor *x = hr_node_saved(node, 0);
+    if (!x) return -1;
+    hr_tensor *g = hr_cast(grad, x->dtype);
+    if (!g) return -1;
+    gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
+    if (gi[0]) {
+        gelu_job j = {hr_tensor_data(x), hr_tensor_data(g), hr_tensor_data(gi[0]), x->dtype};
+        hr_parallel_for(hr_tensor_numel(x), 1 << 14, gelu_backward_range, &j);
+    }
+    hr_tensor_release(g);
+    return gi[0] ? 0 : -1;
+}
+
+hr_tensor *hr_gelu(hr_tensor *x)
+{
+    if (hr_tensor_check_live(x, "gelu")) return NULL;
+    if (x->dtype != HR_F32 && x->dtype != HR_F64)
+        return hr_fail_null(HR_EINVAL, "gelu: input is %s; f32 and f64 are supported", hr_dtype_name(x->dtype));
+    if (hr_tensor_device(x).type != HR_CPU)
+        return hr_fail_null(HR_EDEVICE, "gelu: CUDA tensors need the CUDA backend, which this build lacks");
+    hr_tensor *xc = hr_contiguous(x);
+    if (!xc) return NULL;
+    hr_tensor *y = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
+    if (y) {
+        gelu_job j = {hr_tensor_data(xc), NULL, hr_tensor_data(y), x->dtype};
+        hr_parallel_for(hr_tensor_numel(x), 1 << 14, gelu_forward_range, &j);
+        if (hr_should_record(1, &x)) {
+            hr_node *node = hr_node_new("gelu", gelu_backward, 1, &x, 0);
+            if (!node || hr_node_save(node, xc) < 0) {
+                hr_node_release(node);
+                hr_tensor_release(y);
+                y = NULL;
+            } else {
+                hr_node_attach(node, y);
+            }
+        }
+    }
+    hr_tensor_release(xc);
+    return y;
+}
