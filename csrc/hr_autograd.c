@@ -252,7 +252,7 @@ static int accumulate_leaf(hr_tensor *leaf, hr_tensor *g)
     return rc;
 }
 
-int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph)
+int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void *env)
 {
     if (hr_tensor_check_live(root, "backward")) return -1;
     if (!hr_requires_grad(root))
@@ -346,6 +346,7 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph)
                                  "(version %u, saved at %d)",
                                  n->op, sv->storage->version, n->saved_version[s]);
             }
+            n->env = env;
             if (rc == 0 && n->backward(n, g, grads_in) != 0) {
                 hr_error_prefix("backward of %s", n->op);
                 rc = -1;

@@ -52,7 +52,9 @@ struct hr_node {
     /* op-specific payload (integers, dims, scalars), freed with the node */
     void *ctx;
     void (*ctx_destroy)(void *ctx);
-    /* engine scratch */
+    /* engine scratch; env is hr_backward's env argument, for backward functions that call back into
+     * the caller (Lua-defined functions receive the running lua_State there) */
+    void *env;
     unsigned visit;
     int pending;
     hr_tensor *grad_acc;
@@ -79,8 +81,9 @@ hr_tensor *hr_node_saved(hr_node *node, int i);
 void hr_node_attach(hr_node *node, hr_tensor *out);
 void hr_node_retain(hr_node *node);
 
-/* Runs backward from root. grad may be NULL only for a one-element root (it is then 1). */
-int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph);
+/* Runs backward from root. grad may be NULL only for a one-element root (it is then 1). env is
+ * handed to every node as node->env while its backward runs. */
+int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void *env);
 
 /* dst += src elementwise (same shape, float dtypes, may differ in dtype); used for accumulation. */
 int hr_grad_accumulate_(hr_tensor *dst, const hr_tensor *src);

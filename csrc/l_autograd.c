@@ -91,7 +91,7 @@ static int t_backward(lua_State *L)
         lua_pop(L, 1);
     }
     int rc;
-    HR_LUA_RETRY_INT(L, rc, hr_backward(t, g, retain));
+    HR_LUA_RETRY_INT(L, rc, hr_backward(t, g, retain, L));
     if (rc) return hr_lua_error(L, "backward");
     return 0;
 }

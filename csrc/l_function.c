@@ -1,0 +1,122 @@
+/* l_function.c — autograd functions written in Lua: a node whose backward calls a Lua function.
+ *
+ * core.autograd_apply(backward, ctx, output, input1, ...) makes `output` (computed by the caller with
+ * recording off) the result of a node with edges to the inputs; backward(ctx, grad_output) must
+ * return one gradient per input (a tensor, or nil where the input needs none). The node keeps the
+ * Lua function and ctx in the registry; the running lua_State reaches the backward through the engine's
+ * env argument (t:backward passes its own), never through a global. */
+#include <string.h>
+
+#include "hr_autograd.h"
+#include "l_common.h"
+
+typedef struct {
+    lua_State *main; /* the state's main thread, for releasing the references */
+    int fn_ref, ctx_ref;
+} lua_fn_ctx;
+
+static void lua_fn_destroy(void *p)
+{
+    lua_fn_ctx *c = p;
+    if (!c->main) return;
+    luaL_unref(c->main, LUA_REGISTRYINDEX, c->fn_ref);
+    luaL_unref(c->main, LUA_REGISTRYINDEX, c->ctx_ref);
+    c->main = NULL;
+}
+
+static int lua_fn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    lua_fn_ctx *c = node->ctx;
+    lua_State *L = node->env; /* the thread running t:backward() */
+    if (!L || !c->main) return hr_fail(HR_EINVAL, "a Lua-defined function can only be differentiated from Lua");
+    int top = lua_gettop(L);
+    if (!lua_checkstack(L, node->ninputs + 4)) return hr_fail(HR_ENOMEM, "Lua stack overflow");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->fn_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx_ref);
+    hr_tensor *g = hr_view_alias((hr_tensor *)grad);
+    if (!g) {
+        lua_settop(L, top);
+        return -1;
+    }
+    hr_tensor_box *box = lua_newuserdatauv(L, sizeof *box, 0);
+    box->t = g;
+    luaL_setmetatable(L, HR_TENSOR_MT);
+    /* the Lua backward runs ops of its own: they must not be recorded */
+    bool was = hr_grad_enabled();
+    hr_set_grad_enabled(false);
+    int status = lua_pcall(L, 2, node->ninputs, 0);
+    hr_set_grad_enabled(was);
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        int rc = hr_fail(HR_EINVAL, "%s", msg ? msg : "error object is not a string");
+        lua_settop(L, top);
+        return rc;
+    }
+    int base = lua_gettop(L) - node->ninputs;
+    int rc = 0;
+    for (int i = 0; i < node->ninputs && rc == 0; i++) {
+        int idx = base + 1 + i;
+        if (lua_isnil(L, idx)) continue;
+        hr_tensor *t = hr_lua_to_tensor(L, idx);
+        if (!t || !t->storage) {
+            rc = hr_fail(HR_EINVAL, "backward returned a %s for input %d (expected a tensor or nil)",
+                         luaL_typename(L, idx), i + 1);
+            break;
+        }
+        if (!hr_node_input_needs_grad(node, i)) continue;
+        hr_tensor_retain(t);
+        gi[i] = t;
+    }
+    lua_settop(L, top);
+    if (rc == 0) {
+        for (int i = 0; i < node->ninputs; i++) {
+            if (hr_node_input_needs_grad(node, i) && !gi[i])
+                return hr_fail(HR_EINVAL, "backward returned nil for input %d, which needs a gradient", i + 1);
+        }
+    }
+    return rc;
+}
+
+static int l_autograd_apply(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    hr_tensor *out = hr_lua_check_tensor(L, 3, "autograd function");
+    int n = lua_gettop(L) - 3;
+    if (n > 64) return luaL_error(L, "autograd function: at most 64 inputs, got %d", n);
+    hr_tensor *inputs[64];
+    for (int i = 0; i < n; i++) inputs[i] = hr_lua_to_tensor(L, 4 + i); /* non-tensors: no edge */
+    if (!hr_should_record(n, inputs)) {
+        lua_settop(L, 3);
+        return 1;
+    }
+    if (out->grad_fn || out->requires_grad)
+        return luaL_error(L, "autograd function: forward must compute its output without recording (it runs "
+                             "inside hero.no_grad)");
+    hr_node *node = hr_node_new("lua function", lua_fn_backward, n, inputs, sizeof(lua_fn_ctx));
+    if (!node) return hr_lua_error(L, "autograd function");
+    lua_fn_ctx *c = node->ctx;
+    node->ctx_destroy = lua_fn_destroy;
+    lua_pushvalue(L, 1);
+    c->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, 2);
+    c->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    c->main = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    hr_node_attach(node, out);
+    lua_settop(L, 3);
+    return 1;
+}
+
+static const luaL_Reg module_functions[] = {
+    {"autograd_apply", l_autograd_apply},
+    {NULL, NULL},
+};
+
+void hr_lua_open_function(lua_State *L, int module_idx, int methods_idx)
+{
+    (void)methods_idx;
+    lua_pushvalue(L, module_idx);
+    luaL_setfuncs(L, module_functions, 0);
+    lua_pop(L, 1);
+}

@@ -1,0 +1,31 @@
+--- hero.autograd: functions whose forward and backward are written in Lua over tensor ops.
+--
+--   local Square = hero.autograd.Function {
+--     forward = function(ctx, x) ctx.x = x; return x:mul(x) end,
+--     backward = function(ctx, g) return g:mul(ctx.x):mul(2) end,
+--   }
+--   local y = Square(x)
+--
+-- forward runs with recording off and returns one tensor; backward receives the gradient of that
+-- output and returns one gradient (or nil) per argument of forward.
+local core = require "hero.core"
+
+local autograd = {}
+
+function autograd.Function(def)
+  if type(def) ~= "table" or type(def.forward) ~= "function" or type(def.backward) ~= "function" then
+    error("autograd.Function: expected a table with forward and backward functions", 2)
+  end
+  local backward = def.backward
+  return function(...)
+    local ctx = {}
+    local args = table.pack(...)
+    local out = core.no_grad(def.forward, ctx, ...)
+    if not core.is_tensor(out) then
+      error("autograd.Function: forward must return one tensor, got " .. type(out), 2)
+    end
+    return core.autograd_apply(backward, ctx, out, table.unpack(args, 1, args.n))
+  end
+end
+
+return autograd
