@@ -9,12 +9,26 @@
 #define HR_GENERATOR_MT "hero.Generator"
 #define HR_DEFAULT_GENERATOR_KEY "hero.default_generator"
 
+/* The type of the value at idx for messages, using __name for userdata (hero.Tensor, ...). */
+static const char *type_name(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    int t = luaL_getmetafield(L, idx, "__name"); /* pushes nothing when absent */
+    if (t == LUA_TSTRING) {
+        const char *name = lua_tostring(L, -1);
+        lua_pop(L, 1); /* the string stays alive in the metatable */
+        return name;
+    }
+    if (t != LUA_TNIL) lua_pop(L, 1);
+    return luaL_typename(L, idx);
+}
+
 /* ------------------------------------------------------------------ generators */
 
 static hr_generator *check_generator(lua_State *L, int idx, const char *op)
 {
     hr_generator *g = luaL_testudata(L, idx, HR_GENERATOR_MT);
-    if (!g) luaL_error(L, "%s: argument #%d: expected a hero.Generator, got %s", op, idx, luaL_typename(L, idx));
+    if (!g) luaL_error(L, "%s: argument #%d: expected a hero.Generator, got %s", op, idx, type_name(L, idx));
     return g;
 }
 
@@ -47,7 +61,7 @@ static uint64_t check_seed(lua_State *L, int idx, const char *op)
     lua_Integer v = lua_tointegerx(L, idx, &ok);
     if (!ok || lua_type(L, idx) != LUA_TNUMBER)
         luaL_error(L, "%s: seed must be an integer, got %s", op,
-                   lua_type(L, idx) == LUA_TNUMBER ? "a non-integral number" : luaL_typename(L, idx));
+                   lua_type(L, idx) == LUA_TNUMBER ? "a non-integral number" : type_name(L, idx));
     return (uint64_t)v;
 }
 
@@ -58,7 +72,7 @@ static hr_generator *opt_generator(lua_State *L, int oi, const char *op)
     if (oi && lua_istable(L, oi)) {
         if (lua_getfield(L, oi, "generator") != LUA_TNIL) {
             g = luaL_testudata(L, -1, HR_GENERATOR_MT);
-            if (!g) luaL_error(L, "%s: option generator must be a hero.Generator, got %s", op, luaL_typename(L, -1));
+            if (!g) luaL_error(L, "%s: option generator must be a hero.Generator, got %s", op, type_name(L, -1));
         }
         lua_pop(L, 1); /* still referenced by the options table */
     }
@@ -99,7 +113,7 @@ static void push_state(lua_State *L, const hr_generator *g)
 
 static void set_state(lua_State *L, hr_generator *g, int idx, const char *op)
 {
-    if (!lua_istable(L, idx)) luaL_error(L, "%s: expected a state table {seed=, offset=}, got %s", op, luaL_typename(L, idx));
+    if (!lua_istable(L, idx)) luaL_error(L, "%s: expected a state table {seed=, offset=}, got %s", op, type_name(L, idx));
     lua_Integer v[2];
     const char *fields[2] = {"seed", "offset"};
     for (int i = 0; i < 2; i++) {
@@ -107,7 +121,7 @@ static void set_state(lua_State *L, hr_generator *g, int idx, const char *op)
         int ok;
         v[i] = lua_tointegerx(L, -1, &ok);
         if (!ok || lua_type(L, -1) != LUA_TNUMBER)
-            luaL_error(L, "%s: state field %s must be an integer, got %s", op, fields[i], luaL_typename(L, -1));
+            luaL_error(L, "%s: state field %s must be an integer, got %s", op, fields[i], type_name(L, -1));
         lua_pop(L, 1);
     }
     g->seed = (uint64_t)v[0];
@@ -238,11 +252,21 @@ static void need_float(lua_State *L, hr_dtype dt, const char *op)
         luaL_error(L, "%s: dtype %s is not a floating-point type (use f32, f64, bf16 or f16)", op, hr_dtype_name(dt));
 }
 
+/* Raises the core's error under the name the user called: the core names its own functions
+ * (uniform_, randint, ...), which is not what hero.rand or t:random_ users wrote. */
 static int check_rc(lua_State *L, int rc, const char *op)
 {
-    if (rc) hr_lua_error(L, op);
-    return 1;
+    if (!rc) return 1;
+    static const char *const core_ops[] = {"uniform_", "normal_", "randint", "randperm", "bernoulli_", "dropout_mask"};
+    const char *msg = hr_last_error();
+    for (size_t i = 0; i < sizeof core_ops / sizeof core_ops[0]; i++) {
+        size_t n = strlen(core_ops[i]);
+        if (strncmp(msg, core_ops[i], n) == 0 && msg[n] == ':' && msg[n + 1] == ' ')
+            return luaL_error(L, "%s: %s", op, msg + n + 2);
+    }
+    return hr_lua_error(L, op);
 }
+
 
 /* ------------------------------------------------------------------ creation */
 
@@ -287,7 +311,7 @@ static lua_Integer check_int_arg(lua_State *L, int idx, const char *op, const ch
     lua_Integer v = lua_tointegerx(L, idx, &ok);
     if (!ok || lua_type(L, idx) != LUA_TNUMBER)
         luaL_error(L, "%s: %s must be an integer, got %s", op, name,
-                   lua_type(L, idx) == LUA_TNUMBER ? "a non-integral number" : luaL_typename(L, idx));
+                   lua_type(L, idx) == LUA_TNUMBER ? "a non-integral number" : type_name(L, idx));
     return v;
 }
 
@@ -361,10 +385,10 @@ static int l_bernoulli(lua_State *L)
     } else {
         if (lua_type(L, 1) != LUA_TNUMBER)
             luaL_error(L, "%s: argument #1: expected a probability (number) or a tensor of probabilities, got %s", op,
-                       luaL_typename(L, 1));
+                       type_name(L, 1));
         p = check_probability(L, 1, op);
     }
-    if (lua_isnoneornil(L, 2) || oi == 2) {
+    if (lua_isnoneornil(L, 2) || (oi == 2 && luaL_len(L, 2) == 0)) {
         if (pt) {
             ndim = pt->ndim;
             memcpy(size, pt->size, sizeof size);
