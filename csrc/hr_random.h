@@ -26,7 +26,8 @@
  *   w64(j, h)  = W[j][h] | W[j][h+1] << 32 (h even).
  *
  *   uniform_(a, b), f32/bf16/f16:  B = ceil(n/4); element i: u = u24(W[i/4][i%4]);
- *                                  value = a + (b - a) * u in double, rounded once to the dtype.
+ *                                  value = a + (b - a) * u in double, rounded once to the dtype
+ *                                  (bf16/f16 rounding can reach b itself, as in other libraries).
  *   uniform_(a, b), f64:           B = ceil(n/2); element i: j = i/2, h = 2*(i%2);
  *                                  u = u53(W[j][h], W[j][h+1]); value = a + (b - a) * u.
  *   normal_(m, s), f32/bf16/f16:   B = ceil(n/4); Box-Muller on word pairs: element i uses block
