@@ -1,0 +1,156 @@
+/*
+ * hr_random.h — hero's random numbers: one counter-based generator (Philox4x32-10) for every
+ * device and every worker, the generator state, and the random fills. Lua-free.
+ *
+ * Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11; the
+ * Random123 library's constants): a 128-bit counter (c0, c1, c2, c3) and a 64-bit key (k0, k1)
+ * map to four 32-bit words through 10 rounds of
+ *     (hi0, lo0) = 0xD2511F53 * c0,  (hi1, lo1) = 0xCD9E8D57 * c2   (32x32 -> 64-bit products)
+ *     (c0, c1, c2, c3) = (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0)
+ * with the key bumped by the Weyl constants (k0 += 0x9E3779B9, k1 += 0xBB67AE85) before every
+ * round but the first. The specs check it against Random123's published known-answer vectors.
+ *
+ * THE STREAM — this mapping is part of hero's contract: the CUDA backend and the Python generator
+ * of the spec fixtures reproduce it exactly, so that a seed gives the same numbers everywhere and
+ * the value at element i never depends on the thread count or on how the work is chunked.
+ *
+ *   generator  = (seed, offset). seed is 64 bits: key k0 = seed & 0xffffffff, k1 = seed >> 32.
+ *                offset counts 128-bit BLOCKS already used (starts at 0 after manual_seed).
+ *   block b    = philox4x32_10(ctr = (b & 0xffffffff, b >> 32, 0, 0), key); its words W[b][0..3].
+ *                (c2 and c3 are 0: reserved for sub-streams.)
+ *   an op      reserves B consecutive blocks starting at the current offset o, then offset = o + B;
+ *                below, W[j] means the words of block o + j. Element i is the i-th element of the
+ *                output in row-major (C) order of its shape, whatever its strides.
+ *   u24(x)     = (x >> 8) * 2^-24, in [0, 1) on a 2^-24 grid (exact in f32).
+ *   u53(x, y)  = ((x >> 5) * 2^26 + (y >> 6)) * 2^-53, in [0, 1) on a 2^-53 grid.
+ *   w64(j, h)  = W[j][h] | W[j][h+1] << 32 (h even).
+ *
+ *   uniform_(a, b), f32/bf16/f16:  B = ceil(n/4); element i: u = u24(W[i/4][i%4]);
+ *                                  value = a + (b - a) * u in double, rounded once to the dtype
+ *                                  (bf16/f16 rounding can reach b itself, as in other libraries).
+ *   uniform_(a, b), f64:           B = ceil(n/2); element i: j = i/2, h = 2*(i%2);
+ *                                  u = u53(W[j][h], W[j][h+1]); value = a + (b - a) * u.
+ *   normal_(m, s), f32/bf16/f16:   B = ceil(n/4); Box-Muller on word pairs: element i uses block
+ *                                  j = i/4 and pair q = (i%4)/2:
+ *                                    u1 = ((W[j][2q] >> 8) + 1) * 2^-24   in (0, 1] (log(u1) finite)
+ *                                    u2 = u24(W[j][2q+1])
+ *                                    r = sqrt(-2 ln u1), t = 2 pi u2 (double precision)
+ *                                  even i: z = r cos t; odd i: z = r sin t; value = m + s * z rounded.
+ *   normal_(m, s), f64:            B = ceil(n/2); element i: j = i/2:
+ *                                    u1 = u53(W[j][0], W[j][1]) + 2^-53, u2 = u53(W[j][2], W[j][3]);
+ *                                  even i: r cos t; odd i: r sin t; value = m + s * z.
+ *   randint(low, high) (any dtype): range r = high - low (1 .. 2^64-1, as unsigned 64-bit);
+ *                                  B = ceil(n/2); element i: x = w64(i/2, 2*(i%2));
+ *                                  value = low + floor(x * r / 2^64) (128-bit product: Lemire's
+ *                                  multiply-shift without rejection; the bias is below r / 2^64,
+ *                                  i.e. < 2^-32 relative for every range below 2^32).
+ *   randperm(n):                   Fisher-Yates with n - 1 draws, two per block: B = ceil((n-1)/2).
+ *                                  p = 0, 1, ..., n-1; for t = 0 .. n-2: m = n - t,
+ *                                  x = w64(t/2, 2*(t%2)), k = floor(x * m / 2^64), swap p[m-1], p[k].
+ *   bernoulli_(p):                 B = ceil(n/4); element i: value = u24(W[i/4][i%4]) < p_i ? 1 : 0
+ *                                  (p = 0 never gives 1, p = 1 always does; p is effectively
+ *                                  quantised to 2^-24).
+ *   dropout_mask(p):               the same words: keep_i = u24(W[i/4][i%4]) >= p, so the mask is
+ *                                  exactly 1 - bernoulli(p) for the same generator state.
+ *
+ * A failing op (bad argument, out of memory) does not advance the generator.
+ */
+#ifndef HR_RANDOM_H
+#define HR_RANDOM_H
+
+#include <stdint.h>
+
+#include "hr_core.h"
+
+#define HR_PHILOX_M0 0xD2511F53u
+#define HR_PHILOX_M1 0xCD9E8D57u
+#define HR_PHILOX_W0 0x9E3779B9u
+#define HR_PHILOX_W1 0xBB67AE85u
+
+/* The Philox4x32-10 block function (inline so kernels in other files can use it directly). */
+static inline void hr_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4])
+{
+    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
+    uint32_t k0 = key[0], k1 = key[1];
+    for (int r = 0; r < 10; r++) {
+        if (r > 0) {
+            k0 += HR_PHILOX_W0;
+            k1 += HR_PHILOX_W1;
+        }
+        uint64_t p0 = (uint64_t)HR_PHILOX_M0 * c0;
+        uint64_t p1 = (uint64_t)HR_PHILOX_M1 * c2;
+        uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
+        uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
+        c0 = hi1 ^ c1 ^ k0;
+        c1 = lo1;
+        c2 = hi0 ^ c3 ^ k1;
+        c3 = lo0;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+/* The four words of absolute block b of the stream with key (k0, k1). */
+static inline void hr_philox_block(const uint32_t key[2], uint64_t b, uint32_t out[4])
+{
+    uint32_t ctr[4] = {(uint32_t)b, (uint32_t)(b >> 32), 0, 0};
+    hr_philox4x32_10(ctr, key, out);
+}
+
+/* u24 of the mapping above: a float in [0, 1) from the top 24 bits of a word. */
+static inline float hr_philox_u24(uint32_t x) { return (float)(x >> 8) * 0x1.0p-24f; }
+/* u53 of the mapping above: a double in [0, 1) from 53 bits of two words. */
+static inline double hr_philox_u53(uint32_t x, uint32_t y)
+{
+    return (double)((uint64_t)(x >> 5) * 67108864u + (y >> 6)) * 0x1.0p-53;
+}
+
+/* ------------------------------------------------------------------ generator state */
+
+typedef struct hr_generator {
+    uint64_t seed;
+    uint64_t offset; /* blocks used so far */
+} hr_generator;
+
+/* The seed a generator has before anyone seeds it (the same number PyTorch uses). */
+#define HR_DEFAULT_SEED UINT64_C(67280421310721)
+
+void hr_generator_seed(hr_generator *g, uint64_t seed);  /* key from seed, offset 0 */
+void hr_generator_key(const hr_generator *g, uint32_t key[2]);
+/* Reserves nblocks blocks and returns the first one's index (the old offset). */
+uint64_t hr_generator_reserve(hr_generator *g, uint64_t nblocks);
+
+/* ------------------------------------------------------------------ random fills (CPU) */
+
+/* Each fills every element of t (any view, any dtype unless said) in place, following the
+ * mapping above, and advances g. */
+int hr_random_uniform_(hr_generator *g, hr_tensor *t, double a, double b);   /* float dtypes */
+int hr_random_normal_(hr_generator *g, hr_tensor *t, double mean, double std); /* float dtypes */
+int hr_random_randint_(hr_generator *g, hr_tensor *t, int64_t low, int64_t high); /* high exclusive */
+int hr_random_randperm_(hr_generator *g, hr_tensor *t);                       /* 1-D: a permutation of 0..n-1 */
+int hr_random_bernoulli_(hr_generator *g, hr_tensor *t, double p);
+/* p broadcasts to t's shape; every p must be in [0, 1]. */
+int hr_random_bernoulli_tensor_(hr_generator *g, hr_tensor *t, const hr_tensor *p);
+/* keep = u >= p as 1/0 (dropout keeps with probability 1 - p); p in [0, 1]. */
+int hr_random_dropout_mask_(hr_generator *g, hr_tensor *t, double p);
+
+/* ------------------------------------------------------------------ CPU kernels (cpu/random.c) */
+
+/* Contiguous outputs of n elements, starting at block `block0` of the stream with `key`.
+ * Parallel over blocks with hr_parallel_for; the values do not depend on the chunking. */
+void hr_cpu_uniform_f32(float *out, int64_t n, const uint32_t key[2], uint64_t block0, double a, double b);
+void hr_cpu_uniform_f64(double *out, int64_t n, const uint32_t key[2], uint64_t block0, double a, double b);
+void hr_cpu_normal_f32(float *out, int64_t n, const uint32_t key[2], uint64_t block0, double mean, double std);
+void hr_cpu_normal_f64(double *out, int64_t n, const uint32_t key[2], uint64_t block0, double mean, double std);
+/* range = high - low as an unsigned 64-bit number (>= 1). */
+void hr_cpu_randint_i64(int64_t *out, int64_t n, const uint32_t key[2], uint64_t block0, int64_t low, uint64_t range);
+void hr_cpu_randperm_i64(int64_t *out, int64_t n, const uint32_t key[2], uint64_t block0);
+/* out[i] = (u_i < p[i]) (invert = false) or (u_i >= p[i]) (invert = true); p == NULL: scalar p0. */
+void hr_cpu_bernoulli_u8(uint8_t *out, int64_t n, const uint32_t key[2], uint64_t block0, const double *p, double p0,
+                         bool invert);
+void hr_cpu_bernoulli_f32(float *out, int64_t n, const uint32_t key[2], uint64_t block0, const double *p, double p0,
+                          bool invert);
+
+#endif
