@@ -77,7 +77,7 @@ static int target_finish(target *tg, hr_tensor *t)
         hr_tensor_release(tg->scratch);
         tg->scratch = NULL;
     }
-    if (rc == 0) t->version++;
+    if (rc == 0) hr_tensor_bump_version(t);
     return rc;
 }
 
