@@ -2,6 +2,7 @@
  * index_copy_, masked_fill(_), masked_select, nonzero, cat, stack, split, chunk, unbind, flip,
  * tile/repeat. Dimensions are 1-based (negative from the end) here; index VALUES stay 0-based. */
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "hr_index.h"
@@ -85,8 +86,11 @@ static double check_alpha(lua_State *L, int idx, const hr_tensor *t, const char 
 {
     if (lua_isnoneornil(L, idx)) return 1.0;
     double a = luaL_checknumber(L, idx);
-    if (hr_dtype_is_int(t->dtype) && !lua_isinteger(L, idx))
-        luaL_error(L, "%s: alpha must be an integer for a %s tensor, got %g", op, hr_dtype_name(t->dtype), a);
+    if (hr_dtype_is_int(t->dtype) && !lua_isinteger(L, idx)) {
+        char num[64];
+        snprintf(num, sizeof num, "%g", a);
+        luaL_error(L, "%s: alpha must be an integer for a %s tensor, got %s", op, hr_dtype_name(t->dtype), num);
+    }
     return a;
 }
 
@@ -235,6 +239,7 @@ static int opt_dim(lua_State *L, int idx, int ndim, const char *op)
 static int l_cat(lua_State *L)
 {
     const char *op = "cat";
+    lua_settop(L, 2); /* the pointer array is pushed above the arguments */
     int n;
     hr_tensor **ts = check_tensor_list(L, 1, op, &n);
     /* dims count in the first tensor that is not a skipped empty 1-D tensor */
@@ -255,6 +260,7 @@ static int l_cat(lua_State *L)
 static int l_stack(lua_State *L)
 {
     const char *op = "stack";
+    lua_settop(L, 2);
     int n;
     hr_tensor **ts = check_tensor_list(L, 1, op, &n);
     int dim = 0;
