@@ -119,7 +119,7 @@ hr_tensor *hr_reshape(hr_tensor *t, int ndim, const int64_t *size)
 
 typedef struct {
     hr_dtype dt;
-    unsigned char value[8];
+    _Alignas(8) unsigned char value[8]; /* read and written as any dtype, f64 and i64 included */
 } fill_ctx;
 
 static void fill_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
