@@ -80,5 +80,7 @@ hr_tensor *hr_flip(hr_tensor *t, int ndims, const int *dims);
 /* PyTorch's repeat: nreps >= t's ndim; the result's size along dim i is reps[i] times the
  * (left-padded with 1) size of t. */
 hr_tensor *hr_repeat(hr_tensor *t, int nreps, const int64_t *reps);
+/* NumPy's and PyTorch's tile: as repeat, but fewer counts than dims are padded with leading 1s. */
+hr_tensor *hr_tile(hr_tensor *t, int nreps, const int64_t *reps);
 
 #endif

@@ -412,14 +412,9 @@ static int repeat_common(lua_State *L, const char *op, bool tile)
     hr_tensor *t = hr_lua_check_tensor(L, 1, op);
     int64_t reps[HR_MAX_DIMS];
     int n = hr_lua_check_shape(L, 2, reps, op);
-    if (tile && n < t->ndim) {
-        int pad = t->ndim - n;
-        memmove(reps + pad, reps, sizeof(int64_t) * (size_t)n);
-        for (int i = 0; i < pad; i++) reps[i] = 1;
-        n = t->ndim;
-    }
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_repeat(t, n, reps));
+    if (tile) HR_LUA_RETRY(L, r, hr_tile(t, n, reps));
+    else HR_LUA_RETRY(L, r, hr_repeat(t, n, reps));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;
 }

@@ -224,9 +224,8 @@ hr_tensor *hr_flip(hr_tensor *t, int ndims, const int *dims)
     return out;
 }
 
-hr_tensor *hr_repeat(hr_tensor *t, int nreps, const int64_t *reps)
+static hr_tensor *repeat_impl(const char *op, hr_tensor *t, int nreps, const int64_t *reps)
 {
-    const char *op = "repeat";
     if (!t || !t->storage) return hr_fail_null(HR_EFREED, "%s: tensor was freed", op);
     if (hr_tensor_device(t).type != HR_CPU)
         return hr_fail_null(HR_EDEVICE, "%s: CUDA tensors need the CUDA backend, which this build lacks", op);
@@ -272,4 +271,19 @@ hr_tensor *hr_repeat(hr_tensor *t, int nreps, const int64_t *reps)
         return NULL;
     }
     return out;
+}
+
+hr_tensor *hr_repeat(hr_tensor *t, int nreps, const int64_t *reps) { return repeat_impl("repeat", t, nreps, reps); }
+
+hr_tensor *hr_tile(hr_tensor *t, int nreps, const int64_t *reps)
+{
+    if (!t || !t->storage) return hr_fail_null(HR_EFREED, "tile: tensor was freed");
+    if (nreps > HR_MAX_DIMS) return hr_fail_null(HR_EINVAL, "tile: at most %d repeat counts, got %d", HR_MAX_DIMS, nreps);
+    if (nreps >= t->ndim) return repeat_impl("tile", t, nreps, reps);
+    /* fewer counts than dims: the leading dims are repeated once */
+    int64_t padded[HR_MAX_DIMS];
+    int pad = t->ndim - nreps;
+    for (int i = 0; i < pad; i++) padded[i] = 1;
+    for (int i = 0; i < nreps; i++) padded[pad + i] = reps[i];
+    return repeat_impl("tile", t, t->ndim, padded);
 }
