@@ -20,4 +20,14 @@ hr_tensor *hr_ag_contiguous(hr_tensor *t);
 hr_tensor *hr_ag_clone(hr_tensor *t);
 hr_tensor *hr_ag_cast(hr_tensor *t, hr_dtype dt);
 
+/* indexing and joining (ag_index.c) */
+#include "hr_index.h"
+hr_tensor *hr_ag_index_select(hr_tensor *t, int dim, const hr_tensor *index);
+hr_tensor *hr_ag_gather(hr_tensor *t, int dim, const hr_tensor *index);
+hr_tensor *hr_ag_scatter_add(hr_tensor *t, int dim, const hr_tensor *index, hr_tensor *src);
+hr_tensor *hr_ag_masked_fill(hr_tensor *t, const hr_tensor *mask, hr_scalar value);
+hr_tensor *hr_ag_masked_select(hr_tensor *t, const hr_tensor *mask);
+hr_tensor *hr_ag_cat(int n, hr_tensor *const *ts, int dim);
+hr_tensor *hr_ag_stack(int n, hr_tensor *const *ts, int dim);
+
 #endif

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "hr_index.h"
+#include "hr_autograd.h"
+#include "hr_autograd_ops.h"
 #include "l_common.h"
 
 static hr_tensor *check_result(lua_State *L, hr_tensor *r, const char *op)
@@ -31,7 +33,7 @@ static int l_index_select(lua_State *L)
     int dim = hr_lua_check_dim(L, 2, t->ndim, op);
     hr_tensor *index = check_index(L, 3, op);
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_index_select(t, dim, index));
+    HR_LUA_RETRY(L, r, hr_ag_index_select(t, dim, index));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;
 }
@@ -43,7 +45,7 @@ static int l_gather(lua_State *L)
     int dim = hr_lua_check_dim(L, 2, t->ndim, op);
     hr_tensor *index = check_index(L, 3, op);
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_gather(t, dim, index));
+    HR_LUA_RETRY(L, r, hr_ag_gather(t, dim, index));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;
 }
@@ -51,12 +53,26 @@ static int l_gather(lua_State *L)
 typedef hr_tensor *(*scatter_out_fn)(hr_tensor *, int, const hr_tensor *, const hr_tensor *);
 typedef int (*scatter_inplace_fn)(hr_tensor *, int, const hr_tensor *, const hr_tensor *);
 
+/* Ops without a backward refuse inputs that need gradients instead of silently cutting the graph. */
+static void refuse_grad(lua_State *L, const char *op, hr_tensor *a, hr_tensor *b)
+{
+    hr_tensor *in[2] = {a, b};
+    if (hr_should_record(b ? 2 : 1, in))
+        luaL_error(L, "%s: not differentiable; detach() its inputs or run it inside hero.no_grad", op);
+}
+
+static hr_tensor *ag_scatter_add(hr_tensor *t, int dim, const hr_tensor *index, const hr_tensor *src)
+{
+    return hr_ag_scatter_add(t, dim, index, (hr_tensor *)src);
+}
+
 static int scatter_out(lua_State *L, const char *op, scatter_out_fn fn)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, op);
     int dim = hr_lua_check_dim(L, 2, t->ndim, op);
     hr_tensor *index = check_index(L, 3, op);
     hr_tensor *src = hr_lua_check_tensor(L, 4, op);
+    if (fn != ag_scatter_add) refuse_grad(L, op, t, src);
     hr_tensor *r;
     HR_LUA_RETRY(L, r, fn(t, dim, index, src));
     hr_lua_push_tensor(L, check_result(L, r, op));
@@ -69,6 +85,8 @@ static int scatter_inplace(lua_State *L, const char *op, scatter_inplace_fn fn)
     int dim = hr_lua_check_dim(L, 2, t->ndim, op);
     hr_tensor *index = check_index(L, 3, op);
     hr_tensor *src = hr_lua_check_tensor(L, 4, op);
+    hr_lua_check_inplace(L, t, op);
+    refuse_grad(L, op, t, src);
     int rc;
     HR_LUA_RETRY_INT(L, rc, fn(t, dim, index, src));
     if (rc) hr_lua_error(L, op);
@@ -76,7 +94,7 @@ static int scatter_inplace(lua_State *L, const char *op, scatter_inplace_fn fn)
     return 1;
 }
 
-static int l_scatter_add(lua_State *L) { return scatter_out(L, "scatter_add", hr_scatter_add); }
+static int l_scatter_add(lua_State *L) { return scatter_out(L, "scatter_add", ag_scatter_add); }
 static int l_scatter(lua_State *L) { return scatter_out(L, "scatter", hr_scatter); }
 static int l_scatter_add_(lua_State *L) { return scatter_inplace(L, "scatter_add_", hr_scatter_add_); }
 static int l_scatter_(lua_State *L) { return scatter_inplace(L, "scatter_", hr_scatter_); }
@@ -103,6 +121,8 @@ static int index_scatter(lua_State *L, const char *op, bool add, bool inplace)
     hr_tensor *index = check_index(L, 3, op);
     hr_tensor *src = hr_lua_check_tensor(L, 4, op);
     double alpha = add ? check_alpha(L, 5, t, op) : 1.0;
+    if (inplace) hr_lua_check_inplace(L, t, op);
+    refuse_grad(L, op, t, src);
     hr_tensor *dst = t;
     if (!inplace) {
         HR_LUA_RETRY(L, dst, hr_cast(t, t->dtype));
@@ -166,6 +186,8 @@ static int l_masked_fill_(lua_State *L)
     hr_tensor *t = hr_lua_check_tensor(L, 1, op);
     hr_tensor *mask = hr_lua_check_tensor(L, 2, op);
     hr_scalar v = check_scalar(L, 3, op);
+    hr_lua_check_inplace(L, t, op);
+    refuse_grad(L, op, t, NULL);
     if (hr_masked_fill_(t, mask, v)) hr_lua_error(L, op);
     lua_settop(L, 1);
     return 1;
@@ -178,7 +200,7 @@ static int l_masked_fill(lua_State *L)
     hr_tensor *mask = hr_lua_check_tensor(L, 2, op);
     hr_scalar v = check_scalar(L, 3, op);
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_masked_fill(t, mask, v));
+    HR_LUA_RETRY(L, r, hr_ag_masked_fill(t, mask, v));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;
 }
@@ -189,7 +211,7 @@ static int l_masked_select(lua_State *L)
     hr_tensor *t = hr_lua_check_tensor(L, 1, op);
     hr_tensor *mask = hr_lua_check_tensor(L, 2, op);
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_masked_select(t, mask));
+    HR_LUA_RETRY(L, r, hr_ag_masked_select(t, mask));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;
 }
@@ -252,7 +274,7 @@ static int l_cat(lua_State *L)
     }
     int dim = opt_dim(L, 2, ndim, op);
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_cat(n, ts, dim));
+    HR_LUA_RETRY(L, r, hr_ag_cat(n, ts, dim));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;
 }
@@ -274,7 +296,7 @@ static int l_stack(lua_State *L)
         dim = d > 0 ? (int)d - 1 : (int)(d + slots);
     }
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_stack(n, ts, dim));
+    HR_LUA_RETRY(L, r, hr_ag_stack(n, ts, dim));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;
 }
@@ -282,8 +304,23 @@ static int l_stack(lua_State *L)
 /* ------------------------------------------------------------------ split / chunk / unbind */
 
 /* Pushes a Lua array holding the n views of pieces (taking over their references). */
-static void push_pieces(lua_State *L, hr_tensor **pieces, int64_t n)
+static void push_pieces(lua_State *L, hr_tensor *t, int dim, hr_tensor **pieces, int64_t n)
 {
+    /* With recording on, each piece becomes a differentiable narrow of t. */
+    if (hr_should_record(1, &t)) {
+        int64_t start = 0;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t len = pieces[i]->size[dim];
+            hr_tensor *v = hr_ag_narrow(t, dim, start, len);
+            if (!v) {
+                for (int64_t k = i; k < n; k++) hr_tensor_release(pieces[k]);
+                hr_lua_error(L, "split");
+            }
+            hr_tensor_release(pieces[i]);
+            pieces[i] = v;
+            start += len;
+        }
+    }
     /* Each piece is boxed (owned by Lua) before the next one; only a memory error inside this
      * loop could leave the later pieces unboxed. */
     lua_createtable(L, n > 1000000 ? 0 : (int)n, 0);
@@ -324,7 +361,7 @@ static int l_split(lua_State *L)
         }
         hr_tensor **pieces = piece_buffer(L, n, op);
         if (hr_split_sizes(t, dim, (int)n, sizes, pieces)) return hr_lua_error(L, op);
-        push_pieces(L, pieces, n);
+        push_pieces(L, t, dim, pieces, n);
         return 1;
     }
     int isnum;
@@ -336,7 +373,7 @@ static int l_split(lua_State *L)
     if (count < 0) return hr_lua_error(L, op);
     hr_tensor **pieces = piece_buffer(L, count, op);
     if (hr_split(t, dim, s, pieces)) return hr_lua_error(L, op);
-    push_pieces(L, pieces, count);
+    push_pieces(L, t, dim, pieces, count);
     return 1;
 }
 
@@ -360,7 +397,7 @@ static int l_chunk(lua_State *L)
         rc = hr_split(t, dim, piece, pieces);
     }
     if (rc) return hr_lua_error(L, op);
-    push_pieces(L, pieces, count);
+    push_pieces(L, t, dim, pieces, count);
     return 1;
 }
 
@@ -374,7 +411,7 @@ static int l_unbind(lua_State *L)
     int64_t n = t->size[dim];
     lua_createtable(L, n > 1000000 ? 0 : (int)n, 0);
     for (int64_t i = 0; i < n; i++) {
-        hr_lua_push_tensor(L, check_result(L, hr_view_select(t, dim, i), op));
+        hr_lua_push_tensor(L, check_result(L, hr_ag_select(t, dim, i), op));
         lua_rawseti(L, -2, i + 1);
     }
     return 1;
@@ -399,6 +436,7 @@ static int l_flip(lua_State *L)
         dims[i] = d > 0 ? (int)d - 1 : (int)(d + nd);
     }
     hr_tensor *r;
+    refuse_grad(L, op, t, NULL);
     HR_LUA_RETRY(L, r, hr_flip(t, n, dims));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;
@@ -413,6 +451,7 @@ static int repeat_common(lua_State *L, const char *op, bool tile)
     int64_t reps[HR_MAX_DIMS];
     int n = hr_lua_check_shape(L, 2, reps, op);
     hr_tensor *r;
+    refuse_grad(L, op, t, NULL);
     if (tile) HR_LUA_RETRY(L, r, hr_tile(t, n, reps));
     else HR_LUA_RETRY(L, r, hr_repeat(t, n, reps));
     hr_lua_push_tensor(L, check_result(L, r, op));

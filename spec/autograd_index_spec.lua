@@ -1,0 +1,42 @@
+local hero = require "hero"
+local helper = require "spec_helper"
+local gradcheck = hero.testing.gradcheck
+
+local function f64(v) return hero.tensor(v, {dtype = "f64"}):requires_grad_() end
+local function i64(v) return hero.tensor(v, {dtype = "i64"}) end
+
+describe("autograd through indexing and joining", function()
+  local x = f64 {{1, -2, 3}, {4, 5, -6}, {0.5, 7, 8}}
+
+  it("index_select, gather and scatter_add pass gradcheck (repeated indices included)", function()
+    assert.is_true(gradcheck(function(t) return t:index_select(1, i64 {2, 0, 2}) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:index_select(2, i64 {1, 1}) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:gather(2, i64 {{0, 0}, {2, 1}, {1, 1}}) end, {x}))
+    local src = f64 {{1, 2}, {3, 4}}
+    assert.is_true(gradcheck(function(t, s) return t:scatter_add(1, i64 {{0, 2}, {0, 1}}, s) end, {x, src}))
+  end)
+
+  it("masked_fill and masked_select pass gradcheck with broadcast masks", function()
+    local mask = hero.tensor {{true, false, true}}
+    assert.is_true(gradcheck(function(t) return t:masked_fill(mask, -1e4) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:masked_select(mask) end, {x}))
+    local col = f64 {{1}, {2}}
+    assert.is_true(gradcheck(function(t) return t:masked_select(hero.tensor {{true, false}, {true, true}}) end, {col}))
+  end)
+
+  it("cat, stack, split, chunk and unbind route gradients to every piece", function()
+    local a, b = f64 {{1, 2}}, f64 {{3, 4}, {5, 6}}
+    assert.is_true(gradcheck(function(p, q) return hero.cat({p, q}, 1) end, {a, b}))
+    assert.is_true(gradcheck(function(p, q) return hero.stack({p, q:narrow(1, 1, 1)}, 2) end, {a, b}))
+    assert.is_true(gradcheck(function(t) return t:split(2, 1)[2] end, {x}))
+    assert.is_true(gradcheck(function(t) return t:chunk(2, 2)[1] end, {x}))
+    assert.is_true(gradcheck(function(t) return t:unbind(2)[3] end, {x}))
+  end)
+
+  it("refuses to cut the graph silently", function()
+    helper.assert_error_contains(function() x:flip(1) end, "flip: not differentiable")
+    helper.assert_error_contains(function() x:masked_fill_(hero.tensor {{true}}, 0) end, "leaf tensor")
+    local y = hero.no_grad(function() return x:flip(1) end)
+    assert.is_false(y.requires_grad)
+  end)
+end)
