@@ -67,6 +67,11 @@ void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev
 /* Tells the GC that nbytes of tensor memory were allocated outside Lua's heap. */
 void hr_lua_account(lua_State *L, size_t nbytes);
 
+/* The generator named by the generator= field of the options table at oi (0: none), or the state's
+ * default generator (l_random.c). */
+struct hr_generator;
+struct hr_generator *hr_lua_opt_generator(lua_State *L, int oi, const char *op);
+
 /* Registration functions of each binding file. */
 void hr_lua_open_tensor(lua_State *L, int module_idx, int methods_idx);     /* l_tensor.c */
 void hr_lua_open_pointwise(lua_State *L, int module_idx, int methods_idx);  /* l_pointwise.c */

@@ -60,6 +60,21 @@ static int l_cross_entropy(lua_State *L)
     return 1;
 }
 
+/* dropout(x, p[, training = true][, {generator = g}]) */
+static int l_dropout(lua_State *L)
+{
+    hr_tensor *x = hr_lua_check_tensor(L, 1, "dropout");
+    double p = luaL_checknumber(L, 2);
+    bool training = lua_isnoneornil(L, 3) ? true : lua_toboolean(L, 3);
+    int oi = lua_istable(L, 4) ? 4 : 0;
+    struct hr_generator *g = hr_lua_opt_generator(L, oi, "dropout");
+    hr_tensor *y;
+    HR_LUA_RETRY(L, y, hr_dropout(g, x, p, training));
+    if (!y) return hr_lua_error(L, "dropout");
+    hr_lua_push_tensor(L, y);
+    return 1;
+}
+
 static int l_gelu(lua_State *L)
 {
     hr_tensor *x = hr_lua_check_tensor(L, 1, "gelu");
@@ -75,6 +90,7 @@ static const luaL_Reg module_functions[] = {
     {"embedding", l_embedding},
     {"cross_entropy", l_cross_entropy},
     {"gelu", l_gelu},
+    {"dropout", l_dropout},
     {NULL, NULL},
 };
 

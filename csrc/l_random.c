@@ -66,7 +66,7 @@ static uint64_t check_seed(lua_State *L, int idx, const char *op)
 }
 
 /* The generator= field of the options table at oi (0: none), or the default generator. */
-static hr_generator *opt_generator(lua_State *L, int oi, const char *op)
+hr_generator *hr_lua_opt_generator(lua_State *L, int oi, const char *op)
 {
     hr_generator *g = NULL;
     if (oi && lua_istable(L, oi)) {
@@ -280,7 +280,7 @@ static int make_float(lua_State *L, const char *op, bool normal)
     hr_device dev = hr_cpu();
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
     need_float(L, dt, op);
-    hr_generator *g = opt_generator(L, oi, op);
+    hr_generator *g = hr_lua_opt_generator(L, oi, op);
     hr_tensor *t = new_tensor(L, ndim, size, dt, dev, op);
     return check_rc(L, normal ? hr_random_normal_(g, t, 0, 1) : hr_random_uniform_(g, t, 0, 1), op);
 }
@@ -297,7 +297,7 @@ static int make_float_like(lua_State *L, const char *op, bool normal)
     hr_device dev = hr_tensor_device(src);
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
     need_float(L, dt, op);
-    hr_generator *g = opt_generator(L, oi, op);
+    hr_generator *g = hr_lua_opt_generator(L, oi, op);
     hr_tensor *t = new_tensor(L, src->ndim, src->size, dt, dev, op);
     return check_rc(L, normal ? hr_random_normal_(g, t, 0, 1) : hr_random_uniform_(g, t, 0, 1), op);
 }
@@ -338,7 +338,7 @@ static int l_randint(lua_State *L)
     hr_dtype dt = HR_I64;
     hr_device dev = hr_cpu();
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
-    hr_generator *g = opt_generator(L, oi, op);
+    hr_generator *g = hr_lua_opt_generator(L, oi, op);
     hr_tensor *t = new_tensor(L, ndim, size, dt, dev, op);
     return check_rc(L, hr_random_randint_(g, t, low, high), op);
 }
@@ -353,7 +353,7 @@ static int l_randperm(lua_State *L)
     hr_dtype dt = HR_I64;
     hr_device dev = hr_cpu();
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
-    hr_generator *g = opt_generator(L, oi, op);
+    hr_generator *g = hr_lua_opt_generator(L, oi, op);
     int64_t size = n;
     hr_tensor *t = new_tensor(L, 1, &size, dt, dev, op);
     return check_rc(L, hr_random_randperm_(g, t), op);
@@ -399,7 +399,7 @@ static int l_bernoulli(lua_State *L)
         ndim = read_shape(L, 2, &oi, size, op);
     }
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
-    hr_generator *g = opt_generator(L, oi, op);
+    hr_generator *g = hr_lua_opt_generator(L, oi, op);
     hr_tensor *t = new_tensor(L, ndim, size, dt, dev, op);
     return check_rc(L, pt ? hr_random_bernoulli_tensor_(g, t, pt) : hr_random_bernoulli_(g, t, p), op);
 }
@@ -417,7 +417,7 @@ static int l_dropout_mask(lua_State *L)
     hr_dtype dt = HR_F32;
     hr_device dev = hr_cpu();
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
-    hr_generator *g = opt_generator(L, oi, op);
+    hr_generator *g = hr_lua_opt_generator(L, oi, op);
     hr_tensor *t = new_tensor(L, ndim, size, dt, dev, op);
     return check_rc(L, hr_random_dropout_mask_(g, t, p), op);
 }
@@ -436,7 +436,7 @@ static int t_uniform_(lua_State *L)
     hr_tensor *t = hr_lua_check_tensor(L, 1, "uniform_");
     int oi = opts_index(L, 2);
     double a = opt_number(L, 2, oi, 0), b = opt_number(L, 3, oi, 1);
-    hr_generator *g = opt_generator(L, oi, "uniform_");
+    hr_generator *g = hr_lua_opt_generator(L, oi, "uniform_");
     check_rc(L, hr_random_uniform_(g, t, a, b), "uniform_");
     lua_settop(L, 1);
     return 1;
@@ -448,7 +448,7 @@ static int t_normal_(lua_State *L)
     hr_tensor *t = hr_lua_check_tensor(L, 1, "normal_");
     int oi = opts_index(L, 2);
     double mean = opt_number(L, 2, oi, 0), std = opt_number(L, 3, oi, 1);
-    hr_generator *g = opt_generator(L, oi, "normal_");
+    hr_generator *g = hr_lua_opt_generator(L, oi, "normal_");
     check_rc(L, hr_random_normal_(g, t, mean, std), "normal_");
     lua_settop(L, 1);
     return 1;
@@ -459,7 +459,7 @@ static int t_bernoulli_(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "bernoulli_");
     int oi = opts_index(L, 2);
-    hr_generator *g = opt_generator(L, oi, "bernoulli_");
+    hr_generator *g = hr_lua_opt_generator(L, oi, "bernoulli_");
     int rc;
     if (lua_isuserdata(L, 2)) {
         hr_tensor *p = hr_lua_check_tensor(L, 2, "bernoulli_");
@@ -486,7 +486,7 @@ static int t_random_(lua_State *L)
     } else {
         high = check_int_arg(L, 2, op, "high");
     }
-    hr_generator *g = opt_generator(L, oi, op);
+    hr_generator *g = hr_lua_opt_generator(L, oi, op);
     check_rc(L, hr_random_randint_(g, t, low, high), op);
     lua_settop(L, 1);
     return 1;
