@@ -78,6 +78,7 @@ static int l_save_safetensors(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 3); /* the list userdata goes above the optional argument */
     hr_tensor_list *l = new_list(L);
     table_to_list(L, 2, l, "save_safetensors");
     if (!lua_isnoneornil(L, 3)) {
@@ -134,6 +135,7 @@ static int l_save_npz(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 3);
     bool compress = false;
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
