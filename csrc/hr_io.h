@@ -35,7 +35,9 @@ int hr_tensor_list_add_meta(hr_tensor_list *l, const char *key, const char *valu
 
 /* Reads a safetensors file. Tensors whose bytes are aligned for their dtype are zero-copy views of one
  * shared private (copy-on-write) mapping of the file; the mapping is unmapped when the last tensor
- * referencing it is released. Misaligned tensors are copied. */
+ * referencing it is released. Misaligned tensors are copied. As with any mapping, truncating the file
+ * in place while its tensors are alive is undefined; hero's own writers never do that (they rename a
+ * new file over the old one, so existing mappings keep the old bytes). */
 int hr_safetensors_load(const char *path, hr_tensor_list *out);
 /* Parses a safetensors image held in memory (tensors are copies). `what` names it in errors. */
 int hr_safetensors_parse(const void *buf, size_t len, const char *what, hr_tensor_list *out);
