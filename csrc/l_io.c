@@ -1,9 +1,184 @@
-/* l_io.c — Lua bindings of the io ops. */
+/* l_io.c — Lua bindings of the tensor file formats (safetensors, .npy, .npz, feature files). */
+#include <string.h>
+
+#include "hr_io.h"
 #include "l_common.h"
+
+/* A tensor list lives in a userdata whose __gc frees it, so a Lua error raised while it is being
+ * filled (bad table entry, out of memory) never leaks the references it holds. */
+#define LIST_MT "hero.io.tensor_list"
+
+static int list_gc(lua_State *L)
+{
+    hr_tensor_list *l = luaL_checkudata(L, 1, LIST_MT);
+    hr_tensor_list_free(l);
+    return 0;
+}
+
+static hr_tensor_list *new_list(lua_State *L)
+{
+    hr_tensor_list *l = lua_newuserdatauv(L, sizeof *l, 0);
+    hr_tensor_list_init(l);
+    if (luaL_newmetatable(L, LIST_MT)) {
+        lua_pushcfunction(L, list_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return l;
+}
+
+/* Fills l from the name -> tensor table at idx. */
+static void table_to_list(lua_State *L, int idx, hr_tensor_list *l, const char *op)
+{
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            luaL_error(L, "%s: argument #%d: keys must be strings (tensor names), got a %s key", op, idx,
+                       luaL_typename(L, -2));
+        const char *name = lua_tostring(L, -2);
+        hr_tensor_box *box = luaL_testudata(L, -1, HR_TENSOR_MT);
+        if (!box) luaL_error(L, "%s: argument #%d: entry '%s' is a %s, not a hero.Tensor", op, idx, name, luaL_typename(L, -1));
+        if (!box->t || !box->t->storage) luaL_error(L, "%s: argument #%d: tensor '%s' was freed", op, idx, name);
+        if (hr_tensor_list_add(l, name, box->t)) hr_lua_error(L, op);
+        lua_pop(L, 1);
+    }
+}
+
+/* Pushes a name -> tensor table of the list's tensors. */
+static void push_tensor_table(lua_State *L, hr_tensor_list *l)
+{
+    lua_createtable(L, 0, (int)l->n);
+    for (size_t i = 0; i < l->n; i++) {
+        hr_tensor_retain(l->tensors[i]);
+        hr_lua_push_tensor(L, l->tensors[i]);
+        lua_setfield(L, -2, l->names[i]);
+    }
+}
+
+static int l_load_safetensors(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    hr_tensor_list *l = new_list(L);
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_safetensors_load(path, l));
+    if (rc) return hr_lua_error(L, "load_safetensors");
+    push_tensor_table(L, l);
+    lua_createtable(L, 0, (int)l->nmeta);
+    for (size_t i = 0; i < l->nmeta; i++) {
+        lua_pushstring(L, l->meta_vals[i]);
+        lua_setfield(L, -2, l->meta_keys[i]);
+    }
+    hr_tensor_list_free(l);
+    return 2;
+}
+
+static int l_save_safetensors(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 3); /* the list userdata goes above the optional argument */
+    hr_tensor_list *l = new_list(L);
+    table_to_list(L, 2, l, "save_safetensors");
+    if (!lua_isnoneornil(L, 3)) {
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "save_safetensors: argument #3: metadata must map strings to strings (got %s -> %s)",
+                                  luaL_typename(L, -2), luaL_typename(L, -1));
+            if (hr_tensor_list_add_meta(l, lua_tostring(L, -2), lua_tostring(L, -1)))
+                return hr_lua_error(L, "save_safetensors");
+            lua_pop(L, 1);
+        }
+    }
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_safetensors_save(path, l));
+    if (rc) return hr_lua_error(L, "save_safetensors");
+    hr_tensor_list_free(l);
+    return 0;
+}
+
+static int l_load_npy(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    hr_tensor *t;
+    HR_LUA_RETRY(L, t, hr_npy_load(path));
+    if (!t) return hr_lua_error(L, "load_npy");
+    hr_lua_push_tensor(L, t);
+    return 1;
+}
+
+static int l_save_npy(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    hr_tensor *t = hr_lua_check_tensor(L, 2, "save_npy");
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_npy_save(path, t));
+    if (rc) return hr_lua_error(L, "save_npy");
+    return 0;
+}
+
+static int l_load_npz(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    hr_tensor_list *l = new_list(L);
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_npz_load(path, l));
+    if (rc) return hr_lua_error(L, "load_npz");
+    push_tensor_table(L, l);
+    hr_tensor_list_free(l);
+    return 1;
+}
+
+static int l_save_npz(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 3);
+    bool compress = false;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_getfield(L, 3, "compress");
+        if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+            return luaL_error(L, "save_npz: option 'compress' must be a boolean, got %s", luaL_typename(L, -1));
+        compress = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    hr_tensor_list *l = new_list(L);
+    table_to_list(L, 2, l, "save_npz");
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_npz_save(path, l, compress));
+    if (rc) return hr_lua_error(L, "save_npz");
+    hr_tensor_list_free(l);
+    return 0;
+}
+
+static int l_load_features(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    hr_tensor *t;
+    HR_LUA_RETRY(L, t, hr_features_load(path));
+    if (!t) return hr_lua_error(L, "load_features");
+    hr_lua_push_tensor(L, t);
+    return 1;
+}
+
+static const luaL_Reg io_functions[] = {
+    {"load_safetensors", l_load_safetensors},
+    {"save_safetensors", l_save_safetensors},
+    {"load_npy", l_load_npy},
+    {"save_npy", l_save_npy},
+    {"load_npz", l_load_npz},
+    {"save_npz", l_save_npz},
+    {"load_features", l_load_features},
+    {NULL, NULL},
+};
 
 void hr_lua_open_io(lua_State *L, int module_idx, int methods_idx)
 {
-    (void)L;
-    (void)module_idx;
     (void)methods_idx;
+    lua_pushvalue(L, module_idx);
+    luaL_setfuncs(L, io_functions, 0);
+    lua_pop(L, 1);
 }

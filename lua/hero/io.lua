@@ -1,4 +1,10 @@
---- hero.io: tensor files (safetensors, .npy, .npz).
+--- hero.io: tensor files (safetensors, .npy, .npz, extractor feature files) and hero.save/hero.load.
+--
+-- The readers and writers are in C (hero.core); this module adds the policy of hero.save/hero.load:
+-- a flat {name = tensor} table is stored as a plain safetensors file (readable by any safetensors
+-- library), and any other Lua value (nested tables mixing tensors, numbers, strings, booleans) is
+-- stored with its tensors flattened under "."-joined path names and the rest of the structure as
+-- JSON in the safetensors metadata under "hero.structure".
 local core = require "hero.core"
 
 local io_ = {}
@@ -6,6 +12,313 @@ local io_ = {}
 for _, name in ipairs {"load_npy", "load_npz", "save_npy", "save_npz", "load_safetensors",
                        "save_safetensors", "load_features"} do
   io_[name] = core[name]
+end
+
+--- Metadata key holding the structure of a nested value.
+io_.STRUCTURE_KEY = "hero.structure"
+
+local is_tensor = core.is_tensor
+
+-- ------------------------------------------------------------------ JSON (the structure's own subset)
+
+local escapes = {['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f", ["\n"] = "\\n",
+                 ["\r"] = "\\r", ["\t"] = "\\t"}
+
+local function json_string(s)
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    return escapes[c] or string.format("\\u%04x", c:byte())
+  end) .. '"'
+end
+
+local function is_utf8(s)
+  return utf8.len(s) ~= nil
+end
+
+-- Numbers are written as strings inside typed nodes so 64-bit integers and every float survive
+-- exactly (JSON numbers would pass through other tools' doubles).
+local function float_repr(x)
+  if x ~= x then return "nan" end
+  if x == math.huge then return "inf" end
+  if x == -math.huge then return "-inf" end
+  if x == 0 and 1 / x < 0 then return "-0" end
+  return string.format("%.17g", x)
+end
+
+local function float_parse(s)
+  if s == "nan" then return 0 / 0 end
+  if s == "inf" then return math.huge end
+  if s == "-inf" then return -math.huge end
+  if s == "-0" then return -0.0 end
+  local v = tonumber(s)
+  if type(v) ~= "number" then return nil end
+  return v + 0.0
+end
+
+local function hex(s)
+  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+local function unhex(h)
+  if #h % 2 ~= 0 or h:find("[^0-9a-f]") then return nil end
+  return (h:gsub("..", function(b) return string.char(tonumber(b, 16)) end))
+end
+
+-- A small strict JSON reader returning plain Lua values (objects and arrays as tables; arrays are
+-- marked by field n). Errors name the byte position.
+local function json_decode(text)
+  local pos = 1
+  local function fail(msg)
+    error(string.format("bad %s JSON at byte %d: %s", io_.STRUCTURE_KEY, pos, msg), 0)
+  end
+  local function ws()
+    pos = text:find("[^ \t\r\n]", pos) or #text + 1
+  end
+  local value
+  local function str()
+    if text:sub(pos, pos) ~= '"' then fail("expected a string") end
+    pos = pos + 1
+    local parts = {}
+    while true do
+      local a, b = text:find('^[^"\\%c]+', pos)
+      if a then
+        parts[#parts + 1] = text:sub(a, b)
+        pos = b + 1
+      end
+      local c = text:sub(pos, pos)
+      if c == '"' then
+        pos = pos + 1
+        return table.concat(parts)
+      elseif c == "\\" then
+        local e = text:sub(pos + 1, pos + 1)
+        local simple = {['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r",
+                        t = "\t"}
+        if simple[e] then
+          parts[#parts + 1] = simple[e]
+          pos = pos + 2
+        elseif e == "u" then
+          local h = text:match("^%x%x%x%x", pos + 2)
+          if not h then fail("bad \\u escape") end
+          local cp = tonumber(h, 16)
+          pos = pos + 6
+          if cp >= 0xD800 and cp <= 0xDBFF then
+            local lo = text:match("^\\u(%x%x%x%x)", pos)
+            lo = lo and tonumber(lo, 16)
+            if not lo or lo < 0xDC00 or lo > 0xDFFF then fail("unpaired surrogate") end
+            cp = 0x10000 + (cp - 0xD800) * 0x400 + (lo - 0xDC00)
+            pos = pos + 6
+          elseif cp >= 0xDC00 and cp <= 0xDFFF then
+            fail("unpaired surrogate")
+          end
+          parts[#parts + 1] = utf8.char(cp)
+        else
+          fail("bad escape")
+        end
+      elseif c == "" then
+        fail("unterminated string")
+      else
+        fail("control character in a string")
+      end
+    end
+  end
+  function value()
+    ws()
+    local c = text:sub(pos, pos)
+    if c == "{" then
+      pos = pos + 1
+      local obj = {}
+      ws()
+      if text:sub(pos, pos) == "}" then
+        pos = pos + 1
+        return obj
+      end
+      while true do
+        ws()
+        local k = str()
+        if obj[k] ~= nil then fail("duplicate key '" .. k .. "'") end
+        ws()
+        if text:sub(pos, pos) ~= ":" then fail("expected ':'") end
+        pos = pos + 1
+        obj[k] = value()
+        ws()
+        c = text:sub(pos, pos)
+        pos = pos + 1
+        if c == "}" then return obj end
+        if c ~= "," then fail("expected ',' or '}'") end
+      end
+    elseif c == "[" then
+      pos = pos + 1
+      local arr = {n = 0}
+      ws()
+      if text:sub(pos, pos) == "]" then
+        pos = pos + 1
+        return arr
+      end
+      while true do
+        arr.n = arr.n + 1
+        arr[arr.n] = value()
+        ws()
+        c = text:sub(pos, pos)
+        pos = pos + 1
+        if c == "]" then return arr end
+        if c ~= "," then fail("expected ',' or ']'") end
+      end
+    elseif c == '"' then
+      return str()
+    elseif text:sub(pos, pos + 3) == "true" then
+      pos = pos + 4
+      return true
+    elseif text:sub(pos, pos + 4) == "false" then
+      pos = pos + 5
+      return false
+    end
+    fail("unexpected " .. (c == "" and "end of text" or "'" .. c .. "'"))
+  end
+  local v = value()
+  ws()
+  if pos <= #text then fail("trailing characters") end
+  return v
+end
+
+-- ------------------------------------------------------------------ hero.save / hero.load
+
+local function is_flat(tbl)
+  if type(tbl) ~= "table" or is_tensor(tbl) then return false end
+  for k, v in pairs(tbl) do
+    if type(k) ~= "string" or not is_tensor(v) then return false end
+  end
+  return true
+end
+
+local type_order = {boolean = 1, number = 2, string = 3}
+
+local function key_less(a, b)
+  local ta, tb = type(a), type(b)
+  if ta ~= tb then return type_order[ta] < type_order[tb] end
+  if ta == "boolean" then return (not a) and b end
+  if ta == "number" and a ~= a then return false end
+  if ta == "number" and b ~= b then return true end
+  return a < b
+end
+
+-- Encodes value v (at path, a list of keys) as a typed JSON node, collecting tensors into `tensors`
+-- under unique UTF-8 names.
+local function encode(v, path, tensors, seen)
+  local where = #path > 0 and table.concat(path, ".") or "(root)"
+  if is_tensor(v) then
+    if v:is_freed() then error(string.format("hero.save: the tensor at '%s' was freed", where), 0) end
+    local base = #path > 0 and table.concat(path, ".") or "tensor"
+    if not is_utf8(base) or base == "__metadata__" then base = "tensor" end
+    local name, k = base, 1
+    while tensors[name] do
+      k = k + 1
+      name = base .. "#" .. k
+    end
+    tensors[name] = v
+    return '{"t":' .. json_string(name) .. "}"
+  end
+  local tv = type(v)
+  if tv == "number" then
+    if math.type(v) == "integer" then return string.format('{"i":"%d"}', v) end
+    return '{"f":"' .. float_repr(v) .. '"}'
+  elseif tv == "string" then
+    if is_utf8(v) then return '{"s":' .. json_string(v) .. "}" end
+    return '{"x":"' .. hex(v) .. '"}'
+  elseif tv == "boolean" then
+    return v and '{"b":true}' or '{"b":false}'
+  elseif tv == "table" then
+    if seen[v] then error(string.format("hero.save: the table at '%s' contains itself (a cycle)", where), 0) end
+    seen[v] = true
+    local keys = {}
+    for k in pairs(v) do
+      if not type_order[type(k)] then
+        error(string.format("hero.save: a key of the table at '%s' is a %s; keys must be strings, numbers or booleans",
+          where, type(k)), 0)
+      end
+      keys[#keys + 1] = k
+    end
+    table.sort(keys, key_less)
+    local parts = {}
+    for i, k in ipairs(keys) do
+      path[#path + 1] = tostring(k)
+      parts[i] = "[" .. encode(k, {}, tensors, seen) .. "," .. encode(v[k], path, tensors, seen) .. "]"
+      path[#path] = nil
+    end
+    seen[v] = nil
+    return '{"k":[' .. table.concat(parts, ",") .. "]}"
+  end
+  error(string.format("hero.save: the value at '%s' is a %s; only tensors, numbers, strings, booleans and tables "
+    .. "can be saved", where, tv), 0)
+end
+
+local function decode(node, tensors, where)
+  local function bad(msg)
+    error(string.format("hero.load: corrupt %s at %s: %s", io_.STRUCTURE_KEY, where, msg), 0)
+  end
+  if type(node) ~= "table" or node.n then bad("expected a typed object") end
+  local tag, val = next(node)
+  if tag == nil or next(node, tag) ~= nil then bad("expected exactly one type tag") end
+  if tag == "t" then
+    if type(val) ~= "string" then bad("tensor name must be a string") end
+    local t = tensors[val]
+    if not t then bad("no tensor named '" .. val .. "' in the file") end
+    return t
+  elseif tag == "i" then
+    local v = type(val) == "string" and val:match("^%-?%d+$") and math.tointeger(tonumber(val))
+    if not v then bad("bad integer") end
+    return v
+  elseif tag == "f" then
+    local v = type(val) == "string" and float_parse(val)
+    if not v then bad("bad float") end
+    return v
+  elseif tag == "s" then
+    if type(val) ~= "string" then bad("bad string") end
+    return val
+  elseif tag == "x" then
+    local v = type(val) == "string" and unhex(val)
+    if not v then bad("bad hex string") end
+    return v
+  elseif tag == "b" then
+    if type(val) ~= "boolean" then bad("bad boolean") end
+    return val
+  elseif tag == "k" then
+    if type(val) ~= "table" or not val.n then bad("table entries must be an array") end
+    local out = {}
+    for i = 1, val.n do
+      local pair = val[i]
+      if type(pair) ~= "table" or pair.n ~= 2 then bad("table entry " .. i .. " is not a [key, value] pair") end
+      local k = decode(pair[1], tensors, where)
+      if type(k) == "table" or is_tensor(k) or k ~= k then bad("table key " .. i .. " is not a plain value") end
+      local kname = tostring(k)
+      out[k] = decode(pair[2], tensors, where == "(root)" and kname or where .. "." .. kname)
+    end
+    return out
+  end
+  bad("unknown type tag '" .. tostring(tag) .. "'")
+end
+
+--- Saves a value: a flat {name = tensor} table as plain safetensors; anything else (nested tables of
+-- tensors and plain values) with its structure in the metadata. The file is replaced atomically.
+function io_.save(path, value)
+  if type(path) ~= "string" then error("hero.save: argument #1: expected a path string, got " .. type(path), 2) end
+  if is_flat(value) then
+    core.save_safetensors(path, value)
+    return
+  end
+  local tensors = {}
+  local structure = encode(value, {}, tensors, {})
+  core.save_safetensors(path, tensors, {[io_.STRUCTURE_KEY] = structure})
+end
+
+--- Loads what io_.save wrote (the same nested value), or any safetensors file as a flat
+-- {name = tensor} table. Returns the value and the file's metadata table.
+function io_.load(path)
+  if type(path) ~= "string" then error("hero.load: argument #1: expected a path string, got " .. type(path), 2) end
+  local tensors, meta = core.load_safetensors(path)
+  local text = meta[io_.STRUCTURE_KEY]
+  if text == nil then return tensors, meta end
+  local ok, node = pcall(json_decode, text)
+  if not ok then error("hero.load: '" .. path .. "': " .. node, 0) end
+  return decode(node, tensors, "(root)"), meta
 end
 
 return io_
