@@ -71,6 +71,11 @@ static int l_dropout(lua_State *L)
     hr_tensor *y;
     HR_LUA_RETRY(L, y, hr_dropout(g, x, p, training));
     if (!y) return hr_lua_error(L, "dropout");
+    if (y == x) { /* the identity hands back the very same Lua value */
+        hr_tensor_release(y);
+        lua_pushvalue(L, 1);
+        return 1;
+    }
     hr_lua_push_tensor(L, y);
     return 1;
 }

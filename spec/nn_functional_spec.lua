@@ -84,3 +84,30 @@ describe("fused nn nodes (losses and lookups)", function()
     assert.is_true(gradcheck(hero.gelu, {hero.tensor(c.x, {dtype = "f64"}):requires_grad_()}))
   end)
 end)
+
+describe("dropout", function()
+  it("is the identity in evaluation and drops with the Philox stream in training", function()
+    local x = hero.ones(1000, {dtype = "f64"}):requires_grad_()
+    assert.equal(x, hero.dropout(x, 0.1, false))
+    local g1 = hero.Generator(7)
+    local y = hero.dropout(x, 0.25, true, {generator = g1})
+    local kept, scale_ok = 0, true
+    for _, v in ipairs(y:totable()) do
+      if v ~= 0 then
+        kept = kept + 1
+        scale_ok = scale_ok and math.abs(v - 1 / 0.75) < 1e-15
+      end
+    end
+    assert.is_true(scale_ok)
+    assert.is_true(kept > 700 and kept < 800)
+    -- the mask is the complement of bernoulli(p) drawn from the same state
+    local mask = hero.dropout_mask({1000}, 0.25, {generator = hero.Generator(7), dtype = "f64"})
+    local same = true
+    local mv = mask:totable()
+    for i, v in ipairs(y:totable()) do same = same and ((v ~= 0) == (mv[i] ~= 0)) end
+    assert.is_true(same)
+    y:backward(hero.ones(1000, {dtype = "f64"}))
+    assert.same(y:detach():totable(), x.grad:totable())
+    helper.assert_error_contains(function() hero.dropout(x, 1.5) end, "probability must be in [0, 1]")
+  end)
+end)
