@@ -25,4 +25,7 @@ hr_tensor *hr_gelu(hr_tensor *x);
 struct hr_generator;
 hr_tensor *hr_dropout(struct hr_generator *g, hr_tensor *x, double p, bool training);
 
+/* 1-D convolution, stride 1: x [N, C_in, L], w [C_out, C_in, K], bias [C_out] or NULL, zero padding. */
+hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t padding);
+
 #endif

@@ -80,6 +80,20 @@ static int l_dropout(lua_State *L)
     return 1;
 }
 
+/* conv1d(x [N, C_in, L], weight [C_out, C_in, K][, bias][, padding = 0]) */
+static int l_conv1d(lua_State *L)
+{
+    hr_tensor *x = hr_lua_check_tensor(L, 1, "conv1d");
+    hr_tensor *w = hr_lua_check_tensor(L, 2, "conv1d");
+    hr_tensor *b = opt_tensor(L, 3, "conv1d");
+    lua_Integer pad = luaL_optinteger(L, 4, 0);
+    hr_tensor *y;
+    HR_LUA_RETRY(L, y, hr_conv1d(x, w, b, pad));
+    if (!y) return hr_lua_error(L, "conv1d");
+    hr_lua_push_tensor(L, y);
+    return 1;
+}
+
 static int l_gelu(lua_State *L)
 {
     hr_tensor *x = hr_lua_check_tensor(L, 1, "gelu");
@@ -96,6 +110,7 @@ static const luaL_Reg module_functions[] = {
     {"cross_entropy", l_cross_entropy},
     {"gelu", l_gelu},
     {"dropout", l_dropout},
+    {"conv1d", l_conv1d},
     {NULL, NULL},
 };
 
