@@ -18,6 +18,7 @@
 
 #include "hr_reduce.h"
 #include "cpu/hr_rows.h"
+#include "cpu/hr_simd.h"
 
 #define RED_BLOCK 65536 /* elements per task along a long row */
 #define RED_PIECE 512   /* elements converted at a time into the stack buffer */
@@ -61,6 +62,25 @@ static void state_init(const red_kind *k, red_state *st)
 
 /* ------------------------------------------------------------------ float / double pieces */
 
+/* Best value of a piece ignoring NaN, and whether a NaN was seen (n >= 1). */
+static float scan_f(const float *x, int64_t n, bool is_max, bool *has_nan)
+{
+    return hr_maxmin_f32(x, n, is_max, has_nan);
+}
+
+static double scan_d(const double *x, int64_t n, bool is_max, bool *has_nan)
+{
+    double best = x[0];
+    bool bad = false;
+    for (int64_t i = 0; i < n; i++) {
+        double v = x[i];
+        if (v != v) bad = true;
+        else if (best != best || (is_max ? v > best : v < best)) best = v;
+    }
+    *has_nan = bad;
+    return best;
+}
+
 /* The pieces for float and double differ only in the element type; one macro writes both. */
 #define DEFINE_FLOAT_PIECES(SFX, T)                                                                  \
     static double sum_##SFX(const T *x, int64_t n)                                                 \
@@ -99,42 +119,14 @@ static void state_init(const red_kind *k, red_state *st)
         for (; i < n; i++) s += fabs((double)x[i]);                                                \
         return s;                                                                                  \
     }                                                                                              \
-    /* max (sign 1) or min (sign -1) of a piece: a vectorisable scan for the value and for NaN,   \
-     * then a short search for the first position holding it. */                                  \
+    /* max or min of a piece: a vectorised scan for the value and for NaN, then a search for the \
+     * first position holding it (NaN wins: the first NaN). */                                    \
     static void maxmin_##SFX(red_state *st, const T *x, int64_t n, int64_t base, bool is_max)      \
     {                                                                                              \
         if (st->nan || n <= 0) return;                                                             \
-        T lane[8];                                                                                 \
-        int32_t bad[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                 \
-        for (int j = 0; j < 8; j++) lane[j] = x[0];                                                \
-        int64_t i = 0;                                                                             \
-        if (is_max) {                                                                              \
-            for (; i + 8 <= n; i += 8)                                                             \
-                for (int j = 0; j < 8; j++) {                                                      \
-                    T v = x[i + j];                                                                \
-                    lane[j] = v > lane[j] ? v : lane[j];                                           \
-                    bad[j] |= v != v;                                                              \
-                }                                                                                  \
-        } else {                                                                                   \
-            for (; i + 8 <= n; i += 8)                                                             \
-                for (int j = 0; j < 8; j++) {                                                      \
-                    T v = x[i + j];                                                                \
-                    lane[j] = v < lane[j] ? v : lane[j];                                           \
-                    bad[j] |= v != v;                                                              \
-                }                                                                                  \
-        }                                                                                          \
-        T best = lane[0];                                                                          \
-        int32_t any_bad = bad[0];                                                                  \
-        for (int j = 1; j < 8; j++) {                                                              \
-            any_bad |= bad[j];                                                                     \
-            if (is_max ? lane[j] > best : lane[j] < best) best = lane[j];                          \
-        }                                                                                          \
-        for (; i < n; i++) {                                                                       \
-            T v = x[i];                                                                            \
-            any_bad |= v != v;                                                                     \
-            if (is_max ? v > best : v < best) best = v;                                            \
-        }                                                                                          \
-        if (any_bad || best != best) {                                                             \
+        bool any_bad;                                                                              \
+        T best = scan_##SFX(x, n, is_max, &any_bad);                                               \
+        if (any_bad) {                                                                             \
             int64_t j = 0;                                                                         \
             while (x[j] == x[j]) j++;                                                              \
             st->nan = true;                                                                        \
