@@ -1,5 +1,5 @@
 --- Memory bandwidth of reductions: sum over all elements and over the last dim of a ~5e7-element
--- f32 tensor (200 MB), plus max and softmax over the last dim, at 1 and 2 threads.
+-- f32 tensor (200 MB), plus a column sum and max and softmax over the last dim, at 1 and 2 threads.
 -- Usage: lua5.4 examples/bench_reduce.lua [numel]
 local hero = require "hero"
 
@@ -35,6 +35,7 @@ end
 local cases = {
   {"sum over all elements", function() return x:sum() end},
   {"sum over the last dim", function() return x:sum(-1) end},
+  {"sum over the first dim", function() return x:sum(1) end},
   {"max over the last dim", function() return x:max(-1) end},
   {"softmax over the last dim", function() return x:softmax(-1) end, 2},
 }

@@ -89,6 +89,32 @@ describe("reductions", function()
     assert.equal(m1, m2)
   end)
 
+  it("sums and averages a leading or middle dim of a big contiguous tensor", function()
+    local a, b, c = 7, 150, 300
+    local x = hero.arange(a * b * c, {dtype = "f64"}):view(a, b, c)
+    -- element [i][j][k] = (i*b + j)*c + k; summing j gives b*(i*b*c + k) + c*b*(b-1)/2
+    local expected, means = {}, {}
+    for i = 0, a - 1 do
+      local row, mrow = {}, {}
+      for k = 0, c - 1 do
+        row[k + 1] = b * (i * b * c + k) + c * b * (b - 1) / 2
+        mrow[k + 1] = row[k + 1] / b
+      end
+      expected[i + 1], means[i + 1] = row, mrow
+    end
+    assert.tensor_near(x:sum(2), expected)
+    assert.tensor_near(x:mean(-2), means)
+    assert.tensor_near(x:float():sum(2), expected)
+    -- the same reduction through a strided view takes the generic path
+    assert.tensor_near(x:transpose(2, 3):sum(3), expected)
+    local first = {}
+    for k = 0, c - 1 do first[k + 1] = 0 end
+    for j = 0, b - 1 do
+      for k = 0, c - 1 do first[k + 1] = first[k + 1] + j * c + k end
+    end
+    assert.tensor_near(x:select(1, 1):sum(1), first)
+  end)
+
   it("sums over several dims at once", function()
     local x = hero.arange(24, {dtype = "f32"}):view(2, 3, 4)
     assert.tensor_near(x:sum {1, 3}, {60, 92, 124})

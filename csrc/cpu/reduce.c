@@ -416,6 +416,102 @@ static int run_pass(red_job *j)
     return 0;
 }
 
+/* ------------------------------------------------------------------ column sums */
+
+/* Summing a leading or middle dim of a contiguous tensor: seen as [outer, n, inner], a task keeps
+ * up to CB double accumulators for a block of columns and streams down COL_ROWS rows, so memory is
+ * read in order instead of one strided element per output at a time. Tall inputs give several row
+ * chunks per column block; their partial sums are added in chunk order afterwards. Blocks and
+ * chunks depend only on the shape, so results are deterministic. */
+#define CB 1024
+#define COL_ROWS 512
+
+typedef struct {
+    bool mean, f64;
+    const char *in;
+    char *out;
+    int64_t n, inner, nblocks, nchunks;
+    double *partial; /* tasks * CB when nchunks > 1 */
+} col_job;
+
+static void col_store(const col_job *j, int64_t at, const double *acc, int64_t m)
+{
+    for (int64_t c = 0; c < m; c++) {
+        double v = j->mean ? (j->n ? acc[c] / (double)j->n : NAN) : acc[c];
+        if (j->f64) ((double *)j->out)[at + c] = v;
+        else ((float *)j->out)[at + c] = (float)v;
+    }
+}
+
+static void col_worker(void *arg, int64_t begin, int64_t end)
+{
+    const col_job *j = arg;
+    for (int64_t task = begin; task < end; task++) {
+        int64_t ch = task % j->nchunks, ob = task / j->nchunks;
+        int64_t o = ob / j->nblocks, c0 = (ob % j->nblocks) * CB;
+        int64_t m = j->inner - c0 < CB ? j->inner - c0 : CB;
+        int64_t r0 = ch * COL_ROWS, r1 = r0 + COL_ROWS < j->n ? r0 + COL_ROWS : j->n;
+        double acc[CB];
+        for (int64_t c = 0; c < m; c++) acc[c] = 0;
+        /* four rows per sweep over the accumulators: a quarter of their loads and stores */
+        int64_t in = j->inner, i = r0;
+        int64_t first = (o * j->n + r0) * in + c0;
+        if (j->f64) {
+            const double *x = (const double *)j->in + first;
+            for (; i + 4 <= r1; i += 4, x += 4 * in)
+                for (int64_t c = 0; c < m; c++) acc[c] += (x[c] + x[c + in]) + (x[c + 2 * in] + x[c + 3 * in]);
+            for (; i < r1; i++, x += in)
+                for (int64_t c = 0; c < m; c++) acc[c] += x[c];
+        } else {
+            const float *x = (const float *)j->in + first;
+            for (; i + 4 <= r1; i += 4, x += 4 * in)
+                for (int64_t c = 0; c < m; c++)
+                    acc[c] += ((double)x[c] + (double)x[c + in]) + ((double)x[c + 2 * in] + (double)x[c + 3 * in]);
+            for (; i < r1; i++, x += in)
+                for (int64_t c = 0; c < m; c++) acc[c] += (double)x[c];
+        }
+        if (j->nchunks == 1) col_store(j, o * in + c0, acc, m);
+        else memcpy(j->partial + task * CB, acc, (size_t)m * sizeof *acc);
+    }
+}
+
+static int column_sum(const hr_tensor *t, int d, bool mean, hr_tensor *out)
+{
+    col_job j;
+    j.mean = mean;
+    j.f64 = t->dtype == HR_F64;
+    j.in = hr_tensor_data(t);
+    j.out = hr_tensor_data(out);
+    j.n = t->size[d];
+    j.inner = 1;
+    for (int i = d + 1; i < t->ndim; i++) j.inner *= t->size[i];
+    int64_t outer = 1;
+    for (int i = 0; i < d; i++) outer *= t->size[i];
+    j.nblocks = (j.inner + CB - 1) / CB;
+    j.nchunks = j.n > COL_ROWS ? (j.n + COL_ROWS - 1) / COL_ROWS : 1;
+    int64_t tasks = outer * j.nblocks * j.nchunks;
+    j.partial = NULL;
+    if (j.nchunks > 1) {
+        j.partial = malloc((size_t)tasks * CB * sizeof *j.partial);
+        if (!j.partial) return hr_fail(HR_ENOMEM, "sum: out of memory for %" PRId64 " partial column sums", tasks * CB);
+    }
+    int64_t rows = j.n < COL_ROWS ? (j.n > 0 ? j.n : 1) : COL_ROWS;
+    int64_t per_task = rows * (j.inner < CB ? j.inner : CB);
+    hr_parallel_for(tasks, 32768 / per_task + 1, col_worker, &j);
+    if (j.partial) {
+        for (int64_t ob = 0; ob < outer * j.nblocks; ob++) {
+            int64_t o = ob / j.nblocks, c0 = (ob % j.nblocks) * CB;
+            int64_t m = j.inner - c0 < CB ? j.inner - c0 : CB;
+            double *acc = j.partial + ob * j.nchunks * CB;
+            for (int64_t ch = 1; ch < j.nchunks; ch++)
+                for (int64_t c = 0; c < m; c++) acc[c] += acc[ch * CB + c];
+            col_store(&j, o * j.inner + c0, acc, m);
+        }
+        free(j.partial);
+    }
+    return 0;
+}
+
 static const char *op_name_of(red_op op, double p, bool is_std, bool want_values)
 {
     switch (op) {
@@ -508,6 +604,15 @@ static int reduce(const red_args *a, hr_tensor *t, int dim, bool keepdim, hr_ten
     j.oel = hr_dtype_size(odt);
     j.oidx = iout ? hr_tensor_data(iout) : NULL;
     j.sink = SINK_OUT;
+    if ((a->op == OP_SUM || a->op == OP_MEAN) && (t->dtype == HR_F32 || t->dtype == HR_F64) && dim != HR_DIM_ALL &&
+        t->ndim >= 2 && hr_tensor_is_contiguous(t) && j.g.stride > 1 && vout && hr_tensor_numel(vout) > 0) {
+        int d;
+        hr_wrap_dim(name, dim, t->ndim, &d);
+        if (column_sum(t, d, a->op == OP_MEAN, vout)) goto fail;
+        hr_tensor_release(src);
+        *values = vout;
+        return 0;
+    }
     if (a->op == OP_VAR) {
         size_t rows = (size_t)(j.g.rows > 0 ? j.g.rows : 1);
         j.means = malloc(rows * sizeof *j.means);
