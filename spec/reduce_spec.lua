@@ -113,6 +113,11 @@ describe("reductions", function()
       for k = 0, c - 1 do first[k + 1] = first[k + 1] + j * c + k end
     end
     assert.tensor_near(x:select(1, 1):sum(1), first)
+    -- a tall input (more than one chunk of rows per column block)
+    local tall = hero.arange(1300 * 3, {dtype = "f32"}):view(1300, 3)
+    local s = 3 * 1300 * 1299 / 2
+    assert.tensor_near(tall:sum(1), {s, s + 1300, s + 2600})
+    assert.tensor_near(tall:double():mean(1, true), {{s / 1300, s / 1300 + 1, s / 1300 + 2}})
   end)
 
   it("sums over several dims at once", function()
