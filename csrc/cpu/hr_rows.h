@@ -1,0 +1,66 @@
+/*
+ * hr_rows.h — "rows along one dimension": the geometry shared by the reduce, scan, softmax and
+ * sort kernels. A tensor seen along dim d is a set of rows (every index of the other dims, in
+ * row-major order) each holding n elements spaced `stride` elements apart.
+ */
+#ifndef HR_ROWS_H
+#define HR_ROWS_H
+
+#include <inttypes.h>
+
+#include "hr_core.h"
+
+typedef struct {
+    int outer_ndim;
+    int64_t outer_size[HR_MAX_DIMS];
+    int64_t outer_stride[HR_MAX_DIMS];
+    int64_t rows;   /* product of outer sizes */
+    int64_t n;      /* elements per row */
+    int64_t stride; /* element stride along the row */
+} hr_rows;
+
+/* dim must be valid for ndim >= 1; a 0-dim tensor (ndim 0) is one row of one element. */
+static inline void hr_rows_init(hr_rows *g, int ndim, const int64_t *size, const int64_t *stride, int dim)
+{
+    g->outer_ndim = 0;
+    g->rows = 1;
+    g->n = 1;
+    g->stride = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (i == dim) {
+            g->n = size[i];
+            g->stride = stride[i];
+            continue;
+        }
+        g->outer_size[g->outer_ndim] = size[i];
+        g->outer_stride[g->outer_ndim] = stride[i];
+        g->outer_ndim++;
+        g->rows *= size[i];
+    }
+}
+
+/* Element offset of the first element of row `row`. */
+static inline int64_t hr_rows_offset(const hr_rows *g, int64_t row)
+{
+    int64_t off = 0;
+    for (int d = g->outer_ndim - 1; d >= 0 && row > 0; d--) {
+        int64_t sz = g->outer_size[d];
+        off += (row % sz) * g->outer_stride[d];
+        row /= sz;
+    }
+    return off;
+}
+
+/* The checks every op of this family starts with: a live tensor on the CPU. */
+static inline int hr_rows_check_input(const hr_tensor *t, const char *op)
+{
+    if (hr_tensor_check_live(t, op)) return -1;
+    if (hr_tensor_device(t).type != HR_CPU) {
+        char buf[16];
+        return hr_fail(HR_EDEVICE, "%s: the tensor is on %s, which needs the CUDA backend (this build has none)", op,
+                       hr_device_str(hr_tensor_device(t), buf, sizeof buf));
+    }
+    return 0;
+}
+
+#endif
