@@ -34,6 +34,10 @@ hr_tensor *hr_mv(hr_tensor *a, hr_tensor *b);
  * leading dims can be folded into rows, w^T handed to BLAS as a transposed operand. */
 hr_tensor *hr_linear(hr_tensor *x, hr_tensor *w, hr_tensor *bias);
 
+/* How many operands the products have copied so far because BLAS could not read them in place
+ * (neither of the two last dims unit-stride); lets tests check that views are not copied. */
+int64_t hr_matmul_operand_copies(void);
+
 /* Seconds per call of a bare cblas_sgemm (row-major, no transposes) on M x K and K x N buffers
  * allocated here, averaged over `repeats` calls after one warm-up call; < 0 on failure. Used by the
  * benchmark to compare hr_matmul with the library it calls. */

@@ -88,6 +88,13 @@ static int l_bench_sgemm(lua_State *L)
     return 1;
 }
 
+/* _matmul_copies() -> operands copied so far by the products (test hook). */
+static int l_matmul_copies(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)hr_matmul_operand_copies());
+    return 1;
+}
+
 void hr_lua_open_linalg(lua_State *L, int module_idx, int methods_idx)
 {
     static const luaL_Reg shared[] = {
@@ -109,4 +116,6 @@ void hr_lua_open_linalg(lua_State *L, int module_idx, int methods_idx)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_bench_sgemm);
     lua_setfield(L, module_idx, "_bench_sgemm");
+    lua_pushcfunction(L, l_matmul_copies);
+    lua_setfield(L, module_idx, "_matmul_copies");
 }

@@ -267,6 +267,12 @@ static void matrix_strides(const hr_tensor *t, bool left, int64_t *rs, int64_t *
     }
 }
 
+/* Operands copied because BLAS could not read them in place (a test hook: transposed, narrowed
+ * and batch-strided operands must not be copied). Only touched by the calling thread. */
+static int64_t operand_copies;
+
+int64_t hr_matmul_operand_copies(void) { return operand_copies; }
+
 /* Fills o's matrix layout from t; when BLAS cannot read t's matrices as they are, *copy receives a
  * contiguous copy of t that the caller uses (and releases) instead. */
 static int prepare_operand(const char *op, operand *o, hr_tensor *t, bool left, int64_t rows, int64_t cols, bool blas,
@@ -277,6 +283,7 @@ static int prepare_operand(const char *op, operand *o, hr_tensor *t, bool left, 
     if (!blas || blas_layout(rows, cols, o->rs, o->cs, &o->trans, &o->ld)) return 0;
     hr_tensor *ct = hr_contiguous(t);
     if (!ct) return -1;
+    operand_copies++;
     *copy = ct;
     matrix_strides(ct, left, &o->rs, &o->cs);
     if (blas_layout(rows, cols, o->rs, o->cs, &o->trans, &o->ld)) return 0;
