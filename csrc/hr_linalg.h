@@ -30,6 +30,14 @@ hr_tensor *hr_baddbmm(hr_tensor *c, hr_tensor *a, hr_tensor *b, double beta, dou
 hr_tensor *hr_dot(hr_tensor *a, hr_tensor *b);
 /* 2-D matrix times 1-D vector. */
 hr_tensor *hr_mv(hr_tensor *a, hr_tensor *b);
+/* matmul into an existing tensor of the product's shape and dtype (any layout; written in
+ * place when contiguous and not read by a or b, else through a temporary). Returns out with a new
+ * reference. */
+hr_tensor *hr_matmul_out(hr_tensor *out, hr_tensor *a, hr_tensor *b);
+/* In place: c = beta*c + alpha*(a@b), c of exactly the product's shape (2-D a, b for addmm_,
+ * 3-D for baddbmm_). Returns c with a new reference. */
+hr_tensor *hr_addmm_(hr_tensor *c, hr_tensor *a, hr_tensor *b, double beta, double alpha);
+hr_tensor *hr_baddbmm_(hr_tensor *c, hr_tensor *a, hr_tensor *b, double beta, double alpha);
 /* x @ w^T + bias for x of shape (..., K), w of shape (N, K) and bias (N) or NULL: one GEMM when x's
  * leading dims can be folded into rows, w^T handed to BLAS as a transposed operand. */
 hr_tensor *hr_linear(hr_tensor *x, hr_tensor *w, hr_tensor *bias);

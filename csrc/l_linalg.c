@@ -1,4 +1,6 @@
 /* l_linalg.c — Lua bindings of the matrix products (csrc/cpu/matmul.c). */
+#include <time.h>
+
 #include "hr_linalg.h"
 #include "l_common.h"
 
@@ -21,7 +23,21 @@ static int binary(lua_State *L, const char *op, binary_fn fn)
     return push_result(L, r, op);
 }
 
-static int l_matmul(lua_State *L) { return binary(L, "matmul", hr_matmul); }
+/* matmul(a, b[, out]): with out, the product is written into it and out itself is returned. */
+static int l_matmul(lua_State *L)
+{
+    if (lua_isnoneornil(L, 3)) return binary(L, "matmul", hr_matmul);
+    hr_tensor *a = hr_lua_check_tensor(L, 1, "matmul");
+    hr_tensor *b = hr_lua_check_tensor(L, 2, "matmul");
+    hr_tensor *out = hr_lua_check_tensor(L, 3, "matmul");
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, hr_matmul_out(out, a, b));
+    if (!r) return hr_lua_error(L, "matmul");
+    hr_tensor_release(r); /* the same tensor as argument #3, which is returned as is */
+    lua_settop(L, 3);
+    return 1;
+}
+
 static int l_mm(lua_State *L) { return binary(L, "mm", hr_mm); }
 static int l_bmm(lua_State *L) { return binary(L, "bmm", hr_bmm); }
 static int l_dot(lua_State *L) { return binary(L, "dot", hr_dot); }
@@ -62,7 +78,25 @@ static int add_product(lua_State *L, const char *op, add_fn fn)
     return push_result(L, r, op);
 }
 
+/* c:addmm_(a, b[, beta[, alpha]]): in place, returns c itself. */
+static int add_product_inplace(lua_State *L, const char *op, add_fn fn)
+{
+    hr_tensor *c = hr_lua_check_tensor(L, 1, op);
+    hr_tensor *a = hr_lua_check_tensor(L, 2, op);
+    hr_tensor *b = hr_lua_check_tensor(L, 3, op);
+    double beta, alpha;
+    opt_beta_alpha(L, 4, &beta, &alpha, op);
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, fn(c, a, b, beta, alpha));
+    if (!r) return hr_lua_error(L, op);
+    hr_tensor_release(r);
+    lua_settop(L, 1);
+    return 1;
+}
+
 static int l_addmm(lua_State *L) { return add_product(L, "addmm", hr_addmm); }
+static int l_addmm_(lua_State *L) { return add_product_inplace(L, "addmm_", hr_addmm_); }
+static int l_baddbmm_(lua_State *L) { return add_product_inplace(L, "baddbmm_", hr_baddbmm_); }
 static int l_baddbmm(lua_State *L) { return add_product(L, "baddbmm", hr_baddbmm); }
 
 /* linear(x, weight[, bias]) = x @ weight^T + bias, weight of shape out_features x in_features. */
@@ -88,6 +122,15 @@ static int l_bench_sgemm(lua_State *L)
     return 1;
 }
 
+/* _bench_now() -> monotonic wall-clock seconds (os.clock counts CPU time of all threads). */
+static int l_bench_now(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + 1e-9 * (lua_Number)ts.tv_nsec);
+    return 1;
+}
+
 /* _matmul_copies() -> operands copied so far by the products (test hook). */
 static int l_matmul_copies(lua_State *L)
 {
@@ -105,6 +148,8 @@ void hr_lua_open_linalg(lua_State *L, int module_idx, int methods_idx)
         {"mv", l_mv},
         {"addmm", l_addmm},
         {"baddbmm", l_baddbmm},
+        {"addmm_", l_addmm_},
+        {"baddbmm_", l_baddbmm_},
         {"linear", l_linear},
         {NULL, NULL},
     };
@@ -116,6 +161,8 @@ void hr_lua_open_linalg(lua_State *L, int module_idx, int methods_idx)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_bench_sgemm);
     lua_setfield(L, module_idx, "_bench_sgemm");
+    lua_pushcfunction(L, l_bench_now);
+    lua_setfield(L, module_idx, "_bench_now");
     lua_pushcfunction(L, l_matmul_copies);
     lua_setfield(L, module_idx, "_matmul_copies");
 }

@@ -99,6 +99,85 @@ describe("linalg", function()
     assert.same({{{8, 11}, {16, 23}}}, hero.ones(1, 2, 2):baddbmm(a:view(1, 2, 2), a:view(1, 2, 2)):totable())
   end)
 
+  describe("writing into existing tensors", function()
+    -- exact dyadic values, so results computed two ways agree bit for bit
+    local function grid(rows, cols, seed)
+      local t = {}
+      for i = 1, rows do
+        t[i] = {}
+        for j = 1, cols do t[i][j] = ((i * 7 + j * 3 + seed) % 11 - 5) / 4 end
+      end
+      return hero.tensor(t)
+    end
+
+    it("matmul(a, b, out) fills out and returns it", function()
+      local a, b = grid(3, 4, 1), grid(4, 5, 2)
+      local want = a:matmul(b):totable()
+      local out = hero.zeros(3, 5)
+      local r = hero.matmul(a, b, out)
+      assert.is_true(rawequal(r, out))
+      assert.same(want, out:totable())
+      -- a non-contiguous destination (a transposed view) and a half one
+      local buf = hero.zeros(5, 3)
+      a:matmul(b, buf:t())
+      assert.same(want, buf:t():totable())
+      local h = hero.zeros({3, 5}, {dtype = "f16"})
+      a:half():matmul(b:half(), h)
+      assert.same(a:half():matmul(b:half()):totable(), h:totable())
+      -- batched, and a destination that is also an operand (computed through a temporary)
+      local x = grid(4, 4, 3)
+      local want_sq = x:matmul(x):totable()
+      x:matmul(x:clone(), x)
+      assert.same(want_sq, x:totable())
+      local y = grid(4, 4, 5)
+      want_sq = y:matmul(y):totable()
+      hero.matmul(y, y, y)
+      assert.same(want_sq, y:totable())
+    end)
+
+    it("addmm_ and baddbmm_ accumulate in place", function()
+      local a, b = grid(3, 4, 1), grid(4, 5, 2)
+      local c = grid(3, 5, 4)
+      local want = hero.addmm(c, a, b, 0.5, -2):totable()
+      local r = c:addmm_(a, b, 0.5, -2)
+      assert.is_true(rawequal(r, c))
+      assert.same(want, c:totable())
+      -- a transposed accumulator (through a temporary), then a bf16 one
+      local ct = grid(5, 3, 6):t()
+      want = hero.addmm(ct, a, b):totable()
+      ct:addmm_(a, b)
+      assert.same(want, ct:totable())
+      local hb = grid(3, 5, 4):bfloat16()
+      want = hero.addmm(hb, a:bfloat16(), b:bfloat16(), 1, 1):totable()
+      hb:addmm_(a:bfloat16(), b:bfloat16())
+      assert.same(want, hb:totable())
+      -- K = 0: only the scaling remains
+      local z = grid(3, 5, 4)
+      want = hero.addmm(z, hero.zeros(3, 0), hero.zeros(0, 5), 3, 1):totable()
+      z:addmm_(hero.zeros(3, 0), hero.zeros(0, 5), 3)
+      assert.same(want, z:totable())
+      local bc = hero.tensor({grid(3, 5, 1):totable(), grid(3, 5, 2):totable()})
+      local ba = hero.tensor({a:totable(), grid(3, 4, 8):totable()})
+      local bb = hero.tensor({b:totable(), grid(4, 5, 9):totable()})
+      want = hero.baddbmm(bc, ba, bb, 2, 0.5):totable()
+      assert.is_true(rawequal(bc, bc:baddbmm_(ba, bb, 2, 0.5)))
+      assert.same(want, bc:totable())
+    end)
+
+    it("checks the destination", function()
+      local a, b = hero.zeros(3, 4), hero.zeros(4, 5)
+      helper.assert_error_contains(function() hero.matmul(a, b, hero.zeros(5, 3)) end,
+        "matmul: out has size 5x3 but the product has size 3x5")
+      helper.assert_error_contains(function() hero.matmul(a, b, hero.zeros({3, 5}, {dtype = "f64"})) end,
+        "matmul: out has dtype f64 but the product is f32")
+      helper.assert_error_contains(function() hero.zeros(5):addmm_(a, b) end,
+        "addmm_: out has size 5 but the product has size 3x5")
+      local dead = hero.zeros(3, 5)
+      dead:free()
+      helper.assert_error_contains(function() hero.matmul(a, b, dead) end, "matmul: argument #3: tensor was freed")
+    end)
+  end)
+
   it("takes beta and alpha positionally or as options", function()
     local a = hero.tensor {{1, 2}, {3, 4}}
     local c = hero.tensor {10, 20}
@@ -166,7 +245,8 @@ describe("linalg", function()
         "linear: input of size 2x3 does not match weight of size 4x5 (in_features 5)")
       helper.assert_error_contains(function() hero.linear(hero.zeros(2, 5), hero.zeros(4, 5), hero.zeros(5)) end,
         "linear: bias of size 5 does not match weight of size 4x5 (expected 4)")
-      helper.assert_error_contains(function() hero.linear(hero.zeros(2, 5), hero.zeros(5)) end, "linear: weight must be 2-D")
+      helper.assert_error_contains(function() hero.linear(hero.zeros(2, 5), hero.zeros(5)) end,
+        "linear: weight must be 2-D")
     end)
 
     it("reports freed tensors and non-tensors with the argument", function()

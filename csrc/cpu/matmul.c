@@ -295,12 +295,27 @@ static int prepare_operand(const char *op, operand *o, hr_tensor *t, bool left, 
 
 /* ------------------------------------------------------------------ the engine */
 
+/* Checks a destination tensor given by the caller: live, CPU, the operands' dtype, the product's shape. */
+static int check_dst(const char *op, const hr_tensor *dst, int argn, hr_dtype dt, int rnd, const int64_t *rsize)
+{
+    if (check_operand(op, dst, argn, "out")) return -1;
+    char s1[160], s2[160];
+    if (dst->dtype != dt)
+        return hr_fail(HR_EINVAL, "%s: out has dtype %s but the product is %s", op, hr_dtype_name(dst->dtype), hr_dtype_name(dt));
+    if (dst->ndim != rnd || memcmp(dst->size, rsize, sizeof(int64_t) * (size_t)rnd) != 0)
+        return hr_fail(HR_EINVAL, "%s: out has size %s but the product has size %s", op, shape_of(dst, s1, sizeof s1),
+                       hr_shape_str(rnd, rsize, s2, sizeof s2));
+    return 0;
+}
+
 /*
- * out = beta * c + alpha * (a @ b) with matmul's rules (1-D promotion, batch broadcasting).
- * c may be NULL (then beta is ignored). Operands are already checked live, on the CPU and of one
- * dtype.
+ * beta * c + alpha * (a @ b) with matmul's rules (1-D promotion, batch broadcasting), into a new
+ * tensor or, when dst is given, into dst (which is returned with a new reference). c may be NULL
+ * (then beta is ignored) and may be dst itself (in-place accumulation). Operands are already
+ * checked live, on the CPU and of one dtype; dst_arg is dst's argument number for messages.
  */
-static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor *c, double beta, double alpha)
+static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor *c, double beta, double alpha,
+                          hr_tensor *dst, int dst_arg)
 {
     char s1[160], s2[160];
     if (a->ndim == 0 || b->ndim == 0)
@@ -355,6 +370,7 @@ static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor 
                                 shape_of(b, s4, sizeof s4));
         }
     }
+    if (dst && check_dst(op, dst, dst_arg, dt, rnd, rsize)) return NULL;
     if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
         return hr_fail_null(HR_EINVAL, "%s: matrix dimensions %" PRId64 "x%" PRId64 "x%" PRId64 " exceed BLAS's 32-bit limit", op, m, k, n);
 
@@ -369,9 +385,20 @@ static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor 
         b = hb;
     }
 
-    out = hr_tensor_empty(rnd, rsize, work_dt, hr_cpu());
-    if (!out) goto done;
-    if (c && beta != 0 && hr_copy_(out, c)) goto done; /* start from c broadcast (converted for halfs) */
+    /* BLAS writes straight into dst when it is a contiguous tensor of the working dtype that no
+     * operand reads from (c itself is fine: it is the accumulator); otherwise into a temporary
+     * that is copied (and for halfs rounded) into dst at the end. */
+    bool direct = dst && work_dt == dt && hr_tensor_is_contiguous(dst) && dst->storage != a->storage &&
+                  dst->storage != b->storage && (!c || c == dst || c->storage != dst->storage);
+    if (direct) {
+        hr_tensor_retain(dst);
+        out = dst;
+    } else {
+        out = hr_tensor_empty(rnd, rsize, work_dt, hr_cpu());
+        if (!out) goto done;
+    }
+    /* start from c broadcast (converted for halfs) */
+    if (c && beta != 0 && c != out && hr_copy_(out, c)) goto done;
 
     if (hr_tensor_numel(out) > 0) {
         if (k == 0) { /* an empty sum: beta * c, or zeros */
@@ -417,7 +444,12 @@ static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor 
             if (cb) hr_tensor_release(cb);
         }
     }
-    if (work_dt != dt) {
+    if (dst) {
+        if (out != dst && hr_copy_(dst, out)) goto done;
+        if (out == dst) dst->version++; /* written in place (hr_copy_ counts its own write) */
+        hr_tensor_retain(dst);
+        result = dst;
+    } else if (work_dt != dt) {
         result = hr_cast(out, dt);
     } else {
         result = out;
@@ -461,13 +493,13 @@ static int check_same_batch(const char *op, const hr_tensor *a, const hr_tensor 
 hr_tensor *hr_matmul(hr_tensor *a, hr_tensor *b)
 {
     if (check_args("matmul", a, b, NULL)) return NULL;
-    return product("matmul", a, b, NULL, 0, 1);
+    return product("matmul", a, b, NULL, 0, 1, NULL, 0);
 }
 
 hr_tensor *hr_mm(hr_tensor *a, hr_tensor *b)
 {
     if (check_args("mm", a, b, NULL) || check_ndim("mm", a, "self", 2) || check_ndim("mm", b, "other", 2)) return NULL;
-    return product("mm", a, b, NULL, 0, 1);
+    return product("mm", a, b, NULL, 0, 1, NULL, 0);
 }
 
 hr_tensor *hr_bmm(hr_tensor *a, hr_tensor *b)
@@ -475,13 +507,13 @@ hr_tensor *hr_bmm(hr_tensor *a, hr_tensor *b)
     if (check_args("bmm", a, b, NULL) || check_ndim("bmm", a, "self", 3) || check_ndim("bmm", b, "other", 3) ||
         check_same_batch("bmm", a, b))
         return NULL;
-    return product("bmm", a, b, NULL, 0, 1);
+    return product("bmm", a, b, NULL, 0, 1, NULL, 0);
 }
 
 hr_tensor *hr_addmm(hr_tensor *c, hr_tensor *a, hr_tensor *b, double beta, double alpha)
 {
     if (check_args("addmm", a, b, c) || check_ndim("addmm", a, "mat1", 2) || check_ndim("addmm", b, "mat2", 2)) return NULL;
-    return product("addmm", a, b, c, beta, alpha);
+    return product("addmm", a, b, c, beta, alpha, NULL, 0);
 }
 
 hr_tensor *hr_baddbmm(hr_tensor *c, hr_tensor *a, hr_tensor *b, double beta, double alpha)
@@ -489,19 +521,39 @@ hr_tensor *hr_baddbmm(hr_tensor *c, hr_tensor *a, hr_tensor *b, double beta, dou
     if (check_args("baddbmm", a, b, c) || check_ndim("baddbmm", a, "batch1", 3) || check_ndim("baddbmm", b, "batch2", 3) ||
         check_same_batch("baddbmm", a, b))
         return NULL;
-    return product("baddbmm", a, b, c, beta, alpha);
+    return product("baddbmm", a, b, c, beta, alpha, NULL, 0);
 }
 
 hr_tensor *hr_dot(hr_tensor *a, hr_tensor *b)
 {
     if (check_args("dot", a, b, NULL) || check_ndim("dot", a, "self", 1) || check_ndim("dot", b, "other", 1)) return NULL;
-    return product("dot", a, b, NULL, 0, 1);
+    return product("dot", a, b, NULL, 0, 1, NULL, 0);
 }
 
 hr_tensor *hr_mv(hr_tensor *a, hr_tensor *b)
 {
     if (check_args("mv", a, b, NULL) || check_ndim("mv", a, "self", 2) || check_ndim("mv", b, "vec", 1)) return NULL;
-    return product("mv", a, b, NULL, 0, 1);
+    return product("mv", a, b, NULL, 0, 1, NULL, 0);
+}
+
+hr_tensor *hr_matmul_out(hr_tensor *out, hr_tensor *a, hr_tensor *b)
+{
+    if (check_args("matmul", a, b, NULL)) return NULL;
+    return product("matmul", a, b, NULL, 0, 1, out, 3);
+}
+
+hr_tensor *hr_addmm_(hr_tensor *c, hr_tensor *a, hr_tensor *b, double beta, double alpha)
+{
+    if (check_args("addmm_", a, b, c) || check_ndim("addmm_", a, "mat1", 2) || check_ndim("addmm_", b, "mat2", 2)) return NULL;
+    return product("addmm_", a, b, c, beta, alpha, c, 1);
+}
+
+hr_tensor *hr_baddbmm_(hr_tensor *c, hr_tensor *a, hr_tensor *b, double beta, double alpha)
+{
+    if (check_args("baddbmm_", a, b, c) || check_ndim("baddbmm_", a, "batch1", 3) || check_ndim("baddbmm_", b, "batch2", 3) ||
+        check_same_batch("baddbmm_", a, b))
+        return NULL;
+    return product("baddbmm_", a, b, c, beta, alpha, c, 1);
 }
 
 hr_tensor *hr_linear(hr_tensor *x, hr_tensor *w, hr_tensor *bias)
@@ -520,7 +572,7 @@ hr_tensor *hr_linear(hr_tensor *x, hr_tensor *w, hr_tensor *bias)
                             shape_of(bias, s1, sizeof s1), shape_of(w, s2, sizeof s2), w->size[0]);
     hr_tensor *wt = hr_view_transpose(w, 0, 1); /* a header only: BLAS reads w transposed */
     if (!wt) return NULL;
-    hr_tensor *out = product(op, x, wt, bias, 1, 1);
+    hr_tensor *out = product(op, x, wt, bias, 1, 1, NULL, 0);
     hr_tensor_release(wt);
     return out;
 }
