@@ -46,9 +46,9 @@ hr_tensor *hr_linear(hr_tensor *x, hr_tensor *w, hr_tensor *bias);
  * (neither of the two last dims unit-stride); lets tests check that views are not copied. */
 int64_t hr_matmul_operand_copies(void);
 
-/* Seconds per call of a bare cblas_sgemm (row-major, no transposes) on M x K and K x N buffers
- * allocated here, averaged over `repeats` calls after one warm-up call; < 0 on failure. Used by the
- * benchmark to compare hr_matmul with the library it calls. */
-double hr_bench_sgemm(int64_t m, int64_t n, int64_t k, int repeats);
+/* Seconds per call of `batch` bare cblas_sgemm calls (row-major, no transposes) on distinct
+ * M x K and K x N buffers allocated here, averaged over `repeats` calls after one warm-up call;
+ * < 0 on failure. The benchmark's baseline for hr_matmul. */
+double hr_bench_sgemm(int64_t m, int64_t n, int64_t k, int64_t batch, int repeats);
 
 #endif

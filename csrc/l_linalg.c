@@ -110,13 +110,14 @@ static int l_linear(lua_State *L)
     return push_result(L, r, "linear");
 }
 
-/* _bench_sgemm(m, n, k, repeats) -> seconds per bare cblas_sgemm call (benchmark baseline). */
+/* _bench_sgemm(m, n, k[, repeats[, batch]]) -> seconds per `batch` bare cblas_sgemm calls on
+ * distinct buffers (the benchmark's baseline). */
 static int l_bench_sgemm(lua_State *L)
 {
     lua_Integer m = luaL_checkinteger(L, 1), n = luaL_checkinteger(L, 2), k = luaL_checkinteger(L, 3);
-    lua_Integer reps = luaL_optinteger(L, 4, 1);
+    lua_Integer reps = luaL_optinteger(L, 4, 1), batch = luaL_optinteger(L, 5, 1);
     if (reps < 1 || reps > 1000000) return luaL_error(L, "_bench_sgemm: repeats must be in 1..1000000, got %d", (int)reps);
-    double s = hr_bench_sgemm(m, n, k, (int)reps);
+    double s = hr_bench_sgemm(m, n, k, batch, (int)reps);
     if (s < 0) return hr_lua_error(L, "_bench_sgemm");
     lua_pushnumber(L, s);
     return 1;

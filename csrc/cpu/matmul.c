@@ -579,11 +579,13 @@ hr_tensor *hr_linear(hr_tensor *x, hr_tensor *w, hr_tensor *bias)
 
 /* ------------------------------------------------------------------ benchmark hook */
 
-double hr_bench_sgemm(int64_t m, int64_t n, int64_t k, int repeats)
+double hr_bench_sgemm(int64_t m, int64_t n, int64_t k, int64_t batch, int repeats)
 {
-    if (m < 1 || n < 1 || k < 1 || m > INT_MAX || n > INT_MAX || k > INT_MAX || repeats < 1)
-        return hr_fail(HR_EINVAL, "bench_sgemm: sizes must be in 1..2^31-1 and repeats >= 1");
-    size_t na = (size_t)(m * k), nb = (size_t)(k * n), nc = (size_t)(m * n);
+    if (m < 1 || n < 1 || k < 1 || batch < 1 || m > INT_MAX || n > INT_MAX || k > INT_MAX || repeats < 1 ||
+        (double)batch * (double)(m * k + k * n + m * n) > 1e10)
+        return hr_fail(HR_EINVAL, "bench_sgemm: sizes must be >= 1 (and fit in memory), repeats >= 1");
+    size_t sa = (size_t)(m * k), sb = (size_t)(k * n), sc = (size_t)(m * n);
+    size_t na = sa * (size_t)batch, nb = sb * (size_t)batch, nc = sc * (size_t)batch;
     float *a = hr_alloc_bytes(na * sizeof(float));
     float *b = a ? hr_alloc_bytes(nb * sizeof(float)) : NULL;
     float *c = b ? hr_alloc_bytes(nc * sizeof(float)) : NULL;
@@ -592,13 +594,13 @@ double hr_bench_sgemm(int64_t m, int64_t n, int64_t k, int repeats)
         /* deterministic values in [-1, 1): denormals or NaN would distort the timing */
         for (size_t i = 0; i < na; i++) a[i] = (float)((i * 2654435761u) % 2048) / 1024.0f - 1.0f;
         for (size_t i = 0; i < nb; i++) b[i] = (float)((i * 40503u) % 2048) / 1024.0f - 1.0f;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, a, (int)k, b, (int)n, 0.0f, c,
-                    (int)n);
         struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        for (int r = 0; r < repeats; r++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, a, (int)k, b, (int)n, 0.0f,
-                        c, (int)n);
+        for (int r = -1; r < repeats; r++) { /* r == -1: warm-up (page faults, OpenBLAS buffers) */
+            if (r == 0) clock_gettime(CLOCK_MONOTONIC, &t0);
+            for (int64_t i = 0; i < batch; i++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, a + (size_t)i * sa, (int)k,
+                            b + (size_t)i * sb, (int)n, 0.0f, c + (size_t)i * sc, (int)n);
+        }
         clock_gettime(CLOCK_MONOTONIC, &t1);
         secs = ((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec)) / repeats;
     }
