@@ -66,7 +66,7 @@ describe("linalg", function()
     end
   end)
 
-  it("gives the same bits with 1 and 2 threads (batch split over the pool)", function()
+  it("gives the same results with 1 and 2 threads (batch split over the pool)", function()
     local saved = hero.get_num_threads()
     local vals = {}
     for i = 1, 6 * 32 * 40 do vals[i] = ((i * 37) % 17 - 8) / 4 end

@@ -147,7 +147,7 @@ static void blas_batch_range(void *ctx, int64_t begin, int64_t end)
  * Runs the batch. Several GEMMs that are each small, or that split evenly over the threads, run
  * one per thread with OpenBLAS single-threaded inside (no fork/join per GEMM, no
  * oversubscription); otherwise OpenBLAS threads each GEMM itself. OpenBLAS splits rows/columns,
- * never K, across its threads, so both ways give the same bits.
+ * not K, across its threads, so the summation order per element does not depend on the split.
  */
 static void run_blas(gemm_plan *p)
 {
