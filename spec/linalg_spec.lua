@@ -1,0 +1,266 @@
+local hero = require "hero"
+local helper = require "spec_helper"
+
+local fixture = helper.load_fixture("linalg.lua")
+
+--- Builds a fixture operand: the base tensor, then its view operations ({"t"}, {"narrow", ...}).
+local function build(arg, dtype)
+  local base
+  local numel = 1
+  for _, s in ipairs(arg.shape) do numel = numel * s end
+  if numel == 0 then
+    base = hero.zeros(arg.shape, {dtype = dtype})
+  else
+    base = hero.tensor(arg.data, {dtype = dtype}):view(arg.shape)
+  end
+  local t = base
+  for _, op in ipairs(arg.ops) do
+    t = t[op[1]](t, table.unpack(op, 2))
+  end
+  return t
+end
+
+local function expected_tensor(e)
+  local numel = 1
+  for _, s in ipairs(e.shape) do numel = numel * s end
+  if numel == 0 then return hero.zeros(e.shape, {dtype = "f64"}) end
+  if #e.shape == 0 then return hero.tensor(e.data[1], {dtype = "f64"}) end
+  return hero.tensor(e.data, {dtype = "f64"}):view(e.shape)
+end
+
+local function flat(v, out)
+  out = out or {}
+  if type(v) == "table" then
+    for i = 1, #v do flat(v[i], out) end
+  else
+    out[#out + 1] = v
+  end
+  return out
+end
+
+local function run_case(case)
+  local args = {}
+  for i, arg in ipairs(case.args) do args[i] = build(arg, case.dtype) end
+  local fn = hero[case.op]
+  if case.beta ~= nil then
+    return fn(args[1], args[2], args[3], case.beta, case.alpha)
+  end
+  return fn(table.unpack(args))
+end
+
+describe("linalg", function()
+  describe("matches NumPy", function()
+    for _, case in ipairs(fixture.cases) do
+      it(case.op .. ": " .. case.name .. " (" .. case.dtype .. ")", function()
+        local copies = hero.core._matmul_copies()
+        local out = run_case(case)
+        assert.equal(case.copies, hero.core._matmul_copies() - copies, "operands copied")
+        assert.equal(case.dtype, out:dtype())
+        assert.is_true(out:is_contiguous())
+        assert.tensor_near(out, expected_tensor(case.expected))
+        if case.exact then
+          -- half types: one rounding of the exact f32 sum, so the values match bit for bit
+          assert.same(case.expected.data, flat(out:double():totable()))
+        end
+      end)
+    end
+  end)
+
+  it("gives the same results with 1 and 2 threads (batch split over the pool)", function()
+    local saved = hero.get_num_threads()
+    local vals = {}
+    for i = 1, 6 * 32 * 40 do vals[i] = ((i * 37) % 17 - 8) / 4 end
+    local a = hero.tensor(vals):view(6, 32, 40)
+    local b = a:transpose(2, 3)
+    local w = hero.tensor(vals):narrow(1, 1, 40 * 24):view(24, 40)
+    local ok, err = pcall(function()
+      hero.set_num_threads(1)
+      local one = {a:matmul(b):totable(), hero.linear(a, w):totable()}
+      hero.set_num_threads(2)
+      local two = {a:matmul(b):totable(), hero.linear(a, w):totable()}
+      assert.same(one, two)
+      -- and both agree with f64 (the values are exact in f32)
+      assert.same(a:double():matmul(b:double()):totable(), one[1])
+    end)
+    hero.set_num_threads(saved)
+    assert(ok, err)
+  end)
+
+  it("works as methods", function()
+    local a = hero.tensor {{1, 2}, {3, 4}}
+    local v = hero.tensor {1, -1}
+    assert.same({{7, 10}, {15, 22}}, a:matmul(a):totable())
+    assert.same({{7, 10}, {15, 22}}, a:mm(a):totable())
+    assert.same({-1, -1}, a:mv(v):totable())
+    assert.equal(2, v:dot(v):item())
+    assert.same({{8, 11}, {16, 23}}, hero.ones(2, 2):addmm(a, a):totable())
+    assert.same({{1, 2}}, hero.tensor({{1, 0}}):linear(a:t()):totable())
+    assert.same({{{7, 10}, {15, 22}}}, a:view(1, 2, 2):bmm(a:view(1, 2, 2)):totable())
+    assert.same({{{8, 11}, {16, 23}}}, hero.ones(1, 2, 2):baddbmm(a:view(1, 2, 2), a:view(1, 2, 2)):totable())
+  end)
+
+  describe("writing into existing tensors", function()
+    -- exact dyadic values, so results computed two ways agree bit for bit
+    local function grid(rows, cols, seed)
+      local t = {}
+      for i = 1, rows do
+        t[i] = {}
+        for j = 1, cols do t[i][j] = ((i * 7 + j * 3 + seed) % 11 - 5) / 4 end
+      end
+      return hero.tensor(t)
+    end
+
+    it("matmul(a, b, out) fills out and returns it", function()
+      local a, b = grid(3, 4, 1), grid(4, 5, 2)
+      local want = a:matmul(b):totable()
+      local out = hero.zeros(3, 5)
+      local r = hero.matmul(a, b, out)
+      assert.is_true(rawequal(r, out))
+      assert.same(want, out:totable())
+      -- a non-contiguous destination (a transposed view) and a half one
+      local buf = hero.zeros(5, 3)
+      a:matmul(b, buf:t())
+      assert.same(want, buf:t():totable())
+      local h = hero.zeros({3, 5}, {dtype = "f16"})
+      a:half():matmul(b:half(), h)
+      assert.same(a:half():matmul(b:half()):totable(), h:totable())
+      -- batched, and a destination that is also an operand (computed through a temporary)
+      local x = grid(4, 4, 3)
+      local want_sq = x:matmul(x):totable()
+      x:matmul(x:clone(), x)
+      assert.same(want_sq, x:totable())
+      local y = grid(4, 4, 5)
+      want_sq = y:matmul(y):totable()
+      hero.matmul(y, y, y)
+      assert.same(want_sq, y:totable())
+    end)
+
+    it("addmm_ and baddbmm_ accumulate in place", function()
+      local a, b = grid(3, 4, 1), grid(4, 5, 2)
+      local c = grid(3, 5, 4)
+      local want = hero.addmm(c, a, b, 0.5, -2):totable()
+      local r = c:addmm_(a, b, 0.5, -2)
+      assert.is_true(rawequal(r, c))
+      assert.same(want, c:totable())
+      -- a transposed accumulator (through a temporary), then a bf16 one
+      local ct = grid(5, 3, 6):t()
+      want = hero.addmm(ct, a, b):totable()
+      ct:addmm_(a, b)
+      assert.same(want, ct:totable())
+      local hb = grid(3, 5, 4):bfloat16()
+      want = hero.addmm(hb, a:bfloat16(), b:bfloat16(), 1, 1):totable()
+      hb:addmm_(a:bfloat16(), b:bfloat16())
+      assert.same(want, hb:totable())
+      -- K = 0: only the scaling remains
+      local z = grid(3, 5, 4)
+      want = hero.addmm(z, hero.zeros(3, 0), hero.zeros(0, 5), 3, 1):totable()
+      z:addmm_(hero.zeros(3, 0), hero.zeros(0, 5), 3)
+      assert.same(want, z:totable())
+      local bc = hero.tensor({grid(3, 5, 1):totable(), grid(3, 5, 2):totable()})
+      local ba = hero.tensor({a:totable(), grid(3, 4, 8):totable()})
+      local bb = hero.tensor({b:totable(), grid(4, 5, 9):totable()})
+      want = hero.baddbmm(bc, ba, bb, 2, 0.5):totable()
+      assert.is_true(rawequal(bc, bc:baddbmm_(ba, bb, 2, 0.5)))
+      assert.same(want, bc:totable())
+    end)
+
+    it("checks the destination", function()
+      local a, b = hero.zeros(3, 4), hero.zeros(4, 5)
+      helper.assert_error_contains(function() hero.matmul(a, b, hero.zeros(5, 3)) end,
+        "matmul: out has size 5x3 but the product has size 3x5")
+      helper.assert_error_contains(function() hero.matmul(a, b, hero.zeros({3, 5}, {dtype = "f64"})) end,
+        "matmul: out has dtype f64 but the product is f32")
+      helper.assert_error_contains(function() hero.zeros(5):addmm_(a, b) end,
+        "addmm_: out has size 5 but the product has size 3x5")
+      local dead = hero.zeros(3, 5)
+      dead:free()
+      helper.assert_error_contains(function() hero.matmul(a, b, dead) end, "matmul: argument #3: tensor was freed")
+    end)
+  end)
+
+  it("takes beta and alpha positionally or as options", function()
+    local a = hero.tensor {{1, 2}, {3, 4}}
+    local c = hero.tensor {10, 20}
+    local want = {{0.5 * 10 + 2 * 7, 0.5 * 20 + 2 * 10}, {0.5 * 10 + 2 * 15, 0.5 * 20 + 2 * 22}}
+    assert.same(want, hero.addmm(c, a, a, 0.5, 2):totable())
+    assert.same(want, hero.addmm(c, a, a, {beta = 0.5, alpha = 2}):totable())
+    assert.same({{7 + 10, 10 + 20}, {15 + 10, 22 + 20}}, hero.addmm(c, a, a):totable())
+    helper.assert_error_contains(function() hero.addmm(c, a, a, {beta = "x"}) end, "addmm", "beta must be a number")
+  end)
+
+  it("has a raw sgemm timing hook for the benchmark", function()
+    local s = hero.core._bench_sgemm(16, 8, 4, 2)
+    assert.is_true(s > 0 and s < 1)
+    s = hero.core._bench_sgemm(16, 8, 4, 1, 3)
+    assert.is_true(s > 0 and s < 1)
+    local t0 = hero.core._bench_now()
+    assert.is_true(hero.core._bench_now() >= t0)
+    helper.assert_error_contains(function() hero.core._bench_sgemm(0, 8, 4, 1) end, "_bench_sgemm", "sizes")
+  end)
+
+  describe("errors", function()
+    it("names both shapes and the mismatching sizes", function()
+      helper.assert_error_contains(function() hero.matmul(hero.zeros(2, 3), hero.zeros(4, 5)) end,
+        "matmul: 2x3 and 4x5 cannot be multiplied (3 vs 4)")
+      helper.assert_error_contains(function() hero.zeros(3):matmul(hero.zeros(4)) end,
+        "matmul: 3 and 4 cannot be multiplied (3 vs 4)")
+      helper.assert_error_contains(function() hero.matmul(hero.zeros(2, 3, 4), hero.zeros(3, 5, 2)) end,
+        "matmul: 2x3x4 and 3x5x2 cannot be multiplied (4 vs 5)")
+      helper.assert_error_contains(function() hero.matmul(hero.zeros(2, 3, 4), hero.zeros(3, 4, 2)) end,
+        "matmul: batch dimensions of 2x3x4 and 3x4x2 cannot be broadcast (2 vs 3)")
+      helper.assert_error_contains(function() hero.matmul(hero.tensor(1), hero.zeros(3)) end,
+        "matmul: both arguments need at least 1 dimension, got scalar and 3")
+    end)
+
+    it("checks the dimensions each op takes", function()
+      helper.assert_error_contains(function() hero.mm(hero.zeros(2, 3, 4), hero.zeros(4, 5)) end,
+        "mm: self must be 2-D, got 2x3x4 (3-D)")
+      helper.assert_error_contains(function() hero.mm(hero.zeros(2, 3), hero.zeros(3)) end, "mm: other must be 2-D")
+      helper.assert_error_contains(function() hero.bmm(hero.zeros(2, 3, 4), hero.zeros(3, 4, 5)) end,
+        "bmm: batch sizes differ: 2x3x4 and 3x4x5 (2 vs 3)")
+      helper.assert_error_contains(function() hero.bmm(hero.zeros(3, 4), hero.zeros(4, 5)) end, "bmm: self must be 3-D")
+      helper.assert_error_contains(function() hero.dot(hero.zeros(2, 2), hero.zeros(2)) end, "dot: self must be 1-D")
+      helper.assert_error_contains(function() hero.dot(hero.zeros(2), hero.zeros(3)) end,
+        "dot: 2 and 3 cannot be multiplied (2 vs 3)")
+      helper.assert_error_contains(function() hero.mv(hero.zeros(2, 3), hero.zeros(2, 3)) end, "mv: vec must be 1-D")
+      helper.assert_error_contains(function() hero.baddbmm(hero.zeros(2, 2), hero.zeros(2, 2), hero.zeros(2, 2, 2)) end,
+        "baddbmm: batch1 must be 3-D")
+    end)
+
+    it("refuses mixed dtypes and bool", function()
+      helper.assert_error_contains(function() hero.matmul(hero.zeros(2, 3), hero.zeros(3, 2):double()) end,
+        "matmul", "same dtype", "f32 (2x3)", "f64 (3x2)")
+      helper.assert_error_contains(function() hero.addmm(hero.zeros(2):half(), hero.zeros(2, 2), hero.zeros(2, 2)) end,
+        "addmm", "input and mat1", "f16", "f32")
+      helper.assert_error_contains(function() hero.linear(hero.zeros(2, 3), hero.zeros(4, 3):double()) end,
+        "linear", "input and weight", "same dtype")
+      helper.assert_error_contains(function() hero.matmul(hero.zeros(2, 2):bool(), hero.zeros(2, 2):bool()) end,
+        "matmul: bool tensors cannot be multiplied")
+      helper.assert_error_contains(function() hero.addmm(hero.zeros(2, 2):long(), hero.zeros(2, 2):long(),
+        hero.zeros(2, 2):long(), 0.5) end, "addmm: beta = 0.5 must be an integer for i64 tensors")
+    end)
+
+    it("checks the added input and linear's shapes", function()
+      helper.assert_error_contains(function() hero.addmm(hero.zeros(3), hero.zeros(2, 4), hero.zeros(4, 5)) end,
+        "addmm: input of size 3 cannot be broadcast to the product's size 2x5 (2x4 @ 4x5)")
+      helper.assert_error_contains(function() hero.addmm(hero.zeros(1, 2, 5), hero.zeros(2, 4), hero.zeros(4, 5)) end,
+        "addmm: input of size 1x2x5 cannot be broadcast")
+      helper.assert_error_contains(function() hero.linear(hero.zeros(2, 3), hero.zeros(4, 5)) end,
+        "linear: input of size 2x3 does not match weight of size 4x5 (in_features 5)")
+      helper.assert_error_contains(function() hero.linear(hero.zeros(2, 5), hero.zeros(4, 5), hero.zeros(5)) end,
+        "linear: bias of size 5 does not match weight of size 4x5 (expected 4)")
+      helper.assert_error_contains(function() hero.linear(hero.zeros(2, 5), hero.zeros(5)) end,
+        "linear: weight must be 2-D")
+    end)
+
+    it("reports freed tensors and non-tensors with the argument", function()
+      local a, b = hero.zeros(2, 2), hero.zeros(2, 2)
+      b:free()
+      helper.assert_error_contains(function() hero.matmul(a, b) end, "matmul: argument #2: tensor was freed")
+      helper.assert_error_contains(function() a:mm(b) end, "mm", "freed")
+      helper.assert_error_contains(function() hero.addmm(b, a, a) end, "addmm: argument #1: tensor was freed")
+      helper.assert_error_contains(function() hero.linear(a, a, b) end, "linear: argument #3: tensor was freed")
+      helper.assert_error_contains(function() hero.matmul(a, {1, 2}) end, "matmul: argument #2: expected a hero.Tensor")
+    end)
+  end)
+end)
