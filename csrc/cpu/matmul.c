@@ -446,7 +446,7 @@ static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor 
     }
     if (dst) {
         if (out != dst && hr_copy_(dst, out)) goto done;
-        if (out == dst) dst->version++; /* written in place (hr_copy_ counts its own write) */
+        if (out == dst) hr_tensor_bump_version(dst); /* written in place (hr_copy_ counts its own write) */
         hr_tensor_retain(dst);
         result = dst;
     } else if (work_dt != dt) {
