@@ -1,5 +1,7 @@
 /* l_pointwise.c — Lua bindings of the pointwise ops: hero.add(a, b) / a:add(b) / a + b, the unary
  * math functions, comparisons, clamp, where and the in-place variants (a:add_(b), t:exp_()). */
+#include <time.h>
+
 #include "hr_pointwise.h"
 #include "l_common.h"
 
@@ -148,6 +150,16 @@ static int l_bench_triad(lua_State *L)
     return 1;
 }
 
+/* hero.core._now(): monotonic wall-clock seconds, for timing benchmarks (os.clock counts CPU time
+ * of every thread, and os.time has whole seconds). */
+static int l_now(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + 1e-9 * (lua_Number)ts.tv_nsec);
+    return 1;
+}
+
 /* ------------------------------------------------------------------ registration */
 
 /* Registers f with op as upvalue under name in the module and/or the methods table. */
@@ -207,6 +219,8 @@ void hr_lua_open_pointwise(lua_State *L, int module_idx, int methods_idx)
     lua_setfield(L, module_idx, "where");
     lua_pushcfunction(L, l_bench_triad);
     lua_setfield(L, module_idx, "_bench_triad");
+    lua_pushcfunction(L, l_now);
+    lua_setfield(L, module_idx, "_now");
 
     /* Operators: `*` is elementwise (matmul is its own op); __eq is left alone so == stays
      * identity, and comparisons are the eq/lt/... methods. __unm receives its operand twice and
