@@ -643,7 +643,7 @@ int hr_binary_(hr_binary_op op, hr_tensor *self, hr_operand b, const hr_operand 
     binary_setup(&c, op, common, &a, &b, alpha, self, &ops);
     run_walk(self->ndim, self->size, &ops, binary_kernel, &c);
     if (copy) hr_tensor_release(copy);
-    self->version++;
+    hr_tensor_bump_version(self);
     return 0;
 }
 
@@ -859,7 +859,7 @@ static int unary_inplace(const char *name, hr_unary_op op, bool clamp, hr_tensor
     unary_setup(&c, op, clamp, lo, hi, t->dtype, dt);
     operand_list ops = {2, {t, t}};
     run_walk(t->ndim, t->size, &ops, unary_kernel, &c);
-    t->version++;
+    hr_tensor_bump_version(t);
     return 0;
 }
 
