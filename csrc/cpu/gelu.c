@@ -4,6 +4,7 @@
 
 #include "hr_autograd.h"
 #include "hr_nn.h"
+#include "hr_pointwise.h"
 
 typedef struct {
     const void *x, *g;
@@ -66,8 +67,12 @@ static int gelu_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 hr_tensor *hr_gelu(hr_tensor *x)
 {
     if (hr_tensor_check_live(x, "gelu")) return NULL;
-    if (x->dtype != HR_F32 && x->dtype != HR_F64)
-        return hr_fail_null(HR_EINVAL, "gelu: input is %s; f32 and f64 are supported", hr_dtype_name(x->dtype));
+    if (x->dtype != HR_F32 && x->dtype != HR_F64) {
+        /* halfs and integers: the plain elementwise kernel (no gradient: they cannot require one) */
+        if (hr_should_record(1, &x))
+            return hr_fail_null(HR_EINVAL, "gelu: differentiable for f32 and f64 inputs, got %s", hr_dtype_name(x->dtype));
+        return hr_unary(HR_GELU, x);
+    }
     if (hr_tensor_device(x).type != HR_CPU)
         return hr_fail_null(HR_EDEVICE, "gelu: CUDA tensors need the CUDA backend, which this build lacks");
     hr_tensor *xc = hr_contiguous(x);
