@@ -30,4 +30,11 @@ hr_tensor *hr_ag_masked_select(hr_tensor *t, const hr_tensor *mask);
 hr_tensor *hr_ag_cat(int n, hr_tensor *const *ts, int dim);
 hr_tensor *hr_ag_stack(int n, hr_tensor *const *ts, int dim);
 
+/* elementwise (ag_pointwise.c) */
+#include "hr_pointwise.h"
+hr_tensor *hr_ag_binary(hr_binary_op op, hr_operand a, hr_operand b, const hr_operand *alpha);
+hr_tensor *hr_ag_unary(hr_unary_op op, hr_tensor *t);
+hr_tensor *hr_ag_clamp(hr_tensor *t, const hr_operand *lo, const hr_operand *hi);
+hr_tensor *hr_ag_where(hr_tensor *cond, hr_operand a, hr_operand b);
+
 #endif

@@ -160,3 +160,11 @@ void hr_lua_check_inplace(lua_State *L, hr_tensor *t, const char *op)
         luaL_error(L, "%s: a leaf tensor that requires grad cannot be modified in place "
                       "(do it inside hero.no_grad or on a detached tensor)", op);
 }
+
+void hr_lua_check_graph_inplace(lua_State *L, hr_tensor *self, hr_tensor *other, const char *op)
+{
+    hr_tensor *in[2] = {self, other};
+    if (hr_should_record(other ? 2 : 1, in))
+        luaL_error(L, "%s: in-place ops are not recorded for autograd and a tensor here requires grad "
+                      "(use the out-of-place form, or run it inside hero.no_grad)", op);
+}

@@ -90,5 +90,8 @@ int hr_lua_autograd_field(lua_State *L, hr_tensor *t, const char *key);
 int hr_lua_autograd_set_field(lua_State *L, hr_tensor *t, const char *key, int value_idx);
 /* Raises an error when t is a leaf that requires grad and is about to be written in place. */
 void hr_lua_check_inplace(lua_State *L, hr_tensor *t, const char *op);
+/* In-place arithmetic is not recorded on the tape: refuses when self or other takes part in a graph
+ * (while recording), instead of silently producing wrong gradients. */
+void hr_lua_check_graph_inplace(lua_State *L, hr_tensor *self, hr_tensor *other, const char *op);
 
 #endif

@@ -3,6 +3,7 @@
 #include <time.h>
 
 #include "hr_pointwise.h"
+#include "hr_autograd_ops.h"
 #include "l_common.h"
 
 /* A tensor or a number (integer, float or boolean) at idx. */
@@ -52,7 +53,7 @@ static int l_binary(lua_State *L)
         return luaL_error(L, "%s: expected at least one hero.Tensor, got %s and %s", name, luaL_typename(L, 1),
                           luaL_typename(L, 2));
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_binary(op, a, b, alpha));
+    HR_LUA_RETRY(L, r, hr_ag_binary(op, a, b, alpha));
     return push_result(L, r, name);
 }
 
@@ -66,6 +67,7 @@ static int l_binary_inplace(lua_State *L)
     hr_operand b = check_operand(L, 2, name);
     hr_operand alpha_slot;
     const hr_operand *alpha = opt_number(L, 3, name, "alpha", &alpha_slot);
+    hr_lua_check_graph_inplace(L, self, (hr_tensor *)b.t, name);
     int rc;
     HR_LUA_RETRY_INT(L, rc, hr_binary_(op, self, b, alpha));
     if (rc) return hr_lua_error(L, name);
@@ -81,7 +83,7 @@ static int l_unary(lua_State *L)
     const char *name = hr_unary_op_name(op);
     hr_tensor *t = hr_lua_check_tensor(L, 1, name);
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_unary(op, t));
+    HR_LUA_RETRY(L, r, hr_ag_unary(op, t));
     return push_result(L, r, name);
 }
 
@@ -91,6 +93,7 @@ static int l_unary_inplace(lua_State *L)
     char name[32];
     snprintf(name, sizeof name, "%s_", hr_unary_op_name(op));
     hr_tensor *t = hr_lua_check_tensor(L, 1, name);
+    hr_lua_check_graph_inplace(L, t, NULL, name);
     if (hr_unary_(op, t)) return hr_lua_error(L, name);
     lua_settop(L, 1);
     return 1;
@@ -104,7 +107,7 @@ static int l_clamp(lua_State *L)
     const hr_operand *lo = opt_number(L, 2, "clamp", "min", &lo_slot);
     const hr_operand *hi = opt_number(L, 3, "clamp", "max", &hi_slot);
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_clamp(t, lo, hi));
+    HR_LUA_RETRY(L, r, hr_ag_clamp(t, lo, hi));
     return push_result(L, r, "clamp");
 }
 
@@ -114,6 +117,7 @@ static int l_clamp_(lua_State *L)
     hr_operand lo_slot, hi_slot;
     const hr_operand *lo = opt_number(L, 2, "clamp_", "min", &lo_slot);
     const hr_operand *hi = opt_number(L, 3, "clamp_", "max", &hi_slot);
+    hr_lua_check_graph_inplace(L, t, NULL, "clamp_");
     if (hr_clamp_(t, lo, hi)) return hr_lua_error(L, "clamp_");
     lua_settop(L, 1);
     return 1;
@@ -126,7 +130,7 @@ static int l_where(lua_State *L)
     hr_operand a = check_operand(L, 2, "where");
     hr_operand b = check_operand(L, 3, "where");
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_where(cond, a, b));
+    HR_LUA_RETRY(L, r, hr_ag_where(cond, a, b));
     return push_result(L, r, "where");
 }
 

@@ -1,0 +1,383 @@
+/* ag_pointwise.c — differentiable wrappers of the elementwise ops (hr_pointwise.h).
+ * Backward formulas are written with the forward kernels themselves (nothing is recorded while a
+ * backward runs, since it calls the plain hr_* ops). */
+#include <math.h>
+#include <string.h>
+
+#include "hr_autograd.h"
+#include "hr_autograd_ops.h"
+#include "hr_nn.h"
+#include "hr_pointwise.h"
+
+/* ------------------------------------------------------------------ small algebra on tensors */
+
+static hr_operand T(const hr_tensor *t) { return hr_operand_tensor(t); }
+static hr_operand F(double v) { return hr_operand_float(v); }
+
+/* Each helper returns a new tensor or NULL; NULL inputs propagate (an error is already set). */
+static hr_tensor *bin(hr_binary_op op, const hr_tensor *a, const hr_tensor *b)
+{
+    return (a && b) ? hr_binary(op, T(a), T(b), NULL) : NULL;
+}
+static hr_tensor *bin_s(hr_binary_op op, const hr_tensor *a, double s)
+{
+    return a ? hr_binary(op, T(a), F(s), NULL) : NULL;
+}
+static hr_tensor *s_bin(hr_binary_op op, double s, const hr_tensor *a)
+{
+    return a ? hr_binary(op, F(s), T(a), NULL) : NULL;
+}
+static hr_tensor *un(hr_unary_op op, const hr_tensor *a) { return a ? hr_unary(op, a) : NULL; }
+/* releases x and returns r (for chaining without leaks) */
+static hr_tensor *drop(hr_tensor *x, hr_tensor *r)
+{
+    hr_tensor_release(x);
+    return r;
+}
+static hr_tensor *drop2(hr_tensor *x, hr_tensor *y, hr_tensor *r)
+{
+    hr_tensor_release(x);
+    hr_tensor_release(y);
+    return r;
+}
+
+/* Reduces a gradient of the broadcast shape to an input's shape and dtype. Consumes g. */
+static hr_tensor *fit(hr_tensor *g, int ndim, const int64_t *size, hr_dtype dt)
+{
+    if (!g) return NULL;
+    hr_tensor *s = hr_sum_to_size(g, ndim, size);
+    hr_tensor_release(g);
+    if (!s || s->dtype == dt) return s;
+    return drop(s, hr_cast(s, dt));
+}
+
+/* ------------------------------------------------------------------ binary */
+
+typedef struct {
+    hr_binary_op op;
+    double alpha;
+    int ndim[2];
+    int64_t size[2][HR_MAX_DIMS];
+    hr_dtype dtype[2];
+    int slot_a, slot_b, slot_out; /* saved tensor slots, -1 if not saved */
+    bool b_is_number;
+    double b_number;
+    bool a_is_number;
+    double a_number;
+} bin_ctx;
+
+static hr_tensor *saved_or_null(hr_node *node, int slot) { return slot >= 0 ? hr_node_saved(node, slot) : NULL; }
+
+static int binary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const bin_ctx *c = node->ctx;
+    hr_tensor *a = saved_or_null(node, c->slot_a), *b = saved_or_null(node, c->slot_b);
+    hr_tensor *out = saved_or_null(node, c->slot_out);
+    bool need[2] = {hr_node_input_needs_grad(node, 0), hr_node_input_needs_grad(node, 1)};
+    hr_tensor *ga = NULL, *gb = NULL;
+    switch (c->op) {
+    case HR_ADD:
+    case HR_SUB:
+        if (need[0]) ga = hr_cast(g, g->dtype);
+        if (need[1]) gb = bin_s(HR_MUL, g, c->op == HR_ADD ? c->alpha : -c->alpha);
+        break;
+    case HR_MUL:
+        if (need[0]) ga = c->b_is_number ? bin_s(HR_MUL, g, c->b_number) : bin(HR_MUL, g, b);
+        if (need[1]) gb = c->a_is_number ? bin_s(HR_MUL, g, c->a_number) : bin(HR_MUL, g, a);
+        break;
+    case HR_DIV:
+        /* a / b: da = g / b, db = -g * out / b */
+        if (need[0]) ga = c->b_is_number ? bin_s(HR_DIV, g, c->b_number) : bin(HR_DIV, g, b);
+        if (need[1]) {
+            hr_tensor *q = bin(HR_MUL, g, out);
+            hr_tensor *r = bin(HR_DIV, q, b);
+            gb = drop2(q, r, un(HR_NEG, r));
+        }
+        break;
+    case HR_POW:
+        /* a ^ b: da = g * b * a^(b-1), db = g * out * log(a) */
+        if (need[0]) {
+            if (c->b_is_number) {
+                hr_tensor *p = bin_s(HR_POW, a, c->b_number - 1);
+                hr_tensor *m = bin_s(HR_MUL, p, c->b_number);
+                ga = drop2(p, m, bin(HR_MUL, g, m));
+            } else {
+                hr_tensor *bm1 = bin_s(HR_SUB, b, 1.0);
+                hr_tensor *p = bin(HR_POW, a, bm1);
+                hr_tensor *m = bin(HR_MUL, p, b);
+                ga = drop2(bm1, p, drop(m, bin(HR_MUL, g, m)));
+            }
+        }
+        if (need[1]) {
+            hr_tensor *la = c->a_is_number ? NULL : un(HR_LOG, a);
+            hr_tensor *go = bin(HR_MUL, g, out);
+            if (c->a_is_number) gb = drop(go, bin_s(HR_MUL, go, log(c->a_number)));
+            else gb = drop2(la, go, bin(HR_MUL, go, la));
+        }
+        break;
+    case HR_MAXIMUM:
+    case HR_MINIMUM: {
+        /* the winner takes the gradient; ties share it equally (PyTorch) */
+        hr_tensor *bt = c->b_is_number ? NULL : b;
+        hr_tensor *win_a = bt ? bin(c->op == HR_MAXIMUM ? HR_GT : HR_LT, a, bt)
+                              : bin_s(c->op == HR_MAXIMUM ? HR_GT : HR_LT, a, c->b_number);
+        hr_tensor *tie = bt ? bin(HR_EQ, a, bt) : bin_s(HR_EQ, a, c->b_number);
+        hr_tensor *wa = win_a ? hr_cast(win_a, g->dtype) : NULL;
+        hr_tensor *wt = tie ? hr_cast(tie, g->dtype) : NULL;
+        hr_tensor *half = bin_s(HR_MUL, wt, 0.5);
+        hr_tensor *share_a = bin(HR_ADD, wa, half); /* 1 where a wins, 0.5 on ties */
+        if (need[0]) ga = bin(HR_MUL, g, share_a);
+        if (need[1]) {
+            hr_tensor *share_b = s_bin(HR_SUB, 1.0, share_a);
+            gb = drop(share_b, bin(HR_MUL, g, share_b));
+        }
+        hr_tensor_release(win_a);
+        hr_tensor_release(tie);
+        hr_tensor_release(wa);
+        hr_tensor_release(wt);
+        hr_tensor_release(half);
+        hr_tensor_release(share_a);
+        break;
+    }
+    default:
+        return hr_fail(HR_EINVAL, "%s is not differentiable", hr_binary_op_name(c->op));
+    }
+    if (need[0]) {
+        if (!ga) goto fail;
+        if (!(gi[0] = fit(ga, c->ndim[0], c->size[0], c->dtype[0]))) goto fail_b;
+    }
+    if (need[1]) {
+        if (!gb) goto fail;
+        if (!(gi[1] = fit(gb, c->ndim[1], c->size[1], c->dtype[1]))) return -1;
+    }
+    return 0;
+fail_b:
+    hr_tensor_release(gb);
+    return -1;
+fail:
+    hr_tensor_release(ga);
+    hr_tensor_release(gb);
+    return -1;
+}
+
+static bool differentiable_binary(hr_binary_op op)
+{
+    return op == HR_ADD || op == HR_SUB || op == HR_MUL || op == HR_DIV || op == HR_POW || op == HR_MAXIMUM ||
+           op == HR_MINIMUM;
+}
+
+hr_tensor *hr_ag_binary(hr_binary_op op, hr_operand a, hr_operand b, const hr_operand *alpha)
+{
+    hr_tensor *out = hr_binary(op, a, b, alpha);
+    hr_tensor *inputs[2] = {(hr_tensor *)a.t, (hr_tensor *)b.t};
+    if (!out || !hr_should_record(2, inputs) || !differentiable_binary(op)) return out;
+    if (!hr_dtype_is_float(out->dtype)) return out;
+    hr_node *node = hr_node_new(hr_binary_op_name(op), binary_backward, 2, inputs, sizeof(bin_ctx));
+    if (!node) return drop(out, NULL);
+    bin_ctx *c = node->ctx;
+    c->op = op;
+    c->alpha = alpha ? alpha->f : 1.0;
+    c->slot_a = c->slot_b = c->slot_out = -1;
+    c->a_is_number = a.t == NULL;
+    c->a_number = a.f;
+    c->b_is_number = b.t == NULL;
+    c->b_number = b.f;
+    for (int k = 0; k < 2; k++) {
+        const hr_tensor *t = inputs[k];
+        c->ndim[k] = t ? t->ndim : 0;
+        if (t) memcpy(c->size[k], t->size, sizeof c->size[k]);
+        c->dtype[k] = t ? t->dtype : out->dtype;
+    }
+    bool ok = true;
+    bool save_a = op == HR_MUL || op == HR_POW || op == HR_MAXIMUM || op == HR_MINIMUM || op == HR_DIV;
+    bool save_b = op == HR_MUL || op == HR_DIV || op == HR_POW || op == HR_MAXIMUM || op == HR_MINIMUM;
+    if (save_a && a.t && (c->slot_a = hr_node_save(node, (hr_tensor *)a.t)) < 0) ok = false;
+    if (save_b && b.t && (c->slot_b = hr_node_save(node, (hr_tensor *)b.t)) < 0) ok = false;
+    if ((op == HR_DIV || op == HR_POW) && (c->slot_out = hr_node_save(node, out)) < 0) ok = false;
+    if (!ok) {
+        hr_node_release(node);
+        return drop(out, NULL);
+    }
+    hr_node_attach(node, out);
+    return out;
+}
+
+/* ------------------------------------------------------------------ unary */
+
+typedef struct {
+    hr_unary_op op;
+    hr_dtype dtype;
+} un_ctx;
+
+static int unary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const un_ctx *c = node->ctx;
+    hr_tensor *x = hr_node_saved(node, 0), *y = hr_node_saved(node, 1);
+    if (!x || !y) return -1;
+    hr_tensor *r = NULL;
+    switch (c->op) {
+    case HR_NEG: r = un(HR_NEG, g); break;
+    case HR_ABS: {
+        hr_tensor *s = un(HR_SIGN, x);
+        r = drop(s, bin(HR_MUL, g, s));
+        break;
+    }
+    case HR_SIGN:
+    case HR_FLOOR:
+    case HR_CEIL:
+    case HR_ROUND: r = bin_s(HR_MUL, g, 0.0); break;
+    case HR_SQUARE: {
+        hr_tensor *t = bin_s(HR_MUL, x, 2.0);
+        r = drop(t, bin(HR_MUL, g, t));
+        break;
+    }
+    case HR_RELU: {
+        hr_tensor *m = bin_s(HR_GT, x, 0.0);
+        hr_tensor *mf = m ? hr_cast(m, g->dtype) : NULL;
+        r = drop2(m, mf, bin(HR_MUL, g, mf));
+        break;
+    }
+    case HR_EXP: r = bin(HR_MUL, g, y); break;
+    case HR_LOG: r = bin(HR_DIV, g, x); break;
+    case HR_SQRT: {
+        hr_tensor *t = bin_s(HR_MUL, y, 2.0);
+        r = drop(t, bin(HR_DIV, g, t));
+        break;
+    }
+    case HR_RSQRT: { /* d x^-1/2 = -1/2 x^-3/2 = -0.5 y^3 */
+        hr_tensor *y3 = bin_s(HR_POW, y, 3.0);
+        hr_tensor *t = bin_s(HR_MUL, y3, -0.5);
+        r = drop2(y3, t, bin(HR_MUL, g, t));
+        break;
+    }
+    case HR_TANH: {
+        hr_tensor *y2 = bin(HR_MUL, y, y);
+        hr_tensor *t = s_bin(HR_SUB, 1.0, y2);
+        r = drop2(y2, t, bin(HR_MUL, g, t));
+        break;
+    }
+    case HR_SIGMOID: {
+        hr_tensor *t = s_bin(HR_SUB, 1.0, y);
+        hr_tensor *u = bin(HR_MUL, y, t);
+        r = drop2(t, u, bin(HR_MUL, g, u));
+        break;
+    }
+    case HR_RECIPROCAL: {
+        hr_tensor *y2 = bin(HR_MUL, y, y);
+        hr_tensor *t = bin(HR_MUL, g, y2);
+        r = drop2(y2, t, un(HR_NEG, t));
+        break;
+    }
+    case HR_LOG1P: {
+        hr_tensor *t = bin_s(HR_ADD, x, 1.0);
+        r = drop(t, bin(HR_DIV, g, t));
+        break;
+    }
+    case HR_EXPM1: {
+        hr_tensor *t = bin_s(HR_ADD, y, 1.0);
+        r = drop(t, bin(HR_MUL, g, t));
+        break;
+    }
+    case HR_SIN: {
+        hr_tensor *t = un(HR_COS, x);
+        r = drop(t, bin(HR_MUL, g, t));
+        break;
+    }
+    case HR_COS: {
+        hr_tensor *t = un(HR_SIN, x);
+        hr_tensor *u = bin(HR_MUL, g, t);
+        r = drop2(t, u, un(HR_NEG, u));
+        break;
+    }
+    default: return hr_fail(HR_EINVAL, "%s has no backward here", hr_unary_op_name(c->op));
+    }
+    if (!r) return -1;
+    gi[0] = r->dtype == c->dtype ? r : drop(r, hr_cast(r, c->dtype));
+    return gi[0] ? 0 : -1;
+}
+
+hr_tensor *hr_ag_unary(hr_unary_op op, hr_tensor *t)
+{
+    if (op == HR_GELU) return hr_gelu(t); /* the fused node */
+    hr_tensor *out = hr_unary(op, t);
+    if (!out || !hr_should_record(1, &t) || !hr_dtype_is_float(out->dtype)) return out;
+    hr_node *node = hr_node_new(hr_unary_op_name(op), unary_backward, 1, &t, sizeof(un_ctx));
+    if (!node || hr_node_save(node, t) < 0 || hr_node_save(node, out) < 0) {
+        hr_node_release(node);
+        return drop(out, NULL);
+    }
+    un_ctx *c = node->ctx;
+    c->op = op;
+    c->dtype = t->dtype;
+    hr_node_attach(node, out);
+    return out;
+}
+
+/* ------------------------------------------------------------------ clamp / where */
+
+static int clamp_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const un_ctx *c = node->ctx;
+    hr_tensor *x = hr_node_saved(node, 0), *y = hr_node_saved(node, 1);
+    if (!x || !y) return -1;
+    /* the gradient passes where clamping left the value unchanged */
+    hr_tensor *m = bin(HR_EQ, x, y);
+    hr_tensor *mf = m ? hr_cast(m, g->dtype) : NULL;
+    hr_tensor *r = drop2(m, mf, bin(HR_MUL, g, mf));
+    if (!r) return -1;
+    gi[0] = r->dtype == c->dtype ? r : drop(r, hr_cast(r, c->dtype));
+    return gi[0] ? 0 : -1;
+}
+
+hr_tensor *hr_ag_clamp(hr_tensor *t, const hr_operand *lo, const hr_operand *hi)
+{
+    hr_tensor *out = hr_clamp(t, lo, hi);
+    if (!out || !hr_should_record(1, &t) || !hr_dtype_is_float(out->dtype)) return out;
+    hr_node *node = hr_node_new("clamp", clamp_backward, 1, &t, sizeof(un_ctx));
+    if (!node || hr_node_save(node, t) < 0 || hr_node_save(node, out) < 0) {
+        hr_node_release(node);
+        return drop(out, NULL);
+    }
+    ((un_ctx *)node->ctx)->dtype = t->dtype;
+    hr_node_attach(node, out);
+    return out;
+}
+
+typedef struct {
+    int ndim[2];
+    int64_t size[2][HR_MAX_DIMS];
+    hr_dtype dtype[2];
+} where_ctx;
+
+static int where_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const where_ctx *c = node->ctx;
+    hr_tensor *cond = hr_node_saved(node, 0);
+    if (!cond) return -1;
+    for (int k = 0; k < 2; k++) {
+        if (!hr_node_input_needs_grad(node, k)) continue;
+        hr_tensor *r = k == 0 ? hr_where(cond, T(g), F(0.0)) : hr_where(cond, F(0.0), T(g));
+        if (!(gi[k] = fit(r, c->ndim[k], c->size[k], c->dtype[k]))) return -1;
+    }
+    return 0;
+}
+
+hr_tensor *hr_ag_where(hr_tensor *cond, hr_operand a, hr_operand b)
+{
+    hr_tensor *out = hr_where(cond, a, b);
+    hr_tensor *inputs[2] = {(hr_tensor *)a.t, (hr_tensor *)b.t};
+    if (!out || !hr_should_record(2, inputs) || !hr_dtype_is_float(out->dtype)) return out;
+    hr_node *node = hr_node_new("where", where_backward, 2, inputs, sizeof(where_ctx));
+    if (!node || hr_node_save(node, cond) < 0) {
+        hr_node_release(node);
+        return drop(out, NULL);
+    }
+    where_ctx *c = node->ctx;
+    for (int k = 0; k < 2; k++) {
+        c->ndim[k] = inputs[k] ? inputs[k]->ndim : 0;
+        if (inputs[k]) memcpy(c->size[k], inputs[k]->size, sizeof c->size[k]);
+        c->dtype[k] = inputs[k] ? inputs[k]->dtype : out->dtype;
+    }
+    hr_node_attach(node, out);
+    return out;
+}
