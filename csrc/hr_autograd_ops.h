@@ -37,4 +37,29 @@ hr_tensor *hr_ag_unary(hr_unary_op op, hr_tensor *t);
 hr_tensor *hr_ag_clamp(hr_tensor *t, const hr_operand *lo, const hr_operand *hi);
 hr_tensor *hr_ag_where(hr_tensor *cond, hr_operand a, hr_operand b);
 
+/* reductions (ag_reduce.c); dims as in hr_reduce.h */
+hr_tensor *hr_ag_sum(hr_tensor *t, int dim, bool keepdim);
+hr_tensor *hr_ag_mean(hr_tensor *t, int dim, bool keepdim);
+hr_tensor *hr_ag_sum_dims(hr_tensor *t, const int *dims, int n, bool keepdim);
+hr_tensor *hr_ag_mean_dims(hr_tensor *t, const int *dims, int n, bool keepdim);
+int hr_ag_max_min(bool is_max, hr_tensor *t, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices);
+hr_tensor *hr_ag_var_std(bool is_std, hr_tensor *t, int dim, bool unbiased, bool keepdim);
+hr_tensor *hr_ag_norm(hr_tensor *t, double p, int dim, bool keepdim);
+hr_tensor *hr_ag_cumsum(hr_tensor *t, int dim);
+hr_tensor *hr_ag_softmax(hr_tensor *t, int dim);
+hr_tensor *hr_ag_log_softmax(hr_tensor *t, int dim);
+hr_tensor *hr_ag_cumprod(hr_tensor *t, int dim);
+hr_tensor *hr_ag_prod(hr_tensor *t, int dim, bool keepdim);
+int hr_ag_sort_topk(bool topk, hr_tensor *t, int64_t k, int dim, bool flag, hr_tensor **values, hr_tensor **indices);
+
+/* matrix products (ag_linalg.c) */
+hr_tensor *hr_ag_matmul(hr_tensor *a, hr_tensor *b);
+hr_tensor *hr_ag_mm(hr_tensor *a, hr_tensor *b);
+hr_tensor *hr_ag_bmm(hr_tensor *a, hr_tensor *b);
+hr_tensor *hr_ag_dot(hr_tensor *a, hr_tensor *b);
+hr_tensor *hr_ag_mv(hr_tensor *a, hr_tensor *b);
+hr_tensor *hr_ag_addmm(hr_tensor *c, hr_tensor *a, hr_tensor *b, double beta, double alpha);
+hr_tensor *hr_ag_baddbmm(hr_tensor *c, hr_tensor *a, hr_tensor *b, double beta, double alpha);
+hr_tensor *hr_ag_linear(hr_tensor *x, hr_tensor *w, hr_tensor *bias);
+
 #endif

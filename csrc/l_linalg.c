@@ -2,6 +2,8 @@
 #include <time.h>
 
 #include "hr_linalg.h"
+#include "hr_autograd.h"
+#include "hr_autograd_ops.h"
 #include "l_common.h"
 
 typedef hr_tensor *(*binary_fn)(hr_tensor *, hr_tensor *);
@@ -26,10 +28,14 @@ static int binary(lua_State *L, const char *op, binary_fn fn)
 /* matmul(a, b[, out]): with out, the product is written into it and out itself is returned. */
 static int l_matmul(lua_State *L)
 {
-    if (lua_isnoneornil(L, 3)) return binary(L, "matmul", hr_matmul);
+    if (lua_isnoneornil(L, 3)) return binary(L, "matmul", hr_ag_matmul);
     hr_tensor *a = hr_lua_check_tensor(L, 1, "matmul");
     hr_tensor *b = hr_lua_check_tensor(L, 2, "matmul");
     hr_tensor *out = hr_lua_check_tensor(L, 3, "matmul");
+    hr_lua_check_graph_inplace(L, out, NULL, "matmul (into out)");
+    hr_tensor *in[2] = {a, b};
+    if (hr_should_record(2, in))
+        return luaL_error(L, "matmul: writing into out is not recorded for autograd; use matmul(a, b)");
     hr_tensor *r;
     HR_LUA_RETRY(L, r, hr_matmul_out(out, a, b));
     if (!r) return hr_lua_error(L, "matmul");
@@ -38,10 +44,10 @@ static int l_matmul(lua_State *L)
     return 1;
 }
 
-static int l_mm(lua_State *L) { return binary(L, "mm", hr_mm); }
-static int l_bmm(lua_State *L) { return binary(L, "bmm", hr_bmm); }
-static int l_dot(lua_State *L) { return binary(L, "dot", hr_dot); }
-static int l_mv(lua_State *L) { return binary(L, "mv", hr_mv); }
+static int l_mm(lua_State *L) { return binary(L, "mm", hr_ag_mm); }
+static int l_bmm(lua_State *L) { return binary(L, "bmm", hr_ag_bmm); }
+static int l_dot(lua_State *L) { return binary(L, "dot", hr_ag_dot); }
+static int l_mv(lua_State *L) { return binary(L, "mv", hr_ag_mv); }
 
 /* Reads beta and alpha (both default 1) given either as numbers at idx, idx+1 or as an options
  * table {beta = ..., alpha = ...} at idx. */
@@ -86,6 +92,8 @@ static int add_product_inplace(lua_State *L, const char *op, add_fn fn)
     hr_tensor *b = hr_lua_check_tensor(L, 3, op);
     double beta, alpha;
     opt_beta_alpha(L, 4, &beta, &alpha, op);
+    hr_lua_check_graph_inplace(L, c, a, op);
+    hr_lua_check_graph_inplace(L, c, b, op);
     hr_tensor *r;
     HR_LUA_RETRY(L, r, fn(c, a, b, beta, alpha));
     if (!r) return hr_lua_error(L, op);
@@ -94,10 +102,10 @@ static int add_product_inplace(lua_State *L, const char *op, add_fn fn)
     return 1;
 }
 
-static int l_addmm(lua_State *L) { return add_product(L, "addmm", hr_addmm); }
+static int l_addmm(lua_State *L) { return add_product(L, "addmm", hr_ag_addmm); }
 static int l_addmm_(lua_State *L) { return add_product_inplace(L, "addmm_", hr_addmm_); }
 static int l_baddbmm_(lua_State *L) { return add_product_inplace(L, "baddbmm_", hr_baddbmm_); }
-static int l_baddbmm(lua_State *L) { return add_product(L, "baddbmm", hr_baddbmm); }
+static int l_baddbmm(lua_State *L) { return add_product(L, "baddbmm", hr_ag_baddbmm); }
 
 /* linear(x, weight[, bias]) = x @ weight^T + bias, weight of shape out_features x in_features. */
 static int l_linear(lua_State *L)
@@ -106,7 +114,7 @@ static int l_linear(lua_State *L)
     hr_tensor *w = hr_lua_check_tensor(L, 2, "linear");
     hr_tensor *bias = lua_isnoneornil(L, 3) ? NULL : hr_lua_check_tensor(L, 3, "linear");
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_linear(x, w, bias));
+    HR_LUA_RETRY(L, r, hr_ag_linear(x, w, bias));
     return push_result(L, r, "linear");
 }
 

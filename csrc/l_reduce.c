@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "hr_reduce.h"
+#include "hr_autograd_ops.h"
 #include "l_common.h"
 
 static bool opt_bool(lua_State *L, int idx, bool def, const char *op, const char *what)
@@ -58,10 +59,10 @@ static int sum_like(lua_State *L, const char *op, bool mean)
             dims[i] = hr_lua_check_dim(L, lua_gettop(L), t->ndim, op);
             lua_pop(L, 1);
         }
-        HR_LUA_RETRY(L, r, mean ? hr_mean_dims(t, dims, n, keepdim) : hr_sum_dims(t, dims, n, keepdim));
+        HR_LUA_RETRY(L, r, mean ? hr_ag_mean_dims(t, dims, n, keepdim) : hr_ag_sum_dims(t, dims, n, keepdim));
     } else {
         int dim = opt_dim(L, 2, t, op);
-        HR_LUA_RETRY(L, r, mean ? hr_mean(t, dim, keepdim) : hr_sum(t, dim, keepdim));
+        HR_LUA_RETRY(L, r, mean ? hr_ag_mean(t, dim, keepdim) : hr_ag_sum(t, dim, keepdim));
     }
     return push_result(L, r, op);
 }
@@ -79,7 +80,15 @@ static int l_mean(lua_State *L) { return sum_like(L, "mean", true); }
         HR_LUA_RETRY(L, r, hr_##NAME(t, dim, keepdim));          \
         return push_result(L, r, #NAME);                         \
     }
-SIMPLE_REDUCTION(prod)
+static int l_prod(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "prod");
+    int dim = opt_dim(L, 2, t, "prod");
+    bool keepdim = opt_bool(L, 3, false, "prod", "keepdim");
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, hr_ag_prod(t, dim, keepdim));
+    return push_result(L, r, "prod");
+}
 SIMPLE_REDUCTION(argmax)
 SIMPLE_REDUCTION(argmin)
 SIMPLE_REDUCTION(all)
@@ -97,7 +106,7 @@ static int max_like(lua_State *L, const char *op, bool is_max)
     hr_tensor *v = NULL, *i = NULL;
     int rc;
     hr_tensor **ip = dim == HR_DIM_ALL ? NULL : &i;
-    HR_LUA_RETRY_INT(L, rc, is_max ? hr_max(t, dim, keepdim, &v, ip) : hr_min(t, dim, keepdim, &v, ip));
+    HR_LUA_RETRY_INT(L, rc, hr_ag_max_min(is_max, t, dim, keepdim, &v, ip));
     if (rc) return hr_lua_error(L, op);
     hr_lua_push_tensor(L, v);
     if (!i) return 1;
@@ -115,7 +124,7 @@ static int var_like(lua_State *L, const char *op, bool is_std)
     bool unbiased = opt_bool(L, 3, true, op, "unbiased");
     bool keepdim = opt_bool(L, 4, false, op, "keepdim");
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, is_std ? hr_std(t, dim, unbiased, keepdim) : hr_var(t, dim, unbiased, keepdim));
+    HR_LUA_RETRY(L, r, hr_ag_var_std(is_std, t, dim, unbiased, keepdim));
     return push_result(L, r, op);
 }
 
@@ -139,7 +148,7 @@ static int l_norm(lua_State *L)
     int dim = opt_dim(L, 3, t, "norm");
     bool keepdim = opt_bool(L, 4, false, "norm", "keepdim");
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_norm(t, p, dim, keepdim));
+    HR_LUA_RETRY(L, r, hr_ag_norm(t, p, dim, keepdim));
     return push_result(L, r, "norm");
 }
 
@@ -155,7 +164,7 @@ static int l_norm(lua_State *L)
             dim = hr_lua_check_dim(L, 2, t->ndim, #NAME);                                        \
         }                                                                                        \
         hr_tensor *r;                                                                            \
-        HR_LUA_RETRY(L, r, hr_##NAME(t, dim));                                                   \
+        HR_LUA_RETRY(L, r, hr_ag_##NAME(t, dim));                                                   \
         return push_result(L, r, #NAME);                                                         \
     }
 DIM_OP(cumsum, true)
@@ -170,7 +179,7 @@ static int l_sort(lua_State *L)
     bool desc = opt_bool(L, 3, false, "sort", "descending");
     hr_tensor *v, *i;
     int rc;
-    HR_LUA_RETRY_INT(L, rc, hr_sort(t, dim, desc, &v, &i));
+    HR_LUA_RETRY_INT(L, rc, hr_ag_sort_topk(false, t, 0, dim, desc, &v, &i));
     if (rc) return hr_lua_error(L, "sort");
     hr_lua_push_tensor(L, v);
     hr_lua_push_tensor(L, i);
@@ -187,7 +196,7 @@ static int l_topk(lua_State *L)
     bool largest = opt_bool(L, 4, true, "topk", "largest");
     hr_tensor *v, *i;
     int rc;
-    HR_LUA_RETRY_INT(L, rc, hr_topk(t, (int64_t)k, dim, largest, &v, &i));
+    HR_LUA_RETRY_INT(L, rc, hr_ag_sort_topk(true, t, (int64_t)k, dim, largest, &v, &i));
     if (rc) return hr_lua_error(L, "topk");
     hr_lua_push_tensor(L, v);
     hr_lua_push_tensor(L, i);

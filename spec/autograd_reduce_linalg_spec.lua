@@ -1,0 +1,80 @@
+local hero = require "hero"
+local gradcheck = hero.testing.gradcheck
+
+local function f64(v) return hero.tensor(v, {dtype = "f64"}):requires_grad_() end
+
+describe("autograd through reductions", function()
+  local x = f64 {{{0.3, -1.2, 2.2}, {1.1, 0.5, -0.7}}, {{0.9, 1.7, -2.5}, {-0.4, 0.8, 1.3}}}
+
+  it("sum and mean over all, one or several dims, with and without keepdim", function()
+    assert.is_true(gradcheck(function(t) return t:sum() end, {x}))
+    assert.is_true(gradcheck(function(t) return t:sum(2) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:sum(-1, true) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:sum({1, 3}) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:mean() end, {x}))
+    assert.is_true(gradcheck(function(t) return t:mean(3, true) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:mean({1, 2}) end, {x}))
+  end)
+
+  it("max and min, var, std, norm and cumsum", function()
+    assert.is_true(gradcheck(function(t) return (t:max(3)) end, {x}))
+    assert.is_true(gradcheck(function(t) return (t:min(1, true)) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:max() end, {x}))
+    assert.is_true(gradcheck(function(t) return t:var(3) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:var(nil, false) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:std(2, true, true) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:norm() end, {x}))
+    assert.is_true(gradcheck(function(t) return t:norm(2, 3) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:norm(1, 1) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:cumsum(3) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:cumsum(1) end, {x}))
+  end)
+
+  it("softmax, log_softmax, sort and topk values", function()
+    assert.is_true(gradcheck(function(t) return t:softmax(-1) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:softmax(1) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:log_softmax(-1) end, {x}))
+    assert.is_true(gradcheck(function(t) return t:log_softmax(2) end, {x}))
+    assert.is_true(gradcheck(function(t) return (t:sort(3, true)) end, {x}))
+    assert.is_true(gradcheck(function(t) return (t:topk(2, 3)) end, {x}))
+  end)
+
+  it("refuses prod and cumprod on tensors that require grad", function()
+    assert.has_error(function() x:prod() end)
+    assert.has_error(function() x:cumprod(1) end)
+  end)
+end)
+
+describe("autograd through matrix products", function()
+  local a = f64 {{0.5, -1.0, 2.0}, {1.5, 0.25, -0.75}}
+  local b = f64 {{1.0, 2.0}, {-0.5, 0.3}, {0.7, -1.1}}
+  local v3 = f64 {0.2, -0.4, 1.3}
+
+  it("matmul in every promotion and broadcasting case", function()
+    assert.is_true(gradcheck(hero.matmul, {a, b}))
+    assert.is_true(gradcheck(function(p, q) return p:matmul(q:t():t()) end, {a, b}))
+    assert.is_true(gradcheck(hero.matmul, {a, v3}))
+    assert.is_true(gradcheck(hero.matmul, {v3, b}))
+    assert.is_true(gradcheck(hero.matmul, {v3, v3}))
+    local batch = f64 {{{1, 2, 3}, {4, 5, 6}}, {{-1, 0.5, 2}, {0, 1, -3}}}
+    assert.is_true(gradcheck(hero.matmul, {batch, b}))         -- b broadcast over the batch
+    assert.is_true(gradcheck(function(p, q) return p:matmul(q:t()) end, {batch, a}))
+  end)
+
+  it("mm, bmm, dot, mv, addmm, baddbmm and linear", function()
+    assert.is_true(gradcheck(hero.mm, {a, b}))
+    local ba = f64 {{{1, 2}, {3, 4}}, {{0.5, -1}, {2, 0}}}
+    assert.is_true(gradcheck(hero.bmm, {ba, ba}))
+    assert.is_true(gradcheck(hero.dot, {v3, v3}))
+    assert.is_true(gradcheck(hero.mv, {a, v3}))
+    local c = f64 {{0.1, 0.2}}
+    assert.is_true(gradcheck(function(cc, p, q) return hero.addmm(cc, p, q, 0.5, 2.0) end, {c, a, b}))
+    assert.is_true(gradcheck(function(cc, p, q) return hero.baddbmm(cc, p, q, {beta = 2, alpha = -1}) end,
+      {f64 {{{1, 1}, {1, 1}}}, ba, ba}))
+    local x = f64 {{{1, 2, 3}, {0.5, -1, 2}}}
+    local w = f64 {{0.1, 0.2, 0.3}, {-0.4, 0.5, 0.6}}
+    local bias = f64 {0.01, -0.02}
+    assert.is_true(gradcheck(hero.linear, {x, w, bias}))
+    assert.is_true(gradcheck(function(p, q) return hero.linear(p, q) end, {x, w}))
+  end)
+end)
