@@ -116,6 +116,10 @@ void *hr_alloc_bytes(size_t nbytes);
 void hr_free_bytes(void *p, size_t nbytes);
 /* Bytes currently held by live tensor storages (all devices). */
 size_t hr_live_bytes(void);
+/* Big host blocks kept for reuse after release (not counted as live), and a way to return them
+ * to the system (returns the bytes released). */
+size_t hr_cached_bytes(void);
+size_t hr_empty_cache(void);
 
 hr_storage *hr_storage_new(size_t nbytes, hr_device dev);    /* uninitialised bytes */
 hr_storage *hr_storage_new_mmap(void *map_base, size_t map_len, void *data, size_t nbytes);

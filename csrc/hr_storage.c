@@ -1,4 +1,5 @@
 /* hr_storage.c — refcounted byte buffers behind tensors (heap, mapped file or external). */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,21 +11,114 @@ static atomic_size_t live_bytes;
 
 size_t hr_live_bytes(void) { return atomic_load(&live_bytes); }
 
+/*
+ * Big host buffers are cached after release and handed out again for the same rounded size: a
+ * training step allocates the same activation sizes every time, and mapping fresh pages costs
+ * more than the arithmetic done on them. The cache holds at most HR_CACHE_ENTRIES blocks and
+ * HR_CACHE_BYTES bytes; hr_empty_cache() returns everything to the system, and an allocation that
+ * fails empties the cache and tries again.
+ */
+#define HR_BIG_BLOCK ((size_t)1 << 20)
+#define HR_HUGE_ALIGN ((size_t)2 << 20)
+#define HR_CACHE_ENTRIES 64
+#define HR_CACHE_BYTES ((size_t)1 << 30)
+
+typedef struct {
+    void *ptr;
+    size_t size; /* rounded size of the block */
+} cached_block;
+
+static struct {
+    pthread_mutex_t lock;
+    cached_block blocks[HR_CACHE_ENTRIES];
+    int count;
+    size_t bytes;
+} cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* The size actually allocated for a request: 64-byte multiples, 2 MiB multiples for big blocks. */
+static size_t block_size(size_t nbytes, bool *ok)
+{
+    size_t rounded = (nbytes + 63) & ~(size_t)63;
+    *ok = rounded >= nbytes;
+    if (rounded == 0) rounded = 64;
+    if (rounded >= HR_BIG_BLOCK) {
+        size_t big = (rounded + HR_HUGE_ALIGN - 1) & ~(HR_HUGE_ALIGN - 1);
+        *ok = *ok && big >= rounded;
+        rounded = big;
+    }
+    return rounded;
+}
+
+static void *cache_take(size_t size)
+{
+    void *p = NULL;
+    pthread_mutex_lock(&cache.lock);
+    for (int i = cache.count - 1; i >= 0; i--) {
+        if (cache.blocks[i].size == size) {
+            p = cache.blocks[i].ptr;
+            cache.bytes -= size;
+            cache.blocks[i] = cache.blocks[--cache.count];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&cache.lock);
+    return p;
+}
+
+static bool cache_put(void *p, size_t size)
+{
+    bool kept = false;
+    pthread_mutex_lock(&cache.lock);
+    if (cache.count < HR_CACHE_ENTRIES && cache.bytes + size <= HR_CACHE_BYTES) {
+        cache.blocks[cache.count].ptr = p;
+        cache.blocks[cache.count].size = size;
+        cache.count++;
+        cache.bytes += size;
+        kept = true;
+    }
+    pthread_mutex_unlock(&cache.lock);
+    return kept;
+}
+
+size_t hr_empty_cache(void)
+{
+    pthread_mutex_lock(&cache.lock);
+    size_t released = cache.bytes;
+    for (int i = 0; i < cache.count; i++) free(cache.blocks[i].ptr);
+    cache.count = 0;
+    cache.bytes = 0;
+    pthread_mutex_unlock(&cache.lock);
+    return released;
+}
+
+size_t hr_cached_bytes(void)
+{
+    pthread_mutex_lock(&cache.lock);
+    size_t n = cache.bytes;
+    pthread_mutex_unlock(&cache.lock);
+    return n;
+}
+
+static void *system_alloc(size_t size)
+{
+    if (size < HR_BIG_BLOCK) return aligned_alloc(64, size);
+    /* Big buffers start on a 2 MiB boundary and ask for transparent huge pages. */
+    void *p = aligned_alloc(HR_HUGE_ALIGN, size);
+#ifdef MADV_HUGEPAGE
+    if (p) (void)madvise(p, size, MADV_HUGEPAGE); /* advisory: failure only costs speed */
+#endif
+    return p;
+}
+
 void *hr_alloc_bytes(size_t nbytes)
 {
-    /* Zero-byte tensors still get a distinct, freeable pointer. */
-    size_t rounded = (nbytes + 63) & ~(size_t)63;
-    if (rounded < nbytes) return hr_fail_null(HR_ENOMEM, "allocation of %zu bytes overflows", nbytes);
-    if (rounded == 0) rounded = 64;
-    /* Big buffers start on a 2 MiB boundary and ask for transparent huge pages: first touching
-     * fresh 4 KiB pages costs more than the arithmetic of a pointwise op on them. */
-    bool huge = rounded >= ((size_t)4 << 20);
-    void *p = huge ? aligned_alloc((size_t)2 << 20, (rounded + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1))
-                   : aligned_alloc(64, rounded);
+    bool ok;
+    size_t size = block_size(nbytes, &ok);
+    if (!ok) return hr_fail_null(HR_ENOMEM, "allocation of %zu bytes overflows", nbytes);
+    void *p = size >= HR_BIG_BLOCK ? cache_take(size) : NULL;
+    if (!p) p = system_alloc(size);
+    if (!p && hr_empty_cache() > 0) p = system_alloc(size);
     if (!p) return hr_fail_null(HR_ENOMEM, "out of memory allocating %zu bytes", nbytes);
-#ifdef MADV_HUGEPAGE
-    if (huge) (void)madvise(p, rounded, MADV_HUGEPAGE); /* advisory: failure only costs speed */
-#endif
     atomic_fetch_add(&live_bytes, nbytes);
     return p;
 }
@@ -32,7 +126,9 @@ void *hr_alloc_bytes(size_t nbytes)
 void hr_free_bytes(void *p, size_t nbytes)
 {
     if (!p) return;
-    free(p);
+    bool ok;
+    size_t size = block_size(nbytes, &ok);
+    if (!(size >= HR_BIG_BLOCK && cache_put(p, size))) free(p);
     atomic_fetch_sub(&live_bytes, nbytes);
 }
 

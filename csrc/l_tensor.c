@@ -260,6 +260,19 @@ static int l_live_bytes(lua_State *L)
     return 1;
 }
 
+/* hero.empty_cache() -> bytes returned to the system; hero.cached_bytes() */
+static int l_empty_cache(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)hr_empty_cache());
+    return 1;
+}
+
+static int l_cached_bytes(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)hr_cached_bytes());
+    return 1;
+}
+
 static int l_set_num_threads(lua_State *L)
 {
     lua_Integer n = luaL_checkinteger(L, 1);
@@ -707,6 +720,8 @@ static const luaL_Reg module_functions[] = {
     {"eye", l_eye},
     {"is_tensor", l_is_tensor},
     {"live_bytes", l_live_bytes},
+    {"empty_cache", l_empty_cache},
+    {"cached_bytes", l_cached_bytes},
     {"set_num_threads", l_set_num_threads},
     {"get_num_threads", l_get_num_threads},
     {NULL, NULL},
