@@ -28,4 +28,10 @@ hr_tensor *hr_dropout(struct hr_generator *g, hr_tensor *x, double p, bool train
 /* 1-D convolution, stride 1: x [N, C_in, L], w [C_out, C_in, K], bias [C_out] or NULL, zero padding. */
 hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t padding);
 
+/* Multi-head scaled dot-product attention, fused (cpu/attention.c): q [B, Lq, H], k/v [B, Lk, H]
+ * with `heads` heads side by side in H; mask NULL or additive [B, Lk] / [B, Lq, Lk]; dropout on the
+ * probabilities from generator gen when training. Returns the context [B, Lq, H]. */
+hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
+                        bool training, struct hr_generator *gen);
+
 #endif

@@ -94,6 +94,30 @@ static int l_conv1d(lua_State *L)
     return 1;
 }
 
+/* attention(q, k, v, mask|nil, heads[, {dropout = p, training = bool, generator = g}]) */
+static int l_attention(lua_State *L)
+{
+    hr_tensor *q = hr_lua_check_tensor(L, 1, "attention");
+    hr_tensor *k = hr_lua_check_tensor(L, 2, "attention");
+    hr_tensor *v = hr_lua_check_tensor(L, 3, "attention");
+    hr_tensor *mask = opt_tensor(L, 4, "attention");
+    lua_Integer heads = luaL_checkinteger(L, 5);
+    double p = 0;
+    bool training = true;
+    int oi = lua_istable(L, 6) ? 6 : 0;
+    if (oi) {
+        if (lua_getfield(L, oi, "dropout") != LUA_TNIL) p = luaL_checknumber(L, -1);
+        if (lua_getfield(L, oi, "training") != LUA_TNIL) training = lua_toboolean(L, -1);
+        lua_pop(L, 2);
+    }
+    struct hr_generator *g = hr_lua_opt_generator(L, oi, "attention");
+    hr_tensor *y;
+    HR_LUA_RETRY(L, y, hr_attention(q, k, v, mask, heads, p, training, g));
+    if (!y) return hr_lua_error(L, "attention");
+    hr_lua_push_tensor(L, y);
+    return 1;
+}
+
 static int l_gelu(lua_State *L)
 {
     hr_tensor *x = hr_lua_check_tensor(L, 1, "gelu");
@@ -111,6 +135,7 @@ static const luaL_Reg module_functions[] = {
     {"gelu", l_gelu},
     {"dropout", l_dropout},
     {"conv1d", l_conv1d},
+    {"attention", l_attention},
     {NULL, NULL},
 };
 

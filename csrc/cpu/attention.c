@@ -1,0 +1,290 @@
+/*
+ * cpu/attention.c — multi-head scaled dot-product attention as one fused node.
+ *
+ * q [B, Lq, H], k and v [B, Lk, H] hold `heads` heads side by side in their last dimension (head h
+ * is columns h*dh .. (h+1)*dh-1, dh = H / heads), exactly as the BERT projections produce them, so
+ * every per-head product is a strided GEMM on the inputs themselves: no split/permute copies.
+ * For each (batch b, head a):
+ *     S = scale * Q Kᵀ + mask_b,   P = softmax_rows(S),   P' = dropout(P),   O = P' V
+ * The backward uses the saved P (and the dropout noise):
+ *     dP' = dO Vᵀ,  dV = P'ᵀ dO,  dP = dP' * noise,  dS = P * (dP - rowsum(dP * P)),
+ *     dQ = scale * dS K,  dK = scale * dSᵀ Q.
+ * Work is split over the (b, a) pairs with OpenBLAS single-threaded inside each, so no two tasks
+ * write the same element and results do not depend on the thread count.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "hr_autograd.h"
+#include "hr_nn.h"
+#include "hr_random.h"
+
+typedef struct {
+    int64_t B, Lq, Lk, H, heads, dh;
+    double scale, dropout_p;
+    bool has_mask, has_noise;
+    int64_t mask_bstride, mask_qstride; /* additive mask [B, Lk] (qstride 0) or [B, Lq, Lk] */
+} attn_ctx;
+
+typedef struct {
+    const attn_ctx *c;
+    const char *q, *k, *v, *mask, *noise;
+    char *p;   /* saved probabilities [B, heads, Lq, Lk] */
+    char *out; /* [B, Lq, H] */
+    /* backward */
+    const char *g;
+    char *dq, *dk, *dv;
+    bool need_q, need_k, need_v;
+    int failed;
+} attn_job;
+
+#define ATTENTION_KERNELS(T, SUFFIX, GEMM, EXP)                                                              \
+    static void attn_forward_##SUFFIX(void *arg, int64_t begin, int64_t end)                                 \
+    {                                                                                                        \
+        attn_job *j = arg;                                                                                   \
+        const attn_ctx *c = j->c;                                                                            \
+        const int64_t Lq = c->Lq, Lk = c->Lk, H = c->H, dh = c->dh;                                         \
+        T *tmp = NULL;                                                                                       \
+        if (c->has_noise && !(tmp = malloc(sizeof(T) * (size_t)(Lq * Lk > 0 ? Lq * Lk : 1)))) {              \
+            j->failed = 1;                                                                                   \
+            return;                                                                                          \
+        }                                                                                                    \
+        for (int64_t t = begin; t < end; t++) {                                                              \
+            int64_t b = t / c->heads, a = t % c->heads;                                                      \
+            const T *Q = (const T *)j->q + b * Lq * H + a * dh;                                              \
+            const T *K = (const T *)j->k + b * Lk * H + a * dh;                                              \
+            const T *V = (const T *)j->v + b * Lk * H + a * dh;                                              \
+            T *P = (T *)j->p + t * Lq * Lk;                                                                  \
+            T *O = (T *)j->out + b * Lq * H + a * dh;                                                        \
+            if (Lk == 0) {                                                                                   \
+                for (int64_t i = 0; i < Lq; i++)                                                             \
+                    for (int64_t d = 0; d < dh; d++) O[i * H + d] = 0;                                       \
+                continue;                                                                                    \
+            }                                                                                                \
+            GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lk, (int)dh, (T)c->scale, Q, (int)H, \
+                 K, (int)H, (T)0, P, (int)Lk);                                                               \
+            for (int64_t i = 0; i < Lq; i++) {                                                               \
+                T *row = P + i * Lk;                                                                         \
+                if (c->has_mask) {                                                                           \
+                    const T *m = (const T *)j->mask + b * c->mask_bstride + i * c->mask_qstride;             \
+                    for (int64_t x = 0; x < Lk; x++) row[x] += m[x];                                         \
+                }                                                                                            \
+                T mx = row[0];                                                                               \
+                for (int64_t x = 1; x < Lk; x++)                                                             \
+                    if (row[x] > mx) mx = row[x];                                                            \
+                double s = 0;                                                                                \
+                for (int64_t x = 0; x < Lk; x++) {                                                           \
+                    row[x] = EXP(row[x] - mx);                                                               \
+                    s += row[x];                                                                             \
+                }                                                                                            \
+                T inv = (T)(1.0 / s);                                                                        \
+                for (int64_t x = 0; x < Lk; x++) row[x] *= inv;                                              \
+            }                                                                                                \
+            const T *Pd = P;                                                                                 \
+            if (c->has_noise) {                                                                              \
+                const T *n = (const T *)j->noise + t * Lq * Lk;                                              \
+                for (int64_t x = 0; x < Lq * Lk; x++) tmp[x] = P[x] * n[x];                                  \
+                Pd = tmp;                                                                                    \
+            }                                                                                                \
+            GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Lq, (int)dh, (int)Lk, (T)1, Pd, (int)Lk, V, \
+                 (int)H, (T)0, O, (int)H);                                                                   \
+        }                                                                                                    \
+        free(tmp);                                                                                           \
+    }                                                                                                        \
+                                                                                                             \
+    static void attn_backward_##SUFFIX(void *arg, int64_t begin, int64_t end)                                \
+    {                                                                                                        \
+        attn_job *j = arg;                                                                                   \
+        const attn_ctx *c = j->c;                                                                            \
+        const int64_t Lq = c->Lq, Lk = c->Lk, H = c->H, dh = c->dh;                                         \
+        size_t n = (size_t)(Lq * Lk > 0 ? Lq * Lk : 1);                                                      \
+        T *dP = malloc(sizeof(T) * n), *Pd = c->has_noise ? malloc(sizeof(T) * n) : NULL;                   \
+        if (!dP || (c->has_noise && !Pd)) {                                                                  \
+            free(dP);                                                                                        \
+            free(Pd);                                                                                        \
+            j->failed = 1;                                                                                   \
+            return;                                                                                          \
+        }                                                                                                    \
+        for (int64_t t = begin; t < end; t++) {                                                              \
+            int64_t b = t / c->heads, a = t % c->heads;                                                      \
+            const T *Q = (const T *)j->q + b * Lq * H + a * dh;                                              \
+            const T *K = (const T *)j->k + b * Lk * H + a * dh;                                              \
+            const T *V = (const T *)j->v + b * Lk * H + a * dh;                                              \
+            const T *G = (const T *)j->g + b * Lq * H + a * dh;                                              \
+            const T *P = (const T *)j->p + t * Lq * Lk;                                                      \
+            const T *noise = c->has_noise ? (const T *)j->noise + t * Lq * Lk : NULL;                        \
+            if (Lk == 0 || Lq == 0) continue;                                                                \
+            const T *Pused = P;                                                                              \
+            if (noise) {                                                                                     \
+                for (int64_t x = 0; x < Lq * Lk; x++) Pd[x] = P[x] * noise[x];                               \
+                Pused = Pd;                                                                                  \
+            }                                                                                                \
+            if (j->need_v)                                                                                   \
+                GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Lk, (int)dh, (int)Lq, (T)1, Pused,        \
+                     (int)Lk, G, (int)H, (T)0, (T *)j->dv + b * Lk * H + a * dh, (int)H);                    \
+            if (!j->need_q && !j->need_k) continue;                                                          \
+            GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lk, (int)dh, (T)1, G, (int)H, V,     \
+                 (int)H, (T)0, dP, (int)Lk);                                                                 \
+            for (int64_t i = 0; i < Lq; i++) {                                                               \
+                T *drow = dP + i * Lk;                                                                       \
+                const T *prow = P + i * Lk;                                                                  \
+                if (noise)                                                                                   \
+                    for (int64_t x = 0; x < Lk; x++) drow[x] *= noise[i * Lk + x];                           \
+                double dot = 0;                                                                              \
+                for (int64_t x = 0; x < Lk; x++) dot += (double)drow[x] * prow[x];                          \
+                T dt = (T)dot;                                                                               \
+                for (int64_t x = 0; x < Lk; x++) drow[x] = prow[x] * (drow[x] - dt);                         \
+            }                                                                                                \
+            if (j->need_q)                                                                                   \
+                GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Lq, (int)dh, (int)Lk, (T)c->scale, dP,  \
+                     (int)Lk, K, (int)H, (T)0, (T *)j->dq + b * Lq * H + a * dh, (int)H);                    \
+            if (j->need_k)                                                                                   \
+                GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Lk, (int)dh, (int)Lq, (T)c->scale, dP,    \
+                     (int)Lk, Q, (int)H, (T)0, (T *)j->dk + b * Lk * H + a * dh, (int)H);                    \
+        }                                                                                                    \
+        free(dP);                                                                                            \
+        free(Pd);                                                                                            \
+    }
+
+ATTENTION_KERNELS(float, f32, cblas_sgemm, expf)
+ATTENTION_KERNELS(double, f64, cblas_dgemm, exp)
+
+void openblas_set_num_threads(int num_threads);
+
+/* Runs fn over the (b, a) pairs: one GEMM sequence per task, OpenBLAS single-threaded inside. */
+static void run_tasks(attn_job *j, hr_parallel_fn fn, int64_t ntasks)
+{
+    int threads = hr_get_num_threads();
+    if (threads > 1 && ntasks > 1) {
+        openblas_set_num_threads(1);
+        hr_parallel_for(ntasks, 1, fn, j);
+        openblas_set_num_threads(threads);
+    } else {
+        fn(j, 0, ntasks);
+    }
+}
+
+static int attn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    const attn_ctx *c = node->ctx;
+    hr_tensor *q = hr_node_saved(node, 0), *k = hr_node_saved(node, 1), *v = hr_node_saved(node, 2);
+    hr_tensor *p = hr_node_saved(node, 3);
+    hr_tensor *noise = c->has_noise ? hr_node_saved(node, 4) : NULL;
+    if (!q || !k || !v || !p || (c->has_noise && !noise)) return -1;
+    hr_tensor *g = hr_cast(grad, q->dtype);
+    if (!g) return -1;
+    attn_job j = {c, hr_tensor_data(q), hr_tensor_data(k), hr_tensor_data(v), NULL,
+                  noise ? hr_tensor_data(noise) : NULL, hr_tensor_data(p), NULL, hr_tensor_data(g), NULL, NULL,
+                  NULL, hr_node_input_needs_grad(node, 0), hr_node_input_needs_grad(node, 1),
+                  hr_node_input_needs_grad(node, 2), 0};
+    hr_tensor *outs[3] = {NULL, NULL, NULL};
+    hr_tensor *shapes[3] = {q, k, v};
+    bool need[3] = {j.need_q, j.need_k, j.need_v};
+    int rc = 0;
+    for (int i = 0; i < 3 && rc == 0; i++)
+        if (need[i] && !(outs[i] = hr_tensor_zeros(shapes[i]->ndim, shapes[i]->size, q->dtype, hr_cpu()))) rc = -1;
+    if (rc == 0) {
+        j.dq = outs[0] ? hr_tensor_data(outs[0]) : NULL;
+        j.dk = outs[1] ? hr_tensor_data(outs[1]) : NULL;
+        j.dv = outs[2] ? hr_tensor_data(outs[2]) : NULL;
+        run_tasks(&j, q->dtype == HR_F32 ? attn_backward_f32 : attn_backward_f64, c->B * c->heads);
+        if (j.failed) rc = hr_fail(HR_ENOMEM, "attention backward: out of memory for scratch buffers");
+    }
+    hr_tensor_release(g);
+    for (int i = 0; i < 3; i++) {
+        if (rc == 0) gi[i] = outs[i];
+        else hr_tensor_release(outs[i]);
+    }
+    return rc;
+}
+
+hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
+                        bool training, struct hr_generator *gen)
+{
+    char a[96], b[96], m[96];
+    hr_tensor *ins[4] = {q, k, v, mask};
+    for (int i = 0; i < 4; i++)
+        if (ins[i] && hr_tensor_check_live(ins[i], "attention")) return NULL;
+    if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || k->size[0] != q->size[0] || v->size[0] != q->size[0] ||
+        k->size[2] != q->size[2] || v->size[2] != q->size[2] || v->size[1] != k->size[1])
+        return hr_fail_null(HR_EINVAL, "attention: q %s, k %s and v %s must be [B, Lq, H], [B, Lk, H], [B, Lk, H]",
+                            hr_tensor_desc(q, a, sizeof a), hr_tensor_desc(k, b, sizeof b), hr_tensor_desc(v, m, sizeof m));
+    if (q->dtype != k->dtype || q->dtype != v->dtype || (q->dtype != HR_F32 && q->dtype != HR_F64))
+        return hr_fail_null(HR_EINVAL, "attention: q, k and v must all be f32 or all f64");
+    if (heads < 1 || q->size[2] % heads)
+        return hr_fail_null(HR_EINVAL, "attention: hidden size %lld is not divisible into %lld heads",
+                            (long long)q->size[2], (long long)heads);
+    if (!(dropout_p >= 0 && dropout_p < 1))
+        return hr_fail_null(HR_EINVAL, "attention: dropout probability must be in [0, 1), got %g", dropout_p);
+    for (int i = 0; i < 4; i++)
+        if (ins[i] && hr_tensor_device(ins[i]).type != HR_CPU)
+            return hr_fail_null(HR_EDEVICE, "attention: CUDA tensors need the CUDA backend, which this build lacks");
+    attn_ctx c = {q->size[0], q->size[1], k->size[1], q->size[2], heads, q->size[2] / heads,
+                  1.0 / sqrt((double)(q->size[2] / heads)), dropout_p, mask != NULL, training && dropout_p > 0, 0, 0};
+    hr_tensor *mc = NULL;
+    if (mask) {
+        bool per_query = mask->ndim == 3;
+        if (!((mask->ndim == 2 && mask->size[0] == c.B && mask->size[1] == c.Lk) ||
+              (per_query && mask->size[0] == c.B && mask->size[1] == c.Lq && mask->size[2] == c.Lk)))
+            return hr_fail_null(HR_EINVAL, "attention: additive mask %s must be [B, Lk] or [B, Lq, Lk] (%lld, %lld, %lld)",
+                                hr_tensor_desc(mask, m, sizeof m), (long long)c.B, (long long)c.Lq, (long long)c.Lk);
+        if (hr_requires_grad(mask) && hr_grad_enabled())
+            return hr_fail_null(HR_EINVAL, "attention: the mask is not differentiable; detach() it");
+        mc = hr_cast(mask, q->dtype); /* contiguous, in the compute dtype */
+        if (!mc) return NULL;
+        c.mask_bstride = per_query ? c.Lq * c.Lk : c.Lk;
+        c.mask_qstride = per_query ? c.Lk : 0;
+    }
+    hr_tensor *qc = hr_contiguous(q), *kc = hr_contiguous(k), *vc = hr_contiguous(v);
+    int64_t psize[4] = {c.B, heads, c.Lq, c.Lk};
+    hr_tensor *p = hr_tensor_empty(4, psize, q->dtype, hr_cpu());
+    hr_tensor *noise = c.has_noise ? hr_tensor_empty(4, psize, q->dtype, hr_cpu()) : NULL;
+    hr_tensor *out = hr_tensor_empty(3, q->size, q->dtype, hr_cpu());
+    hr_tensor *result = NULL;
+    if (!qc || !kc || !vc || !p || (c.has_noise && !noise) || !out) goto done;
+    if (noise) {
+        if (hr_random_dropout_mask_(gen, noise, dropout_p)) goto done;
+        int64_t nn = hr_tensor_numel(noise);
+        if (q->dtype == HR_F32) {
+            float *x = hr_tensor_data(noise);
+            float keep = (float)(1.0 - dropout_p);
+            for (int64_t i = 0; i < nn; i++) x[i] = x[i] / keep;
+        } else {
+            double *x = hr_tensor_data(noise);
+            for (int64_t i = 0; i < nn; i++) x[i] = x[i] / (1.0 - dropout_p);
+        }
+    }
+    attn_job j = {&c, hr_tensor_data(qc), hr_tensor_data(kc), hr_tensor_data(vc), mc ? hr_tensor_data(mc) : NULL,
+                  noise ? hr_tensor_data(noise) : NULL, hr_tensor_data(p), hr_tensor_data(out), NULL, NULL, NULL,
+                  NULL, false, false, false, 0};
+    run_tasks(&j, q->dtype == HR_F32 ? attn_forward_f32 : attn_forward_f64, c.B * heads);
+    if (j.failed) {
+        hr_fail(HR_ENOMEM, "attention: out of memory for scratch buffers");
+        goto done;
+    }
+    hr_tensor *inputs[3] = {q, k, v};
+    if (hr_should_record(3, inputs)) {
+        hr_node *node = hr_node_new("attention", attn_backward, 3, inputs, sizeof(attn_ctx));
+        if (!node || hr_node_save(node, qc) < 0 || hr_node_save(node, kc) < 0 || hr_node_save(node, vc) < 0 ||
+            hr_node_save(node, p) < 0 || (noise && hr_node_save(node, noise) < 0)) {
+            hr_node_release(node);
+            goto done;
+        }
+        memcpy(node->ctx, &c, sizeof c);
+        hr_node_attach(node, out);
+    }
+    result = out;
+    out = NULL;
+done:
+    hr_tensor_release(qc);
+    hr_tensor_release(kc);
+    hr_tensor_release(vc);
+    hr_tensor_release(mc);
+    hr_tensor_release(p);
+    hr_tensor_release(noise);
+    hr_tensor_release(out);
+    return result;
+}
