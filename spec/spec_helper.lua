@@ -86,12 +86,60 @@ function helper.compare(actual, expected, tol)
   return true, worst_i and string.format("max error %g", worst) or ""
 end
 
+--- Parity with the reference implementation's fixtures (../shared/fixtures/hero-smoke/config.json,
+-- tolerances.recommended: 10x the spread seen between the reference in fp32 and in fp64).
+--   activations: max|mine - ref| <= rtol * max|ref|
+--   gradients:   the same with their rtol, or atol_rel * the file's scale for tensors that are
+--                exactly zero in exact arithmetic (rounding noise in the fixture)
+--   params:      max|mine - ref| <= atol (after optimizer updates)
+helper.parity_tolerance = {
+  activations = {rtol = 2e-5, atol_rel = 1e-6},
+  gradients = {rtol = 1e-4, atol_rel = 2e-4},
+  params = {atol = 1e-5},
+}
+
+--- Returns ok, message for the parity of tensor `actual` with `expected` (tensors of one shape).
+-- kind: "activations" | "gradients" | "params"; file_scale: for near-zero gradient tensors.
+function helper.parity(actual, expected, kind, file_scale)
+  local hero = require "hero"
+  local tol = helper.parity_tolerance[kind]
+  if table.concat(actual:size(), "x") ~= table.concat(expected:size(), "x") then
+    return false, string.format("shape %s, expected %s", table.concat(actual:size(), "x"),
+      table.concat(expected:size(), "x"))
+  end
+  local a, e = actual:double(), expected:double()
+  local diff = (a - e):abs():max():item()
+  local scale = e:numel() > 0 and e:abs():max():item() or 0
+  local bound
+  if kind == "params" then
+    bound = tol.atol
+  elseif file_scale then
+    bound = tol.atol_rel * file_scale
+  else
+    bound = tol.rtol * scale
+  end
+  if diff ~= diff or diff > bound then
+    return false, string.format("max |diff| %.3g exceeds %.3g (max |ref| %.3g, %s)", diff, bound, scale, kind)
+  end
+  return true, string.format("max |diff| %.3g <= %.3g", diff, bound)
+end
+
 local function tensor_near(_, arguments)
   local ok, msg = helper.compare(arguments[1], arguments[2], arguments[3])
   arguments.n = 3
   arguments[3] = msg
   return ok
 end
+
+local function parity(_, arguments)
+  local ok, msg = helper.parity(arguments[1], arguments[2], arguments[3], arguments[4])
+  arguments.n = 3
+  arguments[3] = msg
+  return ok
+end
+say:set("assertion.parity.positive", "Parity with the reference failed: %s")
+say:set("assertion.parity.negative", "Unexpected parity: %s")
+assert:register("assertion", "parity", parity, "assertion.parity.positive", "assertion.parity.negative")
 
 say:set("assertion.tensor_near.positive", "Tensor mismatch: %s")
 say:set("assertion.tensor_near.negative", "Tensors unexpectedly equal: %s")

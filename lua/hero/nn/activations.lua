@@ -1,0 +1,28 @@
+--- Parameter-free layers: Dropout, GELU (erf form), ReLU, Tanh.
+local core = require "hero.core"
+local Module = require "hero.nn.module"
+
+local M = {}
+
+--- nn.Dropout(p [, {generator = g}]): inverted dropout while training, identity in evaluation.
+M.Dropout = Module:extend("Dropout")
+function M.Dropout:__init(p, opts)
+  if type(p) ~= "number" or p < 0 or p >= 1 then error("Dropout: p must be in [0, 1), got " .. tostring(p), 3) end
+  self.p = p
+  self.generator = opts and opts.generator
+end
+function M.Dropout:forward(x)
+  return core.dropout(x, self.p, self.training, self.generator and {generator = self.generator} or nil)
+end
+function M.Dropout:extra_repr() return string.format("p=%g", self.p) end
+
+M.GELU = Module:extend("GELU")
+function M.GELU.forward(_, x) return core.gelu(x) end
+
+M.ReLU = Module:extend("ReLU")
+function M.ReLU.forward(_, x) return x:relu() end
+
+M.Tanh = Module:extend("Tanh")
+function M.Tanh.forward(_, x) return x:tanh() end
+
+return M

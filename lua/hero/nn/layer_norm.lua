@@ -1,0 +1,23 @@
+--- nn.LayerNorm(dim [, opts]) over the last dimension: weight 1, bias 0; opts.eps (1e-5), dtype.
+-- The reference uses eps 1e-12 inside transformer layers and 1e-5 elsewhere: pass it explicitly.
+local core = require "hero.core"
+local Module = require "hero.nn.module"
+
+local LayerNorm = Module:extend("LayerNorm")
+
+function LayerNorm:__init(dim, opts)
+  opts = opts or {}
+  self.dim, self.eps = dim, opts.eps or 1e-5
+  self:register_parameter("weight", core.ones({dim}, {dtype = opts.dtype or "f32"}))
+  self:register_parameter("bias", core.zeros({dim}, {dtype = opts.dtype or "f32"}))
+end
+
+function LayerNorm:forward(x)
+  local ok, y = pcall(core.layer_norm, x, self.weight, self.bias, self.eps)
+  if not ok then self:error("%s", tostring(y)) end
+  return y
+end
+
+function LayerNorm:extra_repr() return string.format("%d, eps=%g", self.dim, self.eps) end
+
+return LayerNorm

@@ -1,0 +1,41 @@
+--- nn.Linear(in_features, out_features [, opts]): y = x·Wᵀ + b with W [out, in] (PyTorch layout).
+-- opts: bias (true), init ("torch" | "bert"), dtype ("f32"), generator.
+local core = require "hero.core"
+local Module = require "hero.nn.module"
+local init = require "hero.nn.init_weights"
+
+local Linear = Module:extend("Linear")
+
+function Linear:__init(in_features, out_features, opts)
+  opts = opts or {}
+  if math.type(in_features) ~= "integer" or math.type(out_features) ~= "integer" or in_features < 1
+     or out_features < 1 then
+    error(string.format("Linear: sizes must be positive integers, got %s and %s", tostring(in_features),
+      tostring(out_features)), 3)
+  end
+  self.in_features, self.out_features = in_features, out_features
+  local scheme = init.check(opts.init or "torch", "Linear")
+  local w, b
+  if scheme == "bert" then
+    w = init.normal({out_features, in_features}, 0.02, opts.dtype, opts.generator)
+    b = core.zeros({out_features}, {dtype = opts.dtype or "f32"})
+  else
+    local bound = 1 / math.sqrt(in_features)
+    w = init.uniform({out_features, in_features}, bound, opts.dtype, opts.generator)
+    b = init.uniform({out_features}, bound, opts.dtype, opts.generator)
+  end
+  self:register_parameter("weight", w)
+  if opts.bias ~= false then self:register_parameter("bias", b) end
+end
+
+function Linear:forward(x)
+  local ok, y = pcall(core.linear, x, self.weight, self.bias)
+  if not ok then self:error("%s", tostring(y)) end
+  return y
+end
+
+function Linear:extra_repr()
+  return string.format("%d -> %d%s", self.in_features, self.out_features, self.bias and "" or ", no bias")
+end
+
+return Linear

@@ -1,0 +1,132 @@
+--- The BERT post-LayerNorm transformer layer of the reference, with its exact parameter names:
+--   attention.self.{query,key,value}.{weight,bias}
+--   attention.output.dense.{weight,bias}, attention.output.LayerNorm.{weight,bias}
+--   intermediate.dense.{weight,bias}, output.dense.{weight,bias}, output.LayerNorm.{weight,bias}
+-- a = LN1(drop(dense_o(attn(x))) + x);  y = LN2(drop(dense_2(gelu(dense_1(a)))) + a)
+-- Masks given to forward are 0/1 [B, L] key masks (1 = attend) unless opts.additive says they
+-- are already additive ((1 - m) * -10000, as nn.extended_mask builds).
+local core = require "hero.core"
+local Module = require "hero.nn.module"
+local Linear = require "hero.nn.linear"
+local LayerNorm = require "hero.nn.layer_norm"
+local act = require "hero.nn.activations"
+
+local M = {}
+
+--- (1 - mask) * -10000 in dtype: the reference's additive attention mask (hero-spec §2.1).
+function M.extended_mask(mask, dtype)
+  return (1 - mask:to(dtype or "f32")) * -10000.0
+end
+
+local function config(opts, who)
+  opts = opts or {}
+  local c = {
+    hidden = opts.hidden or 768, heads = opts.heads or 12, intermediate = opts.intermediate or 3072,
+    eps = opts.eps or 1e-12, dropout = opts.dropout or 0.1,
+    attention_dropout = opts.attention_dropout or opts.dropout or 0.1,
+    init = opts.init or "bert", dtype = opts.dtype, generator = opts.generator,
+  }
+  if c.hidden % c.heads ~= 0 then
+    error(string.format("%s: hidden size %d is not divisible by %d heads", who, c.hidden, c.heads), 4)
+  end
+  return c
+end
+
+local function linear(c, i, o) return Linear(i, o, {init = c.init, dtype = c.dtype, generator = c.generator}) end
+
+--- The projections of multi-head attention (BertSelfAttention): query, key, value.
+M.SelfAttention = Module:extend("SelfAttention")
+function M.SelfAttention:__init(opts)
+  local c = config(opts, "SelfAttention")
+  self.heads, self.attention_dropout = c.heads, c.attention_dropout
+  self.generator = c.generator
+  self:add_module("query", linear(c, c.hidden, c.hidden))
+  self:add_module("key", linear(c, c.hidden, c.hidden))
+  self:add_module("value", linear(c, c.hidden, c.hidden))
+end
+
+--- x [B, Lq, H]; context [B, Lk, H] (default x, for cross-attention); ext_mask additive [B, Lk]
+-- or [B, Lq, Lk] or nil.
+function M.SelfAttention:forward(x, ext_mask, context)
+  context = context or x
+  local q = self.query:forward(x)
+  local k = self.key:forward(context)
+  local v = self.value:forward(context)
+  local ok, y = pcall(core.attention, q, k, v, ext_mask, self.heads,
+    {dropout = self.attention_dropout, training = self.training, generator = self.generator})
+  if not ok then self:error("%s", tostring(y)) end
+  return y
+end
+function M.SelfAttention:extra_repr() return string.format("heads=%d", self.heads) end
+
+--- dense + dropout + residual + LayerNorm (BertSelfOutput / BertOutput).
+M.AddNorm = Module:extend("AddNorm")
+function M.AddNorm:__init(opts, in_features)
+  local c = config(opts, "AddNorm")
+  self:add_module("dense", linear(c, in_features or c.hidden, c.hidden))
+  self:add_module("LayerNorm", LayerNorm(c.hidden, {eps = c.eps, dtype = c.dtype}))
+  self:add_module("dropout", act.Dropout(c.dropout, {generator = c.generator}))
+end
+function M.AddNorm:forward(h, residual)
+  return self.LayerNorm:forward(self.dropout:forward(self.dense:forward(h)) + residual)
+end
+
+--- nn.MultiHeadAttention{hidden, heads, eps, dropout}: self (projections) + output (AddNorm).
+M.MultiHeadAttention = Module:extend("MultiHeadAttention")
+function M.MultiHeadAttention:__init(opts)
+  local c = config(opts, "MultiHeadAttention")
+  self:add_module("self", M.SelfAttention(opts))
+  self:add_module("output", M.AddNorm(opts))
+  self.hidden = c.hidden
+end
+function M.MultiHeadAttention:forward(x, ext_mask, context)
+  return self.output:forward(self.self:forward(x, ext_mask, context), x)
+end
+
+--- BertIntermediate: dense then GELU.
+M.Intermediate = Module:extend("Intermediate")
+function M.Intermediate:__init(opts)
+  local c = config(opts, "Intermediate")
+  self:add_module("dense", linear(c, c.hidden, c.intermediate))
+end
+function M.Intermediate:forward(x) return core.gelu(self.dense:forward(x)) end
+
+--- nn.TransformerLayer{hidden = 768, heads = 12, intermediate = 3072, eps = 1e-12, dropout = 0.1}
+M.TransformerLayer = Module:extend("TransformerLayer")
+function M.TransformerLayer:__init(opts)
+  local c = config(opts, "TransformerLayer")
+  self.cfg = c
+  self:add_module("attention", M.MultiHeadAttention(opts))
+  self:add_module("intermediate", M.Intermediate(opts))
+  self:add_module("output", M.AddNorm(opts, c.intermediate))
+end
+
+--- x [B, L, H]; mask [B, L] (0/1, or additive with opts.additive) or nil.
+function M.TransformerLayer:forward(x, mask, opts)
+  local ext = mask
+  if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
+  local a = self.attention:forward(x, ext)
+  return self.output:forward(self.intermediate:forward(a), a)
+end
+function M.TransformerLayer:extra_repr()
+  local c = self.cfg
+  return string.format("hidden=%d, heads=%d, intermediate=%d, eps=%g", c.hidden, c.heads, c.intermediate, c.eps)
+end
+
+--- nn.TransformerEncoder{layers = n, ...}: child "layer" holding "0".."n-1" (encoder.layer.{l}.* keys).
+M.TransformerEncoder = Module:extend("TransformerEncoder")
+function M.TransformerEncoder:__init(opts)
+  local n = opts and opts.layers or 1
+  local Sequential = require "hero.nn.sequential"
+  local stack = Sequential()
+  for _ = 1, n do stack:add(M.TransformerLayer(opts)) end
+  self:add_module("layer", stack)
+end
+function M.TransformerEncoder:forward(x, mask, opts)
+  local ext = mask
+  if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
+  for _, layer in ipairs(self.layer:children()) do x = layer:forward(x, ext, {additive = true}) end
+  return x
+end
+
+return M

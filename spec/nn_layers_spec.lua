@@ -1,0 +1,85 @@
+local hero = require "hero"
+local nn = hero.nn
+local helper = require "spec_helper"
+
+local function sub_state(sd, prefix)
+  local out = {}
+  for k, v in pairs(sd) do
+    if k:sub(1, #prefix) == prefix then out[k:sub(#prefix + 1)] = v end
+  end
+  return out
+end
+
+describe("nn layers", function()
+  it("name their parameters as the reference's BERT layer", function()
+    local layer = nn.TransformerLayer {hidden = 8, heads = 2, intermediate = 16}
+    local names = {}
+    for _, p in ipairs(layer:named_parameters()) do names[#names + 1] = p[1] end
+    assert.same({
+      "attention.self.query.weight", "attention.self.query.bias", "attention.self.key.weight",
+      "attention.self.key.bias", "attention.self.value.weight", "attention.self.value.bias",
+      "attention.output.dense.weight", "attention.output.dense.bias", "attention.output.LayerNorm.weight",
+      "attention.output.LayerNorm.bias", "intermediate.dense.weight", "intermediate.dense.bias",
+      "output.dense.weight", "output.dense.bias", "output.LayerNorm.weight", "output.LayerNorm.bias",
+    }, names)
+    local enc = nn.TransformerEncoder {layers = 2, hidden = 8, heads = 2, intermediate = 16}
+    assert.is_not_nil(enc:state_dict()["layer.1.output.LayerNorm.bias"])
+    assert.truthy(tostring(layer):find("TransformerLayer%(hidden=8, heads=2"))
+  end)
+
+  it("reproduce the reference's cross-modal encoder on the smoke fixture", function()
+    local w = hero.load(helper.fixture("hero-smoke/weights.safetensors"))
+    local out = hero.load(helper.fixture("hero-smoke/outputs_mlm.safetensors"))
+    local batch = hero.load(helper.fixture("hero-smoke/batch_mlm.safetensors"))
+    local enc = nn.TransformerEncoder {layers = 2, hidden = 64, heads = 4, intermediate = 128, eps = 1e-12,
+                                        dropout = 0}
+    enc:load_state_dict(sub_state(w, "v_encoder.f_encoder.encoder."))
+    enc:evaluate()
+    local f_out = enc:forward(out.f_emb, batch.attn_masks)
+    assert.parity(f_out, out.f_out, "activations")
+    -- text embeddings: LN_1e-5(word[id] + pos[pos] + type[1])
+    local emb = sub_state(w, "v_encoder.f_encoder.embeddings.")
+    local word = nn.Embedding(1000, 64, {padding_idx = 1})
+    word:load_state_dict {weight = emb["word_embeddings.weight"]}
+    local x = word:forward(batch.input_ids) + hero.embedding(emb["position_embeddings.weight"], batch.position_ids)
+      + emb["token_type_embeddings.weight"][2]
+    local ln = nn.LayerNorm(64, {eps = 1e-5})
+    ln:load_state_dict {weight = emb["LayerNorm.weight"], bias = emb["LayerNorm.bias"]}
+    assert.parity(ln:forward(x), out.txt_emb, "activations")
+  end)
+
+  it("train end to end: gradients reach every parameter and pass gradcheck in f64", function()
+    local layer = nn.TransformerLayer {hidden = 8, heads = 2, intermediate = 12, dropout = 0, dtype = "f64",
+                                       generator = hero.Generator(1)}
+    local x = hero.randn({2, 3, 8}, {dtype = "f64", generator = hero.Generator(2)}):requires_grad_()
+    local mask = hero.tensor({{1, 1, 0}, {1, 1, 1}}, {dtype = "f64"})
+    local y = layer:forward(x, mask)
+    ;(y * y):mean():backward()
+    for _, p in ipairs(layer:named_parameters()) do
+      assert.is_not_nil(p[2].grad, p[1])
+    end
+    local params = {x}
+    for _, p in ipairs(layer:parameters()) do params[#params + 1] = p end
+    local names = layer:named_parameters()
+    local function f(xx, ...)
+      local args = {...}
+      local sd = {}
+      for i, pair in ipairs(names) do sd[pair[1]] = args[i] end
+      -- swap the module's parameters for the gradcheck inputs
+      for i, pair in ipairs(names) do
+        local owner, leaf = layer, pair[1]
+        for part in pair[1]:gmatch("([^.]+)%.") do owner = owner[part] end
+        leaf = pair[1]:match("([^.]+)$")
+        owner[leaf] = args[i]
+        owner._params[leaf] = args[i]
+      end
+      return layer:forward(xx, mask)
+    end
+    assert.is_true(hero.testing.gradcheck(f, params))
+  end)
+
+  it("report errors with the module path", function()
+    local layer = nn.TransformerLayer {hidden = 8, heads = 2, intermediate = 16}
+    helper.assert_error_contains(function() layer:forward(hero.zeros(2, 3, 5)) end, "attention.self.query", "Linear")
+  end)
+end)
