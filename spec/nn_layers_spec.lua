@@ -63,13 +63,11 @@ describe("nn layers", function()
     local names = layer:named_parameters()
     local function f(xx, ...)
       local args = {...}
-      local sd = {}
-      for i, pair in ipairs(names) do sd[pair[1]] = args[i] end
       -- swap the module's parameters for the gradcheck inputs
       for i, pair in ipairs(names) do
-        local owner, leaf = layer, pair[1]
+        local owner = layer
         for part in pair[1]:gmatch("([^.]+)%.") do owner = owner[part] end
-        leaf = pair[1]:match("([^.]+)$")
+        local leaf = pair[1]:match("([^.]+)$")
         owner[leaf] = args[i]
         owner._params[leaf] = args[i]
       end

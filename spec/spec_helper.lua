@@ -101,7 +101,6 @@ helper.parity_tolerance = {
 --- Returns ok, message for the parity of tensor `actual` with `expected` (tensors of one shape).
 -- kind: "activations" | "gradients" | "params"; file_scale: for near-zero gradient tensors.
 function helper.parity(actual, expected, kind, file_scale)
-  local hero = require "hero"
   local tol = helper.parity_tolerance[kind]
   if table.concat(actual:size(), "x") ~= table.concat(expected:size(), "x") then
     return false, string.format("shape %s, expected %s", table.concat(actual:size(), "x"),
