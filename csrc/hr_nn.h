@@ -34,4 +34,8 @@ hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t paddin
 hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
                         bool training, struct hr_generator *gen);
 
+/* Binary cross entropy with logits (weight NULL or x's shape) and mean squared error (cpu/losses.c). */
+hr_tensor *hr_bce_with_logits(hr_tensor *x, hr_tensor *y, hr_tensor *weight, hr_reduction reduction);
+hr_tensor *hr_mse_loss(hr_tensor *x, hr_tensor *y, hr_reduction reduction);
+
 #endif

@@ -118,6 +118,49 @@ static int l_attention(lua_State *L)
     return 1;
 }
 
+static hr_reduction opt_reduction(lua_State *L, int idx)
+{
+    hr_reduction red = HR_REDUCE_MEAN;
+    if (lua_istable(L, idx)) {
+        if (lua_getfield(L, idx, "reduction") != LUA_TNIL) {
+            static const char *const names[] = {"none", "mean", "sum", NULL};
+            red = (hr_reduction)luaL_checkoption(L, -1, NULL, names);
+        }
+        lua_pop(L, 1);
+    }
+    return red;
+}
+
+/* binary_cross_entropy_with_logits(x, y[, {weight = w, reduction = "mean"}]) */
+static int l_bce_with_logits(lua_State *L)
+{
+    hr_tensor *x = hr_lua_check_tensor(L, 1, "binary_cross_entropy_with_logits");
+    hr_tensor *y = hr_lua_check_tensor(L, 2, "binary_cross_entropy_with_logits");
+    hr_tensor *w = NULL;
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "weight");
+        if (!lua_isnil(L, -1)) w = hr_lua_check_tensor(L, lua_gettop(L), "binary_cross_entropy_with_logits");
+        lua_pop(L, 1);
+    }
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, hr_bce_with_logits(x, y, w, opt_reduction(L, 3)));
+    if (!r) return hr_lua_error(L, "binary_cross_entropy_with_logits");
+    hr_lua_push_tensor(L, r);
+    return 1;
+}
+
+/* mse_loss(x, y[, {reduction = "mean"}]) */
+static int l_mse_loss(lua_State *L)
+{
+    hr_tensor *x = hr_lua_check_tensor(L, 1, "mse_loss");
+    hr_tensor *y = hr_lua_check_tensor(L, 2, "mse_loss");
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, hr_mse_loss(x, y, opt_reduction(L, 3)));
+    if (!r) return hr_lua_error(L, "mse_loss");
+    hr_lua_push_tensor(L, r);
+    return 1;
+}
+
 static int l_gelu(lua_State *L)
 {
     hr_tensor *x = hr_lua_check_tensor(L, 1, "gelu");
@@ -136,6 +179,8 @@ static const luaL_Reg module_functions[] = {
     {"dropout", l_dropout},
     {"conv1d", l_conv1d},
     {"attention", l_attention},
+    {"binary_cross_entropy_with_logits", l_bce_with_logits},
+    {"mse_loss", l_mse_loss},
     {NULL, NULL},
 };
 

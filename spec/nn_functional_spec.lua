@@ -170,3 +170,34 @@ describe("attention", function()
     helper.assert_error_contains(function() hero.attention(q, q, q, hero.zeros(2, 4), 2) end, "mask", "[B, Lk]")
   end)
 end)
+
+describe("elementwise losses", function()
+  local F = hero.nn.functional
+  it("binary cross entropy with logits and mse match NumPy and pass gradcheck", function()
+    local c = fx.bce
+    local x, y = hero.tensor(c.x, {dtype = "f64"}), hero.tensor(c.y, {dtype = "f64"})
+    local w = hero.tensor(c.w, {dtype = "f64"})
+    assert.tensor_near(F.binary_cross_entropy_with_logits(x, y, {reduction = "none"}), c.none)
+    assert.tensor_near(F.binary_cross_entropy_with_logits(x:float(), y:float()), c.mean)
+    assert.tensor_near(F.binary_cross_entropy_with_logits(x, y, {weight = w, reduction = "sum"}), c.weighted_sum)
+    x:requires_grad_()
+    assert.is_true(hero.testing.gradcheck(function(a) return F.binary_cross_entropy_with_logits(a, y, {weight = w}) end,
+      {x}))
+    local m = fx.mse
+    assert.tensor_near(F.mse_loss(hero.tensor(m.x, {dtype = "f64"}), hero.tensor(m.y, {dtype = "f64"})), m.mean)
+    local yy = hero.tensor(m.y, {dtype = "f64"}):requires_grad_()
+    assert.is_true(hero.testing.gradcheck(function(a, b) return F.mse_loss(a, b, {reduction = "none"}) end, {x, yy}))
+    helper.assert_error_contains(function() F.mse_loss(x, hero.zeros(2)) end, "same shape")
+  end)
+
+  it("margin ranking and hinge compose from differentiable ops", function()
+    local c = fx.margin_ranking
+    local x1 = hero.tensor(c.x1, {dtype = "f64"}):requires_grad_()
+    local x2 = hero.tensor(c.x2, {dtype = "f64"})
+    local y = hero.tensor(c.y, {dtype = "f64"})
+    assert.tensor_near(F.margin_ranking_loss(x1, x2, y, {margin = 0.3}), c.mean)
+    assert.is_true(hero.testing.gradcheck(function(a) return F.margin_ranking_loss(a, x2, y, {margin = 0.3}) end, {x1}))
+    local masked = F.mask_logits(hero.tensor {1.5, 2.0}, hero.tensor {1, 0})
+    assert.same({1.5, -10000}, masked:totable())
+  end)
+end)

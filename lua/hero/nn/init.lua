@@ -19,5 +19,6 @@ nn.MultiHeadAttention = transformer.MultiHeadAttention
 nn.TransformerLayer = transformer.TransformerLayer
 nn.TransformerEncoder = transformer.TransformerEncoder
 nn.extended_mask = transformer.extended_mask
+nn.functional = require "hero.nn.functional"
 
 return nn
