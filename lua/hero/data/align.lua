@@ -88,6 +88,14 @@ end
 -- num_of_frames, unique_sub2frames, sub2frames, frame2subs, frame2unique_sub, unmatched_frames and the
 -- statistics; without subtitles (or with 0 frames) only num_of_frames and the statistics, as in the
 -- reference (max_unmatched_group_len is then the frame length, also as in the reference).
+-- Accepted as the reference accepts them: subtitles starting at/after the video end (skipped: absent
+-- from sub2frames, an empty entry in unique_sub2frames), ends past the video end (the raw sub2frames
+-- keeps frames >= nframes; only frames < nframes are assigned), zero-length and identical spans,
+-- overlaps, equal start times, empty texts. Refused with an error naming subs[i] (sub_idx i-1):
+-- non-table entries, a non-string text, start/end that are not numbers, NaN, negative, beyond
+-- float32 or beyond frame 2^31, end < start, and start times that decrease (the reference asserts
+-- sorted float32 starts); also nframes not an integer in [0, 2^31), nframes 0 without subtitles (the
+-- reference fails there too) and a frame length that is not a positive float32-representable number.
 function align.align_subtitles(subs, nframes, opts)
   local fname = "hero.data.align_subtitles"
   if type(subs) ~= "table" then
