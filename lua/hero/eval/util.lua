@@ -106,6 +106,11 @@ function M.stable_sort(arr, key, desc)
   return arr
 end
 
+--- Python's str.strip() for ASCII whitespace.
+function M.strip(s)
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
 --- Shallow copy of an array, optionally only its first n entries.
 function M.head(arr, n)
   local out = {}
