@@ -57,7 +57,10 @@ local function scan(chunk, out, last_chunk)
     if not s then
       -- abbreviations written with periods: u.s.  a.m.
       s, e = chunk:find("^%a%.[%a%.]*%.", i)
-      if s and not chunk:sub(s, e):find("^%a%.(%a%.)+$") then s = nil end
+      if s then
+        local ab = chunk:sub(s, e)
+        if #ab < 4 or ab:gsub("%a%.", "") ~= "" then s = nil end
+      end
     end
     if s then
       out[#out + 1] = chunk:sub(s, e)
@@ -496,7 +499,9 @@ function M.tvc_eval(references, predictions, opts)
   local npred = 0
   for _, p in ipairs(predictions) do
     local text = p.desc or (p.descs and (type(p.descs[1]) == "table" and p.descs[1].desc or p.descs[1]))
-    if type(text) ~= "string" then error("tvc_eval: prediction for clip " .. tostring(p.clip_id) .. " has no desc", 0) end
+    if type(text) ~= "string" then
+      error("tvc_eval: prediction for clip " .. tostring(p.clip_id) .. " has no desc", 0)
+    end
     if hyp_by[p.clip_id] == nil then npred = npred + 1 end
     hyp_by[p.clip_id] = M.remove_nonascii(util.strip(text))
   end
