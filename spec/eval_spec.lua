@@ -328,6 +328,25 @@ describe("eval.retrieval full VCMR evaluation", function()
     assert.is_nil(res.metrics)
   end)
 
+  it("ranks raw scores for MSR-VTT style VR (no exp) given as q2video_exp_scores", function()
+    local e = E.A_lmax_eq_max_clip_len
+    local inputs = vcmr_inputs("vcmr_A_scores.safetensors", vfx.A_inputs)
+    local raw = {video_ids = inputs.video_ids, video2idx = inputs.video2idx, query_ids = inputs.query_ids,
+      q2video_exp_scores = inputs.q2video_scores}
+    local sub = R.predict(raw, {tasks = {"VR"}, max_vcmr_video = 5})
+    assert.is_nil(sub.VCMR)
+    local s = inputs.q2video_scores:totable()
+    local local_of = {}
+    for i, v in ipairs(inputs.video_ids) do local_of[inputs.video2idx[v]] = i end
+    for q, entry in ipairs(sub.VR) do
+      local exp_entry = e.result.before_nms.submission.VR[q]
+      for j, p in ipairs(entry.predictions) do
+        assert.equal(exp_entry.predictions[j][1], p[1]) -- exp is monotone: same ranking
+        assert.equal(s[q][local_of[p[1]]], p[4])       -- the raw score itself
+      end
+    end
+  end)
+
   it("checks its inputs", function()
     local inputs = vcmr_inputs("vcmr_A_scores.safetensors", vfx.A_inputs)
     local bad = copy(inputs)

@@ -417,7 +417,8 @@ end
 --- Ranked VCMR / SVMR / VR predictions from the model's score tensors.
 -- inputs:
 --   q2video_scores [Nq, Nv]    cosine-max query-video scores (before exp(q2c_alpha * s)), or
---   q2video_exp_scores [Nq, Nv] the same after exp(q2c_alpha * s)
+--   q2video_exp_scores [Nq, Nv] the same after exp(q2c_alpha * s); MSR-VTT's VR (eval_vr.py,
+--                               no exp) passes its raw scores here with tasks = {"VR"}
 --   st_logits, ed_logits [Nq, Nv, L]  masked start/end logits (or st_probs/ed_probs: softmaxed)
 --   video_ids   array of Nv video names in the video axis order (the reference sorts them)
 --   video2idx   {name = global index} written into the predictions
@@ -438,13 +439,20 @@ function M.predict(inputs, opts)
   local st_in = inputs.st_probs or inputs.st_logits
   local ed_in = inputs.ed_probs or inputs.ed_logits
   local softmaxed = inputs.st_probs ~= nil
-  check_tensor(hero, st_in, softmaxed and "st_probs" or "st_logits", 3)
-  check_tensor(hero, ed_in, softmaxed and "ed_probs" or "ed_logits", 3)
-  local nq, nv, L = st_in:size(1), st_in:size(2), st_in:size(3)
-  local ed_sz = ed_in:size()
-  if ed_sz[1] ~= nq or ed_sz[2] ~= nv or ed_sz[3] ~= L then
-    error(string.format("vcmr predict: start scores %dx%dx%d and end scores %s differ in shape", nq, nv, L,
-      table.concat(ed_sz, "x")), 0)
+  local moments = tasks.VCMR or tasks.SVMR
+  local nq, nv, L
+  if moments then
+    check_tensor(hero, st_in, softmaxed and "st_probs" or "st_logits", 3)
+    check_tensor(hero, ed_in, softmaxed and "ed_probs" or "ed_logits", 3)
+    nq, nv, L = st_in:size(1), st_in:size(2), st_in:size(3)
+    local ed_sz = ed_in:size()
+    if ed_sz[1] ~= nq or ed_sz[2] ~= nv or ed_sz[3] ~= L then
+      error(string.format("vcmr predict: start scores %dx%dx%d and end scores %s differ in shape", nq, nv, L,
+        table.concat(ed_sz, "x")), 0)
+    end
+  else
+    check_tensor(hero, q2v, exped and "q2video_exp_scores" or "q2video_scores", 2)
+    nq, nv, L = q2v:size(1), q2v:size(2), 1
   end
   local video_ids, video2idx, qids = inputs.video_ids, inputs.video2idx, inputs.query_ids
   if type(video_ids) ~= "table" or #video_ids ~= nv then
@@ -496,7 +504,7 @@ function M.predict(inputs, opts)
 
   local iv = opts.vfeat_interval
   local iv32 = f32(iv)
-  local mask = M.length_mask(L, opts.min_pred_l, opts.max_pred_l)
+  local mask = moments and M.length_mask(L, opts.min_pred_l, opts.max_pred_l)
   local sub = {video2idx = video2idx}
   if tasks.VCMR then sub.VCMR = {} end
   if tasks.SVMR then sub.SVMR = {} end
@@ -504,9 +512,11 @@ function M.predict(inputs, opts)
   local bs = math.max(1, opts.query_batch_size)
   for q0 = 1, nq, bs do
     local n = math.min(bs, nq - q0 + 1)
-    local st = st_in:narrow(1, q0, n):float()
-    local ed = ed_in:narrow(1, q0, n):float()
-    if not softmaxed then st, ed = st:softmax(-1), ed:softmax(-1) end
+    local st, ed
+    if moments then
+      st, ed = st_in:narrow(1, q0, n):float(), ed_in:narrow(1, q0, n):float()
+      if not softmaxed then st, ed = st:softmax(-1), ed:softmax(-1) end
+    end
 
     if tasks.SVMR then
       local g = {}
