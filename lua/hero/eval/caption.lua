@@ -1,0 +1,540 @@
+--- Captioning metrics of TVC (the reference's eval/tvc.py:TVCEval with coco-caption's scorers):
+-- BLEU-1..4 (corpus level, "closest" reference length), ROUGE-L (beta 1.2), CIDEr-D (idf from the
+-- references, sigma 6, clipping, x10) and, when Java and a METEOR 1.5 jar are present, METEOR.
+-- Texts are tokenised like the reference's PTB tokenizer (see ptb_tokenize) and scored as
+-- space-joined token strings; every float operation follows the Python code's order so the
+-- numbers match it to the last bit (NumPy's pairwise sums for the means).
+local util = require "hero.eval.util"
+
+local M = {}
+
+-- Tokens the reference drops after tokenising.
+M.PUNCTUATIONS = {}
+for _, p in ipairs({"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-",
+  "--", "...", ";"}) do
+  M.PUNCTUATIONS[p] = true
+end
+
+--- Every non-ASCII character (a UTF-8 sequence) becomes one space, as _remove_nonascii.
+function M.remove_nonascii(text)
+  return (text:gsub("[\192-\255][\128-\191]*", " "):gsub("[\128-\255]", " "))
+end
+
+local BRACKETS = {["("] = "-LRB-", [")"] = "-RRB-", ["{"] = "-LCB-", ["}"] = "-RCB-",
+  ["["] = "-LSB-", ["]"] = "-RSB-"}
+local CLITICS = {"n't", "'s", "'re", "'m", "'ll", "'ve", "'d"}
+local SPLIT_WORDS = {cannot = {"can", "not"}, gonna = {"gon", "na"}, gotta = {"got", "ta"},
+  wanna = {"wan", "na"}, gimme = {"gim", "me"}, lemme = {"lem", "me"}}
+local ABBREV = {mr = 1, mrs = 1, ms = 1, dr = 1, st = 1, jr = 1, sr = 1, vs = 1, etc = 1, prof = 1, mt = 1}
+
+local function push_word(out, w)
+  local sw = SPLIT_WORDS[w]
+  if sw then
+    out[#out + 1], out[#out + 2] = sw[1], sw[2]
+    return
+  end
+  for _, c in ipairs(CLITICS) do
+    if #w > #c and w:sub(-#c) == c then
+      push_word(out, w:sub(1, -#c - 1))
+      out[#out + 1] = c
+      return
+    end
+  end
+  if #w > 1 and w:sub(-1) == "'" then -- plural possessive: dogs' -> dogs '
+    out[#out + 1], out[#out + 2] = w:sub(1, -2), "'"
+    return
+  end
+  out[#out + 1] = w
+end
+
+-- Tokens of one whitespace-free chunk.
+local function scan(chunk, out, last_chunk)
+  local i, n = 1, #chunk
+  while i <= n do
+    local s, e
+    -- numbers with internal separators: 1,000  3.5  10:30
+    s, e = chunk:find("^%d[%d,.:]*%d", i)
+    if not s then
+      -- abbreviations written with periods: u.s.  a.m.
+      s, e = chunk:find("^%a%.[%a%.]*%.", i)
+      if s then
+        local ab = chunk:sub(s, e)
+        if #ab < 4 or ab:gsub("%a%.", "") ~= "" then s = nil end
+      end
+    end
+    if s then
+      out[#out + 1] = chunk:sub(s, e)
+      i = e + 1
+    else
+      s, e = chunk:find("^[%w][%w'&%-]*", i)
+      if s then
+        local w = chunk:sub(s, e)
+        -- a hyphen or apostrophe at the end belongs to the punctuation that follows
+        local tail = w:match("[%-]+$")
+        if tail then w = w:sub(1, -#tail - 1) e = e - #tail end
+        -- known abbreviations keep their period unless it ends the line
+        if chunk:sub(e + 1, e + 1) == "." and ABBREV[w] and not (last_chunk and e + 1 == n) then
+          w = w .. "."
+          e = e + 1
+        end
+        push_word(out, w)
+        i = e + 1
+      else
+        local c = chunk:sub(i, i)
+        if chunk:sub(i, i + 2) == "..." then
+          out[#out + 1] = "..."
+          i = i + 3
+        elseif chunk:sub(i, i + 1) == "--" then
+          out[#out + 1] = "--"
+          i = i + 2
+        elseif c == '"' then
+          out[#out + 1] = (i == 1) and "``" or "''"
+          i = i + 1
+        elseif c == "'" then
+          local rest = chunk:sub(i)
+          local matched
+          for _, cl in ipairs(CLITICS) do
+            if cl:sub(1, 1) == "'" and rest:sub(1, #cl) == cl and not rest:sub(#cl + 1, #cl + 1):match("%w") then
+              matched = cl
+              break
+            end
+          end
+          out[#out + 1] = matched or ((i == 1) and "`" or "'")
+          i = i + #(matched or "'")
+        else
+          out[#out + 1] = BRACKETS[c] or c
+          i = i + 1
+        end
+      end
+    end
+  end
+end
+
+--- A Lua stand-in for Stanford's PTBTokenizer as the reference runs it (-preserveLines
+-- -lowerCase), followed by the reference's removal of punctuation tokens: lower-cases, splits
+-- punctuation off words (keeping 1,000 / 3.5 / u.s. / mr. whole), splits the clitics n't 's 're
+-- 'm 'll 've 'd and cannot/gonna/gotta/wanna/gimme/lemme, turns quotes and brackets into PTB
+-- tokens, and drops the PUNCTUATIONS list. Returns the space-joined tokens.
+-- (The Java tokenizer also rewrites British spellings and some other rare forms; pass
+-- opts.ptb_jar to tvc_eval to use the Java tokenizer itself.)
+function M.ptb_tokenize(text)
+  local toks = {}
+  local chunks = {}
+  for chunk in text:lower():gmatch("%S+") do chunks[#chunks + 1] = chunk end
+  for ci, chunk in ipairs(chunks) do scan(chunk, toks, ci == #chunks) end
+  local kept = {}
+  for _, t in ipairs(toks) do
+    if not M.PUNCTUATIONS[t] then kept[#kept + 1] = t end
+  end
+  return table.concat(kept, " ")
+end
+
+--- Runs the Stanford PTBTokenizer jar (java on the PATH) exactly as the reference does and
+-- removes the punctuation tokens. texts: array of strings; returns an array of token strings.
+function M.ptb_tokenize_java(texts, jar)
+  local tmp = os.tmpname()
+  local f = assert(io.open(tmp, "wb"))
+  local lines = {}
+  for i, t in ipairs(texts) do lines[i] = t:gsub("\n", " ") end
+  f:write(table.concat(lines, "\n"))
+  f:close()
+  local cmd = string.format("java -cp '%s' edu.stanford.nlp.process.PTBTokenizer -preserveLines -lowerCase '%s'",
+    jar:gsub("'", "'\\''"), tmp)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("a")
+  p:close()
+  os.remove(tmp)
+  local res, i = {}, 0
+  for line in (out .. "\n"):gmatch("([^\n]*)\n") do
+    i = i + 1
+    if i > #texts then break end
+    local kept = {}
+    for w in line:gsub("%s+$", ""):gmatch("[^ ]+") do
+      if not M.PUNCTUATIONS[w] then kept[#kept + 1] = w end
+    end
+    res[i] = table.concat(kept, " ")
+  end
+  if #res ~= #texts then error(string.format("ptb_tokenize_java: %d lines back for %d texts (%s)", #res,
+    #texts, cmd), 0) end
+  return res
+end
+
+-- --------------------------------------------------------------------------------------------
+-- n-grams
+-- --------------------------------------------------------------------------------------------
+
+local function split_ws(s)
+  local w = {}
+  for t in s:gmatch("%S+") do w[#w + 1] = t end
+  return w
+end
+
+-- Counts of the 1..n-grams of a sentence, keyed by the n-gram joined with a separator byte, and
+-- the keys in first-seen order (the order Python's dict iterates in).
+local SEP = "\1"
+local function precook(s, n)
+  local words = split_ws(s)
+  local counts, order = {}, {}
+  for k = 1, n do
+    for i = 1, #words - k + 1 do
+      local g = table.concat(words, SEP, i, i + k - 1)
+      if counts[g] == nil then
+        counts[g] = 0
+        order[#order + 1] = g
+      end
+      counts[g] = counts[g] + 1
+    end
+  end
+  return #words, counts, order
+end
+
+local function ngram_len(g)
+  local _, seps = g:gsub(SEP, "")
+  return seps + 1
+end
+
+-- --------------------------------------------------------------------------------------------
+-- BLEU (bleu_scorer.py, option "closest")
+-- --------------------------------------------------------------------------------------------
+
+--- BLEU-1..n over a corpus. gts: array of arrays of tokenised references; res: array of
+-- tokenised hypotheses (same order). Returns the corpus scores {b1, ..., bn} and the per-sentence
+-- scores per order {{...}, ...}.
+function M.bleu(gts, res, n)
+  n = n or 4
+  assert(#gts == #res, "bleu: references and hypotheses differ in number")
+  local small, tiny = 1e-9, 1e-15
+  local tot_test, tot_ref = 0, 0
+  local tot_guess, tot_correct = {}, {}
+  for k = 1, n do tot_guess[k], tot_correct[k] = 0, 0 end
+  local per = {}
+  for k = 1, n do per[k] = {} end
+  for idx = 1, #gts do
+    local reflens, maxcounts = {}, {}
+    for _, r in ipairs(gts[idx]) do
+      local rl, counts = precook(r, n)
+      reflens[#reflens + 1] = rl
+      for g, c in pairs(counts) do
+        if (maxcounts[g] or 0) < c then maxcounts[g] = c end
+      end
+    end
+    local testlen, counts = precook(res[idx], n)
+    -- "closest": the reference length nearest the hypothesis length, the shorter on ties
+    local reflen, bestd
+    for _, l in ipairs(reflens) do
+      local d = math.abs(l - testlen)
+      if bestd == nil or d < bestd or (d == bestd and l < reflen) then reflen, bestd = l, d end
+    end
+    local guess, correct = {}, {}
+    for k = 1, n do
+      guess[k] = math.max(0, testlen - k + 1)
+      correct[k] = 0
+    end
+    for g, c in pairs(counts) do
+      local k = ngram_len(g)
+      correct[k] = correct[k] + math.min(maxcounts[g] or 0, c)
+    end
+    tot_test, tot_ref = tot_test + testlen, tot_ref + reflen
+    local b = 1.0
+    for k = 1, n do
+      tot_guess[k] = tot_guess[k] + guess[k]
+      tot_correct[k] = tot_correct[k] + correct[k]
+      b = b * ((correct[k] + tiny) / (guess[k] + small))
+      per[k][idx] = b ^ (1.0 / k)
+    end
+    local ratio = (testlen + tiny) / (reflen + small)
+    if ratio < 1 then
+      for k = 1, n do per[k][idx] = per[k][idx] * math.exp(1 - 1 / ratio) end
+    end
+  end
+  local scores = {}
+  local b = 1.0
+  for k = 1, n do
+    b = b * ((tot_correct[k] + tiny) / (tot_guess[k] + small))
+    scores[k] = b ^ (1.0 / k)
+  end
+  local ratio = (tot_test + tiny) / (tot_ref + small)
+  if ratio < 1 then
+    for k = 1, n do scores[k] = scores[k] * math.exp(1 - 1 / ratio) end
+  end
+  return scores, per
+end
+
+-- --------------------------------------------------------------------------------------------
+-- ROUGE-L (rouge.py)
+-- --------------------------------------------------------------------------------------------
+
+-- Python's str.split(" "): every single space separates (so "" gives one empty token).
+local function split_space(s)
+  local t = {}
+  for w in (s .. " "):gmatch("(.-) ") do t[#t + 1] = w end
+  return t
+end
+
+local function lcs(a, b)
+  if #a < #b then a, b = b, a end
+  local prev = {}
+  for j = 0, #b do prev[j] = 0 end
+  for i = 1, #a do
+    local cur = {[0] = 0}
+    for j = 1, #b do
+      if a[i] == b[j] then cur[j] = prev[j - 1] + 1
+      else cur[j] = math.max(prev[j], cur[j - 1]) end
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+--- ROUGE-L F-measure (beta = 1.2) of one hypothesis against its references (max precision and
+-- max recall over the references).
+function M.rouge_l_sentence(hyp, refs, beta)
+  beta = beta or 1.2
+  local tc = split_space(hyp)
+  local pmax, rmax = -math.huge, -math.huge
+  for _, r in ipairs(refs) do
+    local tr = split_space(r)
+    local l = lcs(tr, tc)
+    pmax = math.max(pmax, l / #tc)
+    rmax = math.max(rmax, l / #tr)
+  end
+  if pmax ~= 0 and rmax ~= 0 then
+    return ((1 + beta ^ 2) * pmax * rmax) / (rmax + beta ^ 2 * pmax)
+  end
+  return 0.0
+end
+
+--- Corpus ROUGE-L: the mean of the sentence scores; returns mean, per-sentence scores.
+function M.rouge_l(gts, res)
+  assert(#gts == #res, "rouge_l: references and hypotheses differ in number")
+  local scores = {}
+  for i = 1, #gts do scores[i] = M.rouge_l_sentence(res[i], gts[i]) end
+  return util.np_mean(scores), scores
+end
+
+-- --------------------------------------------------------------------------------------------
+-- CIDEr-D (cider_scorer.py)
+-- --------------------------------------------------------------------------------------------
+
+--- CIDEr-D: tf-idf n-gram vectors (idf from the references of the whole corpus), per order the
+-- clipped cosine similarity times exp(-(len_hyp - len_ref)^2 / (2 sigma^2)), averaged over orders
+-- and references, x10. (As in the reference, the lengths are the number of bigram occurrences.)
+-- Returns the mean over sentences and the per-sentence scores.
+function M.cider(gts, res, n, sigma)
+  n, sigma = n or 4, sigma or 6.0
+  assert(#gts == #res, "cider: references and hypotheses differ in number")
+  local crefs, ctest = {}, {}
+  for i = 1, #gts do
+    local rs = {}
+    for j, r in ipairs(gts[i]) do
+      local _, c, o = precook(r, n)
+      rs[j] = {c, o}
+    end
+    crefs[i] = rs
+    local _, c, o = precook(res[i], n)
+    ctest[i] = {c, o}
+  end
+  local df = {}
+  local maxdf = 0
+  for _, rs in ipairs(crefs) do
+    local seen = {}
+    for _, r in ipairs(rs) do
+      for _, g in ipairs(r[2]) do
+        if not seen[g] then
+          seen[g] = true
+          df[g] = (df[g] or 0.0) + 1
+          if df[g] > maxdf then maxdf = df[g] end
+        end
+      end
+    end
+  end
+  assert(#ctest >= maxdf, "cider: a document frequency exceeds the number of sentences")
+  local ref_len = math.log(#crefs + 0.0)
+
+  local function counts2vec(cnt)
+    local counts, order = cnt[1], cnt[2]
+    local vec, norm, length = {}, {}, 0
+    for k = 1, n do vec[k], norm[k] = {}, 0.0 end
+    for _, g in ipairs(order) do
+      local tf = counts[g]
+      local d = math.log(math.max(1.0, df[g] or 0.0))
+      local k = ngram_len(g)
+      local v = tf * (ref_len - d)
+      vec[k][g] = v
+      norm[k] = norm[k] + v ^ 2
+      if k == 2 then length = length + tf end
+    end
+    for k = 1, n do norm[k] = math.sqrt(norm[k]) end
+    return vec, norm, length, order
+  end
+
+  local function sim(vh, vr, nh, nr, lh, lr, order_h)
+    local delta = 0.0 + (lh - lr)
+    local val = {}
+    for k = 1, n do val[k] = 0.0 end
+    -- walk the hypothesis n-grams per order in insertion order (Python dict order)
+    for _, g in ipairs(order_h) do
+      local k = ngram_len(g)
+      local h, r = vh[k][g], vr[k][g] or 0.0
+      val[k] = val[k] + math.min(h, r) * r
+    end
+    for k = 1, n do
+      if nh[k] ~= 0 and nr[k] ~= 0 then val[k] = val[k] / (nh[k] * nr[k]) end
+      val[k] = val[k] * math.exp(1) ^ (-(delta ^ 2) / (2 * sigma ^ 2))
+    end
+    return val
+  end
+
+  local scores = {}
+  for i = 1, #ctest do
+    local vec, norm, length, order = counts2vec(ctest[i])
+    local acc = {}
+    for k = 1, n do acc[k] = 0.0 end
+    for _, r in ipairs(crefs[i]) do
+      local vr, nr, lr = counts2vec(r)
+      local s = sim(vec, vr, norm, nr, length, lr, order)
+      for k = 1, n do acc[k] = acc[k] + s[k] end
+    end
+    local avg = util.np_mean(acc)
+    avg = avg / #crefs[i]
+    avg = avg * 10.0
+    scores[i] = avg
+  end
+  return util.np_mean(scores), scores
+end
+
+-- --------------------------------------------------------------------------------------------
+-- METEOR (optional: Java + meteor-1.5.jar)
+-- --------------------------------------------------------------------------------------------
+
+local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+--- Whether METEOR can run: java on the PATH and the jar file readable.
+function M.meteor_available(jar)
+  if type(jar) ~= "string" then return false end
+  local f = io.open(jar, "rb")
+  if not f then return false end
+  f:close()
+  local ok = os.execute("command -v java >/dev/null 2>&1")
+  return ok == true or ok == 0
+end
+
+--- METEOR 1.5 through its -stdio protocol as coco-caption's wrapper drives it (-l en -norm):
+-- one SCORE line per sentence, then one EVAL line with all statistics. Returns the corpus score
+-- and per-sentence scores, or nil and a reason when Java or the jar is missing.
+function M.meteor(gts, res, jar)
+  if not M.meteor_available(jar) then return nil, "METEOR needs java and a meteor-1.5.jar (skipped)" end
+  local base = "java -jar -Xmx2G " .. shell_quote(jar) .. " - - -stdio -l en -norm"
+  local function run(lines)
+    local tmp = os.tmpname()
+    local f = assert(io.open(tmp, "wb"))
+    f:write(table.concat(lines, "\n"), "\n")
+    f:close()
+    local p = assert(io.popen(base .. " < " .. shell_quote(tmp) .. " 2>/dev/null", "r"))
+    local out = {}
+    for line in p:lines() do out[#out + 1] = line end
+    p:close()
+    os.remove(tmp)
+    return out
+  end
+  local score_lines = {}
+  for i = 1, #gts do
+    local hyp = res[i]:gsub("|||", ""):gsub("  ", " ")
+    score_lines[i] = "SCORE ||| " .. table.concat(gts[i], " ||| ") .. " ||| " .. hyp
+  end
+  local stats = run(score_lines)
+  if #stats < #gts then return nil, "METEOR returned " .. #stats .. " statistics lines for " .. #gts .. " sentences" end
+  local evals = {}
+  for i = 1, #gts do evals[i] = score_lines[i] end
+  evals[#evals + 1] = "EVAL ||| " .. table.concat(stats, " ||| ", 1, #gts)
+  local out = run(evals)
+  local per = {}
+  for i = 1, #gts do per[i] = tonumber(out[#gts + i]) end
+  local final = tonumber(out[2 * #gts + 1])
+  if final == nil then return nil, "METEOR produced no final score" end
+  return final, per
+end
+
+-- --------------------------------------------------------------------------------------------
+-- TVC
+-- --------------------------------------------------------------------------------------------
+
+--- Every metric from tokenised text. gts: array of arrays of tokenised references, res: array of
+-- tokenised hypotheses. opts.meteor_jar enables METEOR. Returns scores (fractions, not x100:
+-- Bleu_1..Bleu_4, ROUGE_L, CIDEr, METEOR when run) and per-sentence scores with the same keys.
+function M.score_tokenized(gts, res, opts)
+  opts = opts or {}
+  local scores, per = {}, {}
+  local b, bper = M.bleu(gts, res, 4)
+  for k = 1, 4 do
+    scores["Bleu_" .. k], per["Bleu_" .. k] = b[k], bper[k]
+  end
+  if opts.meteor_jar then
+    local m, mper = M.meteor(gts, res, opts.meteor_jar)
+    if m then scores.METEOR, per.METEOR = m, mper end
+  end
+  scores.ROUGE_L, per.ROUGE_L = M.rouge_l(gts, res)
+  scores.CIDEr, per.CIDEr = M.cider(gts, res)
+  return scores, per
+end
+
+--- TVCEval: references array of {clip_id =, descs = {"caption", ...}}, predictions array of
+-- {clip_id =, desc = "caption"} (or {descs = {{desc = ...}}}). Clips are scored in reference
+-- order; predictions must cover exactly the reference clips. opts: ptb_jar (tokenise with the
+-- Java PTBTokenizer), meteor_jar, tokenize (a function text -> tokens string).
+-- Returns scores x100 (as the reference reports them), per-clip unscaled scores, the tokenised
+-- references and hypotheses, and the clip order.
+function M.tvc_eval(references, predictions, opts)
+  opts = opts or {}
+  local order, refs_by, hyp_by = {}, {}, {}
+  for _, r in ipairs(references) do
+    if refs_by[r.clip_id] == nil then order[#order + 1] = r.clip_id end
+    local list = {}
+    for i, d in ipairs(r.descs) do
+      local text = type(d) == "table" and d.desc or d
+      list[i] = M.remove_nonascii(util.strip(text))
+    end
+    refs_by[r.clip_id] = list
+  end
+  local npred = 0
+  for _, p in ipairs(predictions) do
+    local text = p.desc or (p.descs and (type(p.descs[1]) == "table" and p.descs[1].desc or p.descs[1]))
+    if type(text) ~= "string" then
+      error("tvc_eval: prediction for clip " .. tostring(p.clip_id) .. " has no desc", 0)
+    end
+    if hyp_by[p.clip_id] == nil then npred = npred + 1 end
+    hyp_by[p.clip_id] = M.remove_nonascii(util.strip(text))
+  end
+  for _, id in ipairs(order) do
+    if hyp_by[id] == nil then error("tvc_eval: no prediction for clip " .. tostring(id), 0) end
+  end
+  if npred ~= #order then
+    error(string.format("tvc_eval: %d predicted clips for %d reference clips", npred, #order), 0)
+  end
+  local gts, res = {}, {}
+  if opts.ptb_jar then
+    local flat = {}
+    for _, id in ipairs(order) do for _, r in ipairs(refs_by[id]) do flat[#flat + 1] = r end end
+    for _, id in ipairs(order) do flat[#flat + 1] = hyp_by[id] end
+    local tok = M.ptb_tokenize_java(flat, opts.ptb_jar)
+    local j = 0
+    for i, id in ipairs(order) do
+      gts[i] = {}
+      for r = 1, #refs_by[id] do j = j + 1; gts[i][r] = tok[j] end
+    end
+    for i = 1, #order do j = j + 1; res[i] = tok[j] end
+  else
+    local tokenize = opts.tokenize or M.ptb_tokenize
+    for i, id in ipairs(order) do
+      gts[i] = {}
+      for r, text in ipairs(refs_by[id]) do gts[i][r] = tokenize(text) end
+      res[i] = tokenize(hyp_by[id])
+    end
+  end
+  local scores, per = M.score_tokenized(gts, res, opts)
+  local x100 = {}
+  for k, v in pairs(scores) do x100[k] = v * 100 end
+  return {scores_x100 = x100, per_clip = per, refs_tokenized = gts, hyps_tokenized = res, clip_order = order}
+end
+
+return M
