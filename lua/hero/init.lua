@@ -20,6 +20,7 @@ require("hero.tensor_extra").install(hero, core.Tensor, core.metatable)
 hero.nn = require "hero.nn"
 hero.optim = require "hero.optim"
 hero.autograd = require "hero.autograd"
+hero.models = require "hero.models"
 hero.eval = require "hero.eval"
 hero.testing = require "hero.testing"
 hero.io = require "hero.io"

@@ -1,0 +1,81 @@
+--- HierarchicalVlModel (the reference's v_encoder, hero-spec §2.5): the cross-modal transformer
+-- per subtitle row, frame fusion into the temporal transformer, and the frame-level heads.
+local core = require "hero.core"
+local nn = require "hero.nn"
+local enc = require "hero.models.encoders"
+local layers = require "hero.models.layers"
+
+local M = nn.Module:extend("HierarchicalVlModel")
+
+--- cfg: {f_config, c_config}; opts: vfeat_dim, max_frm_seq_len, fom_classes (100), dtype, generator.
+function M:__init(cfg, opts)
+  opts = opts or {}
+  local f, c = cfg.f_config, cfg.c_config
+  local feat_dim = assert(opts.vfeat_dim, "HierarchicalVlModel: opts.vfeat_dim is required")
+  self.hidden = f.hidden_size
+  self:register_buffer("pad", core.zeros({8, f.hidden_size}, {dtype = opts.dtype or "f32"}))
+  self:add_module("f_encoder", enc.CrossModalTrm(f, feat_dim, opts.max_frm_seq_len or 100, opts))
+  self:add_module("frame_transform", layers.LinearLayer(feat_dim, f.hidden_size,
+    {dropout = f.hidden_dropout_prob or 0.1, init = "bert", dtype = opts.dtype, generator = opts.generator}))
+  self:add_module("c_encoder", enc.TemporalTrm(c, opts))
+  self:add_module("feat_regress", layers.FrameFeatureRegression(f.hidden_size, feat_dim,
+    {init = "bert", dtype = opts.dtype, generator = opts.generator}))
+  self:add_module("fom_output", layers.MLPLayer(f.hidden_size, opts.fom_classes or 100,
+    {init = "bert", dtype = opts.dtype, generator = opts.generator}))
+  self:add_module("mask_embedding", nn.Embedding(2, feat_dim, {padding_idx = 0, init = "bert", dtype = opts.dtype,
+    generator = opts.generator}))
+end
+
+--- Flat indices for collect_frame_outputs: source rows of f_out (row * out + j) and destination
+-- rows of M (b * L_c + frame), from batch.num_subs and batch.sub_idx2frame_idx (0-based).
+local function fusion_indices(batch, out_len, l_c)
+  local src, dst = {}, {}
+  local start = 0
+  for b, subs in ipairs(batch.sub_idx2frame_idx) do
+    for _, pair in ipairs(subs) do
+      local sid, frames = pair[1], pair[2]
+      for j, f in ipairs(frames) do
+        src[#src + 1] = (start + sid) * out_len + (j - 1)
+        dst[#dst + 1] = (b - 1) * l_c + f
+      end
+    end
+    start = start + batch.num_subs[b]
+  end
+  return src, dst
+end
+
+--- The hierarchical representation. batch: the reference's collated tensors plus num_subs and
+-- sub_idx2frame_idx (Lua arrays). opts.img_masks / opts.c_masks (MFM); opts.encode_clip = false
+-- stops before the temporal transformer (FOM). Returns Y (or X) and a table of intermediates.
+function M:forward_repr(batch, opts)
+  opts = opts or {}
+  local acts = {}
+  local f_emb, txt, img = self.f_encoder:embed(batch, opts.img_masks)
+  acts.txt_emb, acts.img_emb, acts.f_emb = txt, img, f_emb
+  local f_out = self.f_encoder.encoder:forward(f_emb, batch.f_attn_masks)
+  acts.f_out = f_out
+  local c_feats = batch.c_v_feats
+  if opts.c_masks then c_feats = c_feats + self.mask_embedding:forward(opts.c_masks:long()) end
+  acts.c_v_feats_in = c_feats
+  local B, L_c, H = c_feats:size(1), c_feats:size(2), self.hidden
+  local R = self.frame_transform:forward(c_feats)
+  acts.frame_transform_out = R
+  local src, dst = fusion_indices(batch, f_out:size(2), L_c)
+  local matched
+  if #src > 0 then
+    local rows = f_out:reshape(f_out:size(1) * f_out:size(2), H):index_select(1, core.tensor(src, {dtype = "i64"}))
+    local didx = core.tensor(dst, {dtype = "i64"}):unsqueeze(2):expand(#dst, H)
+    matched = core.zeros({B * L_c, H}, {dtype = f_out:dtype()}):scatter_add(1, didx, rows):view(B, L_c, H)
+  else
+    matched = core.zeros({B, L_c, H}, {dtype = f_out:dtype()})
+  end
+  acts.matched_v_feats = matched
+  local X = R + matched
+  acts.c_in = X
+  if opts.encode_clip == false then return X, acts end
+  local Y, c_emb = self.c_encoder:forward(X, batch.c_attn_masks)
+  acts.c_emb, acts.c_out = c_emb, Y
+  return Y, acts
+end
+
+return M

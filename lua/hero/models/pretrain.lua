@@ -1,0 +1,164 @@
+--- HeroForPretraining: the hierarchical encoder, the query encoder and the five pre-training tasks
+-- (hero-spec §4). forward(batch, task, opts) returns {loss = scalar, ...intermediates}.
+local core = require "hero.core"
+local nn = require "hero.nn"
+local enc = require "hero.models.encoders"
+local Hierarchical = require "hero.models.hierarchical"
+local vsm = require "hero.models.vsm"
+
+local M = nn.Module:extend("HeroForPretraining")
+
+--- cfg: the reference's model config ({f_config, c_config, q_config}); opts: vfeat_dim (required),
+-- max_frm_seq_len (100), fom_classes (100), vocab_pad (rows of padding at the end of the vocabulary
+-- that logits drop; 0), lw_st_ed (0.01), lw_neg_ctx (8), lw_neg_q (8), margin (0.1),
+-- ranking_loss_type ("hinge"), hard_negative ({pool_size, weight} or nil), drop_svmr_prob (0),
+-- nce_temp (1), dtype, generator.
+function M:__init(cfg, opts)
+  opts = opts or {}
+  -- the reference pads the vocabulary to a multiple of 8 rows (pad_vocab) and drops the padding
+  -- columns from the MLM logits
+  local f = {}
+  for k, v in pairs(cfg.f_config) do f[k] = v end
+  local raw = f.vocab_size
+  f.vocab_size = (raw + 7) // 8 * 8
+  cfg = {f_config = f, c_config = cfg.c_config, q_config = cfg.q_config}
+  self.opts = {
+    vocab_pad = opts.vocab_pad or (f.vocab_size - raw), lw_st_ed = opts.lw_st_ed or 0.01, lw_neg_ctx = opts.lw_neg_ctx or 8,
+    lw_neg_q = opts.lw_neg_q or 8, margin = opts.margin or 0.1, ranking_loss_type = opts.ranking_loss_type or "hinge",
+    hard_negative = opts.hard_negative, drop_svmr_prob = opts.drop_svmr_prob or 0, nce_temp = opts.nce_temp or 1,
+  }
+  self.generator = opts.generator
+  self:add_module("v_encoder", Hierarchical(cfg, opts))
+  local q = cfg.q_config or cfg.f_config
+  self:add_module("q_feat_attn", enc.QueryFeatEncoder(q, opts))
+  local o = {init = "torch", dtype = opts.dtype, generator = opts.generator}
+  local H = cfg.f_config.hidden_size
+  self:add_module("video_query_linear", nn.Linear(H, H, o))
+  local function conv()
+    local m = nn.Module:extend("Conv1d")()
+    local bound = 1 / math.sqrt(5)
+    m:register_parameter("weight", core.empty({1, 1, 5}, {dtype = opts.dtype or "f32"}):uniform_(-bound, bound,
+      opts.generator and {generator = opts.generator} or nil))
+    return m
+  end
+  self:add_module("video_st_predictor", conv())
+  self:add_module("video_ed_predictor", conv())
+end
+
+--- Rows of x [N, L, H] where mask [N, L] is true, as [n, H] (row-major), differentiably.
+local function select_rows(x, mask)
+  local N, L, H = x:size(1), x:size(2), x:size(3)
+  local idx = mask:reshape(N * L):nonzero():squeeze(2)
+  return x:reshape(N * L, H):index_select(1, idx)
+end
+
+local function mean_or_nan(t)
+  return t:mean()
+end
+
+function M:forward_mlm(batch)
+  local v = self.v_encoder
+  local f_emb, txt, img = v.f_encoder:embed(batch)
+  local f_out = v.f_encoder.encoder:forward(f_emb, batch.f_attn_masks or batch.attn_masks)
+  local h = select_rows(f_out, batch.txt_mask_tgt)
+  local logits = v.f_encoder.lm_head:forward(h)
+  local vocab = logits:size(2) - self.opts.vocab_pad
+  logits = logits:narrow(2, 1, vocab)
+  local per_token = core.cross_entropy(logits, batch.txt_labels, {reduction = "none"})
+  return {loss = mean_or_nan(per_token), loss_per_token = per_token, mlm_logits = logits, txt_emb = txt,
+          img_emb = img, f_emb = f_emb, f_out = f_out}
+end
+
+function M:forward_mfm(batch, kind)
+  local v = self.v_encoder
+  local Y, acts = v:forward_repr(batch, {img_masks = batch.f_v_masks, c_masks = batch.c_v_masks})
+  local pred = v.feat_regress:forward(select_rows(Y, batch.c_v_masks))
+  acts.pred_feat = pred
+  if kind == "mffr" then
+    local d = pred - batch.feat_targets
+    local per = (d * d):sum(2):sqrt()
+    acts.loss_per_frame, acts.loss = per, per:mean()
+    return acts
+  end
+  local neg = v.feat_regress:forward(select_rows(Y, batch.c_v_masks:logical_not()))
+  acts.neg_pred_feat = neg
+  local logits = core.cat({core.matmul(pred, batch.feat_targets:t()), core.matmul(pred, neg:t())}, 2):float()
+  acts.nce_logits = logits
+  local n = pred:size(1)
+  local per = core.cross_entropy(logits / self.opts.nce_temp, core.arange(n), {reduction = "none"})
+  acts.loss_per_frame, acts.loss = per, per:mean()
+  return acts
+end
+
+function M:forward_fom(batch)
+  local v = self.v_encoder
+  local X, acts = v:forward_repr(batch, {encode_clip = false})
+  local order = batch.shuffled_orders
+  local idx = order:unsqueeze(3):expand(X:size(1), X:size(2), X:size(3))
+  local Xs = core.zeros(X:size(), {dtype = X:dtype()}):scatter_add(2, idx, X)
+  acts.c_in_shuffled = Xs
+  local Y, c_emb = v.c_encoder:forward(Xs, batch.c_attn_masks)
+  acts.c_emb, acts.c_out = c_emb, Y
+  local logits = v.fom_output:forward(Y):reshape(X:size(1) * X:size(2), -1)
+  acts.fom_logits = logits
+  acts.loss = core.cross_entropy(logits, batch.targets:reshape(-1), {ignore_index = -1})
+  return acts
+end
+
+--- Encodes queries: the text-only cross-modal transformer then the query encoder.
+function M:encode_queries(ids, pos_ids, mask)
+  local z = self.v_encoder.f_encoder:encode_text(ids, pos_ids, mask)
+  local q, acts = self.q_feat_attn:forward(z, mask)
+  acts.q_f_out = z
+  return q, acts
+end
+
+function M:forward_vsm(batch, opts)
+  opts = opts or {}
+  local o = self.opts
+  local Y, acts = self.v_encoder:forward_repr(batch)
+  local q, qa = self:encode_queries(batch.query_input_ids, batch.query_pos_ids, batch.query_attn_masks)
+  for k, t in pairs(qa) do acts[k] = t end
+  acts.q_mod = q
+  local mask = batch.c_attn_masks
+  local total
+  -- local (start/end) loss on a fraction 1 - drop_svmr_prob of the micro-batches
+  local use_local = o.lw_st_ed ~= 0 and (opts.evaluate or o.drop_svmr_prob == 0 or
+    core.rand({1}, self.generator and {generator = self.generator} or nil):item() > o.drop_svmr_prob)
+  if use_local then
+    local u = self.video_query_linear:forward(q)
+    local st_all, ed_all = vsm.st_ed_logits(u, Y, mask, self.video_st_predictor.weight, self.video_ed_predictor.weight)
+    acts.st_logits_all, acts.ed_logits_all = st_all, ed_all
+    local Nq, L = st_all:size(1), st_all:size(3)
+    local vidx = batch.q_vidx:view(Nq, 1, 1):expand(Nq, 1, L)
+    local st = st_all:gather(2, vidx):squeeze(2)
+    local ed = ed_all:gather(2, vidx):squeeze(2)
+    acts.st_logits, acts.ed_logits = st, ed
+    local t = batch.targets
+    local red = opts.evaluate and "sum" or "mean"
+    local l = core.cross_entropy(st, t:select(2, 1), {ignore_index = -1, reduction = red})
+      + core.cross_entropy(ed, t:select(2, 2), {ignore_index = -1, reduction = red})
+    acts.loss_st_ed = l * o.lw_st_ed
+    total = acts.loss_st_ed
+  end
+  local S = vsm.video_scores(q, Y, mask)
+  acts.q2video_scores = S
+  local l_ctx, l_q = vsm.ranking_losses(S, {margin = o.margin, loss_type = o.ranking_loss_type,
+    hard = opts.hard_negative or o.hard_negative})
+  acts.loss_neg_ctx, acts.loss_neg_q = l_ctx * o.lw_neg_ctx, l_q * o.lw_neg_q
+  local ranking = acts.loss_neg_ctx + acts.loss_neg_q
+  acts.loss = total and (total + ranking) or ranking
+  return acts
+end
+
+--- forward(batch, task[, opts]) with task "mlm", "mfm-nce", "mffr", "fom" or "vsm".
+function M:forward(batch, task, opts)
+  if task == "mlm" then return self:forward_mlm(batch) end
+  if task == "mfm-nce" or task == "mfm" then return self:forward_mfm(batch, "nce") end
+  if task == "mffr" then return self:forward_mfm(batch, "mffr") end
+  if task == "fom" then return self:forward_fom(batch) end
+  if task == "vsm" then return self:forward_vsm(batch, opts) end
+  self:error("unknown task '%s' (mlm, mfm-nce, mffr, fom or vsm)", tostring(task))
+end
+
+return M

@@ -1,0 +1,74 @@
+--- The VSM / VCMR scoring and losses of the reference (hero-spec §4.5):
+--   local:  start/end logits from video_query_linear(q) . Y, two 5-tap conv1d, mask_logits
+--   global: S[i, v] = max_l mask_logits(cos(q_i, Y[v, l]), m[v, l])
+--   ranking loss: hinge (margin) or lse over all in-batch negatives in both directions, with the
+--   optional hard-negative weighting (x weight for the top pool_size negatives, x0.1 for the rest).
+local core = require "hero.core"
+local F = require "hero.nn.functional"
+
+local M = {}
+
+--- Cross start/end logits: u [Nq, H], Y [Nv, L, H], mask [Nv, L] -> st, ed logits [Nq, Nv, L].
+function M.st_ed_logits(u, Y, mask, conv_st, conv_ed)
+  local Nq, Nv, L = u:size(1), Y:size(1), Y:size(2)
+  local sim = core.matmul(Y:reshape(Nv * L, Y:size(3)), u:t()):view(Nv, L, Nq):permute(3, 1, 2) -- [Nq, Nv, L]
+  local flat = sim:reshape(Nq * Nv, 1, L)
+  local m = mask:unsqueeze(1):expand(Nq, Nv, L)
+  local function head(w)
+    return F.mask_logits(core.conv1d(flat, w, nil, 2):view(Nq, Nv, L), m)
+  end
+  return head(conv_st), head(conv_ed)
+end
+
+--- Video-level scores: q [Nq, H], Y [Nv, L, H], mask [Nv, L] -> [Nq, Nv].
+function M.video_scores(q, Y, mask)
+  local qn = q / q:norm(2, 2, true):clamp(1e-5, nil)
+  local yn = Y / Y:norm(2, 3, true):clamp(1e-5, nil)
+  local Nv, L = Y:size(1), Y:size(2)
+  local cos = core.matmul(yn:reshape(Nv * L, Y:size(3)), qn:t()):view(Nv, L, q:size(1)):permute(3, 1, 2)
+  local m = mask:unsqueeze(1):expand(q:size(1), Nv, L)
+  return (F.mask_logits(cos, m):max(3))
+end
+
+--- One direction of the ranking loss. pos [R] (one positive per row), neg_sorted [R, K] (negatives
+-- sorted descending). opts: margin, loss_type ("hinge"|"lse"), hard (pool size and weight or nil).
+local function rank_loss(pos, neg_sorted, opts)
+  local diff = neg_sorted - pos:unsqueeze(2)
+  local l
+  if opts.loss_type == "lse" then
+    l = diff:exp():log1p()
+  else
+    l = (diff + opts.margin):clamp(0, nil)
+  end
+  if opts.hard then
+    local K = l:size(2)
+    local pool = math.min(opts.hard.pool_size, K)
+    local w = core.full({K}, 0.1, {dtype = l:dtype()})
+    if pool > 0 then w:narrow(1, 1, pool):fill_(opts.hard.weight) end
+    l = l * w
+  end
+  return l:mean(2):mean()
+end
+
+--- The reference's get_video_level_loss with use_all_neg: S [Nq, Nv] with k = Nq / Nv queries per
+-- video (video-major). Returns loss_neg_ctx, loss_neg_q (unweighted means).
+function M.ranking_losses(S, opts)
+  local Nq, Nv = S:size(1), S:size(2)
+  local k = Nq // Nv
+  local vids = {}
+  for i = 1, Nq do vids[i] = (i - 1) // k end
+  local vid = core.tensor(vids, {dtype = "i64"}) -- the video of each query
+  local pos_mask = vid:unsqueeze(2):eq(core.arange(Nv):unsqueeze(1))
+  local pos = S:masked_select(pos_mask)                          -- [Nq], row-major = query order
+  local filled = S:masked_fill(pos_mask, 999)
+  -- negative videos per query: sort the row descending, drop the first (the 999)
+  local neg_ctx = (filled:sort(2, true)):narrow(2, 2, Nv - 1)
+  local l_ctx = Nv > 1 and rank_loss(pos, neg_ctx, opts) or S:sum() * 0
+  -- negative queries per video: sort the column descending, drop the k positives
+  local cols = (filled:t():sort(2, true)):narrow(2, k + 1, Nq - k) -- [Nv, Nq - k]
+  local neg_q = cols:index_select(1, vid)                          -- each query gets its video's negatives
+  local l_q = Nq > k and rank_loss(pos, neg_q, opts) or S:sum() * 0
+  return l_ctx, l_q
+end
+
+return M

@@ -1,0 +1,92 @@
+local hero = require "hero"
+local helper = require "spec_helper"
+local fx = helper.load_fixture("hero_smoke_batches.lua")
+local cfg = fx.config
+
+local function load(name) return hero.load(helper.fixture("hero-smoke/" .. name .. ".safetensors")) end
+
+--- The collated batch of a task: tensors from safetensors plus the JSON side (num_subs, ...).
+local function batch(name)
+  local b = load(name)
+  for k, v in pairs(fx[name] or {}) do b[k] = v end
+  return b
+end
+
+local function model()
+  local m = hero.models.HeroForPretraining(cfg.model_config.pretrain, {
+    vfeat_dim = cfg.constants.vfeat_dim, max_frm_seq_len = cfg.constants.max_frm_seq_len,
+    vocab_pad = cfg.constants.vocab_pad_pretraining, lw_st_ed = 0.01, drop_svmr_prob = 0, dropout = 0,
+  })
+  local w = load("weights")
+  local report = m:load_state_dict(w, {strict = false})
+  assert.same({}, report.missing)
+  assert.same({}, report.unexpected)
+  -- fixtures were made with every dropout p = 0, in training mode
+  for _, entry in ipairs(m:named_modules()) do
+    if entry[2].__name == "Dropout" then entry[2].p = 0 end
+    for _, key in ipairs {"attention_dropout"} do
+      if entry[2][key] then entry[2][key] = 0 end
+    end
+  end
+  return m
+end
+
+local function check_outputs(out, expected, names)
+  for _, name in ipairs(names) do
+    assert.is_not_nil(out[name], "missing output " .. name)
+    assert.parity(out[name], expected[name], "activations")
+  end
+end
+
+describe("HERO pre-training model against the reference", function()
+  local m = model()
+
+  it("has exactly the reference's state_dict keys and shapes", function()
+    local w = load("weights")
+    local sd = m:state_dict()
+    local missing = {}
+    for k, t in pairs(w) do
+      if not sd[k] then missing[#missing + 1] = k
+      else assert.same(t:size(), sd[k]:size(), k) end
+    end
+    assert.same({}, missing)
+  end)
+
+  it("MLM: embeddings, cross-modal output, logits and loss", function()
+    local out = m:forward(batch("batch_mlm"), "mlm")
+    check_outputs(out, load("outputs_mlm"), {"txt_emb", "img_emb", "f_emb", "f_out", "mlm_logits",
+                                             "loss_per_token", "loss"})
+  end)
+
+  it("MFM-NCE and MFFR: masked frames, fusion, temporal transformer, NCE logits", function()
+    local names = {"txt_emb", "img_emb", "f_emb", "f_out", "c_v_feats_in", "frame_transform_out",
+                   "matched_v_feats", "c_in", "c_emb", "c_out", "pred_feat", "loss_per_frame", "loss"}
+    local out = m:forward(batch("batch_mfm-nce"), "mfm-nce")
+    check_outputs(out, load("outputs_mfm-nce"), names)
+    check_outputs(out, load("outputs_mfm-nce"), {"neg_pred_feat", "nce_logits"})
+    out = m:forward(batch("batch_mffr"), "mffr")
+    check_outputs(out, load("outputs_mffr"), names)
+  end)
+
+  it("FOM: shuffled temporal input and 100-way logits", function()
+    local out = m:forward(batch("batch_fom"), "fom")
+    check_outputs(out, load("outputs_fom"), {"f_out", "frame_transform_out", "matched_v_feats", "c_in",
+                                             "c_in_shuffled", "c_emb", "c_out", "fom_logits", "loss"})
+  end)
+
+  it("VSM: query encoder, local and global scores, ranking losses and their variants", function()
+    local b = batch("batch_vsm")
+    local expected = load("outputs_vsm")
+    local out = m:forward(b, "vsm")
+    check_outputs(out, expected, {"f_out", "c_out", "q_f_out", "q_proj", "q_pos_emb", "q_attn", "q_mod",
+                                  "q2video_scores", "st_logits_all", "ed_logits_all", "st_logits", "ed_logits",
+                                  "loss_st_ed", "loss_neg_ctx", "loss_neg_q", "loss"})
+    local hard = m:forward(b, "vsm", {hard_negative = {pool_size = 1, weight = 10}})
+    assert.parity(hard.loss, expected.hardneg_loss, "activations")
+    m.opts.ranking_loss_type = "lse"
+    local lse = m:forward(b, "vsm")
+    m.opts.ranking_loss_type = "hinge"
+    assert.parity(lse.loss_neg_ctx, expected.lse_loss_neg_ctx, "activations")
+    assert.parity(lse.loss, expected.lse_loss, "activations")
+  end)
+end)
