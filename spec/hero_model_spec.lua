@@ -90,3 +90,36 @@ describe("HERO pre-training model against the reference", function()
     assert.parity(lse.loss, expected.lse_loss, "activations")
   end)
 end)
+
+describe("HERO pre-training gradients against the reference", function()
+  local m = model()
+  local params = m:named_parameters()
+
+  for _, task in ipairs {"mlm", "mfm-nce", "mffr", "fom", "vsm"} do
+    it("matches d loss / d parameter for " .. task, function()
+      for _, p in ipairs(params) do p[2].grad = nil end
+      local out = m:forward(batch("batch_" .. task), task)
+      out.loss:backward()
+      local file = "grads_" .. task .. ".safetensors"
+      local expected = load("grads_" .. task)
+      local info = cfg.parity.per_file[file]
+      local near_zero = {}
+      for _, n in ipairs(info.near_zero_tensors) do near_zero[n] = true end
+      local without = {}
+      for _, n in ipairs(cfg.parity.params_without_grad[file]) do without[n] = true end
+      local checked = 0
+      for _, p in ipairs(params) do
+        local name, t = p[1], p[2]
+        if expected[name] then
+          assert.is_not_nil(t.grad, name .. " has no gradient")
+          local ok, msg = helper.parity(t.grad, expected[name], "gradients", near_zero[name] and info.file_scale or nil)
+          assert(ok, name .. ": " .. msg)
+          checked = checked + 1
+        elseif without[name] then
+          assert.is_nil(t.grad, name .. " should get no gradient")
+        end
+      end
+      assert.is_true(checked > 0)
+    end)
+  end
+end)

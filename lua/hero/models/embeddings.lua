@@ -36,7 +36,9 @@ function M.ImageEmbeddings:__init(cfg, feat_dim, max_frm_seq_len, opts)
   self:add_module("img_linear", nn.Linear(feat_dim, cfg.hidden_size, o))
   self:add_module("img_LayerNorm", nn.LayerNorm(feat_dim, {eps = 1e-5, dtype = opts.dtype}))
   self:add_module("position_embeddings", nn.Embedding(max_frm_seq_len, cfg.hidden_size, o))
-  self:add_module("mask_embedding", nn.Embedding(2, feat_dim, o))
+  -- padding_idx 0: row 0 is added to every unmasked frame but never learns (its gradient is 0)
+  self:add_module("mask_embedding", nn.Embedding(2, feat_dim,
+    {padding_idx = 0, init = "bert", dtype = opts.dtype, generator = opts.generator}))
   self:add_module("LayerNorm", nn.LayerNorm(cfg.hidden_size, {eps = 1e-5, dtype = opts.dtype}))
   self:add_module("dropout", nn.Dropout(cfg.hidden_dropout_prob or 0.1, {generator = opts.generator}))
 end
