@@ -22,6 +22,8 @@ hero.optim = require "hero.optim"
 hero.autograd = require "hero.autograd"
 hero.testing = require "hero.testing"
 hero.io = require "hero.io"
+hero.json = require "hero.json"
+hero.data = require "hero.data"
 hero.save = hero.io.save
 hero.load = hero.io.load
 
