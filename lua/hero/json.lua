@@ -292,6 +292,8 @@ for c = 0, 31 do
 end
 
 local function encode_string(s)
+  -- fast path: plain ASCII with nothing to escape
+  if not find(s, '[%z\1-\31"\\\128-\255]') then return '"' .. s .. '"' end
   local ok, bad = utf8.len(s)
   if not ok then error(format("json.encode: string is not valid UTF-8 (byte %d)", bad), 0) end
   return '"' .. s:gsub('[%z\1-\31"\\]', escapes) .. '"'
