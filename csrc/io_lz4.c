@@ -36,7 +36,7 @@ int hr_lz4_frame_decompress(const void *src, size_t len, size_t max_out, unsigne
     if (info.contentSize > (unsigned long long)max_out) {
         LZ4F_freeDecompressionContext(dctx);
         return hr_fail(HR_EFORMAT,
-                       "lz4: frame declares %llu decompressed bytes, more than the limit of %zu; refusing it "
+                       "lz4: frame declares %llu decompressed bytes, more than the limit of %zu bytes; refusing it "
                        "(a decompression bomb?); raise the limit if the data is genuine",
                        info.contentSize, max_out);
     }

@@ -171,13 +171,17 @@ static size_t opt_max_bytes(lua_State *L, int idx, const char *op)
 static void free_buf(void *p) { free(p); }
 
 /* Decompresses into a guarded buffer pushed on the stack; returns it. */
-static unsigned char *lz4_guarded(lua_State *L, const void *src, size_t len, size_t max, size_t *outlen, const char *op)
+static unsigned char *lz4_guarded(lua_State *L, const void *src, size_t len, size_t max, size_t *outlen,
+                                  const char *what, const char *op)
 {
     guard *g = push_guard(L, free_buf);
     unsigned char *out;
     int rc;
     HR_LUA_RETRY_INT(L, rc, hr_lz4_frame_decompress(src, len, max, &out, outlen));
-    if (rc) hr_lua_error(L, op);
+    if (rc) {
+        if (what) hr_error_prefix("%s", what);
+        hr_lua_error(L, op);
+    }
     g->p = out;
     return out;
 }
@@ -189,7 +193,7 @@ static int l_lz4_frame_decompress(lua_State *L)
     size_t max = opt_max_bytes(L, 2, "lz4_frame_decompress");
     lua_settop(L, 2);
     size_t olen;
-    unsigned char *out = lz4_guarded(L, s, len, max, &olen, "lz4_frame_decompress");
+    unsigned char *out = lz4_guarded(L, s, len, max, &olen, NULL, "lz4_frame_decompress");
     lua_pushlstring(L, (const char *)out, olen);
     guard_release(L, 3);
     return 1;
@@ -327,7 +331,7 @@ static int m_get_lz4_msgpack(lua_State *L)
     value_name(L, what, sizeof what);
     lua_settop(L, 3);
     size_t olen;
-    unsigned char *out = lz4_guarded(L, v, vl, max, &olen, "lmdb:get_lz4_msgpack");
+    unsigned char *out = lz4_guarded(L, v, vl, max, &olen, what, "lmdb:get_lz4_msgpack");
     push_msgpack(L, out, olen, what, "lmdb:get_lz4_msgpack");
     guard_release(L, 4);
     return 1;
