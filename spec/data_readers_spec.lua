@@ -253,8 +253,9 @@ describe("hero.data.decode_msgpack", function()
                mp_map {mp_bin "nd", "\xc3", mp_bin "type", mp_arr {}, mp_bin "data", mp_bin ""})
     local dims = {}
     for i = 1, 9 do dims[i] = mp_int(1) end
-    assert_err("9 dimensions, hero supports at most", dec, mp_map {mp_bin "nd", "\xc3", mp_bin "type", mp_str "<f4",
-                                                                   mp_bin "shape", mp_arr(dims), mp_bin "data", mp_bin "\0\0\0\0"})
+    assert_err("9 dimensions, hero supports at most", dec,
+               mp_map {mp_bin "nd", "\xc3", mp_bin "type", mp_str "<f4", mp_bin "shape", mp_arr(dims),
+                       mp_bin "data", mp_bin "\0\0\0\0"})
   end)
 end)
 
@@ -279,7 +280,8 @@ describe("hero.data.lz4_frame_decompress", function()
 
   it("accepts every frame variant", function()
     local payload = lz4_payload()
-    for _, name in ipairs {"default", "linked_blocks", "block_checksum", "content_size", "no_checksums", "everything"} do
+    local variants = {"default", "linked_blocks", "block_checksum", "content_size", "no_checksums", "everything"}
+    for _, name in ipairs(variants) do
       assert.equal(payload, lz4(lz4_file(name .. ".lz4")), name)
     end
     assert.equal("", lz4(lz4_file "empty.lz4"))
@@ -330,7 +332,9 @@ describe("hero.data.open_video_db", function()
     {"ht_clips/resnet_slowfast_1.5", 100, "expected_clip_feats"},
   }
   for _, c in ipairs(cases) do
-    it(string.format("reads %s with max_clip_len %s to the reference's tensors, bitwise", c[1], tostring(c[2])), function()
+    local title = string.format("reads %s with max_clip_len %s to the reference's tensors, bitwise", c[1],
+                                tostring(c[2]))
+    it(title, function()
       local db = data.open_video_db(VDB .. c[1], {max_clip_len = c[2]})
       local expected = hero.load_safetensors(VDB .. c[3] .. ".safetensors")
       local n = 0
@@ -410,7 +414,8 @@ describe("hero.data.open_video_db", function()
     assert_err("id2nframe.json", data.open_video_db, TDB .. "tvr_val.db")
     os.remove(dir)
     assert_err("is not a directory", data.open_lmdb, VDB .. "lmdb_contents.json")
-    assert_err("max_clip_len must be an integer", data.open_video_db, VDB .. "tv/resnet_slowfast_1.5", {max_clip_len = 1.5})
+    assert_err("max_clip_len must be an integer", data.open_video_db, VDB .. "tv/resnet_slowfast_1.5",
+               {max_clip_len = 1.5})
     assert_err("unknown option 'max_len'", data.open_video_db, VDB .. "tv/resnet_slowfast_1.5", {max_len = 3})
     -- the wrong format for the values
     local db = data.open_video_db(VDB .. "tv/resnet_slowfast_1.5_compressed", {compressed = false})
