@@ -24,6 +24,7 @@ hero.models = require "hero.models"
 hero.eval = require "hero.eval"
 hero.testing = require "hero.testing"
 hero.io = require "hero.io"
+hero.json = require "hero.json"
 hero.data = require "hero.data"
 hero.save = hero.io.save
 hero.load = hero.io.load

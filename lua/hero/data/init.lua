@@ -1,5 +1,35 @@
---- hero.data: data preparation and loading for HERO (subtitle/frame alignment, ...).
+--- hero.data: data preparation and loading for HERO: readers for the preprocessed databases (video
+-- feature LMDBs, text LMDBs) and the formats inside them (lz4 frames, MessagePack with msgpack_numpy
+-- arrays, .npz images), and subtitle/frame alignment.
+--
+-- The byte-level work is in C (hero.core): LMDB through liblmdb, lz4 through liblz4 (both optional
+-- at build time; without them the functions raise "hero was built without ... support"), and
+-- hero's own MessagePack decoder. Decoded values use hero.json's conventions: MessagePack nil is
+-- json.null, arrays carry json.array_mt, maps are tables, str and bin are Lua strings and
+-- msgpack_numpy arrays are tensors.
+local core = require "hero.core"
+local json = require "hero.json"
+
+core.data_set_markers(json.null, json.array_mt)
+
 local data = {}
+
+--- MessagePack bytes -> Lua value (strict: trailing bytes, truncation, ext types and invalid UTF-8
+-- in str are errors; nesting limited to 256).
+data.decode_msgpack = core.decode_msgpack
+--- lz4 frame bytes -> decompressed bytes; max_bytes (default 1 GiB) refuses bigger outputs.
+data.lz4_frame_decompress = core.lz4_frame_decompress
+--- .npz bytes -> {member = tensor}.
+data.decode_npz = core.decode_npz
+--- A raw read-only LMDB handle: :get(key) (string or nil), :get_msgpack(key), :get_lz4_msgpack(key
+-- [, max_bytes]), :get_npz(key), :keys() (keys in LMDB order, value sizes), :count(), :close().
+data.open_lmdb = core.lmdb_open
+data.has_lmdb = core.has_lmdb()
+data.has_lz4 = core.has_lz4()
+data.null = json.null
+
+data.open_video_db = require("hero.data.video_db").open
+data.open_txt_db = require("hero.data.txt_db").open
 
 local align = require "hero.data.align"
 data.align_subtitles = align.align_subtitles

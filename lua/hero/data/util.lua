@@ -1,0 +1,26 @@
+--- Helpers shared by the database readers.
+local util = {}
+
+--- The directory holding path (a path without a slash lives in "."); trailing slashes are ignored.
+function util.parent_dir(path)
+  local p = path:gsub("/+$", "")
+  if p == "" then return "/" end
+  local parent = p:match("^(.*)/[^/]*$")
+  if parent == nil then return "." end
+  if parent == "" then return "/" end
+  return parent
+end
+
+function util.file_exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+function util.check_string(v, what, op)
+  if type(v) ~= "string" then
+    error(string.format("%s: %s must be a string, got %s", op, what, type(v)), 3)
+  end
+end
+
+return util
