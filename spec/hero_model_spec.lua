@@ -162,3 +162,60 @@ describe("HERO pre-training optimizer updates against the reference", function()
     assert.is_true(compared >= 100)
   end)
 end)
+
+describe("HERO checkpoints and configs", function()
+  it("reads the reference's JSON model config with its defaults", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write('{"f_config": {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, ' ..
+      '"intermediate_size": 128, "vocab_size": 997, "max_position_embeddings": 40}, ' ..
+      '"c_config": {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, ' ..
+      '"intermediate_size": 128, "max_position_embeddings": 16}}')
+    f:close()
+    local c = hero.config.load(path)
+    os.remove(path)
+    assert.equal(1e-12, c.f_config.layer_norm_eps)
+    assert.equal(0.1, c.c_config.hidden_dropout_prob)
+    assert.equal(64, c.q_config.hidden_size)
+  end)
+
+  it("saves and reloads the model with the same key names, and reports foreign keys", function()
+    local m = model()
+    local path = os.tmpname() .. ".safetensors"
+    m:save_checkpoint(path)
+    local w = hero.load(path)
+    assert.is_not_nil(w["v_encoder.f_encoder.lm_head.decoder.weight"])
+    w.extra_head = hero.zeros(3)
+    w["v_encoder.f_encoder.pooler.dense.bias"] = nil
+    local m2 = hero.models.HeroForPretraining(cfg.model_config.pretrain, {vfeat_dim = cfg.constants.vfeat_dim,
+      max_frm_seq_len = cfg.constants.max_frm_seq_len})
+    local report = m2:load_checkpoint(w)
+    assert.same({"extra_head"}, report.unexpected)
+    assert.same({"v_encoder.f_encoder.pooler.dense.bias"}, report.missing)
+    helper.assert_error_contains(function() m2:load_checkpoint(w, {strict = true}) end, "extra_head")
+    w.extra_head = nil
+    w["video_query_linear.weight"] = hero.zeros(3, 3)
+    helper.assert_error_contains(function() m2:load_checkpoint(w) end, "video_query_linear.weight", "3x3")
+    os.remove(path)
+  end)
+
+  it("maps a RoBERTa state dict onto the cross-modal transformer as the reference does", function()
+    local sd = {
+      ["roberta.embeddings.word_embeddings.weight"] = hero.ones(5, 2),
+      ["roberta.embeddings.token_type_embeddings.weight"] = hero.tensor {{7, 8}},
+      ["roberta.encoder.layer.3.output.LayerNorm.gamma"] = hero.ones(2),
+      ["roberta.encoder.layer.2.output.LayerNorm.gamma"] = hero.ones(2),
+      ["lm_head.bias"] = hero.ones(5),
+    }
+    local t = hero.models.checkpoint.normalize(sd)
+    local out = hero.models.checkpoint.from_roberta(t)
+    assert.same({8, 2}, out["v_encoder.f_encoder.embeddings.word_embeddings.weight"]:size())
+    assert.same({{1, 1}, {0, 0}}, out["v_encoder.f_encoder.embeddings.word_embeddings.weight"]:narrow(1, 5, 2):totable())
+    assert.same({{7, 8}, {7, 8}}, out["v_encoder.f_encoder.embeddings.token_type_embeddings.weight"]:totable())
+    assert.is_not_nil(out["v_encoder.f_encoder.encoder.layer.1.output.LayerNorm.weight"]) -- RoBERTa layer 3
+    assert.is_nil(out["v_encoder.f_encoder.encoder.layer.1.output.LayerNorm.gamma"])
+    local n = 0
+    for _ in pairs(out) do n = n + 1 end
+    assert.equal(3, n) -- layer 2 dropped, top-level lm_head not under roberta. ignored
+  end)
+end)

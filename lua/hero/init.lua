@@ -25,6 +25,7 @@ hero.eval = require "hero.eval"
 hero.testing = require "hero.testing"
 hero.io = require "hero.io"
 hero.json = require "hero.json"
+hero.config = require "hero.config"
 hero.data = require "hero.data"
 hero.save = hero.io.save
 hero.load = hero.io.load

@@ -7,5 +7,6 @@ models.encoders = require "hero.models.encoders"
 models.embeddings = require "hero.models.embeddings"
 models.layers = require "hero.models.layers"
 models.vsm = require "hero.models.vsm"
+models.checkpoint = require "hero.models.checkpoint"
 
 return models

@@ -151,6 +151,18 @@ function M:forward_vsm(batch, opts)
   return acts
 end
 
+--- Loads a checkpoint (safetensors or the reference's torch.save files, fp16 or fp32) with the
+-- reference's non-strict rules; returns {missing = {...}, unexpected = {...}} and the file's
+-- non-tensor entries. opts.strict raises on any missing or unexpected key.
+function M:load_checkpoint(path, opts)
+  return require("hero.models.checkpoint").load_into(self, path, opts)
+end
+
+--- Saves the state_dict as safetensors with the reference's key names.
+function M:save_checkpoint(path)
+  require("hero.models.checkpoint").save(self, path)
+end
+
 --- forward(batch, task[, opts]) with task "mlm", "mfm-nce", "mffr", "fom" or "vsm".
 function M:forward(batch, task, opts)
   if task == "mlm" then return self:forward_mlm(batch) end

@@ -1,0 +1,64 @@
+--- hero.config: the reference implementation's JSON configurations, read as they are.
+--
+-- Model configs (config/hero_pretrain.json, hero_finetune.json, hero_tvc.json) hold sub-dicts
+-- f_config, c_config, q_config (and d_config for TVC). The reference turns each into a
+-- RobertaModelConfig built from defaults and then overwritten by the JSON keys, so keys missing
+-- from the JSON take the constructor defaults (notably layer_norm_eps = 1e-12, hero-spec §1).
+-- Training configs (config/train-*.json, pretrain-*.json) are returned as they are, with their
+-- misspelled keys (hard_negtiave_start_step) also available under the correct spelling.
+local json = require "hero.json"
+
+local config = {}
+
+local MODEL_DEFAULTS = {
+  hidden_size = 768, num_hidden_layers = 12, num_attention_heads = 12, intermediate_size = 3072,
+  hidden_act = "gelu", hidden_dropout_prob = 0.1, attention_probs_dropout_prob = 0.1,
+  max_position_embeddings = 512, type_vocab_size = 2, initializer_range = 0.02, layer_norm_eps = 1e-12,
+  vocab_size = -1,
+}
+
+--- A sub-config with the reference's defaults filled in (a copy).
+function config.model_section(section, name)
+  if type(section) ~= "table" then
+    error(string.format("config: %s must be an object, got %s", name or "section", type(section)), 2)
+  end
+  local out = {}
+  for k, v in pairs(MODEL_DEFAULTS) do out[k] = v end
+  for k, v in pairs(section) do out[k] = v end
+  if out.hidden_size % out.num_attention_heads ~= 0 then
+    error(string.format("config: %s.hidden_size %d is not a multiple of num_attention_heads %d", name or "section",
+      out.hidden_size, out.num_attention_heads), 2)
+  end
+  return out
+end
+
+--- A model config table (already decoded) with every section completed.
+function config.model(t)
+  if type(t) ~= "table" or type(t.f_config) ~= "table" then
+    error("config: a model config needs an f_config object (hero_pretrain.json / hero_finetune.json format)", 2)
+  end
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  for _, name in ipairs {"f_config", "c_config", "q_config", "d_config"} do
+    if t[name] ~= nil then out[name] = config.model_section(t[name], name) end
+  end
+  out.c_config = out.c_config or config.model_section(t.f_config, "c_config")
+  out.q_config = out.q_config or out.f_config
+  return out
+end
+
+local MISSPELLED = {hard_negtiave_start_step = "hard_negative_start_step"}
+
+--- Reads a JSON config file. Model configs (with f_config) are completed with the defaults;
+-- any other config is returned as is, with misspelled keys mirrored under their correct name.
+function config.load(path)
+  local t = json.read_file(path)
+  if type(t) ~= "table" then error(string.format("config: %s does not hold a JSON object", path), 2) end
+  if t.f_config then return config.model(t) end
+  for wrong, right in pairs(MISSPELLED) do
+    if t[wrong] ~= nil and t[right] == nil then t[right] = t[wrong] end
+  end
+  return t
+end
+
+return config

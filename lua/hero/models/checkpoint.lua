@@ -1,0 +1,125 @@
+--- Checkpoint handling with the reference's rules (hero-spec §3.3):
+--   * legacy names: any key containing "gamma"/"beta" is renamed to "weight"/"bias";
+--   * non-tensor entries (the release's vocab_padded = True) are set aside, not loaded;
+--   * loading is non-strict by default: missing and unexpected keys are reported; a shape
+--     mismatch is an error naming the key;
+--   * RoBERTa initialisation of the cross-modal transformer: layers 1, 3, 5, 7, 9, 11 of a
+--     12-layer RoBERTa become layers 0..5, the vocabulary is padded with zero rows to a multiple
+--     of 8, and both token-type rows take RoBERTa's single row.
+local core = require "hero.core"
+
+local M = {}
+
+--- Splits a loaded file into tensors (legacy names fixed) and other values.
+function M.normalize(sd)
+  local tensors, extras = {}, {}
+  for k, v in pairs(sd) do
+    if core.is_tensor(v) then
+      local name = k:gsub("gamma", "weight"):gsub("beta", "bias")
+      tensors[name] = v
+    else
+      extras[k] = v
+    end
+  end
+  return tensors, extras
+end
+
+--- Reads a checkpoint file (safetensors, or the reference's torch.save files) into tensors and extras.
+function M.read(path)
+  local io_ = require "hero.io"
+  return M.normalize(io_.load(path))
+end
+
+--- Frame-position rows of a checkpoint (the reference reads max_frm_seq_len from the file).
+function M.max_frm_seq_len(sd, default)
+  local t = sd["v_encoder.f_encoder.img_embeddings.position_embeddings.weight"]
+  return t and t:size(1) or default or 100
+end
+
+--- Appends zero rows so the first dimension is a multiple of `multiple`.
+local function pad_rows(t, multiple)
+  local n = t:size(1)
+  local padded = (n + multiple - 1) // multiple * multiple
+  if padded == n then return t end
+  local size = t:size()
+  size[1] = padded - n
+  return core.cat({t, core.zeros(size, {dtype = t:dtype()})}, 1)
+end
+
+--- The reference's load_partial_checkpoint + pad_vocab + init_type_embedding for a RoBERTa state
+-- dict (keys "roberta.*"): returns a state dict for HeroForPretraining (v_encoder.f_encoder.* only,
+-- plus v_encoder.mask_embedding row 0 reset by the caller). opts: n_layers (6), skip_layers (true),
+-- prefix ("v_encoder.f_encoder.").
+function M.from_roberta(sd, opts)
+  opts = opts or {}
+  local n_layers = opts.n_layers or 6
+  local gap = opts.skip_layers == false and 1 or 12 // n_layers
+  local prefix = opts.prefix or "v_encoder.f_encoder."
+  local out = {}
+  for k, v in pairs(sd) do
+    local rest = k:match("^roberta%.(.*)$")
+    if rest then
+      local layer, tail = rest:match("^encoder%.layer%.(%d+)%.(.*)$")
+      if layer then
+        local l = tonumber(layer)
+        if gap == 1 then
+          if l < n_layers then out[prefix .. "encoder.layer." .. l .. "." .. tail] = v end
+        elseif l % gap == gap - 1 then
+          out[prefix .. "encoder.layer." .. (l // gap) .. "." .. tail] = v
+        end
+      else
+        out[prefix .. rest] = v
+      end
+    end
+  end
+  local word = out[prefix .. "embeddings.word_embeddings.weight"]
+  if word then
+    out[prefix .. "embeddings.word_embeddings.weight"] = pad_rows(word, 8)
+    out[prefix .. "lm_head.decoder.weight"] = nil -- tied to the word embeddings
+  end
+  local bias = out[prefix .. "lm_head.bias"]
+  if bias then out[prefix .. "lm_head.bias"] = pad_rows(bias, 8) end
+  local ttype = out[prefix .. "embeddings.token_type_embeddings.weight"]
+  if ttype then
+    out[prefix .. "embeddings.token_type_embeddings.weight"] = core.cat({ttype:narrow(1, 1, 1),
+      ttype:narrow(1, 1, 1)}, 1)
+  end
+  return out
+end
+
+--- Loads a checkpoint into a model with the reference's non-strict rules. Returns the report
+-- {missing, unexpected} and the non-tensor entries of the file.
+function M.load_into(model, path_or_sd, opts)
+  opts = opts or {}
+  local tensors, extras
+  if type(path_or_sd) == "string" then tensors, extras = M.read(path_or_sd)
+  else tensors, extras = M.normalize(path_or_sd) end
+  -- the model's tied decoder is the word embedding tensor: loading one name loads both
+  local own = model:state_dict()
+  local filtered = {}
+  for k, v in pairs(tensors) do
+    if own[k] ~= nil or opts.strict then filtered[k] = v end
+  end
+  local report = model:load_state_dict(filtered, {strict = false})
+  local unexpected = {}
+  for k in pairs(tensors) do
+    if own[k] == nil then unexpected[#unexpected + 1] = k end
+  end
+  table.sort(unexpected)
+  report.unexpected = unexpected
+  if opts.strict and (#report.missing > 0 or #unexpected > 0) then
+    error(string.format("load_checkpoint: %d missing keys (%s), %d unexpected keys (%s)", #report.missing,
+      table.concat(report.missing, ", "), #unexpected, table.concat(unexpected, ", ")), 2)
+  end
+  return report, extras
+end
+
+--- Writes the model's state_dict as safetensors with the reference's key names.
+function M.save(model, path)
+  local io_ = require "hero.io"
+  local sd = {}
+  for k, v in pairs(model:state_dict()) do sd[k] = v:detach() end
+  io_.save_safetensors(path, sd)
+end
+
+return M
