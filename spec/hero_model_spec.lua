@@ -210,7 +210,8 @@ describe("HERO checkpoints and configs", function()
     local t = hero.models.checkpoint.normalize(sd)
     local out = hero.models.checkpoint.from_roberta(t)
     assert.same({8, 2}, out["v_encoder.f_encoder.embeddings.word_embeddings.weight"]:size())
-    assert.same({{1, 1}, {0, 0}}, out["v_encoder.f_encoder.embeddings.word_embeddings.weight"]:narrow(1, 5, 2):totable())
+    local word = out["v_encoder.f_encoder.embeddings.word_embeddings.weight"]
+    assert.same({{1, 1}, {0, 0}}, word:narrow(1, 5, 2):totable())
     assert.same({{7, 8}, {7, 8}}, out["v_encoder.f_encoder.embeddings.token_type_embeddings.weight"]:totable())
     assert.is_not_nil(out["v_encoder.f_encoder.encoder.layer.1.output.LayerNorm.weight"]) -- RoBERTa layer 3
     assert.is_nil(out["v_encoder.f_encoder.encoder.layer.1.output.LayerNorm.gamma"])

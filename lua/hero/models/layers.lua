@@ -51,7 +51,8 @@ M.LMHead = nn.Module:extend("LMHead")
 function M.LMHead:__init(hidden, word_weight, opts)
   opts = opts or {}
   self:register_parameter("bias", core.zeros({word_weight:size(1)}, {dtype = opts.dtype or "f32"}))
-  self:add_module("dense", nn.Linear(hidden, hidden, {init = opts.init, dtype = opts.dtype, generator = opts.generator}))
+  self:add_module("dense", nn.Linear(hidden, hidden,
+    {init = opts.init, dtype = opts.dtype, generator = opts.generator}))
   self:add_module("LayerNorm", nn.LayerNorm(hidden, {eps = 1e-5, dtype = opts.dtype}))
   local decoder = nn.Module:extend("Linear")() -- holds the tied weight under the name decoder.weight
   decoder:register_parameter("weight", word_weight)
