@@ -23,7 +23,8 @@ function M:__init(cfg, opts)
   f.vocab_size = (raw + 7) // 8 * 8
   cfg = {f_config = f, c_config = cfg.c_config, q_config = cfg.q_config}
   self.opts = {
-    vocab_pad = opts.vocab_pad or (f.vocab_size - raw), lw_st_ed = opts.lw_st_ed or 0.01, lw_neg_ctx = opts.lw_neg_ctx or 8,
+    vocab_pad = opts.vocab_pad or (f.vocab_size - raw), lw_st_ed = opts.lw_st_ed or 0.01,
+    lw_neg_ctx = opts.lw_neg_ctx or 8,
     lw_neg_q = opts.lw_neg_q or 8, margin = opts.margin or 0.1,
     ranking_loss_type = opts.ranking_loss_type or "hinge",
     hard_negative = opts.hard_negative, drop_svmr_prob = opts.drop_svmr_prob or 0, nce_temp = opts.nce_temp or 1,
