@@ -20,7 +20,7 @@ size_t hr_live_bytes(void) { return atomic_load(&live_bytes); }
  */
 #define HR_BIG_BLOCK ((size_t)1 << 20)
 #define HR_HUGE_ALIGN ((size_t)2 << 20)
-#define HR_CACHE_ENTRIES 64
+#define HR_CACHE_ENTRIES 256
 #define HR_CACHE_BYTES ((size_t)1 << 30)
 
 typedef struct {
@@ -57,7 +57,8 @@ static void *cache_take(size_t size)
         if (cache.blocks[i].size == size) {
             p = cache.blocks[i].ptr;
             cache.bytes -= size;
-            cache.blocks[i] = cache.blocks[--cache.count];
+            memmove(cache.blocks + i, cache.blocks + i + 1, sizeof cache.blocks[0] * (size_t)(cache.count - i - 1));
+            cache.count--;
             break;
         }
     }
@@ -65,19 +66,27 @@ static void *cache_take(size_t size)
     return p;
 }
 
+/* Keeps a released block; when the cache is full the oldest blocks are returned to the system
+ * first, so the cache follows the sizes the program currently uses. */
 static bool cache_put(void *p, size_t size)
 {
-    bool kept = false;
+    if (size > HR_CACHE_BYTES) return false;
+    void *evicted[HR_CACHE_ENTRIES];
+    int nevicted = 0;
     pthread_mutex_lock(&cache.lock);
-    if (cache.count < HR_CACHE_ENTRIES && cache.bytes + size <= HR_CACHE_BYTES) {
-        cache.blocks[cache.count].ptr = p;
-        cache.blocks[cache.count].size = size;
-        cache.count++;
-        cache.bytes += size;
-        kept = true;
+    while (cache.count > 0 && (cache.count >= HR_CACHE_ENTRIES || cache.bytes + size > HR_CACHE_BYTES)) {
+        evicted[nevicted++] = cache.blocks[0].ptr;
+        cache.bytes -= cache.blocks[0].size;
+        memmove(cache.blocks, cache.blocks + 1, sizeof cache.blocks[0] * (size_t)(cache.count - 1));
+        cache.count--;
     }
+    cache.blocks[cache.count].ptr = p;
+    cache.blocks[cache.count].size = size;
+    cache.count++;
+    cache.bytes += size;
     pthread_mutex_unlock(&cache.lock);
-    return kept;
+    for (int i = 0; i < nevicted; i++) free(evicted[i]);
+    return true;
 }
 
 size_t hr_empty_cache(void)
