@@ -24,5 +24,6 @@ hero.testing = require "hero.testing"
 hero.io = require "hero.io"
 hero.save = hero.io.save
 hero.load = hero.io.load
+hero.text = require "hero.text"
 
 return hero
