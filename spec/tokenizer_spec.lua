@@ -75,7 +75,9 @@ describe("hero.text.Tokenizer", function()
       -- whitespace-only text has no fixed answer in the reference: {} here (documented)
       local ids = c.roberta.ids or {}
       same_list(roberta:encode(c.text), ids, "roberta ids of case " .. c.id)
-      if c.roberta.tokens then same_list(roberta:tokenize(c.text), c.roberta.tokens, "roberta tokens of case " .. c.id) end
+      if c.roberta.tokens then
+        same_list(roberta:tokenize(c.text), c.roberta.tokens, "roberta tokens of case " .. c.id)
+      end
       checked = checked + 1
     end
     assert.equal(300, checked)
@@ -192,7 +194,8 @@ describe("hero.text.Tokenizer", function()
     local nospecial = Tokenizer.from_files(ROBERTA_VOCAB, MERGES, {special_tokens = {}})
     assert.is_true(#nospecial:encode("<s>") > 1)
     raises(function() Tokenizer.from_files(ROBERTA_VOCAB, MERGES, {style = "bert"}) end, "unknown style 'bert'")
-    raises(function() Tokenizer.from_files(ROBERTA_VOCAB, MERGES, {special_tokens = {""}}) end, "special token #1 is empty")
+    raises(function() Tokenizer.from_files(ROBERTA_VOCAB, MERGES, {special_tokens = {""}}) end,
+      "special token #1 is empty")
     tok:free()
     raises(function() tok:encode("a") end, "encode", "freed")
   end)
