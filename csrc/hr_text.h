@@ -81,6 +81,8 @@ int hr_bpe_encode(hr_bpe *b, const char *text, size_t len, unsigned flags, hr_bp
  * order; a non-zero return from fn stops and is returned. Thread-safe like encode. */
 typedef int (*hr_bpe_token_fn)(void *ctx, const char *tok, size_t len);
 int hr_bpe_tokenize(hr_bpe *b, const char *text, size_t len, unsigned flags, hr_bpe_token_fn fn, void *ctx);
+/* Calls fn with every match of GPT-2's pre-tokenizer regex over text (raw UTF-8 pieces). */
+int hr_bpe_pretokenize(const char *text, size_t len, hr_bpe_token_fn fn, void *ctx);
 /* Concatenated token strings mapped back to bytes. Ill-formed UTF-8 in the result becomes U+FFFD
  * (Python's errors='replace', as GPT-2's decoder) or, with strict, fails. Unknown ids fail.
  * Returns a malloc'ed NUL-terminated string. */

@@ -216,6 +216,16 @@ static int l_bpe_tokenize(lua_State *L)
     return 1;
 }
 
+static int l_pretokenize(lua_State *L)
+{
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    lua_newtable(L);
+    tok_ctx c = {L, 0};
+    if (hr_bpe_pretokenize(text, len, push_token, &c)) return hr_lua_error(L, "pretokenize");
+    return 1;
+}
+
 /* ids from a Lua array or a 1-D integer tensor, into a Lua-owned scratch array */
 static int64_t *check_ids(lua_State *L, int idx, size_t *n, const char *op)
 {
@@ -399,6 +409,7 @@ void hr_lua_open_text(lua_State *L, int module_idx, int methods_idx)
         {"isupper", l_isupper},
         {"strip", l_strip},
         {"check_utf8", l_check_utf8},
+        {"pretokenize", l_pretokenize},
         {NULL, NULL},
     };
     luaL_newlib(L, text_fns);

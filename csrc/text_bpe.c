@@ -752,6 +752,19 @@ run: /* \p{L}+, \p{N}+ or [^\s\p{L}\p{N}]+ */
     return pos;
 }
 
+int hr_bpe_pretokenize(const char *text, size_t len, hr_bpe_token_fn fn, void *ctx)
+{
+    if (hr_text_check_utf8("pretokenize", text, len)) return -1;
+    const unsigned char *s = (const unsigned char *)text;
+    for (size_t pos = 0; pos < len;) {
+        size_t end = next_piece(s, len, pos);
+        int rc = fn(ctx, text + pos, end - pos);
+        if (rc) return rc;
+        pos = end;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ BPE of one piece */
 
 typedef struct {

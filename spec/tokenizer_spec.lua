@@ -106,9 +106,23 @@ describe("hero.text.Tokenizer", function()
 
   it("matches the regex pre-tokenizer and GPT-2 BPE on extra characters", function()
     for i, c in ipairs(fx.pretok) do
+      same_list(text.pretokenize(c.text), c.pieces, "regex.findall pieces of pretok case " .. i)
       same_list(gpt2:encode(c.text), c.ids, "pretok case " .. i)
       same_list(gpt2:tokenize(c.text), c.tokens, "pretok tokens " .. i)
     end
+  end)
+
+  it("splits like the regex module on every case", function()
+    for _, c in ipairs(fx.cases) do
+      local pieces = text.pretokenize(c.text)
+      assert.equal(c.text, table.concat(pieces), "pieces cover case " .. c.id)
+      local toks = {}
+      for _, p in ipairs(pieces) do
+        for _, t in ipairs(gpt2:tokenize(p)) do toks[#toks + 1] = t end
+      end
+      same_list(toks, c.gpt2.tokens, "BPE piece by piece, case " .. c.id)
+    end
+    raises(function() text.pretokenize("\128") end, "pretokenize", "invalid UTF-8 at byte 1")
   end)
 
   it("decodes back to the text", function()

@@ -33,6 +33,9 @@ text.lower = ctext.lower
 --- Python's str.strip() (Unicode whitespace at both ends).
 text.strip = ctext.strip
 
+--- The pieces of GPT-2's pre-tokenizer regex (before byte mapping and BPE), as regex.findall.
+text.pretokenize = ctext.pretokenize
+
 --- HERO's subtitle normalisation (scripts/prepro_sub.py): html.unescape, then lowercase when
 -- the whole text is in capitals.
 function text.prepare_subtitle(s)
