@@ -201,6 +201,7 @@ static inline uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint3
 #define CACHE_MAX_WORDS 65536
 #define CACHE_MAX_SYMS (1u << 20)
 #define WORD_STACK 128
+#define BPE_SMALL_WORD 48 /* longer words use the O(m log m) merge */
 
 struct hr_bpe {
     strtab vocab;       /* token string -> id */
@@ -780,19 +781,30 @@ static int symbuf_push(symbuf *o, const int32_t *s, size_t n)
     return 0;
 }
 
-static size_t merge_word(const hr_bpe *b, int32_t *w, size_t m)
+static inline int32_t pair_rank(const pairmap *pm, int32_t a, int32_t b, int32_t *result)
+{
+    uint64_t key = pair_key(a, b);
+    size_t slot = pairmap_slot(pm, key);
+    if (pm->keys[slot] != key) return -1;
+    *result = pm->result[slot];
+    return pm->rank[slot];
+}
+
+/* encoder.py's bpe() on a word of m symbols, in place; returns the new length. Each round finds
+ * the lowest-ranked adjacent pair and merges all its occurrences left to right. O(m^2): used for
+ * short words. */
+static size_t merge_word_small(const hr_bpe *b, int32_t *w, size_t m)
 {
     const pairmap *pm = &b->merges;
     while (m > 1) {
         int32_t best = INT32_MAX, fa = -1, fb = -1, res = -1;
         for (size_t i = 0; i + 1 < m; i++) {
-            uint64_t key = pair_key(w[i], w[i + 1]);
-            size_t slot = pairmap_slot(pm, key);
-            if (pm->keys[slot] == key && pm->rank[slot] < best) {
-                best = pm->rank[slot];
+            int32_t r = -1, rr = pair_rank(pm, w[i], w[i + 1], &r);
+            if (rr >= 0 && rr < best) {
+                best = rr;
                 fa = w[i];
                 fb = w[i + 1];
-                res = pm->result[slot];
+                res = r;
             }
         }
         if (res < 0) break;
@@ -808,6 +820,92 @@ static size_t merge_word(const hr_bpe *b, int32_t *w, size_t m)
         m = j;
     }
     return m;
+}
+
+/* The same rounds in O(m log m) for long words: a linked list of symbols and a min-heap of
+ * (rank, position) pair entries. A round pops every entry of the lowest rank (one pair, so in
+ * left-to-right order) and merges the ones still present; the pairs the merges create join the
+ * heap only after the round, exactly as the next scan of the small version would see them. */
+typedef struct {
+    int32_t rank, pos;
+} hentry;
+
+static inline bool hless(hentry a, hentry b) { return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos); }
+
+static void hpush(hentry *h, size_t *n, hentry e)
+{
+    size_t i = (*n)++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!hless(e, h[p])) break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = e;
+}
+
+static hentry hpop(hentry *h, size_t *n)
+{
+    hentry top = h[0], last = h[--(*n)];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && hless(h[c + 1], h[c])) c++;
+        if (!hless(h[c], last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n) h[i] = last;
+    return top;
+}
+
+static int merge_word_large(const hr_bpe *b, int32_t *w, size_t m, size_t *out_m)
+{
+    const pairmap *pm = &b->merges;
+    int32_t *next = malloc(m * sizeof *next), *prev = malloc(m * sizeof *prev);
+    hentry *heap = malloc(3 * m * sizeof *heap), *pend = malloc(2 * m * sizeof *pend);
+    if (!next || !prev || !heap || !pend) {
+        free(next);
+        free(prev);
+        free(heap);
+        free(pend);
+        return hr_fail(HR_ENOMEM, "out of memory (BPE of a word of %zu bytes)", m);
+    }
+    size_t nh = 0;
+    for (size_t i = 0; i < m; i++) {
+        next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
+        prev[i] = (int32_t)i - 1;
+        int32_t r = -1, rr;
+        if (i + 1 < m && (rr = pair_rank(pm, w[i], w[i + 1], &r)) >= 0) hpush(heap, &nh, (hentry){rr, (int32_t)i});
+    }
+    while (nh) {
+        int32_t round = heap[0].rank;
+        size_t np = 0;
+        while (nh && heap[0].rank == round) {
+            hentry e = hpop(heap, &nh);
+            int32_t i = e.pos, j;
+            if (w[i] < 0 || (j = next[i]) < 0) continue;
+            int32_t res = -1;
+            if (pair_rank(pm, w[i], w[j], &res) != round) continue; /* stale: the pair changed */
+            w[i] = res;
+            w[j] = -1;
+            next[i] = next[j];
+            if (next[j] >= 0) prev[next[j]] = i;
+            int32_t r = -1, rr;
+            if (prev[i] >= 0 && (rr = pair_rank(pm, w[prev[i]], w[i], &r)) >= 0) pend[np++] = (hentry){rr, prev[i]};
+            if (next[i] >= 0 && (rr = pair_rank(pm, w[i], w[next[i]], &r)) >= 0) pend[np++] = (hentry){rr, i};
+        }
+        for (size_t k = 0; k < np; k++) hpush(heap, &nh, pend[k]);
+    }
+    size_t n = 0;
+    for (int32_t i = 0; i >= 0; i = next[i]) w[n++] = w[i];
+    free(next);
+    free(prev);
+    free(heap);
+    free(pend);
+    *out_m = n;
+    return 0;
 }
 
 static int bpe_piece(hr_bpe *b, const unsigned char *p, size_t n, symbuf *out)
@@ -831,8 +929,11 @@ static int bpe_piece(hr_bpe *b, const unsigned char *p, size_t n, symbuf *out)
     int32_t *w = n <= WORD_STACK ? stack : malloc(n * sizeof *w);
     if (!w) return hr_fail(HR_ENOMEM, "out of memory (word of %zu bytes)", n);
     for (size_t i = 0; i < n; i++) w[i] = p[i];
-    size_t m = merge_word(b, w, n);
-    int rc = symbuf_push(out, w, m);
+    size_t m = n;
+    int rc = 0;
+    if (n <= BPE_SMALL_WORD) m = merge_word_small(b, w, n);
+    else rc = merge_word_large(b, w, n, &m);
+    if (rc == 0) rc = symbuf_push(out, w, m);
 
     if (rc == 0 && n <= 4096) { /* remember the word; a full cache starts over */
         pthread_mutex_lock(&b->lock);
