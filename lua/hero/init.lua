@@ -30,5 +30,6 @@ hero.config = require "hero.config"
 hero.data = require "hero.data"
 hero.save = hero.io.save
 hero.load = hero.io.load
+hero.text = require "hero.text"
 
 return hero
