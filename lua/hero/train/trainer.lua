@@ -426,7 +426,7 @@ function Trainer:resume(out_dir, step)
   local state = self.optimizer.state or {}
   for _, pair in ipairs(self.params) do
     local name, p = pair[1], pair[2]
-    if state[name] and p.grad == nil then p.grad = core.zeros_like(p) end
+    if state[name] and p.grad == nil then p.grad = core.zeros(p:size(), {dtype = p:dtype()}) end
   end
   self.loader:set_state(st.loader)
   self:set_rng_state(st.rng)
