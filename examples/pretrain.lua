@@ -1,0 +1,230 @@
+--- HERO pre-training (hero-spec §4.6, §6): task mixing, accumulation, warmup-linear schedule,
+-- clipping, AdamW, validation, JSON-lines log, atomic checkpoints and exact resume.
+--
+--   lua5.4 examples/pretrain.lua --fixture spec/fixtures/hero-smoke --out /tmp/run --steps 20
+--   lua5.4 examples/pretrain.lua --fixture spec/fixtures/hero-smoke --out /tmp/run --steps 40 --resume
+--
+-- Options (defaults in brackets):
+--   --config FILE        model config: the reference's JSON ({f_config, c_config, q_config}) or a Lua
+--                        file returning such a table, or {model_config =, constants =} [fixture's]
+--   --fixture DIR        train on the collated batches of a fixture directory (batch_<task>.safetensors,
+--                        optim_batch_<task>_mb1.safetensors and their .json sides)
+--   --init FILE          initial weights (safetensors, reference key names) [DIR/weights.safetensors
+--                        with --fixture, else the model's random initialisation]
+--   --out DIR            output directory: log.jsonl, hps.json, ckpt/ (required)
+--   --steps N            train until update N [10]; also the schedule's total unless --total
+--   --total N            updates of the learning-rate schedule [--steps]
+--   --resume             continue from DIR/ckpt/latest when it exists
+--   --threads N          hero.set_num_threads(N)
+--   --tasks a,b,...      tasks to mix [mlm,mfm-nce,fom,vsm]
+--   --ratios 2,2,1,2     pool ratio of each task [1 each]
+--   --accum K            micro-batches per update [2]
+--   --lr X               base learning rate [3e-5]
+--   --warmup N           warmup updates [10% of --total]
+--   --weight-decay X     [0.01]     --grad-norm X [1.0]     --dropout P [0.1]
+--   --valid-every N      validate every task every N updates [0: never]
+--   --save-every N       checkpoint every N updates [0: only at the end]
+--   --seed N             seed of the task draws, the dropout generator and hero's default [77]
+--   --vfeat-dim N        frame feature size [fixture's, else 4352]
+--   --max-frm-seq-len N  frames per subtitle segment [fixture's, else 100]
+--   --quiet              no progress line on stderr
+local hero = require "hero"
+local json = hero.json
+local train = hero.train
+
+local TASKS = {"mlm", "mfm-nce", "fom", "vsm"}
+
+-- ------------------------------------------------------------------ command line
+
+local function usage(msg)
+  io.stderr:write("pretrain: ", msg, "\n(see the comment at the top of examples/pretrain.lua)\n")
+  os.exit(2)
+end
+
+local function parse_args(argv)
+  local flags = {resume = true, quiet = true}
+  local opts = {}
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    local name = a:match("^%-%-([%w%-]+)$")
+    if not name then usage("unexpected argument '" .. a .. "'") end
+    if flags[name] then
+      opts[name] = true
+      i = i + 1
+    else
+      if argv[i + 1] == nil then usage("--" .. name .. " needs a value") end
+      opts[name] = argv[i + 1]
+      i = i + 2
+    end
+  end
+  local known = {"config", "fixture", "init", "out", "steps", "total", "resume", "threads", "tasks", "ratios",
+                 "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every", "save-every",
+                 "seed", "vfeat-dim", "max-frm-seq-len", "quiet"}
+  local ok = {}
+  for _, k in ipairs(known) do ok[k] = true end
+  for k in pairs(opts) do if not ok[k] then usage("unknown option --" .. k) end end
+  return opts
+end
+
+local function int_opt(opts, name, default)
+  local v = opts[name]
+  if v == nil then return default end
+  local n = math.tointeger(tonumber(v))
+  if not n or n < 0 then usage(string.format("--%s must be a non-negative integer, got '%s'", name, v)) end
+  return n
+end
+
+local function num_opt(opts, name, default)
+  local v = opts[name]
+  if v == nil then return default end
+  local n = tonumber(v)
+  if not n then usage(string.format("--%s must be a number, got '%s'", name, v)) end
+  return n
+end
+
+local function split(s)
+  local out = {}
+  for part in s:gmatch("[^,]+") do out[#out + 1] = part end
+  return out
+end
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then usage("cannot read " .. tostring(err)) end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+--- A config file: JSON, or Lua returning a table.
+local function load_config(path)
+  if path:match("%.lua$") then
+    local chunk, err = loadfile(path, "t", {math = math})
+    if not chunk then usage(err) end
+    return chunk()
+  end
+  return json.decode(read_file(path), {source = path})
+end
+
+-- ------------------------------------------------------------------ data sources
+-- A data source is function(options, tasks) -> {task = loader} for training and
+-- {task = batches or loader} for validation. The database readers plug in here as another source.
+
+local sources = {}
+
+function sources.fixture(opts, tasks)
+  local all = train.fixture_batches(opts.fixture, tasks)
+  local loaders, valid = {}, {}
+  for _, t in ipairs(tasks) do
+    if not all[t] then usage(string.format("the fixture '%s' has no batch for task '%s'", opts.fixture, t)) end
+    loaders[t] = train.CyclingLoader(all[t])
+    valid[t] = all[t]
+  end
+  return loaders, valid
+end
+
+-- ------------------------------------------------------------------ main
+
+local opts = parse_args(arg)
+if not opts.out then usage("--out DIR is required") end
+if opts.threads then hero.set_num_threads(int_opt(opts, "threads")) end
+
+local source
+if opts.fixture then
+  source = sources.fixture
+else
+  usage("no data source: give --fixture DIR (collated batches); the database source is not available yet")
+end
+
+-- model config and constants
+local model_cfg, constants = nil, {}
+local cfg_path = opts.config or (opts.fixture and opts.fixture .. "/config.json")
+if not cfg_path then usage("--config FILE is required") end
+local raw = load_config(cfg_path)
+if raw.f_config then
+  model_cfg = raw
+elseif raw.model_config then
+  model_cfg = raw.model_config.pretrain or raw.model_config
+  constants = raw.constants or {}
+end
+if type(model_cfg) ~= "table" or not model_cfg.f_config or not model_cfg.c_config then
+  usage(cfg_path .. " holds no model config (f_config, c_config, q_config)")
+end
+if opts.config and opts.fixture and exists(opts.fixture .. "/config.json") then
+  constants = load_config(opts.fixture .. "/config.json").constants or constants
+end
+
+local tasks = opts.tasks and split(opts.tasks) or TASKS
+local ratios = {}
+if opts.ratios then
+  local r = split(opts.ratios)
+  if #r ~= #tasks then usage(string.format("--ratios has %d values for %d tasks", #r, #tasks)) end
+  for i, t in ipairs(tasks) do
+    ratios[t] = math.tointeger(tonumber(r[i]))
+    if not ratios[t] or ratios[t] < 1 then usage("--ratios must be positive integers, got '" .. r[i] .. "'") end
+  end
+else
+  for _, t in ipairs(tasks) do ratios[t] = 1 end
+end
+
+local steps = int_opt(opts, "steps", 10)
+local total = int_opt(opts, "total", steps)
+local hps = {
+  config = cfg_path, fixture = opts.fixture, init = opts.init, tasks = tasks, ratios = ratios,
+  accum = int_opt(opts, "accum", 2), lr = num_opt(opts, "lr", 3e-5), total = total,
+  warmup = int_opt(opts, "warmup", total // 10), weight_decay = num_opt(opts, "weight-decay", 0.01),
+  grad_norm = num_opt(opts, "grad-norm", 1.0), dropout = num_opt(opts, "dropout", 0.1),
+  valid_every = int_opt(opts, "valid-every", 0), save_every = int_opt(opts, "save-every", 0),
+  seed = int_opt(opts, "seed", 77),
+  vfeat_dim = int_opt(opts, "vfeat-dim", constants.vfeat_dim or 4352),
+  max_frm_seq_len = int_opt(opts, "max-frm-seq-len", constants.max_frm_seq_len or 100),
+}
+
+hero.manual_seed(hps.seed)
+local dropout_gen = hero.Generator(hps.seed + 1)
+local model = hero.models.HeroForPretraining(model_cfg, {
+  vfeat_dim = hps.vfeat_dim, max_frm_seq_len = hps.max_frm_seq_len, generator = dropout_gen,
+  vocab_pad = constants.vocab_pad_pretraining,
+})
+train.set_dropout(model, hps.dropout)
+local init = opts.init or (opts.fixture and exists(opts.fixture .. "/weights.safetensors")
+  and opts.fixture .. "/weights.safetensors")
+if init then model:load_state_dict(hero.load(init), {strict = false}) end
+
+local optimizer = hero.optim.AdamW(model:named_parameters(), {lr = hps.lr, betas = {0.9, 0.98}, eps = 1e-6,
+  weight_decay = hps.weight_decay, no_decay = {"bias", "LayerNorm.bias", "LayerNorm.weight"}})
+
+local task_loaders, valid = source(opts, tasks)
+local meta = train.MetaLoader{tasks = task_loaders, ratios = ratios, order = tasks, accum = hps.accum,
+  generator = hero.Generator(hps.seed)}
+local trainer = train.Trainer{
+  model = model, optimizer = optimizer, loader = meta, lr = hps.lr, warmup = hps.warmup, total = hps.total,
+  grad_norm = hps.grad_norm, accum = hps.accum, valid_every = hps.valid_every, valid = valid,
+  save_every = hps.save_every, out_dir = opts.out, progress = not opts.quiet,
+}
+
+local start = 0
+if opts.resume then
+  start = trainer:resume(opts.out) or 0
+  if start > 0 then io.stderr:write(string.format("resumed from %s/ckpt/step_%d\n", opts.out, start)) end
+end
+if start == 0 then
+  os.execute("mkdir -p '" .. opts.out:gsub("'", "'\\''") .. "'")
+  local f = assert(io.open(opts.out .. "/hps.json", "wb"))
+  f:write(json.encode(hps, {indent = 1}), "\n")
+  f:close()
+end
+
+local todo = math.max(0, steps - start)
+local t0 = hero.core._now()
+trainer:train(todo)
+local dt = hero.core._now() - t0
+io.stderr:write(string.format("%d updates in %.2f s (%.4f s per update); checkpoint %s/ckpt/step_%d\n", todo, dt,
+  todo > 0 and dt / todo or 0, opts.out, trainer.global_step))

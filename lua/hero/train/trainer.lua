@@ -1,0 +1,476 @@
+--- hero.train.Trainer: the pre-training loop of HERO (hero-spec §4.6, §6.1–6.5).
+--
+-- Per optimizer update: the MetaLoader draws one task; each of the `accum` micro-batches runs
+-- `model:forward(batch, task).loss:backward()` (gradients summed over micro-batches, no division);
+-- then global_step += 1, lr = warmup_linear(base_lr, step, warmup, total), clip_grad_norm, step,
+-- zero_grad. Every `valid_every` updates every validation task is run in evaluation mode without
+-- gradients; every `save_every` updates (and at the end) a checkpoint is written atomically.
+-- Everything that decides what happens next (parameters, optimizer moments, step, every generator's
+-- state, every task loader's position) is in the checkpoint, so a resumed run continues bit for bit.
+local core = require "hero.core"
+local optim = require "hero.optim"
+local io_ = require "hero.io"
+local json = require "hero.json"
+
+local Trainer = {}
+Trainer.__index = Trainer
+Trainer.__name = "Trainer"
+
+local FORMAT_VERSION = 1
+
+local now = core._now or core._bench_now or os.clock
+
+--- Fields each task's collated batch must have (what HeroForPretraining reads). A task not listed
+-- here is not checked. Override per trainer with opts.required_fields.
+local REPR = {"f_sub_input_ids", "f_sub_pos_ids", "f_v_feats", "f_v_pos_ids", "f_attn_masks", "f_gather_index",
+              "c_v_feats", "c_attn_masks", "num_subs", "sub_idx2frame_idx"}
+local function with_repr(extra)
+  local out = {}
+  for _, f in ipairs(REPR) do out[#out + 1] = f end
+  for _, f in ipairs(extra) do out[#out + 1] = f end
+  return out
+end
+Trainer.required_fields = {
+  mlm = {"input_ids", "position_ids", "v_feat", "gather_index", "attn_masks", "txt_mask_tgt", "txt_labels"},
+  ["mfm-nce"] = with_repr {"f_v_masks", "c_v_masks", "feat_targets"},
+  mffr = with_repr {"f_v_masks", "c_v_masks", "feat_targets"},
+  fom = with_repr {"shuffled_orders", "targets"},
+  vsm = with_repr {"query_input_ids", "query_pos_ids", "query_attn_masks", "q_vidx", "targets"},
+}
+
+local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function mkdir_p(dir)
+  local ok = os.execute("mkdir -p " .. shell_quote(dir) .. " 2>/dev/null")
+  if not ok then error(string.format("Trainer: cannot create the directory '%s'", dir), 0) end
+end
+
+local function file_exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Writes text to path atomically: a temporary file in the same directory, then a rename.
+local function write_atomic(path, text)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "wb")
+  if not f then error(string.format("cannot write '%s': %s", tmp, err), 0) end
+  local ok, werr = f:write(text)
+  local cok, cerr = f:close()
+  if not ok or not cok then
+    os.remove(tmp)
+    error(string.format("cannot write '%s': %s", tmp, tostring(werr or cerr)), 0)
+  end
+  local rok, rerr = os.rename(tmp, path)
+  if not rok then
+    os.remove(tmp)
+    error(string.format("cannot rename '%s' to '%s': %s", tmp, path, rerr), 0)
+  end
+end
+
+local function finite_or_null(x)
+  if type(x) == "number" and (x ~= x or x == math.huge or x == -math.huge) then return json.null end
+  return x
+end
+
+-- Every distinct hero.Generator referenced by a module of the model (Dropout layers, attention,
+-- the model's own `generator` for drop_svmr_prob), in module order.
+local function model_generators(model)
+  local list, seen = {}, {}
+  if type(model.named_modules) ~= "function" then return list end
+  for _, entry in ipairs(model:named_modules()) do
+    local g = rawget(entry[2], "generator")
+    if g ~= nil and not seen[g] then
+      seen[g] = true
+      list[#list + 1] = g
+    end
+  end
+  return list
+end
+
+--- Number of text tokens in a batch (0 when it has none): subtitle tokens by their attention
+-- masks (f_sub_input_attn_masks), MLM tokens (input_ids other than the padding id) and query
+-- tokens (query_attn_masks).
+local function count_tokens(batch, pad_id)
+  local n = 0
+  local function add(t) if core.is_tensor(t) then n = n + t:sum():item() end end
+  if batch.f_sub_input_attn_masks then
+    add(batch.f_sub_input_attn_masks)
+  elseif core.is_tensor(batch.input_ids) then
+    n = n + batch.input_ids:ne(pad_id):sum():item()
+  end
+  add(batch.query_attn_masks)
+  return math.tointeger(n) or n
+end
+
+local function format_seconds(s)
+  if s ~= s or s == math.huge then return "?" end
+  s = math.floor(s + 0.5)
+  if s >= 3600 then return string.format("%dh%02dm", s // 3600, s % 3600 // 60) end
+  if s >= 60 then return string.format("%dm%02ds", s // 60, s % 60) end
+  return string.format("%ds", s)
+end
+
+--- Trainer{model =, optimizer =, loader = MetaLoader, lr = base_lr, warmup =, total =,
+--   grad_norm = 1.0, accum = loader.accum, valid_every =, valid = {task = batches or loader},
+--   save_every =, out_dir =, log = true, progress = true, generator =, pad_id = 1,
+--   required_fields =, forward_opts = function(task, step) -> opts or nil}
+-- grad_norm <= 0 (or false) computes the norm without clipping. The optimizer's own lr_mul groups
+-- apply on top of the scheduled lr. generator: a hero.Generator used by the model (e.g. its dropout
+-- generator) when the model does not keep it on its modules; its state is checkpointed too.
+-- A validation source is an array of batches or an object with :iter() (one pass).
+function Trainer.new(opts)
+  if type(opts) ~= "table" then error("Trainer: expected an options table", 2) end
+  local function need(name, kind)
+    if type(opts[name]) ~= kind then
+      error(string.format("Trainer: opts.%s must be a %s, got %s", name, kind, type(opts[name])), 3)
+    end
+  end
+  need("model", "table")
+  need("optimizer", "table")
+  need("loader", "table")
+  need("lr", "number")
+  if type(opts.model.forward) ~= "function" then error("Trainer: opts.model has no forward method", 2) end
+  for _, m in ipairs {"step", "zero_grad", "set_lr", "state_dict", "load_state_dict"} do
+    if type(opts.optimizer[m]) ~= "function" then error("Trainer: opts.optimizer has no " .. m .. " method", 2) end
+  end
+  for _, m in ipairs {"next", "state", "set_state"} do
+    if type(opts.loader[m]) ~= "function" then error("Trainer: opts.loader has no " .. m .. " method", 2) end
+  end
+  local total = opts.total or 0
+  local warmup = opts.warmup or 0
+  if math.type(total) ~= "integer" or total < 1 then
+    error("Trainer: opts.total (number of updates of the schedule) must be a positive integer", 2)
+  end
+  if math.type(warmup) ~= "integer" or warmup < 0 or warmup >= total then
+    error(string.format("Trainer: opts.warmup must be an integer in [0, total), got %s", tostring(warmup)), 2)
+  end
+  local accum = opts.accum or opts.loader.accum or 1
+  if math.type(accum) ~= "integer" or accum < 1 then error("Trainer: opts.accum must be a positive integer", 2) end
+  if opts.loader.accum and opts.loader.accum ~= accum then
+    error(string.format("Trainer: opts.accum is %d but the loader draws a task every %d micro-batches", accum,
+      opts.loader.accum), 2)
+  end
+  for _, k in ipairs {"valid_every", "save_every"} do
+    local v = opts[k]
+    if v ~= nil and (math.type(v) ~= "integer" or v < 0) then
+      error(string.format("Trainer: opts.%s must be a non-negative integer", k), 2)
+    end
+  end
+  if (opts.save_every or 0) > 0 and type(opts.out_dir) ~= "string" then
+    error("Trainer: opts.save_every needs opts.out_dir", 2)
+  end
+  local grad_norm = opts.grad_norm
+  if grad_norm == nil then grad_norm = 1.0 end
+  if grad_norm == false then grad_norm = -1 end
+  local self = setmetatable({
+    model = opts.model, optimizer = opts.optimizer, loader = opts.loader,
+    base_lr = opts.lr, warmup = warmup, total = total, grad_norm = grad_norm, accum = accum,
+    valid_every = opts.valid_every or 0, valid = opts.valid or {}, save_every = opts.save_every or 0,
+    out_dir = opts.out_dir, log = opts.log ~= false and opts.out_dir ~= nil,
+    progress = opts.progress ~= false, generator = opts.generator, pad_id = opts.pad_id or 1,
+    required_fields = opts.required_fields or Trainer.required_fields, forward_opts = opts.forward_opts,
+    global_step = 0, last_saved = nil, history = {},
+  }, Trainer)
+  self.params = type(self.model.named_parameters) == "function" and self.model:named_parameters() or nil
+  if not self.params then error("Trainer: opts.model has no named_parameters method", 2) end
+  return self
+end
+
+setmetatable(Trainer, {__call = function(_, opts) return Trainer.new(opts) end})
+
+function Trainer:ckpt_dir() return self.out_dir .. "/ckpt" end
+
+-- ------------------------------------------------------------------ one update
+
+function Trainer:check_batch(task, batch, mb)
+  local fields = self.required_fields[task]
+  if not fields then return end
+  for _, f in ipairs(fields) do
+    if batch[f] == nil then
+      error(string.format("Trainer: the batch of task '%s' (update %d, micro-batch %d) has no field '%s'",
+        task, self.global_step + 1, mb, f), 0)
+    end
+  end
+end
+
+--- Runs one optimizer update; returns the record that goes to log.jsonl.
+function Trainer:update()
+  local t0 = now()
+  local task, losses, tokens = nil, {}, 0
+  for mb = 1, self.accum do
+    local t, batch, first = self.loader:next()
+    if mb == 1 then
+      if first == false then error("Trainer: the loader is in the middle of an update (micro-step out of step)", 0) end
+      task = t
+    elseif t ~= task then
+      error(string.format("Trainer: the loader changed task within an update ('%s' then '%s')", task, t), 0)
+    end
+    self:check_batch(task, batch, mb)
+    local fopts = self.forward_opts and self.forward_opts(task, self.global_step + 1) or nil
+    local out = self.model:forward(batch, task, fopts)
+    if type(out) ~= "table" or not core.is_tensor(out.loss) then
+      error(string.format("Trainer: model:forward(batch, '%s') returned no loss tensor", task), 0)
+    end
+    out.loss:backward()
+    losses[mb] = out.loss:item()
+    tokens = tokens + count_tokens(batch, self.pad_id)
+  end
+  self.global_step = self.global_step + 1
+  local lr = optim.warmup_linear(self.base_lr, self.global_step, self.warmup, self.total)
+  self.optimizer:set_lr(lr)
+  local max_norm = self.grad_norm > 0 and self.grad_norm or math.huge
+  local norm = optim.clip_grad_norm(self.params, max_norm)
+  self.optimizer:step()
+  self.optimizer:zero_grad()
+  local seconds = now() - t0
+  local sum = 0
+  for _, l in ipairs(losses) do sum = sum + l end
+  local rec = {step = self.global_step, task = task, loss = sum / #losses, micro_losses = losses, lr = lr,
+               grad_norm = norm, seconds = seconds}
+  if tokens > 0 then
+    rec.tokens = tokens
+    rec.tokens_per_s = seconds > 0 and tokens / seconds or nil
+  end
+  return rec
+end
+
+-- ------------------------------------------------------------------ validation
+
+local function iterate(src)
+  if type(src) == "table" and type(src.iter) == "function" then return src:iter() end
+  if type(src) == "table" and #src > 0 then
+    local i = 0
+    return function()
+      i = i + 1
+      return src[i]
+    end
+  end
+  error("Trainer: a validation source must be a non-empty array of batches or have :iter()", 0)
+end
+
+--- Runs every validation task once (evaluation mode, no gradients); returns {task = mean loss}.
+function Trainer:validate()
+  local names = {}
+  for name in pairs(self.valid) do names[#names + 1] = name end
+  table.sort(names)
+  local results = {}
+  local was_training = self.model.training
+  if self.model.evaluate then self.model:evaluate() end
+  local ok, err = pcall(function()
+    for _, task in ipairs(names) do
+      local sum, n = 0, 0
+      for batch in iterate(self.valid[task]) do
+        self:check_batch(task, batch, n + 1)
+        local fopts = self.forward_opts and self.forward_opts(task, self.global_step) or nil
+        local loss = core.no_grad(function() return self.model:forward(batch, task, fopts).loss:item() end)
+        sum, n = sum + loss, n + 1
+      end
+      results[task] = sum / n
+    end
+  end)
+  if was_training ~= false and self.model.train then self.model:train() end
+  if not ok then error(err, 0) end
+  return results
+end
+
+-- ------------------------------------------------------------------ logging
+
+function Trainer:write_log(rec)
+  if not self.log then return end
+  if not self.log_file then
+    mkdir_p(self.out_dir)
+    local f, err = io.open(self.out_dir .. "/log.jsonl", "ab")
+    if not f then error("Trainer: cannot open the log: " .. tostring(err), 0) end
+    self.log_file = f
+  end
+  local clean = {}
+  for k, v in pairs(rec) do
+    if type(v) == "table" then
+      local t = {}
+      for kk, vv in pairs(v) do t[kk] = finite_or_null(vv) end
+      clean[k] = t
+    else
+      clean[k] = finite_or_null(v)
+    end
+  end
+  self.log_file:write(json.encode(clean), "\n")
+  self.log_file:flush()
+end
+
+function Trainer:draw_progress(rec, stats)
+  if not self.progress then return end
+  local done = stats.updates
+  local left = self.target_step - self.global_step
+  local eta = done > 0 and stats.seconds / done * left or math.huge
+  local tps = stats.seconds > 0 and stats.tokens / stats.seconds or 0
+  local line = string.format("step %d/%d  %-7s loss %.4f  lr %.3g  %s tok/s  ETA %s", self.global_step,
+    self.target_step, rec.task, rec.loss, rec.lr, tps > 0 and string.format("%.0f", tps) or "-", format_seconds(eta))
+  -- pad to the previous line's length so a shorter line fully covers it
+  local pad = math.max(0, (self.last_line_len or 0) - #line)
+  self.last_line_len = #line
+  io.stderr:write("\r", line, string.rep(" ", pad))
+  io.stderr:flush()
+end
+
+-- ------------------------------------------------------------------ checkpoints
+
+--- The RNG state of every generator the run depends on.
+function Trainer:rng_state()
+  local mods = {}
+  for i, g in ipairs(model_generators(self.model)) do mods[i] = g:get_state() end
+  return {default = core.get_rng_state(), trainer = self.generator and self.generator:get_state() or nil,
+          modules = mods}
+end
+
+function Trainer:set_rng_state(st)
+  local gens = model_generators(self.model)
+  local saved = st.modules or {}
+  if #saved ~= #gens then
+    error(string.format("Trainer:resume: the checkpoint has %d model generator states, the model has %d generators",
+      #saved, #gens), 0)
+  end
+  for i, g in ipairs(gens) do g:set_state(saved[i]) end
+  if self.generator then
+    if not st.trainer then error("Trainer:resume: the checkpoint has no state for opts.generator", 0) end
+    self.generator:set_state(st.trainer)
+  end
+  core.set_rng_state(st.default)
+end
+
+--- Writes ckpt/step_<N>.safetensors (the model's state_dict, reference key names),
+-- ckpt/train_state_<N>.safetensors (optimizer, step, RNG states, loader states) and then the
+-- `latest` pointer, each atomically. A failure leaves the previous checkpoint and `latest` as they
+-- were and raises an error.
+function Trainer:save()
+  local dir = self:ckpt_dir()
+  local n = self.global_step
+  local ok, err = pcall(function()
+    mkdir_p(dir)
+    io_.save(string.format("%s/step_%d.safetensors", dir, n), self.model:state_dict())
+    io_.save(string.format("%s/train_state_%d.safetensors", dir, n), {
+      format_version = FORMAT_VERSION,
+      global_step = n,
+      optimizer = self.optimizer:state_dict(),
+      rng = self:rng_state(),
+      loader = self.loader:state(),
+      schedule = {lr = self.base_lr, warmup = self.warmup, total = self.total, accum = self.accum,
+                  grad_norm = self.grad_norm},
+    })
+    write_atomic(dir .. "/latest", tostring(n) .. "\n")
+  end)
+  if not ok then
+    error(string.format("Trainer: saving the checkpoint of step %d failed: %s", n, tostring(err)), 0)
+  end
+  self.last_saved = n
+end
+
+--- The step recorded in out_dir/ckpt/latest, or nil when there is no checkpoint.
+function Trainer.latest_step(out_dir)
+  local text = read_file(out_dir .. "/ckpt/latest")
+  if not text then return nil end
+  local n = math.tointeger(tonumber(text:match("^%s*(%d+)%s*$")))
+  if not n then error(string.format("Trainer: '%s/ckpt/latest' does not hold a step number", out_dir), 0) end
+  return n
+end
+
+-- Keeps the lines of log.jsonl up to `step` (a run that stopped after its last checkpoint logged
+-- updates that the resumed run does again).
+local function truncate_log(path, step)
+  local text = read_file(path)
+  if not text then return end
+  local keep = {}
+  for line in text:gmatch("[^\n]+") do
+    local ok, rec = pcall(json.decode, line)
+    if ok and type(rec) == "table" and math.type(rec.step) == "integer" and rec.step <= step then
+      keep[#keep + 1] = line
+    end
+  end
+  write_atomic(path, #keep > 0 and table.concat(keep, "\n") .. "\n" or "")
+end
+
+--- Restores the checkpoint named by out_dir/ckpt/latest (or `step`): parameters, optimizer,
+-- global step, every generator's state and every task loader's position. Returns the step, or nil
+-- (and changes nothing) when out_dir has no checkpoint.
+function Trainer:resume(out_dir, step)
+  out_dir = out_dir or self.out_dir
+  if type(out_dir) ~= "string" then error("Trainer:resume: no out_dir", 2) end
+  step = step or Trainer.latest_step(out_dir)
+  if not step then return nil end
+  local dir = out_dir .. "/ckpt"
+  local mpath = string.format("%s/step_%d.safetensors", dir, step)
+  local spath = string.format("%s/train_state_%d.safetensors", dir, step)
+  for _, p in ipairs {mpath, spath} do
+    if not file_exists(p) then error(string.format("Trainer:resume: '%s' is missing", p), 2) end
+  end
+  local st = io_.load(spath)
+  if st.format_version ~= FORMAT_VERSION or st.global_step ~= step then
+    error(string.format("Trainer:resume: '%s' is not a train state of step %d (format %s)", spath, step,
+      tostring(st.format_version)), 2)
+  end
+  local sd = io_.load(mpath)
+  self.model:load_state_dict(sd)
+  self.optimizer:load_state_dict(st.optimizer)
+  -- zero_grad zeroes gradients without freeing them, so every parameter that ever had a gradient
+  -- keeps being updated (moment decay, weight decay) even by updates of other tasks. Those are
+  -- exactly the parameters with optimizer state: give them zero gradients again.
+  local state = self.optimizer.state or {}
+  for _, pair in ipairs(self.params) do
+    local name, p = pair[1], pair[2]
+    if state[name] and p.grad == nil then p.grad = core.zeros(p:size(), {dtype = p:dtype()}) end
+  end
+  self.loader:set_state(st.loader)
+  self:set_rng_state(st.rng)
+  self.global_step = step
+  self.last_saved = step
+  if self.out_dir == out_dir and self.log then truncate_log(out_dir .. "/log.jsonl", step) end
+  return step
+end
+
+-- ------------------------------------------------------------------ the loop
+
+--- Runs `num_updates` optimizer updates (validating and saving on schedule, saving at the end
+-- when out_dir is set). Returns the array of update records.
+function Trainer:train(num_updates)
+  if math.type(num_updates) ~= "integer" or num_updates < 0 then
+    error("Trainer:train: the number of updates must be a non-negative integer", 2)
+  end
+  if self.model.train then self.model:train() end
+  self.target_step = self.global_step + num_updates
+  local stats = {updates = 0, seconds = 0, tokens = 0}
+  local records = {}
+  local ok, err = pcall(function()
+    for _ = 1, num_updates do
+      local rec = self:update()
+      stats.updates = stats.updates + 1
+      stats.seconds = stats.seconds + rec.seconds
+      stats.tokens = stats.tokens + (rec.tokens or 0)
+      if self.valid_every > 0 and self.global_step % self.valid_every == 0 and next(self.valid) then
+        rec.valid = self:validate()
+      end
+      self:write_log(rec)
+      records[#records + 1] = rec
+      self:draw_progress(rec, stats)
+      if self.save_every > 0 and self.global_step % self.save_every == 0 then self:save() end
+    end
+    if self.out_dir and num_updates > 0 and self.last_saved ~= self.global_step then self:save() end
+  end)
+  if self.progress and stats.updates > 0 then io.stderr:write("\n") end
+  if self.log_file then
+    self.log_file:close()
+    self.log_file = nil
+  end
+  if not ok then error(err, 0) end
+  return records
+end
+
+return Trainer

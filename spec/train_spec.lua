@@ -1,0 +1,378 @@
+local hero = require "hero"
+local helper = require "spec_helper"
+local json = hero.json
+local train = hero.train
+
+local dir = helper.fixture("hero-smoke")
+local fx = helper.load_fixture("hero_smoke_batches.lua")
+local cfg = fx.config
+local batches = train.fixture_batches(dir)
+
+local tmpdir
+local saved_rng
+
+setup(function()
+  saved_rng = hero.get_rng_state()
+  tmpdir = os.tmpname()
+  os.remove(tmpdir)
+  assert(os.execute('mkdir -p "' .. tmpdir .. '"'))
+end)
+
+teardown(function()
+  hero.set_rng_state(saved_rng)
+  if tmpdir and tmpdir:match("^/tmp/") then os.execute('rm -rf "' .. tmpdir .. '"') end
+end)
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- The smoke model from the reference's initial weights; dropout p everywhere, drawn from `gen`.
+local function model(p, gen, drop_svmr_prob)
+  local m = hero.models.HeroForPretraining(cfg.model_config.pretrain, {
+    vfeat_dim = cfg.constants.vfeat_dim, max_frm_seq_len = cfg.constants.max_frm_seq_len,
+    vocab_pad = cfg.constants.vocab_pad_pretraining, lw_st_ed = 0.01, drop_svmr_prob = drop_svmr_prob or 0,
+    generator = gen,
+  })
+  m:load_state_dict(hero.load(dir .. "/weights.safetensors"), {strict = false})
+  train.set_dropout(m, p)
+  return m
+end
+
+local function adamw(m)
+  local oc = cfg.optimizer
+  return hero.optim.AdamW(m:named_parameters(), {lr = oc.learning_rate, betas = oc.betas, eps = oc.eps,
+    weight_decay = oc.weight_decay, no_decay = {"bias", "LayerNorm.bias", "LayerNorm.weight"}})
+end
+
+local function task_loaders(names)
+  local t = {}
+  for _, n in ipairs(names) do t[n] = train.CyclingLoader(batches[n]) end
+  return t
+end
+
+--- An optimizer that only records what the trainer hands it (lr and gradients at step time).
+local function recorder(m)
+  local rec = {lrs = {}, grads = {}, norms = {}, state = {}}
+  local params = m:named_parameters()
+  function rec.set_lr(_, lr) rec.lr = lr end
+  function rec.step()
+    rec.lrs[#rec.lrs + 1] = rec.lr
+    local g, list = {}, {}
+    for _, p in ipairs(params) do
+      if p[2].grad then
+        g[p[1]] = p[2].grad:clone()
+        list[#list + 1] = p[2].grad
+      end
+    end
+    rec.grads[#rec.grads + 1] = g
+    rec.norms[#rec.norms + 1] = hero.global_norm(list)
+  end
+  function rec.zero_grad()
+    for _, p in ipairs(params) do if p[2].grad then hero.no_grad(function() p[2].grad:zero_() end) end end
+  end
+  function rec.state_dict() return {} end
+  function rec.load_state_dict() end
+  return rec
+end
+
+local function same_values(a, b)
+  return table.concat(a:size(), "x") == table.concat(b:size(), "x") and a:eq(b):all():item()
+end
+
+local function assert_same_params(m1, m2)
+  local p2 = {}
+  for _, p in ipairs(m2:named_parameters()) do p2[p[1]] = p[2] end
+  local n = 0
+  for _, p in ipairs(m1:named_parameters()) do
+    assert(same_values(p[2]:detach(), p2[p[1]]:detach()), p[1] .. " differs")
+    n = n + 1
+  end
+  assert.is_true(n > 100)
+end
+
+local function dummy_tasks(names)
+  local t = {}
+  for _, n in ipairs(names) do t[n] = train.CyclingLoader {{name = n}} end
+  return t
+end
+
+describe("MetaLoader", function()
+  it("draws the same tasks for the same seed, other tasks for another seed", function()
+    local function draws(seed)
+      local meta = train.MetaLoader{tasks = dummy_tasks {"mlm", "fom", "vsm"}, generator = hero.Generator(seed)}
+      local out = {}
+      for i = 1, 40 do out[i] = (meta:next()) end
+      return table.concat(out, " ")
+    end
+    assert.equal(draws(11), draws(11))
+    assert.not_equal(draws(11), draws(12))
+  end)
+
+  it("follows the ratios (2, 2, 1, 2) over many draws", function()
+    local names = {"mlm", "mfm-nce", "fom", "vsm"}
+    local meta = train.MetaLoader{tasks = dummy_tasks(names), ratios = {mlm = 2, ["mfm-nce"] = 2, fom = 1, vsm = 2},
+      order = names, seed = 77}
+    assert.equal("mlm,mlm,mfm-nce,mfm-nce,fom,vsm,vsm", table.concat(meta.pool, ","))
+    local n, count = 7000, {}
+    for _ = 1, n do
+      local task = meta:draw()
+      count[task] = (count[task] or 0) + 1
+    end
+    for name, r in pairs {mlm = 2, ["mfm-nce"] = 2, fom = 1, vsm = 2} do
+      local p = r / 7
+      local sd = math.sqrt(n * p * (1 - p))
+      assert(math.abs(count[name] - n * p) < 4 * sd, string.format("%s drawn %d times, expected %.0f +- %.0f",
+        name, count[name], n * p, 4 * sd))
+    end
+  end)
+
+  it("keeps one task for all accum micro-batches of an update and resumes its stream", function()
+    local meta = train.MetaLoader{tasks = dummy_tasks {"a", "b", "c"}, accum = 3, seed = 5}
+    local st
+    local seq = {}
+    for i = 1, 30 do
+      if i == 13 then st = meta:state() end
+      local task, batch, first = meta:next()
+      assert.equal(task, batch.name)
+      assert.equal((i - 1) % 3 == 0, first)
+      if not first then assert.equal(seq[#seq], task) end
+      seq[#seq + 1] = task
+    end
+    assert.is_true(#table.concat(seq):gsub("a", "") < 30) -- not all "a"
+    local again = train.MetaLoader{tasks = dummy_tasks {"a", "b", "c"}, accum = 3, seed = 999}
+    again:set_state(st)
+    for i = 13, 30 do assert.equal(seq[i], (again:next())) end
+  end)
+
+  it("gives clear errors for bad input", function()
+    helper.assert_error_contains(function()
+      train.MetaLoader{tasks = dummy_tasks {"mlm", "fom"}, ratios = {mlm = 1, fom = 1, vsm = 2}}
+    end, "ratio given for unknown task 'vsm'", "fom, mlm")
+    helper.assert_error_contains(function()
+      train.MetaLoader{tasks = dummy_tasks {"mlm", "fom"}, ratios = {mlm = 1}}
+    end, "task 'fom' has no ratio")
+    helper.assert_error_contains(function()
+      train.MetaLoader{tasks = dummy_tasks {"mlm"}, ratios = {mlm = 1.5}}
+    end, "ratio of task 'mlm' must be a positive integer")
+    helper.assert_error_contains(function() train.MetaLoader{tasks = {mlm = {}}} end,
+      "loader of task 'mlm' has no :next() method")
+    helper.assert_error_contains(function() train.MetaLoader{tasks = dummy_tasks {"mlm"}, accum = 0} end,
+      "accum must be a positive integer")
+    helper.assert_error_contains(function() train.CyclingLoader {} end, "non-empty array of batches")
+    local a = train.MetaLoader{tasks = dummy_tasks {"mlm", "fom"}}
+    local b = train.MetaLoader{tasks = dummy_tasks {"mlm", "fom"}, ratios = {mlm = 2, fom = 1}}
+    helper.assert_error_contains(function() b:set_state(a:state()) end, "task pool {fom,mlm}")
+    helper.assert_error_contains(function() train.CyclingLoader({{}, {}}):set_state {pos = 3} end,
+      "position 3 is outside 1..2")
+  end)
+end)
+
+describe("Trainer", function()
+  it("sums the gradients of the accum micro-batches (no division)", function()
+    local m = model(0)
+    local rec = recorder(m)
+    local meta = train.MetaLoader{tasks = task_loaders {"mlm"}, accum = 2}
+    local tr = train.Trainer{model = m, optimizer = rec, loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      grad_norm = false, progress = false}
+    tr:train(1)
+    -- the same two micro-batches, one backward each from no gradient
+    local m2 = model(0)
+    local sums, n = {}, 0
+    for _, b in ipairs(batches.mlm) do
+      for _, p in ipairs(m2:named_parameters()) do p[2].grad = nil end
+      m2:forward(b, "mlm").loss:backward()
+      for _, p in ipairs(m2:named_parameters()) do
+        if p[2].grad then sums[p[1]] = sums[p[1]] and sums[p[1]] + p[2].grad or p[2].grad:clone() end
+      end
+    end
+    for name, g in pairs(sums) do
+      assert.is_not_nil(rec.grads[1][name], name)
+      assert.tensor_near(rec.grads[1][name], g)
+      n = n + 1
+    end
+    assert.is_true(n > 20)
+  end)
+
+  it("applies warmup-linear, clipping and the optimizer step in the reference's order", function()
+    local m = model(0)
+    local rec = recorder(m)
+    local meta = train.MetaLoader{tasks = task_loaders {"mlm", "mfm-nce"}, accum = 2, seed = 3}
+    local tr = train.Trainer{model = m, optimizer = rec, loader = meta, lr = 1e-3, warmup = 2, total = 5,
+      grad_norm = 1.0, progress = false}
+    local records = tr:train(5)
+    local expected = {5e-4, 1e-3, 2e-3 / 3, 1e-3 / 3, 1e-8}
+    for s = 1, 5 do
+      assert.equal(s, records[s].step)
+      assert.is_true(math.abs(records[s].lr - expected[s]) < 1e-15)
+      assert.equal(records[s].lr, rec.lrs[s])
+      -- clipped to norm 1 (scale 1 / (norm + 1e-6)) whenever the norm was above 1
+      assert.is_true(records[s].grad_norm > 1)
+      assert.is_true(math.abs(rec.norms[s] - records[s].grad_norm / (records[s].grad_norm + 1e-6)) < 1e-5)
+    end
+    assert.equal(5, tr.global_step)
+  end)
+
+  it("reproduces the reference's three AdamW updates through MetaLoader and Trainer", function()
+    local m = model(0)
+    local oc = cfg.optimizer
+    -- a loader that serves the reference's task sequence, two micro-batches each
+    local seq = oc.tasks_per_update
+    local loaders = task_loaders {"mlm", "mfm-nce", "vsm"}
+    local meta = {accum = 2, micro = 0}
+    function meta.next(self)
+      local task = seq[self.micro // 2 + 1]
+      local first = self.micro % 2 == 0
+      self.micro = self.micro + 1
+      return task, loaders[task]:next(), first
+    end
+    function meta.state(self) return {micro = self.micro} end
+    function meta.set_state(self, s) self.micro = s.micro end
+    local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = oc.learning_rate,
+      warmup = oc.warmup_steps, total = oc.num_train_steps, grad_norm = oc.grad_norm, progress = false}
+    local records = tr:train(3)
+    for s = 1, 3 do
+      assert.equal(seq[s], records[s].task)
+      assert.is_true(math.abs(records[s].lr - oc.trace[s].lr) < 1e-12)
+      assert.is_true(math.abs(records[s].grad_norm - oc.trace[s].grad_norm_before_clip) < 1e-4 *
+        oc.trace[s].grad_norm_before_clip)
+    end
+    local expected = hero.load(dir .. "/params_after_step3.safetensors")
+    for _, p in ipairs(m:named_parameters()) do
+      if expected[p[1]] then
+        local ok, msg = helper.parity(p[2]:detach(), expected[p[1]], "params")
+        assert(ok, p[1] .. ": " .. msg)
+      end
+    end
+  end)
+
+  it("writes log.jsonl lines with every field, validation results and checkpoints that reload exactly", function()
+    local out = tmpdir .. "/log"
+    local m = model(0.1, hero.Generator(4))
+    local meta = train.MetaLoader{tasks = task_loaders {"mlm", "fom", "vsm"}, accum = 2, seed = 8}
+    local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      valid_every = 2, valid = {mlm = batches.mlm, fom = train.CyclingLoader(batches.fom)}, save_every = 2,
+      out_dir = out, progress = false}
+    tr:train(3)
+    local lines = {}
+    for line in read(out .. "/log.jsonl"):gmatch("[^\n]+") do lines[#lines + 1] = json.decode(line) end
+    assert.equal(3, #lines)
+    for i, r in ipairs(lines) do
+      assert.equal(i, r.step)
+      assert.is_truthy(({mlm = true, fom = true, vsm = true})[r.task])
+      for _, k in ipairs {"loss", "lr", "grad_norm", "seconds", "tokens_per_s"} do
+        assert.equal("number", type(r[k]), k)
+      end
+      assert.equal(2, #r.micro_losses)
+    end
+    assert.is_nil(lines[1].valid)
+    assert.equal("number", type(lines[2].valid.mlm))
+    assert.equal("number", type(lines[2].valid.fom))
+    assert.is_true(m.training) -- back in training mode after validation
+    -- checkpoints at 2 and at the end (3); latest names 3
+    assert.equal("3\n", read(out .. "/ckpt/latest"))
+    for _, n in ipairs {2, 3} do
+      assert.is_not_nil(read(string.format("%s/ckpt/step_%d.safetensors", out, n)))
+      assert.is_not_nil(read(string.format("%s/ckpt/train_state_%d.safetensors", out, n)))
+    end
+    -- the model file has the reference's key names and loads back bit for bit
+    local sd = hero.load(out .. "/ckpt/step_3.safetensors")
+    for k in pairs(hero.load(dir .. "/weights.safetensors")) do assert.is_not_nil(sd[k], k) end
+    local m2 = model(0)
+    m2:load_state_dict(sd)
+    assert_same_params(m, m2)
+  end)
+
+  it("resumes bit for bit: N updates equal N/2, then N/2 in a new trainer, model and optimizer", function()
+    local function setup_run(out, seeds)
+      hero.manual_seed(seeds.default)
+      local m = model(0.1, hero.Generator(seeds.dropout), 0.5)
+      local meta = train.MetaLoader{tasks = task_loaders {"mlm", "mfm-nce", "fom", "vsm"},
+        ratios = {mlm = 2, ["mfm-nce"] = 2, fom = 1, vsm = 2}, accum = 2, generator = hero.Generator(seeds.meta)}
+      local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 2, total = 10,
+        valid_every = 3, valid = {mlm = batches.mlm}, save_every = 100, out_dir = out, progress = false}
+      return tr, m
+    end
+    local seeds = {default = 1, dropout = 2, meta = 3}
+    local full, m_full = setup_run(tmpdir .. "/full", seeds)
+    local rec_full = full:train(6)
+
+    local first = setup_run(tmpdir .. "/resume", seeds)
+    first:train(3)
+    -- a fresh process: other seeds everywhere, all of which the checkpoint must override
+    local second, m_second = setup_run(tmpdir .. "/resume", {default = 101, dropout = 102, meta = 103})
+    assert.equal(3, second:resume(tmpdir .. "/resume"))
+    local rec_second = second:train(3)
+    assert_same_params(m_full, m_second)
+    for i = 1, 3 do
+      assert.equal(rec_full[i + 3].task, rec_second[i].task)
+      assert.equal(rec_full[i + 3].loss, rec_second[i].loss)
+    end
+    -- dropout is really on (so the restored generator states matter): another dropout seed, other parameters
+    local run_a, m_a = setup_run(tmpdir .. "/a", seeds)
+    run_a:train(1)
+    local run_b, m_b = setup_run(tmpdir .. "/b", {default = 1, dropout = 55, meta = 3})
+    run_b:train(1)
+    local p_b, differs = {}, false
+    for _, p in ipairs(m_b:named_parameters()) do p_b[p[1]] = p[2] end
+    for _, p in ipairs(m_a:named_parameters()) do
+      if not same_values(p[2]:detach(), p_b[p[1]]:detach()) then differs = true end
+    end
+    assert.is_true(differs)
+    -- the log of the resumed run holds each step once
+    local steps = {}
+    for line in read(tmpdir .. "/resume/log.jsonl"):gmatch("[^\n]+") do steps[#steps + 1] = json.decode(line).step end
+    assert.same({1, 2, 3, 4, 5, 6}, steps)
+  end)
+
+  it("leaves the previous checkpoint and latest intact when a save fails", function()
+    local out = tmpdir .. "/fail"
+    local m = model(0)
+    local meta = train.MetaLoader{tasks = task_loaders {"mlm"}, accum = 1}
+    local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      save_every = 2, out_dir = out, progress = false}
+    tr:train(2)
+    assert.equal("2\n", read(out .. "/ckpt/latest"))
+    local before = read(out .. "/ckpt/train_state_2.safetensors")
+    -- a directory where the next train state goes: the model file is written, the state is not
+    assert(os.execute('mkdir -p "' .. out .. '/ckpt/train_state_4.safetensors"'))
+    helper.assert_error_contains(function() tr:train(2) end, "saving the checkpoint of step 4 failed")
+    assert.equal("2\n", read(out .. "/ckpt/latest"))
+    assert.equal(before, read(out .. "/ckpt/train_state_2.safetensors"))
+    local again = train.Trainer{model = model(0), optimizer = adamw(m), loader = train.MetaLoader{
+      tasks = task_loaders {"mlm"}}, lr = 1e-3, warmup = 1, total = 10, out_dir = out, progress = false}
+    assert.equal(2, again:resume())
+    -- an out_dir below a regular file cannot be created
+    local blocked = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      out_dir = out .. "/ckpt/latest/sub", progress = false}
+    helper.assert_error_contains(function() blocked:save() end, "saving the checkpoint of step 0 failed",
+      "cannot create the directory")
+    assert.equal("2\n", read(out .. "/ckpt/latest"))
+  end)
+
+  it("gives clear errors for bad input", function()
+    local m = model(0)
+    local meta = train.MetaLoader{tasks = {mlm = train.CyclingLoader {{input_ids = batches.mlm[1].input_ids}}}}
+    local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      progress = false}
+    helper.assert_error_contains(function() tr:train(1) end,
+      "the batch of task 'mlm' (update 1, micro-batch 1) has no field 'position_ids'")
+    helper.assert_error_contains(function()
+      train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 10, total = 10}
+    end, "opts.warmup must be an integer in [0, total)")
+    helper.assert_error_contains(function()
+      train.Trainer{model = m, optimizer = adamw(m), loader = train.MetaLoader{tasks = dummy_tasks {"a"}, accum = 2},
+        accum = 3, lr = 1e-3, total = 10}
+    end, "opts.accum is 3 but the loader draws a task every 2 micro-batches")
+    helper.assert_error_contains(function()
+      train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, total = 10, save_every = 5}
+    end, "save_every needs opts.out_dir")
+    helper.assert_error_contains(function() tr:resume(tmpdir .. "/nowhere", 7) end,
+      "step_7.safetensors' is missing")
+    assert.is_nil(tr:resume(tmpdir .. "/nowhere"))
+  end)
+end)
