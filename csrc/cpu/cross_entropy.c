@@ -6,6 +6,7 @@
 
 #include "hr_autograd.h"
 #include "hr_nn.h"
+#include "cpu/hr_simd.h"
 
 typedef struct {
     int64_t rows, classes, ignore_index, counted;
@@ -15,6 +16,7 @@ typedef struct {
 
 typedef struct {
     const void *x;
+    int64_t row_stride; /* elements between rows (the class dimension is contiguous) */
     const int64_t *target;
     double *lse;
     double *loss;
@@ -23,9 +25,21 @@ typedef struct {
     hr_dtype dt;
 } ce_fwd_job;
 
-static double load(const void *base, hr_dtype dt, int64_t i)
+/* sum of exp(x[i] - shift) over a contiguous float row: 8 lanes of the vectorised exp, block sums
+ * in double */
+static double sum_exp_f32(const float *x, int64_t n, float shift)
 {
-    return dt == HR_F32 ? (double)((const float *)base)[i] : ((const double *)base)[i];
+    double s = 0;
+    int64_t i = 0;
+    const hr_v8f sh = hr_v8f_splat(shift);
+    for (; i + 8 <= n; i += 8) {
+        hr_v8f v;
+        memcpy(&v, x + i, sizeof v);
+        hr_v8f e = hr_exp_v8f(v - sh);
+        s += (double)(((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7])));
+    }
+    for (; i < n; i++) s += exp((double)x[i] - shift);
+    return s;
 }
 
 static void ce_forward_rows(void *arg, int64_t begin, int64_t end)
@@ -33,26 +47,37 @@ static void ce_forward_rows(void *arg, int64_t begin, int64_t end)
     const ce_fwd_job *j = arg;
     int64_t C = j->classes;
     for (int64_t r = begin; r < end; r++) {
-        const int64_t off = r * C;
-        double mx = -INFINITY;
-        for (int64_t c = 0; c < C; c++) {
-            double v = load(j->x, j->dt, off + c);
-            if (v > mx) mx = v;
-        }
-        double s = 0, sum_x = 0;
-        for (int64_t c = 0; c < C; c++) {
-            double v = load(j->x, j->dt, off + c);
-            s += exp(v - mx);
-            sum_x += v;
-        }
-        double lse = mx + log(s);
-        j->lse[r] = lse;
+        const int64_t off = r * j->row_stride;
         int64_t t = j->target[r];
+        double lse, sum_x = 0, xt;
+        if (j->dt == HR_F32) {
+            const float *row = (const float *)j->x + off;
+            bool nan;
+            float mx = hr_maxmin_f32(row, C, true, &nan);
+            if (nan) mx = NAN;
+            lse = (double)mx + log(sum_exp_f32(row, C, mx));
+            if (j->smoothing != 0)
+                for (int64_t c = 0; c < C; c++) sum_x += row[c];
+            xt = t == j->ignore_index ? 0 : row[t];
+        } else {
+            const double *row = (const double *)j->x + off;
+            double mx = -INFINITY;
+            for (int64_t c = 0; c < C; c++)
+                if (row[c] > mx || row[c] != row[c]) mx = row[c];
+            double s = 0;
+            for (int64_t c = 0; c < C; c++) {
+                s += exp(row[c] - mx);
+                sum_x += row[c];
+            }
+            lse = mx + log(s);
+            xt = t == j->ignore_index ? 0 : row[t];
+        }
+        j->lse[r] = lse;
         if (t == j->ignore_index) {
             j->loss[r] = 0;
             continue;
         }
-        double nll = lse - load(j->x, j->dt, off + t);
+        double nll = lse - xt;
         double smooth = lse - sum_x / (double)C; /* mean over classes of -log p */
         j->loss[r] = (1.0 - j->smoothing) * nll + j->smoothing * smooth;
     }
@@ -60,6 +85,7 @@ static void ce_forward_rows(void *arg, int64_t begin, int64_t end)
 
 typedef struct {
     const void *x;
+    int64_t row_stride;
     const int64_t *target;
     const double *lse;
     const void *g; /* upstream gradient: per row (none) or one scalar */
@@ -79,15 +105,36 @@ static void ce_backward_rows(void *arg, int64_t begin, int64_t end)
     for (int64_t r = begin; r < end; r++) {
         int64_t t = j->target[r];
         double gr = j->per_row ? hr_load_f64((const char *)j->g + (size_t)r * hr_dtype_size(j->gdt), j->gdt) : gscalar;
-        for (int64_t c = 0; c < C; c++) {
-            double v = 0;
-            if (t != j->ignore_index) {
-                double p = exp(load(j->x, j->dt, r * C + c) - j->lse[r]);
-                v = p - j->smoothing / (double)C - (c == t ? 1.0 - j->smoothing : 0.0);
-                v *= gr;
+        if (j->dt == HR_F32) {
+            const float *row = (const float *)j->x + r * j->row_stride;
+            float *out = (float *)j->gx + r * C;
+            if (t == j->ignore_index) {
+                memset(out, 0, sizeof(float) * (size_t)C);
+                continue;
             }
-            if (j->dt == HR_F32) ((float *)j->gx)[r * C + c] = (float)v;
-            else ((double *)j->gx)[r * C + c] = v;
+            /* d/dx_c = g * (p_c - smoothing / C - [c == t] (1 - smoothing)) */
+            const float lse = (float)j->lse[r], gf = (float)gr, base = (float)(j->smoothing / (double)C);
+            const hr_v8f lsev = hr_v8f_splat(lse), gv = hr_v8f_splat(gf), bv = hr_v8f_splat(base);
+            int64_t c = 0;
+            for (; c + 8 <= C; c += 8) {
+                hr_v8f v;
+                memcpy(&v, row + c, sizeof v);
+                hr_v8f o = (hr_exp_v8f(v - lsev) - bv) * gv;
+                memcpy(out + c, &o, sizeof o);
+            }
+            for (; c < C; c++) out[c] = (float)((exp((double)row[c] - j->lse[r]) - j->smoothing / (double)C) * gr);
+            out[t] -= (float)((1.0 - j->smoothing) * gr);
+        } else {
+            const double *row = (const double *)j->x + r * j->row_stride;
+            double *out = (double *)j->gx + r * C;
+            for (int64_t c = 0; c < C; c++) {
+                double v = 0;
+                if (t != j->ignore_index) {
+                    double p = exp(row[c] - j->lse[r]);
+                    v = (p - j->smoothing / (double)C - (c == t ? 1.0 - j->smoothing : 0.0)) * gr;
+                }
+                out[c] = v;
+            }
         }
     }
 }
@@ -104,7 +151,7 @@ static int ce_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
         hr_tensor_release(g);
         return -1;
     }
-    ce_bwd_job j = {hr_tensor_data(x), hr_tensor_data(target), hr_tensor_data(lse), hr_tensor_data(g),
+    ce_bwd_job j = {hr_tensor_data(x), x->stride[0], hr_tensor_data(target), hr_tensor_data(lse), hr_tensor_data(g),
                     c->reduction == HR_REDUCE_NONE,
                     c->reduction == HR_REDUCE_MEAN ? (c->counted ? 1.0 / (double)c->counted : NAN) : 1.0,
                     hr_tensor_data(gi[0]), c->classes, c->ignore_index, c->smoothing, x->dtype, g->dtype};
@@ -129,7 +176,8 @@ hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore
     if (hr_tensor_device(logits).type != HR_CPU || hr_tensor_device(target).type != HR_CPU)
         return hr_fail_null(HR_EDEVICE, "cross_entropy: CUDA tensors need the CUDA backend, which this build lacks");
     int64_t N = logits->size[0], C = logits->size[1];
-    hr_tensor *x = hr_contiguous(logits);
+    /* rows may be strided (e.g. a narrowed vocabulary); the class dimension must be contiguous */
+    hr_tensor *x = logits->stride[1] == 1 || logits->size[1] <= 1 ? hr_view_alias(logits) : hr_contiguous(logits);
     hr_tensor *t = hr_cast(target, HR_I64);
     hr_tensor *lse = hr_tensor_empty(1, &N, HR_F64, hr_cpu());
     hr_tensor *loss = hr_tensor_empty(1, &N, HR_F64, hr_cpu());
@@ -147,8 +195,8 @@ hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore
         }
         counted++;
     }
-    ce_fwd_job j = {hr_tensor_data(x), tv, hr_tensor_data(lse), hr_tensor_data(loss), C, ignore_index, label_smoothing,
-                    x->dtype};
+    ce_fwd_job j = {hr_tensor_data(x), x->stride[0], tv, hr_tensor_data(lse), hr_tensor_data(loss), C, ignore_index,
+                    label_smoothing, x->dtype};
     if (C > 0) hr_parallel_for(N, 8, ce_forward_rows, &j);
     const double *lv = hr_tensor_data(loss);
     if (reduction == HR_REDUCE_NONE) {
