@@ -6,6 +6,7 @@
 
 #include "hr_autograd.h"
 #include "hr_autograd_ops.h"
+#include "hr_reduce.h"
 
 /* ------------------------------------------------------------------ sum_to_size */
 
@@ -33,7 +34,26 @@ hr_tensor *hr_sum_to_size(const hr_tensor *g, int ndim, const int64_t *size)
                                 hr_shape_str(g->ndim, g->size, a, sizeof a), hr_shape_str(ndim, size, b, sizeof b));
         }
     }
-    /* accumulate in double so long reductions of f32 gradients stay accurate */
+    if (hr_dtype_is_float(g->dtype) && hr_tensor_device(g).type == HR_CPU) {
+        /* the reduction kernels: double accumulation, vectorised, threaded */
+        int dims[HR_MAX_DIMS], nd = 0;
+        for (int i = 0; i < g->ndim; i++) {
+            int j = i - lead;
+            if (j < 0 || (size[j] == 1 && g->size[i] != 1)) dims[nd++] = i;
+        }
+        if (nd == 0) return hr_cast(g, g->dtype);
+        hr_tensor *s = hr_sum_dims((hr_tensor *)g, dims, nd, true);
+        if (!s) return NULL;
+        hr_tensor *r = hr_reshape(s, ndim, size);
+        hr_tensor_release(s);
+        if (r && r->storage == g->storage) { /* never hand out a view of the incoming gradient */
+            hr_tensor *c = hr_cast(r, r->dtype);
+            hr_tensor_release(r);
+            r = c;
+        }
+        return r;
+    }
+    /* accumulate in double so long reductions of gradients stay accurate */
     hr_tensor *acc = hr_tensor_zeros(ndim, size, HR_F64, hr_tensor_device(g));
     if (!acc) return NULL;
     int64_t astride[HR_MAX_DIMS];
