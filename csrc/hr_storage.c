@@ -18,7 +18,7 @@ size_t hr_live_bytes(void) { return atomic_load(&live_bytes); }
  * HR_CACHE_BYTES bytes; hr_empty_cache() returns everything to the system, and an allocation that
  * fails empties the cache and tries again.
  */
-#define HR_BIG_BLOCK ((size_t)1 << 20)
+#define HR_BIG_BLOCK ((size_t)128 << 10)
 #define HR_HUGE_ALIGN ((size_t)2 << 20)
 #define HR_CACHE_ENTRIES 256
 #define HR_CACHE_BYTES ((size_t)1 << 30)
@@ -35,14 +35,20 @@ static struct {
     size_t bytes;
 } cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-/* The size actually allocated for a request: 64-byte multiples, 2 MiB multiples for big blocks. */
+/* The size actually allocated for a request: 64-byte multiples; from HR_BIG_BLOCK on, size
+ * classes of 1/8 of the power of two below (at most 12.5% unused) so that tensors of nearby sizes
+ * share cached blocks; 2 MiB multiples from 2 MiB on (huge pages). */
 static size_t block_size(size_t nbytes, bool *ok)
 {
     size_t rounded = (nbytes + 63) & ~(size_t)63;
     *ok = rounded >= nbytes;
     if (rounded == 0) rounded = 64;
     if (rounded >= HR_BIG_BLOCK) {
-        size_t big = (rounded + HR_HUGE_ALIGN - 1) & ~(HR_HUGE_ALIGN - 1);
+        size_t p = HR_BIG_BLOCK;
+        while (p <= rounded / 2) p *= 2;
+        size_t step = p / 8;
+        if (step < HR_HUGE_ALIGN && rounded >= HR_HUGE_ALIGN) step = HR_HUGE_ALIGN;
+        size_t big = (rounded + step - 1) / step * step;
         *ok = *ok && big >= rounded;
         rounded = big;
     }
@@ -110,7 +116,7 @@ size_t hr_cached_bytes(void)
 
 static void *system_alloc(size_t size)
 {
-    if (size < HR_BIG_BLOCK) return aligned_alloc(64, size);
+    if (size < HR_HUGE_ALIGN) return aligned_alloc(64, size);
     /* Big buffers start on a 2 MiB boundary and ask for transparent huge pages. */
     void *p = aligned_alloc(HR_HUGE_ALIGN, size);
 #ifdef MADV_HUGEPAGE
