@@ -84,6 +84,7 @@ void hr_lua_open_autograd(lua_State *L, int module_idx, int methods_idx);   /* l
 void hr_lua_open_optim(lua_State *L, int module_idx, int methods_idx);      /* l_optim.c */
 void hr_lua_open_nn(lua_State *L, int module_idx, int methods_idx);         /* l_nn.c */
 void hr_lua_open_function(lua_State *L, int module_idx, int methods_idx);   /* l_function.c */
+void hr_lua_open_torchpt(lua_State *L, int module_idx, int methods_idx);    /* l_torchpt.c */
 
 /* Autograd fields of tensors (t.grad, t.requires_grad, t.is_leaf, t.grad_fn); return 1 when handled. */
 int hr_lua_autograd_field(lua_State *L, hr_tensor *t, const char *key);
