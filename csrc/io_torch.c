@@ -298,6 +298,8 @@ static hr_pk_value *rebuild_tensor(hr_pickle *p, torch_state *S, const char *fn,
         if (a[4]->type != HR_PK_BOOL)
             return hr_fail_null(HR_EFORMAT, "requires_grad must be a bool, got %s", hr_pk_type_name(a[4]));
         tt.requires_grad = a[4]->b;
+        if (tt.requires_grad && !hr_dtype_is_float(tt.dt))
+            return hr_fail_null(HR_EFORMAT, "a %s tensor cannot require gradients", hr_dtype_name(tt.dt));
         /* backward hooks cannot be restored (PyTorch drops them too, with a warning); metadata holds
          * Python attributes of the tensor, which hero tensors do not have. */
         if (a[5]->type != HR_PK_DICT && a[5]->type != HR_PK_NONE)
@@ -355,7 +357,10 @@ static hr_pk_value *reduce(hr_pickle *p, void *ctx, hr_pk_value *fn, hr_pk_value
             return hr_fail_null(HR_EFORMAT, "%s needs a tensor, got %s", fn->s, hr_pk_type_name(data));
         if (args->items[1]->type != HR_PK_BOOL)
             return hr_fail_null(HR_EFORMAT, "requires_grad must be a bool, got %s", hr_pk_type_name(args->items[1]));
-        ((ttensor *)data->obj)->requires_grad = args->items[1]->b;
+        ttensor *tt = data->obj;
+        if (args->items[1]->b && !hr_dtype_is_float(tt->dt))
+            return hr_fail_null(HR_EFORMAT, "a %s tensor cannot require gradients", hr_dtype_name(tt->dt));
+        tt->requires_grad = args->items[1]->b;
         return data;
     }
     default:

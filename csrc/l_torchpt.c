@@ -30,7 +30,10 @@ static int conv_error(conv *c, const char *fmt, const char *detail)
 {
     char msg[256];
     snprintf(msg, sizeof msg, fmt, detail);
-    return luaL_error(c->L, "load_torch: '%s': value at %s: %s", c->path, c->where[0] ? c->where : "the root", msg);
+    /* Deep positions show their innermost part. */
+    size_t n = strlen(c->where);
+    const char *where = n > 80 ? c->where + n - 80 : c->where[0] ? c->where : "the root";
+    return luaL_error(c->L, "load_torch: '%s': value at %s%s: %s", c->path, n > 80 ? "..." : "", where, msg);
 }
 
 static void push_value(conv *c, const hr_pk_value *v, int depth);
