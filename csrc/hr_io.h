@@ -102,6 +102,9 @@ void hr_zip_close(hr_zip *z);
 long hr_zip_find(const hr_zip *z, const char *name);
 /* Extracts entry i into a malloc'd buffer (inflating; sizes and CRC-32 checked). */
 int hr_zip_extract(const hr_zip *z, size_t i, unsigned char **out, size_t *outlen);
+/* Extracts entry i into dst, which holds cap bytes; cap must equal the member's size (checked before
+ * anything is written). For callers that own the destination (tensor storages). */
+int hr_zip_extract_to(const hr_zip *z, size_t i, void *dst, size_t cap);
 /* Writes a zip with members names[i] = data[i] (deflated when compress). Atomic replace of path. */
 int hr_zip_write(const char *path, size_t n, const char *const *names, const unsigned char *const *data,
                  const size_t *lens, bool compress);

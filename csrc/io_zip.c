@@ -150,11 +150,62 @@ long hr_zip_find(const hr_zip *z, const char *name)
     return -1;
 }
 
-int hr_zip_extract(const hr_zip *z, size_t i, unsigned char **out, size_t *outlen)
+/* Inflates a raw deflate stream of csize bytes into exactly usize bytes at dst. Once dst is full, one
+ * more byte of output space (a scratch byte) tells a stream that is longer than the directory says
+ * from one that ends exactly there. */
+static int inflate_into(const hr_zip_entry *e, const unsigned char *src, unsigned char *dst)
 {
-    const hr_zip_entry *e = &z->entries[i];
-    *out = NULL;
-    *outlen = 0;
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) return hr_fail(HR_ENOMEM, "zlib could not start inflating zip member %s", e->name);
+    size_t in_left = (size_t)e->csize, out_left = (size_t)e->usize;
+    const unsigned char *ip = src;
+    unsigned char *op = dst, spare;
+    int ret;
+    for (;;) {
+        bool spare_mode = out_left == 0;
+        uInt ain = in_left > (1u << 30) ? (1u << 30) : (uInt)in_left;
+        uInt aout = spare_mode ? 1 : out_left > (1u << 30) ? (1u << 30) : (uInt)out_left;
+        zs.next_in = (Bytef *)ip;
+        zs.avail_in = ain;
+        zs.next_out = spare_mode ? &spare : op;
+        zs.avail_out = aout;
+        ret = inflate(&zs, Z_NO_FLUSH);
+        size_t used = ain - zs.avail_in, made = aout - zs.avail_out;
+        ip += used;
+        in_left -= used;
+        if (spare_mode && made) {
+            inflateEnd(&zs);
+            return hr_fail(HR_EFORMAT, "zip member %s inflates to more than the %" PRIu64 " bytes the directory says",
+                           e->name, e->usize);
+        }
+        if (!spare_mode) {
+            op += made;
+            out_left -= made;
+        }
+        if (ret == Z_STREAM_END) break;
+        if (ret == Z_OK && (used || made)) continue;
+        if (ret == Z_BUF_ERROR || ret == Z_OK) {
+            inflateEnd(&zs);
+            if (in_left == 0) return hr_fail(HR_EFORMAT, "corrupt deflate stream in zip member %s (truncated)", e->name);
+            return hr_fail(HR_EFORMAT, "zip member %s inflates to more than the %" PRIu64 " bytes the directory says",
+                           e->name, e->usize);
+        }
+        inflateEnd(&zs);
+        return hr_fail(HR_EFORMAT, "corrupt deflate stream in zip member %s (zlib: %s)", e->name,
+                       zs.msg ? zs.msg : "data error");
+    }
+    inflateEnd(&zs);
+    if (out_left != 0)
+        return hr_fail(HR_EFORMAT, "zip member %s inflates to %zu bytes, the directory says %" PRIu64, e->name,
+                       (size_t)e->usize - out_left, e->usize);
+    return 0;
+}
+
+/* Validates entry i (encryption, local header, bounds, sizes, method) and finds its data. Every check
+ * happens before the caller allocates usize bytes. */
+static int member_data(const hr_zip *z, const hr_zip_entry *e, const unsigned char **src)
+{
     if (e->flags & 1) return hr_fail(HR_EFORMAT, "zip member %s is encrypted", e->name);
     if (e->local_offset > z->len || z->len - e->local_offset < 30 || rd32(z->buf + e->local_offset) != SIG_LOCAL)
         return hr_fail(HR_EFORMAT, "corrupt or truncated zip archive (bad local header of member %s)", e->name);
@@ -162,79 +213,61 @@ int hr_zip_extract(const hr_zip *z, size_t i, unsigned char **out, size_t *outle
     uint64_t start = e->local_offset + 30 + rd16(lh + 26) + rd16(lh + 28);
     if (start > z->len || e->csize > z->len - start)
         return hr_fail(HR_EFORMAT, "corrupt or truncated zip archive (data of member %s runs past the end)", e->name);
-    const unsigned char *src = z->buf + start;
-    unsigned char *dst;
     if (e->method == 0) {
         if (e->csize != e->usize)
             return hr_fail(HR_EFORMAT, "zip member %s is stored but its sizes differ (%" PRIu64 " vs %" PRIu64 ")",
                            e->name, e->csize, e->usize);
-        dst = malloc(e->usize ? (size_t)e->usize : 1);
-        if (!dst) return hr_fail(HR_ENOMEM, "out of memory extracting zip member %s", e->name);
-        if (e->usize) memcpy(dst, src, (size_t)e->usize);
     } else if (e->method == 8) {
         if (e->usize > e->csize * DEFLATE_MAX_RATIO + 1024)
             return hr_fail(HR_EFORMAT,
                            "zip member %s claims %" PRIu64 " bytes from %" PRIu64
                            " compressed (more than deflate can produce)",
                            e->name, e->usize, e->csize);
-        /* One spare byte detects a stream that inflates to more than the directory says. */
-        size_t cap = (size_t)e->usize + 1;
-        dst = malloc(cap);
-        if (!dst) return hr_fail(HR_ENOMEM, "out of memory extracting zip member %s", e->name);
-        z_stream zs;
-        memset(&zs, 0, sizeof zs);
-        if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) {
-            free(dst);
-            return hr_fail(HR_ENOMEM, "zlib could not start inflating zip member %s", e->name);
-        }
-        size_t in_left = (size_t)e->csize, out_left = cap;
-        const unsigned char *ip = src;
-        unsigned char *op = dst;
-        int ret;
-        for (;;) {
-            uInt ain = in_left > (1u << 30) ? (1u << 30) : (uInt)in_left;
-            uInt aout = out_left > (1u << 30) ? (1u << 30) : (uInt)out_left;
-            zs.next_in = (Bytef *)ip;
-            zs.avail_in = ain;
-            zs.next_out = op;
-            zs.avail_out = aout;
-            ret = inflate(&zs, Z_NO_FLUSH);
-            size_t used = ain - zs.avail_in, made = aout - zs.avail_out;
-            ip += used;
-            in_left -= used;
-            op += made;
-            out_left -= made;
-            if (ret == Z_STREAM_END) break;
-            if (ret == Z_OK && (used || made)) continue;
-            if (ret == Z_BUF_ERROR || ret == Z_OK) {
-                inflateEnd(&zs);
-                free(dst);
-                if (in_left == 0)
-                    return hr_fail(HR_EFORMAT, "corrupt deflate stream in zip member %s (truncated)", e->name);
-                return hr_fail(HR_EFORMAT, "zip member %s inflates to more than the %" PRIu64 " bytes the directory says",
-                               e->name, e->usize);
-            }
-            inflateEnd(&zs);
-            free(dst);
-            return hr_fail(HR_EFORMAT, "corrupt deflate stream in zip member %s (zlib: %s)", e->name,
-                           zs.msg ? zs.msg : "data error");
-        }
-        inflateEnd(&zs);
-        size_t got = cap - out_left;
-        if (got != e->usize) {
-            free(dst);
-            return hr_fail(HR_EFORMAT, "zip member %s inflates to %zu bytes, the directory says %" PRIu64, e->name, got,
-                           e->usize);
-        }
     } else {
         return hr_fail(HR_EFORMAT, "zip member %s uses compression method %u (only stored and deflate are supported)",
                        e->name, e->method);
     }
+    *src = z->buf + start;
+    return 0;
+}
+
+/* Copies or inflates a validated member into dst (usize bytes) and checks its CRC-32. */
+static int member_read(const hr_zip_entry *e, const unsigned char *src, unsigned char *dst)
+{
+    if (e->method == 0) {
+        if (e->usize) memcpy(dst, src, (size_t)e->usize);
+    } else if (inflate_into(e, src, dst)) {
+        return -1;
+    }
     uint32_t crc = hr_crc32(dst, (size_t)e->usize);
-    if (crc != e->crc32) {
-        free(dst);
+    if (crc != e->crc32)
         return hr_fail(HR_EFORMAT, "CRC-32 mismatch in zip member %s (directory says %08" PRIx32 ", data has %08" PRIx32
                        ")", e->name, e->crc32, crc);
+    return 0;
+}
+
+int hr_zip_extract_to(const hr_zip *z, size_t i, void *dst, size_t cap)
+{
+    const hr_zip_entry *e = &z->entries[i];
+    const unsigned char *src = NULL;
+    if (member_data(z, e, &src)) return -1;
+    if (e->usize != cap)
+        return hr_fail(HR_EFORMAT, "zip member %s holds %" PRIu64 " bytes, expected %zu", e->name, e->usize, cap);
+    return member_read(e, src, dst);
+}
+
+int hr_zip_extract(const hr_zip *z, size_t i, unsigned char **out, size_t *outlen)
+{
+    const hr_zip_entry *e = &z->entries[i];
+    const unsigned char *src = NULL;
+    *out = NULL;
+    *outlen = 0;
+    if (member_data(z, e, &src)) return -1;
+    unsigned char *dst = malloc(e->usize ? (size_t)e->usize : 1);
+    if (!dst) return hr_fail(HR_ENOMEM, "out of memory extracting zip member %s", e->name);
+    if (member_read(e, src, dst)) {
+        free(dst);
+        return -1;
     }
     *out = dst;
     *outlen = (size_t)e->usize;

@@ -1,4 +1,5 @@
---- hero.io: tensor files (safetensors, .npy, .npz, extractor feature files) and hero.save/hero.load.
+--- hero.io: tensor files (safetensors, .npy, .npz, extractor feature files, PyTorch checkpoints) and
+-- hero.save/hero.load.
 --
 -- The readers and writers are in C (hero.core); this module adds the policy of hero.save/hero.load:
 -- a flat {name = tensor} table is stored as a plain safetensors file (readable by any safetensors
@@ -10,7 +11,7 @@ local core = require "hero.core"
 local io_ = {}
 
 for _, name in ipairs {"load_npy", "load_npz", "save_npy", "save_npz", "load_safetensors",
-                       "save_safetensors", "load_features"} do
+                       "save_safetensors", "load_features", "load_torch"} do
   io_[name] = core[name]
 end
 
@@ -309,10 +310,22 @@ function io_.save(path, value)
   core.save_safetensors(path, tensors, {[io_.STRUCTURE_KEY] = structure})
 end
 
+-- "zip" / "legacy" when the file starts like a PyTorch checkpoint (torch.save), else nil.
+local function torch_kind(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local head = f:read(32)
+  f:close()
+  return head and core.torch_sniff(head)
+end
+
 --- Loads what io_.save wrote (the same nested value), or any safetensors file as a flat
--- {name = tensor} table. Returns the value and the file's metadata table.
+-- {name = tensor} table. Returns the value and the file's metadata table. A PyTorch checkpoint
+-- (zip container or legacy stream, told apart from safetensors by its first bytes) goes to
+-- load_torch and comes back with an empty metadata table.
 function io_.load(path)
   if type(path) ~= "string" then error("hero.load: argument #1: expected a path string, got " .. type(path), 2) end
+  if torch_kind(path) then return core.load_torch(path), {} end
   local tensors, meta = core.load_safetensors(path)
   local text = meta[io_.STRUCTURE_KEY]
   if text == nil then return tensors, meta end
