@@ -220,3 +220,20 @@ describe("HERO checkpoints and configs", function()
     assert.equal(3, n) -- layer 2 dropped, top-level lm_head not under roberta. ignored
   end)
 end)
+
+describe("the reference's released checkpoint format", function()
+  it("loads model_fp16.pt and its legacy twin into the model (fp16 upcast, vocab_padded set aside)", function()
+    for _, name in ipairs {"model_fp16.pt", "model_fp16_legacy.pt"} do
+      local m = hero.models.HeroForPretraining(cfg.model_config.pretrain, {vfeat_dim = cfg.constants.vfeat_dim,
+        max_frm_seq_len = cfg.constants.max_frm_seq_len})
+      local report, extras = m:load_checkpoint(helper.fixture("hero-smoke/" .. name))
+      assert.same({}, report.missing)
+      assert.same({}, report.unexpected)
+      assert.is_true(extras.vocab_padded)
+      local w = load("weights")
+      local word = "v_encoder.f_encoder.embeddings.word_embeddings.weight"
+      assert.equal("f32", m:state_dict()[word]:dtype())
+      assert.parity(m:state_dict()[word], w[word]:half():float(), "params")
+    end
+  end)
+end)
