@@ -54,7 +54,7 @@ static gc_state *get_gc_state(lua_State *L)
     lua_pop(L, 1);
     st = lua_newuserdatauv(L, sizeof *st, 0);
     st->since_collect = 0;
-    st->threshold = (size_t)256 << 20;
+    st->threshold = (size_t)64 << 20;
     lua_setfield(L, LUA_REGISTRYINDEX, HR_GC_STATE_KEY);
     return st;
 }
@@ -64,12 +64,14 @@ void hr_lua_account(lua_State *L, size_t nbytes)
     gc_state *st = get_gc_state(L);
     st->since_collect += nbytes;
     /* Lua cannot see tensor bytes, so it would let garbage tensors pile up: when the bytes
-     * allocated since the last collection exceed the live set (at least 256 MiB), collect. */
+     * allocated since the last collection exceed half the live set (at least 64 MiB), collect.
+     * Collecting early also keeps the allocator's cache warm: a training step's temporaries are
+     * released before the next step asks for blocks of the same sizes. */
     if (st->since_collect > st->threshold) {
         lua_gc(L, LUA_GCCOLLECT);
         st->since_collect = 0;
         size_t live = hr_live_bytes();
-        st->threshold = live > ((size_t)256 << 20) ? live : ((size_t)256 << 20);
+        st->threshold = live / 2 > ((size_t)64 << 20) ? live / 2 : ((size_t)64 << 20);
     } else if (nbytes >= 1024) {
         lua_gc(L, LUA_GCSTEP, (int)(nbytes >> 10 > 1 << 20 ? 1 << 20 : nbytes >> 10));
     }
