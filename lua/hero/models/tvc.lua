@@ -252,12 +252,13 @@ function M:greedy_decode(batch, opts)
 end
 
 --- Beam search over the same decoder (evaluation mode, no gradients). Every caption keeps up to
--- beam_size live hypotheses; at each step each live hypothesis proposes its beam_size best next
--- tokens by log-probability (log_softmax of the logits, in f64), and the beam_size best extensions
--- by cumulative log-probability (ties: earlier hypothesis, then lower token id) are kept. An
--- extension ending in EOS is finished (the EOS counts in its length but is not returned); after
--- max_step steps the live hypotheses are finished as they are. Finished hypotheses are ranked by
--- score / length ^ length_penalty (length = generated tokens; length_penalty 0 ranks by the summed
+-- beam_size live hypotheses, all decoded together with the whole prefix re-run each step. Of all
+-- (live hypothesis, next token) extensions, scored by cumulative log-probability (log_softmax of
+-- the logits, in f64), the beam_size best are kept (ties: earlier hypothesis, then lower token
+-- id). An extension ending in EOS is finished (the EOS counts in its length but is not returned)
+-- and leaves the beam, which continues with fewer hypotheses; after max_step steps the live
+-- hypotheses are finished as they are. Finished hypotheses are ranked by
+-- logprob / length ^ length_penalty (length = generated tokens; length_penalty 0 ranks by the summed
 -- log-probability, larger values favour longer captions). With beam_size 1 this picks the argmax
 -- token at every step, i.e. the greedy captions.
 -- opts: beam_size (4), length_penalty (0), max_step (30), bos (0), eos (2), n_best (1).
@@ -284,12 +285,11 @@ function M:beam_search(batch, opts)
     local pos = core.arange(max_step):unsqueeze(1)
     for step = 1, max_step do
       -- every live hypothesis of every caption in one decoder call
-      local rows, owner, hyp = {}, {}, {}
+      local rows, owner = {}, {}
       for n = 1, N do
         for _, h in ipairs(live[n]) do
           rows[#rows + 1] = h.ids
           owner[#owner + 1] = n - 1
-          hyp[#hyp + 1] = h
         end
       end
       if #rows == 0 then break end
@@ -297,38 +297,35 @@ function M:beam_search(batch, opts)
       local logits = self:decode(enc_out:index_select(1, sel), mask:index_select(1, sel),
         core.tensor(rows, {dtype = "i64"}), pos:narrow(2, 1, step))
       local lp = logits:select(2, step):double():log_softmax(2)
-      local k = math.min(K, lp:size(2))
-      local top_v, top_i = lp:topk(k, 2)
-      top_v, top_i = top_v:totable(), top_i:totable()
-      local cands = {}
-      for r = 1, #rows do
-        local n = owner[r] + 1
-        cands[n] = cands[n] or {}
-        for j = 1, k do
-          local c = cands[n]
-          c[#c + 1] = {parent = hyp[r], token = top_i[r][j], logprob = hyp[r].logprob + top_v[r][j], order = #c}
-        end
-      end
+      local V = lp:size(2)
+      local first = 1
       for n = 1, N do
+        local count = #live[n]
+        local old = live[n]
         live[n] = {}
-        local c = cands[n]
-        if c then
-          table.sort(c, function(a, b)
-            if a.logprob ~= b.logprob then return a.logprob > b.logprob end
-            return a.order < b.order
-          end)
-          for j = 1, math.min(K, #c) do
-            local ids = {table.unpack(c[j].parent.ids)}
-            ids[#ids + 1] = c[j].token
-            local h = {ids = ids, logprob = c[j].logprob}
-            if c[j].token == eos then
+        if count > 0 then
+          -- cumulative log-probability of every (hypothesis, token) pair of this caption; the
+          -- flattened order is hypothesis-major, so topk's ties go to the earlier hypothesis,
+          -- then to the lower token id
+          local parent = {}
+          for j = 1, count do parent[j] = {old[j].logprob} end
+          local cand = lp:narrow(1, first, count) + core.tensor(parent, {dtype = "f64"})
+          local vals, idx = cand:reshape(count * V):topk(math.min(K, count * V))
+          vals, idx = vals:totable(), idx:totable()
+          for j = 1, #vals do
+            local h0 = old[idx[j] // V + 1]
+            local token = idx[j] % V
+            local ids = {table.unpack(h0.ids)}
+            ids[#ids + 1] = token
+            if token == eos then
               local f = finished[n]
-              f[#f + 1] = {ids = {table.unpack(ids, 2, #ids - 1)}, logprob = h.logprob, length = step,
-                           score = norm(h.logprob, step)}
+              f[#f + 1] = {ids = {table.unpack(ids, 2, #ids - 1)}, logprob = vals[j], length = step,
+                           score = norm(vals[j], step)}
             else
-              live[n][#live[n] + 1] = h
+              live[n][#live[n] + 1] = {ids = ids, logprob = vals[j]}
             end
           end
+          first = first + count
         end
       end
     end
