@@ -8,5 +8,6 @@ models.embeddings = require "hero.models.embeddings"
 models.layers = require "hero.models.layers"
 models.vsm = require "hero.models.vsm"
 models.checkpoint = require "hero.models.checkpoint"
+models.HeroForTvc = require "hero.models.tvc"
 
 return models
