@@ -219,6 +219,6 @@ function Memory:get(vid)
   return {vid = vid, v_feat = feats, sub2frames = s2f, input_ids = v.input_ids}
 end
 
-function Memory:close() end
+function Memory.close() end
 
 return datasets
