@@ -268,8 +268,8 @@ if train_ds then
   -- the databases must fit the model: token ids below the vocabulary, frames of the feature size
   local mask = train_ds:special_ids().MASK
   if mask >= model_cfg.f_config.vocab_size then
-    usage(string.format("the subtitle db's ids go up to %d but the model's vocabulary has %d rows (f_config.vocab_size)",
-      mask, model_cfg.f_config.vocab_size))
+    usage(string.format("the subtitle db's ids go up to %d but the model's vocabulary has %d rows "
+      .. "(f_config.vocab_size)", mask, model_cfg.f_config.vocab_size))
   end
   if not opts["vfeat-dim"] then
     for _, vid in ipairs(train_ds:ids()) do
