@@ -3,12 +3,22 @@
 --
 --   lua5.4 examples/pretrain.lua --fixture spec/fixtures/hero-smoke --out /tmp/run --steps 20
 --   lua5.4 examples/pretrain.lua --fixture spec/fixtures/hero-smoke --out /tmp/run --steps 40 --resume
+--   lua5.4 examples/pretrain.lua --config hero_pretrain.json --vfeat-db video_db/tv/resnet_slowfast_1.5 \
+--       --sub-db txt_db/tv_subtitles.db --train-ids txt_db/pretrain_splits/tv_train.json --out /tmp/run
 --
 -- Options (defaults in brackets):
 --   --config FILE        model config: the reference's JSON ({f_config, c_config, q_config}) or a Lua
 --                        file returning such a table, or {model_config =, constants =} [fixture's]
 --   --fixture DIR        train on the collated batches of a fixture directory (batch_<task>.safetensors,
 --                        optim_batch_<task>_mb1.safetensors and their .json sides)
+--   --vfeat-db DIR       or train on HERO databases: the video feature LMDB (e.g. video_db/tv/resnet_slowfast_1.5)
+--   --sub-db DIR         ... and the subtitle text db (e.g. txt_db/tv_subtitles.db); both required together
+--   --max-clip-len N     frames per video [100]      --max-txt-len N  tokens per subtitle (MLM, VSM) [60]
+--   --sub-ctx-len N      preceding subtitles in each segment's text [0]
+--   --batch-size N       videos per micro-batch [8]  --bucket K  length buckets of K batches [4; 0: none]
+--   --mask-prob P        MLM / MFM / FOM rate [0.15] --train-ids FILE  JSON array of video ids [all of vid2len]
+--   --valid-ids FILE     JSON array of validation video ids (one fixed pass per validation) [none]
+--   --on-error skip|error  a video that cannot be read is skipped and reported, or stops the run [skip]
 --   --init FILE          initial weights (safetensors, reference key names) [DIR/weights.safetensors
 --                        with --fixture, else the model's random initialisation]
 --   --out DIR            output directory: log.jsonl, hps.json, ckpt/ (required)
@@ -60,7 +70,9 @@ local function parse_args(argv)
   end
   local known = {"config", "fixture", "init", "out", "steps", "total", "resume", "threads", "tasks", "ratios",
                  "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every", "save-every",
-                 "seed", "vfeat-dim", "max-frm-seq-len", "quiet"}
+                 "seed", "vfeat-dim", "max-frm-seq-len", "quiet", "vfeat-db", "sub-db", "max-clip-len",
+                 "max-txt-len", "sub-ctx-len", "batch-size", "bucket", "mask-prob", "train-ids", "valid-ids",
+                 "on-error"}
   local ok = {}
   for _, k in ipairs(known) do ok[k] = true end
   for k in pairs(opts) do if not ok[k] then usage("unknown option --" .. k) end end
@@ -130,6 +142,51 @@ function sources.fixture(opts, tasks)
   return loaders, valid
 end
 
+--- HERO databases: a TaskLoader per task over the videos of --train-ids (every video of the
+-- subtitle db's vid2len.json without it), each with its own seed; --valid-ids gives one fixed
+-- pass per task for validation. A skipped video is reported on stderr the first time.
+function sources.db(opts, tasks, hps)
+  local function ids_from(path)
+    if not path then return nil end
+    local ids = json.decode(read_file(path), {source = path})
+    if type(ids) ~= "table" or #ids == 0 then usage(path .. " must hold a non-empty JSON array of video ids") end
+    return ids
+  end
+  local function dataset(ids)
+    local ok, ds = pcall(hero.data.VideoSubDataset, {video_db = opts["vfeat-db"], sub_db = opts["sub-db"],
+      max_clip_len = hps.max_clip_len, max_txt_len = hps.max_txt_len, sub_ctx_len = hps.sub_ctx_len, ids = ids})
+    if not ok then usage(tostring(ds)) end
+    return ds
+  end
+  local reported = {}
+  local function report(task)
+    return function(vid, why)
+      if reported[vid] then return end -- once per video, not once per epoch and task
+      reported[vid] = true
+      io.stderr:write(string.format("\n[%s] skipped video %s: %s\n", task, vid, why))
+    end
+  end
+  local train_ds = dataset(ids_from(opts["train-ids"]))
+  local valid_ids = ids_from(opts["valid-ids"])
+  local valid_ds = valid_ids and dataset(valid_ids)
+  local loaders, valid = {}, {}
+  for i, t in ipairs(tasks) do
+    local common = {task = t, batch_size = hps.batch_size, on_error = hps.on_error, on_skip = report(t),
+      task_opts = {mask_prob = hps.mask_prob}}
+    local o = {dataset = train_ds, seed = hps.seed + 1000 * i, bucket = hps.bucket}
+    for k, v in pairs(common) do o[k] = v end
+    local ok, l = pcall(hero.data.TaskLoader, o)
+    if not ok then usage(tostring(l)) end
+    loaders[t] = l
+    if valid_ds then
+      local vo = {dataset = valid_ds, seed = hps.seed + 1000 * i + 500, shuffle = false}
+      for k, v in pairs(common) do vo[k] = v end
+      valid[t] = hero.data.TaskLoader(vo)
+    end
+  end
+  return loaders, valid, train_ds
+end
+
 -- ------------------------------------------------------------------ main
 
 local opts = parse_args(arg)
@@ -137,10 +194,16 @@ if not opts.out then usage("--out DIR is required") end
 if opts.threads then hero.set_num_threads(int_opt(opts, "threads")) end
 
 local source
-if opts.fixture then
+if opts.fixture and (opts["vfeat-db"] or opts["sub-db"]) then
+  usage("give either --fixture DIR or --vfeat-db DIR --sub-db DIR, not both")
+elseif opts.fixture then
   source = sources.fixture
+elseif opts["vfeat-db"] and opts["sub-db"] then
+  source = sources.db
+elseif opts["vfeat-db"] or opts["sub-db"] then
+  usage("--vfeat-db and --sub-db go together")
 else
-  usage("no data source: give --fixture DIR (collated batches); the database source is not available yet")
+  usage("no data source: give --fixture DIR (collated batches) or --vfeat-db DIR --sub-db DIR (databases)")
 end
 
 -- model config and constants
@@ -186,6 +249,38 @@ local hps = {
   vfeat_dim = int_opt(opts, "vfeat-dim", constants.vfeat_dim or 4352),
   max_frm_seq_len = int_opt(opts, "max-frm-seq-len", constants.max_frm_seq_len or 100),
 }
+if source == sources.db then
+  hps.vfeat_db, hps.sub_db, hps.train_ids, hps.valid_ids = opts["vfeat-db"], opts["sub-db"], opts["train-ids"],
+    opts["valid-ids"]
+  hps.max_clip_len = int_opt(opts, "max-clip-len", 100)
+  hps.max_txt_len = int_opt(opts, "max-txt-len", 60)
+  hps.sub_ctx_len = int_opt(opts, "sub-ctx-len", 0)
+  hps.batch_size = int_opt(opts, "batch-size", 8)
+  hps.bucket = int_opt(opts, "bucket", 4)
+  hps.mask_prob = num_opt(opts, "mask-prob", 0.15)
+  hps.on_error = opts["on-error"] or "skip"
+  if hps.on_error ~= "skip" and hps.on_error ~= "error" then usage("--on-error must be skip or error") end
+  if hps.batch_size < 1 then usage("--batch-size must be at least 1") end
+end
+
+local task_loaders, valid, train_ds = source(opts, tasks, hps)
+if train_ds then
+  -- the databases must fit the model: token ids below the vocabulary, frames of the feature size
+  local mask = train_ds:special_ids().MASK
+  if mask >= model_cfg.f_config.vocab_size then
+    usage(string.format("the subtitle db's ids go up to %d but the model's vocabulary has %d rows "
+      .. "(f_config.vocab_size)", mask, model_cfg.f_config.vocab_size))
+  end
+  if not opts["vfeat-dim"] then
+    for _, vid in ipairs(train_ds:ids()) do
+      local ok, v = pcall(train_ds.get, train_ds, vid)
+      if ok and v then
+        hps.vfeat_dim = v.v_feat:size(2)
+        break
+      end
+    end
+  end
+end
 
 hero.manual_seed(hps.seed)
 local dropout_gen = hero.Generator(hps.seed + 1)
@@ -201,7 +296,6 @@ if init then model:load_state_dict(hero.load(init), {strict = false}) end
 local optimizer = hero.optim.AdamW(model:named_parameters(), {lr = hps.lr, betas = {0.9, 0.98}, eps = 1e-6,
   weight_decay = hps.weight_decay, no_decay = {"bias", "LayerNorm.bias", "LayerNorm.weight"}})
 
-local task_loaders, valid = source(opts, tasks)
 local meta = train.MetaLoader{tasks = task_loaders, ratios = ratios, order = tasks, accum = hps.accum,
   generator = hero.Generator(hps.seed)}
 local trainer = train.Trainer{
@@ -228,3 +322,10 @@ trainer:train(todo)
 local dt = hero.core._now() - t0
 io.stderr:write(string.format("%d updates in %.2f s (%.4f s per update); checkpoint %s/ckpt/step_%d\n", todo, dt,
   todo > 0 and dt / todo or 0, opts.out, trainer.global_step))
+if train_ds then
+  for _, t in ipairs(tasks) do
+    local st = task_loaders[t].stats
+    io.stderr:write(string.format("  %-8s epoch %d, %d batches, %d videos, %d skipped\n", t, task_loaders[t].epoch,
+      st.batches, st.videos, st.skipped))
+  end
+end

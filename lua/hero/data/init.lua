@@ -36,4 +36,13 @@ data.align_subtitles = align.align_subtitles
 data.subtitle_db_alignment = align.subtitle_db_alignment
 data.compute_sub2frames = align.compute_sub2frames
 
+-- Pre-training batches: datasets joining the two databases, the per-task samplers and item
+-- builders, the reference's collates and a resumable task loader.
+local datasets = require "hero.data.datasets"
+data.VideoSubDataset = datasets.VideoSubDataset
+data.MemoryDataset = datasets.MemoryDataset
+data.tasks = require "hero.data.tasks"
+data.collate = require "hero.data.collate"
+data.TaskLoader = require("hero.data.loader").TaskLoader
+
 return data

@@ -1,0 +1,392 @@
+--- hero.data.collate: the reference's collate functions (data/data.py:video_collate,
+-- data/mlm.py:mlm_collate, data/mfm.py:mfm_collate, data/fom.py:fom_collate,
+-- data/vsm.py:vsm_collate), producing the same dictionaries: same keys, shapes, dtypes and padding
+-- (ids pad 1, labels / targets -1, masks 0 or false, features 0), hero-spec §7.6 and §2.4.
+--
+-- Input: arrays of items from hero.data.tasks (one per video). Every frame tensor of the batch is
+-- gathered by ONE index_select from the videos' features stacked with a zero row: padding, the
+-- zero dummy frame of a segment without frames and the frames MFM masks all point at that row.
+local core = require "hero.core"
+
+local collate = {}
+
+local POS_CLAMP = 511
+local PAD_ID = 1
+
+local function fail(op, fmt, ...)
+  error(op .. ": " .. string.format(fmt, ...), 3)
+end
+
+local function i64(flat, shape)
+  if #flat == 0 then return core.zeros(shape, {dtype = "i64"}) end
+  return core.tensor(flat, {dtype = "i64"}):reshape(shape)
+end
+
+local function bools(flat, shape)
+  if #flat == 0 then return core.zeros(shape, {dtype = "bool"}) end
+  return core.tensor(flat, {dtype = "bool"}):reshape(shape)
+end
+
+local function arange_row(n, clamp)
+  local t = {}
+  for j = 1, n do
+    local v = j - 1
+    if clamp and v > clamp then v = clamp end
+    t[j] = v
+  end
+  return i64(t, {1, n})
+end
+
+local function check_items(op, items)
+  if type(items) ~= "table" or #items == 0 then fail(op, "expected a non-empty array of items") end
+  local D
+  for i, it in ipairs(items) do
+    if type(it) ~= "table" or not core.is_tensor(it.v_feat) or type(it.segments) ~= "table" then
+      fail(op, "item %d is not an item of hero.data.tasks (v_feat, segments)", i)
+    end
+    if it.v_feat:dim() ~= 2 then fail(op, "item %d: v_feat must be [nframes, D], got %d dims", i, it.v_feat:dim()) end
+    local d = it.v_feat:size(2)
+    if D and d ~= D then fail(op, "item %d has %d-dim frame features, item 1 has %d", i, d, D) end
+    D = d
+    if #it.segments == 0 then fail(op, "item %d ('%s') has no segment", i, tostring(it.vid)) end
+  end
+  return D
+end
+
+-- All frames of the batch stacked, plus one zero row at the end. Returns the tensor, the 0-based
+-- row of each item's first frame and the zero row.
+local function frame_source(items, D)
+  local parts, base, n = {}, {}, 0
+  for i, it in ipairs(items) do
+    base[i] = n
+    local f = it.v_feat
+    if f:dtype() ~= "f32" then f = f:float() end
+    if f:size(1) > 0 then parts[#parts + 1] = f end
+    n = n + f:size(1)
+  end
+  parts[#parts + 1] = core.zeros({1, D})
+  local src = #parts == 1 and parts[1] or core.cat(parts, 1)
+  return src, base, n
+end
+
+-- Frame counts of a segment in the compact sequence: n (a dummy frame counts 1) and whether it is
+-- the dummy.
+local function seg_frames(seg)
+  local n = #seg.frames
+  if n == 0 then return 1, true end
+  return n, false
+end
+
+-- The layout shared by video_collate and mlm_collate: text lengths, frame counts, max_vl, out.
+local function layout(segs)
+  local max_sl, max_vl, out = 0, 0, 0
+  for _, seg in ipairs(segs) do
+    local nt = #seg.ids
+    local nf = seg_frames(seg)
+    if nt > max_sl then max_sl = nt end
+    if nf > max_vl then max_vl = nf end
+    if nf + nt > out then out = nf + nt end
+  end
+  return max_sl, max_vl, out
+end
+
+-- f_attn_masks and f_gather_index (hero-spec §2.4), [S, out] i64 each.
+local function attn_and_gather(segs, max_vl, out)
+  local mask, gather = {}, {}
+  local k = 0
+  for _, seg in ipairs(segs) do
+    local nt = #seg.ids
+    local nf, dummy = seg_frames(seg)
+    for j = 0, out - 1 do
+      k = k + 1
+      if j < nf + nt then
+        mask[k] = (dummy and j == 0) and 0 or 1
+      else
+        mask[k] = 0
+      end
+      if j >= nf and j < nf + nt then gather[k] = max_vl + (j - nf) else gather[k] = j end
+    end
+  end
+  local S = #segs
+  return i64(mask, {S, out}), i64(gather, {S, out})
+end
+
+-- Padded ids [S, L] (pad 1) and the text-only masks [S, L].
+local function pad_ids(rows, L, field)
+  local ids, masks = {}, {}
+  local k = 0
+  for _, r in ipairs(rows) do
+    local t = r[field or "ids"]
+    for j = 1, L do
+      k = k + 1
+      if j <= #t then
+        ids[k], masks[k] = t[j], 1
+      else
+        ids[k], masks[k] = PAD_ID, 0
+      end
+    end
+  end
+  return i64(ids, {#rows, L}), i64(masks, {#rows, L})
+end
+
+local function check_frame(op, it, f)
+  if math.type(f) ~= "integer" or f < 0 or f >= it.v_feat:size(1) then
+    fail(op, "video '%s': aligned frame %s is outside its %d feature frames", tostring(it.vid), tostring(f),
+      it.v_feat:size(1))
+  end
+end
+
+-- f_v_feats-style gather indices [S * max_vl] for the segments of items; masked(i, f) tells
+-- whether frame f of item i reads the zero row.
+local function segment_frame_index(op, items, base, zero, max_vl, masked)
+  local idx = {}
+  for i, it in ipairs(items) do
+    for _, seg in ipairs(it.segments) do
+      local frames = seg.frames
+      for j = 1, max_vl do
+        local f = frames[j]
+        if f ~= nil then
+          check_frame(op, it, f)
+          idx[#idx + 1] = (masked and masked(i, f)) and zero or base[i] + f
+        else
+          idx[#idx + 1] = zero
+        end
+      end
+    end
+  end
+  return idx
+end
+
+local function all_segments(items)
+  local segs = {}
+  for _, it in ipairs(items) do
+    for _, seg in ipairs(it.segments) do segs[#segs + 1] = seg end
+  end
+  return segs
+end
+
+--- video_collate: the representation-path tensors (hero-spec §7.6) of items from
+-- tasks.video_item (or mfm/fom/vsm items). opts.masked(i, frame) -> true zeroes that frame of item
+-- i in f_v_feats and c_v_feats (MFM).
+function collate.video_collate(items, opts)
+  local op = "hero.data.collate.video_collate"
+  opts = opts or {}
+  local D = check_items(op, items)
+  local segs = all_segments(items)
+  local S = #segs
+  local max_sl, max_vl, out = layout(segs)
+  local src, base, zero = frame_source(items, D)
+
+  local batch = {}
+  batch.f_sub_input_ids, batch.f_sub_input_attn_masks = pad_ids(segs, max_sl)
+  batch.f_sub_pos_ids = arange_row(max_sl, POS_CLAMP)
+  local fidx = segment_frame_index(op, items, base, zero, max_vl, opts.masked)
+  batch.f_v_feats = src:index_select(1, i64(fidx, {#fidx})):reshape({S, max_vl, D})
+  batch.f_v_pos_ids = arange_row(max_vl)
+  batch.f_attn_masks, batch.f_gather_index = attn_and_gather(segs, max_vl, out)
+
+  local B, L_c = #items, 0
+  for _, it in ipairs(items) do L_c = math.max(L_c, it.v_feat:size(1)) end
+  local cidx, cmask, cpos = {}, {}, {}
+  for i, it in ipairs(items) do
+    local nf = it.v_feat:size(1)
+    for l = 0, L_c - 1 do
+      if l < nf then
+        cidx[#cidx + 1] = (opts.masked and opts.masked(i, l)) and zero or base[i] + l
+        cmask[#cmask + 1] = 1
+      else
+        cidx[#cidx + 1] = zero
+        cmask[#cmask + 1] = 0
+      end
+      cpos[#cpos + 1] = l
+    end
+  end
+  if L_c > 0 then
+    batch.c_v_feats = src:index_select(1, i64(cidx, {#cidx})):reshape({B, L_c, D})
+  else
+    batch.c_v_feats = core.zeros({B, 0, D})
+  end
+  batch.c_pos_ids = i64(cpos, {B, L_c})
+  batch.c_attn_masks = i64(cmask, {B, L_c})
+  local num_subs, s2f = {}, {}
+  for i, it in ipairs(items) do
+    num_subs[i] = #it.segments
+    s2f[i] = it.sub2frames
+  end
+  batch.num_subs, batch.sub_idx2frame_idx = num_subs, s2f
+  return batch, src, base
+end
+
+--- mlm_collate: items from tasks.mlm_item -> {input_ids, position_ids (no clamp), v_feat,
+-- attn_masks, gather_index, txt_mask_tgt, txt_labels} (hero-spec §4.1).
+function collate.mlm_collate(items)
+  local op = "hero.data.collate.mlm_collate"
+  local D = check_items(op, items)
+  local segs = all_segments(items)
+  local S = #segs
+  local max_sl, max_vl, out = layout(segs)
+  local src, base, zero = frame_source(items, D)
+  local batch = {}
+  batch.input_ids = pad_ids(segs, max_sl)
+  batch.position_ids = arange_row(max_sl)
+  local fidx = segment_frame_index(op, items, base, zero, max_vl)
+  batch.v_feat = src:index_select(1, i64(fidx, {#fidx})):reshape({S, max_vl, D})
+  batch.attn_masks, batch.gather_index = attn_and_gather(segs, max_vl, out)
+  local tgt, labels = {}, {}
+  for s, seg in ipairs(segs) do
+    local lab = seg.labels
+    if type(lab) ~= "table" or #lab ~= #seg.ids then
+      fail(op, "segment %d has %s labels for %d ids", s, type(lab) == "table" and #lab or "no", #seg.ids)
+    end
+    local nf = seg_frames(seg)
+    for j = 0, out - 1 do
+      local t = j - nf + 1
+      local on = t >= 1 and t <= #lab and lab[t] ~= -1
+      tgt[#tgt + 1] = on
+      if on then labels[#labels + 1] = lab[t] end
+    end
+  end
+  batch.txt_mask_tgt = bools(tgt, {S, out})
+  batch.txt_labels = i64(labels, {#labels})
+  return batch
+end
+
+--- mfm_collate (also MFFR): video_collate with the frames of each item.c_mask zeroed at both
+-- levels, plus f_v_masks [S, max_vl], c_v_masks [B, L_c] (bool, padding false) and feat_targets
+-- (the raw features of the masked frames, row-major over (video, frame)).
+function collate.mfm_collate(items)
+  local op = "hero.data.collate.mfm_collate"
+  check_items(op, items)
+  for i, it in ipairs(items) do
+    if type(it.c_mask) ~= "table" or #it.c_mask ~= it.v_feat:size(1) then
+      fail(op, "item %d has no c_mask of %d booleans (build it with hero.data.tasks.mfm_item)", i, it.v_feat:size(1))
+    end
+  end
+  local function masked(i, f) return items[i].c_mask[f + 1] == true end
+  local batch, src, base = collate.video_collate(items, {masked = masked})
+  local S, max_vl = batch.f_v_feats:size(1), batch.f_v_feats:size(2)
+  local B, L_c = batch.c_v_feats:size(1), batch.c_v_feats:size(2)
+  local fm = {}
+  for i, it in ipairs(items) do
+    for _, seg in ipairs(it.segments) do
+      for j = 1, max_vl do
+        local f = seg.frames[j]
+        fm[#fm + 1] = f ~= nil and masked(i, f) or false
+      end
+    end
+  end
+  batch.f_v_masks = bools(fm, {S, max_vl})
+  local cm, tgt = {}, {}
+  for i, it in ipairs(items) do
+    local nf = it.v_feat:size(1)
+    for l = 0, L_c - 1 do
+      local m = l < nf and masked(i, l)
+      cm[#cm + 1] = m
+      if m then tgt[#tgt + 1] = base[i] + l end
+    end
+  end
+  batch.c_v_masks = bools(cm, {B, L_c})
+  local D = batch.c_v_feats:size(3)
+  if #tgt > 0 then
+    batch.feat_targets = src:index_select(1, i64(tgt, {#tgt}))
+  else
+    batch.feat_targets = core.zeros({0, D})
+  end
+  return batch
+end
+
+--- fom_collate: video_collate plus shuffled_orders (identity padding), targets (-1 padding), and
+-- the pairwise reordered_frame_idx / binary_targets the reference builds (unused by the model).
+function collate.fom_collate(items)
+  local op = "hero.data.collate.fom_collate"
+  check_items(op, items)
+  for i, it in ipairs(items) do
+    if type(it.orders) ~= "table" or type(it.targets) ~= "table" or #it.orders ~= it.v_feat:size(1) then
+      fail(op, "item %d has no orders/targets for its %d frames (build it with hero.data.tasks.fom_item)", i,
+        it.v_feat:size(1))
+    end
+  end
+  local batch = collate.video_collate(items)
+  local B, L_c = batch.c_v_feats:size(1), batch.c_v_feats:size(2)
+  local ord, tgt = {}, {}
+  for _, it in ipairs(items) do
+    local nf = #it.orders
+    for l = 1, L_c do
+      ord[#ord + 1] = l <= nf and it.orders[l] or l - 1
+      tgt[#tgt + 1] = l <= nf and it.targets[l] or -1
+    end
+  end
+  batch.shuffled_orders = i64(ord, {B, L_c})
+  batch.targets = i64(tgt, {B, L_c})
+  local pairs_idx, bin = {}, {}
+  for c, it in ipairs(items) do
+    local t = it.targets
+    local nf = #t
+    local base = (c - 1) * L_c
+    for i = 0, nf - 1 do
+      if t[i + 1] ~= -1 then
+        for j = i + 1, nf - 1 do
+          if t[j + 1] ~= -1 then
+            pairs_idx[#pairs_idx + 1] = base + i
+            pairs_idx[#pairs_idx + 1] = base + j
+            bin[#bin + 1] = t[i + 1] > t[j + 1] and 0 or 1
+            pairs_idx[#pairs_idx + 1] = base + j
+            pairs_idx[#pairs_idx + 1] = base + i
+            bin[#bin + 1] = t[j + 1] > t[i + 1] and 0 or 1
+          end
+        end
+      end
+    end
+  end
+  batch.reordered_frame_idx = i64(pairs_idx, {#pairs_idx})
+  batch.binary_targets = i64(bin, {#bin})
+  return batch
+end
+
+--- vsm_collate: video_collate plus the queries of every item, video-major: query_input_ids
+-- (pad 1), query_pos_ids (arange, no clamp), query_attn_masks, targets [Nq, 2], q_vidx (batch
+-- index of each query's video; the LAST index when a video occurs twice, as in the reference)
+-- and vids.
+function collate.vsm_collate(items)
+  local op = "hero.data.collate.vsm_collate"
+  check_items(op, items)
+  local batch = collate.video_collate(items)
+  local vids, vid2idx = {}, {}
+  for i, it in ipairs(items) do
+    if type(it.queries) ~= "table" or #it.queries == 0 then
+      fail(op, "item %d has no queries (build it with hero.data.tasks.vsm_item)", i)
+    end
+    vids[i] = it.vid
+    vid2idx[it.vid] = i - 1
+  end
+  local qs, vidx, tg = {}, {}, {}
+  local Lq = 0
+  for _, it in ipairs(items) do
+    for _, q in ipairs(it.queries) do
+      qs[#qs + 1] = q
+      vidx[#vidx + 1] = vid2idx[it.vid]
+      tg[#tg + 1] = q.target[1]
+      tg[#tg + 1] = q.target[2]
+      if #q.ids > Lq then Lq = #q.ids end
+    end
+  end
+  batch.query_input_ids, batch.query_attn_masks = pad_ids(qs, Lq)
+  batch.query_pos_ids = arange_row(Lq)
+  batch.targets = i64(tg, {#qs, 2})
+  batch.q_vidx = i64(vidx, {#qs})
+  batch.vids = vids
+  return batch
+end
+
+--- The collate of `task` ("mlm", "mfm-nce", "mfm", "mffr", "fom", "vsm", "video").
+function collate.for_task(task)
+  if task == "mlm" then return collate.mlm_collate end
+  if task == "mfm-nce" or task == "mfm" or task == "mffr" then return collate.mfm_collate end
+  if task == "fom" then return collate.fom_collate end
+  if task == "vsm" then return collate.vsm_collate end
+  if task == "video" then return collate.video_collate end
+  error(string.format("hero.data.collate.for_task: unknown task '%s' (mlm, mfm-nce, mffr, fom, vsm, video)",
+    tostring(task)), 2)
+end
+
+return collate

@@ -1,0 +1,384 @@
+--- hero.data.tasks: the random parts of HERO's pre-training data (hero-spec §4.1–4.5) and the
+-- per-task item builders that turn one video (hero.data.datasets) into what the collates of
+-- hero.data.collate batch.
+--
+-- Every random choice is drawn from a hero.Generator (Philox) given as opts.generator, never from
+-- math.random, so a seed gives the same masks everywhere and g:get_state()/set_state() resume them.
+-- The draws, in order (documented so that a run can be replayed):
+--   random_word(tokens):   u = rand(n, f64); then randint(v_lo, v_hi, k) for the k tokens whose
+--                          u/p falls in [0.8, 0.9) (in token order). Nothing is drawn for n = 0.
+--   frame_mask(n):         u = rand(n, f64); if no u < p: randint(0, n, 1) picks the forced frame.
+--   random_reorder(n):     u = rand(n, f64); P = positions with u < p; if #P > 1: randperm(#P).
+--   sample_queries(cands): randperm(#cands) when #cands > per_video; the first per_video win.
+-- Every item builder also takes the choice itself instead of a generator (opts.decisions,
+-- opts.c_mask, opts.reorder, opts.query_subs), which is how recorded batches are rebuilt exactly.
+--
+-- Items hold Lua arrays of 0-based ids/frame indices and the video's f32 features; nothing is
+-- padded here.
+local core = require "hero.core"
+
+local tasks = {}
+
+local function fail(op, fmt, ...)
+  error(op .. ": " .. string.format(fmt, ...), 3)
+end
+
+local function gen_opts(g)
+  return {generator = g, dtype = "f64"}
+end
+
+local function check_generator(op, g)
+  if type(g) ~= "userdata" or type(g.get_state) ~= "function" then
+    fail(op, "opts.generator must be a hero.Generator (or give the recorded choice), got %s", type(g))
+  end
+end
+
+local function uniforms(n, g)
+  if n == 0 then return {} end
+  return core.rand({n}, gen_opts(g)):totable()
+end
+
+-- ------------------------------------------------------------------ samplers
+
+--- MLM masking decisions for n tokens (hero-spec §4.1): an array of n entries, each false (not
+-- selected), "mask", "keep" or an integer (the random replacement id). opts: generator, mask_prob
+-- (0.15), v_range ({lo, hi}, hi exclusive; required).
+function tasks.word_decisions(n, opts)
+  local op = "hero.data.tasks.word_decisions"
+  check_generator(op, opts.generator)
+  local p = opts.mask_prob or 0.15
+  local vr = opts.v_range
+  if type(vr) ~= "table" or math.type(vr[1]) ~= "integer" or math.type(vr[2]) ~= "integer" or vr[2] <= vr[1] then
+    fail(op, "opts.v_range must be {lo, hi} integers with lo < hi")
+  end
+  local u = uniforms(n, opts.generator)
+  local out, random_at = {}, {}
+  for i = 1, n do
+    local x = u[i]
+    if x < p then
+      x = x / p
+      if x < 0.8 then
+        out[i] = "mask"
+      elseif x < 0.9 then
+        out[i] = 0
+        random_at[#random_at + 1] = i
+      else
+        out[i] = "keep"
+      end
+    else
+      out[i] = false
+    end
+  end
+  if #random_at > 0 then
+    local r = core.randint(vr[1], vr[2], {#random_at}, {generator = opts.generator}):totable()
+    for j, i in ipairs(random_at) do out[i] = r[j] end
+  end
+  return out
+end
+
+--- Applies MLM decisions to tokens (a copy is made): returns ids, labels (-1 where not selected).
+-- When nothing is selected the first token is masked (the reference's "at least mask 1"); an
+-- empty token list stays empty with no label (the reference raises IndexError there).
+function tasks.apply_word_decisions(tokens, decisions, mask_id)
+  local ids, labels = {}, {}
+  local any = false
+  for i = 1, #tokens do
+    local d, t = decisions[i], tokens[i]
+    if d == nil or d == false then
+      ids[i], labels[i] = t, -1
+    else
+      any = true
+      labels[i] = t
+      if d == "mask" then
+        ids[i] = mask_id
+      elseif d == "keep" then
+        ids[i] = t
+      elseif math.type(d) == "integer" then
+        ids[i] = d
+      else
+        fail("hero.data.tasks.apply_word_decisions", "decision %d is %s (false, 'mask', 'keep' or an id)", i,
+          tostring(d))
+      end
+    end
+  end
+  if not any and #tokens > 0 then
+    labels[1] = tokens[1]
+    ids[1] = mask_id
+  end
+  return ids, labels
+end
+
+--- random_word of the reference: tokens -> masked ids, labels (see word_decisions).
+function tasks.random_word(tokens, opts)
+  local d = tasks.word_decisions(#tokens, opts)
+  return tasks.apply_word_decisions(tokens, d, opts.mask_id)
+end
+
+--- MFM frame mask (hero-spec §4.2): n booleans, each true with probability p; one uniformly
+-- chosen frame when none is. n must be >= 1.
+function tasks.frame_mask(n, opts)
+  local op = "hero.data.tasks.frame_mask"
+  check_generator(op, opts.generator)
+  if math.type(n) ~= "integer" or n < 1 then fail(op, "a video needs at least one frame, got %s", tostring(n)) end
+  local p = opts.mask_prob or 0.15
+  local u = uniforms(n, opts.generator)
+  local m, any = {}, false
+  for i = 1, n do
+    m[i] = u[i] < p
+    any = any or m[i]
+  end
+  if not any then
+    local j = core.randint(0, n, {1}, {generator = opts.generator}):item()
+    m[j + 1] = true
+  end
+  return m
+end
+
+--- FOM orders and targets from the selected positions P (0-based, ascending) and their shuffle Q
+-- (a permutation of P): order[P_i] = Q_i, target[Q_i] = P_i, identity / -1 elsewhere (0-based
+-- values in 1-based Lua arrays of length n).
+function tasks.reorder_from(n, P, Q)
+  local op = "hero.data.tasks.reorder_from"
+  if #P ~= #Q then fail(op, "%d selected positions but %d shuffled ones", #P, #Q) end
+  local order, target = {}, {}
+  for j = 1, n do order[j], target[j] = j - 1, -1 end
+  local seen = {}
+  for i = 1, #P do
+    local p, q = P[i], Q[i]
+    if math.type(p) ~= "integer" or p < 0 or p >= n or math.type(q) ~= "integer" or q < 0 or q >= n then
+      fail(op, "position pair %d (%s -> %s) is outside 0..%d", i, tostring(p), tostring(q), n - 1)
+    end
+    if i > 1 and p <= P[i - 1] then fail(op, "selected positions must be ascending") end
+    seen[p] = (seen[p] or 0) + 1
+    seen[q] = (seen[q] or 0) - 1
+    order[p + 1] = q
+    target[q + 1] = p
+  end
+  for k, c in pairs(seen) do
+    if c ~= 0 then fail(op, "the shuffle is not a permutation of the selected positions (frame %d)", k) end
+  end
+  return order, target
+end
+
+--- FOM shuffle (hero-spec §4.4): each of n frames selected with probability p; the selection is
+-- shuffled. Returns order, target (see reorder_from) and P, Q.
+function tasks.random_reorder(n, opts)
+  check_generator("hero.data.tasks.random_reorder", opts.generator)
+  local p = opts.reorder_prob or opts.mask_prob or 0.15
+  local u = uniforms(n, opts.generator)
+  local P = {}
+  for i = 1, n do
+    if u[i] < p then P[#P + 1] = i - 1 end
+  end
+  local Q = {}
+  if #P > 1 then
+    local perm = core.randperm(#P, {generator = opts.generator}):totable()
+    for i = 1, #P do Q[i] = P[perm[i] + 1] end
+  else
+    for i = 1, #P do Q[i] = P[i] end
+  end
+  local order, target = tasks.reorder_from(n, P, Q)
+  return order, target, P, Q
+end
+
+--- VSM query choice: min(#candidates, per_video) distinct entries of candidates, without
+-- replacement, returned as a set {value = true}.
+function tasks.sample_queries(candidates, per_video, opts)
+  local set = {}
+  if #candidates <= per_video then
+    for _, c in ipairs(candidates) do set[c] = true end
+    return set
+  end
+  check_generator("hero.data.tasks.sample_queries", opts.generator)
+  local perm = core.randperm(#candidates, {generator = opts.generator}):totable()
+  for i = 1, per_video do set[candidates[perm[i] + 1]] = true end
+  return set
+end
+
+-- ------------------------------------------------------------------ item builders
+
+local function specials(opts, op)
+  local sp = opts.special_ids or opts
+  local cls, sep, mask = sp.CLS or sp.cls, sp.SEP or sp.sep, sp.MASK or sp.mask
+  if math.type(cls) ~= "integer" or math.type(sep) ~= "integer" then
+    fail(op, "the special token ids (CLS, SEP) are missing: pass opts.special_ids (the text db's meta.json)")
+  end
+  return cls, sep, mask, sp.v_range
+end
+
+local function check_video(op, video)
+  if type(video) ~= "table" or not core.is_tensor(video.v_feat) or type(video.sub2frames) ~= "table"
+      or type(video.input_ids) ~= "table" then
+    fail(op, "expected a video {vid, v_feat, sub2frames, input_ids} from a hero.data dataset")
+  end
+end
+
+-- tokens of subtitle k (0-based), cut to max_txt_len (-1 or nil: whole)
+local function sub_tokens(video, k, max_len)
+  local t = video.input_ids[k + 1]
+  if t == nil then
+    error(string.format("video '%s' has no text for subtitle %d (%d texts)", tostring(video.vid), k,
+      #video.input_ids), 0)
+  end
+  local n = #t
+  if max_len ~= nil and max_len >= 0 and max_len < n then n = max_len end
+  local out = {}
+  for i = 1, n do out[i] = t[i] end
+  return out
+end
+
+-- Context text of the segment of subtitle s: tokens of subtitles s-k..s (only those < num_subs,
+-- none in `skip`), each cut to max_len, concatenated.
+local function context(video, s, ctx, num_subs, max_len, skip)
+  local out = {}
+  for k = s - ctx, s do
+    if k >= 0 and k < num_subs and not (skip and skip[k]) then
+      for _, t in ipairs(sub_tokens(video, k, max_len)) do out[#out + 1] = t end
+    end
+  end
+  return out
+end
+
+local function base_item(video)
+  return {vid = video.vid, v_feat = video.v_feat, nframes = video.v_feat:size(1), sub2frames = video.sub2frames,
+          num_subs = #video.sub2frames, segments = {}}
+end
+
+--- The representation-path item of a video (the reference's VideoFeatSubTokDataset.__getitem__):
+-- one segment per subtitle with ids [SEP] + context tokens and its aligned frames. As in the
+-- reference this text is NOT cut to max_txt_len unless opts.truncate is true.
+-- opts: special_ids, sub_ctx_len (0), max_txt_len (60), truncate (false).
+function tasks.video_item(video, opts)
+  local op = "hero.data.tasks.video_item"
+  opts = opts or {}
+  check_video(op, video)
+  local _, sep = specials(opts, op)
+  local item = base_item(video)
+  local max_len = opts.truncate and (opts.max_txt_len or 60) or -1
+  for i, pair in ipairs(video.sub2frames) do
+    local ids = {sep}
+    for _, t in ipairs(context(video, pair[1], opts.sub_ctx_len or 0, item.num_subs, max_len)) do ids[#ids + 1] = t end
+    item.segments[i] = {ids = ids, frames = pair[2]}
+  end
+  return item
+end
+
+--- MLM item (hero-spec §4.1): per segment [CLS] + masked context tokens (each subtitle cut to
+-- max_txt_len), labels [-1] + labels, the segment's frames (unmasked).
+-- opts: generator, mask_prob, special_ids (CLS, MASK, v_range), sub_ctx_len, max_txt_len, or
+-- decisions = {per segment: an array as tasks.word_decisions returns} instead of the generator.
+function tasks.mlm_item(video, opts)
+  local op = "hero.data.tasks.mlm_item"
+  check_video(op, video)
+  local cls, _, mask, v_range = specials(opts, op)
+  if math.type(mask) ~= "integer" then fail(op, "the MASK id is missing from opts.special_ids") end
+  local item = base_item(video)
+  local wopts = {generator = opts.generator, mask_prob = opts.mask_prob, v_range = opts.v_range or v_range}
+  for i, pair in ipairs(video.sub2frames) do
+    local toks = context(video, pair[1], opts.sub_ctx_len or 0, item.num_subs, opts.max_txt_len or 60)
+    local d
+    if opts.decisions then
+      d = opts.decisions[i]
+      if type(d) ~= "table" then fail(op, "opts.decisions has no entry for segment %d", i) end
+    else
+      d = tasks.word_decisions(#toks, wopts)
+    end
+    local ids, labels = tasks.apply_word_decisions(toks, d, mask)
+    table.insert(ids, 1, cls)
+    table.insert(labels, 1, -1)
+    item.segments[i] = {ids = ids, labels = labels, frames = pair[2]}
+  end
+  return item
+end
+
+--- MFM / MFFR item (hero-spec §4.2): the representation item plus c_mask (nframes booleans).
+-- opts: generator, mask_prob, or c_mask (a recorded mask); plus video_item's options.
+function tasks.mfm_item(video, opts)
+  local op = "hero.data.tasks.mfm_item"
+  local item = tasks.video_item(video, opts)
+  local n = item.nframes
+  local m = opts.c_mask
+  if m == nil then
+    m = tasks.frame_mask(n, opts)
+  elseif #m ~= n then
+    fail(op, "opts.c_mask has %d entries for a video of %d frames", #m, n)
+  end
+  item.c_mask = m
+  return item
+end
+
+--- FOM item (hero-spec §4.4): the representation item plus orders and targets (0-based values).
+-- opts: generator, reorder_prob (or mask_prob, 0.15), or reorder = {P = {...}, Q = {...}}.
+function tasks.fom_item(video, opts)
+  local item = tasks.video_item(video, opts)
+  local n = item.nframes
+  if opts.reorder then
+    item.orders, item.targets = tasks.reorder_from(n, opts.reorder.P, opts.reorder.Q)
+  else
+    item.orders, item.targets = tasks.random_reorder(n, opts)
+  end
+  return item
+end
+
+--- VSM item (hero-spec §4.5): up to query_per_video (5) subtitles that have frames become queries
+-- ([CLS] + tokens cut to max_txt_len, target {first frame, min(max(first + 1, last), nframes - 1)}),
+-- their text is removed from every segment's context, and the query list is padded to
+-- query_per_video by repeating the last query. A video without any subtitle that has frames
+-- cannot give a query: an error (the reference crashes there too); loaders skip such videos.
+-- opts: generator, query_per_video, special_ids, sub_ctx_len, max_txt_len, or query_subs =
+-- {sub indices} (the recorded choice).
+function tasks.vsm_item(video, opts)
+  local op = "hero.data.tasks.vsm_item"
+  check_video(op, video)
+  local cls, sep = specials(opts, op)
+  local per_video = opts.query_per_video or 5
+  local item = base_item(video)
+  local candidates = {}
+  for _, pair in ipairs(video.sub2frames) do
+    if #pair[2] > 0 then candidates[#candidates + 1] = pair[1] end
+  end
+  if #candidates == 0 then
+    error(string.format("%s: video '%s' has no subtitle with aligned frames, so no VSM query", op,
+      tostring(video.vid)), 2)
+  end
+  local chosen
+  if opts.query_subs then
+    chosen = {}
+    for _, k in ipairs(opts.query_subs) do chosen[k] = true end
+  else
+    chosen = tasks.sample_queries(candidates, per_video, opts)
+  end
+  local max_len = opts.max_txt_len or 60
+  local ctx = opts.sub_ctx_len or 0
+  local queries = {}
+  for i, pair in ipairs(video.sub2frames) do
+    local s, frames = pair[1], pair[2]
+    local ids = {sep}
+    for _, t in ipairs(context(video, s, ctx, item.num_subs, max_len, chosen)) do ids[#ids + 1] = t end
+    item.segments[i] = {ids = ids, frames = frames}
+    if #frames > 0 and chosen[s] then
+      local q = {cls}
+      for _, t in ipairs(sub_tokens(video, s, max_len)) do q[#q + 1] = t end
+      local st = frames[1]
+      local ed = math.min(math.max(st + 1, frames[#frames]), item.nframes - 1)
+      queries[#queries + 1] = {ids = q, target = {st, ed}}
+    end
+  end
+  if #queries == 0 then fail(op, "none of the chosen query subtitles of '%s' has frames", tostring(video.vid)) end
+  while #queries < per_video do queries[#queries + 1] = queries[#queries] end
+  item.queries = queries
+  return item
+end
+
+--- Builds the item of `task` ("mlm", "mfm-nce", "mfm", "mffr", "fom", "vsm", "video").
+function tasks.build_item(task, video, opts)
+  if task == "mlm" then return tasks.mlm_item(video, opts) end
+  if task == "mfm-nce" or task == "mfm" or task == "mffr" then return tasks.mfm_item(video, opts) end
+  if task == "fom" then return tasks.fom_item(video, opts) end
+  if task == "vsm" then return tasks.vsm_item(video, opts) end
+  if task == "video" then return tasks.video_item(video, opts) end
+  error(string.format("hero.data.tasks.build_item: unknown task '%s' (mlm, mfm-nce, mffr, fom, vsm, video)",
+    tostring(task)), 2)
+end
+
+return tasks
