@@ -49,6 +49,9 @@ function Vcmr:set_hard_negative(on, pool_size, weight)
   self.opts.hard_negative = on and {pool_size = pool_size or 20, weight = weight or 10} or nil
 end
 
+--- Sets every dropout probability to p (the reference's set_dropout); returns the model.
+function Vcmr:set_dropout(p) return require("hero.models.downstream").set_dropout(self, p) end
+
 --- Weight of the local start/end loss (set_train_st_ed).
 function Vcmr:set_train_st_ed(lw) self.opts.lw_st_ed = lw end
 
