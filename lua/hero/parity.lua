@@ -256,6 +256,176 @@ function Runner:tvc()
 end
 -- ---------------------------------------------------------------------------------------------
 
+-- Downstream heads: VCMR (training forward + full-corpus evaluation), VideoQA, VIOLIN
+-- ---------------------------------------------------------------------------------------------
+
+--- A non-tensor check (rankings, metrics): ok or not, with a short detail.
+function Runner:record_check(case, name, ok, detail)
+  self.results[#self.results + 1] = {case = case, tensor = name, ok = ok, detail = detail}
+  if not ok then self.ok = false end
+  if self.print then print(string.format("%-4s %-28s %-60s %s", ok and "ok" or "FAIL", case, name, detail or "")) end
+end
+
+--- A fine-tuning model built as the reference's train_*.py: fine-tuning config, the smoke weights,
+-- the head_init values for the freshly initialised heads, every dropout p = 0, training mode.
+function Runner:downstream_model(head)
+  local models = require "hero.models"
+  local c = self.config
+  local ds = c.downstream and c.downstream[head] or {}
+  local opts = {vfeat_dim = c.constants.vfeat_dim, max_frm_seq_len = c.constants.max_frm_seq_len}
+  local m
+  if head == "vcmr" then
+    local t = ds.train or {}
+    opts.lw_st_ed, opts.lw_neg_ctx, opts.lw_neg_q = t.lw_st_ed, t.lw_neg_ctx, t.lw_neg_q
+    opts.margin, opts.ranking_loss_type, opts.drop_svmr_prob = t.margin, t.ranking_loss_type, t.drop_svmr_prob or 0
+    if t.use_hard_negative then opts.hard_negative = {pool_size = t.hard_pool_size, weight = t.hard_neg_weight} end
+    m = models.HeroForVcmr(c.model_config.finetune, opts)
+  elseif head == "videoqa" then
+    opts.lw_st_ed = ds.lw_st_ed
+    m = models.HeroForVideoQA(c.model_config.finetune, opts)
+  else
+    m = models.HeroForViolin(c.model_config.finetune, opts)
+  end
+  m:load_checkpoint(require("hero.io").load(self:path("weights.safetensors")))
+  if exists(self:path(head .. "_head_init.safetensors")) then
+    m:load_checkpoint(require("hero.io").load(self:path(head .. "_head_init.safetensors")))
+  end
+  return models.downstream.set_dropout(m, 0)
+end
+
+local HEAD_TASK = {vcmr = "tvr", videoqa = "tvqa", violin = "violin"}
+
+--- <head>_outputs and <head>_grads of one head (one forward, one backward from zero gradients).
+function Runner:downstream_head(head)
+  local files = self.config.files
+  local out_file, grad_file = head .. "_outputs.safetensors", head .. "_grads.safetensors"
+  local m = self:downstream_model(head)
+  local out = m:forward(self:batch(head .. "_batch"), HEAD_TASK[head])
+  if files[out_file] then
+    local expected = require("hero.io").load(self:path(out_file))
+    local names = {}
+    for k in pairs(expected) do names[#names + 1] = k end
+    table.sort(names)
+    for _, k in ipairs(names) do
+      self:record(out_file, k, out[k] or core.full(expected[k]:size(), 0 / 0), expected[k], "activations")
+    end
+  end
+  if files[grad_file] then
+    out.loss:backward()
+    local expected = require("hero.io").load(self:path(grad_file))
+    local info = self.per_file[grad_file] or {}
+    local near = {}
+    for _, n in ipairs(info.near_zero_tensors or {}) do near[n] = true end
+    local own = {}
+    for _, p in ipairs(m:named_parameters()) do own[p[1]] = p[2] end
+    local names = {}
+    for k in pairs(expected) do names[#names + 1] = k end
+    table.sort(names)
+    for _, name in ipairs(names) do
+      local g = own[name] and own[name].grad or core.full(expected[name]:size(), 0 / 0)
+      self:record(grad_file, name, g, expected[name], "gradients", near[name] and info.file_scale_median_maxabs or nil)
+    end
+  end
+end
+
+-- Compares a submission's prediction lists: video, start and end exactly, scores within the
+-- activation tolerance. One check per task.
+function Runner:compare_submission(case, got, expected)
+  local rtol = self.tol.activations_logits_losses.rtol
+  for _, task in ipairs {"VCMR", "SVMR", "VR"} do
+    if expected[task] then
+      local ok, detail = got[task] ~= nil and #got[task] == #expected[task], ""
+      for i, e in ipairs(ok and expected[task] or {}) do
+        local g = got[task][i]
+        if g.desc_id ~= e.desc_id or #g.predictions ~= #e.predictions then
+          ok, detail = false, string.format("query %s: %d predictions, expected %d", tostring(e.desc_id),
+            #g.predictions, #e.predictions)
+          break
+        end
+        for j, p in ipairs(e.predictions) do
+          local q = g.predictions[j]
+          if q[1] ~= p[1] or q[2] ~= p[2] or q[3] ~= p[3] or math.abs(q[4] - p[4]) > rtol * math.abs(p[4]) then
+            ok, detail = false, string.format("query %s rank %d: {%s}, expected {%s}", tostring(e.desc_id), j,
+              table.concat(q, ", "), table.concat(p, ", "))
+            break
+          end
+        end
+        if not ok then break end
+      end
+      self:record_check(case, task .. " predictions", ok, ok and (#expected[task] .. " queries") or detail)
+    end
+  end
+end
+
+--- validate_full_vcmr on the smoke corpus: the inference tensors, the submissions before and after
+-- NMS, and the VR metrics (the only ones the fixture's query list determines: each query's
+-- ground-truth video is the video of its SVMR predictions; the moments are not in the fixture).
+function Runner:vcmr_evaluation()
+  local files = self.config.files
+  if not (files["vcmr_eval.json"] and files["vcmr_eval_query_batches.safetensors"]) then return end
+  local ev = json.read_file(self:path("vcmr_eval.json"))
+  local m = self:downstream_model("vcmr")
+  local videos = {}
+  for i = 0, 1000 do
+    local name = "vcmr_eval_video_batch" .. i
+    if not files[name .. ".safetensors"] then break end
+    videos[#videos + 1] = self:batch(name)
+  end
+  local qb = require("hero.io").load(self:path("vcmr_eval_query_batches.safetensors"))
+  local queries = {}
+  for i = 0, 1000 do
+    local p = "query_batch" .. i .. "."
+    if not qb[p .. "query_input_ids"] then break end
+    queries[#queries + 1] = {query_input_ids = qb[p .. "query_input_ids"], query_pos_ids = qb[p .. "query_pos_ids"],
+      query_attn_masks = qb[p .. "query_attn_masks"]}
+  end
+  local sub = ev.submission_before_nms
+  local name_of = {}
+  for name, i in pairs(sub.video2idx) do name_of[i] = name end
+  local qids, qvids = {}, {}
+  for i, e in ipairs(sub.SVMR) do qids[i], qvids[i] = e.desc_id, name_of[e.predictions[1][1]] end
+  local opts = {}
+  for k, v in pairs(ev.model_opts) do opts[k] = v end
+  opts.tasks = ev.opts and ev.opts.full_eval_tasks
+  local res = m:evaluate_full({batches = videos, video_ids = ev.video_ids_sorted, video2idx = sub.video2idx},
+    {batches = queries, query_ids = qids, query_vids = qvids}, nil, opts)
+  local out_file = "vcmr_eval_outputs.safetensors"
+  if files[out_file] then
+    local expected = require("hero.io").load(self:path(out_file))
+    local names = {}
+    for k in pairs(expected) do names[#names + 1] = k end
+    table.sort(names)
+    for _, k in ipairs(names) do
+      self:record(out_file, k, res.tensors[k] or core.full(expected[k]:size(), 0 / 0), expected[k], "activations")
+    end
+  end
+  local R = require "hero.eval.retrieval"
+  self:compare_submission("vcmr_eval.json before NMS", res.submission, sub)
+  if ev.submission_after_nms then
+    self:compare_submission("vcmr_eval.json after NMS", R.nms_submission(res.submission, opts),
+      ev.submission_after_nms)
+  end
+  if ev.metrics_no_nms and ev.metrics_no_nms.VR and res.submission.VR then
+    local gt = {}
+    for i, id in ipairs(qids) do gt[i] = {desc_id = id, vid_name = qvids[i]} end
+    local got = R.eval_by_task_type(res.submission.VR, sub.video2idx, gt, "VR", {use_desc_type = false})
+    local ok, detail = true, ""
+    for k, v in pairs(ev.metrics_no_nms.VR) do
+      if got[k] ~= v then
+        ok, detail = false, string.format("%s = %s, expected %s", k, tostring(got[k]), tostring(v))
+      end
+    end
+    self:record_check("vcmr_eval.json metrics", "VR recall", ok, detail)
+  end
+end
+
+function Runner:downstream()
+  for _, head in ipairs {"vcmr", "videoqa", "violin"} do
+    if self.config.files[head .. "_batch.safetensors"] then self:downstream_head(head) end
+  end
+  self:vcmr_evaluation()
+end
+
 --- Runs every case; returns the results and whether all passed.
 function parity.run(dir, opts)
   opts = opts or {}
@@ -272,11 +442,7 @@ function parity.run(dir, opts)
   r:outputs_and_grads(m)
   r:optimizer_updates(m)
   r:checkpoints()
-  for _, head in ipairs {"vcmr", "videoqa", "violin"} do
-    if config.files[head .. "_batch.safetensors"] then
-      r:skip(head, "downstream heads are not part of this runner yet")
-    end
-  end
+  r:downstream()
   if config.files["tvc_batch.safetensors"] then r:tvc() end
   return r.results, r.ok
 end

@@ -2,6 +2,12 @@
 local models = {}
 
 models.HeroForPretraining = require "hero.models.pretrain"
+models.HeroForVcmr = require("hero.models.vcmr").HeroForVcmr
+models.HeroForVr = require("hero.models.vcmr").HeroForVr
+models.HeroForVideoQA = require "hero.models.videoqa"
+models.HeroForViolin = require "hero.models.violin"
+models.HeroModel = require("hero.models.downstream").HeroModel
+models.downstream = require "hero.models.downstream"
 models.HierarchicalVlModel = require "hero.models.hierarchical"
 models.encoders = require "hero.models.encoders"
 models.embeddings = require "hero.models.embeddings"

@@ -31,7 +31,9 @@ function M.video_scores(q, Y, mask)
 end
 
 --- One direction of the ranking loss. pos [R] (one positive per row), neg_sorted [R, K] (negatives
--- sorted descending). opts: margin, loss_type ("hinge"|"lse"), hard (pool size and weight or nil).
+-- sorted descending). opts: margin, loss_type ("hinge"|"lse"), hard (pool size and weight or nil),
+-- reduction ("mean": mean over columns then rows; "sum", the reference's evaluation-mode value:
+-- the per-row means [R]).
 local function rank_loss(pos, neg_sorted, opts)
   local diff = neg_sorted - pos:unsqueeze(2)
   local l
@@ -47,11 +49,13 @@ local function rank_loss(pos, neg_sorted, opts)
     if pool > 0 then w:narrow(1, 1, pool):fill_(opts.hard.weight) end
     l = l * w
   end
+  if opts.reduction == "sum" then return l:mean(2) end
   return l:mean(2):mean()
 end
 
 --- The reference's get_video_level_loss with use_all_neg: S [Nq, Nv] with k = Nq / Nv queries per
--- video (video-major). Returns loss_neg_ctx, loss_neg_q (unweighted means).
+-- video (video-major). Returns loss_neg_ctx, loss_neg_q (unweighted means; per-query vectors with
+-- opts.reduction = "sum").
 function M.ranking_losses(S, opts)
   local Nq, Nv = S:size(1), S:size(2)
   local k = Nq // Nv
