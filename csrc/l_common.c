@@ -170,3 +170,18 @@ void hr_lua_check_graph_inplace(lua_State *L, hr_tensor *self, hr_tensor *other,
         luaL_error(L, "%s: in-place ops are not recorded for autograd and a tensor here requires grad "
                       "(use the out-of-place form, or run it inside hero.no_grad)", op);
 }
+
+void hr_lua_register(lua_State *L, int module_idx, int methods_idx, const luaL_Reg *module_fns,
+                     const luaL_Reg *method_fns)
+{
+    if (module_fns) {
+        lua_pushvalue(L, module_idx);
+        luaL_setfuncs(L, module_fns, 0);
+        lua_pop(L, 1);
+    }
+    if (method_fns) {
+        lua_pushvalue(L, methods_idx);
+        luaL_setfuncs(L, method_fns, 0);
+        lua_pop(L, 1);
+    }
+}

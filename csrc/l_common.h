@@ -64,6 +64,10 @@ void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev
         }                                                             \
     } while (0)
 
+/* Adds module functions (to hero.core) and tensor methods; either list may be NULL. */
+void hr_lua_register(lua_State *L, int module_idx, int methods_idx, const luaL_Reg *module_fns,
+                     const luaL_Reg *method_fns);
+
 /* Tells the GC that nbytes of tensor memory were allocated outside Lua's heap. */
 void hr_lua_account(lua_State *L, size_t nbytes);
 

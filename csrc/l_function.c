@@ -115,8 +115,5 @@ static const luaL_Reg module_functions[] = {
 
 void hr_lua_open_function(lua_State *L, int module_idx, int methods_idx)
 {
-    (void)methods_idx;
-    lua_pushvalue(L, module_idx);
-    luaL_setfuncs(L, module_functions, 0);
-    lua_pop(L, 1);
+    hr_lua_register(L, module_idx, methods_idx, module_functions, NULL);
 }

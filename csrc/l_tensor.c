@@ -775,12 +775,7 @@ static const luaL_Reg tensor_methods[] = {
 
 void hr_lua_open_tensor(lua_State *L, int module_idx, int methods_idx)
 {
-    lua_pushvalue(L, module_idx);
-    luaL_setfuncs(L, module_functions, 0);
-    lua_pop(L, 1);
-    lua_pushvalue(L, methods_idx);
-    luaL_setfuncs(L, tensor_methods, 0);
-    lua_pop(L, 1);
+    hr_lua_register(L, module_idx, methods_idx, module_functions, tensor_methods);
 
     /* metatable entries */
     luaL_getmetatable(L, HR_TENSOR_MT);
