@@ -113,11 +113,18 @@ static void ln_param_cols(void *arg, int64_t begin, int64_t end)
     int64_t n = j->cols;
     for (int64_t r = 0; r < j->rows; r++) {
         double mu = j->mean[r], rs = j->rstd[r];
-        for (int64_t i = begin; i < end; i++) {
-            double x = hr_load_f64((const char *)j->x + (size_t)(r * n + i) * hr_dtype_size(j->dt), j->dt);
-            double g = hr_load_f64((const char *)j->g + (size_t)(r * n + i) * hr_dtype_size(j->dt), j->dt);
-            if (p->dw) p->dw[i] += g * (x - mu) * rs;
-            if (p->db) p->db[i] += g;
+        if (j->dt == HR_F32) {
+            const float *x = (const float *)j->x + r * n, *g = (const float *)j->g + r * n;
+            if (p->dw)
+                for (int64_t i = begin; i < end; i++) p->dw[i] += (double)g[i] * (((double)x[i] - mu) * rs);
+            if (p->db)
+                for (int64_t i = begin; i < end; i++) p->db[i] += g[i];
+        } else {
+            const double *x = (const double *)j->x + r * n, *g = (const double *)j->g + r * n;
+            if (p->dw)
+                for (int64_t i = begin; i < end; i++) p->dw[i] += g[i] * ((x[i] - mu) * rs);
+            if (p->db)
+                for (int64_t i = begin; i < end; i++) p->db[i] += g[i];
         }
     }
 }
