@@ -525,20 +525,18 @@ static hr_tensor *features_from_npy(const unsigned char *b, size_t len, const ch
     return hr_npy_decode(b, len, &h, dt, member);
 }
 
-hr_tensor *hr_features_load(const char *path)
+hr_tensor *hr_features_parse(const void *buf, size_t len, const char *path)
 {
-    unsigned char *buf;
-    size_t len;
-    if (hr_io_read_file(path, &buf, &len)) return NULL;
+    const unsigned char *b = buf;
     hr_tensor *t = NULL;
     char what[512];
     snprintf(what, sizeof what, "'%s'", path);
     bool prefixed = false;
     if (len == 0) {
         hr_fail(HR_EFORMAT, "empty file");
-    } else if (is_zip(buf, len)) {
+    } else if (is_zip(b, len)) {
         hr_zip z;
-        if (hr_zip_open(&z, buf, len, what) == 0) {
+        if (hr_zip_open(&z, b, len, what) == 0) {
             long i = hr_zip_find(&z, "features.npy");
             if (i < 0) {
                 char names[256];
@@ -559,12 +557,21 @@ hr_tensor *hr_features_load(const char *path)
         } else {
             prefixed = true; /* hr_zip_open's messages already name the file */
         }
-    } else if (buf[0] == 0x93 || ends_with(path, ".npy")) {
-        t = features_from_npy(buf, len, NULL);
+    } else if (b[0] == 0x93 || ends_with(path, ".npy")) {
+        t = features_from_npy(b, len, NULL);
     } else {
         hr_fail(HR_EFORMAT, "not a zip / npy file (a feature file is an .npz archive or an .npy array)");
     }
-    free(buf);
     if (!t && !prefixed) hr_error_prefix("%s", what);
+    return t;
+}
+
+hr_tensor *hr_features_load(const char *path)
+{
+    unsigned char *buf;
+    size_t len;
+    if (hr_io_read_file(path, &buf, &len)) return NULL;
+    hr_tensor *t = hr_features_parse(buf, len, path);
+    free(buf);
     return t;
 }
