@@ -15,6 +15,10 @@ int64_t hr_tensor_numel(const hr_tensor *t)
 
 bool hr_tensor_is_contiguous(const hr_tensor *t)
 {
+    /* An empty tensor has no bytes to lay out: it is contiguous whatever its strides (as in PyTorch;
+     * hr_contiguous_strides gives a [0, 0] tensor strides [1, 1], which the product rule rejected). */
+    for (int i = 0; i < t->ndim; i++)
+        if (t->size[i] == 0) return true;
     int64_t expected = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {
         if (t->size[i] != 1 && t->stride[i] != expected) return false;
