@@ -58,6 +58,11 @@ describe("tensor core", function()
     assert.same({0, 6}, hero.zeros(0, 2, 3):view(0, 6):size())
   end)
 
+  it("refuses empty shapes whose other sizes overflow (their strides would)", function()
+    helper.assert_error_contains(function() hero.zeros(0, 1 << 40, 1 << 30) end, "zeros", "tensor size overflows")
+    assert.same({0, 1 << 20, 1 << 20}, hero.zeros(0, 1 << 20, 1 << 20):size())
+  end)
+
   it("writes through views", function()
     local t = hero.zeros(3, 4)
     t:narrow(2, 2, 2):fill_(7)
