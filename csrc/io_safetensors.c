@@ -526,12 +526,15 @@ static int parse_header(const unsigned char *buf, size_t len, const char *what, 
                 size_t l = strlen(shp);
                 snprintf(shp + l, sizeof shp - l, "%s%" PRId64, d ? ", " : "", e->shape[d]);
             }
-            bool overflow = false;
+            /* Bounded over the non-zero sizes: an empty tensor's other sizes still set its strides. */
+            bool overflow = false, empty = false;
             for (int d = 0; d < e->ndim; d++) {
                 uint64_t s = (uint64_t)e->shape[d];
-                if (s != 0 && nbytes > UINT64_MAX / 4 / s) overflow = true;
+                if (s == 0) empty = true;
+                else if (nbytes > UINT64_MAX / 4 / s) overflow = true;
                 else nbytes *= s;
             }
+            if (empty) nbytes = 0;
             if (overflow) {
                 hr_fail(HR_EFORMAT, "%s: tensor '%s': shape [%s] overflows the element count", what, e->name, shp);
                 free(order);
