@@ -32,14 +32,16 @@ else
 fi
 rm -f "$probe" "$probe.c"
 
-if ! $make -s --no-print-directory -f fuzz/Makefile MODE=$mode BUILD_DIR="$build" FUZZ_CC="$cc" -j2; then
+mkdir -p "$build/logs"
+if ! $make -s --no-print-directory -f fuzz/Makefile MODE=$mode BUILD_DIR="$build" FUZZ_CC="$cc" -j2 \
+     >"$build/logs/build.log" 2>&1; then
+  cat "$build/logs/build.log"
   echo "fuzz-smoke: building the fuzz targets failed"
   exit 1
 fi
 
 failed=0
 ran=0
-mkdir -p "$build/logs"
 for t in $targets; do
   seeds=fuzz/corpus/$t
   if [ ! -d "$seeds" ] || [ -z "$(ls -A "$seeds")" ]; then
