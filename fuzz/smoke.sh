@@ -88,7 +88,7 @@ for t in $targets; do
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
   if [ $rc -eq 0 ]; then
-    echo "fuzz-smoke: $t: ${runs:-?} runs in ${secs} s (${rate:-?} exec/s), corpus $(ls "$work" | wc -l) new + $(ls "$seeds" | wc -l) seeds, no crash"
+    echo "fuzz-smoke: $t: ${runs:-?} runs in ${secs} s (${rate:-?} exec/s), corpus $(ls "$seeds" | wc -l) seeds + $(ls "$work" | wc -l) found in this build dir, no crash"
   else
     tail -n 40 "$log"
     found=$(ls "$crashes" 2>/dev/null | head -n 1)
