@@ -10,7 +10,14 @@ LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/
           LUA_CPATH="$(abspath $(1))/?.so;;"
 
 DEBIAN_PACKAGES := lua5.4 liblua5.4-dev lua-busted lua-check luarocks libopenblas-dev zlib1g-dev \
-                   liblmdb-dev liblz4-dev python3-numpy pkg-config make gcc
+                   liblmdb-dev liblz4-dev python3-numpy pkg-config make gcc clang libclang-rt-14-dev
+
+# Fuzzing (fuzz/): build directory, seconds per target and memory limit of `make fuzz-smoke`.
+FUZZ_BUILD ?= $(BUILD)-fuzz
+FUZZ_SECONDS ?= 5
+FUZZ_RSS_MB ?= 2048
+FUZZ_ENV = FUZZ_BUILD="$(abspath $(FUZZ_BUILD))" FUZZ_SECONDS="$(FUZZ_SECONDS)" FUZZ_RSS_MB="$(FUZZ_RSS_MB)" \
+           MAKE="$(MAKE)"
 
 all: build
 
@@ -20,8 +27,21 @@ deps:
 build: deps
 	$(MAKE) -C csrc BUILD_DIR=$(abspath $(BUILD))
 
+# The specs, then a short fuzzing run of every parser of outside bytes (fuzz-smoke). The spec summary
+# "N passed, N failed, N skipped" is printed again at the end so that it stays the last line.
 test: build
-	@$(call LUA_ENV,$(BUILD)) $(LUA) spec/run.lua
+	@{ $(call LUA_ENV,$(BUILD)) $(LUA) spec/run.lua; echo $$? > "$(BUILD)/spec.status"; } | tee "$(BUILD)/spec.log"
+	@$(FUZZ_ENV) fuzz/smoke.sh; fuzz=$$?; \
+	 echo; grep -E '^[0-9]+ passed, [0-9]+ failed' "$(BUILD)/spec.log" | tail -n 1; \
+	 [ "$$(cat "$(BUILD)/spec.status")" = 0 ] && [ $$fuzz = 0 ]
+
+# libFuzzer targets for the file parsers (clang, ASan + UBSan) into $(FUZZ_BUILD); see fuzz/targets.mk.
+fuzz: deps
+	$(MAKE) -f fuzz/Makefile BUILD_DIR="$(abspath $(FUZZ_BUILD))"
+
+# Each fuzz target for FUZZ_SECONDS over its seed corpus; fails on any crash and names the input.
+fuzz-smoke: deps
+	@$(FUZZ_ENV) fuzz/smoke.sh
 
 # AddressSanitizer + UBSan build of the module, run under the same specs. The sanitizer runtime
 # must be loaded first because lua5.4 itself is not instrumented.
@@ -57,5 +77,6 @@ repl: build
 
 clean:
 	$(MAKE) -C csrc clean
+	rm -rf "$(abspath $(FUZZ_BUILD))"
 
-.PHONY: all deps build test asan demo bench lint install-rock repl clean
+.PHONY: all deps build test fuzz fuzz-smoke asan demo bench lint install-rock repl clean

@@ -119,6 +119,9 @@ int hr_npz_save(const char *path, const hr_tensor_list *in, bool compress);
 /* An extractor feature file: an .npz whose member features.npy (or a bare .npy) holds a little-endian
  * float16/float32 2-D array [n, d]; returned in its stored dtype. */
 hr_tensor *hr_features_load(const char *path);
+/* The same rules on a file's bytes held in memory; `path` names it in errors, and a buffer that is
+ * neither a zip nor starts like an .npy is still read as .npy when path ends in ".npy". */
+hr_tensor *hr_features_parse(const void *buf, size_t len, const char *path);
 
 /* ------------------------------------------------------------------ shared helpers (io_common.c) */
 

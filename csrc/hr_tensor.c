@@ -15,6 +15,10 @@ int64_t hr_tensor_numel(const hr_tensor *t)
 
 bool hr_tensor_is_contiguous(const hr_tensor *t)
 {
+    /* An empty tensor has no bytes to lay out: it is contiguous whatever its strides (as in PyTorch;
+     * hr_contiguous_strides gives a [0, 0] tensor strides [1, 1], which the product rule rejected). */
+    for (int i = 0; i < t->ndim; i++)
+        if (t->size[i] == 0) return true;
     int64_t expected = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {
         if (t->size[i] != 1 && t->stride[i] != expected) return false;
@@ -110,14 +114,21 @@ static int check_shape(int ndim, const int64_t *size, int64_t *numel)
 {
     if (ndim < 0 || ndim > HR_MAX_DIMS)
         return hr_fail(HR_EINVAL, "tensors have at most %d dimensions, got %d", HR_MAX_DIMS, ndim);
+    /* The product of the non-zero sizes is bounded even when some size is 0: contiguous strides are
+     * that product, so an empty [0, 2^62, 2^62] tensor would overflow them. */
     int64_t n = 1;
+    bool empty = false;
     for (int i = 0; i < ndim; i++) {
         if (size[i] < 0) return hr_fail(HR_EINVAL, "negative size %" PRId64 " in dimension %d", size[i], i + 1);
-        if (size[i] && n > INT64_MAX / 8 / size[i])
+        if (size[i] == 0) {
+            empty = true;
+            continue;
+        }
+        if (n > INT64_MAX / 8 / size[i])
             return hr_fail(HR_ENOMEM, "tensor size overflows (dimension %d of size %" PRId64 ")", i + 1, size[i]);
         n *= size[i];
     }
-    *numel = n;
+    *numel = empty ? 0 : n;
     return 0;
 }
 

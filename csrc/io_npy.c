@@ -280,13 +280,20 @@ hr_tensor *hr_npy_decode(const void *buf, size_t len, const hr_npy_header *h, hr
     member_prefix(member, pre, sizeof pre);
     shape_tuple(h, shp, sizeof shp);
     size_t esz = hr_dtype_size(dt);
+    /* Bounded over the non-zero sizes: an empty array's other sizes still set its strides. */
     uint64_t need = esz;
+    bool empty = false;
     for (int i = 0; i < h->ndim; i++) {
         uint64_t s = (uint64_t)h->shape[i];
-        if (s != 0 && need > (UINT64_MAX / 4) / s)
+        if (s == 0) {
+            empty = true;
+            continue;
+        }
+        if (need > (UINT64_MAX / 4) / s)
             return hr_fail_null(HR_EFORMAT, "%sheader shape %s overflows the element count", pre, shp);
         need *= s;
     }
+    if (empty) need = 0;
     size_t avail = len - h->data_offset;
     if (need > avail) {
         char holder[300];

@@ -359,6 +359,25 @@ static int parse_tensor_entry(jparser *p, st_entry *e)
     return 0;
 }
 
+static int cmp_str_ptr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Duplicate keys are found by sorting a copy of the key list: checking each new key against all the
+ * earlier ones took quadratic time, minutes for a header of a few hundred thousand keys. */
+static int check_metadata_unique(jparser *p, const hr_tensor_list *out)
+{
+    if (out->nmeta < 2) return 0;
+    char **keys = malloc(out->nmeta * sizeof *keys);
+    if (!keys) return hr_fail(HR_ENOMEM, "out of memory validating a safetensors header");
+    memcpy(keys, out->meta_keys, out->nmeta * sizeof *keys);
+    qsort(keys, out->nmeta, sizeof *keys, cmp_str_ptr);
+    int rc = 0;
+    for (size_t i = 1; i < out->nmeta && rc == 0; i++)
+        if (strcmp(keys[i - 1], keys[i]) == 0)
+            rc = hr_fail(HR_EFORMAT, "%s: duplicate key '%s' in __metadata__", p->what, keys[i]);
+    free(keys);
+    return rc;
+}
+
 static int parse_metadata(jparser *p, hr_tensor_list *out)
 {
     if (jexpect(p, '{')) return -1;
@@ -369,12 +388,6 @@ static int parse_metadata(jparser *p, hr_tensor_list *out)
     for (;;) {
         char *k, *v;
         if (jstring(p, &k)) return -1;
-        for (size_t i = 0; i < out->nmeta; i++)
-            if (strcmp(out->meta_keys[i], k) == 0) {
-                hr_fail(HR_EFORMAT, "%s: duplicate key '%s' in __metadata__", p->what, k);
-                free(k);
-                return -1;
-            }
         if (jexpect(p, ':')) { free(k); return -1; }
         if (jpeek(p) != '"') {
             free(k);
@@ -387,7 +400,10 @@ static int parse_metadata(jparser *p, hr_tensor_list *out)
         if (rc) return -1;
         char c = jpeek(p);
         if (c == ',') { p->pos++; continue; }
-        if (c == '}') { p->pos++; return 0; }
+        if (c == '}') {
+            p->pos++;
+            return check_metadata_unique(p, out);
+        }
         return jfail(p, "expected ',' or '}' in __metadata__");
     }
 }
@@ -526,12 +542,15 @@ static int parse_header(const unsigned char *buf, size_t len, const char *what, 
                 size_t l = strlen(shp);
                 snprintf(shp + l, sizeof shp - l, "%s%" PRId64, d ? ", " : "", e->shape[d]);
             }
-            bool overflow = false;
+            /* Bounded over the non-zero sizes: an empty tensor's other sizes still set its strides. */
+            bool overflow = false, empty = false;
             for (int d = 0; d < e->ndim; d++) {
                 uint64_t s = (uint64_t)e->shape[d];
-                if (s != 0 && nbytes > UINT64_MAX / 4 / s) overflow = true;
+                if (s == 0) empty = true;
+                else if (nbytes > UINT64_MAX / 4 / s) overflow = true;
                 else nbytes *= s;
             }
+            if (empty) nbytes = 0;
             if (overflow) {
                 hr_fail(HR_EFORMAT, "%s: tensor '%s': shape [%s] overflows the element count", what, e->name, shp);
                 free(order);

@@ -53,6 +53,24 @@ void hr_zip_close(hr_zip *z)
     memset(z, 0, sizeof *z);
 }
 
+static int cmp_str_ptr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Duplicate member names are found by sorting a copy of the names: comparing each entry with all the
+ * earlier ones took quadratic time, minutes for a directory of 65535 entries. */
+static int check_unique_names(const hr_zip *z, const char *what)
+{
+    if (z->n < 2) return 0;
+    char **names = malloc(z->n * sizeof *names);
+    if (!names) return hr_fail(HR_ENOMEM, "%s: out of memory reading the zip directory", what);
+    for (size_t i = 0; i < z->n; i++) names[i] = z->entries[i].name;
+    qsort(names, z->n, sizeof *names, cmp_str_ptr);
+    int rc = 0;
+    for (size_t i = 1; i < z->n && rc == 0; i++)
+        if (strcmp(names[i - 1], names[i]) == 0) rc = hr_fail(HR_EFORMAT, "%s: duplicate zip member '%s'", what, names[i]);
+    free(names);
+    return rc;
+}
+
 int hr_zip_open(hr_zip *z, const void *buf, size_t len, const char *what)
 {
     const unsigned char *b = buf;
@@ -132,13 +150,11 @@ int hr_zip_open(hr_zip *z, const void *buf, size_t len, const char *what)
             }
             x += 4 + sz;
         }
-        for (size_t j = 0; j + 1 < z->n; j++)
-            if (strcmp(z->entries[j].name, ent->name) == 0) {
-                hr_fail(HR_EFORMAT, "%s: duplicate zip member '%s'", what, ent->name);
-                hr_zip_close(z);
-                return -1;
-            }
         pos += 46 + nlen + elen + clen;
+    }
+    if (check_unique_names(z, what)) {
+        hr_zip_close(z);
+        return -1;
     }
     return 0;
 }
@@ -558,20 +574,18 @@ static hr_tensor *features_from_npy(const unsigned char *b, size_t len, const ch
     return hr_npy_decode(b, len, &h, dt, member);
 }
 
-hr_tensor *hr_features_load(const char *path)
+hr_tensor *hr_features_parse(const void *buf, size_t len, const char *path)
 {
-    unsigned char *buf;
-    size_t len;
-    if (hr_io_read_file(path, &buf, &len)) return NULL;
+    const unsigned char *b = buf;
     hr_tensor *t = NULL;
     char what[512];
     snprintf(what, sizeof what, "'%s'", path);
     bool prefixed = false;
     if (len == 0) {
         hr_fail(HR_EFORMAT, "empty file");
-    } else if (is_zip(buf, len)) {
+    } else if (is_zip(b, len)) {
         hr_zip z;
-        if (hr_zip_open(&z, buf, len, what) == 0) {
+        if (hr_zip_open(&z, b, len, what) == 0) {
             long i = hr_zip_find(&z, "features.npy");
             if (i < 0) {
                 char names[256];
@@ -592,12 +606,21 @@ hr_tensor *hr_features_load(const char *path)
         } else {
             prefixed = true; /* hr_zip_open's messages already name the file */
         }
-    } else if (buf[0] == 0x93 || ends_with(path, ".npy")) {
-        t = features_from_npy(buf, len, NULL);
+    } else if (b[0] == 0x93 || ends_with(path, ".npy")) {
+        t = features_from_npy(b, len, NULL);
     } else {
         hr_fail(HR_EFORMAT, "not a zip / npy file (a feature file is an .npz archive or an .npy array)");
     }
-    free(buf);
     if (!t && !prefixed) hr_error_prefix("%s", what);
+    return t;
+}
+
+hr_tensor *hr_features_load(const char *path)
+{
+    unsigned char *buf;
+    size_t len;
+    if (hr_io_read_file(path, &buf, &len)) return NULL;
+    hr_tensor *t = hr_features_parse(buf, len, path);
+    free(buf);
     return t;
 }

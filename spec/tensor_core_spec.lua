@@ -50,6 +50,19 @@ describe("tensor core", function()
     assert.is_true(t:contiguous():is_contiguous())
   end)
 
+  it("calls empty tensors contiguous whatever their strides", function()
+    for _, shape in ipairs({{0, 0}, {3, 0}, {2, 0, 3}, {0}}) do
+      assert.is_true(hero.zeros(table.unpack(shape)):is_contiguous())
+      assert.is_true(hero.zeros(table.unpack(shape)):contiguous():is_contiguous())
+    end
+    assert.same({0, 6}, hero.zeros(0, 2, 3):view(0, 6):size())
+  end)
+
+  it("refuses empty shapes whose other sizes overflow (their strides would)", function()
+    helper.assert_error_contains(function() hero.zeros(0, 1 << 40, 1 << 30) end, "zeros", "tensor size overflows")
+    assert.same({0, 1 << 20, 1 << 20}, hero.zeros(0, 1 << 20, 1 << 20):size())
+  end)
+
   it("writes through views", function()
     local t = hero.zeros(3, 4)
     t:narrow(2, 2, 2):fill_(7)
