@@ -10,7 +10,8 @@ LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/
           LUA_CPATH="$(abspath $(1))/?.so;;"
 
 DEBIAN_PACKAGES := lua5.4 liblua5.4-dev lua-busted lua-check luarocks libopenblas-dev zlib1g-dev \
-                   liblmdb-dev liblz4-dev python3-numpy pkg-config make gcc
+                   liblmdb-dev liblz4-dev python3-numpy pkg-config make gcc \
+                   libopenmpi-dev openmpi-bin
 
 all: build
 
