@@ -31,9 +31,9 @@ function M.video_scores(q, Y, mask, gather)
   if gather then
     qn, yn, mask = gather(qn), gather(yn), gather(mask)
   end
-  local Nv, L = Y:size(1), Y:size(2)
-  local cos = core.matmul(yn:reshape(Nv * L, Y:size(3)), qn:t()):view(Nv, L, q:size(1)):permute(3, 1, 2)
-  local m = mask:unsqueeze(1):expand(q:size(1), Nv, L)
+  local Nq, Nv, L = qn:size(1), yn:size(1), yn:size(2)
+  local cos = core.matmul(yn:reshape(Nv * L, yn:size(3)), qn:t()):view(Nv, L, Nq):permute(3, 1, 2)
+  local m = mask:unsqueeze(1):expand(Nq, Nv, L)
   return (F.mask_logits(cos, m):max(3))
 end
 
