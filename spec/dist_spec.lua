@@ -83,8 +83,8 @@ describe("hero.dist in one process", function()
     local m = {forward = function() end, named_parameters = function() return {} end}
     local opt = {step = 0, zero_grad = 0, set_lr = 0, state_dict = 0, load_state_dict = 0}
     for k in pairs(opt) do opt[k] = function() end end
-    local tr = train.Trainer{model = m, optimizer = opt, loader = train.MetaLoader{tasks = {a = train.CyclingLoader {{}}}},
-      lr = 1, total = 2}
+    local meta = train.MetaLoader{tasks = {a = train.CyclingLoader {{}}}}
+    local tr = train.Trainer{model = m, optimizer = opt, loader = meta, lr = 1, total = 2}
     assert.equal(0, tr.rank)
     assert.equal(1, tr.world)
     assert.is_nil(tr.dist)
@@ -128,7 +128,10 @@ describe("hero.dist over MPI (2 ranks on the CPU)", function()
 
   local main_status, main_text, main_out
   local function main_run()
-    if main_status == nil then main_status, main_text, _, main_out = mpirun("main", 120) end
+    if main_status == nil then
+      local _
+      main_status, main_text, _, main_out = mpirun("main", 120)
+    end
     assert(main_status == 0, "the MPI run failed:\n" .. main_text)
     return main_out
   end
