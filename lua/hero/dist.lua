@@ -165,24 +165,31 @@ function dist.average_gradients(params, extra)
     local bs = buckets(tensors_of(params))
     if #bs == 0 then bs = {{dtype = "f64", tensors = {}}} end
     for bi, b in ipairs(bs) do
-      local parts, flags = {}, {}
+      local flags = {}
+      local total = 0
       for i, t in ipairs(b.tensors) do
-        local g = t.grad
-        parts[i] = g and g:reshape(-1):to(b.dtype) or core.zeros({t:numel()}, {dtype = b.dtype})
-        flags[i] = g and 1 or 0
+        flags[i] = t.grad and 1 or 0
+        total = total + t:numel()
       end
       local tail = {}
       for _, f in ipairs(flags) do tail[#tail + 1] = f end
       local n_extra = (bi == 1 and extra) and #extra or 0
       for i = 1, n_extra do tail[#tail + 1] = extra[i] end
-      if #tail > 0 then parts[#parts + 1] = core.tensor(tail, {dtype = b.dtype}) end
-      if #parts == 0 then return end
-      local flat = core.cat(parts, 1)
+      if total + #tail == 0 then return end
+      -- the flat buffer: each gradient copied into its slice (zeros for a missing one), then the tail
+      local flat = core.empty({total + #tail}, {dtype = b.dtype})
+      local pos = 0
+      for _, t in ipairs(b.tensors) do
+        local n = t:numel()
+        local dst = flat:narrow(1, pos + 1, n)
+        if t.grad then dst:view(t:size()):copy_(t.grad) else dst:zero_() end
+        pos = pos + n
+      end
+      if #tail > 0 then flat:narrow(1, total + 1, #tail):copy_(core.tensor(tail, {dtype = b.dtype})) end
       dist.all_reduce(flat, "mean")
       local off = 0
       local nparam = #b.tensors
-      local flag_off = flat:numel() - #tail
-      local flag_vals = flat:narrow(1, flag_off + 1, #tail):totable()
+      local flag_vals = #tail > 0 and flat:narrow(1, total + 1, #tail):totable() or {}
       for i, t in ipairs(b.tensors) do
         local n = t:numel()
         if flag_vals[i] > 0 then
