@@ -22,10 +22,11 @@ local results = {}
 dist.run(function()
   for _, task in ipairs {"mlm", "mfm-nce", "fom", "vsm"} do
     local m = common.model()
-    local list = world == 1 and {common.rank_batch(task, 0), common.rank_batch(task, 1)} or {common.rank_batch(task, rank)}
+    local list = {common.rank_batch(task, rank)}
+    if world == 1 then list[2] = common.rank_batch(task, 1) end
     local loader = train.MetaLoader{tasks = {[task] = train.CyclingLoader(list)}, accum = #list}
-    local tr = train.Trainer{model = m, optimizer = common.adamw(m), loader = loader, lr = 1e-4, warmup = 1, total = 100,
-      progress = false, dist = multi}
+    local tr = train.Trainer{model = m, optimizer = common.adamw(m), loader = loader, lr = 1e-4, warmup = 1,
+      total = 100, progress = false, dist = multi}
     tr:train(1) -- warm-up (allocator caches, first broadcast)
     local times = {}
     for i = 1, REPS do
