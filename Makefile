@@ -10,7 +10,8 @@ LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/
           LUA_CPATH="$(abspath $(1))/?.so;;"
 
 DEBIAN_PACKAGES := lua5.4 liblua5.4-dev lua-busted lua-check luarocks libopenblas-dev zlib1g-dev \
-                   liblmdb-dev liblz4-dev python3-numpy pkg-config make gcc clang libclang-rt-14-dev
+                   liblmdb-dev liblz4-dev python3-numpy pkg-config make gcc clang libclang-rt-14-dev \
+                   libopenmpi-dev openmpi-bin
 
 # Fuzzing (fuzz/): build directory, seconds per target and memory limit of `make fuzz-smoke`.
 FUZZ_BUILD ?= $(BUILD)-fuzz

@@ -143,7 +143,9 @@ function M:forward_vsm(batch, opts)
     acts.loss_st_ed = l * o.lw_st_ed
     total = acts.loss_st_ed
   end
-  local S = vsm.video_scores(q, Y, mask)
+  -- opts.all_gather (set by the distributed Trainer): the ranking loss runs on every rank's queries
+  -- and videos (hero-spec 4.5, multi-GPU semantics); the local loss above stays per rank.
+  local S = vsm.video_scores(q, Y, mask, opts.all_gather)
   acts.q2video_scores = S
   local l_ctx, l_q = vsm.ranking_losses(S, {margin = o.margin, loss_type = o.ranking_loss_type,
     hard = opts.hard_negative or o.hard_negative})

@@ -21,12 +21,19 @@ function M.st_ed_logits(u, Y, mask, conv_st, conv_ed)
 end
 
 --- Video-level scores: q [Nq, H], Y [Nv, L, H], mask [Nv, L] -> [Nq, Nv].
-function M.video_scores(q, Y, mask)
+-- gather (optional): applied to the normalised queries, the normalised frames and the mask before
+-- scoring, as the reference all-gathers them over the GPUs (hero.dist.all_gather_grad in a
+-- distributed run: the scores are then [Nq of all ranks, Nv of all ranks], frames padded with
+-- mask 0 to the longest rank's length).
+function M.video_scores(q, Y, mask, gather)
   local qn = q / q:norm(2, 2, true):clamp(1e-5, nil)
   local yn = Y / Y:norm(2, 3, true):clamp(1e-5, nil)
-  local Nv, L = Y:size(1), Y:size(2)
-  local cos = core.matmul(yn:reshape(Nv * L, Y:size(3)), qn:t()):view(Nv, L, q:size(1)):permute(3, 1, 2)
-  local m = mask:unsqueeze(1):expand(q:size(1), Nv, L)
+  if gather then
+    qn, yn, mask = gather(qn), gather(yn), gather(mask)
+  end
+  local Nq, Nv, L = qn:size(1), yn:size(1), yn:size(2)
+  local cos = core.matmul(yn:reshape(Nv * L, yn:size(3)), qn:t()):view(Nv, L, Nq):permute(3, 1, 2)
+  local m = mask:unsqueeze(1):expand(Nq, Nv, L)
   return (F.mask_logits(cos, m):max(3))
 end
 

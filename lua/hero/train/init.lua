@@ -7,6 +7,7 @@ local train = {}
 train.MetaLoader = loaders.MetaLoader
 train.CyclingLoader = loaders.CyclingLoader
 train.Trainer = require "hero.train.trainer"
+train.DistributedTrainer = train.Trainer.distributed
 
 --- Sets every dropout probability of a model (nn.Dropout layers and attention dropout) to p, as the
 -- reference's set_dropout does after construction.

@@ -154,9 +154,12 @@ function M.MetaLoader(opts)
                        micro = 0, current = nil}, MetaLoader)
 end
 
---- Draws the task of the next update (uniformly over the pool).
+--- Draws the task of the next update (uniformly over the pool). When the field `share` is set (a
+-- function, as the distributed Trainer sets it), the drawn pool index goes through it: it returns
+-- the index every rank uses (rank 0's), so all ranks train the same task.
 function MetaLoader:draw()
   local i = core.randint(0, #self.pool, {1}, {generator = self.generator}):item()
+  if self.share then i = self.share(i) end
   return self.pool[i + 1]
 end
 

@@ -7,6 +7,15 @@
 -- gradients; every `save_every` updates (and at the end) a checkpoint is written atomically.
 -- Everything that decides what happens next (parameters, optimizer moments, step, every generator's
 -- state, every task loader's position) is in the checkpoint, so a resumed run continues bit for bit.
+--
+-- Data-parallel (opts.dist, hero-spec §4.6, §6.3): one process per rank under mpirun, each with its
+-- own shard of the data. The parameters are broadcast from rank 0 before the first update; the task
+-- of an update is rank 0's draw; after the micro-batches of an update the gradients are averaged
+-- over the ranks (one all-reduce over a flat buffer); every rank then takes the same optimizer step.
+-- The VSM ranking loss runs on the queries and videos of all ranks (forward option all_gather).
+-- Only rank 0 logs, draws the progress line and writes the checkpoint; the other ranks add their
+-- own RNG and loader positions to it (train_state_<N>_rank<r>.safetensors), so a resumed run of as
+-- many ranks continues bit for bit. Checkpoints must be on a file system every rank sees.
 local core = require "hero.core"
 local optim = require "hero.optim"
 local io_ = require "hero.io"
@@ -123,11 +132,14 @@ end
 --- Trainer{model =, optimizer =, loader = MetaLoader, lr = base_lr, warmup =, total =,
 --   grad_norm = 1.0, accum = loader.accum, valid_every =, valid = {task = batches or loader},
 --   save_every =, out_dir =, log = true, progress = true, generator =, pad_id = 1,
---   required_fields =, forward_opts = function(task, step) -> opts or nil}
+--   required_fields =, forward_opts = function(task, step) -> opts or nil, dist = false, seed =}
 -- grad_norm <= 0 (or false) computes the norm without clipping. The optimizer's own lr_mul groups
 -- apply on top of the scheduled lr. generator: a hero.Generator used by the model (e.g. its dropout
 -- generator) when the model does not keep it on its modules; its state is checkpointed too.
 -- A validation source is an array of batches or an object with :iter() (one pass).
+-- dist: true (or the options of hero.dist.init, e.g. {timeout = 600}) trains data-parallel over the
+-- ranks of an MPI job (see the top of this file). seed: seeds hero's default generator; with dist,
+-- each rank gets its own seed derived from it (hero.dist.rank_seed).
 function Trainer.new(opts)
   if type(opts) ~= "table" then error("Trainer: expected an options table", 2) end
   local function need(name, kind)
@@ -183,7 +195,35 @@ function Trainer.new(opts)
   }, Trainer)
   self.params = type(self.model.named_parameters) == "function" and self.model:named_parameters() or nil
   if not self.params then error("Trainer: opts.model has no named_parameters method", 2) end
+  self.rank, self.world = 0, 1
+  if opts.dist then
+    local dist = require "hero.dist"
+    if not dist.is_initialized() then dist.init(type(opts.dist) == "table" and opts.dist or nil) end
+    self.dist, self.rank, self.world = dist, dist.rank(), dist.world_size()
+    if self.rank ~= 0 then self.log, self.progress = false, false end
+    if self.world > 1 then self.gather = dist.all_gather_grad end
+    -- every rank trains the task rank 0 drew (the other ranks' draws only keep their generators moving)
+    if type(self.loader.draw) == "function" then
+      self.loader.share = function(i)
+        local t = core.tensor({i}, {dtype = "i64"})
+        dist.broadcast(t, 0)
+        return t:item()
+      end
+    end
+    if opts.seed ~= nil then dist.seed(opts.seed) end
+  elseif opts.seed ~= nil then
+    core.manual_seed(opts.seed)
+  end
   return self
+end
+
+--- DistributedTrainer(opts): Trainer(opts) with opts.dist = true (unless opts.dist is a table).
+function Trainer.distributed(opts)
+  if type(opts) ~= "table" then error("DistributedTrainer: expected an options table", 2) end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.dist = o.dist or true
+  return Trainer.new(o)
 end
 
 setmetatable(Trainer, {__call = function(_, opts) return Trainer.new(opts) end})
@@ -203,6 +243,18 @@ function Trainer:check_batch(task, batch, mb)
   end
 end
 
+--- The options handed to model:forward: opts.forward_opts's, plus all_gather in a distributed run.
+function Trainer:forward_options(task, step)
+  local fopts = self.forward_opts and self.forward_opts(task, step) or nil
+  if self.gather then
+    local o = {}
+    if fopts then for k, v in pairs(fopts) do o[k] = v end end
+    if o.all_gather == nil then o.all_gather = self.gather end
+    fopts = o
+  end
+  return fopts
+end
+
 --- Runs one optimizer update; returns the record that goes to log.jsonl.
 function Trainer:update()
   local t0 = now()
@@ -216,7 +268,7 @@ function Trainer:update()
       error(string.format("Trainer: the loader changed task within an update ('%s' then '%s')", task, t), 0)
     end
     self:check_batch(task, batch, mb)
-    local fopts = self.forward_opts and self.forward_opts(task, self.global_step + 1) or nil
+    local fopts = self:forward_options(task, self.global_step + 1)
     local out = self.model:forward(batch, task, fopts)
     if type(out) ~= "table" or not core.is_tensor(out.loss) then
       error(string.format("Trainer: model:forward(batch, '%s') returned no loss tensor", task), 0)
@@ -224,6 +276,14 @@ function Trainer:update()
     out.loss:backward()
     losses[mb] = out.loss:item()
     tokens = tokens + count_tokens(batch, self.pad_id)
+  end
+  local sum = 0
+  for _, l in ipairs(losses) do sum = sum + l end
+  local mean_loss = sum / #losses
+  if self.dist then
+    -- the gradients, this rank's mean loss and token count: one all-reduce
+    local m = self.dist.average_gradients(self.params, {mean_loss, tokens})
+    mean_loss, tokens = m[1], math.floor(m[2] * self.world + 0.5)
   end
   self.global_step = self.global_step + 1
   local lr = optim.warmup_linear(self.base_lr, self.global_step, self.warmup, self.total)
@@ -233,9 +293,7 @@ function Trainer:update()
   self.optimizer:step()
   self.optimizer:zero_grad()
   local seconds = now() - t0
-  local sum = 0
-  for _, l in ipairs(losses) do sum = sum + l end
-  local rec = {step = self.global_step, task = task, loss = sum / #losses, micro_losses = losses, lr = lr,
+  local rec = {step = self.global_step, task = task, loss = mean_loss, micro_losses = losses, lr = lr,
                grad_norm = norm, seconds = seconds}
   if tokens > 0 then
     rec.tokens = tokens
@@ -271,7 +329,7 @@ function Trainer:validate()
       local sum, n = 0, 0
       for batch in iterate(self.valid[task]) do
         self:check_batch(task, batch, n + 1)
-        local fopts = self.forward_opts and self.forward_opts(task, self.global_step) or nil
+        local fopts = self:forward_options(task, self.global_step)
         local loss = core.no_grad(function() return self.model:forward(batch, task, fopts).loss:item() end)
         sum, n = sum + loss, n + 1
       end
@@ -280,6 +338,15 @@ function Trainer:validate()
   end)
   if was_training ~= false and self.model.train then self.model:train() end
   if not ok then error(err, 0) end
+  if self.dist and #names > 0 then
+    -- the mean over the ranks (each validates its own shard)
+    local vals = {}
+    for i, task in ipairs(names) do vals[i] = results[task] end
+    local t = core.tensor(vals, {dtype = "f64"})
+    self.dist.all_reduce(t, "mean")
+    vals = t:totable()
+    for i, task in ipairs(names) do results[task] = vals[i] end
+  end
   return results
 end
 
@@ -354,8 +421,17 @@ end
 function Trainer:save()
   local dir = self:ckpt_dir()
   local n = self.global_step
+  local multi = self.dist and self.world > 1
   local ok, err = pcall(function()
     mkdir_p(dir)
+    if multi and self.rank > 0 then
+      -- this rank's own position; `latest` (written by rank 0 after the barrier) covers it
+      io_.save(string.format("%s/train_state_%d_rank%d.safetensors", dir, n, self.rank),
+        {global_step = n, rank = self.rank, rng = self:rng_state(), loader = self.loader:state()})
+    end
+  end)
+  if multi then self.dist.barrier() end
+  if ok and self.rank == 0 then ok, err = pcall(function()
     io_.save(string.format("%s/step_%d.safetensors", dir, n), self.model:state_dict())
     io_.save(string.format("%s/train_state_%d.safetensors", dir, n), {
       format_version = FORMAT_VERSION,
@@ -365,9 +441,11 @@ function Trainer:save()
       loader = self.loader:state(),
       schedule = {lr = self.base_lr, warmup = self.warmup, total = self.total, accum = self.accum,
                   grad_norm = self.grad_norm},
+      world_size = self.world,
     })
     write_atomic(dir .. "/latest", tostring(n) .. "\n")
-  end)
+  end) end
+  if multi then self.dist.barrier() end
   if not ok then
     error(string.format("Trainer: saving the checkpoint of step %d failed: %s", n, tostring(err)), 0)
   end
@@ -417,6 +495,17 @@ function Trainer:resume(out_dir, step)
     error(string.format("Trainer:resume: '%s' is not a train state of step %d (format %s)", spath, step,
       tostring(st.format_version)), 2)
   end
+  if (st.world_size or 1) ~= self.world then
+    error(string.format("Trainer:resume: the checkpoint of step %d was written by %d rank(s), this run has %d", step,
+      st.world_size or 1, self.world), 2)
+  end
+  if self.rank > 0 then
+    -- this rank's own RNG and loader positions
+    local rpath = string.format("%s/train_state_%d_rank%d.safetensors", dir, step, self.rank)
+    if not file_exists(rpath) then error(string.format("Trainer:resume: '%s' is missing", rpath), 2) end
+    local own = io_.load(rpath)
+    st.rng, st.loader = own.rng, own.loader
+  end
   local sd = io_.load(mpath)
   self.model:load_state_dict(sd)
   self.optimizer:load_state_dict(st.optimizer)
@@ -432,6 +521,7 @@ function Trainer:resume(out_dir, step)
   self:set_rng_state(st.rng)
   self.global_step = step
   self.last_saved = step
+  self.params_synced = false
   if self.out_dir == out_dir and self.log then truncate_log(out_dir .. "/log.jsonl", step) end
   return step
 end
@@ -445,6 +535,10 @@ function Trainer:train(num_updates)
     error("Trainer:train: the number of updates must be a non-negative integer", 2)
   end
   if self.model.train then self.model:train() end
+  if self.dist and not self.params_synced then
+    self.dist.broadcast_parameters(self.params, 0)
+    self.params_synced = true
+  end
   self.target_step = self.global_step + num_updates
   local stats = {updates = 0, seconds = 0, tokens = 0}
   local records = {}

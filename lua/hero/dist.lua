@@ -1,0 +1,229 @@
+--- hero.dist: data-parallel training over MPI (processes started by mpirun, one per rank).
+--
+-- The collectives (hero.core.dist, in C) work in place on CPU tensors:
+--   dist.init([{timeout = 600}]) -> rank, world_size   (timeout: the watchdog, see below; 0 = off)
+--   dist.rank(), dist.world_size(), dist.available(), dist.is_initialized()
+--   dist.all_reduce(t [, "sum"|"mean"|"max"|"min"])  in place, f32/f64/i64/i32 ("mean": floats)
+--   dist.all_gather(t) -> tensor, counts   concatenated along dim 1; sizes may differ in every dim:
+--                                          dims 2.. are zero-padded to the largest rank's size
+--   dist.broadcast(t [, root = 0])         in place; ranks are 0-based as in MPI
+--   dist.barrier(), dist.finalize(), dist.abort(msg [, code])
+-- Every collective checks that the ranks passed matching tensors (an error on every rank rather
+-- than a hang). The watchdog ends the whole job with a message when one collective waits longer
+-- than the timeout for the other ranks (a rank died, hangs, or skipped the call).
+--
+-- Written in Lua on top of them: shard, rank_seed/seed, pad_cat, all_gather_grad (the
+-- differentiable gather of the VSM ranking loss), broadcast_parameters, average_gradients, run.
+local core = require "hero.core"
+local autograd = require "hero.autograd"
+
+local dist = {}
+for name, fn in pairs(core.dist) do dist[name] = fn end
+
+--- The elements of list that rank `rank` of `world` reads: list[rank + 1], list[rank + 1 + world],
+-- ... (the reference's video_ids[rank::world]). rank and world default to this process's.
+function dist.shard(list, rank, world)
+  rank = rank or dist.rank()
+  world = world or dist.world_size()
+  if type(list) ~= "table" then error("hero.dist.shard: expected an array, got " .. type(list), 2) end
+  if math.type(world) ~= "integer" or world < 1 then
+    error("hero.dist.shard: world must be a positive integer, got " .. tostring(world), 2)
+  end
+  if math.type(rank) ~= "integer" or rank < 0 or rank >= world then
+    error(string.format("hero.dist.shard: rank must be an integer in 0..%d, got %s", world - 1, tostring(rank)), 2)
+  end
+  local out = {}
+  for i = rank + 1, #list, world do out[#out + 1] = list[i] end
+  return out
+end
+
+--- The seed of rank `rank` derived from one run seed: rank 0 keeps the seed itself (a one-process
+-- run is the same as before), the others get well-separated values (a splitmix64 step).
+function dist.rank_seed(seed, rank)
+  rank = rank or dist.rank()
+  if math.type(seed) ~= "integer" then error("hero.dist.rank_seed: seed must be an integer", 2) end
+  if math.type(rank) ~= "integer" or rank < 0 then error("hero.dist.rank_seed: rank must be an integer >= 0", 2) end
+  if rank == 0 then return seed end
+  local z = seed + rank * -7046029254386353131 -- 0x9E3779B97F4A7C15 (wraps around like uint64)
+  z = (z ~ (z >> 30)) * -4658895280553007687     -- 0xBF58476D1CE4E5B9
+  z = (z ~ (z >> 27)) * -7723592293110705685     -- 0x94D049BB133111EB
+  z = z ~ (z >> 31)
+  return z & 0x7fffffffffffffff
+end
+
+--- Seeds hero's default generator with this rank's seed; returns it.
+function dist.seed(seed)
+  local s = dist.rank_seed(seed)
+  core.manual_seed(s)
+  return s
+end
+
+--- Zero-pads t at the end of every dimension from 2 on up to sizes[d] (differentiable: built
+-- with cat).
+local function pad_to(t, sizes)
+  for d = 2, t:dim() do
+    local missing = sizes[d] - t:size(d)
+    if missing > 0 then
+      local shape = t:size()
+      shape[d] = missing
+      t = core.cat({t, core.zeros(shape, {dtype = t:dtype()})}, d)
+    end
+  end
+  return t
+end
+
+--- One process's all_gather: concatenates tensors along dim 1, zero-padding the other dims to
+-- the largest size (what all_gather returns for these tensors on as many ranks). Differentiable.
+function dist.pad_cat(list)
+  if type(list) ~= "table" or #list == 0 then error("hero.dist.pad_cat: expected a non-empty array of tensors", 2) end
+  local sizes = {}
+  for _, t in ipairs(list) do
+    for d = 2, t:dim() do sizes[d] = math.max(sizes[d] or 0, t:size(d)) end
+  end
+  local parts = {}
+  for i, t in ipairs(list) do parts[i] = pad_to(t, sizes) end
+  return core.cat(parts, 1)
+end
+
+--- all_gather as an autograd op (the reference's VsmAllgather): the forward gathers every rank's
+-- tensor (padded as all_gather does), the backward returns only this rank's slice of the
+-- gradient. Every rank computing the same loss on the gathered tensors and then averaging the
+-- gradients gives the objective mean_r(local_r) + (1/R) * loss(gathered).
+dist.all_gather_grad = autograd.Function {
+  forward = function(ctx, t)
+    local out, counts = dist.all_gather(t)
+    local offset = 0
+    for r = 1, dist.rank() do offset = offset + counts[r] end
+    ctx.offset, ctx.size = offset, t:size()
+    return out
+  end,
+  backward = function(ctx, g)
+    local mine = g:narrow(1, ctx.offset + 1, ctx.size[1] or 1)
+    for d = 2, #ctx.size do mine = mine:narrow(d, 1, ctx.size[d]) end
+    if #ctx.size == 0 then mine = mine:reshape({}) end
+    return mine:contiguous()
+  end,
+}
+
+local function tensors_of(params)
+  local list = {}
+  for i, p in ipairs(params) do
+    local t = core.is_tensor(p) and p or (type(p) == "table" and p[2]) or nil
+    if not core.is_tensor(t) then
+      error(string.format("hero.dist: parameter %d is neither a tensor nor a {name, tensor} pair", i), 3)
+    end
+    list[#list + 1] = t
+  end
+  return list
+end
+
+-- Groups tensors by the dtype they are exchanged in (f32 and f64 as they are; the half types
+-- travel as f32).
+local function buckets(list)
+  local by, order = {}, {}
+  for _, t in ipairs(list) do
+    local dt = t:dtype()
+    if dt ~= "f64" then dt = "f32" end
+    if not by[dt] then
+      by[dt] = {dtype = dt, tensors = {}}
+      order[#order + 1] = by[dt]
+    end
+    local b = by[dt].tensors
+    b[#b + 1] = t
+  end
+  return order
+end
+
+--- Gives every rank rank root's values of the parameters (an array of tensors or {name, tensor}
+-- pairs): one flat buffer per dtype, one broadcast each.
+function dist.broadcast_parameters(params, root)
+  root = root or 0
+  core.no_grad(function()
+    for _, b in ipairs(buckets(tensors_of(params))) do
+      local parts = {}
+      for i, t in ipairs(b.tensors) do parts[i] = t:detach():reshape(-1):to(b.dtype) end
+      local flat = core.cat(parts, 1)
+      dist.broadcast(flat, root)
+      local off = 0
+      for _, t in ipairs(b.tensors) do
+        local n = t:numel()
+        t:detach():copy_(flat:narrow(1, off + 1, n):view(t:size()))
+        off = off + n
+      end
+    end
+  end)
+end
+
+--- Averages the gradients of params over the ranks: the gradients (a missing one counts as
+-- zeros) and one has-gradient flag per parameter go into one flat buffer per dtype, reduced by
+-- ONE all-reduce each; a parameter gets a gradient when any rank had one, so every rank updates
+-- the same parameters. `extra` (optional array of numbers, e.g. losses) travels in the same
+-- buffer; their means over the ranks are returned.
+function dist.average_gradients(params, extra)
+  local means
+  core.no_grad(function()
+    local bs = buckets(tensors_of(params))
+    if #bs == 0 then bs = {{dtype = "f64", tensors = {}}} end
+    for bi, b in ipairs(bs) do
+      local flags = {}
+      local total = 0
+      for i, t in ipairs(b.tensors) do
+        flags[i] = t.grad and 1 or 0
+        total = total + t:numel()
+      end
+      local tail = {}
+      for _, f in ipairs(flags) do tail[#tail + 1] = f end
+      local n_extra = (bi == 1 and extra) and #extra or 0
+      for i = 1, n_extra do tail[#tail + 1] = extra[i] end
+      if total + #tail == 0 then return end
+      -- the flat buffer: each gradient copied into its slice (zeros for a missing one), then the tail
+      local flat = core.empty({total + #tail}, {dtype = b.dtype})
+      local pos = 0
+      for _, t in ipairs(b.tensors) do
+        local n = t:numel()
+        local dst = flat:narrow(1, pos + 1, n)
+        if t.grad then dst:view(t:size()):copy_(t.grad) else dst:zero_() end
+        pos = pos + n
+      end
+      if #tail > 0 then flat:narrow(1, total + 1, #tail):copy_(core.tensor(tail, {dtype = b.dtype})) end
+      dist.all_reduce(flat, "mean")
+      local off = 0
+      local nparam = #b.tensors
+      local flag_vals = #tail > 0 and flat:narrow(1, total + 1, #tail):totable() or {}
+      for i, t in ipairs(b.tensors) do
+        local n = t:numel()
+        if flag_vals[i] > 0 then
+          local avg = flat:narrow(1, off + 1, n):view(t:size())
+          if t.grad == nil then
+            t.grad = avg:to(t:dtype()):clone()
+          else
+            t.grad:copy_(avg)
+          end
+        end
+        off = off + n
+      end
+      if n_extra > 0 then
+        means = {}
+        for i = 1, n_extra do means[i] = flag_vals[nparam + i] end
+      end
+    end
+  end)
+  return means
+end
+
+--- Runs fn(...) and returns its results; when it raises an error in a job of several ranks, prints
+-- the error (with its traceback) and ends every rank of the job (MPI_Abort) instead of leaving
+-- the others waiting in a collective. Use it around a worker's main function.
+function dist.run(fn, ...)
+  local res = table.pack(xpcall(fn, debug.traceback, ...))
+  if not res[1] then
+    local err = tostring(res[2])
+    if dist.is_initialized() and dist.world_size() > 1 then
+      dist.abort("failed: " .. err, 1)
+    end
+    error(err, 0)
+  end
+  return table.unpack(res, 2, res.n)
+end
+
+return dist

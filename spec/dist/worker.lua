@@ -1,0 +1,201 @@
+--- One rank of the MPI runs of spec/dist_spec.lua:
+--   mpirun -np 2 lua5.4 spec/dist/worker.lua MODE OUT_DIR
+-- MODE "main": the collectives, a VSM update and a data-parallel training run (with a resume), whose
+-- results the spec compares with one process; "fail": rank 1 raises an error while rank 0 waits in
+-- a collective; "hang": rank 1 never reaches the collective rank 0 waits in (watchdog 1.5 s).
+-- A failed check raises an error, which hero.dist.run turns into the end of the whole job.
+local here = debug.getinfo(1, "S").source:match("^@(.*)/dist/worker%.lua$") or "spec"
+package.path = here .. "/?.lua;" .. here .. "/../lua/?.lua;" .. here .. "/../lua/?/init.lua;" .. package.path
+
+local hero = require "hero"
+local dist = hero.dist
+local train = hero.train
+
+local mode, out = arg[1], arg[2]
+if not mode or not out then
+  io.stderr:write("usage: worker.lua main|fail|hang OUT_DIR\n")
+  os.exit(2)
+end
+
+local function check(cond, fmt, ...)
+  if not cond then error(string.format(fmt, ...), 2) end
+end
+
+local function same(a, b)
+  return table.concat(a:size(), "x") == table.concat(b:size(), "x") and a:eq(b):all():item()
+end
+
+local function near(a, b, tol)
+  return table.concat(a:size(), "x") == table.concat(b:size(), "x") and
+    (a:double() - b:double()):abs():max():item() <= (tol or 0)
+end
+
+local function write(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+-- ------------------------------------------------------------------ collectives
+
+local function collectives(rank, world)
+  check(world == 2, "the spec runs 2 ranks, got %d", world)
+  -- all_reduce: sum on f32, mean on f64, max on i64, a non-contiguous view
+  local a = hero.tensor({1, 2, 3}):add(rank * 10)
+  check(dist.all_reduce(a) == a, "all_reduce returns its tensor")
+  check(same(a, hero.tensor({12, 14, 16})), "all_reduce sum f32: %s", tostring(a))
+  local m = hero.tensor({1, 2, 4}, {dtype = "f64"}):mul(rank + 1)
+  dist.all_reduce(m, "mean")
+  check(same(m, hero.tensor({1.5, 3, 6}, {dtype = "f64"})), "all_reduce mean f64")
+  local i = hero.tensor({rank, 5 - rank, 2 ^ 40 + rank}, {dtype = "i64"})
+  dist.all_reduce(i, "max")
+  check(same(i, hero.tensor({1, 5, 2 ^ 40 + 1}, {dtype = "i64"})), "all_reduce max i64")
+  local base = hero.arange(6, {dtype = "f32"}):view(2, 3):add(rank)
+  local tv = base:t()
+  dist.all_reduce(tv)
+  check(same(base, hero.arange(6, {dtype = "f32"}):view(2, 3):mul(2):add(1)), "all_reduce on a transposed view")
+  local ok, err = pcall(dist.all_reduce, hero.ones({3}, {dtype = "i64"}), "mean")
+  check(not ok and err:find("needs a floating tensor", 1, true), "mean on i64: %s", tostring(err))
+  ok, err = pcall(dist.all_reduce, hero.ones(rank + 2))
+  check(not ok and err:find("the ranks passed different element counts", 1, true), "mismatch: %s", tostring(err))
+  ok, err = pcall(dist.all_reduce, hero.ones({2}, {dtype = "bf16"}))
+  check(not ok and err:find("bf16 is not supported", 1, true), "bf16: %s", tostring(err))
+  -- all_gather: sizes differ along both dims, dim 2 padded with zeros (a mask gathers as 0)
+  local g, counts = dist.all_gather(hero.full({rank + 1, rank + 2}, rank + 1, {dtype = "i64"}))
+  check(same(g, hero.tensor({{1, 1, 0}, {2, 2, 2}, {2, 2, 2}}, {dtype = "i64"})), "all_gather padded: %s",
+    tostring(g))
+  check(counts[1] == 1 and counts[2] == 2 and #counts == 2, "all_gather counts")
+  local s = dist.all_gather(hero.tensor(rank + 0.5))
+  check(same(s, hero.tensor({0.5, 1.5})), "all_gather of scalars")
+  ok, err = pcall(dist.all_gather, rank == 0 and hero.ones(2) or hero.ones(2, 2))
+  check(not ok and err:find("the ranks passed different tensors", 1, true), "all_gather mismatch: %s", tostring(err))
+  -- the differentiable gather: the backward returns this rank's slice of the gradient
+  local x = hero.full({rank + 1, rank + 2}, 1.0)
+  x.requires_grad = true
+  local y = dist.all_gather_grad(x)
+  local w = hero.arange(9, {dtype = "f32"}):view(3, 3)
+  local loss = (y * w):sum()
+  loss:backward()
+  local want = rank == 0 and hero.tensor({{0, 1}}) or hero.tensor({{3, 4, 5}, {6, 7, 8}})
+  check(same(x.grad, want), "all_gather_grad backward on rank %d: %s", rank, tostring(x.grad))
+  check(same(dist.pad_cat({hero.full({1, 2}, 1.0), hero.full({2, 3}, 1.0)}), y:detach()),
+    "pad_cat equals the gathered tensor")
+  -- broadcast (also into a non-contiguous view)
+  local b = hero.tensor({rank, rank * 2}, {dtype = "f64"})
+  dist.broadcast(b, 1)
+  check(same(b, hero.tensor({1, 2}, {dtype = "f64"})), "broadcast from rank 1")
+  local bb = hero.arange(6, {dtype = "f32"}):view(2, 3):mul(rank + 1)
+  dist.broadcast(bb:t())
+  check(same(bb, hero.arange(6, {dtype = "f32"}):view(2, 3)), "broadcast into a transposed view")
+  -- gradient averaging: a parameter with a gradient on rank 0 only gets half of it on both ranks
+  local p1, p2, p3 = hero.zeros(2), hero.zeros(3), hero.zeros(1)
+  if rank == 0 then p1.grad = hero.tensor({2, 4}) end
+  p2.grad = hero.tensor({1, 2, 3}):mul(rank + 1)
+  local means = dist.average_gradients({{"p1", p1}, {"p2", p2}, {"p3", p3}}, {rank + 1, 10})
+  check(same(p1.grad, hero.tensor({1, 2})), "average_gradients: one-rank gradient %s", tostring(p1.grad))
+  check(same(p2.grad, hero.tensor({1.5, 3, 4.5})), "average_gradients: %s", tostring(p2.grad))
+  check(p3.grad == nil, "average_gradients: a parameter without gradients keeps none")
+  check(means[1] == 1.5 and means[2] == 10, "average_gradients extras: %s %s", means[1], means[2])
+  dist.barrier()
+end
+
+-- ------------------------------------------------------------------ VSM through the Trainer
+
+--- An optimizer that records the gradients the trainer hands it.
+local function recorder(m)
+  local rec = {grads = {}}
+  local params = m:named_parameters()
+  function rec.set_lr(_, lr) rec.lr = lr end
+  function rec.step()
+    for _, p in ipairs(params) do
+      if p[2].grad then rec.grads[p[1]] = p[2].grad:clone() end
+    end
+  end
+  function rec.zero_grad()
+    for _, p in ipairs(params) do p[2].grad = nil end
+  end
+  function rec.state_dict() return {} end
+  function rec.load_state_dict() end
+  return rec
+end
+
+local function vsm_update(common, rank)
+  local m = common.model()
+  local rec = recorder(m)
+  local loader = train.MetaLoader{tasks = {vsm = train.CyclingLoader {common.rank_batch("vsm", rank)}}}
+  local tr = train.DistributedTrainer{model = m, optimizer = rec, loader = loader, lr = 1e-3, warmup = 1, total = 10,
+    grad_norm = false, progress = false}
+  local r = tr:train(1)[1]
+  if rank == 0 then
+    hero.save(out .. "/vsm_grads.safetensors", rec.grads)
+    write(out .. "/vsm_loss.txt", string.format("%.17g\n", r.loss))
+  end
+end
+
+-- ------------------------------------------------------------------ data-parallel training
+
+local function trainer(common, rank, m, opt, dir)
+  local loader = common.meta_loader(rank, function(t) return train.CyclingLoader {common.rank_batch(t, rank)} end)
+  local sc = common.schedule
+  return train.Trainer{model = m, optimizer = opt, loader = loader, lr = sc.lr, warmup = sc.warmup, total = sc.total,
+    progress = false, out_dir = dir, save_every = 2, dist = true, seed = common.SEED}
+end
+
+local function data_parallel(common, rank)
+  local m = common.model()
+  if rank == 1 then
+    -- start from other values: the broadcast from rank 0 must replace them
+    hero.no_grad(function()
+      for _, p in ipairs(m:named_parameters()) do p[2]:detach():add_(0.25) end
+    end)
+  end
+  local tr = trainer(common, rank, m, common.adamw(m), out .. "/run")
+  local tasks, losses = {}, {}
+  for i, r in ipairs(tr:train(common.UPDATES)) do
+    tasks[i] = r.task
+    losses[i] = string.format("%.9g", r.loss)
+  end
+  hero.save(string.format("%s/params_rank%d.safetensors", out, rank), m:state_dict())
+  write(string.format("%s/tasks_rank%d.txt", out, rank), table.concat(tasks, ",") .. "\n" ..
+    table.concat(losses, ",") .. "\n")
+  -- resuming from the checkpoint of update 2 gives the same parameters on every rank
+  local m2 = common.model()
+  local tr2 = trainer(common, rank, m2, common.adamw(m2), out .. "/resumed")
+  check(tr2:resume(out .. "/run", 2) == 2, "resume")
+  tr2:train(common.UPDATES - 2)
+  local p2 = {}
+  for _, p in ipairs(m2:named_parameters()) do p2[p[1]] = p[2] end
+  for _, p in ipairs(m:named_parameters()) do
+    check(near(p[2]:detach(), p2[p[1]]:detach(), 0), "rank %d: %s differs after resuming", rank, p[1])
+  end
+end
+
+-- ------------------------------------------------------------------ modes
+
+dist.run(function()
+  hero.set_num_threads(1)
+  if mode == "main" then
+    local rank, world = dist.init {timeout = 60}
+    collectives(rank, world)
+    local common = require "dist.common"
+    vsm_update(common, rank)
+    data_parallel(common, rank)
+    write(string.format("%s/done_rank%d.txt", out, rank), "ok\n")
+  elseif mode == "fail" then
+    local rank = dist.init {timeout = 60}
+    local t = hero.ones(4)
+    dist.all_reduce(t)
+    if rank == 1 then error("injected failure on rank 1") end
+    dist.all_reduce(t) -- rank 0 waits here for a rank that is gone
+  elseif mode == "hang" then
+    local rank = dist.init {timeout = 1.5}
+    if rank == 1 then
+      local t0 = os.clock()
+      while os.clock() - t0 < 30 do end -- busy, never calling the collective (the job ends it first)
+    end
+    dist.all_reduce(hero.ones(2))
+  else
+    error("unknown mode " .. tostring(mode))
+  end
+  dist.finalize()
+end)
