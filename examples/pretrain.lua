@@ -38,11 +38,14 @@
 --   --vfeat-dim N        frame feature size [fixture's, else 4352]
 --   --max-frm-seq-len N  frames per subtitle segment [fixture's, else 100]
 --   --quiet              no progress line on stderr
+--   --dist               data-parallel over MPI (launch with mpirun): each rank reads its shard of the
+--                        videos, rank 0 logs and checkpoints (README "Data-parallel training")
 local hero = require "hero"
 local json = hero.json
 local train = hero.train
 
 local TASKS = {"mlm", "mfm-nce", "fom", "vsm"}
+local rank, world = 0, 1 -- set by hero.dist.init() with --dist
 
 -- ------------------------------------------------------------------ command line
 
@@ -52,7 +55,7 @@ local function usage(msg)
 end
 
 local function parse_args(argv)
-  local flags = {resume = true, quiet = true}
+  local flags = {resume = true, quiet = true, dist = true}
   local opts = {}
   local i = 1
   while i <= #argv do
@@ -72,7 +75,7 @@ local function parse_args(argv)
                  "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every", "save-every",
                  "seed", "vfeat-dim", "max-frm-seq-len", "quiet", "vfeat-db", "sub-db", "max-clip-len",
                  "max-txt-len", "sub-ctx-len", "batch-size", "bucket", "mask-prob", "train-ids", "valid-ids",
-                 "on-error"}
+                 "on-error", "dist"}
   local ok = {}
   for _, k in ipairs(known) do ok[k] = true end
   for k in pairs(opts) do if not ok[k] then usage("unknown option --" .. k) end end
@@ -173,7 +176,7 @@ function sources.db(opts, tasks, hps)
   for i, t in ipairs(tasks) do
     local common = {task = t, batch_size = hps.batch_size, on_error = hps.on_error, on_skip = report(t),
       task_opts = {mask_prob = hps.mask_prob}}
-    local o = {dataset = train_ds, seed = hps.seed + 1000 * i, bucket = hps.bucket}
+    local o = {dataset = train_ds, seed = hps.seed + 1000 * i, bucket = hps.bucket, rank = rank, world_size = world}
     for k, v in pairs(common) do o[k] = v end
     local ok, l = pcall(hero.data.TaskLoader, o)
     if not ok then usage(tostring(l)) end
@@ -191,6 +194,7 @@ end
 
 local opts = parse_args(arg)
 if not opts.out then usage("--out DIR is required") end
+if opts.dist then rank, world = hero.dist.init() end
 if opts.threads then hero.set_num_threads(int_opt(opts, "threads")) end
 
 local source
@@ -302,6 +306,7 @@ local trainer = train.Trainer{
   model = model, optimizer = optimizer, loader = meta, lr = hps.lr, warmup = hps.warmup, total = hps.total,
   grad_norm = hps.grad_norm, accum = hps.accum, valid_every = hps.valid_every, valid = valid,
   save_every = hps.save_every, out_dir = opts.out, progress = not opts.quiet,
+  dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil,
 }
 
 local start = 0
@@ -309,7 +314,7 @@ if opts.resume then
   start = trainer:resume(opts.out) or 0
   if start > 0 then io.stderr:write(string.format("resumed from %s/ckpt/step_%d\n", opts.out, start)) end
 end
-if start == 0 then
+if start == 0 and rank == 0 then
   os.execute("mkdir -p '" .. opts.out:gsub("'", "'\\''") .. "'")
   local f = assert(io.open(opts.out .. "/hps.json", "wb"))
   f:write(json.encode(hps, {indent = 1}), "\n")
@@ -320,8 +325,10 @@ local todo = math.max(0, steps - start)
 local t0 = hero.core._now()
 trainer:train(todo)
 local dt = hero.core._now() - t0
-io.stderr:write(string.format("%d updates in %.2f s (%.4f s per update); checkpoint %s/ckpt/step_%d\n", todo, dt,
-  todo > 0 and dt / todo or 0, opts.out, trainer.global_step))
+if rank == 0 then
+  io.stderr:write(string.format("%d updates in %.2f s (%.4f s per update); checkpoint %s/ckpt/step_%d\n", todo, dt,
+    todo > 0 and dt / todo or 0, opts.out, trainer.global_step))
+end
 if train_ds then
   for _, t in ipairs(tasks) do
     local st = task_loaders[t].stats
