@@ -81,6 +81,11 @@ int hr_dir_remove_tree(const char *path);
 /* rename(2) of a file or directory, then an fsync of the destination's parent directory so the
  * rename is durable (best effort). */
 int hr_path_rename(const char *from, const char *to);
+/* The entries of dir (without "." and ".."), sorted bytewise: *names is a malloc'd array of n
+ * malloc'd strings and *is_dir (malloc'd) says which are directories (links followed). Free with
+ * hr_dir_list_free. */
+int hr_dir_list(const char *dir, char ***names, bool **is_dir, size_t *n);
+void hr_dir_list_free(char **names, bool *is_dir, size_t n);
 /* fsync of every regular file directly inside dir and of dir itself (best effort for dir). */
 int hr_dir_sync(const char *dir);
 

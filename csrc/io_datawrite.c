@@ -463,3 +463,75 @@ int hr_dir_sync(const char *dir)
     (void)sync_path(dir, O_DIRECTORY);
     return rc;
 }
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void hr_dir_list_free(char **names, bool *is_dir, size_t n)
+{
+    if (names)
+        for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+    free(is_dir);
+}
+
+int hr_dir_list(const char *dir, char ***names_out, bool **is_dir_out, size_t *n_out)
+{
+    *names_out = NULL;
+    *is_dir_out = NULL;
+    *n_out = 0;
+    DIR *d = opendir(dir);
+    if (!d) return hr_fail(HR_EIO, "cannot list the directory '%s': %s", dir, strerror(errno));
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if (n == cap) {
+            size_t nc = cap ? 2 * cap : 32;
+            char **nn = realloc(names, nc * sizeof *nn);
+            if (!nn) {
+                rc = hr_fail(HR_ENOMEM, "out of memory listing '%s'", dir);
+                break;
+            }
+            names = nn;
+            cap = nc;
+        }
+        names[n] = strdup(e->d_name);
+        if (!names[n]) {
+            rc = hr_fail(HR_ENOMEM, "out of memory listing '%s'", dir);
+            break;
+        }
+        n++;
+    }
+    closedir(d);
+    bool *is_dir = rc ? NULL : malloc((n ? n : 1) * sizeof *is_dir);
+    if (!rc && !is_dir) rc = hr_fail(HR_ENOMEM, "out of memory listing '%s'", dir);
+    if (rc) {
+        hr_dir_list_free(names, is_dir, n);
+        return rc;
+    }
+    qsort(names, n, sizeof *names, cmp_names);
+    size_t dl = strlen(dir);
+    for (size_t i = 0; i < n; i++) {
+        size_t nl = strlen(names[i]);
+        char *p = malloc(dl + nl + 2);
+        if (!p) {
+            hr_dir_list_free(names, is_dir, n);
+            return hr_fail(HR_ENOMEM, "out of memory listing '%s'", dir);
+        }
+        memcpy(p, dir, dl);
+        p[dl] = '/';
+        memcpy(p + dl + 1, names[i], nl + 1);
+        struct stat st;
+        is_dir[i] = stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+        free(p);
+    }
+    *names_out = names;
+    *is_dir_out = is_dir;
+    *n_out = n;
+    return 0;
+}

@@ -460,6 +460,28 @@ static int l_fs_sync_dir(lua_State *L)
     return 0;
 }
 
+/* fs_listdir(dir) -> {names...} (sorted), {is_dir...} */
+static int l_fs_listdir(lua_State *L)
+{
+    const char *p = luaL_checkstring(L, 1);
+    char **names;
+    bool *is_dir;
+    size_t n;
+    if (hr_dir_list(p, &names, &is_dir, &n)) return hr_lua_error(L, "fs_listdir");
+    /* The listing is freed right after the tables are built (only an out-of-memory error inside
+     * Lua could skip that, leaking a small listing). */
+    lua_createtable(L, (int)n, 0);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushstring(L, names[i]);
+        lua_rawseti(L, -3, (lua_Integer)i + 1);
+        lua_pushboolean(L, is_dir[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    hr_dir_list_free(names, is_dir, n);
+    return 2;
+}
+
 void hr_lua_open_datawrite(lua_State *L, int module_idx, int methods_idx)
 {
     (void)methods_idx;
@@ -492,6 +514,7 @@ void hr_lua_open_datawrite(lua_State *L, int module_idx, int methods_idx)
         {"fs_rmtree", l_fs_rmtree},
         {"fs_rename", l_fs_rename},
         {"fs_sync_dir", l_fs_sync_dir},
+        {"fs_listdir", l_fs_listdir},
         {NULL, NULL},
     };
     lua_pushvalue(L, module_idx);

@@ -36,4 +36,11 @@ data.align_subtitles = align.align_subtitles
 data.subtitle_db_alignment = align.subtitle_db_alignment
 data.compute_sub2frames = align.compute_sub2frames
 
+--- Writing databases (hero.data.writer): MessagePack encoding, lz4 frames, atomic LMDB builders,
+-- the video and text database writers and the reference's value layouts.
+data.writer = require "hero.data.writer"
+data.encode_msgpack = core.encode_msgpack
+data.lz4_frame_compress = core.lz4_frame_compress
+data.ordered = data.writer.ordered
+
 return data
