@@ -42,5 +42,8 @@ data.writer = require "hero.data.writer"
 data.encode_msgpack = core.encode_msgpack
 data.lz4_frame_compress = core.lz4_frame_compress
 data.ordered = data.writer.ordered
+--- Preprocessing into databases (features, subtitles, queries) and the embedded synthetic dataset.
+data.prepro = require "hero.data.prepro"
+data.synthetic = require "hero.data.synthetic"
 
 return data
