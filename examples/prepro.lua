@@ -52,8 +52,8 @@ local frame_length = tonumber(opts["frame-length"] or "1.5")
 if not frame_length or frame_length <= 0 then usage("--frame-length must be a positive number") end
 local function say(...) if not opts.quiet then io.stderr:write(string.format(...)) end end
 
+-- the directory name holds the frame length as the reference formats it (Python's str)
 local fl = tostring(frame_length)
-if math.type(frame_length) == "float" and frame_length == math.floor(frame_length) then fl = string.format("%.1f", frame_length) end
 local video_dir = string.format("%s/video_db/%s/resnet_slowfast_%s", opts.out, name, fl)
 local ok, report = pcall(prepro.convert_video_db, {
   resnet = opts.resnet, slowfast = opts.slowfast, out = video_dir, overwrite = opts.overwrite, strict = opts.strict,
@@ -83,7 +83,8 @@ if opts.subs then
   end
   say("subtitle database %s: %d videos\n", txt_dir, sub.videos)
   if #sub.no_features > 0 then
-    say("  %d videos with subtitles but no features skipped: %s\n", #sub.no_features, table.concat(sub.no_features, ", "))
+    say("  %d videos with subtitles but no features skipped: %s\n", #sub.no_features,
+      table.concat(sub.no_features, ", "))
   end
   for _, d in ipairs(sub.dropped_subs) do say("  dropped subtitle %d of %s: %s\n", d.index, d.vid, d.reason) end
   if #sub.dropped_subs > 0 then say("  %d invalid subtitles dropped\n", #sub.dropped_subs) end

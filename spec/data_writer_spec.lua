@@ -233,7 +233,7 @@ describe("LmdbBuilder", function()
     assert_err("does not exist", W.LmdbBuilder, tmpdir("nowhere") .. "/sub/db")
     assert_err("empty keys cannot be stored", function()
       local e = W.LmdbBuilder(tmpdir("db3"))
-      local ok, err = pcall(e.put, e, "", "v")
+      local _, err = pcall(e.put, e, "", "v")
       e:abort()
       error(err)
     end)
@@ -279,7 +279,8 @@ end)
 describe("prepro", function()
   it("turns the extractor's feature files into the reference's video database", function()
     local out = tmpdir("pp") .. "/video_db/tv/resnet_slowfast_1.5"
-    local r = prepro.convert_video_db{resnet = FEAT .. "resnet_features", slowfast = FEAT .. "slowfast_features", out = out}
+    local r = prepro.convert_video_db{resnet = FEAT .. "resnet_features", slowfast = FEAT .. "slowfast_features",
+                                      out = out}
     assert.are.equal(7, r.videos)
     assert.are.equal(24, r.feat_dim)
     assert.are.equal(1, #r.corrupted)
@@ -338,7 +339,9 @@ describe("prepro", function()
       assert.are.same(ref:json(name), got:json(name), name)
     end
     local meta = got:meta()
-    for _, k in ipairs {"CLS", "PAD", "SEP", "UNK", "MASK", "BOS", "EOS"} do assert.are.equal(ref:meta()[k], meta[k]) end
+    for _, k in ipairs {"CLS", "PAD", "SEP", "UNK", "MASK", "BOS", "EOS"} do
+      assert.are.equal(ref:meta()[k], meta[k])
+    end
     assert.are.same({4, 50261}, meta.v_range)
     got:close()
     ref:close()
@@ -360,8 +363,10 @@ describe("prepro", function()
   it("names the video and the subtitle of bad input, or drops them with a count", function()
     local bad = {
       {vid_name = "v1", sub = {{text = "ok", start = 0.5, ["end"] = 2.0}, {text = "bad", start = 5.0, ["end"] = 3.0}}},
-      {vid_name = "v2", sub = {{text = "neg", start = -1.0, ["end"] = 2.0}, {text = "fine", start = 0.1, ["end"] = 1.0}}},
-      {vid_name = "v3", sub = {{text = "late", start = 3.0, ["end"] = 4.0}, {text = "early", start = 0.0, ["end"] = 1.0},
+      {vid_name = "v2", sub = {{text = "neg", start = -1.0, ["end"] = 2.0},
+                               {text = "fine", start = 0.1, ["end"] = 1.0}}},
+      {vid_name = "v3", sub = {{text = "late", start = 3.0, ["end"] = 4.0},
+                               {text = "early", start = 0.0, ["end"] = 1.0},
                                {text = 5, start = 1, ["end"] = 2}}},
     }
     local n = {v1 = 4, v2 = 4, v3 = 4}

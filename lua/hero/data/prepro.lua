@@ -48,7 +48,8 @@ local function feature_files(dir, what)
         local vid = name:match("^(.*)%.npz$") or name:match("^(.*)%.npy$")
         if vid then
           if out[vid] then
-            error(string.format("prepro: video '%s' has two %s feature files: '%s' and '%s'", vid, what, out[vid], p), 0)
+            error(string.format("prepro: video '%s' has two %s feature files: '%s' and '%s'", vid, what, out[vid], p),
+              0)
           end
           out[vid] = p
         end

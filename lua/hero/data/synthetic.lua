@@ -694,10 +694,8 @@ function S.evaluate_vcmr(model, corpus, queries, feat_dim, opts)
   opts = opts or {}
   local retrieval = require "hero.eval.retrieval"
   local vsm = require "hero.models.vsm"
-  local video_ids, video2idx, local_idx = {}, {}, {}
-  for i, v in ipairs(corpus) do
-    video_ids[i], video2idx[v.vid], local_idx[v.vid] = v.vid, i - 1, i
-  end
+  local video_ids, video2idx = {}, {}
+  for i, v in ipairs(corpus) do video_ids[i], video2idx[v.vid] = v.vid, i - 1 end
   local qids, qvids, gt, qtoks = {}, {}, {}, {}
   for i, q in ipairs(queries) do
     qids[i], qvids[i] = q.qid, q.vid

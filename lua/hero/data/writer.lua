@@ -88,7 +88,9 @@ function writer.LmdbBuilder(dest, opts)
 end
 
 local function check_live(self, op)
-  if not self.lmdb then error(string.format("%s: the database '%s' is already committed or aborted", op, self.dest), 3) end
+  if not self.lmdb then
+    error(string.format("%s: the database '%s' is already committed or aborted", op, self.dest), 3)
+  end
 end
 
 --- Stores raw bytes under key (a key may be written once).
