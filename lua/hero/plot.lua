@@ -74,7 +74,8 @@ function plot.chart(opts, x0, y0)
     add(string.format('<text x="%g" y="%g" font-size="11" text-anchor="end">%s</text>', x0 + ml - 5, Y(t) + 4, fmt(t)))
   end
   for _, t in ipairs(ticks(xmin, xmax, 6)) do
-    add(string.format('<line x1="%g" y1="%g" x2="%g" y2="%g" stroke="#444"/>', X(t), y0 + mt + ph, X(t), y0 + mt + ph + 4))
+    local yb = y0 + mt + ph
+    add(string.format('<line x1="%g" y1="%g" x2="%g" y2="%g" stroke="#444"/>', X(t), yb, X(t), yb + 4))
     add(string.format('<text x="%g" y="%g" font-size="11" text-anchor="middle">%s</text>', X(t), y0 + mt + ph + 17,
       fmt(t)))
   end
