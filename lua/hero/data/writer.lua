@@ -54,7 +54,10 @@ end
 local tmp_counter = 0
 local function tmp_name(dest)
   tmp_counter = tmp_counter + 1
-  local stamp = string.format("%x%x%04x", os.time(), math.floor((os.clock() * 1e6) % 0xffffff), tmp_counter)
+  -- time, CPU clock, a fresh table's address (differs between processes) and a counter: unique
+  -- enough that two writers of the same destination never share a temporary directory
+  local addr = tostring({}):match("0x(%x+)") or "0"
+  local stamp = string.format("%x%x%s%04x", os.time(), math.floor((os.clock() * 1e6) % 0xffffff), addr, tmp_counter)
   return string.format("%s.partial-%s", dest, stamp)
 end
 
