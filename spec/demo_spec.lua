@@ -248,11 +248,12 @@ end)
 describe("make demo", function()
   it("runs end to end at tiny sizes", function()
     local out = tmpdir("demo")
-    local saved = _G.arg
+    local saved, threads = _G.arg, hero.get_num_threads()
     local script = debug.getinfo(1, "S").source:match("^@(.*)/spec/demo_spec%.lua$") or "."
     _G.arg = {[0] = "examples/demo.lua", "--tiny", "--quiet", "--out", out}
     local ok, res = pcall(dofile, script .. "/examples/demo.lua")
     _G.arg = saved
+    hero.set_num_threads(threads)
     assert.is_true(ok, tostring(res))
     local r = json.read_file(out .. "/results.json")
     for _, k in ipairs {"pretrained", "scratch", "random"} do
