@@ -89,6 +89,7 @@ void hr_lua_open_optim(lua_State *L, int module_idx, int methods_idx);      /* l
 void hr_lua_open_nn(lua_State *L, int module_idx, int methods_idx);         /* l_nn.c */
 void hr_lua_open_function(lua_State *L, int module_idx, int methods_idx);   /* l_function.c */
 void hr_lua_open_data(lua_State *L, int module_idx, int methods_idx);       /* l_data.c */
+void hr_lua_open_datawrite(lua_State *L, int module_idx, int methods_idx);  /* l_datawrite.c */
 void hr_lua_open_text(lua_State *L, int module_idx, int methods_idx);       /* l_text.c */
 void hr_lua_open_torchpt(lua_State *L, int module_idx, int methods_idx);    /* l_torchpt.c */
 void hr_lua_open_dist(lua_State *L, int module_idx, int methods_idx);       /* l_dist.c */

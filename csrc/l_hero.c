@@ -28,6 +28,7 @@ int luaopen_hero_core(lua_State *L)
     hr_lua_open_nn(L, module_idx, methods_idx);
     hr_lua_open_function(L, module_idx, methods_idx);
     hr_lua_open_data(L, module_idx, methods_idx);
+    hr_lua_open_datawrite(L, module_idx, methods_idx);
     hr_lua_open_text(L, module_idx, methods_idx);
     hr_lua_open_torchpt(L, module_idx, methods_idx);
     hr_lua_open_dist(L, module_idx, methods_idx);

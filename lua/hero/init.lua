@@ -30,6 +30,7 @@ hero.io = require "hero.io"
 hero.json = require "hero.json"
 hero.config = require "hero.config"
 hero.data = require "hero.data"
+hero.plot = require "hero.plot"
 hero.save = hero.io.save
 hero.load = hero.io.load
 hero.text = require "hero.text"

@@ -44,5 +44,14 @@ data.MemoryDataset = datasets.MemoryDataset
 data.tasks = require "hero.data.tasks"
 data.collate = require "hero.data.collate"
 data.TaskLoader = require("hero.data.loader").TaskLoader
+--- Writing databases (hero.data.writer): MessagePack encoding, lz4 frames, atomic LMDB builders,
+-- the video and text database writers and the reference's value layouts.
+data.writer = require "hero.data.writer"
+data.encode_msgpack = core.encode_msgpack
+data.lz4_frame_compress = core.lz4_frame_compress
+data.ordered = data.writer.ordered
+--- Preprocessing into databases (features, subtitles, queries) and the embedded synthetic dataset.
+data.prepro = require "hero.data.prepro"
+data.synthetic = require "hero.data.synthetic"
 
 return data

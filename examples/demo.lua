@@ -1,0 +1,275 @@
+--- `make demo`: HERO end to end on a small embedded dataset, on the CPU, in a few minutes.
+--
+--   lua5.4 examples/demo.lua [--out DIR] [--data DIR] [--tiny] [--quiet] [--threads N (1)]
+--                            [--pretrain-steps N] [--finetune-steps N] [--seed N]
+--
+-- 1. Generates the synthetic video+subtitle world of hero.data.synthetic (objects, colours and
+--    actions with fixed feature prototypes; subtitles and queries about what is on screen) and
+--    writes it through hero's preprocessing into LMDB databases, which are read back with the
+--    normal readers.
+-- 2. Pre-trains a small HERO on the subtitled training videos with MLM, MFM-NCE, FOM and VSM
+--    (hero.train: MetaLoader + Trainer), with a progress line.
+-- 3. Fine-tunes it for video corpus moment retrieval (VCMR) on a few labelled queries, and
+--    fine-tunes the same architecture from the same initial weights WITHOUT pre-training for the
+--    same number of updates.
+-- 4. Evaluates both on held-out queries over held-out videos (rank the videos by the model's
+--    query-video score, localise start/end), beside a random-score baseline, and prints the table.
+-- Writes DIR/results.json, DIR/loss_curves.svg and DIR/log.jsonl (default DIR: a new temporary
+-- directory, printed at the end). --tiny runs a seconds-long version (used by spec/demo_spec.lua).
+local hero = require "hero"
+local S = hero.data.synthetic
+local train = hero.train
+local json = hero.json
+
+local function usage(msg)
+  io.stderr:write("demo: ", msg, "\n(see the comment at the top of examples/demo.lua)\n")
+  os.exit(2)
+end
+
+local opts = {}
+do
+  local flags = {tiny = true, quiet = true}
+  local i = 1
+  while i <= #arg do
+    local name = arg[i]:match("^%-%-([%w%-]+)$")
+    if not name then usage("unexpected argument '" .. arg[i] .. "'") end
+    if flags[name] then
+      opts[name] = true
+      i = i + 1
+    else
+      if arg[i + 1] == nil then usage("--" .. name .. " needs a value") end
+      opts[name] = arg[i + 1]
+      i = i + 2
+    end
+  end
+  local known = {out = 1, data = 1, tiny = 1, quiet = 1, threads = 1, ["pretrain-steps"] = 1, ["finetune-steps"] = 1,
+                 seed = 1}
+  for k in pairs(opts) do if not known[k] then usage("unknown option --" .. k) end end
+end
+local function int_opt(name, default)
+  if opts[name] == nil then return default end
+  local n = math.tointeger(tonumber(opts[name]))
+  if not n or n < 0 then usage("--" .. name .. " must be a non-negative integer") end
+  return n
+end
+
+-- One thread by default: the tensors of this small model are too small to gain from more, and one
+-- thread makes the printed numbers the same on every machine.
+hero.set_num_threads(int_opt("threads", 1))
+local tiny = opts.tiny
+local seed = int_opt("seed", 7)
+local P = {
+  world = tiny and {seed = seed, videos = 24, test_videos = 8, finetune_queries = 8}
+    or {seed = seed, videos = 240, test_videos = 60, finetune_queries = 60},
+  pretrain_steps = int_opt("pretrain-steps", tiny and 8 or 600),
+  finetune_steps = int_opt("finetune-steps", tiny and 6 or 200),
+  batch = tiny and 4 or 12, ft_batch = tiny and 4 or 12,
+  lr = 1e-3, ft_lr = 5e-4, hidden = tiny and 32 or 64,
+}
+
+local function say(...) if not opts.quiet then io.stdout:write(string.format(...)) io.stdout:flush() end end
+local now = hero.core._now
+
+local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local out = opts.out
+if not out then
+  local base = os.tmpname()
+  os.remove(base)
+  out = base .. "-hero-demo"
+end
+hero.data.prepro.mkdir_p(out)
+local data_dir = opts.data or (out .. "/data")
+local t_start = now()
+
+-- ------------------------------------------------------------------ 1. data
+say("== 1. synthetic dataset -> %s\n", data_dir)
+local exists = io.open(data_dir .. "/splits.json", "rb")
+if exists then
+  exists:close()
+  say("   (already written; reusing it)\n")
+else
+  S.write(data_dir, P.world)
+end
+local D = S.load(data_dir)
+local vocab = D.vocab
+local function videos_of(ids)
+  local list = {}
+  for i, vid in ipairs(ids) do list[i] = D.videos[vid] end
+  return list
+end
+local pre_videos = videos_of(D.splits.pretrain)
+local test_videos = videos_of(D.splits.test_videos)
+local ft_pairs, test_queries = {}, {}
+for _, qid in ipairs(D.splits.finetune) do
+  local q = D.queries[qid]
+  ft_pairs[#ft_pairs + 1] = {video = D.videos[q.vid], query = q}
+end
+for _, qid in ipairs(D.splits.test) do test_queries[#test_queries + 1] = D.queries[qid] end
+local example = D.videos[D.splits.pretrain[1]]
+say("   %d pre-training videos, %d fine-tuning queries, %d test queries over %d test videos\n", #pre_videos,
+  #ft_pairs, #test_queries, #test_videos)
+say("   vocabulary of %d words, %d-dim frame features (%d frames per video at most)\n", vocab.size, D.feat_dim,
+  D.max_clip_len)
+say("   e.g. %s: %d frames; subtitle \"%s\"; query \"%s\"\n", example.vid, example.nframes,
+  S.detokenize(example.tokens[1]), ft_pairs[1].query.desc)
+
+-- ------------------------------------------------------------------ model
+local H = P.hidden
+local function layer_cfg(layers, maxpos)
+  return {hidden_size = H, num_attention_heads = 4, intermediate_size = 2 * H, num_hidden_layers = layers,
+          max_position_embeddings = maxpos, type_vocab_size = 2, vocab_size = vocab.size, hidden_act = "gelu",
+          hidden_dropout_prob = 0.1, attention_probs_dropout_prob = 0.1, initializer_range = 0.02}
+end
+local cfg = {f_config = layer_cfg(2, 40), c_config = layer_cfg(1, D.max_clip_len), q_config = layer_cfg(0, 40)}
+local model_opts = {vfeat_dim = D.feat_dim, max_frm_seq_len = 8, fom_classes = D.max_clip_len, lw_st_ed = 0.1}
+
+local function new_model(gen_seed)
+  hero.manual_seed(seed)
+  local o = {}
+  for k, v in pairs(model_opts) do o[k] = v end
+  o.generator = hero.Generator(gen_seed)
+  return hero.models.HeroForPretraining(cfg, o)
+end
+
+local function optimizer(model, lr)
+  return hero.optim.AdamW(model:named_parameters(), {lr = lr, betas = {0.9, 0.98}, eps = 1e-6, weight_decay = 0.01,
+    no_decay = {"bias", "LayerNorm.bias", "LayerNorm.weight"}})
+end
+
+local function clone_state(model)
+  local sd = {}
+  for k, t in pairs(model:state_dict()) do sd[k] = t:clone() end
+  return sd
+end
+
+local model = new_model(seed + 1)
+local init_state = clone_state(model)
+local nparams = 0
+for _, p in ipairs(model:named_parameters()) do nparams = nparams + p[2]:numel() end
+say("   HERO: hidden %d, 2 cross-modal + 1 temporal layers, %d parameters\n", H, nparams)
+
+local log_lines = {}
+local function log(rec) log_lines[#log_lines + 1] = json.encode(rec) end
+
+-- ------------------------------------------------------------------ 2. pre-training
+local curves = {pretrain = {}, finetune = {}}
+local tasks = {"mlm", "mfm-nce", "fom", "vsm"}
+local collates = {mlm = S.collate_mlm, ["mfm-nce"] = S.collate_mfm, fom = S.collate_fom, vsm = S.collate_vsm}
+local results = {config = {pretrain_steps = P.pretrain_steps, finetune_steps = P.finetune_steps, world = P.world,
+                           hidden = H, batch = P.batch, params = nparams}}
+
+if P.pretrain_steps > 0 then
+  say("== 2. pre-training (%s) for %d updates of %d videos\n", table.concat(tasks, ", "), P.pretrain_steps, P.batch)
+  local loaders = {}
+  for i, t in ipairs(tasks) do
+    loaders[t] = S.TaskLoader{items = pre_videos, batch_size = P.batch, collate = collates[t], feat_dim = D.feat_dim,
+                              seed = seed * 100 + i}
+  end
+  local meta = train.MetaLoader{tasks = loaders, ratios = {mlm = 2, ["mfm-nce"] = 2, fom = 1, vsm = 2}, order = tasks,
+                                accum = 1, generator = hero.Generator(seed + 2)}
+  local trainer = train.Trainer{model = model, optimizer = optimizer(model, P.lr), loader = meta, lr = P.lr,
+    warmup = math.max(1, P.pretrain_steps // 10), total = P.pretrain_steps, grad_norm = 1.0, progress = not opts.quiet}
+  local t0 = now()
+  local recs = trainer:train(P.pretrain_steps)
+  results.pretrain_seconds = now() - t0
+  for _, r in ipairs(recs) do
+    local c = curves.pretrain[r.task] or {}
+    curves.pretrain[r.task] = c
+    c[#c + 1] = {r.step, r.loss}
+    log({phase = "pretrain", step = r.step, task = r.task, loss = r.loss, lr = r.lr, grad_norm = r.grad_norm})
+  end
+  local last = {}
+  for _, t in ipairs(tasks) do
+    local c = curves.pretrain[t] or {}
+    if #c == 0 then goto continue end
+    local first_mean, last_mean = 0, 0
+    local k = math.max(1, math.min(10, #c // 4))
+    for i = 1, math.min(k, #c) do first_mean = first_mean + c[i][2] / k end
+    for i = math.max(1, #c - k + 1), #c do last_mean = last_mean + c[i][2] / k end
+    last[#last + 1] = string.format("%s %.3f -> %.3f", t, first_mean, last_mean)
+    ::continue::
+  end
+  say("   %.1f s; loss (first -> last updates): %s\n", results.pretrain_seconds, table.concat(last, ", "))
+end
+local pretrained_state = clone_state(model)
+
+-- ------------------------------------------------------------------ 3. fine-tuning + 4. evaluation
+local function finetune(name, state, gen_seed)
+  local m = new_model(gen_seed)
+  m:load_state_dict(state)
+  local loader = S.TaskLoader{items = ft_pairs, batch_size = math.min(P.ft_batch, #ft_pairs),
+    collate = function(chosen, feat_dim) return S.collate_vcmr(chosen, feat_dim) end, feat_dim = D.feat_dim,
+    seed = seed * 1000 + 1}
+  local meta = train.MetaLoader{tasks = {vsm = loader}, accum = 1, generator = hero.Generator(seed + 3)}
+  local trainer = train.Trainer{model = m, optimizer = optimizer(m, P.ft_lr), loader = meta, lr = P.ft_lr,
+    warmup = math.max(1, P.finetune_steps // 10), total = math.max(P.finetune_steps, 2), grad_norm = 1.0,
+    progress = not opts.quiet}
+  local t0 = now()
+  local recs = trainer:train(P.finetune_steps)
+  local c = {}
+  for _, r in ipairs(recs) do
+    c[#c + 1] = {r.step, r.loss}
+    log({phase = "finetune", run = name, step = r.step, loss = r.loss, lr = r.lr, grad_norm = r.grad_norm})
+  end
+  curves.finetune[name] = c
+  local ev = S.evaluate_vcmr(m, test_videos, test_queries, D.feat_dim)
+  return ev, now() - t0
+end
+
+local function summary(ev)
+  local m = ev.metrics
+  return {VR = {r1 = m.VR.r1, r5 = m.VR.r5, r10 = m.VR.r10},
+          VCMR = {["0.5-r1"] = m.VCMR["0.5-r1"], ["0.5-r5"] = m.VCMR["0.5-r5"], ["0.7-r1"] = m.VCMR["0.7-r1"],
+                  ["0.7-r5"] = m.VCMR["0.7-r5"]},
+          SVMR = {["0.5-r1"] = m.SVMR["0.5-r1"], ["0.7-r1"] = m.SVMR["0.7-r1"]}}
+end
+
+say("== 3. VCMR fine-tuning on %d labelled queries, %d updates each\n", #ft_pairs, P.finetune_steps)
+say("   with pre-training:\n")
+local ev_pre, s_pre = finetune("pre-trained", pretrained_state, seed + 10)
+say("   without pre-training (same initial weights, same updates):\n")
+local ev_scratch, s_scratch = finetune("from scratch", init_state, seed + 10)
+local ev_random = S.evaluate_vcmr(nil, test_videos, test_queries, D.feat_dim, {random = seed + 20})
+results.pretrained = summary(ev_pre)
+results.scratch = summary(ev_scratch)
+results.random = summary(ev_random)
+results.finetune_seconds = {pretrained = s_pre, scratch = s_scratch}
+
+say("== 4. held-out evaluation: %d queries over %d videos (R@K in %%)\n", #test_queries, #test_videos)
+local rows = {{"random scores", results.random}, {"HERO, no pre-training", results.scratch},
+              {"HERO, pre-trained", results.pretrained}}
+say("   %-24s %7s %7s %7s  %12s %12s  %12s\n", "", "VR R@1", "R@5", "R@10", "VCMR 0.5 R@1", "0.5 R@5", "SVMR 0.5 R@1")
+for _, r in ipairs(rows) do
+  local m = r[2]
+  say("   %-24s %7.1f %7.1f %7.1f  %12.1f %12.1f  %12.1f\n", r[1], m.VR.r1, m.VR.r5, m.VR.r10, m.VCMR["0.5-r1"],
+    m.VCMR["0.5-r5"], m.SVMR["0.5-r1"])
+end
+local gain = results.pretrained.VR.r1 - results.scratch.VR.r1
+say("   pre-training changes video R@1 by %+.1f points and VCMR R@1 (IoU 0.5) by %+.1f points\n", gain,
+  results.pretrained.VCMR["0.5-r1"] - results.scratch.VCMR["0.5-r1"])
+
+-- ------------------------------------------------------------------ outputs
+local charts = {}
+local series = {}
+for _, t in ipairs(tasks) do
+  if curves.pretrain[t] then
+    series[#series + 1] = {name = t, points = hero.plot.smooth(curves.pretrain[t], tiny and 1 or 15)}
+  end
+end
+if #series > 0 then
+  charts[#charts + 1] = {title = "Pre-training loss per task (moving average)", xlabel = "update", ylabel = "loss",
+                         series = series}
+end
+charts[#charts + 1] = {title = "VCMR fine-tuning loss (moving average)", xlabel = "update", ylabel = "loss", series = {
+  {name = "pre-trained", points = hero.plot.smooth(curves.finetune["pre-trained"], tiny and 1 or 10)},
+  {name = "from scratch", points = hero.plot.smooth(curves.finetune["from scratch"], tiny and 1 or 10), dashed = true},
+}}
+hero.plot.write_svg(out .. "/loss_curves.svg", charts)
+results.seconds = now() - t_start
+json.write_file(out .. "/results.json", results, {indent = 1})
+local f = assert(io.open(out .. "/log.jsonl", "wb"))
+f:write(table.concat(log_lines, "\n"), "\n")
+f:close()
+say("== done in %.0f s: %s/results.json, %s/loss_curves.svg, %s/log.jsonl\n", results.seconds, out, out, out)
+if not opts.data and not opts.out then say("   (remove with: rm -r %s)\n", shell_quote(out)) end
+return results

@@ -1,0 +1,91 @@
+--- HERO preprocessing: extractor features and subtitles into the databases the readers load.
+--
+--   lua5.4 examples/prepro.lua --resnet resnet_features --slowfast slowfast_features \
+--     --subs tv_subtitles.jsonl --vocab vocab.json --merges merges.txt --out data
+--
+-- writes
+--   data/video_db/<name>/resnet_slowfast_<frame length>   video LMDB (float32 [n, 2048 + 2304] per video)
+--   data/video_db/<name>/id2nframe.json, corrupted.json
+--   data/txt_db/<name>_subtitles.db                      subtitle LMDB + vid2len.json,
+--                                                        vid2max_frame_sub_len.json, sub_info.json, meta.json
+-- Options: --name tv, --frame-length 1.5, --overwrite (replace existing databases), --strict
+-- (stop at the first unreadable or unpaired feature file instead of skipping the video and
+-- listing it in corrupted.json), --skip-bad-subs (drop invalid subtitles, e.g. an end before the
+-- start or a negative time, and list them, instead of stopping with an error naming the video and
+-- the subtitle), --quiet.
+-- The subtitle file has one JSON object per line: {"vid_name": "...", "sub": [{"text": "...",
+-- "start": 0.4, "end": 4.1}, ...]}. Features without subtitles are fine; subtitles of videos without
+-- features are skipped and counted.
+local hero = require "hero"
+local prepro = require "hero.data.prepro"
+
+local function usage(msg)
+  io.stderr:write("prepro: ", msg, "\n(see the comment at the top of examples/prepro.lua)\n")
+  os.exit(2)
+end
+
+local flags = {overwrite = true, strict = true, ["skip-bad-subs"] = true, quiet = true}
+local known = {resnet = true, slowfast = true, subs = true, vocab = true, merges = true, out = true, name = true,
+               ["frame-length"] = true}
+local opts = {}
+local i = 1
+while i <= #arg do
+  local name = arg[i]:match("^%-%-([%w%-]+)$")
+  if not name then usage("unexpected argument '" .. arg[i] .. "'") end
+  if flags[name] then
+    opts[name] = true
+    i = i + 1
+  elseif known[name] then
+    if arg[i + 1] == nil then usage("--" .. name .. " needs a value") end
+    opts[name] = arg[i + 1]
+    i = i + 2
+  else
+    usage("unknown option --" .. name)
+  end
+end
+for _, k in ipairs {"resnet", "slowfast", "out"} do
+  if not opts[k] then usage("--" .. k .. " is required") end
+end
+if opts.subs and not (opts.vocab and opts.merges) then usage("--subs needs --vocab and --merges (the tokenizer)") end
+local name = opts.name or "tv"
+local frame_length = tonumber(opts["frame-length"] or "1.5")
+if not frame_length or frame_length <= 0 then usage("--frame-length must be a positive number") end
+local function say(...) if not opts.quiet then io.stderr:write(string.format(...)) end end
+
+-- the directory name holds the frame length as the reference formats it (Python's str)
+local fl = tostring(frame_length)
+local video_dir = string.format("%s/video_db/%s/resnet_slowfast_%s", opts.out, name, fl)
+local ok, report = pcall(prepro.convert_video_db, {
+  resnet = opts.resnet, slowfast = opts.slowfast, out = video_dir, overwrite = opts.overwrite, strict = opts.strict,
+  progress = function(k, n, vid) say("\rvideo %d/%d %s\27[K", k, n, vid) end,
+})
+if not ok then
+  io.stderr:write("\nprepro: ", tostring(report), "\n")
+  os.exit(1)
+end
+say("\rvideo database %s: %d videos of %s-dimensional features\27[K\n", video_dir, report.videos,
+  tostring(report.feat_dim))
+for _, c in ipairs(report.corrupted) do say("  skipped %s: %s\n", c.vid, c.reason) end
+if #report.corrupted > 0 then say("  %d videos skipped (listed in corrupted.json)\n", #report.corrupted) end
+
+if opts.subs then
+  local tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
+  local txt_dir = string.format("%s/txt_db/%s_subtitles.db", opts.out, name)
+  local sok, sub = pcall(prepro.subtitle_db, {
+    subs = opts.subs, out = txt_dir, tokenize = function(s) return tok:encode(s) end, vid2nframe = report.id2nframe,
+    frame_length = frame_length, skip_bad_subs = opts["skip-bad-subs"], strict = opts.strict,
+    overwrite = opts.overwrite, task = name,
+    meta = {annotation = opts.subs, vid2nframe = video_dir:gsub("/[^/]*$", "") .. "/id2nframe.json"},
+  })
+  if not sok then
+    io.stderr:write("prepro: ", tostring(sub), "\n")
+    os.exit(1)
+  end
+  say("subtitle database %s: %d videos\n", txt_dir, sub.videos)
+  if #sub.no_features > 0 then
+    say("  %d videos with subtitles but no features skipped: %s\n", #sub.no_features,
+      table.concat(sub.no_features, ", "))
+  end
+  for _, d in ipairs(sub.dropped_subs) do say("  dropped subtitle %d of %s: %s\n", d.index, d.vid, d.reason) end
+  if #sub.dropped_subs > 0 then say("  %d invalid subtitles dropped\n", #sub.dropped_subs) end
+end

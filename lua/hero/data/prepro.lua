@@ -1,0 +1,292 @@
+--- hero.data.prepro: HERO's preprocessing into databases, as the reference's scripts do it.
+--
+--   * convert_video_db (scripts/collect_video_feature_paths.py + convert_videodb.py): pairs the
+--     extractor's ResNet and SlowFast .npz files by video id, keeps n = min(rows) frames of each,
+--     concatenates [ResNet | SlowFast] into float32 [n, D] and writes the video LMDB and
+--     id2nframe.json. A feature file that cannot be read (corrupt, wrong shape or dtype) or has no
+--     partner in the other stream skips its video: the video is listed in corrupted.json beside
+--     id2nframe.json (as the reference records it) and in the report; strict = true raises instead.
+--   * subtitle_db (scripts/prepro_sub.py): tokenizes each video's subtitles, aligns them to the
+--     frames (hero.data.align_subtitles / subtitle_db_alignment) and writes the subtitle LMDB with
+--     the reference's exact value layout plus vid2len.json, vid2max_frame_sub_len.json,
+--     sub_info.json and meta.json.
+--
+-- Bad subtitles (a text that is not a string, times that are not numbers, NaN, negative times, an
+-- end before the start, starts out of order) raise an error naming the video and the subtitle
+-- (subs[i], sub_idx i-1). With skip_bad_subs = true they are dropped instead, the rest are sorted
+-- by start time, and every dropped subtitle is listed in the report (video, index, reason). Videos
+-- without features are skipped and counted (report.no_features) unless strict.
+local core = require "hero.core"
+local json = require "hero.json"
+local io_ = require "hero.io"
+local util = require "hero.data.util"
+local align = require "hero.data.align"
+local writer = require "hero.data.writer"
+
+local prepro = {}
+
+--- mkdir -p.
+function prepro.mkdir_p(path)
+  local acc = path:sub(1, 1) == "/" and "" or nil
+  for part in path:gmatch("[^/]+") do
+    acc = acc and (acc .. "/" .. part) or part
+    core.fs_mkdir(acc, true)
+  end
+end
+
+-- Every *.npz / *.npy file under dir (recursively), as {video id = path}; a video id found twice
+-- is an error naming both files.
+local function feature_files(dir, what)
+  local out = {}
+  local function walk(d)
+    local names, is_dir = core.fs_listdir(d)
+    for i, name in ipairs(names) do
+      local p = d .. "/" .. name
+      if is_dir[i] then
+        walk(p)
+      else
+        local vid = name:match("^(.*)%.npz$") or name:match("^(.*)%.npy$")
+        if vid then
+          if out[vid] then
+            error(string.format("prepro: video '%s' has two %s feature files: '%s' and '%s'", vid, what, out[vid], p),
+              0)
+          end
+          out[vid] = p
+        end
+      end
+    end
+  end
+  walk(dir:gsub("/+$", ""))
+  return out
+end
+
+--- {video id = {resnet = path, slowfast = path}} for ids with both files, the sorted ids, and the
+-- ids with only one file ({vid, missing = "resnet"|"slowfast", have = path}).
+function prepro.collect_feature_pairs(resnet_dir, slowfast_dir)
+  local r = feature_files(resnet_dir, "ResNet")
+  local s = feature_files(slowfast_dir, "SlowFast")
+  local pairs_, ids, lonely = {}, {}, {}
+  for vid, p in pairs(r) do
+    if s[vid] then
+      pairs_[vid] = {resnet = p, slowfast = s[vid]}
+      ids[#ids + 1] = vid
+    else
+      lonely[#lonely + 1] = {vid = vid, missing = "slowfast", have = p}
+    end
+  end
+  for vid, p in pairs(s) do
+    if not r[vid] then lonely[#lonely + 1] = {vid = vid, missing = "resnet", have = p} end
+  end
+  table.sort(ids)
+  table.sort(lonely, function(a, b) return a.vid < b.vid end)
+  return pairs_, ids, lonely
+end
+
+--- The float32 [n, Dr + Ds] features of one video from its two files (n = min of the rows).
+function prepro.load_video_features(vid, resnet_path, slowfast_path)
+  local function load(path, what)
+    local ok, t = pcall(io_.load_features, path)
+    if not ok then error(string.format("video '%s': %s features: %s", vid, what, tostring(t)), 0) end
+    return t
+  end
+  local r = load(resnet_path, "ResNet")
+  local s = load(slowfast_path, "SlowFast")
+  local n = math.min(r:size(1), s:size(1))
+  return core.cat({r:narrow(1, 1, n):float(), s:narrow(1, 1, n):float()}, 2)
+end
+
+--- opts: resnet, slowfast (directories), out (the LMDB directory, e.g. ".../video_db/tv/
+-- resnet_slowfast_1.5"), overwrite, strict, progress (function(i, n, vid)).
+-- Returns {videos = count, feat_dim = D, id2nframe = {...}, corrupted = {{vid, reason}...},
+-- ids = {...}}.
+function prepro.convert_video_db(opts)
+  for _, k in ipairs {"resnet", "slowfast", "out"} do
+    if type(opts[k]) ~= "string" then error("convert_video_db: opts." .. k .. " (a path) is required", 2) end
+  end
+  local pairs_, ids, lonely = prepro.collect_feature_pairs(opts.resnet, opts.slowfast)
+  local corrupted = {}
+  for _, l in ipairs(lonely) do
+    local reason = string.format("no %s feature file (only '%s')", l.missing == "resnet" and "ResNet" or "SlowFast",
+      l.have)
+    if opts.strict then error(string.format("convert_video_db: video '%s': %s", l.vid, reason), 0) end
+    corrupted[#corrupted + 1] = {vid = l.vid, reason = reason}
+  end
+  prepro.mkdir_p(util.parent_dir(opts.out))
+  local w = writer.VideoDbWriter(opts.out, {overwrite = opts.overwrite})
+  local kept = {}
+  local ok, err = pcall(function()
+    for i, vid in ipairs(ids) do
+      if opts.progress then opts.progress(i, #ids, vid) end
+      local fok, feats = pcall(prepro.load_video_features, vid, pairs_[vid].resnet, pairs_[vid].slowfast)
+      if fok then
+        w:add(vid, feats)
+        kept[#kept + 1] = vid
+      elseif opts.strict then
+        error("convert_video_db: " .. tostring(feats), 0)
+      else
+        corrupted[#corrupted + 1] = {vid = vid, reason = tostring(feats)}
+      end
+    end
+  end)
+  if not ok then
+    w:abort()
+    error(err, 0)
+  end
+  w:commit()
+  table.sort(corrupted, function(a, b) return a.vid < b.vid end)
+  local names = json.array()
+  for i, c in ipairs(corrupted) do names[i] = c.vid end
+  json.write_file(util.parent_dir(opts.out) .. "/corrupted.json", names)
+  return {videos = #kept, ids = kept, feat_dim = w.feat_dim, id2nframe = w.id2nframe, corrupted = corrupted}
+end
+
+-- nil, or why subtitle s cannot be used.
+local function sub_problem(s)
+  if type(s) ~= "table" then return "not a table" end
+  if type(s.text) ~= "string" then return "'text' is not a string" end
+  for _, k in ipairs {"start", "end"} do
+    local v = s[k]
+    if type(v) ~= "number" then return string.format("'%s' is not a number", k) end
+    if v ~= v then return string.format("'%s' is NaN", k) end
+    if v < 0 then return string.format("'%s' is negative (%s s)", k, tostring(v)) end
+    if v == math.huge then return string.format("'%s' is infinite", k) end
+  end
+  if s["end"] < s.start then
+    return string.format("'end' (%s s) is before 'start' (%s s)", tostring(s["end"]), tostring(s.start))
+  end
+  return nil
+end
+
+--- The subtitle database value, sub_info entry and side-file numbers of one video.
+-- sub: array of {text, start, end}; tokenize(text) -> array of ids (the caller prepares the text);
+-- nframes: the video's frame count (0: derive from the last end, as the reference does).
+function prepro.subtitle_entry(vid, subs, nframes, tokenize, opts)
+  opts = opts or {}
+  local dropped = {}
+  if opts.skip_bad_subs then
+    local good = {}
+    for i, s in ipairs(subs) do
+      local p = sub_problem(s)
+      if p then
+        dropped[#dropped + 1] = {vid = vid, index = i, reason = p}
+      else
+        good[#good + 1] = {s = s, i = i}
+      end
+    end
+    table.sort(good, function(a, b)
+      if a.s.start ~= b.s.start then return a.s.start < b.s.start end
+      return a.i < b.i
+    end)
+    subs = {}
+    for i, g in ipairs(good) do subs[i] = g.s end
+  end
+  local ok, info = pcall(align.align_subtitles, subs, nframes, {frame_length = opts.frame_length or 1.5})
+  if not ok then error(string.format("video '%s': %s", vid, tostring(info)), 0) end
+  local ids = {}
+  for i, s in ipairs(subs) do ids[i] = tokenize(s.text) end
+  local a = align.subtitle_db_alignment(info, #subs > 0 and ids or nil)
+  local value = writer.subtitle_value{vid = vid, subs = subs, input_ids = ids, alignment = a}
+  return value, writer.sub_info_entry(info), a, dropped
+end
+
+--- opts: subs (path of a JSON-lines file of {vid_name, sub = [{text, start, end}]}, or such an
+-- array), out (the .db directory), tokenize (function(text) -> ids; the text is passed through
+-- hero.text.prepare_subtitle first unless raw_text), vid2nframe ({vid = frames}; videos missing
+-- from it are skipped and counted unless strict), frame_length (1.5), skip_bad_subs, strict,
+-- overwrite, meta (extra meta.json fields), specials (token ids for meta.json).
+-- Returns {videos = n, ids = {...}, no_features = {...}, dropped_subs = {{vid, index, reason}...}}.
+function prepro.subtitle_db(opts)
+  if type(opts.out) ~= "string" then error("subtitle_db: opts.out (the database directory) is required", 2) end
+  if type(opts.tokenize) ~= "function" then error("subtitle_db: opts.tokenize (text -> ids) is required", 2) end
+  local lines = opts.subs
+  if type(lines) == "string" then lines = json.read_lines(lines) end
+  if type(lines) ~= "table" then error("subtitle_db: opts.subs must be a JSON-lines path or an array", 2) end
+  local prepare = require("hero.text").prepare_subtitle
+  local function tokenize(text)
+    if opts.raw_text then return opts.tokenize(text) end
+    return opts.tokenize(prepare(text))
+  end
+  prepro.mkdir_p(util.parent_dir(opts.out))
+  local w = writer.TxtDbWriter(opts.out, {overwrite = opts.overwrite})
+  local vid2len, vid2max, sub_info = {}, {}, {}
+  local report = {videos = 0, ids = {}, no_features = {}, dropped_subs = {}}
+  local ok, err = pcall(function()
+    for ln, ex in ipairs(lines) do
+      if type(ex) ~= "table" or type(ex.vid_name) ~= "string" or type(ex.sub) ~= "table" then
+        error(string.format("subtitle_db: line %d is not {vid_name = string, sub = [...]}", ln), 0)
+      end
+      local vid = ex.vid_name
+      local nframes = opts.vid2nframe and opts.vid2nframe[vid]
+      if opts.vid2nframe and nframes == nil then
+        if opts.strict then error(string.format("subtitle_db: video '%s' (line %d) has no features", vid, ln), 0) end
+        report.no_features[#report.no_features + 1] = vid
+      else
+        if vid2len[vid] then error(string.format("subtitle_db: video '%s' appears twice (line %d)", vid, ln), 0) end
+        local value, info, a, dropped = prepro.subtitle_entry(vid, ex.sub, nframes or 0, tokenize, opts)
+        for _, d in ipairs(dropped) do report.dropped_subs[#report.dropped_subs + 1] = d end
+        w:put(vid, value)
+        vid2len[vid] = a.duration
+        vid2max[vid] = a.max_mtached_sub_len
+        sub_info[vid] = info
+        report.videos = report.videos + 1
+        report.ids[#report.ids + 1] = vid
+      end
+    end
+    w:json("vid2len", vid2len)
+    w:json("vid2max_frame_sub_len", vid2max)
+    w:json("sub_info", sub_info)
+    local extra = {frame_length = opts.frame_length or 1.5, task = opts.task or "tv",
+                   tokenizer = opts.tokenizer_name or "roberta-base", toker = opts.tokenizer_name or "roberta-base",
+                   output = opts.out}
+    for k, v in pairs(opts.meta or {}) do extra[k] = v end
+    w:json("meta", writer.meta(extra, opts.specials))
+  end)
+  if not ok then
+    w:abort()
+    error(err, 0)
+  end
+  w:commit()
+  return report
+end
+
+--- A TVR-style query database. opts: queries (JSON-lines path or array of {desc_id, desc, vid_name,
+-- ts, duration, type}), out, tokenize (text -> ids; text passed through prepare_query unless
+-- raw_text), overwrite, meta, specials. Side files: id2len.json, query2video.json,
+-- query_data.jsonl, meta.json.
+function prepro.query_db(opts)
+  local lines = opts.queries
+  if type(lines) == "string" then lines = json.read_lines(lines) end
+  local prepare = require("hero.text").prepare_query
+  prepro.mkdir_p(util.parent_dir(opts.out))
+  local w = writer.TxtDbWriter(opts.out, {overwrite = opts.overwrite})
+  local ok, err = pcall(function()
+    local id2len, q2v, data = {}, {}, {}
+    for ln, q in ipairs(lines) do
+      if type(q) ~= "table" or q.desc_id == nil or type(q.desc) ~= "string" or type(q.vid_name) ~= "string" then
+        error(string.format("query_db: entry %d is not {desc_id, desc, vid_name, ts, duration}", ln), 0)
+      end
+      local ts = q.ts
+      if type(ts) ~= "table" or type(ts[1]) ~= "number" or type(ts[2]) ~= "number" or ts[2] < ts[1] or ts[1] < 0 then
+        error(string.format("query_db: query %s (entry %d): ts must be {start, end} seconds with 0 <= start <= end",
+          tostring(q.desc_id), ln), 0)
+      end
+      local ids = opts.raw_text and opts.tokenize(q.desc) or opts.tokenize(prepare(q.desc))
+      local key = tostring(q.desc_id)
+      w:put(key, writer.query_value(q, ids))
+      id2len[key] = #ids
+      q2v[key] = q.vid_name
+      data[#data + 1] = q
+    end
+    w:json("id2len", id2len)
+    w:json("query2video", q2v)
+    w:json("query_data.jsonl", data)
+    w:json("meta", writer.meta(opts.meta or {task = "tvr"}, opts.specials))
+  end)
+  if not ok then
+    w:abort()
+    error(err, 0)
+  end
+  w:commit()
+end
+
+return prepro

@@ -1,0 +1,344 @@
+--- hero.data.writer: writes HERO databases in the formats hero.data's readers (and the reference's
+-- data loaders) read: video feature LMDBs (msgpack_numpy values, id2nframe.json beside them) and
+-- text LMDBs (lz4 frames of MessagePack, JSON side files).
+--
+--   local writer = hero.data.writer
+--   local v = writer.VideoDbWriter("video_db/tv/resnet_slowfast_1.5")
+--   v:add("vid1", feats)                -- f32/f16 [n, D]; stored as float32
+--   v:commit()                          -- the LMDB appears; ../id2nframe.json is merged by min
+--   local t = writer.TxtDbWriter("txt_db/tv_subtitles.db")
+--   t:put("vid1", writer.subtitle_value{...})
+--   t:json("vid2len", {vid1 = 12})
+--   t:commit()
+--
+-- Every database is built in a temporary directory beside its destination and renamed into place
+-- once complete (after syncing its files), so a crash or an error never leaves a half-written
+-- database under the final name: the destination either does not exist or is complete. An
+-- existing destination is refused unless opts.overwrite is set (it is then replaced whole).
+-- :abort() (or an error inside :commit()) removes the temporary directory.
+--
+-- Values are MessagePack as msgpack-python (use_bin_type=True) writes them: integers in their
+-- smallest form, floats as float64, valid UTF-8 strings as str, tensors as msgpack_numpy maps.
+-- Map keys are sorted unless the table was made with writer.ordered(t, keys), which fixes the
+-- order (the reference's dicts keep insertion order; the subtitle and query values below use it).
+local core = require "hero.core"
+local json = require "hero.json"
+local util = require "hero.data.util"
+
+local writer = {}
+
+writer.encode_msgpack = core.encode_msgpack
+writer.lz4_frame_compress = core.lz4_frame_compress
+
+--- t with its keys written in the order of `keys` (every key of t listed once). Returns t.
+function writer.ordered(t, keys)
+  if type(t) ~= "table" or type(keys) ~= "table" then
+    error("writer.ordered: expected a table and an array of its keys", 2)
+  end
+  return setmetatable(t, {__order = keys, __name = "hero.data.ordered"})
+end
+
+--- The lz4 frame of the MessagePack of value: a text database value.
+function writer.encode_txt_value(value)
+  return core.lz4_frame_compress(core.encode_msgpack(value))
+end
+
+-- ------------------------------------------------------------------ atomic LMDB directories
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return os.rename(path, path) and true or false
+end
+
+local tmp_counter = 0
+local function tmp_name(dest)
+  tmp_counter = tmp_counter + 1
+  -- time, CPU clock, a fresh table's address (differs between processes) and a counter: unique
+  -- enough that two writers of the same destination never share a temporary directory
+  local addr = tostring({}):match("0x(%x+)") or "0"
+  local stamp = string.format("%x%x%s%04x", os.time(), math.floor((os.clock() * 1e6) % 0xffffff), addr, tmp_counter)
+  return string.format("%s.partial-%s", dest, stamp)
+end
+
+local LmdbBuilder = {}
+LmdbBuilder.__index = LmdbBuilder
+LmdbBuilder.__name = "hero.data.LmdbBuilder"
+
+--- An LMDB database directory built atomically at `dest`. opts: overwrite (replace an existing
+-- dest), map_size (initial map size in bytes; it grows), what (a name for messages).
+function writer.LmdbBuilder(dest, opts)
+  util.check_string(dest, "argument #1 (the destination directory)", "LmdbBuilder")
+  opts = opts or {}
+  dest = dest:gsub("/+$", "")
+  local what = opts.what or "LmdbBuilder"
+  if exists(dest) and not opts.overwrite then
+    error(string.format("%s: '%s' already exists (pass overwrite = true to replace it)", what, dest), 2)
+  end
+  local parent = util.parent_dir(dest)
+  if not exists(parent) then
+    error(string.format("%s: the parent directory '%s' of '%s' does not exist", what, parent, dest), 2)
+  end
+  local tmp = tmp_name(dest)
+  core.fs_mkdir(tmp)
+  local ok, lmdb = pcall(core.lmdb_writer, tmp, opts.map_size)
+  if not ok then
+    pcall(core.fs_rmtree, tmp)
+    error(what .. ": " .. tostring(lmdb), 2)
+  end
+  return setmetatable({dest = dest, tmp = tmp, lmdb = lmdb, overwrite = opts.overwrite, what = what,
+                       files = {}}, LmdbBuilder)
+end
+
+local function check_live(self, op)
+  if not self.lmdb then
+    error(string.format("%s: the database '%s' is already committed or aborted", op, self.dest), 3)
+  end
+end
+
+--- Stores raw bytes under key (a key may be written once).
+function LmdbBuilder:put(key, bytes)
+  check_live(self, "LmdbBuilder:put")
+  util.check_string(key, "the key", "LmdbBuilder:put")
+  util.check_string(bytes, "the value", "LmdbBuilder:put")
+  self.lmdb:put(key, bytes)
+end
+
+--- Stores MessagePack(value).
+function LmdbBuilder:put_msgpack(key, value)
+  self:put(key, core.encode_msgpack(value))
+end
+
+--- Stores lz4(MessagePack(value)), the text database format.
+function LmdbBuilder:put_lz4_msgpack(key, value)
+  self:put(key, writer.encode_txt_value(value))
+end
+
+function LmdbBuilder:count()
+  check_live(self, "LmdbBuilder:count")
+  return self.lmdb:count()
+end
+
+--- Writes a JSON side file into the database directory (name with or without ".json"; a
+-- ".jsonl" name takes an array and writes one value per line).
+function LmdbBuilder:json(name, value, opts)
+  check_live(self, "LmdbBuilder:json")
+  util.check_string(name, "the file name", "LmdbBuilder:json")
+  if name:find("/") then error("LmdbBuilder:json: the name must not contain '/': " .. name, 2) end
+  local file = name
+  if not file:match("%.jsonl?$") then file = file .. ".json" end
+  local path = self.tmp .. "/" .. file
+  if file:match("%.jsonl$") then
+    local lines = {}
+    for i, v in ipairs(value) do lines[i] = json.encode(v) end
+    local f = assert(io.open(path, "wb"))
+    f:write(table.concat(lines, "\n"), #lines > 0 and "\n" or "")
+    f:close()
+  else
+    json.write_file(path, value, opts)
+  end
+  self.files[#self.files + 1] = file
+end
+
+--- Syncs everything and renames the directory into place. Returns dest.
+function LmdbBuilder:commit()
+  check_live(self, "LmdbBuilder:commit")
+  local lmdb = self.lmdb
+  self.lmdb = nil
+  local ok, err = pcall(function()
+    lmdb:finish()
+    core.fs_sync_dir(self.tmp)
+    if exists(self.dest) then
+      if not self.overwrite then error(string.format("'%s' appeared while it was being written", self.dest), 0) end
+      local old = tmp_name(self.dest) .. ".old"
+      core.fs_rename(self.dest, old)
+      core.fs_rename(self.tmp, self.dest)
+      core.fs_rmtree(old)
+    else
+      core.fs_rename(self.tmp, self.dest)
+    end
+  end)
+  if not ok then
+    pcall(core.fs_rmtree, self.tmp)
+    error(string.format("%s: writing '%s' failed: %s", self.what, self.dest, tostring(err)), 2)
+  end
+  return self.dest
+end
+
+--- Drops everything written so far (the destination is untouched).
+function LmdbBuilder:abort()
+  if self.lmdb then
+    self.lmdb:abort()
+    self.lmdb = nil
+    pcall(core.fs_rmtree, self.tmp)
+  end
+end
+
+LmdbBuilder.__close = function(self, err) if err ~= nil then self:abort() end end
+LmdbBuilder.__gc = LmdbBuilder.abort
+
+function LmdbBuilder:__tostring()
+  return string.format("hero.data.LmdbBuilder('%s'%s)", self.dest, self.lmdb and "" or ", closed")
+end
+
+-- ------------------------------------------------------------------ video feature databases
+
+local VideoDbWriter = {}
+VideoDbWriter.__index = VideoDbWriter
+VideoDbWriter.__name = "hero.data.VideoDbWriter"
+
+--- A video feature LMDB at `dir` (e.g. "video_db/tv/resnet_slowfast_1.5") in the format of the
+-- reference's convert_videodb.py: key = video id, value = msgpack {"features": float32 [n, D]}.
+-- On commit, id2nframe.json in dir's parent gets {video id: n}, merged with an existing file by
+-- min (as the reference reconciles it). opts: overwrite, map_size, feat_dim (checked on every add).
+function writer.VideoDbWriter(dir, opts)
+  opts = opts or {}
+  local b = writer.LmdbBuilder(dir, {overwrite = opts.overwrite, map_size = opts.map_size, what = "VideoDbWriter"})
+  return setmetatable({builder = b, dir = b.dest, id2nframe = {}, feat_dim = opts.feat_dim, n = 0}, VideoDbWriter)
+end
+
+--- Adds the features of one video: a 2-D tensor [n, D], f32 or f16 (stored as float32).
+function VideoDbWriter:add(vid, feats)
+  util.check_string(vid, "the video id", "VideoDbWriter:add")
+  if not core.is_tensor(feats) or feats:dim() ~= 2 then
+    error(string.format("VideoDbWriter:add: video '%s': features must be a 2-D tensor [frames, dim], got %s", vid,
+      core.is_tensor(feats) and (feats:dim() .. "-D " .. table.concat(feats:size(), "x")) or type(feats)), 2)
+  end
+  local dt = feats:dtype()
+  if dt ~= "f32" and dt ~= "f16" and dt ~= "f64" then
+    error(string.format("VideoDbWriter:add: video '%s': features must be floating point, got %s", vid, dt), 2)
+  end
+  if self.feat_dim and feats:size(2) ~= self.feat_dim then
+    error(string.format("VideoDbWriter:add: video '%s' has %d-dimensional features, the database holds %d", vid,
+      feats:size(2), self.feat_dim), 2)
+  end
+  self.feat_dim = self.feat_dim or feats:size(2)
+  if self.id2nframe[vid] then error(string.format("VideoDbWriter:add: video '%s' was already added", vid), 2) end
+  self.builder:put_msgpack(vid, writer.ordered({features = feats:float():contiguous()}, {"features"}))
+  self.id2nframe[vid] = feats:size(1)
+  self.n = self.n + 1
+end
+
+--- Commits the LMDB, then writes the merged id2nframe.json (atomically). Returns the LMDB dir.
+function VideoDbWriter:commit()
+  self.builder:commit()
+  local path = util.parent_dir(self.dir) .. "/id2nframe.json"
+  local merged = {}
+  if util.file_exists(path) then
+    local old = json.read_file(path)
+    for k, v in pairs(old) do merged[k] = v end
+  end
+  for k, v in pairs(self.id2nframe) do
+    local o = merged[k]
+    merged[k] = (math.type(o) == "integer" and o < v) and o or v
+  end
+  json.write_file(path, merged)
+  return self.dir
+end
+
+function VideoDbWriter:abort() self.builder:abort() end
+
+-- ------------------------------------------------------------------ text databases
+
+--- A text LMDB at `dir`: :put(key, value) stores lz4(MessagePack(value)); :json(name, value)
+-- writes a side file; :commit(). opts: overwrite, map_size.
+function writer.TxtDbWriter(dir, opts)
+  opts = opts or {}
+  local b = writer.LmdbBuilder(dir, {overwrite = opts.overwrite, map_size = opts.map_size, what = "TxtDbWriter"})
+  local w = {builder = b, dir = b.dest}
+  function w:put(key, value) self.builder:put_lz4_msgpack(key, value) end
+  function w:json(name, value, o) self.builder:json(name, value, o) end
+  function w:count() return self.builder:count() end
+  function w:commit() return self.builder:commit() end
+  function w:abort() self.builder:abort() end
+  return setmetatable(w, {__name = "hero.data.TxtDbWriter", __close = function(s, err)
+    if err ~= nil then s:abort() end
+  end})
+end
+
+--- meta.json of a text database: the special token ids and v_range of the tokenizer plus the
+-- preprocessing arguments (extra). specials: {CLS/BOS, PAD, SEP/EOS, UNK, MASK} ids (default
+-- RoBERTa's 0, 1, 2, 3, 50264) and v_range (default {4, 50261}).
+function writer.meta(extra, specials)
+  specials = specials or {}
+  local m = {BOS = specials.CLS or 0, CLS = specials.CLS or 0, PAD = specials.PAD or 1, EOS = specials.SEP or 2,
+             SEP = specials.SEP or 2, UNK = specials.UNK or 3, MASK = specials.MASK or 50264,
+             v_range = json.array(specials.v_range or {4, 50261})}
+  for k, v in pairs(extra or {}) do m[k] = v end
+  return m
+end
+
+local function arr(t)
+  local out = json.array()
+  for i = 1, #t do out[i] = t[i] end
+  return out
+end
+
+-- Pairs {k, {frames}} as MessagePack arrays [k, [frames]].
+local function pair_list(pairs_in)
+  local out = json.array()
+  for i, p in ipairs(pairs_in) do out[i] = json.array {p[1], arr(p[2])} end
+  return out
+end
+
+--- The subtitle database value of one video in the reference's exact layout (prepro_sub.py):
+-- {vid_name, sub = [{text, start, end}], unmatched_frames, input_ids (one list per subtitle; one
+-- empty list per pseudo-subtitle when the video has none), unique_sub2frames, sub2frames, v_id,
+-- duration (= frames), max_mtached_sub_len}, keys in that order.
+-- args: vid, subs (as given to align_subtitles), input_ids (array per subtitle), alignment (the
+-- result of hero.data.subtitle_db_alignment).
+function writer.subtitle_value(args)
+  local a = args.alignment
+  local subs = json.array()
+  for i, s in ipairs(args.subs) do
+    subs[i] = writer.ordered({text = s.text, start = s.start, ["end"] = s["end"]}, {"text", "start", "end"})
+  end
+  local ids = json.array()
+  if #args.subs > 0 then
+    for i = 1, #args.subs do ids[i] = arr(args.input_ids[i] or {}) end
+  else
+    for i = 1, #a.unique_sub2frames do ids[i] = json.array() end
+  end
+  return writer.ordered({
+    vid_name = args.vid, sub = subs, unmatched_frames = arr(a.unmatched_frames), input_ids = ids,
+    unique_sub2frames = pair_list(a.unique_sub2frames), sub2frames = pair_list(a.sub2frames), v_id = args.vid,
+    duration = a.duration, max_mtached_sub_len = a.max_mtached_sub_len,
+  }, {"vid_name", "sub", "unmatched_frames", "input_ids", "unique_sub2frames", "sub2frames", "v_id", "duration",
+      "max_mtached_sub_len"})
+end
+
+--- A TVR-style query value in the reference's layout (prepro_query.py): the annotation
+-- {desc_id, desc, vid_name, ts, duration, type} followed by vid, input_ids, target (= ts) and qid
+-- (= tostring(desc_id)).
+function writer.query_value(q, input_ids)
+  local ts = json.array {q.ts[1], q.ts[2]}
+  return writer.ordered({
+    desc_id = q.desc_id, desc = q.desc, vid_name = q.vid_name, ts = ts, duration = q.duration,
+    type = q.type or "v", vid = q.vid_name, input_ids = arr(input_ids),
+    target = json.array {ts[1], ts[2]}, qid = tostring(q.desc_id),
+  }, {"desc_id", "desc", "vid_name", "ts", "duration", "type", "vid", "input_ids", "target", "qid"})
+end
+
+--- The sub_info.json entry of one video: align_subtitles' info with its pair lists turned into
+-- JSON objects keyed by the index as a string (as the reference's dicts are dumped).
+function writer.sub_info_entry(info)
+  local out = {}
+  for k, v in pairs(info) do
+    if k == "unique_sub2frames" or k == "sub2frames" or k == "frame2subs" then
+      local o = {}
+      for _, p in ipairs(v) do o[tostring(p[1])] = arr(p[2]) end
+      out[k] = o
+    elseif k == "frame2unique_sub" then
+      local o = {}
+      for _, p in ipairs(v) do o[tostring(p[1])] = p[2] end
+      out[k] = o
+    elseif k == "unmatched_frames" then
+      out[k] = arr(v)
+    else
+      out[k] = v
+    end
+  end
+  return out
+end
+
+return writer

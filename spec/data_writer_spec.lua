@@ -1,0 +1,420 @@
+--- hero.data.writer and hero.data.prepro: MessagePack encoding, lz4 frames, atomic LMDB writing and
+-- the preprocessing scripts, checked against the reference's own databases (spec/fixtures/data,
+-- written by msgpack-python, python-lz4 and py-lmdb): re-encoding their values gives the same bytes,
+-- and preprocessing their inputs gives the same databases.
+local helper = require "spec_helper"
+local hero = require "hero"
+local json = hero.json
+local data = hero.data
+local W = data.writer
+local prepro = data.prepro
+
+local FX = helper.fixture("data/")
+local VDB = FX .. "video_db/tv/resnet_slowfast_1.5"
+local TDB = FX .. "txt_db/"
+local FEAT = FX .. "features/"
+local TOK = helper.fixture("tokenizer/")
+
+local enc = data.encode_msgpack
+
+local function hex(s) return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end)) end
+
+local function assert_err(needle, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error mentioning " .. needle)
+  err = tostring(err)
+  assert.truthy(err:find(needle, 1, true), string.format("error %q does not mention %q", err, needle))
+  return err
+end
+
+local tmp_root
+local function tmpdir(name)
+  if not tmp_root then
+    tmp_root = os.tmpname()
+    os.remove(tmp_root)
+    hero.fs_mkdir(tmp_root)
+  end
+  local d = tmp_root .. "/" .. name
+  hero.fs_rmtree(d)
+  return d
+end
+
+local function exists(p) return os.rename(p, p) and true or false end
+
+local function lz4_payload(db, key) return data.lz4_frame_decompress(db:get_raw(key)) end
+
+teardown(function() if tmp_root then hero.fs_rmtree(tmp_root) end end)
+
+describe("encode_msgpack", function()
+  it("writes integers in msgpack-python's smallest forms", function()
+    local cases = {
+      {0, "00"}, {127, "7f"}, {128, "cc80"}, {255, "ccff"}, {256, "cd0100"}, {65535, "cdffff"},
+      {65536, "ce00010000"}, {4294967295, "ceffffffff"}, {4294967296, "cf0000000100000000"},
+      {math.maxinteger, "cf7fffffffffffffff"}, {-1, "ff"}, {-32, "e0"}, {-33, "d0df"}, {-128, "d080"},
+      {-129, "d1ff7f"}, {-32768, "d18000"}, {-32769, "d2ffff7fff"}, {-2147483648, "d280000000"},
+      {-2147483649, "d3ffffffff7fffffff"}, {math.mininteger, "d38000000000000000"},
+    }
+    for _, c in ipairs(cases) do
+      assert.are.equal(c[2], hex(enc(c[1])), "integer " .. tostring(c[1]))
+      assert.are.equal(c[1], data.decode_msgpack(enc(c[1])))
+    end
+  end)
+
+  it("writes floats as float64, strings, binary, nil, booleans and containers", function()
+    assert.are.equal("cb3ff8000000000000", hex(enc(1.5)))
+    assert.are.equal("cb0000000000000000", hex(enc(0.0)))
+    assert.are.equal(math.type(data.decode_msgpack(enc(2.0))), "float")
+    assert.are.equal("c0", hex(enc(nil)))
+    assert.are.equal("c0", hex(enc(data.null)))
+    assert.are.equal("c3c2", hex(enc(true)) .. hex(enc(false)))
+    assert.are.equal("a3616263", hex(enc("abc")))
+    assert.are.equal("d920" .. string.rep("78", 32), hex(enc(string.rep("x", 32))))
+    assert.are.equal("da0100", hex(enc(string.rep("x", 256))):sub(1, 6))
+    assert.are.equal("db00010000", hex(enc(string.rep("x", 65536))):sub(1, 10))
+    -- not UTF-8: bin
+    assert.are.equal("c402fffe", hex(enc("\xff\xfe")))
+    assert.are.equal("c50100", hex(enc(string.rep("\xff", 256))):sub(1, 6))
+    assert.are.equal("90", hex(enc(json.array())))
+    assert.are.equal("80", hex(enc({})))
+    assert.are.equal("93010203", hex(enc({1, 2, 3})))
+    local big = {}
+    for i = 1, 16 do big[i] = 0 end
+    assert.are.equal("dc0010", hex(enc(big)):sub(1, 6))
+    -- maps: keys sorted (numbers first, then strings bytewise) unless ordered
+    assert.are.equal("82a16101a16202", hex(enc({b = 2, a = 1})))
+    assert.are.equal("83" .. "0a" .. "a0" .. "a161" .. "a0" .. "a162" .. "a0", hex(enc({[10] = "", a = "", b = ""})))
+    assert.are.equal("82a16202a16101", hex(enc(W.ordered({a = 1, b = 2}, {"b", "a"}))))
+  end)
+
+  it("reports what cannot be encoded, with its path", function()
+    assert_err("value.a.b[2] is a function", enc, {a = {b = {1, print}}})
+    assert_err("value.x is an array with holes", enc, {x = setmetatable({1, nil, 3}, json.array_mt)})
+    assert_err("marked as an array but has keys other than 1..n", enc, setmetatable({a = 1}, json.array_mt))
+    assert_err("boolean key", enc, {[true] = 1})
+    assert_err("dtype bf16 has no NumPy equivalent", enc, {t = hero.zeros(2):bfloat16()})
+    local t = hero.zeros(2)
+    t:free()
+    assert_err("value.t is a freed tensor", enc, {t = t})
+    local cyc = {}
+    cyc.self = cyc
+    assert_err("nested deeper than 256 levels", enc, cyc)
+    assert_err("has 2 keys but its __order lists 1", enc, W.ordered({a = 1, b = 2}, {"a"}))
+    assert_err("has no key 'c'", enc, W.ordered({a = 1, b = 2}, {"a", "c"}))
+  end)
+
+  it("writes tensors as msgpack_numpy maps that decode to the same tensor", function()
+    local x = hero.arange(6):view(2, 3)
+    for _, dt in ipairs {"f32", "f64", "f16", "i64", "i32", "u8", "bool"} do
+      local t = (dt == "bool") and x:gt(2) or x:to(dt)
+      local back = data.decode_msgpack(enc({features = t})).features
+      assert.are.equal(dt, back:dtype())
+      assert.are.same(t:size(), back:size())
+      assert.are.same(t:totable(), back:totable())
+    end
+    -- strided input is written in C order
+    local tr = hero.arange(6):view(2, 3):t()
+    assert.are.same(tr:totable(), data.decode_msgpack(enc(tr)):totable())
+    -- the exact map: {nd: true, type: "<f4", kind: b"", shape: [1], data: 4 bytes}, keys bin
+    assert.are.equal("85c4026e64c3c40474797065a33c6634c4046b696e64c400c40573686170659101c40464617461c40400000000",
+      hex(enc(hero.zeros(1))))
+  end)
+
+  it("re-encodes every value of the reference's video database byte for byte", function()
+    local l = data.open_lmdb(VDB)
+    local keys = l:keys()
+    assert.are.equal(7, #keys)
+    for _, k in ipairs(keys) do
+      assert.are.equal(l:get(k), enc(W.ordered(l:get_msgpack(k), {"features"})), k)
+    end
+    l:close()
+  end)
+
+  it("rebuilds the reference's subtitle and query values byte for byte", function()
+    local db = data.open_txt_db(TDB .. "tv_subtitles.db")
+    for _, k in ipairs(db:keys()) do
+      local v = db:get(k)
+      local rebuilt = W.subtitle_value{vid = v.vid_name, subs = v.sub, input_ids = v.input_ids, alignment = {
+        unique_sub2frames = v.unique_sub2frames, sub2frames = v.sub2frames, unmatched_frames = v.unmatched_frames,
+        duration = v.duration, max_mtached_sub_len = v.max_mtached_sub_len}}
+      assert.are.equal(lz4_payload(db, k), enc(rebuilt), k)
+    end
+    db:close()
+    local q = data.open_txt_db(TDB .. "tvr_val.db")
+    for _, k in ipairs(q:keys()) do
+      local v = q:get(k)
+      assert.are.equal(lz4_payload(q, k), enc(W.query_value(v, v.input_ids)), k)
+    end
+    q:close()
+  end)
+end)
+
+describe("lz4_frame_compress", function()
+  it("round-trips through the reader, including empty and multi-block inputs", function()
+    local parts = {}
+    for i = 1, 30000 do parts[i] = string.format("%d:%x;", i, (i * 2654435761) % 4294967296) end
+    local big = table.concat(parts)  -- > 64 KiB: several blocks
+    assert.is_true(#big > 3 * 65536)
+    for _, s in ipairs {"", "a", string.rep("hero ", 1000), big} do
+      local c = data.lz4_frame_compress(s)
+      assert.are.equal(s, data.lz4_frame_decompress(c))
+      for level = 1, 12, 11 do assert.are.equal(s, data.lz4_frame_decompress(data.lz4_frame_compress(s, level))) end
+    end
+  end)
+
+  it("uses python-lz4's frame options (independent 64 KiB blocks, content size, no checksum)", function()
+    local db = data.open_txt_db(TDB .. "tv_subtitles.db")
+    local ref = db:get_raw(db:keys()[1])
+    db:close()
+    local c = data.lz4_frame_compress("x")
+    assert.are.equal(hex(ref:sub(1, 6)), hex(c:sub(1, 6)))  -- magic, FLG, BD
+    assert_err("level must be 0..12", data.lz4_frame_compress, "x", 13)
+  end)
+
+  it("is decoded by the lz4 command-line tool when it is installed", function()
+    local probe = io.popen("command -v lz4 2>/dev/null")
+    local path = probe:read("l")
+    probe:close()
+    if not path then return end
+    local file = tmpdir("cli.lz4")
+    local s = string.rep("frames and subtitles ", 500)
+    local f = assert(io.open(file, "wb"))
+    f:write(data.lz4_frame_compress(s))
+    f:close()
+    local p = io.popen("lz4 -d -c -q '" .. file .. "'")
+    local out = p:read("a")
+    p:close()
+    assert.are.equal(s, out)
+  end)
+end)
+
+describe("LmdbBuilder", function()
+  it("builds in a temporary directory and renames it into place on commit", function()
+    local dest = tmpdir("db1")
+    local b = W.LmdbBuilder(dest)
+    b:put("b", "2")
+    b:put("a", "1")
+    b:put_msgpack("m", {x = 1})
+    assert.is_false(exists(dest))
+    assert.are.equal(3, b:count())
+    b:json("meta", {k = 1})
+    b:commit()
+    assert.is_true(exists(dest .. "/data.mdb"))
+    assert.is_false(exists(dest .. "/lock.mdb"))
+    local l = data.open_lmdb(dest)
+    assert.are.same({"a", "b", "m"}, (l:keys()))
+    assert.are.equal("2", l:get("b"))
+    assert.are.same({x = 1}, l:get_msgpack("m"))
+    l:close()
+    assert.are.same({k = 1}, json.read_file(dest .. "/meta.json"))
+    assert_err("already committed or aborted", b.put, b, "c", "3")
+    -- nothing else is left beside it
+    local names = hero.fs_listdir(tmp_root)
+    for _, n in ipairs(names) do assert.is_nil(n:find("partial", 1, true), n) end
+  end)
+
+  it("refuses an existing destination unless told to replace it, and aborts cleanly", function()
+    local dest = tmpdir("db2")
+    local b = W.LmdbBuilder(dest)
+    b:put("k", "old")
+    b:commit()
+    assert_err("already exists (pass overwrite = true", W.LmdbBuilder, dest)
+    local c = W.LmdbBuilder(dest, {overwrite = true})
+    c:put("k", "new")
+    assert_err("key 'k' is already in the database", c.put, c, "k", "again")
+    c:abort()
+    assert.are.equal("old", data.open_lmdb(dest):get("k"))  -- untouched
+    local d = W.LmdbBuilder(dest, {overwrite = true})
+    d:put("k", "new")
+    d:commit()
+    assert.are.equal("new", data.open_lmdb(dest):get("k"))
+    for _, n in ipairs(hero.fs_listdir(tmp_root)) do
+      assert.is_nil(n:find("partial", 1, true), n)
+    end
+    assert_err("does not exist", W.LmdbBuilder, tmpdir("nowhere") .. "/sub/db")
+    assert_err("empty keys cannot be stored", function()
+      local e = W.LmdbBuilder(tmpdir("db3"))
+      local _, err = pcall(e.put, e, "", "v")
+      e:abort()
+      error(err)
+    end)
+  end)
+
+  it("grows the map as values arrive", function()
+    local dest = tmpdir("db_grow")
+    local b = W.LmdbBuilder(dest, {map_size = 65536})
+    local v = string.rep("z", 50000)
+    for i = 1, 40 do b:put(string.format("k%02d", i), v .. i) end
+    b:commit()
+    local l = data.open_lmdb(dest)
+    assert.are.equal(40, l:count())
+    assert.are.equal(v .. 17, l:get("k17"))
+    l:close()
+  end)
+end)
+
+describe("VideoDbWriter", function()
+  it("writes float32 msgpack values and merges id2nframe.json by min", function()
+    local root = tmpdir("vdb")
+    prepro.mkdir_p(root)
+    json.write_file(root .. "/id2nframe.json", {a = 2, z = 9})
+    local w = W.VideoDbWriter(root .. "/feat_1.5")
+    local fa = hero.arange(12):view(3, 4):half()
+    w:add("a", fa)
+    w:add("b", hero.ones(5, 4))
+    assert_err("video 'b' was already added", w.add, w, "b", hero.ones(1, 4))
+    assert_err("video 'c' has 3-dimensional features, the database holds 4", w.add, w, "c", hero.ones(2, 3))
+    assert_err("video 'c': features must be a 2-D tensor", w.add, w, "c", hero.ones(4))
+    assert_err("features must be floating point", w.add, w, "c", hero.ones(2, 4):long())
+    w:commit()
+    assert.are.same({a = 2, b = 5, z = 9}, json.read_file(root .. "/id2nframe.json"))
+    local db = data.open_video_db(root .. "/feat_1.5")
+    local got = db:get("a")
+    assert.are.equal("f32", got:dtype())
+    assert.are.same(fa:narrow(1, 1, 2):float():totable(), got:totable())
+    assert.are.same({5, 4}, db:get("b"):size())
+    db:close()
+  end)
+end)
+
+describe("prepro", function()
+  it("turns the extractor's feature files into the reference's video database", function()
+    local out = tmpdir("pp") .. "/video_db/tv/resnet_slowfast_1.5"
+    local r = prepro.convert_video_db{resnet = FEAT .. "resnet_features", slowfast = FEAT .. "slowfast_features",
+                                      out = out}
+    assert.are.equal(7, r.videos)
+    assert.are.equal(24, r.feat_dim)
+    assert.are.equal(1, #r.corrupted)
+    assert.are.equal("house_s01e07_seg01_clip_02", r.corrupted[1].vid)
+    assert.truthy(r.corrupted[1].reason:find("SlowFast features", 1, true))
+    local a, b = data.open_lmdb(out), data.open_lmdb(VDB)
+    assert.are.same((b:keys()), (a:keys()))
+    for _, k in ipairs(b:keys()) do assert.are.equal(b:get(k), a:get(k), k) end
+    a:close()
+    b:close()
+    local parent = out:gsub("/[^/]*$", "")
+    assert.are.same(json.read_file(FX .. "video_db/tv/id2nframe.json"), json.read_file(parent .. "/id2nframe.json"))
+    assert.are.same(json.read_file(FX .. "video_db/tv/corrupted.json"), json.read_file(parent .. "/corrupted.json"))
+    -- strict: the unreadable file stops it, naming the video, and the database is left as it was
+    assert_err("video 'house_s01e07_seg01_clip_02': SlowFast features: load_features", prepro.convert_video_db,
+      {resnet = FEAT .. "resnet_features", slowfast = FEAT .. "slowfast_features", out = out, overwrite = true,
+       strict = true})
+    assert.are.equal(7, data.open_lmdb(out):count())
+  end)
+
+  it("reports a feature file without its partner", function()
+    local root = tmpdir("lonely")
+    prepro.mkdir_p(root .. "/r")
+    prepro.mkdir_p(root .. "/s/nested")
+    hero.io.save_npz(root .. "/r/v1.npz", {features = hero.ones(3, 2):half()})
+    hero.io.save_npz(root .. "/s/nested/v1.npz", {features = hero.ones(4, 3):half()})
+    hero.io.save_npz(root .. "/r/v2.npz", {features = hero.ones(3, 2):half()})
+    local r = prepro.convert_video_db{resnet = root .. "/r", slowfast = root .. "/s", out = root .. "/db/x"}
+    assert.are.equal(1, r.videos)
+    assert.are.same({3, 5}, data.open_video_db(root .. "/db/x"):get("v1"):size())
+    assert.are.equal("v2", r.corrupted[1].vid)
+    assert.truthy(r.corrupted[1].reason:find("no SlowFast feature file", 1, true))
+    assert_err("video 'v2': no SlowFast feature file", prepro.convert_video_db,
+      {resnet = root .. "/r", slowfast = root .. "/s", out = root .. "/db/y", strict = true})
+  end)
+
+  local tok
+  local function tokenize(s)
+    tok = tok or hero.text.Tokenizer.from_files(TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe")
+    return tok:encode(s)
+  end
+
+  it("tokenizes, aligns and writes the reference's subtitle database byte for byte", function()
+    local ref = data.open_txt_db(TDB .. "tv_subtitles.db")
+    local lines = {}
+    for _, k in ipairs(ref:keys()) do lines[#lines + 1] = {vid_name = k, sub = ref:get(k).sub} end
+    lines[#lines + 1] = {vid_name = "no_features", sub = {}}
+    local out = tmpdir("subs") .. "/tv_subtitles.db"
+    local r = prepro.subtitle_db{subs = lines, out = out, tokenize = tokenize, vid2nframe = ref:json("vid2len")}
+    assert.are.equal(7, r.videos)
+    assert.are.same({"no_features"}, r.no_features)
+    local got = data.open_txt_db(out)
+    assert.are.same((ref:keys()), (got:keys()))
+    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
+    for _, name in ipairs {"vid2len", "vid2max_frame_sub_len", "sub_info"} do
+      assert.are.same(ref:json(name), got:json(name), name)
+    end
+    local meta = got:meta()
+    for _, k in ipairs {"CLS", "PAD", "SEP", "UNK", "MASK", "BOS", "EOS"} do
+      assert.are.equal(ref:meta()[k], meta[k])
+    end
+    assert.are.same({4, 50261}, meta.v_range)
+    got:close()
+    ref:close()
+  end)
+
+  it("writes the reference's query database byte for byte", function()
+    local ref = data.open_txt_db(TDB .. "tvr_val.db")
+    local out = tmpdir("q") .. "/tvr_val.db"
+    prepro.query_db{queries = TDB .. "tvr_val.db/query_data.jsonl", out = out, tokenize = tokenize}
+    local got = data.open_txt_db(out)
+    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
+    assert.are.same(ref:json("id2len"), got:json("id2len"))
+    assert.are.same(ref:json("query2video"), got:json("query2video"))
+    assert.are.same(ref:ids_with_max_len(60), got:ids_with_max_len(60))
+    assert_err("query 7 (entry 1): ts must be", prepro.query_db, {queries = {{desc_id = 7, desc = "x", vid_name = "v",
+      ts = {3, 1}, duration = 5}}, out = tmpdir("q2") .. "/bad.db", tokenize = tokenize})
+  end)
+
+  it("names the video and the subtitle of bad input, or drops them with a count", function()
+    local bad = {
+      {vid_name = "v1", sub = {{text = "ok", start = 0.5, ["end"] = 2.0}, {text = "bad", start = 5.0, ["end"] = 3.0}}},
+      {vid_name = "v2", sub = {{text = "neg", start = -1.0, ["end"] = 2.0},
+                               {text = "fine", start = 0.1, ["end"] = 1.0}}},
+      {vid_name = "v3", sub = {{text = "late", start = 3.0, ["end"] = 4.0},
+                               {text = "early", start = 0.0, ["end"] = 1.0},
+                               {text = 5, start = 1, ["end"] = 2}}},
+    }
+    local n = {v1 = 4, v2 = 4, v3 = 4}
+    assert_err("video 'v1': hero.data.align_subtitles: subs[2] (sub_idx 1): 'end' (3.0 s) is before 'start' (5.0 s)",
+      prepro.subtitle_db, {subs = {bad[1]}, out = tmpdir("b1"), tokenize = tokenize, vid2nframe = n})
+    assert_err("video 'v2': hero.data.align_subtitles: subs[1] (sub_idx 0): 'start' is negative",
+      prepro.subtitle_db, {subs = {bad[2]}, out = tmpdir("b2"), tokenize = tokenize, vid2nframe = n})
+    assert_err("video 'v3': hero.data.align_subtitles: subs[2] (sub_idx 1): starts at 0.0 s, before subs[1]",
+      prepro.subtitle_db, {subs = {bad[3]}, out = tmpdir("b3"), tokenize = tokenize, vid2nframe = n})
+    assert.is_false(exists(tmpdir("b1")))
+    local out = tmpdir("b4")
+    local r = prepro.subtitle_db{subs = bad, out = out, tokenize = tokenize, vid2nframe = n, skip_bad_subs = true}
+    assert.are.equal(3, r.videos)
+    assert.are.equal(3, #r.dropped_subs)
+    assert.are.same({vid = "v1", index = 2, reason = "'end' (3.0 s) is before 'start' (5.0 s)"}, r.dropped_subs[1])
+    assert.are.same({vid = "v2", index = 1, reason = "'start' is negative (-1.0 s)"}, r.dropped_subs[2])
+    assert.are.same({vid = "v3", index = 3, reason = "'text' is not a string"}, r.dropped_subs[3])
+    local db = data.open_txt_db(out)
+    local v3 = db:get("v3")
+    assert.are.same({"early", "late"}, {v3.sub[1].text, v3.sub[2].text})  -- sorted by start
+    assert.are.same({{0, {0}}, {1, {2}}}, v3.unique_sub2frames)
+    db:close()
+  end)
+
+  it("runs as examples/prepro.lua and fails with the precise message", function()
+    local i = -1
+    while arg and arg[i - 1] do i = i - 1 end
+    local lua = arg and arg[i] or "lua5.4"
+    local root = FX:gsub("spec/fixtures/data/$", "")
+    local env = string.format("LUA_PATH='%s' LUA_CPATH='%s' ", package.path, package.cpath)
+    local dir = tmpdir("cli")
+    prepro.mkdir_p(dir)
+    local subs = dir .. "/subs.jsonl"
+    local f = assert(io.open(subs, "wb"))
+    f:write('{"vid_name": "bbt_s06e12_seg01_clip_08", "sub": [{"text": "hi", "start": 2.0, "end": 1.0}]}\n')
+    f:close()
+    local cmd = string.format("%s%s %sexamples/prepro.lua --resnet %s --slowfast %s --subs %s --vocab %s --merges %s "
+      .. "--out %s --quiet 2>&1", env, lua, root, FEAT .. "resnet_features", FEAT .. "slowfast_features", subs,
+      TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe", dir .. "/out")
+    local p = io.popen(cmd)
+    local text = p:read("a")
+    local ok, _, code = p:close()
+    assert.is_falsy(ok)
+    assert.are.equal(1, code)
+    assert.truthy(text:find("video 'bbt_s06e12_seg01_clip_08'", 1, true), text)
+    assert.truthy(text:find("'end' (1.0 s) is before 'start' (2.0 s)", 1, true), text)
+    -- the video database was written; the subtitle database was not
+    assert.is_true(exists(dir .. "/out/video_db/tv/resnet_slowfast_1.5/data.mdb"))
+    assert.is_false(exists(dir .. "/out/txt_db/tv_subtitles.db"))
+  end)
+end)
