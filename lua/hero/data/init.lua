@@ -44,5 +44,7 @@ data.MemoryDataset = datasets.MemoryDataset
 data.tasks = require "hero.data.tasks"
 data.collate = require "hero.data.collate"
 data.TaskLoader = require("hero.data.loader").TaskLoader
+-- Fine-tuning data: query / question / statement / caption items, collates, datasets, loader.
+data.downstream = require "hero.data.downstream"
 
 return data
