@@ -64,7 +64,9 @@ local function fixture_videos()
         local r = b.f_sub_input_ids[row]:totable()
         ids[pair[1] + 1] = {table.unpack(r, 2, n)}
       end
-      if not videos[vid] then videos[vid] = {v_feat = feats, sub2frames = side.sub_idx2frame_idx[i], input_ids = ids} end
+      if not videos[vid] then
+        videos[vid] = {v_feat = feats, sub2frames = side.sub_idx2frame_idx[i], input_ids = ids}
+      end
     end
   end
   return data.MemoryDataset{videos = videos, special_ids = SMOKE_IDS}
@@ -221,4 +223,251 @@ describe("downstream collates rebuild the reference's batches", function()
       D.videoqa_item(ds:get("vid_a"), {{input_ids = {{5}}}}, {special_ids = SMOKE_IDS})
     end, "input_ids must be {question, answer1, ...}")
   end)
+end)
+
+-- ------------------------------------------------------------------ the TV fixture databases
+
+local FT = require "hero.train.finetune"
+local expected_txt = json.read_file(txt_dir .. "/expected_txt_db.json")
+
+local function tv_videos(sub_ctx_len)
+  return data.VideoSubDataset{video_db = tv_video, sub_db = txt_dir .. "/tv_subtitles.db", max_clip_len = 12,
+    sub_ctx_len = sub_ctx_len or 0}
+end
+
+describe("downstream datasets on the TV databases", function()
+  it("VCMR: the max_txt_len filter of training, every query for evaluation, st/ed targets", function()
+    local video = tv_videos()
+    local train = D.QueryDataset{task = "vcmr", video = video, query_db = txt_dir .. "/tvr_val.db", max_txt_len = 60}
+    assert.are.same(expected_txt.length_filter.result["tvr_val.db"]["60"], train:ids())
+    local all = D.QueryDataset{task = "vcmr", video = video, query_db = txt_dir .. "/tvr_val.db", train = false}
+    assert.are.same(expected_txt.length_filter.result["tvr_val.db"]["-1"], all:ids())
+    local want = expected_txt.st_ed_targets.result["tvr_val.db"]
+    local items = {}
+    for i, qid in ipairs(all:ids()) do
+      items[i] = assert(all:item(qid))
+      assert.are.same(want[qid], items[i].queries[1].target, qid)
+    end
+    local b = D.vcmr_collate({items[1], items[8], items[2]}, {qids = true})
+    -- 90889 and 90896 share friends_s01e01_seg02_clip_00: q_vidx points at its last occurrence
+    assert.are.same({"90889", "90896", "90890"}, b.qids)
+    assert.are.same({1, 1, 2}, b.q_vidx:totable())
+    assert.are.same({3, 64}, b.query_input_ids:size()) -- 90890: [CLS] + 63 tokens (no cut)
+    assert.are.same({want["90889"], want["90896"], want["90890"]}, b.targets:totable())
+    assert.are.equal(0, b.query_input_ids[1][1]:item()) -- [CLS]
+    assert.are.equal(3, b.c_v_feats:size(1))
+  end)
+
+  it("TVQA: five answer copies per question, the 120-token filter, ts targets", function()
+    local qa = D.QueryDataset{task = "videoqa", video = tv_videos(), query_db = txt_dir .. "/tvqa_val.db",
+      max_txt_len = 120}
+    assert.are.same(expected_txt.length_filter.result["tvqa_val.db"]["120"], qa:ids())
+    local want = expected_txt.st_ed_targets.result["tvqa_val.db"]
+    local items = {}
+    for i, qid in ipairs(qa:ids()) do
+      items[i] = assert(qa:item(qid))
+      assert.are.same(want[qid], items[i].ts_targets[1], qid)
+      assert.are.equal(5, #items[i].copies)
+    end
+    local b = D.videoqa_collate(items, {qids = true})
+    assert.are.same({15, 12, 24}, b.c_v_feats:size())
+    assert.are.same({3, 1}, b.targets:size())
+    assert.are.same({1, 0, 0}, b.targets:reshape(3):totable())
+    local ex = qa:example("130002")
+    -- every segment of a copy ends with [SEP] q [SEP] a
+    local qa_ids = row_ids(b.qa_input_ids, b.qa_attn_masks, 2)
+    local want_qa = {2}
+    for _, t in ipairs(ex.input_ids[1]) do want_qa[#want_qa + 1] = t end
+    want_qa[#want_qa + 1] = 2
+    for _, t in ipairs(ex.input_ids[3]) do want_qa[#want_qa + 1] = t end
+    assert.are.same(want_qa, qa_ids)
+    local seg = row_ids(b.f_sub_input_ids, b.f_sub_input_attn_masks, b.num_subs[1] + 1) -- copy 2, segment 1
+    assert.are.same(want_qa, {table.unpack(seg, #seg - #want_qa + 1)})
+  end)
+
+  it("VIOLIN: a statement and its pair for training, single statements for evaluation", function()
+    local video = tv_videos(2)
+    local tr = D.QueryDataset{task = "violin", video = video, query_db = txt_dir .. "/violin_test.db",
+      max_txt_len = 120}
+    local it = assert(tr:item("vl6660-1"))
+    assert.are.same({"vl6660-1", "vl6660-0"}, it.qids)
+    assert.are.same({1, 0}, it.targets)
+    local ev = D.QueryDataset{task = "violin", video = video, query_db = txt_dir .. "/violin_test.db", train = false}
+    local b = D.violin_collate({assert(ev:item("vl9611-0"))})
+    assert.are.same({{0}}, b.targets:totable())
+    assert.are.equal(2, b.q_input_ids[1][1]:item()) -- [SEP]
+  end)
+
+  it("the loader: seeded epochs, skipped queries reported, resume bit for bit", function()
+    local video = tv_videos()
+    local ds = D.QueryDataset{task = "vcmr", video = video, query_db = txt_dir .. "/tvr_val.db", max_txt_len = -1,
+      ids = {"90889", "90890", "nope", "90891", "90892"}}
+    local skipped = {}
+    local L = D.Loader{dataset = ds, batch_size = 2, seed = 5,
+      on_skip = function(id, why) skipped[#skipped + 1] = id .. why end}
+    L:next()
+    local st = L:state()
+    local a = {L:next(), L:next(), L:next()}
+    L:set_state(st)
+    for i = 1, 3 do
+      local b = L:next()
+      assert(b.query_input_ids:eq(a[i].query_input_ids):all():item())
+    end
+    assert.is_true(#skipped >= 1)
+    assert.matches("nope.*not in the query db", skipped[1])
+    local strict = D.Loader{dataset = ds, batch_size = 5, on_error = "error", shuffle = false}
+    helper.assert_error_contains(function() strict:next() end, "'nope'", "not in the query db")
+  end)
+end)
+
+-- ------------------------------------------------------------------ fine-tuning and evaluation
+
+local tmpdir
+local here = "."
+local lua_cmd = string.format("LUA_PATH=%q LUA_CPATH=%q lua5.4", package.path, package.cpath)
+
+local function tiny_section(extra)
+  local s = {hidden_size = 16, num_attention_heads = 2, intermediate_size = 32, num_hidden_layers = 1,
+    max_position_embeddings = 514, type_vocab_size = 2, vocab_size = 50272, hidden_act = "gelu",
+    hidden_dropout_prob = 0.1, attention_probs_dropout_prob = 0.1, initializer_range = 0.02}
+  for k, v in pairs(extra or {}) do s[k] = v end
+  return s
+end
+
+local TVR_KEYS = {task = "tvr", max_txt_len = 60, lw_neg_q = 8.0, lw_neg_ctx = 8.0, lw_st_ed = 0.01,
+  ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10},
+  hard_negtiave_start_step = {3}, train_span_start_step = 2, drop_svmr_prob = 0.0, use_all_neg = true,
+  eval_with_query_type = true, max_before_nms = 200, max_after_nms = 100, distributed_eval = false, nms_thd = 0.5,
+  q2c_alpha = 20, max_vcmr_video = 100, full_eval_tasks = {"VCMR", "SVMR", "VR"}, min_pred_l = 2, max_pred_l = 16,
+  sub_ctx_len = 0, vcmr_eval_video_batch_size = 3, vcmr_eval_q_batch_size = 4}
+
+-- A released-style training config for the TV fixture databases and the tiny model.
+local function train_config(task)
+  local c = {sub_txt_db = txt_dir .. "/tv_subtitles.db", vfeat_db = helper.fixture("data/video_db/tv"),
+    model_config = "model.json", max_clip_len = 12, vfeat_version = "resnet_slowfast", vfeat_interval = 1.5,
+    compressed_db = false, train_batch_size = 4, val_batch_size = 4, gradient_accumulation_steps = 1,
+    learning_rate = 1e-3, valid_steps = 100, save_steps = 100, num_train_steps = 50, optim = "adamw",
+    betas = {0.9, 0.98}, dropout = 0.0, weight_decay = 0.01, grad_norm = 1.0, warmup_steps = 1, seed = 77}
+  local extra
+  if task == "vcmr" then
+    extra = TVR_KEYS
+  elseif task == "videoqa" then
+    extra = {task = "tvqa", max_txt_len = 120, lr_mul = 10.0, lw_st_ed = 0.4, train_batch_size = 3}
+  elseif task == "violin" then
+    extra = {task = "violin", max_txt_len = 120, lr_mul = 8.0, sub_ctx_len = 2, train_batch_size = 2}
+  else
+    extra = {max_txt_len = 16, lr_mul = 10.0, lsr = 0.1, max_gen_step = 4, max_cap_per_vid = -1, sub_ctx_len = 1,
+             train_batch_size = 2}
+  end
+  for k, v in pairs(extra) do c[k] = v end
+  return c
+end
+
+local TXT = {vcmr = "tvr_val.db", videoqa = "tvqa_val.db", violin = "violin_test.db", tvc = "tvr_val.db"}
+
+local function setup_run(task, hps_over)
+  local raw = train_config(task)
+  for k, v in pairs(hps_over or {}) do raw[k] = v end
+  local hps = FT.hparams(task, raw, "train-" .. task .. ".json")
+  local cfg = FT.model_config(hps, tmpdir .. "/model.json")
+  return FT.setup{task = task, hps = hps, model_config = cfg, checkpoint = tmpdir .. "/init.safetensors",
+    vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = txt_dir .. "/" .. TXT[task], progress = false}, hps
+end
+
+describe("fine-tuning and evaluation", function()
+  setup(function()
+    tmpdir = os.tmpname()
+    os.remove(tmpdir)
+    assert(os.execute('mkdir -p "' .. tmpdir .. '"'))
+    local cfg = {f_config = tiny_section(), c_config = tiny_section {max_position_embeddings = 32},
+      q_config = tiny_section {num_hidden_layers = 0}, d_config = tiny_section {max_position_embeddings = 64}}
+    json.write_file(tmpdir .. "/model.json", cfg)
+    hero.manual_seed(3)
+    local m = hero.models.HeroForPretraining(hero.config.model(cfg), {vfeat_dim = 24, max_frm_seq_len = 16})
+    m:save_checkpoint(tmpdir .. "/init.safetensors")
+    for _, t in ipairs {"vcmr", "videoqa", "violin", "tvc"} do
+      json.write_file(tmpdir .. "/train-" .. t .. ".json", train_config(t))
+    end
+  end)
+  teardown(function()
+    if tmpdir and tmpdir:match("^/tmp/") then os.execute('rm -rf "' .. tmpdir .. '"') end
+  end)
+
+  it("AdamW groups: lr_mul on the heads for VideoQA / VIOLIN / TVC, never for VCMR", function()
+    local function mul_of(opt, name)
+      for _, e in ipairs(opt.entries) do
+        if e.name == name then return opt.lr_mul[e.group] or 1, e.decay end
+      end
+      error("no parameter " .. name)
+    end
+    local qa = setup_run("videoqa")
+    assert.are.same({10.0, true}, {mul_of(qa.optimizer, "qa_pool.weight")})
+    assert.are.same({10.0, false}, {mul_of(qa.optimizer, "qa_pred_head.linear_1.bias")})
+    assert.are.same({1, true}, {mul_of(qa.optimizer, "v_encoder.f_encoder.img_embeddings.img_linear.weight")})
+    assert.are.same({1, false}, {mul_of(qa.optimizer, "v_encoder.c_encoder.embeddings.LayerNorm.weight")})
+    local vc = setup_run("vcmr", {lr_mul = 5.0})
+    assert.are.same({1, true}, {mul_of(vc.optimizer, "video_query_linear.weight")})
+  end)
+
+  it("VCMR schedules: the local loss from train_span_start_step, hard negatives from their start", function()
+    local run, hps = setup_run("vcmr")
+    local fo = FT.forward_opts("vcmr", run.model, hps)
+    local o = run.model.opts
+    assert.are.equal(0, o.lw_st_ed) -- the reference builds the model with lw_st_ed = 0
+    fo("tvr", 2) -- update 2: one update done
+    assert.are.same({0, nil}, {o.lw_st_ed, o.hard_negative})
+    fo("tvr", 3)
+    assert.are.same({0.01, nil}, {o.lw_st_ed, o.hard_negative})
+    fo("tvr", 4)
+    assert.are.same({0.01, {pool_size = 2, weight = 10}}, {o.lw_st_ed, o.hard_negative})
+    fo("tvr", 1) -- decided from the step alone, so a resumed run decides the same way
+    assert.are.same({0, nil}, {o.lw_st_ed, o.hard_negative})
+    local never, nh = setup_run("vcmr", {hard_negtiave_start_step = {-1}, train_span_start_step = -1})
+    FT.forward_opts("vcmr", never.model, nh)("tvr", 100)
+    assert.are.same({0, nil}, {never.model.opts.lw_st_ed, never.model.opts.hard_negative})
+  end)
+
+  for _, task in ipairs {"vcmr", "videoqa", "violin", "tvc"} do
+    it(task .. ": a few updates on a repeated batch lower the loss, then evaluation", function()
+      -- VCMR with its whole loss from the first update (the schedules are checked below)
+      local run, hps = setup_run(task, task == "vcmr" and {hard_negtiave_start_step = {0}, train_span_start_step = 0}
+        or nil)
+      local batch = run.loader:next()
+      local train = hero.train
+      local meta = train.MetaLoader{tasks = {[hps.task] = train.CyclingLoader({batch})}, ratios = {[hps.task] = 1},
+        accum = 1, generator = hero.Generator(1)}
+      local tr = train.Trainer{model = run.model, optimizer = run.optimizer, loader = meta, lr = hps.learning_rate,
+        warmup = 1, total = 50, grad_norm = 1.0, progress = false, forward_opts = FT.forward_opts(task, run.model, hps)}
+      local recs = tr:train(task == "tvc" and 4 or 5)
+      assert.is_true(recs[#recs].loss < recs[1].loss, string.format("%s: loss %g -> %g", task, recs[1].loss,
+        recs[#recs].loss))
+      local tok
+      if task == "tvc" then
+        tok = hero.text.Tokenizer.from_files(helper.fixture("tokenizer/roberta-base-vocab.json"),
+          helper.fixture("tokenizer/vocab.bpe"))
+      end
+      local res = FT.evaluate(task, run.model, hps, {video = run.video, txt_db = txt_dir .. "/" .. TXT[task],
+        split = "val", tokenizer = tok})
+      if task == "vcmr" then
+        for _, k in ipairs {"VCMR", "SVMR", "VR"} do assert.are.equal(9, #res.submission[k]) end
+        assert.are.equal(7, #json.keys(res.submission.video2idx))
+        assert.are.equal(2, res.submission.video2idx["grey_s05e09_seg02_clip_17"]) -- vid2dur_idx.json's index
+        local p = res.submission.VCMR[1].predictions[1]
+        assert.are.equal(4, #p)
+        assert.are.equal(90889, res.submission.VCMR[1].desc_id)
+        assert.is_not_nil(res.metrics.VCMR["0.7-r1"])
+        assert.is_not_nil(res.metrics_nms.VCMR["0.5-r100"])
+        assert.is_not_nil(res.val_log["valid_val_VR/VR_r1"])
+      elseif task == "videoqa" or task == "violin" then
+        assert.are.equal(4, #json.keys(res.results))
+        assert.is_true(res.metrics.accuracy >= 0 and res.metrics.accuracy <= 1)
+      else
+        assert.are.equal(9, #res.results)
+        local r = res.results[1]
+        assert.are.equal("friends_s01e01_seg02_clip_00", r.vid_name)
+        assert.are.equal("string", type(r.descs[1].desc))
+        for _, k in ipairs {"Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr"} do assert.is_number(res.metrics[k]) end
+      end
+    end)
+  end
 end)

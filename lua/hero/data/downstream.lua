@@ -91,7 +91,9 @@ function M.st_ed_label(ts, frame_interval, max_idx)
   if type(ts) ~= "table" or type(ts[1]) ~= "number" or type(ts[2]) ~= "number" then
     fail(op, "ts must be {start, end} in seconds")
   end
-  if not finite(ts[1]) or not finite(ts[2]) then fail(op, "ts {%s, %s} is not finite", tostring(ts[1]), tostring(ts[2])) end
+  if not finite(ts[1]) or not finite(ts[2]) then
+    fail(op, "ts {%s, %s} is not finite", tostring(ts[1]), tostring(ts[2]))
+  end
   local st = math.min(math.tointeger(math.floor(ts[1] / frame_interval)), max_idx)
   local ed = math.min(math.max(math.tointeger(math.ceil(ts[2] / frame_interval)) - 1, st + 1), max_idx)
   return st, ed
@@ -454,7 +456,7 @@ function M.tvc_collate(items)
   batch.cap_attn_mask = i64(m, {#masks, maxlen})
   batch.clip_ranges = ranges
   if with_text then
-    local L
+    local L, _
     batch.cap_input_ids, _, L = pad_rows(ids, PAD_ID)
     batch.cap_pos_ids = arange_row(L)
     batch.cap_tgt_ids = pad_rows(tgts, -1)
