@@ -323,8 +323,18 @@ end)
 -- ------------------------------------------------------------------ fine-tuning and evaluation
 
 local tmpdir
-local here = "."
-local lua_cmd = string.format("LUA_PATH=%q LUA_CPATH=%q lua5.4", package.path, package.cpath)
+local lua_cmd = string.format("LUA_PATH='%s' LUA_CPATH='%s' lua5.4", package.path, package.cpath)
+
+-- Runs an example program; returns its exit status and its output (stdout and stderr).
+local function run_example(script, args)
+  local q = {}
+  for i, a in ipairs(args) do q[i] = "'" .. a:gsub("'", "'\\''") .. "'" end
+  local p = io.popen(lua_cmd .. " examples/" .. script .. " " .. table.concat(q, " ") .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  return rc, out
+end
 
 local function tiny_section(extra)
   local s = {hidden_size = 16, num_attention_heads = 2, intermediate_size = 32, num_hidden_layers = 1,
@@ -470,4 +480,119 @@ describe("fine-tuning and evaluation", function()
       end
     end)
   end
+end)
+
+describe("examples/finetune.lua and examples/evaluate.lua", function()
+  local dir
+  setup(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute('mkdir -p "' .. dir .. '"'))
+    local cfg = {f_config = tiny_section(), c_config = tiny_section {max_position_embeddings = 32},
+      q_config = tiny_section {num_hidden_layers = 0}}
+    json.write_file(dir .. "/model.json", cfg)
+    hero.manual_seed(4)
+    hero.models.HeroForPretraining(hero.config.model(cfg), {vfeat_dim = 24, max_frm_seq_len = 16})
+      :save_checkpoint(dir .. "/init.safetensors")
+    -- dropout and drop_svmr_prob on: the resumed run must restore every generator
+    local c = train_config("vcmr")
+    c.dropout, c.drop_svmr_prob, c.save_steps = 0.1, 0.5, 2
+    json.write_file(dir .. "/train-tvr.json", c)
+  end)
+  teardown(function()
+    if dir and dir:match("^/tmp/") then os.execute('rm -rf "' .. dir .. '"') end
+  end)
+
+  local function finetune(out, steps, extra)
+    local args = {"--task", "vcmr", "--config", dir .. "/train-tvr.json", "--checkpoint", dir .. "/init.safetensors",
+      "--txt-db", txt_dir .. "/tvr_val.db", "--vfeat-db", helper.fixture("data/video_db/tv"), "--out", out,
+      "--steps", tostring(steps), "--quiet"}
+    for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+    return run_example("finetune.lua", args)
+  end
+
+  it("trains, checkpoints, resumes bit for bit and evaluates into the reference's JSON structure", function()
+    local rc, out = finetune(dir .. "/a", 3)
+    assert.are.equal(0, rc, out)
+    rc, out = finetune(dir .. "/b", 2)
+    assert.are.equal(0, rc, out)
+    rc, out = finetune(dir .. "/b", 3, {"--resume"})
+    assert.are.equal(0, rc, out)
+    assert.matches("resumed from", out)
+    local a = hero.load(dir .. "/a/ckpt/step_3.safetensors")
+    local b = hero.load(dir .. "/b/ckpt/step_3.safetensors")
+    local n = 0
+    for k, t in pairs(a) do
+      assert(t:eq(b[k]):all():item(), k .. " differs after resuming")
+      n = n + 1
+    end
+    assert.is_true(n > 50)
+    local hps = json.read_file(dir .. "/a/log/hps.json")
+    assert.are.equal("tvr", hps.task)
+    assert.are.same({3}, hps.hard_negtiave_start_step) -- the reference's spelling kept
+
+    rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/a/ckpt/step_3.safetensors",
+      "--split", "val", "--txt-db", txt_dir .. "/tvr_val.db", "--out", dir .. "/results.json"})
+    assert.are.equal(0, rc, out)
+    local res = json.read_file(dir .. "/results.json")
+    local ref = json.read_file(smoke .. "/vcmr_eval.json")
+    -- the submission's layout is eval_vcmr.py's: the same keys at every level
+    local function key_set(t)
+      local ks = json.keys(t)
+      table.sort(ks)
+      return ks
+    end
+    assert.are.same(key_set(ref.submission_before_nms), key_set(res.submission))
+    assert.are.same(key_set(ref.submission_before_nms.VCMR[1]), key_set(res.submission.VCMR[1]))
+    assert.are.same(key_set(ref.submission_after_nms), key_set(res.submission_nms))
+    assert.are.same(key_set(ref.metrics_no_nms), key_set(res.metrics))
+    assert.are.same(key_set(ref.metrics_no_nms.VCMR), key_set(res.metrics.VCMR))
+    assert.are.same(key_set(ref.metrics_nms), key_set(res.metrics_nms))
+    assert.are.same(key_set(ref.val_log), key_set(res.val_log))
+    assert.are.equal(9, #res.submission.VR)
+  end)
+
+  it("bad input gives clear errors", function()
+    local rc, out = finetune(dir .. "/x", 1, {"--checkpoint", dir .. "/missing.pt"})
+    assert.are.equal(2, rc)
+    assert.matches("checkpoint '[^']*missing.pt' does not exist", out)
+    rc, out = run_example("finetune.lua", {"--task", "vqa", "--config", dir .. "/train-tvr.json"})
+    assert.are.equal(2, rc)
+    assert.matches("unknown task 'vqa' %(vcmr, vr, videoqa, violin, tvc%)", out)
+    rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/nope/ckpt/step_1.safetensors",
+      "--out", dir .. "/r.json"})
+    assert.are.equal(2, rc)
+    assert.matches("does not exist", out)
+
+    local c = train_config("vcmr")
+    c.learning_rate = nil
+    helper.assert_error_contains(function() FT.hparams("vcmr", c, "train-tvr.json") end,
+      "train-tvr.json lacks 'learning_rate' (needed for task vcmr)")
+    c = train_config("videoqa")
+    c.lr_mul = nil
+    helper.assert_error_contains(function() FT.hparams("videoqa", c, "cfg") end, "lacks 'lr_mul'")
+    helper.assert_error_contains(function() FT.hparams("vcmr", train_config("videoqa"), "cfg") end,
+      "cfg is for task 'tvqa', which --task vcmr does not run")
+    c = train_config("vcmr")
+    c.optim = "adam"
+    helper.assert_error_contains(function() FT.hparams("vcmr", c, "cfg") end, "optim 'adam' is not supported")
+    c = train_config("vcmr")
+    c.hard_neg_weights = {1, 2}
+    helper.assert_error_contains(function() FT.hparams("vcmr", c, "cfg") end, "lists of matching length")
+    c = train_config("vcmr")
+    c.misspelled_key = true -- unknown keys are kept, as the reference's argparse namespace does
+    assert.is_true(FT.hparams("vcmr", c, "cfg").misspelled_key)
+    -- a model whose vocabulary is smaller than the databases' ids
+    local smoke_cfg = json.read_file(smoke .. "/config.json").model_config.finetune
+    json.write_file(dir .. "/smoke_model.json", smoke_cfg)
+    local hps = FT.hparams("vcmr", train_config("vcmr"), "cfg")
+    helper.assert_error_contains(function()
+      FT.setup{task = "vcmr", hps = hps, model_config = hero.config.model(smoke_cfg),
+        checkpoint = smoke .. "/weights.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+        txt_db = txt_dir .. "/tvr_val.db", progress = false}
+    end, "token ids go up to 50264 but the model's vocabulary has 1000 rows")
+    helper.assert_error_contains(function() FT.model_config(hps, dir .. "/none.json") end, "model config not found")
+    helper.assert_error_contains(function() FT.dataset("vcmr", hps, nil, dir .. "/no.db", true) end,
+      "text db '" .. dir .. "/no.db' not found")
+  end)
 end)

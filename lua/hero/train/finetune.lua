@@ -108,17 +108,17 @@ function FT.hparams(task, raw, source)
   if hps.hard_negtiave_start_step == nil and hps.hard_negative_start_step ~= nil then
     hps.hard_negtiave_start_step = hps.hard_negative_start_step
   end
-  for _, list in ipairs {FT.REQUIRED.common, FT.REQUIRED[task]} do
-    for _, k in ipairs(list) do
-      if hps[k] == nil then fail("%s lacks '%s' (needed for task %s)", source, k, task) end
-    end
-  end
   local names = FT.TASK_NAMES[task]
   if hps.task == nil then
     hps.task = names[1]
   elseif not contains(names, hps.task) then
     fail("%s is for task '%s', which --task %s does not run (%s)", source, tostring(hps.task), task,
       table.concat(names, ", "))
+  end
+  for _, list in ipairs {FT.REQUIRED.common, FT.REQUIRED[task]} do
+    for _, k in ipairs(list) do
+      if hps[k] == nil then fail("%s lacks '%s' (needed for task %s)", source, k, task) end
+    end
   end
   local function defaults(t)
     for k, v in pairs(t) do if hps[k] == nil then hps[k] = copy({v})[1] end end
