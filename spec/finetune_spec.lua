@@ -361,6 +361,10 @@ local function train_config(task)
   local extra
   if task == "vcmr" then
     extra = TVR_KEYS
+  elseif task == "vr" then
+    extra = {task = "msrvtt_video_sub", max_txt_len = 60, lw_neg_q = 10.0, lw_neg_ctx = 10.0, ranking_loss_type = "hinge",
+      margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10}, hard_negtiave_start_step = {0}, use_all_neg = true,
+      max_vr_video = 100, sub_ctx_len = 1, vr_eval_video_batch_size = 4, vr_eval_q_batch_size = 5}
   elseif task == "videoqa" then
     extra = {task = "tvqa", max_txt_len = 120, lr_mul = 10.0, lw_st_ed = 0.4, train_batch_size = 3}
   elseif task == "violin" then
@@ -373,7 +377,7 @@ local function train_config(task)
   return c
 end
 
-local TXT = {vcmr = "tvr_val.db", videoqa = "tvqa_val.db", violin = "violin_test.db", tvc = "tvr_val.db"}
+local TXT = {vcmr = "tvr_val.db", vr = "tvr_val.db", videoqa = "tvqa_val.db", violin = "violin_test.db", tvc = "tvr_val.db"}
 
 local function setup_run(task, hps_over)
   local raw = train_config(task)
@@ -437,7 +441,20 @@ describe("fine-tuning and evaluation", function()
     assert.are.same({0, nil}, {never.model.opts.lw_st_ed, never.model.opts.hard_negative})
   end)
 
-  for _, task in ipairs {"vcmr", "videoqa", "violin", "tvc"} do
+  it("the reference's .pt checkpoints load (fp16 weights into an f32 model, frame sizes from the file)", function()
+    local sd = FT.read_checkpoint(smoke .. "/model_fp16.pt")
+    local cfg = hero.config.model(json.read_file(smoke .. "/config.json").model_config.finetune)
+    local hps = FT.hparams("videoqa", train_config("videoqa"), "cfg")
+    local m, report = FT.build_model("videoqa", cfg, hps, sd)
+    assert.is_true(#report.missing > 0 and #report.missing < 20) -- only the QA heads
+    local w = m.v_encoder.f_encoder.img_embeddings.img_linear.weight
+    assert.are.equal("f32", w:dtype())
+    assert.are.same({64, 24}, w:size()) -- vfeat_dim 24 from the checkpoint
+    assert(w:eq(sd["v_encoder.f_encoder.img_embeddings.img_linear.weight"]:float()):all():item())
+    assert.are.equal(8, m.v_encoder.f_encoder.img_embeddings.position_embeddings.weight:size(1))
+  end)
+
+  for _, task in ipairs {"vcmr", "vr", "videoqa", "violin", "tvc"} do
     it(task .. ": a few updates on a repeated batch lower the loss, then evaluation", function()
       -- VCMR with its whole loss from the first update (the schedules are checked below)
       local run, hps = setup_run(task, task == "vcmr" and {hard_negtiave_start_step = {0}, train_span_start_step = 0}
@@ -468,6 +485,11 @@ describe("fine-tuning and evaluation", function()
         assert.is_not_nil(res.metrics.VCMR["0.7-r1"])
         assert.is_not_nil(res.metrics_nms.VCMR["0.5-r100"])
         assert.is_not_nil(res.val_log["valid_val_VR/VR_r1"])
+      elseif task == "vr" then
+        assert.are.same({"VR", "video2idx"}, (function() local k = json.keys(res.submission) table.sort(k) return k end)())
+        assert.are.equal(9, #res.submission.VR)
+        assert.are.equal(7, #res.submission.VR[1].predictions) -- every corpus video, ranked
+        assert.is_not_nil(res.metrics.VR.r1)
       elseif task == "videoqa" or task == "violin" then
         assert.are.equal(4, #json.keys(res.results))
         assert.is_true(res.metrics.accuracy >= 0 and res.metrics.accuracy <= 1)

@@ -446,7 +446,7 @@ local function cat_rows(list)
   return core.cat(list, 1)
 end
 
-local function eval_qa(task, model, hps, qds)
+local function eval_qa(task, model, hps, qds, spec)
   local loader = D.Loader{dataset = qds, batch_size = hps.val_batch_size, shuffle = false, on_error = "error",
     qids = true}
   local logits, targets, qids = {}, {}, {}
@@ -474,7 +474,7 @@ local function eval_qa(task, model, hps, qds)
       for i, q in ipairs(qids) do results[tostring(q)] = p[i] and 1 or 0 end
       val_log = {}
     else
-      val_log, results = Q.violin(L, T, qids, {batch_size = hps.val_batch_size, split = "test"})
+      val_log, results = Q.violin(L, T, qids, {batch_size = hps.val_batch_size, split = spec.split or "val"})
     end
   end
   local metrics = json.null
@@ -502,6 +502,8 @@ local function eval_tvc(model, hps, cds, spec)
         text = table.concat(w, " ")
       end
       local cid = batch.clip_ids[i]
+      -- TvcValDataset.collate: clip_ids.append(int(cid))
+      if type(cid) == "string" and cid:match("^%d+$") then cid = math.tointeger(tonumber(cid)) end
       results[#results + 1] = {vid_name = batch.vid_names[i], clip_id = cid, ts = batch.all_ts[i],
                                descs = {{desc = text}}}
       local r = batch.gts[i]
@@ -534,7 +536,7 @@ function FT.evaluate(task, model, hps, spec)
   if task == "vcmr" or task == "vr" then
     res = eval_vcmr(task, model, hps, ds, spec)
   elseif task == "videoqa" or task == "violin" then
-    res = eval_qa(task, model, hps, ds)
+    res = eval_qa(task, model, hps, ds, spec)
   else
     res = eval_tvc(model, hps, ds, spec)
   end
