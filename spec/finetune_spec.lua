@@ -362,8 +362,8 @@ local function train_config(task)
   if task == "vcmr" then
     extra = TVR_KEYS
   elseif task == "vr" then
-    extra = {task = "msrvtt_video_sub", max_txt_len = 60, lw_neg_q = 10.0, lw_neg_ctx = 10.0, ranking_loss_type = "hinge",
-      margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10}, hard_negtiave_start_step = {0}, use_all_neg = true,
+    extra = {task = "msrvtt_video_sub", max_txt_len = 60, lw_neg_q = 10.0, lw_neg_ctx = 10.0,
+      ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10}, hard_negtiave_start_step = {0}, use_all_neg = true,
       max_vr_video = 100, sub_ctx_len = 1, vr_eval_video_batch_size = 4, vr_eval_q_batch_size = 5}
   elseif task == "videoqa" then
     extra = {task = "tvqa", max_txt_len = 120, lr_mul = 10.0, lw_st_ed = 0.4, train_batch_size = 3}
@@ -377,7 +377,8 @@ local function train_config(task)
   return c
 end
 
-local TXT = {vcmr = "tvr_val.db", vr = "tvr_val.db", videoqa = "tvqa_val.db", violin = "violin_test.db", tvc = "tvr_val.db"}
+local TXT = {vcmr = "tvr_val.db", vr = "tvr_val.db", videoqa = "tvqa_val.db", violin = "violin_test.db",
+             tvc = "tvr_val.db"}
 
 local function setup_run(task, hps_over)
   local raw = train_config(task)
@@ -441,6 +442,19 @@ describe("fine-tuning and evaluation", function()
     assert.are.same({0, nil}, {never.model.opts.lw_st_ed, never.model.opts.hard_negative})
   end)
 
+  it("validation losses every valid_steps on a validation db (single VIOLIN statements)", function()
+    local raw = train_config("violin")
+    local hps = FT.hparams("violin", raw, "cfg")
+    local run = FT.setup{task = "violin", hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
+      checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+      txt_db = txt_dir .. "/violin_test.db", valid_txt_db = txt_dir .. "/violin_test.db", valid_every = 2,
+      progress = false}
+    local recs = run.trainer:train(2)
+    assert.is_nil(recs[1].valid)
+    assert.is_number(recs[2].valid.violin)
+    assert.is_true(recs[2].valid.violin > 0)
+  end)
+
   it("the reference's .pt checkpoints load (fp16 weights into an f32 model, frame sizes from the file)", function()
     local sd = FT.read_checkpoint(smoke .. "/model_fp16.pt")
     local cfg = hero.config.model(json.read_file(smoke .. "/config.json").model_config.finetune)
@@ -486,7 +500,9 @@ describe("fine-tuning and evaluation", function()
         assert.is_not_nil(res.metrics_nms.VCMR["0.5-r100"])
         assert.is_not_nil(res.val_log["valid_val_VR/VR_r1"])
       elseif task == "vr" then
-        assert.are.same({"VR", "video2idx"}, (function() local k = json.keys(res.submission) table.sort(k) return k end)())
+        local keys = json.keys(res.submission)
+        table.sort(keys)
+        assert.are.same({"VR", "video2idx"}, keys)
         assert.are.equal(9, #res.submission.VR)
         assert.are.equal(7, #res.submission.VR[1].predictions) -- every corpus video, ranked
         assert.is_not_nil(res.metrics.VR.r1)
