@@ -363,7 +363,8 @@ local function train_config(task)
     extra = TVR_KEYS
   elseif task == "vr" then
     extra = {task = "msrvtt_video_sub", max_txt_len = 60, lw_neg_q = 10.0, lw_neg_ctx = 10.0,
-      ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10}, hard_negtiave_start_step = {0}, use_all_neg = true,
+      ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10},
+      hard_negtiave_start_step = {0}, use_all_neg = true,
       max_vr_video = 100, sub_ctx_len = 1, vr_eval_video_batch_size = 4, vr_eval_q_batch_size = 5}
   elseif task == "videoqa" then
     extra = {task = "tvqa", max_txt_len = 120, lr_mul = 10.0, lw_st_ed = 0.4, train_batch_size = 3}
