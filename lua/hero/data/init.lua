@@ -53,5 +53,7 @@ data.ordered = data.writer.ordered
 --- Preprocessing into databases (features, subtitles, queries) and the embedded synthetic dataset.
 data.prepro = require "hero.data.prepro"
 data.synthetic = require "hero.data.synthetic"
+-- Fine-tuning data: query / question / statement / caption items, collates, datasets, loader.
+data.downstream = require "hero.data.downstream"
 
 return data

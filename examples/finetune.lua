@@ -1,0 +1,118 @@
+--- Fine-tuning HERO on a downstream task with the reference's training config (hero-spec §5, §6).
+--
+--   lua5.4 examples/finetune.lua --task vcmr --config config/train-tvr-8gpu.json \
+--       --checkpoint pretrained/hero-tv-ht100.pt --txt-db txt_db/tvr_train.db --vfeat-db video_db/tv \
+--       --sub-db txt_db/tv_subtitles.db --out runs/tvr [--steps N] [--resume]
+--
+-- Options:
+--   --task vcmr|vr|videoqa|violin|tvc   the downstream task (required)
+--   --config FILE        the reference's training config (train-*.json), read as it is (required)
+--   --checkpoint FILE    pre-trained weights: the reference's .pt or a .safetensors file (required)
+--   --txt-db DIR         training text db: queries (tvr_train.db, tvqa_train.db, violin_train.db) or
+--                        the TVC caption db [config's train_query_txt_db / train_db]
+--   --vfeat-db DIR       video features: the LMDB or the directory holding id2nframe.json and
+--                        <vfeat_version>_<vfeat_interval> [config's vfeat_db]
+--   --sub-db DIR         subtitle db [config's sub_txt_db]
+--   --model-config FILE  model config [config's model_config, also looked up next to --config]
+--   --out DIR            output: log.jsonl, log/hps.json, log/model_config.json, ckpt/ (required)
+--   --steps N            train until update N [config's num_train_steps]
+--   --valid-txt-db DIR   validation losses on this db every valid_steps [none]
+--   --save-every N       checkpoint every N updates [config's save_steps]
+--   --resume             continue from OUT/ckpt/latest when it exists
+--   --threads N          hero.set_num_threads(N)
+--   --on-error skip|error  an unreadable query/video is skipped and reported, or stops the run [skip]
+--   --quiet              no progress line
+-- Each key of the config works as in the reference (misspellings included); keys it lacks take
+-- the reference's argparse defaults, except those hero.train.finetune.REQUIRED lists.
+local hero = require "hero"
+local json = hero.json
+local FT = require "hero.train.finetune"
+
+local function die(msg)
+  io.stderr:write("finetune: ", tostring(msg):gsub("^[^:]*:%d+: ", ""), "\n")
+  os.exit(2)
+end
+
+local function parse_args(argv)
+  local flags = {resume = true, quiet = true}
+  local known = {task = true, config = true, checkpoint = true, ["txt-db"] = true, ["vfeat-db"] = true,
+                 ["sub-db"] = true, ["model-config"] = true, out = true, steps = true, ["valid-txt-db"] = true,
+                 ["save-every"] = true, resume = true, threads = true, ["on-error"] = true, quiet = true}
+  local opts, i = {}, 1
+  while i <= #argv do
+    local name = argv[i]:match("^%-%-([%w%-]+)$")
+    if not name then
+      die("unexpected argument '" .. argv[i] .. "' (see the comment at the top of examples/finetune.lua)")
+    end
+    if not known[name] then die("unknown option --" .. name) end
+    if flags[name] then
+      opts[name] = true
+      i = i + 1
+    else
+      if argv[i + 1] == nil then die("--" .. name .. " needs a value") end
+      opts[name] = argv[i + 1]
+      i = i + 2
+    end
+  end
+  return opts
+end
+
+local function int_arg(opts, name)
+  local v = opts[name]
+  if v == nil then return nil end
+  local n = math.tointeger(tonumber(v))
+  if not n or n < 0 then die(string.format("--%s must be a non-negative integer, got '%s'", name, v)) end
+  return n
+end
+
+local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local ok, err = pcall(function()
+  local opts = parse_args(arg)
+  if not opts.task then die("--task is required (vcmr, vr, videoqa, violin, tvc)") end
+  local task = FT.check_task(opts.task)
+  if not opts.config then die("--config FILE (the reference's train-*.json) is required") end
+  if not opts.checkpoint then die("--checkpoint FILE is required") end
+  if not opts.out then die("--out DIR is required") end
+  if opts.threads then hero.set_num_threads(int_arg(opts, "threads")) end
+  local raw = json.read_file(opts.config)
+  local hps = FT.hparams(task, raw, opts.config)
+  local cfg, cfg_path = FT.model_config(hps, opts["model-config"], opts.config)
+  hps.model_config = cfg_path
+  hps.checkpoint = opts.checkpoint
+  hps.vfeat_db = opts["vfeat-db"] or hps.vfeat_db
+  hps.sub_txt_db = opts["sub-db"] or hps.sub_txt_db
+  hps.train_txt_db = opts["txt-db"] or hps.train_query_txt_db or hps.train_db
+  if type(hps.vfeat_db) ~= "string" then die("no video features: give --vfeat-db DIR") end
+  local steps = int_arg(opts, "steps") or hps.num_train_steps
+  local run = FT.setup{task = task, hps = hps, model_config = cfg, checkpoint = opts.checkpoint,
+    vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = hps.train_txt_db, out_dir = opts.out,
+    valid_txt_db = opts["valid-txt-db"], save_every = int_arg(opts, "save-every"), on_error = opts["on-error"],
+    progress = not opts.quiet}
+  if #run.report.missing > 0 then
+    io.stderr:write(string.format("%d parameters not in the checkpoint (new heads keep their initialisation)\n",
+      #run.report.missing))
+  end
+  local start = 0
+  if opts.resume then
+    start = run.trainer:resume(opts.out) or 0
+    if start > 0 then io.stderr:write(string.format("resumed from %s/ckpt/step_%d\n", opts.out, start)) end
+  end
+  if start == 0 then
+    -- what evaluate.lua reads back (the reference's save_training_meta)
+    os.execute("mkdir -p " .. shell_quote(opts.out .. "/log"))
+    json.write_file(opts.out .. "/log/hps.json", hps, {indent = 1})
+    json.write_file(opts.out .. "/log/model_config.json", cfg, {indent = 1})
+  end
+  local todo = math.max(0, steps - start)
+  local t0 = hero.core._now()
+  local records = run.trainer:train(todo)
+  local dt = hero.core._now() - t0
+  local last = records[#records]
+  io.stderr:write(string.format("%d updates in %.2f s%s; checkpoint %s/ckpt/step_%d.safetensors\n", todo, dt,
+    last and string.format(", last loss %.4f", last.loss) or "", opts.out, run.trainer.global_step))
+  local st = run.loader.stats
+  io.stderr:write(string.format("  %s: epoch %d, %d batches, %d items, %d skipped\n", hps.task, run.loader.epoch,
+    st.batches, st.items, st.skipped))
+end)
+if not ok then die(err) end

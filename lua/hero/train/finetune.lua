@@ -1,0 +1,547 @@
+--- hero.train.finetune: fine-tuning and evaluation of HERO's downstream tasks (hero-spec §5, §6),
+-- driven by the reference's training configs (config/train-*.json) as they are.
+--
+--   local FT = require "hero.train.finetune"
+--   local hps = FT.hparams("vcmr", hero.json.read_file("train-tvr-8gpu.json"))
+--   local run = FT.setup{task = "vcmr", hps = hps, model_config = cfg, checkpoint = "hero-tv-ht100.pt",
+--                        vfeat_db = "video_db/tv", sub_db = "txt_db/tv_subtitles.db",
+--                        txt_db = "txt_db/tvr_train.db", out_dir = "run"}
+--   run.trainer:train(10)
+--   local results = FT.evaluate("vcmr", run.model, hps, {...})
+--
+-- Tasks: "vcmr" (TVR, How2R, DiDeMo with subtitles; HeroForVcmr), "vr" (MSR-VTT with subtitles;
+-- HeroForVr), "videoqa" (TVQA, How2QA), "violin", "tvc". What follows the reference:
+--   * AdamW (eps 1e-6, the config's betas, weight decay by name: no decay for names containing
+--     bias / LayerNorm.bias / LayerNorm.weight) in four groups, parameters outside v_encoder first;
+--     VideoQA, VIOLIN and TVC multiply the learning rate of the groups outside v_encoder by lr_mul,
+--     VCMR and VR ignore lr_mul (train_*.py, hero-spec §6.2);
+--   * warmup_linear schedule over num_train_steps, clipping at grad_norm (-1: none), accumulation of
+--     gradient_accumulation_steps summed micro-batches;
+--   * VCMR: the model starts without the local start/end loss (lw_st_ed 0) and gets lw_st_ed once
+--     train_span_start_step updates are done (-1: never); hard negatives (hard_pool_size[i],
+--     hard_neg_weights[i]) once hard_negtiave_start_step[i] updates are done (-1: never);
+--   * a config key the released configs set but this one lacks takes the reference's argparse
+--     default (config/config.py), except the keys in FT.REQUIRED, which must be present.
+local core = require "hero.core"
+local json = require "hero.json"
+local config = require "hero.config"
+local optim = require "hero.optim"
+local data = require "hero.data"
+local D = require "hero.data.downstream"
+local tasks = require "hero.data.tasks"
+local collate = require "hero.data.collate"
+
+local FT = {}
+
+FT.TASKS = {"vcmr", "vr", "videoqa", "violin", "tvc"}
+
+-- The reference's task names each CLI task accepts (the first is the default).
+FT.TASK_NAMES = {
+  vcmr = {"tvr", "how2r", "didemo_video_sub"},
+  vr = {"msrvtt_video_sub"},
+  videoqa = {"tvqa", "how2qa"},
+  violin = {"violin"},
+  tvc = {"tvc"},
+}
+
+--- Keys a config must have, per task (their argparse defaults would silently change the run).
+FT.REQUIRED = {
+  common = {"learning_rate", "num_train_steps", "warmup_steps", "train_batch_size", "gradient_accumulation_steps",
+            "optim", "weight_decay", "grad_norm"},
+  vcmr = {"lw_neg_ctx", "lw_neg_q", "lw_st_ed"},
+  vr = {"lw_neg_ctx", "lw_neg_q"},
+  videoqa = {"lr_mul", "lw_st_ed"},
+  violin = {"lr_mul"},
+  tvc = {"lr_mul", "lsr"},
+}
+
+-- The reference's argparse defaults (config/config.py, train_tvc.py) for the keys it may lack.
+local DEFAULTS = {
+  common = {val_batch_size = 20, valid_steps = 1000, save_steps = 500, betas = {0.9, 0.98}, dropout = 0.1,
+            lr_mul = 1.0, sub_ctx_len = 0, max_clip_len = 100, max_txt_len = 60, vfeat_version = "resnet_slowfast",
+            vfeat_interval = 1.5, compressed_db = false, seed = 42},
+  vsm = {drop_svmr_prob = 0, ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {20}, hard_neg_weights = {10},
+         hard_negtiave_start_step = {10000}, train_span_start_step = -1, use_all_neg = false},
+  vcmr = {vcmr_eval_video_batch_size = 40, vcmr_eval_q_batch_size = 80, eval_with_query_type = false,
+          max_before_nms = 200, max_after_nms = 100, distributed_eval = false, nms_thd = 0.5, q2c_alpha = 20,
+          max_vcmr_video = 100, full_eval_tasks = {"VCMR", "SVMR", "VR"}, min_pred_l = 2, max_pred_l = 16},
+  vr = {vr_eval_video_batch_size = 40, vr_eval_q_batch_size = 80, distributed_eval = false, max_vr_video = 100},
+  tvc = {max_gen_step = 30, max_cap_per_vid = -1},
+}
+
+local function fail(fmt, ...) error(string.format(fmt, ...), 0) end
+
+local function copy(t)
+  local o = {}
+  for k, v in pairs(t) do o[k] = type(v) == "table" and copy(v) or v end
+  return o
+end
+
+local function contains(list, x)
+  for _, v in ipairs(list) do if v == x then return true end end
+  return false
+end
+
+local function file_exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+--- Checks a CLI task name; returns it.
+function FT.check_task(task)
+  if FT.TASK_NAMES[task] == nil then
+    fail("unknown task '%s' (%s)", tostring(task), table.concat(FT.TASKS, ", "))
+  end
+  return task
+end
+
+--- The run's hyper-parameters: the training config (decoded JSON, as the reference writes it) with
+-- the reference's defaults for absent keys, the misspelled hard_negtiave_start_step also read as
+-- hard_negative_start_step, and `task` set to the reference's task name. `source` names the
+-- config in errors.
+function FT.hparams(task, raw, source)
+  FT.check_task(task)
+  source = source or "the config"
+  if type(raw) ~= "table" then fail("%s is not a JSON object", source) end
+  local hps = copy(raw)
+  if hps.hard_negtiave_start_step == nil and hps.hard_negative_start_step ~= nil then
+    hps.hard_negtiave_start_step = hps.hard_negative_start_step
+  end
+  local names = FT.TASK_NAMES[task]
+  if hps.task == nil then
+    hps.task = names[1]
+  elseif not contains(names, hps.task) then
+    fail("%s is for task '%s', which --task %s does not run (%s)", source, tostring(hps.task), task,
+      table.concat(names, ", "))
+  end
+  for _, list in ipairs {FT.REQUIRED.common, FT.REQUIRED[task]} do
+    for _, k in ipairs(list) do
+      if hps[k] == nil then fail("%s lacks '%s' (needed for task %s)", source, k, task) end
+    end
+  end
+  local function defaults(t)
+    for k, v in pairs(t) do if hps[k] == nil then hps[k] = copy({v})[1] end end
+  end
+  defaults(DEFAULTS.common)
+  if task == "vcmr" or task == "vr" then defaults(DEFAULTS.vsm) end
+  if DEFAULTS[task] then defaults(DEFAULTS[task]) end
+  if hps.optim ~= "adamw" then
+    fail("%s: optim '%s' is not supported (the released configs use adamw)", source, tostring(hps.optim))
+  end
+  if hps.use_all_neg == false and (task == "vcmr" or task == "vr") then
+    fail("%s: use_all_neg false (one sampled negative per row) is not supported", source)
+  end
+  for _, k in ipairs {"num_train_steps", "warmup_steps", "train_batch_size", "gradient_accumulation_steps"} do
+    if math.type(hps[k]) ~= "integer" or hps[k] < (k == "warmup_steps" and 0 or 1) then
+      fail("%s: %s must be a positive integer, got %s", source, k, tostring(hps[k]))
+    end
+  end
+  if hps.warmup_steps >= hps.num_train_steps then
+    fail("%s: warmup_steps (%d) must be below num_train_steps (%d)", source, hps.warmup_steps, hps.num_train_steps)
+  end
+  if task == "vcmr" or task == "vr" then
+    local hs, hp, hw = hps.hard_negtiave_start_step, hps.hard_pool_size, hps.hard_neg_weights
+    if type(hs) ~= "table" or type(hp) ~= "table" or type(hw) ~= "table" or #hs ~= #hw or #hp < #hs then
+      fail("%s: hard_negtiave_start_step, hard_pool_size and hard_neg_weights must be lists of matching length", source)
+    end
+  end
+  hps.hard_negative_start_step = hps.hard_negtiave_start_step
+  return hps
+end
+
+--- The model config: `path` (a JSON file, the reference's hero_finetune.json / hero_tvc.json) or
+-- the config's model_config, looked up as given and next to the training config.
+function FT.model_config(hps, path, config_path)
+  local p = path or hps.model_config
+  if type(p) ~= "string" then fail("no model config: give --model-config or set model_config in the config") end
+  local tried = {p}
+  if not file_exists(p) and config_path then
+    local dir = config_path:match("^(.*)/[^/]*$") or "."
+    local alt = dir .. "/" .. p:match("[^/]*$")
+    tried[#tried + 1] = alt
+    if file_exists(alt) then p = alt end
+  end
+  if not file_exists(p) then fail("model config not found (tried %s)", table.concat(tried, ", ")) end
+  local cfg = config.load(p)
+  if type(cfg.f_config) ~= "table" then fail("%s holds no model config (f_config)", p) end
+  return cfg, p
+end
+
+--- The video LMDB directory of a --vfeat-db argument: the LMDB itself, or (as the reference's
+-- vfeat_db) the directory holding id2nframe.json and <vfeat_version>_<vfeat_interval>[_compressed].
+function FT.video_db_dir(dir, hps)
+  if file_exists(dir .. "/data.mdb") then return dir end
+  local iv = hps.vfeat_interval
+  local name = (hps.vfeat_version or "resnet_slowfast") .. "_" .. (math.type(iv) == "integer" and tostring(iv)
+    or tostring(iv + 0.0))
+  if hps.compressed_db then name = name .. "_compressed" end
+  local p = dir .. "/" .. name
+  if file_exists(p .. "/data.mdb") then return p end
+  fail("no video feature LMDB at '%s' nor '%s'", dir, p)
+end
+
+--- The videos with their subtitles (VideoSubDataset with the config's max_clip_len, sub_ctx_len).
+function FT.video_dataset(hps, vfeat_db, sub_db)
+  if type(sub_db) ~= "string" then fail("no subtitle db: give --sub-db or set sub_txt_db in the config") end
+  if not file_exists(sub_db .. "/data.mdb") then fail("subtitle db '%s' not found", sub_db) end
+  return data.VideoSubDataset{video_db = FT.video_db_dir(vfeat_db, hps), sub_db = sub_db,
+    max_clip_len = hps.max_clip_len, max_txt_len = hps.max_txt_len, sub_ctx_len = hps.sub_ctx_len}
+end
+
+--- Reads a checkpoint (.safetensors or the reference's .pt): tensors and extras; a clear error
+-- when the file is missing.
+function FT.read_checkpoint(path)
+  if type(path) ~= "string" then fail("no checkpoint: --checkpoint FILE is required") end
+  if not file_exists(path) then fail("checkpoint '%s' does not exist", path) end
+  return require("hero.models.checkpoint").read(path)
+end
+
+--- Builds the task's model from the model config and a checkpoint state (tensors): frame feature
+-- size and frame positions from the checkpoint (vfeat_dim from img_linear, max_frm_seq_len from
+-- the position table, 100 without it), the reference's constructor options from hps, dropout set,
+-- the checkpoint loaded non-strictly. Returns the model and the load report.
+function FT.build_model(task, cfg, hps, sd, opts)
+  opts = opts or {}
+  local ck = require "hero.models.checkpoint"
+  local lin = sd["v_encoder.f_encoder.img_embeddings.img_linear.weight"]
+  local vfeat_dim = opts.vfeat_dim or (lin and lin:size(2))
+  if not vfeat_dim then fail("the checkpoint has no v_encoder.f_encoder.img_embeddings.img_linear.weight; "
+    .. "the frame feature size is unknown") end
+  local mopts = {vfeat_dim = vfeat_dim, max_frm_seq_len = ck.max_frm_seq_len(sd, 100), generator = opts.generator}
+  local models = require "hero.models"
+  local model
+  if task == "vcmr" or task == "vr" then
+    mopts.lw_neg_ctx, mopts.lw_neg_q = hps.lw_neg_ctx, hps.lw_neg_q
+    mopts.margin, mopts.ranking_loss_type = hps.margin, hps.ranking_loss_type
+    mopts.drop_svmr_prob, mopts.use_all_neg = hps.drop_svmr_prob, hps.use_all_neg
+    if task == "vcmr" then
+      mopts.lw_st_ed = 0 -- switched on at train_span_start_step (set_train_st_ed)
+      model = models.HeroForVcmr(cfg, mopts)
+    else
+      model = models.HeroForVr(cfg, mopts)
+    end
+  elseif task == "videoqa" then
+    mopts.lw_st_ed = hps.lw_st_ed
+    model = models.HeroForVideoQA(cfg, mopts)
+  elseif task == "violin" then
+    model = models.HeroForViolin(cfg, mopts)
+  else
+    if type(cfg.d_config) ~= "table" then fail("task tvc needs a model config with d_config (hero_tvc.json)") end
+    mopts.lsr = hps.lsr
+    model = models.HeroForTvc(cfg, mopts)
+  end
+  local report = model:load_checkpoint(sd)
+  require("hero.train").set_dropout(model, hps.dropout)
+  return model, report
+end
+
+--- Raises a clear error when the first readable video of the dataset has frame features of
+-- another size than the model's (vfeat_dim).
+function FT.check_features(model, video, ds)
+  local ok0, want = pcall(function() return model.v_encoder.frame_transform.LayerNorm.weight:size(1) end)
+  if not ok0 then return end
+  for i, id in ipairs(ds:ids()) do
+    if i > 20 then break end
+    local vid = ds.video_of and ds:video_of(id, ds:example(id)) or id
+    local ok, v = pcall(video.get, video, vid)
+    if ok and v then
+      if v.v_feat:size(2) ~= want then
+        fail("the video db's frame features have %d values, the checkpoint's model expects %d (vfeat_dim)",
+          v.v_feat:size(2), want)
+      end
+      return
+    end
+  end
+end
+
+--- The reference's four AdamW groups (hero-spec §6.1): lr_mul on the groups outside v_encoder for
+-- VideoQA, VIOLIN and TVC only.
+function FT.optimizer(model, task, hps)
+  local no_decay = {"bias", "LayerNorm.bias", "LayerNorm.weight"}
+  local function decays(name)
+    for _, s in ipairs(no_decay) do if name:find(s, 1, true) then return false end end
+    return true
+  end
+  local mul = (task == "videoqa" or task == "violin" or task == "tvc") and hps.lr_mul or 1
+  return optim.AdamW(model:named_parameters(), {
+    lr = hps.learning_rate, betas = {hps.betas[1], hps.betas[2]}, eps = 1e-6, weight_decay = hps.weight_decay,
+    no_decay = no_decay,
+    group = function(name)
+      return (name:find("v_encoder", 1, true) and "v_encoder" or "top") .. (decays(name) and "" or "_no_decay")
+    end,
+    lr_mul = {top = mul, top_no_decay = mul, v_encoder = 1, v_encoder_no_decay = 1}})
+end
+
+--- Per-update model options (VCMR / VR): the hard-negative and local-loss schedules of
+-- train_vcmr.py, decided from the number of finished updates (step - 1), so a resumed run decides
+-- the same way.
+function FT.forward_opts(task, model, hps)
+  if task ~= "vcmr" and task ~= "vr" then return nil end
+  return function(_, step)
+    local done = step - 1
+    local hard
+    for i, hn in ipairs(hps.hard_negtiave_start_step) do
+      if hn ~= -1 and done >= hn then hard = {pool_size = hps.hard_pool_size[i], weight = hps.hard_neg_weights[i]} end
+    end
+    if hard then model:set_hard_negative(true, hard.pool_size, hard.weight) else model:set_hard_negative(false) end
+    if task == "vcmr" then
+      local s = hps.train_span_start_step
+      model:set_train_st_ed((s ~= -1 and done >= s) and hps.lw_st_ed or 0)
+    end
+    return nil
+  end
+end
+
+--- The training (or evaluation) dataset of a task: QueryDataset over the query db (training
+-- filters by max_txt_len) or CaptionDataset for TVC.
+function FT.dataset(task, hps, video, txt_db, train)
+  if type(txt_db) ~= "string" then fail("no text db: give --txt-db DIR") end
+  if not (file_exists(txt_db .. "/data.mdb") or file_exists(txt_db .. "/cap.db/data.mdb")) then
+    fail("text db '%s' not found", txt_db)
+  end
+  if task == "tvc" then
+    return D.CaptionDataset{video = video, cap_db = txt_db, max_txt_len = hps.max_txt_len,
+      frame_interval = hps.vfeat_interval, max_cap_per_vid = hps.max_cap_per_vid, sub_ctx_len = hps.sub_ctx_len}
+  end
+  return D.QueryDataset{task = task, video = video, query_db = txt_db, frame_interval = hps.vfeat_interval,
+    max_txt_len = train and hps.max_txt_len or -1, train = train, sub_ctx_len = hps.sub_ctx_len}
+end
+
+--- Everything a fine-tuning run needs. spec: task, hps, model_config (table), checkpoint (path),
+-- vfeat_db, sub_db, txt_db, out_dir, valid_txt_db (optional: validation losses every valid_steps),
+-- on_error ("skip"), progress, save_every (default hps.save_steps), valid_every (default
+-- hps.valid_steps when valid_txt_db is given).
+-- Returns {model, optimizer, loader, trainer, dataset, video, report, max_token}.
+function FT.setup(spec)
+  local task = FT.check_task(spec.task)
+  local hps = spec.hps
+  local sd = FT.read_checkpoint(spec.checkpoint)
+  local video = FT.video_dataset(hps, spec.vfeat_db, spec.sub_db)
+  local ds = FT.dataset(task, hps, video, spec.txt_db, true)
+  local vocab = spec.model_config.f_config.vocab_size
+  local sp = ds:special_ids()
+  if math.type(sp.MASK) == "integer" and sp.MASK >= vocab then
+    fail("the text db's token ids go up to %d but the model's vocabulary has %d rows (f_config.vocab_size)",
+      sp.MASK, vocab)
+  end
+  core.manual_seed(hps.seed)
+  local gen = core.Generator(hps.seed + 1)
+  local model, report = FT.build_model(task, spec.model_config, hps, sd, {generator = gen})
+  FT.check_features(model, video, ds)
+  local opt = FT.optimizer(model, task, hps)
+  local reported = {}
+  local loader = D.Loader{dataset = ds, batch_size = hps.train_batch_size, seed = hps.seed,
+    on_error = spec.on_error or "skip", on_skip = function(id, why)
+      if reported[id] then return end
+      reported[id] = true
+      io.stderr:write(string.format("\n[%s] skipped %s: %s\n", hps.task, tostring(id), tostring(why)))
+    end}
+  local train = require "hero.train"
+  local meta = train.MetaLoader{tasks = {[hps.task] = loader}, ratios = {[hps.task] = 1}, order = {hps.task},
+    accum = hps.gradient_accumulation_steps, generator = core.Generator(hps.seed)}
+  local valid = {}
+  if spec.valid_txt_db then
+    -- evaluation items (all queries, single VIOLIN statements); TVC validates on its captions
+    local vds = FT.dataset(task, hps, video, spec.valid_txt_db, false)
+    valid[hps.task] = D.Loader{dataset = vds, batch_size = hps.val_batch_size, seed = hps.seed, shuffle = false}
+  end
+  local trainer = train.Trainer{model = model, optimizer = opt, loader = meta, lr = hps.learning_rate,
+    warmup = hps.warmup_steps, total = hps.num_train_steps, grad_norm = hps.grad_norm ~= -1 and hps.grad_norm or false,
+    accum = hps.gradient_accumulation_steps, out_dir = spec.out_dir, progress = spec.progress,
+    save_every = spec.out_dir and (spec.save_every or hps.save_steps) or 0,
+    valid_every = next(valid) and (spec.valid_every or hps.valid_steps) or 0, valid = valid,
+    forward_opts = FT.forward_opts(task, model, hps), generator = gen}
+  return {model = model, optimizer = opt, loader = loader, meta = meta, trainer = trainer, dataset = ds,
+          video = video, report = report}
+end
+
+-- ------------------------------------------------------------------ evaluation
+
+local function vcmr_corpus(hps, video, qds, split, qids)
+  local vid2idx
+  local sdb = video.sub_db
+  if sdb and sdb.has_file and sdb:has_file("vid2dur_idx") then
+    local all = sdb:json("vid2dur_idx")
+    local part = all[split]
+    if type(part) == "table" then
+      vid2idx = {}
+      for v, info in pairs(part) do vid2idx[v] = info[2] end
+    end
+  end
+  local ids = {}
+  if vid2idx then
+    for v in pairs(vid2idx) do ids[#ids + 1] = v end
+  else
+    local seen = {}
+    for _, q in ipairs(qids) do
+      local v = qds:video_of(q, qds:example(q))
+      if v and not seen[v] then
+        seen[v] = true
+        ids[#ids + 1] = v
+      end
+    end
+  end
+  table.sort(ids)
+  if not vid2idx then
+    vid2idx = {}
+    for i, v in ipairs(ids) do vid2idx[v] = i - 1 end
+  end
+  local bs = hps.vcmr_eval_video_batch_size or hps.vr_eval_video_batch_size or 40
+  local batches = {}
+  local sp = qds:special_ids()
+  for s = 1, #ids, bs do
+    local items = {}
+    for i = s, math.min(s + bs - 1, #ids) do
+      local v, why = video:get(ids[i])
+      if v == nil then fail("corpus video '%s' cannot be read: %s", ids[i], tostring(why)) end
+      items[#items + 1] = tasks.video_item(v, {special_ids = sp, sub_ctx_len = hps.sub_ctx_len})
+    end
+    batches[#batches + 1] = collate.video_collate(items)
+  end
+  return {batches = batches, video_ids = ids, video2idx = vid2idx}
+end
+
+local function eval_vcmr(task, model, hps, qds, spec)
+  local split = spec.split or "val"
+  local qids = qds:ids()
+  local corpus = vcmr_corpus(hps, qds.video, qds, split, qids)
+  local qbs = hps.vcmr_eval_q_batch_size or hps.vr_eval_q_batch_size or 80
+  local batches, all_q, all_v = {}, {}, {}
+  local has_gt = true
+  for s = 1, #qids, qbs do
+    local qs = {}
+    for i = s, math.min(s + qbs - 1, #qids) do
+      local it, why = qds:item(qids[i])
+      if it == nil then fail("query '%s': %s", qids[i], tostring(why)) end
+      local q = it.queries[1]
+      q.qid = qids[i]
+      qs[#qs + 1] = q
+      -- the reference's submissions carry desc_id = int(qid)
+      all_q[#all_q + 1] = qids[i]:match("^%d+$") and math.tointeger(tonumber(qids[i])) or qids[i]
+      all_v[#all_v + 1] = q.vid
+      if q.target[1] < 0 then has_gt = false end
+    end
+    batches[#batches + 1] = D.query_collate(qs)
+  end
+  local gt = has_gt and qds:ground_truth(qids) or nil
+  local res
+  if task == "vcmr" then
+    res = model:evaluate_full(corpus, {batches = batches, query_ids = all_q, query_vids = all_v}, gt, {
+      q2c_alpha = hps.q2c_alpha, max_vcmr_video = hps.max_vcmr_video, min_pred_l = hps.min_pred_l,
+      max_pred_l = hps.max_pred_l, max_before_nms = hps.max_before_nms, max_after_nms = hps.max_after_nms,
+      nms_thd = hps.nms_thd, vfeat_interval = hps.vfeat_interval, tasks = hps.full_eval_tasks,
+      eval_with_query_type = hps.eval_with_query_type, max_clip_len = hps.max_clip_len, split = split})
+  else
+    res = model:evaluate_full(corpus, {batches = batches, query_ids = all_q, query_vids = all_v}, gt, {
+      max_vr_video = hps.max_vr_video, max_clip_len = hps.max_clip_len, split = split})
+  end
+  return {submission = res.submission, metrics = res.metrics or json.null, submission_nms = res.submission_nms,
+          metrics_nms = res.metrics_nms, val_log = res.val_log or {}, num_queries = #all_q,
+          num_videos = #corpus.video_ids}
+end
+
+local function cat_rows(list)
+  if #list == 1 then return list[1] end
+  return core.cat(list, 1)
+end
+
+local function eval_qa(task, model, hps, qds, spec)
+  local loader = D.Loader{dataset = qds, batch_size = hps.val_batch_size, shuffle = false, on_error = "error",
+    qids = true}
+  local logits, targets, qids = {}, {}, {}
+  local has_gt = true
+  model:evaluate()
+  for batch in loader:iter() do
+    local out = core.no_grad(function()
+      return model:forward(batch, nil, {compute_loss = false, num_questions = batch.targets:size(1)})
+    end)
+    logits[#logits + 1] = out.logits:detach()
+    targets[#targets + 1] = batch.targets:reshape(batch.targets:size(1))
+    if batch.targets:min():item() < 0 then has_gt = false end
+    for _, q in ipairs(batch.qids) do qids[#qids + 1] = q end
+  end
+  model:train()
+  local L, T = cat_rows(logits), cat_rows(targets)
+  local Q = require "hero.eval.qa"
+  local val_log, results
+  if task == "videoqa" then
+    val_log, results = Q.videoqa(L, has_gt and T or nil, qids, {batch_size = hps.val_batch_size})
+  else
+    if not has_gt then
+      results = {}
+      local p = Q.sigmoid_f32(L):reshape(L:size(1)):gt(0.5):totable()
+      for i, q in ipairs(qids) do results[tostring(q)] = p[i] and 1 or 0 end
+      val_log = {}
+    else
+      val_log, results = Q.violin(L, T, qids, {batch_size = hps.val_batch_size, split = spec.split or "val"})
+    end
+  end
+  local metrics = json.null
+  for k, v in pairs(val_log) do
+    if k:find("acc$") then metrics = metrics == json.null and {} or metrics; metrics.accuracy = v end
+    if k:find("loss$") then metrics = metrics == json.null and {} or metrics; metrics.loss = v end
+  end
+  return {results = results, metrics = metrics, val_log = val_log, num_queries = #qids}
+end
+
+local function eval_tvc(model, hps, cds, spec)
+  local loader = D.Loader{dataset = cds, batch_size = hps.val_batch_size, shuffle = false, on_error = "error",
+    eval = true}
+  local sp = cds:special_ids()
+  local tok = spec.tokenizer
+  local results, refs = {}, {}
+  local with_refs = true
+  for batch in loader:iter() do
+    local caps = model:greedy_decode(batch, {max_step = hps.max_gen_step, bos = sp.BOS, eos = sp.EOS})
+    for i, ids in ipairs(caps) do
+      local text
+      if tok then text = tok:decode(ids) else
+        local w = {}
+        for j, t in ipairs(ids) do w[j] = tostring(t) end
+        text = table.concat(w, " ")
+      end
+      local cid = batch.clip_ids[i]
+      -- TvcValDataset.collate: clip_ids.append(int(cid))
+      if type(cid) == "string" and cid:match("^%d+$") then cid = math.tointeger(tonumber(cid)) end
+      results[#results + 1] = {vid_name = batch.vid_names[i], clip_id = cid, ts = batch.all_ts[i],
+                               descs = {{desc = text}}}
+      local r = batch.gts[i]
+      if type(r) ~= "table" or #r == 0 then with_refs = false end
+      refs[#refs + 1] = {clip_id = cid, descs = r or {}}
+    end
+  end
+  local out = {results = results, num_clips = #results}
+  if with_refs and tok then
+    local ev = require("hero.eval.caption").tvc_eval(refs, results)
+    out.metrics = ev.scores_x100
+  else
+    out.metrics = json.null
+    out.note = tok and "the clips have no reference captions" or
+      "no tokenizer (--vocab/--merges): captions are token ids and no text metrics were computed"
+  end
+  return out
+end
+
+--- Evaluates a model on a split, as the reference's eval_vcmr.py / eval_vr.py / eval_videoQA.py /
+-- eval_violin.py / inf_tvc.py do. spec: video (a VideoSubDataset), txt_db, split ("val"),
+-- tokenizer (TVC: a hero.text.Tokenizer for the caption text). Returns the results table:
+--   vcmr/vr: {submission = {video2idx, VCMR, SVMR, VR}, metrics, submission_nms, metrics_nms, val_log}
+--   videoqa/violin: {results = {qid = answer}, metrics = {accuracy, loss}, val_log}
+--   tvc: {results = {{vid_name, clip_id, ts, descs = {{desc}}}}, metrics = {Bleu_1..4, ROUGE_L, CIDEr}}
+function FT.evaluate(task, model, hps, spec)
+  FT.check_task(task)
+  local ds = FT.dataset(task, hps, spec.video, spec.txt_db, false)
+  local res
+  if task == "vcmr" or task == "vr" then
+    res = eval_vcmr(task, model, hps, ds, spec)
+  elseif task == "videoqa" or task == "violin" then
+    res = eval_qa(task, model, hps, ds, spec)
+  else
+    res = eval_tvc(model, hps, ds, spec)
+  end
+  res.task, res.split = hps.task, spec.split or "val"
+  return res
+end
+
+return FT

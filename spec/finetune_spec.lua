@@ -1,0 +1,637 @@
+local hero = require "hero"
+local helper = require "spec_helper"
+local json = hero.json
+local data = hero.data
+local D = data.downstream
+
+local smoke = helper.fixture("hero-smoke")
+local txt_dir = helper.fixture("data/txt_db")
+local tv_video = helper.fixture("data/video_db/tv/resnet_slowfast_1.5")
+local SMOKE_IDS = {CLS = 0, BOS = 0, SEP = 2, EOS = 2, PAD = 1, MASK = 996}
+
+-- ------------------------------------------------------------------ helpers
+
+local function load_batch(name)
+  return hero.load(smoke .. "/" .. name .. ".safetensors"), json.read_file(smoke .. "/" .. name .. ".json")
+end
+
+--- Every key of `expected` is in `got` with the same dtype, shape and values (exact); non-tensor
+-- values compare as JSON; `got` has no other key.
+local function assert_same_batch(got, expected, name)
+  for k in pairs(got) do assert(expected[k] ~= nil, string.format("%s: unexpected key '%s'", name, k)) end
+  for k, e in pairs(expected) do
+    local a = got[k]
+    assert(a ~= nil, string.format("%s: missing key '%s'", name, k))
+    if hero.is_tensor(e) then
+      assert(hero.is_tensor(a), string.format("%s.%s is not a tensor", name, k))
+      assert.are.equal(e:dtype(), a:dtype(), name .. "." .. k .. " dtype")
+      assert.are.same(e:size(), a:size(), name .. "." .. k .. " shape")
+      if e:numel() > 0 then assert(a:eq(e):all():item(), string.format("%s.%s differs from the reference", name, k)) end
+    else
+      assert.are.equal(json.encode(e), json.encode(a), name .. "." .. k)
+    end
+  end
+end
+
+local function side_fields(b, side)
+  for k, v in pairs(side) do if not k:find("^_") then b[k] = v end end
+  return b
+end
+
+-- The fixture's synthetic videos, rebuilt from the pre-training representation batches: frames
+-- from c_v_feats (MFM's masked frames restored from feat_targets), subtitle tokens from
+-- f_sub_input_ids (sub_ctx_len 0 there).
+local function fixture_videos()
+  local videos = {}
+  for _, name in ipairs {"batch_mfm-nce", "batch_fom", "batch_mffr", "optim_batch_mfm-nce_mb1"} do
+    local b, side = load_batch(name)
+    local row, masked = 0, 0
+    for i, vid in ipairs(side._videos) do
+      local nf = b.c_attn_masks[i]:sum():item()
+      local feats = b.c_v_feats[i]:narrow(1, 1, nf):clone()
+      if b.c_v_masks then
+        for f = 1, nf do
+          if b.c_v_masks[i][f]:item() then
+            masked = masked + 1
+            feats[f]:copy_(b.feat_targets[masked])
+          end
+        end
+      end
+      local ids = {}
+      for _, pair in ipairs(side.sub_idx2frame_idx[i]) do
+        row = row + 1
+        local n = b.f_sub_input_attn_masks[row]:sum():item()
+        local r = b.f_sub_input_ids[row]:totable()
+        ids[pair[1] + 1] = {table.unpack(r, 2, n)}
+      end
+      if not videos[vid] then
+        videos[vid] = {v_feat = feats, sub2frames = side.sub_idx2frame_idx[i], input_ids = ids}
+      end
+    end
+  end
+  return data.MemoryDataset{videos = videos, special_ids = SMOKE_IDS}
+end
+
+-- The video of a batch row, found by its frames.
+local function video_of_row(ds, b, row)
+  local nf = b.c_attn_masks[row]:sum():item()
+  local feats = b.c_v_feats[row]:narrow(1, 1, nf)
+  for _, vid in ipairs(ds:ids()) do
+    local v = ds:get(vid)
+    if v.v_feat:size(1) == nf and v.v_feat:eq(feats):all():item() then return v end
+  end
+  error("no fixture video has the frames of row " .. row)
+end
+
+-- The unpadded ids of row r of a [N, L] id tensor with its mask.
+local function row_ids(ids, mask, r)
+  local n = mask[r]:sum():item()
+  return {table.unpack(ids[r]:totable(), 1, n)}
+end
+
+local function strip_first(t) return {table.unpack(t, 2)} end
+
+-- ------------------------------------------------------------------ targets
+
+describe("downstream targets", function()
+  local expected = json.read_file(txt_dir .. "/expected_txt_db.json")
+
+  it("st/ed of every TVR and TVQA query as the reference (12-frame cap, 1.5 s frames)", function()
+    local id2nframe = json.read_file(helper.fixture("data/video_db/tv/id2nframe.json"))
+    local n = 0
+    for _, name in ipairs {"tvr_val.db", "tvqa_val.db"} do
+      local db <close> = data.open_txt_db(txt_dir .. "/" .. name)
+      for qid, want in pairs(expected.st_ed_targets.result[name]) do
+        local ex = db:get(qid)
+        local nf = math.min(id2nframe[ex.vid_name], 12)
+        local st, ed
+        if name == "tvr_val.db" then
+          st, ed = D.st_ed_label(ex.target, 1.5, nf - 1)
+        else
+          st, ed = D.qa_st_ed_label(ex.ts, 1.5, nf - 1)
+        end
+        assert.are.same(want, {st, ed}, name .. " " .. qid)
+        n = n + 1
+      end
+    end
+    assert.are.equal(13, n)
+  end)
+
+  it("ts strings that do not parse give -1, -1", function()
+    for _, s in ipairs {"NaN-NaN", "inf-3", "", "5", "a-b", "0x10-3", json.null, nil} do
+      assert.are.same({-1, -1}, {D.qa_st_ed_label(s, 1.5, 9)}, tostring(s))
+    end
+    assert.are.same({1, 3}, {D.qa_st_ed_label(" 1.78 -5.12", 1.5, 9)})
+    -- ed is at least st + 1 and both are capped at max_idx
+    assert.are.same({9, 9}, {D.st_ed_label({30, 31}, 1.5, 9)})
+    assert.are.same({2, 3}, {D.st_ed_label({3.0, 3.2}, 1.5, 9)})
+  end)
+
+  it("TVC segments round the end half to even and stop at nframes", function()
+    assert.are.same({0, 2}, {D.tvc_st_ed({0, 3.75}, 1.5, 10)})  -- 2.5 -> 2
+    assert.are.same({1, 4}, {D.tvc_st_ed({1.5, 5.25}, 1.5, 10)}) -- 3.5 -> 4
+    assert.are.same({10, 10}, {D.tvc_st_ed({20, 30}, 1.5, 10)})  -- an empty segment past the video
+    assert.are.equal(2, D.round_half_even(2.5))
+    assert.are.equal(-2, D.round_half_even(-2.5))
+    assert.are.equal("vl6660-1", D.paired_statement_id("vl6660-0"))
+    assert.are.equal("a-b-0", D.paired_statement_id("a-b-1"))
+    helper.assert_error_contains(function() D.paired_statement_id("x") end, "does not end in -0 or -1")
+  end)
+end)
+
+-- ------------------------------------------------------------------ fixture batches
+
+describe("downstream collates rebuild the reference's batches", function()
+  local ds
+  setup(function() ds = fixture_videos() end)
+
+  it("vcmr_collate: one item per query, a video used twice, q_vidx of its last occurrence", function()
+    local b, side = load_batch("vcmr_batch")
+    local items = {}
+    for i, vid in ipairs(side.vids) do
+      local ex = {input_ids = strip_first(row_ids(b.query_input_ids, b.query_attn_masks, i)),
+                  st_ed = b.targets[i]:totable()}
+      items[i] = D.vcmr_item(ds:get(vid), {ex}, {special_ids = SMOKE_IDS, sub_ctx_len = 0})
+    end
+    assert_same_batch(D.vcmr_collate(items), side_fields(b, side), "vcmr_batch")
+    assert.are.same({2, 1, 2, 3}, b.q_vidx:totable())
+  end)
+
+  it("video_qa_collate: 5 copies per question, [SEP] q [SEP] a on every segment", function()
+    local b, side = load_batch("videoqa_batch")
+    local items = {}
+    local N = b.targets:size(1)
+    for q = 1, N do
+      local v = video_of_row(ds, b, (q - 1) * 5 + 1)
+      local lists = {}
+      for a = 1, 5 do
+        local qa = row_ids(b.qa_input_ids, b.qa_attn_masks, (q - 1) * 5 + a)
+        assert.are.equal(SMOKE_IDS.SEP, qa[1])
+        local second
+        for j = 2, #qa do if qa[j] == SMOKE_IDS.SEP then second = j break end end
+        lists[1] = {table.unpack(qa, 2, second - 1)}
+        lists[a + 1] = {table.unpack(qa, second + 1)}
+      end
+      items[q] = D.videoqa_item(v, {{input_ids = lists, target = b.targets[q][1]:item(),
+        ts_target = b.ts_targets[q]:totable()}}, {special_ids = SMOKE_IDS, sub_ctx_len = 0})
+    end
+    assert_same_batch(D.videoqa_collate(items), side_fields(b, side), "videoqa_batch")
+    assert.are.same({{-1, -1}}, {b.ts_targets[2]:totable()}) -- the unparsable ts
+  end)
+
+  it("violin_collate: statement pairs, sub_ctx_len 2", function()
+    local b, side = load_batch("violin_batch")
+    local items = {}
+    for p, pair in ipairs(side._qids) do
+      local v = video_of_row(ds, b, 2 * p - 1)
+      local exs = {}
+      for k = 1, 2 do
+        local r = 2 * (p - 1) + k
+        exs[k] = {input_ids = strip_first(row_ids(b.q_input_ids, b.q_attn_masks, r)), target = b.targets[r][1]:item(),
+                  qid = pair[k]}
+      end
+      assert.are.equal(pair[2], D.paired_statement_id(pair[1]))
+      items[p] = D.violin_item(v, exs, {special_ids = SMOKE_IDS, sub_ctx_len = 2})
+    end
+    assert_same_batch(D.violin_collate(items), side_fields(b, side), "violin_batch")
+  end)
+
+  it("TVC collate: [BOS] caption / caption [EOS], segment masks incl. an empty one", function()
+    local b, side = load_batch("tvc_batch")
+    local items, row = {}, 0
+    for i, vid in ipairs(side._vids) do
+      local exs = {}
+      for k, range in ipairs(side.clip_ranges[i]) do
+        row = row + 1
+        local tgt = row_ids(b.cap_tgt_ids, b.cap_tgt_ids:ne(-1), row)
+        assert.are.equal(SMOKE_IDS.EOS, tgt[#tgt])
+        exs[k] = {input_ids = {table.unpack(tgt, 1, #tgt - 1)}, range = range}
+      end
+      items[i] = D.tvc_item(ds:get(vid), exs, {special_ids = SMOKE_IDS, sub_ctx_len = 1, max_txt_len = 60})
+    end
+    assert_same_batch(D.tvc_collate(items), side_fields(b, side), "tvc_batch")
+    assert.are.equal(0, b.cap_attn_mask[4]:sum():item()) -- clip [7, 7) of a 7-frame video
+  end)
+
+  it("bad items give clear errors", function()
+    helper.assert_error_contains(function() D.vcmr_collate({{}}) end, "has no queries")
+    helper.assert_error_contains(function() D.videoqa_collate({{}}) end, "not a question/statement item")
+    helper.assert_error_contains(function() D.tvc_collate({{}}) end, "has no captions")
+    helper.assert_error_contains(function() D.vcmr_item(ds:get("vid_a"), {{input_ids = {1}}}, {}) end,
+      "special_ids")
+    helper.assert_error_contains(function()
+      D.videoqa_item(ds:get("vid_a"), {{input_ids = {{5}}}}, {special_ids = SMOKE_IDS})
+    end, "input_ids must be {question, answer1, ...}")
+  end)
+end)
+
+-- ------------------------------------------------------------------ the TV fixture databases
+
+local FT = require "hero.train.finetune"
+local expected_txt = json.read_file(txt_dir .. "/expected_txt_db.json")
+
+local function tv_videos(sub_ctx_len)
+  return data.VideoSubDataset{video_db = tv_video, sub_db = txt_dir .. "/tv_subtitles.db", max_clip_len = 12,
+    sub_ctx_len = sub_ctx_len or 0}
+end
+
+describe("downstream datasets on the TV databases", function()
+  it("VCMR: the max_txt_len filter of training, every query for evaluation, st/ed targets", function()
+    local video = tv_videos()
+    local train = D.QueryDataset{task = "vcmr", video = video, query_db = txt_dir .. "/tvr_val.db", max_txt_len = 60}
+    assert.are.same(expected_txt.length_filter.result["tvr_val.db"]["60"], train:ids())
+    local all = D.QueryDataset{task = "vcmr", video = video, query_db = txt_dir .. "/tvr_val.db", train = false}
+    assert.are.same(expected_txt.length_filter.result["tvr_val.db"]["-1"], all:ids())
+    local want = expected_txt.st_ed_targets.result["tvr_val.db"]
+    local items = {}
+    for i, qid in ipairs(all:ids()) do
+      items[i] = assert(all:item(qid))
+      assert.are.same(want[qid], items[i].queries[1].target, qid)
+    end
+    local b = D.vcmr_collate({items[1], items[8], items[2]}, {qids = true})
+    -- 90889 and 90896 share friends_s01e01_seg02_clip_00: q_vidx points at its last occurrence
+    assert.are.same({"90889", "90896", "90890"}, b.qids)
+    assert.are.same({1, 1, 2}, b.q_vidx:totable())
+    assert.are.same({3, 64}, b.query_input_ids:size()) -- 90890: [CLS] + 63 tokens (no cut)
+    assert.are.same({want["90889"], want["90896"], want["90890"]}, b.targets:totable())
+    assert.are.equal(0, b.query_input_ids[1][1]:item()) -- [CLS]
+    assert.are.equal(3, b.c_v_feats:size(1))
+  end)
+
+  it("TVQA: five answer copies per question, the 120-token filter, ts targets", function()
+    local qa = D.QueryDataset{task = "videoqa", video = tv_videos(), query_db = txt_dir .. "/tvqa_val.db",
+      max_txt_len = 120}
+    assert.are.same(expected_txt.length_filter.result["tvqa_val.db"]["120"], qa:ids())
+    local want = expected_txt.st_ed_targets.result["tvqa_val.db"]
+    local items = {}
+    for i, qid in ipairs(qa:ids()) do
+      items[i] = assert(qa:item(qid))
+      assert.are.same(want[qid], items[i].ts_targets[1], qid)
+      assert.are.equal(5, #items[i].copies)
+    end
+    local b = D.videoqa_collate(items, {qids = true})
+    assert.are.same({15, 12, 24}, b.c_v_feats:size())
+    assert.are.same({3, 1}, b.targets:size())
+    assert.are.same({1, 0, 0}, b.targets:reshape(3):totable())
+    local ex = qa:example("130002")
+    -- every segment of a copy ends with [SEP] q [SEP] a
+    local qa_ids = row_ids(b.qa_input_ids, b.qa_attn_masks, 2)
+    local want_qa = {2}
+    for _, t in ipairs(ex.input_ids[1]) do want_qa[#want_qa + 1] = t end
+    want_qa[#want_qa + 1] = 2
+    for _, t in ipairs(ex.input_ids[3]) do want_qa[#want_qa + 1] = t end
+    assert.are.same(want_qa, qa_ids)
+    local seg = row_ids(b.f_sub_input_ids, b.f_sub_input_attn_masks, b.num_subs[1] + 1) -- copy 2, segment 1
+    assert.are.same(want_qa, {table.unpack(seg, #seg - #want_qa + 1)})
+  end)
+
+  it("VIOLIN: a statement and its pair for training, single statements for evaluation", function()
+    local video = tv_videos(2)
+    local tr = D.QueryDataset{task = "violin", video = video, query_db = txt_dir .. "/violin_test.db",
+      max_txt_len = 120}
+    local it = assert(tr:item("vl6660-1"))
+    assert.are.same({"vl6660-1", "vl6660-0"}, it.qids)
+    assert.are.same({1, 0}, it.targets)
+    local ev = D.QueryDataset{task = "violin", video = video, query_db = txt_dir .. "/violin_test.db", train = false}
+    local b = D.violin_collate({assert(ev:item("vl9611-0"))})
+    assert.are.same({{0}}, b.targets:totable())
+    assert.are.equal(2, b.q_input_ids[1][1]:item()) -- [SEP]
+  end)
+
+  it("the loader: seeded epochs, skipped queries reported, resume bit for bit", function()
+    local video = tv_videos()
+    local ds = D.QueryDataset{task = "vcmr", video = video, query_db = txt_dir .. "/tvr_val.db", max_txt_len = -1,
+      ids = {"90889", "90890", "nope", "90891", "90892"}}
+    local skipped = {}
+    local L = D.Loader{dataset = ds, batch_size = 2, seed = 5,
+      on_skip = function(id, why) skipped[#skipped + 1] = id .. why end}
+    L:next()
+    local st = L:state()
+    local a = {L:next(), L:next(), L:next()}
+    L:set_state(st)
+    for i = 1, 3 do
+      local b = L:next()
+      assert(b.query_input_ids:eq(a[i].query_input_ids):all():item())
+    end
+    assert.is_true(#skipped >= 1)
+    assert.matches("nope.*not in the query db", skipped[1])
+    local strict = D.Loader{dataset = ds, batch_size = 5, on_error = "error", shuffle = false}
+    helper.assert_error_contains(function() strict:next() end, "'nope'", "not in the query db")
+  end)
+end)
+
+-- ------------------------------------------------------------------ fine-tuning and evaluation
+
+local tmpdir
+local lua_cmd = string.format("LUA_PATH='%s' LUA_CPATH='%s' lua5.4", package.path, package.cpath)
+
+-- Runs an example program; returns its exit status and its output (stdout and stderr).
+local function run_example(script, args)
+  local q = {}
+  for i, a in ipairs(args) do q[i] = "'" .. a:gsub("'", "'\\''") .. "'" end
+  local p = io.popen(lua_cmd .. " examples/" .. script .. " " .. table.concat(q, " ") .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  return rc, out
+end
+
+local function tiny_section(extra)
+  local s = {hidden_size = 16, num_attention_heads = 2, intermediate_size = 32, num_hidden_layers = 1,
+    max_position_embeddings = 514, type_vocab_size = 2, vocab_size = 50272, hidden_act = "gelu",
+    hidden_dropout_prob = 0.1, attention_probs_dropout_prob = 0.1, initializer_range = 0.02}
+  for k, v in pairs(extra or {}) do s[k] = v end
+  return s
+end
+
+local TVR_KEYS = {task = "tvr", max_txt_len = 60, lw_neg_q = 8.0, lw_neg_ctx = 8.0, lw_st_ed = 0.01,
+  ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10},
+  hard_negtiave_start_step = {3}, train_span_start_step = 2, drop_svmr_prob = 0.0, use_all_neg = true,
+  eval_with_query_type = true, max_before_nms = 200, max_after_nms = 100, distributed_eval = false, nms_thd = 0.5,
+  q2c_alpha = 20, max_vcmr_video = 100, full_eval_tasks = {"VCMR", "SVMR", "VR"}, min_pred_l = 2, max_pred_l = 16,
+  sub_ctx_len = 0, vcmr_eval_video_batch_size = 3, vcmr_eval_q_batch_size = 4}
+
+-- A released-style training config for the TV fixture databases and the tiny model.
+local function train_config(task)
+  local c = {sub_txt_db = txt_dir .. "/tv_subtitles.db", vfeat_db = helper.fixture("data/video_db/tv"),
+    model_config = "model.json", max_clip_len = 12, vfeat_version = "resnet_slowfast", vfeat_interval = 1.5,
+    compressed_db = false, train_batch_size = 4, val_batch_size = 4, gradient_accumulation_steps = 1,
+    learning_rate = 1e-3, valid_steps = 100, save_steps = 100, num_train_steps = 50, optim = "adamw",
+    betas = {0.9, 0.98}, dropout = 0.0, weight_decay = 0.01, grad_norm = 1.0, warmup_steps = 1, seed = 77}
+  local extra
+  if task == "vcmr" then
+    extra = TVR_KEYS
+  elseif task == "vr" then
+    extra = {task = "msrvtt_video_sub", max_txt_len = 60, lw_neg_q = 10.0, lw_neg_ctx = 10.0,
+      ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10},
+      hard_negtiave_start_step = {0}, use_all_neg = true,
+      max_vr_video = 100, sub_ctx_len = 1, vr_eval_video_batch_size = 4, vr_eval_q_batch_size = 5}
+  elseif task == "videoqa" then
+    extra = {task = "tvqa", max_txt_len = 120, lr_mul = 10.0, lw_st_ed = 0.4, train_batch_size = 3}
+  elseif task == "violin" then
+    extra = {task = "violin", max_txt_len = 120, lr_mul = 8.0, sub_ctx_len = 2, train_batch_size = 2}
+  else
+    extra = {max_txt_len = 16, lr_mul = 10.0, lsr = 0.1, max_gen_step = 4, max_cap_per_vid = -1, sub_ctx_len = 1,
+             train_batch_size = 2}
+  end
+  for k, v in pairs(extra) do c[k] = v end
+  return c
+end
+
+local TXT = {vcmr = "tvr_val.db", vr = "tvr_val.db", videoqa = "tvqa_val.db", violin = "violin_test.db",
+             tvc = "tvr_val.db"}
+
+local function setup_run(task, hps_over)
+  local raw = train_config(task)
+  for k, v in pairs(hps_over or {}) do raw[k] = v end
+  local hps = FT.hparams(task, raw, "train-" .. task .. ".json")
+  local cfg = FT.model_config(hps, tmpdir .. "/model.json")
+  return FT.setup{task = task, hps = hps, model_config = cfg, checkpoint = tmpdir .. "/init.safetensors",
+    vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = txt_dir .. "/" .. TXT[task], progress = false}, hps
+end
+
+describe("fine-tuning and evaluation", function()
+  setup(function()
+    tmpdir = os.tmpname()
+    os.remove(tmpdir)
+    assert(os.execute('mkdir -p "' .. tmpdir .. '"'))
+    local cfg = {f_config = tiny_section(), c_config = tiny_section {max_position_embeddings = 32},
+      q_config = tiny_section {num_hidden_layers = 0}, d_config = tiny_section {max_position_embeddings = 64}}
+    json.write_file(tmpdir .. "/model.json", cfg)
+    hero.manual_seed(3)
+    local m = hero.models.HeroForPretraining(hero.config.model(cfg), {vfeat_dim = 24, max_frm_seq_len = 16})
+    m:save_checkpoint(tmpdir .. "/init.safetensors")
+    for _, t in ipairs {"vcmr", "videoqa", "violin", "tvc"} do
+      json.write_file(tmpdir .. "/train-" .. t .. ".json", train_config(t))
+    end
+  end)
+  teardown(function()
+    if tmpdir and tmpdir:match("^/tmp/") then os.execute('rm -rf "' .. tmpdir .. '"') end
+  end)
+
+  it("AdamW groups: lr_mul on the heads for VideoQA / VIOLIN / TVC, never for VCMR", function()
+    local function mul_of(opt, name)
+      for _, e in ipairs(opt.entries) do
+        if e.name == name then return opt.lr_mul[e.group] or 1, e.decay end
+      end
+      error("no parameter " .. name)
+    end
+    local qa = setup_run("videoqa")
+    assert.are.same({10.0, true}, {mul_of(qa.optimizer, "qa_pool.weight")})
+    assert.are.same({10.0, false}, {mul_of(qa.optimizer, "qa_pred_head.linear_1.bias")})
+    assert.are.same({1, true}, {mul_of(qa.optimizer, "v_encoder.f_encoder.img_embeddings.img_linear.weight")})
+    assert.are.same({1, false}, {mul_of(qa.optimizer, "v_encoder.c_encoder.embeddings.LayerNorm.weight")})
+    local vc = setup_run("vcmr", {lr_mul = 5.0})
+    assert.are.same({1, true}, {mul_of(vc.optimizer, "video_query_linear.weight")})
+  end)
+
+  it("VCMR schedules: the local loss from train_span_start_step, hard negatives from their start", function()
+    local run, hps = setup_run("vcmr")
+    local fo = FT.forward_opts("vcmr", run.model, hps)
+    local o = run.model.opts
+    assert.are.equal(0, o.lw_st_ed) -- the reference builds the model with lw_st_ed = 0
+    fo("tvr", 2) -- update 2: one update done
+    assert.are.same({0, nil}, {o.lw_st_ed, o.hard_negative})
+    fo("tvr", 3)
+    assert.are.same({0.01, nil}, {o.lw_st_ed, o.hard_negative})
+    fo("tvr", 4)
+    assert.are.same({0.01, {pool_size = 2, weight = 10}}, {o.lw_st_ed, o.hard_negative})
+    fo("tvr", 1) -- decided from the step alone, so a resumed run decides the same way
+    assert.are.same({0, nil}, {o.lw_st_ed, o.hard_negative})
+    local never, nh = setup_run("vcmr", {hard_negtiave_start_step = {-1}, train_span_start_step = -1})
+    FT.forward_opts("vcmr", never.model, nh)("tvr", 100)
+    assert.are.same({0, nil}, {never.model.opts.lw_st_ed, never.model.opts.hard_negative})
+  end)
+
+  it("validation losses every valid_steps on a validation db (single VIOLIN statements)", function()
+    local raw = train_config("violin")
+    local hps = FT.hparams("violin", raw, "cfg")
+    local run = FT.setup{task = "violin", hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
+      checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+      txt_db = txt_dir .. "/violin_test.db", valid_txt_db = txt_dir .. "/violin_test.db", valid_every = 2,
+      progress = false}
+    local recs = run.trainer:train(2)
+    assert.is_nil(recs[1].valid)
+    assert.is_number(recs[2].valid.violin)
+    assert.is_true(recs[2].valid.violin > 0)
+  end)
+
+  it("the reference's .pt checkpoints load (fp16 weights into an f32 model, frame sizes from the file)", function()
+    local sd = FT.read_checkpoint(smoke .. "/model_fp16.pt")
+    local cfg = hero.config.model(json.read_file(smoke .. "/config.json").model_config.finetune)
+    local hps = FT.hparams("videoqa", train_config("videoqa"), "cfg")
+    local m, report = FT.build_model("videoqa", cfg, hps, sd)
+    assert.is_true(#report.missing > 0 and #report.missing < 20) -- only the QA heads
+    local w = m.v_encoder.f_encoder.img_embeddings.img_linear.weight
+    assert.are.equal("f32", w:dtype())
+    assert.are.same({64, 24}, w:size()) -- vfeat_dim 24 from the checkpoint
+    assert(w:eq(sd["v_encoder.f_encoder.img_embeddings.img_linear.weight"]:float()):all():item())
+    assert.are.equal(8, m.v_encoder.f_encoder.img_embeddings.position_embeddings.weight:size(1))
+  end)
+
+  for _, task in ipairs {"vcmr", "vr", "videoqa", "violin", "tvc"} do
+    it(task .. ": a few updates on a repeated batch lower the loss, then evaluation", function()
+      -- VCMR with its whole loss from the first update (the schedules are checked below)
+      local run, hps = setup_run(task, task == "vcmr" and {hard_negtiave_start_step = {0}, train_span_start_step = 0}
+        or nil)
+      local batch = run.loader:next()
+      local train = hero.train
+      local meta = train.MetaLoader{tasks = {[hps.task] = train.CyclingLoader({batch})}, ratios = {[hps.task] = 1},
+        accum = 1, generator = hero.Generator(1)}
+      local tr = train.Trainer{model = run.model, optimizer = run.optimizer, loader = meta, lr = hps.learning_rate,
+        warmup = 1, total = 50, grad_norm = 1.0, progress = false, forward_opts = FT.forward_opts(task, run.model, hps)}
+      local recs = tr:train(task == "tvc" and 4 or 5)
+      assert.is_true(recs[#recs].loss < recs[1].loss, string.format("%s: loss %g -> %g", task, recs[1].loss,
+        recs[#recs].loss))
+      local tok
+      if task == "tvc" then
+        tok = hero.text.Tokenizer.from_files(helper.fixture("tokenizer/roberta-base-vocab.json"),
+          helper.fixture("tokenizer/vocab.bpe"))
+      end
+      local res = FT.evaluate(task, run.model, hps, {video = run.video, txt_db = txt_dir .. "/" .. TXT[task],
+        split = "val", tokenizer = tok})
+      if task == "vcmr" then
+        for _, k in ipairs {"VCMR", "SVMR", "VR"} do assert.are.equal(9, #res.submission[k]) end
+        assert.are.equal(7, #json.keys(res.submission.video2idx))
+        assert.are.equal(2, res.submission.video2idx["grey_s05e09_seg02_clip_17"]) -- vid2dur_idx.json's index
+        local p = res.submission.VCMR[1].predictions[1]
+        assert.are.equal(4, #p)
+        assert.are.equal(90889, res.submission.VCMR[1].desc_id)
+        assert.is_not_nil(res.metrics.VCMR["0.7-r1"])
+        assert.is_not_nil(res.metrics_nms.VCMR["0.5-r100"])
+        assert.is_not_nil(res.val_log["valid_val_VR/VR_r1"])
+      elseif task == "vr" then
+        local keys = json.keys(res.submission)
+        table.sort(keys)
+        assert.are.same({"VR", "video2idx"}, keys)
+        assert.are.equal(9, #res.submission.VR)
+        assert.are.equal(7, #res.submission.VR[1].predictions) -- every corpus video, ranked
+        assert.is_not_nil(res.metrics.VR.r1)
+      elseif task == "videoqa" or task == "violin" then
+        assert.are.equal(4, #json.keys(res.results))
+        assert.is_true(res.metrics.accuracy >= 0 and res.metrics.accuracy <= 1)
+      else
+        assert.are.equal(9, #res.results)
+        local r = res.results[1]
+        assert.are.equal("friends_s01e01_seg02_clip_00", r.vid_name)
+        assert.are.equal("string", type(r.descs[1].desc))
+        for _, k in ipairs {"Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr"} do assert.is_number(res.metrics[k]) end
+      end
+    end)
+  end
+end)
+
+describe("examples/finetune.lua and examples/evaluate.lua", function()
+  local dir
+  setup(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute('mkdir -p "' .. dir .. '"'))
+    local cfg = {f_config = tiny_section(), c_config = tiny_section {max_position_embeddings = 32},
+      q_config = tiny_section {num_hidden_layers = 0}}
+    json.write_file(dir .. "/model.json", cfg)
+    hero.manual_seed(4)
+    hero.models.HeroForPretraining(hero.config.model(cfg), {vfeat_dim = 24, max_frm_seq_len = 16})
+      :save_checkpoint(dir .. "/init.safetensors")
+    -- dropout and drop_svmr_prob on: the resumed run must restore every generator
+    local c = train_config("vcmr")
+    c.dropout, c.drop_svmr_prob, c.save_steps = 0.1, 0.5, 2
+    json.write_file(dir .. "/train-tvr.json", c)
+  end)
+  teardown(function()
+    if dir and dir:match("^/tmp/") then os.execute('rm -rf "' .. dir .. '"') end
+  end)
+
+  local function finetune(out, steps, extra)
+    local args = {"--task", "vcmr", "--config", dir .. "/train-tvr.json", "--checkpoint", dir .. "/init.safetensors",
+      "--txt-db", txt_dir .. "/tvr_val.db", "--vfeat-db", helper.fixture("data/video_db/tv"), "--out", out,
+      "--steps", tostring(steps), "--quiet"}
+    for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+    return run_example("finetune.lua", args)
+  end
+
+  it("trains, checkpoints, resumes bit for bit and evaluates into the reference's JSON structure", function()
+    local rc, out = finetune(dir .. "/a", 3)
+    assert.are.equal(0, rc, out)
+    rc, out = finetune(dir .. "/b", 2)
+    assert.are.equal(0, rc, out)
+    rc, out = finetune(dir .. "/b", 3, {"--resume"})
+    assert.are.equal(0, rc, out)
+    assert.matches("resumed from", out)
+    local a = hero.load(dir .. "/a/ckpt/step_3.safetensors")
+    local b = hero.load(dir .. "/b/ckpt/step_3.safetensors")
+    local n = 0
+    for k, t in pairs(a) do
+      assert(t:eq(b[k]):all():item(), k .. " differs after resuming")
+      n = n + 1
+    end
+    assert.is_true(n > 50)
+    local hps = json.read_file(dir .. "/a/log/hps.json")
+    assert.are.equal("tvr", hps.task)
+    assert.are.same({3}, hps.hard_negtiave_start_step) -- the reference's spelling kept
+
+    rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/a/ckpt/step_3.safetensors",
+      "--split", "val", "--txt-db", txt_dir .. "/tvr_val.db", "--out", dir .. "/results.json"})
+    assert.are.equal(0, rc, out)
+    local res = json.read_file(dir .. "/results.json")
+    local ref = json.read_file(smoke .. "/vcmr_eval.json")
+    -- the submission's layout is eval_vcmr.py's: the same keys at every level
+    local function key_set(t)
+      local ks = json.keys(t)
+      table.sort(ks)
+      return ks
+    end
+    assert.are.same(key_set(ref.submission_before_nms), key_set(res.submission))
+    assert.are.same(key_set(ref.submission_before_nms.VCMR[1]), key_set(res.submission.VCMR[1]))
+    assert.are.same(key_set(ref.submission_after_nms), key_set(res.submission_nms))
+    assert.are.same(key_set(ref.metrics_no_nms), key_set(res.metrics))
+    assert.are.same(key_set(ref.metrics_no_nms.VCMR), key_set(res.metrics.VCMR))
+    assert.are.same(key_set(ref.metrics_nms), key_set(res.metrics_nms))
+    assert.are.same(key_set(ref.val_log), key_set(res.val_log))
+    assert.are.equal(9, #res.submission.VR)
+  end)
+
+  it("bad input gives clear errors", function()
+    local rc, out = finetune(dir .. "/x", 1, {"--checkpoint", dir .. "/missing.pt"})
+    assert.are.equal(2, rc)
+    assert.matches("checkpoint '[^']*missing.pt' does not exist", out)
+    rc, out = run_example("finetune.lua", {"--task", "vqa", "--config", dir .. "/train-tvr.json"})
+    assert.are.equal(2, rc)
+    assert.matches("unknown task 'vqa' %(vcmr, vr, videoqa, violin, tvc%)", out)
+    rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/nope/ckpt/step_1.safetensors",
+      "--out", dir .. "/r.json"})
+    assert.are.equal(2, rc)
+    assert.matches("does not exist", out)
+
+    local c = train_config("vcmr")
+    c.learning_rate = nil
+    helper.assert_error_contains(function() FT.hparams("vcmr", c, "train-tvr.json") end,
+      "train-tvr.json lacks 'learning_rate' (needed for task vcmr)")
+    c = train_config("videoqa")
+    c.lr_mul = nil
+    helper.assert_error_contains(function() FT.hparams("videoqa", c, "cfg") end, "lacks 'lr_mul'")
+    helper.assert_error_contains(function() FT.hparams("vcmr", train_config("videoqa"), "cfg") end,
+      "cfg is for task 'tvqa', which --task vcmr does not run")
+    c = train_config("vcmr")
+    c.optim = "adam"
+    helper.assert_error_contains(function() FT.hparams("vcmr", c, "cfg") end, "optim 'adam' is not supported")
+    c = train_config("vcmr")
+    c.hard_neg_weights = {1, 2}
+    helper.assert_error_contains(function() FT.hparams("vcmr", c, "cfg") end, "lists of matching length")
+    c = train_config("vcmr")
+    c.misspelled_key = true -- unknown keys are kept, as the reference's argparse namespace does
+    assert.is_true(FT.hparams("vcmr", c, "cfg").misspelled_key)
+    -- a model whose vocabulary is smaller than the databases' ids
+    local smoke_cfg = json.read_file(smoke .. "/config.json").model_config.finetune
+    json.write_file(dir .. "/smoke_model.json", smoke_cfg)
+    local hps = FT.hparams("vcmr", train_config("vcmr"), "cfg")
+    helper.assert_error_contains(function()
+      FT.setup{task = "vcmr", hps = hps, model_config = hero.config.model(smoke_cfg),
+        checkpoint = smoke .. "/weights.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+        txt_db = txt_dir .. "/tvr_val.db", progress = false}
+    end, "token ids go up to 50264 but the model's vocabulary has 1000 rows")
+    helper.assert_error_contains(function() FT.model_config(hps, dir .. "/none.json") end, "model config not found")
+    helper.assert_error_contains(function() FT.dataset("vcmr", hps, nil, dir .. "/no.db", true) end,
+      "text db '" .. dir .. "/no.db' not found")
+  end)
+end)
