@@ -163,22 +163,7 @@ local function run_hero(a)
 end
 
 local function write_json(path, results, rss)
-  local json = package.loaded["hero.json"] or (pcall(require, "hero.json") and require "hero.json")
-  local f = assert(io.open(path, "w"))
-  if json then
-    f:write(json.encode({results = results, peak_rss_mib = rss}))
-  else -- a minimal writer for this flat structure
-    local rows = {}
-    for _, r in ipairs(results) do
-      local kv = {}
-      for k, v in pairs(r) do kv[#kv + 1] = string.format("%q: %s", k, type(v) == "string" and string.format("%q", v)
-        or string.format("%.17g", v)) end
-      table.sort(kv)
-      rows[#rows + 1] = "{" .. table.concat(kv, ", ") .. "}"
-    end
-    f:write(string.format('{"peak_rss_mib": %.3f, "results": [%s]}\n', rss, table.concat(rows, ", ")))
-  end
-  f:close()
+  hero.json.write_file(path, {results = results, peak_rss_mib = rss}, {indent = 1})
 end
 
 local function run_torch(a, script)
@@ -195,12 +180,10 @@ local function run_torch(a, script)
   local s = f:read("a")
   f:close()
   os.remove(tmp)
+  local doc = hero.json.decode(s)
   local res = {}
-  for task, mode, med in s:gmatch('"task": "(%w+)", "mode": "(%w+)", "median_s": ([%d%.e%-]+)') do
-    res[task .. ":" .. mode] = tonumber(med)
-  end
-  local rss = tonumber(s:match('"peak_rss_mib": ([%d%.e%-]+)'))
-  return res, rss
+  for _, r in ipairs(doc.results) do res[r.task .. ":" .. r.mode] = r.median_s end
+  return res, doc.peak_rss_mib
 end
 
 local a = parse_args(arg)
