@@ -148,7 +148,7 @@ static int select_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     if (!idx) return -1;
     hr_tensor *ik = keep_shape(c, idx);
     hr_tensor *gk = keep_shape(c, g);
-    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_cpu());
+    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_tensor_device(g));
     int rc = (ik && gk && z) ? hr_scatter_add_(z, c->dim, ik, gk) : -1;
     hr_tensor_release(ik);
     hr_tensor_release(gk);
@@ -369,7 +369,7 @@ static int gather_back_backward(hr_node *node, const hr_tensor *g, hr_tensor **g
     hr_tensor *idx = hr_node_saved(node, c->slot_idx);
     if (!idx) return -1;
     hr_tensor *gc = hr_contiguous((hr_tensor *)g);
-    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_cpu());
+    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_tensor_device(g));
     int rc = (gc && z) ? hr_scatter_add_(z, c->dim, idx, gc) : -1;
     hr_tensor_release(gc);
     if (rc) return drop(z, NULL), -1;
