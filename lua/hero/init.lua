@@ -32,5 +32,7 @@ hero.data = require "hero.data"
 hero.save = hero.io.save
 hero.load = hero.io.load
 hero.text = require "hero.text"
+hero.cuda = require "hero.cuda"
+hero.amp = require "hero.amp"
 
 return hero
