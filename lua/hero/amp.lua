@@ -20,7 +20,7 @@ local GradScaler = {}
 GradScaler.__index = GradScaler
 
 local function positive(v, what)
-  if type(v) ~= "number" or not (v > 0) or v == math.huge then
+  if type(v) ~= "number" or v ~= v or v <= 0 or v == math.huge then
     error(string.format("GradScaler: %s must be a positive finite number, got %s", what, tostring(v)), 3)
   end
   return v
