@@ -52,7 +52,7 @@ static int index_select_backward(hr_node *node, const hr_tensor *g, hr_tensor **
     const index_ctx *c = node->ctx;
     hr_tensor *idx = hr_node_saved(node, 0);
     if (!idx) return -1;
-    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_cpu());
+    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_tensor_device(g));
     if (!z) return -1;
     if (hr_index_add_(z, c->dim, idx, g, 1.0)) {
         hr_tensor_release(z);
@@ -77,7 +77,7 @@ static int gather_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     const index_ctx *c = node->ctx;
     hr_tensor *idx = hr_node_saved(node, 0);
     if (!idx) return -1;
-    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_cpu());
+    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_tensor_device(g));
     if (!z) return -1;
     if (hr_scatter_add_(z, c->dim, idx, g)) {
         hr_tensor_release(z);
@@ -173,7 +173,7 @@ static int masked_select_backward(hr_node *node, const hr_tensor *g, hr_tensor *
     int nd;
     int64_t shape[HR_MAX_DIMS];
     if (hr_broadcast_shape("masked_select", c->ndim, c->size, mask->ndim, mask->size, &nd, shape)) return -1;
-    hr_tensor *full = hr_tensor_zeros(nd, shape, g->dtype, hr_cpu());
+    hr_tensor *full = hr_tensor_zeros(nd, shape, g->dtype, hr_tensor_device(g));
     hr_tensor *gc = hr_contiguous((hr_tensor *)g);
     int rc = -1;
     if (full && gc) {

@@ -140,6 +140,28 @@ hr_tensor *hr_ag_mean_dims(hr_tensor *t, const int *dims, int n, bool keepdim) {
 
 /* ------------------------------------------------------------------ max / min */
 
+/* On a GPU (no scatter kernel there yet): the one-hot of the selected index along dim, times g;
+ * the same values as the scatter since every output position receives one gradient at most. */
+static hr_tensor *select_onehot(const red_ctx *c, hr_tensor *ik, hr_tensor *gk)
+{
+    int64_t n = c->size[c->dim], shape[HR_MAX_DIMS];
+    for (int i = 0; i < c->ndim; i++) shape[i] = i == c->dim ? n : 1;
+    hr_tensor *pos = hr_tensor_empty(c->ndim, shape, HR_I64, hr_cpu());
+    if (!pos) return NULL;
+    int64_t *p = hr_tensor_data(pos);
+    for (int64_t i = 0; i < n; i++) p[i] = i;
+    hr_tensor *pd = hr_tensor_empty(c->ndim, shape, HR_I64, hr_tensor_device(gk));
+    if (pd && hr_copy_(pd, pos)) pd = drop(pd, NULL);
+    hr_tensor_release(pos);
+    hr_tensor *eq = bin(HR_EQ, pd, ik);
+    hr_tensor *eqf = eq ? hr_cast(eq, gk->dtype) : NULL;
+    hr_tensor *r = bin(HR_MUL, eqf, gk);
+    hr_tensor_release(pd);
+    hr_tensor_release(eq);
+    hr_tensor_release(eqf);
+    return r;
+}
+
 /* With a dim: the gradient goes to the selected index. */
 static int select_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
@@ -148,7 +170,15 @@ static int select_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     if (!idx) return -1;
     hr_tensor *ik = keep_shape(c, idx);
     hr_tensor *gk = keep_shape(c, g);
-    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_cpu());
+    if (hr_tensor_device(g).type == HR_CUDA && c->ndim > 0) {
+        hr_tensor *r = ik && gk ? select_onehot(c, ik, gk) : NULL;
+        hr_tensor_release(ik);
+        hr_tensor_release(gk);
+        if (!r) return -1;
+        gi[0] = r->dtype == c->dtype ? r : drop(r, hr_cast(r, c->dtype));
+        return gi[0] ? 0 : -1;
+    }
+    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_tensor_device(g));
     int rc = (ik && gk && z) ? hr_scatter_add_(z, c->dim, ik, gk) : -1;
     hr_tensor_release(ik);
     hr_tensor_release(gk);
@@ -369,7 +399,7 @@ static int gather_back_backward(hr_node *node, const hr_tensor *g, hr_tensor **g
     hr_tensor *idx = hr_node_saved(node, c->slot_idx);
     if (!idx) return -1;
     hr_tensor *gc = hr_contiguous((hr_tensor *)g);
-    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_cpu());
+    hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_tensor_device(g));
     int rc = (gc && z) ? hr_scatter_add_(z, c->dim, idx, gc) : -1;
     hr_tensor_release(gc);
     if (rc) return drop(z, NULL), -1;

@@ -34,8 +34,8 @@ hr_tensor *hr_sum_to_size(const hr_tensor *g, int ndim, const int64_t *size)
                                 hr_shape_str(g->ndim, g->size, a, sizeof a), hr_shape_str(ndim, size, b, sizeof b));
         }
     }
-    if (hr_dtype_is_float(g->dtype) && hr_tensor_device(g).type == HR_CPU) {
-        /* the reduction kernels: double accumulation, vectorised, threaded */
+    if (hr_dtype_is_float(g->dtype) || hr_tensor_device(g).type != HR_CPU) {
+        /* the reduction kernels (also on a GPU): double accumulation, vectorised, threaded */
         int dims[HR_MAX_DIMS], nd = 0;
         for (int i = 0; i < g->ndim; i++) {
             int j = i - lead;
@@ -113,9 +113,10 @@ static hr_tensor *record_unary(const char *op, hr_backward_fn bw, hr_tensor *in,
     return out;
 }
 
-static hr_tensor *zeros_like_ctx(const view_ctx *c, hr_dtype dt)
+/* Zeros of the input's shape on the gradient's device. */
+static hr_tensor *zeros_like_ctx(const view_ctx *c, const hr_tensor *g)
 {
-    return hr_tensor_zeros(c->ndim, c->size, dt, hr_cpu());
+    return hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_tensor_device(g));
 }
 
 /* ------------------------------------------------------------------ narrow / select */
@@ -123,7 +124,7 @@ static hr_tensor *zeros_like_ctx(const view_ctx *c, hr_dtype dt)
 static int narrow_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
     const view_ctx *c = node->ctx;
-    hr_tensor *z = zeros_like_ctx(c, g->dtype);
+    hr_tensor *z = zeros_like_ctx(c, g);
     if (!z) return -1;
     hr_tensor *slot = hr_view_narrow(z, c->a, c->start, c->ndim ? g->size[c->a] : 0);
     int rc = slot ? hr_copy_(slot, g) : -1;
@@ -150,7 +151,7 @@ hr_tensor *hr_ag_narrow(hr_tensor *t, int dim, int64_t start, int64_t length)
 static int select_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
     const view_ctx *c = node->ctx;
-    hr_tensor *z = zeros_like_ctx(c, g->dtype);
+    hr_tensor *z = zeros_like_ctx(c, g);
     if (!z) return -1;
     hr_tensor *slot = hr_view_select(z, c->a, c->start);
     int rc = slot ? hr_copy_(slot, g) : -1;

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_cuda.h"
 
 const hr_tensor hr_grad_handled_marker;
 
@@ -188,8 +189,12 @@ int hr_grad_accumulate_(hr_tensor *dst, const hr_tensor *src)
         return hr_fail(HR_EINVAL, "gradient accumulation: gradient of size %s does not match size %s",
                        hr_shape_str(src->ndim, src->size, a, sizeof a), hr_shape_str(dst->ndim, dst->size, b, sizeof b));
     }
-    if (hr_tensor_device(dst).type != HR_CPU || hr_tensor_device(src).type != HR_CPU)
-        return hr_fail(HR_EDEVICE, "gradient accumulation: CUDA tensors need the CUDA backend, which this build lacks");
+    if (hr_tensor_device(dst).type != HR_CPU || hr_tensor_device(src).type != HR_CPU) {
+        hr_operand a = hr_operand_tensor(dst), b = hr_operand_tensor(src);
+        if (hr_cuda_binary(HR_ADD, hr_dtype_promote(dst->dtype, src->dtype), &a, &b, NULL, dst)) return -1;
+        hr_tensor_bump_version(dst);
+        return 0;
+    }
     hr_iter it;
     hr_iter_init(&it, dst->ndim, dst->size);
     hr_iter_add(&it, hr_tensor_data(dst), hr_dtype_size(dst->dtype), dst->stride);

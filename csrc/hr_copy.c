@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "hr_core.h"
+#include "hr_cuda.h"
 
 typedef struct {
     hr_dtype dst, src;
@@ -54,8 +55,6 @@ static void convert_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
 int hr_copy_(hr_tensor *dst, const hr_tensor *src)
 {
     if (hr_tensor_check_live(dst, "copy_ (destination)") || hr_tensor_check_live(src, "copy_ (source)")) return -1;
-    if (hr_tensor_device(dst).type != HR_CPU || hr_tensor_device(src).type != HR_CPU)
-        return hr_fail(HR_EDEVICE, "copy_: CUDA tensors need the CUDA backend, which this build lacks");
     int nd;
     int64_t shape[HR_MAX_DIMS];
     if (hr_broadcast_shape("copy_", dst->ndim, dst->size, src->ndim, src->size, &nd, shape)) return -1;
@@ -63,6 +62,12 @@ int hr_copy_(hr_tensor *dst, const hr_tensor *src)
         char a[160], b[160];
         return hr_fail(HR_EINVAL, "copy_: source of size %s cannot be broadcast to destination of size %s",
                        hr_shape_str(src->ndim, src->size, a, sizeof a), hr_shape_str(dst->ndim, dst->size, b, sizeof b));
+    }
+    if (hr_tensor_device(dst).type != HR_CPU || hr_tensor_device(src).type != HR_CPU) {
+        /* either side on a GPU: the CUDA backend copies (or says it is missing) */
+        if (hr_cuda_copy_(dst, src)) return -1;
+        hr_tensor_bump_version(dst);
+        return 0;
     }
     int64_t sstride[HR_MAX_DIMS];
     hr_broadcast_strides(src, dst->ndim, dst->size, sstride);
@@ -140,8 +145,11 @@ static void fill_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
 static int fill_with(hr_tensor *t, const fill_ctx *c)
 {
     if (hr_tensor_check_live(t, "fill_")) return -1;
-    if (hr_tensor_device(t).type != HR_CPU)
-        return hr_fail(HR_EDEVICE, "fill_: CUDA tensors need the CUDA backend, which this build lacks");
+    if (hr_tensor_device(t).type != HR_CPU) {
+        if (hr_cuda_fill_(t, c->value)) return -1;
+        hr_tensor_bump_version(t);
+        return 0;
+    }
     hr_iter it;
     hr_iter_init(&it, t->ndim, t->size);
     hr_iter_add(&it, hr_tensor_data(t), hr_dtype_size(t->dtype), t->stride);

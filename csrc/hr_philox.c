@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <math.h>
 
+#include "hr_cuda.h"
 #include "hr_random.h"
 
 void hr_generator_seed(hr_generator *g, uint64_t seed)
@@ -27,9 +28,11 @@ uint64_t hr_generator_reserve(hr_generator *g, uint64_t nblocks)
 
 /* ------------------------------------------------------------------ common checks */
 
-static int check_target(const char *op, const hr_tensor *t)
+/* cuda_ok: the op has a CUDA path (uniform_, bernoulli_ with a number, dropout_mask). */
+static int check_target_dev(const char *op, const hr_tensor *t, bool cuda_ok)
 {
     if (hr_tensor_check_live(t, op)) return -1;
+    if (hr_tensor_device(t).type == HR_CUDA && hr_cuda_compiled()) return cuda_ok ? 0 : hr_cuda_unsupported(op, t);
     if (hr_tensor_device(t).type != HR_CPU) {
         char buf[160];
         return hr_fail(HR_EDEVICE, "%s: tensor %s needs the CUDA backend, which this build does not have", op,
@@ -38,9 +41,11 @@ static int check_target(const char *op, const hr_tensor *t)
     return 0;
 }
 
-static int check_float_target(const char *op, const hr_tensor *t)
+static int check_target(const char *op, const hr_tensor *t) { return check_target_dev(op, t, false); }
+
+static int check_float_target(const char *op, const hr_tensor *t, bool cuda_ok)
 {
-    if (check_target(op, t)) return -1;
+    if (check_target_dev(op, t, cuda_ok)) return -1;
     if (!hr_dtype_is_float(t->dtype)) {
         char buf[160];
         return hr_fail(HR_EINVAL, "%s: expected a floating-point tensor (f32, f64, bf16, f16), got %s", op,
@@ -87,10 +92,21 @@ static uint64_t blocks_for(int64_t n, int64_t per_block) { return (uint64_t)((n 
 
 int hr_random_uniform_(hr_generator *g, hr_tensor *t, double a, double b)
 {
-    if (check_float_target("uniform_", t)) return -1;
+    if (check_float_target("uniform_", t, true)) return -1;
     if (!isfinite(a) || !isfinite(b) || a > b)
         return hr_fail(HR_EINVAL, "uniform_: expected finite bounds with from <= to, got from=%g to=%g", a, b);
     bool f64 = t->dtype == HR_F64;
+    if (hr_tensor_device(t).type == HR_CUDA) {
+        uint32_t key[2];
+        hr_generator_key(g, key);
+        uint64_t b0 = hr_generator_reserve(g, blocks_for(hr_tensor_numel(t), f64 ? 2 : 4));
+        if (hr_cuda_uniform(t, key, b0, a, b)) {
+            g->offset = b0; /* a failing op does not advance the generator */
+            return -1;
+        }
+        hr_tensor_bump_version(t);
+        return 0;
+    }
     target tg;
     if (target_open(&tg, t, f64 ? HR_F64 : HR_F32)) return -1;
     int64_t n = hr_tensor_numel(t);
@@ -104,7 +120,7 @@ int hr_random_uniform_(hr_generator *g, hr_tensor *t, double a, double b)
 
 int hr_random_normal_(hr_generator *g, hr_tensor *t, double mean, double std)
 {
-    if (check_float_target("normal_", t)) return -1;
+    if (check_float_target("normal_", t, false)) return -1;
     if (!isfinite(mean) || !isfinite(std) || std < 0)
         return hr_fail(HR_EINVAL, "normal_: expected a finite mean and a finite std >= 0, got mean=%g std=%g", mean,
                        std);
@@ -179,6 +195,17 @@ int hr_random_randperm_(hr_generator *g, hr_tensor *t)
 static int bernoulli_run(hr_generator *g, hr_tensor *t, const double *p, double p0, bool invert)
 {
     bool f32 = t->dtype == HR_F32;
+    if (hr_tensor_device(t).type == HR_CUDA) { /* p is a number here: tensors of p are refused earlier */
+        uint32_t key[2];
+        hr_generator_key(g, key);
+        uint64_t b0 = hr_generator_reserve(g, blocks_for(hr_tensor_numel(t), 4));
+        if (hr_cuda_bernoulli(t, key, b0, p0, invert)) {
+            g->offset = b0;
+            return -1;
+        }
+        hr_tensor_bump_version(t);
+        return 0;
+    }
     target tg;
     if (target_open(&tg, t, f32 ? HR_F32 : (t->dtype == HR_U8 ? HR_U8 : HR_BOOL))) return -1;
     int64_t n = hr_tensor_numel(t);
@@ -192,14 +219,14 @@ static int bernoulli_run(hr_generator *g, hr_tensor *t, const double *p, double 
 
 int hr_random_bernoulli_(hr_generator *g, hr_tensor *t, double p)
 {
-    if (check_target("bernoulli_", t)) return -1;
+    if (check_target_dev("bernoulli_", t, true)) return -1;
     if (!(p >= 0 && p <= 1)) return hr_fail(HR_EINVAL, "bernoulli_: expected p in [0, 1], got %g", p);
     return bernoulli_run(g, t, NULL, p, false);
 }
 
 int hr_random_dropout_mask_(hr_generator *g, hr_tensor *t, double p)
 {
-    if (check_target("dropout_mask", t)) return -1;
+    if (check_target_dev("dropout_mask", t, true)) return -1;
     if (!(p >= 0 && p <= 1)) return hr_fail(HR_EINVAL, "dropout_mask: expected p in [0, 1], got %g", p);
     return bernoulli_run(g, t, NULL, p, true);
 }

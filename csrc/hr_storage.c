@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 
 #include "hr_core.h"
+#include "hr_cuda.h"
 
 static atomic_size_t live_bytes;
 
@@ -149,8 +150,7 @@ void hr_free_bytes(void *p, size_t nbytes)
 
 hr_storage *hr_storage_new(size_t nbytes, hr_device dev)
 {
-    if (dev.type != HR_CPU)
-        return hr_fail_null(HR_EDEVICE, "device cuda:%d: this build of hero has no CUDA backend", dev.index);
+    if (dev.type == HR_CUDA) return hr_cuda_storage_new(nbytes, dev.index); /* the device's caching allocator */
     hr_storage *s = calloc(1, sizeof *s);
     if (!s) return hr_fail_null(HR_ENOMEM, "out of memory allocating a storage header");
     s->data = hr_alloc_bytes(nbytes);

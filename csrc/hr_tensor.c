@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "hr_core.h"
+#include "hr_cuda.h"
 
 int64_t hr_tensor_numel(const hr_tensor *t)
 {
@@ -167,6 +168,10 @@ hr_tensor *hr_tensor_zeros(int ndim, const int64_t *size, hr_dtype dt, hr_device
 {
     hr_tensor *t = hr_tensor_empty(ndim, size, dt, dev);
     if (t && dev.type == HR_CPU) memset(t->storage->data, 0, t->storage->nbytes);
+    if (t && dev.type == HR_CUDA && hr_cuda_memset0(t->storage)) {
+        hr_tensor_release(t);
+        return NULL;
+    }
     return t;
 }
 

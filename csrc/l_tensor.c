@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "hr_autograd_ops.h"
+#include "hr_cuda.h"
 #include "l_common.h"
 
 /* ------------------------------------------------------------------ lifetime */
@@ -534,9 +535,12 @@ static int t_to(lua_State *L)
     } else {
         hr_lua_opt_dtype_device(L, 2, &dt, &dev, "to");
     }
-    if (!hr_device_eq(dev, hr_tensor_device(t)))
-        return luaL_error(L, "to: moving tensors to %s needs the CUDA backend, which this build lacks",
-                          dev.type == HR_CUDA ? "cuda" : "cpu");
+    if (!hr_device_eq(dev, hr_tensor_device(t))) { /* a differentiable move (and cast) between devices */
+        hr_tensor *r;
+        HR_LUA_RETRY(L, r, hr_ag_to(t, dt, dev));
+        hr_lua_push_tensor(L, check_result(L, r, "to"));
+        return 1;
+    }
     if (dt == t->dtype) {
         lua_settop(L, 1);
         return 1;
@@ -606,6 +610,19 @@ static int t_zero_(lua_State *L)
 
 /* ------------------------------------------------------------------ element access */
 
+/* A contiguous host copy of a device tensor (a new reference), or a Lua error. */
+static hr_tensor *to_host(lua_State *L, const hr_tensor *t, const char *op)
+{
+    hr_tensor *h;
+    HR_LUA_RETRY(L, h, hr_tensor_empty(t->ndim, t->size, t->dtype, hr_cpu()));
+    if (!h) hr_lua_error(L, op);
+    if (hr_copy_(h, t)) {
+        hr_tensor_release(h);
+        hr_lua_error(L, op);
+    }
+    return h;
+}
+
 static void push_element(lua_State *L, const char *p, hr_dtype dt)
 {
     if (dt == HR_BOOL) lua_pushboolean(L, *(const uint8_t *)p != 0);
@@ -621,7 +638,12 @@ static int t_item(lua_State *L)
         return luaL_error(L, "item: only one-element tensors can be converted to a number, got size %s",
                           hr_shape_str(t->ndim, t->size, buf, sizeof buf));
     }
-    if (hr_tensor_device(t).type != HR_CPU) return luaL_error(L, "item: tensor is on a device this build cannot read");
+    if (hr_tensor_device(t).type != HR_CPU) { /* read through a host copy */
+        hr_tensor *h = to_host(L, t, "item");
+        push_element(L, hr_tensor_data(h), h->dtype);
+        hr_tensor_release(h);
+        return 1;
+    }
     push_element(L, hr_tensor_data(t), t->dtype);
     return 1;
 }
@@ -641,11 +663,26 @@ static void push_nested(lua_State *L, const hr_tensor *t, int depth, const char 
     }
 }
 
+static int push_nested_protected(lua_State *L)
+{
+    const hr_tensor *h = lua_touserdata(L, 1);
+    push_nested(L, h, 0, hr_tensor_data(h));
+    return 1;
+}
+
 /* Nested Lua tables of the values (numbers, integers for integer dtypes, booleans for bool). */
 static int t_totable(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "totable");
-    if (hr_tensor_device(t).type != HR_CPU) return luaL_error(L, "totable: tensor is on a device this build cannot read");
+    if (hr_tensor_device(t).type != HR_CPU) {
+        hr_tensor *h = to_host(L, t, "totable");
+        lua_pushcfunction(L, push_nested_protected); /* h must be released even if a table allocation fails */
+        lua_pushlightuserdata(L, h);
+        int rc = lua_pcall(L, 1, 1, 0);
+        hr_tensor_release(h);
+        if (rc != LUA_OK) return lua_error(L);
+        return 1;
+    }
     push_nested(L, t, 0, hr_tensor_data(t));
     return 1;
 }

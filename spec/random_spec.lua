@@ -393,7 +393,7 @@ describe("random: errors", function()
     helper.assert_error_contains(function() hero.bernoulli(t) end, "bernoulli", "freed")
     helper.assert_error_contains(function() hero.zeros(3):bernoulli_(t) end, "bernoulli_", "freed")
     helper.assert_error_contains(function() hero.rand_like(t) end, "rand_like", "freed")
-    helper.assert_error_contains(function() hero.rand(2, {device = "cuda"}) end, "rand", "CUDA")
+    helper.assert_error_contains(function() hero.rand(2, {device = "cuda:1024"}) end, "rand", "CUDA") -- no such GPU
   end)
 
   it("does not advance the generator when an op fails", function()

@@ -19,6 +19,7 @@
 #include <cblas.h>
 
 #include "hr_autograd.h"
+#include "hr_cuda.h"
 #include "hr_nn.h"
 #include "hr_random.h"
 
@@ -219,9 +220,10 @@ hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mas
                             (long long)q->size[2], (long long)heads);
     if (!(dropout_p >= 0 && dropout_p < 1))
         return hr_fail_null(HR_EINVAL, "attention: dropout probability must be in [0, 1), got %g", dropout_p);
+    bool cuda = hr_tensor_device(q).type != HR_CPU;
     for (int i = 0; i < 4; i++)
-        if (ins[i] && hr_tensor_device(ins[i]).type != HR_CPU)
-            return hr_fail_null(HR_EDEVICE, "attention: CUDA tensors need the CUDA backend, which this build lacks");
+        if (ins[i] && hr_tensor_device(ins[i]).type != hr_tensor_device(q).type)
+            return hr_fail_null(HR_EDEVICE, "attention: q, k, v and the mask must be on one device");
     attn_ctx c = {q->size[0], q->size[1], k->size[1], q->size[2], heads, q->size[2] / heads,
                   1.0 / sqrt((double)(q->size[2] / heads)), dropout_p, mask != NULL, training && dropout_p > 0, 0, 0};
     hr_tensor *mc = NULL;
@@ -237,6 +239,11 @@ hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mas
         if (!mc) return NULL;
         c.mask_bstride = per_query ? c.Lq * c.Lk : c.Lk;
         c.mask_qstride = per_query ? c.Lk : 0;
+    }
+    if (cuda) { /* the device path composes differentiable ops (same dropout stream order) */
+        hr_tensor *r = hr_cuda_attention(q, k, v, mc, heads, dropout_p, training, gen);
+        hr_tensor_release(mc);
+        return r;
     }
     hr_tensor *qc = hr_contiguous(q), *kc = hr_contiguous(k), *vc = hr_contiguous(v);
     int64_t psize[4] = {c.B, heads, c.Lq, c.Lk};

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_cuda.h"
 #include "hr_nn.h"
 #include "cpu/hr_simd.h"
 
@@ -174,7 +175,7 @@ hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore
     if (!(label_smoothing >= 0 && label_smoothing <= 1))
         return hr_fail_null(HR_EINVAL, "cross_entropy: label_smoothing must be in [0, 1], got %g", label_smoothing);
     if (hr_tensor_device(logits).type != HR_CPU || hr_tensor_device(target).type != HR_CPU)
-        return hr_fail_null(HR_EDEVICE, "cross_entropy: CUDA tensors need the CUDA backend, which this build lacks");
+        return hr_cuda_cross_entropy(logits, target, ignore_index, label_smoothing, reduction);
     int64_t N = logits->size[0], C = logits->size[1];
     /* rows may be strided (e.g. a narrowed vocabulary); the class dimension must be contiguous */
     hr_tensor *x = logits->stride[1] == 1 || logits->size[1] <= 1 ? hr_view_alias(logits) : hr_contiguous(logits);

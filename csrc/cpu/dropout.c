@@ -1,6 +1,7 @@
 /* cpu/dropout.c — inverted dropout from the Philox stream: noise = keep / (1 - p) with
  * keep = u >= p (hr_random_dropout_mask_), y = x * noise, and the same noise scales the gradient. */
 #include "hr_autograd.h"
+#include "hr_cuda.h"
 #include "hr_nn.h"
 #include "hr_random.h"
 
@@ -51,6 +52,7 @@ hr_tensor *hr_dropout(struct hr_generator *g, hr_tensor *x, double p, bool train
     }
     if (x->dtype != HR_F32 && x->dtype != HR_F64)
         return hr_fail_null(HR_EINVAL, "dropout: input is %s; f32 and f64 are supported", hr_dtype_name(x->dtype));
+    if (hr_tensor_device(x).type != HR_CPU) return hr_cuda_dropout(g, x, p);
     hr_tensor *noise = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
     if (!noise) return NULL;
     if (hr_random_dropout_mask_(g, noise, p)) {

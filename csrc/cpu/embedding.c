@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_cuda.h"
 #include "hr_nn.h"
 
 typedef struct {
@@ -114,9 +115,9 @@ hr_tensor *hr_embedding(hr_tensor *weight, hr_tensor *indices, int64_t padding_i
         return hr_fail_null(HR_EINVAL, "embedding: indices must be i64 or i32, got %s", hr_tensor_desc(indices, b, sizeof b));
     if (weight->dtype != HR_F32 && weight->dtype != HR_F64)
         return hr_fail_null(HR_EINVAL, "embedding: weight is %s; f32 and f64 are supported", hr_dtype_name(weight->dtype));
-    if (hr_tensor_device(weight).type != HR_CPU || hr_tensor_device(indices).type != HR_CPU)
-        return hr_fail_null(HR_EDEVICE, "embedding: CUDA tensors need the CUDA backend, which this build lacks");
     if (indices->ndim + 1 > HR_MAX_DIMS) return hr_fail_null(HR_EINVAL, "embedding: indices have too many dimensions");
+    if (hr_tensor_device(weight).type != HR_CPU || hr_tensor_device(indices).type != HR_CPU)
+        return hr_cuda_embedding(weight, indices, padding_idx);
     int64_t vocab = weight->size[0], hidden = weight->size[1];
     int64_t *idx = NULL;
     if (read_indices(indices, vocab, &idx, "embedding")) return NULL;

@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "hr_autograd.h"
+#include "hr_cuda.h"
 #include "hr_nn.h"
 #include "hr_pointwise.h"
 
@@ -55,8 +56,13 @@ static int gelu_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     if (!x) return -1;
     hr_tensor *g = hr_cast(grad, x->dtype);
     if (!g) return -1;
-    gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
-    if (gi[0]) {
+    gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_tensor_device(x));
+    if (gi[0] && hr_tensor_device(x).type == HR_CUDA) {
+        if (hr_cuda_gelu_backward(x, g, gi[0])) {
+            hr_tensor_release(gi[0]);
+            gi[0] = NULL;
+        }
+    } else if (gi[0]) {
         gelu_job j = {hr_tensor_data(x), hr_tensor_data(g), hr_tensor_data(gi[0]), x->dtype};
         hr_parallel_for(hr_tensor_numel(x), 1 << 14, gelu_backward_range, &j);
     }
@@ -73,14 +79,15 @@ hr_tensor *hr_gelu(hr_tensor *x)
             return hr_fail_null(HR_EINVAL, "gelu: differentiable for f32 and f64 inputs, got %s", hr_dtype_name(x->dtype));
         return hr_unary(HR_GELU, x);
     }
-    if (hr_tensor_device(x).type != HR_CPU)
-        return hr_fail_null(HR_EDEVICE, "gelu: CUDA tensors need the CUDA backend, which this build lacks");
+    bool cuda = hr_tensor_device(x).type == HR_CUDA;
+    if (cuda && !hr_cuda_compiled()) return hr_cuda_unsupported_null("gelu", x);
     hr_tensor *xc = hr_contiguous(x);
     if (!xc) return NULL;
-    hr_tensor *y = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
+    /* on a GPU the elementwise kernel computes the same formula */
+    hr_tensor *y = cuda ? hr_unary(HR_GELU, xc) : hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
     if (y) {
         gelu_job j = {hr_tensor_data(xc), NULL, hr_tensor_data(y), x->dtype};
-        hr_parallel_for(hr_tensor_numel(x), 1 << 14, gelu_forward_range, &j);
+        if (!cuda) hr_parallel_for(hr_tensor_numel(x), 1 << 14, gelu_forward_range, &j);
         if (hr_should_record(1, &x)) {
             hr_node *node = hr_node_new("gelu", gelu_backward, 1, &x, 0);
             if (!node || hr_node_save(node, xc) < 0) {

@@ -9,6 +9,7 @@
 #include <inttypes.h>
 
 #include "hr_core.h"
+#include "hr_cuda.h"
 
 typedef struct {
     int outer_ndim;
@@ -51,10 +52,13 @@ static inline int64_t hr_rows_offset(const hr_rows *g, int64_t row)
     return off;
 }
 
-/* The checks every op of this family starts with: a live tensor on the CPU. */
-static inline int hr_rows_check_input(const hr_tensor *t, const char *op)
+/* The checks every op of this family starts with: a live tensor on the CPU, or on a CUDA device
+ * for the ops that have a CUDA path (cuda_ok). */
+static inline int hr_rows_check_input_dev(const hr_tensor *t, const char *op, bool cuda_ok)
 {
     if (hr_tensor_check_live(t, op)) return -1;
+    if (hr_tensor_device(t).type == HR_CUDA && hr_cuda_compiled())
+        return cuda_ok ? 0 : hr_cuda_unsupported(op, t);
     if (hr_tensor_device(t).type != HR_CPU) {
         char buf[16];
         return hr_fail(HR_EDEVICE, "%s: the tensor is on %s, which needs the CUDA backend (this build has none)", op,
@@ -62,5 +66,7 @@ static inline int hr_rows_check_input(const hr_tensor *t, const char *op)
     }
     return 0;
 }
+
+static inline int hr_rows_check_input(const hr_tensor *t, const char *op) { return hr_rows_check_input_dev(t, op, false); }
 
 #endif

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_cuda.h"
 #include "hr_nn.h"
 
 typedef struct {
@@ -176,8 +177,6 @@ hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, doubl
     if (hr_tensor_check_live(x, "layer_norm")) return NULL;
     if (x->dtype != HR_F32 && x->dtype != HR_F64)
         return hr_fail_null(HR_EINVAL, "layer_norm: input is %s; f32 and f64 are supported", hr_dtype_name(x->dtype));
-    if (hr_tensor_device(x).type != HR_CPU)
-        return hr_fail_null(HR_EDEVICE, "layer_norm: CUDA tensors need the CUDA backend, which this build lacks");
     if (x->ndim < 1) return hr_fail_null(HR_EINVAL, "layer_norm: input must have at least one dimension");
     int64_t cols = x->size[x->ndim - 1];
     hr_tensor *params[2] = {weight, bias};
@@ -191,6 +190,9 @@ hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, doubl
                                 hr_tensor_desc(p, a, sizeof a), hr_tensor_desc(x, b, sizeof b), hr_dtype_name(x->dtype),
                                 (long long)cols);
     }
+    if (hr_tensor_device(x).type != HR_CPU) return hr_cuda_layer_norm(x, weight, bias, eps);
+    if ((weight && hr_tensor_device(weight).type != HR_CPU) || (bias && hr_tensor_device(bias).type != HR_CPU))
+        return hr_fail_null(HR_EDEVICE, "layer_norm: the input is on the CPU but weight or bias is not");
     hr_tensor *xc = hr_contiguous(x);
     hr_tensor *wc = weight ? hr_contiguous(weight) : NULL;
     hr_tensor *bc = bias ? hr_contiguous(bias) : NULL;

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "hr_cuda.h"
 #include "hr_linalg.h"
 
 /* ------------------------------------------------------------------ plan */
@@ -231,6 +232,7 @@ static int check_operand(const char *op, const hr_tensor *t, int argn, const cha
     char what[96];
     snprintf(what, sizeof what, "%s: argument #%d (%s)", op, argn, name);
     if (hr_tensor_check_live(t, what)) return -1;
+    if (hr_tensor_device(t).type == HR_CUDA && hr_cuda_compiled()) return 0; /* product() dispatches */
     if (hr_tensor_device(t).type != HR_CPU) {
         char d[160];
         return hr_fail(HR_EDEVICE, "%s: argument #%d (%s) is a %s tensor, which needs the CUDA backend (this build has none)",
@@ -291,6 +293,52 @@ static int prepare_operand(const char *op, operand *o, hr_tensor *t, bool left, 
     *copy = NULL;
     return hr_fail(HR_EINVAL, "%s: a %" PRId64 "x%" PRId64 " matrix is too large for BLAS's 32-bit leading dimension", op,
                    rows, cols);
+}
+
+/* Every operand (NULL: absent) on the device of the first. */
+static int check_devices(const char *op, const hr_tensor *x, const hr_tensor *y, const hr_tensor *z)
+{
+    const hr_tensor *ts[3] = {x, y, z};
+    for (int i = 1; i < 3; i++) {
+        if (!ts[i] || hr_device_eq(hr_tensor_device(x), hr_tensor_device(ts[i]))) continue;
+        char d1[160], d2[160];
+        return hr_fail(HR_EDEVICE, "%s: operands are on different devices (%s and %s); move one with :to()", op,
+                       hr_tensor_desc(x, d1, sizeof d1), hr_tensor_desc(ts[i], d2, sizeof d2));
+    }
+    return 0;
+}
+
+/* The engine's CUDA branch: out starts as beta*c (broadcast) or zeros, cuBLAS adds alpha*(a@b). */
+static hr_tensor *product_cuda(hr_tensor *a, hr_tensor *b, hr_tensor *c, double beta, double alpha, hr_tensor *dst,
+                               bool a_vec, bool b_vec, int nb, const int64_t *bsize, int64_t m, int64_t n, int64_t k,
+                               int rnd, const int64_t *rsize)
+{
+    hr_tensor *out = hr_tensor_empty(rnd, rsize, a->dtype, hr_tensor_device(a));
+    if (!out) return NULL;
+    bool use_c = c && beta != 0;
+    bool any = hr_tensor_numel(out) > 0;
+    int rc = 0;
+    if (use_c) rc = hr_copy_(out, c);
+    else if (k == 0 && any) rc = hr_fill_(out, 0);
+    if (rc == 0 && any) {
+        if (k == 0) {
+            if (use_c && beta != 1) rc = hr_binary_(HR_MUL, out, hr_operand_float(beta), NULL);
+        } else {
+            rc = hr_cuda_matmul(a, b, a_vec, b_vec, nb, bsize, m, n, k, alpha, use_c ? beta : 0, out);
+        }
+    }
+    if (rc == 0 && dst) {
+        rc = hr_copy_(dst, out);
+        hr_tensor_release(out);
+        if (rc) return NULL;
+        hr_tensor_retain(dst);
+        return dst;
+    }
+    if (rc) {
+        hr_tensor_release(out);
+        return NULL;
+    }
+    return out;
 }
 
 /* ------------------------------------------------------------------ the engine */
@@ -373,6 +421,10 @@ static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor 
     if (dst && check_dst(op, dst, dst_arg, dt, rnd, rsize)) return NULL;
     if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
         return hr_fail_null(HR_EINVAL, "%s: matrix dimensions %" PRId64 "x%" PRId64 "x%" PRId64 " exceed BLAS's 32-bit limit", op, m, k, n);
+
+    if (check_devices(op, a, b, c) || (dst && check_devices(op, a, dst, NULL))) return NULL;
+    if (hr_tensor_device(a).type == HR_CUDA)
+        return product_cuda(a, b, c, beta, alpha, dst, a_vec, b_vec, nb, bsize, m, n, k, rnd, rsize);
 
     /* Half types compute in f32 on converted copies and are rounded once at the end. */
     hr_dtype work_dt = (dt == HR_BF16 || dt == HR_F16) ? HR_F32 : dt;

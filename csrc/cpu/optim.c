@@ -3,7 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hr_cuda.h"
 #include "hr_optim.h"
+#include "hr_reduce.h"
 
 static int check_item(const hr_adamw_item *it, int i)
 {
@@ -13,8 +15,11 @@ static int check_item(const hr_adamw_item *it, int i)
         if (hr_tensor_check_live(ts[k], "adamw")) return hr_fail(HR_EFREED, "adamw: %s %d was freed", names[k], i + 1);
         if (!hr_tensor_is_contiguous(ts[k]))
             return hr_fail(HR_EINVAL, "adamw: %s %d is not contiguous", names[k], i + 1);
-        if (hr_tensor_device(ts[k]).type != HR_CPU)
-            return hr_fail(HR_EDEVICE, "adamw: CUDA tensors need the CUDA backend, which this build lacks");
+        if (!hr_device_eq(hr_tensor_device(ts[k]), hr_tensor_device(it->param))) {
+            char a[160], b[160];
+            return hr_fail(HR_EDEVICE, "adamw: %s %d is %s but its parameter is %s", names[k], i + 1,
+                           hr_tensor_desc(ts[k], a, sizeof a), hr_tensor_desc(it->param, b, sizeof b));
+        }
         if (hr_tensor_numel(ts[k]) != hr_tensor_numel(it->param)) {
             char a[160], b[160];
             return hr_fail(HR_EINVAL, "adamw: %s %d has size %s but the parameter has size %s", names[k], i + 1,
@@ -122,6 +127,10 @@ int hr_adamw_step(hr_adamw_item *items, int n, double beta1, double beta2, doubl
     if (n <= 0) return 0;
     for (int i = 0; i < n; i++)
         if (check_item(&items[i], i)) return -1;
+    if (hr_tensor_device(items[0].param).type != HR_CPU) return hr_cuda_adamw_step(items, n, beta1, beta2, eps);
+    for (int i = 1; i < n; i++)
+        if (hr_tensor_device(items[i].param).type != HR_CPU)
+            return hr_fail(HR_EDEVICE, "adamw: parameters 1 and %d are on different devices", i + 1);
     int64_t *starts = malloc(sizeof(int64_t) * (size_t)(n + 1));
     if (!starts) return hr_fail(HR_ENOMEM, "adamw: out of memory");
     starts[0] = 0;
@@ -169,14 +178,34 @@ static void sumsq_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
     c->sum += s;
 }
 
+static int device_sumsq(const hr_tensor *t, double *out)
+{
+    hr_tensor *d = hr_cast(t, HR_F64);
+    hr_tensor *sq = d ? hr_binary(HR_MUL, hr_operand_tensor(d), hr_operand_tensor(d), NULL) : NULL;
+    hr_tensor *s = sq ? hr_sum(sq, HR_DIM_ALL, false) : NULL;
+    hr_tensor *h = s ? hr_tensor_empty(0, NULL, HR_F64, hr_cpu()) : NULL;
+    int rc = (h && hr_copy_(h, s) == 0) ? 0 : -1;
+    if (rc == 0) *out = *(const double *)hr_tensor_data(h);
+    hr_tensor_release(d);
+    hr_tensor_release(sq);
+    hr_tensor_release(s);
+    hr_tensor_release(h);
+    return rc;
+}
+
 int hr_global_norm(hr_tensor *const *tensors, int n, double *norm)
 {
     double total = 0;
     for (int i = 0; i < n; i++) {
         const hr_tensor *t = tensors[i];
         if (hr_tensor_check_live(t, "clip_grad_norm")) return -1;
-        if (hr_tensor_device(t).type != HR_CPU)
-            return hr_fail(HR_EDEVICE, "clip_grad_norm: CUDA tensors need the CUDA backend, which this build lacks");
+        if (hr_tensor_device(t).type != HR_CPU) {
+            /* on the device: sum of squares in double, one number read back per tensor */
+            double s;
+            if (device_sumsq(t, &s)) return -1;
+            total += s;
+            continue;
+        }
         sumsq_ctx c = {t->dtype, 0};
         hr_iter it;
         hr_iter_init(&it, t->ndim, t->size);
@@ -213,6 +242,10 @@ int hr_scale_all_(hr_tensor *const *tensors, int n, double scale)
     for (int i = 0; i < n; i++) {
         hr_tensor *t = tensors[i];
         if (hr_tensor_check_live(t, "clip_grad_norm")) return -1;
+        if (hr_tensor_device(t).type != HR_CPU) {
+            if (hr_binary_(HR_MUL, t, hr_operand_float(scale), NULL)) return -1;
+            continue;
+        }
         scale_ctx c = {t->dtype, scale};
         hr_iter it;
         hr_iter_init(&it, t->ndim, t->size);

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "hr_cuda.h"
 #include "hr_pointwise.h"
 
 /* Elements per block buffer: small enough for the stack and L1, large enough to amortise calls. */
@@ -438,6 +439,28 @@ static int check_cpu(const char *op, const hr_tensor *t, const char *what)
     return 0;
 }
 
+/* The ops with a CUDA path accept device tensors (when the backend is built); all operands must
+ * then share the device, which is also the result's. */
+static int check_dev(const char *op, const hr_tensor *t, const char *what)
+{
+    if (hr_tensor_check_live(t, what)) {
+        hr_error_prefix("%s", op);
+        return -1;
+    }
+    if (hr_tensor_device(t).type == HR_CUDA && !hr_cuda_compiled()) return check_cpu(op, t, what);
+    return 0;
+}
+
+static int check_same_device(const char *op, const hr_tensor *a, const hr_tensor *b)
+{
+    if (!a || !b || hr_device_eq(hr_tensor_device(a), hr_tensor_device(b))) return 0;
+    char x[160], y[160];
+    return hr_fail(HR_EDEVICE, "%s: operands are on different devices (%s and %s); move one with :to()", op,
+                   hr_tensor_desc(a, x, sizeof x), hr_tensor_desc(b, y, sizeof y));
+}
+
+static bool on_cuda(const hr_tensor *t) { return t && hr_tensor_device(t).type == HR_CUDA; }
+
 /* Dtype of a tensor combined with a number (see hr_pointwise.h). */
 static hr_dtype tensor_scalar_dtype(hr_dtype t, hr_scalar_kind k)
 {
@@ -554,8 +577,9 @@ hr_tensor *hr_binary(hr_binary_op op, hr_operand a, hr_operand b, const hr_opera
     if ((unsigned)op >= HR_NBINARY) return hr_fail_null(HR_EINVAL, "binary op: unknown op %d", (int)op);
     const char *name = binary_names[op];
     if (!a.t && !b.t) return hr_fail_null(HR_EINVAL, "%s: at least one operand must be a tensor", name);
-    if (a.t && check_cpu(name, a.t, "first operand")) return NULL;
-    if (b.t && check_cpu(name, b.t, "second operand")) return NULL;
+    if (a.t && check_dev(name, a.t, "first operand")) return NULL;
+    if (b.t && check_dev(name, b.t, "second operand")) return NULL;
+    if (check_same_device(name, a.t, b.t)) return NULL;
     hr_dtype common = HR_F32, result = HR_F32;
     if (binary_result_dtype(op, &a, &b, alpha, &common, &result)) return NULL;
     int na, nb, nd;
@@ -564,8 +588,16 @@ hr_tensor *hr_binary(hr_binary_op op, hr_operand a, hr_operand b, const hr_opera
     shape_of(&a, &na, &sa);
     shape_of(&b, &nb, &sb);
     if (hr_broadcast_shape(name, na, sa, nb, sb, &nd, shape)) return NULL;
-    hr_tensor *out = hr_tensor_empty(nd, shape, result, hr_cpu());
+    hr_device dev = a.t ? hr_tensor_device(a.t) : hr_tensor_device(b.t);
+    hr_tensor *out = hr_tensor_empty(nd, shape, result, dev);
     if (!out) return NULL;
+    if (dev.type == HR_CUDA) {
+        if (hr_cuda_binary(op, common, &a, &b, alpha, out)) {
+            hr_tensor_release(out);
+            return NULL;
+        }
+        return out;
+    }
     binary_ctx c;
     operand_list ops;
     binary_setup(&c, op, common, &a, &b, alpha, out, &ops);
@@ -610,7 +642,8 @@ int hr_binary_(hr_binary_op op, hr_tensor *self, hr_operand b, const hr_operand 
     char name[32];
     inplace_name(binary_names[op], name, sizeof name);
     if (is_predicate(op)) return hr_fail(HR_EINVAL, "%s: comparisons and logical ops have no in-place form", name);
-    if (check_cpu(name, self, "self") || (b.t && check_cpu(name, b.t, "second operand"))) return -1;
+    if (check_dev(name, self, "self") || (b.t && check_dev(name, b.t, "second operand"))) return -1;
+    if (check_same_device(name, self, b.t)) return -1;
     hr_operand a = hr_operand_tensor(self);
     hr_dtype common = HR_F32, result = HR_F32;
     if (binary_result_dtype(op, &a, &b, alpha, &common, &result)) {
@@ -637,6 +670,13 @@ int hr_binary_(hr_binary_op op, hr_tensor *self, hr_operand b, const hr_operand 
         copy = hr_cast(b.t, b.t->dtype);
         if (!copy) return -1;
         b.t = copy;
+    }
+    if (on_cuda(self)) {
+        int rc = hr_cuda_binary(op, common, &a, &b, alpha, self);
+        if (copy) hr_tensor_release(copy);
+        if (rc) return -1;
+        hr_tensor_bump_version(self);
+        return 0;
     }
     binary_ctx c;
     operand_list ops;
@@ -833,11 +873,18 @@ static void unary_setup(unary_ctx *c, hr_unary_op op, bool clamp, const hr_opera
 static hr_tensor *unary_out(const char *name, hr_unary_op op, bool clamp, const hr_tensor *t, const hr_operand *lo,
                             const hr_operand *hi)
 {
-    if (check_cpu(name, t, "input")) return NULL;
+    if (check_dev(name, t, "input")) return NULL;
     hr_dtype dt = t->dtype;
     if (unary_result_dtype(name, op, clamp, t, lo, hi, &dt)) return NULL;
-    hr_tensor *out = hr_tensor_empty(t->ndim, t->size, dt, hr_cpu());
+    hr_tensor *out = hr_tensor_empty(t->ndim, t->size, dt, hr_tensor_device(t));
     if (!out) return NULL;
+    if (on_cuda(t)) {
+        if (hr_cuda_unary(op, clamp, lo, hi, t, out)) {
+            hr_tensor_release(out);
+            return NULL;
+        }
+        return out;
+    }
     unary_ctx c;
     unary_setup(&c, op, clamp, lo, hi, t->dtype, dt);
     operand_list ops = {2, {out, t}};
@@ -848,13 +895,18 @@ static hr_tensor *unary_out(const char *name, hr_unary_op op, bool clamp, const 
 static int unary_inplace(const char *name, hr_unary_op op, bool clamp, hr_tensor *t, const hr_operand *lo,
                          const hr_operand *hi)
 {
-    if (check_cpu(name, t, "self")) return -1;
+    if (check_dev(name, t, "self")) return -1;
     hr_dtype dt = t->dtype;
     if (unary_result_dtype(name, op, clamp, t, lo, hi, &dt)) return -1;
     if (dt != t->dtype)
         return hr_fail(HR_EINVAL, "%s: the result has dtype %s, which cannot be stored in place into a %s tensor", name,
                        hr_dtype_name(dt), hr_dtype_name(t->dtype));
     if (check_writable(name, t)) return -1;
+    if (on_cuda(t)) {
+        if (hr_cuda_unary(op, clamp, lo, hi, t, t)) return -1;
+        hr_tensor_bump_version(t);
+        return 0;
+    }
     unary_ctx c;
     unary_setup(&c, op, clamp, lo, hi, t->dtype, dt);
     operand_list ops = {2, {t, t}};
@@ -888,7 +940,7 @@ int hr_clamp_(hr_tensor *t, const hr_operand *lo, const hr_operand *hi)
 
 hr_tensor *hr_logical_not(const hr_tensor *t)
 {
-    if (check_cpu("logical_not", t, "input")) return NULL;
+    if (check_dev("logical_not", t, "input")) return NULL;
     /* x == 0 is exactly "not x" for every dtype (NaN is nonzero, so true-valued) */
     return hr_binary(HR_EQ, hr_operand_tensor(t), hr_operand_int(0), NULL);
 }
@@ -929,9 +981,10 @@ static void where_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
 
 hr_tensor *hr_where(const hr_tensor *cond, hr_operand a, hr_operand b)
 {
-    if (check_cpu("where", cond, "condition")) return NULL;
-    if (a.t && check_cpu("where", a.t, "second operand")) return NULL;
-    if (b.t && check_cpu("where", b.t, "third operand")) return NULL;
+    if (check_dev("where", cond, "condition")) return NULL;
+    if (a.t && check_dev("where", a.t, "second operand")) return NULL;
+    if (b.t && check_dev("where", b.t, "third operand")) return NULL;
+    if (check_same_device("where", cond, a.t) || check_same_device("where", cond, b.t)) return NULL;
     if (cond->dtype != HR_BOOL && cond->dtype != HR_U8)
         return hr_fail_null(HR_EINVAL, "where: the condition must be a bool or u8 tensor, got %s",
                             hr_dtype_name(cond->dtype));
@@ -943,8 +996,15 @@ hr_tensor *hr_where(const hr_tensor *cond, hr_operand a, hr_operand b)
     shape_of(&b, &nb, &sb);
     if (hr_broadcast_shape("where", na, sa, nb, sb, &nab, sab)) return NULL;
     if (hr_broadcast_shape("where", cond->ndim, cond->size, nab, sab, &nd, shape)) return NULL;
-    hr_tensor *out = hr_tensor_empty(nd, shape, dt, hr_cpu());
+    hr_tensor *out = hr_tensor_empty(nd, shape, dt, hr_tensor_device(cond));
     if (!out) return NULL;
+    if (on_cuda(cond)) {
+        if (hr_cuda_where(cond, &a, &b, out)) {
+            hr_tensor_release(out);
+            return NULL;
+        }
+        return out;
+    }
     where_ctx c;
     memset(&c, 0, sizeof c);
     c.ct = compute_type_of(dt);

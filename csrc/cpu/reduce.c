@@ -541,7 +541,8 @@ static int reduce(const red_args *a, hr_tensor *t, int dim, bool keepdim, hr_ten
     const char *name = op_name_of(a->op, a->p, a->is_std, want_values);
     if (values) *values = NULL;
     if (indices) *indices = NULL;
-    if (hr_rows_check_input(t, name)) return -1;
+    bool cuda_path = a->op == OP_SUM || a->op == OP_MEAN || a->op == OP_MAX || a->op == OP_MIN;
+    if (hr_rows_check_input_dev(t, name, cuda_path)) return -1;
     red_kind k = {a->op, ctype_of(t->dtype), a->p};
     if ((a->op == OP_MEAN || a->op == OP_VAR || a->op == OP_NORM) && k.ct == CT_I)
         return hr_fail(HR_EINVAL, "%s: expected a floating-point tensor, got %s (convert it first, e.g. with :float())",
@@ -592,6 +593,17 @@ static int reduce(const red_args *a, hr_tensor *t, int dim, bool keepdim, hr_ten
     if (values) vout = hr_tensor_empty(out_ndim, out_size, odt, dev);
     if (indices) iout = hr_tensor_empty(out_ndim, out_size, HR_I64, dev);
     if ((values && !vout) || (indices && !iout)) goto fail;
+    if (dev.type == HR_CUDA) {
+        hr_cuda_reduce_op cop = a->op == OP_SUM    ? HR_CUDA_SUM
+                                : a->op == OP_MEAN ? HR_CUDA_MEAN
+                                : a->op == OP_MAX  ? HR_CUDA_MAX
+                                                   : HR_CUDA_MIN;
+        if (hr_cuda_reduce(cop, t, dim, vout, iout)) goto fail;
+        hr_tensor_release(src);
+        if (values) *values = vout;
+        if (indices) *indices = iout;
+        return 0;
+    }
 
     j.k = k;
     j.dt = src->dtype;
@@ -700,7 +712,7 @@ hr_tensor *hr_argmin(hr_tensor *t, int dim, bool keepdim)
  * output element still has a single double accumulator. */
 static hr_tensor *reduce_dims(red_op op, const char *name, hr_tensor *t, const int *dims, int ndims, bool keepdim)
 {
-    if (hr_rows_check_input(t, name)) return NULL;
+    if (hr_rows_check_input_dev(t, name, true)) return NULL;
     if (ndims == 0 || t->ndim == 0) return reduce_values(op, 0, false, false, t, HR_DIM_ALL, keepdim);
     bool reduced[HR_MAX_DIMS] = {false};
     for (int i = 0; i < ndims; i++) {

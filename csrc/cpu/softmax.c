@@ -84,7 +84,7 @@ static void softmax_worker(void *arg, int64_t begin, int64_t end)
 static hr_tensor *softmax(hr_tensor *t, int dim, bool log_out)
 {
     const char *name = log_out ? "log_softmax" : "softmax";
-    if (hr_rows_check_input(t, name)) return NULL;
+    if (hr_rows_check_input_dev(t, name, true)) return NULL;
     if (!hr_dtype_is_float(t->dtype))
         return hr_fail_null(HR_EINVAL, "%s: expected a floating-point tensor, got %s (convert it first, e.g. with :float())",
                             name, hr_dtype_name(t->dtype));
@@ -92,6 +92,13 @@ static hr_tensor *softmax(hr_tensor *t, int dim, bool log_out)
     if (hr_wrap_dim(name, dim, t->ndim, &d)) return NULL;
     hr_tensor *out = hr_tensor_empty(t->ndim, t->size, t->dtype, hr_tensor_device(t));
     if (!out) return NULL;
+    if (hr_tensor_device(t).type == HR_CUDA) {
+        if (hr_cuda_softmax(t, dim, log_out, out)) {
+            hr_tensor_release(out);
+            return NULL;
+        }
+        return out;
+    }
     softmax_job j;
     j.log = log_out;
     j.dt = t->dtype;

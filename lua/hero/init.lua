@@ -34,5 +34,7 @@ hero.plot = require "hero.plot"
 hero.save = hero.io.save
 hero.load = hero.io.load
 hero.text = require "hero.text"
+hero.cuda = require "hero.cuda"
+hero.amp = require "hero.amp"
 
 return hero

@@ -81,8 +81,8 @@ function AdamW:step()
     if g then
       local st = self.state[e.name]
       if not st then
-        st = {step = 0, exp_avg = core.zeros(p:size(), {dtype = p:dtype()}),
-              exp_avg_sq = core.zeros(p:size(), {dtype = p:dtype()})}
+        local where = {dtype = p:dtype(), device = p:device()} -- the state lives with its parameter
+        st = {step = 0, exp_avg = core.zeros(p:size(), where), exp_avg_sq = core.zeros(p:size(), where)}
         self.state[e.name] = st
       end
       st.step = st.step + 1
@@ -131,7 +131,7 @@ function AdamW:load_state_dict(sd)
         error(string.format("AdamW:load_state_dict: %s of '%s' has size %s, the parameter has %s", what, name,
           table.concat(t:size(), "x"), table.concat(p:size(), "x")), 3)
       end
-      return t:to(p:dtype()):clone()
+      return t:to{dtype = p:dtype(), device = p:device()}:clone()
     end
     self.state[name] = {step = math.tointeger(st.step) or st.step, exp_avg = copy(st.exp_avg, "exp_avg"),
                         exp_avg_sq = copy(st.exp_avg_sq, "exp_avg_sq")}

@@ -1,0 +1,180 @@
+/* cuda/blas.cu — matrix products through cuBLAS (cublasGemmStridedBatchedEx).
+ *
+ * hero's tensors are row-major and cuBLAS is column-major: the row-major product C = A B is computed
+ * as the column-major C^T = B^T A^T, which reads the same memory with no copy. An operand is handed
+ * over as it is when its matrices have one unit stride (transposed views included) and its batch
+ * dims collapse into one batch stride (0 for a broadcast batch); anything else is copied contiguous
+ * first. f32 is computed in full f32 unless TF32 was allowed; bf16/f16 multiply with f32
+ * accumulation and are rounded once into the output. */
+#include <climits>
+
+#include "cuda/common.cuh"
+
+namespace hrc {
+namespace {
+
+struct Operand {
+    const char *ptr;
+    cublasOperation_t op; /* as seen by cuBLAS (column-major) */
+    int64_t ld;
+    int64_t bstride;
+    hr_tensor *hold; /* a contiguous copy, when one was needed */
+};
+
+/* The row-major matrix (rows x cols, strides rs/cs) as a cuBLAS operand of the transposed
+ * product: row-major storage is OP_N with ld = rs, column-major storage is OP_T with ld = cs. */
+bool matrix_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, cublasOperation_t *op, int64_t *ld)
+{
+    int64_t mr = rows > 1 ? rows : 1, mc = cols > 1 ? cols : 1;
+    if (cs == 1 || cols == 1) {
+        int64_t l = rows == 1 ? mc : rs;
+        if (l >= mc) {
+            *op = CUBLAS_OP_N;
+            *ld = l;
+            return true;
+        }
+    }
+    if (rs == 1 || rows == 1) {
+        int64_t l = cols == 1 ? mr : cs;
+        if (l >= mr) {
+            *op = CUBLAS_OP_T;
+            *ld = l;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* One stride for the flattened batch, when the (broadcast) batch dims allow it. */
+bool batch_stride(int nb, const int64_t *bsize, const int64_t *bs, int64_t *out)
+{
+    int64_t sz[HR_MAX_DIMS], st[HR_MAX_DIMS];
+    int n = 0;
+    for (int i = 0; i < nb; i++)
+        if (bsize[i] != 1) {
+            sz[n] = bsize[i];
+            st[n] = bs[i];
+            n++;
+        }
+    for (int i = 0; i + 1 < n; i++)
+        if (st[i] != st[i + 1] * sz[i + 1]) return false;
+    *out = n ? st[n - 1] : 0;
+    return true;
+}
+
+/* Prepares operand t viewed as [batch..., rows, cols]: vec means t is 1-D (one row when left,
+ * one column when right). */
+int prepare(hr_tensor *t, bool vec, bool left, int nb, const int64_t *bsize, int64_t rows, int64_t cols, Operand *o)
+{
+    o->hold = nullptr;
+    int tb = vec ? 0 : t->ndim - 2; /* t's own batch dims */
+    int64_t bs[HR_MAX_DIMS];
+    for (int i = 0; i < nb; i++) {
+        int it = i - (nb - tb);
+        bs[i] = (it >= 0 && t->size[it] != 1) ? t->stride[it] : 0;
+    }
+    int64_t rs, cs;
+    if (vec) {
+        rs = left ? 0 : t->stride[0];
+        cs = left ? t->stride[0] : 0;
+    } else {
+        rs = t->stride[t->ndim - 2];
+        cs = t->stride[t->ndim - 1];
+    }
+    int64_t bstride;
+    if (matrix_layout(rows, cols, rs, cs, &o->op, &o->ld) && o->ld <= INT_MAX && batch_stride(nb, bsize, bs, &bstride)) {
+        o->ptr = (const char *)hr_tensor_data(t);
+        o->bstride = bstride;
+        return 0;
+    }
+    /* copy the broadcast operand into a contiguous [batch..., rows, cols] block */
+    int64_t size[HR_MAX_DIMS], stride[HR_MAX_DIMS];
+    for (int i = 0; i < nb; i++) {
+        size[i] = bsize[i];
+        stride[i] = bs[i];
+    }
+    size[nb] = rows;
+    size[nb + 1] = cols;
+    stride[nb] = rs;
+    stride[nb + 1] = cs;
+    hr_tensor *view = hr_tensor_view_of(t->storage, t->dtype, nb + 2, size, stride, t->offset);
+    if (!view) return -1;
+    o->hold = hr_contiguous(view);
+    hr_tensor_release(view);
+    if (!o->hold) return -1;
+    o->ptr = (const char *)hr_tensor_data(o->hold);
+    o->op = CUBLAS_OP_N;
+    o->ld = cols > 1 ? cols : 1;
+    o->bstride = rows * cols;
+    return 0;
+}
+
+} // namespace
+} // namespace hrc
+
+using namespace hrc;
+
+extern "C" int hr_cuda_matmul(hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec, int nb, const int64_t *bsize,
+                              int64_t m, int64_t n, int64_t k, double alpha, double beta, hr_tensor *out)
+{
+    const char *op = "matmul";
+    const hr_tensor *ts[3] = {a, b, out};
+    if (same_device(op, 3, ts)) return -1;
+    cudaDataType_t dtype;
+    cublasComputeType_t compute;
+    bool f64 = false;
+    switch (a->dtype) {
+    case HR_F32:
+        dtype = CUDA_R_32F;
+        compute = hr_cuda_allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+        break;
+    case HR_F64:
+        dtype = CUDA_R_64F;
+        compute = CUBLAS_COMPUTE_64F;
+        f64 = true;
+        break;
+    case HR_BF16:
+        dtype = CUDA_R_16BF;
+        compute = CUBLAS_COMPUTE_32F;
+        break;
+    case HR_F16:
+        dtype = CUDA_R_16F;
+        compute = CUBLAS_COMPUTE_32F;
+        break;
+    default: {
+        char d[160];
+        return hr_fail(HR_EDEVICE, "matmul has no CUDA implementation for %s tensors yet (got %s); use a float dtype",
+                       hr_dtype_name(a->dtype), hr_tensor_desc(a, d, sizeof d));
+    }
+    }
+    int64_t batch = 1;
+    for (int i = 0; i < nb; i++) batch *= bsize[i];
+    if (batch == 0 || m == 0 || n == 0 || k == 0) return 0; /* the caller handles empty sums */
+    cublasHandle_t h = blas(dev_of(out));
+    if (!h) return -1;
+    Operand oa, ob;
+    if (prepare(a, a_vec, true, nb, bsize, m, k, &oa)) return -1;
+    if (prepare(b, b_vec, false, nb, bsize, k, n, &ob)) {
+        hr_tensor_release(oa.hold);
+        return -1;
+    }
+    float af = (float)alpha, bf = (float)beta;
+    const void *pa = f64 ? (const void *)&alpha : (const void *)&af;
+    const void *pb = f64 ? (const void *)&beta : (const void *)&bf;
+    size_t el = hr_dtype_size(a->dtype);
+    char *c = (char *)hr_tensor_data(out);
+    int rc = 0;
+    /* cuBLAS counts batches in an int: very long batches go in slices */
+    for (int64_t b0 = 0; b0 < batch && rc == 0; b0 += INT_MAX) {
+        int cnt = (int)(batch - b0 < INT_MAX ? batch - b0 : INT_MAX);
+        rc = check_blas(cublasGemmStridedBatchedEx(h, ob.op, oa.op, (int)n, (int)m, (int)k, pa, ob.ptr + b0 * ob.bstride * el,
+                                                   dtype, (int)ob.ld, ob.bstride, oa.ptr + b0 * oa.bstride * el, dtype,
+                                                   (int)oa.ld, oa.bstride, pb, c + b0 * m * n * el, dtype, (int)n, m * n,
+                                                   cnt, compute, CUBLAS_GEMM_DEFAULT),
+                        op, "cublasGemmStridedBatchedEx");
+    }
+    /* the copies may go back to the cache at once: later work on the stream runs after the GEMM */
+    hr_tensor_release(oa.hold);
+    hr_tensor_release(ob.hold);
+    return rc;
+}

@@ -1,0 +1,215 @@
+/*
+ * cuda/common.cuh — shared by the CUDA backend's translation units: error helpers, per-device
+ * streams and cuBLAS handles, strided geometry, and dtype loads/stores that mirror hr_dtype.c
+ * exactly (so a device op rounds the way the CPU op does).
+ */
+#ifndef HR_CUDA_COMMON_CUH
+#define HR_CUDA_COMMON_CUH
+
+#include <cstdint>
+#include <cstring>
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "hr_core.h"
+#include "hr_autograd.h"
+#include "hr_autograd_ops.h"
+#include "hr_nn.h"
+#include "hr_optim.h"
+#include "hr_pointwise.h"
+#include "hr_random.h"
+#include "hr_reduce.h"
+}
+#include "hr_cuda.h"
+
+namespace hrc {
+
+/* ------------------------------------------------------------------ errors, devices, streams */
+
+/* Records a CUDA runtime failure as an hr error naming op and the call; clears the (non-sticky)
+ * error state so that later calls are not blamed for it. Returns -1 (0 on success). */
+int check(cudaError_t e, const char *op, const char *what);
+/* The error of the last kernel launch, if any. */
+int check_launch(const char *op);
+int check_blas(cublasStatus_t s, const char *op, const char *what);
+/* Makes dev current for the calling thread (after checking it exists). */
+int use_device(int dev, const char *op);
+/* The device's stream (created on first use); NULL with an error on failure. */
+cudaStream_t stream(int dev);
+/* The device's cuBLAS handle bound to its stream; NULL with an error on failure. */
+cublasHandle_t blas(int dev);
+int sync(int dev, const char *op);
+
+static inline int dev_of(const hr_tensor *t) { return hr_tensor_device(t).index; }
+static inline bool is_cuda(const hr_tensor *t) { return hr_tensor_device(t).type == HR_CUDA; }
+
+/* Threads per block of the elementwise kernels and a grid that covers n elements with a
+ * grid-stride loop (capped: big tensors loop inside the kernel). */
+constexpr int kThreads = 256;
+static inline unsigned grid_for(int64_t n, int threads = kThreads)
+{
+    int64_t blocks = (n + threads - 1) / threads;
+    if (blocks < 1) blocks = 1;
+    if (blocks > 65535 * 16) blocks = 65535 * 16;
+    return (unsigned)blocks;
+}
+
+/* ------------------------------------------------------------------ geometry */
+
+/* Up to four operands walked over one shape; strides in elements (0 on broadcast dims). */
+struct Geo {
+    int ndim;
+    int nops;
+    int64_t size[HR_MAX_DIMS];
+    int64_t stride[4][HR_MAX_DIMS];
+};
+
+void geo_init(Geo *g, int ndim, const int64_t *size);
+void geo_add(Geo *g, const int64_t *stride);
+/* Drops size-1 dims and merges dims that every operand walks contiguously. */
+void geo_coalesce(Geo *g);
+
+template <int N>
+__device__ __forceinline__ void geo_offsets(const Geo &g, int64_t i, int64_t *off)
+{
+#pragma unroll
+    for (int k = 0; k < N; k++) off[k] = 0;
+    for (int d = g.ndim - 1; d >= 0; d--) {
+        int64_t s = g.size[d];
+        int64_t idx = i % s;
+        i /= s;
+#pragma unroll
+        for (int k = 0; k < N; k++) off[k] += idx * g.stride[k][d];
+    }
+}
+
+/* ------------------------------------------------------------------ dtype conversions */
+
+__device__ __forceinline__ float bf16_to_f32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+__device__ __forceinline__ uint16_t f32_to_bf16(float f)
+{
+    uint32_t x = __float_as_uint(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u); /* quiet NaN */
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+__device__ __forceinline__ float f16_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ uint16_t f32_to_f16(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+/* Saturating float-to-integer conversion of hr_dtype.c. */
+__device__ __forceinline__ int64_t double_to_i64(double v)
+{
+    if (v != v) return 0;
+    if (v >= 9223372036854775807.0) return INT64_MAX;
+    if (v <= -9223372036854775808.0) return INT64_MIN;
+    return (int64_t)v;
+}
+
+__device__ __forceinline__ double load_f64(const char *p, int dt)
+{
+    switch (dt) {
+    case HR_F32: return *(const float *)p;
+    case HR_F64: return *(const double *)p;
+    case HR_BF16: return bf16_to_f32(*(const uint16_t *)p);
+    case HR_F16: return f16_to_f32(*(const uint16_t *)p);
+    case HR_I64: return (double)*(const int64_t *)p;
+    case HR_I32: return *(const int32_t *)p;
+    case HR_U8: return *(const uint8_t *)p;
+    case HR_BOOL: return *(const uint8_t *)p ? 1.0 : 0.0;
+    default: return 0.0;
+    }
+}
+
+__device__ __forceinline__ float load_f32(const char *p, int dt)
+{
+    switch (dt) {
+    case HR_F32: return *(const float *)p;
+    case HR_BF16: return bf16_to_f32(*(const uint16_t *)p);
+    case HR_F16: return f16_to_f32(*(const uint16_t *)p);
+    case HR_I64: return (float)*(const int64_t *)p;
+    case HR_I32: return (float)*(const int32_t *)p;
+    case HR_U8: return (float)*(const uint8_t *)p;
+    case HR_BOOL: return *(const uint8_t *)p ? 1.0f : 0.0f;
+    default: return (float)load_f64(p, dt);
+    }
+}
+
+__device__ __forceinline__ int64_t load_i64(const char *p, int dt)
+{
+    switch (dt) {
+    case HR_I64: return *(const int64_t *)p;
+    case HR_I32: return *(const int32_t *)p;
+    case HR_U8: return *(const uint8_t *)p;
+    case HR_BOOL: return *(const uint8_t *)p ? 1 : 0;
+    default: return double_to_i64(load_f64(p, dt));
+    }
+}
+
+__device__ __forceinline__ void store_f64(char *p, int dt, double v)
+{
+    switch (dt) {
+    case HR_F32: *(float *)p = (float)v; break;
+    case HR_F64: *(double *)p = v; break;
+    case HR_BF16: *(uint16_t *)p = f32_to_bf16((float)v); break;
+    case HR_F16: *(uint16_t *)p = f32_to_f16((float)v); break;
+    case HR_I64: *(int64_t *)p = double_to_i64(v); break;
+    case HR_I32: *(int32_t *)p = (int32_t)(uint32_t)(uint64_t)double_to_i64(v); break;
+    case HR_U8: *(uint8_t *)p = (uint8_t)(uint64_t)double_to_i64(v); break;
+    case HR_BOOL: *(uint8_t *)p = v != 0.0; break;
+    default: break;
+    }
+}
+
+__device__ __forceinline__ void store_f32(char *p, int dt, float v)
+{
+    switch (dt) {
+    case HR_F32: *(float *)p = v; break;
+    case HR_BF16: *(uint16_t *)p = f32_to_bf16(v); break;
+    case HR_F16: *(uint16_t *)p = f32_to_f16(v); break;
+    default: store_f64(p, dt, (double)v); break;
+    }
+}
+
+__device__ __forceinline__ void store_i64(char *p, int dt, int64_t v)
+{
+    switch (dt) {
+    case HR_I64: *(int64_t *)p = v; break;
+    case HR_I32: *(int32_t *)p = (int32_t)(uint32_t)(uint64_t)v; break;
+    case HR_U8: *(uint8_t *)p = (uint8_t)(uint64_t)v; break;
+    case HR_BOOL: *(uint8_t *)p = v != 0; break;
+    default: store_f64(p, dt, (double)v); break;
+    }
+}
+
+__host__ __device__ __forceinline__ int dtype_size(int dt)
+{
+    return dt == HR_F64 || dt == HR_I64 ? 8 : dt == HR_F32 || dt == HR_I32 ? 4 : dt == HR_BF16 || dt == HR_F16 ? 2 : 1;
+}
+
+/* Compute-type dispatch: float for f32/bf16/f16, double for f64, int64 for integers and bool. */
+template <typename CT> __device__ __forceinline__ CT load(const char *p, int dt);
+template <> __device__ __forceinline__ float load<float>(const char *p, int dt) { return load_f32(p, dt); }
+template <> __device__ __forceinline__ double load<double>(const char *p, int dt) { return load_f64(p, dt); }
+template <> __device__ __forceinline__ int64_t load<int64_t>(const char *p, int dt) { return load_i64(p, dt); }
+__device__ __forceinline__ void store(char *p, int dt, float v) { store_f32(p, dt, v); }
+__device__ __forceinline__ void store(char *p, int dt, double v) { store_f64(p, dt, v); }
+__device__ __forceinline__ void store(char *p, int dt, int64_t v) { store_i64(p, dt, v); }
+
+/* ------------------------------------------------------------------ small host helpers */
+
+/* A new contiguous tensor on t's device (dtype dt) or NULL. */
+static inline hr_tensor *empty_on(const hr_tensor *like, int ndim, const int64_t *size, hr_dtype dt)
+{
+    return hr_tensor_empty(ndim, size, dt, hr_tensor_device(like));
+}
+
+/* Fails unless every non-NULL tensor lives on the device of the first one. */
+int same_device(const char *op, int n, const hr_tensor *const *ts);
+
+} // namespace hrc
+
+#endif

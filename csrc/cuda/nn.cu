@@ -1,0 +1,932 @@
+/* cuda/nn.cu — fused nn ops on the device, with the same contracts, saved tensors and closed-form
+ * backwards as their CPU twins (cpu/layernorm.c, embedding.c, cross_entropy.c, dropout.c,
+ * attention.c, optim.c) and the Philox fills of hr_random.h. Statistics accumulate in double. */
+#include <cinttypes>
+#include <cmath>
+
+#include "cuda/common.cuh"
+
+namespace hrc {
+namespace {
+
+constexpr int kRow = 256;
+
+/* Sum of v over the block (every thread gets the result); sh has kRow doubles. */
+__device__ double block_sum(double v, double *sh)
+{
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w /= 2) {
+        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ __forceinline__ float mul_rn(float x, float y) { return __fmul_rn(x, y); }
+__device__ __forceinline__ double mul_rn(double x, double y) { return __dmul_rn(x, y); }
+__device__ __forceinline__ float add_rn(float x, float y) { return __fadd_rn(x, y); }
+__device__ __forceinline__ double add_rn(double x, double y) { return __dadd_rn(x, y); }
+__device__ __forceinline__ float sub_rn(float x, float y) { return __fsub_rn(x, y); }
+__device__ __forceinline__ double sub_rn(double x, double y) { return __dsub_rn(x, y); }
+
+unsigned rows_grid(int64_t rows) { return (unsigned)(rows < 1 ? 1 : rows < 65535 * 16 ? rows : 65535 * 16); }
+
+/* ================================================================== layer norm */
+
+struct LnCtx {
+    double eps;
+    int64_t rows, cols;
+    bool has_weight, has_bias;
+};
+
+template <typename T>
+__global__ void ln_forward(const T *x, const T *w, const T *b, T *y, double *mean, double *rstd, int64_t rows, int64_t n,
+                           double eps)
+{
+    __shared__ double sh[kRow];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T *xr = x + r * n;
+        T *yr = y + r * n;
+        double s = 0;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += (double)xr[i];
+        double mu = block_sum(s, sh) / (double)n;
+        double ss = 0;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            double d = (double)xr[i] - mu;
+            ss += d * d;
+        }
+        double rs = 1.0 / sqrt(block_sum(ss, sh) / (double)n + eps);
+        if (threadIdx.x == 0) {
+            mean[r] = mu;
+            rstd[r] = rs;
+        }
+        const T m_ = (T)mu, rs_ = (T)rs;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            T v = mul_rn(sub_rn(xr[i], m_), rs_);
+            if (w) v = mul_rn(v, w[i]);
+            if (b) v = add_rn(v, b[i]);
+            yr[i] = v;
+        }
+    }
+}
+
+/* dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w */
+template <typename T>
+__global__ void ln_backward_dx(const T *x, const T *w, const T *g, T *dx, const double *mean, const double *rstd,
+                               int64_t rows, int64_t n)
+{
+    __shared__ double sh[kRow];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T *xr = x + r * n, *gr = g + r * n;
+        double mu = mean[r], rs = rstd[r];
+        double sd = 0, sdx = 0;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            double d = (double)gr[i] * (w ? (double)w[i] : 1.0);
+            sd += d;
+            sdx += d * (((double)xr[i] - mu) * rs);
+        }
+        double md = block_sum(sd, sh) / (double)n, mdx = block_sum(sdx, sh) / (double)n;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            double d = (double)gr[i] * (w ? (double)w[i] : 1.0);
+            double xh = ((double)xr[i] - mu) * rs;
+            dx[r * n + i] = (T)(rs * (d - md - xh * mdx));
+        }
+    }
+}
+
+/* Column partial sums of g*xhat and g over chunks of rows: part[chunk][col] (deterministic: a
+ * fixed chunking and a serial loop per thread, then the chunks summed in order). */
+template <typename T>
+__global__ void ln_param_partial(const T *x, const T *g, const double *mean, const double *rstd, int64_t rows, int64_t n,
+                                 int64_t rows_per_chunk, double *pw, double *pb)
+{
+    int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    int64_t chunk = blockIdx.y;
+    if (c >= n) return;
+    int64_t r0 = chunk * rows_per_chunk, r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+    double dw = 0, db = 0;
+    for (int64_t r = r0; r < r1; r++) {
+        double gv = (double)g[r * n + c];
+        dw += gv * ((double)x[r * n + c] - mean[r]) * rstd[r];
+        db += gv;
+    }
+    if (pw) pw[chunk * n + c] = dw;
+    if (pb) pb[chunk * n + c] = db;
+}
+
+__global__ void sum_chunks(const double *part, int64_t chunks, int64_t n, double *out)
+{
+    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < n; c += (int64_t)gridDim.x * blockDim.x) {
+        double s = 0;
+        for (int64_t k = 0; k < chunks; k++) s += part[k * n + c];
+        out[c] = s;
+    }
+}
+
+int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    const LnCtx *c = (const LnCtx *)node->ctx;
+    hr_tensor *x = hr_node_saved(node, 0), *mean = hr_node_saved(node, 1), *rstd = hr_node_saved(node, 2);
+    hr_tensor *w = c->has_weight ? hr_node_saved(node, 3) : nullptr;
+    if (!x || !mean || !rstd || (c->has_weight && !w)) return -1;
+    cudaStream_t st = stream(dev_of(x));
+    if (!st) return -1;
+    hr_tensor *g = hr_cast(grad, x->dtype);
+    if (!g) return -1;
+    int rc = 0;
+    bool f64 = x->dtype == HR_F64;
+    const double *mp = (const double *)hr_tensor_data(mean), *rp = (const double *)hr_tensor_data(rstd);
+    if (hr_node_input_needs_grad(node, 0)) {
+        gi[0] = empty_on(x, x->ndim, x->size, x->dtype);
+        if (!gi[0]) rc = -1;
+        else if (c->rows > 0 && c->cols > 0) {
+            if (f64)
+                ln_backward_dx<double><<<rows_grid(c->rows), kRow, 0, st>>>(
+                    (const double *)hr_tensor_data(x), w ? (const double *)hr_tensor_data(w) : nullptr,
+                    (const double *)hr_tensor_data(g), (double *)hr_tensor_data(gi[0]), mp, rp, c->rows, c->cols);
+            else
+                ln_backward_dx<float><<<rows_grid(c->rows), kRow, 0, st>>>(
+                    (const float *)hr_tensor_data(x), w ? (const float *)hr_tensor_data(w) : nullptr,
+                    (const float *)hr_tensor_data(g), (float *)hr_tensor_data(gi[0]), mp, rp, c->rows, c->cols);
+            rc = check_launch("layer_norm backward");
+        }
+    }
+    bool need_w = c->has_weight && hr_node_input_needs_grad(node, 1);
+    bool need_b = c->has_bias && hr_node_input_needs_grad(node, 2);
+    if (rc == 0 && (need_w || need_b)) {
+        int64_t n = c->cols;
+        int64_t chunks = c->rows < 256 ? (c->rows > 0 ? c->rows : 1) : 256;
+        int64_t per = (c->rows + chunks - 1) / chunks;
+        if (per < 1) per = 1;
+        int64_t psize[2] = {chunks, n};
+        hr_tensor *pw = need_w ? empty_on(x, 2, psize, HR_F64) : nullptr;
+        hr_tensor *pb = need_b ? empty_on(x, 2, psize, HR_F64) : nullptr;
+        hr_tensor *dw = need_w ? empty_on(x, 1, &n, HR_F64) : nullptr;
+        hr_tensor *db = need_b ? empty_on(x, 1, &n, HR_F64) : nullptr;
+        if ((need_w && (!pw || !dw)) || (need_b && (!pb || !db))) rc = -1;
+        else if (n > 0) {
+            if (c->rows > 0) {
+                dim3 grid((unsigned)((n + kRow - 1) / kRow), (unsigned)chunks);
+                double *pwp = pw ? (double *)hr_tensor_data(pw) : nullptr, *pbp = pb ? (double *)hr_tensor_data(pb) : nullptr;
+                if (f64)
+                    ln_param_partial<double><<<grid, kRow, 0, st>>>((const double *)hr_tensor_data(x),
+                                                                     (const double *)hr_tensor_data(g), mp, rp, c->rows, n,
+                                                                     per, pwp, pbp);
+                else
+                    ln_param_partial<float><<<grid, kRow, 0, st>>>((const float *)hr_tensor_data(x),
+                                                                    (const float *)hr_tensor_data(g), mp, rp, c->rows, n,
+                                                                    per, pwp, pbp);
+                if (pw) sum_chunks<<<grid_for(n), kThreads, 0, st>>>(pwp, chunks, n, (double *)hr_tensor_data(dw));
+                if (pb) sum_chunks<<<grid_for(n), kThreads, 0, st>>>(pbp, chunks, n, (double *)hr_tensor_data(db));
+                rc = check_launch("layer_norm backward");
+            } else {
+                if (dw) rc = hr_cuda_memset0(dw->storage);
+                if (db && !rc) rc = hr_cuda_memset0(db->storage);
+            }
+        }
+        if (rc == 0 && need_w && !(gi[1] = hr_cast(dw, x->dtype))) rc = -1;
+        if (rc == 0 && need_b && !(gi[2] = hr_cast(db, x->dtype))) rc = -1;
+        hr_tensor_release(pw);
+        hr_tensor_release(pb);
+        hr_tensor_release(dw);
+        hr_tensor_release(db);
+    }
+    hr_tensor_release(g);
+    return rc;
+}
+
+/* ================================================================== embedding */
+
+struct EmbCtx {
+    int64_t padding_idx, vocab, hidden, count;
+};
+
+/* The first (lowest) position whose index is outside [0, vocab), in *bad (initially n). */
+__global__ void index_range(const char *idx, int idt, int64_t n, int64_t vocab, unsigned long long *bad)
+{
+    for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+        int64_t v = idt == HR_I64 ? ((const int64_t *)idx)[k] : (int64_t)((const int32_t *)idx)[k];
+        if (v < 0 || v >= vocab) atomicMin(bad, (unsigned long long)k);
+    }
+}
+
+/* Checks every index (contiguous i64/i32) against vocab on the device; one small read-back. */
+int check_indices(const hr_tensor *idx, int64_t vocab, const char *op, cudaStream_t st)
+{
+    int64_t n = hr_tensor_numel(idx);
+    if (n == 0) return 0;
+    int dev = dev_of(idx);
+    unsigned long long *bad = (unsigned long long *)hr_cuda_malloc(dev, sizeof *bad);
+    if (!bad) return -1;
+    unsigned long long host = (unsigned long long)n;
+    int rc = check(cudaMemcpyAsync(bad, &host, sizeof host, cudaMemcpyHostToDevice, st), op, "cudaMemcpyAsync");
+    if (!rc) rc = sync(dev, op);
+    if (!rc) {
+        index_range<<<grid_for(n), kThreads, 0, st>>>((const char *)hr_tensor_data(idx), idx->dtype, n, vocab, bad);
+        rc = check_launch(op);
+    }
+    if (!rc) rc = check(cudaMemcpyAsync(&host, bad, sizeof host, cudaMemcpyDeviceToHost, st), op, "cudaMemcpyAsync");
+    if (!rc) rc = sync(dev, op);
+    if (!rc && host < (unsigned long long)n) {
+        int64_t v = 0;
+        size_t el = hr_dtype_size(idx->dtype);
+        char buf[8] = {0};
+        if (!check(cudaMemcpyAsync(buf, (const char *)hr_tensor_data(idx) + host * el, el, cudaMemcpyDeviceToHost, st), op,
+                   "cudaMemcpyAsync") &&
+            !sync(dev, op))
+            v = hr_load_i64(buf, idx->dtype);
+        rc = hr_fail(HR_EINVAL, "%s: index %" PRId64 " at position %" PRId64 " is out of range for %" PRId64 " rows", op, v,
+                     (int64_t)host + 1, vocab);
+    }
+    hr_cuda_free(dev, bad, sizeof *bad);
+    return rc;
+}
+
+template <typename T>
+__global__ void emb_gather(const T *w, int64_t ws0, int64_t ws1, const char *idx, int idt, int64_t count, int64_t hidden,
+                           T *out)
+{
+    int64_t total = count * hidden;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t k = i / hidden, c = i % hidden;
+        int64_t r = idt == HR_I64 ? ((const int64_t *)idx)[k] : (int64_t)((const int32_t *)idx)[k];
+        out[i] = w[r * ws0 + c * ws1];
+    }
+}
+
+/* Adds each token's gradient row into its row of dst (row stride ds): atomics, so tokens that share
+ * a row add in an unspecified order. */
+template <typename T>
+__global__ void emb_scatter(const T *g, const char *idx, int idt, int64_t count, int64_t hidden, int64_t padding_idx, T *dst,
+                            int64_t ds)
+{
+    int64_t total = count * hidden;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t k = i / hidden, c = i % hidden;
+        int64_t r = idt == HR_I64 ? ((const int64_t *)idx)[k] : (int64_t)((const int32_t *)idx)[k];
+        if (r == padding_idx) continue;
+        atomicAdd(dst + r * ds + c, g[i]);
+    }
+}
+
+int emb_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    const EmbCtx *c = (const EmbCtx *)node->ctx;
+    hr_tensor *idx = hr_node_saved(node, 0);
+    if (!idx) return -1;
+    hr_dtype dt = node->out_dtype;
+    cudaStream_t st = stream(dev_of(idx));
+    if (!st) return -1;
+    hr_tensor *g = hr_cast(grad, dt);
+    if (!g) return -1;
+    hr_tensor *leaf = node->next[0].leaf;
+    bool in_place = leaf && leaf->dtype == dt && hr_device_eq(hr_tensor_device(leaf), hr_tensor_device(idx)) &&
+                    (!leaf->grad || hr_tensor_is_contiguous(leaf->grad));
+    hr_tensor *dst;
+    if (in_place) {
+        dst = hr_leaf_grad_buffer(leaf);
+    } else {
+        int64_t size[2] = {c->vocab, c->hidden};
+        dst = hr_tensor_zeros(2, size, dt, hr_tensor_device(idx));
+    }
+    int rc = 0;
+    if (!dst) rc = -1;
+    else {
+        int64_t total = c->count * c->hidden;
+        if (total > 0) {
+            if (dt == HR_F64)
+                emb_scatter<double><<<grid_for(total), kThreads, 0, st>>>((const double *)hr_tensor_data(g),
+                                                                          (const char *)hr_tensor_data(idx), idx->dtype,
+                                                                          c->count, c->hidden, c->padding_idx,
+                                                                          (double *)hr_tensor_data(dst), c->hidden);
+            else
+                emb_scatter<float><<<grid_for(total), kThreads, 0, st>>>((const float *)hr_tensor_data(g),
+                                                                         (const char *)hr_tensor_data(idx), idx->dtype,
+                                                                         c->count, c->hidden, c->padding_idx,
+                                                                         (float *)hr_tensor_data(dst), c->hidden);
+            rc = check_launch("embedding backward");
+        }
+        if (rc == 0) {
+            hr_tensor_bump_version(dst);
+            gi[0] = in_place ? HR_GRAD_HANDLED : dst;
+        } else if (!in_place) {
+            hr_tensor_release(dst);
+        }
+    }
+    hr_tensor_release(g);
+    return rc;
+}
+
+/* ================================================================== cross entropy */
+
+struct CeCtx {
+    int64_t rows, classes, ignore_index, counted;
+    double smoothing;
+    hr_reduction reduction;
+};
+
+template <typename T>
+__global__ void ce_forward(const T *x, int64_t rs, const int64_t *target, int64_t rows, int64_t C, int64_t ignore,
+                           double smoothing, double *lse_out, double *loss)
+{
+    __shared__ double sh[kRow];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T *row = x + r * rs;
+        double mx = -INFINITY;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+            double v = (double)row[c];
+            if (v > mx || v != v) mx = (mx != mx) ? mx : v;
+        }
+        sh[threadIdx.x] = mx;
+        __syncthreads();
+        for (int w = blockDim.x / 2; w > 0; w /= 2) {
+            if ((int)threadIdx.x < w) {
+                double o = sh[threadIdx.x + w], cur = sh[threadIdx.x];
+                if (o != o || (cur == cur && o > cur)) sh[threadIdx.x] = o;
+            }
+            __syncthreads();
+        }
+        mx = sh[0];
+        __syncthreads();
+        double se = 0, sx = 0;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+            double v = (double)row[c];
+            se += exp(v - mx);
+            sx += v;
+        }
+        se = block_sum(se, sh);
+        sx = block_sum(sx, sh);
+        if (threadIdx.x == 0) {
+            double lse = mx + log(se);
+            int64_t t = target[r];
+            lse_out[r] = lse;
+            if (t == ignore) {
+                loss[r] = 0;
+            } else {
+                double nll = lse - (double)row[t];
+                double smooth = lse - sx / (double)C;
+                loss[r] = (1.0 - smoothing) * nll + smoothing * smooth;
+            }
+        }
+        __syncthreads();
+    }
+}
+
+template <typename T>
+__global__ void ce_backward_kernel(const T *x, int64_t rs, const int64_t *target, const double *lse, const char *g, int gdt,
+                                   bool per_row, double scale, int64_t rows, int64_t C, int64_t ignore, double smoothing,
+                                   T *gx)
+{
+    int64_t total = rows * C;
+    double gs = per_row ? 0.0 : load_f64(g, gdt) * scale;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / C, c = i % C;
+        int64_t t = target[r];
+        double v = 0;
+        if (t != ignore) {
+            double gr = per_row ? load_f64(g + r * (int64_t)dtype_size(gdt), gdt) : gs;
+            double p = exp((double)x[r * rs + c] - lse[r]);
+            v = (p - smoothing / (double)C - (c == t ? 1.0 - smoothing : 0.0)) * gr;
+        }
+        gx[i] = (T)v;
+    }
+}
+
+int ce_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    const CeCtx *c = (const CeCtx *)node->ctx;
+    hr_tensor *x = hr_node_saved(node, 0), *target = hr_node_saved(node, 1), *lse = hr_node_saved(node, 2);
+    if (!x || !target || !lse) return -1;
+    cudaStream_t st = stream(dev_of(x));
+    if (!st) return -1;
+    hr_tensor *g = hr_contiguous((hr_tensor *)grad);
+    if (!g) return -1;
+    int64_t size[2] = {c->rows, c->classes};
+    gi[0] = empty_on(x, 2, size, x->dtype);
+    int rc = gi[0] ? 0 : -1;
+    int64_t total = c->rows * c->classes;
+    if (rc == 0 && total > 0) {
+        bool per_row = c->reduction == HR_REDUCE_NONE;
+        double scale = c->reduction == HR_REDUCE_MEAN ? (c->counted ? 1.0 / (double)c->counted : NAN) : 1.0;
+        if (x->dtype == HR_F64)
+            ce_backward_kernel<double><<<grid_for(total), kThreads, 0, st>>>(
+                (const double *)hr_tensor_data(x), x->stride[0], (const int64_t *)hr_tensor_data(target),
+                (const double *)hr_tensor_data(lse), (const char *)hr_tensor_data(g), g->dtype, per_row, scale, c->rows,
+                c->classes, c->ignore_index, c->smoothing, (double *)hr_tensor_data(gi[0]));
+        else
+            ce_backward_kernel<float><<<grid_for(total), kThreads, 0, st>>>(
+                (const float *)hr_tensor_data(x), x->stride[0], (const int64_t *)hr_tensor_data(target),
+                (const double *)hr_tensor_data(lse), (const char *)hr_tensor_data(g), g->dtype, per_row, scale, c->rows,
+                c->classes, c->ignore_index, c->smoothing, (float *)hr_tensor_data(gi[0]));
+        rc = check_launch("cross_entropy backward");
+    }
+    hr_tensor_release(g);
+    return rc;
+}
+
+/* ================================================================== dropout */
+
+int dropout_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    hr_tensor *noise = hr_node_saved(node, 0);
+    if (!noise) return -1;
+    gi[0] = hr_binary(HR_MUL, hr_operand_tensor(grad), hr_operand_tensor(noise), nullptr);
+    if (gi[0] && gi[0]->dtype != noise->dtype) {
+        hr_tensor *c = hr_cast(gi[0], noise->dtype);
+        hr_tensor_release(gi[0]);
+        gi[0] = c;
+    }
+    return gi[0] ? 0 : -1;
+}
+
+/* ================================================================== Philox fills */
+
+__device__ __forceinline__ void philox_block(uint32_t k0, uint32_t k1, uint64_t b, uint32_t out[4])
+{
+    uint32_t c0 = (uint32_t)b, c1 = (uint32_t)(b >> 32), c2 = 0, c3 = 0;
+    for (int r = 0; r < 10; r++) {
+        if (r > 0) {
+            k0 += HR_PHILOX_W0;
+            k1 += HR_PHILOX_W1;
+        }
+        uint32_t hi0 = __umulhi(HR_PHILOX_M0, c0), lo0 = HR_PHILOX_M0 * c0;
+        uint32_t hi1 = __umulhi(HR_PHILOX_M1, c2), lo1 = HR_PHILOX_M1 * c2;
+        uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c0 = n0;
+        c1 = lo1;
+        c2 = n2;
+        c3 = lo0;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+__device__ __forceinline__ float u24(uint32_t x) { return (float)(x >> 8) * 0x1.0p-24f; }
+__device__ __forceinline__ double u53(uint32_t x, uint32_t y)
+{
+    return (double)((uint64_t)(x >> 5) * 67108864u + (y >> 6)) * 0x1.0p-53;
+}
+
+/* One thread per block of 4 words: element i uses word i % 4 of block block0 + i / 4. */
+__global__ void bernoulli_kernel(char *out, int dt, int el, int64_t n, uint32_t k0, uint32_t k1, uint64_t block0, double p,
+                                 bool invert)
+{
+    int64_t nb = (n + 3) / 4;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < nb; j += (int64_t)gridDim.x * blockDim.x) {
+        uint32_t w[4];
+        philox_block(k0, k1, block0 + (uint64_t)j, w);
+        for (int h = 0; h < 4; h++) {
+            int64_t i = j * 4 + h;
+            if (i >= n) break;
+            bool below = (double)u24(w[h]) < p;
+            store_i64(out + i * el, dt, below != invert ? 1 : 0);
+        }
+    }
+}
+
+/* f32/bf16/f16: u24 of word i % 4 of block i / 4; f64: u53 of words (2h, 2h+1) of block i / 2. */
+__global__ void uniform_kernel(char *out, int dt, int el, int64_t n, uint32_t k0, uint32_t k1, uint64_t block0, double a,
+                               double b)
+{
+    bool f64 = dt == HR_F64;
+    int per = f64 ? 2 : 4;
+    int64_t nb = (n + per - 1) / per;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < nb; j += (int64_t)gridDim.x * blockDim.x) {
+        uint32_t w[4];
+        philox_block(k0, k1, block0 + (uint64_t)j, w);
+        for (int h = 0; h < per; h++) {
+            int64_t i = j * per + h;
+            if (i >= n) break;
+            double u = f64 ? u53(w[2 * h], w[2 * h + 1]) : (double)u24(w[h]);
+            store_f64(out + i * el, dt, __dadd_rn(a, __dmul_rn(b - a, u)));
+        }
+    }
+}
+
+/* Runs fill(contiguous target) into t, through a contiguous scratch when t is a strided view. */
+template <typename F> int fill_contiguous(hr_tensor *t, const char *op, F fill)
+{
+    cudaStream_t st = stream(dev_of(t));
+    if (!st) return -1;
+    int64_t n = hr_tensor_numel(t);
+    if (n == 0) return 0;
+    hr_tensor *scratch = hr_tensor_is_contiguous(t) ? nullptr : empty_on(t, t->ndim, t->size, t->dtype);
+    if (!hr_tensor_is_contiguous(t) && !scratch) return -1;
+    hr_tensor *target = scratch ? scratch : t;
+    fill((char *)hr_tensor_data(target), n, st);
+    int rc = check_launch(op);
+    if (!rc && scratch) rc = hr_copy_(t, scratch);
+    hr_tensor_release(scratch);
+    return rc;
+}
+
+/* ================================================================== AdamW */
+
+struct AdamItem {
+    void *p, *m, *v;
+    const void *g;
+    int64_t n;
+    int pdt, gdt;
+    double step, decay;
+};
+
+__global__ void adamw_kernel(const AdamItem *items, double beta1, double beta2, double eps)
+{
+    const AdamItem it = items[blockIdx.y];
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < it.n; i += (int64_t)gridDim.x * blockDim.x) {
+        if (it.pdt == HR_F32) {
+            float *p = (float *)it.p, *m = (float *)it.m, *v = (float *)it.v;
+            const float b1 = (float)beta1, b2 = (float)beta2, c1 = (float)(1.0 - beta1), c2 = (float)(1.0 - beta2);
+            const float e = (float)eps, step = (float)it.step, decay = (float)it.decay;
+            float g = it.gdt == HR_F32 ? ((const float *)it.g)[i] : (float)load_f64((const char *)it.g + i * dtype_size(it.gdt), it.gdt);
+            float mi = __fadd_rn(__fmul_rn(m[i], b1), __fmul_rn(c1, g));
+            float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(__fmul_rn(c2, g), g));
+            m[i] = mi;
+            v[i] = vi;
+            float pi = __fsub_rn(p[i], __fmul_rn(step, mi / __fadd_rn(sqrtf(vi), e)));
+            if (decay != 0.0f) pi = __fsub_rn(pi, __fmul_rn(decay, pi));
+            p[i] = pi;
+        } else {
+            double *p = (double *)it.p, *m = (double *)it.m, *v = (double *)it.v;
+            double g = load_f64((const char *)it.g + i * dtype_size(it.gdt), it.gdt);
+            double mi = __dadd_rn(__dmul_rn(m[i], beta1), __dmul_rn(1.0 - beta1, g));
+            double vi = __dadd_rn(__dmul_rn(v[i], beta2), __dmul_rn(__dmul_rn(1.0 - beta2, g), g));
+            m[i] = mi;
+            v[i] = vi;
+            double pi = __dsub_rn(p[i], __dmul_rn(it.step, mi / __dadd_rn(sqrt(vi), eps)));
+            if (it.decay != 0.0) pi = __dsub_rn(pi, __dmul_rn(it.decay, pi));
+            p[i] = pi;
+        }
+    }
+}
+
+/* ================================================================== attention (composed) */
+
+/* Releases a and returns b, for chains of differentiable ops. */
+hr_tensor *then(hr_tensor *a, hr_tensor *b)
+{
+    hr_tensor_release(a);
+    return b;
+}
+
+/* [B, L, H] -> [B, heads, L, dh] (a differentiable view/copy) */
+hr_tensor *split_heads(hr_tensor *t, int64_t heads, bool transpose_last)
+{
+    int64_t B = t->size[0], L = t->size[1], H = t->size[2];
+    int64_t size[4] = {B, L, heads, H / heads};
+    hr_tensor *r = hr_ag_reshape(t, 4, size);
+    if (!r) return nullptr;
+    static const int perm_q[4] = {0, 2, 1, 3}, perm_k[4] = {0, 2, 3, 1};
+    return then(r, hr_ag_permute(r, transpose_last ? perm_k : perm_q));
+}
+
+} // namespace
+} // namespace hrc
+
+using namespace hrc;
+
+/* ------------------------------------------------------------------ entry points */
+
+extern "C" hr_tensor *hr_cuda_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps)
+{
+    const hr_tensor *ts[3] = {x, weight, bias};
+    if (same_device("layer_norm", 3, ts)) return NULL;
+    cudaStream_t st = stream(dev_of(x));
+    if (!st) return NULL;
+    int64_t cols = x->size[x->ndim - 1];
+    int64_t rows = cols ? hr_tensor_numel(x) / cols : 0;
+    hr_tensor *xc = hr_contiguous(x);
+    hr_tensor *wc = weight ? hr_contiguous(weight) : nullptr;
+    hr_tensor *bc = bias ? hr_contiguous(bias) : nullptr;
+    hr_tensor *y = empty_on(x, x->ndim, x->size, x->dtype);
+    hr_tensor *mean = empty_on(x, 1, &rows, HR_F64);
+    hr_tensor *rstd = empty_on(x, 1, &rows, HR_F64);
+    hr_tensor *out = nullptr;
+    if (xc && (!weight || wc) && (!bias || bc) && y && mean && rstd) {
+        int rc = 0;
+        if (rows > 0 && cols > 0) {
+            double *mp = (double *)hr_tensor_data(mean), *rp = (double *)hr_tensor_data(rstd);
+            if (x->dtype == HR_F64)
+                ln_forward<double><<<rows_grid(rows), kRow, 0, st>>>(
+                    (const double *)hr_tensor_data(xc), wc ? (const double *)hr_tensor_data(wc) : nullptr,
+                    bc ? (const double *)hr_tensor_data(bc) : nullptr, (double *)hr_tensor_data(y), mp, rp, rows, cols, eps);
+            else
+                ln_forward<float><<<rows_grid(rows), kRow, 0, st>>>(
+                    (const float *)hr_tensor_data(xc), wc ? (const float *)hr_tensor_data(wc) : nullptr,
+                    bc ? (const float *)hr_tensor_data(bc) : nullptr, (float *)hr_tensor_data(y), mp, rp, rows, cols, eps);
+            rc = check_launch("layer_norm");
+        }
+        if (rc == 0) {
+            out = y;
+            y = nullptr;
+            hr_tensor *inputs[3] = {x, weight, bias};
+            if (hr_should_record(3, inputs)) {
+                hr_node *node = hr_node_new("layer_norm", ln_backward, 3, inputs, sizeof(LnCtx));
+                if (!node || hr_node_save(node, xc) < 0 || hr_node_save(node, mean) < 0 || hr_node_save(node, rstd) < 0 ||
+                    (wc && hr_node_save(node, wc) < 0)) {
+                    hr_node_release(node);
+                    hr_tensor_release(out);
+                    out = nullptr;
+                } else {
+                    LnCtx *c = (LnCtx *)node->ctx;
+                    c->eps = eps;
+                    c->rows = rows;
+                    c->cols = cols;
+                    c->has_weight = weight != nullptr;
+                    c->has_bias = bias != nullptr;
+                    hr_node_attach(node, out);
+                }
+            }
+        }
+    }
+    hr_tensor_release(y);
+    hr_tensor_release(xc);
+    hr_tensor_release(wc);
+    hr_tensor_release(bc);
+    hr_tensor_release(mean);
+    hr_tensor_release(rstd);
+    return out;
+}
+
+extern "C" hr_tensor *hr_cuda_embedding(hr_tensor *weight, hr_tensor *indices, int64_t padding_idx)
+{
+    const hr_tensor *ts[2] = {weight, indices};
+    if (same_device("embedding", 2, ts)) return NULL;
+    cudaStream_t st = stream(dev_of(weight));
+    if (!st) return NULL;
+    int64_t vocab = weight->size[0], hidden = weight->size[1];
+    hr_tensor *idx = hr_contiguous(indices);
+    if (!idx) return NULL;
+    if (check_indices(idx, vocab, "embedding", st)) {
+        hr_tensor_release(idx);
+        return NULL;
+    }
+    int64_t count = hr_tensor_numel(indices);
+    int64_t size[HR_MAX_DIMS];
+    memcpy(size, indices->size, sizeof(int64_t) * (size_t)indices->ndim);
+    size[indices->ndim] = hidden;
+    hr_tensor *out = empty_on(weight, indices->ndim + 1, size, weight->dtype);
+    if (out && count * hidden > 0) {
+        if (weight->dtype == HR_F64)
+            emb_gather<double><<<grid_for(count * hidden), kThreads, 0, st>>>(
+                (const double *)hr_tensor_data(weight), weight->stride[0], weight->stride[1], (const char *)hr_tensor_data(idx),
+                idx->dtype, count, hidden, (double *)hr_tensor_data(out));
+        else
+            emb_gather<float><<<grid_for(count * hidden), kThreads, 0, st>>>(
+                (const float *)hr_tensor_data(weight), weight->stride[0], weight->stride[1], (const char *)hr_tensor_data(idx),
+                idx->dtype, count, hidden, (float *)hr_tensor_data(out));
+        if (check_launch("embedding")) {
+            hr_tensor_release(out);
+            out = nullptr;
+        }
+    }
+    hr_tensor *inputs[2] = {weight, indices};
+    if (out && hr_should_record(1, inputs)) {
+        hr_node *node = hr_node_new("embedding", emb_backward, 1, inputs, sizeof(EmbCtx));
+        if (!node || hr_node_save(node, idx) < 0) {
+            hr_node_release(node);
+            hr_tensor_release(out);
+            out = nullptr;
+        } else {
+            EmbCtx *c = (EmbCtx *)node->ctx;
+            c->padding_idx = padding_idx;
+            c->vocab = vocab;
+            c->hidden = hidden;
+            c->count = count;
+            hr_node_attach(node, out);
+        }
+    }
+    hr_tensor_release(idx);
+    return out;
+}
+
+extern "C" hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index,
+                                            double label_smoothing, hr_reduction reduction)
+{
+    const hr_tensor *ts[2] = {logits, target};
+    if (same_device("cross_entropy", 2, ts)) return NULL;
+    cudaStream_t st = stream(dev_of(logits));
+    if (!st) return NULL;
+    int64_t N = logits->size[0], C = logits->size[1];
+    hr_tensor *x = logits->stride[1] == 1 || logits->size[1] <= 1 ? hr_view_alias(logits) : hr_contiguous(logits);
+    hr_tensor *t = hr_cast(target, HR_I64);
+    /* the targets are validated (and counted) on the host, exactly as the CPU does */
+    hr_tensor *th = t ? hr_tensor_empty(1, &N, HR_I64, hr_cpu()) : nullptr;
+    hr_tensor *lse = empty_on(logits, 1, &N, HR_F64);
+    hr_tensor *loss = empty_on(logits, 1, &N, HR_F64);
+    hr_tensor *out = nullptr, *sum = nullptr;
+    int64_t counted = 0;
+    if (!x || !t || !th || !lse || !loss || hr_copy_(th, t)) goto done;
+    {
+        const int64_t *tv = (const int64_t *)hr_tensor_data(th);
+        for (int64_t r = 0; r < N; r++) {
+            if (tv[r] == ignore_index) continue;
+            if (tv[r] < 0 || tv[r] >= C) {
+                hr_fail(HR_EINVAL, "cross_entropy: target %" PRId64 " at position %" PRId64 " is out of range for %" PRId64
+                                   " classes (ignore_index is %" PRId64 ")",
+                        tv[r], r + 1, C, ignore_index);
+                goto done;
+            }
+            counted++;
+        }
+    }
+    if (N > 0 && C > 0) {
+        if (x->dtype == HR_F64)
+            ce_forward<double><<<rows_grid(N), kRow, 0, st>>>((const double *)hr_tensor_data(x), x->stride[0],
+                                                               (const int64_t *)hr_tensor_data(t), N, C, ignore_index,
+                                                               label_smoothing, (double *)hr_tensor_data(lse),
+                                                               (double *)hr_tensor_data(loss));
+        else
+            ce_forward<float><<<rows_grid(N), kRow, 0, st>>>((const float *)hr_tensor_data(x), x->stride[0],
+                                                              (const int64_t *)hr_tensor_data(t), N, C, ignore_index,
+                                                              label_smoothing, (double *)hr_tensor_data(lse),
+                                                              (double *)hr_tensor_data(loss));
+        if (check_launch("cross_entropy")) goto done;
+    } else if (N > 0 && (hr_cuda_memset0(loss->storage) || hr_cuda_memset0(lse->storage))) {
+        goto done;
+    }
+    if (reduction == HR_REDUCE_NONE) {
+        out = hr_cast(loss, logits->dtype);
+    } else {
+        sum = hr_sum(loss, HR_DIM_ALL, false);
+        if (!sum) goto done;
+        if (reduction == HR_REDUCE_MEAN) {
+            /* like PyTorch: 0/0 when every target is ignored */
+            hr_tensor *m = hr_binary(HR_DIV, hr_operand_tensor(sum), hr_operand_float(counted ? (double)counted : 0.0), nullptr);
+            hr_tensor_release(sum);
+            sum = m;
+            if (!sum) goto done;
+        }
+        out = hr_cast(sum, logits->dtype);
+    }
+    if (!out) goto done;
+    {
+        hr_tensor *inputs[2] = {logits, target};
+        if (hr_should_record(1, inputs)) {
+            hr_node *node = hr_node_new("cross_entropy", ce_backward, 1, inputs, sizeof(CeCtx));
+            if (!node || hr_node_save(node, x) < 0 || hr_node_save(node, t) < 0 || hr_node_save(node, lse) < 0) {
+                hr_node_release(node);
+                hr_tensor_release(out);
+                out = nullptr;
+                goto done;
+            }
+            CeCtx *c = (CeCtx *)node->ctx;
+            c->rows = N;
+            c->classes = C;
+            c->ignore_index = ignore_index;
+            c->counted = counted;
+            c->smoothing = label_smoothing;
+            c->reduction = reduction;
+            hr_node_attach(node, out);
+        }
+    }
+done:
+    hr_tensor_release(x);
+    hr_tensor_release(t);
+    hr_tensor_release(th);
+    hr_tensor_release(lse);
+    hr_tensor_release(loss);
+    hr_tensor_release(sum);
+    return out;
+}
+
+extern "C" hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, double p)
+{
+    hr_tensor *noise = empty_on(x, x->ndim, x->size, x->dtype);
+    if (!noise) return NULL;
+    if (hr_random_dropout_mask_(g, noise, p)) {
+        hr_tensor_release(noise);
+        return NULL;
+    }
+    /* keep / (1 - p), rounded once to the dtype (f32: divided by (float)(1 - p), as the CPU) */
+    if (p < 1 && hr_binary_(HR_DIV, noise, hr_operand_float(1.0 - p), nullptr)) {
+        hr_tensor_release(noise);
+        return NULL;
+    }
+    hr_tensor *y = hr_binary(HR_MUL, hr_operand_tensor(x), hr_operand_tensor(noise), nullptr);
+    if (y && hr_should_record(1, &x)) {
+        hr_node *node = hr_node_new("dropout", dropout_backward, 1, &x, 0);
+        if (!node || hr_node_save(node, noise) < 0) {
+            hr_node_release(node);
+            hr_tensor_release(y);
+            y = nullptr;
+        } else {
+            hr_node_attach(node, y);
+        }
+    }
+    hr_tensor_release(noise);
+    return y;
+}
+
+/* Non-fused: per-head GEMMs through the differentiable matmul, an additive mask, softmax and
+ * dropout on the probabilities [B, heads, Lq, Lk] (the CPU's element order, so the same seed drops
+ * the same probabilities). mask is already in q's dtype and contiguous ([B, Lk] or [B, Lq, Lk]). */
+extern "C" hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads,
+                                        double dropout_p, bool training, struct hr_generator *gen)
+{
+    const hr_tensor *ts[4] = {q, k, v, mask};
+    if (same_device("attention", 4, ts)) return NULL;
+    int64_t B = q->size[0], Lq = q->size[1], Lk = k->size[1], H = q->size[2], dh = H / heads;
+    hr_tensor *qh = split_heads(q, heads, false);
+    hr_tensor *kt = qh ? split_heads(k, heads, true) : nullptr;
+    hr_tensor *vh = kt ? split_heads(v, heads, false) : nullptr;
+    hr_tensor *s = vh ? hr_ag_matmul(qh, kt) : nullptr;
+    if (s) s = then(s, hr_ag_binary(HR_MUL, hr_operand_tensor(s), hr_operand_float(1.0 / sqrt((double)dh)), nullptr));
+    if (s && mask) {
+        int64_t msize[4] = {B, 1, mask->ndim == 3 ? Lq : 1, Lk};
+        hr_tensor *mv = hr_reshape(mask, 4, msize);
+        s = mv ? then(s, hr_ag_binary(HR_ADD, hr_operand_tensor(s), hr_operand_tensor(mv), nullptr)) : then(s, nullptr);
+        hr_tensor_release(mv);
+    }
+    hr_tensor *pr = s ? hr_ag_softmax(s, 3) : nullptr;
+    hr_tensor_release(s);
+    if (pr && training && dropout_p > 0) pr = then(pr, hr_dropout(gen, pr, dropout_p, true));
+    hr_tensor *o = pr ? hr_ag_matmul(pr, vh) : nullptr;
+    static const int back[4] = {0, 2, 1, 3};
+    if (o) o = then(o, hr_ag_permute(o, back));
+    int64_t osize[3] = {B, Lq, H};
+    if (o) o = then(o, hr_ag_reshape(o, 3, osize));
+    hr_tensor_release(pr);
+    hr_tensor_release(qh);
+    hr_tensor_release(kt);
+    hr_tensor_release(vh);
+    return o;
+}
+
+extern "C" int hr_cuda_adamw_step(hr_adamw_item *items, int n, double beta1, double beta2, double eps)
+{
+    if (n <= 0) return 0;
+    int dev = dev_of(items[0].param);
+    for (int i = 0; i < n; i++) {
+        const hr_tensor *ts[5] = {items[0].param, items[i].param, items[i].grad, items[i].exp_avg, items[i].exp_avg_sq};
+        if (same_device("adamw", 5, ts)) return -1;
+    }
+    cudaStream_t st = stream(dev);
+    if (!st) return -1;
+    int rc = 0;
+    /* one launch per slice of at most 65535 parameters (the grid's y dimension) */
+    for (int first = 0; first < n && rc == 0; first += 65535) {
+        int cnt = n - first < 65535 ? n - first : 65535;
+        AdamItem *host = (AdamItem *)malloc(sizeof(AdamItem) * (size_t)cnt);
+        if (!host) return hr_fail(HR_ENOMEM, "adamw: out of memory");
+        int64_t maxn = 1;
+        for (int i = 0; i < cnt; i++) {
+            const hr_adamw_item *it = &items[first + i];
+            host[i].p = hr_tensor_data(it->param);
+            host[i].m = hr_tensor_data(it->exp_avg);
+            host[i].v = hr_tensor_data(it->exp_avg_sq);
+            host[i].g = hr_tensor_data(it->grad);
+            host[i].n = hr_tensor_numel(it->param);
+            host[i].pdt = it->param->dtype;
+            host[i].gdt = it->grad->dtype;
+            host[i].step = it->step_size;
+            host[i].decay = it->decay;
+            if (host[i].n > maxn) maxn = host[i].n;
+        }
+        AdamItem *dev_items = (AdamItem *)hr_cuda_malloc(dev, sizeof(AdamItem) * (size_t)cnt);
+        if (!dev_items) rc = -1;
+        else {
+            rc = check(cudaMemcpyAsync(dev_items, host, sizeof(AdamItem) * (size_t)cnt, cudaMemcpyHostToDevice, st), "adamw",
+                       "cudaMemcpyAsync");
+            if (!rc) rc = sync(dev, "adamw"); /* the host array is freed below */
+            if (!rc) {
+                unsigned gx = grid_for(maxn);
+                if (gx > 1024) gx = 1024;
+                adamw_kernel<<<dim3(gx, (unsigned)cnt), kThreads, 0, st>>>(dev_items, beta1, beta2, eps);
+                rc = check_launch("adamw");
+            }
+            hr_cuda_free(dev, dev_items, sizeof(AdamItem) * (size_t)cnt);
+        }
+        free(host);
+    }
+    for (int i = 0; i < n && rc == 0; i++) {
+        hr_tensor_bump_version(items[i].param);
+        hr_tensor_bump_version(items[i].exp_avg);
+        hr_tensor_bump_version(items[i].exp_avg_sq);
+    }
+    return rc;
+}
+
+extern "C" int hr_cuda_bernoulli(hr_tensor *t, const uint32_t key[2], uint64_t block0, double p, bool invert)
+{
+    uint32_t k0 = key[0], k1 = key[1];
+    int dt = t->dtype, el = (int)hr_dtype_size(t->dtype);
+    return fill_contiguous(t, invert ? "dropout_mask" : "bernoulli_", [&](char *out, int64_t n, cudaStream_t st) {
+        bernoulli_kernel<<<grid_for((n + 3) / 4), kThreads, 0, st>>>(out, dt, el, n, k0, k1, block0, p, invert);
+    });
+}
+
+extern "C" int hr_cuda_uniform(hr_tensor *t, const uint32_t key[2], uint64_t block0, double a, double b)
+{
+    uint32_t k0 = key[0], k1 = key[1];
+    int dt = t->dtype, el = (int)hr_dtype_size(t->dtype);
+    int per = dt == HR_F64 ? 2 : 4;
+    return fill_contiguous(t, "uniform_", [&](char *out, int64_t n, cudaStream_t st) {
+        uniform_kernel<<<grid_for((n + per - 1) / per), kThreads, 0, st>>>(out, dt, el, n, k0, k1, block0, a, b);
+    });
+}

@@ -1,0 +1,441 @@
+/* cuda/pointwise.cu — elementwise kernels: binary arithmetic/predicates with broadcasting through
+ * precomputed strides, unary math and clamp, where. The arithmetic mirrors cpu/pointwise.c: the same
+ * compute types (float for f32/bf16/f16, double for f64, wrapping int64 for integers), the same
+ * special cases, and products/sums rounded separately (no fused multiply-add) as the CPU does. */
+#include <cmath>
+
+#include "cuda/common.cuh"
+
+namespace hrc {
+namespace {
+
+__device__ __forceinline__ float add_rn(float x, float y) { return __fadd_rn(x, y); }
+__device__ __forceinline__ double add_rn(double x, double y) { return __dadd_rn(x, y); }
+__device__ __forceinline__ float sub_rn(float x, float y) { return __fsub_rn(x, y); }
+__device__ __forceinline__ double sub_rn(double x, double y) { return __dsub_rn(x, y); }
+__device__ __forceinline__ float mul_rn(float x, float y) { return __fmul_rn(x, y); }
+__device__ __forceinline__ double mul_rn(double x, double y) { return __dmul_rn(x, y); }
+__device__ __forceinline__ float pow_of(float x, float y) { return powf(x, y); }
+__device__ __forceinline__ double pow_of(double x, double y) { return pow(x, y); }
+
+__device__ __forceinline__ int64_t wrap_add(int64_t x, int64_t y) { return (int64_t)((uint64_t)x + (uint64_t)y); }
+__device__ __forceinline__ int64_t wrap_sub(int64_t x, int64_t y) { return (int64_t)((uint64_t)x - (uint64_t)y); }
+__device__ __forceinline__ int64_t wrap_mul(int64_t x, int64_t y) { return (int64_t)((uint64_t)x * (uint64_t)y); }
+
+__device__ int64_t ipow(int64_t x, int64_t e)
+{
+    if (e < 0) {
+        if (x == 1) return 1;
+        if (x == -1) return (e & 1) ? -1 : 1;
+        return 0;
+    }
+    uint64_t r = 1, base = (uint64_t)x;
+    while (e) {
+        if (e & 1) r *= base;
+        base *= base;
+        e >>= 1;
+    }
+    return (int64_t)r;
+}
+
+template <typename T> __device__ __forceinline__ T arith(int op, T x, T y, T al, bool square);
+
+template <typename T> __device__ __forceinline__ T float_arith(int op, T x, T y, T al, bool square)
+{
+    switch (op) {
+    case HR_ADD: return al == (T)1 ? add_rn(x, y) : add_rn(x, mul_rn(al, y));
+    case HR_SUB: return al == (T)1 ? sub_rn(x, y) : sub_rn(x, mul_rn(al, y));
+    case HR_MUL: return mul_rn(x, y);
+    case HR_DIV: return x / y;
+    case HR_POW: return square ? mul_rn(x, x) : pow_of(x, y);
+    case HR_MAXIMUM: return (x != x || x > y) ? x : y;
+    case HR_MINIMUM: return (x != x || x < y) ? x : y;
+    default: return x;
+    }
+}
+template <> __device__ __forceinline__ float arith<float>(int op, float x, float y, float al, bool sq)
+{
+    return float_arith<float>(op, x, y, al, sq);
+}
+template <> __device__ __forceinline__ double arith<double>(int op, double x, double y, double al, bool sq)
+{
+    return float_arith<double>(op, x, y, al, sq);
+}
+template <> __device__ __forceinline__ int64_t arith<int64_t>(int op, int64_t x, int64_t y, int64_t al, bool)
+{
+    switch (op) {
+    case HR_ADD: return al == 1 ? wrap_add(x, y) : wrap_add(x, wrap_mul(al, y));
+    case HR_SUB: return al == 1 ? wrap_sub(x, y) : wrap_sub(x, wrap_mul(al, y));
+    case HR_MUL: return wrap_mul(x, y);
+    case HR_POW: return ipow(x, y);
+    case HR_MAXIMUM: return x > y ? x : y;
+    case HR_MINIMUM: return x < y ? x : y;
+    default: return x;
+    }
+}
+
+template <typename T> __device__ __forceinline__ bool predicate(int op, T x, T y)
+{
+    switch (op) {
+    case HR_EQ: return x == y;
+    case HR_NE: return x != y;
+    case HR_LT: return x < y;
+    case HR_LE: return x <= y;
+    case HR_GT: return x > y;
+    case HR_GE: return x >= y;
+    case HR_LOGICAL_AND: return x != (T)0 && y != (T)0;
+    case HR_LOGICAL_OR: return x != (T)0 || y != (T)0;
+    default: return false;
+    }
+}
+
+/* One side of a binary op: a tensor (p != NULL) or a number already in the compute type. */
+template <typename T> struct Side {
+    const char *p;
+    int dt, el;
+    T s;
+};
+
+/* Operands of g: 0 the output, 1 a, 2 b (stride 0 everywhere for numbers). */
+template <typename T>
+__global__ void binary_kernel(Geo g, char *out, int odt, int oel, Side<T> a, Side<T> b, int op, T al, bool square,
+                              bool pred, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t off[3];
+        geo_offsets<3>(g, i, off);
+        T x = a.p ? load<T>(a.p + off[1] * a.el, a.dt) : a.s;
+        T y = b.p ? load<T>(b.p + off[2] * b.el, b.dt) : b.s;
+        char *o = out + off[0] * oel;
+        if (pred) store_i64(o, odt, predicate<T>(op, x, y) ? 1 : 0);
+        else store(o, odt, arith<T>(op, x, y, al, square));
+    }
+}
+
+template <typename T> __device__ __forceinline__ T gelu_of(T v);
+template <> __device__ __forceinline__ float gelu_of<float>(float v)
+{
+    return 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2));
+}
+template <> __device__ __forceinline__ double gelu_of<double>(double v) { return 0.5 * v * (1.0 + erf(v * M_SQRT1_2)); }
+
+__device__ __forceinline__ float f_abs(float v) { return fabsf(v); }
+__device__ __forceinline__ double f_abs(double v) { return fabs(v); }
+__device__ __forceinline__ float f_floor(float v) { return floorf(v); }
+__device__ __forceinline__ double f_floor(double v) { return floor(v); }
+__device__ __forceinline__ float f_ceil(float v) { return ceilf(v); }
+__device__ __forceinline__ double f_ceil(double v) { return ceil(v); }
+__device__ __forceinline__ float f_rint(float v) { return rintf(v); }
+__device__ __forceinline__ double f_rint(double v) { return rint(v); }
+__device__ __forceinline__ float f_exp(float v) { return expf(v); }
+__device__ __forceinline__ double f_exp(double v) { return exp(v); }
+__device__ __forceinline__ float f_log(float v) { return logf(v); }
+__device__ __forceinline__ double f_log(double v) { return log(v); }
+__device__ __forceinline__ float f_sqrt(float v) { return sqrtf(v); }
+__device__ __forceinline__ double f_sqrt(double v) { return sqrt(v); }
+__device__ __forceinline__ float f_tanh(float v) { return tanhf(v); }
+__device__ __forceinline__ double f_tanh(double v) { return tanh(v); }
+__device__ __forceinline__ float f_log1p(float v) { return log1pf(v); }
+__device__ __forceinline__ double f_log1p(double v) { return log1p(v); }
+__device__ __forceinline__ float f_expm1(float v) { return expm1f(v); }
+__device__ __forceinline__ double f_expm1(double v) { return expm1(v); }
+__device__ __forceinline__ float f_sin(float v) { return sinf(v); }
+__device__ __forceinline__ double f_sin(double v) { return sin(v); }
+__device__ __forceinline__ float f_cos(float v) { return cosf(v); }
+__device__ __forceinline__ double f_cos(double v) { return cos(v); }
+
+template <typename T> __device__ __forceinline__ T float_unary(int op, T v)
+{
+    switch (op) {
+    case HR_NEG: return -v;
+    case HR_ABS: return f_abs(v);
+    case HR_SIGN: return v > (T)0 ? (T)1 : v < (T)0 ? (T)-1 : v == (T)0 ? (T)0 : v;
+    case HR_SQUARE: return mul_rn(v, v);
+    case HR_RELU: return v < (T)0 ? (T)0 : v;
+    case HR_FLOOR: return f_floor(v);
+    case HR_CEIL: return f_ceil(v);
+    case HR_ROUND: return f_rint(v);
+    case HR_EXP: return f_exp(v);
+    case HR_LOG: return f_log(v);
+    case HR_SQRT: return f_sqrt(v);
+    case HR_RSQRT: return (T)1 / f_sqrt(v);
+    case HR_TANH: return f_tanh(v);
+    case HR_SIGMOID: return (T)1 / ((T)1 + f_exp(-v));
+    case HR_GELU: return gelu_of<T>(v);
+    case HR_RECIPROCAL: return (T)1 / v;
+    case HR_LOG1P: return f_log1p(v);
+    case HR_EXPM1: return f_expm1(v);
+    case HR_SIN: return f_sin(v);
+    case HR_COS: return f_cos(v);
+    default: return v;
+    }
+}
+
+template <typename T> __device__ __forceinline__ T unary_of(int op, T v);
+template <> __device__ __forceinline__ float unary_of<float>(int op, float v) { return float_unary<float>(op, v); }
+template <> __device__ __forceinline__ double unary_of<double>(int op, double v) { return float_unary<double>(op, v); }
+template <> __device__ __forceinline__ int64_t unary_of<int64_t>(int op, int64_t v)
+{
+    switch (op) {
+    case HR_NEG: return wrap_sub(0, v);
+    case HR_ABS: return v < 0 ? wrap_sub(0, v) : v;
+    case HR_SIGN: return v > 0 ? 1 : v < 0 ? -1 : 0;
+    case HR_SQUARE: return wrap_mul(v, v);
+    case HR_RELU: return v < 0 ? 0 : v;
+    default: return v; /* floor/ceil/round of integers */
+    }
+}
+
+/* Operands: 0 the output, 1 the input. clamp: lo/hi bounds when has_lo/has_hi. */
+template <typename T>
+__global__ void unary_kernel(Geo g, char *out, int odt, int oel, const char *in, int idt, int iel, int op, bool clamp,
+                             bool has_lo, bool has_hi, T lo, T hi, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t off[2];
+        geo_offsets<2>(g, i, off);
+        T x = load<T>(in + off[1] * iel, idt);
+        T y;
+        if (clamp) {
+            y = x;
+            if (has_lo) y = y < lo ? lo : y;
+            if (has_hi) y = y > hi ? hi : y;
+        } else {
+            y = unary_of<T>(op, x);
+        }
+        store(out + off[0] * oel, odt, y);
+    }
+}
+
+/* Operands: 0 output, 1 condition, 2 a, 3 b. */
+template <typename T>
+__global__ void where_kernel(Geo g, char *out, int odt, int oel, const char *cond, Side<T> a, Side<T> b, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t off[4];
+        geo_offsets<4>(g, i, off);
+        bool c = cond[off[1]] != 0;
+        T v = c ? (a.p ? load<T>(a.p + off[2] * a.el, a.dt) : a.s) : (b.p ? load<T>(b.p + off[3] * b.el, b.dt) : b.s);
+        store(out + off[0] * oel, odt, v);
+    }
+}
+
+/* The number of an operand in compute type T, as cpu/pointwise.c's scalar_value. */
+template <typename T> T scalar_of(const hr_operand *o);
+template <> float scalar_of<float>(const hr_operand *o)
+{
+    return o->kind != HR_SCALAR_FLOAT ? (float)o->i : (float)o->f;
+}
+template <> double scalar_of<double>(const hr_operand *o) { return o->kind != HR_SCALAR_FLOAT ? (double)o->i : o->f; }
+template <> int64_t scalar_of<int64_t>(const hr_operand *o) { return o->i; }
+
+template <typename T> Side<T> side_of(const hr_operand *o, Geo *g, const hr_tensor *out)
+{
+    Side<T> s;
+    int64_t st[HR_MAX_DIMS] = {0};
+    if (o->t) {
+        s.p = (const char *)hr_tensor_data(o->t);
+        s.dt = o->t->dtype;
+        s.el = (int)hr_dtype_size(o->t->dtype);
+        s.s = (T)0;
+        hr_broadcast_strides(o->t, out->ndim, out->size, st);
+    } else {
+        s.p = nullptr;
+        s.dt = 0;
+        s.el = 0;
+        s.s = scalar_of<T>(o);
+    }
+    geo_add(g, st);
+    return s;
+}
+
+/* Operands overlapping the output in another layout are read after being written: copy them. */
+const hr_tensor *unaliased(const hr_tensor *t, const hr_tensor *out, hr_tensor **copy)
+{
+    *copy = nullptr;
+    if (!t || t->storage != out->storage) return t;
+    bool same = t->offset == out->offset && t->ndim == out->ndim && t->dtype == out->dtype;
+    for (int i = 0; same && i < t->ndim; i++)
+        if (t->size[i] != out->size[i] || (t->size[i] > 1 && t->stride[i] != out->stride[i])) same = false;
+    if (same) return t;
+    *copy = hr_cast(t, t->dtype);
+    return *copy;
+}
+
+template <typename T>
+int run_binary(hr_binary_op op, const hr_operand *a, const hr_operand *b, const hr_operand *alpha, hr_tensor *out,
+               cudaStream_t st)
+{
+    int64_t n = hr_tensor_numel(out);
+    Geo g;
+    geo_init(&g, out->ndim, out->size);
+    geo_add(&g, out->stride);
+    Side<T> sa = side_of<T>(a, &g, out), sb = side_of<T>(b, &g, out);
+    geo_coalesce(&g);
+    hr_operand one = hr_operand_int(1);
+    T al = scalar_of<T>(alpha ? alpha : &one);
+    /* x^2 with a number exponent is x*x, as on the CPU */
+    bool square = op == HR_POW && a->t && !b->t && scalar_of<T>(b) == (T)2;
+    bool pred = op >= HR_EQ;
+    binary_kernel<T><<<grid_for(n), kThreads, 0, st>>>(g, (char *)hr_tensor_data(out), out->dtype,
+                                                      (int)hr_dtype_size(out->dtype), sa, sb, op, al, square, pred, n);
+    return check_launch(hr_binary_op_name(op));
+}
+
+template <typename T>
+int run_unary(hr_unary_op op, bool clamp, const hr_operand *lo, const hr_operand *hi, const hr_tensor *t, hr_tensor *out,
+              cudaStream_t st)
+{
+    int64_t n = hr_tensor_numel(out);
+    int64_t ist[HR_MAX_DIMS];
+    hr_broadcast_strides(t, out->ndim, out->size, ist);
+    Geo g;
+    geo_init(&g, out->ndim, out->size);
+    geo_add(&g, out->stride);
+    geo_add(&g, ist);
+    geo_coalesce(&g);
+    T l = lo ? scalar_of<T>(lo) : (T)0, h = hi ? scalar_of<T>(hi) : (T)0;
+    unary_kernel<T><<<grid_for(n), kThreads, 0, st>>>(g, (char *)hr_tensor_data(out), out->dtype,
+                                                     (int)hr_dtype_size(out->dtype), (const char *)hr_tensor_data(t),
+                                                     t->dtype, (int)hr_dtype_size(t->dtype), op, clamp, lo != nullptr,
+                                                     hi != nullptr, l, h, n);
+    return check_launch(clamp ? "clamp" : hr_unary_op_name(op));
+}
+
+template <typename T>
+int run_where(const hr_tensor *cond, const hr_operand *a, const hr_operand *b, hr_tensor *out, cudaStream_t st)
+{
+    int64_t n = hr_tensor_numel(out);
+    int64_t cst[HR_MAX_DIMS];
+    hr_broadcast_strides(cond, out->ndim, out->size, cst);
+    Geo g;
+    geo_init(&g, out->ndim, out->size);
+    geo_add(&g, out->stride);
+    geo_add(&g, cst);
+    Side<T> sa = side_of<T>(a, &g, out), sb = side_of<T>(b, &g, out);
+    geo_coalesce(&g);
+    where_kernel<T><<<grid_for(n), kThreads, 0, st>>>(g, (char *)hr_tensor_data(out), out->dtype,
+                                                     (int)hr_dtype_size(out->dtype), (const char *)hr_tensor_data(cond),
+                                                     sa, sb, n);
+    return check_launch("where");
+}
+
+enum Compute { C_F32, C_F64, C_I64 };
+Compute compute_of(hr_dtype dt)
+{
+    if (dt == HR_F64) return C_F64;
+    return hr_dtype_is_float(dt) ? C_F32 : C_I64;
+}
+
+} // namespace
+} // namespace hrc
+
+using namespace hrc;
+
+extern "C" int hr_cuda_binary(hr_binary_op op, hr_dtype common, const hr_operand *a, const hr_operand *b,
+                              const hr_operand *alpha, hr_tensor *out)
+{
+    const char *name = hr_binary_op_name(op);
+    const hr_tensor *ts[3] = {out, a->t, b->t};
+    if (same_device(name, 3, ts)) return -1;
+    cudaStream_t st = stream(dev_of(out));
+    if (!st) return -1;
+    if (hr_tensor_numel(out) == 0) return 0;
+    hr_tensor *ca = nullptr, *cb = nullptr;
+    hr_operand ua = *a, ub = *b;
+    ua.t = unaliased(a->t, out, &ca);
+    ub.t = unaliased(b->t, out, &cb);
+    int rc = -1;
+    if ((!a->t || ua.t) && (!b->t || ub.t)) {
+        switch (compute_of(common)) {
+        case C_F32: rc = run_binary<float>(op, &ua, &ub, alpha, out, st); break;
+        case C_F64: rc = run_binary<double>(op, &ua, &ub, alpha, out, st); break;
+        default: rc = run_binary<int64_t>(op, &ua, &ub, alpha, out, st); break;
+        }
+    }
+    hr_tensor_release(ca);
+    hr_tensor_release(cb);
+    return rc;
+}
+
+extern "C" int hr_cuda_unary(hr_unary_op op, bool clamp, const hr_operand *lo, const hr_operand *hi, const hr_tensor *t,
+                             hr_tensor *out)
+{
+    const hr_tensor *ts[2] = {out, t};
+    if (same_device(clamp ? "clamp" : hr_unary_op_name(op), 2, ts)) return -1;
+    cudaStream_t st = stream(dev_of(out));
+    if (!st) return -1;
+    if (hr_tensor_numel(out) == 0) return 0;
+    hr_tensor *copy = nullptr;
+    const hr_tensor *in = unaliased(t, out, &copy);
+    if (!in) return -1;
+    int rc;
+    switch (compute_of(out->dtype)) {
+    case C_F32: rc = run_unary<float>(op, clamp, lo, hi, in, out, st); break;
+    case C_F64: rc = run_unary<double>(op, clamp, lo, hi, in, out, st); break;
+    default: rc = run_unary<int64_t>(op, clamp, lo, hi, in, out, st); break;
+    }
+    hr_tensor_release(copy);
+    return rc;
+}
+
+extern "C" int hr_cuda_where(const hr_tensor *cond, const hr_operand *a, const hr_operand *b, hr_tensor *out)
+{
+    const hr_tensor *ts[4] = {out, cond, a->t, b->t};
+    if (same_device("where", 4, ts)) return -1;
+    cudaStream_t st = stream(dev_of(out));
+    if (!st) return -1;
+    if (hr_tensor_numel(out) == 0) return 0;
+    switch (compute_of(out->dtype)) {
+    case C_F32: return run_where<float>(cond, a, b, out, st);
+    case C_F64: return run_where<double>(cond, a, b, out, st);
+    default: return run_where<int64_t>(cond, a, b, out, st);
+    }
+}
+
+namespace hrc {
+namespace {
+/* The CPU's formula (cpu/gelu.c), f32 in float and f64 in double. */
+template <typename T> __global__ void gelu_backward_kernel(const T *x, const T *g, T *gx, int64_t n);
+template <> __global__ void gelu_backward_kernel<float>(const float *x, const float *g, float *gx, int64_t n)
+{
+    const float inv_sqrt_2pi = (float)0.3989422804014327;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * (float)M_SQRT1_2));
+        float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
+        gx[i] = g[i] * (cdf + v * pdf);
+    }
+}
+template <> __global__ void gelu_backward_kernel<double>(const double *x, const double *g, double *gx, int64_t n)
+{
+    const double inv_sqrt_2pi = 0.3989422804014327;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        double v = x[i];
+        double cdf = 0.5 * (1.0 + erf(v * M_SQRT1_2));
+        double pdf = inv_sqrt_2pi * exp(-0.5 * v * v);
+        gx[i] = g[i] * (cdf + v * pdf);
+    }
+}
+} // namespace
+} // namespace hrc
+
+extern "C" int hr_cuda_gelu_backward(const hr_tensor *x, const hr_tensor *g, hr_tensor *gx)
+{
+    const hr_tensor *ts[3] = {x, g, gx};
+    if (same_device("gelu backward", 3, ts)) return -1;
+    if (x->dtype != g->dtype || x->dtype != gx->dtype || (x->dtype != HR_F32 && x->dtype != HR_F64) ||
+        !hr_tensor_is_contiguous(x) || !hr_tensor_is_contiguous(g) || !hr_tensor_is_contiguous(gx))
+        return hr_fail(HR_EINVAL, "gelu backward: expected contiguous f32/f64 tensors of one dtype");
+    cudaStream_t st = stream(dev_of(x));
+    if (!st) return -1;
+    int64_t n = hr_tensor_numel(x);
+    if (n == 0) return 0;
+    if (x->dtype == HR_F64)
+        gelu_backward_kernel<double><<<grid_for(n), kThreads, 0, st>>>(
+            (const double *)hr_tensor_data(x), (const double *)hr_tensor_data(g), (double *)hr_tensor_data(gx), n);
+    else
+        gelu_backward_kernel<float><<<grid_for(n), kThreads, 0, st>>>(
+            (const float *)hr_tensor_data(x), (const float *)hr_tensor_data(g), (float *)hr_tensor_data(gx), n);
+    return check_launch("gelu backward");
+}

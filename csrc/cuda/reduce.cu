@@ -1,0 +1,316 @@
+/* cuda/reduce.cu — sum/mean/max/min along one dimension or over everything, softmax and
+ * log_softmax, and the all-finite check of the loss scaler.
+ *
+ * The reduced dimension is moved last and the tensor copied contiguous once (a strided gather on
+ * the device), so every kernel reduces contiguous rows: one block per row, a per-thread partial,
+ * then a tree in shared memory. Float sums accumulate in double (as the CPU does) and are rounded
+ * once into the output dtype; integer sums wrap in int64. max/min propagate NaN and return the
+ * first index of the extreme value (the first NaN when there is one), as the CPU. */
+#include <cmath>
+
+#include "cuda/common.cuh"
+
+namespace hrc {
+namespace {
+
+constexpr int kRowThreads = 256;
+
+/* Rows of the contiguous [rows, n] source, each reduced by one block (grid-stride over rows). */
+template <bool INT>
+__global__ void sum_rows(const char *src, int dt, int el, int64_t rows, int64_t n, bool mean, char *out, int odt, int oel)
+{
+    __shared__ double dsum[kRowThreads];
+    __shared__ int64_t isum[kRowThreads];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const char *row = src + r * n * el;
+        double d = 0;
+        int64_t s = 0;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            if (INT) s = (int64_t)((uint64_t)s + (uint64_t)load_i64(row + i * el, dt));
+            else d += load_f64(row + i * el, dt);
+        }
+        dsum[threadIdx.x] = d;
+        isum[threadIdx.x] = s;
+        __syncthreads();
+        for (int w = blockDim.x / 2; w > 0; w /= 2) {
+            if ((int)threadIdx.x < w) {
+                dsum[threadIdx.x] += dsum[threadIdx.x + w];
+                isum[threadIdx.x] = (int64_t)((uint64_t)isum[threadIdx.x] + (uint64_t)isum[threadIdx.x + w]);
+            }
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) {
+            if (INT) store_i64(out + r * oel, odt, isum[0]);
+            else store_f64(out + r * oel, odt, mean ? dsum[0] / (double)n : dsum[0]);
+        }
+        __syncthreads();
+    }
+}
+
+/* Whether candidate (v, i) beats the current best (b, j) for max (is_max) or min; NaN wins, ties
+ * and NaN against NaN keep the lower index. */
+template <typename T> __device__ __forceinline__ bool better(T v, int64_t i, T b, int64_t j, bool is_max)
+{
+    bool vn = v != v, bn = b != b;
+    if (vn || bn) return vn && (!bn || i < j);
+    if (v == b) return i < j;
+    return is_max ? v > b : v < b;
+}
+
+template <typename T, bool INT>
+__global__ void extreme_rows(const char *src, int dt, int el, int64_t rows, int64_t n, bool is_max, char *vout, int odt,
+                             int oel, int64_t *iout)
+{
+    __shared__ T bv[kRowThreads];
+    __shared__ int64_t bi[kRowThreads];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const char *row = src + r * n * el;
+        T best = 0;
+        int64_t bidx = -1;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            T v = INT ? (T)load_i64(row + i * el, dt) : (T)load_f64(row + i * el, dt);
+            if (bidx < 0 || better<T>(v, i, best, bidx, is_max)) {
+                best = v;
+                bidx = i;
+            }
+        }
+        bv[threadIdx.x] = best;
+        bi[threadIdx.x] = bidx;
+        __syncthreads();
+        for (int w = blockDim.x / 2; w > 0; w /= 2) {
+            if ((int)threadIdx.x < w) {
+                int64_t j = bi[threadIdx.x + w];
+                if (j >= 0 && (bi[threadIdx.x] < 0 || better<T>(bv[threadIdx.x + w], j, bv[threadIdx.x], bi[threadIdx.x], is_max))) {
+                    bv[threadIdx.x] = bv[threadIdx.x + w];
+                    bi[threadIdx.x] = j;
+                }
+            }
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) {
+            if (vout) {
+                if (INT) store_i64(vout + r * oel, odt, (int64_t)bv[0]);
+                else store_f64(vout + r * oel, odt, (double)bv[0]);
+            }
+            if (iout) iout[r] = bi[0];
+        }
+        __syncthreads();
+    }
+}
+
+/* softmax / log_softmax of contiguous rows, in double: max (NaN propagates), sum of exp, write. */
+__global__ void softmax_rows(const char *src, int dt, int el, int64_t rows, int64_t n, bool log_out, char *out)
+{
+    __shared__ double red[kRowThreads];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const char *row = src + r * n * el;
+        char *orow = out + r * n * el;
+        double mx = -INFINITY;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            double v = load_f64(row + i * el, dt);
+            if (v > mx || v != v) mx = (mx != mx) ? mx : v;
+        }
+        red[threadIdx.x] = mx;
+        __syncthreads();
+        for (int w = blockDim.x / 2; w > 0; w /= 2) {
+            if ((int)threadIdx.x < w) {
+                double o = red[threadIdx.x + w], c = red[threadIdx.x];
+                if (o != o || (c == c && o > c)) red[threadIdx.x] = o;
+            }
+            __syncthreads();
+        }
+        mx = red[0];
+        __syncthreads();
+        double s = 0;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += exp(load_f64(row + i * el, dt) - mx);
+        red[threadIdx.x] = s;
+        __syncthreads();
+        for (int w = blockDim.x / 2; w > 0; w /= 2) {
+            if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+            __syncthreads();
+        }
+        s = red[0];
+        __syncthreads();
+        double ls = log(s), inv = 1.0 / s;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            double v = load_f64(row + i * el, dt) - mx;
+            store_f64(orow + i * el, dt, log_out ? v - ls : exp(v) * inv);
+        }
+        __syncthreads();
+    }
+}
+
+__global__ void finite_kernel(Geo g, const char *p, int dt, int el, int64_t n, int *flag)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t off[1];
+        geo_offsets<1>(g, i, off);
+        double v = load_f64(p + off[0] * el, dt);
+        if (!isfinite(v)) *flag = 0;
+    }
+}
+
+unsigned row_grid(int64_t rows)
+{
+    if (rows < 1) return 1;
+    return (unsigned)(rows < 65535 * 16 ? rows : 65535 * 16);
+}
+
+/* t with dimension d moved last, contiguous (a new reference). */
+hr_tensor *rows_along(hr_tensor *t, int d)
+{
+    if (t->ndim == 0 || d == t->ndim - 1) return hr_contiguous(t);
+    int perm[HR_MAX_DIMS], np = 0;
+    for (int i = 0; i < t->ndim; i++)
+        if (i != d) perm[np++] = i;
+    perm[np] = d;
+    hr_tensor *pv = hr_view_permute(t, perm);
+    if (!pv) return nullptr;
+    hr_tensor *c = hr_contiguous(pv);
+    hr_tensor_release(pv);
+    return c;
+}
+
+} // namespace
+} // namespace hrc
+
+using namespace hrc;
+
+extern "C" int hr_cuda_reduce(hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_tensor *values, hr_tensor *indices)
+{
+    static const char *const names[4] = {"sum", "mean", "max", "min"};
+    const char *name = names[op];
+    cudaStream_t st = stream(dev_of(t));
+    if (!st) return -1;
+    int d = -1;
+    if (dim != HR_DIM_ALL && t->ndim > 0 && hr_wrap_dim(name, dim, t->ndim, &d)) return -1;
+    hr_tensor *src = d < 0 ? hr_contiguous(t) : rows_along(t, d);
+    if (!src) return -1;
+    int64_t numel = hr_tensor_numel(src);
+    int64_t n = d < 0 ? numel : t->size[d];
+    int64_t rows = d < 0 ? 1 : (n ? numel / n : 1);
+    if (d >= 0 && n == 0) { /* rows of nothing: count them from the other sizes */
+        rows = 1;
+        for (int i = 0; i < t->ndim; i++)
+            if (i != d) rows *= t->size[i];
+    }
+    int rc = 0;
+    if (rows > 0) {
+        const char *p = (const char *)hr_tensor_data(src);
+        int el = (int)hr_dtype_size(src->dtype);
+        bool is_int = hr_dtype_is_int(src->dtype);
+        if (op == HR_CUDA_SUM || op == HR_CUDA_MEAN) {
+            char *o = (char *)hr_tensor_data(values);
+            int oel = (int)hr_dtype_size(values->dtype);
+            if (is_int) sum_rows<true><<<row_grid(rows), kRowThreads, 0, st>>>(p, src->dtype, el, rows, n, false, o, values->dtype, oel);
+            else sum_rows<false><<<row_grid(rows), kRowThreads, 0, st>>>(p, src->dtype, el, rows, n, op == HR_CUDA_MEAN, o,
+                                                                         values->dtype, oel);
+        } else {
+            char *vo = values ? (char *)hr_tensor_data(values) : nullptr;
+            int64_t *io = indices ? (int64_t *)hr_tensor_data(indices) : nullptr;
+            int odt = values ? values->dtype : 0, oel = values ? (int)hr_dtype_size(values->dtype) : 0;
+            if (is_int)
+                extreme_rows<int64_t, true><<<row_grid(rows), kRowThreads, 0, st>>>(p, src->dtype, el, rows, n,
+                                                                                   op == HR_CUDA_MAX, vo, odt, oel, io);
+            else
+                extreme_rows<double, false><<<row_grid(rows), kRowThreads, 0, st>>>(p, src->dtype, el, rows, n,
+                                                                                  op == HR_CUDA_MAX, vo, odt, oel, io);
+        }
+        rc = check_launch(name);
+    }
+    hr_tensor_release(src);
+    return rc;
+}
+
+extern "C" int hr_cuda_softmax(hr_tensor *t, int dim, bool log_out, hr_tensor *out)
+{
+    const char *name = log_out ? "log_softmax" : "softmax";
+    cudaStream_t st = stream(dev_of(t));
+    if (!st) return -1;
+    int d = 0;
+    if (t->ndim > 0 && hr_wrap_dim(name, dim, t->ndim, &d)) return -1;
+    if (hr_tensor_numel(t) == 0) return 0;
+    bool last = t->ndim == 0 || d == t->ndim - 1;
+    hr_tensor *src = rows_along(t, d);
+    if (!src) return -1;
+    /* rows land in `dst`: out itself when the dim is last, else a scratch in the permuted order */
+    hr_tensor *dst = last ? out : hr_tensor_empty(src->ndim, src->size, src->dtype, hr_tensor_device(src));
+    int rc = -1;
+    if (dst) {
+        int64_t n = t->ndim ? t->size[d] : 1, rows = hr_tensor_numel(t) / n;
+        softmax_rows<<<row_grid(rows), kRowThreads, 0, st>>>((const char *)hr_tensor_data(src), src->dtype,
+                                                              (int)hr_dtype_size(src->dtype), rows, n, log_out,
+                                                              (char *)hr_tensor_data(dst));
+        rc = check_launch(name);
+        if (!rc && !last) {
+            /* dst's last dim is d: put it back in place through the inverse permutation */
+            int inv[HR_MAX_DIMS];
+            for (int i = 0; i < t->ndim; i++) inv[i] = i < d ? i : (i == d ? t->ndim - 1 : i - 1);
+            hr_tensor *back = hr_view_permute(dst, inv);
+            rc = back ? hr_copy_(out, back) : -1;
+            hr_tensor_release(back);
+        }
+        if (!last) hr_tensor_release(dst);
+    }
+    hr_tensor_release(src);
+    return rc;
+}
+
+extern "C" int hr_cuda_all_finite(hr_tensor *const *ts, int n, bool *all_finite)
+{
+    *all_finite = true;
+    int ndev = hr_cuda_device_count();
+    int *flags[64] = {nullptr};
+    int rc = 0;
+    for (int k = 0; k < n && rc == 0; k++) {
+        hr_tensor *t = ts[k];
+        if (!t || !hr_dtype_is_float(t->dtype) || hr_tensor_numel(t) == 0) continue;
+        if (!is_cuda(t)) {
+            rc = hr_fail(HR_EINVAL, "all_finite: tensor %d is on the CPU; pass CUDA tensors only", k + 1);
+            break;
+        }
+        int dev = dev_of(t);
+        if (dev >= 64 || dev >= ndev) {
+            rc = hr_cuda_check_device(dev, "all_finite");
+            break;
+        }
+        cudaStream_t st = stream(dev);
+        if (!st) {
+            rc = -1;
+            break;
+        }
+        if (!flags[dev]) {
+            flags[dev] = (int *)hr_cuda_malloc(dev, sizeof(int));
+            int one = 1;
+            if (!flags[dev] ||
+                check(cudaMemcpyAsync(flags[dev], &one, sizeof one, cudaMemcpyHostToDevice, st), "all_finite", "cudaMemcpyAsync") ||
+                sync(dev, "all_finite")) {
+                rc = -1;
+                break;
+            }
+        }
+        Geo g;
+        geo_init(&g, t->ndim, t->size);
+        geo_add(&g, t->stride);
+        geo_coalesce(&g);
+        int64_t numel = hr_tensor_numel(t);
+        finite_kernel<<<grid_for(numel), kThreads, 0, st>>>(g, (const char *)hr_tensor_data(t), t->dtype,
+                                                            (int)hr_dtype_size(t->dtype), numel, flags[dev]);
+        rc = check_launch("all_finite");
+    }
+    for (int dev = 0; dev < 64; dev++) {
+        if (!flags[dev]) continue;
+        int v = 1;
+        if (rc == 0) {
+            cudaStream_t st = stream(dev);
+            if (!st || check(cudaMemcpyAsync(&v, flags[dev], sizeof v, cudaMemcpyDeviceToHost, st), "all_finite",
+                             "cudaMemcpyAsync") ||
+                sync(dev, "all_finite"))
+                rc = -1;
+            else if (!v)
+                *all_finite = false;
+        }
+        hr_cuda_free(dev, flags[dev], sizeof(int));
+    }
+    return rc;
+}

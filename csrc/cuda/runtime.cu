@@ -1,0 +1,592 @@
+/* cuda/runtime.cu — devices, streams, cuBLAS handles, the caching allocator, device storages,
+ * pinned host memory, copies between any devices and fills. */
+#include <cinttypes>
+#include <cstdio>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "cuda/common.cuh"
+
+namespace hrc {
+
+/* ------------------------------------------------------------------ errors */
+
+int check(cudaError_t e, const char *op, const char *what)
+{
+    if (e == cudaSuccess) return 0;
+    (void)cudaGetLastError(); /* clear a non-sticky error so the next call starts clean */
+    return hr_fail(e == cudaErrorMemoryAllocation ? HR_ENOMEM : HR_EDEVICE, "%s: %s failed: %s (%s)", op, what,
+                   cudaGetErrorName(e), cudaGetErrorString(e));
+}
+
+int check_launch(const char *op) { return check(cudaGetLastError(), op, "kernel launch"); }
+
+int check_blas(cublasStatus_t s, const char *op, const char *what)
+{
+    if (s == CUBLAS_STATUS_SUCCESS) return 0;
+    return hr_fail(s == CUBLAS_STATUS_ALLOC_FAILED ? HR_ENOMEM : HR_EDEVICE, "%s: %s failed: %s", op, what,
+                   cublasGetStatusString(s));
+}
+
+/* ------------------------------------------------------------------ per-device state */
+
+struct DeviceState {
+    std::mutex lock;
+    std::unordered_map<size_t, std::vector<void *>> free_blocks; /* size class -> cached blocks */
+    size_t allocated = 0, reserved = 0, peak = 0, cached = 0;
+    int64_t num_allocs = 0, num_cuda_mallocs = 0, num_oom_retries = 0;
+    cudaStream_t stream = nullptr;
+    cublasHandle_t blas = nullptr;
+    bool used = false;
+};
+
+static std::once_flag count_once;
+static int device_total = 0;
+static DeviceState *states = nullptr;
+static bool tf32_allowed = false;
+
+/* cudaGetDeviceCount fails without a driver or a GPU: that is "no device", never an abort. */
+static void count_devices()
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        n = 0;
+    }
+    device_total = n;
+    if (n > 0) states = new DeviceState[n];
+}
+
+static int ndevices()
+{
+    std::call_once(count_once, count_devices);
+    return device_total;
+}
+
+int use_device(int dev, const char *op)
+{
+    if (hr_cuda_check_device(dev, op)) return -1;
+    return check(cudaSetDevice(dev), op, "cudaSetDevice");
+}
+
+cudaStream_t stream(int dev)
+{
+    if (use_device(dev, "cuda")) return nullptr;
+    DeviceState &s = states[dev];
+    std::lock_guard<std::mutex> g(s.lock);
+    if (!s.stream) {
+        cudaStream_t st;
+        if (check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "cuda", "cudaStreamCreate")) return nullptr;
+        s.stream = st;
+    }
+    s.used = true;
+    return s.stream;
+}
+
+cublasHandle_t blas(int dev)
+{
+    cudaStream_t st = stream(dev);
+    if (!st) return nullptr;
+    DeviceState &s = states[dev];
+    std::lock_guard<std::mutex> g(s.lock);
+    if (!s.blas) {
+        cublasHandle_t h;
+        if (check_blas(cublasCreate(&h), "cuda", "cublasCreate")) return nullptr;
+        if (check_blas(cublasSetStream(h, st), "cuda", "cublasSetStream")) {
+            cublasDestroy(h);
+            return nullptr;
+        }
+        s.blas = h;
+    }
+    /* f32 products are plain f32 unless TF32 was allowed explicitly */
+    if (check_blas(cublasSetMathMode(s.blas, tf32_allowed ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH), "cuda",
+                   "cublasSetMathMode"))
+        return nullptr;
+    return s.blas;
+}
+
+int sync(int dev, const char *op)
+{
+    cudaStream_t st = stream(dev);
+    if (!st) return -1;
+    return check(cudaStreamSynchronize(st), op, "cudaStreamSynchronize");
+}
+
+int same_device(const char *op, int n, const hr_tensor *const *ts)
+{
+    const hr_tensor *first = nullptr;
+    for (int i = 0; i < n; i++) {
+        if (!ts[i]) continue;
+        if (!first) {
+            first = ts[i];
+            continue;
+        }
+        if (!hr_device_eq(hr_tensor_device(first), hr_tensor_device(ts[i]))) {
+            char a[160], b[160];
+            return hr_fail(HR_EDEVICE, "%s: expected every tensor on one device, got %s and %s", op,
+                           hr_tensor_desc(first, a, sizeof a), hr_tensor_desc(ts[i], b, sizeof b));
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ geometry */
+
+void geo_init(Geo *g, int ndim, const int64_t *size)
+{
+    memset(g, 0, sizeof *g);
+    g->ndim = ndim;
+    for (int i = 0; i < ndim; i++) g->size[i] = size[i];
+}
+
+void geo_add(Geo *g, const int64_t *stride)
+{
+    int k = g->nops++;
+    for (int i = 0; i < g->ndim; i++) g->stride[k][i] = stride[i];
+}
+
+void geo_coalesce(Geo *g)
+{
+    int n = 0;
+    for (int i = 0; i < g->ndim; i++) {
+        if (g->size[i] == 1) continue;
+        if (n > 0) {
+            bool merge = true;
+            for (int k = 0; k < g->nops; k++)
+                if (g->stride[k][n - 1] != g->stride[k][i] * g->size[i]) merge = false;
+            if (merge) {
+                g->size[n - 1] *= g->size[i];
+                for (int k = 0; k < g->nops; k++) g->stride[k][n - 1] = g->stride[k][i];
+                continue;
+            }
+        }
+        g->size[n] = g->size[i];
+        for (int k = 0; k < g->nops; k++) g->stride[k][n] = g->stride[k][i];
+        n++;
+    }
+    g->ndim = n;
+}
+
+/* ------------------------------------------------------------------ the caching allocator */
+
+/* 512-byte multiples below 1 MiB; above, steps of 1/8 of the power of two below the size. */
+static size_t class_size(size_t n, bool *ok)
+{
+    size_t r = (n + 511) & ~(size_t)511;
+    *ok = r >= n;
+    if (r == 0) r = 512;
+    if (r >= ((size_t)1 << 20)) {
+        size_t p = (size_t)1 << 20;
+        while (p <= r / 2) p *= 2;
+        size_t step = p / 8;
+        size_t big = (r + step - 1) / step * step;
+        *ok = *ok && big >= r;
+        r = big;
+    }
+    return r;
+}
+
+/* Returns the device's cached blocks to the driver (lock held). cudaFree waits for the device,
+ * so blocks still read by queued kernels are safe. */
+static size_t release_cached(int dev)
+{
+    DeviceState &s = states[dev];
+    size_t released = 0;
+    if (cudaSetDevice(dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    for (auto &kv : s.free_blocks) {
+        for (void *p : kv.second) {
+            if (cudaFree(p) == cudaSuccess) released += kv.first;
+            else (void)cudaGetLastError();
+        }
+        kv.second.clear();
+    }
+    s.free_blocks.clear();
+    s.reserved -= released;
+    s.cached -= released;
+    return released;
+}
+
+} // namespace hrc
+
+using namespace hrc;
+
+extern "C" {
+
+bool hr_cuda_compiled(void) { return true; }
+
+int hr_cuda_device_count(void) { return ndevices(); }
+
+int hr_cuda_check_device(int dev, const char *op)
+{
+    int n = ndevices();
+    if (n == 0)
+        return hr_fail(HR_EDEVICE, "%s: device cuda:%d: no CUDA device is available (no GPU or no driver found); "
+                                   "hero runs on the CPU",
+                       op, dev);
+    if (dev < 0 || dev >= n)
+        return hr_fail(HR_EDEVICE, "%s: device cuda:%d does not exist (%d CUDA device%s: cuda:0 .. cuda:%d)", op, dev, n,
+                       n == 1 ? "" : "s", n - 1);
+    return 0;
+}
+
+int hr_cuda_device_name(int dev, char *buf, size_t cap)
+{
+    if (cap) buf[0] = '\0';
+    if (hr_cuda_check_device(dev, "device_name")) return -1;
+    cudaDeviceProp prop;
+    if (check(cudaGetDeviceProperties(&prop, dev), "device_name", "cudaGetDeviceProperties")) return -1;
+    snprintf(buf, cap, "%s", prop.name);
+    return 0;
+}
+
+int hr_cuda_mem_info(int dev, size_t *free_bytes, size_t *total_bytes)
+{
+    *free_bytes = *total_bytes = 0;
+    if (use_device(dev, "mem_info")) return -1;
+    return check(cudaMemGetInfo(free_bytes, total_bytes), "mem_info", "cudaMemGetInfo");
+}
+
+int hr_cuda_synchronize(int dev)
+{
+    int n = ndevices();
+    if (dev >= 0) return sync(dev, "synchronize");
+    for (int d = 0; d < n; d++) {
+        bool used;
+        {
+            std::lock_guard<std::mutex> g(states[d].lock);
+            used = states[d].used;
+        }
+        if (used && sync(d, "synchronize")) return -1;
+    }
+    return 0;
+}
+
+void hr_cuda_set_allow_tf32(bool on) { tf32_allowed = on; }
+bool hr_cuda_allow_tf32(void) { return tf32_allowed; }
+
+int hr_cuda_memory_stats(int dev, hr_cuda_memstats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (hr_cuda_check_device(dev, "memory_stats")) return -1;
+    DeviceState &s = states[dev];
+    std::lock_guard<std::mutex> g(s.lock);
+    out->allocated = s.allocated;
+    out->reserved = s.reserved;
+    out->peak = s.peak;
+    out->cached = s.cached;
+    out->num_allocs = s.num_allocs;
+    out->num_cuda_mallocs = s.num_cuda_mallocs;
+    out->num_oom_retries = s.num_oom_retries;
+    return 0;
+}
+
+void hr_cuda_reset_peak(int dev)
+{
+    if (dev < 0 || dev >= ndevices()) return;
+    std::lock_guard<std::mutex> g(states[dev].lock);
+    states[dev].peak = states[dev].allocated;
+}
+
+size_t hr_cuda_empty_cache(int dev)
+{
+    int n = ndevices();
+    size_t released = 0;
+    for (int d = 0; d < n; d++) {
+        if (dev >= 0 && d != dev) continue;
+        std::lock_guard<std::mutex> g(states[d].lock);
+        released += release_cached(d);
+    }
+    return released;
+}
+
+void *hr_cuda_malloc(int dev, size_t nbytes)
+{
+    if (hr_cuda_check_device(dev, "cuda allocation")) return NULL;
+    bool ok;
+    size_t cls = class_size(nbytes, &ok);
+    if (!ok) return hr_fail_null(HR_ENOMEM, "cuda:%d: allocation of %zu bytes overflows", dev, nbytes);
+    DeviceState &s = states[dev];
+    std::lock_guard<std::mutex> g(s.lock);
+    void *p = nullptr;
+    auto it = s.free_blocks.find(cls);
+    if (it != s.free_blocks.end() && !it->second.empty()) {
+        p = it->second.back();
+        it->second.pop_back();
+        s.cached -= cls;
+    } else {
+        if (check(cudaSetDevice(dev), "cuda allocation", "cudaSetDevice")) return NULL;
+        cudaError_t e = cudaMalloc(&p, cls);
+        if (e == cudaErrorMemoryAllocation) {
+            (void)cudaGetLastError();
+            /* give the cached blocks of other sizes back to the driver and try once more */
+            s.num_oom_retries++;
+            release_cached(dev);
+            e = cudaMalloc(&p, cls);
+        }
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            size_t fr = 0, tot = 0;
+            if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) (void)cudaGetLastError();
+            return hr_fail_null(e == cudaErrorMemoryAllocation ? HR_ENOMEM : HR_EDEVICE,
+                                "cuda:%d: out of memory allocating %zu bytes (%.1f MiB; hero holds %.1f MiB in live "
+                                "tensors, %.1f MiB reserved, peak %.1f MiB; the device reports %.1f MiB free of %.1f "
+                                "MiB): %s",
+                                dev, nbytes, nbytes / 1048576.0, s.allocated / 1048576.0, s.reserved / 1048576.0,
+                                s.peak / 1048576.0, fr / 1048576.0, tot / 1048576.0, cudaGetErrorString(e));
+        }
+        s.reserved += cls;
+        s.num_cuda_mallocs++;
+    }
+    s.allocated += cls;
+    s.num_allocs++;
+    if (s.allocated > s.peak) s.peak = s.allocated;
+    return p;
+}
+
+void hr_cuda_free(int dev, void *p, size_t nbytes)
+{
+    if (!p || dev < 0 || dev >= ndevices()) return;
+    bool ok;
+    size_t cls = class_size(nbytes, &ok);
+    DeviceState &s = states[dev];
+    std::lock_guard<std::mutex> g(s.lock);
+    /* stream order makes immediate reuse safe: later work on this stream runs after earlier users */
+    s.free_blocks[cls].push_back(p);
+    s.allocated -= cls;
+    s.cached += cls;
+}
+
+static void storage_destroy(hr_storage *s) { hr_cuda_free(s->device.index, s->data, s->nbytes); }
+
+hr_storage *hr_cuda_storage_new(size_t nbytes, int dev)
+{
+    hr_storage *s = (hr_storage *)calloc(1, sizeof *s);
+    if (!s) {
+        hr_fail(HR_ENOMEM, "out of memory allocating a storage header");
+        return NULL;
+    }
+    s->data = hr_cuda_malloc(dev, nbytes);
+    if (!s->data) {
+        free(s);
+        return NULL;
+    }
+    s->nbytes = nbytes;
+    s->device.type = HR_CUDA;
+    s->device.index = dev;
+    s->kind = HR_STORAGE_EXTERNAL;
+    s->refcount = 1;
+    s->destroy = storage_destroy;
+    return s;
+}
+
+int hr_cuda_memset0(hr_storage *s)
+{
+    cudaStream_t st = stream(s->device.index);
+    if (!st) return -1;
+    if (s->nbytes == 0) return 0;
+    return check(cudaMemsetAsync(s->data, 0, s->nbytes, st), "zeros", "cudaMemsetAsync");
+}
+
+void *hr_cuda_host_alloc(size_t nbytes)
+{
+    if (ndevices() == 0) return hr_fail_null(HR_EDEVICE, "host_alloc: pinned memory needs a CUDA device, and none is available");
+    void *p = nullptr;
+    cudaError_t e = cudaHostAlloc(&p, nbytes ? nbytes : 1, cudaHostAllocPortable);
+    if (e != cudaSuccess) {
+        check(e, "host_alloc", "cudaHostAlloc");
+        return NULL;
+    }
+    return p;
+}
+
+void hr_cuda_host_free(void *p)
+{
+    if (p && cudaFreeHost(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
+} // extern "C"
+
+/* ------------------------------------------------------------------ copies */
+
+namespace {
+
+/* dst (dtype ddt) <- src (dtype sdt) over geometry g (operand 0 dst, 1 src), with hr_copy_'s
+ * conversion rules: same dtype copies the bytes, integer to integer is exact, the rest goes through
+ * double exactly as hr_load_f64/hr_store_f64 do. */
+__global__ void convert_kernel(Geo g, char *dst, int ddt, int del, const char *src, int sdt, int sel, int64_t n)
+{
+    bool both_int = ddt >= HR_I64 && sdt >= HR_I64;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t off[2];
+        geo_offsets<2>(g, i, off);
+        char *d = dst + off[0] * del;
+        const char *s = src + off[1] * sel;
+        if (ddt == sdt) {
+            switch (del) {
+            case 1: *(uint8_t *)d = *(const uint8_t *)s; break;
+            case 2: *(uint16_t *)d = *(const uint16_t *)s; break;
+            case 4: *(uint32_t *)d = *(const uint32_t *)s; break;
+            default: *(uint64_t *)d = *(const uint64_t *)s; break;
+            }
+        } else if (both_int) {
+            store_i64(d, ddt, load_i64(s, sdt));
+        } else {
+            store_f64(d, ddt, load_f64(s, sdt));
+        }
+    }
+}
+
+__global__ void fill_kernel(Geo g, char *dst, int el, uint64_t bits, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t off[1];
+        geo_offsets<1>(g, i, off);
+        char *d = dst + off[0] * el;
+        switch (el) {
+        case 1: *(uint8_t *)d = (uint8_t)bits; break;
+        case 2: *(uint16_t *)d = (uint16_t)bits; break;
+        case 4: *(uint32_t *)d = (uint32_t)bits; break;
+        default: *(uint64_t *)d = bits; break;
+        }
+    }
+}
+
+bool same_layout(const hr_tensor *a, const hr_tensor *b)
+{
+    return a->dtype == b->dtype && a->ndim == b->ndim && hr_tensor_numel(a) == hr_tensor_numel(b) &&
+           memcmp(a->size, b->size, sizeof(int64_t) * (size_t)a->ndim) == 0 && hr_tensor_is_contiguous(a) &&
+           hr_tensor_is_contiguous(b);
+}
+
+size_t nbytes_of(const hr_tensor *t) { return (size_t)hr_tensor_numel(t) * hr_dtype_size(t->dtype); }
+
+/* Both on one device. */
+int device_convert(hr_tensor *dst, const hr_tensor *src)
+{
+    int dev = dev_of(dst);
+    cudaStream_t st = stream(dev);
+    if (!st) return -1;
+    int64_t n = hr_tensor_numel(dst);
+    if (n == 0) return 0;
+    if (same_layout(dst, src))
+        return check(cudaMemcpyAsync(hr_tensor_data(dst), hr_tensor_data(src), nbytes_of(dst), cudaMemcpyDeviceToDevice, st),
+                     "copy_", "cudaMemcpyAsync");
+    hr_tensor *tmp = nullptr;
+    if (dst->storage == src->storage) {
+        /* overlapping views: read everything before writing anything */
+        tmp = hr_tensor_empty(src->ndim, src->size, src->dtype, hr_tensor_device(src));
+        if (!tmp || device_convert(tmp, src)) {
+            hr_tensor_release(tmp);
+            return -1;
+        }
+        src = tmp;
+    }
+    int64_t sstride[HR_MAX_DIMS];
+    hr_broadcast_strides(src, dst->ndim, dst->size, sstride);
+    Geo g;
+    geo_init(&g, dst->ndim, dst->size);
+    geo_add(&g, dst->stride);
+    geo_add(&g, sstride);
+    geo_coalesce(&g);
+    convert_kernel<<<grid_for(n), kThreads, 0, st>>>(g, (char *)hr_tensor_data(dst), dst->dtype,
+                                                    (int)hr_dtype_size(dst->dtype), (const char *)hr_tensor_data(src),
+                                                    src->dtype, (int)hr_dtype_size(src->dtype), n);
+    int rc = check_launch("copy_");
+    hr_tensor_release(tmp);
+    return rc;
+}
+
+} // namespace
+
+extern "C" int hr_cuda_copy_(hr_tensor *dst, const hr_tensor *src)
+{
+    bool dc = is_cuda(dst), sc = is_cuda(src);
+    if (hr_tensor_numel(dst) == 0) return 0;
+    if (dc && sc && dev_of(dst) == dev_of(src)) return device_convert(dst, src);
+    int rc = -1;
+    if (dc && sc) {
+        /* between devices: a contiguous copy of src moves over, then converts/broadcasts on dst's device */
+        hr_tensor *sc_src = hr_contiguous((hr_tensor *)src);
+        hr_tensor *tmp = sc_src ? hr_tensor_empty(src->ndim, src->size, src->dtype, hr_tensor_device(dst)) : nullptr;
+        cudaStream_t sst = sc_src ? stream(dev_of(src)) : nullptr, dst_st = sst ? stream(dev_of(dst)) : nullptr;
+        if (tmp && dst_st && !check(cudaStreamSynchronize(sst), "copy_", "cudaStreamSynchronize") &&
+            !check(cudaMemcpyPeerAsync(hr_tensor_data(tmp), dev_of(dst), hr_tensor_data(sc_src), dev_of(src), nbytes_of(tmp),
+                                       dst_st),
+                   "copy_", "cudaMemcpyPeerAsync") &&
+            !device_convert(dst, tmp) && !sync(dev_of(dst), "copy_"))
+            rc = 0;
+        hr_tensor_release(tmp);
+        hr_tensor_release(sc_src);
+        return rc;
+    }
+    if (dc) { /* host -> device */
+        hr_tensor *hc = hr_contiguous((hr_tensor *)src);
+        if (!hc) return -1;
+        cudaStream_t st = stream(dev_of(dst));
+        if (!st) {
+            hr_tensor_release(hc);
+            return -1;
+        }
+        if (same_layout(dst, hc)) {
+            rc = check(cudaMemcpyAsync(hr_tensor_data(dst), hr_tensor_data(hc), nbytes_of(hc), cudaMemcpyHostToDevice, st),
+                       "copy_", "cudaMemcpyAsync (host to device)");
+            /* the host buffer may be released right after: wait for the transfer */
+            if (!rc) rc = sync(dev_of(dst), "copy_");
+        } else {
+            hr_tensor *tmp = hr_tensor_empty(hc->ndim, hc->size, hc->dtype, hr_tensor_device(dst));
+            if (tmp &&
+                !check(cudaMemcpyAsync(hr_tensor_data(tmp), hr_tensor_data(hc), nbytes_of(hc), cudaMemcpyHostToDevice, st),
+                       "copy_", "cudaMemcpyAsync (host to device)") &&
+                !sync(dev_of(dst), "copy_") && !device_convert(dst, tmp))
+                rc = 0;
+            hr_tensor_release(tmp);
+        }
+        hr_tensor_release(hc);
+        return rc;
+    }
+    /* device -> host */
+    hr_tensor *dcopy = hr_contiguous((hr_tensor *)src);
+    if (!dcopy) return -1;
+    cudaStream_t st = stream(dev_of(src));
+    if (st) {
+        if (same_layout(dst, dcopy)) {
+            rc = check(cudaMemcpyAsync(hr_tensor_data(dst), hr_tensor_data(dcopy), nbytes_of(dcopy), cudaMemcpyDeviceToHost,
+                                       st),
+                       "copy_", "cudaMemcpyAsync (device to host)");
+            if (!rc) rc = sync(dev_of(src), "copy_");
+        } else {
+            hr_tensor *tmp = hr_tensor_empty(dcopy->ndim, dcopy->size, dcopy->dtype, hr_cpu());
+            if (tmp &&
+                !check(cudaMemcpyAsync(hr_tensor_data(tmp), hr_tensor_data(dcopy), nbytes_of(dcopy), cudaMemcpyDeviceToHost,
+                                       st),
+                       "copy_", "cudaMemcpyAsync (device to host)") &&
+                !sync(dev_of(src), "copy_") && !hr_copy_(dst, tmp))
+                rc = 0;
+            hr_tensor_release(tmp);
+        }
+    }
+    hr_tensor_release(dcopy);
+    return rc;
+}
+
+extern "C" int hr_cuda_fill_(hr_tensor *t, const void *value)
+{
+    int64_t n = hr_tensor_numel(t);
+    cudaStream_t st = stream(dev_of(t));
+    if (!st) return -1;
+    if (n == 0) return 0;
+    uint64_t bits = 0;
+    int el = (int)hr_dtype_size(t->dtype);
+    memcpy(&bits, value, (size_t)el);
+    Geo g;
+    geo_init(&g, t->ndim, t->size);
+    geo_add(&g, t->stride);
+    geo_coalesce(&g);
+    fill_kernel<<<grid_for(n), kThreads, 0, st>>>(g, (char *)hr_tensor_data(t), el, bits, n);
+    return check_launch("fill_");
+}

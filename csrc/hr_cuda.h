@@ -1,0 +1,150 @@
+/*
+ * hr_cuda.h — the CUDA backend's Lua-free C API (implemented in the .cu files of csrc/cuda, compiled when the
+ * build defines HERO_WITH_CUDA; csrc/hr_cuda_stub.c provides failing stand-ins otherwise, so callers
+ * never need an #ifdef).
+ *
+ * Execution model: every device has one non-blocking stream owned by hero; every kernel, cuBLAS call
+ * and copy of that device runs on it in order, so memory released by a tensor can be handed to the
+ * next allocation at once (stream order makes the reuse safe). Copies that hand data to the host
+ * synchronise the stream before returning; nothing else waits for the device.
+ *
+ * Memory: a caching allocator per device. Requests are rounded to a size class (512-byte multiples
+ * below 1 MiB, then steps of 1/8 of the power of two below the size, i.e. at most 12.5% unused) and
+ * released blocks go back to a free list of their class instead of to the driver. When cudaMalloc
+ * fails, the device's cached blocks are returned to the driver and the allocation is tried once
+ * more; a second failure is an HR_ENOMEM error that quotes the statistics (the Lua bindings then
+ * collect garbage and retry once more, see HR_LUA_RETRY).
+ *
+ * With the backend compiled in but no usable device (no GPU, no driver), hr_cuda_device_count()
+ * is 0 and creating a CUDA tensor fails with a clear error: hero keeps working on the CPU.
+ */
+#ifndef HR_CUDA_H
+#define HR_CUDA_H
+
+#include "hr_core.h"
+#include "hr_nn.h"
+#include "hr_optim.h"
+#include "hr_pointwise.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ devices */
+
+/* Whether this build contains the CUDA backend (a compile-time property). */
+bool hr_cuda_compiled(void);
+/* Usable devices; 0 without the backend, without a driver or without a GPU. Never fails. */
+int hr_cuda_device_count(void);
+/* Fails (naming op) unless dev is a usable device ordinal. */
+int hr_cuda_check_device(int dev, const char *op);
+int hr_cuda_device_name(int dev, char *buf, size_t cap);
+int hr_cuda_mem_info(int dev, size_t *free_bytes, size_t *total_bytes);
+/* Waits for all work queued on dev (dev < 0: every device that has been used). */
+int hr_cuda_synchronize(int dev);
+/* TF32 tensor cores for f32 matrix products (off by default: f32 products are full f32). */
+void hr_cuda_set_allow_tf32(bool on);
+bool hr_cuda_allow_tf32(void);
+
+/* ------------------------------------------------------------------ memory */
+
+typedef struct {
+    size_t allocated; /* bytes of blocks handed out and not yet released (size classes) */
+    size_t reserved;  /* bytes obtained from the driver: allocated + cached */
+    size_t peak;      /* highest `allocated` since the start (or the last reset) */
+    size_t cached;    /* reserved - allocated */
+    int64_t num_allocs, num_cuda_mallocs, num_oom_retries;
+} hr_cuda_memstats;
+
+int hr_cuda_memory_stats(int dev, hr_cuda_memstats *out);
+void hr_cuda_reset_peak(int dev);
+/* Returns cached blocks of dev (dev < 0: all devices) to the driver; the bytes released. */
+size_t hr_cuda_empty_cache(int dev);
+/* Raw device memory from the caching allocator (nbytes may be 0; the pointer is then still unique). */
+void *hr_cuda_malloc(int dev, size_t nbytes);
+void hr_cuda_free(int dev, void *p, size_t nbytes);
+/* A storage of nbytes uninitialised bytes on device dev (HR_STORAGE_EXTERNAL, freed to the cache). */
+hr_storage *hr_cuda_storage_new(size_t nbytes, int dev);
+/* Zeroes a whole storage (on its stream). */
+int hr_cuda_memset0(hr_storage *s);
+/* Page-locked host memory, for asynchronous host-to-device transfers (prefetching batches). */
+void *hr_cuda_host_alloc(size_t nbytes);
+void hr_cuda_host_free(void *p);
+
+/* ------------------------------------------------------------------ copies and fills */
+
+/* hr_copy_ when either side is on a CUDA device: broadcasting, dtype conversion, any strides,
+ * cpu<->cuda and cuda<->cuda (also between devices). */
+int hr_cuda_copy_(hr_tensor *dst, const hr_tensor *src);
+/* Writes the element `value` (hr_dtype_size(t->dtype) bytes, already in t's dtype) everywhere. */
+int hr_cuda_fill_(hr_tensor *t, const void *value);
+
+/* ------------------------------------------------------------------ elementwise (cuda/pointwise.cu) */
+
+/* out = a op b (out already of the broadcast shape, dtype result; common is the compute dtype
+ * chosen by hr_pointwise's type rules). out may be a itself (in-place). */
+int hr_cuda_binary(hr_binary_op op, hr_dtype common, const hr_operand *a, const hr_operand *b,
+                   const hr_operand *alpha, hr_tensor *out);
+/* out = op(t), or clamp(t, lo, hi) when clamp is set; out has t's shape (may be t itself). */
+int hr_cuda_unary(hr_unary_op op, bool clamp, const hr_operand *lo, const hr_operand *hi, const hr_tensor *t,
+                  hr_tensor *out);
+/* out = cond ? a : b, out of the broadcast shape and dtype. */
+int hr_cuda_where(const hr_tensor *cond, const hr_operand *a, const hr_operand *b, hr_tensor *out);
+
+/* gx = g * (cdf(x) + x pdf(x)), the erf GELU's derivative (x, g contiguous, same dtype and shape). */
+int hr_cuda_gelu_backward(const hr_tensor *x, const hr_tensor *g, hr_tensor *gx);
+
+/* ------------------------------------------------------------------ reductions (cuda/reduce.cu) */
+
+typedef enum { HR_CUDA_SUM = 0, HR_CUDA_MEAN, HR_CUDA_MAX, HR_CUDA_MIN } hr_cuda_reduce_op;
+/* Reduces t along dim (0-based, or HR_DIM_ALL) into values (t's dtype, i64 for sums of integers)
+ * and/or indices (i64), both contiguous and already shaped by the caller. */
+int hr_cuda_reduce(hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_tensor *values, hr_tensor *indices);
+/* softmax / log_softmax along dim into out (contiguous, t's shape and dtype). */
+int hr_cuda_softmax(hr_tensor *t, int dim, bool log, hr_tensor *out);
+/* Whether every element of every tensor is finite (float dtypes); *all_finite receives the answer. */
+int hr_cuda_all_finite(hr_tensor *const *ts, int n, bool *all_finite);
+
+/* ------------------------------------------------------------------ products (cuda/blas.cu) */
+
+/* out [batch..., m, n] (contiguous, a's dtype) = alpha * a @ b + beta * out, where a is [..., m, k]
+ * (or a vector when a_vec) and b is [..., k, n] (or a vector when b_vec), batch dims broadcast to
+ * bsize[0..nb). f32 (TF32 only when allowed), f64, bf16 and f16 (f32 accumulation). */
+int hr_cuda_matmul(hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec, int nb, const int64_t *bsize, int64_t m,
+                   int64_t n, int64_t k, double alpha, double beta, hr_tensor *out);
+
+/* ------------------------------------------------------------------ fused nn ops (cuda/nn.cu) */
+
+struct hr_generator;
+/* The same contracts as the CPU functions of hr_nn.h / hr_optim.h / hr_random.h, on device tensors
+ * (the CPU entry points dispatch here after checking their arguments). */
+hr_tensor *hr_cuda_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps);
+hr_tensor *hr_cuda_embedding(hr_tensor *weight, hr_tensor *indices, int64_t padding_idx);
+hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
+                                 hr_reduction reduction);
+hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, double p);
+hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads,
+                             double dropout_p, bool training, struct hr_generator *gen);
+int hr_cuda_adamw_step(hr_adamw_item *items, int n, double beta1, double beta2, double eps);
+/* Bernoulli draws (invert: u >= p, the dropout keep mask) into t (any dtype, any layout), from the
+ * blocks starting at block0 of the stream with key: the same element-to-counter mapping as the CPU
+ * (hr_random.h), so a seed gives the same mask on every device. */
+int hr_cuda_bernoulli(hr_tensor *t, const uint32_t key[2], uint64_t block0, double p, bool invert);
+/* uniform_(a, b) for float dtypes, the same mapping as the CPU (f32/bf16/f16 via u24, f64 via u53). */
+int hr_cuda_uniform(hr_tensor *t, const uint32_t key[2], uint64_t block0, double a, double b);
+
+/* ------------------------------------------------------------------ autograd-aware device moves */
+
+/* A copy of t on dev with dtype dt that records a node (the gradient moves back to t's device and
+ * dtype). Returns t itself (retained) when nothing changes. */
+hr_tensor *hr_ag_to(hr_tensor *t, hr_dtype dt, hr_device dev);
+
+/* The error of an op that has no CUDA path yet (or of a build without the backend). */
+int hr_cuda_unsupported(const char *op, const hr_tensor *t);
+void *hr_cuda_unsupported_null(const char *op, const hr_tensor *t);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,177 @@
+/* hr_cuda_stub.c — stand-ins for the CUDA backend's API in builds without it (no nvcc): device
+ * queries report no device and everything else fails with a message saying what is missing. */
+#ifndef HERO_WITH_CUDA
+#include "hr_cuda.h"
+
+#define NO_BACKEND "this build of hero has no CUDA backend (rebuild with the CUDA toolkit's nvcc available)"
+
+bool hr_cuda_compiled(void) { return false; }
+int hr_cuda_device_count(void) { return 0; }
+int hr_cuda_check_device(int dev, const char *op) { return hr_fail(HR_EDEVICE, "%s: device cuda:%d: " NO_BACKEND, op, dev); }
+int hr_cuda_device_name(int dev, char *buf, size_t cap)
+{
+    if (cap) buf[0] = '\0';
+    return hr_cuda_check_device(dev, "device_name");
+}
+int hr_cuda_mem_info(int dev, size_t *free_bytes, size_t *total_bytes)
+{
+    *free_bytes = *total_bytes = 0;
+    return hr_cuda_check_device(dev, "mem_info");
+}
+int hr_cuda_synchronize(int dev)
+{
+    (void)dev;
+    return 0; /* nothing can be queued */
+}
+void hr_cuda_set_allow_tf32(bool on) { (void)on; }
+bool hr_cuda_allow_tf32(void) { return false; }
+int hr_cuda_memory_stats(int dev, hr_cuda_memstats *out)
+{
+    *out = (hr_cuda_memstats){0, 0, 0, 0, 0, 0, 0};
+    return hr_cuda_check_device(dev, "memory_stats");
+}
+void hr_cuda_reset_peak(int dev) { (void)dev; }
+size_t hr_cuda_empty_cache(int dev)
+{
+    (void)dev;
+    return 0;
+}
+void *hr_cuda_malloc(int dev, size_t nbytes)
+{
+    (void)nbytes;
+    return hr_fail_null(HR_EDEVICE, "device cuda:%d: " NO_BACKEND, dev);
+}
+void hr_cuda_free(int dev, void *p, size_t nbytes)
+{
+    (void)dev;
+    (void)p;
+    (void)nbytes;
+}
+hr_storage *hr_cuda_storage_new(size_t nbytes, int dev)
+{
+    (void)nbytes;
+    return hr_fail_null(HR_EDEVICE, "device cuda:%d: " NO_BACKEND, dev);
+}
+int hr_cuda_memset0(hr_storage *s)
+{
+    (void)s;
+    return hr_fail(HR_EDEVICE, NO_BACKEND);
+}
+void *hr_cuda_host_alloc(size_t nbytes)
+{
+    (void)nbytes;
+    return hr_fail_null(HR_EDEVICE, "host_alloc: pinned memory needs the CUDA backend; " NO_BACKEND);
+}
+void hr_cuda_host_free(void *p) { (void)p; }
+
+#define FAIL_T(op, t) hr_cuda_unsupported(op, t)
+int hr_cuda_copy_(hr_tensor *dst, const hr_tensor *src)
+{
+    return FAIL_T("copy_", hr_tensor_device(dst).type == HR_CUDA ? dst : src);
+}
+int hr_cuda_fill_(hr_tensor *t, const void *value)
+{
+    (void)value;
+    return FAIL_T("fill_", t);
+}
+int hr_cuda_binary(hr_binary_op op, hr_dtype common, const hr_operand *a, const hr_operand *b, const hr_operand *alpha,
+                   hr_tensor *out)
+{
+    (void)common;
+    (void)a;
+    (void)b;
+    (void)alpha;
+    return FAIL_T(hr_binary_op_name(op), out);
+}
+int hr_cuda_unary(hr_unary_op op, bool clamp, const hr_operand *lo, const hr_operand *hi, const hr_tensor *t,
+                  hr_tensor *out)
+{
+    (void)lo;
+    (void)hi;
+    (void)out;
+    return FAIL_T(clamp ? "clamp" : hr_unary_op_name(op), t);
+}
+int hr_cuda_where(const hr_tensor *cond, const hr_operand *a, const hr_operand *b, hr_tensor *out)
+{
+    (void)a;
+    (void)b;
+    (void)out;
+    return FAIL_T("where", cond);
+}
+int hr_cuda_gelu_backward(const hr_tensor *x, const hr_tensor *g, hr_tensor *gx)
+{
+    (void)g, (void)gx;
+    return FAIL_T("gelu backward", x);
+}
+int hr_cuda_reduce(hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_tensor *values, hr_tensor *indices)
+{
+    (void)op;
+    (void)dim;
+    (void)values;
+    (void)indices;
+    return FAIL_T("reduction", t);
+}
+int hr_cuda_softmax(hr_tensor *t, int dim, bool log, hr_tensor *out)
+{
+    (void)dim;
+    (void)out;
+    return FAIL_T(log ? "log_softmax" : "softmax", t);
+}
+int hr_cuda_all_finite(hr_tensor *const *ts, int n, bool *all_finite)
+{
+    *all_finite = true;
+    return n > 0 ? FAIL_T("all_finite", ts[0]) : 0;
+}
+int hr_cuda_matmul(hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec, int nb, const int64_t *bsize, int64_t m,
+                   int64_t n, int64_t k, double alpha, double beta, hr_tensor *out)
+{
+    (void)b, (void)a_vec, (void)b_vec, (void)nb, (void)bsize, (void)m, (void)n, (void)k, (void)alpha, (void)beta;
+    (void)out;
+    return FAIL_T("matmul", a);
+}
+hr_tensor *hr_cuda_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps)
+{
+    (void)weight, (void)bias, (void)eps;
+    return hr_cuda_unsupported_null("layer_norm", x);
+}
+hr_tensor *hr_cuda_embedding(hr_tensor *weight, hr_tensor *indices, int64_t padding_idx)
+{
+    (void)indices, (void)padding_idx;
+    return hr_cuda_unsupported_null("embedding", weight);
+}
+hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
+                                 hr_reduction reduction)
+{
+    (void)target, (void)ignore_index, (void)label_smoothing, (void)reduction;
+    return hr_cuda_unsupported_null("cross_entropy", logits);
+}
+hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, double p)
+{
+    (void)g, (void)p;
+    return hr_cuda_unsupported_null("dropout", x);
+}
+hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads,
+                             double dropout_p, bool training, struct hr_generator *gen)
+{
+    (void)k, (void)v, (void)mask, (void)heads, (void)dropout_p, (void)training, (void)gen;
+    return hr_cuda_unsupported_null("attention", q);
+}
+int hr_cuda_adamw_step(hr_adamw_item *items, int n, double beta1, double beta2, double eps)
+{
+    (void)beta1, (void)beta2, (void)eps;
+    return n > 0 ? FAIL_T("adamw", items[0].param) : 0;
+}
+int hr_cuda_bernoulli(hr_tensor *t, const uint32_t key[2], uint64_t block0, double p, bool invert)
+{
+    (void)key, (void)block0, (void)p, (void)invert;
+    return FAIL_T("bernoulli_", t);
+}
+int hr_cuda_uniform(hr_tensor *t, const uint32_t key[2], uint64_t block0, double a, double b)
+{
+    (void)key, (void)block0, (void)a, (void)b;
+    return FAIL_T("uniform_", t);
+}
+#else
+/* ISO C forbids an empty translation unit. */
+typedef int hr_cuda_stub_unused;
+#endif

@@ -1,0 +1,136 @@
+--- hero.amp: mixed-precision training helpers.
+--
+-- GradScaler implements dynamic loss scaling: the loss is multiplied by a scale (2^16 at first)
+-- before backward so that small half-precision gradients do not flush to zero; before the
+-- optimizer step the gradients are divided by the scale again and checked: when any is inf or NaN
+-- the step is skipped and the scale halved; after `growth_interval` (2000) clean steps in a row the
+-- scale doubles. Typical use:
+--   local scaler = hero.amp.GradScaler()
+--   scaler:scale(loss):backward()
+--   scaler:step(optimizer)   -- unscale_, check, optimizer:step() unless a gradient overflowed
+--   scaler:update()
+--   optimizer:zero_grad()
+-- The optimizer is anything with :step() whose parameters are reachable as `entries` (hero.optim)
+-- or `params`; a plain list of parameter tensors can be given to unscale_ as well.
+local core = require "hero.core"
+
+local amp = {}
+
+local GradScaler = {}
+GradScaler.__index = GradScaler
+
+local function positive(v, what)
+  if type(v) ~= "number" or v ~= v or v <= 0 or v == math.huge then
+    error(string.format("GradScaler: %s must be a positive finite number, got %s", what, tostring(v)), 3)
+  end
+  return v
+end
+
+--- amp.GradScaler{init_scale = 2^16, growth_factor = 2, backoff_factor = 0.5, growth_interval = 2000,
+-- enabled = true}
+function amp.GradScaler(opts)
+  opts = opts or {}
+  local self = setmetatable({
+    scale_value = positive(opts.init_scale or 2.0 ^ 16, "init_scale"),
+    growth_factor = positive(opts.growth_factor or 2.0, "growth_factor"),
+    backoff_factor = positive(opts.backoff_factor or 0.5, "backoff_factor"),
+    growth_interval = math.tointeger(opts.growth_interval or 2000),
+    enabled = opts.enabled ~= false,
+    growth_tracker = 0,
+    unscaled = false,
+    found_inf = false,
+    steps_skipped = 0,
+  }, GradScaler)
+  if self.growth_factor <= 1 then error("GradScaler: growth_factor must be > 1", 2) end
+  if self.backoff_factor >= 1 then error("GradScaler: backoff_factor must be < 1", 2) end
+  if not self.growth_interval or self.growth_interval < 1 then
+    error("GradScaler: growth_interval must be a positive integer", 2)
+  end
+  return self
+end
+
+--- loss * scale (a new tensor on the tape); the loss itself when disabled.
+function GradScaler:scale(loss)
+  if not self.enabled then return loss end
+  return loss:mul(self.scale_value)
+end
+
+--- The gradients of an optimizer (entries/params) or of a list of parameter tensors.
+local function gradients(target)
+  local grads = {}
+  local list = target.entries or target.params or target
+  for _, e in ipairs(list) do
+    local p = core.is_tensor(e) and e or e.param
+    if p and p.grad then grads[#grads + 1] = p.grad end
+  end
+  return grads
+end
+
+--- Divides every gradient by the scale in place and records whether any is inf or NaN.
+-- Call it before clipping gradients; step() calls it when it was not called.
+function GradScaler:unscale_(target)
+  if not self.enabled then return end
+  if self.unscaled then error("GradScaler:unscale_: already called since the last update()", 2) end
+  local grads = gradients(target)
+  local inv = 1.0 / self.scale_value
+  core.no_grad(function()
+    for _, g in ipairs(grads) do g:mul_(inv) end
+  end)
+  self.found_inf = not core.all_finite(grads)
+  self.unscaled = true
+end
+
+--- Unscales (if needed) and steps the optimizer unless a gradient overflowed. Returns true when
+-- the optimizer stepped.
+function GradScaler:step(optimizer, ...)
+  if not self.enabled then
+    optimizer:step(...)
+    return true
+  end
+  if not self.unscaled then self:unscale_(optimizer) end
+  if self.found_inf then
+    self.steps_skipped = self.steps_skipped + 1
+    return false
+  end
+  optimizer:step(...)
+  return true
+end
+
+--- Adjusts the scale after a step: halves it after an overflow, doubles it after growth_interval
+-- clean steps; new_scale (optional) sets it directly.
+function GradScaler:update(new_scale)
+  if not self.enabled then return end
+  if new_scale then
+    self.scale_value = positive(new_scale, "new_scale")
+    self.growth_tracker = 0
+  elseif self.found_inf then
+    self.scale_value = self.scale_value * self.backoff_factor
+    self.growth_tracker = 0
+  else
+    self.growth_tracker = self.growth_tracker + 1
+    if self.growth_tracker >= self.growth_interval then
+      self.scale_value = self.scale_value * self.growth_factor
+      self.growth_tracker = 0
+    end
+  end
+  self.unscaled = false
+  self.found_inf = false
+end
+
+function GradScaler:get_scale() return self.enabled and self.scale_value or 1.0 end
+function GradScaler:is_enabled() return self.enabled end
+
+function GradScaler:state_dict()
+  return {scale = self.scale_value, growth_factor = self.growth_factor, backoff_factor = self.backoff_factor,
+          growth_interval = self.growth_interval, growth_tracker = self.growth_tracker}
+end
+
+function GradScaler:load_state_dict(sd)
+  self.scale_value = positive(sd.scale, "scale")
+  self.growth_factor = sd.growth_factor or self.growth_factor
+  self.backoff_factor = sd.backoff_factor or self.backoff_factor
+  self.growth_interval = math.tointeger(sd.growth_interval) or self.growth_interval
+  self.growth_tracker = math.tointeger(sd.growth_tracker) or 0
+end
+
+return amp

@@ -1,0 +1,479 @@
+-- CPU-vs-CUDA parity of every op with a CUDA path (forward and backward), the dropout stream, the
+-- allocator's statistics and out-of-memory recovery. Tagged #cuda: `lua5.4 spec/run.lua --run=cuda`
+-- on a machine with a GPU (the default run excludes the tag). HERO_SPEC_DEVICE=cpu runs the same
+-- checks with the CPU standing in for the GPU (a self-check of this file on machines without one).
+local hero = require "hero"
+local helper = require "spec_helper"
+
+local DEVICE = os.getenv("HERO_SPEC_DEVICE") or "cuda:0"
+local ON_GPU = DEVICE ~= "cpu"
+local FLOATS = {"f32", "f64", "bf16", "f16"}
+
+--- A copy of the CPU tensor t on the device under test (always a new tensor).
+local function dev(t)
+  if ON_GPU then return t:to {device = DEVICE} end
+  return t:clone()
+end
+
+--- Checks that the device result g matches the CPU result c (values, shape, dtype, device).
+local function same(g, c, tol)
+  assert.equal(DEVICE, g:device())
+  assert.equal(c:dtype(), g:dtype())
+  assert.tensor_near(g:cpu(), c, tol)
+end
+
+--- Runs fn on CPU leaves and on device leaves made from the same values, compares the outputs,
+-- back-propagates the same random upstream gradient and compares every input's gradient.
+local function check_grad(fn, inputs, tol)
+  local cl, gl = {}, {}
+  for i, t in ipairs(inputs) do
+    cl[i] = t:clone():requires_grad_()
+    gl[i] = dev(t):detach():requires_grad_()
+  end
+  local yc, yg = fn(table.unpack(cl)), fn(table.unpack(gl))
+  same(yg, yc, tol)
+  local seed = hero.randn(yc:size(), {dtype = yc:dtype()})
+  yc:backward(seed)
+  yg:backward(dev(seed))
+  for i = 1, #inputs do
+    assert.equal(cl[i].grad == nil, gl[i].grad == nil)
+    if cl[i].grad then same(gl[i].grad, cl[i].grad, tol) end
+  end
+end
+
+local function randn(size, dt) return hero.randn(size, {dtype = dt or "f32"}) end
+
+describe("CUDA backend #cuda", function()
+  before_each(function() hero.manual_seed(1234) end)
+
+  describe("devices and copies", function()
+    it("reports the devices", function()
+      if not ON_GPU then return end
+      assert.is_true(hero.cuda.available())
+      assert.is_true(hero.cuda.device_count() >= 1)
+      assert.is_true(#hero.cuda.device_name(0) > 0)
+      local s = hero.cuda.memory_stats(0)
+      for _, k in ipairs {"allocated", "reserved", "peak", "cached", "free", "total"} do assert.is_number(s[k]) end
+      hero.cuda.synchronize()
+    end)
+
+    it("moves every dtype to the device and back exactly", function()
+      local values = {{1.5, -2.25, 0, 3}, {1e-3, -7, 65504, 0.125}}
+      for _, dt in ipairs {"f32", "f64", "bf16", "f16", "i64", "i32", "u8", "bool"} do
+        local src = dt == "bool" and hero.tensor {{true, false}, {false, true}}
+          or hero.tensor(values, {dtype = dt == "u8" and "f32" or "f64"}):abs():to(dt)
+        local g = dev(src)
+        assert.equal(DEVICE, g:device())
+        assert.equal(ON_GPU, g:is_cuda())
+        assert.same(src:totable(), g:totable())
+        assert.same(src:totable(), g:cpu():totable())
+      end
+      assert.equal(-7, dev(hero.tensor({-7}, {dtype = "i64"})):item())
+    end)
+
+    it("copies strided views, broadcasts and converts on the device", function()
+      local a = hero.arange(24, {dtype = "f32"}):view(2, 3, 4)
+      local g = dev(a)
+      same(g:transpose(1, 3):contiguous(), a:transpose(1, 3):contiguous())
+      same(dev(a:transpose(1, 3)), a:transpose(1, 3):contiguous())
+      same(g:narrow(3, 2, 2):clone(), a:narrow(3, 2, 2):clone())
+      same(g:to("f64"), a:to("f64"))
+      same(g:to("bf16"):to("f32"), a:to("bf16"):to("f32"))
+      same(g:to("i32"), a:to("i32"))
+      local z = dev(hero.zeros(2, 3, 4))
+      z:copy_(hero.tensor {1, 2, 3, 4}) -- host row broadcast into a device tensor
+      same(z, hero.tensor {1, 2, 3, 4}:expand(2, 3, 4):contiguous())
+      z:narrow(2, 1, 1):copy_(g:narrow(2, 3, 1)) -- device to device, overlapping-free views
+      local want = hero.tensor {1, 2, 3, 4}:expand(2, 3, 4):contiguous()
+      want:narrow(2, 1, 1):copy_(a:narrow(2, 3, 1))
+      same(z, want)
+      local host = hero.zeros(4, 3)
+      host:copy_(g[1]:t()) -- device view into a host tensor
+      assert.same(a[1]:t():totable(), host:totable())
+      local ov = dev(hero.arange(10, {dtype = "f32"}))
+      ov:narrow(1, 2, 8):copy_(ov:narrow(1, 1, 8)) -- overlapping: reads before writes
+      assert.same({0, 0, 1, 2, 3, 4, 5, 6, 7, 9}, ov:totable())
+    end)
+
+    it("fills, zeros, prints and reads single values", function()
+      local g = dev(hero.zeros(3, 2, {dtype = "f16"}))
+      same(g, hero.zeros(3, 2, {dtype = "f16"}))
+      g:fill_(2.5)
+      same(g, hero.full({3, 2}, 2.5, {dtype = "f16"}))
+      g:narrow(1, 2, 1):zero_()
+      assert.same({{2.5, 2.5}, {0, 0}, {2.5, 2.5}}, g:totable())
+      local i = dev(hero.zeros(2, {dtype = "i64"})):fill_(9007199254740993)
+      assert.same({9007199254740993, 9007199254740993}, i:totable())
+      assert.equal(2.5, g[1][2]:item())
+      assert.truthy(tostring(g):find("2.5", 1, true))
+      assert.same(hero.zeros(2, 3, {device = DEVICE}):totable(), hero.zeros(2, 3):totable())
+    end)
+
+    it("refuses mixed devices and ops without a CUDA path with clear messages", function()
+      if not ON_GPU then return end
+      local g, c = dev(hero.ones(3)), hero.ones(3)
+      helper.assert_error_contains(function() return g + c end, "add", "different devices")
+      helper.assert_error_contains(function() return hero.matmul(dev(hero.ones(2, 2)), hero.ones(2, 2)) end,
+        "matmul", "different devices")
+      helper.assert_error_contains(function() return g:cumsum(1) end, "cumsum", "no CUDA implementation yet")
+      helper.assert_error_contains(function() return g:sort(1) end, "no CUDA implementation yet")
+      helper.assert_error_contains(function() return g:prod() end, "prod", "no CUDA implementation yet")
+      helper.assert_error_contains(function() return hero.ones(2):cuda(hero.cuda.device_count()) end, "does not exist")
+    end)
+  end)
+
+  describe("elementwise", function()
+    it("binary arithmetic with broadcasting for every float dtype", function()
+      for _, dt in ipairs(FLOATS) do
+        local a, b = randn({3, 4}, dt), randn({4}, dt)
+        local ga, gb = dev(a), dev(b)
+        same(ga + gb, a + b)
+        same(ga - gb, a - b)
+        same(ga * gb, a * b)
+        same(ga / gb, a / b)
+        same(hero.maximum(ga, gb), hero.maximum(a, b))
+        same(hero.minimum(ga, gb), hero.minimum(a, b))
+        same(ga:abs():pow(gb), a:abs():pow(b))
+        same(ga:pow(2), a:pow(2))
+        same(ga:add(gb, 0.5), a:add(b, 0.5))
+        same(ga + 2.5, a + 2.5)
+        same(2 - ga, 2 - a)
+        same(ga:lt(gb), a:lt(b))
+        same(ga:eq(ga), a:eq(a))
+        same(ga:ge(0), a:ge(0))
+        same(hero.logical_and(ga:gt(0), gb:gt(0)), hero.logical_and(a:gt(0), b:gt(0)))
+      end
+    end)
+
+    it("integer arithmetic, promotion and in-place forms", function()
+      local a = hero.tensor({{1, -2, 3}, {40, 5, -6}}, {dtype = "i64"})
+      local b = hero.tensor({7, 8, -9}, {dtype = "i64"})
+      local ga, gb = dev(a), dev(b)
+      same(ga + gb, a + b)
+      same(ga * gb, a * b)
+      same(ga - gb, a - b)
+      same(ga:pow(3), a:pow(3))
+      same(ga / gb, a / b) -- true division gives f32
+      local f = randn({2, 3})
+      same(dev(f) + ga, f + a) -- f32 + i64 -> f32
+      same(dev(f:to("bf16")) + dev(f), f:to("bf16") + f) -- bf16 + f32 -> f32
+      local x, gx = f:clone(), dev(f)
+      x:add_(b:to("f32"))
+      gx:add_(gb:to("f32"))
+      same(gx, x)
+      x:mul_(3)
+      gx:mul_(3)
+      same(gx, x)
+      x:t():sub_(x:t()) -- self with itself
+      gx:t():sub_(gx:t())
+      same(gx, x)
+    end)
+
+    it("unary math, clamp, where and logical_not", function()
+      local ops = {"neg", "abs", "sign", "square", "relu", "floor", "ceil", "round", "exp", "tanh", "sigmoid", "gelu",
+                   "sin", "cos", "expm1"}
+      local positive = {"log", "sqrt", "rsqrt", "reciprocal", "log1p"}
+      for _, dt in ipairs {"f32", "f64", "bf16", "f16"} do
+        local x = randn({5, 3}, dt)
+        local gx = dev(x)
+        for _, op in ipairs(ops) do same(gx[op](gx), x[op](x)) end
+        local p = x:abs() + 0.1
+        for _, op in ipairs(positive) do same(dev(p)[op](dev(p)), p[op](p)) end
+        same(gx:clamp(-0.5, 0.5), x:clamp(-0.5, 0.5))
+        same(hero.where(gx:gt(0), gx, 0), hero.where(x:gt(0), x, 0))
+        same(hero.logical_not(gx:gt(0)), hero.logical_not(x:gt(0)))
+        local y, gy = x:clone(), gx:clone()
+        y:exp_()
+        gy:exp_()
+        same(gy, y)
+      end
+      local i = hero.tensor({-3, 0, 4}, {dtype = "i64"})
+      same(dev(i):neg(), i:neg())
+      same(dev(i):abs(), i:abs())
+      same(dev(i):exp(), i:exp()) -- integer input, f32 result
+    end)
+
+    it("gradients of elementwise ops (with broadcasting)", function()
+      check_grad(function(a, b) return (a * b + a / (b:abs() + 1)):tanh() end, {randn {3, 4}, randn {4}})
+      check_grad(function(a, b) return hero.maximum(a, b):sigmoid() - a:pow(2) end, {randn {2, 3}, randn {2, 1}})
+      check_grad(function(a) return hero.gelu(a) end, {randn {4, 5}})
+      check_grad(function(a) return hero.gelu(a) end, {randn({3}, "f64")})
+    end)
+  end)
+
+  describe("reductions and softmax", function()
+    it("sum, mean, max, min over one dim, several dims and everything", function()
+      for _, dt in ipairs(FLOATS) do
+        local x = randn({3, 4, 5}, dt)
+        local g = dev(x)
+        for _, d in ipairs {1, 2, 3, -1} do
+          same(g:sum(d), x:sum(d))
+          same(g:mean(d, true), x:mean(d, true))
+          local gv, gi = g:max(d)
+          local cv, ci = x:max(d)
+          same(gv, cv)
+          same(gi, ci)
+          gv, gi = g:min(d, true)
+          cv, ci = x:min(d, true)
+          same(gv, cv)
+          same(gi, ci)
+          same(g:argmax(d), x:argmax(d))
+        end
+        same(g:sum(), x:sum())
+        same(g:mean(), x:mean())
+        same(g:max(), x:max())
+        same(g:sum({1, 3}), x:sum({1, 3}))
+        same(g:mean({2, 3}, true), x:mean({2, 3}, true))
+      end
+      local ties = hero.tensor {{1, 3, 3, 0}, {0 / 0, 2, 0 / 0, 1}}
+      local gv, gi = dev(ties):max(2)
+      local cv, ci = ties:max(2)
+      same(gv, cv)
+      same(gi, ci)
+      local i = hero.tensor({{1, 2}, {3, 4}}, {dtype = "i32"})
+      same(dev(i):sum(1), i:sum(1)) -- integer sums are i64
+      same(dev(hero.zeros(0, 3)):sum(1), hero.zeros(0, 3):sum(1))
+    end)
+
+    it("softmax and log_softmax along any dim, with gradients", function()
+      for _, dt in ipairs(FLOATS) do
+        local x = randn({2, 3, 7}, dt) * 3
+        for _, d in ipairs {-1, 1, 2} do
+          same(dev(x):softmax(d), x:softmax(d))
+          same(dev(x):log_softmax(d), x:log_softmax(d))
+        end
+      end
+      check_grad(function(a) return a:softmax(-1) end, {randn {4, 6}})
+      check_grad(function(a) return a:log_softmax(1) end, {randn {4, 6}})
+      check_grad(function(a) return a:sum(1) + a:mean(2, true):sum() end, {randn {3, 5}})
+      check_grad(function(a) return a:max(2) end, {randn {3, 5}})
+    end)
+  end)
+
+  describe("matrix products (cuBLAS)", function()
+    it("matmul with batches, broadcasting, transposed views and vectors", function()
+      for _, dt in ipairs(FLOATS) do
+        local a, b = randn({2, 1, 3, 4}, dt), randn({5, 4, 2}, dt)
+        same(hero.matmul(dev(a), dev(b)), hero.matmul(a, b))
+        local m, n = randn({6, 4}, dt), randn({6, 5}, dt)
+        same(dev(m):t():matmul(dev(n)), m:t():matmul(n))
+        same(dev(n):t():matmul(dev(m)), n:t():matmul(m))
+        local v = randn({4}, dt)
+        same(dev(m):matmul(dev(v)), m:matmul(v))
+        same(dev(v):matmul(dev(m):t()), v:matmul(m:t()))
+        same(dev(v):dot(dev(v)), v:dot(v))
+        local x, y = randn({3, 2, 5}, dt), randn({3, 5, 4}, dt)
+        same(hero.bmm(dev(x), dev(y)), hero.bmm(x, y))
+        same(hero.bmm(dev(x):narrow(3, 2, 3), dev(y):narrow(2, 1, 3)), hero.bmm(x:narrow(3, 2, 3), y:narrow(2, 1, 3)))
+        local c = randn({5}, dt)
+        same(hero.addmm(dev(c), dev(m):t(), dev(n), 0.5, 2), hero.addmm(c, m:t(), n, 0.5, 2))
+        same(hero.matmul(dev(hero.zeros(3, 0, {dtype = dt})), dev(hero.zeros(0, 2, {dtype = dt}))),
+          hero.zeros(3, 2, {dtype = dt}))
+      end
+    end)
+
+    it("linear with and without bias, and gradients", function()
+      for _, dt in ipairs(FLOATS) do
+        local x, w, b = randn({2, 3, 8}, dt), randn({5, 8}, dt), randn({5}, dt)
+        same(hero.linear(dev(x), dev(w), dev(b)), hero.linear(x, w, b))
+        same(hero.linear(dev(x), dev(w)), hero.linear(x, w))
+      end
+      check_grad(function(x, w, b) return hero.linear(x, w, b) end, {randn {2, 3, 8}, randn {5, 8}, randn {5}})
+      check_grad(function(a, b) return hero.matmul(a, b) end, {randn {2, 1, 3, 4}, randn {5, 4, 2}})
+      check_grad(function(a, b) return hero.bmm(a, b:transpose(2, 3)) end, {randn {3, 2, 5}, randn {3, 4, 5}})
+    end)
+
+    it("keeps f32 products in full f32 unless TF32 is allowed", function()
+      assert.is_false(hero.cuda.allow_tf32())
+      -- 1 + 2^-20 is exact in f32 and lost by TF32's 10-bit mantissa
+      local a = hero.full({1, 1}, 1 + 2 ^ -20)
+      same(hero.matmul(dev(a), dev(hero.ones(1, 1))), a)
+    end)
+  end)
+
+  describe("fused nn ops", function()
+    it("layer_norm forward and backward", function()
+      for _, dt in ipairs {"f32", "f64"} do
+        local x, w, b = randn({4, 3, 16}, dt), randn({16}, dt), randn({16}, dt)
+        same(hero.layer_norm(dev(x), dev(w), dev(b), 1e-5), hero.layer_norm(x, w, b, 1e-5))
+        same(hero.layer_norm(dev(x), nil, nil, 1e-12), hero.layer_norm(x, nil, nil, 1e-12))
+      end
+      check_grad(function(x, w, b) return hero.layer_norm(x, w, b, 1e-5) end, {randn {6, 16}, randn {16}, randn {16}})
+      check_grad(function(x) return hero.layer_norm(x, nil, nil, 1e-5) end, {randn({3, 700}, "f64")})
+    end)
+
+    it("embedding forward and backward (repeated rows, padding)", function()
+      local w = randn {10, 6}
+      local idx = hero.tensor({{1, 3, 3}, {0, 9, 1}}, {dtype = "i64"})
+      same(hero.embedding(dev(w), dev(idx)), hero.embedding(w, idx))
+      same(hero.embedding(dev(w), dev(idx:to("i32")), 3), hero.embedding(w, idx:to("i32"), 3))
+      local cw, gw = w:clone():requires_grad_(), dev(w):requires_grad_()
+      local seed = randn {2, 3, 6}
+      hero.embedding(cw, idx, 3):backward(seed)
+      hero.embedding(gw, dev(idx), 3):backward(dev(seed))
+      same(gw.grad, cw.grad)
+      hero.embedding(cw, idx):backward(seed) -- accumulates in place into the used rows
+      hero.embedding(gw, dev(idx)):backward(dev(seed))
+      same(gw.grad, cw.grad)
+      local bad = dev(hero.tensor({2, 10}, {dtype = "i64"}))
+      helper.assert_error_contains(function() return hero.embedding(dev(w), bad) end, "embedding",
+        "index 10 at position 2")
+    end)
+
+    it("cross_entropy forward and backward (ignore_index, smoothing, reductions)", function()
+      local logits = randn({6, 5}, "f32") * 2
+      local target = hero.tensor({0, 4, -100, 2, 2, 1}, {dtype = "i64"})
+      for _, red in ipairs {"mean", "sum", "none"} do
+        for _, s in ipairs {0, 0.1} do
+          local opts = {reduction = red, label_smoothing = s}
+          same(hero.cross_entropy(dev(logits), dev(target), opts), hero.cross_entropy(logits, target, opts))
+          check_grad(function(x) return hero.cross_entropy(x, target:to {device = x:device()}, opts) end, {logits})
+        end
+      end
+      local t4 = hero.tensor({6, 0, 3, 1}, {dtype = "i32"})
+      check_grad(function(x) return hero.cross_entropy(x:narrow(2, 1, 7), t4:to {device = x:device()}) end,
+        {randn({4, 9}, "f64")}) -- strided rows (a narrowed vocabulary), i32 targets
+      helper.assert_error_contains(function()
+        return hero.cross_entropy(dev(logits), dev(hero.tensor({0, 5, 0, 0, 0, 0}, {dtype = "i64"})))
+      end, "cross_entropy", "target 5 at position 2")
+    end)
+
+    it("dropout draws exactly the CPU's mask for a seed", function()
+      local x = hero.ones(7, 33)
+      hero.manual_seed(99)
+      local c = hero.dropout(x, 0.3)
+      local after_cpu = hero.default_generator():get_state()
+      hero.manual_seed(99)
+      local g = hero.dropout(dev(x), 0.3)
+      assert.same(c:totable(), g:totable())
+      assert.same(after_cpu, hero.default_generator():get_state()) -- the stream advanced by as many blocks
+      hero.manual_seed(5)
+      local m1 = hero.dropout_mask({1000}, 0.5)
+      hero.manual_seed(5)
+      local m2 = dev(hero.zeros(1000)):bernoulli_(0.5)
+      assert.same(m1:to("bool"):totable(), hero.logical_not(m2:to("bool")):totable())
+      hero.manual_seed(3)
+      local u1 = hero.rand(1001)
+      hero.manual_seed(3)
+      local u2 = hero.rand(1001, {device = DEVICE})
+      assert.same(u1:totable(), u2:totable())
+      hero.manual_seed(3)
+      local d1 = hero.rand(1001, {dtype = "f64"})
+      hero.manual_seed(3)
+      local d2 = hero.rand(1001, {dtype = "f64", device = DEVICE})
+      assert.same(d1:totable(), d2:totable())
+      hero.manual_seed(7)
+      check_grad(function(a)
+        hero.manual_seed(7)
+        return hero.dropout(a, 0.25)
+      end, {randn {5, 9}})
+    end)
+
+    it("attention with masks and dropout, forward and backward", function()
+      local B, Lq, Lk, H, heads = 2, 3, 5, 8, 2
+      local q, k, v = randn {B, Lq, H}, randn {B, Lk, H}, randn {B, Lk, H}
+      local mask = hero.zeros(B, Lk)
+      mask[2]:narrow(1, 4, 2):fill_(-10000)
+      local mask3 = randn {B, Lq, Lk}
+      for _, m in ipairs {mask, mask3} do
+        same(hero.attention(dev(q), dev(k), dev(v), dev(m), heads), hero.attention(q, k, v, m, heads))
+        check_grad(function(a, b, c) return hero.attention(a, b, c, m:to {device = a:device()}, heads) end, {q, k, v})
+      end
+      check_grad(function(a, b, c)
+        hero.manual_seed(11)
+        return hero.attention(a, b, c, nil, heads, {dropout = 0.2, training = true})
+      end, {q, k, v})
+    end)
+
+    it("AdamW and gradient clipping match the CPU", function()
+      local function run(device)
+        hero.manual_seed(2)
+        local p1, p2 = randn {4, 3}, randn {5}
+        local params = {{"a", p1:to {device = device}:requires_grad_()},
+                        {"b", p2:to {device = device}:requires_grad_()}}
+        local opt = hero.optim.AdamW(params, {lr = 1e-2, weight_decay = 0.1, no_decay = {"b"}})
+        for step = 1, 3 do
+          hero.manual_seed(100 + step)
+          params[1][2].grad = randn({4, 3}):to {device = device}
+          params[2][2].grad = randn({5}):to {device = device}
+          local norm = hero.optim.clip_grad_norm({params[1][2], params[2][2]}, 1.0)
+          opt:step()
+          params.norm = norm
+        end
+        return params
+      end
+      local c, g = run("cpu"), run(DEVICE)
+      assert.near(c.norm, g.norm, 1e-5 * c.norm)
+      same(g[1][2]:detach(), c[1][2]:detach())
+      same(g[2][2]:detach(), c[2][2]:detach())
+    end)
+
+    it("GradScaler skips steps with overflowed device gradients", function()
+      local scaler = hero.amp.GradScaler {init_scale = 16}
+      local w = dev(hero.ones(3)):requires_grad_()
+      local stepped = 0
+      local opt = {entries = {{name = "w", param = w}}, step = function() stepped = stepped + 1 end}
+      scaler:scale((w * 2):sum()):backward()
+      assert.is_true(scaler:step(opt))
+      same(w.grad, hero.full({3}, 2))
+      scaler:update()
+      w.grad = dev(hero.tensor {1, 1 / 0, 2})
+      assert.is_false(scaler:step(opt))
+      scaler:update()
+      assert.equal(8, scaler:get_scale())
+      assert.equal(1, stepped)
+    end)
+  end)
+
+  describe("the caching allocator", function()
+    it("counts allocated, reserved and peak bytes and reuses released blocks", function()
+      if not ON_GPU then return end
+      collectgarbage()
+      hero.cuda.empty_cache()
+      local before = hero.cuda.memory_stats()
+      local during
+      do
+        local t = hero.zeros(16, 1024, 1024, {device = DEVICE}) -- 64 MiB
+        during = hero.cuda.memory_stats()
+        assert.equal(16 * 2 ^ 20, t:numel())
+      end
+      assert.is_true(during.allocated - before.allocated >= 64 * 2 ^ 20)
+      assert.is_true(during.reserved >= during.allocated)
+      assert.is_true(during.peak >= during.allocated)
+      collectgarbage()
+      local after = hero.cuda.memory_stats()
+      assert.equal(before.allocated, after.allocated)
+      assert.is_true(after.cached >= 64 * 2 ^ 20) -- kept for reuse
+      do
+        local again = hero.zeros(16, 1024, 1024, {device = DEVICE})
+        assert.equal(after.num_cuda_mallocs, hero.cuda.memory_stats().num_cuda_mallocs) -- served from the cache
+        assert.equal(16 * 2 ^ 20, again:numel())
+      end
+      collectgarbage()
+      assert.is_true(hero.cuda.empty_cache() >= 64 * 2 ^ 20)
+      assert.equal(before.reserved, hero.cuda.memory_stats().reserved)
+    end)
+
+    it("survives running out of device memory", function()
+      if not ON_GPU then return end
+      local held, err = {}, nil
+      for _ = 1, 4096 do
+        local ok, e = pcall(hero.empty, {1024, 1024, 1024}, {device = DEVICE}) -- 4 GiB each
+        if not ok then
+          err = e
+          break
+        end
+        held[#held + 1] = e
+      end
+      assert.truthy(err, "the device never ran out of memory")
+      assert.is_true(#held >= 0) -- held kept every block alive until here
+      assert.truthy(tostring(err):find("out of memory", 1, true))
+      held = nil -- luacheck: ignore 311
+      collectgarbage()
+      hero.cuda.empty_cache()
+      local t = hero.ones(1000, {device = DEVICE})
+      assert.equal(1000, t:sum():item())
+      assert.is_true(hero.cuda.memory_stats().num_oom_retries >= 1)
+    end)
+  end)
+end)
