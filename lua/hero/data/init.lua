@@ -44,5 +44,7 @@ data.MemoryDataset = datasets.MemoryDataset
 data.tasks = require "hero.data.tasks"
 data.collate = require "hero.data.collate"
 data.TaskLoader = require("hero.data.loader").TaskLoader
+-- The same batches read and collated on worker threads while the model computes.
+data.PrefetchLoader = require("hero.data.prefetch").PrefetchLoader
 
 return data
