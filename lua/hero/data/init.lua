@@ -46,5 +46,6 @@ data.collate = require "hero.data.collate"
 data.TaskLoader = require("hero.data.loader").TaskLoader
 -- The same batches read and collated on worker threads while the model computes.
 data.PrefetchLoader = require("hero.data.prefetch").PrefetchLoader
+data.prefetch_loaders = require("hero.data.prefetch").prefetch_loaders
 
 return data
