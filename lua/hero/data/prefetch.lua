@@ -18,6 +18,10 @@
 -- state() is the position of the next batch to consume (what TaskLoader:state() would say there:
 -- the two are interchangeable), so in-flight batches are simply planned and read again after
 -- set_state().
+--
+-- prefetch_loaders{loaders = {mlm = spec, vsm = spec, ...}, workers = 2} gives one loader per task
+-- over ONE pool of worker threads (what examples/pretrain.lua --workers uses): every task keeps
+-- `depth` batches in flight, so whichever task the MetaLoader draws next finds its batch ready.
 local core = require "hero.core"
 local loader = require "hero.data.loader"
 
@@ -128,7 +132,9 @@ local function check_common(opts, what)
     fail("opts.workers must be an integer >= 1, got %s", tostring(workers))
   end
   local depth = opts.depth or what
-  if math.type(depth) ~= "integer" or depth < 1 then fail("opts.depth must be an integer >= 1, got %s", tostring(depth)) end
+  if math.type(depth) ~= "integer" or depth < 1 then
+    fail("opts.depth must be an integer >= 1, got %s", tostring(depth))
+  end
   return workers, depth
 end
 
@@ -231,7 +237,9 @@ function Prefetch:next()
       L.stats.batches = L.stats.batches + 1
       self.last_ids = L.last_ids
       self:_fill()
-      self.waited = self.waited + (core._now() - t0)
+      local dt = core._now() - t0
+      if self.waits == 0 then self.first_wait = dt end
+      self.waited = self.waited + dt
       self.waits = self.waits + 1
       return batch
     end
@@ -240,9 +248,9 @@ function Prefetch:next()
   end
 end
 
---- Seconds :next() has spent in all (waiting for workers, planning, submitting) and the number of
--- batches served; wait_seconds() / count is the average wait per batch.
-function Prefetch:wait_seconds() return self.waited, self.waits end
+--- Seconds :next() has spent in all (waiting for workers, planning, submitting), the number of
+-- batches served and the seconds of the first of them (which waits for the pipeline to fill).
+function Prefetch:wait_seconds() return self.waited, self.waits, self.first_wait or 0 end
 
 --- The resumable position: TaskLoader:state() at the next batch to consume.
 function Prefetch:state()
