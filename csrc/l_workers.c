@@ -699,7 +699,8 @@ static int l_worker_pool(lua_State *L)
     int isnum;
     lua_Integer n = lua_tointegerx(L, -1, &isnum);
     if (!isnum || n < 1 || n > MAX_WORKERS)
-        return luaL_error(L, "%s: opts.n must be an integer in 1..%d, got %s", op, MAX_WORKERS, luaL_tolstring(L, -1, NULL));
+        return luaL_error(L, "%s: opts.n must be an integer in 1..%d, got %s", op, MAX_WORKERS,
+                          luaL_tolstring(L, -1, NULL));
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "script") != LUA_TSTRING)
         return luaL_error(L, "%s: opts.script must be a string of Lua code defining produce(job), got %s", op,
@@ -856,7 +857,8 @@ static int l_tostring(lua_State *L)
 {
     pool_box *b = luaL_checkudata(L, 1, POOL_MT);
     if (!b->pc) lua_pushliteral(L, "hero.WorkerPool(closed)");
-    else lua_pushfstring(L, "hero.WorkerPool(%d workers, %I pending)", b->pc->n, (lua_Integer)hr_workq_pending(b->pc->q));
+    else lua_pushfstring(L, "hero.WorkerPool(%d workers, %I pending)", b->pc->n,
+                         (lua_Integer)hr_workq_pending(b->pc->q));
     return 1;
 }
 
