@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "hr_core.h"
+#include "hr_queue.h"
 
 /* OpenBLAS's thread control (declared here to avoid depending on a particular cblas.h). */
 void openblas_set_num_threads(int num_threads);
@@ -34,6 +35,11 @@ static thread_pool pool = {
     .work_done = PTHREAD_COND_INITIALIZER,
     .nthreads = 0,
 };
+
+/* Set on threads that must not use the pool (hr_parallel_set_serial, hr_queue.h). */
+static _Thread_local bool serial_thread;
+
+void hr_parallel_set_serial(bool serial) { serial_thread = serial; }
 
 static int default_threads(void)
 {
@@ -107,7 +113,7 @@ void hr_parallel_for(int64_t n, int64_t grain, hr_parallel_fn fn, void *ctx)
 {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
-    int nthreads = hr_get_num_threads();
+    int nthreads = serial_thread ? 1 : hr_get_num_threads();
     if (nthreads < 2 || n < 2 * grain) {
         fn(ctx, 0, n);
         return;

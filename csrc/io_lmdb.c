@@ -30,7 +30,7 @@ hr_lmdb *hr_lmdb_open(const char *dir)
     if (!data) return hr_fail_null(HR_ENOMEM, "out of memory opening LMDB '%s'", dir);
     memcpy(data, dir, dl);
     memcpy(data + dl, "/data.mdb", 10);
-    int have_data = stat(data, &st) == 0 && S_ISREG(st.st_mode);
+    int have_data = stat(data, &st) == 0 && S_ISREG(st.st_mode); /* st: data.mdb from here on */
     free(data);
     if (!have_data) return hr_fail_null(HR_EIO, "LMDB directory '%s' has no data.mdb", dir);
 
@@ -42,6 +42,11 @@ hr_lmdb *hr_lmdb_open(const char *dir)
         return hr_fail_null(HR_ENOMEM, "out of memory opening LMDB '%s'", dir);
     }
     int rc = mdb_env_create(&db->env);
+    if (rc) goto fail;
+    /* Map only the file: a read-only database cannot grow, while the map size recorded by the
+     * writer (often 1-4 TiB) would take that much address space per open handle, and a few dozen
+     * handles (one per worker state and database) exhaust the 128 TiB of a process. */
+    rc = mdb_env_set_mapsize(db->env, ((size_t)st.st_size + 65535) & ~(size_t)65535);
     if (rc) goto fail;
     /* Read-only without a lock file: the shipped databases have no lock.mdb and the directory may be
      * read-only. This is safe as long as no process writes the database while it is open. */

@@ -19,6 +19,9 @@
 --   --mask-prob P        MLM / MFM / FOM rate [0.15] --train-ids FILE  JSON array of video ids [all of vid2len]
 --   --valid-ids FILE     JSON array of validation video ids (one fixed pass per validation) [none]
 --   --on-error skip|error  a video that cannot be read is skipped and reported, or stops the run [skip]
+--   --workers N          threads reading and collating batches while the model computes (one pool
+--                        shared by every task; the same batches as without) [0: on the training thread]
+--   --prefetch N         batches read ahead per task with --workers [2]
 --   --init FILE          initial weights (safetensors, reference key names) [DIR/weights.safetensors
 --                        with --fixture, else the model's random initialisation]
 --   --out DIR            output directory: log.jsonl, hps.json, ckpt/ (required)
@@ -75,7 +78,7 @@ local function parse_args(argv)
                  "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every", "save-every",
                  "seed", "vfeat-dim", "max-frm-seq-len", "quiet", "vfeat-db", "sub-db", "max-clip-len",
                  "max-txt-len", "sub-ctx-len", "batch-size", "bucket", "mask-prob", "train-ids", "valid-ids",
-                 "on-error", "dist"}
+                 "on-error", "dist", "workers", "prefetch"}
   local ok = {}
   for _, k in ipairs(known) do ok[k] = true end
   for k in pairs(opts) do if not ok[k] then usage("unknown option --" .. k) end end
@@ -155,9 +158,12 @@ function sources.db(opts, tasks, hps)
     if type(ids) ~= "table" or #ids == 0 then usage(path .. " must hold a non-empty JSON array of video ids") end
     return ids
   end
+  local function dataset_opts(ids)
+    return {video_db = opts["vfeat-db"], sub_db = opts["sub-db"], max_clip_len = hps.max_clip_len,
+            max_txt_len = hps.max_txt_len, sub_ctx_len = hps.sub_ctx_len, ids = ids}
+  end
   local function dataset(ids)
-    local ok, ds = pcall(hero.data.VideoSubDataset, {video_db = opts["vfeat-db"], sub_db = opts["sub-db"],
-      max_clip_len = hps.max_clip_len, max_txt_len = hps.max_txt_len, sub_ctx_len = hps.sub_ctx_len, ids = ids})
+    local ok, ds = pcall(hero.data.VideoSubDataset, dataset_opts(ids))
     if not ok then usage(tostring(ds)) end
     return ds
   end
@@ -169,23 +175,50 @@ function sources.db(opts, tasks, hps)
       io.stderr:write(string.format("\n[%s] skipped video %s: %s\n", task, vid, why))
     end
   end
-  local train_ds = dataset(ids_from(opts["train-ids"]))
+  local train_ids = ids_from(opts["train-ids"])
+  local train_ds = dataset(train_ids)
   local valid_ids = ids_from(opts["valid-ids"])
   local valid_ds = valid_ids and dataset(valid_ids)
   local loaders, valid = {}, {}
+  local specs, skips = {}, {}
+  -- with --workers, one dataset spec shared by every task (one dataset per worker state)
+  local train_spec = dataset_opts(train_ids)
+  train_spec.type = "VideoSubDataset"
   for i, t in ipairs(tasks) do
     local common = {task = t, batch_size = hps.batch_size, on_error = hps.on_error, on_skip = report(t),
       task_opts = {mask_prob = hps.mask_prob}}
     local o = {dataset = train_ds, seed = hps.seed + 1000 * i, bucket = hps.bucket, rank = rank, world_size = world}
     for k, v in pairs(common) do o[k] = v end
-    local ok, l = pcall(hero.data.TaskLoader, o)
-    if not ok then usage(tostring(l)) end
-    loaders[t] = l
+    if hps.workers > 0 then
+      o.dataset, o.on_skip = train_spec, nil
+      specs[t], skips[t] = o, common.on_skip
+    else
+      local ok, l = pcall(hero.data.TaskLoader, o)
+      if not ok then usage(tostring(l)) end
+      -- time spent making batches on the training thread, reported as the workers' wait is
+      local make, waited, served, first = l.next, 0, 0, 0
+      l.next = function(self)
+        local t0 = hero.core._now()
+        local b = make(self)
+        local dt = hero.core._now() - t0
+        if served == 0 then first = dt end
+        waited, served = waited + dt, served + 1
+        return b
+      end
+      l.wait_seconds = function() return waited, served, first end
+      loaders[t] = l
+    end
     if valid_ds then
       local vo = {dataset = valid_ds, seed = hps.seed + 1000 * i + 500, shuffle = false}
       for k, v in pairs(common) do vo[k] = v end
       valid[t] = hero.data.TaskLoader(vo)
     end
+  end
+  if hps.workers > 0 then
+    local ok, l = pcall(hero.data.prefetch_loaders, {loaders = specs, workers = hps.workers, depth = hps.prefetch,
+      on_skip = skips})
+    if not ok then usage(tostring(l)) end
+    loaders = l
   end
   return loaders, valid, train_ds
 end
@@ -265,6 +298,11 @@ if source == sources.db then
   hps.on_error = opts["on-error"] or "skip"
   if hps.on_error ~= "skip" and hps.on_error ~= "error" then usage("--on-error must be skip or error") end
   if hps.batch_size < 1 then usage("--batch-size must be at least 1") end
+  hps.workers = int_opt(opts, "workers", 0)
+  hps.prefetch = int_opt(opts, "prefetch", 2)
+  if hps.prefetch < 1 then usage("--prefetch must be at least 1") end
+elseif opts.workers then
+  usage("--workers reads databases: give --vfeat-db and --sub-db")
 end
 
 local task_loaders, valid, train_ds = source(opts, tasks, hps)
@@ -330,9 +368,25 @@ if rank == 0 then
     todo > 0 and dt / todo or 0, opts.out, trainer.global_step))
 end
 if train_ds then
+  local waited, served, firsts = 0, 0, 0
   for _, t in ipairs(tasks) do
-    local st = task_loaders[t].stats
-    io.stderr:write(string.format("  %-8s epoch %d, %d batches, %d videos, %d skipped\n", t, task_loaders[t].epoch,
+    local l = task_loaders[t]
+    local st = l.stats
+    io.stderr:write(string.format("  %-8s epoch %d, %d batches, %d videos, %d skipped\n", t, l.epoch,
       st.batches, st.videos, st.skipped))
+    if l.wait_seconds then
+      local w, n, f = l:wait_seconds()
+      waited, served, firsts = waited + w, served + n, firsts + f
+    end
+  end
+  if todo > 0 then
+    -- the training step's wait for data; each task's first batch also waits for the pipeline to fill
+    io.stderr:write(string.format("  data: %s, waited %.4f s per update (%.4f s per micro-batch; %.4f s per "
+      .. "update after each task's first batch, which took %.3f s in all)\n",
+      hps.workers > 0 and string.format("%d worker thread(s)", hps.workers) or "on the training thread",
+      waited / todo, served > 0 and waited / served or 0, (waited - firsts) / todo, firsts))
+  end
+  for _, t in ipairs(tasks) do
+    if task_loaders[t].close then task_loaders[t]:close() end
   end
 end

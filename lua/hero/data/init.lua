@@ -55,5 +55,8 @@ data.prepro = require "hero.data.prepro"
 data.synthetic = require "hero.data.synthetic"
 -- Fine-tuning data: query / question / statement / caption items, collates, datasets, loader.
 data.downstream = require "hero.data.downstream"
+-- The same batches read and collated on worker threads while the model computes.
+data.PrefetchLoader = require("hero.data.prefetch").PrefetchLoader
+data.prefetch_loaders = require("hero.data.prefetch").prefetch_loaders
 
 return data

@@ -9,9 +9,12 @@
 -- each pool sorted by video length (longest first, ties in drawn order) and cut into batches, and
 -- the batches of the epoch are then shuffled, so a batch holds videos of similar length (less
 -- padding) while the epoch stays random. The masks, shuffles and query choices come from a second
--- generator. state() holds the epoch, the position in it, the order generator's state at the start
--- of the epoch (the epoch's batches are recomputed from it on resume) and the sampling generator's
--- state: set_state() continues bit for bit.
+-- generator seeded per batch from (seed, epoch, position), so a batch does not depend on how many
+-- draws the batches before it took: which videos form batch k and how they are sampled are known
+-- before any video is read (plan_next() / make_batch(plan), what hero.data.PrefetchLoader runs on
+-- worker threads). state() holds the epoch, the position in it and the order generator's state at
+-- the start of the epoch (the epoch's batches are recomputed from it on resume): set_state()
+-- continues bit for bit.
 --
 -- A video that cannot be read (missing from a database, corrupt value, no frames, no VSM query)
 -- is reported by id and skipped (counted in L.stats) or, with on_error = "error", raises an
@@ -88,8 +91,7 @@ function M.TaskLoader(opts)
     seed = seed, shuffle = opts.shuffle ~= false, bucket = int_opt(opts, "bucket", 0, 0),
     drop_last = opts.drop_last == true, on_error = on_error, task_opts = topts, on_skip = opts.on_skip,
     max_skipped_ids = int_opt(opts, "max_skipped_ids", 100, 0),
-    order_gen = core.Generator(seed), sample_gen = core.Generator(seed + 1),
-    epoch = 0, pos = 1, plan = nil,
+    order_gen = core.Generator(seed), epoch = 0, pos = 1, plan = nil,
     stats = {batches = 0, videos = 0, skipped = 0, skipped_ids = {}},
   }, TaskLoader)
   self:_plan_epoch()
@@ -145,19 +147,22 @@ function TaskLoader:_plan_epoch()
   self.plan = batches
 end
 
-function TaskLoader:_skip(vid, reason)
-  if self.on_error == "error" then
-    error(string.format("TaskLoader (%s): video '%s': %s", tostring(self.task), tostring(vid), reason), 0)
+--- The seed of the sampling generator of batch `pos` of epoch `epoch` (splitmix64 finalizers, so
+-- neighbouring batches get unrelated Philox keys).
+function M.batch_seed(seed, epoch, pos)
+  local function mix(x)
+    x = (x ~ (x >> 30)) * 0xbf58476d1ce4e5b9
+    x = (x ~ (x >> 27)) * 0x94d049bb133111eb
+    return x ~ (x >> 31)
   end
-  local st = self.stats
-  st.skipped = st.skipped + 1
-  if #st.skipped_ids < self.max_skipped_ids then st.skipped_ids[#st.skipped_ids + 1] = {vid, reason} end
-  if self.on_skip then self.on_skip(vid, reason) end
+  return mix(mix(mix(seed + 0x9e3779b97f4a7c15) ~ epoch) ~ pos)
 end
 
--- The collated batch of the given ids (nil when every video was skipped), sampling from g.
-function TaskLoader:_build(ids, g)
-  local items, used = {}, {}
+-- The collated batch of the given ids sampling from g (nil when every video was skipped), the ids
+-- used and the skipped {vid, reason} pairs. Touches no loader state (it runs on worker threads);
+-- with on_error = "error" a bad video raises.
+function TaskLoader:_collate(ids, g)
+  local items, used, skipped = {}, {}, {}
   local topts = setmetatable({generator = g}, {__index = self.task_opts})
   for _, vid in ipairs(ids) do
     local ok, item = pcall(function()
@@ -171,36 +176,73 @@ function TaskLoader:_build(ids, g)
       used[#used + 1] = vid
     else
       local msg = tostring(item):gsub("^[^:]*:%d+: ", "")
-      self:_skip(vid, msg)
+      if self.on_error == "error" then
+        error(string.format("TaskLoader (%s): video '%s': %s", tostring(self.task), tostring(vid), msg), 0)
+      end
+      skipped[#skipped + 1] = {vid, msg}
     end
   end
-  if #items == 0 then return nil end
-  self.stats.videos = self.stats.videos + #items
-  self.last_ids = used
-  return (self.collate(items))
+  if #items == 0 then return nil, used, skipped end
+  return (self.collate(items)), used, skipped
+end
+
+-- Counts what _collate reported (skips go to on_skip) and returns the batch.
+function TaskLoader:_record(batch, used, skipped)
+  local st = self.stats
+  for _, p in ipairs(skipped) do
+    st.skipped = st.skipped + 1
+    if #st.skipped_ids < self.max_skipped_ids then st.skipped_ids[#st.skipped_ids + 1] = {p[1], p[2]} end
+    if self.on_skip then self.on_skip(p[1], p[2]) end
+  end
+  if batch then
+    st.videos = st.videos + #used
+    self.last_ids = used
+  end
+  return batch
+end
+
+--- The plan of the next batch, moving the position past it (a new epoch is planned after the last
+-- batch): {ids = {vid...}, seed = sampling seed, epoch =, pos =, before = the state() position
+-- fields {epoch, pos, epoch_start} as they were before this batch}.
+function TaskLoader:plan_next()
+  local before = {epoch = self.epoch, pos = self.pos, epoch_start = self.epoch_start}
+  if self.pos > #self.plan then
+    self.epoch = self.epoch + 1
+    self:_plan_epoch()
+    self.pos = 1
+  end
+  local plan = {ids = self.plan[self.pos], epoch = self.epoch, pos = self.pos,
+                seed = M.batch_seed(self.seed, self.epoch, self.pos), before = before}
+  self.pos = self.pos + 1
+  return plan
+end
+
+--- The work of one planned batch: returns the batch (nil when every video was skipped), the ids
+-- used and the skipped {vid, reason} pairs, without touching the loader's position or counts.
+function TaskLoader:make_batch(plan)
+  return self:_collate(plan.ids, core.Generator(plan.seed))
+end
+
+-- Fails after a whole epoch of consecutive empty batches.
+function TaskLoader:_check_empty(empty)
+  if empty > #self.plan then
+    fail("every video of a whole epoch of task '%s' was skipped (%d skipped in all; first: %s)", self.task,
+      self.stats.skipped, self.stats.skipped_ids[1] and self.stats.skipped_ids[1][2] or "?")
+  end
 end
 
 --- The next batch (a new epoch starts after the last batch of the current one).
 function TaskLoader:next()
   local empty = 0
   while true do
-    if self.pos > #self.plan then
-      self.epoch = self.epoch + 1
-      self:_plan_epoch()
-      self.pos = 1
-    end
-    local ids = self.plan[self.pos]
-    self.pos = self.pos + 1
-    local batch = self:_build(ids, self.sample_gen)
+    local plan = self:plan_next()
+    local batch = self:_record(self:make_batch(plan))
     if batch then
       self.stats.batches = self.stats.batches + 1
       return batch
     end
     empty = empty + 1
-    if empty > #self.plan then
-      fail("every video of a whole epoch of task '%s' was skipped (%d skipped in all; first: %s)", self.task,
-        self.stats.skipped, self.stats.skipped_ids[1] and self.stats.skipped_ids[1][2] or "?")
-    end
+    self:_check_empty(empty)
   end
 end
 
@@ -216,7 +258,7 @@ function TaskLoader:iter()
       local ids = {}
       for k = i, math.min(i + bs - 1, #self.ids) do ids[#ids + 1] = self.ids[k] end
       i = i + bs
-      local batch = self:_build(ids, g)
+      local batch = self:_record(self:_collate(ids, g))
       if batch then return batch end
     end
     return nil
@@ -231,13 +273,13 @@ function TaskLoader:state()
   local skipped = {}
   for i, p in ipairs(self.stats.skipped_ids) do skipped[i] = {p[1], p[2]} end
   return {task = self.task, n = #self.ids, epoch = self.epoch, pos = self.pos, epoch_start = self.epoch_start,
-          sampler = self.sample_gen:get_state(), batches = self.stats.batches, videos = self.stats.videos,
-          skipped = self.stats.skipped, skipped_ids = skipped}
+          batches = self.stats.batches, videos = self.stats.videos, skipped = self.stats.skipped,
+          skipped_ids = skipped}
 end
 
 function TaskLoader:set_state(s)
   if type(s) ~= "table" or math.type(s.epoch) ~= "integer" or math.type(s.pos) ~= "integer"
-      or type(s.epoch_start) ~= "table" or type(s.sampler) ~= "table" then
+      or type(s.epoch_start) ~= "table" then
     fail("set_state: expected the table that TaskLoader:state() returned")
   end
   if s.task ~= self.task then
@@ -252,7 +294,6 @@ function TaskLoader:set_state(s)
     fail("set_state: position %d is outside 1..%d", s.pos, #self.plan + 1)
   end
   self.epoch, self.pos = s.epoch, s.pos
-  self.sample_gen:set_state(s.sampler)
   local ids = {}
   for i, p in ipairs(s.skipped_ids or {}) do ids[i] = {p[1], p[2]} end
   self.stats = {batches = s.batches or 0, videos = s.videos or 0, skipped = s.skipped or 0, skipped_ids = ids}

@@ -1,0 +1,296 @@
+--- hero.data.prefetch: PrefetchLoader, a TaskLoader whose batches are read and collated on worker
+-- threads (hero.core.worker_pool) while the model computes.
+--
+--   local L = hero.data.PrefetchLoader{workers = 2, depth = 4, loader_spec = {
+--     dataset = {type = "VideoSubDataset", video_db = "video_db/tv", sub_db = "txt_db/tv_subtitles.db"},
+--     task = "mlm", batch_size = 8, seed = 1, bucket = 4}}
+--   local batch = L:next()       -- the same batches, bit for bit, as TaskLoader with these options
+--   print(L:wait_seconds())      -- time :next() spent waiting for data
+--
+-- The main thread keeps everything that decides the sequence: a TaskLoader built from the same
+-- spec plans each batch (its videos and its sampling seed, hero.data.loader's plan_next) and the
+-- workers, each with its own Lua state, dataset and TaskLoader, only run make_batch(plan). Plans
+-- are submitted up to `depth` ahead and the results come back in submission order, so the
+-- sequence does not depend on the thread count or timing. Skips are counted (and on_skip called)
+-- on the main thread when a batch is consumed; a worker's error (on_error = "error", a bug) is
+-- raised by the :next() that consumes that batch, with the worker's traceback.
+--
+-- state() is the position of the next batch to consume (what TaskLoader:state() would say there:
+-- the two are interchangeable), so in-flight batches are simply planned and read again after
+-- set_state().
+--
+-- prefetch_loaders{loaders = {mlm = spec, vsm = spec, ...}, workers = 2} gives one loader per task
+-- over ONE pool of worker threads (what examples/pretrain.lua --workers uses): every task keeps
+-- `depth` batches in flight, so whichever task the MetaLoader draws next finds its batch ready.
+local core = require "hero.core"
+local loader = require "hero.data.loader"
+
+local M = {}
+
+local Prefetch = {}
+Prefetch.__index = Prefetch
+Prefetch.__name = "hero.data.PrefetchLoader"
+
+local function fail(fmt, ...)
+  error("PrefetchLoader: " .. string.format(fmt, ...), 3)
+end
+
+--- A dataset from a spec {type = "VideoSubDataset" or "MemoryDataset", <its options>...}: plain
+-- values, so that every worker state can build its own.
+function M.dataset_from_spec(spec)
+  if type(spec) ~= "table" or type(spec.type) ~= "string" then
+    error("dataset spec must be a table {type = 'VideoSubDataset' or 'MemoryDataset', <options>}", 2)
+  end
+  local datasets = require "hero.data.datasets"
+  local ctor = datasets[spec.type]
+  if type(ctor) ~= "function" then
+    error(string.format("dataset spec: unknown type '%s' (VideoSubDataset, MemoryDataset)", spec.type), 2)
+  end
+  local opts = {}
+  for k, v in pairs(spec) do if k ~= "type" then opts[k] = v end end
+  return ctor(opts)
+end
+
+--- A TaskLoader from a spec: the TaskLoader's options with dataset = a dataset spec (or over the
+-- dataset ds already built from it).
+function M.loader_from_spec(spec, ds)
+  local opts = {}
+  for k, v in pairs(spec) do opts[k] = v end
+  opts.dataset = ds or M.dataset_from_spec(spec.dataset)
+  return loader.TaskLoader(opts)
+end
+
+-- What each worker runs: one TaskLoader per loader key (datasets shared where the specs share
+-- one dataset table), building planned batches.
+local WORKER = [[
+local specs = ...
+local prefetch = require "hero.data.prefetch"
+local loaders, datasets = {}, {}
+for key, spec in pairs(specs) do
+  local ds = datasets[spec.dataset]
+  if ds == nil then
+    ds = prefetch.dataset_from_spec(spec.dataset)
+    datasets[spec.dataset] = ds
+  end
+  loaders[key] = prefetch.loader_from_spec(spec, ds)
+end
+return function(job)
+  local L = loaders[job.key]
+  local ds = L.dataset
+  local dropped = ds.stats and ds.stats.frames_dropped or 0
+  local batch, used, skipped = L:make_batch(job)
+  return {batch = batch, used = used, skipped = skipped,
+          frames_dropped = (ds.stats and ds.stats.frames_dropped or 0) - dropped}
+end
+]]
+
+-- ------------------------------------------------------------------ the shared pool
+
+-- A worker pool serving several loaders: jobs of every loader go through one FIFO, and results are
+-- collected in that order and kept until their loader asks for them.
+local Group = {}
+Group.__index = Group
+
+function Group:submit(key, plan)
+  if not self.pool then error("PrefetchLoader: the loader is closed", 3) end
+  return self.pool:submit({key = key, ids = plan.ids, seed = plan.seed})
+end
+
+function Group:get(seq)
+  while self.collected < seq do
+    local ok, r = pcall(self.pool.get, self.pool)
+    local n = self.collected + 1
+    self.collected = n
+    if self.discard[n] then
+      self.discard[n] = nil
+    else
+      self.results[n] = ok and {value = r} or {err = r}
+    end
+  end
+  local r = self.results[seq]
+  self.results[seq] = nil
+  if r.err then error(r.err, 0) end
+  return r.value
+end
+
+-- A job whose result nobody will ask for (its loader moved elsewhere).
+function Group:drop(seq)
+  if seq <= self.collected then self.results[seq] = nil else self.discard[seq] = true end
+end
+
+function Group:release()
+  self.open = self.open - 1
+  if self.open == 0 and self.pool then
+    self.pool:close()
+    self.pool = nil
+  end
+end
+
+local function check_common(opts, what)
+  local workers = opts.workers or 2
+  if math.type(workers) ~= "integer" or workers < 1 then
+    fail("opts.workers must be an integer >= 1, got %s", tostring(workers))
+  end
+  local depth = opts.depth or what
+  if math.type(depth) ~= "integer" or depth < 1 then
+    fail("opts.depth must be an integer >= 1, got %s", tostring(depth))
+  end
+  return workers, depth
+end
+
+local function check_keys(opts, known)
+  for k in pairs(opts) do
+    local ok = false
+    for _, n in ipairs(known) do ok = ok or k == n end
+    if not ok then fail("unknown option '%s' (%s)", tostring(k), table.concat(known, ", ")) end
+  end
+end
+
+--- prefetch_loaders{loaders = {name = loader_spec, ...}, workers = 2, depth = 2,
+--   on_skip = function(vid, reason) or {name = function}} -> {name = PrefetchLoader}
+-- Several loaders (one per pre-training task) sharing one pool of `workers` threads; each keeps up
+-- to `depth` batches in flight. Specs that share one dataset spec table share the dataset (on the
+-- main thread and in each worker).
+function M.prefetch_loaders(opts)
+  if type(opts) ~= "table" then fail("expected an options table") end
+  check_keys(opts, {"loaders", "workers", "depth", "on_skip"})
+  local workers, depth = check_common(opts, 2)
+  if type(opts.loaders) ~= "table" or next(opts.loaders) == nil then
+    fail("opts.loaders must be a non-empty table {name = loader_spec}")
+  end
+  local sent, planners, datasets = {}, {}, {}
+  for key, spec in pairs(opts.loaders) do
+    if type(spec) ~= "table" then fail("opts.loaders[%s] must be a loader spec table", tostring(key)) end
+    local on_skip = spec.on_skip
+    if type(opts.on_skip) == "function" then on_skip = opts.on_skip end
+    if type(opts.on_skip) == "table" then on_skip = opts.on_skip[key] or on_skip end
+    if on_skip ~= nil and type(on_skip) ~= "function" then fail("on_skip of '%s' must be a function", tostring(key)) end
+    local copy = {}
+    for k, v in pairs(spec) do if k ~= "on_skip" then copy[k] = v end end
+    sent[key] = copy
+    local main = {}
+    for k, v in pairs(copy) do main[k] = v end
+    main.on_skip = on_skip
+    local ok, err = pcall(function()
+      local ds = datasets[spec.dataset]
+      if ds == nil then
+        ds = M.dataset_from_spec(spec.dataset)
+        datasets[spec.dataset] = ds
+      end
+      planners[key] = M.loader_from_spec(main, ds)
+    end)
+    if not ok then fail("loader '%s': %s", tostring(key), tostring(err)) end
+  end
+  local pool = core.worker_pool{n = workers, script = WORKER, init = sent, name = "=hero.data.PrefetchLoader worker"}
+  local group = setmetatable({pool = pool, collected = 0, results = {}, discard = {}, open = 0}, Group)
+  local out = {}
+  for key, planner in pairs(planners) do
+    group.open = group.open + 1
+    out[key] = setmetatable({loader = planner, dataset = planner.dataset, group = group, key = key, depth = depth,
+      workers = workers, inflight = {}, task = planner.task, stats = planner.stats, epoch = planner.epoch,
+      waited = 0, waits = 0}, Prefetch)
+  end
+  return out
+end
+
+--- PrefetchLoader{loader_spec = {dataset = {type =, ...}, task =, batch_size =, seed =, ...},
+--   workers = 2, depth = 4, on_skip = function(vid, reason)}
+-- loader_spec: hero.data.TaskLoader's options, plain values only (it is copied to every worker),
+-- except on_skip which may be given there or beside it (it runs on the main thread).
+-- depth: batches planned ahead (in flight); at least 1.
+function M.PrefetchLoader(opts)
+  if type(opts) ~= "table" then fail("expected an options table") end
+  check_keys(opts, {"loader_spec", "workers", "depth", "on_skip"})
+  local workers, depth = check_common(opts, 4)
+  if type(opts.loader_spec) ~= "table" then
+    fail("opts.loader_spec must be the TaskLoader's options with a dataset spec")
+  end
+  return M.prefetch_loaders{loaders = {opts.loader_spec}, workers = workers, depth = depth, on_skip = opts.on_skip}[1]
+end
+
+-- Plans and submits batches until `depth` are in flight.
+function Prefetch:_fill()
+  local inflight = self.inflight
+  while #inflight < self.depth do
+    local plan = self.loader:plan_next()
+    plan.job = self.group:submit(self.key, plan)
+    inflight[#inflight + 1] = plan
+  end
+end
+
+--- The next batch: the TaskLoader's next batch for the same spec, read ahead by the workers.
+function Prefetch:next()
+  if not self.group then fail("the loader is closed") end
+  local t0 = core._now()
+  local L = self.loader
+  local empty = 0
+  while true do
+    self:_fill()
+    local plan = table.remove(self.inflight, 1)
+    local res = self.group:get(plan.job)
+    self.epoch = plan.epoch
+    if self.dataset.stats and res.frames_dropped then
+      self.dataset.stats.frames_dropped = (self.dataset.stats.frames_dropped or 0) + res.frames_dropped
+    end
+    local batch = L:_record(res.batch, res.used, res.skipped)
+    if batch then
+      L.stats.batches = L.stats.batches + 1
+      self.last_ids = L.last_ids
+      self:_fill()
+      local dt = core._now() - t0
+      if self.waits == 0 then self.first_wait = dt end
+      self.waited = self.waited + dt
+      self.waits = self.waits + 1
+      return batch
+    end
+    empty = empty + 1
+    L:_check_empty(empty)
+  end
+end
+
+--- Seconds :next() has spent in all (waiting for workers, planning, submitting), the number of
+-- batches served and the seconds of the first of them (which waits for the pipeline to fill).
+function Prefetch:wait_seconds() return self.waited, self.waits, self.first_wait or 0 end
+
+--- The resumable position: TaskLoader:state() at the next batch to consume.
+function Prefetch:state()
+  local s = self.loader:state()
+  local first = self.inflight[1]
+  if first then
+    s.epoch, s.pos, s.epoch_start = first.before.epoch, first.before.pos, first.before.epoch_start
+  end
+  return s
+end
+
+--- Continues from a state() of a PrefetchLoader or TaskLoader with the same spec. Batches in
+-- flight are dropped when they arrive (errors included) and planned again from the new position.
+function Prefetch:set_state(s)
+  for _, plan in ipairs(self.inflight) do self.group:drop(plan.job) end
+  self.inflight = {}
+  self.loader:set_state(s)
+  self.stats = self.loader.stats
+  self.epoch = s.epoch
+end
+
+--- One pass in dataset order for validation (synchronous, on the main thread: TaskLoader:iter()).
+function Prefetch:iter() return self.loader:iter() end
+
+function Prefetch:__len() return #self.loader end
+
+--- Leaves the shared pool: the last loader of a pool to close stops the workers (joining them).
+-- Idempotent. The datasets are closed by the garbage collector (loaders may share them).
+function Prefetch:close()
+  if self.group then self.group:release() end
+  self.group, self.inflight = nil, {}
+end
+
+Prefetch.__close = Prefetch.close
+
+function Prefetch:__tostring()
+  return string.format("hero.data.PrefetchLoader(%s, %d shared workers, depth %d, %d in flight)", tostring(self.task),
+    self.workers, self.depth, #self.inflight)
+end
+
+M.PrefetchLoader_class = Prefetch
+
+return M
