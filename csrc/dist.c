@@ -70,10 +70,13 @@ static void busy_end(void) { atomic_store(&g_busy_since, 0); }
 
 /* The watchdog ends the job on purpose: the process is blocked inside MPI and cannot raise a Lua
  * error, and a stuck collective would otherwise keep every rank waiting forever. */
+static atomic_bool g_watchdog_stop;
+static pthread_t g_watchdog_thread;
+
 static void *watchdog_main(void *arg)
 {
     (void)arg;
-    for (;;) {
+    while (!atomic_load(&g_watchdog_stop)) {
         struct timespec nap = {0, 100 * 1000 * 1000};
         nanosleep(&nap, NULL);
         int64_t since = atomic_load(&g_busy_since), timeout = atomic_load(&g_timeout_ns);
@@ -88,6 +91,18 @@ static void *watchdog_main(void *arg)
     }
     return NULL;
 }
+
+/* The watchdog runs code of this library: it must be gone before the library is unloaded (Lua
+ * unloads C modules when its state closes), or it would wake up in unmapped memory. */
+static void stop_watchdog(void)
+{
+    if (!g_watchdog_started) return;
+    atomic_store(&g_watchdog_stop, true);
+    pthread_join(g_watchdog_thread, NULL);
+    g_watchdog_started = false;
+}
+
+__attribute__((destructor)) static void stop_watchdog_at_unload(void) { stop_watchdog(); }
 
 static int mpi_fail(int rc, const char *op)
 {
@@ -152,7 +167,7 @@ int hr_dist_init(double timeout_s)
         pthread_t th;
         if (pthread_create(&th, NULL, watchdog_main, NULL) != 0)
             return hr_fail(HR_EIO, "hero.dist.init: cannot start the watchdog thread");
-        pthread_detach(th);
+        g_watchdog_thread = th;
         g_watchdog_started = true;
     }
     return 0;

@@ -14,8 +14,8 @@
 --    same number of updates.
 -- 4. Evaluates both on held-out queries over held-out videos (rank the videos by the model's
 --    query-video score, localise start/end), beside a random-score baseline, and prints the table.
--- Writes DIR/results.json, DIR/loss_curves.svg and DIR/log.jsonl (default DIR: a new temporary
--- directory, printed at the end). --tiny runs a seconds-long version (used by spec/demo_spec.lua).
+-- Writes DIR/results.json, DIR/loss_curves.svg, DIR/tensorboard/ (event files) and DIR/log.jsonl
+-- (default DIR: a new temporary directory, printed at the end). --tiny runs a seconds-long version (used by spec/demo_spec.lua).
 local hero = require "hero"
 local S = hero.data.synthetic
 local train = hero.train
@@ -265,11 +265,23 @@ charts[#charts + 1] = {title = "VCMR fine-tuning loss (moving average)", xlabel 
   {name = "from scratch", points = hero.plot.smooth(curves.finetune["from scratch"], tiny and 1 or 10), dashed = true},
 }}
 hero.plot.write_svg(out .. "/loss_curves.svg", charts)
+-- the same curves as TensorBoard event files: tensorboard --logdir DIR/tensorboard
+do
+  local tb = hero.tensorboard.Writer(out .. "/tensorboard")
+  for t, c in pairs(curves.pretrain) do
+    for _, p in ipairs(c) do tb:add_scalar("pretrain/loss_" .. t, p[2], math.tointeger(p[1])) end
+  end
+  for name, c in pairs(curves.finetune) do
+    for _, p in ipairs(c) do tb:add_scalar("finetune/loss_" .. name:gsub("%W", "_"), p[2], math.tointeger(p[1])) end
+  end
+  tb:close()
+end
 results.seconds = now() - t_start
 json.write_file(out .. "/results.json", results, {indent = 1})
 local f = assert(io.open(out .. "/log.jsonl", "wb"))
 f:write(table.concat(log_lines, "\n"), "\n")
 f:close()
-say("== done in %.0f s: %s/results.json, %s/loss_curves.svg, %s/log.jsonl\n", results.seconds, out, out, out)
+say("== done in %.0f s: %s/results.json, %s/loss_curves.svg, %s/tensorboard, %s/log.jsonl\n", results.seconds,
+  out, out, out, out)
 if not opts.data and not opts.out then say("   (remove with: rm -r %s)\n", shell_quote(out)) end
 return results

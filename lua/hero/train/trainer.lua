@@ -372,6 +372,24 @@ function Trainer:write_log(rec)
   end
   self.log_file:write(json.encode(clean), "\n")
   self.log_file:flush()
+  -- the same scalars as TensorBoard events (out_dir/tensorboard/), read by TensorBoard as they come
+  if not self.tb then
+    self.tb = require("hero.tensorboard").Writer(self.out_dir .. "/tensorboard")
+  end
+  local step = math.tointeger(rec.step)
+  if step then
+    local function add(tag, v)
+      if type(v) == "number" and v == v and v ~= math.huge and v ~= -math.huge then self.tb:add_scalar(tag, v, step) end
+    end
+    if rec.task then add("loss/" .. rec.task, rec.loss) end
+    add("lr", rec.lr)
+    add("grad_norm", rec.grad_norm)
+    add("tokens_per_s", rec.tokens_per_s)
+    if type(rec.valid) == "table" then
+      for task, v in pairs(rec.valid) do add("valid/" .. task, v) end
+    end
+    self.tb:flush()
+  end
 end
 
 function Trainer:draw_progress(rec, stats)

@@ -1,0 +1,208 @@
+--- hero.tensorboard: TensorBoard event files written by hero (no TensorFlow needed).
+--
+-- An event file is a sequence of TFRecords: uint64 length, masked CRC-32C of the length, the bytes
+-- of one serialised `Event` protocol buffer, masked CRC-32C of those bytes. The first event holds
+-- file_version "brain.Event:2"; scalars are Event{wall_time, step, summary{value{tag, simple_value}}}.
+--   local tb = hero.tensorboard.Writer("runs/x")   -- runs/x/events.out.tfevents.<time>.<host>
+--   tb:add_scalar("loss/mlm", 2.31, step); tb:flush(); tb:close()
+local tensorboard = {}
+
+-- ------------------------------------------------------------------ CRC-32C (Castagnoli)
+
+local CRC_TABLE = {}
+for i = 0, 255 do
+  local c = i
+  for _ = 1, 8 do
+    if c & 1 == 1 then c = (c >> 1) ~ 0x82F63B78 else c = c >> 1 end
+  end
+  CRC_TABLE[i] = c
+end
+
+--- CRC-32C of a string (reflected, initial and final xor 0xFFFFFFFF).
+function tensorboard.crc32c(s)
+  local c = 0xFFFFFFFF
+  for i = 1, #s do
+    c = CRC_TABLE[(c ~ s:byte(i)) & 0xFF] ~ (c >> 8)
+  end
+  return c ~ 0xFFFFFFFF
+end
+
+--- TFRecord's masked CRC: rotate right by 15 bits and add 0xa282ead8 (mod 2^32).
+function tensorboard.masked_crc(s)
+  local c = tensorboard.crc32c(s)
+  return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+end
+
+--- One TFRecord around `data`.
+function tensorboard.record(data)
+  local len = string.pack("<I8", #data)
+  return len .. string.pack("<I4", tensorboard.masked_crc(len)) .. data ..
+    string.pack("<I4", tensorboard.masked_crc(data))
+end
+
+-- ------------------------------------------------------------------ protocol buffer encoding
+
+local function varint(n)
+  local out = {}
+  repeat
+    local b = n & 0x7F
+    n = n >> 7 -- logical shift: negative int64 values take 10 bytes, as protobuf encodes them
+    if n ~= 0 then b = b | 0x80 end
+    out[#out + 1] = string.char(b)
+  until n == 0
+  return table.concat(out)
+end
+
+local function key(field, wire) return varint((field << 3) | wire) end
+local function bytes_field(field, s) return key(field, 2) .. varint(#s) .. s end
+
+--- Event{wall_time = 1 (double), step = 2 (int64), file_version = 3 (string) | summary = 5 (Summary)}
+local function event(wall_time, step, body_field, body)
+  local s = key(1, 1) .. string.pack("<d", wall_time)
+  if step then s = s .. key(2, 0) .. varint(step) end
+  return s .. bytes_field(body_field, body)
+end
+
+--- Summary{value = 1 (repeated Value{tag = 1 (string), simple_value = 2 (float)})}
+local function scalar_summary(tag, value)
+  local v = bytes_field(1, tag) .. key(2, 5) .. string.pack("<f", value)
+  return bytes_field(1, v)
+end
+
+-- ------------------------------------------------------------------ writer
+
+local Writer = {}
+Writer.__index = Writer
+
+-- Seconds since the epoch; sub-second precision from the monotonic clock's fraction (TensorBoard
+-- only orders and displays these).
+local function wall_time()
+  local ok, core = pcall(require, "hero.core")
+  if ok and core._now then return os.time() + (core._now() % 1) end
+  return os.time()
+end
+
+--- Creates dir (if needed) and a new event file in it. opts.filename overrides the file name.
+function tensorboard.Writer(dir, opts)
+  opts = opts or {}
+  os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
+  local host = (io.popen("hostname 2>/dev/null"):read("l") or "hero"):gsub("[^%w%-%.]", "_")
+  local name = opts.filename or string.format("events.out.tfevents.%d.%s", os.time(), host)
+  local path = dir .. "/" .. name
+  local f, err = io.open(path, "wb")
+  if not f then error("tensorboard.Writer: cannot create " .. path .. ": " .. tostring(err), 2) end
+  local self = setmetatable({path = path, file = f}, Writer)
+  f:write(tensorboard.record(event(wall_time(), nil, 3, "brain.Event:2")))
+  f:flush()
+  return self
+end
+
+--- Appends a scalar point.
+function Writer:add_scalar(tag, value, step)
+  if not self.file then error("tensorboard.Writer: the writer is closed", 2) end
+  if type(tag) ~= "string" or type(value) ~= "number" or math.type(step) ~= "integer" then
+    error("tensorboard.Writer:add_scalar(tag, value, step): expected a string, a number and an integer", 2)
+  end
+  self.file:write(tensorboard.record(event(wall_time(), step, 5, scalar_summary(tag, value))))
+end
+
+function Writer:flush()
+  if self.file then self.file:flush() end
+end
+
+function Writer:close()
+  if self.file then
+    self.file:close()
+    self.file = nil
+  end
+end
+
+Writer.__close = Writer.close
+Writer.__gc = Writer.close
+
+--- Reads back the scalars of an event file: an array of {step, tag, value, wall_time} (for checks).
+function tensorboard.read_scalars(path)
+  local f = assert(io.open(path, "rb"))
+  local data = f:read("a")
+  f:close()
+  local out, pos = {}, 1
+  local function read_varint(s, p)
+    local n, shift = 0, 0
+    repeat
+      local b = s:byte(p)
+      if not b then error("tensorboard: truncated varint") end
+      n = n | ((b & 0x7F) << shift)
+      shift = shift + 7
+      p = p + 1
+    until b < 0x80
+    return n, p
+  end
+  while pos <= #data do
+    if pos + 11 > #data then error(string.format("tensorboard: truncated record at byte %d of %s", pos, path)) end
+    local len = string.unpack("<I8", data, pos)
+    local lcrc = string.unpack("<I4", data, pos + 8)
+    if lcrc ~= tensorboard.masked_crc(data:sub(pos, pos + 7)) then
+      error(string.format("tensorboard: bad length CRC at byte %d of %s", pos, path))
+    end
+    local body = data:sub(pos + 12, pos + 11 + len)
+    local dcrc = string.unpack("<I4", data, pos + 12 + len)
+    if #body ~= len or dcrc ~= tensorboard.masked_crc(body) then
+      error(string.format("tensorboard: bad data CRC at byte %d of %s", pos, path))
+    end
+    pos = pos + 16 + len
+    -- decode the fields we write
+    local p, ev = 1, {}
+    while p <= #body do
+      local k
+      k, p = read_varint(body, p)
+      local field, wire = k >> 3, k & 7
+      if wire == 0 then
+        ev[field], p = read_varint(body, p)
+      elseif wire == 1 then
+        ev[field] = string.unpack("<d", body, p)
+        p = p + 8
+      elseif wire == 2 then
+        local n
+        n, p = read_varint(body, p)
+        ev[field] = body:sub(p, p + n - 1)
+        p = p + n
+      else
+        error("tensorboard: unexpected wire type " .. wire)
+      end
+    end
+    if ev[5] then
+      local s = ev[5]
+      local q = 1
+      while q <= #s do
+        local k
+        k, q = read_varint(s, q)
+        local n
+        n, q = read_varint(s, q)
+        local v = s:sub(q, q + n - 1)
+        q = q + n
+        if k >> 3 == 1 then
+          local r, tag, value = 1, nil, nil
+          while r <= #v do
+            local kk
+            kk, r = read_varint(v, r)
+            if kk >> 3 == 1 then
+              local m
+              m, r = read_varint(v, r)
+              tag = v:sub(r, r + m - 1)
+              r = r + m
+            elseif kk >> 3 == 2 then
+              value = string.unpack("<f", v, r)
+              r = r + 4
+            else
+              error("tensorboard: unexpected field in Summary.Value")
+            end
+          end
+          out[#out + 1] = {step = ev[2] or 0, tag = tag, value = value, wall_time = ev[1]}
+        end
+      end
+    end
+  end
+  return out
+end
+
+return tensorboard

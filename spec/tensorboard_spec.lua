@@ -1,0 +1,39 @@
+local hero = require "hero"
+local helper = require "spec_helper"
+local tb = hero.tensorboard
+
+describe("TensorBoard event files", function()
+  it("uses CRC-32C and TFRecord's masked CRC", function()
+    assert.equal(0xE3069283, tb.crc32c("123456789")) -- the CRC-32C check value
+    assert.equal(0, tb.crc32c(""))
+    local rec = tb.record("abc")
+    assert.equal(8 + 4 + 3 + 4, #rec)
+    assert.equal(3, string.unpack("<I8", rec))
+    assert.equal(tb.masked_crc("abc"), string.unpack("<I4", rec, 16))
+  end)
+
+  it("writes scalars that read back with their steps and values", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local w = tb.Writer(dir)
+    for s = 1, 4 do w:add_scalar("loss/mlm", 1 / s, s) end
+    w:add_scalar("lr", 3e-5, 4)
+    w:close()
+    local got = tb.read_scalars(w.path)
+    assert.equal(5, #got)
+    assert.equal("loss/mlm", got[2].tag)
+    assert.equal(2, got[2].step)
+    assert.near(0.5, got[2].value, 1e-7)
+    assert.near(3e-5, got[5].value, 1e-12)
+    -- a flipped byte is caught by the CRC
+    local f = assert(io.open(w.path, "r+b"))
+    f:seek("set", 40)
+    local b = f:read(1)
+    f:seek("set", 40)
+    f:write(string.char((b:byte() + 1) % 256))
+    f:close()
+    helper.assert_error_contains(function() tb.read_scalars(w.path) end, "CRC")
+    helper.assert_error_contains(function() w:add_scalar("x", 1, 1) end, "closed")
+    os.execute("rm -r '" .. dir .. "'")
+  end)
+end)
