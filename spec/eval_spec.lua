@@ -488,3 +488,15 @@ describe("eval.caption", function()
     assert.is_nil(out.scores_x100.METEOR)
   end)
 end)
+
+describe("retrieval metrics refuse impossible windows", function()
+  -- (predicted windows may be inverted: the reference's index-decoding bug produces such windows, and
+  -- they simply never match)
+  it("names a ground-truth window whose start is after its end", function()
+    local sub = {video2idx = {a = 0}, VCMR = {{desc_id = 1, predictions = {{0, 1.0, 3.0, 0.9}}}}}
+    local gt = {{desc_id = 1, vid_name = "a", ts = {5.0, 2.0}, type = "v"}}
+    local ok, err = pcall(R.eval_retrieval, sub, gt)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("window {5.0, 2.0}", 1, true))
+  end)
+end)

@@ -170,6 +170,12 @@ local function judge(preds, gt_item, gt_vidx, iou_thds, max_pred)
       windows = {ts}
     end
   end
+  for _, w in ipairs(windows or {}) do
+    if type(w[1]) ~= "number" or type(w[2]) ~= "number" or w[1] ~= w[1] or w[2] ~= w[2] or w[1] > w[2] then
+      error(string.format("eval_retrieval: ground truth desc_id %s has the window {%s, %s}: expected numbers with "
+        .. "start <= end", tostring(gt_item.desc_id), tostring(w[1]), tostring(w[2])), 0)
+    end
+  end
   local thd32 = {}
   for t, thd in ipairs(iou_thds) do thd32[t] = f32(thd) end
   local gidx = f32(gt_vidx)
