@@ -171,11 +171,22 @@ static int l_gelu(lua_State *L)
     return 1;
 }
 
+static int l_erf(lua_State *L)
+{
+    hr_tensor *x = hr_lua_check_tensor(L, 1, "erf");
+    hr_tensor *y;
+    HR_LUA_RETRY(L, y, hr_erf(x));
+    if (!y) return hr_lua_error(L, "erf");
+    hr_lua_push_tensor(L, y);
+    return 1;
+}
+
 static const luaL_Reg module_functions[] = {
     {"layer_norm", l_layer_norm},
     {"embedding", l_embedding},
     {"cross_entropy", l_cross_entropy},
     {"gelu", l_gelu},
+    {"erf", l_erf},
     {"dropout", l_dropout},
     {"conv1d", l_conv1d},
     {"attention", l_attention},
@@ -186,6 +197,7 @@ static const luaL_Reg module_functions[] = {
 
 static const luaL_Reg tensor_methods[] = {
     {"gelu", l_gelu},
+    {"erf", l_erf},
     {NULL, NULL},
 };
 

@@ -1,11 +1,13 @@
 /* cpu/gelu.c — the erf form of GELU as one node: y = 0.5 x (1 + erf(x / sqrt 2)),
  * dy/dx = 0.5 (1 + erf(x / sqrt 2)) + x * exp(-x^2 / 2) / sqrt(2 pi). */
 #include <math.h>
+#include <string.h>
 
 #include "hr_autograd.h"
 #include "hr_cuda.h"
 #include "hr_nn.h"
 #include "hr_pointwise.h"
+#include "hr_erf.h"
 
 typedef struct {
     const void *x, *g;
@@ -17,9 +19,19 @@ static void gelu_forward_range(void *arg, int64_t begin, int64_t end)
 {
     const gelu_job *j = arg;
     if (j->dt == HR_F32) {
+        /* 8 lanes at a time with the vector erf; the tail is padded into one more vector (lanes
+         * are independent, so a value does not depend on where a thread's chunk starts) */
         const float *x = j->x;
         float *y = j->y;
-        for (int64_t i = begin; i < end; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+        for (int64_t i = begin; i < end; i += 8) {
+            size_t bytes = (size_t)(end - i < 8 ? end - i : 8) * sizeof(float);
+            hr_v8f v = hr_v8f_splat(0.0f);
+            if (bytes == sizeof v) memcpy(&v, x + i, sizeof v); /* fixed size: one vector load */
+            else memcpy(&v, x + i, bytes);
+            hr_v8f r = 0.5f * v * (1.0f + hr_erf_v8f(v * (float)M_SQRT1_2));
+            if (bytes == sizeof r) memcpy(y + i, &r, sizeof r);
+            else memcpy(y + i, &r, bytes);
+        }
     } else {
         const double *x = j->x;
         double *y = j->y;
@@ -32,12 +44,23 @@ static void gelu_backward_range(void *arg, int64_t begin, int64_t end)
     const gelu_job *j = arg;
     const double inv_sqrt_2pi = 0.3989422804014327;
     if (j->dt == HR_F32) {
+        /* e^(-x^2/2) = e^(-z^2) with z = x / sqrt 2 comes out of the erf for free */
         const float *x = j->x, *g = j->g;
         float *y = j->y;
-        for (int64_t i = begin; i < end; i++) {
-            float cdf = 0.5f * (1.0f + erff(x[i] * (float)M_SQRT1_2));
-            float pdf = (float)inv_sqrt_2pi * expf(-0.5f * x[i] * x[i]);
-            y[i] = g[i] * (cdf + x[i] * pdf);
+        for (int64_t i = begin; i < end; i += 8) {
+            size_t bytes = (size_t)(end - i < 8 ? end - i : 8) * sizeof(float);
+            hr_v8f v = hr_v8f_splat(0.0f), gv = hr_v8f_splat(0.0f), e;
+            if (bytes == sizeof v) {
+                memcpy(&v, x + i, sizeof v);
+                memcpy(&gv, g + i, sizeof gv);
+            } else {
+                memcpy(&v, x + i, bytes);
+                memcpy(&gv, g + i, bytes);
+            }
+            hr_v8f cdf = 0.5f * (1.0f + hr_erf_exp_v8f(v * (float)M_SQRT1_2, &e));
+            hr_v8f r = gv * (cdf + v * ((float)inv_sqrt_2pi * e));
+            if (bytes == sizeof r) memcpy(y + i, &r, sizeof r);
+            else memcpy(y + i, &r, bytes);
         }
     } else {
         const double *x = j->x, *g = j->g;
@@ -90,6 +113,87 @@ hr_tensor *hr_gelu(hr_tensor *x)
         if (!cuda) hr_parallel_for(hr_tensor_numel(x), 1 << 14, gelu_forward_range, &j);
         if (hr_should_record(1, &x)) {
             hr_node *node = hr_node_new("gelu", gelu_backward, 1, &x, 0);
+            if (!node || hr_node_save(node, xc) < 0) {
+                hr_node_release(node);
+                hr_tensor_release(y);
+                y = NULL;
+            } else {
+                hr_node_attach(node, y);
+            }
+        }
+    }
+    hr_tensor_release(xc);
+    return y;
+}
+
+/* erf itself, on the same vector code (the GELU kernels inline it). */
+typedef enum { ERF_VALUE, ERF_GRAD } erf_mode;
+
+typedef struct {
+    const void *x, *g;
+    void *y;
+    hr_dtype dt;
+    erf_mode mode;
+} erf_job;
+
+static void erf_range(void *arg, int64_t begin, int64_t end)
+{
+    const erf_job *j = arg;
+    const double two_over_sqrt_pi = 1.1283791670955126;
+    if (j->dt == HR_F32) {
+        const float *x = j->x, *g = j->g;
+        float *y = j->y;
+        for (int64_t i = begin; i < end; i += 8) {
+            size_t bytes = (size_t)(end - i < 8 ? end - i : 8) * sizeof(float);
+            hr_v8f v = hr_v8f_splat(0.0f), gv = hr_v8f_splat(0.0f), e, r;
+            memcpy(&v, x + i, bytes);
+            if (j->mode == ERF_VALUE) {
+                r = hr_erf_v8f(v);
+            } else {
+                memcpy(&gv, g + i, bytes);
+                /* d erf / dx = 2/sqrt(pi) e^(-x^2) */
+                hr_erf_exp_v8f(v, &e);
+                r = gv * ((float)two_over_sqrt_pi * e);
+            }
+            memcpy(y + i, &r, bytes);
+        }
+    } else {
+        const double *x = j->x, *g = j->g;
+        double *y = j->y;
+        for (int64_t i = begin; i < end; i++)
+            y[i] = j->mode == ERF_VALUE ? erf(x[i]) : g[i] * two_over_sqrt_pi * exp(-x[i] * x[i]);
+    }
+}
+
+static int erf_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    hr_tensor *x = hr_node_saved(node, 0);
+    if (!x) return -1;
+    hr_tensor *gc = hr_cast(grad, x->dtype); /* a contiguous copy */
+    if (!gc) return -1;
+    gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
+    if (gi[0]) {
+        erf_job j = {hr_tensor_data(x), hr_tensor_data(gc), hr_tensor_data(gi[0]), x->dtype, ERF_GRAD};
+        hr_parallel_for(hr_tensor_numel(x), 1 << 14, erf_range, &j);
+    }
+    hr_tensor_release(gc);
+    return gi[0] ? 0 : -1;
+}
+
+hr_tensor *hr_erf(hr_tensor *x)
+{
+    if (hr_tensor_check_live(x, "erf")) return NULL;
+    if (hr_tensor_device(x).type == HR_CUDA) return hr_cuda_unsupported_null("erf", x);
+    if (x->dtype != HR_F32 && x->dtype != HR_F64)
+        return hr_fail_null(HR_EINVAL, "erf: expected an f32 or f64 tensor, got %s", hr_dtype_name(x->dtype));
+    hr_tensor *xc = hr_contiguous(x);
+    if (!xc) return NULL;
+    hr_tensor *y = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
+    if (y) {
+        erf_job j = {hr_tensor_data(xc), NULL, hr_tensor_data(y), x->dtype, ERF_VALUE};
+        hr_parallel_for(hr_tensor_numel(x), 1 << 14, erf_range, &j);
+        if (hr_should_record(1, &x)) {
+            hr_node *node = hr_node_new("erf", erf_backward, 1, &x, 0);
             if (!node || hr_node_save(node, xc) < 0) {
                 hr_node_release(node);
                 hr_tensor_release(y);

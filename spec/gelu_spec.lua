@@ -1,0 +1,98 @@
+local hero = require "hero"
+local helper = require "spec_helper"
+local fx = helper.load_fixture("gelu.lua")
+
+-- Largest |actual - expected| / max(1, |x|)^scale_pow over the finite references.
+local function max_error(actual, expected, scale_pow)
+  local worst, at = 0, nil
+  for i, v in ipairs(actual) do
+    local r = expected[i]
+    if r == r and math.abs(r) ~= math.huge then
+      local e = math.abs(v - r) / math.max(1, math.abs(fx.x[i])) ^ (scale_pow or 0)
+      if not (e <= worst) then worst, at = e, fx.x[i] end -- luacheck: ignore 581 (a NaN error must count)
+    end
+  end
+  return worst, at
+end
+
+local function assert_bound(actual, expected, bound, scale_pow, what)
+  local worst, at = max_error(actual, expected, scale_pow)
+  assert(worst <= bound, string.format("%s: error %.3g at x = %.9g exceeds %.3g", what, worst, at or 0 / 0, bound))
+end
+
+describe("erf and the erf GELU", function()
+  it("f32 erf stays within 2e-7 of math.erf on a dense grid (tiny, denormal and tail values included)", function()
+    assert_bound(hero.erf(hero.tensor(fx.x)):totable(), fx.erf, 2e-7, 0, "erf")
+  end)
+
+  it("f32 erf keeps the sign of zero, the infinities' limits and NaN", function()
+    local y = hero.erf(hero.tensor {0, -0.0, 1 / 0, -1 / 0, 0 / 0, -1e-40, 1e-40}):totable()
+    assert.are.equal(1 / 0, 1 / y[1])
+    assert.are.equal(-1 / 0, 1 / y[2])
+    assert.are.equal(1, y[3])
+    assert.are.equal(-1, y[4])
+    assert.is_true(y[5] ~= y[5])
+    assert.is_true(y[6] < 0 and y[6] > -2e-40)
+    assert.is_true(y[7] > 0 and y[7] < 2e-40)
+  end)
+
+  it("f64 erf is libm's", function()
+    assert_bound(hero.erf(hero.tensor(fx.x, {dtype = "f64"})):totable(), fx.erf, 1e-15, 0, "f64 erf")
+  end)
+
+  it("erf has the derivative 2/sqrt(pi) exp(-x^2), and passes gradcheck", function()
+    local x = hero.tensor(fx.x):requires_grad_()
+    hero.erf(x):sum():backward()
+    assert_bound(x.grad:totable(), fx.derf, 2e-7, 0, "erf'")
+    local x64 = hero.tensor({-3, -1.2, -0.3, 0, 0.4, 1, 2.5}, {dtype = "f64"}):requires_grad_()
+    assert.is_true(hero.testing.gradcheck(hero.erf, {x64}))
+  end)
+
+  it("f32 gelu stays within 2e-7 max(1, |x|) of the reference, and its derivative within 2e-7", function()
+    local x = hero.tensor(fx.x):requires_grad_()
+    local y = hero.gelu(x)
+    assert_bound(y:totable(), fx.gelu, 2e-7, 1, "gelu")
+    y:sum():backward()
+    assert_bound(x.grad:totable(), fx.dgelu, 2e-7, 0, "gelu'")
+    local s = hero.gelu(hero.tensor {1 / 0, 0 / 0, -0.0}):totable()
+    assert.are.equal(1 / 0, s[1])
+    assert.is_true(s[2] ~= s[2])
+    assert.are.equal(0, s[3])
+  end)
+
+  it("gives every element the same value whatever its position (vector tails) and thread count", function()
+    local n = #fx.x
+    local full = hero.tensor(fx.x)
+    local ref_e, ref_g = hero.erf(full):totable(), hero.gelu(full):totable()
+    for _, len in ipairs {1, 7, 9, 13} do
+      for _, start in ipairs {1, 2, 5} do
+        local part = full:narrow(1, start, len)
+        local e, g = hero.erf(part):totable(), hero.gelu(part):totable()
+        for i = 1, len do
+          assert.are.equal(ref_e[start + i - 1], e[i])
+          assert.are.equal(ref_g[start + i - 1], g[i])
+        end
+      end
+    end
+    local big = hero.tensor(fx.x):tile(20)
+    local threads = hero.get_num_threads()
+    hero.set_num_threads(1)
+    local one = hero.gelu(big)
+    hero.set_num_threads(math.max(2, threads))
+    local many = hero.gelu(big)
+    hero.set_num_threads(threads)
+    assert.are.equal(n * 20, big:numel())
+    local a, b = one:totable(), many:totable()
+    for i = 1, #a do
+      if a[i] ~= b[i] then error(string.format("element %d: %.9g with 1 thread, %.9g with several", i, a[i], b[i])) end
+    end
+  end)
+
+  it("names the problem for other dtypes and freed tensors", function()
+    helper.assert_error_contains(function() hero.erf(hero.tensor({1, 2}, {dtype = "i64"})) end,
+      "erf", "f32 or f64", "i64")
+    local x = hero.ones(3)
+    x:free()
+    helper.assert_error_contains(function() hero.erf(x) end, "erf")
+  end)
+end)
