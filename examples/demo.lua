@@ -15,7 +15,8 @@
 -- 4. Evaluates both on held-out queries over held-out videos (rank the videos by the model's
 --    query-video score, localise start/end), beside a random-score baseline, and prints the table.
 -- Writes DIR/results.json, DIR/loss_curves.svg, DIR/tensorboard/ (event files) and DIR/log.jsonl
--- (default DIR: a new temporary directory, printed at the end). --tiny runs a seconds-long version (used by spec/demo_spec.lua).
+-- (default DIR: a new temporary directory, printed at the end). --tiny runs a seconds-long version
+-- (used by spec/demo_spec.lua).
 local hero = require "hero"
 local S = hero.data.synthetic
 local train = hero.train
