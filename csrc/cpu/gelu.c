@@ -93,6 +93,22 @@ static int gelu_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     return gi[0] ? 0 : -1;
 }
 
+/* Puts y's autograd node on the tape when x needs one; the node keeps xc (contiguous x) for its
+ * backward. Returns y, or NULL (y released) when the node cannot be made. */
+static hr_tensor *record_pointwise_node(hr_tensor *y, const char *op, hr_backward_fn backward, hr_tensor *x,
+                                        hr_tensor *xc)
+{
+    if (!hr_should_record(1, &x)) return y;
+    hr_node *node = hr_node_new(op, backward, 1, &x, 0);
+    if (!node || hr_node_save(node, xc) < 0) {
+        hr_node_release(node);
+        hr_tensor_release(y);
+        return NULL;
+    }
+    hr_node_attach(node, y);
+    return y;
+}
+
 hr_tensor *hr_gelu(hr_tensor *x)
 {
     if (hr_tensor_check_live(x, "gelu")) return NULL;
@@ -111,16 +127,7 @@ hr_tensor *hr_gelu(hr_tensor *x)
     if (y) {
         gelu_job j = {hr_tensor_data(xc), NULL, hr_tensor_data(y), x->dtype};
         if (!cuda) hr_parallel_for(hr_tensor_numel(x), 1 << 14, gelu_forward_range, &j);
-        if (hr_should_record(1, &x)) {
-            hr_node *node = hr_node_new("gelu", gelu_backward, 1, &x, 0);
-            if (!node || hr_node_save(node, xc) < 0) {
-                hr_node_release(node);
-                hr_tensor_release(y);
-                y = NULL;
-            } else {
-                hr_node_attach(node, y);
-            }
-        }
+        y = record_pointwise_node(y, "gelu", gelu_backward, x, xc);
     }
     hr_tensor_release(xc);
     return y;
@@ -192,16 +199,7 @@ hr_tensor *hr_erf(hr_tensor *x)
     if (y) {
         erf_job j = {hr_tensor_data(xc), NULL, hr_tensor_data(y), x->dtype, ERF_VALUE};
         hr_parallel_for(hr_tensor_numel(x), 1 << 14, erf_range, &j);
-        if (hr_should_record(1, &x)) {
-            hr_node *node = hr_node_new("erf", erf_backward, 1, &x, 0);
-            if (!node || hr_node_save(node, xc) < 0) {
-                hr_node_release(node);
-                hr_tensor_release(y);
-                y = NULL;
-            } else {
-                hr_node_attach(node, y);
-            }
-        }
+        y = record_pointwise_node(y, "erf", erf_backward, x, xc);
     }
     hr_tensor_release(xc);
     return y;
