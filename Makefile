@@ -68,7 +68,10 @@ lint: deps
 # with only the paths `luarocks path` gives, as a user would.
 ROCK_TREE ?= $(abspath $(BUILD))/rocktree
 ROCK_CHECK = local hero = require "hero"; print(hero.zeros(2, 2)); \
-             print("hero.core loaded from " .. package.searchpath("hero.core", package.cpath))
+             print("hero.core loaded from " .. package.searchpath("hero.core", package.cpath)); \
+             print("CUDA compiled: " .. tostring(hero.cuda.compiled()) .. ", GPUs: " .. hero.cuda.device_count()); \
+             local ok, err = pcall(hero.cuda.memory_stats); \
+             if not ok and tostring(err):find("could not be loaded", 1, true) then error(err, 0) end
 install-rock: deps
 	luarocks --lua-version=5.4 make hero-scm-1.rockspec --tree "$(ROCK_TREE)"
 	@cd / && unset LUA_PATH LUA_CPATH LUA_PATH_5_4 LUA_CPATH_5_4 && \
