@@ -1,5 +1,5 @@
 --- HERO pre-training step benchmark, with the same options and JSON output as the PyTorch baseline
--- (../shared/bench/hero_torch_bench.py, whose batch and configs it reproduces: 1 video of
+-- (hero_torch_bench.py, given with --paired, whose batch and configs it reproduces: 1 video of
 -- 20 subtitle rows x (3 frames + 30 tokens), 15% of tokens/frames masked).
 --
 --   lua5.4 examples/bench_pretrain.lua --config small --threads 1 --tasks mlm --modes fwd,fwdbwd,step --json out.json

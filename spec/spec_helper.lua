@@ -86,7 +86,7 @@ function helper.compare(actual, expected, tol)
   return true, worst_i and string.format("max error %g", worst) or ""
 end
 
---- Parity with the reference implementation's fixtures (../shared/fixtures/hero-smoke/config.json,
+--- Parity with the reference implementation's fixtures (spec/fixtures/hero-smoke/config.json,
 -- tolerances.recommended: 10x the spread seen between the reference in fp32 and in fp64).
 --   activations: max|mine - ref| <= rtol * max|ref|
 --   gradients:   the same with their rtol, or atol_rel * the file's scale for tensors that are
