@@ -28,6 +28,7 @@
  * the threads are joined and their states closed.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -589,11 +590,24 @@ static void report_ready(pool_core *pc, const char *err)
     pthread_mutex_unlock(&pc->lock);
 }
 
+/* Worker threads prepare data for the thread that computes. Under Linux's SCHED_BATCH policy a
+ * woken worker does not preempt that thread (it waits for its turn instead), so handing a worker
+ * a job costs the submitter a futex wake, not a slice of its CPU. Best effort: the policy needs no
+ * privilege, and where it is missing the workers simply run as normal threads. */
+static void deprioritise_worker_thread(void)
+{
+#ifdef SCHED_BATCH
+    struct sched_param sp = {.sched_priority = 0};
+    (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+#endif
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
     pool_core *pc = w->pc;
     hr_parallel_set_serial(true);
+    deprioritise_worker_thread();
     lua_State *L = luaL_newstate();
     if (!L) {
         msg_free(w->init);

@@ -1,14 +1,16 @@
 --- `make demo`: HERO end to end on a small embedded dataset, on the CPU, in a few minutes.
 --
 --   lua5.4 examples/demo.lua [--out DIR] [--data DIR] [--tiny] [--quiet] [--threads N (1)]
---                            [--pretrain-steps N] [--finetune-steps N] [--seed N]
+--                            [--workers N (2)] [--pretrain-steps N] [--finetune-steps N] [--seed N]
 --
 -- 1. Generates the synthetic video+subtitle world of hero.data.synthetic (objects, colours and
 --    actions with fixed feature prototypes; subtitles and queries about what is on screen) and
 --    writes it through hero's preprocessing into LMDB databases, which are read back with the
 --    normal readers.
 -- 2. Pre-trains a small HERO on the subtitled training videos with MLM, MFM-NCE, FOM and VSM
---    (hero.train: MetaLoader + Trainer), with a progress line.
+--    (hero.train: MetaLoader + Trainer), with a progress line. Its batches are read from the
+--    databases and collated by --workers threads (hero.data.prefetch_loaders) while the model
+--    computes; the summary line says how long the training step waited for them.
 -- 3. Fine-tunes it for video corpus moment retrieval (VCMR) on a few labelled queries, and
 --    fine-tunes the same architecture from the same initial weights WITHOUT pre-training for the
 --    same number of updates.
@@ -21,6 +23,7 @@ local hero = require "hero"
 local S = hero.data.synthetic
 local train = hero.train
 local json = hero.json
+local prefetch = require "hero.data.prefetch"
 
 local function usage(msg)
   io.stderr:write("demo: ", msg, "\n(see the comment at the top of examples/demo.lua)\n")
@@ -44,7 +47,7 @@ do
     end
   end
   local known = {out = 1, data = 1, tiny = 1, quiet = 1, threads = 1, ["pretrain-steps"] = 1, ["finetune-steps"] = 1,
-                 seed = 1}
+                 seed = 1, workers = 1}
   for k in pairs(opts) do if not known[k] then usage("unknown option --" .. k) end end
 end
 local function int_opt(name, default)
@@ -64,7 +67,7 @@ local P = {
     or {seed = seed, videos = 240, test_videos = 60, finetune_queries = 60},
   pretrain_steps = int_opt("pretrain-steps", tiny and 8 or 600),
   finetune_steps = int_opt("finetune-steps", tiny and 6 or 200),
-  batch = tiny and 4 or 12, ft_batch = tiny and 4 or 12,
+  batch = tiny and 4 or 12, ft_batch = tiny and 4 or 12, workers = int_opt("workers", 2),
   lr = 1e-3, ft_lr = 5e-4, hidden = tiny and 32 or 64,
 }
 
@@ -92,6 +95,7 @@ else
   S.write(data_dir, P.world)
 end
 local D = S.load(data_dir)
+local data_paths = S.paths(data_dir)
 local vocab = D.vocab
 local function videos_of(ids)
   local list = {}
@@ -155,16 +159,41 @@ local function log(rec) log_lines[#log_lines + 1] = json.encode(rec) end
 -- ------------------------------------------------------------------ 2. pre-training
 local curves = {pretrain = {}, finetune = {}}
 local tasks = {"mlm", "mfm-nce", "fom", "vsm"}
-local collates = {mlm = S.collate_mlm, ["mfm-nce"] = S.collate_mfm, fom = S.collate_fom, vsm = S.collate_vsm}
 local results = {config = {pretrain_steps = P.pretrain_steps, finetune_steps = P.finetune_steps, world = P.world,
                            hidden = H, batch = P.batch, params = nparams}}
 
 if P.pretrain_steps > 0 then
   say("== 2. pre-training (%s) for %d updates of %d videos\n", table.concat(tasks, ", "), P.pretrain_steps, P.batch)
-  local loaders = {}
+  -- The batches come from the databases on disk through the same pipeline as real data
+  -- (hero.data.VideoSubDataset + the reference's task collates), read and collated by a pool of
+  -- worker threads while the model computes.
+  local spec = {type = "VideoSubDataset", video_db = data_paths.video_db, sub_db = data_paths.sub_db,
+                max_clip_len = D.max_clip_len, ids = D.splits.pretrain}
+  local specs = {}
   for i, t in ipairs(tasks) do
-    loaders[t] = S.TaskLoader{items = pre_videos, batch_size = P.batch, collate = collates[t], feat_dim = D.feat_dim,
-                              seed = seed * 100 + i}
+    specs[t] = {dataset = spec, task = t, batch_size = P.batch, seed = seed * 100 + i, on_error = "error"}
+  end
+  local loaders
+  if P.workers > 0 then
+    loaders = hero.data.prefetch_loaders{loaders = specs, workers = P.workers, depth = 2}
+  else
+    -- --workers 0: the same batches made on the training thread, timed the same way
+    local ds = prefetch.dataset_from_spec(spec)
+    loaders = {}
+    for t, sp in pairs(specs) do
+      local l = prefetch.loader_from_spec(sp, ds)
+      local make, waited, served, first = l.next, 0, 0, 0
+      l.next = function(self)
+        local t0 = now()
+        local b = make(self)
+        local dt = now() - t0
+        if served == 0 then first = dt end
+        waited, served = waited + dt, served + 1
+        return b
+      end
+      l.wait_seconds = function() return waited, served, first end
+      loaders[t] = l
+    end
   end
   local meta = train.MetaLoader{tasks = loaders, ratios = {mlm = 2, ["mfm-nce"] = 2, fom = 1, vsm = 2}, order = tasks,
                                 accum = 1, generator = hero.Generator(seed + 2)}
@@ -191,6 +220,25 @@ if P.pretrain_steps > 0 then
     ::continue::
   end
   say("   %.1f s; loss (first -> last updates): %s\n", results.pretrain_seconds, table.concat(last, ", "))
+  -- How long the training step took to get its batch, and how much of that it was blocked on
+  -- workers that had not finished it. Each task's first batch also waits for the pipeline to fill,
+  -- so the steady-state figure leaves those out.
+  local waited, served, firsts, blocked = 0, 0, 0, 0
+  for _, t in ipairs(tasks) do
+    local w, n, f = loaders[t]:wait_seconds()
+    waited, served, firsts = waited + w, served + n, firsts + f
+    blocked = blocked + (loaders[t].blocked_seconds and loaders[t]:blocked_seconds() or w)
+    if loaders[t].close then loaders[t]:close() end
+  end
+  local steady = served > #tasks and (waited - firsts) / (served - #tasks) or 0
+  results.data = {workers = P.workers, wait_per_update = waited / math.max(1, served), wait_steady = steady,
+                  blocked_per_update = blocked / math.max(1, served), wait_first_batches = firsts,
+                  step_seconds = results.pretrain_seconds / P.pretrain_steps}
+  say("   data: %s; per update the step spent %.2f ms getting its batch, %.2f ms of it blocked on unfinished "
+    .. "batches (first batch of each task: %.0f ms in all); %.1f ms per update\n",
+    P.workers > 0 and string.format("%d worker threads", P.workers) or "batches made on the training thread",
+    1e3 * results.data.wait_per_update, 1e3 * results.data.blocked_per_update, 1e3 * firsts,
+    1e3 * results.data.step_seconds)
 end
 local pretrained_state = clone_state(model)
 

@@ -368,7 +368,7 @@ if rank == 0 then
     todo > 0 and dt / todo or 0, opts.out, trainer.global_step))
 end
 if train_ds then
-  local waited, served, firsts = 0, 0, 0
+  local waited, served, firsts, blocked = 0, 0, 0, 0
   for _, t in ipairs(tasks) do
     local l = task_loaders[t]
     local st = l.stats
@@ -377,14 +377,16 @@ if train_ds then
     if l.wait_seconds then
       local w, n, f = l:wait_seconds()
       waited, served, firsts = waited + w, served + n, firsts + f
+      blocked = blocked + (l.blocked_seconds and l:blocked_seconds() or w)
     end
   end
   if todo > 0 then
     -- the training step's wait for data; each task's first batch also waits for the pipeline to fill
     io.stderr:write(string.format("  data: %s, waited %.4f s per update (%.4f s per micro-batch; %.4f s per "
-      .. "update after each task's first batch, which took %.3f s in all)\n",
+      .. "update after each task's first batch, which took %.3f s in all; %.4f s per update blocked on "
+      .. "unfinished batches)\n",
       hps.workers > 0 and string.format("%d worker thread(s)", hps.workers) or "on the training thread",
-      waited / todo, served > 0 and waited / served or 0, (waited - firsts) / todo, firsts))
+      waited / todo, served > 0 and waited / served or 0, (waited - firsts) / todo, firsts, blocked / todo))
   end
   for _, t in ipairs(tasks) do
     if task_loaders[t].close then task_loaders[t]:close() end

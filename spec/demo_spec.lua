@@ -246,16 +246,25 @@ describe("hero.plot", function()
 end)
 
 describe("make demo", function()
-  it("runs end to end at tiny sizes", function()
-    local out = tmpdir("demo")
+  local function run_demo(out, ...)
     local saved, threads = _G.arg, hero.get_num_threads()
     local script = debug.getinfo(1, "S").source:match("^@(.*)/spec/demo_spec%.lua$") or "."
-    _G.arg = {[0] = "examples/demo.lua", "--tiny", "--quiet", "--out", out}
+    _G.arg = {[0] = "examples/demo.lua", "--tiny", "--quiet", "--out", out, ...}
     local ok, res = pcall(dofile, script .. "/examples/demo.lua")
     _G.arg = saved
     hero.set_num_threads(threads)
     assert.is_true(ok, tostring(res))
-    local r = json.read_file(out .. "/results.json")
+    return json.read_file(out .. "/results.json")
+  end
+
+  it("runs end to end at tiny sizes", function()
+    local out = tmpdir("demo")
+    local r = run_demo(out)
+    -- pre-training batches come from the databases through 2 worker threads, and the wait is reported
+    assert.are.equal(2, r.data.workers)
+    for _, k in ipairs {"wait_per_update", "wait_steady", "wait_first_batches", "step_seconds"} do
+      assert.is_true(type(r.data[k]) == "number" and r.data[k] >= 0, k)
+    end
     for _, k in ipairs {"pretrained", "scratch", "random"} do
       for _, m in ipairs {"r1", "r5", "r10"} do
         local v = r[k].VR[m]
@@ -276,5 +285,19 @@ describe("make demo", function()
       n = n + 1
     end
     assert.are.equal(8 + 6 + 6, n)
+  end)
+
+  it("trains on the same batches whether worker threads or the training thread make them", function()
+    local function losses(out)
+      local l = {}
+      for line in io.lines(out .. "/log.jsonl") do l[#l + 1] = json.decode(line).loss end
+      return l
+    end
+    local a, b = tmpdir("demo-w2"), tmpdir("demo-w0")
+    local ra = run_demo(a, "--workers", "2")
+    local rb = run_demo(b, "--workers", "0", "--data", a .. "/data")
+    assert.are.equal(0, rb.data.workers)
+    assert.are.same(losses(a), losses(b))
+    assert.are.same(ra.pretrained, rb.pretrained)
   end)
 end)

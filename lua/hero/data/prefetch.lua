@@ -5,7 +5,8 @@
 --     dataset = {type = "VideoSubDataset", video_db = "video_db/tv", sub_db = "txt_db/tv_subtitles.db"},
 --     task = "mlm", batch_size = 8, seed = 1, bucket = 4}}
 --   local batch = L:next()       -- the same batches, bit for bit, as TaskLoader with these options
---   print(L:wait_seconds())      -- time :next() spent waiting for data
+--   print(L:wait_seconds())      -- time :next() took in all (planning, hand-over, waiting)
+--   print(L:blocked_seconds())   -- of which blocked on batches the workers had not finished
 --
 -- The main thread keeps everything that decides the sequence: a TaskLoader built from the same
 -- spec plans each batch (its videos and its sampling seed, hero.data.loader's plan_next) and the
@@ -188,7 +189,7 @@ function M.prefetch_loaders(opts)
     group.open = group.open + 1
     out[key] = setmetatable({loader = planner, dataset = planner.dataset, group = group, key = key, depth = depth,
       workers = workers, inflight = {}, task = planner.task, stats = planner.stats, epoch = planner.epoch,
-      waited = 0, waits = 0}, Prefetch)
+      waited = 0, waits = 0, blocked = 0}, Prefetch)
   end
   return out
 end
@@ -227,7 +228,9 @@ function Prefetch:next()
   while true do
     self:_fill()
     local plan = table.remove(self.inflight, 1)
+    local tb = core._now()
     local res = self.group:get(plan.job)
+    self.blocked = self.blocked + (core._now() - tb)
     self.epoch = plan.epoch
     if self.dataset.stats and res.frames_dropped then
       self.dataset.stats.frames_dropped = (self.dataset.stats.frames_dropped or 0) + res.frames_dropped
@@ -251,6 +254,10 @@ end
 --- Seconds :next() has spent in all (waiting for workers, planning, submitting), the number of
 -- batches served and the seconds of the first of them (which waits for the pipeline to fill).
 function Prefetch:wait_seconds() return self.waited, self.waits, self.first_wait or 0 end
+
+--- Seconds :next() has spent blocked on a batch the workers had not finished yet: the part of
+-- wait_seconds() that faster or more workers would remove (the rest is planning and hand-over).
+function Prefetch:blocked_seconds() return self.blocked end
 
 --- The resumable position: TaskLoader:state() at the next batch to consume.
 function Prefetch:state()

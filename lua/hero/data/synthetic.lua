@@ -251,6 +251,13 @@ end
 
 --- Generates the world and writes it as extractor feature files and HERO databases under dir (see
 -- the module comment). Returns the world and the paths {video_db, sub_db, query_db}.
+--- Where S.write puts the databases of a world written to dir: {video_db =, sub_db =, query_db =}.
+function S.paths(dir)
+  dir = dir:gsub("/+$", "")
+  return {video_db = dir .. "/video_db/syn/resnet_slowfast_1.5", sub_db = dir .. "/txt_db/syn_subtitles.db",
+          query_db = dir .. "/txt_db/syn_queries.db"}
+end
+
 function S.write(dir, opts)
   local prepro = require "hero.data.prepro"
   local io_ = require "hero.io"
@@ -263,8 +270,7 @@ function S.write(dir, opts)
     io_.save_npz(rdir .. "/" .. v.vid .. ".npz", {features = v.resnet:half()})
     io_.save_npz(sdir .. "/" .. v.vid .. ".npz", {features = v.slowfast:half()})
   end
-  local paths = {video_db = dir .. "/video_db/syn/resnet_slowfast_1.5", sub_db = dir .. "/txt_db/syn_subtitles.db",
-                 query_db = dir .. "/txt_db/syn_queries.db"}
+  local paths = S.paths(dir)
   local rep = prepro.convert_video_db{resnet = rdir, slowfast = sdir, out = paths.video_db, strict = true,
                                       overwrite = opts and opts.overwrite}
   local lines = {}
@@ -296,9 +302,10 @@ function S.load(dir, opts)
   dir = dir:gsub("/+$", "")
   local data = require "hero.data"
   local max_clip_len = opts.max_clip_len or DEFAULTS.max_frames
-  local vdb <close> = data.open_video_db(dir .. "/video_db/syn/resnet_slowfast_1.5", {max_clip_len = max_clip_len})
-  local sdb <close> = data.open_txt_db(dir .. "/txt_db/syn_subtitles.db")
-  local qdb <close> = data.open_txt_db(dir .. "/txt_db/syn_queries.db")
+  local paths = S.paths(dir)
+  local vdb <close> = data.open_video_db(paths.video_db, {max_clip_len = max_clip_len})
+  local sdb <close> = data.open_txt_db(paths.sub_db)
+  local qdb <close> = data.open_txt_db(paths.query_db)
   local videos = {}
   for _, vid in ipairs(vdb:keys()) do
     local feats = vdb:get(vid)
