@@ -57,7 +57,14 @@ asan: deps
 demo: build
 	@$(call LUA_ENV,$(BUILD)) $(LUA) examples/demo.lua $(DEMO_ARGS)
 
+# The pre-training step against PyTorch (examples/bench_table.lua): TORCH_BENCH=path/to/the PyTorch
+# baseline script (hero_torch_bench.py; needs python3-torch); without it only hero's own rows.
+# BENCH_ARGS="--quick" (small config only), "--rounds N", "--markdown". bench-ops times single ops.
+TORCH_BENCH ?=
 bench: build
+	@$(call LUA_ENV,$(BUILD)) $(LUA) examples/bench_table.lua $(if $(TORCH_BENCH),--torch "$(TORCH_BENCH)") $(BENCH_ARGS)
+
+bench-ops: build
 	@$(call LUA_ENV,$(BUILD)) $(LUA) examples/bench_ops.lua
 
 lint: deps
@@ -85,4 +92,4 @@ clean:
 	$(MAKE) -C csrc clean
 	rm -rf "$(abspath $(FUZZ_BUILD))"
 
-.PHONY: all deps build test fuzz fuzz-smoke asan demo bench lint install-rock repl clean
+.PHONY: all deps build test fuzz fuzz-smoke asan demo bench bench-ops lint install-rock repl clean
