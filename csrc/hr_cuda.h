@@ -105,6 +105,25 @@ int hr_cuda_softmax(hr_tensor *t, int dim, bool log, hr_tensor *out);
 /* Whether every element of every tensor is finite (float dtypes); *all_finite receives the answer. */
 int hr_cuda_all_finite(hr_tensor *const *ts, int n, bool *all_finite);
 
+/* ------------------------------------------------------------------ NCCL (cuda/nccl.cu) */
+
+/* Collectives between processes on CUDA tensors (hero.dist); NCCL is loaded at run time. */
+#define HR_CUDA_NCCL_ID_BYTES 128
+typedef enum { HR_CUDA_NCCL_SUM = 0, HR_CUDA_NCCL_MAX = 2, HR_CUDA_NCCL_MIN = 3 } hr_cuda_nccl_op;
+/* Whether libnccl.so.2 (or HERO_NCCL_LIBRARY) can be loaded. */
+bool hr_cuda_nccl_available(void);
+/* A new communicator id (rank 0 makes it; every rank passes it to hr_cuda_nccl_init). */
+int hr_cuda_nccl_unique_id(unsigned char *out);
+/* This process's communicator: rank of world_size, on device dev. Idempotent for the same arguments. */
+int hr_cuda_nccl_init(int rank, int world_size, const unsigned char *id, int dev);
+int hr_cuda_nccl_device(void); /* the communicator's device, -1 without one */
+/* In place on a contiguous CUDA tensor on the communicator's device; returns when it is done. */
+int hr_cuda_nccl_all_reduce_(hr_tensor *t, int op);
+int hr_cuda_nccl_broadcast_(hr_tensor *t, int root);
+/* out (contiguous, world_size times in's elements) = every rank's in, in rank order. */
+int hr_cuda_nccl_all_gather(const hr_tensor *in, hr_tensor *out);
+void hr_cuda_nccl_finalize(void);
+
 /* ------------------------------------------------------------------ products (cuda/blas.cu) */
 
 /* out [batch..., m, n] (contiguous, a's dtype) = alpha * a @ b + beta * out, where a is [..., m, k]

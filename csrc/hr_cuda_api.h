@@ -4,7 +4,7 @@
  *
  * X(kind, ret, name, params, args), kind saying what a call returns while the backend cannot be
  * loaded: INT (an error naming why), PTR (NULL, same error), ZERO (0: no devices, nothing cached),
- * VOID, FALSE. */
+ * VOID, FALSE, NEG (-1: none). */
 #define HR_CUDA_API_LIST(X)                                                                                        \
     X(ZERO, int, device_count, (void), ())                                                                          \
     X(INT, int, check_device, (int dev, const char *op), (dev, op))                                                \
@@ -60,11 +60,19 @@
     X(INT, int, bernoulli, (hr_tensor *t, const uint32_t key[2], uint64_t block0, double p, bool invert),          \
       (t, key, block0, p, invert))                                                                                 \
     X(INT, int, uniform, (hr_tensor *t, const uint32_t key[2], uint64_t block0, double a, double b),               \
-      (t, key, block0, a, b))
+      (t, key, block0, a, b))                                                                                      \
+    X(FALSE, bool, nccl_available, (void), ())                                                                     \
+    X(INT, int, nccl_unique_id, (unsigned char *out), (out))                                                       \
+    X(INT, int, nccl_init, (int rank, int world_size, const unsigned char *id, int dev), (rank, world_size, id, dev)) \
+    X(NEG, int, nccl_device, (void), ())                                                                           \
+    X(INT, int, nccl_all_reduce_, (hr_tensor *t, int op), (t, op))                                                 \
+    X(INT, int, nccl_broadcast_, (hr_tensor *t, int root), (t, root))                                              \
+    X(INT, int, nccl_all_gather, (const hr_tensor *in, hr_tensor *out), (in, out))                                 \
+    X(VOID, void, nccl_finalize, (void), ())
 
 /* The table the backend module exports under HR_CUDA_API_SYMBOL; HR_CUDA_API_VERSION changes
  * whenever the list does, so a stale backend next to a newer core is refused. */
-#define HR_CUDA_API_VERSION 1
+#define HR_CUDA_API_VERSION 2
 #define HR_CUDA_API_SYMBOL "hr_cuda_backend_api"
 #define HR_CUDA_API_FIELD(kind, ret, name, params, args) ret(*name) params;
 typedef struct {

@@ -81,11 +81,13 @@ bool hr_cuda_compiled(void) { return true; }
 #define FALLBACK_ZERO return 0;
 #define FALLBACK_VOID return;
 #define FALLBACK_FALSE return false;
+#define FALLBACK_NEG return -1;
 #define CALL_INT(expr) return expr;
 #define CALL_PTR(expr) return expr;
 #define CALL_ZERO(expr) return expr;
 #define CALL_VOID(expr) expr;
 #define CALL_FALSE(expr) return expr;
+#define CALL_NEG(expr) return expr;
 
 #define FORWARD(kind, ret, name, params, args)                                                                         \
     ret hr_cuda_##name params                                                                                          \

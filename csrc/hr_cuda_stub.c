@@ -171,6 +171,34 @@ int hr_cuda_uniform(hr_tensor *t, const uint32_t key[2], uint64_t block0, double
     (void)key, (void)block0, (void)a, (void)b;
     return FAIL_T("uniform_", t);
 }
+bool hr_cuda_nccl_available(void) { return false; }
+int hr_cuda_nccl_unique_id(unsigned char *out)
+{
+    (void)out;
+    return hr_fail(HR_EDEVICE, "hero.dist: collectives on CUDA tensors: " NO_BACKEND);
+}
+int hr_cuda_nccl_init(int rank, int world_size, const unsigned char *id, int dev)
+{
+    (void)rank, (void)world_size, (void)id;
+    return hr_cuda_check_device(dev, "hero.dist.init");
+}
+int hr_cuda_nccl_device(void) { return -1; }
+int hr_cuda_nccl_all_reduce_(hr_tensor *t, int op)
+{
+    (void)t, (void)op;
+    return hr_cuda_nccl_unique_id(NULL);
+}
+int hr_cuda_nccl_broadcast_(hr_tensor *t, int root)
+{
+    (void)t, (void)root;
+    return hr_cuda_nccl_unique_id(NULL);
+}
+int hr_cuda_nccl_all_gather(const hr_tensor *in, hr_tensor *out)
+{
+    (void)in, (void)out;
+    return hr_cuda_nccl_unique_id(NULL);
+}
+void hr_cuda_nccl_finalize(void) {}
 #else
 /* ISO C forbids an empty translation unit. */
 typedef int hr_cuda_stub_unused;

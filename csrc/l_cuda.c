@@ -203,6 +203,81 @@ static int t_is_cuda(lua_State *L)
     return 1;
 }
 
+/* ------------------------------------------------------------------ NCCL (used by hero.dist) */
+
+static int c_nccl_available(lua_State *L)
+{
+    lua_pushboolean(L, hr_cuda_nccl_available());
+    return 1;
+}
+
+/* -> the 128 bytes of a new communicator id, as a string */
+static int c_nccl_unique_id(lua_State *L)
+{
+    unsigned char id[HR_CUDA_NCCL_ID_BYTES];
+    if (hr_cuda_nccl_unique_id(id)) return hr_lua_error(L, "hero.dist.init");
+    lua_pushlstring(L, (const char *)id, sizeof id);
+    return 1;
+}
+
+/* (rank 0-based, world_size, id string, device index 0-based) */
+static int c_nccl_init(lua_State *L)
+{
+    int rank = (int)luaL_checkinteger(L, 1), world = (int)luaL_checkinteger(L, 2);
+    size_t len;
+    const char *id = luaL_checklstring(L, 3, &len);
+    int dev = (int)luaL_checkinteger(L, 4);
+    if (len != HR_CUDA_NCCL_ID_BYTES)
+        return luaL_error(L, "hero.dist.init: an NCCL id has %d bytes, got %d", HR_CUDA_NCCL_ID_BYTES, (int)len);
+    if (hr_cuda_nccl_init(rank, world, (const unsigned char *)id, dev)) return hr_lua_error(L, "hero.dist.init");
+    return 0;
+}
+
+static int c_nccl_device(lua_State *L)
+{
+    int d = hr_cuda_nccl_device();
+    if (d < 0) lua_pushnil(L);
+    else lua_pushinteger(L, d);
+    return 1;
+}
+
+static int c_nccl_all_reduce_(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "hero.dist.all_reduce");
+    static const char *const names[] = {"sum", "max", "min", NULL};
+    static const int codes[] = {HR_CUDA_NCCL_SUM, HR_CUDA_NCCL_MAX, HR_CUDA_NCCL_MIN};
+    int op = luaL_checkoption(L, 2, "sum", names);
+    if (hr_cuda_nccl_all_reduce_(t, codes[op])) return hr_lua_error(L, "hero.dist.all_reduce");
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int c_nccl_broadcast_(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "hero.dist.broadcast");
+    int root = (int)luaL_checkinteger(L, 2);
+    if (hr_cuda_nccl_broadcast_(t, root)) return hr_lua_error(L, "hero.dist.broadcast");
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* (in, out) -> out */
+static int c_nccl_all_gather(lua_State *L)
+{
+    hr_tensor *in = hr_lua_check_tensor(L, 1, "hero.dist.all_gather");
+    hr_tensor *out = hr_lua_check_tensor(L, 2, "hero.dist.all_gather");
+    if (hr_cuda_nccl_all_gather(in, out)) return hr_lua_error(L, "hero.dist.all_gather");
+    lua_settop(L, 2);
+    return 1;
+}
+
+static int c_nccl_finalize(lua_State *L)
+{
+    (void)L;
+    hr_cuda_nccl_finalize();
+    return 0;
+}
+
 void hr_lua_open_cuda(lua_State *L, int module_idx, int methods_idx)
 {
     static const luaL_Reg cuda_fns[] = {
@@ -217,6 +292,14 @@ void hr_lua_open_cuda(lua_State *L, int module_idx, int methods_idx)
         {"set_allow_tf32", c_set_allow_tf32},
         {"allow_tf32", c_allow_tf32},
         {"all_finite", c_all_finite},
+        {"nccl_available", c_nccl_available},
+        {"_nccl_unique_id", c_nccl_unique_id},
+        {"_nccl_init", c_nccl_init},
+        {"_nccl_device", c_nccl_device},
+        {"_nccl_all_reduce_", c_nccl_all_reduce_},
+        {"_nccl_broadcast_", c_nccl_broadcast_},
+        {"_nccl_all_gather", c_nccl_all_gather},
+        {"_nccl_finalize", c_nccl_finalize},
         {NULL, NULL},
     };
     luaL_newlib(L, cuda_fns);

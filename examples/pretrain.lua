@@ -41,6 +41,8 @@
 --   --vfeat-dim N        frame feature size [fixture's, else 4352]
 --   --max-frm-seq-len N  frames per subtitle segment [fixture's, else 100]
 --   --quiet              no progress line on stderr
+--   --device D           where the model computes: cpu, cuda (with --dist: the GPU of the rank's index
+--                        on its node) or cuda:N [cpu]; batches are made on the CPU and moved there
 --   --dist               data-parallel over MPI (launch with mpirun): each rank reads its shard of the
 --                        videos, rank 0 logs and checkpoints (README "Data-parallel training")
 local hero = require "hero"
@@ -78,7 +80,7 @@ local function parse_args(argv)
                  "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every", "save-every",
                  "seed", "vfeat-dim", "max-frm-seq-len", "quiet", "vfeat-db", "sub-db", "max-clip-len",
                  "max-txt-len", "sub-ctx-len", "batch-size", "bucket", "mask-prob", "train-ids", "valid-ids",
-                 "on-error", "dist", "workers", "prefetch"}
+                 "on-error", "dist", "workers", "prefetch", "device"}
   local ok = {}
   for _, k in ipairs(known) do ok[k] = true end
   for k in pairs(opts) do if not ok[k] then usage("unknown option --" .. k) end end
@@ -334,6 +336,21 @@ train.set_dropout(model, hps.dropout)
 local init = opts.init or (opts.fixture and exists(opts.fixture .. "/weights.safetensors")
   and opts.fixture .. "/weights.safetensors")
 if init then model:load_state_dict(hero.load(init), {strict = false}) end
+local device = opts.device or "cpu"
+if device == "cuda" then
+  -- one GPU per rank: the rank's index among the ranks of its node (what mpirun calls local rank)
+  local ngpu = hero.cuda.device_count()
+  if ngpu == 0 then usage("--device cuda: no GPU is visible (hero.cuda.device_count() is 0)") end
+  local local_rank = tonumber(os.getenv("OMPI_COMM_WORLD_LOCAL_RANK") or os.getenv("MPI_LOCALRANKID")
+    or os.getenv("SLURM_LOCALID") or "") or rank
+  device = "cuda:" .. math.tointeger(local_rank % ngpu)
+elseif device ~= "cpu" and not device:match("^cuda:%d+$") then
+  usage("--device must be cpu, cuda or cuda:N, got '" .. device .. "'")
+end
+if device ~= "cpu" then
+  local ok, err = pcall(model.to, model, device)
+  if not ok then usage((tostring(err):gsub("^[^\n]-:%d+: ", ""))) end
+end
 
 local optimizer = hero.optim.AdamW(model:named_parameters(), {lr = hps.lr, betas = {0.9, 0.98}, eps = 1e-6,
   weight_decay = hps.weight_decay, no_decay = {"bias", "LayerNorm.bias", "LayerNorm.weight"}})
@@ -344,7 +361,7 @@ local trainer = train.Trainer{
   model = model, optimizer = optimizer, loader = meta, lr = hps.lr, warmup = hps.warmup, total = hps.total,
   grad_norm = hps.grad_norm, accum = hps.accum, valid_every = hps.valid_every, valid = valid,
   save_every = hps.save_every, out_dir = opts.out, progress = not opts.quiet,
-  dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil,
+  dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil, device = device,
 }
 
 local start = 0

@@ -476,4 +476,34 @@ describe("CUDA backend #cuda", function()
       assert.is_true(hero.cuda.memory_stats().num_oom_retries >= 1)
     end)
   end)
+
+  describe("HERO on the device", function()
+    it("pre-trains like on the CPU (Module:to, the Trainer moving batches, examples/pretrain.lua --device)",
+      function()
+        local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/cuda_spec%.lua$") or "."
+        local base = os.tmpname()
+        os.remove(base)
+        local function run(device)
+          local out = base .. "-" .. device:gsub(":", "")
+          local cmd = string.format("cd '%s' && LUA_PATH='%s' LUA_CPATH='%s' lua5.4 examples/pretrain.lua --fixture "
+            .. "spec/fixtures/hero-smoke --out '%s' --steps 3 --accum 1 --quiet --device %s 2>&1", root, package.path,
+            package.cpath, out, device)
+          local p = assert(io.popen(cmd))
+          local text = p:read("a")
+          local ok = p:close()
+          assert(ok, "pretrain.lua --device " .. device .. " failed:\n" .. text)
+          local ckpt = hero.load(out .. "/ckpt/step_3.safetensors")
+          hero.fs_rmtree(out)
+          return ckpt
+        end
+        local on_cpu, on_dev = run("cpu"), run(DEVICE)
+        local n = 0
+        for name, t in pairs(on_cpu) do
+          local ok, msg = helper.parity(on_dev[name], t, "params")
+          assert(ok, name .. ": " .. msg)
+          n = n + 1
+        end
+        assert.is_true(n > 50)
+      end)
+  end)
 end)

@@ -245,6 +245,25 @@ describe("hero.dist over MPI (2 ranks on the CPU)", function()
     assert.is_truthy(text:find("injected failure on rank 1", 1, true), text)
   end)
 
+  -- One rank per GPU (NCCL refuses two ranks on one device): 2 ranks where there are 2 GPUs, else 1.
+  it("runs the collectives on CUDA tensors through NCCL, as on CPU tensors #cuda", function()
+    local ngpu = hero.cuda.device_count()
+    if ngpu == 0 then
+      pending("no GPU")
+      return
+    end
+    local np = math.min(ngpu, 2)
+    local out = tmpdir .. "/nccl"
+    assert(os.execute("mkdir -p " .. sh_quote(out)))
+    local cmd = string.format("LUA_PATH=%s LUA_CPATH=%s timeout -k 5 300 mpirun -np %d --oversubscribe " ..
+      "--allow-run-as-root --bind-to none --mca btl_vader_single_copy_mechanism none lua5.4 %s nccl %s",
+      sh_quote(package.path), sh_quote(package.cpath), np, sh_quote(here .. "/dist/worker.lua"), sh_quote(out))
+    local status, text = run(cmd)
+    assert(status == 0, "the NCCL run failed:\n" .. text)
+    print(text:match("nccl all_reduce[^\n]*"))
+    for r = 0, np - 1 do assert.equal("ok\n", read(string.format("%s/done_rank%d.txt", out, r))) end
+  end)
+
   it("ends the job when a rank never joins a collective (watchdog)", function()
     local status, text, seconds = mpirun("hang", 60)
     assert.is_true(status ~= 0, "the job should fail:\n" .. text)

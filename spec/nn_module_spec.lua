@@ -57,4 +57,40 @@ describe("nn.Module", function()
     b:train()
     assert.is_true(b.LayerNorm.training)
   end)
+
+  it("moves and casts parameters and buffers, keeping ties, leaves and the module's fields", function()
+    local b = Block()
+    b.dense:register_parameter("weight", b.LayerNorm.weight) -- tied
+    b.dense.alias = b.dense.bias                            -- a plain field holding a parameter
+    b.LayerNorm.weight.grad = hero.ones(3)
+    local old_bias = b.dense.bias
+    assert.equal(b, b:to("cpu"))
+    assert.equal(old_bias, b.dense.bias) -- already there: the same tensors
+    b:to("f64")
+    for _, pair in ipairs(b:named_parameters()) do
+      local t = pair[2]
+      assert.equal("f64", t:dtype())
+      assert.is_true(t.requires_grad, pair[1])
+      assert.is_true(t.is_leaf, pair[1])
+      assert.is_nil(t.grad)
+    end
+    assert.equal(3, #b:parameters())
+    assert.equal(b.LayerNorm.weight, b.dense.weight)
+    assert.equal(b.dense._params.bias, b.dense.bias)
+    assert.equal(b.dense.bias, b.dense.alias)
+    assert.are_not.equal(old_bias, b.dense.bias)
+    assert.equal("i64", b.position_ids:dtype()) -- integer buffers keep their dtype
+    assert.equal("f64", b:state_dict()["dense.weight"]:dtype())
+    assert.equal("cpu", b:device())
+    -- the moved parameters train: gradients reach them
+    local y = (b.dense.weight * hero.tensor({1, 2, 3}, {dtype = "f64"})):sum()
+    y:backward()
+    assert.same({1, 2, 3}, b.LayerNorm.weight.grad:totable())
+    helper.assert_error_contains(function() b:to("i64") end, "Block: to: modules are cast to a floating dtype")
+    helper.assert_error_contains(function() b:to(3) end, "Block: to: expected a device")
+    if hero.cuda.device_count() == 0 then
+      helper.assert_error_contains(function() b:cuda() end, "cuda:0")
+      assert.equal("f64", b.dense.bias:dtype()) -- a failed move leaves the module usable on the CPU
+    end
+  end)
 end)

@@ -1,6 +1,7 @@
 --- hero.dist: data-parallel training over MPI (processes started by mpirun, one per rank).
 --
--- The collectives (hero.core.dist, in C) work in place on CPU tensors:
+-- The collectives (hero.core.dist, in C, over MPI) work in place on CPU tensors; on CUDA tensors
+-- they go through NCCL (one GPU per rank; the communicator is made on first use):
 --   dist.init([{timeout = 600}]) -> rank, world_size   (timeout: the watchdog, see below; 0 = off)
 --   dist.rank(), dist.world_size(), dist.available(), dist.is_initialized()
 --   dist.all_reduce(t [, "sum"|"mean"|"max"|"min"])  in place, f32/f64/i64/i32 ("mean": floats)
@@ -19,6 +20,127 @@ local autograd = require "hero.autograd"
 
 local dist = {}
 for name, fn in pairs(core.dist) do dist[name] = fn end
+local mpi_all_reduce, mpi_all_gather, mpi_broadcast = dist.all_reduce, dist.all_gather, dist.broadcast
+local mpi_finalize = dist.finalize
+
+-- ------------------------------------------------------------------ CUDA tensors: NCCL
+
+-- CUDA tensors go through NCCL (hero.cuda._nccl_*, loaded at run time); MPI still starts the
+-- job, carries the communicator's id from rank 0 to the others and checks that the ranks passed
+-- matching tensors, as it does for CPU tensors.
+local function is_cuda(t) return core.is_tensor(t) and t:device() ~= "cpu" end
+
+local DTYPE_CODE = {f32 = 1, f64 = 2, bf16 = 3, f16 = 4, i64 = 5, i32 = 6, u8 = 7, bool = 8}
+
+-- The NCCL communicator of this process, on t's device (made on first use, by every rank).
+local function nccl_ready(t, op)
+  if not dist.is_initialized() then error(op .. ": call hero.dist.init() first", 3) end
+  local dev = math.tointeger(t:device():match("^cuda:(%d+)$"))
+  local have = core.cuda._nccl_device()
+  if have == dev then return end
+  if have ~= nil then
+    error(string.format("%s: the tensor is on cuda:%d but this rank's NCCL communicator is on cuda:%d", op, dev, have),
+      3)
+  end
+  -- the 128-byte id travels as 32 i32 words (what MPI broadcasts here)
+  local words = core.zeros({32}, {dtype = "i32"})
+  if dist.rank() == 0 then
+    local id = core.cuda._nccl_unique_id()
+    local w = {}
+    for i = 1, 32 do w[i] = string.unpack("<i4", id, 4 * i - 3) end
+    words:copy_(core.tensor(w, {dtype = "i32"}))
+  end
+  mpi_broadcast(words, 0)
+  local parts = {}
+  for i, v in ipairs(words:totable()) do parts[i] = string.pack("<i4", v) end
+  core.cuda._nccl_init(dist.rank(), dist.world_size(), table.concat(parts), dev)
+end
+
+-- Checks over MPI that every rank passed a tensor with this dtype and (unless sizes_differ) this
+-- element count, so a mismatch is an error on every rank rather than a hang inside NCCL.
+local function check_matching(t, op, sizes_differ)
+  local code, n = DTYPE_CODE[t:dtype()], sizes_differ and 0 or t:numel()
+  local v = core.tensor({code, -code, n, -n}, {dtype = "i64"})
+  mpi_all_reduce(v, "max")
+  local m = v:totable()
+  if m[1] ~= code or -m[2] ~= code then error(op .. ": the ranks passed different tensors (dtypes differ)", 3) end
+  if m[3] ~= n or -m[4] ~= n then error(op .. ": the ranks passed different element counts", 3) end
+end
+
+--- all_reduce(t [, op]): in place; CUDA tensors through NCCL, CPU tensors through MPI.
+function dist.all_reduce(t, op)
+  if not is_cuda(t) then return mpi_all_reduce(t, op) end
+  op = op or "sum"
+  local what = "hero.dist.all_reduce"
+  if op ~= "sum" and op ~= "mean" and op ~= "max" and op ~= "min" then
+    error(string.format("%s: unknown reduction '%s' (sum, mean, max, min)", what, tostring(op)), 2)
+  end
+  local floating = t:dtype() == "f32" or t:dtype() == "f64" or t:dtype() == "bf16" or t:dtype() == "f16"
+  if op == "mean" and not floating then error(what .. ": 'mean' needs a floating tensor, got " .. t:dtype(), 2) end
+  nccl_ready(t, what)
+  check_matching(t, what)
+  local c = t:is_contiguous() and t or t:contiguous()
+  core.cuda._nccl_all_reduce_(c, op == "mean" and "sum" or op)
+  if op == "mean" then c:div_(dist.world_size()) end
+  if c ~= t then t:copy_(c) end
+  return t
+end
+
+--- broadcast(t [, root = 0]): in place.
+function dist.broadcast(t, root)
+  if not is_cuda(t) then return mpi_broadcast(t, root) end
+  local what = "hero.dist.broadcast"
+  nccl_ready(t, what)
+  check_matching(t, what)
+  local c = t:is_contiguous() and t or t:contiguous()
+  core.cuda._nccl_broadcast_(c, root or 0)
+  if c ~= t then t:copy_(c) end
+  return t
+end
+
+--- all_gather(t) -> tensor, counts: as for CPU tensors (sizes may differ; padded with zeros).
+function dist.all_gather(t)
+  if not is_cuda(t) then return mpi_all_gather(t) end
+  local what = "hero.dist.all_gather"
+  nccl_ready(t, what)
+  check_matching(t, what, true)
+  local world, nd = dist.world_size(), t:dim()
+  -- every rank's shape, over MPI (a 0-dim tensor counts as one element along dim 1)
+  local shape = nd == 0 and {1} or t:size()
+  local ndims = core.tensor({nd, -nd}, {dtype = "i64"})
+  mpi_all_reduce(ndims, "max")
+  local nmax = ndims:totable()
+  if nmax[1] ~= nd or -nmax[2] ~= nd then
+    error(what .. ": the ranks passed different tensors (numbers of dimensions differ)", 2)
+  end
+  local shapes = mpi_all_gather(core.tensor({shape}, {dtype = "i64"})):totable()
+  local maxsize, counts = {}, {}
+  for r = 1, world do
+    counts[r] = shapes[r][1]
+    for d = 1, #shape do maxsize[d] = math.max(maxsize[d] or 0, shapes[r][d]) end
+  end
+  -- pad this rank's tensor to the largest shape, gather, then keep each rank's rows
+  local padded = core.zeros(maxsize, {dtype = t:dtype(), device = t:device()})
+  local view = padded
+  for d = 1, #shape do view = view:narrow(d, 1, shape[d]) end
+  view:copy_(nd == 0 and t:reshape({1}) or t)
+  local out_shape = {world * maxsize[1]}
+  for d = 2, #maxsize do out_shape[d] = maxsize[d] end
+  local all = core.empty(out_shape, {dtype = t:dtype(), device = t:device()})
+  core.cuda._nccl_all_gather(padded, all)
+  local parts = {}
+  for r = 1, world do
+    if counts[r] > 0 then parts[#parts + 1] = all:narrow(1, (r - 1) * maxsize[1] + 1, counts[r]) end
+  end
+  local out = #parts > 0 and core.cat(parts, 1) or all:narrow(1, 1, 0)
+  return out, counts
+end
+
+--- finalize(): ends NCCL (when used) and MPI.
+function dist.finalize(...)
+  if core.cuda and core.cuda._nccl_device and core.cuda._nccl_device() ~= nil then core.cuda._nccl_finalize() end
+  return mpi_finalize(...)
+end
 
 --- The elements of list that rank `rank` of `world` reads: list[rank + 1], list[rank + 1 + world],
 -- ... (the reference's video_ids[rank::world]). rank and world default to this process's.
@@ -124,11 +246,12 @@ local function buckets(list)
   for _, t in ipairs(list) do
     local dt = t:dtype()
     if dt ~= "f64" then dt = "f32" end
-    if not by[dt] then
-      by[dt] = {dtype = dt, tensors = {}}
-      order[#order + 1] = by[dt]
+    local key = dt .. "@" .. t:device()
+    if not by[key] then
+      by[key] = {dtype = dt, device = t:device(), tensors = {}}
+      order[#order + 1] = by[key]
     end
-    local b = by[dt].tensors
+    local b = by[key].tensors
     b[#b + 1] = t
   end
   return order
@@ -163,7 +286,7 @@ function dist.average_gradients(params, extra)
   local means
   core.no_grad(function()
     local bs = buckets(tensors_of(params))
-    if #bs == 0 then bs = {{dtype = "f64", tensors = {}}} end
+    if #bs == 0 then bs = {{dtype = "f64", device = "cpu", tensors = {}}} end
     for bi, b in ipairs(bs) do
       local flags = {}
       local total = 0
@@ -177,7 +300,7 @@ function dist.average_gradients(params, extra)
       for i = 1, n_extra do tail[#tail + 1] = extra[i] end
       if total + #tail == 0 then return end
       -- the flat buffer: each gradient copied into its slice (zeros for a missing one), then the tail
-      local flat = core.empty({total + #tail}, {dtype = b.dtype})
+      local flat = core.empty({total + #tail}, {dtype = b.dtype, device = b.device})
       local pos = 0
       for _, t in ipairs(b.tensors) do
         local n = t:numel()
@@ -185,7 +308,7 @@ function dist.average_gradients(params, extra)
         if t.grad then dst:view(t:size()):copy_(t.grad) else dst:zero_() end
         pos = pos + n
       end
-      if #tail > 0 then flat:narrow(1, total + 1, #tail):copy_(core.tensor(tail, {dtype = b.dtype})) end
+      if #tail > 0 then flat:narrow(1, total + 1, #tail):copy_(core.tensor(tail, {dtype = b.dtype}):to(b.device)) end
       dist.all_reduce(flat, "mean")
       local off = 0
       local nparam = #b.tensors

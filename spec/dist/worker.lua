@@ -2,7 +2,8 @@
 --   mpirun -np 2 lua5.4 spec/dist/worker.lua MODE OUT_DIR
 -- MODE "main": the collectives, a VSM update and a data-parallel training run (with a resume), whose
 -- results the spec compares with one process; "fail": rank 1 raises an error while rank 0 waits in
--- a collective; "hang": rank 1 never reaches the collective rank 0 waits in (watchdog 1.5 s).
+-- a collective; "hang": rank 1 never reaches the collective rank 0 waits in (watchdog 1.5 s);
+-- "nccl": the collectives on CUDA tensors (one GPU per rank) against the same ones on CPU tensors.
 -- A failed check raises an error, which hero.dist.run turns into the end of the whole job.
 local here = debug.getinfo(1, "S").source:match("^@(.*)/dist/worker%.lua$") or "spec"
 package.path = here .. "/?.lua;" .. here .. "/../lua/?.lua;" .. here .. "/../lua/?/init.lua;" .. package.path
@@ -13,7 +14,7 @@ local train = hero.train
 
 local mode, out = arg[1], arg[2]
 if not mode or not out then
-  io.stderr:write("usage: worker.lua main|fail|hang OUT_DIR\n")
+  io.stderr:write("usage: worker.lua main|fail|hang|nccl OUT_DIR\n")
   os.exit(2)
 end
 
@@ -170,6 +171,70 @@ local function data_parallel(common, rank)
   end
 end
 
+-- ------------------------------------------------------------------ NCCL (CUDA tensors)
+
+-- The collectives on CUDA tensors give what they give on CPU tensors (one GPU per rank: rank r on
+-- cuda:r), then the time of an all-reduce of a 120M-element f32 gradient.
+local function nccl_collectives(rank, world)
+  local devname = "cuda:" .. rank
+  local function gpu(t) return t:to {device = devname} end
+  local function agree(g, c, what)
+    check(g:device() == devname, "%s: result on %s", what, g:device())
+    check(same(g:cpu(), c), "%s: %s vs %s", what, tostring(g:cpu()), tostring(c))
+  end
+  for _, op in ipairs {"sum", "mean", "max", "min"} do
+    local c = hero.tensor({1, 2, 3, -4}):mul(rank + 1)
+    local g = gpu(c)
+    dist.all_reduce(c, op)
+    dist.all_reduce(g, op)
+    agree(g, c, "all_reduce " .. op)
+  end
+  local ci = hero.tensor({rank, 7 - rank, 2 ^ 40 + rank}, {dtype = "i64"})
+  local gi = gpu(ci)
+  dist.all_reduce(ci, "max")
+  dist.all_reduce(gi, "max")
+  agree(gi, ci, "all_reduce max i64")
+  local base = gpu(hero.arange(6, {dtype = "f32"}):view(2, 3):add(rank))
+  dist.all_reduce(base:t())
+  agree(base, hero.arange(6, {dtype = "f32"}):view(2, 3):mul(world):add(world * (world - 1) / 2),
+    "all_reduce on a transposed view")
+  local ok, err = pcall(dist.all_reduce, gpu(hero.ones({3}, {dtype = "i64"})), "mean")
+  check(not ok and err:find("needs a floating tensor", 1, true), "mean on i64: %s", tostring(err))
+  local b = gpu(hero.tensor({rank + 1, rank * 2}, {dtype = "f64"}))
+  dist.broadcast(b, world - 1)
+  agree(b, hero.tensor({world, 2 * (world - 1)}, {dtype = "f64"}), "broadcast")
+  local cg, ccounts = dist.all_gather(hero.full({rank + 1, rank + 2}, rank + 1, {dtype = "i64"}))
+  local gg, gcounts = dist.all_gather(gpu(hero.full({rank + 1, rank + 2}, rank + 1, {dtype = "i64"})))
+  agree(gg, cg, "all_gather padded")
+  check(#gcounts == #ccounts and gcounts[world] == ccounts[world], "all_gather counts")
+  -- gradient averaging of CUDA parameters equals that of the same CPU parameters
+  local cp, gp = hero.zeros(3), gpu(hero.zeros(3))
+  cp.grad = hero.tensor({1, 2, 3}):mul(rank + 1)
+  gp.grad = gpu(cp.grad)
+  local cm = dist.average_gradients({{"p", cp}}, {rank + 1})
+  local gm = dist.average_gradients({{"p", gp}}, {rank + 1})
+  agree(gp.grad, cp.grad, "average_gradients")
+  check(cm[1] == gm[1], "average_gradients extras %s vs %s", cm[1], gm[1])
+  if world > 1 then
+    ok, err = pcall(dist.all_reduce, gpu(hero.ones(rank + 2)))
+    check(not ok and err:find("different element counts", 1, true), "mismatch: %s", tostring(err))
+  end
+  -- bandwidth: a 120M-parameter f32 gradient (480 MB), after one warm-up
+  local big = gpu(hero.ones(120000000))
+  dist.all_reduce(big)
+  hero.cuda.synchronize()
+  local t0 = hero.core._now()
+  local reps = 5
+  for _ = 1, reps do dist.all_reduce(big) end
+  hero.cuda.synchronize()
+  local s = (hero.core._now() - t0) / reps
+  if rank == 0 then
+    -- bus bandwidth as NCCL's tests define it for all-reduce: bytes * 2 (world - 1) / world / time
+    print(string.format("nccl all_reduce of 120M f32 on %d rank(s): %.2f ms, %.1f GB/s algorithm, %.1f GB/s bus",
+      world, s * 1e3, 480e6 / s / 1e9, world > 1 and 480e6 * 2 * (world - 1) / world / s / 1e9 or 0))
+  end
+end
+
 -- ------------------------------------------------------------------ modes
 
 dist.run(function()
@@ -180,6 +245,10 @@ dist.run(function()
     local common = require "dist.common"
     vsm_update(common, rank)
     data_parallel(common, rank)
+    write(string.format("%s/done_rank%d.txt", out, rank), "ok\n")
+  elseif mode == "nccl" then
+    local rank, world = dist.init {timeout = 120}
+    nccl_collectives(rank, world)
     write(string.format("%s/done_rank%d.txt", out, rank), "ok\n")
   elseif mode == "fail" then
     local rank = dist.init {timeout = 60}

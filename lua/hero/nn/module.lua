@@ -189,6 +189,71 @@ end
 
 function Module:evaluate() return self:train(false) end
 
+--- Moves (or casts) every parameter and buffer: `m:to("cuda:0")`, `m:to{device = "cuda:1", dtype =
+-- "bf16"}`, `m:to("f64")`; floating buffers follow the dtype, integer ones keep theirs. Parameters
+-- stay leaves that require gradients (their .grad is dropped), a tensor shared by several modules
+-- (tied weights) stays shared, and a tensor already where it should be is kept as it is. Make the
+-- optimizer after moving the model: it holds the tensors it was given. Returns the module.
+function Module:to(where)
+  local opts = where
+  if type(where) == "string" then
+    opts = (where == "cpu" or where:find("^cuda")) and {device = where} or {dtype = where}
+  elseif type(where) ~= "table" then
+    self:error("to: expected a device ('cpu', 'cuda:0'), a dtype or {device =, dtype =}, got %s", type(where))
+  end
+  local floating = {f32 = true, f64 = true, bf16 = true, f16 = true}
+  if opts.dtype ~= nil and not floating[opts.dtype] then
+    self:error("to: modules are cast to a floating dtype (f32, f64, bf16, f16), not '%s'", tostring(opts.dtype))
+  end
+  local moved = {}
+  local function move(t, is_param)
+    if moved[t] then return moved[t] end
+    local o = {device = opts.device or t:device()}
+    o.dtype = (opts.dtype and floating[t:dtype()]) and opts.dtype or t:dtype()
+    local r = t
+    if o.device ~= t:device() or o.dtype ~= t:dtype() then
+      r = core.no_grad(function() return t:detach():to(o) end)
+      if is_param then r:requires_grad_(true) end
+    end
+    moved[t] = r
+    return r
+  end
+  -- every copy first, so that a failure (out of device memory) leaves the module as it was
+  local ok, err = pcall(function()
+    for _, entry in ipairs(self:named_modules()) do
+      local m = entry[2]
+      for _, name in ipairs(m._param_order) do move(m._params[name], true) end
+      for _, name in ipairs(m._buffer_order) do
+        if core.is_tensor(m._buffers[name]) then move(m._buffers[name], false) end
+      end
+    end
+  end)
+  if not ok then
+    local msg = tostring(err):gsub("^[^\n]-:%d+: ", "")
+    self:error("%s", msg:find("^to: ") and msg or "to: " .. msg)
+  end
+  -- then every place that held a moved tensor (registrations, fields, tied references)
+  for _, entry in ipairs(self:named_modules()) do
+    local m = entry[2]
+    for _, tbl in ipairs {m._params, m._buffers, m} do
+      for k, v in pairs(tbl) do
+        if core.is_tensor(v) and moved[v] then tbl[k] = moved[v] end
+      end
+    end
+  end
+  return self
+end
+
+--- m:cuda([index 0]) = m:to("cuda:index"); m:cpu() = m:to("cpu").
+function Module:cuda(index) return self:to("cuda:" .. tostring(index or 0)) end
+function Module:cpu() return self:to("cpu") end
+
+--- The device of the first parameter ("cpu" for a module without parameters).
+function Module:device()
+  local p = self:parameters()[1]
+  return p and p:device() or "cpu"
+end
+
 --- Sets every parameter's .grad to nil.
 function Module:zero_grad()
   for _, p in ipairs(self:parameters()) do p.grad = nil end

@@ -132,11 +132,13 @@ end
 --- Trainer{model =, optimizer =, loader = MetaLoader, lr = base_lr, warmup =, total =,
 --   grad_norm = 1.0, accum = loader.accum, valid_every =, valid = {task = batches or loader},
 --   save_every =, out_dir =, log = true, progress = true, generator =, pad_id = 1,
---   required_fields =, forward_opts = function(task, step) -> opts or nil, dist = false, seed =}
+--   required_fields =, forward_opts = function(task, step) -> opts or nil, dist = false, seed =,
+--   device = the device of the model's first parameter}
 -- grad_norm <= 0 (or false) computes the norm without clipping. The optimizer's own lr_mul groups
 -- apply on top of the scheduled lr. generator: a hero.Generator used by the model (e.g. its dropout
 -- generator) when the model does not keep it on its modules; its state is checkpointed too.
--- A validation source is an array of batches or an object with :iter() (one pass).
+-- A validation source is an array of batches or an object with :iter() (one pass). Batches come
+-- from the loaders on the CPU and are moved to `device` (e.g. after model:cuda()) before forward.
 -- dist: true (or the options of hero.dist.init, e.g. {timeout = 600}) trains data-parallel over the
 -- ranks of an MPI job (see the top of this file). seed: seeds hero's default generator; with dist,
 -- each rank gets its own seed derived from it (hero.dist.rank_seed).
@@ -195,6 +197,9 @@ function Trainer.new(opts)
   }, Trainer)
   self.params = type(self.model.named_parameters) == "function" and self.model:named_parameters() or nil
   if not self.params then error("Trainer: opts.model has no named_parameters method", 2) end
+  -- where the model computes; batches (made on the CPU by the loaders) are moved there
+  self.device = opts.device or (self.params[1] and self.params[1][2]:device()) or "cpu"
+  if type(self.device) ~= "string" then error("Trainer: opts.device must be a device name such as 'cuda:0'", 2) end
   self.rank, self.world = 0, 1
   if opts.dist then
     local dist = require "hero.dist"
@@ -255,6 +260,23 @@ function Trainer:forward_options(task, step)
   return fopts
 end
 
+-- A batch with every tensor (at any depth of plain tables) on device; the same table on the CPU.
+local function batch_to(batch, device)
+  if device == "cpu" then return batch end
+  local seen = {}
+  local function walk(v)
+    if core.is_tensor(v) then return v:device() == device and v or v:to {device = device} end
+    if type(v) ~= "table" or getmetatable(v) ~= nil then return v end
+    if seen[v] then return seen[v] end
+    local out = {}
+    seen[v] = out
+    for k, x in pairs(v) do out[k] = walk(x) end
+    return out
+  end
+  return walk(batch)
+end
+Trainer.batch_to = batch_to
+
 --- Runs one optimizer update; returns the record that goes to log.jsonl.
 function Trainer:update()
   local t0 = now()
@@ -269,7 +291,7 @@ function Trainer:update()
     end
     self:check_batch(task, batch, mb)
     local fopts = self:forward_options(task, self.global_step + 1)
-    local out = self.model:forward(batch, task, fopts)
+    local out = self.model:forward(batch_to(batch, self.device), task, fopts)
     if type(out) ~= "table" or not core.is_tensor(out.loss) then
       error(string.format("Trainer: model:forward(batch, '%s') returned no loss tensor", task), 0)
     end
@@ -330,7 +352,9 @@ function Trainer:validate()
       for batch in iterate(self.valid[task]) do
         self:check_batch(task, batch, n + 1)
         local fopts = self:forward_options(task, self.global_step)
-        local loss = core.no_grad(function() return self.model:forward(batch, task, fopts).loss:item() end)
+        local loss = core.no_grad(function()
+          return self.model:forward(batch_to(batch, self.device), task, fopts).loss:item()
+        end)
         sum, n = sum + loss, n + 1
       end
       results[task] = sum / n
