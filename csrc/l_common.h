@@ -94,6 +94,10 @@ void hr_lua_open_text(lua_State *L, int module_idx, int methods_idx);       /* l
 void hr_lua_open_torchpt(lua_State *L, int module_idx, int methods_idx);    /* l_torchpt.c */
 void hr_lua_open_dist(lua_State *L, int module_idx, int methods_idx);       /* l_dist.c */
 void hr_lua_open_cuda(lua_State *L, int module_idx, int methods_idx);       /* l_cuda.c */
+void hr_lua_open_autocast(lua_State *L, int module_idx, int methods_idx);   /* l_autocast.c */
+/* The tensor argument at idx, replaced on the stack by its cast copy when autocast asks for one
+ * (kind: an hr_autocast_kind of hr_autocast.h). */
+hr_tensor *hr_lua_autocast(lua_State *L, int idx, int kind, const char *op);
 void hr_lua_open_workers(lua_State *L, int module_idx, int methods_idx);    /* l_workers.c */
 
 /* Autograd fields of tensors (t.grad, t.requires_grad, t.is_leaf, t.grad_fn); return 1 when handled. */

@@ -1,6 +1,7 @@
 /* l_linalg.c — Lua bindings of the matrix products (csrc/cpu/matmul.c). */
 #include <time.h>
 
+#include "hr_autocast.h"
 #include "hr_linalg.h"
 #include "hr_autograd.h"
 #include "hr_autograd_ops.h"
@@ -18,8 +19,8 @@ static int push_result(lua_State *L, hr_tensor *r, const char *op)
 
 static int binary(lua_State *L, const char *op, binary_fn fn)
 {
-    hr_tensor *a = hr_lua_check_tensor(L, 1, op);
-    hr_tensor *b = hr_lua_check_tensor(L, 2, op);
+    hr_tensor *a = hr_lua_autocast(L, 1, HR_AUTOCAST_LOWER, op);
+    hr_tensor *b = hr_lua_autocast(L, 2, HR_AUTOCAST_LOWER, op);
     hr_tensor *r;
     HR_LUA_RETRY(L, r, fn(a, b));
     return push_result(L, r, op);
@@ -74,9 +75,9 @@ static void opt_beta_alpha(lua_State *L, int idx, double *beta, double *alpha, c
 /* addmm(input, mat1, mat2[, beta[, alpha]]) = beta * input + alpha * (mat1 @ mat2). */
 static int add_product(lua_State *L, const char *op, add_fn fn)
 {
-    hr_tensor *c = hr_lua_check_tensor(L, 1, op);
-    hr_tensor *a = hr_lua_check_tensor(L, 2, op);
-    hr_tensor *b = hr_lua_check_tensor(L, 3, op);
+    hr_tensor *c = hr_lua_autocast(L, 1, HR_AUTOCAST_LOWER, op);
+    hr_tensor *a = hr_lua_autocast(L, 2, HR_AUTOCAST_LOWER, op);
+    hr_tensor *b = hr_lua_autocast(L, 3, HR_AUTOCAST_LOWER, op);
     double beta, alpha;
     opt_beta_alpha(L, 4, &beta, &alpha, op);
     hr_tensor *r;
@@ -110,9 +111,9 @@ static int l_baddbmm(lua_State *L) { return add_product(L, "baddbmm", hr_ag_badd
 /* linear(x, weight[, bias]) = x @ weight^T + bias, weight of shape out_features x in_features. */
 static int l_linear(lua_State *L)
 {
-    hr_tensor *x = hr_lua_check_tensor(L, 1, "linear");
-    hr_tensor *w = hr_lua_check_tensor(L, 2, "linear");
-    hr_tensor *bias = lua_isnoneornil(L, 3) ? NULL : hr_lua_check_tensor(L, 3, "linear");
+    hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_LOWER, "linear");
+    hr_tensor *w = hr_lua_autocast(L, 2, HR_AUTOCAST_LOWER, "linear");
+    hr_tensor *bias = lua_isnoneornil(L, 3) ? NULL : hr_lua_autocast(L, 3, HR_AUTOCAST_LOWER, "linear");
     hr_tensor *r;
     HR_LUA_RETRY(L, r, hr_ag_linear(x, w, bias));
     return push_result(L, r, "linear");

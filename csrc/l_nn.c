@@ -1,4 +1,5 @@
 /* l_nn.c — Lua bindings of the fused neural-network nodes (hero.nn.functional in Lua). */
+#include "hr_autocast.h"
 #include "hr_nn.h"
 #include "l_common.h"
 
@@ -10,7 +11,7 @@ static hr_tensor *opt_tensor(lua_State *L, int idx, const char *op)
 /* layer_norm(x, weight|nil, bias|nil, eps) */
 static int l_layer_norm(lua_State *L)
 {
-    hr_tensor *x = hr_lua_check_tensor(L, 1, "layer_norm");
+    hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "layer_norm");
     hr_tensor *w = opt_tensor(L, 2, "layer_norm");
     hr_tensor *b = opt_tensor(L, 3, "layer_norm");
     double eps = luaL_checknumber(L, 4);
@@ -39,7 +40,7 @@ static int l_embedding(lua_State *L)
  * reduction = "mean"|"sum"|"none"}]) */
 static int l_cross_entropy(lua_State *L)
 {
-    hr_tensor *x = hr_lua_check_tensor(L, 1, "cross_entropy");
+    hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "cross_entropy");
     hr_tensor *t = hr_lua_check_tensor(L, 2, "cross_entropy");
     lua_Integer ignore = -100;
     double smoothing = 0;
@@ -63,7 +64,7 @@ static int l_cross_entropy(lua_State *L)
 /* dropout(x, p[, training = true][, {generator = g}]) */
 static int l_dropout(lua_State *L)
 {
-    hr_tensor *x = hr_lua_check_tensor(L, 1, "dropout");
+    hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_CPU_F32, "dropout");
     double p = luaL_checknumber(L, 2);
     bool training = lua_isnoneornil(L, 3) ? true : lua_toboolean(L, 3);
     int oi = lua_istable(L, 4) ? 4 : 0;
@@ -83,9 +84,9 @@ static int l_dropout(lua_State *L)
 /* conv1d(x [N, C_in, L], weight [C_out, C_in, K][, bias][, padding = 0]) */
 static int l_conv1d(lua_State *L)
 {
-    hr_tensor *x = hr_lua_check_tensor(L, 1, "conv1d");
-    hr_tensor *w = hr_lua_check_tensor(L, 2, "conv1d");
-    hr_tensor *b = opt_tensor(L, 3, "conv1d");
+    hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_ATTENTION, "conv1d");
+    hr_tensor *w = hr_lua_autocast(L, 2, HR_AUTOCAST_ATTENTION, "conv1d");
+    hr_tensor *b = lua_isnoneornil(L, 3) ? NULL : hr_lua_autocast(L, 3, HR_AUTOCAST_ATTENTION, "conv1d");
     lua_Integer pad = luaL_optinteger(L, 4, 0);
     hr_tensor *y;
     HR_LUA_RETRY(L, y, hr_conv1d(x, w, b, pad));
@@ -97,9 +98,9 @@ static int l_conv1d(lua_State *L)
 /* attention(q, k, v, mask|nil, heads[, {dropout = p, training = bool, generator = g}]) */
 static int l_attention(lua_State *L)
 {
-    hr_tensor *q = hr_lua_check_tensor(L, 1, "attention");
-    hr_tensor *k = hr_lua_check_tensor(L, 2, "attention");
-    hr_tensor *v = hr_lua_check_tensor(L, 3, "attention");
+    hr_tensor *q = hr_lua_autocast(L, 1, HR_AUTOCAST_ATTENTION, "attention");
+    hr_tensor *k = hr_lua_autocast(L, 2, HR_AUTOCAST_ATTENTION, "attention");
+    hr_tensor *v = hr_lua_autocast(L, 3, HR_AUTOCAST_ATTENTION, "attention");
     hr_tensor *mask = opt_tensor(L, 4, "attention");
     lua_Integer heads = luaL_checkinteger(L, 5);
     double p = 0;
@@ -134,8 +135,8 @@ static hr_reduction opt_reduction(lua_State *L, int idx)
 /* binary_cross_entropy_with_logits(x, y[, {weight = w, reduction = "mean"}]) */
 static int l_bce_with_logits(lua_State *L)
 {
-    hr_tensor *x = hr_lua_check_tensor(L, 1, "binary_cross_entropy_with_logits");
-    hr_tensor *y = hr_lua_check_tensor(L, 2, "binary_cross_entropy_with_logits");
+    hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "binary_cross_entropy_with_logits");
+    hr_tensor *y = hr_lua_autocast(L, 2, HR_AUTOCAST_F32, "binary_cross_entropy_with_logits");
     hr_tensor *w = NULL;
     if (lua_istable(L, 3)) {
         lua_getfield(L, 3, "weight");
@@ -152,8 +153,8 @@ static int l_bce_with_logits(lua_State *L)
 /* mse_loss(x, y[, {reduction = "mean"}]) */
 static int l_mse_loss(lua_State *L)
 {
-    hr_tensor *x = hr_lua_check_tensor(L, 1, "mse_loss");
-    hr_tensor *y = hr_lua_check_tensor(L, 2, "mse_loss");
+    hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "mse_loss");
+    hr_tensor *y = hr_lua_autocast(L, 2, HR_AUTOCAST_F32, "mse_loss");
     hr_tensor *r;
     HR_LUA_RETRY(L, r, hr_mse_loss(x, y, opt_reduction(L, 3)));
     if (!r) return hr_lua_error(L, "mse_loss");
@@ -163,7 +164,7 @@ static int l_mse_loss(lua_State *L)
 
 static int l_gelu(lua_State *L)
 {
-    hr_tensor *x = hr_lua_check_tensor(L, 1, "gelu");
+    hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_CPU_F32, "gelu");
     hr_tensor *y;
     HR_LUA_RETRY(L, y, hr_gelu(x));
     if (!y) return hr_lua_error(L, "gelu");

@@ -18,6 +18,7 @@
 
 #include "hr_reduce.h"
 #include "hr_autograd_ops.h"
+#include "hr_autocast.h"
 #include "l_common.h"
 
 static bool opt_bool(lua_State *L, int idx, bool def, const char *op, const char *what)
@@ -169,8 +170,19 @@ static int l_norm(lua_State *L)
     }
 DIM_OP(cumsum, true)
 DIM_OP(cumprod, true)
-DIM_OP(softmax, false)
-DIM_OP(log_softmax, false)
+
+/* softmax / log_softmax run in f32 under autocast (hr_autocast.h) */
+#define SOFTMAX_OP(NAME)                                                                         \
+    static int l_##NAME(lua_State *L)                                                            \
+    {                                                                                            \
+        hr_tensor *t = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, #NAME);                            \
+        int dim = lua_isnoneornil(L, 2) ? -1 : hr_lua_check_dim(L, 2, t->ndim, #NAME);           \
+        hr_tensor *r;                                                                            \
+        HR_LUA_RETRY(L, r, hr_ag_##NAME(t, dim));                                                \
+        return push_result(L, r, #NAME);                                                         \
+    }
+SOFTMAX_OP(softmax)
+SOFTMAX_OP(log_softmax)
 
 static int l_sort(lua_State *L)
 {

@@ -41,6 +41,8 @@
 --   --vfeat-dim N        frame feature size [fixture's, else 4352]
 --   --max-frm-seq-len N  frames per subtitle segment [fixture's, else 100]
 --   --quiet              no progress line on stderr
+--   --amp bf16|f16       mixed precision: forward under hero.amp.autocast (f32 master weights); f16
+--                        scales each task's loss with its own GradScaler [off]
 --   --device D           where the model computes: cpu, cuda (with --dist: the GPU of the rank's index
 --                        on its node) or cuda:N [cpu]; batches are made on the CPU and moved there
 --   --dist               data-parallel over MPI (launch with mpirun): each rank reads its shard of the
@@ -80,7 +82,7 @@ local function parse_args(argv)
                  "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every", "save-every",
                  "seed", "vfeat-dim", "max-frm-seq-len", "quiet", "vfeat-db", "sub-db", "max-clip-len",
                  "max-txt-len", "sub-ctx-len", "batch-size", "bucket", "mask-prob", "train-ids", "valid-ids",
-                 "on-error", "dist", "workers", "prefetch", "device"}
+                 "on-error", "dist", "workers", "prefetch", "device", "amp"}
   local ok = {}
   for _, k in ipairs(known) do ok[k] = true end
   for k in pairs(opts) do if not ok[k] then usage("unknown option --" .. k) end end
@@ -336,6 +338,7 @@ train.set_dropout(model, hps.dropout)
 local init = opts.init or (opts.fixture and exists(opts.fixture .. "/weights.safetensors")
   and opts.fixture .. "/weights.safetensors")
 if init then model:load_state_dict(hero.load(init), {strict = false}) end
+if opts.amp and opts.amp ~= "bf16" and opts.amp ~= "f16" then usage("--amp must be bf16 or f16") end
 local device = opts.device or "cpu"
 if device == "cuda" then
   -- one GPU per rank: the rank's index among the ranks of its node (what mpirun calls local rank)
@@ -361,7 +364,7 @@ local trainer = train.Trainer{
   model = model, optimizer = optimizer, loader = meta, lr = hps.lr, warmup = hps.warmup, total = hps.total,
   grad_norm = hps.grad_norm, accum = hps.accum, valid_every = hps.valid_every, valid = valid,
   save_every = hps.save_every, out_dir = opts.out, progress = not opts.quiet,
-  dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil, device = device,
+  dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil, device = device, amp = opts.amp,
 }
 
 local start = 0

@@ -483,16 +483,20 @@ describe("CUDA backend #cuda", function()
         local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/cuda_spec%.lua$") or "."
         local base = os.tmpname()
         os.remove(base)
-        local function run(device)
-          local out = base .. "-" .. device:gsub(":", "")
+        local losses = {}
+        local function run(device, amp_dtype)
+          local out = base .. "-" .. device:gsub(":", "") .. (amp_dtype or "")
           local cmd = string.format("cd '%s' && LUA_PATH='%s' LUA_CPATH='%s' lua5.4 examples/pretrain.lua --fixture "
-            .. "spec/fixtures/hero-smoke --out '%s' --steps 3 --accum 1 --quiet --device %s 2>&1", root, package.path,
-            package.cpath, out, device)
+            .. "spec/fixtures/hero-smoke --out '%s' --steps 3 --accum 1 --quiet --device %s%s 2>&1", root, package.path,
+            package.cpath, out, device, amp_dtype and (" --amp " .. amp_dtype) or "")
           local p = assert(io.popen(cmd))
           local text = p:read("a")
           local ok = p:close()
           assert(ok, "pretrain.lua --device " .. device .. " failed:\n" .. text)
           local ckpt = hero.load(out .. "/ckpt/step_3.safetensors")
+          local l = {}
+          for line in io.lines(out .. "/log.jsonl") do l[#l + 1] = hero.json.decode(line).loss end
+          losses[device .. (amp_dtype or "")] = l
           hero.fs_rmtree(out)
           return ckpt
         end
@@ -504,6 +508,12 @@ describe("CUDA backend #cuda", function()
           n = n + 1
         end
         assert.is_true(n > 50)
+        -- bf16 autocast on the device: the same losses within bf16's precision
+        run(DEVICE, "bf16")
+        for i, l in ipairs(losses.cpu) do
+          local lb = losses[DEVICE .. "bf16"][i]
+          assert.is_true(math.abs(lb - l) <= 0.02 * math.abs(l), string.format("update %d: %g vs %g", i, lb, l))
+        end
       end)
   end)
 end)

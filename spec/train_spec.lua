@@ -329,6 +329,52 @@ describe("Trainer", function()
     assert.same({1, 2, 3, 4, 5, 6}, steps)
   end)
 
+  it("trains in mixed precision: bf16 autocast, f16 with a loss scaler per task, resumed bit for bit", function()
+    local function setup_run(out, seeds, amp_dtype)
+      hero.manual_seed(seeds.default)
+      local m = model(0.1, hero.Generator(seeds.dropout), 0.5)
+      local meta = train.MetaLoader{tasks = task_loaders {"mlm", "mfm-nce", "fom", "vsm"},
+        ratios = {mlm = 2, ["mfm-nce"] = 2, fom = 1, vsm = 2}, accum = 2, generator = hero.Generator(seeds.meta)}
+      local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 2, total = 10,
+        save_every = 100, out_dir = out, progress = false, amp = amp_dtype}
+      return tr, m
+    end
+    local seeds = {default = 1, dropout = 2, meta = 3}
+    local f32_run = setup_run(tmpdir .. "/amp32", seeds)
+    local rec32 = f32_run:train(2)
+    local bf_run = setup_run(tmpdir .. "/ampbf", seeds, "bf16")
+    local recbf = bf_run:train(2)
+    for i = 1, 2 do
+      assert.equal(rec32[i].task, recbf[i].task)
+      assert.is_true(math.abs(recbf[i].loss - rec32[i].loss) <= 0.02 * math.abs(rec32[i].loss), "bf16 loss")
+      assert.is_true(recbf[i].loss ~= rec32[i].loss) -- really computed in bf16
+      assert.is_nil(recbf[i].loss_scale)
+    end
+    -- f16: the first update of each task overflows at 2^16 and is skipped; the scale halves, per task
+    local full, m_full = setup_run(tmpdir .. "/amp16", seeds, "f16")
+    local rec = full:train(6)
+    local seen = {}
+    for _, r in ipairs(rec) do
+      assert.is_number(r.loss_scale)
+      if not seen[r.task] then assert.equal(65536, r.loss_scale) end
+      seen[r.task] = true
+    end
+    for task, sc in pairs(full.scalers) do assert.is_true(seen[task] ~= nil and sc:get_scale() <= 65536) end
+    local first = setup_run(tmpdir .. "/amp16r", seeds, "f16")
+    first:train(3)
+    local second, m_second = setup_run(tmpdir .. "/amp16r", {default = 101, dropout = 102, meta = 103}, "f16")
+    assert.equal(3, second:resume(tmpdir .. "/amp16r"))
+    local rec_second = second:train(3)
+    assert_same_params(m_full, m_second)
+    for i = 1, 3 do
+      assert.equal(rec[i + 3].loss, rec_second[i].loss)
+      assert.equal(rec[i + 3].loss_scale, rec_second[i].loss_scale)
+      assert.equal(rec[i + 3].skipped, rec_second[i].skipped)
+    end
+    helper.assert_error_contains(function() setup_run(tmpdir .. "/x", seeds, "f32") end,
+      "opts.amp must be 'bf16', 'f16' or nil")
+  end)
+
   it("leaves the previous checkpoint and latest intact when a save fails", function()
     local out = tmpdir .. "/fail"
     local m = model(0)

@@ -1,5 +1,13 @@
 --- hero.amp: mixed-precision training helpers.
 --
+-- autocast(dtype, fn, ...) runs fn(...) with autocast on: the matrix products (linear, matmul, mm,
+-- bmm, addmm, baddbmm, conv1d, and attention on GPUs) cast their f32 inputs to dtype ("bf16" or
+-- "f16") and return dtype, while layer_norm, softmax, log_softmax and the losses (cross_entropy,
+-- binary_cross_entropy_with_logits, mse_loss) cast half inputs up to f32 and return f32; mixed
+-- elementwise ops promote to f32 as usual. The casts are on the tape, so f32 parameters (the
+-- master weights) get f32 gradients. f64 tensors are left alone. Nested calls restore the outer
+-- state; autocast(nil, fn) runs fn with autocast off. The state belongs to the calling thread.
+--
 -- GradScaler implements dynamic loss scaling: the loss is multiplied by a scale (2^16 at first)
 -- before backward so that small half-precision gradients do not flush to zero; before the
 -- optimizer step the gradients are divided by the scale again and checked: when any is inf or NaN
@@ -132,5 +140,22 @@ function GradScaler:load_state_dict(sd)
   self.growth_interval = math.tointeger(sd.growth_interval) or self.growth_interval
   self.growth_tracker = math.tointeger(sd.growth_tracker) or 0
 end
+
+--- Runs fn(...) under autocast with dtype ("bf16", "f16", or nil: off); returns fn's results. The
+-- previous state comes back afterwards, also when fn raises an error.
+function amp.autocast(dtype, fn, ...)
+  if dtype ~= nil and dtype ~= "bf16" and dtype ~= "f16" then
+    error(string.format("hero.amp.autocast: dtype must be 'bf16', 'f16' or nil (off), got %s", tostring(dtype)), 2)
+  end
+  if type(fn) ~= "function" then error("hero.amp.autocast: expected a function to run", 2) end
+  local prev = core._autocast(dtype)
+  local res = table.pack(pcall(fn, ...))
+  core._autocast(prev)
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+--- The dtype autocast casts to in this thread, or nil when it is off.
+function amp.autocast_dtype() return core._autocast_state() end
 
 return amp

@@ -18,6 +18,7 @@
 -- many ranks continues bit for bit. Checkpoints must be on a file system every rank sees.
 local core = require "hero.core"
 local optim = require "hero.optim"
+local amp = require "hero.amp"
 local io_ = require "hero.io"
 local json = require "hero.json"
 
@@ -133,12 +134,15 @@ end
 --   grad_norm = 1.0, accum = loader.accum, valid_every =, valid = {task = batches or loader},
 --   save_every =, out_dir =, log = true, progress = true, generator =, pad_id = 1,
 --   required_fields =, forward_opts = function(task, step) -> opts or nil, dist = false, seed =,
---   device = the device of the model's first parameter}
+--   device = the device of the model's first parameter, amp = nil | "bf16" | "f16"}
 -- grad_norm <= 0 (or false) computes the norm without clipping. The optimizer's own lr_mul groups
 -- apply on top of the scheduled lr. generator: a hero.Generator used by the model (e.g. its dropout
 -- generator) when the model does not keep it on its modules; its state is checkpointed too.
 -- A validation source is an array of batches or an object with :iter() (one pass). Batches come
 -- from the loaders on the CPU and are moved to `device` (e.g. after model:cuda()) before forward.
+-- amp runs each forward under hero.amp.autocast(amp); with "f16" each task's loss is scaled by its
+-- own hero.amp.GradScaler, an update whose gradients overflow is skipped (logged as skipped) and
+-- the scalers are checkpointed with the rest.
 -- dist: true (or the options of hero.dist.init, e.g. {timeout = 600}) trains data-parallel over the
 -- ranks of an MPI job (see the top of this file). seed: seeds hero's default generator; with dist,
 -- each rank gets its own seed derived from it (hero.dist.rank_seed).
@@ -200,6 +204,12 @@ function Trainer.new(opts)
   -- where the model computes; batches (made on the CPU by the loaders) are moved there
   self.device = opts.device or (self.params[1] and self.params[1][2]:device()) or "cpu"
   if type(self.device) ~= "string" then error("Trainer: opts.device must be a device name such as 'cuda:0'", 2) end
+  if opts.amp ~= nil and opts.amp ~= "bf16" and opts.amp ~= "f16" then
+    error(string.format("Trainer: opts.amp must be 'bf16', 'f16' or nil, got %s", tostring(opts.amp)), 2)
+  end
+  self.amp = opts.amp
+  -- f16 needs loss scaling; one scaler per task, as the reference scales each task's loss apart
+  self.scalers = opts.amp == "f16" and {} or nil
   self.rank, self.world = 0, 1
   if opts.dist then
     local dist = require "hero.dist"
@@ -277,6 +287,17 @@ local function batch_to(batch, device)
 end
 Trainer.batch_to = batch_to
 
+--- The loss scaler of a task (f16 training), made on first use; nil without loss scaling.
+function Trainer:scaler(task)
+  if not self.scalers then return nil end
+  local sc = self.scalers[task]
+  if not sc then
+    sc = amp.GradScaler()
+    self.scalers[task] = sc
+  end
+  return sc
+end
+
 --- Runs one optimizer update; returns the record that goes to log.jsonl.
 function Trainer:update()
   local t0 = now()
@@ -291,11 +312,18 @@ function Trainer:update()
     end
     self:check_batch(task, batch, mb)
     local fopts = self:forward_options(task, self.global_step + 1)
-    local out = self.model:forward(batch_to(batch, self.device), task, fopts)
+    local dev_batch = batch_to(batch, self.device)
+    local out
+    if self.amp then
+      out = amp.autocast(self.amp, self.model.forward, self.model, dev_batch, task, fopts)
+    else
+      out = self.model:forward(dev_batch, task, fopts)
+    end
     if type(out) ~= "table" or not core.is_tensor(out.loss) then
       error(string.format("Trainer: model:forward(batch, '%s') returned no loss tensor", task), 0)
     end
-    out.loss:backward()
+    local scaler = self:scaler(task)
+    if scaler then scaler:scale(out.loss):backward() else out.loss:backward() end
     losses[mb] = out.loss:item()
     tokens = tokens + count_tokens(batch, self.pad_id)
   end
@@ -311,12 +339,23 @@ function Trainer:update()
   local lr = optim.warmup_linear(self.base_lr, self.global_step, self.warmup, self.total)
   self.optimizer:set_lr(lr)
   local max_norm = self.grad_norm > 0 and self.grad_norm or math.huge
+  local scaler = self:scaler(task)
+  local scale, skipped
+  if scaler then
+    scale = scaler:get_scale()
+    scaler:unscale_(self.optimizer) -- before clipping, so the norm is the true one
+  end
   local norm = optim.clip_grad_norm(self.params, max_norm)
-  self.optimizer:step()
+  if scaler then
+    skipped = not scaler:step(self.optimizer)
+    scaler:update()
+  else
+    self.optimizer:step()
+  end
   self.optimizer:zero_grad()
   local seconds = now() - t0
   local rec = {step = self.global_step, task = task, loss = mean_loss, micro_losses = losses, lr = lr,
-               grad_norm = norm, seconds = seconds}
+               grad_norm = norm, seconds = seconds, loss_scale = scale, skipped = skipped or nil}
   if tokens > 0 then
     rec.tokens = tokens
     rec.tokens_per_s = seconds > 0 and tokens / seconds or nil
@@ -457,6 +496,24 @@ function Trainer:set_rng_state(st)
 end
 
 --- Writes ckpt/step_<N>.safetensors (the model's state_dict, reference key names),
+-- The names of the parameters that hold a gradient (zeroed after each update, never freed): they
+-- keep being updated by every later update, so a resumed run must give them gradients again.
+function Trainer:names_with_grad()
+  local names = {}
+  for _, pair in ipairs(self.params) do
+    if pair[2].grad ~= nil then names[#names + 1] = pair[1] end
+  end
+  return json.array(names)
+end
+
+-- The loss scalers' states by task (nil without loss scaling).
+function Trainer:scalers_state()
+  if not self.scalers then return nil end
+  local out = {}
+  for task, sc in pairs(self.scalers) do out[task] = sc:state_dict() end
+  return out
+end
+
 -- ckpt/train_state_<N>.safetensors (optimizer, step, RNG states, loader states) and then the
 -- `latest` pointer, each atomically. A failure leaves the previous checkpoint and `latest` as they
 -- were and raises an error.
@@ -484,6 +541,8 @@ function Trainer:save()
       schedule = {lr = self.base_lr, warmup = self.warmup, total = self.total, accum = self.accum,
                   grad_norm = self.grad_norm},
       world_size = self.world,
+      scalers = self:scalers_state(),
+      with_grad = self:names_with_grad(),
     })
     write_atomic(dir .. "/latest", tostring(n) .. "\n")
   end) end
@@ -552,12 +611,24 @@ function Trainer:resume(out_dir, step)
   self.model:load_state_dict(sd)
   self.optimizer:load_state_dict(st.optimizer)
   -- zero_grad zeroes gradients without freeing them, so every parameter that ever had a gradient
-  -- keeps being updated (moment decay, weight decay) even by updates of other tasks. Those are
-  -- exactly the parameters with optimizer state: give them zero gradients again.
-  local state = self.optimizer.state or {}
+  -- keeps being updated (moment decay, weight decay) even by updates of other tasks: give those
+  -- zero gradients again. The checkpoint lists them (an update skipped by the loss scaler leaves
+  -- gradients without optimizer state); older checkpoints: the parameters with optimizer state.
+  local with_grad = {}
+  if type(st.with_grad) == "table" then
+    for _, name in ipairs(st.with_grad) do with_grad[name] = true end
+  else
+    for name in pairs(self.optimizer.state or {}) do with_grad[name] = true end
+  end
   for _, pair in ipairs(self.params) do
     local name, p = pair[1], pair[2]
-    if state[name] and p.grad == nil then p.grad = core.zeros(p:size(), {dtype = p:dtype()}) end
+    if with_grad[name] and p.grad == nil then
+      p.grad = core.zeros(p:size(), {dtype = p:dtype(), device = p:device()})
+    end
+  end
+  if self.scalers then
+    self.scalers = {}
+    for task, ssd in pairs(st.scalers or {}) do self:scaler(task):load_state_dict(ssd) end
   end
   self.loader:set_state(st.loader)
   self:set_rng_state(st.rng)
