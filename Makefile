@@ -44,11 +44,12 @@ fuzz: deps
 fuzz-smoke: deps
 	@$(FUZZ_ENV) fuzz/smoke.sh
 
-# AddressSanitizer + UBSan build of the module, run under the same specs. The sanitizer runtime
-# must be loaded first because lua5.4 itself is not instrumented.
+# AddressSanitizer + UBSan build of the module, run under the same specs with LeakSanitizer on
+# (every process a spec starts inherits it). The sanitizer runtime must be loaded first because
+# lua5.4 itself is not instrumented.
 asan: deps
 	$(MAKE) -C csrc SANITIZE=1
-	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	 $(call LUA_ENV,csrc/build-asan) $(LUA) spec/run.lua
 

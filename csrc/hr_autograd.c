@@ -242,8 +242,24 @@ static int accumulate_into(hr_tensor **slot, hr_tensor *g)
     return rc;
 }
 
+/* Whether the leaf can take g itself as its first gradient: nothing else holds g or its storage
+ * (so later in-place accumulation cannot be seen elsewhere), and it is exactly what a copy would
+ * be (the leaf's dtype and device, contiguous from the start of its storage). */
+static bool can_adopt(const hr_tensor *leaf, const hr_tensor *g)
+{
+    const hr_storage *s = g->storage;
+    return g->refcount == 1 && s && s->refcount == 1 && s->kind != HR_STORAGE_MMAP && g->offset == 0 &&
+           g->dtype == leaf->dtype && !g->grad_fn && !g->grad && hr_device_eq(s->device, hr_tensor_device(leaf)) &&
+           hr_tensor_is_contiguous(g);
+}
+
 static int accumulate_leaf(hr_tensor *leaf, hr_tensor *g)
 {
+    if (!leaf->grad && can_adopt(leaf, g)) {
+        g->requires_grad = false;
+        leaf->grad = g; /* the reference passes to the leaf: no copy */
+        return 0;
+    }
     if (!leaf->grad) {
         /* the leaf keeps its own copy, contiguous and in its dtype */
         hr_tensor *own = hr_cast(g, leaf->dtype);

@@ -1,4 +1,6 @@
 /* l_hero.c — luaopen_hero_core: builds the hero.core table and the hero.Tensor metatable. */
+#include <dlfcn.h>
+
 #include "l_common.h"
 
 #ifdef HERO_WITH_CUDA
@@ -7,8 +9,21 @@
 #define HERO_HAS_CUDA 0
 #endif
 
+/* Keeps this module loaded until the process ends, whatever lua_close does with the C modules it
+ * loaded: the compute pool's threads (and worker pools of other Lua states) run its code until
+ * then, and its static memory (the block cache) must stay valid for them. */
+static void pin_module(void)
+{
+    Dl_info info;
+    if (dladdr((void *)&pin_module, &info) && info.dli_fname) {
+        void *self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+        (void)self; /* the extra reference is never closed, on purpose */
+    }
+}
+
 int luaopen_hero_core(lua_State *L)
 {
+    pin_module();
     lua_newtable(L); /* hero.core */
     int module_idx = lua_gettop(L);
     luaL_newmetatable(L, HR_TENSOR_MT);

@@ -64,5 +64,8 @@ report("attention_fwd", time_ms(function() return hero.no_grad(attention, x) end
 report("attention_fwd_bwd", time_ms(function() attention(x):sum():backward() end, 5))
 report("transformer_layer_fwd", time_ms(function() return hero.no_grad(layer, x) end, 5))
 report("transformer_layer_fwd_bwd", time_ms(function() layer(x):sum():backward() end, 5))
+report("transformer_layer_fwd_bwd_bf16", time_ms(function()
+  hero.amp.autocast("bf16", layer, x):to("f32"):sum():backward()
+end, 5))
 local s = hero.cuda.memory_stats()
 print(string.format("hero memory: peak %.1f MiB, reserved %.1f MiB", s.peak / 2 ^ 20, s.reserved / 2 ^ 20))

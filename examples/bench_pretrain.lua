@@ -4,6 +4,9 @@
 --
 --   lua5.4 examples/bench_pretrain.lua --config small --threads 1 --tasks mlm --modes fwd,fwdbwd,step --json out.json
 --   lua5.4 examples/bench_pretrain.lua --paired path/to/hero_torch_bench.py --config hero --threads 1 --rounds 3
+--   lua5.4 examples/bench_pretrain.lua --config hero --device cuda:0 --amp bf16 --videos 32 --tasks mlm --modes step
+--     (on a GPU: the model and batch on the device, forward under hero.amp.autocast; each timed
+--     repetition ends with a device synchronisation)
 --
 -- With --paired, hero and the PyTorch script run alternately (hero, torch, hero, torch, ...) and the
 -- table shows the median over rounds of hero time / PyTorch time (lower is better) with min and max,
@@ -20,7 +23,7 @@ local VOCAB, VFEAT, MAX_POS, MAX_FRM = 50265, 4352, 514, 100
 local function parse_args(argv)
   local a = {config = "hero", threads = 1, videos = 1, subs = 20, frames_per_sub = 3, txt_len = 30,
              tasks = "mlm,repr,mffr", modes = "fwd,fwdbwd,step", reps = 7, warmup = 2, json = "", paired = nil,
-             rounds = 3}
+             rounds = 3, device = "cpu", amp = ""}
   local i = 1
   while i <= #argv do
     local k = argv[i]:match("^%-%-(.+)$")
@@ -119,15 +122,28 @@ local function run_hero(a)
   local opt = hero.optim.AdamW(model:named_parameters(), {lr = 3e-5, betas = {0.9, 0.98}, eps = 1e-6,
     weight_decay = 0.01, no_decay = {"bias", "LayerNorm"}})
   local batch, mffr_batch = make_batch(a.videos, a.subs, a.frames_per_sub, a.txt_len, 0.15)
+  local on_device = a.device ~= "cpu"
+  if on_device then
+    model:to(a.device)
+    batch = hero.train.Trainer.batch_to(batch, a.device)
+    mffr_batch = hero.train.Trainer.batch_to(mffr_batch, a.device)
+    opt = hero.optim.AdamW(model:named_parameters(), {lr = 3e-5, betas = {0.9, 0.98}, eps = 1e-6,
+      weight_decay = 0.01, no_decay = {"bias", "LayerNorm"}})
+  end
+  local amp_dtype = a.amp ~= "" and a.amp or nil
   local params = model:parameters()
   local results = {}
   for task in a.tasks:gmatch("[^,]+") do
     for mode in a.modes:gmatch("[^,]+") do
       if not (task == "repr" and mode ~= "fwd") then
-        local function loss_of()
+        local function plain_loss()
           if task == "mlm" then return model:forward_mlm(batch).loss end
           if task == "mffr" then return model:forward_mfm(mffr_batch, "mffr").loss end
           return (model.v_encoder:forward_repr(batch))
+        end
+        local function loss_of()
+          if amp_dtype then return hero.amp.autocast(amp_dtype, plain_loss) end
+          return plain_loss()
         end
         local fn
         if mode == "fwd" then
@@ -146,9 +162,12 @@ local function run_hero(a)
         end
         for _ = 1, a.warmup do fn() end
         local ts = {}
+        local function sync() if on_device then hero.cuda.synchronize() end end
+        sync()
         for r = 1, a.reps do
           local t0 = now()
           fn()
+          sync()
           ts[r] = now() - t0
         end
         local med, lo, hi = median(ts)

@@ -30,6 +30,11 @@ timeout 900 $LUA spec/run.lua || status=1
 
 echo "== benchmark: hero"
 timeout 600 $LUA examples/bench_cuda.lua || status=1
+echo "== benchmark: HERO pre-training step, config hero, 32 videos (the reference's per-GPU batch)"
+for amp in "" bf16; do
+  timeout 300 $LUA examples/bench_pretrain.lua --config hero --device cuda:0 ${amp:+--amp $amp} --videos 32 \
+    --tasks mlm --modes fwd,step --reps 5 --warmup 2 || status=1
+done
 
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   echo "== benchmark: PyTorch $(python3 -c 'import torch; print(torch.__version__)')"
@@ -92,6 +97,13 @@ report("attention_fwd", time_ms(lambda: no_grad(attention), 5))
 report("attention_fwd_bwd", time_ms(lambda: attention(x).sum().backward(), 5))
 report("transformer_layer_fwd", time_ms(lambda: no_grad(layer), 5))
 report("transformer_layer_fwd_bwd", time_ms(lambda: layer(x).sum().backward(), 5))
+
+def layer_autocast():
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().sum().backward()
+
+report("transformer_layer_fwd_bwd_bf16", time_ms(layer_autocast, 5))
 print("torch memory: peak %.1f MiB" % (torch.cuda.max_memory_allocated() / 2 ** 20))
 PY
 else
