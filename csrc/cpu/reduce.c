@@ -726,6 +726,36 @@ static hr_tensor *reduce_dims(red_op op, const char *name, hr_tensor *t, const i
         hr_wrap_dim(name, dims[0], t->ndim, &d);
         return reduce_values(op, 0, false, false, t, d, keepdim);
     }
+    if (hr_tensor_is_contiguous(t)) {
+        /* Adjacent reduced dims of a contiguous tensor are one dim of a view: when they form a single
+         * run (the leading dims, as in the bias gradient of a linear over [batch, length, features]),
+         * the single-dim kernels reduce it in place, without the transposing copy below. */
+        int first = -1, last = -1;
+        for (int i = 0; i < t->ndim; i++)
+            if (reduced[i]) {
+                if (first < 0) first = i;
+                last = i;
+            }
+        if (last - first + 1 == ndims) {
+            int64_t msize[HR_MAX_DIMS];
+            int nm = 0;
+            for (int i = 0; i < first; i++) msize[nm++] = t->size[i];
+            int64_t run = 1;
+            for (int i = first; i <= last; i++) run *= t->size[i];
+            msize[nm++] = run;
+            for (int i = last + 1; i < t->ndim; i++) msize[nm++] = t->size[i];
+            hr_tensor *merged = hr_view_reshape_nocopy(t, nm, msize);
+            if (!merged) return NULL;
+            hr_tensor *r = reduce_values(op, 0, false, false, merged, first, false);
+            hr_tensor_release(merged);
+            if (!r || !keepdim) return r;
+            int64_t ksize[HR_MAX_DIMS];
+            for (int i = 0; i < t->ndim; i++) ksize[i] = reduced[i] ? 1 : t->size[i];
+            hr_tensor *out = hr_view_reshape_nocopy(r, t->ndim, ksize);
+            hr_tensor_release(r);
+            return out;
+        }
+    }
     int perm[HR_MAX_DIMS], np = 0, nkept = 0;
     int64_t kept_size[HR_MAX_DIMS + 1], inner = 1;
     for (int i = 0; i < t->ndim; i++)
