@@ -104,6 +104,23 @@ describe("random: pinned values for seed 42 (independent Python mapping)", funct
     assert.same(fx.randperm_10, p:totable())
     hero.manual_seed(42)
     assert.same(fx.bernoulli_03, hero.bernoulli(0.3, {12}):totable())
+    -- with a long tensor, the first 12 draws are still those (the 32-at-a-time path starts there)
+    hero.manual_seed(42)
+    assert.same(fx.bernoulli_03, hero.bernoulli(0.3, {1000}):narrow(1, 1, 12):totable())
+  end)
+
+  it("draws Bernoulli masks with one probability exactly as with a probability per element", function()
+    -- one probability takes the vectorised path (eight Philox blocks at once, integer comparison);
+    -- a tensor of probabilities takes the scalar one: the same stream must give the same draws
+    for _, p in ipairs {0.1, 0.3, 0.5, 0.37, 0, 1, 1e-9, 1 - 2 ^ -25, 0.999999} do
+      for _, dt in ipairs {"f32", "u8"} do
+        local n = 100003 -- not a multiple of 32: the scalar tail too
+        local a = hero.zeros({n}, {dtype = dt}):bernoulli_(p, {generator = hero.Generator(42)})
+        local b = hero.zeros({n}, {dtype = dt}):bernoulli_(hero.full({n}, p, {dtype = "f64"}),
+          {generator = hero.Generator(42)})
+        assert.is_true(a:eq(b):all():item(), string.format("p = %.17g, %s", p, dt))
+      end
+    end
   end)
 
   it("advances the offset by the blocks each op uses, through a sequence of ops", function()

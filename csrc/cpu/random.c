@@ -203,9 +203,20 @@ static void bernoulli_u8_task(void *ctx, int64_t bb, int64_t be)
     const rand_job *j = ctx;
     uint8_t *out = j->out;
     OWNED_RANGE(j, bb, be, 4, first, last);
+    int64_t i = first; /* a multiple of 4: the start of a block */
+    if (!j->p) {
+        /* one probability: eight blocks (32 draws) at a time, compared as integers */
+        uint32_t bound = hr_philox_u24_bound(j->a);
+        uint32_t w8[4][8];
+        for (; i + 32 <= last; i += 32) {
+            hr_philox_blocks8(j->key, j->block0 + (uint64_t)(i >> 2), w8);
+            for (int l = 0; l < 8; l++)
+                for (int k = 0; k < 4; k++) out[i + 4 * l + k] = (uint8_t)(((w8[k][l] >> 8) < bound) != j->invert);
+        }
+    }
     uint32_t w[4];
-    for (int64_t i = first; i < last; i++) {
-        if (i == first || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
+    for (int64_t start = i; i < last; i++) {
+        if (i == start || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
         double p = j->p ? j->p[i] : j->a;
         bool below = (double)hr_philox_u24(w[i & 3]) < p;
         out[i] = (uint8_t)(below != j->invert);
@@ -217,8 +228,20 @@ static void bernoulli_f32_task(void *ctx, int64_t bb, int64_t be)
     const rand_job *j = ctx;
     float *out = j->out;
     OWNED_RANGE(j, bb, be, 4, first, last);
+    int64_t i = first; /* a multiple of 4: the start of a block */
+    if (!j->p) {
+        /* one probability: eight blocks (32 draws) at a time, compared as integers */
+        uint32_t bound = hr_philox_u24_bound(j->a);
+        uint32_t w8[4][8];
+        for (; i + 32 <= last; i += 32) {
+            hr_philox_blocks8(j->key, j->block0 + (uint64_t)(i >> 2), w8);
+            for (int l = 0; l < 8; l++)
+                for (int k = 0; k < 4; k++) out[i + 4 * l + k] = (((w8[k][l] >> 8) < bound) != j->invert) ? 1.0f : 0.0f;
+        }
+    }
     uint32_t w[4];
-    for (int64_t i = first; i < last; i++) {
+    for (int64_t start = i; i < last; i++) {
+        if (i == start || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
         if (i == first || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
         double p = j->p ? j->p[i] : j->a;
         bool below = (double)hr_philox_u24(w[i & 3]) < p;
