@@ -11,6 +11,9 @@ typedef struct {
     hr_tensor *exp_avg_sq;
     double step_size;      /* lr * sqrt(1 - beta2^t) / (1 - beta1^t) */
     double decay;          /* lr * weight_decay (0: no decay) */
+    double grad_scale;     /* the gradient is used as g * grad_scale, rounded as an in-place scaling of g would
+                              round it (gradient clipping folded into the step); 1: as it is. Needs the
+                              gradient in the parameter's dtype. The gradient itself is not changed. */
 } hr_adamw_item;
 
 /*

@@ -15,7 +15,7 @@ static hr_tensor *field_tensor(lua_State *L, int tbl, const char *name, int inde
 }
 
 /* core.adamw_step(items, beta1, beta2, eps): items = array of
- * {param=, grad=, exp_avg=, exp_avg_sq=, step_size=, decay=}. */
+ * {param=, grad=, exp_avg=, exp_avg_sq=, step_size=, decay=, grad_scale = 1}. */
 static int l_adamw_step(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -35,6 +35,8 @@ static int l_adamw_step(lua_State *L)
         it->step_size = luaL_checknumber(L, -1);
         lua_getfield(L, tbl, "decay");
         it->decay = luaL_optnumber(L, -1, 0.0);
+        lua_getfield(L, tbl, "grad_scale");
+        it->grad_scale = luaL_optnumber(L, -1, 1.0);
         lua_settop(L, tbl - 1);
     }
     if (hr_adamw_step(items, n, beta1, beta2, eps)) return hr_lua_error(L, "adamw_step");

@@ -155,8 +155,9 @@ local function run_hero(a)
             for _, p in ipairs(params) do p.grad = nil end
             loss_of():backward()
             if mode == "step" then
-              hero.optim.clip_grad_norm(params, 1.0)
-              opt:step()
+              -- as hero.train.Trainer does it: the clipping factor applied inside AdamW's pass
+              local _, factor = hero.optim.clip_grad_norm(params, 1.0, {apply = false})
+              opt:step {grad_scale = factor}
             end
           end
         end

@@ -69,6 +69,51 @@ describe("optim", function()
     assert.near(5, optim.clip_grad_norm({a, b}, 10) * (5 + 1e-6), 1e-4)
   end)
 
+  it("folds clipping into the AdamW pass with exactly the numbers of clipping first", function()
+    -- clip then step (gradients scaled in place) against clip {apply = false} then step{grad_scale}
+    for _, dt in ipairs {"f32", "f64"} do
+      local function run(fused)
+        local g = hero.Generator(11)
+        local w = hero.randn({300}, {dtype = dt, generator = g}):requires_grad_()
+        local b = hero.randn({7}, {dtype = dt, generator = g}):requires_grad_()
+        local h = hero.randn({5}, {dtype = dt, generator = g}):requires_grad_() -- a bf16 gradient
+        local opt = optim.AdamW({{"w", w}, {"b.bias", b}, {"h", h}}, {lr = 1e-2, betas = {0.9, 0.98}, eps = 1e-6,
+          weight_decay = 0.01, no_decay = {"bias"}})
+        local norms = {}
+        for step = 1, 3 do
+          w.grad = hero.randn({300}, {dtype = dt, generator = g}) * (3 * step)
+          b.grad = hero.randn({7}, {dtype = dt, generator = g})
+          h.grad = hero.randn({5}, {generator = g}):to("bf16")
+          local params = {w, b, h}
+          if fused then
+            local norm, factor = optim.clip_grad_norm(params, 1.0, {apply = false})
+            assert.is_true(factor < 1)
+            opt:step {grad_scale = factor}
+            norms[step] = norm
+          else
+            norms[step] = optim.clip_grad_norm(params, 1.0)
+            opt:step()
+          end
+        end
+        return {w, b, h, opt.state.w.exp_avg, opt.state.w.exp_avg_sq}, norms
+      end
+      local a, na = run(false)
+      local f, nf = run(true)
+      assert.same(na, nf)
+      for i = 1, #a do assert.same(a[i]:totable(), f[i]:totable(), dt .. " tensor " .. i) end
+    end
+    helper.assert_error_contains(function()
+      local p = hero.zeros(2):requires_grad_()
+      p.grad = hero.ones(2)
+      optim.AdamW({{"p", p}}, {lr = 1}):step {grad_scale = 0 / 0}
+    end, "grad_scale must be a number")
+    local p = hero.zeros(2):requires_grad_()
+    p.grad = hero.ones(2)
+    local norm, factor = optim.clip_grad_norm({p}, 10)
+    assert.equal(1, factor)
+    assert.near(math.sqrt(2), norm, 1e-12)
+  end)
+
   it("computes the warmup-linear schedule from step 1", function()
     assert.near(3e-5 * 1 / 10, optim.warmup_linear(3e-5, 1, 10, 100), 1e-20)
     assert.near(3e-5, optim.warmup_linear(3e-5, 10, 10, 100), 1e-20)

@@ -35,6 +35,9 @@ static int check_item(const hr_adamw_item *it, int i)
                        hr_dtype_name(pd));
     if (!hr_dtype_is_float(it->grad->dtype))
         return hr_fail(HR_EINVAL, "adamw: gradient %d has dtype %s", i + 1, hr_dtype_name(it->grad->dtype));
+    if (it->grad_scale != 1.0 && it->grad->dtype != pd)
+        return hr_fail(HR_EINVAL, "adamw: grad_scale needs gradient %d in its parameter's dtype %s, got %s", i + 1,
+                       hr_dtype_name(pd), hr_dtype_name(it->grad->dtype));
     return 0;
 }
 
@@ -55,7 +58,21 @@ static void adamw_f32(const hr_adamw_item *it, int64_t lo, int64_t hi, const ada
     const float c1 = (float)(1.0 - job->beta1), c2 = (float)(1.0 - job->beta2);
     const float eps = (float)job->eps;
     const float step = (float)it->step_size, decay = (float)it->decay;
-    if (it->grad->dtype == HR_F32) {
+    if (it->grad->dtype == HR_F32 && it->grad_scale != 1.0) {
+        /* clipping folded in: g * (float)scale is what scaling g in place would have stored */
+        const float *g = hr_tensor_data(it->grad);
+        const float gs = (float)it->grad_scale;
+        for (int64_t i = lo; i < hi; i++) {
+            float gi = g[i] * gs;
+            float mi = m[i] * b1 + c1 * gi;
+            float vi = v[i] * b2 + (c2 * gi) * gi;
+            m[i] = mi;
+            v[i] = vi;
+            float pi = p[i] - step * (mi / (sqrtf(vi) + eps));
+            if (decay != 0.0f) pi = pi - decay * pi;
+            p[i] = pi;
+        }
+    } else if (it->grad->dtype == HR_F32) {
         const float *g = hr_tensor_data(it->grad);
         for (int64_t i = lo; i < hi; i++) {
             float mi = m[i] * b1 + c1 * g[i];
@@ -90,7 +107,7 @@ static void adamw_f64(const hr_adamw_item *it, int64_t lo, int64_t hi, const ada
     const char *g = hr_tensor_data(it->grad);
     size_t gs = hr_dtype_size(it->grad->dtype);
     for (int64_t i = lo; i < hi; i++) {
-        double gi = hr_load_f64(g + (size_t)i * gs, it->grad->dtype);
+        double gi = hr_load_f64(g + (size_t)i * gs, it->grad->dtype) * it->grad_scale; /* f64 when scaled */
         double mi = m[i] * job->beta1 + (1.0 - job->beta1) * gi;
         double vi = v[i] * job->beta2 + ((1.0 - job->beta2) * gi) * gi;
         m[i] = mi;

@@ -532,7 +532,7 @@ struct AdamItem {
     const void *g;
     int64_t n;
     int pdt, gdt;
-    double step, decay;
+    double step, decay, gscale;
 };
 
 __global__ void adamw_kernel(const AdamItem *items, double beta1, double beta2, double eps)
@@ -544,6 +544,7 @@ __global__ void adamw_kernel(const AdamItem *items, double beta1, double beta2, 
             const float b1 = (float)beta1, b2 = (float)beta2, c1 = (float)(1.0 - beta1), c2 = (float)(1.0 - beta2);
             const float e = (float)eps, step = (float)it.step, decay = (float)it.decay;
             float g = it.gdt == HR_F32 ? ((const float *)it.g)[i] : (float)load_f64((const char *)it.g + i * dtype_size(it.gdt), it.gdt);
+            if (it.gscale != 1.0) g = __fmul_rn(g, (float)it.gscale); /* clipping folded in (f32 gradients) */
             float mi = __fadd_rn(__fmul_rn(m[i], b1), __fmul_rn(c1, g));
             float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(__fmul_rn(c2, g), g));
             m[i] = mi;
@@ -553,7 +554,7 @@ __global__ void adamw_kernel(const AdamItem *items, double beta1, double beta2, 
             p[i] = pi;
         } else {
             double *p = (double *)it.p, *m = (double *)it.m, *v = (double *)it.v;
-            double g = load_f64((const char *)it.g + i * dtype_size(it.gdt), it.gdt);
+            double g = __dmul_rn(load_f64((const char *)it.g + i * dtype_size(it.gdt), it.gdt), it.gscale);
             double mi = __dadd_rn(__dmul_rn(m[i], beta1), __dmul_rn(1.0 - beta1, g));
             double vi = __dadd_rn(__dmul_rn(v[i], beta2), __dmul_rn(__dmul_rn(1.0 - beta2, g), g));
             m[i] = mi;
@@ -886,6 +887,7 @@ extern "C" int hr_cuda_adamw_step(hr_adamw_item *items, int n, double beta1, dou
             host[i].gdt = it->grad->dtype;
             host[i].step = it->step_size;
             host[i].decay = it->decay;
+            host[i].gscale = it->grad_scale;
             if (host[i].n > maxn) maxn = host[i].n;
         }
         AdamItem *dev_items = (AdamItem *)hr_cuda_malloc(dev, sizeof(AdamItem) * (size_t)cnt);

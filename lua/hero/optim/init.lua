@@ -57,6 +57,7 @@ function optim.AdamW(params, opts)
     lr_mul = opts.lr_mul or {},
     entries = ordered_params(params),
     state = {},
+    fused_grad_scale = true, -- step{grad_scale =} (hero.train.Trainer folds clipping into the step)
   }, AdamW)
   if self.beta1 < 0 or self.beta1 >= 1 or self.beta2 < 0 or self.beta2 >= 1 then
     error(string.format("AdamW: betas must be in [0, 1), got {%g, %g}", self.beta1, self.beta2), 2)
@@ -73,7 +74,15 @@ function AdamW:set_lr(lr) self.lr = lr end
 
 --- One update of every parameter that has a gradient (parameters whose .grad is nil are skipped,
 -- as in the reference).
-function AdamW:step()
+--- One update of every parameter with a gradient. opts.grad_scale (clip_grad_norm's factor with
+-- {apply = false}) scales the gradients inside the same pass, exactly as scaling them in place
+-- first would, without touching them (a gradient whose dtype differs from its parameter's is
+-- scaled in place first).
+function AdamW:step(opts)
+  local grad_scale = opts and opts.grad_scale or 1
+  if type(grad_scale) ~= "number" or grad_scale ~= grad_scale then
+    error("AdamW:step: opts.grad_scale must be a number, got " .. tostring(grad_scale), 2)
+  end
   local items = {}
   for _, e in ipairs(self.entries) do
     local p = e.param
@@ -89,10 +98,16 @@ function AdamW:step()
       local lr = self.lr * (self.lr_mul[e.group] or 1)
       local bc1 = 1 - self.beta1 ^ st.step
       local bc2 = 1 - self.beta2 ^ st.step
+      local gs = grad_scale
+      if gs ~= 1 and g:dtype() ~= p:dtype() then
+        -- the fused scaling needs the parameter's dtype: scale this gradient in place instead
+        core.scale_all_({g}, gs)
+        gs = 1
+      end
       items[#items + 1] = {
         param = p, grad = g:contiguous(), exp_avg = st.exp_avg, exp_avg_sq = st.exp_avg_sq,
         step_size = lr * math.sqrt(bc2) / bc1,
-        decay = e.decay and lr * self.weight_decay or 0,
+        decay = e.decay and lr * self.weight_decay or 0, grad_scale = gs,
       }
     end
   end
@@ -154,8 +169,10 @@ end
 
 --- Clips the global L2 norm of the gradients of `params` (a list of tensors, a
 -- named_parameters() array or a name -> tensor table) to max_norm, with the reference's
--- scale = max_norm / (norm + 1e-6) applied only when below 1. Returns the norm before clipping.
-function optim.clip_grad_norm(params, max_norm)
+-- scale = max_norm / (norm + 1e-6) applied only when below 1. Returns the norm before clipping and
+-- the factor (1 when nothing was clipped). With opts.apply == false the gradients are left as they
+-- are, for AdamW:step{grad_scale = factor} to apply the factor in its own pass.
+function optim.clip_grad_norm(params, max_norm, opts)
   local grads = {}
   if core.is_tensor(params[1]) then
     for _, p in ipairs(params) do grads[#grads + 1] = p.grad end
@@ -164,8 +181,10 @@ function optim.clip_grad_norm(params, max_norm)
   end
   local norm = core.global_norm(grads)
   local scale = max_norm / (norm + 1e-6)
-  if scale < 1 then core.scale_all_(grads, scale) end
-  return norm
+  if scale >= 1 then return norm, 1 end
+  -- {apply = false}: leave the gradients and return the factor, for AdamW:step{grad_scale = factor}
+  if not (opts and opts.apply == false) then core.scale_all_(grads, scale) end
+  return norm, scale
 end
 
 return optim

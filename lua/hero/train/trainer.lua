@@ -345,10 +345,15 @@ function Trainer:update()
     scale = scaler:get_scale()
     scaler:unscale_(self.optimizer) -- before clipping, so the norm is the true one
   end
-  local norm = optim.clip_grad_norm(self.params, max_norm)
+  -- hero's AdamW applies the clipping factor inside its update pass (the same numbers, one pass
+  -- over the gradients fewer); other optimizers get clipped gradients
+  local fused = self.optimizer.fused_grad_scale and not scaler
+  local norm, factor = optim.clip_grad_norm(self.params, max_norm, fused and {apply = false} or nil)
   if scaler then
     skipped = not scaler:step(self.optimizer)
     scaler:update()
+  elseif fused and factor ~= 1 then
+    self.optimizer:step{grad_scale = factor}
   else
     self.optimizer:step()
   end
