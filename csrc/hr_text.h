@@ -48,6 +48,10 @@ typedef struct hr_bpe hr_bpe;
  * line/column (or byte offset) of the problem.
  */
 hr_bpe *hr_bpe_load(const char *vocab_path, const char *merges_path);
+/* The same parser on the two files' contents held in memory; the names stand for the paths in
+ * errors (NULL: "vocabulary", "merges"). The buffers are not kept. */
+hr_bpe *hr_bpe_load_mem(const void *vocab, size_t vocab_len, const char *vocab_name, const void *merges,
+                        size_t merges_len, const char *merges_name);
 void hr_bpe_free(hr_bpe *b);
 
 /* Strings split out of the text before BPE and kept whole (transformers' special tokens, e.g.

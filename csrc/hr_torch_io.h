@@ -102,6 +102,11 @@ const char *hr_torch_sniff(const void *head, size_t len);
 int hr_torch_load(const char *path, hr_torch_file *out);
 /* Same on a buffer held in memory; `what` names it in errors. */
 int hr_torch_parse(const void *buf, size_t len, const char *what, hr_torch_file *out);
+/* A bare pickle (a checkpoint's data.pkl, without its container) under the same policy; the
+ * storages it references hold no data here and are zero-filled, refused when together they exceed
+ * max_storage_bytes. For inspecting a checkpoint's structure and for fuzzing the unpickler. */
+int hr_torch_parse_pickle(const void *buf, size_t len, const char *what, size_t max_storage_bytes,
+                          hr_torch_file *out);
 void hr_torch_file_free(hr_torch_file *f);
 
 #endif

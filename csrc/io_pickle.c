@@ -261,6 +261,10 @@ static hr_pk_value *pop(hr_pickle *p)
     return p->stack[--p->sp];
 }
 
+/* The stack slots from i on (an empty run before anything was ever pushed: the stack is still
+ * NULL, and NULL + 0 is undefined behaviour in C). */
+static hr_pk_value **stack_from(hr_pickle *p, size_t i) { return p->stack ? p->stack + i : NULL; }
+
 static hr_pk_value *top(hr_pickle *p)
 {
     if (p->sp <= frame_base(p)) return hr_fail_null(HR_EFORMAT, "stack underflow");
@@ -505,12 +509,12 @@ static int step(hr_pickle *p, hr_pk_value **result)
         size_t n = (size_t)(op - 0x84);
         if (p->sp - frame_base(p) < n) return hr_fail(HR_EFORMAT, "stack underflow");
         p->sp -= n;
-        return push(p, make_seq(p, HR_PK_TUPLE, p->stack + p->sp, n));
+        return push(p, make_seq(p, HR_PK_TUPLE, stack_from(p, p->sp), n));
     }
     case 't': /* TUPLE */
     case 'l': /* LIST */
         if (pop_mark(p, &start)) return -1;
-        v = make_seq(p, op == 't' ? HR_PK_TUPLE : HR_PK_LIST, p->stack + start, p->sp - start);
+        v = make_seq(p, op == 't' ? HR_PK_TUPLE : HR_PK_LIST, stack_from(p, start), p->sp - start);
         p->sp = start;
         return push(p, v);
     case ']': /* EMPTY_LIST */
@@ -520,7 +524,7 @@ static int step(hr_pickle *p, hr_pk_value **result)
     case 'd': /* DICT */
         if (pop_mark(p, &start)) return -1;
         if (!(v = hr_pickle_value(p, HR_PK_DICT))) return -1;
-        if (set_items(v, p->stack + start, p->sp - start)) return -1;
+        if (set_items(v, stack_from(p, start), p->sp - start)) return -1;
         p->sp = start;
         return push(p, v);
     case 'a': /* APPEND */
@@ -529,7 +533,7 @@ static int step(hr_pickle *p, hr_pk_value **result)
     case 'e': /* APPENDS */
         if (pop_mark(p, &start)) return -1;
         if (!(v = below_mark(p, start))) return -1;
-        if (append_items(v, p->stack + start, p->sp - start)) return -1;
+        if (append_items(v, stack_from(p, start), p->sp - start)) return -1;
         p->sp = start;
         return 0;
     case 's': { /* SETITEM */
@@ -540,7 +544,7 @@ static int step(hr_pickle *p, hr_pk_value **result)
     case 'u': /* SETITEMS */
         if (pop_mark(p, &start)) return -1;
         if (!(v = below_mark(p, start))) return -1;
-        if (set_items(v, p->stack + start, p->sp - start)) return -1;
+        if (set_items(v, stack_from(p, start), p->sp - start)) return -1;
         p->sp = start;
         return 0;
     case 'q': /* BINPUT */

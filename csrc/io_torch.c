@@ -711,6 +711,47 @@ int hr_torch_parse(const void *buf, size_t len, const char *what, hr_torch_file 
     return rc;
 }
 
+int hr_torch_parse_pickle(const void *buf, size_t len, const char *what, size_t max_storage_bytes,
+                          hr_torch_file *out)
+{
+    memset(out, 0, sizeof *out);
+    torch_state *S = calloc(1, sizeof *S);
+    if (!S) return hr_fail(HR_ENOMEM, "out of memory loading %s", what);
+    out->priv = S;
+    hr_pickle_hooks hooks = {S, find_global, reduce, persistent_load, build};
+    int rc = -1;
+    size_t used;
+    if (!(out->pickle = hr_pickle_new(what, &hooks))) goto done;
+    if (!(out->root = hr_pickle_load(out->pickle, buf, len, &used))) goto done;
+    if (used != len) {
+        hr_fail(HR_EFORMAT, "%s: %zu unexpected bytes after the pickle's STOP", what, len - used);
+        goto done;
+    }
+    /* No storage bytes exist here: each storage is zero-filled, within the caller's limit, so
+     * that every tensor view is still built and checked exactly as for a whole file. */
+    uint64_t total = 0;
+    for (size_t i = 0; i < S->nst; i++) {
+        tstorage *st = S->st[i];
+        if (st->nbytes > max_storage_bytes - total) {
+            hr_fail(HR_EFORMAT, "%s: storage '%s' of %" PRIu64 " bytes takes the storages past the limit of %zu bytes",
+                    what, st->key, st->nbytes, max_storage_bytes);
+            goto done;
+        }
+        total += st->nbytes;
+        if (!(st->storage = new_storage(st))) goto done;
+        if (st->nbytes) memset(st->storage->data, 0, (size_t)st->nbytes);
+        st->filled = true;
+    }
+    if (finish(S, false)) {
+        hr_error_prefix("%s", what);
+        goto done;
+    }
+    rc = 0;
+done:
+    if (rc) hr_torch_file_free(out);
+    return rc;
+}
+
 int hr_torch_load(const char *path, hr_torch_file *out)
 {
     memset(out, 0, sizeof *out);

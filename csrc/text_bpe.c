@@ -396,14 +396,9 @@ static int jinteger(jreader *r, int32_t *out)
     return 0;
 }
 
-static int load_vocab(hr_bpe *b, const char *path)
+/* Parses the vocabulary held in data[0..len) (path names it in errors). */
+static int load_vocab(hr_bpe *b, const unsigned char *data, size_t len, const char *path)
 {
-    unsigned char *data;
-    size_t len;
-    if (hr_io_read_file(path, &data, &len)) {
-        hr_error_prefix("vocabulary file");
-        return -1;
-    }
     jreader r = {.s = data, .len = len, .path = path};
     int rc = -1;
     if (len >= 3 && data[0] == 0xEF && data[1] == 0xBB && data[2] == 0xBF) {
@@ -446,7 +441,6 @@ static int load_vocab(hr_bpe *b, const char *path)
     rc = 0;
 done:
     free(r.buf);
-    free(data);
     return rc;
 }
 
@@ -523,14 +517,9 @@ static int check_symbol(const char *path, size_t line, const unsigned char *s, s
     return 0;
 }
 
-static int load_merges(hr_bpe *b, const char *path)
+/* Parses the merges held in data[0..len) (path names it in errors). */
+static int load_merges(hr_bpe *b, const unsigned char *data, size_t len, const char *path)
 {
-    unsigned char *data;
-    size_t len;
-    if (hr_io_read_file(path, &data, &len)) {
-        hr_error_prefix("merges file");
-        return -1;
-    }
     int rc = -1;
     char *cat = NULL;
     size_t catcap = 0;
@@ -583,7 +572,6 @@ static int load_merges(hr_bpe *b, const char *path)
     rc = 0;
 done:
     free(cat);
-    free(data);
     return rc;
 }
 
@@ -604,8 +592,11 @@ void hr_bpe_free(hr_bpe *b)
     free(b);
 }
 
-hr_bpe *hr_bpe_load(const char *vocab_path, const char *merges_path)
+hr_bpe *hr_bpe_load_mem(const void *vocab, size_t vocab_len, const char *vocab_name, const void *merges,
+                        size_t merges_len, const char *merges_name)
 {
+    if (!vocab_name) vocab_name = "vocabulary";
+    if (!merges_name) merges_name = "merges";
     hr_bpe *b = calloc(1, sizeof *b);
     if (!b) return hr_fail_null(HR_ENOMEM, "out of memory (tokenizer)");
     if (pthread_mutex_init(&b->lock, NULL) != 0) {
@@ -613,15 +604,35 @@ hr_bpe *hr_bpe_load(const char *vocab_path, const char *merges_path)
         return hr_fail_null(HR_ENOMEM, "cannot create the tokenizer's lock");
     }
     init_byte_map(b);
-    if (load_vocab(b, vocab_path) || build_decoder(b)) goto fail;
+    if (load_vocab(b, vocab, vocab_len, vocab_name) || build_decoder(b)) goto fail;
     b->unk_id = hr_bpe_token_to_id(b, "<unk>", 5);
     for (int c = 0; c < 256; c++) /* symbols 0..255 are the single bytes */
         if (intern_sym(b, b->byte_str[c], b->byte_len[c]) != c) goto fail;
-    if (load_merges(b, merges_path)) goto fail;
+    if (load_merges(b, merges, merges_len, merges_name)) goto fail;
     return b;
 fail:
     hr_bpe_free(b);
     return NULL;
+}
+
+hr_bpe *hr_bpe_load(const char *vocab_path, const char *merges_path)
+{
+    /* Both files are read whole, then parsed by the one in-memory parser. */
+    unsigned char *vocab, *merges;
+    size_t vlen, mlen;
+    if (hr_io_read_file(vocab_path, &vocab, &vlen)) {
+        hr_error_prefix("vocabulary file");
+        return NULL;
+    }
+    if (hr_io_read_file(merges_path, &merges, &mlen)) {
+        free(vocab);
+        hr_error_prefix("merges file");
+        return NULL;
+    }
+    hr_bpe *b = hr_bpe_load_mem(vocab, vlen, vocab_path, merges, mlen, merges_path);
+    free(vocab);
+    free(merges);
+    return b;
 }
 
 int hr_bpe_set_specials(hr_bpe *b, const char *const *tokens, const size_t *lens, int n)

@@ -82,6 +82,9 @@ describe("hero.json.decode", function()
       {'"\xff"', "invalid UTF-8 at line 1 column 2 (byte 2)"},
       {'"\xc0\xaf"', "invalid UTF-8"},
       {"// c\n1", "unexpected character '/'"},
+      {"1e400", "number out of range"}, -- would be an infinity, which encode refuses
+      {"[-1.5e999]", "number out of range (beyond the largest double) at line 1 column 2"},
+      {"1" .. string.rep("0", 400), "number out of range"},
     }
     for _, c in ipairs(cases) do
       local msg = err_of(json.decode, c[1])

@@ -178,6 +178,9 @@ function json.decode(text, opts)
       e, is_float = e3, true
     end
     local v = tonumber(sub(text, pos, e))
+    -- A literal beyond the largest double would read as an infinity, which json.encode refuses and
+    -- Python writes as Infinity: refused here too, so every decoded value encodes again.
+    if v == math.huge or v == -math.huge then fail("number out of range (beyond the largest double)") end
     if is_float and mtype(v) == "integer" then v = v + 0.0 end
     pos = e + 1
     return v
