@@ -95,6 +95,7 @@ void hr_lua_open_torchpt(lua_State *L, int module_idx, int methods_idx);    /* l
 void hr_lua_open_dist(lua_State *L, int module_idx, int methods_idx);       /* l_dist.c */
 void hr_lua_open_cuda(lua_State *L, int module_idx, int methods_idx);       /* l_cuda.c */
 void hr_lua_open_workers(lua_State *L, int module_idx, int methods_idx);    /* l_workers.c */
+void hr_lua_open_proc(lua_State *L, int module_idx, int methods_idx);       /* l_proc.c */
 
 /* Autograd fields of tensors (t.grad, t.requires_grad, t.is_leaf, t.grad_fn); return 1 when handled. */
 int hr_lua_autograd_field(lua_State *L, hr_tensor *t, const char *key);
