@@ -75,7 +75,8 @@ local function tmp_name(dest)
 end
 
 --- Cleans up after writers of dest that were killed: their "<dest>.partial-<pid>@<host>-..."
--- directories (the process is gone from this host) are removed; when dest itself is missing and a
+-- directories (the process is gone from this host) and the "<file>.tmp.<pid>" files beside dest
+-- of atomic writes whose process is gone (id2nframe.json's) are removed; when dest is missing and a
 -- killed overwrite left the previous database as "<...>.old" (it was killed between its two
 -- renames), that previous database is renamed back to dest. Directories of live writers, of other
 -- hosts and of other names are left alone. Returns the number of directories removed or restored.
@@ -88,6 +89,11 @@ function writer.remove_stale(dest)
   local me = host()
   local olds = {}
   for i, name in ipairs(names) do
+    -- "<file>.tmp.<pid>" of an atomic write (id2nframe.json, corrupted.json) of a dead process
+    local tpid = not is_dir[i] and tonumber(name:match("%.tmp%.(%d+)$"))
+    if tpid and tpid ~= core._getpid() and not core._alive(tpid) and os.remove(parent .. "/" .. name) then
+      n = n + 1
+    end
     if is_dir[i] and name:sub(1, #prefix) == prefix then
       local pid, h = name:sub(#prefix + 1):match("^(%d+)@([^-]+)%-")
       pid = tonumber(pid)
