@@ -59,7 +59,7 @@ print(string.format("# soak: %d steps of the %s config, %d thread(s); a report e
   a.threads, a.every))
 print(string.format("%8s %10s %12s %12s %10s %9s", "step", "RSS MiB", "live MiB", "cached MiB", "ms/step", "loss"))
 local first_rss, first_live, last_rss, last_live
-local t0, last_loss = hero.core._bench_now(), nil
+local t0 = hero.core._bench_now()
 for step = 1, a.steps do
   local loss
   if step % 2 == 1 then
@@ -71,8 +71,8 @@ for step = 1, a.steps do
   hero.optim.clip_grad_norm(params, 1.0)
   opt:step()
   opt:zero_grad()
-  last_loss = loss:item()
   if step % a.every == 0 or step == a.steps then
+    local last_loss = loss:item()
     local dt = (hero.core._bench_now() - t0) / (step % a.every == 0 and a.every or step % a.every)
     t0 = hero.core._bench_now()
     local rss, live = rss_mib(), hero.live_bytes() / 2 ^ 20
