@@ -217,6 +217,35 @@ describe("crash consistency", function()
       stats.kills, stats.with_tmp, stats.torn_log, stats.finished, table.concat(stats.latest, ","), per_step))
   end)
 
+  it("readers ignore a torn last line or record, and only that", function()
+    local path = tmpdir .. "/torn.jsonl"
+    local f = assert(io.open(path, "wb"))
+    f:write('{"step":1}\n{"step":2}\n{"step":3,"lo')
+    f:close()
+    local recs = json.read_lines(path)
+    assert.equals(2, #recs)
+    assert.equals(2, recs[2].step)
+    f = assert(io.open(path, "wb"))
+    f:write('{"step":1}\n{"step":2,"lo\n{"step":3}\n')
+    f:close()
+    helper.assert_error_contains(function() json.read_lines(path) end, "torn.jsonl:2")
+    -- an event file cut inside its last record (header or body): the complete records read back
+    local w = tensorboard.Writer(tmpdir .. "/tb", {filename = "events.out.tfevents.1.test"})
+    w:add_scalar("a", 1.5, 1)
+    w:add_scalar("a", 2.5, 2)
+    w:close()
+    local full = read(w.path)
+    for _, cut in ipairs {5, 20} do
+      f = assert(io.open(w.path, "wb"))
+      f:write(full:sub(1, #full - cut))
+      f:close()
+      local pts, torn = tensorboard.read_scalars(w.path)
+      assert.equals(1, #pts)
+      assert.equals(1.5, pts[1].value)
+      assert.is_number(torn)
+    end
+  end)
+
   it("a fresh run appending to a log with a torn last line drops the partial line", function()
     local out = tmpdir .. "/fresh"
     assert(os.execute('mkdir -p "' .. out .. '"'))
