@@ -529,7 +529,7 @@ int hr_dir_list(const char *dir, char ***names_out, bool **is_dir_out, size_t *n
         hr_dir_list_free(names, is_dir, n);
         return rc;
     }
-    qsort(names, n, sizeof *names, cmp_names);
+    if (n > 1) qsort(names, n, sizeof *names, cmp_names); /* an empty listing has names == NULL */
     size_t dl = strlen(dir);
     for (size_t i = 0; i < n; i++) {
         size_t nl = strlen(names[i]);
