@@ -88,5 +88,8 @@ int hr_dir_list(const char *dir, char ***names, bool **is_dir, size_t *n);
 void hr_dir_list_free(char **names, bool *is_dir, size_t n);
 /* fsync of every regular file directly inside dir and of dir itself (best effort for dir). */
 int hr_dir_sync(const char *dir);
+/* fsync of one path: a regular file (its data reach the disk) or a directory (the names created,
+ * renamed or removed in it do). A directory whose file system refuses fsync is not an error. */
+int hr_path_sync(const char *path);
 
 #endif

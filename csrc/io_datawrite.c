@@ -464,6 +464,21 @@ int hr_dir_sync(const char *dir)
     return rc;
 }
 
+int hr_path_sync(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return hr_fail(HR_EIO, "cannot open '%s' to sync it: %s", path, strerror(errno));
+    struct stat st;
+    int is_dir = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+    int bad = fsync(fd) != 0;
+    int e = errno;
+    close(fd);
+    /* Some file systems answer EINVAL for directories: their renames are as durable as they get. */
+    if (bad && !(is_dir && (e == EINVAL || e == EBADF)))
+        return hr_fail(HR_EIO, "cannot sync '%s' to disk: %s", path, strerror(e));
+    return 0;
+}
+
 static int cmp_names(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -514,7 +529,7 @@ int hr_dir_list(const char *dir, char ***names_out, bool **is_dir_out, size_t *n
         hr_dir_list_free(names, is_dir, n);
         return rc;
     }
-    qsort(names, n, sizeof *names, cmp_names);
+    if (n > 1) qsort(names, n, sizeof *names, cmp_names); /* an empty listing has names == NULL */
     size_t dl = strlen(dir);
     for (size_t i = 0; i < n; i++) {
         size_t nl = strlen(names[i]);

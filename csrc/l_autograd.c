@@ -90,9 +90,11 @@ static int t_backward(lua_State *L)
         retain = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
-    int rc;
-    HR_LUA_RETRY_INT(L, rc, hr_backward(t, g, retain, L));
-    if (rc) return hr_lua_error(L, "backward");
+    /* Not retried after a collection on out of memory (unlike allocations): a backward that failed
+     * midway has already freed the saved tensors of the nodes it went through and added their
+     * gradients to some leaves, so a second run would fail with a misleading message or count
+     * those gradients twice. */
+    if (hr_backward(t, g, retain, L)) return hr_lua_error(L, "backward");
     return 0;
 }
 

@@ -99,6 +99,7 @@ void hr_lua_open_autocast(lua_State *L, int module_idx, int methods_idx);   /* l
  * (kind: an hr_autocast_kind of hr_autocast.h). */
 hr_tensor *hr_lua_autocast(lua_State *L, int idx, int kind, const char *op);
 void hr_lua_open_workers(lua_State *L, int module_idx, int methods_idx);    /* l_workers.c */
+void hr_lua_open_proc(lua_State *L, int module_idx, int methods_idx);       /* l_proc.c */
 
 /* Autograd fields of tensors (t.grad, t.requires_grad, t.is_leaf, t.grad_fn); return 1 when handled. */
 int hr_lua_autograd_field(lua_State *L, hr_tensor *t, const char *key);

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "hr_datawrite.h"
+#include "hr_io.h"
 #include "l_common.h"
 
 #define WRITER_MT "hero.data.LmdbWriter"
@@ -460,6 +461,26 @@ static int l_fs_sync_dir(lua_State *L)
     return 0;
 }
 
+/* fs_sync(path): fsync of a file (its bytes are on disk) or a directory (its entries are). */
+static int l_fs_sync(lua_State *L)
+{
+    const char *p = luaL_checkstring(L, 1);
+    if (hr_path_sync(p)) return hr_lua_error(L, "fs_sync");
+    return 0;
+}
+
+/* fs_write_atomic(path, bytes): path.tmp.<pid> beside path, fsync, rename over path, fsync of the
+ * directory; readers of path see the old complete file or the new one, even after a crash. */
+static int l_fs_write_atomic(lua_State *L)
+{
+    const char *p = luaL_checkstring(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    const void *pieces[1] = {data};
+    if (hr_io_write_atomic(p, 1, pieces, &len)) return hr_lua_error(L, "fs_write_atomic");
+    return 0;
+}
+
 /* fs_listdir(dir) -> {names...} (sorted), {is_dir...} */
 static int l_fs_listdir(lua_State *L)
 {
@@ -514,6 +535,8 @@ void hr_lua_open_datawrite(lua_State *L, int module_idx, int methods_idx)
         {"fs_rmtree", l_fs_rmtree},
         {"fs_rename", l_fs_rename},
         {"fs_sync_dir", l_fs_sync_dir},
+        {"fs_sync", l_fs_sync},
+        {"fs_write_atomic", l_fs_write_atomic},
         {"fs_listdir", l_fs_listdir},
         {NULL, NULL},
     };

@@ -50,6 +50,7 @@ int luaopen_hero_core(lua_State *L)
     hr_lua_open_cuda(L, module_idx, methods_idx);
     hr_lua_open_autocast(L, module_idx, methods_idx);
     hr_lua_open_workers(L, module_idx, methods_idx);
+    hr_lua_open_proc(L, module_idx, methods_idx);
 
     lua_pushvalue(L, methods_idx);
     lua_setfield(L, module_idx, "Tensor");

@@ -206,6 +206,11 @@ local function run_torch(a, script)
   return res, doc.peak_rss_mib
 end
 
+-- loaded as a library (loadfile(path)("library"), as examples/bench_soak.lua does): the pieces
+if ... == "library" then
+  return {CONFIGS = CONFIGS, model_config = model_config, make_batch = make_batch, VFEAT = VFEAT, MAX_FRM = MAX_FRM}
+end
+
 local a = parse_args(arg)
 if not a.paired then
   local results, rss = run_hero(a)

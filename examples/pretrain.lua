@@ -374,9 +374,7 @@ if opts.resume then
 end
 if start == 0 and rank == 0 then
   os.execute("mkdir -p '" .. opts.out:gsub("'", "'\\''") .. "'")
-  local f = assert(io.open(opts.out .. "/hps.json", "wb"))
-  f:write(json.encode(hps, {indent = 1}), "\n")
-  f:close()
+  json.write_file(opts.out .. "/hps.json", hps, {indent = 1}) -- atomic: a kill leaves the old file or the new
 end
 
 local todo = math.max(0, steps - start)

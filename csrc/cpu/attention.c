@@ -18,6 +18,7 @@
 
 #include <cblas.h>
 
+#include "../hr_blas_guard.h"
 #include "hr_autograd.h"
 #include "hr_cuda.h"
 #include "hr_nn.h"
@@ -159,7 +160,7 @@ void openblas_set_num_threads(int num_threads);
 static void run_tasks(attn_job *j, hr_parallel_fn fn, int64_t ntasks)
 {
     int threads = hr_get_num_threads();
-    if (threads > 1 && ntasks > 1) {
+    if (threads > 1 && ntasks > 1 && !hr_blas_limited()) {
         openblas_set_num_threads(1);
         hr_parallel_for(ntasks, 1, fn, j);
         openblas_set_num_threads(threads);
@@ -191,8 +192,13 @@ static int attn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
         j.dq = outs[0] ? hr_tensor_data(outs[0]) : NULL;
         j.dk = outs[1] ? hr_tensor_data(outs[1]) : NULL;
         j.dv = outs[2] ? hr_tensor_data(outs[2]) : NULL;
-        run_tasks(&j, q->dtype == HR_F32 ? attn_backward_f32 : attn_backward_f64, c->B * c->heads);
-        if (j.failed) rc = hr_fail(HR_ENOMEM, "attention backward: out of memory for scratch buffers");
+        if (hr_blas_begin("attention backward")) {
+            rc = -1;
+        } else {
+            run_tasks(&j, q->dtype == HR_F32 ? attn_backward_f32 : attn_backward_f64, c->B * c->heads);
+            hr_blas_end();
+        }
+        if (rc == 0 && j.failed) rc = hr_fail(HR_ENOMEM, "attention backward: out of memory for scratch buffers");
     }
     hr_tensor_release(g);
     for (int i = 0; i < 3; i++) {
@@ -267,7 +273,9 @@ hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mas
     attn_job j = {&c, hr_tensor_data(qc), hr_tensor_data(kc), hr_tensor_data(vc), mc ? hr_tensor_data(mc) : NULL,
                   noise ? hr_tensor_data(noise) : NULL, hr_tensor_data(p), hr_tensor_data(out), NULL, NULL, NULL,
                   NULL, false, false, false, 0};
+    if (hr_blas_begin("attention")) goto done; /* OpenBLAS would hang out of memory */
     run_tasks(&j, q->dtype == HR_F32 ? attn_forward_f32 : attn_forward_f64, c.B * heads);
+    hr_blas_end();
     if (j.failed) {
         hr_fail(HR_ENOMEM, "attention: out of memory for scratch buffers");
         goto done;

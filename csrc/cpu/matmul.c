@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../hr_blas_guard.h"
 #include "hr_cuda.h"
 #include "hr_linalg.h"
 
@@ -158,7 +159,7 @@ static void run_blas(gemm_plan *p)
     bool tiny = work * (double)p->nbatch < (double)(1 << 16); /* not worth waking the pool */
     int64_t per = (p->nbatch + threads - 1) / threads;
     bool even = (double)(per * threads) <= 1.15 * (double)p->nbatch;
-    if (threads > 1 && p->nbatch >= 2 && !tiny && (small || even)) {
+    if (threads > 1 && p->nbatch >= 2 && !tiny && (small || even) && !hr_blas_limited()) {
         openblas_set_num_threads(1);
         hr_parallel_for(p->nbatch, 1, blas_batch_range, p);
         openblas_set_num_threads(threads);
@@ -488,7 +489,14 @@ static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor 
             p.nbatch = 1;
             for (int i = 0; i < p.nb; i++) p.nbatch *= p.bsize[i];
             if (is_blas) {
+                /* OpenBLAS hangs when its work space cannot be allocated: fail first instead */
+                if (hr_blas_begin(op)) {
+                    if (ca) hr_tensor_release(ca);
+                    if (cb) hr_tensor_release(cb);
+                    goto done;
+                }
                 run_blas(&p);
+                hr_blas_end();
             } else {
                 run_int(&p);
             }

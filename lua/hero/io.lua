@@ -15,6 +15,32 @@ for _, name in ipairs {"load_npy", "load_npz", "save_npy", "save_npz", "load_saf
   io_[name] = core[name]
 end
 
+--- write_atomic(path, bytes): replaces path as a whole, durably: the bytes go to path.tmp.<pid>
+-- beside it, are fsynced, renamed over path, and the directory is fsynced. A reader (or a crash at
+-- any moment) sees the old complete file or the new complete file, never a torn one; a writer
+-- killed midway leaves only a path.tmp.<pid> file behind (io_.remove_stale_temporaries).
+io_.write_atomic = core.fs_write_atomic
+--- fsync(path): the bytes of a file (or the entries of a directory) reach the disk.
+io_.fsync = core.fs_sync
+
+--- True when `name` is a temporary file of an atomic writer: "<name>.tmp.<pid>" (hero.save,
+-- write_atomic, json.write_file) or "<name>.tmp".
+function io_.is_temporary(name)
+  return name:match("%.tmp%.%d+$") ~= nil or name:match("%.tmp$") ~= nil
+end
+
+--- Removes the temporary files (io_.is_temporary) directly inside dir that a killed writer left
+-- behind; returns how many. Only call it when no other process writes into dir. A missing dir is fine.
+function io_.remove_stale_temporaries(dir)
+  local ok, names, is_dir = pcall(core.fs_listdir, dir)
+  if not ok then return 0 end
+  local n = 0
+  for i, name in ipairs(names) do
+    if not is_dir[i] and io_.is_temporary(name) and os.remove(dir .. "/" .. name) then n = n + 1 end
+  end
+  return n
+end
+
 --- Metadata key holding the structure of a nested value.
 io_.STRUCTURE_KEY = "hero.structure"
 

@@ -456,26 +456,44 @@ function json.read_file(path, opts)
   return json.decode(read_all(path, "json.read_file"), o)
 end
 
---- Decodes a JSON-lines file (one value per non-empty line) into an array.
+--- Decodes a JSON-lines file (one value per non-empty line) into an array. A last line without
+-- its newline that does not decode is a torn append (a writer killed in the middle of the line:
+-- hero's appenders write a line and its newline together) and is left out; any other bad line
+-- is an error naming the file and line.
 function json.read_lines(path, opts)
   local text = read_all(path, "json.read_lines")
   local out = json.array()
   local lineno = 0
+  local torn_at = text:sub(-1) ~= "\n" and #text > 0 and select(2, text:gsub("\n", "")) + 1 or nil
   for line in (text .. "\n"):gmatch("([^\n]*)\n") do
     lineno = lineno + 1
     if line:find("[^ \t\r]") then
       local o = {}
       if opts then for k, v in pairs(opts) do o[k] = v end end
       o.source = path .. ":" .. lineno
-      out[#out + 1] = json.decode(line, o)
+      if lineno == torn_at then
+        local ok, v = pcall(json.decode, line, o)
+        if ok then out[#out + 1] = v end
+      else
+        out[#out + 1] = json.decode(line, o)
+      end
     end
   end
   return out
 end
 
---- Writes value as JSON to path (opts as json.encode), through a temporary file renamed over path.
+--- Writes value as JSON to path (opts as json.encode), atomically and durably: through a temporary
+-- file beside path (fsynced) renamed over it, then an fsync of the directory (hero.io.write_atomic),
+-- so a crash leaves the old complete file or the new one.
 function json.write_file(path, value, opts)
   local text = json.encode(value, opts) .. "\n"
+  local okc, core = pcall(require, "hero.core")
+  if okc and core.fs_write_atomic then
+    local ok, err = pcall(core.fs_write_atomic, path, text)
+    if not ok then error(format("json.write_file: %s", tostring(err)), 0) end
+    return
+  end
+  -- without the C module: temporary file and rename (no fsync from plain Lua)
   local tmp = path .. ".tmp"
   local f, err = io.open(tmp, "wb")
   if not f then error(format("json.write_file: cannot create '%s': %s", tmp, err), 0) end

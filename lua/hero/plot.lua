@@ -118,13 +118,9 @@ end
 --- One chart as a complete SVG document.
 function plot.svg_lines(opts) return plot.svg({opts}) end
 
---- Writes the charts to path (through a temporary file renamed into place).
+--- Writes the charts to path (atomically and durably: hero.io.write_atomic).
 function plot.write_svg(path, charts)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "wb"))
-  f:write(plot.svg(charts))
-  f:close()
-  assert(os.rename(tmp, path))
+  require("hero.core").fs_write_atomic(path, plot.svg(charts))
 end
 
 --- Moving average of points {{x, y}} over `window` points (a smoother curve for noisy losses).

@@ -3,8 +3,15 @@
 -- An event file is a sequence of TFRecords: uint64 length, masked CRC-32C of the length, the bytes
 -- of one serialised `Event` protocol buffer, masked CRC-32C of those bytes. The first event holds
 -- file_version "brain.Event:2"; scalars are Event{wall_time, step, summary{value{tag, simple_value}}}.
---   local tb = hero.tensorboard.Writer("runs/x")   -- runs/x/events.out.tfevents.<time>.<host>
+--   local tb = hero.tensorboard.Writer("runs/x")   -- runs/x/events.out.tfevents.<time>.<host>.<pid>
 --   tb:add_scalar("loss/mlm", 2.31, step); tb:flush(); tb:close()
+--
+-- Crashes: records are only ever appended, so a writer killed midway leaves at most one torn record
+-- at the end of its file; the readers here ignore it (TensorBoard does too). A Writer never appends
+-- to an existing file: each one starts a new file whose name sorts after the directory's existing
+-- event files (TensorBoard reads a directory's files in name order). A run resumed from a checkpoint
+-- of step N calls :add_session_start(N + 1): TensorBoard then drops the points of steps > N that the
+-- killed run logged after its checkpoint (they are logged again), and so does tensorboard.read_run.
 local tensorboard = {}
 
 -- ------------------------------------------------------------------ CRC-32C (Castagnoli)
@@ -82,19 +89,66 @@ local function wall_time()
   return os.time()
 end
 
+-- The number in an event file's name: its creation time (seconds).
+local function name_time(name)
+  return tonumber(name:match("^events%.out%.tfevents%.(%d+)"))
+end
+
 --- Creates dir (if needed) and a new event file in it. opts.filename overrides the file name.
+-- The name's time is at least one second after the newest event file already in dir, so a run
+-- restarted within the same second still sorts after the one it continues.
 function tensorboard.Writer(dir, opts)
   opts = opts or {}
   os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
-  local host = (io.popen("hostname 2>/dev/null"):read("l") or "hero"):gsub("[^%w%-%.]", "_")
-  local name = opts.filename or string.format("events.out.tfevents.%d.%s", os.time(), host)
+  local okc, core = pcall(require, "hero.core")
+  local name = opts.filename
+  if not name then
+    local host = (io.popen("hostname 2>/dev/null"):read("l") or "hero"):gsub("[^%w%-%.]", "_")
+    local t = os.time()
+    if okc and core.fs_listdir then
+      local ok, names = pcall(core.fs_listdir, dir)
+      if ok then
+        for _, n in ipairs(names) do
+          local nt = name_time(n)
+          if nt and nt >= t then t = nt + 1 end
+        end
+      end
+    end
+    local pid = okc and core._getpid and core._getpid() or 0
+    name = string.format("events.out.tfevents.%d.%s.%d", t, host, pid)
+  end
   local path = dir .. "/" .. name
+  if not opts.filename then
+    local probe = io.open(path, "rb")
+    if probe then
+      probe:close()
+      error("tensorboard.Writer: " .. path .. " already exists", 2)
+    end
+  end
   local f, err = io.open(path, "wb")
   if not f then error("tensorboard.Writer: cannot create " .. path .. ": " .. tostring(err), 2) end
   local self = setmetatable({path = path, file = f}, Writer)
   f:write(tensorboard.record(event(wall_time(), nil, 3, "brain.Event:2")))
   f:flush()
   return self
+end
+
+--- Writes SessionLog{status = START} at `step`: readers drop every point of an earlier file (or
+-- earlier in this one) whose step is >= step. A run resumed from the checkpoint of step N writes
+-- it with step N + 1 before its first point.
+function Writer:add_session_start(step)
+  if not self.file then error("tensorboard.Writer: the writer is closed", 2) end
+  if math.type(step) ~= "integer" then error("tensorboard.Writer:add_session_start(step): expected an integer", 2) end
+  -- Event.session_log = 6: SessionLog{status = 1 (enum; START = 1)}
+  self.file:write(tensorboard.record(event(wall_time(), step, 6, key(1, 0) .. varint(1))))
+end
+
+--- The file's bytes reach the disk (fsync); called before a checkpoint that covers them is published.
+function Writer:sync()
+  if not self.file then return end
+  self.file:flush()
+  local okc, core = pcall(require, "hero.core")
+  if okc and core.fs_sync then core.fs_sync(self.path) end
 end
 
 --- Appends a scalar point.
@@ -120,9 +174,13 @@ end
 Writer.__close = Writer.close
 Writer.__gc = Writer.close
 
---- Reads back the scalars of an event file: an array of {step, tag, value, wall_time} (for checks).
-function tensorboard.read_scalars(path)
-  local f = assert(io.open(path, "rb"))
+-- Decodes an event file: an array of {step, tag, value, wall_time} scalars and
+-- {start = true, step} session starts, in file order. A torn last record (the file ends inside it,
+-- as a writer killed midway leaves it) is ignored: the second result is then its byte offset.
+-- A bad CRC anywhere else is an error.
+local function read_events(path)
+  local f, ferr = io.open(path, "rb")
+  if not f then error("tensorboard: cannot open " .. tostring(ferr), 0) end
   local data = f:read("a")
   f:close()
   local out, pos = {}, 1
@@ -138,15 +196,16 @@ function tensorboard.read_scalars(path)
     return n, p
   end
   while pos <= #data do
-    if pos + 11 > #data then error(string.format("tensorboard: truncated record at byte %d of %s", pos, path)) end
+    if pos + 11 > #data then return out, pos - 1 end -- torn inside the header
     local len = string.unpack("<I8", data, pos)
     local lcrc = string.unpack("<I4", data, pos + 8)
     if lcrc ~= tensorboard.masked_crc(data:sub(pos, pos + 7)) then
       error(string.format("tensorboard: bad length CRC at byte %d of %s", pos, path))
     end
+    if pos + 15 + len > #data then return out, pos - 1 end -- torn inside the body
     local body = data:sub(pos + 12, pos + 11 + len)
     local dcrc = string.unpack("<I4", data, pos + 12 + len)
-    if #body ~= len or dcrc ~= tensorboard.masked_crc(body) then
+    if dcrc ~= tensorboard.masked_crc(body) then
       error(string.format("tensorboard: bad data CRC at byte %d of %s", pos, path))
     end
     pos = pos + 16 + len
@@ -169,6 +228,10 @@ function tensorboard.read_scalars(path)
       else
         error("tensorboard: unexpected wire type " .. wire)
       end
+    end
+    if ev[6] then
+      local st = ev[6]:byte(1) == 0x08 and read_varint(ev[6], 2) or 0
+      if st == 1 then out[#out + 1] = {start = true, step = ev[2] or 0, wall_time = ev[1]} end
     end
     if ev[5] then
       local s = ev[5]
@@ -202,7 +265,46 @@ function tensorboard.read_scalars(path)
       end
     end
   end
-  return out
+  return out, nil
+end
+
+--- Reads back the scalars of an event file: an array of {step, tag, value, wall_time} (for checks).
+-- A torn last record is ignored; the second result is then the byte offset where it starts.
+function tensorboard.read_scalars(path)
+  local events, torn = read_events(path)
+  local out = {}
+  for _, e in ipairs(events) do
+    if not e.start then out[#out + 1] = e end
+  end
+  return out, torn
+end
+
+--- The scalars of a whole run directory as TensorBoard shows them: its event files in name order,
+-- each session start dropping the points read so far whose step is >= its step (the points a
+-- killed run logged after the checkpoint it was resumed from). Returns the array of
+-- {step, tag, value, wall_time} and the number of torn records ignored.
+function tensorboard.read_run(dir)
+  local core = require "hero.core"
+  local names = core.fs_listdir(dir)
+  local out, torn = {}, 0
+  for _, name in ipairs(names) do
+    if name:match("tfevents") then
+      local events, t = read_events(dir .. "/" .. name)
+      if t then torn = torn + 1 end
+      for _, e in ipairs(events) do
+        if e.start then
+          local keep = {}
+          for _, o in ipairs(out) do
+            if o.step < e.step then keep[#keep + 1] = o end
+          end
+          out = keep
+        else
+          out[#out + 1] = e
+        end
+      end
+    end
+  end
+  return out, torn
 end
 
 return tensorboard

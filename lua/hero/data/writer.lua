@@ -15,7 +15,9 @@
 -- once complete (after syncing its files), so a crash or an error never leaves a half-written
 -- database under the final name: the destination either does not exist or is complete. An
 -- existing destination is refused unless opts.overwrite is set (it is then replaced whole).
--- :abort() (or an error inside :commit()) removes the temporary directory.
+-- :abort() (or an error inside :commit()) removes the temporary directory. A writer killed midway
+-- leaves its "<dest>.partial-<pid>@<host>-..." directory, which no reader opens; the next builder
+-- of the same destination removes it (writer.remove_stale).
 --
 -- Values are MessagePack as msgpack-python (use_bin_type=True) writes them: integers in their
 -- smallest form, floats as float64, valid UTF-8 strings as str, tensors as msgpack_numpy maps.
@@ -52,13 +54,66 @@ local function exists(path)
 end
 
 local tmp_counter = 0
+local hostname
+local function host()
+  if not hostname then
+    local p = io.popen("hostname 2>/dev/null")
+    hostname = (p and p:read("l") or "host"):gsub("[^%w%.]", "_")
+    if p then p:close() end
+  end
+  return hostname
+end
+
+-- "<dest>.partial-<pid>@<host>-<stamp>": the writing process is named so that a later writer can
+-- tell a directory left by a killed one (see remove_stale) from one still being written.
 local function tmp_name(dest)
   tmp_counter = tmp_counter + 1
-  -- time, CPU clock, a fresh table's address (differs between processes) and a counter: unique
-  -- enough that two writers of the same destination never share a temporary directory
+  -- time, CPU clock, a fresh table's address and a counter: unique within the process too
   local addr = tostring({}):match("0x(%x+)") or "0"
   local stamp = string.format("%x%x%s%04x", os.time(), math.floor((os.clock() * 1e6) % 0xffffff), addr, tmp_counter)
-  return string.format("%s.partial-%s", dest, stamp)
+  return string.format("%s.partial-%d@%s-%s", dest, core._getpid(), host(), stamp)
+end
+
+--- Cleans up after writers of dest that were killed: their "<dest>.partial-<pid>@<host>-..."
+-- directories (the process is gone from this host) and the "<file>.tmp.<pid>" files beside dest
+-- of atomic writes whose process is gone (id2nframe.json's) are removed; when dest is missing and a
+-- killed overwrite left the previous database as "<...>.old" (it was killed between its two
+-- renames), that previous database is renamed back to dest. Directories of live writers, of other
+-- hosts and of other names are left alone. Returns the number of directories removed or restored.
+function writer.remove_stale(dest)
+  dest = dest:gsub("/+$", "")
+  local parent, base = util.parent_dir(dest), dest:match("([^/]+)$")
+  local ok, names, is_dir = pcall(core.fs_listdir, parent)
+  if not ok then return 0 end
+  local n, prefix = 0, base .. ".partial-"
+  local me = host()
+  local olds = {}
+  for i, name in ipairs(names) do
+    -- "<file>.tmp.<pid>" of an atomic write (id2nframe.json, corrupted.json) of a dead process
+    local tpid = not is_dir[i] and tonumber(name:match("%.tmp%.(%d+)$"))
+    if tpid and tpid ~= core._getpid() and not core._alive(tpid) and os.remove(parent .. "/" .. name) then
+      n = n + 1
+    end
+    if is_dir[i] and name:sub(1, #prefix) == prefix then
+      local pid, h = name:sub(#prefix + 1):match("^(%d+)@([^-]+)%-")
+      pid = tonumber(pid)
+      if pid and h == me and pid ~= core._getpid() and not core._alive(pid) then
+        if name:match("%.old$") then
+          olds[#olds + 1] = name
+        elseif pcall(core.fs_rmtree, parent .. "/" .. name) then
+          n = n + 1
+        end
+      end
+    end
+  end
+  for _, name in ipairs(olds) do
+    if not exists(dest) and pcall(core.fs_rename, parent .. "/" .. name, dest) then
+      n = n + 1
+    elseif pcall(core.fs_rmtree, parent .. "/" .. name) then
+      n = n + 1
+    end
+  end
+  return n
 end
 
 local LmdbBuilder = {}
@@ -72,6 +127,7 @@ function writer.LmdbBuilder(dest, opts)
   opts = opts or {}
   dest = dest:gsub("/+$", "")
   local what = opts.what or "LmdbBuilder"
+  writer.remove_stale(dest)
   if exists(dest) and not opts.overwrite then
     error(string.format("%s: '%s' already exists (pass overwrite = true to replace it)", what, dest), 2)
   end

@@ -8,6 +8,16 @@
 -- Everything that decides what happens next (parameters, optimizer moments, step, every generator's
 -- state, every task loader's position) is in the checkpoint, so a resumed run continues bit for bit.
 --
+-- Crashes (a kill, a power cut) at any moment leave a usable out_dir: every checkpoint file and the
+-- `latest` pointer are replaced atomically and durably (temporary file beside it, fsync, rename,
+-- fsync of the directory), and `latest` is written last, after the log and the TensorBoard events
+-- of the updates it covers are fsynced, so it always names complete files. log.jsonl and the event
+-- files are append-only: a killed run leaves at most a torn last line / record, which the readers
+-- ignore. :resume() cuts log.jsonl back to the checkpoint's step (dropping the torn line and the
+-- lines of updates that are done again; without a checkpoint, every line) and the new TensorBoard
+-- file starts with a session start at step + 1, so every step appears once. Temporary files of a
+-- killed writer (*.tmp.<pid>) are never read and are removed when training starts again.
+--
 -- Data-parallel (opts.dist, hero-spec §4.6, §6.3): one process per rank under mpirun, each with its
 -- own shard of the data. The parameters are broadcast from rank 0 before the first update; the task
 -- of an update is rank 0's draw; after the micro-batches of an update the gradients are averaged
@@ -69,22 +79,11 @@ local function read_file(path)
   return s
 end
 
---- Writes text to path atomically: a temporary file in the same directory, then a rename.
+--- Writes text to path atomically and durably (hero.io.write_atomic: path.tmp.<pid>, fsync, rename,
+-- fsync of the directory).
 local function write_atomic(path, text)
-  local tmp = path .. ".tmp"
-  local f, err = io.open(tmp, "wb")
-  if not f then error(string.format("cannot write '%s': %s", tmp, err), 0) end
-  local ok, werr = f:write(text)
-  local cok, cerr = f:close()
-  if not ok or not cok then
-    os.remove(tmp)
-    error(string.format("cannot write '%s': %s", tmp, tostring(werr or cerr)), 0)
-  end
-  local rok, rerr = os.rename(tmp, path)
-  if not rok then
-    os.remove(tmp)
-    error(string.format("cannot rename '%s' to '%s': %s", tmp, path, rerr), 0)
-  end
+  local ok, err = pcall(io_.write_atomic, path, text)
+  if not ok then error(tostring(err), 0) end
 end
 
 local function finite_or_null(x)
@@ -420,11 +419,27 @@ end
 
 -- ------------------------------------------------------------------ logging
 
+-- A log whose last line has no newline was cut by a kill in the middle of that line: drop the
+-- partial line before appending (otherwise the next line would be glued onto it).
+local function drop_torn_line(path)
+  local f = io.open(path, "rb")
+  if not f then return end
+  local size = f:seek("end")
+  local last = size > 0 and f:seek("set", size - 1) and f:read(1)
+  f:close()
+  if not last or last == "\n" then return end
+  local text = read_file(path)
+  local keep = text:match("^(.*\n)") or ""
+  write_atomic(path, keep)
+end
+
 function Trainer:write_log(rec)
   if not self.log then return end
   if not self.log_file then
     mkdir_p(self.out_dir)
-    local f, err = io.open(self.out_dir .. "/log.jsonl", "ab")
+    local path = self.out_dir .. "/log.jsonl"
+    drop_torn_line(path)
+    local f, err = io.open(path, "ab")
     if not f then error("Trainer: cannot open the log: " .. tostring(err), 0) end
     self.log_file = f
   end
@@ -443,6 +458,8 @@ function Trainer:write_log(rec)
   -- the same scalars as TensorBoard events (out_dir/tensorboard/), read by TensorBoard as they come
   if not self.tb then
     self.tb = require("hero.tensorboard").Writer(self.out_dir .. "/tensorboard")
+    -- a resumed run: TensorBoard drops what the stopped run logged after the checkpoint
+    if self.resumed_at then self.tb:add_session_start(self.resumed_at + 1) end
   end
   local step = math.tointeger(rec.step)
   if step then
@@ -549,6 +566,12 @@ function Trainer:save()
       scalers = self:scalers_state(),
       with_grad = self:names_with_grad(),
     })
+    -- the log lines and events of the updates this checkpoint covers reach the disk before it is published
+    if self.log_file then
+      self.log_file:flush()
+      io_.fsync(self.out_dir .. "/log.jsonl")
+    end
+    if self.tb then self.tb:sync() end
     write_atomic(dir .. "/latest", tostring(n) .. "\n")
   end) end
   if multi then self.dist.barrier() end
@@ -584,12 +607,21 @@ end
 
 --- Restores the checkpoint named by out_dir/ckpt/latest (or `step`): parameters, optimizer,
 -- global step, every generator's state and every task loader's position. Returns the step, or nil
--- (and changes nothing) when out_dir has no checkpoint.
+-- (and changes nothing else) when out_dir has no checkpoint. When out_dir is this trainer's own,
+-- log.jsonl is cut back to the lines of steps <= the checkpoint's (to none without a checkpoint:
+-- a stopped run's updates that no checkpoint covers are done again and logged again) and the
+-- TensorBoard events get a session start at step + 1 (see the top of this file).
 function Trainer:resume(out_dir, step)
   out_dir = out_dir or self.out_dir
   if type(out_dir) ~= "string" then error("Trainer:resume: no out_dir", 2) end
   step = step or Trainer.latest_step(out_dir)
-  if not step then return nil end
+  if not step then
+    if self.out_dir == out_dir and self.log then
+      truncate_log(out_dir .. "/log.jsonl", 0)
+      self.resumed_at = 0
+    end
+    return nil
+  end
   local dir = out_dir .. "/ckpt"
   local mpath = string.format("%s/step_%d.safetensors", dir, step)
   local spath = string.format("%s/train_state_%d.safetensors", dir, step)
@@ -640,7 +672,10 @@ function Trainer:resume(out_dir, step)
   self.global_step = step
   self.last_saved = step
   self.params_synced = false
-  if self.out_dir == out_dir and self.log then truncate_log(out_dir .. "/log.jsonl", step) end
+  if self.out_dir == out_dir and self.log then
+    truncate_log(out_dir .. "/log.jsonl", step)
+    self.resumed_at = step
+  end
   return step
 end
 
@@ -656,6 +691,12 @@ function Trainer:train(num_updates)
   if self.dist and not self.params_synced then
     self.dist.broadcast_parameters(self.params, 0)
     self.params_synced = true
+  end
+  if self.out_dir and self.rank == 0 and not self.cleaned then
+    -- what a killed writer left behind (no rank writes between two train calls)
+    io_.remove_stale_temporaries(self:ckpt_dir())
+    io_.remove_stale_temporaries(self.out_dir)
+    self.cleaned = true
   end
   self.target_step = self.global_step + num_updates
   local stats = {updates = 0, seconds = 0, tokens = 0}
