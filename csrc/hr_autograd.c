@@ -244,11 +244,13 @@ static int accumulate_into(hr_tensor **slot, hr_tensor *g)
 
 /* Whether the leaf can take g itself as its first gradient: nothing else holds g or its storage
  * (so later in-place accumulation cannot be seen elsewhere), and it is exactly what a copy would
- * be (the leaf's dtype and device, contiguous from the start of its storage). */
+ * be (the leaf's dtype and device, contiguous, the whole of its storage: a slice would keep the
+ * rest of a bigger buffer alive). */
 static bool can_adopt(const hr_tensor *leaf, const hr_tensor *g)
 {
     const hr_storage *s = g->storage;
     return g->refcount == 1 && s && s->refcount == 1 && s->kind != HR_STORAGE_MMAP && g->offset == 0 &&
+           s->nbytes == (size_t)hr_tensor_numel(g) * hr_dtype_size(g->dtype) && /* not a slice of a bigger buffer */
            g->dtype == leaf->dtype && !g->grad_fn && !g->grad && hr_device_eq(s->device, hr_tensor_device(leaf)) &&
            hr_tensor_is_contiguous(g);
 }
