@@ -48,54 +48,41 @@ typedef struct {
     double beta1, beta2, eps;
 } adamw_job;
 
+typedef struct {
+    float b1, b2, c1, c2, eps, step, decay;
+} adamw_f32_consts;
+
+/* One element of the f32 update, in torch's float arithmetic and order of operations. */
+static inline void adamw_f32_one(const adamw_f32_consts *k, float gi, float *p, float *m, float *v)
+{
+    float mi = *m * k->b1 + k->c1 * gi;
+    float vi = *v * k->b2 + (k->c2 * gi) * gi; /* addcmul: value * t1 * t2 */
+    *m = mi;
+    *v = vi;
+    float pi = *p - k->step * (mi / (sqrtf(vi) + k->eps));
+    if (k->decay != 0.0f) pi = pi - k->decay * pi;
+    *p = pi;
+}
+
 /* The f32 update mirrors torch's float arithmetic: scalars are rounded to float first. */
 static void adamw_f32(const hr_adamw_item *it, int64_t lo, int64_t hi, const adamw_job *job)
 {
     float *p = hr_tensor_data(it->param);
     float *m = hr_tensor_data(it->exp_avg);
     float *v = hr_tensor_data(it->exp_avg_sq);
-    const float b1 = (float)job->beta1, b2 = (float)job->beta2;
-    const float c1 = (float)(1.0 - job->beta1), c2 = (float)(1.0 - job->beta2);
-    const float eps = (float)job->eps;
-    const float step = (float)it->step_size, decay = (float)it->decay;
-    if (it->grad->dtype == HR_F32 && it->grad_scale != 1.0) {
-        /* clipping folded in: g * (float)scale is what scaling g in place would have stored */
+    const adamw_f32_consts k = {(float)job->beta1, (float)job->beta2, (float)(1.0 - job->beta1),
+                                (float)(1.0 - job->beta2), (float)job->eps, (float)it->step_size, (float)it->decay};
+    if (it->grad->dtype == HR_F32) {
+        /* clipping folded in: g * (float)scale is what scaling g in place would have stored; a
+         * scale of 1 changes no value (x * 1.0f == x, NaN and -0 included) */
         const float *g = hr_tensor_data(it->grad);
         const float gs = (float)it->grad_scale;
-        for (int64_t i = lo; i < hi; i++) {
-            float gi = g[i] * gs;
-            float mi = m[i] * b1 + c1 * gi;
-            float vi = v[i] * b2 + (c2 * gi) * gi;
-            m[i] = mi;
-            v[i] = vi;
-            float pi = p[i] - step * (mi / (sqrtf(vi) + eps));
-            if (decay != 0.0f) pi = pi - decay * pi;
-            p[i] = pi;
-        }
-    } else if (it->grad->dtype == HR_F32) {
-        const float *g = hr_tensor_data(it->grad);
-        for (int64_t i = lo; i < hi; i++) {
-            float mi = m[i] * b1 + c1 * g[i];
-            float vi = v[i] * b2 + (c2 * g[i]) * g[i]; /* addcmul: value * t1 * t2 */
-            m[i] = mi;
-            v[i] = vi;
-            float pi = p[i] - step * (mi / (sqrtf(vi) + eps));
-            if (decay != 0.0f) pi = pi - decay * pi;
-            p[i] = pi;
-        }
+        for (int64_t i = lo; i < hi; i++) adamw_f32_one(&k, g[i] * gs, &p[i], &m[i], &v[i]);
     } else {
         const char *g = hr_tensor_data(it->grad);
-        size_t gs = hr_dtype_size(it->grad->dtype);
-        for (int64_t i = lo; i < hi; i++) {
-            float gi = (float)hr_load_f64(g + (size_t)i * gs, it->grad->dtype);
-            float mi = m[i] * b1 + c1 * gi;
-            float vi = v[i] * b2 + (c2 * gi) * gi;
-            m[i] = mi;
-            v[i] = vi;
-            float pi = p[i] - step * (mi / (sqrtf(vi) + eps));
-            if (decay != 0.0f) pi = pi - decay * pi;
-            p[i] = pi;
-        }
+        size_t gsz = hr_dtype_size(it->grad->dtype);
+        for (int64_t i = lo; i < hi; i++)
+            adamw_f32_one(&k, (float)hr_load_f64(g + (size_t)i * gsz, it->grad->dtype), &p[i], &m[i], &v[i]);
     }
 }
 
