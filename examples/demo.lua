@@ -181,18 +181,7 @@ if P.pretrain_steps > 0 then
     local ds = prefetch.dataset_from_spec(spec)
     loaders = {}
     for t, sp in pairs(specs) do
-      local l = prefetch.loader_from_spec(sp, ds)
-      local make, waited, served, first = l.next, 0, 0, 0
-      l.next = function(self)
-        local t0 = now()
-        local b = make(self)
-        local dt = now() - t0
-        if served == 0 then first = dt end
-        waited, served = waited + dt, served + 1
-        return b
-      end
-      l.wait_seconds = function() return waited, served, first end
-      loaders[t] = l
+      loaders[t] = prefetch.timed(prefetch.loader_from_spec(sp, ds))
     end
   end
   local meta = train.MetaLoader{tasks = loaders, ratios = {mlm = 2, ["mfm-nce"] = 2, fom = 1, vsm = 2}, order = tasks,
@@ -227,7 +216,7 @@ if P.pretrain_steps > 0 then
   for _, t in ipairs(tasks) do
     local w, n, f = loaders[t]:wait_seconds()
     waited, served, firsts = waited + w, served + n, firsts + f
-    blocked = blocked + (loaders[t].blocked_seconds and loaders[t]:blocked_seconds() or w)
+    blocked = blocked + loaders[t]:blocked_seconds()
     if loaders[t].close then loaders[t]:close() end
   end
   local steady = served > #tasks and (waited - firsts) / (served - #tasks) or 0

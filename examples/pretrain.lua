@@ -200,17 +200,7 @@ function sources.db(opts, tasks, hps)
       local ok, l = pcall(hero.data.TaskLoader, o)
       if not ok then usage(tostring(l)) end
       -- time spent making batches on the training thread, reported as the workers' wait is
-      local make, waited, served, first = l.next, 0, 0, 0
-      l.next = function(self)
-        local t0 = hero.core._now()
-        local b = make(self)
-        local dt = hero.core._now() - t0
-        if served == 0 then first = dt end
-        waited, served = waited + dt, served + 1
-        return b
-      end
-      l.wait_seconds = function() return waited, served, first end
-      loaders[t] = l
+      loaders[t] = require("hero.data.prefetch").timed(l)
     end
     if valid_ds then
       local vo = {dataset = valid_ds, seed = hps.seed + 1000 * i + 500, shuffle = false}
@@ -395,7 +385,7 @@ if train_ds then
     if l.wait_seconds then
       local w, n, f = l:wait_seconds()
       waited, served, firsts = waited + w, served + n, firsts + f
-      blocked = blocked + (l.blocked_seconds and l:blocked_seconds() or w)
+      blocked = blocked + l:blocked_seconds()
     end
   end
   if todo > 0 then

@@ -298,6 +298,24 @@ function Prefetch:__tostring()
     self.workers, self.depth, #self.inflight)
 end
 
+--- Wraps a loader made on the training thread (hero.data.TaskLoader) so that it reports the time
+-- its :next() took like a PrefetchLoader does: wait_seconds() -> seconds, batches, seconds of the
+-- first; blocked_seconds() is all of it (nothing else makes the batches). Returns the loader.
+function M.timed(l)
+  local make, waited, served, first = l.next, 0, 0, 0
+  l.next = function(self, ...)
+    local t0 = core._now()
+    local b = make(self, ...)
+    local dt = core._now() - t0
+    if served == 0 then first = dt end
+    waited, served = waited + dt, served + 1
+    return b
+  end
+  l.wait_seconds = function() return waited, served, first end
+  l.blocked_seconds = function() return waited end
+  return l
+end
+
 M.PrefetchLoader_class = Prefetch
 
 return M
