@@ -198,22 +198,33 @@ void hr_cpu_randperm_i64(int64_t *out, int64_t n, const uint32_t key[2], uint64_
 
 /* ------------------------------------------------------------------ bernoulli / dropout masks */
 
+/* With one probability (no per-element p), the draws from element i (a multiple of 4) on: eight
+ * Philox blocks (32 draws) at a time, compared as integers, through STORE(index, drawn) while 32
+ * fit before last. Leaves i at the first element not drawn. */
+#define BERNOULLI_BY_32(j, i, last, STORE)                                                          \
+    do {                                                                                             \
+        if (!(j)->p) {                                                                               \
+            uint32_t bound_ = hr_philox_u24_bound((j)->a);                                           \
+            uint32_t w8_[4][8];                                                                      \
+            for (; (i) + 32 <= (last); (i) += 32) {                                                  \
+                hr_philox_blocks8((j)->key, (j)->block0 + (uint64_t)((i) >> 2), w8_);                \
+                for (int l_ = 0; l_ < 8; l_++)                                                       \
+                    for (int k_ = 0; k_ < 4; k_++)                                                   \
+                        STORE((i) + 4 * l_ + k_, ((w8_[k_][l_] >> 8) < bound_) != (j)->invert);      \
+            }                                                                                        \
+        }                                                                                            \
+    } while (0)
+
+#define STORE_U8(idx, drawn) (out[idx] = (uint8_t)(drawn))
+#define STORE_F32(idx, drawn) (out[idx] = (drawn) ? 1.0f : 0.0f)
+
 static void bernoulli_u8_task(void *ctx, int64_t bb, int64_t be)
 {
     const rand_job *j = ctx;
     uint8_t *out = j->out;
     OWNED_RANGE(j, bb, be, 4, first, last);
     int64_t i = first; /* a multiple of 4: the start of a block */
-    if (!j->p) {
-        /* one probability: eight blocks (32 draws) at a time, compared as integers */
-        uint32_t bound = hr_philox_u24_bound(j->a);
-        uint32_t w8[4][8];
-        for (; i + 32 <= last; i += 32) {
-            hr_philox_blocks8(j->key, j->block0 + (uint64_t)(i >> 2), w8);
-            for (int l = 0; l < 8; l++)
-                for (int k = 0; k < 4; k++) out[i + 4 * l + k] = (uint8_t)(((w8[k][l] >> 8) < bound) != j->invert);
-        }
-    }
+    BERNOULLI_BY_32(j, i, last, STORE_U8);
     uint32_t w[4];
     for (int64_t start = i; i < last; i++) {
         if (i == start || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
@@ -229,16 +240,7 @@ static void bernoulli_f32_task(void *ctx, int64_t bb, int64_t be)
     float *out = j->out;
     OWNED_RANGE(j, bb, be, 4, first, last);
     int64_t i = first; /* a multiple of 4: the start of a block */
-    if (!j->p) {
-        /* one probability: eight blocks (32 draws) at a time, compared as integers */
-        uint32_t bound = hr_philox_u24_bound(j->a);
-        uint32_t w8[4][8];
-        for (; i + 32 <= last; i += 32) {
-            hr_philox_blocks8(j->key, j->block0 + (uint64_t)(i >> 2), w8);
-            for (int l = 0; l < 8; l++)
-                for (int k = 0; k < 4; k++) out[i + 4 * l + k] = (((w8[k][l] >> 8) < bound) != j->invert) ? 1.0f : 0.0f;
-        }
-    }
+    BERNOULLI_BY_32(j, i, last, STORE_F32);
     uint32_t w[4];
     for (int64_t start = i; i < last; i++) {
         if (i == start || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
