@@ -154,8 +154,7 @@ do -- hero's own speed-up from 1 to 2 threads, per round
   for i = 1, math.min(#h1, #h2) do sp[i] = h1[i] / h2[i] end
   local m, lo, hi = median(sp)
   rows[#rows + 1] = {"2-thread speed-up of hero's step (" .. config .. ")", goal(">=1.8x"), string.format("%.2fx", m),
-                     "",
-                     m, lo, hi, speedup = true}
+                     "", m, lo, hi, speedup = true}
 end
 rows[#rows + 1] = {"GPU, bf16 step", "<=0.80", "not run (no GPU here)", "", nil}
 
