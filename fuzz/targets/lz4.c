@@ -5,7 +5,9 @@
 #include "fuzz.h"
 #include "hr_data.h"
 
-#define LIMIT ((size_t)16 << 20)
+/* The limit is small because the fuzzer soon finds frames that expand 255 to 1: a 16 MiB limit made
+ * every such input cost milliseconds of page faults and copying, with nothing more to cover. */
+#define LIMIT ((size_t)1 << 20)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -18,10 +20,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     FUZZ_CHECK(out != NULL && n <= LIMIT);
-    const volatile unsigned char *p = out;
-    unsigned char acc = 0;
-    for (size_t i = 0; i < n; i++) acc ^= p[i];
-    (void)acc;
     if (n > 0) {
         unsigned char *o2;
         size_t n2;
@@ -29,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(hr_lz4_frame_decompress(data, size, n - 1, &o2, &n2) != 0);
         fuzz_expect_reason();
         FUZZ_CHECK(hr_lz4_frame_decompress(data, size, n, &o2, &n2) == 0);
-        FUZZ_CHECK(n2 == n && memcmp(o2, out, n) == 0);
+        FUZZ_CHECK(n2 == n && memcmp(o2, out, n) == 0); /* reads all n bytes of both: ASan checks them */
         free(o2);
     }
     free(out);
