@@ -120,6 +120,17 @@ size_t hr_live_bytes(void);
  * to the system (returns the bytes released). */
 size_t hr_cached_bytes(void);
 size_t hr_empty_cache(void);
+/* The host allocator's counters: bytes live and cached now, the highest live total since start
+ * (or the last hr_reset_peak_live), requests of big blocks served from cached pages (hits) or not
+ * (misses), bytes the cache returned to the system, bytes of fresh pages asked of the system, and
+ * whether big blocks are mappings of their own whose pages serve requests of other sizes (not in
+ * AddressSanitizer builds, where every block comes from malloc). */
+typedef struct {
+    size_t live, peak_live, cached, cached_blocks, cache_hits, cache_misses, evicted, fresh;
+    bool mapped_blocks;
+} hr_host_memory_stats_t;
+void hr_host_memory_stats(hr_host_memory_stats_t *out);
+void hr_reset_peak_live(void);
 
 hr_storage *hr_storage_new(size_t nbytes, hr_device dev);    /* uninitialised bytes */
 hr_storage *hr_storage_new_mmap(void *map_base, size_t map_len, void *data, size_t nbytes);

@@ -46,7 +46,13 @@ int hr_lua_autograd_set_field(lua_State *L, hr_tensor *t, const char *key, int v
             }
             hr_tensor_retain(g);
         }
-        hr_tensor_release(t->grad);
+        hr_tensor *old = t->grad;
+        /* A gradient that Lua values still hold (say, from reading p.grad to clip it) lives on until
+         * they are collected: its bytes count towards the next collection, so that dropping the
+         * gradients before a forward pass frees them early in that pass rather than after it. */
+        if (old && old != g && old->refcount > 1 && old->storage && old->storage->kind == HR_STORAGE_HEAP)
+            hr_lua_note_garbage(L, old->storage->nbytes);
+        hr_tensor_release(old);
         t->grad = g;
         return 1;
     }
@@ -94,6 +100,7 @@ static int t_backward(lua_State *L)
      * midway has already freed the saved tensors of the nodes it went through and added their
      * gradients to some leaves, so a second run would fail with a misleading message or count
      * those gradients twice. */
+    hr_lua_collect_pending(L);
     if (hr_backward(t, g, retain, L)) return hr_lua_error(L, "backward");
     return 0;
 }

@@ -59,22 +59,38 @@ static gc_state *get_gc_state(lua_State *L)
     return st;
 }
 
+/* A full collection; the next one comes after an eighth of the live tensor bytes (at least
+ * 64 MiB, at most 256 MiB) have been allocated. A model's Lua heap is small: a collection takes
+ * about a millisecond. */
+static void collect(lua_State *L, gc_state *st)
+{
+    lua_gc(L, LUA_GCCOLLECT);
+    st->since_collect = 0;
+    size_t eighth = hr_live_bytes() / 8;
+    const size_t lo = (size_t)64 << 20, hi = (size_t)256 << 20;
+    st->threshold = eighth < lo ? lo : eighth > hi ? hi : eighth;
+}
+
 void hr_lua_account(lua_State *L, size_t nbytes)
 {
     gc_state *st = get_gc_state(L);
     st->since_collect += nbytes;
-    /* Lua cannot see tensor bytes, so it would let garbage tensors pile up: when the bytes
-     * allocated since the last collection exceed half the live set (at least 64 MiB), collect.
-     * Collecting early also keeps the allocator's cache warm: a training step's temporaries are
-     * released before the next step asks for blocks of the same sizes. */
-    if (st->since_collect > st->threshold) {
-        lua_gc(L, LUA_GCCOLLECT);
-        st->since_collect = 0;
-        size_t live = hr_live_bytes();
-        st->threshold = live / 2 > ((size_t)64 << 20) ? live / 2 : ((size_t)64 << 20);
-    } else if (nbytes >= 1024) {
+    /* Lua cannot see tensor bytes, so it would let garbage tensors pile up: collect once enough
+     * new tensor bytes have been allocated. The garbage (last step's gradients, a forward pass's
+     * temporaries) then goes back to the allocator's cache in time to serve the next requests of
+     * the same sizes instead of adding to the footprint. */
+    if (st->since_collect > st->threshold)
+        collect(L, st);
+    else if (nbytes >= 1024)
         lua_gc(L, LUA_GCSTEP, (int)(nbytes >> 10 > 1 << 20 ? 1 << 20 : nbytes >> 10));
-    }
+}
+
+void hr_lua_note_garbage(lua_State *L, size_t nbytes) { get_gc_state(L)->since_collect += nbytes; }
+
+void hr_lua_collect_pending(lua_State *L)
+{
+    gc_state *st = get_gc_state(L);
+    if (st->since_collect >= ((size_t)1 << 20)) collect(L, st);
 }
 
 void hr_lua_push_tensor(lua_State *L, hr_tensor *t)

@@ -70,6 +70,12 @@ void hr_lua_register(lua_State *L, int module_idx, int methods_idx, const luaL_R
 
 /* Tells the GC that nbytes of tensor memory were allocated outside Lua's heap. */
 void hr_lua_account(lua_State *L, size_t nbytes);
+/* A full collection if tensors of 1 MiB or more were made since the last one: backward calls it
+ * first, so that the forward pass's dead tensors that only Lua still holds are released and the
+ * memory the backward pass frees as it goes is really freed. */
+void hr_lua_collect_pending(lua_State *L);
+/* Counts nbytes of tensor memory that may have become garbage towards the next collection. */
+void hr_lua_note_garbage(lua_State *L, size_t nbytes);
 
 /* The generator named by the generator= field of the options table at oi (0: none), or the state's
  * default generator (l_random.c). */

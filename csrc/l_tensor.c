@@ -261,6 +261,41 @@ static int l_live_bytes(lua_State *L)
     return 1;
 }
 
+/* hero.memory_stats() -> {live, peak_live, cached, cached_blocks, cache_hits, cache_misses,
+ * evicted, fresh, mapped_blocks}: the host allocator's counters, in bytes and counts
+ * (hero.cuda.memory_stats() has the devices'). */
+static int l_memory_stats(lua_State *L)
+{
+    hr_host_memory_stats_t s;
+    hr_host_memory_stats(&s);
+    lua_createtable(L, 0, 9);
+    const struct {
+        const char *name;
+        size_t value;
+    } fields[] = {{"live", s.live},
+                  {"peak_live", s.peak_live},
+                  {"cached", s.cached},
+                  {"cached_blocks", s.cached_blocks},
+                  {"cache_hits", s.cache_hits},
+                  {"cache_misses", s.cache_misses},
+                  {"evicted", s.evicted},
+                  {"fresh", s.fresh}};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        lua_pushinteger(L, (lua_Integer)fields[i].value);
+        lua_setfield(L, -2, fields[i].name);
+    }
+    lua_pushboolean(L, s.mapped_blocks);
+    lua_setfield(L, -2, "mapped_blocks");
+    return 1;
+}
+
+static int l_reset_peak_memory_stats(lua_State *L)
+{
+    (void)L;
+    hr_reset_peak_live();
+    return 0;
+}
+
 /* hero.empty_cache() -> bytes returned to the system; hero.cached_bytes() */
 static int l_empty_cache(lua_State *L)
 {
@@ -757,6 +792,8 @@ static const luaL_Reg module_functions[] = {
     {"eye", l_eye},
     {"is_tensor", l_is_tensor},
     {"live_bytes", l_live_bytes},
+    {"memory_stats", l_memory_stats},
+    {"reset_peak_memory_stats", l_reset_peak_memory_stats},
     {"empty_cache", l_empty_cache},
     {"cached_bytes", l_cached_bytes},
     {"set_num_threads", l_set_num_threads},
