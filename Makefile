@@ -44,6 +44,11 @@ fuzz: deps
 fuzz-smoke: deps
 	@$(FUZZ_ENV) fuzz/smoke.sh
 
+# Every fuzz target at once for FUZZ_LONG_SECONDS (an hour), then a table of executions.
+FUZZ_LONG_SECONDS ?= 3600
+fuzz-long: deps
+	@$(FUZZ_ENV) FUZZ_SECONDS="$(FUZZ_LONG_SECONDS)" fuzz/long.sh
+
 # AddressSanitizer + UBSan build of the module, run under the same specs with LeakSanitizer on
 # (every process a spec starts inherits it). The sanitizer runtime must be loaded first because
 # lua5.4 itself is not instrumented.
@@ -93,4 +98,4 @@ clean:
 	$(MAKE) -C csrc clean
 	rm -rf "$(abspath $(FUZZ_BUILD))"
 
-.PHONY: all deps build test fuzz fuzz-smoke asan demo bench bench-ops lint install-rock repl clean
+.PHONY: all deps build test fuzz fuzz-smoke fuzz-long asan demo bench bench-ops lint install-rock repl clean
