@@ -2,7 +2,6 @@
  * pages serve later requests of any nearby size, and the counters behind hero.memory_stats(). */
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,8 +218,11 @@ static void take_piece(plan *pl, int i, size_t want)
  * of the cache. Called with the lock held. */
 static void make_plan(size_t size, plan *pl)
 {
-    memset(pl, 0, offsetof(plan, victims));
+    pl->npieces = 0;
+    pl->reused = 0;
     pl->nvictims = 0;
+    pl->split_tail = NULL;
+    pl->split_tail_size = 0;
     int exact = -1, covering = -1;
     for (int i = cache.count - 1; i >= 0; i--) {
         size_t b = cache.blocks[i].size;
