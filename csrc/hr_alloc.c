@@ -122,11 +122,11 @@ static void *map_block(size_t size)
 
 static void *system_alloc(size_t size)
 {
-    void *p;
+    void *p = NULL;
     if (is_mapped(size))
         p = map_block(size);
-    else
-        p = aligned_alloc(size >= HR_HUGE_ALIGN ? HR_HUGE_ALIGN : 64, size);
+    else if (posix_memalign(&p, size >= HR_HUGE_ALIGN ? HR_HUGE_ALIGN : 64, size) != 0) /* sizes of any multiple */
+        p = NULL;
     if (p && size >= HR_HUGE_ALIGN) advise(p, size);
     return p;
 }
