@@ -257,19 +257,18 @@ static void make_plan(size_t size, plan *pl)
 static void *carry_out(const plan *pl, size_t size)
 {
     if (pl->npieces == 1 && pl->reused == size) return pl->pieces[0].ptr;
-    char *p = pl->reused ? map_block(size) : system_alloc(size);
+    char *p = map_block(size);
     size_t at = 0;
-    int i = 0;
-    if (p) {
-        for (; i < pl->npieces; i++) {
-            if (mremap(pl->pieces[i].ptr, pl->pieces[i].size, pl->pieces[i].size, MREMAP_MAYMOVE | MREMAP_FIXED,
-                       p + at) == MAP_FAILED)
-                break; /* the rest of the block stays fresh pages */
-            at += pl->pieces[i].size;
-        }
-        if (pl->reused) advise(p, size);
+    for (int i = 0; i < pl->npieces; i++) {
+        /* mremap moves one mapping at a time: a piece that is itself made of several (a block put
+         * together earlier) stays where it is and is released; that part of the new block keeps
+         * the fresh pages it was mapped with. */
+        if (!p || mremap(pl->pieces[i].ptr, pl->pieces[i].size, pl->pieces[i].size, MREMAP_MAYMOVE | MREMAP_FIXED,
+                         p + at) == MAP_FAILED)
+            munmap(pl->pieces[i].ptr, pl->pieces[i].size);
+        at += pl->pieces[i].size;
     }
-    for (; i < pl->npieces; i++) munmap(pl->pieces[i].ptr, pl->pieces[i].size);
+    if (p) advise(p, size);
     return p;
 }
 
