@@ -8,16 +8,9 @@
 # Environment: FUZZ_BUILD (default csrc/build-fuzz), FUZZ_SECONDS (default 3600), FUZZ_RSS_MB (default 2048),
 # FUZZ_TARGETS (default all), FUZZ_CC (default clang), MAKE.
 set -u
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root" || exit 1
-build=${FUZZ_BUILD:-$root/csrc/build-fuzz}
-case $build in /*) ;; *) build=$root/$build ;; esac
+# shellcheck source=fuzz/settings.sh
+. "$(dirname "$0")/settings.sh"
 secs=${FUZZ_SECONDS:-3600}
-rss=${FUZZ_RSS_MB:-2048}
-make=${MAKE:-make}
-cc=${FUZZ_CC:-clang}
-targets=${FUZZ_TARGETS:-$($make -s --no-print-directory -f fuzz/Makefile list)}
-skipped=$($make -s --no-print-directory -f fuzz/Makefile skipped)
 
 mkdir -p "$build/logs" || exit 1
 if ! $make -s --no-print-directory -f fuzz/Makefile MODE=libfuzzer BUILD_DIR="$build" FUZZ_CC="$cc" -j2 \
@@ -43,12 +36,7 @@ for t in $targets; do
     echo "fuzz-long: $t: SKIPPED: it ${line#*: } to build"
     continue
   fi
-  work=$build/corpus/$t
-  crashes=$build/crashes/$t
-  mkdir -p "$work" "$crashes"
-  rm -f "$crashes"/*
-  dict=
-  [ -f "fuzz/dict/$t.dict" ] && dict=-dict=fuzz/dict/$t.dict
+  prepare_target "$t"
   # shellcheck disable=SC2086
   ( /usr/bin/env time -f "cpu %U %S" nice -n "$(priority "$t")" "$build/$t" -max_total_time="$secs" \
       -rss_limit_mb="$rss" -timeout=10 -print_final_stats=1 -artifact_prefix="$crashes/" $dict "$work" \

@@ -8,17 +8,9 @@
 # default 5), FUZZ_RSS_MB (memory limit, default 2048), FUZZ_TARGETS (a subset, default all),
 # FUZZ_CC (default clang), MAKE.
 set -u
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root" || exit 1
-build=${FUZZ_BUILD:-$root/csrc/build-fuzz}
-case $build in /*) ;; *) build=$root/$build ;; esac
+# shellcheck source=fuzz/settings.sh
+. "$(dirname "$0")/settings.sh"
 secs=${FUZZ_SECONDS:-5}
-rss=${FUZZ_RSS_MB:-2048}
-make=${MAKE:-make}
-cc=${FUZZ_CC:-clang}
-targets=${FUZZ_TARGETS:-$($make -s --no-print-directory -f fuzz/Makefile list)}
-# Targets whose library is missing on this machine ("<name>: needs <library>"): said, not failed.
-skipped=$($make -s --no-print-directory -f fuzz/Makefile skipped)
 
 mkdir -p "$build" || exit 1
 probe=$build/libfuzzer-probe
@@ -80,14 +72,7 @@ for t in $targets; do
     ran=$((ran + 1))
     continue
   fi
-  # New inputs go to a scratch corpus in the build directory (listed first); the checked-in seeds
-  # are only read.
-  work=$build/corpus/$t
-  crashes=$build/crashes/$t
-  mkdir -p "$work" "$crashes"
-  rm -f "$crashes"/*
-  dict=
-  [ -f "fuzz/dict/$t.dict" ] && dict=-dict=fuzz/dict/$t.dict
+  prepare_target "$t"
   # shellcheck disable=SC2086
   "$build/$t" -max_total_time="$secs" -rss_limit_mb="$rss" -timeout=10 -print_final_stats=1 \
     -artifact_prefix="$crashes/" $dict "$work" "$seeds" >"$log" 2>&1
