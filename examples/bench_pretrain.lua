@@ -12,6 +12,8 @@
 -- table shows the median over rounds of hero time / PyTorch time (lower is better) with min and max,
 -- plus both peak resident sizes.
 local hero = require "hero"
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+local torch_generator = assert(loadfile(here .. "/torch/generator.lua"))()
 local now = hero.core._bench_now
 
 local CONFIGS = {
@@ -46,25 +48,26 @@ local function model_config(c)
   return {f_config = sub(c.f_layers, VOCAB), c_config = sub(c.c_layers), q_config = sub(0, VOCAB)}
 end
 
---- The baseline's synthetic batch, in the reference's collate layouts.
+--- The baseline's synthetic batch, in the reference's collate layouts: drawn from PyTorch's CPU random
+-- stream with the baseline's seed (examples/torch/generator.lua), so the ids, the masked positions and
+-- their counts are the baseline's own and the features equal its features to the last bits.
 local function make_batch(nv, ns, nf, tl, mask_prob)
-  local g = hero.Generator(0)
-  local opt = {generator = g}
+  local g = torch_generator.Generator(0)
   local R, S, nfr = nv * ns, nf + tl, ns * nf
-  local ids = hero.randint(4, VOCAB, {R, tl}, opt)
+  local ids = hero.tensor(g:randint(4, VOCAB, R * tl), {dtype = "i64"}):view(R, tl)
   ids:select(2, 1):fill_(0)
-  local feats = hero.randn({nv, nfr, VFEAT}, opt):abs()
+  local feats = hero.tensor(g:randn(nv * nfr * VFEAT), {dtype = "f32"}):view(nv, nfr, VFEAT):abs()
   local f_v = feats:view(nv, ns, nf, VFEAT):reshape(R, nf, VFEAT)
   local ones = hero.ones({R, S}, {dtype = "i64"})
   local gidx = hero.arange(S):unsqueeze(1):expand(R, S):contiguous()
-  local m = hero.rand({R, tl}, opt):lt(mask_prob)
+  local m = hero.tensor(g:rand(R * tl), {dtype = "f32"}):view(R, tl):lt(mask_prob)
   m:select(2, 1):fill_(false)
   local any = m:any(2)
   local col = m:select(2, 2)
   col:copy_(hero.logical_or(col, any:logical_not()))
   local labels = ids:masked_select(m)
   local txt_mask_tgt = hero.cat({hero.zeros({R, nf}, {dtype = "bool"}), m}, 2)
-  local cm = hero.rand({nv, nfr}, opt):lt(mask_prob)
+  local cm = hero.tensor(g:rand(nv * nfr), {dtype = "f32"}):view(nv, nfr):lt(mask_prob)
   local c0 = cm:select(2, 1)
   c0:copy_(hero.logical_or(c0, cm:any(2):logical_not()))
   local subs = {}

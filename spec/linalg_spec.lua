@@ -86,6 +86,88 @@ describe("linalg", function()
     assert(ok, err)
   end)
 
+  it("computes large outputs with a short K in row blocks, exactly (plain and transposed operands)", function()
+    -- 12000 x 256 f32 outputs (12 MiB, over the 8 MiB where row blocks start) with K = 40; the
+    -- values are quarters in [-2, 2], so every sum is exact in f32 and must equal f64 bit for bit,
+    -- whatever the blocks: a wrong block offset shows up as whole rows of wrong values.
+    local g = hero.Generator(11)
+    local function quarters(shape) return hero.randint(-8, 9, shape, {generator = g}):float() / 4 end
+    local plain = quarters {12000, 40}
+    local stored_t = quarters {40, 12000}
+    local x = quarters {40, 256}
+    local bias = quarters {12000, 256}
+    local function exact(got, want)
+      assert.same(got:size(), want:size())
+      assert.equal(0, (got:double() - want):abs():max():item())
+    end
+    exact(hero.matmul(plain, x), plain:double():matmul(x:double()))
+    exact(hero.matmul(stored_t:t(), x), stored_t:t():double():matmul(x:double()))
+    exact(hero.addmm(bias, stored_t:t(), x), bias:double() + stored_t:t():double():matmul(x:double()))
+    local batched = hero.stack {plain, stored_t:t():contiguous()}
+    local xs = hero.stack {x, x:flip(1)}
+    exact(hero.bmm(batched, xs), batched:double():bmm(xs:double()))
+  end)
+
+  describe("products of a short operand with a very long one (the LM head's kernels)", function()
+    -- quarters in [-2, 2]: every partial sum is exact in f32, so any summation order must give
+    -- the f64 result bit for bit. Sizes leave remainders everywhere: 83 rows (4-row tiles),
+    -- 8195 long rows (3-row dot tiles, 4-row groups), k = 100 (8-wide dot steps), k = 8200 (256-row
+    -- panels), 770 columns (24-column tiles).
+    local g = hero.Generator(12)
+    local function quarters(...) return hero.randint(-8, 9, {...}, {generator = g}):float() / 4 end
+    local function exact(got, want)
+      assert.same(want:size(), got:size())
+      assert.equal(0, (got:double() - want):abs():max():item())
+    end
+    local x, w, bias = quarters(83, 100), quarters(8195, 100), quarters(8195)
+    local gy, w2 = quarters(83, 8200), quarters(8200, 770)
+    local gl, x2 = quarters(83, 8195), quarters(83, 770)
+
+    it("x @ Wᵀ (logits), with and without bias", function()
+      exact(hero.linear(x, w), x:double():matmul(w:double():t()))
+      exact(hero.linear(x, w, bias), x:double():matmul(w:double():t()) + bias:double())
+      local c = quarters(83, 8195)
+      exact(hero.addmm(c, x, w:t(), 2, 0.5), c:double() * 2 + x:double():matmul(w:double():t()) * 0.5)
+    end)
+
+    it("g @ W (long K) and gᵀ @ x (long M), with alpha and beta", function()
+      exact(hero.matmul(gy, w2), gy:double():matmul(w2:double()))
+      exact(hero.matmul(gl:t(), x2), gl:t():double():matmul(x2:double()))
+      local c1, c2 = quarters(83, 770), quarters(8195, 770)
+      exact(hero.addmm(c1, gy, w2, 2, 0.5), c1:double() * 2 + gy:double():matmul(w2:double()) * 0.5)
+      exact(hero.addmm(c2, gl:t(), x2, 1, 1), c2:double() + gl:t():double():matmul(x2:double()))
+      exact(hero.addmm(c2, gl:t(), x2, 0, 0.25), gl:t():double():matmul(x2:double()) * 0.25)
+    end)
+
+    it("gives linear's exact gradients, the same bits with 1 and 2 threads", function()
+      local saved = hero.get_num_threads()
+      local function run(xs, ws, gs)
+        local xv, wv = xs:clone():requires_grad_(), ws:clone():requires_grad_()
+        local y = hero.linear(xv, wv)
+        y:backward(gs)
+        return {y, xv.grad, wv.grad}
+      end
+      local ok, err = pcall(function()
+        local gq = quarters(83, 8195)
+        local got = run(x, w, gq)
+        exact(got[1], x:double():matmul(w:double():t()))
+        exact(got[2], gq:double():matmul(w:double()))
+        exact(got[3], gq:double():t():matmul(x:double()))
+        -- normal values: rounding everywhere, and still no dependence on the thread count
+        local rx = hero.randn({83, 100}, {generator = g})
+        local rw = hero.randn({8195, 100}, {generator = g})
+        local rg = hero.randn({83, 8195}, {generator = g})
+        hero.set_num_threads(1)
+        local one = run(rx, rw, rg)
+        hero.set_num_threads(2)
+        local two = run(rx, rw, rg)
+        for i = 1, 3 do assert.equal(0, (one[i] - two[i]):abs():max():item()) end
+      end)
+      hero.set_num_threads(saved)
+      assert(ok, err)
+    end)
+  end)
+
   it("works as methods", function()
     local a = hero.tensor {{1, 2}, {3, 4}}
     local v = hero.tensor {1, -1}

@@ -20,6 +20,7 @@
 #include "../hr_blas_guard.h"
 #include "hr_cuda.h"
 #include "hr_linalg.h"
+#include "skinny_gemm.h"
 
 /* ------------------------------------------------------------------ plan */
 
@@ -123,19 +124,48 @@ static void batch_offsets(const gemm_plan *p, int64_t idx, int64_t *aoff, int64_
     *boff = bo;
 }
 
+/*
+ * A GEMM whose output is far larger than the caches while each output element is a short sum (the
+ * LM head's weight gradient: 50272 x 768 from 83 masked tokens) runs as row blocks of about 1.5 MiB
+ * of output. Whole, BLAS first clears all of C (beta 0) and then streams it through memory again
+ * for the products; per block, the cleared block is still in L2 when the kernel adds into it. Blocks
+ * are a multiple of 96 rows, a multiple of the register-tile height of OpenBLAS's sgemm/dgemm kernels
+ * (16, 24, 32 or 48 rows by architecture), so every element is computed by the same kernel code as in
+ * one whole call and, on one thread, the result is bit for bit the same.
+ */
+enum { SPLIT_MAX_K = 256, SPLIT_MIN_OUTPUT_BYTES = 8 << 20, SPLIT_BLOCK_BYTES = 3 << 19 };
+
+static int64_t output_row_block(const gemm_plan *p)
+{
+    size_t elem = p->dt == HR_F32 ? sizeof(float) : sizeof(double);
+    double out_bytes = (double)p->m * (double)p->n * (double)elem;
+    if (p->k > SPLIT_MAX_K || out_bytes < (double)SPLIT_MIN_OUTPUT_BYTES) return p->m;
+    int64_t rows = (int64_t)SPLIT_BLOCK_BYTES / (p->n * (int64_t)elem);
+    rows = rows < 96 ? 96 : rows / 96 * 96;
+    return rows < p->m ? rows : p->m;
+}
+
 static void blas_one(const gemm_plan *p, int64_t idx)
 {
     int64_t ao, bo;
     batch_offsets(p, idx, &ao, &bo);
     enum CBLAS_TRANSPOSE ta = p->a.trans ? CblasTrans : CblasNoTrans;
     enum CBLAS_TRANSPOSE tb = p->b.trans ? CblasTrans : CblasNoTrans;
-    int m = (int)p->m, n = (int)p->n, k = (int)p->k;
-    if (p->dt == HR_F32) {
-        cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, (float)p->alpha, (const float *)p->a.data + ao, (int)p->a.ld,
-                    (const float *)p->b.data + bo, (int)p->b.ld, (float)p->beta, (float *)p->c + idx * p->m * p->n, n);
-    } else {
-        cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, p->alpha, (const double *)p->a.data + ao, (int)p->a.ld,
-                    (const double *)p->b.data + bo, (int)p->b.ld, p->beta, (double *)p->c + idx * p->m * p->n, n);
+    int n = (int)p->n, k = (int)p->k;
+    int64_t block = output_row_block(p);
+    /* row r of op(A) starts at column r of a transposed operand, at row r of a plain one */
+    int64_t a_row_step = p->a.trans ? 1 : p->a.ld;
+    for (int64_t r = 0; r < p->m; r += block) {
+        int m = (int)(p->m - r < block ? p->m - r : block);
+        int64_t a_off = ao + r * a_row_step, c_off = idx * p->m * p->n + r * p->n;
+        if (p->dt == HR_F32) {
+            cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, (float)p->alpha, (const float *)p->a.data + a_off,
+                        (int)p->a.ld, (const float *)p->b.data + bo, (int)p->b.ld, (float)p->beta,
+                        (float *)p->c + c_off, n);
+        } else {
+            cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, p->alpha, (const double *)p->a.data + a_off, (int)p->a.ld,
+                        (const double *)p->b.data + bo, (int)p->b.ld, p->beta, (double *)p->c + c_off, n);
+        }
     }
 }
 
@@ -149,10 +179,16 @@ static void blas_batch_range(void *ctx, int64_t begin, int64_t end)
  * Runs the batch. Several GEMMs that are each small, or that split evenly over the threads, run
  * one per thread with OpenBLAS single-threaded inside (no fork/join per GEMM, no
  * oversubscription); otherwise OpenBLAS threads each GEMM itself. OpenBLAS splits rows/columns,
- * not K, across its threads, so the summation order per element does not depend on the split.
+ * not K, across its threads: results are deterministic for a given thread count, and differ across
+ * thread counts only in the last bits of elements that fall in a thread's partial register tile.
  */
 static void run_blas(gemm_plan *p)
 {
+    /* one f32 product of a short operand with a very long one (the LM head): its own kernels */
+    if (p->dt == HR_F32 && p->nbatch == 1 &&
+        hr_skinny_sgemm(p->a.trans, p->b.trans, p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data, p->a.ld,
+                        (const float *)p->b.data, p->b.ld, (float)p->beta, (float *)p->c))
+        return;
     int threads = hr_get_num_threads();
     double work = (double)p->m * (double)p->n * (double)p->k;
     bool small = work < (double)(1 << 22);

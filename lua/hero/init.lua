@@ -1,6 +1,8 @@
 --- hero: HERO video+language models in Lua, with tensors and kernels in C.
 -- `require "hero"` returns this table (no globals are set). Tensor functions live at the top
 -- (hero.zeros, hero.tensor, ...), tensor methods on every hero.Tensor (t:sum(), t:narrow(...)).
+-- before hero.core loads OpenBLAS: OpenBLAS reads its settings from the environment as it loads
+local blas_env = require "hero.blas_env"
 local core = require "hero.core"
 
 local hero = {}
@@ -12,6 +14,9 @@ end
 hero.core = core
 hero.Tensor = core.Tensor
 hero.version = "scm-1"
+--- What hero set in OpenBLAS's environment: {thread_timeout, thread_timeout_source
+-- ("hero", "environment" or "already loaded"), openblas_loaded_before}.
+hero.blas_env = blas_env
 
 -- Lua-side tensor methods (printing and conveniences written in Lua).
 require("hero.tensor_print").install(core.Tensor, core.metatable)
