@@ -44,6 +44,21 @@ typedef enum { TILE_STORE, TILE_ADD } tile_mode;
 
 /* out[r][0..24) = Σ_p a[r * a_row + p * a_col] * panel[p][0..24) for r < 4, p < kc: twelve
  * accumulators in named registers (arrays of vectors were kept on the stack by GCC). */
+/* one row of the tile: its a value broadcast, times the three panel vectors */
+#define ROW_FMA(arow, c0, c1, c2)                                                                      \
+    do {                                                                                               \
+        __m256 av = _mm256_broadcast_ss((arow) + off);                                                 \
+        c0 = _mm256_fmadd_ps(av, b0, c0);                                                              \
+        c1 = _mm256_fmadd_ps(av, b1, c1);                                                              \
+        c2 = _mm256_fmadd_ps(av, b2, c2);                                                              \
+    } while (0)
+#define ROW_STORE(r, c0, c1, c2)                                                                       \
+    do {                                                                                               \
+        _mm256_storeu_ps(out + (r) * TILE_COLS, c0);                                                   \
+        _mm256_storeu_ps(out + (r) * TILE_COLS + 8, c1);                                               \
+        _mm256_storeu_ps(out + (r) * TILE_COLS + 16, c2);                                              \
+    } while (0)
+
 static __attribute__((noinline)) void micro_4x24(const float *a, int64_t a_row, int64_t a_col, const float *panel,
                                                  int64_t kc, float *out)
 {
@@ -57,36 +72,18 @@ static __attribute__((noinline)) void micro_4x24(const float *a, int64_t a_row, 
          * they would be loaded four times each, and the loop would wait on loads, not FMAs */
         __asm__("" : "+x"(b0), "+x"(b1), "+x"(b2));
         int64_t off = p * a_col;
-        __m256 av = _mm256_broadcast_ss(a0 + off);
-        c00 = _mm256_fmadd_ps(av, b0, c00);
-        c01 = _mm256_fmadd_ps(av, b1, c01);
-        c02 = _mm256_fmadd_ps(av, b2, c02);
-        av = _mm256_broadcast_ss(a1 + off);
-        c10 = _mm256_fmadd_ps(av, b0, c10);
-        c11 = _mm256_fmadd_ps(av, b1, c11);
-        c12 = _mm256_fmadd_ps(av, b2, c12);
-        av = _mm256_broadcast_ss(a2 + off);
-        c20 = _mm256_fmadd_ps(av, b0, c20);
-        c21 = _mm256_fmadd_ps(av, b1, c21);
-        c22 = _mm256_fmadd_ps(av, b2, c22);
-        av = _mm256_broadcast_ss(a3 + off);
-        c30 = _mm256_fmadd_ps(av, b0, c30);
-        c31 = _mm256_fmadd_ps(av, b1, c31);
-        c32 = _mm256_fmadd_ps(av, b2, c32);
+        ROW_FMA(a0, c00, c01, c02);
+        ROW_FMA(a1, c10, c11, c12);
+        ROW_FMA(a2, c20, c21, c22);
+        ROW_FMA(a3, c30, c31, c32);
     }
-    _mm256_storeu_ps(out, c00);
-    _mm256_storeu_ps(out + 8, c01);
-    _mm256_storeu_ps(out + 16, c02);
-    _mm256_storeu_ps(out + 24, c10);
-    _mm256_storeu_ps(out + 32, c11);
-    _mm256_storeu_ps(out + 40, c12);
-    _mm256_storeu_ps(out + 48, c20);
-    _mm256_storeu_ps(out + 56, c21);
-    _mm256_storeu_ps(out + 64, c22);
-    _mm256_storeu_ps(out + 72, c30);
-    _mm256_storeu_ps(out + 80, c31);
-    _mm256_storeu_ps(out + 88, c32);
+    ROW_STORE(0, c00, c01, c02);
+    ROW_STORE(1, c10, c11, c12);
+    ROW_STORE(2, c20, c21, c22);
+    ROW_STORE(3, c30, c31, c32);
 }
+#undef ROW_FMA
+#undef ROW_STORE
 
 /* one row: the last one to three rows of a row block */
 static void micro_1x24(const float *a, int64_t a_col, const float *panel, int64_t kc, float *out)
