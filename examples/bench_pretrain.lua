@@ -50,7 +50,7 @@ end
 
 --- The baseline's synthetic batch, in the reference's collate layouts: drawn from PyTorch's CPU random
 -- stream with the baseline's seed (examples/torch/generator.lua), so the ids, the masked positions and
--- their counts are the baseline's own and the features equal its features to the last bits.
+-- their counts are the baseline's own and the features agree with its features to ~1e-6 (libm rounding).
 local function make_batch(nv, ns, nf, tl, mask_prob)
   local g = torch_generator.Generator(0)
   local R, S, nfr = nv * ns, nf + tl, ns * nf
