@@ -173,8 +173,22 @@ static int masked_select_backward(hr_node *node, const hr_tensor *g, hr_tensor *
     int nd;
     int64_t shape[HR_MAX_DIMS];
     if (hr_broadcast_shape("masked_select", c->ndim, c->size, mask->ndim, mask->size, &nd, shape)) return -1;
-    hr_tensor *full = hr_tensor_zeros(nd, shape, g->dtype, hr_tensor_device(g));
     hr_tensor *gc = hr_contiguous((hr_tensor *)g);
+    if (gc && hr_tensor_device(g).type == HR_CUDA) {
+        /* the selected positions receive g, in order: one index_copy_ on the device */
+        int64_t numel = 1;
+        for (int i = 0; i < nd; i++) numel *= shape[i];
+        hr_tensor *pos = hr_mask_positions(mask, nd, shape, hr_tensor_device(g));
+        hr_tensor *flat = pos ? hr_tensor_zeros(1, &numel, g->dtype, hr_tensor_device(g)) : NULL;
+        hr_tensor *full = flat && hr_index_copy_(flat, 0, pos, gc) == 0 ? hr_reshape(flat, nd, shape) : NULL;
+        gi[0] = full ? hr_sum_to_size(full, c->ndim, c->size) : NULL;
+        hr_tensor_release(full);
+        hr_tensor_release(flat);
+        hr_tensor_release(pos);
+        hr_tensor_release(gc);
+        return gi[0] ? 0 : -1;
+    }
+    hr_tensor *full = hr_tensor_zeros(nd, shape, g->dtype, hr_tensor_device(g));
     int rc = -1;
     if (full && gc) {
         int64_t ms[HR_MAX_DIMS];

@@ -94,6 +94,22 @@ int hr_cuda_where(const hr_tensor *cond, const hr_operand *a, const hr_operand *
 /* gx = g * (cdf(x) + x pdf(x)), the erf GELU's derivative (x, g contiguous, same dtype and shape). */
 int hr_cuda_gelu_backward(const hr_tensor *x, const hr_tensor *g, hr_tensor *gx);
 
+/* ------------------------------------------------------------------ indexing (cuda/index.cu) */
+
+/* The geometry of csrc/cpu/index.c's kernels, strides in elements, idx/pos i64 on the device,
+ * values already checked by the caller. dst[dst_stride . c] = src[c with c[dim] = idx[idx_stride . c]]
+ * over the coordinates c of shape (ndim, size). */
+int hr_cuda_index_gather(hr_tensor *dst, const int64_t *dst_stride, const hr_tensor *src, int dim, const hr_tensor *idx,
+                         const int64_t *idx_stride, int ndim, const int64_t *size);
+/* dst[c with c[dim] = idx[idx_stride . c]] = (or +=, times alpha) src[src_stride . c]. */
+int hr_cuda_index_scatter(hr_tensor *dst, int dim, const hr_tensor *idx, const int64_t *idx_stride, const hr_tensor *src,
+                          const int64_t *src_stride, int ndim, const int64_t *size, bool add, double alpha);
+/* t[c] = *value (t's dtype, raw bytes) where mask[mask_stride . c] (u8/bool). */
+int hr_cuda_masked_fill_(hr_tensor *t, const hr_tensor *mask, const int64_t *mask_stride, const void *value);
+/* out[k] = src at row-major position pos[k] of shape (ndim, size), src walked with src_stride. */
+int hr_cuda_take(hr_tensor *out, const hr_tensor *src, const int64_t *src_stride, int ndim, const int64_t *size,
+                 const hr_tensor *pos);
+
 /* ------------------------------------------------------------------ reductions (cuda/reduce.cu) */
 
 typedef enum { HR_CUDA_SUM = 0, HR_CUDA_MEAN, HR_CUDA_MAX, HR_CUDA_MIN } hr_cuda_reduce_op;

@@ -61,6 +61,20 @@
       (t, key, block0, p, invert))                                                                                 \
     X(INT, int, uniform, (hr_tensor *t, const uint32_t key[2], uint64_t block0, double a, double b),               \
       (t, key, block0, a, b))                                                                                      \
+    X(INT, int, index_gather,                                                                                      \
+      (hr_tensor *dst, const int64_t *dst_stride, const hr_tensor *src, int dim, const hr_tensor *idx,             \
+       const int64_t *idx_stride, int ndim, const int64_t *size),                                                  \
+      (dst, dst_stride, src, dim, idx, idx_stride, ndim, size))                                                    \
+    X(INT, int, index_scatter,                                                                                     \
+      (hr_tensor *dst, int dim, const hr_tensor *idx, const int64_t *idx_stride, const hr_tensor *src,             \
+       const int64_t *src_stride, int ndim, const int64_t *size, bool add, double alpha),                          \
+      (dst, dim, idx, idx_stride, src, src_stride, ndim, size, add, alpha))                                        \
+    X(INT, int, masked_fill_, (hr_tensor *t, const hr_tensor *mask, const int64_t *mask_stride, const void *value),\
+      (t, mask, mask_stride, value))                                                                               \
+    X(INT, int, take,                                                                                              \
+      (hr_tensor *out, const hr_tensor *src, const int64_t *src_stride, int ndim, const int64_t *size,             \
+       const hr_tensor *pos),                                                                                      \
+      (out, src, src_stride, ndim, size, pos))                                                                     \
     X(FALSE, bool, nccl_available, (void), ())                                                                     \
     X(INT, int, nccl_unique_id, (unsigned char *out), (out))                                                       \
     X(INT, int, nccl_init, (int rank, int world_size, const unsigned char *id, int dev), (rank, world_size, id, dev)) \
@@ -72,7 +86,7 @@
 
 /* The table the backend module exports under HR_CUDA_API_SYMBOL; HR_CUDA_API_VERSION changes
  * whenever the list does, so a stale backend next to a newer core is refused. */
-#define HR_CUDA_API_VERSION 2
+#define HR_CUDA_API_VERSION 3
 #define HR_CUDA_API_SYMBOL "hr_cuda_backend_api"
 #define HR_CUDA_API_FIELD(kind, ret, name, params, args) ret(*name) params;
 typedef struct {

@@ -171,6 +171,29 @@ int hr_cuda_uniform(hr_tensor *t, const uint32_t key[2], uint64_t block0, double
     (void)key, (void)block0, (void)a, (void)b;
     return FAIL_T("uniform_", t);
 }
+int hr_cuda_index_gather(hr_tensor *dst, const int64_t *dst_stride, const hr_tensor *src, int dim, const hr_tensor *idx,
+                         const int64_t *idx_stride, int ndim, const int64_t *size)
+{
+    (void)dst, (void)dst_stride, (void)dim, (void)idx, (void)idx_stride, (void)ndim, (void)size;
+    return FAIL_T("gather", src);
+}
+int hr_cuda_index_scatter(hr_tensor *dst, int dim, const hr_tensor *idx, const int64_t *idx_stride, const hr_tensor *src,
+                          const int64_t *src_stride, int ndim, const int64_t *size, bool add, double alpha)
+{
+    (void)dim, (void)idx, (void)idx_stride, (void)src, (void)src_stride, (void)ndim, (void)size, (void)alpha;
+    return FAIL_T(add ? "scatter_add" : "scatter", dst);
+}
+int hr_cuda_masked_fill_(hr_tensor *t, const hr_tensor *mask, const int64_t *mask_stride, const void *value)
+{
+    (void)mask, (void)mask_stride, (void)value;
+    return FAIL_T("masked_fill_", t);
+}
+int hr_cuda_take(hr_tensor *out, const hr_tensor *src, const int64_t *src_stride, int ndim, const int64_t *size,
+                 const hr_tensor *pos)
+{
+    (void)out, (void)src_stride, (void)ndim, (void)size, (void)pos;
+    return FAIL_T("masked_select", src);
+}
 bool hr_cuda_nccl_available(void) { return false; }
 int hr_cuda_nccl_unique_id(unsigned char *out)
 {

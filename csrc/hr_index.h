@@ -37,6 +37,10 @@ int hr_index_copy_(hr_tensor *t, int dim, const hr_tensor *index, const hr_tenso
 
 /* ------------------------------------------------------------------ masks (index.c) */
 
+/* The row-major positions (i64, 1-D, on dev) of the set elements of a bool/u8 mask broadcast to
+ * shape (nd, size): masked_select's gather list, and where its gradient goes back. */
+hr_tensor *hr_mask_positions(const hr_tensor *mask, int nd, const int64_t *shape, hr_device dev);
+
 /* A fill value kept exact for 64-bit integers: is_int selects i (integer dtypes) or d. */
 typedef struct {
     bool is_int;

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_cuda.h"
 #include "l_common.h"
 
 static bool hr_grad_enabled_flag(void) { return hr_grad_enabled(); }
@@ -41,6 +42,8 @@ int hr_lua_error(lua_State *L, const char *op)
 typedef struct {
     size_t since_collect;
     size_t threshold;
+    size_t since_collect_device; /* new bytes of CUDA storages, counted apart: their own threshold */
+    size_t threshold_device;
 } gc_state;
 
 static gc_state *get_gc_state(lua_State *L)
@@ -55,6 +58,8 @@ static gc_state *get_gc_state(lua_State *L)
     st = lua_newuserdatauv(L, sizeof *st, 0);
     st->since_collect = 0;
     st->threshold = (size_t)64 << 20;
+    st->since_collect_device = 0;
+    st->threshold_device = (size_t)1 << 30;
     lua_setfield(L, LUA_REGISTRYINDEX, HR_GC_STATE_KEY);
     return st;
 }
@@ -66,6 +71,7 @@ static void collect(lua_State *L, gc_state *st)
 {
     lua_gc(L, LUA_GCCOLLECT);
     st->since_collect = 0;
+    st->since_collect_device = 0;
     size_t eighth = hr_live_bytes() / 8;
     const size_t lo = (size_t)64 << 20, hi = (size_t)256 << 20;
     st->threshold = eighth < lo ? lo : eighth > hi ? hi : eighth;
@@ -83,6 +89,21 @@ void hr_lua_account(lua_State *L, size_t nbytes)
         collect(L, st);
     else if (nbytes >= 1024)
         lua_gc(L, LUA_GCSTEP, (int)(nbytes >> 10 > 1 << 20 ? 1 << 20 : nbytes >> 10));
+}
+
+/* Device memory: a collection once new CUDA storages held by Lua reach a quarter of what the
+ * device's allocator has handed out (at least 1 GiB). Without it the garbage of a training step
+ * (activations and gradients that Lua no longer references) would stay allocated until the
+ * device ran out, and the caching allocator would hold the whole card. */
+static void account_device(lua_State *L, size_t nbytes, int dev)
+{
+    gc_state *st = get_gc_state(L);
+    st->since_collect_device += nbytes;
+    if (st->since_collect_device <= st->threshold_device) return;
+    collect(L, st);
+    hr_cuda_memstats ms;
+    size_t quarter = hr_cuda_memory_stats(dev, &ms) == 0 ? ms.allocated / 4 : 0;
+    st->threshold_device = quarter > ((size_t)1 << 30) ? quarter : (size_t)1 << 30;
 }
 
 void hr_lua_note_garbage(lua_State *L, size_t nbytes) { get_gc_state(L)->since_collect += nbytes; }
@@ -104,8 +125,10 @@ void hr_lua_push_tensor(lua_State *L, hr_tensor *t)
     luaL_setmetatable(L, HR_TENSOR_MT);
     box->t = t;
     /* Only fresh storages are new bytes; views share theirs. */
-    if (t->storage && t->storage->refcount == 1 && t->storage->kind == HR_STORAGE_HEAP)
-        hr_lua_account(L, t->storage->nbytes);
+    if (t->storage && t->storage->refcount == 1) {
+        if (t->storage->kind == HR_STORAGE_HEAP) hr_lua_account(L, t->storage->nbytes);
+        else if (t->storage->device.type == HR_CUDA) account_device(L, t->storage->nbytes, t->storage->device.index);
+    }
 }
 
 int hr_lua_check_dim(lua_State *L, int idx, int ndim, const char *op)

@@ -182,6 +182,11 @@ local function run_hero(a)
       end
     end
   end
+  if on_device then
+    local stats = hero.cuda.memory_stats(a.device)
+    io.stderr:write(string.format("hero peak device memory %.0f MiB (allocator: %.0f MiB reserved)\n",
+      stats.peak / 2 ^ 20, stats.reserved / 2 ^ 20))
+  end
   return results, peak_rss_mib()
 end
 

@@ -1,114 +1,109 @@
 #!/bin/sh
-# device_check.sh — everything that needs a GPU, in one run: builds hero with the CUDA backend
-# (HERO_CUDA=1), runs the GPU specs (#cuda) and the default suite on that build, then a short
-# benchmark (matmul, attention, one transformer layer) and, when python3 with a CUDA-enabled
-# PyTorch is installed, the same shapes in PyTorch for comparison.
-#   sh examples/device_check.sh [build-dir]     (default: /tmp/hero-build-device)
+# device_check.sh — everything that needs a GPU, in one run of a few minutes, on a bare machine with
+# the CUDA toolkit: sets up hero's Debian packages from .debs/ when the system lacks them
+# (examples/device_env.sh), uses the build in $HERO_DEVICE_BUILD when one was made beforehand
+# (`make device-build`: CUDA objects for sm_80/sm_90, CPU code for any x86-64-v3 processor) and
+# builds there otherwise, then runs
+#   1. the GPU specs (#cuda), one spec file per process so that one crash does not hide the rest,
+#   2. layers: examples/bench_cuda.lua (a matmul, attention, one BERT layer) and the same shapes
+#      in PyTorch (examples/torch/bench_layers_cuda.py),
+#   3. the pre-training benchmark on the GPU (config hero, the reference's 32-video batch, MLM
+#      step, f32 and bf16) and the same model in PyTorch eager on the same GPU in the same run,
+#      when a CUDA PyTorch and the baseline model (.bench/hero_torch_bench.py) are there.
+# Logs go to $OUT (or /tmp/hero-device-out).
+#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench (default: all)
 set -u
 cd "$(dirname "$0")/.." || exit 1
-BUILD=${1:-/tmp/hero-build-device}
-LUA=${LUA:-lua5.4}
+PHASES=${1:-env,specs,layers,bench}
+OUT=${OUT:-/tmp/hero-device-out}
+mkdir -p "$OUT"
+LUA=lua5.4
 status=0
+has_phase() { case ",$PHASES," in *",$1,"*) return 0 ;; esac; return 1; }
+stamp() { echo "== [$(date +%H:%M:%S)] $*"; }
 
-echo "== device"
+stamp "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "(nvidia-smi unavailable)"
 command -v nvcc >/dev/null 2>&1 || PATH="$PATH:/usr/local/cuda/bin"
 nvcc --version 2>/dev/null | tail -1
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) x $(nproc)"
+echo "system has: lua5.4=$(command -v lua5.4 || echo no) mpirun=$(command -v mpirun || echo no) gcc=$(gcc -dumpversion 2>/dev/null || echo no)"
 
-echo "== build (HERO_CUDA=1)"
-make -C csrc HERO_CUDA=1 BUILD_DIR="$BUILD" -j"$(nproc 2>/dev/null || echo 4)" || exit 1
-
-export LUA_PATH="$PWD/lua/?.lua;$PWD/lua/?/init.lua;$PWD/spec/?.lua;;"
-export LUA_CPATH="$BUILD/?.so;;"
-$LUA -e 'local h = require "hero"; print("hero.cuda.available():", h.cuda.available(), "devices:", h.cuda.device_count())'
-
-echo "== GPU specs (#cuda)"
-timeout 900 $LUA spec/run.lua --run=cuda || status=1
-
-echo "== default specs on the CUDA build"
-timeout 900 $LUA spec/run.lua || status=1
-
-echo "== benchmark: hero"
-timeout 600 $LUA examples/bench_cuda.lua || status=1
-echo "== benchmark: HERO pre-training step, config hero, 32 videos (the reference's per-GPU batch)"
-for amp in "" bf16; do
-  timeout 300 $LUA examples/bench_pretrain.lua --config hero --device cuda:0 ${amp:+--amp $amp} --videos 32 \
-    --tasks mlm --modes fwd,step --reps 5 --warmup 2 || status=1
-done
-
-if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  echo "== benchmark: PyTorch $(python3 -c 'import torch; print(torch.__version__)')"
-  timeout 600 python3 - <<'PY' || status=1
-import time, torch
-import torch.nn.functional as F
-torch.backends.cuda.matmul.allow_tf32 = False
-dev = "cuda"
-
-def time_ms(fn, reps):
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / reps * 1e3
-
-def report(name, ms, flops=None):
-    extra = "  %8.1f TFLOP/s" % (flops / (ms * 1e-3) / 1e12) if flops else ""
-    print("torch %-28s %9.3f ms%s" % (name, ms, extra))
-
-torch.manual_seed(0)
-N = 4096
-for dt, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
-    a = torch.randn(N, N, device=dev, dtype=dt)
-    b = torch.randn(N, N, device=dev, dtype=dt)
-    report("matmul_%d_%s" % (N, name), time_ms(lambda: a @ b, 10), 2 * N ** 3)
-
-B, L, H, heads, Fd = 8, 512, 768, 12, 3072
-dh = H // heads
-def param(*s):
-    return (torch.randn(*s, device=dev) * 0.02).requires_grad_()
-x = torch.randn(B, L, H, device=dev, requires_grad=True)
-mask = torch.zeros(B, 1, 1, L, device=dev)
-wq, wk, wv, wo = param(H, H), param(H, H), param(H, H), param(H, H)
-w1, w2 = param(Fd, H), param(H, Fd)
-g1, b1 = torch.ones(H, device=dev, requires_grad=True), torch.zeros(H, device=dev, requires_grad=True)
-g2, b2 = torch.ones(H, device=dev, requires_grad=True), torch.zeros(H, device=dev, requires_grad=True)
-
-def heads_of(t):
-    return t.view(B, L, heads, dh).transpose(1, 2)
-
-def attention(t):
-    q, k, v = heads_of(F.linear(t, wq)), heads_of(F.linear(t, wk)), heads_of(F.linear(t, wv))
-    s = q @ k.transpose(-1, -2) / dh ** 0.5 + mask
-    p = F.dropout(s.softmax(-1), 0.1, True)
-    return F.linear((p @ v).transpose(1, 2).reshape(B, L, H), wo)
-
-def layer(t):
-    h = F.layer_norm(t + attention(t), (H,), g1, b1, 1e-12)
-    return F.layer_norm(h + F.linear(F.gelu(F.linear(h, w1)), w2), (H,), g2, b2, 1e-12)
-
-def no_grad(fn):
-    with torch.no_grad():
-        return fn(x)
-
-report("attention_fwd", time_ms(lambda: no_grad(attention), 5))
-report("attention_fwd_bwd", time_ms(lambda: attention(x).sum().backward(), 5))
-report("transformer_layer_fwd", time_ms(lambda: no_grad(layer), 5))
-report("transformer_layer_fwd_bwd", time_ms(lambda: layer(x).sum().backward(), 5))
-
-def layer_autocast():
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        y = layer(x)
-    y.float().sum().backward()
-
-report("transformer_layer_fwd_bwd_bf16", time_ms(layer_autocast, 5))
-print("torch memory: peak %.1f MiB" % (torch.cuda.max_memory_allocated() / 2 ** 20))
-PY
-else
-  echo "== PyTorch with CUDA not found: skipping the comparison"
+. examples/device_env.sh
+export LUA_PATH="$PWD/lua/?.lua;$PWD/lua/?/init.lua;$PWD/spec/?.lua;${HERO_DEB_LUA_PATH:+$HERO_DEB_LUA_PATH;};"
+# cuBLAS: the toolkit's, else the one PyTorch's wheels carry.
+if ! ls /usr/local/cuda/lib64/libcublas.so.* >/dev/null 2>&1; then
+  for d in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, q, "lib") for p in nvidia.__path__ for q in ("cublas", "cuda_runtime")))' 2>/dev/null); do
+    [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+  done
+  export LD_LIBRARY_PATH
 fi
 
-echo "== done (status $status)"
+BUILD=${HERO_DEVICE_BUILD:-$PWD/.devbuild}
+load_check() {
+  LUA_CPATH="$BUILD/?.so;${HERO_DEB_LUA_CPATH:+$HERO_DEB_LUA_CPATH;};" $LUA -e '
+    local h = require "hero"
+    print("hero.cuda.available():", h.cuda.available(), "devices:", h.cuda.device_count(),
+          h.cuda.device_count() > 0 and h.cuda.device_name(0) or "")
+    print("nccl:", h.cuda.nccl_available and h.cuda.nccl_available(), "dist built:", h.dist and h.dist.available and h.dist.available())
+    os.exit(h.cuda.device_count() > 0 and 0 or 3)'
+}
+stamp "load the build in $BUILD"
+if ! load_check; then
+  BUILD=/tmp/hero-build-device
+  stamp "building in $BUILD (HERO_CUDA=1)"
+  # Warnings stay on but do not stop the build: this machine's compiler may be newer.
+  if ! eval "make -C csrc HERO_CUDA=1 WERROR= BUILD_DIR=$BUILD -j$(nproc) $HERO_MAKE_ARGS" >"$OUT/build.log" 2>&1; then
+    tail -40 "$OUT/build.log"
+    echo "== build failed"
+    exit 1
+  fi
+  grep -c "warning:" "$OUT/build.log" | sed 's/^/compiler warnings: /'
+  grep -m 20 "warning:" "$OUT/build.log"
+  load_check || status=1
+fi
+export LUA_CPATH="$BUILD/?.so;${HERO_DEB_LUA_CPATH:+$HERO_DEB_LUA_CPATH;};"
+has_phase env && ! has_phase specs && ! has_phase layers && ! has_phase bench && exit $status
+
+if has_phase specs; then
+  for spec in spec/cuda_spec.lua spec/cuda_device_spec.lua spec/dist_spec.lua; do
+    name=$(basename "$spec" .lua)
+    stamp "GPU specs: $spec"
+    timeout -k 5 240 stdbuf -oL -eL $LUA spec/run.lua --run=cuda -o TAP "$spec" >"$OUT/$name.log" 2>&1
+    rc=$?
+    grep -E "^(not ok|# Failure|# spec|# Error)|nccl all_reduce" "$OUT/$name.log" | head -60
+    echo "$(grep -c '^ok' "$OUT/$name.log") ok, $(grep -c '^not ok' "$OUT/$name.log") not ok (exit $rc)"
+    [ $rc -eq 0 ] || status=1
+  done
+fi
+
+torch_ok() { env -u LD_LIBRARY_PATH python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }
+
+if has_phase layers; then
+  stamp "layers: hero"
+  timeout -k 5 120 $LUA examples/bench_cuda.lua 2>&1 | tee -a "$OUT/layers.log" || status=1
+  if torch_ok; then
+    stamp "layers: PyTorch"
+    env -u LD_LIBRARY_PATH timeout -k 5 120 python3 examples/torch/bench_layers_cuda.py 2>&1 | tee -a "$OUT/layers.log" || status=1
+  fi
+fi
+
+if has_phase bench; then
+  stamp "benchmark: HERO pre-training, config hero, 32 videos, MLM (hero)"
+  for amp in "" bf16; do
+    timeout -k 5 150 $LUA examples/bench_pretrain.lua --config hero --device cuda:0 ${amp:+--amp $amp} --videos 32 \
+      --tasks mlm --modes fwd,step --reps 10 --warmup 3 2>&1 | tee -a "$OUT/bench.log" | grep -v "^#" || status=1
+  done
+  if [ -f .bench/hero_torch_bench.py ] && torch_ok; then
+    stamp "benchmark: the same model in PyTorch eager"
+    for amp in none bf16; do
+      env -u LD_LIBRARY_PATH timeout -k 5 150 python3 examples/torch/bench_torch_cuda.py --baseline .bench/hero_torch_bench.py \
+        --config hero --videos 32 --amp $amp --tasks mlm --modes fwd,step --reps 10 --warmup 3 2>&1 | tee -a "$OUT/bench.log" || status=1
+    done
+  else
+    echo "== no CUDA PyTorch or no .bench/hero_torch_bench.py: no comparison"
+  fi
+fi
+
+stamp "done (status $status)"
 exit $status

@@ -115,9 +115,10 @@ describe("CUDA backend #cuda", function()
       helper.assert_error_contains(function() return g + c end, "add", "different devices")
       helper.assert_error_contains(function() return hero.matmul(dev(hero.ones(2, 2)), hero.ones(2, 2)) end,
         "matmul", "different devices")
-      helper.assert_error_contains(function() return g:cumsum(1) end, "cumsum", "no CUDA implementation yet")
-      helper.assert_error_contains(function() return g:sort(1) end, "no CUDA implementation yet")
-      helper.assert_error_contains(function() return g:prod() end, "prod", "no CUDA implementation yet")
+      helper.assert_error_contains(function() return hero.erf(g) end, "erf", "no CUDA implementation yet")
+      helper.assert_error_contains(function() return hero.cat {g, c} end, "cat", "tensor 2 of the list is on cpu")
+      helper.assert_error_contains(function() return g:index_select(1, hero.tensor({0}, {dtype = "i64"})) end,
+        "index_select", "the index tensor is on cpu")
       helper.assert_error_contains(function() return hero.ones(2):cuda(hero.cuda.device_count()) end, "does not exist")
     end)
   end)
@@ -422,6 +423,129 @@ describe("CUDA backend #cuda", function()
       scaler:update()
       assert.equal(8, scaler:get_scale())
       assert.equal(1, stepped)
+    end)
+  end)
+
+  describe("indexing, joining and the ops that run on the host", function()
+    local function i64(v) return hero.tensor(v, {dtype = "i64"}) end
+
+    it("index_select, gather, scatter(_add), index_add_/index_copy_ for every dtype, with gradients", function()
+      for _, dt in ipairs {"f32", "f64", "bf16", "f16", "i64", "i32", "u8"} do
+        local x = (hero.randn({4, 5, 3}) * 4):to(dt)
+        same(dev(x):index_select(1, dev(i64 {2, 0, 2})), x:index_select(1, i64 {2, 0, 2}))
+        same(dev(x):index_select(3, dev(i64 {1})), x:index_select(3, i64 {1}))
+        same(dev(x):transpose(1, 2):index_select(2, dev(i64 {3, 1})), x:transpose(1, 2):index_select(2, i64 {3, 1}))
+        local gi = i64 {{{0, 1, 2}, {3, 3, 0}}, {{1, 1, 1}, {2, 0, 4}}}
+        same(dev(x):narrow(1, 1, 2):gather(2, dev(gi)), x:narrow(1, 1, 2):gather(2, gi))
+        local src = (hero.randn({4, 2, 3}) * 4):to(dt)
+        same(dev(x):index_copy_(2, dev(i64 {4, 1}), dev(src)), x:clone():index_copy_(2, i64 {4, 1}, src))
+        same(dev(x):scatter(2, dev(gi:narrow(1, 1, 1)), dev(src:narrow(1, 1, 1))),
+          x:scatter(2, gi:narrow(1, 1, 1), src:narrow(1, 1, 1)))
+      end
+      for _, dt in ipairs {"f32", "f64", "bf16", "f16", "i64", "i32"} do
+        local x, src = (hero.randn({4, 5, 3}) * 4):to(dt), (hero.randn({4, 2, 3}) * 4):to(dt)
+        local tol = (dt == "bf16" or dt == "f16") and {rtol = 1e-2, atol = 1e-2} or nil
+        -- repeated indices: the device sums with atomics, in any order
+        same(dev(x):index_add_(2, dev(i64 {4, 4}), dev(src)), x:clone():index_add_(2, i64 {4, 4}, src), tol)
+        local gi = i64 {{{0, 1, 2}, {0, 1, 2}}, {{1, 1, 1}, {2, 0, 4}}}
+        same(dev(x):scatter_add(2, dev(gi), dev(src:narrow(1, 1, 2))), x:scatter_add(2, gi, src:narrow(1, 1, 2)), tol)
+      end
+      local x = randn({4, 5}, "f64")
+      check_grad(function(t) return t:index_select(1, i64({2, 0, 2}):to {device = t:device()}) end, {x})
+      check_grad(function(t) return t:gather(2, i64({{0, 4}, {1, 1}, {3, 2}, {0, 0}}):to {device = t:device()}) end,
+        {x})
+      check_grad(function(t, s) return t:scatter_add(1, i64({{0, 2}, {0, 1}}):to {device = t:device()}, s) end,
+        {x, randn({2, 5}, "f64")})
+      helper.assert_error_contains(function() return dev(x):index_select(1, dev(i64 {1, 4})) end, "index_select",
+        "index 4 at position 2 of the index is out of range for dimension 1 of size 4")
+      helper.assert_error_contains(function() return dev(x):gather(2, dev(i64 {{0}, {5}})) end, "gather",
+        "index 5 at position [2, 1]")
+      local before = dev(x)
+      helper.assert_error_contains(function() before:index_add_(1, dev(i64 {0, -1}), dev(randn({2, 5}, "f64"))) end,
+        "index_add_", "index -1")
+      same(before, x) -- a refused in-place op writes nothing
+    end)
+
+    it("masked_fill, masked_select and nonzero with broadcast masks, with gradients", function()
+      local x = randn({3, 4}, "f64")
+      local mask = hero.tensor {{true, false, false, true}, {false, false, false, false}, {true, true, true, true}}
+      local col = hero.tensor {{true}, {false}, {true}}
+      for _, dt in ipairs {"f32", "f64", "bf16", "i64", "u8", "bool"} do
+        local t = (x * 3):to(dt)
+        same(dev(t):masked_fill(dev(mask), 7), t:masked_fill(mask, 7))
+        same(dev(t):masked_fill(dev(col), 0), t:masked_fill(col, 0))
+        same(dev(t):masked_select(dev(mask)), t:masked_select(mask))
+        same(dev(t):masked_select(dev(col)), t:masked_select(col))
+        same(dev(t):nonzero(), t:nonzero())
+      end
+      same(dev(x):masked_select(dev(hero.zeros({3, 4}, {dtype = "bool"}))), x:masked_select(hero.zeros({3, 4},
+        {dtype = "bool"})))
+      same(dev(x):t():masked_select(dev(mask:t())), x:t():masked_select(mask:t()))
+      check_grad(function(t) return t:masked_fill(mask:to {device = t:device()}, 0) end, {x})
+      check_grad(function(t) return t:masked_select(col:to {device = t:device()}) end, {x})
+    end)
+
+    it("cat, stack, flip and repeat on the device, with gradients", function()
+      for _, dt in ipairs {"f32", "bf16", "i64", "bool"} do
+        local a, b = (randn {2, 3} * 3):to(dt), (randn {2, 5} * 3):to(dt)
+        same(hero.cat({dev(a), dev(b)}, 2), hero.cat({a, b}, 2))
+        same(hero.cat({dev(a):t(), dev(b):t()}, 1), hero.cat({a:t(), b:t()}, 1))
+        same(hero.stack({dev(a), dev(a)}, 2), hero.stack({a, a}, 2))
+        same(dev(b):flip {1, 2}, b:flip {1, 2})
+        same(dev(a):tile(2, 1, 3), a:tile(2, 1, 3))
+      end
+      same(hero.cat {dev(hero.ones(2, {dtype = "f32"})), dev(hero.ones(3, {dtype = "f64"}))},
+        hero.cat {hero.ones(2, {dtype = "f32"}), hero.ones(3, {dtype = "f64"})}) -- promotes
+      check_grad(function(p, q) return hero.cat({p, q:t()}, 2) end, {randn({3, 2}, "f64"), randn({4, 3}, "f64")})
+      check_grad(function(p, q) return hero.stack {p, q} end, {randn({3, 2}, "f64"), randn({3, 2}, "f64")})
+    end)
+
+    it("conv1d and the elementwise losses, with gradients", function()
+      for _, pad in ipairs {0, 2} do
+        check_grad(function(x, w) return hero.conv1d(x, w, nil, pad) end, {randn({2, 1, 9}, "f64"), randn({1, 1, 5}, "f64")})
+        check_grad(function(x, w, b) return hero.conv1d(x, w, b, pad) end,
+          {randn({3, 2, 7}, "f64"), randn({4, 2, 3}, "f64"), randn({4}, "f64")})
+      end
+      local x, y = randn({4, 6}, "f64"), hero.rand({4, 6}, {dtype = "f64"})
+      local w = hero.rand({4, 6}, {dtype = "f64"})
+      for _, red in ipairs {"mean", "sum", "none"} do
+        check_grad(function(a, b) return hero.nn.functional.binary_cross_entropy_with_logits(a, b, {reduction = red}) end,
+          {x * 4, y})
+        check_grad(function(a, b, c)
+          return hero.nn.functional.binary_cross_entropy_with_logits(a, b, {weight = c, reduction = red})
+        end, {x, y, w})
+        check_grad(function(a, b) return hero.nn.functional.mse_loss(a, b, {reduction = red}) end, {x, y})
+      end
+    end)
+
+    it("sorts, scans and the rarer reductions through the host, with gradients", function()
+      local x = randn({5, 7}, "f64")
+      for _, fn in ipairs {
+        function(t) return (t:sort(2)) end, function(t) return select(2, t:sort(1, true)) end,
+        function(t) return (t:topk(3, 2)) end, function(t) return select(2, t:topk(2, 1, false)) end,
+        function(t) return t:cumsum(2) end, function(t) return t:cumprod(1) end, function(t) return t:prod(2) end,
+        function(t) return t:var(1) end, function(t) return t:std() end, function(t) return t:norm() end,
+        function(t) return t:gt(0):any(2) end, function(t) return t:gt(-3):all() end,
+      } do
+        same(fn(dev(x)), fn(x))
+      end
+      check_grad(function(t) return (t:topk(3, 2)) end, {x})
+      check_grad(function(t) return t:cumsum(1) end, {x})
+      check_grad(function(t) return t:var(2) end, {x})
+    end)
+
+    it("reproduces the hero-smoke fixture (outputs, gradients, optimizer steps, downstream heads)", function()
+      local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/cuda_spec%.lua$") or "."
+      local results, ok = hero.parity.run(root .. "/spec/fixtures/hero-smoke", {device = DEVICE})
+      local bad = {}
+      for _, r in ipairs(results) do
+        if r.ok == false then
+          bad[#bad + 1] = r.error and (r.case .. " raised: " .. r.error)
+            or string.format("%s %s: abs %.3e > %.3e", r.case, r.tensor, r.max_abs, r.bound)
+        end
+      end
+      assert(ok, #bad .. " beyond tolerance:\n" .. table.concat(bad, "\n", 1, math.min(#bad, 40)))
+      assert.is_true(#results > 900)
     end)
   end)
 

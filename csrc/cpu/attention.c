@@ -219,8 +219,10 @@ hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mas
         k->size[2] != q->size[2] || v->size[2] != q->size[2] || v->size[1] != k->size[1])
         return hr_fail_null(HR_EINVAL, "attention: q %s, k %s and v %s must be [B, Lq, H], [B, Lk, H], [B, Lk, H]",
                             hr_tensor_desc(q, a, sizeof a), hr_tensor_desc(k, b, sizeof b), hr_tensor_desc(v, m, sizeof m));
-    if (q->dtype != k->dtype || q->dtype != v->dtype || (q->dtype != HR_F32 && q->dtype != HR_F64))
-        return hr_fail_null(HR_EINVAL, "attention: q, k and v must all be f32 or all f64");
+    /* the GPU path also takes bf16/f16 (autocast); the CPU kernels are f32/f64 */
+    bool half_ok = hr_tensor_device(q).type == HR_CUDA && (q->dtype == HR_BF16 || q->dtype == HR_F16);
+    if (q->dtype != k->dtype || q->dtype != v->dtype || (q->dtype != HR_F32 && q->dtype != HR_F64 && !half_ok))
+        return hr_fail_null(HR_EINVAL, "attention: q, k and v must all be f32 or all f64 (or bf16/f16 on a GPU)");
     if (heads < 1 || q->size[2] % heads)
         return hr_fail_null(HR_EINVAL, "attention: hidden size %lld is not divisible into %lld heads",
                             (long long)q->size[2], (long long)heads);

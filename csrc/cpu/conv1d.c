@@ -2,10 +2,14 @@
  * out[n, o, l] = sum_{c, k} w[o, c, k] * x[n, c, l + k - padding] (+ bias[o]).
  * HERO uses it with one channel and kernel 5 for the VSM start/end predictors; sizes are small,
  * so plain loops accumulating in double are both exact enough and fast enough. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_autograd_ops.h"
+#include "hr_cuda.h"
 #include "hr_nn.h"
+#include "hr_pointwise.h"
 
 typedef struct {
     int64_t n, cin, len, cout, k, pad, out_len;
@@ -58,6 +62,55 @@ static int conv_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     return rc;
 }
 
+/* On a GPU: composed of differentiable ops whose nodes give the gradients: zero padding by cat,
+ * the K shifted windows stacked into columns [N, C_in * K, L_out], one batched product with the
+ * weight [C_out, C_in * K], the bias broadcast over the length. */
+static hr_tensor *conv1d_composed(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t padding, int64_t out_len)
+{
+    int64_t n = x->size[0], cin = x->size[1], cout = w->size[0], k = w->size[2];
+    hr_tensor *padded = NULL, *stacked = NULL, *cols = NULL, *w2 = NULL, *y = NULL, *b3 = NULL, *out = NULL;
+    hr_tensor **windows = calloc((size_t)k, sizeof *windows);
+    if (!windows) return hr_fail_null(HR_ENOMEM, "conv1d: out of memory");
+    if (padding > 0) {
+        int64_t zsize[3] = {n, cin, padding};
+        hr_tensor *z = hr_tensor_zeros(3, zsize, x->dtype, hr_tensor_device(x));
+        hr_tensor *parts[3] = {z, x, z};
+        padded = z ? hr_ag_cat(3, parts, 2) : NULL;
+        hr_tensor_release(z);
+    } else {
+        hr_tensor_retain(x);
+        padded = x;
+    }
+    int made = 0;
+    while (padded && made < k) {
+        windows[made] = hr_ag_narrow(padded, 2, made, out_len);
+        if (!windows[made]) break;
+        made++;
+    }
+    if (made == k) stacked = hr_ag_stack((int)k, windows, 2); /* [N, C_in, K, L_out] */
+    int64_t csize[3] = {n, cin * k, out_len}, wsize[2] = {cout, cin * k};
+    if (stacked) cols = hr_ag_reshape(stacked, 3, csize);
+    if (cols) w2 = hr_ag_reshape(w, 2, wsize);
+    if (w2) y = hr_ag_matmul(w2, cols); /* [N, C_out, L_out] */
+    if (y && bias) {
+        int64_t bsize[3] = {1, cout, 1};
+        b3 = hr_ag_view(bias, 3, bsize);
+        if (b3) out = hr_ag_binary(HR_ADD, hr_operand_tensor(y), hr_operand_tensor(b3), NULL);
+    } else if (y) {
+        hr_tensor_retain(y);
+        out = y;
+    }
+    for (int i = 0; i < made; i++) hr_tensor_release(windows[i]);
+    free(windows);
+    hr_tensor_release(padded);
+    hr_tensor_release(stacked);
+    hr_tensor_release(cols);
+    hr_tensor_release(w2);
+    hr_tensor_release(y);
+    hr_tensor_release(b3);
+    return out;
+}
+
 hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t padding)
 {
     char a[96], b[96];
@@ -66,18 +119,27 @@ hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t paddin
     if (x->ndim != 3 || w->ndim != 3 || x->size[1] != w->size[1])
         return hr_fail_null(HR_EINVAL, "conv1d: input %s and weight %s do not match ([N, C_in, L] and [C_out, C_in, K])",
                             hr_tensor_desc(x, a, sizeof a), hr_tensor_desc(w, b, sizeof b));
-    if (x->dtype != w->dtype || (x->dtype != HR_F32 && x->dtype != HR_F64))
+    bool cuda = hr_tensor_device(x).type == HR_CUDA && hr_cuda_compiled();
+    bool float_ok = x->dtype == HR_F32 || x->dtype == HR_F64 || (cuda && (x->dtype == HR_BF16 || x->dtype == HR_F16));
+    if (x->dtype != w->dtype || !float_ok)
         return hr_fail_null(HR_EINVAL, "conv1d: input %s and weight %s must both be f32 or both f64",
                             hr_tensor_desc(x, a, sizeof a), hr_tensor_desc(w, b, sizeof b));
     if (bias && (bias->ndim != 1 || bias->size[0] != w->size[0] || bias->dtype != w->dtype))
         return hr_fail_null(HR_EINVAL, "conv1d: bias %s must be a %s vector of %lld", hr_tensor_desc(bias, a, sizeof a),
                             hr_dtype_name(w->dtype), (long long)w->size[0]);
     if (padding < 0) return hr_fail_null(HR_EINVAL, "conv1d: negative padding %lld", (long long)padding);
-    if (hr_tensor_device(x).type != HR_CPU || hr_tensor_device(w).type != HR_CPU)
-        return hr_fail_null(HR_EDEVICE, "conv1d: CUDA tensors need the CUDA backend, which this build lacks");
     conv_ctx c = {x->size[0], x->size[1], x->size[2], w->size[0], w->size[2], padding, 0, bias != NULL};
     c.out_len = c.len + 2 * padding - c.k + 1;
     if (c.out_len < 0) return hr_fail_null(HR_EINVAL, "conv1d: kernel %lld is longer than the padded input", (long long)c.k);
+    if (cuda) {
+        if (!hr_device_eq(hr_tensor_device(x), hr_tensor_device(w)) ||
+            (bias && !hr_device_eq(hr_tensor_device(x), hr_tensor_device(bias))))
+            return hr_fail_null(HR_EDEVICE, "conv1d: input %s, weight %s and bias must be on one device",
+                                hr_tensor_desc(x, a, sizeof a), hr_tensor_desc(w, b, sizeof b));
+        return conv1d_composed(x, w, bias, padding, c.out_len);
+    }
+    if (hr_tensor_device(x).type != HR_CPU || hr_tensor_device(w).type != HR_CPU)
+        return hr_fail_null(HR_EDEVICE, "conv1d: CUDA tensors need the CUDA backend, which this build lacks");
     hr_tensor *xc = hr_contiguous(x), *wc = hr_contiguous(w);
     int64_t size[3] = {c.n, c.cout, c.out_len};
     hr_tensor *y = (xc && wc) ? hr_tensor_empty(3, size, x->dtype, hr_cpu()) : NULL;

@@ -69,4 +69,34 @@ static inline int hr_rows_check_input_dev(const hr_tensor *t, const char *op, bo
 
 static inline int hr_rows_check_input(const hr_tensor *t, const char *op) { return hr_rows_check_input_dev(t, op, false); }
 
+/* The ops of this family without a CUDA kernel (sorting, scans, the rarer reductions) run a CUDA
+ * tensor on the host: hr_rows_on_host(t) says whether to, hr_rows_host_copy makes the host copy,
+ * hr_rows_back moves a host result (consumed) to the device, or returns NULL. */
+static inline bool hr_rows_on_host(const hr_tensor *t)
+{
+    return t && t->storage && hr_tensor_device(t).type == HR_CUDA && hr_cuda_compiled();
+}
+
+static inline hr_tensor *hr_rows_host_copy(const hr_tensor *t)
+{
+    hr_tensor *h = hr_tensor_empty(t->ndim, t->size, t->dtype, hr_cpu());
+    if (h && hr_copy_(h, t)) {
+        hr_tensor_release(h);
+        return NULL;
+    }
+    return h;
+}
+
+static inline hr_tensor *hr_rows_back(hr_tensor *h, hr_device dev)
+{
+    if (!h) return NULL;
+    hr_tensor *d = hr_tensor_empty(h->ndim, h->size, h->dtype, dev);
+    if (d && hr_copy_(d, h)) {
+        hr_tensor_release(d);
+        d = NULL;
+    }
+    hr_tensor_release(h);
+    return d;
+}
+
 #endif

@@ -9,18 +9,50 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hr_cuda.h"
 #include "hr_index.h"
 
 /* ------------------------------------------------------------------ argument checks */
 
+/* A live tensor on the CPU, or on a CUDA device in a build with the CUDA backend (every op here
+ * has a CUDA path: cuda/index.cu, with the same checks made here first). */
 static int check_cpu(const char *op, const hr_tensor *t, const char *what)
 {
     if (!t || !t->storage) return hr_fail(HR_EFREED, "%s: %s tensor was freed", op, what);
-    if (hr_tensor_device(t).type != HR_CPU)
+    if (hr_tensor_device(t).type != HR_CPU && !hr_cuda_compiled())
         return hr_fail(HR_EDEVICE, "%s: the %s tensor is on a CUDA device, which needs the CUDA backend this build lacks", op,
                        what);
     return 0;
 }
+
+static bool on_cuda(const hr_tensor *t) { return hr_tensor_device(t).type == HR_CUDA; }
+
+/* Both tensors on one device (after check_cpu on each). */
+static int check_same_device(const char *op, const hr_tensor *t, const hr_tensor *other, const char *what)
+{
+    if (hr_device_eq(hr_tensor_device(t), hr_tensor_device(other))) return 0;
+    char a[16], b[16];
+    return hr_fail(HR_EDEVICE, "%s: self is on %s but the %s tensor is on %s (move one with :to())", op,
+                   hr_device_str(hr_tensor_device(t), a, sizeof a), what,
+                   hr_device_str(hr_tensor_device(other), b, sizeof b));
+}
+
+/* The values of a contiguous i64 tensor readable on the host: ix itself on the CPU, else a host
+ * copy (the index values of a CUDA op are checked here before any kernel runs). */
+static hr_tensor *host_values(const hr_tensor *ix)
+{
+    if (!on_cuda(ix)) {
+        hr_tensor_retain((hr_tensor *)ix);
+        return (hr_tensor *)ix;
+    }
+    hr_tensor *h = hr_tensor_empty(ix->ndim, ix->size, ix->dtype, hr_cpu());
+    if (h && hr_copy_(h, ix)) {
+        hr_tensor_release(h);
+        return NULL;
+    }
+    return h;
+}
+
 
 static int check_dim(const char *op, const hr_tensor *t, int dim)
 {
@@ -76,6 +108,16 @@ static int check_index_values(const char *op, const int64_t *v, int ndim, const 
     return 0;
 }
 
+/* check_index_values on the values of ix (contiguous i64, on either device). */
+static int check_index_tensor(const char *op, const hr_tensor *ix, int ndim, const int64_t *size, int dim, int64_t limit)
+{
+    hr_tensor *h = host_values(ix);
+    if (!h) return -1;
+    int rc = check_index_values(op, hr_tensor_data(h), ndim, size, dim, limit);
+    hr_tensor_release(h);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ gather-style kernel */
 
 /* Operands: 0 = destination, 1 = source with a 0 stride along the indexed dim, 2 = i64 index.
@@ -106,10 +148,12 @@ static void gather_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
 }
 
 /* Runs the gather kernel over shape (ndim, size): dst with dst_stride, t with its own strides
- * except 0 along dim, the index with idx_stride. */
-static void run_gather(hr_tensor *dst, const int64_t *dst_stride, const hr_tensor *t, int dim, const int64_t *idx,
-                       const int64_t *idx_stride, int ndim, const int64_t *size)
+ * except 0 along dim, the i64 index ix with idx_stride (all on one device, values checked). */
+static int run_gather(hr_tensor *dst, const int64_t *dst_stride, const hr_tensor *t, int dim, const hr_tensor *ix,
+                      const int64_t *idx_stride, int ndim, const int64_t *size)
 {
+    if (on_cuda(t)) return hr_cuda_index_gather(dst, dst_stride, t, dim, ix, idx_stride, ndim, size);
+    const int64_t *idx = hr_tensor_data(ix);
     int64_t tstride[HR_MAX_DIMS];
     for (int i = 0; i < ndim; i++) tstride[i] = i == dim ? 0 : t->stride[i];
     size_t el = hr_dtype_size(t->dtype);
@@ -120,6 +164,7 @@ static void run_gather(hr_tensor *dst, const int64_t *dst_stride, const hr_tenso
     hr_iter_add(&it, (void *)idx, 8, idx_stride);
     gather_ctx c = {t->stride[dim] * (int64_t)el, el};
     hr_iter_run(&it, gather_kernel, &c, true);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ index_select */
@@ -153,11 +198,11 @@ hr_tensor *hr_index_select(hr_tensor *t, int dim, const hr_tensor *index)
         return hr_fail_null(HR_EINVAL, "%s: index must be 1-D (or 0-D), got size %s", op,
                             hr_shape_str(index->ndim, index->size, b, sizeof b));
     }
+    if (check_cpu(op, index, "index") || check_same_device(op, t, index, "index")) return NULL;
     hr_tensor *ix = index_as_i64(op, index);
     if (!ix) return NULL;
     int64_t n = hr_tensor_numel(ix);
-    const int64_t *idx = hr_tensor_data(ix);
-    if (check_index_values(op, idx, index->ndim, index->size, dim, t->size[dim])) {
+    if (check_index_tensor(op, ix, index->ndim, index->size, dim, t->size[dim])) {
         hr_tensor_release(ix);
         return NULL;
     }
@@ -174,17 +219,22 @@ hr_tensor *hr_index_select(hr_tensor *t, int dim, const hr_tensor *index)
     for (int i = 0; i < dim; i++) outer *= t->size[i];
     for (int i = dim + 1; i < t->ndim; i++) inner *= t->size[i];
     size_t row_bytes = (size_t)inner * el;
-    if (hr_tensor_is_contiguous(t) && row_bytes >= 64) {
+    int rc = 0;
+    if (!on_cuda(t) && hr_tensor_is_contiguous(t) && row_bytes >= 64) {
         /* Embedding-style lookup: whole contiguous rows, one memcpy each. */
-        rows_copy_ctx c = {hr_tensor_data(t), hr_tensor_data(out), idx, n, t->size[dim], row_bytes};
+        rows_copy_ctx c = {hr_tensor_data(t), hr_tensor_data(out), hr_tensor_data(ix), n, t->size[dim], row_bytes};
         int64_t grain = (int64_t)(32768 / row_bytes) + 1;
         hr_parallel_for(outer * n, grain, rows_copy_fn, &c);
     } else {
         int64_t istride[HR_MAX_DIMS] = {0};
         istride[dim] = 1;
-        run_gather(out, out->stride, t, dim, idx, istride, t->ndim, size);
+        rc = run_gather(out, out->stride, t, dim, ix, istride, t->ndim, size);
     }
     hr_tensor_release(ix);
+    if (rc) {
+        hr_tensor_release(out);
+        return NULL;
+    }
     return out;
 }
 
@@ -218,15 +268,18 @@ hr_tensor *hr_gather(hr_tensor *t, int dim, const hr_tensor *index)
 {
     const char *op = "gather";
     if (check_cpu(op, t, "self") || check_dim(op, t, dim)) return NULL;
-    if (check_cpu(op, index, "index") || check_same_ndim(op, t, index, "index") || check_index_fits(op, index, t, "self", dim))
+    if (check_cpu(op, index, "index") || check_same_device(op, t, index, "index") ||
+        check_same_ndim(op, t, index, "index") || check_index_fits(op, index, t, "self", dim))
         return NULL;
     hr_tensor *ix = index_as_i64(op, index);
     if (!ix) return NULL;
-    const int64_t *idx = hr_tensor_data(ix);
     hr_tensor *out = NULL;
-    if (check_index_values(op, idx, ix->ndim, ix->size, dim, t->size[dim]) == 0) {
+    if (check_index_tensor(op, ix, ix->ndim, ix->size, dim, t->size[dim]) == 0) {
         out = hr_tensor_empty(ix->ndim, ix->size, t->dtype, hr_tensor_device(t));
-        if (out) run_gather(out, out->stride, t, dim, idx, ix->stride, ix->ndim, ix->size);
+        if (out && run_gather(out, out->stride, t, dim, ix, ix->stride, ix->ndim, ix->size)) {
+            hr_tensor_release(out);
+            out = NULL;
+        }
     }
     hr_tensor_release(ix);
     return out;
@@ -282,10 +335,13 @@ static void scatter_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
     }
 }
 
-/* Runs the scatter kernel over shape (ndim, size). */
-static void run_scatter(hr_tensor *t, int dim, const int64_t *idx, const int64_t *idx_stride, const hr_tensor *src,
-                        const int64_t *src_stride, int ndim, const int64_t *size, scatter_mode mode, double alpha)
+/* Runs the scatter kernel over shape (ndim, size); ix is the i64 index (values checked). */
+static int run_scatter(hr_tensor *t, int dim, const hr_tensor *ix, const int64_t *idx_stride, const hr_tensor *src,
+                       const int64_t *src_stride, int ndim, const int64_t *size, scatter_mode mode, double alpha)
 {
+    if (on_cuda(t))
+        return hr_cuda_index_scatter(t, dim, ix, idx_stride, src, src_stride, ndim, size, mode == SCATTER_ADD, alpha);
+    const int64_t *idx = hr_tensor_data(ix);
     int64_t tstride[HR_MAX_DIMS];
     for (int i = 0; i < ndim; i++) tstride[i] = i == dim ? 0 : t->stride[i];
     size_t el = hr_dtype_size(t->dtype);
@@ -296,12 +352,13 @@ static void run_scatter(hr_tensor *t, int dim, const int64_t *idx, const int64_t
     hr_iter_add(&it, hr_tensor_data(src), el, src_stride);
     scatter_ctx c = {t->stride[dim] * (int64_t)el, t->dtype, mode, alpha, (int64_t)alpha};
     hr_iter_run(&it, scatter_kernel, &c, false);
+    return 0;
 }
 
-/* Common checks of src: live, on the CPU, same dtype as self. */
+/* Common checks of src: live, on self's device, same dtype as self. */
 static int check_src(const char *op, const hr_tensor *t, const hr_tensor *src)
 {
-    if (check_cpu(op, src, "src")) return -1;
+    if (check_cpu(op, src, "src") || check_same_device(op, t, src, "src")) return -1;
     if (src->dtype != t->dtype)
         return hr_fail(HR_EINVAL, "%s: src dtype %s does not match self dtype %s (convert one with :to())", op,
                        hr_dtype_name(src->dtype), hr_dtype_name(t->dtype));
@@ -383,7 +440,7 @@ static void rows_scatter_fn(void *arg, int64_t begin, int64_t end)
 
 typedef struct {
     int dim;
-    const int64_t *idx;
+    const hr_tensor *ix;
     int64_t n;
     scatter_mode mode;
     double alpha;
@@ -396,21 +453,21 @@ static int index_scatter_body(hr_tensor *t, const hr_tensor *src, void *arg)
     const index_scatter_args *a = arg;
     int dim = a->dim;
     size_t el = hr_dtype_size(t->dtype);
-    bool rows_ok = a->mode == SCATTER_COPY || t->dtype == HR_F32 || t->dtype == HR_F64;
+    bool rows_ok = !on_cuda(t) && (a->mode == SCATTER_COPY || t->dtype == HR_F32 || t->dtype == HR_F64);
     if (rows_ok && hr_tensor_is_contiguous(t) && hr_tensor_is_contiguous(src)) {
         int64_t outer = 1, inner = 1;
         for (int i = 0; i < dim; i++) outer *= t->size[i];
         for (int i = dim + 1; i < t->ndim; i++) inner *= t->size[i];
         int64_t chunk = inner < 2048 ? (inner > 0 ? inner : 1) : 2048;
         int64_t nchunks = (inner + chunk - 1) / chunk;
-        rows_scatter_ctx c = {hr_tensor_data(t), hr_tensor_data(src), a->idx, a->n, t->size[dim], inner, chunk,
-                              nchunks, t->dtype, a->mode, a->alpha};
+        rows_scatter_ctx c = {hr_tensor_data(t), hr_tensor_data(src), hr_tensor_data(a->ix), a->n, t->size[dim], inner,
+                              chunk, nchunks, t->dtype, a->mode, a->alpha};
         int64_t per_item = a->n * chunk * (int64_t)el;
         hr_parallel_for(outer * nchunks, 32768 / (per_item + 1) + 1, rows_scatter_fn, &c);
     } else {
         int64_t istride[HR_MAX_DIMS] = {0};
         istride[dim] = 1;
-        run_scatter(t, dim, a->idx, istride, src, src->stride, src->ndim, src->size, a->mode, a->alpha);
+        return run_scatter(t, dim, a->ix, istride, src, src->stride, src->ndim, src->size, a->mode, a->alpha);
     }
     return 0;
 }
@@ -437,17 +494,17 @@ static int index_scatter(const char *op, hr_tensor *t, int dim, const hr_tensor 
                        op, hr_shape_str(src->ndim, src->size, a, sizeof a), hr_shape_str(t->ndim, t->size, b, sizeof b),
                        dim + 1, n);
     }
+    if (check_cpu(op, index, "index") || check_same_device(op, t, index, "index")) return -1;
     hr_tensor *ix = index_as_i64(op, index);
     if (!ix) return -1;
-    const int64_t *idx = hr_tensor_data(ix);
-    int rc = check_index_values(op, idx, index->ndim, index->size, dim, t->size[dim]);
+    int rc = check_index_tensor(op, ix, index->ndim, index->size, dim, t->size[dim]);
     hr_tensor *s = NULL;
     if (rc == 0) {
         s = src_snapshot(t, src);
         if (!s) rc = -1;
     }
     if (rc == 0) {
-        index_scatter_args a = {dim, idx, n, mode, alpha};
+        index_scatter_args a = {dim, ix, n, mode, alpha};
         if (mode == SCATTER_ADD && (t->dtype == HR_F16 || t->dtype == HR_BF16))
             rc = with_f32_accumulator(t, s, index_scatter_body, &a);
         else
@@ -473,7 +530,6 @@ int hr_index_copy_(hr_tensor *t, int dim, const hr_tensor *index, const hr_tenso
 
 typedef struct {
     int dim;
-    const int64_t *idx;
     const hr_tensor *ix;
     scatter_mode mode;
 } scatter_args;
@@ -481,8 +537,7 @@ typedef struct {
 static int scatter_body(hr_tensor *t, const hr_tensor *src, void *arg)
 {
     const scatter_args *a = arg;
-    run_scatter(t, a->dim, a->idx, a->ix->stride, src, src->stride, a->ix->ndim, a->ix->size, a->mode, 1.0);
-    return 0;
+    return run_scatter(t, a->dim, a->ix, a->ix->stride, src, src->stride, a->ix->ndim, a->ix->size, a->mode, 1.0);
 }
 
 /* An index that only varies along dim (a 1-D index expanded over the other dims, as a gradient
@@ -498,7 +553,9 @@ static int scatter_common(const char *op, hr_tensor *t, int dim, const hr_tensor
                           scatter_mode mode)
 {
     if (check_cpu(op, t, "self") || check_dim(op, t, dim)) return -1;
-    if (check_cpu(op, index, "index") || check_same_ndim(op, t, index, "index")) return -1;
+    if (check_cpu(op, index, "index") || check_same_device(op, t, index, "index") ||
+        check_same_ndim(op, t, index, "index"))
+        return -1;
     if (check_src(op, t, src) || check_same_ndim(op, t, src, "src")) return -1;
     if (check_index_fits(op, index, src, "src", -1) || check_index_fits(op, index, t, "self", dim)) return -1;
     if (index->dtype != HR_I64 && index->dtype != HR_I32)
@@ -527,15 +584,14 @@ static int scatter_common(const char *op, hr_tensor *t, int dim, const hr_tensor
 
     hr_tensor *ix = index_as_i64(op, index);
     if (!ix) return -1;
-    const int64_t *idx = hr_tensor_data(ix);
-    int rc = check_index_values(op, idx, ix->ndim, ix->size, dim, t->size[dim]);
+    int rc = check_index_tensor(op, ix, ix->ndim, ix->size, dim, t->size[dim]);
     hr_tensor *s = NULL;
     if (rc == 0) {
         s = src_snapshot(t, src);
         if (!s) rc = -1;
     }
     if (rc == 0) {
-        scatter_args a = {dim, idx, ix, mode};
+        scatter_args a = {dim, ix, mode};
         if (mode == SCATTER_ADD && (t->dtype == HR_F16 || t->dtype == HR_BF16))
             rc = with_f32_accumulator(t, s, scatter_body, &a);
         else
@@ -615,7 +671,7 @@ static void mask_fill_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
 int hr_masked_fill_(hr_tensor *t, const hr_tensor *mask, hr_scalar value)
 {
     const char *op = "masked_fill_";
-    if (check_cpu(op, t, "self") || check_mask(op, mask)) return -1;
+    if (check_cpu(op, t, "self") || check_mask(op, mask) || check_same_device(op, t, mask, "mask")) return -1;
     int nd;
     int64_t shape[HR_MAX_DIMS];
     if (hr_broadcast_shape(op, t->ndim, t->size, mask->ndim, mask->size, &nd, shape)) return -1;
@@ -631,6 +687,11 @@ int hr_masked_fill_(hr_tensor *t, const hr_tensor *mask, hr_scalar value)
     else hr_store_f64(c.value, t->dtype, value.d);
     int64_t mstride[HR_MAX_DIMS];
     hr_broadcast_strides(mask, t->ndim, t->size, mstride);
+    if (on_cuda(t)) {
+        if (hr_cuda_masked_fill_(t, mask, mstride, c.value)) return -1;
+        hr_tensor_bump_version(t);
+        return 0;
+    }
     hr_iter it;
     hr_iter_init(&it, t->ndim, t->size);
     hr_iter_add(&it, hr_tensor_data(t), c.el, t->stride);
@@ -682,16 +743,74 @@ static void mask_select_kernel(void *arg, int64_t n, char **p, const int64_t *bs
     }
 }
 
+/* The row-major positions of the set elements of the (host) mask walked over shape with
+ * mstride, stored one after another at c->dst (as int64). */
+static void mask_positions_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
+{
+    mask_select_ctx *c = arg;
+    for (int64_t i = 0; i < n; i++, c->count++) {
+        if (!*(const uint8_t *)(p[0] + i * bs[0])) continue;
+        memcpy(c->dst, &c->count, sizeof c->count);
+        c->dst += sizeof c->count;
+    }
+}
+
+hr_tensor *hr_mask_positions(const hr_tensor *mask, int nd, const int64_t *shape, hr_device dev)
+{
+    hr_tensor *hm = host_values(mask);
+    if (!hm) return NULL;
+    int64_t mstride[HR_MAX_DIMS];
+    hr_broadcast_strides(hm, nd, shape, mstride);
+    mask_select_ctx c = {0, NULL, 1};
+    hr_iter it;
+    hr_iter_init(&it, nd, shape);
+    hr_iter_add(&it, hr_tensor_data(hm), 1, mstride);
+    hr_iter_run(&it, mask_count_kernel, &c, false);
+    hr_tensor *pos = hr_tensor_empty(1, &c.count, HR_I64, hr_cpu());
+    if (pos) {
+        c.count = 0;
+        c.dst = hr_tensor_data(pos);
+        hr_iter_init(&it, nd, shape);
+        hr_iter_add(&it, hr_tensor_data(hm), 1, mstride);
+        hr_iter_run(&it, mask_positions_kernel, &c, false);
+    }
+    hr_tensor_release(hm);
+    if (!pos || dev.type == HR_CPU) return pos;
+    hr_tensor *dpos = hr_tensor_empty(1, pos->size, HR_I64, dev);
+    if (dpos && hr_copy_(dpos, pos)) {
+        hr_tensor_release(dpos);
+        dpos = NULL;
+    }
+    hr_tensor_release(pos);
+    return dpos;
+}
+
+/* masked_select of a CUDA tensor: the mask is read on the host (the result's length decides its
+ * allocation), the selected positions go to the device, a kernel gathers them in row-major order. */
+static hr_tensor *masked_select_cuda(const hr_tensor *t, const int64_t *tstride, const hr_tensor *mask, int nd,
+                                     const int64_t *shape)
+{
+    hr_tensor *pos = hr_mask_positions(mask, nd, shape, hr_tensor_device(t));
+    hr_tensor *out = pos ? hr_tensor_empty(1, pos->size, t->dtype, hr_tensor_device(t)) : NULL;
+    if (out && pos->size[0] > 0 && hr_cuda_take(out, t, tstride, nd, shape, pos)) {
+        hr_tensor_release(out);
+        out = NULL;
+    }
+    hr_tensor_release(pos);
+    return out;
+}
+
 hr_tensor *hr_masked_select(hr_tensor *t, const hr_tensor *mask)
 {
     const char *op = "masked_select";
-    if (check_cpu(op, t, "self") || check_mask(op, mask)) return NULL;
+    if (check_cpu(op, t, "self") || check_mask(op, mask) || check_same_device(op, t, mask, "mask")) return NULL;
     int nd;
     int64_t shape[HR_MAX_DIMS];
     if (hr_broadcast_shape(op, t->ndim, t->size, mask->ndim, mask->size, &nd, shape)) return NULL;
     int64_t tstride[HR_MAX_DIMS], mstride[HR_MAX_DIMS];
     hr_broadcast_strides(t, nd, shape, tstride);
     hr_broadcast_strides(mask, nd, shape, mstride);
+    if (on_cuda(t)) return masked_select_cuda(t, tstride, mask, nd, shape);
     mask_select_ctx c = {0, NULL, hr_dtype_size(t->dtype)};
     hr_iter it;
     hr_iter_init(&it, nd, shape);
@@ -725,6 +844,18 @@ hr_tensor *hr_nonzero(hr_tensor *t)
 {
     const char *op = "nonzero";
     if (check_cpu(op, t, "self")) return NULL;
+    if (on_cuda(t)) { /* counted on the host: the result's length decides its allocation */
+        hr_tensor *hc = hr_tensor_empty(t->ndim, t->size, t->dtype, hr_cpu());
+        hr_tensor *hidx = hc && hr_copy_(hc, t) == 0 ? hr_nonzero(hc) : NULL;
+        hr_tensor *out = hidx ? hr_tensor_empty(hidx->ndim, hidx->size, HR_I64, hr_tensor_device(t)) : NULL;
+        if (out && hr_copy_(out, hidx)) {
+            hr_tensor_release(out);
+            out = NULL;
+        }
+        hr_tensor_release(hidx);
+        hr_tensor_release(hc);
+        return out;
+    }
     hr_tensor *c = hr_contiguous(t);
     if (!c) return NULL;
     int64_t numel = hr_tensor_numel(c);

@@ -7,14 +7,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hr_cuda.h"
 #include "hr_index.h"
 
-static int check_cpu(const char *op, const hr_tensor *t, int pos)
+/* Everything here is views and hr_copy_, which runs on either device: a CUDA tensor only needs a
+ * build with the CUDA backend. */
+static int check_device(const char *op, const hr_tensor *t)
 {
+    if (hr_tensor_device(t).type != HR_CPU && !hr_cuda_compiled())
+        return hr_fail(HR_EDEVICE, "%s: CUDA tensors need the CUDA backend, which this build lacks", op);
+    return 0;
+}
+
+/* Tensor pos of a list: live, and on the device of the list's first tensor. */
+static int check_cpu(const char *op, hr_tensor *const *ts, int pos)
+{
+    const hr_tensor *t = ts[pos - 1];
     if (!t || !t->storage) return hr_fail(HR_EFREED, "%s: tensor %d of the list was freed", op, pos);
-    if (hr_tensor_device(t).type != HR_CPU)
-        return hr_fail(HR_EDEVICE, "%s: tensor %d of the list is on a CUDA device, which needs the CUDA backend this build lacks",
-                       op, pos);
+    if (check_device(op, t)) return -1;
+    if (pos > 1 && !hr_device_eq(hr_tensor_device(t), hr_tensor_device(ts[0]))) {
+        char a[16], b[16];
+        return hr_fail(HR_EDEVICE, "%s: tensor %d of the list is on %s but tensor 1 is on %s (move it with :to())", op, pos,
+                       hr_device_str(hr_tensor_device(t), a, sizeof a), hr_device_str(hr_tensor_device(ts[0]), b, sizeof b));
+    }
     return 0;
 }
 
@@ -29,7 +44,7 @@ static hr_tensor *cat_impl(const char *op, int n, hr_tensor *const *ts, int dim)
     int ref_pos = 0;
     hr_dtype dt = HR_BOOL;
     for (int i = 0; i < n; i++) {
-        if (check_cpu(op, ts[i], i + 1)) return NULL;
+        if (check_cpu(op, ts, i + 1)) return NULL;
         dt = i == 0 ? ts[i]->dtype : hr_dtype_promote(dt, ts[i]->dtype);
         if (ts[i]->ndim == 0)
             return hr_fail_null(HR_EINVAL, "%s: tensor %d of the list is 0-dimensional and cannot be concatenated", op, i + 1);
@@ -41,7 +56,7 @@ static hr_tensor *cat_impl(const char *op, int n, hr_tensor *const *ts, int dim)
     if (!ref) { /* only empty 1-D tensors */
         if (dim != 0) return hr_fail_null(HR_EINVAL, "%s: dimension %d out of range for 1-D tensors", op, dim + 1);
         int64_t zero = 0;
-        return hr_tensor_empty(1, &zero, dt, hr_cpu());
+        return hr_tensor_empty(1, &zero, dt, hr_tensor_device(ts[0]));
     }
     if (dim < 0 || dim >= ref->ndim)
         return hr_fail_null(HR_EINVAL, "%s: dimension %d out of range for %d-D tensors", op, dim + 1, ref->ndim);
@@ -63,7 +78,7 @@ static hr_tensor *cat_impl(const char *op, int n, hr_tensor *const *ts, int dim)
         }
         size[dim] += t->size[dim];
     }
-    hr_tensor *out = hr_tensor_empty(ref->ndim, size, dt, hr_cpu());
+    hr_tensor *out = hr_tensor_empty(ref->ndim, size, dt, hr_tensor_device(ref));
     if (!out) return NULL;
     int64_t at = 0;
     for (int i = 0; i < n; i++) {
@@ -88,7 +103,7 @@ hr_tensor *hr_stack(int n, hr_tensor *const *ts, int dim)
     const char *op = "stack";
     if (n < 1) return hr_fail_null(HR_EINVAL, "%s: expected a non-empty list of tensors", op);
     for (int i = 0; i < n; i++) {
-        if (check_cpu(op, ts[i], i + 1)) return NULL;
+        if (check_cpu(op, ts, i + 1)) return NULL;
         bool same = ts[i]->ndim == ts[0]->ndim;
         for (int d = 0; same && d < ts[0]->ndim; d++) same = ts[i]->size[d] == ts[0]->size[d];
         if (!same) {
@@ -202,8 +217,7 @@ hr_tensor *hr_flip(hr_tensor *t, int ndims, const int *dims)
 {
     const char *op = "flip";
     if (!t || !t->storage) return hr_fail_null(HR_EFREED, "%s: tensor was freed", op);
-    if (hr_tensor_device(t).type != HR_CPU)
-        return hr_fail_null(HR_EDEVICE, "%s: CUDA tensors need the CUDA backend, which this build lacks", op);
+    if (check_device(op, t)) return NULL;
     int64_t stride[HR_MAX_DIMS];
     memcpy(stride, t->stride, sizeof stride);
     int64_t offset = t->offset;
@@ -227,8 +241,7 @@ hr_tensor *hr_flip(hr_tensor *t, int ndims, const int *dims)
 static hr_tensor *repeat_impl(const char *op, hr_tensor *t, int nreps, const int64_t *reps)
 {
     if (!t || !t->storage) return hr_fail_null(HR_EFREED, "%s: tensor was freed", op);
-    if (hr_tensor_device(t).type != HR_CPU)
-        return hr_fail_null(HR_EDEVICE, "%s: CUDA tensors need the CUDA backend, which this build lacks", op);
+    if (check_device(op, t)) return NULL;
     if (nreps < t->ndim)
         return hr_fail_null(HR_EINVAL, "%s: %d repeat counts given for a %d-D tensor (need at least one per dimension)", op,
                             nreps, t->ndim);
@@ -256,7 +269,7 @@ static hr_tensor *repeat_impl(const char *op, hr_tensor *t, int nreps, const int
     if (nv > HR_MAX_DIMS)
         return hr_fail_null(HR_EINVAL, "%s: this repeat needs %d internal dimensions, at most %d are supported", op, nv,
                             HR_MAX_DIMS);
-    hr_tensor *out = hr_tensor_empty(nreps, out_size, t->dtype, hr_cpu());
+    hr_tensor *out = hr_tensor_empty(nreps, out_size, t->dtype, hr_tensor_device(t));
     if (!out) return NULL;
     if (hr_tensor_numel(out) == 0) return out;
     int64_t ostride[HR_MAX_DIMS];

@@ -4,7 +4,11 @@
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_autograd_ops.h"
+#include "hr_cuda.h"
 #include "hr_nn.h"
+#include "hr_pointwise.h"
+#include "hr_reduce.h"
 
 typedef struct {
     hr_reduction reduction;
@@ -57,6 +61,37 @@ static int loss_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     return 0;
 }
 
+/* On a GPU: the same formulas composed of differentiable elementwise ops and a reduction. */
+static hr_tensor *composed_loss(bool is_mse, hr_tensor *x, hr_tensor *y, hr_tensor *w, hr_reduction reduction)
+{
+    hr_tensor *l = NULL;
+    if (is_mse) {
+        hr_tensor *d = hr_ag_binary(HR_SUB, hr_operand_tensor(x), hr_operand_tensor(y), NULL);
+        l = d ? hr_ag_binary(HR_MUL, hr_operand_tensor(d), hr_operand_tensor(d), NULL) : NULL;
+        hr_tensor_release(d);
+    } else { /* max(x, 0) - x y + log1p(exp(-|x|)) */
+        hr_tensor *pos = hr_ag_unary(HR_RELU, x);
+        hr_tensor *xy = pos ? hr_ag_binary(HR_MUL, hr_operand_tensor(x), hr_operand_tensor(y), NULL) : NULL;
+        hr_tensor *ax = xy ? hr_ag_unary(HR_ABS, x) : NULL;
+        hr_tensor *nax = ax ? hr_ag_unary(HR_NEG, ax) : NULL;
+        hr_tensor *e = nax ? hr_ag_unary(HR_EXP, nax) : NULL;
+        hr_tensor *soft = e ? hr_ag_unary(HR_LOG1P, e) : NULL;
+        hr_tensor *a = soft ? hr_ag_binary(HR_SUB, hr_operand_tensor(pos), hr_operand_tensor(xy), NULL) : NULL;
+        l = a ? hr_ag_binary(HR_ADD, hr_operand_tensor(a), hr_operand_tensor(soft), NULL) : NULL;
+        hr_tensor *parts[7] = {pos, xy, ax, nax, e, soft, a};
+        for (int i = 0; i < 7; i++) hr_tensor_release(parts[i]);
+    }
+    if (l && w) {
+        hr_tensor *lw = hr_ag_binary(HR_MUL, hr_operand_tensor(l), hr_operand_tensor(w), NULL);
+        hr_tensor_release(l);
+        l = lw;
+    }
+    if (!l || reduction == HR_REDUCE_NONE) return l;
+    hr_tensor *r = reduction == HR_REDUCE_MEAN ? hr_ag_mean(l, HR_DIM_ALL, false) : hr_ag_sum(l, HR_DIM_ALL, false);
+    hr_tensor_release(l);
+    return r;
+}
+
 static hr_tensor *elementwise_loss(const char *op, bool is_mse, hr_tensor *x, hr_tensor *y, hr_tensor *w,
                                    hr_reduction reduction)
 {
@@ -70,6 +105,13 @@ static hr_tensor *elementwise_loss(const char *op, bool is_mse, hr_tensor *x, hr
     if (!hr_dtype_is_float(x->dtype) || !hr_dtype_is_float(y->dtype))
         return hr_fail_null(HR_EINVAL, "%s: input and target must be floating point, got %s and %s", op,
                             hr_dtype_name(x->dtype), hr_dtype_name(y->dtype));
+    if (hr_tensor_device(x).type == HR_CUDA && hr_cuda_compiled()) {
+        if (!hr_device_eq(hr_tensor_device(x), hr_tensor_device(y)) ||
+            (w && !hr_device_eq(hr_tensor_device(x), hr_tensor_device(w))))
+            return hr_fail_null(HR_EDEVICE, "%s: input %s, target %s and weight must be on one device", op,
+                                hr_tensor_desc(x, a, sizeof a), hr_tensor_desc(y, b, sizeof b));
+        return composed_loss(is_mse, x, y, w, reduction);
+    }
     if (hr_tensor_device(x).type != HR_CPU || hr_tensor_device(y).type != HR_CPU)
         return hr_fail_null(HR_EDEVICE, "%s: CUDA tensors need the CUDA backend, which this build lacks", op);
     hr_tensor *xc = hr_contiguous(x), *yc = hr_contiguous(y), *wc = w ? hr_contiguous(w) : NULL;

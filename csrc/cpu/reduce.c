@@ -542,6 +542,22 @@ static int reduce(const red_args *a, hr_tensor *t, int dim, bool keepdim, hr_ten
     if (values) *values = NULL;
     if (indices) *indices = NULL;
     bool cuda_path = a->op == OP_SUM || a->op == OP_MEAN || a->op == OP_MAX || a->op == OP_MIN;
+    if (!cuda_path && hr_rows_on_host(t)) {
+        hr_tensor *h = hr_rows_host_copy(t), *hv = NULL, *hi = NULL;
+        if (!h) return -1;
+        int rc = reduce(a, h, dim, keepdim, values ? &hv : NULL, indices ? &hi : NULL);
+        hr_tensor_release(h);
+        if (rc) return -1;
+        hr_device dev = hr_tensor_device(t);
+        if (values) *values = hr_rows_back(hv, dev);
+        if (indices) *indices = hr_rows_back(hi, dev);
+        if ((values && !*values) || (indices && !*indices)) {
+            if (values && *values) hr_tensor_release(*values);
+            if (indices && *indices) hr_tensor_release(*indices);
+            return -1;
+        }
+        return 0;
+    }
     if (hr_rows_check_input_dev(t, name, cuda_path)) return -1;
     red_kind k = {a->op, ctype_of(t->dtype), a->p};
     if ((a->op == OP_MEAN || a->op == OP_VAR || a->op == OP_NORM) && k.ct == CT_I)
@@ -843,6 +859,12 @@ static void scan_worker(void *arg, int64_t begin, int64_t end)
 static hr_tensor *scan(hr_tensor *t, int dim, bool prod)
 {
     const char *name = prod ? "cumprod" : "cumsum";
+    if (hr_rows_on_host(t)) {
+        hr_tensor *h = hr_rows_host_copy(t);
+        hr_tensor *r = h ? scan(h, dim, prod) : NULL;
+        hr_tensor_release(h);
+        return hr_rows_back(r, hr_tensor_device(t));
+    }
     if (hr_rows_check_input(t, name)) return NULL;
     int d;
     if (hr_wrap_dim(name, dim, t->ndim, &d)) return NULL;

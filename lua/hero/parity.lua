@@ -2,8 +2,10 @@
 -- of the HERO reference implementation: config.json with a `files` index, weights.safetensors,
 -- batch_<task>.safetensors + .json, outputs_<task>, grads_<task>, optimizer updates and the
 -- reference's .pt checkpoints) against hero, with the tolerances the fixture recommends.
---   local results, ok = hero.parity.run(dir [, {print = true}])
--- Each result is {case, tensor, max_abs, max_rel, bound, ok} (or {case, skipped = reason}).
+--   local results, ok = hero.parity.run(dir [, {print = true, device = "cuda:0"}])
+-- Each result is {case, tensor, max_abs, max_rel, bound, ok} (or {case, skipped = reason}, or
+-- {case, error = message} when a case raised one). With `device`, the models and batches run
+-- there (the reference values stay on the CPU; the comparison reads the results back).
 local core = require "hero.core"
 local json = require "hero.json"
 
@@ -17,7 +19,7 @@ end
 
 --- max |a - b|, max |a - b| / max |b|
 local function errors(actual, expected)
-  local a, e = actual:detach():double(), expected:double()
+  local a, e = actual:detach():cpu():double(), expected:double()
   if table.concat(a:size(), "x") ~= table.concat(e:size(), "x") then return math.huge, math.huge end
   local diff = a:numel() > 0 and (a - e):abs():max():item() or 0
   local scale = e:numel() > 0 and e:abs():max():item() or 0
@@ -63,7 +65,27 @@ function Runner:batch(name)
   if exists(self:path(name .. ".json")) then
     for k, v in pairs(json.read_file(self:path(name .. ".json"))) do b[k] = v end
   end
-  return b
+  return self:to_device(b)
+end
+
+--- The batch (a table of tensors and other values) on the runner's device.
+function Runner:to_device(b)
+  if not self.device then return b end
+  return require("hero.train").Trainer.batch_to(b, self.device)
+end
+
+function Runner:on_device(m)
+  if self.device then m:to(self.device) end
+  return m
+end
+
+--- Runs one group of cases; an error is recorded as a failed case instead of ending the run.
+function Runner:protected(case, fn, ...)
+  local ok, err = pcall(fn, self, ...)
+  if ok then return end
+  self.results[#self.results + 1] = {case = case, error = tostring(err), ok = false}
+  self.ok = false
+  if self.print then print(string.format("FAIL %-28s raised: %s", case, tostring(err))) end
 end
 
 function Runner:model()
@@ -82,7 +104,7 @@ function Runner:model()
     if mod.__name == "Dropout" then mod.p = 0 end
     if mod.attention_dropout then mod.attention_dropout = 0 end
   end
-  return m
+  return self:on_device(m)
 end
 
 local TASKS = {"mlm", "mfm-nce", "mffr", "fom", "vsm"}
@@ -207,6 +229,7 @@ function Runner:tvc()
     if entry[2].__name == "Dropout" then entry[2].p = 0 end
     if entry[2].attention_dropout then entry[2].attention_dropout = 0 end
   end
+  self:on_device(m)
   local batch = self:batch("tvc_batch")
   local out = m:forward(batch)
   local expected = files["tvc_outputs.safetensors"] and io_.load(self:path("tvc_outputs.safetensors")) or {}
@@ -290,7 +313,7 @@ function Runner:downstream_model(head)
   if exists(self:path(head .. "_head_init.safetensors")) then
     m:load_checkpoint(require("hero.io").load(self:path(head .. "_head_init.safetensors")))
   end
-  return models.downstream.set_dropout(m, 0)
+  return self:on_device(models.downstream.set_dropout(m, 0))
 end
 
 local HEAD_TASK = {vcmr = "tvr", videoqa = "tvqa", violin = "violin"}
@@ -376,8 +399,8 @@ function Runner:vcmr_evaluation()
   for i = 0, 1000 do
     local p = "query_batch" .. i .. "."
     if not qb[p .. "query_input_ids"] then break end
-    queries[#queries + 1] = {query_input_ids = qb[p .. "query_input_ids"], query_pos_ids = qb[p .. "query_pos_ids"],
-      query_attn_masks = qb[p .. "query_attn_masks"]}
+    queries[#queries + 1] = self:to_device({query_input_ids = qb[p .. "query_input_ids"],
+      query_pos_ids = qb[p .. "query_pos_ids"], query_attn_masks = qb[p .. "query_attn_masks"]})
   end
   local sub = ev.submission_before_nms
   local name_of = {}
@@ -437,13 +460,13 @@ function parity.run(dir, opts)
     per_file[f] = v
   end
   local r = setmetatable({dir = dir, config = config, tol = tol, per_file = per_file, results = {}, ok = true,
-                          print = opts.print}, Runner)
+                          print = opts.print, device = opts.device ~= "cpu" and opts.device or nil}, Runner)
   local m = r:model()
-  r:outputs_and_grads(m)
-  r:optimizer_updates(m)
-  r:checkpoints()
-  r:downstream()
-  if config.files["tvc_batch.safetensors"] then r:tvc() end
+  r:protected("outputs and gradients", r.outputs_and_grads, m)
+  r:protected("optimizer", r.optimizer_updates, m)
+  r:protected("checkpoints", r.checkpoints)
+  r:protected("downstream", r.downstream)
+  if config.files["tvc_batch.safetensors"] then r:protected("tvc", r.tvc) end
   return r.results, r.ok
 end
 

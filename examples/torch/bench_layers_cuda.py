@@ -1,0 +1,72 @@
+"""The PyTorch side of examples/bench_cuda.lua: the same shapes (a 4096 matmul in f32 and bf16,
+multi-head attention and one BERT layer, batch 8 x 512 tokens, hidden 768) on a CUDA device,
+eager mode, printing "torch <case> <milliseconds> ms" lines to compare with hero's.
+
+  python3 examples/torch/bench_layers_cuda.py
+"""
+import time, torch
+import torch.nn.functional as F
+torch.backends.cuda.matmul.allow_tf32 = False
+dev = "cuda"
+
+def time_ms(fn, reps):
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e3
+
+def report(name, ms, flops=None):
+    extra = "  %8.1f TFLOP/s" % (flops / (ms * 1e-3) / 1e12) if flops else ""
+    print("torch %-28s %9.3f ms%s" % (name, ms, extra))
+
+torch.manual_seed(0)
+N = 4096
+for dt, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+    a = torch.randn(N, N, device=dev, dtype=dt)
+    b = torch.randn(N, N, device=dev, dtype=dt)
+    report("matmul_%d_%s" % (N, name), time_ms(lambda: a @ b, 10), 2 * N ** 3)
+
+B, L, H, heads, Fd = 8, 512, 768, 12, 3072
+dh = H // heads
+def param(*s):
+    return (torch.randn(*s, device=dev) * 0.02).requires_grad_()
+x = torch.randn(B, L, H, device=dev, requires_grad=True)
+mask = torch.zeros(B, 1, 1, L, device=dev)
+wq, wk, wv, wo = param(H, H), param(H, H), param(H, H), param(H, H)
+w1, w2 = param(Fd, H), param(H, Fd)
+g1, b1 = torch.ones(H, device=dev, requires_grad=True), torch.zeros(H, device=dev, requires_grad=True)
+g2, b2 = torch.ones(H, device=dev, requires_grad=True), torch.zeros(H, device=dev, requires_grad=True)
+
+def heads_of(t):
+    return t.view(B, L, heads, dh).transpose(1, 2)
+
+def attention(t):
+    q, k, v = heads_of(F.linear(t, wq)), heads_of(F.linear(t, wk)), heads_of(F.linear(t, wv))
+    s = q @ k.transpose(-1, -2) / dh ** 0.5 + mask
+    p = F.dropout(s.softmax(-1), 0.1, True)
+    return F.linear((p @ v).transpose(1, 2).reshape(B, L, H), wo)
+
+def layer(t):
+    h = F.layer_norm(t + attention(t), (H,), g1, b1, 1e-12)
+    return F.layer_norm(h + F.linear(F.gelu(F.linear(h, w1)), w2), (H,), g2, b2, 1e-12)
+
+def no_grad(fn):
+    with torch.no_grad():
+        return fn(x)
+
+report("attention_fwd", time_ms(lambda: no_grad(attention), 5))
+report("attention_fwd_bwd", time_ms(lambda: attention(x).sum().backward(), 5))
+report("transformer_layer_fwd", time_ms(lambda: no_grad(layer), 5))
+report("transformer_layer_fwd_bwd", time_ms(lambda: layer(x).sum().backward(), 5))
+
+def layer_autocast():
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().sum().backward()
+
+report("transformer_layer_fwd_bwd_bf16", time_ms(layer_autocast, 5))
+print("torch memory: peak %.1f MiB" % (torch.cuda.max_memory_allocated() / 2 ** 20))
