@@ -50,8 +50,10 @@ hr_tensor *hr_dropout(struct hr_generator *g, hr_tensor *x, double p, bool train
         hr_tensor_retain(x);
         return x;
     }
-    if (x->dtype != HR_F32 && x->dtype != HR_F64)
-        return hr_fail_null(HR_EINVAL, "dropout: input is %s; f32 and f64 are supported", hr_dtype_name(x->dtype));
+    bool half_ok = hr_tensor_device(x).type == HR_CUDA && (x->dtype == HR_BF16 || x->dtype == HR_F16);
+    if (x->dtype != HR_F32 && x->dtype != HR_F64 && !half_ok)
+        return hr_fail_null(HR_EINVAL, "dropout: input is %s; f32 and f64 are supported (and bf16/f16 on a GPU)",
+                            hr_dtype_name(x->dtype));
     if (hr_tensor_device(x).type != HR_CPU) return hr_cuda_dropout(g, x, p);
     hr_tensor *noise = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
     if (!noise) return NULL;

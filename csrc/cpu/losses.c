@@ -81,8 +81,10 @@ static hr_tensor *composed_loss(bool is_mse, hr_tensor *x, hr_tensor *y, hr_tens
         hr_tensor *parts[7] = {pos, xy, ax, nax, e, soft, a};
         for (int i = 0; i < 7; i++) hr_tensor_release(parts[i]);
     }
-    if (l && w) {
-        hr_tensor *lw = hr_ag_binary(HR_MUL, hr_operand_tensor(l), hr_operand_tensor(w), NULL);
+    if (l && w) { /* the weight is a constant, as in the CPU node (no gradient flows to it) */
+        hr_tensor *wd = hr_view_alias(w);
+        hr_tensor *lw = wd ? hr_ag_binary(HR_MUL, hr_operand_tensor(l), hr_operand_tensor(wd), NULL) : NULL;
+        hr_tensor_release(wd);
         hr_tensor_release(l);
         l = lw;
     }

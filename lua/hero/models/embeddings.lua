@@ -60,7 +60,7 @@ function M.FrameEmbeddings:__init(cfg, opts)
   self:add_module("dropout", nn.Dropout(cfg.hidden_dropout_prob or 0.1, {generator = opts.generator}))
 end
 function M.FrameEmbeddings:forward(x)
-  local pos = core.arange(x:size(2)):unsqueeze(1)
+  local pos = core.arange(x:size(2), {device = x:device()}):unsqueeze(1)
   return self.dropout:forward(self.LayerNorm:forward(x + pos_rows(self.position_embeddings.weight, pos)))
 end
 

@@ -49,7 +49,7 @@ function M.CrossModalTrm:embed(batch, img_masks)
   local ids = batch.f_sub_input_ids or batch.input_ids
   local pos = batch.f_sub_pos_ids or batch.position_ids
   local feats = batch.f_v_feats or batch.v_feat
-  local fpos = batch.f_v_pos_ids or core.arange(feats:size(2)):unsqueeze(1)
+  local fpos = batch.f_v_pos_ids or core.arange(feats:size(2), {device = feats:device()}):unsqueeze(1)
   local txt = self.embeddings:forward(ids, pos)
   local img = self.img_embeddings:forward(feats, fpos, self.embeddings:type_row(), img_masks)
   local both = core.cat({img, txt}, 2)

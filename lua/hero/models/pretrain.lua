@@ -87,7 +87,7 @@ function M:forward_mfm(batch, kind)
   local logits = core.cat({core.matmul(pred, batch.feat_targets:t()), core.matmul(pred, neg:t())}, 2):float()
   acts.nce_logits = logits
   local n = pred:size(1)
-  local per = core.cross_entropy(logits / self.opts.nce_temp, core.arange(n), {reduction = "none"})
+  local per = core.cross_entropy(logits / self.opts.nce_temp, core.arange(n, {device = logits:device()}), {reduction = "none"})
   acts.loss_per_frame, acts.loss = per, per:mean()
   return acts
 end
@@ -97,7 +97,7 @@ function M:forward_fom(batch)
   local X, acts = v:forward_repr(batch, {encode_clip = false})
   local order = batch.shuffled_orders
   local idx = order:unsqueeze(3):expand(X:size(1), X:size(2), X:size(3))
-  local Xs = core.zeros(X:size(), {dtype = X:dtype()}):scatter_add(2, idx, X)
+  local Xs = core.zeros(X:size(), {dtype = X:dtype(), device = X:device()}):scatter_add(2, idx, X)
   acts.c_in_shuffled = Xs
   local Y, c_emb = v.c_encoder:forward(Xs, batch.c_attn_masks)
   acts.c_emb, acts.c_out = c_emb, Y

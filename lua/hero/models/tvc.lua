@@ -58,7 +58,7 @@ function LabelSmoothingLoss:forward(logits, target)
   local n = t:size(1)
   -- the smoothed target distribution, a constant: one_hot with the confidence scattered in
   local q = self.one_hot:detach():to(logp:dtype()):expand(n, V):contiguous()
-  q = q:scatter(2, t:unsqueeze(2), core.full({n, 1}, self.confidence, {dtype = q:dtype()}))
+  q = q:scatter(2, t:unsqueeze(2), core.full({n, 1}, self.confidence, {dtype = q:dtype(), device = q:device()}))
   -- kl_div(logp, q) = q * (log q - logp), 0 where q = 0
   local qlogq = core.where(q:gt(0), q * q:clamp(1e-45, nil):log(), 0)
   return (qlogq - q * logp):sum(2)
@@ -146,9 +146,9 @@ local function segments(Y, clip_ranges)
   for _, e in ipairs(lens) do
     for j = 0, max_l - 1 do rows[#rows + 1] = j < e[3] and (e[1] * L + e[2] + j) or zero_row end
   end
-  local flat = core.cat({Y:reshape(B * L, H), core.zeros({1, H}, {dtype = Y:dtype()})}, 1)
-  if max_l == 0 then return core.zeros({#lens, 0, H}, {dtype = Y:dtype()}) end
-  return flat:index_select(1, core.tensor(rows, {dtype = "i64"})):view(#lens, max_l, H)
+  local flat = core.cat({Y:reshape(B * L, H), core.zeros({1, H}, {dtype = Y:dtype(), device = Y:device()})}, 1)
+  if max_l == 0 then return core.zeros({#lens, 0, H}, {dtype = Y:dtype(), device = Y:device()}) end
+  return flat:index_select(1, core.tensor(rows, {dtype = "i64", device = Y:device()})):view(#lens, max_l, H)
 end
 
 --- The reference's encode: v_encoder's representation of each whole video, then each caption's
@@ -233,10 +233,11 @@ function M:greedy_decode(batch, opts)
     local enc_out = self:encode(batch)
     local mask = batch.cap_attn_mask
     local N = mask:size(1)
-    local ids = core.zeros({N, max_step}, {dtype = "i64"})
-    local pos = core.arange(max_step):unsqueeze(1)
-    local steps = core.zeros({N, max_step}, {dtype = "i64"})
-    local last = core.full({N}, bos, {dtype = "i64"})
+    local on = {dtype = "i64", device = mask:device()}
+    local ids = core.zeros({N, max_step}, on)
+    local pos = core.arange(max_step, on):unsqueeze(1)
+    local steps = core.zeros({N, max_step}, on)
+    local last = core.full({N}, bos, on)
     local logits, out_ids
     for step = 1, max_step do
       ids:select(2, step):copy_(last)
@@ -282,7 +283,8 @@ function M:beam_search(batch, opts)
       live[n] = {{ids = {bos}, logprob = 0.0}}
       finished[n] = {}
     end
-    local pos = core.arange(max_step):unsqueeze(1)
+    local on = {dtype = "i64", device = mask:device()}
+    local pos = core.arange(max_step, on):unsqueeze(1)
     for step = 1, max_step do
       -- every live hypothesis of every caption in one decoder call
       local rows, owner = {}, {}
@@ -293,9 +295,9 @@ function M:beam_search(batch, opts)
         end
       end
       if #rows == 0 then break end
-      local sel = core.tensor(owner, {dtype = "i64"})
+      local sel = core.tensor(owner, on)
       local logits = self:decode(enc_out:index_select(1, sel), mask:index_select(1, sel),
-        core.tensor(rows, {dtype = "i64"}), pos:narrow(2, 1, step))
+        core.tensor(rows, on), pos:narrow(2, 1, step))
       local lp = logits:select(2, step):double():log_softmax(2)
       local V = lp:size(2)
       local first = 1
@@ -309,7 +311,7 @@ function M:beam_search(batch, opts)
           -- then to the lower token id
           local parent = {}
           for j = 1, count do parent[j] = {old[j].logprob} end
-          local cand = lp:narrow(1, first, count) + core.tensor(parent, {dtype = "f64"})
+          local cand = lp:narrow(1, first, count) + core.tensor(parent, {dtype = "f64", device = lp:device()})
           local vals, idx = cand:reshape(count * V):topk(math.min(K, count * V))
           vals, idx = vals:totable(), idx:totable()
           for j = 1, #vals do

@@ -162,8 +162,8 @@ function Vcmr:encode_corpus(video_batches, opts)
     for i, Y in ipairs(ys) do
       local B, L, H = Y:size(1), Y:size(2), Y:size(3)
       if L < lmax then
-        ys[i] = core.cat({Y, core.zeros({B, lmax - L, H}, {dtype = Y:dtype()})}, 2)
-        ms[i] = core.cat({ms[i], core.zeros({B, lmax - L}, {dtype = ms[i]:dtype()})}, 2)
+        ys[i] = core.cat({Y, core.zeros({B, lmax - L, H}, {dtype = Y:dtype(), device = Y:device()})}, 2)
+        ms[i] = core.cat({ms[i], core.zeros({B, lmax - L}, {dtype = ms[i]:dtype(), device = ms[i]:device()})}, 2)
       end
     end
     return core.cat(ys, 1), core.cat(ms, 1)

@@ -52,7 +52,7 @@ local function rank_loss(pos, neg_sorted, opts)
   if opts.hard then
     local K = l:size(2)
     local pool = math.min(opts.hard.pool_size, K)
-    local w = core.full({K}, 0.1, {dtype = l:dtype()})
+    local w = core.full({K}, 0.1, {dtype = l:dtype(), device = l:device()})
     if pool > 0 then w:narrow(1, 1, pool):fill_(opts.hard.weight) end
     l = l * w
   end
@@ -68,8 +68,8 @@ function M.ranking_losses(S, opts)
   local k = Nq // Nv
   local vids = {}
   for i = 1, Nq do vids[i] = (i - 1) // k end
-  local vid = core.tensor(vids, {dtype = "i64"}) -- the video of each query
-  local pos_mask = vid:unsqueeze(2):eq(core.arange(Nv):unsqueeze(1))
+  local vid = core.tensor(vids, {dtype = "i64", device = S:device()}) -- the video of each query
+  local pos_mask = vid:unsqueeze(2):eq(core.arange(Nv, {device = S:device()}):unsqueeze(1))
   local pos = S:masked_select(pos_mask)                          -- [Nq], row-major = query order
   local filled = S:masked_fill(pos_mask, 999)
   -- negative videos per query: sort the row descending, drop the first (the 999)

@@ -1,0 +1,122 @@
+--- Where the host time of a HERO pre-training step goes, op by op: wraps every C function of
+-- hero.core and every tensor method with a timer, runs the bench model (examples/bench_pretrain.lua's
+-- batch and configs) and prints the ops by total host time with their call counts. On a GPU the
+-- kernels run asynchronously, so the times are what each call costs the host (launches,
+-- allocations, argument checks, host-device copies that wait for the device); the remainder of
+-- the step is Lua code between the calls.
+--   lua5.4 examples/profile_ops.lua --device cuda:0 --amp bf16 --videos 32 --mode step [--top 30]
+--   lua5.4 examples/profile_ops.lua --config small --mode fwd          (on the CPU)
+local hero = require "hero"
+local core = hero.core
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/profile_ops%.lua$") or "examples"
+local bench = assert(loadfile(here .. "/bench_pretrain.lua"))("library")
+
+local a = {config = "hero", device = "cpu", amp = "", videos = 1, mode = "step", reps = 5, top = 30, threads = 1}
+local i = 1
+while arg[i] do
+  local key = arg[i]:match("^%-%-(.+)$")
+  if not key or arg[i + 1] == nil then error("usage: profile_ops.lua [--config hero|small] [--device D] [--amp bf16] "
+    .. "[--videos N] [--mode fwd|fwdbwd|step] [--reps N] [--top N] [--threads N]") end
+  a[key] = tonumber(arg[i + 1]) or arg[i + 1]
+  i = i + 2
+end
+
+local now = core._now or core._bench_now
+local stats = {}
+local depth = 0
+
+--- fn wrapped: the outermost wrapped call of a nest is charged (a C op calling back into Lua
+-- that calls another op is charged once).
+local function wrap(name, fn)
+  return function(...)
+    if depth > 0 then return fn(...) end
+    depth = 1
+    local t0 = now()
+    local r = table.pack(pcall(fn, ...))
+    local dt = now() - t0
+    depth = 0
+    local s = stats[name]
+    if not s then
+      s = {name = name, calls = 0, seconds = 0}
+      stats[name] = s
+    end
+    s.calls, s.seconds = s.calls + 1, s.seconds + dt
+    if not r[1] then error(r[2], 0) end
+    return table.unpack(r, 2, r.n)
+  end
+end
+
+hero.set_num_threads(a.threads)
+hero.manual_seed(0)
+local c = bench.CONFIGS[a.config]
+local model = hero.models.HeroForPretraining(bench.model_config(c), {vfeat_dim = bench.VFEAT,
+  max_frm_seq_len = bench.MAX_FRM, generator = hero.Generator(1)})
+local batch = bench.make_batch(a.videos, 20, 3, 30, 0.15)
+if a.device ~= "cpu" then
+  model:to(a.device)
+  batch = hero.train.Trainer.batch_to(batch, a.device)
+end
+local opt = hero.optim.AdamW(model:named_parameters(), {lr = 3e-5, betas = {0.9, 0.98}, eps = 1e-6,
+  weight_decay = 0.01, no_decay = {"bias", "LayerNorm"}})
+local params = model:parameters()
+local function sync() if a.device ~= "cpu" then hero.cuda.synchronize() end end
+
+local function loss_of()
+  local function plain() return model:forward_mlm(batch).loss end
+  if a.amp ~= "" then return hero.amp.autocast(a.amp, plain) end
+  return plain()
+end
+
+local function step()
+  if a.mode == "fwd" then
+    model:evaluate()
+    return hero.no_grad(loss_of)
+  end
+  model:train()
+  for _, p in ipairs(params) do p.grad = nil end
+  loss_of():backward()
+  if a.mode == "step" then
+    local _, factor = hero.optim.clip_grad_norm(params, 1.0, {apply = false})
+    opt:step {grad_scale = factor}
+  end
+end
+
+for _ = 1, 2 do step() end -- warm-up: allocator caches, lazily made state
+sync()
+
+-- wrap after the warm-up, so that only the timed steps are counted
+local originals = {}
+for _, tbl in ipairs {core, core.Tensor} do
+  for name, fn in pairs(tbl) do
+    if type(fn) == "function" and debug.getinfo(fn, "S").what == "C" and name:sub(1, 1) ~= "_" then
+      originals[#originals + 1] = {tbl, name, fn}
+      tbl[name] = wrap((tbl == core and "core." or ":") .. name, fn)
+    end
+  end
+end
+
+collectgarbage()
+local t0 = now()
+for _ = 1, a.reps do step() end
+local host = now() - t0
+sync()
+local total = now() - t0
+for _, o in ipairs(originals) do o[1][o[2]] = o[3] end
+
+local list, in_ops, calls = {}, 0, 0
+for _, s in pairs(stats) do
+  list[#list + 1] = s
+  in_ops, calls = in_ops + s.seconds, calls + s.calls
+end
+table.sort(list, function(x, y) return x.seconds > y.seconds end)
+print(string.format("# %s %s amp=%s videos=%d mode=%s: %.1f ms per step (host returns after %.1f ms); %d op calls "
+  .. "per step, %.1f ms of host time in them (%.1f us per call), %.1f ms in Lua between them", a.config, a.device,
+  a.amp ~= "" and a.amp or "none", a.videos, a.mode, total / a.reps * 1e3, host / a.reps * 1e3, calls // a.reps,
+  in_ops / a.reps * 1e3, in_ops / math.max(calls, 1) * 1e6, (host - in_ops) / a.reps * 1e3))
+print(string.format("%-28s %8s %10s %10s", "op", "calls", "ms/step", "us/call"))
+for k = 1, math.min(a.top, #list) do
+  local s = list[k]
+  print(string.format("%-28s %8d %10.2f %10.1f", s.name, s.calls // a.reps, s.seconds / a.reps * 1e3,
+    s.seconds / s.calls * 1e6))
+end
