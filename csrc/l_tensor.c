@@ -50,6 +50,23 @@ static hr_tensor *new_filled(lua_State *L, int ndim, const int64_t *size, hr_dty
     return t;
 }
 
+/* Tensors whose values are written by host loops (tensor, arange, eye) are made on the CPU, then
+ * copied to the device asked for: replaces the tensor at the top of the stack by its copy on dev. */
+static void move_top(lua_State *L, hr_device dev, const char *op)
+{
+    if (dev.type == HR_CPU) return;
+    hr_tensor *t = hr_lua_check_tensor(L, -1, op);
+    hr_tensor *d;
+    HR_LUA_RETRY(L, d, hr_tensor_empty(t->ndim, t->size, t->dtype, dev));
+    if (!d) hr_lua_error(L, op);
+    if (hr_copy_(d, t)) {
+        hr_tensor_release(d);
+        hr_lua_error(L, op);
+    }
+    lua_pop(L, 1);
+    hr_lua_push_tensor(L, d);
+}
+
 /* Shape arguments: zeros(2, 3), zeros{2, 3}, zeros({2, 3}, {dtype = "i64"}). */
 static int make_filled(lua_State *L, const char *op, double value, bool zero, bool fill)
 {
@@ -125,14 +142,14 @@ static int l_arange(lua_State *L)
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, "arange");
     int64_t n = (int64_t)count;
     hr_tensor *t = new_filled(L, 1, &n, dt, hr_cpu(), NAN, false, "arange");
+    hr_lua_push_tensor(L, t);
     char *p = hr_tensor_data(t);
     size_t el = hr_dtype_size(dt);
     for (int64_t i = 0; i < n; i++) {
         if (hr_dtype_is_int(dt) && all_int) hr_store_i64(p + (size_t)i * el, dt, (int64_t)start + i * (int64_t)step);
         else hr_store_f64(p + (size_t)i * el, dt, start + (double)i * step);
     }
-    (void)dev;
-    hr_lua_push_tensor(L, t);
+    move_top(L, dev, "arange");
     return 1;
 }
 
@@ -146,11 +163,12 @@ static int l_eye(lua_State *L)
     hr_dtype dt = HR_F32;
     hr_device dev = hr_cpu();
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, "eye");
-    hr_tensor *t = new_filled(L, 2, size, dt, dev, 0, true, "eye");
+    hr_tensor *t = new_filled(L, 2, size, dt, hr_cpu(), 0, true, "eye");
+    hr_lua_push_tensor(L, t);
     char *p = hr_tensor_data(t);
     size_t el = hr_dtype_size(dt);
     for (int64_t i = 0; i < size[0] && i < size[1]; i++) hr_store_f64(p + (size_t)(i * size[1] + i) * el, dt, 1.0);
-    hr_lua_push_tensor(L, t);
+    move_top(L, dev, "eye");
     return 1;
 }
 
@@ -229,10 +247,11 @@ static int l_tensor(lua_State *L)
     if (lua_type(L, 1) == LUA_TNUMBER || lua_type(L, 1) == LUA_TBOOLEAN) {
         if (lua_isboolean(L, 1)) dt = HR_BOOL;
         hr_lua_opt_dtype_device(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, "tensor");
-        hr_tensor *t = new_filled(L, 0, size, dt, dev, NAN, false, "tensor");
+        hr_tensor *t = new_filled(L, 0, size, dt, hr_cpu(), NAN, false, "tensor");
         if (lua_isinteger(L, 1)) hr_store_i64(hr_tensor_data(t), dt, lua_tointeger(L, 1));
         else hr_store_f64(hr_tensor_data(t), dt, lua_isboolean(L, 1) ? lua_toboolean(L, 1) : lua_tonumber(L, 1));
         hr_lua_push_tensor(L, t);
+        move_top(L, dev, "tensor");
         return 1;
     }
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -245,7 +264,7 @@ static int l_tensor(lua_State *L)
     fill_cursor c = {hr_tensor_data(t), dt, hr_dtype_size(dt), 0};
     int64_t index[HR_MAX_DIMS];
     if (ndim > 0) fill_nested(L, 1, 0, ndim, size, &c, index);
-    (void)dev;
+    move_top(L, dev, "tensor");
     return 1;
 }
 

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_autograd_ops.h"
 #include "hr_cuda.h"
 #include "hr_nn.h"
 #include "hr_pointwise.h"
@@ -113,6 +114,17 @@ hr_tensor *hr_gelu(hr_tensor *x)
 {
     if (hr_tensor_check_live(x, "gelu")) return NULL;
     if (x->dtype != HR_F32 && x->dtype != HR_F64) {
+        bool half = x->dtype == HR_BF16 || x->dtype == HR_F16;
+        if (half && hr_tensor_device(x).type == HR_CUDA && hr_should_record(1, &x)) {
+            /* autocast on a GPU: computed in f32 (as the elementwise kernel does anyway), the two
+             * casts on the tape carry the gradient */
+            hr_tensor *x32 = hr_ag_cast(x, HR_F32);
+            hr_tensor *y32 = x32 ? hr_gelu(x32) : NULL;
+            hr_tensor *y = y32 ? hr_ag_cast(y32, x->dtype) : NULL;
+            hr_tensor_release(x32);
+            hr_tensor_release(y32);
+            return y;
+        }
         /* halfs and integers: the plain elementwise kernel (no gradient: they cannot require one) */
         if (hr_should_record(1, &x))
             return hr_fail_null(HR_EINVAL, "gelu: differentiable for f32 and f64 inputs, got %s", hr_dtype_name(x->dtype));

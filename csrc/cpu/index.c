@@ -37,11 +37,11 @@ static int check_same_device(const char *op, const hr_tensor *t, const hr_tensor
                    hr_device_str(hr_tensor_device(other), b, sizeof b));
 }
 
-/* The values of a contiguous i64 tensor readable on the host: ix itself on the CPU, else a host
- * copy (the index values of a CUDA op are checked here before any kernel runs). */
+/* The values of ix as a contiguous tensor readable on the host: ix itself when it already is one,
+ * else a host copy (the index values of a CUDA op are checked here before any kernel runs). */
 static hr_tensor *host_values(const hr_tensor *ix)
 {
-    if (!on_cuda(ix)) {
+    if (!on_cuda(ix) && hr_tensor_is_contiguous(ix)) {
         hr_tensor_retain((hr_tensor *)ix);
         return (hr_tensor *)ix;
     }
@@ -108,14 +108,37 @@ static int check_index_values(const char *op, const int64_t *v, int ndim, const 
     return 0;
 }
 
-/* check_index_values on the values of ix (contiguous i64, on either device). */
+/* check_index_values on the values of ix (i64 of shape ndim/size, any strides, either device).
+ * A dim that ix repeats with stride 0 (an expanded index) holds one value: only its first
+ * element is read, so an index expanded over a hidden size costs what the unexpanded one does. */
 static int check_index_tensor(const char *op, const hr_tensor *ix, int ndim, const int64_t *size, int dim, int64_t limit)
 {
-    hr_tensor *h = host_values(ix);
+    int64_t csize[HR_MAX_DIMS];
+    bool repeated = false;
+    for (int d = 0; d < ndim; d++) {
+        csize[d] = ix->ndim == ndim && ix->stride[d] == 0 && size[d] > 1 ? 1 : size[d];
+        repeated |= csize[d] != size[d];
+    }
+    hr_tensor *view = repeated ? hr_tensor_view_of(ix->storage, ix->dtype, ndim, csize, ix->stride, ix->offset) : NULL;
+    if (repeated && !view) return -1;
+    hr_tensor *h = host_values(view ? view : ix);
+    hr_tensor_release(view);
     if (!h) return -1;
-    int rc = check_index_values(op, hr_tensor_data(h), ndim, size, dim, limit);
+    int rc = check_index_values(op, hr_tensor_data(h), ndim, csize, dim, limit);
     hr_tensor_release(h);
     return rc;
+}
+
+/* The index as i64 for the strided kernels: an i64 index as it is (its strides are walked),
+ * another integer dtype converted. */
+static hr_tensor *index_i64_strided(const char *op, const hr_tensor *index)
+{
+    if (check_cpu(op, index, "index")) return NULL;
+    if (index->dtype == HR_I64) {
+        hr_tensor_retain((hr_tensor *)index);
+        return (hr_tensor *)index;
+    }
+    return index_as_i64(op, index);
 }
 
 /* ------------------------------------------------------------------ gather-style kernel */
@@ -271,7 +294,7 @@ hr_tensor *hr_gather(hr_tensor *t, int dim, const hr_tensor *index)
     if (check_cpu(op, index, "index") || check_same_device(op, t, index, "index") ||
         check_same_ndim(op, t, index, "index") || check_index_fits(op, index, t, "self", dim))
         return NULL;
-    hr_tensor *ix = index_as_i64(op, index);
+    hr_tensor *ix = index_i64_strided(op, index);
     if (!ix) return NULL;
     hr_tensor *out = NULL;
     if (check_index_tensor(op, ix, ix->ndim, ix->size, dim, t->size[dim]) == 0) {
@@ -582,7 +605,7 @@ static int scatter_common(const char *op, hr_tensor *t, int dim, const hr_tensor
         }
     }
 
-    hr_tensor *ix = index_as_i64(op, index);
+    hr_tensor *ix = index_i64_strided(op, index);
     if (!ix) return -1;
     int rc = check_index_tensor(op, ix, ix->ndim, ix->size, dim, t->size[dim]);
     hr_tensor *s = NULL;
