@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hr_cuda.h"
 #include "hr_io.h"
 
 /* ------------------------------------------------------------------ dtypes */
@@ -818,7 +819,8 @@ int hr_safetensors_save(const char *path, const hr_tensor_list *in)
         char what[64];
         snprintf(what, sizeof what, "tensor '%.40s'", name);
         if (hr_tensor_check_live(t, what)) goto done;
-        if (hr_tensor_device(t).type != HR_CPU) {
+        bool on_device = hr_tensor_device(t).type != HR_CPU;
+        if (on_device && !hr_cuda_compiled()) {
             char dev[16];
             hr_fail(HR_EDEVICE, "tensor '%s' is on %s: saving needs the CUDA backend to copy it to the CPU first", name,
                     hr_device_str(hr_tensor_device(t), dev, sizeof dev));
@@ -833,7 +835,15 @@ int hr_safetensors_save(const char *path, const hr_tensor_list *in)
             goto done;
         }
         items[i].name = name;
-        items[i].t = hr_contiguous(t);
+        if (on_device) { /* written from a host copy */
+            items[i].t = hr_tensor_empty(t->ndim, t->size, t->dtype, hr_cpu());
+            if (items[i].t && hr_copy_(items[i].t, t)) {
+                hr_tensor_release(items[i].t);
+                items[i].t = NULL;
+            }
+        } else {
+            items[i].t = hr_contiguous(t);
+        }
         if (!items[i].t) goto done;
         items[i].nbytes = (size_t)hr_tensor_numel(t) * hr_dtype_size(t->dtype);
     }

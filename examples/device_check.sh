@@ -94,10 +94,10 @@ if has_phase bench; then
     timeout -k 5 150 $LUA examples/bench_pretrain.lua --config hero --device cuda:0 ${amp:+--amp $amp} --videos 32 \
       --tasks mlm --modes fwd,step --reps 10 --warmup 3 2>&1 | tee -a "$OUT/bench.log" | grep -v "^#" || status=1
   done
-  stamp "profile: host time per op of the hero step on the GPU (bf16)"
-  for mode in fwd step; do
-    timeout -k 5 120 $LUA examples/profile_ops.lua --device cuda:0 --amp bf16 --videos 32 --mode $mode --reps 3 \
-      --top 25 2>&1 | tee -a "$OUT/profile.log" || status=1
+  stamp "profile: time per op of the hero step on the GPU"
+  for args in "--mode step --amp bf16" "--mode fwd --sync 1" "--mode fwd --sync 1 --amp bf16"; do
+    timeout -k 5 120 $LUA examples/profile_ops.lua --device cuda:0 --videos 32 --reps 3 --top 25 $args 2>&1 |
+      tee -a "$OUT/profile.log" || status=1
   done
   if [ -f .bench/hero_torch_bench.py ] && torch_ok; then
     stamp "benchmark: the same model in PyTorch eager"

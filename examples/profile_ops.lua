@@ -6,18 +6,21 @@
 -- the step is Lua code between the calls.
 --   lua5.4 examples/profile_ops.lua --device cuda:0 --amp bf16 --videos 32 --mode step [--top 30]
 --   lua5.4 examples/profile_ops.lua --config small --mode fwd          (on the CPU)
+-- With --sync 1 every op waits for the device to finish its kernels, so that the times are the
+-- ops' device times (plus their host time); the step is then slower than it runs normally.
 local hero = require "hero"
 local core = hero.core
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/profile_ops%.lua$") or "examples"
 local bench = assert(loadfile(here .. "/bench_pretrain.lua"))("library")
 
-local a = {config = "hero", device = "cpu", amp = "", videos = 1, mode = "step", reps = 5, top = 30, threads = 1}
+local a = {config = "hero", device = "cpu", amp = "", videos = 1, mode = "step", reps = 5, top = 30, threads = 1,
+           sync = 0}
 local i = 1
 while arg[i] do
   local key = arg[i]:match("^%-%-(.+)$")
   if not key or arg[i + 1] == nil then error("usage: profile_ops.lua [--config hero|small] [--device D] [--amp bf16] "
-    .. "[--videos N] [--mode fwd|fwdbwd|step] [--reps N] [--top N] [--threads N]") end
+    .. "[--videos N] [--mode fwd|fwdbwd|step] [--reps N] [--top N] [--threads N] [--sync 0|1]") end
   a[key] = tonumber(arg[i + 1]) or arg[i + 1]
   i = i + 2
 end
@@ -25,6 +28,7 @@ end
 local now = core._now or core._bench_now
 local stats = {}
 local depth = 0
+local sync_each = a.sync == 1 and a.device ~= "cpu" and hero.cuda.synchronize or function() end
 
 --- fn wrapped: the outermost wrapped call of a nest is charged (a C op calling back into Lua
 -- that calls another op is charged once).
@@ -34,6 +38,7 @@ local function wrap(name, fn)
     depth = 1
     local t0 = now()
     local r = table.pack(pcall(fn, ...))
+    sync_each()
     local dt = now() - t0
     depth = 0
     local s = stats[name]
@@ -110,9 +115,9 @@ for _, s in pairs(stats) do
   in_ops, calls = in_ops + s.seconds, calls + s.calls
 end
 table.sort(list, function(x, y) return x.seconds > y.seconds end)
-print(string.format("# %s %s amp=%s videos=%d mode=%s: %.1f ms per step (host returns after %.1f ms); %d op calls "
+print(string.format("# %s %s amp=%s videos=%d mode=%s sync=%d: %.1f ms per step (host returns after %.1f ms); %d op calls "
   .. "per step, %.1f ms of host time in them (%.1f us per call), %.1f ms in Lua between them", a.config, a.device,
-  a.amp ~= "" and a.amp or "none", a.videos, a.mode, total / a.reps * 1e3, host / a.reps * 1e3, calls // a.reps,
+  a.amp ~= "" and a.amp or "none", a.videos, a.mode, a.sync, total / a.reps * 1e3, host / a.reps * 1e3, calls // a.reps,
   in_ops / a.reps * 1e3, in_ops / math.max(calls, 1) * 1e6, (host - in_ops) / a.reps * 1e3))
 print(string.format("%-28s %8s %10s %10s", "op", "calls", "ms/step", "us/call"))
 for k = 1, math.min(a.top, #list) do

@@ -510,7 +510,7 @@ function M.predict(inputs, opts)
 
   local iv = opts.vfeat_interval
   local iv32 = f32(iv)
-  local mask = moments and M.length_mask(L, opts.min_pred_l, opts.max_pred_l)
+  local mask = moments and M.length_mask(L, opts.min_pred_l, opts.max_pred_l):to {device = st_in:device()}
   local sub = {video2idx = video2idx}
   if tasks.VCMR then sub.VCMR = {} end
   if tasks.SVMR then sub.SVMR = {} end
@@ -527,7 +527,7 @@ function M.predict(inputs, opts)
     if tasks.SVMR then
       local g = {}
       for i = 1, n do g[i] = local_of[inputs.query_vids[q0 + i - 1]] end
-      local gi = hero.tensor(g, {dtype = "i64"}):view(n, 1, 1):expand(n, 1, L)
+      local gi = hero.tensor(g, {dtype = "i64", device = st:device()}):view(n, 1, 1):expand(n, 1, L)
       local sg = st:gather(2, gi):view(n, L)
       local eg = ed:gather(2, gi):view(n, L)
       local prod = (sg:unsqueeze(3) * eg:unsqueeze(2)) * mask
