@@ -76,6 +76,24 @@ bench-ops: build
 lint: deps
 	luacheck lua spec examples
 
+# For a bare GPU machine without network (examples/device_check.sh): device-debs downloads the
+# Debian packages the run needs into .debs/ (unpacked there by examples/device_env.sh), device-build
+# builds hero with the CUDA backend into .devbuild/ for any x86-64-v3 processor. Copy those two
+# folders (and .bench/hero_torch_bench.py, the PyTorch baseline, for the comparison) to the machine.
+DEVICE_DEBS := lua5.4 liblua5.4-0 liblua5.4-dev lua-busted lua-cliargs lua-dkjson lua-filesystem lua-luassert \
+               lua-mediator lua-penlight lua-say lua-system lua-term libopenblas0-pthread libopenblas-pthread-dev \
+               libopenblas-dev libopenblas0 libgfortran5 libquadmath0 zlib1g zlib1g-dev liblmdb0 liblmdb-dev \
+               liblz4-1 liblz4-dev openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libhwloc15 \
+               libevent-2.1-7 libevent-core-2.1-7 libevent-pthreads-2.1-7 libpmix2 libfabric1 libucx0 libibverbs1 \
+               librdmacm1 libnl-3-200 libnl-route-3-200 libpsm2-2 libpsm-infinipath1 libmunge2 libnuma1 \
+               libpciaccess0 libltdl7 libxnvctrl0 libx11-6 libxext6 libxcb1 libxau6 libxdmcp6 libbsd0 libmd0
+device-debs:
+	mkdir -p .debs && cd .debs && apt-get download $(DEVICE_DEBS)
+
+device-build:
+	$(MAKE) -C csrc HERO_CUDA=1 HERO_MARCH=-march=x86-64-v3 BUILD_DIR=$(CURDIR)/.devbuild
+	sh examples/sources_hash.sh > .devbuild/sources.sha256
+
 # Installs hero with LuaRocks into a tree under the build directory, offline from this checkout
 # (LuaRocks runs csrc/Makefile, then its install target), and loads it from another directory
 # with only the paths `luarocks path` gives, as a user would.
@@ -98,4 +116,5 @@ clean:
 	$(MAKE) -C csrc clean
 	rm -rf "$(abspath $(FUZZ_BUILD))"
 
-.PHONY: all deps build test fuzz fuzz-smoke fuzz-long asan demo bench bench-ops lint install-rock repl clean
+.PHONY: all deps build test fuzz fuzz-smoke fuzz-long asan demo bench bench-ops lint device-debs device-build install-rock repl \
+        clean

@@ -48,8 +48,16 @@ load_check() {
     print("nccl:", h.cuda.nccl_available and h.cuda.nccl_available(), "dist built:", h.dist and h.dist.available and h.dist.available())
     os.exit(h.cuda.device_count() > 0 and 0 or 3)'
 }
+# The carried build, when it was made from these sources and loads.
+carried_build_ok() {
+  if [ "$(cat "$BUILD/sources.sha256" 2>/dev/null)" != "$(sh examples/sources_hash.sh)" ]; then
+    echo "$BUILD was not built from these sources (make device-build): building here"
+    return 1
+  fi
+  load_check
+}
 stamp "load the build in $BUILD"
-if ! load_check; then
+if ! carried_build_ok; then
   BUILD=/tmp/hero-build-device
   stamp "building in $BUILD (HERO_CUDA=1)"
   # Warnings stay on but do not stop the build: this machine's compiler may be newer.

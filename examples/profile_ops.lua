@@ -115,9 +115,10 @@ for _, s in pairs(stats) do
   in_ops, calls = in_ops + s.seconds, calls + s.calls
 end
 table.sort(list, function(x, y) return x.seconds > y.seconds end)
-print(string.format("# %s %s amp=%s videos=%d mode=%s sync=%d: %.1f ms per step (host returns after %.1f ms); %d op calls "
-  .. "per step, %.1f ms of host time in them (%.1f us per call), %.1f ms in Lua between them", a.config, a.device,
-  a.amp ~= "" and a.amp or "none", a.videos, a.mode, a.sync, total / a.reps * 1e3, host / a.reps * 1e3, calls // a.reps,
+print(string.format("# %s %s amp=%s videos=%d mode=%s sync=%d: %.1f ms per step (host returns after %.1f ms); "
+  .. "%d op calls per step, %.1f ms of host time in them (%.1f us per call), %.1f ms in Lua between them",
+  a.config, a.device, a.amp ~= "" and a.amp or "none", a.videos, a.mode, a.sync, total / a.reps * 1e3,
+  host / a.reps * 1e3, calls // a.reps,
   in_ops / a.reps * 1e3, in_ops / math.max(calls, 1) * 1e6, (host - in_ops) / a.reps * 1e3))
 print(string.format("%-28s %8s %10s %10s", "op", "calls", "ms/step", "us/call"))
 for k = 1, math.min(a.top, #list) do

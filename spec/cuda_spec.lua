@@ -502,15 +502,16 @@ describe("CUDA backend #cuda", function()
 
     it("conv1d and the elementwise losses, with gradients", function()
       for _, pad in ipairs {0, 2} do
-        check_grad(function(x, w) return hero.conv1d(x, w, nil, pad) end, {randn({2, 1, 9}, "f64"), randn({1, 1, 5}, "f64")})
+        check_grad(function(x, w) return hero.conv1d(x, w, nil, pad) end,
+          {randn({2, 1, 9}, "f64"), randn({1, 1, 5}, "f64")})
         check_grad(function(x, w, b) return hero.conv1d(x, w, b, pad) end,
           {randn({3, 2, 7}, "f64"), randn({4, 2, 3}, "f64"), randn({4}, "f64")})
       end
       local x, y = randn({4, 6}, "f64"), hero.rand({4, 6}, {dtype = "f64"})
       local w = hero.rand({4, 6}, {dtype = "f64"})
+      local F = hero.nn.functional
       for _, red in ipairs {"mean", "sum", "none"} do
-        check_grad(function(a, b) return hero.nn.functional.binary_cross_entropy_with_logits(a, b, {reduction = red}) end,
-          {x * 4, y})
+        check_grad(function(a, b) return F.binary_cross_entropy_with_logits(a, b, {reduction = red}) end, {x * 4, y})
         check_grad(function(a, b, c)
           return hero.nn.functional.binary_cross_entropy_with_logits(a, b, {weight = c, reduction = red})
         end, {x, y, w})

@@ -158,6 +158,13 @@ extern "C" int hr_cuda_matmul(hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec
         hr_tensor_release(oa.hold);
         return -1;
     }
+    /* A shared right operand (a linear layer's weight) times a batch of row blocks that follow each
+     * other in memory ([B, L, in] activations): one GEMM over all B * L rows, not B small ones. In
+     * cuBLAS's column-major view row r of a is column r at r * lda, and the output is contiguous. */
+    if (batch > 1 && ob.bstride == 0 && oa.op == CUBLAS_OP_N && oa.bstride == m * oa.ld && m * batch <= INT_MAX) {
+        m *= batch;
+        batch = 1;
+    }
     float af = (float)alpha, bf = (float)beta;
     const void *pa = f64 ? (const void *)&alpha : (const void *)&af;
     const void *pb = f64 ? (const void *)&beta : (const void *)&bf;

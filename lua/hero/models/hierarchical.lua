@@ -63,9 +63,11 @@ function M:forward_repr(batch, opts)
   local src, dst = fusion_indices(batch, f_out:size(2), L_c)
   local matched
   if #src > 0 then
-    local rows = f_out:reshape(f_out:size(1) * f_out:size(2), H):index_select(1, core.tensor(src, {dtype = "i64", device = f_out:device()}))
-    local didx = core.tensor(dst, {dtype = "i64", device = f_out:device()}):unsqueeze(2):expand(#dst, H)
-    matched = core.zeros({B * L_c, H}, {dtype = f_out:dtype(), device = f_out:device()}):scatter_add(1, didx, rows):view(B, L_c, H)
+    local on = {dtype = "i64", device = f_out:device()}
+    local rows = f_out:reshape(f_out:size(1) * f_out:size(2), H):index_select(1, core.tensor(src, on))
+    local didx = core.tensor(dst, on):unsqueeze(2):expand(#dst, H)
+    matched = core.zeros({B * L_c, H}, {dtype = f_out:dtype(), device = f_out:device()}):scatter_add(1, didx, rows)
+    matched = matched:view(B, L_c, H)
   else
     matched = core.zeros({B, L_c, H}, {dtype = f_out:dtype(), device = f_out:device()})
   end

@@ -87,7 +87,8 @@ function M:forward_mfm(batch, kind)
   local logits = core.cat({core.matmul(pred, batch.feat_targets:t()), core.matmul(pred, neg:t())}, 2):float()
   acts.nce_logits = logits
   local n = pred:size(1)
-  local per = core.cross_entropy(logits / self.opts.nce_temp, core.arange(n, {device = logits:device()}), {reduction = "none"})
+  local targets = core.arange(n, {device = logits:device()})
+  local per = core.cross_entropy(logits / self.opts.nce_temp, targets, {reduction = "none"})
   acts.loss_per_frame, acts.loss = per, per:mean()
   return acts
 end
