@@ -48,3 +48,21 @@ describe("CUDA backend loading", function()
     assert.is_true(loaded or reason ~= nil, out)
   end)
 end)
+
+-- The GPU specs (spec/cuda_spec.lua, tagged cuda) run on machines with a GPU only; with
+-- HERO_SPEC_DEVICE=cpu the CPU stands in for the GPU, which checks the specs themselves (their
+-- expected values and error messages) on every machine.
+describe("the GPU specs with the CPU standing in", function()
+  it("pass (HERO_SPEC_DEVICE=cpu lua5.4 spec/run.lua --run=cuda spec/cuda_spec.lua)", function()
+    local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/cuda_backend_spec%.lua$") or "."
+    local cmd = string.format("cd '%s' && HERO_SPEC_DEVICE=cpu LUA_PATH='%s' LUA_CPATH='%s' lua5.4 spec/run.lua "
+      .. "--run=cuda -o TAP spec/cuda_spec.lua 2>&1", root, package.path, package.cpath)
+    local p = assert(io.popen(cmd))
+    local out = p:read("a")
+    local ok = p:close()
+    assert(ok, out)
+    local passed = select(2, out:gsub("\nok %d+", ""))
+    assert.is_true(passed >= 25, out)
+    assert.falsy(out:find("\nnot ok", 1, true), out)
+  end)
+end)
