@@ -105,6 +105,18 @@ hr_tensor *hr_contiguous(hr_tensor *t)
     return hr_cast(t, t->dtype);
 }
 
+hr_tensor *hr_host_contiguous(const hr_tensor *t)
+{
+    if (hr_tensor_check_live(t, "host copy")) return NULL;
+    if (hr_tensor_device(t).type == HR_CPU) return hr_contiguous((hr_tensor *)t);
+    hr_tensor *h = hr_tensor_empty(t->ndim, t->size, t->dtype, hr_cpu());
+    if (h && hr_copy_(h, t)) {
+        hr_tensor_release(h);
+        return NULL;
+    }
+    return h;
+}
+
 hr_tensor *hr_reshape(hr_tensor *t, int ndim, const int64_t *size)
 {
     if (hr_tensor_check_live(t, "reshape")) return NULL;

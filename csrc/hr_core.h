@@ -207,6 +207,9 @@ hr_tensor *hr_view_alias(hr_tensor *t); /* same view, new header */
 
 /* Copy if needed: returns t itself (retained) when already contiguous. */
 hr_tensor *hr_contiguous(hr_tensor *t);
+/* t's values in a contiguous tensor in host memory, for code that reads the bytes: t retained when
+ * it already is one, else a copy (from the device for a CUDA tensor). */
+hr_tensor *hr_host_contiguous(const hr_tensor *t);
 /* reshape = view when possible, else contiguous copy then view. */
 hr_tensor *hr_reshape(hr_tensor *t, int ndim, const int64_t *size);
 /* Elementwise copy with broadcasting of src to dst's shape and dtype conversion. */

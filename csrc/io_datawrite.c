@@ -140,8 +140,7 @@ int hr_mp_put_ndarray(hr_mp_buf *b, const hr_tensor *t)
     if (!type)
         return hr_fail(HR_EINVAL, "msgpack_numpy: dtype %s has no NumPy equivalent (use f16, f32, f64, i64, i32, u8 or bool)",
                        hr_dtype_name(t->dtype));
-    /* hr_contiguous only reads t; it takes a non-const pointer because it may return t retained. */
-    hr_tensor *c = hr_contiguous((hr_tensor *)t);
+    hr_tensor *c = hr_host_contiguous(t); /* the bytes are read on the host (a copy for a CUDA tensor) */
     if (!c) return -1;
     size_t nbytes = (size_t)hr_tensor_numel(c) * hr_dtype_size(c->dtype);
     int rc = hr_mp_put_map(b, 5);

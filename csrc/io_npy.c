@@ -361,8 +361,6 @@ int hr_npy_encode(const hr_tensor *t, unsigned char **out, size_t *outlen)
     *out = NULL;
     *outlen = 0;
     if (hr_tensor_check_live(t, "tensor")) return -1;
-    if (hr_tensor_device(t).type != HR_CPU)
-        return hr_fail(HR_EDEVICE, "the tensor is on CUDA: saving needs the CUDA backend to copy it to the CPU first");
     const char *descr = npy_descr(t->dtype);
     if (!descr)
         return hr_fail(HR_EINVAL, "%s has no NumPy dtype (cast to f32 first, or use safetensors)",
@@ -381,7 +379,7 @@ int hr_npy_encode(const hr_tensor *t, unsigned char **out, size_t *outlen)
         hlen = (prefix + n + 1 + 63) / 64 * 64 - prefix;
         major = 2;
     }
-    hr_tensor *c = hr_contiguous((hr_tensor *)t);
+    hr_tensor *c = hr_host_contiguous(t); /* a CUDA tensor is written from a host copy */
     if (!c) return -1;
     size_t nbytes = (size_t)hr_tensor_numel(c) * hr_dtype_size(c->dtype);
     size_t total = prefix + hlen + nbytes;

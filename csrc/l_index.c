@@ -164,9 +164,9 @@ static hr_scalar check_scalar(lua_State *L, int idx, const char *op)
             luaL_error(L, "%s: value must be a number or a 0-dimensional tensor, got a tensor of size %s", op,
                        hr_shape_str(v->ndim, v->size, b, sizeof b));
         }
-        if (hr_tensor_device(v).type != HR_CPU)
-            luaL_error(L, "%s: the value tensor is on a CUDA device, which needs the CUDA backend this build lacks", op);
-        const void *p = hr_tensor_data(v);
+        hr_tensor *h = hr_host_contiguous(v); /* a CUDA scalar is read through the host */
+        if (!h) hr_lua_error(L, op);
+        const void *p = hr_tensor_data(h);
         if (hr_dtype_is_int(v->dtype)) {
             s.is_int = true;
             s.i = hr_load_i64(p, v->dtype);
@@ -174,6 +174,7 @@ static hr_scalar check_scalar(lua_State *L, int idx, const char *op)
         } else {
             s.d = hr_load_f64(p, v->dtype);
         }
+        hr_tensor_release(h);
     } else {
         luaL_error(L, "%s: value must be a number, a boolean or a 0-dimensional tensor, got %s", op, luaL_typename(L, idx));
     }

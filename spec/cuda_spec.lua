@@ -485,6 +485,22 @@ describe("CUDA backend #cuda", function()
       check_grad(function(t) return t:masked_select(col:to {device = t:device()}) end, {x})
     end)
 
+    it("saves device tensors from host copies and reads device scalars as fill values", function()
+      local x = randn({3, 4}, "f32")
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p '" .. dir .. "'"))
+      hero.save(dir .. "/w.safetensors", {w = dev(x), n = {v = dev(x:narrow(2, 2, 2))}})
+      local back = hero.load(dir .. "/w.safetensors")
+      assert.tensor_near(back.w, x, {rtol = 0, atol = 0})
+      assert.tensor_near(back.n.v, x:narrow(2, 2, 2):contiguous(), {rtol = 0, atol = 0})
+      hero.io.save_npy(dir .. "/w.npy", dev(x:t()))
+      assert.tensor_near(hero.io.load_npy(dir .. "/w.npy"), x:t():contiguous(), {rtol = 0, atol = 0})
+      hero.fs_rmtree(dir)
+      local mask = hero.tensor {{true, false, false, true}, {false, true, false, false}, {true, true, true, true}}
+      same(dev(x):masked_fill(dev(mask), dev(hero.tensor(-2.5))), x:masked_fill(mask, -2.5))
+    end)
+
     it("cat, stack, flip and repeat on the device, with gradients", function()
       for _, dt in ipairs {"f32", "bf16", "i64", "bool"} do
         local a, b = (randn {2, 3} * 3):to(dt), (randn {2, 5} * 3):to(dt)
