@@ -150,6 +150,74 @@ __global__ void finite_kernel(Geo g, const char *p, int dt, int el, int64_t n, i
     }
 }
 
+/* Rows of at most kShortRow elements go one warp each (a block of 256 threads would leave most of
+ * its threads idle on the 33-token rows of HERO's attention): kWarpsPerBlock rows per block, the
+ * same double arithmetic and NaN rules as the block kernels, reductions by warp shuffles. */
+constexpr int64_t kShortRow = 1024;
+constexpr int kWarpsPerBlock = kRowThreads / 32;
+
+__device__ __forceinline__ double warp_sum(double v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* max where NaN wins: every lane ends with the same value */
+__device__ __forceinline__ double warp_max_nan(double v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        double w = __shfl_xor_sync(0xffffffffu, v, o);
+        if (w != w || (v == v && w > v)) v = w;
+    }
+    return v;
+}
+
+__global__ void sum_rows_warp(const char *src, int dt, int el, int64_t rows, int64_t n, bool mean, char *out, int odt,
+                              int oel)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t step = (int64_t)gridDim.x * kWarpsPerBlock;
+    for (int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5); r < rows; r += step) {
+        const char *row = src + r * n * el;
+        double d = 0;
+        for (int64_t i = lane; i < n; i += 32) d += load_f64(row + i * el, dt);
+        d = warp_sum(d);
+        if (lane == 0) store_f64(out + r * oel, odt, mean ? d / (double)n : d);
+    }
+}
+
+__global__ void softmax_rows_warp(const char *src, int dt, int el, int64_t rows, int64_t n, bool log_out, char *out)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t step = (int64_t)gridDim.x * kWarpsPerBlock;
+    for (int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5); r < rows; r += step) {
+        const char *row = src + r * n * el;
+        char *orow = out + r * n * el;
+        double mx = -INFINITY;
+        for (int64_t i = lane; i < n; i += 32) {
+            double v = load_f64(row + i * el, dt);
+            if (v > mx || v != v) mx = (mx != mx) ? mx : v;
+        }
+        mx = warp_max_nan(mx);
+        double s = 0;
+        for (int64_t i = lane; i < n; i += 32) s += exp(load_f64(row + i * el, dt) - mx);
+        s = warp_sum(s);
+        double ls = log(s), inv = 1.0 / s;
+        for (int64_t i = lane; i < n; i += 32) {
+            double v = load_f64(row + i * el, dt) - mx;
+            store_f64(orow + i * el, dt, log_out ? v - ls : exp(v) * inv);
+        }
+    }
+}
+
+/* Blocks of kWarpsPerBlock warps covering rows (capped: the kernels loop over the rest). */
+unsigned warp_row_grid(int64_t rows)
+{
+    int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    if (blocks < 1) return 1;
+    return (unsigned)(blocks < 65535 * 16 ? blocks : 65535 * 16);
+}
+
 unsigned row_grid(int64_t rows)
 {
     if (rows < 1) return 1;
@@ -203,6 +271,9 @@ extern "C" int hr_cuda_reduce(hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_te
             char *o = (char *)hr_tensor_data(values);
             int oel = (int)hr_dtype_size(values->dtype);
             if (is_int) sum_rows<true><<<row_grid(rows), kRowThreads, 0, st>>>(p, src->dtype, el, rows, n, false, o, values->dtype, oel);
+            else if (n <= kShortRow)
+                sum_rows_warp<<<warp_row_grid(rows), kRowThreads, 0, st>>>(p, src->dtype, el, rows, n, op == HR_CUDA_MEAN,
+                                                                           o, values->dtype, oel);
             else sum_rows<false><<<row_grid(rows), kRowThreads, 0, st>>>(p, src->dtype, el, rows, n, op == HR_CUDA_MEAN, o,
                                                                          values->dtype, oel);
         } else {
@@ -238,9 +309,13 @@ extern "C" int hr_cuda_softmax(hr_tensor *t, int dim, bool log_out, hr_tensor *o
     int rc = -1;
     if (dst) {
         int64_t n = t->ndim ? t->size[d] : 1, rows = hr_tensor_numel(t) / n;
-        softmax_rows<<<row_grid(rows), kRowThreads, 0, st>>>((const char *)hr_tensor_data(src), src->dtype,
-                                                              (int)hr_dtype_size(src->dtype), rows, n, log_out,
-                                                              (char *)hr_tensor_data(dst));
+        const char *sp = (const char *)hr_tensor_data(src);
+        int el = (int)hr_dtype_size(src->dtype);
+        char *dp = (char *)hr_tensor_data(dst);
+        if (n <= kShortRow)
+            softmax_rows_warp<<<warp_row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out, dp);
+        else
+            softmax_rows<<<row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out, dp);
         rc = check_launch(name);
         if (!rc && !last) {
             /* dst's last dim is d: put it back in place through the inverse permutation */
