@@ -73,15 +73,29 @@ void geo_add(Geo *g, const int64_t *stride);
 /* Drops size-1 dims and merges dims that every operand walks contiguously. */
 void geo_coalesce(Geo *g);
 
+/* The element offsets of linear index i. 64-bit division is a long instruction sequence on GPUs:
+ * one dim (what geo_coalesce leaves of contiguous operands) needs none, and indices and sizes
+ * below 2^32 divide in 32 bits. */
 template <int N>
 __device__ __forceinline__ void geo_offsets(const Geo &g, int64_t i, int64_t *off)
 {
+    if (g.ndim == 1) {
+#pragma unroll
+        for (int k = 0; k < N; k++) off[k] = i * g.stride[k][0];
+        return;
+    }
 #pragma unroll
     for (int k = 0; k < N; k++) off[k] = 0;
     for (int d = g.ndim - 1; d >= 0; d--) {
-        int64_t s = g.size[d];
-        int64_t idx = i % s;
-        i /= s;
+        int64_t s = g.size[d], idx;
+        if ((uint64_t)i <= 0xffffffffu && (uint64_t)s <= 0xffffffffu) {
+            uint32_t q = (uint32_t)i / (uint32_t)s;
+            idx = (int64_t)((uint32_t)i - q * (uint32_t)s);
+            i = q;
+        } else {
+            idx = i % s;
+            i /= s;
+        }
 #pragma unroll
         for (int k = 0; k < N; k++) off[k] += idx * g.stride[k][d];
     }
