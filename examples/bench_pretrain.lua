@@ -4,7 +4,9 @@
 --
 --   lua5.4 examples/bench_pretrain.lua --config small --threads 1 --tasks mlm --modes fwd,fwdbwd,step --json out.json
 --   lua5.4 examples/bench_pretrain.lua --paired path/to/hero_torch_bench.py --config hero --threads 1 --rounds 3
---   lua5.4 examples/bench_pretrain.lua --config hero --device cuda:0 --amp bf16 --videos 32 --tasks mlm --modes step
+--   lua5.4 examples/bench_pretrain.lua --config hero --device cuda:0 --amp bf16 --videos 32 --tasks mlm,vsm \
+--     --modes step
+--     (tasks: mlm, mffr, repr, and vsm, which the PyTorch baseline lacks: a hero-only row)
 --     (on a GPU: the model and batch on the device, forward under hero.amp.autocast; each timed
 --     repetition ends with a device synchronisation)
 --
@@ -97,7 +99,26 @@ local function make_batch(nv, ns, nf, tl, mask_prob)
   for k, v in pairs(b) do mffr[k] = v end
   mffr.c_v_feats = feats:masked_fill(cm:unsqueeze(3), 0)
   mffr.f_v_feats = f_v:masked_fill(mffr.f_v_masks:unsqueeze(3), 0)
-  return b, mffr
+  return b, mffr, {ids = ids, feats = feats, subs = subs}
+end
+
+--- A VSM batch of the same videos (hero only: the baseline has no VSM head), built by hero.data
+-- as for training: each video's first 5 subtitles become its queries (their text leaves the
+-- context rows), the query targets are their frames; token 0 is [CLS], 2 is [SEP].
+local function make_vsm_batch(raw, nv, ns, tl)
+  local data = require "hero.data"
+  local items = {}
+  for v = 1, nv do
+    local texts = {}
+    for s = 1, ns do
+      local row = raw.ids:select(1, (v - 1) * ns + s):narrow(1, 2, tl - 1):totable()
+      texts[s] = row
+    end
+    local video = {vid = "bench" .. v, v_feat = raw.feats:select(1, v), sub2frames = raw.subs[v], input_ids = texts}
+    items[v] = data.tasks.vsm_item(video, {special_ids = {cls = 0, sep = 2}, query_subs = {0, 1, 2, 3, 4},
+                                           max_txt_len = tl})
+  end
+  return data.collate.vsm_collate(items)
 end
 
 local function median(t)
@@ -124,12 +145,14 @@ local function run_hero(a)
     generator = hero.Generator(1)})
   local opt = hero.optim.AdamW(model:named_parameters(), {lr = 3e-5, betas = {0.9, 0.98}, eps = 1e-6,
     weight_decay = 0.01, no_decay = {"bias", "LayerNorm"}})
-  local batch, mffr_batch = make_batch(a.videos, a.subs, a.frames_per_sub, a.txt_len, 0.15)
+  local batch, mffr_batch, raw = make_batch(a.videos, a.subs, a.frames_per_sub, a.txt_len, 0.15)
+  local vsm_batch = a.tasks:find("vsm", 1, true) and make_vsm_batch(raw, a.videos, a.subs, a.txt_len)
   local on_device = a.device ~= "cpu"
   if on_device then
     model:to(a.device)
     batch = hero.train.Trainer.batch_to(batch, a.device)
     mffr_batch = hero.train.Trainer.batch_to(mffr_batch, a.device)
+    if vsm_batch then vsm_batch = hero.train.Trainer.batch_to(vsm_batch, a.device) end
     opt = hero.optim.AdamW(model:named_parameters(), {lr = 3e-5, betas = {0.9, 0.98}, eps = 1e-6,
       weight_decay = 0.01, no_decay = {"bias", "LayerNorm"}})
   end
@@ -142,6 +165,7 @@ local function run_hero(a)
         local function plain_loss()
           if task == "mlm" then return model:forward_mlm(batch).loss end
           if task == "mffr" then return model:forward_mfm(mffr_batch, "mffr").loss end
+          if task == "vsm" then return model:forward_vsm(vsm_batch).loss end
           return (model.v_encoder:forward_repr(batch))
         end
         local function loss_of()

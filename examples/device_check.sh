@@ -97,10 +97,10 @@ if has_phase layers; then
 fi
 
 if has_phase bench; then
-  stamp "benchmark: HERO pre-training, config hero, 32 videos, MLM (hero)"
+  stamp "benchmark: HERO pre-training, config hero, 32 videos, MLM and VSM (hero)"
   for amp in "" bf16; do
     timeout -k 5 150 $LUA examples/bench_pretrain.lua --config hero --device cuda:0 ${amp:+--amp $amp} --videos 32 \
-      --tasks mlm --modes fwd,step --reps 10 --warmup 3 2>&1 | tee -a "$OUT/bench.log" | grep -v "^#" || status=1
+      --tasks mlm,vsm --modes fwd,step --reps 10 --warmup 3 2>&1 | tee -a "$OUT/bench.log" | grep -v "^#" || status=1
   done
   stamp "profile: time per op of the hero step on the GPU"
   for args in "--mode step --amp bf16" "--mode fwd --sync 1" "--mode fwd --sync 1 --amp bf16"; do
