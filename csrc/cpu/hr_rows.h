@@ -99,4 +99,21 @@ static inline hr_tensor *hr_rows_back(hr_tensor *h, hr_device dev)
     return d;
 }
 
+/* The (values, indices) results of a host run (each consumed) moved to dev into *values and
+ * *indices, for the outputs asked for (non-NULL); 0, or -1 with nothing returned. */
+static inline int hr_rows_results_back(hr_tensor *hv, hr_tensor *hi, hr_device dev, hr_tensor **values,
+                                       hr_tensor **indices)
+{
+    hr_tensor *v = values ? hr_rows_back(hv, dev) : NULL;
+    hr_tensor *i = indices ? hr_rows_back(hi, dev) : NULL;
+    if ((values && !v) || (indices && !i)) {
+        hr_tensor_release(v);
+        hr_tensor_release(i);
+        return -1;
+    }
+    if (values) *values = v;
+    if (indices) *indices = i;
+    return 0;
+}
+
 #endif

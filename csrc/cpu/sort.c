@@ -218,15 +218,7 @@ static int sort_rows(const char *name, hr_tensor *t, int dim, bool desc, bool to
         int rc = sort_rows(name, h, dim, desc, topk, k, values ? &hv : NULL, indices ? &hi : NULL);
         hr_tensor_release(h);
         if (rc) return -1;
-        hr_device dev = hr_tensor_device(t);
-        if (values) *values = hr_rows_back(hv, dev);
-        if (indices) *indices = hr_rows_back(hi, dev);
-        if ((values && !*values) || (indices && !*indices)) {
-            if (values && *values) hr_tensor_release(*values);
-            if (indices && *indices) hr_tensor_release(*indices);
-            return -1;
-        }
-        return 0;
+        return hr_rows_results_back(hv, hi, hr_tensor_device(t), values, indices);
     }
     if (hr_rows_check_input(t, name)) return -1;
     int d;

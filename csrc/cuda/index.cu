@@ -82,6 +82,46 @@ int check_index_operand(const char *op, const hr_tensor *idx)
     return 0;
 }
 
+/* What a gather or scatter launch needs: the stream, grid and element count, the coalesced walk
+ * of the three operands, their data, and the stride along dim of the operand that the index
+ * addresses. */
+struct Walk {
+    cudaStream_t st;
+    unsigned grid;
+    int64_t n, dim_stride;
+    Geo g;
+    void *dst;
+    const void *src;
+    const int64_t *idx;
+};
+
+/* Checks that dst, src and idx share a device and idx is i64, and fills w for the operands'
+ * strides s0, s1, s2 in the kernel's order; the NULL one stands for `indexed` (dst or src), walked
+ * with a 0 stride along dim. w->n is 0 when there is nothing to do. */
+int index_walk(const char *op, hr_tensor *dst, const hr_tensor *src, const hr_tensor *idx, const hr_tensor *indexed,
+               int dim, int ndim, const int64_t *size, const int64_t *s0, const int64_t *s1, const int64_t *s2, Walk *w)
+{
+    const hr_tensor *ts[3] = {dst, src, idx};
+    if (same_device(op, 3, ts) || check_index_operand(op, idx)) return -1;
+    w->st = stream(dev_of(dst));
+    if (!w->st) return -1;
+    int64_t zeroed[HR_MAX_DIMS];
+    for (int i = 0; i < ndim; i++) zeroed[i] = i == dim ? 0 : indexed->stride[i];
+    w->n = 1;
+    for (int i = 0; i < ndim; i++) w->n *= size[i];
+    w->grid = grid_for(w->n);
+    w->dim_stride = indexed->stride[dim];
+    w->dst = hr_tensor_data(dst);
+    w->src = hr_tensor_data(src);
+    w->idx = (const int64_t *)hr_tensor_data(idx);
+    geo_init(&w->g, ndim, size);
+    geo_add(&w->g, s0 ? s0 : zeroed);
+    geo_add(&w->g, s1 ? s1 : zeroed);
+    geo_add(&w->g, s2 ? s2 : zeroed);
+    geo_coalesce(&w->g);
+    return 0;
+}
+
 } // namespace
 } // namespace hrc
 
@@ -91,32 +131,41 @@ extern "C" int hr_cuda_index_gather(hr_tensor *dst, const int64_t *dst_stride, c
                                     const hr_tensor *idx, const int64_t *idx_stride, int ndim, const int64_t *size)
 {
     const char *op = "gather";
-    const hr_tensor *ts[3] = {dst, src, idx};
-    if (same_device(op, 3, ts) || check_index_operand(op, idx)) return -1;
-    cudaStream_t st = stream(dev_of(dst));
-    if (!st) return -1;
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= size[i];
-    if (n == 0) return 0;
-    int64_t sstride[HR_MAX_DIMS];
-    for (int i = 0; i < ndim; i++) sstride[i] = i == dim ? 0 : src->stride[i];
-    Geo g;
-    geo_init(&g, ndim, size);
-    geo_add(&g, dst_stride);
-    geo_add(&g, sstride);
-    geo_add(&g, idx_stride);
-    geo_coalesce(&g);
-    const int64_t *ix = (const int64_t *)hr_tensor_data(idx);
-    int64_t ds = src->stride[dim];
-    void *d = hr_tensor_data(dst);
-    const void *s = hr_tensor_data(src);
+    Walk w;
+    if (index_walk(op, dst, src, idx, src, dim, ndim, size, dst_stride, nullptr, idx_stride, &w)) return -1;
+    if (w.n == 0) return 0;
     switch (hr_dtype_size(src->dtype)) {
-    case 1: gather_kernel<uint8_t><<<grid_for(n), kThreads, 0, st>>>(g, (uint8_t *)d, (const uint8_t *)s, ix, ds, n); break;
-    case 2: gather_kernel<uint16_t><<<grid_for(n), kThreads, 0, st>>>(g, (uint16_t *)d, (const uint16_t *)s, ix, ds, n); break;
-    case 4: gather_kernel<uint32_t><<<grid_for(n), kThreads, 0, st>>>(g, (uint32_t *)d, (const uint32_t *)s, ix, ds, n); break;
-    default: gather_kernel<uint64_t><<<grid_for(n), kThreads, 0, st>>>(g, (uint64_t *)d, (const uint64_t *)s, ix, ds, n); break;
+    case 1:
+        gather_kernel<uint8_t><<<w.grid, kThreads, 0, w.st>>>(w.g, (uint8_t *)w.dst, (const uint8_t *)w.src, w.idx,
+                                                             w.dim_stride, w.n);
+        break;
+    case 2:
+        gather_kernel<uint16_t><<<w.grid, kThreads, 0, w.st>>>(w.g, (uint16_t *)w.dst, (const uint16_t *)w.src, w.idx,
+                                                              w.dim_stride, w.n);
+        break;
+    case 4:
+        gather_kernel<uint32_t><<<w.grid, kThreads, 0, w.st>>>(w.g, (uint32_t *)w.dst, (const uint32_t *)w.src, w.idx,
+                                                              w.dim_stride, w.n);
+        break;
+    default:
+        gather_kernel<uint64_t><<<w.grid, kThreads, 0, w.st>>>(w.g, (uint64_t *)w.dst, (const uint64_t *)w.src, w.idx,
+                                                              w.dim_stride, w.n);
+        break;
     }
     return check_launch(op);
+}
+
+/* One launch of the add kernel for element type T. */
+template <typename T> static void launch_scatter_add(const Walk &w, T alpha)
+{
+    scatter_add_kernel<T><<<w.grid, kThreads, 0, w.st>>>(w.g, (T *)w.dst, w.idx, (const T *)w.src, w.dim_stride, alpha,
+                                                         w.n);
+}
+
+/* One launch of the copy kernel for elements of U's width. */
+template <typename U> static void launch_scatter_copy(const Walk &w)
+{
+    scatter_copy_kernel<U><<<w.grid, kThreads, 0, w.st>>>(w.g, (U *)w.dst, w.idx, (const U *)w.src, w.dim_stride, w.n);
 }
 
 extern "C" int hr_cuda_index_scatter(hr_tensor *dst, int dim, const hr_tensor *idx, const int64_t *idx_stride,
@@ -124,48 +173,23 @@ extern "C" int hr_cuda_index_scatter(hr_tensor *dst, int dim, const hr_tensor *i
                                      bool add, double alpha)
 {
     const char *op = add ? "scatter_add" : "scatter";
-    const hr_tensor *ts[3] = {dst, src, idx};
-    if (same_device(op, 3, ts) || check_index_operand(op, idx)) return -1;
-    cudaStream_t st = stream(dev_of(dst));
-    if (!st) return -1;
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= size[i];
-    if (n == 0) return 0;
-    int64_t dstride[HR_MAX_DIMS];
-    for (int i = 0; i < ndim; i++) dstride[i] = i == dim ? 0 : dst->stride[i];
-    Geo g;
-    geo_init(&g, ndim, size);
-    geo_add(&g, dstride);
-    geo_add(&g, idx_stride);
-    geo_add(&g, src_stride);
-    geo_coalesce(&g);
-    const int64_t *ix = (const int64_t *)hr_tensor_data(idx);
-    int64_t ds = dst->stride[dim];
-    void *d = hr_tensor_data(dst);
-    const void *s = hr_tensor_data(src);
-    unsigned grid = grid_for(n);
+    Walk w;
+    if (index_walk(op, dst, src, idx, dst, dim, ndim, size, nullptr, idx_stride, src_stride, &w)) return -1;
+    if (w.n == 0) return 0;
     if (!add) {
         switch (hr_dtype_size(dst->dtype)) {
-        case 1: scatter_copy_kernel<uint8_t><<<grid, kThreads, 0, st>>>(g, (uint8_t *)d, ix, (const uint8_t *)s, ds, n); break;
-        case 2: scatter_copy_kernel<uint16_t><<<grid, kThreads, 0, st>>>(g, (uint16_t *)d, ix, (const uint16_t *)s, ds, n); break;
-        case 4: scatter_copy_kernel<uint32_t><<<grid, kThreads, 0, st>>>(g, (uint32_t *)d, ix, (const uint32_t *)s, ds, n); break;
-        default: scatter_copy_kernel<uint64_t><<<grid, kThreads, 0, st>>>(g, (uint64_t *)d, ix, (const uint64_t *)s, ds, n); break;
+        case 1: launch_scatter_copy<uint8_t>(w); break;
+        case 2: launch_scatter_copy<uint16_t>(w); break;
+        case 4: launch_scatter_copy<uint32_t>(w); break;
+        default: launch_scatter_copy<uint64_t>(w); break;
         }
         return check_launch(op);
     }
     switch (dst->dtype) {
-    case HR_F32:
-        scatter_add_kernel<float><<<grid, kThreads, 0, st>>>(g, (float *)d, ix, (const float *)s, ds, (float)alpha, n);
-        break;
-    case HR_F64:
-        scatter_add_kernel<double><<<grid, kThreads, 0, st>>>(g, (double *)d, ix, (const double *)s, ds, alpha, n);
-        break;
-    case HR_I64:
-        scatter_add_kernel<int64_t><<<grid, kThreads, 0, st>>>(g, (int64_t *)d, ix, (const int64_t *)s, ds, (int64_t)alpha, n);
-        break;
-    case HR_I32:
-        scatter_add_kernel<int32_t><<<grid, kThreads, 0, st>>>(g, (int32_t *)d, ix, (const int32_t *)s, ds, (int32_t)alpha, n);
-        break;
+    case HR_F32: launch_scatter_add<float>(w, (float)alpha); break;
+    case HR_F64: launch_scatter_add<double>(w, alpha); break;
+    case HR_I64: launch_scatter_add<int64_t>(w, (int64_t)alpha); break;
+    case HR_I32: launch_scatter_add<int32_t>(w, (int32_t)alpha); break;
     default:
         return hr_fail(HR_EINVAL, "%s: sums of %s tensors have no CUDA kernel (f32, f64, i64 and i32 have; bf16/f16 go "
                                   "through f32)", op, hr_dtype_name(dst->dtype));
