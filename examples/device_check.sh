@@ -1,15 +1,16 @@
 #!/bin/sh
 # device_check.sh — everything that needs a GPU, in one run of a few minutes, on a bare machine with
 # the CUDA toolkit: sets up hero's Debian packages from .debs/ when the system lacks them
-# (examples/device_env.sh), uses the build in $HERO_DEVICE_BUILD when one was made beforehand
-# (`make device-build`: CUDA objects for sm_80/sm_90, CPU code for any x86-64-v3 processor) and
-# builds there otherwise, then runs
+# (examples/device_env.sh), uses the build in $HERO_DEVICE_BUILD (.devbuild) when it was made from
+# these sources (`make device-build`: CUDA objects for sm_80/sm_90, CPU code for any x86-64-v3
+# processor) and builds there otherwise, then runs
 #   1. the GPU specs (#cuda), one spec file per process so that one crash does not hide the rest,
 #   2. layers: examples/bench_cuda.lua (a matmul, attention, one BERT layer) and the same shapes
 #      in PyTorch (examples/torch/bench_layers_cuda.py),
-#   3. the pre-training benchmark on the GPU (config hero, the reference's 32-video batch, MLM
-#      step, f32 and bf16) and the same model in PyTorch eager on the same GPU in the same run,
-#      when a CUDA PyTorch and the baseline model (.bench/hero_torch_bench.py) are there.
+#   3. the pre-training benchmark on the GPU (config hero, the reference's 32-video batch, MLM and
+#      VSM forward and step, f32 and bf16), examples/profile_ops.lua (time per op), and the same
+#      model in PyTorch eager on the same GPU in the same run (MLM), when a CUDA PyTorch and the
+#      baseline model (.bench/hero_torch_bench.py) are there.
 # Logs go to $OUT (or /tmp/hero-device-out).
 #   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench (default: all)
 set -u
