@@ -244,6 +244,18 @@ describe("CUDA backend #cuda", function()
           same(dev(x):log_softmax(d), x:log_softmax(d))
         end
       end
+      -- rows of every length: one warp per row up to 1024 elements, a block per row above
+      for _, n in ipairs {1, 31, 33, 1024, 1025, 3000} do
+        for _, dt in ipairs {"f32", "bf16"} do
+          local x = randn({5, n}, dt) * 4
+          same(dev(x):softmax(2), x:softmax(2))
+          same(dev(x):log_softmax(2), x:log_softmax(2))
+          same(dev(x):sum(2), x:sum(2), dt == "bf16" and {rtol = 1e-2, atol = 1e-2} or nil)
+          same(dev(x):mean(2), x:mean(2), dt == "bf16" and {rtol = 1e-2, atol = 1e-2} or nil)
+        end
+      end
+      local nan_row = hero.tensor {{1, 0 / 0, 2}, {1, 2, 3}}
+      same(dev(nan_row):softmax(2), nan_row:softmax(2))
       check_grad(function(a) return a:softmax(-1) end, {randn {4, 6}})
       check_grad(function(a) return a:log_softmax(1) end, {randn {4, 6}})
       check_grad(function(a) return a:sum(1) + a:mean(2, true):sum() end, {randn {3, 5}})
@@ -282,6 +294,22 @@ describe("CUDA backend #cuda", function()
       check_grad(function(x, w, b) return hero.linear(x, w, b) end, {randn {2, 3, 8}, randn {5, 8}, randn {5}})
       check_grad(function(a, b) return hero.matmul(a, b) end, {randn {2, 1, 3, 4}, randn {5, 4, 2}})
       check_grad(function(a, b) return hero.bmm(a, b:transpose(2, 3)) end, {randn {3, 2, 5}, randn {3, 4, 5}})
+    end)
+
+    it("folds a shared right operand over row blocks into one product, and the cases that cannot fold", function()
+      for _, dt in ipairs {"f32", "bf16"} do
+        local a, w = randn({4, 3, 5}, dt), randn({5, 6}, dt)
+        same(hero.matmul(dev(a), dev(w)), hero.matmul(a, w)) -- folds into [12, 5] @ [5, 6]
+        same(hero.matmul(dev(a):narrow(2, 1, 2), dev(w)), hero.matmul(a:narrow(2, 1, 2), w)) -- gaps: no fold
+        local at = randn({4, 5, 3}, dt)
+        same(hero.matmul(dev(at):transpose(2, 3), dev(w)), hero.matmul(at:transpose(2, 3), w)) -- column-major blocks
+        local wb = randn({4, 5, 6}, dt)
+        same(hero.matmul(dev(a), dev(wb)), hero.matmul(a, wb)) -- a right operand per block: batched
+        local x, wl, bias = randn({2, 7, 4}, dt), randn({6, 4}, dt), randn({6}, dt)
+        same(hero.linear(dev(x), dev(wl), dev(bias)), hero.linear(x, wl, bias))
+      end
+      check_grad(function(x, m) return hero.matmul(x, m) end, {randn {4, 3, 5}, randn {5, 6}})
+      check_grad(function(x, m) return hero.matmul(x:narrow(2, 2, 2), m) end, {randn {4, 3, 5}, randn {5, 6}})
     end)
 
     it("keeps f32 products in full f32 unless TF32 is allowed", function()
