@@ -370,11 +370,14 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
                                  n->op, sv->storage->version, n->saved_version[s]);
             }
             n->env = env;
+            double t0 = hr_backward_profile_clock();
             if (rc == 0 && n->backward(n, g, grads_in) != 0) {
                 hr_error_prefix("backward of %s", n->op);
                 rc = -1;
             }
+            hr_backward_profile_add(n->op, t0);
         }
+        double t_acc = hr_backward_profile_clock();
         hr_tensor_release(g);
         for (int i = 0; i < n->ninputs; i++) {
             hr_tensor *gi = grads_in[i];
@@ -402,6 +405,7 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
             }
         }
         free(grads_in);
+        hr_backward_profile_add("(gradient accumulation)", t_acc);
         if (!retain_graph) {
             free_saved(n);
             n->buffers_freed = true;

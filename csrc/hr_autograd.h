@@ -88,4 +88,20 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
 /* dst += src elementwise (same shape, float dtypes, may differ in dtype); used for accumulation. */
 int hr_grad_accumulate_(hr_tensor *dst, const hr_tensor *src);
 
+/* Per-node timing of backward walks on this thread (hr_backward_profile.c), for finding where a
+ * backward pass spends its time. With sync, every node waits for the GPU, so that the times are
+ * device times. */
+typedef struct {
+    const char *op;
+    int64_t calls;
+    double seconds;
+} hr_backward_stat;
+void hr_backward_profile_start(bool sync);
+/* Stops timing; returns the number of distinct ops and points *stats at them (valid until the
+ * next start). */
+int hr_backward_profile_stop(const hr_backward_stat **stats);
+/* 0 when profiling is off, else a start time for hr_backward_profile_add. */
+double hr_backward_profile_clock(void);
+void hr_backward_profile_add(const char *op, double start);
+
 #endif

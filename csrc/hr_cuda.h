@@ -118,6 +118,9 @@ typedef enum { HR_CUDA_SUM = 0, HR_CUDA_MEAN, HR_CUDA_MAX, HR_CUDA_MIN } hr_cuda
 int hr_cuda_reduce(hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_tensor *values, hr_tensor *indices);
 /* softmax / log_softmax along dim into out (contiguous, t's shape and dtype). */
 int hr_cuda_softmax(hr_tensor *t, int dim, bool log, hr_tensor *out);
+/* *out = the sum of the squares of every element of every tensor (all on one device, any dtype and
+ * layout), accumulated in double in a fixed order: the global gradient norm in one pass. */
+int hr_cuda_sum_squares(hr_tensor *const *ts, int n, double *out);
 /* Whether every element of every tensor is finite (float dtypes); *all_finite receives the answer. */
 int hr_cuda_all_finite(hr_tensor *const *ts, int n, bool *all_finite);
 

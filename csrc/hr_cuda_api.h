@@ -37,6 +37,7 @@
     X(INT, int, reduce, (hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_tensor *values, hr_tensor *indices),     \
       (op, t, dim, values, indices))                                                                               \
     X(INT, int, softmax, (hr_tensor *t, int dim, bool log, hr_tensor *out), (t, dim, log, out))                    \
+    X(INT, int, sum_squares, (hr_tensor *const *ts, int n, double *out), (ts, n, out))                             \
     X(INT, int, all_finite, (hr_tensor *const *ts, int n, bool *all_finite), (ts, n, all_finite))                  \
     X(INT, int, matmul,                                                                                            \
       (hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec, int nb, const int64_t *bsize, int64_t m, int64_t n,     \

@@ -151,7 +151,36 @@ static int l_set_grad_enabled(lua_State *L)
     return 0;
 }
 
+/* backward_profile_start([sync]): time every node of the backward walks that follow, by op; with
+ * sync each node waits for the GPU first and last, so the times are device times. */
+static int l_backward_profile_start(lua_State *L)
+{
+    hr_backward_profile_start(lua_toboolean(L, 1));
+    return 0;
+}
+
+/* backward_profile_stop() -> {{op =, calls =, seconds =}, ...} since the start, in the order the ops were first seen. */
+static int l_backward_profile_stop(lua_State *L)
+{
+    const hr_backward_stat *stats;
+    int n = hr_backward_profile_stop(&stats);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, stats[i].op);
+        lua_setfield(L, -2, "op");
+        lua_pushinteger(L, (lua_Integer)stats[i].calls);
+        lua_setfield(L, -2, "calls");
+        lua_pushnumber(L, stats[i].seconds);
+        lua_setfield(L, -2, "seconds");
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
 static const luaL_Reg module_functions[] = {
+    {"backward_profile_start", l_backward_profile_start},
+    {"backward_profile_stop", l_backward_profile_stop},
     {"no_grad", l_no_grad},
     {"is_grad_enabled", l_is_grad_enabled},
     {"set_grad_enabled", l_set_grad_enabled},

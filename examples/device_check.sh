@@ -12,7 +12,10 @@
 #      model in PyTorch eager on the same GPU in the same run (MLM), when a CUDA PyTorch and the
 #      baseline model (.bench/hero_torch_bench.py) are there.
 # Logs go to $OUT (or /tmp/hero-device-out).
-#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench (default: all)
+#   4. (phase profile, not in the default) examples/profile_ops.lua with every op and backward node
+#      waiting for the GPU, and the GPU kernels by total time under Nsight Systems when it is there.
+#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench,profile
+#                                              (default: env,specs,layers,bench)
 set -u
 cd "$(dirname "$0")/.." || exit 1
 PHASES=${1:-env,specs,layers,bench}
@@ -72,7 +75,7 @@ if ! carried_build_ok; then
   load_check || status=1
 fi
 export LUA_CPATH="$BUILD/?.so;${HERO_DEB_LUA_CPATH:+$HERO_DEB_LUA_CPATH;};"
-has_phase env && ! has_phase specs && ! has_phase layers && ! has_phase bench && exit $status
+has_phase env && ! has_phase specs && ! has_phase layers && ! has_phase bench && ! has_phase profile && exit $status
 
 if has_phase specs; then
   for spec in spec/cuda_spec.lua spec/cuda_device_spec.lua spec/dist_spec.lua; do
@@ -116,6 +119,26 @@ if has_phase bench; then
     done
   else
     echo "== no CUDA PyTorch or no .bench/hero_torch_bench.py: no comparison"
+  fi
+fi
+
+if has_phase profile; then
+  stamp "profile: the hero step op by op and its backward node by node, each waiting for the GPU"
+  for amp in "" bf16; do
+    timeout -k 5 150 $LUA examples/profile_ops.lua --device cuda:0 --videos 32 --reps 3 --top 30 --mode step --sync 1 \
+      ${amp:+--amp $amp} 2>&1 | tee -a "$OUT/profile.log" || status=1
+  done
+  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  if [ -n "$NSYS" ]; then
+    stamp "profile: GPU kernels of the bf16 step ($NSYS)"
+    timeout -k 5 200 "$NSYS" profile -t cuda -o /tmp/hero-step-bf16 --force-overwrite true $LUA examples/profile_ops.lua \
+      --device cuda:0 --videos 32 --reps 3 --mode step --amp bf16 >"$OUT/nsys.log" 2>&1 || tail -5 "$OUT/nsys.log"
+    for report in cuda_gpu_kern_sum gpukernsum; do
+      timeout -k 5 100 "$NSYS" stats -q --report $report --format csv /tmp/hero-step-bf16.nsys-rep >"$OUT/kernels.csv" 2>>"$OUT/nsys.log" && break
+    done
+    head -45 "$OUT/kernels.csv" | cut -c1-230
+  else
+    echo "== no nsys on this machine"
   fi
 fi
 

@@ -8,6 +8,8 @@
 --   lua5.4 examples/profile_ops.lua --config small --mode fwd          (on the CPU)
 -- With --sync 1 every op waits for the device to finish its kernels, so that the times are the
 -- ops' device times (plus their host time); the step is then slower than it runs normally.
+-- With --mode fwdbwd or step a second table splits the backward pass by graph node
+-- (core.backward_profile_start/stop), with the same meaning of --sync.
 local hero = require "hero"
 local core = hero.core
 
@@ -94,7 +96,8 @@ sync()
 local originals = {}
 for _, tbl in ipairs {core, core.Tensor} do
   for name, fn in pairs(tbl) do
-    if type(fn) == "function" and debug.getinfo(fn, "S").what == "C" and name:sub(1, 1) ~= "_" then
+    if type(fn) == "function" and debug.getinfo(fn, "S").what == "C" and name:sub(1, 1) ~= "_"
+      and not name:match("^backward_profile") then
       originals[#originals + 1] = {tbl, name, fn}
       tbl[name] = wrap((tbl == core and "core." or ":") .. name, fn)
     end
@@ -102,11 +105,14 @@ for _, tbl in ipairs {core, core.Tensor} do
 end
 
 collectgarbage()
+local profile_start, profile_stop = core.backward_profile_start, core.backward_profile_stop
+profile_start(a.sync == 1)
 local t0 = now()
 for _ = 1, a.reps do step() end
 local host = now() - t0
 sync()
 local total = now() - t0
+local nodes = profile_stop()
 for _, o in ipairs(originals) do o[1][o[2]] = o[3] end
 
 local list, in_ops, calls = {}, 0, 0
@@ -125,4 +131,18 @@ for k = 1, math.min(a.top, #list) do
   local s = list[k]
   print(string.format("%-28s %8d %10.2f %10.1f", s.name, s.calls // a.reps, s.seconds / a.reps * 1e3,
     s.seconds / s.calls * 1e6))
+end
+
+if #nodes > 0 then
+  table.sort(nodes, function(x, y) return x.seconds > y.seconds end)
+  local in_nodes = 0
+  for _, s in ipairs(nodes) do in_nodes = in_nodes + s.seconds end
+  print(string.format("# backward by node (%s): %.1f ms per step in %d node kinds",
+    a.sync == 1 and "device times: each node waits for the GPU" or "host times", in_nodes / a.reps * 1e3, #nodes))
+  print(string.format("%-28s %8s %10s %10s", "node", "calls", "ms/step", "us/call"))
+  for k = 1, math.min(a.top, #nodes) do
+    local s = nodes[k]
+    print(string.format("%-28s %8d %10.2f %10.1f", s.op, s.calls // a.reps, s.seconds / a.reps * 1e3,
+      s.seconds / s.calls * 1e6))
+  end
 end

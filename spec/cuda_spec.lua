@@ -226,6 +226,17 @@ describe("CUDA backend #cuda", function()
         same(g:sum({1, 3}), x:sum({1, 3}))
         same(g:mean({2, 3}, true), x:mean({2, 3}, true))
       end
+      -- few long rows: split over many blocks
+      for _, dt in ipairs {"f32", "f64", "bf16"} do
+        local tol = dt == "bf16" and {rtol = 1e-2, atol = 1e-2} or nil
+        local x = randn({3, 200001}, dt)
+        same(dev(x):sum(2), x:sum(2), tol)
+        same(dev(x):mean(2), x:mean(2), tol)
+        same(dev(x):sum(), x:sum(), tol)
+        same(dev(x):sum(1), x:sum(1), tol)
+        local long = randn({70, 65536}, dt) -- more rows than the split takes
+        same(dev(long):sum(2), long:sum(2), tol)
+      end
       local ties = hero.tensor {{1, 3, 3, 0}, {0 / 0, 2, 0 / 0, 1}}
       local gv, gi = dev(ties):max(2)
       local cv, ci = ties:max(2)
@@ -435,6 +446,25 @@ describe("CUDA backend #cuda", function()
       assert.near(c.norm, g.norm, 1e-5 * c.norm)
       same(g[1][2]:detach(), c[1][2]:detach())
       same(g[2][2]:detach(), c[2][2]:detach())
+    end)
+
+    it("the global gradient norm over many tensors of every size, dtype and layout", function()
+      hero.manual_seed(5)
+      local cpu = {}
+      for _, n in ipairs {0, 1, 8191, 8192, 8193, 70001} do
+        for _, dt in ipairs {"f32", "f64", "bf16"} do cpu[#cpu + 1] = randn({n}, dt) end
+      end
+      cpu[#cpu + 1] = randn {300, 41}:t()              -- not contiguous
+      cpu[#cpu + 1] = randn({50272, 16}, "f32") * 1e-3 -- a long one, many chunks
+      local on_dev = {}
+      for i, t in ipairs(cpu) do on_dev[i] = dev(t) end
+      local want = hero.core.global_norm(cpu)
+      assert.near(want, hero.core.global_norm(on_dev), 1e-12 * want)
+      -- a list mixing host and device tensors
+      local mixed = {cpu[1], on_dev[2], cpu[3], on_dev[#on_dev]}
+      local expect = hero.core.global_norm {cpu[1], cpu[2], cpu[3], cpu[#cpu]}
+      assert.near(expect, hero.core.global_norm(mixed), 1e-12 * expect)
+      assert.equal(0, hero.core.global_norm {dev(hero.zeros(0))})
     end)
 
     it("GradScaler skips steps with overflowed device gradients", function()

@@ -182,32 +182,41 @@ static void sumsq_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
     c->sum += s;
 }
 
-static int device_sumsq(const hr_tensor *t, double *out)
+/* The tensors on devices: one pass per device (hr_cuda_sum_squares), one number read back each. */
+static int device_sumsq(hr_tensor *const *tensors, int n, double *total)
 {
-    hr_tensor *d = hr_cast(t, HR_F64);
-    hr_tensor *sq = d ? hr_binary(HR_MUL, hr_operand_tensor(d), hr_operand_tensor(d), NULL) : NULL;
-    hr_tensor *s = sq ? hr_sum(sq, HR_DIM_ALL, false) : NULL;
-    hr_tensor *h = s ? hr_tensor_empty(0, NULL, HR_F64, hr_cpu()) : NULL;
-    int rc = (h && hr_copy_(h, s) == 0) ? 0 : -1;
-    if (rc == 0) *out = *(const double *)hr_tensor_data(h);
-    hr_tensor_release(d);
-    hr_tensor_release(sq);
-    hr_tensor_release(s);
-    hr_tensor_release(h);
+    hr_tensor **group = malloc(sizeof *group * (size_t)(n > 0 ? n : 1));
+    bool *done = calloc((size_t)(n > 0 ? n : 1), sizeof *done);
+    int rc = (group && done) ? 0 : hr_fail(HR_ENOMEM, "clip_grad_norm: out of memory");
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (done[i] || hr_tensor_device(tensors[i]).type == HR_CPU) continue;
+        hr_device dev = hr_tensor_device(tensors[i]);
+        int m = 0;
+        for (int j = i; j < n; j++) {
+            hr_device dj = hr_tensor_device(tensors[j]);
+            if (!done[j] && dj.type == dev.type && dj.index == dev.index) {
+                group[m++] = tensors[j];
+                done[j] = true;
+            }
+        }
+        double s = 0;
+        rc = hr_cuda_sum_squares(group, m, &s);
+        *total += s;
+    }
+    free(group);
+    free(done);
     return rc;
 }
 
 int hr_global_norm(hr_tensor *const *tensors, int n, double *norm)
 {
     double total = 0;
+    bool on_device = false;
     for (int i = 0; i < n; i++) {
         const hr_tensor *t = tensors[i];
         if (hr_tensor_check_live(t, "clip_grad_norm")) return -1;
         if (hr_tensor_device(t).type != HR_CPU) {
-            /* on the device: sum of squares in double, one number read back per tensor */
-            double s;
-            if (device_sumsq(t, &s)) return -1;
-            total += s;
+            on_device = true;
             continue;
         }
         sumsq_ctx c = {t->dtype, 0};
@@ -217,6 +226,7 @@ int hr_global_norm(hr_tensor *const *tensors, int n, double *norm)
         hr_iter_run(&it, sumsq_kernel, &c, false); /* serial: one accumulator, deterministic order */
         total += c.sum;
     }
+    if (on_device && device_sumsq(tensors, n, &total)) return -1;
     *norm = sqrt(total);
     return 0;
 }

@@ -213,6 +213,34 @@ __device__ __forceinline__ void store(char *p, int dt, float v) { store_f32(p, d
 __device__ __forceinline__ void store(char *p, int dt, double v) { store_f64(p, dt, v); }
 __device__ __forceinline__ void store(char *p, int dt, int64_t v) { store_i64(p, dt, v); }
 
+/* ------------------------------------------------------------------ block reductions */
+
+__device__ __forceinline__ double warp_sum(double v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum of v over the block (every thread gets the result); sh has 32 doubles; blockDim.x is a
+ * multiple of 32. Warps reduce by shuffles, then the first warp adds the warps' sums: three
+ * barriers instead of one per halving step. */
+__device__ inline double block_sum(double v, double *sh)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        double w = lane < warps ? sh[lane] : 0.0;
+        w = warp_sum(w);
+        if (lane == 0) sh[0] = w;
+    }
+    __syncthreads();
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
 /* ------------------------------------------------------------------ small host helpers */
 
 /* A new contiguous tensor on t's device (dtype dt) or NULL. */

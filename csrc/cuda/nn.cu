@@ -11,32 +11,6 @@ namespace {
 
 constexpr int kRow = 256;
 
-__device__ __forceinline__ double warp_sum(double v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* Sum of v over the block (every thread gets the result); sh has kRow doubles; blockDim.x is a
- * multiple of 32. Warps reduce by shuffles, then the first warp adds the warps' sums: three
- * barriers instead of one per halving step. */
-__device__ double block_sum(double v, double *sh)
-{
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        double w = lane < warps ? sh[lane] : 0.0;
-        w = warp_sum(w);
-        if (lane == 0) sh[0] = w;
-    }
-    __syncthreads();
-    double r = sh[0];
-    __syncthreads();
-    return r;
-}
-
 __device__ __forceinline__ float mul_rn(float x, float y) { return __fmul_rn(x, y); }
 __device__ __forceinline__ double mul_rn(double x, double y) { return __dmul_rn(x, y); }
 __device__ __forceinline__ float add_rn(float x, float y) { return __fadd_rn(x, y); }

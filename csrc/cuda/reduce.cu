@@ -1,11 +1,12 @@
 /* cuda/reduce.cu — sum/mean/max/min along one dimension or over everything, softmax and
- * log_softmax, and the all-finite check of the loss scaler.
+ * log_softmax, the all-finite check of the loss scaler and the sum of squares of clip_grad_norm.
  *
  * The reduced dimension is moved last and the tensor copied contiguous once (a strided gather on
  * the device), so every kernel reduces contiguous rows: one block per row, a per-thread partial,
  * then a tree in shared memory. Float sums accumulate in double (as the CPU does) and are rounded
  * once into the output dtype; integer sums wrap in int64. max/min propagate NaN and return the
- * first index of the extreme value (the first NaN when there is one), as the CPU. */
+ * first index of the extreme value (the first NaN when there is one), as the CPU. Float sums of a
+ * few long rows are split over many blocks (partial sums added in a fixed order). */
 #include <cmath>
 
 #include "cuda/common.cuh"
@@ -156,11 +157,6 @@ __global__ void finite_kernel(Geo g, const char *p, int dt, int el, int64_t n, i
 constexpr int64_t kShortRow = 1024;
 constexpr int kWarpsPerBlock = kRowThreads / 32;
 
-__device__ __forceinline__ double warp_sum(double v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 /* max where NaN wins: every lane ends with the same value */
 __device__ __forceinline__ double warp_max_nan(double v)
@@ -239,6 +235,89 @@ hr_tensor *rows_along(hr_tensor *t, int d)
     return c;
 }
 
+/* Few long rows (a sum over everything is one row): a block per row would leave the GPU idle, so
+ * each row is cut into chunks of kChunk elements, one block each, writing double partial sums that
+ * one block per row then adds in a fixed order (deterministic, like the one-pass kernels). */
+constexpr int64_t kChunk = 8192;
+constexpr int64_t kSplitMaxRows = 64;
+
+__global__ void sum_row_chunks(const char *src, int dt, int el, int64_t n, double *partial)
+{
+    __shared__ double sh[32];
+    const char *row = src + (int64_t)blockIdx.y * n * el;
+    const int64_t begin = (int64_t)blockIdx.x * kChunk;
+    const int64_t end = begin + kChunk < n ? begin + kChunk : n;
+    double s = 0;
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) s += load_f64(row + i * el, dt);
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) partial[(int64_t)blockIdx.y * gridDim.x + blockIdx.x] = s;
+}
+
+__global__ void finish_row_sums(const double *partial, int64_t chunks, double divisor, char *out, int odt, int oel)
+{
+    __shared__ double sh[32];
+    const double *p = partial + (int64_t)blockIdx.x * chunks;
+    double s = 0;
+    for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) s += p[i];
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) store_f64(out + (int64_t)blockIdx.x * oel, odt, s / divisor);
+}
+
+/* Sums of squares for clip_grad_norm: every tensor is cut into chunks of kChunk elements,
+ * one block each, whose double partial sums land at fixed places of one buffer; one block then
+ * adds the partials in a fixed order. Deterministic, one launch per tensor, one number read back. */
+__global__ void square_sum_chunks(Geo g, const char *p, int dt, int el, int64_t n, double *partial)
+{
+    __shared__ double sh[32];
+    const int64_t begin = (int64_t)blockIdx.x * kChunk;
+    const int64_t end = begin + kChunk < n ? begin + kChunk : n;
+    double s = 0;
+    if (g.ndim == 1 && g.stride[0][0] == 1 && dt == HR_F32) {
+        const float *f = (const float *)p;
+        for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            double v = f[i];
+            s += v * v;
+        }
+    } else {
+        for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            int64_t off[1];
+            geo_offsets<1>(g, i, off);
+            double v = load_f64(p + off[0] * el, dt);
+            s += v * v;
+        }
+    }
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+__global__ void sum_in_order(const double *partial, int64_t n, double *out)
+{
+    __shared__ double sh[32];
+    double s = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) *out = s;
+}
+
+/* sum/mean of the rows of the contiguous float [rows, n] src into values, through partial sums. */
+int sum_split_rows(const hr_tensor *src, int64_t rows, int64_t n, bool mean, hr_tensor *values, cudaStream_t st)
+{
+    int64_t chunks = (n + kChunk - 1) / kChunk, size = rows * chunks;
+    hr_tensor *part = empty_on(src, 1, &size, HR_F64);
+    if (!part) return -1;
+    double *pp = (double *)hr_tensor_data(part);
+    sum_row_chunks<<<dim3((unsigned)chunks, (unsigned)rows), kRowThreads, 0, st>>>(
+        (const char *)hr_tensor_data(src), src->dtype, (int)hr_dtype_size(src->dtype), n, pp);
+    finish_row_sums<<<(unsigned)rows, kRowThreads, 0, st>>>(pp, chunks, mean ? (double)n : 1.0,
+                                                            (char *)hr_tensor_data(values), values->dtype,
+                                                            (int)hr_dtype_size(values->dtype));
+    int rc = check_launch("sum");
+    hr_tensor_release(part); /* the allocator hands the block out again only in stream order */
+    return rc;
+}
+
+int64_t square_chunks(const hr_tensor *t) { return (hr_tensor_numel(t) + kChunk - 1) / kChunk; }
+
 } // namespace
 } // namespace hrc
 
@@ -271,6 +350,8 @@ extern "C" int hr_cuda_reduce(hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_te
             char *o = (char *)hr_tensor_data(values);
             int oel = (int)hr_dtype_size(values->dtype);
             if (is_int) sum_rows<true><<<row_grid(rows), kRowThreads, 0, st>>>(p, src->dtype, el, rows, n, false, o, values->dtype, oel);
+            else if (rows <= kSplitMaxRows && n >= 8 * kChunk)
+                rc = sum_split_rows(src, rows, n, op == HR_CUDA_MEAN, values, st);
             else if (n <= kShortRow)
                 sum_rows_warp<<<warp_row_grid(rows), kRowThreads, 0, st>>>(p, src->dtype, el, rows, n, op == HR_CUDA_MEAN,
                                                                            o, values->dtype, oel);
@@ -287,7 +368,7 @@ extern "C" int hr_cuda_reduce(hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_te
                 extreme_rows<double, false><<<row_grid(rows), kRowThreads, 0, st>>>(p, src->dtype, el, rows, n,
                                                                                   op == HR_CUDA_MAX, vo, odt, oel, io);
         }
-        rc = check_launch(name);
+        if (rc == 0) rc = check_launch(name);
     }
     hr_tensor_release(src);
     return rc;
@@ -387,5 +468,50 @@ extern "C" int hr_cuda_all_finite(hr_tensor *const *ts, int n, bool *all_finite)
         }
         hr_cuda_free(dev, flags[dev], sizeof(int));
     }
+    return rc;
+}
+
+extern "C" int hr_cuda_sum_squares(hr_tensor *const *ts, int n, double *out)
+{
+    *out = 0;
+    if (n <= 0) return 0;
+    for (int k = 0; k < n; k++) {
+        const hr_tensor *pair[2] = {ts[0], ts[k]};
+        if (same_device("sum of squares", 2, pair)) return -1;
+    }
+    int dev = dev_of(ts[0]);
+    cudaStream_t st = stream(dev);
+    if (!st) return -1;
+    int64_t chunks = 0;
+    for (int k = 0; k < n; k++) chunks += square_chunks(ts[k]);
+    if (chunks == 0) return 0;
+    int64_t size = chunks + 1;
+    hr_tensor *part = empty_on(ts[0], 1, &size, HR_F64);
+    if (!part) return -1;
+    double *pp = (double *)hr_tensor_data(part);
+    int rc = 0;
+    int64_t at = 0;
+    for (int k = 0; k < n && rc == 0; k++) {
+        const hr_tensor *t = ts[k];
+        int64_t c = square_chunks(t);
+        if (c == 0) continue;
+        Geo g;
+        geo_init(&g, t->ndim, t->size);
+        geo_add(&g, t->stride);
+        geo_coalesce(&g);
+        square_sum_chunks<<<(unsigned)c, kRowThreads, 0, st>>>(g, (const char *)hr_tensor_data(t), t->dtype,
+                                                               (int)hr_dtype_size(t->dtype), hr_tensor_numel(t), pp + at);
+        rc = check_launch("sum of squares");
+        at += c;
+    }
+    if (rc == 0) {
+        sum_in_order<<<1, 1024, 0, st>>>(pp, chunks, pp + chunks);
+        rc = check_launch("sum of squares");
+    }
+    if (rc == 0)
+        rc = check(cudaMemcpyAsync(out, pp + chunks, sizeof *out, cudaMemcpyDeviceToHost, st), "sum of squares",
+                   "cudaMemcpyAsync");
+    if (rc == 0) rc = sync(dev, "sum of squares");
+    hr_tensor_release(part);
     return rc;
 }
