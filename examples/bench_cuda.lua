@@ -1,5 +1,6 @@
 --- GPU benchmark of the CUDA backend: a matmul (f32 and bf16), multi-head attention and one BERT
--- transformer layer (attention + feed-forward + layer norms), forward and forward+backward.
+-- transformer layer (attention + feed-forward + layer norms), forward and forward+backward, then
+-- single ops on HERO's shapes.
 -- Prints one line per case: "hero <case> <milliseconds> ms" (examples/device_check.sh compares
 -- them with PyTorch's numbers on the same shapes). Needs a GPU: `lua5.4 examples/bench_cuda.lua`.
 local hero = require "hero"
@@ -67,5 +68,48 @@ report("transformer_layer_fwd_bwd", time_ms(function() layer(x):sum():backward()
 report("transformer_layer_fwd_bwd_bf16", time_ms(function()
   hero.amp.autocast("bf16", layer, x):to("f32"):sum():backward()
 end, 5))
+-- Single ops on the shapes of HERO's cross-modal transformer (640 rows x 33 tokens, 21120 tokens
+-- of 768) and its MLM head (2720 masked tokens over the 50272-word vocabulary), forward only: where
+-- one op is slower than PyTorch's, these lines say which.
+do
+  local NF = hero.nn.functional
+  local T, R, Lr = 21120, 640, 33
+  local tok = hero.randn(T, H):to {device = DEV}
+  local y = hero.randn(T, H):to {device = DEV}
+  local xh = tok:to("bf16")
+  local wide = hero.randn(T, F):to {device = DEV}
+  local wide_h = wide:to("bf16")
+  local w, bias = (hero.randn(F, H) * 0.02):to {device = DEV}, hero.zeros(F):to {device = DEV}
+  local wh, bh = w:to("bf16"), bias:to("bf16")
+  local g, b = hero.ones(H):to {device = DEV}, hero.zeros(H):to {device = DEV}
+  local q = hero.randn(R, Lr, H):to {device = DEV}
+  local rmask = hero.zeros(R, Lr):to {device = DEV}
+  local scores = hero.randn(R, heads, Lr, Lr):to {device = DEV}
+  local logits = hero.randn(2720, 50272):to {device = DEV}
+  local target = hero.randint(0, 50272, {2720}):to {device = DEV}
+  local ops = {
+    {"cast_f32_bf16", function() return tok:to("bf16") end},
+    {"cast_bf16_f32", function() return xh:to("f32") end},
+    {"clone_f32", function() return tok:clone() end},
+    {"add_f32", function() return tok + y end},
+    {"permute_copy_f32", function() return q:view(R, Lr, heads, H // heads):permute(1, 3, 2, 4):contiguous() end},
+    {"sum_rows_dim1_f32", function() return tok:sum(1) end},
+    {"linear_bias_f32", function() return hero.linear(tok, w, bias) end},
+    {"linear_bias_bf16", function() return hero.linear(xh, wh, bh) end},
+    {"linear_nobias_bf16", function() return hero.linear(xh, wh) end},
+    {"gelu_f32", function() return hero.gelu(wide) end},
+    {"gelu_bf16", function() return hero.gelu(wide_h) end},
+    {"layer_norm_f32", function() return hero.layer_norm(tok, g, b, 1e-12) end},
+    {"layer_norm_bf16_in", function() return hero.layer_norm(xh:to("f32"), g, b, 1e-12) end},
+    {"dropout_f32", function() return NF.dropout(tok, 0.1, true) end},
+    {"softmax_f32", function() return scores:softmax(-1) end},
+    {"attention_f32", function() return hero.attention(q, q, q, rmask, heads) end},
+    {"cross_entropy_f32", function() return NF.cross_entropy(logits, target) end},
+  }
+  for _, op in ipairs(ops) do
+    report("op_" .. op[1], time_ms(function() return hero.no_grad(op[2]) end, 20))
+  end
+end
+
 local s = hero.cuda.memory_stats()
 print(string.format("hero memory: peak %.1f MiB, reserved %.1f MiB", s.peak / 2 ^ 20, s.reserved / 2 ^ 20))

@@ -69,4 +69,48 @@ def layer_autocast():
     y.float().sum().backward()
 
 report("transformer_layer_fwd_bwd_bf16", time_ms(layer_autocast, 5))
+# single ops on HERO's shapes (see examples/bench_cuda.lua)
+T, R, Lr = 21120, 640, 33
+xo = torch.randn(T, H, device=dev)
+yo = torch.randn(T, H, device=dev)
+xh = xo.bfloat16()
+wide = torch.randn(T, Fd, device=dev)
+wide_h = wide.bfloat16()
+w, bias = torch.randn(Fd, H, device=dev) * 0.02, torch.zeros(Fd, device=dev)
+wh, bh = w.bfloat16(), bias.bfloat16()
+g, b = torch.ones(H, device=dev), torch.zeros(H, device=dev)
+q = torch.randn(R, Lr, H, device=dev)
+rmask = torch.zeros(R, 1, 1, Lr, device=dev)
+scores = torch.randn(R, heads, Lr, Lr, device=dev)
+logits = torch.randn(2720, 50272, device=dev)
+target = torch.randint(0, 50272, (2720,), device=dev)
+
+def attention_rows():
+    qh = q.view(R, Lr, heads, dh).transpose(1, 2)
+    p = ((qh @ qh.transpose(-1, -2)) / dh ** 0.5 + rmask).softmax(-1)
+    return (p @ qh).transpose(1, 2).reshape(R, Lr, H)
+
+ops = [
+    ("cast_f32_bf16", lambda: xo.bfloat16()),
+    ("cast_bf16_f32", lambda: xh.float()),
+    ("clone_f32", lambda: xo.clone()),
+    ("add_f32", lambda: xo + yo),
+    ("permute_copy_f32", lambda: q.view(R, Lr, heads, dh).permute(0, 2, 1, 3).contiguous()),
+    ("sum_rows_dim1_f32", lambda: xo.sum(0)),
+    ("linear_bias_f32", lambda: F.linear(xo, w, bias)),
+    ("linear_bias_bf16", lambda: F.linear(xh, wh, bh)),
+    ("linear_nobias_bf16", lambda: F.linear(xh, wh)),
+    ("gelu_f32", lambda: F.gelu(wide)),
+    ("gelu_bf16", lambda: F.gelu(wide_h)),
+    ("layer_norm_f32", lambda: F.layer_norm(xo, (H,), g, b, 1e-12)),
+    ("layer_norm_bf16_in", lambda: F.layer_norm(xh.float(), (H,), g, b, 1e-12)),
+    ("dropout_f32", lambda: F.dropout(xo, 0.1, True)),
+    ("softmax_f32", lambda: scores.softmax(-1)),
+    ("attention_f32", attention_rows),
+    ("cross_entropy_f32", lambda: F.cross_entropy(logits, target)),
+]
+with torch.no_grad():
+    for name, fn in ops:
+        report("op_" + name, time_ms(fn, 20))
+
 print("torch memory: peak %.1f MiB" % (torch.cuda.max_memory_allocated() / 2 ** 20))
