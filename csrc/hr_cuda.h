@@ -147,9 +147,11 @@ void hr_cuda_nccl_finalize(void);
 
 /* out [batch..., m, n] (contiguous, a's dtype) = alpha * a @ b + beta * out, where a is [..., m, k]
  * (or a vector when a_vec) and b is [..., k, n] (or a vector when b_vec), batch dims broadcast to
- * bsize[0..nb). f32 (TF32 only when allowed), f64, bf16 and f16 (f32 accumulation). */
+ * bsize[0..nb). f32 (TF32 only when allowed), f64, bf16 and f16 (f32 accumulation). With bias (a
+ * vector of n, a's dtype; beta is then ignored and out need not be filled), out = alpha * a @ b +
+ * bias, rounded once. */
 int hr_cuda_matmul(hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec, int nb, const int64_t *bsize, int64_t m,
-                   int64_t n, int64_t k, double alpha, double beta, hr_tensor *out);
+                   int64_t n, int64_t k, double alpha, double beta, const hr_tensor *bias, hr_tensor *out);
 
 /* ------------------------------------------------------------------ fused nn ops (cuda/nn.cu) */
 

@@ -41,8 +41,8 @@
     X(INT, int, all_finite, (hr_tensor *const *ts, int n, bool *all_finite), (ts, n, all_finite))                  \
     X(INT, int, matmul,                                                                                            \
       (hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec, int nb, const int64_t *bsize, int64_t m, int64_t n,     \
-       int64_t k, double alpha, double beta, hr_tensor *out),                                                      \
-      (a, b, a_vec, b_vec, nb, bsize, m, n, k, alpha, beta, out))                                                  \
+       int64_t k, double alpha, double beta, const hr_tensor *bias, hr_tensor *out),                               \
+      (a, b, a_vec, b_vec, nb, bsize, m, n, k, alpha, beta, bias, out))                                            \
     X(PTR, hr_tensor *, layer_norm, (hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps),                \
       (x, weight, bias, eps))                                                                                      \
     X(PTR, hr_tensor *, embedding, (hr_tensor *weight, hr_tensor *indices, int64_t padding_idx),                   \

@@ -123,9 +123,9 @@ int hr_cuda_all_finite(hr_tensor *const *ts, int n, bool *all_finite)
     return n > 0 ? FAIL_T("all_finite", ts[0]) : 0;
 }
 int hr_cuda_matmul(hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec, int nb, const int64_t *bsize, int64_t m,
-                   int64_t n, int64_t k, double alpha, double beta, hr_tensor *out)
+                   int64_t n, int64_t k, double alpha, double beta, const hr_tensor *bias, hr_tensor *out)
 {
-    (void)b, (void)a_vec, (void)b_vec, (void)nb, (void)bsize, (void)m, (void)n, (void)k, (void)alpha, (void)beta;
+    (void)b, (void)a_vec, (void)b_vec, (void)nb, (void)bsize, (void)m, (void)n, (void)k, (void)alpha, (void)beta, (void)bias;
     (void)out;
     return FAIL_T("matmul", a);
 }

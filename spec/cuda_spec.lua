@@ -323,6 +323,27 @@ describe("CUDA backend #cuda", function()
       check_grad(function(x, m) return hero.matmul(x:narrow(2, 2, 2), m) end, {randn {4, 3, 5}, randn {5, 6}})
     end)
 
+    it("adds a linear layer's bias in the product (cuBLASLt) and falls back where it cannot", function()
+      for _, dt in ipairs(FLOATS) do
+        local x, w = randn({3, 37, 96}, dt), randn({200, 96}, dt)
+        local long = randn({203}, dt)
+        local b = long:narrow(1, 1, 200):clone()
+        same(hero.linear(dev(x), dev(w), dev(b)), hero.linear(x, w, b))
+        -- a bias whose storage starts 2 elements in (less aligned), and a strided one
+        local gl = dev(long)
+        same(hero.linear(dev(x), dev(w), gl:narrow(1, 3, 200)), hero.linear(x, w, long:narrow(1, 3, 200)))
+        local wide = randn({200, 2}, dt)
+        same(hero.linear(dev(x), dev(w), dev(wide):select(2, 1)), hero.linear(x, w, wide:select(2, 1)))
+        -- input rows that do not fold into one product, a vector input, alpha other than 1
+        same(hero.linear(dev(x):transpose(1, 2):transpose(1, 2):narrow(2, 2, 30), dev(w), dev(b)),
+          hero.linear(x:narrow(2, 2, 30), w, b))
+        same(hero.linear(dev(x)[1][1], dev(w), dev(b)), hero.linear(x[1][1], w, b))
+        local m2 = randn({11, 96}, dt)
+        same(hero.addmm(dev(b), dev(m2), dev(w):t(), 1, 2), hero.addmm(b, m2, w:t(), 1, 2))
+      end
+      check_grad(function(x, w, b) return hero.linear(x, w, b) end, {randn {4, 9, 16}, randn {24, 16}, randn {24}})
+    end)
+
     it("keeps f32 products in full f32 unless TF32 is allowed", function()
       assert.is_false(hero.cuda.allow_tf32())
       -- 1 + 2^-20 is exact in f32 and lost by TF32's 10-bit mantissa

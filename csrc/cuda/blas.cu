@@ -1,4 +1,5 @@
-/* cuda/blas.cu — matrix products through cuBLAS (cublasGemmStridedBatchedEx).
+/* cuda/blas.cu — matrix products through cuBLAS (cublasGemmStridedBatchedEx), and through cuBLASLt
+ * when a linear layer's bias can ride in the GEMM's epilogue.
  *
  * hero's tensors are row-major and cuBLAS is column-major: the row-major product C = A B is computed
  * as the column-major C^T = B^T A^T, which reads the same memory with no copy. An operand is handed
@@ -109,13 +110,89 @@ int prepare(hr_tensor *t, bool vec, bool left, int nb, const int64_t *bsize, int
     return 0;
 }
 
+/* The largest power of two (at most 256) that divides the address: cuBLASLt's heuristic only
+ * offers kernels whose alignment needs the operands meet. */
+uint32_t alignment_of(const void *p)
+{
+    uint32_t a = 256;
+    while (a > 1 && ((uintptr_t)p % a) != 0) a /= 2;
+    return a;
+}
+
+constexpr size_t kLtWorkspace = (size_t)32 << 20;
+
+/* c [m, n] (row-major, contiguous) = a @ b + bias[n] as one cuBLASLt call with the bias added in
+ * the epilogue, before the one rounding into c's dtype (what the CPU's GEMM with the bias in C
+ * gives). Same column-major view as the cuBLAS call: D^T (n x m) = B^T A^T, whose rows are the
+ * output features the bias runs along. Returns 1 when cuBLASLt offers no kernel for the case (the
+ * caller takes the plain path), 0 when done, -1 on an error. */
+int gemm_bias_lt(int dev, const Operand &oa, const Operand &ob, int64_t m, int64_t n, int64_t k, cudaDataType_t dtype,
+                 cublasComputeType_t compute, const void *bias, char *c)
+{
+    const char *op = "linear";
+    cublasLtHandle_t lt = blas_lt(dev);
+    cudaStream_t st = stream(dev);
+    if (!lt || !st) return -1;
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    int rc = 0;
+    cublasOperation_t ta = ob.op, tb = oa.op;
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    int32_t bias_type = dtype;
+    size_t ws_size = kLtWorkspace;
+    uint32_t al_a = alignment_of(ob.ptr), al_b = alignment_of(oa.ptr), al_c = alignment_of(c);
+    /* a case cuBLASLt refuses to describe goes the plain way too */
+    const cublasStatus_t ok = CUBLAS_STATUS_SUCCESS;
+    bool described =
+        cublasLtMatmulDescCreate(&desc, compute, CUDA_R_32F) == ok &&
+        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == ok &&
+        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == ok &&
+        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi) == ok &&
+        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) == ok &&
+        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type) == ok &&
+        /* stored shapes of the column-major operands: B^T is n x k (k x n when transposed), A^T k x m */
+        cublasLtMatrixLayoutCreate(&la, dtype, ta == CUBLAS_OP_N ? n : k, ta == CUBLAS_OP_N ? k : n, ob.ld) == ok &&
+        cublasLtMatrixLayoutCreate(&lb, dtype, tb == CUBLAS_OP_N ? k : m, tb == CUBLAS_OP_N ? m : k, oa.ld) == ok &&
+        cublasLtMatrixLayoutCreate(&lc, dtype, n, m, n) == ok && cublasLtMatmulPreferenceCreate(&pref) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_size, sizeof ws_size) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c) == ok;
+    cublasLtMatmulHeuristicResult_t found;
+    int count = 0;
+    if (!described || cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 1, &found, &count) != ok) count = 0;
+    if (count == 0) rc = 1;
+    if (!rc) {
+        size_t ws_bytes = found.workspaceSize;
+        void *ws = ws_bytes ? hr_cuda_malloc(dev, ws_bytes) : nullptr;
+        if (ws_bytes && !ws) rc = -1;
+        else {
+            const float one = 1.0f, zero = 0.0f;
+            rc = check_blas(cublasLtMatmul(lt, desc, &one, ob.ptr, la, oa.ptr, lb, &zero, c, lc, c, lc, &found.algo, ws,
+                                           ws_bytes, st),
+                            op, "cublasLtMatmul");
+            /* back to the cache at once: later work on the stream runs after the GEMM */
+            if (ws) hr_cuda_free(dev, ws, ws_bytes);
+        }
+    }
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    return rc;
+}
+
 } // namespace
 } // namespace hrc
 
 using namespace hrc;
 
 extern "C" int hr_cuda_matmul(hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec, int nb, const int64_t *bsize,
-                              int64_t m, int64_t n, int64_t k, double alpha, double beta, hr_tensor *out)
+                              int64_t m, int64_t n, int64_t k, double alpha, double beta, const hr_tensor *bias,
+                              hr_tensor *out)
 {
     const char *op = "matmul";
     const hr_tensor *ts[3] = {a, b, out};
@@ -164,6 +241,24 @@ extern "C" int hr_cuda_matmul(hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec
     if (batch > 1 && ob.bstride == 0 && oa.op == CUBLAS_OP_N && oa.bstride == m * oa.ld && m * batch <= INT_MAX) {
         m *= batch;
         batch = 1;
+    }
+    if (bias) {
+        /* one product with alpha 1: the bias in cuBLASLt's epilogue, else copied into out for beta 1 */
+        int lt = 1;
+        if (batch == 1 && alpha == 1 && !f64 && bias->ndim == 1 && bias->size[0] == n && bias->stride[0] == 1 &&
+            bias->dtype == a->dtype)
+            lt = gemm_bias_lt(dev_of(out), oa, ob, m, n, k, dtype, compute, hr_tensor_data(bias), (char *)hr_tensor_data(out));
+        if (lt <= 0) {
+            hr_tensor_release(oa.hold);
+            hr_tensor_release(ob.hold);
+            return lt;
+        }
+        if (hr_copy_(out, (hr_tensor *)bias)) {
+            hr_tensor_release(oa.hold);
+            hr_tensor_release(ob.hold);
+            return -1;
+        }
+        beta = 1;
     }
     float af = (float)alpha, bf = (float)beta;
     const void *pa = f64 ? (const void *)&alpha : (const void *)&af;

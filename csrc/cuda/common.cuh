@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -42,6 +43,8 @@ int use_device(int dev, const char *op);
 cudaStream_t stream(int dev);
 /* The device's cuBLAS handle bound to its stream; NULL with an error on failure. */
 cublasHandle_t blas(int dev);
+/* The device's cuBLASLt handle (created on first use; the stream is given per call). */
+cublasLtHandle_t blas_lt(int dev);
 int sync(int dev, const char *op);
 
 static inline int dev_of(const hr_tensor *t) { return hr_tensor_device(t).index; }

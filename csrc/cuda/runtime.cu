@@ -38,6 +38,7 @@ struct DeviceState {
     int64_t num_allocs = 0, num_cuda_mallocs = 0, num_oom_retries = 0;
     cudaStream_t stream = nullptr;
     cublasHandle_t blas = nullptr;
+    cublasLtHandle_t blas_lt = nullptr;
     bool used = false;
 };
 
@@ -105,6 +106,19 @@ cublasHandle_t blas(int dev)
                    "cublasSetMathMode"))
         return nullptr;
     return s.blas;
+}
+
+cublasLtHandle_t blas_lt(int dev)
+{
+    if (use_device(dev, "cuda")) return nullptr;
+    DeviceState &s = states[dev];
+    std::lock_guard<std::mutex> g(s.lock);
+    if (!s.blas_lt) {
+        cublasLtHandle_t h;
+        if (check_blas(cublasLtCreate(&h), "cuda", "cublasLtCreate")) return nullptr;
+        s.blas_lt = h;
+    }
+    return s.blas_lt;
 }
 
 int sync(int dev, const char *op)
