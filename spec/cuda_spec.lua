@@ -236,6 +236,16 @@ describe("CUDA backend #cuda", function()
         same(dev(x):sum(1), x:sum(1), tol)
         local long = randn({70, 65536}, dt) -- more rows than the split takes
         same(dev(long):sum(2), long:sum(2), tol)
+        -- columns read in place: many row chunks, ragged column blocks, several outer indices
+        local cols = randn({600, 48}, dt)
+        same(dev(cols):sum(1), cols:sum(1), tol)
+        same(dev(cols):mean(1, true), cols:mean(1, true), tol)
+        local mid = randn({3, 700, 37}, dt)
+        same(dev(mid):sum(2), mid:sum(2), tol)
+        same(dev(mid):mean(1), mid:mean(1), tol)
+        same(dev(mid):sum({1, 2}), mid:sum({1, 2}), tol)
+        local narrow_cols = randn({5, 300, 3}, dt) -- too few columns: transposed first
+        same(dev(narrow_cols):sum(2), narrow_cols:sum(2), tol)
       end
       local ties = hero.tensor {{1, 3, 3, 0}, {0 / 0, 2, 0 / 0, 1}}
       local gv, gi = dev(ties):max(2)

@@ -6,7 +6,8 @@
  * then a tree in shared memory. Float sums accumulate in double (as the CPU does) and are rounded
  * once into the output dtype; integer sums wrap in int64. max/min propagate NaN and return the
  * first index of the extreme value (the first NaN when there is one), as the CPU. Float sums of a
- * few long rows are split over many blocks (partial sums added in a fixed order). */
+ * few long rows are split over many blocks, and float sums over a dimension that is not the last
+ * read the columns in place (partial sums added in a fixed order in both). */
 #include <cmath>
 
 #include "cuda/common.cuh"
@@ -263,6 +264,71 @@ __global__ void finish_row_sums(const double *partial, int64_t chunks, double di
     if (threadIdx.x == 0) store_f64(out + (int64_t)blockIdx.x * oel, odt, s / divisor);
 }
 
+/* Sums along a dimension that is not the last, read in place (the bias gradient of a linear layer
+ * sums [tokens, features] over the tokens): the contiguous source is [outer, n, inner]; a block
+ * takes 32 neighbouring columns (coalesced reads) and kColChunk rows of one outer index, its 8
+ * warps each a stride of rows, and writes a double partial per column; a second kernel adds the
+ * row chunks of each column in a fixed order. No transposing copy, deterministic. */
+constexpr int kColWidth = 32, kColGroups = 8;
+constexpr int64_t kColChunk = 256;
+
+__global__ void column_partials(const char *src, int dt, int el, int64_t n, int64_t inner, int64_t chunks,
+                                double *partial)
+{
+    __shared__ double sh[kColGroups][kColWidth];
+    const int lane = threadIdx.x % kColWidth, group = threadIdx.x / kColWidth;
+    const int64_t col = (int64_t)blockIdx.x * kColWidth + lane, chunk = blockIdx.y, o = blockIdx.z;
+    const int64_t r0 = chunk * kColChunk, r1 = r0 + kColChunk < n ? r0 + kColChunk : n;
+    double s = 0;
+    if (col < inner) {
+        const char *base = src + (o * n * inner + col) * el;
+        for (int64_t r = r0 + group; r < r1; r += kColGroups) s += load_f64(base + r * inner * el, dt);
+    }
+    sh[group][lane] = s;
+    __syncthreads();
+    if (group == 0 && col < inner) {
+        double t = 0;
+        for (int g = 0; g < kColGroups; g++) t += sh[g][lane];
+        partial[(o * chunks + chunk) * inner + col] = t;
+    }
+}
+
+__global__ void column_finish(const double *partial, int64_t chunks, int64_t inner, int64_t total, double divisor,
+                              char *out, int odt, int oel)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t o = i / inner, col = i % inner;
+        const double *p = partial + o * chunks * inner + col;
+        double s = 0;
+        for (int64_t c = 0; c < chunks; c++) s += p[c * inner];
+        store_f64(out + i * oel, odt, s / divisor);
+    }
+}
+
+/* sum/mean of the contiguous float t over dimension d (not the last) into values; 1 when the shape
+ * does not suit the column kernels (the caller transposes instead). */
+int sum_columns(const hr_tensor *t, int d, bool mean, hr_tensor *values, cudaStream_t st)
+{
+    int64_t outer = 1, inner = 1, n = t->size[d];
+    for (int i = 0; i < d; i++) outer *= t->size[i];
+    for (int i = d + 1; i < t->ndim; i++) inner *= t->size[i];
+    int64_t chunks = (n + kColChunk - 1) / kColChunk;
+    if (inner < 16 || n == 0 || outer > 65535 || chunks > 65535) return 1;
+    int64_t size = outer * chunks * inner;
+    hr_tensor *part = empty_on(t, 1, &size, HR_F64);
+    if (!part) return -1;
+    double *pp = (double *)hr_tensor_data(part);
+    dim3 grid((unsigned)((inner + kColWidth - 1) / kColWidth), (unsigned)chunks, (unsigned)outer);
+    column_partials<<<grid, kColWidth * kColGroups, 0, st>>>((const char *)hr_tensor_data(t), t->dtype,
+                                                             (int)hr_dtype_size(t->dtype), n, inner, chunks, pp);
+    column_finish<<<grid_for(outer * inner), kThreads, 0, st>>>(pp, chunks, inner, outer * inner, mean ? (double)n : 1.0,
+                                                                (char *)hr_tensor_data(values), values->dtype,
+                                                                (int)hr_dtype_size(values->dtype));
+    int rc = check_launch(mean ? "mean" : "sum");
+    hr_tensor_release(part);
+    return rc;
+}
+
 /* Sums of squares for clip_grad_norm: every tensor is cut into chunks of kChunk elements,
  * one block each, whose double partial sums land at fixed places of one buffer; one block then
  * adds the partials in a fixed order. Deterministic, one launch per tensor, one number read back. */
@@ -331,6 +397,11 @@ extern "C" int hr_cuda_reduce(hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_te
     if (!st) return -1;
     int d = -1;
     if (dim != HR_DIM_ALL && t->ndim > 0 && hr_wrap_dim(name, dim, t->ndim, &d)) return -1;
+    if ((op == HR_CUDA_SUM || op == HR_CUDA_MEAN) && d >= 0 && d < t->ndim - 1 && hr_dtype_is_float(t->dtype) &&
+        hr_tensor_is_contiguous(t) && hr_tensor_numel(t) > 0) {
+        int rc = sum_columns(t, d, op == HR_CUDA_MEAN, values, st);
+        if (rc <= 0) return rc;
+    }
     hr_tensor *src = d < 0 ? hr_contiguous(t) : rows_along(t, d);
     if (!src) return -1;
     int64_t numel = hr_tensor_numel(src);
