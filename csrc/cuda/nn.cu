@@ -475,6 +475,29 @@ __global__ void bernoulli_kernel(char *out, int dt, int el, int64_t n, uint32_t 
     }
 }
 
+/* Dropout in one pass for f32/bf16/f16: the keep mask (u >= p, the same counters as
+ * bernoulli_kernel), noise = keep ? keep_value : 0 stored for the backward, y = x * noise in f32
+ * rounded once: what the mask, divide and multiply kernels give one after another. */
+__global__ void dropout_kernel(const char *x, char *y, char *noise, int dt, int el, int64_t n, uint32_t k0, uint32_t k1,
+                               uint64_t block0, double p, float keep_value)
+{
+    int64_t nb = (n + 3) / 4;
+    /* the noise value as the dtype holds it */
+    keep_value = dt == HR_BF16 ? bf16_to_f32(f32_to_bf16(keep_value)) : dt == HR_F16 ? f16_to_f32(f32_to_f16(keep_value)) : keep_value;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < nb; j += (int64_t)gridDim.x * blockDim.x) {
+        uint32_t w[4];
+        philox_block(k0, k1, block0 + (uint64_t)j, w);
+        for (int h = 0; h < 4; h++) {
+            int64_t i = j * 4 + h;
+            if (i >= n) break;
+            bool keep = !((double)u24(w[h]) < p);
+            float nz = keep ? keep_value : 0.0f;
+            store_f32(noise + i * el, dt, nz);
+            store_f32(y + i * el, dt, load_f32(x + i * el, dt) * nz);
+        }
+    }
+}
+
 /* f32/bf16/f16: u24 of word i % 4 of block i / 4; f64: u53 of words (2h, 2h+1) of block i / 2. */
 __global__ void uniform_kernel(char *out, int dt, int el, int64_t n, uint32_t k0, uint32_t k1, uint64_t block0, double a,
                                double b)
@@ -786,16 +809,44 @@ extern "C" hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, doub
 {
     hr_tensor *noise = empty_on(x, x->ndim, x->size, x->dtype);
     if (!noise) return NULL;
-    if (hr_random_dropout_mask_(g, noise, p)) {
-        hr_tensor_release(noise);
-        return NULL;
+    hr_tensor *y = nullptr;
+    if (x->dtype != HR_F64) {
+        /* keep / (1 - p) as the divide kernel gives it: in f32, rounded once to the dtype */
+        float keep_value = p < 1 ? 1.0f / (float)(1.0 - p) : 0.0f;
+        hr_tensor *xc = hr_contiguous(x);
+        y = xc ? empty_on(x, x->ndim, x->size, x->dtype) : nullptr;
+        cudaStream_t st = y ? stream(dev_of(x)) : nullptr;
+        int64_t n = hr_tensor_numel(x);
+        int rc = st ? 0 : -1;
+        if (rc == 0 && n > 0) {
+            uint32_t key[2];
+            hr_generator_key(g, key);
+            uint64_t b0 = hr_generator_reserve(g, (uint64_t)((n + 3) / 4));
+            dropout_kernel<<<grid_for((n + 3) / 4), kThreads, 0, st>>>((const char *)hr_tensor_data(xc), (char *)hr_tensor_data(y),
+                                                                      (char *)hr_tensor_data(noise), x->dtype,
+                                                                      (int)hr_dtype_size(x->dtype), n, key[0], key[1], b0, p,
+                                                                      keep_value);
+            rc = check_launch("dropout");
+            if (rc) g->offset = b0;
+        }
+        hr_tensor_release(xc);
+        if (rc) {
+            hr_tensor_release(y);
+            hr_tensor_release(noise);
+            return NULL;
+        }
+    } else {
+        if (hr_random_dropout_mask_(g, noise, p)) {
+            hr_tensor_release(noise);
+            return NULL;
+        }
+        /* keep / (1 - p), rounded once */
+        if (p < 1 && hr_binary_(HR_DIV, noise, hr_operand_float(1.0 - p), nullptr)) {
+            hr_tensor_release(noise);
+            return NULL;
+        }
+        y = hr_binary(HR_MUL, hr_operand_tensor(x), hr_operand_tensor(noise), nullptr);
     }
-    /* keep / (1 - p), rounded once to the dtype (f32: divided by (float)(1 - p), as the CPU) */
-    if (p < 1 && hr_binary_(HR_DIV, noise, hr_operand_float(1.0 - p), nullptr)) {
-        hr_tensor_release(noise);
-        return NULL;
-    }
-    hr_tensor *y = hr_binary(HR_MUL, hr_operand_tensor(x), hr_operand_tensor(noise), nullptr);
     if (y && hr_should_record(1, &x)) {
         hr_node *node = hr_node_new("dropout", dropout_backward, 1, &x, 0);
         if (!node || hr_node_save(node, noise) < 0) {

@@ -207,6 +207,36 @@ __global__ void softmax_rows_warp(const char *src, int dt, int el, int64_t rows,
     }
 }
 
+/* The same for f32/bf16/f16 rows with exp in f32 (the CPU's f32 rows use a float exp too): max
+ * and exponentials in float, their sum in double. exp in double is most of the time of the
+ * double kernel on the short rows of attention. */
+__global__ void softmax_rows_warp_f32(const char *src, int dt, int el, int64_t rows, int64_t n, bool log_out, char *out)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t step = (int64_t)gridDim.x * kWarpsPerBlock;
+    for (int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5); r < rows; r += step) {
+        const char *row = src + r * n * el;
+        char *orow = out + r * n * el;
+        float mx = -INFINITY;
+        for (int64_t i = lane; i < n; i += 32) {
+            float v = load_f32(row + i * el, dt);
+            if (v > mx || v != v) mx = (mx != mx) ? mx : v;
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float w = __shfl_xor_sync(0xffffffffu, mx, o);
+            if (w != w || (mx == mx && w > mx)) mx = w;
+        }
+        double s = 0;
+        for (int64_t i = lane; i < n; i += 32) s += (double)expf(load_f32(row + i * el, dt) - mx);
+        s = warp_sum(s);
+        const float ls = (float)log(s), inv = (float)(1.0 / s);
+        for (int64_t i = lane; i < n; i += 32) {
+            float v = load_f32(row + i * el, dt) - mx;
+            store_f32(orow + i * el, dt, log_out ? v - ls : expf(v) * inv);
+        }
+    }
+}
+
 /* Blocks of kWarpsPerBlock warps covering rows (capped: the kernels loop over the rest). */
 unsigned warp_row_grid(int64_t rows)
 {
@@ -465,7 +495,10 @@ extern "C" int hr_cuda_softmax(hr_tensor *t, int dim, bool log_out, hr_tensor *o
         int el = (int)hr_dtype_size(src->dtype);
         char *dp = (char *)hr_tensor_data(dst);
         if (n <= kShortRow)
-            softmax_rows_warp<<<warp_row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out, dp);
+            if (src->dtype == HR_F64)
+                softmax_rows_warp<<<warp_row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out, dp);
+            else
+                softmax_rows_warp_f32<<<warp_row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out, dp);
         else
             softmax_rows<<<row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out, dp);
         rc = check_launch(name);

@@ -455,6 +455,31 @@ __global__ void convert_kernel(Geo g, char *dst, int ddt, int del, const char *s
     }
 }
 
+/* The float <-> half conversions of autocast on contiguous tensors: the dtypes are compile-time, so
+ * each element is one load, one conversion (the same rounding as convert_kernel) and one store. */
+template <int SDT, int DDT> __global__ void convert_contiguous(const char *src, char *dst, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        store_f32(dst + i * dtype_size(DDT), DDT, load_f32(src + i * dtype_size(SDT), SDT));
+}
+
+/* Launches the conversion when (sdt, ddt) is one of the float/half pairs; false otherwise. */
+bool launch_float_half(int sdt, int ddt, const char *src, char *dst, int64_t n, cudaStream_t st)
+{
+    unsigned grid = grid_for(n);
+#define HR_PAIR(S, D)                                                                                                  \
+    if (sdt == S && ddt == D) {                                                                                        \
+        convert_contiguous<S, D><<<grid, kThreads, 0, st>>>(src, dst, n);                                              \
+        return true;                                                                                                   \
+    }
+    HR_PAIR(HR_F32, HR_BF16)
+    HR_PAIR(HR_BF16, HR_F32)
+    HR_PAIR(HR_F32, HR_F16)
+    HR_PAIR(HR_F16, HR_F32)
+#undef HR_PAIR
+    return false;
+}
+
 __global__ void fill_kernel(Geo g, char *dst, int el, uint64_t bits, int64_t n)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
@@ -500,6 +525,10 @@ int device_convert(hr_tensor *dst, const hr_tensor *src)
         }
         src = tmp;
     }
+    if (!tmp && hr_tensor_is_contiguous(dst) && hr_tensor_is_contiguous(src) && dst->ndim == src->ndim &&
+        memcmp(dst->size, src->size, sizeof(int64_t) * (size_t)dst->ndim) == 0 &&
+        launch_float_half(src->dtype, dst->dtype, (const char *)hr_tensor_data(src), (char *)hr_tensor_data(dst), n, st))
+        return check_launch("copy_");
     int64_t sstride[HR_MAX_DIMS];
     hr_broadcast_strides(src, dst->ndim, dst->size, sstride);
     Geo g;
