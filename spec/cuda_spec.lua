@@ -199,6 +199,20 @@ describe("CUDA backend #cuda", function()
       check_grad(function(a, b) return hero.maximum(a, b):sigmoid() - a:pow(2) end, {randn {2, 3}, randn {2, 1}})
       check_grad(function(a) return hero.gelu(a) end, {randn {4, 5}})
       check_grad(function(a) return hero.gelu(a) end, {randn({3}, "f64")})
+      -- half GELU on the tape (autocast): exactly f32 GELU between two casts, forward and backward
+      if ON_GPU then
+        for _, dt in ipairs {"bf16", "f16"} do
+          local x = dev(randn({70, 33}, dt))
+          local seed = dev(randn({70, 33}, dt))
+          local a, b = x:clone():requires_grad_(), x:clone():requires_grad_()
+          local ya = hero.gelu(a)
+          local yb = hero.gelu(b:to("f32")):to(dt)
+          assert.tensor_near(ya:cpu(), yb:cpu(), {atol = 0, rtol = 0})
+          ya:backward(seed)
+          yb:backward(seed)
+          assert.tensor_near(a.grad:cpu(), b.grad:cpu(), {atol = 0, rtol = 0})
+        end
+      end
     end)
   end)
 
@@ -334,22 +348,25 @@ describe("CUDA backend #cuda", function()
     end)
 
     it("adds a linear layer's bias in the product (cuBLASLt) and falls back where it cannot", function()
+      -- small integers: every product and sum is exact in f32, so the one rounding into the dtype is
+      -- all that can differ, and the device must give exactly the CPU's result
+      local function ints(size, dt) return hero.randint(-3, 4, size):to(dt) end
       for _, dt in ipairs(FLOATS) do
-        local x, w = randn({3, 37, 96}, dt), randn({200, 96}, dt)
-        local long = randn({203}, dt)
+        local exact = {atol = 0, rtol = 0}
+        local x, w = ints({3, 37, 96}, dt), ints({200, 96}, dt)
+        local long = ints({203}, dt)
         local b = long:narrow(1, 1, 200):clone()
-        same(hero.linear(dev(x), dev(w), dev(b)), hero.linear(x, w, b))
+        same(hero.linear(dev(x), dev(w), dev(b)), hero.linear(x, w, b), exact)
         -- a bias whose storage starts 2 elements in (less aligned), and a strided one
         local gl = dev(long)
-        same(hero.linear(dev(x), dev(w), gl:narrow(1, 3, 200)), hero.linear(x, w, long:narrow(1, 3, 200)))
-        local wide = randn({200, 2}, dt)
-        same(hero.linear(dev(x), dev(w), dev(wide):select(2, 1)), hero.linear(x, w, wide:select(2, 1)))
+        same(hero.linear(dev(x), dev(w), gl:narrow(1, 3, 200)), hero.linear(x, w, long:narrow(1, 3, 200)), exact)
+        local wide = ints({200, 2}, dt)
+        same(hero.linear(dev(x), dev(w), dev(wide):select(2, 1)), hero.linear(x, w, wide:select(2, 1)), exact)
         -- input rows that do not fold into one product, a vector input, alpha other than 1
-        same(hero.linear(dev(x):transpose(1, 2):transpose(1, 2):narrow(2, 2, 30), dev(w), dev(b)),
-          hero.linear(x:narrow(2, 2, 30), w, b))
-        same(hero.linear(dev(x)[1][1], dev(w), dev(b)), hero.linear(x[1][1], w, b))
-        local m2 = randn({11, 96}, dt)
-        same(hero.addmm(dev(b), dev(m2), dev(w):t(), 1, 2), hero.addmm(b, m2, w:t(), 1, 2))
+        same(hero.linear(dev(x):narrow(2, 2, 30), dev(w), dev(b)), hero.linear(x:narrow(2, 2, 30), w, b), exact)
+        same(hero.linear(dev(x)[1][1], dev(w), dev(b)), hero.linear(x[1][1], w, b), exact)
+        local m2 = ints({11, 96}, dt)
+        same(hero.addmm(dev(b), dev(m2), dev(w):t(), 1, 2), hero.addmm(b, m2, w:t(), 1, 2), exact)
       end
       check_grad(function(x, w, b) return hero.linear(x, w, b) end, {randn {4, 9, 16}, randn {24, 16}, randn {24}})
     end)

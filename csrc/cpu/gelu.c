@@ -78,7 +78,10 @@ static int gelu_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 {
     hr_tensor *x = hr_node_saved(node, 0);
     if (!x) return -1;
-    hr_tensor *g = hr_cast(grad, x->dtype);
+    /* a half x (autocast on a GPU) reads the gradient at its own precision, as the f32 formula
+     * between two casts would */
+    bool half = x->dtype == HR_BF16 || x->dtype == HR_F16;
+    hr_tensor *g = half ? hr_contiguous((hr_tensor *)grad) : hr_cast(grad, x->dtype);
     if (!g) return -1;
     gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_tensor_device(x));
     if (gi[0] && hr_tensor_device(x).type == HR_CUDA) {
@@ -116,13 +119,13 @@ hr_tensor *hr_gelu(hr_tensor *x)
     if (x->dtype != HR_F32 && x->dtype != HR_F64) {
         bool half = x->dtype == HR_BF16 || x->dtype == HR_F16;
         if (half && hr_tensor_device(x).type == HR_CUDA && hr_should_record(1, &x)) {
-            /* autocast on a GPU: computed in f32 (as the elementwise kernel does anyway), the two
-             * casts on the tape carry the gradient */
-            hr_tensor *x32 = hr_ag_cast(x, HR_F32);
-            hr_tensor *y32 = x32 ? hr_gelu(x32) : NULL;
-            hr_tensor *y = y32 ? hr_ag_cast(y32, x->dtype) : NULL;
-            hr_tensor_release(x32);
-            hr_tensor_release(y32);
+            /* autocast on a GPU: computed in f32 and rounded once, forward and backward (what f32
+             * GELU between two casts gives, without the f32 copies) */
+            if (!hr_cuda_compiled()) return hr_cuda_unsupported_null("gelu", x);
+            hr_tensor *xc = hr_contiguous(x);
+            hr_tensor *y = xc ? hr_unary(HR_GELU, xc) : NULL;
+            if (y) y = record_pointwise_node(y, "gelu", gelu_backward, x, xc);
+            hr_tensor_release(xc);
             return y;
         }
         /* halfs and integers: the plain elementwise kernel (no gradient: they cannot require one) */

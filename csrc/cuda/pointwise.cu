@@ -262,6 +262,57 @@ const hr_tensor *unaliased(const hr_tensor *t, const hr_tensor *out, hr_tensor *
     return *copy;
 }
 
+/* The hot cases as kernels of their own: contiguous float/half operands (or numbers) and an op known
+ * at compile time. The arithmetic is the same arith/unary_of call, so the results are the generic
+ * kernels' bit for bit; what goes away is the stride walk and the code of every other op, whose
+ * registers (pow, the trigonometric reductions) limit how many threads the generic kernels run. */
+template <int OP>
+__global__ void binary_contiguous(char *out, int odt, int oel, Side<float> a, Side<float> b, float al, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float x = a.p ? load_f32(a.p + i * a.el, a.dt) : a.s;
+        float y = b.p ? load_f32(b.p + i * b.el, b.dt) : b.s;
+        store_f32(out + i * oel, odt, arith<float>(OP, x, y, al, false));
+    }
+}
+
+template <int OP> __global__ void unary_contiguous(char *out, int odt, int oel, const char *in, int idt, int iel, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        store_f32(out + i * oel, odt, unary_of<float>(OP, load_f32(in + i * iel, idt)));
+}
+
+/* Whether the coalesced geometry walks every operand in order (one dim, unit or zero strides). */
+bool walks_in_order(const Geo &g)
+{
+    if (g.ndim != 1) return false;
+    for (int k = 0; k < g.nops; k++)
+        if (g.stride[k][0] != 1 && g.stride[k][0] != 0) return false;
+    return g.stride[0][0] == 1;
+}
+
+template <typename T>
+bool binary_fast(hr_binary_op, const Geo &, char *, int, int, const Side<T> &, const Side<T> &, T, int64_t, cudaStream_t)
+{
+    return false;
+}
+template <>
+bool binary_fast<float>(hr_binary_op op, const Geo &g, char *out, int odt, int oel, const Side<float> &a,
+                        const Side<float> &b, float al, int64_t n, cudaStream_t st)
+{
+    if (!walks_in_order(g) || !hr_dtype_is_float((hr_dtype)odt)) return false;
+    /* a tensor side with stride 0 is a broadcast element: the generic kernel handles it */
+    if ((a.p && g.stride[1][0] != 1) || (b.p && g.stride[2][0] != 1)) return false;
+    unsigned grid = grid_for(n);
+    switch (op) {
+    case HR_ADD: binary_contiguous<HR_ADD><<<grid, kThreads, 0, st>>>(out, odt, oel, a, b, al, n); return true;
+    case HR_SUB: binary_contiguous<HR_SUB><<<grid, kThreads, 0, st>>>(out, odt, oel, a, b, al, n); return true;
+    case HR_MUL: binary_contiguous<HR_MUL><<<grid, kThreads, 0, st>>>(out, odt, oel, a, b, al, n); return true;
+    case HR_DIV: binary_contiguous<HR_DIV><<<grid, kThreads, 0, st>>>(out, odt, oel, a, b, al, n); return true;
+    default: return false;
+    }
+}
+
 template <typename T>
 int run_binary(hr_binary_op op, const hr_operand *a, const hr_operand *b, const hr_operand *alpha, hr_tensor *out,
                cudaStream_t st)
@@ -277,10 +328,16 @@ int run_binary(hr_binary_op op, const hr_operand *a, const hr_operand *b, const 
     /* x^2 with a number exponent is x*x, as on the CPU */
     bool square = op == HR_POW && a->t && !b->t && scalar_of<T>(b) == (T)2;
     bool pred = op >= HR_EQ;
+    if (!pred && binary_fast<T>(op, g, (char *)hr_tensor_data(out), out->dtype, (int)hr_dtype_size(out->dtype), sa, sb, al,
+                                n, st))
+        return check_launch(hr_binary_op_name(op));
     binary_kernel<T><<<grid_for(n), kThreads, 0, st>>>(g, (char *)hr_tensor_data(out), out->dtype,
                                                       (int)hr_dtype_size(out->dtype), sa, sb, op, al, square, pred, n);
     return check_launch(hr_binary_op_name(op));
 }
+
+template <typename T> constexpr bool compute_is_float() { return false; }
+template <> constexpr bool compute_is_float<float>() { return true; }
 
 template <typename T>
 int run_unary(hr_unary_op op, bool clamp, const hr_operand *lo, const hr_operand *hi, const hr_tensor *t, hr_tensor *out,
@@ -295,6 +352,23 @@ int run_unary(hr_unary_op op, bool clamp, const hr_operand *lo, const hr_operand
     geo_add(&g, ist);
     geo_coalesce(&g);
     T l = lo ? scalar_of<T>(lo) : (T)0, h = hi ? scalar_of<T>(hi) : (T)0;
+    if (!clamp && compute_is_float<T>() && hr_dtype_is_float(out->dtype) && walks_in_order(g) && g.stride[1][0] == 1) {
+        char *o = (char *)hr_tensor_data(out);
+        const char *in = (const char *)hr_tensor_data(t);
+        int odt = out->dtype, oel = (int)hr_dtype_size(out->dtype), idt = t->dtype, iel = (int)hr_dtype_size(t->dtype);
+        unsigned grid = grid_for(n);
+        bool done = true;
+        switch (op) {
+        case HR_GELU: unary_contiguous<HR_GELU><<<grid, kThreads, 0, st>>>(o, odt, oel, in, idt, iel, n); break;
+        case HR_RELU: unary_contiguous<HR_RELU><<<grid, kThreads, 0, st>>>(o, odt, oel, in, idt, iel, n); break;
+        case HR_EXP: unary_contiguous<HR_EXP><<<grid, kThreads, 0, st>>>(o, odt, oel, in, idt, iel, n); break;
+        case HR_NEG: unary_contiguous<HR_NEG><<<grid, kThreads, 0, st>>>(o, odt, oel, in, idt, iel, n); break;
+        case HR_SQRT: unary_contiguous<HR_SQRT><<<grid, kThreads, 0, st>>>(o, odt, oel, in, idt, iel, n); break;
+        case HR_TANH: unary_contiguous<HR_TANH><<<grid, kThreads, 0, st>>>(o, odt, oel, in, idt, iel, n); break;
+        default: done = false;
+        }
+        if (done) return check_launch(hr_unary_op_name(op));
+    }
     unary_kernel<T><<<grid_for(n), kThreads, 0, st>>>(g, (char *)hr_tensor_data(out), out->dtype,
                                                      (int)hr_dtype_size(out->dtype), (const char *)hr_tensor_data(t),
                                                      t->dtype, (int)hr_dtype_size(t->dtype), op, clamp, lo != nullptr,
@@ -417,6 +491,19 @@ template <> __global__ void gelu_backward_kernel<double>(const double *x, const 
         gx[i] = g[i] * (cdf + v * pdf);
     }
 }
+/* bf16/f16 x and gx, a gradient of any float dtype: the f32 formula above on the values widened
+ * to f32, rounded once into gx. */
+__global__ void gelu_backward_half(const char *x, int xdt, const char *g, int gdt, char *gx, int64_t n)
+{
+    const float inv_sqrt_2pi = (float)0.3989422804014327;
+    const int xel = dtype_size(xdt), gel = dtype_size(gdt);
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float v = load_f32(x + i * xel, xdt);
+        float cdf = 0.5f * (1.0f + erff(v * (float)M_SQRT1_2));
+        float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
+        store_f32(gx + i * xel, xdt, load_f32(g + i * gel, gdt) * (cdf + v * pdf));
+    }
+}
 } // namespace
 } // namespace hrc
 
@@ -424,13 +511,24 @@ extern "C" int hr_cuda_gelu_backward(const hr_tensor *x, const hr_tensor *g, hr_
 {
     const hr_tensor *ts[3] = {x, g, gx};
     if (same_device("gelu backward", 3, ts)) return -1;
-    if (x->dtype != g->dtype || x->dtype != gx->dtype || (x->dtype != HR_F32 && x->dtype != HR_F64) ||
-        !hr_tensor_is_contiguous(x) || !hr_tensor_is_contiguous(g) || !hr_tensor_is_contiguous(gx))
-        return hr_fail(HR_EINVAL, "gelu backward: expected contiguous f32/f64 tensors of one dtype");
+    bool half = x->dtype == HR_BF16 || x->dtype == HR_F16;
+    bool layouts = hr_tensor_is_contiguous(x) && hr_tensor_is_contiguous(g) && hr_tensor_is_contiguous(gx) &&
+                   hr_tensor_numel(g) == hr_tensor_numel(x);
+    bool dtypes = half ? gx->dtype == x->dtype && hr_dtype_is_float(g->dtype)
+                       : x->dtype == g->dtype && x->dtype == gx->dtype && (x->dtype == HR_F32 || x->dtype == HR_F64);
+    if (!layouts || !dtypes)
+        return hr_fail(HR_EINVAL, "gelu backward: expected contiguous f32/f64 tensors of one dtype, or bf16/f16 ones "
+                                  "with a float gradient");
     cudaStream_t st = stream(dev_of(x));
     if (!st) return -1;
     int64_t n = hr_tensor_numel(x);
     if (n == 0) return 0;
+    if (half) {
+        gelu_backward_half<<<grid_for(n), kThreads, 0, st>>>((const char *)hr_tensor_data(x), x->dtype,
+                                                            (const char *)hr_tensor_data(g), g->dtype,
+                                                            (char *)hr_tensor_data(gx), n);
+        return check_launch("gelu backward");
+    }
     if (x->dtype == HR_F64)
         gelu_backward_kernel<double><<<grid_for(n), kThreads, 0, st>>>(
             (const double *)hr_tensor_data(x), (const double *)hr_tensor_data(g), (double *)hr_tensor_data(gx), n);
