@@ -371,6 +371,24 @@ describe("CUDA backend #cuda", function()
       check_grad(function(x, w, b) return hero.linear(x, w, b) end, {randn {4, 9, 16}, randn {24, 16}, randn {24}})
     end)
 
+    it("multiplies the heads of permuted views in place (a list of matrix pointers)", function()
+      local B, L, heads, dh = 3, 5, 4, 6
+      for _, dt in ipairs(FLOATS) do
+        local q, k = randn({B, L, heads * dh}, dt), randn({B, L, heads * dh}, dt)
+        local function split(t) return t:view(B, L, heads, dh):permute(1, 3, 2, 4) end
+        local function split_t(t) return t:view(B, L, heads, dh):permute(1, 3, 4, 2) end
+        same(hero.matmul(split(dev(q)), split_t(dev(k))), hero.matmul(split(q), split_t(k)))
+        local p = randn({B, heads, L, L}, dt)
+        same(hero.matmul(dev(p), split(dev(k))), hero.matmul(p, split(k)))
+        -- a broadcast batch dim next to a walked one
+        local a, w = randn({2, 1, 3, 4}, dt), randn({5, 4, 2}, dt)
+        same(hero.matmul(dev(a), dev(w)), hero.matmul(a, w))
+      end
+      check_grad(function(q, k)
+        return hero.matmul(q:view(2, 5, 3, 4):permute(1, 3, 2, 4), k:view(2, 5, 3, 4):permute(1, 3, 4, 2))
+      end, {randn {2, 5, 12}, randn {2, 5, 12}})
+    end)
+
     it("keeps f32 products in full f32 unless TF32 is allowed", function()
       assert.is_false(hero.cuda.allow_tf32())
       -- 1 + 2^-20 is exact in f32 and lost by TF32's 10-bit mantissa

@@ -4,9 +4,11 @@
  * hero's tensors are row-major and cuBLAS is column-major: the row-major product C = A B is computed
  * as the column-major C^T = B^T A^T, which reads the same memory with no copy. An operand is handed
  * over as it is when its matrices have one unit stride (transposed views included) and its batch
- * dims collapse into one batch stride (0 for a broadcast batch); anything else is copied contiguous
- * first. f32 is computed in full f32 unless TF32 was allowed; bf16/f16 multiply with f32
+ * dims collapse into one batch stride (0 for a broadcast batch); when they do not (the heads of a
+ * permuted attention view) the matrices are passed as a list of pointers; a matrix without a unit
+ * stride is copied contiguous first. f32 is computed in full f32 unless TF32 was allowed; bf16/f16 multiply with f32
  * accumulation and are rounded once into the output. */
+#include <cinttypes>
 #include <climits>
 
 #include "cuda/common.cuh"
@@ -20,7 +22,38 @@ struct Operand {
     int64_t ld;
     int64_t bstride;
     hr_tensor *hold; /* a contiguous copy, when one was needed */
+    /* batch dims that no single stride walks (the heads of a permuted [B, heads, L, dh] view):
+     * the matrices are used in place through a list of pointers, with these per-dim strides */
+    bool by_pointer;
+    int64_t bs[HR_MAX_DIMS];
 };
+
+/* The batch of a pointer-list product: the flat batch index i walks bsize row-major; an operand
+ * that walks its batch dims with one stride has walk false and flat stride `flat`. */
+struct BatchWalk {
+    int nb;
+    int64_t size[HR_MAX_DIMS];
+    int64_t sa[HR_MAX_DIMS], sb[HR_MAX_DIMS];
+    int64_t flat_a, flat_b, flat_c;
+    bool walk_a, walk_b;
+};
+
+__global__ void batch_pointers(BatchWalk w, const char *a, const char *b, char *c, int el, int64_t batch, const void **pa,
+                               const void **pb, void **pc)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < batch; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t oa = w.walk_a ? 0 : i * w.flat_a, ob = w.walk_b ? 0 : i * w.flat_b, rem = i;
+        for (int d = w.nb - 1; d >= 0; d--) {
+            int64_t coord = rem % w.size[d];
+            rem /= w.size[d];
+            if (w.walk_a) oa += coord * w.sa[d];
+            if (w.walk_b) ob += coord * w.sb[d];
+        }
+        pa[i] = a + oa * el;
+        pb[i] = b + ob * el;
+        pc[i] = c + i * w.flat_c * el;
+    }
+}
 
 /* The row-major matrix (rows x cols, strides rs/cs) as a cuBLAS operand of the transposed
  * product: row-major storage is OP_N with ld = rs, column-major storage is OP_T with ld = cs. */
@@ -68,6 +101,7 @@ bool batch_stride(int nb, const int64_t *bsize, const int64_t *bs, int64_t *out)
 int prepare(hr_tensor *t, bool vec, bool left, int nb, const int64_t *bsize, int64_t rows, int64_t cols, Operand *o)
 {
     o->hold = nullptr;
+    o->by_pointer = false;
     int tb = vec ? 0 : t->ndim - 2; /* t's own batch dims */
     int64_t bs[HR_MAX_DIMS];
     for (int i = 0; i < nb; i++) {
@@ -83,9 +117,15 @@ int prepare(hr_tensor *t, bool vec, bool left, int nb, const int64_t *bsize, int
         cs = t->stride[t->ndim - 1];
     }
     int64_t bstride;
-    if (matrix_layout(rows, cols, rs, cs, &o->op, &o->ld) && o->ld <= INT_MAX && batch_stride(nb, bsize, bs, &bstride)) {
+    if (matrix_layout(rows, cols, rs, cs, &o->op, &o->ld) && o->ld <= INT_MAX) {
         o->ptr = (const char *)hr_tensor_data(t);
-        o->bstride = bstride;
+        if (batch_stride(nb, bsize, bs, &bstride)) {
+            o->bstride = bstride;
+            return 0;
+        }
+        o->by_pointer = true;
+        o->bstride = 0;
+        for (int i = 0; i < nb; i++) o->bs[i] = bs[i];
         return 0;
     }
     /* copy the broadcast operand into a contiguous [batch..., rows, cols] block */
@@ -108,6 +148,43 @@ int prepare(hr_tensor *t, bool vec, bool left, int nb, const int64_t *bsize, int
     o->ld = cols > 1 ? cols : 1;
     o->bstride = rows * cols;
     return 0;
+}
+
+/* The batched product through lists of matrix pointers (cublasGemmBatchedEx), built on the device
+ * by batch_pointers: operands whose batch dims no single stride walks are read in place instead of
+ * being copied contiguous first. */
+int gemm_by_pointers(int dev, cublasHandle_t h, const Operand &oa, const Operand &ob, int nb, const int64_t *bsize,
+                     int64_t batch, int64_t m, int64_t n, int64_t k, cudaDataType_t dtype, cublasComputeType_t compute,
+                     const void *alpha, const void *beta, int el, char *c)
+{
+    if (batch > INT_MAX) return hr_fail(HR_EINVAL, "matmul: %" PRId64 " matrices in one batch are too many", batch);
+    cudaStream_t st = stream(dev);
+    if (!st) return -1;
+    BatchWalk w;
+    w.nb = nb;
+    for (int i = 0; i < nb; i++) {
+        w.size[i] = bsize[i];
+        w.sa[i] = oa.by_pointer ? oa.bs[i] : 0;
+        w.sb[i] = ob.by_pointer ? ob.bs[i] : 0;
+    }
+    w.walk_a = oa.by_pointer;
+    w.walk_b = ob.by_pointer;
+    w.flat_a = oa.bstride;
+    w.flat_b = ob.bstride;
+    w.flat_c = m * n;
+    size_t bytes = (size_t)batch * 3 * sizeof(void *);
+    void **list = (void **)hr_cuda_malloc(dev, bytes);
+    if (!list) return -1;
+    const void **pa = (const void **)list, **pb = (const void **)(list + batch);
+    void **pc = list + 2 * batch;
+    batch_pointers<<<grid_for(batch), kThreads, 0, st>>>(w, oa.ptr, ob.ptr, c, el, batch, pa, pb, pc);
+    int rc = check_launch("matmul");
+    if (!rc)
+        rc = check_blas(cublasGemmBatchedEx(h, ob.op, oa.op, (int)n, (int)m, (int)k, alpha, pb, dtype, (int)ob.ld, pa, dtype,
+                                            (int)oa.ld, beta, pc, dtype, (int)n, (int)batch, compute, CUBLAS_GEMM_DEFAULT),
+                        "matmul", "cublasGemmBatchedEx");
+    hr_cuda_free(dev, list, bytes); /* reused only by later work on the stream */
+    return rc;
 }
 
 /* The largest power of two (at most 256) that divides the address: cuBLASLt's heuristic only
@@ -238,7 +315,8 @@ extern "C" int hr_cuda_matmul(hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec
     /* A shared right operand (a linear layer's weight) times a batch of row blocks that follow each
      * other in memory ([B, L, in] activations): one GEMM over all B * L rows, not B small ones. In
      * cuBLAS's column-major view row r of a is column r at r * lda, and the output is contiguous. */
-    if (batch > 1 && ob.bstride == 0 && oa.op == CUBLAS_OP_N && oa.bstride == m * oa.ld && m * batch <= INT_MAX) {
+    if (batch > 1 && !oa.by_pointer && !ob.by_pointer && ob.bstride == 0 && oa.op == CUBLAS_OP_N &&
+        oa.bstride == m * oa.ld && m * batch <= INT_MAX) {
         m *= batch;
         batch = 1;
     }
@@ -266,6 +344,10 @@ extern "C" int hr_cuda_matmul(hr_tensor *a, hr_tensor *b, bool a_vec, bool b_vec
     size_t el = hr_dtype_size(a->dtype);
     char *c = (char *)hr_tensor_data(out);
     int rc = 0;
+    if (oa.by_pointer || ob.by_pointer) {
+        rc = gemm_by_pointers(dev_of(out), h, oa, ob, nb, bsize, batch, m, n, k, dtype, compute, pa, pb, (int)el, c);
+        batch = 0; /* done */
+    }
     /* cuBLAS counts batches in an int: very long batches go in slices */
     for (int64_t b0 = 0; b0 < batch && rc == 0; b0 += INT_MAX) {
         int cnt = (int)(batch - b0 < INT_MAX ? batch - b0 : INT_MAX);
