@@ -98,7 +98,8 @@ typedef struct {
 } hr_backward_stat;
 void hr_backward_profile_start(bool sync);
 /* Stops timing; returns the number of distinct ops and points *stats at them (valid until the
- * next start). */
+ * next start; a second stop returns 0). The op "(gradient accumulation)" is the time after each
+ * node spent handing its gradients on. */
 int hr_backward_profile_stop(const hr_backward_stat **stats);
 /* 0 when profiling is off, else a start time for hr_backward_profile_add. */
 double hr_backward_profile_clock(void);

@@ -41,7 +41,9 @@ int hr_backward_profile_stop(const hr_backward_stat **stats)
 {
     profile.on = false;
     *stats = profile.stats;
-    return profile.n;
+    int n = profile.n;
+    profile.n = 0; /* handed out once: a second stop returns nothing */
+    return n;
 }
 
 double hr_backward_profile_clock(void)

@@ -50,4 +50,33 @@ describe("Lua-defined autograd functions", function()
     }
     helper.assert_error_contains(function() Nil(x):backward(hero.ones(2)) end, "returned nil for input 1")
   end)
+
+  it("times the backward pass node by node between backward_profile_start and stop", function()
+    local core = hero.core
+    local x = hero.randn(4, 5):requires_grad_()
+    local w = hero.randn(3, 5):requires_grad_()
+    core.backward_profile_start(false)
+    for _ = 1, 2 do
+      x.grad, w.grad = nil, nil
+      hero.linear(x, w):tanh():sum():backward()
+    end
+    local stats = core.backward_profile_stop()
+    local by_op = {}
+    for _, s in ipairs(stats) do by_op[s.op] = s end
+    for _, op in ipairs {"linear", "tanh", "sum"} do
+      assert.is_not_nil(by_op[op], op)
+      assert.equal(2, by_op[op].calls)
+      assert.is_true(by_op[op].seconds >= 0)
+    end
+    assert.equal(6, by_op["(gradient accumulation)"].calls) -- after each of 3 nodes, two passes
+    -- stopped: later passes are not counted, and a new start begins from zero
+    hero.linear(x, w):sum():backward()
+    assert.equal(0, #core.backward_profile_stop())
+    core.backward_profile_start(true) -- waiting for a device is a no-op without one
+    hero.linear(x, w):sum():backward()
+    stats = core.backward_profile_stop()
+    by_op = {}
+    for _, s in ipairs(stats) do by_op[s.op] = s end
+    assert.equal(1, by_op.linear.calls)
+  end)
 end)
