@@ -69,6 +69,30 @@ describe("optim", function()
     assert.near(5, optim.clip_grad_norm({a, b}, 10) * (5 + 1e-6), 1e-4)
   end)
 
+  it("computes the global norm of many tensors in chunks, the same for any thread count", function()
+    hero.manual_seed(3)
+    local ts = {}
+    for _, n in ipairs {0, 1, 7, 65535, 65536, 65537, 200003} do
+      ts[#ts + 1] = hero.randn(n)
+      ts[#ts + 1] = hero.randn({n}, {dtype = "f64"})
+    end
+    ts[#ts + 1] = hero.randn(300, 41):t()          -- not contiguous: the strided loop
+    ts[#ts + 1] = hero.randn({5, 6}, {dtype = "bf16"})
+    local want = 0
+    for _, t in ipairs(ts) do want = want + (t:double() * t:double()):sum():item() end
+    want = math.sqrt(want)
+    local threads = hero.get_num_threads()
+    local got = {}
+    for k, nt in ipairs {1, 2, 3} do
+      hero.set_num_threads(nt)
+      got[k] = hero.core.global_norm(ts)
+    end
+    hero.set_num_threads(threads)
+    assert.near(want, got[1], 1e-12 * want)
+    assert.equal(got[1], got[2])
+    assert.equal(got[1], got[3])
+  end)
+
   it("folds clipping into the AdamW pass with exactly the numbers of clipping first", function()
     -- clip then step (gradients scaled in place) against clip {apply = false} then step{grad_scale}
     for _, dt in ipairs {"f32", "f64"} do

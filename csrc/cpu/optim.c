@@ -208,17 +208,132 @@ static int device_sumsq(hr_tensor *const *tensors, int n, double *total)
     return rc;
 }
 
+/* Contiguous f32/f64 host tensors, seen as one run of elements cut into chunks of NORM_CHUNK: each
+ * chunk's sum of squares (double, fixed lane order) is computed by any thread, then the chunks are
+ * added in order. The result depends on the chunking only, never on the thread count. */
+enum { NORM_CHUNK = 1 << 16 };
+
+typedef double hr_v4d __attribute__((vector_size(32)));
+typedef float hr_v4f __attribute__((vector_size(16)));
+
+typedef struct {
+    const hr_tensor *const *ts;
+    int n;
+    const int64_t *starts; /* prefix sums of element counts, n + 1 entries */
+    double *partial;       /* one per chunk */
+} norm_job;
+
+static double sumsq_f32(const float *f, int64_t n)
+{
+    hr_v4d a0 = {0, 0, 0, 0}, a1 = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        hr_v4f x0, x1;
+        memcpy(&x0, f + i, sizeof x0);
+        memcpy(&x1, f + i + 4, sizeof x1);
+        hr_v4d d0 = __builtin_convertvector(x0, hr_v4d), d1 = __builtin_convertvector(x1, hr_v4d);
+        a0 += d0 * d0;
+        a1 += d1 * d1;
+    }
+    hr_v4d a = a0 + a1;
+    double s = (a[0] + a[1]) + (a[2] + a[3]);
+    for (; i < n; i++) s += (double)f[i] * f[i];
+    return s;
+}
+
+static double sumsq_f64(const double *d, int64_t n)
+{
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += d[i] * d[i];
+        s1 += d[i + 1] * d[i + 1];
+        s2 += d[i + 2] * d[i + 2];
+        s3 += d[i + 3] * d[i + 3];
+    }
+    for (; i < n; i++) s0 += d[i] * d[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+static void norm_chunks(void *arg, int64_t c0, int64_t c1)
+{
+    const norm_job *j = arg;
+    for (int64_t c = c0; c < c1; c++) {
+        int64_t begin = c * NORM_CHUNK, end = begin + NORM_CHUNK;
+        if (end > j->starts[j->n]) end = j->starts[j->n];
+        int lo = 0, hi = j->n; /* the first tensor holding begin */
+        while (hi - lo > 1) {
+            int mid = (lo + hi) / 2;
+            if (j->starts[mid] <= begin) lo = mid;
+            else hi = mid;
+        }
+        double s = 0;
+        for (int k = lo; k < j->n && j->starts[k] < end; k++) {
+            int64_t a = begin > j->starts[k] ? begin - j->starts[k] : 0;
+            int64_t b = (end < j->starts[k + 1] ? end : j->starts[k + 1]) - j->starts[k];
+            if (a >= b) continue;
+            const hr_tensor *t = j->ts[k];
+            if (t->dtype == HR_F32) s += sumsq_f32((const float *)hr_tensor_data(t) + a, b - a);
+            else s += sumsq_f64((const double *)hr_tensor_data(t) + a, b - a);
+        }
+        j->partial[c] = s;
+    }
+}
+
+static bool chunked_norm_ok(const hr_tensor *t)
+{
+    return hr_tensor_device(t).type == HR_CPU && (t->dtype == HR_F32 || t->dtype == HR_F64) && hr_tensor_is_contiguous(t);
+}
+
+static int host_sumsq_chunked(hr_tensor *const *tensors, int n, double *total)
+{
+    int m = 0;
+    for (int i = 0; i < n; i++) m += chunked_norm_ok(tensors[i]);
+    if (m == 0) return 0;
+    const hr_tensor **ts = malloc(sizeof *ts * (size_t)m);
+    int64_t *starts = malloc(sizeof *starts * (size_t)(m + 1));
+    if (!ts || !starts) {
+        free(ts);
+        free(starts);
+        return hr_fail(HR_ENOMEM, "clip_grad_norm: out of memory");
+    }
+    starts[0] = 0;
+    for (int i = 0, k = 0; i < n; i++)
+        if (chunked_norm_ok(tensors[i])) {
+            ts[k] = tensors[i];
+            starts[k + 1] = starts[k] + hr_tensor_numel(tensors[i]);
+            k++;
+        }
+    int64_t chunks = (starts[m] + NORM_CHUNK - 1) / NORM_CHUNK;
+    double *partial = malloc(sizeof *partial * (size_t)(chunks > 0 ? chunks : 1));
+    if (!partial) {
+        free(ts);
+        free(starts);
+        return hr_fail(HR_ENOMEM, "clip_grad_norm: out of memory");
+    }
+    norm_job j = {ts, m, starts, partial};
+    hr_parallel_for(chunks, 1, norm_chunks, &j);
+    for (int64_t c = 0; c < chunks; c++) *total += partial[c];
+    free(partial);
+    free(ts);
+    free(starts);
+    return 0;
+}
+
 int hr_global_norm(hr_tensor *const *tensors, int n, double *norm)
 {
     double total = 0;
     bool on_device = false;
+    for (int i = 0; i < n; i++)
+        if (hr_tensor_check_live(tensors[i], "clip_grad_norm")) return -1;
+    if (host_sumsq_chunked(tensors, n, &total)) return -1;
     for (int i = 0; i < n; i++) {
         const hr_tensor *t = tensors[i];
-        if (hr_tensor_check_live(t, "clip_grad_norm")) return -1;
         if (hr_tensor_device(t).type != HR_CPU) {
             on_device = true;
             continue;
         }
+        if (chunked_norm_ok(t)) continue;
         sumsq_ctx c = {t->dtype, 0};
         hr_iter it;
         hr_iter_init(&it, t->ndim, t->size);
