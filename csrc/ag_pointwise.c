@@ -41,10 +41,12 @@ static hr_tensor *drop2(hr_tensor *x, hr_tensor *y, hr_tensor *r)
     return r;
 }
 
-/* Reduces a gradient of the broadcast shape to an input's shape and dtype. Consumes g. */
+/* Reduces a gradient of the broadcast shape to an input's shape and dtype. Consumes g (which the
+ * caller owns: already of that shape and dtype, it is returned as it is). */
 static hr_tensor *fit(hr_tensor *g, int ndim, const int64_t *size, hr_dtype dt)
 {
     if (!g) return NULL;
+    if (g->ndim == ndim && memcmp(g->size, size, sizeof(int64_t) * (size_t)ndim) == 0 && g->dtype == dt) return g;
     hr_tensor *s = hr_sum_to_size(g, ndim, size);
     hr_tensor_release(g);
     if (!s || s->dtype == dt) return s;
@@ -78,8 +80,11 @@ static int binary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     switch (c->op) {
     case HR_ADD:
     case HR_SUB:
-        if (need[0]) ga = hr_cast(g, g->dtype);
-        if (need[1]) gb = bin_s(HR_MUL, g, c->op == HR_ADD ? c->alpha : -c->alpha);
+        if (need[0]) ga = hr_grad_pass_on(g);
+        if (need[1]) {
+            double f = c->op == HR_ADD ? c->alpha : -c->alpha;
+            gb = f == 1 ? hr_cast(g, g->dtype) : bin_s(HR_MUL, g, f);
+        }
         break;
     case HR_MUL:
         if (need[0]) ga = c->b_is_number ? bin_s(HR_MUL, g, c->b_number) : bin(HR_MUL, g, b);

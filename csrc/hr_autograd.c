@@ -230,6 +230,19 @@ static int same_shape(int na, const int64_t *a, int nb, const int64_t *b)
     return na == nb && memcmp(a, b, sizeof(int64_t) * (size_t)na) == 0;
 }
 
+hr_tensor *hr_grad_pass_on(const hr_tensor *g)
+{
+    hr_tensor *t = (hr_tensor *)g;
+    /* only the engine holds g and nothing else shares its storage: once the engine lets go of it
+     * (right after the node's backward) the consumer owns it alone and may add into it in place */
+    if (t->refcount == 1 && t->storage && t->storage->refcount == 1 && t->storage->kind != HR_STORAGE_MMAP &&
+        !t->grad_fn && !t->grad && hr_tensor_is_contiguous(t)) {
+        hr_tensor_retain(t);
+        return t;
+    }
+    return hr_cast(g, g->dtype);
+}
+
 /* Adds g (a new reference, consumed) to *slot. */
 static int accumulate_into(hr_tensor **slot, hr_tensor *g)
 {

@@ -85,6 +85,10 @@ void hr_node_retain(hr_node *node);
  * handed to every node as node->env while its backward runs. */
 int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void *env);
 
+/* The incoming gradient g of a node's backward handed on unchanged to one input: g itself (a new
+ * reference) when the engine is its only holder, else a copy. At most one input may get it. */
+hr_tensor *hr_grad_pass_on(const hr_tensor *g);
+
 /* dst += src elementwise (same shape, float dtypes, may differ in dtype); used for accumulation. */
 int hr_grad_accumulate_(hr_tensor *dst, const hr_tensor *src);
 

@@ -105,6 +105,13 @@ hr_tensor *hr_contiguous(hr_tensor *t)
     return hr_cast(t, t->dtype);
 }
 
+hr_tensor *hr_readable_as(const hr_tensor *t, hr_dtype dt)
+{
+    if (hr_tensor_check_live(t, "cast")) return NULL;
+    if (t->dtype == dt) return hr_contiguous((hr_tensor *)t);
+    return hr_cast(t, dt);
+}
+
 hr_tensor *hr_host_contiguous(const hr_tensor *t)
 {
     if (hr_tensor_check_live(t, "host copy")) return NULL;

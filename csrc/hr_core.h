@@ -216,6 +216,10 @@ hr_tensor *hr_reshape(hr_tensor *t, int ndim, const int64_t *size);
 int hr_copy_(hr_tensor *dst, const hr_tensor *src);
 /* New contiguous tensor of dtype dt (a copy, even when dt == t->dtype). */
 hr_tensor *hr_cast(const hr_tensor *t, hr_dtype dt);
+/* t's values as a contiguous tensor of dtype dt for reading only: t itself (retained) when it
+ * already is one, else a converted copy. The backward functions read incoming gradients this way
+ * (the caller must not write into the result: it may be the gradient another node holds). */
+hr_tensor *hr_readable_as(const hr_tensor *t, hr_dtype dt);
 /* Fills every element with v (converted to t's dtype). */
 int hr_fill_(hr_tensor *t, double v);
 /* Same with an exact 64-bit integer value (converted to t's dtype). */

@@ -63,4 +63,37 @@ describe("autograd through elementwise ops", function()
     hero.no_grad(function() z:add_(x) end)
     assert.same({1, 2}, z:totable())
   end)
+
+  it("hands an add's gradient on without copies and never lets two consumers share one buffer", function()
+    local x, w = f64 {1, 2}, f64 {3, 4}
+    ;(x + x):sum():backward()                       -- both inputs of one add are x
+    assert.same({2, 2}, x.grad:totable())
+    x.grad = nil
+    local a = x * 3
+    ;(a + a):backward(f64 {1, 10})                  -- a node receiving the same gradient twice
+    assert.same({6, 60}, x.grad:totable())
+    x.grad, w.grad = nil, nil
+    local s = x + w
+    ;(s * 2 + x + s):backward(f64 {1, 1})           -- add chains with shared inputs
+    assert.same({4, 4}, x.grad:totable())
+    assert.same({3, 3}, w.grad:totable())
+    -- a gradient that Lua code still holds is copied, never added into
+    local keep = f64 {5, 7}
+    keep.requires_grad = false
+    local Pass = hero.autograd.Function {
+      forward = function(_, t) return t:clone() end,
+      backward = function() return keep end,
+    }
+    x.grad = nil
+    local y = Pass(x)
+    ;(y + y + x):backward(f64 {1, 1})
+    assert.same({6, 8}, x.grad:totable())
+    assert.same({5, 7}, keep:totable())
+    -- the leaf's gradient is its own buffer: later passes accumulate into it alone
+    x.grad, w.grad = nil, nil
+    ;(x + w):backward(f64 {1, 2})
+    ;(x + w):backward(f64 {1, 2})
+    assert.same({2, 4}, x.grad:totable())
+    assert.same({2, 4}, w.grad:totable())
+  end)
 end)

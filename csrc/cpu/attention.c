@@ -176,7 +176,7 @@ static int attn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     hr_tensor *p = hr_node_saved(node, 3);
     hr_tensor *noise = c->has_noise ? hr_node_saved(node, 4) : NULL;
     if (!q || !k || !v || !p || (c->has_noise && !noise)) return -1;
-    hr_tensor *g = hr_cast(grad, q->dtype);
+    hr_tensor *g = hr_readable_as(grad, q->dtype);
     if (!g) return -1;
     attn_job j = {c, hr_tensor_data(q), hr_tensor_data(k), hr_tensor_data(v), NULL,
                   noise ? hr_tensor_data(noise) : NULL, hr_tensor_data(p), NULL, hr_tensor_data(g), NULL, NULL,

@@ -74,7 +74,7 @@ static int emb_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     hr_tensor *idx_t = hr_node_saved(node, 0);
     if (!idx_t) return -1;
     hr_dtype dt = node->out_dtype;
-    hr_tensor *g = hr_cast(grad, dt);
+    hr_tensor *g = hr_readable_as(grad, dt);
     if (!g) return -1;
     int64_t *idx = NULL;
     if (read_indices(idx_t, c->vocab, &idx, "embedding backward")) {

@@ -81,7 +81,7 @@ static int gelu_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     /* a half x (autocast on a GPU) reads the gradient at its own precision, as the f32 formula
      * between two casts would */
     bool half = x->dtype == HR_BF16 || x->dtype == HR_F16;
-    hr_tensor *g = half ? hr_contiguous((hr_tensor *)grad) : hr_cast(grad, x->dtype);
+    hr_tensor *g = half ? hr_contiguous((hr_tensor *)grad) : hr_readable_as(grad, x->dtype);
     if (!g) return -1;
     gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_tensor_device(x));
     if (gi[0] && hr_tensor_device(x).type == HR_CUDA) {
@@ -191,7 +191,7 @@ static int erf_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 {
     hr_tensor *x = hr_node_saved(node, 0);
     if (!x) return -1;
-    hr_tensor *gc = hr_cast(grad, x->dtype); /* a contiguous copy */
+    hr_tensor *gc = hr_readable_as(grad, x->dtype);
     if (!gc) return -1;
     gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
     if (gi[0]) {

@@ -138,7 +138,7 @@ static int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     hr_tensor *rstd = hr_node_saved(node, 2);
     hr_tensor *w = c->has_weight ? hr_node_saved(node, 3) : NULL;
     if (!x || !mean || !rstd || (c->has_weight && !w)) return -1;
-    hr_tensor *g = hr_cast(grad, x->dtype); /* contiguous, in the input's dtype */
+    hr_tensor *g = hr_readable_as(grad, x->dtype); /* contiguous, in the input's dtype */
     if (!g) return -1;
     ln_bwd_job j = {hr_tensor_data(x), w ? hr_tensor_data(w) : NULL, hr_tensor_data(g), NULL,
                     hr_tensor_data(mean), hr_tensor_data(rstd), c->rows, c->cols, x->dtype};
