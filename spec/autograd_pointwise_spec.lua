@@ -69,8 +69,8 @@ describe("autograd through elementwise ops", function()
     ;(x + x):sum():backward()                       -- both inputs of one add are x
     assert.same({2, 2}, x.grad:totable())
     x.grad = nil
-    local a = x * 3
-    ;(a + a):backward(f64 {1, 10})                  -- a node receiving the same gradient twice
+    local tripled = x * 3
+    ;(tripled + tripled):backward(f64 {1, 10})      -- a node receiving the same gradient twice
     assert.same({6, 60}, x.grad:totable())
     x.grad, w.grad = nil, nil
     local s = x + w
