@@ -2,6 +2,7 @@
  * dist.c — data-parallel communication over MPI (see hr_dist.h).
  */
 #include "hr_dist.h"
+#include "dist_internal.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -60,13 +61,13 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void busy_begin(const char *op)
+void hr_dist_busy_begin(const char *op)
 {
     atomic_store(&g_busy_op, op);
     atomic_store(&g_busy_since, now_ns());
 }
 
-static void busy_end(void) { atomic_store(&g_busy_since, 0); }
+void hr_dist_busy_end(void) { atomic_store(&g_busy_since, 0); }
 
 /* The watchdog ends the job on purpose: the process is blocked inside MPI and cannot raise a Lua
  * error, and a stuck collective would otherwise keep every rank waiting forever. */
@@ -104,7 +105,7 @@ static void stop_watchdog(void)
 
 __attribute__((destructor)) static void stop_watchdog_at_unload(void) { stop_watchdog(); }
 
-static int mpi_fail(int rc, const char *op)
+int hr_dist_mpi_fail(int rc, const char *op)
 {
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
@@ -112,7 +113,7 @@ static int mpi_fail(int rc, const char *op)
     return hr_fail(HR_EIO, "%s: MPI failed on rank %d: %s", op, g_rank, msg);
 }
 
-static int check_ready(const char *op)
+int hr_dist_check_ready(const char *op)
 {
     if (g_final) return hr_fail(HR_EINVAL, "%s: hero.dist was finalized", op);
     if (!g_init) return hr_fail(HR_EINVAL, "%s: call hero.dist.init() first", op);
@@ -121,7 +122,7 @@ static int check_ready(const char *op)
 
 static int check_tensor(const hr_tensor *t, const char *op)
 {
-    if (check_ready(op) != 0) return -1;
+    if (hr_dist_check_ready(op) != 0) return -1;
     if (hr_tensor_check_live(t, op) != 0) return -1;
     if (hr_tensor_device(t).type != HR_CPU) {
         char buf[96];
@@ -152,7 +153,7 @@ int hr_dist_init(double timeout_s)
         if (!flag) {
             promote_libmpi();
             rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &g_thread_level);
-            if (rc != MPI_SUCCESS) return mpi_fail(rc, "hero.dist.init");
+            if (rc != MPI_SUCCESS) return hr_dist_mpi_fail(rc, "hero.dist.init");
         } else {
             MPI_Query_thread(&g_thread_level);
         }
@@ -175,17 +176,17 @@ int hr_dist_init(double timeout_s)
 
 /* Checks that every rank passed the same values vals[0..n) (element counts, dtypes, ...): one
  * MAX all-reduce of (v, -v). Returns 0 when they agree; otherwise fails on every rank. */
-static int agree(const char *op, const int64_t *vals, const char *const *names, int n)
+int hr_dist_agree(const char *op, const int64_t *vals, const char *const *names, int n)
 {
     int64_t buf[16];
     for (int i = 0; i < n; i++) {
         buf[i] = vals[i];
         buf[n + i] = -vals[i];
     }
-    busy_begin(op);
+    hr_dist_busy_begin(op);
     int rc = MPI_Allreduce(MPI_IN_PLACE, buf, 2 * n, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
-    busy_end();
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, op);
+    hr_dist_busy_end();
+    if (rc != MPI_SUCCESS) return hr_dist_mpi_fail(rc, op);
     for (int i = 0; i < n; i++) {
         if (buf[i] != -buf[n + i])
             return hr_fail(HR_EINVAL, "%s: the ranks passed different %s (from %lld to %lld; rank %d has %lld)", op,
@@ -224,7 +225,7 @@ int hr_dist_all_reduce_(hr_tensor *t, hr_dist_op op)
     int64_t n = hr_tensor_numel(t);
     int64_t vals[3] = {n, (int64_t)t->dtype, (int64_t)op};
     static const char *const names[3] = {"element counts", "dtypes", "ops"};
-    if (agree(name, vals, names, 3) != 0) return -1;
+    if (hr_dist_agree(name, vals, names, 3) != 0) return -1;
     MPI_Datatype ty = mpi_type(t->dtype);
     if (ty == MPI_DATATYPE_NULL)
         return hr_fail(HR_EINVAL, "%s: dtype %s is not supported (f32, f64, i64 or i32)", name,
@@ -239,15 +240,15 @@ int hr_dist_all_reduce_(hr_tensor *t, hr_dist_op op)
     size_t es = hr_dtype_size(t->dtype);
     MPI_Op mop = op == HR_DIST_MAX ? MPI_MAX : op == HR_DIST_MIN ? MPI_MIN : MPI_SUM;
     int rc = MPI_SUCCESS;
-    busy_begin(name);
+    hr_dist_busy_begin(name);
     for (int64_t done = 0; done < n && rc == MPI_SUCCESS; done += CHUNK) {
         int64_t len = n - done < CHUNK ? n - done : CHUNK;
         rc = MPI_Allreduce(MPI_IN_PLACE, p + done * es, (int)len, ty, mop, MPI_COMM_WORLD);
     }
-    busy_end();
+    hr_dist_busy_end();
     if (rc != MPI_SUCCESS) {
         if (!direct) hr_tensor_release(buf);
-        return mpi_fail(rc, name);
+        return hr_dist_mpi_fail(rc, name);
     }
     if (op == HR_DIST_MEAN) divide(p, t->dtype, n, g_world);
     int ret = 0;
@@ -268,22 +269,22 @@ int hr_dist_broadcast_(hr_tensor *t, int root)
     int64_t n = hr_tensor_numel(t);
     int64_t vals[3] = {n, (int64_t)t->dtype, root};
     static const char *const names[3] = {"element counts", "dtypes", "roots"};
-    if (agree(name, vals, names, 3) != 0) return -1;
+    if (hr_dist_agree(name, vals, names, 3) != 0) return -1;
     bool direct = hr_tensor_is_contiguous(t);
     hr_tensor *buf = direct ? t : hr_contiguous(t);
     if (!buf) return -1;
     char *p = hr_tensor_data(buf);
     int64_t nbytes = n * (int64_t)hr_dtype_size(t->dtype);
     int rc = MPI_SUCCESS;
-    busy_begin(name);
+    hr_dist_busy_begin(name);
     for (int64_t done = 0; done < nbytes && rc == MPI_SUCCESS; done += CHUNK) {
         int64_t len = nbytes - done < CHUNK ? nbytes - done : CHUNK;
         rc = MPI_Bcast(p + done, (int)len, MPI_BYTE, root, MPI_COMM_WORLD);
     }
-    busy_end();
+    hr_dist_busy_end();
     if (rc != MPI_SUCCESS) {
         if (!direct) hr_tensor_release(buf);
-        return mpi_fail(rc, name);
+        return hr_dist_mpi_fail(rc, name);
     }
     int ret = 0;
     if (!direct) {
@@ -308,12 +309,12 @@ hr_tensor *hr_dist_all_gather(hr_tensor *t, int64_t *counts, int64_t *maxsize)
     memcpy(hdr + 2, size, sizeof(int64_t) * (size_t)ndim);
     int64_t *all = hr_alloc_bytes(sizeof(int64_t) * HDR * (size_t)g_world);
     if (!all) return NULL;
-    busy_begin(name);
+    hr_dist_busy_begin(name);
     int rc = MPI_Allgather(hdr, HDR, MPI_INT64_T, all, HDR, MPI_INT64_T, MPI_COMM_WORLD);
-    busy_end();
+    hr_dist_busy_end();
     if (rc != MPI_SUCCESS) {
         hr_free_bytes(all, sizeof(int64_t) * HDR * (size_t)g_world);
-        mpi_fail(rc, name);
+        hr_dist_mpi_fail(rc, name);
         return NULL;
     }
     int64_t out_size[HR_MAX_DIMS] = {0};
@@ -392,13 +393,13 @@ hr_tensor *hr_dist_all_gather(hr_tensor *t, int64_t *counts, int64_t *maxsize)
                 disp[r] = (int)off;
                 off += byte_counts[r];
             }
-            busy_begin(name);
+            hr_dist_busy_begin(name);
             rc = MPI_Allgatherv(hr_tensor_data(block), cnt[g_rank], MPI_BYTE, hr_tensor_data(out), cnt, disp,
                                 MPI_BYTE, MPI_COMM_WORLD);
-            busy_end();
+            hr_dist_busy_end();
             hr_free_bytes(cnt, sizeof(int) * 2 * (size_t)g_world);
             if (rc != MPI_SUCCESS) {
-                mpi_fail(rc, name);
+                hr_dist_mpi_fail(rc, name);
                 hr_tensor_release(out);
                 out = NULL;
             }
@@ -414,27 +415,27 @@ hr_tensor *hr_dist_all_gather(hr_tensor *t, int64_t *counts, int64_t *maxsize)
 
 int hr_dist_barrier(void)
 {
-    if (check_ready("hero.dist.barrier") != 0) return -1;
-    busy_begin("hero.dist.barrier");
+    if (hr_dist_check_ready("hero.dist.barrier") != 0) return -1;
+    hr_dist_busy_begin("hero.dist.barrier");
     int rc = MPI_Barrier(MPI_COMM_WORLD);
-    busy_end();
-    return rc == MPI_SUCCESS ? 0 : mpi_fail(rc, "hero.dist.barrier");
+    hr_dist_busy_end();
+    return rc == MPI_SUCCESS ? 0 : hr_dist_mpi_fail(rc, "hero.dist.barrier");
 }
 
 int hr_dist_finalize(void)
 {
     if (!g_init || g_final) return 0;
     /* MPI_Finalize synchronises with the other ranks: under the watchdog too */
-    busy_begin("hero.dist.finalize");
+    hr_dist_busy_begin("hero.dist.finalize");
     int rc = MPI_Finalize();
     g_final = true;
-    busy_end();
-    return rc == MPI_SUCCESS ? 0 : mpi_fail(rc, "hero.dist.finalize");
+    hr_dist_busy_end();
+    return rc == MPI_SUCCESS ? 0 : hr_dist_mpi_fail(rc, "hero.dist.finalize");
 }
 
 int hr_dist_abort(const char *msg, int code)
 {
-    if (check_ready("hero.dist.abort") != 0) return -1;
+    if (hr_dist_check_ready("hero.dist.abort") != 0) return -1;
     fprintf(stderr, "hero.dist: rank %d: %s\n", g_rank, msg);
     fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, code);

@@ -14,6 +14,22 @@ hr_tensor *hr_leaf_grad_buffer(hr_tensor *leaf)
 }
 
 static _Thread_local int grad_disabled; /* 0: recording (the default) */
+static _Thread_local hr_leaf_ready_fn leaf_hook;
+static _Thread_local void *leaf_hook_ctx;
+
+/* the walk running on this thread (0: none), for hr_backward_leaf_pending */
+static _Thread_local unsigned walk_running;
+
+bool hr_backward_leaf_pending(const hr_tensor *t)
+{
+    return walk_running != 0 && t->leaf_visit == walk_running && t->leaf_pending > 0;
+}
+
+void hr_backward_set_leaf_hook(hr_leaf_ready_fn fn, void *ctx)
+{
+    leaf_hook = fn;
+    leaf_hook_ctx = fn ? ctx : NULL;
+}
 /* Marks the nodes visited by one backward walk without a search through the visited list. */
 static _Thread_local unsigned backward_generation;
 
@@ -288,6 +304,14 @@ static int accumulate_leaf(hr_tensor *leaf, hr_tensor *g)
     return rc;
 }
 
+/* One gradient reached leaf in walk gen: the hook hears of the leaf when it was the last one. */
+static int leaf_received(hr_leaf_ready_fn hook, void *ctx, hr_tensor *leaf, unsigned gen)
+{
+    if (!hook || !leaf || leaf->leaf_visit != gen) return 0;
+    if (--leaf->leaf_pending > 0) return 0;
+    return hook(leaf, ctx);
+}
+
 int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void *env)
 {
     if (hr_tensor_check_live(root, "backward")) return -1;
@@ -319,6 +343,7 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
     if (!seed) return -1;
     if (!root->grad_fn) { /* a leaf: its gradient is the seed */
         int rc = accumulate_leaf(root, seed);
+        if (rc == 0 && leaf_hook) rc = leaf_hook(NULL, leaf_hook_ctx); /* nothing pending */
         return rc;
     }
 
@@ -331,9 +356,19 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
     start->pending = 0;
     start->grad_acc = NULL;
     if (list_push(&stack, start) || list_push(&all, start)) rc = -1;
+    hr_leaf_ready_fn hook = leaf_hook;
+    void *hook_ctx = leaf_hook_ctx;
     while (rc == 0 && stack.len) {
         hr_node *n = stack.items[--stack.len];
         for (int i = 0; i < n->ninputs; i++) {
+            hr_tensor *leaf = n->next[i].leaf;
+            if (hook && leaf) { /* the gradients each leaf will receive in this walk */
+                if (leaf->leaf_visit != gen) {
+                    leaf->leaf_visit = gen;
+                    leaf->leaf_pending = 0;
+                }
+                leaf->leaf_pending++;
+            }
             hr_node *p = n->next[i].node;
             if (!p) continue;
             if (p->visit != gen) {
@@ -347,6 +382,13 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
             }
             p->pending++;
         }
+    }
+
+    /* the hook learns which leaves this pass will reach */
+    unsigned outer_walk = walk_running;
+    if (rc == 0 && hook) {
+        walk_running = gen;
+        rc = hook(NULL, hook_ctx);
     }
 
     /* 2. process nodes whose consumers have all reported */
@@ -395,7 +437,10 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
         for (int i = 0; i < n->ninputs; i++) {
             hr_tensor *gi = grads_in[i];
             grads_in[i] = NULL;
-            if (gi == HR_GRAD_HANDLED) continue;
+            if (gi == HR_GRAD_HANDLED) { /* accumulated into the leaf by the node itself */
+                if (rc == 0) rc = leaf_received(hook, hook_ctx, n->next[i].leaf, gen);
+                continue;
+            }
             if (rc != 0) {
                 hr_tensor_release(gi);
                 continue;
@@ -408,6 +453,7 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
             }
             if (n->next[i].leaf) {
                 rc = accumulate_leaf(n->next[i].leaf, gi);
+                if (rc == 0) rc = leaf_received(hook, hook_ctx, n->next[i].leaf, gen);
             } else if (n->next[i].node) {
                 hr_node *p = n->next[i].node;
                 rc = accumulate_into(&p->grad_acc, gi);
@@ -424,6 +470,7 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
             n->buffers_freed = true;
         }
     }
+    walk_running = outer_walk;
     /* drop partial gradients left by an error */
     for (size_t k = 0; k < all.len; k++) {
         hr_tensor_release(all.items[k]->grad_acc);

@@ -85,6 +85,18 @@ void hr_node_retain(hr_node *node);
  * handed to every node as node->env while its backward runs. */
 int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void *env);
 
+/* A function the backward engine calls, on the thread running the backward pass, for every leaf of
+ * the graph as soon as its .grad holds everything this pass sends it (the leaf's last incoming
+ * gradient was accumulated), while the rest of the pass still runs: data-parallel training starts
+ * reducing the gradients of the last layers while the first ones are still being computed. A
+ * failing hook (-1 with an hr error) stops the pass with that error. Set per thread; NULL clears. */
+typedef int (*hr_leaf_ready_fn)(hr_tensor *leaf, void *ctx);
+void hr_backward_set_leaf_hook(hr_leaf_ready_fn fn, void *ctx);
+/* Once the pass has found its graph, before any gradient flows, the hook is called with leaf NULL:
+ * hr_backward_leaf_pending(t) then says whether this pass will send t a gradient (the others are
+ * complete already, or get none). */
+bool hr_backward_leaf_pending(const hr_tensor *t);
+
 /* The incoming gradient g of a node's backward handed on unchanged to one input: g itself (a new
  * reference) when the engine is its only holder, else a copy. At most one input may get it. */
 hr_tensor *hr_grad_pass_on(const hr_tensor *g);

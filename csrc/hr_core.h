@@ -156,6 +156,10 @@ typedef struct hr_tensor {
     bool requires_grad;
     struct hr_tensor *grad;     /* owned reference or NULL */
     struct hr_node *grad_fn;    /* owned reference or NULL */
+    /* backward engine scratch for a leaf while a leaf-ready hook is set (hr_autograd.h): the walk
+     * that counted it and how many gradients it still waits for */
+    unsigned leaf_visit;
+    int leaf_pending;
 } hr_tensor;
 
 static inline hr_device hr_tensor_device(const hr_tensor *t) { return t->storage->device; }

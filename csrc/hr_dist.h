@@ -37,6 +37,22 @@ hr_tensor *hr_dist_all_gather(hr_tensor *t, int64_t *counts, int64_t *maxsize);
 /* In place: every rank's t gets root's values (same shape and dtype on every rank). */
 int hr_dist_broadcast_(hr_tensor *t, int root);
 int hr_dist_barrier(void);
+
+/* Gradient averaging overlapped with the backward pass (dist_reducer.c). new: the parameters (CPU
+ * f32/f64 tensors, the same list on every rank) cut into buckets of about bucket_bytes. begin: the
+ * next backward passes of this thread report each parameter whose gradient is complete, and a
+ * bucket whose parameters are all complete starts its sum over the ranks at once (buckets start in
+ * the same order on every rank). finish: starts the rest, waits, and leaves in every parameter's
+ * .grad the mean over the ranks (a missing gradient counts as zeros; a parameter gets a gradient
+ * when any rank had one), and the means of extra[0..n_extra) in place: the numbers of one flat
+ * all-reduce of everything. Call begin before the last backward of an update, finish after it. */
+typedef struct hr_grad_reducer hr_grad_reducer;
+hr_grad_reducer *hr_grad_reducer_new(hr_tensor *const *params, int n, int64_t bucket_bytes);
+void hr_grad_reducer_free(hr_grad_reducer *r);
+int hr_grad_reducer_begin(hr_grad_reducer *r);
+int hr_grad_reducer_finish(hr_grad_reducer *r, double *extra, int n_extra);
+/* The number of buckets, and how many of them started during the last pass (before finish). */
+void hr_grad_reducer_counts(const hr_grad_reducer *r, int *buckets, int *early);
 int hr_dist_finalize(void);
 /* Prints "hero.dist: rank R: msg" to stderr and ends every process of the job with code. */
 int hr_dist_abort(const char *msg, int code);

@@ -132,16 +132,112 @@ static int l_abort(lua_State *L)
     return 0;
 }
 
+/* ------------------------------------------------------------------ gradient reducer */
+
+#define REDUCER_MT "hero.dist.GradReducer"
+
+typedef struct {
+    hr_grad_reducer *r;
+} reducer_box;
+
+static hr_grad_reducer *check_reducer(lua_State *L, const char *op)
+{
+    reducer_box *b = luaL_checkudata(L, 1, REDUCER_MT);
+    if (!b->r) luaL_error(L, "%s: the reducer was freed", op);
+    return b->r;
+}
+
+/* GradReducer(params, bucket_bytes) -> reducer; params: an array of tensors */
+static int l_grad_reducer(lua_State *L)
+{
+    const char *op = "hero.dist.GradReducer";
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer bytes = luaL_checkinteger(L, 2);
+    int n = (int)luaL_len(L, 1);
+    hr_tensor **ts = lua_newuserdatauv(L, sizeof *ts * (size_t)(n > 0 ? n : 1), 0);
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        ts[i] = hr_lua_check_tensor(L, -1, op);
+        lua_pop(L, 1);
+    }
+    reducer_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+    b->r = NULL;
+    luaL_setmetatable(L, REDUCER_MT);
+    b->r = hr_grad_reducer_new(ts, n, (int64_t)bytes);
+    if (!b->r) return hr_lua_error(L, op);
+    return 1;
+}
+
+static int reducer_begin(lua_State *L)
+{
+    if (hr_grad_reducer_begin(check_reducer(L, "GradReducer:begin"))) return hr_lua_error(L, "GradReducer:begin");
+    return 0;
+}
+
+/* finish([extra numbers]) -> their means over the ranks */
+static int reducer_finish(lua_State *L)
+{
+    hr_grad_reducer *r = check_reducer(L, "GradReducer:finish");
+    int n = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        n = (int)luaL_len(L, 2);
+    }
+    double *extra = lua_newuserdatauv(L, sizeof(double) * (size_t)(n > 0 ? n : 1), 0);
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        if (!lua_isnumber(L, -1)) return luaL_error(L, "GradReducer:finish: extra value %d is not a number", i + 1);
+        extra[i] = lua_tonumber(L, -1);
+        lua_pop(L, 1);
+    }
+    if (hr_grad_reducer_finish(r, extra, n)) return hr_lua_error(L, "GradReducer:finish");
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushnumber(L, extra[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* counts() -> number of buckets, buckets started during the last backward pass */
+static int reducer_counts(lua_State *L)
+{
+    int buckets, early;
+    hr_grad_reducer_counts(check_reducer(L, "GradReducer:counts"), &buckets, &early);
+    lua_pushinteger(L, buckets);
+    lua_pushinteger(L, early);
+    return 2;
+}
+
+static int reducer_gc(lua_State *L)
+{
+    reducer_box *b = luaL_checkudata(L, 1, REDUCER_MT);
+    hr_grad_reducer_free(b->r);
+    b->r = NULL;
+    return 0;
+}
+
 void hr_lua_open_dist(lua_State *L, int module_idx, int methods_idx)
 {
     (void)methods_idx;
+    static const luaL_Reg reducer_methods[] = {
+        {"begin", reducer_begin}, {"finish", reducer_finish}, {"counts", reducer_counts},
+        {"free", reducer_gc},     {NULL, NULL},
+    };
+    luaL_newmetatable(L, REDUCER_MT);
+    luaL_newlib(L, reducer_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, reducer_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
     static const luaL_Reg fns[] = {
         {"available", l_available},   {"is_initialized", l_is_initialized},
         {"init", l_init},             {"rank", l_rank},
         {"world_size", l_world_size}, {"all_reduce", l_all_reduce},
         {"all_gather", l_all_gather}, {"broadcast", l_broadcast},
         {"barrier", l_barrier},       {"finalize", l_finalize},
-        {"abort", l_abort},           {NULL, NULL},
+        {"abort", l_abort},           {"GradReducer", l_grad_reducer},
+        {NULL, NULL},
     };
     luaL_newlib(L, fns);
     lua_setfield(L, module_idx, "dist");

@@ -14,7 +14,8 @@
 -- than the timeout for the other ranks (a rank died, hangs, or skipped the call).
 --
 -- Written in Lua on top of them: shard, rank_seed/seed, pad_cat, all_gather_grad (the
--- differentiable gather of the VSM ranking loss), broadcast_parameters, average_gradients, run.
+-- differentiable gather of the VSM ranking loss), broadcast_parameters, average_gradients, run;
+-- GradReducer (in C) overlaps the averaging with the backward pass.
 local core = require "hero.core"
 local autograd = require "hero.autograd"
 
@@ -332,6 +333,29 @@ function dist.average_gradients(params, extra)
     end
   end)
   return means
+end
+
+local core_grad_reducer = core.dist.GradReducer
+
+--- Whether a GradReducer can take these parameters (f32/f64 tensors on the CPU).
+function dist.overlap_possible(params)
+  for _, t in ipairs(tensors_of(params)) do
+    if t:device() ~= "cpu" or (t:dtype() ~= "f32" and t:dtype() ~= "f64") then return false end
+  end
+  return true
+end
+
+--- GradReducer(params [, {bucket_mb = 25}]): the gradient averaging of average_gradients,
+-- overlapped with the backward pass. `r:begin()` before the last backward of an update: while that
+-- pass runs, every parameter whose gradient is complete is copied into its bucket (the parameters
+-- cut into buckets of about bucket_mb MiB, last layers first) and a complete bucket starts its sum
+-- over the ranks at once; `r:finish([extra])` after it starts the rest, waits, leaves the means in
+-- the parameters' .grad and returns the means of the extra numbers. `r:counts()` -> buckets,
+-- buckets started during the pass. CPU f32/f64 parameters (see overlap_possible).
+function dist.GradReducer(params, opts)
+  local mb = opts and opts.bucket_mb or 25
+  if type(mb) ~= "number" or mb <= 0 then error("hero.dist.GradReducer: bucket_mb must be a positive number", 2) end
+  return core_grad_reducer(tensors_of(params), math.max(1, math.floor(mb * 2 ^ 20)))
 end
 
 --- Runs fn(...) and returns its results; when it raises an error in a job of several ranks, prints

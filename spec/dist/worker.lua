@@ -235,6 +235,67 @@ local function nccl_collectives(rank, world)
   end
 end
 
+-- ------------------------------------------------------------------ gradient averaging overlapped
+
+-- GradReducer against average_gradients on the same gradients: a small network of f32 and f64
+-- parameters, one listed twice (tied), one that only rank 0 gives a gradient and one that no rank
+-- does, two micro-batches (the first backward outside the reducer), buckets small enough that
+-- several start during the pass. The results must be the same numbers.
+local function overlapped_averaging(rank)
+  local function net()
+    hero.manual_seed(5)
+    local p = {
+      {"w1", hero.randn(16, 8):requires_grad_()}, {"b1", hero.randn(16):requires_grad_()},
+      {"w2", hero.randn(4, 16):requires_grad_()}, {"d", hero.randn({4}, {dtype = "f64"}):requires_grad_()},
+      {"only0", hero.randn(4):requires_grad_()}, {"unused", hero.randn(3):requires_grad_()},
+    }
+    p[#p + 1] = {"tied", p[1][2]}
+    return p
+  end
+  local function pass(p, mb)
+    hero.manual_seed(100 + 10 * rank + mb)
+    local x = hero.randn(5, 8)
+    local h = hero.linear(x, p[1][2], p[2][2]):tanh()
+    local y = hero.linear(h, p[3][2]):double() * p[4][2]
+    if rank == 0 then y = y + p[5][2]:double() end
+    return y:pow(2):sum()
+  end
+  local function run(overlap)
+    local p = net()
+    local r = overlap and dist.GradReducer(p, {bucket_mb = 200 / 2 ^ 20}) or nil
+    local losses = {}
+    for mb = 1, 2 do
+      local loss = pass(p, mb)
+      if r and mb == 2 then r:begin() end
+      loss:backward()
+      losses[mb] = loss:item()
+    end
+    local extra = {losses[1] + losses[2], rank}
+    local means = r and r:finish(extra) or dist.average_gradients(p, extra)
+    return p, means, r
+  end
+  local a, ma = run(false)
+  local b, mb, r = run(true)
+  for i, e in ipairs(a) do
+    local ga, gb = e[2].grad, b[i][2].grad
+    check((ga == nil) == (gb == nil), "%s: gradient presence differs", e[1])
+    if ga then check(same(ga, gb), "%s: overlapped average differs: %s vs %s", e[1], tostring(gb), tostring(ga)) end
+  end
+  check(b[6][2].grad == nil, "a parameter no rank gave a gradient has none")
+  check(b[5][2].grad ~= nil, "a parameter only rank 0 gave a gradient has one on every rank")
+  -- (average_gradients carries the extras in its first buffer, f32 here; the reducer in double)
+  check(math.abs(ma[1] - mb[1]) <= 1e-6 * math.abs(mb[1]) and mb[2] == 0.5, "extra means: %s %s (%s)", tostring(mb[1]),
+    tostring(mb[2]), tostring(ma[1]))
+  local buckets, early = r:counts()
+  check(buckets >= 3 and early >= 1, "buckets %d, started during the pass %d", buckets, early)
+  -- misuse is an error, not a hang
+  local ok, err = pcall(r.finish, r)
+  check(not ok and tostring(err):find("begin was not called", 1, true), "finish without begin: %s", tostring(err))
+  r:free()
+  ok, err = pcall(r.begin, r)
+  check(not ok and tostring(err):find("freed", 1, true), "begin after free: %s", tostring(err))
+end
+
 -- ------------------------------------------------------------------ modes
 
 dist.run(function()
@@ -242,6 +303,7 @@ dist.run(function()
   if mode == "main" then
     local rank, world = dist.init {timeout = 60}
     collectives(rank, world)
+    overlapped_averaging(rank)
     local common = require "dist.common"
     vsm_update(common, rank)
     data_parallel(common, rank)

@@ -133,7 +133,8 @@ end
 --   grad_norm = 1.0, accum = loader.accum, valid_every =, valid = {task = batches or loader},
 --   save_every =, out_dir =, log = true, progress = true, generator =, pad_id = 1,
 --   required_fields =, forward_opts = function(task, step) -> opts or nil, dist = false, seed =,
---   device = the device of the model's first parameter, amp = nil | "bf16" | "f16"}
+--   device = the device of the model's first parameter, amp = nil | "bf16" | "f16",
+--   overlap = true, bucket_mb = 25}
 -- grad_norm <= 0 (or false) computes the norm without clipping. The optimizer's own lr_mul groups
 -- apply on top of the scheduled lr. generator: a hero.Generator used by the model (e.g. its dropout
 -- generator) when the model does not keep it on its modules; its state is checkpointed too.
@@ -144,7 +145,9 @@ end
 -- the scalers are checkpointed with the rest.
 -- dist: true (or the options of hero.dist.init, e.g. {timeout = 600}) trains data-parallel over the
 -- ranks of an MPI job (see the top of this file). seed: seeds hero's default generator; with dist,
--- each rank gets its own seed derived from it (hero.dist.rank_seed).
+-- each rank gets its own seed derived from it (hero.dist.rank_seed). With dist, the gradients of
+-- CPU parameters are averaged while the last backward pass of an update still runs
+-- (hero.dist.GradReducer, buckets of bucket_mb = 25 MiB); overlap = false averages them after it.
 function Trainer.new(opts)
   if type(opts) ~= "table" then error("Trainer: expected an options table", 2) end
   local function need(name, kind)
@@ -214,6 +217,7 @@ function Trainer.new(opts)
     local dist = require "hero.dist"
     if not dist.is_initialized() then dist.init(type(opts.dist) == "table" and opts.dist or nil) end
     self.dist, self.rank, self.world = dist, dist.rank(), dist.world_size()
+    self.overlap, self.bucket_mb = opts.overlap ~= false, opts.bucket_mb
     if self.rank ~= 0 then self.log, self.progress = false, false end
     if self.world > 1 then self.gather = dist.all_gather_grad end
     -- every rank trains the task rank 0 drew (the other ranks' draws only keep their generators moving)
@@ -297,6 +301,18 @@ function Trainer:scaler(task)
   return sc
 end
 
+--- The reducer that overlaps gradient averaging with the backward pass (hero.dist.GradReducer),
+-- made on first use; nil without dist, with opts.overlap = false, or for parameters it cannot take
+-- (on a GPU), which average_gradients handles after the pass instead.
+function Trainer:grad_reducer()
+  if not self.dist or not self.overlap then return nil end
+  if self.reducer == nil then
+    self.reducer = self.dist.overlap_possible(self.params)
+      and self.dist.GradReducer(self.params, {bucket_mb = self.bucket_mb}) or false
+  end
+  return self.reducer or nil
+end
+
 --- Runs one optimizer update; returns the record that goes to log.jsonl.
 function Trainer:update()
   local t0 = now()
@@ -322,6 +338,9 @@ function Trainer:update()
       error(string.format("Trainer: model:forward(batch, '%s') returned no loss tensor", task), 0)
     end
     local scaler = self:scaler(task)
+    -- the last backward of the update starts averaging the finished gradients while it runs
+    local reducer = mb == self.accum and self:grad_reducer() or nil
+    if reducer then reducer:begin() end
     if scaler then scaler:scale(out.loss):backward() else out.loss:backward() end
     losses[mb] = out.loss:item()
     tokens = tokens + count_tokens(batch, self.pad_id)
@@ -330,8 +349,13 @@ function Trainer:update()
   for _, l in ipairs(losses) do sum = sum + l end
   local mean_loss = sum / #losses
   if self.dist then
-    -- the gradients, this rank's mean loss and token count: one all-reduce
-    local m = self.dist.average_gradients(self.params, {mean_loss, tokens})
+    -- the gradients, this rank's mean loss and token count
+    local m
+    if self:grad_reducer() then
+      m = self:grad_reducer():finish({mean_loss, tokens})
+    else
+      m = self.dist.average_gradients(self.params, {mean_loss, tokens})
+    end
     mean_loss, tokens = m[1], math.floor(m[2] * self.world + 0.5)
   end
   self.global_step = self.global_step + 1
