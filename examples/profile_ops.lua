@@ -126,12 +126,16 @@ print(string.format("# %s %s amp=%s videos=%d mode=%s sync=%d: %.1f ms per step 
   a.config, a.device, a.amp ~= "" and a.amp or "none", a.videos, a.mode, a.sync, total / a.reps * 1e3,
   host / a.reps * 1e3, calls // a.reps,
   in_ops / a.reps * 1e3, in_ops / math.max(calls, 1) * 1e6, (host - in_ops) / a.reps * 1e3))
-print(string.format("%-28s %8s %10s %10s", "op", "calls", "ms/step", "us/call"))
-for k = 1, math.min(a.top, #list) do
-  local s = list[k]
-  print(string.format("%-28s %8d %10.2f %10.1f", s.name, s.calls // a.reps, s.seconds / a.reps * 1e3,
-    s.seconds / s.calls * 1e6))
+--- The a.top slowest rows of a list sorted by time: name, calls, milliseconds per step, per call.
+local function print_rows(heading, rows, name_of)
+  print(string.format("%-28s %8s %10s %10s", heading, "calls", "ms/step", "us/call"))
+  for k = 1, math.min(a.top, #rows) do
+    local s = rows[k]
+    print(string.format("%-28s %8d %10.2f %10.1f", name_of(s), s.calls // a.reps, s.seconds / a.reps * 1e3,
+      s.seconds / s.calls * 1e6))
+  end
 end
+print_rows("op", list, function(s) return s.name end)
 
 if #nodes > 0 then
   table.sort(nodes, function(x, y) return x.seconds > y.seconds end)
@@ -139,10 +143,5 @@ if #nodes > 0 then
   for _, s in ipairs(nodes) do in_nodes = in_nodes + s.seconds end
   print(string.format("# backward by node (%s): %.1f ms per step in %d node kinds",
     a.sync == 1 and "device times: each node waits for the GPU" or "host times", in_nodes / a.reps * 1e3, #nodes))
-  print(string.format("%-28s %8s %10s %10s", "node", "calls", "ms/step", "us/call"))
-  for k = 1, math.min(a.top, #nodes) do
-    local s = nodes[k]
-    print(string.format("%-28s %8d %10.2f %10.1f", s.op, s.calls // a.reps, s.seconds / a.reps * 1e3,
-      s.seconds / s.calls * 1e6))
-  end
+  print_rows("node", nodes, function(s) return s.op end)
 end

@@ -458,9 +458,10 @@ __device__ __forceinline__ double u53(uint32_t x, uint32_t y)
     return (double)((uint64_t)(x >> 5) * 67108864u + (y >> 6)) * 0x1.0p-53;
 }
 
-/* One thread per block of 4 words: element i uses word i % 4 of block block0 + i / 4. */
-__global__ void bernoulli_kernel(char *out, int dt, int el, int64_t n, uint32_t k0, uint32_t k1, uint64_t block0, double p,
-                                 bool invert)
+/* Calls draw(i, u) for the elements i < n of this thread's blocks: one thread per block of 4 words,
+ * element i gets u = u24 of word i % 4 of block block0 + i / 4 (the CPU's element-to-counter map). */
+template <typename Draw>
+__device__ __forceinline__ void for_each_u24(int64_t n, uint32_t k0, uint32_t k1, uint64_t block0, Draw draw)
 {
     int64_t nb = (n + 3) / 4;
     for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < nb; j += (int64_t)gridDim.x * blockDim.x) {
@@ -469,10 +470,18 @@ __global__ void bernoulli_kernel(char *out, int dt, int el, int64_t n, uint32_t 
         for (int h = 0; h < 4; h++) {
             int64_t i = j * 4 + h;
             if (i >= n) break;
-            bool below = (double)u24(w[h]) < p;
-            store_i64(out + i * el, dt, below != invert ? 1 : 0);
+            draw(i, (double)u24(w[h]));
         }
     }
+}
+
+__global__ void bernoulli_kernel(char *out, int dt, int el, int64_t n, uint32_t k0, uint32_t k1, uint64_t block0, double p,
+                                 bool invert)
+{
+    for_each_u24(n, k0, k1, block0, [&](int64_t i, double u) {
+        bool below = u < p;
+        store_i64(out + i * el, dt, below != invert ? 1 : 0);
+    });
 }
 
 /* Dropout in one pass for f32/bf16/f16: the keep mask (u >= p, the same counters as
@@ -481,21 +490,14 @@ __global__ void bernoulli_kernel(char *out, int dt, int el, int64_t n, uint32_t 
 __global__ void dropout_kernel(const char *x, char *y, char *noise, int dt, int el, int64_t n, uint32_t k0, uint32_t k1,
                                uint64_t block0, double p, float keep_value)
 {
-    int64_t nb = (n + 3) / 4;
     /* the noise value as the dtype holds it */
     keep_value = dt == HR_BF16 ? bf16_to_f32(f32_to_bf16(keep_value)) : dt == HR_F16 ? f16_to_f32(f32_to_f16(keep_value)) : keep_value;
-    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < nb; j += (int64_t)gridDim.x * blockDim.x) {
-        uint32_t w[4];
-        philox_block(k0, k1, block0 + (uint64_t)j, w);
-        for (int h = 0; h < 4; h++) {
-            int64_t i = j * 4 + h;
-            if (i >= n) break;
-            bool keep = !((double)u24(w[h]) < p);
-            float nz = keep ? keep_value : 0.0f;
-            store_f32(noise + i * el, dt, nz);
-            store_f32(y + i * el, dt, load_f32(x + i * el, dt) * nz);
-        }
-    }
+    for_each_u24(n, k0, k1, block0, [&](int64_t i, double u) {
+        bool keep = !(u < p);
+        float nz = keep ? keep_value : 0.0f;
+        store_f32(noise + i * el, dt, nz);
+        store_f32(y + i * el, dt, load_f32(x + i * el, dt) * nz);
+    });
 }
 
 /* f32/bf16/f16: u24 of word i % 4 of block i / 4; f64: u53 of words (2h, 2h+1) of block i / 2. */

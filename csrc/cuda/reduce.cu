@@ -159,15 +159,6 @@ constexpr int64_t kShortRow = 1024;
 constexpr int kWarpsPerBlock = kRowThreads / 32;
 
 
-/* max where NaN wins: every lane ends with the same value */
-__device__ __forceinline__ double warp_max_nan(double v)
-{
-    for (int o = 16; o > 0; o >>= 1) {
-        double w = __shfl_xor_sync(0xffffffffu, v, o);
-        if (w != w || (v == v && w > v)) v = w;
-    }
-    return v;
-}
 
 __global__ void sum_rows_warp(const char *src, int dt, int el, int64_t rows, int64_t n, bool mean, char *out, int odt,
                               int oel)
@@ -183,6 +174,23 @@ __global__ void sum_rows_warp(const char *src, int dt, int el, int64_t rows, int
     }
 }
 
+__device__ __forceinline__ float exp_of(float v) { return expf(v); }
+__device__ __forceinline__ double exp_of(double v) { return exp(v); }
+
+/* max where NaN wins, in the compute type T: every lane ends with the same value */
+template <typename T> __device__ __forceinline__ T warp_max_nan_of(T v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        T w = __shfl_xor_sync(0xffffffffu, v, o);
+        if (w != w || (v == v && w > v)) v = w;
+    }
+    return v;
+}
+
+/* One warp per row. T is the compute type of the max and the exponentials: double for f64 rows,
+ * float for f32/bf16/f16 ones (the CPU's f32 rows use a float exp too; exp in double was most of
+ * the time on the short rows of attention); the sum of the exponentials is always in double. */
+template <typename T>
 __global__ void softmax_rows_warp(const char *src, int dt, int el, int64_t rows, int64_t n, bool log_out, char *out)
 {
     const int lane = threadIdx.x & 31;
@@ -190,49 +198,19 @@ __global__ void softmax_rows_warp(const char *src, int dt, int el, int64_t rows,
     for (int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5); r < rows; r += step) {
         const char *row = src + r * n * el;
         char *orow = out + r * n * el;
-        double mx = -INFINITY;
+        T mx = -INFINITY;
         for (int64_t i = lane; i < n; i += 32) {
-            double v = load_f64(row + i * el, dt);
+            T v = load<T>(row + i * el, dt);
             if (v > mx || v != v) mx = (mx != mx) ? mx : v;
         }
-        mx = warp_max_nan(mx);
+        mx = warp_max_nan_of<T>(mx);
         double s = 0;
-        for (int64_t i = lane; i < n; i += 32) s += exp(load_f64(row + i * el, dt) - mx);
+        for (int64_t i = lane; i < n; i += 32) s += (double)exp_of(load<T>(row + i * el, dt) - mx);
         s = warp_sum(s);
-        double ls = log(s), inv = 1.0 / s;
+        const T ls = (T)log(s), inv = (T)(1.0 / s);
         for (int64_t i = lane; i < n; i += 32) {
-            double v = load_f64(row + i * el, dt) - mx;
-            store_f64(orow + i * el, dt, log_out ? v - ls : exp(v) * inv);
-        }
-    }
-}
-
-/* The same for f32/bf16/f16 rows with exp in f32 (the CPU's f32 rows use a float exp too): max
- * and exponentials in float, their sum in double. exp in double is most of the time of the
- * double kernel on the short rows of attention. */
-__global__ void softmax_rows_warp_f32(const char *src, int dt, int el, int64_t rows, int64_t n, bool log_out, char *out)
-{
-    const int lane = threadIdx.x & 31;
-    const int64_t step = (int64_t)gridDim.x * kWarpsPerBlock;
-    for (int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5); r < rows; r += step) {
-        const char *row = src + r * n * el;
-        char *orow = out + r * n * el;
-        float mx = -INFINITY;
-        for (int64_t i = lane; i < n; i += 32) {
-            float v = load_f32(row + i * el, dt);
-            if (v > mx || v != v) mx = (mx != mx) ? mx : v;
-        }
-        for (int o = 16; o > 0; o >>= 1) {
-            float w = __shfl_xor_sync(0xffffffffu, mx, o);
-            if (w != w || (mx == mx && w > mx)) mx = w;
-        }
-        double s = 0;
-        for (int64_t i = lane; i < n; i += 32) s += (double)expf(load_f32(row + i * el, dt) - mx);
-        s = warp_sum(s);
-        const float ls = (float)log(s), inv = (float)(1.0 / s);
-        for (int64_t i = lane; i < n; i += 32) {
-            float v = load_f32(row + i * el, dt) - mx;
-            store_f32(orow + i * el, dt, log_out ? v - ls : expf(v) * inv);
+            T v = load<T>(row + i * el, dt) - mx;
+            store(orow + i * el, dt, log_out ? v - ls : exp_of(v) * inv);
         }
     }
 }
@@ -496,9 +474,11 @@ extern "C" int hr_cuda_softmax(hr_tensor *t, int dim, bool log_out, hr_tensor *o
         char *dp = (char *)hr_tensor_data(dst);
         if (n <= kShortRow)
             if (src->dtype == HR_F64)
-                softmax_rows_warp<<<warp_row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out, dp);
+                softmax_rows_warp<double><<<warp_row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out,
+                                                                                       dp);
             else
-                softmax_rows_warp_f32<<<warp_row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out, dp);
+                softmax_rows_warp<float><<<warp_row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out,
+                                                                                      dp);
         else
             softmax_rows<<<row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out, dp);
         rc = check_launch(name);
