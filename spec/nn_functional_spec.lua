@@ -110,6 +110,38 @@ describe("dropout", function()
     assert.same(y:detach():totable(), x.grad:totable())
     helper.assert_error_contains(function() hero.dropout(x, 1.5) end, "probability must be in [0, 1]")
   end)
+
+  it("gives f32 inputs, in one pass, exactly mask / (1 - p) times x, for any size, layout and thread count", function()
+    local threads = hero.get_num_threads()
+    for _, n in ipairs {1, 5, 31, 32, 33, 100, 4099} do
+      for _, p in ipairs {0.1, 0.5, 1} do
+        local x = hero.randn(2, n):t() -- not contiguous
+        local ys = {}
+        for nt = 1, 2 do
+          hero.set_num_threads(nt)
+          local g = hero.Generator(11)
+          local xr = x:clone():requires_grad_()
+          local y = hero.dropout(xr, p, true, {generator = g})
+          y:backward(hero.ones(n, 2))
+          ys[nt] = {y = y:detach(), grad = xr.grad, after = hero.rand({3}, {generator = g})}
+        end
+        hero.set_num_threads(threads)
+        -- the separate passes: the mask drawn from the same state, divided in f32, multiplied
+        local g = hero.Generator(11)
+        local noise = hero.dropout_mask({n, 2}, p, {generator = g})
+        if p < 1 then noise = noise / hero.tensor({1 - p}) end
+        local want = x:contiguous() * noise
+        for nt = 1, 2 do
+          assert.tensor_near(ys[nt].y, want, {atol = 0, rtol = 0})
+          assert.tensor_near(ys[nt].grad, noise, {atol = 0, rtol = 0})
+          -- the generator moved on by the same draws
+          assert.tensor_near(ys[nt].after, hero.rand({3}, {generator = g}), {atol = 0, rtol = 0})
+          g = hero.Generator(11)
+          hero.dropout_mask({n, 2}, p, {generator = g})
+        end
+      end
+    end
+  end)
 end)
 
 describe("conv1d", function()

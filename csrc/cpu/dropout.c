@@ -25,13 +25,76 @@ static void mul_range(void *arg, int64_t begin, int64_t end)
     }
 }
 
+/* a * noise into a new tensor (a read as it is when it already has noise's layout and dtype). */
 static hr_tensor *times(hr_tensor *a, hr_tensor *noise)
 {
-    hr_tensor *ac = hr_cast(a, noise->dtype);
-    if (!ac) return NULL;
-    mul_job j = {hr_tensor_data(ac), hr_tensor_data(noise), hr_tensor_data(ac), noise->dtype};
-    hr_parallel_for(hr_tensor_numel(ac), 1 << 15, mul_range, &j);
-    return ac;
+    hr_tensor *ac = hr_readable_as(a, noise->dtype);
+    hr_tensor *out = ac ? hr_tensor_empty(noise->ndim, noise->size, noise->dtype, hr_cpu()) : NULL;
+    if (out) {
+        mul_job j = {hr_tensor_data(ac), hr_tensor_data(noise), hr_tensor_data(out), noise->dtype};
+        hr_parallel_for(hr_tensor_numel(out), 1 << 15, mul_range, &j);
+    }
+    hr_tensor_release(ac);
+    return out;
+}
+
+/* f32 dropout in one pass: the draws of hr_random_dropout_mask_ (element i: word i % 4 of block
+ * block0 + i / 4, kept when u >= p), noise = keep ? 1 / (float)(1 - p) : 0 and y = x * noise, the
+ * numbers of the mask, divide and multiply passes. */
+typedef struct {
+    const float *x;
+    float *y, *noise;
+    int64_t n;
+    uint32_t key[2];
+    uint64_t block0;
+    double p;
+    float keep;
+} drop_job;
+
+static void drop_blocks(void *ctx, int64_t bb, int64_t be)
+{
+    const drop_job *j = ctx;
+    int64_t i = bb * 4, last = be * 4 < j->n ? be * 4 : j->n;
+    const uint32_t bound = hr_philox_u24_bound(j->p);
+    uint32_t w8[4][8];
+    for (; i + 32 <= last; i += 32) {
+        hr_philox_blocks8(j->key, j->block0 + (uint64_t)(i >> 2), w8);
+        for (int l = 0; l < 8; l++)
+            for (int k = 0; k < 4; k++) {
+                int64_t e = i + 4 * l + k;
+                float nz = (w8[k][l] >> 8) < bound ? 0.0f : j->keep;
+                j->noise[e] = nz;
+                j->y[e] = j->x[e] * nz;
+            }
+    }
+    uint32_t w[4];
+    for (int64_t start = i; i < last; i++) {
+        if (i == start || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
+        float nz = (double)hr_philox_u24(w[i & 3]) < j->p ? 0.0f : j->keep;
+        j->noise[i] = nz;
+        j->y[i] = j->x[i] * nz;
+    }
+}
+
+static hr_tensor *dropout_f32(struct hr_generator *g, hr_tensor *x, double p, hr_tensor **noise_out)
+{
+    hr_tensor *xc = hr_contiguous(x);
+    hr_tensor *noise = xc ? hr_tensor_empty(x->ndim, x->size, HR_F32, hr_cpu()) : NULL;
+    hr_tensor *y = noise ? hr_tensor_empty(x->ndim, x->size, HR_F32, hr_cpu()) : NULL;
+    if (!y) {
+        hr_tensor_release(xc);
+        hr_tensor_release(noise);
+        return NULL;
+    }
+    int64_t n = hr_tensor_numel(x);
+    drop_job j = {hr_tensor_data(xc), hr_tensor_data(y), hr_tensor_data(noise), n, {0, 0}, 0, p,
+                  1.0f / (float)(1.0 - p)};
+    hr_generator_key(g, j.key);
+    j.block0 = hr_generator_reserve(g, (uint64_t)((n + 3) / 4));
+    hr_parallel_for((n + 3) / 4, 1 << 11, drop_blocks, &j);
+    hr_tensor_release(xc);
+    *noise_out = noise;
+    return y;
 }
 
 static int dropout_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
@@ -40,6 +103,24 @@ static int dropout_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi
     if (!noise) return -1;
     gi[0] = times((hr_tensor *)grad, noise);
     return gi[0] ? 0 : -1;
+}
+
+/* Puts y's node on the tape when x needs one (the node keeps noise); consumes the reference to
+ * noise. Returns y, or NULL (y released) when the node cannot be made. */
+static hr_tensor *record_dropout(hr_tensor *x, hr_tensor *y, hr_tensor *noise)
+{
+    if (hr_should_record(1, &x)) {
+        hr_node *node = hr_node_new("dropout", dropout_backward, 1, &x, 0);
+        if (!node || hr_node_save(node, noise) < 0) {
+            hr_node_release(node);
+            hr_tensor_release(y);
+            y = NULL;
+        } else {
+            hr_node_attach(node, y);
+        }
+    }
+    hr_tensor_release(noise);
+    return y;
 }
 
 hr_tensor *hr_dropout(struct hr_generator *g, hr_tensor *x, double p, bool training)
@@ -55,6 +136,11 @@ hr_tensor *hr_dropout(struct hr_generator *g, hr_tensor *x, double p, bool train
         return hr_fail_null(HR_EINVAL, "dropout: input is %s; f32 and f64 are supported (and bf16/f16 on a GPU)",
                             hr_dtype_name(x->dtype));
     if (hr_tensor_device(x).type != HR_CPU) return hr_cuda_dropout(g, x, p);
+    if (x->dtype == HR_F32 && p < 1) {
+        hr_tensor *noise = NULL;
+        hr_tensor *y = dropout_f32(g, x, p, &noise);
+        return y ? record_dropout(x, y, noise) : NULL;
+    }
     hr_tensor *noise = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
     if (!noise) return NULL;
     if (hr_random_dropout_mask_(g, noise, p)) {
@@ -74,16 +160,9 @@ hr_tensor *hr_dropout(struct hr_generator *g, hr_tensor *x, double p, bool train
         }
     }
     hr_tensor *y = times(x, noise);
-    if (y && hr_should_record(1, &x)) {
-        hr_node *node = hr_node_new("dropout", dropout_backward, 1, &x, 0);
-        if (!node || hr_node_save(node, noise) < 0) {
-            hr_node_release(node);
-            hr_tensor_release(y);
-            y = NULL;
-        } else {
-            hr_node_attach(node, y);
-        }
+    if (!y) {
+        hr_tensor_release(noise);
+        return NULL;
     }
-    hr_tensor_release(noise);
-    return y;
+    return record_dropout(x, y, noise);
 }

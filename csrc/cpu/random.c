@@ -244,7 +244,6 @@ static void bernoulli_f32_task(void *ctx, int64_t bb, int64_t be)
     uint32_t w[4];
     for (int64_t start = i; i < last; i++) {
         if (i == start || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
-        if (i == first || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
         double p = j->p ? j->p[i] : j->a;
         bool below = (double)hr_philox_u24(w[i & 3]) < p;
         out[i] = (below != j->invert) ? 1.0f : 0.0f;
