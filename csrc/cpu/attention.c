@@ -19,6 +19,7 @@
 #include <cblas.h>
 
 #include "../hr_blas_guard.h"
+#include "cpu/hr_simd.h"
 #include "hr_autograd.h"
 #include "hr_cuda.h"
 #include "hr_nn.h"
@@ -43,7 +44,33 @@ typedef struct {
     int failed;
 } attn_job;
 
-#define ATTENTION_KERNELS(T, SUFFIX, GEMM, EXP)                                                              \
+/* row[x] = exp(row[x] - mx) in place; returns the sum in double. f32 rows use the vector exp of
+ * hr_simd.h (as softmax does for f32 rows), f64 rows libm's. */
+static double exp_row_f32(float *row, int64_t n, float mx)
+{
+    hr_v8f vm = hr_v8f_splat(mx);
+    int64_t x = 0;
+    for (; x + 8 <= n; x += 8) {
+        hr_v8f v;
+        memcpy(&v, row + x, sizeof v);
+        v = hr_exp_v8f(v - vm);
+        memcpy(row + x, &v, sizeof v);
+    }
+    for (; x < n; x++) row[x] = hr_exp_f32(row[x] - mx);
+    return hr_sum_f32(row, n);
+}
+
+static double exp_row_f64(double *row, int64_t n, double mx)
+{
+    double s = 0;
+    for (int64_t x = 0; x < n; x++) {
+        row[x] = exp(row[x] - mx);
+        s += row[x];
+    }
+    return s;
+}
+
+#define ATTENTION_KERNELS(T, SUFFIX, GEMM, EXP_ROW)                                                              \
     static void attn_forward_##SUFFIX(void *arg, int64_t begin, int64_t end)                                 \
     {                                                                                                        \
         attn_job *j = arg;                                                                                   \
@@ -77,11 +104,7 @@ typedef struct {
                 T mx = row[0];                                                                               \
                 for (int64_t x = 1; x < Lk; x++)                                                             \
                     if (row[x] > mx) mx = row[x];                                                            \
-                double s = 0;                                                                                \
-                for (int64_t x = 0; x < Lk; x++) {                                                           \
-                    row[x] = EXP(row[x] - mx);                                                               \
-                    s += row[x];                                                                             \
-                }                                                                                            \
+                double s = EXP_ROW(row, Lk, mx);                                                             \
                 T inv = (T)(1.0 / s);                                                                        \
                 for (int64_t x = 0; x < Lk; x++) row[x] *= inv;                                              \
             }                                                                                                \
@@ -151,8 +174,8 @@ typedef struct {
         free(Pd);                                                                                            \
     }
 
-ATTENTION_KERNELS(float, f32, cblas_sgemm, expf)
-ATTENTION_KERNELS(double, f64, cblas_dgemm, exp)
+ATTENTION_KERNELS(float, f32, cblas_sgemm, exp_row_f32)
+ATTENTION_KERNELS(double, f64, cblas_dgemm, exp_row_f64)
 
 void openblas_set_num_threads(int num_threads);
 
