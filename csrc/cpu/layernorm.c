@@ -22,18 +22,65 @@ typedef struct {
     hr_dtype dt;
 } ln_fwd_job;
 
-#define LN_FORWARD_ROWS(T)                                                              \
+/* Row sums in double with eight independent lanes (a fixed order: the same for any thread count):
+ * one accumulator chain per row made the f32 LayerNorm wait on the latency of every addition. */
+typedef double ln_v4d __attribute__((vector_size(32)));
+typedef float ln_v4f __attribute__((vector_size(16)));
+
+static inline ln_v4d ln_load4(const float *x)
+{
+    ln_v4f f;
+    memcpy(&f, x, sizeof f);
+    return __builtin_convertvector(f, ln_v4d);
+}
+
+static inline double ln_total(ln_v4d a, ln_v4d b)
+{
+    ln_v4d t = a + b;
+    return (t[0] + t[1]) + (t[2] + t[3]);
+}
+
+/* sum of x, and of (x - mu)^2 when mu is given (square = true) */
+static double ln_row_sum_f32(const float *x, int64_t n, bool square, double mu)
+{
+    ln_v4d a = {0, 0, 0, 0}, b = {0, 0, 0, 0}, m = {mu, mu, mu, mu};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        ln_v4d u = ln_load4(x + i), v = ln_load4(x + i + 4);
+        if (square) {
+            u -= m;
+            v -= m;
+            a += u * u;
+            b += v * v;
+        } else {
+            a += u;
+            b += v;
+        }
+    }
+    double s = ln_total(a, b);
+    for (; i < n; i++) {
+        double d = square ? (double)x[i] - mu : (double)x[i];
+        s += square ? d * d : d;
+    }
+    return s;
+}
+
+static double ln_row_sum_f64(const double *x, int64_t n, bool square, double mu)
+{
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = square ? x[i] - mu : x[i];
+        s += square ? d * d : d;
+    }
+    return s;
+}
+
+#define LN_FORWARD_ROWS(T, ROW_SUM)                                                     \
     for (int64_t r = begin; r < end; r++) {                                             \
         const T *xr = (const T *)j->x + r * n;                                          \
         T *yr = (T *)j->y + r * n;                                                      \
-        double s = 0;                                                                   \
-        for (int64_t i = 0; i < n; i++) s += xr[i];                                     \
-        double mu = s / (double)n;                                                      \
-        double ss = 0;                                                                  \
-        for (int64_t i = 0; i < n; i++) {                                               \
-            double d = xr[i] - mu;                                                      \
-            ss += d * d;                                                                \
-        }                                                                               \
+        double mu = ROW_SUM(xr, n, false, 0.0) / (double)n;                             \
+        double ss = ROW_SUM(xr, n, true, mu);                                           \
         double rs = 1.0 / sqrt(ss / (double)n + j->eps);                                \
         j->mean[r] = mu;                                                                \
         j->rstd[r] = rs;                                                                \
@@ -52,9 +99,9 @@ static void ln_forward_rows(void *arg, int64_t begin, int64_t end)
     const ln_fwd_job *j = arg;
     int64_t n = j->cols;
     if (j->dt == HR_F32) {
-        LN_FORWARD_ROWS(float)
+        LN_FORWARD_ROWS(float, ln_row_sum_f32)
     } else {
-        LN_FORWARD_ROWS(double)
+        LN_FORWARD_ROWS(double, ln_row_sum_f64)
     }
 }
 
@@ -66,21 +113,57 @@ typedef struct {
     hr_dtype dt;
 } ln_bwd_job;
 
+/* sum of d = g * w and of d * xhat over a row, xhat = (x - mu) * rs: in double, eight lanes for f32 */
+static void ln_bwd_sums_f32(const float *x, const float *g, const float *w, int64_t n, double mu, double rs,
+                            double *sum_d, double *sum_dx)
+{
+    ln_v4d d0 = {0, 0, 0, 0}, d1 = d0, e0 = d0, e1 = d0, m = {mu, mu, mu, mu}, r = {rs, rs, rs, rs};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        ln_v4d ga = ln_load4(g + i), gb = ln_load4(g + i + 4);
+        if (w) {
+            ga *= ln_load4(w + i);
+            gb *= ln_load4(w + i + 4);
+        }
+        ln_v4d xa = (ln_load4(x + i) - m) * r, xb = (ln_load4(x + i + 4) - m) * r;
+        d0 += ga;
+        d1 += gb;
+        e0 += ga * xa;
+        e1 += gb * xb;
+    }
+    double sd = ln_total(d0, d1), sdx = ln_total(e0, e1);
+    for (; i < n; i++) {
+        double d = (double)g[i] * (w ? (double)w[i] : 1.0);
+        sd += d;
+        sdx += d * (((double)x[i] - mu) * rs);
+    }
+    *sum_d = sd;
+    *sum_dx = sdx;
+}
+
+static void ln_bwd_sums_f64(const double *x, const double *g, const double *w, int64_t n, double mu, double rs,
+                            double *sum_d, double *sum_dx)
+{
+    double sd = 0, sdx = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = g[i] * (w ? w[i] : 1.0);
+        sd += d;
+        sdx += d * ((x[i] - mu) * rs);
+    }
+    *sum_d = sd;
+    *sum_dx = sdx;
+}
+
 /* dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w */
-#define LN_BACKWARD_ROWS(T)                                                             \
+#define LN_BACKWARD_ROWS(T, BWD_SUMS)                                                             \
     for (int64_t r = begin; r < end; r++) {                                             \
         const T *xr = (const T *)j->x + r * n;                                          \
         const T *gr = (const T *)j->g + r * n;                                          \
         T *dxr = (T *)j->gx + r * n;                                                    \
         const T *w = j->w;                                                              \
         double mu = j->mean[r], rs = j->rstd[r];                                        \
-        double sum_d = 0, sum_dx = 0;                                                   \
-        for (int64_t i = 0; i < n; i++) {                                               \
-            double d = (double)gr[i] * (w ? (double)w[i] : 1.0);                        \
-            double xh = ((double)xr[i] - mu) * rs;                                      \
-            sum_d += d;                                                                 \
-            sum_dx += d * xh;                                                           \
-        }                                                                               \
+        double sum_d, sum_dx;                                                           \
+        BWD_SUMS(xr, gr, w, n, mu, rs, &sum_d, &sum_dx);                                \
         double md = sum_d / (double)n, mdx = sum_dx / (double)n;                        \
         for (int64_t i = 0; i < n; i++) {                                               \
             double d = (double)gr[i] * (w ? (double)w[i] : 1.0);                        \
@@ -94,9 +177,9 @@ static void ln_backward_rows(void *arg, int64_t begin, int64_t end)
     const ln_bwd_job *j = arg;
     int64_t n = j->cols;
     if (j->dt == HR_F32) {
-        LN_BACKWARD_ROWS(float)
+        LN_BACKWARD_ROWS(float, ln_bwd_sums_f32)
     } else {
-        LN_BACKWARD_ROWS(double)
+        LN_BACKWARD_ROWS(double, ln_bwd_sums_f64)
     }
 }
 
