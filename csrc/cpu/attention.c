@@ -48,15 +48,7 @@ typedef struct {
  * hr_simd.h (as softmax does for f32 rows), f64 rows libm's. */
 static double exp_row_f32(float *row, int64_t n, float mx)
 {
-    hr_v8f vm = hr_v8f_splat(mx);
-    int64_t x = 0;
-    for (; x + 8 <= n; x += 8) {
-        hr_v8f v;
-        memcpy(&v, row + x, sizeof v);
-        v = hr_exp_v8f(v - vm);
-        memcpy(row + x, &v, sizeof v);
-    }
-    for (; x < n; x++) row[x] = hr_exp_f32(row[x] - mx);
+    hr_exp_shifted_f32(row, row, n, mx);
     return hr_sum_f32(row, n);
 }
 

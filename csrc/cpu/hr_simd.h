@@ -123,4 +123,18 @@ static inline float hr_exp_f32(float x)
     return hr_exp_v8f(hr_v8f_splat(x))[0];
 }
 
+/* y[i] = exp(x[i] - mx) for i < n (y may be x itself): the exponentials of a softmax row. */
+static inline void hr_exp_shifted_f32(const float *x, float *y, int64_t n, float mx)
+{
+    hr_v8f vm = hr_v8f_splat(mx);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        hr_v8f v;
+        memcpy(&v, x + i, sizeof v);
+        v = hr_exp_v8f(v - vm);
+        memcpy(y + i, &v, sizeof v);
+    }
+    for (; i < n; i++) y[i] = hr_exp_f32(x[i] - mx);
+}
+
 #endif

@@ -31,16 +31,9 @@ static void softmax_row_f32(const float *x, float *y, int64_t n, bool log_out)
     bool has_nan;
     float mx = hr_maxmin_f32(x, n, true, &has_nan);
     if (has_nan) mx = NAN; /* NaN anywhere makes the whole row NaN */
-    hr_v8f vm = hr_v8f_splat(mx);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        hr_v8f v;
-        memcpy(&v, x + i, sizeof v);
-        v = hr_exp_v8f(v - vm);
-        memcpy(y + i, &v, sizeof v);
-    }
-    for (; i < n; i++) y[i] = hr_exp_f32(x[i] - mx);
+    hr_exp_shifted_f32(x, y, n, mx);
     double s = hr_sum_f32(y, n);
+    int64_t i;
     if (log_out) {
         float ls = (float)log(s);
         for (i = 0; i < n; i++) y[i] = (x[i] - mx) - ls;
