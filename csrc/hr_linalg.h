@@ -45,6 +45,10 @@ hr_tensor *hr_linear(hr_tensor *x, hr_tensor *w, hr_tensor *bias);
 /* How many operands the products have copied so far because BLAS could not read them in place
  * (neither of the two last dims unit-stride); lets tests check that views are not copied. */
 int64_t hr_matmul_operand_copies(void);
+/* Lets f32 products use the packed AVX2 kernels (true, the default) or only BLAS; returns the
+ * previous setting. For specs and benchmarks that compare the two. */
+bool hr_matmul_set_packed(bool enabled);
+int64_t hr_matmul_packed_calls(void); /* products the packed kernels have done so far */
 
 /* Seconds per call of `batch` bare cblas_sgemm calls (row-major, no transposes) on distinct
  * M x K and K x N buffers allocated here, averaged over `repeats` calls after one warm-up call;

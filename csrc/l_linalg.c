@@ -148,6 +148,22 @@ static int l_matmul_copies(lua_State *L)
     return 1;
 }
 
+/* _packed_gemm([enabled]) -> previous setting, products done by the packed kernels so far: f32
+ * products through the packed kernels (true) or only BLAS (test and benchmark hook). */
+static int l_packed_gemm(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        bool was = hr_matmul_set_packed(true);
+        hr_matmul_set_packed(was);
+        lua_pushboolean(L, was);
+    } else {
+        luaL_checktype(L, 1, LUA_TBOOLEAN);
+        lua_pushboolean(L, hr_matmul_set_packed(lua_toboolean(L, 1)));
+    }
+    lua_pushinteger(L, (lua_Integer)hr_matmul_packed_calls());
+    return 2;
+}
+
 void hr_lua_open_linalg(lua_State *L, int module_idx, int methods_idx)
 {
     static const luaL_Reg shared[] = {
@@ -173,6 +189,8 @@ void hr_lua_open_linalg(lua_State *L, int module_idx, int methods_idx)
     lua_setfield(L, module_idx, "_bench_sgemm");
     lua_pushcfunction(L, l_bench_now);
     lua_setfield(L, module_idx, "_bench_now");
+    lua_pushcfunction(L, l_packed_gemm);
+    lua_setfield(L, module_idx, "_packed_gemm");
     lua_pushcfunction(L, l_matmul_copies);
     lua_setfield(L, module_idx, "_matmul_copies");
 }

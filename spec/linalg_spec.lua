@@ -176,6 +176,108 @@ describe("linalg", function()
     end)
   end)
 
+  describe("f32 products of the transformer's sizes (packed kernels)", function()
+    -- quarters again, so any summation order gives the f64 result bit for bit. Sizes leave
+    -- remainders at every level: 6-row tiles and 144-row blocks (m = 301), 16-column tiles and
+    -- 3072-column blocks (n = 3101), 256-deep inner blocks and 8-step transposes (k = 601).
+    local g = hero.Generator(21)
+    local function quarters(...) return hero.randint(-8, 9, {...}, {generator = g}):float() / 4 end
+    local function exact(got, want)
+      assert.same(want:size(), got:size())
+      assert.equal(0, (got:double() - want):abs():max():item())
+    end
+    --- Runs fn, asserting that it made `want` products through the packed kernels.
+    local function packed_calls(want, fn)
+      local _, before = hero.core._packed_gemm()
+      fn()
+      local _, after = hero.core._packed_gemm()
+      assert.equal(want, after - before, "products done by the packed kernels")
+    end
+    local m, n, k = 301, 3101, 601
+    local a, b = quarters(m, k), quarters(k, n)
+    local a_stored_t, b_stored_t = a:t():contiguous(), b:t():contiguous() -- transposed operands
+
+    it("A @ B in all four layouts", function()
+      local want = a:double():matmul(b:double())
+      packed_calls(4, function()
+        exact(hero.matmul(a, b), want)
+        exact(hero.matmul(a_stored_t:t(), b), want)
+        exact(hero.matmul(a, b_stored_t:t()), want)
+        exact(hero.matmul(a_stored_t:t(), b_stored_t:t()), want)
+      end)
+    end)
+
+    it("alpha and beta; beta = 0 never reads the output", function()
+      local want = a:double():matmul(b:double())
+      local c = quarters(m, n)
+      packed_calls(3, function()
+        exact(hero.addmm(c, a, b, 2, 0.5), c:double() * 2 + want * 0.5)
+        exact(hero.addmm(c, a_stored_t:t(), b, 1, 1), c:double() + want)
+        local nan = hero.full({m, n}, 0 / 0)
+        exact(hero.addmm(nan, a, b_stored_t:t(), 0, 0.25), want * 0.25)
+      end)
+    end)
+
+    it("linear's forward and gradients (x @ Wᵀ + b, g @ W, gᵀ @ x)", function()
+      local x, w, bias, gy = quarters(200, 300), quarters(500, 300), quarters(500), quarters(200, 500)
+      local xv, wv = x:clone():requires_grad_(), w:clone():requires_grad_()
+      packed_calls(3, function()
+        local y = hero.linear(xv, wv, bias)
+        exact(y, x:double():matmul(w:double():t()) + bias:double())
+        y:backward(gy)
+      end)
+      exact(xv.grad, gy:double():matmul(w:double()))
+      exact(wv.grad, gy:double():t():matmul(x:double()))
+    end)
+
+    it("small products stay with BLAS, with the same results", function()
+      local x, w = quarters(60, 300), quarters(300, 500)
+      packed_calls(0, function() exact(hero.matmul(x, w), x:double():matmul(w:double())) end)
+    end)
+
+    it("a non-finite input reaches exactly the outputs it touches", function()
+      local xt, wt = quarters(101, 70):totable(), quarters(70, 90):totable()
+      xt[5][7] = math.huge
+      wt[3][89] = 0 / 0
+      local x, w = hero.tensor(xt, {dtype = "f32"}), hero.tensor(wt, {dtype = "f32"})
+      local got
+      packed_calls(1, function() got = hero.matmul(x, w):double():totable() end)
+      local want = x:double():matmul(w:double()):totable()
+      local nans = 0
+      for i = 1, 101 do
+        for j = 1, 90 do
+          local e, v = want[i][j], got[i][j]
+          if e ~= e then
+            nans = nans + 1
+            assert(v ~= v, ("element %d,%d: NaN expected, got %s"):format(i, j, v))
+          else
+            assert.equal(e, v)
+          end
+        end
+      end
+      assert.is_true(nans > 0)
+    end)
+
+    it("gives the same bits on 1 and 2 threads", function()
+      local saved = hero.get_num_threads()
+      local ok, err = pcall(function()
+        local x, w = hero.randn({330, 777}, {generator = g}), hero.randn({1555, 777}, {generator = g})
+        hero.set_num_threads(1)
+        local one = hero.linear(x, w)
+        hero.set_num_threads(2)
+        local two = hero.linear(x, w)
+        assert.equal(0, (one - two):abs():max():item())
+        local rows = hero.randn({777, 330}, {generator = g}) -- m > n: rows are split, not columns
+        hero.set_num_threads(1)
+        local r1 = hero.matmul(w, rows)
+        hero.set_num_threads(2)
+        assert.equal(0, (hero.matmul(w, rows) - r1):abs():max():item())
+      end)
+      hero.set_num_threads(saved)
+      assert(ok, err)
+    end)
+  end)
+
   it("works as methods", function()
     local a = hero.tensor {{1, 2}, {3, 4}}
     local v = hero.tensor {1, -1}

@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -20,6 +21,7 @@
 #include "../hr_blas_guard.h"
 #include "hr_cuda.h"
 #include "hr_linalg.h"
+#include "packed_gemm.h"
 #include "skinny_gemm.h"
 
 /* ------------------------------------------------------------------ plan */
@@ -111,6 +113,14 @@ static void fold_batch_into_rows(gemm_plan *p)
 
 /* ------------------------------------------------------------------ execution */
 
+/* Whether f32 products may use the packed kernels (hr_packed_sgemm) instead of BLAS; off only in
+ * specs and benchmarks that compare the two. */
+static atomic_bool packed_gemm_enabled = true;
+static atomic_llong packed_gemm_calls; /* products done by the packed kernels (a test hook) */
+
+bool hr_matmul_set_packed(bool enabled) { return atomic_exchange(&packed_gemm_enabled, enabled); }
+int64_t hr_matmul_packed_calls(void) { return (int64_t)atomic_load(&packed_gemm_calls); }
+
 static void batch_offsets(const gemm_plan *p, int64_t idx, int64_t *aoff, int64_t *boff)
 {
     int64_t ao = 0, bo = 0;
@@ -189,6 +199,16 @@ static void run_blas(gemm_plan *p)
         hr_skinny_sgemm(p->a.trans, p->b.trans, p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data, p->a.ld,
                         (const float *)p->b.data, p->b.ld, (float)p->beta, (float *)p->c))
         return;
+    /* one f32 product of the transformer's sizes: packed panels, threads over output blocks */
+    if (p->dt == HR_F32 && p->nbatch == 1 && atomic_load(&packed_gemm_enabled)) {
+        int64_t a_rs = p->a.trans ? 1 : p->a.ld, a_cs = p->a.trans ? p->a.ld : 1;
+        int64_t b_rs = p->b.trans ? 1 : p->b.ld, b_cs = p->b.trans ? p->b.ld : 1;
+        if (hr_packed_sgemm(p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data, a_rs, a_cs,
+                            (const float *)p->b.data, b_rs, b_cs, (float)p->beta, (float *)p->c, p->n)) {
+            atomic_fetch_add(&packed_gemm_calls, 1);
+            return;
+        }
+    }
     int threads = hr_get_num_threads();
     double work = (double)p->m * (double)p->n * (double)p->k;
     bool small = work < (double)(1 << 22);

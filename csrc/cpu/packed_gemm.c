@@ -1,0 +1,315 @@
+/*
+ * packed_gemm.c — f32 matrix products for the transformer's GEMMs on AVX2/FMA CPUs.
+ *
+ * A HERO step is ~90% matrix products of a few hundred rows by 768..3072 columns (projections and
+ * MLPs, their input and weight gradients). OpenBLAS runs each of them at close to the cores' peak
+ * on one thread, but on two it splits every product in a way that costs ~15% of the second core.
+ * Here the classic layered algorithm (Goto/van de Geijn) is written out for these sizes:
+ *
+ *   for each block of NC columns:                    B block (KC x NC) packed, kept in L3
+ *     for each block of KC of the inner dimension:
+ *       for each block of MC rows:                   A block (MC x KC) packed, kept in L2
+ *         for each 16-column panel of the B block:   the panel (KC x 16, 16 KiB) stays in L1
+ *           for each 6-row panel of the A block:     6 x 16 register tile (12 accumulators)
+ *
+ * Packing copies both operands, whatever their strides (plain, transposed), into panels read
+ * strictly in order: a transposed weight is packed with 8 x 8 register transposes. Threads take
+ * disjoint blocks of output columns (or rows, whichever duplicates less packing) and never
+ * wait for each other. The inner dimension is always cut at the same multiples of KC and summed
+ * in order, so every element's value is the same on 1 or N threads and wherever its tile falls.
+ * Partial tiles (at the right and bottom edges) are computed from zero-padded panels into a
+ * scratch tile and copied out with the same arithmetic as whole tiles.
+ */
+#include "packed_gemm.h"
+
+#include "hr_core.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+enum {
+    MR = 6,    /* rows of the register tile */
+    NR = 16,   /* columns of the register tile: two vectors of 8 */
+    KC = 256,  /* inner-dimension block: a B panel is KC x NR floats = 16 KiB, in L1 */
+    MC = 144,  /* row block: the packed A block is MC x KC floats = 144 KiB, in L2 */
+    NC = 3072, /* column block: the packed B block is at most KC x NC floats = 3 MiB */
+    /* smaller products (the temporal transformer's 60 rows, attention heads) stay with BLAS */
+    MIN_M = 96,
+    MIN_N = 64,
+    MIN_K = 32,
+};
+
+typedef enum {
+    TILE_SET,   /* c = alpha * acc (first inner block, beta == 0: c is not read) */
+    TILE_SCALE, /* c = alpha * acc + beta * c (first inner block) */
+    TILE_ADD,   /* c = alpha * acc + c (later inner blocks) */
+} tile_mode;
+
+/* one row of the tile: the row's packed A value broadcast, times the two B vectors */
+#define ROW_FMA(pa_, r, x0, x1)                                                                        \
+    do {                                                                                               \
+        __m256 av = _mm256_broadcast_ss((pa_) + (r));                                                  \
+        x0 = _mm256_fmadd_ps(av, b0, x0);                                                              \
+        x1 = _mm256_fmadd_ps(av, b1, x1);                                                              \
+    } while (0)
+
+/* one step of the inner dimension: the B panel's row u against the A panel's column u */
+#define K_STEP(u)                                                                                      \
+    do {                                                                                               \
+        __m256 b0 = _mm256_load_ps(pb + (u) * NR), b1 = _mm256_load_ps(pb + (u) * NR + 8);             \
+        /* keeps both B vectors in registers: folded into the FMAs as memory operands they would be    \
+         * loaded six times each and the loop would wait on loads instead of multiply-adds */          \
+        __asm__("" : "+x"(b0), "+x"(b1));                                                              \
+        ROW_FMA(pa + (u) * MR, 0, c00, c01);                                                           \
+        ROW_FMA(pa + (u) * MR, 1, c10, c11);                                                           \
+        ROW_FMA(pa + (u) * MR, 2, c20, c21);                                                           \
+        ROW_FMA(pa + (u) * MR, 3, c30, c31);                                                           \
+        ROW_FMA(pa + (u) * MR, 4, c40, c41);                                                           \
+        ROW_FMA(pa + (u) * MR, 5, c50, c51);                                                           \
+    } while (0)
+
+static inline __m256 tile_out(__m256 acc, const float *c, __m256 va, __m256 vb, tile_mode mode)
+{
+    if (mode == TILE_SET) return _mm256_mul_ps(va, acc);
+    if (mode == TILE_ADD) return _mm256_fmadd_ps(va, acc, _mm256_loadu_ps(c));
+    return _mm256_fmadd_ps(va, acc, _mm256_mul_ps(vb, _mm256_loadu_ps(c)));
+}
+
+#define ROW_OUT(r, x0, x1)                                                                             \
+    do {                                                                                               \
+        float *cr = c + (r) * ldc;                                                                     \
+        _mm256_storeu_ps(cr, tile_out(x0, cr, va, vb, mode));                                          \
+        _mm256_storeu_ps(cr + 8, tile_out(x1, cr + 8, va, vb, mode));                                  \
+    } while (0)
+
+/* The 6 x 16 tile at c (row stride ldc) from a packed A panel (kc x 6) and B panel (kc x 16);
+ * twelve accumulators in named registers (arrays of vectors were kept on the stack by GCC). */
+static __attribute__((noinline)) void kernel_6x16(int64_t kc, const float *restrict pa, const float *restrict pb,
+                                                  float *restrict c, int64_t ldc, float alpha, float beta,
+                                                  tile_mode mode)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (int r = 0; r < MR; r++) { /* the tile's rows are written at the end: fetch them meanwhile */
+        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + r * ldc + NR - 1), _MM_HINT_T0);
+    }
+    int64_t p = 0;
+    for (; p + 4 <= kc; p += 4) {
+        _mm_prefetch((const char *)(pa + 16 * MR), _MM_HINT_T0); /* the A panel streams from L2 */
+        K_STEP(0);
+        K_STEP(1);
+        K_STEP(2);
+        K_STEP(3);
+        pa += 4 * MR;
+        pb += 4 * NR;
+    }
+    for (; p < kc; p++) {
+        K_STEP(0);
+        pa += MR;
+        pb += NR;
+    }
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    ROW_OUT(0, c00, c01);
+    ROW_OUT(1, c10, c11);
+    ROW_OUT(2, c20, c21);
+    ROW_OUT(3, c30, c31);
+    ROW_OUT(4, c40, c41);
+    ROW_OUT(5, c50, c51);
+}
+
+/* A tile at the bottom or right edge (mr <= 6 rows, nr <= 16 columns): the whole tile into
+ * scratch, then its valid part out with the arithmetic of tile_out. */
+static void edge_tile(int64_t kc, const float *pa, const float *pb, float *c, int64_t ldc, int64_t mr, int64_t nr,
+                      float alpha, float beta, tile_mode mode)
+{
+    float t[MR * NR] __attribute__((aligned(32)));
+    kernel_6x16(kc, pa, pb, t, NR, 1.0f, 0.0f, TILE_SET);
+    for (int64_t i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        const float *ti = t + i * NR;
+        for (int64_t j = 0; j < nr; j++) {
+            if (mode == TILE_SET) ci[j] = alpha * ti[j];
+            else if (mode == TILE_ADD) ci[j] = fmaf(alpha, ti[j], ci[j]);
+            else ci[j] = fmaf(alpha, ti[j], beta * ci[j]);
+        }
+    }
+}
+
+/* In-register transpose of eight 8-float rows. */
+static inline void transpose_8x8(__m256 r[8])
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* Packs rows [0, mc) x inner [0, kc) of A (A(i, p) = a[i * rs + p * cs]) into panels of MR rows:
+ * panel q holds A(q*MR + i, p) at [q][p][i]; rows past mc are zero. */
+static void pack_a(const float *a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, float *dst)
+{
+    for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += kc * MR) {
+        int64_t mr = mc - i0 < MR ? mc - i0 : MR;
+        const float *src = a + i0 * rs;
+        int64_t p = 0;
+        if (mr == MR && cs == 1) { /* rows contiguous along p: 6 rows x 8 steps transposed at once */
+            const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+            for (; p + 8 <= kc; p += 8) {
+                __m256 r[8];
+                for (int i = 0; i < MR; i++) r[i] = _mm256_loadu_ps(src + i * rs + p);
+                r[6] = r[7] = _mm256_setzero_ps();
+                transpose_8x8(r);
+                for (int q = 0; q < 8; q++) _mm256_maskstore_ps(dst + (p + q) * MR, six, r[q]);
+            }
+        } else if (mr == MR && rs == 1) { /* columns contiguous: 6 floats per step */
+            for (; p < kc; p++) memcpy(dst + p * MR, src + p * cs, MR * sizeof(float));
+        }
+        for (; p < kc; p++) {
+            for (int64_t i = 0; i < mr; i++) dst[p * MR + i] = src[i * rs + p * cs];
+            for (int64_t i = mr; i < MR; i++) dst[p * MR + i] = 0.0f;
+        }
+    }
+}
+
+/* Packs inner [0, kc) x columns [0, nc) of B (B(p, j) = b[p * rs + j * cs]) into panels of NR
+ * columns: panel q holds B(p, q*NR + j) at [q][p][j]; columns past nc are zero. */
+static void pack_b(const float *b, int64_t rs, int64_t cs, int64_t kc, int64_t nc, float *dst)
+{
+    for (int64_t j0 = 0; j0 < nc; j0 += NR, dst += kc * NR) {
+        int64_t nr = nc - j0 < NR ? nc - j0 : NR;
+        const float *src = b + j0 * cs;
+        int64_t p = 0;
+        if (nr == NR && cs == 1) { /* rows contiguous: two vectors per step */
+            for (; p < kc; p++) {
+                _mm256_store_ps(dst + p * NR, _mm256_loadu_ps(src + p * rs));
+                _mm256_store_ps(dst + p * NR + 8, _mm256_loadu_ps(src + p * rs + 8));
+            }
+        } else if (nr == NR && rs == 1) { /* a transposed operand (a weight in x @ Wᵀ): 8 x 8 blocks */
+            for (; p + 8 <= kc; p += 8) {
+                for (int h = 0; h < 2; h++) {
+                    __m256 r[8];
+                    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src + (h * 8 + j) * cs + p);
+                    transpose_8x8(r);
+                    for (int q = 0; q < 8; q++) _mm256_store_ps(dst + (p + q) * NR + h * 8, r[q]);
+                }
+            }
+        }
+        for (; p < kc; p++) {
+            for (int64_t j = 0; j < nr; j++) dst[p * NR + j] = src[p * rs + j * cs];
+            for (int64_t j = nr; j < NR; j++) dst[p * NR + j] = 0.0f;
+        }
+    }
+}
+
+typedef struct {
+    int64_t m, n, k;
+    float alpha, beta;
+    const float *a, *b;
+    int64_t a_rs, a_cs, b_rs, b_cs;
+    float *c;
+    int64_t ldc;
+    bool split_cols; /* parts take column blocks (else row blocks) */
+    int64_t parts;
+    float *scratch; /* per part: the packed A block, then the packed B block */
+    size_t scratch_floats;
+} gemm_job;
+
+/* c[i0:i1, j0:j1] of the job's product, with this part's scratch. */
+static void gemm_block(const gemm_job *g, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float *pa, float *pb)
+{
+    for (int64_t jc = j0; jc < j1; jc += NC) {
+        int64_t nc = j1 - jc < NC ? j1 - jc : NC;
+        for (int64_t pc = 0; pc < g->k; pc += KC) {
+            int64_t kc = g->k - pc < KC ? g->k - pc : KC;
+            tile_mode mode = pc > 0 ? TILE_ADD : g->beta == 0.0f ? TILE_SET : TILE_SCALE;
+            pack_b(g->b + pc * g->b_rs + jc * g->b_cs, g->b_rs, g->b_cs, kc, nc, pb);
+            for (int64_t ic = i0; ic < i1; ic += MC) {
+                int64_t mc = i1 - ic < MC ? i1 - ic : MC;
+                pack_a(g->a + ic * g->a_rs + pc * g->a_cs, g->a_rs, g->a_cs, mc, kc, pa);
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    int64_t nr = nc - jr < NR ? nc - jr : NR;
+                    const float *panel_b = pb + jr * kc;
+                    for (int64_t ir = 0; ir < mc; ir += MR) {
+                        int64_t mr = mc - ir < MR ? mc - ir : MR;
+                        float *tile = g->c + (ic + ir) * g->ldc + jc + jr;
+                        if (mr == MR && nr == NR)
+                            kernel_6x16(kc, pa + ir * kc, panel_b, tile, g->ldc, g->alpha, g->beta, mode);
+                        else
+                            edge_tile(kc, pa + ir * kc, panel_b, tile, g->ldc, mr, nr, g->alpha, g->beta, mode);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* hr_parallel_for body: parts [begin, end), each a disjoint block of c with its own scratch. */
+static void gemm_parts(void *ctx, int64_t begin, int64_t end)
+{
+    const gemm_job *g = ctx;
+    int64_t unit = g->split_cols ? NR : MR, extent = g->split_cols ? g->n : g->m;
+    int64_t units = (extent + unit - 1) / unit;
+    for (int64_t part = begin; part < end; part++) {
+        int64_t lo = units * part / g->parts * unit, hi = units * (part + 1) / g->parts * unit;
+        if (hi > extent) hi = extent;
+        float *pa = g->scratch + (size_t)part * g->scratch_floats, *pb = pa + (size_t)MC * KC;
+        if (g->split_cols) gemm_block(g, 0, g->m, lo, hi, pa, pb);
+        else gemm_block(g, lo, hi, 0, g->n, pa, pb);
+    }
+}
+
+bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t a_rs, int64_t a_cs,
+                     const float *b, int64_t b_rs, int64_t b_cs, float beta, float *c, int64_t ldc)
+{
+    if (m < MIN_M || n < MIN_N || k < MIN_K) return false;
+    gemm_job g = {.m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .a_rs = a_rs, .a_cs = a_cs,
+                  .b_rs = b_rs, .b_cs = b_cs, .c = c, .ldc = ldc};
+    /* Split the dimension whose split duplicates the smaller packing: column parts each pack all
+     * of A (m x k), row parts each pack all of B (k x n). Parts of fewer than 4 tiles' width are
+     * not worth a thread. */
+    g.split_cols = m <= n;
+    int64_t units = g.split_cols ? (n + NR - 1) / NR : (m + MR - 1) / MR;
+    int64_t parts = hr_get_num_threads();
+    if (parts > units / 4) parts = units / 4;
+    if (parts < 1) parts = 1;
+    g.parts = parts;
+    int64_t widest = g.split_cols ? ((units + parts - 1) / parts) * NR : n;
+    if (widest > NC) widest = NC;
+    g.scratch_floats = (size_t)MC * KC + (size_t)KC * (size_t)((widest + NR - 1) / NR * NR);
+    size_t bytes = g.scratch_floats * (size_t)parts * sizeof(float);
+    g.scratch = hr_alloc_bytes(bytes);
+    if (!g.scratch) {
+        hr_clear_error();
+        return false;
+    }
+    hr_parallel_for(parts, 1, gemm_parts, &g);
+    hr_free_bytes(g.scratch, bytes);
+    return true;
+}
+
+#else /* without AVX2/FMA the caller uses BLAS */
+
+bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t a_rs, int64_t a_cs,
+                     const float *b, int64_t b_rs, int64_t b_cs, float beta, float *c, int64_t ldc)
+{
+    (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)a_rs, (void)a_cs, (void)b, (void)b_rs, (void)b_cs;
+    (void)beta, (void)c, (void)ldc;
+    return false;
+}
+
+#endif
