@@ -194,20 +194,21 @@ static void blas_batch_range(void *ctx, int64_t begin, int64_t end)
  */
 static void run_blas(gemm_plan *p)
 {
-    /* one f32 product of a short operand with a very long one (the LM head): its own kernels */
-    if (p->dt == HR_F32 && p->nbatch == 1 &&
-        hr_skinny_sgemm(p->a.trans, p->b.trans, p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data, p->a.ld,
-                        (const float *)p->b.data, p->b.ld, (float)p->beta, (float *)p->c))
-        return;
-    /* one f32 product of the transformer's sizes: packed panels, threads over output blocks */
-    if (p->dt == HR_F32 && p->nbatch == 1 && atomic_load(&packed_gemm_enabled)) {
-        int64_t a_rs = p->a.trans ? 1 : p->a.ld, a_cs = p->a.trans ? p->a.ld : 1;
-        int64_t b_rs = p->b.trans ? 1 : p->b.ld, b_cs = p->b.trans ? p->b.ld : 1;
-        if (hr_packed_sgemm(p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data, a_rs, a_cs,
-                            (const float *)p->b.data, b_rs, b_cs, (float)p->beta, (float *)p->c, p->n)) {
-            atomic_fetch_add(&packed_gemm_calls, 1);
-            return;
+    /* one f32 product: the packed kernels for the transformer's sizes (the LM head's included),
+     * then the skinny kernels for a very long operand against a short one of under 48 rows */
+    if (p->dt == HR_F32 && p->nbatch == 1) {
+        if (atomic_load(&packed_gemm_enabled)) {
+            int64_t a_rs = p->a.trans ? 1 : p->a.ld, a_cs = p->a.trans ? p->a.ld : 1;
+            int64_t b_rs = p->b.trans ? 1 : p->b.ld, b_cs = p->b.trans ? p->b.ld : 1;
+            if (hr_packed_sgemm(p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data, a_rs, a_cs,
+                                (const float *)p->b.data, b_rs, b_cs, (float)p->beta, (float *)p->c, p->n)) {
+                atomic_fetch_add(&packed_gemm_calls, 1);
+                return;
+            }
         }
+        if (hr_skinny_sgemm(p->a.trans, p->b.trans, p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data,
+                            p->a.ld, (const float *)p->b.data, p->b.ld, (float)p->beta, (float *)p->c))
+            return;
     }
     int threads = hr_get_num_threads();
     double work = (double)p->m * (double)p->n * (double)p->k;
