@@ -192,24 +192,29 @@ static void blas_batch_range(void *ctx, int64_t begin, int64_t end)
  * not K, across its threads: results are deterministic for a given thread count, and differ across
  * thread counts only in the last bits of elements that fall in a thread's partial register tile.
  */
+/* One f32 product on hero's own kernels: the packed kernels for the transformer's sizes (the LM
+ * head's included), then the skinny kernels for a very long operand against a short one of under
+ * 48 rows. Returns false, having done nothing, when neither takes it. These never call BLAS, so
+ * they run outside the BLAS guard: a process whose first products all ran here has no BLAS work
+ * space yet, and the guard must still check for it before BLAS's first call. */
+static bool run_own_kernels(gemm_plan *p)
+{
+    if (p->dt != HR_F32 || p->nbatch != 1) return false;
+    if (atomic_load(&packed_gemm_enabled)) {
+        int64_t a_rs = p->a.trans ? 1 : p->a.ld, a_cs = p->a.trans ? p->a.ld : 1;
+        int64_t b_rs = p->b.trans ? 1 : p->b.ld, b_cs = p->b.trans ? p->b.ld : 1;
+        if (hr_packed_sgemm(p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data, a_rs, a_cs,
+                            (const float *)p->b.data, b_rs, b_cs, (float)p->beta, (float *)p->c, p->n)) {
+            atomic_fetch_add(&packed_gemm_calls, 1);
+            return true;
+        }
+    }
+    return hr_skinny_sgemm(p->a.trans, p->b.trans, p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data,
+                           p->a.ld, (const float *)p->b.data, p->b.ld, (float)p->beta, (float *)p->c);
+}
+
 static void run_blas(gemm_plan *p)
 {
-    /* one f32 product: the packed kernels for the transformer's sizes (the LM head's included),
-     * then the skinny kernels for a very long operand against a short one of under 48 rows */
-    if (p->dt == HR_F32 && p->nbatch == 1) {
-        if (atomic_load(&packed_gemm_enabled)) {
-            int64_t a_rs = p->a.trans ? 1 : p->a.ld, a_cs = p->a.trans ? p->a.ld : 1;
-            int64_t b_rs = p->b.trans ? 1 : p->b.ld, b_cs = p->b.trans ? p->b.ld : 1;
-            if (hr_packed_sgemm(p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data, a_rs, a_cs,
-                                (const float *)p->b.data, b_rs, b_cs, (float)p->beta, (float *)p->c, p->n)) {
-                atomic_fetch_add(&packed_gemm_calls, 1);
-                return;
-            }
-        }
-        if (hr_skinny_sgemm(p->a.trans, p->b.trans, p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data,
-                            p->a.ld, (const float *)p->b.data, p->b.ld, (float)p->beta, (float *)p->c))
-            return;
-    }
     int threads = hr_get_num_threads();
     double work = (double)p->m * (double)p->n * (double)p->k;
     bool small = work < (double)(1 << 22);
@@ -551,7 +556,8 @@ static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor 
             if (is_blas) fold_batch_into_rows(&p);
             p.nbatch = 1;
             for (int i = 0; i < p.nb; i++) p.nbatch *= p.bsize[i];
-            if (is_blas) {
+            bool own = is_blas && run_own_kernels(&p);
+            if (is_blas && !own) {
                 /* OpenBLAS hangs when its work space cannot be allocated: fail first instead */
                 if (hr_blas_begin(op)) {
                     if (ca) hr_tensor_release(ca);
@@ -560,7 +566,7 @@ static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor 
                 }
                 run_blas(&p);
                 hr_blas_end();
-            } else {
+            } else if (!is_blas) {
                 run_int(&p);
             }
             if (ca) hr_tensor_release(ca);

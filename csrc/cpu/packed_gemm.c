@@ -170,13 +170,16 @@ static void pack_a(const float *a, int64_t rs, int64_t cs, int64_t mc, int64_t k
         const float *src = a + i0 * rs;
         int64_t p = 0;
         if (mr == MR && cs == 1) { /* rows contiguous along p: 6 rows x 8 steps transposed at once */
-            const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
             for (; p + 8 <= kc; p += 8) {
                 __m256 r[8];
                 for (int i = 0; i < MR; i++) r[i] = _mm256_loadu_ps(src + i * rs + p);
                 r[6] = r[7] = _mm256_setzero_ps();
                 transpose_8x8(r);
-                for (int q = 0; q < 8; q++) _mm256_maskstore_ps(dst + (p + q) * MR, six, r[q]);
+                /* 8 floats stored for 6: each store's last two are overwritten by the next one
+                 * (masked stores are slow on AMD); the last step stores exactly 4 + 2 */
+                for (int q = 0; q < 7; q++) _mm256_storeu_ps(dst + (p + q) * MR, r[q]);
+                _mm_storeu_ps(dst + (p + 7) * MR, _mm256_castps256_ps128(r[7]));
+                _mm_storel_pi((__m64 *)(dst + (p + 7) * MR + 4), _mm256_extractf128_ps(r[7], 1));
             }
         } else if (mr == MR && rs == 1) { /* columns contiguous: 6 floats per step */
             for (; p < kc; p++) memcpy(dst + p * MR, src + p * cs, MR * sizeof(float));
@@ -192,16 +195,24 @@ static void pack_a(const float *a, int64_t rs, int64_t cs, int64_t mc, int64_t k
  * columns: panel q holds B(p, q*NR + j) at [q][p][j]; columns past nc are zero. */
 static void pack_b(const float *b, int64_t rs, int64_t cs, int64_t kc, int64_t nc, float *dst)
 {
+    if (cs == 1) { /* rows contiguous: each row read once, in order, its 16-float pieces to the panels */
+        int64_t full = nc / NR;
+        for (int64_t p = 0; p < kc; p++) {
+            const float *row = b + p * rs;
+            float *d = dst + p * NR;
+            for (int64_t q = 0; q < full; q++, d += kc * NR) {
+                _mm256_store_ps(d, _mm256_loadu_ps(row + q * NR));
+                _mm256_store_ps(d + 8, _mm256_loadu_ps(row + q * NR + 8));
+            }
+        }
+    }
     for (int64_t j0 = 0; j0 < nc; j0 += NR, dst += kc * NR) {
         int64_t nr = nc - j0 < NR ? nc - j0 : NR;
         const float *src = b + j0 * cs;
         int64_t p = 0;
-        if (nr == NR && cs == 1) { /* rows contiguous: two vectors per step */
-            for (; p < kc; p++) {
-                _mm256_store_ps(dst + p * NR, _mm256_loadu_ps(src + p * rs));
-                _mm256_store_ps(dst + p * NR + 8, _mm256_loadu_ps(src + p * rs + 8));
-            }
-        } else if (nr == NR && rs == 1) { /* a transposed operand (a weight in x @ Wᵀ): 8 x 8 blocks */
+        if (nr == NR && cs == 1) /* packed above, row by row across all panels */
+            continue;
+        if (nr == NR && rs == 1) { /* a transposed operand (a weight in x @ Wᵀ): 8 x 8 blocks */
             for (; p + 8 <= kc; p += 8) {
                 for (int h = 0; h < 2; h++) {
                     __m256 r[8];
