@@ -212,6 +212,24 @@ describe("linalg", function()
       end)
     end)
 
+    it("views with row strides longer than their rows, plain and transposed", function()
+      local wide_a, wide_b = quarters(m, k + 9), quarters(k + 5, n + 7)
+      local av, bv = wide_a:narrow(2, 4, k), wide_b:narrow(1, 2, k):narrow(2, 3, n)
+      local want = av:double():matmul(bv:double())
+      packed_calls(2, function()
+        exact(hero.matmul(av, bv), want)
+        local bt = quarters(n, k + 3):narrow(2, 2, k) -- Bᵀ stored with a longer row
+        exact(hero.matmul(av, bt:t()), av:double():matmul(bt:double():t()))
+      end)
+    end)
+
+    it("alpha = 0 gives beta * c even when A @ B is not finite (BLAS's convention)", function()
+      local xt = quarters(100, 70):totable()
+      xt[1][1] = math.huge
+      local x, w, c = hero.tensor(xt, {dtype = "f32"}), quarters(70, 80), quarters(100, 80)
+      packed_calls(0, function() exact(hero.addmm(c, x, w, 0.5, 0), c:double() * 0.5) end)
+    end)
+
     it("alpha and beta; beta = 0 never reads the output", function()
       local want = a:double():matmul(b:double())
       local c = quarters(m, n)

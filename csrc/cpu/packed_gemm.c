@@ -289,7 +289,8 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t a_rs, int64_t a_cs,
                      const float *b, int64_t b_rs, int64_t b_cs, float beta, float *c, int64_t ldc)
 {
-    if (m < MIN_M || n < MIN_N || k < MIN_K) return false;
+    /* alpha = 0: BLAS's answer is beta * c whatever A and B hold (0 * inf would make NaN here) */
+    if (m < MIN_M || n < MIN_N || k < MIN_K || alpha == 0.0f) return false;
     gemm_job g = {.m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .a_rs = a_rs, .a_cs = a_cs,
                   .b_rs = b_rs, .b_cs = b_cs, .c = c, .ldc = ldc};
     /* Split the dimension whose split duplicates the smaller packing: column parts each pack all
