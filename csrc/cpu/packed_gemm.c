@@ -98,9 +98,10 @@ static __attribute__((noinline)) void kernel_6x16(int64_t kc, const float *restr
         _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + r * ldc + NR - 1), _MM_HINT_T0);
     }
+    /* no software prefetch of the A panel: it streams in order and the hardware prefetcher keeps
+     * up (a prefetch per 4 steps measured 1-3% slower) */
     int64_t p = 0;
     for (; p + 4 <= kc; p += 4) {
-        _mm_prefetch((const char *)(pa + 16 * MR), _MM_HINT_T0); /* the A panel streams from L2 */
         K_STEP(0);
         K_STEP(1);
         K_STEP(2);
