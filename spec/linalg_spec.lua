@@ -48,6 +48,21 @@ local function run_case(case)
   return fn(table.unpack(args))
 end
 
+--- Values in {-2, -1.75, ..., 2} drawn from g (a hero.Generator): products and sums of a few
+-- thousand of them are exact in f32, so any summation order must give the f64 result bit for bit.
+local function quarters_from(g)
+  return function(...)
+    local shape = select("#", ...) == 1 and type(...) == "table" and ... or {...}
+    return hero.randint(-8, 9, shape, {generator = g}):float() / 4
+  end
+end
+
+--- got equals the f64 tensor want exactly (and has its size).
+local function exact(got, want)
+  assert.same(want:size(), got:size())
+  assert.equal(0, (got:double() - want):abs():max():item())
+end
+
 describe("linalg", function()
   describe("matches NumPy", function()
     for _, case in ipairs(fixture.cases) do
@@ -90,16 +105,11 @@ describe("linalg", function()
     -- 12000 x 256 f32 outputs (12 MiB, over the 8 MiB where row blocks start) with K = 40; the
     -- values are quarters in [-2, 2], so every sum is exact in f32 and must equal f64 bit for bit,
     -- whatever the blocks: a wrong block offset shows up as whole rows of wrong values.
-    local g = hero.Generator(11)
-    local function quarters(shape) return hero.randint(-8, 9, shape, {generator = g}):float() / 4 end
+    local quarters = quarters_from(hero.Generator(11))
     local plain = quarters {12000, 40}
     local stored_t = quarters {40, 12000}
     local x = quarters {40, 256}
     local bias = quarters {12000, 256}
-    local function exact(got, want)
-      assert.same(got:size(), want:size())
-      assert.equal(0, (got:double() - want):abs():max():item())
-    end
     exact(hero.matmul(plain, x), plain:double():matmul(x:double()))
     exact(hero.matmul(stored_t:t(), x), stored_t:t():double():matmul(x:double()))
     exact(hero.addmm(bias, stored_t:t(), x), bias:double() + stored_t:t():double():matmul(x:double()))
@@ -116,11 +126,7 @@ describe("linalg", function()
     -- 8195 long rows (3-row dot tiles, 4-row groups), k = 100 (8-wide dot steps), k = 8200 (256-row
     -- panels), 770 columns (24-column tiles).
     local g = hero.Generator(12)
-    local function quarters(...) return hero.randint(-8, 9, {...}, {generator = g}):float() / 4 end
-    local function exact(got, want)
-      assert.same(want:size(), got:size())
-      assert.equal(0, (got:double() - want):abs():max():item())
-    end
+    local quarters = quarters_from(g)
     local x, w, bias = quarters(30, 100), quarters(8195, 100), quarters(8195)
     local gy, w2 = quarters(30, 8200), quarters(8200, 770)
     local gl, x2 = quarters(30, 8195), quarters(30, 770)
@@ -186,11 +192,7 @@ describe("linalg", function()
     -- remainders at every level: 6-row tiles and 144-row blocks (m = 301), 16-column tiles and
     -- 3072-column blocks (n = 3101), 256-deep inner blocks and 8-step transposes (k = 601).
     local g = hero.Generator(21)
-    local function quarters(...) return hero.randint(-8, 9, {...}, {generator = g}):float() / 4 end
-    local function exact(got, want)
-      assert.same(want:size(), got:size())
-      assert.equal(0, (got:double() - want):abs():max():item())
-    end
+    local quarters = quarters_from(g)
     --- Runs fn, asserting that it made `want` products through the packed kernels.
     local function packed_calls(want, fn)
       local _, before = hero.core._packed_gemm()
