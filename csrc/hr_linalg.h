@@ -48,6 +48,7 @@ int64_t hr_matmul_operand_copies(void);
 /* Lets f32 products use the packed AVX2 kernels (true, the default) or only BLAS; returns the
  * previous setting. For specs and benchmarks that compare the two. */
 bool hr_matmul_set_packed(bool enabled);
+bool hr_matmul_packed_enabled(void); /* the setting above */
 int64_t hr_matmul_packed_calls(void); /* products the packed kernels have done so far */
 
 /* Seconds per call of `batch` bare cblas_sgemm calls (row-major, no transposes) on distinct

@@ -196,6 +196,33 @@ describe("attention", function()
       {dropout = 0.3, generator = hero.Generator(9)}) end, {q}))
   end)
 
+  it("f32 heads of HERO's sizes (64 wide, 33 and 60 keys) agree with f64, forward and gradients", function()
+    -- these f32 per-head products run on hero's head kernels (cpu/attention.c); the f64 ones on BLAS
+    local g = hero.Generator(31)
+    for _, lk in ipairs {33, 60} do
+      local q64 = hero.randn({3, 33, 128}, {dtype = "f64", generator = g}) * 0.5
+      local k64 = hero.randn({3, lk, 128}, {dtype = "f64", generator = g}) * 0.5
+      local v64 = hero.randn({3, lk, 128}, {dtype = "f64", generator = g}) * 0.5
+      local up64 = hero.randn({3, 33, 128}, {dtype = "f64", generator = g}) * 0.5
+      local rows = {}
+      for b = 1, 3 do
+        rows[b] = {}
+        for j = 1, lk do rows[b][j] = (b == 3 and j > lk - 5) and -10000 or 0 end -- padded keys
+      end
+      local mask64 = hero.tensor(rows, {dtype = "f64"})
+      local function run(dt)
+        local q = q64:to{dtype = dt}:requires_grad_()
+        local k = k64:to{dtype = dt}:requires_grad_()
+        local v = v64:to{dtype = dt}:requires_grad_()
+        local y = hero.attention(q, k, v, mask64:to{dtype = dt}, 2)
+        y:backward(up64:to{dtype = dt})
+        return {y, q.grad, k.grad, v.grad}
+      end
+      local got, want = run("f32"), run("f64")
+      for i = 1, 4 do assert.tensor_near(got[i], want[i]) end
+    end
+  end)
+
   it("names bad shapes", function()
     local q = hero.zeros(2, 3, 8)
     helper.assert_error_contains(function() hero.attention(q, q, q, nil, 3) end, "not divisible into 3 heads")

@@ -119,6 +119,7 @@ static atomic_bool packed_gemm_enabled = true;
 static atomic_llong packed_gemm_calls; /* products done by the packed kernels (a test hook) */
 
 bool hr_matmul_set_packed(bool enabled) { return atomic_exchange(&packed_gemm_enabled, enabled); }
+bool hr_matmul_packed_enabled(void) { return atomic_load(&packed_gemm_enabled); }
 int64_t hr_matmul_packed_calls(void) { return (int64_t)atomic_load(&packed_gemm_calls); }
 
 static void batch_offsets(const gemm_plan *p, int64_t idx, int64_t *aoff, int64_t *boff)
