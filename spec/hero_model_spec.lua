@@ -39,7 +39,7 @@ local function check_outputs(out, expected, names)
 end
 
 describe("HERO pre-training model against the reference", function()
-  local m = model()
+  local m = model():keep_activations()
 
   it("has exactly the reference's state_dict keys and shapes", function()
     local w = load("weights")
@@ -88,6 +88,37 @@ describe("HERO pre-training model against the reference", function()
     m.opts.ranking_loss_type = "hinge"
     assert.parity(lse.loss_neg_ctx, expected.lse_loss_neg_ctx, "activations")
     assert.parity(lse.loss, expected.lse_loss, "activations")
+  end)
+end)
+
+describe("HERO pre-training model computing only what the losses read", function()
+  local m = model()
+  local read = {
+    mlm = {"mlm_logits", "loss_per_token", "loss"},
+    ["mfm-nce"] = {"c_out", "pred_feat", "neg_pred_feat", "nce_logits", "loss_per_frame", "loss"},
+    mffr = {"matched_v_feats", "c_in", "pred_feat", "loss_per_frame", "loss"},
+    fom = {"matched_v_feats", "c_out", "fom_logits", "loss"},
+    vsm = {"matched_v_feats", "c_out", "q2video_scores", "loss"},
+  }
+  for _, task in ipairs {"mlm", "mfm-nce", "mffr", "fom", "vsm"} do
+    it("gives the reference's outputs for " .. task .. " without the full cross-modal output", function()
+      local out = m:forward(batch("batch_" .. task), task)
+      assert.is_nil(out.f_out)
+      check_outputs(out, load("outputs_" .. task), read[task])
+    end)
+  end
+
+  it("runs the last cross-modal layer on the rows asked for only, equal to those of the full output", function()
+    local b = batch("batch_mlm")
+    local encoder = m.v_encoder.f_encoder.encoder
+    local f_emb = m.v_encoder.f_encoder:embed(b)
+    local full = encoder:forward(f_emb, b.attn_masks)
+    local N, L, H = full:size(1), full:size(2), full:size(3)
+    local rows = hero.tensor({0, L + 2, N * L - 1, 3}, {dtype = "i64"})
+    local some = encoder:forward(f_emb, b.attn_masks, {rows = rows})
+    assert.same({4, H}, some:size())
+    assert.parity(some, full:reshape(N * L, H):index_select(1, rows), "activations")
+    assert.same({0, H}, encoder:forward(f_emb, b.attn_masks, {rows = hero.tensor({}, {dtype = "i64"})}):size())
   end)
 end)
 

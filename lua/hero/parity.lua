@@ -104,7 +104,8 @@ function Runner:model()
     if mod.__name == "Dropout" then mod.p = 0 end
     if mod.attention_dropout then mod.attention_dropout = 0 end
   end
-  return self:on_device(m)
+  -- every intermediate the fixture holds is compared, so every position is computed
+  return self:on_device(m:keep_activations())
 end
 
 local TASKS = {"mlm", "mfm-nce", "mffr", "fom", "vsm"}
@@ -229,7 +230,7 @@ function Runner:tvc()
     if entry[2].__name == "Dropout" then entry[2].p = 0 end
     if entry[2].attention_dropout then entry[2].attention_dropout = 0 end
   end
-  self:on_device(m)
+  self:on_device(m:keep_activations())
   local batch = self:batch("tvc_batch")
   local out = m:forward(batch)
   local expected = files["tvc_outputs.safetensors"] and io_.load(self:path("tvc_outputs.safetensors")) or {}
@@ -313,7 +314,7 @@ function Runner:downstream_model(head)
   if exists(self:path(head .. "_head_init.safetensors")) then
     m:load_checkpoint(require("hero.io").load(self:path(head .. "_head_init.safetensors")))
   end
-  return self:on_device(models.downstream.set_dropout(m, 0))
+  return self:on_device(models.downstream.set_dropout(m, 0):keep_activations())
 end
 
 local HEAD_TASK = {vcmr = "tvr", videoqa = "tvqa", violin = "violin"}

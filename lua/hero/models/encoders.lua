@@ -69,10 +69,11 @@ function M.TemporalTrm:__init(cfg, opts)
   self:add_module("encoder", nn.TransformerEncoder(encoder_opts(cfg, opts)))
   self:add_module("pooler", pooler(cfg, opts))
 end
---- x [B, L, H] (frame-fused inputs), mask [B, L]. Returns output and the embedding.
-function M.TemporalTrm:forward(x, mask)
+--- x [B, L, H] (frame-fused inputs), mask [B, L]; opts.rows as TransformerEncoder's. Returns the
+-- output and the embedding.
+function M.TemporalTrm:forward(x, mask, opts)
   local e = self.embeddings:forward(x)
-  return self.encoder:forward(e, mask), e
+  return self.encoder:forward(e, mask, opts), e
 end
 
 M.QueryFeatEncoder = nn.Module:extend("QueryFeatEncoder")

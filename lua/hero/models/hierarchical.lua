@@ -46,37 +46,45 @@ end
 
 --- The hierarchical representation. batch: the reference's collated tensors plus num_subs and
 -- sub_idx2frame_idx (Lua arrays). opts.img_masks / opts.c_masks (MFM); opts.encode_clip = false
--- stops before the temporal transformer (FOM). Returns Y (or X) and a table of intermediates.
+-- stops before the temporal transformer (FOM); opts.c_rows (i64 [n] of flat frame positions) asks
+-- for those rows of Y only, [n, H]. Returns Y (or X) and a table of intermediates.
+-- Only the frame positions of the cross-modal output reach the temporal transformer, so its last
+-- layer runs on those rows alone unless the module keeps activations (then acts.f_out is whole).
 function M:forward_repr(batch, opts)
   opts = opts or {}
   local acts = {}
   local f_emb, txt, img = self.f_encoder:embed(batch, opts.img_masks)
   acts.txt_emb, acts.img_emb, acts.f_emb = txt, img, f_emb
-  local f_out = self.f_encoder.encoder:forward(f_emb, batch.f_attn_masks)
-  acts.f_out = f_out
   local c_feats = batch.c_v_feats
   if opts.c_masks then c_feats = c_feats + self.mask_embedding:forward(opts.c_masks:long()) end
-  acts.c_v_feats_in = c_feats
   local B, L_c, H = c_feats:size(1), c_feats:size(2), self.hidden
+  local src, dst = fusion_indices(batch, f_emb:size(2), L_c)
+  local on = {dtype = "i64", device = f_emb:device()}
+  local encoder = self.f_encoder.encoder
+  local matched = core.zeros({B * L_c, H}, {dtype = f_emb:dtype(), device = f_emb:device()})
+  if self.keeps_activations or #src == 0 then
+    local f_out = encoder:forward(f_emb, batch.f_attn_masks)
+    acts.f_out = f_out
+    if #src > 0 then
+      local rows = f_out:reshape(f_out:size(1) * f_out:size(2), H):index_select(1, core.tensor(src, on))
+      matched = matched:scatter_add(1, core.tensor(dst, on):unsqueeze(2):expand(#dst, H), rows)
+    end
+  else
+    local rows = encoder:forward(f_emb, batch.f_attn_masks, {rows = core.tensor(src, on)})
+    matched = matched:scatter_add(1, core.tensor(dst, on):unsqueeze(2):expand(#dst, H), rows)
+  end
+  matched = matched:view(B, L_c, H)
+  acts.c_v_feats_in = c_feats
   local R = self.frame_transform:forward(c_feats)
   acts.frame_transform_out = R
-  local src, dst = fusion_indices(batch, f_out:size(2), L_c)
-  local matched
-  if #src > 0 then
-    local on = {dtype = "i64", device = f_out:device()}
-    local rows = f_out:reshape(f_out:size(1) * f_out:size(2), H):index_select(1, core.tensor(src, on))
-    local didx = core.tensor(dst, on):unsqueeze(2):expand(#dst, H)
-    matched = core.zeros({B * L_c, H}, {dtype = f_out:dtype(), device = f_out:device()}):scatter_add(1, didx, rows)
-    matched = matched:view(B, L_c, H)
-  else
-    matched = core.zeros({B, L_c, H}, {dtype = f_out:dtype(), device = f_out:device()})
-  end
   acts.matched_v_feats = matched
   local X = R + matched
   acts.c_in = X
   if opts.encode_clip == false then return X, acts end
-  local Y, c_emb = self.c_encoder:forward(X, batch.c_attn_masks)
-  acts.c_emb, acts.c_out = c_emb, Y
+  local c_rows = not self.keeps_activations and opts.c_rows or nil
+  local Y, c_emb = self.c_encoder:forward(X, batch.c_attn_masks, c_rows and {rows = c_rows} or nil)
+  acts.c_emb = c_emb
+  if not c_rows then acts.c_out = Y end
   return Y, acts
 end
 

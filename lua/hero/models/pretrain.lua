@@ -47,11 +47,15 @@ function M:__init(cfg, opts)
   self:add_module("video_ed_predictor", conv())
 end
 
+--- Flat positions (i64 [n], 0-based, row-major) where mask [N, L] is true.
+local function flat_index(mask)
+  return mask:reshape(mask:size(1) * mask:size(2)):nonzero():squeeze(2)
+end
+
 --- Rows of x [N, L, H] where mask [N, L] is true, as [n, H] (row-major), differentiably.
 local function select_rows(x, mask)
   local N, L, H = x:size(1), x:size(2), x:size(3)
-  local idx = mask:reshape(N * L):nonzero():squeeze(2)
-  return x:reshape(N * L, H):index_select(1, idx)
+  return x:reshape(N * L, H):index_select(1, flat_index(mask))
 end
 
 local function mean_or_nan(t)
@@ -61,8 +65,14 @@ end
 function M:forward_mlm(batch)
   local v = self.v_encoder
   local f_emb, txt, img = v.f_encoder:embed(batch)
-  local f_out = v.f_encoder.encoder:forward(f_emb, batch.f_attn_masks or batch.attn_masks)
-  local h = select_rows(f_out, batch.txt_mask_tgt)
+  local mask = batch.f_attn_masks or batch.attn_masks
+  local f_out, h
+  if self.keeps_activations then
+    f_out = v.f_encoder.encoder:forward(f_emb, mask)
+    h = select_rows(f_out, batch.txt_mask_tgt)
+  else -- the loss reads the masked tokens only: the last layer runs on those rows
+    h = v.f_encoder.encoder:forward(f_emb, mask, {rows = flat_index(batch.txt_mask_tgt)})
+  end
   local logits = v.f_encoder.lm_head:forward(h)
   local vocab = logits:size(2) - self.opts.vocab_pad
   logits = logits:narrow(2, 1, vocab)
@@ -73,8 +83,11 @@ end
 
 function M:forward_mfm(batch, kind)
   local v = self.v_encoder
-  local Y, acts = v:forward_repr(batch, {img_masks = batch.f_v_masks, c_masks = batch.c_v_masks})
-  local pred = v.feat_regress:forward(select_rows(Y, batch.c_v_masks))
+  local masked = kind == "mffr" and not self.keeps_activations
+  local Y, acts = v:forward_repr(batch, {img_masks = batch.f_v_masks, c_masks = batch.c_v_masks,
+    c_rows = masked and flat_index(batch.c_v_masks) or nil})
+  -- MFFR reads the masked frames only, so the temporal transformer's last layer made just those
+  local pred = v.feat_regress:forward(masked and Y or select_rows(Y, batch.c_v_masks))
   acts.pred_feat = pred
   if kind == "mffr" then
     local d = pred - batch.feat_targets

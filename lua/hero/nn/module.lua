@@ -9,7 +9,7 @@ Module.__name = "Module"
 
 local function construct(cls, ...)
   local self = setmetatable({
-    training = true,
+    training = true, keeps_activations = false,
     _params = {}, _param_order = {},
     _buffers = {}, _buffer_order = {},
     _modules = {}, _module_order = {},
@@ -188,6 +188,16 @@ function Module:train(mode)
 end
 
 function Module:evaluate() return self:train(false) end
+
+--- Full intermediate activations on (true) or off (default), for this module and every child.
+-- Off, a model computes only what its outputs and loss read (the last cross-modal layer of MLM
+-- runs on the masked tokens alone); on, it also returns every intermediate tensor in full (the
+-- cross-modal and temporal outputs of every position), as the parity checks compare them.
+function Module:keep_activations(on)
+  if on == nil then on = true end
+  for _, entry in ipairs(self:named_modules()) do entry[2].keeps_activations = on end
+  return self
+end
 
 --- Moves (or casts) every parameter and buffer: `m:to("cuda:0")`, `m:to{device = "cuda:1", dtype =
 -- "bf16"}`, `m:to("f64")`; floating buffers follow the dtype, integer ones keep theirs. Parameters

@@ -101,11 +101,26 @@ function M.TransformerLayer:__init(opts)
   self:add_module("output", M.AddNorm(opts, c.intermediate))
 end
 
---- x [B, L, H]; mask [B, L] (0/1, or additive with opts.additive) or nil.
+--- Rows `rows` (i64 [n], 0-based, of the B * L flattened positions) of t [B, L, H], as [n, H].
+local function flat_rows(t, rows)
+  return t:reshape(t:size(1) * t:size(2), t:size(3)):index_select(1, rows)
+end
+
+--- x [B, L, H]; mask [B, L] (0/1, or additive with opts.additive) or nil. With opts.rows (i64 [n]
+-- of flat positions b * L + l, 0-based) only those outputs are made, as [n, H]: every position still
+-- serves as a key and value, but the output projection, the feed-forward block and both
+-- LayerNorms run on the n rows alone. The rows are exactly those of the full output.
 function M.TransformerLayer:forward(x, mask, opts)
   local ext = mask
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
-  local a = self.attention:forward(x, ext)
+  local a
+  if opts and opts.rows then
+    local mha = self.attention
+    local ctx = mha.self:forward(x, ext)
+    a = mha.output:forward(flat_rows(ctx, opts.rows), flat_rows(x, opts.rows))
+  else
+    a = self.attention:forward(x, ext)
+  end
   return self.output:forward(self.intermediate:forward(a), a)
 end
 function M.TransformerLayer:extra_repr()
@@ -122,10 +137,18 @@ function M.TransformerEncoder:__init(opts)
   for _ = 1, n do stack:add(M.TransformerLayer(opts)) end
   self:add_module("layer", stack)
 end
+--- x [B, L, H]; mask as TransformerLayer's. opts.rows (i64 [n] of flat positions, 0-based) asks
+-- for those rows of the output only, [n, H]: the last layer then computes nothing else (a task
+-- whose loss reads a few positions, as MLM's masked tokens, skips most of that layer).
 function M.TransformerEncoder:forward(x, mask, opts)
   local ext = mask
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
-  for _, layer in ipairs(self.layer:children()) do x = layer:forward(x, ext, {additive = true}) end
+  local rows = opts and opts.rows
+  local stack = self.layer:children()
+  for i, layer in ipairs(stack) do
+    x = layer:forward(x, ext, {additive = true, rows = i == #stack and rows or nil})
+  end
+  if rows and #stack == 0 then x = flat_rows(x, rows) end
   return x
 end
 
