@@ -76,6 +76,38 @@ describe("nn layers", function()
     assert.is_true(hero.testing.gradcheck(f, params))
   end)
 
+  it("make only the rows asked for: values and gradients of the full layer's rows (f64)", function()
+    local enc = nn.TransformerEncoder {layers = 2, hidden = 8, heads = 2, intermediate = 12, dropout = 0,
+                                       dtype = "f64", generator = hero.Generator(3)}
+    local x = hero.randn({3, 5, 8}, {dtype = "f64", generator = hero.Generator(4)}):requires_grad_()
+    local mask = hero.tensor({{1, 1, 1, 0, 0}, {1, 1, 1, 1, 1}, {1, 0, 0, 0, 0}}, {dtype = "f64"})
+    local function run(rows, pick)
+      for _, p in ipairs(enc:parameters()) do p.grad = nil end
+      x.grad = nil
+      local y = rows and enc:forward(x, mask, {rows = rows}) or enc:forward(x, mask):reshape(15, 8):index_select(1, pick)
+      ;(y * y:detach():sin()):sum():backward()
+      local grads = {x.grad}
+      for _, p in ipairs(enc:parameters()) do grads[#grads + 1] = p.grad end
+      return y, grads
+    end
+    -- few queries per entry (padded), a repeated row, rows out of order; then every position of an
+    -- entry (no fewer queries than positions: the plain path) and a 3-D mask
+    for _, list in ipairs {{7, 0, 13, 7, 2}, {5, 6, 7, 8, 9, 1}, {}} do
+      local rows = hero.tensor(list, {dtype = "i64"})
+      local y, g = run(rows)
+      local y_full, g_full = run(nil, rows)
+      assert.same({#list, 8}, y:size())
+      assert.tensor_near(y, y_full)
+      for i = 1, #g do assert.tensor_near(g[i], g_full[i]) end
+    end
+    local m3 = mask:unsqueeze(2):expand(3, 5, 5):contiguous()
+    local rows = hero.tensor({1, 12}, {dtype = "i64"})
+    local full = enc:forward(x, m3):reshape(15, 8):index_select(1, rows)
+    assert.tensor_near(enc:forward(x, m3, {rows = rows}), full)
+    helper.assert_error_contains(function() enc:forward(x, mask, {rows = hero.tensor({3, 15}, {dtype = "i64"})}) end,
+      "layer.1", "row 15 is outside the 3 x 5 positions")
+  end)
+
   it("report errors with the module path", function()
     local layer = nn.TransformerLayer {hidden = 8, heads = 2, intermediate = 16}
     helper.assert_error_contains(function() layer:forward(hero.zeros(2, 3, 5)) end, "attention.self.query", "Linear")

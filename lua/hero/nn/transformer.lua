@@ -106,18 +106,59 @@ local function flat_rows(t, rows)
   return t:reshape(t:size(1) * t:size(2), t:size(3)):index_select(1, rows)
 end
 
+--- The queries the rows `rows` (i64 [n], flat positions of [B, L]) need: each batch entry's
+-- positions, padded to the longest list (Lq) with the entry's first position, as flat indices
+-- [B * Lq] (i64, on rows' device), and where each requested row's output sits among them ([n]).
+-- Returns nil when the queries would not be fewer than L per entry.
+local function query_layout(rows, B, L, module)
+  local flat = rows:totable()
+  local slots, where, lq = {}, {}, 1
+  for b = 1, B do slots[b] = {} end
+  for i, r in ipairs(flat) do
+    if r < 0 or r >= B * L then
+      module:error("row %d is outside the %d x %d positions", r, B, L)
+    end
+    local list = slots[r // L + 1]
+    list[#list + 1] = r
+    if #list > lq then lq = #list end
+    where[i] = {r // L, #list - 1}
+  end
+  if lq >= L then return nil end
+  local gather, keep = {}, {}
+  for b = 1, B do
+    for s = 1, lq do gather[#gather + 1] = slots[b][s] or (b - 1) * L end
+  end
+  for i, w in ipairs(where) do keep[i] = w[1] * lq + w[2] end
+  local on = {dtype = "i64", device = rows:device()}
+  return core.tensor(gather, on), core.tensor(keep, on), lq
+end
+
 --- x [B, L, H]; mask [B, L] (0/1, or additive with opts.additive) or nil. With opts.rows (i64 [n]
 -- of flat positions b * L + l, 0-based) only those outputs are made, as [n, H]: every position still
--- serves as a key and value, but the output projection, the feed-forward block and both
--- LayerNorms run on the n rows alone. The rows are exactly those of the full output.
+-- serves as a key and value, but the queries are projected and attend only for the positions
+-- asked for (each entry's, padded to the entry with most), and the output projection, the
+-- feed-forward block and both LayerNorms run on the n rows alone. The rows are those of the full
+-- output.
 function M.TransformerLayer:forward(x, mask, opts)
   local ext = mask
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
   local a
-  if opts and opts.rows then
+  local rows = opts and opts.rows
+  if rows then
     local mha = self.attention
-    local ctx = mha.self:forward(x, ext)
-    a = mha.output:forward(flat_rows(ctx, opts.rows), flat_rows(x, opts.rows))
+    local B, L, H = x:size(1), x:size(2), x:size(3)
+    local gather, keep, lq
+    if rows:numel() > 0 and (ext == nil or ext:dim() == 2) then
+      gather, keep, lq = query_layout(rows, B, L, self)
+    end
+    local ctx
+    if gather then -- cross-attention of the asked-for positions over the whole sequence
+      local xq = x:reshape(B * L, H):index_select(1, gather):view(B, lq, H)
+      ctx = mha.self:forward(xq, ext, x):reshape(B * lq, H):index_select(1, keep)
+    else
+      ctx = flat_rows(mha.self:forward(x, ext), rows)
+    end
+    a = mha.output:forward(ctx, flat_rows(x, rows))
   else
     a = self.attention:forward(x, ext)
   end
