@@ -84,7 +84,8 @@ describe("nn layers", function()
     local function run(rows, pick)
       for _, p in ipairs(enc:parameters()) do p.grad = nil end
       x.grad = nil
-      local y = rows and enc:forward(x, mask, {rows = rows}) or enc:forward(x, mask):reshape(15, 8):index_select(1, pick)
+      local y = rows and enc:forward(x, mask, {rows = rows})
+        or enc:forward(x, mask):reshape(15, 8):index_select(1, pick)
       ;(y * y:detach():sin()):sum():backward()
       local grads = {x.grad}
       for _, p in ipairs(enc:parameters()) do grads[#grads + 1] = p.grad end
