@@ -76,7 +76,7 @@ describe("nn layers", function()
     assert.is_true(hero.testing.gradcheck(f, params))
   end)
 
-  it("make only the rows asked for: values and gradients of the full layer's rows (f64)", function()
+  it("make only the rows asked for, ragged rows packed: the full layer's values and gradients (f64)", function()
     local enc = nn.TransformerEncoder {layers = 2, hidden = 8, heads = 2, intermediate = 12, dropout = 0,
                                        dtype = "f64", generator = hero.Generator(3)}
     local x = hero.randn({3, 5, 8}, {dtype = "f64", generator = hero.Generator(4)}):requires_grad_()
@@ -91,16 +91,28 @@ describe("nn layers", function()
       for _, p in ipairs(enc:parameters()) do grads[#grads + 1] = p.grad end
       return y, grads
     end
-    -- few queries per entry (padded), a repeated row, rows out of order; then every position of an
-    -- entry (no fewer queries than positions: the plain path) and a 3-D mask
-    for _, list in ipairs {{7, 0, 13, 7, 2}, {5, 6, 7, 8, 9, 1}, {}} do
+    -- Cases: few queries per entry, a repeated row, rows out of order, a padded position asked for
+    -- (no packing); every position of an entry (no fewer queries than positions); valid rows
+    -- only (the valid positions packed, with and without fewer queries); none.
+    local packed_calls = 0
+    local forward_packed = nn.TransformerLayer.forward_packed
+    nn.TransformerLayer.forward_packed = function(...)
+      packed_calls = packed_calls + 1
+      return forward_packed(...)
+    end
+    local cases = {{{7, 0, 13, 7, 2}, 0}, {{5, 6, 7, 8, 9, 1}, 2}, {{0, 2, 5, 10, 2}, 2}, {{}, 0}}
+    for _, case in ipairs(cases) do
+      local list, layers_packed = case[1], case[2]
       local rows = hero.tensor(list, {dtype = "i64"})
+      packed_calls = 0
       local y, g = run(rows)
+      assert.equal(layers_packed, packed_calls)
       local y_full, g_full = run(nil, rows)
       assert.same({#list, 8}, y:size())
       assert.tensor_near(y, y_full)
       for i = 1, #g do assert.tensor_near(g[i], g_full[i]) end
     end
+    nn.TransformerLayer.forward_packed = forward_packed
     local m3 = mask:unsqueeze(2):expand(3, 5, 5):contiguous()
     local rows = hero.tensor({1, 12}, {dtype = "i64"})
     local full = enc:forward(x, m3):reshape(15, 8):index_select(1, rows)

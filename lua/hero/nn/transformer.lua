@@ -52,6 +52,11 @@ function M.SelfAttention:forward(x, ext_mask, context)
   local q = self.query:forward(x)
   local k = self.key:forward(context)
   local v = self.value:forward(context)
+  return self:attend(q, k, v, ext_mask)
+end
+
+--- Multi-head attention of projected q [B, Lq, H] over k, v [B, Lk, H] (dropout on the weights).
+function M.SelfAttention:attend(q, k, v, ext_mask)
   local ok, y = pcall(core.attention, q, k, v, ext_mask, self.heads,
     {dropout = self.attention_dropout, training = self.training, generator = self.generator})
   if not ok then self:error("%s", tostring(y)) end
@@ -106,32 +111,32 @@ local function flat_rows(t, rows)
   return t:reshape(t:size(1) * t:size(2), t:size(3)):index_select(1, rows)
 end
 
---- The queries the rows `rows` (i64 [n], flat positions of [B, L]) need: each batch entry's
--- positions, padded to the longest list (Lq) with the entry's first position, as flat indices
--- [B * Lq] (i64, on rows' device), and where each requested row's output sits among them ([n]).
--- Returns nil when the queries would not be fewer than L per entry.
-local function query_layout(rows, B, L, module)
-  local flat = rows:totable()
+--- The queries the rows `flat` (a Lua array of flat positions of [B, L], 0-based) need: each
+-- batch entry's positions, padded to the longest list (Lq) with the entry's first asked-for
+-- position (or the first of all), as an array of B * Lq flat positions, and where each asked-for
+-- row's output sits among them (an array of n). Returns nil when no fewer than L per entry.
+local function query_layout(flat, B, L, module)
   local slots, where, lq = {}, {}, 1
   for b = 1, B do slots[b] = {} end
   for i, r in ipairs(flat) do
-    if r < 0 or r >= B * L then
-      module:error("row %d is outside the %d x %d positions", r, B, L)
+    if math.type(r) ~= "integer" or r < 0 or r >= B * L then
+      module:error("row %s is outside the %d x %d positions", tostring(r), B, L)
     end
     local list = slots[r // L + 1]
     list[#list + 1] = r
     if #list > lq then lq = #list end
     where[i] = {r // L, #list - 1}
   end
-  if lq >= L then return nil end
+  if lq >= L or #flat == 0 then return nil end
   local gather, keep = {}, {}
   for b = 1, B do
-    for s = 1, lq do gather[#gather + 1] = slots[b][s] or (b - 1) * L end
+    for s = 1, lq do gather[#gather + 1] = slots[b][s] or slots[b][1] or flat[1] end
   end
   for i, w in ipairs(where) do keep[i] = w[1] * lq + w[2] end
-  local on = {dtype = "i64", device = rows:device()}
-  return core.tensor(gather, on), core.tensor(keep, on), lq
+  return gather, keep, lq
 end
+
+local function index_tensor(list, like) return core.tensor(list, {dtype = "i64", device = like:device()}) end
 
 --- x [B, L, H]; mask [B, L] (0/1, or additive with opts.additive) or nil. With opts.rows (i64 [n]
 -- of flat positions b * L + l, 0-based) only those outputs are made, as [n, H]: every position still
@@ -148,13 +153,11 @@ function M.TransformerLayer:forward(x, mask, opts)
     local mha = self.attention
     local B, L, H = x:size(1), x:size(2), x:size(3)
     local gather, keep, lq
-    if rows:numel() > 0 and (ext == nil or ext:dim() == 2) then
-      gather, keep, lq = query_layout(rows, B, L, self)
-    end
+    if ext == nil or ext:dim() == 2 then gather, keep, lq = query_layout(rows:totable(), B, L, self) end
     local ctx
     if gather then -- cross-attention of the asked-for positions over the whole sequence
-      local xq = x:reshape(B * L, H):index_select(1, gather):view(B, lq, H)
-      ctx = mha.self:forward(xq, ext, x):reshape(B * lq, H):index_select(1, keep)
+      local xq = x:reshape(B * L, H):index_select(1, index_tensor(gather, x)):view(B, lq, H)
+      ctx = mha.self:forward(xq, ext, x):reshape(B * lq, H):index_select(1, index_tensor(keep, x))
     else
       ctx = flat_rows(mha.self:forward(x, ext), rows)
     end
@@ -164,6 +167,34 @@ function M.TransformerLayer:forward(x, mask, opts)
   end
   return self.output:forward(self.intermediate:forward(a), a)
 end
+--- The layer on packed rows h [nv, H] (the valid positions of a padded [B, L] batch, in order;
+-- see TransformerEncoder:forward): keys, values and queries are projected for the nv rows only
+-- and laid out padded for attention, whose padded keys the mask hides. With `last`, only the
+-- rows the layout asks for come out (their queries alone attend), else all nv rows.
+function M.TransformerLayer:forward_packed(h, ext, pk, last)
+  local sa = self.attention.self
+  local function padded(t)
+    local zero = core.zeros({1, pk.H}, {dtype = t:dtype(), device = t:device()})
+    return core.cat({t, zero}, 1):index_select(1, pk.unpack):view(pk.B, pk.L, pk.H)
+  end
+  local k, v = padded(sa.key:forward(h)), padded(sa.value:forward(h))
+  local ctx, residual
+  if last and pk.q_gather then
+    local q = sa.query:forward(h:index_select(1, pk.q_gather)):view(pk.B, pk.lq, pk.H)
+    ctx = sa:attend(q, k, v, ext):reshape(pk.B * pk.lq, pk.H):index_select(1, pk.q_keep)
+    residual = h:index_select(1, pk.rows)
+  else
+    ctx = sa:attend(padded(sa.query:forward(h)), k, v, ext):reshape(pk.B * pk.L, pk.H)
+    if last then
+      ctx, residual = ctx:index_select(1, pk.rows_flat), h:index_select(1, pk.rows)
+    else
+      ctx, residual = ctx:index_select(1, pk.valid), h
+    end
+  end
+  local a = self.attention.output:forward(ctx, residual)
+  return self.output:forward(self.intermediate:forward(a), a)
+end
+
 function M.TransformerLayer:extra_repr()
   local c = self.cfg
   return string.format("hidden=%d, heads=%d, intermediate=%d, eps=%g", c.hidden, c.heads, c.intermediate, c.eps)
@@ -180,12 +211,58 @@ function M.TransformerEncoder:__init(opts)
 end
 --- x [B, L, H]; mask as TransformerLayer's. opts.rows (i64 [n] of flat positions, 0-based) asks
 -- for those rows of the output only, [n, H]: the last layer then computes nothing else (a task
--- whose loss reads a few positions, as MLM's masked tokens, skips most of that layer).
+-- whose loss reads a few positions, as MLM's masked tokens, skips most of that layer), and with a
+-- 0/1 mask that pads ragged rows, every layer works on the valid positions only (packed; opts.pack
+-- = false keeps the padded layout).
+--- How the valid positions of mask [B, L] (0/1) pack, for rows `rows` of the output: nil when
+-- there is too little padding to gain (under 1/16 of the positions), when a row asked for is a
+-- padded position, or when no row is asked for.
+local function packed_layout(x, mask, rows, module)
+  local B, L, H = x:size(1), x:size(2), x:size(3)
+  local flags = mask:reshape(B * L):totable()
+  local valid, packed_of = {}, {}
+  for i, m in ipairs(flags) do
+    if m ~= 0 and m ~= false then
+      valid[#valid + 1] = i - 1
+      packed_of[i - 1] = #valid - 1
+    end
+  end
+  local nv = #valid
+  if nv == 0 or nv > B * L - (B * L) // 16 then return nil end
+  local flat = rows:totable()
+  if #flat == 0 then return nil end
+  local packed_rows = {}
+  for i, r in ipairs(flat) do
+    packed_rows[i] = packed_of[r]
+    if not packed_rows[i] then return nil end
+  end
+  local unpack = {}
+  for i = 1, B * L do unpack[i] = packed_of[i - 1] or nv end -- padded positions read the zero row
+  local pk = {B = B, L = L, H = H, valid = index_tensor(valid, x), unpack = index_tensor(unpack, x),
+              rows = index_tensor(packed_rows, x), rows_flat = rows}
+  local gather, keep, lq = query_layout(flat, B, L, module)
+  if gather then
+    for i, r in ipairs(gather) do gather[i] = packed_of[r] end
+    pk.q_gather, pk.q_keep, pk.lq = index_tensor(gather, x), index_tensor(keep, x), lq
+  end
+  return pk
+end
+
 function M.TransformerEncoder:forward(x, mask, opts)
   local ext = mask
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
   local rows = opts and opts.rows
   local stack = self.layer:children()
+  -- Ragged rows (subtitles of different lengths, videos of different frame counts) are padded to
+  -- the longest: when only some rows are asked for, every layer runs its projections, MLP and
+  -- LayerNorms on the valid positions alone, packed; attention sees them laid out padded.
+  local pk = rows and opts.pack ~= false and #stack > 0 and mask and ext ~= mask and mask:dim() == 2
+    and packed_layout(x, mask, rows, self)
+  if pk then
+    local h = x:reshape(pk.B * pk.L, pk.H):index_select(1, pk.valid)
+    for i, layer in ipairs(stack) do h = layer:forward_packed(h, ext, pk, i == #stack) end
+    return h
+  end
   for i, layer in ipairs(stack) do
     x = layer:forward(x, ext, {additive = true, rows = i == #stack and rows or nil})
   end
