@@ -219,6 +219,9 @@ end
 -- padded position, or when no row is asked for.
 local function packed_layout(x, mask, rows, module)
   local B, L, H = x:size(1), x:size(2), x:size(3)
+  -- one reduction decides first, so that a batch without padding reads no mask on the host
+  local count = mask:ne(0):sum():item()
+  if count == 0 or count > B * L - (B * L) // 16 then return nil end
   local flags = mask:reshape(B * L):totable()
   local valid, packed_of = {}, {}
   for i, m in ipairs(flags) do
@@ -228,7 +231,6 @@ local function packed_layout(x, mask, rows, module)
     end
   end
   local nv = #valid
-  if nv == 0 or nv > B * L - (B * L) // 16 then return nil end
   local flat = rows:totable()
   if #flat == 0 then return nil end
   local packed_rows = {}
