@@ -214,6 +214,22 @@ describe("linalg", function()
       end)
     end)
 
+    it("a transposed B over more than 702 rows (whole packed blocks) and fewer (one panel at a time)", function()
+      -- 750 rows: one thread packs Bᵀ as whole 256 x n blocks, two threads take 375 rows each
+      -- and pack it panel by panel; both are exact
+      local x, wt = quarters(750, 300), quarters(100, 300)
+      local want = x:double():matmul(wt:double():t())
+      local saved = hero.get_num_threads()
+      for _, threads in ipairs {1, 2} do
+        hero.set_num_threads(threads)
+        packed_calls(2, function()
+          exact(hero.matmul(x, wt:t()), want)
+          exact(hero.matmul(x:narrow(1, 1, 702), wt:t()), want:narrow(1, 1, 702))
+        end)
+      end
+      hero.set_num_threads(saved)
+    end)
+
     it("views with row strides longer than their rows, plain and transposed", function()
       local wide_a, wide_b = quarters(m, k + 9), quarters(k + 5, n + 7)
       local av, bv = wide_a:narrow(2, 4, k), wide_b:narrow(1, 2, k):narrow(2, 3, n)
