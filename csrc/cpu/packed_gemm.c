@@ -252,6 +252,33 @@ typedef struct {
     size_t scratch_floats;
 } gemm_job;
 
+/* The length of the block at `at` of a dimension of `total`, in blocks of `block`. */
+static inline int64_t block_len(int64_t total, int64_t at, int64_t block)
+{
+    return total - at < block ? total - at : block;
+}
+
+/* How a tile's sums over the inner block starting at pc reach c. */
+static inline tile_mode inner_block_mode(const gemm_job *g, int64_t pc)
+{
+    return pc > 0 ? TILE_ADD : g->beta == 0.0f ? TILE_SET : TILE_SCALE;
+}
+
+/* One packed B panel (kc x nr, nr <= 16) times the mc rows of the packed A block: the output
+ * column strip of width nr whose first row is at c. */
+static void panel_times_rows(const gemm_job *g, int64_t kc, const float *pa, int64_t mc, const float *panel_b,
+                             int64_t nr, float *c, tile_mode mode)
+{
+    for (int64_t ir = 0; ir < mc; ir += MR) {
+        int64_t mr = mc - ir < MR ? mc - ir : MR;
+        float *tile = c + ir * g->ldc;
+        if (mr == MR && nr == NR)
+            kernel_6x16(kc, pa + ir * kc, panel_b, tile, g->ldc, g->alpha, g->beta, mode);
+        else
+            edge_tile(kc, pa + ir * kc, panel_b, tile, g->ldc, mr, nr, g->alpha, g->beta, mode);
+    }
+}
+
 /* c[i0:i1, j0:j1] of the job's product for at most MC_WIDE rows: per KC block, all rows of A
  * packed once, then each B panel packed into an L1-sized buffer and run against every row panel
  * at once. Packing a transposed B (a weight in x @ Wᵀ) as a whole block wrote 3 MiB that the
@@ -260,22 +287,13 @@ typedef struct {
  * the same as gemm_block's, in the same order. */
 static void gemm_block_wide(const gemm_job *g, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float *pa, float *pb)
 {
-    int64_t mc = i1 - i0;
     for (int64_t pc = 0; pc < g->k; pc += KC) {
-        int64_t kc = g->k - pc < KC ? g->k - pc : KC;
-        tile_mode mode = pc > 0 ? TILE_ADD : g->beta == 0.0f ? TILE_SET : TILE_SCALE;
-        pack_a(g->a + i0 * g->a_rs + pc * g->a_cs, g->a_rs, g->a_cs, mc, kc, pa);
+        int64_t kc = block_len(g->k, pc, KC);
+        pack_a(g->a + i0 * g->a_rs + pc * g->a_cs, g->a_rs, g->a_cs, i1 - i0, kc, pa);
         for (int64_t jr = j0; jr < j1; jr += NR) {
-            int64_t nr = j1 - jr < NR ? j1 - jr : NR;
-            pack_b(g->b + pc * g->b_rs + jr * g->b_cs, g->b_rs, g->b_cs, kc, nr, pb);
-            for (int64_t ir = 0; ir < mc; ir += MR) {
-                int64_t mr = mc - ir < MR ? mc - ir : MR;
-                float *tile = g->c + (i0 + ir) * g->ldc + jr;
-                if (mr == MR && nr == NR)
-                    kernel_6x16(kc, pa + ir * kc, pb, tile, g->ldc, g->alpha, g->beta, mode);
-                else
-                    edge_tile(kc, pa + ir * kc, pb, tile, g->ldc, mr, nr, g->alpha, g->beta, mode);
-            }
+            pack_b(g->b + pc * g->b_rs + jr * g->b_cs, g->b_rs, g->b_cs, kc, block_len(j1, jr, NR), pb);
+            panel_times_rows(g, kc, pa, i1 - i0, pb, block_len(j1, jr, NR), g->c + i0 * g->ldc + jr,
+                             inner_block_mode(g, pc));
         }
     }
 }
@@ -291,23 +309,15 @@ static void gemm_block(const gemm_job *g, int64_t i0, int64_t i1, int64_t j0, in
     for (int64_t jc = j0; jc < j1; jc += NC) {
         int64_t nc = j1 - jc < NC ? j1 - jc : NC;
         for (int64_t pc = 0; pc < g->k; pc += KC) {
-            int64_t kc = g->k - pc < KC ? g->k - pc : KC;
-            tile_mode mode = pc > 0 ? TILE_ADD : g->beta == 0.0f ? TILE_SET : TILE_SCALE;
+            int64_t kc = block_len(g->k, pc, KC);
+            tile_mode mode = inner_block_mode(g, pc);
             pack_b(g->b + pc * g->b_rs + jc * g->b_cs, g->b_rs, g->b_cs, kc, nc, pb);
             for (int64_t ic = i0; ic < i1; ic += MC) {
                 int64_t mc = i1 - ic < MC ? i1 - ic : MC;
                 pack_a(g->a + ic * g->a_rs + pc * g->a_cs, g->a_rs, g->a_cs, mc, kc, pa);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     int64_t nr = nc - jr < NR ? nc - jr : NR;
-                    const float *panel_b = pb + jr * kc;
-                    for (int64_t ir = 0; ir < mc; ir += MR) {
-                        int64_t mr = mc - ir < MR ? mc - ir : MR;
-                        float *tile = g->c + (ic + ir) * g->ldc + jc + jr;
-                        if (mr == MR && nr == NR)
-                            kernel_6x16(kc, pa + ir * kc, panel_b, tile, g->ldc, g->alpha, g->beta, mode);
-                        else
-                            edge_tile(kc, pa + ir * kc, panel_b, tile, g->ldc, mr, nr, g->alpha, g->beta, mode);
-                    }
+                    panel_times_rows(g, kc, pa, mc, pb + jr * kc, nr, g->c + ic * g->ldc + jc + jr, mode);
                 }
             }
         }
