@@ -118,7 +118,7 @@ describe("nn layers", function()
     local full = enc:forward(x, m3):reshape(15, 8):index_select(1, rows)
     assert.tensor_near(enc:forward(x, m3, {rows = rows}), full)
     helper.assert_error_contains(function() enc:forward(x, mask, {rows = hero.tensor({3, 15}, {dtype = "i64"})}) end,
-      "layer.1", "row 15 is outside the 3 x 5 positions")
+      "TransformerEncoder", "row 15 is outside the 3 x 5 positions")
   end)
 
   it("report errors with the module path", function()

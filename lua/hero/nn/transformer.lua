@@ -216,36 +216,23 @@ end
 -- = false keeps the padded layout).
 --- How the valid positions of mask [B, L] (0/1) pack, for rows `rows` of the output: nil when
 -- there is too little padding to gain (under 1/16 of the positions), when a row asked for is a
--- padded position, or when no row is asked for.
+-- padded position, or when no row is asked for. The layout is built with tensor ops where the
+-- mask is (on a GPU, the host reads two counts and the asked-for rows, never the whole mask).
 local function packed_layout(x, mask, rows, module)
   local B, L, H = x:size(1), x:size(2), x:size(3)
-  -- one reduction decides first, so that a batch without padding reads no mask on the host
-  local count = mask:ne(0):sum():item()
-  if count == 0 or count > B * L - (B * L) // 16 then return nil end
-  local flags = mask:reshape(B * L):totable()
-  local valid, packed_of = {}, {}
-  for i, m in ipairs(flags) do
-    if m ~= 0 and m ~= false then
-      valid[#valid + 1] = i - 1
-      packed_of[i - 1] = #valid - 1
-    end
-  end
-  local nv = #valid
   local flat = rows:totable()
   if #flat == 0 then return nil end
-  local packed_rows = {}
-  for i, r in ipairs(flat) do
-    packed_rows[i] = packed_of[r]
-    if not packed_rows[i] then return nil end
-  end
-  local unpack = {}
-  for i = 1, B * L do unpack[i] = packed_of[i - 1] or nv end -- padded positions read the zero row
-  local pk = {B = B, L = L, H = H, valid = index_tensor(valid, x), unpack = index_tensor(unpack, x),
-              rows = index_tensor(packed_rows, x), rows_flat = rows}
-  local gather, keep, lq = query_layout(flat, B, L, module)
+  local gather, keep, lq = query_layout(flat, B, L, module) -- also checks the rows' range
+  local valid_flag = mask:reshape(B * L):ne(0)
+  local counts = core.stack({valid_flag:sum(), valid_flag:index_select(1, rows):logical_not():sum()}):totable()
+  local nv, padded_asked = counts[1], counts[2]
+  if nv == 0 or nv > B * L - (B * L) // 16 or padded_asked > 0 then return nil end
+  -- the packed index of every position; padded positions read row nv, a zero row
+  local unpack = (valid_flag:long():cumsum(1) - 1):masked_fill(valid_flag:logical_not(), nv)
+  local pk = {B = B, L = L, H = H, valid = valid_flag:nonzero():squeeze(2), unpack = unpack,
+              rows = unpack:index_select(1, rows), rows_flat = rows}
   if gather then
-    for i, r in ipairs(gather) do gather[i] = packed_of[r] end
-    pk.q_gather, pk.q_keep, pk.lq = index_tensor(gather, x), index_tensor(keep, x), lq
+    pk.q_gather, pk.q_keep, pk.lq = unpack:index_select(1, index_tensor(gather, x)), index_tensor(keep, x), lq
   end
   return pk
 end
