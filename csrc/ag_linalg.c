@@ -181,6 +181,16 @@ hr_tensor *hr_ag_baddbmm(hr_tensor *cin, hr_tensor *a, hr_tensor *b, double beta
 
 /* ------------------------------------------------------------------ linear */
 
+/* Whether the weight gradient gᵀ @ x can be added straight into the leaf's existing .grad: the
+ * weight is a leaf that already holds a contiguous gradient of the product's dtype and device. */
+static bool weight_grad_in_place(const hr_tensor *leaf, const hr_tensor *g2t)
+{
+    const hr_tensor *grad = leaf ? leaf->grad : NULL;
+    return grad && grad->dtype == leaf->dtype && grad->dtype == g2t->dtype && hr_tensor_is_contiguous(grad) &&
+           hr_device_eq(hr_tensor_device(grad), hr_tensor_device(g2t)) && grad->ndim == 2 &&
+           grad->size[0] == g2t->size[0];
+}
+
 /* y = x @ wᵀ + bias: dx = g @ w, dw = gᵀ @ x over all leading dims, dbias = sum of g. */
 static int linear_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
@@ -201,12 +211,22 @@ static int linear_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
         hr_tensor *g2 = hr_reshape(gc, 2, g2s);
         hr_tensor *x2 = hr_reshape(x, 2, x2s);
         hr_tensor *g2t = tr(g2);
-        hr_tensor *gw = (g2t && x2) ? hr_matmul(g2t, x2) : NULL;
+        hr_tensor *leaf = node->next[1].leaf;
+        if (g2t && x2 && weight_grad_in_place(leaf, g2t)) {
+            /* a later micro-batch: the product adds into the gradient the leaf already holds,
+             * instead of a fresh weight-sized buffer and a second pass to add it */
+            hr_tensor *r = hr_addmm_(leaf->grad, g2t, x2, 1.0, 1.0);
+            if (r) gi[1] = HR_GRAD_HANDLED;
+            else rc = -1;
+            hr_tensor_release(r);
+        } else {
+            hr_tensor *gw = (g2t && x2) ? hr_matmul(g2t, x2) : NULL;
+            if (gw && gw->dtype != c->dtype[1]) gw = drop(gw, hr_cast(gw, c->dtype[1]));
+            if (!(gi[1] = gw)) rc = -1;
+        }
         hr_tensor_release(g2);
         hr_tensor_release(x2);
         hr_tensor_release(g2t);
-        if (gw && gw->dtype != c->dtype[1]) gw = drop(gw, hr_cast(gw, c->dtype[1]));
-        if (!(gi[1] = gw)) rc = -1;
     }
     if (rc == 0 && hr_node_input_needs_grad(node, 2)) {
         hr_tensor *gb = hr_sum_to_size(gc, 1, &out_f);

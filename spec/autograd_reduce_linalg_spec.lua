@@ -77,4 +77,28 @@ describe("autograd through matrix products", function()
     assert.is_true(gradcheck(hero.linear, {x, w, bias}))
     assert.is_true(gradcheck(function(p, q) return hero.linear(p, q) end, {x, w}))
   end)
+
+  it("linear adds a later weight gradient into the one the weight holds (micro-batches, a shared weight)", function()
+    local g = hero.Generator(5)
+    local w = hero.randn({4, 3}, {dtype = "f64", generator = g}):requires_grad_()
+    local on = {dtype = "f64", generator = g}
+    local x1, x2 = hero.randn({2, 5, 3}, on), hero.randn({7, 3}, on)
+    local g1, g2 = hero.randn({2, 5, 4}, on), hero.randn({7, 4}, on)
+    local want = g1:reshape(10, 4):t():matmul(x1:reshape(10, 3)) + g2:t():matmul(x2)
+    hero.linear(x1, w):backward(g1)
+    local held = w.grad
+    hero.linear(x2, w):backward(g2)
+    assert.tensor_near(w.grad, want)
+    assert.tensor_near(held, want) -- added into the tensor the weight held
+    -- one graph using the weight twice
+    w.grad = nil
+    local y = hero.linear(x1, w):sum() + hero.linear(x2, w):sum()
+    y:backward()
+    assert.tensor_near(w.grad, hero.ones(10, 4, {dtype = "f64"}):t():matmul(x1:reshape(10, 3))
+      + hero.ones(7, 4, {dtype = "f64"}):t():matmul(x2))
+    -- a gradient the product cannot add into (another dtype) is accumulated as before
+    w.grad = hero.zeros({4, 3}, {dtype = "f64"}):t():contiguous():t()
+    hero.linear(x2, w):backward(g2)
+    assert.tensor_near(w.grad, g2:t():matmul(x2))
+  end)
 end)
