@@ -182,12 +182,13 @@ hr_tensor *hr_ag_baddbmm(hr_tensor *cin, hr_tensor *a, hr_tensor *b, double beta
 /* ------------------------------------------------------------------ linear */
 
 /* Whether the weight gradient gᵀ @ x can be added straight into the leaf's existing .grad: the
- * weight is a leaf that already holds a contiguous gradient of the product's dtype and device. */
+ * weight is a leaf that already holds a contiguous gradient of the product's dtype, on the CPU
+ * (on a GPU an in-place product goes through a temporary and two copies: no gain there). */
 static bool weight_grad_in_place(const hr_tensor *leaf, const hr_tensor *g2t)
 {
     const hr_tensor *grad = leaf ? leaf->grad : NULL;
     return grad && grad->dtype == leaf->dtype && grad->dtype == g2t->dtype && hr_tensor_is_contiguous(grad) &&
-           hr_device_eq(hr_tensor_device(grad), hr_tensor_device(g2t)) && grad->ndim == 2 &&
+           hr_tensor_device(grad).type == HR_CPU && hr_tensor_device(g2t).type == HR_CPU && grad->ndim == 2 &&
            grad->size[0] == g2t->size[0];
 }
 
