@@ -143,7 +143,7 @@ local function index_tensor(list, like) return core.tensor(list, {dtype = "i64",
 -- serves as a key and value, but the queries are projected and attend only for the positions
 -- asked for (each entry's, padded to the entry with most), and the output projection, the
 -- feed-forward block and both LayerNorms run on the n rows alone. The rows are those of the full
--- output.
+-- output. opts.query: the rows' query layout ({query_layout(...)}), when the caller has it.
 function M.TransformerLayer:forward(x, mask, opts)
   local ext = mask
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
@@ -153,7 +153,10 @@ function M.TransformerLayer:forward(x, mask, opts)
     local mha = self.attention
     local B, L, H = x:size(1), x:size(2), x:size(3)
     local gather, keep, lq
-    if ext == nil or ext:dim() == 2 then gather, keep, lq = query_layout(rows:totable(), B, L, self) end
+    if ext == nil or ext:dim() == 2 then
+      local q = opts.query or {query_layout(rows:totable(), B, L, self)}
+      gather, keep, lq = q[1], q[2], q[3]
+    end
     local ctx
     if gather then -- cross-attention of the asked-for positions over the whole sequence
       local xq = x:reshape(B * L, H):index_select(1, index_tensor(gather, x)):view(B, lq, H)
@@ -218,11 +221,10 @@ end
 -- there is too little padding to gain (under 1/16 of the positions), when a row asked for is a
 -- padded position, or when no row is asked for. The layout is built with tensor ops where the
 -- mask is (on a GPU, the host reads two counts and the asked-for rows, never the whole mask).
-local function packed_layout(x, mask, rows, module)
+local function packed_layout(x, mask, rows, query)
   local B, L, H = x:size(1), x:size(2), x:size(3)
-  local flat = rows:totable()
-  if #flat == 0 then return nil end
-  local gather, keep, lq = query_layout(flat, B, L, module) -- also checks the rows' range
+  if rows:numel() == 0 then return nil end
+  local gather, keep, lq = query[1], query[2], query[3]
   local valid_flag = mask:reshape(B * L):ne(0)
   local counts = core.stack({valid_flag:sum(), valid_flag:index_select(1, rows):logical_not():sum()}):totable()
   local nv, padded_asked = counts[1], counts[2]
@@ -242,18 +244,21 @@ function M.TransformerEncoder:forward(x, mask, opts)
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
   local rows = opts and opts.rows
   local stack = self.layer:children()
+  -- the queries the rows need, worked out once on the host (this also checks the rows' range)
+  local query = rows and #stack > 0 and {query_layout(rows:totable(), x:size(1), x:size(2), self)} or nil
   -- Ragged rows (subtitles of different lengths, videos of different frame counts) are padded to
   -- the longest: when only some rows are asked for, every layer runs its projections, MLP and
   -- LayerNorms on the valid positions alone, packed; attention sees them laid out padded.
   local pk = rows and opts.pack ~= false and #stack > 0 and mask and ext ~= mask and mask:dim() == 2
-    and packed_layout(x, mask, rows, self)
+    and packed_layout(x, mask, rows, query)
   if pk then
     local h = x:reshape(pk.B * pk.L, pk.H):index_select(1, pk.valid)
     for i, layer in ipairs(stack) do h = layer:forward_packed(h, ext, pk, i == #stack) end
     return h
   end
   for i, layer in ipairs(stack) do
-    x = layer:forward(x, ext, {additive = true, rows = i == #stack and rows or nil})
+    local last = i == #stack
+    x = layer:forward(x, ext, {additive = true, rows = last and rows or nil, query = last and query or nil})
   end
   if rows and #stack == 0 then x = flat_rows(x, rows) end
   return x
