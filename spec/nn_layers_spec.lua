@@ -121,6 +121,39 @@ describe("nn layers", function()
       "TransformerEncoder", "row 15 is outside the 3 x 5 positions")
   end)
 
+  it("make the full layer's rows for random ragged batches and random rows (f64)", function()
+    local enc = nn.TransformerEncoder {layers = 2, hidden = 8, heads = 2, intermediate = 12, dropout = 0,
+                                       dtype = "f64", generator = hero.Generator(5)}
+    local g = hero.Generator(6)
+    local function draw(n) return math.floor(hero.rand({1}, {generator = g}):item() * n) end
+    for _ = 1, 40 do
+      local B, L = 1 + draw(4), 1 + draw(8)
+      local m, rows = {}, {}
+      for b = 1, B do
+        local len = 1 + draw(L) -- every entry has a valid position
+        m[b] = {}
+        for l = 1, L do m[b][l] = l <= len and 1 or 0 end
+      end
+      for r = 0, B * L - 1 do
+        if draw(10) < 3 and (m[r // L + 1][r % L + 1] == 1 or draw(10) < 3) then rows[#rows + 1] = r end
+      end
+      if #rows > 0 and draw(5) == 0 then rows[#rows + 1] = rows[1] end
+      local x = hero.randn({B, L, 8}, {dtype = "f64", generator = g}):requires_grad_()
+      local mask, idx = hero.tensor(m, {dtype = "f64"}), hero.tensor(rows, {dtype = "i64"})
+      local y = enc:forward(x, mask, {rows = idx})
+      local full = enc:forward(x, mask):reshape(B * L, 8):index_select(1, idx)
+      assert.tensor_near(y, full)
+      if #rows > 0 then
+        local gy = hero.randn({#rows, 8}, {dtype = "f64", generator = g})
+        y:backward(gy)
+        local gx = x.grad
+        x.grad = nil
+        full:backward(gy)
+        assert.tensor_near(gx, x.grad)
+      end
+    end
+  end)
+
   it("report errors with the module path", function()
     local layer = nn.TransformerLayer {hidden = 8, heads = 2, intermediate = 16}
     helper.assert_error_contains(function() layer:forward(hero.zeros(2, 3, 5)) end, "attention.self.query", "Linear")
