@@ -117,6 +117,11 @@ static int sum_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 static int mean_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
     const red_ctx *c = node->ctx;
+    if (g->dtype == c->dtype) { /* divide the reduced gradient, then one pass spreads it */
+        hr_tensor *q = bin_s(HR_DIV, g, (double)reduced_count(c));
+        gi[0] = q ? drop(q, expand_back(c, q)) : NULL;
+        return gi[0] ? 0 : -1;
+    }
     hr_tensor *e = expand_back(c, g);
     gi[0] = drop(e, bin_s(HR_DIV, e, (double)reduced_count(c)));
     return gi[0] ? 0 : -1;

@@ -16,6 +16,19 @@ describe("autograd through reductions", function()
     assert.is_true(gradcheck(function(t) return t:mean({1, 2}) end, {x}))
   end)
 
+  it("spreads a mean's gradient as the gradient divided by the count, in the input's dtype", function()
+    for _, dt in ipairs {"f32", "f64"} do
+      local t = hero.randn(3, 5, 7):to{dtype = dt}:requires_grad_()
+      t:mean():backward(hero.tensor(2, {dtype = dt}))
+      local want = hero.tensor(2, {dtype = dt}) / 105
+      assert.equal(0, (t.grad - want):abs():max():item(), dt)
+      local u = hero.randn(3, 5, 7):to{dtype = dt}:requires_grad_()
+      local g = hero.randn(3, 1, 7):to{dtype = dt}
+      u:mean(2, true):backward(g)
+      assert.equal(0, (u.grad - (g / 5):expand(3, 5, 7)):abs():max():item(), dt)
+    end
+  end)
+
   it("max and min, var, std, norm and cumsum", function()
     assert.is_true(gradcheck(function(t) return (t:max(3)) end, {x}))
     assert.is_true(gradcheck(function(t) return (t:min(1, true)) end, {x}))

@@ -41,6 +41,32 @@ describe("tensor core", function()
     assert.same({2, 3, 4, 1}, t:unsqueeze(-1):size())
   end)
 
+  it("copies broadcast and strided sources of every element width into any layout", function()
+    for _, dt in ipairs {"f64", "f32", "bf16", "f16", "i64", "i32", "u8", "bool"} do
+      local v = dt == "bool" and true or 3
+      local want = dt == "bool" and true or 3
+      -- one value spread over 2 x 37 (stride 0 innermost), into contiguous and transposed storage
+      local e = hero.tensor({v}, {dtype = dt}):expand(2, 37)
+      local c = e:contiguous()
+      assert.is_true(c:is_contiguous())
+      local t = hero.zeros(37, 2, {dtype = dt}):t()
+      t:copy_(e)
+      for _, r in ipairs {c:totable(), t:totable()} do
+        assert.equal(2, #r)
+        for i = 1, 2 do
+          assert.equal(37, #r[i])
+          for j = 1, 37 do assert.equal(want, r[i][j], dt) end
+        end
+      end
+      -- a strided source (every other column) gathered into contiguous storage
+      local src = hero.arange(0, 40, {dtype = dt == "bool" and "u8" or dt}):view(4, 10)
+      if dt == "bool" then src = src:ne(0) end
+      local s = src:narrow(2, 1, 9)
+      local got = s:t():contiguous():t():totable()
+      assert.same(s:totable(), got, dt)
+    end
+  end)
+
   it("refuses views that would need a copy, but reshape copies", function()
     local t = hero.arange(6):view(2, 3):t()
     helper.assert_error_contains(function() t:view(6) end, "view", "without a copy")
