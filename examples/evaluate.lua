@@ -13,6 +13,7 @@
 --   --split NAME         val, test, ... (names the corpus split of vid2dur_idx.json and the logs) [val]
 --   --txt-db DIR         the split's query / caption db [config's <split>_query_txt_db / val_db]
 --   --vfeat-db DIR       video features [the run's]     --sub-db DIR  subtitle db [the run's]
+--                        (video-only tasks, didemo_video_only / msrvtt_video_only, read no subtitles)
 --   --vocab FILE --merges FILE   (TVC) RoBERTa vocab.json / merges.txt to write the captions as text
 --   --out FILE           the results JSON (required)
 --   --threads N
@@ -77,7 +78,7 @@ local ok, err = pcall(function()
   if type(txt) ~= "string" then die("no text db for split '" .. split .. "': give --txt-db DIR") end
   local vfeat = opts["vfeat-db"] or hps.vfeat_db
   if type(vfeat) ~= "string" then die("no video features: give --vfeat-db DIR") end
-  local video = FT.video_dataset(hps, vfeat, opts["sub-db"] or hps.sub_txt_db)
+  local video = FT.video_dataset(hps, vfeat, opts["sub-db"] or hps.sub_txt_db, txt)
   local model, report = FT.build_model(task, cfg, hps, sd)
   if #report.missing > 0 then
     die(string.format("the checkpoint lacks %d parameters of the %s model (first: %s); is it a fine-tuned %s "

@@ -12,7 +12,8 @@
 --                        the TVC caption db [config's train_query_txt_db / train_db]
 --   --vfeat-db DIR       video features: the LMDB or the directory holding id2nframe.json and
 --                        <vfeat_version>_<vfeat_interval> [config's vfeat_db]
---   --sub-db DIR         subtitle db [config's sub_txt_db]
+--   --sub-db DIR         subtitle db [config's sub_txt_db]; a config whose task is didemo_video_only or
+--                        msrvtt_video_only reads none (its videos have one [CLS] segment of all frames)
 --   --model-config FILE  model config [config's model_config, also looked up next to --config]
 --   --out DIR            output: log.jsonl, log/hps.json, log/model_config.json, ckpt/ (required)
 --   --steps N            train until update N [config's num_train_steps]

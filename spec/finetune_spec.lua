@@ -258,6 +258,51 @@ describe("downstream datasets on the TV databases", function()
     assert.are.equal(3, b.c_v_feats:size(1))
   end)
 
+  it("video-only (DiDeMo, MSR-VTT): one [CLS] segment of every frame, targets on the capped frames", function()
+    local id2nframe = json.read_file(helper.fixture("data/video_db/tv/id2nframe.json"))
+    local sorted = json.keys(id2nframe)
+    table.sort(sorted)
+    local video = data.VideoOnlyDataset{video_db = tv_video, query_db = txt_dir .. "/tvr_val.db", max_clip_len = 12}
+    assert.are.same(sorted, video:ids()) -- VideoFeatDataset: the id2nframe keys, sorted
+    for i, vid in ipairs(sorted) do
+      assert.are.equal(i - 1, video.vid2idx[vid])
+      local v = assert(video:get(vid))
+      local n = math.min(id2nframe[vid], 12)
+      assert.are.equal(n, v.v_feat:size(1))
+      assert.are.equal(n, video:length(vid))
+      local frames = {}
+      for f = 1, n do frames[f] = f - 1 end
+      assert.are.same({{0, frames}}, v.sub2frames)
+      local item = D.vcmr_item(v, {}, {special_ids = video:special_ids()})
+      assert.are.same({{ids = {0}, frames = frames}}, item.segments) -- [CLS] (tvr_val.db's meta: 0)
+    end
+    assert.is_nil((video:get("no_such_video")))
+    -- the st/ed targets depend on the frame count only: the same as with subtitles
+    local q = D.QueryDataset{task = "vcmr", video = video, query_db = txt_dir .. "/tvr_val.db", train = false}
+    local want = expected_txt.st_ed_targets.result["tvr_val.db"]
+    local items = {}
+    for i, qid in ipairs(q:ids()) do
+      items[i] = assert(q:item(qid))
+      assert.are.same(want[qid], items[i].queries[1].target, qid)
+    end
+    local b = D.vcmr_collate({items[1], items[3]})
+    assert.are.same({{0}, {0}}, b.f_sub_input_ids:totable())
+    assert.are.same({2, 13}, b.f_attn_masks:size()) -- 12 frames + [CLS]
+    assert.are.equal(26, b.f_attn_masks:sum():item())
+    assert.are.same({1, 1}, b.num_subs)
+    -- bad uses
+    helper.assert_error_contains(function()
+      D.QueryDataset{task = "videoqa", video = video, query_db = txt_dir .. "/tvqa_val.db"}
+    end, "video-only dataset serves the retrieval tasks")
+    helper.assert_error_contains(function() D.CaptionDataset{video = video, cap_db = txt_dir .. "/tvr_val.db"} end,
+      "video-only dataset cannot serve it")
+    helper.assert_error_contains(function() data.VideoOnlyDataset{video_db = tv_video} end, "special_ids")
+    helper.assert_error_contains(function()
+      data.VideoOnlyDataset{video_db = tv_video, query_db = "/nonexistent/q.db"}
+    end, "meta.json")
+    video:close()
+  end)
+
   it("TVQA: five answer copies per question, the 120-token filter, ts targets", function()
     local qa = D.QueryDataset{task = "videoqa", video = tv_videos(), query_db = txt_dir .. "/tvqa_val.db",
       max_txt_len = 120}
@@ -521,6 +566,63 @@ describe("fine-tuning and evaluation", function()
   end
 end)
 
+describe("video-only fine-tuning and evaluation (didemo_video_only, msrvtt_video_only)", function()
+  setup(function()
+    tmpdir = os.tmpname()
+    os.remove(tmpdir)
+    assert(os.execute('mkdir -p "' .. tmpdir .. '"'))
+    local cfg = {f_config = tiny_section(), c_config = tiny_section {max_position_embeddings = 32},
+      q_config = tiny_section {num_hidden_layers = 0}}
+    json.write_file(tmpdir .. "/model.json", cfg)
+    hero.manual_seed(5)
+    hero.models.HeroForPretraining(hero.config.model(cfg), {vfeat_dim = 24, max_frm_seq_len = 16})
+      :save_checkpoint(tmpdir .. "/init.safetensors")
+  end)
+  teardown(function()
+    if tmpdir and tmpdir:match("^/tmp/") then os.execute('rm -rf "' .. tmpdir .. '"') end
+  end)
+
+  for _, case in ipairs {{"vcmr", "didemo_video_only"}, {"vr", "msrvtt_video_only"}} do
+    local task, name = case[1], case[2]
+    it(name .. ": no subtitle db read, a few updates lower the loss, the corpus indexed by id2nframe", function()
+      local over = {task = name, sub_txt_db = "/nonexistent/sub.db", min_pred_l = 3, max_pred_l = 6, nms_thd = -1}
+      if task == "vcmr" then over.hard_negtiave_start_step, over.train_span_start_step = {0}, 0 end
+      local run, hps = setup_run(task, over)
+      assert.is_true(run.video.video_only)
+      local batch = run.loader:next()
+      assert.are.same({batch.c_v_feats:size(1), 1}, batch.f_sub_input_ids:size()) -- [CLS] per video
+      local train = hero.train
+      local meta = train.MetaLoader{tasks = {[name] = train.CyclingLoader({batch})}, ratios = {[name] = 1},
+        accum = 1, generator = hero.Generator(1)}
+      local tr = train.Trainer{model = run.model, optimizer = run.optimizer, loader = meta, lr = hps.learning_rate,
+        warmup = 1, total = 50, grad_norm = 1.0, progress = false, forward_opts = FT.forward_opts(task, run.model, hps)}
+      local recs = tr:train(5)
+      assert.is_true(recs[#recs].loss < recs[1].loss, string.format("%s: loss %g -> %g", name, recs[1].loss,
+        recs[#recs].loss))
+      local res = FT.evaluate(task, run.model, hps, {video = run.video, txt_db = txt_dir .. "/tvr_val.db",
+        split = "val"})
+      local id2nframe = json.read_file(helper.fixture("data/video_db/tv/id2nframe.json"))
+      local sorted = json.keys(id2nframe)
+      table.sort(sorted)
+      local n = 0
+      for vid, idx in pairs(res.submission.video2idx) do
+        assert.are.equal(sorted[idx + 1], vid) -- VideoFeatDataset's global index
+        n = n + 1
+      end
+      assert.are.equal(7, n) -- the queries' videos (query2video.json)
+      assert.are.equal(9, #res.submission.VR)
+      assert.is_number(res.metrics.VR.r1)
+      if task == "vcmr" then
+        for _, p in ipairs(res.submission.VCMR[1].predictions) do
+          -- (video, i * 1.5, (j + 1) * 1.5, score) with 3 <= j - i < 6
+          local frames = math.floor((p[3] - p[2]) / 1.5 + 0.5)
+          assert.is_true(frames >= 4 and frames <= 6, "min/max_pred_l 3/6: " .. frames)
+        end
+      end
+    end)
+  end
+end)
+
 describe("examples/finetune.lua and examples/evaluate.lua", function()
   local dir
   setup(function()
@@ -537,6 +639,10 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     local c = train_config("vcmr")
     c.dropout, c.drop_svmr_prob, c.save_steps = 0.1, 0.5, 2
     json.write_file(dir .. "/train-tvr.json", c)
+    local d = train_config("vcmr")
+    -- as the released train-didemo_video_only-4gpu.json: "sub_txt_db": null
+    d.task, d.sub_txt_db, d.min_pred_l, d.max_pred_l, d.nms_thd = "didemo_video_only", json.null, 3, 6, -1
+    json.write_file(dir .. "/train-didemo.json", d)
   end)
   teardown(function()
     if dir and dir:match("^/tmp/") then os.execute('rm -rf "' .. dir .. '"') end
@@ -589,6 +695,24 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.same(key_set(ref.metrics_nms), key_set(res.metrics_nms))
     assert.are.same(key_set(ref.val_log), key_set(res.val_log))
     assert.are.equal(9, #res.submission.VR)
+  end)
+
+  it("a video-only task needs no subtitle db, in training and in evaluation", function()
+    local rc, out = finetune(dir .. "/v", 2, {"--config", dir .. "/train-didemo.json"})
+    assert.are.equal(0, rc, out)
+    rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/v/ckpt/step_2.safetensors",
+      "--split", "val", "--txt-db", txt_dir .. "/tvr_val.db", "--out", dir .. "/results_v.json"})
+    assert.are.equal(0, rc, out)
+    local res = json.read_file(dir .. "/results_v.json")
+    assert.are.equal("didemo_video_only", res.task)
+    assert.are.equal(9, #res.submission.VCMR)
+    -- without the flag the same config with subtitles would need --sub-db
+    local c = json.read_file(dir .. "/train-didemo.json")
+    c.task = "tvr"
+    json.write_file(dir .. "/train-tvr-nosub.json", c)
+    rc, out = finetune(dir .. "/w", 1, {"--config", dir .. "/train-tvr-nosub.json"})
+    assert.are.equal(2, rc)
+    assert.matches("no subtitle db", out)
   end)
 
   it("bad input gives clear errors", function()

@@ -1,5 +1,5 @@
 --- hero.data.datasets: videos joined with their subtitles, as the reference's
--- VideoFeatSubTokDataset (data/data.py) sees them.
+-- VideoFeatSubTokDataset (data/data.py) sees them, and videos alone (VideoOnlyDataset).
 --
 --   local ds = hero.data.VideoSubDataset{video_db = "video_db/tv/resnet_slowfast_1.5",
 --                                        sub_db = "txt_db/tv_subtitles.db", max_clip_len = 100}
@@ -155,6 +155,113 @@ VideoSub.__close = VideoSub.close
 
 function VideoSub:__tostring()
   return string.format("hero.data.VideoSubDataset(%d videos, max_clip_len %d)", #self._ids, self.max_clip_len)
+end
+
+-- ------------------------------------------------------------------ VideoOnlyDataset
+
+local VideoOnly = {}
+VideoOnly.__index = VideoOnly
+VideoOnly.__name = "hero.data.VideoOnlyDataset"
+
+--- VideoOnlyDataset{video_db = dir or VideoDb, special_ids = the query db's meta.json (or
+--   query_db = its directory), max_clip_len = 100, ids = {vid...}}
+-- Videos without subtitles, as the reference's VideoFeatDataset (data/vr_video_only.py) gives them
+-- to DiDeMo and MSR-VTT "video_only": one segment holding every frame, whose text is [CLS] alone
+-- (tasks.video_item builds it from video_only = true). ids: default the video db's id2nframe.json
+-- keys, sorted; vid2idx: each of those keys' 0-based position in that order (the reference's
+-- global video index, written into retrieval submissions).
+function datasets.VideoOnlyDataset(opts)
+  local op = "hero.data.VideoOnlyDataset"
+  check_opts(op, opts, {"video_db", "special_ids", "query_db", "max_clip_len", "ids"})
+  local max_clip_len = opt_int(op, opts, "max_clip_len", 100)
+  local self = setmetatable({max_clip_len = max_clip_len, max_txt_len = 60, sub_ctx_len = 0, video_only = true},
+    VideoOnly)
+  local meta = opts.special_ids
+  if meta == nil and opts.query_db ~= nil then
+    local qdb = opts.query_db
+    if type(qdb) == "string" then
+      local path = qdb .. "/meta.json"
+      local ok, m = pcall(json.read_file, path)
+      if not ok then fail(op, "cannot read the query db's meta.json: %s", tostring(m)) end
+      meta = m
+    elseif type(qdb) == "table" and type(qdb.meta) == "function" then
+      meta = qdb:meta()
+    else
+      fail(op, "opts.query_db must be a directory or an open text db")
+    end
+  end
+  if type(meta) ~= "table" then
+    fail(op, "opts.special_ids (the query db's meta.json: CLS, SEP) or opts.query_db is required")
+  end
+  self._special = {}
+  for _, k in ipairs {"CLS", "SEP", "PAD", "MASK", "BOS", "EOS", "UNK"} do self._special[k] = meta[k] end
+  if math.type(self._special.CLS) ~= "integer" or math.type(self._special.SEP) ~= "integer" then
+    fail(op, "the special ids lack integer CLS and SEP")
+  end
+  local vdb = opts.video_db
+  if type(vdb) == "string" then
+    vdb = video_db.open(vdb, {max_clip_len = max_clip_len >= 0 and max_clip_len or nil})
+    self._own_vdb = true
+  elseif type(vdb) ~= "table" or type(vdb.get) ~= "function" or type(vdb.id2nframe) ~= "function" then
+    fail(op, "opts.video_db must be a directory or an open video db")
+  end
+  self.video_db = vdb
+  self._id2nframe = vdb:id2nframe()
+  local all = json.keys(self._id2nframe)
+  table.sort(all)
+  self.vid2idx = {}
+  for i, v in ipairs(all) do self.vid2idx[v] = i - 1 end
+  local ids = opts.ids
+  if ids == nil then
+    ids = all
+  elseif type(ids) ~= "table" then
+    fail(op, "opts.ids must be an array of video ids")
+  end
+  local copy = {}
+  for i, v in ipairs(ids) do
+    if type(v) ~= "string" then fail(op, "opts.ids[%d] is not a string", i) end
+    copy[i] = v
+  end
+  self._ids = copy
+  return self
+end
+
+function VideoOnly:ids() return self._ids end
+function VideoOnly:__len() return #self._ids end
+function VideoOnly:special_ids() return self._special end
+
+--- Frames of vid for length bucketing (id2nframe.json capped at max_clip_len; 0 when unknown).
+function VideoOnly:length(vid)
+  local n = self._id2nframe[vid]
+  if math.type(n) ~= "integer" then return 0 end
+  if self.max_clip_len >= 0 and n > self.max_clip_len then n = self.max_clip_len end
+  return n
+end
+
+--- The video vid: {vid, v_feat, sub2frames = {{0, {0 .. nframes-1}}}, input_ids = {},
+-- video_only = true}, or nil and the reason when the video db lacks it.
+function VideoOnly:get(vid)
+  local op = "VideoOnlyDataset:get"
+  if type(vid) ~= "string" then fail(op, "the video id must be a string, got %s", type(vid)) end
+  if self.video_db == nil then fail(op, "the dataset is closed") end
+  local feats = self.video_db:get(vid)
+  if feats == nil then return nil, string.format("video '%s' is not in the video db", vid) end
+  if feats:dim() ~= 2 then fail(op, "video '%s': features must be [nframes, D], got %d dims", vid, feats:dim()) end
+  local frames = json.array()
+  for f = 0, feats:size(1) - 1 do frames[#frames + 1] = f end
+  return {vid = vid, v_feat = feats, sub2frames = json.array {json.array {0, frames}}, input_ids = {},
+          video_only = true}
+end
+
+function VideoOnly:close()
+  if self._own_vdb and self.video_db then self.video_db:close() end
+  self.video_db = nil
+end
+
+VideoOnly.__close = VideoOnly.close
+
+function VideoOnly:__tostring()
+  return string.format("hero.data.VideoOnlyDataset(%d videos, max_clip_len %d)", #self._ids, self.max_clip_len)
 end
 
 -- ------------------------------------------------------------------ MemoryDataset

@@ -515,6 +515,10 @@ function M.QueryDataset(opts)
   if type(video) ~= "table" or type(video.get) ~= "function" then
     fail(op, "opts.video must be a hero.data dataset of videos (VideoSubDataset)")
   end
+  if video.video_only and task ~= "vcmr" and task ~= "vr" then
+    fail(op, "a video-only dataset serves the retrieval tasks (vcmr, vr: DiDeMo and MSR-VTT video_only); %s reads "
+      .. "subtitles", task)
+  end
   local db, own = open_db(op, opts.query_db)
   local self = setmetatable({task = task, video = video, db = db, _own = own, train = opts.train ~= false,
     frame_interval = opts.frame_interval or 1.5, max_txt_len = opts.max_txt_len or -1,
@@ -663,6 +667,7 @@ function M.CaptionDataset(opts)
   if type(video) ~= "table" or type(video.get) ~= "function" then
     fail(op, "opts.video must be a hero.data dataset of videos (VideoSubDataset)")
   end
+  if video.video_only then fail(op, "TVC reads subtitles: a video-only dataset cannot serve it") end
   local cap, clip = opts.cap_db, opts.clip_db
   local meta_dir
   if type(cap) == "string" and exists(cap .. "/cap.db/data.mdb") then

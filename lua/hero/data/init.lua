@@ -41,6 +41,7 @@ data.compute_sub2frames = align.compute_sub2frames
 local datasets = require "hero.data.datasets"
 data.VideoSubDataset = datasets.VideoSubDataset
 data.MemoryDataset = datasets.MemoryDataset
+data.VideoOnlyDataset = datasets.VideoOnlyDataset
 data.tasks = require "hero.data.tasks"
 data.collate = require "hero.data.collate"
 data.TaskLoader = require("hero.data.loader").TaskLoader

@@ -245,15 +245,20 @@ local function base_item(video)
 end
 
 --- The representation-path item of a video (the reference's VideoFeatSubTokDataset.__getitem__):
--- one segment per subtitle with ids [SEP] + context tokens and its aligned frames. As in the
+-- one segment per subtitle with ids [SEP] + context tokens and its aligned frames; a video of a
+-- VideoOnlyDataset (video_only = true) has its one segment with ids [CLS]. As in the
 -- reference this text is NOT cut to max_txt_len unless opts.truncate is true.
 -- opts: special_ids, sub_ctx_len (0), max_txt_len (60), truncate (false).
 function tasks.video_item(video, opts)
   local op = "hero.data.tasks.video_item"
   opts = opts or {}
   check_video(op, video)
-  local _, sep = specials(opts, op)
+  local cls, sep = specials(opts, op)
   local item = base_item(video)
+  if video.video_only then -- VideoFeatDataset: one segment of every frame, text [CLS] alone
+    for i, pair in ipairs(video.sub2frames) do item.segments[i] = {ids = {cls}, frames = pair[2]} end
+    return item
+  end
   local max_len = opts.truncate and (opts.max_txt_len or 60) or -1
   for i, pair in ipairs(video.sub2frames) do
     local ids = {sep}

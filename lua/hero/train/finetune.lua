@@ -37,8 +37,8 @@ FT.TASKS = {"vcmr", "vr", "videoqa", "violin", "tvc"}
 
 -- The reference's task names each CLI task accepts (the first is the default).
 FT.TASK_NAMES = {
-  vcmr = {"tvr", "how2r", "didemo_video_sub"},
-  vr = {"msrvtt_video_sub"},
+  vcmr = {"tvr", "how2r", "didemo_video_sub", "didemo_video_only"},
+  vr = {"msrvtt_video_sub", "msrvtt_video_only"},
   videoqa = {"tvqa", "how2qa"},
   violin = {"violin"},
   tvc = {"tvc"},
@@ -181,8 +181,19 @@ function FT.video_db_dir(dir, hps)
   fail("no video feature LMDB at '%s' nor '%s'", dir, p)
 end
 
---- The videos with their subtitles (VideoSubDataset with the config's max_clip_len, sub_ctx_len).
-function FT.video_dataset(hps, vfeat_db, sub_db)
+--- Whether the run's task is a video-only one (didemo_video_only, msrvtt_video_only: no subtitles).
+function FT.video_only(hps) return type(hps.task) == "string" and hps.task:find("video_only", 1, true) ~= nil end
+
+--- The videos with their subtitles (VideoSubDataset with the config's max_clip_len, sub_ctx_len),
+-- or for a video-only task the videos alone (VideoOnlyDataset, its special ids from the query db
+-- `query_db`'s meta.json, as the reference's load_video_only_dataset).
+function FT.video_dataset(hps, vfeat_db, sub_db, query_db)
+  if FT.video_only(hps) then
+    if type(query_db) ~= "string" then fail("no text db: give --txt-db DIR") end
+    if not file_exists(query_db .. "/meta.json") then fail("text db '%s' has no meta.json", query_db) end
+    return data.VideoOnlyDataset{video_db = FT.video_db_dir(vfeat_db, hps), query_db = query_db,
+      max_clip_len = hps.max_clip_len}
+  end
   if type(sub_db) ~= "string" then fail("no subtitle db: give --sub-db or set sub_txt_db in the config") end
   if not file_exists(sub_db .. "/data.mdb") then fail("subtitle db '%s' not found", sub_db) end
   return data.VideoSubDataset{video_db = FT.video_db_dir(vfeat_db, hps), sub_db = sub_db,
@@ -317,7 +328,7 @@ function FT.setup(spec)
   local task = FT.check_task(spec.task)
   local hps = spec.hps
   local sd = FT.read_checkpoint(spec.checkpoint)
-  local video = FT.video_dataset(hps, spec.vfeat_db, spec.sub_db)
+  local video = FT.video_dataset(hps, spec.vfeat_db, spec.sub_db, spec.txt_db)
   local ds = FT.dataset(task, hps, video, spec.txt_db, true)
   local vocab = spec.model_config.f_config.vocab_size
   local sp = ds:special_ids()
@@ -370,7 +381,29 @@ local function vcmr_corpus(hps, video, qds, split, qids)
     end
   end
   local ids = {}
-  if vid2idx then
+  if video.video_only then
+    -- VcmrVideoOnlyFullEvalDataset: the videos get_video_ids finds (query2video.json over the
+    -- queries, else the query db's video_ids.json), indexed as VideoFeatDataset's sorted videos
+    local listed = next(qds._q2v) == nil and qds.db.has_file and qds.db:has_file("video_ids")
+      and qds.db:json("video_ids") or nil
+    local seen = {}
+    local function add(v)
+      if type(v) == "string" and not seen[v] then
+        seen[v] = true
+        ids[#ids + 1] = v
+      end
+    end
+    if listed then
+      for _, v in ipairs(listed) do add(v) end
+    else
+      for _, q in ipairs(qids) do add(qds:video_of(q, qds:example(q))) end
+    end
+    vid2idx = {}
+    for _, v in ipairs(ids) do
+      vid2idx[v] = video.vid2idx[v]
+      if vid2idx[v] == nil then fail("corpus video '%s' is not in the video db's id2nframe.json", v) end
+    end
+  elseif vid2idx then
     for v in pairs(vid2idx) do ids[#ids + 1] = v end
   else
     local seen = {}
