@@ -217,15 +217,116 @@ describe("HeroForVcmr against the reference", function()
   end)
 
   it("rejects what the reference does not support", function()
-    helper.assert_error_contains(function()
-      hero.models.HeroForVcmr(cfg.model_config.finetune, base_opts({use_all_neg = false}))
-    end, "use_all_neg")
     local m = vcmr_model()
     helper.assert_error_contains(function() m:forward(batch("vcmr_batch"), "tvqa") end, "unknown task 'tvqa'")
     helper.assert_error_contains(function() m:encode_corpus({}) end, "non-empty")
     helper.assert_error_contains(function()
       m:encode_corpus({batch("vcmr_eval_video_batch0")}, {max_clip_len = 8})
     end, "more than max_clip_len 8")
+  end)
+end)
+
+describe("ranking losses with one sampled negative per row (use_all_neg = false)", function()
+  local vsm = require "hero.models.vsm"
+  -- 3 videos x 2 queries (video-major), f64 scores
+  local S = hero.tensor({{0.9, 0.1, 0.4}, {0.7, 0.5, -0.2}, {0.3, 0.8, 0.6}, {-0.1, 0.2, 0.0},
+                         {0.5, 0.45, 0.95}, {0.2, -0.3, 0.6}}, {dtype = "f64"})
+  local Nq, Nv, k = 6, 3, 2
+  local function rows_sorted(t) -- Lua copy of each row sorted descending
+    local out = {}
+    for i, r in ipairs(t) do
+      table.sort(r, function(a, b) return a > b end)
+      out[i] = r
+    end
+    return out
+  end
+  local function expected(s, draws_ctx, draws_q, loss)
+    local M = s:totable()
+    local filled, pos = {}, {}
+    for i = 1, Nq do
+      filled[i] = {}
+      for v = 1, Nv do
+        local is_pos = (i - 1) // k == v - 1
+        if is_pos then pos[i] = M[i][v] end
+        filled[i][v] = is_pos and 999 or M[i][v]
+      end
+    end
+    local cols = {}
+    for v = 1, Nv do
+      cols[v] = {}
+      for i = 1, Nq do cols[v][i] = filled[i][v] end
+    end
+    local rs, cs = rows_sorted(filled), rows_sorted(cols)
+    local ctx, q = 0, 0
+    for i = 1, Nq do ctx = ctx + loss(rs[i][draws_ctx[i] + 1] - pos[i]) end
+    for v = 1, Nv do
+      for j = 1, k do q = q + loss(cs[v][draws_q[v] + 1] - pos[(v - 1) * k + j]) end
+    end
+    return ctx / Nq, q / Nq
+  end
+  local hinge = function(d) return math.max(0, 0.1 + d) end
+
+  it("draws each row's negative uniformly from the positions past its positives", function()
+    for _, loss_type in ipairs {"hinge", "lse"} do
+      local g = hero.Generator(11)
+      local l_ctx, l_q = vsm.ranking_losses(S, {margin = 0.1, loss_type = loss_type, sampled = true, generator = g})
+      -- the same draws, in the same order: one per query in [1, Nv), then one per video in [k, Nq)
+      local r = hero.Generator(11)
+      local dc = hero.randint(1, Nv, {Nq}, {generator = r}):totable()
+      local dq = hero.randint(k, Nq, {Nv}, {generator = r}):totable()
+      local f = loss_type == "lse" and function(d) return math.log(1 + math.exp(d)) end or hinge
+      local ec, eq = expected(S, dc, dq, f)
+      assert.near(ec, l_ctx:item(), 1e-12)
+      assert.near(eq, l_q:item(), 1e-12)
+    end
+    -- every allowed position is drawn, no other
+    local g, seen = hero.Generator(3), {}
+    for _ = 1, 200 do
+      for _, d in ipairs(hero.randint(1, Nv, {Nq}, {generator = g}):totable()) do seen[d] = true end
+    end
+    assert.same({[1] = true, [2] = true}, seen)
+  end)
+
+  it("with hard negatives draws among the pool_size highest, without their weighting", function()
+    -- a pool of 1: the highest negative, every time, whatever the generator
+    local hard = {pool_size = 1, weight = 10}
+    local ec, eq = expected(S, {1, 1, 1, 1, 1, 1}, {2, 2, 2}, hinge)
+    for seed = 1, 3 do
+      local l_ctx, l_q = vsm.ranking_losses(S, {margin = 0.1, loss_type = "hinge", sampled = true, hard = hard,
+        generator = hero.Generator(seed)})
+      assert.near(ec, l_ctx:item(), 1e-12)
+      assert.near(eq, l_q:item(), 1e-12)
+    end
+    -- per-row values for evaluation ("sum"): [Nq] and, per video, [Nv]
+    local rc, rq = vsm.ranking_losses(S, {margin = 0.1, loss_type = "hinge", sampled = true, hard = hard,
+      reduction = "sum", generator = hero.Generator(1)})
+    assert.same({Nq}, rc:size())
+    assert.same({Nv}, rq:size())
+    -- gradients reach the scores (f64 finite differences; the pool of 1 makes the draw fixed)
+    local x = S:clone():requires_grad_()
+    assert.is_true(hero.testing.gradcheck(function(t)
+      local a, b = vsm.ranking_losses(t, {margin = 0.1, loss_type = "lse", sampled = true, hard = hard,
+        generator = hero.Generator(1)})
+      return a + b
+    end, {x}))
+  end)
+
+  it("is what HeroForVcmr and HeroForPretraining train with use_all_neg = false", function()
+    local m = vcmr_model({drop_svmr_prob = 0, use_all_neg = false, generator = hero.Generator(5)})
+    local out = m:forward(batch("vcmr_batch"), "tvr")
+    assert.is_true(out.loss_neg_ctx:item() >= 0 and out.loss_neg_q:item() >= 0)
+    out.loss:backward()
+    assert.is_not_nil(m.video_query_linear.weight.grad)
+    -- the draws come from the model's generator: the same seed, the same loss
+    local m2 = vcmr_model({drop_svmr_prob = 0, use_all_neg = false, generator = hero.Generator(5)})
+    assert.equal(out.loss:item(), m2:forward(batch("vcmr_batch"), "tvr").loss:item())
+    local all = vcmr_model({drop_svmr_prob = 0}):forward(batch("vcmr_batch"), "tvr")
+    assert.not_equal(all.loss_neg_ctx:item(), out.loss_neg_ctx:item()) -- one negative, not the mean of all
+    local p = hero.models.HeroForPretraining(cfg.model_config.pretrain, base_opts({use_all_neg = false,
+      generator = hero.Generator(2)}))
+    hero.train.set_dropout(p, 0)
+    local vs = p:forward(batch("batch_vsm"), "vsm")
+    assert.is_true(vs.loss:item() == vs.loss:item())
   end)
 end)
 

@@ -12,7 +12,8 @@ local M = nn.Module:extend("HeroForPretraining")
 -- max_frm_seq_len (100), fom_classes (100), vocab_pad (rows of padding at the end of the vocabulary
 -- that logits drop; 0), lw_st_ed (0.01), lw_neg_ctx (8), lw_neg_q (8), margin (0.1),
 -- ranking_loss_type ("hinge"), hard_negative ({pool_size, weight} or nil), drop_svmr_prob (0),
--- nce_temp (1), dtype, generator.
+-- use_all_neg (true: every in-batch negative; false: one drawn per query and per video, from
+-- `generator`), nce_temp (1), dtype, generator.
 function M:__init(cfg, opts)
   opts = opts or {}
   -- the reference pads the vocabulary to a multiple of 8 rows (pad_vocab) and drops the padding
@@ -28,6 +29,7 @@ function M:__init(cfg, opts)
     lw_neg_q = opts.lw_neg_q or 8, margin = opts.margin or 0.1,
     ranking_loss_type = opts.ranking_loss_type or "hinge",
     hard_negative = opts.hard_negative, drop_svmr_prob = opts.drop_svmr_prob or 0, nce_temp = opts.nce_temp or 1,
+    use_all_neg = opts.use_all_neg ~= false,
   }
   self.generator = opts.generator
   self:add_module("v_encoder", Hierarchical(cfg, opts))
@@ -162,7 +164,7 @@ function M:forward_vsm(batch, opts)
   local S = vsm.video_scores(q, Y, mask, opts.all_gather)
   acts.q2video_scores = S
   local l_ctx, l_q = vsm.ranking_losses(S, {margin = o.margin, loss_type = o.ranking_loss_type,
-    hard = opts.hard_negative or o.hard_negative})
+    hard = opts.hard_negative or o.hard_negative, sampled = not o.use_all_neg, generator = self.generator})
   acts.loss_neg_ctx, acts.loss_neg_q = l_ctx * o.lw_neg_ctx, l_q * o.lw_neg_q
   local ranking = acts.loss_neg_ctx + acts.loss_neg_q
   acts.loss = total and (total + ranking) or ranking

@@ -32,10 +32,6 @@ local Vcmr = M.HeroForVcmr
 -- hard_negative ({pool_size, weight} or nil; see set_hard_negative), dtype, generator.
 function Vcmr:__init(cfg, opts)
   local o = copy(opts)
-  if o.use_all_neg == false then
-    error(self.__name .. ": use_all_neg = false (one sampled negative per row) is not supported; the released "
-      .. "configs use all negatives", 3)
-  end
   if o.lw_st_ed == nil then o.lw_st_ed = 0.01 end
   if o.lw_neg_ctx == nil then o.lw_neg_ctx = 8 end
   if o.lw_neg_q == nil then o.lw_neg_q = 8 end
@@ -114,7 +110,8 @@ function Vcmr:forward(batch, task, opts)
     local S = vsm.video_scores(q, Y, mask)
     acts.q2video_scores = S
     local l_ctx, l_q = vsm.ranking_losses(S, {margin = o.margin, loss_type = o.ranking_loss_type,
-      hard = opts.hard_negative or o.hard_negative, reduction = red})
+      hard = opts.hard_negative or o.hard_negative, reduction = red, sampled = not o.use_all_neg,
+      generator = self.generator})
     acts.loss_neg_ctx, acts.loss_neg_q = l_ctx * o.lw_neg_ctx, l_q * o.lw_neg_q
     parts[#parts + 1] = acts.loss_neg_ctx
     parts[#parts + 1] = acts.loss_neg_q

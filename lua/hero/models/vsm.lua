@@ -2,7 +2,8 @@
 --   local:  start/end logits from video_query_linear(q) . Y, two 5-tap conv1d, mask_logits
 --   global: S[i, v] = max_l mask_logits(cos(q_i, Y[v, l]), m[v, l])
 --   ranking loss: hinge (margin) or lse over all in-batch negatives in both directions, with the
---   optional hard-negative weighting (x weight for the top pool_size negatives, x0.1 for the rest).
+--   optional hard-negative weighting (x weight for the top pool_size negatives, x0.1 for the rest);
+--   or (use_all_neg = false) over one negative drawn per query and per video.
 local core = require "hero.core"
 local F = require "hero.nn.functional"
 
@@ -37,18 +38,18 @@ function M.video_scores(q, Y, mask, gather)
   return (F.mask_logits(cos, m):max(3))
 end
 
+--- The ranking loss terms of S_neg - S_pos (`diff`): hinge max(0, margin + diff) or lse
+-- log(1 + exp(diff)). opts: margin, loss_type ("hinge"|"lse").
+local function rank_terms(diff, opts)
+  if opts.loss_type == "lse" then return diff:exp():log1p() end
+  return (diff + opts.margin):clamp(0, nil)
+end
+
 --- One direction of the ranking loss. pos [R] (one positive per row), neg_sorted [R, K] (negatives
--- sorted descending). opts: margin, loss_type ("hinge"|"lse"), hard (pool size and weight or nil),
--- reduction ("mean": mean over columns then rows; "sum", the reference's evaluation-mode value:
--- the per-row means [R]).
+-- sorted descending). opts: rank_terms's, hard (pool size and weight or nil), reduction ("mean":
+-- mean over columns then rows; "sum", the reference's evaluation-mode value: the per-row means [R]).
 local function rank_loss(pos, neg_sorted, opts)
-  local diff = neg_sorted - pos:unsqueeze(2)
-  local l
-  if opts.loss_type == "lse" then
-    l = diff:exp():log1p()
-  else
-    l = (diff + opts.margin):clamp(0, nil)
-  end
+  local l = rank_terms(neg_sorted - pos:unsqueeze(2), opts)
   if opts.hard then
     local K = l:size(2)
     local pool = math.min(opts.hard.pool_size, K)
@@ -60,9 +61,35 @@ local function rank_loss(pos, neg_sorted, opts)
   return l:mean(2):mean()
 end
 
---- The reference's get_video_level_loss with use_all_neg: S [Nq, Nv] with k = Nq / Nv queries per
--- video (video-major). Returns loss_neg_ctx, loss_neg_q (unweighted means; per-query vectors with
--- opts.reduction = "sum").
+--- One negative per row of `sorted` [R, n] (each row sorted descending), drawn uniformly from the
+-- positions [lo, hi) (0-based) as the reference's get_sampled_neg_scores does: [R, 1].
+local function sampled_negatives(sorted, lo, hi, generator)
+  local R = sorted:size(1)
+  local at = core.randint(lo, hi, {R}, {generator = generator}):to{device = sorted:device()}
+  return sorted:gather(2, at:view(R, 1))
+end
+
+--- The reference's use_all_neg = false branch: one sampled negative video per query and one
+-- sampled negative query per video (among the pool_size highest with hard negatives on, without
+-- their weighting). Returns loss_neg_ctx and loss_neg_q as means, or with opts.reduction = "sum"
+-- as the reference's per-row means: [Nq] (one term per query) and [Nv] (each video's k terms).
+local function sampled_losses(pos, filled, k, opts)
+  local Nq, Nv = filled:size(1), filled:size(2)
+  local pool = opts.hard and opts.hard.pool_size
+  local function upper(lo, n) return pool and math.min(lo + pool, n) or n end
+  local neg_ctx = sampled_negatives((filled:sort(2, true)), 1, upper(1, Nv), opts.generator)    -- [Nq, 1]
+  local l_ctx = rank_terms(neg_ctx - pos:unsqueeze(2), opts):mean(2)                              -- [Nq]
+  local neg_q = sampled_negatives((filled:t():sort(2, true)), k, upper(k, Nq), opts.generator)  -- [Nv, 1]
+  -- each video's k positives against its one negative query: [Nv, k], per-video means [Nv]
+  local l_q = rank_terms(neg_q - pos:view(Nv, k), opts):mean(2)
+  if opts.reduction == "sum" then return l_ctx, l_q end
+  return l_ctx:mean(), l_q:mean()
+end
+
+--- The reference's get_video_level_loss: S [Nq, Nv] with k = Nq / Nv queries per video
+-- (video-major). Returns loss_neg_ctx, loss_neg_q (unweighted means; per-row vectors with
+-- opts.reduction = "sum"). opts: margin, loss_type, hard, reduction, and sampled = true for the
+-- reference's use_all_neg = false (one negative drawn per row from opts.generator).
 function M.ranking_losses(S, opts)
   local Nq, Nv = S:size(1), S:size(2)
   local k = Nq // Nv
@@ -72,6 +99,10 @@ function M.ranking_losses(S, opts)
   local pos_mask = vid:unsqueeze(2):eq(core.arange(Nv, {device = S:device()}):unsqueeze(1))
   local pos = S:masked_select(pos_mask)                          -- [Nq], row-major = query order
   local filled = S:masked_fill(pos_mask, 999)
+  if opts.sampled then
+    if Nv == 1 then return S:sum() * 0, S:sum() * 0 end
+    return sampled_losses(pos, filled, k, opts)
+  end
   -- negative videos per query: sort the row descending, drop the first (the 999)
   local neg_ctx = (filled:sort(2, true)):narrow(2, 2, Nv - 1)
   local l_ctx = Nv > 1 and rank_loss(pos, neg_ctx, opts) or S:sum() * 0

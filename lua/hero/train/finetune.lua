@@ -129,9 +129,6 @@ function FT.hparams(task, raw, source)
   if hps.optim ~= "adamw" then
     fail("%s: optim '%s' is not supported (the released configs use adamw)", source, tostring(hps.optim))
   end
-  if hps.use_all_neg == false and (task == "vcmr" or task == "vr") then
-    fail("%s: use_all_neg false (one sampled negative per row) is not supported", source)
-  end
   for _, k in ipairs {"num_train_steps", "warmup_steps", "train_batch_size", "gradient_accumulation_steps"} do
     if math.type(hps[k]) ~= "integer" or hps[k] < (k == "warmup_steps" and 0 or 1) then
       fail("%s: %s must be a positive integer, got %s", source, k, tostring(hps[k]))
