@@ -6,7 +6,20 @@
 --   lua5.4 examples/pretrain.lua --config hero_pretrain.json --vfeat-db video_db/tv/resnet_slowfast_1.5 \
 --       --sub-db txt_db/tv_subtitles.db --train-ids txt_db/pretrain_splits/tv_train.json --out /tmp/run
 --
+--   lua5.4 examples/pretrain.lua --train-config config/pretrain-tv-16gpu.json --txt-db /txt --img-db /video \
+--       --out /tmp/run [--steps N]
+--
+-- --train-config FILE takes the reference's pre-training config (pretrain-*.json) as it is: its
+-- targets (video db + subtitle db, splits of tasks with ratios, train/val id files), model config,
+-- checkpoint (a RoBERTa state dict with load_partial_pretrained), batch size, accumulation, learning
+-- rate schedule, clipping, AdamW betas and decay, dropout, seed, validation and checkpoint intervals,
+-- the VSM losses and their schedules (hard negatives, start/end loss) and use_all_neg; keys it lacks
+-- take the reference's defaults (hero.train.pretrain_config). Loaders are named <task>_<target>_<split>.
+-- Options given on the command line win over the config's values.
+--
 -- Options (defaults in brackets):
+--   --train-config FILE  the reference's pre-training config (see above); with --txt-db DIR and
+--                        --img-db DIR as the roots of its relative paths [its txt_db / img_db]
 --   --config FILE        model config: the reference's JSON ({f_config, c_config, q_config}) or a Lua
 --                        file returning such a table, or {model_config =, constants =} [fixture's]
 --   --fixture DIR        train on the collated batches of a fixture directory (batch_<task>.safetensors,
@@ -82,7 +95,7 @@ local function parse_args(argv)
                  "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every", "save-every",
                  "seed", "vfeat-dim", "max-frm-seq-len", "quiet", "vfeat-db", "sub-db", "max-clip-len",
                  "max-txt-len", "sub-ctx-len", "batch-size", "bucket", "mask-prob", "train-ids", "valid-ids",
-                 "on-error", "dist", "workers", "prefetch", "device", "amp"}
+                 "on-error", "dist", "workers", "prefetch", "device", "amp", "train-config", "txt-db", "img-db"}
   local ok = {}
   for _, k in ipairs(known) do ok[k] = true end
   for k in pairs(opts) do if not ok[k] then usage("unknown option --" .. k) end end
@@ -152,24 +165,30 @@ function sources.fixture(opts, tasks)
   return loaders, valid
 end
 
---- HERO databases: a TaskLoader per task over the videos of --train-ids (every video of the
--- subtitle db's vid2len.json without it), each with its own seed; --valid-ids gives one fixed
--- pass per task for validation. A skipped video is reported on stderr the first time.
-function sources.db(opts, tasks, hps)
+--- HERO databases: a TaskLoader per loader of each target (hps.targets: {video_db, sub_db,
+-- loaders = {{name, task, train_ids = JSON file or nil (every video of the subtitle db's
+-- vid2len.json), val_ids = JSON file or nil}}}), each with its own seed; a loader's val_ids give
+-- one fixed pass of its task for validation. A skipped video is reported on stderr the first time.
+function sources.db(_, _, hps)
   local function ids_from(path)
     if not path then return nil end
     local ids = json.decode(read_file(path), {source = path})
     if type(ids) ~= "table" or #ids == 0 then usage(path .. " must hold a non-empty JSON array of video ids") end
     return ids
   end
-  local function dataset_opts(ids)
-    return {video_db = opts["vfeat-db"], sub_db = opts["sub-db"], max_clip_len = hps.max_clip_len,
+  local function dataset_opts(target, ids)
+    return {video_db = target.video_db, sub_db = target.sub_db, max_clip_len = hps.max_clip_len,
             max_txt_len = hps.max_txt_len, sub_ctx_len = hps.sub_ctx_len, ids = ids}
   end
-  local function dataset(ids)
-    local ok, ds = pcall(hero.data.VideoSubDataset, dataset_opts(ids))
-    if not ok then usage(tostring(ds)) end
-    return ds
+  local opened = {} -- one dataset per (target, id file)
+  local function dataset(target, path)
+    local key = target.video_db .. "\0" .. target.sub_db .. "\0" .. tostring(path)
+    if not opened[key] then
+      local ok, ds = pcall(hero.data.VideoSubDataset, dataset_opts(target, ids_from(path)))
+      if not ok then usage(tostring(ds)) end
+      opened[key] = ds
+    end
+    return opened[key]
   end
   local reported = {}
   local function report(task)
@@ -179,33 +198,37 @@ function sources.db(opts, tasks, hps)
       io.stderr:write(string.format("\n[%s] skipped video %s: %s\n", task, vid, why))
     end
   end
-  local train_ids = ids_from(opts["train-ids"])
-  local train_ds = dataset(train_ids)
-  local valid_ids = ids_from(opts["valid-ids"])
-  local valid_ds = valid_ids and dataset(valid_ids)
   local loaders, valid = {}, {}
   local specs, skips = {}, {}
-  -- with --workers, one dataset spec shared by every task (one dataset per worker state)
-  local train_spec = dataset_opts(train_ids)
-  train_spec.type = "VideoSubDataset"
-  for i, t in ipairs(tasks) do
-    local common = {task = t, batch_size = hps.batch_size, on_error = hps.on_error, on_skip = report(t),
-      task_opts = {mask_prob = hps.mask_prob}}
-    local o = {dataset = train_ds, seed = hps.seed + 1000 * i, bucket = hps.bucket, rank = rank, world_size = world}
-    for k, v in pairs(common) do o[k] = v end
-    if hps.workers > 0 then
-      o.dataset, o.on_skip = train_spec, nil
-      specs[t], skips[t] = o, common.on_skip
-    else
-      local ok, l = pcall(hero.data.TaskLoader, o)
-      if not ok then usage(tostring(l)) end
-      -- time spent making batches on the training thread, reported as the workers' wait is
-      loaders[t] = require("hero.data.prefetch").timed(l)
-    end
-    if valid_ds then
-      local vo = {dataset = valid_ds, seed = hps.seed + 1000 * i + 500, shuffle = false}
-      for k, v in pairs(common) do vo[k] = v end
-      valid[t] = hero.data.TaskLoader(vo)
+  local first_ds
+  local i = 0
+  for _, target in ipairs(hps.targets) do
+    for _, l in ipairs(target.loaders) do
+      i = i + 1
+      local train_ds = dataset(target, l.train_ids)
+      first_ds = first_ds or train_ds
+      local common = {task = l.task, batch_size = hps.batch_size, on_error = hps.on_error, on_skip = report(l.name),
+        task_opts = {mask_prob = hps.mask_prob}}
+      local o = {dataset = train_ds, seed = hps.seed + 1000 * i, bucket = hps.bucket, rank = rank, world_size = world}
+      for k, v in pairs(common) do o[k] = v end
+      if hps.workers > 0 then
+        -- with --workers, a dataset spec each worker opens for itself
+        local spec = dataset_opts(target, train_ds:ids())
+        spec.type = "VideoSubDataset"
+        o.dataset, o.on_skip = spec, nil
+        specs[l.name], skips[l.name] = o, common.on_skip
+      else
+        local ok, tl = pcall(hero.data.TaskLoader, o)
+        if not ok then usage(tostring(tl)) end
+        -- time spent making batches on the training thread, reported as the workers' wait is
+        loaders[l.name] = require("hero.data.prefetch").timed(tl)
+      end
+      if l.val_ids then
+        local vo = {dataset = dataset(target, l.val_ids), seed = hps.seed + 1000 * i + 500, shuffle = false}
+        for k, v in pairs(common) do vo[k] = v end
+        vo.batch_size = hps.val_batch_size or hps.batch_size
+        valid[l.name] = hero.data.TaskLoader(vo)
+      end
     end
   end
   if hps.workers > 0 then
@@ -214,7 +237,7 @@ function sources.db(opts, tasks, hps)
     if not ok then usage(tostring(l)) end
     loaders = l
   end
-  return loaders, valid, train_ds
+  return loaders, valid, first_ds
 end
 
 -- ------------------------------------------------------------------ main
@@ -224,8 +247,31 @@ if not opts.out then usage("--out DIR is required") end
 if opts.dist then rank, world = hero.dist.init() end
 if opts.threads then hero.set_num_threads(int_opt(opts, "threads")) end
 
+-- the reference's pre-training config, when given
+local PC = require "hero.train.pretrain_config"
+local FT = require "hero.train.finetune"
+local tc, tc_targets
+if opts["train-config"] then
+  for _, k in ipairs {"fixture", "vfeat-db", "sub-db", "tasks", "ratios", "train-ids", "valid-ids"} do
+    if opts[k] then
+      usage("--" .. k .. " and --train-config do not go together: the config gives the data and tasks")
+    end
+  end
+  local ok, t = pcall(function()
+    local c = PC.hparams(json.decode(read_file(opts["train-config"]), {source = opts["train-config"]}),
+      opts["train-config"])
+    return {c, PC.targets(c, {txt_db = opts["txt-db"], img_db = opts["img-db"]}, FT.video_db_dir)}
+  end)
+  if not ok then usage((tostring(t):gsub("^[^\n]-:%d+: ", ""))) end
+  tc, tc_targets = t[1], t[2]
+elseif opts["txt-db"] or opts["img-db"] then
+  usage("--txt-db and --img-db are the roots of a --train-config's paths")
+end
+
 local source
-if opts.fixture and (opts["vfeat-db"] or opts["sub-db"]) then
+if tc then
+  source = sources.db
+elseif opts.fixture and (opts["vfeat-db"] or opts["sub-db"]) then
   usage("give either --fixture DIR or --vfeat-db DIR --sub-db DIR, not both")
 elseif opts.fixture then
   source = sources.fixture
@@ -234,19 +280,26 @@ elseif opts["vfeat-db"] and opts["sub-db"] then
 elseif opts["vfeat-db"] or opts["sub-db"] then
   usage("--vfeat-db and --sub-db go together")
 else
-  usage("no data source: give --fixture DIR (collated batches) or --vfeat-db DIR --sub-db DIR (databases)")
+  usage("no data source: give --fixture DIR (collated batches), --vfeat-db DIR --sub-db DIR (databases) "
+    .. "or --train-config FILE (the reference's pre-training config)")
 end
 
 -- model config and constants
 local model_cfg, constants = nil, {}
 local cfg_path = opts.config or (opts.fixture and opts.fixture .. "/config.json")
-if not cfg_path then usage("--config FILE is required") end
-local raw = load_config(cfg_path)
-if raw.f_config then
-  model_cfg = raw
-elseif raw.model_config then
-  model_cfg = raw.model_config.pretrain or raw.model_config
-  constants = raw.constants or {}
+if tc then
+  local ok, c, p = pcall(FT.model_config, tc, opts.config, opts["train-config"])
+  if not ok then usage(tostring(c)) end
+  model_cfg, cfg_path = c, p
+else
+  if not cfg_path then usage("--config FILE is required") end
+  local raw = load_config(cfg_path)
+  if raw.f_config then
+    model_cfg = raw
+  elseif raw.model_config then
+    model_cfg = raw.model_config.pretrain or raw.model_config
+    constants = raw.constants or {}
+  end
 end
 if type(model_cfg) ~= "table" or not model_cfg.f_config or not model_cfg.c_config then
   usage(cfg_path .. " holds no model config (f_config, c_config, q_config)")
@@ -255,46 +308,84 @@ if opts.config and opts.fixture and exists(opts.fixture .. "/config.json") then
   constants = load_config(opts.fixture .. "/config.json").constants or constants
 end
 
-local tasks = opts.tasks and split(opts.tasks) or TASKS
-local ratios = {}
-if opts.ratios then
-  local r = split(opts.ratios)
-  if #r ~= #tasks then usage(string.format("--ratios has %d values for %d tasks", #r, #tasks)) end
-  for i, t in ipairs(tasks) do
-    ratios[t] = math.tointeger(tonumber(r[i]))
-    if not ratios[t] or ratios[t] < 1 then usage("--ratios must be positive integers, got '" .. r[i] .. "'") end
+local tasks, ratios = {}, {}
+if tc then
+  for _, target in ipairs(tc_targets) do
+    for _, l in ipairs(target.loaders) do
+      tasks[#tasks + 1] = l.name
+      ratios[l.name] = l.ratio
+    end
   end
 else
-  for _, t in ipairs(tasks) do ratios[t] = 1 end
+  tasks = opts.tasks and split(opts.tasks) or TASKS
+  if opts.ratios then
+    local r = split(opts.ratios)
+    if #r ~= #tasks then usage(string.format("--ratios has %d values for %d tasks", #r, #tasks)) end
+    for i, t in ipairs(tasks) do
+      ratios[t] = math.tointeger(tonumber(r[i]))
+      if not ratios[t] or ratios[t] < 1 then usage("--ratios must be positive integers, got '" .. r[i] .. "'") end
+    end
+  else
+    for _, t in ipairs(tasks) do ratios[t] = 1 end
+  end
 end
 
-local steps = int_opt(opts, "steps", 10)
-local total = int_opt(opts, "total", steps)
+-- the config's checkpoint: a RoBERTa state dict (load_partial_pretrained) or a HERO one; --init wins
+local init_sd
+if tc and not opts.init and type(tc.checkpoint) == "string" then
+  if not exists(tc.checkpoint) then usage("the config's checkpoint '" .. tc.checkpoint .. "' does not exist") end
+  init_sd = require("hero.models.checkpoint").read(tc.checkpoint)
+end
+
+-- a value of the config (tc[key]) unless the command line gives it
+local function cfg(key, default)
+  if tc and tc[key] ~= nil and tc[key] ~= json.null then return tc[key] end
+  return default
+end
+local steps = int_opt(opts, "steps", cfg("num_train_steps", 10))
+local total = int_opt(opts, "total", tc and tc.num_train_steps or steps)
 local hps = {
-  config = cfg_path, fixture = opts.fixture, init = opts.init, tasks = tasks, ratios = ratios,
-  accum = int_opt(opts, "accum", 2), lr = num_opt(opts, "lr", 3e-5), total = total,
-  warmup = int_opt(opts, "warmup", total // 10), weight_decay = num_opt(opts, "weight-decay", 0.01),
-  grad_norm = num_opt(opts, "grad-norm", 1.0), dropout = num_opt(opts, "dropout", 0.1),
-  valid_every = int_opt(opts, "valid-every", 0), save_every = int_opt(opts, "save-every", 0),
-  seed = int_opt(opts, "seed", 77),
+  config = cfg_path, fixture = opts.fixture, init = opts.init or (init_sd and tc.checkpoint), tasks = tasks,
+  ratios = ratios, accum = int_opt(opts, "accum", cfg("gradient_accumulation_steps", 2)),
+  lr = num_opt(opts, "lr", cfg("learning_rate", 3e-5)), total = total,
+  warmup = int_opt(opts, "warmup", cfg("warmup_steps", total // 10)),
+  weight_decay = num_opt(opts, "weight-decay", cfg("weight_decay", 0.01)),
+  grad_norm = num_opt(opts, "grad-norm", cfg("grad_norm", 1.0)),
+  dropout = num_opt(opts, "dropout", cfg("dropout", 0.1)),
+  valid_every = int_opt(opts, "valid-every", cfg("valid_steps", 0)),
+  save_every = int_opt(opts, "save-every", cfg("save_steps", 0)),
+  seed = int_opt(opts, "seed", cfg("seed", 77)), betas = cfg("betas", {0.9, 0.98}),
   vfeat_dim = int_opt(opts, "vfeat-dim", constants.vfeat_dim or 4352),
-  max_frm_seq_len = int_opt(opts, "max-frm-seq-len", constants.max_frm_seq_len or 100),
+  max_frm_seq_len = int_opt(opts, "max-frm-seq-len", init_sd and PC.max_frm_seq_len(init_sd)
+    or constants.max_frm_seq_len or 100),
+  train_config = opts["train-config"], reference_config = tc,
 }
 if source == sources.db then
   hps.vfeat_db, hps.sub_db, hps.train_ids, hps.valid_ids = opts["vfeat-db"], opts["sub-db"], opts["train-ids"],
     opts["valid-ids"]
-  hps.max_clip_len = int_opt(opts, "max-clip-len", 100)
-  hps.max_txt_len = int_opt(opts, "max-txt-len", 60)
-  hps.sub_ctx_len = int_opt(opts, "sub-ctx-len", 0)
-  hps.batch_size = int_opt(opts, "batch-size", 8)
-  hps.bucket = int_opt(opts, "bucket", 4)
-  hps.mask_prob = num_opt(opts, "mask-prob", 0.15)
+  hps.max_clip_len = int_opt(opts, "max-clip-len", cfg("max_clip_len", 100))
+  hps.max_txt_len = int_opt(opts, "max-txt-len", cfg("max_txt_len", 60))
+  hps.sub_ctx_len = int_opt(opts, "sub-ctx-len", cfg("sub_ctx_len", 0))
+  hps.batch_size = int_opt(opts, "batch-size", cfg("train_batch_size", 8))
+  hps.val_batch_size = tc and int_opt(opts, "batch-size", tc.val_batch_size) or nil
+  -- the reference draws its batches at random, without length buckets
+  hps.bucket = int_opt(opts, "bucket", tc and 0 or 4)
+  hps.mask_prob = num_opt(opts, "mask-prob", cfg("mask_prob", 0.15))
   hps.on_error = opts["on-error"] or "skip"
   if hps.on_error ~= "skip" and hps.on_error ~= "error" then usage("--on-error must be skip or error") end
   if hps.batch_size < 1 then usage("--batch-size must be at least 1") end
   hps.workers = int_opt(opts, "workers", 0)
   hps.prefetch = int_opt(opts, "prefetch", 2)
   if hps.prefetch < 1 then usage("--prefetch must be at least 1") end
+  if tc then
+    hps.targets = tc_targets
+  else
+    local loaders = {}
+    for i, t in ipairs(tasks) do
+      loaders[i] = {name = t, task = t, train_ids = opts["train-ids"], val_ids = opts["valid-ids"]}
+    end
+    hps.targets = {{video_db = opts["vfeat-db"], sub_db = opts["sub-db"], loaders = loaders}}
+  end
 elseif opts.workers then
   usage("--workers reads databases: give --vfeat-db and --sub-db")
 end
@@ -320,14 +411,25 @@ end
 
 hero.manual_seed(hps.seed)
 local dropout_gen = hero.Generator(hps.seed + 1)
-local model = hero.models.HeroForPretraining(model_cfg, {
-  vfeat_dim = hps.vfeat_dim, max_frm_seq_len = hps.max_frm_seq_len, generator = dropout_gen,
-  vocab_pad = constants.vocab_pad_pretraining,
-})
+local model_opts = {vfeat_dim = hps.vfeat_dim, max_frm_seq_len = hps.max_frm_seq_len, generator = dropout_gen,
+  vocab_pad = constants.vocab_pad_pretraining}
+if tc then
+  for k, v in pairs(PC.model_options(tc)) do model_opts[k] = v end
+end
+local model = hero.models.HeroForPretraining(model_cfg, model_opts)
 train.set_dropout(model, hps.dropout)
 local init = opts.init or (opts.fixture and exists(opts.fixture .. "/weights.safetensors")
   and opts.fixture .. "/weights.safetensors")
-if init then model:load_state_dict(hero.load(init), {strict = false}) end
+if init then
+  model:load_state_dict(hero.load(init), {strict = false})
+elseif init_sd then
+  local ok, report = pcall(PC.load_checkpoint, model, init_sd, tc, model_cfg.f_config.num_hidden_layers)
+  if not ok then usage("the config's checkpoint: " .. tostring(report)) end
+  if rank == 0 then
+    io.stderr:write(string.format("%s: %d parameters not in the checkpoint (initialised), %d of its keys unused\n",
+      tc.checkpoint, #report.missing, #report.unexpected))
+  end
+end
 if opts.amp and opts.amp ~= "bf16" and opts.amp ~= "f16" then usage("--amp must be bf16 or f16") end
 local device = opts.device or "cpu"
 if device == "cuda" then
@@ -345,14 +447,16 @@ if device ~= "cpu" then
   if not ok then usage((tostring(err):gsub("^[^\n]-:%d+: ", ""))) end
 end
 
-local optimizer = hero.optim.AdamW(model:named_parameters(), {lr = hps.lr, betas = {0.9, 0.98}, eps = 1e-6,
+local optimizer = hero.optim.AdamW(model:named_parameters(), {lr = hps.lr, betas = {hps.betas[1], hps.betas[2]},
+  eps = 1e-6,
   weight_decay = hps.weight_decay, no_decay = {"bias", "LayerNorm.bias", "LayerNorm.weight"}})
 
 local meta = train.MetaLoader{tasks = task_loaders, ratios = ratios, order = tasks, accum = hps.accum,
   generator = hero.Generator(hps.seed)}
 local trainer = train.Trainer{
   model = model, optimizer = optimizer, loader = meta, lr = hps.lr, warmup = hps.warmup, total = hps.total,
-  grad_norm = hps.grad_norm, accum = hps.accum, valid_every = hps.valid_every, valid = valid,
+  grad_norm = hps.grad_norm ~= -1 and hps.grad_norm or false, accum = hps.accum, valid_every = hps.valid_every,
+  valid = valid, forward_opts = tc and PC.forward_opts(model, tc) or nil,
   save_every = hps.save_every, out_dir = opts.out, progress = not opts.quiet,
   dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil, device = device, amp = opts.amp,
 }

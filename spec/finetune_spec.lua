@@ -700,6 +700,7 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
   it("a video-only task needs no subtitle db, in training and in evaluation", function()
     local rc, out = finetune(dir .. "/v", 2, {"--config", dir .. "/train-didemo.json"})
     assert.are.equal(0, rc, out)
+    assert.are.equal(json.null, json.read_file(dir .. "/v/log/hps.json").sub_txt_db) -- null stays null
     rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/v/ckpt/step_2.safetensors",
       "--split", "val", "--txt-db", txt_dir .. "/tvr_val.db", "--out", dir .. "/results_v.json"})
     assert.are.equal(0, rc, out)

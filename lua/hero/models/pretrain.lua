@@ -183,8 +183,10 @@ function M:save_checkpoint(path)
   require("hero.models.checkpoint").save(self, path)
 end
 
---- forward(batch, task[, opts]) with task "mlm", "mfm-nce", "mffr", "fom" or "vsm".
+--- forward(batch, task[, opts]) with task "mlm", "mfm-nce", "mffr", "fom" or "vsm", or a loader
+-- name the reference's pretrain.py builds from one ("<task>_<target>_<split>", e.g. "mlm_tv_all").
 function M:forward(batch, task, opts)
+  if type(task) == "string" then task = task:match("^([^_]+)") or task end
   if task == "mlm" then return self:forward_mlm(batch) end
   if task == "mfm-nce" or task == "mfm" then return self:forward_mfm(batch, "nce") end
   if task == "mffr" then return self:forward_mfm(batch, "mffr") end

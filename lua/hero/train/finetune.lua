@@ -73,7 +73,7 @@ local function fail(fmt, ...) error(string.format(fmt, ...), 0) end
 
 local function copy(t)
   local o = {}
-  for k, v in pairs(t) do o[k] = type(v) == "table" and copy(v) or v end
+  for k, v in pairs(t) do o[k] = (type(v) == "table" and v ~= json.null) and copy(v) or v end
   return o
 end
 

@@ -1,0 +1,208 @@
+--- hero.train.pretrain_config: the reference's pre-training configs (config/pretrain-*.json, read
+-- by pretrain.py) as they are, turned into what examples/pretrain.lua builds.
+--
+--   local PC = require "hero.train.pretrain_config"
+--   local hps = PC.hparams(hero.json.read_file("pretrain-tv-16gpu.json"), "pretrain-tv-16gpu.json")
+--   for _, t in ipairs(PC.targets(hps, {txt_db = "/txt", img_db = "/video"})) do ... end
+--
+-- What follows the reference:
+--   * keys the config lacks take pretrain.py's argparse defaults (config/config.py), except the
+--     run-defining ones in PC.REQUIRED; note that a config without "use_all_neg" samples one
+--     negative per row (the flag is store_true there);
+--   * each target (a video db with its subtitle db) and each of its splits' tasks makes one loader
+--     named "<task>_<target>_<split>" whose sampling ratio is the target's ratio times the task's;
+--   * the model starts without the VSM start/end loss (lw_st_ed 0) and gets lw_st_ed once
+--     train_span_start_step updates are done (-1: never); hard negatives (hard_pool_size[i],
+--     hard_neg_weights[i]) from hard_negtiave_start_step[i] finished updates (-1: never);
+--   * load_partial_pretrained: the checkpoint is a RoBERTa state dict mapped onto the cross-modal
+--     transformer (every other layer with skip_layer_loading), v_encoder.mask_embedding row 0
+--     zeroed; otherwise a HERO checkpoint loaded non-strictly.
+local json = require "hero.json"
+local checkpoint = require "hero.models.checkpoint"
+
+local PC = {}
+
+PC.TASKS = {mlm = true, ["mfm-nce"] = true, mffr = true, fom = true, vsm = true}
+
+--- Keys a config must have (their argparse defaults would silently change the run).
+PC.REQUIRED = {"targets", "learning_rate", "num_train_steps", "warmup_steps", "train_batch_size",
+               "gradient_accumulation_steps", "optim", "weight_decay", "grad_norm", "lw_neg_ctx", "lw_neg_q",
+               "lw_st_ed"}
+
+-- config/config.py's defaults (shared, VSM and pre-training arguments) for the keys it may lack.
+local DEFAULTS = {
+  val_batch_size = 20, valid_steps = 1000, save_steps = 500, betas = {0.9, 0.98}, dropout = 0.1,
+  sub_ctx_len = 0, max_clip_len = 100, max_txt_len = 60, vfeat_version = "resnet_slowfast", compressed_db = false,
+  seed = 42, mask_prob = 0.15, drop_svmr_prob = 0, ranking_loss_type = "hinge", margin = 0.1,
+  hard_pool_size = {20}, hard_neg_weights = {10}, hard_negtiave_start_step = {10000}, train_span_start_step = -1,
+  use_all_neg = false, load_partial_pretrained = false, skip_layer_loading = false,
+}
+
+local function fail(fmt, ...) error(string.format(fmt, ...), 0) end
+
+local function copy(t)
+  if type(t) ~= "table" or t == json.null then return t end
+  local o = {}
+  for k, v in pairs(t) do o[k] = copy(v) end
+  return o
+end
+
+local function is_null(v) return v == nil or v == json.null end
+
+local function check_int(source, hps, k, min)
+  if math.type(hps[k]) ~= "integer" or hps[k] < min then
+    fail("%s: %s must be an integer >= %d, got %s", source, k, min, tostring(hps[k]))
+  end
+end
+
+--- The run's hyper-parameters: the decoded config with the reference's defaults for absent keys,
+-- hard_negtiave_start_step also read as hard_negative_start_step, everything checked.
+function PC.hparams(raw, source)
+  source = source or "the config"
+  if type(raw) ~= "table" or json.is_array(raw) then fail("%s is not a JSON object", source) end
+  local hps = copy(raw)
+  if hps.hard_negtiave_start_step == nil and hps.hard_negative_start_step ~= nil then
+    hps.hard_negtiave_start_step = hps.hard_negative_start_step
+  end
+  for _, k in ipairs(PC.REQUIRED) do
+    if is_null(hps[k]) then fail("%s lacks '%s' (needed for pre-training)", source, k) end
+  end
+  for k, v in pairs(DEFAULTS) do
+    if is_null(hps[k]) then hps[k] = copy(v) end
+  end
+  if hps.optim ~= "adamw" then
+    fail("%s: optim '%s' is not supported (the released configs use adamw)", source, tostring(hps.optim))
+  end
+  for _, k in ipairs {"num_train_steps", "train_batch_size", "gradient_accumulation_steps", "val_batch_size"} do
+    check_int(source, hps, k, 1)
+  end
+  for _, k in ipairs {"warmup_steps", "valid_steps", "save_steps", "max_txt_len", "sub_ctx_len", "seed"} do
+    check_int(source, hps, k, 0)
+  end
+  if math.type(hps.max_clip_len) ~= "integer" then fail("%s: max_clip_len must be an integer", source) end
+  if hps.warmup_steps >= hps.num_train_steps then
+    fail("%s: warmup_steps (%d) must be below num_train_steps (%d)", source, hps.warmup_steps, hps.num_train_steps)
+  end
+  if hps.ranking_loss_type ~= "hinge" and hps.ranking_loss_type ~= "lse" then
+    fail("%s: ranking_loss_type must be hinge or lse, got %s", source, tostring(hps.ranking_loss_type))
+  end
+  local hs, hp, hw = hps.hard_negtiave_start_step, hps.hard_pool_size, hps.hard_neg_weights
+  if type(hs) ~= "table" or type(hp) ~= "table" or type(hw) ~= "table" or #hs ~= #hw or #hp < #hs then
+    fail("%s: hard_negtiave_start_step, hard_pool_size and hard_neg_weights must be lists of matching length", source)
+  end
+  hps.hard_negative_start_step = hps.hard_negtiave_start_step
+  if type(hps.targets) ~= "table" or #hps.targets == 0 then fail("%s: targets must be a non-empty list", source) end
+  local ratios = hps.targets_ratio
+  if is_null(ratios) then
+    ratios = {}
+    for i = 1, #hps.targets do ratios[i] = 1 end
+    hps.targets_ratio = ratios
+  end
+  if type(ratios) ~= "table" or #ratios ~= #hps.targets then
+    fail("%s: targets_ratio must give one ratio per target (%d)", source, #hps.targets)
+  end
+  return hps
+end
+
+local function join(root, path)
+  if is_null(root) or path:sub(1, 1) == "/" then return path end
+  return root .. "/" .. path
+end
+
+--- The targets of the config: a list of {name, video_db (the LMDB directory), sub_db, vfeat_interval,
+-- loaders = {{name = "<task>_<target>_<split>", task, ratio, train_ids (path), val_ids (path or nil)}}}.
+-- dirs: txt_db and img_db roots (default the config's txt_db / img_db); video_db_dir(dir, hps)
+-- resolves a video db directory the reference's way (hero.train.finetune.video_db_dir).
+function PC.targets(hps, dirs, video_db_dir)
+  dirs = dirs or {}
+  local txt_root = dirs.txt_db or hps.txt_db
+  local img_root = dirs.img_db or hps.img_db
+  local out = {}
+  for i, t in ipairs(hps.targets) do
+    local where = string.format("targets[%d]", i)
+    if type(t) ~= "table" or type(t.name) ~= "string" then fail("%s needs a name", where) end
+    if t.vfeat_shards ~= nil then
+      fail("%s (%s): vfeat_shards (a target split over several feature LMDBs) is not supported; give one LMDB "
+        .. "per target", where, t.name)
+    end
+    if type(t.sub_txt_db) ~= "string" or type(t.vfeat_db) ~= "string" then
+      fail("%s (%s) needs sub_txt_db and vfeat_db", where, t.name)
+    end
+    local interval = is_null(t.vfeat_interval) and 1.5 or t.vfeat_interval
+    local vhps = {vfeat_version = hps.vfeat_version, vfeat_interval = interval, compressed_db = hps.compressed_db}
+    local vdir = join(img_root, t.vfeat_db)
+    local target = {name = t.name, video_db = video_db_dir and video_db_dir(vdir, vhps) or vdir,
+                    sub_db = join(txt_root, t.sub_txt_db), vfeat_interval = interval, loaders = {}}
+    if type(t.splits) ~= "table" or #t.splits == 0 then fail("%s (%s) has no splits", where, t.name) end
+    for j, s in ipairs(t.splits) do
+      local sw = string.format("%s.splits[%d]", where, j)
+      if type(s.name) ~= "string" or type(s.tasks) ~= "table" or #s.tasks == 0 then
+        fail("%s needs a name and a non-empty task list", sw)
+      end
+      if type(s.train_idx) ~= "string" then fail("%s needs train_idx (one JSON file of video ids)", sw) end
+      local r = s.ratio
+      if is_null(r) then
+        r = {}
+        for k = 1, #s.tasks do r[k] = 1 end
+      end
+      if #r ~= #s.tasks then fail("%s: %d ratios for %d tasks", sw, #r, #s.tasks) end
+      for k, task in ipairs(s.tasks) do
+        if not PC.TASKS[task] then fail("%s: unknown task '%s' (mlm, mfm-nce, mffr, fom, vsm)", sw, tostring(task)) end
+        local ratio = hps.targets_ratio[i] * r[k]
+        if math.type(ratio) ~= "integer" or ratio < 1 then
+          fail("%s: the ratio of %s (target ratio x task ratio) must be a positive integer, got %s", sw, task,
+            tostring(ratio))
+        end
+        target.loaders[#target.loaders + 1] = {name = task .. "_" .. t.name .. "_" .. s.name, task = task,
+          ratio = ratio, train_ids = join(txt_root, s.train_idx),
+          val_ids = type(s.val_idx) == "string" and join(txt_root, s.val_idx) or nil}
+      end
+    end
+    out[#out + 1] = target
+  end
+  return out
+end
+
+--- HeroForPretraining's constructor options of the config (lw_st_ed 0 until train_span_start_step).
+function PC.model_options(hps)
+  return {lw_neg_ctx = hps.lw_neg_ctx, lw_neg_q = hps.lw_neg_q, lw_st_ed = 0, ranking_loss_type = hps.ranking_loss_type,
+          margin = hps.margin, use_all_neg = hps.use_all_neg == true, drop_svmr_prob = hps.drop_svmr_prob}
+end
+
+--- The per-update schedules of pretrain.py as the Trainer's forward_opts: decided from the number of
+-- finished updates (step - 1), so a resumed run decides the same way. VSM micro-batches get the
+-- hard negatives in force; the start/end loss weight is switched on in the model.
+function PC.forward_opts(model, hps)
+  return function(task, step)
+    local done = step - 1
+    local s = hps.train_span_start_step
+    model.opts.lw_st_ed = (s ~= -1 and done >= s) and hps.lw_st_ed or 0
+    if not task:match("^vsm") then return nil end
+    local hard
+    for i, hn in ipairs(hps.hard_negtiave_start_step) do
+      if hn ~= -1 and done >= hn then hard = {pool_size = hps.hard_pool_size[i], weight = hps.hard_neg_weights[i]} end
+    end
+    return hard and {hard_negative = hard} or nil
+  end
+end
+
+--- Frame positions of the model the config's checkpoint asks for (its img position table, else 100).
+function PC.max_frm_seq_len(sd)
+  return checkpoint.max_frm_seq_len(sd or {}, 100)
+end
+
+--- Loads the config's checkpoint (tensors `sd`, as hero.models.checkpoint.read gives them) into
+-- the model: a RoBERTa state dict with load_partial_pretrained, else a HERO one. Returns the load
+-- report {missing, unexpected}.
+function PC.load_checkpoint(model, sd, hps, n_layers)
+  if hps.load_partial_pretrained then
+    local mapped = checkpoint.from_roberta(sd, {n_layers = n_layers, skip_layers = hps.skip_layer_loading == true})
+    local report = checkpoint.load_into(model, mapped)
+    local mask = model.v_encoder.mask_embedding.weight
+    require("hero.core").no_grad(function() mask:narrow(1, 1, 1):fill_(0) end)
+    return report
+  end
+  return checkpoint.load_into(model, sd)
+end
+
+return PC

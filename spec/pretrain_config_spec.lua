@@ -1,0 +1,232 @@
+local hero = require "hero"
+local helper = require "spec_helper"
+local json = hero.json
+local PC = require "hero.train.pretrain_config"
+
+local fx = helper.fixture("data")
+
+-- The released pretrain-tv-16gpu.json, its paths pointing at the spec fixtures (txt_db / img_db
+-- roots, one target "tv" with one split "all").
+local function released(dir, over)
+  local c = {
+    txt_db = fx .. "/txt_db", img_db = fx .. "/video_db",
+    targets = {{name = "tv", sub_txt_db = "tv_subtitles.db", vfeat_db = "tv", vfeat_interval = 1.5,
+      splits = {{name = "all", tasks = {"mlm", "mfm-nce", "fom", "vsm"}, train_idx = dir .. "/train_ids.json",
+        val_idx = dir .. "/train_ids.json", ratio = {2, 2, 1, 2}}}}},
+    targets_ratio = {1}, mask_prob = 0.15, compressed_db = false, model_config = "hero_pretrain.json",
+    checkpoint = dir .. "/roberta.safetensors", load_partial_pretrained = true, skip_layer_loading = true,
+    output_dir = "/storage/default_pretrain_tv", max_clip_len = 12, max_txt_len = 60,
+    vfeat_version = "resnet_slowfast", drop_svmr_prob = 0.8, train_batch_size = 3, val_batch_size = 3,
+    gradient_accumulation_steps = 2, learning_rate = 1e-3, valid_steps = 2, save_steps = 2, num_train_steps = 4,
+    optim = "adamw", betas = {0.9, 0.98}, dropout = 0.1, weight_decay = 0.01, grad_norm = 1.0, warmup_steps = 1,
+    lw_neg_q = 8.0, lw_neg_ctx = 8.0, lw_st_ed = 0.01, ranking_loss_type = "hinge", margin = 0.1,
+    hard_pool_size = {2}, hard_neg_weights = {10}, hard_negtiave_start_step = {2}, train_span_start_step = 0,
+    sub_ctx_len = 0, use_all_neg = true, seed = 77, fp16 = true, n_workers = 4, pin_mem = true, rank = 0,
+  }
+  for k, v in pairs(over or {}) do c[k] = v end
+  return c
+end
+
+local function section(extra)
+  local s = {hidden_size = 16, num_attention_heads = 2, intermediate_size = 32, num_hidden_layers = 1,
+    max_position_embeddings = 514, type_vocab_size = 1, vocab_size = 50265, hidden_act = "gelu",
+    hidden_dropout_prob = 0.1, attention_probs_dropout_prob = 0.1, initializer_range = 0.02}
+  for k, v in pairs(extra or {}) do s[k] = v end
+  return s
+end
+
+-- hero_pretrain.json's shape (RoBERTa-sized vocabulary, one token type), tiny
+local MODEL = {f_config = section {num_hidden_layers = 2},
+  c_config = section {max_position_embeddings = 32, type_vocab_size = 2}, q_config = section {num_hidden_layers = 0}}
+
+-- A 12-layer RoBERTa state dict whose layer l holds the value l.
+local function roberta()
+  local sd = {["roberta.embeddings.word_embeddings.weight"] = hero.randn(50265, 16),
+    ["roberta.embeddings.position_embeddings.weight"] = hero.randn(514, 16),
+    ["roberta.embeddings.token_type_embeddings.weight"] = hero.randn(1, 16),
+    ["roberta.embeddings.LayerNorm.gamma"] = hero.full({16}, 2), ["lm_head.bias"] = hero.zeros(50265)}
+  for l = 0, 11 do
+    sd["roberta.encoder.layer." .. l .. ".attention.self.query.weight"] = hero.full({16, 16}, l)
+    sd["roberta.encoder.layer." .. l .. ".output.LayerNorm.beta"] = hero.full({16}, -l)
+  end
+  return sd
+end
+
+describe("the reference's pre-training config (hero.train.pretrain_config)", function()
+  local dir
+  setup(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute('mkdir -p "' .. dir .. '"'))
+    json.write_file(dir .. "/hero_pretrain.json", MODEL)
+    hero.manual_seed(8)
+    hero.save(dir .. "/roberta.safetensors", roberta())
+    json.write_file(dir .. "/train_ids.json", json.keys(json.read_file(fx .. "/txt_db/tv_subtitles.db/vid2len.json")))
+    json.write_file(dir .. "/pretrain.json", released(dir))
+  end)
+  teardown(function()
+    if dir and dir:match("^/tmp/") then os.execute('rm -rf "' .. dir .. '"') end
+  end)
+
+  it("reads the released config as it is; absent keys take the reference's defaults", function()
+    local hps = PC.hparams(released(dir), "c")
+    assert.same({20000}, PC.hparams(released(dir, {hard_negtiave_start_step = {20000}})).hard_negative_start_step)
+    assert.same({1}, hps.targets_ratio)
+    local bare = released(dir)
+    for _, k in ipairs {"use_all_neg", "sub_ctx_len", "val_batch_size", "ranking_loss_type", "targets_ratio"} do
+      bare[k] = nil
+    end
+    bare.hard_pool_size, bare.hard_neg_weights, bare.hard_negtiave_start_step = nil, nil, nil
+    local d = PC.hparams(bare, "c")
+    assert.is_false(d.use_all_neg) -- store_true in config/config.py: absent means sampled negatives
+    assert.same({0, 20, "hinge", {1}, {10000}}, {d.sub_ctx_len, d.val_batch_size, d.ranking_loss_type,
+      d.targets_ratio, d.hard_negtiave_start_step})
+    for _, k in ipairs(PC.REQUIRED) do
+      local c = released(dir)
+      c[k] = nil
+      helper.assert_error_contains(function() PC.hparams(c, "cfg.json") end, "cfg.json lacks '" .. k .. "'")
+    end
+    helper.assert_error_contains(function() PC.hparams(released(dir, {optim = "adam"}), "c") end, "optim 'adam'")
+    helper.assert_error_contains(function() PC.hparams(released(dir, {warmup_steps = 4}), "c") end,
+      "warmup_steps (4) must be below num_train_steps (4)")
+    helper.assert_error_contains(function() PC.hparams(released(dir, {targets_ratio = {1, 2}}), "c") end,
+      "one ratio per target")
+    helper.assert_error_contains(function() PC.hparams(released(dir, {hard_neg_weights = {10, 1}}), "c") end,
+      "matching length")
+  end)
+
+  it("makes one loader per target, split and task, named and weighted as pretrain.py", function()
+    local c = released(dir, {targets_ratio = {3}})
+    c.targets[1].splits[2] = {name = "extra", tasks = {"mffr"}, train_idx = "ids.json"}
+    local hps = PC.hparams(c, "c")
+    local t = PC.targets(hps, {img_db = "/video"})
+    assert.equal(1, #t)
+    assert.equal("/video/tv", t[1].video_db) -- no resolver: the directory as given
+    assert.equal(fx .. "/txt_db/tv_subtitles.db", t[1].sub_db)
+    local names, ratios = {}, {}
+    for i, l in ipairs(t[1].loaders) do names[i], ratios[i] = l.name, l.ratio end
+    assert.same({"mlm_tv_all", "mfm-nce_tv_all", "fom_tv_all", "vsm_tv_all", "mffr_tv_extra"}, names)
+    assert.same({6, 6, 3, 6, 3}, ratios)
+    assert.equal(fx .. "/txt_db/ids.json", t[1].loaders[5].train_ids)
+    assert.is_nil(t[1].loaders[5].val_ids)
+    -- the reference's directory layout: <vfeat_db>/<vfeat_version>_<vfeat_interval>
+    local FT = require "hero.train.finetune"
+    local resolved = PC.targets(PC.hparams(released(dir), "c"), nil, FT.video_db_dir)
+    assert.equal(fx .. "/video_db/tv/resnet_slowfast_1.5", resolved[1].video_db)
+    local bad = released(dir)
+    bad.targets[1].vfeat_shards = {"a", "b"}
+    helper.assert_error_contains(function() PC.targets(PC.hparams(bad, "c")) end, "vfeat_shards")
+    bad = released(dir)
+    bad.targets[1].splits[1].tasks[2] = "itm"
+    helper.assert_error_contains(function() PC.targets(PC.hparams(bad, "c")) end, "unknown task 'itm'")
+  end)
+
+  it("switches the start/end loss and the hard negatives on at their updates", function()
+    local hps = PC.hparams(released(dir, {train_span_start_step = 2, hard_negtiave_start_step = {1, 3},
+      hard_pool_size = {5, 2}, hard_neg_weights = {10, 20}}), "c")
+    local model = {opts = {lw_st_ed = 0}}
+    local f = PC.forward_opts(model, hps)
+    -- step n runs after n - 1 finished updates
+    assert.is_nil(f("vsm_tv_all", 1))
+    assert.equal(0, model.opts.lw_st_ed)
+    assert.same({hard_negative = {pool_size = 5, weight = 10}}, f("vsm_tv_all", 2))
+    assert.equal(0, model.opts.lw_st_ed)
+    assert.is_nil(f("mlm_tv_all", 3)) -- only VSM ranks
+    assert.equal(0.01, model.opts.lw_st_ed)
+    assert.same({hard_negative = {pool_size = 2, weight = 20}}, f("vsm_tv_all", 4))
+    local never = PC.forward_opts(model, PC.hparams(released(dir, {train_span_start_step = -1,
+      hard_negtiave_start_step = {-1}}), "c"))
+    assert.is_nil(never("vsm_tv_all", 100))
+    assert.equal(0, model.opts.lw_st_ed)
+    local m = PC.model_options(hps)
+    assert.same({8.0, 8.0, 0, true, 0.8}, {m.lw_neg_ctx, m.lw_neg_q, m.lw_st_ed, m.use_all_neg, m.drop_svmr_prob})
+  end)
+
+  it("starts from RoBERTa as load_partial_pretrained: every other layer, padded vocabulary, two type rows", function()
+    local cfg = hero.config.model(MODEL)
+    local ck = require "hero.models.checkpoint"
+    local sd = ck.read(dir .. "/roberta.safetensors")
+    for _, skip in ipairs {true, false} do
+      local m = hero.models.HeroForPretraining(cfg, {vfeat_dim = 24, max_frm_seq_len = PC.max_frm_seq_len(sd)})
+      assert.equal(100, PC.max_frm_seq_len(sd)) -- no frame positions in a RoBERTa file
+      local hps = PC.hparams(released(dir, {skip_layer_loading = skip}), "c")
+      local report = PC.load_checkpoint(m, sd, hps, 2)
+      assert.same({}, report.unexpected)
+      -- with skip_layer_loading, RoBERTa layers 5 and 11 (gap 12 / 2); without, layers 0 and 1
+      local want = skip and {5, 11} or {0, 1}
+      for l = 0, 1 do
+        local w = m:state_dict()["v_encoder.f_encoder.encoder.layer." .. l .. ".attention.self.query.weight"]
+        assert.equal(want[l + 1], w:max():item())
+        assert.equal(-want[l + 1], m:state_dict()["v_encoder.f_encoder.encoder.layer." .. l
+          .. ".output.LayerNorm.bias"]:min():item()) -- beta renamed
+      end
+      local word = m:state_dict()["v_encoder.f_encoder.embeddings.word_embeddings.weight"]
+      assert.same({50272, 16}, word:size())
+      assert.equal(0, word:narrow(1, 50266, 7):abs():sum():item())
+      assert(word:narrow(1, 1, 50265):eq(sd["roberta.embeddings.word_embeddings.weight"]):all():item())
+      local types = m:state_dict()["v_encoder.f_encoder.embeddings.token_type_embeddings.weight"]
+      assert(types[1]:eq(types[2]):all():item())
+      assert(types[1]:eq(sd["roberta.embeddings.token_type_embeddings.weight"][1]):all():item())
+      assert.equal(0, m.v_encoder.mask_embedding.weight[1]:abs():sum():item())
+      assert.is_true(m.v_encoder.mask_embedding.weight[2]:abs():sum():item() > 0)
+    end
+  end)
+
+  local lua_cmd = string.format("LUA_PATH='%s' LUA_CPATH='%s' lua5.4", package.path, package.cpath)
+  local function pretrain(args)
+    local q = {}
+    for i, a in ipairs(args) do q[i] = "'" .. a:gsub("'", "'\\''") .. "'" end
+    local p = io.popen(lua_cmd .. " examples/pretrain.lua " .. table.concat(q, " ") .. " 2>&1; echo \"rc=$?\"")
+    local out = p:read("a")
+    p:close()
+    return tonumber(out:match("rc=(%d+)%s*$")), out
+  end
+
+  it("examples/pretrain.lua --train-config pre-trains from the released config's keys", function()
+    local out = dir .. "/run"
+    local rc, text = pretrain {"--train-config", dir .. "/pretrain.json", "--out", out, "--quiet"}
+    assert.equal(0, rc, text)
+    assert.matches("roberta.safetensors: %d+ parameters not in the checkpoint", text)
+    local recs = {}
+    for line in io.lines(out .. "/log.jsonl") do recs[#recs + 1] = json.decode(line) end
+    assert.equal(4, #recs) -- num_train_steps
+    local names = {mlm_tv_all = true, ["mfm-nce_tv_all"] = true, fom_tv_all = true, vsm_tv_all = true}
+    for _, r in ipairs(recs) do
+      assert.is_true(names[r.task], r.task)
+      assert.equal(2, #r.micro_losses) -- gradient_accumulation_steps
+    end
+    assert.is_not_nil(recs[2].valid) -- valid_steps 2, on the val_idx videos
+    assert.is_not_nil(recs[2].valid.vsm_tv_all)
+    local hps = json.read_file(out .. "/hps.json")
+    assert.equal(1e-3, hps.lr)
+    assert.same({2, 2, 1, 2}, {hps.ratios.mlm_tv_all, hps.ratios["mfm-nce_tv_all"], hps.ratios.fom_tv_all,
+      hps.ratios.vsm_tv_all})
+    assert.equal("tv", hps.reference_config.targets[1].name)
+    assert.is_true(io.open(out .. "/ckpt/step_4.safetensors") ~= nil)
+    -- the command line wins over the config
+    rc, text = pretrain {"--train-config", dir .. "/pretrain.json", "--out", dir .. "/run2", "--quiet", "--steps", "1",
+      "--accum", "1", "--lr", "5e-4"}
+    assert.equal(0, rc, text)
+    local first = json.decode(io.lines(dir .. "/run2/log.jsonl")())
+    assert.equal(1, #first.micro_losses)
+    assert.equal(5e-4, first.lr)
+  end)
+
+  it("examples/pretrain.lua --train-config refuses what the config already says, and bad configs", function()
+    local rc, text = pretrain {"--train-config", dir .. "/pretrain.json", "--out", dir .. "/x", "--tasks", "mlm"}
+    assert.equal(2, rc)
+    assert.matches("%-%-tasks and %-%-train%-config do not go together", text)
+    json.write_file(dir .. "/bad.json", released(dir, {checkpoint = dir .. "/missing.pt"}))
+    rc, text = pretrain {"--train-config", dir .. "/bad.json", "--out", dir .. "/x"}
+    assert.equal(2, rc)
+    assert.matches("checkpoint '[^']*missing.pt' does not exist", text)
+    json.write_file(dir .. "/bad.json", released(dir, {learning_rate = json.null}))
+    rc, text = pretrain {"--train-config", dir .. "/bad.json", "--out", dir .. "/x"}
+    assert.equal(2, rc)
+    assert.matches("lacks 'learning_rate'", text)
+    json.write_file(dir .. "/bad.json", released(dir, {img_db = dir}))
+    rc, text = pretrain {"--train-config", dir .. "/bad.json", "--out", dir .. "/x"}
+    assert.equal(2, rc)
+    assert.matches("no video feature LMDB", text)
+  end)
+end)
