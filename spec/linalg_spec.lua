@@ -204,14 +204,19 @@ describe("linalg", function()
     local a, b = quarters(m, k), quarters(k, n)
     local a_stored_t, b_stored_t = a:t():contiguous(), b:t():contiguous() -- transposed operands
 
-    it("A @ B in all four layouts", function()
+    it("A @ B in all four layouts, on 1, 2 and 3 threads", function()
       local want = a:double():matmul(b:double())
-      packed_calls(4, function()
-        exact(hero.matmul(a, b), want)
-        exact(hero.matmul(a_stored_t:t(), b), want)
-        exact(hero.matmul(a, b_stored_t:t()), want)
-        exact(hero.matmul(a_stored_t:t(), b_stored_t:t()), want)
-      end)
+      local saved = hero.get_num_threads()
+      for _, threads in ipairs {1, 2, 3} do
+        hero.set_num_threads(threads)
+        packed_calls(4, function()
+          exact(hero.matmul(a, b), want)
+          exact(hero.matmul(a_stored_t:t(), b), want)
+          exact(hero.matmul(a, b_stored_t:t()), want)
+          exact(hero.matmul(a_stored_t:t(), b_stored_t:t()), want)
+        end)
+      end
+      hero.set_num_threads(saved)
     end)
 
     it("a transposed B over more than 702 rows (whole packed blocks) and fewer (one panel at a time)", function()
