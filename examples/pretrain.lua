@@ -183,12 +183,37 @@ function sources.db(_, _, hps)
   local opened = {} -- one dataset per (target, id file)
   local function dataset(target, path)
     local key = target.video_db .. "\0" .. target.sub_db .. "\0" .. tostring(path)
+    if type(path) == "table" then key = key .. "\0" .. table.concat(path, "\0") end
     if not opened[key] then
-      local ok, ds = pcall(hero.data.VideoSubDataset, dataset_opts(target, ids_from(path)))
+      local ok, ds = pcall(function()
+        if type(path) ~= "table" then return hero.data.VideoSubDataset(dataset_opts(target, ids_from(path))) end
+        -- the target's feature shards, each with its id file, as one dataset
+        local parts = {}
+        for k, shard in ipairs(target.shards) do
+          local o = dataset_opts(target, ids_from(path[k]))
+          o.video_db = shard
+          parts[k] = hero.data.VideoSubDataset(o)
+        end
+        return hero.data.ConcatDataset {parts = parts}
+      end)
       if not ok then usage(tostring(ds)) end
       opened[key] = ds
     end
     return opened[key]
+  end
+  -- what a worker thread builds the same dataset from
+  local function dataset_spec(target, ds)
+    if not ds.parts then
+      local spec = dataset_opts(target, ds:ids())
+      spec.type = "VideoSubDataset"
+      return spec
+    end
+    local parts = {}
+    for k, part in ipairs(ds.parts) do
+      parts[k] = dataset_opts(target, part:ids())
+      parts[k].video_db, parts[k].type = target.shards[k], "VideoSubDataset"
+    end
+    return {type = "ConcatDataset", parts = parts}
   end
   local reported = {}
   local function report(task)
@@ -213,9 +238,7 @@ function sources.db(_, _, hps)
       for k, v in pairs(common) do o[k] = v end
       if hps.workers > 0 then
         -- with --workers, a dataset spec each worker opens for itself
-        local spec = dataset_opts(target, train_ds:ids())
-        spec.type = "VideoSubDataset"
-        o.dataset, o.on_skip = spec, nil
+        o.dataset, o.on_skip = dataset_spec(target, train_ds), nil
         specs[l.name], skips[l.name] = o, common.on_skip
       else
         local ok, tl = pcall(hero.data.TaskLoader, o)

@@ -113,10 +113,17 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     local FT = require "hero.train.finetune"
     local resolved = PC.targets(PC.hparams(released(dir), "c"), nil, FT.video_db_dir)
     assert.equal(fx .. "/video_db/tv/resnet_slowfast_1.5", resolved[1].video_db)
+    -- feature shards: <vfeat_db>/<shard> (no img_db in front, as pretrain.py), one id file per shard
+    local sh = released(dir)
+    sh.targets[1].vfeat_db, sh.targets[1].vfeat_shards = "/ht", {"s0", "s1"}
+    sh.targets[1].splits[1].train_idx = {"a.json", "b.json"}
+    local st = PC.targets(PC.hparams(sh, "c"))[1]
+    assert.same({"/ht/s0", "/ht/s1"}, st.shards)
+    assert.equal("/ht/s0", st.video_db)
+    assert.same({fx .. "/txt_db/a.json", fx .. "/txt_db/b.json"}, st.loaders[1].train_ids)
+    sh.targets[1].splits[1].train_idx = "a.json"
+    helper.assert_error_contains(function() PC.targets(PC.hparams(sh, "c")) end, "one JSON file of video ids per shard")
     local bad = released(dir)
-    bad.targets[1].vfeat_shards = {"a", "b"}
-    helper.assert_error_contains(function() PC.targets(PC.hparams(bad, "c")) end, "vfeat_shards")
-    bad = released(dir)
     bad.targets[1].splits[1].tasks[2] = "itm"
     helper.assert_error_contains(function() PC.targets(PC.hparams(bad, "c")) end, "unknown task 'itm'")
   end)
@@ -210,6 +217,45 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     local first = json.decode(io.lines(dir .. "/run2/log.jsonl")())
     assert.equal(1, #first.micro_losses)
     assert.equal(5e-4, first.lr)
+  end)
+
+  it("examples/pretrain.lua --train-config reads a target's feature shards as one dataset", function()
+    -- two shards over the fixture's LMDB, each with half of the videos
+    assert(os.execute(string.format('mkdir -p "%s/ht" && ln -sfn "$(realpath "%s/video_db/tv")" "%s/ht/s0" && '
+      .. 'ln -sfn "$(realpath "%s/video_db/tv")" "%s/ht/s1"', dir, fx, dir, fx, dir)))
+    local ids = json.keys(json.read_file(fx .. "/txt_db/tv_subtitles.db/vid2len.json"))
+    table.sort(ids)
+    local half = #ids // 2
+    json.write_file(dir .. "/ids0.json", {table.unpack(ids, 1, half)})
+    json.write_file(dir .. "/ids1.json", {table.unpack(ids, half + 1)})
+    local c = released(dir, {num_train_steps = 2, valid_steps = 100, save_steps = 100})
+    c.targets[1].vfeat_db, c.targets[1].vfeat_shards = dir .. "/ht", {"s0", "s1"}
+    c.targets[1].splits[1].train_idx = {dir .. "/ids0.json", dir .. "/ids1.json"}
+    json.write_file(dir .. "/sharded.json", c)
+    for _, workers in ipairs {"0", "1"} do
+      local out = dir .. "/sharded" .. workers
+      local rc, text = pretrain {"--train-config", dir .. "/sharded.json", "--out", out, "--quiet", "--workers", workers}
+      assert.equal(0, rc, text)
+      local n = 0
+      for _ in io.lines(out .. "/log.jsonl") do n = n + 1 end
+      assert.equal(2, n)
+    end
+    -- the dataset itself: ids in shard order, each video read from its shard
+    local parts = {}
+    for k = 0, 1 do
+      parts[k + 1] = hero.data.VideoSubDataset{video_db = dir .. "/ht/s" .. k .. "/resnet_slowfast_1.5",
+        sub_db = fx .. "/txt_db/tv_subtitles.db", max_clip_len = 12, ids = json.read_file(dir .. "/ids" .. k .. ".json")}
+    end
+    local cat = hero.data.ConcatDataset {parts = parts}
+    assert.same(ids, cat:ids())
+    assert.equal(ids[1], cat:get(ids[1]).vid)
+    assert.equal(ids[#ids], cat:get(ids[#ids]).vid)
+    assert.is_nil((cat:get("nope")))
+    assert.equal(parts[2]:length(ids[#ids]), cat:length(ids[#ids]))
+    assert.same(parts[1]:special_ids(), cat:special_ids())
+    helper.assert_error_contains(function() hero.data.ConcatDataset {parts = {}} end, "non-empty")
+    helper.assert_error_contains(function() hero.data.ConcatDataset {parts = {1}} end, "parts[1]")
+    cat:close()
   end)
 
   it("examples/pretrain.lua --train-config refuses what the config already says, and bad configs", function()

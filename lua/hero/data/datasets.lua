@@ -264,6 +264,65 @@ function VideoOnly:__tostring()
   return string.format("hero.data.VideoOnlyDataset(%d videos, max_clip_len %d)", #self._ids, self.max_clip_len)
 end
 
+-- ------------------------------------------------------------------ ConcatDataset
+
+local Concat = {}
+Concat.__index = Concat
+Concat.__name = "hero.data.ConcatDataset"
+
+--- ConcatDataset{parts = {dataset or dataset spec, ...}}: the videos of several datasets as one,
+-- as the reference's ConcatDataset joins the feature shards of a pre-training target
+-- (vfeat_shards): ids in part order, each video read from the first part listing it. A part may be
+-- given as a dataset spec ({type = "VideoSubDataset", ...}, as worker threads build them). Special
+-- ids, max_txt_len and sub_ctx_len are the first part's.
+function datasets.ConcatDataset(opts)
+  local op = "hero.data.ConcatDataset"
+  check_opts(op, opts, {"parts"})
+  if type(opts.parts) ~= "table" or #opts.parts == 0 then fail(op, "opts.parts must be a non-empty list") end
+  local parts, ids, owner = {}, {}, {}
+  for i, p in ipairs(opts.parts) do
+    if type(p) == "table" and type(p.type) == "string" and type(p.get) ~= "function" then
+      p = require("hero.data.prefetch").dataset_from_spec(p)
+    end
+    if type(p) ~= "table" or type(p.get) ~= "function" or type(p.ids) ~= "function" then
+      fail(op, "opts.parts[%d] must be a hero.data dataset or a dataset spec", i)
+    end
+    parts[i] = p
+    for _, vid in ipairs(p:ids()) do
+      ids[#ids + 1] = vid
+      if owner[vid] == nil then owner[vid] = p end
+    end
+  end
+  local first = parts[1]
+  return setmetatable({parts = parts, _ids = ids, _owner = owner, max_txt_len = first.max_txt_len,
+    sub_ctx_len = first.sub_ctx_len, max_clip_len = first.max_clip_len, stats = first.stats}, Concat)
+end
+
+function Concat:ids() return self._ids end
+function Concat:__len() return #self._ids end
+function Concat:special_ids() return self.parts[1]:special_ids() end
+
+function Concat:length(vid)
+  local p = self._owner[vid]
+  return p and p.length and p:length(vid) or 0
+end
+
+function Concat:get(vid)
+  local p = self._owner[vid]
+  if p == nil then return nil, string.format("video '%s' is in none of the dataset's parts", tostring(vid)) end
+  return p:get(vid)
+end
+
+function Concat:close()
+  for _, p in ipairs(self.parts) do if p.close then p:close() end end
+end
+
+Concat.__close = Concat.close
+
+function Concat:__tostring()
+  return string.format("hero.data.ConcatDataset(%d parts, %d videos)", #self.parts, #self._ids)
+end
+
 -- ------------------------------------------------------------------ MemoryDataset
 
 local Memory = {}

@@ -42,6 +42,7 @@ local datasets = require "hero.data.datasets"
 data.VideoSubDataset = datasets.VideoSubDataset
 data.MemoryDataset = datasets.MemoryDataset
 data.VideoOnlyDataset = datasets.VideoOnlyDataset
+data.ConcatDataset = datasets.ConcatDataset
 data.tasks = require "hero.data.tasks"
 data.collate = require "hero.data.collate"
 data.TaskLoader = require("hero.data.loader").TaskLoader

@@ -36,7 +36,7 @@ local function fail(fmt, ...)
   error("PrefetchLoader: " .. string.format(fmt, ...), 3)
 end
 
---- A dataset from a spec {type = "VideoSubDataset" or "MemoryDataset", <its options>...}: plain
+--- A dataset from a spec {type = "VideoSubDataset", "MemoryDataset" or "ConcatDataset", <its options>...}: plain
 -- values, so that every worker state can build its own.
 function M.dataset_from_spec(spec)
   if type(spec) ~= "table" or type(spec.type) ~= "string" then
@@ -45,7 +45,8 @@ function M.dataset_from_spec(spec)
   local datasets = require "hero.data.datasets"
   local ctor = datasets[spec.type]
   if type(ctor) ~= "function" then
-    error(string.format("dataset spec: unknown type '%s' (VideoSubDataset, MemoryDataset)", spec.type), 2)
+    error(string.format("dataset spec: unknown type '%s' (VideoSubDataset, MemoryDataset, ConcatDataset)", spec.type),
+      2)
   end
   local opts = {}
   for k, v in pairs(spec) do if k ~= "type" then opts[k] = v end end

@@ -14,6 +14,7 @@
 --   * the model starts without the VSM start/end loss (lw_st_ed 0) and gets lw_st_ed once
 --     train_span_start_step updates are done (-1: never); hard negatives (hard_pool_size[i],
 --     hard_neg_weights[i]) from hard_negtiave_start_step[i] finished updates (-1: never);
+--   * a target's vfeat_shards are read as one dataset (the videos of every shard's train_idx file);
 --   * load_partial_pretrained: the checkpoint is a RoBERTa state dict mapped onto the cross-modal
 --     transformer (every other layer with skip_layer_loading), v_encoder.mask_embedding row 0
 --     zeroed; otherwise a HERO checkpoint loaded non-strictly.
@@ -111,6 +112,8 @@ end
 
 --- The targets of the config: a list of {name, video_db (the LMDB directory), sub_db, vfeat_interval,
 -- loaders = {{name = "<task>_<target>_<split>", task, ratio, train_ids (path), val_ids (path or nil)}}}.
+-- A target with vfeat_shards also has shards = {LMDB directory per shard} (video_db is the first,
+-- which validation reads, as the reference's) and each loader's train_ids is a list, one per shard.
 -- dirs: txt_db and img_db roots (default the config's txt_db / img_db); video_db_dir(dir, hps)
 -- resolves a video db directory the reference's way (hero.train.finetune.video_db_dir).
 function PC.targets(hps, dirs, video_db_dir)
@@ -121,25 +124,43 @@ function PC.targets(hps, dirs, video_db_dir)
   for i, t in ipairs(hps.targets) do
     local where = string.format("targets[%d]", i)
     if type(t) ~= "table" or type(t.name) ~= "string" then fail("%s needs a name", where) end
-    if t.vfeat_shards ~= nil then
-      fail("%s (%s): vfeat_shards (a target split over several feature LMDBs) is not supported; give one LMDB "
-        .. "per target", where, t.name)
-    end
     if type(t.sub_txt_db) ~= "string" or type(t.vfeat_db) ~= "string" then
       fail("%s (%s) needs sub_txt_db and vfeat_db", where, t.name)
     end
     local interval = is_null(t.vfeat_interval) and 1.5 or t.vfeat_interval
     local vhps = {vfeat_version = hps.vfeat_version, vfeat_interval = interval, compressed_db = hps.compressed_db}
-    local vdir = join(img_root, t.vfeat_db)
-    local target = {name = t.name, video_db = video_db_dir and video_db_dir(vdir, vhps) or vdir,
-                    sub_db = join(txt_root, t.sub_txt_db), vfeat_interval = interval, loaders = {}}
+    local function resolve(d) return video_db_dir and video_db_dir(d, vhps) or d end
+    local target = {name = t.name, sub_db = join(txt_root, t.sub_txt_db), vfeat_interval = interval, loaders = {}}
+    local shards = t.vfeat_shards
+    if not is_null(shards) then
+      -- the feature shards of one target (HowTo100M): <vfeat_db>/<shard> each, vfeat_db as given
+      -- (pretrain.py does not put img_db in front), one train_idx file per shard
+      if type(shards) ~= "table" or #shards == 0 then fail("%s (%s): vfeat_shards must be a non-empty list", where,
+        t.name) end
+      target.shards = {}
+      for k, sh in ipairs(shards) do target.shards[k] = resolve(t.vfeat_db .. "/" .. tostring(sh)) end
+      target.video_db = target.shards[1]
+    else
+      target.video_db = resolve(join(img_root, t.vfeat_db))
+    end
     if type(t.splits) ~= "table" or #t.splits == 0 then fail("%s (%s) has no splits", where, t.name) end
     for j, s in ipairs(t.splits) do
       local sw = string.format("%s.splits[%d]", where, j)
       if type(s.name) ~= "string" or type(s.tasks) ~= "table" or #s.tasks == 0 then
         fail("%s needs a name and a non-empty task list", sw)
       end
-      if type(s.train_idx) ~= "string" then fail("%s needs train_idx (one JSON file of video ids)", sw) end
+      local train_ids
+      if target.shards then
+        if type(s.train_idx) ~= "table" or #s.train_idx ~= #target.shards then
+          fail("%s needs train_idx: one JSON file of video ids per shard (%d)", sw, #target.shards)
+        end
+        train_ids = {}
+        for k, f in ipairs(s.train_idx) do train_ids[k] = join(txt_root, f) end
+      elseif type(s.train_idx) ~= "string" then
+        fail("%s needs train_idx (one JSON file of video ids)", sw)
+      else
+        train_ids = join(txt_root, s.train_idx)
+      end
       local r = s.ratio
       if is_null(r) then
         r = {}
@@ -154,7 +175,7 @@ function PC.targets(hps, dirs, video_db_dir)
             tostring(ratio))
         end
         target.loaders[#target.loaders + 1] = {name = task .. "_" .. t.name .. "_" .. s.name, task = task,
-          ratio = ratio, train_ids = join(txt_root, s.train_idx),
+          ratio = ratio, train_ids = train_ids,
           val_ids = type(s.val_idx) == "string" and join(txt_root, s.val_idx) or nil}
       end
     end
