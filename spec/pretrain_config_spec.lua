@@ -234,7 +234,8 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     json.write_file(dir .. "/sharded.json", c)
     for _, workers in ipairs {"0", "1"} do
       local out = dir .. "/sharded" .. workers
-      local rc, text = pretrain {"--train-config", dir .. "/sharded.json", "--out", out, "--quiet", "--workers", workers}
+      local rc, text = pretrain {"--train-config", dir .. "/sharded.json", "--out", out, "--quiet",
+        "--workers", workers}
       assert.equal(0, rc, text)
       local n = 0
       for _ in io.lines(out .. "/log.jsonl") do n = n + 1 end
@@ -244,7 +245,8 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     local parts = {}
     for k = 0, 1 do
       parts[k + 1] = hero.data.VideoSubDataset{video_db = dir .. "/ht/s" .. k .. "/resnet_slowfast_1.5",
-        sub_db = fx .. "/txt_db/tv_subtitles.db", max_clip_len = 12, ids = json.read_file(dir .. "/ids" .. k .. ".json")}
+        sub_db = fx .. "/txt_db/tv_subtitles.db", max_clip_len = 12,
+        ids = json.read_file(dir .. "/ids" .. k .. ".json")}
     end
     local cat = hero.data.ConcatDataset {parts = parts}
     assert.same(ids, cat:ids())
