@@ -480,6 +480,8 @@ local trainer = train.Trainer{
   model = model, optimizer = optimizer, loader = meta, lr = hps.lr, warmup = hps.warmup, total = hps.total,
   grad_norm = hps.grad_norm ~= -1 and hps.grad_norm or false, accum = hps.accum, valid_every = hps.valid_every,
   valid = valid, forward_opts = tc and PC.forward_opts(model, tc) or nil,
+  -- validation reports the reference's metrics per task (loss, accuracy, ...), with its loss weights
+  validators = require("hero.train.pretrain_valid").validators(tc or model.opts),
   save_every = hps.save_every, out_dir = opts.out, progress = not opts.quiet,
   dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil, device = device, amp = opts.amp,
 }

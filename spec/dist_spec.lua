@@ -156,6 +156,24 @@ describe("hero.dist over MPI (2 ranks on the CPU)", function()
       assert.equal("ok\n", read(out .. "/done_rank1.txt"))
     end)
 
+  it("validates with the reference's metrics over both ranks' batches, as one process pooling them", function()
+    local out = main_run()
+    local got = hero.json.decode(read(out .. "/valid.json"))
+    local m = common.model()
+    local both = {}
+    for _, t in ipairs {"mlm", "fom", "mfm-nce"} do both[t] = {common.rank_batch(t, 0), common.rank_batch(t, 1)} end
+    local loader = common.meta_loader(0, function(t) return train.CyclingLoader {common.rank_batch(t, 0)} end)
+    local sc = common.schedule
+    local tr = train.Trainer{model = m, optimizer = common.adamw(m), loader = loader, lr = sc.lr, warmup = sc.warmup,
+      total = sc.total, progress = false, valid = {mlm_x = both.mlm, fom_x = both.fom, ["mfm-nce"] = both["mfm-nce"]},
+      validators = require("hero.train.pretrain_valid").validators()}
+    local want = tr:validate()
+    for task, metrics in pairs(want) do
+      for k, v in pairs(metrics) do assert.near(v, got[task][k], 1e-5 * math.max(1, math.abs(v)), task .. "." .. k) end
+    end
+    assert.is_number(got.mlm_x.acc)
+  end)
+
   it("trains like one process averaging the two ranks' micro-batches (MLM, MFM-NCE, FOM)", function()
     local out = main_run()
     local t0 = read(out .. "/tasks_rank0.txt")

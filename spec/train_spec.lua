@@ -287,6 +287,64 @@ describe("Trainer", function()
     assert_same_params(m, m2)
   end)
 
+  it("validates with the reference's metrics per task (pretrain.py's validate_*), summed over batches", function()
+    local PV = require "hero.train.pretrain_valid"
+    local m = model(0, hero.Generator(4))
+    local valid = {}
+    for _, t in ipairs {"mlm", "mffr", "mfm-nce", "fom", "vsm"} do valid[t .. "_tv_all"] = {batches[t][1]} end
+    local meta = train.MetaLoader{tasks = task_loaders {"mlm"}, accum = 1, seed = 8}
+    local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      valid = valid, progress = false, validators = PV.validators{lw_st_ed = 0.01, lw_neg_ctx = 8, lw_neg_q = 8}}
+    local r = tr:validate()
+    assert.is_true(m.training)
+    -- one batch per task: the metrics are that batch's, computed here directly
+    m:evaluate()
+    local b = batches.mlm[1]
+    local mlm = hero.no_grad(function() return m:forward_mlm(b) end)
+    assert.near(mlm.loss:item(), r.mlm_tv_all.loss, 1e-5)
+    local _, pred = mlm.mlm_logits:max(2)
+    assert.near(pred:eq(b.txt_labels):float():mean():item(), r.mlm_tv_all.acc, 1e-12)
+    local fom = hero.no_grad(function() return m:forward_fom(batches.fom[1]) end)
+    assert.near(fom.loss:item(), r.fom_tv_all.loss, 1e-5)
+    assert.is_true(r.fom_tv_all.acc >= 0 and r.fom_tv_all.acc <= 1)
+    local mffr = hero.no_grad(function() return m:forward_mfm(batches.mffr[1], "mffr") end)
+    assert.near(mffr.loss:item(), r.mffr_tv_all.loss, 1e-5)
+    local p, t = mffr.pred_feat:double(), batches.mffr[1].feat_targets:double()
+    local cos = ((p * t):sum(2) / (p:norm(2, 2) * t:norm(2, 2))):mean():item()
+    assert.near(cos, r.mffr_tv_all.cosine, 1e-5)
+    local nce = hero.no_grad(function() return m:forward_mfm(batches["mfm-nce"][1], "nce") end)
+    assert.near(nce.loss:item(), r["mfm-nce_tv_all"].loss, 1e-4)
+    for _, k in ipairs {"acc", "l2", "cosine"} do assert.is_number(r["mfm-nce_tv_all"][k]) end
+    -- VSM in evaluation mode: the local loss on every query, each ranking loss per query, divided by
+    -- the weights again: the means over the queries (all negatives: the training-mode values)
+    local vb = batches.vsm[1]
+    local vs = hero.no_grad(function() return m:forward_vsm(vb, {evaluate = true}) end)
+    local nq = vb.q_vidx:numel()
+    assert.equal(nq, vs.loss_neg_ctx:numel())
+    assert.near(vs.loss_st_ed:item() / nq / 0.01, r.vsm_tv_all.loss_st_ed, 1e-5)
+    assert.near(vs.loss_neg_ctx:mean():item() / 8, r.vsm_tv_all.loss_neg_ctx, 1e-6)
+    assert.near(vs.loss_neg_q:mean():item() / 8, r.vsm_tv_all.loss_neg_q, 1e-6)
+    local train_mode = hero.no_grad(function() return m:forward_vsm(vb) end)
+    assert.near(train_mode.loss_neg_ctx:item() / 8, r.vsm_tv_all.loss_neg_ctx, 1e-6)
+    assert.near(0.01 * r.vsm_tv_all.loss_st_ed + 8 * (r.vsm_tv_all.loss_neg_ctx + r.vsm_tv_all.loss_neg_q),
+      r.vsm_tv_all.loss_overall, 1e-6)
+    -- several batches: the sums are pooled (a mean per token, not per batch)
+    local sum, n = 0, 0
+    for _, bb in ipairs(batches.mlm) do
+      local o = hero.no_grad(function() return m:forward_mlm(bb) end)
+      sum, n = sum + o.loss_per_token:double():sum():item(), n + bb.txt_labels:numel()
+    end
+    assert.is_true(#batches.mlm >= 2)
+    m:train()
+    local pooled = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      valid = {mlm = batches.mlm}, progress = false, validators = PV.validators()}
+    assert.near(sum / n, pooled:validate().mlm.loss, 1e-5)
+    -- a task without a validator keeps the mean loss
+    local plain = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      valid = {mlm = batches.mlm}, progress = false, validators = {fom = PV.validators().fom}}
+    assert.equal("number", type(plain:validate().mlm))
+  end)
+
   it("resumes bit for bit: N updates equal N/2, then N/2 in a new trainer, model and optimizer", function()
     local function setup_run(out, seeds)
       hero.manual_seed(seeds.default)

@@ -1,7 +1,7 @@
 --- One rank of the MPI runs of spec/dist_spec.lua:
 --   mpirun -np 2 lua5.4 spec/dist/worker.lua MODE OUT_DIR
--- MODE "main": the collectives, a VSM update and a data-parallel training run (with a resume), whose
--- results the spec compares with one process; "fail": rank 1 raises an error while rank 0 waits in
+-- MODE "main": the collectives, a VSM update, a data-parallel training run (with a resume) and a
+-- validation, whose results the spec compares with one process; "fail": rank 1 raises an error while rank 0 waits in
 -- a collective; "hang": rank 1 never reaches the collective rank 0 waits in (watchdog 1.5 s);
 -- "nccl": the collectives on CUDA tensors (one GPU per rank) against the same ones on CPU tensors.
 -- A failed check raises an error, which hero.dist.run turns into the end of the whole job.
@@ -171,6 +171,21 @@ local function data_parallel(common, rank)
   end
 end
 
+-- Validation with the reference's metrics: each rank its own batch; the sums are added over the
+-- ranks before the metrics are made, so the results are the pooled ones of one process.
+local function distributed_validation(common, rank)
+  local m = common.model()
+  local loader = common.meta_loader(rank, function(t) return train.CyclingLoader {common.rank_batch(t, rank)} end)
+  local sc = common.schedule
+  local tr = train.Trainer{model = m, optimizer = common.adamw(m), loader = loader, lr = sc.lr, warmup = sc.warmup,
+    total = sc.total, progress = false, dist = true, seed = common.SEED,
+    valid = {mlm_x = {common.rank_batch("mlm", rank)}, fom_x = {common.rank_batch("fom", rank)},
+             ["mfm-nce"] = {common.rank_batch("mfm-nce", rank)}},
+    validators = require("hero.train.pretrain_valid").validators()}
+  local r = tr:validate()
+  if rank == 0 then write(out .. "/valid.json", hero.json.encode(r)) end
+end
+
 -- ------------------------------------------------------------------ NCCL (CUDA tensors)
 
 -- The collectives on CUDA tensors give what they give on CPU tensors (one GPU per rank: rank r on
@@ -307,6 +322,7 @@ dist.run(function()
     local common = require "dist.common"
     vsm_update(common, rank)
     data_parallel(common, rank)
+    distributed_validation(common, rank)
     write(string.format("%s/done_rank%d.txt", out, rank), "ok\n")
   elseif mode == "nccl" then
     local rank, world = dist.init {timeout = 120}

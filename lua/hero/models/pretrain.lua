@@ -140,9 +140,11 @@ function M:forward_vsm(batch, opts)
   acts.q_mod = q
   local mask = batch.c_attn_masks
   local total
-  -- local (start/end) loss on a fraction 1 - drop_svmr_prob of the micro-batches
+  -- local (start/end) loss on a fraction 1 - drop_svmr_prob of the training micro-batches
   local use_local = o.lw_st_ed ~= 0 and (opts.evaluate or o.drop_svmr_prob == 0 or
     core.rand({1}, self.generator and {generator = self.generator} or nil):item() > o.drop_svmr_prob)
+  -- opts.evaluate: the reference's evaluation-mode values (its validate_vsm): the local loss always,
+  -- summed over the queries, the ranking losses per row (reduction "sum")
   if use_local then
     local u = self.video_query_linear:forward(q)
     local st_all, ed_all = vsm.st_ed_logits(u, Y, mask, self.video_st_predictor.weight, self.video_ed_predictor.weight)
@@ -164,9 +166,11 @@ function M:forward_vsm(batch, opts)
   local S = vsm.video_scores(q, Y, mask, opts.all_gather)
   acts.q2video_scores = S
   local l_ctx, l_q = vsm.ranking_losses(S, {margin = o.margin, loss_type = o.ranking_loss_type,
-    hard = opts.hard_negative or o.hard_negative, sampled = not o.use_all_neg, generator = self.generator})
+    hard = opts.hard_negative or o.hard_negative, sampled = not o.use_all_neg, generator = self.generator,
+    reduction = opts.evaluate and "sum" or nil})
   acts.loss_neg_ctx, acts.loss_neg_q = l_ctx * o.lw_neg_ctx, l_q * o.lw_neg_q
-  local ranking = acts.loss_neg_ctx + acts.loss_neg_q
+  local ranking = opts.evaluate and acts.loss_neg_ctx:sum() + acts.loss_neg_q:sum()
+    or acts.loss_neg_ctx + acts.loss_neg_q
   acts.loss = total and (total + ranking) or ranking
   return acts
 end

@@ -134,7 +134,7 @@ end
 --   save_every =, out_dir =, log = true, progress = true, generator =, pad_id = 1,
 --   required_fields =, forward_opts = function(task, step) -> opts or nil, dist = false, seed =,
 --   device = the device of the model's first parameter, amp = nil | "bf16" | "f16",
---   overlap = true, bucket_mb = 25}
+--   overlap = true, bucket_mb = 25, validators = {task = {batch =, finish =}} or nil}
 -- grad_norm <= 0 (or false) computes the norm without clipping. The optimizer's own lr_mul groups
 -- apply on top of the scheduled lr. generator: a hero.Generator used by the model (e.g. its dropout
 -- generator) when the model does not keep it on its modules; its state is checkpointed too.
@@ -199,6 +199,7 @@ function Trainer.new(opts)
     out_dir = opts.out_dir, log = opts.log ~= false and opts.out_dir ~= nil,
     progress = opts.progress ~= false, generator = opts.generator, pad_id = opts.pad_id or 1,
     required_fields = opts.required_fields or Trainer.required_fields, forward_opts = opts.forward_opts,
+    validators = opts.validators,
     global_step = 0, last_saved = nil, history = {},
   }, Trainer)
   self.params = type(self.model.named_parameters) == "function" and self.model:named_parameters() or nil
@@ -405,39 +406,78 @@ local function iterate(src)
   error("Trainer: a validation source must be a non-empty array of batches or have :iter()", 0)
 end
 
---- Runs every validation task once (evaluation mode, no gradients); returns {task = mean loss}.
+--- The validator of a task: opts.validators[task], else that of the task's first "_"-separated
+-- part (a loader named "mlm_tv_all" gets validators.mlm), else nil.
+local function validator_of(validators, task)
+  if not validators then return nil end
+  return validators[task] or validators[task:match("^([^_]+)") or task]
+end
+
+--- Runs every validation task once (evaluation mode, no gradients); returns {task = mean loss},
+-- or for a task with a validator (opts.validators) {task = {metric = value}}: the batches' sums
+-- added (over the ranks too) and turned into metrics by the validator's finish.
 function Trainer:validate()
   local names = {}
   for name in pairs(self.valid) do names[#names + 1] = name end
   table.sort(names)
-  local results = {}
+  local results, sums = {}, {}
   local was_training = self.model.training
   if self.model.evaluate then self.model:evaluate() end
   local ok, err = pcall(function()
     for _, task in ipairs(names) do
+      local val = validator_of(self.validators, task)
       local sum, n = 0, 0
+      local totals = {}
       for batch in iterate(self.valid[task]) do
         self:check_batch(task, batch, n + 1)
         local fopts = self:forward_options(task, self.global_step)
-        local loss = core.no_grad(function()
-          return self.model:forward(batch_to(batch, self.device), task, fopts).loss:item()
-        end)
-        sum, n = sum + loss, n + 1
+        local dev_batch = batch_to(batch, self.device)
+        if val then
+          local s = core.no_grad(function() return val.batch(self.model, dev_batch, fopts) end)
+          for k, x in pairs(s) do totals[k] = (totals[k] or 0) + x end
+        else
+          local loss = core.no_grad(function() return self.model:forward(dev_batch, task, fopts).loss:item() end)
+          sum = sum + loss
+        end
+        n = n + 1
       end
-      results[task] = sum / n
+      if val then sums[task] = totals else results[task] = sum / n end
     end
   end)
   if was_training ~= false and self.model.train then self.model:train() end
   if not ok then error(err, 0) end
   if self.dist and #names > 0 then
-    -- the mean over the ranks (each validates its own shard)
-    local vals = {}
-    for i, task in ipairs(names) do vals[i] = results[task] end
-    local t = core.tensor(vals, {dtype = "f64"})
-    self.dist.all_reduce(t, "mean")
-    vals = t:totable()
-    for i, task in ipairs(names) do results[task] = vals[i] end
+    -- losses: the mean over the ranks (each validates its own shard); validator sums: the sum
+    local vals, slots = {}, {}
+    for _, task in ipairs(names) do
+      if sums[task] then
+        local keys = {}
+        for k in pairs(sums[task]) do keys[#keys + 1] = k end
+        table.sort(keys)
+        for _, k in ipairs(keys) do
+          vals[#vals + 1] = sums[task][k]
+          slots[#vals] = {task, k}
+        end
+      end
+    end
+    local means = {}
+    for _, task in ipairs(names) do if results[task] then means[#means + 1] = task end end
+    if #means > 0 then
+      local mv = {}
+      for i, task in ipairs(means) do mv[i] = results[task] end
+      local t = core.tensor(mv, {dtype = "f64"})
+      self.dist.all_reduce(t, "mean")
+      mv = t:totable()
+      for i, task in ipairs(means) do results[task] = mv[i] end
+    end
+    if #vals > 0 then
+      local t = core.tensor(vals, {dtype = "f64"})
+      self.dist.all_reduce(t, "sum")
+      vals = t:totable()
+      for i, slot in ipairs(slots) do sums[slot[1]][slot[2]] = vals[i] end
+    end
   end
+  for task, totals in pairs(sums) do results[task] = validator_of(self.validators, task).finish(totals) end
   return results
 end
 
@@ -467,16 +507,14 @@ function Trainer:write_log(rec)
     if not f then error("Trainer: cannot open the log: " .. tostring(err), 0) end
     self.log_file = f
   end
-  local clean = {}
-  for k, v in pairs(rec) do
-    if type(v) == "table" then
-      local t = {}
-      for kk, vv in pairs(v) do t[kk] = finite_or_null(vv) end
-      clean[k] = t
-    else
-      clean[k] = finite_or_null(v)
-    end
+  local function cleaned(v)
+    if type(v) ~= "table" or v == json.null then return finite_or_null(v) end
+    local t = {}
+    for kk, vv in pairs(v) do t[kk] = cleaned(vv) end
+    return t
   end
+  local clean = {}
+  for k, v in pairs(rec) do clean[k] = cleaned(v) end
   self.log_file:write(json.encode(clean), "\n")
   self.log_file:flush()
   -- the same scalars as TensorBoard events (out_dir/tensorboard/), read by TensorBoard as they come
@@ -495,7 +533,13 @@ function Trainer:write_log(rec)
     add("grad_norm", rec.grad_norm)
     add("tokens_per_s", rec.tokens_per_s)
     if type(rec.valid) == "table" then
-      for task, v in pairs(rec.valid) do add("valid/" .. task, v) end
+      for task, v in pairs(rec.valid) do
+        if type(v) == "table" then
+          for metric, x in pairs(v) do add("valid/" .. task .. "/" .. metric, x) end
+        else
+          add("valid/" .. task, v)
+        end
+      end
     end
     self.tb:flush()
   end
