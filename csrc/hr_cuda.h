@@ -93,6 +93,9 @@ int hr_cuda_where(const hr_tensor *cond, const hr_operand *a, const hr_operand *
 
 /* gx = g * (cdf(x) + x pdf(x)), the erf GELU's derivative (x, g contiguous, same dtype and shape). */
 int hr_cuda_gelu_backward(const hr_tensor *x, const hr_tensor *g, hr_tensor *gx);
+/* out = erf(x) (g NULL), or its backward out = g * 2/sqrt(pi) * exp(-x^2); contiguous f32/f64 tensors of
+ * one dtype on one device. */
+int hr_cuda_erf(const hr_tensor *x, const hr_tensor *g, hr_tensor *out);
 
 /* ------------------------------------------------------------------ indexing (cuda/index.cu) */
 

@@ -34,6 +34,7 @@
     X(INT, int, where, (const hr_tensor *cond, const hr_operand *a, const hr_operand *b, hr_tensor *out),          \
       (cond, a, b, out))                                                                                           \
     X(INT, int, gelu_backward, (const hr_tensor *x, const hr_tensor *g, hr_tensor *gx), (x, g, gx))                \
+    X(INT, int, erf, (const hr_tensor *x, const hr_tensor *g, hr_tensor *out), (x, g, out))                        \
     X(INT, int, reduce, (hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_tensor *values, hr_tensor *indices),     \
       (op, t, dim, values, indices))                                                                               \
     X(INT, int, softmax, (hr_tensor *t, int dim, bool log, hr_tensor *out), (t, dim, log, out))                    \

@@ -103,6 +103,11 @@ int hr_cuda_gelu_backward(const hr_tensor *x, const hr_tensor *g, hr_tensor *gx)
     (void)g, (void)gx;
     return FAIL_T("gelu backward", x);
 }
+int hr_cuda_erf(const hr_tensor *x, const hr_tensor *g, hr_tensor *out)
+{
+    (void)g, (void)out;
+    return FAIL_T("erf", x);
+}
 int hr_cuda_reduce(hr_cuda_reduce_op op, hr_tensor *t, int dim, hr_tensor *values, hr_tensor *indices)
 {
     (void)op;

@@ -381,13 +381,7 @@ local function run_example(script, args)
   return rc, out
 end
 
-local function tiny_section(extra)
-  local s = {hidden_size = 16, num_attention_heads = 2, intermediate_size = 32, num_hidden_layers = 1,
-    max_position_embeddings = 514, type_vocab_size = 2, vocab_size = 50272, hidden_act = "gelu",
-    hidden_dropout_prob = 0.1, attention_probs_dropout_prob = 0.1, initializer_range = 0.02}
-  for k, v in pairs(extra or {}) do s[k] = v end
-  return s
-end
+local tiny_section = helper.tiny_section
 
 local TVR_KEYS = {task = "tvr", max_txt_len = 60, lw_neg_q = 8.0, lw_neg_ctx = 8.0, lw_st_ed = 0.01,
   ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10},
@@ -566,18 +560,23 @@ describe("fine-tuning and evaluation", function()
   end
 end)
 
+--- A new temporary directory with the tiny model's config (model.json) and initial weights
+-- (init.safetensors, drawn after manual_seed(seed)).
+local function tiny_model_dir(seed)
+  local d = os.tmpname()
+  os.remove(d)
+  assert(os.execute('mkdir -p "' .. d .. '"'))
+  local cfg = {f_config = tiny_section(), c_config = tiny_section {max_position_embeddings = 32},
+    q_config = tiny_section {num_hidden_layers = 0}}
+  json.write_file(d .. "/model.json", cfg)
+  hero.manual_seed(seed)
+  hero.models.HeroForPretraining(hero.config.model(cfg), {vfeat_dim = 24, max_frm_seq_len = 16})
+    :save_checkpoint(d .. "/init.safetensors")
+  return d
+end
+
 describe("video-only fine-tuning and evaluation (didemo_video_only, msrvtt_video_only)", function()
-  setup(function()
-    tmpdir = os.tmpname()
-    os.remove(tmpdir)
-    assert(os.execute('mkdir -p "' .. tmpdir .. '"'))
-    local cfg = {f_config = tiny_section(), c_config = tiny_section {max_position_embeddings = 32},
-      q_config = tiny_section {num_hidden_layers = 0}}
-    json.write_file(tmpdir .. "/model.json", cfg)
-    hero.manual_seed(5)
-    hero.models.HeroForPretraining(hero.config.model(cfg), {vfeat_dim = 24, max_frm_seq_len = 16})
-      :save_checkpoint(tmpdir .. "/init.safetensors")
-  end)
+  setup(function() tmpdir = tiny_model_dir(5) end)
   teardown(function()
     if tmpdir and tmpdir:match("^/tmp/") then os.execute('rm -rf "' .. tmpdir .. '"') end
   end)
@@ -626,15 +625,7 @@ end)
 describe("examples/finetune.lua and examples/evaluate.lua", function()
   local dir
   setup(function()
-    dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute('mkdir -p "' .. dir .. '"'))
-    local cfg = {f_config = tiny_section(), c_config = tiny_section {max_position_embeddings = 32},
-      q_config = tiny_section {num_hidden_layers = 0}}
-    json.write_file(dir .. "/model.json", cfg)
-    hero.manual_seed(4)
-    hero.models.HeroForPretraining(hero.config.model(cfg), {vfeat_dim = 24, max_frm_seq_len = 16})
-      :save_checkpoint(dir .. "/init.safetensors")
+    dir = tiny_model_dir(4)
     -- dropout and drop_svmr_prob on: the resumed run must restore every generator
     local c = train_config("vcmr")
     c.dropout, c.drop_svmr_prob, c.save_steps = 0.1, 0.5, 2

@@ -27,10 +27,9 @@ local function released(dir, over)
   return c
 end
 
+--- hero_pretrain.json's vocabulary (RoBERTa's 50265 rows) and single token type, tiny
 local function section(extra)
-  local s = {hidden_size = 16, num_attention_heads = 2, intermediate_size = 32, num_hidden_layers = 1,
-    max_position_embeddings = 514, type_vocab_size = 1, vocab_size = 50265, hidden_act = "gelu",
-    hidden_dropout_prob = 0.1, attention_probs_dropout_prob = 0.1, initializer_range = 0.02}
+  local s = helper.tiny_section {type_vocab_size = 1, vocab_size = 50265}
   for k, v in pairs(extra or {}) do s[k] = v end
   return s
 end

@@ -169,4 +169,14 @@ function helper.assert_error_contains(fn, ...)
 end
 
 package.loaded["spec_helper"] = helper
+--- A tiny RoBERTa-shaped model config section (hidden 16, 2 heads, one layer, the 50272-row
+-- padded vocabulary of the TV text databases), with `extra` keys replacing the defaults.
+function helper.tiny_section(extra)
+  local s = {hidden_size = 16, num_attention_heads = 2, intermediate_size = 32, num_hidden_layers = 1,
+    max_position_embeddings = 514, type_vocab_size = 2, vocab_size = 50272, hidden_act = "gelu",
+    hidden_dropout_prob = 0.1, attention_probs_dropout_prob = 0.1, initializer_range = 0.02}
+  for k, v in pairs(extra or {}) do s[k] = v end
+  return s
+end
+
 return helper

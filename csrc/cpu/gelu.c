@@ -193,8 +193,13 @@ static int erf_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     if (!x) return -1;
     hr_tensor *gc = hr_readable_as(grad, x->dtype);
     if (!gc) return -1;
-    gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
-    if (gi[0]) {
+    gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_tensor_device(x));
+    if (gi[0] && hr_tensor_device(x).type == HR_CUDA) {
+        if (hr_cuda_erf(x, gc, gi[0])) {
+            hr_tensor_release(gi[0]);
+            gi[0] = NULL;
+        }
+    } else if (gi[0]) {
         erf_job j = {hr_tensor_data(x), hr_tensor_data(gc), hr_tensor_data(gi[0]), x->dtype, ERF_GRAD};
         hr_parallel_for(hr_tensor_numel(x), 1 << 14, erf_range, &j);
     }
@@ -205,13 +210,19 @@ static int erf_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 hr_tensor *hr_erf(hr_tensor *x)
 {
     if (hr_tensor_check_live(x, "erf")) return NULL;
-    if (hr_tensor_device(x).type == HR_CUDA) return hr_cuda_unsupported_null("erf", x);
     if (x->dtype != HR_F32 && x->dtype != HR_F64)
         return hr_fail_null(HR_EINVAL, "erf: expected an f32 or f64 tensor, got %s", hr_dtype_name(x->dtype));
     hr_tensor *xc = hr_contiguous(x);
     if (!xc) return NULL;
-    hr_tensor *y = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
-    if (y) {
+    hr_tensor *y = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_tensor_device(x));
+    if (y && hr_tensor_device(x).type == HR_CUDA) {
+        if (hr_cuda_erf(xc, NULL, y)) {
+            hr_tensor_release(y);
+            y = NULL;
+        } else {
+            y = record_pointwise_node(y, "erf", erf_backward, x, xc);
+        }
+    } else if (y) {
         erf_job j = {hr_tensor_data(xc), NULL, hr_tensor_data(y), x->dtype, ERF_VALUE};
         hr_parallel_for(hr_tensor_numel(x), 1 << 14, erf_range, &j);
         y = record_pointwise_node(y, "erf", erf_backward, x, xc);

@@ -537,3 +537,40 @@ extern "C" int hr_cuda_gelu_backward(const hr_tensor *x, const hr_tensor *g, hr_
             (const float *)hr_tensor_data(x), (const float *)hr_tensor_data(g), (float *)hr_tensor_data(gx), n);
     return check_launch("gelu backward");
 }
+
+namespace hrc {
+namespace {
+/* erf and its derivative 2/sqrt(pi) e^(-x^2) times the incoming gradient (g NULL: the value). */
+template <typename T> __global__ void erf_kernel(const T *x, const T *g, T *out, int64_t n)
+{
+    const T two_over_sqrt_pi = (T)1.1283791670955126;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        T v = x[i];
+        out[i] = g ? g[i] * (two_over_sqrt_pi * exp(-v * v)) : erf(v);
+    }
+}
+} // namespace
+} // namespace hrc
+
+extern "C" int hr_cuda_erf(const hr_tensor *x, const hr_tensor *g, hr_tensor *out)
+{
+    const hr_tensor *ts[3] = {x, g ? g : x, out};
+    if (same_device("erf", 3, ts)) return -1;
+    bool ok = (x->dtype == HR_F32 || x->dtype == HR_F64) && out->dtype == x->dtype && (!g || g->dtype == x->dtype) &&
+              hr_tensor_is_contiguous(x) && hr_tensor_is_contiguous(out) && (!g || hr_tensor_is_contiguous(g)) &&
+              hr_tensor_numel(out) == hr_tensor_numel(x) && (!g || hr_tensor_numel(g) == hr_tensor_numel(x));
+    if (!ok) return hr_fail(HR_EINVAL, "erf: expected contiguous f32 or f64 tensors of one dtype and size");
+    cudaStream_t st = stream(dev_of(x));
+    if (!st) return -1;
+    int64_t n = hr_tensor_numel(x);
+    if (n == 0) return 0;
+    if (x->dtype == HR_F64)
+        erf_kernel<double><<<grid_for(n), kThreads, 0, st>>>((const double *)hr_tensor_data(x),
+                                                             g ? (const double *)hr_tensor_data(g) : nullptr,
+                                                             (double *)hr_tensor_data(out), n);
+    else
+        erf_kernel<float><<<grid_for(n), kThreads, 0, st>>>((const float *)hr_tensor_data(x),
+                                                            g ? (const float *)hr_tensor_data(g) : nullptr,
+                                                            (float *)hr_tensor_data(out), n);
+    return check_launch("erf");
+}

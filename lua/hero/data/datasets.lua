@@ -64,6 +64,26 @@ local function special_ids_of(meta, op)
   return sp
 end
 
+-- A copy of opts.ids (an array of video id strings), or an error naming the bad entry.
+local function copy_ids(op, ids)
+  if type(ids) ~= "table" then fail(op, "opts.ids must be an array of video ids") end
+  local copy = {}
+  for i, v in ipairs(ids) do
+    if type(v) ~= "string" then fail(op, "opts.ids[%d] is not a string", i) end
+    copy[i] = v
+  end
+  return copy
+end
+
+-- The frame count of vid in `counts` (vid -> frames) capped at max_clip_len (-1: no cap); 0 when
+-- unknown.
+local function capped_length(counts, vid, max_clip_len)
+  local n = counts[vid]
+  if math.type(n) ~= "integer" then return 0 end
+  if max_clip_len >= 0 and n > max_clip_len then n = max_clip_len end
+  return n
+end
+
 -- ------------------------------------------------------------------ VideoSubDataset
 
 local VideoSub = {}
@@ -103,15 +123,8 @@ function datasets.VideoSubDataset(opts)
   if ids == nil then
     if vid2len == nil then fail(op, "the subtitle db has no vid2len.json; pass opts.ids") end
     ids = json.keys(vid2len)
-  elseif type(ids) ~= "table" then
-    fail(op, "opts.ids must be an array of video ids")
   end
-  local copy = {}
-  for i, v in ipairs(ids) do
-    if type(v) ~= "string" then fail(op, "opts.ids[%d] is not a string", i) end
-    copy[i] = v
-  end
-  self._ids = copy
+  self._ids = copy_ids(op, ids)
   return self
 end
 
@@ -120,12 +133,7 @@ function VideoSub:__len() return #self._ids end
 function VideoSub:special_ids() return self._special end
 
 --- Frames of vid for length bucketing (vid2len.json capped at max_clip_len; 0 when unknown).
-function VideoSub:length(vid)
-  local n = self._vid2len[vid]
-  if math.type(n) ~= "integer" then return 0 end
-  if self.max_clip_len >= 0 and n > self.max_clip_len then n = self.max_clip_len end
-  return n
-end
+function VideoSub:length(vid) return capped_length(self._vid2len, vid, self.max_clip_len) end
 
 --- The video vid (see the module comment), or nil and the reason when one of the databases
 -- lacks it. Corrupt values raise errors naming the video.
@@ -211,18 +219,7 @@ function datasets.VideoOnlyDataset(opts)
   table.sort(all)
   self.vid2idx = {}
   for i, v in ipairs(all) do self.vid2idx[v] = i - 1 end
-  local ids = opts.ids
-  if ids == nil then
-    ids = all
-  elseif type(ids) ~= "table" then
-    fail(op, "opts.ids must be an array of video ids")
-  end
-  local copy = {}
-  for i, v in ipairs(ids) do
-    if type(v) ~= "string" then fail(op, "opts.ids[%d] is not a string", i) end
-    copy[i] = v
-  end
-  self._ids = copy
+  self._ids = copy_ids(op, opts.ids == nil and all or opts.ids)
   return self
 end
 
@@ -231,12 +228,7 @@ function VideoOnly:__len() return #self._ids end
 function VideoOnly:special_ids() return self._special end
 
 --- Frames of vid for length bucketing (id2nframe.json capped at max_clip_len; 0 when unknown).
-function VideoOnly:length(vid)
-  local n = self._id2nframe[vid]
-  if math.type(n) ~= "integer" then return 0 end
-  if self.max_clip_len >= 0 and n > self.max_clip_len then n = self.max_clip_len end
-  return n
-end
+function VideoOnly:length(vid) return capped_length(self._id2nframe, vid, self.max_clip_len) end
 
 --- The video vid: {vid, v_feat, sub2frames = {{0, {0 .. nframes-1}}}, input_ids = {},
 -- video_only = true}, or nil and the reason when the video db lacks it.
