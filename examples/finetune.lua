@@ -17,7 +17,9 @@
 --   --model-config FILE  model config [config's model_config, also looked up next to --config]
 --   --out DIR            output: log.jsonl, log/hps.json, log/model_config.json, ckpt/ (required)
 --   --steps N            train until update N [config's num_train_steps]
---   --valid-txt-db DIR   validation losses on this db every valid_steps [none]
+--   --valid-txt-db DIR   every valid_steps: validation losses on this db and its full evaluation
+--                        (retrieval metrics, accuracy, captions) into OUT/results_val/step_N.json [none]
+--   --no-full-eval       with --valid-txt-db, the losses only
 --   --save-every N       checkpoint every N updates [config's save_steps]
 --   --resume             continue from OUT/ckpt/latest when it exists
 --   --threads N          hero.set_num_threads(N)
@@ -35,10 +37,11 @@ local function die(msg)
 end
 
 local function parse_args(argv)
-  local flags = {resume = true, quiet = true}
+  local flags = {resume = true, quiet = true, ["no-full-eval"] = true}
   local known = {task = true, config = true, checkpoint = true, ["txt-db"] = true, ["vfeat-db"] = true,
                  ["sub-db"] = true, ["model-config"] = true, out = true, steps = true, ["valid-txt-db"] = true,
-                 ["save-every"] = true, resume = true, threads = true, ["on-error"] = true, quiet = true}
+                 ["no-full-eval"] = true, ["save-every"] = true, resume = true, threads = true, ["on-error"] = true,
+                 quiet = true}
   local opts, i = {}, 1
   while i <= #argv do
     local name = argv[i]:match("^%-%-([%w%-]+)$")
@@ -88,7 +91,8 @@ local ok, err = pcall(function()
   local steps = int_arg(opts, "steps") or hps.num_train_steps
   local run = FT.setup{task = task, hps = hps, model_config = cfg, checkpoint = opts.checkpoint,
     vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = hps.train_txt_db, out_dir = opts.out,
-    valid_txt_db = opts["valid-txt-db"], save_every = int_arg(opts, "save-every"), on_error = opts["on-error"],
+    valid_txt_db = opts["valid-txt-db"], full_eval = not opts["no-full-eval"], save_every = int_arg(opts, "save-every"),
+    on_error = opts["on-error"],
     progress = not opts.quiet}
   if #run.report.missing > 0 then
     io.stderr:write(string.format("%d parameters not in the checkpoint (new heads keep their initialisation)\n",

@@ -493,6 +493,33 @@ describe("fine-tuning and evaluation", function()
     assert.is_nil(recs[1].valid)
     assert.is_number(recs[2].valid.violin)
     assert.is_true(recs[2].valid.violin > 0)
+    assert.is_table(recs[2].valid.full_eval) -- the test split has no labels: no accuracy
+    local loss_only = FT.setup{task = "violin", hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
+      checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+      txt_db = txt_dir .. "/violin_test.db", valid_txt_db = txt_dir .. "/violin_test.db", valid_every = 2,
+      progress = false, full_eval = false}
+    assert.is_nil(loss_only.trainer:train(2)[2].valid.full_eval)
+  end)
+
+  it("VCMR: the full retrieval evaluation of the validation split every valid_steps, as train_vcmr.py", function()
+    local out = tmpdir .. "/vcmr_valid"
+    local raw = train_config("vcmr")
+    local hps = FT.hparams("vcmr", raw, "cfg")
+    local run = FT.setup{task = "vcmr", hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
+      checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+      txt_db = txt_dir .. "/tvr_val.db", valid_txt_db = txt_dir .. "/tvr_val.db", valid_every = 2, out_dir = out,
+      save_every = 100, progress = false}
+    local recs = run.trainer:train(2)
+    local full = recs[2].valid.full_eval
+    assert.is_number(full["valid_val_VR/VR_r1"])
+    assert.is_number(full["valid_val_VCMR/VCMR_0.7-r1"])
+    local res = json.read_file(out .. "/results_val/step_2.json")
+    assert.are.equal(9, #res.submission.VCMR)
+    assert.are.equal(full["valid_val_VR/VR_r1"], res.val_log["valid_val_VR/VR_r1"])
+    local line
+    for l in io.lines(out .. "/log.jsonl") do line = l end
+    assert.is_number(json.decode(line).valid.full_eval["valid_val_VR/VR_r1"])
+    assert.is_true(run.model.training) -- back to training after the evaluation
   end)
 
   it("the reference's .pt checkpoints load (fp16 weights into an f32 model, frame sizes from the file)", function()

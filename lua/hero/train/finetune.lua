@@ -317,7 +317,8 @@ function FT.dataset(task, hps, video, txt_db, train)
 end
 
 --- Everything a fine-tuning run needs. spec: task, hps, model_config (table), checkpoint (path),
--- vfeat_db, sub_db, txt_db, out_dir, valid_txt_db (optional: validation losses every valid_steps),
+-- vfeat_db, sub_db, txt_db, out_dir, valid_txt_db (optional: validation losses every valid_steps,
+-- and unless full_eval = false the full evaluation of that split, as FT.evaluate; tokenizer for TVC),
 -- on_error ("skip"), progress, save_every (default hps.save_steps), valid_every (default
 -- hps.valid_steps when valid_txt_db is given).
 -- Returns {model, optimizer, loader, trainer, dataset, video, report, max_token}.
@@ -354,12 +355,35 @@ function FT.setup(spec)
     local vds = FT.dataset(task, hps, video, spec.valid_txt_db, false)
     valid[hps.task] = D.Loader{dataset = vds, batch_size = hps.val_batch_size, seed = hps.seed, shuffle = false}
   end
-  local trainer = train.Trainer{model = model, optimizer = opt, loader = meta, lr = hps.learning_rate,
+  local trainer
+  local on_validate
+  if spec.valid_txt_db and spec.full_eval ~= false then
+    -- as train_*.py do at every valid_steps: the full evaluation of the validation split (VCMR/VR
+    -- retrieval with its metrics, QA/VIOLIN accuracy, TVC captions), its results written to
+    -- OUT/results_val/step_<N>.json and its numbers logged under "full_eval"
+    on_validate = function(step)
+      if (trainer.rank or 0) ~= 0 then return nil end
+      local res = FT.evaluate(task, model, hps, {video = video, txt_db = spec.valid_txt_db, split = "val",
+        tokenizer = spec.tokenizer})
+      if spec.out_dir then
+        local d = spec.out_dir .. "/results_val"
+        os.execute("mkdir -p '" .. d:gsub("'", "'\\''") .. "'")
+        json.write_file(string.format("%s/step_%d.json", d, step), res)
+      end
+      local flat = {}
+      local source = (task == "vcmr" or task == "vr") and res.val_log or res.metrics
+      if type(source) == "table" and source ~= json.null then
+        for k, v in pairs(source) do if type(v) == "number" then flat[k] = v end end
+      end
+      return {full_eval = flat}
+    end
+  end
+  trainer = train.Trainer{model = model, optimizer = opt, loader = meta, lr = hps.learning_rate,
     warmup = hps.warmup_steps, total = hps.num_train_steps, grad_norm = hps.grad_norm ~= -1 and hps.grad_norm or false,
     accum = hps.gradient_accumulation_steps, out_dir = spec.out_dir, progress = spec.progress,
     save_every = spec.out_dir and (spec.save_every or hps.save_steps) or 0,
-    valid_every = next(valid) and (spec.valid_every or hps.valid_steps) or 0, valid = valid,
-    forward_opts = FT.forward_opts(task, model, hps), generator = gen}
+    valid_every = spec.valid_txt_db and (spec.valid_every or hps.valid_steps) or 0, valid = valid,
+    forward_opts = FT.forward_opts(task, model, hps), generator = gen, on_validate = on_validate}
   return {model = model, optimizer = opt, loader = loader, meta = meta, trainer = trainer, dataset = ds,
           video = video, report = report}
 end

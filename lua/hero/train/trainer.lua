@@ -134,7 +134,10 @@ end
 --   save_every =, out_dir =, log = true, progress = true, generator =, pad_id = 1,
 --   required_fields =, forward_opts = function(task, step) -> opts or nil, dist = false, seed =,
 --   device = the device of the model's first parameter, amp = nil | "bf16" | "f16",
---   overlap = true, bucket_mb = 25, validators = {task = {batch =, finish =}} or nil}
+--   overlap = true, bucket_mb = 25, validators = {task = {batch =, finish =}} or nil,
+--   on_validate = function(step) -> {name = value or {metric = value}} or nil}
+-- on_validate runs after the validation tasks every valid_every updates (also when `valid` is
+-- empty); what it returns joins the update's validation results (log line, TensorBoard).
 -- grad_norm <= 0 (or false) computes the norm without clipping. The optimizer's own lr_mul groups
 -- apply on top of the scheduled lr. generator: a hero.Generator used by the model (e.g. its dropout
 -- generator) when the model does not keep it on its modules; its state is checkpointed too.
@@ -199,7 +202,7 @@ function Trainer.new(opts)
     out_dir = opts.out_dir, log = opts.log ~= false and opts.out_dir ~= nil,
     progress = opts.progress ~= false, generator = opts.generator, pad_id = opts.pad_id or 1,
     required_fields = opts.required_fields or Trainer.required_fields, forward_opts = opts.forward_opts,
-    validators = opts.validators,
+    validators = opts.validators, on_validate = opts.on_validate,
     global_step = 0, last_saved = nil, history = {},
   }, Trainer)
   self.params = type(self.model.named_parameters) == "function" and self.model:named_parameters() or nil
@@ -775,8 +778,16 @@ function Trainer:train(num_updates)
       stats.updates = stats.updates + 1
       stats.seconds = stats.seconds + rec.seconds
       stats.tokens = stats.tokens + (rec.tokens or 0)
-      if self.valid_every > 0 and self.global_step % self.valid_every == 0 and next(self.valid) then
-        rec.valid = self:validate()
+      if self.valid_every > 0 and self.global_step % self.valid_every == 0 and (next(self.valid) or self.on_validate)
+      then
+        rec.valid = next(self.valid) and self:validate() or {}
+        if self.on_validate then
+          -- a caller's own evaluation (e.g. the full retrieval evaluation of fine-tuning)
+          local was_training = self.model.training
+          local extra = self.on_validate(self.global_step)
+          if was_training ~= false and self.model.train then self.model:train() end
+          for k, v in pairs(extra or {}) do rec.valid[k] = v end
+        end
       end
       self:write_log(rec)
       records[#records + 1] = rec
