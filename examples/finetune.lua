@@ -20,6 +20,8 @@
 --   --valid-txt-db DIR   every valid_steps: validation losses on this db and its full evaluation
 --                        (retrieval metrics, accuracy, captions) into OUT/results_val/step_N.json [none]
 --   --no-full-eval       with --valid-txt-db, the losses only
+--   --vocab FILE --merges FILE   (TVC) RoBERTa vocab.json / merges.txt: the validation captions as text,
+--                        with their BLEU, ROUGE-L and CIDEr
 --   --save-every N       checkpoint every N updates [config's save_steps]
 --   --resume             continue from OUT/ckpt/latest when it exists
 --   --threads N          hero.set_num_threads(N)
@@ -40,7 +42,7 @@ local function parse_args(argv)
   local flags = {resume = true, quiet = true, ["no-full-eval"] = true}
   local known = {task = true, config = true, checkpoint = true, ["txt-db"] = true, ["vfeat-db"] = true,
                  ["sub-db"] = true, ["model-config"] = true, out = true, steps = true, ["valid-txt-db"] = true,
-                 ["no-full-eval"] = true, ["save-every"] = true, resume = true, threads = true, ["on-error"] = true,
+                 ["no-full-eval"] = true, vocab = true, merges = true, ["save-every"] = true, resume = true, threads = true, ["on-error"] = true,
                  quiet = true}
   local opts, i = {}, 1
   while i <= #argv do
@@ -89,7 +91,13 @@ local ok, err = pcall(function()
   hps.train_txt_db = opts["txt-db"] or hps.train_query_txt_db or hps.train_db
   if type(hps.vfeat_db) ~= "string" then die("no video features: give --vfeat-db DIR") end
   local steps = int_arg(opts, "steps") or hps.num_train_steps
-  local run = FT.setup{task = task, hps = hps, model_config = cfg, checkpoint = opts.checkpoint,
+  local tok
+  if opts.vocab or opts.merges then
+    if not (opts.vocab and opts.merges) then die("--vocab and --merges go together") end
+    tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
+  end
+  local run = FT.setup{tokenizer = tok, task = task, hps = hps, model_config = cfg,
+    checkpoint = opts.checkpoint,
     vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = hps.train_txt_db, out_dir = opts.out,
     valid_txt_db = opts["valid-txt-db"], full_eval = not opts["no-full-eval"], save_every = int_arg(opts, "save-every"),
     on_error = opts["on-error"],
