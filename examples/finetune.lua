@@ -42,8 +42,8 @@ local function parse_args(argv)
   local flags = {resume = true, quiet = true, ["no-full-eval"] = true}
   local known = {task = true, config = true, checkpoint = true, ["txt-db"] = true, ["vfeat-db"] = true,
                  ["sub-db"] = true, ["model-config"] = true, out = true, steps = true, ["valid-txt-db"] = true,
-                 ["no-full-eval"] = true, vocab = true, merges = true, ["save-every"] = true, resume = true, threads = true, ["on-error"] = true,
-                 quiet = true}
+                 ["no-full-eval"] = true, vocab = true, merges = true, ["save-every"] = true, resume = true,
+                 threads = true, ["on-error"] = true, quiet = true}
   local opts, i = {}, 1
   while i <= #argv do
     local name = argv[i]:match("^%-%-([%w%-]+)$")
