@@ -8,6 +8,15 @@
 --   data/video_db/<name>/id2nframe.json, corrupted.json
 --   data/txt_db/<name>_subtitles.db                      subtitle LMDB + vid2len.json,
 --                                                        vid2max_frame_sub_len.json, sub_info.json, meta.json
+--
+--   lua5.4 examples/prepro.lua --queries tvr_val_release.jsonl --query-db tvr_val --vocab vocab.json \
+--     --merges merges.txt --out data [--query-task tvr|tvqa]
+--
+-- writes data/txt_db/tvr_val.db, a query database as the reference's prepro_query.py writes it
+-- (id2len.json, query2video.json, query_data.jsonl, meta.json): --query-task tvr (the default) for
+-- TVR, How2R, DiDeMo and MSR-VTT queries {desc_id, desc, vid_name, ts, ...} (test splits without
+-- ts or vid_name included), tvqa for TVQA / How2QA questions {qid, q, a0 .. a4, answer_idx, ts,
+-- vid_name}. It needs no features; with --resnet and --slowfast the video database is built too.
 -- Options: --name tv, --frame-length 1.5, --overwrite (replace existing databases), --strict
 -- (stop at the first unreadable or unpaired feature file instead of skipping the video and
 -- listing it in corrupted.json), --skip-bad-subs (drop invalid subtitles, e.g. an end before the
@@ -26,7 +35,7 @@ end
 
 local flags = {overwrite = true, strict = true, ["skip-bad-subs"] = true, quiet = true}
 local known = {resnet = true, slowfast = true, subs = true, vocab = true, merges = true, out = true, name = true,
-               ["frame-length"] = true}
+               ["frame-length"] = true, queries = true, ["query-db"] = true, ["query-task"] = true}
 local opts = {}
 local i = 1
 while i <= #arg do
@@ -43,14 +52,41 @@ while i <= #arg do
     usage("unknown option --" .. name)
   end
 end
-for _, k in ipairs {"resnet", "slowfast", "out"} do
-  if not opts[k] then usage("--" .. k .. " is required") end
+if not opts.out then usage("--out is required") end
+local features = opts.resnet or opts.slowfast
+if features or not opts.queries then
+  for _, k in ipairs {"resnet", "slowfast"} do
+    if not opts[k] then usage("--" .. k .. " is required") end
+  end
 end
+if opts.subs and not features then usage("--subs needs the features (--resnet, --slowfast): frames are aligned") end
 if opts.subs and not (opts.vocab and opts.merges) then usage("--subs needs --vocab and --merges (the tokenizer)") end
+if opts.queries then
+  if not (opts.vocab and opts.merges) then usage("--queries needs --vocab and --merges (the tokenizer)") end
+  if not opts["query-db"] then usage("--queries needs --query-db NAME (the database data/txt_db/NAME.db)") end
+  local t = opts["query-task"] or "tvr"
+  if t ~= "tvr" and t ~= "tvqa" then usage("--query-task must be tvr or tvqa, got '" .. t .. "'") end
+end
 local name = opts.name or "tv"
 local frame_length = tonumber(opts["frame-length"] or "1.5")
 if not frame_length or frame_length <= 0 then usage("--frame-length must be a positive number") end
 local function say(...) if not opts.quiet then io.stderr:write(string.format(...)) end end
+
+if opts.queries then
+  local tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
+  local task = opts["query-task"] or "tvr"
+  local out = string.format("%s/txt_db/%s.db", opts.out, opts["query-db"])
+  local qok, err = pcall(task == "tvqa" and prepro.qa_db or prepro.query_db, {
+    queries = opts.queries, out = out, tokenize = function(s) return tok:encode(s) end, overwrite = opts.overwrite,
+    meta = {annotation = opts.queries, task = task},
+  })
+  if not qok then
+    io.stderr:write("prepro: ", tostring(err), "\n")
+    os.exit(1)
+  end
+  say("query database %s\n", out)
+  if not features then os.exit(0) end
+end
 
 -- the directory name holds the frame length as the reference formats it (Python's str)
 local fl = tostring(frame_length)

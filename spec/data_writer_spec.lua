@@ -360,6 +360,43 @@ describe("prepro", function()
       ts = {3, 1}, duration = 5}}, out = tmpdir("q2") .. "/bad.db", tokenize = tokenize})
   end)
 
+  it("writes the reference's TVQA question database byte for byte (prepro_query.py --task tvqa)", function()
+    local ref = data.open_txt_db(TDB .. "tvqa_val.db")
+    local out = tmpdir("qa") .. "/tvqa_val.db"
+    prepro.qa_db{queries = TDB .. "tvqa_val.db/query_data.jsonl", out = out, tokenize = tokenize}
+    local got = data.open_txt_db(out)
+    assert.are.same((ref:keys()), (got:keys()))
+    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
+    assert.are.same(ref:json("id2len"), got:json("id2len"))
+    assert.are.same(ref:json("query2video"), got:json("query2video"))
+    got:close()
+    ref:close()
+    assert_err("qa_db: question 5 (entry 1): a3 must be a string", prepro.qa_db, {queries = {{qid = 5, q = "x",
+      a0 = "a", a1 = "b", a2 = "c", vid_name = "v"}}, out = tmpdir("qa2") .. "/bad.db", tokenize = tokenize})
+  end)
+
+  it("writes test-split queries without moments or videos, and DiDeMo's lists of moments", function()
+    local out = tmpdir("qt") .. "/test.db"
+    prepro.query_db{queries = {{desc_id = 1, desc = "A man opens the door.", duration = 30.0, type = "v"},
+      {desc_id = 2, desc = "SHE LAUGHS", vid_name = "v2", ts = {{0, 5}, {0, 10}, {5, 10}, {0, 5}}}},
+      out = out, tokenize = tokenize}
+    local db = data.open_txt_db(out)
+    local a, b = db:get("1"), db:get("2")
+    assert.are.equal(json.null, a.target)
+    assert.is_nil(a.vid)
+    assert.are.same({{0, 5}, {0, 10}, {5, 10}, {0, 5}}, b.target)
+    assert.are.equal("v2", b.vid)
+    assert.are.same(tokenize("she laughs"), b.input_ids) -- all-caps text is lower-cased first
+    assert.are.same({["2"] = "v2"}, db:json("query2video"))
+    db:close()
+    -- what a reader makes of them: no target gives -1, -1; the training filter keeps both
+    local ds = hero.data.downstream.QueryDataset{task = "vcmr", video = hero.data.MemoryDataset{videos = {},
+      special_ids = {CLS = 0, SEP = 2, MASK = 3}}, query_db = out, train = false}
+    assert.are.same({"1", "2"}, ds:ids())
+    assert_err("ts must be {start, end}", prepro.query_db, {queries = {{desc_id = 3, desc = "x", ts = {{1, 0}}}},
+      out = tmpdir("qt2") .. "/bad.db", tokenize = tokenize})
+  end)
+
   it("names the video and the subtitle of bad input, or drops them with a count", function()
     local bad = {
       {vid_name = "v1", sub = {{text = "ok", start = 0.5, ["end"] = 2.0}, {text = "bad", start = 5.0, ["end"] = 3.0}}},
@@ -416,5 +453,17 @@ describe("prepro", function()
     -- the video database was written; the subtitle database was not
     assert.is_true(exists(dir .. "/out/video_db/tv/resnet_slowfast_1.5/data.mdb"))
     assert.is_false(exists(dir .. "/out/txt_db/tv_subtitles.db"))
+    -- a question database alone (no features), as prepro_query.py --task tvqa writes it
+    cmd = string.format("%s%s %sexamples/prepro.lua --queries %s --query-db tvqa_val --query-task tvqa --vocab %s "
+      .. "--merges %s --out %s --quiet 2>&1", env, lua, root, TDB .. "tvqa_val.db/query_data.jsonl",
+      TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe", dir .. "/q")
+    p = io.popen(cmd)
+    text = p:read("a")
+    assert.is_truthy(p:close(), text)
+    local ref, got = data.open_txt_db(TDB .. "tvqa_val.db"), data.open_txt_db(dir .. "/q/txt_db/tvqa_val.db")
+    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
+    assert.are.equal("tvqa", got:meta().task)
+    ref:close()
+    got:close()
   end)
 end)

@@ -44,6 +44,16 @@ local key_order = setmetatable({}, {__mode = "k"})
 
 --- The keys of a decoded object in file order (decode with {ordered = true}), else sorted (strings
 -- first, then other keys by their tostring).
+--- The keys of a decoded JSON object in the order the text had them, or nil when that order is not
+-- known (a table not made by the decoder).
+function json.key_order(obj)
+  local order = key_order[obj]
+  if not order then return nil end
+  local out = {}
+  for i = 1, #order do out[i] = order[i] end
+  return out
+end
+
 function json.keys(obj)
   local order = key_order[obj]
   local out = {}

@@ -249,44 +249,93 @@ function prepro.subtitle_db(opts)
   return report
 end
 
---- A TVR-style query database. opts: queries (JSON-lines path or array of {desc_id, desc, vid_name,
--- ts, duration, type}), out, tokenize (text -> ids; text passed through prepare_query unless
--- raw_text), overwrite, meta, specials. Side files: id2len.json, query2video.json,
--- query_data.jsonl, meta.json.
-function prepro.query_db(opts)
+-- Whether ts is one moment {start, end} (seconds, 0 <= start <= end) or, as DiDeMo's, a list of them.
+local function valid_moment(ts)
+  local function one(m)
+    return type(m) == "table" and type(m[1]) == "number" and type(m[2]) == "number" and m[1] >= 0 and m[2] >= m[1]
+  end
+  if one(ts) then return true end
+  if type(ts) ~= "table" or #ts == 0 then return false end
+  for _, m in ipairs(ts) do if not one(m) then return false end end
+  return true
+end
+
+-- Writes a text database of annotation lines (opts.queries: a JSON-lines path or an array) with
+-- `entry(w, ln, q)` putting each value and returning its key, id2len entry and video (or nil);
+-- then the side files. Nothing is left behind on an error.
+local function annotation_db(opts, task, entry)
   local lines = opts.queries
   if type(lines) == "string" then lines = json.read_lines(lines) end
-  local prepare = require("hero.text").prepare_query
   prepro.mkdir_p(util.parent_dir(opts.out))
   local w = writer.TxtDbWriter(opts.out, {overwrite = opts.overwrite})
   local ok, err = pcall(function()
     local id2len, q2v, data = {}, {}, {}
     for ln, q in ipairs(lines) do
-      if type(q) ~= "table" or q.desc_id == nil or type(q.desc) ~= "string" or type(q.vid_name) ~= "string" then
-        error(string.format("query_db: entry %d is not {desc_id, desc, vid_name, ts, duration}", ln), 0)
-      end
-      local ts = q.ts
-      if type(ts) ~= "table" or type(ts[1]) ~= "number" or type(ts[2]) ~= "number" or ts[2] < ts[1] or ts[1] < 0 then
-        error(string.format("query_db: query %s (entry %d): ts must be {start, end} seconds with 0 <= start <= end",
-          tostring(q.desc_id), ln), 0)
-      end
-      local ids = opts.raw_text and opts.tokenize(q.desc) or opts.tokenize(prepare(q.desc))
-      local key = tostring(q.desc_id)
-      w:put(key, writer.query_value(q, ids))
-      id2len[key] = #ids
-      q2v[key] = q.vid_name
+      local key, len, vid = entry(w, ln, q)
+      id2len[key] = len
+      if vid ~= nil then q2v[key] = vid end
       data[#data + 1] = q
     end
     w:json("id2len", id2len)
     w:json("query2video", q2v)
     w:json("query_data.jsonl", data)
-    w:json("meta", writer.meta(opts.meta or {task = "tvr"}, opts.specials))
+    w:json("meta", writer.meta(opts.meta or {task = task}, opts.specials))
   end)
   if not ok then
     w:abort()
     error(err, 0)
   end
   w:commit()
+end
+
+--- A TVR-style query database (TVR, How2R, DiDeMo, MSR-VTT; prepro_query.py --task tvr). opts:
+-- queries (JSON-lines path or array of {desc_id, desc, vid_name, ts, duration, type, ...}; vid_name
+-- and ts may be absent, as on test splits; ts may list several moments, as DiDeMo's), out,
+-- tokenize (text -> ids; text passed through prepare_query unless raw_text), overwrite, meta,
+-- specials. Side files: id2len.json, query2video.json (the queries naming a video),
+-- query_data.jsonl, meta.json.
+function prepro.query_db(opts)
+  local prepare = require("hero.text").prepare_query
+  annotation_db(opts, "tvr", function(w, ln, q)
+    if type(q) ~= "table" or q.desc_id == nil or type(q.desc) ~= "string" then
+      error(string.format("query_db: entry %d is not {desc_id, desc, vid_name, ts, ...}", ln), 0)
+    end
+    if q.vid_name ~= nil and type(q.vid_name) ~= "string" then
+      error(string.format("query_db: query %s (entry %d): vid_name must be a string", tostring(q.desc_id), ln), 0)
+    end
+    if q.ts ~= nil and not valid_moment(q.ts) then
+      error(string.format("query_db: query %s (entry %d): ts must be {start, end} seconds with 0 <= start <= end "
+        .. "(or a list of them)", tostring(q.desc_id), ln), 0)
+    end
+    local ids = opts.raw_text and opts.tokenize(q.desc) or opts.tokenize(prepare(q.desc))
+    local key = tostring(q.desc_id)
+    w:put(key, writer.query_value(q, ids))
+    return key, #ids, q.vid_name
+  end)
+end
+
+--- A TVQA-style question database (TVQA, How2QA; prepro_query.py --task tvqa). opts: queries
+-- (JSON-lines path or array of {qid, q, a0 .. a4, answer_idx, ts, vid_name, ...}; answer_idx and
+-- ts may be absent), out, tokenize, raw_text, overwrite, meta, specials. id2len.json holds the six
+-- lengths (question, five answers) of each question.
+function prepro.qa_db(opts)
+  local prepare = require("hero.text").prepare_query
+  annotation_db(opts, "tvqa", function(w, ln, q)
+    if type(q) ~= "table" or q.qid == nil or type(q.q) ~= "string" or type(q.vid_name) ~= "string" then
+      error(string.format("qa_db: entry %d is not {qid, q, a0 .. a4, answer_idx, ts, vid_name}", ln), 0)
+    end
+    local ids, lens = {}, {}
+    for i, field in ipairs {"q", "a0", "a1", "a2", "a3", "a4"} do
+      if type(q[field]) ~= "string" then
+        error(string.format("qa_db: question %s (entry %d): %s must be a string", tostring(q.qid), ln, field), 0)
+      end
+      ids[i] = opts.raw_text and opts.tokenize(q[field]) or opts.tokenize(prepare(q[field]))
+      lens[i] = #ids[i]
+    end
+    local key = tostring(q.qid)
+    w:put(key, writer.qa_value(q, ids))
+    return key, json.array(lens), q.vid_name
+  end)
 end
 
 return prepro

@@ -366,13 +366,57 @@ end
 --- A TVR-style query value in the reference's layout (prepro_query.py): the annotation
 -- {desc_id, desc, vid_name, ts, duration, type} followed by vid, input_ids, target (= ts) and qid
 -- (= tostring(desc_id)).
+-- A deep copy of a JSON value, arrays kept as arrays.
+local function json_copy(v)
+  if type(v) ~= "table" or v == json.null then return v end
+  local out = json.is_array(v) and json.array() or {}
+  for k, x in pairs(v) do out[k] = json_copy(x) end
+  return out
+end
+
+-- The annotation's fields (in its JSON order when known, else `fallback`'s), then the fields the
+-- reference's prepro_query.py sets, in the order it sets them: a key the annotation already has
+-- keeps its place.
+local function annotated_value(q, fallback, added)
+  local t, keys, seen = {}, {}, {}
+  for _, k in ipairs(json.key_order(q) or fallback) do
+    if q[k] ~= nil and not seen[k] then
+      t[k], seen[k] = json_copy(q[k]), true
+      keys[#keys + 1] = k
+    end
+  end
+  for _, kv in ipairs(added) do
+    local k, v = kv[1], kv[2]
+    if not seen[k] then
+      seen[k] = true
+      keys[#keys + 1] = k
+    end
+    t[k] = v
+  end
+  return writer.ordered(t, keys)
+end
+
+--- The value of one TVR-style query (prepro_query.py's process_tvr): the annotation with vid (when
+-- it names its video), input_ids, target (its ts, or nil on a split without moments) and qid.
 function writer.query_value(q, input_ids)
-  local ts = json.array {q.ts[1], q.ts[2]}
-  return writer.ordered({
-    desc_id = q.desc_id, desc = q.desc, vid_name = q.vid_name, ts = ts, duration = q.duration,
-    type = q.type or "v", vid = q.vid_name, input_ids = arr(input_ids),
-    target = json.array {ts[1], ts[2]}, qid = tostring(q.desc_id),
-  }, {"desc_id", "desc", "vid_name", "ts", "duration", "type", "vid", "input_ids", "target", "qid"})
+  local added = {}
+  if q.vid_name ~= nil then added[#added + 1] = {"vid", q.vid_name} end
+  added[#added + 1] = {"input_ids", arr(input_ids)}
+  added[#added + 1] = {"target", q.ts ~= nil and json_copy(q.ts) or json.null}
+  added[#added + 1] = {"qid", tostring(q.desc_id)}
+  if q.type == nil and json.key_order(q) == nil then q = setmetatable({type = "v"}, {__index = q}) end
+  return annotated_value(q, {"desc_id", "desc", "vid_name", "ts", "duration", "type"}, added)
+end
+
+--- The value of one TVQA / How2QA question (prepro_query.py's process_tvqa): the annotation with
+-- input_ids (the question's, then the five answers'), vid, ts (nil when absent), target (answer_idx
+-- or nil) and qid (a string).
+function writer.qa_value(q, input_ids)
+  local ids = json.array()
+  for i, part in ipairs(input_ids) do ids[i] = arr(part) end
+  return annotated_value(q, {"qid", "q", "a0", "a1", "a2", "a3", "a4", "answer_idx", "ts", "vid_name", "show_name"}, {
+    {"input_ids", ids}, {"vid", q.vid_name}, {"ts", q.ts ~= nil and q.ts or json.null},
+    {"target", q.answer_idx ~= nil and q.answer_idx or json.null}, {"qid", tostring(q.qid)}})
 end
 
 --- The sub_info.json entry of one video: align_subtitles' info with its pair lists turned into
