@@ -17,6 +17,12 @@
 -- TVR, How2R, DiDeMo and MSR-VTT queries {desc_id, desc, vid_name, ts, ...} (test splits without
 -- ts or vid_name included), tvqa for TVQA / How2QA questions {qid, q, a0 .. a4, answer_idx, ts,
 -- vid_name}. It needs no features; with --resnet and --slowfast the video database is built too.
+--
+--   lua5.4 examples/prepro.lua --captions tvc_train_release.jsonl --caption-db tvc_train --subs \
+--     tv_subtitles.jsonl --vocab vocab.json --merges merges.txt --out data
+--
+-- writes data/txt_db/tvc_train/{cap.db, clip.db, meta.json}, the TVC caption databases as
+-- prepro_tvc.py writes them (each clip's overlapping subtitles from --subs).
 -- Options: --name tv, --frame-length 1.5, --overwrite (replace existing databases), --strict
 -- (stop at the first unreadable or unpaired feature file instead of skipping the video and
 -- listing it in corrupted.json), --skip-bad-subs (drop invalid subtitles, e.g. an end before the
@@ -35,7 +41,8 @@ end
 
 local flags = {overwrite = true, strict = true, ["skip-bad-subs"] = true, quiet = true}
 local known = {resnet = true, slowfast = true, subs = true, vocab = true, merges = true, out = true, name = true,
-               ["frame-length"] = true, queries = true, ["query-db"] = true, ["query-task"] = true}
+               ["frame-length"] = true, queries = true, ["query-db"] = true, ["query-task"] = true, captions = true,
+               ["caption-db"] = true}
 local opts = {}
 local i = 1
 while i <= #arg do
@@ -54,12 +61,19 @@ while i <= #arg do
 end
 if not opts.out then usage("--out is required") end
 local features = opts.resnet or opts.slowfast
-if features or not opts.queries then
+if features or not (opts.queries or opts.captions) then
   for _, k in ipairs {"resnet", "slowfast"} do
     if not opts[k] then usage("--" .. k .. " is required") end
   end
 end
-if opts.subs and not features then usage("--subs needs the features (--resnet, --slowfast): frames are aligned") end
+if opts.subs and not features and not opts.captions then
+  usage("--subs needs the features (--resnet, --slowfast): frames are aligned")
+end
+if opts.captions then
+  if not (opts.vocab and opts.merges) then usage("--captions needs --vocab and --merges (the tokenizer)") end
+  if not opts["caption-db"] then usage("--captions needs --caption-db NAME (the databases in data/txt_db/NAME)") end
+  if not opts.subs then usage("--captions needs --subs (the subtitles each clip overlaps)") end
+end
 if opts.subs and not (opts.vocab and opts.merges) then usage("--subs needs --vocab and --merges (the tokenizer)") end
 if opts.queries then
   if not (opts.vocab and opts.merges) then usage("--queries needs --vocab and --merges (the tokenizer)") end
@@ -85,8 +99,20 @@ if opts.queries then
     os.exit(1)
   end
   say("query database %s\n", out)
-  if not features then os.exit(0) end
 end
+if opts.captions then
+  local tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
+  local out = string.format("%s/txt_db/%s", opts.out, opts["caption-db"])
+  local cok, r = pcall(prepro.caption_db, {captions = opts.captions, subs = opts.subs, out = out,
+    tokenize = function(s) return tok:encode(s) end, overwrite = opts.overwrite,
+    meta = {annotation = opts.captions, subtitles = opts.subs, task = "tvc"}})
+  if not cok then
+    io.stderr:write("prepro: ", tostring(r), "\n")
+    os.exit(1)
+  end
+  say("caption databases %s: %d clips, %d captions\n", out, r.clips, r.captions)
+end
+if not features then os.exit(0) end
 
 -- the directory name holds the frame length as the reference formats it (Python's str)
 local fl = tostring(frame_length)

@@ -303,6 +303,68 @@ describe("downstream datasets on the TV databases", function()
     video:close()
   end)
 
+  it("TVC: caption and clip databases as prepro_tvc.py writes them, read back by CaptionDataset", function()
+    local prepro = require "hero.data.prepro"
+    -- overlapping subtitles: starting or ending strictly inside the moment, or spanning it
+    assert.are.same({1, 2, 4}, prepro.overlapping_subs({2, 5}, {{start = 0, ["end"] = 2}, {start = 1, ["end"] = 3},
+      {start = 4, ["end"] = 6}, {start = 5, ["end"] = 7}, {start = 1, ["end"] = 9}}))
+    -- clips of the TV videos, captioned with TVR queries of the same video
+    local sdb = data.open_txt_db(txt_dir .. "/tv_subtitles.db")
+    local subs, sub_of = {}, {}
+    for i, k in ipairs(sdb:keys()) do
+      subs[i] = {vid_name = k, sub = sdb:get(k).sub}
+      sub_of[k] = subs[i].sub
+    end
+    sdb:close()
+    local clips, by_vid = {}, {}
+    for _, q in ipairs(json.read_lines(txt_dir .. "/tvr_val.db/query_data.jsonl")) do
+      local c = by_vid[q.vid_name]
+      if not c then
+        c = {clip_id = 7000 + #clips, vid_name = q.vid_name, ts = q.ts, duration = q.duration, descs = {}}
+        by_vid[q.vid_name] = c
+        clips[#clips + 1] = c
+      end
+      c.descs[#c.descs + 1] = {desc_id = q.desc_id, desc = q.desc, type = q.type}
+    end
+    local tok = hero.text.Tokenizer.from_files(helper.fixture("tokenizer/roberta-base-vocab.json"),
+      helper.fixture("tokenizer/vocab.bpe"))
+    local out = os.tmpname()
+    os.remove(out)
+    local r = prepro.caption_db{captions = clips, subs = subs, out = out,
+      tokenize = function(s) return tok:encode(s) end}
+    assert.are.same({clips = #clips, captions = 9}, r)
+    local cap, clip = data.open_txt_db(out .. "/cap.db"), data.open_txt_db(out .. "/clip.db")
+    local first = clips[1]
+    local c1 = cap:get(tostring(first.descs[1].desc_id))
+    assert.are.same(tok:encode(first.descs[1].desc), c1.input_ids)
+    assert.are.same({first.vid_name, tostring(first.clip_id), first.ts, first.duration},
+      {c1.vid_name, c1.clip_id, c1.ts, c1.duration})
+    assert.are.same(prepro.overlapping_subs(first.ts, sub_of[first.vid_name]), c1.sub_indices)
+    local k1 = clip:get(tostring(first.clip_id))
+    assert.are.equal(#first.descs, #k1.captions)
+    assert.are.same({id = first.descs[1].desc_id, input_ids = c1.input_ids, text = first.descs[1].desc},
+      k1.captions[1])
+    assert.are.same({}, cap:json("id2len")) -- prepro_tvc.py never fills it
+    assert.are.equal(first.vid_name, clip:json("clip2vid")[tostring(first.clip_id)])
+    local vids = {}
+    for i, c in ipairs(clips) do vids[i] = c.vid_name end
+    assert.are.same(vids, json.keys(cap:json("vid2caps"))) -- the videos in the annotation's order
+    cap:close()
+    clip:close()
+    assert.are.equal(0, json.read_file(out .. "/meta.json").BOS)
+    local ds = D.CaptionDataset{video = tv_videos(), cap_db = out}
+    local item = assert(ds:item(first.vid_name))
+    assert.is_table(item)
+    local ev = assert(ds:eval_item(first.vid_name))
+    assert.is_table(ev)
+    helper.assert_error_contains(function()
+      prepro.caption_db{captions = {{clip_id = 1, vid_name = "nope", ts = {0, 1}, duration = 5, descs = {}}},
+        subs = subs, out = out .. "/bad", tokenize = function() return {} end}
+    end, "video 'nope' has no subtitles")
+    assert.is_nil(io.open(out .. "/bad/cap.db/data.mdb")) -- nothing half-written
+    os.execute('rm -rf "' .. out .. '"')
+  end)
+
   it("TVQA: five answer copies per question, the 120-token filter, ts targets", function()
     local qa = D.QueryDataset{task = "videoqa", video = tv_videos(), query_db = txt_dir .. "/tvqa_val.db",
       max_txt_len = 120}

@@ -422,7 +422,23 @@ function json.encode(value, opts)
           nk = nk + 1
           keys[nk] = k
         end
-        sort(keys)
+        -- an explicit order (hero.data.writer.ordered: the reference's insertion order) when it
+        -- lists exactly the keys, else sorted
+        local mt = getmetatable(v)
+        local order = type(mt) == "table" and rawget(mt, "__order") or nil
+        if type(order) == "table" and #order == nk then
+          local listed = {}
+          for i = 1, nk do listed[order[i]] = true end
+          local exact = true
+          for i = 1, nk do if not listed[keys[i]] then exact = false end end
+          if exact then
+            for i = 1, nk do keys[i] = order[i] end
+          else
+            sort(keys)
+          end
+        else
+          sort(keys)
+        end
         put("{")
         for i = 1, nk do
           local k = keys[i]

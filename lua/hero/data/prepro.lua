@@ -338,4 +338,102 @@ function prepro.qa_db(opts)
   end)
 end
 
+-- The subtitles (0-based indices) overlapping a clip's moment ts = {st, ed}, by
+-- prepro_tvc.py's rule: a subtitle starting or ending strictly inside it, or spanning it.
+function prepro.overlapping_subs(ts, subs)
+  local st, ed = ts[1], ts[2]
+  local out = {}
+  for i, sub in ipairs(subs) do
+    local s0, s1 = sub.start, sub["end"]
+    if (st < s0 and s0 < ed) or (st < s1 and s1 < ed) or (s0 < st and st < ed and ed < s1) then
+      out[#out + 1] = i - 1
+    end
+  end
+  return out
+end
+
+--- The TVC caption databases as prepro_tvc.py writes them: out/cap.db (a value per caption, with
+-- id2len.json (empty, as the reference leaves it), cap2vid.json, vid2caps.json), out/clip.db (a
+-- value per clip, with clip2vid.json, vid2clips.json) and out/meta.json. opts: captions
+-- (JSON-lines path or array of {clip_id, vid_name, ts, duration, descs = {{desc_id, desc}}}),
+-- subs (the subtitle JSON lines {vid_name, sub = {{text, start, end}}}, for each clip's overlapping
+-- subtitles), out, tokenize (text -> ids; captions are tokenized as they are), overwrite, meta,
+-- specials. Returns {clips =, captions =}.
+function prepro.caption_db(opts)
+  local lines = opts.captions
+  if type(lines) == "string" then lines = json.read_lines(lines) end
+  local subs = opts.subs
+  if type(subs) == "string" then subs = json.read_lines(subs) end
+  local vid2subs = {}
+  for _, v in ipairs(subs or {}) do
+    if type(v) == "table" and type(v.vid_name) == "string" then vid2subs[v.vid_name] = v.sub end
+  end
+  prepro.mkdir_p(opts.out)
+  local cw = writer.TxtDbWriter(opts.out .. "/cap.db", {overwrite = opts.overwrite})
+  local lw = writer.TxtDbWriter(opts.out .. "/clip.db", {overwrite = opts.overwrite})
+  local report = {clips = 0, captions = 0}
+  local ok, err = pcall(function()
+    local cap2vid, clip2vid, vid2caps, vid2clips = {}, {}, {}, {}
+    local cap_vids, clip_vids = {}, {} -- first-seen order of the videos
+    for ln, ex in ipairs(lines) do
+      if type(ex) ~= "table" or ex.clip_id == nil or type(ex.vid_name) ~= "string" or type(ex.descs) ~= "table" then
+        error(string.format("caption_db: entry %d is not {clip_id, vid_name, ts, duration, descs}", ln), 0)
+      end
+      local ts = ex.ts
+      if type(ts) ~= "table" or type(ts[1]) ~= "number" or type(ts[2]) ~= "number" then
+        error(string.format("caption_db: clip %s (entry %d): ts must be {start, end} seconds", tostring(ex.clip_id),
+          ln), 0)
+      end
+      local vsubs = vid2subs[ex.vid_name]
+      if vsubs == nil then
+        error(string.format("caption_db: clip %s (entry %d): video '%s' has no subtitles in opts.subs",
+          tostring(ex.clip_id), ln, ex.vid_name), 0)
+      end
+      local ids = {}
+      for i, cap in ipairs(ex.descs) do
+        if type(cap) ~= "table" or cap.desc_id == nil or type(cap.desc) ~= "string" then
+          error(string.format("caption_db: clip %s (entry %d): caption %d is not {desc_id, desc}",
+            tostring(ex.clip_id), ln, i), 0)
+        end
+        ids[i] = opts.tokenize(cap.desc)
+      end
+      local caps, clip = writer.caption_values(ex, ids, prepro.overlapping_subs(ts, vsubs))
+      local clip_id, vid = tostring(ex.clip_id), ex.vid_name
+      clip2vid[clip_id] = vid
+      if not vid2clips[vid] then
+        vid2clips[vid] = json.array()
+        clip_vids[#clip_vids + 1] = vid
+      end
+      table.insert(vid2clips[vid], clip_id)
+      for i, cap in ipairs(ex.descs) do
+        local cap_id = tostring(cap.desc_id)
+        cw:put(cap_id, caps[i])
+        cap2vid[cap_id] = vid
+        if not vid2caps[vid] then
+          vid2caps[vid] = json.array()
+          cap_vids[#cap_vids + 1] = vid
+        end
+        table.insert(vid2caps[vid], cap_id)
+        report.captions = report.captions + 1
+      end
+      lw:put(clip_id, clip)
+      report.clips = report.clips + 1
+    end
+    cw:json("id2len", {})
+    cw:json("cap2vid", cap2vid)
+    cw:json("vid2caps", writer.ordered(vid2caps, cap_vids))
+    lw:json("clip2vid", clip2vid)
+    lw:json("vid2clips", writer.ordered(vid2clips, clip_vids))
+  end)
+  if not ok then
+    cw:abort()
+    lw:abort()
+    error(err, 0)
+  end
+  cw:commit()
+  lw:commit()
+  json.write_file(opts.out .. "/meta.json", writer.meta(opts.meta or {task = "tvc"}, opts.specials), {indent = 4})
+  return report
+end
+
 return prepro

@@ -408,6 +408,26 @@ function writer.query_value(q, input_ids)
   return annotated_value(q, {"desc_id", "desc", "vid_name", "ts", "duration", "type"}, added)
 end
 
+--- The TVC caption database values (prepro_tvc.py's process_tvc) of one clip annotation
+-- {clip_id, vid_name, ts, duration, descs = {{desc_id, desc, ...}}}: the cap.db value of each
+-- caption (its annotation fields, then input_ids, vid_name, clip_id, ts, sub_indices, duration) and
+-- the clip.db value {vid_name, ts, sub_indices, duration, captions = {{id, input_ids, text}}}.
+-- caption_ids[i] are the token ids of descs[i]; sub_indices the overlapping subtitles.
+function writer.caption_values(example, caption_ids, sub_indices)
+  local clip_id = tostring(example.clip_id)
+  local captions, caps = json.array(), {}
+  for i, cap in ipairs(example.descs) do
+    caps[i] = annotated_value(cap, {"desc_id", "desc", "type"}, {
+      {"input_ids", arr(caption_ids[i])}, {"vid_name", example.vid_name}, {"clip_id", clip_id},
+      {"ts", json_copy(example.ts)}, {"sub_indices", arr(sub_indices)}, {"duration", example.duration}})
+    captions[i] = writer.ordered({id = cap.desc_id, input_ids = arr(caption_ids[i]), text = cap.desc},
+      {"id", "input_ids", "text"})
+  end
+  local clip = writer.ordered({vid_name = example.vid_name, ts = json_copy(example.ts), sub_indices = arr(sub_indices),
+    duration = example.duration, captions = captions}, {"vid_name", "ts", "sub_indices", "duration", "captions"})
+  return caps, clip
+end
+
 --- The value of one TVQA / How2QA question (prepro_query.py's process_tvqa): the annotation with
 -- input_ids (the question's, then the five answers'), vid, ts (nil when absent), target (answer_idx
 -- or nil) and qid (a string).
