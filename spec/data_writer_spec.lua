@@ -465,5 +465,28 @@ describe("prepro", function()
     assert.are.equal("tvqa", got:meta().task)
     ref:close()
     got:close()
+    -- TVC caption databases alone, the clips' subtitles from --subs
+    local caps = dir .. "/caps.jsonl"
+    f = assert(io.open(caps, "wb"))
+    f:write('{"vid_name": "v1", "clip_id": 12, "ts": [1.0, 4.0], "duration": 9.0, '
+      .. '"descs": [{"desc_id": 5, "desc": "She opens the door."}]}\n')
+    f:close()
+    local csubs = dir .. "/csubs.jsonl"
+    f = assert(io.open(csubs, "wb"))
+    f:write('{"vid_name": "v1", "sub": [{"text": "hi", "start": 0.5, "end": 2.0}, {"text": "no", "start": 5.0, '
+      .. '"end": 6.0}]}\n')
+    f:close()
+    cmd = string.format("%s%s %sexamples/prepro.lua --captions %s --caption-db tvc --subs %s --vocab %s --merges %s "
+      .. "--out %s --quiet 2>&1", env, lua, root, caps, csubs, TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe",
+      dir .. "/c")
+    p = io.popen(cmd)
+    text = p:read("a")
+    assert.is_truthy(p:close(), text)
+    local cap = data.open_txt_db(dir .. "/c/txt_db/tvc/cap.db")
+    assert.are.same({0}, cap:get("5").sub_indices) -- only the subtitle ending inside [1, 4]
+    assert.are.equal("12", cap:get("5").clip_id)
+    cap:close()
+    assert.is_true(exists(dir .. "/c/txt_db/tvc/clip.db/data.mdb"))
+    assert.is_false(exists(dir .. "/c/video_db"))
   end)
 end)
