@@ -14,7 +14,7 @@
 --   fom      loss, acc (over the frames with a target)
 --   vsm      loss_overall, loss_st_ed, loss_neg_ctx, loss_neg_q (evaluation-mode values: the local
 --            loss summed per query, the ranking losses per row, each divided by its weight)
--- A task named "<task>_<target>_<split>" gets the validator of <task>.
+-- (The Trainer gives a loader named "<task>_<target>_<split>" the validator of <task>.)
 local core = require "hero.core"
 
 local M = {}
@@ -32,7 +32,11 @@ local function argmax_hits(logits, targets)
   return item(idx:eq(targets):float())
 end
 
-local function ratio(a, b) return b > 0 and a / b or 0 / 0 end
+-- a / b, NaN without data (a sum no batch reported counts as 0)
+local function ratio(a, b)
+  a, b = a or 0, b or 0
+  return b > 0 and a / b or 0 / 0
+end
 
 --- The validators of the five pre-training tasks. w: the config's loss weights (lw_st_ed,
 -- lw_neg_ctx, lw_neg_q), by which validate_vsm divides.
@@ -104,22 +108,16 @@ function M.validators(w)
       return s
     end,
     finish = function(s)
-      local st_ed, ctx, q = s.st_ed, s.ctx, s.q
+      local st_ed, ctx, q, n_pos = s.st_ed or 0, s.ctx or 0, s.q or 0, s.n_pos or 0
       if lw_st_ed ~= 0 then st_ed = ratio(st_ed, s.n) / lw_st_ed end
-      if s.n_pos > 0 and lw_q > 0 and lw_ctx > 0 then
-        ctx, q = ctx / s.n_pos / lw_ctx, q / s.n_pos / lw_q
+      if n_pos > 0 and lw_q > 0 and lw_ctx > 0 then
+        ctx, q = ctx / n_pos / lw_ctx, q / n_pos / lw_q
       end
       return {loss_overall = lw_st_ed * st_ed + lw_ctx * ctx + lw_q * q, loss_st_ed = st_ed, loss_neg_ctx = ctx,
               loss_neg_q = q}
     end,
   }
   return v
-end
-
---- The validator of a task (or loader) name, or nil.
-function M.for_task(validators, task)
-  if not validators then return nil end
-  return validators[task] or validators[task:match("^([^_]+)") or task]
 end
 
 return M
