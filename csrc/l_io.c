@@ -164,7 +164,37 @@ static int l_load_features(lua_State *L)
     return 1;
 }
 
+/* bytes_to_tensor(s) -> u8 tensor [#s] holding the bytes of the string s (CPU). */
+static int l_bytes_to_tensor(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    int64_t size[1] = {(int64_t)n};
+    hr_tensor *t;
+    HR_LUA_RETRY(L, t, hr_tensor_empty(1, size, HR_U8, hr_cpu()));
+    if (!t) return hr_lua_error(L, "bytes_to_tensor");
+    if (n) memcpy(hr_tensor_data(t), s, n);
+    hr_lua_push_tensor(L, t);
+    return 1;
+}
+
+/* tensor_to_bytes(t) -> the bytes of a u8 CPU tensor as a string (its elements in order). */
+static int l_tensor_to_bytes(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "tensor_to_bytes");
+    if (t->dtype != HR_U8 || hr_tensor_device(t).type != HR_CPU)
+        return luaL_error(L, "tensor_to_bytes: expected a u8 tensor on the CPU, got %s %s", hr_dtype_name(t->dtype),
+                          hr_tensor_device(t).type == HR_CPU ? "on the CPU" : "on a GPU");
+    hr_tensor *c = hr_contiguous(t);
+    if (!c) return hr_lua_error(L, "tensor_to_bytes");
+    lua_pushlstring(L, (const char *)hr_tensor_data(c), (size_t)hr_tensor_numel(c));
+    hr_tensor_release(c);
+    return 1;
+}
+
 static const luaL_Reg io_functions[] = {
+    {"bytes_to_tensor", l_bytes_to_tensor},
+    {"tensor_to_bytes", l_tensor_to_bytes},
     {"load_safetensors", l_load_safetensors},
     {"save_safetensors", l_save_safetensors},
     {"load_npy", l_load_npy},

@@ -17,6 +17,8 @@
 --   --vocab FILE --merges FILE   (TVC) RoBERTa vocab.json / merges.txt to write the captions as text
 --   --out FILE           the results JSON (required)
 --   --threads N
+--   --dist               VCMR / VR in an MPI job (mpirun -np N ... --dist): every rank encodes the
+--                        corpus and ranks its share of the queries; rank 0 writes the joined results
 -- The JSON holds the reference's structure: VCMR / VR: "submission" ({video2idx, VCMR, SVMR, VR}
 -- lists of {desc_id, desc, predictions = [[video_idx, st, ed, score], ...]}), "metrics",
 -- "submission_nms", "metrics_nms" and "val_log"; VideoQA / VIOLIN: "results" ({qid: answer}),
@@ -40,7 +42,8 @@ end
 local function parse_args(argv)
   local known = {task = true, checkpoint = true, config = true, ["model-config"] = true, split = true,
                  ["txt-db"] = true, ["vfeat-db"] = true, ["sub-db"] = true, vocab = true, merges = true, out = true,
-                 threads = true}
+                 threads = true, dist = true}
+  local flags = {dist = true}
   local opts, i = {}, 1
   while i <= #argv do
     local name = argv[i]:match("^%-%-([%w%-]+)$")
@@ -48,15 +51,23 @@ local function parse_args(argv)
       die("unexpected argument '" .. argv[i] .. "' (see the comment at the top of examples/evaluate.lua)")
     end
     if not known[name] then die("unknown option --" .. name) end
-    if argv[i + 1] == nil then die("--" .. name .. " needs a value") end
-    opts[name] = argv[i + 1]
-    i = i + 2
+    if flags[name] then
+      opts[name] = true
+      i = i + 1
+    else
+      if argv[i + 1] == nil then die("--" .. name .. " needs a value") end
+      opts[name] = argv[i + 1]
+      i = i + 2
+    end
   end
   return opts
 end
 
-local ok, err = pcall(function()
-  local opts = parse_args(arg)
+local opts = parse_args(arg)
+local rank = 0
+if opts.dist then rank = hero.dist.init() end
+
+local function main()
   if not opts.task then die("--task is required (vcmr, vr, videoqa, violin, tvc)") end
   local task = FT.check_task(opts.task)
   if not opts.checkpoint then die("--checkpoint FILE is required") end
@@ -90,7 +101,9 @@ local ok, err = pcall(function()
     tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
   end
   local t0 = hero.core._now()
-  local res = FT.evaluate(task, model, hps, {video = video, txt_db = txt, split = split, tokenizer = tok})
+  local res = FT.evaluate(task, model, hps, {video = video, txt_db = txt, split = split, tokenizer = tok,
+    distributed = opts.dist})
+  if rank ~= 0 then return end
   res.checkpoint = opts.checkpoint
   json.write_file(opts.out, res, {indent = 1})
   local summary = {}
@@ -103,5 +116,13 @@ local ok, err = pcall(function()
   end
   io.stderr:write(string.format("%s %s: %s in %.2f s -> %s\n", res.task, split,
     #summary > 0 and table.concat(summary, ", ") or "predictions only", hero.core._now() - t0, opts.out))
-end)
-if not ok then die(err) end
+end
+
+if opts.dist then
+  -- a rank that fails ends the whole job (the others would wait in the gathering forever)
+  hero.dist.run(main)
+  hero.dist.finalize()
+else
+  local ok, err = pcall(main)
+  if not ok then die(err) end
+end

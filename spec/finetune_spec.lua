@@ -777,6 +777,54 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.equal(9, #res.submission.VR)
   end)
 
+  it("evaluates over MPI ranks (--dist): each ranks its share of the queries, joined as one process", function()
+    if not os.execute("command -v mpirun >/dev/null 2>&1") then
+      pending("mpirun is not installed (Debian: openmpi-bin): the distributed evaluation is not run")
+      return
+    end
+    local rc, out = finetune(dir .. "/d", 2)
+    assert.are.equal(0, rc, out)
+    local ck = dir .. "/d/ckpt/step_2.safetensors"
+    rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", ck, "--split", "val", "--txt-db",
+      txt_dir .. "/tvr_val.db", "--out", dir .. "/one.json"})
+    assert.are.equal(0, rc, out)
+    local asan = os.getenv("ASAN_OPTIONS")
+    local env = asan and ("ASAN_OPTIONS='" .. asan .. ":detect_leaks=0' ") or ""
+    local cmd = string.format("%s%s timeout -k 5 180 mpirun -np 2 --oversubscribe --allow-run-as-root --bind-to none "
+      .. "--mca btl_vader_single_copy_mechanism none lua5.4 examples/evaluate.lua --dist --task vcmr --checkpoint '%s' "
+      .. "--split val --txt-db '%s' --out '%s' --threads 1 2>&1", env, lua_cmd:gsub(" lua5.4$", ""), ck,
+      txt_dir .. "/tvr_val.db", dir .. "/two.json")
+    local p = io.popen(cmd)
+    local text = p:read("a")
+    assert.is_truthy(p:close(), text)
+    local one, two = json.read_file(dir .. "/one.json"), json.read_file(dir .. "/two.json")
+    assert.are.equal(9, two.num_queries)
+    -- the same entries (rank 0's queries, then rank 1's), the same predictions; the scores to float
+    -- rounding (the queries are batched, so padded, differently)
+    for _, task in ipairs {"VCMR", "SVMR", "VR"} do
+      local by = {}
+      for _, e in ipairs(one.submission[task]) do by[e.desc_id] = e end
+      assert.are.equal(#one.submission[task], #two.submission[task], task)
+      for _, e in ipairs(two.submission[task]) do
+        local want = by[e.desc_id]
+        assert.are.equal(#want.predictions, #e.predictions, task)
+        for i, pr in ipairs(e.predictions) do
+          local w = want.predictions[i]
+          assert.are.same({w[1], w[2], w[3]}, {pr[1], pr[2], pr[3]}, task)
+          assert.near(w[4], pr[4], 1e-4 * math.max(1, math.abs(w[4])), task)
+        end
+      end
+    end
+    assert.are.equal(one.submission.VCMR[2].desc_id, two.submission.VCMR[6].desc_id) -- queries[1::2] on rank 1
+    assert.are.same(one.submission.video2idx, two.submission.video2idx)
+    -- the metrics: per-rank percentages (rounded to 2 decimals) averaged by query counts
+    for _, task in ipairs {"VCMR", "SVMR", "VR"} do
+      for k, v in pairs(one.metrics[task]) do assert.near(v, two.metrics[task][k], 0.011, task .. " " .. k) end
+    end
+    assert.is_number(two.val_log["valid_val_VR/VR_r1"])
+    assert.is_table(two.submission_nms)
+  end)
+
   it("a video-only task needs no subtitle db, in training and in evaluation", function()
     local rc, out = finetune(dir .. "/v", 2, {"--config", dir .. "/train-didemo.json"})
     assert.are.equal(0, rc, out)

@@ -13,7 +13,7 @@
 -- than a hang). The watchdog ends the whole job with a message when one collective waits longer
 -- than the timeout for the other ranks (a rank died, hangs, or skipped the call).
 --
--- Written in Lua on top of them: shard, rank_seed/seed, pad_cat, all_gather_grad (the
+-- Written in Lua on top of them: shard, all_gather_object, rank_seed/seed, pad_cat, all_gather_grad (the
 -- differentiable gather of the VSM ranking loss), broadcast_parameters, average_gradients, run;
 -- GradReducer (in C) overlaps the averaging with the backward pass.
 local core = require "hero.core"
@@ -157,6 +157,22 @@ function dist.shard(list, rank, world)
   end
   local out = {}
   for i = rank + 1, #list, world do out[#out + 1] = list[i] end
+  return out
+end
+
+--- all_gather_object(value) -> {rank 0's value, rank 1's, ...}: a Lua value that JSON can hold
+-- (tables of strings, numbers, booleans; no NaN or infinities), gathered from every rank over
+-- MPI as its JSON text.
+function dist.all_gather_object(value)
+  local json = require "hero.json"
+  local ok, text = pcall(json.encode, value)
+  if not ok then error("hero.dist.all_gather_object: the value is not JSON: " .. tostring(text), 2) end
+  local all, counts = mpi_all_gather(core.bytes_to_tensor(text))
+  local out, at = {}, 0
+  for r, n in ipairs(counts) do
+    out[r] = json.decode(core.tensor_to_bytes(all:narrow(1, at + 1, n)), {source = "rank " .. (r - 1)})
+    at = at + n
+  end
   return out
 end
 

@@ -456,10 +456,52 @@ local function vcmr_corpus(hps, video, qds, split, qids)
   return {batches = batches, video_ids = ids, video2idx = vid2idx}
 end
 
+-- The results of every rank of a distributed evaluation joined, as eval_vcmr.py's
+-- distributed_eval does: the submissions' lists in rank order, the metrics averaged over the
+-- ranks weighted by their query counts (hero.eval.retrieval.gather_metrics).
+local function join_ranks(parts, split, nms_thd)
+  local R = require "hero.eval.retrieval"
+  local function lists(key)
+    if parts[1][key] == nil or parts[1][key] == json.null then return nil end
+    local out = {video2idx = parts[1][key].video2idx}
+    for _, p in ipairs(parts) do
+      for name, list in pairs(p[key]) do
+        if name ~= "video2idx" then
+          out[name] = out[name] or json.array()
+          for _, e in ipairs(list) do out[name][#out[name] + 1] = e end
+        end
+      end
+    end
+    return out
+  end
+  local n, with_gt = 0, true
+  for _, p in ipairs(parts) do
+    n = n + p.n
+    if p.metrics == nil or p.metrics == json.null then with_gt = false end
+  end
+  local res = {submission = lists("submission"), submission_nms = lists("submission_nms"), num_queries = n,
+               metrics = json.null, val_log = {}}
+  if with_gt then
+    local per, per_nms = {}, {}
+    for r, p in ipairs(parts) do
+      per[r] = {n = p.n, metrics = p.metrics}
+      if p.metrics_nms and p.metrics_nms ~= json.null then per_nms[r] = {n = p.n, metrics = p.metrics_nms} end
+    end
+    res.metrics = R.gather_metrics(per)
+    if #per_nms == #parts then res.metrics_nms = R.gather_metrics(per_nms) end
+    res.val_log = R.val_log(split, res.metrics, res.metrics_nms, nms_thd)
+  end
+  return res
+end
+
 local function eval_vcmr(task, model, hps, qds, spec)
   local split = spec.split or "val"
-  local qids = qds:ids()
-  local corpus = vcmr_corpus(hps, qds.video, qds, split, qids)
+  local all_qids = qds:ids()
+  local corpus = vcmr_corpus(hps, qds.video, qds, split, all_qids)
+  -- distributed: every rank encodes the whole corpus and ranks its share of the queries
+  -- (queries[rank::world], as the reference's distributed_eval)
+  local dist = spec.distributed and require("hero.dist") or nil
+  local qids = dist and dist.shard(all_qids) or all_qids
   local qbs = hps.vcmr_eval_q_batch_size or hps.vr_eval_q_batch_size or 80
   local batches, all_q, all_v = {}, {}, {}
   local has_gt = true
@@ -489,6 +531,13 @@ local function eval_vcmr(task, model, hps, qds, spec)
   else
     res = model:evaluate_full(corpus, {batches = batches, query_ids = all_q, query_vids = all_v}, gt, {
       max_vr_video = hps.max_vr_video, max_clip_len = hps.max_clip_len, split = split})
+  end
+  if dist then
+    local parts = dist.all_gather_object({n = #all_q, submission = res.submission, metrics = res.metrics or json.null,
+      submission_nms = res.submission_nms or json.null, metrics_nms = res.metrics_nms or json.null})
+    local joined = join_ranks(parts, split, hps.nms_thd)
+    joined.num_videos = #corpus.video_ids
+    return joined
   end
   return {submission = res.submission, metrics = res.metrics or json.null, submission_nms = res.submission_nms,
           metrics_nms = res.metrics_nms, val_log = res.val_log or {}, num_queries = #all_q,
@@ -579,7 +628,9 @@ end
 
 --- Evaluates a model on a split, as the reference's eval_vcmr.py / eval_vr.py / eval_videoQA.py /
 -- eval_violin.py / inf_tvc.py do. spec: video (a VideoSubDataset), txt_db, split ("val"),
--- tokenizer (TVC: a hero.text.Tokenizer for the caption text). Returns the results table:
+-- tokenizer (TVC: a hero.text.Tokenizer for the caption text), distributed (VCMR/VR in a
+-- hero.dist job: each rank ranks its share of the queries; every rank gets the joined results).
+-- Returns the results table:
 --   vcmr/vr: {submission = {video2idx, VCMR, SVMR, VR}, metrics, submission_nms, metrics_nms, val_log}
 --   videoqa/violin: {results = {qid = answer}, metrics = {accuracy, loss}, val_log}
 --   tvc: {results = {{vid_name, clip_id, ts, descs = {{desc}}}}, metrics = {Bleu_1..4, ROUGE_L, CIDEr}}
