@@ -352,6 +352,15 @@ function prepro.overlapping_subs(ts, subs)
   return out
 end
 
+-- Appends id to groups[key] (a new group is remembered in `order`, the keys' first-seen order).
+local function group(groups, order, key, id)
+  if not groups[key] then
+    groups[key] = json.array()
+    order[#order + 1] = key
+  end
+  table.insert(groups[key], id)
+end
+
 --- The TVC caption databases as prepro_tvc.py writes them: out/cap.db (a value per caption, with
 -- id2len.json (empty, as the reference leaves it), cap2vid.json, vid2caps.json), out/clip.db (a
 -- value per clip, with clip2vid.json, vid2clips.json) and out/meta.json. opts: captions
@@ -400,20 +409,12 @@ function prepro.caption_db(opts)
       local caps, clip = writer.caption_values(ex, ids, prepro.overlapping_subs(ts, vsubs))
       local clip_id, vid = tostring(ex.clip_id), ex.vid_name
       clip2vid[clip_id] = vid
-      if not vid2clips[vid] then
-        vid2clips[vid] = json.array()
-        clip_vids[#clip_vids + 1] = vid
-      end
-      table.insert(vid2clips[vid], clip_id)
+      group(vid2clips, clip_vids, vid, clip_id)
       for i, cap in ipairs(ex.descs) do
         local cap_id = tostring(cap.desc_id)
         cw:put(cap_id, caps[i])
         cap2vid[cap_id] = vid
-        if not vid2caps[vid] then
-          vid2caps[vid] = json.array()
-          cap_vids[#cap_vids + 1] = vid
-        end
-        table.insert(vid2caps[vid], cap_id)
+        group(vid2caps, cap_vids, vid, cap_id)
         report.captions = report.captions + 1
       end
       lw:put(clip_id, clip)
