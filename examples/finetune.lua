@@ -27,6 +27,8 @@
 --   --threads N          hero.set_num_threads(N)
 --   --on-error skip|error  an unreadable query/video is skipped and reported, or stops the run [skip]
 --   --quiet              no progress line
+--   --dist               data-parallel over MPI (mpirun -np N ...): each rank trains on its share of the
+--                        queries, the gradients are averaged, rank 0 logs and checkpoints
 -- Each key of the config works as in the reference (misspellings included); keys it lacks take
 -- the reference's argparse defaults, except those hero.train.finetune.REQUIRED lists.
 local hero = require "hero"
@@ -39,11 +41,11 @@ local function die(msg)
 end
 
 local function parse_args(argv)
-  local flags = {resume = true, quiet = true, ["no-full-eval"] = true}
+  local flags = {resume = true, quiet = true, ["no-full-eval"] = true, dist = true}
   local known = {task = true, config = true, checkpoint = true, ["txt-db"] = true, ["vfeat-db"] = true,
                  ["sub-db"] = true, ["model-config"] = true, out = true, steps = true, ["valid-txt-db"] = true,
                  ["no-full-eval"] = true, vocab = true, merges = true, ["save-every"] = true, resume = true,
-                 threads = true, ["on-error"] = true, quiet = true}
+                 threads = true, ["on-error"] = true, quiet = true, dist = true}
   local opts, i = {}, 1
   while i <= #argv do
     local name = argv[i]:match("^%-%-([%w%-]+)$")
@@ -73,8 +75,11 @@ end
 
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
-local ok, err = pcall(function()
-  local opts = parse_args(arg)
+local opts = parse_args(arg)
+local rank = 0
+if opts.dist then rank = hero.dist.init() end
+
+local function main()
   if not opts.task then die("--task is required (vcmr, vr, videoqa, violin, tvc)") end
   local task = FT.check_task(opts.task)
   if not opts.config then die("--config FILE (the reference's train-*.json) is required") end
@@ -100,7 +105,7 @@ local ok, err = pcall(function()
     checkpoint = opts.checkpoint,
     vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = hps.train_txt_db, out_dir = opts.out,
     valid_txt_db = opts["valid-txt-db"], full_eval = not opts["no-full-eval"], save_every = int_arg(opts, "save-every"),
-    on_error = opts["on-error"],
+    on_error = opts["on-error"], dist = opts.dist,
     progress = not opts.quiet}
   if #run.report.missing > 0 then
     io.stderr:write(string.format("%d parameters not in the checkpoint (new heads keep their initialisation)\n",
@@ -111,7 +116,7 @@ local ok, err = pcall(function()
     start = run.trainer:resume(opts.out) or 0
     if start > 0 then io.stderr:write(string.format("resumed from %s/ckpt/step_%d\n", opts.out, start)) end
   end
-  if start == 0 then
+  if start == 0 and rank == 0 then
     -- what evaluate.lua reads back (the reference's save_training_meta)
     os.execute("mkdir -p " .. shell_quote(opts.out .. "/log"))
     json.write_file(opts.out .. "/log/hps.json", hps, {indent = 1})
@@ -121,11 +126,20 @@ local ok, err = pcall(function()
   local t0 = hero.core._now()
   local records = run.trainer:train(todo)
   local dt = hero.core._now() - t0
+  if rank ~= 0 then return end
   local last = records[#records]
   io.stderr:write(string.format("%d updates in %.2f s%s; checkpoint %s/ckpt/step_%d.safetensors\n", todo, dt,
     last and string.format(", last loss %.4f", last.loss) or "", opts.out, run.trainer.global_step))
   local st = run.loader.stats
   io.stderr:write(string.format("  %s: epoch %d, %d batches, %d items, %d skipped\n", hps.task, run.loader.epoch,
     st.batches, st.items, st.skipped))
-end)
-if not ok then die(err) end
+end
+
+if opts.dist then
+  -- a rank that fails ends the whole job (the others would wait in a collective forever)
+  hero.dist.run(main)
+  hero.dist.finalize()
+else
+  local ok, err = pcall(main)
+  if not ok then die(err) end
+end

@@ -216,6 +216,22 @@ describe("HeroForVcmr against the reference", function()
     assert_submission(res.submission, ev.submission_before_nms, 1e-5)
   end)
 
+  it("ranks over every rank's queries and videos when the distributed Trainer passes all_gather", function()
+    local m = vcmr_model({drop_svmr_prob = 0})
+    local b = batch("vcmr_batch")
+    local plain = m:forward(b, "tvr")
+    local calls = 0
+    local gathered = m:forward(b, "tvr", {all_gather = function(t)
+      calls = calls + 1
+      return t -- one rank: the gathered tensors are this rank's
+    end})
+    assert.equal(3, calls) -- the normalised queries, the normalised frames, the frame mask
+    assert.equal(plain.loss:item(), gathered.loss:item())
+    -- two ranks holding the same batch: every video and query twice
+    local twice = m:forward(b, "tvr", {all_gather = function(t) return hero.cat({t, t}, 1) end})
+    assert.same({2 * b.query_input_ids:size(1), 2 * b.c_v_feats:size(1)}, twice.q2video_scores:size())
+  end)
+
   it("rejects what the reference does not support", function()
     local m = vcmr_model()
     helper.assert_error_contains(function() m:forward(batch("vcmr_batch"), "tvqa") end, "unknown task 'tvqa'")

@@ -405,6 +405,19 @@ describe("downstream datasets on the TV databases", function()
     assert.are.equal(2, b.q_input_ids[1][1]:item()) -- [SEP]
   end)
 
+  it("the loader of a data-parallel rank serves ids[rank::world]", function()
+    local ds = D.QueryDataset{task = "vcmr", video = tv_videos(), query_db = txt_dir .. "/tvr_val.db",
+      max_txt_len = -1, ids = {"90889", "90890", "90891", "90892", "90893"}}
+    local seen = {}
+    for rank = 0, 1 do
+      local L = D.Loader{dataset = ds, batch_size = 8, seed = 1, shuffle = false, rank = rank, world_size = 2,
+        qids = true}
+      seen[rank + 1] = L:next().qids
+    end
+    assert.are.same({{"90889", "90891", "90893"}, {"90890", "90892"}}, seen)
+    helper.assert_error_contains(function() D.Loader{dataset = ds, rank = 2, world_size = 2} end, "0 <= rank")
+  end)
+
   it("the loader: seeded epochs, skipped queries reported, resume bit for bit", function()
     local video = tv_videos()
     local ds = D.QueryDataset{task = "vcmr", video = video, query_db = txt_dir .. "/tvr_val.db", max_txt_len = -1,
@@ -823,6 +836,36 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     end
     assert.is_number(two.val_log["valid_val_VR/VR_r1"])
     assert.is_table(two.submission_nms)
+  end)
+
+  it("fine-tunes over MPI ranks (--dist): shares of the queries, averaged gradients, rank 0 writes", function()
+    if not os.execute("command -v mpirun >/dev/null 2>&1") then
+      pending("mpirun is not installed (Debian: openmpi-bin): the distributed fine-tuning is not run")
+      return
+    end
+    local asan = os.getenv("ASAN_OPTIONS")
+    local env = asan and ("ASAN_OPTIONS='" .. asan .. ":detect_leaks=0' ") or ""
+    local out = dir .. "/mpi"
+    local c = json.read_file(dir .. "/train-tvr.json")
+    c.valid_steps = 2
+    json.write_file(dir .. "/train-tvr-valid2.json", c)
+    local cmd = string.format("%s%s timeout -k 5 300 mpirun -np 2 --oversubscribe --allow-run-as-root --bind-to none "
+      .. "--mca btl_vader_single_copy_mechanism none lua5.4 examples/finetune.lua --dist --task vcmr --config '%s' "
+      .. "--checkpoint '%s' --txt-db '%s' --vfeat-db '%s' --out '%s' --steps 3 --threads 1 --quiet "
+      .. "--valid-txt-db '%s' 2>&1", env, lua_cmd:gsub(" lua5.4$", ""), dir .. "/train-tvr-valid2.json",
+      dir .. "/init.safetensors", txt_dir .. "/tvr_val.db", helper.fixture("data/video_db/tv"), out,
+      txt_dir .. "/tvr_val.db")
+    local p = io.popen(cmd)
+    local text = p:read("a")
+    assert.is_truthy(p:close(), text)
+    local recs = {}
+    for line in io.lines(out .. "/log.jsonl") do recs[#recs + 1] = json.decode(line) end
+    assert.are.equal(3, #recs) -- rank 0's log only
+    -- valid_steps 2: validation losses and the distributed full evaluation at update 2
+    assert.is_number(recs[2].valid.full_eval["valid_val_VR/VR_r1"])
+    assert.are.equal(9, #json.read_file(out .. "/results_val/step_2.json").submission.VR)
+    local sd = hero.load(out .. "/ckpt/step_3.safetensors")
+    assert.is_not_nil(sd["video_query_linear.weight"])
   end)
 
   it("a video-only task needs no subtitle db, in training and in evaluation", function()

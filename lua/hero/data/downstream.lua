@@ -819,7 +819,9 @@ Loader.__index = Loader
 Loader.__name = "hero.data.downstream.Loader"
 
 --- Loader{dataset = QueryDataset or CaptionDataset, batch_size = 8, seed = 0, shuffle = true,
---   on_error = "skip" | "error", on_skip = function(id, reason), eval = false, qids = false}
+--   on_error = "skip" | "error", on_skip = function(id, reason), eval = false, qids = false,
+--   rank = 0, world_size = 1}
+-- With world_size > 1 the loader serves ids[rank::world_size] only (a data-parallel rank's share).
 -- Serves collated batches forever (:next(); a new Philox-shuffled epoch after the last batch),
 -- one pass in dataset order (:iter()), and its resumable position (:state() / :set_state()).
 -- An id whose item cannot be built is reported and skipped (or raises with on_error = "error").
@@ -827,13 +829,24 @@ Loader.__name = "hero.data.downstream.Loader"
 function M.Loader(opts)
   local op = "hero.data.downstream.Loader"
   check_opts(op, opts, {"dataset", "batch_size", "seed", "shuffle", "on_error", "on_skip", "eval", "qids",
-                        "drop_last"})
+                        "drop_last", "rank", "world_size"})
   local ds = opts.dataset
   if type(ds) ~= "table" or type(ds.item) ~= "function" or type(ds.ids) ~= "function" then
     fail(op, "opts.dataset must be a QueryDataset or CaptionDataset")
   end
   local ids = ds:ids()
   if #ids == 0 then fail(op, "the dataset has no query (after the length filter)") end
+  local rank, world = opts.rank or 0, opts.world_size or 1
+  if math.type(world) ~= "integer" or world < 1 or math.type(rank) ~= "integer" or rank < 0 or rank >= world then
+    fail(op, "opts.rank and opts.world_size must be integers with 0 <= rank < world_size")
+  end
+  if world > 1 then
+    -- this rank's share of the ids: ids[rank::world], as the reference partitions them by rank
+    local mine = {}
+    for i = rank + 1, #ids, world do mine[#mine + 1] = ids[i] end
+    ids = mine
+    if #ids == 0 then fail(op, "rank %d of %d gets no query", rank, world) end
+  end
   local bs = opts.batch_size or 8
   if math.type(bs) ~= "integer" or bs < 1 then fail(op, "opts.batch_size must be a positive integer") end
   local seed = opts.seed or 0

@@ -107,7 +107,9 @@ function Vcmr:forward(batch, task, opts)
     end
   end
   if o.lw_neg_ctx ~= 0 or o.lw_neg_q ~= 0 then
-    local S = vsm.video_scores(q, Y, mask)
+    -- opts.all_gather (the distributed Trainer): scores over every rank's queries and videos, as
+    -- the reference gathers them over the GPUs; the local loss above stays per rank
+    local S = vsm.video_scores(q, Y, mask, opts.all_gather)
     acts.q2video_scores = S
     local l_ctx, l_q = vsm.ranking_losses(S, {margin = o.margin, loss_type = o.ranking_loss_type,
       hard = opts.hard_negative or o.hard_negative, reduction = red, sampled = not o.use_all_neg,

@@ -320,7 +320,8 @@ end
 -- vfeat_db, sub_db, txt_db, out_dir, valid_txt_db (optional: validation losses every valid_steps,
 -- and unless full_eval = false the full evaluation of that split, as FT.evaluate; tokenizer for TVC),
 -- on_error ("skip"), progress, save_every (default hps.save_steps), valid_every (default
--- hps.valid_steps when valid_txt_db is given).
+-- hps.valid_steps when valid_txt_db is given), dist (data-parallel over hero.dist: each rank
+-- trains on its share of the queries, gradients averaged, rank 0 logs and checkpoints).
 -- Returns {model, optimizer, loader, trainer, dataset, video, report, max_token}.
 function FT.setup(spec)
   local task = FT.check_task(spec.task)
@@ -340,8 +341,11 @@ function FT.setup(spec)
   FT.check_features(model, video, ds)
   local opt = FT.optimizer(model, task, hps)
   local reported = {}
-  local loader = D.Loader{dataset = ds, batch_size = hps.train_batch_size, seed = hps.seed,
-    on_error = spec.on_error or "skip", on_skip = function(id, why)
+  local dist = spec.dist and require("hero.dist") or nil
+  if dist and not dist.is_initialized() then dist.init() end
+  local rank, world = dist and dist.rank() or 0, dist and dist.world_size() or 1
+  local loader = D.Loader{dataset = ds, batch_size = hps.train_batch_size, seed = hps.seed, rank = rank,
+    world_size = world, on_error = spec.on_error or "skip", on_skip = function(id, why)
       if reported[id] then return end
       reported[id] = true
       io.stderr:write(string.format("\n[%s] skipped %s: %s\n", hps.task, tostring(id), tostring(why)))
@@ -362,9 +366,11 @@ function FT.setup(spec)
     -- retrieval with its metrics, QA/VIOLIN accuracy, TVC captions), its results written to
     -- OUT/results_val/step_<N>.json and its numbers logged under "full_eval"
     on_validate = function(step)
-      if (trainer.rank or 0) ~= 0 then return nil end
+      -- distributed: VCMR/VR share the queries among the ranks; the other tasks are evaluated
+      -- whole on every rank (so that no rank waits alone in the next update's collectives)
       local res = FT.evaluate(task, model, hps, {video = video, txt_db = spec.valid_txt_db, split = "val",
-        tokenizer = spec.tokenizer})
+        tokenizer = spec.tokenizer, distributed = dist ~= nil and world > 1 and (task == "vcmr" or task == "vr")})
+      if rank ~= 0 then return nil end
       if spec.out_dir then
         local d = spec.out_dir .. "/results_val"
         os.execute("mkdir -p '" .. d:gsub("'", "'\\''") .. "'")
@@ -383,7 +389,8 @@ function FT.setup(spec)
     accum = hps.gradient_accumulation_steps, out_dir = spec.out_dir, progress = spec.progress,
     save_every = spec.out_dir and (spec.save_every or hps.save_steps) or 0,
     valid_every = spec.valid_txt_db and (spec.valid_every or hps.valid_steps) or 0, valid = valid,
-    forward_opts = FT.forward_opts(task, model, hps), generator = gen, on_validate = on_validate}
+    forward_opts = FT.forward_opts(task, model, hps), generator = gen, on_validate = on_validate,
+    dist = dist ~= nil or nil, seed = dist and hps.seed or nil}
   return {model = model, optimizer = opt, loader = loader, meta = meta, trainer = trainer, dataset = ds,
           video = video, report = report}
 end
