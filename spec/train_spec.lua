@@ -287,6 +287,22 @@ describe("Trainer", function()
     assert_same_params(m, m2)
   end)
 
+  it("logs VSM's parts as pretrain.py does (each divided by its weight, averaged over micro-batches)", function()
+    local m = model(0, hero.Generator(4))
+    local meta = train.MetaLoader{tasks = task_loaders {"vsm"}, accum = 2, seed = 8}
+    local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      progress = false}
+    local r = tr:train(1)[1]
+    assert.is_table(r.parts)
+    for _, k in ipairs {"st_ed", "neg_ctx", "neg_q"} do assert.is_number(r.parts[k], k) end
+    -- the loss is the weighted sum of its parts (lw_st_ed 0.01, lw_neg 8 and 8)
+    assert.near(r.loss, 0.01 * r.parts.st_ed + 8 * (r.parts.neg_ctx + r.parts.neg_q), 1e-5 * math.abs(r.loss))
+    -- a task without parts logs none
+    local plain = train.Trainer{model = m, optimizer = adamw(m), progress = false, lr = 1e-3, warmup = 1, total = 10,
+      loader = train.MetaLoader{tasks = task_loaders {"mlm"}, accum = 1, seed = 8}}
+    assert.is_nil(plain:train(1)[1].parts)
+  end)
+
   it("validates with the reference's metrics per task (pretrain.py's validate_*), summed over batches", function()
     local PV = require "hero.train.pretrain_valid"
     local m = model(0, hero.Generator(4))

@@ -172,7 +172,18 @@ function M:forward_vsm(batch, opts)
   local ranking = opts.evaluate and acts.loss_neg_ctx:sum() + acts.loss_neg_q:sum()
     or acts.loss_neg_ctx + acts.loss_neg_q
   acts.loss = total and (total + ranking) or ranking
+  -- what pretrain.py logs of a VSM micro-batch: each part divided by its weight (0 for a dropped
+  -- local loss)
+  if not opts.evaluate then acts.log_parts = M.loss_parts(o, acts.loss_st_ed, l_ctx, l_q) end
   return acts
+end
+
+--- The VSM loss parts as the reference logs them (loss / weight; a weight of 0 logs the value as
+-- is): {st_ed =, neg_ctx =, neg_q =} of scalar tensors or numbers.
+function M.loss_parts(o, loss_st_ed, l_ctx, l_q)
+  local st_ed = loss_st_ed and loss_st_ed:detach()
+  return {st_ed = st_ed and (o.lw_st_ed ~= 0 and st_ed / o.lw_st_ed or st_ed) or 0,
+          neg_ctx = l_ctx:detach(), neg_q = l_q:detach()}
 end
 
 --- Loads a checkpoint (safetensors or the reference's torch.save files, fp16 or fp32) with the

@@ -117,6 +117,8 @@ function Vcmr:forward(batch, task, opts)
     acts.loss_neg_ctx, acts.loss_neg_q = l_ctx * o.lw_neg_ctx, l_q * o.lw_neg_q
     parts[#parts + 1] = acts.loss_neg_ctx
     parts[#parts + 1] = acts.loss_neg_q
+    -- train_vcmr.py's logged parts (each divided by its weight)
+    if training then acts.log_parts = Pretrain.loss_parts(o, acts.loss_st_ed, l_ctx, l_q) end
   end
   local total
   for _, p in ipairs(parts) do

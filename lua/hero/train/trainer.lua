@@ -320,7 +320,7 @@ end
 --- Runs one optimizer update; returns the record that goes to log.jsonl.
 function Trainer:update()
   local t0 = now()
-  local task, losses, tokens = nil, {}, 0
+  local task, losses, tokens, parts = nil, {}, 0, {}
   for mb = 1, self.accum do
     local t, batch, first = self.loader:next()
     if mb == 1 then
@@ -348,6 +348,12 @@ function Trainer:update()
     if scaler then scaler:scale(out.loss):backward() else out.loss:backward() end
     losses[mb] = out.loss:item()
     tokens = tokens + count_tokens(batch, self.pad_id)
+    -- the loss's parts a model reports (VSM: st_ed, neg_ctx, neg_q), averaged over the micro-batches
+    if type(out.log_parts) == "table" then
+      for k, v in pairs(out.log_parts) do
+        parts[k] = (parts[k] or 0) + (core.is_tensor(v) and v:item() or v) / self.accum
+      end
+    end
   end
   local sum = 0
   for _, l in ipairs(losses) do sum = sum + l end
@@ -392,6 +398,7 @@ function Trainer:update()
     rec.tokens = tokens
     rec.tokens_per_s = seconds > 0 and tokens / seconds or nil
   end
+  if next(parts) then rec.parts = parts end
   return rec
 end
 
@@ -532,6 +539,9 @@ function Trainer:write_log(rec)
       if type(v) == "number" and v == v and v ~= math.huge and v ~= -math.huge then self.tb:add_scalar(tag, v, step) end
     end
     if rec.task then add("loss/" .. rec.task, rec.loss) end
+    if rec.task and type(rec.parts) == "table" then
+      for k, v in pairs(rec.parts) do add("loss/" .. rec.task .. "_" .. k, v) end
+    end
     add("lr", rec.lr)
     add("grad_norm", rec.grad_norm)
     add("tokens_per_s", rec.tokens_per_s)
