@@ -137,7 +137,8 @@ end
 
 if opts.dist then
   -- a rank that fails ends the whole job (the others would wait in a collective forever)
-  hero.dist.run(main)
+  local ok, err = pcall(hero.dist.run, main)
+  if not ok then die((tostring(err):match("^[^\n]*"))) end -- the message, not the traceback
   hero.dist.finalize()
 else
   local ok, err = pcall(main)
