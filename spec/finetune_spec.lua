@@ -790,6 +790,19 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.equal(9, #res.submission.VR)
   end)
 
+  --- Runs examples/SCRIPT under `mpirun -np 2` with the arguments in `args` (a shell-quoted
+  -- string); returns whether it succeeded and its output, or nil when mpirun is not installed.
+  local function mpirun2(script, args)
+    if not os.execute("command -v mpirun >/dev/null 2>&1") then return nil end
+    local asan = os.getenv("ASAN_OPTIONS")
+    local env = asan and ("ASAN_OPTIONS='" .. asan .. ":detect_leaks=0' ") or "" -- OpenMPI's own allocations
+    local p = io.popen(string.format("%s%s timeout -k 5 300 mpirun -np 2 --oversubscribe --allow-run-as-root "
+      .. "--bind-to none --mca btl_vader_single_copy_mechanism none lua5.4 examples/%s --dist --threads 1 %s 2>&1",
+      env, lua_cmd:gsub(" lua5.4$", ""), script, args))
+    local text = p:read("a")
+    return p:close() and true or false, text
+  end
+
   it("evaluates over MPI ranks (--dist): each ranks its share of the queries, joined as one process", function()
     if not os.execute("command -v mpirun >/dev/null 2>&1") then
       pending("mpirun is not installed (Debian: openmpi-bin): the distributed evaluation is not run")
@@ -801,15 +814,9 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", ck, "--split", "val", "--txt-db",
       txt_dir .. "/tvr_val.db", "--out", dir .. "/one.json"})
     assert.are.equal(0, rc, out)
-    local asan = os.getenv("ASAN_OPTIONS")
-    local env = asan and ("ASAN_OPTIONS='" .. asan .. ":detect_leaks=0' ") or ""
-    local cmd = string.format("%s%s timeout -k 5 180 mpirun -np 2 --oversubscribe --allow-run-as-root --bind-to none "
-      .. "--mca btl_vader_single_copy_mechanism none lua5.4 examples/evaluate.lua --dist --task vcmr --checkpoint '%s' "
-      .. "--split val --txt-db '%s' --out '%s' --threads 1 2>&1", env, lua_cmd:gsub(" lua5.4$", ""), ck,
-      txt_dir .. "/tvr_val.db", dir .. "/two.json")
-    local p = io.popen(cmd)
-    local text = p:read("a")
-    assert.is_truthy(p:close(), text)
+    local ok, text = mpirun2("evaluate.lua", string.format("--task vcmr --checkpoint '%s' --split val --txt-db '%s' "
+      .. "--out '%s'", ck, txt_dir .. "/tvr_val.db", dir .. "/two.json"))
+    assert.is_true(ok, text)
     local one, two = json.read_file(dir .. "/one.json"), json.read_file(dir .. "/two.json")
     assert.are.equal(9, two.num_queries)
     -- the same entries (rank 0's queries, then rank 1's), the same predictions; the scores to float
@@ -843,21 +850,15 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
       pending("mpirun is not installed (Debian: openmpi-bin): the distributed fine-tuning is not run")
       return
     end
-    local asan = os.getenv("ASAN_OPTIONS")
-    local env = asan and ("ASAN_OPTIONS='" .. asan .. ":detect_leaks=0' ") or ""
     local out = dir .. "/mpi"
     local c = json.read_file(dir .. "/train-tvr.json")
     c.valid_steps = 2
     json.write_file(dir .. "/train-tvr-valid2.json", c)
-    local cmd = string.format("%s%s timeout -k 5 300 mpirun -np 2 --oversubscribe --allow-run-as-root --bind-to none "
-      .. "--mca btl_vader_single_copy_mechanism none lua5.4 examples/finetune.lua --dist --task vcmr --config '%s' "
-      .. "--checkpoint '%s' --txt-db '%s' --vfeat-db '%s' --out '%s' --steps 3 --threads 1 --quiet "
-      .. "--valid-txt-db '%s' 2>&1", env, lua_cmd:gsub(" lua5.4$", ""), dir .. "/train-tvr-valid2.json",
+    local ok, text = mpirun2("finetune.lua", string.format("--task vcmr --config '%s' --checkpoint '%s' --txt-db '%s' "
+      .. "--vfeat-db '%s' --out '%s' --steps 3 --quiet --valid-txt-db '%s'", dir .. "/train-tvr-valid2.json",
       dir .. "/init.safetensors", txt_dir .. "/tvr_val.db", helper.fixture("data/video_db/tv"), out,
-      txt_dir .. "/tvr_val.db")
-    local p = io.popen(cmd)
-    local text = p:read("a")
-    assert.is_truthy(p:close(), text)
+      txt_dir .. "/tvr_val.db"))
+    assert.is_true(ok, text)
     local recs = {}
     for line in io.lines(out .. "/log.jsonl") do recs[#recs + 1] = json.decode(line) end
     assert.are.equal(3, #recs) -- rank 0's log only
