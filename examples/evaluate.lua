@@ -118,12 +118,7 @@ local function main()
     #summary > 0 and table.concat(summary, ", ") or "predictions only", hero.core._now() - t0, opts.out))
 end
 
-if opts.dist then
-  -- a rank that fails ends the whole job (the others would wait in the gathering forever)
-  local ok, err = pcall(hero.dist.run, main)
-  if not ok then die((tostring(err):match("^[^\n]*"))) end -- the message, not the traceback
-  hero.dist.finalize()
-else
-  local ok, err = pcall(main)
-  if not ok then die(err) end
-end
+-- with --dist a rank that fails ends the whole job (the others would wait forever)
+local ok, err = hero.dist.main(main, opts.dist)
+if not ok then die(err) end
+

@@ -36,6 +36,13 @@ describe("hero.dist in one process", function()
     helper.assert_error_contains(function() dist.shard(ids, 0, 0) end, "world must be a positive integer")
   end)
 
+  it("runs a script's main function: true, or false and the error's message", function()
+    assert.is_true((dist.main(function() end, false)))
+    local ok, err = dist.main(function() error("no such checkpoint", 0) end, false)
+    assert.is_false(ok)
+    assert.equal("no such checkpoint", err)
+  end)
+
   it("derives distinct per-rank seeds from one seed; rank 0 keeps it", function()
     assert.equal(77, dist.rank_seed(77, 0))
     local seen = {[77] = true}

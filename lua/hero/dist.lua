@@ -13,7 +13,7 @@
 -- than a hang). The watchdog ends the whole job with a message when one collective waits longer
 -- than the timeout for the other ranks (a rank died, hangs, or skipped the call).
 --
--- Written in Lua on top of them: shard, all_gather_object, rank_seed/seed, pad_cat, all_gather_grad (the
+-- Written in Lua on top of them: shard, all_gather_object, main, rank_seed/seed, pad_cat, all_gather_grad (the
 -- differentiable gather of the VSM ranking loss), broadcast_parameters, average_gradients, run;
 -- GradReducer (in C) overlaps the averaging with the backward pass.
 local core = require "hero.core"
@@ -174,6 +174,17 @@ function dist.all_gather_object(value)
     at = at + n
   end
   return out
+end
+
+--- Runs a script's main function: in a distributed job (distributed true) under dist.run, so that
+-- a failing rank ends the whole job instead of leaving the others waiting, then finalize; else
+-- as pcall. Returns true, or false and the error's message (its first line, not the traceback).
+function dist.main(fn, distributed)
+  if not distributed then return pcall(fn) end
+  local ok, err = pcall(dist.run, fn)
+  if not ok then return false, (tostring(err):match("^[^\n]*")) end
+  dist.finalize()
+  return true
 end
 
 --- The seed of rank `rank` derived from one run seed: rank 0 keeps the seed itself (a one-process
