@@ -660,6 +660,87 @@ describe("fine-tuning and evaluation", function()
       end
     end)
   end
+
+  -- A copy of tvr_val.db's queries as another split: `shape(entry)` gives each query_data.jsonl
+  -- entry of the new db (nil: the entry as prepro reads it); queries keep their token ids.
+  local function query_db_like_tvr(name, prepare, gt_entry)
+    local src <close> = data.open_txt_db(txt_dir .. "/tvr_val.db")
+    local ids_of, queries = {}, {}
+    for _, e in ipairs(src:json("query_data.jsonl")) do
+      ids_of[e.desc] = src:get(tostring(e.desc_id)).input_ids
+      queries[#queries + 1] = prepare(e)
+    end
+    local out = tmpdir .. "/" .. name
+    hero.data.prepro.query_db{queries = queries, out = out, raw_text = true, overwrite = true,
+      tokenize = function(text) return ids_of[text] end}
+    if gt_entry then
+      local lines = {}
+      for i, q in ipairs(queries) do lines[i] = json.encode(gt_entry(q)) end
+      local f <close> = assert(io.open(out .. "/query_data.jsonl", "w"))
+      f:write(table.concat(lines, "\n"), "\n")
+    end
+    return out
+  end
+
+  it("a test split's queries without videos or moments are ranked: VCMR and VR lists, no SVMR, no metrics", function()
+    local run, hps = setup_run("vcmr")
+    local corpus = {}
+    local out = query_db_like_tvr("tvr_test.db", function(e)
+      corpus[#corpus + 1] = e.vid_name
+      return {desc_id = e.desc_id, desc = e.desc, duration = e.duration, type = e.type}
+    end)
+    json.write_file(out .. "/video_ids.json", corpus) -- get_video_ids' list when there is no query2video.json
+    local ds = D.QueryDataset{task = "vcmr", video = run.video, query_db = out, train = false}
+    local q = ds:query("90889")
+    assert.are.same({-1, -1}, q.target)
+    assert.is_nil(q.vid)
+    assert.are.equal(0, q.ids[1]) -- [CLS] + the query's ids
+    assert.are.same({-1}, D.query_collate({q}).vids)
+    -- with videos and moments, the evaluation query is the training item's query
+    local val = D.QueryDataset{task = "vcmr", video = run.video, query_db = txt_dir .. "/tvr_val.db", train = false}
+    for _, qid in ipairs(val:ids()) do
+      local a, b = val:query(qid), val:item(qid).queries[1]
+      assert.are.same({b.ids, b.target, b.vid}, {a.ids, a.target, a.vid}, qid)
+    end
+    -- DiDeMo's several moments per query: the first one's frames (the metrics read all of them)
+    local didemo = query_db_like_tvr("didemo_val.db", function(e)
+      return {desc_id = e.desc_id, desc = e.desc, vid_name = e.vid_name, ts = {e.ts, {0, 3}, {0, 3}, {0, 3}}}
+    end)
+    local dds = D.QueryDataset{task = "vcmr", video = run.video, query_db = didemo, train = false}
+    for _, qid in ipairs(val:ids()) do assert.are.same(val:query(qid).target, dds:query(qid).target, qid) end
+    local res = FT.evaluate("vcmr", run.model, hps, {video = run.video, txt_db = out, split = "test"})
+    assert.are.equal(9, #res.submission.VCMR)
+    assert.are.equal(9, #res.submission.VR)
+    assert.is_nil(res.submission.SVMR) -- ranks inside the query's own video: unknown here
+    assert.are.equal(json.null, res.metrics)
+    assert.are.equal(90889, res.submission.VCMR[1].desc_id)
+    assert.are.equal(7, res.num_videos) -- video_ids.json
+    -- the same queries with their videos and moments rank the same way, and are scored
+    local scored = FT.evaluate("vcmr", run.model, hps, {video = run.video, txt_db = txt_dir .. "/tvr_val.db",
+      split = "test"})
+    assert.are.same(scored.submission.VR, res.submission.VR)
+    assert.is_not_nil(scored.metrics.VCMR)
+  end)
+
+  it("MSR-VTT: queries without moments are scored from query_data.jsonl (sen_id, clip_name) as eval_vr.py", function()
+    local run, hps = setup_run("vr")
+    local out = query_db_like_tvr("msrvtt_test.db", function(e)
+      return {desc_id = e.desc_id, desc = e.desc, vid_name = e.vid_name}
+    end, function(q) return {sen_id = q.desc_id, clip_name = q.vid_name, caption = q.desc} end)
+    local res = FT.evaluate("vr", run.model, hps, {video = run.video, txt_db = out, split = "val"})
+    assert.are.equal(9, #res.submission.VR)
+    assert.are.equal("90889", res.submission.VR[1].desc_id) -- eval_vr.py keeps the query id
+    local with_ts = FT.evaluate("vr", run.model, hps, {video = run.video, txt_db = txt_dir .. "/tvr_val.db",
+      split = "val"})
+    assert.are.same(with_ts.metrics, res.metrics) -- the same ranking against the same videos
+    for _, k in ipairs {"r1", "r5", "r10", "r100"} do assert.is_number(res.metrics.VR[k]) end
+    -- retrieval_key instead of sen_id, as MsrvttQueryTokLmdb's fallback
+    local out2 = query_db_like_tvr("msrvtt_test2.db", function(e)
+      return {desc_id = e.desc_id, desc = e.desc, vid_name = e.vid_name}
+    end, function(q) return {retrieval_key = q.desc_id, clip_name = q.vid_name} end)
+    local res2 = FT.evaluate("vr", run.model, hps, {video = run.video, txt_db = out2, split = "val"})
+    assert.are.same(res.metrics, res2.metrics)
+  end)
 end)
 
 --- A new temporary directory with the tiny model's config (model.json) and initial weights

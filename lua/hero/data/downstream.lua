@@ -345,6 +345,7 @@ function M.query_collate(queries)
     tg[#tg + 1] = q.target[1]
     tg[#tg + 1] = q.target[2]
     vids[i], qids[i] = q.vid, q.qid
+    if vids[i] == nil then vids[i] = -1 end -- an unknown video (test splits), the reference's vid = -1
   end
   local b = {}
   local L
@@ -606,6 +607,46 @@ function QueryDataset:item(qid)
   end
 end
 
+--- One query of a retrieval task (vcmr, vr) for evaluation, as VcmrFullEvalDataset /
+-- VrFullEvalDataset serve them: {ids = [CLS] + input_ids, target = {st, ed}, qid, vid}. A query
+-- whose video is unknown (a test split without query2video.json or vid_name) has vid nil and target
+-- {-1, -1}, as the reference's vid = -1: it can still be ranked against the corpus. With a known
+-- video the target is made from ts as in training ({-1, -1} without ts), on that video's frames
+-- (read once per video). A target listing several moments (DiDeMo's val/test queries, whose
+-- metrics come from query_data.jsonl's windows) gives the first one's frames, where the reference's
+-- get_st_ed_label fails. Returns nil and the reason when the query or its video cannot be read.
+function QueryDataset:query(qid)
+  local op = "hero.data.downstream.QueryDataset:query"
+  if self.task ~= "vcmr" and self.task ~= "vr" then
+    error(string.format("QueryDataset:query: the %s task has no retrieval queries", self.task), 2)
+  end
+  local ex, why = self:example(qid)
+  if not ex then return nil, why end
+  local ids = {self._special.CLS}
+  for _, t in ipairs(copy_ids(op, ex.input_ids, string.format("query '%s' input_ids", qid))) do ids[#ids + 1] = t end
+  local vid = self:video_of(qid, ex)
+  if vid == nil or vid == json.null then return {ids = ids, target = {-1, -1}, qid = qid} end
+  if type(vid) ~= "string" then return nil, string.format("query '%s' names the video %s", qid, tostring(vid)) end
+  self._eval_nframes = self._eval_nframes or {}
+  local nf = self._eval_nframes[vid]
+  if nf == nil then
+    local video, vwhy = self.video:get(vid)
+    if video == nil then return nil, vwhy end
+    if video.v_feat:size(1) == 0 then return nil, string.format("video '%s' has no frame", vid) end
+    nf = tasks.video_item(video, {special_ids = self._special, sub_ctx_len = self.sub_ctx_len}).nframes
+    self._eval_nframes[vid] = nf
+  end
+  local target = {-1, -1}
+  local ts = ex.target
+  if type(ts) == "table" and type(ts[1]) == "table" then ts = ts[1] end
+  if ex.st_ed then
+    target = {ex.st_ed[1], ex.st_ed[2]}
+  elseif not is_null(ts) then
+    target = {M.st_ed_label(ts, self.frame_interval, nf - 1)}
+  end
+  return {ids = ids, target = target, qid = qid, vid = vid}
+end
+
 --- The collate of the dataset's items (qids kept for evaluation when opts.qids).
 function QueryDataset:collate(items, opts)
   if self.task == "vcmr" or self.task == "vr" then return M.vcmr_collate(items, opts) end
@@ -613,16 +654,46 @@ function QueryDataset:collate(items, opts)
   return M.violin_collate(items, opts)
 end
 
+-- The key of a query_data.jsonl entry: desc_id (TVR, How2R, DiDeMo), else MSR-VTT's sen_id or
+-- retrieval_key (MsrvttQueryTokLmdb.query_data tries sen_id for every entry, then retrieval_key).
+local function gt_key_field(entries)
+  for _, field in ipairs {"desc_id", "sen_id", "retrieval_key"} do
+    local all = #entries > 0
+    for _, e in ipairs(entries) do
+      if type(e) ~= "table" or e[field] == nil then all = false break end
+    end
+    if all then return field end
+  end
+  return nil
+end
+
 --- Ground truth of the queries for hero.eval.retrieval: query_data.jsonl entries (desc_id,
 -- vid_name, ts, type), in the order of `qids`; nil when the db has no query_data.jsonl.
-function QueryDataset:ground_truth(qids)
+-- MSR-VTT's entries (sen_id or retrieval_key, clip_name) come out as eval_vr.py reshapes them:
+-- desc_id = the query id, vid_name = clip_name. opts.desc_ids: the desc_id each entry gets (the
+-- submission's ids, in the order of qids).
+function QueryDataset:ground_truth(qids, opts)
   if not (self.db.has_file and self.db:has_file("query_data.jsonl")) then return nil end
+  local entries = self.db:json("query_data.jsonl")
+  local field = gt_key_field(entries)
+  if field == nil then
+    error("QueryDataset:ground_truth: query_data.jsonl entries carry no desc_id, sen_id or retrieval_key", 2)
+  end
   local by = {}
-  for _, e in ipairs(self.db:json("query_data.jsonl")) do by[tostring(e.desc_id)] = e end
+  for _, e in ipairs(entries) do by[tostring(e[field])] = e end
+  local desc_ids = opts and opts.desc_ids
   local out = {}
   for i, q in ipairs(qids) do
     local e = by[tostring(q)]
     if e == nil then error(string.format("QueryDataset:ground_truth: query '%s' is not in query_data.jsonl", q), 2) end
+    if field ~= "desc_id" or desc_ids or (e.vid_name == nil and e.clip_name ~= nil) then
+      local c = {}
+      for k, v in pairs(e) do c[k] = v end
+      if field ~= "desc_id" then c.desc_id = q end
+      if desc_ids then c.desc_id = desc_ids[i] end
+      if c.vid_name == nil then c.vid_name = c.clip_name end
+      e = c
+    end
     out[i] = e
   end
   return out

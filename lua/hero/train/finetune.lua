@@ -409,23 +409,27 @@ local function vcmr_corpus(hps, video, qds, split, qids)
     end
   end
   local ids = {}
-  if video.video_only then
-    -- VcmrVideoOnlyFullEvalDataset: the videos get_video_ids finds (query2video.json over the
-    -- queries, else the query db's video_ids.json), indexed as VideoFeatDataset's sorted videos
-    local listed = next(qds._q2v) == nil and qds.db.has_file and qds.db:has_file("video_ids")
-      and qds.db:json("video_ids") or nil
-    local seen = {}
-    local function add(v)
-      if type(v) == "string" and not seen[v] then
-        seen[v] = true
-        ids[#ids + 1] = v
-      end
+  -- get_video_ids: query2video.json over the queries, else the query db's video_ids.json (a test
+  -- split whose queries name no video)
+  local listed = next(qds._q2v) == nil and qds.db.has_file and qds.db:has_file("video_ids")
+    and qds.db:json("video_ids") or nil
+  local seen = {}
+  local function add(v)
+    if type(v) == "string" and not seen[v] then
+      seen[v] = true
+      ids[#ids + 1] = v
     end
+  end
+  local function add_listed_or_queried()
     if listed then
       for _, v in ipairs(listed) do add(v) end
     else
       for _, q in ipairs(qids) do add(qds:video_of(q, qds:example(q))) end
     end
+  end
+  if video.video_only then
+    -- VcmrVideoOnlyFullEvalDataset: those videos, indexed as VideoFeatDataset's sorted videos
+    add_listed_or_queried()
     vid2idx = {}
     for _, v in ipairs(ids) do
       vid2idx[v] = video.vid2idx[v]
@@ -434,14 +438,10 @@ local function vcmr_corpus(hps, video, qds, split, qids)
   elseif vid2idx then
     for v in pairs(vid2idx) do ids[#ids + 1] = v end
   else
-    local seen = {}
-    for _, q in ipairs(qids) do
-      local v = qds:video_of(q, qds:example(q))
-      if v and not seen[v] then
-        seen[v] = true
-        ids[#ids + 1] = v
-      end
-    end
+    add_listed_or_queried()
+  end
+  if #ids == 0 then
+    fail("the %s corpus has no video: the queries name none and the query db has no video_ids.json", split)
   end
   table.sort(ids)
   if not vid2idx then
@@ -511,32 +511,36 @@ local function eval_vcmr(task, model, hps, qds, spec)
   local qids = dist and dist.shard(all_qids) or all_qids
   local qbs = hps.vcmr_eval_q_batch_size or hps.vr_eval_q_batch_size or 80
   local batches, all_q, all_v = {}, {}, {}
+  -- eval_vcmr.py scores only when every query has a target; eval_vr.py always (MSR-VTT's queries
+  -- have no moment), from query_data.jsonl
   local has_gt = true
   for s = 1, #qids, qbs do
     local qs = {}
     for i = s, math.min(s + qbs - 1, #qids) do
-      local it, why = qds:item(qids[i])
-      if it == nil then fail("query '%s': %s", qids[i], tostring(why)) end
-      local q = it.queries[1]
+      local q, why = qds:query(qids[i])
+      if q == nil then fail("query '%s': %s", qids[i], tostring(why)) end
       q.qid = qids[i]
       qs[#qs + 1] = q
-      -- the reference's submissions carry desc_id = int(qid)
-      all_q[#all_q + 1] = qids[i]:match("^%d+$") and math.tointeger(tonumber(qids[i])) or qids[i]
+      -- the reference's VCMR submissions carry desc_id = int(qid); eval_vr.py's the qid itself
+      local numeric = task == "vcmr" and qids[i]:match("^%d+$")
+      all_q[#all_q + 1] = numeric and math.tointeger(tonumber(qids[i])) or qids[i]
       all_v[#all_v + 1] = q.vid
-      if q.target[1] < 0 then has_gt = false end
+      if task == "vcmr" and (q.target[1] < 0 or q.vid == nil) then has_gt = false end
     end
     batches[#batches + 1] = D.query_collate(qs)
   end
-  local gt = has_gt and qds:ground_truth(qids) or nil
+  local gt = has_gt and qds:ground_truth(qids, task == "vr" and {desc_ids = all_q} or nil) or nil
   local res
   if task == "vcmr" then
-    res = model:evaluate_full(corpus, {batches = batches, query_ids = all_q, query_vids = all_v}, gt, {
+    -- SVMR ranks moments inside each query's own video: only with the ground truth, as there
+    res = model:evaluate_full(corpus, {batches = batches, query_ids = all_q, query_vids = has_gt and all_v or nil},
+      gt, {
       q2c_alpha = hps.q2c_alpha, max_vcmr_video = hps.max_vcmr_video, min_pred_l = hps.min_pred_l,
       max_pred_l = hps.max_pred_l, max_before_nms = hps.max_before_nms, max_after_nms = hps.max_after_nms,
       nms_thd = hps.nms_thd, vfeat_interval = hps.vfeat_interval, tasks = hps.full_eval_tasks,
       eval_with_query_type = hps.eval_with_query_type, max_clip_len = hps.max_clip_len, split = split})
   else
-    res = model:evaluate_full(corpus, {batches = batches, query_ids = all_q, query_vids = all_v}, gt, {
+    res = model:evaluate_full(corpus, {batches = batches, query_ids = all_q}, gt, {
       max_vr_video = hps.max_vr_video, max_clip_len = hps.max_clip_len, split = split})
   end
   if dist then
