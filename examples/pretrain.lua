@@ -9,6 +9,11 @@
 --   lua5.4 examples/pretrain.lua --train-config config/pretrain-tv-16gpu.json --txt-db /txt --img-db /video \
 --       --out /tmp/run [--steps N]
 --
+-- Databases given without --train-config train with the released TV config's task ratios (2,2,1,2),
+-- batch size (32 videos) and VSM losses and schedules (start/end loss on 20% of the VSM batches from
+-- the first update, hard negatives after 20000 updates, all negatives): HERO's recipe, with the
+-- options below on top. A fixture trains with equal ratios and the model's own defaults.
+--
 -- --train-config FILE takes the reference's pre-training config (pretrain-*.json) as it is: its
 -- targets (video db + subtitle db, splits of tasks with ratios, train/val id files), model config,
 -- checkpoint (a RoBERTa state dict with load_partial_pretrained), batch size, accumulation, learning
@@ -28,7 +33,8 @@
 --   --sub-db DIR         ... and the subtitle text db (e.g. txt_db/tv_subtitles.db); both required together
 --   --max-clip-len N     frames per video [100]      --max-txt-len N  tokens per subtitle (MLM, VSM) [60]
 --   --sub-ctx-len N      preceding subtitles in each segment's text [0]
---   --batch-size N       videos per micro-batch [8]  --bucket K  length buckets of K batches [4; 0: none]
+--   --batch-size N       videos per micro-batch [32 with databases, 8 with a fixture]
+--   --bucket K           length buckets of K batches [0: none, random batches as the reference]
 --   --mask-prob P        MLM / MFM / FOM rate [0.15] --train-ids FILE  JSON array of video ids [all of vid2len]
 --   --valid-ids FILE     JSON array of validation video ids (one fixed pass per validation) [none]
 --   --on-error skip|error  a video that cannot be read is skipped and reported, or stops the run [skip]
@@ -43,7 +49,7 @@
 --   --resume             continue from DIR/ckpt/latest when it exists
 --   --threads N          hero.set_num_threads(N)
 --   --tasks a,b,...      tasks to mix [mlm,mfm-nce,fom,vsm]
---   --ratios 2,2,1,2     pool ratio of each task [1 each]
+--   --ratios 2,2,1,2     pool ratio of each task [databases: the released 2,2,1,2 (others 1); fixture: 1 each]
 --   --accum K            micro-batches per update [2]
 --   --lr X               base learning rate [3e-5]
 --   --warmup N           warmup updates [10% of --total]
@@ -307,6 +313,11 @@ else
     .. "or --train-config FILE (the reference's pre-training config)")
 end
 
+-- Databases without --train-config train with the released TV config's task ratios, batch size
+-- and VSM losses and schedules (PC.released_tv); --tasks, --ratios and --batch-size change them.
+local recipe = (source == sources.db and not tc) and PC.released_tv() or nil
+local vsm_config = tc or recipe
+
 -- model config and constants
 local model_cfg, constants = nil, {}
 local cfg_path = opts.config or (opts.fixture and opts.fixture .. "/config.json")
@@ -349,7 +360,7 @@ else
       if not ratios[t] or ratios[t] < 1 then usage("--ratios must be positive integers, got '" .. r[i] .. "'") end
     end
   else
-    for _, t in ipairs(tasks) do ratios[t] = 1 end
+    for _, t in ipairs(tasks) do ratios[t] = recipe and recipe.ratios[t] or 1 end
   end
 end
 
@@ -381,7 +392,7 @@ local hps = {
   vfeat_dim = int_opt(opts, "vfeat-dim", constants.vfeat_dim or 4352),
   max_frm_seq_len = int_opt(opts, "max-frm-seq-len", init_sd and PC.max_frm_seq_len(init_sd)
     or constants.max_frm_seq_len or 100),
-  train_config = opts["train-config"], reference_config = tc,
+  train_config = opts["train-config"], reference_config = tc, vsm_recipe = recipe,
 }
 if source == sources.db then
   hps.vfeat_db, hps.sub_db, hps.train_ids, hps.valid_ids = opts["vfeat-db"], opts["sub-db"], opts["train-ids"],
@@ -389,10 +400,10 @@ if source == sources.db then
   hps.max_clip_len = int_opt(opts, "max-clip-len", cfg("max_clip_len", 100))
   hps.max_txt_len = int_opt(opts, "max-txt-len", cfg("max_txt_len", 60))
   hps.sub_ctx_len = int_opt(opts, "sub-ctx-len", cfg("sub_ctx_len", 0))
-  hps.batch_size = int_opt(opts, "batch-size", cfg("train_batch_size", 8))
+  hps.batch_size = int_opt(opts, "batch-size", cfg("train_batch_size", recipe and recipe.train_batch_size or 8))
   hps.val_batch_size = tc and int_opt(opts, "batch-size", tc.val_batch_size) or nil
   -- the reference draws its batches at random, without length buckets
-  hps.bucket = int_opt(opts, "bucket", tc and 0 or 4)
+  hps.bucket = int_opt(opts, "bucket", 0)
   hps.mask_prob = num_opt(opts, "mask-prob", cfg("mask_prob", 0.15))
   hps.on_error = opts["on-error"] or "skip"
   if hps.on_error ~= "skip" and hps.on_error ~= "error" then usage("--on-error must be skip or error") end
@@ -436,8 +447,8 @@ hero.manual_seed(hps.seed)
 local dropout_gen = hero.Generator(hps.seed + 1)
 local model_opts = {vfeat_dim = hps.vfeat_dim, max_frm_seq_len = hps.max_frm_seq_len, generator = dropout_gen,
   vocab_pad = constants.vocab_pad_pretraining}
-if tc then
-  for k, v in pairs(PC.model_options(tc)) do model_opts[k] = v end
+if vsm_config then
+  for k, v in pairs(PC.model_options(vsm_config)) do model_opts[k] = v end
 end
 local model = hero.models.HeroForPretraining(model_cfg, model_opts)
 train.set_dropout(model, hps.dropout)
@@ -479,9 +490,9 @@ local meta = train.MetaLoader{tasks = task_loaders, ratios = ratios, order = tas
 local trainer = train.Trainer{
   model = model, optimizer = optimizer, loader = meta, lr = hps.lr, warmup = hps.warmup, total = hps.total,
   grad_norm = hps.grad_norm ~= -1 and hps.grad_norm or false, accum = hps.accum, valid_every = hps.valid_every,
-  valid = valid, forward_opts = tc and PC.forward_opts(model, tc) or nil,
+  valid = valid, forward_opts = vsm_config and PC.forward_opts(model, vsm_config) or nil,
   -- validation reports the reference's metrics per task (loss, accuracy, ...), with its loss weights
-  validators = require("hero.train.pretrain_valid").validators(tc or model.opts),
+  validators = require("hero.train.pretrain_valid").validators(vsm_config or model.opts),
   save_every = hps.save_every, out_dir = opts.out, progress = not opts.quiet,
   dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil, device = device, amp = opts.amp,
 }

@@ -608,6 +608,14 @@ describe("fine-tuning and evaluation", function()
     assert.are.same({64, 24}, w:size()) -- vfeat_dim 24 from the checkpoint
     assert(w:eq(sd["v_encoder.f_encoder.img_embeddings.img_linear.weight"]:float()):all():item())
     assert.are.equal(8, m.v_encoder.f_encoder.img_embeddings.position_embeddings.weight:size(1))
+    -- train_violin.py zero-pads a shorter frame-position table to 100 rows
+    local v = FT.build_model("violin", cfg, FT.hparams("violin", train_config("violin"), "cfg"), sd)
+    local pos = v.v_encoder.f_encoder.img_embeddings.position_embeddings.weight
+    local key = "v_encoder.f_encoder.img_embeddings.position_embeddings.weight"
+    assert.are.same({100, sd[key]:size(2)}, pos:size())
+    assert(pos:narrow(1, 1, 8):eq(sd[key]:float()):all():item())
+    assert.are.equal(0, pos:narrow(1, 9, 92):abs():sum():item())
+    assert.are.equal(8, sd[key]:size(1)) -- the caller's state is left as it was
   end)
 
   for _, task in ipairs {"vcmr", "vr", "videoqa", "violin", "tvc"} do

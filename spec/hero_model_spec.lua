@@ -210,6 +210,24 @@ describe("HERO checkpoints and configs", function()
     assert.equal(64, c.q_config.hidden_size)
   end)
 
+  it("initialises as the reference: init_weights' N(0, 0.02) in the encoders, PyTorch's defaults in the "
+    .. "VSM heads", function()
+    hero.manual_seed(11)
+    local m = hero.models.HeroForPretraining(cfg.model_config.pretrain, {vfeat_dim = cfg.constants.vfeat_dim,
+      max_frm_seq_len = cfg.constants.max_frm_seq_len, vocab_pad = cfg.constants.vocab_pad_pretraining})
+    local sd = m:state_dict()
+    local function std(k) return sd[k]:double():std():item() end
+    -- RobertaPreTrainedModel.init_weights
+    assert.near(0.02, std("v_encoder.c_encoder.embeddings.position_embeddings.weight"), 0.003)
+    assert.near(0.02, std("v_encoder.f_encoder.embeddings.word_embeddings.weight"), 0.003)
+    -- QueryFeatEmbeddings is a plain nn.Embedding created outside init_weights' reach: N(0, 1)
+    local pos = "q_feat_attn.query_pos_embed.position_embeddings.weight"
+    assert.near(1.0, std(pos), 0.1, pos)
+    -- nn.Linear's default: U(+-1/sqrt(fan_in))
+    local w = sd["q_feat_attn.modular_vector_mapping.weight"]
+    assert.is_true(w:abs():max():item() <= 1 / math.sqrt(w:size(2)))
+  end)
+
   it("saves and reloads the model with the same key names, and reports foreign keys", function()
     local m = model()
     local path = os.tmpname() .. ".safetensors"

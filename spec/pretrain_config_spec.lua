@@ -218,6 +218,27 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     assert.equal(5e-4, first.lr)
   end)
 
+  it("examples/pretrain.lua on databases without a config trains with the released TV recipe", function()
+    local r = PC.released_tv() -- config/pretrain-tv-16gpu.json's values
+    assert.same({2, 2, 1, 2}, {r.ratios.mlm, r.ratios["mfm-nce"], r.ratios.fom, r.ratios.vsm})
+    assert.same({32, 0.8, 8.0, 8.0, 0.01, "hinge", 0.1, 20, 10, 20000, 0, true}, {r.train_batch_size,
+      r.drop_svmr_prob, r.lw_neg_q, r.lw_neg_ctx, r.lw_st_ed, r.ranking_loss_type, r.margin, r.hard_pool_size[1],
+      r.hard_neg_weights[1], r.hard_negtiave_start_step[1], r.train_span_start_step, r.use_all_neg})
+    local out = dir .. "/recipe"
+    local rc, text = pretrain {"--config", dir .. "/hero_pretrain.json", "--vfeat-db",
+      fx .. "/video_db/tv/resnet_slowfast_1.5", "--sub-db", fx .. "/txt_db/tv_subtitles.db", "--max-clip-len", "12",
+      "--batch-size", "3", "--accum", "1", "--steps", "2", "--out", out, "--quiet"}
+    assert.equal(0, rc, text)
+    local hps = json.read_file(out .. "/hps.json")
+    assert.same({2, 2, 1, 2}, {hps.ratios.mlm, hps.ratios["mfm-nce"], hps.ratios.fom, hps.ratios.vsm})
+    assert.equal(3, hps.batch_size) -- the command line wins
+    assert.equal(0, hps.bucket) -- random batches, as the reference
+    assert.same(r, hps.vsm_recipe)
+    local n = 0
+    for _ in io.lines(out .. "/log.jsonl") do n = n + 1 end
+    assert.equal(2, n)
+  end)
+
   it("examples/pretrain.lua --train-config reads a target's feature shards as one dataset", function()
     -- two shards over the fixture's LMDB, each with half of the videos
     assert(os.execute(string.format('mkdir -p "%s/ht" && ln -sfn "$(realpath "%s/video_db/tv")" "%s/ht/s0" && '

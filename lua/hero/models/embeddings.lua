@@ -51,11 +51,12 @@ function M.ImageEmbeddings:forward(feats, pos_ids, type_row, masks)
 end
 
 --- FrameEmbeddings of the temporal transformer: LN_1e-5(x + pos[arange(L)]) then dropout (no type).
+-- opts.init: the position table's initialisation, "bert" (N(0, 0.02), default) or "torch" (N(0, 1)).
 M.FrameEmbeddings = nn.Module:extend("FrameEmbeddings")
 function M.FrameEmbeddings:__init(cfg, opts)
   opts = opts or {}
   self:add_module("position_embeddings", nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size,
-    {init = "bert", dtype = opts.dtype, generator = opts.generator}))
+    {init = opts.init or "bert", dtype = opts.dtype, generator = opts.generator}))
   self:add_module("LayerNorm", nn.LayerNorm(cfg.hidden_size, {eps = 1e-5, dtype = opts.dtype}))
   self:add_module("dropout", nn.Dropout(cfg.hidden_dropout_prob or 0.1, {generator = opts.generator}))
 end

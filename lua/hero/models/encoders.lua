@@ -83,7 +83,9 @@ function M.QueryFeatEncoder:__init(cfg, opts)
   local o = {init = "torch", dtype = opts.dtype, generator = opts.generator}
   self:add_module("query_input_proj", layers.LinearLayer(cfg.hidden_size, cfg.hidden_size,
     {dropout = cfg.hidden_dropout_prob or 0.1, init = "torch", dtype = opts.dtype, generator = opts.generator}))
-  self:add_module("query_pos_embed", emb.QueryPosEmbed(cfg, opts))
+  -- a plain nn.Embedding outside init_weights' reach: N(0, 1)
+  self:add_module("query_pos_embed", emb.QueryPosEmbed(cfg, {init = "torch", dtype = opts.dtype,
+    generator = opts.generator}))
   local eo = encoder_opts(cfg, opts)
   eo.init = "torch"
   self:add_module("query_self_attention", nn.MultiHeadAttention(eo))

@@ -207,7 +207,7 @@ end
 
 --- Builds the task's model from the model config and a checkpoint state (tensors): frame feature
 -- size and frame positions from the checkpoint (vfeat_dim from img_linear, max_frm_seq_len from
--- the position table, 100 without it), the reference's constructor options from hps, dropout set,
+-- the position table, 100 without it; VIOLIN zero-pads a shorter table to 100 rows), the reference's constructor options from hps, dropout set,
 -- the checkpoint loaded non-strictly. Returns the model and the load report.
 function FT.build_model(task, cfg, hps, sd, opts)
   opts = opts or {}
@@ -216,6 +216,17 @@ function FT.build_model(task, cfg, hps, sd, opts)
   local vfeat_dim = opts.vfeat_dim or (lin and lin:size(2))
   if not vfeat_dim then fail("the checkpoint has no v_encoder.f_encoder.img_embeddings.img_linear.weight; "
     .. "the frame feature size is unknown") end
+  local pos_key = "v_encoder.f_encoder.img_embeddings.position_embeddings.weight"
+  local pos = sd[pos_key]
+  if task == "violin" and pos ~= nil and pos:dim() == 2 and pos:size(1) < 100 then
+    -- train_violin.py: a shorter frame-position table is zero-padded to MAX_FRM_SEQ_LEN (100) rows
+    local padded = core.zeros({100, pos:size(2)}, {dtype = pos:dtype()})
+    padded:narrow(1, 1, pos:size(1)):copy_(pos)
+    local copy = {}
+    for k, v in pairs(sd) do copy[k] = v end
+    copy[pos_key] = padded
+    sd = copy
+  end
   local mopts = {vfeat_dim = vfeat_dim, max_frm_seq_len = ck.max_frm_seq_len(sd, 100), generator = opts.generator}
   local models = require "hero.models"
   local model

@@ -184,6 +184,16 @@ function PC.targets(hps, dirs, video_db_dir)
   return out
 end
 
+--- The task ratios, batch size and VSM losses and schedules of the released TV pre-training config
+-- (config/pretrain-tv-16gpu.json). examples/pretrain.lua trains with them when it is given
+-- databases without a config, so that such a run is HERO's recipe unless told otherwise.
+function PC.released_tv()
+  return {ratios = {mlm = 2, ["mfm-nce"] = 2, fom = 1, vsm = 2}, train_batch_size = 32, drop_svmr_prob = 0.8,
+          lw_neg_q = 8.0, lw_neg_ctx = 8.0, lw_st_ed = 0.01, ranking_loss_type = "hinge", margin = 0.1,
+          hard_pool_size = {20}, hard_neg_weights = {10}, hard_negtiave_start_step = {20000}, train_span_start_step = 0,
+          use_all_neg = true}
+end
+
 --- HeroForPretraining's constructor options of the config (lw_st_ed 0 until train_span_start_step).
 function PC.model_options(hps)
   return {lw_neg_ctx = hps.lw_neg_ctx, lw_neg_q = hps.lw_neg_q, lw_st_ed = 0, ranking_loss_type = hps.ranking_loss_type,
