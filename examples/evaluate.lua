@@ -15,7 +15,12 @@
 --   --vfeat-db DIR       video features [the run's]     --sub-db DIR  subtitle db [the run's]
 --                        (video-only tasks, didemo_video_only / msrvtt_video_only, read no subtitles)
 --   --vocab FILE --merges FILE   (TVC) RoBERTa vocab.json / merges.txt to write the captions as text
---   --out FILE           the results JSON (required)
+--   --target-clip FILE   (TVC) caption these clips instead of a db, as inf_tvc.py --target_clip: JSON
+--                        lines {vid_name, clip_id, ts, descs (optional references: then scored)}
+--   --meteor-jar FILE    (TVC) METEOR 1.5's jar (needs java): METEOR among the metrics
+--   --ptb-jar FILE       (TVC) the Stanford PTBTokenizer's jar: the reference's tokenisation for scoring
+--   --out FILE           the results JSON (required); for TVC a name ending in .jsonl gets the
+--                        captions as JSON lines, as inf_tvc.py --output writes them
 --   --threads N
 --   --dist               VCMR / VR in an MPI job (mpirun -np N ... --dist): every rank encodes the
 --                        corpus and ranks its share of the queries; rank 0 writes the joined results
@@ -42,7 +47,7 @@ end
 local function parse_args(argv)
   local known = {task = true, checkpoint = true, config = true, ["model-config"] = true, split = true,
                  ["txt-db"] = true, ["vfeat-db"] = true, ["sub-db"] = true, vocab = true, merges = true, out = true,
-                 threads = true, dist = true}
+                 threads = true, dist = true, ["target-clip"] = true, ["meteor-jar"] = true, ["ptb-jar"] = true}
   local flags = {dist = true}
   local opts, i = {}, 1
   while i <= #argv do
@@ -85,8 +90,16 @@ local function main()
   local mc = opts["model-config"] or (run_dir and exists(run_dir .. "/log/model_config.json")
     and run_dir .. "/log/model_config.json") or nil
   local cfg = FT.model_config(hps, mc, hps_path)
+  local clips = opts["target-clip"]
+  if clips and task ~= "tvc" then die("--target-clip is for --task tvc") end
+  if clips and not exists(clips) then die("--target-clip: '" .. clips .. "' does not exist") end
+  if (opts["meteor-jar"] or opts["ptb-jar"]) and task ~= "tvc" then
+    die("--meteor-jar and --ptb-jar are for --task tvc")
+  end
+  local jars_ok, caption_eval = pcall(hero.eval.caption.java_options, opts["meteor-jar"], opts["ptb-jar"])
+  if not jars_ok then die(caption_eval) end
   local txt = opts["txt-db"] or hps[split .. "_query_txt_db"] or hps[split .. "_db"]
-  if type(txt) ~= "string" then die("no text db for split '" .. split .. "': give --txt-db DIR") end
+  if type(txt) ~= "string" and not clips then die("no text db for split '" .. split .. "': give --txt-db DIR") end
   local vfeat = opts["vfeat-db"] or hps.vfeat_db
   if type(vfeat) ~= "string" then die("no video features: give --vfeat-db DIR") end
   local video = FT.video_dataset(hps, vfeat, opts["sub-db"] or hps.sub_txt_db, txt)
@@ -102,10 +115,19 @@ local function main()
   end
   local t0 = hero.core._now()
   local res = FT.evaluate(task, model, hps, {video = video, txt_db = txt, split = split, tokenizer = tok,
-    distributed = opts.dist})
+    distributed = opts.dist, clips = clips, caption_eval = caption_eval})
   if rank ~= 0 then return end
   res.checkpoint = opts.checkpoint
-  json.write_file(opts.out, res, {indent = 1})
+  if task == "tvc" and opts.out:match("%.jsonl$") then
+    -- inf_tvc.py's save_jsonl: one {vid_name, clip_id, ts, descs} per line, written whole or not at all
+    local lines = {}
+    for i, r in ipairs(res.results) do
+      lines[i] = json.encode(hero.data.writer.ordered(r, {"vid_name", "clip_id", "ts", "descs"}))
+    end
+    hero.core.fs_write_atomic(opts.out, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""))
+  else
+    json.write_file(opts.out, res, {indent = 1})
+  end
   local summary = {}
   local m = res.metrics
   if type(m) == "table" then
@@ -113,6 +135,7 @@ local function main()
     if m.VR then summary[#summary + 1] = string.format("VR R@1 %.2f", m.VR.r1) end
     if m.accuracy then summary[#summary + 1] = string.format("accuracy %.4f", m.accuracy) end
     if m.CIDEr then summary[#summary + 1] = string.format("CIDEr %.2f BLEU-4 %.2f", m.CIDEr, m.Bleu_4) end
+    if m.METEOR then summary[#summary + 1] = string.format("METEOR %.2f", m.METEOR) end
   end
   io.stderr:write(string.format("%s %s: %s in %.2f s -> %s\n", res.task, split,
     #summary > 0 and table.concat(summary, ", ") or "predictions only", hero.core._now() - t0, opts.out))

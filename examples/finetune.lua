@@ -22,6 +22,8 @@
 --   --no-full-eval       with --valid-txt-db, the losses only
 --   --vocab FILE --merges FILE   (TVC) RoBERTa vocab.json / merges.txt: the validation captions as text,
 --                        with their BLEU, ROUGE-L and CIDEr
+--   --meteor-jar FILE    (TVC) METEOR 1.5's jar (needs java): METEOR among the validation metrics
+--   --ptb-jar FILE       (TVC) the Stanford PTBTokenizer's jar: the reference's tokenisation for scoring
 --   --save-every N       checkpoint every N updates [config's save_steps]
 --   --resume             continue from OUT/ckpt/latest when it exists
 --   --threads N          hero.set_num_threads(N)
@@ -45,7 +47,8 @@ local function parse_args(argv)
   local known = {task = true, config = true, checkpoint = true, ["txt-db"] = true, ["vfeat-db"] = true,
                  ["sub-db"] = true, ["model-config"] = true, out = true, steps = true, ["valid-txt-db"] = true,
                  ["no-full-eval"] = true, vocab = true, merges = true, ["save-every"] = true, resume = true,
-                 threads = true, ["on-error"] = true, quiet = true, dist = true}
+                 threads = true, ["on-error"] = true, quiet = true, dist = true, ["meteor-jar"] = true,
+                 ["ptb-jar"] = true}
   local opts, i = {}, 1
   while i <= #argv do
     local name = argv[i]:match("^%-%-([%w%-]+)$")
@@ -101,7 +104,12 @@ local function main()
     if not (opts.vocab and opts.merges) then die("--vocab and --merges go together") end
     tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
   end
-  local run = FT.setup{tokenizer = tok, task = task, hps = hps, model_config = cfg,
+  if (opts["meteor-jar"] or opts["ptb-jar"]) and task ~= "tvc" then
+    die("--meteor-jar and --ptb-jar are for --task tvc")
+  end
+  local jars_ok, caption_eval = pcall(hero.eval.caption.java_options, opts["meteor-jar"], opts["ptb-jar"])
+  if not jars_ok then die(caption_eval) end
+  local run = FT.setup{tokenizer = tok, caption_eval = caption_eval, task = task, hps = hps, model_config = cfg,
     checkpoint = opts.checkpoint,
     vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = hps.train_txt_db, out_dir = opts.out,
     valid_txt_db = opts["valid-txt-db"], full_eval = not opts["no-full-eval"], save_every = int_arg(opts, "save-every"),

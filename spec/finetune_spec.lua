@@ -730,6 +730,67 @@ describe("fine-tuning and evaluation", function()
     assert.is_not_nil(scored.metrics.VCMR)
   end)
 
+  it("TVC: captions for a list of clips (inf_tvc.py --target_clip), scored when they carry references", function()
+    local run, hps = setup_run("tvc")
+    local tok = hero.text.Tokenizer.from_files(helper.fixture("tokenizer/roberta-base-vocab.json"),
+      helper.fixture("tokenizer/vocab.bpe"))
+    -- tvr_val.db's moments as the clips to caption
+    local clips, bare = {}, {}
+    do
+      local src <close> = data.open_txt_db(txt_dir .. "/tvr_val.db")
+      for i, e in ipairs(src:json("query_data.jsonl")) do
+        clips[i] = {vid_name = e.vid_name, clip_id = e.desc_id, ts = e.ts, descs = {{desc = e.desc}}}
+        bare[i] = {vid_name = e.vid_name, clip_id = e.desc_id, ts = e.ts}
+      end
+    end
+    local from_db = FT.evaluate("tvc", run.model, hps, {video = run.video, txt_db = txt_dir .. "/tvr_val.db",
+      tokenizer = tok})
+    local from_list = FT.evaluate("tvc", run.model, hps, {video = run.video, clips = clips, tokenizer = tok})
+    assert.are.equal(9, #from_list.results)
+    local by_clip = {}
+    for _, r in ipairs(from_db.results) do by_clip[r.clip_id] = r end
+    for _, r in ipairs(from_list.results) do
+      local d = by_clip[r.clip_id]
+      assert.are.same({d.vid_name, d.ts, d.descs}, {r.vid_name, r.ts, r.descs}, tostring(r.clip_id))
+    end
+    assert.are.same(from_db.metrics, from_list.metrics)
+    local plain = FT.evaluate("tvc", run.model, hps, {video = run.video, clips = bare, tokenizer = tok})
+    assert.are.equal(9, #plain.results)
+    assert.are.equal(json.null, plain.metrics) -- nothing to score against
+    helper.assert_error_contains(function()
+      D.ClipListDataset{video = run.video, clips = {{vid_name = "v", clip_id = 3, ts = {"a", 2}}}}
+    end, "clip 1 (clip_id 3): ts must be {start, end}")
+    helper.assert_error_contains(function()
+      FT.evaluate("vcmr", run.model, hps, {video = run.video, clips = clips})
+    end, "for the tvc task")
+    -- the command line: a checkpoint of one update, captions written as inf_tvc.py's JSON lines
+    local list = tmpdir .. "/clips.jsonl"
+    local f <close> = assert(io.open(list, "w"))
+    for _, c in ipairs(bare) do f:write(json.encode(c), "\n") end
+    f:flush()
+    local rc, out = run_example("finetune.lua", {"--task", "tvc", "--config", tmpdir .. "/train-tvc.json",
+      "--checkpoint", tmpdir .. "/init.safetensors", "--txt-db", txt_dir .. "/tvr_val.db", "--vfeat-db",
+      helper.fixture("data/video_db/tv"), "--out", tmpdir .. "/tvc", "--steps", "1", "--quiet"})
+    assert.are.equal(0, rc, out)
+    local common = {"--task", "tvc", "--checkpoint", tmpdir .. "/tvc/ckpt/step_1.safetensors", "--target-clip", list,
+      "--vocab", helper.fixture("tokenizer/roberta-base-vocab.json"), "--merges", helper.fixture("tokenizer/vocab.bpe")}
+    local args = {table.unpack(common)}
+    for _, a in ipairs {"--out", tmpdir .. "/captions.jsonl"} do args[#args + 1] = a end
+    rc, out = run_example("evaluate.lua", args)
+    assert.are.equal(0, rc, out)
+    local lines = json.read_lines(tmpdir .. "/captions.jsonl", {ordered = true})
+    assert.are.equal(9, #lines)
+    for _, l in ipairs(lines) do
+      assert.are.same({"vid_name", "clip_id", "ts", "descs"}, json.key_order(l))
+      assert.are.equal("string", type(l.descs[1].desc))
+    end
+    args = {table.unpack(common)}
+    for _, a in ipairs {"--out", tmpdir .. "/c.json", "--meteor-jar", tmpdir .. "/nope.jar"} do args[#args + 1] = a end
+    rc, out = run_example("evaluate.lua", args)
+    assert.are.equal(2, rc)
+    assert.matches("meteor_jar: METEOR's jar '.*nope.jar' cannot be read", out)
+  end)
+
   it("MSR-VTT: queries without moments are scored from query_data.jsonl (sen_id, clip_name) as eval_vr.py", function()
     local run, hps = setup_run("vr")
     local out = query_db_like_tvr("msrvtt_test.db", function(e)

@@ -42,10 +42,8 @@ end
 -- Key order of objects decoded with {ordered = true}; weak so it never keeps an object alive.
 local key_order = setmetatable({}, {__mode = "k"})
 
---- The keys of a decoded object in file order (decode with {ordered = true}), else sorted (strings
--- first, then other keys by their tostring).
 --- The keys of a decoded JSON object in the order the text had them, or nil when that order is not
--- known (a table not made by the decoder).
+-- known (a table not made by the decoder with {ordered = true}).
 function json.key_order(obj)
   local order = key_order[obj]
   if not order then return nil end
@@ -54,6 +52,8 @@ function json.key_order(obj)
   return out
 end
 
+--- The keys of a decoded object in file order (decode with {ordered = true}), else sorted (strings
+-- first, then other keys by their tostring).
 function json.keys(obj)
   local order = key_order[obj]
   local out = {}

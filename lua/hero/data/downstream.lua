@@ -883,6 +883,92 @@ function CaptionDataset:__tostring()
   return string.format("hero.data.downstream.CaptionDataset(%d videos)", #self._ids)
 end
 
+-- ------------------------------------------------------------------ clips to caption (TVC inference)
+
+local ClipListDataset = {}
+ClipListDataset.__index = ClipListDataset
+ClipListDataset.__name = "hero.data.downstream.ClipListDataset"
+
+--- ClipListDataset{video = VideoSubDataset, clips = JSON-lines path or array, frame_interval = 1.5,
+--   sub_ctx_len = video's, special_ids = video's}
+-- The clips of inf_tvc.py --target_clip (TvcEvalDataset): one {vid_name, clip_id, ts = {t0, t1},
+-- descs = {{desc}} (optional references)} per line, grouped by video in first-seen order; a clip id
+-- seen again replaces the earlier clip, as the reference's dict does. Serves :eval_item(vid) (every
+-- clip of the video, with its references when given) to a Loader with eval = true.
+function M.ClipListDataset(opts)
+  local op = "hero.data.downstream.ClipListDataset"
+  check_opts(op, opts, {"video", "clips", "frame_interval", "sub_ctx_len", "special_ids"})
+  local video = opts.video
+  if type(video) ~= "table" or type(video.get) ~= "function" then
+    fail(op, "opts.video must be a hero.data dataset of videos (VideoSubDataset)")
+  end
+  if video.video_only then fail(op, "TVC reads subtitles: a video-only dataset cannot serve it") end
+  local clips, source = opts.clips, "opts.clips"
+  if type(clips) == "string" then
+    source = clips
+    clips = json.read_lines(clips)
+  end
+  if type(clips) ~= "table" then fail(op, "opts.clips must be a JSON-lines file or an array of clips") end
+  local vid2clips, order, by_id = {}, {}, {}
+  for i, c in ipairs(clips) do
+    local where = string.format("%s: clip %d", source, i)
+    if type(c) ~= "table" or type(c.vid_name) ~= "string" or c.clip_id == nil then
+      fail(op, "%s is not {vid_name, clip_id, ts, descs}", where)
+    end
+    if type(c.ts) ~= "table" or type(c.ts[1]) ~= "number" or type(c.ts[2]) ~= "number" then
+      fail(op, "%s (clip_id %s): ts must be {start, end} in seconds", where, tostring(c.clip_id))
+    end
+    local key = tostring(c.clip_id)
+    if by_id[key] == nil then
+      if vid2clips[c.vid_name] == nil then
+        vid2clips[c.vid_name] = {}
+        order[#order + 1] = c.vid_name
+      end
+      table.insert(vid2clips[c.vid_name], key)
+    end
+    by_id[key] = c
+  end
+  if #order == 0 then fail(op, "%s holds no clip", source) end
+  local sp = {}
+  for k, v in pairs(opts.special_ids or (video.special_ids and video:special_ids()) or {}) do sp[k] = v end
+  sp.BOS, sp.EOS = sp.BOS or sp.CLS, sp.EOS or sp.SEP
+  if math.type(sp.BOS) ~= "integer" or math.type(sp.EOS) ~= "integer" or math.type(sp.SEP) ~= "integer" then
+    fail(op, "no integer BOS, EOS and SEP ids: give opts.special_ids or a video dataset that has them")
+  end
+  return setmetatable({video = video, _vid2clips = vid2clips, _by_id = by_id, _ids = order, _special = sp,
+    frame_interval = opts.frame_interval or 1.5, sub_ctx_len = opts.sub_ctx_len or video.sub_ctx_len or 0,
+    max_txt_len = -1}, ClipListDataset)
+end
+
+function ClipListDataset:ids() return self._ids end
+function ClipListDataset:__len() return #self._ids end
+function ClipListDataset:special_ids() return self._special end
+function ClipListDataset:length(vid) return self.video.length and self.video:length(vid) or 0 end
+
+--- Every clip of video vid with its ts and references (TvcEvalDataset.__getitem__).
+function ClipListDataset:eval_item(vid)
+  local video, why = self.video:get(vid)
+  if video == nil then return nil, why end
+  if video.v_feat:size(1) == 0 then return nil, string.format("video '%s' has no frame", vid) end
+  local exs = {}
+  for i, key in ipairs(self._vid2clips[vid] or {}) do
+    local c = self._by_id[key]
+    exs[i] = {ts = c.ts, clip_id = c.clip_id, refs = ref_texts(c)}
+  end
+  if #exs == 0 then return nil, string.format("video '%s' has no clip", vid) end
+  return M.tvc_item(video, exs, item_opts(self))
+end
+
+function ClipListDataset.item()
+  error("ClipListDataset serves evaluation items only (a Loader with eval = true)", 2)
+end
+
+function ClipListDataset.collate(_, items) return M.tvc_collate(items) end
+
+function ClipListDataset:__tostring()
+  return string.format("hero.data.downstream.ClipListDataset(%d videos)", #self._ids)
+end
+
 -- ------------------------------------------------------------------ loader
 
 local Loader = {}

@@ -419,6 +419,25 @@ function M.meteor_available(jar)
   return ok == true or ok == 0
 end
 
+--- tvc_eval's Java options checked before a long run: meteor_jar (METEOR 1.5) and ptb_jar (the
+-- Stanford PTBTokenizer, the reference's tokenisation) must be readable files with java on the
+-- PATH. Returns {meteor_jar =, ptb_jar =} with the ones given; raises a clear error otherwise.
+function M.java_options(meteor_jar, ptb_jar)
+  local out = {}
+  for _, o in ipairs {{"meteor_jar", meteor_jar, "METEOR"}, {"ptb_jar", ptb_jar, "the PTB tokenizer"}} do
+    local key, jar, what = o[1], o[2], o[3]
+    if jar ~= nil then
+      if type(jar) ~= "string" then error(string.format("%s: the jar must be a path, got %s", key, type(jar)), 2) end
+      local f = io.open(jar, "rb")
+      if not f then error(string.format("%s: %s's jar '%s' cannot be read", key, what, jar), 2) end
+      f:close()
+      if not M.meteor_available(jar) then error(string.format("%s: %s needs java on the PATH", key, what), 2) end
+      out[key] = jar
+    end
+  end
+  return out
+end
+
 --- METEOR 1.5 through its -stdio protocol as coco-caption's wrapper drives it (-l en -norm):
 -- one SCORE line per sentence, then one EVAL line with all statistics. Returns the corpus score
 -- and per-sentence scores, or nil and a reason when Java or the jar is missing.

@@ -207,8 +207,9 @@ end
 
 --- Builds the task's model from the model config and a checkpoint state (tensors): frame feature
 -- size and frame positions from the checkpoint (vfeat_dim from img_linear, max_frm_seq_len from
--- the position table, 100 without it; VIOLIN zero-pads a shorter table to 100 rows), the reference's constructor options from hps, dropout set,
--- the checkpoint loaded non-strictly. Returns the model and the load report.
+-- the position table, 100 without it; VIOLIN zero-pads a shorter table to 100 rows), the
+-- reference's constructor options from hps, dropout set, the checkpoint loaded non-strictly.
+-- Returns the model and the load report.
 function FT.build_model(task, cfg, hps, sd, opts)
   opts = opts or {}
   local ck = require "hero.models.checkpoint"
@@ -222,10 +223,10 @@ function FT.build_model(task, cfg, hps, sd, opts)
     -- train_violin.py: a shorter frame-position table is zero-padded to MAX_FRM_SEQ_LEN (100) rows
     local padded = core.zeros({100, pos:size(2)}, {dtype = pos:dtype()})
     padded:narrow(1, 1, pos:size(1)):copy_(pos)
-    local copy = {}
-    for k, v in pairs(sd) do copy[k] = v end
-    copy[pos_key] = padded
-    sd = copy
+    local with_padded = {}
+    for k, v in pairs(sd) do with_padded[k] = v end
+    with_padded[pos_key] = padded
+    sd = with_padded
   end
   local mopts = {vfeat_dim = vfeat_dim, max_frm_seq_len = ck.max_frm_seq_len(sd, 100), generator = opts.generator}
   local models = require "hero.models"
@@ -329,7 +330,8 @@ end
 
 --- Everything a fine-tuning run needs. spec: task, hps, model_config (table), checkpoint (path),
 -- vfeat_db, sub_db, txt_db, out_dir, valid_txt_db (optional: validation losses every valid_steps,
--- and unless full_eval = false the full evaluation of that split, as FT.evaluate; tokenizer for TVC),
+-- and unless full_eval = false the full evaluation of that split, as FT.evaluate; tokenizer and
+-- caption_eval for TVC),
 -- on_error ("skip"), progress, save_every (default hps.save_steps), valid_every (default
 -- hps.valid_steps when valid_txt_db is given), dist (data-parallel over hero.dist: each rank
 -- trains on its share of the queries, gradients averaged, rank 0 logs and checkpoints).
@@ -380,7 +382,8 @@ function FT.setup(spec)
       -- distributed: VCMR/VR share the queries among the ranks; the other tasks are evaluated
       -- whole on every rank (so that no rank waits alone in the next update's collectives)
       local res = FT.evaluate(task, model, hps, {video = video, txt_db = spec.valid_txt_db, split = "val",
-        tokenizer = spec.tokenizer, distributed = dist ~= nil and world > 1 and (task == "vcmr" or task == "vr")})
+        tokenizer = spec.tokenizer, caption_eval = spec.caption_eval,
+        distributed = dist ~= nil and world > 1 and (task == "vcmr" or task == "vr")})
       if rank ~= 0 then return nil end
       if spec.out_dir then
         local d = spec.out_dir .. "/results_val"
@@ -638,7 +641,7 @@ local function eval_tvc(model, hps, cds, spec)
   end
   local out = {results = results, num_clips = #results}
   if with_refs and tok then
-    local ev = require("hero.eval.caption").tvc_eval(refs, results)
+    local ev = require("hero.eval.caption").tvc_eval(refs, results, spec.caption_eval)
     out.metrics = ev.scores_x100
   else
     out.metrics = json.null
@@ -651,14 +654,24 @@ end
 --- Evaluates a model on a split, as the reference's eval_vcmr.py / eval_vr.py / eval_videoQA.py /
 -- eval_violin.py / inf_tvc.py do. spec: video (a VideoSubDataset), txt_db, split ("val"),
 -- tokenizer (TVC: a hero.text.Tokenizer for the caption text), distributed (VCMR/VR in a
--- hero.dist job: each rank ranks its share of the queries; every rank gets the joined results).
+-- hero.dist job: each rank ranks its share of the queries; every rank gets the joined results),
+-- clips (TVC: the clips to caption instead of a db, as inf_tvc.py --target_clip: a JSON-lines
+-- path or array, see ClipListDataset; scored when they carry descs), caption_eval (TVC: options
+-- of hero.eval.caption.tvc_eval, e.g. meteor_jar, ptb_jar).
 -- Returns the results table:
 --   vcmr/vr: {submission = {video2idx, VCMR, SVMR, VR}, metrics, submission_nms, metrics_nms, val_log}
 --   videoqa/violin: {results = {qid = answer}, metrics = {accuracy, loss}, val_log}
 --   tvc: {results = {{vid_name, clip_id, ts, descs = {{desc}}}}, metrics = {Bleu_1..4, ROUGE_L, CIDEr}}
 function FT.evaluate(task, model, hps, spec)
   FT.check_task(task)
-  local ds = FT.dataset(task, hps, spec.video, spec.txt_db, false)
+  local ds
+  if spec.clips ~= nil then
+    if task ~= "tvc" then fail("clips to caption (spec.clips, --target-clip) are for the tvc task, not %s", task) end
+    ds = D.ClipListDataset{video = spec.video, clips = spec.clips, frame_interval = hps.vfeat_interval,
+      sub_ctx_len = hps.sub_ctx_len}
+  else
+    ds = FT.dataset(task, hps, spec.video, spec.txt_db, false)
+  end
   local res
   if task == "vcmr" or task == "vr" then
     res = eval_vcmr(task, model, hps, ds, spec)
