@@ -10,13 +10,14 @@
 --                                                        vid2max_frame_sub_len.json, sub_info.json, meta.json
 --
 --   lua5.4 examples/prepro.lua --queries tvr_val_release.jsonl --query-db tvr_val --vocab vocab.json \
---     --merges merges.txt --out data [--query-task tvr|tvqa]
+--     --merges merges.txt --out data [--query-task tvr|tvqa|violin]
 --
 -- writes data/txt_db/tvr_val.db, a query database as the reference's prepro_query.py writes it
 -- (id2len.json, query2video.json, query_data.jsonl, meta.json): --query-task tvr (the default) for
 -- TVR, How2R, DiDeMo and MSR-VTT queries {desc_id, desc, vid_name, ts, ...} (test splits without
 -- ts or vid_name included), tvqa for TVQA / How2QA questions {qid, q, a0 .. a4, answer_idx, ts,
--- vid_name}. It needs no features; with --resnet and --slowfast the video database is built too.
+-- vid_name}, violin for VIOLIN statements {desc_id, desc, vid_name, label}. It needs no
+-- features; with --resnet and --slowfast the video database is built too.
 --
 --   lua5.4 examples/prepro.lua --captions tvc_train_release.jsonl --caption-db tvc_train --subs \
 --     tv_subtitles.jsonl --vocab vocab.json --merges merges.txt --out data
@@ -79,7 +80,9 @@ if opts.queries then
   if not (opts.vocab and opts.merges) then usage("--queries needs --vocab and --merges (the tokenizer)") end
   if not opts["query-db"] then usage("--queries needs --query-db NAME (the database data/txt_db/NAME.db)") end
   local t = opts["query-task"] or "tvr"
-  if t ~= "tvr" and t ~= "tvqa" then usage("--query-task must be tvr or tvqa, got '" .. t .. "'") end
+  if t ~= "tvr" and t ~= "tvqa" and t ~= "violin" then
+    usage("--query-task must be tvr, tvqa or violin, got '" .. t .. "'")
+  end
 end
 local name = opts.name or "tv"
 local frame_length = tonumber(opts["frame-length"] or "1.5")
@@ -90,7 +93,8 @@ if opts.queries then
   local tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
   local task = opts["query-task"] or "tvr"
   local out = string.format("%s/txt_db/%s.db", opts.out, opts["query-db"])
-  local qok, err = pcall(task == "tvqa" and prepro.qa_db or prepro.query_db, {
+  local writers = {tvr = prepro.query_db, tvqa = prepro.qa_db, violin = prepro.violin_db}
+  local qok, err = pcall(writers[task], {
     queries = opts.queries, out = out, tokenize = function(s) return tok:encode(s) end, overwrite = opts.overwrite,
     meta = {annotation = opts.queries, task = task},
   })

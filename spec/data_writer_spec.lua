@@ -375,6 +375,23 @@ describe("prepro", function()
       a0 = "a", a1 = "b", a2 = "c", vid_name = "v"}}, out = tmpdir("qa2") .. "/bad.db", tokenize = tokenize})
   end)
 
+  it("writes the reference's VIOLIN statement database byte for byte (prepro_query.py --task violin)", function()
+    local ref = data.open_txt_db(TDB .. "violin_test.db")
+    local out = tmpdir("violin") .. "/violin_test.db"
+    prepro.violin_db{queries = TDB .. "violin_test.db/query_data.jsonl", out = out, tokenize = tokenize}
+    local got = data.open_txt_db(out)
+    assert.are.same((ref:keys()), (got:keys()))
+    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
+    for _, name in ipairs {"id2len", "query2video", "query_data.jsonl"} do
+      assert.are.same(ref:json(name), got:json(name), name)
+    end
+    assert.are.equal("violin", got:meta().task)
+    got:close()
+    ref:close()
+    assert_err("violin_db: statement 5 (entry 1): label must be 0 or 1", prepro.violin_db, {queries = {{desc_id = 5,
+      desc = "x", vid_name = "v", label = 2}}, out = tmpdir("violin2") .. "/bad.db", tokenize = tokenize})
+  end)
+
   it("writes test-split queries without moments or videos, and DiDeMo's lists of moments", function()
     local out = tmpdir("qt") .. "/test.db"
     prepro.query_db{queries = {{desc_id = 1, desc = "A man opens the door.", duration = 30.0, type = "v"},
@@ -463,6 +480,18 @@ describe("prepro", function()
     local ref, got = data.open_txt_db(TDB .. "tvqa_val.db"), data.open_txt_db(dir .. "/q/txt_db/tvqa_val.db")
     for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
     assert.are.equal("tvqa", got:meta().task)
+    ref:close()
+    got:close()
+    -- and a VIOLIN statement database (--task violin)
+    cmd = string.format("%s%s %sexamples/prepro.lua --queries %s --query-db violin_test --query-task violin --vocab %s "
+      .. "--merges %s --out %s --quiet 2>&1", env, lua, root, TDB .. "violin_test.db/query_data.jsonl",
+      TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe", dir .. "/q")
+    p = io.popen(cmd)
+    text = p:read("a")
+    assert.is_truthy(p:close(), text)
+    ref, got = data.open_txt_db(TDB .. "violin_test.db"), data.open_txt_db(dir .. "/q/txt_db/violin_test.db")
+    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
+    assert.are.equal("violin", got:meta().task)
     ref:close()
     got:close()
     -- TVC caption databases alone, the clips' subtitles from --subs

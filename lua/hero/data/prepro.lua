@@ -265,7 +265,8 @@ end
 -- then the side files. Nothing is left behind on an error.
 local function annotation_db(opts, task, entry)
   local lines = opts.queries
-  if type(lines) == "string" then lines = json.read_lines(lines) end
+  -- the annotation's own field order goes into the values, as Python's dicts keep it
+  if type(lines) == "string" then lines = json.read_lines(lines, {ordered = true}) end
   prepro.mkdir_p(util.parent_dir(opts.out))
   local w = writer.TxtDbWriter(opts.out, {overwrite = opts.overwrite})
   local ok, err = pcall(function()
@@ -335,6 +336,26 @@ function prepro.qa_db(opts)
     local key = tostring(q.qid)
     w:put(key, writer.qa_value(q, ids))
     return key, json.array(lens), q.vid_name
+  end)
+end
+
+--- A VIOLIN statement database (prepro_query.py --task violin). opts: queries (JSON-lines path or
+-- array of {desc_id, desc, vid_name, label}), out, tokenize, raw_text, overwrite, meta, specials.
+-- Side files: id2len.json, query2video.json, query_data.jsonl, meta.json.
+function prepro.violin_db(opts)
+  local prepare = require("hero.text").prepare_query
+  annotation_db(opts, "violin", function(w, ln, q)
+    if type(q) ~= "table" or q.desc_id == nil or type(q.desc) ~= "string" or type(q.vid_name) ~= "string" then
+      error(string.format("violin_db: entry %d is not {desc_id, desc, vid_name, label}", ln), 0)
+    end
+    if q.label ~= 0 and q.label ~= 1 then
+      error(string.format("violin_db: statement %s (entry %d): label must be 0 or 1, got %s", tostring(q.desc_id), ln,
+        tostring(q.label)), 0)
+    end
+    local ids = opts.raw_text and opts.tokenize(q.desc) or opts.tokenize(prepare(q.desc))
+    local key = tostring(q.desc_id)
+    w:put(key, writer.violin_value(q, ids))
+    return key, #ids, q.vid_name
   end)
 end
 

@@ -363,9 +363,6 @@ function writer.subtitle_value(args)
       "max_mtached_sub_len"})
 end
 
---- A TVR-style query value in the reference's layout (prepro_query.py): the annotation
--- {desc_id, desc, vid_name, ts, duration, type} followed by vid, input_ids, target (= ts) and qid
--- (= tostring(desc_id)).
 -- A deep copy of a JSON value, arrays kept as arrays.
 local function json_copy(v)
   if type(v) ~= "table" or v == json.null then return v end
@@ -426,6 +423,13 @@ function writer.caption_values(example, caption_ids, sub_indices)
   local clip = writer.ordered({vid_name = example.vid_name, ts = json_copy(example.ts), sub_indices = arr(sub_indices),
     duration = example.duration, captions = captions}, {"vid_name", "ts", "sub_indices", "duration", "captions"})
   return caps, clip
+end
+
+--- The value of one VIOLIN statement (prepro_query.py's process_violin): the annotation
+-- {desc_id, desc, vid_name, label} followed by vid, input_ids, target (= label) and qid.
+function writer.violin_value(q, input_ids)
+  return annotated_value(q, {"desc_id", "desc", "vid_name", "label"}, {
+    {"vid", q.vid_name}, {"input_ids", arr(input_ids)}, {"target", q.label}, {"qid", tostring(q.desc_id)}})
 end
 
 --- The value of one TVQA / How2QA question (prepro_query.py's process_tvqa): the annotation with
