@@ -290,8 +290,28 @@ int hr_zip_extract(const hr_zip *z, size_t i, unsigned char **out, size_t *outle
     return 0;
 }
 
-int hr_zip_write(const char *path, size_t n, const char *const *names, const unsigned char *const *data,
-                 const size_t *lens, bool compress)
+/* Concatenates the pieces into one malloc'd buffer. */
+static int join_pieces(size_t n, const void *const *pieces, const size_t *lens, unsigned char **out, size_t *outlen)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) total += lens[i];
+    unsigned char *buf = malloc(total ? total : 1);
+    if (!buf) return hr_fail(HR_ENOMEM, "out of memory assembling a zip archive of %zu bytes", total);
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i]) memcpy(buf + at, pieces[i], lens[i]);
+        at += lens[i];
+    }
+    *out = buf;
+    *outlen = total;
+    return 0;
+}
+
+/* A zip with members names[i] = data[i] (deflated when compress): written atomically to path, or,
+ * when path is NULL, returned in *out (malloc'd, *outlen bytes). `what` names it in errors. */
+static int zip_assemble(const char *what, const char *path, size_t n, const char *const *names,
+                        const unsigned char *const *data, const size_t *lens, bool compress, unsigned char **out,
+                        size_t *outlen)
 {
     /* Pieces: per member a local header and its data, then the directory and its end record. */
     size_t npieces = 2 * n + 2;
@@ -302,14 +322,14 @@ int hr_zip_write(const char *path, size_t n, const char *const *names, const uns
     unsigned char *cd = NULL;
     int rc = -1;
     if (!pieces || !plens || !headers || !packed) {
-        hr_fail(HR_ENOMEM, "out of memory writing '%s'", path);
+        hr_fail(HR_ENOMEM, "out of memory writing %s", what);
         goto done;
     }
     size_t cd_len = 0;
     for (size_t i = 0; i < n; i++) cd_len += 46 + strlen(names[i]);
     cd = malloc(cd_len + 22);
     if (!cd) {
-        hr_fail(HR_ENOMEM, "out of memory writing '%s'", path);
+        hr_fail(HR_ENOMEM, "out of memory writing %s", what);
         goto done;
     }
     uint64_t offset = 0;
@@ -355,12 +375,12 @@ int hr_zip_write(const char *path, size_t n, const char *const *names, const uns
             method = 8;
         }
         if (offset + 30 + nlen + csize > 0xFFFFFFFEu || lens[i] > 0xFFFFFFFEu) {
-            hr_fail(HR_EINVAL, "'%s' would exceed 4 GiB: zip64 archives are not written (use safetensors)", path);
+            hr_fail(HR_EINVAL, "%s would exceed 4 GiB: zip64 archives are not written (use safetensors)", what);
             goto done;
         }
         unsigned char *lh = headers[i] = malloc(30 + nlen);
         if (!lh) {
-            hr_fail(HR_ENOMEM, "out of memory writing '%s'", path);
+            hr_fail(HR_ENOMEM, "out of memory writing %s", what);
             goto done;
         }
         /* Fixed date (1980-01-01 00:00) keeps the archives byte-identical for equal inputs. */
@@ -404,7 +424,7 @@ int hr_zip_write(const char *path, size_t n, const char *const *names, const uns
         offset += 30 + nlen + csize;
     }
     if (n > 0xFFFF || offset + cd_len > 0xFFFFFFFEu) {
-        hr_fail(HR_EINVAL, "'%s' would need zip64 records, which are not written (use safetensors)", path);
+        hr_fail(HR_EINVAL, "%s would need zip64 records, which are not written (use safetensors)", what);
         goto done;
     }
     unsigned char *eo = cd + cdpos;
@@ -418,7 +438,10 @@ int hr_zip_write(const char *path, size_t n, const char *const *names, const uns
     wr16(eo + 20, 0);
     pieces[2 * n] = cd;
     plens[2 * n] = cd_len + 22;
-    rc = hr_io_write_atomic(path, 2 * n + 1, pieces, plens);
+    if (path)
+        rc = hr_io_write_atomic(path, 2 * n + 1, pieces, plens);
+    else
+        rc = join_pieces(2 * n + 1, pieces, plens, out, outlen);
 done:
     if (headers)
         for (size_t i = 0; i < n; i++) free(headers[i]);
@@ -430,6 +453,14 @@ done:
     free(pieces);
     free(plens);
     return rc;
+}
+
+int hr_zip_write(const char *path, size_t n, const char *const *names, const unsigned char *const *data,
+                 const size_t *lens, bool compress)
+{
+    char what[64 + 1024];
+    snprintf(what, sizeof what, "'%s'", path);
+    return zip_assemble(what, path, n, names, data, lens, compress, NULL, NULL);
 }
 
 /* ------------------------------------------------------------------ .npz */
@@ -509,7 +540,10 @@ static int cmp_idx_name(const void *a, const void *b, void *names)
     return strcmp(nm[*(const size_t *)a], nm[*(const size_t *)b]);
 }
 
-int hr_npz_save(const char *path, const hr_tensor_list *in, bool compress)
+/* The .npz of the list (members in name order), written to path or, when path is NULL, returned in
+ * *out / *outlen. */
+static int npz_assemble(const char *path, const hr_tensor_list *in, bool compress, unsigned char **out,
+                        size_t *outlen)
 {
     size_t n = in->n;
     size_t *order = calloc(n ? n : 1, sizeof *order);
@@ -518,7 +552,7 @@ int hr_npz_save(const char *path, const hr_tensor_list *in, bool compress)
     size_t *lens = calloc(n ? n : 1, sizeof *lens);
     int rc = -1;
     if (!order || !names || !images || !lens) {
-        hr_fail(HR_ENOMEM, "out of memory saving '%s'", path);
+        hr_fail(HR_ENOMEM, "out of memory saving %s", path ? path : "an npz archive");
         goto done;
     }
     /* Members in name order: equal inputs give byte-identical archives. */
@@ -533,7 +567,7 @@ int hr_npz_save(const char *path, const hr_tensor_list *in, bool compress)
         size_t nl = strlen(in->names[i]);
         names[k] = malloc(nl + 5);
         if (!names[k]) {
-            hr_fail(HR_ENOMEM, "out of memory saving '%s'", path);
+            hr_fail(HR_ENOMEM, "out of memory saving %s", path ? path : "an npz archive");
             goto done;
         }
         memcpy(names[k], in->names[i], nl);
@@ -543,7 +577,11 @@ int hr_npz_save(const char *path, const hr_tensor_list *in, bool compress)
             goto done;
         }
     }
-    rc = hr_zip_write(path, n, (const char *const *)names, (const unsigned char *const *)images, lens, compress);
+    if (path)
+        rc = hr_zip_write(path, n, (const char *const *)names, (const unsigned char *const *)images, lens, compress);
+    else
+        rc = zip_assemble("an npz archive", NULL, n, (const char *const *)names, (const unsigned char *const *)images,
+                          lens, compress, out, outlen);
 done:
     if (names)
         for (size_t i = 0; i < n; i++) free(names[i]);
@@ -554,6 +592,16 @@ done:
     free(images);
     free(lens);
     return rc;
+}
+
+int hr_npz_save(const char *path, const hr_tensor_list *in, bool compress)
+{
+    return npz_assemble(path, in, compress, NULL, NULL);
+}
+
+int hr_npz_encode(const hr_tensor_list *in, bool compress, unsigned char **out, size_t *outlen)
+{
+    return npz_assemble(NULL, in, compress, out, outlen);
 }
 
 /* ------------------------------------------------------------------ feature files */

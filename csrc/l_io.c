@@ -1,4 +1,5 @@
 /* l_io.c — Lua bindings of the tensor file formats (safetensors, .npy, .npz, feature files). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "hr_io.h"
@@ -154,6 +155,58 @@ static int l_save_npz(lua_State *L)
     return 0;
 }
 
+/* A malloc'd buffer owned by a userdata, so that a Lua error while its bytes are copied out frees it. */
+#define OWNED_BYTES_MT "hero.io.owned_bytes"
+
+static int owned_bytes_gc(lua_State *L)
+{
+    unsigned char **p = luaL_checkudata(L, 1, OWNED_BYTES_MT);
+    free(*p);
+    *p = NULL;
+    return 0;
+}
+
+static unsigned char **new_owned_bytes(lua_State *L)
+{
+    unsigned char **p = lua_newuserdatauv(L, sizeof *p, 0);
+    *p = NULL;
+    if (luaL_newmetatable(L, OWNED_BYTES_MT)) {
+        lua_pushcfunction(L, owned_bytes_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return p;
+}
+
+/* npz_to_bytes({name = tensor, ...}, {compress = false}) -> the .npz archive's bytes as a string
+ * (numpy.savez / savez_compressed into memory), e.g. a compressed video db's value. */
+static int l_npz_to_bytes(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    bool compress = false;
+    if (!lua_isnil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "compress");
+        if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+            return luaL_error(L, "npz_to_bytes: option 'compress' must be a boolean, got %s", luaL_typename(L, -1));
+        compress = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    hr_tensor_list *l = new_list(L);
+    table_to_list(L, 1, l, "npz_to_bytes");
+    unsigned char **owned = new_owned_bytes(L);
+    size_t len = 0;
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_npz_encode(l, compress, owned, &len));
+    if (rc) return hr_lua_error(L, "npz_to_bytes");
+    lua_pushlstring(L, (const char *)*owned, len); /* may raise: the userdata frees the bytes then */
+    free(*owned);
+    *owned = NULL;
+    hr_tensor_list_free(l);
+    return 1;
+}
+
 static int l_load_features(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
@@ -201,6 +254,7 @@ static const luaL_Reg io_functions[] = {
     {"save_npy", l_save_npy},
     {"load_npz", l_load_npz},
     {"save_npz", l_save_npz},
+    {"npz_to_bytes", l_npz_to_bytes},
     {"load_features", l_load_features},
     {NULL, NULL},
 };

@@ -28,7 +28,10 @@
 -- (stop at the first unreadable or unpaired feature file instead of skipping the video and
 -- listing it in corrupted.json), --skip-bad-subs (drop invalid subtitles, e.g. an end before the
 -- start or a negative time, and list them, instead of stopping with an error naming the video and
--- the subtitle), --quiet.
+-- the subtitle), --quiet, --compress (the video database's values as deflated .npz archives,
+-- convert_videodb.py --compress, in resnet_slowfast_<frame length>_compressed), --clip-interval S
+-- (cut each video into clips of S seconds keyed <vid>.<k>, as --clip_interval 60 does for
+-- HowTo100M; the subtitle database is then not aligned here).
 -- The subtitle file has one JSON object per line: {"vid_name": "...", "sub": [{"text": "...",
 -- "start": 0.4, "end": 4.1}, ...]}. Features without subtitles are fine; subtitles of videos without
 -- features are skipped and counted.
@@ -40,10 +43,10 @@ local function usage(msg)
   os.exit(2)
 end
 
-local flags = {overwrite = true, strict = true, ["skip-bad-subs"] = true, quiet = true}
+local flags = {overwrite = true, strict = true, ["skip-bad-subs"] = true, quiet = true, compress = true}
 local known = {resnet = true, slowfast = true, subs = true, vocab = true, merges = true, out = true, name = true,
                ["frame-length"] = true, queries = true, ["query-db"] = true, ["query-task"] = true, captions = true,
-               ["caption-db"] = true}
+               ["caption-db"] = true, ["clip-interval"] = true}
 local opts = {}
 local i = 1
 while i <= #arg do
@@ -120,16 +123,26 @@ if not features then os.exit(0) end
 
 -- the directory name holds the frame length as the reference formats it (Python's str)
 local fl = tostring(frame_length)
-local video_dir = string.format("%s/video_db/%s/resnet_slowfast_%s", opts.out, name, fl)
+local video_dir = string.format("%s/video_db/%s/resnet_slowfast_%s%s", opts.out, name, fl,
+  opts.compress and "_compressed" or "")
+local clip_interval = opts["clip-interval"] and tonumber(opts["clip-interval"])
+if opts["clip-interval"] and not (clip_interval and clip_interval > 0) then
+  usage("--clip-interval must be a positive number of seconds")
+end
+if clip_interval and opts.subs then
+  usage("--clip-interval and --subs do not go together: clips have no subtitles here")
+end
 local ok, report = pcall(prepro.convert_video_db, {
   resnet = opts.resnet, slowfast = opts.slowfast, out = video_dir, overwrite = opts.overwrite, strict = opts.strict,
+  compress = opts.compress, clip_interval = clip_interval, frame_length = frame_length,
   progress = function(k, n, vid) say("\rvideo %d/%d %s\27[K", k, n, vid) end,
 })
 if not ok then
   io.stderr:write("\nprepro: ", tostring(report), "\n")
   os.exit(1)
 end
-say("\rvideo database %s: %d videos of %s-dimensional features\27[K\n", video_dir, report.videos,
+say("\rvideo database %s: %d %s of %s-dimensional features\27[K\n", video_dir, report.videos,
+  clip_interval and "clips" or "videos",
   tostring(report.feat_dim))
 for _, c in ipairs(report.corrupted) do say("  skipped %s: %s\n", c.vid, c.reason) end
 if #report.corrupted > 0 then say("  %d videos skipped (listed in corrupted.json)\n", #report.corrupted) end

@@ -301,6 +301,46 @@ describe("prepro", function()
     assert.are.equal(7, data.open_lmdb(out):count())
   end)
 
+  it("cuts videos into clips (--clip_interval) and writes compressed databases (--compress) as the reference",
+    function()
+    local root = tmpdir("clips")
+    local out = root .. "/video_db/ht_clips/resnet_slowfast_1.5"
+    local r = prepro.convert_video_db{resnet = FEAT .. "resnet_features", slowfast = FEAT .. "slowfast_features",
+                                      out = out, clip_interval = 6, frame_length = 1.5}
+    local ref = FX .. "video_db/ht_clips/"
+    local a, b = data.open_lmdb(out), data.open_lmdb(ref .. "resnet_slowfast_1.5")
+    assert.are.same((b:keys()), (a:keys()))
+    for _, k in ipairs(b:keys()) do assert.are.equal(b:get(k), a:get(k), k) end -- byte for byte
+    a:close()
+    b:close()
+    for _, side in ipairs {"id2nframe.json", "corrupted.json"} do
+      assert.are.same(json.read_file(ref .. side), json.read_file(root .. "/video_db/ht_clips/" .. side), side)
+    end
+    assert.are.equal(r.id2nframe["grey_s05e09_seg02_clip_17.4"], 2) -- 18 frames in clips of int(6 / 1.5) = 4
+    assert_err("a clip_interval of 1 s holds no 1.5 s frame", prepro.convert_video_db, {resnet = FEAT ..
+      "resnet_features", slowfast = FEAT .. "slowfast_features", out = root .. "/bad", clip_interval = 1})
+    -- compressed: each value a deflated .npz of features.npy and the reference's allow_pickle.npy (True)
+    local cout = root .. "/video_db/tv/resnet_slowfast_1.5_compressed"
+    prepro.convert_video_db{resnet = FEAT .. "resnet_features", slowfast = FEAT .. "slowfast_features", out = cout,
+      compress = true}
+    local got, want = data.open_lmdb(cout), data.open_lmdb(VDB .. "_compressed")
+    assert.are.same((want:keys()), (got:keys()))
+    for _, k in ipairs(want:keys()) do
+      local g, w = data.decode_npz(got:get(k)), data.decode_npz(want:get(k))
+      assert.are.same({"allow_pickle", "features"}, json.keys(g))
+      assert(g.features:eq(w.features):all():item(), k)
+      assert.are.equal("bool", g.allow_pickle:dtype())
+      assert.is_true(g.allow_pickle:item())
+      assert.is_true(#got:get(k) < #want:get(k) * 1.1, k) -- deflated as the reference's
+    end
+    got:close()
+    want:close()
+    local vdb = data.open_video_db(cout) -- read back as a compressed database (its name says so)
+    assert.is_true(vdb.compressed)
+    assert.are.same({7, 24}, vdb:get("met_s02e03_seg01_clip_05"):size())
+    vdb:close()
+  end)
+
   it("reports a feature file without its partner", function()
     local root = tmpdir("lonely")
     prepro.mkdir_p(root .. "/r")
@@ -308,11 +348,16 @@ describe("prepro", function()
     hero.io.save_npz(root .. "/r/v1.npz", {features = hero.ones(3, 2):half()})
     hero.io.save_npz(root .. "/s/nested/v1.npz", {features = hero.ones(4, 3):half()})
     hero.io.save_npz(root .. "/r/v2.npz", {features = hero.ones(3, 2):half()})
+    -- a video of no frame is corrupted, as load_npz's nframes == 0 makes it
+    hero.io.save_npz(root .. "/r/v3.npz", {features = hero.ones(0, 2):half()})
+    hero.io.save_npz(root .. "/s/v3.npz", {features = hero.ones(4, 3):half()})
     local r = prepro.convert_video_db{resnet = root .. "/r", slowfast = root .. "/s", out = root .. "/db/x"}
     assert.are.equal(1, r.videos)
     assert.are.same({3, 5}, data.open_video_db(root .. "/db/x"):get("v1"):size())
     assert.are.equal("v2", r.corrupted[1].vid)
     assert.truthy(r.corrupted[1].reason:find("no SlowFast feature file", 1, true))
+    assert.are.equal("v3", r.corrupted[2].vid)
+    assert.truthy(r.corrupted[2].reason:find("no frame (0 ResNet rows, 4 SlowFast rows)", 1, true))
     assert_err("video 'v2': no SlowFast feature file", prepro.convert_video_db,
       {resnet = root .. "/r", slowfast = root .. "/s", out = root .. "/db/y", strict = true})
   end)
@@ -494,6 +539,18 @@ describe("prepro", function()
     assert.are.equal("violin", got:meta().task)
     ref:close()
     got:close()
+    -- a compressed video database cut into clips (--compress --clip-interval 6)
+    cmd = string.format("%s%s %sexamples/prepro.lua --resnet %s --slowfast %s --compress --clip-interval 6 --name ht "
+      .. "--out %s --quiet 2>&1", env, lua, root, FEAT .. "resnet_features", FEAT .. "slowfast_features", dir .. "/z")
+    p = io.popen(cmd)
+    text = p:read("a")
+    assert.is_truthy(p:close(), text)
+    local clips = data.open_video_db(dir .. "/z/video_db/ht/resnet_slowfast_1.5_compressed")
+    local plain = data.open_video_db(FX .. "video_db/ht_clips/resnet_slowfast_1.5")
+    assert.are.same(plain:keys(), clips:keys())
+    for _, k in ipairs(plain:keys()) do assert(clips:get(k):eq(plain:get(k)):all():item(), k) end
+    clips:close()
+    plain:close()
     -- TVC caption databases alone, the clips' subtitles from --subs
     local caps = dir .. "/caps.jsonl"
     f = assert(io.open(caps, "wb"))

@@ -92,16 +92,38 @@ function prepro.load_video_features(vid, resnet_path, slowfast_path)
   local r = load(resnet_path, "ResNet")
   local s = load(slowfast_path, "SlowFast")
   local n = math.min(r:size(1), s:size(1))
+  -- convert_videodb.py's load_npz treats a video of no frame as corrupted
+  if n == 0 then
+    error(string.format("video '%s': no frame (%d ResNet rows, %d SlowFast rows)", vid, r:size(1), s:size(1)), 0)
+  end
   return core.cat({r:narrow(1, 1, n):float(), s:narrow(1, 1, n):float()}, 2)
 end
 
 --- opts: resnet, slowfast (directories), out (the LMDB directory, e.g. ".../video_db/tv/
--- resnet_slowfast_1.5"), overwrite, strict, progress (function(i, n, vid)).
+-- resnet_slowfast_1.5"), overwrite, strict, progress (function(i, n, vid)), compress (deflated
+-- .npz values, convert_videodb.py --compress; the reference names such a directory
+-- "<version>_<frame_length>_compressed"), clip_interval (seconds, -1 = whole videos: cut each video
+-- into clips of int(clip_interval / frame_length) frames keyed "<vid>.<k>", as --clip_interval 60
+-- does for HowTo100M) with frame_length (1.5).
 -- Returns {videos = count, feat_dim = D, id2nframe = {...}, corrupted = {{vid, reason}...},
--- ids = {...}}.
+-- ids = {...}} (with clips, id2nframe and ids hold the clips).
 function prepro.convert_video_db(opts)
   for _, k in ipairs {"resnet", "slowfast", "out"} do
     if type(opts[k]) ~= "string" then error("convert_video_db: opts." .. k .. " (a path) is required", 2) end
+  end
+  local clip_frames
+  local interval = opts.clip_interval or -1
+  if type(interval) ~= "number" then error("convert_video_db: opts.clip_interval must be a number of seconds", 2) end
+  if interval ~= -1 then
+    local fl = opts.frame_length or 1.5
+    if type(fl) ~= "number" or fl <= 0 then error("convert_video_db: opts.frame_length must be positive", 2) end
+    -- Python's int(): truncation toward zero
+    local q = interval / fl
+    clip_frames = math.tointeger(q >= 0 and math.floor(q) or math.ceil(q))
+    if not clip_frames or clip_frames < 1 then
+      error(string.format("convert_video_db: a clip_interval of %s s holds no %s s frame", tostring(interval),
+        tostring(fl)), 2)
+    end
   end
   local pairs_, ids, lonely = prepro.collect_feature_pairs(opts.resnet, opts.slowfast)
   local corrupted = {}
@@ -112,13 +134,21 @@ function prepro.convert_video_db(opts)
     corrupted[#corrupted + 1] = {vid = l.vid, reason = reason}
   end
   prepro.mkdir_p(util.parent_dir(opts.out))
-  local w = writer.VideoDbWriter(opts.out, {overwrite = opts.overwrite})
+  local w = writer.VideoDbWriter(opts.out, {overwrite = opts.overwrite, compress = opts.compress == true})
   local kept = {}
   local ok, err = pcall(function()
     for i, vid in ipairs(ids) do
       if opts.progress then opts.progress(i, #ids, vid) end
       local fok, feats = pcall(prepro.load_video_features, vid, pairs_[vid].resnet, pairs_[vid].slowfast)
-      if fok then
+      if fok and clip_frames then
+        local n, k = feats:size(1), 0
+        for st = 0, n - 1, clip_frames do
+          local clip = string.format("%s.%d", vid, k)
+          w:add(clip, feats:narrow(1, st + 1, math.min(clip_frames, n - st)))
+          kept[#kept + 1] = clip
+          k = k + 1
+        end
+      elseif fok then
         w:add(vid, feats)
         kept[#kept + 1] = vid
       elseif opts.strict then

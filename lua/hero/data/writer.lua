@@ -244,13 +244,20 @@ VideoDbWriter.__index = VideoDbWriter
 VideoDbWriter.__name = "hero.data.VideoDbWriter"
 
 --- A video feature LMDB at `dir` (e.g. "video_db/tv/resnet_slowfast_1.5") in the format of the
--- reference's convert_videodb.py: key = video id, value = msgpack {"features": float32 [n, D]}.
--- On commit, id2nframe.json in dir's parent gets {video id: n}, merged with an existing file by
--- min (as the reference reconciles it). opts: overwrite, map_size, feat_dim (checked on every add).
+-- reference's convert_videodb.py: key = video id, value = msgpack {"features": float32 [n, D]},
+-- or with opts.compress (convert_videodb.py --compress, a "_compressed" directory) the bytes of
+-- np.savez_compressed(features = ..., allow_pickle = True): a deflated .npz whose second member
+-- allow_pickle.npy is the 0-d True that the reference's misplaced keyword stores. On commit,
+-- id2nframe.json in dir's parent gets {video id: n}, merged with an existing file by min (as the
+-- reference reconciles it). opts: overwrite, map_size, feat_dim (checked on every add), compress.
 function writer.VideoDbWriter(dir, opts)
   opts = opts or {}
+  if opts.compress ~= nil and type(opts.compress) ~= "boolean" then
+    error("VideoDbWriter: opts.compress must be a boolean, got " .. type(opts.compress), 2)
+  end
   local b = writer.LmdbBuilder(dir, {overwrite = opts.overwrite, map_size = opts.map_size, what = "VideoDbWriter"})
-  return setmetatable({builder = b, dir = b.dest, id2nframe = {}, feat_dim = opts.feat_dim, n = 0}, VideoDbWriter)
+  return setmetatable({builder = b, dir = b.dest, id2nframe = {}, feat_dim = opts.feat_dim, n = 0,
+    compress = opts.compress == true}, VideoDbWriter)
 end
 
 --- Adds the features of one video: a 2-D tensor [n, D], f32 or f16 (stored as float32).
@@ -270,7 +277,13 @@ function VideoDbWriter:add(vid, feats)
   end
   self.feat_dim = self.feat_dim or feats:size(2)
   if self.id2nframe[vid] then error(string.format("VideoDbWriter:add: video '%s' was already added", vid), 2) end
-  self.builder:put_msgpack(vid, writer.ordered({features = feats:float():contiguous()}, {"features"}))
+  local f32 = feats:float():contiguous()
+  if self.compress then
+    self.builder:put(vid, core.npz_to_bytes({features = f32, allow_pickle = core.tensor(true, {dtype = "bool"})},
+      {compress = true}))
+  else
+    self.builder:put_msgpack(vid, writer.ordered({features = f32}, {"features"}))
+  end
   self.id2nframe[vid] = feats:size(1)
   self.n = self.n + 1
 end
