@@ -362,6 +362,22 @@ describe("NumPy files", function()
     end)
   end
 
+  it("builds .npz archives in memory, equal to the files, and refuses bad input", function()
+    local src = {features = hero.randn(5, 7), allow_pickle = hero.tensor(true, {dtype = "bool"})}
+    for _, compress in ipairs {false, true} do
+      local p = tmp("mem.npz")
+      hero.io.save_npz(p, src, {compress = compress})
+      local bytes = hero.io.npz_to_bytes(src, {compress = compress})
+      assert.equal(read_bytes(p), bytes) -- the same archive, byte for byte
+      local back = hero.data.decode_npz(bytes)
+      for name, t in pairs(src) do assert.equal(bytes_of(t), bytes_of(back[name]), name) end
+    end
+    helper.assert_error_contains(function() hero.io.npz_to_bytes({x = 1}) end, "npz_to_bytes")
+    helper.assert_error_contains(function() hero.io.npz_to_bytes(src, {compress = "yes"}) end,
+      "option 'compress' must be a boolean")
+    helper.assert_error_contains(function() hero.io.npz_to_bytes({w = hero.ones(2):bfloat16()}) end, "'w'")
+  end)
+
   it("writes archives NumPy reads (checked with python3 + numpy when present)", function()
     if not os.execute("/usr/bin/python3 -c 'import numpy' 2>/dev/null") then
       pending("python3 with numpy is not installed")

@@ -15,6 +15,10 @@ for _, name in ipairs {"load_npy", "load_npz", "save_npy", "save_npz", "load_saf
   io_[name] = core[name]
 end
 
+--- npz_to_bytes({name = tensor, ...}, {compress = false}): the .npz archive save_npz would write,
+-- as a string (an LMDB value, a network payload); hero.data.decode_npz reads it back.
+io_.npz_to_bytes = core.npz_to_bytes
+
 --- write_atomic(path, bytes): replaces path as a whole, durably: the bytes go to path.tmp.<pid>
 -- beside it, are fsynced, renamed over path, and the directory is fsynced. A reader (or a crash at
 -- any moment) sees the old complete file or the new complete file, never a torn one; a writer
