@@ -31,7 +31,9 @@
 -- the subtitle), --quiet, --compress (the video database's values as deflated .npz archives,
 -- convert_videodb.py --compress, in resnet_slowfast_<frame length>_compressed), --clip-interval S
 -- (cut each video into clips of S seconds keyed <vid>.<k>, as --clip_interval 60 does for
--- HowTo100M; the subtitle database is then not aligned here).
+-- HowTo100M; the subtitle database is then not aligned here), --vid2nframe FILE (align the
+-- subtitles with these frame counts, as prepro_sub.py --vid2nframe tv_vid2nframe.json does,
+-- instead of the features' own; with it --subs needs no features).
 -- The subtitle file has one JSON object per line: {"vid_name": "...", "sub": [{"text": "...",
 -- "start": 0.4, "end": 4.1}, ...]}. Features without subtitles are fine; subtitles of videos without
 -- features are skipped and counted.
@@ -46,7 +48,7 @@ end
 local flags = {overwrite = true, strict = true, ["skip-bad-subs"] = true, quiet = true, compress = true}
 local known = {resnet = true, slowfast = true, subs = true, vocab = true, merges = true, out = true, name = true,
                ["frame-length"] = true, queries = true, ["query-db"] = true, ["query-task"] = true, captions = true,
-               ["caption-db"] = true, ["clip-interval"] = true}
+               ["caption-db"] = true, ["clip-interval"] = true, vid2nframe = true}
 local opts = {}
 local i = 1
 while i <= #arg do
@@ -65,13 +67,14 @@ while i <= #arg do
 end
 if not opts.out then usage("--out is required") end
 local features = opts.resnet or opts.slowfast
-if features or not (opts.queries or opts.captions) then
+local subs_alone = opts.subs and opts.vid2nframe and not features
+if features or not (opts.queries or opts.captions or subs_alone) then
   for _, k in ipairs {"resnet", "slowfast"} do
     if not opts[k] then usage("--" .. k .. " is required") end
   end
 end
-if opts.subs and not features and not opts.captions then
-  usage("--subs needs the features (--resnet, --slowfast): frames are aligned")
+if opts.subs and not features and not opts.captions and not opts.vid2nframe then
+  usage("--subs needs the features (--resnet, --slowfast) or --vid2nframe FILE: frames are aligned")
 end
 if opts.captions then
   if not (opts.vocab and opts.merges) then usage("--captions needs --vocab and --merges (the tokenizer)") end
@@ -119,6 +122,42 @@ if opts.captions then
   end
   say("caption databases %s: %d clips, %d captions\n", out, r.clips, r.captions)
 end
+local function read_vid2nframe(path)
+  local ok, t = pcall(hero.json.read_file, path)
+  if not ok then usage("--vid2nframe: " .. tostring(t)) end
+  for vid, n in pairs(t) do
+    if type(vid) ~= "string" or math.type(n) ~= "integer" or n < 0 then
+      usage(string.format("--vid2nframe: '%s' must map video ids to frame counts (video %s: %s)", path, tostring(vid),
+        tostring(n)))
+    end
+  end
+  return t
+end
+
+-- The subtitle database, aligned with the frame counts {vid = n} read from counts_path.
+local function build_subtitles(counts, counts_path)
+  local tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
+  local txt_dir = string.format("%s/txt_db/%s_subtitles.db", opts.out, name)
+  local sok, sub = pcall(prepro.subtitle_db, {
+    subs = opts.subs, out = txt_dir, tokenize = function(s) return tok:encode(s) end, vid2nframe = counts,
+    frame_length = frame_length, skip_bad_subs = opts["skip-bad-subs"], strict = opts.strict,
+    overwrite = opts.overwrite, task = name,
+    meta = {annotation = opts.subs, vid2nframe = counts_path},
+  })
+  if not sok then
+    io.stderr:write("prepro: ", tostring(sub), "\n")
+    os.exit(1)
+  end
+  say("subtitle database %s: %d videos\n", txt_dir, sub.videos)
+  if #sub.no_features > 0 then
+    say("  %d videos with subtitles but no features skipped: %s\n", #sub.no_features,
+      table.concat(sub.no_features, ", "))
+  end
+  for _, d in ipairs(sub.dropped_subs) do say("  dropped subtitle %d of %s: %s\n", d.index, d.vid, d.reason) end
+  if #sub.dropped_subs > 0 then say("  %d invalid subtitles dropped\n", #sub.dropped_subs) end
+end
+
+if subs_alone then build_subtitles(read_vid2nframe(opts.vid2nframe), opts.vid2nframe) end
 if not features then os.exit(0) end
 
 -- the directory name holds the frame length as the reference formats it (Python's str)
@@ -148,23 +187,8 @@ for _, c in ipairs(report.corrupted) do say("  skipped %s: %s\n", c.vid, c.reaso
 if #report.corrupted > 0 then say("  %d videos skipped (listed in corrupted.json)\n", #report.corrupted) end
 
 if opts.subs then
-  local tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
-  local txt_dir = string.format("%s/txt_db/%s_subtitles.db", opts.out, name)
-  local sok, sub = pcall(prepro.subtitle_db, {
-    subs = opts.subs, out = txt_dir, tokenize = function(s) return tok:encode(s) end, vid2nframe = report.id2nframe,
-    frame_length = frame_length, skip_bad_subs = opts["skip-bad-subs"], strict = opts.strict,
-    overwrite = opts.overwrite, task = name,
-    meta = {annotation = opts.subs, vid2nframe = video_dir:gsub("/[^/]*$", "") .. "/id2nframe.json"},
-  })
-  if not sok then
-    io.stderr:write("prepro: ", tostring(sub), "\n")
-    os.exit(1)
-  end
-  say("subtitle database %s: %d videos\n", txt_dir, sub.videos)
-  if #sub.no_features > 0 then
-    say("  %d videos with subtitles but no features skipped: %s\n", #sub.no_features,
-      table.concat(sub.no_features, ", "))
-  end
-  for _, d in ipairs(sub.dropped_subs) do say("  dropped subtitle %d of %s: %s\n", d.index, d.vid, d.reason) end
-  if #sub.dropped_subs > 0 then say("  %d invalid subtitles dropped\n", #sub.dropped_subs) end
+  -- the reference aligns with the frame counts of its --vid2nframe file (tv_vid2nframe.json) when given
+  local counts, counts_path = report.id2nframe, video_dir:gsub("/[^/]*$", "") .. "/id2nframe.json"
+  if opts.vid2nframe then counts, counts_path = read_vid2nframe(opts.vid2nframe), opts.vid2nframe end
+  build_subtitles(counts, counts_path)
 end

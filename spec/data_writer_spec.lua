@@ -539,6 +539,23 @@ describe("prepro", function()
     assert.are.equal("violin", got:meta().task)
     ref:close()
     got:close()
+    -- the subtitle database from the reference's own inputs, aligned with its --vid2nframe counts
+    local ann = TDB .. "annotations/"
+    cmd = string.format("%s%s %sexamples/prepro.lua --subs %s --vid2nframe %s --vocab %s --merges %s --out %s "
+      .. "--quiet 2>&1", env, lua, root, ann .. "tv_subtitles.jsonl", ann .. "tv_vid2nframe.json",
+      TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe", dir .. "/s")
+    p = io.popen(cmd)
+    text = p:read("a")
+    assert.is_truthy(p:close(), text)
+    ref, got = data.open_txt_db(TDB .. "tv_subtitles.db"), data.open_txt_db(dir .. "/s/txt_db/tv_subtitles.db")
+    assert.are.same((ref:keys()), (got:keys()))
+    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
+    for _, name in ipairs {"vid2len", "vid2max_frame_sub_len", "sub_info"} do
+      assert.are.same(ref:json(name), got:json(name), name)
+    end
+    assert.are.equal(ann .. "tv_vid2nframe.json", got:meta().vid2nframe)
+    ref:close()
+    got:close()
     -- a compressed video database cut into clips (--compress --clip-interval 6)
     cmd = string.format("%s%s %sexamples/prepro.lua --resnet %s --slowfast %s --compress --clip-interval 6 --name ht "
       .. "--out %s --quiet 2>&1", env, lua, root, FEAT .. "resnet_features", FEAT .. "slowfast_features", dir .. "/z")
