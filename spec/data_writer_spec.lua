@@ -43,6 +43,19 @@ local function exists(p) return os.rename(p, p) and true or false end
 
 local function lz4_payload(db, key) return data.lz4_frame_decompress(db:get_raw(key)) end
 
+-- Whether the text db at got_dir holds the reference's db at ref_dir byte for byte: the same keys,
+-- the same stored value bytes, and the same side files (names without .json). Returns its meta.json.
+local function assert_same_txt_db(ref_dir, got_dir, side_files)
+  local ref, got = data.open_txt_db(ref_dir), data.open_txt_db(got_dir)
+  assert.are.same((ref:keys()), (got:keys()))
+  for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
+  for _, name in ipairs(side_files or {}) do assert.are.same(ref:json(name), got:json(name), name) end
+  local meta = got:meta()
+  ref:close()
+  got:close()
+  return meta
+end
+
 teardown(function() if tmp_root then hero.fs_rmtree(tmp_root) end end)
 
 describe("encode_msgpack", function()
@@ -406,33 +419,18 @@ describe("prepro", function()
   end)
 
   it("writes the reference's TVQA question database byte for byte (prepro_query.py --task tvqa)", function()
-    local ref = data.open_txt_db(TDB .. "tvqa_val.db")
     local out = tmpdir("qa") .. "/tvqa_val.db"
     prepro.qa_db{queries = TDB .. "tvqa_val.db/query_data.jsonl", out = out, tokenize = tokenize}
-    local got = data.open_txt_db(out)
-    assert.are.same((ref:keys()), (got:keys()))
-    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
-    assert.are.same(ref:json("id2len"), got:json("id2len"))
-    assert.are.same(ref:json("query2video"), got:json("query2video"))
-    got:close()
-    ref:close()
+    assert_same_txt_db(TDB .. "tvqa_val.db", out, {"id2len", "query2video"})
     assert_err("qa_db: question 5 (entry 1): a3 must be a string", prepro.qa_db, {queries = {{qid = 5, q = "x",
       a0 = "a", a1 = "b", a2 = "c", vid_name = "v"}}, out = tmpdir("qa2") .. "/bad.db", tokenize = tokenize})
   end)
 
   it("writes the reference's VIOLIN statement database byte for byte (prepro_query.py --task violin)", function()
-    local ref = data.open_txt_db(TDB .. "violin_test.db")
     local out = tmpdir("violin") .. "/violin_test.db"
     prepro.violin_db{queries = TDB .. "violin_test.db/query_data.jsonl", out = out, tokenize = tokenize}
-    local got = data.open_txt_db(out)
-    assert.are.same((ref:keys()), (got:keys()))
-    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
-    for _, name in ipairs {"id2len", "query2video", "query_data.jsonl"} do
-      assert.are.same(ref:json(name), got:json(name), name)
-    end
-    assert.are.equal("violin", got:meta().task)
-    got:close()
-    ref:close()
+    local meta = assert_same_txt_db(TDB .. "violin_test.db", out, {"id2len", "query2video", "query_data.jsonl"})
+    assert.are.equal("violin", meta.task)
     assert_err("violin_db: statement 5 (entry 1): label must be 0 or 1", prepro.violin_db, {queries = {{desc_id = 5,
       desc = "x", vid_name = "v", label = 2}}, out = tmpdir("violin2") .. "/bad.db", tokenize = tokenize})
   end)
@@ -498,6 +496,17 @@ describe("prepro", function()
     local env = string.format("LUA_PATH='%s' LUA_CPATH='%s' ", package.path, package.cpath)
     local dir = tmpdir("cli")
     prepro.mkdir_p(dir)
+    -- examples/prepro.lua with these arguments and the tokenizer's, which must succeed
+    local function prepro_ok(...)
+      local q = {}
+      for _, a in ipairs {...} do q[#q + 1] = "'" .. a .. "'" end
+      for _, a in ipairs {"--vocab", TOK .. "roberta-base-vocab.json", "--merges", TOK .. "vocab.bpe", "--quiet"} do
+        q[#q + 1] = "'" .. a .. "'"
+      end
+      local p = io.popen(string.format("%s%s %sexamples/prepro.lua %s 2>&1", env, lua, root, table.concat(q, " ")))
+      local text = p:read("a")
+      assert.is_truthy(p:close(), text)
+    end
     local subs = dir .. "/subs.jsonl"
     local f = assert(io.open(subs, "wb"))
     f:write('{"vid_name": "bbt_s06e12_seg01_clip_08", "sub": [{"text": "hi", "start": 2.0, "end": 1.0}]}\n')
@@ -516,52 +525,22 @@ describe("prepro", function()
     assert.is_true(exists(dir .. "/out/video_db/tv/resnet_slowfast_1.5/data.mdb"))
     assert.is_false(exists(dir .. "/out/txt_db/tv_subtitles.db"))
     -- a question database alone (no features), as prepro_query.py --task tvqa writes it
-    cmd = string.format("%s%s %sexamples/prepro.lua --queries %s --query-db tvqa_val --query-task tvqa --vocab %s "
-      .. "--merges %s --out %s --quiet 2>&1", env, lua, root, TDB .. "tvqa_val.db/query_data.jsonl",
-      TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe", dir .. "/q")
-    p = io.popen(cmd)
-    text = p:read("a")
-    assert.is_truthy(p:close(), text)
-    local ref, got = data.open_txt_db(TDB .. "tvqa_val.db"), data.open_txt_db(dir .. "/q/txt_db/tvqa_val.db")
-    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
-    assert.are.equal("tvqa", got:meta().task)
-    ref:close()
-    got:close()
+    prepro_ok("--queries", TDB .. "tvqa_val.db/query_data.jsonl", "--query-db", "tvqa_val", "--query-task", "tvqa",
+      "--out", dir .. "/q")
+    assert.are.equal("tvqa", assert_same_txt_db(TDB .. "tvqa_val.db", dir .. "/q/txt_db/tvqa_val.db").task)
     -- and a VIOLIN statement database (--task violin)
-    cmd = string.format("%s%s %sexamples/prepro.lua --queries %s --query-db violin_test --query-task violin --vocab %s "
-      .. "--merges %s --out %s --quiet 2>&1", env, lua, root, TDB .. "violin_test.db/query_data.jsonl",
-      TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe", dir .. "/q")
-    p = io.popen(cmd)
-    text = p:read("a")
-    assert.is_truthy(p:close(), text)
-    ref, got = data.open_txt_db(TDB .. "violin_test.db"), data.open_txt_db(dir .. "/q/txt_db/violin_test.db")
-    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
-    assert.are.equal("violin", got:meta().task)
-    ref:close()
-    got:close()
+    prepro_ok("--queries", TDB .. "violin_test.db/query_data.jsonl", "--query-db", "violin_test", "--query-task",
+      "violin", "--out", dir .. "/q")
+    assert.are.equal("violin", assert_same_txt_db(TDB .. "violin_test.db", dir .. "/q/txt_db/violin_test.db").task)
     -- the subtitle database from the reference's own inputs, aligned with its --vid2nframe counts
     local ann = TDB .. "annotations/"
-    cmd = string.format("%s%s %sexamples/prepro.lua --subs %s --vid2nframe %s --vocab %s --merges %s --out %s "
-      .. "--quiet 2>&1", env, lua, root, ann .. "tv_subtitles.jsonl", ann .. "tv_vid2nframe.json",
-      TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe", dir .. "/s")
-    p = io.popen(cmd)
-    text = p:read("a")
-    assert.is_truthy(p:close(), text)
-    ref, got = data.open_txt_db(TDB .. "tv_subtitles.db"), data.open_txt_db(dir .. "/s/txt_db/tv_subtitles.db")
-    assert.are.same((ref:keys()), (got:keys()))
-    for _, k in ipairs(ref:keys()) do assert.are.equal(lz4_payload(ref, k), lz4_payload(got, k), k) end
-    for _, name in ipairs {"vid2len", "vid2max_frame_sub_len", "sub_info"} do
-      assert.are.same(ref:json(name), got:json(name), name)
-    end
-    assert.are.equal(ann .. "tv_vid2nframe.json", got:meta().vid2nframe)
-    ref:close()
-    got:close()
+    prepro_ok("--subs", ann .. "tv_subtitles.jsonl", "--vid2nframe", ann .. "tv_vid2nframe.json", "--out", dir .. "/s")
+    local meta = assert_same_txt_db(TDB .. "tv_subtitles.db", dir .. "/s/txt_db/tv_subtitles.db",
+      {"vid2len", "vid2max_frame_sub_len", "sub_info"})
+    assert.are.equal(ann .. "tv_vid2nframe.json", meta.vid2nframe)
     -- a compressed video database cut into clips (--compress --clip-interval 6)
-    cmd = string.format("%s%s %sexamples/prepro.lua --resnet %s --slowfast %s --compress --clip-interval 6 --name ht "
-      .. "--out %s --quiet 2>&1", env, lua, root, FEAT .. "resnet_features", FEAT .. "slowfast_features", dir .. "/z")
-    p = io.popen(cmd)
-    text = p:read("a")
-    assert.is_truthy(p:close(), text)
+    prepro_ok("--resnet", FEAT .. "resnet_features", "--slowfast", FEAT .. "slowfast_features", "--compress",
+      "--clip-interval", "6", "--name", "ht", "--out", dir .. "/z")
     local clips = data.open_video_db(dir .. "/z/video_db/ht/resnet_slowfast_1.5_compressed")
     local plain = data.open_video_db(FX .. "video_db/ht_clips/resnet_slowfast_1.5")
     assert.are.same(plain:keys(), clips:keys())
@@ -579,12 +558,7 @@ describe("prepro", function()
     f:write('{"vid_name": "v1", "sub": [{"text": "hi", "start": 0.5, "end": 2.0}, {"text": "no", "start": 5.0, '
       .. '"end": 6.0}]}\n')
     f:close()
-    cmd = string.format("%s%s %sexamples/prepro.lua --captions %s --caption-db tvc --subs %s --vocab %s --merges %s "
-      .. "--out %s --quiet 2>&1", env, lua, root, caps, csubs, TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe",
-      dir .. "/c")
-    p = io.popen(cmd)
-    text = p:read("a")
-    assert.is_truthy(p:close(), text)
+    prepro_ok("--captions", caps, "--caption-db", "tvc", "--subs", csubs, "--out", dir .. "/c")
     local cap = data.open_txt_db(dir .. "/c/txt_db/tvc/cap.db")
     assert.are.same({0}, cap:get("5").sub_indices) -- only the subtitle ending inside [1, 4]
     assert.are.equal("12", cap:get("5").clip_id)

@@ -319,6 +319,22 @@ local function annotation_db(opts, task, entry)
   w:commit()
 end
 
+-- The token ids of one annotation text, as prepro_query.py's roberta_tokenize makes them (all-caps
+-- text lower-cased first), or of the text as it is with opts.raw_text.
+local function annotation_ids(opts, text)
+  if opts.raw_text then return opts.tokenize(text) end
+  return opts.tokenize(require("hero.text").prepare_query(text))
+end
+
+-- Stores an annotation whose text is q.desc (a query, a statement) under its desc_id, its value
+-- made by make_value(q, ids); returns what annotation_db records: the key, the length, the video.
+local function put_desc_entry(w, opts, q, make_value)
+  local ids = annotation_ids(opts, q.desc)
+  local key = tostring(q.desc_id)
+  w:put(key, make_value(q, ids))
+  return key, #ids, q.vid_name
+end
+
 --- A TVR-style query database (TVR, How2R, DiDeMo, MSR-VTT; prepro_query.py --task tvr). opts:
 -- queries (JSON-lines path or array of {desc_id, desc, vid_name, ts, duration, type, ...}; vid_name
 -- and ts may be absent, as on test splits; ts may list several moments, as DiDeMo's), out,
@@ -326,7 +342,6 @@ end
 -- specials. Side files: id2len.json, query2video.json (the queries naming a video),
 -- query_data.jsonl, meta.json.
 function prepro.query_db(opts)
-  local prepare = require("hero.text").prepare_query
   annotation_db(opts, "tvr", function(w, ln, q)
     if type(q) ~= "table" or q.desc_id == nil or type(q.desc) ~= "string" then
       error(string.format("query_db: entry %d is not {desc_id, desc, vid_name, ts, ...}", ln), 0)
@@ -338,10 +353,7 @@ function prepro.query_db(opts)
       error(string.format("query_db: query %s (entry %d): ts must be {start, end} seconds with 0 <= start <= end "
         .. "(or a list of them)", tostring(q.desc_id), ln), 0)
     end
-    local ids = opts.raw_text and opts.tokenize(q.desc) or opts.tokenize(prepare(q.desc))
-    local key = tostring(q.desc_id)
-    w:put(key, writer.query_value(q, ids))
-    return key, #ids, q.vid_name
+    return put_desc_entry(w, opts, q, writer.query_value)
   end)
 end
 
@@ -350,7 +362,6 @@ end
 -- ts may be absent), out, tokenize, raw_text, overwrite, meta, specials. id2len.json holds the six
 -- lengths (question, five answers) of each question.
 function prepro.qa_db(opts)
-  local prepare = require("hero.text").prepare_query
   annotation_db(opts, "tvqa", function(w, ln, q)
     if type(q) ~= "table" or q.qid == nil or type(q.q) ~= "string" or type(q.vid_name) ~= "string" then
       error(string.format("qa_db: entry %d is not {qid, q, a0 .. a4, answer_idx, ts, vid_name}", ln), 0)
@@ -360,7 +371,7 @@ function prepro.qa_db(opts)
       if type(q[field]) ~= "string" then
         error(string.format("qa_db: question %s (entry %d): %s must be a string", tostring(q.qid), ln, field), 0)
       end
-      ids[i] = opts.raw_text and opts.tokenize(q[field]) or opts.tokenize(prepare(q[field]))
+      ids[i] = annotation_ids(opts, q[field])
       lens[i] = #ids[i]
     end
     local key = tostring(q.qid)
@@ -373,7 +384,6 @@ end
 -- array of {desc_id, desc, vid_name, label}), out, tokenize, raw_text, overwrite, meta, specials.
 -- Side files: id2len.json, query2video.json, query_data.jsonl, meta.json.
 function prepro.violin_db(opts)
-  local prepare = require("hero.text").prepare_query
   annotation_db(opts, "violin", function(w, ln, q)
     if type(q) ~= "table" or q.desc_id == nil or type(q.desc) ~= "string" or type(q.vid_name) ~= "string" then
       error(string.format("violin_db: entry %d is not {desc_id, desc, vid_name, label}", ln), 0)
@@ -382,10 +392,7 @@ function prepro.violin_db(opts)
       error(string.format("violin_db: statement %s (entry %d): label must be 0 or 1, got %s", tostring(q.desc_id), ln,
         tostring(q.label)), 0)
     end
-    local ids = opts.raw_text and opts.tokenize(q.desc) or opts.tokenize(prepare(q.desc))
-    local key = tostring(q.desc_id)
-    w:put(key, writer.violin_value(q, ids))
-    return key, #ids, q.vid_name
+    return put_desc_entry(w, opts, q, writer.violin_value)
   end)
 end
 
