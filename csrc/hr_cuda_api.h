@@ -86,12 +86,17 @@
     X(INT, int, nccl_all_gather, (const hr_tensor *in, hr_tensor *out), (in, out))                                 \
     X(VOID, void, nccl_finalize, (void), ())
 
-/* The table the backend module exports under HR_CUDA_API_SYMBOL; HR_CUDA_API_VERSION changes
- * whenever the list does, so a stale backend next to a newer core is refused. */
-#define HR_CUDA_API_VERSION 3
+/* The table the backend module exports under HR_CUDA_API_SYMBOL. A stale backend next to a newer
+ * core is refused by its signature, the whole list above as text (every entry's return type, name
+ * and parameters, in order): any change to the list changes it, with no number to remember to
+ * bump. HR_CUDA_API_VERSION versions the table's layout before the list (version, signature). */
+#define HR_CUDA_API_VERSION 4
 #define HR_CUDA_API_SYMBOL "hr_cuda_backend_api"
 #define HR_CUDA_API_FIELD(kind, ret, name, params, args) ret(*name) params;
+#define HR_CUDA_API_TEXT(kind, ret, name, params, args) #ret " " #name #params ";"
+#define HR_CUDA_API_SIGNATURE HR_CUDA_API_LIST(HR_CUDA_API_TEXT)
 typedef struct {
     int version;
+    const char *signature; /* HR_CUDA_API_SIGNATURE of the backend's build */
     HR_CUDA_API_LIST(HR_CUDA_API_FIELD)
 } hr_cuda_api;

@@ -58,6 +58,11 @@ static void load_backend(void)
                  api ? api->version : -1, HR_CUDA_API_VERSION);
         return;
     }
+    if (!api->signature || strcmp(api->signature, HR_CUDA_API_SIGNATURE) != 0) {
+        snprintf(load_error, sizeof load_error,
+                 "%s was built from other sources than this hero (its entry points differ): rebuild both", path);
+        return;
+    }
     backend_api = api;
 }
 

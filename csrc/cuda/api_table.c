@@ -6,6 +6,7 @@
 const hr_cuda_api *hr_cuda_backend_api(void);
 
 #define TABLE_ENTRY(kind, ret, name, params, args) .name = hr_cuda_##name,
-static const hr_cuda_api backend_table = {.version = HR_CUDA_API_VERSION, HR_CUDA_API_LIST(TABLE_ENTRY)};
+static const hr_cuda_api backend_table = {.version = HR_CUDA_API_VERSION, .signature = HR_CUDA_API_SIGNATURE,
+                                           HR_CUDA_API_LIST(TABLE_ENTRY)};
 
 const hr_cuda_api *hr_cuda_backend_api(void) { return &backend_table; }

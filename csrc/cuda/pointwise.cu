@@ -540,13 +540,17 @@ extern "C" int hr_cuda_gelu_backward(const hr_tensor *x, const hr_tensor *g, hr_
 
 namespace hrc {
 namespace {
+/* The gradient in the CPU's order of operations: f32 as g * (c * e), f64 as (g * c) * e. */
+__device__ inline float erf_grad(float g, float c, float e) { return g * (c * e); }
+__device__ inline double erf_grad(double g, double c, double e) { return g * c * e; }
+
 /* erf and its derivative 2/sqrt(pi) e^(-x^2) times the incoming gradient (g NULL: the value). */
 template <typename T> __global__ void erf_kernel(const T *x, const T *g, T *out, int64_t n)
 {
     const T two_over_sqrt_pi = (T)1.1283791670955126;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         T v = x[i];
-        out[i] = g ? g[i] * (two_over_sqrt_pi * exp(-v * v)) : erf(v);
+        out[i] = g ? erf_grad(g[i], two_over_sqrt_pi, exp(-v * v)) : erf(v);
     }
 }
 } // namespace
