@@ -1,7 +1,7 @@
 --- Op benchmark: hero.matmul against a bare cblas_sgemm on the same shapes (the transformer's
 -- projection and MLP GEMMs, a linear layer's transposed weight, batched attention products), at
 -- 1 and 2 threads. f32 products of the transformer's sizes run on hero's packed kernels
--- (csrc/cpu/packed_gemm.c), so the ratios compare those with OpenBLAS. Run with `make bench`;
+-- (csrc/cpu/packed_gemm.c), so the ratios compare those with OpenBLAS. Run with `make bench-ops`;
 -- then runs the pointwise and reduction benchmarks when they exist beside this file.
 --
 -- Columns: GFLOP/s of hero.matmul returning a fresh tensor ("new"), of hero.matmul(a, b, out)

@@ -147,6 +147,11 @@ describe("optim", function()
 
   it("rejects bad options and states", function()
     helper.assert_error_contains(function() optim.AdamW({}, {}) end, "lr must be a number")
+    -- the reference's config gives lr_mul as one number; here it is per group
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, lr_mul = 10.0}) end,
+      "lr_mul must be a table {[group] = multiplier}")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, lr_mul = {head = "10"}}) end,
+      "lr_mul[head] must be a number")
     local w = hero.tensor({1, 2}):requires_grad_()
     local opt = optim.AdamW({{"w", w}}, {lr = 0.1})
     helper.assert_error_contains(function()

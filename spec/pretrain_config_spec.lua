@@ -218,6 +218,13 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     assert.equal(5e-4, first.lr)
   end)
 
+  it("is reachable as hero.train.pretrain_config, beside hero.train.pretrain_valid and .finetune", function()
+    assert.equal(PC, hero.train.pretrain_config)
+    assert.equal(require("hero.train.pretrain_valid"), hero.train.pretrain_valid)
+    assert.equal(require("hero.train.finetune"), hero.train.finetune)
+    assert.is_nil(hero.train.no_such_module)
+  end)
+
   it("examples/pretrain.lua on databases without a config trains with the released TV recipe", function()
     local r = PC.released_tv() -- config/pretrain-tv-16gpu.json's values
     assert.same({2, 2, 1, 2}, {r.ratios.mlm, r.ratios["mfm-nce"], r.ratios.fom, r.ratios.vsm})

@@ -59,6 +59,15 @@ function optim.AdamW(params, opts)
     state = {},
     fused_grad_scale = true, -- step{grad_scale =} (hero.train.Trainer folds clipping into the step)
   }, AdamW)
+  if type(self.lr_mul) ~= "table" then
+    error(string.format("AdamW: opts.lr_mul must be a table {[group] = multiplier} (opts.group names the groups), "
+      .. "got %s", type(self.lr_mul)), 2)
+  end
+  for k, v in pairs(self.lr_mul) do
+    if type(v) ~= "number" then
+      error(string.format("AdamW: opts.lr_mul[%s] must be a number, got %s", tostring(k), type(v)), 2)
+    end
+  end
   if self.beta1 < 0 or self.beta1 >= 1 or self.beta2 < 0 or self.beta2 >= 1 then
     error(string.format("AdamW: betas must be in [0, 1), got {%g, %g}", self.beta1, self.beta2), 2)
   end

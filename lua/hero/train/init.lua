@@ -69,4 +69,16 @@ function train.fixture_batches(dir, tasks)
   return out
 end
 
+-- The task-level modules, loaded on first use (hero.train.finetune, .pretrain_config,
+-- .pretrain_valid): requiring hero.train does not load the model code they pull in.
+local SUBMODULES = {finetune = "hero.train.finetune", pretrain_config = "hero.train.pretrain_config",
+                    pretrain_valid = "hero.train.pretrain_valid"}
+setmetatable(train, {__index = function(t, k)
+  local name = SUBMODULES[k]
+  if not name then return nil end
+  local m = require(name)
+  rawset(t, k, m)
+  return m
+end})
+
 return train
