@@ -22,8 +22,9 @@
 --   --out FILE           the results JSON (required); for TVC a name ending in .jsonl gets the
 --                        captions as JSON lines, as inf_tvc.py --output writes them
 --   --threads N
---   --dist               VCMR / VR in an MPI job (mpirun -np N ... --dist): every rank encodes the
---                        corpus and ranks its share of the queries; rank 0 writes the joined results
+--   --dist               in an MPI job (mpirun -np N ... --dist): every rank evaluates its share of
+--                        the queries (VCMR / VR: against the whole corpus, which each rank encodes;
+--                        TVC: its share of the videos); rank 0 writes the joined results
 -- The JSON holds the reference's structure: VCMR / VR: "submission" ({video2idx, VCMR, SVMR, VR}
 -- lists of {desc_id, desc, predictions = [[video_idx, st, ed, score], ...]}), "metrics",
 -- "submission_nms", "metrics_nms" and "val_log"; VideoQA / VIOLIN: "results" ({qid: answer}),

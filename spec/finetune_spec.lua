@@ -456,6 +456,21 @@ local function run_example(script, args)
   return rc, out
 end
 
+--- Runs examples/SCRIPT under `mpirun -np 2` with the arguments in `args` (a shell-quoted
+-- string); returns whether it succeeded and its output, or nil when mpirun is not installed.
+local function mpirun2(script, args)
+  if not os.execute("command -v mpirun >/dev/null 2>&1") then return nil end
+  local asan = os.getenv("ASAN_OPTIONS")
+  local env = asan and ("ASAN_OPTIONS='" .. asan .. ":detect_leaks=0' ") or "" -- OpenMPI's own allocations
+  local p = io.popen(string.format("%s%s timeout -k 5 300 mpirun -np 2 --oversubscribe --allow-run-as-root "
+    .. "--bind-to none --mca btl_vader_single_copy_mechanism none lua5.4 examples/%s --dist --threads 1 %s 2>&1",
+    env, lua_cmd:gsub(" lua5.4$", ""), script, args))
+  local text = p:read("a")
+  return p:close() and true or false, text
+end
+
+local function has_mpirun() return os.execute("command -v mpirun >/dev/null 2>&1") end
+
 local tiny_section = helper.tiny_section
 
 local TVR_KEYS = {task = "tvr", max_txt_len = 60, lw_neg_q = 8.0, lw_neg_ctx = 8.0, lw_st_ed = 0.01,
@@ -789,6 +804,18 @@ describe("fine-tuning and evaluation", function()
     rc, out = run_example("evaluate.lua", args)
     assert.are.equal(2, rc)
     assert.matches("meteor_jar: METEOR's jar '.*nope.jar' cannot be read", out)
+    -- over two MPI ranks: each captions its share of the videos, the same captions joined
+    if has_mpirun() then
+      local q = {}
+      for i, a in ipairs(common) do q[i] = "'" .. a .. "'" end
+      local ok, text = mpirun2("evaluate.lua", table.concat(q, " ") .. " --out '" .. tmpdir .. "/captions2.jsonl'")
+      assert.is_true(ok, text)
+      local two = json.read_lines(tmpdir .. "/captions2.jsonl")
+      assert.are.equal(#lines, #two)
+      local by = {}
+      for _, l in ipairs(lines) do by[l.clip_id] = l end
+      for _, l in ipairs(two) do assert.are.same(by[l.clip_id].descs, l.descs, tostring(l.clip_id)) end
+    end
   end)
 
   it("MSR-VTT: queries without moments are scored from query_data.jsonl (sen_id, clip_name) as eval_vr.py", function()
@@ -940,18 +967,36 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.equal(9, #res.submission.VR)
   end)
 
-  --- Runs examples/SCRIPT under `mpirun -np 2` with the arguments in `args` (a shell-quoted
-  -- string); returns whether it succeeded and its output, or nil when mpirun is not installed.
-  local function mpirun2(script, args)
-    if not os.execute("command -v mpirun >/dev/null 2>&1") then return nil end
-    local asan = os.getenv("ASAN_OPTIONS")
-    local env = asan and ("ASAN_OPTIONS='" .. asan .. ":detect_leaks=0' ") or "" -- OpenMPI's own allocations
-    local p = io.popen(string.format("%s%s timeout -k 5 300 mpirun -np 2 --oversubscribe --allow-run-as-root "
-      .. "--bind-to none --mca btl_vader_single_copy_mechanism none lua5.4 examples/%s --dist --threads 1 %s 2>&1",
-      env, lua_cmd:gsub(" lua5.4$", ""), script, args))
-    local text = p:read("a")
-    return p:close() and true or false, text
-  end
+  it("evaluates VideoQA and VIOLIN over MPI ranks (--dist): shares of the questions, joined as one process",
+    function()
+    if not has_mpirun() then
+      pending("mpirun is not installed (Debian: openmpi-bin): the distributed evaluation is not run")
+      return
+    end
+    for _, task in ipairs {"videoqa", "violin"} do
+      local c = train_config(task)
+      c.model_config = dir .. "/model.json"
+      json.write_file(dir .. "/train-" .. task .. ".json", c)
+      local rc, out = run_example("finetune.lua", {"--task", task, "--config", dir .. "/train-" .. task .. ".json",
+        "--checkpoint", dir .. "/init.safetensors", "--txt-db", txt_dir .. "/" .. TXT[task], "--vfeat-db",
+        helper.fixture("data/video_db/tv"), "--out", dir .. "/" .. task, "--steps", "1", "--quiet"})
+      assert.are.equal(0, rc, out)
+      local ck = dir .. "/" .. task .. "/ckpt/step_1.safetensors"
+      local db = txt_dir .. "/" .. TXT[task]
+      rc, out = run_example("evaluate.lua", {"--task", task, "--checkpoint", ck, "--txt-db", db,
+        "--out", dir .. "/" .. task .. "_one.json"})
+      assert.are.equal(0, rc, out)
+      local ok, text = mpirun2("evaluate.lua", string.format("--task %s --checkpoint '%s' --txt-db '%s' --out '%s'",
+        task, ck, db, dir .. "/" .. task .. "_two.json"))
+      assert.is_true(ok, text)
+      local one = json.read_file(dir .. "/" .. task .. "_one.json")
+      local two = json.read_file(dir .. "/" .. task .. "_two.json")
+      assert.are.same(one.results, two.results, task) -- every question's answer
+      assert.are.equal(one.num_queries, two.num_queries)
+      assert.are.equal(one.metrics.accuracy, two.metrics.accuracy, task)
+      assert.near(one.metrics.loss, two.metrics.loss, 1e-5 * math.abs(one.metrics.loss), task)
+    end
+  end)
 
   it("evaluates over MPI ranks (--dist): each ranks its share of the queries, joined as one process", function()
     if not os.execute("command -v mpirun >/dev/null 2>&1") then

@@ -379,11 +379,10 @@ function FT.setup(spec)
     -- retrieval with its metrics, QA/VIOLIN accuracy, TVC captions), its results written to
     -- OUT/results_val/step_<N>.json and its numbers logged under "full_eval"
     on_validate = function(step)
-      -- distributed: VCMR/VR share the queries among the ranks; the other tasks are evaluated
-      -- whole on every rank (so that no rank waits alone in the next update's collectives)
+      -- distributed: the ranks share the queries (videos for TVC) and every rank gets the joined
+      -- results
       local res = FT.evaluate(task, model, hps, {video = video, txt_db = spec.valid_txt_db, split = "val",
-        tokenizer = spec.tokenizer, caption_eval = spec.caption_eval,
-        distributed = dist ~= nil and world > 1 and (task == "vcmr" or task == "vr")})
+        tokenizer = spec.tokenizer, caption_eval = spec.caption_eval, distributed = dist ~= nil and world > 1})
       if rank ~= 0 then return nil end
       if spec.out_dir then
         local d = spec.out_dir .. "/results_val"
@@ -574,9 +573,17 @@ local function cat_rows(list)
   return core.cat(list, 1)
 end
 
+-- A distributed evaluation's rank and world size (the loader's share: ids[rank::world]), or nil.
+local function eval_ranks(spec)
+  if not spec.distributed then return nil end
+  local dist = require "hero.dist"
+  return {dist = dist, rank = dist.rank(), world = dist.world_size()}
+end
+
 local function eval_qa(task, model, hps, qds, spec)
+  local ranks = eval_ranks(spec)
   local loader = D.Loader{dataset = qds, batch_size = hps.val_batch_size, shuffle = false, on_error = "error",
-    qids = true}
+    qids = true, rank = ranks and ranks.rank, world_size = ranks and ranks.world}
   local logits, targets, qids = {}, {}, {}
   local has_gt = true
   model:evaluate()
@@ -591,6 +598,17 @@ local function eval_qa(task, model, hps, qds, spec)
   end
   model:train()
   local L, T = cat_rows(logits), cat_rows(targets)
+  if ranks then
+    -- every rank's questions joined in rank order (eval_videoQA.py / eval_violin.py gather their
+    -- per-rank results): every rank then scores them all, as one process would
+    local parts = ranks.dist.all_gather_object({qids = qids, has_gt = has_gt})
+    qids, has_gt = {}, true
+    for _, part in ipairs(parts) do
+      for _, q in ipairs(part.qids) do qids[#qids + 1] = q end
+      has_gt = has_gt and part.has_gt
+    end
+    L, T = ranks.dist.all_gather(L), ranks.dist.all_gather(T)
+  end
   local Q = require "hero.eval.qa"
   local val_log, results
   if task == "videoqa" then
@@ -614,8 +632,9 @@ local function eval_qa(task, model, hps, qds, spec)
 end
 
 local function eval_tvc(model, hps, cds, spec)
+  local ranks = eval_ranks(spec)
   local loader = D.Loader{dataset = cds, batch_size = hps.val_batch_size, shuffle = false, on_error = "error",
-    eval = true}
+    eval = true, rank = ranks and ranks.rank, world_size = ranks and ranks.world}
   local sp = cds:special_ids()
   local tok = spec.tokenizer
   local results, refs = {}, {}
@@ -639,6 +658,16 @@ local function eval_tvc(model, hps, cds, spec)
       refs[#refs + 1] = {clip_id = cid, descs = r or {}}
     end
   end
+  if ranks then
+    -- inf_tvc.py: each rank captions its share of the videos; the captions are joined in rank order
+    local parts = ranks.dist.all_gather_object({results = results, refs = refs, with_refs = with_refs})
+    results, refs = {}, {}
+    for _, part in ipairs(parts) do
+      for _, r in ipairs(part.results) do results[#results + 1] = r end
+      for _, r in ipairs(part.refs) do refs[#refs + 1] = r end
+      with_refs = with_refs and part.with_refs
+    end
+  end
   local out = {results = results, num_clips = #results}
   if with_refs and tok then
     local ev = require("hero.eval.caption").tvc_eval(refs, results, spec.caption_eval)
@@ -653,8 +682,9 @@ end
 
 --- Evaluates a model on a split, as the reference's eval_vcmr.py / eval_vr.py / eval_videoQA.py /
 -- eval_violin.py / inf_tvc.py do. spec: video (a VideoSubDataset), txt_db, split ("val"),
--- tokenizer (TVC: a hero.text.Tokenizer for the caption text), distributed (VCMR/VR in a
--- hero.dist job: each rank ranks its share of the queries; every rank gets the joined results),
+-- tokenizer (TVC: a hero.text.Tokenizer for the caption text), distributed (in a hero.dist job:
+-- each rank evaluates its share of the queries, ids[rank::world], TVC its share of the videos;
+-- every rank gets the joined results),
 -- clips (TVC: the clips to caption instead of a db, as inf_tvc.py --target_clip: a JSON-lines
 -- path or array, see ClipListDataset; scored when they carry descs), caption_eval (TVC: options
 -- of hero.eval.caption.tvc_eval, e.g. meteor_jar, ptb_jar).
