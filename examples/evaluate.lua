@@ -21,6 +21,10 @@
 --   --ptb-jar FILE       (TVC) the Stanford PTBTokenizer's jar: the reference's tokenisation for scoring
 --   --out FILE           the results JSON (required); for TVC a name ending in .jsonl gets the
 --                        captions as JSON lines, as inf_tvc.py --output writes them
+--   --submission FILE    also the file the reference's eval scripts write (results_<ckpt>_all.json),
+--                        what leaderboards take: VCMR / VR the submission {video2idx, VCMR, SVMR, VR},
+--                        TVQA / VIOLIN {qid: answer}, TVC the captions as JSON lines
+--   --save-logits FILE   (TVQA / VIOLIN) each question's logits {qid: [...]}, as --save_logits
 --   --threads N
 --   --dist               in an MPI job (mpirun -np N ... --dist): every rank evaluates its share of
 --                        the queries (VCMR / VR: against the whole corpus, which each rank encodes;
@@ -48,7 +52,8 @@ end
 local function parse_args(argv)
   local known = {task = true, checkpoint = true, config = true, ["model-config"] = true, split = true,
                  ["txt-db"] = true, ["vfeat-db"] = true, ["sub-db"] = true, vocab = true, merges = true, out = true,
-                 threads = true, dist = true, ["target-clip"] = true, ["meteor-jar"] = true, ["ptb-jar"] = true}
+                 threads = true, dist = true, ["target-clip"] = true, ["meteor-jar"] = true, ["ptb-jar"] = true,
+                 submission = true, ["save-logits"] = true}
   local flags = {dist = true}
   local opts, i = {}, 1
   while i <= #argv do
@@ -99,6 +104,9 @@ local function main()
   end
   local jars_ok, caption_eval = pcall(hero.eval.caption.java_options, opts["meteor-jar"], opts["ptb-jar"])
   if not jars_ok then die(caption_eval) end
+  if opts["save-logits"] and task ~= "videoqa" and task ~= "violin" then
+    die("--save-logits is for --task videoqa or violin")
+  end
   local txt = opts["txt-db"] or hps[split .. "_query_txt_db"] or hps[split .. "_db"]
   if type(txt) ~= "string" and not clips then die("no text db for split '" .. split .. "': give --txt-db DIR") end
   local vfeat = opts["vfeat-db"] or hps.vfeat_db
@@ -116,18 +124,30 @@ local function main()
   end
   local t0 = hero.core._now()
   local res = FT.evaluate(task, model, hps, {video = video, txt_db = txt, split = split, tokenizer = tok,
-    distributed = opts.dist, clips = clips, caption_eval = caption_eval})
+    distributed = opts.dist, clips = clips, caption_eval = caption_eval, save_logits = opts["save-logits"] ~= nil})
   if rank ~= 0 then return end
   res.checkpoint = opts.checkpoint
-  if task == "tvc" and opts.out:match("%.jsonl$") then
-    -- inf_tvc.py's save_jsonl: one {vid_name, clip_id, ts, descs} per line, written whole or not at all
+  -- inf_tvc.py's save_jsonl: one {vid_name, clip_id, ts, descs} per line, written whole or not at all
+  local function write_captions(path)
     local lines = {}
     for i, r in ipairs(res.results) do
       lines[i] = json.encode(hero.data.writer.ordered(r, {"vid_name", "clip_id", "ts", "descs"}))
     end
-    hero.core.fs_write_atomic(opts.out, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""))
+    hero.core.fs_write_atomic(path, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""))
+  end
+  if opts["save-logits"] then
+    json.write_file(opts["save-logits"], res.logits)
+    res.logits = nil
+  end
+  if task == "tvc" and opts.out:match("%.jsonl$") then
+    write_captions(opts.out)
   else
     json.write_file(opts.out, res, {indent = 1})
+  end
+  if opts.submission then
+    if task == "tvc" then write_captions(opts.submission)
+    elseif task == "vcmr" or task == "vr" then json.write_file(opts.submission, res.submission)
+    else json.write_file(opts.submission, res.results) end
   end
   local summary = {}
   local m = res.metrics

@@ -947,9 +947,11 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.same({3}, hps.hard_negtiave_start_step) -- the reference's spelling kept
 
     rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/a/ckpt/step_3.safetensors",
-      "--split", "val", "--txt-db", txt_dir .. "/tvr_val.db", "--out", dir .. "/results.json"})
+      "--split", "val", "--txt-db", txt_dir .. "/tvr_val.db", "--out", dir .. "/results.json", "--submission",
+      dir .. "/results_3_all.json"})
     assert.are.equal(0, rc, out)
     local res = json.read_file(dir .. "/results.json")
+    assert.are.same(res.submission, json.read_file(dir .. "/results_3_all.json")) -- eval_vcmr.py's file
     local ref = json.read_file(smoke .. "/vcmr_eval.json")
     -- the submission's layout is eval_vcmr.py's: the same keys at every level
     local function key_set(t)
@@ -967,12 +969,8 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.equal(9, #res.submission.VR)
   end)
 
-  it("evaluates VideoQA and VIOLIN over MPI ranks (--dist): shares of the questions, joined as one process",
+  it("evaluates VideoQA and VIOLIN (answers, logits) and over MPI ranks (--dist), joined as one process",
     function()
-    if not has_mpirun() then
-      pending("mpirun is not installed (Debian: openmpi-bin): the distributed evaluation is not run")
-      return
-    end
     for _, task in ipairs {"videoqa", "violin"} do
       local c = train_config(task)
       c.model_config = dir .. "/model.json"
@@ -984,12 +982,31 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
       local ck = dir .. "/" .. task .. "/ckpt/step_1.safetensors"
       local db = txt_dir .. "/" .. TXT[task]
       rc, out = run_example("evaluate.lua", {"--task", task, "--checkpoint", ck, "--txt-db", db,
-        "--out", dir .. "/" .. task .. "_one.json"})
+        "--out", dir .. "/" .. task .. "_one.json", "--submission", dir .. "/" .. task .. "_all.json",
+        "--save-logits", dir .. "/" .. task .. "_logits.json"})
       assert.are.equal(0, rc, out)
+      local one = json.read_file(dir .. "/" .. task .. "_one.json")
+      assert.are.same(one.results, json.read_file(dir .. "/" .. task .. "_all.json")) -- {qid: answer}
+      local logits = json.read_file(dir .. "/" .. task .. "_logits.json")
+      for qid, answer in pairs(one.results) do
+        local l = logits[qid]
+        assert.are.equal(task == "videoqa" and 5 or 1, #l, qid)
+        if task == "videoqa" then
+          local best = 1
+          for i = 2, #l do if l[i] > l[best] then best = i end end
+          assert.are.equal(best - 1, answer, qid) -- the answer is the argmax of its logits
+        else
+          assert.are.equal(l[1] > 0 and 1 or 0, answer, qid)
+        end
+      end
+      assert.is_nil(one.logits) -- in their own file
+      if not has_mpirun() then
+        pending("mpirun is not installed (Debian: openmpi-bin): the distributed evaluation is not run")
+        return
+      end
       local ok, text = mpirun2("evaluate.lua", string.format("--task %s --checkpoint '%s' --txt-db '%s' --out '%s'",
         task, ck, db, dir .. "/" .. task .. "_two.json"))
       assert.is_true(ok, text)
-      local one = json.read_file(dir .. "/" .. task .. "_one.json")
       local two = json.read_file(dir .. "/" .. task .. "_two.json")
       assert.are.same(one.results, two.results, task) -- every question's answer
       assert.are.equal(one.num_queries, two.num_queries)

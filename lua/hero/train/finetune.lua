@@ -628,7 +628,14 @@ local function eval_qa(task, model, hps, qds, spec)
     if k:find("acc$") then metrics = metrics == json.null and {} or metrics; metrics.accuracy = v end
     if k:find("loss$") then metrics = metrics == json.null and {} or metrics; metrics.loss = v end
   end
-  return {results = results, metrics = metrics, val_log = val_log, num_queries = #qids}
+  local out = {results = results, metrics = metrics, val_log = val_log, num_queries = #qids}
+  if spec.save_logits then
+    -- eval_videoQA.py / eval_violin.py --save_logits: each question's logits, by its id
+    out.logits = {}
+    local rows = L:float():cpu():totable()
+    for i, q in ipairs(qids) do out.logits[tostring(q)] = rows[i] end
+  end
+  return out
 end
 
 local function eval_tvc(model, hps, cds, spec)
@@ -687,7 +694,8 @@ end
 -- every rank gets the joined results),
 -- clips (TVC: the clips to caption instead of a db, as inf_tvc.py --target_clip: a JSON-lines
 -- path or array, see ClipListDataset; scored when they carry descs), caption_eval (TVC: options
--- of hero.eval.caption.tvc_eval, e.g. meteor_jar, ptb_jar).
+-- of hero.eval.caption.tvc_eval, e.g. meteor_jar, ptb_jar), save_logits (TVQA/VIOLIN: the
+-- results also hold logits = {qid = {...}}).
 -- Returns the results table:
 --   vcmr/vr: {submission = {video2idx, VCMR, SVMR, VR}, metrics, submission_nms, metrics_nms, val_log}
 --   videoqa/violin: {results = {qid = answer}, metrics = {accuracy, loss}, val_log}
