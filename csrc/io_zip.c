@@ -313,6 +313,10 @@ static int zip_assemble(const char *what, const char *path, size_t n, const char
                         const unsigned char *const *data, const size_t *lens, bool compress, unsigned char **out,
                         size_t *outlen)
 {
+    /* 0xFFFF entries is zip64's marker: readers would then look for zip64 records */
+    if (n >= 0xFFFF)
+        return hr_fail(HR_EINVAL, "%s would hold %zu members; without zip64 records (not written) at most 65534",
+                       what, n);
     /* Pieces: per member a local header and its data, then the directory and its end record. */
     size_t npieces = 2 * n + 2;
     const void **pieces = calloc(npieces, sizeof *pieces);
@@ -423,7 +427,7 @@ static int zip_assemble(const char *what, const char *path, size_t n, const char
         cdpos += 46 + nlen;
         offset += 30 + nlen + csize;
     }
-    if (n > 0xFFFF || offset + cd_len > 0xFFFFFFFEu) {
+    if (offset + cd_len > 0xFFFFFFFEu) {
         hr_fail(HR_EINVAL, "%s would need zip64 records, which are not written (use safetensors)", what);
         goto done;
     }

@@ -37,7 +37,11 @@ static void table_to_list(lua_State *L, int idx, hr_tensor_list *l, const char *
         if (lua_type(L, -2) != LUA_TSTRING)
             luaL_error(L, "%s: argument #%d: keys must be strings (tensor names), got a %s key", op, idx,
                        luaL_typename(L, -2));
-        const char *name = lua_tostring(L, -2);
+        size_t name_len;
+        const char *name = lua_tolstring(L, -2, &name_len);
+        if (strlen(name) != name_len)
+            luaL_error(L, "%s: argument #%d: the name '%s...' holds a NUL byte (file formats end names there)", op,
+                       idx, name);
         hr_tensor_box *box = luaL_testudata(L, -1, HR_TENSOR_MT);
         if (!box) luaL_error(L, "%s: argument #%d: entry '%s' is a %s, not a hero.Tensor", op, idx, name, luaL_typename(L, -1));
         if (!box->t || !box->t->storage) luaL_error(L, "%s: argument #%d: tensor '%s' was freed", op, idx, name);
@@ -132,20 +136,33 @@ static int l_load_npz(lua_State *L)
     return 1;
 }
 
+/* The npz writers' options table at idx: {compress = boolean}; any other key is refused (a typo
+ * would otherwise silently write a stored archive). Returns compress. */
+static bool npz_options(lua_State *L, int idx, const char *op)
+{
+    if (lua_isnoneornil(L, idx)) return false;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "compress") != 0)
+            luaL_error(L, "%s: unknown option '%s' (compress)", op,
+                       lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : luaL_typename(L, -2));
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, idx, "compress");
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+        luaL_error(L, "%s: option 'compress' must be a boolean, got %s", op, luaL_typename(L, -1));
+    bool compress = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return compress;
+}
+
 static int l_save_npz(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 3);
-    bool compress = false;
-    if (!lua_isnoneornil(L, 3)) {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        lua_getfield(L, 3, "compress");
-        if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
-            return luaL_error(L, "save_npz: option 'compress' must be a boolean, got %s", luaL_typename(L, -1));
-        compress = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-    }
+    bool compress = npz_options(L, 3, "save_npz");
     hr_tensor_list *l = new_list(L);
     table_to_list(L, 2, l, "save_npz");
     int rc;
@@ -184,15 +201,7 @@ static int l_npz_to_bytes(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 2);
-    bool compress = false;
-    if (!lua_isnil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
-        lua_getfield(L, 2, "compress");
-        if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
-            return luaL_error(L, "npz_to_bytes: option 'compress' must be a boolean, got %s", luaL_typename(L, -1));
-        compress = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-    }
+    bool compress = npz_options(L, 2, "npz_to_bytes");
     hr_tensor_list *l = new_list(L);
     table_to_list(L, 1, l, "npz_to_bytes");
     unsigned char **owned = new_owned_bytes(L);

@@ -88,6 +88,7 @@ local function main()
   if not opts.config then die("--config FILE (the reference's train-*.json) is required") end
   if not opts.checkpoint then die("--checkpoint FILE is required") end
   if not opts.out then die("--out DIR is required") end
+  hero.train.check_run_dir(opts.out, opts.resume)
   if opts.threads then hero.set_num_threads(int_arg(opts, "threads")) end
   local raw = json.read_file(opts.config)
   local hps = FT.hparams(task, raw, opts.config)

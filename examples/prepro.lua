@@ -45,6 +45,13 @@ local function usage(msg)
   os.exit(2)
 end
 
+-- A step that failed: its error in the command line's words, exit status 1.
+local function failed(err, newline)
+  local msg = tostring(err):gsub("pass overwrite = true", "pass --overwrite")
+  io.stderr:write(newline and "\n" or "", "prepro: ", msg, "\n")
+  os.exit(1)
+end
+
 local flags = {overwrite = true, strict = true, ["skip-bad-subs"] = true, quiet = true, compress = true}
 local known = {resnet = true, slowfast = true, subs = true, vocab = true, merges = true, out = true, name = true,
                ["frame-length"] = true, queries = true, ["query-db"] = true, ["query-task"] = true, captions = true,
@@ -92,7 +99,9 @@ if opts.queries then
 end
 local name = opts.name or "tv"
 local frame_length = tonumber(opts["frame-length"] or "1.5")
-if not frame_length or frame_length <= 0 then usage("--frame-length must be a positive number") end
+if not frame_length or not (frame_length > 0 and frame_length < math.huge) then
+  usage("--frame-length must be a positive number of seconds")
+end
 local function say(...) if not opts.quiet then io.stderr:write(string.format(...)) end end
 
 if opts.queries then
@@ -105,8 +114,7 @@ if opts.queries then
     meta = {annotation = opts.queries, task = task},
   })
   if not qok then
-    io.stderr:write("prepro: ", tostring(err), "\n")
-    os.exit(1)
+    failed(err)
   end
   say("query database %s\n", out)
 end
@@ -117,14 +125,16 @@ if opts.captions then
     tokenize = function(s) return tok:encode(s) end, overwrite = opts.overwrite,
     meta = {annotation = opts.captions, subtitles = opts.subs, task = "tvc"}})
   if not cok then
-    io.stderr:write("prepro: ", tostring(r), "\n")
-    os.exit(1)
+    failed(r)
   end
   say("caption databases %s: %d clips, %d captions\n", out, r.clips, r.captions)
 end
 local function read_vid2nframe(path)
   local ok, t = pcall(hero.json.read_file, path)
   if not ok then usage("--vid2nframe: " .. tostring(t)) end
+  if type(t) ~= "table" or next(t) == nil or hero.json.is_array(t) then
+    usage(string.format("--vid2nframe: '%s' must be a JSON object mapping video ids to frame counts", path))
+  end
   for vid, n in pairs(t) do
     if type(vid) ~= "string" or math.type(n) ~= "integer" or n < 0 then
       usage(string.format("--vid2nframe: '%s' must map video ids to frame counts (video %s: %s)", path, tostring(vid),
@@ -145,8 +155,7 @@ local function build_subtitles(counts, counts_path)
     meta = {annotation = opts.subs, vid2nframe = counts_path},
   })
   if not sok then
-    io.stderr:write("prepro: ", tostring(sub), "\n")
-    os.exit(1)
+    failed(sub)
   end
   say("subtitle database %s: %d videos\n", txt_dir, sub.videos)
   if #sub.no_features > 0 then
@@ -177,8 +186,7 @@ local ok, report = pcall(prepro.convert_video_db, {
   progress = function(k, n, vid) say("\rvideo %d/%d %s\27[K", k, n, vid) end,
 })
 if not ok then
-  io.stderr:write("\nprepro: ", tostring(report), "\n")
-  os.exit(1)
+  failed(report, true)
 end
 say("\rvideo database %s: %d %s of %s-dimensional features\27[K\n", video_dir, report.videos,
   clip_interval and "clips" or "videos",

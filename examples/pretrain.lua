@@ -146,12 +146,17 @@ end
 
 --- A config file: JSON, or Lua returning a table.
 local function load_config(path)
+  local ok, t
   if path:match("%.lua$") then
     local chunk, err = loadfile(path, "t", {math = math})
     if not chunk then usage(err) end
-    return chunk()
+    ok, t = pcall(chunk)
+  else
+    ok, t = pcall(json.decode, read_file(path), {source = path})
   end
-  return json.decode(read_file(path), {source = path})
+  if not ok then usage(tostring(t)) end
+  if type(t) ~= "table" then usage(string.format("%s does not hold a config object (got a %s)", path, type(t))) end
+  return t
 end
 
 -- ------------------------------------------------------------------ data sources
@@ -273,6 +278,10 @@ end
 
 local opts = parse_args(arg)
 if not opts.out then usage("--out DIR is required") end
+do
+  local ok, err = pcall(train.check_run_dir, opts.out, opts.resume)
+  if not ok then usage(err) end
+end
 if opts.dist then rank, world = hero.dist.init() end
 if opts.threads then hero.set_num_threads(int_opt(opts, "threads")) end
 
@@ -338,6 +347,10 @@ end
 if type(model_cfg) ~= "table" or not model_cfg.f_config or not model_cfg.c_config then
   usage(cfg_path .. " holds no model config (f_config, c_config, q_config)")
 end
+do -- every section complete and usable (sizes, activation), named in the error
+  local ok, err = pcall(hero.config.model, model_cfg)
+  if not ok then usage(cfg_path .. ": " .. tostring(err):gsub("^[^\n]-:%d+: ", "")) end
+end
 if opts.config and opts.fixture and exists(opts.fixture .. "/config.json") then
   constants = load_config(opts.fixture .. "/config.json").constants or constants
 end
@@ -352,7 +365,17 @@ if tc then
   end
 else
   tasks = opts.tasks and split(opts.tasks) or TASKS
+  local seen = {}
+  for _, t in ipairs(tasks) do
+    if not PC.TASKS[t] then usage(string.format("--tasks: unknown task '%s' (mlm, mfm-nce, mffr, fom, vsm)", t)) end
+    if seen[t] then usage(string.format("--tasks: '%s' is listed twice (weigh it with --ratios)", t)) end
+    seen[t] = true
+  end
+  if #tasks == 0 then usage("--tasks lists no task") end
   if opts.ratios then
+    if opts.ratios:find(",,") or opts.ratios:find("^,") or opts.ratios:find(",$") then
+      usage("--ratios has an empty value: '" .. opts.ratios .. "'")
+    end
     local r = split(opts.ratios)
     if #r ~= #tasks then usage(string.format("--ratios has %d values for %d tasks", #r, #tasks)) end
     for i, t in ipairs(tasks) do
@@ -394,6 +417,9 @@ local hps = {
     or constants.max_frm_seq_len or 100),
   train_config = opts["train-config"], reference_config = tc, vsm_recipe = recipe,
 }
+if not (hps.lr > 0 and hps.lr < math.huge) then usage("--lr must be a positive number, got " .. tostring(hps.lr)) end
+if hps.max_frm_seq_len < 1 then usage("--max-frm-seq-len must be at least 1") end
+if hps.vfeat_dim < 1 then usage("--vfeat-dim must be at least 1") end
 if source == sources.db then
   hps.vfeat_db, hps.sub_db, hps.train_ids, hps.valid_ids = opts["vfeat-db"], opts["sub-db"], opts["train-ids"],
     opts["valid-ids"]
@@ -405,6 +431,8 @@ if source == sources.db then
   -- the reference draws its batches at random, without length buckets
   hps.bucket = int_opt(opts, "bucket", 0)
   hps.mask_prob = num_opt(opts, "mask-prob", cfg("mask_prob", 0.15))
+  if not (hps.mask_prob > 0 and hps.mask_prob < 1) then usage("--mask-prob must be in (0, 1)") end
+  if hps.max_clip_len < 1 then usage("--max-clip-len must be at least 1") end
   hps.on_error = opts["on-error"] or "skip"
   if hps.on_error ~= "skip" and hps.on_error ~= "error" then usage("--on-error must be skip or error") end
   if hps.batch_size < 1 then usage("--batch-size must be at least 1") end
@@ -432,13 +460,16 @@ if train_ds then
     usage(string.format("the subtitle db's ids go up to %d but the model's vocabulary has %d rows "
       .. "(f_config.vocab_size)", mask, model_cfg.f_config.vocab_size))
   end
-  if not opts["vfeat-dim"] then
-    for _, vid in ipairs(train_ds:ids()) do
-      local ok, v = pcall(train_ds.get, train_ds, vid)
-      if ok and v then
-        hps.vfeat_dim = v.v_feat:size(2)
-        break
+  -- the frame feature size is the database's; --vfeat-dim, when given, must agree with it
+  for _, vid in ipairs(train_ds:ids()) do
+    local ok, v = pcall(train_ds.get, train_ds, vid)
+    if ok and v then
+      local d = v.v_feat:size(2)
+      if opts["vfeat-dim"] and hps.vfeat_dim ~= d then
+        usage(string.format("--vfeat-dim %d, but the video database holds %d-dimensional features", hps.vfeat_dim, d))
       end
+      hps.vfeat_dim = d
+      break
     end
   end
 end

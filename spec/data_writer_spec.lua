@@ -332,6 +332,14 @@ describe("prepro", function()
     assert.are.equal(r.id2nframe["grey_s05e09_seg02_clip_17.4"], 2) -- 18 frames in clips of int(6 / 1.5) = 4
     assert_err("a clip_interval of 1 s holds no 1.5 s frame", prepro.convert_video_db, {resnet = FEAT ..
       "resnet_features", slowfast = FEAT .. "slowfast_features", out = root .. "/bad", clip_interval = 1})
+    assert_err("opts.compress must be a boolean, got string", prepro.convert_video_db, {resnet = FEAT ..
+      "resnet_features", slowfast = FEAT .. "slowfast_features", out = root .. "/bad", compress = "yes"})
+    -- a foreign id2nframe.json beside the database is refused before anything is committed
+    prepro.mkdir_p(root .. "/odd")
+    json.write_file(root .. "/odd/id2nframe.json", {"x", "y"})
+    assert_err("must map video ids to frame counts", prepro.convert_video_db, {resnet = FEAT .. "resnet_features",
+      slowfast = FEAT .. "slowfast_features", out = root .. "/odd/resnet_slowfast_1.5"})
+    assert.is_false(exists(root .. "/odd/resnet_slowfast_1.5/data.mdb"))
     -- compressed: each value a deflated .npz of features.npy and the reference's allow_pickle.npy (True)
     local cout = root .. "/video_db/tv/resnet_slowfast_1.5_compressed"
     prepro.convert_video_db{resnet = FEAT .. "resnet_features", slowfast = FEAT .. "slowfast_features", out = cout,
@@ -433,6 +441,19 @@ describe("prepro", function()
     assert.are.equal("violin", meta.task)
     assert_err("violin_db: statement 5 (entry 1): label must be 0 or 1", prepro.violin_db, {queries = {{desc_id = 5,
       desc = "x", vid_name = "v", label = 2}}, out = tmpdir("violin2") .. "/bad.db", tokenize = tokenize})
+    assert_err('violin_db: entry 1: desc_id {"x":1} is not an integer or a non-empty string', prepro.violin_db,
+      {queries = {{desc_id = {x = 1}, desc = "x", vid_name = "v", label = 1}}, out = tmpdir("violin3") .. "/bad.db",
+       tokenize = tokenize})
+    assert_err("violin_db: opts.tokenize (text -> ids) is required", prepro.violin_db, {queries = {}, out = "x"})
+    -- an annotation file must be whole: a torn last line is an error, not a statement fewer
+    local tdir = tmpdir("violin4")
+    prepro.mkdir_p(tdir)
+    local torn = tdir .. "/torn.jsonl"
+    local f = assert(io.open(torn, "wb"))
+    f:write('{"desc_id": "a-1", "desc": "x", "vid_name": "v", "label": 1}\n{"desc_id": "a-0", "desc')
+    f:close()
+    assert_err("torn.jsonl:2", prepro.violin_db, {queries = torn, out = tdir .. "/t.db",
+      tokenize = tokenize})
   end)
 
   it("writes test-split queries without moments or videos, and DiDeMo's lists of moments", function()

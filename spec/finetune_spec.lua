@@ -772,9 +772,14 @@ describe("fine-tuning and evaluation", function()
     local plain = FT.evaluate("tvc", run.model, hps, {video = run.video, clips = bare, tokenizer = tok})
     assert.are.equal(9, #plain.results)
     assert.are.equal(json.null, plain.metrics) -- nothing to score against
+    for _, ts in ipairs {{"a", 2}, {5, 1}, {-1, 2}, {0, 1 / 0}} do
+      helper.assert_error_contains(function()
+        D.ClipListDataset{video = run.video, clips = {{vid_name = "v", clip_id = 3, ts = ts}}}
+      end, "clip 1 (clip_id 3): ts must be {start, end} in seconds with 0 <= start <= end")
+    end
     helper.assert_error_contains(function()
-      D.ClipListDataset{video = run.video, clips = {{vid_name = "v", clip_id = 3, ts = {"a", 2}}}}
-    end, "clip 1 (clip_id 3): ts must be {start, end}")
+      D.ClipListDataset{video = run.video, clips = {{vid_name = "v", clip_id = 3, ts = {1, 2}, descs = {{desc = 5}}}}}
+    end, "descs must be a list of {desc = text}")
     helper.assert_error_contains(function()
       FT.evaluate("vcmr", run.model, hps, {video = run.video, clips = clips})
     end, "for the tvc task")

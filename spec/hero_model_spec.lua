@@ -208,6 +208,16 @@ describe("HERO checkpoints and configs", function()
     assert.equal(1e-12, c.f_config.layer_norm_eps)
     assert.equal(0.1, c.c_config.hidden_dropout_prob)
     assert.equal(64, c.q_config.hidden_size)
+    -- what the layers cannot honour is refused by name
+    local function bad(section, msg)
+      helper.assert_error_contains(function() hero.config.model({f_config = section}) end, msg)
+    end
+    bad({hidden_act = "relu"}, "f_config.hidden_act must be \"gelu\"")
+    bad({hidden_size = "768"}, "f_config.hidden_size must be a positive integer, got 768")
+    bad({num_hidden_layers = -1}, "f_config.num_hidden_layers must be a non-negative integer")
+    bad({hidden_dropout_prob = 1}, "f_config.hidden_dropout_prob must be a probability in [0, 1)")
+    bad({layer_norm_eps = 0}, "f_config.layer_norm_eps must be a positive number")
+    bad({hidden_size = 64, num_attention_heads = 5}, "not a multiple of num_attention_heads 5")
   end)
 
   it("initialises as the reference: init_weights' N(0, 0.02) in the encoders, PyTorch's defaults in the "

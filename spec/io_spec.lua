@@ -376,6 +376,12 @@ describe("NumPy files", function()
     helper.assert_error_contains(function() hero.io.npz_to_bytes(src, {compress = "yes"}) end,
       "option 'compress' must be a boolean")
     helper.assert_error_contains(function() hero.io.npz_to_bytes({w = hero.ones(2):bfloat16()}) end, "'w'")
+    helper.assert_error_contains(function() hero.io.npz_to_bytes({w = hero.ones(1)}, {compres = true}) end,
+      "unknown option 'compres' (compress)")
+    helper.assert_error_contains(function() hero.io.npz_to_bytes({["a\0b"] = hero.ones(1)}) end, "holds a NUL byte")
+    local many, one = {}, hero.ones(1)
+    for i = 1, 65535 do many["m" .. i] = one end -- 0xFFFF entries would be zip64's marker
+    helper.assert_error_contains(function() hero.io.npz_to_bytes(many) end, "65535 members")
   end)
 
   it("writes archives NumPy reads (checked with python3 + numpy when present)", function()

@@ -244,6 +244,30 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     local n = 0
     for _ in io.lines(out .. "/log.jsonl") do n = n + 1 end
     assert.equal(2, n)
+    -- a second run there would mix its log and checkpoints with this one's
+    local base = {"--config", dir .. "/hero_pretrain.json", "--vfeat-db", fx .. "/video_db/tv/resnet_slowfast_1.5",
+      "--sub-db", fx .. "/txt_db/tv_subtitles.db", "--max-clip-len", "12", "--batch-size", "3", "--steps", "1",
+      "--quiet"}
+    local function with(...)
+      local a = {table.unpack(base)}
+      for _, x in ipairs {...} do a[#a + 1] = x end
+      return a
+    end
+    rc, text = pretrain(with("--out", out))
+    assert.equal(2, rc)
+    assert.matches("already holds a run %(log.jsonl, ckpt/%): pass %-%-resume", text)
+    n = 0
+    for _ in io.lines(out .. "/log.jsonl") do n = n + 1 end
+    assert.equal(2, n) -- the first run's log is as it was
+    rc, text = pretrain(with("--out", dir .. "/r2", "--tasks", "mlm,mlm"))
+    assert.equal(2, rc)
+    assert.matches("'mlm' is listed twice", text)
+    rc, text = pretrain(with("--out", dir .. "/r3", "--vfeat-dim", "7"))
+    assert.equal(2, rc)
+    assert.matches("%-%-vfeat%-dim 7, but the video database holds 24%-dimensional features", text)
+    rc, text = pretrain(with("--out", dir .. "/r4", "--ratios", "1,,2,1,1"))
+    assert.equal(2, rc)
+    assert.matches("empty value", text)
   end)
 
   it("examples/pretrain.lua --train-config reads a target's feature shards as one dataset", function()

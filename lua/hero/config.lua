@@ -25,8 +25,27 @@ function config.model_section(section, name)
   local out = {}
   for k, v in pairs(MODEL_DEFAULTS) do out[k] = v end
   for k, v in pairs(section) do out[k] = v end
+  name = name or "section"
+  local function need(ok, key, what)
+    if not ok then
+      error(string.format("config: %s.%s must be %s, got %s", name, key, what, tostring(out[key])), 3)
+    end
+  end
+  for _, key in ipairs {"hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings",
+                        "type_vocab_size"} do
+    need(math.type(out[key]) == "integer" and out[key] >= 1, key, "a positive integer")
+  end
+  need(math.type(out.num_hidden_layers) == "integer" and out.num_hidden_layers >= 0, "num_hidden_layers",
+    "a non-negative integer")
+  need(math.type(out.vocab_size) == "integer" and out.vocab_size >= -1, "vocab_size", "an integer")
+  for _, key in ipairs {"hidden_dropout_prob", "attention_probs_dropout_prob"} do
+    need(type(out[key]) == "number" and out[key] >= 0 and out[key] < 1, key, "a probability in [0, 1)")
+  end
+  need(type(out.layer_norm_eps) == "number" and out.layer_norm_eps > 0, "layer_norm_eps", "a positive number")
+  -- the transformer layers compute the erf GELU, HERO's (and RoBERTa's) activation
+  need(out.hidden_act == "gelu", "hidden_act", "\"gelu\" (the activation hero's layers compute)")
   if out.hidden_size % out.num_attention_heads ~= 0 then
-    error(string.format("config: %s.hidden_size %d is not a multiple of num_attention_heads %d", name or "section",
+    error(string.format("config: %s.hidden_size %d is not a multiple of num_attention_heads %d", name,
       out.hidden_size, out.num_attention_heads), 2)
   end
   return out

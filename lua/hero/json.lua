@@ -469,8 +469,10 @@ end
 local function read_all(path, who)
   local f, err = io.open(path, "rb")
   if not f then error(format("%s: cannot open '%s': %s", who, path, err), 0) end
-  local text = f:read("a")
+  local text, rerr = f:read("a")
   f:close()
+  -- a directory opens but cannot be read
+  if text == nil then error(format("%s: cannot read '%s': %s", who, path, tostring(rerr)), 0) end
   return text
 end
 
@@ -484,18 +486,20 @@ end
 
 --- Decodes a JSON-lines file (one value per non-empty line) into an array. A last line without
 -- its newline that does not decode is a torn append (a writer killed in the middle of the line:
--- hero's appenders write a line and its newline together) and is left out; any other bad line
--- is an error naming the file and line.
+-- hero's appenders write a line and its newline together) and is left out, unless opts.complete
+-- (an input that must be whole, such as an annotation file); any other bad line is an error
+-- naming the file and line. Other opts go to json.decode.
 function json.read_lines(path, opts)
   local text = read_all(path, "json.read_lines")
   local out = json.array()
   local lineno = 0
-  local torn_at = text:sub(-1) ~= "\n" and #text > 0 and select(2, text:gsub("\n", "")) + 1 or nil
+  local complete = opts and opts.complete
+  local torn_at = not complete and text:sub(-1) ~= "\n" and #text > 0 and select(2, text:gsub("\n", "")) + 1 or nil
   for line in (text .. "\n"):gmatch("([^\n]*)\n") do
     lineno = lineno + 1
     if line:find("[^ \t\r]") then
       local o = {}
-      if opts then for k, v in pairs(opts) do o[k] = v end end
+      if opts then for k, v in pairs(opts) do if k ~= "complete" then o[k] = v end end end
       o.source = path .. ":" .. lineno
       if lineno == torn_at then
         local ok, v = pcall(json.decode, line, o)

@@ -94,8 +94,11 @@ function M.st_ed_label(ts, frame_interval, max_idx)
   if not finite(ts[1]) or not finite(ts[2]) then
     fail(op, "ts {%s, %s} is not finite", tostring(ts[1]), tostring(ts[2]))
   end
-  local st = math.min(math.tointeger(math.floor(ts[1] / frame_interval)), max_idx)
-  local ed = math.min(math.max(math.tointeger(math.ceil(ts[2] / frame_interval)) - 1, st + 1), max_idx)
+  -- Python's unbounded ints: a huge time is capped at the last frame like any other
+  local st = math.min(math.floor(ts[1] / frame_interval), max_idx)
+  local ed = math.min(math.max(math.ceil(ts[2] / frame_interval) - 1, st + 1), max_idx)
+  st, ed = math.tointeger(st), math.tointeger(ed)
+  if not st or not ed then fail(op, "ts {%s, %s} is out of range", tostring(ts[1]), tostring(ts[2])) end
   return st, ed
 end
 
@@ -566,6 +569,9 @@ end
 function QueryDataset:example(qid)
   local ex = self.db:get(qid)
   if ex == nil then return nil, string.format("query '%s' is not in the query db", qid) end
+  if type(ex) ~= "table" then
+    return nil, string.format("query '%s': its db value is a %s, not an annotation table", qid, type(ex))
+  end
   ex.qid = qid
   return ex
 end
@@ -640,6 +646,9 @@ function QueryDataset:query(qid)
   local ts = ex.target
   if type(ts) == "table" and type(ts[1]) == "table" then ts = ts[1] end
   if ex.st_ed then
+    if type(ex.st_ed) ~= "table" or math.type(ex.st_ed[1]) ~= "integer" or math.type(ex.st_ed[2]) ~= "integer" then
+      return nil, string.format("query '%s': st_ed must be two frame indices", qid)
+    end
     target = {ex.st_ed[1], ex.st_ed[2]}
   elseif not is_null(ts) then
     target = {M.st_ed_label(ts, self.frame_interval, nf - 1)}
@@ -673,6 +682,7 @@ end
 -- desc_id = the query id, vid_name = clip_name. opts.desc_ids: the desc_id each entry gets (the
 -- submission's ids, in the order of qids).
 function QueryDataset:ground_truth(qids, opts)
+  if type(qids) ~= "table" then error("QueryDataset:ground_truth: qids must be an array of query ids", 2) end
   if not (self.db.has_file and self.db:has_file("query_data.jsonl")) then return nil end
   local entries = self.db:json("query_data.jsonl")
   local field = gt_key_field(entries)
@@ -906,7 +916,7 @@ function M.ClipListDataset(opts)
   local clips, source = opts.clips, "opts.clips"
   if type(clips) == "string" then
     source = clips
-    clips = json.read_lines(clips)
+    clips = json.read_lines(clips, {complete = true})
   end
   if type(clips) ~= "table" then fail(op, "opts.clips must be a JSON-lines file or an array of clips") end
   local vid2clips, order, by_id = {}, {}, {}
@@ -915,8 +925,17 @@ function M.ClipListDataset(opts)
     if type(c) ~= "table" or type(c.vid_name) ~= "string" or c.clip_id == nil then
       fail(op, "%s is not {vid_name, clip_id, ts, descs}", where)
     end
-    if type(c.ts) ~= "table" or type(c.ts[1]) ~= "number" or type(c.ts[2]) ~= "number" then
-      fail(op, "%s (clip_id %s): ts must be {start, end} in seconds", where, tostring(c.clip_id))
+    local ts = c.ts
+    if type(ts) ~= "table" or not finite(ts[1]) or not finite(ts[2]) or ts[1] < 0 or ts[2] < ts[1] then
+      fail(op, "%s (clip_id %s): ts must be {start, end} in seconds with 0 <= start <= end", where,
+        tostring(c.clip_id))
+    end
+    if c.descs ~= nil then
+      local ok = type(c.descs) == "table"
+      for _, d in ipairs(ok and c.descs or {}) do
+        if type(d) ~= "string" and not (type(d) == "table" and type(d.desc) == "string") then ok = false end
+      end
+      if not ok then fail(op, "%s (clip_id %s): descs must be a list of {desc = text}", where, tostring(c.clip_id)) end
     end
     local key = tostring(c.clip_id)
     if by_id[key] == nil then

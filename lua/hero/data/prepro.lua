@@ -108,8 +108,17 @@ end
 -- Returns {videos = count, feat_dim = D, id2nframe = {...}, corrupted = {{vid, reason}...},
 -- ids = {...}} (with clips, id2nframe and ids hold the clips).
 function prepro.convert_video_db(opts)
+  if type(opts) ~= "table" then error("convert_video_db: expected an options table", 2) end
   for _, k in ipairs {"resnet", "slowfast", "out"} do
     if type(opts[k]) ~= "string" then error("convert_video_db: opts." .. k .. " (a path) is required", 2) end
+  end
+  for _, k in ipairs {"compress", "overwrite", "strict"} do
+    if opts[k] ~= nil and type(opts[k]) ~= "boolean" then
+      error(string.format("convert_video_db: opts.%s must be a boolean, got %s", k, type(opts[k])), 2)
+    end
+  end
+  if opts.progress ~= nil and type(opts.progress) ~= "function" then
+    error("convert_video_db: opts.progress must be a function(i, n, vid), got " .. type(opts.progress), 2)
   end
   local clip_frames
   local interval = opts.clip_interval or -1
@@ -229,7 +238,7 @@ function prepro.subtitle_db(opts)
   if type(opts.out) ~= "string" then error("subtitle_db: opts.out (the database directory) is required", 2) end
   if type(opts.tokenize) ~= "function" then error("subtitle_db: opts.tokenize (text -> ids) is required", 2) end
   local lines = opts.subs
-  if type(lines) == "string" then lines = json.read_lines(lines) end
+  if type(lines) == "string" then lines = json.read_lines(lines, {complete = true}) end
   if type(lines) ~= "table" then error("subtitle_db: opts.subs must be a JSON-lines path or an array", 2) end
   local prepare = require("hero.text").prepare_subtitle
   local function tokenize(text)
@@ -294,9 +303,16 @@ end
 -- `entry(w, ln, q)` putting each value and returning its key, id2len entry and video (or nil);
 -- then the side files. Nothing is left behind on an error.
 local function annotation_db(opts, task, entry)
+  local op = task == "tvr" and "query_db" or task == "tvqa" and "qa_db" or task .. "_db"
+  if type(opts) ~= "table" then error(op .. ": expected an options table", 3) end
+  if type(opts.queries) ~= "string" and type(opts.queries) ~= "table" then
+    error(op .. ": opts.queries (a JSON-lines path or an array of annotations) is required", 3)
+  end
+  if type(opts.out) ~= "string" then error(op .. ": opts.out (the database directory) is required", 3) end
+  if type(opts.tokenize) ~= "function" then error(op .. ": opts.tokenize (text -> ids) is required", 3) end
   local lines = opts.queries
   -- the annotation's own field order goes into the values, as Python's dicts keep it
-  if type(lines) == "string" then lines = json.read_lines(lines, {ordered = true}) end
+  if type(lines) == "string" then lines = json.read_lines(lines, {ordered = true, complete = true}) end
   prepro.mkdir_p(util.parent_dir(opts.out))
   local w = writer.TxtDbWriter(opts.out, {overwrite = opts.overwrite})
   local ok, err = pcall(function()
@@ -326,9 +342,19 @@ local function annotation_ids(opts, text)
   return opts.tokenize(require("hero.text").prepare_query(text))
 end
 
--- Stores an annotation whose text is q.desc (a query, a statement) under its desc_id, its value
+-- Stores annotation ln, whose text is q.desc (a query, a statement), under its desc_id, its value
 -- made by make_value(q, ids); returns what annotation_db records: the key, the length, the video.
-local function put_desc_entry(w, opts, q, make_value)
+-- An annotation's id (a database key): an integer or a non-empty string.
+local function check_id(op, ln, field, id)
+  if math.type(id) ~= "integer" and (type(id) ~= "string" or id == "") then
+    local ok, shown = pcall(json.encode, id)
+    error(string.format("%s: entry %d: %s %s is not an integer or a non-empty string", op, ln, field,
+      ok and shown or tostring(id)), 0)
+  end
+end
+
+local function put_desc_entry(op, w, opts, ln, q, make_value)
+  check_id(op, ln, "desc_id", q.desc_id)
   local ids = annotation_ids(opts, q.desc)
   local key = tostring(q.desc_id)
   w:put(key, make_value(q, ids))
@@ -353,7 +379,7 @@ function prepro.query_db(opts)
       error(string.format("query_db: query %s (entry %d): ts must be {start, end} seconds with 0 <= start <= end "
         .. "(or a list of them)", tostring(q.desc_id), ln), 0)
     end
-    return put_desc_entry(w, opts, q, writer.query_value)
+    return put_desc_entry("query_db", w, opts, ln, q, writer.query_value)
   end)
 end
 
@@ -366,6 +392,7 @@ function prepro.qa_db(opts)
     if type(q) ~= "table" or q.qid == nil or type(q.q) ~= "string" or type(q.vid_name) ~= "string" then
       error(string.format("qa_db: entry %d is not {qid, q, a0 .. a4, answer_idx, ts, vid_name}", ln), 0)
     end
+    check_id("qa_db", ln, "qid", q.qid)
     local ids, lens = {}, {}
     for i, field in ipairs {"q", "a0", "a1", "a2", "a3", "a4"} do
       if type(q[field]) ~= "string" then
@@ -392,7 +419,7 @@ function prepro.violin_db(opts)
       error(string.format("violin_db: statement %s (entry %d): label must be 0 or 1, got %s", tostring(q.desc_id), ln,
         tostring(q.label)), 0)
     end
-    return put_desc_entry(w, opts, q, writer.violin_value)
+    return put_desc_entry("violin_db", w, opts, ln, q, writer.violin_value)
   end)
 end
 
@@ -428,9 +455,9 @@ end
 -- specials. Returns {clips =, captions =}.
 function prepro.caption_db(opts)
   local lines = opts.captions
-  if type(lines) == "string" then lines = json.read_lines(lines) end
+  if type(lines) == "string" then lines = json.read_lines(lines, {complete = true}) end
   local subs = opts.subs
-  if type(subs) == "string" then subs = json.read_lines(subs) end
+  if type(subs) == "string" then subs = json.read_lines(subs, {complete = true}) end
   local vid2subs = {}
   for _, v in ipairs(subs or {}) do
     if type(v) == "table" and type(v.vid_name) == "string" then vid2subs[v.vid_name] = v.sub end

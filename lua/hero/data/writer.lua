@@ -288,15 +288,32 @@ function VideoDbWriter:add(vid, feats)
   self.n = self.n + 1
 end
 
---- Commits the LMDB, then writes the merged id2nframe.json (atomically). Returns the LMDB dir.
+--- Commits the LMDB, then writes the merged id2nframe.json (atomically). Returns the LMDB dir. An
+-- existing id2nframe.json that is not {video id: frame count} is refused before anything is
+-- committed.
 function VideoDbWriter:commit()
-  self.builder:commit()
   local path = util.parent_dir(self.dir) .. "/id2nframe.json"
   local merged = {}
   if util.file_exists(path) then
-    local old = json.read_file(path)
-    for k, v in pairs(old) do merged[k] = v end
+    local ok, old = pcall(json.read_file, path)
+    local bad = not ok and tostring(old) or nil
+    if ok and (type(old) ~= "table" or json.is_array(old) and next(old) ~= nil) then bad = "not a JSON object" end
+    if not bad then
+      for k, v in pairs(old) do
+        if type(k) ~= "string" or math.type(v) ~= "integer" or v < 0 then
+          bad = string.format("entry %s: %s is not a frame count", tostring(k), tostring(v))
+          break
+        end
+        merged[k] = v
+      end
+    end
+    if bad then
+      self.builder:abort()
+      error(string.format("VideoDbWriter:commit: the existing '%s' must map video ids to frame counts (%s); "
+        .. "nothing was written", path, bad), 2)
+    end
   end
+  self.builder:commit()
   for k, v in pairs(self.id2nframe) do
     local o = merged[k]
     merged[k] = (math.type(o) == "integer" and o < v) and o or v

@@ -430,7 +430,9 @@ function M.java_options(meteor_jar, ptb_jar)
       if type(jar) ~= "string" then error(string.format("%s: the jar must be a path, got %s", key, type(jar)), 2) end
       local f = io.open(jar, "rb")
       if not f then error(string.format("%s: %s's jar '%s' cannot be read", key, what, jar), 2) end
+      local head = f:read(2) -- a directory opens but does not read
       f:close()
+      if head ~= "PK" then error(string.format("%s: '%s' is not a jar (zip) file", key, jar), 2) end
       if not M.meteor_available(jar) then error(string.format("%s: %s needs java on the PATH", key, what), 2) end
       out[key] = jar
     end

@@ -69,6 +69,19 @@ function train.fixture_batches(dir, tasks)
   return out
 end
 
+--- Refuses to start a new run in a directory that holds one (a log or checkpoints) unless it is
+-- resumed: a second run there would mix its log lines and checkpoints with the first one's.
+function train.check_run_dir(out_dir, resume)
+  if resume then return end
+  local held = {}
+  if exists(out_dir .. "/log.jsonl") then held[#held + 1] = "log.jsonl" end
+  if train.Trainer.latest_step(out_dir) then held[#held + 1] = "ckpt/" end
+  if #held > 0 then
+    error(string.format("'%s' already holds a run (%s): pass --resume to continue it, or give another --out",
+      out_dir, table.concat(held, ", ")), 2)
+  end
+end
+
 -- The task-level modules, loaded on first use (hero.train.finetune, .pretrain_config,
 -- .pretrain_valid): requiring hero.train does not load the model code they pull in.
 local SUBMODULES = {finetune = "hero.train.finetune", pretrain_config = "hero.train.pretrain_config",
