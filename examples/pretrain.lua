@@ -348,8 +348,10 @@ if type(model_cfg) ~= "table" or not model_cfg.f_config or not model_cfg.c_confi
   usage(cfg_path .. " holds no model config (f_config, c_config, q_config)")
 end
 do -- every section complete and usable (sizes, activation), named in the error
-  local ok, err = pcall(hero.config.model, model_cfg)
-  if not ok then usage(cfg_path .. ": " .. tostring(err):gsub("^[^\n]-:%d+: ", "")) end
+  local ok, full = pcall(hero.config.model, model_cfg)
+  if not ok then usage(cfg_path .. ": " .. tostring(full):gsub("^[^\n]-:%d+: ", "")) end
+  if full.f_config.vocab_size < 1 then usage(cfg_path .. ": f_config.vocab_size (the word vocabulary) is required") end
+  model_cfg = full
 end
 if opts.config and opts.fixture and exists(opts.fixture .. "/config.json") then
   constants = load_config(opts.fixture .. "/config.json").constants or constants
