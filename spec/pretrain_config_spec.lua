@@ -255,7 +255,7 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     end
     rc, text = pretrain(with("--out", out))
     assert.equal(2, rc)
-    assert.matches("already holds a run %(log.jsonl, ckpt/%): pass %-%-resume", text)
+    assert.matches("already holds a run %(checkpoints up to step 2%): pass %-%-resume", text)
     n = 0
     for _ in io.lines(out .. "/log.jsonl") do n = n + 1 end
     assert.equal(2, n) -- the first run's log is as it was

@@ -69,16 +69,15 @@ function train.fixture_batches(dir, tasks)
   return out
 end
 
---- Refuses to start a new run in a directory that holds one (a log or checkpoints) unless it is
--- resumed: a second run there would mix its log lines and checkpoints with the first one's.
+--- Refuses to start a new run in a directory that holds a checkpointed one unless it is resumed:
+-- a second run there would repoint ckpt/latest and mix its checkpoints with the first one's. (A
+-- log without checkpoints, from a run stopped before its first one, is appended to.)
 function train.check_run_dir(out_dir, resume)
   if resume then return end
-  local held = {}
-  if exists(out_dir .. "/log.jsonl") then held[#held + 1] = "log.jsonl" end
-  if train.Trainer.latest_step(out_dir) then held[#held + 1] = "ckpt/" end
-  if #held > 0 then
-    error(string.format("'%s' already holds a run (%s): pass --resume to continue it, or give another --out",
-      out_dir, table.concat(held, ", ")), 2)
+  local step = train.Trainer.latest_step(out_dir)
+  if step then
+    error(string.format("'%s' already holds a run (checkpoints up to step %d): pass --resume to continue it, "
+      .. "or give another --out", out_dir, step), 2)
   end
 end
 
