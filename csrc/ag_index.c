@@ -54,7 +54,10 @@ static int index_select_backward(hr_node *node, const hr_tensor *g, hr_tensor **
     if (!idx) return -1;
     hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_tensor_device(g));
     if (!z) return -1;
-    if (hr_index_add_(z, c->dim, idx, g, 1.0)) {
+    hr_index_checks_trusted_begin(); /* the forward checked idx against this size */
+    int rc = hr_index_add_(z, c->dim, idx, g, 1.0);
+    hr_index_checks_trusted_end();
+    if (rc) {
         hr_tensor_release(z);
         return -1;
     }
@@ -79,7 +82,10 @@ static int gather_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     if (!idx) return -1;
     hr_tensor *z = hr_tensor_zeros(c->ndim, c->size, g->dtype, hr_tensor_device(g));
     if (!z) return -1;
-    if (hr_scatter_add_(z, c->dim, idx, g)) {
+    hr_index_checks_trusted_begin(); /* the forward checked idx against this size */
+    int rc = hr_scatter_add_(z, c->dim, idx, g);
+    hr_index_checks_trusted_end();
+    if (rc) {
         hr_tensor_release(z);
         return -1;
     }

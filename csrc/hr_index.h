@@ -35,6 +35,13 @@ int hr_index_add_(hr_tensor *t, int dim, const hr_tensor *index, const hr_tensor
 /* t.select(dim, index[k]) = src.select(dim, k); the last of duplicated indices wins. */
 int hr_index_copy_(hr_tensor *t, int dim, const hr_tensor *index, const hr_tensor *src);
 
+/* The autograd's backward passes scatter with an index their forward already checked (the tape
+ * refuses a saved index changed in place since): between these calls its values are not checked
+ * again, so a backward on a GPU neither copies the index to the host nor waits for the device.
+ * Per thread; calls nest. */
+void hr_index_checks_trusted_begin(void);
+void hr_index_checks_trusted_end(void);
+
 /* ------------------------------------------------------------------ masks (index.c) */
 
 /* The row-major positions (i64, 1-D, on dev) of the set elements of a bool/u8 mask broadcast to

@@ -16,6 +16,27 @@ describe("autograd through indexing and joining", function()
     assert.is_true(gradcheck(function(t, s) return t:scatter_add(1, i64 {{0, 2}, {0, 1}}, s) end, {x, src}))
   end)
 
+  it("scatters gradients back with the index the forward checked, refusing one changed since", function()
+    -- the backward does not check the index values again (a GPU would wait for them): the tape
+    -- must refuse an index that was changed, here to values out of range
+    for _, case in ipairs {
+      {"gather", function(t, ix) return t:gather(1, ix) end, i64 {{0, 1, 2}, {2, 0, 1}}},
+      {"index_select", function(t, ix) return t:index_select(1, ix) end, i64 {0, 2}},
+    } do
+      local t = hero.randn(3, 3):requires_grad_()
+      local ix = case[3]
+      local y = case[2](t, ix)
+      ix:fill_(100)
+      helper.assert_error_contains(function() y:sum():backward() end,
+        "a tensor saved by '" .. case[1] .. "' was modified in place after it was saved")
+      assert.is_nil(t.grad)
+    end
+    -- and the same gradients as when it was checked
+    local t = hero.randn(3, 3):requires_grad_()
+    t:gather(1, i64 {{2, 2, 0}}):sum():backward()
+    assert.same({{0, 0, 1}, {0, 0, 0}, {1, 1, 0}}, t.grad:totable())
+  end)
+
   it("masked_fill and masked_select pass gradcheck with broadcast masks", function()
     local mask = hero.tensor {{true, false, true}}
     assert.is_true(gradcheck(function(t) return t:masked_fill(mask, -1e4) end, {x}))
