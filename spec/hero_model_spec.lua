@@ -120,6 +120,32 @@ describe("HERO pre-training model computing only what the losses read", function
     assert.parity(some, full:reshape(N * L, H):index_select(1, rows), "activations")
     assert.same({0, H}, encoder:forward(f_emb, b.attn_masks, {rows = hero.tensor({}, {dtype = "i64"})}):size())
   end)
+
+  it("reads the rows of its loss masks from the batch when a device batch carries them", function()
+    -- Trainer.batch_to attaches them on a GPU (counting a device mask would make the host wait)
+    local mask_rows = require "hero.models.mask_rows"
+    for _, task in ipairs {"mlm", "mfm-nce", "mffr"} do
+      local b = batch("batch_" .. task)
+      local want = m:forward(b, task).loss:item()
+      local rows = mask_rows.precompute(b, "cpu")
+      for key, complement in pairs(mask_rows.MASKS) do
+        if b[key] then
+          assert.same(mask_rows.flat_index(b[key]):totable(), rows[key]:totable(), key)
+          if complement then
+            assert.same(mask_rows.flat_index(b[key]:logical_not()):totable(), rows["not " .. key]:totable(), key)
+          end
+        end
+      end
+      b._mask_rows = rows
+      assert.equal(want, m:forward(b, task).loss:item(), task)
+      -- and they are what the model uses: the rows in another order pair tokens with other labels
+      if task == "mlm" then
+        b._mask_rows = {txt_mask_tgt = rows.txt_mask_tgt:flip(1)}
+        assert.are_not.equal(want, m:forward(b, task).loss:item())
+      end
+    end
+    assert.is_nil(hero.train.Trainer.batch_to(batch("batch_mlm"), "cpu")._mask_rows) -- the CPU batch as it is
+  end)
 end)
 
 describe("HERO pre-training gradients against the reference", function()

@@ -5,6 +5,7 @@ local nn = require "hero.nn"
 local enc = require "hero.models.encoders"
 local Hierarchical = require "hero.models.hierarchical"
 local vsm = require "hero.models.vsm"
+local mask_rows = require "hero.models.mask_rows"
 
 local M = nn.Module:extend("HeroForPretraining")
 
@@ -49,15 +50,11 @@ function M:__init(cfg, opts)
   self:add_module("video_ed_predictor", conv())
 end
 
---- Flat positions (i64 [n], 0-based, row-major) where mask [N, L] is true.
-local function flat_index(mask)
-  return mask:reshape(mask:size(1) * mask:size(2)):nonzero():squeeze(2)
-end
-
---- Rows of x [N, L, H] where mask [N, L] is true, as [n, H] (row-major), differentiably.
-local function select_rows(x, mask)
+--- Rows of x [N, L, H] where the batch's mask `key` is true (false with `complement`), as [n, H]
+-- (row-major), differentiably.
+local function select_rows(x, batch, key, complement)
   local N, L, H = x:size(1), x:size(2), x:size(3)
-  return x:reshape(N * L, H):index_select(1, flat_index(mask))
+  return x:reshape(N * L, H):index_select(1, mask_rows.of(batch, key, complement))
 end
 
 local function mean_or_nan(t)
@@ -71,9 +68,9 @@ function M:forward_mlm(batch)
   local f_out, h
   if self.keeps_activations then
     f_out = v.f_encoder.encoder:forward(f_emb, mask)
-    h = select_rows(f_out, batch.txt_mask_tgt)
+    h = select_rows(f_out, batch, "txt_mask_tgt")
   else -- the loss reads the masked tokens only: the last layer runs on those rows
-    h = v.f_encoder.encoder:forward(f_emb, mask, {rows = flat_index(batch.txt_mask_tgt)})
+    h = v.f_encoder.encoder:forward(f_emb, mask, {rows = mask_rows.of(batch, "txt_mask_tgt")})
   end
   local logits = v.f_encoder.lm_head:forward(h)
   local vocab = logits:size(2) - self.opts.vocab_pad
@@ -87,9 +84,9 @@ function M:forward_mfm(batch, kind)
   local v = self.v_encoder
   local masked = kind == "mffr" and not self.keeps_activations
   local Y, acts = v:forward_repr(batch, {img_masks = batch.f_v_masks, c_masks = batch.c_v_masks,
-    c_rows = masked and flat_index(batch.c_v_masks) or nil})
+    c_rows = masked and mask_rows.of(batch, "c_v_masks") or nil})
   -- MFFR reads the masked frames only, so the temporal transformer's last layer made just those
-  local pred = v.feat_regress:forward(masked and Y or select_rows(Y, batch.c_v_masks))
+  local pred = v.feat_regress:forward(masked and Y or select_rows(Y, batch, "c_v_masks"))
   acts.pred_feat = pred
   if kind == "mffr" then
     local d = pred - batch.feat_targets
@@ -97,7 +94,7 @@ function M:forward_mfm(batch, kind)
     acts.loss_per_frame, acts.loss = per, per:mean()
     return acts
   end
-  local neg = v.feat_regress:forward(select_rows(Y, batch.c_v_masks:logical_not()))
+  local neg = v.feat_regress:forward(select_rows(Y, batch, "c_v_masks", true))
   acts.neg_pred_feat = neg
   local logits = core.cat({core.matmul(pred, batch.feat_targets:t()), core.matmul(pred, neg:t())}, 2):float()
   acts.nce_logits = logits

@@ -278,6 +278,8 @@ function Trainer:forward_options(task, step)
 end
 
 -- A batch with every tensor (at any depth of plain tables) on device; the same table on the CPU.
+-- On another device it also carries the row indices of its loss masks, made from the host copy
+-- (hero.models.mask_rows), so that the forward pass does not wait for the device to count them.
 local function batch_to(batch, device)
   if device == "cpu" then return batch end
   local seen = {}
@@ -290,7 +292,12 @@ local function batch_to(batch, device)
     for k, x in pairs(v) do out[k] = walk(x) end
     return out
   end
-  return walk(batch)
+  local out = walk(batch)
+  if type(out) == "table" and getmetatable(out) == nil then
+    local rows = require("hero.models.mask_rows").precompute(batch, device)
+    if next(rows) ~= nil then out._mask_rows = rows end
+  end
+  return out
 end
 Trainer.batch_to = batch_to
 
