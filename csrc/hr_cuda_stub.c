@@ -1,7 +1,12 @@
 /* hr_cuda_stub.c — stand-ins for the CUDA backend's API in builds without it (no nvcc): device
- * queries report no device and everything else fails with a message saying what is missing. */
+ * queries report no device and everything else fails with a message saying what is missing.
+ * Every entry point of csrc/hr_cuda_api.h must be defined here, or core.so would load with an
+ * undefined symbol and `require "hero"` fail: the list at the end of this file refuses to compile
+ * when one is missing or its type differs, and CUDA builds compile this file too, for that check
+ * alone (csrc/Makefile, stub-check). */
 #ifndef HERO_WITH_CUDA
 #include "hr_cuda.h"
+#include "hr_cuda_api.h"
 
 #define NO_BACKEND "this build of hero has no CUDA backend (rebuild with the CUDA toolkit's nvcc available)"
 
@@ -122,6 +127,11 @@ int hr_cuda_softmax(hr_tensor *t, int dim, bool log, hr_tensor *out)
     (void)out;
     return FAIL_T(log ? "log_softmax" : "softmax", t);
 }
+int hr_cuda_sum_squares(hr_tensor *const *ts, int n, double *out)
+{
+    *out = 0;
+    return n > 0 ? FAIL_T("clip_grad_norm", ts[0]) : 0;
+}
 int hr_cuda_all_finite(hr_tensor *const *ts, int n, bool *all_finite)
 {
     *all_finite = true;
@@ -227,6 +237,12 @@ int hr_cuda_nccl_all_gather(const hr_tensor *in, hr_tensor *out)
     return hr_cuda_nccl_unique_id(NULL);
 }
 void hr_cuda_nccl_finalize(void) {}
+
+/* An alias must name a function defined in this translation unit, with the same type: one per
+ * entry point makes a missing or mistyped stand-in a compile error rather than a load error. */
+#define DEFINED_HERE(kind, ret, name, params, args)                                                                  \
+    static ret stub_of_##name params __attribute__((alias("hr_cuda_" #name), unused));
+HR_CUDA_API_LIST(DEFINED_HERE)
 #else
 /* ISO C forbids an empty translation unit. */
 typedef int hr_cuda_stub_unused;
