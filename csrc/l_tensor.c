@@ -159,7 +159,8 @@ static int l_eye(lua_State *L)
     int oi = opts_index(L);
     int64_t size[2];
     size[0] = luaL_checkinteger(L, 1);
-    size[1] = (lua_type(L, 2) == LUA_TNUMBER) ? lua_tointeger(L, 2) : size[0];
+    /* a second size is any argument before the options table */
+    size[1] = (!lua_isnoneornil(L, 2) && oi != 2) ? luaL_checkinteger(L, 2) : size[0];
     hr_dtype dt = HR_F32;
     hr_device dev = hr_cpu();
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, "eye");

@@ -44,6 +44,29 @@ describe("autograd through views and casts", function()
     helper.assert_error_contains(function() hero.ones(2):backward() end, "does not require grad")
   end)
 
+  it("detach_ cuts a tensor itself from the graph; set_grad_enabled switches recording", function()
+    local x = hero.tensor({1, 2}):requires_grad_()
+    local y = x * 2
+    assert.is_true(y.requires_grad)
+    assert.equal(y, y:detach_()) -- returns itself
+    assert.is_false(y.requires_grad)
+    helper.assert_error_contains(function() (y * 3):sum():backward() end, "does not require grad")
+    -- x's other uses still reach it
+    local z = (x * 3):sum()
+    z:backward()
+    assert.same({3, 3}, x.grad:totable())
+
+    hero.set_grad_enabled(false)
+    local ok, off = pcall(function() return x * 2 end)
+    local enabled_inside = hero.is_grad_enabled()
+    hero.set_grad_enabled(true)
+    assert.is_true(ok)
+    assert.is_false(enabled_inside)
+    assert.is_false(off.requires_grad)
+    assert.is_true(hero.is_grad_enabled())
+    assert.is_true((x * 2).requires_grad)
+  end)
+
   it("records nothing inside no_grad and restores the mode after errors", function()
     local x = hero.tensor({1, 2}):requires_grad_()
     local y = hero.no_grad(function() return x:narrow(1, 1, 1) end)

@@ -118,6 +118,34 @@ describe("tensor core", function()
     end
   end)
 
+  it("makes identity matrices, square or not, of any dtype", function()
+    assert.same({{1, 0, 0}, {0, 1, 0}, {0, 0, 1}}, hero.eye(3):totable())
+    assert.same({{1, 0, 0}, {0, 1, 0}}, hero.eye(2, 3):totable())
+    assert.same({{1, 0}, {0, 1}, {0, 0}}, hero.eye(3, 2):totable())
+    local d = hero.eye(2, {dtype = "f64"})
+    assert.equal("f64", d:dtype())
+    assert.same({{1, 0}, {0, 1}}, d:totable())
+    assert.same({{1, 0, 0}, {0, 1, 0}}, hero.eye(2, 3, {dtype = "i64"}):totable())
+    assert.same({2, 2}, hero.eye(2, nil):size())
+    assert.same({0, 0}, hero.eye(0):size())
+    helper.assert_error_contains(function() hero.eye(-1) end, "eye", "negative size -1")
+    helper.assert_error_contains(function() hero.eye(3, -2) end, "eye", "negative size -2")
+    -- a second size that is not an integer is refused, not read as 0 or ignored
+    helper.assert_error_contains(function() hero.eye(3, 2.5) end, "#2", "integer")
+    helper.assert_error_contains(function() hero.eye(3, "x") end, "#2", "number expected")
+    helper.assert_error_contains(function() hero.eye(2 ^ 40) end, "eye", "overflows")
+  end)
+
+  it("answers # (the first size) and element_size for every dtype", function()
+    assert.equal(4, #hero.zeros(4, 2))
+    assert.equal(0, #hero.zeros(0, 3))
+    helper.assert_error_contains(function() return #hero.tensor(3) end, "0-dimensional", ":item()")
+    local widths = {f32 = 4, f64 = 8, f16 = 2, bf16 = 2, i64 = 8, i32 = 4, u8 = 1, bool = 1}
+    for dtype, width in pairs(widths) do
+      assert.equal(width, hero.zeros(2, {dtype = dtype}):element_size(), dtype)
+    end
+  end)
+
   it("gives clear errors for bad dimensions and indices", function()
     local t = hero.zeros(2, 3)
     helper.assert_error_contains(function() t:narrow(3, 1, 1) end, "narrow", "dimension 3")
