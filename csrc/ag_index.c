@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_cuda.h"
 #include "hr_autograd_ops.h"
 #include "hr_index.h"
 
@@ -180,7 +181,7 @@ static int masked_select_backward(hr_node *node, const hr_tensor *g, hr_tensor *
     int64_t shape[HR_MAX_DIMS];
     if (hr_broadcast_shape("masked_select", c->ndim, c->size, mask->ndim, mask->size, &nd, shape)) return -1;
     hr_tensor *gc = hr_contiguous((hr_tensor *)g);
-    if (gc && hr_tensor_device(g).type == HR_CUDA) {
+    if (gc && (hr_tensor_device(g).type == HR_CUDA || hr_gpu_formulations_on_cpu())) {
         /* the selected positions receive g, in order: one index_copy_ on the device */
         int64_t numel = 1;
         for (int i = 0; i < nd; i++) numel *= shape[i];

@@ -4,6 +4,7 @@
 
 #include "hr_autograd.h"
 #include "hr_autograd_ops.h"
+#include "hr_cuda.h"
 #include "hr_index.h"
 #include "hr_pointwise.h"
 #include "hr_reduce.h"
@@ -175,7 +176,7 @@ static int select_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     if (!idx) return -1;
     hr_tensor *ik = keep_shape(c, idx);
     hr_tensor *gk = keep_shape(c, g);
-    if (hr_tensor_device(g).type == HR_CUDA && c->ndim > 0) {
+    if ((hr_tensor_device(g).type == HR_CUDA || hr_gpu_formulations_on_cpu()) && c->ndim > 0) {
         hr_tensor *r = ik && gk ? select_onehot(c, ik, gk) : NULL;
         hr_tensor_release(ik);
         hr_tensor_release(gk);

@@ -186,6 +186,13 @@ hr_tensor *hr_ag_to(hr_tensor *t, hr_dtype dt, hr_device dev);
 int hr_cuda_unsupported(const char *op, const hr_tensor *t);
 void *hr_cuda_unsupported_null(const char *op, const hr_tensor *t);
 
+/* For the specs: while on, CPU tensors take the formulations an op uses for GPU tensors where
+ * those are composed of other ops (conv1d, the elementwise losses, the max/min and masked_select
+ * gradients), so that every build checks their arithmetic against the CPU kernels. Process-wide;
+ * off by default. */
+bool hr_gpu_formulations_on_cpu(void);
+void hr_set_gpu_formulations_on_cpu(bool on);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,7 +1,14 @@
 /* hr_device.c — device-independent helpers of the CUDA backend: the "no CUDA path" error and the
  * differentiable move between devices (compiled in every build). */
+#include <stdatomic.h>
+
 #include "hr_autograd.h"
 #include "hr_cuda.h"
+
+static atomic_bool gpu_formulations_on_cpu;
+
+bool hr_gpu_formulations_on_cpu(void) { return atomic_load_explicit(&gpu_formulations_on_cpu, memory_order_relaxed); }
+void hr_set_gpu_formulations_on_cpu(bool on) { atomic_store(&gpu_formulations_on_cpu, on); }
 
 int hr_cuda_unsupported(const char *op, const hr_tensor *t)
 {

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_cuda.h"
 #include "l_common.h"
 
 /* Fields read as t.grad, t.requires_grad, t.is_leaf, t.grad_fn. Returns 1 when key was one of them. */
@@ -145,6 +146,13 @@ static int l_is_grad_enabled(lua_State *L)
     return 1;
 }
 
+/* _gpu_formulations_on_cpu(on): see hr_gpu_formulations_on_cpu (for the specs) */
+static int l_gpu_formulations_on_cpu(lua_State *L)
+{
+    hr_set_gpu_formulations_on_cpu(lua_toboolean(L, 1));
+    return 0;
+}
+
 static int l_set_grad_enabled(lua_State *L)
 {
     hr_set_grad_enabled(lua_toboolean(L, 1));
@@ -182,6 +190,7 @@ static const luaL_Reg module_functions[] = {
     {"backward_profile_start", l_backward_profile_start},
     {"backward_profile_stop", l_backward_profile_stop},
     {"no_grad", l_no_grad},
+    {"_gpu_formulations_on_cpu", l_gpu_formulations_on_cpu},
     {"is_grad_enabled", l_is_grad_enabled},
     {"set_grad_enabled", l_set_grad_enabled},
     {NULL, NULL},

@@ -131,7 +131,7 @@ hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t paddin
     conv_ctx c = {x->size[0], x->size[1], x->size[2], w->size[0], w->size[2], padding, 0, bias != NULL};
     c.out_len = c.len + 2 * padding - c.k + 1;
     if (c.out_len < 0) return hr_fail_null(HR_EINVAL, "conv1d: kernel %lld is longer than the padded input", (long long)c.k);
-    if (cuda) {
+    if (cuda || hr_gpu_formulations_on_cpu()) {
         if (!hr_device_eq(hr_tensor_device(x), hr_tensor_device(w)) ||
             (bias && !hr_device_eq(hr_tensor_device(x), hr_tensor_device(bias))))
             return hr_fail_null(HR_EDEVICE, "conv1d: input %s, weight %s and bias must be on one device",

@@ -69,17 +69,22 @@ static hr_tensor *composed_loss(bool is_mse, hr_tensor *x, hr_tensor *y, hr_tens
         hr_tensor *d = hr_ag_binary(HR_SUB, hr_operand_tensor(x), hr_operand_tensor(y), NULL);
         l = d ? hr_ag_binary(HR_MUL, hr_operand_tensor(d), hr_operand_tensor(d), NULL) : NULL;
         hr_tensor_release(d);
-    } else { /* max(x, 0) - x y + log1p(exp(-|x|)) */
-        hr_tensor *pos = hr_ag_unary(HR_RELU, x);
+    } else {
+        /* max(x, 0) - x y + log1p(exp(-|x|)), with max(x, 0) written (x + |x|) / 2 (the same value,
+         * exactly): where x = 0 the gradients of relu and abs are 0, which would make the whole
+         * gradient -y; this form gives 1/2 - y = sigmoid(0) - y, as the CPU kernel does */
+        hr_operand half = hr_operand_float(0.5);
+        hr_tensor *ax = hr_ag_unary(HR_ABS, x);
+        hr_tensor *sum = ax ? hr_ag_binary(HR_ADD, hr_operand_tensor(x), hr_operand_tensor(ax), NULL) : NULL;
+        hr_tensor *pos = sum ? hr_ag_binary(HR_MUL, hr_operand_tensor(sum), half, NULL) : NULL;
         hr_tensor *xy = pos ? hr_ag_binary(HR_MUL, hr_operand_tensor(x), hr_operand_tensor(y), NULL) : NULL;
-        hr_tensor *ax = xy ? hr_ag_unary(HR_ABS, x) : NULL;
-        hr_tensor *nax = ax ? hr_ag_unary(HR_NEG, ax) : NULL;
+        hr_tensor *nax = xy ? hr_ag_unary(HR_NEG, ax) : NULL;
         hr_tensor *e = nax ? hr_ag_unary(HR_EXP, nax) : NULL;
         hr_tensor *soft = e ? hr_ag_unary(HR_LOG1P, e) : NULL;
         hr_tensor *a = soft ? hr_ag_binary(HR_SUB, hr_operand_tensor(pos), hr_operand_tensor(xy), NULL) : NULL;
         l = a ? hr_ag_binary(HR_ADD, hr_operand_tensor(a), hr_operand_tensor(soft), NULL) : NULL;
-        hr_tensor *parts[7] = {pos, xy, ax, nax, e, soft, a};
-        for (int i = 0; i < 7; i++) hr_tensor_release(parts[i]);
+        hr_tensor *parts[8] = {ax, sum, pos, xy, nax, e, soft, a};
+        for (int i = 0; i < 8; i++) hr_tensor_release(parts[i]);
     }
     if (l && w) { /* the weight is a constant, as in the CPU node (no gradient flows to it) */
         hr_tensor *wd = hr_view_alias(w);
@@ -107,7 +112,7 @@ static hr_tensor *elementwise_loss(const char *op, bool is_mse, hr_tensor *x, hr
     if (!hr_dtype_is_float(x->dtype) || !hr_dtype_is_float(y->dtype))
         return hr_fail_null(HR_EINVAL, "%s: input and target must be floating point, got %s and %s", op,
                             hr_dtype_name(x->dtype), hr_dtype_name(y->dtype));
-    if (hr_tensor_device(x).type == HR_CUDA && hr_cuda_compiled()) {
+    if ((hr_tensor_device(x).type == HR_CUDA && hr_cuda_compiled()) || hr_gpu_formulations_on_cpu()) {
         if (!hr_device_eq(hr_tensor_device(x), hr_tensor_device(y)) ||
             (w && !hr_device_eq(hr_tensor_device(x), hr_tensor_device(w))))
             return hr_fail_null(HR_EDEVICE, "%s: input %s, target %s and weight must be on one device", op,
