@@ -5,6 +5,7 @@
 #include "hr_linalg.h"
 #include "hr_autograd.h"
 #include "hr_autograd_ops.h"
+#include "cpu/packed_gemm.h"
 #include "l_common.h"
 
 typedef hr_tensor *(*binary_fn)(hr_tensor *, hr_tensor *);
@@ -148,8 +149,9 @@ static int l_matmul_copies(lua_State *L)
     return 1;
 }
 
-/* _packed_gemm([enabled]) -> previous setting, products done by the packed kernels so far: f32
- * products through the packed kernels (true) or only BLAS (test and benchmark hook). */
+/* _packed_gemm([enabled]) -> previous setting, products done by the packed kernels so far, whether
+ * the build has them: f32 products through the packed kernels (true) or only BLAS (test and
+ * benchmark hook). */
 static int l_packed_gemm(lua_State *L)
 {
     if (lua_isnoneornil(L, 1)) {
@@ -161,7 +163,8 @@ static int l_packed_gemm(lua_State *L)
         lua_pushboolean(L, hr_matmul_set_packed(lua_toboolean(L, 1)));
     }
     lua_pushinteger(L, (lua_Integer)hr_matmul_packed_calls());
-    return 2;
+    lua_pushboolean(L, hr_cpu_gemm_kernels_built());
+    return 3;
 }
 
 void hr_lua_open_linalg(lua_State *L, int module_idx, int methods_idx)

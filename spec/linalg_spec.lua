@@ -2,6 +2,9 @@ local hero = require "hero"
 local helper = require "spec_helper"
 
 local fixture = helper.load_fixture("linalg.lua")
+-- whether this build has the AVX2/FMA product kernels (packed and skinny), which sum in an order
+-- that does not depend on the thread count
+local _, _, kernels_built = hero.core._packed_gemm()
 
 --- Builds a fixture operand: the base tensor, then its view operations ({"t"}, {"narrow", ...}).
 local function build(arg, dtype)
@@ -176,6 +179,7 @@ describe("linalg", function()
         local rx = hero.randn({30, 100}, {generator = g})
         local rw = hero.randn({8195, 100}, {generator = g})
         local rg = hero.randn({30, 8195}, {generator = g})
+        if not kernels_built then return end -- BLAS's sums may depend on its thread count
         hero.set_num_threads(1)
         local one = run(rx, rw, rg)
         hero.set_num_threads(2)
@@ -196,6 +200,7 @@ describe("linalg", function()
     --- Runs fn, asserting that it made `want` products through the packed kernels.
     local function packed_calls(want, fn)
       local _, before = hero.core._packed_gemm()
+      if not kernels_built then want = 0 end -- a build for a CPU without AVX2/FMA: BLAS does them
       fn()
       local _, after = hero.core._packed_gemm()
       assert.equal(want, after - before, "products done by the packed kernels")
@@ -305,6 +310,10 @@ describe("linalg", function()
     end)
 
     it("gives the same bits on 1 and 2 threads", function()
+      if not kernels_built then
+        pending("the packed kernels need a build for a CPU with AVX2 and FMA")
+        return
+      end
       local saved = hero.get_num_threads()
       local ok, err = pcall(function()
         local x, w = hero.randn({330, 777}, {generator = g}), hero.randn({1555, 777}, {generator = g})

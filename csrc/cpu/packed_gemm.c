@@ -369,7 +369,11 @@ bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *
     return true;
 }
 
+bool hr_cpu_gemm_kernels_built(void) { return true; }
+
 #else /* without AVX2/FMA the caller uses BLAS */
+
+bool hr_cpu_gemm_kernels_built(void) { return false; }
 
 bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t a_rs, int64_t a_cs,
                      const float *b, int64_t b_rs, int64_t b_cs, float beta, float *c, int64_t ldc)

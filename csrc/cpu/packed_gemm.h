@@ -15,4 +15,8 @@
 bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t a_rs, int64_t a_cs,
                      const float *b, int64_t b_rs, int64_t b_cs, float beta, float *c, int64_t ldc);
 
+/* Whether this build has the packed and skinny kernels (compiled for a CPU with AVX2 and FMA);
+ * without them every f32 product goes to BLAS. */
+bool hr_cpu_gemm_kernels_built(void);
+
 #endif
