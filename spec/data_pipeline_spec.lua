@@ -1,5 +1,6 @@
 local hero = require "hero"
 local helper = require "spec_helper"
+local it_db = helper.it_needs(it, pending, "lmdb", "lz4") -- specs that read or write HERO databases
 local json = hero.json
 local data = hero.data
 local tasks = data.tasks
@@ -440,7 +441,7 @@ end)
 -- ------------------------------------------------------------------ real databases
 
 describe("VideoSubDataset on the TV fixture databases", function()
-  it("joins features and subtitles with the reference's prefix cut", function()
+  it_db("joins features and subtitles with the reference's prefix cut", function()
     local ds <close> = tv_dataset()
     assert.are.equal(7, #ds:ids())
     local v = ds:get("castle_s03e10_seg02_clip_11")
@@ -454,7 +455,7 @@ describe("VideoSubDataset on the TV fixture databases", function()
     assert.matches("not in the subtitle db", why)
   end)
 
-  it("drops aligned frames past the feature length (and counts them)", function()
+  it_db("drops aligned frames past the feature length (and counts them)", function()
     -- an alignment made for more frames than the feature db holds (hero-spec §9.22)
     local mem = data.MemoryDataset{special_ids = SMOKE_IDS, videos = {x = {v_feat = hero.ones(4, 3),
       sub2frames = {{0, {0, 1}}, {1, {3, 4, 5}}}, input_ids = {{5}, {6}}}}}
@@ -484,7 +485,7 @@ describe("TaskLoader", function()
     return true
   end
 
-  it("each epoch serves every video once, in a seeded order", function()
+  it_db("each epoch serves every video once, in a seeded order", function()
     local ds = tv_dataset()
     local L = data.TaskLoader{dataset = ds, task = "fom", batch_size = 2, seed = 7}
     assert.are.equal(4, #L)
@@ -521,7 +522,7 @@ describe("TaskLoader", function()
     assert.are_not.same(epoch, next_epoch)
   end)
 
-  it("length buckets group videos of similar length", function()
+  it_db("length buckets group videos of similar length", function()
     local ds = tv_dataset({max_clip_len = -1})
     local L = data.TaskLoader{dataset = ds, task = "video", batch_size = 2, seed = 3, bucket = 4}
     -- one pool holds every video: the batches are consecutive runs of the length-sorted list
@@ -545,7 +546,7 @@ describe("TaskLoader", function()
     assert.are_not.equal(orders[1], orders[2])
   end)
 
-  it("state() / set_state() continue bit for bit, across an epoch boundary", function()
+  it_db("state() / set_state() continue bit for bit, across an epoch boundary", function()
     local ds = tv_dataset()
     for _, task in ipairs {"mlm", "vsm"} do
       local A = data.TaskLoader{dataset = ds, task = task, batch_size = 3, seed = 11, bucket = 1}
@@ -565,7 +566,7 @@ describe("TaskLoader", function()
     end
   end)
 
-  it("reports missing videos by id and skips them, or stops with on_error = 'error'", function()
+  it_db("reports missing videos by id and skips them, or stops with on_error = 'error'", function()
     local ids = {"house_s01e07_seg01_clip_02", "met_s02e03_seg01_clip_05", "bbt_s06e12_seg01_clip_08"}
     local ds = tv_dataset({ids = ids})
     local reported = {}
@@ -591,7 +592,7 @@ describe("TaskLoader", function()
     assert.matches("truncated msgpack", M.stats.skipped_ids[1][2])
   end)
 
-  it("iter() is one fixed pass that does not move the position; rank/world_size shard the videos", function()
+  it_db("iter() is one fixed pass that does not move the position; rank/world_size shard the videos", function()
     local ds = tv_dataset()
     local L = data.TaskLoader{dataset = ds, task = "mlm", batch_size = 3, seed = 2}
     local first, second = {}, {}
@@ -607,7 +608,7 @@ describe("TaskLoader", function()
     assert.are.equal(ds:ids()[2], r1.ids[1])
   end)
 
-  it("refuses bad options and foreign states", function()
+  it_db("refuses bad options and foreign states", function()
     local ds = tv_dataset()
     helper.assert_error_contains(function() data.TaskLoader{dataset = ds, task = "mlm", batchsize = 2} end,
       "unknown option 'batchsize'")
@@ -622,7 +623,7 @@ describe("TaskLoader", function()
 end)
 
 describe("end to end on the TV databases", function()
-  it("every task's batches run forward and backward through HeroForPretraining", function()
+  it_db("every task's batches run forward and backward through HeroForPretraining", function()
     local ds = tv_dataset()
     local cfg = json.read_file(smoke .. "/config.json")
     local mc = cfg.model_config.pretrain

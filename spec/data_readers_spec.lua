@@ -62,14 +62,9 @@ local function deep_equal(a, b, path)
   return true
 end
 
--- Tests that need the optional libraries are reported as pending, with the reason, when hero was
--- built without them (the top-level Makefile installs both, so `make test` always runs them).
-local function needs(lmdb, lz4)
-  local missing = (lmdb and not data.has_lmdb and "LMDB") or (lz4 and not data.has_lz4 and "LZ4") or nil
-  if not missing then return it end
-  return function(name) pending(name .. " (hero was built without " .. missing .. " support)") end
-end
-local it_lz4, it_lmdb, it_both = needs(false, true), needs(true, false), needs(true, true)
+local it_lz4 = helper.it_needs(it, pending, "lz4")
+local it_lmdb = helper.it_needs(it, pending, "lmdb")
+local it_both = helper.it_needs(it, pending, "lmdb", "lz4")
 
 local function tmpdir()
   local path = os.tmpname()

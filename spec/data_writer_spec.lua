@@ -3,6 +3,8 @@
 -- written by msgpack-python, python-lz4 and py-lmdb): re-encoding their values gives the same bytes,
 -- and preprocessing their inputs gives the same databases.
 local helper = require "spec_helper"
+local it_db = helper.it_needs(it, pending, "lmdb", "lz4") -- specs that read or write HERO databases
+local it_lz4 = helper.it_needs(it, pending, "lz4")
 local hero = require "hero"
 local json = hero.json
 local data = hero.data
@@ -132,7 +134,7 @@ describe("encode_msgpack", function()
       hex(enc(hero.zeros(1))))
   end)
 
-  it("re-encodes every value of the reference's video database byte for byte", function()
+  it_db("re-encodes every value of the reference's video database byte for byte", function()
     local l = data.open_lmdb(VDB)
     local keys = l:keys()
     assert.are.equal(7, #keys)
@@ -142,7 +144,7 @@ describe("encode_msgpack", function()
     l:close()
   end)
 
-  it("rebuilds the reference's subtitle and query values byte for byte", function()
+  it_db("rebuilds the reference's subtitle and query values byte for byte", function()
     local db = data.open_txt_db(TDB .. "tv_subtitles.db")
     for _, k in ipairs(db:keys()) do
       local v = db:get(k)
@@ -162,7 +164,7 @@ describe("encode_msgpack", function()
 end)
 
 describe("lz4_frame_compress", function()
-  it("round-trips through the reader, including empty and multi-block inputs", function()
+  it_lz4("round-trips through the reader, including empty and multi-block inputs", function()
     local parts = {}
     for i = 1, 30000 do parts[i] = string.format("%d:%x;", i, (i * 2654435761) % 4294967296) end
     local big = table.concat(parts)  -- > 64 KiB: several blocks
@@ -174,7 +176,7 @@ describe("lz4_frame_compress", function()
     end
   end)
 
-  it("uses python-lz4's frame options (independent 64 KiB blocks, content size, no checksum)", function()
+  it_db("uses python-lz4's frame options (independent 64 KiB blocks, content size, no checksum)", function()
     local db = data.open_txt_db(TDB .. "tv_subtitles.db")
     local ref = db:get_raw(db:keys()[1])
     db:close()
@@ -183,7 +185,7 @@ describe("lz4_frame_compress", function()
     assert_err("level must be 0..12", data.lz4_frame_compress, "x", 13)
   end)
 
-  it("is decoded by the lz4 command-line tool when it is installed", function()
+  it_lz4("is decoded by the lz4 command-line tool when it is installed", function()
     local probe = io.popen("command -v lz4 2>/dev/null")
     local path = probe:read("l")
     probe:close()
@@ -201,7 +203,7 @@ describe("lz4_frame_compress", function()
 end)
 
 describe("LmdbBuilder", function()
-  it("builds in a temporary directory and renames it into place on commit", function()
+  it_db("builds in a temporary directory and renames it into place on commit", function()
     local dest = tmpdir("db1")
     local b = W.LmdbBuilder(dest)
     b:put("b", "2")
@@ -225,7 +227,7 @@ describe("LmdbBuilder", function()
     for _, n in ipairs(names) do assert.is_nil(n:find("partial", 1, true), n) end
   end)
 
-  it("refuses an existing destination unless told to replace it, and aborts cleanly", function()
+  it_db("refuses an existing destination unless told to replace it, and aborts cleanly", function()
     local dest = tmpdir("db2")
     local b = W.LmdbBuilder(dest)
     b:put("k", "old")
@@ -252,7 +254,7 @@ describe("LmdbBuilder", function()
     end)
   end)
 
-  it("grows the map as values arrive", function()
+  it_db("grows the map as values arrive", function()
     local dest = tmpdir("db_grow")
     local b = W.LmdbBuilder(dest, {map_size = 65536})
     local v = string.rep("z", 50000)
@@ -266,7 +268,7 @@ describe("LmdbBuilder", function()
 end)
 
 describe("VideoDbWriter", function()
-  it("writes float32 msgpack values and merges id2nframe.json by min", function()
+  it_db("writes float32 msgpack values and merges id2nframe.json by min", function()
     local root = tmpdir("vdb")
     prepro.mkdir_p(root)
     json.write_file(root .. "/id2nframe.json", {a = 2, z = 9})
@@ -290,7 +292,7 @@ describe("VideoDbWriter", function()
 end)
 
 describe("prepro", function()
-  it("turns the extractor's feature files into the reference's video database", function()
+  it_db("turns the extractor's feature files into the reference's video database", function()
     local out = tmpdir("pp") .. "/video_db/tv/resnet_slowfast_1.5"
     local r = prepro.convert_video_db{resnet = FEAT .. "resnet_features", slowfast = FEAT .. "slowfast_features",
                                       out = out}
@@ -314,7 +316,7 @@ describe("prepro", function()
     assert.are.equal(7, data.open_lmdb(out):count())
   end)
 
-  it("cuts videos into clips (--clip_interval) and writes compressed databases (--compress) as the reference",
+  it_db("cuts videos into clips (--clip_interval) and writes compressed databases (--compress) as the reference",
     function()
     local root = tmpdir("clips")
     local out = root .. "/video_db/ht_clips/resnet_slowfast_1.5"
@@ -362,7 +364,7 @@ describe("prepro", function()
     vdb:close()
   end)
 
-  it("reports a feature file without its partner", function()
+  it_db("reports a feature file without its partner", function()
     local root = tmpdir("lonely")
     prepro.mkdir_p(root .. "/r")
     prepro.mkdir_p(root .. "/s/nested")
@@ -389,7 +391,7 @@ describe("prepro", function()
     return tok:encode(s)
   end
 
-  it("tokenizes, aligns and writes the reference's subtitle database byte for byte", function()
+  it_db("tokenizes, aligns and writes the reference's subtitle database byte for byte", function()
     local ref = data.open_txt_db(TDB .. "tv_subtitles.db")
     local lines = {}
     for _, k in ipairs(ref:keys()) do lines[#lines + 1] = {vid_name = k, sub = ref:get(k).sub} end
@@ -413,7 +415,7 @@ describe("prepro", function()
     ref:close()
   end)
 
-  it("writes the reference's query database byte for byte", function()
+  it_db("writes the reference's query database byte for byte", function()
     local ref = data.open_txt_db(TDB .. "tvr_val.db")
     local out = tmpdir("q") .. "/tvr_val.db"
     prepro.query_db{queries = TDB .. "tvr_val.db/query_data.jsonl", out = out, tokenize = tokenize}
@@ -426,7 +428,7 @@ describe("prepro", function()
       ts = {3, 1}, duration = 5}}, out = tmpdir("q2") .. "/bad.db", tokenize = tokenize})
   end)
 
-  it("writes the reference's TVQA question database byte for byte (prepro_query.py --task tvqa)", function()
+  it_db("writes the reference's TVQA question database byte for byte (prepro_query.py --task tvqa)", function()
     local out = tmpdir("qa") .. "/tvqa_val.db"
     prepro.qa_db{queries = TDB .. "tvqa_val.db/query_data.jsonl", out = out, tokenize = tokenize}
     assert_same_txt_db(TDB .. "tvqa_val.db", out, {"id2len", "query2video"})
@@ -434,7 +436,7 @@ describe("prepro", function()
       a0 = "a", a1 = "b", a2 = "c", vid_name = "v"}}, out = tmpdir("qa2") .. "/bad.db", tokenize = tokenize})
   end)
 
-  it("writes the reference's VIOLIN statement database byte for byte (prepro_query.py --task violin)", function()
+  it_db("writes the reference's VIOLIN statement database byte for byte (prepro_query.py --task violin)", function()
     local out = tmpdir("violin") .. "/violin_test.db"
     prepro.violin_db{queries = TDB .. "violin_test.db/query_data.jsonl", out = out, tokenize = tokenize}
     local meta = assert_same_txt_db(TDB .. "violin_test.db", out, {"id2len", "query2video", "query_data.jsonl"})
@@ -456,7 +458,7 @@ describe("prepro", function()
       tokenize = tokenize})
   end)
 
-  it("writes test-split queries without moments or videos, and DiDeMo's lists of moments", function()
+  it_db("writes test-split queries without moments or videos, and DiDeMo's lists of moments", function()
     local out = tmpdir("qt") .. "/test.db"
     prepro.query_db{queries = {{desc_id = 1, desc = "A man opens the door.", duration = 30.0, type = "v"},
       {desc_id = 2, desc = "SHE LAUGHS", vid_name = "v2", ts = {{0, 5}, {0, 10}, {5, 10}, {0, 5}}}},
@@ -478,7 +480,7 @@ describe("prepro", function()
       out = tmpdir("qt2") .. "/bad.db", tokenize = tokenize})
   end)
 
-  it("names the video and the subtitle of bad input, or drops them with a count", function()
+  it_db("names the video and the subtitle of bad input, or drops them with a count", function()
     local bad = {
       {vid_name = "v1", sub = {{text = "ok", start = 0.5, ["end"] = 2.0}, {text = "bad", start = 5.0, ["end"] = 3.0}}},
       {vid_name = "v2", sub = {{text = "neg", start = -1.0, ["end"] = 2.0},
@@ -509,7 +511,7 @@ describe("prepro", function()
     db:close()
   end)
 
-  it("runs as examples/prepro.lua and fails with the precise message", function()
+  it_db("runs as examples/prepro.lua and fails with the precise message", function()
     local i = -1
     while arg and arg[i - 1] do i = i - 1 end
     local lua = arg and arg[i] or "lua5.4"

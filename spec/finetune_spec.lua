@@ -1,5 +1,7 @@
 local hero = require "hero"
 local helper = require "spec_helper"
+local it_db = helper.it_needs(it, pending, "lmdb", "lz4") -- specs that read or write HERO databases
+local it_db_mpi = helper.it_needs(it, pending, "lmdb", "lz4", "mpi")
 local json = hero.json
 local data = hero.data
 local D = data.downstream
@@ -96,7 +98,7 @@ local function strip_first(t) return {table.unpack(t, 2)} end
 describe("downstream targets", function()
   local expected = json.read_file(txt_dir .. "/expected_txt_db.json")
 
-  it("st/ed of every TVR and TVQA query as the reference (12-frame cap, 1.5 s frames)", function()
+  it_db("st/ed of every TVR and TVQA query as the reference (12-frame cap, 1.5 s frames)", function()
     local id2nframe = json.read_file(helper.fixture("data/video_db/tv/id2nframe.json"))
     local n = 0
     for _, name in ipairs {"tvr_val.db", "tvqa_val.db"} do
@@ -236,7 +238,7 @@ local function tv_videos(sub_ctx_len)
 end
 
 describe("downstream datasets on the TV databases", function()
-  it("VCMR: the max_txt_len filter of training, every query for evaluation, st/ed targets", function()
+  it_db("VCMR: the max_txt_len filter of training, every query for evaluation, st/ed targets", function()
     local video = tv_videos()
     local train = D.QueryDataset{task = "vcmr", video = video, query_db = txt_dir .. "/tvr_val.db", max_txt_len = 60}
     assert.are.same(expected_txt.length_filter.result["tvr_val.db"]["60"], train:ids())
@@ -258,7 +260,7 @@ describe("downstream datasets on the TV databases", function()
     assert.are.equal(3, b.c_v_feats:size(1))
   end)
 
-  it("video-only (DiDeMo, MSR-VTT): one [CLS] segment of every frame, targets on the capped frames", function()
+  it_db("video-only (DiDeMo, MSR-VTT): one [CLS] segment of every frame, targets on the capped frames", function()
     local id2nframe = json.read_file(helper.fixture("data/video_db/tv/id2nframe.json"))
     local sorted = json.keys(id2nframe)
     table.sort(sorted)
@@ -303,7 +305,7 @@ describe("downstream datasets on the TV databases", function()
     video:close()
   end)
 
-  it("TVC: caption and clip databases as prepro_tvc.py writes them, read back by CaptionDataset", function()
+  it_db("TVC: caption and clip databases as prepro_tvc.py writes them, read back by CaptionDataset", function()
     local prepro = require "hero.data.prepro"
     -- overlapping subtitles: starting or ending strictly inside the moment, or spanning it
     assert.are.same({1, 2, 4}, prepro.overlapping_subs({2, 5}, {{start = 0, ["end"] = 2}, {start = 1, ["end"] = 3},
@@ -365,7 +367,7 @@ describe("downstream datasets on the TV databases", function()
     os.execute('rm -rf "' .. out .. '"')
   end)
 
-  it("TVQA: five answer copies per question, the 120-token filter, ts targets", function()
+  it_db("TVQA: five answer copies per question, the 120-token filter, ts targets", function()
     local qa = D.QueryDataset{task = "videoqa", video = tv_videos(), query_db = txt_dir .. "/tvqa_val.db",
       max_txt_len = 120}
     assert.are.same(expected_txt.length_filter.result["tvqa_val.db"]["120"], qa:ids())
@@ -392,7 +394,7 @@ describe("downstream datasets on the TV databases", function()
     assert.are.same(want_qa, {table.unpack(seg, #seg - #want_qa + 1)})
   end)
 
-  it("VIOLIN: a statement and its pair for training, single statements for evaluation", function()
+  it_db("VIOLIN: a statement and its pair for training, single statements for evaluation", function()
     local video = tv_videos(2)
     local tr = D.QueryDataset{task = "violin", video = video, query_db = txt_dir .. "/violin_test.db",
       max_txt_len = 120}
@@ -405,7 +407,7 @@ describe("downstream datasets on the TV databases", function()
     assert.are.equal(2, b.q_input_ids[1][1]:item()) -- [SEP]
   end)
 
-  it("the loader of a data-parallel rank serves ids[rank::world]", function()
+  it_db("the loader of a data-parallel rank serves ids[rank::world]", function()
     local ds = D.QueryDataset{task = "vcmr", video = tv_videos(), query_db = txt_dir .. "/tvr_val.db",
       max_txt_len = -1, ids = {"90889", "90890", "90891", "90892", "90893"}}
     local seen = {}
@@ -418,7 +420,7 @@ describe("downstream datasets on the TV databases", function()
     helper.assert_error_contains(function() D.Loader{dataset = ds, rank = 2, world_size = 2} end, "0 <= rank")
   end)
 
-  it("the loader: seeded epochs, skipped queries reported, resume bit for bit", function()
+  it_db("the loader: seeded epochs, skipped queries reported, resume bit for bit", function()
     local video = tv_videos()
     local ds = D.QueryDataset{task = "vcmr", video = video, query_db = txt_dir .. "/tvr_val.db", max_txt_len = -1,
       ids = {"90889", "90890", "nope", "90891", "90892"}}
@@ -538,7 +540,7 @@ describe("fine-tuning and evaluation", function()
     if tmpdir and tmpdir:match("^/tmp/") then os.execute('rm -rf "' .. tmpdir .. '"') end
   end)
 
-  it("AdamW groups: lr_mul on the heads for VideoQA / VIOLIN / TVC, never for VCMR", function()
+  it_db("AdamW groups: lr_mul on the heads for VideoQA / VIOLIN / TVC, never for VCMR", function()
     local function mul_of(opt, name)
       for _, e in ipairs(opt.entries) do
         if e.name == name then return opt.lr_mul[e.group] or 1, e.decay end
@@ -554,7 +556,7 @@ describe("fine-tuning and evaluation", function()
     assert.are.same({1, true}, {mul_of(vc.optimizer, "video_query_linear.weight")})
   end)
 
-  it("VCMR schedules: the local loss from train_span_start_step, hard negatives from their start", function()
+  it_db("VCMR schedules: the local loss from train_span_start_step, hard negatives from their start", function()
     local run, hps = setup_run("vcmr")
     local fo = FT.forward_opts("vcmr", run.model, hps)
     local o = run.model.opts
@@ -572,7 +574,7 @@ describe("fine-tuning and evaluation", function()
     assert.are.same({0, nil}, {never.model.opts.lw_st_ed, never.model.opts.hard_negative})
   end)
 
-  it("validation losses every valid_steps on a validation db (single VIOLIN statements)", function()
+  it_db("validation losses every valid_steps on a validation db (single VIOLIN statements)", function()
     local raw = train_config("violin")
     local hps = FT.hparams("violin", raw, "cfg")
     local run = FT.setup{task = "violin", hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
@@ -591,7 +593,7 @@ describe("fine-tuning and evaluation", function()
     assert.is_nil(loss_only.trainer:train(2)[2].valid.full_eval)
   end)
 
-  it("VCMR: the full retrieval evaluation of the validation split every valid_steps, as train_vcmr.py", function()
+  it_db("VCMR: the full retrieval evaluation of the validation split every valid_steps, as train_vcmr.py", function()
     local out = tmpdir .. "/vcmr_valid"
     local raw = train_config("vcmr")
     local hps = FT.hparams("vcmr", raw, "cfg")
@@ -634,7 +636,7 @@ describe("fine-tuning and evaluation", function()
   end)
 
   for _, task in ipairs {"vcmr", "vr", "videoqa", "violin", "tvc"} do
-    it(task .. ": a few updates on a repeated batch lower the loss, then evaluation", function()
+    it_db(task .. ": a few updates on a repeated batch lower the loss, then evaluation", function()
       -- VCMR with its whole loss from the first update (the schedules are checked below)
       local run, hps = setup_run(task, task == "vcmr" and {hard_negtiave_start_step = {0}, train_span_start_step = 0}
         or nil)
@@ -705,7 +707,8 @@ describe("fine-tuning and evaluation", function()
     return out
   end
 
-  it("a test split's queries without videos or moments are ranked: VCMR and VR lists, no SVMR, no metrics", function()
+  it_db("a test split's queries without videos or moments are ranked: VCMR and VR lists, no SVMR, no metrics",
+    function()
     local run, hps = setup_run("vcmr")
     local corpus = {}
     local out = query_db_like_tvr("tvr_test.db", function(e)
@@ -745,7 +748,7 @@ describe("fine-tuning and evaluation", function()
     assert.is_not_nil(scored.metrics.VCMR)
   end)
 
-  it("TVC: captions for a list of clips (inf_tvc.py --target_clip), scored when they carry references", function()
+  it_db("TVC: captions for a list of clips (inf_tvc.py --target_clip), scored when they carry references", function()
     local run, hps = setup_run("tvc")
     local tok = hero.text.Tokenizer.from_files(helper.fixture("tokenizer/roberta-base-vocab.json"),
       helper.fixture("tokenizer/vocab.bpe"))
@@ -823,7 +826,8 @@ describe("fine-tuning and evaluation", function()
     end
   end)
 
-  it("MSR-VTT: queries without moments are scored from query_data.jsonl (sen_id, clip_name) as eval_vr.py", function()
+  it_db("MSR-VTT: queries without moments are scored from query_data.jsonl (sen_id, clip_name) as eval_vr.py",
+    function()
     local run, hps = setup_run("vr")
     local out = query_db_like_tvr("msrvtt_test.db", function(e)
       return {desc_id = e.desc_id, desc = e.desc, vid_name = e.vid_name}
@@ -867,7 +871,7 @@ describe("video-only fine-tuning and evaluation (didemo_video_only, msrvtt_video
 
   for _, case in ipairs {{"vcmr", "didemo_video_only"}, {"vr", "msrvtt_video_only"}} do
     local task, name = case[1], case[2]
-    it(name .. ": no subtitle db read, a few updates lower the loss, the corpus indexed by id2nframe", function()
+    it_db(name .. ": no subtitle db read, a few updates lower the loss, the corpus indexed by id2nframe", function()
       local over = {task = name, sub_txt_db = "/nonexistent/sub.db", min_pred_l = 3, max_pred_l = 6, nms_thd = -1}
       if task == "vcmr" then over.hard_negtiave_start_step, over.train_span_start_step = {0}, 0 end
       local run, hps = setup_run(task, over)
@@ -931,7 +935,7 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     return run_example("finetune.lua", args)
   end
 
-  it("trains, checkpoints, resumes bit for bit and evaluates into the reference's JSON structure", function()
+  it_db("trains, checkpoints, resumes bit for bit and evaluates into the reference's JSON structure", function()
     local rc, out = finetune(dir .. "/a", 3)
     assert.are.equal(0, rc, out)
     rc, out = finetune(dir .. "/b", 2)
@@ -974,7 +978,7 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.equal(9, #res.submission.VR)
   end)
 
-  it("evaluates VideoQA and VIOLIN (answers, logits) and over MPI ranks (--dist), joined as one process",
+  it_db_mpi("evaluates VideoQA and VIOLIN (answers, logits) and over MPI ranks (--dist), joined as one process",
     function()
     for _, task in ipairs {"videoqa", "violin"} do
       local c = train_config(task)
@@ -1020,7 +1024,7 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     end
   end)
 
-  it("evaluates over MPI ranks (--dist): each ranks its share of the queries, joined as one process", function()
+  it_db_mpi("evaluates over MPI ranks (--dist): each ranks its share of the queries, joined as one process", function()
     if not os.execute("command -v mpirun >/dev/null 2>&1") then
       pending("mpirun is not installed (Debian: openmpi-bin): the distributed evaluation is not run")
       return
@@ -1062,7 +1066,7 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.is_table(two.submission_nms)
   end)
 
-  it("fine-tunes over MPI ranks (--dist): shares of the queries, averaged gradients, rank 0 writes", function()
+  it_db_mpi("fine-tunes over MPI ranks (--dist): shares of the queries, averaged gradients, rank 0 writes", function()
     if not os.execute("command -v mpirun >/dev/null 2>&1") then
       pending("mpirun is not installed (Debian: openmpi-bin): the distributed fine-tuning is not run")
       return
@@ -1086,7 +1090,7 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.is_not_nil(sd["video_query_linear.weight"])
   end)
 
-  it("a video-only task needs no subtitle db, in training and in evaluation", function()
+  it_db("a video-only task needs no subtitle db, in training and in evaluation", function()
     local rc, out = finetune(dir .. "/v", 2, {"--config", dir .. "/train-didemo.json"})
     assert.are.equal(0, rc, out)
     assert.are.equal(json.null, json.read_file(dir .. "/v/log/hps.json").sub_txt_db) -- null stays null
@@ -1105,7 +1109,7 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.matches("no subtitle db", out)
   end)
 
-  it("bad input gives clear errors", function()
+  it_db("bad input gives clear errors", function()
     local rc, out = finetune(dir .. "/x", 1, {"--checkpoint", dir .. "/missing.pt"})
     assert.are.equal(2, rc)
     assert.matches("checkpoint '[^']*missing.pt' does not exist", out)

@@ -1,5 +1,6 @@
 local hero = require "hero"
 local helper = require "spec_helper"
+local it_db = helper.it_needs(it, pending, "lmdb", "lz4") -- specs that read or write HERO databases
 local json = hero.json
 local data = hero.data
 local core = hero.core
@@ -217,7 +218,7 @@ describe("worker_pool", function()
 end)
 
 describe("PrefetchLoader", function()
-  it("serves exactly the TaskLoader's batches for every task, across epochs", function()
+  it_db("serves exactly the TaskLoader's batches for every task, across epochs", function()
     for _, task in ipairs {"mlm", "mfm-nce", "mffr", "fom", "vsm"} do
       local spec = tv_spec(task)
       local sync = sync_loader(spec)
@@ -236,7 +237,7 @@ describe("PrefetchLoader", function()
     end
   end)
 
-  it("shares one pool between loaders (prefetch_loaders) and keeps each sequence", function()
+  it_db("shares one pool between loaders (prefetch_loaders) and keeps each sequence", function()
     local dspec = {type = "VideoSubDataset", video_db = tv_video, sub_db = tv_subs, max_clip_len = 12}
     local specs = {}
     for i, task in ipairs {"mlm", "vsm", "fom"} do
@@ -255,7 +256,7 @@ describe("PrefetchLoader", function()
     assert.is_nil(loaders.mlm.group)
   end)
 
-  it("resumes exactly: state() is the next batch's position; set_state() drops batches in flight", function()
+  it_db("resumes exactly: state() is the next batch's position; set_state() drops batches in flight", function()
     local path = os.tmpname()
     for _, task in ipairs {"mlm", "vsm"} do
       local spec = tv_spec(task)
@@ -289,7 +290,7 @@ describe("PrefetchLoader", function()
     os.remove(path)
   end)
 
-  it("counts and reports skipped videos on the main thread; on_error = 'error' raises the worker's error", function()
+  it_db("counts and reports skipped videos on the main thread; on_error = 'error' raises the worker's error", function()
     local ids = {"house_s01e07_seg01_clip_02", "met_s02e03_seg01_clip_05", "bbt_s06e12_seg01_clip_08"}
     local spec = tv_spec("mfm-nce", {seed = 1})
     spec.dataset.ids = ids

@@ -1,5 +1,6 @@
 local hero = require "hero"
 local helper = require "spec_helper"
+local it_db = helper.it_needs(it, pending, "lmdb", "lz4") -- specs that read or write HERO databases
 local json = hero.json
 local PC = require "hero.train.pretrain_config"
 
@@ -188,7 +189,7 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     return tonumber(out:match("rc=(%d+)%s*$")), out
   end
 
-  it("examples/pretrain.lua --train-config pre-trains from the released config's keys", function()
+  it_db("examples/pretrain.lua --train-config pre-trains from the released config's keys", function()
     local out = dir .. "/run"
     local rc, text = pretrain {"--train-config", dir .. "/pretrain.json", "--out", out, "--quiet"}
     assert.equal(0, rc, text)
@@ -225,7 +226,7 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     assert.is_nil(hero.train.no_such_module)
   end)
 
-  it("examples/pretrain.lua on databases without a config trains with the released TV recipe", function()
+  it_db("examples/pretrain.lua on databases without a config trains with the released TV recipe", function()
     local r = PC.released_tv() -- config/pretrain-tv-16gpu.json's values
     assert.same({2, 2, 1, 2}, {r.ratios.mlm, r.ratios["mfm-nce"], r.ratios.fom, r.ratios.vsm})
     assert.same({32, 0.8, 8.0, 8.0, 0.01, "hinge", 0.1, 20, 10, 20000, 0, true}, {r.train_batch_size,
@@ -270,7 +271,7 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     assert.matches("empty value", text)
   end)
 
-  it("examples/pretrain.lua --train-config reads a target's feature shards as one dataset", function()
+  it_db("examples/pretrain.lua --train-config reads a target's feature shards as one dataset", function()
     -- two shards over the fixture's LMDB, each with half of the videos
     assert(os.execute(string.format('mkdir -p "%s/ht" && ln -sfn "$(realpath "%s/video_db/tv")" "%s/ht/s0" && '
       .. 'ln -sfn "$(realpath "%s/video_db/tv")" "%s/ht/s1"', dir, fx, dir, fx, dir)))
