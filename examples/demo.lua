@@ -19,6 +19,7 @@
 -- Writes DIR/results.json, DIR/loss_curves.svg, DIR/tensorboard/ (event files) and DIR/log.jsonl
 -- (default DIR: a new temporary directory, printed at the end). --tiny runs a seconds-long version
 -- (used by spec/demo_spec.lua).
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local hero = require "hero"
 local S = hero.data.synthetic
 local train = hero.train
@@ -26,7 +27,7 @@ local json = hero.json
 local prefetch = require "hero.data.prefetch"
 
 local function usage(msg)
-  io.stderr:write("demo: ", msg, "\n(see the comment at the top of examples/demo.lua)\n")
+  io.stderr:write("demo: ", msg, "\n(lua5.4 examples/demo.lua --help for the options)\n")
   os.exit(2)
 end
 

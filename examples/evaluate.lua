@@ -34,6 +34,7 @@
 -- "submission_nms", "metrics_nms" and "val_log"; VideoQA / VIOLIN: "results" ({qid: answer}),
 -- "metrics" ({accuracy, loss}) and "val_log"; TVC: "results" ([{vid_name, clip_id, ts,
 -- descs = [{desc}]}]) and "metrics" (Bleu_1..4, ROUGE_L, CIDEr, x100).
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local hero = require "hero"
 local json = hero.json
 local FT = require "hero.train.finetune"
@@ -59,7 +60,7 @@ local function parse_args(argv)
   while i <= #argv do
     local name = argv[i]:match("^%-%-([%w%-]+)$")
     if not name then
-      die("unexpected argument '" .. argv[i] .. "' (see the comment at the top of examples/evaluate.lua)")
+      die("unexpected argument '" .. argv[i] .. "' (lua5.4 examples/evaluate.lua --help for the options)")
     end
     if not known[name] then die("unknown option --" .. name) end
     if flags[name] then

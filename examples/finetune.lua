@@ -33,6 +33,7 @@
 --                        queries, the gradients are averaged, rank 0 logs and checkpoints
 -- Each key of the config works as in the reference (misspellings included); keys it lacks take
 -- the reference's argparse defaults, except those hero.train.finetune.REQUIRED lists.
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local hero = require "hero"
 local json = hero.json
 local FT = require "hero.train.finetune"
@@ -53,7 +54,7 @@ local function parse_args(argv)
   while i <= #argv do
     local name = argv[i]:match("^%-%-([%w%-]+)$")
     if not name then
-      die("unexpected argument '" .. argv[i] .. "' (see the comment at the top of examples/finetune.lua)")
+      die("unexpected argument '" .. argv[i] .. "' (lua5.4 examples/finetune.lua --help for the options)")
     end
     if not known[name] then die("unknown option --" .. name) end
     if flags[name] then

@@ -2,6 +2,7 @@
 --   lua5.4 examples/parity.lua spec/fixtures/hero-smoke [--device cuda:0]
 -- prints one line per tensor (max abs / rel error and the bound) and exits non-zero when any case
 -- exceeds the fixture's recommended tolerance.
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local hero = require "hero"
 
 local dir, device

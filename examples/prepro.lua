@@ -37,11 +37,12 @@
 -- The subtitle file has one JSON object per line: {"vid_name": "...", "sub": [{"text": "...",
 -- "start": 0.4, "end": 4.1}, ...]}. Features without subtitles are fine; subtitles of videos without
 -- features are skipped and counted.
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local hero = require "hero"
 local prepro = require "hero.data.prepro"
 
 local function usage(msg)
-  io.stderr:write("prepro: ", msg, "\n(see the comment at the top of examples/prepro.lua)\n")
+  io.stderr:write("prepro: ", msg, "\n(lua5.4 examples/prepro.lua --help for the options)\n")
   os.exit(2)
 end
 

@@ -66,6 +66,7 @@
 --                        on its node) or cuda:N [cpu]; batches are made on the CPU and moved there
 --   --dist               data-parallel over MPI (launch with mpirun): each rank reads its shard of the
 --                        videos, rank 0 logs and checkpoints (README "Data-parallel training")
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local hero = require "hero"
 local json = hero.json
 local train = hero.train
@@ -76,7 +77,7 @@ local rank, world = 0, 1 -- set by hero.dist.init() with --dist
 -- ------------------------------------------------------------------ command line
 
 local function usage(msg)
-  io.stderr:write("pretrain: ", msg, "\n(see the comment at the top of examples/pretrain.lua)\n")
+  io.stderr:write("pretrain: ", msg, "\n(lua5.4 examples/pretrain.lua --help for the options)\n")
   os.exit(2)
 end
 
