@@ -37,6 +37,7 @@ hero.json = require "hero.json"
 hero.config = require "hero.config"
 hero.data = require "hero.data"
 hero.plot = require "hero.plot"
+hero.cli = require "hero.cli"
 hero.save = hero.io.save
 hero.load = hero.io.load
 hero.text = require "hero.text"
