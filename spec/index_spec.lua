@@ -413,6 +413,9 @@ describe("index and join errors", function()
     helper.assert_error_contains(function() x:flip(3) end, "flip", "dimension 3 out of range")
     helper.assert_error_contains(function() x["repeat"](x, {2}) end, "repeat", "need at least one per dimension")
     helper.assert_error_contains(function() x:tile(2, -1) end, "tile", "negative")
+    -- a result size past 64 bits is refused, not wrapped around
+    helper.assert_error_contains(function() x:tile(2 ^ 62, 1) end, "tile", "overflows")
+    helper.assert_error_contains(function() x["repeat"](x, 1, 2 ^ 62) end, "repeat", "overflows")
   end)
 
   it("reports freed tensors", function()

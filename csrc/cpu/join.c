@@ -256,7 +256,9 @@ static hr_tensor *repeat_impl(const char *op, hr_tensor *t, int nreps, const int
         if (reps[i] < 0) return hr_fail_null(HR_EINVAL, "%s: repeat count %d is negative (%" PRId64 ")", op, i + 1, reps[i]);
         int64_t s = i < lead ? 1 : t->size[i - lead];
         int64_t st = i < lead ? 0 : t->stride[i - lead];
-        out_size[i] = reps[i] * s;
+        if (__builtin_mul_overflow(reps[i], s, &out_size[i]))
+            return hr_fail_null(HR_EINVAL, "%s: dimension %d of the result (%" PRId64 " x %" PRId64 ") overflows", op, i + 1,
+                                reps[i], s);
         if (reps[i] != 1) {
             vsize[nv] = reps[i];
             vstride[nv++] = 0;

@@ -1057,6 +1057,8 @@ double hr_bench_triad(int64_t n, int repeats)
 {
     if (n < 1 || repeats < 1)
         return hr_fail(HR_EINVAL, "_bench_triad: need n >= 1 and repeats >= 1, got %" PRId64 " and %d", n, repeats);
+    if ((uint64_t)n > SIZE_MAX / sizeof(float))
+        return hr_fail(HR_EINVAL, "_bench_triad: %" PRId64 " elements do not fit in memory", n);
     size_t bytes = (size_t)n * sizeof(float);
     triad_ctx t = {hr_alloc_bytes(bytes), hr_alloc_bytes(bytes), hr_alloc_bytes(bytes), 3.0f};
     if (!t.a || !t.b || !t.c) {
