@@ -93,8 +93,10 @@ static int infer_shape(const char *op, const hr_tensor *t, int ndim, const int64
             infer = i;
         } else if (in[i] < 0) {
             return hr_fail(HR_EINVAL, "%s: invalid size %" PRId64 " in dimension %d", op, in[i], i + 1);
-        } else {
-            known *= in[i];
+        } else if (__builtin_mul_overflow(known, in[i], &known)) {
+            /* a product past 64 bits could wrap around to the element count */
+            return hr_fail(HR_EINVAL, "%s: shape %s has more elements than 64 bits count", op,
+                           hr_shape_str(ndim, in, a, sizeof a));
         }
     }
     if (infer >= 0) {

@@ -152,6 +152,9 @@ describe("tensor core", function()
     helper.assert_error_contains(function() t:narrow(2, 3, 2) end, "narrow", "size 3")
     helper.assert_error_contains(function() return t[3] end, "position 3", "size 2")
     helper.assert_error_contains(function() t:view(4, 2) end, "view", "4x2", "2x3")
+    -- shapes whose element count passes 64 bits are refused before any product wraps around
+    helper.assert_error_contains(function() hero.zeros(0):view(2 ^ 32, 2 ^ 32) end, "view", "64 bits")
+    helper.assert_error_contains(function() t:reshape(2 ^ 62, 2 ^ 62, -1) end, "reshape", "64 bits")
     helper.assert_error_contains(function() hero.zeros(2, 3, {dtype = "f128"}) end, "unknown dtype 'f128'")
     helper.assert_error_contains(function() hero.zeros(2, {device = "cuda:1024"}) end, "CUDA") -- never a device
   end)
