@@ -189,13 +189,15 @@ hr_tensor *hr_tensor_view_of(hr_storage *s, hr_dtype dt, int ndim, const int64_t
     /* Every reachable element must lie inside the storage. */
     int64_t lo = offset, hi = offset;
     if (numel > 0) {
+        bool wraps = false; /* an extent past 64 bits is outside any storage */
         for (int i = 0; i < ndim; i++) {
-            int64_t span = (size[i] - 1) * stride[i];
-            if (span < 0) lo += span;
-            else hi += span;
+            int64_t span;
+            if (__builtin_mul_overflow(size[i] - 1, stride[i], &span) ||
+                __builtin_add_overflow(span < 0 ? lo : hi, span, span < 0 ? &lo : &hi))
+                wraps = true;
         }
         size_t cap = s->nbytes / hr_dtype_size(dt);
-        if (lo < 0 || (uint64_t)hi >= cap)
+        if (wraps || lo < 0 || (uint64_t)hi >= cap)
             return hr_fail_null(HR_EINVAL, "view reaches outside its storage of %zu elements", cap);
     }
     hr_tensor *t = header_new(s, dt, ndim, size, stride, offset);

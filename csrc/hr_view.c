@@ -20,10 +20,12 @@ hr_tensor *hr_view_narrow(hr_tensor *t, int dim, int64_t start, int64_t length)
 {
     if (hr_tensor_check_live(t, "narrow")) return NULL;
     if (dim < 0 || dim >= t->ndim) return hr_fail_null(HR_EINVAL, "narrow: dimension %d out of range for a %d-D tensor", dim + 1, t->ndim);
-    if (start < 0 || length < 0 || start + length > t->size[dim])
-        return hr_fail_null(HR_EINVAL, "narrow: range [%" PRId64 ", %" PRId64 ") (1-based start %" PRId64 ", length %" PRId64
-                            ") outside dimension %d of size %" PRId64,
-                            start, start + length, start + 1, length, dim + 1, t->size[dim]);
+    if (start < 0 || length < 0 || start > t->size[dim] || length > t->size[dim] - start) { /* no sum to overflow */
+        int64_t start1 = start < INT64_MAX ? start + 1 : start; /* as the caller counts */
+        return hr_fail_null(HR_EINVAL, "narrow: 1-based start %" PRId64 " and length %" PRId64
+                            " reach outside dimension %d of size %" PRId64,
+                            start1, length, dim + 1, t->size[dim]);
+    }
     int64_t size[HR_MAX_DIMS];
     memcpy(size, t->size, sizeof size);
     size[dim] = length;

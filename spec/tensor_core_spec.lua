@@ -150,6 +150,8 @@ describe("tensor core", function()
     local t = hero.zeros(2, 3)
     helper.assert_error_contains(function() t:narrow(3, 1, 1) end, "narrow", "dimension 3")
     helper.assert_error_contains(function() t:narrow(2, 3, 2) end, "narrow", "size 3")
+    -- a start and length whose sum passes 64 bits are refused (the sum is never formed)
+    helper.assert_error_contains(function() t:narrow(2, 2, math.maxinteger) end, "narrow", "outside dimension 2")
     helper.assert_error_contains(function() return t[3] end, "position 3", "size 2")
     helper.assert_error_contains(function() t:view(4, 2) end, "view", "4x2", "2x3")
     -- shapes whose element count passes 64 bits are refused before any product wraps around
