@@ -148,7 +148,8 @@ int hr_split_sizes(hr_tensor *t, int dim, int nsplit, const int64_t *sizes, hr_t
     int64_t total = 0;
     for (int i = 0; i < nsplit; i++) {
         if (sizes[i] < 0) return hr_fail(HR_EINVAL, "%s: size %d of the list is negative (%" PRId64 ")", op, i + 1, sizes[i]);
-        total += sizes[i];
+        if (__builtin_add_overflow(total, sizes[i], &total))
+            return hr_fail(HR_EINVAL, "%s: sizes add up to more than dimension %d's size %" PRId64, op, dim + 1, t->size[dim]);
     }
     if (total != t->size[dim])
         return hr_fail(HR_EINVAL, "%s: sizes add up to %" PRId64 " but dimension %d has size %" PRId64, op, total, dim + 1,
@@ -176,7 +177,7 @@ int64_t hr_split_count(const hr_tensor *t, int dim, int64_t split_size)
         return -1;
     }
     if (split_size == 0) return 1;
-    int64_t count = (n + split_size - 1) / split_size;
+    int64_t count = n / split_size + (n % split_size != 0); /* ceil, with no sum to overflow */
     return count > 1 ? count : 1;
 }
 
@@ -208,8 +209,8 @@ int hr_chunk_plan(const hr_tensor *t, int dim, int64_t chunks, int64_t *piece, i
         *count = chunks;
         return 0;
     }
-    *piece = (n + chunks - 1) / chunks;
-    *count = (n + *piece - 1) / *piece;
+    *piece = n / chunks + (n % chunks != 0); /* ceil(n / chunks), with no sum to overflow */
+    *count = n / *piece + (n % *piece != 0);
     return 0;
 }
 
