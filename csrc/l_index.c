@@ -335,7 +335,7 @@ static void push_pieces(lua_State *L, hr_tensor *t, int dim, hr_tensor **pieces,
 
 static hr_tensor **piece_buffer(lua_State *L, int64_t n, const char *op)
 {
-    if (n > ((int64_t)1 << 24)) luaL_error(L, "%s: %" PRId64 " pieces are too many", op, n);
+    if (n > ((int64_t)1 << 24)) luaL_error(L, "%s: %I pieces are too many", op, (lua_Integer)n);
     hr_tensor **buf = lua_newuserdatauv(L, sizeof(hr_tensor *) * (size_t)(n > 0 ? n : 1), 0);
     return buf;
 }

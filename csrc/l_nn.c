@@ -15,7 +15,7 @@ static int l_layer_norm(lua_State *L)
     hr_tensor *w = opt_tensor(L, 2, "layer_norm");
     hr_tensor *b = opt_tensor(L, 3, "layer_norm");
     double eps = luaL_checknumber(L, 4);
-    if (!(eps >= 0)) return luaL_error(L, "layer_norm: eps must be >= 0, got %g", eps);
+    if (!(eps >= 0)) return luaL_error(L, "layer_norm: eps must be >= 0, got %f", (lua_Number)eps);
     hr_tensor *y;
     HR_LUA_RETRY(L, y, hr_layer_norm(x, w, b, eps));
     if (!y) return hr_lua_error(L, "layer_norm");

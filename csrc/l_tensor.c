@@ -133,10 +133,22 @@ static int l_arange(lua_State *L)
         return luaL_error(L, "arange: expected arange(stop) or arange(start, stop[, step])");
     }
     if (step == 0 || isnan(step) || isnan(start) || isnan(stop) || isinf(start) || isinf(stop))
-        return luaL_error(L, "arange: invalid range start=%g stop=%g step=%g", start, stop, step);
+        return luaL_error(L, "arange: invalid range start=%f stop=%f step=%f", (lua_Number)start,
+                          (lua_Number)stop, (lua_Number)step);
     double count = ceil((stop - start) / step);
+    /* integer arguments are counted and stepped exactly in 128 bits: as doubles, values past 2^53
+     * would round (and stop - start can pass 64 bits) */
+    __int128 istart = 0, istep = 1;
+    if (all_int) {
+        istart = nargs >= 2 ? lua_tointeger(L, 1) : 0;
+        __int128 istop = lua_tointeger(L, nargs >= 2 ? 2 : 1);
+        istep = nargs >= 3 ? lua_tointeger(L, 3) : 1;
+        __int128 span = istop - istart, q = span / istep;
+        if (span % istep != 0 && (span > 0) == (istep > 0)) q++; /* ceil(span / step) */
+        count = q < 0 ? 0 : (double)q;
+    }
     if (count < 0) count = 0;
-    if (count > 1e12) return luaL_error(L, "arange: range of %g elements is too large", count);
+    if (count > 1e12) return luaL_error(L, "arange: range of %f elements is too large", (lua_Number)count);
     hr_dtype dt = all_int ? HR_I64 : HR_F32;
     hr_device dev = hr_cpu();
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, "arange");
@@ -146,8 +158,13 @@ static int l_arange(lua_State *L)
     char *p = hr_tensor_data(t);
     size_t el = hr_dtype_size(dt);
     for (int64_t i = 0; i < n; i++) {
-        if (hr_dtype_is_int(dt) && all_int) hr_store_i64(p + (size_t)i * el, dt, (int64_t)start + i * (int64_t)step);
-        else hr_store_f64(p + (size_t)i * el, dt, start + (double)i * step);
+        if (all_int) { /* every value lies between start and stop: it fits in 64 bits */
+            int64_t v = (int64_t)(istart + (__int128)i * istep);
+            if (hr_dtype_is_int(dt)) hr_store_i64(p + (size_t)i * el, dt, v);
+            else hr_store_f64(p + (size_t)i * el, dt, (double)v);
+        } else {
+            hr_store_f64(p + (size_t)i * el, dt, start + (double)i * step);
+        }
     }
     move_top(L, dev, "arange");
     return 1;
@@ -747,7 +764,7 @@ static int t_index(lua_State *L)
 {
     if (lua_type(L, 2) == LUA_TNUMBER) {
         hr_tensor *t = hr_lua_check_tensor(L, 1, "index");
-        if (!lua_isinteger(L, 2)) return luaL_error(L, "index: position must be an integer, got %g", lua_tonumber(L, 2));
+        if (!lua_isinteger(L, 2)) return luaL_error(L, "index: position must be an integer, got %f", lua_tonumber(L, 2));
         if (t->ndim == 0) return luaL_error(L, "index: cannot index a 0-dimensional tensor (use :item())");
         lua_Integer i = lua_tointeger(L, 2);
         if (i < 0) i += t->size[0] + 1;

@@ -154,7 +154,7 @@ static void put(encoder *e, const void *p, size_t n)
         size_t cap = m->cap ? m->cap : 256;
         while (cap - m->len < n) cap *= 2;
         unsigned char *nb = realloc(m->buf, cap);
-        if (!nb) luaL_error(e->L, "%s: out of memory serializing a value of %zu bytes", e->op, m->len + n);
+        if (!nb) luaL_error(e->L, "%s: out of memory serializing a value of %I bytes", e->op, (lua_Integer)(m->len + n));
         m->buf = nb;
         m->cap = cap;
     }
@@ -429,7 +429,7 @@ static void decode(decoder *d)
     }
     case T_TENSOR: decode_tensor(d); break;
     case T_NULL: lua_getfield(L, LUA_REGISTRYINDEX, REG_NULL); break;
-    default: luaL_error(L, "worker_pool: corrupt message (tag %u)", tag);
+    default: luaL_error(L, "worker_pool: corrupt message (tag %d)", (int)tag);
     }
 }
 

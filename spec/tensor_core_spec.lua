@@ -118,6 +118,24 @@ describe("tensor core", function()
     end
   end)
 
+  it("makes integer ranges exactly, past 2^53 and across the whole 64-bit range", function()
+    assert.same({0, 1, 2, 3, 4}, hero.arange(5):totable())
+    assert.same({1, 4, 7}, hero.arange(1, 10, 3):totable())
+    assert.same({10, 7, 4}, hero.arange(10, 1, -3):totable())
+    assert.equal(0, hero.arange(3, 1):numel())
+    -- as doubles these would round to even neighbours
+    assert.same({9007199254740993, 9007199254740994, 9007199254740995},
+      hero.arange(9007199254740993, 9007199254740996):totable())
+    assert.same({math.mininteger, -1, math.maxinteger - 1},
+      hero.arange(math.mininteger, math.maxinteger, math.maxinteger):totable())
+    assert.same({0.5, 1.5}, hero.arange(0.5, 2):totable())
+    -- errors say what was wrong (their numbers used to be an unsupported format)
+    helper.assert_error_contains(function() hero.arange(math.mininteger, math.maxinteger) end, "arange", "too large")
+    helper.assert_error_contains(function() hero.arange(0, 1, 0) end, "arange: invalid range", "step=0.0")
+    helper.assert_error_contains(function() return hero.zeros(3)[1.5] end, "position must be an integer, got 1.5")
+    helper.assert_error_contains(function() hero.layer_norm(hero.zeros(2, 3), nil, nil, -1) end, "eps must be >= 0")
+  end)
+
   it("makes identity matrices, square or not, of any dtype", function()
     assert.same({{1, 0, 0}, {0, 1, 0}, {0, 0, 1}}, hero.eye(3):totable())
     assert.same({{1, 0, 0}, {0, 1, 0}}, hero.eye(2, 3):totable())
