@@ -136,8 +136,8 @@ int hr_lua_check_dim(lua_State *L, int idx, int ndim, const char *op)
     lua_Integer d = luaL_checkinteger(L, idx);
     int n = ndim > 0 ? ndim : 1;
     if (d == 0 || d > n || d < -n)
-        return luaL_error(L, "%s: dimension %d out of range (the tensor has %d dimension%s; use 1..%d or -1..-%d)", op,
-                          (int)d, ndim, ndim == 1 ? "" : "s", n, n);
+        return luaL_error(L, "%s: dimension %I out of range (the tensor has %d dimension%s; use 1..%d or -1..-%d)", op,
+                          d, ndim, ndim == 1 ? "" : "s", n, n);
     return d > 0 ? (int)d - 1 : (int)(d + n);
 }
 

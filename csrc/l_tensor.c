@@ -769,8 +769,8 @@ static int t_index(lua_State *L)
         lua_Integer i = lua_tointeger(L, 2);
         if (i < 0) i += t->size[0] + 1;
         if (i < 1 || i > t->size[0])
-            return luaL_error(L, "index: position %d out of range for dimension 1 of size %d", (int)lua_tointeger(L, 2),
-                              (int)t->size[0]);
+            return luaL_error(L, "index: position %I out of range for dimension 1 of size %I", lua_tointeger(L, 2),
+                              (lua_Integer)t->size[0]);
         hr_lua_push_tensor(L, check_result(L, hr_ag_select(t, 0, i - 1), "index"));
         return 1;
     }
@@ -799,8 +799,8 @@ static int t_newindex(lua_State *L)
     lua_Integer i = lua_tointeger(L, 2);
     if (i < 0) i += t->size[0] + 1;
     if (i < 1 || i > t->size[0])
-        return luaL_error(L, "index assignment: position %d out of range for dimension 1 of size %d",
-                          (int)lua_tointeger(L, 2), (int)t->size[0]);
+        return luaL_error(L, "index assignment: position %I out of range for dimension 1 of size %I",
+                          lua_tointeger(L, 2), (lua_Integer)t->size[0]);
     hr_tensor *row = hr_view_select(t, 0, i - 1);
     if (!row) return hr_lua_error(L, "index assignment");
     int rc;
