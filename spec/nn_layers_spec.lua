@@ -158,4 +158,17 @@ describe("nn layers", function()
     local layer = nn.TransformerLayer {hidden = 8, heads = 2, intermediate = 16}
     helper.assert_error_contains(function() layer:forward(hero.zeros(2, 3, 5)) end, "attention.self.query", "Linear")
   end)
+
+  it("name the module and the argument of a bad size", function()
+    helper.assert_error_contains(function() nn.Linear(-1, 3) end,
+      "Linear: in_features must be a positive integer, got -1")
+    helper.assert_error_contains(function() nn.Linear(3, 2.5) end, "Linear: out_features", "got 2.5")
+    helper.assert_error_contains(function() nn.Embedding(-5, 3) end, "Embedding: num_embeddings", "got -5")
+    helper.assert_error_contains(function() nn.Embedding(5) end, "Embedding: embedding_dim", "got nil")
+    helper.assert_error_contains(function() nn.LayerNorm("x") end, "LayerNorm: normalized size", "got x")
+    helper.assert_error_contains(function() nn.MultiHeadAttention {hidden = 8, heads = 0} end,
+      "MultiHeadAttention: heads must be a positive integer, got 0")
+    helper.assert_error_contains(function() nn.TransformerLayer {hidden = 8, heads = 2, intermediate = -1} end,
+      "TransformerLayer: intermediate")
+  end)
 end)

@@ -48,6 +48,7 @@ describe("nn.Module", function()
     helper.assert_error_contains(function() b:load_state_dict(sd) end, "missing keys: dense.bias")
     sd["dense.bias"] = hero.zeros(4)
     helper.assert_error_contains(function() b:load_state_dict(sd) end, "'dense.bias' has size 4", "3 in the model")
+    helper.assert_error_contains(function() b:load_state_dict(nil) end, "Block", "load_state_dict: expected a table")
   end)
 
   it("switches training mode on the whole tree", function()

@@ -5,11 +5,13 @@
 local core = require "hero.core"
 local Module = require "hero.nn.module"
 local init = require "hero.nn.init_weights"
+local check = require "hero.nn.check"
 
 local Embedding = Module:extend("Embedding")
 
 function Embedding:__init(num, dim, opts)
   opts = opts or {}
+  check.sizes("Embedding", 3, "num_embeddings", num, "embedding_dim", dim)
   self.num, self.dim, self.padding_idx = num, dim, opts.padding_idx
   local scheme = init.check(opts.init or "torch", "Embedding")
   self:register_parameter("weight", init.normal({num, dim}, scheme == "bert" and 0.02 or 1.0, opts.dtype,

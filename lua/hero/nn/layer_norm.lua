@@ -2,11 +2,13 @@
 -- The reference uses eps 1e-12 inside transformer layers and 1e-5 elsewhere: pass it explicitly.
 local core = require "hero.core"
 local Module = require "hero.nn.module"
+local check = require "hero.nn.check"
 
 local LayerNorm = Module:extend("LayerNorm")
 
 function LayerNorm:__init(dim, opts)
   opts = opts or {}
+  check.sizes("LayerNorm", 3, "normalized size", dim)
   self.dim, self.eps = dim, opts.eps or 1e-5
   self:register_parameter("weight", core.ones({dim}, {dtype = opts.dtype or "f32"}))
   self:register_parameter("bias", core.zeros({dim}, {dtype = opts.dtype or "f32"}))

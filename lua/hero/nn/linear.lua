@@ -3,16 +3,13 @@
 local core = require "hero.core"
 local Module = require "hero.nn.module"
 local init = require "hero.nn.init_weights"
+local check = require "hero.nn.check"
 
 local Linear = Module:extend("Linear")
 
 function Linear:__init(in_features, out_features, opts)
   opts = opts or {}
-  if math.type(in_features) ~= "integer" or math.type(out_features) ~= "integer" or in_features < 1
-     or out_features < 1 then
-    error(string.format("Linear: sizes must be positive integers, got %s and %s", tostring(in_features),
-      tostring(out_features)), 3)
-  end
+  check.sizes("Linear", 3, "in_features", in_features, "out_features", out_features)
   self.in_features, self.out_features = in_features, out_features
   local scheme = init.check(opts.init or "torch", "Linear")
   local w, b

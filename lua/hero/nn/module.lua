@@ -146,6 +146,7 @@ local function shape_str(t) return table.concat(t:size(), "x") end
 -- opts.strict (default true): missing or unexpected keys are an error listing them all.
 -- Returns a report {missing = {...}, unexpected = {...}} (sorted).
 function Module:load_state_dict(sd, opts)
+  if type(sd) ~= "table" then self:error("load_state_dict: expected a table of tensors by name, got %s", type(sd)) end
   opts = opts or {}
   local strict = opts.strict ~= false
   local own = self:state_dict()

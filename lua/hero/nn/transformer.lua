@@ -10,6 +10,7 @@ local Module = require "hero.nn.module"
 local Linear = require "hero.nn.linear"
 local LayerNorm = require "hero.nn.layer_norm"
 local act = require "hero.nn.activations"
+local check = require "hero.nn.check"
 
 local M = {}
 
@@ -26,6 +27,7 @@ local function config(opts, who)
     attention_dropout = opts.attention_dropout or opts.dropout or 0.1,
     init = opts.init or "bert", dtype = opts.dtype, generator = opts.generator,
   }
+  check.sizes(who, 4, "hidden", c.hidden, "heads", c.heads, "intermediate", c.intermediate)
   if c.hidden % c.heads ~= 0 then
     error(string.format("%s: hidden size %d is not divisible by %d heads", who, c.hidden, c.heads), 4)
   end

@@ -46,8 +46,21 @@ AdamW.__index = AdamW
 -- key share lr multipliers; default: one group per decay/no-decay), lr_mul = {[key] = multiplier}.
 function optim.AdamW(params, opts)
   opts = opts or {}
+  if type(params) ~= "table" then
+    error("AdamW: params must be named_parameters() or a name -> tensor table, got " .. type(params), 2)
+  end
   if type(opts.lr) ~= "number" then error("AdamW: opts.lr must be a number", 2) end
   local betas = opts.betas or {0.9, 0.999}
+  if type(betas) ~= "table" or type(betas[1]) ~= "number" or type(betas[2]) ~= "number" then
+    error("AdamW: opts.betas must be a pair of numbers {beta1, beta2}", 2)
+  end
+  -- as torch.optim.AdamW: a negative (or NaN) rate, eps or decay is refused
+  for _, key in ipairs {"lr", "eps", "weight_decay"} do
+    local v = opts[key]
+    if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0) then
+      error(string.format("AdamW: opts.%s must be a number >= 0, got %s", key, tostring(v)), 2)
+    end
+  end
   local self = setmetatable({
     lr = opts.lr,
     beta1 = betas[1], beta2 = betas[2],
@@ -165,6 +178,18 @@ end
 
 --- Learning rate of the reference's warmup_linear schedule at update `step` (counted from 1).
 function optim.warmup_linear(base_lr, step, warmup, total)
+  local args = {base_lr, step, warmup, total}
+  for i = 1, 4 do
+    local v = args[i]
+    if type(v) ~= "number" then
+      error(string.format("warmup_linear: argument #%d (%s) must be a number, got %s", i,
+        ({"base_lr", "step", "warmup", "total"})[i], type(v)), 2)
+    end
+  end
+  if step >= warmup and total == warmup then
+    error(string.format("warmup_linear: the decay from update %d to %d has no length (total = warmup)", warmup,
+      total), 2)
+  end
   local factor
   if step < warmup then
     factor = step / warmup
@@ -182,6 +207,12 @@ end
 -- the factor (1 when nothing was clipped). With opts.apply == false the gradients are left as they
 -- are, for AdamW:step{grad_scale = factor} to apply the factor in its own pass.
 function optim.clip_grad_norm(params, max_norm, opts)
+  if type(params) ~= "table" then
+    error("clip_grad_norm: params must be a list of tensors or named parameters, got " .. type(params), 2)
+  end
+  if type(max_norm) ~= "number" or max_norm ~= max_norm then
+    error("clip_grad_norm: max_norm must be a number, got " .. tostring(max_norm), 2)
+  end
   local grads = {}
   if core.is_tensor(params[1]) then
     for _, p in ipairs(params) do grads[#grads + 1] = p.grad end
