@@ -467,6 +467,7 @@ end
 -- ------------------------------------------------------------------ files
 
 local function read_all(path, who)
+  if type(path) ~= "string" then error(format("%s: expected a path string, got %s", who, type(path)), 0) end
   local f, err = io.open(path, "rb")
   if not f then error(format("%s: cannot open '%s': %s", who, path, err), 0) end
   local text, rerr = f:read("a")
