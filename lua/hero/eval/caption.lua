@@ -507,8 +507,17 @@ end
 -- references and hypotheses, and the clip order.
 function M.tvc_eval(references, predictions, opts)
   opts = opts or {}
+  if type(references) ~= "table" or type(predictions) ~= "table" then
+    error(string.format("tvc_eval: references and predictions must be arrays, got %s and %s", type(references),
+      type(predictions)), 0)
+  end
+  -- no clip at all: CIDEr-D's document frequencies would divide by zero (the reference fails too)
+  if #references == 0 then error("tvc_eval: no reference clips to score", 0) end
   local order, refs_by, hyp_by = {}, {}, {}
-  for _, r in ipairs(references) do
+  for k, r in ipairs(references) do
+    if type(r) ~= "table" or r.clip_id == nil or type(r.descs) ~= "table" then
+      error(string.format("tvc_eval: reference %d must be {clip_id =, descs = {...}}", k), 0)
+    end
     if refs_by[r.clip_id] == nil then order[#order + 1] = r.clip_id end
     local list = {}
     for i, d in ipairs(r.descs) do
