@@ -146,6 +146,22 @@ describe("HERO pre-training model computing only what the losses read", function
     end
     assert.is_nil(hero.train.Trainer.batch_to(batch("batch_mlm"), "cpu")._mask_rows) -- the CPU batch as it is
   end)
+
+  it("refuses a batch without a field its task reads, by name", function()
+    -- without attn_masks the MLM forward ran unmasked, silently
+    for task, fields in pairs(hero.models.HeroForPretraining.required_fields) do
+      local b = batch("batch_" .. task)
+      for _, f in ipairs(fields) do assert.is_not_nil(b[f], task .. " fixture lacks " .. f) end
+      b[fields[1]] = nil
+      helper.assert_error_contains(function() m:forward(b, task) end, "HeroForPretraining", "the " .. task
+        .. " batch has no field '" .. fields[1] .. "'")
+    end
+    local b = batch("batch_mlm")
+    b.attn_masks = nil
+    helper.assert_error_contains(function() m:forward(b, "mlm_tv_all") end, "no field 'attn_masks'")
+    helper.assert_error_contains(function() m:forward(nil, "mlm") end, "the batch must be a table")
+    assert.is_true(hero.train.Trainer.required_fields == hero.models.HeroForPretraining.required_fields)
+  end)
 end)
 
 describe("HERO pre-training gradients against the reference", function()

@@ -195,10 +195,32 @@ function M:save_checkpoint(path)
   require("hero.models.checkpoint").save(self, path)
 end
 
+--- Fields each task's collated batch must have: what the forward pass reads.
+local REPR = {"f_sub_input_ids", "f_sub_pos_ids", "f_v_feats", "f_v_pos_ids", "f_attn_masks", "f_gather_index",
+              "c_v_feats", "c_attn_masks", "num_subs", "sub_idx2frame_idx"}
+local function with_repr(extra)
+  local out = {}
+  for _, f in ipairs(REPR) do out[#out + 1] = f end
+  for _, f in ipairs(extra) do out[#out + 1] = f end
+  return out
+end
+M.required_fields = {
+  mlm = {"input_ids", "position_ids", "v_feat", "gather_index", "attn_masks", "txt_mask_tgt", "txt_labels"},
+  ["mfm-nce"] = with_repr {"f_v_masks", "c_v_masks", "feat_targets"},
+  mffr = with_repr {"f_v_masks", "c_v_masks", "feat_targets"},
+  fom = with_repr {"shuffled_orders", "targets"},
+  vsm = with_repr {"query_input_ids", "query_pos_ids", "query_attn_masks", "q_vidx", "targets"},
+}
+
 --- forward(batch, task[, opts]) with task "mlm", "mfm-nce", "mffr", "fom" or "vsm", or a loader
 -- name the reference's pretrain.py builds from one ("<task>_<target>_<split>", e.g. "mlm_tv_all").
+-- A batch without a field its task reads is refused by name.
 function M:forward(batch, task, opts)
   if type(task) == "string" then task = task:match("^([^_]+)") or task end
+  if type(batch) ~= "table" then self:error("forward: the batch must be a table of tensors, got %s", type(batch)) end
+  for _, f in ipairs(M.required_fields[task == "mfm" and "mfm-nce" or task] or {}) do
+    if batch[f] == nil then self:error("forward: the %s batch has no field '%s'", task, f) end
+  end
   if task == "mlm" then return self:forward_mlm(batch) end
   if task == "mfm-nce" or task == "mfm" then return self:forward_mfm(batch, "nce") end
   if task == "mffr" then return self:forward_mfm(batch, "mffr") end

@@ -40,23 +40,10 @@ local FORMAT_VERSION = 1
 
 local now = core._now or core._bench_now or os.clock
 
---- Fields each task's collated batch must have (what HeroForPretraining reads). A task not listed
+--- Fields each task's collated batch must have (what HeroForPretraining reads, which checks them
+-- too): the trainer names the update and micro-batch of a batch that lacks one. A task not listed
 -- here is not checked. Override per trainer with opts.required_fields.
-local REPR = {"f_sub_input_ids", "f_sub_pos_ids", "f_v_feats", "f_v_pos_ids", "f_attn_masks", "f_gather_index",
-              "c_v_feats", "c_attn_masks", "num_subs", "sub_idx2frame_idx"}
-local function with_repr(extra)
-  local out = {}
-  for _, f in ipairs(REPR) do out[#out + 1] = f end
-  for _, f in ipairs(extra) do out[#out + 1] = f end
-  return out
-end
-Trainer.required_fields = {
-  mlm = {"input_ids", "position_ids", "v_feat", "gather_index", "attn_masks", "txt_mask_tgt", "txt_labels"},
-  ["mfm-nce"] = with_repr {"f_v_masks", "c_v_masks", "feat_targets"},
-  mffr = with_repr {"f_v_masks", "c_v_masks", "feat_targets"},
-  fom = with_repr {"shuffled_orders", "targets"},
-  vsm = with_repr {"query_input_ids", "query_pos_ids", "query_attn_masks", "q_vidx", "targets"},
-}
+Trainer.required_fields = require("hero.models.pretrain").required_fields
 
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
