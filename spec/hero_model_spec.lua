@@ -160,6 +160,11 @@ describe("HERO pre-training model computing only what the losses read", function
     b.attn_masks = nil
     helper.assert_error_contains(function() m:forward(b, "mlm_tv_all") end, "no field 'attn_masks'")
     helper.assert_error_contains(function() m:forward(nil, "mlm") end, "the batch must be a table")
+    -- the downstream models' path through the hierarchy checks the same fields
+    local repr = batch("batch_vsm")
+    repr.f_attn_masks = nil
+    helper.assert_error_contains(function() m.v_encoder:forward_repr(repr) end, "HierarchicalVlModel",
+      "forward_repr: the batch has no field 'f_attn_masks'")
     assert.is_true(hero.train.Trainer.required_fields == hero.models.HeroForPretraining.required_fields)
   end)
 end)

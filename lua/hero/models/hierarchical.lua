@@ -50,8 +50,19 @@ end
 -- for those rows of Y only, [n, H]. Returns Y (or X) and a table of intermediates.
 -- Only the frame positions of the cross-modal output reach the temporal transformer, so its last
 -- layer runs on those rows alone unless the module keeps activations (then acts.f_out is whole).
+--- The fields of a collated batch that forward_repr reads (the reference's video_collate).
+M.REPR_FIELDS = {"f_sub_input_ids", "f_sub_pos_ids", "f_v_feats", "f_v_pos_ids", "f_attn_masks", "f_gather_index",
+                 "c_v_feats", "c_attn_masks", "num_subs", "sub_idx2frame_idx"}
+
 function M:forward_repr(batch, opts)
   opts = opts or {}
+  -- a missing mask would not fail: the encoders would attend everywhere
+  if type(batch) ~= "table" then
+    self:error("forward_repr: the batch must be a table of tensors, got %s", type(batch))
+  end
+  for _, f in ipairs(M.REPR_FIELDS) do
+    if batch[f] == nil then self:error("forward_repr: the batch has no field '%s'", f) end
+  end
   local acts = {}
   local f_emb, txt, img = self.f_encoder:embed(batch, opts.img_masks)
   acts.txt_emb, acts.img_emb, acts.f_emb = txt, img, f_emb

@@ -196,11 +196,9 @@ function M:save_checkpoint(path)
 end
 
 --- Fields each task's collated batch must have: what the forward pass reads.
-local REPR = {"f_sub_input_ids", "f_sub_pos_ids", "f_v_feats", "f_v_pos_ids", "f_attn_masks", "f_gather_index",
-              "c_v_feats", "c_attn_masks", "num_subs", "sub_idx2frame_idx"}
 local function with_repr(extra)
   local out = {}
-  for _, f in ipairs(REPR) do out[#out + 1] = f end
+  for _, f in ipairs(Hierarchical.REPR_FIELDS) do out[#out + 1] = f end
   for _, f in ipairs(extra) do out[#out + 1] = f end
   return out
 end
