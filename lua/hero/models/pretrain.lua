@@ -122,6 +122,12 @@ end
 
 --- Encodes queries: the text-only cross-modal transformer then the query encoder.
 function M:encode_queries(ids, pos_ids, mask)
+  for i, t in ipairs {ids or false, pos_ids or false, mask or false} do
+    if not core.is_tensor(t) then
+      self:error("encode_queries: %s must be a tensor (the batch's %s)", ({"ids", "pos_ids", "mask"})[i],
+        ({"query_input_ids", "query_pos_ids", "query_attn_masks"})[i])
+    end
+  end
   local z = self.v_encoder.f_encoder:encode_text(ids, pos_ids, mask)
   local q, acts = self.q_feat_attn:forward(z, mask)
   acts.q_f_out = z
