@@ -1,5 +1,6 @@
 --- hero.cli and the `--help` of the example scripts.
 local cli = require "hero.cli"
+local helper = require "spec_helper"
 
 local lua_cmd = string.format("LUA_PATH='%s' LUA_CPATH='%s' lua5.4", package.path, package.cpath)
 
@@ -12,11 +13,7 @@ local function run(args)
   return out:gsub("rc=%d+%s*$", ""), rc
 end
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write = helper.write_file
 
 describe("hero.cli", function()
   it("reads the comment block a script starts with, without its markers or a #! line", function()

@@ -73,11 +73,7 @@ local function tmpdir()
   return path
 end
 
-local function write(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
+local write = helper.write_file
 
 -- ------------------------------------------------------------------ MessagePack by hand
 

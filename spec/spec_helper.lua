@@ -177,6 +177,13 @@ function helper.it_needs(it, pending, ...)
   return function(name) pending(name .. reason) end
 end
 
+--- Writes `bytes` to the file at `path` (replacing it).
+function helper.write_file(path, bytes)
+  local f = assert(io.open(path, "wb"))
+  f:write(bytes)
+  f:close()
+end
+
 --- Asserts that fn raises an error whose message contains every given plain substring.
 function helper.assert_error_contains(fn, ...)
   local ok, err = pcall(fn)

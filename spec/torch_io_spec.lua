@@ -15,11 +15,7 @@ local function read_bytes(path)
   return s
 end
 
-local function write_bytes(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local write_bytes = helper.write_file
 
 setup(function()
   tmpdir = os.tmpname()
