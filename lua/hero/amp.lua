@@ -37,6 +37,7 @@ end
 --- amp.GradScaler{init_scale = 2^16, growth_factor = 2, backoff_factor = 0.5, growth_interval = 2000,
 -- enabled = true}
 function amp.GradScaler(opts)
+  if opts ~= nil and type(opts) ~= "table" then error("GradScaler: opts must be a table, got " .. type(opts), 2) end
   opts = opts or {}
   local self = setmetatable({
     scale_value = positive(opts.init_scale or 2.0 ^ 16, "init_scale"),

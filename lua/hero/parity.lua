@@ -452,6 +452,7 @@ end
 
 --- Runs every case; returns the results and whether all passed.
 function parity.run(dir, opts)
+  if type(dir) ~= "string" then error("parity.run: expected a fixture directory, got " .. type(dir), 2) end
   opts = opts or {}
   local config = json.read_file(dir .. "/config.json")
   local tol = config.tolerances and config.tolerances.recommended

@@ -98,6 +98,7 @@ end
 -- The name's time is at least one second after the newest event file already in dir, so a run
 -- restarted within the same second still sorts after the one it continues.
 function tensorboard.Writer(dir, opts)
+  if type(dir) ~= "string" then error("tensorboard.Writer: expected a directory path, got " .. type(dir), 2) end
   opts = opts or {}
   os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
   local okc, core = pcall(require, "hero.core")

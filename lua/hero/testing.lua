@@ -40,6 +40,10 @@ end
 -- opts: eps (1e-6), atol (1e-5), rtol (1e-3). Also checks that two backward passes agree exactly
 -- (determinism). Returns true or raises an error naming the input and element that differ.
 function testing.gradcheck(fn, inputs, opts)
+  if type(fn) ~= "function" and not (getmetatable(fn) or {}).__call then
+    error("gradcheck: argument #1 must be a function of the inputs, got " .. type(fn), 2)
+  end
+  if type(inputs) ~= "table" then error("gradcheck: argument #2 must be a list of inputs, got " .. type(inputs), 2) end
   opts = opts or {}
   local eps, atol, rtol = opts.eps or 1e-6, opts.atol or 1e-5, opts.rtol or 1e-3
   for i, x in ipairs(inputs) do

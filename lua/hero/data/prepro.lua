@@ -235,6 +235,7 @@ end
 -- overwrite, meta (extra meta.json fields), specials (token ids for meta.json).
 -- Returns {videos = n, ids = {...}, no_features = {...}, dropped_subs = {{vid, index, reason}...}}.
 function prepro.subtitle_db(opts)
+  if type(opts) ~= "table" then error("prepro.subtitle_db: expected a table of options, got " .. type(opts), 2) end
   if type(opts.out) ~= "string" then error("subtitle_db: opts.out (the database directory) is required", 2) end
   if type(opts.tokenize) ~= "function" then error("subtitle_db: opts.tokenize (text -> ids) is required", 2) end
   local lines = opts.subs
@@ -454,8 +455,11 @@ end
 -- subtitles), out, tokenize (text -> ids; captions are tokenized as they are), overwrite, meta,
 -- specials. Returns {clips =, captions =}.
 function prepro.caption_db(opts)
+  if type(opts) ~= "table" then error("prepro.caption_db: expected a table of options, got " .. type(opts), 2) end
+  if type(opts.out) ~= "string" then error("caption_db: opts.out (the output directory) is required", 2) end
   local lines = opts.captions
   if type(lines) == "string" then lines = json.read_lines(lines, {complete = true}) end
+  if type(lines) ~= "table" then error("caption_db: opts.captions must be a JSON-lines path or an array", 2) end
   local subs = opts.subs
   if type(subs) == "string" then subs = json.read_lines(subs, {complete = true}) end
   local vid2subs = {}

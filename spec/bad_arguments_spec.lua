@@ -1,0 +1,36 @@
+--- Public Lua functions given a missing or wrong argument name it, instead of failing inside with
+-- "attempt to index a nil value".
+local hero = require "hero"
+local helper = require "spec_helper"
+
+describe("bad arguments", function()
+  it("tensor constructors from a template", function()
+    for _, name in ipairs {"zeros_like", "ones_like", "full_like", "empty_like"} do
+      helper.assert_error_contains(function() hero[name](nil) end, name .. ": expected a hero.Tensor, got nil")
+    end
+    helper.assert_error_contains(function() hero.Tensor.new_zeros(nil) end, "new_zeros: expected a hero.Tensor")
+    assert.same({2, 3}, hero.zeros_like(hero.ones(2, 3)):size())
+  end)
+
+  it("functional losses and masks, gradcheck", function()
+    local F = hero.nn.functional
+    helper.assert_error_contains(function() F.hinge_loss(nil, hero.zeros(2)) end,
+      "hinge_loss: pos must be a hero.Tensor")
+    helper.assert_error_contains(function() F.margin_ranking_loss(hero.zeros(2), "x", 1) end,
+      "margin_ranking_loss: x2 must be a hero.Tensor, got string")
+    helper.assert_error_contains(function() F.mask_logits(hero.zeros(2), nil) end, "mask_logits: m must be")
+    helper.assert_error_contains(function() hero.testing.gradcheck(nil, {}) end, "gradcheck: argument #1")
+    helper.assert_error_contains(function() hero.testing.gradcheck(hero.exp, nil) end, "gradcheck: argument #2")
+    helper.assert_error_contains(function() hero.amp.GradScaler(1) end, "GradScaler: opts must be a table")
+  end)
+
+  it("writers, parity runs and preprocessing", function()
+    helper.assert_error_contains(function() hero.tensorboard.Writer(nil) end,
+      "tensorboard.Writer: expected a directory")
+    helper.assert_error_contains(function() hero.parity.run(nil) end, "parity.run: expected a fixture directory")
+    local prepro = hero.data.prepro
+    helper.assert_error_contains(function() prepro.subtitle_db(nil) end, "subtitle_db: expected a table of options")
+    helper.assert_error_contains(function() prepro.caption_db({}) end, "caption_db: opts.out")
+    helper.assert_error_contains(function() prepro.caption_db({out = "/nonexistent/x"}) end, "opts.captions must be")
+  end)
+end)
