@@ -33,4 +33,20 @@ describe("bad arguments", function()
     helper.assert_error_contains(function() prepro.caption_db({}) end, "caption_db: opts.out")
     helper.assert_error_contains(function() prepro.caption_db({out = "/nonexistent/x"}) end, "opts.captions must be")
   end)
+
+  it("caption metrics, retrieval predictions and data-parallel helpers", function()
+    local C = hero.eval.caption
+    for _, name in ipairs {"bleu", "cider", "rouge_l"} do
+      helper.assert_error_contains(function() C[name](nil, {}) end,
+        name .. ": references and hypotheses must be arrays")
+      helper.assert_error_contains(function() C[name]({{"a"}}, {}) end, name .. ": references and hypotheses differ",
+        "(1 and 0)")
+      -- an empty corpus: CIDEr-D and ROUGE-L gave NaN
+      helper.assert_error_contains(function() C[name]({}, {}) end, name .. ": no sentence to score")
+    end
+    helper.assert_error_contains(function() hero.eval.retrieval.predict(nil) end, "retrieval.predict: inputs must be")
+    for _, name in ipairs {"broadcast_parameters", "average_gradients", "GradReducer"} do
+      helper.assert_error_contains(function() hero.dist[name](nil) end, "hero.dist: params must be a list")
+    end
+  end)
 end)

@@ -256,6 +256,9 @@ dist.all_gather_grad = autograd.Function {
 }
 
 local function tensors_of(params)
+  if type(params) ~= "table" then
+    error("hero.dist: params must be a list of tensors or named_parameters(), got " .. type(params), 3)
+  end
   local list = {}
   for i, p in ipairs(params) do
     local t = core.is_tensor(p) and p or (type(p) == "table" and p[2]) or nil

@@ -202,7 +202,7 @@ end
 -- scores per order {{...}, ...}.
 function M.bleu(gts, res, n)
   n = n or 4
-  assert(#gts == #res, "bleu: references and hypotheses differ in number")
+  util.check_corpus("bleu", gts, res)
   local small, tiny = 1e-9, 1e-15
   local tot_test, tot_ref = 0, 0
   local tot_guess, tot_correct = {}, {}
@@ -306,7 +306,7 @@ end
 
 --- Corpus ROUGE-L: the mean of the sentence scores; returns mean, per-sentence scores.
 function M.rouge_l(gts, res)
-  assert(#gts == #res, "rouge_l: references and hypotheses differ in number")
+  util.check_corpus("rouge_l", gts, res)
   local scores = {}
   for i = 1, #gts do scores[i] = M.rouge_l_sentence(res[i], gts[i]) end
   return util.np_mean(scores), scores
@@ -322,7 +322,7 @@ end
 -- Returns the mean over sentences and the per-sentence scores.
 function M.cider(gts, res, n, sigma)
   n, sigma = n or 4, sigma or 6.0
-  assert(#gts == #res, "cider: references and hypotheses differ in number")
+  util.check_corpus("cider", gts, res)
   local crefs, ctest = {}, {}
   for i = 1, #gts do
     local rs = {}

@@ -437,6 +437,9 @@ end
 -- Returns a submission whose lists hold max_before_nms (VCMR, SVMR) and min(k, 100) (VR) entries.
 function M.predict(inputs, opts)
   local hero = require "hero"
+  if type(inputs) ~= "table" then
+    error("retrieval.predict: inputs must be a table of score tensors, got " .. type(inputs), 2)
+  end
   opts = with_defaults(opts)
   local tasks = {}
   for _, t in ipairs(opts.tasks or M.TASKS) do tasks[t] = true end

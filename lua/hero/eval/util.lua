@@ -107,6 +107,18 @@ function M.stable_sort(arr, key, desc)
 end
 
 --- Python's str.strip() for ASCII whitespace.
+--- Checks a corpus metric's arguments: gts (references per sentence) and res (hypotheses) are
+-- arrays of the same length, at least one sentence (CIDEr-D's document frequencies divide by it).
+function M.check_corpus(who, gts, res)
+  if type(gts) ~= "table" or type(res) ~= "table" then
+    error(string.format("%s: references and hypotheses must be arrays, got %s and %s", who, type(gts), type(res)), 3)
+  end
+  if #gts ~= #res then
+    error(string.format("%s: references and hypotheses differ in number (%d and %d)", who, #gts, #res), 3)
+  end
+  if #gts == 0 then error(who .. ": no sentence to score", 3) end
+end
+
 function M.strip(s)
   return (s:gsub("^%s+", ""):gsub("%s+$", ""))
 end
