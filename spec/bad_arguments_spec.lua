@@ -45,6 +45,9 @@ describe("bad arguments", function()
       helper.assert_error_contains(function() C[name]({}, {}) end, name .. ": no sentence to score")
     end
     helper.assert_error_contains(function() hero.eval.retrieval.predict(nil) end, "retrieval.predict: inputs must be")
+    helper.assert_error_contains(function() hero.plot.svg(nil) end, "plot.svg: expected an array of charts")
+    helper.assert_error_contains(function() hero.plot.write_svg(nil, {}) end, "plot.write_svg: expected a path")
+    helper.assert_error_contains(function() hero.plot.smooth({}, 0) end, "plot.smooth")
     for _, name in ipairs {"broadcast_parameters", "average_gradients", "GradReducer"} do
       helper.assert_error_contains(function() hero.dist[name](nil) end, "hero.dist: params must be a list")
     end

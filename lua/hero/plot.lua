@@ -44,6 +44,7 @@ end
 
 --- One chart as an SVG group (a string) placed at (x0, y0). See the module comment for opts.
 function plot.chart(opts, x0, y0)
+  if type(opts) ~= "table" then error("plot.chart: expected a table of chart options, got " .. type(opts), 2) end
   local W, H = opts.width or 640, opts.height or 360
   local ml, mr, mt, mb = 60, 150, 30, 45
   local pw, ph = W - ml - mr, H - mt - mb
@@ -103,6 +104,7 @@ end
 
 --- A complete SVG document of the charts stacked vertically.
 function plot.svg(charts)
+  if type(charts) ~= "table" then error("plot.svg: expected an array of charts, got " .. type(charts), 2) end
   local parts, y, width = {}, 0, 0
   for _, c in ipairs(charts) do
     local g, w, h = plot.chart(c, 0, y)
@@ -120,11 +122,15 @@ function plot.svg_lines(opts) return plot.svg({opts}) end
 
 --- Writes the charts to path (atomically and durably: hero.io.write_atomic).
 function plot.write_svg(path, charts)
+  if type(path) ~= "string" then error("plot.write_svg: expected a path, got " .. type(path), 2) end
   require("hero.core").fs_write_atomic(path, plot.svg(charts))
 end
 
 --- Moving average of points {{x, y}} over `window` points (a smoother curve for noisy losses).
 function plot.smooth(points, window)
+  if type(points) ~= "table" or math.type(window) ~= "integer" or window < 1 then
+    error("plot.smooth: expected points {{x, y}, ...} and a window of at least 1 point", 2)
+  end
   local out, sum, q = {}, 0, {}
   for _, p in ipairs(points) do
     if finite(p[2]) then
