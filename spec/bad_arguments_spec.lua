@@ -45,6 +45,11 @@ describe("bad arguments", function()
       helper.assert_error_contains(function() C[name]({}, {}) end, name .. ": no sentence to score")
     end
     helper.assert_error_contains(function() hero.eval.retrieval.predict(nil) end, "retrieval.predict: inputs must be")
+    helper.assert_error_contains(function() hero.dist.run(nil) end, "hero.dist.run: expected a function")
+    helper.assert_error_contains(function() hero.train.check_run_dir(nil) end, "check_run_dir: expected the run")
+    helper.assert_error_contains(function() hero.data.prepro.collect_feature_pairs(nil, "/tmp") end,
+      "the ResNet directory must be a path")
+    helper.assert_error_contains(function() hero.nn.extended_mask(nil) end, "extended_mask: the mask must be")
     helper.assert_error_contains(function() hero.plot.svg(nil) end, "plot.svg: expected an array of charts")
     helper.assert_error_contains(function() hero.plot.write_svg(nil, {}) end, "plot.write_svg: expected a path")
     helper.assert_error_contains(function() hero.plot.smooth({}, 0) end, "plot.smooth")

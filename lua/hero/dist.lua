@@ -392,6 +392,9 @@ end
 -- the error (with its traceback) and ends every rank of the job (MPI_Abort) instead of leaving
 -- the others waiting in a collective. Use it around a worker's main function.
 function dist.run(fn, ...)
+  if type(fn) ~= "function" and not (type(fn) == "table" and (getmetatable(fn) or {}).__call) then
+    error("hero.dist.run: expected a function, got " .. type(fn), 2)
+  end
   local res = table.pack(xpcall(fn, debug.traceback, ...))
   if not res[1] then
     local err = tostring(res[2])

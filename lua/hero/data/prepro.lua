@@ -37,6 +37,9 @@ end
 -- Every *.npz / *.npy file under dir (recursively), as {video id = path}; a video id found twice
 -- is an error naming both files.
 local function feature_files(dir, what)
+  if type(dir) ~= "string" then
+    error(string.format("collect_feature_pairs: the %s directory must be a path, got %s", what, type(dir)), 3)
+  end
   local out = {}
   local function walk(d)
     local names, is_dir = core.fs_listdir(d)

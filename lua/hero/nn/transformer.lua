@@ -16,6 +16,7 @@ local M = {}
 
 --- (1 - mask) * -10000 in dtype: the reference's additive attention mask (hero-spec §2.1).
 function M.extended_mask(mask, dtype)
+  if not core.is_tensor(mask) then error("extended_mask: the mask must be a hero.Tensor, got " .. type(mask), 2) end
   return (1 - mask:to(dtype or "f32")) * -10000.0
 end
 

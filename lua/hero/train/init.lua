@@ -73,6 +73,7 @@ end
 -- a second run there would repoint ckpt/latest and mix its checkpoints with the first one's. (A
 -- log without checkpoints, from a run stopped before its first one, is appended to.)
 function train.check_run_dir(out_dir, resume)
+  if type(out_dir) ~= "string" then error("check_run_dir: expected the run directory, got " .. type(out_dir), 2) end
   if resume then return end
   local step = train.Trainer.latest_step(out_dir)
   if step then
