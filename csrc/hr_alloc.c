@@ -26,8 +26,8 @@
  *    plus every size ever released.
  *
  * The cache holds at most HR_CACHE_ENTRIES blocks and HR_CACHE_BYTES bytes; hr_empty_cache()
- * returns everything to the system, and an allocation that fails empties the cache and tries
- * again.
+ * returns everything to the system (the high-water mark then starts again from the live set),
+ * and an allocation that fails empties the cache and tries again.
  */
 #define HR_BIG_BLOCK ((size_t)128 << 10)
 #define HR_HUGE_ALIGN ((size_t)2 << 20)
@@ -52,13 +52,19 @@ typedef struct {
 } cached_block;
 
 static atomic_size_t live_bytes, peak_live;
+/* The live big blocks (those the cache serves) in their rounded sizes, as the cache counts its
+ * own: the bound live + cached <= high_water must compare like with like. Counting requested
+ * bytes, every release added its rounding to the sum, and counting small blocks, whatever small
+ * tensors happened to be live; either way the next request found the sum a few bytes over and
+ * evicted a whole block (a training step re-faulted ~2 MiB of fresh pages that way). */
+static atomic_size_t live_block_bytes;
 
 static struct {
     pthread_mutex_t lock;
     cached_block blocks[HR_CACHE_ENTRIES]; /* oldest first */
     int count;
     size_t bytes;
-    size_t high_water; /* the most live bytes ever: live + cached stays under it */
+    size_t high_water; /* the most bytes of big blocks ever live: live + cached stays under it */
     size_t hits, misses, evicted, fresh;
 } cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -246,7 +252,7 @@ static void make_plan(size_t size, plan *pl)
         cache.misses++;
     cache.fresh += size - pl->reused;
     /* Fresh pages must not make live + cached exceed the most ever live: return cached blocks. */
-    size_t live = atomic_load(&live_bytes) + size;
+    size_t live = atomic_load(&live_block_bytes) + size;
     if (live > cache.high_water) cache.high_water = live;
     size_t over = live + cache.bytes > cache.high_water ? live + cache.bytes - cache.high_water : 0;
     pl->nvictims = take_victims(over, pl->victims);
@@ -315,6 +321,7 @@ size_t hr_empty_cache(void)
     memcpy(all, cache.blocks, sizeof all[0] * (size_t)n);
     cache.count = 0;
     cache.bytes = 0;
+    cache.high_water = atomic_load(&live_block_bytes); /* the bound starts again from what is live */
     pthread_mutex_unlock(&cache.lock);
     for (int i = 0; i < n; i++) system_free(all[i].ptr, all[i].size);
     return released;
@@ -353,6 +360,7 @@ void *hr_alloc_bytes(size_t nbytes)
     void *p = size >= HR_BIG_BLOCK ? cache_alloc(size) : system_alloc(size);
     if (!p && hr_empty_cache() > 0) p = system_alloc(size);
     if (!p) return hr_fail_null(HR_ENOMEM, "out of memory allocating %zu bytes", nbytes);
+    if (size >= HR_BIG_BLOCK) atomic_fetch_add(&live_block_bytes, size);
     size_t live = atomic_fetch_add(&live_bytes, nbytes) + nbytes;
     size_t peak = atomic_load(&peak_live);
     while (live > peak && !atomic_compare_exchange_weak(&peak_live, &peak, live)) {
@@ -366,5 +374,6 @@ void hr_free_bytes(void *p, size_t nbytes)
     bool ok;
     size_t size = block_size(nbytes, &ok);
     if (!(size >= HR_BIG_BLOCK && cache_put(p, size))) system_free(p, size);
+    if (size >= HR_BIG_BLOCK) atomic_fetch_sub(&live_block_bytes, size);
     atomic_fetch_sub(&live_bytes, nbytes);
 }
