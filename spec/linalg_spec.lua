@@ -281,6 +281,30 @@ describe("linalg", function()
       exact(wv.grad, gy:double():t():matmul(x:double()))
     end)
 
+    it("a bias row is added as each tile is written: the bits of an output filled with it first", function()
+      -- random values (sums rounded), edge tiles on both sides, three inner blocks, 1 and 2 threads
+      local x, w, bias = hero.randn({103, 700}, {generator = g}), hero.randn({250, 700}, {generator = g}),
+        hero.randn({250}, {generator = g})
+      local filled = bias:expand(103, 250):contiguous()
+      local saved = hero.get_num_threads()
+      for _, threads in ipairs {1, 2} do
+        hero.set_num_threads(threads)
+        packed_calls(6, function()
+          assert.equal(0, (hero.linear(x, w, bias) - hero.addmm(filled, x, w:t())):abs():max():item())
+          assert.equal(0, (hero.addmm(bias, x, w:t(), 1, 0.5) - hero.addmm(filled, x, w:t(), 1, 0.5)):abs():max():item())
+          -- beta other than 1 scales the bias: it is filled in first as before
+          assert.equal(0, (hero.addmm(bias, x, w:t(), 2, 1) - hero.addmm(filled, x, w:t(), 2, 1)):abs():max():item())
+        end)
+      end
+      hero.set_num_threads(saved)
+      -- a product the packed kernels decline gets the bias the other way
+      local xs = hero.randn({40, 700}, {generator = g})
+      packed_calls(0, function()
+        local want = xs:double():matmul(w:double():t()) + bias:double()
+        assert.is_true((hero.linear(xs, w, bias):double() - want):abs():max():item() < 1e-3)
+      end)
+    end)
+
     it("small products stay with BLAS (or the skinny kernels), with the same results", function()
       local x, w = quarters(40, 300), quarters(300, 500)
       packed_calls(0, function() exact(hero.matmul(x, w), x:double():matmul(w:double())) end)

@@ -43,6 +43,7 @@ typedef struct {
     operand a, b;
     char *c;                        /* contiguous nbatch x m x n output */
     double alpha, beta;
+    const float *bias;              /* f32 row of n added to every row (beta 0), for the packed kernels */
 } gemm_plan;
 
 static int64_t max64(int64_t x, int64_t y) { return x > y ? x : y; }
@@ -205,11 +206,12 @@ static bool run_own_kernels(gemm_plan *p)
         int64_t a_rs = p->a.trans ? 1 : p->a.ld, a_cs = p->a.trans ? p->a.ld : 1;
         int64_t b_rs = p->b.trans ? 1 : p->b.ld, b_cs = p->b.trans ? p->b.ld : 1;
         if (hr_packed_sgemm(p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data, a_rs, a_cs,
-                            (const float *)p->b.data, b_rs, b_cs, (float)p->beta, (float *)p->c, p->n)) {
+                            (const float *)p->b.data, b_rs, b_cs, (float)p->beta, p->bias, (float *)p->c, p->n)) {
             atomic_fetch_add(&packed_gemm_calls, 1);
             return true;
         }
     }
+    if (p->bias) return false; /* the caller fills c with the bias rows and asks again */
     return hr_skinny_sgemm(p->a.trans, p->b.trans, p->m, p->n, p->k, (float)p->alpha, (const float *)p->a.data,
                            p->a.ld, (const float *)p->b.data, p->b.ld, (float)p->beta, (float *)p->c);
 }
@@ -519,8 +521,13 @@ static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor 
         out = hr_tensor_empty(rnd, rsize, work_dt, hr_cpu());
         if (!out) goto done;
     }
-    /* start from c broadcast (converted for halfs) */
-    if (c && beta != 0 && c != out && hr_copy_(out, c)) goto done;
+    /* A bias row (c a vector of n f32 values with beta 1, as a linear layer's) is added by the
+     * packed kernels as they write each tile, saving a pass that fills out with it first (and
+     * their reading it back); whether they take the product is known only when asked, so the
+     * fill waits until then. Otherwise out starts from c broadcast (converted for halfs). */
+    bool bias_row = c && beta == 1 && c != out && dt == HR_F32 && c->dtype == HR_F32 && c->ndim == 1 &&
+                    c->size[0] == n && c->stride[0] == 1 && k > 0 && hr_tensor_numel(out) > 0;
+    if (c && beta != 0 && c != out && !bias_row && hr_copy_(out, c)) goto done;
 
     if (hr_tensor_numel(out) > 0) {
         if (k == 0) { /* an empty sum: beta * c, or zeros */
@@ -552,12 +559,23 @@ static hr_tensor *product(const char *op, hr_tensor *a, hr_tensor *b, hr_tensor 
             p.b.data = hr_tensor_data(tb);
             p.c = hr_tensor_data(out);
             p.alpha = alpha;
-            p.beta = c ? beta : 0;
+            p.beta = c && !bias_row ? beta : 0;
+            p.bias = bias_row ? (const float *)hr_tensor_data(c) : NULL;
             coalesce_batch(&p);
             if (is_blas) fold_batch_into_rows(&p);
             p.nbatch = 1;
             for (int i = 0; i < p.nb; i++) p.nbatch *= p.bsize[i];
             bool own = is_blas && run_own_kernels(&p);
+            if (!own && bias_row) { /* the packed kernels declined: fill out with the bias after all */
+                p.bias = NULL;
+                p.beta = beta;
+                if (hr_copy_(out, c)) {
+                    if (ca) hr_tensor_release(ca);
+                    if (cb) hr_tensor_release(cb);
+                    goto done;
+                }
+                own = run_own_kernels(&p);
+            }
             if (is_blas && !own) {
                 /* OpenBLAS hangs when its work space cannot be allocated: fail first instead */
                 if (hr_blas_begin(op)) {

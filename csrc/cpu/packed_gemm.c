@@ -54,6 +54,7 @@ _Static_assert(MC % MR == 0 && MC_WIDE % MR == 0, "row blocks hold whole 6-row p
 
 typedef enum {
     TILE_SET,   /* c = alpha * acc (first inner block, beta == 0: c is not read) */
+    TILE_BIAS,  /* c = alpha * acc + bias[j] (first inner block of a product with a bias row) */
     TILE_SCALE, /* c = alpha * acc + beta * c (first inner block) */
     TILE_ADD,   /* c = alpha * acc + c (later inner blocks) */
 } tile_mode;
@@ -81,9 +82,11 @@ typedef enum {
         ROW_FMA(pa + (u) * MR, 5, c50, c51);                                                           \
     } while (0)
 
-static inline __m256 tile_out(__m256 acc, const float *c, __m256 va, __m256 vb, tile_mode mode)
+/* vbias: the bias of the vector's 8 columns (TILE_BIAS only) */
+static inline __m256 tile_out(__m256 acc, const float *c, __m256 va, __m256 vb, __m256 vbias, tile_mode mode)
 {
     if (mode == TILE_SET) return _mm256_mul_ps(va, acc);
+    if (mode == TILE_BIAS) return _mm256_fmadd_ps(va, acc, vbias);
     if (mode == TILE_ADD) return _mm256_fmadd_ps(va, acc, _mm256_loadu_ps(c));
     return _mm256_fmadd_ps(va, acc, _mm256_mul_ps(vb, _mm256_loadu_ps(c)));
 }
@@ -91,15 +94,16 @@ static inline __m256 tile_out(__m256 acc, const float *c, __m256 va, __m256 vb, 
 #define ROW_OUT(r, x0, x1)                                                                             \
     do {                                                                                               \
         float *cr = c + (r) * ldc;                                                                     \
-        _mm256_storeu_ps(cr, tile_out(x0, cr, va, vb, mode));                                          \
-        _mm256_storeu_ps(cr + 8, tile_out(x1, cr + 8, va, vb, mode));                                  \
+        _mm256_storeu_ps(cr, tile_out(x0, cr, va, vb, vbias0, mode));                                  \
+        _mm256_storeu_ps(cr + 8, tile_out(x1, cr + 8, va, vb, vbias1, mode));                          \
     } while (0)
 
 /* The 6 x 16 tile at c (row stride ldc) from a packed A panel (kc x 6) and B panel (kc x 16);
- * twelve accumulators in named registers (arrays of vectors were kept on the stack by GCC). */
+ * twelve accumulators in named registers (arrays of vectors were kept on the stack by GCC).
+ * bias: the tile's 16 columns of the bias row (read in TILE_BIAS mode only). */
 static __attribute__((noinline)) void kernel_6x16(int64_t kc, const float *restrict pa, const float *restrict pb,
                                                   float *restrict c, int64_t ldc, float alpha, float beta,
-                                                  tile_mode mode)
+                                                  const float *bias, tile_mode mode)
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
@@ -123,7 +127,11 @@ static __attribute__((noinline)) void kernel_6x16(int64_t kc, const float *restr
         pa += MR;
         pb += NR;
     }
-    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta), vbias0 = vb, vbias1 = vb;
+    if (mode == TILE_BIAS) {
+        vbias0 = _mm256_loadu_ps(bias);
+        vbias1 = _mm256_loadu_ps(bias + 8);
+    }
     ROW_OUT(0, c00, c01);
     ROW_OUT(1, c10, c11);
     ROW_OUT(2, c20, c21);
@@ -135,15 +143,16 @@ static __attribute__((noinline)) void kernel_6x16(int64_t kc, const float *restr
 /* A tile at the bottom or right edge (mr <= 6 rows, nr <= 16 columns): the whole tile into
  * scratch, then its valid part out with the arithmetic of tile_out. */
 static void edge_tile(int64_t kc, const float *pa, const float *pb, float *c, int64_t ldc, int64_t mr, int64_t nr,
-                      float alpha, float beta, tile_mode mode)
+                      float alpha, float beta, const float *bias, tile_mode mode)
 {
     float t[MR * NR] __attribute__((aligned(32)));
-    kernel_6x16(kc, pa, pb, t, NR, 1.0f, 0.0f, TILE_SET);
+    kernel_6x16(kc, pa, pb, t, NR, 1.0f, 0.0f, NULL, TILE_SET);
     for (int64_t i = 0; i < mr; i++) {
         float *ci = c + i * ldc;
         const float *ti = t + i * NR;
         for (int64_t j = 0; j < nr; j++) {
             if (mode == TILE_SET) ci[j] = alpha * ti[j];
+            else if (mode == TILE_BIAS) ci[j] = fmaf(alpha, ti[j], bias[j]);
             else if (mode == TILE_ADD) ci[j] = fmaf(alpha, ti[j], ci[j]);
             else ci[j] = fmaf(alpha, ti[j], beta * ci[j]);
         }
@@ -243,6 +252,7 @@ typedef struct {
     int64_t m, n, k;
     float alpha, beta;
     const float *a, *b;
+    const float *bias; /* n values added to every row, or NULL */
     int64_t a_rs, a_cs, b_rs, b_cs;
     float *c;
     int64_t ldc;
@@ -261,21 +271,22 @@ static inline int64_t block_len(int64_t total, int64_t at, int64_t block)
 /* How a tile's sums over the inner block starting at pc reach c. */
 static inline tile_mode inner_block_mode(const gemm_job *g, int64_t pc)
 {
-    return pc > 0 ? TILE_ADD : g->beta == 0.0f ? TILE_SET : TILE_SCALE;
+    return pc > 0 ? TILE_ADD : g->bias ? TILE_BIAS : g->beta == 0.0f ? TILE_SET : TILE_SCALE;
 }
 
 /* One packed B panel (kc x nr, nr <= 16) times the mc rows of the packed A block: the output
- * column strip of width nr whose first row is at c. */
+ * column strip of width nr whose first row is at c and first column is column j of the product. */
 static void panel_times_rows(const gemm_job *g, int64_t kc, const float *pa, int64_t mc, const float *panel_b,
-                             int64_t nr, float *c, tile_mode mode)
+                             int64_t nr, float *c, int64_t j, tile_mode mode)
 {
+    const float *bias = g->bias ? g->bias + j : NULL;
     for (int64_t ir = 0; ir < mc; ir += MR) {
         int64_t mr = mc - ir < MR ? mc - ir : MR;
         float *tile = c + ir * g->ldc;
         if (mr == MR && nr == NR)
-            kernel_6x16(kc, pa + ir * kc, panel_b, tile, g->ldc, g->alpha, g->beta, mode);
+            kernel_6x16(kc, pa + ir * kc, panel_b, tile, g->ldc, g->alpha, g->beta, bias, mode);
         else
-            edge_tile(kc, pa + ir * kc, panel_b, tile, g->ldc, mr, nr, g->alpha, g->beta, mode);
+            edge_tile(kc, pa + ir * kc, panel_b, tile, g->ldc, mr, nr, g->alpha, g->beta, bias, mode);
     }
 }
 
@@ -292,7 +303,7 @@ static void gemm_block_wide(const gemm_job *g, int64_t i0, int64_t i1, int64_t j
         pack_a(g->a + i0 * g->a_rs + pc * g->a_cs, g->a_rs, g->a_cs, i1 - i0, kc, pa);
         for (int64_t jr = j0; jr < j1; jr += NR) {
             pack_b(g->b + pc * g->b_rs + jr * g->b_cs, g->b_rs, g->b_cs, kc, block_len(j1, jr, NR), pb);
-            panel_times_rows(g, kc, pa, i1 - i0, pb, block_len(j1, jr, NR), g->c + i0 * g->ldc + jr,
+            panel_times_rows(g, kc, pa, i1 - i0, pb, block_len(j1, jr, NR), g->c + i0 * g->ldc + jr, jr,
                              inner_block_mode(g, pc));
         }
     }
@@ -317,7 +328,7 @@ static void gemm_block(const gemm_job *g, int64_t i0, int64_t i1, int64_t j0, in
                 pack_a(g->a + ic * g->a_rs + pc * g->a_cs, g->a_rs, g->a_cs, mc, kc, pa);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     int64_t nr = nc - jr < NR ? nc - jr : NR;
-                    panel_times_rows(g, kc, pa, mc, pb + jr * kc, nr, g->c + ic * g->ldc + jc + jr, mode);
+                    panel_times_rows(g, kc, pa, mc, pb + jr * kc, nr, g->c + ic * g->ldc + jc + jr, jc + jr, mode);
                 }
             }
         }
@@ -340,12 +351,13 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 }
 
 bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t a_rs, int64_t a_cs,
-                     const float *b, int64_t b_rs, int64_t b_cs, float beta, float *c, int64_t ldc)
+                     const float *b, int64_t b_rs, int64_t b_cs, float beta, const float *bias, float *c, int64_t ldc)
 {
     /* alpha = 0: BLAS's answer is beta * c whatever A and B hold (0 * inf would make NaN here) */
     if (m < MIN_M || n < MIN_N || k < MIN_K || alpha == 0.0f) return false;
-    gemm_job g = {.m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .a_rs = a_rs, .a_cs = a_cs,
-                  .b_rs = b_rs, .b_cs = b_cs, .c = c, .ldc = ldc};
+    if (bias && beta != 0.0f) return false; /* one addend or the other, not both */
+    gemm_job g = {.m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .bias = bias, .a_rs = a_rs,
+                  .a_cs = a_cs, .b_rs = b_rs, .b_cs = b_cs, .c = c, .ldc = ldc};
     /* Split the dimension whose split duplicates the smaller packing: column parts each pack all
      * of A (m x k), row parts each pack all of B (k x n). Parts of fewer than 4 tiles' width are
      * not worth a thread. */
@@ -376,10 +388,10 @@ bool hr_cpu_gemm_kernels_built(void) { return true; }
 bool hr_cpu_gemm_kernels_built(void) { return false; }
 
 bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t a_rs, int64_t a_cs,
-                     const float *b, int64_t b_rs, int64_t b_cs, float beta, float *c, int64_t ldc)
+                     const float *b, int64_t b_rs, int64_t b_cs, float beta, const float *bias, float *c, int64_t ldc)
 {
     (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)a_rs, (void)a_cs, (void)b, (void)b_rs, (void)b_cs;
-    (void)beta, (void)c, (void)ldc;
+    (void)beta, (void)bias, (void)c, (void)ldc;
     return false;
 }
 
