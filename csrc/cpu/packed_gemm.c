@@ -40,7 +40,8 @@ enum {
     MC = 144,  /* row block: the packed A block is MC x KC floats = 144 KiB, in L2 */
     NC = 3072, /* column block: the packed B block is at most KC x NC floats = 3 MiB */
     /* up to this many rows, a transposed B is packed one 16-column panel at a time, used at once
-     * by every row (the whole packed A strip, 702 x KC floats = 702 KiB, stays in L2) */
+     * by every row (the packed A strip, up to 702 x KC floats = 702 KiB, stays in L2 where it
+     * fits; on a 512 KiB L2 it streams from L3, and KC = 128..192 measured no faster) */
     MC_WIDE = 702, /* a multiple of MR: the packed strip fills whole panels */
     /* smaller products (attention heads, 33-row subtitles) stay with BLAS; from 48 rows on (the
      * temporal transformer's 60 frames) packing both operands still pays on 2 threads and costs
