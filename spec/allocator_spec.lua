@@ -92,6 +92,23 @@ describe("host allocator", function()
       string.format("%d bytes cached after phases of at most %.0f", s.cached, most))
   end)
 
+  it("puts a large request together from many released blocks", function()
+    if not hero.memory_stats().mapped_blocks then
+      pending("big blocks come from malloc in this build (AddressSanitizer)")
+      return
+    end
+    -- 20 released 1.5 MiB activations make one 30 MiB block (an LM head's logits, say)
+    hero.empty_cache()
+    local sizes = {}
+    for i = 1, 20 do sizes[i] = 1.5 end
+    release(sizes)
+    local before = hero.memory_stats()
+    local big = block(29, 3)
+    local after = hero.memory_stats()
+    assert.equal(before.fresh, after.fresh)
+    assert.equal(3 * big:numel(), big:sum():item())
+  end)
+
   it("asks the system for no pages when a step's sizes come again", function()
     if not hero.memory_stats().mapped_blocks then
       pending("big blocks come from malloc in this build (AddressSanitizer)")
