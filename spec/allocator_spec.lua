@@ -18,6 +18,13 @@ local function release(sizes)
   collectgarbage()
 end
 
+-- True, with the spec marked pending, in a build whose big blocks come from malloc.
+local function without_mapped_blocks(what)
+  if hero.memory_stats().mapped_blocks then return false end
+  pending("big blocks come from malloc in this build (AddressSanitizer)" .. (what or ""))
+  return true
+end
+
 describe("host allocator", function()
   before_each(function() collectgarbage() end)
 
@@ -41,10 +48,7 @@ describe("host allocator", function()
   end)
 
   it("serves a request of another size from released pages, with the data intact", function()
-    if not hero.memory_stats().mapped_blocks then
-      pending("big blocks come from malloc in this build (AddressSanitizer)")
-      return
-    end
+    if without_mapped_blocks() then return end
     -- Three released 1.5 MiB blocks make a 4 MiB one: no fresh pages.
     release {1.5, 1.5, 1.5}
     local before = hero.memory_stats()
@@ -67,10 +71,7 @@ describe("host allocator", function()
   end)
 
   it("recycles released pages while request sizes change", function()
-    if not hero.memory_stats().mapped_blocks then
-      pending("big blocks come from malloc in this build (AddressSanitizer): only same-size reuse")
-      return
-    end
+    if without_mapped_blocks(": only same-size reuse") then return end
     hero.empty_cache()
     -- A forward/backward-like cycle whose sizes move through many size classes: activations of one
     -- size die, then gradients of another appear.
@@ -93,10 +94,7 @@ describe("host allocator", function()
   end)
 
   it("puts a large request together from many released blocks", function()
-    if not hero.memory_stats().mapped_blocks then
-      pending("big blocks come from malloc in this build (AddressSanitizer)")
-      return
-    end
+    if without_mapped_blocks() then return end
     -- 20 released 1.5 MiB activations make one 30 MiB block (an LM head's logits, say)
     hero.empty_cache()
     local sizes = {}
@@ -110,10 +108,7 @@ describe("host allocator", function()
   end)
 
   it("asks the system for no pages when a step's sizes come again", function()
-    if not hero.memory_stats().mapped_blocks then
-      pending("big blocks come from malloc in this build (AddressSanitizer)")
-      return
-    end
+    if without_mapped_blocks() then return end
     -- Tensors a little over a size class (so their blocks are rounded up by ~1/8), then the same
     -- tensors again with small ones (served outside the cache) alive as well: the second round
     -- must be served wholly from the cache. It used to count the rounding and the small tensors
