@@ -57,4 +57,22 @@ describe("bad arguments", function()
       helper.assert_error_contains(function() hero.dist[name](nil) end, "hero.dist: params must be a list")
     end
   end)
+
+  it("model constructors and fine-tuning setup without their configs", function()
+    local m = hero.models
+    helper.assert_error_contains(function() m.HeroForPretraining(nil, {vfeat_dim = 8}) end,
+      "HeroForPretraining: cfg must be a model config", "got nil")
+    helper.assert_error_contains(function() m.HeroForPretraining({c_config = {}}, {vfeat_dim = 8}) end,
+      "HeroForPretraining: cfg.f_config must be a table")
+    helper.assert_error_contains(function() m.HeroForTvc({f_config = {}, c_config = {}}, {vfeat_dim = 8}) end,
+      "HeroForTvc: cfg.d_config must be a table")
+    helper.assert_error_contains(function() m.HeroForVcmr(nil, {vfeat_dim = 8}) end, "HeroForVcmr: cfg must be")
+    helper.assert_error_contains(function() m.HeroForVideoQA(5, {vfeat_dim = 8}) end, "HeroForVideoQA: cfg must be",
+      "got 5")
+    helper.assert_error_contains(function() hero.train.finetune.setup(nil) end, "finetune.setup: expected a table")
+    helper.assert_error_contains(function() hero.train.finetune.setup({task = "tvr", hps = {}}) end,
+      "finetune.setup: spec.model_config must be a table, got nil")
+    helper.assert_error_contains(function() hero.train.Trainer.latest_step(nil) end,
+      "Trainer.latest_step: expected the run's output directory")
+  end)
 end)

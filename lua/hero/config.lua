@@ -17,6 +17,23 @@ local MODEL_DEFAULTS = {
   vocab_size = -1,
 }
 
+--- Raises "<who>: cfg ..." naming what is wrong unless cfg is a model config (a table holding each
+-- section named, f_config and c_config by default, as tables) as config.load returns them. The
+-- message has no position: models call this from constructors nested to various depths.
+function config.check_model(cfg, who, sections)
+  sections = sections or {"f_config", "c_config"}
+  local hint = "a model config as hero.config.load reads the reference's JSON"
+  if type(cfg) ~= "table" then
+    error(string.format("%s: cfg must be %s (with %s), got %s", who, hint, table.concat(sections, ", "),
+      tostring(cfg)), 0)
+  end
+  for _, s in ipairs(sections) do
+    if type(cfg[s]) ~= "table" then
+      error(string.format("%s: cfg.%s must be a table (%s), got %s", who, s, hint, tostring(cfg[s])), 0)
+    end
+  end
+end
+
 --- A sub-config with the reference's defaults filled in (a copy).
 function config.model_section(section, name)
   if type(section) ~= "table" then

@@ -8,6 +8,7 @@ local core = require "hero.core"
 local nn = require "hero.nn"
 local F = require "hero.nn.functional"
 local Hierarchical = require "hero.models.hierarchical"
+local config = require "hero.config"
 
 local M = {}
 
@@ -28,9 +29,7 @@ M.HeroModel = nn.Module:extend("HeroModel")
 -- generator.
 function M.HeroModel:__init(cfg, opts)
   opts = opts or {}
-  if type(cfg) ~= "table" or type(cfg.f_config) ~= "table" or type(cfg.c_config) ~= "table" then
-    error(self.__name .. ": cfg must hold f_config and c_config", 3)
-  end
+  config.check_model(cfg, self.__name)
   if not opts.vfeat_dim then error(self.__name .. ": opts.vfeat_dim is required", 3) end
   self.cfg = cfg
   self:add_module("v_encoder", Hierarchical(cfg, opts))

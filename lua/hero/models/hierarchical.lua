@@ -4,12 +4,14 @@ local core = require "hero.core"
 local nn = require "hero.nn"
 local enc = require "hero.models.encoders"
 local layers = require "hero.models.layers"
+local config = require "hero.config"
 
 local M = nn.Module:extend("HierarchicalVlModel")
 
 --- cfg: {f_config, c_config}; opts: vfeat_dim, max_frm_seq_len, fom_classes (100), dtype, generator.
 function M:__init(cfg, opts)
   opts = opts or {}
+  config.check_model(cfg, self.__name)
   local f, c = cfg.f_config, cfg.c_config
   local feat_dim = assert(opts.vfeat_dim, "HierarchicalVlModel: opts.vfeat_dim is required")
   self.hidden = f.hidden_size

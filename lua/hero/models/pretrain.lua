@@ -6,6 +6,7 @@ local enc = require "hero.models.encoders"
 local Hierarchical = require "hero.models.hierarchical"
 local vsm = require "hero.models.vsm"
 local mask_rows = require "hero.models.mask_rows"
+local config = require "hero.config"
 
 local M = nn.Module:extend("HeroForPretraining")
 
@@ -17,6 +18,7 @@ local M = nn.Module:extend("HeroForPretraining")
 -- `generator`), nce_temp (1), dtype, generator.
 function M:__init(cfg, opts)
   opts = opts or {}
+  config.check_model(cfg, self.__name)
   -- the reference pads the vocabulary to a multiple of 8 rows (pad_vocab) and drops the padding
   -- columns from the MLM logits
   local f = {}

@@ -16,6 +16,7 @@
 local core = require "hero.core"
 local nn = require "hero.nn"
 local Hierarchical = require "hero.models.hierarchical"
+local config = require "hero.config"
 local enc = require "hero.models.encoders"
 local trf = require "hero.nn.transformer"
 
@@ -105,8 +106,8 @@ end
 -- max_frm_seq_len (100), lsr (0.1; 0 uses plain cross entropy), dtype, generator.
 function M:__init(cfg, opts)
   opts = opts or {}
+  config.check_model(cfg, self.__name, {"f_config", "c_config", "d_config"})
   local f, d = cfg.f_config, cfg.d_config
-  if not d then error("HeroForTvc: the config has no d_config (the decoder)", 3) end
   self.cfg = cfg
   self.vocab_size = f.vocab_size
   self:add_module("v_encoder", Hierarchical(cfg, opts))

@@ -337,6 +337,12 @@ end
 -- trains on its share of the queries, gradients averaged, rank 0 logs and checkpoints).
 -- Returns {model, optimizer, loader, trainer, dataset, video, report, max_token}.
 function FT.setup(spec)
+  if type(spec) ~= "table" then error("finetune.setup: expected a table of options, got " .. tostring(spec), 2) end
+  for _, key in ipairs {"hps", "model_config"} do
+    if type(spec[key]) ~= "table" then
+      error(string.format("finetune.setup: spec.%s must be a table, got %s", key, tostring(spec[key])), 2)
+    end
+  end
   local task = FT.check_task(spec.task)
   local hps = spec.hps
   local sd = FT.read_checkpoint(spec.checkpoint)

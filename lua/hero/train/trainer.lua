@@ -658,6 +658,9 @@ end
 
 --- The step recorded in out_dir/ckpt/latest, or nil when there is no checkpoint.
 function Trainer.latest_step(out_dir)
+  if type(out_dir) ~= "string" then
+    error("Trainer.latest_step: expected the run's output directory, got " .. tostring(out_dir), 2)
+  end
   local text = read_file(out_dir .. "/ckpt/latest")
   if not text then return nil end
   local n = math.tointeger(tonumber(text:match("^%s*(%d+)%s*$")))
