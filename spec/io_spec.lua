@@ -568,6 +568,20 @@ describe("hero.save / hero.load", function()
     helper.assert_error_contains(function() hero.load(tmp("cs.safetensors")) end, "bad hero.structure JSON")
   end)
 
+  it("names a file that is neither safetensors nor a PyTorch checkpoint", function()
+    for name, bytes in pairs {["text.pt"] = "not a checkpoint at all", ["empty.bin"] = "", ["short.bin"] = "x"} do
+      helper.write_file(tmp(name), bytes)
+      helper.assert_error_contains(function() hero.load(tmp(name)) end, "hero.load: '" .. tmp(name) .. "'",
+        "neither a safetensors file", "nor a PyTorch checkpoint")
+    end
+    -- a safetensors file cut short is still read as one, and says what is wrong with it
+    local whole = read_bytes(fixture("io/second_aligned.safetensors"))
+    helper.write_file(tmp("cut.safetensors"), whole:sub(1, #whole - 5))
+    local ok, err = pcall(hero.load, tmp("cut.safetensors"))
+    assert.is_false(ok)
+    assert.is_nil(tostring(err):find("neither", 1, true), err)
+  end)
+
   it("leaves the previous file intact when a save fails", function()
     local p = tmp("keep.safetensors")
     hero.save(p, {w = hero.ones(3)})

@@ -340,13 +340,18 @@ function io_.save(path, value)
   core.save_safetensors(path, tensors, {[io_.STRUCTURE_KEY] = structure})
 end
 
--- "zip" / "legacy" when the file starts like a PyTorch checkpoint (torch.save), else nil.
-local function torch_kind(path)
+-- "zip" / "legacy" when the file starts like a PyTorch checkpoint (torch.save), "safetensors" when
+-- it starts like one (an 8-byte header length, then the JSON header's "{"), "unknown" for any
+-- other start, nil when it cannot be opened (load_safetensors then says why).
+local function file_kind(path)
   local f = io.open(path, "rb")
   if not f then return nil end
   local head = f:read(32)
   f:close()
-  return head and core.torch_sniff(head)
+  local torch = head and core.torch_sniff(head)
+  if torch then return torch end
+  if head and #head >= 9 and head:sub(9, 9) == "{" then return "safetensors" end
+  return "unknown"
 end
 
 --- Loads what io_.save wrote (the same nested value), or any safetensors file as a flat
@@ -355,8 +360,14 @@ end
 -- load_torch and comes back with an empty metadata table.
 function io_.load(path)
   if type(path) ~= "string" then error("hero.load: argument #1: expected a path string, got " .. type(path), 2) end
-  if torch_kind(path) then return core.load_torch(path), {} end
-  local tensors, meta = core.load_safetensors(path)
+  local kind = file_kind(path)
+  if kind == "zip" or kind == "legacy" then return core.load_torch(path), {} end
+  if kind == "unknown" then
+    error("hero.load: '" .. path .. "' is neither a safetensors file (an 8-byte header length, then a JSON "
+      .. "header) nor a PyTorch checkpoint (torch.save's zip archive or legacy pickle stream)", 2)
+  end
+  local read, tensors, meta = pcall(core.load_safetensors, path)
+  if not read then error((tostring(tensors):gsub("^[^\n]-io%.lua:%d+: ", "")), 2) end -- at the caller's line
   local text = meta[io_.STRUCTURE_KEY]
   if text == nil then return tensors, meta end
   local ok, node = pcall(json_decode, text)
