@@ -21,7 +21,11 @@ if not dir then
   io.stderr:write("usage: lua5.4 examples/parity.lua <fixture-dir> [--device cuda:0]\n")
   os.exit(2)
 end
-local results, ok = hero.parity.run(dir, {print = true, device = device})
+local ran, results, ok = pcall(hero.parity.run, dir, {print = true, device = device})
+if not ran then -- a missing or unreadable fixture directory: its reason, without a traceback
+  io.stderr:write("parity: ", tostring(results), "\n")
+  os.exit(2)
+end
 local passed, failed, skipped = 0, 0, 0
 for _, r in ipairs(results) do
   if r.skipped then skipped = skipped + 1 elseif r.ok then passed = passed + 1 else failed = failed + 1 end

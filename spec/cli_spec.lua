@@ -53,4 +53,12 @@ describe("hero.cli", function()
       assert.is_nil(out:find("^%-%-"), out) -- no comment markers
     end)
   end
+
+  it("examples/parity.lua names a missing fixture directory, without a traceback", function()
+    local out, rc = run("examples/parity.lua /nonexistent/fixtures")
+    assert.equal(2, rc, out)
+    assert.truthy(out:find("parity: ", 1, true), out)
+    assert.truthy(out:find("/nonexistent/fixtures/config.json", 1, true), out)
+    assert.is_nil(out:find("stack traceback", 1, true), out)
+  end)
 end)
