@@ -82,7 +82,10 @@ if not out then
   os.remove(base)
   out = base .. "-hero-demo"
 end
-hero.data.prepro.mkdir_p(out)
+local made, mkdir_err = pcall(hero.data.prepro.mkdir_p, out)
+if not made then
+  usage(string.format("cannot use --out %s: %s", out, (tostring(mkdir_err):gsub("^[^\n]-%.lua:%d+: ", ""))))
+end
 local data_dir = opts.data or (out .. "/data")
 local t_start = now()
 

@@ -48,7 +48,9 @@ end
 
 -- A step that failed: its error in the command line's words, exit status 1.
 local function failed(err, newline)
-  local msg = tostring(err):gsub("pass overwrite = true", "pass --overwrite")
+  -- the library's own file:line says nothing to the command line's user
+  local msg = tostring(err):gsub("^[^\n]-/hero/[%w_/]+%.lua:%d+: ", "")
+  msg = msg:gsub("pass overwrite = true", "pass --overwrite")
   io.stderr:write(newline and "\n" or "", "prepro: ", msg, "\n")
   os.exit(1)
 end
