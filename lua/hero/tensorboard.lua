@@ -100,8 +100,13 @@ end
 function tensorboard.Writer(dir, opts)
   if type(dir) ~= "string" then error("tensorboard.Writer: expected a directory path, got " .. type(dir), 2) end
   opts = opts or {}
-  os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
   local okc, core = pcall(require, "hero.core")
+  if okc and core.fs_mkdir then -- without a shell, and a failure is this error rather than mkdir's stderr
+    local made, err = pcall(require("hero.data.prepro").mkdir_p, dir)
+    if not made then error("tensorboard.Writer: " .. tostring(err):gsub("^[^\n]-%.lua:%d+: ", ""), 2) end
+  else
+    os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
+  end
   local name = opts.filename
   if not name then
     local host = (io.popen("hostname 2>/dev/null"):read("l") or "hero"):gsub("[^%w%-%.]", "_")
