@@ -268,5 +268,13 @@ int hr_get_num_threads(void);
  * Serial when n < 2*grain or one thread is set. */
 typedef void (*hr_parallel_fn)(void *ctx, int64_t begin, int64_t end);
 void hr_parallel_for(int64_t n, int64_t grain, hr_parallel_fn fn, void *ctx);
+/* Runs fn(ctx, i, i + 1) for every i in [0, n), each item taken in order by whichever thread of
+ * the pool is free: a thread held up (by the system, or by a slower item) costs the others no
+ * waiting. Serial with one thread set or inside another parallel region. */
+void hr_parallel_deal(int64_t n, hr_parallel_fn fn, void *ctx);
+/* The calling thread's slot in the pool: 0 on the thread that started the parallel region (and
+ * on any thread outside the pool), 1 .. hr_get_num_threads() - 1 on the workers taking part, so
+ * that a parallel region can give each thread its own scratch. */
+int hr_parallel_slot(void);
 
 #endif

@@ -225,8 +225,8 @@ describe("linalg", function()
     end)
 
     it("a transposed B over more than 702 rows (whole packed blocks) and fewer (one panel at a time)", function()
-      -- 750 rows: one thread packs Bᵀ as whole 256 x n blocks, two threads take 375 rows each
-      -- and pack it panel by panel; both are exact
+      -- 750 rows: one thread packs Bᵀ as whole 256 x n blocks; two threads pack it once for the
+      -- whole product and deal out blocks of rows; 702 rows on one thread: panel by panel. All exact
       local x, wt = quarters(750, 300), quarters(100, 300)
       local want = x:double():matmul(wt:double():t())
       local saved = hero.get_num_threads()
@@ -236,6 +236,33 @@ describe("linalg", function()
           exact(hero.matmul(x, wt:t()), want)
           exact(hero.matmul(x:narrow(1, 1, 702), wt:t()), want:narrow(1, 1, 702))
         end)
+      end
+      hero.set_num_threads(saved)
+    end)
+
+    it("random values: the same bits on 1, 2 and 3 threads whatever parts the threads take", function()
+      -- rounded sums, so any change of summation order would show; shapes whose parts are column
+      -- blocks (one panel at a time, or whole blocks over more than 702 rows or a plain B) and
+      -- row blocks, with edge tiles, several inner blocks, and more parts than threads
+      local shapes = {{660, 768, 300}, {301, 3101, 601}, {750, 800, 257}, {3001, 200, 530}, {90, 50272, 64},
+                      {1000, 70, 100}}
+      local saved = hero.get_num_threads()
+      for _, s in ipairs(shapes) do
+        local x = hero.randn({s[1], s[3]}, {generator = g})
+        local w = hero.randn({s[2], s[3]}, {generator = g})
+        local results = {}
+        for _, threads in ipairs {1, 2, 3} do
+          hero.set_num_threads(threads)
+          packed_calls(2, function()
+            results[threads] = {hero.matmul(x, w:t()), hero.matmul(x, w:t():contiguous())}
+          end)
+        end
+        for threads = 2, 3 do
+          for v = 1, 2 do
+            assert.equal(0, (results[threads][v] - results[1][v]):abs():max():item(),
+              ("%dx%dx%d, layout %d, %d threads"):format(s[1], s[2], s[3], v, threads))
+          end
+        end
       end
       hero.set_num_threads(saved)
     end)

@@ -17,10 +17,11 @@
  *           for each 6-row panel of the A block:     6 x 16 register tile (12 accumulators)
  *
  * Packing copies both operands, whatever their strides (plain, transposed), into panels read
- * strictly in order: a transposed weight is packed with 8 x 8 register transposes. Threads take
- * disjoint blocks of output columns (or rows, whichever duplicates less packing) and never
- * wait for each other. The inner dimension is always cut at the same multiples of KC and summed
- * in order, so every element's value is the same on 1 or N threads and wherever its tile falls.
+ * strictly in order: a transposed weight is packed with 8 x 8 register transposes. On several
+ * threads the operand shared by all parts is packed once, and blocks of output columns (or rows,
+ * whichever shares the smaller operand) are dealt to whichever thread is free (run_dealt). The
+ * inner dimension is always cut at the same multiples of KC and summed in order, so every
+ * element's value is the same on 1 or N threads and wherever its tile falls.
  * Partial tiles (at the right and bottom edges) are computed from zero-padded panels into a
  * scratch tile and copied out with the same arithmetic as whole tiles.
  */
@@ -257,10 +258,12 @@ typedef struct {
     int64_t a_rs, a_cs, b_rs, b_cs;
     float *c;
     int64_t ldc;
-    bool split_cols; /* parts take column blocks (else row blocks) */
-    int64_t parts;
-    float *scratch; /* per part: the packed A block, then the packed B block */
-    size_t scratch_floats;
+    /* Either operand may be packed beforehand for the whole inner dimension (NULL: packed block
+     * by block into a part's scratch): the block of KC starting at pc holds all rows of A at
+     * packed_a + (pc / KC) * m_pad * KC (row i's panel at + i * kc), and all columns of B at
+     * packed_b + (pc / KC) * n_pad * KC (column j's panel at + j * kc). */
+    const float *packed_a, *packed_b;
+    int64_t m_pad, n_pad;
 } gemm_job;
 
 /* The length of the block at `at` of a dimension of `total`, in blocks of `block`. */
@@ -273,6 +276,23 @@ static inline int64_t block_len(int64_t total, int64_t at, int64_t block)
 static inline tile_mode inner_block_mode(const gemm_job *g, int64_t pc)
 {
     return pc > 0 ? TILE_ADD : g->bias ? TILE_BIAS : g->beta == 0.0f ? TILE_SET : TILE_SCALE;
+}
+
+/* Rows [i0, i0 + mc) x inner block [pc, pc + kc) of A as packed panels: the job's packed copy,
+ * or packed now into scratch. */
+static const float *a_block(const gemm_job *g, int64_t i0, int64_t mc, int64_t pc, int64_t kc, float *scratch)
+{
+    if (g->packed_a) return g->packed_a + (pc / KC) * g->m_pad * KC + i0 * kc;
+    pack_a(g->a + i0 * g->a_rs + pc * g->a_cs, g->a_rs, g->a_cs, mc, kc, scratch);
+    return scratch;
+}
+
+/* Inner block [pc, pc + kc) x columns [j0, j0 + nc) of B as packed panels, likewise. */
+static const float *b_block(const gemm_job *g, int64_t pc, int64_t kc, int64_t j0, int64_t nc, float *scratch)
+{
+    if (g->packed_b) return g->packed_b + (pc / KC) * g->n_pad * KC + j0 * kc;
+    pack_b(g->b + pc * g->b_rs + j0 * g->b_cs, g->b_rs, g->b_cs, kc, nc, scratch);
+    return scratch;
 }
 
 /* One packed B panel (kc x nr, nr <= 16) times the mc rows of the packed A block: the output
@@ -291,6 +311,13 @@ static void panel_times_rows(const gemm_job *g, int64_t kc, const float *pa, int
     }
 }
 
+/* Whether c[i0:i1, :] is computed a B panel at a time (gemm_block_wide). */
+static bool wide_rows(const gemm_job *g, int64_t i0, int64_t i1)
+{
+    /* a plain B (rows contiguous) packs cheaply in whole blocks, and measured ~2% slower per panel */
+    return i1 - i0 <= MC_WIDE && g->b_cs != 1 && !g->packed_b;
+}
+
 /* c[i0:i1, j0:j1] of the job's product for at most MC_WIDE rows: per KC block, all rows of A
  * packed once, then each B panel packed into an L1-sized buffer and run against every row panel
  * at once. Packing a transposed B (a weight in x @ Wᵀ) as a whole block wrote 3 MiB that the
@@ -301,20 +328,21 @@ static void gemm_block_wide(const gemm_job *g, int64_t i0, int64_t i1, int64_t j
 {
     for (int64_t pc = 0; pc < g->k; pc += KC) {
         int64_t kc = block_len(g->k, pc, KC);
-        pack_a(g->a + i0 * g->a_rs + pc * g->a_cs, g->a_rs, g->a_cs, i1 - i0, kc, pa);
+        const float *rows = a_block(g, i0, i1 - i0, pc, kc, pa);
         for (int64_t jr = j0; jr < j1; jr += NR) {
             pack_b(g->b + pc * g->b_rs + jr * g->b_cs, g->b_rs, g->b_cs, kc, block_len(j1, jr, NR), pb);
-            panel_times_rows(g, kc, pa, i1 - i0, pb, block_len(j1, jr, NR), g->c + i0 * g->ldc + jr, jr,
+            panel_times_rows(g, kc, rows, i1 - i0, pb, block_len(j1, jr, NR), g->c + i0 * g->ldc + jr, jr,
                              inner_block_mode(g, pc));
         }
     }
 }
 
-/* c[i0:i1, j0:j1] of the job's product, with this part's scratch. */
+/* c[i0:i1, j0:j1] of the job's product, with this part's scratch (pa: MC_WIDE x KC floats, pb:
+ * KC x the part's columns rounded up to NR, at most NC; each unused for an operand packed
+ * beforehand). */
 static void gemm_block(const gemm_job *g, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float *pa, float *pb)
 {
-    /* a plain B (rows contiguous) packs cheaply in whole blocks, and measured ~2% slower per panel */
-    if (i1 - i0 <= MC_WIDE && g->b_cs != 1) {
+    if (wide_rows(g, i0, i1)) {
         gemm_block_wide(g, i0, i1, j0, j1, pa, pb);
         return;
     }
@@ -323,32 +351,127 @@ static void gemm_block(const gemm_job *g, int64_t i0, int64_t i1, int64_t j0, in
         for (int64_t pc = 0; pc < g->k; pc += KC) {
             int64_t kc = block_len(g->k, pc, KC);
             tile_mode mode = inner_block_mode(g, pc);
-            pack_b(g->b + pc * g->b_rs + jc * g->b_cs, g->b_rs, g->b_cs, kc, nc, pb);
+            const float *cols = b_block(g, pc, kc, jc, nc, pb);
             for (int64_t ic = i0; ic < i1; ic += MC) {
                 int64_t mc = i1 - ic < MC ? i1 - ic : MC;
-                pack_a(g->a + ic * g->a_rs + pc * g->a_cs, g->a_rs, g->a_cs, mc, kc, pa);
+                const float *rows = a_block(g, ic, mc, pc, kc, pa);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     int64_t nr = nc - jr < NR ? nc - jr : NR;
-                    panel_times_rows(g, kc, pa, mc, pb + jr * kc, nr, g->c + ic * g->ldc + jc + jr, jc + jr, mode);
+                    panel_times_rows(g, kc, rows, mc, cols + jr * kc, nr, g->c + ic * g->ldc + jc + jr, jc + jr, mode);
                 }
             }
         }
     }
 }
 
-/* hr_parallel_for body: parts [begin, end), each a disjoint block of c with its own scratch. */
-static void gemm_parts(void *ctx, int64_t begin, int64_t end)
+/*
+ * On several threads a product is cut into more parts than threads, dealt to whichever thread is
+ * free (hr_parallel_deal). One part per thread, fixed in advance, left every product waiting for
+ * its slowest thread: ~4% of a two-thread training step went to the caller waiting at the end
+ * of products, on a shared machine where a thread is often held up for a while. Parts shrink
+ * as the product goes on (each a 1/(2 x threads) share of what is left, as guided
+ * self-scheduling does), so that the last ones, whose end the others wait for, are small.
+ * The operand that every part needs (A when parts are column blocks, B when row blocks) is
+ * packed once beforehand, in parallel, instead of once per part.
+ */
+enum {
+    MAX_PARTS = 256,
+    MIN_COL_PART = 2, /* 16-column panels: a part runs all rows against them */
+    MIN_ROW_PART = 4, /* 6-row panels */
+    PACK_GROUP = MC / MR, /* panels of the shared operand packed per piece */
+    MIN_PARALLEL_UNITS = 8, /* column or row panels of the smallest product run on several threads */
+};
+
+typedef struct {
+    gemm_job *g;
+    bool split_cols;    /* parts are column blocks (else row blocks) */
+    int64_t unit;       /* NR columns or MR rows */
+    int64_t bounds[MAX_PARTS + 1]; /* part i: units [bounds[i], bounds[i + 1]) */
+    float *scratch;     /* per pool slot: slot_floats */
+    size_t slot_floats;
+    int64_t pack_groups; /* shared operand packing: pieces of PACK_GROUP panels per KC block */
+} dealt_job;
+
+/* hr_parallel_deal body: packs piece i of the shared operand (its KC block, then its panels). */
+static void pack_shared_piece(void *ctx, int64_t begin, int64_t end)
 {
-    const gemm_job *g = ctx;
-    int64_t unit = g->split_cols ? NR : MR, extent = g->split_cols ? g->n : g->m;
-    int64_t units = (extent + unit - 1) / unit;
-    for (int64_t part = begin; part < end; part++) {
-        int64_t lo = units * part / g->parts * unit, hi = units * (part + 1) / g->parts * unit;
-        if (hi > extent) hi = extent;
-        float *pa = g->scratch + (size_t)part * g->scratch_floats, *pb = pa + (size_t)MC_WIDE * KC;
-        if (g->split_cols) gemm_block(g, 0, g->m, lo, hi, pa, pb);
-        else gemm_block(g, lo, hi, 0, g->n, pa, pb);
+    const dealt_job *d = ctx;
+    const gemm_job *g = d->g;
+    for (int64_t piece = begin; piece < end; piece++) {
+        int64_t pc = piece / d->pack_groups * KC, kc = block_len(g->k, pc, KC);
+        if (d->split_cols) {
+            int64_t i0 = piece % d->pack_groups * PACK_GROUP * MR;
+            pack_a(g->a + i0 * g->a_rs + pc * g->a_cs, g->a_rs, g->a_cs, block_len(g->m, i0, PACK_GROUP * MR), kc,
+                   (float *)g->packed_a + (pc / KC) * g->m_pad * KC + i0 * kc);
+        } else {
+            int64_t j0 = piece % d->pack_groups * PACK_GROUP * NR;
+            pack_b(g->b + pc * g->b_rs + j0 * g->b_cs, g->b_rs, g->b_cs, kc, block_len(g->n, j0, PACK_GROUP * NR),
+                   (float *)g->packed_b + (pc / KC) * g->n_pad * KC + j0 * kc);
+        }
     }
+}
+
+/* hr_parallel_deal body: computes part i of the output with the calling thread's scratch. */
+static void compute_part(void *ctx, int64_t begin, int64_t end)
+{
+    const dealt_job *d = ctx;
+    const gemm_job *g = d->g;
+    float *scratch = d->scratch + (size_t)hr_parallel_slot() * d->slot_floats;
+    for (int64_t part = begin; part < end; part++) {
+        int64_t lo = d->bounds[part] * d->unit, hi = d->bounds[part + 1] * d->unit;
+        /* one scratch for the operand packed part by part: B (column parts) or A (row parts) */
+        if (d->split_cols) gemm_block(g, 0, g->m, lo, hi < g->n ? hi : g->n, NULL, scratch);
+        else gemm_block(g, lo, hi < g->m ? hi : g->m, 0, g->n, scratch, NULL);
+    }
+}
+
+/* Cuts `units` into shrinking parts of at least `least` units; returns the number of parts. */
+static int64_t plan_parts(int64_t units, int64_t least, int threads, int64_t bounds[MAX_PARTS + 1])
+{
+    int64_t parts = 0;
+    for (int64_t at = 0; at < units; parts++) {
+        int64_t size = (units - at + 2 * threads - 1) / (2 * threads);
+        if (size < least) size = least;
+        if (parts == MAX_PARTS - 1 || size > units - at) size = units - at;
+        bounds[parts] = at;
+        at += size;
+    }
+    bounds[parts] = units;
+    return parts;
+}
+
+/* The job on `threads` threads; false when its buffers cannot be had. */
+static bool run_dealt(gemm_job *g, int threads)
+{
+    dealt_job d = {.g = g, .split_cols = g->m <= g->n};
+    d.unit = d.split_cols ? NR : MR;
+    int64_t units = d.split_cols ? (g->n + NR - 1) / NR : (g->m + MR - 1) / MR;
+    int64_t parts = plan_parts(units, d.split_cols ? MIN_COL_PART : MIN_ROW_PART, threads, d.bounds);
+    int64_t kblocks = (g->k + KC - 1) / KC;
+    g->m_pad = (g->m + MR - 1) / MR * MR;
+    g->n_pad = (g->n + NR - 1) / NR * NR;
+    size_t shared_floats = (size_t)kblocks * KC * (size_t)(d.split_cols ? g->m_pad : g->n_pad);
+    if (d.split_cols) { /* B: a panel at a time, or a block of the widest part's columns */
+        int64_t cols = d.bounds[1] * NR < NC ? d.bounds[1] * NR : NC;
+        d.slot_floats = wide_rows(g, 0, g->m) ? (size_t)KC * NR : (size_t)KC * (size_t)cols;
+    } else { /* A: MC rows */
+        d.slot_floats = (size_t)MC * KC;
+    }
+    size_t bytes = (shared_floats + d.slot_floats * (size_t)threads) * sizeof(float);
+    float *buffer = hr_alloc_bytes(bytes);
+    if (!buffer) {
+        hr_clear_error();
+        return false;
+    }
+    if (d.split_cols) g->packed_a = buffer;
+    else g->packed_b = buffer;
+    d.scratch = buffer + shared_floats;
+    int64_t shared_panels = d.split_cols ? g->m_pad / MR : g->n_pad / NR;
+    d.pack_groups = (shared_panels + PACK_GROUP - 1) / PACK_GROUP;
+    hr_parallel_deal(kblocks * d.pack_groups, pack_shared_piece, &d);
+    hr_parallel_deal(parts, compute_part, &d);
+    hr_free_bytes(buffer, bytes);
+    return true;
 }
 
 bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t a_rs, int64_t a_cs,
@@ -359,26 +482,19 @@ bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *
     if (bias && beta != 0.0f) return false; /* one addend or the other, not both */
     gemm_job g = {.m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .bias = bias, .a_rs = a_rs,
                   .a_cs = a_cs, .b_rs = b_rs, .b_cs = b_cs, .c = c, .ldc = ldc};
-    /* Split the dimension whose split duplicates the smaller packing: column parts each pack all
-     * of A (m x k), row parts each pack all of B (k x n). Parts of fewer than 4 tiles' width are
-     * not worth a thread. */
-    g.split_cols = m <= n;
-    int64_t units = g.split_cols ? (n + NR - 1) / NR : (m + MR - 1) / MR;
-    int64_t parts = hr_get_num_threads();
-    if (parts > units / 4) parts = units / 4;
-    if (parts < 1) parts = 1;
-    g.parts = parts;
-    int64_t widest = g.split_cols ? ((units + parts - 1) / parts) * NR : n;
-    if (widest > NC) widest = NC;
-    g.scratch_floats = (size_t)MC_WIDE * KC + (size_t)KC * (size_t)((widest + NR - 1) / NR * NR);
-    size_t bytes = g.scratch_floats * (size_t)parts * sizeof(float);
-    g.scratch = hr_alloc_bytes(bytes);
-    if (!g.scratch) {
+    /* Parts are column blocks (each needs all of A) or row blocks (all of B), whichever shares the
+     * smaller operand; narrower products are not worth a second thread. */
+    int64_t units = m <= n ? (n + NR - 1) / NR : (m + MR - 1) / MR;
+    int threads = hr_get_num_threads();
+    if (threads > 1 && units >= MIN_PARALLEL_UNITS) return run_dealt(&g, threads);
+    size_t scratch_floats = (size_t)MC_WIDE * KC + (size_t)KC * (size_t)(((n < NC ? n : NC) + NR - 1) / NR * NR);
+    float *scratch = hr_alloc_bytes(scratch_floats * sizeof(float));
+    if (!scratch) {
         hr_clear_error();
         return false;
     }
-    hr_parallel_for(parts, 1, gemm_parts, &g);
-    hr_free_bytes(g.scratch, bytes);
+    gemm_block(&g, 0, m, 0, n, scratch, scratch + (size_t)MC_WIDE * KC);
+    hr_free_bytes(scratch, scratch_floats * sizeof(float));
     return true;
 }
 
