@@ -194,7 +194,7 @@ describe("linalg", function()
   describe("f32 products of the transformer's sizes (packed kernels)", function()
     -- quarters again, so any summation order gives the f64 result bit for bit. Sizes leave
     -- remainders at every level: 6-row tiles and 144-row blocks (m = 301), 16-column tiles and
-    -- 3072-column blocks (n = 3101), 256-deep inner blocks and 8-step transposes (k = 601).
+    -- 1024-column blocks (n = 3101), 256-deep inner blocks and 8-step transposes (k = 601).
     local g = hero.Generator(21)
     local quarters = quarters_from(g)
     --- Runs fn, asserting that it made `want` products through the packed kernels.
