@@ -384,6 +384,7 @@ enum {
     PACK_GROUP = MC / MR, /* panels of the shared operand packed per piece */
     MIN_PARALLEL_UNITS = 8, /* column or row panels of the smallest product run on several threads */
 };
+#define SHARED_CACHED ((size_t)4 << 20) /* bytes of a packed shared operand that stay in L3 */
 
 typedef struct {
     gemm_job *g;
@@ -449,11 +450,16 @@ static bool run_dealt(gemm_job *g, int threads)
     dealt_job d = {.g = g, .split_cols = g->m <= g->n};
     d.unit = d.split_cols ? NR : MR;
     int64_t units = d.split_cols ? (g->n + NR - 1) / NR : (g->m + MR - 1) / MR;
-    int64_t parts = plan_parts(units, d.split_cols ? MIN_COL_PART : MIN_ROW_PART, threads, d.bounds);
     int64_t kblocks = (g->k + KC - 1) / KC;
     g->m_pad = (g->m + MR - 1) / MR * MR;
     g->n_pad = (g->n + NR - 1) / NR * NR;
     size_t shared_floats = (size_t)kblocks * KC * (size_t)(d.split_cols ? g->m_pad : g->n_pad);
+    /* every part reads all of the shared operand: past SHARED_CACHED bytes it comes from memory
+     * each time, so one part per thread (the LM head's input gradient, 83 x 50272 times
+     * 50272 x 768, took 55-70 ms on two threads in shrinking parts, 50-55 ms in two halves) */
+    int64_t least = d.split_cols ? MIN_COL_PART : MIN_ROW_PART;
+    if (shared_floats * sizeof(float) > SHARED_CACHED && least < units / threads) least = units / threads;
+    int64_t parts = plan_parts(units, least, threads, d.bounds);
     if (d.split_cols) { /* B: a panel at a time, or a block of the widest part's columns */
         int64_t cols = d.bounds[1] * NR < NC ? d.bounds[1] * NR : NC;
         d.slot_floats = wide_rows(g, 0, g->m) ? (size_t)KC * NR : (size_t)KC * (size_t)cols;
