@@ -243,9 +243,10 @@ describe("linalg", function()
     it("random values: the same bits on 1, 2 and 3 threads whatever parts the threads take", function()
       -- rounded sums, so any change of summation order would show; shapes whose parts are column
       -- blocks (one panel at a time, or whole blocks over more than 702 rows or a plain B) and
-      -- row blocks, with edge tiles, several inner blocks, and more parts than threads
+      -- row blocks, with edge tiles, several inner blocks, and more parts than threads (or one
+      -- per thread: 100 x 12000 is a shared A of over 4 MiB packed)
       local shapes = {{660, 768, 300}, {301, 3101, 601}, {750, 800, 257}, {3001, 200, 530}, {90, 50272, 64},
-                      {1000, 70, 100}}
+                      {1000, 70, 100}, {100, 200, 12000}}
       local saved = hero.get_num_threads()
       for _, s in ipairs(shapes) do
         local x = hero.randn({s[1], s[3]}, {generator = g})
