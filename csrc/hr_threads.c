@@ -21,7 +21,7 @@ void openblas_set_num_threads(int num_threads);
 /* How long a thread polls for the next job (a worker) or for the helpers' end (the caller)
  * before it sleeps on the condition variable, unless HERO_SPIN_US says otherwise. A sleeping
  * (v)CPU takes tens to hundreds of microseconds to wake, paid by every parallel loop of a step
- * (~1000 per training step), while the gaps between loops are mostly shorter than this. */
+ * (~400 per HERO pre-training step), while the gaps between loops are mostly shorter than this. */
 #define DEFAULT_SPIN_MICROSECONDS 200
 
 typedef struct {
@@ -104,7 +104,7 @@ static inline void cpu_relax(void)
 }
 
 /* Polls, without the lock, until *word differs from `from` (when differ) or equals it (when
- * !differ), for at most SPIN_NANOSECONDS; the caller then rechecks under the lock and sleeps. */
+ * !differ), for at most spin_nanoseconds; the caller then rechecks under the lock and sleeps. */
 static void spin_while(atomic_uint *word, unsigned from, bool differ)
 {
     if (spin_nanoseconds == 0) return;
