@@ -13,12 +13,16 @@
 #      baseline model (.bench/hero_torch_bench.py) are there.
 # Logs go to $OUT (or /tmp/hero-device-out).
 #   4. (phase profile, not in the default) examples/profile_ops.lua with every op and backward node
-#      waiting for the GPU, and the GPU kernels by total time under Nsight Systems when it is there.
+#      waiting for the GPU, PyTorch's kernels of the same step (torch.profiler), and the GPU kernels
+#      by total time under Nsight Systems when it is there.
+# HERO_CHECK_AMPS="none bf16" (the default) picks the precisions the benchmark and profiles run in.
 #   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench,profile
 #                                              (default: env,specs,layers,bench)
 set -u
 cd "$(dirname "$0")/.." || exit 1
 PHASES=${1:-env,specs,layers,bench}
+# The precisions of the benchmark and profile runs: none (f32) and/or bf16.
+AMPS=${HERO_CHECK_AMPS:-none bf16}
 OUT=${OUT:-/tmp/hero-device-out}
 mkdir -p "$OUT"
 LUA=lua5.4
@@ -101,33 +105,44 @@ if has_phase layers; then
 fi
 
 if has_phase bench; then
-  stamp "benchmark: HERO pre-training, config hero, 32 videos, MLM and VSM (hero)"
-  for amp in "" bf16; do
+  stamp "benchmark: HERO pre-training, config hero, 32 videos, MLM and VSM (hero; amps: $AMPS)"
+  for amp in $AMPS; do
+    [ "$amp" = none ] && amp=""
     timeout -k 5 150 $LUA examples/bench_pretrain.lua --config hero --device cuda:0 ${amp:+--amp $amp} --videos 32 \
       --tasks mlm,vsm --modes fwd,step --reps 10 --warmup 3 2>&1 | tee -a "$OUT/bench.log" | grep -v "^#" || status=1
   done
-  stamp "profile: time per op of the hero step on the GPU"
-  for args in "--mode step --amp bf16" "--mode fwd --sync 1" "--mode fwd --sync 1 --amp bf16"; do
-    timeout -k 5 120 $LUA examples/profile_ops.lua --device cuda:0 --videos 32 --reps 3 --top 25 $args 2>&1 |
-      tee -a "$OUT/profile.log" || status=1
-  done
   if [ -f .bench/hero_torch_bench.py ] && torch_ok; then
     stamp "benchmark: the same model in PyTorch eager"
-    for amp in none bf16; do
+    for amp in $AMPS; do
       env -u LD_LIBRARY_PATH timeout -k 5 150 python3 examples/torch/bench_torch_cuda.py --baseline .bench/hero_torch_bench.py \
         --config hero --videos 32 --amp $amp --tasks mlm --modes fwd,step --reps 10 --warmup 3 2>&1 | tee -a "$OUT/bench.log" || status=1
     done
   else
     echo "== no CUDA PyTorch or no .bench/hero_torch_bench.py: no comparison"
   fi
+  stamp "profile: time per op of the hero step on the GPU"
+  for amp in $AMPS; do
+    [ "$amp" = none ] && amp=""
+    timeout -k 5 120 $LUA examples/profile_ops.lua --device cuda:0 --videos 32 --reps 3 --top 25 --mode step ${amp:+--amp $amp} 2>&1 |
+      tee -a "$OUT/profile.log" || status=1
+  done
 fi
 
 if has_phase profile; then
   stamp "profile: the hero step op by op and its backward node by node, each waiting for the GPU"
-  for amp in "" bf16; do
+  for amp in $AMPS; do
+    [ "$amp" = none ] && amp=""
     timeout -k 5 150 $LUA examples/profile_ops.lua --device cuda:0 --videos 32 --reps 3 --top 30 --mode step --sync 1 \
       ${amp:+--amp $amp} 2>&1 | tee -a "$OUT/profile.log" || status=1
   done
+  if [ -f .bench/hero_torch_bench.py ] && torch_ok; then
+    stamp "profile: PyTorch's kernels and ops of the same step (torch.profiler)"
+    for amp in $AMPS; do
+      env -u LD_LIBRARY_PATH timeout -k 5 150 python3 examples/torch/bench_torch_cuda.py --baseline .bench/hero_torch_bench.py \
+        --config hero --videos 32 --amp $amp --tasks mlm --modes step --reps 3 --warmup 2 --profile 40 2>&1 |
+        tee -a "$OUT/profile.log" | cut -c1-200 || status=1
+    done
+  fi
   NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
   if [ -n "$NSYS" ]; then
     stamp "profile: GPU kernels of the bf16 step ($NSYS)"

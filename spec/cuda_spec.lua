@@ -494,6 +494,40 @@ describe("CUDA backend #cuda", function()
       end, {q, k, v})
     end)
 
+    -- Sequences up to 64 run as one kernel per pass on a GPU, longer ones as composed ops: both
+    -- against the CPU, with HERO's 64-wide heads, masks, the dropout stream and every gradient.
+    it("attention on HERO's shapes and on longer sequences, f32 and bf16, dropout included", function()
+      local heads, H = 2, 128
+      --- output and input gradients of attention on `device` in dtype dt (inputs and upstream
+      -- gradient rounded to dt first), as f32 CPU tensors
+      local function run(device, dt, q, k, v, m, seed, opts)
+        local leaves = {}
+        for i, t in ipairs {q, k, v} do leaves[i] = t:to {device = device, dtype = dt}:detach():requires_grad_() end
+        hero.manual_seed(21)
+        local y = hero.attention(leaves[1], leaves[2], leaves[3], m and m:to {device = device, dtype = dt}, heads, opts)
+        y:backward(seed:to {device = device, dtype = dt})
+        local r = {y:detach():to {device = "cpu", dtype = "f32"}}
+        for i = 1, 3 do r[i + 1] = leaves[i].grad:to {device = "cpu", dtype = "f32"} end
+        return r
+      end
+      for _, L in ipairs {33, 60, 70} do
+        local B = 3
+        local q, k, v = randn {B, L, H}, randn {B, L, H}, randn {B, L, H}
+        local mask = hero.zeros(B, L)
+        mask[2]:narrow(1, L - 4, 5):fill_(-10000)
+        local seed = randn {B, L, H}
+        for _, opts in ipairs {{}, {dropout = 0.1, training = true}} do
+          -- bf16 on the one-kernel path (the composed one rounds the scores to bf16 between ops)
+          for _, dt in ipairs((ON_GPU and L <= 64) and {"f32", "bf16"} or {"f32"}) do
+            local r = function(t) return dt == "f32" and t or t:to(dt):to("f32") end
+            local want = run("cpu", "f32", r(q), r(k), r(v), mask, r(seed), opts)
+            local got = run(DEVICE, dt, q, k, v, mask, seed, opts)
+            for i = 1, 4 do assert.tensor_near(got[i], want[i], helper.tolerance[dt]) end
+          end
+        end
+      end
+    end)
+
     it("AdamW and gradient clipping match the CPU", function()
       local function run(device)
         hero.manual_seed(2)

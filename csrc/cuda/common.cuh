@@ -69,11 +69,17 @@ struct Geo {
     int nops;
     int64_t size[HR_MAX_DIMS];
     int64_t stride[4][HR_MAX_DIMS];
+    /* Set by geo_coalesce when every linear index is below 2^31: each size then divides an index by a
+     * multiply-high and a shift, q = (umulhi(i, magic) + i) >> shift, instead of a division. */
+    bool fast32;
+    uint32_t magic[HR_MAX_DIMS];
+    uint32_t shift[HR_MAX_DIMS];
 };
 
 void geo_init(Geo *g, int ndim, const int64_t *size);
 void geo_add(Geo *g, const int64_t *stride);
-/* Drops size-1 dims and merges dims that every operand walks contiguously. */
+/* Drops size-1 dims and merges dims that every operand walks contiguously; then prepares the
+ * multiply-shift divisions (fast32) when the indices fit. */
 void geo_coalesce(Geo *g);
 
 /* The element offsets of linear index i. 64-bit division is a long instruction sequence on GPUs:
@@ -89,6 +95,17 @@ __device__ __forceinline__ void geo_offsets(const Geo &g, int64_t i, int64_t *of
     }
 #pragma unroll
     for (int k = 0; k < N; k++) off[k] = 0;
+    if (g.fast32) {
+        uint32_t r = (uint32_t)i;
+        for (int d = g.ndim - 1; d >= 0; d--) {
+            uint32_t q = (__umulhi(r, g.magic[d]) + r) >> g.shift[d];
+            int64_t idx = (int64_t)(r - q * (uint32_t)g.size[d]);
+            r = q;
+#pragma unroll
+            for (int k = 0; k < N; k++) off[k] += idx * g.stride[k][d];
+        }
+        return;
+    }
     for (int d = g.ndim - 1; d >= 0; d--) {
         int64_t s = g.size[d], idx;
         if ((uint64_t)i <= 0xffffffffu && (uint64_t)s <= 0xffffffffu) {
@@ -207,6 +224,57 @@ __host__ __device__ __forceinline__ int dtype_size(int dt)
     return dt == HR_F64 || dt == HR_I64 ? 8 : dt == HR_F32 || dt == HR_I32 ? 4 : dt == HR_BF16 || dt == HR_F16 ? 2 : 1;
 }
 
+/* ------------------------------------------------------------------ 8-element vector accesses */
+
+/* Elements 8j .. 8j+7 of a contiguous f32/bf16/f16 array p (16-byte aligned) as floats, in one
+ * 16-byte load (two for f32). The dtype is a run-time value, but uniform across a launch, so the
+ * switch costs a branch per 8 elements, not per element. Conversions are those of load_f32 and
+ * store_f32, so a vector kernel gives its scalar twin's results bit for bit. */
+__device__ __forceinline__ void load8(const char *p, int dt, int64_t j, float v[8])
+{
+    if (dt == HR_F32) {
+        const float4 *q = (const float4 *)p + 2 * j;
+        float4 a = q[0], b = q[1];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        return;
+    }
+    uint4 u = ((const uint4 *)p)[j];
+    uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        uint16_t lo = (uint16_t)(w[k] & 0xffffu), hi = (uint16_t)(w[k] >> 16);
+        v[2 * k] = dt == HR_BF16 ? bf16_to_f32(lo) : f16_to_f32(lo);
+        v[2 * k + 1] = dt == HR_BF16 ? bf16_to_f32(hi) : f16_to_f32(hi);
+    }
+}
+
+__device__ __forceinline__ void store8(char *p, int dt, int64_t j, const float v[8])
+{
+    if (dt == HR_F32) {
+        float4 *q = (float4 *)p + 2 * j;
+        q[0] = make_float4(v[0], v[1], v[2], v[3]);
+        q[1] = make_float4(v[4], v[5], v[6], v[7]);
+        return;
+    }
+    uint32_t w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        uint32_t lo = dt == HR_BF16 ? f32_to_bf16(v[2 * k]) : f32_to_f16(v[2 * k]);
+        uint32_t hi = dt == HR_BF16 ? f32_to_bf16(v[2 * k + 1]) : f32_to_f16(v[2 * k + 1]);
+        w[k] = lo | (hi << 16);
+    }
+    ((uint4 *)p)[j] = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+/* Whether a tensor's elements can be read 8 at a time: f32/bf16/f16 at a 16-byte aligned address. */
+static inline bool vec8_ok(const void *p, int dt)
+{
+    return (dt == HR_F32 || dt == HR_BF16 || dt == HR_F16) && ((uintptr_t)p & 15u) == 0;
+}
+
+/* Grid of a vector kernel over n elements: one thread per 8 (at least one block). */
+static inline unsigned grid_for8(int64_t n) { return grid_for((n + 7) / 8); }
+
 /* Compute-type dispatch: float for f32/bf16/f16, double for f64, int64 for integers and bool. */
 template <typename CT> __device__ __forceinline__ CT load(const char *p, int dt);
 template <> __device__ __forceinline__ float load<float>(const char *p, int dt) { return load_f32(p, dt); }
@@ -215,6 +283,37 @@ template <> __device__ __forceinline__ int64_t load<int64_t>(const char *p, int 
 __device__ __forceinline__ void store(char *p, int dt, float v) { store_f32(p, dt, v); }
 __device__ __forceinline__ void store(char *p, int dt, double v) { store_f64(p, dt, v); }
 __device__ __forceinline__ void store(char *p, int dt, int64_t v) { store_i64(p, dt, v); }
+
+/* ------------------------------------------------------------------ Philox (hr_random.h) */
+
+/* Block b of the Philox4x32-10 stream of key (k0, k1): the CPU's hr_philox words. */
+__device__ __forceinline__ void philox_block(uint32_t k0, uint32_t k1, uint64_t b, uint32_t out[4])
+{
+    uint32_t c0 = (uint32_t)b, c1 = (uint32_t)(b >> 32), c2 = 0, c3 = 0;
+    for (int r = 0; r < 10; r++) {
+        if (r > 0) {
+            k0 += HR_PHILOX_W0;
+            k1 += HR_PHILOX_W1;
+        }
+        uint32_t hi0 = __umulhi(HR_PHILOX_M0, c0), lo0 = HR_PHILOX_M0 * c0;
+        uint32_t hi1 = __umulhi(HR_PHILOX_M1, c2), lo1 = HR_PHILOX_M1 * c2;
+        uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c0 = n0;
+        c1 = lo1;
+        c2 = n2;
+        c3 = lo0;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+__device__ __forceinline__ float u24(uint32_t x) { return (float)(x >> 8) * 0x1.0p-24f; }
+__device__ __forceinline__ double u53(uint32_t x, uint32_t y)
+{
+    return (double)((uint64_t)(x >> 5) * 67108864u + (y >> 6)) * 0x1.0p-53;
+}
 
 /* ------------------------------------------------------------------ block reductions */
 
@@ -251,6 +350,13 @@ static inline hr_tensor *empty_on(const hr_tensor *like, int ndim, const int64_t
 {
     return hr_tensor_empty(ndim, size, dt, hr_tensor_device(like));
 }
+
+/* cuda/attention.cu: whether q [B, Lq, H] and k [B, Lk, H] in `heads` heads fit the one-kernel
+ * attention (f32/bf16/f16, sequences of at most 64, heads of at most 128 columns), and that
+ * attention (mask NULL or contiguous in q's dtype, [B, Lk] or [B, Lq, Lk]). */
+bool attention_fused_fits(const hr_tensor *q, const hr_tensor *k, int64_t heads);
+hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
+                           bool training, struct hr_generator *gen);
 
 /* Fails unless every non-NULL tensor lives on the device of the first one. */
 int same_device(const char *op, int n, const hr_tensor *const *ts);

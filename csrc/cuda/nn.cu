@@ -430,34 +430,6 @@ int dropout_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 
 /* ================================================================== Philox fills */
 
-__device__ __forceinline__ void philox_block(uint32_t k0, uint32_t k1, uint64_t b, uint32_t out[4])
-{
-    uint32_t c0 = (uint32_t)b, c1 = (uint32_t)(b >> 32), c2 = 0, c3 = 0;
-    for (int r = 0; r < 10; r++) {
-        if (r > 0) {
-            k0 += HR_PHILOX_W0;
-            k1 += HR_PHILOX_W1;
-        }
-        uint32_t hi0 = __umulhi(HR_PHILOX_M0, c0), lo0 = HR_PHILOX_M0 * c0;
-        uint32_t hi1 = __umulhi(HR_PHILOX_M1, c2), lo1 = HR_PHILOX_M1 * c2;
-        uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-        c0 = n0;
-        c1 = lo1;
-        c2 = n2;
-        c3 = lo0;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
-}
-
-__device__ __forceinline__ float u24(uint32_t x) { return (float)(x >> 8) * 0x1.0p-24f; }
-__device__ __forceinline__ double u53(uint32_t x, uint32_t y)
-{
-    return (double)((uint64_t)(x >> 5) * 67108864u + (y >> 6)) * 0x1.0p-53;
-}
-
 /* Calls draw(i, u) for the elements i < n of this thread's blocks: one thread per block of 4 words,
  * element i gets u = u24 of word i % 4 of block block0 + i / 4 (the CPU's element-to-counter map). */
 template <typename Draw>
@@ -498,6 +470,65 @@ __global__ void dropout_kernel(const char *x, char *y, char *noise, int dt, int 
         store_f32(noise + i * el, dt, nz);
         store_f32(y + i * el, dt, load_f32(x + i * el, dt) * nz);
     });
+}
+
+/* Elements 4j .. 4j+3 of a contiguous f32 (16-byte aligned) or bf16/f16 (8-byte aligned) array. */
+__device__ __forceinline__ void load4(const char *p, int dt, int64_t j, float v[4])
+{
+    if (dt == HR_F32) {
+        float4 a = ((const float4 *)p)[j];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+        return;
+    }
+    uint2 u = ((const uint2 *)p)[j];
+    uint16_t h[4] = {(uint16_t)(u.x & 0xffffu), (uint16_t)(u.x >> 16), (uint16_t)(u.y & 0xffffu), (uint16_t)(u.y >> 16)};
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[k] = dt == HR_BF16 ? bf16_to_f32(h[k]) : f16_to_f32(h[k]);
+}
+
+__device__ __forceinline__ void store4(char *p, int dt, int64_t j, const float v[4])
+{
+    if (dt == HR_F32) {
+        ((float4 *)p)[j] = make_float4(v[0], v[1], v[2], v[3]);
+        return;
+    }
+    uint32_t h[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) h[k] = dt == HR_BF16 ? f32_to_bf16(v[k]) : f32_to_f16(v[k]);
+    ((uint2 *)p)[j] = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
+}
+
+/* dropout_kernel with the 4 elements of a counter block read and written in one access each
+ * (aligned arrays); the same numbers. */
+__global__ void dropout_vec4(const char *x, char *y, char *noise, int dt, int64_t n, uint32_t k0, uint32_t k1,
+                             uint64_t block0, double p, float keep_value)
+{
+    keep_value = dt == HR_BF16 ? bf16_to_f32(f32_to_bf16(keep_value)) : dt == HR_F16 ? f16_to_f32(f32_to_f16(keep_value)) : keep_value;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x, nb = n / 4;
+    const int64_t t0 = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    for (int64_t j = t0; j < nb; j += stride) {
+        uint32_t w[4];
+        philox_block(k0, k1, block0 + (uint64_t)j, w);
+        float xv[4], nz[4];
+        load4(x, dt, j, xv);
+#pragma unroll
+        for (int h = 0; h < 4; h++) {
+            nz[h] = (double)u24(w[h]) < p ? 0.0f : keep_value;
+            xv[h] = xv[h] * nz[h];
+        }
+        store4(noise, dt, j, nz);
+        store4(y, dt, j, xv);
+    }
+    if (t0 == 0 && nb * 4 < n) {
+        uint32_t w[4];
+        philox_block(k0, k1, block0 + (uint64_t)nb, w);
+        const int el = dtype_size(dt);
+        for (int64_t i = nb * 4; i < n; i++) {
+            float nz = (double)u24(w[i - nb * 4]) < p ? 0.0f : keep_value;
+            store_f32(noise + i * el, dt, nz);
+            store_f32(y + i * el, dt, load_f32(x + i * el, dt) * nz);
+        }
+    }
 }
 
 /* f32/bf16/f16: u24 of word i % 4 of block i / 4; f64: u53 of words (2h, 2h+1) of block i / 2. */
@@ -824,7 +855,15 @@ extern "C" hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, doub
             uint32_t key[2];
             hr_generator_key(g, key);
             uint64_t b0 = hr_generator_reserve(g, (uint64_t)((n + 3) / 4));
-            dropout_kernel<<<grid_for((n + 3) / 4), kThreads, 0, st>>>((const char *)hr_tensor_data(xc), (char *)hr_tensor_data(y),
+            const void *xp = hr_tensor_data(xc);
+            void *yp = hr_tensor_data(y), *np = hr_tensor_data(noise);
+            uintptr_t align = x->dtype == HR_F32 ? 16 : 8;
+            bool floats = x->dtype == HR_F32 || x->dtype == HR_BF16 || x->dtype == HR_F16;
+            if (floats && (((uintptr_t)xp | (uintptr_t)yp | (uintptr_t)np) % align) == 0)
+                dropout_vec4<<<grid_for((n + 3) / 4), kThreads, 0, st>>>((const char *)xp, (char *)yp, (char *)np, x->dtype, n,
+                                                                        key[0], key[1], b0, p, keep_value);
+            else
+                dropout_kernel<<<grid_for((n + 3) / 4), kThreads, 0, st>>>((const char *)hr_tensor_data(xc), (char *)hr_tensor_data(y),
                                                                       (char *)hr_tensor_data(noise), x->dtype,
                                                                       (int)hr_dtype_size(x->dtype), n, key[0], key[1], b0, p,
                                                                       keep_value);
@@ -863,7 +902,8 @@ extern "C" hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, doub
     return y;
 }
 
-/* Non-fused: per-head GEMMs through the differentiable matmul, an additive mask, softmax and
+/* Sequences up to 64 long: one kernel per pass (cuda/attention.cu). Longer ones, f64 and wide
+ * heads: per-head GEMMs through the differentiable matmul, an additive mask, softmax and
  * dropout on the probabilities [B, heads, Lq, Lk] (the CPU's element order, so the same seed drops
  * the same probabilities). mask is already in q's dtype and contiguous ([B, Lk] or [B, Lq, Lk]). */
 extern "C" hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads,
@@ -871,6 +911,7 @@ extern "C" hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v
 {
     const hr_tensor *ts[4] = {q, k, v, mask};
     if (same_device("attention", 4, ts)) return NULL;
+    if (attention_fused_fits(q, k, heads)) return attention_fused(q, k, v, mask, heads, dropout_p, training, gen);
     int64_t B = q->size[0], Lq = q->size[1], Lk = k->size[1], H = q->size[2], dh = H / heads;
     hr_tensor *qh = split_heads(q, heads, false);
     hr_tensor *kt = qh ? split_heads(k, heads, true) : nullptr;

@@ -181,6 +181,21 @@ void geo_coalesce(Geo *g)
         n++;
     }
     g->ndim = n;
+    /* the multiply-shift divisions, when every index and size is below 2^31 */
+    int64_t total = 1;
+    bool small = true;
+    for (int i = 0; i < n && small; i++) {
+        if (g->size[i] <= 0 || g->size[i] >= ((int64_t)1 << 31)) small = false;
+        else if ((total *= g->size[i]) >= ((int64_t)1 << 31)) small = false;
+    }
+    g->fast32 = small;
+    for (int i = 0; small && i < n; i++) {
+        uint64_t d = (uint64_t)g->size[i];
+        uint32_t sh = 0;
+        while (((uint64_t)1 << sh) < d) sh++;
+        g->shift[i] = sh;
+        g->magic[i] = (uint32_t)((((uint64_t)1 << 32) * (((uint64_t)1 << sh) - d)) / d + 1);
+    }
 }
 
 /* ------------------------------------------------------------------ the caching allocator */
@@ -463,9 +478,68 @@ template <int SDT, int DDT> __global__ void convert_contiguous(const char *src, 
         store_f32(dst + i * dtype_size(DDT), DDT, load_f32(src + i * dtype_size(SDT), SDT));
 }
 
+/* The same conversions 8 elements at a time (16-byte aligned arrays), the last n % 8 one by one. */
+__global__ void convert_vec8(const char *src, int sdt, char *dst, int ddt, int64_t n)
+{
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x, nv = n / 8;
+    const int64_t t0 = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    for (int64_t j = t0; j < nv; j += stride) {
+        float v[8];
+        load8(src, sdt, j, v);
+        store8(dst, ddt, j, v);
+    }
+    for (int64_t i = nv * 8 + t0; i < n; i += stride)
+        store_f32(dst + i * dtype_size(ddt), ddt, load_f32(src + i * dtype_size(sdt), sdt));
+}
+
+/* dst <- src for one dtype over g, whose sizes and strides count units U of several elements (the
+ * innermost dimension of both is contiguous and a whole number of units long): permuted copies of
+ * attention heads move 16 bytes per index computation instead of 2 or 4. */
+template <typename U> __global__ void copy_units(Geo g, U *dst, const U *src, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t off[2];
+        geo_offsets<2>(g, i, off);
+        dst[off[0]] = src[off[1]];
+    }
+}
+
+/* Launches copy_units for a same-dtype copy over the coalesced g (element strides) when its
+ * innermost dimension is contiguous in both operands and every address and stride is a multiple of
+ * 16 or 8 bytes; false otherwise. */
+bool launch_unit_copy(Geo g, char *dst, const char *src, int el, cudaStream_t st)
+{
+    if (g.ndim == 0 || g.stride[0][g.ndim - 1] != 1 || g.stride[1][g.ndim - 1] != 1) return false;
+    for (int unit = 16; unit >= 8; unit /= 2) {
+        if (unit <= el || ((uintptr_t)dst | (uintptr_t)src) % (uintptr_t)unit) continue;
+        int64_t per = unit / el;
+        bool fits = g.size[g.ndim - 1] % per == 0;
+        for (int d = 0; fits && d < g.ndim - 1; d++)
+            if (g.stride[0][d] % per || g.stride[1][d] % per) fits = false;
+        if (!fits) continue;
+        Geo u = g;
+        u.size[u.ndim - 1] /= per;
+        for (int d = 0; d < u.ndim - 1; d++) {
+            u.stride[0][d] /= per;
+            u.stride[1][d] /= per;
+        }
+        geo_coalesce(&u);
+        int64_t n = 1;
+        for (int d = 0; d < u.ndim; d++) n *= u.size[d];
+        if (unit == 16) copy_units<uint4><<<grid_for(n), kThreads, 0, st>>>(u, (uint4 *)dst, (const uint4 *)src, n);
+        else copy_units<uint2><<<grid_for(n), kThreads, 0, st>>>(u, (uint2 *)dst, (const uint2 *)src, n);
+        return true;
+    }
+    return false;
+}
+
 /* Launches the conversion when (sdt, ddt) is one of the float/half pairs; false otherwise. */
 bool launch_float_half(int sdt, int ddt, const char *src, char *dst, int64_t n, cudaStream_t st)
 {
+    if (sdt != ddt && vec8_ok(src, sdt) && vec8_ok(dst, ddt)) {
+        convert_vec8<<<grid_for8(n), kThreads, 0, st>>>(src, sdt, dst, ddt, n);
+        return true;
+    }
     unsigned grid = grid_for(n);
 #define HR_PAIR(S, D)                                                                                                  \
     if (sdt == S && ddt == D) {                                                                                        \
@@ -536,6 +610,9 @@ int device_convert(hr_tensor *dst, const hr_tensor *src)
     geo_add(&g, dst->stride);
     geo_add(&g, sstride);
     geo_coalesce(&g);
+    if (!tmp && dst->dtype == src->dtype &&
+        launch_unit_copy(g, (char *)hr_tensor_data(dst), (const char *)hr_tensor_data(src), (int)hr_dtype_size(dst->dtype), st))
+        return check_launch("copy_");
     convert_kernel<<<grid_for(n), kThreads, 0, st>>>(g, (char *)hr_tensor_data(dst), dst->dtype,
                                                     (int)hr_dtype_size(dst->dtype), (const char *)hr_tensor_data(src),
                                                     src->dtype, (int)hr_dtype_size(src->dtype), n);

@@ -41,6 +41,20 @@ def time_device(fn, reps, warmup, sync):
     return statistics.median(times), min(times), max(times)
 
 
+def print_profile(fn, top, on_gpu, sync):
+    """The measurement's kernels and ops by total device time (self time, so that nested ops
+    are not counted twice), over 3 runs."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if on_gpu:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            fn()
+        sync()
+    key = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline", required=True, help="path of hero_torch_bench.py")
@@ -56,6 +70,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", default="")
     ap.add_argument("--device", default="cuda", help="cuda (default); cpu only checks the script")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="after timing, run each measurement 3 more times under torch.profiler and print its "
+                         "N costliest kernels and ops by device time")
     a = ap.parse_args()
 
     base = load_baseline(a.baseline)
@@ -116,6 +133,8 @@ def main():
                                 max_s=hi, counted_tflop=counted / 1e12, tflops=tflops))
             print(f"torch-{device.type} {a.config} {task} {mode} amp={a.amp} median {med * 1e3:8.2f} ms "
                   f"(min {lo * 1e3:8.2f}, max {hi * 1e3:8.2f})  {tflops:7.1f} TFLOP/s", flush=True)
+            if a.profile > 0:
+                print_profile(fn, a.profile, on_gpu, sync)
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else 0.0
     print(f"# torch peak device memory {peak:.0f} MiB")
     if a.json:
