@@ -7,6 +7,10 @@
 /* y = (x - mean) / sqrt(var_biased + eps) * weight + bias over the last dimension.
  * weight/bias: 1-D of the last dim's size, or NULL. */
 hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps);
+/* layer_norm(x:to("f32"), weight, bias) of a bf16/f16 GPU tensor x in one pass (autocast's layer
+ * norm of a half tensor): the same f32 values, and x's gradient rounded into x's dtype as the
+ * cast's backward rounds it, without the f32 copy of x. weight and bias are f32. */
+hr_tensor *hr_layer_norm_of_half(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps);
 
 /* rows of weight [V, H] picked by 0-based indices (any shape, i64/i32) -> [..., H]. The gradient of
  * a leaf weight is accumulated in place into the used rows only. padding_idx < 0: none. */

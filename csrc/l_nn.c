@@ -11,13 +11,18 @@ static hr_tensor *opt_tensor(lua_State *L, int idx, const char *op)
 /* layer_norm(x, weight|nil, bias|nil, eps) */
 static int l_layer_norm(lua_State *L)
 {
-    hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "layer_norm");
+    /* autocast's f32 layer norm of a half GPU tensor reads it as f32 in the kernel (no cast copy) */
+    hr_tensor *x = hr_lua_check_tensor(L, 1, "layer_norm");
     hr_tensor *w = opt_tensor(L, 2, "layer_norm");
     hr_tensor *b = opt_tensor(L, 3, "layer_norm");
+    bool of_half = (x->dtype == HR_BF16 || x->dtype == HR_F16) && hr_tensor_device(x).type == HR_CUDA &&
+                   hr_autocast_target(x, HR_AUTOCAST_F32) == HR_F32 && (!w || w->dtype == HR_F32) &&
+                   (!b || b->dtype == HR_F32);
+    if (!of_half) x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "layer_norm");
     double eps = luaL_checknumber(L, 4);
     if (!(eps >= 0)) return luaL_error(L, "layer_norm: eps must be >= 0, got %f", (lua_Number)eps);
     hr_tensor *y;
-    HR_LUA_RETRY(L, y, hr_layer_norm(x, w, b, eps));
+    HR_LUA_RETRY(L, y, of_half ? hr_layer_norm_of_half(x, w, b, eps) : hr_layer_norm(x, w, b, eps));
     if (!y) return hr_lua_error(L, "layer_norm");
     hr_lua_push_tensor(L, y);
     return 1;

@@ -50,13 +50,13 @@ local w1, w2 = param(F, H), param(H, F)
 local g1, b1 = hero.ones(H):to {device = DEV}:requires_grad_(), hero.zeros(H):to {device = DEV}:requires_grad_()
 local g2, b2 = hero.ones(H):to {device = DEV}:requires_grad_(), hero.zeros(H):to {device = DEV}:requires_grad_()
 
-local function attention(t)
+local function attention(t, m)
   local q, k, v = hero.linear(t, wq), hero.linear(t, wk), hero.linear(t, wv)
-  return hero.linear(hero.attention(q, k, v, mask, heads, {dropout = 0.1, training = true}), wo)
+  return hero.linear(hero.attention(q, k, v, m or mask, heads, {dropout = 0.1, training = true}), wo)
 end
 
-local function layer(t)
-  local h = hero.layer_norm(t + attention(t), g1, b1, 1e-12)
+local function layer(t, m)
+  local h = hero.layer_norm(t + attention(t, m), g1, b1, 1e-12)
   local f = hero.linear(hero.gelu(hero.linear(h, w1)), w2)
   return hero.layer_norm(h + f, g2, b2, 1e-12)
 end
@@ -109,6 +109,16 @@ do
   for _, op in ipairs(ops) do
     report("op_" .. op[1], time_ms(function() return hero.no_grad(op[2]) end, 20))
   end
+  -- with gradients, in bf16: the attention of the 640 rows (dropout 0.1) and one layer of them
+  local qh = hero.randn(R, Lr, H):to {device = DEV, dtype = "bf16"}:requires_grad_()
+  local rmask_h = rmask:to("bf16")
+  report("rows_attention_bf16_fwd_bwd", time_ms(function()
+    hero.attention(qh, qh, qh, rmask_h, heads, {dropout = 0.1, training = true}):sum():backward()
+  end, 10))
+  local xr = hero.randn(R, Lr, H):to {device = DEV}:requires_grad_()
+  report("rows_layer_fwd_bwd_bf16", time_ms(function()
+    hero.amp.autocast("bf16", layer, xr, rmask):to("f32"):sum():backward()
+  end, 10))
 end
 
 local s = hero.cuda.memory_stats()

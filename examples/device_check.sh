@@ -15,8 +15,10 @@
 #   4. (phase profile, not in the default) examples/profile_ops.lua with every op and backward node
 #      waiting for the GPU, PyTorch's kernels of the same step (torch.profiler), and the GPU kernels
 #      by total time under Nsight Systems when it is there.
+#   5. (phase kernels, not in the default) every kernel of the MLM step timed under Nsight Compute
+#      (ncu, one metric per launch), summed by kernel: examples/kernel_times.py.
 # HERO_CHECK_AMPS="none bf16" (the default) picks the precisions the benchmark and profiles run in.
-#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench,profile
+#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench,profile,kernels
 #                                              (default: env,specs,layers,bench)
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -79,13 +81,17 @@ if ! carried_build_ok; then
   load_check || status=1
 fi
 export LUA_CPATH="$BUILD/?.so;${HERO_DEB_LUA_CPATH:+$HERO_DEB_LUA_CPATH;};"
-has_phase env && ! has_phase specs && ! has_phase layers && ! has_phase bench && ! has_phase profile && exit $status
+has_phase env && ! has_phase specs && ! has_phase layers && ! has_phase bench && ! has_phase profile &&
+  ! has_phase kernels && exit $status
 
 if has_phase specs; then
   for spec in spec/cuda_spec.lua spec/cuda_device_spec.lua spec/dist_spec.lua; do
     name=$(basename "$spec" .lua)
     stamp "GPU specs: $spec"
-    timeout -k 5 240 stdbuf -oL -eL $LUA spec/run.lua --run=cuda -o TAP "$spec" >"$OUT/$name.log" 2>&1
+    # cuda_device_spec's checks are untagged (they run everywhere); the others' GPU checks are #cuda
+    tag="--run=cuda"
+    [ "$name" = cuda_device_spec ] && tag=""
+    timeout -k 5 240 stdbuf -oL -eL $LUA spec/run.lua $tag -o TAP "$spec" >"$OUT/$name.log" 2>&1
     rc=$?
     grep -E "^(not ok|# Failure|# spec|# Error)|nccl all_reduce" "$OUT/$name.log" | head -60
     echo "$(grep -c '^ok' "$OUT/$name.log") ok, $(grep -c '^not ok' "$OUT/$name.log") not ok (exit $rc)"
@@ -154,6 +160,23 @@ if has_phase profile; then
     head -45 "$OUT/kernels.csv" | cut -c1-230
   else
     echo "== no nsys on this machine"
+  fi
+fi
+
+if has_phase kernels; then
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -n "$NCU" ]; then
+    for amp in $AMPS; do
+      [ "$amp" = none ] && amp=""
+      stamp "kernels of one warm-up and one timed MLM step under Nsight Compute (${amp:-f32})"
+      csv="$OUT/kernels${amp:+-$amp}.csv"
+      timeout -k 5 200 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base $LUA examples/bench_pretrain.lua \
+        --config hero --device cuda:0 ${amp:+--amp $amp} --videos 32 --tasks mlm --modes step --reps 1 --warmup 1 \
+        >"$csv" 2>"$OUT/ncu.log" || { tail -5 "$OUT/ncu.log"; status=1; }
+      python3 examples/kernel_times.py "$csv" --per 2 --top 45 || status=1
+    done
+  else
+    echo "== no ncu on this machine"
   fi
 fi
 

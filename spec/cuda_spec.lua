@@ -409,6 +409,32 @@ describe("CUDA backend #cuda", function()
       end
       check_grad(function(x, w, b) return hero.layer_norm(x, w, b, 1e-5) end, {randn {6, 16}, randn {16}, randn {16}})
       check_grad(function(x) return hero.layer_norm(x, nil, nil, 1e-5) end, {randn({3, 700}, "f64")})
+      -- rows that fill a warp's registers partly, exactly (HERO's 768), and past them (a block per row)
+      for _, cols in ipairs {33, 768, 1500} do
+        check_grad(function(x, w, b) return hero.layer_norm(x, w, b, 1e-12) end,
+                   {randn {5, cols}, randn {cols}, randn {cols}})
+      end
+    end)
+
+    it("layer_norm of a half tensor under autocast: the f32 layer norm of its f32 copy, bit for bit", function()
+      for _, dt in ipairs {"bf16", "f16"} do
+        local x = dev(randn({7, 768}):to(dt))
+        local w, b = dev(randn {768}), dev(randn {768})
+        local seed = dev(randn {7, 768})
+        local function run(widen)
+          local xl = x:detach():requires_grad_()
+          local wl, bl = w:detach():requires_grad_(), b:detach():requires_grad_()
+          local y = hero.amp.autocast("bf16", function()
+            return hero.layer_norm(widen and xl or xl:to("f32"), wl, bl, 1e-12)
+          end)
+          y:backward(seed)
+          return {y, xl.grad, wl.grad, bl.grad}
+        end
+        local fused, composed = run(true), run(false)
+        assert.equal("f32", fused[1]:dtype())
+        assert.equal(dt, fused[2]:dtype())
+        for i = 1, 4 do assert.same(composed[i]:cpu():totable(), fused[i]:cpu():totable()) end
+      end
     end)
 
     it("embedding forward and backward (repeated rows, padding)", function()
@@ -517,12 +543,15 @@ describe("CUDA backend #cuda", function()
         mask[2]:narrow(1, L - 4, 5):fill_(-10000)
         local seed = randn {B, L, H}
         for _, opts in ipairs {{}, {dropout = 0.1, training = true}} do
-          -- bf16 on the one-kernel path (the composed one rounds the scores to bf16 between ops)
-          for _, dt in ipairs((ON_GPU and L <= 64) and {"f32", "bf16"} or {"f32"}) do
+          -- Half dtypes on the one-kernel path (tensor cores; the composed path rounds the scores
+          -- between ops). f16 rounds P' and dS to f16 as operands of the next products, several
+          -- roundings in a row, so it is held to bf16's tolerance: a check of its instruction path.
+          for _, dt in ipairs((ON_GPU and L <= 64) and {"f32", "bf16", "f16"} or {"f32"}) do
             local r = function(t) return dt == "f32" and t or t:to(dt):to("f32") end
             local want = run("cpu", "f32", r(q), r(k), r(v), mask, r(seed), opts)
             local got = run(DEVICE, dt, q, k, v, mask, seed, opts)
-            for i = 1, 4 do assert.tensor_near(got[i], want[i], helper.tolerance[dt]) end
+            local tol = helper.tolerance[dt == "f16" and "bf16" or dt]
+            for i = 1, 4 do assert.tensor_near(got[i], want[i], tol) end
           end
         end
       end

@@ -254,25 +254,44 @@ static int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     return rc;
 }
 
-hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps)
+/* Checks weight and bias (each NULL or a live 1-D tensor of x's row length in dtype pdt). */
+static int check_params(const hr_tensor *x, hr_tensor *weight, hr_tensor *bias, hr_dtype pdt)
 {
     char a[96], b[96];
-    if (hr_tensor_check_live(x, "layer_norm")) return NULL;
-    if (x->dtype != HR_F32 && x->dtype != HR_F64)
-        return hr_fail_null(HR_EINVAL, "layer_norm: input is %s; f32 and f64 are supported", hr_dtype_name(x->dtype));
-    if (x->ndim < 1) return hr_fail_null(HR_EINVAL, "layer_norm: input must have at least one dimension");
     int64_t cols = x->size[x->ndim - 1];
     hr_tensor *params[2] = {weight, bias};
     static const char *const pnames[2] = {"weight", "bias"};
     for (int k = 0; k < 2; k++) {
         hr_tensor *p = params[k];
         if (!p) continue;
-        if (hr_tensor_check_live(p, "layer_norm")) return NULL;
-        if (p->ndim != 1 || p->size[0] != cols || p->dtype != x->dtype)
-            return hr_fail_null(HR_EINVAL, "layer_norm: %s is %s but the input %s needs a %s vector of %lld", pnames[k],
-                                hr_tensor_desc(p, a, sizeof a), hr_tensor_desc(x, b, sizeof b), hr_dtype_name(x->dtype),
-                                (long long)cols);
+        if (hr_tensor_check_live(p, "layer_norm")) return -1;
+        if (p->ndim != 1 || p->size[0] != cols || p->dtype != pdt)
+            return hr_fail(HR_EINVAL, "layer_norm: %s is %s but the input %s needs a %s vector of %lld", pnames[k],
+                           hr_tensor_desc(p, a, sizeof a), hr_tensor_desc(x, b, sizeof b), hr_dtype_name(pdt),
+                           (long long)cols);
     }
+    return 0;
+}
+
+hr_tensor *hr_layer_norm_of_half(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps)
+{
+    if (hr_tensor_check_live(x, "layer_norm")) return NULL;
+    if (hr_tensor_device(x).type != HR_CUDA || (x->dtype != HR_BF16 && x->dtype != HR_F16))
+        return hr_fail_null(HR_EINVAL, "layer_norm: the f32 layer norm of a half tensor takes a bf16/f16 GPU tensor, not %s",
+                            hr_dtype_name(x->dtype));
+    if (x->ndim < 1) return hr_fail_null(HR_EINVAL, "layer_norm: input must have at least one dimension");
+    if (check_params(x, weight, bias, HR_F32)) return NULL;
+    return hr_cuda_layer_norm(x, weight, bias, eps);
+}
+
+hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps)
+{
+    if (hr_tensor_check_live(x, "layer_norm")) return NULL;
+    if (x->dtype != HR_F32 && x->dtype != HR_F64)
+        return hr_fail_null(HR_EINVAL, "layer_norm: input is %s; f32 and f64 are supported", hr_dtype_name(x->dtype));
+    if (x->ndim < 1) return hr_fail_null(HR_EINVAL, "layer_norm: input must have at least one dimension");
+    int64_t cols = x->size[x->ndim - 1];
+    if (check_params(x, weight, bias, x->dtype)) return NULL;
     if (hr_tensor_device(x).type != HR_CPU) return hr_cuda_layer_norm(x, weight, bias, eps);
     if ((weight && hr_tensor_device(weight).type != HR_CPU) || (bias && hr_tensor_device(bias).type != HR_CPU))
         return hr_fail_null(HR_EDEVICE, "layer_norm: the input is on the CPU but weight or bias is not");

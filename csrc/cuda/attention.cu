@@ -16,7 +16,8 @@
  * rounded once into the output dtype. The dropout noise is the dropout kernel's: element e of
  * [B, heads, Lq, Lk] uses word e % 4 of Philox block block0 + e / 4, so a seed drops the same
  * probabilities as on the CPU and as the composed path; the backward draws it again from the
- * saved key and block instead of storing it. P is saved in f32 for the backward.
+ * saved key and block instead of storing it. P is saved in f32 for the backward. bf16/f16 heads of a
+ * multiple of 16 columns run their products on the tensor cores (below).
  */
 #include <cmath>
 
@@ -204,6 +205,245 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward(AttnShape s, const
         }
 }
 
+/* ------------------------------------------------------------------ bf16/f16 on tensor cores */
+
+/* For half inputs the four products run on the tensor cores (mma.sync m16n8k16, f32 accumulators)
+ * over 16-bit tiles in shared memory, zero-padded to multiples of 16 rows. The softmax, the
+ * dropout and dS stay in f32 as above; P' and dS are rounded to the input dtype as operands of
+ * the next product, as the composed path and PyTorch's autocast round them. Heads are multiples
+ * of 16 wide. */
+
+/* Tile strides in 16-bit elements: +8 puts consecutive rows 4 banks apart, so the fragment loads
+ * of a warp (8 rows x 4 words) hit 32 distinct banks. */
+__host__ __device__ inline int pad16(int64_t n) { return (int)((n + 15) / 16 * 16); }
+__host__ __device__ inline int half_ld(int64_t cols) { return pad16(cols) + 8; }
+
+template <bool BF> __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+    if (BF)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* C = A B over 16-bit tiles, A(m, k) = As[m * lda + k], B(k, n) = Bs[n * ldb + k] (B given by its
+ * rows of K), M a multiple of 16, N of 8, K of 16. The block's warps take 16x8 output tiles in turn;
+ * out(m, n, value) receives each result. */
+template <bool BF, typename Out>
+__device__ __forceinline__ void warp_mma(const uint16_t *As, int lda, const uint16_t *Bs, int ldb, int M, int N, int K,
+                                         Out out)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int g = lane >> 2, t = lane & 3, nt = N / 8;
+    for (int tile = warp; tile < (M / 16) * nt; tile += warps) {
+        const int m0 = (tile / nt) * 16, n0 = (tile % nt) * 8;
+        const uint16_t *a_lo = As + (m0 + g) * lda + 2 * t, *a_hi = a_lo + 8 * lda, *bp = Bs + (n0 + g) * ldb + 2 * t;
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int k0 = 0; k0 < K; k0 += 16) {
+            uint32_t a[4], b[2];
+            a[0] = *(const uint32_t *)(a_lo + k0);
+            a[1] = *(const uint32_t *)(a_hi + k0);
+            a[2] = *(const uint32_t *)(a_lo + k0 + 8);
+            a[3] = *(const uint32_t *)(a_hi + k0 + 8);
+            b[0] = *(const uint32_t *)(bp + k0);
+            b[1] = *(const uint32_t *)(bp + k0 + 8);
+            mma16816<BF>(c, a, b);
+        }
+        out(m0 + g, n0 + 2 * t, c[0]);
+        out(m0 + g, n0 + 2 * t + 1, c[1]);
+        out(m0 + g + 8, n0 + 2 * t, c[2]);
+        out(m0 + g + 8, n0 + 2 * t + 1, c[3]);
+    }
+}
+
+/* The head's rows x dh block of a [*, H] tensor of 16-bit elements into tile (and, when tt is
+ * given, its transpose into tt: tt[d * ldt + r]); rows up to pad16(rows) and, in tt, columns up to
+ * ldt are zero. src_dt converts another float dtype (an f32 upstream gradient) to dt first. */
+__device__ void load_half_tile(uint16_t *tile, int ld, uint16_t *tt, int ldt, const char *src, int src_dt, int dt,
+                               int64_t H, int64_t row0, int64_t col0, int rows, int dh)
+{
+    const int prow = pad16(rows), el = dtype_size(src_dt);
+    for (int e = threadIdx.x; e < prow * dh; e += blockDim.x) {
+        int r = e / dh, d = e - r * dh;
+        uint16_t v = 0;
+        if (r < rows) {
+            const char *p = src + ((row0 + r) * H + col0 + d) * el;
+            if (src_dt == dt) v = *(const uint16_t *)p;
+            else {
+                float f = load_f32(p, src_dt);
+                v = dt == HR_BF16 ? f32_to_bf16(f) : f32_to_f16(f);
+            }
+        }
+        if (tile) tile[r * ld + d] = v;
+        if (tt) tt[d * ldt + r] = v;
+    }
+    if (tt) /* the transposed tile's columns past the padded rows, read by no product but kept defined */
+        for (int e = threadIdx.x; e < dh * (ldt - prow); e += blockDim.x) {
+            int d = e / (ldt - prow), r = prow + e % (ldt - prow);
+            tt[d * ldt + r] = 0;
+        }
+}
+
+__device__ __forceinline__ uint16_t to_half(float f, int dt) { return dt == HR_BF16 ? f32_to_bf16(f) : f32_to_f16(f); }
+
+struct TcTiles {
+    int Lq, Lk, dh, pq, pk, ldh, ldq, ldk;
+};
+
+__device__ __forceinline__ TcTiles tc_tiles(const AttnShape &s)
+{
+    TcTiles t;
+    t.Lq = (int)s.Lq, t.Lk = (int)s.Lk, t.dh = (int)s.dh;
+    t.pq = pad16(s.Lq), t.pk = pad16(s.Lk);
+    t.ldh = half_ld(s.dh), t.ldq = half_ld(s.Lq), t.ldk = half_ld(s.Lk);
+    return t;
+}
+
+template <bool BF>
+__global__ void __launch_bounds__(kAttnThreads) attn_forward_tc(AttnShape s, const char *q, const char *k, const char *v,
+                                                                const char *mask, int dt, float *probs, char *out)
+{
+    extern __shared__ float4 smem4[];
+    const TcTiles T = tc_tiles(s);
+    const int lp = score_ld(T.Lk);
+    float *Ss = (float *)smem4;                           /* [Lq][lp] f32 scores, then P */
+    uint16_t *Qh = (uint16_t *)(Ss + T.Lq * lp);          /* [pq][ldh] */
+    uint16_t *Kh = Qh + T.pq * T.ldh;                     /* [pk][ldh] */
+    uint16_t *Vt = Kh + T.pk * T.ldh;                     /* [dh][ldk]: V transposed */
+    uint16_t *Ph = Vt + T.dh * T.ldk;                     /* [pq][ldk]: P' in the input dtype */
+    const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
+    load_half_tile(Qh, T.ldh, nullptr, 0, q, dt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
+    load_half_tile(Kh, T.ldh, nullptr, 0, k, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    load_half_tile(nullptr, 0, Vt, T.ldk, v, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    for (int e = threadIdx.x; e < T.pq * T.ldk; e += blockDim.x) Ph[e] = 0;
+    __syncthreads();
+    const int el = dtype_size(dt);
+    warp_mma<BF>(Qh, T.ldh, Kh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
+        if (i >= T.Lq || x >= T.Lk) return;
+        float sc = s.scale * c;
+        if (mask) sc += load_f32(mask + (b * s.mask_bstride + i * s.mask_qstride + x) * el, dt);
+        Ss[i * lp + x] = sc;
+    });
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int i = threadIdx.x >> 5; i < T.Lq; i += warps) {
+        float *row = Ss + i * lp;
+        float v0 = lane < T.Lk ? row[lane] : -INFINITY, v1 = lane + 32 < T.Lk ? row[lane + 32] : -INFINITY;
+        float mx = warp_max_f(v0 > v1 ? v0 : v1);
+        float e0 = lane < T.Lk ? expf(v0 - mx) : 0.0f, e1 = lane + 32 < T.Lk ? expf(v1 - mx) : 0.0f;
+        float inv = (float)(1.0 / warp_sum((double)e0 + (double)e1));
+        int64_t e = (t * s.Lq + i) * s.Lk;
+        for (int c = 0; c < 2; c++) {
+            int x = lane + 32 * c;
+            if (x >= T.Lk) continue;
+            float p = (c ? e1 : e0) * inv;
+            if (probs) probs[e + x] = p;
+            Ph[i * T.ldk + x] = to_half(s.has_noise ? p * noise_of(s, e + x) : p, dt);
+        }
+    }
+    __syncthreads();
+    warp_mma<BF>(Ph, T.ldk, Vt, T.ldk, T.pq, T.dh, T.pk, [&](int i, int d, float c) {
+        if (i < T.Lq) store_f32(out + ((b * s.Lq + i) * s.H + h * s.dh + d) * el, dt, c);
+    });
+}
+
+template <bool BF>
+__global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, const char *q, const char *k, const char *v,
+                                                                 int dt, const float *probs, const char *g, int gdt,
+                                                                 char *dq, char *dk, char *dv)
+{
+    extern __shared__ float4 smem4[];
+    const TcTiles T = tc_tiles(s);
+    const int lp = score_ld(T.Lk);
+    float *Ps = (float *)smem4;            /* [Lq][lp] P */
+    float *Df = Ps + T.Lq * lp;            /* [Lq][lp] dP, then dS */
+    uint16_t *Qh = (uint16_t *)(Df + T.Lq * lp);
+    uint16_t *Kh = Qh + T.pq * T.ldh;      /* rows of K, V, dO: [p][ldh] */
+    uint16_t *Vh = Kh + T.pk * T.ldh;
+    uint16_t *Gh = Vh + T.pk * T.ldh;
+    uint16_t *Qt = Gh + T.pq * T.ldh;      /* transposes: [dh][ldq or ldk] */
+    uint16_t *Kt = Qt + T.dh * T.ldq;
+    uint16_t *Gt = Kt + T.dh * T.ldk;
+    uint16_t *PdT = Gt + T.dh * T.ldq;     /* P'ᵀ [pk][ldq] */
+    uint16_t *Dh = PdT + T.pk * T.ldq;     /* dS [pq][ldk] */
+    uint16_t *Dt = Dh + T.pq * T.ldk;      /* dSᵀ [pk][ldq] */
+    const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
+    load_half_tile(Qh, T.ldh, Qt, T.ldq, q, dt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
+    load_half_tile(Kh, T.ldh, Kt, T.ldk, k, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    load_half_tile(Vh, T.ldh, nullptr, 0, v, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    load_half_tile(Gh, T.ldh, Gt, T.ldq, g, gdt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
+    for (int e = threadIdx.x; e < T.pk * T.ldq; e += blockDim.x) PdT[e] = Dt[e] = 0;
+    for (int e = threadIdx.x; e < T.pq * T.ldk; e += blockDim.x) Dh[e] = 0;
+    __syncthreads();
+    const int64_t e0 = t * s.Lq * s.Lk;
+    for (int e = threadIdx.x; e < T.Lq * T.Lk; e += blockDim.x) {
+        int i = e / T.Lk, x = e - i * T.Lk;
+        float p = probs[e0 + e];
+        Ps[i * lp + x] = p;
+        PdT[x * T.ldq + i] = to_half(s.has_noise ? p * noise_of(s, e0 + e) : p, dt);
+    }
+    __syncthreads();
+    const int el = dtype_size(dt);
+    if (dv) /* dV = P'ᵀ dO */
+        warp_mma<BF>(PdT, T.ldq, Gt, T.ldq, T.pk, T.dh, T.pq, [&](int x, int d, float c) {
+            if (x < T.Lk) store_f32(dv + ((b * s.Lk + x) * s.H + h * s.dh + d) * el, dt, c);
+        });
+    if (!dq && !dk) return;
+    /* dP = (dO Vᵀ) * noise */
+    warp_mma<BF>(Gh, T.ldh, Vh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
+        if (i < T.Lq && x < T.Lk) Df[i * lp + x] = s.has_noise ? c * noise_of(s, e0 + (int64_t)i * T.Lk + x) : c;
+    });
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int i = threadIdx.x >> 5; i < T.Lq; i += warps) { /* dS = P * (dP - rowsum(dP * P)) */
+        const float *prow = Ps + i * lp;
+        float *drow = Df + i * lp;
+        double part = 0.0;
+        if (lane < T.Lk) part += (double)drow[lane] * prow[lane];
+        if (lane + 32 < T.Lk) part += (double)drow[lane + 32] * prow[lane + 32];
+        float dot = (float)warp_sum(part);
+        for (int c = 0; c < 2; c++) {
+            int x = lane + 32 * c;
+            if (x >= T.Lk) continue;
+            uint16_t ds = to_half(prow[x] * (drow[x] - dot), dt);
+            Dh[i * T.ldk + x] = ds;
+            Dt[x * T.ldq + i] = ds;
+        }
+    }
+    __syncthreads();
+    if (dq) /* dQ = scale * dS K */
+        warp_mma<BF>(Dh, T.ldk, Kt, T.ldk, T.pq, T.dh, T.pk, [&](int i, int d, float c) {
+            if (i < T.Lq) store_f32(dq + ((b * s.Lq + i) * s.H + h * s.dh + d) * el, dt, s.scale * c);
+        });
+    if (dk) /* dK = scale * dSᵀ Q */
+        warp_mma<BF>(Dt, T.ldq, Qt, T.ldq, T.pk, T.dh, T.pq, [&](int x, int d, float c) {
+            if (x < T.Lk) store_f32(dk + ((b * s.Lk + x) * s.H + h * s.dh + d) * el, dt, s.scale * c);
+        });
+}
+
+bool use_tc(const AttnShape &s, int dt) { return (dt == HR_BF16 || dt == HR_F16) && s.dh % 16 == 0; }
+
+size_t forward_smem_tc(const AttnShape &s)
+{
+    int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldk = half_ld(s.Lk);
+    return sizeof(float) * (size_t)(s.Lq * score_ld(s.Lk)) +
+           2 * (size_t)(pq * ldh + pk * ldh + (int)s.dh * ldk + pq * ldk);
+}
+
+size_t backward_smem_tc(const AttnShape &s)
+{
+    int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldq = half_ld(s.Lq), ldk = half_ld(s.Lk);
+    int dh = (int)s.dh;
+    return sizeof(float) * (size_t)(2 * s.Lq * score_ld(s.Lk)) +
+           2 * (size_t)(2 * pq * ldh + 2 * pk * ldh + dh * ldq + dh * ldk + dh * ldq + pk * ldq + pq * ldk + pk * ldq);
+}
+
 size_t forward_smem(const AttnShape &s)
 {
     return sizeof(float) * (size_t)((s.Lq + 2 * s.Lk) * tile_ld(s.dh) + s.Lq * score_ld(s.Lk));
@@ -226,7 +466,7 @@ size_t smem_limit(int dev)
 }
 
 /* Lets kernel use smem bytes of dynamic shared memory (above the default 48 KiB needs asking). */
-template <typename K> int allow_smem(K kernel, size_t smem, const char *op)
+int allow_smem(const void *kernel, size_t smem, const char *op)
 {
     if (smem <= 48 * 1024) return 0;
     return check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), op,
@@ -249,15 +489,33 @@ int attn_backward_node(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     int rc = 0;
     for (int i = 0; i < 3 && rc == 0; i++)
         if (need[i] && !(outs[i] = empty_on(like[i], 3, like[i]->size, q->dtype))) rc = -1;
-    size_t smem = backward_smem(s);
-    if (rc == 0 && (need[0] || need[1] || need[2])) rc = allow_smem(attn_backward, smem, "attention backward");
     if (rc == 0 && (need[0] || need[1] || need[2])) {
-        attn_backward<<<(unsigned)(s.B * s.heads), kAttnThreads, smem, st>>>(
-            s, (const char *)hr_tensor_data(q), (const char *)hr_tensor_data(k), (const char *)hr_tensor_data(v), q->dtype,
-            (const float *)hr_tensor_data(probs), (const char *)hr_tensor_data(g), g->dtype,
-            outs[0] ? (char *)hr_tensor_data(outs[0]) : nullptr, outs[1] ? (char *)hr_tensor_data(outs[1]) : nullptr,
-            outs[2] ? (char *)hr_tensor_data(outs[2]) : nullptr);
-        rc = check_launch("attention backward");
+        const char *qp = (const char *)hr_tensor_data(q), *kp = (const char *)hr_tensor_data(k);
+        const char *vp = (const char *)hr_tensor_data(v), *gp = (const char *)hr_tensor_data(g);
+        const float *pp = (const float *)hr_tensor_data(probs);
+        char *o0 = outs[0] ? (char *)hr_tensor_data(outs[0]) : nullptr, *o1 = outs[1] ? (char *)hr_tensor_data(outs[1]) : nullptr;
+        char *o2 = outs[2] ? (char *)hr_tensor_data(outs[2]) : nullptr;
+        unsigned grid = (unsigned)(s.B * s.heads);
+        if (use_tc(s, q->dtype)) {
+            size_t smem = backward_smem_tc(s);
+            if (q->dtype == HR_BF16) {
+                rc = allow_smem((const void *)attn_backward_tc<true>, smem, "attention backward");
+                if (rc == 0)
+                    attn_backward_tc<true><<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, q->dtype, pp, gp, g->dtype, o0,
+                                                                            o1, o2);
+            } else {
+                rc = allow_smem((const void *)attn_backward_tc<false>, smem, "attention backward");
+                if (rc == 0)
+                    attn_backward_tc<false><<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, q->dtype, pp, gp, g->dtype, o0,
+                                                                             o1, o2);
+            }
+        } else {
+            size_t smem = backward_smem(s);
+            rc = allow_smem((const void *)attn_backward, smem, "attention backward");
+            if (rc == 0)
+                attn_backward<<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, q->dtype, pp, gp, g->dtype, o0, o1, o2);
+        }
+        if (rc == 0) rc = check_launch("attention backward");
     }
     for (int i = 0; i < 3; i++) {
         if (rc == 0) gi[i] = outs[i];
@@ -278,8 +536,9 @@ bool attention_fused_fits(const hr_tensor *q, const hr_tensor *k, int64_t heads)
     if (q->size[0] * heads > 0x7fffffff) return false;
     AttnShape s = {};
     s.Lq = Lq, s.Lk = Lk, s.dh = dh;
-    size_t need = backward_smem(s) > forward_smem(s) ? backward_smem(s) : forward_smem(s);
-    return need <= smem_limit(dev_of(q));
+    bool tc = use_tc(s, q->dtype);
+    size_t fwd = tc ? forward_smem_tc(s) : forward_smem(s), bwd = tc ? backward_smem_tc(s) : backward_smem(s);
+    return (fwd > bwd ? fwd : bwd) <= smem_limit(dev_of(q));
 }
 
 hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
@@ -306,8 +565,13 @@ hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *
     hr_tensor *probs = record ? empty_on(q, 4, psize, HR_F32) : nullptr;
     hr_tensor *out = empty_on(q, 3, q->size, q->dtype);
     hr_tensor *result = nullptr;
-    size_t smem = forward_smem(s);
-    if (!qc || !kc || !vc || (record && !probs) || !out || allow_smem(attn_forward, smem, "attention")) goto done;
+    bool tc = use_tc(s, q->dtype);
+    size_t smem = tc ? forward_smem_tc(s) : forward_smem(s);
+    if (!qc || !kc || !vc || (record && !probs) || !out) goto done;
+    if (allow_smem(tc ? (q->dtype == HR_BF16 ? (const void *)attn_forward_tc<true> : (const void *)attn_forward_tc<false>)
+                      : (const void *)attn_forward,
+                   smem, "attention"))
+        goto done;
     if (s.has_noise) {
         uint32_t key[2];
         hr_generator_key(gen, key);
@@ -315,10 +579,16 @@ hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *
         uint64_t n = (uint64_t)(s.B * heads * s.Lq * s.Lk);
         s.block0 = hr_generator_reserve(gen, (n + 3) / 4);
     }
-    attn_forward<<<(unsigned)(s.B * heads), kAttnThreads, smem, st>>>(
-        s, (const char *)hr_tensor_data(qc), (const char *)hr_tensor_data(kc), (const char *)hr_tensor_data(vc),
-        mask ? (const char *)hr_tensor_data(mask) : nullptr, q->dtype, probs ? (float *)hr_tensor_data(probs) : nullptr,
-        (char *)hr_tensor_data(out));
+    {
+        const char *qp = (const char *)hr_tensor_data(qc), *kp = (const char *)hr_tensor_data(kc);
+        const char *vp = (const char *)hr_tensor_data(vc), *mp = mask ? (const char *)hr_tensor_data(mask) : nullptr;
+        float *pp = probs ? (float *)hr_tensor_data(probs) : nullptr;
+        char *op = (char *)hr_tensor_data(out);
+        unsigned grid = (unsigned)(s.B * heads);
+        if (!tc) attn_forward<<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, q->dtype, pp, op);
+        else if (q->dtype == HR_BF16) attn_forward_tc<true><<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, q->dtype, pp, op);
+        else attn_forward_tc<false><<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, q->dtype, pp, op);
+    }
     if (check_launch("attention")) goto done;
     if (record) {
         hr_node *node = hr_node_new("attention", attn_backward_node, 3, inputs, sizeof(AttnCtx));

@@ -22,26 +22,80 @@ unsigned rows_grid(int64_t rows) { return (unsigned)(rows < 1 ? 1 : rows < 65535
 
 /* ================================================================== layer norm */
 
+/* x may be bf16/f16 (autocast's layer norm of a half tensor): it is read as f32, exactly what a
+ * cast to f32 gives, the output and the statistics' compute type are f32, and x's gradient is
+ * rounded into x's dtype, as the cast's backward would round it. T is the compute type (float, or
+ * double for f64 inputs). */
 struct LnCtx {
     double eps;
     int64_t rows, cols;
     bool has_weight, has_bias;
 };
 
+template <typename T> __device__ __forceinline__ T load_as(const char *p, int dt);
+template <> __device__ __forceinline__ float load_as<float>(const char *p, int dt) { return load_f32(p, dt); }
+template <> __device__ __forceinline__ double load_as<double>(const char *p, int dt) { return load_f64(p, dt); }
+
+/* Rows of at most 32 * PER columns: one warp per row, the row in registers (read once), sums by
+ * shuffles. */
+template <typename T, int PER>
+__global__ void ln_forward_warp(const char *x, int xdt, const T *w, const T *b, T *y, double *mean, double *rstd,
+                                int64_t rows, int n, double eps)
+{
+    const int lane = threadIdx.x & 31, el = dtype_size(xdt);
+    const int64_t step = (int64_t)gridDim.x * (blockDim.x >> 5);
+    for (int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += step) {
+        const char *xr = x + r * n * el;
+        T v[PER];
+        double s = 0;
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            int i = lane + 32 * k;
+            v[k] = i < n ? load_as<T>(xr + (int64_t)i * el, xdt) : (T)0;
+            s += (double)v[k];
+        }
+        double mu = warp_sum(s) / (double)n;
+        double ss = 0;
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            double d = (double)v[k] - mu;
+            if (lane + 32 * k < n) ss += d * d;
+        }
+        double rs = 1.0 / sqrt(warp_sum(ss) / (double)n + eps);
+        if (lane == 0) {
+            mean[r] = mu;
+            rstd[r] = rs;
+        }
+        const T m_ = (T)mu, rs_ = (T)rs;
+        T *yr = y + r * n;
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            int i = lane + 32 * k;
+            if (i >= n) continue;
+            T o = mul_rn(sub_rn(v[k], m_), rs_);
+            if (w) o = mul_rn(o, w[i]);
+            if (b) o = add_rn(o, b[i]);
+            yr[i] = o;
+        }
+    }
+}
+
+/* Longer rows: one block per row. */
 template <typename T>
-__global__ void ln_forward(const T *x, const T *w, const T *b, T *y, double *mean, double *rstd, int64_t rows, int64_t n,
-                           double eps)
+__global__ void ln_forward(const char *x, int xdt, const T *w, const T *b, T *y, double *mean, double *rstd, int64_t rows,
+                           int64_t n, double eps)
 {
     __shared__ double sh[kRow];
+    const int el = dtype_size(xdt);
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const T *xr = x + r * n;
+        const char *xr = x + r * n * el;
         T *yr = y + r * n;
         double s = 0;
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += (double)xr[i];
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += (double)load_as<T>(xr + i * el, xdt);
         double mu = block_sum(s, sh) / (double)n;
         double ss = 0;
         for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-            double d = (double)xr[i] - mu;
+            double d = (double)load_as<T>(xr + i * el, xdt) - mu;
             ss += d * d;
         }
         double rs = 1.0 / sqrt(block_sum(ss, sh) / (double)n + eps);
@@ -51,7 +105,7 @@ __global__ void ln_forward(const T *x, const T *w, const T *b, T *y, double *mea
         }
         const T m_ = (T)mu, rs_ = (T)rs;
         for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-            T v = mul_rn(sub_rn(xr[i], m_), rs_);
+            T v = mul_rn(sub_rn(load_as<T>(xr + i * el, xdt), m_), rs_);
             if (w) v = mul_rn(v, w[i]);
             if (b) v = add_rn(v, b[i]);
             yr[i] = v;
@@ -59,26 +113,62 @@ __global__ void ln_forward(const T *x, const T *w, const T *b, T *y, double *mea
     }
 }
 
-/* dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w */
+/* dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w; dx in x's dtype. */
+template <typename T, int PER>
+__global__ void ln_backward_dx_warp(const char *x, int xdt, const T *w, const T *g, char *dx, const double *mean,
+                                    const double *rstd, int64_t rows, int n)
+{
+    const int lane = threadIdx.x & 31, el = dtype_size(xdt);
+    const int64_t step = (int64_t)gridDim.x * (blockDim.x >> 5);
+    for (int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += step) {
+        const char *xr = x + r * n * el;
+        const T *gr = g + r * n;
+        const double mu = mean[r], rs = rstd[r];
+        T xv[PER], gv[PER];
+        double sd = 0, sdx = 0;
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            int i = lane + 32 * k;
+            bool in = i < n;
+            xv[k] = in ? load_as<T>(xr + (int64_t)i * el, xdt) : (T)0;
+            gv[k] = in ? gr[i] : (T)0;
+            double d = (double)gv[k] * (w && in ? (double)w[i] : 1.0);
+            sd += d;
+            sdx += d * (((double)xv[k] - mu) * rs);
+        }
+        double md = warp_sum(sd) / (double)n, mdx = warp_sum(sdx) / (double)n;
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            int i = lane + 32 * k;
+            if (i >= n) continue;
+            double d = (double)gv[k] * (w ? (double)w[i] : 1.0);
+            double xh = ((double)xv[k] - mu) * rs;
+            store(dx + (r * n + i) * el, xdt, (T)(rs * (d - md - xh * mdx)));
+        }
+    }
+}
+
 template <typename T>
-__global__ void ln_backward_dx(const T *x, const T *w, const T *g, T *dx, const double *mean, const double *rstd,
-                               int64_t rows, int64_t n)
+__global__ void ln_backward_dx(const char *x, int xdt, const T *w, const T *g, char *dx, const double *mean,
+                               const double *rstd, int64_t rows, int64_t n)
 {
     __shared__ double sh[kRow];
+    const int el = dtype_size(xdt);
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const T *xr = x + r * n, *gr = g + r * n;
+        const char *xr = x + r * n * el;
+        const T *gr = g + r * n;
         double mu = mean[r], rs = rstd[r];
         double sd = 0, sdx = 0;
         for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
             double d = (double)gr[i] * (w ? (double)w[i] : 1.0);
             sd += d;
-            sdx += d * (((double)xr[i] - mu) * rs);
+            sdx += d * (((double)load_as<T>(xr + i * el, xdt) - mu) * rs);
         }
         double md = block_sum(sd, sh) / (double)n, mdx = block_sum(sdx, sh) / (double)n;
         for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
             double d = (double)gr[i] * (w ? (double)w[i] : 1.0);
-            double xh = ((double)xr[i] - mu) * rs;
-            dx[r * n + i] = (T)(rs * (d - md - xh * mdx));
+            double xh = ((double)load_as<T>(xr + i * el, xdt) - mu) * rs;
+            store(dx + (r * n + i) * el, xdt, (T)(rs * (d - md - xh * mdx)));
         }
     }
 }
@@ -86,17 +176,18 @@ __global__ void ln_backward_dx(const T *x, const T *w, const T *g, T *dx, const 
 /* Column partial sums of g*xhat and g over chunks of rows: part[chunk][col] (deterministic: a
  * fixed chunking and a serial loop per thread, then the chunks summed in order). */
 template <typename T>
-__global__ void ln_param_partial(const T *x, const T *g, const double *mean, const double *rstd, int64_t rows, int64_t n,
-                                 int64_t rows_per_chunk, double *pw, double *pb)
+__global__ void ln_param_partial(const char *x, int xdt, const T *g, const double *mean, const double *rstd, int64_t rows,
+                                 int64_t n, int64_t rows_per_chunk, double *pw, double *pb)
 {
     int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     int64_t chunk = blockIdx.y;
     if (c >= n) return;
+    const int el = dtype_size(xdt);
     int64_t r0 = chunk * rows_per_chunk, r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
     double dw = 0, db = 0;
     for (int64_t r = r0; r < r1; r++) {
         double gv = (double)g[r * n + c];
-        dw += gv * ((double)x[r * n + c] - mean[r]) * rstd[r];
+        dw += gv * ((double)load_as<T>(x + (r * n + c) * el, xdt) - mean[r]) * rstd[r];
         db += gv;
     }
     if (pw) pw[chunk * n + c] = dw;
@@ -112,6 +203,49 @@ __global__ void sum_chunks(const double *part, int64_t chunks, int64_t n, double
     }
 }
 
+constexpr int kLnWarps = 8; /* rows per block of the warp kernels */
+
+unsigned ln_warp_grid(int64_t rows)
+{
+    int64_t blocks = (rows + kLnWarps - 1) / kLnWarps;
+    return (unsigned)(blocks < 1 ? 1 : blocks < 65535 * 16 ? blocks : 65535 * 16);
+}
+
+/* Launches the forward for compute type T: the warp kernel sized to the row when it has at most
+ * 1024 columns, else the block kernel. */
+template <typename T>
+void ln_forward_launch(const char *x, int xdt, const T *w, const T *b, T *y, double *mp, double *rp, int64_t rows,
+                       int64_t cols, double eps, cudaStream_t st)
+{
+    int per = (int)((cols + 31) / 32);
+    unsigned grid = ln_warp_grid(rows), threads = 32 * kLnWarps;
+    int n = (int)cols;
+    if (per <= 4) ln_forward_warp<T, 4><<<grid, threads, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, n, eps);
+    else if (per <= 8) ln_forward_warp<T, 8><<<grid, threads, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, n, eps);
+    else if (per <= 16) ln_forward_warp<T, 16><<<grid, threads, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, n, eps);
+    else if (per <= 24) ln_forward_warp<T, 24><<<grid, threads, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, n, eps);
+    else if (per <= 32) ln_forward_warp<T, 32><<<grid, threads, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, n, eps);
+    else ln_forward<T><<<rows_grid(rows), kRow, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, cols, eps);
+}
+
+template <typename T>
+void ln_backward_dx_launch(const char *x, int xdt, const T *w, const T *g, char *dx, const double *mp, const double *rp,
+                           int64_t rows, int64_t cols, cudaStream_t st)
+{
+    int per = (int)((cols + 31) / 32);
+    unsigned grid = ln_warp_grid(rows), threads = 32 * kLnWarps;
+    int n = (int)cols;
+    if (per <= 4) ln_backward_dx_warp<T, 4><<<grid, threads, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, n);
+    else if (per <= 8) ln_backward_dx_warp<T, 8><<<grid, threads, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, n);
+    else if (per <= 16) ln_backward_dx_warp<T, 16><<<grid, threads, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, n);
+    else if (per <= 24) ln_backward_dx_warp<T, 24><<<grid, threads, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, n);
+    else if (per <= 32) ln_backward_dx_warp<T, 32><<<grid, threads, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, n);
+    else ln_backward_dx<T><<<rows_grid(rows), kRow, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, cols);
+}
+
+/* The dtype of the output, the parameters and the statistics' arithmetic for input dtype dt. */
+hr_dtype ln_compute_dtype(hr_dtype dt) { return dt == HR_F64 ? HR_F64 : HR_F32; }
+
 int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 {
     const LnCtx *c = (const LnCtx *)node->ctx;
@@ -120,23 +254,24 @@ int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     if (!x || !mean || !rstd || (c->has_weight && !w)) return -1;
     cudaStream_t st = stream(dev_of(x));
     if (!st) return -1;
-    hr_tensor *g = hr_cast(grad, x->dtype);
+    hr_dtype cdt = ln_compute_dtype(x->dtype);
+    hr_tensor *g = hr_cast(grad, cdt);
     if (!g) return -1;
     int rc = 0;
-    bool f64 = x->dtype == HR_F64;
+    bool f64 = cdt == HR_F64;
+    const char *xp = (const char *)hr_tensor_data(x);
     const double *mp = (const double *)hr_tensor_data(mean), *rp = (const double *)hr_tensor_data(rstd);
     if (hr_node_input_needs_grad(node, 0)) {
         gi[0] = empty_on(x, x->ndim, x->size, x->dtype);
         if (!gi[0]) rc = -1;
         else if (c->rows > 0 && c->cols > 0) {
+            char *dxp = (char *)hr_tensor_data(gi[0]);
             if (f64)
-                ln_backward_dx<double><<<rows_grid(c->rows), kRow, 0, st>>>(
-                    (const double *)hr_tensor_data(x), w ? (const double *)hr_tensor_data(w) : nullptr,
-                    (const double *)hr_tensor_data(g), (double *)hr_tensor_data(gi[0]), mp, rp, c->rows, c->cols);
+                ln_backward_dx_launch<double>(xp, x->dtype, w ? (const double *)hr_tensor_data(w) : nullptr,
+                                              (const double *)hr_tensor_data(g), dxp, mp, rp, c->rows, c->cols, st);
             else
-                ln_backward_dx<float><<<rows_grid(c->rows), kRow, 0, st>>>(
-                    (const float *)hr_tensor_data(x), w ? (const float *)hr_tensor_data(w) : nullptr,
-                    (const float *)hr_tensor_data(g), (float *)hr_tensor_data(gi[0]), mp, rp, c->rows, c->cols);
+                ln_backward_dx_launch<float>(xp, x->dtype, w ? (const float *)hr_tensor_data(w) : nullptr,
+                                             (const float *)hr_tensor_data(g), dxp, mp, rp, c->rows, c->cols, st);
             rc = check_launch("layer_norm backward");
         }
     }
@@ -158,13 +293,11 @@ int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
                 dim3 grid((unsigned)((n + kRow - 1) / kRow), (unsigned)chunks);
                 double *pwp = pw ? (double *)hr_tensor_data(pw) : nullptr, *pbp = pb ? (double *)hr_tensor_data(pb) : nullptr;
                 if (f64)
-                    ln_param_partial<double><<<grid, kRow, 0, st>>>((const double *)hr_tensor_data(x),
-                                                                     (const double *)hr_tensor_data(g), mp, rp, c->rows, n,
-                                                                     per, pwp, pbp);
+                    ln_param_partial<double><<<grid, kRow, 0, st>>>(xp, x->dtype, (const double *)hr_tensor_data(g), mp, rp,
+                                                                     c->rows, n, per, pwp, pbp);
                 else
-                    ln_param_partial<float><<<grid, kRow, 0, st>>>((const float *)hr_tensor_data(x),
-                                                                    (const float *)hr_tensor_data(g), mp, rp, c->rows, n,
-                                                                    per, pwp, pbp);
+                    ln_param_partial<float><<<grid, kRow, 0, st>>>(xp, x->dtype, (const float *)hr_tensor_data(g), mp, rp,
+                                                                    c->rows, n, per, pwp, pbp);
                 if (pw) sum_chunks<<<grid_for(n), kThreads, 0, st>>>(pwp, chunks, n, (double *)hr_tensor_data(dw));
                 if (pb) sum_chunks<<<grid_for(n), kThreads, 0, st>>>(pbp, chunks, n, (double *)hr_tensor_data(db));
                 rc = check_launch("layer_norm backward");
@@ -173,8 +306,8 @@ int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
                 if (db && !rc) rc = hr_cuda_memset0(db->storage);
             }
         }
-        if (rc == 0 && need_w && !(gi[1] = hr_cast(dw, x->dtype))) rc = -1;
-        if (rc == 0 && need_b && !(gi[2] = hr_cast(db, x->dtype))) rc = -1;
+        if (rc == 0 && need_w && !(gi[1] = hr_cast(dw, cdt))) rc = -1;
+        if (rc == 0 && need_b && !(gi[2] = hr_cast(db, cdt))) rc = -1;
         hr_tensor_release(pw);
         hr_tensor_release(pb);
         hr_tensor_release(dw);
@@ -641,12 +774,13 @@ extern "C" hr_tensor *hr_cuda_layer_norm(hr_tensor *x, hr_tensor *weight, hr_ten
     if (same_device("layer_norm", 3, ts)) return NULL;
     cudaStream_t st = stream(dev_of(x));
     if (!st) return NULL;
+    hr_dtype cdt = ln_compute_dtype(x->dtype);
     int64_t cols = x->size[x->ndim - 1];
     int64_t rows = cols ? hr_tensor_numel(x) / cols : 0;
     hr_tensor *xc = hr_contiguous(x);
     hr_tensor *wc = weight ? hr_contiguous(weight) : nullptr;
     hr_tensor *bc = bias ? hr_contiguous(bias) : nullptr;
-    hr_tensor *y = empty_on(x, x->ndim, x->size, x->dtype);
+    hr_tensor *y = empty_on(x, x->ndim, x->size, cdt);
     hr_tensor *mean = empty_on(x, 1, &rows, HR_F64);
     hr_tensor *rstd = empty_on(x, 1, &rows, HR_F64);
     hr_tensor *out = nullptr;
@@ -654,14 +788,15 @@ extern "C" hr_tensor *hr_cuda_layer_norm(hr_tensor *x, hr_tensor *weight, hr_ten
         int rc = 0;
         if (rows > 0 && cols > 0) {
             double *mp = (double *)hr_tensor_data(mean), *rp = (double *)hr_tensor_data(rstd);
-            if (x->dtype == HR_F64)
-                ln_forward<double><<<rows_grid(rows), kRow, 0, st>>>(
-                    (const double *)hr_tensor_data(xc), wc ? (const double *)hr_tensor_data(wc) : nullptr,
-                    bc ? (const double *)hr_tensor_data(bc) : nullptr, (double *)hr_tensor_data(y), mp, rp, rows, cols, eps);
+            const char *xp = (const char *)hr_tensor_data(xc);
+            if (cdt == HR_F64)
+                ln_forward_launch<double>(xp, x->dtype, wc ? (const double *)hr_tensor_data(wc) : nullptr,
+                                          bc ? (const double *)hr_tensor_data(bc) : nullptr, (double *)hr_tensor_data(y), mp,
+                                          rp, rows, cols, eps, st);
             else
-                ln_forward<float><<<rows_grid(rows), kRow, 0, st>>>(
-                    (const float *)hr_tensor_data(xc), wc ? (const float *)hr_tensor_data(wc) : nullptr,
-                    bc ? (const float *)hr_tensor_data(bc) : nullptr, (float *)hr_tensor_data(y), mp, rp, rows, cols, eps);
+                ln_forward_launch<float>(xp, x->dtype, wc ? (const float *)hr_tensor_data(wc) : nullptr,
+                                         bc ? (const float *)hr_tensor_data(bc) : nullptr, (float *)hr_tensor_data(y), mp, rp,
+                                         rows, cols, eps, st);
             rc = check_launch("layer_norm");
         }
         if (rc == 0) {
