@@ -21,6 +21,11 @@ hr_tensor *hr_embedding(hr_tensor *weight, hr_tensor *indices, int64_t padding_i
 typedef enum { HR_REDUCE_NONE = 0, HR_REDUCE_MEAN = 1, HR_REDUCE_SUM = 2 } hr_reduction;
 hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
                             hr_reduction reduction);
+/* cross_entropy(logits:to("f32"), ...) of bf16/f16 GPU logits in one pass (autocast's f32 loss of
+ * half logits): the same f32 loss, and the logits' gradient rounded into their dtype as the cast's
+ * backward rounds it, without the f32 copy of the logits (rows may be strided). */
+hr_tensor *hr_cross_entropy_of_half(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
+                                    hr_reduction reduction);
 
 /* Erf GELU: 0.5 * x * (1 + erf(x / sqrt(2))). */
 hr_tensor *hr_gelu(hr_tensor *x);

@@ -45,7 +45,11 @@ static int l_embedding(lua_State *L)
  * reduction = "mean"|"sum"|"none"}]) */
 static int l_cross_entropy(lua_State *L)
 {
-    hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "cross_entropy");
+    /* autocast's f32 loss of half GPU logits reads them as f32 in the kernel (no cast copy) */
+    hr_tensor *x = hr_lua_check_tensor(L, 1, "cross_entropy");
+    bool of_half = (x->dtype == HR_BF16 || x->dtype == HR_F16) && hr_tensor_device(x).type == HR_CUDA &&
+                   hr_autocast_target(x, HR_AUTOCAST_F32) == HR_F32;
+    if (!of_half) x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "cross_entropy");
     hr_tensor *t = hr_lua_check_tensor(L, 2, "cross_entropy");
     lua_Integer ignore = -100;
     double smoothing = 0;
@@ -60,7 +64,8 @@ static int l_cross_entropy(lua_State *L)
         lua_pop(L, 3);
     }
     hr_tensor *y;
-    HR_LUA_RETRY(L, y, hr_cross_entropy(x, t, ignore, smoothing, red));
+    HR_LUA_RETRY(L, y, of_half ? hr_cross_entropy_of_half(x, t, ignore, smoothing, red)
+                               : hr_cross_entropy(x, t, ignore, smoothing, red));
     if (!y) return hr_lua_error(L, "cross_entropy");
     hr_lua_push_tensor(L, y);
     return 1;

@@ -95,6 +95,23 @@ describe("CUDA backend #cuda", function()
       assert.same({0, 0, 1, 2, 3, 4, 5, 6, 7, 9}, ov:totable())
     end)
 
+    it("copies rows of 16-byte units, long unaligned rows and permuted heads exactly", function()
+      for _, dt in ipairs {"f32", "bf16", "f16", "f64", "u8"} do
+        local x = hero.arange(5 * 300, {dtype = "f32"}):view(5, 300):to(dt)
+        local g = dev(x)
+        -- a narrowed row (297 of 300): neither side's rows are whole units apart
+        assert.same(x:narrow(2, 2, 297):contiguous():totable(), g:narrow(2, 2, 297):contiguous():cpu():totable())
+        local z, zc = dev(hero.zeros(5, 300, {dtype = dt})), hero.zeros(5, 300, {dtype = dt})
+        z:narrow(2, 4, 296):copy_(g:narrow(2, 1, 296))
+        zc:narrow(2, 4, 296):copy_(x:narrow(2, 1, 296))
+        assert.same(zc:totable(), z:cpu():totable())
+        -- heads of 64 columns permuted (whole 16-byte units)
+        local h = x:narrow(2, 1, 256):reshape(5, 4, 64)
+        assert.same(h:permute(2, 1, 3):contiguous():totable(),
+                    dev(h):permute(2, 1, 3):contiguous():cpu():totable())
+      end
+    end)
+
     it("fills, zeros, prints and reads single values", function()
       local g = dev(hero.zeros(3, 2, {dtype = "f16"}))
       same(g, hero.zeros(3, 2, {dtype = "f16"}))
@@ -413,6 +430,30 @@ describe("CUDA backend #cuda", function()
       for _, cols in ipairs {33, 768, 1500} do
         check_grad(function(x, w, b) return hero.layer_norm(x, w, b, 1e-12) end,
                    {randn {5, cols}, randn {cols}, randn {cols}})
+      end
+    end)
+
+    it("cross_entropy of half logits under autocast: the f32 loss of their f32 copy, bit for bit", function()
+      local target = dev(hero.tensor({0, 3, 30, 1, -100, 5, 6, 7, 36}, {dtype = "i64"}))
+      for _, dt in ipairs {"bf16", "f16"} do
+        local full = dev((randn {9, 40} * 3):to(dt))
+        for _, cols in ipairs {40, 37} do -- all classes, and a narrowed vocabulary (strided rows)
+          for _, opts in ipairs {{label_smoothing = 0.1}, {reduction = "none"}} do
+            local function run(widen)
+              local leaf = full:detach():requires_grad_()
+              local logits = leaf:narrow(2, 1, cols)
+              local loss = hero.amp.autocast("bf16", function()
+                return hero.cross_entropy(widen and logits or logits:to("f32"), target, opts)
+              end)
+              loss:sum():backward()
+              return {loss, leaf.grad}
+            end
+            local fused, composed = run(true), run(false)
+            assert.equal("f32", fused[1]:dtype())
+            assert.equal(dt, fused[2]:dtype())
+            for i = 1, 2 do assert.same(composed[i]:cpu():totable(), fused[i]:cpu():totable()) end
+          end
+        end
       end
     end)
 

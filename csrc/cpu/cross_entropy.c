@@ -161,19 +161,38 @@ static int ce_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     return 0;
 }
 
+/* The checks of both entries: 2-D logits of an accepted dtype (f32/f64, or bf16/f16 on a GPU when
+ * half), a matching target, a smoothing in [0, 1]. */
+static int check_args(hr_tensor *logits, hr_tensor *target, double label_smoothing, bool half)
+{
+    char a[96], b[96];
+    if (hr_tensor_check_live(logits, "cross_entropy") || hr_tensor_check_live(target, "cross_entropy")) return -1;
+    if (half && (logits->ndim != 2 || (logits->dtype != HR_BF16 && logits->dtype != HR_F16) ||
+                 hr_tensor_device(logits).type != HR_CUDA))
+        return hr_fail(HR_EINVAL, "cross_entropy: the f32 loss of half logits takes 2-D bf16/f16 GPU logits, got %s",
+                       hr_tensor_desc(logits, a, sizeof a));
+    if (!half && (logits->ndim != 2 || (logits->dtype != HR_F32 && logits->dtype != HR_F64)))
+        return hr_fail(HR_EINVAL, "cross_entropy: logits must be 2-D [N, C] f32 or f64, got %s",
+                       hr_tensor_desc(logits, a, sizeof a));
+    if (target->ndim != 1 || target->size[0] != logits->size[0] || (target->dtype != HR_I64 && target->dtype != HR_I32))
+        return hr_fail(HR_EINVAL, "cross_entropy: target must be 1-D i64/i32 of %" PRId64 " class indices, got %s",
+                       logits->size[0], hr_tensor_desc(target, b, sizeof b));
+    if (!(label_smoothing >= 0 && label_smoothing <= 1))
+        return hr_fail(HR_EINVAL, "cross_entropy: label_smoothing must be in [0, 1], got %g", label_smoothing);
+    return 0;
+}
+
+hr_tensor *hr_cross_entropy_of_half(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
+                                    hr_reduction reduction)
+{
+    if (check_args(logits, target, label_smoothing, true)) return NULL;
+    return hr_cuda_cross_entropy(logits, target, ignore_index, label_smoothing, reduction);
+}
+
 hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
                             hr_reduction reduction)
 {
-    char a[96], b[96];
-    if (hr_tensor_check_live(logits, "cross_entropy") || hr_tensor_check_live(target, "cross_entropy")) return NULL;
-    if (logits->ndim != 2 || (logits->dtype != HR_F32 && logits->dtype != HR_F64))
-        return hr_fail_null(HR_EINVAL, "cross_entropy: logits must be 2-D [N, C] f32 or f64, got %s",
-                            hr_tensor_desc(logits, a, sizeof a));
-    if (target->ndim != 1 || target->size[0] != logits->size[0] || (target->dtype != HR_I64 && target->dtype != HR_I32))
-        return hr_fail_null(HR_EINVAL, "cross_entropy: target must be 1-D i64/i32 of %" PRId64 " class indices, got %s",
-                            logits->size[0], hr_tensor_desc(target, b, sizeof b));
-    if (!(label_smoothing >= 0 && label_smoothing <= 1))
-        return hr_fail_null(HR_EINVAL, "cross_entropy: label_smoothing must be in [0, 1], got %g", label_smoothing);
+    if (check_args(logits, target, label_smoothing, false)) return NULL;
     if (hr_tensor_device(logits).type != HR_CPU || hr_tensor_device(target).type != HR_CPU)
         return hr_cuda_cross_entropy(logits, target, ignore_index, label_smoothing, reduction);
     int64_t N = logits->size[0], C = logits->size[1];

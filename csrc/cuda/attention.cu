@@ -35,7 +35,8 @@ struct AttnShape {
     int64_t mask_bstride, mask_qstride;
     float scale, keep;
     double p;
-    bool has_noise;
+    bool has_noise, has_mask;
+    bool vec; /* q, k, v (and dO) 16-byte aligned with H a multiple of 8: tiles load 16 bytes at a time */
     uint32_t k0, k1;
     uint64_t block0;
 };
@@ -49,15 +50,73 @@ struct AttnCtx {
 __host__ __device__ inline int tile_ld(int64_t dh) { return (int)dh + 4; }
 __host__ __device__ inline int score_ld(int64_t lk) { return (int)lk + 1; }
 
-/* rows x dh elements of a [*, H] tensor (dtype dt) starting at element (row0, col0) into tile. */
-__device__ void load_tile(float *tile, const char *src, int dt, int64_t H, int64_t row0, int64_t col0, int rows, int dh)
+/* Loads are issued four per thread before any is used: one at a time, each thread waited for
+ * every load in turn and the attention kernels spent most of their time on the latency. */
+constexpr int kLoadBatch = 4;
+
+/* rows x dh elements of a [*, H] tensor (dtype dt: f32, bf16 or f16) starting at element
+ * (row0, col0) into the f32 tile (rows tile_ld(dh) apart). */
+template <typename U>
+__device__ void load_tile_as(float *tile, const char *src, int dt, int64_t H, int64_t row0, int64_t col0, int rows, int dh)
 {
-    const int ld = tile_ld(dh), el = dtype_size(dt);
-    for (int e = threadIdx.x; e < rows * dh; e += blockDim.x) {
-        int r = e / dh, d = e - r * dh;
-        tile[r * ld + d] = load_f32(src + ((row0 + r) * H + col0 + d) * el, dt);
+    const int ld = tile_ld(dh), n = rows * dh;
+    for (int base = threadIdx.x; base < n; base += kLoadBatch * blockDim.x) {
+        U raw[kLoadBatch];
+#pragma unroll
+        for (int j = 0; j < kLoadBatch; j++) {
+            int e = base + j * blockDim.x, r = e / dh, d = e - r * dh;
+            raw[j] = e < n ? ((const U *)src)[(row0 + r) * H + col0 + d] : (U)0;
+        }
+#pragma unroll
+        for (int j = 0; j < kLoadBatch; j++) {
+            int e = base + j * blockDim.x, r = e / dh, d = e - r * dh;
+            if (e >= n) continue;
+            float f;
+            if (sizeof(U) == 4) f = __uint_as_float((uint32_t)raw[j]);
+            else f = dt == HR_BF16 ? bf16_to_f32((uint16_t)raw[j]) : f16_to_f32((uint16_t)raw[j]);
+            tile[r * ld + d] = f;
+        }
     }
 }
+
+__device__ void load_tile(float *tile, const char *src, int dt, int64_t H, int64_t row0, int64_t col0, int rows, int dh)
+{
+    if (dt == HR_F32) load_tile_as<uint32_t>(tile, src, dt, H, row0, col0, rows, dh);
+    else load_tile_as<uint16_t>(tile, src, dt, H, row0, col0, rows, dh);
+}
+
+/* The head's additive mask rows (one, or Lq for a per-query mask) into Ms as f32. */
+__device__ void load_mask(float *Ms, const char *mask, int dt, const AttnShape &s, int64_t b)
+{
+    const int n = (int)((s.mask_qstride ? s.Lq : 1) * s.Lk), el = dtype_size(dt);
+    const char *src = mask + b * s.mask_bstride * el;
+    for (int base = threadIdx.x; base < n; base += kLoadBatch * blockDim.x) {
+        float v[kLoadBatch];
+#pragma unroll
+        for (int j = 0; j < kLoadBatch; j++) {
+            int e = base + j * blockDim.x;
+            v[j] = e < n ? load_f32(src + (int64_t)e * el, dt) : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < kLoadBatch; j++)
+            if (base + j * (int)blockDim.x < n) Ms[base + j * blockDim.x] = v[j];
+    }
+}
+
+/* The mask value of score (i, x), from the rows load_mask put in Ms. */
+__device__ __forceinline__ float mask_at(const float *Ms, const AttnShape &s, int i, int x)
+{
+    return Ms[(s.mask_qstride ? i : 0) * (int)s.Lk + x];
+}
+
+/* Floats of shared memory for the mask rows (0 without a mask). */
+__host__ __device__ inline int mask_floats(const AttnShape &s)
+{
+    return s.has_mask ? (int)((s.mask_qstride ? s.Lq : 1) * s.Lk) : 0;
+}
+
+/* n rounded up to whole float4s (so that what follows stays 16-byte aligned). */
+__host__ __device__ inline int round4(int64_t n) { return (int)((n + 3) / 4 * 4); }
 
 __device__ __forceinline__ float dot_rows(const float *a, const float *b, int dh)
 {
@@ -90,23 +149,43 @@ __device__ __forceinline__ float warp_max_f(float v)
     return v;
 }
 
+/* The head's saved probabilities (Lq x Lk f32, contiguous) into P (rows lp apart). */
+__device__ void load_probs(float *P, int lp, const float *probs, int Lq, int Lk)
+{
+    const int n = Lq * Lk;
+    for (int base = threadIdx.x; base < n; base += kLoadBatch * blockDim.x) {
+        float v[kLoadBatch];
+#pragma unroll
+        for (int j = 0; j < kLoadBatch; j++) {
+            int e = base + j * blockDim.x;
+            v[j] = e < n ? probs[e] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < kLoadBatch; j++) {
+            int e = base + j * blockDim.x, i = e / Lk;
+            if (e < n) P[i * lp + e - i * Lk] = v[j];
+        }
+    }
+}
+
 __global__ void __launch_bounds__(kAttnThreads) attn_forward(AttnShape s, const char *q, const char *k, const char *v,
                                                              const char *mask, int dt, float *probs, char *out)
 {
     extern __shared__ float4 smem4[];
     float *sm = (float *)smem4;
     const int Lq = (int)s.Lq, Lk = (int)s.Lk, dh = (int)s.dh, ld = tile_ld(dh), lp = score_ld(Lk);
-    float *Qs = sm, *Ks = Qs + Lq * ld, *Vs = Ks + Lk * ld, *Ss = Vs + Lk * ld;
+    float *Qs = sm, *Ks = Qs + Lq * ld, *Vs = Ks + Lk * ld, *Ss = Vs + Lk * ld, *Ms = Ss + Lq * lp;
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
     load_tile(Qs, q, dt, s.H, b * s.Lq, h * s.dh, Lq, dh);
     load_tile(Ks, k, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
     load_tile(Vs, v, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
+    if (mask) load_mask(Ms, mask, dt, s, b);
     __syncthreads();
     const int el = dtype_size(dt);
     for (int e = threadIdx.x; e < Lq * Lk; e += blockDim.x) {
         int i = e / Lk, x = e - i * Lk;
         float sc = s.scale * dot_rows(Qs + i * ld, Ks + x * ld, dh);
-        if (mask) sc += load_f32(mask + (b * s.mask_bstride + i * s.mask_qstride + x) * el, dt);
+        if (mask) sc += mask_at(Ms, s, i, x);
         Ss[i * lp + x] = sc;
     }
     __syncthreads();
@@ -154,10 +233,11 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward(AttnShape s, const
     load_tile(Vs, v, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
     load_tile(Gs, g, gdt, s.H, b * s.Lq, h * s.dh, Lq, dh);
     const int64_t e0 = t * s.Lq * s.Lk;
+    load_probs(Ps, lp, probs + e0, Lq, Lk);
+    __syncthreads();
     for (int e = threadIdx.x; e < Lq * Lk; e += blockDim.x) {
         int i = e / Lk, x = e - i * Lk;
-        float p = probs[e0 + e];
-        Ps[i * lp + x] = p;
+        float p = Ps[i * lp + x];
         Ds[i * lp + x] = s.has_noise ? p * noise_of(s, e0 + e) : p; /* P' */
     }
     __syncthreads();
@@ -290,6 +370,46 @@ __device__ void load_half_tile(uint16_t *tile, int ld, uint16_t *tt, int ldt, co
         }
 }
 
+/* load_half_tile for a same-dtype source whose rows and head columns are 16-byte aligned: 8
+ * elements per load, kLoadBatch loads in flight per thread. */
+__device__ void load_half_tile_vec(uint16_t *tile, int ld, uint16_t *tt, int ldt, const char *src, int64_t H,
+                                   int64_t row0, int64_t col0, int rows, int dh)
+{
+    const int per_row = dh / 8, prow = pad16(rows), chunks = prow * per_row;
+    for (int base = threadIdx.x; base < chunks; base += kLoadBatch * blockDim.x) {
+        uint4 v[kLoadBatch];
+#pragma unroll
+        for (int j = 0; j < kLoadBatch; j++) {
+            int c = base + j * blockDim.x, r = c / per_row;
+            v[j] = make_uint4(0u, 0u, 0u, 0u);
+            if (c < chunks && r < rows)
+                v[j] = *(const uint4 *)((const uint16_t *)src + (row0 + r) * H + col0 + (c - r * per_row) * 8);
+        }
+#pragma unroll
+        for (int j = 0; j < kLoadBatch; j++) {
+            int c = base + j * blockDim.x, r = c / per_row, d = (c - r * per_row) * 8;
+            if (c >= chunks) continue;
+            if (tile) *(uint4 *)(tile + r * ld + d) = v[j];
+            if (tt) {
+                uint32_t w[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    tt[(d + 2 * k) * ldt + r] = (uint16_t)(w[k] & 0xffffu);
+                    tt[(d + 2 * k + 1) * ldt + r] = (uint16_t)(w[k] >> 16);
+                }
+            }
+        }
+    }
+}
+
+/* Either loader: the vector one when the shape allows it and no conversion is needed. */
+__device__ __forceinline__ void load_head(uint16_t *tile, int ld, uint16_t *tt, int ldt, const char *src, int src_dt,
+                                          int dt, bool vec, int64_t H, int64_t row0, int64_t col0, int rows, int dh)
+{
+    if (vec && src_dt == dt) load_half_tile_vec(tile, ld, tt, ldt, src, H, row0, col0, rows, dh);
+    else load_half_tile(tile, ld, tt, ldt, src, src_dt, dt, H, row0, col0, rows, dh);
+}
+
 __device__ __forceinline__ uint16_t to_half(float f, int dt) { return dt == HR_BF16 ? f32_to_bf16(f) : f32_to_f16(f); }
 
 struct TcTiles {
@@ -313,21 +433,23 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward_tc(AttnShape s, con
     const TcTiles T = tc_tiles(s);
     const int lp = score_ld(T.Lk);
     float *Ss = (float *)smem4;                           /* [Lq][lp] f32 scores, then P */
-    uint16_t *Qh = (uint16_t *)(Ss + T.Lq * lp);          /* [pq][ldh] */
+    float *Ms = Ss + T.Lq * lp;                           /* the mask rows */
+    uint16_t *Qh = (uint16_t *)(Ss + round4(T.Lq * lp + mask_floats(s))); /* [pq][ldh] */
     uint16_t *Kh = Qh + T.pq * T.ldh;                     /* [pk][ldh] */
     uint16_t *Vt = Kh + T.pk * T.ldh;                     /* [dh][ldk]: V transposed */
     uint16_t *Ph = Vt + T.dh * T.ldk;                     /* [pq][ldk]: P' in the input dtype */
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
-    load_half_tile(Qh, T.ldh, nullptr, 0, q, dt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
-    load_half_tile(Kh, T.ldh, nullptr, 0, k, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
-    load_half_tile(nullptr, 0, Vt, T.ldk, v, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    load_head(Qh, T.ldh, nullptr, 0, q, dt, dt, s.vec, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
+    load_head(Kh, T.ldh, nullptr, 0, k, dt, dt, s.vec, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    load_head(nullptr, 0, Vt, T.ldk, v, dt, dt, s.vec, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    if (mask) load_mask(Ms, mask, dt, s, b);
     for (int e = threadIdx.x; e < T.pq * T.ldk; e += blockDim.x) Ph[e] = 0;
     __syncthreads();
     const int el = dtype_size(dt);
     warp_mma<BF>(Qh, T.ldh, Kh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
         if (i >= T.Lq || x >= T.Lk) return;
         float sc = s.scale * c;
-        if (mask) sc += load_f32(mask + (b * s.mask_bstride + i * s.mask_qstride + x) * el, dt);
+        if (mask) sc += mask_at(Ms, s, i, x);
         Ss[i * lp + x] = sc;
     });
     __syncthreads();
@@ -363,7 +485,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
     const int lp = score_ld(T.Lk);
     float *Ps = (float *)smem4;            /* [Lq][lp] P */
     float *Df = Ps + T.Lq * lp;            /* [Lq][lp] dP, then dS */
-    uint16_t *Qh = (uint16_t *)(Df + T.Lq * lp);
+    uint16_t *Qh = (uint16_t *)(Ps + round4(2 * T.Lq * lp));
     uint16_t *Kh = Qh + T.pq * T.ldh;      /* rows of K, V, dO: [p][ldh] */
     uint16_t *Vh = Kh + T.pk * T.ldh;
     uint16_t *Gh = Vh + T.pk * T.ldh;
@@ -374,18 +496,18 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
     uint16_t *Dh = PdT + T.pk * T.ldq;     /* dS [pq][ldk] */
     uint16_t *Dt = Dh + T.pq * T.ldk;      /* dSᵀ [pk][ldq] */
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
-    load_half_tile(Qh, T.ldh, Qt, T.ldq, q, dt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
-    load_half_tile(Kh, T.ldh, Kt, T.ldk, k, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
-    load_half_tile(Vh, T.ldh, nullptr, 0, v, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
-    load_half_tile(Gh, T.ldh, Gt, T.ldq, g, gdt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
+    const int64_t e0 = t * s.Lq * s.Lk;
+    load_head(Qh, T.ldh, Qt, T.ldq, q, dt, dt, s.vec, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
+    load_head(Kh, T.ldh, Kt, T.ldk, k, dt, dt, s.vec, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    load_head(Vh, T.ldh, nullptr, 0, v, dt, dt, s.vec, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    load_head(Gh, T.ldh, Gt, T.ldq, g, gdt, dt, s.vec, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
+    load_probs(Ps, lp, probs + e0, T.Lq, T.Lk);
     for (int e = threadIdx.x; e < T.pk * T.ldq; e += blockDim.x) PdT[e] = Dt[e] = 0;
     for (int e = threadIdx.x; e < T.pq * T.ldk; e += blockDim.x) Dh[e] = 0;
     __syncthreads();
-    const int64_t e0 = t * s.Lq * s.Lk;
     for (int e = threadIdx.x; e < T.Lq * T.Lk; e += blockDim.x) {
         int i = e / T.Lk, x = e - i * T.Lk;
-        float p = probs[e0 + e];
-        Ps[i * lp + x] = p;
+        float p = Ps[i * lp + x];
         PdT[x * T.ldq + i] = to_half(s.has_noise ? p * noise_of(s, e0 + e) : p, dt);
     }
     __syncthreads();
@@ -432,7 +554,7 @@ bool use_tc(const AttnShape &s, int dt) { return (dt == HR_BF16 || dt == HR_F16)
 size_t forward_smem_tc(const AttnShape &s)
 {
     int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldk = half_ld(s.Lk);
-    return sizeof(float) * (size_t)(s.Lq * score_ld(s.Lk)) +
+    return sizeof(float) * (size_t)round4(s.Lq * score_ld(s.Lk) + mask_floats(s)) +
            2 * (size_t)(pq * ldh + pk * ldh + (int)s.dh * ldk + pq * ldk);
 }
 
@@ -440,13 +562,13 @@ size_t backward_smem_tc(const AttnShape &s)
 {
     int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldq = half_ld(s.Lq), ldk = half_ld(s.Lk);
     int dh = (int)s.dh;
-    return sizeof(float) * (size_t)(2 * s.Lq * score_ld(s.Lk)) +
+    return sizeof(float) * (size_t)round4(2 * s.Lq * score_ld(s.Lk)) +
            2 * (size_t)(2 * pq * ldh + 2 * pk * ldh + dh * ldq + dh * ldk + dh * ldq + pk * ldq + pq * ldk + pk * ldq);
 }
 
 size_t forward_smem(const AttnShape &s)
 {
-    return sizeof(float) * (size_t)((s.Lq + 2 * s.Lk) * tile_ld(s.dh) + s.Lq * score_ld(s.Lk));
+    return sizeof(float) * (size_t)((s.Lq + 2 * s.Lk) * tile_ld(s.dh) + s.Lq * score_ld(s.Lk) + mask_floats(s));
 }
 
 size_t backward_smem(const AttnShape &s)
@@ -473,9 +595,10 @@ int allow_smem(const void *kernel, size_t smem, const char *op)
                  "cudaFuncSetAttribute");
 }
 
+bool aligned16(const hr_tensor *t) { return ((uintptr_t)hr_tensor_data(t) & 15u) == 0; }
+
 int attn_backward_node(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 {
-    const AttnShape &s = ((const AttnCtx *)node->ctx)->s;
     hr_tensor *q = hr_node_saved(node, 0), *k = hr_node_saved(node, 1), *v = hr_node_saved(node, 2);
     hr_tensor *probs = hr_node_saved(node, 3);
     if (!q || !k || !v || !probs) return -1;
@@ -489,6 +612,8 @@ int attn_backward_node(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     int rc = 0;
     for (int i = 0; i < 3 && rc == 0; i++)
         if (need[i] && !(outs[i] = empty_on(like[i], 3, like[i]->size, q->dtype))) rc = -1;
+    AttnShape s = ((const AttnCtx *)node->ctx)->s;
+    s.vec = s.vec && aligned16(g);
     if (rc == 0 && (need[0] || need[1] || need[2])) {
         const char *qp = (const char *)hr_tensor_data(q), *kp = (const char *)hr_tensor_data(k);
         const char *vp = (const char *)hr_tensor_data(v), *gp = (const char *)hr_tensor_data(g);
@@ -536,6 +661,7 @@ bool attention_fused_fits(const hr_tensor *q, const hr_tensor *k, int64_t heads)
     if (q->size[0] * heads > 0x7fffffff) return false;
     AttnShape s = {};
     s.Lq = Lq, s.Lk = Lk, s.dh = dh;
+    s.has_mask = true, s.mask_qstride = Lk; /* the largest mask, a row per query */
     bool tc = use_tc(s, q->dtype);
     size_t fwd = tc ? forward_smem_tc(s) : forward_smem(s), bwd = tc ? backward_smem_tc(s) : backward_smem(s);
     return (fwd > bwd ? fwd : bwd) <= smem_limit(dev_of(q));
@@ -549,6 +675,7 @@ hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *
     AttnShape s = {};
     s.B = q->size[0], s.Lq = q->size[1], s.Lk = k->size[1], s.H = q->size[2], s.heads = heads, s.dh = s.H / heads;
     s.scale = (float)(1.0 / sqrt((double)s.dh));
+    s.has_mask = mask != nullptr;
     if (mask) {
         bool per_query = mask->ndim == 3;
         s.mask_bstride = per_query ? s.Lq * s.Lk : s.Lk;
@@ -568,6 +695,7 @@ hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *
     bool tc = use_tc(s, q->dtype);
     size_t smem = tc ? forward_smem_tc(s) : forward_smem(s);
     if (!qc || !kc || !vc || (record && !probs) || !out) goto done;
+    s.vec = s.H % 8 == 0 && aligned16(qc) && aligned16(kc) && aligned16(vc);
     if (allow_smem(tc ? (q->dtype == HR_BF16 ? (const void *)attn_forward_tc<true> : (const void *)attn_forward_tc<false>)
                       : (const void *)attn_forward,
                    smem, "attention"))

@@ -36,13 +36,23 @@ template <typename T> __device__ __forceinline__ T load_as(const char *p, int dt
 template <> __device__ __forceinline__ float load_as<float>(const char *p, int dt) { return load_f32(p, dt); }
 template <> __device__ __forceinline__ double load_as<double>(const char *p, int dt) { return load_f64(p, dt); }
 
+/* An element of dtype XDT (known at compile time, so that a warp's loads are straight-line code the
+ * compiler issues together rather than branches taken one load at a time). */
+template <typename T, int XDT> __device__ __forceinline__ T load_fixed(const char *p)
+{
+    if (XDT == HR_F32) return (T) * (const float *)p;
+    if (XDT == HR_F64) return (T) * (const double *)p;
+    if (XDT == HR_BF16) return (T)bf16_to_f32(*(const uint16_t *)p);
+    return (T)f16_to_f32(*(const uint16_t *)p);
+}
+
 /* Rows of at most 32 * PER columns: one warp per row, the row in registers (read once), sums by
  * shuffles. */
-template <typename T, int PER>
-__global__ void ln_forward_warp(const char *x, int xdt, const T *w, const T *b, T *y, double *mean, double *rstd,
-                                int64_t rows, int n, double eps)
+template <typename T, int PER, int XDT>
+__global__ void ln_forward_warp(const char *x, const T *w, const T *b, T *y, double *mean, double *rstd, int64_t rows, int n,
+                                double eps)
 {
-    const int lane = threadIdx.x & 31, el = dtype_size(xdt);
+    const int lane = threadIdx.x & 31, el = dtype_size(XDT);
     const int64_t step = (int64_t)gridDim.x * (blockDim.x >> 5);
     for (int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += step) {
         const char *xr = x + r * n * el;
@@ -51,7 +61,7 @@ __global__ void ln_forward_warp(const char *x, int xdt, const T *w, const T *b, 
 #pragma unroll
         for (int k = 0; k < PER; k++) {
             int i = lane + 32 * k;
-            v[k] = i < n ? load_as<T>(xr + (int64_t)i * el, xdt) : (T)0;
+            v[k] = i < n ? load_fixed<T, XDT>(xr + (int64_t)i * el) : (T)0;
             s += (double)v[k];
         }
         double mu = warp_sum(s) / (double)n;
@@ -114,11 +124,11 @@ __global__ void ln_forward(const char *x, int xdt, const T *w, const T *b, T *y,
 }
 
 /* dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w; dx in x's dtype. */
-template <typename T, int PER>
-__global__ void ln_backward_dx_warp(const char *x, int xdt, const T *w, const T *g, char *dx, const double *mean,
-                                    const double *rstd, int64_t rows, int n)
+template <typename T, int PER, int XDT>
+__global__ void ln_backward_dx_warp(const char *x, const T *w, const T *g, char *dx, const double *mean, const double *rstd,
+                                    int64_t rows, int n)
 {
-    const int lane = threadIdx.x & 31, el = dtype_size(xdt);
+    const int lane = threadIdx.x & 31, el = dtype_size(XDT);
     const int64_t step = (int64_t)gridDim.x * (blockDim.x >> 5);
     for (int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += step) {
         const char *xr = x + r * n * el;
@@ -130,7 +140,7 @@ __global__ void ln_backward_dx_warp(const char *x, int xdt, const T *w, const T 
         for (int k = 0; k < PER; k++) {
             int i = lane + 32 * k;
             bool in = i < n;
-            xv[k] = in ? load_as<T>(xr + (int64_t)i * el, xdt) : (T)0;
+            xv[k] = in ? load_fixed<T, XDT>(xr + (int64_t)i * el) : (T)0;
             gv[k] = in ? gr[i] : (T)0;
             double d = (double)gv[k] * (w && in ? (double)w[i] : 1.0);
             sd += d;
@@ -143,7 +153,7 @@ __global__ void ln_backward_dx_warp(const char *x, int xdt, const T *w, const T 
             if (i >= n) continue;
             double d = (double)gv[k] * (w ? (double)w[i] : 1.0);
             double xh = ((double)xv[k] - mu) * rs;
-            store(dx + (r * n + i) * el, xdt, (T)(rs * (d - md - xh * mdx)));
+            store(dx + (r * n + i) * el, XDT, (T)(rs * (d - md - xh * mdx)));
         }
     }
 }
@@ -175,19 +185,19 @@ __global__ void ln_backward_dx(const char *x, int xdt, const T *w, const T *g, c
 
 /* Column partial sums of g*xhat and g over chunks of rows: part[chunk][col] (deterministic: a
  * fixed chunking and a serial loop per thread, then the chunks summed in order). */
-template <typename T>
-__global__ void ln_param_partial(const char *x, int xdt, const T *g, const double *mean, const double *rstd, int64_t rows,
-                                 int64_t n, int64_t rows_per_chunk, double *pw, double *pb)
+template <typename T, int XDT>
+__global__ void ln_param_partial(const char *x, const T *g, const double *mean, const double *rstd, int64_t rows, int64_t n,
+                                 int64_t rows_per_chunk, double *pw, double *pb)
 {
     int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     int64_t chunk = blockIdx.y;
     if (c >= n) return;
-    const int el = dtype_size(xdt);
+    const int el = dtype_size(XDT);
     int64_t r0 = chunk * rows_per_chunk, r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
     double dw = 0, db = 0;
     for (int64_t r = r0; r < r1; r++) {
         double gv = (double)g[r * n + c];
-        dw += gv * ((double)load_as<T>(x + (r * n + c) * el, xdt) - mean[r]) * rstd[r];
+        dw += gv * ((double)load_fixed<T, XDT>(x + (r * n + c) * el) - mean[r]) * rstd[r];
         db += gv;
     }
     if (pw) pw[chunk * n + c] = dw;
@@ -213,34 +223,64 @@ unsigned ln_warp_grid(int64_t rows)
 
 /* Launches the forward for compute type T: the warp kernel sized to the row when it has at most
  * 1024 columns, else the block kernel. */
+template <typename T, int XDT>
+void ln_forward_fixed(const char *x, const T *w, const T *b, T *y, double *mp, double *rp, int64_t rows, int64_t cols,
+                      double eps, cudaStream_t st)
+{
+    int per = (int)((cols + 31) / 32), n = (int)cols;
+    unsigned grid = ln_warp_grid(rows), threads = 32 * kLnWarps;
+    if (per <= 4) ln_forward_warp<T, 4, XDT><<<grid, threads, 0, st>>>(x, w, b, y, mp, rp, rows, n, eps);
+    else if (per <= 8) ln_forward_warp<T, 8, XDT><<<grid, threads, 0, st>>>(x, w, b, y, mp, rp, rows, n, eps);
+    else if (per <= 16) ln_forward_warp<T, 16, XDT><<<grid, threads, 0, st>>>(x, w, b, y, mp, rp, rows, n, eps);
+    else if (per <= 24) ln_forward_warp<T, 24, XDT><<<grid, threads, 0, st>>>(x, w, b, y, mp, rp, rows, n, eps);
+    else ln_forward_warp<T, 32, XDT><<<grid, threads, 0, st>>>(x, w, b, y, mp, rp, rows, n, eps);
+}
+
+/* Launches the forward for compute type T: the warp kernel for x's dtype sized to the row when it
+ * has at most 1024 columns, else the block kernel. */
 template <typename T>
 void ln_forward_launch(const char *x, int xdt, const T *w, const T *b, T *y, double *mp, double *rp, int64_t rows,
                        int64_t cols, double eps, cudaStream_t st)
 {
-    int per = (int)((cols + 31) / 32);
+    if (cols > 32 * 32) ln_forward<T><<<rows_grid(rows), kRow, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, cols, eps);
+    else if (xdt == HR_F64) ln_forward_fixed<T, HR_F64>(x, w, b, y, mp, rp, rows, cols, eps, st);
+    else if (xdt == HR_F32) ln_forward_fixed<T, HR_F32>(x, w, b, y, mp, rp, rows, cols, eps, st);
+    else if (xdt == HR_BF16) ln_forward_fixed<T, HR_BF16>(x, w, b, y, mp, rp, rows, cols, eps, st);
+    else ln_forward_fixed<T, HR_F16>(x, w, b, y, mp, rp, rows, cols, eps, st);
+}
+
+template <typename T, int XDT>
+void ln_backward_dx_fixed(const char *x, const T *w, const T *g, char *dx, const double *mp, const double *rp, int64_t rows,
+                          int64_t cols, cudaStream_t st)
+{
+    int per = (int)((cols + 31) / 32), n = (int)cols;
     unsigned grid = ln_warp_grid(rows), threads = 32 * kLnWarps;
-    int n = (int)cols;
-    if (per <= 4) ln_forward_warp<T, 4><<<grid, threads, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, n, eps);
-    else if (per <= 8) ln_forward_warp<T, 8><<<grid, threads, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, n, eps);
-    else if (per <= 16) ln_forward_warp<T, 16><<<grid, threads, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, n, eps);
-    else if (per <= 24) ln_forward_warp<T, 24><<<grid, threads, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, n, eps);
-    else if (per <= 32) ln_forward_warp<T, 32><<<grid, threads, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, n, eps);
-    else ln_forward<T><<<rows_grid(rows), kRow, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, cols, eps);
+    if (per <= 4) ln_backward_dx_warp<T, 4, XDT><<<grid, threads, 0, st>>>(x, w, g, dx, mp, rp, rows, n);
+    else if (per <= 8) ln_backward_dx_warp<T, 8, XDT><<<grid, threads, 0, st>>>(x, w, g, dx, mp, rp, rows, n);
+    else if (per <= 16) ln_backward_dx_warp<T, 16, XDT><<<grid, threads, 0, st>>>(x, w, g, dx, mp, rp, rows, n);
+    else if (per <= 24) ln_backward_dx_warp<T, 24, XDT><<<grid, threads, 0, st>>>(x, w, g, dx, mp, rp, rows, n);
+    else ln_backward_dx_warp<T, 32, XDT><<<grid, threads, 0, st>>>(x, w, g, dx, mp, rp, rows, n);
 }
 
 template <typename T>
 void ln_backward_dx_launch(const char *x, int xdt, const T *w, const T *g, char *dx, const double *mp, const double *rp,
                            int64_t rows, int64_t cols, cudaStream_t st)
 {
-    int per = (int)((cols + 31) / 32);
-    unsigned grid = ln_warp_grid(rows), threads = 32 * kLnWarps;
-    int n = (int)cols;
-    if (per <= 4) ln_backward_dx_warp<T, 4><<<grid, threads, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, n);
-    else if (per <= 8) ln_backward_dx_warp<T, 8><<<grid, threads, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, n);
-    else if (per <= 16) ln_backward_dx_warp<T, 16><<<grid, threads, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, n);
-    else if (per <= 24) ln_backward_dx_warp<T, 24><<<grid, threads, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, n);
-    else if (per <= 32) ln_backward_dx_warp<T, 32><<<grid, threads, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, n);
-    else ln_backward_dx<T><<<rows_grid(rows), kRow, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, cols);
+    if (cols > 32 * 32) ln_backward_dx<T><<<rows_grid(rows), kRow, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, cols);
+    else if (xdt == HR_F64) ln_backward_dx_fixed<T, HR_F64>(x, w, g, dx, mp, rp, rows, cols, st);
+    else if (xdt == HR_F32) ln_backward_dx_fixed<T, HR_F32>(x, w, g, dx, mp, rp, rows, cols, st);
+    else if (xdt == HR_BF16) ln_backward_dx_fixed<T, HR_BF16>(x, w, g, dx, mp, rp, rows, cols, st);
+    else ln_backward_dx_fixed<T, HR_F16>(x, w, g, dx, mp, rp, rows, cols, st);
+}
+
+template <typename T>
+void ln_param_launch(dim3 grid, const char *x, int xdt, const T *g, const double *mp, const double *rp, int64_t rows,
+                     int64_t n, int64_t per, double *pw, double *pb, cudaStream_t st)
+{
+    if (xdt == HR_F64) ln_param_partial<T, HR_F64><<<grid, kRow, 0, st>>>(x, g, mp, rp, rows, n, per, pw, pb);
+    else if (xdt == HR_F32) ln_param_partial<T, HR_F32><<<grid, kRow, 0, st>>>(x, g, mp, rp, rows, n, per, pw, pb);
+    else if (xdt == HR_BF16) ln_param_partial<T, HR_BF16><<<grid, kRow, 0, st>>>(x, g, mp, rp, rows, n, per, pw, pb);
+    else ln_param_partial<T, HR_F16><<<grid, kRow, 0, st>>>(x, g, mp, rp, rows, n, per, pw, pb);
 }
 
 /* The dtype of the output, the parameters and the statistics' arithmetic for input dtype dt. */
@@ -293,11 +333,11 @@ int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
                 dim3 grid((unsigned)((n + kRow - 1) / kRow), (unsigned)chunks);
                 double *pwp = pw ? (double *)hr_tensor_data(pw) : nullptr, *pbp = pb ? (double *)hr_tensor_data(pb) : nullptr;
                 if (f64)
-                    ln_param_partial<double><<<grid, kRow, 0, st>>>(xp, x->dtype, (const double *)hr_tensor_data(g), mp, rp,
-                                                                     c->rows, n, per, pwp, pbp);
+                    ln_param_launch<double>(grid, xp, x->dtype, (const double *)hr_tensor_data(g), mp, rp, c->rows, n, per,
+                                            pwp, pbp, st);
                 else
-                    ln_param_partial<float><<<grid, kRow, 0, st>>>(xp, x->dtype, (const float *)hr_tensor_data(g), mp, rp,
-                                                                    c->rows, n, per, pwp, pbp);
+                    ln_param_launch<float>(grid, xp, x->dtype, (const float *)hr_tensor_data(g), mp, rp, c->rows, n, per,
+                                           pwp, pbp, st);
                 if (pw) sum_chunks<<<grid_for(n), kThreads, 0, st>>>(pwp, chunks, n, (double *)hr_tensor_data(dw));
                 if (pb) sum_chunks<<<grid_for(n), kThreads, 0, st>>>(pbp, chunks, n, (double *)hr_tensor_data(db));
                 rc = check_launch("layer_norm backward");
@@ -447,16 +487,19 @@ struct CeCtx {
     hr_reduction reduction;
 };
 
-template <typename T>
-__global__ void ce_forward(const T *x, int64_t rs, const int64_t *target, int64_t rows, int64_t C, int64_t ignore,
+/* Logits of dtype XDT (f32/f64, or bf16/f16 read exactly as their f32 copies), statistics in
+ * double as on the CPU. One block per row. */
+template <int XDT>
+__global__ void ce_forward(const char *x, int64_t rs, const int64_t *target, int64_t rows, int64_t C, int64_t ignore,
                            double smoothing, double *lse_out, double *loss)
 {
     __shared__ double sh[kRow];
+    const int el = dtype_size(XDT);
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const T *row = x + r * rs;
+        const char *row = x + r * rs * el;
         double mx = -INFINITY;
         for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-            double v = (double)row[c];
+            double v = load_fixed<double, XDT>(row + c * el);
             if (v > mx || v != v) mx = (mx != mx) ? mx : v;
         }
         sh[threadIdx.x] = mx;
@@ -472,7 +515,7 @@ __global__ void ce_forward(const T *x, int64_t rs, const int64_t *target, int64_
         __syncthreads();
         double se = 0, sx = 0;
         for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-            double v = (double)row[c];
+            double v = load_fixed<double, XDT>(row + c * el);
             se += exp(v - mx);
             sx += v;
         }
@@ -485,7 +528,7 @@ __global__ void ce_forward(const T *x, int64_t rs, const int64_t *target, int64_
             if (t == ignore) {
                 loss[r] = 0;
             } else {
-                double nll = lse - (double)row[t];
+                double nll = lse - load_fixed<double, XDT>(row + t * el);
                 double smooth = lse - sx / (double)C;
                 loss[r] = (1.0 - smoothing) * nll + smoothing * smooth;
             }
@@ -494,23 +537,31 @@ __global__ void ce_forward(const T *x, int64_t rs, const int64_t *target, int64_
     }
 }
 
-template <typename T>
-__global__ void ce_backward_kernel(const T *x, int64_t rs, const int64_t *target, const double *lse, const char *g, int gdt,
+/* The gradient in double, rounded to the compute type (float for f32/bf16/f16 logits, double for
+ * f64) and then into the logits' dtype, as the cast's backward would round it. Rows on the grid's
+ * y axis (and a loop past 65535), classes on x: no division per element. */
+template <int XDT>
+__global__ void ce_backward_kernel(const char *x, int64_t rs, const int64_t *target, const double *lse, const char *g, int gdt,
                                    bool per_row, double scale, int64_t rows, int64_t C, int64_t ignore, double smoothing,
-                                   T *gx)
+                                   char *gx)
 {
-    int64_t total = rows * C;
-    double gs = per_row ? 0.0 : load_f64(g, gdt) * scale;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t r = i / C, c = i % C;
-        int64_t t = target[r];
-        double v = 0;
-        if (t != ignore) {
-            double gr = per_row ? load_f64(g + r * (int64_t)dtype_size(gdt), gdt) : gs;
-            double p = exp((double)x[r * rs + c] - lse[r]);
-            v = (p - smoothing / (double)C - (c == t ? 1.0 - smoothing : 0.0)) * gr;
+    const int el = dtype_size(XDT);
+    const double gs = per_row ? 0.0 : load_f64(g, gdt) * scale;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const int64_t t = target[r];
+        const double gr = t == ignore ? 0.0 : per_row ? load_f64(g + r * (int64_t)dtype_size(gdt), gdt) : gs;
+        const double l = lse[r];
+        const char *row = x + r * rs * el;
+        char *out = gx + r * C * el;
+        for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+            double v = 0;
+            if (t != ignore) {
+                double p = exp(load_fixed<double, XDT>(row + c * el) - l);
+                v = (p - smoothing / (double)C - (c == t ? 1.0 - smoothing : 0.0)) * gr;
+            }
+            if (XDT == HR_F64) *(double *)(out + c * el) = v;
+            else store_f32(out + c * el, XDT, (float)v);
         }
-        gx[i] = (T)v;
     }
 }
 
@@ -530,16 +581,22 @@ int ce_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     if (rc == 0 && total > 0) {
         bool per_row = c->reduction == HR_REDUCE_NONE;
         double scale = c->reduction == HR_REDUCE_MEAN ? (c->counted ? 1.0 / (double)c->counted : NAN) : 1.0;
-        if (x->dtype == HR_F64)
-            ce_backward_kernel<double><<<grid_for(total), kThreads, 0, st>>>(
-                (const double *)hr_tensor_data(x), x->stride[0], (const int64_t *)hr_tensor_data(target),
-                (const double *)hr_tensor_data(lse), (const char *)hr_tensor_data(g), g->dtype, per_row, scale, c->rows,
-                c->classes, c->ignore_index, c->smoothing, (double *)hr_tensor_data(gi[0]));
-        else
-            ce_backward_kernel<float><<<grid_for(total), kThreads, 0, st>>>(
-                (const float *)hr_tensor_data(x), x->stride[0], (const int64_t *)hr_tensor_data(target),
-                (const double *)hr_tensor_data(lse), (const char *)hr_tensor_data(g), g->dtype, per_row, scale, c->rows,
-                c->classes, c->ignore_index, c->smoothing, (float *)hr_tensor_data(gi[0]));
+        dim3 grid((unsigned)((c->classes + 4 * kThreads - 1) / (4 * kThreads)),
+                  (unsigned)(c->rows < 65535 ? c->rows : 65535));
+        const char *xp = (const char *)hr_tensor_data(x), *gp = (const char *)hr_tensor_data(g);
+        const int64_t *tp = (const int64_t *)hr_tensor_data(target);
+        const double *lp = (const double *)hr_tensor_data(lse);
+        char *op = (char *)hr_tensor_data(gi[0]);
+#define HR_CE_BACKWARD(XDT)                                                                                            \
+    ce_backward_kernel<XDT><<<grid, kThreads, 0, st>>>(xp, x->stride[0], tp, lp, gp, g->dtype, per_row, scale, c->rows,  \
+                                                       c->classes, c->ignore_index, c->smoothing, op)
+        switch (x->dtype) {
+        case HR_F64: HR_CE_BACKWARD(HR_F64); break;
+        case HR_BF16: HR_CE_BACKWARD(HR_BF16); break;
+        case HR_F16: HR_CE_BACKWARD(HR_F16); break;
+        default: HR_CE_BACKWARD(HR_F32); break;
+        }
+#undef HR_CE_BACKWARD
         rc = check_launch("cross_entropy backward");
     }
     hr_tensor_release(g);
@@ -891,6 +948,8 @@ extern "C" hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target
     cudaStream_t st = stream(dev_of(logits));
     if (!st) return NULL;
     int64_t N = logits->size[0], C = logits->size[1];
+    /* bf16/f16 logits (autocast's f32 loss of half logits): read as f32, loss in f32 */
+    const hr_dtype out_dtype = logits->dtype == HR_F64 ? HR_F64 : HR_F32;
     hr_tensor *x = logits->stride[1] == 1 || logits->size[1] <= 1 ? hr_view_alias(logits) : hr_contiguous(logits);
     hr_tensor *t = hr_cast(target, HR_I64);
     /* the targets are validated (and counted) on the host, exactly as the CPU does */
@@ -914,22 +973,24 @@ extern "C" hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target
         }
     }
     if (N > 0 && C > 0) {
-        if (x->dtype == HR_F64)
-            ce_forward<double><<<rows_grid(N), kRow, 0, st>>>((const double *)hr_tensor_data(x), x->stride[0],
-                                                               (const int64_t *)hr_tensor_data(t), N, C, ignore_index,
-                                                               label_smoothing, (double *)hr_tensor_data(lse),
-                                                               (double *)hr_tensor_data(loss));
-        else
-            ce_forward<float><<<rows_grid(N), kRow, 0, st>>>((const float *)hr_tensor_data(x), x->stride[0],
-                                                              (const int64_t *)hr_tensor_data(t), N, C, ignore_index,
-                                                              label_smoothing, (double *)hr_tensor_data(lse),
-                                                              (double *)hr_tensor_data(loss));
+        const char *xp = (const char *)hr_tensor_data(x);
+        const int64_t *tp = (const int64_t *)hr_tensor_data(t);
+        double *lp = (double *)hr_tensor_data(lse), *lossp = (double *)hr_tensor_data(loss);
+#define HR_CE_FORWARD(XDT)                                                                                             \
+    ce_forward<XDT><<<rows_grid(N), kRow, 0, st>>>(xp, x->stride[0], tp, N, C, ignore_index, label_smoothing, lp, lossp)
+        switch (x->dtype) {
+        case HR_F64: HR_CE_FORWARD(HR_F64); break;
+        case HR_BF16: HR_CE_FORWARD(HR_BF16); break;
+        case HR_F16: HR_CE_FORWARD(HR_F16); break;
+        default: HR_CE_FORWARD(HR_F32); break;
+        }
+#undef HR_CE_FORWARD
         if (check_launch("cross_entropy")) goto done;
     } else if (N > 0 && (hr_cuda_memset0(loss->storage) || hr_cuda_memset0(lse->storage))) {
         goto done;
     }
     if (reduction == HR_REDUCE_NONE) {
-        out = hr_cast(loss, logits->dtype);
+        out = hr_cast(loss, out_dtype);
     } else {
         sum = hr_sum(loss, HR_DIM_ALL, false);
         if (!sum) goto done;
@@ -940,7 +1001,7 @@ extern "C" hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target
             sum = m;
             if (!sum) goto done;
         }
-        out = hr_cast(sum, logits->dtype);
+        out = hr_cast(sum, out_dtype);
     }
     if (!out) goto done;
     {

@@ -533,6 +533,43 @@ bool launch_unit_copy(Geo g, char *dst, const char *src, int el, cudaStream_t st
     return false;
 }
 
+/* Same-dtype copies whose innermost dimension is contiguous in both operands and long, but whose
+ * rows are not whole 8- or 16-byte units apart (a narrowed vocabulary's gradient): rows on the
+ * grid's x axis, their elements on y and the threads, so that no element needs an index division. */
+template <typename U> __global__ void copy_rows(Geo outer, U *dst, const U *src, int64_t rows, int64_t inner)
+{
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        int64_t off[2];
+        geo_offsets<2>(outer, r, off);
+        U *d = dst + off[0];
+        const U *s = src + off[1];
+        for (int64_t c = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; c < inner; c += (int64_t)gridDim.y * blockDim.x)
+            d[c] = s[c];
+    }
+}
+
+bool launch_row_copy(const Geo &g, char *dst, const char *src, int el, cudaStream_t st)
+{
+    if (g.ndim < 2 || g.stride[0][g.ndim - 1] != 1 || g.stride[1][g.ndim - 1] != 1 || g.size[g.ndim - 1] < 256) return false;
+    Geo outer = g;
+    outer.ndim = g.ndim - 1;
+    geo_coalesce(&outer);
+    int64_t rows = 1, inner = g.size[g.ndim - 1];
+    for (int d = 0; d < outer.ndim; d++) rows *= outer.size[d];
+    unsigned gx = (unsigned)(rows < 0x7fffffff ? rows : 0x7fffffff);
+    int64_t per_block = 4 * (int64_t)kThreads;
+    unsigned gy = (unsigned)((inner + per_block - 1) / per_block);
+    if (gy > 65535) gy = 65535;
+    dim3 grid(gx, gy);
+    switch (el) {
+    case 1: copy_rows<uint8_t><<<grid, kThreads, 0, st>>>(outer, (uint8_t *)dst, (const uint8_t *)src, rows, inner); break;
+    case 2: copy_rows<uint16_t><<<grid, kThreads, 0, st>>>(outer, (uint16_t *)dst, (const uint16_t *)src, rows, inner); break;
+    case 4: copy_rows<uint32_t><<<grid, kThreads, 0, st>>>(outer, (uint32_t *)dst, (const uint32_t *)src, rows, inner); break;
+    default: copy_rows<uint64_t><<<grid, kThreads, 0, st>>>(outer, (uint64_t *)dst, (const uint64_t *)src, rows, inner); break;
+    }
+    return true;
+}
+
 /* Launches the conversion when (sdt, ddt) is one of the float/half pairs; false otherwise. */
 bool launch_float_half(int sdt, int ddt, const char *src, char *dst, int64_t n, cudaStream_t st)
 {
@@ -611,7 +648,8 @@ int device_convert(hr_tensor *dst, const hr_tensor *src)
     geo_add(&g, sstride);
     geo_coalesce(&g);
     if (!tmp && dst->dtype == src->dtype &&
-        launch_unit_copy(g, (char *)hr_tensor_data(dst), (const char *)hr_tensor_data(src), (int)hr_dtype_size(dst->dtype), st))
+        (launch_unit_copy(g, (char *)hr_tensor_data(dst), (const char *)hr_tensor_data(src), (int)hr_dtype_size(dst->dtype), st) ||
+         launch_row_copy(g, (char *)hr_tensor_data(dst), (const char *)hr_tensor_data(src), (int)hr_dtype_size(dst->dtype), st)))
         return check_launch("copy_");
     convert_kernel<<<grid_for(n), kThreads, 0, st>>>(g, (char *)hr_tensor_data(dst), dst->dtype,
                                                     (int)hr_dtype_size(dst->dtype), (const char *)hr_tensor_data(src),
