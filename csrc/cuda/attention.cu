@@ -16,7 +16,8 @@
  * rounded once into the output dtype. The dropout noise is the dropout kernel's: element e of
  * [B, heads, Lq, Lk] uses word e % 4 of Philox block block0 + e / 4, so a seed drops the same
  * probabilities as on the CPU and as the composed path; the backward draws it again from the
- * saved key and block instead of storing it. P is saved in f32 for the backward. bf16/f16 heads of a
+ * saved key and block instead of storing it. P is saved in f32 for the backward (each head's
+ * scores a whole number of float4s apart, for 16-byte loads). bf16/f16 heads of a
  * multiple of 16 columns run their products on the tensor cores (below).
  */
 #include <cmath>
@@ -37,6 +38,7 @@ struct AttnShape {
     double p;
     bool has_noise, has_mask;
     bool vec; /* q, k, v (and dO) 16-byte aligned with H a multiple of 8: tiles load 16 bytes at a time */
+    int64_t pstride; /* floats between the heads' saved probabilities (Lq * Lk rounded up to whole float4s) */
     uint32_t k0, k1;
     uint64_t block0;
 };
@@ -197,15 +199,16 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward(AttnShape s, const 
         float e0 = lane < Lk ? expf(v0 - mx) : 0.0f, e1 = lane + 32 < Lk ? expf(v1 - mx) : 0.0f;
         double sum = warp_sum((double)e0 + (double)e1);
         float inv = (float)(1.0 / sum);
-        int64_t e = (t * s.Lq + i) * s.Lk;
+        int64_t e = (t * s.Lq + i) * s.Lk; /* the dropout stream's element index */
+        float *pr = probs ? probs + t * s.pstride + (int64_t)i * Lk : nullptr;
         if (lane < Lk) {
             float p = e0 * inv;
-            if (probs) probs[e + lane] = p;
+            if (pr) pr[lane] = p;
             row[lane] = s.has_noise ? p * noise_of(s, e + lane) : p;
         }
         if (lane + 32 < Lk) {
             float p = e1 * inv;
-            if (probs) probs[e + lane + 32] = p;
+            if (pr) pr[lane + 32] = p;
             row[lane + 32] = s.has_noise ? p * noise_of(s, e + lane + 32) : p;
         }
     }
@@ -233,7 +236,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward(AttnShape s, const
     load_tile(Vs, v, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
     load_tile(Gs, g, gdt, s.H, b * s.Lq, h * s.dh, Lq, dh);
     const int64_t e0 = t * s.Lq * s.Lk;
-    load_probs(Ps, lp, probs + e0, Lq, Lk);
+    load_probs(Ps, lp, probs + t * s.pstride, Lq, Lk);
     __syncthreads();
     for (int e = threadIdx.x; e < Lq * Lk; e += blockDim.x) {
         int i = e / Lk, x = e - i * Lk;
@@ -291,7 +294,9 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward(AttnShape s, const
  * over 16-bit tiles in shared memory, zero-padded to multiples of 16 rows. The softmax, the
  * dropout and dS stay in f32 as above; P' and dS are rounded to the input dtype as operands of
  * the next product, as the composed path and PyTorch's autocast round them. Heads are multiples
- * of 16 wide. */
+ * of 16 wide. Every tile is kept once, row-major: a product that needs it transposed reads its
+ * fragments element by element, so that a block needs little shared memory and several blocks
+ * share a multiprocessor (the first version kept transposed copies and ran three). */
 
 /* Tile strides in 16-bit elements: +8 puts consecutive rows 4 banks apart, so the fragment loads
  * of a warp (8 rows x 4 words) hit 32 distinct banks. */
@@ -312,108 +317,123 @@ template <bool BF> __device__ __forceinline__ void mma16816(float c[4], const ui
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-/* C = A B over 16-bit tiles, A(m, k) = As[m * lda + k], B(k, n) = Bs[n * ldb + k] (B given by its
- * rows of K), M a multiple of 16, N of 8, K of 16. The block's warps take 16x8 output tiles in turn;
- * out(m, n, value) receives each result. */
-template <bool BF, typename Out>
+/* Two consecutive-k elements of an operand as one 32-bit fragment register: t is a row-major 16-bit
+ * tile; kmajor means k runs along its rows (element (j, k) at t[j * ld + k], one 32-bit load), else
+ * down its columns (element (j, k) at t[k * ld + j], two 16-bit loads). */
+template <bool KMAJOR> __device__ __forceinline__ uint32_t frag_pair(const uint16_t *t, int ld, int j, int k)
+{
+    if (KMAJOR) return *(const uint32_t *)(t + j * ld + k);
+    return (uint32_t)t[k * ld + j] | ((uint32_t)t[(k + 1) * ld + j] << 16);
+}
+
+/* C = A B over 16-bit tiles, A(m, k) and B(k, n) read as frag_pair says (A_K: A's k along its tile's
+ * rows; B_K: B's k along its tile's rows, i.e. the tile holds B by columns), M a multiple of 16,
+ * N of 8, K of 16. The block's warps take 16x8 output tiles in turn; out(m, n, value) receives
+ * each result. */
+template <bool BF, bool A_K, bool B_K, typename Out>
 __device__ __forceinline__ void warp_mma(const uint16_t *As, int lda, const uint16_t *Bs, int ldb, int M, int N, int K,
                                          Out out)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int g = lane >> 2, t = lane & 3, nt = N / 8;
+    const int g = lane >> 2, t2 = 2 * (lane & 3), nt = N / 8;
     for (int tile = warp; tile < (M / 16) * nt; tile += warps) {
         const int m0 = (tile / nt) * 16, n0 = (tile % nt) * 8;
-        const uint16_t *a_lo = As + (m0 + g) * lda + 2 * t, *a_hi = a_lo + 8 * lda, *bp = Bs + (n0 + g) * ldb + 2 * t;
         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int k0 = 0; k0 < K; k0 += 16) {
             uint32_t a[4], b[2];
-            a[0] = *(const uint32_t *)(a_lo + k0);
-            a[1] = *(const uint32_t *)(a_hi + k0);
-            a[2] = *(const uint32_t *)(a_lo + k0 + 8);
-            a[3] = *(const uint32_t *)(a_hi + k0 + 8);
-            b[0] = *(const uint32_t *)(bp + k0);
-            b[1] = *(const uint32_t *)(bp + k0 + 8);
+            a[0] = frag_pair<A_K>(As, lda, m0 + g, k0 + t2);
+            a[1] = frag_pair<A_K>(As, lda, m0 + g + 8, k0 + t2);
+            a[2] = frag_pair<A_K>(As, lda, m0 + g, k0 + t2 + 8);
+            a[3] = frag_pair<A_K>(As, lda, m0 + g + 8, k0 + t2 + 8);
+            b[0] = frag_pair<B_K>(Bs, ldb, n0 + g, k0 + t2);
+            b[1] = frag_pair<B_K>(Bs, ldb, n0 + g, k0 + t2 + 8);
             mma16816<BF>(c, a, b);
         }
-        out(m0 + g, n0 + 2 * t, c[0]);
-        out(m0 + g, n0 + 2 * t + 1, c[1]);
-        out(m0 + g + 8, n0 + 2 * t, c[2]);
-        out(m0 + g + 8, n0 + 2 * t + 1, c[3]);
+        out(m0 + g, n0 + t2, c[0]);
+        out(m0 + g, n0 + t2 + 1, c[1]);
+        out(m0 + g + 8, n0 + t2, c[2]);
+        out(m0 + g + 8, n0 + t2 + 1, c[3]);
     }
 }
 
-/* The head's rows x dh block of a [*, H] tensor of 16-bit elements into tile (and, when tt is
- * given, its transpose into tt: tt[d * ldt + r]); rows up to pad16(rows) and, in tt, columns up to
- * ldt are zero. src_dt converts another float dtype (an f32 upstream gradient) to dt first. */
-__device__ void load_half_tile(uint16_t *tile, int ld, uint16_t *tt, int ldt, const char *src, int src_dt, int dt,
-                               int64_t H, int64_t row0, int64_t col0, int rows, int dh)
+/* The head's rows x dh block of a [*, H] tensor of 16-bit elements into tile (rows ld apart),
+ * rows up to pad16(rows) zero. src_dt converts another float dtype (an f32 upstream gradient) to
+ * dt first. The general loader, for sources the batched one below does not take. */
+__device__ void load_half_tile(uint16_t *tile, int ld, const char *src, int src_dt, int dt, int64_t H, int64_t row0,
+                               int64_t col0, int rows, int dh)
 {
-    const int prow = pad16(rows), el = dtype_size(src_dt);
-    for (int e = threadIdx.x; e < prow * dh; e += blockDim.x) {
-        int r = e / dh, d = e - r * dh;
-        uint16_t v = 0;
-        if (r < rows) {
-            const char *p = src + ((row0 + r) * H + col0 + d) * el;
-            if (src_dt == dt) v = *(const uint16_t *)p;
-            else {
-                float f = load_f32(p, src_dt);
-                v = dt == HR_BF16 ? f32_to_bf16(f) : f32_to_f16(f);
+    const int n = pad16(rows) * dh, el = dtype_size(src_dt);
+    for (int base = threadIdx.x; base < n; base += kLoadBatch * blockDim.x) {
+        float v[kLoadBatch];
+#pragma unroll
+        for (int j = 0; j < kLoadBatch; j++) {
+            int e = base + j * blockDim.x, r = e / dh, d = e - r * dh;
+            v[j] = e < n && r < rows ? load_f32(src + ((row0 + r) * H + col0 + d) * el, src_dt) : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < kLoadBatch; j++) {
+            int e = base + j * blockDim.x, r = e / dh, d = e - r * dh;
+            if (e < n) tile[r * ld + d] = dt == HR_BF16 ? f32_to_bf16(v[j]) : f32_to_f16(v[j]);
+        }
+    }
+}
+
+/* One head's rows of a same-dtype [*, H] source for the batched loader. */
+struct HeadRows {
+    const char *src;
+    int64_t row0;
+    int rows;
+    uint16_t *tile;
+};
+
+/* NT heads (rows 16-byte aligned, H a multiple of 8) and, when probs is given, the head's n saved
+ * probabilities (16-byte aligned) into their tiles: every load of a round is issued before any
+ * store, so the block waits for the memory once per round instead of once per tile. */
+template <int NT>
+__device__ void load_heads(const HeadRows (&hr)[NT], int ld, int64_t H, int64_t col0, int dh, const float *probs, int n,
+                           float *P, int lp, int Lk)
+{
+    const int per_row = dh / 8, n4 = (n + 3) / 4;
+    int most = n4;
+#pragma unroll
+    for (int i = 0; i < NT; i++) most = max(most, pad16(hr[i].rows) * per_row);
+    for (int base = threadIdx.x; base < most; base += 2 * blockDim.x) {
+        uint4 v[NT][2];
+        float4 pv[2];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const int c = base + j * blockDim.x;
+#pragma unroll
+            for (int i = 0; i < NT; i++) {
+                const int r = c / per_row;
+                v[i][j] = make_uint4(0u, 0u, 0u, 0u);
+                if (r < hr[i].rows)
+                    v[i][j] = *(const uint4 *)((const uint16_t *)hr[i].src + (hr[i].row0 + r) * H + col0 + (c - r * per_row) * 8);
             }
-        }
-        if (tile) tile[r * ld + d] = v;
-        if (tt) tt[d * ldt + r] = v;
-    }
-    if (tt) /* the transposed tile's columns past the padded rows, read by no product but kept defined */
-        for (int e = threadIdx.x; e < dh * (ldt - prow); e += blockDim.x) {
-            int d = e / (ldt - prow), r = prow + e % (ldt - prow);
-            tt[d * ldt + r] = 0;
-        }
-}
-
-/* load_half_tile for a same-dtype source whose rows and head columns are 16-byte aligned: 8
- * elements per load, kLoadBatch loads in flight per thread. */
-__device__ void load_half_tile_vec(uint16_t *tile, int ld, uint16_t *tt, int ldt, const char *src, int64_t H,
-                                   int64_t row0, int64_t col0, int rows, int dh)
-{
-    const int per_row = dh / 8, prow = pad16(rows), chunks = prow * per_row;
-    for (int base = threadIdx.x; base < chunks; base += kLoadBatch * blockDim.x) {
-        uint4 v[kLoadBatch];
-#pragma unroll
-        for (int j = 0; j < kLoadBatch; j++) {
-            int c = base + j * blockDim.x, r = c / per_row;
-            v[j] = make_uint4(0u, 0u, 0u, 0u);
-            if (c < chunks && r < rows)
-                v[j] = *(const uint4 *)((const uint16_t *)src + (row0 + r) * H + col0 + (c - r * per_row) * 8);
+            pv[j] = probs && c < n4 ? ((const float4 *)probs)[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
 #pragma unroll
-        for (int j = 0; j < kLoadBatch; j++) {
-            int c = base + j * blockDim.x, r = c / per_row, d = (c - r * per_row) * 8;
-            if (c >= chunks) continue;
-            if (tile) *(uint4 *)(tile + r * ld + d) = v[j];
-            if (tt) {
-                uint32_t w[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+        for (int j = 0; j < 2; j++) {
+            const int c = base + j * blockDim.x, r = c / per_row, d = (c - r * per_row) * 8;
+#pragma unroll
+            for (int i = 0; i < NT; i++)
+                if (r < pad16(hr[i].rows)) *(uint4 *)(hr[i].tile + r * ld + d) = v[i][j];
+            if (probs && c < n4) {
+                float f[4] = {pv[j].x, pv[j].y, pv[j].z, pv[j].w};
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
-                    tt[(d + 2 * k) * ldt + r] = (uint16_t)(w[k] & 0xffffu);
-                    tt[(d + 2 * k + 1) * ldt + r] = (uint16_t)(w[k] >> 16);
+                    int e = 4 * c + k, i = e / Lk;
+                    if (e < n) P[i * lp + e - i * Lk] = f[k];
                 }
             }
         }
     }
 }
 
-/* Either loader: the vector one when the shape allows it and no conversion is needed. */
-__device__ __forceinline__ void load_head(uint16_t *tile, int ld, uint16_t *tt, int ldt, const char *src, int src_dt,
-                                          int dt, bool vec, int64_t H, int64_t row0, int64_t col0, int rows, int dh)
-{
-    if (vec && src_dt == dt) load_half_tile_vec(tile, ld, tt, ldt, src, H, row0, col0, rows, dh);
-    else load_half_tile(tile, ld, tt, ldt, src, src_dt, dt, H, row0, col0, rows, dh);
-}
-
 __device__ __forceinline__ uint16_t to_half(float f, int dt) { return dt == HR_BF16 ? f32_to_bf16(f) : f32_to_f16(f); }
 
 struct TcTiles {
-    int Lq, Lk, dh, pq, pk, ldh, ldq, ldk;
+    int Lq, Lk, dh, pq, pk, ldh, ldk;
 };
 
 __device__ __forceinline__ TcTiles tc_tiles(const AttnShape &s)
@@ -421,7 +441,7 @@ __device__ __forceinline__ TcTiles tc_tiles(const AttnShape &s)
     TcTiles t;
     t.Lq = (int)s.Lq, t.Lk = (int)s.Lk, t.dh = (int)s.dh;
     t.pq = pad16(s.Lq), t.pk = pad16(s.Lk);
-    t.ldh = half_ld(s.dh), t.ldq = half_ld(s.Lq), t.ldk = half_ld(s.Lk);
+    t.ldh = half_ld(s.dh), t.ldk = half_ld(s.Lk);
     return t;
 }
 
@@ -432,21 +452,27 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward_tc(AttnShape s, con
     extern __shared__ float4 smem4[];
     const TcTiles T = tc_tiles(s);
     const int lp = score_ld(T.Lk);
-    float *Ss = (float *)smem4;                           /* [Lq][lp] f32 scores, then P */
-    float *Ms = Ss + T.Lq * lp;                           /* the mask rows */
-    uint16_t *Qh = (uint16_t *)(Ss + round4(T.Lq * lp + mask_floats(s))); /* [pq][ldh] */
-    uint16_t *Kh = Qh + T.pq * T.ldh;                     /* [pk][ldh] */
-    uint16_t *Vt = Kh + T.pk * T.ldh;                     /* [dh][ldk]: V transposed */
-    uint16_t *Ph = Vt + T.dh * T.ldk;                     /* [pq][ldk]: P' in the input dtype */
+    float *Ss = (float *)smem4;                                              /* [Lq][lp] f32 scores */
+    float *Ms = Ss + T.Lq * lp;                                              /* the mask rows */
+    uint16_t *Qh = (uint16_t *)(Ss + round4(T.Lq * lp + mask_floats(s)));    /* [pq][ldh] */
+    uint16_t *Kh = Qh + T.pq * T.ldh;                                        /* [pk][ldh] */
+    uint16_t *Vh = Kh + T.pk * T.ldh;                                        /* [pk][ldh] */
+    uint16_t *Ph = Vh + T.pk * T.ldh;                                        /* [pq][ldk]: P' in the input dtype */
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
-    load_head(Qh, T.ldh, nullptr, 0, q, dt, dt, s.vec, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
-    load_head(Kh, T.ldh, nullptr, 0, k, dt, dt, s.vec, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
-    load_head(nullptr, 0, Vt, T.ldk, v, dt, dt, s.vec, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    if (s.vec) {
+        const HeadRows hr[3] = {{q, b * s.Lq, T.Lq, Qh}, {k, b * s.Lk, T.Lk, Kh}, {v, b * s.Lk, T.Lk, Vh}};
+        load_heads<3>(hr, T.ldh, s.H, h * s.dh, T.dh, nullptr, 0, nullptr, 0, 1);
+    } else {
+        load_half_tile(Qh, T.ldh, q, dt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
+        load_half_tile(Kh, T.ldh, k, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+        load_half_tile(Vh, T.ldh, v, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+    }
     if (mask) load_mask(Ms, mask, dt, s, b);
     for (int e = threadIdx.x; e < T.pq * T.ldk; e += blockDim.x) Ph[e] = 0;
     __syncthreads();
     const int el = dtype_size(dt);
-    warp_mma<BF>(Qh, T.ldh, Kh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
+    /* S = scale Q Kᵀ + mask: A = Q (k = d along rows), B(d, x) = K[x][d] (k along rows) */
+    warp_mma<BF, true, true>(Qh, T.ldh, Kh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
         if (i >= T.Lq || x >= T.Lk) return;
         float sc = s.scale * c;
         if (mask) sc += mask_at(Ms, s, i, x);
@@ -460,17 +486,19 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward_tc(AttnShape s, con
         float mx = warp_max_f(v0 > v1 ? v0 : v1);
         float e0 = lane < T.Lk ? expf(v0 - mx) : 0.0f, e1 = lane + 32 < T.Lk ? expf(v1 - mx) : 0.0f;
         float inv = (float)(1.0 / warp_sum((double)e0 + (double)e1));
-        int64_t e = (t * s.Lq + i) * s.Lk;
+        const int64_t e = (t * s.Lq + i) * s.Lk; /* the dropout stream's element index */
+        float *pr = probs ? probs + t * s.pstride + (int64_t)i * T.Lk : nullptr;
         for (int c = 0; c < 2; c++) {
             int x = lane + 32 * c;
             if (x >= T.Lk) continue;
             float p = (c ? e1 : e0) * inv;
-            if (probs) probs[e + x] = p;
+            if (pr) pr[x] = p;
             Ph[i * T.ldk + x] = to_half(s.has_noise ? p * noise_of(s, e + x) : p, dt);
         }
     }
     __syncthreads();
-    warp_mma<BF>(Ph, T.ldk, Vt, T.ldk, T.pq, T.dh, T.pk, [&](int i, int d, float c) {
+    /* O = P' V: A = P' (k = x along rows), B(x, d) = V[x][d] (k down the columns) */
+    warp_mma<BF, true, false>(Ph, T.ldk, Vh, T.ldh, T.pq, T.dh, T.pk, [&](int i, int d, float c) {
         if (i < T.Lq) store_f32(out + ((b * s.Lq + i) * s.H + h * s.dh + d) * el, dt, c);
     });
 }
@@ -483,42 +511,44 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
     extern __shared__ float4 smem4[];
     const TcTiles T = tc_tiles(s);
     const int lp = score_ld(T.Lk);
-    float *Ps = (float *)smem4;            /* [Lq][lp] P */
-    float *Df = Ps + T.Lq * lp;            /* [Lq][lp] dP, then dS */
-    uint16_t *Qh = (uint16_t *)(Ps + round4(2 * T.Lq * lp));
-    uint16_t *Kh = Qh + T.pq * T.ldh;      /* rows of K, V, dO: [p][ldh] */
+    float *Ps = (float *)smem4;                                 /* [Lq][lp] P */
+    float *Df = Ps + T.Lq * lp;                                 /* [Lq][lp] dP, then dS */
+    uint16_t *Qh = (uint16_t *)(Ps + round4(2 * T.Lq * lp));   /* rows of Q, K, V, dO: [p][ldh] */
+    uint16_t *Kh = Qh + T.pq * T.ldh;
     uint16_t *Vh = Kh + T.pk * T.ldh;
     uint16_t *Gh = Vh + T.pk * T.ldh;
-    uint16_t *Qt = Gh + T.pq * T.ldh;      /* transposes: [dh][ldq or ldk] */
-    uint16_t *Kt = Qt + T.dh * T.ldq;
-    uint16_t *Gt = Kt + T.dh * T.ldk;
-    uint16_t *PdT = Gt + T.dh * T.ldq;     /* P'ᵀ [pk][ldq] */
-    uint16_t *Dh = PdT + T.pk * T.ldq;     /* dS [pq][ldk] */
-    uint16_t *Dt = Dh + T.pq * T.ldk;      /* dSᵀ [pk][ldq] */
+    uint16_t *Pd = Gh + T.pq * T.ldh;                           /* P' [pq][ldk] */
+    uint16_t *Dh = Pd + T.pq * T.ldk;                           /* dS [pq][ldk] */
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
-    const int64_t e0 = t * s.Lq * s.Lk;
-    load_head(Qh, T.ldh, Qt, T.ldq, q, dt, dt, s.vec, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
-    load_head(Kh, T.ldh, Kt, T.ldk, k, dt, dt, s.vec, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
-    load_head(Vh, T.ldh, nullptr, 0, v, dt, dt, s.vec, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
-    load_head(Gh, T.ldh, Gt, T.ldq, g, gdt, dt, s.vec, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
-    load_probs(Ps, lp, probs + e0, T.Lq, T.Lk);
-    for (int e = threadIdx.x; e < T.pk * T.ldq; e += blockDim.x) PdT[e] = Dt[e] = 0;
-    for (int e = threadIdx.x; e < T.pq * T.ldk; e += blockDim.x) Dh[e] = 0;
+    const float *pr = probs + t * s.pstride;
+    if (s.vec && gdt == dt) {
+        const HeadRows hr[4] = {{q, b * s.Lq, T.Lq, Qh}, {k, b * s.Lk, T.Lk, Kh}, {v, b * s.Lk, T.Lk, Vh},
+                                {g, b * s.Lq, T.Lq, Gh}};
+        load_heads<4>(hr, T.ldh, s.H, h * s.dh, T.dh, pr, T.Lq * T.Lk, Ps, lp, T.Lk);
+    } else {
+        load_half_tile(Qh, T.ldh, q, dt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
+        load_half_tile(Kh, T.ldh, k, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+        load_half_tile(Vh, T.ldh, v, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+        load_half_tile(Gh, T.ldh, g, gdt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
+        load_probs(Ps, lp, pr, T.Lq, T.Lk);
+    }
+    for (int e = threadIdx.x; e < T.pq * T.ldk; e += blockDim.x) Pd[e] = Dh[e] = 0;
     __syncthreads();
+    const int64_t e0 = t * s.Lq * s.Lk; /* the dropout stream's element index of the head's first score */
     for (int e = threadIdx.x; e < T.Lq * T.Lk; e += blockDim.x) {
         int i = e / T.Lk, x = e - i * T.Lk;
         float p = Ps[i * lp + x];
-        PdT[x * T.ldq + i] = to_half(s.has_noise ? p * noise_of(s, e0 + e) : p, dt);
+        Pd[i * T.ldk + x] = to_half(s.has_noise ? p * noise_of(s, e0 + e) : p, dt);
     }
     __syncthreads();
     const int el = dtype_size(dt);
-    if (dv) /* dV = P'ᵀ dO */
-        warp_mma<BF>(PdT, T.ldq, Gt, T.ldq, T.pk, T.dh, T.pq, [&](int x, int d, float c) {
+    if (dv) /* dV = P'ᵀ dO: A(x, i) = P'[i][x] (k = i down the columns), B(i, d) = dO[i][d] (k down the columns) */
+        warp_mma<BF, false, false>(Pd, T.ldk, Gh, T.ldh, T.pk, T.dh, T.pq, [&](int x, int d, float c) {
             if (x < T.Lk) store_f32(dv + ((b * s.Lk + x) * s.H + h * s.dh + d) * el, dt, c);
         });
     if (!dq && !dk) return;
-    /* dP = (dO Vᵀ) * noise */
-    warp_mma<BF>(Gh, T.ldh, Vh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
+    /* dP = (dO Vᵀ) * noise: A = dO (k = d along rows), B(d, x) = V[x][d] (k along rows) */
+    warp_mma<BF, true, true>(Gh, T.ldh, Vh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
         if (i < T.Lq && x < T.Lk) Df[i * lp + x] = s.has_noise ? c * noise_of(s, e0 + (int64_t)i * T.Lk + x) : c;
     });
     __syncthreads();
@@ -532,19 +562,16 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
         float dot = (float)warp_sum(part);
         for (int c = 0; c < 2; c++) {
             int x = lane + 32 * c;
-            if (x >= T.Lk) continue;
-            uint16_t ds = to_half(prow[x] * (drow[x] - dot), dt);
-            Dh[i * T.ldk + x] = ds;
-            Dt[x * T.ldq + i] = ds;
+            if (x < T.Lk) Dh[i * T.ldk + x] = to_half(prow[x] * (drow[x] - dot), dt);
         }
     }
     __syncthreads();
-    if (dq) /* dQ = scale * dS K */
-        warp_mma<BF>(Dh, T.ldk, Kt, T.ldk, T.pq, T.dh, T.pk, [&](int i, int d, float c) {
+    if (dq) /* dQ = scale dS K: A = dS (k = x along rows), B(x, d) = K[x][d] (k down the columns) */
+        warp_mma<BF, true, false>(Dh, T.ldk, Kh, T.ldh, T.pq, T.dh, T.pk, [&](int i, int d, float c) {
             if (i < T.Lq) store_f32(dq + ((b * s.Lq + i) * s.H + h * s.dh + d) * el, dt, s.scale * c);
         });
-    if (dk) /* dK = scale * dSᵀ Q */
-        warp_mma<BF>(Dt, T.ldq, Qt, T.ldq, T.pk, T.dh, T.pq, [&](int x, int d, float c) {
+    if (dk) /* dK = scale dSᵀ Q: A(x, i) = dS[i][x] (k down the columns), B(i, d) = Q[i][d] (k down the columns) */
+        warp_mma<BF, false, false>(Dh, T.ldk, Qh, T.ldh, T.pk, T.dh, T.pq, [&](int x, int d, float c) {
             if (x < T.Lk) store_f32(dk + ((b * s.Lk + x) * s.H + h * s.dh + d) * el, dt, s.scale * c);
         });
 }
@@ -555,15 +582,13 @@ size_t forward_smem_tc(const AttnShape &s)
 {
     int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldk = half_ld(s.Lk);
     return sizeof(float) * (size_t)round4(s.Lq * score_ld(s.Lk) + mask_floats(s)) +
-           2 * (size_t)(pq * ldh + pk * ldh + (int)s.dh * ldk + pq * ldk);
+           2 * (size_t)(pq * ldh + 2 * pk * ldh + pq * ldk);
 }
 
 size_t backward_smem_tc(const AttnShape &s)
 {
-    int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldq = half_ld(s.Lq), ldk = half_ld(s.Lk);
-    int dh = (int)s.dh;
-    return sizeof(float) * (size_t)round4(2 * s.Lq * score_ld(s.Lk)) +
-           2 * (size_t)(2 * pq * ldh + 2 * pk * ldh + dh * ldq + dh * ldk + dh * ldq + pk * ldq + pq * ldk + pk * ldq);
+    int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldk = half_ld(s.Lk);
+    return sizeof(float) * (size_t)round4(2 * s.Lq * score_ld(s.Lk)) + 2 * (size_t)(2 * pq * ldh + 2 * pk * ldh + 2 * pq * ldk);
 }
 
 size_t forward_smem(const AttnShape &s)
@@ -688,8 +713,9 @@ hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *
     hr_tensor *qc = hr_contiguous(q), *kc = hr_contiguous(k), *vc = hr_contiguous(v);
     hr_tensor *inputs[3] = {q, k, v};
     bool record = hr_should_record(3, inputs);
-    int64_t psize[4] = {s.B, heads, s.Lq, s.Lk};
-    hr_tensor *probs = record ? empty_on(q, 4, psize, HR_F32) : nullptr;
+    s.pstride = round4(s.Lq * s.Lk);
+    int64_t psize[2] = {s.B * heads, s.pstride};
+    hr_tensor *probs = record ? empty_on(q, 2, psize, HR_F32) : nullptr;
     hr_tensor *out = empty_on(q, 3, q->size, q->dtype);
     hr_tensor *result = nullptr;
     bool tc = use_tc(s, q->dtype);

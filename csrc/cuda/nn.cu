@@ -204,14 +204,29 @@ __global__ void ln_param_partial(const char *x, const T *g, const double *mean, 
     if (pb) pb[chunk * n + c] = db;
 }
 
+/* out[c] = sum over chunks of part[k][c]: a block takes 32 columns, its 8 warps every 8th chunk,
+ * and the 8 partial sums are added in warp order (a fixed order: deterministic). One thread per
+ * column summing all chunks left a few hundred threads each waiting on 256 loads in a row. */
+constexpr int kChunkGroups = 8;
+
 __global__ void sum_chunks(const double *part, int64_t chunks, int64_t n, double *out)
 {
-    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < n; c += (int64_t)gridDim.x * blockDim.x) {
-        double s = 0;
-        for (int64_t k = 0; k < chunks; k++) s += part[k * n + c];
-        out[c] = s;
+    __shared__ double sh[kChunkGroups][33];
+    const int lane = threadIdx.x & 31, grp = threadIdx.x >> 5;
+    const int64_t c = blockIdx.x * 32 + lane;
+    double s = 0;
+    if (c < n)
+        for (int64_t k = grp; k < chunks; k += kChunkGroups) s += part[k * n + c];
+    sh[grp][lane] = s;
+    __syncthreads();
+    if (grp == 0 && c < n) {
+        double t = 0;
+        for (int g = 0; g < kChunkGroups; g++) t += sh[g][lane];
+        out[c] = t;
     }
 }
+
+unsigned chunk_sum_grid(int64_t n) { return (unsigned)((n + 31) / 32); }
 
 constexpr int kLnWarps = 8; /* rows per block of the warp kernels */
 
@@ -338,8 +353,8 @@ int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
                 else
                     ln_param_launch<float>(grid, xp, x->dtype, (const float *)hr_tensor_data(g), mp, rp, c->rows, n, per,
                                            pwp, pbp, st);
-                if (pw) sum_chunks<<<grid_for(n), kThreads, 0, st>>>(pwp, chunks, n, (double *)hr_tensor_data(dw));
-                if (pb) sum_chunks<<<grid_for(n), kThreads, 0, st>>>(pbp, chunks, n, (double *)hr_tensor_data(db));
+                if (pw) sum_chunks<<<chunk_sum_grid(n), 32 * kChunkGroups, 0, st>>>(pwp, chunks, n, (double *)hr_tensor_data(dw));
+                if (pb) sum_chunks<<<chunk_sum_grid(n), 32 * kChunkGroups, 0, st>>>(pbp, chunks, n, (double *)hr_tensor_data(db));
                 rc = check_launch("layer_norm backward");
             } else {
                 if (dw) rc = hr_cuda_memset0(dw->storage);
@@ -487,6 +502,16 @@ struct CeCtx {
     hr_reduction reduction;
 };
 
+/* exp of a shifted logit (at most 0): in double for f64 logits; for f32/bf16/f16 ones the f32
+ * exponential of the argument rounded to f32, which is within 1e-7 of the double one (the sums
+ * stay in double). The vocabulary-wide rows of the MLM head (137M exponentials a step, forward
+ * and backward) spent 2.2 ms on double exponentials. */
+template <int XDT> __device__ __forceinline__ double exp_of_logit(double v)
+{
+    if (XDT == HR_F64) return exp(v);
+    return (double)expf((float)v);
+}
+
 /* Logits of dtype XDT (f32/f64, or bf16/f16 read exactly as their f32 copies), statistics in
  * double as on the CPU. One block per row. */
 template <int XDT>
@@ -516,7 +541,7 @@ __global__ void ce_forward(const char *x, int64_t rs, const int64_t *target, int
         double se = 0, sx = 0;
         for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
             double v = load_fixed<double, XDT>(row + c * el);
-            se += exp(v - mx);
+            se += exp_of_logit<XDT>(v - mx);
             sx += v;
         }
         se = block_sum(se, sh);
@@ -556,7 +581,7 @@ __global__ void ce_backward_kernel(const char *x, int64_t rs, const int64_t *tar
         for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
             double v = 0;
             if (t != ignore) {
-                double p = exp(load_fixed<double, XDT>(row + c * el) - l);
+                double p = exp_of_logit<XDT>(load_fixed<double, XDT>(row + c * el) - l);
                 v = (p - smoothing / (double)C - (c == t ? 1.0 - smoothing : 0.0)) * gr;
             }
             if (XDT == HR_F64) *(double *)(out + c * el) = v;
