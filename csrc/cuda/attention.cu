@@ -134,13 +134,27 @@ __device__ __forceinline__ float dot_rows(const float *a, const float *b, int dh
     return acc;
 }
 
-/* The dropout multiplier of element e of [B, heads, Lq, Lk]. */
-__device__ __forceinline__ float noise_of(const AttnShape &s, int64_t e)
+
+/* The dropout keep flags of a head's n scores, elements e0 .. e0 + n - 1 of the stream, into
+ * keep[0 .. n): element e is word e % 4 of Philox block block0 + e / 4 (the dropout kernel's map);
+ * one block per thread gives four consecutive flags, so a head costs about n / 4 blocks instead
+ * of a block per score each time a score's noise is read. */
+__device__ void draw_keep(const AttnShape &s, int64_t e0, int n, uint8_t *keep)
 {
-    uint32_t w[4];
-    philox_block(s.k0, s.k1, s.block0 + (uint64_t)(e >> 2), w);
-    return (double)u24(w[e & 3]) < s.p ? 0.0f : s.keep;
+    const int64_t first = e0 >> 2, last = (e0 + n - 1) >> 2;
+    for (int64_t blk = first + threadIdx.x; blk <= last; blk += blockDim.x) {
+        uint32_t w[4];
+        philox_block(s.k0, s.k1, s.block0 + (uint64_t)blk, w);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int64_t j = blk * 4 + k - e0;
+            if (j >= 0 && j < n) keep[j] = (double)u24(w[k]) < s.p ? 0 : 1;
+        }
+    }
 }
+
+/* Bytes of shared memory for the keep flags (a whole number of 16-byte units). */
+__host__ __device__ inline int keep_bytes(const AttnShape &s) { return s.has_noise ? (int)((s.Lq * s.Lk + 15) / 16 * 16) : 0; }
 
 __device__ __forceinline__ float warp_max_f(float v)
 {
@@ -150,6 +164,41 @@ __device__ __forceinline__ float warp_max_f(float v)
     }
     return v;
 }
+
+/* Tile strides in 16-bit elements: +8 puts consecutive rows 4 banks apart, so the fragment loads
+ * of a warp (8 rows x 4 words) hit 32 distinct banks. */
+__host__ __device__ inline int pad16(int64_t n) { return (int)((n + 15) / 16 * 16); }
+__host__ __device__ inline int half_ld(int64_t cols) { return pad16(cols) + 8; }
+
+/* Shared memory of each kernel: its tiles (the _base sizes, where the keep flags start) and the
+ * dropout keep flags. */
+__host__ __device__ inline size_t forward_smem_base(const AttnShape &s)
+{
+    return sizeof(float) * (size_t)((s.Lq + 2 * s.Lk) * tile_ld(s.dh) + s.Lq * score_ld(s.Lk) + mask_floats(s));
+}
+
+__host__ __device__ inline size_t backward_smem_base(const AttnShape &s)
+{
+    return sizeof(float) * (size_t)((2 * s.Lq + 2 * s.Lk) * tile_ld(s.dh) + 2 * s.Lq * score_ld(s.Lk));
+}
+
+__host__ __device__ inline size_t forward_smem_tc_base(const AttnShape &s)
+{
+    int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldk = half_ld(s.Lk);
+    return sizeof(float) * (size_t)round4(s.Lq * score_ld(s.Lk) + mask_floats(s)) +
+           2 * (size_t)(pq * ldh + 2 * pk * ldh + pq * ldk);
+}
+
+__host__ __device__ inline size_t backward_smem_tc_base(const AttnShape &s)
+{
+    int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldk = half_ld(s.Lk);
+    return sizeof(float) * (size_t)round4(2 * s.Lq * score_ld(s.Lk)) + 2 * (size_t)(2 * pq * ldh + 2 * pk * ldh + 2 * pq * ldk);
+}
+
+size_t forward_smem(const AttnShape &s) { return forward_smem_base(s) + keep_bytes(s); }
+size_t backward_smem(const AttnShape &s) { return backward_smem_base(s) + keep_bytes(s); }
+size_t forward_smem_tc(const AttnShape &s) { return forward_smem_tc_base(s) + keep_bytes(s); }
+size_t backward_smem_tc(const AttnShape &s) { return backward_smem_tc_base(s) + keep_bytes(s); }
 
 /* The head's saved probabilities (Lq x Lk f32, contiguous) into P (rows lp apart). */
 __device__ void load_probs(float *P, int lp, const float *probs, int Lq, int Lk)
@@ -177,7 +226,9 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward(AttnShape s, const 
     float *sm = (float *)smem4;
     const int Lq = (int)s.Lq, Lk = (int)s.Lk, dh = (int)s.dh, ld = tile_ld(dh), lp = score_ld(Lk);
     float *Qs = sm, *Ks = Qs + Lq * ld, *Vs = Ks + Lk * ld, *Ss = Vs + Lk * ld, *Ms = Ss + Lq * lp;
+    uint8_t *keep = (uint8_t *)smem4 + forward_smem_base(s);
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
+    if (s.has_noise) draw_keep(s, t * s.Lq * s.Lk, Lq * Lk, keep);
     load_tile(Qs, q, dt, s.H, b * s.Lq, h * s.dh, Lq, dh);
     load_tile(Ks, k, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
     load_tile(Vs, v, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
@@ -199,17 +250,17 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward(AttnShape s, const 
         float e0 = lane < Lk ? expf(v0 - mx) : 0.0f, e1 = lane + 32 < Lk ? expf(v1 - mx) : 0.0f;
         double sum = warp_sum((double)e0 + (double)e1);
         float inv = (float)(1.0 / sum);
-        int64_t e = (t * s.Lq + i) * s.Lk; /* the dropout stream's element index */
         float *pr = probs ? probs + t * s.pstride + (int64_t)i * Lk : nullptr;
+        const uint8_t *kr = keep + i * Lk;
         if (lane < Lk) {
             float p = e0 * inv;
             if (pr) pr[lane] = p;
-            row[lane] = s.has_noise ? p * noise_of(s, e + lane) : p;
+            row[lane] = s.has_noise ? p * (kr[lane] ? s.keep : 0.0f) : p;
         }
         if (lane + 32 < Lk) {
             float p = e1 * inv;
             if (pr) pr[lane + 32] = p;
-            row[lane + 32] = s.has_noise ? p * noise_of(s, e + lane + 32) : p;
+            row[lane + 32] = s.has_noise ? p * (kr[lane + 32] ? s.keep : 0.0f) : p;
         }
     }
     __syncthreads();
@@ -230,18 +281,19 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward(AttnShape s, const
     float *sm = (float *)smem4;
     const int Lq = (int)s.Lq, Lk = (int)s.Lk, dh = (int)s.dh, ld = tile_ld(dh), lp = score_ld(Lk);
     float *Qs = sm, *Ks = Qs + Lq * ld, *Vs = Ks + Lk * ld, *Gs = Vs + Lk * ld, *Ps = Gs + Lq * ld, *Ds = Ps + Lq * lp;
+    uint8_t *keep = (uint8_t *)smem4 + backward_smem_base(s);
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
+    if (s.has_noise) draw_keep(s, t * s.Lq * s.Lk, Lq * Lk, keep);
     load_tile(Qs, q, dt, s.H, b * s.Lq, h * s.dh, Lq, dh);
     load_tile(Ks, k, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
     load_tile(Vs, v, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
     load_tile(Gs, g, gdt, s.H, b * s.Lq, h * s.dh, Lq, dh);
-    const int64_t e0 = t * s.Lq * s.Lk;
     load_probs(Ps, lp, probs + t * s.pstride, Lq, Lk);
     __syncthreads();
     for (int e = threadIdx.x; e < Lq * Lk; e += blockDim.x) {
         int i = e / Lk, x = e - i * Lk;
         float p = Ps[i * lp + x];
-        Ds[i * lp + x] = s.has_noise ? p * noise_of(s, e0 + e) : p; /* P' */
+        Ds[i * lp + x] = s.has_noise ? p * (keep[e] ? s.keep : 0.0f) : p; /* P' */
     }
     __syncthreads();
     const int el = dtype_size(dt);
@@ -257,7 +309,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward(AttnShape s, const
     for (int e = threadIdx.x; e < Lq * Lk; e += blockDim.x) { /* dP = (dO Vᵀ) * noise */
         int i = e / Lk, x = e - i * Lk;
         float d = dot_rows(Gs + i * ld, Vs + x * ld, dh);
-        Ds[i * lp + x] = s.has_noise ? d * noise_of(s, e0 + e) : d;
+        Ds[i * lp + x] = s.has_noise ? d * (keep[e] ? s.keep : 0.0f) : d;
     }
     __syncthreads();
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
@@ -298,10 +350,6 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward(AttnShape s, const
  * fragments element by element, so that a block needs little shared memory and several blocks
  * share a multiprocessor (the first version kept transposed copies and ran three). */
 
-/* Tile strides in 16-bit elements: +8 puts consecutive rows 4 banks apart, so the fragment loads
- * of a warp (8 rows x 4 words) hit 32 distinct banks. */
-__host__ __device__ inline int pad16(int64_t n) { return (int)((n + 15) / 16 * 16); }
-__host__ __device__ inline int half_ld(int64_t cols) { return pad16(cols) + 8; }
 
 template <bool BF> __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2])
 {
@@ -458,7 +506,9 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward_tc(AttnShape s, con
     uint16_t *Kh = Qh + T.pq * T.ldh;                                        /* [pk][ldh] */
     uint16_t *Vh = Kh + T.pk * T.ldh;                                        /* [pk][ldh] */
     uint16_t *Ph = Vh + T.pk * T.ldh;                                        /* [pq][ldk]: P' in the input dtype */
+    uint8_t *keep = (uint8_t *)smem4 + forward_smem_tc_base(s);              /* dropout keep flags */
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
+    if (s.has_noise) draw_keep(s, t * s.Lq * s.Lk, T.Lq * T.Lk, keep);
     if (s.vec) {
         const HeadRows hr[3] = {{q, b * s.Lq, T.Lq, Qh}, {k, b * s.Lk, T.Lk, Kh}, {v, b * s.Lk, T.Lk, Vh}};
         load_heads<3>(hr, T.ldh, s.H, h * s.dh, T.dh, nullptr, 0, nullptr, 0, 1);
@@ -486,14 +536,13 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward_tc(AttnShape s, con
         float mx = warp_max_f(v0 > v1 ? v0 : v1);
         float e0 = lane < T.Lk ? expf(v0 - mx) : 0.0f, e1 = lane + 32 < T.Lk ? expf(v1 - mx) : 0.0f;
         float inv = (float)(1.0 / warp_sum((double)e0 + (double)e1));
-        const int64_t e = (t * s.Lq + i) * s.Lk; /* the dropout stream's element index */
         float *pr = probs ? probs + t * s.pstride + (int64_t)i * T.Lk : nullptr;
         for (int c = 0; c < 2; c++) {
             int x = lane + 32 * c;
             if (x >= T.Lk) continue;
             float p = (c ? e1 : e0) * inv;
             if (pr) pr[x] = p;
-            Ph[i * T.ldk + x] = to_half(s.has_noise ? p * noise_of(s, e + x) : p, dt);
+            Ph[i * T.ldk + x] = to_half(s.has_noise ? p * (keep[i * T.Lk + x] ? s.keep : 0.0f) : p, dt);
         }
     }
     __syncthreads();
@@ -519,8 +568,10 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
     uint16_t *Gh = Vh + T.pk * T.ldh;
     uint16_t *Pd = Gh + T.pq * T.ldh;                           /* P' [pq][ldk] */
     uint16_t *Dh = Pd + T.pq * T.ldk;                           /* dS [pq][ldk] */
+    uint8_t *keep = (uint8_t *)smem4 + backward_smem_tc_base(s); /* dropout keep flags */
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
     const float *pr = probs + t * s.pstride;
+    if (s.has_noise) draw_keep(s, t * s.Lq * s.Lk, T.Lq * T.Lk, keep);
     if (s.vec && gdt == dt) {
         const HeadRows hr[4] = {{q, b * s.Lq, T.Lq, Qh}, {k, b * s.Lk, T.Lk, Kh}, {v, b * s.Lk, T.Lk, Vh},
                                 {g, b * s.Lq, T.Lq, Gh}};
@@ -534,11 +585,10 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
     }
     for (int e = threadIdx.x; e < T.pq * T.ldk; e += blockDim.x) Pd[e] = Dh[e] = 0;
     __syncthreads();
-    const int64_t e0 = t * s.Lq * s.Lk; /* the dropout stream's element index of the head's first score */
     for (int e = threadIdx.x; e < T.Lq * T.Lk; e += blockDim.x) {
         int i = e / T.Lk, x = e - i * T.Lk;
         float p = Ps[i * lp + x];
-        Pd[i * T.ldk + x] = to_half(s.has_noise ? p * noise_of(s, e0 + e) : p, dt);
+        Pd[i * T.ldk + x] = to_half(s.has_noise ? p * (keep[e] ? s.keep : 0.0f) : p, dt);
     }
     __syncthreads();
     const int el = dtype_size(dt);
@@ -549,7 +599,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
     if (!dq && !dk) return;
     /* dP = (dO Vᵀ) * noise: A = dO (k = d along rows), B(d, x) = V[x][d] (k along rows) */
     warp_mma<BF, true, true>(Gh, T.ldh, Vh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
-        if (i < T.Lq && x < T.Lk) Df[i * lp + x] = s.has_noise ? c * noise_of(s, e0 + (int64_t)i * T.Lk + x) : c;
+        if (i < T.Lq && x < T.Lk) Df[i * lp + x] = s.has_noise ? c * (keep[i * T.Lk + x] ? s.keep : 0.0f) : c;
     });
     __syncthreads();
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
@@ -578,28 +628,9 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
 
 bool use_tc(const AttnShape &s, int dt) { return (dt == HR_BF16 || dt == HR_F16) && s.dh % 16 == 0; }
 
-size_t forward_smem_tc(const AttnShape &s)
-{
-    int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldk = half_ld(s.Lk);
-    return sizeof(float) * (size_t)round4(s.Lq * score_ld(s.Lk) + mask_floats(s)) +
-           2 * (size_t)(pq * ldh + 2 * pk * ldh + pq * ldk);
-}
 
-size_t backward_smem_tc(const AttnShape &s)
-{
-    int pq = pad16(s.Lq), pk = pad16(s.Lk), ldh = half_ld(s.dh), ldk = half_ld(s.Lk);
-    return sizeof(float) * (size_t)round4(2 * s.Lq * score_ld(s.Lk)) + 2 * (size_t)(2 * pq * ldh + 2 * pk * ldh + 2 * pq * ldk);
-}
 
-size_t forward_smem(const AttnShape &s)
-{
-    return sizeof(float) * (size_t)((s.Lq + 2 * s.Lk) * tile_ld(s.dh) + s.Lq * score_ld(s.Lk) + mask_floats(s));
-}
 
-size_t backward_smem(const AttnShape &s)
-{
-    return sizeof(float) * (size_t)((2 * s.Lq + 2 * s.Lk) * tile_ld(s.dh) + 2 * s.Lq * score_ld(s.Lk));
-}
 
 /* The most dynamic shared memory a block of dev may ask for. */
 size_t smem_limit(int dev)
@@ -686,7 +717,8 @@ bool attention_fused_fits(const hr_tensor *q, const hr_tensor *k, int64_t heads)
     if (q->size[0] * heads > 0x7fffffff) return false;
     AttnShape s = {};
     s.Lq = Lq, s.Lk = Lk, s.dh = dh;
-    s.has_mask = true, s.mask_qstride = Lk; /* the largest mask, a row per query */
+    s.has_mask = true, s.mask_qstride = Lk; /* the largest mask, a row per query, and dropout */
+    s.has_noise = true;
     bool tc = use_tc(s, q->dtype);
     size_t fwd = tc ? forward_smem_tc(s) : forward_smem(s), bwd = tc ? backward_smem_tc(s) : backward_smem(s);
     return (fwd > bwd ? fwd : bwd) <= smem_limit(dev_of(q));
