@@ -157,8 +157,27 @@ static int64_t output_row_block(const gemm_plan *p)
     return rows < p->m ? rows : p->m;
 }
 
+/* C = beta * C (0 when beta is 0, whatever C held) for product idx: BLAS's result when alpha is 0,
+ * where A and B are not read. Done here because some OpenBLAS kernels (the AVX-512 small-matrix
+ * ones) still multiply A by B then, so that an infinity in A gave NaN instead of beta * C. */
+static void scale_product(const gemm_plan *p, int64_t idx)
+{
+    int64_t count = p->m * p->n;
+    if (p->dt == HR_F32) {
+        float *c = (float *)p->c + idx * count, beta = (float)p->beta;
+        for (int64_t i = 0; i < count; i++) c[i] = beta == 0.0f ? 0.0f : beta * c[i];
+    } else {
+        double *c = (double *)p->c + idx * count, beta = p->beta;
+        for (int64_t i = 0; i < count; i++) c[i] = beta == 0.0 ? 0.0 : beta * c[i];
+    }
+}
+
 static void blas_one(const gemm_plan *p, int64_t idx)
 {
+    if (p->alpha == 0.0) {
+        scale_product(p, idx);
+        return;
+    }
     int64_t ao, bo;
     batch_offsets(p, idx, &ao, &bo);
     enum CBLAS_TRANSPOSE ta = p->a.trans ? CblasTrans : CblasNoTrans;
