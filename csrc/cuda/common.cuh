@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -357,6 +358,18 @@ static inline hr_tensor *empty_on(const hr_tensor *like, int ndim, const int64_t
 bool attention_fused_fits(const hr_tensor *q, const hr_tensor *k, int64_t heads);
 hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
                            bool training, struct hr_generator *gen);
+
+/* Calls f(std::integral_constant<int, DT>{}) for the float dtype dt (f32 for anything but f64,
+ * bf16 and f16), so that a kernel templated on its input dtype is launched from one call site. */
+template <typename F> void for_float_dtype(int dt, F f)
+{
+    switch (dt) {
+    case HR_F64: f(std::integral_constant<int, HR_F64>{}); break;
+    case HR_BF16: f(std::integral_constant<int, HR_BF16>{}); break;
+    case HR_F16: f(std::integral_constant<int, HR_F16>{}); break;
+    default: f(std::integral_constant<int, HR_F32>{}); break;
+    }
+}
 
 /* Fails unless every non-NULL tensor lives on the device of the first one. */
 int same_device(const char *op, int n, const hr_tensor *const *ts);

@@ -258,10 +258,8 @@ void ln_forward_launch(const char *x, int xdt, const T *w, const T *b, T *y, dou
                        int64_t cols, double eps, cudaStream_t st)
 {
     if (cols > 32 * 32) ln_forward<T><<<rows_grid(rows), kRow, 0, st>>>(x, xdt, w, b, y, mp, rp, rows, cols, eps);
-    else if (xdt == HR_F64) ln_forward_fixed<T, HR_F64>(x, w, b, y, mp, rp, rows, cols, eps, st);
-    else if (xdt == HR_F32) ln_forward_fixed<T, HR_F32>(x, w, b, y, mp, rp, rows, cols, eps, st);
-    else if (xdt == HR_BF16) ln_forward_fixed<T, HR_BF16>(x, w, b, y, mp, rp, rows, cols, eps, st);
-    else ln_forward_fixed<T, HR_F16>(x, w, b, y, mp, rp, rows, cols, eps, st);
+    else
+        for_float_dtype(xdt, [&](auto d) { ln_forward_fixed<T, decltype(d)::value>(x, w, b, y, mp, rp, rows, cols, eps, st); });
 }
 
 template <typename T, int XDT>
@@ -282,20 +280,17 @@ void ln_backward_dx_launch(const char *x, int xdt, const T *w, const T *g, char 
                            int64_t rows, int64_t cols, cudaStream_t st)
 {
     if (cols > 32 * 32) ln_backward_dx<T><<<rows_grid(rows), kRow, 0, st>>>(x, xdt, w, g, dx, mp, rp, rows, cols);
-    else if (xdt == HR_F64) ln_backward_dx_fixed<T, HR_F64>(x, w, g, dx, mp, rp, rows, cols, st);
-    else if (xdt == HR_F32) ln_backward_dx_fixed<T, HR_F32>(x, w, g, dx, mp, rp, rows, cols, st);
-    else if (xdt == HR_BF16) ln_backward_dx_fixed<T, HR_BF16>(x, w, g, dx, mp, rp, rows, cols, st);
-    else ln_backward_dx_fixed<T, HR_F16>(x, w, g, dx, mp, rp, rows, cols, st);
+    else
+        for_float_dtype(xdt, [&](auto d) { ln_backward_dx_fixed<T, decltype(d)::value>(x, w, g, dx, mp, rp, rows, cols, st); });
 }
 
 template <typename T>
 void ln_param_launch(dim3 grid, const char *x, int xdt, const T *g, const double *mp, const double *rp, int64_t rows,
                      int64_t n, int64_t per, double *pw, double *pb, cudaStream_t st)
 {
-    if (xdt == HR_F64) ln_param_partial<T, HR_F64><<<grid, kRow, 0, st>>>(x, g, mp, rp, rows, n, per, pw, pb);
-    else if (xdt == HR_F32) ln_param_partial<T, HR_F32><<<grid, kRow, 0, st>>>(x, g, mp, rp, rows, n, per, pw, pb);
-    else if (xdt == HR_BF16) ln_param_partial<T, HR_BF16><<<grid, kRow, 0, st>>>(x, g, mp, rp, rows, n, per, pw, pb);
-    else ln_param_partial<T, HR_F16><<<grid, kRow, 0, st>>>(x, g, mp, rp, rows, n, per, pw, pb);
+    for_float_dtype(xdt, [&](auto d) {
+        ln_param_partial<T, decltype(d)::value><<<grid, kRow, 0, st>>>(x, g, mp, rp, rows, n, per, pw, pb);
+    });
 }
 
 /* The dtype of the output, the parameters and the statistics' arithmetic for input dtype dt. */
@@ -612,16 +607,10 @@ int ce_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
         const int64_t *tp = (const int64_t *)hr_tensor_data(target);
         const double *lp = (const double *)hr_tensor_data(lse);
         char *op = (char *)hr_tensor_data(gi[0]);
-#define HR_CE_BACKWARD(XDT)                                                                                            \
-    ce_backward_kernel<XDT><<<grid, kThreads, 0, st>>>(xp, x->stride[0], tp, lp, gp, g->dtype, per_row, scale, c->rows,  \
-                                                       c->classes, c->ignore_index, c->smoothing, op)
-        switch (x->dtype) {
-        case HR_F64: HR_CE_BACKWARD(HR_F64); break;
-        case HR_BF16: HR_CE_BACKWARD(HR_BF16); break;
-        case HR_F16: HR_CE_BACKWARD(HR_F16); break;
-        default: HR_CE_BACKWARD(HR_F32); break;
-        }
-#undef HR_CE_BACKWARD
+        for_float_dtype(x->dtype, [&](auto xdt) {
+            ce_backward_kernel<decltype(xdt)::value><<<grid, kThreads, 0, st>>>(
+                xp, x->stride[0], tp, lp, gp, g->dtype, per_row, scale, c->rows, c->classes, c->ignore_index, c->smoothing, op);
+        });
         rc = check_launch("cross_entropy backward");
     }
     hr_tensor_release(g);
@@ -1001,15 +990,10 @@ extern "C" hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target
         const char *xp = (const char *)hr_tensor_data(x);
         const int64_t *tp = (const int64_t *)hr_tensor_data(t);
         double *lp = (double *)hr_tensor_data(lse), *lossp = (double *)hr_tensor_data(loss);
-#define HR_CE_FORWARD(XDT)                                                                                             \
-    ce_forward<XDT><<<rows_grid(N), kRow, 0, st>>>(xp, x->stride[0], tp, N, C, ignore_index, label_smoothing, lp, lossp)
-        switch (x->dtype) {
-        case HR_F64: HR_CE_FORWARD(HR_F64); break;
-        case HR_BF16: HR_CE_FORWARD(HR_BF16); break;
-        case HR_F16: HR_CE_FORWARD(HR_F16); break;
-        default: HR_CE_FORWARD(HR_F32); break;
-        }
-#undef HR_CE_FORWARD
+        for_float_dtype(x->dtype, [&](auto xdt) {
+            ce_forward<decltype(xdt)::value><<<rows_grid(N), kRow, 0, st>>>(xp, x->stride[0], tp, N, C, ignore_index,
+                                                                            label_smoothing, lp, lossp);
+        });
         if (check_launch("cross_entropy")) goto done;
     } else if (N > 0 && (hr_cuda_memset0(loss->storage) || hr_cuda_memset0(lse->storage))) {
         goto done;
