@@ -563,8 +563,8 @@ describe("CUDA backend #cuda", function()
 
     -- Sequences up to 64 run as one kernel per pass on a GPU, longer ones as composed ops: both
     -- against the CPU, with HERO's 64-wide heads, masks, the dropout stream and every gradient.
-    it("attention on HERO's shapes and on longer sequences, f32 and bf16, dropout included", function()
-      local heads, H = 2, 128
+    it("attention on HERO's shapes and on longer sequences, f32 and half, dropout included", function()
+      local heads
       --- output and input gradients of attention on `device` in dtype dt (inputs and upstream
       -- gradient rounded to dt first), as f32 CPU tensors
       local function run(device, dt, q, k, v, m, seed, opts)
@@ -577,17 +577,21 @@ describe("CUDA backend #cuda", function()
         for i = 1, 3 do r[i + 1] = leaves[i].grad:to {device = "cpu", dtype = "f32"} end
         return r
       end
-      for _, L in ipairs {33, 60, 70} do
-        local B = 3
-        local q, k, v = randn {B, L, H}, randn {B, L, H}, randn {B, L, H}
-        local mask = hero.zeros(B, L)
-        mask[2]:narrow(1, L - 4, 5):fill_(-10000)
-        local seed = randn {B, L, H}
+      -- {Lq, Lk, H, heads}: the clips' and the videos' self-attention (64-wide heads), a longer
+      -- sequence (composed path), queries and keys of different lengths, 20-wide heads (half
+      -- inputs on the CUDA cores)
+      for _, case in ipairs {{33, 33, 128, 2}, {60, 60, 128, 2}, {70, 70, 128, 2}, {20, 45, 128, 2}, {33, 33, 40, 2}} do
+        local B, Lq, Lk, H = 3, case[1], case[2], case[3]
+        heads = case[4]
+        local q, k, v = randn {B, Lq, H}, randn {B, Lk, H}, randn {B, Lk, H}
+        local mask = hero.zeros(B, Lk)
+        mask[2]:narrow(1, Lk - 4, 5):fill_(-10000)
+        local seed = randn {B, Lq, H}
         for _, opts in ipairs {{}, {dropout = 0.1, training = true}} do
           -- Half dtypes on the one-kernel path (tensor cores; the composed path rounds the scores
           -- between ops). f16 rounds P' and dS to f16 as operands of the next products, several
           -- roundings in a row, so it is held to bf16's tolerance: a check of its instruction path.
-          for _, dt in ipairs((ON_GPU and L <= 64) and {"f32", "bf16", "f16"} or {"f32"}) do
+          for _, dt in ipairs((ON_GPU and math.max(Lq, Lk) <= 64) and {"f32", "bf16", "f16"} or {"f32"}) do
             local r = function(t) return dt == "f32" and t or t:to(dt):to("f32") end
             local want = run("cpu", "f32", r(q), r(k), r(v), mask, r(seed), opts)
             local got = run(DEVICE, dt, q, k, v, mask, seed, opts)
