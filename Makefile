@@ -78,8 +78,9 @@ lint: deps
 
 # For a bare GPU machine without network (examples/device_check.sh): device-debs downloads the
 # Debian packages the run needs into .debs/ (unpacked there by examples/device_env.sh), device-build
-# builds hero with the CUDA backend into .devbuild/ for any x86-64-v3 processor. Copy those two
-# folders (and .bench/hero_torch_bench.py, the PyTorch baseline, for the comparison) to the machine.
+# builds hero with the CUDA backend into .devbuild/ for any x86-64-v3 processor. Copy .debs/,
+# .devbuild/hero/ and .devbuild/sources.sha256 (the objects in .devbuild/obj/ are not needed there)
+# and .bench/hero_torch_bench.py, the PyTorch baseline, for the comparison, to the machine.
 DEVICE_DEBS := lua5.4 liblua5.4-0 liblua5.4-dev lua-busted lua-cliargs lua-dkjson lua-filesystem lua-luassert \
                lua-mediator lua-penlight lua-say lua-system lua-term libopenblas0-pthread libopenblas-pthread-dev \
                libopenblas-dev libopenblas0 libgfortran5 libquadmath0 zlib1g zlib1g-dev liblmdb0 liblmdb-dev \

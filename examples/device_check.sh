@@ -4,7 +4,8 @@
 # (examples/device_env.sh), uses the build in $HERO_DEVICE_BUILD (.devbuild) when it was made from
 # these sources (`make device-build`: CUDA objects for sm_80/sm_90, CPU code for any x86-64-v3
 # processor) and builds there otherwise, then runs
-#   1. the GPU specs (#cuda), one spec file per process so that one crash does not hide the rest,
+#   1. the GPU specs (#cuda, and cuda_device_spec's untagged checks), one spec file per process so
+#      that one crash does not hide the rest,
 #   2. layers: examples/bench_cuda.lua (a matmul, attention, one BERT layer) and the same shapes
 #      in PyTorch (examples/torch/bench_layers_cuda.py),
 #   3. the pre-training benchmark on the GPU (config hero, the reference's 32-video batch, MLM and
