@@ -46,6 +46,13 @@ hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t paddin
 hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
                         bool training, struct hr_generator *gen);
 
+/* Where the queries of the asked-for flat positions rows (1-D i64 CPU, each in [0, B * L)) of a
+ * [B, L] batch sit when each entry's are laid out in order and padded to the entry with most, lq
+ * (cpu/query_layout.c): gather [B * lq] lists the position of every slot (padding repeats the
+ * entry's first, or the first row of all), keep [n] the slot of every row. Returns 1 with the two
+ * new CPU tensors and lq, 0 when lq >= L or there are no rows (nothing to gain), -1 on a bad row. */
+int hr_query_layout(const hr_tensor *rows, int64_t B, int64_t L, hr_tensor **gather, hr_tensor **keep, int64_t *lq);
+
 /* Binary cross entropy with logits (weight NULL or x's shape) and mean squared error (cpu/losses.c). */
 hr_tensor *hr_bce_with_logits(hr_tensor *x, hr_tensor *y, hr_tensor *weight, hr_reduction reduction);
 hr_tensor *hr_mse_loss(hr_tensor *x, hr_tensor *y, hr_reduction reduction);

@@ -129,6 +129,31 @@ static int l_attention(lua_State *L)
     return 1;
 }
 
+/* query_layout(rows, B, L) -> gather, keep, lq (i64 CPU tensors), or nil when the pruned layout
+ * would not be smaller: where the queries of the asked-for flat positions `rows` (1-D i64 CPU) of
+ * a [B, L] batch sit when laid out [B, lq] (cpu/query_layout.c). */
+static int l_query_layout(lua_State *L)
+{
+    hr_tensor *rows = hr_lua_check_tensor(L, 1, "query_layout");
+    lua_Integer B = luaL_checkinteger(L, 2), len = luaL_checkinteger(L, 3);
+    hr_tensor *gather, *keep;
+    int64_t lq;
+    int rc = hr_query_layout(rows, B, len, &gather, &keep, &lq);
+    if (rc < 0 && hr_last_errcode() == HR_ENOMEM) {
+        lua_gc(L, LUA_GCCOLLECT);
+        rc = hr_query_layout(rows, B, len, &gather, &keep, &lq);
+    }
+    if (rc < 0) return hr_lua_error(L, "query_layout");
+    if (rc == 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    hr_lua_push_tensor(L, gather);
+    hr_lua_push_tensor(L, keep);
+    lua_pushinteger(L, lq);
+    return 3;
+}
+
 static hr_reduction opt_reduction(lua_State *L, int idx)
 {
     hr_reduction red = HR_REDUCE_MEAN;
@@ -201,6 +226,7 @@ static const luaL_Reg module_functions[] = {
     {"dropout", l_dropout},
     {"conv1d", l_conv1d},
     {"attention", l_attention},
+    {"query_layout", l_query_layout},
     {"binary_cross_entropy_with_logits", l_bce_with_logits},
     {"mse_loss", l_mse_loss},
     {NULL, NULL},

@@ -142,6 +142,14 @@ describe("HERO pre-training model computing only what the losses read", function
       if task == "mlm" then
         b._mask_rows = {txt_mask_tgt = rows.txt_mask_tgt:flip(1)}
         assert.are_not.equal(want, m:forward(b, task).loss:item())
+        -- the last layer's query layout is worked out from the host copy the batch carries
+        local _, host = mask_rows.precompute(b, "cpu")
+        b._mask_rows = rows
+        b._mask_rows_host = {txt_mask_tgt = host.txt_mask_tgt:flip(1)}
+        assert.are_not.equal(want, m:forward(b, task).loss:item())
+        b._mask_rows_host = host
+        assert.equal(want, m:forward(b, task).loss:item())
+        b._mask_rows_host = nil
       end
     end
     assert.is_nil(hero.train.Trainer.batch_to(batch("batch_mlm"), "cpu")._mask_rows) -- the CPU batch as it is

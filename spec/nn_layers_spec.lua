@@ -121,6 +121,62 @@ describe("nn layers", function()
       "TransformerEncoder", "row 15 is outside the 3 x 5 positions")
   end)
 
+  it("lay out the queries of asked-for rows per batch entry, padded with the entry's first (core.query_layout)",
+    function()
+    -- the layout written out plainly: each entry's rows in the order asked, padded to the longest
+    -- list with the entry's first row (or the first row of all); keep: each row's slot
+    local function expected(list, B, L)
+      local slots, keep, lq = {}, {}, 1
+      for b = 1, B do slots[b] = {} end
+      for _, r in ipairs(list) do
+        local s = slots[r // L + 1]
+        s[#s + 1] = r
+        lq = math.max(lq, #s)
+      end
+      if lq >= L or #list == 0 then return nil end
+      local gather = {}
+      for b = 1, B do
+        for s = 1, lq do gather[#gather + 1] = slots[b][s] or slots[b][1] or list[1] end
+      end
+      local seen = {}
+      for i, r in ipairs(list) do
+        local b = r // L
+        seen[b] = (seen[b] or 0) + 1
+        keep[i] = b * lq + seen[b] - 1
+      end
+      return gather, keep, lq
+    end
+    local g = hero.Generator(11)
+    local function draw(n) return math.floor(hero.rand({1}, {generator = g}):item() * n) end
+    for _ = 1, 60 do
+      local B, L = 1 + draw(5), 1 + draw(9)
+      local list = {}
+      for i = 1, draw(2 * B * L) do list[i] = draw(B * L) end
+      local rows = hero.tensor(list, {dtype = "i64"})
+      local gather, keep, lq = hero.core.query_layout(rows, B, L)
+      local eg, ek, elq = expected(list, B, L)
+      if eg == nil then
+        assert.is_nil(gather)
+      else
+        assert.equal(elq, lq)
+        assert.same(eg, gather:totable())
+        assert.same(ek, keep:totable())
+        assert.equal("i64", gather:dtype())
+      end
+    end
+    -- a strided view reads the same rows
+    local rows = hero.tensor({{4, 99}, {0, 99}, {9, 99}, {5, 99}}, {dtype = "i64"}):select(2, 1)
+    local gather, keep, lq = hero.core.query_layout(rows, 3, 5)
+    assert.same({{4, 0, 9, 5, 4, 4}, {0, 1, 2, 3}}, {gather:totable(), keep:totable()})
+    assert.equal(2, lq)
+    assert.has_error(function() hero.core.query_layout(hero.tensor({3, 15}, {dtype = "i64"}), 3, 5) end,
+      "query_layout: row 15 is outside the 3 x 5 positions")
+    assert.has_error(function() hero.core.query_layout(hero.tensor({-1}, {dtype = "i64"}), 3, 5) end,
+      "query_layout: row -1 is outside the 3 x 5 positions")
+    helper.assert_error_contains(function() hero.core.query_layout(hero.tensor({1.0}), 3, 5) end,
+      "query_layout", "1-D i64 CPU tensor")
+  end)
+
   it("make the full layer's rows for random ragged batches and random rows (f64)", function()
     local enc = nn.TransformerEncoder {layers = 2, hidden = 8, heads = 2, intermediate = 12, dropout = 0,
                                        dtype = "f64", generator = hero.Generator(5)}

@@ -49,7 +49,8 @@ end
 --- The hierarchical representation. batch: the reference's collated tensors plus num_subs and
 -- sub_idx2frame_idx (Lua arrays). opts.img_masks / opts.c_masks (MFM); opts.encode_clip = false
 -- stops before the temporal transformer (FOM); opts.c_rows (i64 [n] of flat frame positions) asks
--- for those rows of Y only, [n, H]. Returns Y (or X) and a table of intermediates.
+-- for those rows of Y only, [n, H] (opts.c_rows_host: the same rows on the CPU, when at hand).
+-- Returns Y (or X) and a table of intermediates.
 -- Only the frame positions of the cross-modal output reach the temporal transformer, so its last
 -- layer runs on those rows alone unless the module keeps activations (then acts.f_out is whole).
 --- The fields of a collated batch that forward_repr reads (the reference's video_collate).
@@ -83,7 +84,9 @@ function M:forward_repr(batch, opts)
       matched = matched:scatter_add(1, core.tensor(dst, on):unsqueeze(2):expand(#dst, H), rows)
     end
   else
-    local rows = encoder:forward(f_emb, batch.f_attn_masks, {rows = core.tensor(src, on)})
+    local src_host = core.tensor(src, {dtype = "i64"})
+    local rows = encoder:forward(f_emb, batch.f_attn_masks, {rows = src_host:to {device = on.device},
+                                                             rows_host = src_host})
     matched = matched:scatter_add(1, core.tensor(dst, on):unsqueeze(2):expand(#dst, H), rows)
   end
   matched = matched:view(B, L_c, H)
@@ -95,7 +98,8 @@ function M:forward_repr(batch, opts)
   acts.c_in = X
   if opts.encode_clip == false then return X, acts end
   local c_rows = not self.keeps_activations and opts.c_rows or nil
-  local Y, c_emb = self.c_encoder:forward(X, batch.c_attn_masks, c_rows and {rows = c_rows} or nil)
+  local Y, c_emb = self.c_encoder:forward(X, batch.c_attn_masks,
+    c_rows and {rows = c_rows, rows_host = opts.c_rows_host} or nil)
   acts.c_emb = c_emb
   if not c_rows then acts.c_out = Y end
   return Y, acts

@@ -29,18 +29,31 @@ function M.of(batch, key, complement)
   return M.flat_index(complement and mask:logical_not() or mask)
 end
 
+--- The row indices of batch[key] on the host (CPU i64), when they are there without a read-back
+-- from the device: those batch._mask_rows_host keeps beside the precomputed ones, or the rows
+-- themselves when the mask is on the CPU. nil otherwise.
+function M.host_of(batch, key, complement)
+  local pre = batch._mask_rows_host and batch._mask_rows_host[name(key, complement)]
+  if pre ~= nil then return pre end
+  local mask = batch[key]
+  if core.is_tensor(mask) and mask:device() == "cpu" then return M.of(batch, key, complement) end
+  return nil
+end
+
 --- The row indices of the batch's masks (M.MASKS) made from its host tensors and moved to
--- `device`, keyed as M.of reads them.
+-- `device`, keyed as M.of reads them; and the host tensors they were moved from, keyed alike
+-- (M.host_of: layouts worked out on the host read them instead of the device's).
 function M.precompute(batch, device)
-  local rows = {}
+  local rows, host = {}, {}
   for key, complement in pairs(M.MASKS) do
     local mask = batch[key]
     if core.is_tensor(mask) and mask:dim() == 2 then
-      rows[name(key, false)] = M.flat_index(mask):to {device = device}
-      if complement then rows[name(key, true)] = M.flat_index(mask:logical_not()):to {device = device} end
+      host[name(key, false)] = M.flat_index(mask)
+      if complement then host[name(key, true)] = M.flat_index(mask:logical_not()) end
     end
   end
-  return rows
+  for k, t in pairs(host) do rows[k] = t:to {device = device} end
+  return rows, host
 end
 
 return M

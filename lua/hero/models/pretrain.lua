@@ -72,7 +72,8 @@ function M:forward_mlm(batch)
     f_out = v.f_encoder.encoder:forward(f_emb, mask)
     h = select_rows(f_out, batch, "txt_mask_tgt")
   else -- the loss reads the masked tokens only: the last layer runs on those rows
-    h = v.f_encoder.encoder:forward(f_emb, mask, {rows = mask_rows.of(batch, "txt_mask_tgt")})
+    h = v.f_encoder.encoder:forward(f_emb, mask, {rows = mask_rows.of(batch, "txt_mask_tgt"),
+      rows_host = mask_rows.host_of(batch, "txt_mask_tgt")})
   end
   local logits = v.f_encoder.lm_head:forward(h)
   local vocab = logits:size(2) - self.opts.vocab_pad
@@ -86,7 +87,8 @@ function M:forward_mfm(batch, kind)
   local v = self.v_encoder
   local masked = kind == "mffr" and not self.keeps_activations
   local Y, acts = v:forward_repr(batch, {img_masks = batch.f_v_masks, c_masks = batch.c_v_masks,
-    c_rows = masked and mask_rows.of(batch, "c_v_masks") or nil})
+    c_rows = masked and mask_rows.of(batch, "c_v_masks") or nil,
+    c_rows_host = masked and mask_rows.host_of(batch, "c_v_masks") or nil})
   -- MFFR reads the masked frames only, so the temporal transformer's last layer made just those
   local pred = v.feat_regress:forward(masked and Y or select_rows(Y, batch, "c_v_masks"))
   acts.pred_feat = pred

@@ -114,39 +114,32 @@ local function flat_rows(t, rows)
   return t:reshape(t:size(1) * t:size(2), t:size(3)):index_select(1, rows)
 end
 
---- The queries the rows `flat` (a Lua array of flat positions of [B, L], 0-based) need: each
--- batch entry's positions, padded to the longest list (Lq) with the entry's first asked-for
--- position (or the first of all), as an array of B * Lq flat positions, and where each asked-for
--- row's output sits among them (an array of n). Returns nil when no fewer than L per entry.
-local function query_layout(flat, B, L, module)
-  local slots, where, lq = {}, {}, 1
-  for b = 1, B do slots[b] = {} end
-  for i, r in ipairs(flat) do
-    if math.type(r) ~= "integer" or r < 0 or r >= B * L then
-      module:error("row %s is outside the %d x %d positions", tostring(r), B, L)
-    end
-    local list = slots[r // L + 1]
-    list[#list + 1] = r
-    if #list > lq then lq = #list end
-    where[i] = {r // L, #list - 1}
-  end
-  if lq >= L or #flat == 0 then return nil end
-  local gather, keep = {}, {}
-  for b = 1, B do
-    for s = 1, lq do gather[#gather + 1] = slots[b][s] or slots[b][1] or flat[1] end
-  end
-  for i, w in ipairs(where) do keep[i] = w[1] * lq + w[2] end
+--- The queries the rows (i64 [n] of flat positions of [B, L], 0-based) need: each batch entry's
+-- positions, padded to the longest list (lq) with the entry's first asked-for position (or the
+-- first of all), as i64 [B * lq] flat positions (gather), and where each asked-for row's output
+-- sits among them (keep, i64 [n]), both on the rows' device; nil when no fewer than L per entry.
+-- The layout is worked out on the host (core.query_layout): from `host` when the caller has the
+-- rows there already (a batch moved to a GPU carries them, hero.models.mask_rows), so that the
+-- host does not wait for the device to read them back.
+local function query_layout(rows, B, L, module, host)
+  host = host or rows
+  if host:device() ~= "cpu" or host:dtype() ~= "i64" then host = host:to {device = "cpu", dtype = "i64"} end
+  local ok, gather, keep, lq = pcall(core.query_layout, host, B, L)
+  if not ok then module:error("%s", (tostring(gather):gsub("^query_layout: ", ""))) end
+  if gather == nil then return nil end
+  local device = rows:device()
+  if device ~= "cpu" then gather, keep = gather:to {device = device}, keep:to {device = device} end
   return gather, keep, lq
 end
-
-local function index_tensor(list, like) return core.tensor(list, {dtype = "i64", device = like:device()}) end
 
 --- x [B, L, H]; mask [B, L] (0/1, or additive with opts.additive) or nil. With opts.rows (i64 [n]
 -- of flat positions b * L + l, 0-based) only those outputs are made, as [n, H]: every position still
 -- serves as a key and value, but the queries are projected and attend only for the positions
 -- asked for (each entry's, padded to the entry with most), and the output projection, the
 -- feed-forward block and both LayerNorms run on the n rows alone. The rows are those of the full
--- output. opts.query: the rows' query layout ({query_layout(...)}), when the caller has it.
+-- output. opts.rows_host: the same rows on the CPU, when the caller has them there (rows on a GPU
+-- are otherwise read back). opts.query: the rows' query layout ({query_layout(...)}), when the
+-- caller has it.
 function M.TransformerLayer:forward(x, mask, opts)
   local ext = mask
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
@@ -157,13 +150,13 @@ function M.TransformerLayer:forward(x, mask, opts)
     local B, L, H = x:size(1), x:size(2), x:size(3)
     local gather, keep, lq
     if ext == nil or ext:dim() == 2 then
-      local q = opts.query or {query_layout(rows:totable(), B, L, self)}
+      local q = opts.query or {query_layout(rows, B, L, self, opts.rows_host)}
       gather, keep, lq = q[1], q[2], q[3]
     end
     local ctx
     if gather then -- cross-attention of the asked-for positions over the whole sequence
-      local xq = x:reshape(B * L, H):index_select(1, index_tensor(gather, x)):view(B, lq, H)
-      ctx = mha.self:forward(xq, ext, x):reshape(B * lq, H):index_select(1, index_tensor(keep, x))
+      local xq = x:reshape(B * L, H):index_select(1, gather):view(B, lq, H)
+      ctx = mha.self:forward(xq, ext, x):reshape(B * lq, H):index_select(1, keep)
     else
       ctx = flat_rows(mha.self:forward(x, ext), rows)
     end
@@ -219,7 +212,7 @@ end
 -- for those rows of the output only, [n, H]: the last layer then computes nothing else (a task
 -- whose loss reads a few positions, as MLM's masked tokens, skips most of that layer), and with a
 -- 0/1 mask that pads ragged rows, every layer works on the valid positions only (packed; opts.pack
--- = false keeps the padded layout).
+-- = false keeps the padded layout). opts.rows_host: as TransformerLayer:forward's.
 --- How the valid positions of mask [B, L] (0/1) pack, for rows `rows` of the output: nil when
 -- there is too little padding to gain (under 1/16 of the positions), when a row asked for is a
 -- padded position, or when no row is asked for. The layout is built with tensor ops where the
@@ -237,7 +230,7 @@ local function packed_layout(x, mask, rows, query)
   local pk = {B = B, L = L, H = H, valid = valid_flag:nonzero():squeeze(2), unpack = unpack,
               rows = unpack:index_select(1, rows), rows_flat = rows}
   if gather then
-    pk.q_gather, pk.q_keep, pk.lq = unpack:index_select(1, index_tensor(gather, x)), index_tensor(keep, x), lq
+    pk.q_gather, pk.q_keep, pk.lq = unpack:index_select(1, gather), keep, lq
   end
   return pk
 end
@@ -248,7 +241,7 @@ function M.TransformerEncoder:forward(x, mask, opts)
   local rows = opts and opts.rows
   local stack = self.layer:children()
   -- the queries the rows need, worked out once on the host (this also checks the rows' range)
-  local query = rows and #stack > 0 and {query_layout(rows:totable(), x:size(1), x:size(2), self)} or nil
+  local query = rows and #stack > 0 and {query_layout(rows, x:size(1), x:size(2), self, opts.rows_host)} or nil
   -- Ragged rows (subtitles of different lengths, videos of different frame counts) are padded to
   -- the longest: when only some rows are asked for, every layer runs its projections, MLP and
   -- LayerNorms on the valid positions alone, packed; attention sees them laid out padded.

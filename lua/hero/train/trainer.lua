@@ -281,8 +281,8 @@ local function batch_to(batch, device)
   end
   local out = walk(batch)
   if type(out) == "table" and getmetatable(out) == nil then
-    local rows = require("hero.models.mask_rows").precompute(batch, device)
-    if next(rows) ~= nil then out._mask_rows = rows end
+    local rows, host = require("hero.models.mask_rows").precompute(batch, device)
+    if next(rows) ~= nil then out._mask_rows, out._mask_rows_host = rows, host end
   end
   return out
 end
