@@ -71,6 +71,29 @@ describe("CUDA backend #cuda", function()
       assert.equal(-7, dev(hero.tensor({-7}, {dtype = "i64"})):item())
     end)
 
+    it("uploads small tensors without waiting, each from the values it had when moved", function()
+      -- small uploads go through a pinned ring; the host may change or free its tensor at once,
+      -- and the ring comes round many times here (5000 uploads of 1-4 KiB) with kernels between
+      local want, got = {}, {}
+      for i = 1, 5000 do
+        local h = hero.arange(i % 4 == 0 and 1024 or 256, {dtype = i % 2 == 0 and "i64" or "f32"}) + i
+        local g = dev(h)
+        want[#want + 1], got[#got + 1] = h:sum():item(), g
+        h:fill_(-1)
+        if i % 7 == 0 then got[#got] = got[#got] * 1 end
+      end
+      for i = 1, #got, 97 do assert.equal(want[i], got[i]:sum():item()) end
+      assert.equal(want[#got], got[#got]:sum():item())
+      -- a strided host view and a dtype change on the way (uploaded then converted on the device)
+      local h = hero.arange(64, {dtype = "f64"}):view(8, 8):t()
+      local g = hero.empty({8, 8}, {dtype = "f32", device = DEVICE})
+      g:copy_(h)
+      assert.same(h:to("f32"):totable(), g:totable())
+      -- bigger than the ring's limit: the plain copy
+      local big = hero.randn({600000})
+      assert.same(big:totable(), dev(big):totable())
+    end)
+
     it("copies strided views, broadcasts and converts on the device", function()
       local a = hero.arange(24, {dtype = "f32"}):view(2, 3, 4)
       local g = dev(a)
@@ -389,6 +412,22 @@ describe("CUDA backend #cuda", function()
         same(hero.addmm(dev(b), dev(m2), dev(w):t(), 1, 2), hero.addmm(b, m2, w:t(), 1, 2), exact)
       end
       check_grad(function(x, w, b) return hero.linear(x, w, b) end, {randn {4, 9, 16}, randn {24, 16}, randn {24}})
+    end)
+
+    it("reuses the bias product's plan for a shape with other operands and biases each call", function()
+      -- the kernel chosen for a shape is kept; each call must still read its own bias and operands
+      local function ints(size, dt) return hero.randint(-3, 4, size):to(dt) end
+      for _, dt in ipairs {"f32", "bf16"} do
+        local exact = {atol = 0, rtol = 0}
+        for round = 1, 3 do
+          for _, shape in ipairs {{20, 33, 64}, {660, 64}, {7, 64}} do
+            local x, w, b = ints(shape, dt), ints({48, 64}, dt), ints({48}, dt)
+            same(hero.linear(dev(x), dev(w), dev(b)), hero.linear(x, w, b), exact)
+            local b2 = ints({48}, dt) + round
+            same(hero.linear(dev(x), dev(w), dev(b2)), hero.linear(x, w, b2), exact)
+          end
+        end
+      end
     end)
 
     it("multiplies the heads of permuted views in place (a list of matrix pointers)", function()

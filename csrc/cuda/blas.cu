@@ -10,6 +10,7 @@
  * accumulation and are rounded once into the output. */
 #include <cinttypes>
 #include <climits>
+#include <mutex>
 
 #include "cuda/common.cuh"
 
@@ -198,6 +199,85 @@ uint32_t alignment_of(const void *p)
 
 constexpr size_t kLtWorkspace = (size_t)32 << 20;
 
+/* One shape of the bias GEMM as cuBLASLt describes it, and the kernel its heuristic chose (or that
+ * it offered none). Describing the case and asking the heuristic for every call took more host
+ * time than a bf16 product of the transformer's size takes on an H100, and a forward pass makes
+ * 39 of them: the host fell behind the device. The shapes of a model are few, so they are kept;
+ * only the bias pointer changes from call to call. */
+struct LtPlan {
+    bool used = false;
+    int dev;
+    cudaDataType_t dtype;
+    cublasComputeType_t compute;
+    cublasOperation_t ta, tb;
+    int64_t m, n, k, lda, ldb;
+    uint32_t al_a, al_b, al_c;
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+    bool offered = false; /* the heuristic found a kernel: algo and ws hold it */
+    cublasLtMatmulAlgo_t algo;
+    size_t ws = 0;
+};
+
+constexpr int kLtPlans = 64;
+static LtPlan lt_plans[kLtPlans];
+static int lt_replace = 0; /* the slot taken next when all are used (round robin) */
+static std::mutex lt_lock;
+
+static void lt_plan_clear(LtPlan &p)
+{
+    if (p.lc) cublasLtMatrixLayoutDestroy(p.lc);
+    if (p.lb) cublasLtMatrixLayoutDestroy(p.lb);
+    if (p.la) cublasLtMatrixLayoutDestroy(p.la);
+    if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+    p = LtPlan();
+}
+
+/* Describes the plan's case (its key fields set) and asks the heuristic once; a case cuBLASLt
+ * refuses to describe is a plan without a kernel (the plain path takes it). */
+static void lt_plan_make(LtPlan &p, cublasLtHandle_t lt)
+{
+    const cublasStatus_t ok = CUBLAS_STATUS_SUCCESS;
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    int32_t bias_type = p.dtype;
+    size_t ws_size = kLtWorkspace;
+    cublasLtMatmulPreference_t pref = nullptr;
+    bool described =
+        cublasLtMatmulDescCreate(&p.desc, p.compute, CUDA_R_32F) == ok &&
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &p.ta, sizeof p.ta) == ok &&
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &p.tb, sizeof p.tb) == ok &&
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi) == ok &&
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type) == ok &&
+        /* stored shapes of the column-major operands: B^T is n x k (k x n when transposed), A^T k x m */
+        cublasLtMatrixLayoutCreate(&p.la, p.dtype, p.ta == CUBLAS_OP_N ? p.n : p.k, p.ta == CUBLAS_OP_N ? p.k : p.n,
+                                   p.lda) == ok &&
+        cublasLtMatrixLayoutCreate(&p.lb, p.dtype, p.tb == CUBLAS_OP_N ? p.k : p.m, p.tb == CUBLAS_OP_N ? p.m : p.k,
+                                   p.ldb) == ok &&
+        cublasLtMatrixLayoutCreate(&p.lc, p.dtype, p.n, p.m, p.n) == ok && cublasLtMatmulPreferenceCreate(&pref) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_size, sizeof ws_size) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &p.al_a, sizeof p.al_a) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &p.al_b, sizeof p.al_b) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &p.al_c, sizeof p.al_c) == ok &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &p.al_c, sizeof p.al_c) == ok;
+    cublasLtMatmulHeuristicResult_t found;
+    int count = 0;
+    if (!described || cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.la, p.lb, p.lc, p.lc, pref, 1, &found, &count) != ok)
+        count = 0;
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    p.offered = count > 0;
+    if (p.offered) {
+        p.algo = found.algo;
+        p.ws = found.workspaceSize;
+    }
+}
+
+static bool lt_plan_matches(const LtPlan &p, const LtPlan &key)
+{
+    return p.used && p.dev == key.dev && p.dtype == key.dtype && p.compute == key.compute && p.ta == key.ta &&
+           p.tb == key.tb && p.m == key.m && p.n == key.n && p.k == key.k && p.lda == key.lda && p.ldb == key.ldb &&
+           p.al_a == key.al_a && p.al_b == key.al_b && p.al_c == key.al_c;
+}
+
 /* c [m, n] (row-major, contiguous) = a @ b + bias[n] as one cuBLASLt call with the bias added in
  * the epilogue, before the one rounding into c's dtype (what the CPU's GEMM with the bias in C
  * gives). Same column-major view as the cuBLAS call: D^T (n x m) = B^T A^T, whose rows are the
@@ -210,55 +290,52 @@ int gemm_bias_lt(int dev, const Operand &oa, const Operand &ob, int64_t m, int64
     cublasLtHandle_t lt = blas_lt(dev);
     cudaStream_t st = stream(dev);
     if (!lt || !st) return -1;
-    cublasLtMatmulDesc_t desc = nullptr;
-    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
-    cublasLtMatmulPreference_t pref = nullptr;
-    int rc = 0;
-    cublasOperation_t ta = ob.op, tb = oa.op;
-    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    int32_t bias_type = dtype;
-    size_t ws_size = kLtWorkspace;
-    uint32_t al_a = alignment_of(ob.ptr), al_b = alignment_of(oa.ptr), al_c = alignment_of(c);
-    /* a case cuBLASLt refuses to describe goes the plain way too */
-    const cublasStatus_t ok = CUBLAS_STATUS_SUCCESS;
-    bool described =
-        cublasLtMatmulDescCreate(&desc, compute, CUDA_R_32F) == ok &&
-        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == ok &&
-        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == ok &&
-        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi) == ok &&
-        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) == ok &&
-        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type) == ok &&
-        /* stored shapes of the column-major operands: B^T is n x k (k x n when transposed), A^T k x m */
-        cublasLtMatrixLayoutCreate(&la, dtype, ta == CUBLAS_OP_N ? n : k, ta == CUBLAS_OP_N ? k : n, ob.ld) == ok &&
-        cublasLtMatrixLayoutCreate(&lb, dtype, tb == CUBLAS_OP_N ? k : m, tb == CUBLAS_OP_N ? m : k, oa.ld) == ok &&
-        cublasLtMatrixLayoutCreate(&lc, dtype, n, m, n) == ok && cublasLtMatmulPreferenceCreate(&pref) == ok &&
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_size, sizeof ws_size) == ok &&
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a) == ok &&
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b) == ok &&
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c) == ok &&
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c) == ok;
-    cublasLtMatmulHeuristicResult_t found;
-    int count = 0;
-    if (!described || cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 1, &found, &count) != ok) count = 0;
-    if (count == 0) rc = 1;
-    if (!rc) {
-        size_t ws_bytes = found.workspaceSize;
-        void *ws = ws_bytes ? hr_cuda_malloc(dev, ws_bytes) : nullptr;
-        if (ws_bytes && !ws) rc = -1;
-        else {
-            const float one = 1.0f, zero = 0.0f;
-            rc = check_blas(cublasLtMatmul(lt, desc, &one, ob.ptr, la, oa.ptr, lb, &zero, c, lc, c, lc, &found.algo, ws,
-                                           ws_bytes, st),
-                            op, "cublasLtMatmul");
-            /* back to the cache at once: later work on the stream runs after the GEMM */
-            if (ws) hr_cuda_free(dev, ws, ws_bytes);
+    LtPlan key;
+    key.dev = dev;
+    key.dtype = dtype;
+    key.compute = compute;
+    key.ta = ob.op;
+    key.tb = oa.op;
+    key.m = m;
+    key.n = n;
+    key.k = k;
+    key.lda = ob.ld;
+    key.ldb = oa.ld;
+    /* cuBLASLt's heuristic only offers kernels whose alignment needs the operands meet */
+    key.al_a = alignment_of(ob.ptr);
+    key.al_b = alignment_of(oa.ptr);
+    key.al_c = alignment_of(c);
+    std::lock_guard<std::mutex> g(lt_lock); /* the plan's description is shared: one call at a time */
+    LtPlan *plan = nullptr;
+    for (int i = 0; i < kLtPlans && !plan; i++)
+        if (lt_plan_matches(lt_plans[i], key)) plan = &lt_plans[i];
+    if (!plan) {
+        int slot = -1;
+        for (int i = 0; i < kLtPlans && slot < 0; i++)
+            if (!lt_plans[i].used) slot = i;
+        if (slot < 0) {
+            slot = lt_replace;
+            lt_replace = (lt_replace + 1) % kLtPlans;
         }
+        plan = &lt_plans[slot];
+        lt_plan_clear(*plan);
+        *plan = key;
+        plan->used = true;
+        lt_plan_make(*plan, lt);
     }
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    if (lc) cublasLtMatrixLayoutDestroy(lc);
-    if (lb) cublasLtMatrixLayoutDestroy(lb);
-    if (la) cublasLtMatrixLayoutDestroy(la);
-    if (desc) cublasLtMatmulDescDestroy(desc);
+    if (!plan->offered) return 1;
+    if (cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) !=
+        CUBLAS_STATUS_SUCCESS)
+        return 1;
+    int rc = 0;
+    void *ws = plan->ws ? hr_cuda_malloc(dev, plan->ws) : nullptr;
+    if (plan->ws && !ws) return -1;
+    const float one = 1.0f, zero = 0.0f;
+    rc = check_blas(cublasLtMatmul(lt, plan->desc, &one, ob.ptr, plan->la, oa.ptr, plan->lb, &zero, c, plan->lc, c, plan->lc,
+                                   &plan->algo, ws, plan->ws, st),
+                    op, "cublasLtMatmul");
+    /* back to the cache at once: later work on the stream runs after the GEMM */
+    if (ws) hr_cuda_free(dev, ws, plan->ws);
     return rc;
 }
 

@@ -47,6 +47,11 @@ cublasHandle_t blas(int dev);
 /* The device's cuBLASLt handle (created on first use; the stream is given per call). */
 cublasLtHandle_t blas_lt(int dev);
 int sync(int dev, const char *op);
+/* Queues a copy of nbytes host bytes at src to dst on dev's stream without waiting for the device:
+ * the bytes are copied into a pinned ring first, so src may be freed on return (runtime.cu).
+ * Returns 0 when queued, 1 when not staged (too big for the ring, or no pinned memory: the caller
+ * copies and waits itself), -1 on an error. */
+int stage_to_device(int dev, void *dst, const void *src, size_t nbytes, const char *op);
 
 static inline int dev_of(const hr_tensor *t) { return hr_tensor_device(t).index; }
 static inline bool is_cuda(const hr_tensor *t) { return hr_tensor_device(t).type == HR_CUDA; }

@@ -391,8 +391,8 @@ int check_indices(const hr_tensor *idx, int64_t vocab, const char *op, cudaStrea
     unsigned long long *bad = (unsigned long long *)hr_cuda_malloc(dev, sizeof *bad);
     if (!bad) return -1;
     unsigned long long host = (unsigned long long)n;
-    int rc = check(cudaMemcpyAsync(bad, &host, sizeof host, cudaMemcpyHostToDevice, st), op, "cudaMemcpyAsync");
-    if (!rc) rc = sync(dev, op);
+    /* every byte 0xff: the largest value, which any bad position lowers (no upload, no wait) */
+    int rc = check(cudaMemsetAsync(bad, 0xff, sizeof *bad, st), op, "cudaMemsetAsync");
     if (!rc) {
         index_range<<<grid_for(n), kThreads, 0, st>>>((const char *)hr_tensor_data(idx), idx->dtype, n, vocab, bad);
         rc = check_launch(op);
@@ -1178,9 +1178,13 @@ extern "C" int hr_cuda_adamw_step(hr_adamw_item *items, int n, double beta1, dou
         AdamItem *dev_items = (AdamItem *)hr_cuda_malloc(dev, sizeof(AdamItem) * (size_t)cnt);
         if (!dev_items) rc = -1;
         else {
-            rc = check(cudaMemcpyAsync(dev_items, host, sizeof(AdamItem) * (size_t)cnt, cudaMemcpyHostToDevice, st), "adamw",
-                       "cudaMemcpyAsync");
-            if (!rc) rc = sync(dev, "adamw"); /* the host array is freed below */
+            /* staged: the host array is freed below without waiting for the device */
+            rc = stage_to_device(dev, dev_items, host, sizeof(AdamItem) * (size_t)cnt, "adamw");
+            if (rc == 1) {
+                rc = check(cudaMemcpyAsync(dev_items, host, sizeof(AdamItem) * (size_t)cnt, cudaMemcpyHostToDevice, st),
+                           "adamw", "cudaMemcpyAsync");
+                if (!rc) rc = sync(dev, "adamw");
+            }
             if (!rc) {
                 unsigned gx = grid_for(maxn);
                 if (gx > 1024) gx = 1024;

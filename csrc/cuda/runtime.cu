@@ -2,6 +2,7 @@
  * pinned host memory, copies between any devices and fills. */
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -126,6 +127,113 @@ int sync(int dev, const char *op)
     cudaStream_t st = stream(dev);
     if (!st) return -1;
     return check(cudaStreamSynchronize(st), op, "cudaStreamSynchronize");
+}
+
+/* ------------------------------------------------------------------ staged uploads */
+
+/*
+ * A copy from ordinary (pageable) host memory to the device made the host wait for the device's
+ * stream to drain: the caller may free its buffer as soon as the call returns. Index lists made
+ * during a forward pass, AdamW's parameter table and tensors made from Lua values are small, and
+ * each such wait left the GPU without queued work until the host had launched the next kernels.
+ * Uploads up to kStageMax bytes now go through a pinned ring per device: the bytes are copied into
+ * the ring at once (so the caller's buffer is free at once), the transfer is queued on the stream
+ * behind the work before it, and an event recorded behind it tells when that part of the ring may
+ * be written again. The host waits only when the ring comes round to a part whose transfer the
+ * device has not reached yet (4 MiB of uploads later).
+ */
+constexpr size_t kStageRing = (size_t)4 << 20;
+constexpr size_t kStageMax = (size_t)1 << 20;
+constexpr size_t kStageAlign = 256;
+constexpr int kStagePending = 256;
+
+struct StagePending {
+    size_t begin, end;
+    cudaEvent_t done;
+};
+
+struct Stage {
+    std::mutex lock;
+    char *ring = nullptr;
+    bool unavailable = false; /* the pinned ring could not be had: uploads wait as before */
+    size_t head = 0;
+    StagePending pending[kStagePending]; /* transfers not yet seen done, oldest first */
+    int npending = 0;
+    std::vector<cudaEvent_t> spare;
+};
+
+static Stage *stages = nullptr;
+static std::once_flag stages_once;
+
+/* Drops the pending transfers the device has finished (their events go back to the spares); with
+ * [begin, end) given, first waits for every pending transfer that overlaps it. */
+static int settle_pending(Stage &s, size_t begin, size_t end, const char *op)
+{
+    int kept = 0;
+    for (int i = 0; i < s.npending; i++) {
+        StagePending &p = s.pending[i];
+        cudaError_t e;
+        if (p.begin < end && begin < p.end) e = cudaEventSynchronize(p.done);
+        else e = cudaEventQuery(p.done);
+        if (e == cudaErrorNotReady) {
+            (void)cudaGetLastError();
+            s.pending[kept++] = p;
+            continue;
+        }
+        if (check(e, op, "cudaEventSynchronize")) {
+            /* keep the rest as they are; this one's event is not trusted again */
+            for (int j = i + 1; j < s.npending; j++) s.pending[kept++] = s.pending[j];
+            s.npending = kept;
+            return -1;
+        }
+        s.spare.push_back(p.done);
+    }
+    s.npending = kept;
+    return 0;
+}
+
+int stage_to_device(int dev, void *dst, const void *src, size_t nbytes, const char *op)
+{
+    if (nbytes == 0) return 0;
+    if (nbytes > kStageMax) return 1;
+    cudaStream_t st = stream(dev);
+    if (!st) return -1;
+    std::call_once(stages_once, [] { stages = new Stage[device_total]; });
+    Stage &s = stages[dev];
+    std::lock_guard<std::mutex> g(s.lock);
+    if (s.unavailable) return 1;
+    if (!s.ring) {
+        void *p = nullptr;
+        if (cudaHostAlloc(&p, kStageRing, cudaHostAllocPortable) != cudaSuccess) {
+            (void)cudaGetLastError();
+            s.unavailable = true;
+            return 1;
+        }
+        s.ring = (char *)p;
+    }
+    size_t need = (nbytes + kStageAlign - 1) / kStageAlign * kStageAlign;
+    size_t begin = s.head + need <= kStageRing ? s.head : 0;
+    if (settle_pending(s, begin, begin + need, op)) return -1;
+    if (s.npending == kStagePending && settle_pending(s, 0, kStageRing, op)) return -1; /* a full list: wait all */
+    cudaEvent_t ev;
+    if (!s.spare.empty()) {
+        ev = s.spare.back();
+        s.spare.pop_back();
+    } else if (check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), op, "cudaEventCreate")) {
+        return -1;
+    }
+    memcpy(s.ring + begin, src, nbytes);
+    if (check(cudaMemcpyAsync(dst, s.ring + begin, nbytes, cudaMemcpyHostToDevice, st), op, "cudaMemcpyAsync") ||
+        check(cudaEventRecord(ev, st), op, "cudaEventRecord")) {
+        /* the transfer may still be queued: wait for the stream before the ring is used again */
+        (void)cudaStreamSynchronize(st);
+        (void)cudaGetLastError();
+        s.spare.push_back(ev);
+        return -1;
+    }
+    s.pending[s.npending++] = StagePending{begin, begin + need, ev};
+    s.head = begin + need;
+    return 0;
 }
 
 int same_device(const char *op, int n, const hr_tensor *const *ts)
@@ -659,6 +767,19 @@ int device_convert(hr_tensor *dst, const hr_tensor *src)
     return rc;
 }
 
+/* Host bytes to the device, queued on its stream: staged (the host goes on at once) when small,
+ * else copied and waited for, since the caller may release its buffer right after. */
+int upload(int dev, void *dst, const void *src, size_t nbytes)
+{
+    int staged = stage_to_device(dev, dst, src, nbytes, "copy_");
+    if (staged <= 0) return staged;
+    cudaStream_t st = stream(dev);
+    if (!st) return -1;
+    if (check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, st), "copy_", "cudaMemcpyAsync (host to device)"))
+        return -1;
+    return sync(dev, "copy_");
+}
+
 } // namespace
 
 extern "C" int hr_cuda_copy_(hr_tensor *dst, const hr_tensor *src)
@@ -691,16 +812,11 @@ extern "C" int hr_cuda_copy_(hr_tensor *dst, const hr_tensor *src)
             return -1;
         }
         if (same_layout(dst, hc)) {
-            rc = check(cudaMemcpyAsync(hr_tensor_data(dst), hr_tensor_data(hc), nbytes_of(hc), cudaMemcpyHostToDevice, st),
-                       "copy_", "cudaMemcpyAsync (host to device)");
-            /* the host buffer may be released right after: wait for the transfer */
-            if (!rc) rc = sync(dev_of(dst), "copy_");
+            rc = upload(dev_of(dst), hr_tensor_data(dst), hr_tensor_data(hc), nbytes_of(hc));
         } else {
             hr_tensor *tmp = hr_tensor_empty(hc->ndim, hc->size, hc->dtype, hr_tensor_device(dst));
-            if (tmp &&
-                !check(cudaMemcpyAsync(hr_tensor_data(tmp), hr_tensor_data(hc), nbytes_of(hc), cudaMemcpyHostToDevice, st),
-                       "copy_", "cudaMemcpyAsync (host to device)") &&
-                !sync(dev_of(dst), "copy_") && !device_convert(dst, tmp))
+            if (tmp && !upload(dev_of(dst), hr_tensor_data(tmp), hr_tensor_data(hc), nbytes_of(hc)) &&
+                !device_convert(dst, tmp))
                 rc = 0;
             hr_tensor_release(tmp);
         }
