@@ -89,9 +89,21 @@ int hr_copy_(hr_tensor *dst, const hr_tensor *src)
                        hr_shape_str(src->ndim, src->size, a, sizeof a), hr_shape_str(dst->ndim, dst->size, b, sizeof b));
     }
     if (hr_tensor_device(dst).type != HR_CPU || hr_tensor_device(src).type != HR_CPU) {
+        hr_tensor *mirror = hr_mirror_view(src); /* src's values kept on the host (hr_mirror.c) */
+        if (mirror && hr_tensor_device(dst).type == HR_CPU) { /* read back without waiting for the device */
+            int rc = hr_copy_(dst, mirror);
+            hr_tensor_release(mirror);
+            return rc;
+        }
         /* either side on a GPU: the CUDA backend copies (or says it is missing) */
-        if (hr_cuda_copy_(dst, src)) return -1;
+        if (hr_cuda_copy_(dst, src)) {
+            hr_tensor_release(mirror);
+            return -1;
+        }
         hr_tensor_bump_version(dst);
+        /* dst's values are src's (or its mirror's) as dst holds them: kept on the host too */
+        if (mirror || hr_tensor_device(src).type == HR_CPU) hr_mirror_upload(dst, mirror ? mirror : src);
+        hr_tensor_release(mirror);
         return 0;
     }
     int64_t sstride[HR_MAX_DIMS];

@@ -109,6 +109,11 @@ typedef struct hr_storage {
     size_t map_len;
     void (*destroy)(struct hr_storage *); /* HR_STORAGE_EXTERNAL */
     void *destroy_ctx;
+    /* A device storage uploaded whole from the host, small and of integers (an index list, a
+     * mask): a host storage holding the same bytes, and the version they were taken at; any
+     * later write to the device storage bumps its version and so retires them (hr_mirror.c). */
+    struct hr_storage *host_mirror;
+    unsigned mirror_version;
 } hr_storage;
 
 /* 64-byte aligned host allocation; the bytes are counted in hr_live_bytes(). */
@@ -190,6 +195,15 @@ void hr_tensor_retain(hr_tensor *t);
 void hr_tensor_release(hr_tensor *t);   /* drops a reference; frees header (and storage ref) at zero */
 /* Releases the storage now even if the header is still referenced (used by :free()). */
 void hr_tensor_free_storage(hr_tensor *t);
+
+/* After dst (on a GPU) was written whole from src (on the host): when dst is a small integer or
+ * bool tensor covering all of its storage, keeps a host copy of its bytes beside it. Reading such
+ * a tensor back (its values, an index check of an op) then needs no wait for the device. Never
+ * fails: without memory there is simply no mirror. */
+void hr_mirror_upload(hr_tensor *dst, const hr_tensor *src);
+/* t's values as a host tensor over its storage's mirror (same dtype, shape and strides), or NULL
+ * when t has no mirror or the device storage was written since. A new reference. */
+hr_tensor *hr_mirror_view(const hr_tensor *t);
 
 /* Contiguous row-major strides for a shape. */
 void hr_contiguous_strides(int ndim, const int64_t *size, int64_t *stride);

@@ -45,6 +45,7 @@ void hr_storage_retain(hr_storage *s)
 void hr_storage_release(hr_storage *s)
 {
     if (!s || --s->refcount > 0) return;
+    hr_storage_release(s->host_mirror);
     switch (s->kind) {
     case HR_STORAGE_HEAP: hr_free_bytes(s->data, s->nbytes); break;
     case HR_STORAGE_MMAP: munmap(s->map_base, s->map_len); break;

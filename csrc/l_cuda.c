@@ -101,6 +101,17 @@ static int c_synchronize(lua_State *L)
     return 0;
 }
 
+/* host_mirrored(t): whether t's values are also kept on the host (hr_mirror.c), so that reading
+ * them back does not wait for the device. */
+static int c_host_mirrored(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "cuda.host_mirrored");
+    hr_tensor *mirror = hr_mirror_view(t);
+    lua_pushboolean(L, mirror != NULL);
+    hr_tensor_release(mirror);
+    return 1;
+}
+
 static int c_set_allow_tf32(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TBOOLEAN);
@@ -289,6 +300,7 @@ void hr_lua_open_cuda(lua_State *L, int module_idx, int methods_idx)
         {"reset_peak_memory_stats", c_reset_peak},
         {"empty_cache", c_empty_cache},
         {"synchronize", c_synchronize},
+        {"host_mirrored", c_host_mirrored},
         {"set_allow_tf32", c_set_allow_tf32},
         {"allow_tf32", c_allow_tf32},
         {"all_finite", c_all_finite},

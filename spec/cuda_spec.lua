@@ -94,6 +94,48 @@ describe("CUDA backend #cuda", function()
       assert.same(big:totable(), dev(big):totable())
     end)
 
+    it("keeps small uploaded integer tensors on the host too, until anything writes them", function()
+      local ids = dev(hero.tensor({{3, 1, 4}, {1, 5, 9}}, {dtype = "i64"}))
+      if ON_GPU then assert.is_true(hero.cuda.host_mirrored(ids)) end
+      assert.same({{3, 1, 4}, {1, 5, 9}}, ids:totable())
+      assert.same({1, 5, 9}, ids[2]:totable()) -- a view reads its own elements
+      assert.same({4, 9}, ids:select(2, 3):totable())
+      local as_i32 = ids:to("i32") -- a copy on the device keeps the values on the host as well
+      if ON_GPU then assert.is_true(hero.cuda.host_mirrored(as_i32)) end
+      assert.same({{3, 1, 4}, {1, 5, 9}}, as_i32:totable())
+      -- every kind of write retires the host copy: in-place arithmetic, a copy, a fill, a scatter
+      local writes = {
+        function(t) t:add_(1) end,
+        function(t) t:copy_(dev(hero.tensor({{7, 7, 7}, {8, 8, 8}}, {dtype = "i64"}))) end,
+        function(t) t[1]:fill_(0) end,
+        function(t) t:index_copy_(1, dev(hero.tensor({1}, {dtype = "i64"})), dev(hero.zeros({1, 3}, {dtype = "i64"}))) end,
+      }
+      for _, write in ipairs(writes) do
+        local d = dev(hero.tensor({{3, 1, 4}, {1, 5, 9}}, {dtype = "i64"}))
+        local want = hero.tensor({{3, 1, 4}, {1, 5, 9}}, {dtype = "i64"})
+        write(d)
+        write(want)
+        if ON_GPU then assert.is_false(hero.cuda.host_mirrored(d)) end
+        assert.same(want:totable(), d:totable())
+      end
+      -- floats, views of a bigger storage and big tensors are not kept
+      if ON_GPU then
+        assert.is_false(hero.cuda.host_mirrored(dev(hero.tensor {1.5, 2})))
+        assert.is_false(hero.cuda.host_mirrored(dev(hero.zeros({200000}, {dtype = "i64"}))))
+      end
+      -- the index checks of ops read the host copy: bad values are still refused by name
+      local w = dev(randn {10, 4})
+      helper.assert_error_contains(function() hero.embedding(w, dev(hero.tensor({1, 10}, {dtype = "i64"}))) end,
+        "embedding", "index 10 at position 2", "out of range")
+      helper.assert_error_contains(function() w:index_select(1, dev(hero.tensor({0, -1}, {dtype = "i64"}))) end,
+        "index_select", "index -1")
+      helper.assert_error_contains(function()
+        hero.cross_entropy(dev(randn {2, 5}), dev(hero.tensor({1, 5}, {dtype = "i64"})))
+      end, "cross_entropy", "target 5", "out of range")
+      same(hero.embedding(w, dev(hero.tensor({9, 0}, {dtype = "i64"}))), hero.embedding(w:cpu(),
+        hero.tensor({9, 0}, {dtype = "i64"})))
+    end)
+
     it("copies strided views, broadcasts and converts on the device", function()
       local a = hero.arange(24, {dtype = "f32"}):view(2, 3, 4)
       local g = dev(a)
@@ -893,6 +935,26 @@ describe("CUDA backend #cuda", function()
   end)
 
   describe("HERO on the device", function()
+    it("makes only the asked-for rows of ragged batches, its layouts from host-held or device masks", function()
+      local enc = hero.nn.TransformerEncoder {layers = 2, hidden = 16, heads = 2, intermediate = 24, dropout = 0,
+                                              generator = hero.Generator(3)}
+      local x = randn {3, 5, 16}
+      local rows = hero.tensor({0, 2, 5, 9, 7, 10}, {dtype = "i64"})
+      local lists = {{1, 1, 1, 0, 0}, {1, 1, 1, 1, 1}, {1, 0, 0, 0, 0}}
+      local want = enc:forward(x, hero.tensor(lists, {dtype = "i64"}), {rows = rows})
+      local g = enc
+      g:to(DEVICE)
+      -- an i64 mask moved from the host (laid out on the host), the same mask made on the device
+      -- (laid out there), and the rows without and with their host copy
+      local moved = dev(hero.tensor(lists, {dtype = "i64"}))
+      local made = dev(hero.tensor(lists, {dtype = "f32"})):long()
+      for _, mask in ipairs {moved, made} do
+        same(g:forward(dev(x), mask, {rows = dev(rows)}), want, {atol = 1e-5, rtol = 1e-4})
+        same(g:forward(dev(x), mask, {rows = dev(rows), rows_host = rows}), want, {atol = 1e-5, rtol = 1e-4})
+      end
+      g:to("cpu")
+    end)
+
     it("pre-trains like on the CPU (Module:to, the Trainer moving batches, examples/pretrain.lua --device)",
       function()
         local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/cuda_spec%.lua$") or "."

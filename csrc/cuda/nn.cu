@@ -387,6 +387,19 @@ int check_indices(const hr_tensor *idx, int64_t vocab, const char *op, cudaStrea
 {
     int64_t n = hr_tensor_numel(idx);
     if (n == 0) return 0;
+    if (hr_tensor *mirror = hr_mirror_view(idx)) { /* uploaded from the host: checked there, no wait */
+        const char *v = (const char *)hr_tensor_data(mirror);
+        size_t el = hr_dtype_size(idx->dtype);
+        int rc = 0;
+        for (int64_t k = 0; k < n && rc == 0; k++) {
+            int64_t x = hr_load_i64(v + (size_t)k * el, idx->dtype);
+            if (x < 0 || x >= vocab)
+                rc = hr_fail(HR_EINVAL, "%s: index %" PRId64 " at position %" PRId64 " is out of range for %" PRId64 " rows",
+                             op, x, k + 1, vocab);
+        }
+        hr_tensor_release(mirror);
+        return rc;
+    }
     int dev = dev_of(idx);
     unsigned long long *bad = (unsigned long long *)hr_cuda_malloc(dev, sizeof *bad);
     if (!bad) return -1;
@@ -972,7 +985,8 @@ extern "C" hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target
     hr_tensor *loss = empty_on(logits, 1, &N, HR_F64);
     hr_tensor *out = nullptr, *sum = nullptr;
     int64_t counted = 0;
-    if (!x || !t || !th || !lse || !loss || hr_copy_(th, t)) goto done;
+    /* from the target itself: a target uploaded from the host is read from its host copy */
+    if (!x || !t || !th || !lse || !loss || hr_copy_(th, target)) goto done;
     {
         const int64_t *tv = (const int64_t *)hr_tensor_data(th);
         for (int64_t r = 0; r < N; r++) {

@@ -10,6 +10,10 @@
 --   reset_peak_memory_stats([i])
 --   empty_cache([i])            collects garbage, returns cached blocks to the driver (bytes released)
 --   synchronize([i])            waits for the queued work of GPU i (default: every GPU used)
+--   host_mirrored(t)            true when t (a GPU tensor) is a small integer or bool tensor uploaded
+--                               whole from the host and not written since: its values are also kept
+--                               on the host, and reading them back (index checks included) does not
+--                               wait for the GPU
 --   set_allow_tf32(b), allow_tf32()  TF32 tensor cores for f32 matrix products (off by default)
 --   all_finite(t | {t, ...})    true when no element is inf or NaN (CPU and GPU tensors)
 local core = require "hero.core"

@@ -215,22 +215,29 @@ end
 -- = false keeps the padded layout). opts.rows_host: as TransformerLayer:forward's.
 --- How the valid positions of mask [B, L] (0/1) pack, for rows `rows` of the output: nil when
 -- there is too little padding to gain (under 1/16 of the positions), when a row asked for is a
--- padded position, or when no row is asked for. The layout is built with tensor ops where the
--- mask is (on a GPU, the host reads two counts and the asked-for rows, never the whole mask).
-local function packed_layout(x, mask, rows, query)
+-- padded position, or when no row is asked for. A mask on a GPU whose values the host still holds
+-- (a batch's mask moved there, hero.cuda.host_mirrored) is laid out on the host and the index lists
+-- moved to the device, without waiting for it; another device mask with tensor ops where it is
+-- (the host then reads two counts).
+local function packed_layout(x, mask, rows, query, rows_host)
   local B, L, H = x:size(1), x:size(2), x:size(3)
   if rows:numel() == 0 then return nil end
+  local device = x:device()
+  local on_host = device ~= "cpu" and core.cuda.host_mirrored(mask)
+  local function here(t) return on_host and t:cpu() or t end
+  local function there(t) return on_host and t:to {device = device} or t end
   local gather, keep, lq = query[1], query[2], query[3]
-  local valid_flag = mask:reshape(B * L):ne(0)
-  local counts = core.stack({valid_flag:sum(), valid_flag:index_select(1, rows):logical_not():sum()}):totable()
+  local asked = on_host and (rows_host or rows:cpu()) or rows
+  local valid_flag = here(mask):reshape(B * L):ne(0)
+  local counts = core.stack({valid_flag:sum(), valid_flag:index_select(1, asked):logical_not():sum()}):totable()
   local nv, padded_asked = counts[1], counts[2]
   if nv == 0 or nv > B * L - (B * L) // 16 or padded_asked > 0 then return nil end
   -- the packed index of every position; padded positions read row nv, a zero row
   local unpack = (valid_flag:long():cumsum(1) - 1):masked_fill(valid_flag:logical_not(), nv)
-  local pk = {B = B, L = L, H = H, valid = valid_flag:nonzero():squeeze(2), unpack = unpack,
-              rows = unpack:index_select(1, rows), rows_flat = rows}
+  local pk = {B = B, L = L, H = H, valid = there(valid_flag:nonzero():squeeze(2)), unpack = there(unpack),
+              rows = there(unpack:index_select(1, asked)), rows_flat = rows}
   if gather then
-    pk.q_gather, pk.q_keep, pk.lq = unpack:index_select(1, gather), keep, lq
+    pk.q_gather, pk.q_keep, pk.lq = there(unpack:index_select(1, here(gather))), keep, lq
   end
   return pk
 end
@@ -246,7 +253,7 @@ function M.TransformerEncoder:forward(x, mask, opts)
   -- the longest: when only some rows are asked for, every layer runs its projections, MLP and
   -- LayerNorms on the valid positions alone, packed; attention sees them laid out padded.
   local pk = rows and opts.pack ~= false and #stack > 0 and mask and ext ~= mask and mask:dim() == 2
-    and packed_layout(x, mask, rows, query)
+    and packed_layout(x, mask, rows, query, opts.rows_host)
   if pk then
     local h = x:reshape(pk.B * pk.L, pk.H):index_select(1, pk.valid)
     for i, layer in ipairs(stack) do h = layer:forward_packed(h, ext, pk, i == #stack) end
