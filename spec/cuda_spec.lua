@@ -108,7 +108,9 @@ describe("CUDA backend #cuda", function()
         function(t) t:add_(1) end,
         function(t) t:copy_(dev(hero.tensor({{7, 7, 7}, {8, 8, 8}}, {dtype = "i64"}))) end,
         function(t) t[1]:fill_(0) end,
-        function(t) t:index_copy_(1, dev(hero.tensor({1}, {dtype = "i64"})), dev(hero.zeros({1, 3}, {dtype = "i64"}))) end,
+        function(t)
+          t:index_copy_(1, dev(hero.tensor({1}, {dtype = "i64"})), dev(hero.zeros({1, 3}, {dtype = "i64"})))
+        end,
       }
       for _, write in ipairs(writes) do
         local d = dev(hero.tensor({{3, 1, 4}, {1, 5, 9}}, {dtype = "i64"}))
