@@ -168,6 +168,8 @@ hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t i
 hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, double p);
 hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads,
                              double dropout_p, bool training, struct hr_generator *gen);
+hr_tensor *hr_cuda_attention_packed(hr_tensor *qkv, hr_tensor *mask, int64_t heads, double dropout_p, bool training,
+                                    struct hr_generator *gen);
 int hr_cuda_adamw_step(hr_adamw_item *items, int n, double beta1, double beta2, double eps);
 /* Bernoulli draws (invert: u >= p, the dropout keep mask) into t (any dtype, any layout), from the
  * blocks starting at block0 of the stream with key: the same element-to-counter mapping as the CPU

@@ -57,6 +57,9 @@
       (hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p, bool training, \
        struct hr_generator *gen),                                                                                  \
       (q, k, v, mask, heads, dropout_p, training, gen))                                                            \
+    X(PTR, hr_tensor *, attention_packed,                                                                          \
+      (hr_tensor *qkv, hr_tensor *mask, int64_t heads, double dropout_p, bool training, struct hr_generator *gen), \
+      (qkv, mask, heads, dropout_p, training, gen))                                                                \
     X(INT, int, adamw_step, (hr_adamw_item *items, int n, double beta1, double beta2, double eps),                 \
       (items, n, beta1, beta2, eps))                                                                               \
     X(INT, int, bernoulli, (hr_tensor *t, const uint32_t key[2], uint64_t block0, double p, bool invert),          \

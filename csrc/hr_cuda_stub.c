@@ -171,6 +171,12 @@ hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor
     (void)k, (void)v, (void)mask, (void)heads, (void)dropout_p, (void)training, (void)gen;
     return hr_cuda_unsupported_null("attention", q);
 }
+hr_tensor *hr_cuda_attention_packed(hr_tensor *qkv, hr_tensor *mask, int64_t heads, double dropout_p, bool training,
+                                    struct hr_generator *gen)
+{
+    (void)mask, (void)heads, (void)dropout_p, (void)training, (void)gen;
+    return hr_cuda_unsupported_null("attention_packed", qkv);
+}
 int hr_cuda_adamw_step(hr_adamw_item *items, int n, double beta1, double beta2, double eps)
 {
     (void)beta1, (void)beta2, (void)eps;

@@ -45,6 +45,13 @@ hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t paddin
  * probabilities from generator gen when training. Returns the context [B, Lq, H]. */
 hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
                         bool training, struct hr_generator *gen);
+/* The same attention of a sequence over itself with q, k and v side by side in one tensor qkv
+ * [B, L, 3H] (columns 0..H-1, H..2H-1, 2H..3H-1: one product of the three projections' weights):
+ * the heads are read in place and the node's gradient is one [B, L, 3H] tensor, so neither the
+ * three projections nor their gradients are split apart and summed again. Same numbers as
+ * hr_attention on the three column blocks. */
+hr_tensor *hr_attention_packed(hr_tensor *qkv, hr_tensor *mask, int64_t heads, double dropout_p, bool training,
+                               struct hr_generator *gen);
 
 /* Where the queries of the asked-for flat positions rows (1-D i64 CPU, each in [0, B * L)) of a
  * [B, L] batch sit when each entry's are laid out in order and padded to the entry with most, lq

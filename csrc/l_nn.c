@@ -105,6 +105,18 @@ static int l_conv1d(lua_State *L)
     return 1;
 }
 
+/* The options table of attention at index oi (0: none): dropout probability and training. */
+static void attention_options(lua_State *L, int oi, double *p, bool *training)
+{
+    *p = 0;
+    *training = true;
+    if (oi) {
+        if (lua_getfield(L, oi, "dropout") != LUA_TNIL) *p = luaL_checknumber(L, -1);
+        if (lua_getfield(L, oi, "training") != LUA_TNIL) *training = lua_toboolean(L, -1);
+        lua_pop(L, 2);
+    }
+}
+
 /* attention(q, k, v, mask|nil, heads[, {dropout = p, training = bool, generator = g}]) */
 static int l_attention(lua_State *L)
 {
@@ -113,18 +125,32 @@ static int l_attention(lua_State *L)
     hr_tensor *v = hr_lua_autocast(L, 3, HR_AUTOCAST_ATTENTION, "attention");
     hr_tensor *mask = opt_tensor(L, 4, "attention");
     lua_Integer heads = luaL_checkinteger(L, 5);
-    double p = 0;
-    bool training = true;
+    double p;
+    bool training;
     int oi = lua_istable(L, 6) ? 6 : 0;
-    if (oi) {
-        if (lua_getfield(L, oi, "dropout") != LUA_TNIL) p = luaL_checknumber(L, -1);
-        if (lua_getfield(L, oi, "training") != LUA_TNIL) training = lua_toboolean(L, -1);
-        lua_pop(L, 2);
-    }
+    attention_options(L, oi, &p, &training);
     struct hr_generator *g = hr_lua_opt_generator(L, oi, "attention");
     hr_tensor *y;
     HR_LUA_RETRY(L, y, hr_attention(q, k, v, mask, heads, p, training, g));
     if (!y) return hr_lua_error(L, "attention");
+    hr_lua_push_tensor(L, y);
+    return 1;
+}
+
+/* attention_packed(qkv, mask|nil, heads[, {dropout = p, training = bool, generator = g}]) */
+static int l_attention_packed(lua_State *L)
+{
+    hr_tensor *qkv = hr_lua_autocast(L, 1, HR_AUTOCAST_ATTENTION, "attention_packed");
+    hr_tensor *mask = opt_tensor(L, 2, "attention_packed");
+    lua_Integer heads = luaL_checkinteger(L, 3);
+    double p;
+    bool training;
+    int oi = lua_istable(L, 4) ? 4 : 0;
+    attention_options(L, oi, &p, &training);
+    struct hr_generator *g = hr_lua_opt_generator(L, oi, "attention_packed");
+    hr_tensor *y;
+    HR_LUA_RETRY(L, y, hr_attention_packed(qkv, mask, heads, p, training, g));
+    if (!y) return hr_lua_error(L, "attention_packed");
     hr_lua_push_tensor(L, y);
     return 1;
 }
@@ -226,6 +252,7 @@ static const luaL_Reg module_functions[] = {
     {"dropout", l_dropout},
     {"conv1d", l_conv1d},
     {"attention", l_attention},
+    {"attention_packed", l_attention_packed},
     {"query_layout", l_query_layout},
     {"binary_cross_entropy_with_logits", l_bce_with_logits},
     {"mse_loss", l_mse_loss},

@@ -196,6 +196,47 @@ describe("attention", function()
       {dropout = 0.3, generator = hero.Generator(9)}) end, {q}))
   end)
 
+  it("takes q, k and v side by side in one tensor: the same values, one gradient, gradcheck", function()
+    local g = hero.Generator(41)
+    local B, L, H = 3, 5, 8
+    local mask = hero.tensor({{0, 0, 0, -10000, -10000}, {0, 0, 0, 0, 0}, {0, -10000, -10000, -10000, -10000}},
+      {dtype = "f64"})
+    for _, dt in ipairs {"f32", "f64"} do
+      local qkv = hero.randn({B, L, 3 * H}, {dtype = "f64", generator = g}):to(dt):requires_grad_()
+      local split = qkv:detach():clone():requires_grad_()
+      local up = hero.randn({B, L, H}, {dtype = dt, generator = g})
+      for _, opts in ipairs {{}, {dropout = 0.4, generator = hero.Generator(5)}} do
+        local o2 = {dropout = opts.dropout, generator = opts.dropout and hero.Generator(5)}
+        local y1 = hero.attention_packed(qkv, mask:to(dt), 2, opts)
+        local y2 = hero.attention(split:narrow(3, 1, H), split:narrow(3, H + 1, H), split:narrow(3, 2 * H + 1, H),
+          mask:to(dt), 2, o2)
+        assert.same(y2:totable(), y1:totable()) -- the same arithmetic on the same values, bit for bit
+        qkv.grad, split.grad = nil, nil
+        y1:backward(up)
+        y2:backward(up)
+        assert.same(split.grad:totable(), qkv.grad:totable())
+      end
+    end
+    local qkv = hero.randn({2, 4, 12}, {dtype = "f64", generator = g}):requires_grad_()
+    local m = hero.tensor({{0, 0, -10000, 0}, {0, 0, 0, 0}}, {dtype = "f64"})
+    assert.is_true(hero.testing.gradcheck(function(a) return hero.attention_packed(a, m, 2) end, {qkv}))
+    assert.is_true(hero.testing.gradcheck(function(a) return hero.attention_packed(a, nil, 4,
+      {dropout = 0.3, generator = hero.Generator(9)}) end, {qkv}))
+    -- a per-query mask, and a strided qkv
+    local causal = hero.tensor({{{0, -10000, -10000, -10000}, {0, 0, -10000, -10000}, {0, 0, 0, -10000},
+      {0, 0, 0, 0}}}, {dtype = "f64"}):expand(2, 4, 4)
+    local wide = hero.randn({2, 4, 14}, {dtype = "f64", generator = g})
+    local strided = wide:narrow(3, 2, 12)
+    assert.same(hero.attention_packed(strided:contiguous(), causal, 2):totable(),
+      hero.attention_packed(strided, causal, 2):totable())
+    helper.assert_error_contains(function() hero.attention_packed(hero.randn(2, 4, 13), nil, 2) end,
+      "attention_packed", "[B, L, 3H]")
+    helper.assert_error_contains(function() hero.attention_packed(hero.randn(2, 4, 12), nil, 3) end,
+      "attention_packed", "not divisible into 3 heads")
+    helper.assert_error_contains(function() hero.attention_packed(hero.randn(2, 4, 12), hero.zeros(2, 5), 2) end,
+      "additive mask")
+  end)
+
   it("f32 heads of HERO's sizes (64 wide, 33 and 60 keys) agree with f64, forward and gradients", function()
     -- these f32 per-head products run on hero's head kernels (cpu/attention.c); the f64 ones on BLAS
     local g = hero.Generator(31)

@@ -121,6 +121,32 @@ describe("nn layers", function()
       "TransformerEncoder", "row 15 is outside the 3 x 5 positions")
   end)
 
+  it("project q, k and v as one product when asked (the GPU's default): the same values and gradients", function()
+    local layer = nn.TransformerLayer {hidden = 16, heads = 4, intermediate = 24, dropout = 0.2,
+                                       generator = hero.Generator(12)}
+    local x = hero.randn({3, 7, 16}, {generator = hero.Generator(13)})
+    local mask = hero.tensor({{1, 1, 1, 1, 0, 0, 0}, {1, 1, 1, 1, 1, 1, 1}, {1, 1, 0, 0, 0, 0, 0}})
+    local function run(packed)
+      layer.attention.self.pack_projections = packed
+      layer.attention.self.generator:manual_seed(3)
+      layer.output.dropout.generator:manual_seed(4)
+      layer.attention.output.dropout.generator:manual_seed(5)
+      for _, p in ipairs(layer:parameters()) do p.grad = nil end
+      local xx = x:clone():requires_grad_()
+      local y = layer:forward(xx, mask)
+      y:backward(hero.randn(y:size(), {generator = hero.Generator(6)}))
+      local grads = {xx.grad}
+      for _, p in ipairs(layer:parameters()) do grads[#grads + 1] = p.grad end
+      return y, grads
+    end
+    assert.is_false(layer.attention.self:packs_projections(x)) -- on the CPU: three products
+    local y1, g1 = run(false)
+    local y2, g2 = run(true)
+    assert.tensor_near(y2, y1, helper.tolerance.f32)
+    for i = 1, #g1 do assert.tensor_near(g2[i], g1[i], helper.tolerance.f32) end
+    layer.attention.self.pack_projections = nil
+  end)
+
   it("lay out the queries of asked-for rows per batch entry, padded with the entry's first (core.query_layout)",
     function()
     -- the layout written out plainly: each entry's rows in the order asked, padded to the longest

@@ -30,6 +30,10 @@
 
 typedef struct {
     int64_t B, Lq, Lk, H, heads, dh;
+    /* elements between rows of q, k and v, and of their gradients: H, or 3H when the three are the
+     * column blocks of one packed [B, L, 3H] projection (hr_attention_packed) */
+    int64_t ld;
+    bool packed;
     double scale, dropout_p;
     bool has_mask, has_noise;
     int64_t mask_bstride, mask_qstride; /* additive mask [B, Lk] (qstride 0) or [B, Lq, Lk] */
@@ -187,7 +191,7 @@ static void sgemm_head(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb
     {                                                                                                        \
         attn_job *j = arg;                                                                                   \
         const attn_ctx *c = j->c;                                                                            \
-        const int64_t Lq = c->Lq, Lk = c->Lk, H = c->H, dh = c->dh;                                         \
+        const int64_t Lq = c->Lq, Lk = c->Lk, H = c->H, dh = c->dh, ld = c->ld;                             \
         T *tmp = NULL;                                                                                       \
         if (c->has_noise && !(tmp = malloc(sizeof(T) * (size_t)(Lq * Lk > 0 ? Lq * Lk : 1)))) {              \
             j->failed = 1;                                                                                   \
@@ -195,9 +199,9 @@ static void sgemm_head(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb
         }                                                                                                    \
         for (int64_t t = begin; t < end; t++) {                                                              \
             int64_t b = t / c->heads, a = t % c->heads;                                                      \
-            const T *Q = (const T *)j->q + b * Lq * H + a * dh;                                              \
-            const T *K = (const T *)j->k + b * Lk * H + a * dh;                                              \
-            const T *V = (const T *)j->v + b * Lk * H + a * dh;                                              \
+            const T *Q = (const T *)j->q + b * Lq * ld + a * dh;                                             \
+            const T *K = (const T *)j->k + b * Lk * ld + a * dh;                                             \
+            const T *V = (const T *)j->v + b * Lk * ld + a * dh;                                             \
             T *P = (T *)j->p + t * Lq * Lk;                                                                  \
             T *O = (T *)j->out + b * Lq * H + a * dh;                                                        \
             if (Lk == 0) {                                                                                   \
@@ -205,8 +209,8 @@ static void sgemm_head(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb
                     for (int64_t d = 0; d < dh; d++) O[i * H + d] = 0;                                       \
                 continue;                                                                                    \
             }                                                                                                \
-            GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lk, (int)dh, (T)c->scale, Q, (int)H, \
-                 K, (int)H, (T)0, P, (int)Lk);                                                               \
+            GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lk, (int)dh, (T)c->scale, Q, (int)ld, \
+                 K, (int)ld, (T)0, P, (int)Lk);                                                              \
             for (int64_t i = 0; i < Lq; i++) {                                                               \
                 T *row = P + i * Lk;                                                                         \
                 if (c->has_mask) {                                                                           \
@@ -227,7 +231,7 @@ static void sgemm_head(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb
                 Pd = tmp;                                                                                    \
             }                                                                                                \
             GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Lq, (int)dh, (int)Lk, (T)1, Pd, (int)Lk, V, \
-                 (int)H, (T)0, O, (int)H);                                                                   \
+                 (int)ld, (T)0, O, (int)H);                                                                  \
         }                                                                                                    \
         free(tmp);                                                                                           \
     }                                                                                                        \
@@ -236,7 +240,7 @@ static void sgemm_head(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb
     {                                                                                                        \
         attn_job *j = arg;                                                                                   \
         const attn_ctx *c = j->c;                                                                            \
-        const int64_t Lq = c->Lq, Lk = c->Lk, H = c->H, dh = c->dh;                                         \
+        const int64_t Lq = c->Lq, Lk = c->Lk, H = c->H, dh = c->dh, ld = c->ld;                             \
         size_t n = (size_t)(Lq * Lk > 0 ? Lq * Lk : 1);                                                      \
         T *dP = malloc(sizeof(T) * n), *Pd = c->has_noise ? malloc(sizeof(T) * n) : NULL;                   \
         if (!dP || (c->has_noise && !Pd)) {                                                                  \
@@ -247,9 +251,9 @@ static void sgemm_head(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb
         }                                                                                                    \
         for (int64_t t = begin; t < end; t++) {                                                              \
             int64_t b = t / c->heads, a = t % c->heads;                                                      \
-            const T *Q = (const T *)j->q + b * Lq * H + a * dh;                                              \
-            const T *K = (const T *)j->k + b * Lk * H + a * dh;                                              \
-            const T *V = (const T *)j->v + b * Lk * H + a * dh;                                              \
+            const T *Q = (const T *)j->q + b * Lq * ld + a * dh;                                             \
+            const T *K = (const T *)j->k + b * Lk * ld + a * dh;                                             \
+            const T *V = (const T *)j->v + b * Lk * ld + a * dh;                                             \
             const T *G = (const T *)j->g + b * Lq * H + a * dh;                                              \
             const T *P = (const T *)j->p + t * Lq * Lk;                                                      \
             const T *noise = c->has_noise ? (const T *)j->noise + t * Lq * Lk : NULL;                        \
@@ -261,10 +265,10 @@ static void sgemm_head(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb
             }                                                                                                \
             if (j->need_v)                                                                                   \
                 GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Lk, (int)dh, (int)Lq, (T)1, Pused,        \
-                     (int)Lk, G, (int)H, (T)0, (T *)j->dv + b * Lk * H + a * dh, (int)H);                    \
+                     (int)Lk, G, (int)H, (T)0, (T *)j->dv + b * Lk * ld + a * dh, (int)ld);                  \
             if (!j->need_q && !j->need_k) continue;                                                          \
             GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lk, (int)dh, (T)1, G, (int)H, V,     \
-                 (int)H, (T)0, dP, (int)Lk);                                                                 \
+                 (int)ld, (T)0, dP, (int)Lk);                                                                \
             for (int64_t i = 0; i < Lq; i++) {                                                               \
                 T *drow = dP + i * Lk;                                                                       \
                 const T *prow = P + i * Lk;                                                                  \
@@ -277,10 +281,10 @@ static void sgemm_head(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb
             }                                                                                                \
             if (j->need_q)                                                                                   \
                 GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Lq, (int)dh, (int)Lk, (T)c->scale, dP,  \
-                     (int)Lk, K, (int)H, (T)0, (T *)j->dq + b * Lq * H + a * dh, (int)H);                    \
+                     (int)Lk, K, (int)ld, (T)0, (T *)j->dq + b * Lq * ld + a * dh, (int)ld);                 \
             if (j->need_k)                                                                                   \
                 GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Lk, (int)dh, (int)Lq, (T)c->scale, dP,    \
-                     (int)Lk, Q, (int)H, (T)0, (T *)j->dk + b * Lk * H + a * dh, (int)H);                    \
+                     (int)Lk, Q, (int)ld, (T)0, (T *)j->dk + b * Lk * ld + a * dh, (int)ld);                 \
         }                                                                                                    \
         free(dP);                                                                                            \
         free(Pd);                                                                                            \
@@ -304,29 +308,43 @@ static void run_tasks(attn_job *j, hr_parallel_fn fn, int64_t ntasks)
     }
 }
 
+/* Saved by the node: q, k, v (or the packed qkv alone), the probabilities, the dropout noise. */
 static int attn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 {
     const attn_ctx *c = node->ctx;
-    hr_tensor *q = hr_node_saved(node, 0), *k = hr_node_saved(node, 1), *v = hr_node_saved(node, 2);
-    hr_tensor *p = hr_node_saved(node, 3);
-    hr_tensor *noise = c->has_noise ? hr_node_saved(node, 4) : NULL;
+    int ninputs = c->packed ? 1 : 3, at = 0;
+    hr_tensor *q = hr_node_saved(node, at++);
+    hr_tensor *k = c->packed ? q : hr_node_saved(node, at++), *v = c->packed ? q : hr_node_saved(node, at++);
+    hr_tensor *p = hr_node_saved(node, at++);
+    hr_tensor *noise = c->has_noise ? hr_node_saved(node, at) : NULL;
     if (!q || !k || !v || !p || (c->has_noise && !noise)) return -1;
     hr_tensor *g = hr_readable_as(grad, q->dtype);
     if (!g) return -1;
-    attn_job j = {c, hr_tensor_data(q), hr_tensor_data(k), hr_tensor_data(v), NULL,
-                  noise ? hr_tensor_data(noise) : NULL, hr_tensor_data(p), NULL, hr_tensor_data(g), NULL, NULL,
-                  NULL, hr_node_input_needs_grad(node, 0), hr_node_input_needs_grad(node, 1),
-                  hr_node_input_needs_grad(node, 2), 0};
+    size_t el = hr_dtype_size(q->dtype);
+    /* packed: q, k and v are the column blocks of one tensor, at 0, H and 2H */
+    const char *qd = hr_tensor_data(q), *kd = (const char *)hr_tensor_data(k) + (c->packed ? c->H * el : 0);
+    const char *vd = (const char *)hr_tensor_data(v) + (c->packed ? 2 * c->H * el : 0);
+    attn_job j = {c, qd, kd, vd, NULL, noise ? hr_tensor_data(noise) : NULL, hr_tensor_data(p), NULL, hr_tensor_data(g),
+                  NULL, NULL, NULL, hr_node_input_needs_grad(node, 0),
+                  hr_node_input_needs_grad(node, c->packed ? 0 : 1), hr_node_input_needs_grad(node, c->packed ? 0 : 2), 0};
     hr_tensor *outs[3] = {NULL, NULL, NULL};
     hr_tensor *shapes[3] = {q, k, v};
     bool need[3] = {j.need_q, j.need_k, j.need_v};
     int rc = 0;
-    for (int i = 0; i < 3 && rc == 0; i++)
-        if (need[i] && !(outs[i] = hr_tensor_zeros(shapes[i]->ndim, shapes[i]->size, q->dtype, hr_cpu()))) rc = -1;
+    /* every element of a gradient is written (each head's block of each row), so none is zeroed */
+    for (int i = 0; i < ninputs && rc == 0; i++)
+        if (need[i] && !(outs[i] = hr_tensor_empty(shapes[i]->ndim, shapes[i]->size, q->dtype, hr_cpu()))) rc = -1;
     if (rc == 0) {
-        j.dq = outs[0] ? hr_tensor_data(outs[0]) : NULL;
-        j.dk = outs[1] ? hr_tensor_data(outs[1]) : NULL;
-        j.dv = outs[2] ? hr_tensor_data(outs[2]) : NULL;
+        if (c->packed) {
+            char *d = outs[0] ? hr_tensor_data(outs[0]) : NULL;
+            j.dq = d;
+            j.dk = d ? d + c->H * el : NULL;
+            j.dv = d ? d + 2 * c->H * el : NULL;
+        } else {
+            j.dq = outs[0] ? hr_tensor_data(outs[0]) : NULL;
+            j.dk = outs[1] ? hr_tensor_data(outs[1]) : NULL;
+            j.dv = outs[2] ? hr_tensor_data(outs[2]) : NULL;
+        }
         if (hr_blas_begin("attention backward")) {
             rc = -1;
         } else {
@@ -336,11 +354,95 @@ static int attn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
         if (rc == 0 && j.failed) rc = hr_fail(HR_ENOMEM, "attention backward: out of memory for scratch buffers");
     }
     hr_tensor_release(g);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < ninputs; i++) {
         if (rc == 0) gi[i] = outs[i];
         else hr_tensor_release(outs[i]);
     }
     return rc;
+}
+
+/* The additive mask of attention over Lq queries and Lk keys as c needs it ([B, Lk] or
+ * [B, Lq, Lk], contiguous, in the compute dtype; the strides into c), or NULL with mc NULL when
+ * there is none. Returns -1 on a bad mask. */
+static int attention_mask(hr_tensor *mask, attn_ctx *c, hr_dtype dt, hr_tensor **mc)
+{
+    char m[96];
+    *mc = NULL;
+    if (!mask) return 0;
+    bool per_query = mask->ndim == 3;
+    if (!((mask->ndim == 2 && mask->size[0] == c->B && mask->size[1] == c->Lk) ||
+          (per_query && mask->size[0] == c->B && mask->size[1] == c->Lq && mask->size[2] == c->Lk)))
+        return hr_fail(HR_EINVAL, "attention: additive mask %s must be [B, Lk] or [B, Lq, Lk] (%lld, %lld, %lld)",
+                       hr_tensor_desc(mask, m, sizeof m), (long long)c->B, (long long)c->Lq, (long long)c->Lk);
+    if (hr_requires_grad(mask) && hr_grad_enabled())
+        return hr_fail(HR_EINVAL, "attention: the mask is not differentiable; detach() it");
+    *mc = hr_cast(mask, dt); /* contiguous, in the compute dtype */
+    if (!*mc) return -1;
+    c->has_mask = true;
+    c->mask_bstride = per_query ? c->Lq * c->Lk : c->Lk;
+    c->mask_qstride = per_query ? c->Lk : 0;
+    return 0;
+}
+
+/* The CPU forward of c over the contiguous inputs held (q, k, v, or the packed qkv alone) whose
+ * head blocks start at qd, kd, vd; records the node on `inputs` (ninputs of them). */
+static hr_tensor *attention_cpu(attn_ctx *c, hr_tensor *const *held, int nheld, hr_tensor **inputs, int ninputs,
+                                const char *qd, const char *kd, const char *vd, hr_tensor *mc, hr_dtype dt,
+                                struct hr_generator *gen)
+{
+    int64_t psize[4] = {c->B, c->heads, c->Lq, c->Lk};
+    int64_t osize[3] = {c->B, c->Lq, c->H};
+    hr_tensor *p = hr_tensor_empty(4, psize, dt, hr_cpu());
+    hr_tensor *noise = c->has_noise ? hr_tensor_empty(4, psize, dt, hr_cpu()) : NULL;
+    hr_tensor *out = hr_tensor_empty(3, osize, dt, hr_cpu());
+    hr_tensor *result = NULL;
+    if (!p || (c->has_noise && !noise) || !out) goto done;
+    if (noise) {
+        if (hr_random_dropout_mask_(gen, noise, c->dropout_p)) goto done;
+        int64_t nn = hr_tensor_numel(noise);
+        if (dt == HR_F32) {
+            float *x = hr_tensor_data(noise);
+            float keep = (float)(1.0 - c->dropout_p);
+            for (int64_t i = 0; i < nn; i++) x[i] = x[i] / keep;
+        } else {
+            double *x = hr_tensor_data(noise);
+            for (int64_t i = 0; i < nn; i++) x[i] = x[i] / (1.0 - c->dropout_p);
+        }
+    }
+    attn_job j = {c, qd, kd, vd, mc ? hr_tensor_data(mc) : NULL, noise ? hr_tensor_data(noise) : NULL,
+                  hr_tensor_data(p), hr_tensor_data(out), NULL, NULL, NULL, NULL, false, false, false, 0};
+    if (hr_blas_begin("attention")) goto done; /* OpenBLAS would hang out of memory */
+    run_tasks(&j, dt == HR_F32 ? attn_forward_f32 : attn_forward_f64, c->B * c->heads);
+    hr_blas_end();
+    if (j.failed) {
+        hr_fail(HR_ENOMEM, "attention: out of memory for scratch buffers");
+        goto done;
+    }
+    if (hr_should_record(ninputs, inputs)) {
+        hr_node *node = hr_node_new("attention", attn_backward, ninputs, inputs, sizeof(attn_ctx));
+        bool saved = node != NULL;
+        for (int i = 0; i < nheld && saved; i++) saved = hr_node_save(node, held[i]) >= 0;
+        if (!saved || hr_node_save(node, p) < 0 || (noise && hr_node_save(node, noise) < 0)) {
+            hr_node_release(node);
+            goto done;
+        }
+        memcpy(node->ctx, c, sizeof *c);
+        hr_node_attach(node, out);
+    }
+    result = out;
+    out = NULL;
+done:
+    hr_tensor_release(p);
+    hr_tensor_release(noise);
+    hr_tensor_release(out);
+    return result;
+}
+
+static int check_dropout(double dropout_p)
+{
+    if (!(dropout_p >= 0 && dropout_p < 1))
+        return hr_fail(HR_EINVAL, "attention: dropout probability must be in [0, 1), got %g", dropout_p);
+    return 0;
 }
 
 hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
@@ -361,82 +463,70 @@ hr_tensor *hr_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mas
     if (heads < 1 || q->size[2] % heads)
         return hr_fail_null(HR_EINVAL, "attention: hidden size %lld is not divisible into %lld heads",
                             (long long)q->size[2], (long long)heads);
-    if (!(dropout_p >= 0 && dropout_p < 1))
-        return hr_fail_null(HR_EINVAL, "attention: dropout probability must be in [0, 1), got %g", dropout_p);
+    if (check_dropout(dropout_p)) return NULL;
     bool cuda = hr_tensor_device(q).type != HR_CPU;
     for (int i = 0; i < 4; i++)
         if (ins[i] && hr_tensor_device(ins[i]).type != hr_tensor_device(q).type)
             return hr_fail_null(HR_EDEVICE, "attention: q, k, v and the mask must be on one device");
-    attn_ctx c = {q->size[0], q->size[1], k->size[1], q->size[2], heads, q->size[2] / heads,
-                  1.0 / sqrt((double)(q->size[2] / heads)), dropout_p, mask != NULL, training && dropout_p > 0, 0, 0};
-    hr_tensor *mc = NULL;
-    if (mask) {
-        bool per_query = mask->ndim == 3;
-        if (!((mask->ndim == 2 && mask->size[0] == c.B && mask->size[1] == c.Lk) ||
-              (per_query && mask->size[0] == c.B && mask->size[1] == c.Lq && mask->size[2] == c.Lk)))
-            return hr_fail_null(HR_EINVAL, "attention: additive mask %s must be [B, Lk] or [B, Lq, Lk] (%lld, %lld, %lld)",
-                                hr_tensor_desc(mask, m, sizeof m), (long long)c.B, (long long)c.Lq, (long long)c.Lk);
-        if (hr_requires_grad(mask) && hr_grad_enabled())
-            return hr_fail_null(HR_EINVAL, "attention: the mask is not differentiable; detach() it");
-        mc = hr_cast(mask, q->dtype); /* contiguous, in the compute dtype */
-        if (!mc) return NULL;
-        c.mask_bstride = per_query ? c.Lq * c.Lk : c.Lk;
-        c.mask_qstride = per_query ? c.Lk : 0;
-    }
+    attn_ctx c = {q->size[0], q->size[1], k->size[1], q->size[2], heads, q->size[2] / heads, q->size[2], false,
+                  1.0 / sqrt((double)(q->size[2] / heads)), dropout_p, false, training && dropout_p > 0, 0, 0};
+    hr_tensor *mc;
+    if (attention_mask(mask, &c, q->dtype, &mc)) return NULL;
     if (cuda) { /* the device path composes differentiable ops (same dropout stream order) */
         hr_tensor *r = hr_cuda_attention(q, k, v, mc, heads, dropout_p, training, gen);
         hr_tensor_release(mc);
         return r;
     }
     hr_tensor *qc = hr_contiguous(q), *kc = hr_contiguous(k), *vc = hr_contiguous(v);
-    int64_t psize[4] = {c.B, heads, c.Lq, c.Lk};
-    hr_tensor *p = hr_tensor_empty(4, psize, q->dtype, hr_cpu());
-    hr_tensor *noise = c.has_noise ? hr_tensor_empty(4, psize, q->dtype, hr_cpu()) : NULL;
-    hr_tensor *out = hr_tensor_empty(3, q->size, q->dtype, hr_cpu());
     hr_tensor *result = NULL;
-    if (!qc || !kc || !vc || !p || (c.has_noise && !noise) || !out) goto done;
-    if (noise) {
-        if (hr_random_dropout_mask_(gen, noise, dropout_p)) goto done;
-        int64_t nn = hr_tensor_numel(noise);
-        if (q->dtype == HR_F32) {
-            float *x = hr_tensor_data(noise);
-            float keep = (float)(1.0 - dropout_p);
-            for (int64_t i = 0; i < nn; i++) x[i] = x[i] / keep;
-        } else {
-            double *x = hr_tensor_data(noise);
-            for (int64_t i = 0; i < nn; i++) x[i] = x[i] / (1.0 - dropout_p);
-        }
+    if (qc && kc && vc) {
+        hr_tensor *held[3] = {qc, kc, vc}, *inputs[3] = {q, k, v};
+        result = attention_cpu(&c, held, 3, inputs, 3, hr_tensor_data(qc), hr_tensor_data(kc), hr_tensor_data(vc), mc,
+                               q->dtype, gen);
     }
-    attn_job j = {&c, hr_tensor_data(qc), hr_tensor_data(kc), hr_tensor_data(vc), mc ? hr_tensor_data(mc) : NULL,
-                  noise ? hr_tensor_data(noise) : NULL, hr_tensor_data(p), hr_tensor_data(out), NULL, NULL, NULL,
-                  NULL, false, false, false, 0};
-    if (hr_blas_begin("attention")) goto done; /* OpenBLAS would hang out of memory */
-    run_tasks(&j, q->dtype == HR_F32 ? attn_forward_f32 : attn_forward_f64, c.B * heads);
-    hr_blas_end();
-    if (j.failed) {
-        hr_fail(HR_ENOMEM, "attention: out of memory for scratch buffers");
-        goto done;
-    }
-    hr_tensor *inputs[3] = {q, k, v};
-    if (hr_should_record(3, inputs)) {
-        hr_node *node = hr_node_new("attention", attn_backward, 3, inputs, sizeof(attn_ctx));
-        if (!node || hr_node_save(node, qc) < 0 || hr_node_save(node, kc) < 0 || hr_node_save(node, vc) < 0 ||
-            hr_node_save(node, p) < 0 || (noise && hr_node_save(node, noise) < 0)) {
-            hr_node_release(node);
-            goto done;
-        }
-        memcpy(node->ctx, &c, sizeof c);
-        hr_node_attach(node, out);
-    }
-    result = out;
-    out = NULL;
-done:
     hr_tensor_release(qc);
     hr_tensor_release(kc);
     hr_tensor_release(vc);
     hr_tensor_release(mc);
-    hr_tensor_release(p);
-    hr_tensor_release(noise);
-    hr_tensor_release(out);
+    return result;
+}
+
+hr_tensor *hr_attention_packed(hr_tensor *qkv, hr_tensor *mask, int64_t heads, double dropout_p, bool training,
+                               struct hr_generator *gen)
+{
+    char a[96];
+    if (hr_tensor_check_live(qkv, "attention_packed") || (mask && hr_tensor_check_live(mask, "attention_packed")))
+        return NULL;
+    if (qkv->ndim != 3 || qkv->size[2] % 3)
+        return hr_fail_null(HR_EINVAL, "attention_packed: qkv %s must be [B, L, 3H] (q, k and v side by side)",
+                            hr_tensor_desc(qkv, a, sizeof a));
+    int64_t H = qkv->size[2] / 3;
+    bool half_ok = hr_tensor_device(qkv).type == HR_CUDA && (qkv->dtype == HR_BF16 || qkv->dtype == HR_F16);
+    if (qkv->dtype != HR_F32 && qkv->dtype != HR_F64 && !half_ok)
+        return hr_fail_null(HR_EINVAL, "attention_packed: qkv must be f32 or f64 (or bf16/f16 on a GPU), got %s",
+                            hr_dtype_name(qkv->dtype));
+    if (heads < 1 || H % heads)
+        return hr_fail_null(HR_EINVAL, "attention_packed: hidden size %lld is not divisible into %lld heads",
+                            (long long)H, (long long)heads);
+    if (check_dropout(dropout_p)) return NULL;
+    if (mask && hr_tensor_device(mask).type != hr_tensor_device(qkv).type)
+        return hr_fail_null(HR_EDEVICE, "attention_packed: qkv and the mask must be on one device");
+    attn_ctx c = {qkv->size[0], qkv->size[1], qkv->size[1], H, heads, H / heads, 3 * H, true,
+                  1.0 / sqrt((double)(H / heads)), dropout_p, false, training && dropout_p > 0, 0, 0};
+    hr_tensor *mc;
+    if (attention_mask(mask, &c, qkv->dtype, &mc)) return NULL;
+    if (hr_tensor_device(qkv).type != HR_CPU) {
+        hr_tensor *r = hr_cuda_attention_packed(qkv, mc, heads, dropout_p, training, gen);
+        hr_tensor_release(mc);
+        return r;
+    }
+    hr_tensor *qc = hr_contiguous(qkv), *result = NULL;
+    if (qc) {
+        size_t el = hr_dtype_size(qkv->dtype);
+        const char *base = hr_tensor_data(qc);
+        result = attention_cpu(&c, &qc, 1, &qkv, 1, base, base + H * el, base + 2 * H * el, mc, qkv->dtype, gen);
+    }
+    hr_tensor_release(qc);
+    hr_tensor_release(mc);
     return result;
 }

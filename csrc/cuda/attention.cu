@@ -33,6 +33,10 @@ constexpr int64_t kAttnMaxHead = 128; /* head width dh (a multiple of 4, read as
 
 struct AttnShape {
     int64_t B, Lq, Lk, H, heads, dh;
+    /* elements between rows of q, k and v and of their gradients: H, or 3H when they are the column
+     * blocks of one packed [B, L, 3H] projection (hr_cuda_attention_packed); out and dO keep H */
+    int64_t ld;
+    bool packed;
     int64_t mask_bstride, mask_qstride;
     float scale, keep;
     double p;
@@ -229,9 +233,9 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward(AttnShape s, const 
     uint8_t *keep = (uint8_t *)smem4 + forward_smem_base(s);
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
     if (s.has_noise) draw_keep(s, t * s.Lq * s.Lk, Lq * Lk, keep);
-    load_tile(Qs, q, dt, s.H, b * s.Lq, h * s.dh, Lq, dh);
-    load_tile(Ks, k, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
-    load_tile(Vs, v, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
+    load_tile(Qs, q, dt, s.ld, b * s.Lq, h * s.dh, Lq, dh);
+    load_tile(Ks, k, dt, s.ld, b * s.Lk, h * s.dh, Lk, dh);
+    load_tile(Vs, v, dt, s.ld, b * s.Lk, h * s.dh, Lk, dh);
     if (mask) load_mask(Ms, mask, dt, s, b);
     __syncthreads();
     const int el = dtype_size(dt);
@@ -284,9 +288,9 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward(AttnShape s, const
     uint8_t *keep = (uint8_t *)smem4 + backward_smem_base(s);
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
     if (s.has_noise) draw_keep(s, t * s.Lq * s.Lk, Lq * Lk, keep);
-    load_tile(Qs, q, dt, s.H, b * s.Lq, h * s.dh, Lq, dh);
-    load_tile(Ks, k, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
-    load_tile(Vs, v, dt, s.H, b * s.Lk, h * s.dh, Lk, dh);
+    load_tile(Qs, q, dt, s.ld, b * s.Lq, h * s.dh, Lq, dh);
+    load_tile(Ks, k, dt, s.ld, b * s.Lk, h * s.dh, Lk, dh);
+    load_tile(Vs, v, dt, s.ld, b * s.Lk, h * s.dh, Lk, dh);
     load_tile(Gs, g, gdt, s.H, b * s.Lq, h * s.dh, Lq, dh);
     load_probs(Ps, lp, probs + t * s.pstride, Lq, Lk);
     __syncthreads();
@@ -302,7 +306,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward(AttnShape s, const
             int x = e / dh, d = e - x * dh;
             float acc = 0.0f;
             for (int i = 0; i < Lq; i++) acc += Ds[i * lp + x] * Gs[i * ld + d];
-            store_f32(dv + ((b * s.Lk + x) * s.H + h * s.dh + d) * el, dt, acc);
+            store_f32(dv + ((b * s.Lk + x) * s.ld + h * s.dh + d) * el, dt, acc);
         }
     if (!dq && !dk) return;
     __syncthreads();
@@ -329,14 +333,14 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward(AttnShape s, const
             int i = e / dh, d = e - i * dh;
             float acc = 0.0f;
             for (int x = 0; x < Lk; x++) acc += Ds[i * lp + x] * Ks[x * ld + d];
-            store_f32(dq + ((b * s.Lq + i) * s.H + h * s.dh + d) * el, dt, s.scale * acc);
+            store_f32(dq + ((b * s.Lq + i) * s.ld + h * s.dh + d) * el, dt, s.scale * acc);
         }
     if (dk)
         for (int e = threadIdx.x; e < Lk * dh; e += blockDim.x) {
             int x = e / dh, d = e - x * dh;
             float acc = 0.0f;
             for (int i = 0; i < Lq; i++) acc += Ds[i * lp + x] * Qs[i * ld + d];
-            store_f32(dk + ((b * s.Lk + x) * s.H + h * s.dh + d) * el, dt, s.scale * acc);
+            store_f32(dk + ((b * s.Lk + x) * s.ld + h * s.dh + d) * el, dt, s.scale * acc);
         }
 }
 
@@ -426,20 +430,21 @@ __device__ void load_half_tile(uint16_t *tile, int ld, const char *src, int src_
     }
 }
 
-/* One head's rows of a same-dtype [*, H] source for the batched loader. */
+/* One head's rows of a same-dtype source (rows ld elements apart) for the batched loader. */
 struct HeadRows {
     const char *src;
+    int64_t ld;
     int64_t row0;
     int rows;
     uint16_t *tile;
 };
 
-/* NT heads (rows 16-byte aligned, H a multiple of 8) and, when probs is given, the head's n saved
+/* NT heads (rows 16-byte aligned, row strides a multiple of 8) and, when probs is given, the head's n saved
  * probabilities (16-byte aligned) into their tiles: every load of a round is issued before any
  * store, so the block waits for the memory once per round instead of once per tile. */
 template <int NT>
-__device__ void load_heads(const HeadRows (&hr)[NT], int ld, int64_t H, int64_t col0, int dh, const float *probs, int n,
-                           float *P, int lp, int Lk)
+__device__ void load_heads(const HeadRows (&hr)[NT], int ld, int64_t col0, int dh, const float *probs, int n, float *P,
+                           int lp, int Lk)
 {
     const int per_row = dh / 8, n4 = (n + 3) / 4;
     int most = n4;
@@ -456,7 +461,8 @@ __device__ void load_heads(const HeadRows (&hr)[NT], int ld, int64_t H, int64_t 
                 const int r = c / per_row;
                 v[i][j] = make_uint4(0u, 0u, 0u, 0u);
                 if (r < hr[i].rows)
-                    v[i][j] = *(const uint4 *)((const uint16_t *)hr[i].src + (hr[i].row0 + r) * H + col0 + (c - r * per_row) * 8);
+                    v[i][j] = *(const uint4 *)((const uint16_t *)hr[i].src + (hr[i].row0 + r) * hr[i].ld + col0 +
+                                               (c - r * per_row) * 8);
             }
             pv[j] = probs && c < n4 ? ((const float4 *)probs)[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
@@ -510,12 +516,12 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward_tc(AttnShape s, con
     const int64_t t = blockIdx.x, b = t / s.heads, h = t - b * s.heads;
     if (s.has_noise) draw_keep(s, t * s.Lq * s.Lk, T.Lq * T.Lk, keep);
     if (s.vec) {
-        const HeadRows hr[3] = {{q, b * s.Lq, T.Lq, Qh}, {k, b * s.Lk, T.Lk, Kh}, {v, b * s.Lk, T.Lk, Vh}};
-        load_heads<3>(hr, T.ldh, s.H, h * s.dh, T.dh, nullptr, 0, nullptr, 0, 1);
+        const HeadRows hr[3] = {{q, s.ld, b * s.Lq, T.Lq, Qh}, {k, s.ld, b * s.Lk, T.Lk, Kh}, {v, s.ld, b * s.Lk, T.Lk, Vh}};
+        load_heads<3>(hr, T.ldh, h * s.dh, T.dh, nullptr, 0, nullptr, 0, 1);
     } else {
-        load_half_tile(Qh, T.ldh, q, dt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
-        load_half_tile(Kh, T.ldh, k, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
-        load_half_tile(Vh, T.ldh, v, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+        load_half_tile(Qh, T.ldh, q, dt, dt, s.ld, b * s.Lq, h * s.dh, T.Lq, T.dh);
+        load_half_tile(Kh, T.ldh, k, dt, dt, s.ld, b * s.Lk, h * s.dh, T.Lk, T.dh);
+        load_half_tile(Vh, T.ldh, v, dt, dt, s.ld, b * s.Lk, h * s.dh, T.Lk, T.dh);
     }
     if (mask) load_mask(Ms, mask, dt, s, b);
     for (int e = threadIdx.x; e < T.pq * T.ldk; e += blockDim.x) Ph[e] = 0;
@@ -573,13 +579,13 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
     const float *pr = probs + t * s.pstride;
     if (s.has_noise) draw_keep(s, t * s.Lq * s.Lk, T.Lq * T.Lk, keep);
     if (s.vec && gdt == dt) {
-        const HeadRows hr[4] = {{q, b * s.Lq, T.Lq, Qh}, {k, b * s.Lk, T.Lk, Kh}, {v, b * s.Lk, T.Lk, Vh},
-                                {g, b * s.Lq, T.Lq, Gh}};
-        load_heads<4>(hr, T.ldh, s.H, h * s.dh, T.dh, pr, T.Lq * T.Lk, Ps, lp, T.Lk);
+        const HeadRows hr[4] = {{q, s.ld, b * s.Lq, T.Lq, Qh}, {k, s.ld, b * s.Lk, T.Lk, Kh}, {v, s.ld, b * s.Lk, T.Lk, Vh},
+                                {g, s.H, b * s.Lq, T.Lq, Gh}};
+        load_heads<4>(hr, T.ldh, h * s.dh, T.dh, pr, T.Lq * T.Lk, Ps, lp, T.Lk);
     } else {
-        load_half_tile(Qh, T.ldh, q, dt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
-        load_half_tile(Kh, T.ldh, k, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
-        load_half_tile(Vh, T.ldh, v, dt, dt, s.H, b * s.Lk, h * s.dh, T.Lk, T.dh);
+        load_half_tile(Qh, T.ldh, q, dt, dt, s.ld, b * s.Lq, h * s.dh, T.Lq, T.dh);
+        load_half_tile(Kh, T.ldh, k, dt, dt, s.ld, b * s.Lk, h * s.dh, T.Lk, T.dh);
+        load_half_tile(Vh, T.ldh, v, dt, dt, s.ld, b * s.Lk, h * s.dh, T.Lk, T.dh);
         load_half_tile(Gh, T.ldh, g, gdt, dt, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh);
         load_probs(Ps, lp, pr, T.Lq, T.Lk);
     }
@@ -594,7 +600,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
     const int el = dtype_size(dt);
     if (dv) /* dV = P'ᵀ dO: A(x, i) = P'[i][x] (k = i down the columns), B(i, d) = dO[i][d] (k down the columns) */
         warp_mma<BF, false, false>(Pd, T.ldk, Gh, T.ldh, T.pk, T.dh, T.pq, [&](int x, int d, float c) {
-            if (x < T.Lk) store_f32(dv + ((b * s.Lk + x) * s.H + h * s.dh + d) * el, dt, c);
+            if (x < T.Lk) store_f32(dv + ((b * s.Lk + x) * s.ld + h * s.dh + d) * el, dt, c);
         });
     if (!dq && !dk) return;
     /* dP = (dO Vᵀ) * noise: A = dO (k = d along rows), B(d, x) = V[x][d] (k along rows) */
@@ -618,11 +624,11 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
     __syncthreads();
     if (dq) /* dQ = scale dS K: A = dS (k = x along rows), B(x, d) = K[x][d] (k down the columns) */
         warp_mma<BF, true, false>(Dh, T.ldk, Kh, T.ldh, T.pq, T.dh, T.pk, [&](int i, int d, float c) {
-            if (i < T.Lq) store_f32(dq + ((b * s.Lq + i) * s.H + h * s.dh + d) * el, dt, s.scale * c);
+            if (i < T.Lq) store_f32(dq + ((b * s.Lq + i) * s.ld + h * s.dh + d) * el, dt, s.scale * c);
         });
     if (dk) /* dK = scale dSᵀ Q: A(x, i) = dS[i][x] (k down the columns), B(i, d) = Q[i][d] (k down the columns) */
         warp_mma<BF, false, false>(Dh, T.ldk, Qh, T.ldh, T.pk, T.dh, T.pq, [&](int x, int d, float c) {
-            if (x < T.Lk) store_f32(dk + ((b * s.Lk + x) * s.H + h * s.dh + d) * el, dt, s.scale * c);
+            if (x < T.Lk) store_f32(dk + ((b * s.Lk + x) * s.ld + h * s.dh + d) * el, dt, s.scale * c);
         });
 }
 
@@ -653,29 +659,43 @@ int allow_smem(const void *kernel, size_t smem, const char *op)
 
 bool aligned16(const hr_tensor *t) { return ((uintptr_t)hr_tensor_data(t) & 15u) == 0; }
 
+/* Saved by the node: q, k, v (or the packed qkv alone), then the probabilities. */
 int attn_backward_node(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 {
-    hr_tensor *q = hr_node_saved(node, 0), *k = hr_node_saved(node, 1), *v = hr_node_saved(node, 2);
-    hr_tensor *probs = hr_node_saved(node, 3);
+    AttnShape s = ((const AttnCtx *)node->ctx)->s;
+    const int ninputs = s.packed ? 1 : 3;
+    hr_tensor *q = hr_node_saved(node, 0);
+    hr_tensor *k = s.packed ? q : hr_node_saved(node, 1), *v = s.packed ? q : hr_node_saved(node, 2);
+    hr_tensor *probs = hr_node_saved(node, ninputs);
     if (!q || !k || !v || !probs) return -1;
     cudaStream_t st = stream(dev_of(q));
     if (!st) return -1;
     hr_tensor *g = hr_contiguous((hr_tensor *)grad);
     if (!g) return -1;
-    bool need[3] = {hr_node_input_needs_grad(node, 0), hr_node_input_needs_grad(node, 1), hr_node_input_needs_grad(node, 2)};
+    bool need[3];
+    for (int i = 0; i < 3; i++) need[i] = hr_node_input_needs_grad(node, s.packed ? 0 : i);
     hr_tensor *outs[3] = {nullptr, nullptr, nullptr};
     const hr_tensor *like[3] = {q, k, v};
     int rc = 0;
-    for (int i = 0; i < 3 && rc == 0; i++)
+    /* every element of a gradient is written (each head's block of each row), so none is zeroed */
+    for (int i = 0; i < ninputs && rc == 0; i++)
         if (need[i] && !(outs[i] = empty_on(like[i], 3, like[i]->size, q->dtype))) rc = -1;
-    AttnShape s = ((const AttnCtx *)node->ctx)->s;
     s.vec = s.vec && aligned16(g);
     if (rc == 0 && (need[0] || need[1] || need[2])) {
-        const char *qp = (const char *)hr_tensor_data(q), *kp = (const char *)hr_tensor_data(k);
-        const char *vp = (const char *)hr_tensor_data(v), *gp = (const char *)hr_tensor_data(g);
+        const int64_t el = (int64_t)hr_dtype_size(q->dtype);
+        /* packed: q, k, v and their gradients are the column blocks at 0, H and 2H of one tensor */
+        const int64_t koff = s.packed ? s.H * el : 0, voff = s.packed ? 2 * s.H * el : 0;
+        const char *qp = (const char *)hr_tensor_data(q), *kp = (const char *)hr_tensor_data(k) + koff;
+        const char *vp = (const char *)hr_tensor_data(v) + voff, *gp = (const char *)hr_tensor_data(g);
         const float *pp = (const float *)hr_tensor_data(probs);
-        char *o0 = outs[0] ? (char *)hr_tensor_data(outs[0]) : nullptr, *o1 = outs[1] ? (char *)hr_tensor_data(outs[1]) : nullptr;
-        char *o2 = outs[2] ? (char *)hr_tensor_data(outs[2]) : nullptr;
+        char *o0 = outs[0] ? (char *)hr_tensor_data(outs[0]) : nullptr, *o1, *o2;
+        if (s.packed) {
+            o1 = o0 ? o0 + koff : nullptr;
+            o2 = o0 ? o0 + voff : nullptr;
+        } else {
+            o1 = outs[1] ? (char *)hr_tensor_data(outs[1]) : nullptr;
+            o2 = outs[2] ? (char *)hr_tensor_data(outs[2]) : nullptr;
+        }
         unsigned grid = (unsigned)(s.B * s.heads);
         if (use_tc(s, q->dtype)) {
             size_t smem = backward_smem_tc(s);
@@ -698,7 +718,7 @@ int attn_backward_node(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
         }
         if (rc == 0) rc = check_launch("attention backward");
     }
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < ninputs; i++) {
         if (rc == 0) gi[i] = outs[i];
         else hr_tensor_release(outs[i]);
     }
@@ -706,31 +726,16 @@ int attn_backward_node(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     return rc;
 }
 
-} // namespace
-
-bool attention_fused_fits(const hr_tensor *q, const hr_tensor *k, int64_t heads)
+/* The forward of s (its sizes and strides set) over the contiguous tensors held (q, k, v, or the
+ * packed qkv alone) whose head blocks start at qp, kp, vp; records the node on `inputs`. */
+hr_tensor *attention_fused_run(AttnShape s, hr_tensor *const *held, int nheld, hr_tensor **inputs, int ninputs,
+                               const char *qp, const char *kp, const char *vp, hr_tensor *mask, double dropout_p,
+                               bool training, struct hr_generator *gen)
 {
-    if (q->dtype != HR_F32 && q->dtype != HR_BF16 && q->dtype != HR_F16) return false;
-    int64_t Lq = q->size[1], Lk = k->size[1], dh = q->size[2] / heads;
-    if (q->size[0] < 1 || Lq < 1 || Lk < 1 || Lq > kAttnMaxLen || Lk > kAttnMaxLen) return false;
-    if (dh < 4 || dh > kAttnMaxHead || dh % 4) return false;
-    if (q->size[0] * heads > 0x7fffffff) return false;
-    AttnShape s = {};
-    s.Lq = Lq, s.Lk = Lk, s.dh = dh;
-    s.has_mask = true, s.mask_qstride = Lk; /* the largest mask, a row per query, and dropout */
-    s.has_noise = true;
-    bool tc = use_tc(s, q->dtype);
-    size_t fwd = tc ? forward_smem_tc(s) : forward_smem(s), bwd = tc ? backward_smem_tc(s) : backward_smem(s);
-    return (fwd > bwd ? fwd : bwd) <= smem_limit(dev_of(q));
-}
-
-hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
-                           bool training, struct hr_generator *gen)
-{
-    cudaStream_t st = stream(dev_of(q));
+    const hr_tensor *like = held[0];
+    const int dt = like->dtype;
+    cudaStream_t st = stream(dev_of(like));
     if (!st) return nullptr;
-    AttnShape s = {};
-    s.B = q->size[0], s.Lq = q->size[1], s.Lk = k->size[1], s.H = q->size[2], s.heads = heads, s.dh = s.H / heads;
     s.scale = (float)(1.0 / sqrt((double)s.dh));
     s.has_mask = mask != nullptr;
     if (mask) {
@@ -742,19 +747,18 @@ hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *
     s.p = dropout_p;
     /* keep / (1 - p) in f32, as the dropout kernel and the CPU's noise hold it */
     s.keep = dropout_p < 1 ? 1.0f / (float)(1.0 - dropout_p) : 0.0f;
-    hr_tensor *qc = hr_contiguous(q), *kc = hr_contiguous(k), *vc = hr_contiguous(v);
-    hr_tensor *inputs[3] = {q, k, v};
-    bool record = hr_should_record(3, inputs);
+    bool record = hr_should_record(ninputs, inputs);
     s.pstride = round4(s.Lq * s.Lk);
-    int64_t psize[2] = {s.B * heads, s.pstride};
-    hr_tensor *probs = record ? empty_on(q, 2, psize, HR_F32) : nullptr;
-    hr_tensor *out = empty_on(q, 3, q->size, q->dtype);
+    int64_t psize[2] = {s.B * s.heads, s.pstride}, osize[3] = {s.B, s.Lq, s.H};
+    hr_tensor *probs = record ? empty_on(like, 2, psize, HR_F32) : nullptr;
+    hr_tensor *out = empty_on(like, 3, osize, like->dtype);
     hr_tensor *result = nullptr;
-    bool tc = use_tc(s, q->dtype);
+    bool tc = use_tc(s, dt);
     size_t smem = tc ? forward_smem_tc(s) : forward_smem(s);
-    if (!qc || !kc || !vc || (record && !probs) || !out) goto done;
-    s.vec = s.H % 8 == 0 && aligned16(qc) && aligned16(kc) && aligned16(vc);
-    if (allow_smem(tc ? (q->dtype == HR_BF16 ? (const void *)attn_forward_tc<true> : (const void *)attn_forward_tc<false>)
+    if ((record && !probs) || !out) goto done;
+    s.vec = s.H % 8 == 0 && s.ld % 8 == 0 && ((uintptr_t)qp & 15u) == 0 && ((uintptr_t)kp & 15u) == 0 &&
+            ((uintptr_t)vp & 15u) == 0;
+    if (allow_smem(tc ? (dt == HR_BF16 ? (const void *)attn_forward_tc<true> : (const void *)attn_forward_tc<false>)
                       : (const void *)attn_forward,
                    smem, "attention"))
         goto done;
@@ -762,24 +766,24 @@ hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *
         uint32_t key[2];
         hr_generator_key(gen, key);
         s.k0 = key[0], s.k1 = key[1];
-        uint64_t n = (uint64_t)(s.B * heads * s.Lq * s.Lk);
+        uint64_t n = (uint64_t)(s.B * s.heads * s.Lq * s.Lk);
         s.block0 = hr_generator_reserve(gen, (n + 3) / 4);
     }
     {
-        const char *qp = (const char *)hr_tensor_data(qc), *kp = (const char *)hr_tensor_data(kc);
-        const char *vp = (const char *)hr_tensor_data(vc), *mp = mask ? (const char *)hr_tensor_data(mask) : nullptr;
+        const char *mp = mask ? (const char *)hr_tensor_data(mask) : nullptr;
         float *pp = probs ? (float *)hr_tensor_data(probs) : nullptr;
         char *op = (char *)hr_tensor_data(out);
-        unsigned grid = (unsigned)(s.B * heads);
-        if (!tc) attn_forward<<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, q->dtype, pp, op);
-        else if (q->dtype == HR_BF16) attn_forward_tc<true><<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, q->dtype, pp, op);
-        else attn_forward_tc<false><<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, q->dtype, pp, op);
+        unsigned grid = (unsigned)(s.B * s.heads);
+        if (!tc) attn_forward<<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, dt, pp, op);
+        else if (dt == HR_BF16) attn_forward_tc<true><<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, dt, pp, op);
+        else attn_forward_tc<false><<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, dt, pp, op);
     }
     if (check_launch("attention")) goto done;
     if (record) {
-        hr_node *node = hr_node_new("attention", attn_backward_node, 3, inputs, sizeof(AttnCtx));
-        if (!node || hr_node_save(node, qc) < 0 || hr_node_save(node, kc) < 0 || hr_node_save(node, vc) < 0 ||
-            hr_node_save(node, probs) < 0) {
+        hr_node *node = hr_node_new("attention", attn_backward_node, ninputs, inputs, sizeof(AttnCtx));
+        bool saved = node != nullptr;
+        for (int i = 0; i < nheld && saved; i++) saved = hr_node_save(node, held[i]) >= 0;
+        if (!saved || hr_node_save(node, probs) < 0) {
             hr_node_release(node);
             goto done;
         }
@@ -789,11 +793,69 @@ hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *
     result = out;
     out = nullptr;
 done:
+    hr_tensor_release(probs);
+    hr_tensor_release(out);
+    return result;
+}
+
+} // namespace
+
+/* Whether a pass of the fused kernels over Lq queries, Lk keys and heads of dh columns of dtype
+ * dt fits a block's shared memory on dev. */
+bool fused_shape_fits(int dt, int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t heads, int dev)
+{
+    if (dt != HR_F32 && dt != HR_BF16 && dt != HR_F16) return false;
+    int64_t dh = H / heads;
+    if (B < 1 || Lq < 1 || Lk < 1 || Lq > kAttnMaxLen || Lk > kAttnMaxLen) return false;
+    if (dh < 4 || dh > kAttnMaxHead || dh % 4) return false;
+    if (B * heads > 0x7fffffff) return false;
+    AttnShape s = {};
+    s.Lq = Lq, s.Lk = Lk, s.dh = dh;
+    s.has_mask = true, s.mask_qstride = Lk; /* the largest mask, a row per query, and dropout */
+    s.has_noise = true;
+    bool tc = use_tc(s, dt);
+    size_t fwd = tc ? forward_smem_tc(s) : forward_smem(s), bwd = tc ? backward_smem_tc(s) : backward_smem(s);
+    return (fwd > bwd ? fwd : bwd) <= smem_limit(dev);
+}
+
+bool attention_fused_fits(const hr_tensor *q, const hr_tensor *k, int64_t heads)
+{
+    return fused_shape_fits(q->dtype, q->size[0], q->size[1], k->size[1], q->size[2], heads, dev_of(q));
+}
+
+hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
+                           bool training, struct hr_generator *gen)
+{
+    AttnShape s = {};
+    s.B = q->size[0], s.Lq = q->size[1], s.Lk = k->size[1], s.H = q->size[2], s.heads = heads, s.dh = s.H / heads;
+    s.ld = s.H;
+    hr_tensor *qc = hr_contiguous(q), *kc = hr_contiguous(k), *vc = hr_contiguous(v), *result = nullptr;
+    if (qc && kc && vc) {
+        hr_tensor *held[3] = {qc, kc, vc}, *inputs[3] = {q, k, v};
+        result = attention_fused_run(s, held, 3, inputs, 3, (const char *)hr_tensor_data(qc), (const char *)hr_tensor_data(kc),
+                                     (const char *)hr_tensor_data(vc), mask, dropout_p, training, gen);
+    }
     hr_tensor_release(qc);
     hr_tensor_release(kc);
     hr_tensor_release(vc);
-    hr_tensor_release(probs);
-    hr_tensor_release(out);
+    return result;
+}
+
+hr_tensor *attention_fused_packed(hr_tensor *qkv, hr_tensor *mask, int64_t heads, double dropout_p, bool training,
+                                  struct hr_generator *gen)
+{
+    AttnShape s = {};
+    s.B = qkv->size[0], s.Lq = s.Lk = qkv->size[1], s.H = qkv->size[2] / 3, s.heads = heads, s.dh = s.H / heads;
+    s.ld = 3 * s.H;
+    s.packed = true;
+    hr_tensor *qc = hr_contiguous(qkv), *result = nullptr;
+    if (qc) {
+        const char *base = (const char *)hr_tensor_data(qc);
+        const int64_t el = (int64_t)hr_dtype_size(qkv->dtype);
+        result = attention_fused_run(s, &qc, 1, &qkv, 1, base, base + s.H * el, base + 2 * s.H * el, mask, dropout_p,
+                                     training, gen);
+    }
+    hr_tensor_release(qc);
     return result;
 }
 

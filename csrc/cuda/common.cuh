@@ -363,6 +363,12 @@ static inline hr_tensor *empty_on(const hr_tensor *like, int ndim, const int64_t
 bool attention_fused_fits(const hr_tensor *q, const hr_tensor *k, int64_t heads);
 hr_tensor *attention_fused(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p,
                            bool training, struct hr_generator *gen);
+/* The same for qkv [B, L, 3H] holding q, k and v side by side: whether it fits (dt, B, Lq = Lk = L,
+ * H, heads), and the attention reading the three column blocks in place, its node taking qkv and
+ * giving one [B, L, 3H] gradient. */
+bool fused_shape_fits(int dt, int64_t B, int64_t Lq, int64_t Lk, int64_t H, int64_t heads, int dev);
+hr_tensor *attention_fused_packed(hr_tensor *qkv, hr_tensor *mask, int64_t heads, double dropout_p, bool training,
+                                  struct hr_generator *gen);
 
 /* Calls f(std::integral_constant<int, DT>{}) for the float dtype dt (f32 for anything but f64,
  * bf16 and f16), so that a kernel templated on its input dtype is launched from one call site. */

@@ -1158,6 +1158,27 @@ extern "C" hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v
     return o;
 }
 
+/* qkv [B, L, 3H]: q, k and v side by side (one projection of the three). Sequences up to 64: the
+ * one-kernel attention reads the three column blocks in place and writes their gradients into one
+ * [B, L, 3H] tensor. Longer ones: the composed path on the three column views. */
+extern "C" hr_tensor *hr_cuda_attention_packed(hr_tensor *qkv, hr_tensor *mask, int64_t heads, double dropout_p,
+                                               bool training, struct hr_generator *gen)
+{
+    const hr_tensor *ts[2] = {qkv, mask};
+    if (same_device("attention_packed", 2, ts)) return NULL;
+    int64_t H = qkv->size[2] / 3;
+    if (fused_shape_fits(qkv->dtype, qkv->size[0], qkv->size[1], qkv->size[1], H, heads, dev_of(qkv)))
+        return attention_fused_packed(qkv, mask, heads, dropout_p, training, gen);
+    hr_tensor *q = hr_ag_narrow(qkv, 2, 0, H);
+    hr_tensor *k = q ? hr_ag_narrow(qkv, 2, H, H) : nullptr;
+    hr_tensor *v = k ? hr_ag_narrow(qkv, 2, 2 * H, H) : nullptr;
+    hr_tensor *out = v ? hr_cuda_attention(q, k, v, mask, heads, dropout_p, training, gen) : nullptr;
+    hr_tensor_release(q);
+    hr_tensor_release(k);
+    hr_tensor_release(v);
+    return out;
+}
+
 extern "C" int hr_cuda_adamw_step(hr_adamw_item *items, int n, double beta1, double beta2, double eps)
 {
     if (n <= 0) return 0;

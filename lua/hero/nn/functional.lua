@@ -10,6 +10,7 @@ F.gelu = core.gelu
 F.dropout = core.dropout
 F.embedding = core.embedding
 F.attention = core.attention
+F.attention_packed = core.attention_packed
 F.conv1d = core.conv1d
 F.cross_entropy = core.cross_entropy
 F.binary_cross_entropy_with_logits = core.binary_cross_entropy_with_logits
