@@ -224,6 +224,25 @@ describe("linalg", function()
       hero.set_num_threads(saved)
     end)
 
+    it("products of growing and shrinking sizes in turn, on 1 and 2 threads (packing buffers kept per thread)",
+      function()
+      -- each thread keeps its packing buffer between products and grows it when a product needs
+      -- more: every size after another must still be exact, whatever the previous one left there
+      local saved = hero.get_num_threads()
+      local sizes = {{48, 64, 32}, {400, 700, 300}, {60, 96, 40}, {702, 1030, 520}, {50, 64, 33}, {301, 3101, 601}}
+      for _, threads in ipairs {1, 2} do
+        hero.set_num_threads(threads)
+        for round = 1, 2 do
+          for i = round == 1 and 1 or #sizes, round == 1 and #sizes or 1, round == 1 and 1 or -1 do
+            local mm, nn, kk = sizes[i][1], sizes[i][2], sizes[i][3]
+            local x, y = quarters(mm, kk), quarters(nn, kk)
+            packed_calls(1, function() exact(hero.matmul(x, y:t()), x:double():matmul(y:double():t())) end)
+          end
+        end
+      end
+      hero.set_num_threads(saved)
+    end)
+
     it("a transposed B over more than 702 rows (whole packed blocks) and fewer (one panel at a time)", function()
       -- 750 rows: one thread packs Bᵀ as whole 256 x n blocks; two threads pack it once for the
       -- whole product and deal out blocks of rows; 702 rows on one thread: panel by panel. All exact

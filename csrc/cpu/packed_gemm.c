@@ -32,6 +32,8 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum {
@@ -481,6 +483,82 @@ static int64_t plan_parts(int64_t units, int64_t least, int threads, int64_t bou
     return parts;
 }
 
+/*
+ * Packing buffers are kept per thread from one product to the next, up to KEEP_SCRATCH bytes.
+ * Taken from the tensor allocator for every product, buffers of a few hundred KiB to a few MiB
+ * whose sizes change from call to call had their pages split off cached blocks and put together
+ * again each time: for the 120 x 64 x 128 products of a small model, a quarter of a linear layer's
+ * forward and backward went to the kernel (mremap, munmap, page faults), and the packed kernels
+ * took 144 us where OpenBLAS took 85. Bigger buffers (a shared operand packed whole, such as the
+ * LM head's) still come from the allocator, as does one asked for while the thread's is in use.
+ */
+#define KEEP_SCRATCH ((size_t)6 << 20)
+
+typedef struct {
+    float *p;
+    size_t bytes;
+    bool busy;
+} kept_scratch;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_key_once = PTHREAD_ONCE_INIT;
+static bool scratch_key_ok;
+
+static void scratch_release(void *s)
+{
+    kept_scratch *k = s;
+    free(k->p);
+    free(k);
+}
+
+static void scratch_key_make(void) { scratch_key_ok = pthread_key_create(&scratch_key, scratch_release) == 0; }
+
+/* The calling thread's kept buffer of at least `bytes` (grown when smaller), marked busy; NULL when
+ * it cannot serve (too big, busy, or no memory): the caller then uses the allocator. */
+static float *scratch_keep(size_t bytes)
+{
+    if (bytes > KEEP_SCRATCH) return NULL;
+    pthread_once(&scratch_key_once, scratch_key_make);
+    if (!scratch_key_ok) return NULL;
+    kept_scratch *k = pthread_getspecific(scratch_key);
+    if (!k) {
+        if (!(k = calloc(1, sizeof *k))) return NULL;
+        if (pthread_setspecific(scratch_key, k) != 0) {
+            free(k);
+            return NULL;
+        }
+    }
+    if (k->busy) return NULL;
+    if (k->bytes < bytes) {
+        size_t want = (bytes + 4095) & ~(size_t)4095;
+        void *p = NULL;
+        if (posix_memalign(&p, 64, want) != 0) return NULL;
+        free(k->p);
+        k->p = p;
+        k->bytes = want;
+    }
+    k->busy = true;
+    return k->p;
+}
+
+/* Packing scratch of `bytes`: the thread's kept buffer when it can serve, else the allocator's.
+ * NULL (error cleared) when neither has the memory. */
+static float *scratch_take(size_t bytes)
+{
+    float *p = scratch_keep(bytes);
+    if (p) return p;
+    p = hr_alloc_bytes(bytes);
+    if (!p) hr_clear_error();
+    return p;
+}
+
+static void scratch_give(float *p, size_t bytes)
+{
+    kept_scratch *k = scratch_key_ok ? pthread_getspecific(scratch_key) : NULL;
+    if (k && k->busy && p == k->p) k->busy = false;
+    else hr_free_bytes(p, bytes);
+}
+
 /* The job on `threads` threads; false when its buffers cannot be had. */
 static bool run_dealt(gemm_job *g, int threads)
 {
@@ -504,11 +582,8 @@ static bool run_dealt(gemm_job *g, int threads)
         d.slot_floats = (size_t)MC * KC;
     }
     size_t bytes = (shared_floats + d.slot_floats * (size_t)threads) * sizeof(float);
-    float *buffer = hr_alloc_bytes(bytes);
-    if (!buffer) {
-        hr_clear_error();
-        return false;
-    }
+    float *buffer = scratch_take(bytes); /* the caller's: it waits for the parts, which use it */
+    if (!buffer) return false;
     if (d.split_cols) g->packed_a = buffer;
     else g->packed_b = buffer;
     d.scratch = buffer + shared_floats;
@@ -516,7 +591,7 @@ static bool run_dealt(gemm_job *g, int threads)
     d.pack_groups = (shared_panels + PACK_GROUP - 1) / PACK_GROUP;
     hr_parallel_deal(kblocks * d.pack_groups, pack_shared_piece, &d);
     hr_parallel_deal(parts, compute_part, &d);
-    hr_free_bytes(buffer, bytes);
+    scratch_give(buffer, bytes);
     return true;
 }
 
@@ -536,13 +611,10 @@ bool hr_packed_sgemm(int64_t m, int64_t n, int64_t k, float alpha, const float *
     size_t a_floats = (size_t)MC_WIDE * KC;
     if (deep_rows(&g, 0, m)) a_floats = deep_a_floats(m, k);
     size_t scratch_floats = a_floats + (size_t)KC * (size_t)(((n < NC ? n : NC) + NR - 1) / NR * NR);
-    float *scratch = hr_alloc_bytes(scratch_floats * sizeof(float));
-    if (!scratch) {
-        hr_clear_error();
-        return false;
-    }
+    float *scratch = scratch_take(scratch_floats * sizeof(float));
+    if (!scratch) return false;
     gemm_block(&g, 0, m, 0, n, scratch, scratch + a_floats);
-    hr_free_bytes(scratch, scratch_floats * sizeof(float));
+    scratch_give(scratch, scratch_floats * sizeof(float));
     return true;
 }
 
