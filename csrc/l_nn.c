@@ -105,16 +105,25 @@ static int l_conv1d(lua_State *L)
     return 1;
 }
 
-/* The options table of attention at index oi (0: none): dropout probability and training. */
-static void attention_options(lua_State *L, int oi, double *p, bool *training)
+/* The options of attention, a table at index idx or none: dropout probability, training and the
+ * generator of the dropout draws. */
+typedef struct {
+    double dropout;
+    bool training;
+    struct hr_generator *generator;
+} attention_opts;
+
+static attention_opts attention_options(lua_State *L, int idx, const char *op)
 {
-    *p = 0;
-    *training = true;
+    attention_opts o = {0, true, NULL};
+    int oi = lua_istable(L, idx) ? idx : 0;
     if (oi) {
-        if (lua_getfield(L, oi, "dropout") != LUA_TNIL) *p = luaL_checknumber(L, -1);
-        if (lua_getfield(L, oi, "training") != LUA_TNIL) *training = lua_toboolean(L, -1);
+        if (lua_getfield(L, oi, "dropout") != LUA_TNIL) o.dropout = luaL_checknumber(L, -1);
+        if (lua_getfield(L, oi, "training") != LUA_TNIL) o.training = lua_toboolean(L, -1);
         lua_pop(L, 2);
     }
+    o.generator = hr_lua_opt_generator(L, oi, op);
+    return o;
 }
 
 /* attention(q, k, v, mask|nil, heads[, {dropout = p, training = bool, generator = g}]) */
@@ -125,13 +134,9 @@ static int l_attention(lua_State *L)
     hr_tensor *v = hr_lua_autocast(L, 3, HR_AUTOCAST_ATTENTION, "attention");
     hr_tensor *mask = opt_tensor(L, 4, "attention");
     lua_Integer heads = luaL_checkinteger(L, 5);
-    double p;
-    bool training;
-    int oi = lua_istable(L, 6) ? 6 : 0;
-    attention_options(L, oi, &p, &training);
-    struct hr_generator *g = hr_lua_opt_generator(L, oi, "attention");
+    attention_opts o = attention_options(L, 6, "attention");
     hr_tensor *y;
-    HR_LUA_RETRY(L, y, hr_attention(q, k, v, mask, heads, p, training, g));
+    HR_LUA_RETRY(L, y, hr_attention(q, k, v, mask, heads, o.dropout, o.training, o.generator));
     if (!y) return hr_lua_error(L, "attention");
     hr_lua_push_tensor(L, y);
     return 1;
@@ -143,13 +148,9 @@ static int l_attention_packed(lua_State *L)
     hr_tensor *qkv = hr_lua_autocast(L, 1, HR_AUTOCAST_ATTENTION, "attention_packed");
     hr_tensor *mask = opt_tensor(L, 2, "attention_packed");
     lua_Integer heads = luaL_checkinteger(L, 3);
-    double p;
-    bool training;
-    int oi = lua_istable(L, 4) ? 4 : 0;
-    attention_options(L, oi, &p, &training);
-    struct hr_generator *g = hr_lua_opt_generator(L, oi, "attention_packed");
+    attention_opts o = attention_options(L, 4, "attention_packed");
     hr_tensor *y;
-    HR_LUA_RETRY(L, y, hr_attention_packed(qkv, mask, heads, p, training, g));
+    HR_LUA_RETRY(L, y, hr_attention_packed(qkv, mask, heads, o.dropout, o.training, o.generator));
     if (!y) return hr_lua_error(L, "attention_packed");
     hr_lua_push_tensor(L, y);
     return 1;
