@@ -140,17 +140,16 @@ end
 --- The queries the rows (i64 [n] of flat positions of [B, L], 0-based) need: each batch entry's
 -- positions, padded to the longest list (lq) with the entry's first asked-for position (or the
 -- first of all), as i64 [B * lq] flat positions (gather), and where each asked-for row's output
--- sits among them (keep, i64 [n]), both on the rows' device; nil when no fewer than L per entry.
+-- sits among them (keep, i64 [n]), both on `device`; nil when no fewer than L per entry.
 -- The layout is worked out on the host (core.query_layout): from `host` when the caller has the
 -- rows there already (a batch moved to a GPU carries them, hero.models.mask_rows), so that the
 -- host does not wait for the device to read them back.
-local function query_layout(rows, B, L, module, host)
+local function query_layout(rows, B, L, module, host, device)
   host = host or rows
   if host:device() ~= "cpu" or host:dtype() ~= "i64" then host = host:to {device = "cpu", dtype = "i64"} end
   local ok, gather, keep, lq = pcall(core.query_layout, host, B, L)
   if not ok then module:error("%s", (tostring(gather):gsub("^query_layout: ", ""))) end
   if gather == nil then return nil end
-  local device = rows:device()
   if device ~= "cpu" then gather, keep = gather:to {device = device}, keep:to {device = device} end
   return gather, keep, lq
 end
@@ -173,7 +172,7 @@ function M.TransformerLayer:forward(x, mask, opts)
     local B, L, H = x:size(1), x:size(2), x:size(3)
     local gather, keep, lq
     if ext == nil or ext:dim() == 2 then
-      local q = opts.query or {query_layout(rows, B, L, self, opts.rows_host)}
+      local q = opts.query or {query_layout(rows, B, L, self, opts.rows_host, x:device())}
       gather, keep, lq = q[1], q[2], q[3]
     end
     local ctx
@@ -271,7 +270,8 @@ function M.TransformerEncoder:forward(x, mask, opts)
   local rows = opts and opts.rows
   local stack = self.layer:children()
   -- the queries the rows need, worked out once on the host (this also checks the rows' range)
-  local query = rows and #stack > 0 and {query_layout(rows, x:size(1), x:size(2), self, opts.rows_host)} or nil
+  local query = rows and #stack > 0
+    and {query_layout(rows, x:size(1), x:size(2), self, opts.rows_host, x:device())} or nil
   -- Ragged rows (subtitles of different lengths, videos of different frame counts) are padded to
   -- the longest: when only some rows are asked for, every layer runs its projections, MLP and
   -- LayerNorms on the valid positions alone, packed; attention sees them laid out padded.
