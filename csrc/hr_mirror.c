@@ -26,8 +26,10 @@ void hr_mirror_upload(hr_tensor *dst, const hr_tensor *src)
     if (s->device.type == HR_CPU || hr_tensor_device(src).type != HR_CPU) return;
     hr_storage_release(s->host_mirror); /* whatever happens below, an older copy is no longer the bytes */
     s->host_mirror = NULL;
-    if (!mirrored_dtype(dst->dtype) || dst->offset != 0 || nbytes != s->nbytes || nbytes == 0 || nbytes > HR_MIRROR_MAX ||
-        !hr_tensor_is_contiguous(dst))
+    /* integers from integers only: a float source's conversion on the device is not promised to
+     * match the host's for values no integer holds (NaN, out of range) */
+    if (!mirrored_dtype(dst->dtype) || !mirrored_dtype(src->dtype) || dst->offset != 0 || nbytes != s->nbytes ||
+        nbytes == 0 || nbytes > HR_MIRROR_MAX || !hr_tensor_is_contiguous(dst))
         return;
     hr_storage *m = hr_storage_new(nbytes, hr_cpu());
     hr_tensor *view = m ? hr_tensor_view_of(m, dst->dtype, dst->ndim, dst->size, dst->stride, 0) : NULL;
