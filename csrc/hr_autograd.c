@@ -92,7 +92,7 @@ void hr_node_release(struct hr_node *node)
         if (cur->ctx_destroy) cur->ctx_destroy(cur->ctx);
         free(cur->ctx);
         free(cur->next);
-        free(cur);
+        hr_pool_free(HR_POOL_NODE, cur);
         cur = len ? stack[--len] : NULL;
     }
     free(stack);
@@ -100,14 +100,14 @@ void hr_node_release(struct hr_node *node)
 
 hr_node *hr_node_new(const char *op, hr_backward_fn backward, int n, hr_tensor *const *inputs, size_t ctx_size)
 {
-    hr_node *node = calloc(1, sizeof *node);
+    hr_node *node = hr_pool_zalloc(HR_POOL_NODE, sizeof *node);
     if (!node) return hr_fail_null(HR_ENOMEM, "%s: out of memory recording the autograd node", op);
-    node->next = calloc((size_t)(n > 0 ? n : 1), sizeof *node->next);
-    node->ctx = ctx_size ? calloc(1, ctx_size) : NULL;
+    node->next = hr_zalloc((size_t)(n > 0 ? n : 1), sizeof *node->next);
+    node->ctx = ctx_size ? hr_zalloc(1, ctx_size) : NULL;
     if (!node->next || (ctx_size && !node->ctx)) {
         free(node->next);
         free(node->ctx);
-        free(node);
+        hr_pool_free(HR_POOL_NODE, node);
         return hr_fail_null(HR_ENOMEM, "%s: out of memory recording the autograd node", op);
     }
     node->refcount = 1;
@@ -402,7 +402,7 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
         hr_node *n = stack.items[--stack.len];
         hr_tensor *g = n->grad_acc;
         n->grad_acc = NULL;
-        hr_tensor **grads_in = calloc((size_t)(n->ninputs > 0 ? n->ninputs : 1), sizeof *grads_in);
+        hr_tensor **grads_in = hr_zalloc((size_t)(n->ninputs > 0 ? n->ninputs : 1), sizeof *grads_in);
         if (!grads_in) {
             hr_tensor_release(g);
             rc = hr_fail(HR_ENOMEM, "backward: out of memory");

@@ -14,6 +14,30 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Zeroed memory for count objects of size bytes (NULL on overflow or exhaustion). glibc's calloc
+ * bypasses its per-thread cache of small chunks; tensors, storages and graph nodes are made and
+ * released by the hundred per step, so they come from malloc and are cleared here. */
+static inline void *hr_zalloc(size_t count, size_t size)
+{
+    if (size && count > SIZE_MAX / size) return NULL;
+    size_t n = count * size;
+    void *p = malloc(n ? n : 1);
+    /* kept apart, or the compiler fuses malloc and memset back into calloc */
+    __asm__("" : "+r"(p));
+    if (p) memset(p, 0, n);
+    return p;
+}
+
+/* Objects of a fixed size per kind, zeroed, kept on free lists when released (hr_pool.c). An
+ * object of a kind must be at least as big as the kind's first request and pooled memory comes
+ * from malloc: objects made with calloc may be released to a pool. */
+typedef enum { HR_POOL_TENSOR, HR_POOL_STORAGE, HR_POOL_NODE, HR_POOL_KINDS } hr_pool_kind;
+typedef struct hr_pool hr_pool;
+void *hr_pool_zalloc(hr_pool_kind kind, size_t size);
+void hr_pool_free(hr_pool_kind kind, void *obj);
 
 #define HR_MAX_DIMS 8
 
@@ -121,8 +145,8 @@ void *hr_alloc_bytes(size_t nbytes);
 void hr_free_bytes(void *p, size_t nbytes);
 /* Bytes currently held by live tensor storages (all devices). */
 size_t hr_live_bytes(void);
-/* Big host blocks kept for reuse after release (not counted as live), and a way to return them
- * to the system (returns the bytes released). */
+/* Host blocks kept for reuse after release (not counted as live), and a way to return them to
+ * the system (returns the bytes released). */
 size_t hr_cached_bytes(void);
 size_t hr_empty_cache(void);
 /* The host allocator's counters: bytes live and cached now, the highest live total since start
@@ -132,6 +156,7 @@ size_t hr_empty_cache(void);
  * AddressSanitizer builds, where every block comes from malloc). */
 typedef struct {
     size_t live, peak_live, cached, cached_blocks, cache_hits, cache_misses, evicted, fresh;
+    size_t small_cached, small_cached_blocks; /* the part of cached / cached_blocks under HR_BIG_BLOCK */
     bool mapped_blocks;
 } hr_host_memory_stats_t;
 void hr_host_memory_stats(hr_host_memory_stats_t *out);

@@ -9,11 +9,11 @@
 hr_storage *hr_storage_new(size_t nbytes, hr_device dev)
 {
     if (dev.type == HR_CUDA) return hr_cuda_storage_new(nbytes, dev.index); /* the device's caching allocator */
-    hr_storage *s = calloc(1, sizeof *s);
+    hr_storage *s = hr_pool_zalloc(HR_POOL_STORAGE, sizeof *s);
     if (!s) return hr_fail_null(HR_ENOMEM, "out of memory allocating a storage header");
     s->data = hr_alloc_bytes(nbytes);
     if (!s->data) {
-        free(s);
+        hr_pool_free(HR_POOL_STORAGE, s);
         return NULL;
     }
     s->nbytes = nbytes;
@@ -25,7 +25,7 @@ hr_storage *hr_storage_new(size_t nbytes, hr_device dev)
 
 hr_storage *hr_storage_new_mmap(void *map_base, size_t map_len, void *data, size_t nbytes)
 {
-    hr_storage *s = calloc(1, sizeof *s);
+    hr_storage *s = hr_pool_zalloc(HR_POOL_STORAGE, sizeof *s);
     if (!s) return hr_fail_null(HR_ENOMEM, "out of memory allocating a storage header");
     s->data = data;
     s->nbytes = nbytes;
@@ -53,5 +53,5 @@ void hr_storage_release(hr_storage *s)
         if (s->destroy) s->destroy(s);
         break;
     }
-    free(s);
+    hr_pool_free(HR_POOL_STORAGE, s);
 }

@@ -136,7 +136,7 @@ static int check_shape(int ndim, const int64_t *size, int64_t *numel)
 static hr_tensor *header_new(hr_storage *s, hr_dtype dt, int ndim, const int64_t *size, const int64_t *stride,
                              int64_t offset)
 {
-    hr_tensor *t = calloc(1, sizeof *t);
+    hr_tensor *t = hr_pool_zalloc(HR_POOL_TENSOR, sizeof *t);
     if (!t) return hr_fail_null(HR_ENOMEM, "out of memory allocating a tensor header");
     t->storage = s;
     t->dtype = dt;
@@ -227,5 +227,5 @@ void hr_tensor_release(hr_tensor *t)
     t->grad = NULL;
     hr_node_release(t->grad_fn);
     t->grad_fn = NULL;
-    free(t);
+    hr_pool_free(HR_POOL_TENSOR, t);
 }

@@ -299,13 +299,13 @@ static int l_live_bytes(lua_State *L)
 }
 
 /* hero.memory_stats() -> {live, peak_live, cached, cached_blocks, cache_hits, cache_misses,
- * evicted, fresh, mapped_blocks}: the host allocator's counters, in bytes and counts
+ * evicted, fresh, small_cached, small_cached_blocks, mapped_blocks}: the host allocator's counters, in bytes and counts
  * (hero.cuda.memory_stats() has the devices'). */
 static int l_memory_stats(lua_State *L)
 {
     hr_host_memory_stats_t s;
     hr_host_memory_stats(&s);
-    lua_createtable(L, 0, 9);
+    lua_createtable(L, 0, 11);
     const struct {
         const char *name;
         size_t value;
@@ -316,7 +316,9 @@ static int l_memory_stats(lua_State *L)
                   {"cache_hits", s.cache_hits},
                   {"cache_misses", s.cache_misses},
                   {"evicted", s.evicted},
-                  {"fresh", s.fresh}};
+                  {"fresh", s.fresh},
+                  {"small_cached", s.small_cached},
+                  {"small_cached_blocks", s.small_cached_blocks}};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         lua_pushinteger(L, (lua_Integer)fields[i].value);
         lua_setfield(L, -2, fields[i].name);

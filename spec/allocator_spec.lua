@@ -127,6 +127,66 @@ describe("host allocator", function()
     assert.equal(before.cache_hits + 3, after.cache_hits)
   end)
 
+  it("keeps released small blocks for the next request of the same size", function()
+    if without_mapped_blocks() then return end
+    hero.empty_cache()
+    local s0 = hero.memory_stats()
+    assert.equal(0, s0.small_cached)
+    assert.equal(0, s0.small_cached_blocks)
+    local a = hero.full({1000}, 1) -- 4000 bytes: a 4032-byte block
+    a:free()
+    local s1 = hero.memory_stats()
+    assert.equal(4032, s1.small_cached)
+    assert.equal(1, s1.small_cached_blocks)
+    assert.equal(s1.cached, hero.cached_bytes())
+    assert.is_true(s1.cached >= s1.small_cached)
+    local b = hero.full({1000}, 2) -- takes the kept block
+    assert.equal(0, hero.memory_stats().small_cached)
+    assert.equal(2000, b:sum():item())
+    local c = hero.full({999}, 3) -- rounds to the same size: served by malloc, nothing kept to take
+    assert.equal(0, hero.memory_stats().small_cached)
+    b:free()
+    c:free()
+    assert.equal(2 * 4032, hero.memory_stats().small_cached)
+    assert.equal(2 * 4032, hero.empty_cache())
+    assert.equal(0, hero.memory_stats().small_cached)
+  end)
+
+  it("never hands one small block to two live tensors", function()
+    -- sizes that come back again and again, released in a scrambled order, each tensor then
+    -- checked against the value it was made with
+    local live, made = {}, 0
+    for round = 1, 20 do
+      for i = 1, 30 do
+        made = made + 1
+        live[#live + 1] = {t = hero.full({1 + (i * 37 + round) % 300}, made), v = made}
+      end
+      for i = #live, 1, -3 do
+        live[i].t:free()
+        table.remove(live, i)
+      end
+    end
+    for _, e in ipairs(live) do
+      assert.equal(e.v * e.t:numel(), e.t:sum():item())
+    end
+  end)
+
+  it("gives a tensor made from released memory none of the old tensor's state", function()
+    for _ = 1, 50 do
+      local w = hero.randn(4, 3):requires_grad_()
+      local y = (w * w):sum()
+      y:backward()
+      assert.is_not_nil(w.grad)
+      w, y = nil, nil -- luacheck: no unused
+      collectgarbage()
+      local fresh = hero.zeros(4, 3)
+      assert.is_false(fresh.requires_grad)
+      assert.is_nil(fresh.grad)
+      assert.is_nil(fresh.grad_fn)
+      assert.equal(0, fresh:sum():item())
+    end
+  end)
+
   it("returns the cache to the system on request", function()
     release {3}
     local cached = hero.cached_bytes()

@@ -323,9 +323,7 @@ static const char *shape_of(const hr_tensor *t, char *buf, size_t cap) { return 
 
 static int check_operand(const char *op, const hr_tensor *t, int argn, const char *name)
 {
-    char what[96];
-    snprintf(what, sizeof what, "%s: argument #%d (%s)", op, argn, name);
-    if (hr_tensor_check_live(t, what)) return -1;
+    if (!t || !t->storage) return hr_fail(HR_EFREED, "%s: argument #%d (%s): tensor was freed", op, argn, name);
     if (hr_tensor_device(t).type == HR_CUDA && hr_cuda_compiled()) return 0; /* product() dispatches */
     if (hr_tensor_device(t).type != HR_CPU) {
         char d[160];

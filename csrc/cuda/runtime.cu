@@ -502,14 +502,14 @@ static void storage_destroy(hr_storage *s) { hr_cuda_free(s->device.index, s->da
 
 hr_storage *hr_cuda_storage_new(size_t nbytes, int dev)
 {
-    hr_storage *s = (hr_storage *)calloc(1, sizeof *s);
+    hr_storage *s = (hr_storage *)hr_pool_zalloc(HR_POOL_STORAGE, sizeof *s);
     if (!s) {
         hr_fail(HR_ENOMEM, "out of memory allocating a storage header");
         return NULL;
     }
     s->data = hr_cuda_malloc(dev, nbytes);
     if (!s->data) {
-        free(s);
+        hr_pool_free(HR_POOL_STORAGE, s);
         return NULL;
     }
     s->nbytes = nbytes;
