@@ -97,6 +97,7 @@ int hr_copy_(hr_tensor *dst, const hr_tensor *src)
         }
         /* either side on a GPU: the CUDA backend copies (or says it is missing) */
         if (hr_cuda_copy_(dst, src)) {
+            hr_tensor_bump_version(dst); /* part of it may have been written: no host copy stays valid */
             hr_tensor_release(mirror);
             return -1;
         }

@@ -103,23 +103,30 @@ describe("CUDA backend #cuda", function()
       local as_i32 = ids:to("i32") -- a copy on the device keeps the values on the host as well
       if ON_GPU then assert.is_true(hero.cuda.host_mirrored(as_i32)) end
       assert.same({{3, 1, 4}, {1, 5, 9}}, as_i32:totable())
-      -- every kind of write retires the host copy: in-place arithmetic, a copy, a fill, a scatter
+      -- every kind of write retires the host copy: in-place arithmetic, a copy of bytes made on the
+      -- device, a fill, a scatter (mk puts a write's operands where the written tensor is)
       local writes = {
         function(t) t:add_(1) end,
-        function(t) t:copy_(dev(hero.tensor({{7, 7, 7}, {8, 8, 8}}, {dtype = "i64"}))) end,
+        function(t, mk) t:copy_(mk(hero.tensor({{7, 7, 7}, {8, 8, 8}}, {dtype = "i64"})):add(0)) end,
         function(t) t[1]:fill_(0) end,
-        function(t)
-          t:index_copy_(1, dev(hero.tensor({1}, {dtype = "i64"})), dev(hero.zeros({1, 3}, {dtype = "i64"})))
+        function(t, mk)
+          t:index_copy_(1, mk(hero.tensor({1}, {dtype = "i64"})), mk(hero.zeros({1, 3}, {dtype = "i64"})))
         end,
       }
+      local function on_host(t) return t end
       for _, write in ipairs(writes) do
         local d = dev(hero.tensor({{3, 1, 4}, {1, 5, 9}}, {dtype = "i64"}))
         local want = hero.tensor({{3, 1, 4}, {1, 5, 9}}, {dtype = "i64"})
-        write(d)
-        write(want)
+        write(d, dev)
+        write(want, on_host)
         if ON_GPU then assert.is_false(hero.cuda.host_mirrored(d)) end
         assert.same(want:totable(), d:totable())
       end
+      -- a copy from a tensor that has a host copy passes that copy on, with the new values
+      local d = dev(hero.tensor({{3, 1, 4}, {1, 5, 9}}, {dtype = "i64"}))
+      d:copy_(dev(hero.tensor({{7, 7, 7}, {8, 8, 8}}, {dtype = "i64"})))
+      if ON_GPU then assert.is_true(hero.cuda.host_mirrored(d)) end
+      assert.same({{7, 7, 7}, {8, 8, 8}}, d:totable())
       -- floats, views of a bigger storage and big tensors are not kept
       if ON_GPU then
         assert.is_false(hero.cuda.host_mirrored(dev(hero.tensor {1.5, 2})))

@@ -211,7 +211,8 @@ struct LtPlan {
     cublasComputeType_t compute;
     cublasOperation_t ta, tb;
     int64_t m, n, k, lda, ldb;
-    uint32_t al_a, al_b, al_c;
+    uint32_t al_a, al_b, al_c, al_bias;
+    const void *bias; /* the first call's: on the description while the heuristic chooses */
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
     bool offered = false; /* the heuristic found a kernel: algo and ws hold it */
@@ -248,6 +249,7 @@ static void lt_plan_make(LtPlan &p, cublasLtHandle_t lt)
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &p.tb, sizeof p.tb) == ok &&
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi) == ok &&
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type) == ok &&
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof p.bias) == ok &&
         /* stored shapes of the column-major operands: B^T is n x k (k x n when transposed), A^T k x m */
         cublasLtMatrixLayoutCreate(&p.la, p.dtype, p.ta == CUBLAS_OP_N ? p.n : p.k, p.ta == CUBLAS_OP_N ? p.k : p.n,
                                    p.lda) == ok &&
@@ -275,7 +277,7 @@ static bool lt_plan_matches(const LtPlan &p, const LtPlan &key)
 {
     return p.used && p.dev == key.dev && p.dtype == key.dtype && p.compute == key.compute && p.ta == key.ta &&
            p.tb == key.tb && p.m == key.m && p.n == key.n && p.k == key.k && p.lda == key.lda && p.ldb == key.ldb &&
-           p.al_a == key.al_a && p.al_b == key.al_b && p.al_c == key.al_c;
+           p.al_a == key.al_a && p.al_b == key.al_b && p.al_c == key.al_c && p.al_bias == key.al_bias;
 }
 
 /* c [m, n] (row-major, contiguous) = a @ b + bias[n] as one cuBLASLt call with the bias added in
@@ -305,6 +307,10 @@ int gemm_bias_lt(int dev, const Operand &oa, const Operand &ob, int64_t m, int64
     key.al_a = alignment_of(ob.ptr);
     key.al_b = alignment_of(oa.ptr);
     key.al_c = alignment_of(c);
+    /* the kernel chosen for an aligned bias may need it aligned: a bias view elsewhere is a case of
+     * its own */
+    key.al_bias = alignment_of(bias);
+    key.bias = bias;
     std::lock_guard<std::mutex> g(lt_lock); /* the plan's description is shared: one call at a time */
     LtPlan *plan = nullptr;
     for (int i = 0; i < kLtPlans && !plan; i++)
@@ -331,9 +337,14 @@ int gemm_bias_lt(int dev, const Operand &oa, const Operand &ob, int64_t m, int64
     void *ws = plan->ws ? hr_cuda_malloc(dev, plan->ws) : nullptr;
     if (plan->ws && !ws) return -1;
     const float one = 1.0f, zero = 0.0f;
-    rc = check_blas(cublasLtMatmul(lt, plan->desc, &one, ob.ptr, plan->la, oa.ptr, plan->lb, &zero, c, plan->lc, c, plan->lc,
-                                   &plan->algo, ws, plan->ws, st),
-                    op, "cublasLtMatmul");
+    cublasStatus_t status = cublasLtMatmul(lt, plan->desc, &one, ob.ptr, plan->la, oa.ptr, plan->lb, &zero, c, plan->lc,
+                                           c, plan->lc, &plan->algo, ws, plan->ws, st);
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
+        plan->offered = false; /* refused at run time: this case takes the plain path from now on */
+        rc = 1;
+    } else {
+        rc = check_blas(status, op, "cublasLtMatmul");
+    }
     /* back to the cache at once: later work on the stream runs after the GEMM */
     if (ws) hr_cuda_free(dev, ws, plan->ws);
     return rc;

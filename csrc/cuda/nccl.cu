@@ -191,6 +191,7 @@ int hr_cuda_nccl_all_reduce_(hr_tensor *t, int op_code)
     cudaStream_t st = hrc::stream(dev);
     if (!st) return -1;
     void *p = hr_tensor_data(t);
+    hr_tensor_bump_version(t); /* written in place: a host copy of the old bytes is retired (also on failure) */
     if (check_nccl(api.all_reduce(p, p, (size_t)hr_tensor_numel(t), dt, red, comm, st), op, "ncclAllReduce")) return -1;
     return finish(dev, op);
 }
@@ -206,6 +207,7 @@ int hr_cuda_nccl_broadcast_(hr_tensor *t, int root)
     cudaStream_t st = hrc::stream(dev);
     if (!st) return -1;
     void *p = hr_tensor_data(t);
+    hr_tensor_bump_version(t); /* as all_reduce_ */
     if (check_nccl(api.broadcast(p, p, (size_t)hr_tensor_numel(t), dt, root, comm, st), op, "ncclBroadcast")) return -1;
     return finish(dev, op);
 }
@@ -224,6 +226,7 @@ int hr_cuda_nccl_all_gather(const hr_tensor *in, hr_tensor *out)
     int dev = hrc::dev_of(in);
     cudaStream_t st = hrc::stream(dev);
     if (!st) return -1;
+    hr_tensor_bump_version(out); /* as all_reduce_ */
     if (check_nccl(api.all_gather(hr_tensor_data(in), hr_tensor_data(out), (size_t)n, dt, comm, st), op,
                    "ncclAllGather"))
         return -1;
