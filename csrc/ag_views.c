@@ -121,14 +121,30 @@ static hr_tensor *zeros_like_ctx(const view_ctx *c, const hr_tensor *g)
 
 /* ------------------------------------------------------------------ narrow / select */
 
+/* Zeros of the input's shape with g in the narrowed part: the gradient written into its part and
+ * zeros into the parts before and after it, each element once (zeroing the whole first, then
+ * copying, wrote the LM head's narrowed logits gradient twice). */
 static int narrow_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
     const view_ctx *c = node->ctx;
-    hr_tensor *z = zeros_like_ctx(c, g);
+    if (c->ndim == 0) { /* not reached: a scalar cannot be narrowed */
+        hr_tensor *z = zeros_like_ctx(c, g);
+        gi[0] = z;
+        return z ? 0 : -1;
+    }
+    hr_tensor *z = hr_tensor_empty(c->ndim, c->size, g->dtype, hr_tensor_device(g));
     if (!z) return -1;
-    hr_tensor *slot = hr_view_narrow(z, c->a, c->start, c->ndim ? g->size[c->a] : 0);
+    int64_t len = g->size[c->a], total = c->size[c->a], after = c->start + len;
+    hr_tensor *slot = hr_view_narrow(z, c->a, c->start, len);
     int rc = slot ? hr_copy_(slot, g) : -1;
     hr_tensor_release(slot);
+    for (int part = 0; part < 2 && rc == 0; part++) {
+        int64_t from = part == 0 ? 0 : after, n = part == 0 ? c->start : total - after;
+        if (n <= 0) continue;
+        hr_tensor *pad = hr_view_narrow(z, c->a, from, n);
+        rc = pad ? hr_fill_(pad, 0.0) : -1;
+        hr_tensor_release(pad);
+    }
     if (rc) {
         hr_tensor_release(z);
         return -1;
