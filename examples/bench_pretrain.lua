@@ -9,6 +9,9 @@
 --     (tasks: mlm, mffr, repr, and vsm, which the PyTorch baseline lacks: a hero-only row)
 --     (on a GPU: the model and batch on the device, forward under hero.amp.autocast; each timed
 --     repetition ends with a device synchronisation)
+--   lua5.4 examples/bench_pretrain.lua --config hero --threads 1 --alternate-threads 2 --tasks mlm --modes step
+--     (hero's own speed-up: the step at 1 and at 2 threads in turns in one process, --reps pairs;
+--     the JSON result has mode "speedup" and the median, min and max of the pairs' time ratios)
 --
 -- With --paired, hero and the PyTorch script run alternately (hero, torch, hero, torch, ...) and the
 -- table shows the median over rounds of hero time / PyTorch time (lower is better) with min and max,
@@ -21,13 +24,17 @@ local now = hero.core._bench_now
 local CONFIGS = {
   hero = {hidden = 768, heads = 12, inter = 3072, f_layers = 6, c_layers = 3},
   small = {hidden = 256, heads = 4, inter = 1024, f_layers = 2, c_layers = 1},
+  -- hero's layers and ops at a width where their arithmetic is negligible: the time of a step is
+  -- then what the host spends around the kernels (op dispatch, autograd, allocation, Lua), the part
+  -- that bounds a GPU step when the host cannot keep ahead of the device (no PyTorch row)
+  tiny = {hidden = 24, heads = 2, inter = 48, f_layers = 6, c_layers = 3},
 }
 local VOCAB, VFEAT, MAX_POS, MAX_FRM = 50265, 4352, 514, 100
 
 local function parse_args(argv)
   local a = {config = "hero", threads = 1, videos = 1, subs = 20, frames_per_sub = 3, txt_len = 30,
              tasks = "mlm,repr,mffr", modes = "fwd,fwdbwd,step", reps = 7, warmup = 2, json = "", paired = nil,
-             rounds = 3, device = "cpu", amp = ""}
+             rounds = 3, device = "cpu", amp = "", alternate_threads = 0}
   local i = 1
   while i <= #argv do
     local k = argv[i]:match("^%-%-(.+)$")
@@ -188,7 +195,32 @@ local function run_hero(a)
             end
           end
         end
+        local alt = mode == "step" and not on_device and a.alternate_threads > 0 and a.alternate_threads
         for _ = 1, a.warmup do fn() end
+        if alt then -- the step at --threads and at --alternate-threads in turns: hero's own speed-up
+          hero.set_num_threads(alt)
+          for _ = 1, a.warmup do fn() end
+          local speedups, t_base, t_alt = {}, {}, {}
+          for r = 1, a.reps do
+            for _, n in ipairs {a.threads, alt} do
+              hero.set_num_threads(n)
+              local t0 = now()
+              fn()
+              local t = now() - t0
+              if n == alt then t_alt[r] = t else t_base[r] = t end
+            end
+            speedups[r] = t_base[r] / t_alt[r]
+          end
+          hero.set_num_threads(a.threads)
+          local med, lo, hi = median(speedups)
+          results[#results + 1] = {config = a.config, threads = a.threads, alternate_threads = alt, task = task,
+                                   mode = "speedup", speedup = med, speedup_min = lo, speedup_max = hi,
+                                   median_s = median(t_base), alternate_median_s = median(t_alt), reps = a.reps}
+          io.stderr:write(string.format("hero  %-5s thr=%d/%d %-4s step in turns: median %.1f / %.1f ms, speed-up "
+            .. "%.2fx (min %.2f, max %.2f)\n", a.config, a.threads, alt, task, median(t_base) * 1e3,
+            median(t_alt) * 1e3, med, lo, hi))
+          goto next_mode
+        end
         local ts = {}
         local function sync() if on_device then hero.cuda.synchronize() end end
         sync()
@@ -204,6 +236,7 @@ local function run_hero(a)
         io.stderr:write(string.format("hero  %-5s thr=%d %-4s %-6s median %8.1f ms (min %7.1f, max %7.1f)\n",
           a.config, a.threads, task, mode, med * 1e3, lo * 1e3, hi * 1e3))
       end
+      ::next_mode::
     end
   end
   if on_device then

@@ -6,6 +6,7 @@
 -- the step is Lua code between the calls.
 --   lua5.4 examples/profile_ops.lua --device cuda:0 --amp bf16 --videos 32 --mode step [--top 30]
 --   lua5.4 examples/profile_ops.lua --config small --mode fwd          (on the CPU)
+--   lua5.4 examples/profile_ops.lua --config tiny --videos 32 --mode step  (the host's own work per step)
 -- With --sync 1 every op waits for the device to finish its kernels, so that the times are the
 -- ops' device times (plus their host time); the step is then slower than it runs normally.
 -- With --mode fwdbwd or step a second table splits the backward pass by graph node
@@ -21,7 +22,7 @@ local a = {config = "hero", device = "cpu", amp = "", videos = 1, mode = "step",
 local i = 1
 while arg[i] do
   local key = arg[i]:match("^%-%-(.+)$")
-  if not key or arg[i + 1] == nil then error("usage: profile_ops.lua [--config hero|small] [--device D] [--amp bf16] "
+  if not key or arg[i + 1] == nil then error("usage: profile_ops.lua [--config hero|small|tiny] [--device D] [--amp bf16] "
     .. "[--videos N] [--mode fwd|fwdbwd|step] [--reps N] [--top N] [--threads N] [--sync 0|1]") end
   a[key] = tonumber(arg[i + 1]) or arg[i + 1]
   i = i + 2
