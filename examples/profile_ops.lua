@@ -22,8 +22,10 @@ local a = {config = "hero", device = "cpu", amp = "", videos = 1, mode = "step",
 local i = 1
 while arg[i] do
   local key = arg[i]:match("^%-%-(.+)$")
-  if not key or arg[i + 1] == nil then error("usage: profile_ops.lua [--config hero|small|tiny] [--device D] [--amp bf16] "
-    .. "[--videos N] [--mode fwd|fwdbwd|step] [--reps N] [--top N] [--threads N] [--sync 0|1]") end
+  if not key or arg[i + 1] == nil then
+    error("usage: profile_ops.lua [--config hero|small|tiny] [--device D] [--amp bf16] [--videos N] "
+      .. "[--mode fwd|fwdbwd|step] [--reps N] [--top N] [--threads N] [--sync 0|1]")
+  end
   a[key] = tonumber(arg[i + 1]) or arg[i + 1]
   i = i + 2
 end
