@@ -31,11 +31,10 @@ static inline void *hr_zalloc(size_t count, size_t size)
     return p;
 }
 
-/* Objects of a fixed size per kind, zeroed, kept on free lists when released (hr_pool.c). An
+/* Objects of a fixed size per kind, zeroed, kept on per-thread free lists when released (hr_pool.c). An
  * object of a kind must be at least as big as the kind's first request and pooled memory comes
  * from malloc: objects made with calloc may be released to a pool. */
 typedef enum { HR_POOL_TENSOR, HR_POOL_STORAGE, HR_POOL_NODE, HR_POOL_KINDS } hr_pool_kind;
-typedef struct hr_pool hr_pool;
 void *hr_pool_zalloc(hr_pool_kind kind, size_t size);
 void hr_pool_free(hr_pool_kind kind, void *obj);
 
