@@ -20,16 +20,16 @@ static void gelu_forward_range(void *arg, int64_t begin, int64_t end)
 {
     const gelu_job *j = arg;
     if (j->dt == HR_F32) {
-        /* 8 lanes at a time with the vector erf; the tail is padded into one more vector (lanes
-         * are independent, so a value does not depend on where a thread's chunk starts) */
+        /* HR_VW lanes at a time with the vector erf; the tail is padded into one more vector
+         * (lanes are independent, so a value does not depend on where a thread's chunk starts) */
         const float *x = j->x;
         float *y = j->y;
-        for (int64_t i = begin; i < end; i += 8) {
-            size_t bytes = (size_t)(end - i < 8 ? end - i : 8) * sizeof(float);
-            hr_v8f v = hr_v8f_splat(0.0f);
+        for (int64_t i = begin; i < end; i += HR_VW) {
+            size_t bytes = (size_t)(end - i < HR_VW ? end - i : HR_VW) * sizeof(float);
+            hr_vwf v = hr_vwf_splat(0.0f);
             if (bytes == sizeof v) memcpy(&v, x + i, sizeof v); /* fixed size: one vector load */
             else memcpy(&v, x + i, bytes);
-            hr_v8f r = 0.5f * v * (1.0f + hr_erf_v8f(v * (float)M_SQRT1_2));
+            hr_vwf r = 0.5f * v * (1.0f + hr_erf_vwf(v * (float)M_SQRT1_2));
             if (bytes == sizeof r) memcpy(y + i, &r, sizeof r);
             else memcpy(y + i, &r, bytes);
         }
@@ -48,9 +48,9 @@ static void gelu_backward_range(void *arg, int64_t begin, int64_t end)
         /* e^(-x^2/2) = e^(-z^2) with z = x / sqrt 2 comes out of the erf for free */
         const float *x = j->x, *g = j->g;
         float *y = j->y;
-        for (int64_t i = begin; i < end; i += 8) {
-            size_t bytes = (size_t)(end - i < 8 ? end - i : 8) * sizeof(float);
-            hr_v8f v = hr_v8f_splat(0.0f), gv = hr_v8f_splat(0.0f), e;
+        for (int64_t i = begin; i < end; i += HR_VW) {
+            size_t bytes = (size_t)(end - i < HR_VW ? end - i : HR_VW) * sizeof(float);
+            hr_vwf v = hr_vwf_splat(0.0f), gv = hr_vwf_splat(0.0f), e;
             if (bytes == sizeof v) {
                 memcpy(&v, x + i, sizeof v);
                 memcpy(&gv, g + i, sizeof gv);
@@ -58,8 +58,8 @@ static void gelu_backward_range(void *arg, int64_t begin, int64_t end)
                 memcpy(&v, x + i, bytes);
                 memcpy(&gv, g + i, bytes);
             }
-            hr_v8f cdf = 0.5f * (1.0f + hr_erf_exp_v8f(v * (float)M_SQRT1_2, &e));
-            hr_v8f r = gv * (cdf + v * ((float)inv_sqrt_2pi * e));
+            hr_vwf cdf = 0.5f * (1.0f + hr_erf_exp_vwf(v * (float)M_SQRT1_2, &e));
+            hr_vwf r = gv * (cdf + v * ((float)inv_sqrt_2pi * e));
             if (bytes == sizeof r) memcpy(y + i, &r, sizeof r);
             else memcpy(y + i, &r, bytes);
         }
@@ -165,16 +165,16 @@ static void erf_range(void *arg, int64_t begin, int64_t end)
     if (j->dt == HR_F32) {
         const float *x = j->x, *g = j->g;
         float *y = j->y;
-        for (int64_t i = begin; i < end; i += 8) {
-            size_t bytes = (size_t)(end - i < 8 ? end - i : 8) * sizeof(float);
-            hr_v8f v = hr_v8f_splat(0.0f), gv = hr_v8f_splat(0.0f), e, r;
+        for (int64_t i = begin; i < end; i += HR_VW) {
+            size_t bytes = (size_t)(end - i < HR_VW ? end - i : HR_VW) * sizeof(float);
+            hr_vwf v = hr_vwf_splat(0.0f), gv = hr_vwf_splat(0.0f), e, r;
             memcpy(&v, x + i, bytes);
             if (j->mode == ERF_VALUE) {
-                r = hr_erf_v8f(v);
+                r = hr_erf_vwf(v);
             } else {
                 memcpy(&gv, g + i, bytes);
                 /* d erf / dx = 2/sqrt(pi) e^(-x^2) */
-                hr_erf_exp_v8f(v, &e);
+                hr_erf_exp_vwf(v, &e);
                 r = gv * ((float)two_over_sqrt_pi * e);
             }
             memcpy(y + i, &r, bytes);

@@ -1,5 +1,5 @@
 /*
- * hr_erf.h — erf on 8 floats at once, for the GELU kernels.
+ * hr_erf.h — erf on 8 (or the target's widest vector of) floats at once, for the GELU kernels.
  *
  * libm's erff is a scalar call with branches per range, so a loop over it does not vectorise.
  * Here every lane computes both forms and selects:
@@ -23,36 +23,50 @@
 static const float hr_erf_p[7] = {1.283791661e-01f, -3.761262596e-01f, 1.128359437e-01f, -2.685421146e-02f, 5.189087242e-03f, -8.016864303e-04f, 7.875874871e-05f};
 static const float hr_erf_q[11] = {2.138206810e-01f, -7.638164610e-02f, 2.592239715e-02f, -8.406360634e-03f, 2.618478844e-03f, -7.913078298e-04f, 2.294715232e-04f, -5.900095493e-05f, 1.628165046e-05f, -6.957311598e-06f, 1.772887458e-06f};
 
-/* erf(z) lane by lane; *e_out (if not NULL) receives e^(-z^2) (0 below about e^-87). */
-static inline hr_v8f hr_erf_exp_v8f(hr_v8f z, hr_v8f *e_out)
-{
-    const hr_v8i sign_bit = (hr_v8i)hr_v8f_splat(-0.0f);
-    hr_v8i sign = (hr_v8i)z & sign_bit;
-    hr_v8f a = (hr_v8f)((hr_v8i)z & ~sign_bit);
-    hr_v8f t = a * a;
+/* erf(z) lane by lane; *e_out (if not NULL) receives e^(-z^2) (0 below about e^-87). Defined for
+ * 8 lanes and for the target's widest vectors (hr_simd.h), from one body. */
+#define HR_DEFINE_ERF(NAME, EXP, VF, VI)                                                               \
+    static inline VF NAME(VF z, VF *e_out)                                                             \
+    {                                                                                                  \
+        const VI sign_bit = (VI)VF##_splat(-0.0f);                                                     \
+        VI sign = (VI)z & sign_bit;                                                                    \
+        VF a = (VF)((VI)z & ~sign_bit);                                                                \
+        VF t = a * a;                                                                                  \
+                                                                                                       \
+        VF p = VF##_splat(hr_erf_p[6]);                                                                \
+        for (int k = 5; k >= 0; k--) p = p * t + hr_erf_p[k];                                          \
+        p = a + a * p;                                                                                 \
+                                                                                                       \
+        VF ac = VF##_select(a < HR_ERF_C2, a, VF##_splat(HR_ERF_C2));                                  \
+        VF s = ac - HR_ERF_MID;                                                                        \
+        VF q = VF##_splat(hr_erf_q[10]);                                                               \
+        for (int k = 9; k >= 0; k--) q = q * s + hr_erf_q[k];                                          \
+        VF e = EXP(-t);                                                                                \
+        VF tail = 1.0f - e * q;                                                                        \
+                                                                                                       \
+        VF r = VF##_select(a < HR_ERF_C1, p, tail);                                                    \
+        r = (VF)((VI)r | sign);                                                                        \
+        if (e_out) *e_out = e;                                                                         \
+        /* NaN: the selects above picked the tail (comparisons are false), whose value is NaN too,  \
+         * but keep the input's payload as libm does */                                               \
+        return VF##_select(z != z, z, r);                                                              \
+    }
 
-    hr_v8f p = hr_v8f_splat(hr_erf_p[6]);
-    for (int k = 5; k >= 0; k--) p = p * t + hr_erf_p[k];
-    p = a + a * p;
-
-    hr_v8f ac = hr_v8f_select(a < HR_ERF_C2, a, hr_v8f_splat(HR_ERF_C2));
-    hr_v8f s = ac - HR_ERF_MID;
-    hr_v8f q = hr_v8f_splat(hr_erf_q[10]);
-    for (int k = 9; k >= 0; k--) q = q * s + hr_erf_q[k];
-    hr_v8f e = hr_exp_v8f(-t);
-    hr_v8f tail = 1.0f - e * q;
-
-    hr_v8f r = hr_v8f_select(a < HR_ERF_C1, p, tail);
-    r = (hr_v8f)((hr_v8i)r | sign);
-    if (e_out) *e_out = e;
-    /* NaN: the selects above picked the tail (comparisons are false), whose value is NaN too,
-     * but keep the input's payload as libm does */
-    return hr_v8f_select(z != z, z, r);
-}
+HR_DEFINE_ERF(hr_erf_exp_v8f, hr_exp_v8f, hr_v8f, hr_v8i)
+#if HR_VW != 8
+HR_DEFINE_ERF(hr_erf_exp_vwf, hr_exp_vwf, hr_vwf, hr_vwi)
+#else
+static inline hr_vwf hr_erf_exp_vwf(hr_vwf z, hr_vwf *e_out) { return hr_erf_exp_v8f(z, e_out); }
+#endif
 
 static inline hr_v8f hr_erf_v8f(hr_v8f z)
 {
     return hr_erf_exp_v8f(z, NULL);
+}
+
+static inline hr_vwf hr_erf_vwf(hr_vwf z)
+{
+    return hr_erf_exp_vwf(z, NULL);
 }
 
 /* The same for one float (loop tails). */
