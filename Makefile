@@ -33,8 +33,25 @@ build: deps
 test: build
 	@{ $(call LUA_ENV,$(BUILD)) $(LUA) spec/run.lua; echo $$? > "$(BUILD)/spec.status"; } | tee "$(BUILD)/spec.log"
 	@$(FUZZ_ENV) fuzz/smoke.sh; fuzz=$$?; \
+	 $(MAKE) -s portable-check; portable=$$?; \
 	 echo; grep -E '^[0-9]+ passed, [0-9]+ failed' "$(BUILD)/spec.log" | tail -n 1; \
-	 [ "$$(cat "$(BUILD)/spec.status")" = 0 ] && [ $$fuzz = 0 ]
+	 [ "$$(cat "$(BUILD)/spec.status")" = 0 ] && [ $$fuzz = 0 ] && [ $$portable = 0 ]
+
+# The vector kernels have a path for the build machine's widest vectors (AVX-512 where it has
+# them, via -march=native) and an AVX2 one, which a build on a machine without AVX-512 takes. This
+# builds the CPU code for any x86-64-v3 processor (AVX2, no AVX-512) into PORTABLE_BUILD and runs
+# the specs of those kernels against it (on an x86-64 host with AVX2; elsewhere it says so).
+PORTABLE_BUILD ?= $(BUILD)-portable
+PORTABLE_SPECS := spec/gelu_spec.lua spec/nn_functional_spec.lua spec/reduce_spec.lua spec/pointwise_spec.lua \
+                  spec/linalg_spec.lua spec/nn_layers_spec.lua spec/autograd_views_spec.lua spec/allocator_spec.lua
+portable-check: deps
+	@if ! grep -qw avx2 /proc/cpuinfo 2>/dev/null; then echo "portable build: skipped (no AVX2 here)"; exit 0; fi; \
+	 $(MAKE) -s -C csrc HERO_CUDA=0 HERO_MARCH=-march=x86-64-v3 BUILD_DIR=$(abspath $(PORTABLE_BUILD)) \
+	   > "$(abspath $(BUILD))/portable-build.log" 2>&1 \
+	   || { cat "$(abspath $(BUILD))/portable-build.log"; echo "portable build (x86-64-v3): build failed"; exit 1; }; \
+	 $(call LUA_ENV,$(PORTABLE_BUILD)) $(LUA) spec/run.lua $(PORTABLE_SPECS) > "$(abspath $(BUILD))/portable.log" 2>&1; \
+	 rc=$$?; echo "portable build (x86-64-v3, no AVX-512): $$(tail -n 1 "$(abspath $(BUILD))/portable.log")"; \
+	 [ $$rc = 0 ] || { cat "$(abspath $(BUILD))/portable.log"; exit 1; }
 
 # libFuzzer targets for the file parsers (clang, ASan + UBSan) into $(FUZZ_BUILD); see fuzz/targets.mk.
 fuzz: deps
