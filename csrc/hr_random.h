@@ -104,11 +104,10 @@ static inline void hr_philox_mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i
 }
 #endif
 
-/* Blocks b .. b+7 at once, as w[word][block]: the same numbers as hr_philox_block, eight
- * independent counters side by side (AVX2 lanes when the build targets it). */
-static inline void hr_philox_blocks8(const uint32_t key[2], uint64_t b, uint32_t w[4][8])
-{
 #if defined(__AVX2__)
+/* The ten rounds for blocks b .. b+7, one block per 32-bit lane: c[word] on return. */
+static inline void hr_philox_rounds8(const uint32_t key[2], uint64_t b, __m256i c[4])
+{
     uint32_t lo32[8], hi32[8];
     for (int l = 0; l < 8; l++) {
         uint64_t bl = b + (uint64_t)l;
@@ -134,10 +133,21 @@ static inline void hr_philox_blocks8(const uint32_t key[2], uint64_t b, uint32_t
         c0 = n0;
         c2 = n2;
     }
-    _mm256_storeu_si256((__m256i *)w[0], c0);
-    _mm256_storeu_si256((__m256i *)w[1], c1);
-    _mm256_storeu_si256((__m256i *)w[2], c2);
-    _mm256_storeu_si256((__m256i *)w[3], c3);
+    c[0] = c0;
+    c[1] = c1;
+    c[2] = c2;
+    c[3] = c3;
+}
+#endif
+
+/* Blocks b .. b+7 at once, as w[word][block]: the same numbers as hr_philox_block, eight
+ * independent counters side by side (AVX2 lanes when the build targets it). */
+static inline void hr_philox_blocks8(const uint32_t key[2], uint64_t b, uint32_t w[4][8])
+{
+#if defined(__AVX2__)
+    __m256i c[4];
+    hr_philox_rounds8(key, b, c);
+    for (int k = 0; k < 4; k++) _mm256_storeu_si256((__m256i *)w[k], c[k]);
 #else
     uint32_t c0[8], c1[8], c2[8], c3[8];
     for (int l = 0; l < 8; l++) {
@@ -170,6 +180,32 @@ static inline void hr_philox_blocks8(const uint32_t key[2], uint64_t b, uint32_t
         w[2][l] = c2[l];
         w[3][l] = c3[l];
     }
+#endif
+}
+
+/* The 32 words of blocks b .. b+7 in stream order (block l's word k at w[4 * l + k]), the order
+ * in which element i of a draw takes word i % 4 of block i / 4: contiguous elements then read
+ * contiguous words, and the loops over them vectorise. */
+static inline void hr_philox_words32(const uint32_t key[2], uint64_t b, uint32_t w[32])
+{
+#if defined(__AVX2__)
+    __m256i c[4];
+    hr_philox_rounds8(key, b, c);
+    /* a 4 x 8 transpose: pairs of words, then quads (blocks l and l + 4 in one vector's two
+     * halves), then the halves regrouped */
+    __m256i t0 = _mm256_unpacklo_epi32(c[0], c[1]), t1 = _mm256_unpackhi_epi32(c[0], c[1]);
+    __m256i t2 = _mm256_unpacklo_epi32(c[2], c[3]), t3 = _mm256_unpackhi_epi32(c[2], c[3]);
+    __m256i q0 = _mm256_unpacklo_epi64(t0, t2), q1 = _mm256_unpackhi_epi64(t0, t2); /* blocks 0|4, 1|5 */
+    __m256i q2 = _mm256_unpacklo_epi64(t1, t3), q3 = _mm256_unpackhi_epi64(t1, t3); /* blocks 2|6, 3|7 */
+    _mm256_storeu_si256((__m256i *)w, _mm256_permute2x128_si256(q0, q1, 0x20));
+    _mm256_storeu_si256((__m256i *)(w + 8), _mm256_permute2x128_si256(q2, q3, 0x20));
+    _mm256_storeu_si256((__m256i *)(w + 16), _mm256_permute2x128_si256(q0, q1, 0x31));
+    _mm256_storeu_si256((__m256i *)(w + 24), _mm256_permute2x128_si256(q2, q3, 0x31));
+#else
+    uint32_t w8[4][8];
+    hr_philox_blocks8(key, b, w8);
+    for (int l = 0; l < 8; l++)
+        for (int k = 0; k < 4; k++) w[4 * l + k] = w8[k][l];
 #endif
 }
 

@@ -56,16 +56,17 @@ static void drop_blocks(void *ctx, int64_t bb, int64_t be)
     const drop_job *j = ctx;
     int64_t i = bb * 4, last = be * 4 < j->n ? be * 4 : j->n;
     const uint32_t bound = hr_philox_u24_bound(j->p);
-    uint32_t w8[4][8];
+    const float keep = j->keep;
+    const float *restrict x = j->x;
+    float *restrict y = j->y, *restrict noise = j->noise;
+    uint32_t words[32];
     for (; i + 32 <= last; i += 32) {
-        hr_philox_blocks8(j->key, j->block0 + (uint64_t)(i >> 2), w8);
-        for (int l = 0; l < 8; l++)
-            for (int k = 0; k < 4; k++) {
-                int64_t e = i + 4 * l + k;
-                float nz = (w8[k][l] >> 8) < bound ? 0.0f : j->keep;
-                j->noise[e] = nz;
-                j->y[e] = j->x[e] * nz;
-            }
+        hr_philox_words32(j->key, j->block0 + (uint64_t)(i >> 2), words);
+        for (int t = 0; t < 32; t++) { /* one vector pass: compare, select, multiply */
+            float nz = (words[t] >> 8) < bound ? 0.0f : keep;
+            noise[i + t] = nz;
+            y[i + t] = x[i + t] * nz;
+        }
     }
     uint32_t w[4];
     for (int64_t start = i; i < last; i++) {

@@ -205,12 +205,10 @@ void hr_cpu_randperm_i64(int64_t *out, int64_t n, const uint32_t key[2], uint64_
     do {                                                                                             \
         if (!(j)->p) {                                                                               \
             uint32_t bound_ = hr_philox_u24_bound((j)->a);                                           \
-            uint32_t w8_[4][8];                                                                      \
+            uint32_t w_[32];                                                                         \
             for (; (i) + 32 <= (last); (i) += 32) {                                                  \
-                hr_philox_blocks8((j)->key, (j)->block0 + (uint64_t)((i) >> 2), w8_);                \
-                for (int l_ = 0; l_ < 8; l_++)                                                       \
-                    for (int k_ = 0; k_ < 4; k_++)                                                   \
-                        STORE((i) + 4 * l_ + k_, ((w8_[k_][l_] >> 8) < bound_) != (j)->invert);      \
+                hr_philox_words32((j)->key, (j)->block0 + (uint64_t)((i) >> 2), w_);                 \
+                for (int t_ = 0; t_ < 32; t_++) STORE((i) + t_, ((w_[t_] >> 8) < bound_) != (j)->invert); \
             }                                                                                        \
         }                                                                                            \
     } while (0)
