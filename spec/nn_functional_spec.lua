@@ -25,6 +25,34 @@ describe("fused nn nodes", function()
       assert.is_true(hero.testing.gradcheck(function(xx) return hero.layer_norm(xx, nil, nil, 1e-5) end, {x}))
     end)
 
+    it("f32 gradients of wide rows agree with f64 and do not depend on the thread count", function()
+      -- rows past a multiple of the backward's row chunks and of its vectors, shifted means,
+      -- with and without affine parameters
+      local threads = hero.get_num_threads()
+      for _, shape in ipairs {{333, 768, 30}, {37, 100, 0}, {5, 3072, 2}} do
+        local rows, n, shift = shape[1], shape[2], shape[3]
+        hero.manual_seed(rows)
+        local x = hero.randn(rows, n):mul(3):add(shift)
+        local w, b, dy = hero.randn(n), hero.randn(n), hero.randn(rows, n)
+        for _, affine in ipairs {true, false} do
+          local function grads(dt, nthreads)
+            hero.set_num_threads(nthreads)
+            local xs = x:to{dtype = dt}:clone():requires_grad_()
+            local ws = affine and w:to{dtype = dt}:clone():requires_grad_() or nil
+            local bs = affine and b:to{dtype = dt}:clone():requires_grad_() or nil
+            hero.layer_norm(xs, ws, bs, 1e-12):backward(dy:to{dtype = dt})
+            return {xs.grad, ws and ws.grad, bs and bs.grad}
+          end
+          local one, two, ref = grads("f32", 1), grads("f32", 2), grads("f64", 1)
+          for k = 1, affine and 3 or 1 do
+            assert.tensor_near(one[k], ref[k]:float())
+            assert.equals(0, (one[k] - two[k]):abs():max():item())
+          end
+        end
+      end
+      hero.set_num_threads(threads)
+    end)
+
     it("names the mismatch", function()
       local x = hero.zeros(2, 5)
       helper.assert_error_contains(function() hero.layer_norm(x, hero.ones(4), nil, 1e-5) end,

@@ -23,41 +23,39 @@ typedef struct {
 } ln_fwd_job;
 
 /* Row sums in double with eight independent lanes (a fixed order: the same for any thread count):
- * one accumulator chain per row made the f32 LayerNorm wait on the latency of every addition. */
-typedef double ln_v4d __attribute__((vector_size(32)));
-typedef float ln_v4f __attribute__((vector_size(16)));
+ * one accumulator chain per row made the f32 LayerNorm wait on the latency of every addition.
+ * Eight floats are loaded and widened at once (loaded as four, GCC widened them two at a time). */
+typedef double ln_v8d __attribute__((vector_size(64)));
+typedef float ln_v8f __attribute__((vector_size(32)));
 
-static inline ln_v4d ln_load4(const float *x)
+static inline ln_v8d ln_load8(const float *x)
 {
-    ln_v4f f;
+    ln_v8f f;
     memcpy(&f, x, sizeof f);
-    return __builtin_convertvector(f, ln_v4d);
+    return __builtin_convertvector(f, ln_v8d);
 }
 
-static inline double ln_total(ln_v4d a, ln_v4d b)
+/* lane l holds the elements at l mod 8: (lanes 0+4, 1+5) + (2+6, 3+7) */
+static inline double ln_total(ln_v8d a)
 {
-    ln_v4d t = a + b;
-    return (t[0] + t[1]) + (t[2] + t[3]);
+    return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
 }
 
 /* sum of x, and of (x - mu)^2 when mu is given (square = true) */
 static double ln_row_sum_f32(const float *x, int64_t n, bool square, double mu)
 {
-    ln_v4d a = {0, 0, 0, 0}, b = {0, 0, 0, 0}, m = {mu, mu, mu, mu};
+    ln_v8d a = {0}, m = a + mu;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        ln_v4d u = ln_load4(x + i), v = ln_load4(x + i + 4);
+        ln_v8d u = ln_load8(x + i);
         if (square) {
             u -= m;
-            v -= m;
             a += u * u;
-            b += v * v;
         } else {
             a += u;
-            b += v;
         }
     }
-    double s = ln_total(a, b);
+    double s = ln_total(a);
     for (; i < n; i++) {
         double d = square ? (double)x[i] - mu : (double)x[i];
         s += square ? d * d : d;
@@ -107,110 +105,163 @@ static void ln_forward_rows(void *arg, int64_t begin, int64_t end)
 
 typedef struct {
     const void *x, *w, *g;
-    void *gx;
+    void *gx;                  /* NULL: x's gradient not wanted */
     const double *mean, *rstd;
     int64_t rows, cols;
     hr_dtype dt;
+    double *part_dw, *part_db; /* per chunk of LN_CHUNK rows, cols values each; NULL: not wanted */
 } ln_bwd_job;
 
-/* sum of d = g * w and of d * xhat over a row, xhat = (x - mu) * rs: in double, eight lanes for f32 */
-static void ln_bwd_sums_f32(const float *x, const float *g, const float *w, int64_t n, double mu, double rs,
-                            double *sum_d, double *sum_dx)
+/* Rows per chunk of the parameter gradients' partial sums. A fixed size, so that the sums (rows
+ * in order within a chunk, then chunks in order) are the same for any number of threads. */
+enum { LN_CHUNK = 16 };
+
+typedef float ln_v16f __attribute__((vector_size(64)));
+
+static inline ln_v16f ln_load16(const float *x)
 {
-    ln_v4d d0 = {0, 0, 0, 0}, d1 = d0, e0 = d0, e1 = d0, m = {mu, mu, mu, mu}, r = {rs, rs, rs, rs};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        ln_v4d ga = ln_load4(g + i), gb = ln_load4(g + i + 4);
-        if (w) {
-            ga *= ln_load4(w + i);
-            gb *= ln_load4(w + i + 4);
+    ln_v16f v;
+    memcpy(&v, x, sizeof v);
+    return v;
+}
+
+static inline float ln_total16(ln_v16f a, ln_v16f b)
+{
+    ln_v16f t = a + b;
+    float s = 0;
+    for (int l = 0; l < 16; l++) s += t[l];
+    return s;
+}
+
+/* One f32 row, x's gradient in float as the forward pass and the reference's CPU kernel compute
+ * it: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w, xhat =
+ * (x - mean) * rstd, the two means summed in 32 fixed lanes (in double, with every element
+ * widened, this took three times as long on Zen 4). The row's terms of the parameter gradients
+ * (dw += g * xhat, db += g) are added in double, with xhat from the double mean, while the row is
+ * still in L1: summed over hundreds of rows, a float xhat's error (the mean rounded to float is
+ * off by the same amount in every element of a row) and float partial sums made a weight gradient
+ * that cancels to small values wrong in its fifth digit. The branches stay outside the loops,
+ * which vectorise. */
+static void ln_backward_row_f32(const float *restrict x, const float *restrict g, const float *restrict w, int64_t n,
+                                double mean, double rstd, float *restrict dx, double *restrict dw,
+                                double *restrict db)
+{
+    const float m = (float)mean, r = (float)rstd;
+    if (dx) {
+        ln_v16f d0 = {0}, d1 = d0, e0 = d0, e1 = d0, mv = d0 + m, rv = d0 + r;
+        int64_t i = 0;
+        for (; i + 32 <= n; i += 32) {
+            ln_v16f ga = ln_load16(g + i), gb = ln_load16(g + i + 16);
+            if (w) {
+                ga *= ln_load16(w + i);
+                gb *= ln_load16(w + i + 16);
+            }
+            d0 += ga;
+            d1 += gb;
+            e0 += ga * ((ln_load16(x + i) - mv) * rv);
+            e1 += gb * ((ln_load16(x + i + 16) - mv) * rv);
         }
-        ln_v4d xa = (ln_load4(x + i) - m) * r, xb = (ln_load4(x + i + 4) - m) * r;
-        d0 += ga;
-        d1 += gb;
-        e0 += ga * xa;
-        e1 += gb * xb;
+        float sd = ln_total16(d0, d1), sdx = ln_total16(e0, e1);
+        for (; i < n; i++) {
+            float d = w ? g[i] * w[i] : g[i];
+            sd += d;
+            sdx += d * ((x[i] - m) * r);
+        }
+        const float md = sd / (float)n, mdx = sdx / (float)n;
+        if (w)
+            for (i = 0; i < n; i++) dx[i] = r * (g[i] * w[i] - md - ((x[i] - m) * r) * mdx);
+        else
+            for (i = 0; i < n; i++) dx[i] = r * (g[i] - md - ((x[i] - m) * r) * mdx);
     }
-    double sd = ln_total(d0, d1), sdx = ln_total(e0, e1);
-    for (; i < n; i++) {
-        double d = (double)g[i] * (w ? (double)w[i] : 1.0);
-        sd += d;
-        sdx += d * (((double)x[i] - mu) * rs);
-    }
-    *sum_d = sd;
-    *sum_dx = sdx;
+    if (dw)
+        for (int64_t i = 0; i < n; i++) dw[i] += (double)g[i] * (((double)x[i] - mean) * rstd);
+    if (db)
+        for (int64_t i = 0; i < n; i++) db[i] += (double)g[i];
 }
 
-static void ln_bwd_sums_f64(const double *x, const double *g, const double *w, int64_t n, double mu, double rs,
-                            double *sum_d, double *sum_dx)
+/* One f64 row: the same formulas in double. */
+static void ln_backward_row_f64(const double *restrict x, const double *restrict g, const double *restrict w,
+                                int64_t n, double mu, double rs, double *restrict dx, double *restrict dw,
+                                double *restrict db)
 {
-    double sd = 0, sdx = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = g[i] * (w ? w[i] : 1.0);
-        sd += d;
-        sdx += d * ((x[i] - mu) * rs);
+    if (dx) {
+        double sd = 0, sdx = 0;
+        for (int64_t i = 0; i < n; i++) {
+            double d = g[i] * (w ? w[i] : 1.0);
+            sd += d;
+            sdx += d * ((x[i] - mu) * rs);
+        }
+        double md = sd / (double)n, mdx = sdx / (double)n;
+        for (int64_t i = 0; i < n; i++) dx[i] = rs * (g[i] * (w ? w[i] : 1.0) - md - ((x[i] - mu) * rs) * mdx);
     }
-    *sum_d = sd;
-    *sum_dx = sdx;
+    if (dw)
+        for (int64_t i = 0; i < n; i++) dw[i] += g[i] * ((x[i] - mu) * rs);
+    if (db)
+        for (int64_t i = 0; i < n; i++) db[i] += g[i];
 }
 
-/* dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w */
-#define LN_BACKWARD_ROWS(T, BWD_SUMS)                                                             \
-    for (int64_t r = begin; r < end; r++) {                                             \
-        const T *xr = (const T *)j->x + r * n;                                          \
-        const T *gr = (const T *)j->g + r * n;                                          \
-        T *dxr = (T *)j->gx + r * n;                                                    \
-        const T *w = j->w;                                                              \
-        double mu = j->mean[r], rs = j->rstd[r];                                        \
-        double sum_d, sum_dx;                                                           \
-        BWD_SUMS(xr, gr, w, n, mu, rs, &sum_d, &sum_dx);                                \
-        double md = sum_d / (double)n, mdx = sum_dx / (double)n;                        \
-        for (int64_t i = 0; i < n; i++) {                                               \
-            double d = (double)gr[i] * (w ? (double)w[i] : 1.0);                        \
-            double xh = ((double)xr[i] - mu) * rs;                                      \
-            dxr[i] = (T)(rs * (d - md - xh * mdx));                                     \
-        }                                                                               \
-    }
-
-static void ln_backward_rows(void *arg, int64_t begin, int64_t end)
+/* Chunks [begin, end) of LN_CHUNK rows: x's gradient and the chunks' partial parameter sums. */
+static void ln_backward_chunks(void *arg, int64_t begin, int64_t end)
 {
     const ln_bwd_job *j = arg;
     int64_t n = j->cols;
-    if (j->dt == HR_F32) {
-        LN_BACKWARD_ROWS(float, ln_bwd_sums_f32)
-    } else {
-        LN_BACKWARD_ROWS(double, ln_bwd_sums_f64)
+    size_t es = hr_dtype_size(j->dt);
+    for (int64_t c = begin; c < end; c++) {
+        double *dw = j->part_dw ? j->part_dw + c * n : NULL;
+        double *db = j->part_db ? j->part_db + c * n : NULL;
+        if (dw) memset(dw, 0, (size_t)n * sizeof *dw);
+        if (db) memset(db, 0, (size_t)n * sizeof *db);
+        int64_t r1 = (c + 1) * LN_CHUNK < j->rows ? (c + 1) * LN_CHUNK : j->rows;
+        for (int64_t r = c * LN_CHUNK; r < r1; r++) {
+            size_t at = (size_t)(r * n) * es;
+            void *dx = j->gx ? (char *)j->gx + at : NULL;
+            if (j->dt == HR_F32)
+                ln_backward_row_f32((const float *)((const char *)j->x + at), (const float *)((const char *)j->g + at),
+                                    j->w, n, j->mean[r], j->rstd[r], dx, dw, db);
+            else
+                ln_backward_row_f64((const double *)((const char *)j->x + at),
+                                    (const double *)((const char *)j->g + at), j->w, n, j->mean[r], j->rstd[r], dx,
+                                    dw, db);
+        }
     }
 }
 
-/* Weight and bias gradients: column sums over rows, accumulated in double, serial over rows so the
- * result does not depend on the thread count; parallel over columns. */
+/* The parameter gradients: the chunks' partial sums added in chunk order, a column range at a
+ * time (its running sums in a buffer that stays in L1). */
 typedef struct {
-    const ln_bwd_job *j;
-    double *dw, *db;
+    const double *part;
+    int64_t chunks, cols;
+    void *out;
+    hr_dtype dt;
 } ln_param_job;
 
 static void ln_param_cols(void *arg, int64_t begin, int64_t end)
 {
     const ln_param_job *p = arg;
-    const ln_bwd_job *j = p->j;
-    int64_t n = j->cols;
-    for (int64_t r = 0; r < j->rows; r++) {
-        double mu = j->mean[r], rs = j->rstd[r];
-        if (j->dt == HR_F32) {
-            const float *x = (const float *)j->x + r * n, *g = (const float *)j->g + r * n;
-            if (p->dw)
-                for (int64_t i = begin; i < end; i++) p->dw[i] += (double)g[i] * (((double)x[i] - mu) * rs);
-            if (p->db)
-                for (int64_t i = begin; i < end; i++) p->db[i] += g[i];
-        } else {
-            const double *x = (const double *)j->x + r * n, *g = (const double *)j->g + r * n;
-            if (p->dw)
-                for (int64_t i = begin; i < end; i++) p->dw[i] += g[i] * ((x[i] - mu) * rs);
-            if (p->db)
-                for (int64_t i = begin; i < end; i++) p->db[i] += g[i];
+    enum { SPAN = 512 };
+    double acc[SPAN];
+    for (int64_t i0 = begin; i0 < end; i0 += SPAN) {
+        int64_t len = end - i0 < SPAN ? end - i0 : SPAN;
+        memset(acc, 0, sizeof acc);
+        for (int64_t c = 0; c < p->chunks; c++) {
+            const double *row = p->part + c * p->cols + i0;
+            for (int64_t i = 0; i < len; i++) acc[i] += row[i];
         }
+        if (p->dt == HR_F32)
+            for (int64_t i = 0; i < len; i++) ((float *)p->out)[i0 + i] = (float)acc[i];
+        else memcpy((double *)p->out + i0, acc, (size_t)len * sizeof *acc);
     }
+}
+
+/* A parameter's gradient from the chunks' partial sums, in dtype dt; NULL when out of memory. */
+static hr_tensor *ln_param_grad(const double *part, int64_t chunks, int64_t cols, hr_dtype dt)
+{
+    hr_tensor *out = hr_tensor_empty(1, &cols, dt, hr_cpu());
+    if (out) {
+        ln_param_job p = {part, chunks, cols, hr_tensor_data(out), dt};
+        hr_parallel_for(cols, 256, ln_param_cols, &p);
+    }
+    return out;
 }
 
 static int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
@@ -221,35 +272,27 @@ static int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     hr_tensor *rstd = hr_node_saved(node, 2);
     hr_tensor *w = c->has_weight ? hr_node_saved(node, 3) : NULL;
     if (!x || !mean || !rstd || (c->has_weight && !w)) return -1;
-    hr_tensor *g = hr_readable_as(grad, x->dtype); /* contiguous, in the input's dtype */
-    if (!g) return -1;
-    ln_bwd_job j = {hr_tensor_data(x), w ? hr_tensor_data(w) : NULL, hr_tensor_data(g), NULL,
-                    hr_tensor_data(mean), hr_tensor_data(rstd), c->rows, c->cols, x->dtype};
-    int rc = 0;
-    if (hr_node_input_needs_grad(node, 0)) {
-        gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
-        if (!gi[0]) rc = -1;
-        else {
-            j.gx = hr_tensor_data(gi[0]);
-            hr_parallel_for(c->rows, 16, ln_backward_rows, &j);
-        }
-    }
+    bool need_x = hr_node_input_needs_grad(node, 0);
     bool need_w = c->has_weight && hr_node_input_needs_grad(node, 1);
     bool need_b = c->has_bias && hr_node_input_needs_grad(node, 2);
-    if (rc == 0 && (need_w || need_b)) {
-        int64_t n = c->cols;
-        hr_tensor *dw = need_w ? hr_tensor_zeros(1, &n, HR_F64, hr_cpu()) : NULL;
-        hr_tensor *db = need_b ? hr_tensor_zeros(1, &n, HR_F64, hr_cpu()) : NULL;
-        if ((need_w && !dw) || (need_b && !db)) rc = -1;
-        else {
-            ln_param_job p = {&j, dw ? hr_tensor_data(dw) : NULL, db ? hr_tensor_data(db) : NULL};
-            hr_parallel_for(n, 64, ln_param_cols, &p);
-            if (need_w && !(gi[1] = hr_cast(dw, x->dtype))) rc = -1;
-            if (need_b && !(gi[2] = hr_cast(db, x->dtype))) rc = -1;
-        }
-        hr_tensor_release(dw);
-        hr_tensor_release(db);
+    hr_tensor *g = hr_readable_as(grad, x->dtype); /* contiguous, in the input's dtype */
+    if (!g) return -1;
+    int64_t chunks = (c->rows + LN_CHUNK - 1) / LN_CHUNK;
+    int64_t part_size[1] = {chunks * c->cols * ((need_w ? 1 : 0) + (need_b ? 1 : 0))};
+    hr_tensor *part = part_size[0] ? hr_tensor_empty(1, part_size, HR_F64, hr_cpu()) : NULL;
+    if (need_x) gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
+    int rc = (part_size[0] && !part) || (need_x && !gi[0]) ? -1 : 0;
+    if (rc == 0) {
+        double *pd = part ? hr_tensor_data(part) : NULL;
+        ln_bwd_job j = {hr_tensor_data(x), w ? hr_tensor_data(w) : NULL, hr_tensor_data(g),
+                        need_x ? hr_tensor_data(gi[0]) : NULL, hr_tensor_data(mean), hr_tensor_data(rstd),
+                        c->rows, c->cols, x->dtype, need_w ? pd : NULL,
+                        need_b ? pd + (need_w ? chunks * c->cols : 0) : NULL};
+        hr_parallel_for(chunks, 1, ln_backward_chunks, &j);
+        if (need_w && !(gi[1] = ln_param_grad(j.part_dw, chunks, c->cols, x->dtype))) rc = -1;
+        if (need_b && !(gi[2] = ln_param_grad(j.part_db, chunks, c->cols, x->dtype))) rc = -1;
     }
+    hr_tensor_release(part);
     hr_tensor_release(g);
     return rc;
 }
