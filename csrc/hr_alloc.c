@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "hr_core.h"
 
@@ -25,14 +26,20 @@
  *    cached blocks to the system. So the footprint follows the largest live set, not the live set
  *    plus every size ever released.
  *
- * The cache holds at most HR_CACHE_ENTRIES blocks and HR_CACHE_BYTES bytes; hr_empty_cache()
- * returns everything to the system (small blocks kept for reuse too, see small_take) (the high-water mark then starts again from the live set),
- * and an allocation that fails empties the cache and tries again.
+ * The cache holds at most HR_CACHE_ENTRIES blocks and cache.limit bytes: by default a quarter of
+ * the physical memory, at least HR_CACHE_MIN_LIMIT (hr_set_cache_limit changes it). A fixed 1 GiB
+ * made a HERO step of 32 videos, whose LM-head logits, their gradient and its padded copy are
+ * 523 MiB each, return 1.2 GiB to the system and fault as much back in every step: from 0.1 to
+ * more than 1 s per step on a virtual machine whose fresh pages, huge or not, took 80 ms to 1 s
+ * per 523 MiB. The high-water bound above already keeps the footprint at the largest live set;
+ * the limit bounds what stays held while nothing runs. hr_empty_cache() returns everything to the
+ * system (small blocks kept for reuse too, see small_take), and the high-water mark then starts
+ * again from the live set; an allocation that fails empties the cache and tries again.
  */
 #define HR_BIG_BLOCK ((size_t)128 << 10)
 #define HR_HUGE_ALIGN ((size_t)2 << 20)
 #define HR_CACHE_ENTRIES 512
-#define HR_CACHE_BYTES ((size_t)1 << 30)
+#define HR_CACHE_MIN_LIMIT ((size_t)1 << 30)
 
 /* AddressSanitizer checks malloc'd blocks, not mappings: its builds keep every block in malloc. */
 #if defined(__SANITIZE_ADDRESS__)
@@ -65,8 +72,24 @@ static struct {
     int count;
     size_t bytes;
     size_t high_water; /* the most bytes of big blocks ever live: live + cached stays under it */
+    size_t limit;      /* the most bytes cached; 0 until first needed (default_limit) */
     size_t hits, misses, evicted, fresh;
 } cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* A quarter of the physical memory, at least HR_CACHE_MIN_LIMIT. */
+static size_t default_limit(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    size_t quarter = pages > 0 && page > 0 ? (size_t)pages / 4 * (size_t)page : 0;
+    return quarter > HR_CACHE_MIN_LIMIT ? quarter : HR_CACHE_MIN_LIMIT;
+}
+
+/* The cache's byte limit. Called with the lock held. */
+static size_t cache_limit(void)
+{
+    if (!cache.limit) cache.limit = default_limit();
+    return cache.limit;
+}
 
 size_t hr_live_bytes(void) { return atomic_load(&live_bytes); }
 
@@ -232,7 +255,7 @@ static void remove_at(int i)
 /* Adds a block as the newest; false when the cache has no room for it. Called with the lock held. */
 static bool push_block(void *p, size_t size)
 {
-    if (cache.count >= HR_CACHE_ENTRIES || cache.bytes + size > HR_CACHE_BYTES) return false;
+    if (cache.count >= HR_CACHE_ENTRIES || cache.bytes + size > cache_limit()) return false;
     cache.blocks[cache.count].ptr = p;
     cache.blocks[cache.count].size = size;
     cache.count++;
@@ -373,11 +396,14 @@ static void *cache_alloc(size_t size)
  * first, so the cache follows the sizes the program currently uses. */
 static bool cache_put(void *p, size_t size)
 {
-    if (size > HR_CACHE_BYTES) return false;
     cached_block evicted[HR_CACHE_ENTRIES];
     int nevicted = 0;
     pthread_mutex_lock(&cache.lock);
-    while (cache.count > 0 && (cache.count >= HR_CACHE_ENTRIES || cache.bytes + size > HR_CACHE_BYTES)) {
+    if (size > cache_limit()) {
+        pthread_mutex_unlock(&cache.lock);
+        return false;
+    }
+    while (cache.count > 0 && (cache.count >= HR_CACHE_ENTRIES || cache.bytes + size > cache_limit())) {
         evicted[nevicted++] = cache.blocks[0];
         cache.evicted += cache.blocks[0].size;
         remove_at(0);
@@ -407,6 +433,23 @@ size_t hr_empty_cache(void)
     return released + small_released;
 }
 
+size_t hr_set_cache_limit(size_t bytes)
+{
+    cached_block evicted[HR_CACHE_ENTRIES];
+    int nevicted = 0;
+    pthread_mutex_lock(&cache.lock);
+    size_t previous = cache_limit();
+    cache.limit = bytes ? bytes : default_limit();
+    while (cache.count > 0 && cache.bytes > cache.limit) { /* the oldest go first, as in cache_put */
+        evicted[nevicted++] = cache.blocks[0];
+        cache.evicted += cache.blocks[0].size;
+        remove_at(0);
+    }
+    pthread_mutex_unlock(&cache.lock);
+    for (int i = 0; i < nevicted; i++) system_free(evicted[i].ptr, evicted[i].size);
+    return previous;
+}
+
 size_t hr_cached_bytes(void)
 {
     pthread_mutex_lock(&cache.lock);
@@ -428,6 +471,7 @@ void hr_host_memory_stats(hr_host_memory_stats_t *out)
     out->evicted = cache.evicted;
     out->fresh = cache.fresh;
     out->mapped_blocks = HR_MAP_BIG_BLOCKS;
+    out->cache_limit = cache_limit();
     pthread_mutex_unlock(&cache.lock);
     pthread_mutex_lock(&small.lock);
     out->small_cached = small.bytes;

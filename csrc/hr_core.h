@@ -147,6 +147,10 @@ size_t hr_live_bytes(void);
 /* Host blocks kept for reuse after release (not counted as live), and a way to return them to
  * the system (returns the bytes released). */
 size_t hr_cached_bytes(void);
+/* Sets the most bytes of released big blocks kept for reuse (0: the default, a quarter of the
+ * physical memory and at least 1 GiB), returning cached blocks over it to the system; returns the
+ * previous limit. */
+size_t hr_set_cache_limit(size_t bytes);
 size_t hr_empty_cache(void);
 /* The host allocator's counters: bytes live and cached now, the highest live total since start
  * (or the last hr_reset_peak_live), requests of big blocks served from cached pages (hits) or not
@@ -156,6 +160,7 @@ size_t hr_empty_cache(void);
 typedef struct {
     size_t live, peak_live, cached, cached_blocks, cache_hits, cache_misses, evicted, fresh;
     size_t small_cached, small_cached_blocks; /* the part of cached / cached_blocks under HR_BIG_BLOCK */
+    size_t cache_limit;                       /* the most bytes of big blocks kept (hr_set_cache_limit) */
     bool mapped_blocks;
 } hr_host_memory_stats_t;
 void hr_host_memory_stats(hr_host_memory_stats_t *out);

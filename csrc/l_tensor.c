@@ -299,13 +299,13 @@ static int l_live_bytes(lua_State *L)
 }
 
 /* hero.memory_stats() -> {live, peak_live, cached, cached_blocks, cache_hits, cache_misses,
- * evicted, fresh, small_cached, small_cached_blocks, mapped_blocks}: the host allocator's counters, in bytes and counts
+ * evicted, fresh, small_cached, small_cached_blocks, cache_limit, mapped_blocks}: the host allocator's counters, in bytes and counts
  * (hero.cuda.memory_stats() has the devices'). */
 static int l_memory_stats(lua_State *L)
 {
     hr_host_memory_stats_t s;
     hr_host_memory_stats(&s);
-    lua_createtable(L, 0, 11);
+    lua_createtable(L, 0, 12);
     const struct {
         const char *name;
         size_t value;
@@ -318,7 +318,8 @@ static int l_memory_stats(lua_State *L)
                   {"evicted", s.evicted},
                   {"fresh", s.fresh},
                   {"small_cached", s.small_cached},
-                  {"small_cached_blocks", s.small_cached_blocks}};
+                  {"small_cached_blocks", s.small_cached_blocks},
+                  {"cache_limit", s.cache_limit}};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         lua_pushinteger(L, (lua_Integer)fields[i].value);
         lua_setfield(L, -2, fields[i].name);
@@ -339,6 +340,16 @@ static int l_reset_peak_memory_stats(lua_State *L)
 static int l_empty_cache(lua_State *L)
 {
     lua_pushinteger(L, (lua_Integer)hr_empty_cache());
+    return 1;
+}
+
+/* hero.set_cache_limit(bytes) -> the previous limit: the most bytes of released blocks kept for
+ * reuse (0: the default); blocks over it go back to the system now. */
+static int l_set_cache_limit(lua_State *L)
+{
+    lua_Integer bytes = luaL_checkinteger(L, 1);
+    if (bytes < 0) return luaL_error(L, "set_cache_limit: expected a number of bytes >= 0, got %I", bytes);
+    lua_pushinteger(L, (lua_Integer)hr_set_cache_limit((size_t)bytes));
     return 1;
 }
 
@@ -834,6 +845,7 @@ static const luaL_Reg module_functions[] = {
     {"memory_stats", l_memory_stats},
     {"reset_peak_memory_stats", l_reset_peak_memory_stats},
     {"empty_cache", l_empty_cache},
+    {"set_cache_limit", l_set_cache_limit},
     {"cached_bytes", l_cached_bytes},
     {"set_num_threads", l_set_num_threads},
     {"get_num_threads", l_get_num_threads},

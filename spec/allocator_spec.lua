@@ -31,7 +31,7 @@ describe("host allocator", function()
   it("reports its counters", function()
     local s = hero.memory_stats()
     for _, k in ipairs {"live", "peak_live", "cached", "cached_blocks", "cache_hits", "cache_misses", "evicted",
-                        "fresh"} do
+                        "fresh", "cache_limit"} do
       assert.equal("integer", math.type(s[k]), k)
       assert.is_true(s[k] >= 0, k)
     end
@@ -185,6 +185,37 @@ describe("host allocator", function()
       assert.is_nil(fresh.grad_fn)
       assert.equal(0, fresh:sum():item())
     end
+  end)
+
+  it("keeps released blocks up to its limit, a quarter of the memory and at least 1 GiB by default", function()
+    local default = hero.memory_stats().cache_limit
+    assert.is_true(default >= 1024 * MiB)
+    -- a 32-video step's logits, their gradient and its padded copy are 523 MiB each: all three
+    -- stay cached wherever the machine has 7 GiB or more
+    local ok, prev = pcall(function()
+      release {3, 3, 3}
+      local before = hero.memory_stats()
+      assert.is_true(before.cached - before.small_cached >= 9 * MiB)
+      -- a lower limit returns the oldest blocks over it at once, and keeps the next ones under it
+      assert.equal(default, hero.set_cache_limit(4 * MiB))
+      local now = hero.memory_stats()
+      assert.equal(4 * MiB, now.cache_limit)
+      assert.is_true(now.cached - now.small_cached <= 4 * MiB)
+      assert.is_true(now.evicted - before.evicted >= 5 * MiB)
+      release {3, 3}
+      now = hero.memory_stats()
+      assert.is_true(now.cached - now.small_cached <= 4 * MiB)
+      -- a block over the limit goes back to the system when released
+      release {6}
+      assert.is_true(hero.memory_stats().cached - hero.memory_stats().small_cached <= 4 * MiB)
+      return hero.set_cache_limit(0) -- 0: the default again
+    end)
+    hero.set_cache_limit(0)
+    assert(ok, prev)
+    assert.equal(4 * MiB, prev)
+    assert.equal(default, hero.memory_stats().cache_limit)
+    assert.has_error(function() hero.set_cache_limit(-1) end,
+      "set_cache_limit: expected a number of bytes >= 0, got -1")
   end)
 
   it("returns the cache to the system on request", function()
