@@ -26,10 +26,10 @@ describe("fused nn nodes", function()
     end)
 
     it("f32 gradients of wide rows agree with f64 and do not depend on the thread count", function()
-      -- rows past a multiple of the backward's row chunks and of its vectors, shifted means,
-      -- with and without affine parameters
+      -- rows past a multiple of the backward's row chunks and of its vectors, more rows than its
+      -- 256 chunks hold at 16 rows each, shifted means, with and without affine parameters
       local threads = hero.get_num_threads()
-      for _, shape in ipairs {{333, 768, 30}, {37, 100, 0}, {5, 3072, 2}} do
+      for _, shape in ipairs {{333, 768, 30}, {37, 100, 0}, {5, 3072, 2}, {5000, 40, 1}} do
         local rows, n, shift = shape[1], shape[2], shape[3]
         hero.manual_seed(rows)
         local x = hero.randn(rows, n):mul(3):add(shift)

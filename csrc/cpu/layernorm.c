@@ -109,12 +109,21 @@ typedef struct {
     const double *mean, *rstd;
     int64_t rows, cols;
     hr_dtype dt;
-    double *part_dw, *part_db; /* per chunk of LN_CHUNK rows, cols values each; NULL: not wanted */
+    int64_t chunk_rows;        /* rows per chunk (ln_chunk_rows) */
+    double *part_dw, *part_db; /* per chunk, cols values each; NULL: not wanted */
 } ln_bwd_job;
 
-/* Rows per chunk of the parameter gradients' partial sums. A fixed size, so that the sums (rows
- * in order within a chunk, then chunks in order) are the same for any number of threads. */
-enum { LN_CHUNK = 16 };
+/* Rows per chunk of the parameter gradients' partial sums: 16, or more so that there are at most
+ * LN_MAX_CHUNKS chunks (their partial sums, 16 bytes per column each, stay a few MiB however
+ * many rows there are). It depends on the row count alone, so the sums (rows in order within a
+ * chunk, then chunks in order) are the same for any number of threads. */
+enum { LN_CHUNK_ROWS = 16, LN_MAX_CHUNKS = 256 };
+
+static int64_t ln_chunk_rows(int64_t rows)
+{
+    int64_t spread = (rows + LN_MAX_CHUNKS - 1) / LN_MAX_CHUNKS;
+    return spread > LN_CHUNK_ROWS ? spread : LN_CHUNK_ROWS;
+}
 
 typedef float ln_v16f __attribute__((vector_size(64)));
 
@@ -200,7 +209,7 @@ static void ln_backward_row_f64(const double *restrict x, const double *restrict
         for (int64_t i = 0; i < n; i++) db[i] += g[i];
 }
 
-/* Chunks [begin, end) of LN_CHUNK rows: x's gradient and the chunks' partial parameter sums. */
+/* Chunks [begin, end) of rows: x's gradient and the chunks' partial parameter sums. */
 static void ln_backward_chunks(void *arg, int64_t begin, int64_t end)
 {
     const ln_bwd_job *j = arg;
@@ -211,8 +220,8 @@ static void ln_backward_chunks(void *arg, int64_t begin, int64_t end)
         double *db = j->part_db ? j->part_db + c * n : NULL;
         if (dw) memset(dw, 0, (size_t)n * sizeof *dw);
         if (db) memset(db, 0, (size_t)n * sizeof *db);
-        int64_t r1 = (c + 1) * LN_CHUNK < j->rows ? (c + 1) * LN_CHUNK : j->rows;
-        for (int64_t r = c * LN_CHUNK; r < r1; r++) {
+        int64_t r0 = c * j->chunk_rows, r1 = r0 + j->chunk_rows < j->rows ? r0 + j->chunk_rows : j->rows;
+        for (int64_t r = r0; r < r1; r++) {
             size_t at = (size_t)(r * n) * es;
             void *dx = j->gx ? (char *)j->gx + at : NULL;
             if (j->dt == HR_F32)
@@ -277,7 +286,7 @@ static int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     bool need_b = c->has_bias && hr_node_input_needs_grad(node, 2);
     hr_tensor *g = hr_readable_as(grad, x->dtype); /* contiguous, in the input's dtype */
     if (!g) return -1;
-    int64_t chunks = (c->rows + LN_CHUNK - 1) / LN_CHUNK;
+    int64_t chunk_rows = ln_chunk_rows(c->rows), chunks = (c->rows + chunk_rows - 1) / chunk_rows;
     int64_t part_size[1] = {chunks * c->cols * ((need_w ? 1 : 0) + (need_b ? 1 : 0))};
     hr_tensor *part = part_size[0] ? hr_tensor_empty(1, part_size, HR_F64, hr_cpu()) : NULL;
     if (need_x) gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
@@ -286,7 +295,7 @@ static int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
         double *pd = part ? hr_tensor_data(part) : NULL;
         ln_bwd_job j = {hr_tensor_data(x), w ? hr_tensor_data(w) : NULL, hr_tensor_data(g),
                         need_x ? hr_tensor_data(gi[0]) : NULL, hr_tensor_data(mean), hr_tensor_data(rstd),
-                        c->rows, c->cols, x->dtype, need_w ? pd : NULL,
+                        c->rows, c->cols, x->dtype, chunk_rows, need_w ? pd : NULL,
                         need_b ? pd + (need_w ? chunks * c->cols : 0) : NULL};
         hr_parallel_for(chunks, 1, ln_backward_chunks, &j);
         if (need_w && !(gi[1] = ln_param_grad(j.part_dw, chunks, c->cols, x->dtype))) rc = -1;
