@@ -28,7 +28,8 @@ uint64_t hr_generator_reserve(hr_generator *g, uint64_t nblocks)
 
 /* ------------------------------------------------------------------ common checks */
 
-/* cuda_ok: the op has a CUDA path (uniform_, bernoulli_ with a number, dropout_mask). */
+/* cuda_ok: the op takes CUDA tensors (on-device kernels for uniform_, bernoulli_ with a number and
+ * dropout_mask; the others fill a host twin, see host_staged). */
 static int check_target_dev(const char *op, const hr_tensor *t, bool cuda_ok)
 {
     if (hr_tensor_check_live(t, op)) return -1;
@@ -41,7 +42,6 @@ static int check_target_dev(const char *op, const hr_tensor *t, bool cuda_ok)
     return 0;
 }
 
-static int check_target(const char *op, const hr_tensor *t) { return check_target_dev(op, t, false); }
 
 static int check_float_target(const char *op, const hr_tensor *t, bool cuda_ok)
 {
@@ -88,6 +88,38 @@ static int target_finish(target *tg, hr_tensor *t)
 
 static uint64_t blocks_for(int64_t n, int64_t per_block) { return (uint64_t)((n + per_block - 1) / per_block); }
 
+static bool on_cuda(const hr_tensor *t) { return hr_tensor_device(t).type == HR_CUDA; }
+
+/*
+ * normal_, randint, randperm and bernoulli_ with a tensor of probabilities fill a CUDA tensor
+ * through the host: the CPU kernel fills a twin in host memory with the generator's next blocks,
+ * which is then copied to the device. The values are the CPU's for the same generator state, bit
+ * for bit (a device normal_ would not be: the CPU's vector log and sin/cos are not the device's),
+ * and the stream advances as it does on the CPU. These fills make parameters and test data, not
+ * a training step's inner loop (dropout and uniform_ have kernels of their own).
+ */
+typedef struct {
+    hr_tensor *twin;
+    uint64_t offset; /* the generator's before the fill: restored when the fill fails */
+} host_staged;
+
+static hr_tensor *host_stage_open(host_staged *s, const hr_generator *g, const hr_tensor *t)
+{
+    s->offset = g->offset;
+    s->twin = hr_tensor_empty(t->ndim, t->size, t->dtype, hr_cpu());
+    return s->twin;
+}
+
+/* rc: the host fill's result. Copies the twin to t on success; releases the twin. */
+static int host_stage_close(host_staged *s, hr_generator *g, hr_tensor *t, int rc)
+{
+    if (rc == 0) rc = hr_copy_(t, s->twin);
+    hr_tensor_release(s->twin);
+    s->twin = NULL;
+    if (rc) g->offset = s->offset;
+    return rc;
+}
+
 /* ------------------------------------------------------------------ uniform / normal */
 
 int hr_random_uniform_(hr_generator *g, hr_tensor *t, double a, double b)
@@ -120,10 +152,15 @@ int hr_random_uniform_(hr_generator *g, hr_tensor *t, double a, double b)
 
 int hr_random_normal_(hr_generator *g, hr_tensor *t, double mean, double std)
 {
-    if (check_float_target("normal_", t, false)) return -1;
+    if (check_float_target("normal_", t, true)) return -1;
     if (!isfinite(mean) || !isfinite(std) || std < 0)
         return hr_fail(HR_EINVAL, "normal_: expected a finite mean and a finite std >= 0, got mean=%g std=%g", mean,
                        std);
+    if (on_cuda(t)) {
+        host_staged s;
+        if (!host_stage_open(&s, g, t)) return -1;
+        return host_stage_close(&s, g, t, hr_random_normal_(g, s.twin, mean, std));
+    }
     bool f64 = t->dtype == HR_F64;
     target tg;
     if (target_open(&tg, t, f64 ? HR_F64 : HR_F32)) return -1;
@@ -151,13 +188,18 @@ static bool int_range_fits(hr_dtype dt, int64_t lo, int64_t hi)
 
 int hr_random_randint_(hr_generator *g, hr_tensor *t, int64_t low, int64_t high)
 {
-    if (check_target("randint", t)) return -1;
+    if (check_target_dev("randint", t, true)) return -1;
     if (low >= high)
         return hr_fail(HR_EINVAL, "randint: expected low < high (high is exclusive), got low=%" PRId64 " high=%" PRId64,
                        low, high);
     if (!int_range_fits(t->dtype, low, high - 1))
         return hr_fail(HR_EINVAL, "randint: values in [%" PRId64 ", %" PRId64 ") do not fit dtype %s", low, high,
                        hr_dtype_name(t->dtype));
+    if (on_cuda(t)) {
+        host_staged s;
+        if (!host_stage_open(&s, g, t)) return -1;
+        return host_stage_close(&s, g, t, hr_random_randint_(g, s.twin, low, high));
+    }
     target tg;
     if (target_open(&tg, t, HR_I64)) return -1;
     int64_t n = hr_tensor_numel(t);
@@ -170,7 +212,7 @@ int hr_random_randint_(hr_generator *g, hr_tensor *t, int64_t low, int64_t high)
 
 int hr_random_randperm_(hr_generator *g, hr_tensor *t)
 {
-    if (check_target("randperm", t)) return -1;
+    if (check_target_dev("randperm", t, true)) return -1;
     if (t->ndim != 1) {
         char buf[160];
         return hr_fail(HR_EINVAL, "randperm: expected a 1-D tensor, got %s", hr_tensor_desc(t, buf, sizeof buf));
@@ -181,6 +223,11 @@ int hr_random_randperm_(hr_generator *g, hr_tensor *t)
                        hr_dtype_name(t->dtype));
     if (t->dtype == HR_F32 && n > (INT64_C(1) << 24))
         return hr_fail(HR_EINVAL, "randperm: n=%" PRId64 " is too large for f32 (exact only up to 2^24)", n);
+    if (on_cuda(t)) {
+        host_staged s;
+        if (!host_stage_open(&s, g, t)) return -1;
+        return host_stage_close(&s, g, t, hr_random_randperm_(g, s.twin));
+    }
     target tg;
     if (target_open(&tg, t, HR_I64)) return -1;
     uint32_t key[2];
@@ -195,7 +242,12 @@ int hr_random_randperm_(hr_generator *g, hr_tensor *t)
 static int bernoulli_run(hr_generator *g, hr_tensor *t, const double *p, double p0, bool invert)
 {
     bool f32 = t->dtype == HR_F32;
-    if (hr_tensor_device(t).type == HR_CUDA) { /* p is a number here: tensors of p are refused earlier */
+    if (on_cuda(t) && p) { /* probabilities per element: the host's kernel */
+        host_staged s;
+        if (!host_stage_open(&s, g, t)) return -1;
+        return host_stage_close(&s, g, t, bernoulli_run(g, s.twin, p, p0, invert));
+    }
+    if (on_cuda(t)) {
         uint32_t key[2];
         hr_generator_key(g, key);
         uint64_t b0 = hr_generator_reserve(g, blocks_for(hr_tensor_numel(t), 4));
@@ -233,7 +285,7 @@ int hr_random_dropout_mask_(hr_generator *g, hr_tensor *t, double p)
 
 int hr_random_bernoulli_tensor_(hr_generator *g, hr_tensor *t, const hr_tensor *p)
 {
-    if (check_target("bernoulli_", t)) return -1;
+    if (check_target_dev("bernoulli_", t, true)) return -1;
     if (hr_tensor_check_live(p, "bernoulli_: probabilities")) return -1;
     char bt[160], bp[160];
     if (!hr_device_eq(hr_tensor_device(p), hr_tensor_device(t)))

@@ -206,7 +206,9 @@ describe("CUDA backend #cuda", function()
       helper.assert_error_contains(function() return g + c end, "add", "different devices")
       helper.assert_error_contains(function() return hero.matmul(dev(hero.ones(2, 2)), hero.ones(2, 2)) end,
         "matmul", "different devices")
-      helper.assert_error_contains(function() return g:normal_() end, "normal_", "no CUDA implementation yet")
+      local i64 = dev(hero.ones(2, 2, {dtype = "i64"}))
+      helper.assert_error_contains(function() return hero.matmul(i64, i64) end, "matmul",
+        "no CUDA implementation for i64 tensors yet")
       helper.assert_error_contains(function() return hero.cat {g, c} end, "cat", "tensor 2 of the list is on cpu")
       helper.assert_error_contains(function() return g:index_select(1, hero.tensor({0}, {dtype = "i64"})) end,
         "index_select", "the index tensor is on cpu")
@@ -633,6 +635,49 @@ describe("CUDA backend #cuda", function()
         hero.manual_seed(7)
         return hero.dropout(a, 0.25)
       end, {randn {5, 9}})
+    end)
+
+    it("normal_, randint, randperm and bernoulli_ with probabilities give the CPU's draws for a seed", function()
+      --- runs make() from seed on the CPU and on the device: same values, same stream position after
+      local function same_draws(seed, make)
+        hero.manual_seed(seed)
+        local c = make("cpu")
+        local after_cpu = hero.default_generator():get_state()
+        hero.manual_seed(seed)
+        local g = make(DEVICE)
+        assert.equal(DEVICE, g:device())
+        assert.equal(c:dtype(), g:dtype())
+        assert.same(c:totable(), g:cpu():totable())
+        assert.same(after_cpu, hero.default_generator():get_state())
+      end
+      for _, dt in ipairs(FLOATS) do
+        same_draws(41, function(d) return hero.randn({37, 5}, {dtype = dt, device = d}) end)
+        same_draws(42, function(d) return hero.zeros(6, 9, {dtype = dt, device = d}):normal_(0.5, 2) end)
+        -- a strided view: the draws land in the view's elements, in its order
+        same_draws(43, function(d)
+          local t = hero.zeros(8, 6, {dtype = dt, device = d})
+          t:narrow(2, 2, 3):t():normal_(-1, 0.25)
+          return t
+        end)
+      end
+      same_draws(44, function(d) return hero.randint(-5, 7, {300}, {device = d}) end)
+      same_draws(45, function(d) return hero.randint(10, {4, 4}, {dtype = "i32", device = d}) end)
+      same_draws(46, function(d) return hero.zeros(50, {device = d}):random_(3, 9) end)
+      same_draws(47, function(d) return hero.randperm(1000, {device = d}) end)
+      same_draws(48, function(d) return hero.randperm(7, {dtype = "f32", device = d}) end)
+      local probs = hero.rand(40, 3)
+      same_draws(49, function(d) return hero.bernoulli(probs:to {device = d}) end)
+      same_draws(50, function(d)
+        return hero.zeros(40, 3, {dtype = "u8", device = d}):bernoulli_(probs:narrow(2, 1, 1):to {device = d})
+      end)
+      -- a failed fill leaves the generator where it was
+      hero.manual_seed(51)
+      local before = hero.default_generator():get_state()
+      local ints = hero.zeros(4, {dtype = "u8", device = DEVICE})
+      helper.assert_error_contains(function() return ints:random_(0, 300) end, "random_", "do not fit dtype u8")
+      local bad = hero.tensor({0.5, 1.5}):to {device = DEVICE}
+      helper.assert_error_contains(function() return hero.bernoulli(bad) end, "bernoulli", "got 1.5 at flat index 1")
+      assert.same(before, hero.default_generator():get_state())
     end)
 
     it("attention with masks and dropout, forward and backward", function()
