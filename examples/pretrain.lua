@@ -490,10 +490,12 @@ local init = opts.init or (opts.fixture and exists(opts.fixture .. "/weights.saf
   and opts.fixture .. "/weights.safetensors")
 if init then
   model:load_state_dict(hero.load(init), {strict = false})
-elseif init_sd then
+elseif init_sd or (tc and tc.load_partial_pretrained) then
+  -- with load_partial_pretrained and no checkpoint, the reference's RoBERTa path still runs (on an
+  -- empty state dict): its lm_head.dense init, zero vocabulary padding, equal token-type rows
   local ok, report = pcall(PC.load_checkpoint, model, init_sd, tc, model_cfg.f_config.num_hidden_layers)
   if not ok then usage("the config's checkpoint: " .. tostring(report)) end
-  if rank == 0 then
+  if rank == 0 and init_sd then
     io.stderr:write(string.format("%s: %d parameters not in the checkpoint (initialised), %d of its keys unused\n",
       tc.checkpoint, #report.missing, #report.unexpected))
   end

@@ -293,6 +293,58 @@ describe("HERO checkpoints and configs", function()
     assert.is_true(w:abs():max():item() <= 1 / math.sqrt(w:size(2)))
   end)
 
+  it("starts pre-training from RoBERTa (or from nothing) as the reference's load_partial_pretrained does",
+    function()
+    -- the fixture's weights come from that path with an empty checkpoint: compare the statistics
+    -- that tell the inits apart, and the rows it sets exactly
+    local ref = load("weights")
+    local f = "v_encoder.f_encoder."
+    local function build()
+      hero.manual_seed(12)
+      return hero.models.HeroForPretraining(cfg.model_config.pretrain, {vfeat_dim = cfg.constants.vfeat_dim,
+        max_frm_seq_len = cfg.constants.max_frm_seq_len, vocab_pad = cfg.constants.vocab_pad_pretraining})
+    end
+    local m = build()
+    local report = hero.models.checkpoint.load_partial_pretrained(m, nil)
+    assert.equal(0, #report.unexpected)
+    local sd = m:state_dict()
+    local H = cfg.model_config.pretrain.f_config.hidden_size
+    local bound = 1 / math.sqrt(H)
+    for _, k in ipairs {f .. "lm_head.dense.weight", f .. "lm_head.dense.bias"} do
+      -- PyTorch's Linear default, U(+-1/sqrt(H)): std bound/sqrt(3), bias not zero
+      local ours, theirs = sd[k]:double(), ref[k]:double()
+      assert.is_true(ours:abs():max():item() <= bound, k)
+      assert.is_true(theirs:abs():max():item() <= bound, k)
+      local tol = k:match("weight$") and 0.1 or 0.35 -- 4096 and 64 draws
+      assert.near(theirs:std():item(), ours:std():item(), tol * theirs:std():item(), k)
+      assert.near(bound / math.sqrt(3), ours:std():item(), tol * bound, k)
+    end
+    local pad = cfg.constants.vocab_pad_pretraining
+    assert.is_true(pad > 0)
+    local word = sd[f .. "embeddings.word_embeddings.weight"]
+    local V = word:size(1)
+    for _, w in ipairs {word, ref[f .. "embeddings.word_embeddings.weight"]} do
+      assert.equal(0, w:narrow(1, V - pad + 1, pad):abs():max():item())
+      assert.near(0.02, w:narrow(1, 1, V - pad):double():std():item(), 0.003)
+    end
+    assert.equal(0, sd[f .. "lm_head.bias"]:abs():max():item())
+    for _, w in ipairs {sd, ref} do
+      local tt = w[f .. "embeddings.token_type_embeddings.weight"]
+      assert.same(tt[1]:totable(), tt[2]:totable())
+      assert.is_true(tt[1]:abs():max():item() > 0)
+      assert.equal(0, w["v_encoder.mask_embedding.weight"][1]:abs():max():item())
+    end
+    -- a RoBERTa checkpoint's rows land over that init, its vocabulary padded with zeros
+    local m2 = build()
+    local rw = hero.randn(V - pad, H)
+    hero.models.checkpoint.load_partial_pretrained(m2, {["roberta.embeddings.word_embeddings.weight"] = rw,
+      ["roberta.embeddings.token_type_embeddings.weight"] = hero.full({1, H}, 0.5)}, {skip_layers = false})
+    local w2 = m2.v_encoder.f_encoder.embeddings.word_embeddings.weight
+    assert.same(rw:totable(), w2:narrow(1, 1, V - pad):totable())
+    assert.equal(0, w2:narrow(1, V - pad + 1, pad):abs():max():item())
+    assert.same(hero.full({2, H}, 0.5):totable(), m2.v_encoder.f_encoder.embeddings.token_type_embeddings.weight:totable())
+  end)
+
   it("saves and reloads the model with the same key names, and reports foreign keys", function()
     local m = model()
     local path = os.tmpname() .. ".safetensors"

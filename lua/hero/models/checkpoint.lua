@@ -87,6 +87,41 @@ function M.from_roberta(sd, opts)
   return out
 end
 
+--- The reference's HeroModel.load_partial_pretrained on a HeroForPretraining (pretrain.py with
+-- load_partial_pretrained; hero-spec §3.3), for a RoBERTa state dict `sd` (tensors as normalize
+-- gives them) or none at all (the reference's default checkpoint is an empty dict):
+--   * the cross-modal transformer is a fresh one whose lm_head.dense has PyTorch's default init
+--     (U(+-1/sqrt(H)) for weight and bias), not the N(0, 0.02) of the rest;
+--   * the RoBERTa weights are loaded over it (from_roberta), the vocabulary's padding rows are
+--     zero (pad_vocab appends them to whatever the table held);
+--   * both token-type rows take row 0 and v_encoder.mask_embedding row 0 is zero
+--     (init_type_embedding).
+-- opts: n_layers (6), skip_layers (true), generator. Returns the load report {missing, unexpected}.
+function M.load_partial_pretrained(model, sd, opts)
+  opts = opts or {}
+  local f = model.v_encoder.f_encoder
+  local mapped = M.from_roberta(sd or {}, {n_layers = opts.n_layers, skip_layers = opts.skip_layers})
+  local report
+  core.no_grad(function()
+    local dense = f.lm_head.dense
+    local bound = 1 / math.sqrt(dense.in_features)
+    local g = opts.generator and {generator = opts.generator} or nil
+    dense.weight:uniform_(-bound, bound, g)
+    if dense.bias then dense.bias:uniform_(-bound, bound, g) end
+    local word = f.embeddings.word_embeddings.weight
+    local pad = model.opts and model.opts.vocab_pad or 0
+    if pad > 0 then
+      word:narrow(1, word:size(1) - pad + 1, pad):zero_()
+      f.lm_head.bias:narrow(1, word:size(1) - pad + 1, pad):zero_()
+    end
+    report = M.load_into(model, mapped)
+    local ttype = f.embeddings.token_type_embeddings.weight
+    for row = 2, ttype:size(1) do ttype:narrow(1, row, 1):copy_(ttype:narrow(1, 1, 1)) end
+    model.v_encoder.mask_embedding.weight:narrow(1, 1, 1):zero_()
+  end)
+  return report
+end
+
 --- Loads a checkpoint into a model with the reference's non-strict rules. Returns the report
 -- {missing, unexpected} and the non-tensor entries of the file.
 function M.load_into(model, path_or_sd, opts)

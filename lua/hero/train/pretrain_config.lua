@@ -222,18 +222,16 @@ function PC.max_frm_seq_len(sd)
   return checkpoint.max_frm_seq_len(sd or {}, 100)
 end
 
---- Loads the config's checkpoint (tensors `sd`, as hero.models.checkpoint.read gives them) into
--- the model: a RoBERTa state dict with load_partial_pretrained, else a HERO one. Returns the load
--- report {missing, unexpected}.
+--- Loads the config's checkpoint (tensors `sd`, as hero.models.checkpoint.read gives them, or nil
+-- for none) into the model: with load_partial_pretrained the reference's RoBERTa initialisation
+-- (checkpoint.load_partial_pretrained; it runs without a checkpoint too, as pretrain.py's does with
+-- an empty one), else a HERO state dict. Returns the load report {missing, unexpected}.
 function PC.load_checkpoint(model, sd, hps, n_layers)
   if hps.load_partial_pretrained then
-    local mapped = checkpoint.from_roberta(sd, {n_layers = n_layers, skip_layers = hps.skip_layer_loading == true})
-    local report = checkpoint.load_into(model, mapped)
-    local mask = model.v_encoder.mask_embedding.weight
-    require("hero.core").no_grad(function() mask:narrow(1, 1, 1):fill_(0) end)
-    return report
+    return checkpoint.load_partial_pretrained(model, sd, {n_layers = n_layers,
+      skip_layers = hps.skip_layer_loading == true, generator = model.generator})
   end
-  return checkpoint.load_into(model, sd)
+  return checkpoint.load_into(model, sd or {})
 end
 
 return PC
