@@ -342,7 +342,8 @@ describe("HERO checkpoints and configs", function()
     local w2 = m2.v_encoder.f_encoder.embeddings.word_embeddings.weight
     assert.same(rw:totable(), w2:narrow(1, 1, V - pad):totable())
     assert.equal(0, w2:narrow(1, V - pad + 1, pad):abs():max():item())
-    assert.same(hero.full({2, H}, 0.5):totable(), m2.v_encoder.f_encoder.embeddings.token_type_embeddings.weight:totable())
+    local types = m2.v_encoder.f_encoder.embeddings.token_type_embeddings.weight
+    assert.same(hero.full({2, H}, 0.5):totable(), types:totable())
   end)
 
   it("saves and reloads the model with the same key names, and reports foreign keys", function()
