@@ -121,7 +121,7 @@ describe("HeroForTvc label-smoothed loss", function()
     assert.tensor_near(g:forward(logits, target), ls.lsr_1)
   end)
 
-  it("is differentiable, and lsr 0 falls back to plain cross entropy over the kept tokens", function()
+  it("is differentiable, and lsr 0 falls back to plain cross entropy, 0 at the dropped positions", function()
     local x = logits:clone():requires_grad_()
     local f = L(0.1, 7, {ignore_index = -1, dtype = "f64"})
     f:forward(x, target):sum():backward()

@@ -178,18 +178,21 @@ function M:decode(enc_out, enc_mask, ids, pos_ids)
   return self.v_encoder.f_encoder.lm_head:forward(h), e, h
 end
 
---- Per target token loss over the padded vocabulary (targets -1 dropped), as the reference.
+--- The caption loss per position over the padded vocabulary, as the reference's two loss functions
+-- give it: label smoothing (lsr > 0) drops the positions whose target is -1 and returns one value per
+-- kept token; with lsr = 0, nn.CrossEntropyLoss(ignore_index=-1, reduction='none') returns one value
+-- per position, 0 where the target is -1, so the mean that train_tvc.py takes runs over every
+-- position of the padded captions.
 function M:caption_loss(logits, targets)
   local V = self.vocab_size
   local flat = logits:reshape(-1, V)
   local t = targets:reshape(-1)
   if self.loss_func then return self.loss_func:forward(flat, t) end
-  local idx = t:ne(-1):nonzero():squeeze(2)
-  return core.cross_entropy(flat:index_select(1, idx), t:index_select(1, idx), {reduction = "none"})
+  return core.cross_entropy(flat, t, {reduction = "none", ignore_index = -1})
 end
 
 --- batch: the reference's TVC collate (cap_input_ids, cap_pos_ids, cap_tgt_ids, cap_attn_mask,
--- clip_ranges and the representation fields). Returns {loss = mean over target tokens, ...}.
+-- clip_ranges and the representation fields). Returns {loss = the mean of caption_loss's values, ...}.
 function M:forward(batch)
   local enc_out, Y = self:encode(batch)
   local logits, e, h = self:decode(enc_out, batch.cap_attn_mask, batch.cap_input_ids, batch.cap_pos_ids)
