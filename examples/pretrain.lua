@@ -31,7 +31,8 @@
 --                        optim_batch_<task>_mb1.safetensors and their .json sides)
 --   --vfeat-db DIR       or train on HERO databases: the video feature LMDB (e.g. video_db/tv/resnet_slowfast_1.5)
 --   --sub-db DIR         ... and the subtitle text db (e.g. txt_db/tv_subtitles.db); both required together
---   --max-clip-len N     frames per video [100]      --max-txt-len N  tokens per subtitle (MLM, VSM) [60]
+--   --max-clip-len N     frames per video [100]      --max-txt-len N  tokens per subtitle (MLM, VSM) [60;
+--                        the config's max_txt_len is not read, as the reference does not]
 --   --sub-ctx-len N      preceding subtitles in each segment's text [0]
 --   --batch-size N       videos per micro-batch [32 with databases, 8 with a fixture]
 --   --bucket K           length buckets of K batches [0: none, random batches as the reference]
@@ -427,7 +428,10 @@ if source == sources.db then
   hps.vfeat_db, hps.sub_db, hps.train_ids, hps.valid_ids = opts["vfeat-db"], opts["sub-db"], opts["train-ids"],
     opts["valid-ids"]
   hps.max_clip_len = int_opt(opts, "max-clip-len", cfg("max_clip_len", 100))
-  hps.max_txt_len = int_opt(opts, "max-txt-len", cfg("max_txt_len", 60))
+  -- subtitles are cut at 60 tokens whatever the config's max_txt_len says: pretrain.py's
+  -- load_video_sub_dataset never passes it on (VideoFeatSubTokDataset's default); only
+  -- --max-txt-len changes the cut
+  hps.max_txt_len = int_opt(opts, "max-txt-len", 60)
   hps.sub_ctx_len = int_opt(opts, "sub-ctx-len", cfg("sub_ctx_len", 0))
   hps.batch_size = int_opt(opts, "batch-size", cfg("train_batch_size", recipe and recipe.train_batch_size or 8))
   hps.val_batch_size = tc and int_opt(opts, "batch-size", tc.val_batch_size) or nil

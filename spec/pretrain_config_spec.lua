@@ -217,6 +217,13 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     local first = json.decode(io.lines(dir .. "/run2/log.jsonl")())
     assert.equal(1, #first.micro_losses)
     assert.equal(5e-4, first.lr)
+    assert.equal(60, json.read_file(dir .. "/run2/hps.json").max_txt_len)
+    -- the config's max_txt_len does not cut the subtitles (pretrain.py never passes it on)
+    json.write_file(dir .. "/pretrain_txt7.json", released(dir, {max_txt_len = 7}))
+    rc, text = pretrain {"--train-config", dir .. "/pretrain_txt7.json", "--out", dir .. "/run3", "--quiet",
+      "--steps", "1", "--accum", "1"}
+    assert.equal(0, rc, text)
+    assert.equal(60, json.read_file(dir .. "/run3/hps.json").max_txt_len)
   end)
 
   it("is reachable as hero.train.pretrain_config, beside hero.train.pretrain_valid and .finetune", function()
