@@ -272,6 +272,7 @@ describe("Trainer", function()
     assert.is_nil(lines[1].valid)
     assert.equal("number", type(lines[2].valid.mlm))
     assert.equal("number", type(lines[2].valid.fom))
+    assert.is_nil(lines[3].valid) -- 3 is neither a multiple of 2 nor the schedule's end
     assert.is_true(m.training) -- back in training mode after validation
     -- checkpoints at 2 and at the end (3); latest names 3
     assert.equal("3\n", read(out .. "/ckpt/latest"))
@@ -285,6 +286,20 @@ describe("Trainer", function()
     local m2 = model(0)
     m2:load_state_dict(sd)
     assert_same_params(m, m2)
+  end)
+
+  it("validates once more at the schedule's last update when it is not a multiple of valid_every", function()
+    local m = model(0.1, hero.Generator(4))
+    local meta = train.MetaLoader{tasks = task_loaders {"mlm", "fom"}, accum = 1, seed = 8}
+    local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 5,
+      valid_every = 2, valid = {mlm = batches.mlm}, progress = false}
+    local recs = tr:train(5)
+    local validated = {}
+    for _, r in ipairs(recs) do
+      if r.valid then validated[#validated + 1] = r.step end
+    end
+    assert.same({2, 4, 5}, validated)
+    assert.equal("number", type(recs[5].valid.mlm))
   end)
 
   it("logs VSM's parts as pretrain.py does (each divided by its weight, averaged over micro-batches)", function()

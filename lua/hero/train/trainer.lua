@@ -785,8 +785,10 @@ function Trainer:train(num_updates)
       stats.updates = stats.updates + 1
       stats.seconds = stats.seconds + rec.seconds
       stats.tokens = stats.tokens + (rec.tokens or 0)
-      if self.valid_every > 0 and self.global_step % self.valid_every == 0 and (next(self.valid) or self.on_validate)
-      then
+      -- every valid_every updates, and once more at the schedule's last update when that is not a
+      -- multiple (the reference's scripts validate after their loop in that case)
+      local due = self.valid_every > 0 and (self.global_step % self.valid_every == 0 or self.global_step == self.total)
+      if due and (next(self.valid) or self.on_validate) then
         rec.valid = next(self.valid) and self:validate() or {}
         if self.on_validate then
           -- a caller's own evaluation (e.g. the full retrieval evaluation of fine-tuning)
