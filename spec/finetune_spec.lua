@@ -612,6 +612,36 @@ describe("fine-tuning and evaluation", function()
     for l in io.lines(out .. "/log.jsonl") do line = l end
     assert.is_number(json.decode(line).valid.full_eval["valid_val_VR/VR_r1"])
     assert.is_true(run.model.training) -- back to training after the evaluation
+    -- validate_vcmr's losses: summed over the examples, each part divided by its weight
+    local v = recs[2].valid[hps.task]
+    for _, k in ipairs {"loss_overall", "loss_st_ed", "loss_neg_ctx", "loss_neg_q"} do assert.is_number(v[k], k) end
+    assert.near(hps.lw_st_ed * v.loss_st_ed + hps.lw_neg_ctx * v.loss_neg_ctx + hps.lw_neg_q * v.loss_neg_q,
+      v.loss_overall, 1e-9 * math.abs(v.loss_overall))
+    -- the same sums by hand, with the local loss on (train_span_start_step 0): the evaluation-mode
+    -- losses of every batch, over the examples (not a mean over batches), divided by the weights
+    local h = {}
+    for k, x in pairs(hps) do h[k] = x end
+    h.train_span_start_step = 0
+    local r = FT.setup{task = "vcmr", hps = h, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
+      checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+      txt_db = txt_dir .. "/tvr_val.db", valid_txt_db = txt_dir .. "/tvr_val.db", valid_every = 2,
+      full_eval = false, progress = false}
+    r.model:load_state_dict(run.model:state_dict())
+    r.trainer.global_step = 2 -- the schedules of the updates done
+    local got = r.trainer:validate()[hps.task]
+    local st_ed, ctx, q, n, n_pos, batches = 0, 0, 0, 0, 0, 0
+    r.model:evaluate()
+    for batch in r.trainer.valid[hps.task]:iter() do
+      local o = hero.no_grad(function() return r.model:forward(batch, hps.task) end)
+      st_ed = st_ed + o.loss_st_ed:double():sum():item()
+      ctx, q = ctx + o.loss_neg_ctx:double():sum():item(), q + o.loss_neg_q:double():sum():item()
+      n, n_pos, batches = n + batch.q_vidx:numel(), n_pos + o.loss_neg_ctx:numel(), batches + 1
+    end
+    r.model:train()
+    assert.is_true(batches > 1 and st_ed > 0)
+    assert.near(st_ed / n / hps.lw_st_ed, got.loss_st_ed, 1e-9 * got.loss_st_ed)
+    assert.near(ctx / n_pos / hps.lw_neg_ctx, got.loss_neg_ctx, 1e-9 * got.loss_neg_ctx)
+    assert.near(q / n_pos / hps.lw_neg_q, got.loss_neg_q, 1e-9 * got.loss_neg_q)
   end)
 
   it("the reference's .pt checkpoints load (fp16 weights into an f32 model, frame sizes from the file)", function()

@@ -378,6 +378,15 @@ function FT.setup(spec)
     local vds = FT.dataset(task, hps, video, spec.valid_txt_db, false)
     valid[hps.task] = D.Loader{dataset = vds, batch_size = hps.val_batch_size, seed = hps.seed, shuffle = false}
   end
+  -- VCMR/VR: train_vcmr.py's validate_vcmr / train_vr.py's validate_vr (the evaluation-mode losses
+  -- over the examples, each part divided by its weight); the other tasks log their mean loss per batch
+  local validators
+  if spec.valid_txt_db and (task == "vcmr" or task == "vr") then
+    local PV = require "hero.train.pretrain_valid"
+    validators = {[hps.task] = PV.ranking_validator({lw_st_ed = hps.lw_st_ed, lw_neg_ctx = hps.lw_neg_ctx,
+      lw_neg_q = hps.lw_neg_q, st_ed = task == "vcmr"},
+      function(m, batch, fopts) return m:forward(batch, hps.task, fopts) end)}
+  end
   local trainer
   local on_validate
   if spec.valid_txt_db and spec.full_eval ~= false then
@@ -409,6 +418,7 @@ function FT.setup(spec)
     save_every = spec.out_dir and (spec.save_every or hps.save_steps) or 0,
     valid_every = spec.valid_txt_db and (spec.valid_every or hps.valid_steps) or 0, valid = valid,
     forward_opts = FT.forward_opts(task, model, hps), generator = gen, on_validate = on_validate,
+    validators = validators,
     dist = dist ~= nil or nil, seed = dist and hps.seed or nil}
   return {model = model, optimizer = opt, loader = loader, meta = meta, trainer = trainer, dataset = ds,
           video = video, report = report}

@@ -14,6 +14,7 @@
 --   fom      loss, acc (over the frames with a target)
 --   vsm      loss_overall, loss_st_ed, loss_neg_ctx, loss_neg_q (evaluation-mode values: the local
 --            loss summed per query, the ranking losses per row, each divided by its weight)
+-- ranking_validator gives the same four for VCMR/VR fine-tuning (train_vcmr.py's validate_vcmr).
 -- (The Trainer gives a loader named "<task>_<target>_<split>" the validator of <task>.)
 local core = require "hero.core"
 
@@ -38,11 +39,43 @@ local function ratio(a, b)
   return b > 0 and a / b or 0 / 0
 end
 
+--- The validator of the reference's validate_vsm (pretrain.py) and validate_vcmr (train_vcmr.py),
+-- the same sums: `forward(model, batch, fopts)` runs the model in evaluation mode and returns its
+-- loss_st_ed (the summed local loss times its weight, or nil), loss_neg_ctx and loss_neg_q (per
+-- row, times their weights); the local loss is averaged over the queries, the ranking losses over
+-- the rows, and each is divided by its weight from `w` (the config's lw_st_ed, lw_neg_ctx,
+-- lw_neg_q: the model's own lw_st_ed may be 0 before train_span_start_step). w.st_ed = false
+-- (validate_vr, train_vr.py): no local loss, and no loss_st_ed among the metrics.
+function M.ranking_validator(w, forward)
+  w = w or {}
+  local has_st_ed = w.st_ed ~= false
+  local lw_st_ed, lw_ctx, lw_q = has_st_ed and (w.lw_st_ed or 0.01) or 0, w.lw_neg_ctx or 8, w.lw_neg_q or 8
+  return {
+    batch = function(model, batch, fopts)
+      local out = forward(model, batch, fopts)
+      local s = {st_ed = out.loss_st_ed and item(out.loss_st_ed) or 0, n = batch.q_vidx:numel(), ctx = 0, q = 0,
+                 n_pos = 0}
+      if model.opts.lw_neg_ctx ~= 0 or model.opts.lw_neg_q ~= 0 then
+        s.ctx, s.q = item(out.loss_neg_ctx), item(out.loss_neg_q)
+        s.n_pos = out.loss_neg_ctx:numel()
+      end
+      return s
+    end,
+    finish = function(s)
+      local st_ed, ctx, q, n_pos = s.st_ed or 0, s.ctx or 0, s.q or 0, s.n_pos or 0
+      if lw_st_ed ~= 0 then st_ed = ratio(st_ed, s.n) / lw_st_ed end
+      if n_pos > 0 and lw_q > 0 and lw_ctx > 0 then
+        ctx, q = ctx / n_pos / lw_ctx, q / n_pos / lw_q
+      end
+      return {loss_overall = lw_st_ed * st_ed + lw_ctx * ctx + lw_q * q, loss_st_ed = has_st_ed and st_ed or nil,
+              loss_neg_ctx = ctx, loss_neg_q = q}
+    end,
+  }
+end
+
 --- The validators of the five pre-training tasks. w: the config's loss weights (lw_st_ed,
 -- lw_neg_ctx, lw_neg_q), by which validate_vsm divides.
 function M.validators(w)
-  w = w or {}
-  local lw_st_ed, lw_ctx, lw_q = w.lw_st_ed or 0.01, w.lw_neg_ctx or 8, w.lw_neg_q or 8
   local v = {}
 
   v.mlm = {
@@ -94,29 +127,11 @@ function M.validators(w)
     finish = function(s) return {loss = ratio(s.loss, s.n), acc = ratio(s.correct, s.n)} end,
   }
 
-  v.vsm = {
-    batch = function(model, batch, fopts)
-      local o = {evaluate = true}
-      for k, x in pairs(fopts or {}) do o[k] = x end
-      local out = model:forward_vsm(batch, o)
-      local s = {st_ed = out.loss_st_ed and item(out.loss_st_ed) or 0, n = batch.q_vidx:numel(), ctx = 0, q = 0,
-                 n_pos = 0}
-      if model.opts.lw_neg_ctx ~= 0 or model.opts.lw_neg_q ~= 0 then
-        s.ctx, s.q = item(out.loss_neg_ctx), item(out.loss_neg_q)
-        s.n_pos = out.loss_neg_ctx:numel()
-      end
-      return s
-    end,
-    finish = function(s)
-      local st_ed, ctx, q, n_pos = s.st_ed or 0, s.ctx or 0, s.q or 0, s.n_pos or 0
-      if lw_st_ed ~= 0 then st_ed = ratio(st_ed, s.n) / lw_st_ed end
-      if n_pos > 0 and lw_q > 0 and lw_ctx > 0 then
-        ctx, q = ctx / n_pos / lw_ctx, q / n_pos / lw_q
-      end
-      return {loss_overall = lw_st_ed * st_ed + lw_ctx * ctx + lw_q * q, loss_st_ed = st_ed, loss_neg_ctx = ctx,
-              loss_neg_q = q}
-    end,
-  }
+  v.vsm = M.ranking_validator(w, function(model, batch, fopts)
+    local o = {evaluate = true}
+    for k, x in pairs(fopts or {}) do o[k] = x end
+    return model:forward_vsm(batch, o)
+  end)
   return v
 end
 
