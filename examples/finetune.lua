@@ -19,6 +19,8 @@
 --   --steps N            train until update N [config's num_train_steps]
 --   --valid-txt-db DIR   every valid_steps: validation losses on this db and its full evaluation
 --                        (retrieval metrics, accuracy, captions) into OUT/results_val/step_N.json [none]
+--   --test-txt-db DIR    with --valid-txt-db: the full evaluation of this split too at every validation
+--                        (as test_query_txt_db), into OUT/results_test/step_N.json [none]
 --   --no-full-eval       with --valid-txt-db, the losses only
 --   --vocab FILE --merges FILE   (TVC) RoBERTa vocab.json / merges.txt: the validation captions as text,
 --                        with their BLEU, ROUGE-L and CIDEr
@@ -47,8 +49,8 @@ local function parse_args(argv)
   local flags = {resume = true, quiet = true, ["no-full-eval"] = true, dist = true}
   local known = {task = true, config = true, checkpoint = true, ["txt-db"] = true, ["vfeat-db"] = true,
                  ["sub-db"] = true, ["model-config"] = true, out = true, steps = true, ["valid-txt-db"] = true,
-                 ["no-full-eval"] = true, vocab = true, merges = true, ["save-every"] = true, resume = true,
-                 threads = true, ["on-error"] = true, quiet = true, dist = true, ["meteor-jar"] = true,
+                 ["test-txt-db"] = true, ["no-full-eval"] = true, vocab = true, merges = true, ["save-every"] = true,
+                 resume = true, threads = true, ["on-error"] = true, quiet = true, dist = true, ["meteor-jar"] = true,
                  ["ptb-jar"] = true}
   local opts, i = {}, 1
   while i <= #argv do
@@ -111,10 +113,14 @@ local function main()
   end
   local jars_ok, caption_eval = pcall(hero.eval.caption.java_options, opts["meteor-jar"], opts["ptb-jar"])
   if not jars_ok then die(caption_eval) end
+  if opts["test-txt-db"] and (not opts["valid-txt-db"] or opts["no-full-eval"]) then
+    die("--test-txt-db is evaluated at each validation: it needs --valid-txt-db (and not --no-full-eval)")
+  end
   local run = FT.setup{tokenizer = tok, caption_eval = caption_eval, task = task, hps = hps, model_config = cfg,
     checkpoint = opts.checkpoint,
     vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = hps.train_txt_db, out_dir = opts.out,
-    valid_txt_db = opts["valid-txt-db"], full_eval = not opts["no-full-eval"], save_every = int_arg(opts, "save-every"),
+    valid_txt_db = opts["valid-txt-db"], test_txt_db = opts["test-txt-db"], full_eval = not opts["no-full-eval"],
+    save_every = int_arg(opts, "save-every"),
     on_error = opts["on-error"], dist = opts.dist,
     progress = not opts.quiet}
   if #run.report.missing > 0 then

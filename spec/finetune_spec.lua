@@ -600,9 +600,19 @@ describe("fine-tuning and evaluation", function()
     local run = FT.setup{task = "vcmr", hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
       checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
       txt_db = txt_dir .. "/tvr_val.db", valid_txt_db = txt_dir .. "/tvr_val.db", valid_every = 2, out_dir = out,
-      save_every = 100, progress = false}
+      test_txt_db = txt_dir .. "/tvr_val.db", save_every = 100, progress = false}
     local recs = run.trainer:train(2)
     local full = recs[2].valid.full_eval
+    -- test_query_txt_db: its full evaluation beside the validation split's (the same db here)
+    local test = recs[2].valid.full_eval_test
+    assert.is_number(test["valid_test_VR/VR_r1"])
+    assert.equal(full["valid_val_VR/VR_r1"], test["valid_test_VR/VR_r1"])
+    assert.are.equal(9, #json.read_file(out .. "/results_test/step_2.json").submission.VCMR)
+    helper.assert_error_contains(function()
+      FT.setup{task = "vcmr", hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
+        checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+        txt_db = txt_dir .. "/tvr_val.db", test_txt_db = txt_dir .. "/tvr_val.db", progress = false}
+    end, "test_txt_db", "needs valid_txt_db")
     assert.is_number(full["valid_val_VR/VR_r1"])
     assert.is_number(full["valid_val_VCMR/VCMR_0.7-r1"])
     local res = json.read_file(out .. "/results_val/step_2.json")

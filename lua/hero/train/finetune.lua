@@ -331,7 +331,8 @@ end
 --- Everything a fine-tuning run needs. spec: task, hps, model_config (table), checkpoint (path),
 -- vfeat_db, sub_db, txt_db, out_dir, valid_txt_db (optional: validation losses every valid_steps,
 -- and unless full_eval = false the full evaluation of that split, as FT.evaluate; tokenizer and
--- caption_eval for TVC),
+-- caption_eval for TVC), test_txt_db (optional, with valid_txt_db and the full evaluation: the full
+-- evaluation of that split too at every validation, as train_*.py do with test_query_txt_db),
 -- on_error ("skip"), progress, save_every (default hps.save_steps), valid_every (default
 -- hps.valid_steps when valid_txt_db is given), dist (data-parallel over hero.dist: each rank
 -- trains on its share of the queries, gradients averaged, rank 0 logs and checkpoints).
@@ -387,20 +388,22 @@ function FT.setup(spec)
       lw_neg_q = hps.lw_neg_q, st_ed = task == "vcmr"},
       function(m, batch, fopts) return m:forward(batch, hps.task, fopts) end)}
   end
+  if spec.test_txt_db and not (spec.valid_txt_db and spec.full_eval ~= false) then
+    error("finetune.setup: test_txt_db is evaluated at validation time: it needs valid_txt_db and the full "
+      .. "evaluation (full_eval not false)", 2)
+  end
   local trainer
   local on_validate
   if spec.valid_txt_db and spec.full_eval ~= false then
     -- as train_*.py do at every valid_steps: the full evaluation of the validation split (VCMR/VR
     -- retrieval with its metrics, QA/VIOLIN accuracy, TVC captions), its results written to
     -- OUT/results_val/step_<N>.json and its numbers logged under "full_eval"
-    on_validate = function(step)
-      -- distributed: the ranks share the queries (videos for TVC) and every rank gets the joined
-      -- results
-      local res = FT.evaluate(task, model, hps, {video = video, txt_db = spec.valid_txt_db, split = "val",
+    local function full_eval(step, txt_db, split)
+      local res = FT.evaluate(task, model, hps, {video = video, txt_db = txt_db, split = split,
         tokenizer = spec.tokenizer, caption_eval = spec.caption_eval, distributed = dist ~= nil and world > 1})
       if rank ~= 0 then return nil end
       if spec.out_dir then
-        local d = spec.out_dir .. "/results_val"
+        local d = spec.out_dir .. "/results_" .. split
         os.execute("mkdir -p '" .. d:gsub("'", "'\\''") .. "'")
         json.write_file(string.format("%s/step_%d.json", d, step), res)
       end
@@ -409,7 +412,15 @@ function FT.setup(spec)
       if type(source) == "table" and source ~= json.null then
         for k, v in pairs(source) do if type(v) == "number" then flat[k] = v end end
       end
-      return {full_eval = flat}
+      return flat
+    end
+    on_validate = function(step)
+      -- distributed: the ranks share the queries (videos for TVC) and every rank gets the joined
+      -- results
+      local val = full_eval(step, spec.valid_txt_db, "val")
+      local test = spec.test_txt_db and full_eval(step, spec.test_txt_db, "test")
+      if rank ~= 0 then return nil end
+      return {full_eval = val, full_eval_test = test or nil}
     end
   end
   trainer = train.Trainer{model = model, optimizer = opt, loader = meta, lr = hps.learning_rate,
