@@ -129,6 +129,12 @@ local function main()
   end
   local start = 0
   if opts.resume then
+    if hero.train.Trainer.latest_step(opts.out) then
+      -- as the reference's TrainingRestorer: the same settings as the run was started with
+      local ok, err = pcall(hero.train.check_resumed_settings, opts.out .. "/log/hps.json", hps,
+        {"save_steps", "valid_steps", "n_workers", "pin_mem"})
+      if not ok then die(err) end
+    end
     start = run.trainer:resume(opts.out) or 0
     if start > 0 then io.stderr:write(string.format("resumed from %s/ckpt/step_%d\n", opts.out, start)) end
   end

@@ -539,6 +539,12 @@ local trainer = train.Trainer{
 
 local start = 0
 if opts.resume then
+  if train.Trainer.latest_step(opts.out) then
+    -- as the reference's TrainingRestorer: the same settings as the run was started with
+    local ok, err = pcall(train.check_resumed_settings, opts.out .. "/hps.json", hps,
+      {"workers", "prefetch", "on_error", "save_every", "valid_every"})
+    if not ok then usage(err) end
+  end
   start = trainer:resume(opts.out) or 0
   if start > 0 then io.stderr:write(string.format("resumed from %s/ckpt/step_%d\n", opts.out, start)) end
 end

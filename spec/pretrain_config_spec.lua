@@ -242,7 +242,7 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     local out = dir .. "/recipe"
     local rc, text = pretrain {"--config", dir .. "/hero_pretrain.json", "--vfeat-db",
       fx .. "/video_db/tv/resnet_slowfast_1.5", "--sub-db", fx .. "/txt_db/tv_subtitles.db", "--max-clip-len", "12",
-      "--batch-size", "3", "--accum", "1", "--steps", "2", "--out", out, "--quiet"}
+      "--batch-size", "3", "--accum", "1", "--steps", "2", "--total", "4", "--out", out, "--quiet"}
     assert.equal(0, rc, text)
     local hps = json.read_file(out .. "/hps.json")
     assert.same({2, 2, 1, 2}, {hps.ratios.mlm, hps.ratios["mfm-nce"], hps.ratios.fom, hps.ratios.vsm})
@@ -267,6 +267,24 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     n = 0
     for _ in io.lines(out .. "/log.jsonl") do n = n + 1 end
     assert.equal(2, n) -- the first run's log is as it was
+    -- resumed with other settings: refused, naming them (the reference's TrainingRestorer asserts)
+    local first = {"--config", dir .. "/hero_pretrain.json", "--vfeat-db", fx .. "/video_db/tv/resnet_slowfast_1.5",
+      "--sub-db", fx .. "/txt_db/tv_subtitles.db", "--max-clip-len", "12", "--batch-size", "3", "--accum", "1",
+      "--total", "4", "--out", out, "--quiet", "--resume", "--steps", "3"}
+    local other = {table.unpack(first)}
+    for _, x in ipairs {"--lr", "9e-4", "--accum", "2"} do other[#other + 1] = x end
+    rc, text = pretrain(other)
+    assert.equal(2, rc)
+    assert.matches("started with other settings", text)
+    assert.matches("lr: [%d.e-]+ then, 0.0009 now", text)
+    assert.matches("accum: 1 then, 2 now", text)
+    assert.equal(2, hero.train.Trainer.latest_step(out)) -- nothing trained
+    -- the same settings (loader threads may differ) resume
+    local same = {table.unpack(first)}
+    for _, x in ipairs {"--workers", "1"} do same[#same + 1] = x end
+    rc, text = pretrain(same)
+    assert.equal(0, rc, text)
+    assert.equal(3, hero.train.Trainer.latest_step(out))
     rc, text = pretrain(with("--out", dir .. "/r2", "--tasks", "mlm,mlm"))
     assert.equal(2, rc)
     assert.matches("'mlm' is listed twice", text)

@@ -82,6 +82,57 @@ function train.check_run_dir(out_dir, resume)
   end
 end
 
+local function same_value(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+  for k, v in pairs(a) do
+    if not same_value(v, b[k]) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+
+--- Refuses to resume a run with other settings than it was started with, as the reference's
+-- TrainingRestorer asserts that its options equal the saved hps.json: a resumed run with another
+-- learning rate, schedule, task mix or data would go on as a different experiment under the same
+-- name. `path`: the run's saved settings (nothing to check when absent); `hps`: this run's, as it
+-- would save them; `may_differ`: keys that do not change the numbers (loader threads, how often to
+-- save). Raises an error naming each differing key with both values.
+function train.check_resumed_settings(path, hps, may_differ)
+  if not exists(path) then return end
+  local json = require "hero.json"
+  local saved = read_json(path)
+  local now = json.decode(json.encode(hps))
+  local skip = {}
+  for _, k in ipairs(may_differ or {}) do skip[k] = true end
+  local keys, seen = {}, {}
+  for _, t in ipairs {saved, now} do
+    for k in pairs(t) do
+      if not seen[k] and not skip[k] then
+        seen[k] = true
+        keys[#keys + 1] = k
+      end
+    end
+  end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  local function show(v)
+    if v == nil then return "(absent)" end
+    local text = json.encode(v)
+    return #text > 60 and text:sub(1, 57) .. "..." or text
+  end
+  local diffs = {}
+  for _, k in ipairs(keys) do
+    if not same_value(saved[k], now[k]) then
+      diffs[#diffs + 1] = string.format("%s: %s then, %s now", tostring(k), show(saved[k]), show(now[k]))
+    end
+  end
+  if #diffs > 0 then
+    error(string.format("the run was started with other settings (%s): %s; resume it with the same ones, or give "
+      .. "another --out", path, table.concat(diffs, "; ")), 2)
+  end
+end
+
 -- The task-level modules, loaded on first use (hero.train.finetune, .pretrain_config,
 -- .pretrain_valid): requiring hero.train does not load the model code they pull in.
 local SUBMODULES = {finetune = "hero.train.finetune", pretrain_config = "hero.train.pretrain_config",
