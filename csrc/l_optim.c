@@ -15,7 +15,8 @@ static hr_tensor *field_tensor(lua_State *L, int tbl, const char *name, int inde
 }
 
 /* core.adamw_step(items, beta1, beta2, eps): items = array of
- * {param=, grad=, exp_avg=, exp_avg_sq=, step_size=, decay=, grad_scale = 1}. */
+ * {param=, grad=, exp_avg=, exp_avg_sq=, step_size=, decay=, grad_scale = 1, rule = "adamw" | "adam" | "adamax",
+ *  bias2_sqrt = (Adam) sqrt(1 - beta2^t)} (hr_optim.h). */
 static int l_adamw_step(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -37,6 +38,11 @@ static int l_adamw_step(lua_State *L)
         it->decay = luaL_optnumber(L, -1, 0.0);
         lua_getfield(L, tbl, "grad_scale");
         it->grad_scale = luaL_optnumber(L, -1, 1.0);
+        static const char *const rules[] = {"adamw", "adam", "adamax", NULL};
+        lua_getfield(L, tbl, "rule");
+        it->rule = (hr_adam_rule)luaL_checkoption(L, -1, "adamw", rules);
+        lua_getfield(L, tbl, "bias2_sqrt");
+        it->bias2_sqrt = luaL_optnumber(L, -1, 1.0);
         lua_settop(L, tbl - 1);
     }
     if (hr_adamw_step(items, n, beta1, beta2, eps)) return hr_lua_error(L, "adamw_step");

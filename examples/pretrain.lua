@@ -420,6 +420,7 @@ local hps = {
   max_frm_seq_len = int_opt(opts, "max-frm-seq-len", init_sd and PC.max_frm_seq_len(init_sd)
     or constants.max_frm_seq_len or 100),
   train_config = opts["train-config"], reference_config = tc, vsm_recipe = recipe,
+  optim = cfg("optim", "adamw"),
 }
 if not (hps.lr > 0 and hps.lr < math.huge) then usage("--lr must be a positive number, got " .. tostring(hps.lr)) end
 if hps.max_frm_seq_len < 1 then usage("--max-frm-seq-len must be at least 1") end
@@ -521,9 +522,10 @@ if device ~= "cpu" then
   if not ok then usage((tostring(err):gsub("^[^\n]-:%d+: ", ""))) end
 end
 
-local optimizer = hero.optim.AdamW(model:named_parameters(), {lr = hps.lr, betas = {hps.betas[1], hps.betas[2]},
-  eps = 1e-6,
-  weight_decay = hps.weight_decay, no_decay = {"bias", "LayerNorm.bias", "LayerNorm.weight"}})
+-- the config's optim (build_optimizer: lr and betas passed, eps the class's default: AdamW's 1e-6)
+local optimizer = hero.optim.by_config_name(hps.optim)(model:named_parameters(), {lr = hps.lr,
+  betas = {hps.betas[1], hps.betas[2]}, weight_decay = hps.weight_decay,
+  no_decay = {"bias", "LayerNorm.bias", "LayerNorm.weight"}})
 
 local meta = train.MetaLoader{tasks = task_loaders, ratios = ratios, order = tasks, accum = hps.accum,
   generator = hero.Generator(hps.seed)}

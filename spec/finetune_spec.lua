@@ -540,7 +540,7 @@ describe("fine-tuning and evaluation", function()
     if tmpdir and tmpdir:match("^/tmp/") then os.execute('rm -rf "' .. tmpdir .. '"') end
   end)
 
-  it_db("AdamW groups: lr_mul on the heads for VideoQA / VIOLIN / TVC, never for VCMR", function()
+  it_db("optimizer groups: lr_mul on the heads for VideoQA / VIOLIN / TVC, never for VCMR", function()
     local function mul_of(opt, name)
       for _, e in ipairs(opt.entries) do
         if e.name == name then return opt.lr_mul[e.group] or 1, e.decay end
@@ -554,6 +554,11 @@ describe("fine-tuning and evaluation", function()
     assert.are.same({1, false}, {mul_of(qa.optimizer, "v_encoder.c_encoder.embeddings.LayerNorm.weight")})
     local vc = setup_run("vcmr", {lr_mul = 5.0})
     assert.are.same({1, true}, {mul_of(vc.optimizer, "video_query_linear.weight")})
+    assert.are.same({"AdamW", 1e-6}, {vc.optimizer.kind, vc.optimizer.eps})
+    -- the config's optim picks the class; eps stays the class's default (build_optimizer passes none)
+    local ax = setup_run("videoqa", {optim = "adamax"})
+    assert.are.same({"Adamax", 1e-8}, {ax.optimizer.kind, ax.optimizer.eps})
+    assert.are.same({10.0, true}, {mul_of(ax.optimizer, "qa_pool.weight")})
   end)
 
   it_db("VCMR schedules: the local loss from train_span_start_step, hard negatives from their start", function()
@@ -1171,8 +1176,11 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     helper.assert_error_contains(function() FT.hparams("vcmr", train_config("videoqa"), "cfg") end,
       "cfg is for task 'tvqa', which --task vcmr does not run")
     c = train_config("vcmr")
-    c.optim = "adam"
-    helper.assert_error_contains(function() FT.hparams("vcmr", c, "cfg") end, "optim 'adam' is not supported")
+    c.optim = "sgd"
+    helper.assert_error_contains(function() FT.hparams("vcmr", c, "cfg") end,
+      "optim 'sgd' is not one of the reference's adamw, adam, adamax")
+    c.optim = "adamax"
+    assert.equal("adamax", FT.hparams("vcmr", c, "cfg").optim)
     c = train_config("vcmr")
     c.hard_neg_weights = {1, 2}
     helper.assert_error_contains(function() FT.hparams("vcmr", c, "cfg") end, "lists of matching length")

@@ -37,6 +37,49 @@ describe("optim", function()
     assert.equal(3, opt.state["layer.weight"].step)
   end)
 
+  it("Adam and Adamax (the reference's optim = adam / adamax) give torch.optim's parameters", function()
+    local fx = helper.load_fixture("optim.lua")
+    assert.equal(8, #fx.cases)
+    for _, c in ipairs(fx.cases) do
+      local p = hero.tensor(fx.p0, {dtype = c.dtype}):requires_grad_()
+      local cls = optim.by_config_name(c.optim)
+      local opt = cls({{"layer.weight", p}}, {lr = fx.lr, betas = fx.betas, weight_decay = c.weight_decay})
+      assert.equal(1e-8, opt.eps) -- torch's default: the reference passes only lr and betas
+      for _, g in ipairs(fx.grads) do
+        p.grad = hero.tensor(g, {dtype = c.dtype})
+        opt:step()
+      end
+      local ok, why = helper.compare(p, c.params)
+      assert(ok, string.format("%s %s weight_decay %g: %s", c.optim, c.dtype, c.weight_decay, tostring(why)))
+    end
+  end)
+
+  it("Adamax keeps torch's name for its second moment, and each optimizer refuses another's state", function()
+    local w = hero.tensor({1, -2, 3}):requires_grad_()
+    local opt = optim.Adamax({{"w", w}}, {lr = 0.1})
+    w.grad = hero.tensor({0.5, 0, -4})
+    opt:step()
+    local sd = opt:state_dict()
+    assert.is_nil(sd.state.w.exp_avg_sq)
+    -- exp_inf = max(beta2 * 0, |g| + eps)
+    assert.tensor_near(sd.state.w.exp_inf, hero.tensor({0.5 + 1e-8, 1e-8, 4 + 1e-8}))
+    local w2 = hero.tensor({1, -2, 3}):requires_grad_()
+    local adamw = optim.AdamW({{"w", w2}}, {lr = 0.1})
+    helper.assert_error_contains(function() adamw:load_state_dict(sd) end, "AdamW:load_state_dict",
+      "exp_avg_sq of 'w' is missing")
+    -- a restored Adamax goes on as the original does
+    local w3 = w:detach():clone():requires_grad_()
+    local again = optim.Adamax({{"w", w3}}, {lr = 0.1})
+    again:load_state_dict(sd)
+    w.grad, w3.grad = hero.tensor({1, -7, 1}), hero.tensor({1, -7, 1})
+    opt:step()
+    again:step()
+    assert.same(w:totable(), w3:totable())
+    assert.equal(2, again.state.w.step)
+    helper.assert_error_contains(function() optim.Adam({}, {lr = -1}) end, "Adam: opts.lr must be a number >= 0")
+    assert.is_nil(optim.by_config_name("sgd"))
+  end)
+
   it("skips parameters without gradients and restores its state bit for bit", function()
     local w = hero.tensor({1, 2}):requires_grad_()
     local u = hero.tensor({3, 4}):requires_grad_()

@@ -86,7 +86,9 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
       c[k] = nil
       helper.assert_error_contains(function() PC.hparams(c, "cfg.json") end, "cfg.json lacks '" .. k .. "'")
     end
-    helper.assert_error_contains(function() PC.hparams(released(dir, {optim = "adam"}), "c") end, "optim 'adam'")
+    helper.assert_error_contains(function() PC.hparams(released(dir, {optim = "sgd"}), "c") end,
+      "optim 'sgd' is not one of the reference's adamw, adam, adamax")
+    assert.equal("adam", PC.hparams(released(dir, {optim = "adam"}), "c").optim)
     helper.assert_error_contains(function() PC.hparams(released(dir, {warmup_steps = 4}), "c") end,
       "warmup_steps (4) must be below num_train_steps (4)")
     helper.assert_error_contains(function() PC.hparams(released(dir, {targets_ratio = {1, 2}}), "c") end,

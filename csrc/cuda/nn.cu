@@ -790,8 +790,8 @@ struct AdamItem {
     void *p, *m, *v;
     const void *g;
     int64_t n;
-    int pdt, gdt;
-    double step, decay, gscale;
+    int pdt, gdt, rule;
+    double step, decay, gscale, bias2_sqrt;
 };
 
 __global__ void adamw_kernel(const AdamItem *items, double beta1, double beta2, double eps)
@@ -804,21 +804,47 @@ __global__ void adamw_kernel(const AdamItem *items, double beta1, double beta2, 
             const float e = (float)eps, step = (float)it.step, decay = (float)it.decay;
             float g = it.gdt == HR_F32 ? ((const float *)it.g)[i] : (float)load_f64((const char *)it.g + i * dtype_size(it.gdt), it.gdt);
             if (it.gscale != 1.0) g = __fmul_rn(g, (float)it.gscale); /* clipping folded in (f32 gradients) */
+            float pi = p[i];
+            if (it.rule != HR_ADAM_DECOUPLED && decay != 0.0f) g = __fadd_rn(g, __fmul_rn(decay, pi)); /* L2 */
             float mi = __fadd_rn(__fmul_rn(m[i], b1), __fmul_rn(c1, g));
-            float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(__fmul_rn(c2, g), g));
             m[i] = mi;
+            if (it.rule == HR_ADAMAX) {
+                float a = __fmul_rn(v[i], b2), b = __fadd_rn(fabsf(g), e);
+                float vi = (a != a || a > b) ? a : b; /* amax: NaN wins */
+                v[i] = vi;
+                p[i] = __fsub_rn(pi, __fmul_rn(step, mi / vi));
+                continue;
+            }
+            float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(__fmul_rn(c2, g), g));
             v[i] = vi;
-            float pi = __fsub_rn(p[i], __fmul_rn(step, mi / __fadd_rn(sqrtf(vi), e)));
+            if (it.rule == HR_ADAM_L2) {
+                p[i] = __fsub_rn(pi, __fmul_rn(step, mi / __fadd_rn(sqrtf(vi) / (float)it.bias2_sqrt, e)));
+                continue;
+            }
+            pi = __fsub_rn(pi, __fmul_rn(step, mi / __fadd_rn(sqrtf(vi), e)));
             if (decay != 0.0f) pi = __fsub_rn(pi, __fmul_rn(decay, pi));
             p[i] = pi;
         } else {
             double *p = (double *)it.p, *m = (double *)it.m, *v = (double *)it.v;
             double g = __dmul_rn(load_f64((const char *)it.g + i * dtype_size(it.gdt), it.gdt), it.gscale);
+            double pi = p[i];
+            if (it.rule != HR_ADAM_DECOUPLED && it.decay != 0.0) g = __dadd_rn(g, __dmul_rn(it.decay, pi));
             double mi = __dadd_rn(__dmul_rn(m[i], beta1), __dmul_rn(1.0 - beta1, g));
-            double vi = __dadd_rn(__dmul_rn(v[i], beta2), __dmul_rn(__dmul_rn(1.0 - beta2, g), g));
             m[i] = mi;
+            if (it.rule == HR_ADAMAX) {
+                double a = __dmul_rn(v[i], beta2), b = __dadd_rn(fabs(g), eps);
+                double vi = (a != a || a > b) ? a : b;
+                v[i] = vi;
+                p[i] = __dsub_rn(pi, __dmul_rn(it.step, mi / vi));
+                continue;
+            }
+            double vi = __dadd_rn(__dmul_rn(v[i], beta2), __dmul_rn(__dmul_rn(1.0 - beta2, g), g));
             v[i] = vi;
-            double pi = __dsub_rn(p[i], __dmul_rn(it.step, mi / __dadd_rn(sqrt(vi), eps)));
+            if (it.rule == HR_ADAM_L2) {
+                p[i] = __dsub_rn(pi, __dmul_rn(it.step, mi / __dadd_rn(sqrt(vi) / it.bias2_sqrt, eps)));
+                continue;
+            }
+            pi = __dsub_rn(pi, __dmul_rn(it.step, mi / __dadd_rn(sqrt(vi), eps)));
             if (it.decay != 0.0) pi = __dsub_rn(pi, __dmul_rn(it.decay, pi));
             p[i] = pi;
         }
@@ -1208,6 +1234,8 @@ extern "C" int hr_cuda_adamw_step(hr_adamw_item *items, int n, double beta1, dou
             host[i].step = it->step_size;
             host[i].decay = it->decay;
             host[i].gscale = it->grad_scale;
+            host[i].rule = (int)it->rule;
+            host[i].bias2_sqrt = it->bias2_sqrt;
             if (host[i].n > maxn) maxn = host[i].n;
         }
         AdamItem *dev_items = (AdamItem *)hr_cuda_malloc(dev, sizeof(AdamItem) * (size_t)cnt);

@@ -1,5 +1,6 @@
---- hero.optim: AdamW exactly as the HERO reference (HuggingFace AdamW with bias correction),
--- the warmup-linear schedule and global-norm gradient clipping. The arithmetic runs in C, over all
+--- hero.optim: AdamW exactly as the HERO reference (HuggingFace AdamW with bias correction), and
+-- torch's Adam and Adamax (the reference's other optim choices), the warmup-linear schedule and
+-- global-norm gradient clipping. The arithmetic runs in C, over all
 -- parameters in one fused pass.
 local core = require "hero.core"
 
@@ -8,20 +9,22 @@ local optim = {}
 --- Normalises parameters to an ordered array of {name = string, param = tensor}. Accepts the array
 -- of {name, tensor} pairs that Module:named_parameters() returns, or a table name -> tensor (then
 -- sorted by name so the order is reproducible).
-local function ordered_params(params)
+local function ordered_params(params, who)
   local list = {}
   if #params > 0 then
     for i, pair in ipairs(params) do
       local name, t = pair[1], pair[2]
       if type(name) ~= "string" or not core.is_tensor(t) then
-        error(string.format("AdamW: parameter entry %d must be {name, tensor}", i), 3)
+        error(string.format("%s: parameter entry %d must be {name, tensor}", who, i), 4)
       end
       list[#list + 1] = {name = name, param = t}
     end
   else
     local names = {}
     for name, t in pairs(params) do
-      if not core.is_tensor(t) then error(string.format("AdamW: parameter '%s' is not a tensor", tostring(name)), 3) end
+      if not core.is_tensor(t) then
+        error(string.format("%s: parameter '%s' is not a tensor", who, tostring(name)), 4)
+      end
       names[#names + 1] = name
     end
     table.sort(names)
@@ -37,52 +40,61 @@ local function contains_any(name, substrings)
   return false
 end
 
-local AdamW = {}
-AdamW.__index = AdamW
+-- The three optimizers of the reference's build_optimizer (optim/misc.py: optim = "adamw", "adam",
+-- "adamax") share everything but their update rule (hr_optim.h), their defaults and the name of
+-- their second moment in state_dict (torch's: exp_avg_sq, or exp_inf for Adamax).
+local KINDS = {
+  AdamW = {rule = "adamw", eps = 1e-6, second = "exp_avg_sq"}, -- the reference's own AdamW (optim/adamw.py)
+  Adam = {rule = "adam", eps = 1e-8, second = "exp_avg_sq"},   -- torch.optim.Adam
+  Adamax = {rule = "adamax", eps = 1e-8, second = "exp_inf"},  -- torch.optim.Adamax
+}
 
---- optim.AdamW(params, opts)
--- opts: lr (required), betas = {0.9, 0.999}, eps = 1e-6, weight_decay = 0, no_decay = list of name
--- substrings that get weight_decay 0, group = function(name) -> group key (parameters with the same
--- key share lr multipliers; default: one group per decay/no-decay), lr_mul = {[key] = multiplier}.
-function optim.AdamW(params, opts)
+local Adam = {}
+Adam.__index = Adam
+
+local function new_optimizer(kind, params, opts)
+  local name = kind
+  local spec = KINDS[kind]
   opts = opts or {}
   if type(params) ~= "table" then
-    error("AdamW: params must be named_parameters() or a name -> tensor table, got " .. type(params), 2)
+    error(name .. ": params must be named_parameters() or a name -> tensor table, got " .. type(params), 3)
   end
-  if type(opts.lr) ~= "number" then error("AdamW: opts.lr must be a number", 2) end
+  if type(opts.lr) ~= "number" then error(name .. ": opts.lr must be a number", 3) end
   local betas = opts.betas or {0.9, 0.999}
   if type(betas) ~= "table" or type(betas[1]) ~= "number" or type(betas[2]) ~= "number" then
-    error("AdamW: opts.betas must be a pair of numbers {beta1, beta2}", 2)
+    error(name .. ": opts.betas must be a pair of numbers {beta1, beta2}", 3)
   end
-  -- as torch.optim.AdamW: a negative (or NaN) rate, eps or decay is refused
+  -- as torch.optim: a negative (or NaN) rate, eps or decay is refused
   for _, key in ipairs {"lr", "eps", "weight_decay"} do
     local v = opts[key]
     if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0) then
-      error(string.format("AdamW: opts.%s must be a number >= 0, got %s", key, tostring(v)), 2)
+      error(string.format("%s: opts.%s must be a number >= 0, got %s", name, key, tostring(v)), 3)
     end
   end
+  local entries = ordered_params(params, name)
   local self = setmetatable({
+    kind = kind, rule = spec.rule, second = spec.second,
     lr = opts.lr,
     beta1 = betas[1], beta2 = betas[2],
-    eps = opts.eps or 1e-6,
+    eps = opts.eps or spec.eps,
     weight_decay = opts.weight_decay or 0,
     no_decay = opts.no_decay or {},
     lr_mul = opts.lr_mul or {},
-    entries = ordered_params(params),
+    entries = entries,
     state = {},
     fused_grad_scale = true, -- step{grad_scale =} (hero.train.Trainer folds clipping into the step)
-  }, AdamW)
+  }, Adam)
   if type(self.lr_mul) ~= "table" then
-    error(string.format("AdamW: opts.lr_mul must be a table {[group] = multiplier} (opts.group names the groups), "
-      .. "got %s", type(self.lr_mul)), 2)
+    error(string.format("%s: opts.lr_mul must be a table {[group] = multiplier} (opts.group names the groups), "
+      .. "got %s", name, type(self.lr_mul)), 3)
   end
   for k, v in pairs(self.lr_mul) do
     if type(v) ~= "number" then
-      error(string.format("AdamW: opts.lr_mul[%s] must be a number, got %s", tostring(k), type(v)), 2)
+      error(string.format("%s: opts.lr_mul[%s] must be a number, got %s", name, tostring(k), type(v)), 3)
     end
   end
   if self.beta1 < 0 or self.beta1 >= 1 or self.beta2 < 0 or self.beta2 >= 1 then
-    error(string.format("AdamW: betas must be in [0, 1), got {%g, %g}", self.beta1, self.beta2), 2)
+    error(string.format("%s: betas must be in [0, 1), got {%g, %g}", name, self.beta1, self.beta2), 3)
   end
   for _, e in ipairs(self.entries) do
     e.decay = not contains_any(e.name, self.no_decay)
@@ -91,19 +103,47 @@ function optim.AdamW(params, opts)
   return self
 end
 
---- Sets the base learning rate (before the per-group multipliers).
-function AdamW:set_lr(lr) self.lr = lr end
+--- optim.AdamW(params, opts): the reference's AdamW (HuggingFace's, bias-corrected step size,
+-- decoupled weight decay).
+-- opts: lr (required), betas = {0.9, 0.999}, eps = 1e-6, weight_decay = 0, no_decay = list of name
+-- substrings that get weight_decay 0, group = function(name) -> group key (parameters with the same
+-- key share lr multipliers; default: one group per decay/no-decay), lr_mul = {[key] = multiplier}.
+function optim.AdamW(params, opts)
+  local o = new_optimizer("AdamW", params, opts) -- not a tail call: errors name the caller
+  return o
+end
 
---- One update of every parameter that has a gradient (parameters whose .grad is nil are skipped,
--- as in the reference).
---- One update of every parameter with a gradient. opts.grad_scale (clip_grad_norm's factor with
--- {apply = false}) scales the gradients inside the same pass, exactly as scaling them in place
--- first would, without touching them (a gradient whose dtype differs from its parameter's is
--- scaled in place first).
-function AdamW:step(opts)
+--- optim.Adam(params, opts): torch.optim.Adam (weight decay added to the gradient, L2), the
+-- reference's optim = "adam". The same opts as AdamW; eps defaults to 1e-8.
+function optim.Adam(params, opts)
+  local o = new_optimizer("Adam", params, opts) -- not a tail call: errors name the caller
+  return o
+end
+
+--- optim.Adamax(params, opts): torch.optim.Adamax (the infinity norm of the gradients instead of
+-- the second moment; weight decay added to the gradient), the reference's optim = "adamax". The
+-- same opts as AdamW; eps defaults to 1e-8.
+function optim.Adamax(params, opts)
+  local o = new_optimizer("Adamax", params, opts) -- not a tail call: errors name the caller
+  return o
+end
+
+--- The optimizer class the reference's config key `optim` names ("adamw", "adam", "adamax"), or nil.
+function optim.by_config_name(name)
+  return ({adamw = optim.AdamW, adam = optim.Adam, adamax = optim.Adamax})[name]
+end
+
+--- Sets the base learning rate (before the per-group multipliers).
+function Adam:set_lr(lr) self.lr = lr end
+
+--- One update of every parameter with a gradient (parameters whose .grad is nil are skipped, as
+-- in the reference). opts.grad_scale (clip_grad_norm's factor with {apply = false}) scales the
+-- gradients inside the same pass, exactly as scaling them in place first would, without touching
+-- them (a gradient whose dtype differs from its parameter's is scaled in place first).
+function Adam:step(opts)
   local grad_scale = opts and opts.grad_scale or 1
   if type(grad_scale) ~= "number" or grad_scale ~= grad_scale then
-    error("AdamW:step: opts.grad_scale must be a number, got " .. tostring(grad_scale), 2)
+    error(self.kind .. ":step: opts.grad_scale must be a number, got " .. tostring(grad_scale), 2)
   end
   local items = {}
   for _, e in ipairs(self.entries) do
@@ -126,11 +166,16 @@ function AdamW:step(opts)
         core.scale_all_({g}, gs)
         gs = 1
       end
-      items[#items + 1] = {
-        param = p, grad = g:contiguous(), exp_avg = st.exp_avg, exp_avg_sq = st.exp_avg_sq,
-        step_size = lr * math.sqrt(bc2) / bc1,
-        decay = e.decay and lr * self.weight_decay or 0, grad_scale = gs,
-      }
+      local wd = e.decay and self.weight_decay or 0
+      local item = {param = p, grad = g:contiguous(), exp_avg = st.exp_avg, exp_avg_sq = st.exp_avg_sq,
+                    grad_scale = gs, rule = self.rule}
+      if self.rule == "adamw" then
+        item.step_size, item.decay = lr * math.sqrt(bc2) / bc1, lr * wd
+      else -- torch: step_size = lr / bias_correction1; the decay goes into the gradient
+        item.step_size, item.decay = lr / bc1, wd
+        item.bias2_sqrt = math.sqrt(bc2)
+      end
+      items[#items + 1] = item
     end
   end
   core.adamw_step(items, self.beta1, self.beta2, self.eps)
@@ -138,40 +183,46 @@ end
 
 --- Zeroes every gradient in place (they stay allocated, so parameters that had one keep being
 -- updated, as the reference's zero_grad does).
-function AdamW:zero_grad()
+function Adam:zero_grad()
   for _, e in ipairs(self.entries) do
     local g = e.param.grad
     if g then core.no_grad(function() g:zero_() end) end
   end
 end
 
---- Optimizer state as a nested table of tensors and numbers (for hero.save).
-function AdamW:state_dict()
+--- Optimizer state as a nested table of tensors and numbers (for hero.save); the second moment is
+-- named as torch names it (exp_avg_sq, or exp_inf for Adamax).
+function Adam:state_dict()
   local state = {}
   for name, st in pairs(self.state) do
-    state[name] = {step = st.step, exp_avg = st.exp_avg, exp_avg_sq = st.exp_avg_sq}
+    state[name] = {step = st.step, exp_avg = st.exp_avg, [self.second] = st.exp_avg_sq}
   end
   return {lr = self.lr, betas = {self.beta1, self.beta2}, eps = self.eps, weight_decay = self.weight_decay,
           state = state}
 end
 
 --- Restores what state_dict returned (copies, so the saved tensors can be freed afterwards).
-function AdamW:load_state_dict(sd)
+function Adam:load_state_dict(sd)
   local known = {}
   for _, e in ipairs(self.entries) do known[e.name] = e.param end
+  local kind = self.kind
   self.state = {}
   for name, st in pairs(sd.state or {}) do
     local p = known[name]
-    if not p then error(string.format("AdamW:load_state_dict: state for unknown parameter '%s'", name), 2) end
+    if not p then error(string.format("%s:load_state_dict: state for unknown parameter '%s'", kind, name), 2) end
     local function copy(t, what)
+      if not core.is_tensor(t) then
+        error(string.format("%s:load_state_dict: %s of '%s' is missing (is this another optimizer's state?)", kind,
+          what, name), 3)
+      end
       if table.concat(t:size(), "x") ~= table.concat(p:size(), "x") then
-        error(string.format("AdamW:load_state_dict: %s of '%s' has size %s, the parameter has %s", what, name,
+        error(string.format("%s:load_state_dict: %s of '%s' has size %s, the parameter has %s", kind, what, name,
           table.concat(t:size(), "x"), table.concat(p:size(), "x")), 3)
       end
       return t:to{dtype = p:dtype(), device = p:device()}:clone()
     end
     self.state[name] = {step = math.tointeger(st.step) or st.step, exp_avg = copy(st.exp_avg, "exp_avg"),
-                        exp_avg_sq = copy(st.exp_avg_sq, "exp_avg_sq")}
+                        exp_avg_sq = copy(st[self.second], self.second)}
   end
   if sd.lr then self.lr = sd.lr end
 end

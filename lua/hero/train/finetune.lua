@@ -126,8 +126,8 @@ function FT.hparams(task, raw, source)
   defaults(DEFAULTS.common)
   if task == "vcmr" or task == "vr" then defaults(DEFAULTS.vsm) end
   if DEFAULTS[task] then defaults(DEFAULTS[task]) end
-  if hps.optim ~= "adamw" then
-    fail("%s: optim '%s' is not supported (the released configs use adamw)", source, tostring(hps.optim))
+  if not optim.by_config_name(hps.optim) then
+    fail("%s: optim '%s' is not one of the reference's adamw, adam, adamax", source, tostring(hps.optim))
   end
   for _, k in ipairs {"num_train_steps", "warmup_steps", "train_batch_size", "gradient_accumulation_steps"} do
     if math.type(hps[k]) ~= "integer" or hps[k] < (k == "warmup_steps" and 0 or 1) then
@@ -284,8 +284,9 @@ function FT.optimizer(model, task, hps)
     return true
   end
   local mul = (task == "videoqa" or task == "violin" or task == "tvc") and hps.lr_mul or 1
-  return optim.AdamW(model:named_parameters(), {
-    lr = hps.learning_rate, betas = {hps.betas[1], hps.betas[2]}, eps = 1e-6, weight_decay = hps.weight_decay,
+  -- build_optimizer passes lr and betas only: eps is each class's default (AdamW's 1e-6, torch's 1e-8)
+  return optim.by_config_name(hps.optim or "adamw")(model:named_parameters(), {
+    lr = hps.learning_rate, betas = {hps.betas[1], hps.betas[2]}, weight_decay = hps.weight_decay,
     no_decay = no_decay,
     group = function(name)
       return (name:find("v_encoder", 1, true) and "v_encoder" or "top") .. (decays(name) and "" or "_no_decay")

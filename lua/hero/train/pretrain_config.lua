@@ -71,8 +71,8 @@ function PC.hparams(raw, source)
   for k, v in pairs(DEFAULTS) do
     if is_null(hps[k]) then hps[k] = copy(v) end
   end
-  if hps.optim ~= "adamw" then
-    fail("%s: optim '%s' is not supported (the released configs use adamw)", source, tostring(hps.optim))
+  if not require("hero.optim").by_config_name(hps.optim) then
+    fail("%s: optim '%s' is not one of the reference's adamw, adam, adamax", source, tostring(hps.optim))
   end
   for _, k in ipairs {"num_train_steps", "train_batch_size", "gradient_accumulation_steps", "val_batch_size"} do
     check_int(source, hps, k, 1)
