@@ -774,27 +774,32 @@ describe("CUDA backend #cuda", function()
       layer:to("cpu")
     end)
 
-    it("AdamW and gradient clipping match the CPU", function()
-      local function run(device)
-        hero.manual_seed(2)
-        local p1, p2 = randn {4, 3}, randn {5}
-        local params = {{"a", p1:to {device = device}:requires_grad_()},
-                        {"b", p2:to {device = device}:requires_grad_()}}
-        local opt = hero.optim.AdamW(params, {lr = 1e-2, weight_decay = 0.1, no_decay = {"b"}})
-        for step = 1, 3 do
-          hero.manual_seed(100 + step)
-          params[1][2].grad = randn({4, 3}):to {device = device}
-          params[2][2].grad = randn({5}):to {device = device}
-          local norm = hero.optim.clip_grad_norm({params[1][2], params[2][2]}, 1.0)
-          opt:step()
-          params.norm = norm
+    it("AdamW, Adam, Adamax and gradient clipping match the CPU", function()
+      for _, kind in ipairs {"AdamW", "Adam", "Adamax"} do
+        for _, dt in ipairs {"f32", "f64"} do
+          local function run(device)
+            hero.manual_seed(2)
+            local p1, p2 = randn({4, 3}, dt), randn({5}, dt)
+            local params = {{"a", p1:to {device = device}:requires_grad_()},
+                            {"b", p2:to {device = device}:requires_grad_()}}
+            local opt = hero.optim[kind](params, {lr = 1e-2, weight_decay = 0.1, no_decay = {"b"}})
+            for step = 1, 3 do
+              hero.manual_seed(100 + step)
+              params[1][2].grad = randn({4, 3}, dt):to {device = device}
+              params[2][2].grad = randn({5}, dt):to {device = device}
+              if step == 2 then params[1][2].grad:narrow(1, 1, 1):zero_() end -- Adamax: |g| + eps against the max
+              local norm = hero.optim.clip_grad_norm({params[1][2], params[2][2]}, 1.0)
+              opt:step()
+              params.norm = norm
+            end
+            return params
+          end
+          local c, g = run("cpu"), run(DEVICE)
+          assert.near(c.norm, g.norm, 1e-5 * c.norm)
+          same(g[1][2]:detach(), c[1][2]:detach())
+          same(g[2][2]:detach(), c[2][2]:detach())
         end
-        return params
       end
-      local c, g = run("cpu"), run(DEVICE)
-      assert.near(c.norm, g.norm, 1e-5 * c.norm)
-      same(g[1][2]:detach(), c[1][2]:detach())
-      same(g[2][2]:detach(), c[2][2]:detach())
     end)
 
     it("the global gradient norm over many tensors of every size, dtype and layout", function()
