@@ -715,6 +715,12 @@ describe("fine-tuning and evaluation", function()
         local keys = json.keys(res.submission)
         table.sort(keys)
         assert.are.same({"VR", "video2idx"}, keys)
+        -- VrFullEvalDataset's index: the position among id2nframe.json's sorted videos, whatever
+        -- vid2dur_idx.json the subtitle db holds (its VrSubTokLmdb never reads it)
+        local sorted = json.keys(json.read_file(helper.fixture("data/video_db/tv/id2nframe.json")))
+        table.sort(sorted)
+        for vid, idx in pairs(res.submission.video2idx) do assert.are.equal(sorted[idx + 1], vid) end
+        assert.are_not.equal(2, res.submission.video2idx["grey_s05e09_seg02_clip_17"])
         assert.are.equal(9, #res.submission.VR)
         assert.are.equal(7, #res.submission.VR[1].predictions) -- every corpus video, ranked
         assert.is_not_nil(res.metrics.VR.r1)
@@ -751,6 +757,23 @@ describe("fine-tuning and evaluation", function()
     end
     return out
   end
+
+  it_db("VCMR without vid2dur_idx.json indexes the corpus as VcmrFullEvalDataset (id2nframe.json's order)",
+    function()
+    local subs = tmpdir .. "/subs_without_vid2dur.db"
+    assert(os.execute(string.format('rm -rf "%s" && cp -r "%s" "%s" && rm "%s/vid2dur_idx.json"', subs,
+      txt_dir .. "/tv_subtitles.db", subs, subs)))
+    local run, hps = setup_run("vcmr", {sub_txt_db = subs})
+    -- a corpus of two of the video db's seven videos (get_video_ids' list): their global indices
+    -- are 4 and 6, not 0 and 1
+    local out = query_db_like_tvr("tvr_two_videos.db", function(e)
+      return {desc_id = e.desc_id, desc = e.desc, duration = e.duration, type = e.type}
+    end)
+    json.write_file(out .. "/video_ids.json", {"met_s02e03_seg01_clip_05", "grey_s05e09_seg02_clip_17"})
+    local res = FT.evaluate("vcmr", run.model, hps, {video = run.video, txt_db = out, split = "test"})
+    assert.are.same({grey_s05e09_seg02_clip_17 = 4, met_s02e03_seg01_clip_05 = 6}, res.submission.video2idx)
+    assert.are.equal(9, #res.submission.VCMR)
+  end)
 
   it_db("a test split's queries without videos or moments are ranked: VCMR and VR lists, no SVMR, no metrics",
     function()

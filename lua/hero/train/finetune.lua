@@ -438,10 +438,14 @@ end
 
 -- ------------------------------------------------------------------ evaluation
 
-local function vcmr_corpus(hps, video, qds, split, qids)
+-- The corpus of a retrieval evaluation and each video's index in the submission: with the
+-- subtitle db's vid2dur_idx.json (VCMR on TV), that file's split; otherwise, as the reference's
+-- VcmrFullEvalDataset and VrFullEvalDataset (whose subtitle db never reads that file) do, the
+-- video's position among the sorted keys of the video db's id2nframe.json (its global index).
+local function vcmr_corpus(task, hps, video, qds, split, qids)
   local vid2idx
   local sdb = video.sub_db
-  if sdb and sdb.has_file and sdb:has_file("vid2dur_idx") then
+  if task == "vcmr" and sdb and sdb.has_file and sdb:has_file("vid2dur_idx") then
     local all = sdb:json("vid2dur_idx")
     local part = all[split]
     if type(part) == "table" then
@@ -468,27 +472,27 @@ local function vcmr_corpus(hps, video, qds, split, qids)
       for _, q in ipairs(qids) do add(qds:video_of(q, qds:example(q))) end
     end
   end
-  if video.video_only then
-    -- VcmrVideoOnlyFullEvalDataset: those videos, indexed as VideoFeatDataset's sorted videos
-    add_listed_or_queried()
-    vid2idx = {}
-    for _, v in ipairs(ids) do
-      vid2idx[v] = video.vid2idx[v]
-      if vid2idx[v] == nil then fail("corpus video '%s' is not in the video db's id2nframe.json", v) end
-    end
-  elseif vid2idx then
+  if vid2idx then
     for v in pairs(vid2idx) do ids[#ids + 1] = v end
   else
     add_listed_or_queried()
+    local global = video.vid2idx -- VideoOnlyDataset keeps it
+    if not global then
+      local all = json.keys(video.video_db:id2nframe())
+      table.sort(all)
+      global = {}
+      for i, v in ipairs(all) do global[v] = i - 1 end
+    end
+    vid2idx = {}
+    for _, v in ipairs(ids) do
+      vid2idx[v] = global[v]
+      if vid2idx[v] == nil then fail("corpus video '%s' is not in the video db's id2nframe.json", v) end
+    end
   end
   if #ids == 0 then
     fail("the %s corpus has no video: the queries name none and the query db has no video_ids.json", split)
   end
   table.sort(ids)
-  if not vid2idx then
-    vid2idx = {}
-    for i, v in ipairs(ids) do vid2idx[v] = i - 1 end
-  end
   local bs = hps.vcmr_eval_video_batch_size or hps.vr_eval_video_batch_size or 40
   local batches = {}
   local sp = qds:special_ids()
@@ -545,7 +549,7 @@ end
 local function eval_vcmr(task, model, hps, qds, spec)
   local split = spec.split or "val"
   local all_qids = qds:ids()
-  local corpus = vcmr_corpus(hps, qds.video, qds, split, all_qids)
+  local corpus = vcmr_corpus(task, hps, qds.video, qds, split, all_qids)
   -- distributed: every rank encodes the whole corpus and ranks its share of the queries
   -- (queries[rank::world], as the reference's distributed_eval)
   local dist = spec.distributed and require("hero.dist") or nil
