@@ -133,6 +133,18 @@ bool hr_node_input_needs_grad(const hr_node *node, int i)
     return i >= 0 && i < node->ninputs && (node->next[i].node || node->next[i].leaf);
 }
 
+void hr_node_input_shape(const hr_node *node, int i, int *ndim, const int64_t **size)
+{
+    const hr_edge *e = &node->next[i];
+    if (e->leaf) {
+        *ndim = e->leaf->ndim;
+        *size = e->leaf->size;
+    } else {
+        *ndim = e->node->out_ndim;
+        *size = e->node->out_size;
+    }
+}
+
 int hr_node_save(hr_node *node, hr_tensor *t)
 {
     if (node->nsaved >= HR_NODE_MAX_SAVED) return hr_fail(HR_EINVAL, "%s: too many saved tensors", node->op);
@@ -449,6 +461,20 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
                 /* every input that needs a gradient must get one, or its producer would wait forever */
                 if (hr_node_input_needs_grad(n, i))
                     rc = hr_fail(HR_EINVAL, "backward of %s produced no gradient for input %d", n->op, i + 1);
+                continue;
+            }
+            /* a gradient of another shape than its input's would be adopted or added out of bounds
+             * (a bug in a backward function, or a Lua-defined one returning the wrong shape) */
+            const hr_tensor *into_leaf = n->next[i].leaf;
+            const hr_node *into_node = n->next[i].node;
+            int want_nd = into_leaf ? into_leaf->ndim : into_node ? into_node->out_ndim : gi->ndim;
+            const int64_t *want = into_leaf ? into_leaf->size : into_node ? into_node->out_size : gi->size;
+            if (!same_shape(gi->ndim, gi->size, want_nd, want)) {
+                char a[160], b[160];
+                rc = hr_fail(HR_EINVAL, "backward of %s produced a gradient of size %s for input %d, whose size is %s",
+                             n->op, hr_shape_str(gi->ndim, gi->size, a, sizeof a), i + 1,
+                             hr_shape_str(want_nd, want, b, sizeof b));
+                hr_tensor_release(gi);
                 continue;
             }
             if (n->next[i].leaf) {

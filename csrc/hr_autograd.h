@@ -72,6 +72,9 @@ bool hr_should_record(int n, hr_tensor *const *inputs);
  * ctx_size bytes of zeroed payload are allocated in node->ctx. */
 hr_node *hr_node_new(const char *op, hr_backward_fn backward, int n, hr_tensor *const *inputs, size_t ctx_size);
 bool hr_node_input_needs_grad(const hr_node *node, int i);
+/* The shape the gradient of input i must have (its leaf's, or its producer's output's); only for an
+ * input that needs a gradient. */
+void hr_node_input_shape(const hr_node *node, int i, int *ndim, const int64_t **size);
 /* Saves t for backward (returns its slot or -1). */
 int hr_node_save(hr_node *node, hr_tensor *t);
 /* Returns saved tensor i, or NULL with an error when it was freed by an earlier backward or modified

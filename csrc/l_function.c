@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "hr_autograd.h"
+#include "hr_autograd_ops.h"
 #include "l_common.h"
 
 typedef struct {
@@ -64,6 +65,31 @@ static int lua_fn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
             break;
         }
         if (!hr_node_input_needs_grad(node, i)) continue;
+        /* as torch: a gradient the input's shape broadcasts to is summed down to it; any other
+         * shape is an error naming the input (the engine would refuse it less clearly) */
+        int nd;
+        const int64_t *size;
+        hr_node_input_shape(node, i, &nd, &size);
+        if (t->ndim != nd || memcmp(t->size, size, sizeof(int64_t) * (size_t)nd) != 0) {
+            int out_nd;
+            int64_t out[HR_MAX_DIMS];
+            bool expands = hr_broadcast_shape("autograd function", nd, size, t->ndim, t->size, &out_nd, out) == 0 &&
+                           out_nd == t->ndim && memcmp(out, t->size, sizeof(int64_t) * (size_t)out_nd) == 0;
+            if (!expands) {
+                hr_clear_error();
+                char a[160], b[160];
+                rc = hr_fail(HR_EINVAL, "backward returned a gradient of size %s for input %d, whose size is %s",
+                             hr_shape_str(t->ndim, t->size, a, sizeof a), i + 1, hr_shape_str(nd, size, b, sizeof b));
+                break;
+            }
+            hr_tensor *summed = hr_sum_to_size(t, nd, size);
+            if (!summed) {
+                rc = -1;
+                break;
+            }
+            gi[i] = summed;
+            continue;
+        }
         hr_tensor_retain(t);
         gi[i] = t;
     }

@@ -51,6 +51,32 @@ describe("Lua-defined autograd functions", function()
     helper.assert_error_contains(function() Nil(x):backward(hero.ones(2)) end, "returned nil for input 1")
   end)
 
+  it("checks the shape of each returned gradient: summed down when the input broadcasts to it, else an error",
+    function()
+    local function returning(make)
+      return hero.autograd.Function {forward = function(_, a) return a * 1 end,
+                                     backward = function(_, g) return make(g) end}
+    end
+    -- a wrong shape never reaches the kernels (a 512x512 GELU backward fed 3 values read out of bounds)
+    local x = hero.randn(512, 512):requires_grad_()
+    local three = returning(function() return hero.ones(3) end)
+    helper.assert_error_contains(function() three(hero.gelu(x)):sum():backward() end, "lua function",
+      "gradient of size 3 for input 1, whose size is 512x512")
+    local ln = hero.randn(4, 8):requires_grad_()
+    helper.assert_error_contains(function()
+      three(hero.layer_norm(ln, hero.ones(8), hero.zeros(8), 1e-5)):sum():backward()
+    end, "gradient of size 3 for input 1, whose size is 4x8")
+    assert.is_nil(ln.grad)
+    local leaf = hero.ones(2):requires_grad_()
+    helper.assert_error_contains(function() returning(function() return hero.ones(5) end)(leaf):sum():backward() end,
+      "gradient of size 5 for input 1, whose size is 2")
+    assert.is_nil(leaf.grad)
+    -- as torch: an input shape that broadcasts to the gradient's gets the gradient summed to it
+    local row = hero.tensor({{1, 2, 3}}, {dtype = "f64"}):requires_grad_()
+    returning(function() return hero.tensor({{1, 2, 3}, {10, 20, 30}}, {dtype = "f64"}) end)(row):sum():backward()
+    assert.same({{11, 22, 33}}, row.grad:totable())
+  end)
+
   it("times the backward pass node by node between backward_profile_start and stop", function()
     local core = hero.core
     local x = hero.randn(4, 5):requires_grad_()
