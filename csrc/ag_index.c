@@ -112,7 +112,34 @@ static int scatter_add_backward(hr_node *node, const hr_tensor *g, hr_tensor **g
     if (hr_node_input_needs_grad(node, 0) && !(gi[0] = hr_cast(g, g->dtype))) return -1;
     if (hr_node_input_needs_grad(node, 1)) {
         hr_tensor *idx = hr_node_saved(node, 0);
-        if (!idx || !(gi[1] = hr_gather((hr_tensor *)g, c->dim, idx))) return -1;
+        hr_tensor *picked = idx ? hr_gather((hr_tensor *)g, c->dim, idx) : NULL;
+        if (!picked) return -1;
+        /* src may be bigger than the index (only its leading index.size(d) entries per dim are
+         * scattered): the others get a zero gradient */
+        int nd;
+        const int64_t *src_size;
+        hr_node_input_shape(node, 1, &nd, &src_size);
+        if (nd == picked->ndim && memcmp(src_size, picked->size, sizeof(int64_t) * (size_t)nd) == 0) {
+            gi[1] = picked;
+            return 0;
+        }
+        hr_tensor *full = hr_tensor_zeros(nd, src_size, picked->dtype, hr_tensor_device(picked));
+        hr_tensor *corner = full ? hr_view_alias(full) : NULL;
+        int rc = corner ? 0 : -1;
+        for (int d = 0; d < nd && rc == 0; d++) {
+            hr_tensor *narrowed = hr_view_narrow(corner, d, 0, picked->size[d]);
+            hr_tensor_release(corner);
+            corner = narrowed;
+            if (!corner) rc = -1;
+        }
+        if (rc == 0) rc = hr_copy_(corner, picked);
+        hr_tensor_release(corner);
+        hr_tensor_release(picked);
+        if (rc) {
+            hr_tensor_release(full);
+            return -1;
+        }
+        gi[1] = full;
     }
     return 0;
 }

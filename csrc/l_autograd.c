@@ -6,6 +6,12 @@
 #include "l_common.h"
 
 /* Fields read as t.grad, t.requires_grad, t.is_leaf, t.grad_fn. Returns 1 when key was one of them. */
+bool hr_lua_is_autograd_field(const char *key)
+{
+    return strcmp(key, "grad") == 0 || strcmp(key, "requires_grad") == 0 || strcmp(key, "is_leaf") == 0 ||
+           strcmp(key, "grad_fn") == 0;
+}
+
 int hr_lua_autograd_field(lua_State *L, hr_tensor *t, const char *key)
 {
     if (strcmp(key, "grad") == 0) {

@@ -158,7 +158,8 @@ int hr_lua_check_shape(lua_State *L, int idx, int64_t *size, const char *op)
         return n;
     }
     int top = lua_gettop(L);
-    for (int i = idx; i <= top; i++) {
+    int i = idx;
+    for (; i <= top; i++) {
         if (lua_type(L, i) != LUA_TNUMBER) break;
         if (n >= HR_MAX_DIMS) return luaL_error(L, "%s: at most %d dimensions", op, HR_MAX_DIMS);
         int isnum;
@@ -166,6 +167,11 @@ int hr_lua_check_shape(lua_State *L, int idx, int64_t *size, const char *op)
         if (!isnum) return luaL_error(L, "%s: size %d is not an integer", op, n + 1);
         size[n++] = v;
     }
+    /* the sizes end at an options table or at the end: anything else (ones(2, 3, "f64"), view(6, "x"))
+     * is a mistake that would otherwise be dropped silently */
+    if (i <= top && !lua_istable(L, i) && !lua_isnil(L, i))
+        return luaL_error(L, "%s: argument #%d: expected a size (integer) or an options table, got %s", op, i,
+                          luaL_typename(L, i));
     return n;
 }
 
@@ -193,6 +199,59 @@ void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev
         if (hr_device_parse(name, dev)) hr_lua_error(L, op);
     }
     lua_pop(L, 1);
+}
+
+lua_Integer hr_lua_opt_field_integer(lua_State *L, int idx, const char *name, lua_Integer def, const char *op)
+{
+    if (lua_getfield(L, idx, name) == LUA_TNIL) {
+        lua_pop(L, 1);
+        return def;
+    }
+    int ok;
+    lua_Integer v = lua_tointegerx(L, -1, &ok);
+    if (!ok || lua_type(L, -1) != LUA_TNUMBER)
+        luaL_error(L, "%s: option %s must be an integer, got %s", op, name,
+                   lua_type(L, -1) == LUA_TNUMBER ? "a non-integral number" : luaL_typename(L, -1));
+    lua_pop(L, 1);
+    return v;
+}
+
+double hr_lua_opt_field_number(lua_State *L, int idx, const char *name, double def, const char *op)
+{
+    if (lua_getfield(L, idx, name) == LUA_TNIL) {
+        lua_pop(L, 1);
+        return def;
+    }
+    if (lua_type(L, -1) != LUA_TNUMBER)
+        luaL_error(L, "%s: option %s must be a number, got %s", op, name, luaL_typename(L, -1));
+    double v = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+int hr_lua_opt_field_option(lua_State *L, int idx, const char *name, int def, const char *const names[],
+                            const char *op)
+{
+    if (lua_getfield(L, idx, name) == LUA_TNIL) {
+        lua_pop(L, 1);
+        return def;
+    }
+    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    for (int i = 0; v && names[i]; i++) {
+        if (strcmp(v, names[i]) == 0) {
+            lua_pop(L, 1);
+            return i;
+        }
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 0; names[i]; i++) {
+        if (i) luaL_addstring(&b, names[i + 1] ? ", " : " or ");
+        luaL_addstring(&b, names[i]);
+    }
+    luaL_pushresult(&b);
+    if (v) luaL_error(L, "%s: option %s must be %s, got '%s'", op, name, lua_tostring(L, -1), v);
+    return luaL_error(L, "%s: option %s must be %s, got a %s", op, name, lua_tostring(L, -1), luaL_typename(L, -2));
 }
 
 void hr_lua_check_inplace(lua_State *L, hr_tensor *t, const char *op)

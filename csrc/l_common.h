@@ -40,6 +40,13 @@ int hr_lua_check_shape(lua_State *L, int idx, int64_t *size, const char *op);
 hr_dtype hr_lua_opt_dtype(lua_State *L, int idx, hr_dtype def, const char *op);
 /* Reads the fields dtype= and device= of an options table at idx (absent idx/nil: defaults). */
 void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, const char *op);
+/* Field `name` of the options table at idx (absolute), or def when it is absent; a value of the wrong
+ * type is an error naming op and the option ("cross_entropy: option ignore_index must be an integer,
+ * got string"). _option: one of names (NULL-terminated), returned as its index. */
+lua_Integer hr_lua_opt_field_integer(lua_State *L, int idx, const char *name, lua_Integer def, const char *op);
+double hr_lua_opt_field_number(lua_State *L, int idx, const char *name, double def, const char *op);
+int hr_lua_opt_field_option(lua_State *L, int idx, const char *name, int def, const char *const names[],
+                            const char *op);
 
 /*
  * Out-of-memory policy: evaluate EXPR (which yields a pointer, NULL on failure); if it failed
@@ -109,6 +116,8 @@ void hr_lua_open_proc(lua_State *L, int module_idx, int methods_idx);       /* l
 
 /* Autograd fields of tensors (t.grad, t.requires_grad, t.is_leaf, t.grad_fn); return 1 when handled. */
 int hr_lua_autograd_field(lua_State *L, hr_tensor *t, const char *key);
+/* Whether key is one of the fields hr_lua_autograd_field answers (grad, requires_grad, is_leaf, grad_fn). */
+bool hr_lua_is_autograd_field(const char *key);
 int hr_lua_autograd_set_field(lua_State *L, hr_tensor *t, const char *key, int value_idx);
 /* Raises an error when t is a leaf that requires grad and is about to be written in place. */
 void hr_lua_check_inplace(lua_State *L, hr_tensor *t, const char *op);

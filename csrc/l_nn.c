@@ -28,12 +28,24 @@ static int l_layer_norm(lua_State *L)
     return 1;
 }
 
-/* embedding(weight, indices[, padding_idx]) — padding_idx is a 0-based row (its gradient stays 0) */
+/* embedding(weight, indices[, padding_idx]) — padding_idx is a 0-based row (its gradient stays 0),
+ * negative from the end */
 static int l_embedding(lua_State *L)
 {
     hr_tensor *w = hr_lua_check_tensor(L, 1, "embedding");
     hr_tensor *idx = hr_lua_check_tensor(L, 2, "embedding");
-    lua_Integer pad = luaL_optinteger(L, 3, -1);
+    /* as torch: a row of the table, negative counted from the end; nil (or none) for no padding row */
+    lua_Integer pad = -1;
+    if (!lua_isnoneornil(L, 3)) {
+        int ok;
+        pad = lua_tointegerx(L, 3, &ok);
+        int64_t rows = w->ndim > 0 ? w->size[0] : 0;
+        if (!ok || lua_type(L, 3) != LUA_TNUMBER || pad < -rows || pad >= rows)
+            return luaL_error(L, "embedding: padding_idx must be an integer row in [%I, %I) (0-based) or nil, got %s",
+                              (lua_Integer)-rows, (lua_Integer)rows,
+                              lua_type(L, 3) == LUA_TNUMBER ? lua_tostring(L, 3) : luaL_typename(L, 3));
+        if (pad < 0) pad += rows;
+    }
     hr_tensor *y;
     HR_LUA_RETRY(L, y, hr_embedding(w, idx, pad));
     if (!y) return hr_lua_error(L, "embedding");
@@ -55,13 +67,10 @@ static int l_cross_entropy(lua_State *L)
     double smoothing = 0;
     hr_reduction red = HR_REDUCE_MEAN;
     if (lua_istable(L, 3)) {
-        if (lua_getfield(L, 3, "ignore_index") != LUA_TNIL) ignore = luaL_checkinteger(L, -1);
-        if (lua_getfield(L, 3, "label_smoothing") != LUA_TNIL) smoothing = luaL_checknumber(L, -1);
-        if (lua_getfield(L, 3, "reduction") != LUA_TNIL) {
-            static const char *const names[] = {"none", "mean", "sum", NULL};
-            red = (hr_reduction)luaL_checkoption(L, -1, NULL, names);
-        }
-        lua_pop(L, 3);
+        static const char *const names[] = {"none", "mean", "sum", NULL};
+        ignore = hr_lua_opt_field_integer(L, 3, "ignore_index", ignore, "cross_entropy");
+        smoothing = hr_lua_opt_field_number(L, 3, "label_smoothing", smoothing, "cross_entropy");
+        red = (hr_reduction)hr_lua_opt_field_option(L, 3, "reduction", (int)red, names, "cross_entropy");
     }
     hr_tensor *y;
     HR_LUA_RETRY(L, y, of_half ? hr_cross_entropy_of_half(x, t, ignore, smoothing, red)
@@ -181,17 +190,11 @@ static int l_query_layout(lua_State *L)
     return 3;
 }
 
-static hr_reduction opt_reduction(lua_State *L, int idx)
+static hr_reduction opt_reduction(lua_State *L, int idx, const char *op)
 {
-    hr_reduction red = HR_REDUCE_MEAN;
-    if (lua_istable(L, idx)) {
-        if (lua_getfield(L, idx, "reduction") != LUA_TNIL) {
-            static const char *const names[] = {"none", "mean", "sum", NULL};
-            red = (hr_reduction)luaL_checkoption(L, -1, NULL, names);
-        }
-        lua_pop(L, 1);
-    }
-    return red;
+    static const char *const names[] = {"none", "mean", "sum", NULL};
+    if (!lua_istable(L, idx)) return HR_REDUCE_MEAN;
+    return (hr_reduction)hr_lua_opt_field_option(L, idx, "reduction", HR_REDUCE_MEAN, names, op);
 }
 
 /* binary_cross_entropy_with_logits(x, y[, {weight = w, reduction = "mean"}]) */
@@ -206,7 +209,8 @@ static int l_bce_with_logits(lua_State *L)
         lua_pop(L, 1);
     }
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_bce_with_logits(x, y, w, opt_reduction(L, 3)));
+    hr_reduction red = opt_reduction(L, 3, "binary_cross_entropy_with_logits");
+    HR_LUA_RETRY(L, r, hr_bce_with_logits(x, y, w, red));
     if (!r) return hr_lua_error(L, "binary_cross_entropy_with_logits");
     hr_lua_push_tensor(L, r);
     return 1;
@@ -218,7 +222,8 @@ static int l_mse_loss(lua_State *L)
     hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "mse_loss");
     hr_tensor *y = hr_lua_autocast(L, 2, HR_AUTOCAST_F32, "mse_loss");
     hr_tensor *r;
-    HR_LUA_RETRY(L, r, hr_mse_loss(x, y, opt_reduction(L, 3)));
+    hr_reduction red = opt_reduction(L, 3, "mse_loss");
+    HR_LUA_RETRY(L, r, hr_mse_loss(x, y, red));
     if (!r) return hr_lua_error(L, "mse_loss");
     hr_lua_push_tensor(L, r);
     return 1;

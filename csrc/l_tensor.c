@@ -790,7 +790,13 @@ static int t_index(lua_State *L)
     if (lua_type(L, 2) == LUA_TSTRING) {
         hr_tensor_box *box = luaL_checkudata(L, 1, HR_TENSOR_MT);
         const char *key = lua_tostring(L, 2);
-        if (box->t && box->t->storage && hr_lua_autograd_field(L, box->t, key)) return 1;
+        if (box->t && box->t->storage) {
+            if (hr_lua_autograd_field(L, box->t, key)) return 1;
+        } else if (hr_lua_is_autograd_field(key)) {
+            /* a freed tensor's grad/requires_grad/... is an error, as any other use of it (nil would
+             * let an optimizer skip a freed parameter silently) */
+            hr_lua_check_tensor(L, 1, key); /* raises, naming what was freed */
+        }
     }
     lua_pushvalue(L, 2);
     lua_gettable(L, lua_upvalueindex(1));

@@ -14,6 +14,14 @@ describe("autograd through indexing and joining", function()
     assert.is_true(gradcheck(function(t) return t:gather(2, i64 {{0, 0}, {2, 1}, {1, 1}}) end, {x}))
     local src = f64 {{1, 2}, {3, 4}}
     assert.is_true(gradcheck(function(t, s) return t:scatter_add(1, i64 {{0, 2}, {0, 1}}, s) end, {x, src}))
+    -- a src bigger than the index: its entries past the index get a zero gradient, of src's shape
+    local wide = f64 {{1, 2, 3, 4}, {5, 6, 7, 8}, {9, 10, 11, 12}}:requires_grad_()
+    local y = x:scatter_add(1, i64 {{0, 2}, {0, 1}}, wide)
+    local loss = (y * f64 {{1, 2, 3}, {4, 5, 6}, {7, 8, 9}}):sum()
+    loss:backward()
+    assert.same({{1, 8, 0, 0}, {1, 5, 0, 0}, {0, 0, 0, 0}}, wide.grad:totable())
+    assert.is_true(gradcheck(function(t, s) return t:scatter_add(1, i64 {{0, 2}, {0, 1}}, s) end,
+      {x, f64 {{1, 2, 3, 4}, {5, 6, 7, 8}, {9, 10, 11, 12}}}))
   end)
 
   it("scatters gradients back with the index the forward checked, refusing one changed since", function()

@@ -75,4 +75,71 @@ describe("bad arguments", function()
     helper.assert_error_contains(function() hero.train.Trainer.latest_step(nil) end,
       "Trainer.latest_step: expected the run's output directory")
   end)
+
+  it("sizes followed by something that is neither a size nor an options table", function()
+    helper.assert_error_contains(function() hero.zeros("a") end,
+      "zeros: argument #1: expected a size (integer) or an options table, got string")
+    helper.assert_error_contains(function() hero.ones(2, 3, "f64") end, "ones: argument #3", "got string")
+    helper.assert_error_contains(function() hero.ones(6):view(6, "x") end, "view: argument #3")
+    helper.assert_error_contains(function() hero.ones(2):new_ones(hero.ones(2)) end,
+      "new_ones: the shape must be a table of sizes")
+    assert.same({2, 3}, hero.ones(2, 3, {dtype = "f64"}):size())
+    assert.equal("f64", hero.randn(2, 3, {dtype = "f64"}):dtype())
+  end)
+
+  it("loss options, embedding padding rows and layer options", function()
+    local a, b = hero.randn(3), hero.randn(3)
+    helper.assert_error_contains(function() hero.mse_loss(a, b, {reduction = "avg"}) end,
+      "mse_loss: option reduction must be none, mean or sum, got 'avg'")
+    helper.assert_error_contains(function() hero.binary_cross_entropy_with_logits(a, b, {reduction = 1}) end,
+      "binary_cross_entropy_with_logits: option reduction must be none, mean or sum, got a number")
+    local logits, target = hero.randn(2, 3), hero.tensor({0, 1}, {dtype = "i64"})
+    helper.assert_error_contains(function() hero.cross_entropy(logits, target, {ignore_index = "x"}) end,
+      "cross_entropy: option ignore_index must be an integer, got string")
+    helper.assert_error_contains(function() hero.cross_entropy(logits, target, {label_smoothing = {}}) end,
+      "cross_entropy: option label_smoothing must be a number, got table")
+    local ids = hero.tensor({1, 3}, {dtype = "i64"})
+    helper.assert_error_contains(function() hero.embedding(hero.ones(4, 3), ids, 9) end,
+      "embedding: padding_idx must be an integer row in [-4, 4) (0-based) or nil, got 9")
+    helper.assert_error_contains(function() hero.nn.Embedding(5, 3, {padding_idx = 5}) end,
+      "Embedding: padding_idx must be an integer in [-5, 5)")
+    -- as torch: negative from the end; the torch init leaves the padding row at zero
+    local e = hero.nn.Embedding(5, 3, {padding_idx = -1})
+    assert.equal(4, e.padding_idx)
+    assert.equal(0, e.weight[5]:abs():sum():item())
+    helper.assert_error_contains(function() hero.nn.Embedding(5, 3, 7) end, "Embedding: opts must be a table")
+    helper.assert_error_contains(function() hero.nn.Linear(3, 4, 5) end, "Linear: opts must be a table")
+    helper.assert_error_contains(function() hero.nn.LayerNorm(4, {eps = "x"}) end,
+      "LayerNorm: opts.eps must be a number >= 0, got x")
+    helper.assert_error_contains(function() hero.nn.TransformerLayer(5) end,
+      "TransformerLayer: expected a table of options")
+    helper.assert_error_contains(function() hero.nn.TransformerLayer {hidden = 8, heads = 2, eps = "x"} end,
+      "TransformerLayer: opts.eps must be a number")
+    local layer = hero.nn.TransformerLayer {hidden = 8, heads = 2, intermediate = 16}
+    helper.assert_error_contains(function() layer:forward(nil) end,
+      "TransformerLayer: forward: x must be a hero.Tensor [B, L, H], got nil")
+  end)
+
+  it("loss scaling, samplers, retrieval post-processing and text helpers", function()
+    local scaler = hero.amp.GradScaler()
+    helper.assert_error_contains(function() scaler:scale(5) end, "GradScaler:scale: expected the loss tensor")
+    helper.assert_error_contains(function() scaler:step(5) end, "GradScaler:step: expected an optimizer")
+    local tasks = hero.data.tasks
+    helper.assert_error_contains(function() tasks.random_word(nil, {}) end,
+      "hero.data.tasks.random_word: tokens must be a table, got nil")
+    helper.assert_error_contains(function() tasks.word_decisions(3) end, "word_decisions: opts must be a table")
+    helper.assert_error_contains(function() tasks.frame_mask(3) end, "frame_mask: opts must be a table")
+    helper.assert_error_contains(function() tasks.random_reorder(-1, {}) end,
+      "random_reorder: n must be an integer >= 0, got -1")
+    helper.assert_error_contains(function() tasks.reorder_from(3) end, "reorder_from: P (the selected positions)")
+    helper.assert_error_contains(function() tasks.sample_queries(5, 1, {}) end,
+      "sample_queries: candidates must be a table, got number")
+    helper.assert_error_contains(function() tasks.apply_word_decisions(nil, {}) end,
+      "apply_word_decisions: tokens must be a table")
+    helper.assert_error_contains(function() hero.eval.retrieval.temporal_nms(5, 0.5) end,
+      "temporal_nms: preds must be an array")
+    helper.assert_error_contains(function() hero.text.prepare_query(nil) end, "prepare_query: expected a string")
+    helper.assert_error_contains(function() hero.text.prepare_subtitle(3) end, "prepare_subtitle: expected a string")
+    helper.assert_error_contains(function() hero.cli.help_if_asked(5) end, "help_if_asked: argv must be")
+  end)
 end)

@@ -77,6 +77,27 @@ describe("optim", function()
     assert.same(w:totable(), w3:totable())
     assert.equal(2, again.state.w.step)
     helper.assert_error_contains(function() optim.Adam({}, {lr = -1}) end, "Adam: opts.lr must be a number >= 0")
+    -- load_state_dict checks everything before it changes anything, and restores the settings too
+    local before = opt:state_dict()
+    local bad = {state = {w = {step = 1, exp_avg = hero.zeros(3), exp_inf = hero.zeros(4)}}}
+    helper.assert_error_contains(function() opt:load_state_dict(bad) end, "exp_inf of 'w' has size 4")
+    assert.same(before.state.w.exp_inf:totable(), opt:state_dict().state.w.exp_inf:totable())
+    assert.equal(2, opt.state.w.step)
+    helper.assert_error_contains(function() opt:load_state_dict(5) end,
+      "Adamax:load_state_dict: expected the table state_dict() returned, got number")
+    local tuned = optim.Adamax({{"w", hero.ones(3):requires_grad_()}}, {lr = 0.5, betas = {0.8, 0.9}, eps = 1e-3,
+      weight_decay = 0.2})
+    local fresh = optim.Adamax({{"w", hero.ones(3):requires_grad_()}}, {lr = 0.1})
+    fresh:load_state_dict(tuned:state_dict())
+    assert.same({0.5, 0.8, 0.9, 1e-3, 0.2}, {fresh.lr, fresh.beta1, fresh.beta2, fresh.eps, fresh.weight_decay})
+    -- a freed parameter is an error, not a parameter without a gradient to skip
+    local gone = hero.ones(2):requires_grad_()
+    gone.grad = hero.ones(2)
+    local with_gone = optim.AdamW({{"gone", gone}}, {lr = 0.1})
+    gone:free()
+    helper.assert_error_contains(function() with_gone:step() end, "AdamW:step: parameter 'gone' was freed")
+    helper.assert_error_contains(function() return gone.grad end, "grad", "tensor was freed")
+    helper.assert_error_contains(function() return gone.requires_grad end, "requires_grad", "tensor was freed")
     assert.is_nil(optim.by_config_name("sgd"))
   end)
 

@@ -60,12 +60,16 @@ end
 
 --- loss * scale (a new tensor on the tape); the loss itself when disabled.
 function GradScaler:scale(loss)
+  if not core.is_tensor(loss) then error("GradScaler:scale: expected the loss tensor, got " .. type(loss), 2) end
   if not self.enabled then return loss end
   return loss:mul(self.scale_value)
 end
 
 --- The gradients of an optimizer (entries/params) or of a list of parameter tensors.
 local function gradients(target)
+  if type(target) ~= "table" and not core.is_tensor(target) then
+    error("GradScaler: expected an optimizer or a list of parameters, got " .. type(target), 3)
+  end
   local grads = {}
   local list = target.entries or target.params or target
   for _, e in ipairs(list) do
@@ -92,6 +96,9 @@ end
 --- Unscales (if needed) and steps the optimizer unless a gradient overflowed. Returns true when
 -- the optimizer stepped.
 function GradScaler:step(optimizer, ...)
+  if type(optimizer) ~= "table" or type(optimizer.step) ~= "function" then
+    error("GradScaler:step: expected an optimizer (with a step method), got " .. type(optimizer), 2)
+  end
   if not self.enabled then
     optimizer:step(...)
     return true

@@ -26,6 +26,7 @@ end
 -- source is `source` (debug.getinfo(1, "S").source in the script) to stdout and exits with 0.
 -- Otherwise returns nothing, having done nothing.
 function M.help_if_asked(argv, source)
+  if type(argv) ~= "table" then error("help_if_asked: argv must be the script's arg table, got " .. type(argv), 2) end
   local asked = false
   for _, a in ipairs(argv) do
     if a == "--help" or a == "-h" then asked = true end

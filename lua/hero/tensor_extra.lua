@@ -7,8 +7,21 @@ function M.install(hero, methods, _metatable)
     if not hero.is_tensor(t) then error(string.format("%s: expected a hero.Tensor, got %s", who, type(t)), 3) end
     return {dtype = t:dtype(), device = t:device()}
   end
-  function methods.new_zeros(t, shape) local o = like(t, "new_zeros"); return hero.zeros(shape or t:size(), o) end
-  function methods.new_ones(t, shape) local o = like(t, "new_ones"); return hero.ones(shape or t:size(), o) end
+  local function shape_of(t, shape, who)
+    if shape == nil then return t:size() end
+    if type(shape) ~= "table" then
+      error(string.format("%s: the shape must be a table of sizes such as {2, 3}, got %s", who, type(shape)), 3)
+    end
+    return shape
+  end
+  function methods.new_zeros(t, shape)
+    local o = like(t, "new_zeros")
+    return hero.zeros(shape_of(t, shape, "new_zeros"), o)
+  end
+  function methods.new_ones(t, shape)
+    local o = like(t, "new_ones")
+    return hero.ones(shape_of(t, shape, "new_ones"), o)
+  end
   function hero.zeros_like(t) local o = like(t, "zeros_like"); return hero.zeros(t:size(), o) end
   function hero.ones_like(t) local o = like(t, "ones_like"); return hero.ones(t:size(), o) end
   function hero.full_like(t, v) local o = like(t, "full_like"); return hero.full(t:size(), v, o) end

@@ -27,6 +27,18 @@ local function gen_opts(g)
   return {generator = g, dtype = "f64"}
 end
 
+--- The arguments every sampler takes: a table (tokens, candidates, positions) and an options table.
+-- (level 4: the error points at the sampler's caller)
+local function check_table(op, what, t)
+  if type(t) ~= "table" then error(string.format("%s: %s must be a table, got %s", op, what, type(t)), 4) end
+end
+
+local function check_count(op, what, n)
+  if math.type(n) ~= "integer" or n < 0 then
+    error(string.format("%s: %s must be an integer >= 0, got %s", op, what, tostring(n)), 4)
+  end
+end
+
 local function check_generator(op, g)
   if type(g) ~= "userdata" or type(g.get_state) ~= "function" then
     fail(op, "opts.generator must be a hero.Generator (or give the recorded choice), got %s", type(g))
@@ -45,6 +57,8 @@ end
 -- (0.15), v_range ({lo, hi}, hi exclusive; required).
 function tasks.word_decisions(n, opts)
   local op = "hero.data.tasks.word_decisions"
+  check_count(op, "n", n)
+  check_table(op, "opts", opts)
   check_generator(op, opts.generator)
   local p = opts.mask_prob or 0.15
   local vr = opts.v_range
@@ -80,6 +94,9 @@ end
 -- When nothing is selected the first token is masked (the reference's "at least mask 1"); an
 -- empty token list stays empty with no label (the reference raises IndexError there).
 function tasks.apply_word_decisions(tokens, decisions, mask_id)
+  local op = "hero.data.tasks.apply_word_decisions"
+  check_table(op, "tokens", tokens)
+  check_table(op, "decisions", decisions)
   local ids, labels = {}, {}
   local any = false
   for i = 1, #tokens do
@@ -110,6 +127,8 @@ end
 
 --- random_word of the reference: tokens -> masked ids, labels (see word_decisions).
 function tasks.random_word(tokens, opts)
+  check_table("hero.data.tasks.random_word", "tokens", tokens)
+  check_table("hero.data.tasks.random_word", "opts", opts)
   local d = tasks.word_decisions(#tokens, opts)
   return tasks.apply_word_decisions(tokens, d, opts.mask_id)
 end
@@ -118,6 +137,7 @@ end
 -- chosen frame when none is. n must be >= 1.
 function tasks.frame_mask(n, opts)
   local op = "hero.data.tasks.frame_mask"
+  check_table(op, "opts", opts)
   check_generator(op, opts.generator)
   if math.type(n) ~= "integer" or n < 1 then fail(op, "a video needs at least one frame, got %s", tostring(n)) end
   local p = opts.mask_prob or 0.15
@@ -139,6 +159,9 @@ end
 -- values in 1-based Lua arrays of length n).
 function tasks.reorder_from(n, P, Q)
   local op = "hero.data.tasks.reorder_from"
+  check_count(op, "n", n)
+  check_table(op, "P (the selected positions)", P)
+  check_table(op, "Q (their shuffle)", Q)
   if #P ~= #Q then fail(op, "%d selected positions but %d shuffled ones", #P, #Q) end
   local order, target = {}, {}
   for j = 1, n do order[j], target[j] = j - 1, -1 end
@@ -163,6 +186,8 @@ end
 --- FOM shuffle (hero-spec §4.4): each of n frames selected with probability p; the selection is
 -- shuffled. Returns order, target (see reorder_from) and P, Q.
 function tasks.random_reorder(n, opts)
+  check_count("hero.data.tasks.random_reorder", "n", n)
+  check_table("hero.data.tasks.random_reorder", "opts", opts)
   check_generator("hero.data.tasks.random_reorder", opts.generator)
   local p = opts.reorder_prob or opts.mask_prob or 0.15
   local u = uniforms(n, opts.generator)
@@ -184,6 +209,10 @@ end
 --- VSM query choice: min(#candidates, per_video) distinct entries of candidates, without
 -- replacement, returned as a set {value = true}.
 function tasks.sample_queries(candidates, per_video, opts)
+  local op = "hero.data.tasks.sample_queries"
+  check_table(op, "candidates", candidates)
+  check_count(op, "per_video", per_video)
+  check_table(op, "opts", opts)
   local set = {}
   if #candidates <= per_video then
     for _, c in ipairs(candidates) do set[c] = true end

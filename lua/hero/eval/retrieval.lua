@@ -43,6 +43,10 @@ end
 -- drop every remaining window whose IoU with it is > nms_thd, repeat; at most max_after_nms
 -- (default 100) windows are kept. Returns a new array of new {st, ed, score} entries.
 function M.temporal_nms(preds, nms_thd, max_after_nms)
+  if type(preds) ~= "table" then
+    error("temporal_nms: preds must be an array of {st, ed, score}, got " .. type(preds), 2)
+  end
+  if type(nms_thd) ~= "number" then error("temporal_nms: nms_thd must be a number, got " .. type(nms_thd), 2) end
   max_after_nms = max_after_nms or 100
   if #preds == 1 then return {{preds[1][1], preds[1][2], preds[1][3]}} end
   local t = util.stable_sort(util.head(preds), function(e) return e[3] end, true)

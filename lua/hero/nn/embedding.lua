@@ -1,7 +1,8 @@
 --- nn.Embedding(num, dim [, opts]): rows of weight [num, dim] picked by 0-based ids. The gradient of
 -- the weight is added in place into the rows that were used.
--- opts: padding_idx (0-based row whose gradient stays 0), init ("torch" N(0,1) | "bert" N(0,0.02)),
--- dtype, generator.
+-- opts: padding_idx (0-based row whose gradient stays 0; negative counts from the end, as torch's;
+-- with init "torch" the row starts at zero, as torch's, while the reference's "bert" init draws it
+-- like the others), init ("torch" N(0,1) | "bert" N(0,0.02)), dtype, generator.
 local core = require "hero.core"
 local Module = require "hero.nn.module"
 local init = require "hero.nn.init_weights"
@@ -11,11 +12,21 @@ local Embedding = Module:extend("Embedding")
 
 function Embedding:__init(num, dim, opts)
   opts = opts or {}
+  if type(opts) ~= "table" then error("Embedding: opts must be a table, got " .. type(opts), 3) end
   check.sizes("Embedding", 3, "num_embeddings", num, "embedding_dim", dim)
-  self.num, self.dim, self.padding_idx = num, dim, opts.padding_idx
+  local pad = opts.padding_idx
+  if pad ~= nil then
+    if math.type(pad) ~= "integer" or pad < -num or pad >= num then
+      error(string.format("Embedding: padding_idx must be an integer in [%d, %d) (0-based), got %s", -num, num,
+        tostring(pad)), 3)
+    end
+    if pad < 0 then pad = pad + num end
+  end
+  self.num, self.dim, self.padding_idx = num, dim, pad
   local scheme = init.check(opts.init or "torch", "Embedding")
-  self:register_parameter("weight", init.normal({num, dim}, scheme == "bert" and 0.02 or 1.0, opts.dtype,
-    opts.generator))
+  local w = init.normal({num, dim}, scheme == "bert" and 0.02 or 1.0, opts.dtype, opts.generator)
+  if pad and scheme == "torch" then w:narrow(1, pad + 1, 1):zero_() end
+  self:register_parameter("weight", w)
 end
 
 function Embedding:forward(ids)

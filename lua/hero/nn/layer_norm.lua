@@ -8,6 +8,10 @@ local LayerNorm = Module:extend("LayerNorm")
 
 function LayerNorm:__init(dim, opts)
   opts = opts or {}
+  if type(opts) ~= "table" then error("LayerNorm: opts must be a table, got " .. type(opts), 3) end
+  if opts.eps ~= nil and (type(opts.eps) ~= "number" or opts.eps ~= opts.eps or opts.eps < 0) then
+    error("LayerNorm: opts.eps must be a number >= 0, got " .. tostring(opts.eps), 3)
+  end
   check.sizes("LayerNorm", 3, "normalized size", dim)
   self.dim, self.eps = dim, opts.eps or 1e-5
   self:register_parameter("weight", core.ones({dim}, {dtype = opts.dtype or "f32"}))

@@ -22,6 +22,15 @@ end
 
 local function config(opts, who)
   opts = opts or {}
+  if type(opts) ~= "table" then
+    error(string.format("%s: expected a table of options such as {hidden = 768, heads = 12}, got %s", who,
+      type(opts)), 4)
+  end
+  for _, k in ipairs {"eps", "dropout", "attention_dropout"} do
+    if opts[k] ~= nil and type(opts[k]) ~= "number" then
+      error(string.format("%s: opts.%s must be a number, got %s", who, k, type(opts[k])), 4)
+    end
+  end
   local c = {
     hidden = opts.hidden or 768, heads = opts.heads or 12, intermediate = opts.intermediate or 3072,
     eps = opts.eps or 1e-12, dropout = opts.dropout or 0.1,
@@ -37,6 +46,11 @@ end
 
 local function linear(c, i, o) return Linear(i, o, {init = c.init, dtype = c.dtype, generator = c.generator}) end
 
+--- A forward's input: a tensor [B, L, H], else an error naming the module.
+local function check_input(module, x, what)
+  if not core.is_tensor(x) then module:error("forward: %s must be a hero.Tensor [B, L, H], got %s", what, type(x)) end
+end
+
 --- The projections of multi-head attention (BertSelfAttention): query, key, value.
 M.SelfAttention = Module:extend("SelfAttention")
 function M.SelfAttention:__init(opts)
@@ -51,6 +65,8 @@ end
 --- x [B, Lq, H]; context [B, Lk, H] (default x, for cross-attention); ext_mask additive [B, Lk]
 -- or [B, Lq, Lk] or nil.
 function M.SelfAttention:forward(x, ext_mask, context)
+  check_input(self, x, "x")
+  if context ~= nil then check_input(self, context, "context") end
   if (context == nil or context == x) and self:packs_projections(x) then return self:forward_packed(x, ext_mask) end
   context = context or x
   local q = self.query:forward(x)
@@ -111,6 +127,7 @@ function M.MultiHeadAttention:__init(opts)
   self.hidden = c.hidden
 end
 function M.MultiHeadAttention:forward(x, ext_mask, context)
+  check_input(self, x, "x")
   return self.output:forward(self.self:forward(x, ext_mask, context), x)
 end
 
@@ -163,6 +180,7 @@ end
 -- are otherwise read back). opts.query: the rows' query layout ({query_layout(...)}), when the
 -- caller has it.
 function M.TransformerLayer:forward(x, mask, opts)
+  check_input(self, x, "x")
   local ext = mask
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
   local a
@@ -265,6 +283,7 @@ local function packed_layout(x, mask, rows, query, rows_host)
 end
 
 function M.TransformerEncoder:forward(x, mask, opts)
+  check_input(self, x, "x")
   local ext = mask
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
   local rows = opts and opts.rows

@@ -148,6 +148,7 @@ function Adam:step(opts)
   local items = {}
   for _, e in ipairs(self.entries) do
     local p = e.param
+    if p:is_freed() then error(string.format("%s:step: parameter '%s' was freed", self.kind, e.name), 2) end
     local g = p.grad
     if g then
       local st = self.state[e.name]
@@ -201,15 +202,28 @@ function Adam:state_dict()
           state = state}
 end
 
---- Restores what state_dict returned (copies, so the saved tensors can be freed afterwards).
+--- Restores what state_dict returned (copies, so the saved tensors can be freed afterwards): the
+-- moments and steps of every parameter it names, and the learning rate, betas, eps and weight decay
+-- (as torch's load_state_dict restores its groups' settings). Everything is checked before anything
+-- changes: a state that does not fit leaves the optimizer as it was.
 function Adam:load_state_dict(sd)
+  local kind = self.kind
+  if type(sd) ~= "table" then
+    error(string.format("%s:load_state_dict: expected the table state_dict() returned, got %s", kind, type(sd)), 2)
+  end
+  if sd.state ~= nil and type(sd.state) ~= "table" then
+    error(string.format("%s:load_state_dict: sd.state must be a table, got %s", kind, type(sd.state)), 2)
+  end
   local known = {}
   for _, e in ipairs(self.entries) do known[e.name] = e.param end
-  local kind = self.kind
-  self.state = {}
+  local state = {}
   for name, st in pairs(sd.state or {}) do
     local p = known[name]
     if not p then error(string.format("%s:load_state_dict: state for unknown parameter '%s'", kind, name), 2) end
+    if type(st) ~= "table" or math.type(st.step) ~= "integer" and not (type(st.step) == "number"
+        and st.step == math.floor(st.step) and st.step >= 0) then
+      error(string.format("%s:load_state_dict: the state of '%s' lacks its step count", kind, name), 2)
+    end
     local function copy(t, what)
       if not core.is_tensor(t) then
         error(string.format("%s:load_state_dict: %s of '%s' is missing (is this another optimizer's state?)", kind,
@@ -221,10 +235,26 @@ function Adam:load_state_dict(sd)
       end
       return t:to{dtype = p:dtype(), device = p:device()}:clone()
     end
-    self.state[name] = {step = math.tointeger(st.step) or st.step, exp_avg = copy(st.exp_avg, "exp_avg"),
-                        exp_avg_sq = copy(st[self.second], self.second)}
+    state[name] = {step = math.tointeger(st.step) or st.step, exp_avg = copy(st.exp_avg, "exp_avg"),
+                   exp_avg_sq = copy(st[self.second], self.second)}
   end
-  if sd.lr then self.lr = sd.lr end
+  local function number(key, v)
+    if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0) then
+      error(string.format("%s:load_state_dict: sd.%s must be a number >= 0, got %s", kind, key, tostring(v)), 3)
+    end
+    return v
+  end
+  local lr, eps, wd = number("lr", sd.lr), number("eps", sd.eps), number("weight_decay", sd.weight_decay)
+  local betas = sd.betas
+  if betas ~= nil and (type(betas) ~= "table" or type(betas[1]) ~= "number" or type(betas[2]) ~= "number"
+      or betas[1] < 0 or betas[1] >= 1 or betas[2] < 0 or betas[2] >= 1) then
+    error(string.format("%s:load_state_dict: sd.betas must be two numbers in [0, 1)", kind), 2)
+  end
+  self.state = state
+  if lr then self.lr = lr end
+  if eps then self.eps = eps end
+  if wd then self.weight_decay = wd end
+  if betas then self.beta1, self.beta2 = betas[1], betas[2] end
 end
 
 --- Learning rate of the reference's warmup_linear schedule at update `step` (counted from 1).

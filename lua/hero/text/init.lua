@@ -39,6 +39,7 @@ text.pretokenize = ctext.pretokenize
 --- HERO's subtitle normalisation (scripts/prepro_sub.py): html.unescape, then lowercase when
 -- the whole text is in capitals.
 function text.prepare_subtitle(s)
+  if type(s) ~= "string" then error("prepare_subtitle: expected a string, got " .. type(s), 2) end
   s = ctext.html_unescape(s)
   if ctext.isupper(s) then s = ctext.lower(s) end
   return s
@@ -46,6 +47,7 @@ end
 
 --- HERO's query normalisation (scripts/prepro_query.py, TVR/TVQA/VIOLIN): lowercase when all caps.
 function text.prepare_query(s)
+  if type(s) ~= "string" then error("prepare_query: expected a string, got " .. type(s), 2) end
   if ctext.isupper(s) then return ctext.lower(s) end
   return s
 end
