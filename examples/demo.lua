@@ -320,9 +320,7 @@ do
 end
 results.seconds = now() - t_start
 json.write_file(out .. "/results.json", results, {indent = 1})
-local f = assert(io.open(out .. "/log.jsonl", "wb"))
-f:write(table.concat(log_lines, "\n"), "\n")
-f:close()
+hero.io.write_atomic(out .. "/log.jsonl", table.concat(log_lines, "\n") .. "\n") -- a rerun never leaves half a log
 say("== done in %.0f s: %s/results.json, %s/loss_curves.svg, %s/tensorboard, %s/log.jsonl\n", results.seconds,
   out, out, out, out)
 if not opts.data and not opts.out then say("   (remove with: rm -r %s)\n", shell_quote(out)) end

@@ -47,7 +47,9 @@ describe("nn.Module", function()
     sd["dense.bias"] = nil
     helper.assert_error_contains(function() b:load_state_dict(sd) end, "missing keys: dense.bias")
     sd["dense.bias"] = hero.zeros(4)
+    sd["LayerNorm.weight"] = hero.tensor {7, 8, 9}
     helper.assert_error_contains(function() b:load_state_dict(sd) end, "'dense.bias' has size 4", "3 in the model")
+    assert.same({1, 2, 3}, b.LayerNorm.weight:totable()) -- nothing was loaded: not half a checkpoint
     helper.assert_error_contains(function() b:load_state_dict(nil) end, "Block", "load_state_dict: expected a table")
   end)
 

@@ -39,6 +39,13 @@ describe("tensor core", function()
     assert.same({2, 3}, t:narrow(2, 1, 1):squeeze():narrow(2, 1, 3):size())
     assert.same({2, 1, 3, 4}, t:unsqueeze(2):size())
     assert.same({2, 3, 4, 1}, t:unsqueeze(-1):size())
+    -- the same as functions, as torch.narrow / torch.reshape
+    assert.is_true(hero.narrow(t, 3, 2, 2):shares_storage(t))
+    assert.same({4, 3, 2}, hero.transpose(t, 1, 3):size())
+    assert.same({2, 1, 12}, hero.reshape(t, 2, 1, -1):size())
+    assert.same({3, 4, 2}, hero.permute(t, 2, 3, 1):size())
+    assert.same(t[2]:totable(), hero.select(t, 1, 2):totable())
+    assert.same({2, 3, 4, 1}, hero.unsqueeze(t, -1):size())
   end)
 
   it("copies broadcast and strided sources of every element width into any layout", function()

@@ -1,7 +1,15 @@
 --- Small tensor conveniences that are pure composition of C ops.
 local M = {}
 
+-- The view, shape and copy methods that are functions too (hero.reshape(t, 2, 3) is t:reshape(2, 3)),
+-- as torch.reshape is Tensor.reshape: the same C functions, which take the tensor first.
+local ALSO_FUNCTIONS = {"narrow", "view", "reshape", "transpose", "permute", "select", "squeeze", "unsqueeze",
+                        "expand", "contiguous", "clone", "detach", "t", "fill_", "copy_"}
+
 function M.install(hero, methods, _metatable)
+  for _, name in ipairs(ALSO_FUNCTIONS) do
+    if hero[name] == nil and methods[name] ~= nil then hero[name] = methods[name] end
+  end
   --- Tensor of the same shape, dtype and device filled with zeros/ones/a value.
   local function like(t, who)
     if not hero.is_tensor(t) then error(string.format("%s: expected a hero.Tensor, got %s", who, type(t)), 3) end

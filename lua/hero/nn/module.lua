@@ -165,19 +165,27 @@ function Module:load_state_dict(sd, opts)
     if #unexpected > 0 then parts[#parts + 1] = "unexpected keys: " .. table.concat(unexpected, ", ") end
     error(string.format("%s:load_state_dict: %s", self.__name, table.concat(parts, "; ")), 2)
   end
+  -- every entry is checked before any is copied: a checkpoint that does not fit leaves the model as
+  -- it was, not half loaded
+  local names = {}
   for name, dst in pairs(own) do
     local src = sd[name]
     if src ~= nil then
       if not core.is_tensor(src) then
         error(string.format("%s:load_state_dict: '%s' is not a tensor", self.__name, name), 2)
       end
+      if src:is_freed() then error(string.format("%s:load_state_dict: '%s' was freed", self.__name, name), 2) end
       if shape_str(src) ~= shape_str(dst) then
         error(string.format("%s:load_state_dict: '%s' has size %s in the checkpoint but %s in the model",
           self.__name, name, shape_str(src), shape_str(dst)), 2)
       end
-      core.no_grad(function() dst:copy_(src) end)
+      names[#names + 1] = name
     end
   end
+  table.sort(names)
+  core.no_grad(function()
+    for _, name in ipairs(names) do own[name]:copy_(sd[name]) end
+  end)
   return {missing = missing, unexpected = unexpected}
 end
 
