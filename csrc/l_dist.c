@@ -229,6 +229,8 @@ void hr_lua_open_dist(lua_State *L, int module_idx, int methods_idx)
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, reducer_gc);
     lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, reducer_gc); /* local r <close> = dist.GradReducer(...): freed at scope end */
+    lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {
         {"available", l_available},   {"is_initialized", l_is_initialized},
