@@ -165,31 +165,38 @@ struct Stage {
 static Stage *stages = nullptr;
 static std::once_flag stages_once;
 
-/* Drops the pending transfers the device has finished (their events go back to the spares); with
- * [begin, end) given, first waits for every pending transfer that overlaps it. */
+/* Drops the pending transfers the device has finished (their events go back to the spares), first
+ * waiting for those that overlap [begin, end) (an empty range waits for none). All of a device's
+ * uploads go to its one stream, so they finish in the order they were queued: waiting for the
+ * newest overlapping one covers the older ones, and polling stops at the first one not done (a
+ * device running far behind would otherwise cost a driver call per pending transfer per upload). */
 static int settle_pending(Stage &s, size_t begin, size_t end, const char *op)
 {
-    int kept = 0;
-    for (int i = 0; i < s.npending; i++) {
-        StagePending &p = s.pending[i];
-        cudaError_t e;
-        if (p.begin < end && begin < p.end) e = cudaEventSynchronize(p.done);
-        else e = cudaEventQuery(p.done);
+    int wait_upto = -1;
+    for (int i = 0; i < s.npending; i++)
+        if (s.pending[i].begin < end && begin < s.pending[i].end) wait_upto = i;
+    int done = 0;
+    if (wait_upto >= 0) {
+        if (check(cudaEventSynchronize(s.pending[wait_upto].done), op, "cudaEventSynchronize")) return -1;
+        done = wait_upto + 1;
+    }
+    int rc = 0;
+    while (done < s.npending) {
+        cudaError_t e = cudaEventQuery(s.pending[done].done);
         if (e == cudaErrorNotReady) {
             (void)cudaGetLastError();
-            s.pending[kept++] = p;
-            continue;
+            break;
         }
-        if (check(e, op, "cudaEventSynchronize")) {
-            /* keep the rest as they are; this one's event is not trusted again */
-            for (int j = i + 1; j < s.npending; j++) s.pending[kept++] = s.pending[j];
-            s.npending = kept;
-            return -1;
+        if (check(e, op, "cudaEventQuery")) {
+            rc = -1; /* this one's event is not trusted again: it stays pending */
+            break;
         }
-        s.spare.push_back(p.done);
+        done++;
     }
-    s.npending = kept;
-    return 0;
+    for (int i = 0; i < done; i++) s.spare.push_back(s.pending[i].done);
+    memmove(s.pending, s.pending + done, sizeof(StagePending) * (size_t)(s.npending - done));
+    s.npending -= done;
+    return rc;
 }
 
 int stage_to_device(int dev, void *dst, const void *src, size_t nbytes, const char *op)
@@ -214,7 +221,9 @@ int stage_to_device(int dev, void *dst, const void *src, size_t nbytes, const ch
     size_t need = (nbytes + kStageAlign - 1) / kStageAlign * kStageAlign;
     size_t begin = s.head + need <= kStageRing ? s.head : 0;
     if (settle_pending(s, begin, begin + need, op)) return -1;
-    if (s.npending == kStagePending && settle_pending(s, 0, kStageRing, op)) return -1; /* a full list: wait all */
+    /* a full list: wait for its oldest transfer only (pending ranges never overlap: each waited
+     * for the older ones under it when it was placed) */
+    if (s.npending == kStagePending && settle_pending(s, s.pending[0].begin, s.pending[0].end, op)) return -1;
     cudaEvent_t ev;
     if (!s.spare.empty()) {
         ev = s.spare.back();
