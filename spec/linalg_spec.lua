@@ -287,6 +287,36 @@ describe("linalg", function()
       hero.set_num_threads(saved)
     end)
 
+    it("a small output over a very deep inner dimension (the LM head's input gradient) in fixed slices", function()
+      -- 83 x 70 from 33001 products each (not a multiple of the 256-deep blocks nor of the four
+      -- slices): exact in all four layouts, with alpha and beta and with a bias, on 1, 2 and 3
+      -- threads; random values give the same bits whatever the number of threads
+      local dk = 33001
+      local da, db = quarters(83, dk), quarters(dk, 70)
+      local dat, dbt = da:t():contiguous(), db:t():contiguous()
+      local want = da:double():matmul(db:double())
+      local c, bias = quarters(83, 70), quarters(70)
+      local saved = hero.get_num_threads()
+      local ra, rb = hero.randn({83, dk}, {generator = g}), hero.randn({dk, 70}, {generator = g})
+      local random = {}
+      for _, threads in ipairs {1, 2, 3} do
+        hero.set_num_threads(threads)
+        packed_calls(7, function()
+          exact(hero.matmul(da, db), want)
+          exact(hero.matmul(dat:t(), db), want)
+          exact(hero.matmul(da, dbt:t()), want)
+          exact(hero.matmul(dat:t(), dbt:t()), want)
+          exact(hero.addmm(c, da, db, 0.5, 2), c:double() * 0.5 + want * 2)
+          exact(hero.linear(da, dbt, bias), want + bias:double())
+          random[threads] = hero.matmul(ra, rb)
+        end)
+      end
+      hero.set_num_threads(saved)
+      for threads = 2, 3 do assert.equal(0, (random[threads] - random[1]):abs():max():item()) end
+      local err = (random[1]:double() - ra:double():matmul(rb:double())):abs():max():item()
+      assert.is_true(err < 1e-5 * math.sqrt(dk), "random values: max error " .. err)
+    end)
+
     it("views with row strides longer than their rows, plain and transposed", function()
       local wide_a, wide_b = quarters(m, k + 9), quarters(k + 5, n + 7)
       local av, bv = wide_a:narrow(2, 4, k), wide_b:narrow(1, 2, k):narrow(2, 3, n)
