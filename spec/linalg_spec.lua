@@ -208,18 +208,21 @@ describe("linalg", function()
     local m, n, k = 301, 3101, 601
     local a, b = quarters(m, k), quarters(k, n)
     local a_stored_t, b_stored_t = a:t():contiguous(), b:t():contiguous() -- transposed operands
+    --- x @ y equals want exactly in all four layouts (each operand as it is, or as a transposed
+    -- view of its stored transpose xt / yt).
+    local function exact_in_four_layouts(x, y, xt, yt, want)
+      exact(hero.matmul(x, y), want)
+      exact(hero.matmul(xt:t(), y), want)
+      exact(hero.matmul(x, yt:t()), want)
+      exact(hero.matmul(xt:t(), yt:t()), want)
+    end
 
     it("A @ B in all four layouts, on 1, 2 and 3 threads", function()
       local want = a:double():matmul(b:double())
       local saved = hero.get_num_threads()
       for _, threads in ipairs {1, 2, 3} do
         hero.set_num_threads(threads)
-        packed_calls(4, function()
-          exact(hero.matmul(a, b), want)
-          exact(hero.matmul(a_stored_t:t(), b), want)
-          exact(hero.matmul(a, b_stored_t:t()), want)
-          exact(hero.matmul(a_stored_t:t(), b_stored_t:t()), want)
-        end)
+        packed_calls(4, function() exact_in_four_layouts(a, b, a_stored_t, b_stored_t, want) end)
       end
       hero.set_num_threads(saved)
     end)
@@ -302,10 +305,7 @@ describe("linalg", function()
       for _, threads in ipairs {1, 2, 3} do
         hero.set_num_threads(threads)
         packed_calls(7, function()
-          exact(hero.matmul(da, db), want)
-          exact(hero.matmul(dat:t(), db), want)
-          exact(hero.matmul(da, dbt:t()), want)
-          exact(hero.matmul(dat:t(), dbt:t()), want)
+          exact_in_four_layouts(da, db, dat, dbt, want)
           exact(hero.addmm(c, da, db, 0.5, 2), c:double() * 0.5 + want * 2)
           exact(hero.linear(da, dbt, bias), want + bias:double())
           random[threads] = hero.matmul(ra, rb)

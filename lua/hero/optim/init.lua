@@ -103,30 +103,29 @@ local function new_optimizer(kind, params, opts)
   return self
 end
 
+-- optim.<kind>(params, opts): a constructor (not a tail call, so that errors name its caller).
+local function constructor(kind)
+  return function(params, opts)
+    local o = new_optimizer(kind, params, opts)
+    return o
+  end
+end
+
 --- optim.AdamW(params, opts): the reference's AdamW (HuggingFace's, bias-corrected step size,
 -- decoupled weight decay).
 -- opts: lr (required), betas = {0.9, 0.999}, eps = 1e-6, weight_decay = 0, no_decay = list of name
 -- substrings that get weight_decay 0, group = function(name) -> group key (parameters with the same
 -- key share lr multipliers; default: one group per decay/no-decay), lr_mul = {[key] = multiplier}.
-function optim.AdamW(params, opts)
-  local o = new_optimizer("AdamW", params, opts) -- not a tail call: errors name the caller
-  return o
-end
+optim.AdamW = constructor("AdamW")
 
 --- optim.Adam(params, opts): torch.optim.Adam (weight decay added to the gradient, L2), the
 -- reference's optim = "adam". The same opts as AdamW; eps defaults to 1e-8.
-function optim.Adam(params, opts)
-  local o = new_optimizer("Adam", params, opts) -- not a tail call: errors name the caller
-  return o
-end
+optim.Adam = constructor("Adam")
 
 --- optim.Adamax(params, opts): torch.optim.Adamax (the infinity norm of the gradients instead of
 -- the second moment; weight decay added to the gradient), the reference's optim = "adamax". The
 -- same opts as AdamW; eps defaults to 1e-8.
-function optim.Adamax(params, opts)
-  local o = new_optimizer("Adamax", params, opts) -- not a tail call: errors name the caller
-  return o
-end
+optim.Adamax = constructor("Adamax")
 
 --- The optimizer class the reference's config key `optim` names ("adamw", "adam", "adamax"), or nil.
 function optim.by_config_name(name)
