@@ -1,6 +1,7 @@
 /* l_nn.c — Lua bindings of the fused neural-network nodes (hero.nn.functional in Lua). */
 #include "hr_autocast.h"
 #include "hr_nn.h"
+#include "hr_autograd.h"
 #include "l_common.h"
 
 static hr_tensor *opt_tensor(lua_State *L, int idx, const char *op)
@@ -249,12 +250,33 @@ static int l_erf(lua_State *L)
     return 1;
 }
 
+/* t:erf_(): erf in place, as every other unary op has (erf is a fused node of its own). */
+static int l_erf_inplace(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "erf_");
+    hr_lua_check_graph_inplace(L, t, NULL, "erf_");
+    if (!hr_dtype_is_float(t->dtype)) {
+        char d[160];
+        return luaL_error(L, "erf_: in place needs a floating-point tensor, got %s", hr_tensor_desc(t, d, sizeof d));
+    }
+    bool was = hr_grad_enabled();
+    hr_set_grad_enabled(false); /* the check above refused tensors in a graph: nothing to record */
+    hr_tensor *y = hr_erf(t);
+    hr_set_grad_enabled(was);
+    int rc = y ? hr_copy_(t, y) : -1;
+    hr_tensor_release(y);
+    if (rc) return hr_lua_error(L, "erf_");
+    lua_settop(L, 1);
+    return 1;
+}
+
 static const luaL_Reg module_functions[] = {
     {"layer_norm", l_layer_norm},
     {"embedding", l_embedding},
     {"cross_entropy", l_cross_entropy},
     {"gelu", l_gelu},
     {"erf", l_erf},
+    {"erf_", l_erf_inplace},
     {"dropout", l_dropout},
     {"conv1d", l_conv1d},
     {"attention", l_attention},
@@ -268,6 +290,7 @@ static const luaL_Reg module_functions[] = {
 static const luaL_Reg tensor_methods[] = {
     {"gelu", l_gelu},
     {"erf", l_erf},
+    {"erf_", l_erf_inplace},
     {NULL, NULL},
 };
 

@@ -36,6 +36,16 @@ describe("erf and the erf GELU", function()
     assert.is_true(y[7] > 0 and y[7] < 2e-40)
   end)
 
+  it("erf_ in place writes erf's values through a view, and refuses what erf cannot write back", function()
+    local t = hero.tensor({-1, 0.25, 0.5, 2}, {dtype = "f64"})
+    local want = hero.erf(t:narrow(1, 2, 2)):totable()
+    t:narrow(1, 2, 2):erf_()
+    assert.same({-1, want[1], want[2], 2}, t:totable())
+    helper.assert_error_contains(function() hero.ones(2, {dtype = "i64"}):erf_() end,
+      "erf_: in place needs a floating-point tensor")
+    helper.assert_error_contains(function() hero.ones(2):requires_grad_():erf_() end, "erf_", "requires grad")
+  end)
+
   it("f64 erf is libm's", function()
     assert_bound(hero.erf(hero.tensor(fx.x, {dtype = "f64"})):totable(), fx.erf, 1e-15, 0, "f64 erf")
   end)
