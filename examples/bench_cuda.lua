@@ -4,6 +4,7 @@
 -- Prints one line per case: "hero <case> <milliseconds> ms" (examples/device_check.sh compares
 -- them with PyTorch's numbers on the same shapes). Needs a GPU: `lua5.4 examples/bench_cuda.lua`.
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 
 if not hero.cuda.available() then
   print("bench_cuda: no CUDA device available")

@@ -9,6 +9,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/examples/bench_dist%.lua
 package.path = here .. "/lua/?.lua;" .. here .. "/lua/?/init.lua;" .. here .. "/spec/?.lua;" .. package.path
 
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local dist = hero.dist
 local train = hero.train
 

@@ -5,6 +5,7 @@
 -- the per-round ratios hero / PyTorch (lower is better) with min and max.
 --   lua5.4 examples/bench_layers.lua [--rounds 3] [--only layer|emb|adamw]
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local nn = hero.nn
 local now = hero.core._bench_now
 

@@ -9,6 +9,7 @@
 -- raw time / hero time (goal >= 0.97). A fresh output costs page faults that the bare call,
 -- reusing one buffer, does not pay; "out=" isolates hero's own overhead.
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local core = hero.core
 
 local now = core._bench_now

@@ -4,6 +4,7 @@
 -- for allocating and first touching a fresh result.
 -- Usage: lua5.4 examples/bench_pointwise.lua [repeats]
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 
 local repeats = tonumber(arg and arg[1]) or 3
 local now = hero.core._now

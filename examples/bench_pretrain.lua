@@ -276,6 +276,7 @@ if ... == "library" then
   return {CONFIGS = CONFIGS, model_config = model_config, make_batch = make_batch, VFEAT = VFEAT, MAX_FRM = MAX_FRM}
 end
 
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local a = parse_args(arg)
 if not a.paired then
   local results, rss = run_hero(a)

@@ -6,6 +6,7 @@
 --   packed  only those rows, and every layer on the valid positions alone (opts.rows, the default)
 --   lua5.4 examples/bench_ragged.lua [--reps 5] [--threads 1] [--seed 1]
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local now = hero.core._bench_now
 
 local a = {reps = 5, threads = 1, seed = 1}

@@ -2,6 +2,7 @@
 -- f32 tensor (200 MB), plus a column sum and max and softmax over the last dim, at 1 and 2 threads.
 -- Usage: lua5.4 examples/bench_reduce.lua [numel]
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 
 -- A wall clock: luasystem or LuaSocket when present (busted brings luasystem), else CPU time.
 local now = os.clock

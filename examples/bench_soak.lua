@@ -12,6 +12,7 @@
 -- configs and synthetic batch it reuses. Each step: forward (MLM and MFFR alternately), backward,
 -- gradient clipping, AdamW step. Exits 1 when the verdict is "growing".
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local bench = assert(loadfile(here .. "/bench_pretrain.lua"))("library")

@@ -13,6 +13,7 @@
 -- script given with --torch (it needs python3-torch; run by /usr/bin/python3). --quick measures
 -- the small config only. Without --torch only hero's own rows (times, 2-thread speed-up) are shown.
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local json = hero.json
 
 local function parse_args(argv)

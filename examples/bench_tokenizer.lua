@@ -4,6 +4,7 @@
 -- the vocabulary's whole-word tokens (RoBERTa's ids are roughly by frequency), some capitals,
 -- numbers, apostrophes, HTML entities and non-ASCII, like TV subtitles.
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 
 local mb = tonumber(arg[1]) or 2
 local vocab = arg[2] or "spec/fixtures/tokenizer/roberta-base-vocab.json"

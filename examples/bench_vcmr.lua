@@ -3,6 +3,7 @@
 -- (video, start, end) in C), on the small config and a synthetic corpus of 1,000 videos.
 --   lua5.4 examples/bench_vcmr.lua [--videos 1000] [--queries 200] [--threads 1] [--batch 50]
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local now = hero.core._bench_now
 
 local a = {videos = 1000, queries = 200, threads = 1, batch = 50, frames = 40}

@@ -12,6 +12,7 @@
 -- With --mode fwdbwd or step a second table splits the backward pass by graph node
 -- (core.backward_profile_start/stop), with the same meaning of --sync.
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local core = hero.core
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/profile_ops%.lua$") or "examples"

@@ -1,6 +1,7 @@
 --- A short tour of hero tensors: creation, views, printing, casts and freeing.
 -- Run with `make demo` from a checkout, or `lua5.4 examples/tensors.lua` once hero is installed.
 local hero = require "hero"
+require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 
 local function section(title)
   print()
