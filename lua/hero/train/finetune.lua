@@ -477,22 +477,29 @@ local function vcmr_corpus(task, hps, video, qds, split, qids)
   else
     add_listed_or_queried()
     local global = video.vid2idx -- VideoOnlyDataset keeps it
-    if not global then
-      local all = json.keys(video.video_db:id2nframe())
+    local vdb = video.video_db
+    if not global and type(vdb) == "table" and type(vdb.id2nframe) == "function" then
+      local all = json.keys(vdb:id2nframe())
       table.sort(all)
       global = {}
       for i, v in ipairs(all) do global[v] = i - 1 end
     end
-    vid2idx = {}
-    for _, v in ipairs(ids) do
-      vid2idx[v] = global[v]
-      if vid2idx[v] == nil then fail("corpus video '%s' is not in the video db's id2nframe.json", v) end
+    if global then
+      vid2idx = {}
+      for _, v in ipairs(ids) do
+        vid2idx[v] = global[v]
+        if vid2idx[v] == nil then fail("corpus video '%s' is not in the video db's id2nframe.json", v) end
+      end
     end
   end
   if #ids == 0 then
     fail("the %s corpus has no video: the queries name none and the query db has no video_ids.json", split)
   end
   table.sort(ids)
+  if not vid2idx then -- a dataset without one video db (no global index): positions in the corpus
+    vid2idx = {}
+    for i, v in ipairs(ids) do vid2idx[v] = i - 1 end
+  end
   local bs = hps.vcmr_eval_video_batch_size or hps.vr_eval_video_batch_size or 40
   local batches = {}
   local sp = qds:special_ids()
