@@ -265,7 +265,13 @@ static int cat_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     int64_t start = 0;
     for (int i = 0; i < c->n; i++) {
         int64_t len = c->extent[i];
-        if (len < 0) continue; /* a skipped empty 1-D input */
+        if (len < 0) { /* a skipped empty 1-D input: its gradient is empty too */
+            if (hr_node_input_needs_grad(node, i)) {
+                int64_t none = 0;
+                if (!(gi[i] = hr_tensor_zeros(1, &none, c->dtype, hr_tensor_device(g)))) return -1;
+            }
+            continue;
+        }
         if (hr_node_input_needs_grad(node, i)) {
             hr_tensor *piece = hr_view_narrow((hr_tensor *)g, c->dim, start, len);
             if (!piece) return -1;

@@ -68,6 +68,21 @@ typedef struct {
     double a_number;
 } bin_ctx;
 
+/* A zero gradient shaped as g (not g * 0, which an infinite g would turn into NaN). */
+static hr_tensor *zeros_like(const hr_tensor *g)
+{
+    return g ? hr_tensor_zeros(g->ndim, g->size, g->dtype, hr_tensor_device(g)) : NULL;
+}
+
+/* r with zeros where cond holds; takes both (NULL in, NULL out) */
+static hr_tensor *masked_zero(hr_tensor *cond, hr_tensor *r)
+{
+    hr_tensor *out = cond && r ? hr_where(cond, hr_operand_float(0.0), hr_operand_tensor(r)) : NULL;
+    hr_tensor_release(cond);
+    hr_tensor_release(r);
+    return out;
+}
+
 static hr_tensor *saved_or_null(hr_node *node, int slot) { return slot >= 0 ? hr_node_saved(node, slot) : NULL; }
 
 static int binary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
@@ -100,9 +115,13 @@ static int binary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
         }
         break;
     case HR_POW:
-        /* a ^ b: da = g * b * a^(b-1), db = g * out * log(a) */
+        /* a ^ b: da = g * b * a^(b-1), zero where b == 0; db = g * out * log(a), zero where
+         * a == 0 and b >= 0 (PyTorch's pow_backward_self / pow_backward_exponent: no NaN or inf
+         * from 0 * log(0) or 0 * 0^-1) */
         if (need[0]) {
-            if (c->b_is_number) {
+            if (c->b_is_number && c->b_number == 0) {
+                ga = zeros_like(g);
+            } else if (c->b_is_number) {
                 hr_tensor *p = bin_s(HR_POW, a, c->b_number - 1);
                 hr_tensor *m = bin_s(HR_MUL, p, c->b_number);
                 ga = drop2(p, m, bin(HR_MUL, g, m));
@@ -110,38 +129,52 @@ static int binary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
                 hr_tensor *bm1 = bin_s(HR_SUB, b, 1.0);
                 hr_tensor *p = bin(HR_POW, a, bm1);
                 hr_tensor *m = bin(HR_MUL, p, b);
-                ga = drop2(bm1, p, drop(m, bin(HR_MUL, g, m)));
+                ga = masked_zero(bin_s(HR_EQ, b, 0.0), drop2(bm1, p, drop(m, bin(HR_MUL, g, m))));
             }
         }
         if (need[1]) {
             hr_tensor *la = c->a_is_number ? NULL : un(HR_LOG, a);
             hr_tensor *go = bin(HR_MUL, g, out);
-            if (c->a_is_number) gb = drop(go, bin_s(HR_MUL, go, log(c->a_number)));
-            else gb = drop2(la, go, bin(HR_MUL, go, la));
+            if (c->a_is_number) {
+                gb = drop(go, bin_s(HR_MUL, go, c->a_number == 0 ? 0.0 : log(c->a_number)));
+                if (c->a_number == 0) gb = masked_zero(bin_s(HR_GE, b, 0.0), gb);
+            } else {
+                hr_tensor *a0 = bin_s(HR_EQ, a, 0.0), *bge = bin_s(HR_GE, b, 0.0);
+                hr_tensor *cond = a0 && bge ? hr_binary(HR_LOGICAL_AND, hr_operand_tensor(a0), hr_operand_tensor(bge),
+                                                        NULL)
+                                            : NULL;
+                hr_tensor_release(a0);
+                hr_tensor_release(bge);
+                gb = masked_zero(cond, drop2(la, go, bin(HR_MUL, go, la)));
+            }
         }
         break;
     case HR_MAXIMUM:
     case HR_MINIMUM: {
-        /* the winner takes the gradient; ties share it equally (PyTorch) */
+        /* the winner takes the gradient, ties share it equally, and where a NaN makes the
+         * comparison fail both sides get it whole (PyTorch): a's share is 1 - (a loses) - tie/2 */
         hr_tensor *bt = c->b_is_number ? NULL : b;
-        hr_tensor *win_a = bt ? bin(c->op == HR_MAXIMUM ? HR_GT : HR_LT, a, bt)
-                              : bin_s(c->op == HR_MAXIMUM ? HR_GT : HR_LT, a, c->b_number);
+        hr_binary_op beats = c->op == HR_MAXIMUM ? HR_GT : HR_LT, loses = c->op == HR_MAXIMUM ? HR_LT : HR_GT;
+        hr_tensor *win_a = bt ? bin(beats, a, bt) : bin_s(beats, a, c->b_number);
+        hr_tensor *lose_a = bt ? bin(loses, a, bt) : bin_s(loses, a, c->b_number);
         hr_tensor *tie = bt ? bin(HR_EQ, a, bt) : bin_s(HR_EQ, a, c->b_number);
-        hr_tensor *wa = win_a ? hr_cast(win_a, g->dtype) : NULL;
         hr_tensor *wt = tie ? hr_cast(tie, g->dtype) : NULL;
         hr_tensor *half = bin_s(HR_MUL, wt, 0.5);
-        hr_tensor *share_a = bin(HR_ADD, wa, half); /* 1 where a wins, 0.5 on ties */
-        if (need[0]) ga = bin(HR_MUL, g, share_a);
-        if (need[1]) {
-            hr_tensor *share_b = s_bin(HR_SUB, 1.0, share_a);
-            gb = drop(share_b, bin(HR_MUL, g, share_b));
+        for (int k = 0; k < 2; k++) {
+            if (!need[k]) continue;
+            hr_tensor *beaten = k == 0 ? lose_a : win_a;
+            hr_tensor *bf = beaten ? hr_cast(beaten, g->dtype) : NULL;
+            hr_tensor *off = bin(HR_ADD, bf, half);
+            hr_tensor *share = s_bin(HR_SUB, 1.0, off);
+            hr_tensor *r = drop2(bf, off, drop(share, bin(HR_MUL, g, share)));
+            if (k == 0) ga = r;
+            else gb = r;
         }
         hr_tensor_release(win_a);
+        hr_tensor_release(lose_a);
         hr_tensor_release(tie);
-        hr_tensor_release(wa);
         hr_tensor_release(wt);
         hr_tensor_release(half);
-        hr_tensor_release(share_a);
         break;
     }
     default:
@@ -212,7 +245,9 @@ hr_tensor *hr_ag_binary(hr_binary_op op, hr_operand a, hr_operand b, const hr_op
 typedef struct {
     hr_unary_op op;
     hr_dtype dtype;
+    bool crossed_bounds; /* clamp with min > max: every value is max, no gradient passes */
 } un_ctx;
+
 
 static int unary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
@@ -230,16 +265,16 @@ static int unary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     case HR_SIGN:
     case HR_FLOOR:
     case HR_CEIL:
-    case HR_ROUND: r = bin_s(HR_MUL, g, 0.0); break;
+    case HR_ROUND: r = zeros_like(g); break;
     case HR_SQUARE: {
         hr_tensor *t = bin_s(HR_MUL, x, 2.0);
         r = drop(t, bin(HR_MUL, g, t));
         break;
     }
     case HR_RELU: {
-        hr_tensor *m = bin_s(HR_GT, x, 0.0);
-        hr_tensor *mf = m ? hr_cast(m, g->dtype) : NULL;
-        r = drop2(m, mf, bin(HR_MUL, g, mf));
+        /* PyTorch's threshold_backward: blocked where x <= 0 only, so NaN lets the gradient pass */
+        hr_tensor *m = bin_s(HR_LE, x, 0.0);
+        r = m ? drop(m, hr_where(m, hr_operand_float(0.0), hr_operand_tensor(g))) : NULL;
         break;
     }
     case HR_EXP: r = bin(HR_MUL, g, y); break;
@@ -325,10 +360,15 @@ static int clamp_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     const un_ctx *c = node->ctx;
     hr_tensor *x = hr_node_saved(node, 0), *y = hr_node_saved(node, 1);
     if (!x || !y) return -1;
-    /* the gradient passes where clamping left the value unchanged */
-    hr_tensor *m = bin(HR_EQ, x, y);
-    hr_tensor *mf = m ? hr_cast(m, g->dtype) : NULL;
-    hr_tensor *r = drop2(m, mf, bin(HR_MUL, g, mf));
+    /* the gradient passes where min <= x <= max (PyTorch): where clamping left the value
+     * unchanged, unless the bounds cross (then every value is max and none passes) */
+    hr_tensor *r;
+    if (c->crossed_bounds) {
+        r = zeros_like(g);
+    } else {
+        hr_tensor *m = bin(HR_EQ, x, y);
+        r = m ? drop(m, hr_where(m, hr_operand_tensor(g), hr_operand_float(0.0))) : NULL;
+    }
     if (!r) return -1;
     gi[0] = r->dtype == c->dtype ? r : drop(r, hr_cast(r, c->dtype));
     return gi[0] ? 0 : -1;
@@ -344,6 +384,7 @@ hr_tensor *hr_ag_clamp(hr_tensor *t, const hr_operand *lo, const hr_operand *hi)
         return drop(out, NULL);
     }
     ((un_ctx *)node->ctx)->dtype = t->dtype;
+    ((un_ctx *)node->ctx)->crossed_bounds = lo && hi && lo->f > hi->f;
     hr_node_attach(node, out);
     return out;
 }

@@ -193,13 +193,20 @@ static int select_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     return gi[0] ? 0 : -1;
 }
 
-/* Over every element: the gradient is shared by all elements equal to the extreme (PyTorch). */
+/* Over every element: the gradient is shared by all elements equal to the extreme, or by the
+ * NaNs when the extreme is NaN (PyTorch's evenly_distribute_backward). */
 static int extreme_all_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
     const red_ctx *c = node->ctx;
     hr_tensor *x = hr_node_saved(node, c->slot_x), *v = hr_node_saved(node, c->slot_out);
     if (!x || !v) return -1;
-    hr_tensor *m = bin(HR_EQ, x, v);
+    hr_tensor *eq = bin(HR_EQ, x, v), *x_nan = bin(HR_NE, x, x), *v_nan = bin(HR_NE, v, v);
+    hr_tensor *both_nan = bin(HR_LOGICAL_AND, x_nan, v_nan);
+    hr_tensor *m = bin(HR_LOGICAL_OR, eq, both_nan);
+    hr_tensor_release(eq);
+    hr_tensor_release(x_nan);
+    hr_tensor_release(v_nan);
+    hr_tensor_release(both_nan);
     hr_tensor *mf = m ? hr_cast(m, g->dtype) : NULL;
     hr_tensor_release(m);
     hr_tensor *cnt = mf ? hr_sum(mf, HR_DIM_ALL, false) : NULL;
@@ -260,9 +267,13 @@ static int var_std_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi, b
     hr_tensor_release(ge);
     hr_tensor_release(scaled);
     if (r && is_std) {
+        /* d std = d var / (2 std), zero where std is 0 (PyTorch's std_backward) */
         hr_tensor *sd = hr_node_saved(node, c->slot_out);
         hr_tensor *sk = sd ? keep_shape(c, sd) : NULL;
         r = drop(r, bin(HR_DIV, r, sk));
+        hr_tensor *zero = sk ? hr_binary(HR_EQ, hr_operand_tensor(sk), hr_operand_float(0.0), NULL) : NULL;
+        r = zero && r ? drop(r, hr_where(zero, hr_operand_float(0.0), hr_operand_tensor(r))) : drop(r, NULL);
+        hr_tensor_release(zero);
         hr_tensor_release(sk);
     }
     gi[0] = r;

@@ -305,8 +305,7 @@ static int cast_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 hr_tensor *hr_ag_cast(hr_tensor *t, hr_dtype dt)
 {
     if (hr_tensor_check_live(t, "cast")) return NULL;
-    if (hr_requires_grad(t) && !hr_dtype_is_float(dt))
-        return hr_fail_null(HR_EINVAL, "cast: a tensor that requires grad cannot be cast to %s (not differentiable; "
-                                       "detach() it first)", hr_dtype_name(dt));
+    /* to an integer dtype the result simply has no gradient, as in PyTorch */
+    if (!hr_dtype_is_float(dt)) return hr_cast(t, dt);
     return record_unary("cast", cast_backward, t, hr_cast(t, dt), NULL);
 }

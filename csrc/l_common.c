@@ -1,5 +1,7 @@
 /* l_common.c — shared binding helpers: tensor userdata boxing, argument parsing, errors, GC accounting. */
 #include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "hr_autograd.h"
@@ -182,6 +184,35 @@ hr_dtype hr_lua_opt_dtype(lua_State *L, int idx, hr_dtype def, const char *op)
     hr_dtype dt;
     if (hr_dtype_from_name(name, &dt)) hr_lua_error(L, op);
     return dt;
+}
+
+void hr_lua_check_fits(lua_State *L, int idx, hr_dtype dt, const char *op)
+{
+    if (lua_type(L, idx) != LUA_TNUMBER || dt == HR_BOOL || dt == HR_F64) return;
+    double lo, hi; /* the dtype's range */
+    switch (dt) {
+    case HR_U8: lo = -255, hi = 255; break;
+    case HR_I32: lo = -2147483648.0, hi = 2147483647.0; break;
+    case HR_I64: lo = -9223372036854775808.0, hi = 9223372036854775807.0; break;
+    case HR_F16: lo = -65504.0, hi = 65504.0; break;
+    case HR_BF16: lo = -3.38953139e38, hi = 3.38953139e38; break;
+    default: lo = -3.40282347e38, hi = 3.40282347e38; break; /* f32 */
+    }
+    bool fits;
+    if (lua_isinteger(L, idx)) {
+        lua_Integer i = lua_tointeger(L, idx);
+        fits = dt == HR_I64 || (dt == HR_U8 ? i >= -255 && i <= 255 : (double)i >= lo && (double)i <= hi);
+    } else {
+        double d = lua_tonumber(L, idx);
+        if (hr_dtype_is_float(dt)) fits = isnan(d) || isinf(d) || (d >= lo && d <= hi);
+        else fits = !isnan(d) && d >= lo && d < (dt == HR_I64 ? 9223372036854775808.0 : hi + 1);
+    }
+    if (!fits) {
+        char num[64];
+        if (lua_isinteger(L, idx)) snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx));
+        else snprintf(num, sizeof num, "%.17g", (double)lua_tonumber(L, idx));
+        luaL_error(L, "%s: value %s cannot be converted to %s without overflow", op, num, hr_dtype_name(dt));
+    }
 }
 
 void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, const char *op)

@@ -38,6 +38,10 @@ int hr_lua_check_dim(lua_State *L, int idx, int ndim, const char *op);
 int hr_lua_check_shape(lua_State *L, int idx, int64_t *size, const char *op);
 /* Parses a dtype name at idx, or returns def when the slot is nil/none. */
 hr_dtype hr_lua_opt_dtype(lua_State *L, int idx, hr_dtype def, const char *op);
+/* Raises a Lua error naming op when the number (or boolean) at idx cannot be stored in dtype dt
+ * without overflow, as PyTorch's checked conversion: an integer or float beyond the dtype's range,
+ * NaN or an infinity into an integer dtype (u8 also takes -255..-1, which wrap, as PyTorch's). */
+void hr_lua_check_fits(lua_State *L, int idx, hr_dtype dt, const char *op);
 /* Reads the fields dtype= and device= of an options table at idx (absent idx/nil: defaults). */
 void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, const char *op);
 /* Field `name` of the options table at idx (absolute), or def when it is absent; a value of the wrong

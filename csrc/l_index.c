@@ -187,6 +187,7 @@ static int l_masked_fill_(lua_State *L)
     hr_tensor *t = hr_lua_check_tensor(L, 1, op);
     hr_tensor *mask = hr_lua_check_tensor(L, 2, op);
     hr_scalar v = check_scalar(L, 3, op);
+    hr_lua_check_fits(L, 3, t->dtype, op);
     hr_lua_check_inplace(L, t, op);
     refuse_grad(L, op, t, NULL);
     if (hr_masked_fill_(t, mask, v)) hr_lua_error(L, op);
@@ -199,8 +200,19 @@ static int l_masked_fill(lua_State *L)
     const char *op = "masked_fill";
     hr_tensor *t = hr_lua_check_tensor(L, 1, op);
     hr_tensor *mask = hr_lua_check_tensor(L, 2, op);
-    hr_scalar v = check_scalar(L, 3, op);
+    hr_tensor *vt = luaL_testudata(L, 3, HR_TENSOR_MT) ? hr_lua_check_tensor(L, 3, op) : NULL;
     hr_tensor *r;
+    if (vt && vt->ndim == 0 && hr_should_record(1, &vt)) {
+        /* a value that requires grad gets its gradient (the masked positions' sum): where() */
+        if (!hr_dtype_is_float(t->dtype) || vt->dtype != t->dtype)
+            return luaL_error(L, "%s: a value tensor that requires grad must have the dtype of the tensor (%s), got %s",
+                              op, hr_dtype_name(t->dtype), hr_dtype_name(vt->dtype));
+        HR_LUA_RETRY(L, r, hr_ag_where(mask, hr_operand_tensor(vt), hr_operand_tensor(t)));
+        hr_lua_push_tensor(L, check_result(L, r, op));
+        return 1;
+    }
+    hr_scalar v = check_scalar(L, 3, op);
+    hr_lua_check_fits(L, 3, t->dtype, op);
     HR_LUA_RETRY(L, r, hr_ag_masked_fill(t, mask, v));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;

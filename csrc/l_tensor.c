@@ -103,6 +103,7 @@ static int l_full(lua_State *L)
     hr_dtype dt = HR_F32;
     hr_device dev = hr_cpu();
     hr_lua_opt_dtype_device(L, lua_istable(L, 3) ? 3 : 0, &dt, &dev, "full");
+    hr_lua_check_fits(L, 2, dt, "full");
     hr_tensor *t = new_filled(L, ndim, size, dt, dev, 0, false, "full");
     if (hr_fill_(t, v)) {
         hr_tensor_release(t);
@@ -135,30 +136,44 @@ static int l_arange(lua_State *L)
     if (step == 0 || isnan(step) || isnan(start) || isnan(stop) || isinf(start) || isinf(stop))
         return luaL_error(L, "arange: invalid range start=%f stop=%f step=%f", (lua_Number)start,
                           (lua_Number)stop, (lua_Number)step);
+    hr_dtype dt = all_int ? HR_I64 : HR_F32;
+    hr_device dev = hr_cpu();
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, "arange");
     double count = ceil((stop - start) / step);
     /* integer arguments are counted and stepped exactly in 128 bits: as doubles, values past 2^53
      * would round (and stop - start can pass 64 bits) */
-    __int128 istart = 0, istep = 1;
+    __int128 istart = 0, istep = 1, istop = 0;
+    bool int_range = all_int;
     if (all_int) {
         istart = nargs >= 2 ? lua_tointeger(L, 1) : 0;
-        __int128 istop = lua_tointeger(L, nargs >= 2 ? 2 : 1);
+        istop = lua_tointeger(L, nargs >= 2 ? 2 : 1);
         istep = nargs >= 3 ? lua_tointeger(L, 3) : 1;
+    } else if (hr_dtype_is_int(dt)) {
+        /* an integer dtype takes its bounds and step as integers first (truncated), as PyTorch */
+        double lim = 9.2e18;
+        if (fabs(start) > lim || fabs(stop) > lim || fabs(step) > lim)
+            return luaL_error(L, "arange: the range does not fit in %s", hr_dtype_name(dt));
+        istart = (int64_t)trunc(start);
+        istop = (int64_t)trunc(stop);
+        istep = (int64_t)trunc(step);
+        if (istep == 0)
+            return luaL_error(L, "arange: step %f is 0 as an integer of dtype %s", (lua_Number)step, hr_dtype_name(dt));
+        int_range = true;
+    }
+    if (int_range) {
         __int128 span = istop - istart, q = span / istep;
         if (span % istep != 0 && (span > 0) == (istep > 0)) q++; /* ceil(span / step) */
         count = q < 0 ? 0 : (double)q;
     }
     if (count < 0) count = 0;
     if (count > 1e12) return luaL_error(L, "arange: range of %f elements is too large", (lua_Number)count);
-    hr_dtype dt = all_int ? HR_I64 : HR_F32;
-    hr_device dev = hr_cpu();
-    hr_lua_opt_dtype_device(L, oi, &dt, &dev, "arange");
     int64_t n = (int64_t)count;
     hr_tensor *t = new_filled(L, 1, &n, dt, hr_cpu(), NAN, false, "arange");
     hr_lua_push_tensor(L, t);
     char *p = hr_tensor_data(t);
     size_t el = hr_dtype_size(dt);
     for (int64_t i = 0; i < n; i++) {
-        if (all_int) { /* every value lies between start and stop: it fits in 64 bits */
+        if (int_range) { /* every value lies between start and stop: it fits in 64 bits */
             int64_t v = (int64_t)(istart + (__int128)i * istep);
             if (hr_dtype_is_int(dt)) hr_store_i64(p + (size_t)i * el, dt, v);
             else hr_store_f64(p + (size_t)i * el, dt, (double)v);
@@ -240,6 +255,7 @@ static void fill_nested(lua_State *L, int idx, int depth, int ndim, const int64_
             if (t == LUA_TBOOLEAN) {
                 hr_store_f64(dst, c->dt, lua_toboolean(L, -1) ? 1.0 : 0.0);
             } else if (t == LUA_TNUMBER) {
+                hr_lua_check_fits(L, -1, c->dt, "tensor");
                 if (lua_isinteger(L, -1)) hr_store_i64(dst, c->dt, lua_tointeger(L, -1));
                 else hr_store_f64(dst, c->dt, lua_tonumber(L, -1));
             } else {
@@ -265,6 +281,7 @@ static int l_tensor(lua_State *L)
     if (lua_type(L, 1) == LUA_TNUMBER || lua_type(L, 1) == LUA_TBOOLEAN) {
         if (lua_isboolean(L, 1)) dt = HR_BOOL;
         hr_lua_opt_dtype_device(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, "tensor");
+        hr_lua_check_fits(L, 1, dt, "tensor");
         hr_tensor *t = new_filled(L, 0, size, dt, hr_cpu(), NAN, false, "tensor");
         if (lua_isinteger(L, 1)) hr_store_i64(hr_tensor_data(t), dt, lua_tointeger(L, 1));
         else hr_store_f64(hr_tensor_data(t), dt, lua_isboolean(L, 1) ? lua_toboolean(L, 1) : lua_tonumber(L, 1));
@@ -502,6 +519,10 @@ static int t_transpose(lua_State *L)
     hr_tensor *t = hr_lua_check_tensor(L, 1, "transpose");
     int d0, d1;
     if (lua_isnoneornil(L, 2)) {
+        if (t->ndim < 2) { /* t() of a 0-D or 1-D tensor is the tensor itself, as in PyTorch */
+            lua_settop(L, 1);
+            return 1;
+        }
         if (t->ndim != 2) return luaL_error(L, "transpose: without dimensions only 2-D tensors, got %d-D", t->ndim);
         d0 = 0;
         d1 = 1;
@@ -672,6 +693,7 @@ static int t_fill_(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "fill_");
     hr_lua_check_inplace(L, t, "fill_");
+    hr_lua_check_fits(L, 2, t->dtype, "fill_");
     int rc;
     if (lua_isinteger(L, 2)) {
         rc = hr_fill_i64_(t, lua_tointeger(L, 2)); /* exact for 64-bit integers */

@@ -35,6 +35,7 @@
 --                        the config's max_txt_len is not read, as the reference does not]
 --   --sub-ctx-len N      preceding subtitles in each segment's text [0]
 --   --batch-size N       videos per micro-batch [32 with databases, 8 with a fixture]
+--   --val-batch-size N   videos per validation batch [the --train-config's val_batch_size, else --batch-size]
 --   --bucket K           length buckets of K batches [0: none, random batches as the reference]
 --   --mask-prob P        MLM / MFM / FOM rate [0.15] --train-ids FILE  JSON array of video ids [all of vid2len]
 --   --valid-ids FILE     JSON array of validation video ids (one fixed pass per validation) [none]
@@ -102,7 +103,7 @@ local function parse_args(argv)
   local known = {"config", "fixture", "init", "out", "steps", "total", "resume", "threads", "tasks", "ratios",
                  "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every", "save-every",
                  "seed", "vfeat-dim", "max-frm-seq-len", "quiet", "vfeat-db", "sub-db", "max-clip-len",
-                 "max-txt-len", "sub-ctx-len", "batch-size", "bucket", "mask-prob", "train-ids", "valid-ids",
+                 "max-txt-len", "sub-ctx-len", "batch-size", "val-batch-size", "bucket", "mask-prob", "train-ids", "valid-ids",
                  "on-error", "dist", "workers", "prefetch", "device", "amp", "train-config", "txt-db", "img-db"}
   local ok = {}
   for _, k in ipairs(known) do ok[k] = true end
@@ -260,9 +261,12 @@ function sources.db(_, _, hps)
         loaders[l.name] = require("hero.data.prefetch").timed(tl)
       end
       if l.val_ids then
-        local vo = {dataset = dataset(target, l.val_ids), seed = hps.seed + 1000 * i + 500, shuffle = false}
+        -- each rank validates its own shard (the reference's video_ids[rank::size]), all of the
+        -- same size: VSM gathers every rank's batch, so the ranks must run as many batches
+        local vo = {dataset = dataset(target, l.val_ids), seed = hps.seed + 1000 * i + 500, shuffle = false,
+          rank = rank, world_size = world, equal_shards = true}
         for k, v in pairs(common) do vo[k] = v end
-        vo.batch_size = hps.val_batch_size or hps.batch_size
+        vo.batch_size = hps.val_batch_size
         valid[l.name] = hero.data.TaskLoader(vo)
       end
     end
@@ -435,7 +439,9 @@ if source == sources.db then
   hps.max_txt_len = int_opt(opts, "max-txt-len", 60)
   hps.sub_ctx_len = int_opt(opts, "sub-ctx-len", cfg("sub_ctx_len", 0))
   hps.batch_size = int_opt(opts, "batch-size", cfg("train_batch_size", recipe and recipe.train_batch_size or 8))
-  hps.val_batch_size = tc and int_opt(opts, "batch-size", tc.val_batch_size) or nil
+  -- validation batches keep their own size, as pretrain.py's val_batch_size: MFM-NCE's and VSM's
+  -- validation metrics take their negatives from the batch
+  hps.val_batch_size = int_opt(opts, "val-batch-size", tc and tc.val_batch_size or hps.batch_size)
   -- the reference draws its batches at random, without length buckets
   hps.bucket = int_opt(opts, "bucket", 0)
   hps.mask_prob = num_opt(opts, "mask-prob", cfg("mask_prob", 0.15))
@@ -444,6 +450,7 @@ if source == sources.db then
   hps.on_error = opts["on-error"] or "skip"
   if hps.on_error ~= "skip" and hps.on_error ~= "error" then usage("--on-error must be skip or error") end
   if hps.batch_size < 1 then usage("--batch-size must be at least 1") end
+  if hps.val_batch_size < 1 then usage("--val-batch-size must be at least 1") end
   hps.workers = int_opt(opts, "workers", 0)
   hps.prefetch = int_opt(opts, "prefetch", 2)
   if hps.prefetch < 1 then usage("--prefetch must be at least 1") end
@@ -544,7 +551,7 @@ if opts.resume then
   if train.Trainer.latest_step(opts.out) then
     -- as the reference's TrainingRestorer: the same settings as the run was started with
     local ok, err = pcall(train.check_resumed_settings, opts.out .. "/hps.json", hps,
-      {"workers", "prefetch", "on_error", "save_every", "valid_every"})
+      {"workers", "prefetch", "on_error", "save_every", "valid_every", "val_batch_size"})
     if not ok then usage(err) end
   end
   start = trainer:resume(opts.out) or 0

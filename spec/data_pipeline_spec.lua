@@ -606,6 +606,14 @@ describe("TaskLoader", function()
     assert.are.equal(4, #r0.ids)
     assert.are.equal(3, #r1.ids)
     assert.are.equal(ds:ids()[2], r1.ids[1])
+    -- equal_shards: the seventh video is left out, so that both ranks run as many batches
+    local e0 = data.TaskLoader{dataset = ds, task = "mlm", rank = 0, world_size = 2, equal_shards = true}
+    local e1 = data.TaskLoader{dataset = ds, task = "mlm", rank = 1, world_size = 2, equal_shards = true}
+    assert.are.same({ds:ids()[1], ds:ids()[3], ds:ids()[5]}, e0.ids)
+    assert.are.same(r1.ids, e1.ids)
+    helper.assert_error_contains(function()
+      data.TaskLoader{dataset = ds, task = "mlm", equal_shards = 1}
+    end, "opts.equal_shards must be a boolean")
   end)
 
   it_db("refuses bad options and foreign states", function()

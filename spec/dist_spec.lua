@@ -267,6 +267,38 @@ describe("hero.dist over MPI (2 ranks on the CPU)", function()
       assert.is_true(n > 80)
     end)
 
+  it("examples/pretrain.lua --dist validates each rank's equal share of the validation videos", function()
+    if not (hero.data.has_lmdb and hero.data.has_lz4) then
+      pending("hero was built without LMDB/LZ4: the database run is skipped")
+      return
+    end
+    local fx = helper.fixture("data")
+    local dir = tmpdir .. "/pretrain"
+    assert(os.execute("mkdir -p " .. sh_quote(dir)))
+    local section = helper.tiny_section {type_vocab_size = 1, vocab_size = 50265}
+    local c_section = helper.tiny_section {type_vocab_size = 2, vocab_size = 50265, max_position_embeddings = 32}
+    hero.json.write_file(dir .. "/model.json", {f_config = section, c_config = c_section, q_config = section})
+    -- 7 videos: shares of 4 and 3 would give rank 0 two batches of 3 and rank 1 one, and rank 0's
+    -- second VSM batch would wait forever for rank 1's part of the gather
+    local ids = hero.json.keys(hero.json.read_file(fx .. "/txt_db/tv_subtitles.db/vid2len.json"))
+    table.sort(ids)
+    assert.equal(7, #ids)
+    hero.json.write_file(dir .. "/ids.json", ids)
+    local args = {"examples/pretrain.lua", "--dist", "--config", dir .. "/model.json", "--vfeat-db",
+      fx .. "/video_db/tv/resnet_slowfast_1.5", "--sub-db", fx .. "/txt_db/tv_subtitles.db", "--max-clip-len", "12",
+      "--tasks", "vsm,mlm", "--batch-size", "2", "--val-batch-size", "3", "--valid-ids", dir .. "/ids.json",
+      "--valid-every", "1", "--steps", "1", "--accum", "1", "--out", dir .. "/run", "--quiet"}
+    for i, a in ipairs(args) do args[i] = sh_quote(a) end
+    local cmd = string.format(env .. "LUA_PATH=%s LUA_CPATH=%s timeout -k 5 120 mpirun -np 2 --oversubscribe " ..
+      "--allow-run-as-root --bind-to none --mca btl_vader_single_copy_mechanism none lua5.4 %s",
+      sh_quote(package.path), sh_quote(package.cpath), table.concat(args, " "))
+    local status, text = run(cmd)
+    assert(status == 0, "the MPI pre-training run failed:\n" .. text)
+    local rec = hero.json.decode(io.lines(dir .. "/run/log.jsonl")())
+    assert.is_number(rec.valid.vsm.loss_overall)
+    assert.is_number(rec.valid.mlm.acc)
+  end)
+
   it("ends every rank with a clear error when one rank fails", function()
     local status, text, seconds = mpirun("fail", 60)
     assert.is_true(status ~= 0, "the job should fail:\n" .. text)

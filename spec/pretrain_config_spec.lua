@@ -115,13 +115,13 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     local FT = require "hero.train.finetune"
     local resolved = PC.targets(PC.hparams(released(dir), "c"), nil, FT.video_db_dir)
     assert.equal(fx .. "/video_db/tv/resnet_slowfast_1.5", resolved[1].video_db)
-    -- feature shards: <vfeat_db>/<shard> (no img_db in front, as pretrain.py), one id file per shard
+    -- feature shards: <img_db>/<vfeat_db>/<shard> as pretrain.py's, one id file per shard
     local sh = released(dir)
-    sh.targets[1].vfeat_db, sh.targets[1].vfeat_shards = "/ht", {"s0", "s1"}
+    sh.targets[1].vfeat_db, sh.targets[1].vfeat_shards = "ht", {"s0", "s1"}
     sh.targets[1].splits[1].train_idx = {"a.json", "b.json"}
-    local st = PC.targets(PC.hparams(sh, "c"))[1]
-    assert.same({"/ht/s0", "/ht/s1"}, st.shards)
-    assert.equal("/ht/s0", st.video_db)
+    local st = PC.targets(PC.hparams(sh, "c"), {img_db = "/video"})[1]
+    assert.same({"/video/ht/s0", "/video/ht/s1"}, st.shards)
+    assert.equal("/video/ht/s0", st.video_db)
     assert.same({fx .. "/txt_db/a.json", fx .. "/txt_db/b.json"}, st.loaders[1].train_ids)
     sh.targets[1].splits[1].train_idx = "a.json"
     helper.assert_error_contains(function() PC.targets(PC.hparams(sh, "c")) end, "one JSON file of video ids per shard")
@@ -220,6 +220,16 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     assert.equal(1, #first.micro_losses)
     assert.equal(5e-4, first.lr)
     assert.equal(60, json.read_file(dir .. "/run2/hps.json").max_txt_len)
+    -- --batch-size leaves the validation batches at the config's val_batch_size; --val-batch-size sets them
+    rc, text = pretrain {"--train-config", dir .. "/pretrain.json", "--out", dir .. "/run2b", "--quiet", "--steps", "1",
+      "--batch-size", "2"}
+    assert.equal(0, rc, text)
+    local h2 = json.read_file(dir .. "/run2b/hps.json")
+    assert.same({2, 3}, {h2.batch_size, h2.val_batch_size})
+    rc, text = pretrain {"--train-config", dir .. "/pretrain.json", "--out", dir .. "/run2c", "--quiet", "--steps", "1",
+      "--val-batch-size", "5"}
+    assert.equal(0, rc, text)
+    assert.equal(5, json.read_file(dir .. "/run2c/hps.json").val_batch_size)
     -- the config's max_txt_len does not cut the subtitles (pretrain.py never passes it on)
     json.write_file(dir .. "/pretrain_txt7.json", released(dir, {max_txt_len = 7}))
     rc, text = pretrain {"--train-config", dir .. "/pretrain_txt7.json", "--out", dir .. "/run3", "--quiet",

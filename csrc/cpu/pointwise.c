@@ -469,9 +469,25 @@ static hr_dtype tensor_scalar_dtype(hr_dtype t, hr_scalar_kind k)
     return t;
 }
 
+/* A 0-dim tensor beside a tensor with dimensions counts as PyTorch's "dimensionless" operand: it
+ * decides the result only when it is of a higher category (float over integer, integer over
+ * bool), so that a f16 tensor times a 0-dim f32 stays f16 and an i32 tensor plus a 0-dim i64
+ * stays i32 (c10's combine_categories). */
+static hr_dtype tensor_zero_dim_dtype(hr_dtype dim, hr_dtype zero)
+{
+    if (hr_dtype_is_float(dim)) return dim;
+    if (dim == HR_BOOL || hr_dtype_is_float(zero)) return hr_dtype_promote(dim, zero);
+    return dim;
+}
+
 static hr_dtype common_dtype(const hr_operand *a, const hr_operand *b)
 {
-    if (a->t && b->t) return hr_dtype_promote(a->t->dtype, b->t->dtype);
+    if (a->t && b->t) {
+        bool a0 = a->t->ndim == 0, b0 = b->t->ndim == 0;
+        if (a0 && !b0) return tensor_zero_dim_dtype(b->t->dtype, a->t->dtype);
+        if (b0 && !a0) return tensor_zero_dim_dtype(a->t->dtype, b->t->dtype);
+        return hr_dtype_promote(a->t->dtype, b->t->dtype);
+    }
     if (a->t) return tensor_scalar_dtype(a->t->dtype, b->kind);
     if (b->t) return tensor_scalar_dtype(b->t->dtype, a->kind);
     /* two numbers (where): integers stay i64, anything else is f32 */
@@ -706,8 +722,8 @@ typedef struct {
 #define U_NEG(v) (-(v))
 #define U_SQUARE(v) ((v) * (v))
 #define U_RELU(v) ((v) < 0 ? 0 : (v)) /* NaN stays NaN */
-/* sign: NaN stays NaN, and both zeros give +0 as NumPy's sign */
-#define U_SIGN(v) ((v) > 0 ? 1 : (v) < 0 ? -1 : (v) == 0 ? 0 : (v))
+/* sign: both zeros and NaN give +0, as PyTorch's sign */
+#define U_SIGN(v) ((v) > 0 ? 1 : (v) < 0 ? -1 : 0)
 #define U_RECIP(v) (1 / (v))
 
 static inline float gelu_f32(float v) { return 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)); }
@@ -720,7 +736,10 @@ static inline double rsqrt_f64(double v) { return 1.0 / sqrt(v); }
 #define CLAMP_LOOP(T)                                                    \
     do {                                                                 \
         const T lo = c->has_lo ? LO : 0, hi = c->has_hi ? HI : 0;         \
-        if (c->has_lo && c->has_hi) {                                    \
+        /* a NaN bound makes every result NaN, as PyTorch's clamp */      \
+        if ((c->has_lo && lo != lo) || (c->has_hi && hi != hi)) {         \
+            for (int64_t i = 0; i < n; i++) y[i] = c->has_lo && lo != lo ? lo : hi; \
+        } else if (c->has_lo && c->has_hi) {                             \
             for (int64_t i = 0; i < n; i++) {                            \
                 T v = x[i] < lo ? lo : x[i];                             \
                 y[i] = v > hi ? hi : v;                                  \

@@ -595,7 +595,7 @@ static int reduce(const red_args *a, hr_tensor *t, int dim, bool keepdim, hr_ten
 
     hr_dtype odt = t->dtype;
     if ((a->op == OP_SUM || a->op == OP_PROD) && k.ct == CT_I) odt = HR_I64;
-    if (a->op == OP_ALL || a->op == OP_ANY) odt = HR_BOOL;
+    if (a->op == OP_ALL || a->op == OP_ANY) odt = t->dtype == HR_U8 ? HR_U8 : HR_BOOL; /* PyTorch keeps u8 */
     hr_device dev = hr_tensor_device(t);
     hr_tensor *vout = NULL, *iout = NULL;
     if (values) vout = hr_tensor_empty(out_ndim, out_size, odt, dev);
@@ -829,7 +829,7 @@ static void scan_worker(void *arg, int64_t begin, int64_t end)
                 acc = j->prod ? acc * v : acc + v;
                 hr_store_i64(o + i * so, j->odt, (int64_t)acc);
             }
-        } else if (j->dt == HR_F32 && j->gi.stride == 1) {
+        } else if (j->dt == HR_F32 && j->gi.stride == 1 && j->go.stride == 1) {
             const float *x = (const float *)p;
             float *y = (float *)o;
             double acc = j->prod ? 1.0 : 0.0;

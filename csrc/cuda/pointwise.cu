@@ -149,7 +149,7 @@ template <typename T> __device__ __forceinline__ T float_unary(int op, T v)
     switch (op) {
     case HR_NEG: return -v;
     case HR_ABS: return f_abs(v);
-    case HR_SIGN: return v > (T)0 ? (T)1 : v < (T)0 ? (T)-1 : v == (T)0 ? (T)0 : v;
+    case HR_SIGN: return v > (T)0 ? (T)1 : v < (T)0 ? (T)-1 : (T)0;
     case HR_SQUARE: return mul_rn(v, v);
     case HR_RELU: return v < (T)0 ? (T)0 : v;
     case HR_FLOOR: return f_floor(v);
@@ -200,6 +200,9 @@ __global__ void unary_kernel(Geo g, char *out, int odt, int oel, const char *in,
             y = x;
             if (has_lo) y = y < lo ? lo : y;
             if (has_hi) y = y > hi ? hi : y;
+            /* a NaN bound makes every result NaN, as PyTorch's clamp (and cpu/pointwise.c) */
+            if (has_hi && hi != hi) y = hi;
+            if (has_lo && lo != lo) y = lo;
         } else {
             y = unary_of<T>(op, x);
         }

@@ -30,7 +30,7 @@ TaskLoader.__index = TaskLoader
 TaskLoader.__name = "hero.data.TaskLoader"
 
 local KNOWN = {"dataset", "task", "batch_size", "seed", "shuffle", "bucket", "drop_last", "on_error", "task_opts",
-               "on_skip", "rank", "world_size", "max_skipped_ids"}
+               "on_skip", "rank", "world_size", "equal_shards", "max_skipped_ids"}
 
 local function fail(fmt, ...)
   error("TaskLoader: " .. string.format(fmt, ...), 3)
@@ -47,12 +47,15 @@ end
 
 --- TaskLoader{dataset =, task =, batch_size = 8, seed = 0, shuffle = true, bucket = 0,
 --   drop_last = false, on_error = "skip", task_opts = {}, on_skip = function(vid, reason),
---   rank = 0, world_size = 1, max_skipped_ids = 100}
+--   rank = 0, world_size = 1, equal_shards = false, max_skipped_ids = 100}
 -- task: "mlm", "mfm-nce", "mffr", "fom", "vsm" or "video" (representation batches only).
 -- batch_size counts videos. task_opts go to the item builders of hero.data.tasks (mask_prob,
 -- query_per_video, sub_ctx_len, max_txt_len, truncate); the special ids come from the dataset.
 -- rank / world_size: this process keeps videos rank, rank + world_size, ... as the reference's
--- per-GPU shards.
+-- per-GPU shards. equal_shards = true leaves out the last (#videos % world_size) videos so that
+-- every rank holds as many videos, and so runs as many batches in a pass: validation passes
+-- whose forward gathers the batches of all ranks (VSM) would otherwise wait on a rank that has
+-- run out.
 function M.TaskLoader(opts)
   if type(opts) ~= "table" then fail("expected an options table") end
   local ok = {}
@@ -73,9 +76,14 @@ function M.TaskLoader(opts)
   local world = int_opt(opts, "world_size", 1, 1)
   local rank = int_opt(opts, "rank", 0, 0)
   if rank >= world then fail("opts.rank %d is not below world_size %d", rank, world) end
+  if opts.equal_shards ~= nil and type(opts.equal_shards) ~= "boolean" then
+    fail("opts.equal_shards must be a boolean, got %s", type(opts.equal_shards))
+  end
+  local all = ds:ids()
+  local usable = opts.equal_shards and #all - #all % world or #all
   local ids = {}
-  for i, vid in ipairs(ds:ids()) do
-    if (i - 1) % world == rank then ids[#ids + 1] = vid end
+  for i = 1, usable do
+    if (i - 1) % world == rank then ids[#ids + 1] = all[i] end
   end
   if #ids == 0 then fail("the dataset gives this process no video") end
   local seed = int_opt(opts, "seed", 0, 0)

@@ -66,7 +66,7 @@ local DEFAULTS = {
           max_before_nms = 200, max_after_nms = 100, distributed_eval = false, nms_thd = 0.5, q2c_alpha = 20,
           max_vcmr_video = 100, full_eval_tasks = {"VCMR", "SVMR", "VR"}, min_pred_l = 2, max_pred_l = 16},
   vr = {vr_eval_video_batch_size = 40, vr_eval_q_batch_size = 80, distributed_eval = false, max_vr_video = 100},
-  tvc = {max_gen_step = 30, max_cap_per_vid = -1},
+  tvc = {max_gen_step = 30, max_cap_per_vid = -1, sub_ctx_len = 1},
 }
 
 local function fail(fmt, ...) error(string.format(fmt, ...), 0) end

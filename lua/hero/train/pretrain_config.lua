@@ -133,12 +133,12 @@ function PC.targets(hps, dirs, video_db_dir)
     local target = {name = t.name, sub_db = join(txt_root, t.sub_txt_db), vfeat_interval = interval, loaders = {}}
     local shards = t.vfeat_shards
     if not is_null(shards) then
-      -- the feature shards of one target (HowTo100M): <vfeat_db>/<shard> each, vfeat_db as given
-      -- (pretrain.py does not put img_db in front), one train_idx file per shard
+      -- the feature shards of one target (HowTo100M): <img_db>/<vfeat_db>/<shard> each
+      -- (pretrain.py:build_target_loaders), one train_idx file per shard
       if type(shards) ~= "table" or #shards == 0 then fail("%s (%s): vfeat_shards must be a non-empty list", where,
         t.name) end
       target.shards = {}
-      for k, sh in ipairs(shards) do target.shards[k] = resolve(t.vfeat_db .. "/" .. tostring(sh)) end
+      for k, sh in ipairs(shards) do target.shards[k] = resolve(join(img_root, t.vfeat_db) .. "/" .. tostring(sh)) end
       target.video_db = target.shards[1]
     else
       target.video_db = resolve(join(img_root, t.vfeat_db))
