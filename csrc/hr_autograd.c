@@ -19,6 +19,18 @@ static _Thread_local void *leaf_hook_ctx;
 
 /* the walk running on this thread (0: none), for hr_backward_leaf_pending */
 static _Thread_local unsigned walk_running;
+/* The walks in progress on this thread, outermost first: a Lua-defined backward or a hook may run
+ * another backward, but not through nodes an enclosing walk is still accumulating into. */
+enum { MAX_NESTED_WALKS = 16 };
+static _Thread_local unsigned active_walks[MAX_NESTED_WALKS];
+static _Thread_local int n_active_walks;
+
+static bool in_enclosing_walk(const hr_node *n)
+{
+    for (int k = 0; k < n_active_walks - 1; k++)
+        if (n->visit == active_walks[k]) return true;
+    return false;
+}
 
 bool hr_backward_leaf_pending(const hr_tensor *t)
 {
@@ -298,6 +310,10 @@ static bool can_adopt(const hr_tensor *leaf, const hr_tensor *g)
 
 static int accumulate_leaf(hr_tensor *leaf, hr_tensor *g)
 {
+    if (hr_tensor_check_live(leaf, "backward: a leaf that receives a gradient")) { /* freed by a Lua backward */
+        hr_tensor_release(g);
+        return -1;
+    }
     if (!leaf->grad && can_adopt(leaf, g)) {
         g->requires_grad = false;
         leaf->grad = g; /* the reference passes to the leaf: no copy */
@@ -359,15 +375,29 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
         return rc;
     }
 
-    /* 1. discover the graph and count, for each node, the consumers that will send it a gradient */
+    /* 1. discover the graph and count, for each node, the consumers that will send it a gradient.
+     * Every node is retained until the walk ends: a Lua-defined backward may drop the last
+     * reference to the graph (free the root) while the walk still holds its nodes. */
+    if (n_active_walks == MAX_NESTED_WALKS) {
+        hr_tensor_release(seed);
+        return hr_fail(HR_EINVAL, "backward: more than %d backward calls nested in one another", MAX_NESTED_WALKS);
+    }
     node_list all = {0}, stack = {0};
     int rc = 0;
     unsigned gen = ++backward_generation;
+    active_walks[n_active_walks++] = gen;
     hr_node *start = root->grad_fn;
-    start->visit = gen;
-    start->pending = 0;
-    start->grad_acc = NULL;
-    if (list_push(&stack, start) || list_push(&all, start)) rc = -1;
+    if (in_enclosing_walk(start)) {
+        rc = hr_fail(HR_EINVAL, "backward: '%s' is part of a graph an enclosing backward call is still "
+                                "differentiating (a backward inside a Lua backward or hook must use another graph)",
+                     start->op);
+    } else {
+        start->visit = gen;
+        start->pending = 0;
+        start->grad_acc = NULL;
+        if (list_push(&stack, start) || list_push(&all, start)) rc = -1;
+        else hr_node_retain(start);
+    }
     hr_leaf_ready_fn hook = leaf_hook;
     void *hook_ctx = leaf_hook_ctx;
     while (rc == 0 && stack.len) {
@@ -384,10 +414,22 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
             hr_node *p = n->next[i].node;
             if (!p) continue;
             if (p->visit != gen) {
+                if (in_enclosing_walk(p)) {
+                    rc = hr_fail(HR_EINVAL, "backward: '%s' is part of a graph an enclosing backward call is still "
+                                            "differentiating (a backward inside a Lua backward or hook must use "
+                                            "another graph)",
+                                 p->op);
+                    break;
+                }
                 p->visit = gen;
                 p->pending = 0;
                 p->grad_acc = NULL;
-                if (list_push(&all, p) || list_push(&stack, p)) {
+                if (list_push(&all, p)) {
+                    rc = -1;
+                    break;
+                }
+                hr_node_retain(p);
+                if (list_push(&stack, p)) {
                     rc = -1;
                     break;
                 }
@@ -497,12 +539,14 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
         }
     }
     walk_running = outer_walk;
-    /* drop partial gradients left by an error */
+    /* drop partial gradients left by an error, and this walk's hold on the nodes */
     for (size_t k = 0; k < all.len; k++) {
         hr_tensor_release(all.items[k]->grad_acc);
         all.items[k]->grad_acc = NULL;
         all.items[k]->pending = 0;
     }
+    for (size_t k = 0; k < all.len; k++) hr_node_release(all.items[k]);
+    n_active_walks--;
     hr_tensor_release(seed);
     free(all.items);
     free(stack.items);

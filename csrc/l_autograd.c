@@ -51,6 +51,20 @@ int hr_lua_autograd_set_field(lua_State *L, hr_tensor *t, const char *key, int v
                 return luaL_error(L, "grad assignment: gradient of size %s for a tensor of size %s",
                                   hr_shape_str(g->ndim, g->size, a, sizeof a), hr_shape_str(t->ndim, t->size, b, sizeof b));
             }
+            /* backward adds into the gradient in place, on the tensor's device (a float gradient of
+             * another width is kept: the optimizers read half gradients of f32 parameters) */
+            if (!hr_dtype_is_float(g->dtype))
+                return luaL_error(L, "grad assignment: gradient of dtype %s; gradients are floating point",
+                                  hr_dtype_name(g->dtype));
+            if (!hr_device_eq(hr_tensor_device(g), hr_tensor_device(t))) {
+                char a[64], b[64];
+                return luaL_error(L, "grad assignment: gradient on %s for a tensor on %s",
+                                  hr_device_str(hr_tensor_device(g), a, sizeof a),
+                                  hr_device_str(hr_tensor_device(t), b, sizeof b));
+            }
+            if (g->storage && g->storage == t->storage)
+                return luaL_error(L, "grad assignment: the gradient shares the tensor's own memory (use :clone())");
+            hr_lua_check_writable(L, g, "grad assignment");
             hr_tensor_retain(g);
         }
         hr_tensor *old = t->grad;
@@ -89,20 +103,20 @@ static int t_requires_grad_(lua_State *L)
 /* t:backward([grad][, {retain_graph = bool}]) */
 static int t_backward(lua_State *L)
 {
-    hr_tensor *t = hr_lua_check_tensor(L, 1, "backward");
-    hr_tensor *g = NULL;
+    /* the options first: reading them may run Lua code (metamethods), which must not find the
+     * tensors already taken */
     int opts = 0;
-    if (!lua_isnoneornil(L, 2)) {
-        if (lua_istable(L, 2) && !hr_lua_to_tensor(L, 2)) opts = 2;
-        else g = hr_lua_check_tensor(L, 2, "backward");
-    }
-    if (!opts && lua_istable(L, 3)) opts = 3;
+    if (lua_istable(L, 2) && !hr_lua_to_tensor(L, 2)) opts = 2;
+    else if (lua_istable(L, 3)) opts = 3;
     bool retain = false;
     if (opts) {
         lua_getfield(L, opts, "retain_graph");
         retain = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "backward");
+    hr_tensor *g = NULL;
+    if (!lua_isnoneornil(L, 2) && opts != 2) g = hr_lua_check_tensor(L, 2, "backward");
     /* Not retried after a collection on out of memory (unlike allocations): a backward that failed
      * midway has already freed the saved tensors of the nodes it went through and added their
      * gradients to some leaves, so a second run would fail with a misleading message or count

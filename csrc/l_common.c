@@ -147,10 +147,12 @@ int hr_lua_check_shape(lua_State *L, int idx, int64_t *size, const char *op)
 {
     int n = 0;
     if (lua_istable(L, idx)) {
-        n = (int)luaL_len(L, idx);
-        if (n > HR_MAX_DIMS) return luaL_error(L, "%s: at most %d dimensions, got %d", op, HR_MAX_DIMS, n);
+        /* raw reads: no metamethod (Lua code) runs while the caller holds tensor pointers */
+        lua_Unsigned len = lua_rawlen(L, idx);
+        if (len > HR_MAX_DIMS) return luaL_error(L, "%s: at most %d dimensions, got %d", op, HR_MAX_DIMS, (int)len);
+        n = (int)len;
         for (int i = 1; i <= n; i++) {
-            lua_geti(L, idx, i);
+            lua_rawgeti(L, idx, i);
             int isnum;
             lua_Integer v = lua_tointegerx(L, -1, &isnum);
             if (!isnum) return luaL_error(L, "%s: size entry %d is not an integer (%s)", op, i, luaL_typename(L, -1));
@@ -285,11 +287,25 @@ int hr_lua_opt_field_option(lua_State *L, int idx, const char *name, int def, co
     return luaL_error(L, "%s: option %s must be %s, got a %s", op, name, lua_tostring(L, -1), luaL_typename(L, -2));
 }
 
+void hr_lua_check_writable(lua_State *L, const hr_tensor *t, const char *op)
+{
+    /* a stride-0 dimension of size > 1 names some elements twice: a write would race or add up
+     * (PyTorch refuses it too) */
+    for (int i = 0; i < t->ndim; i++)
+        if (t->stride[i] == 0 && t->size[i] > 1) {
+            char buf[160];
+            luaL_error(L, "%s: cannot write in place into %s: it is an expanded view whose elements overlap "
+                          "(make it contiguous first)",
+                       op, hr_tensor_desc(t, buf, sizeof buf));
+        }
+}
+
 void hr_lua_check_inplace(lua_State *L, hr_tensor *t, const char *op)
 {
     if (t->requires_grad && !t->grad_fn && hr_grad_enabled_flag())
         luaL_error(L, "%s: a leaf tensor that requires grad cannot be modified in place "
                       "(do it inside hero.no_grad or on a detached tensor)", op);
+    hr_lua_check_writable(L, t, op);
 }
 
 void hr_lua_check_graph_inplace(lua_State *L, hr_tensor *self, hr_tensor *other, const char *op)

@@ -242,17 +242,18 @@ static int l_nonzero(lua_State *L)
 /* ------------------------------------------------------------------ cat / stack */
 
 /* Reads a Lua array of tensors at idx into a pointer array kept alive by a userdata pushed on the
- * stack (so a Lua error cannot leak it). Entries are borrowed: the table keeps them alive. */
+ * stack (so a Lua error cannot leak it). Entries are borrowed: the table keeps them alive, and the
+ * reads are raw, so that no metamethod (Lua code, a collection) runs while pointers are taken. */
 static hr_tensor **check_tensor_list(lua_State *L, int idx, const char *op, int *count)
 {
     if (!lua_istable(L, idx))
         luaL_error(L, "%s: argument #%d must be a list of tensors, got %s", op, idx, luaL_typename(L, idx));
-    lua_Integer n = luaL_len(L, idx);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
     if (n < 1) luaL_error(L, "%s: expected a non-empty list of tensors", op);
     if (n > (1 << 24)) luaL_error(L, "%s: list of %d tensors is too long", op, (int)n);
     hr_tensor **ts = lua_newuserdatauv(L, sizeof(hr_tensor *) * (size_t)n, 0);
     for (lua_Integer i = 1; i <= n; i++) {
-        lua_geti(L, idx, i);
+        lua_rawgeti(L, idx, i);
         hr_tensor_box *box = luaL_testudata(L, -1, HR_TENSOR_MT);
         if (!box) luaL_error(L, "%s: entry %d of the list is a %s, expected a hero.Tensor", op, (int)i, luaL_typename(L, -1));
         if (!box->t || !box->t->storage) luaL_error(L, "%s: entry %d of the list: tensor was freed", op, (int)i);

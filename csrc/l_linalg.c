@@ -94,6 +94,7 @@ static int add_product_inplace(lua_State *L, const char *op, add_fn fn)
     hr_tensor *b = hr_lua_check_tensor(L, 3, op);
     double beta, alpha;
     opt_beta_alpha(L, 4, &beta, &alpha, op);
+    hr_lua_check_writable(L, c, op);
     hr_lua_check_graph_inplace(L, c, a, op);
     hr_lua_check_graph_inplace(L, c, b, op);
     hr_tensor *r;

@@ -1,4 +1,5 @@
 /* l_nn.c — Lua bindings of the fused neural-network nodes (hero.nn.functional in Lua). */
+#include <string.h>
 #include "hr_autocast.h"
 #include "hr_nn.h"
 #include "hr_autograd.h"
@@ -58,12 +59,8 @@ static int l_embedding(lua_State *L)
  * reduction = "mean"|"sum"|"none"}]) */
 static int l_cross_entropy(lua_State *L)
 {
-    /* autocast's f32 loss of half GPU logits reads them as f32 in the kernel (no cast copy) */
-    hr_tensor *x = hr_lua_check_tensor(L, 1, "cross_entropy");
-    bool of_half = (x->dtype == HR_BF16 || x->dtype == HR_F16) && hr_tensor_device(x).type == HR_CUDA &&
-                   hr_autocast_target(x, HR_AUTOCAST_F32) == HR_F32;
-    if (!of_half) x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "cross_entropy");
-    hr_tensor *t = hr_lua_check_tensor(L, 2, "cross_entropy");
+    /* the options first: reading them may run Lua code (metamethods), which must not find the
+     * tensors already taken */
     lua_Integer ignore = -100;
     double smoothing = 0;
     hr_reduction red = HR_REDUCE_MEAN;
@@ -73,6 +70,12 @@ static int l_cross_entropy(lua_State *L)
         smoothing = hr_lua_opt_field_number(L, 3, "label_smoothing", smoothing, "cross_entropy");
         red = (hr_reduction)hr_lua_opt_field_option(L, 3, "reduction", (int)red, names, "cross_entropy");
     }
+    /* autocast's f32 loss of half GPU logits reads them as f32 in the kernel (no cast copy) */
+    hr_tensor *x = hr_lua_check_tensor(L, 1, "cross_entropy");
+    bool of_half = (x->dtype == HR_BF16 || x->dtype == HR_F16) && hr_tensor_device(x).type == HR_CUDA &&
+                   hr_autocast_target(x, HR_AUTOCAST_F32) == HR_F32;
+    if (!of_half) x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "cross_entropy");
+    hr_tensor *t = hr_lua_check_tensor(L, 2, "cross_entropy");
     hr_tensor *y;
     HR_LUA_RETRY(L, y, of_half ? hr_cross_entropy_of_half(x, t, ignore, smoothing, red)
                                : hr_cross_entropy(x, t, ignore, smoothing, red));
@@ -232,6 +235,13 @@ static int l_mse_loss(lua_State *L)
 
 static int l_gelu(lua_State *L)
 {
+    /* PyTorch's approximate= argument: only the exact (erf) form, "none", is implemented */
+    if (!lua_isnoneornil(L, 2)) {
+        const char *approximate = luaL_checkstring(L, 2);
+        if (strcmp(approximate, "none") != 0)
+            return luaL_error(L, "gelu: approximate '%s' is not supported (only 'none', the exact erf form)",
+                              approximate);
+    }
     hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_CPU_F32, "gelu");
     hr_tensor *y;
     HR_LUA_RETRY(L, y, hr_gelu(x));

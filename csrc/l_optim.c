@@ -5,9 +5,16 @@
 #include "l_common.h"
 
 /* Reads field `name` of the table on top of the stack as a live tensor. */
+/* The items are read raw: no metamethod (Lua code) runs while tensor pointers are being taken. */
+static int raw_field(lua_State *L, int tbl, const char *name)
+{
+    lua_pushstring(L, name);
+    return lua_rawget(L, tbl);
+}
+
 static hr_tensor *field_tensor(lua_State *L, int tbl, const char *name, int index)
 {
-    lua_getfield(L, tbl, name);
+    raw_field(L, tbl, name);
     hr_tensor *t = hr_lua_to_tensor(L, -1);
     lua_pop(L, 1);
     if (!t || !t->storage) luaL_error(L, "adamw_step: item %d: field '%s' must be a live hero.Tensor", index, name);
@@ -21,10 +28,10 @@ static int l_adamw_step(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     double beta1 = luaL_checknumber(L, 2), beta2 = luaL_checknumber(L, 3), eps = luaL_checknumber(L, 4);
-    int n = (int)luaL_len(L, 1);
+    int n = (int)lua_rawlen(L, 1);
     hr_adamw_item *items = lua_newuserdatauv(L, sizeof(hr_adamw_item) * (size_t)(n > 0 ? n : 1), 0);
     for (int i = 1; i <= n; i++) {
-        lua_geti(L, 1, i);
+        lua_rawgeti(L, 1, i);
         int tbl = lua_gettop(L);
         if (!lua_istable(L, tbl)) return luaL_error(L, "adamw_step: item %d is not a table", i);
         hr_adamw_item *it = &items[i - 1];
@@ -32,16 +39,16 @@ static int l_adamw_step(lua_State *L)
         it->grad = field_tensor(L, tbl, "grad", i);
         it->exp_avg = field_tensor(L, tbl, "exp_avg", i);
         it->exp_avg_sq = field_tensor(L, tbl, "exp_avg_sq", i);
-        lua_getfield(L, tbl, "step_size");
+        raw_field(L, tbl, "step_size");
         it->step_size = luaL_checknumber(L, -1);
-        lua_getfield(L, tbl, "decay");
+        raw_field(L, tbl, "decay");
         it->decay = luaL_optnumber(L, -1, 0.0);
-        lua_getfield(L, tbl, "grad_scale");
+        raw_field(L, tbl, "grad_scale");
         it->grad_scale = luaL_optnumber(L, -1, 1.0);
         static const char *const rules[] = {"adamw", "adam", "adamax", NULL};
-        lua_getfield(L, tbl, "rule");
+        raw_field(L, tbl, "rule");
         it->rule = (hr_adam_rule)luaL_checkoption(L, -1, "adamw", rules);
-        lua_getfield(L, tbl, "bias2_sqrt");
+        raw_field(L, tbl, "bias2_sqrt");
         it->bias2_sqrt = luaL_optnumber(L, -1, 1.0);
         lua_settop(L, tbl - 1);
     }
@@ -51,10 +58,10 @@ static int l_adamw_step(lua_State *L)
 
 static int collect_tensors(lua_State *L, int idx, hr_tensor ***out, const char *op)
 {
-    int n = (int)luaL_len(L, idx);
+    int n = (int)lua_rawlen(L, idx);
     hr_tensor **ts = lua_newuserdatauv(L, sizeof(hr_tensor *) * (size_t)(n > 0 ? n : 1), 0);
     for (int i = 1; i <= n; i++) {
-        lua_geti(L, idx, i);
+        lua_rawgeti(L, idx, i);
         ts[i - 1] = hr_lua_check_tensor(L, lua_gettop(L), op);
         lua_pop(L, 1);
     }
@@ -81,6 +88,7 @@ static int l_scale_all_(lua_State *L)
     double scale = luaL_checknumber(L, 2);
     hr_tensor **ts;
     int n = collect_tensors(L, 1, &ts, "scale_all_");
+    for (int i = 0; i < n; i++) hr_lua_check_writable(L, ts[i], "scale_all_");
     if (hr_scale_all_(ts, n, scale)) return hr_lua_error(L, "scale_all_");
     return 0;
 }

@@ -142,4 +142,83 @@ describe("bad arguments", function()
     helper.assert_error_contains(function() hero.text.prepare_subtitle(3) end, "prepare_subtitle: expected a string")
     helper.assert_error_contains(function() hero.cli.help_if_asked(5) end, "help_if_asked: argv must be")
   end)
+
+  it("writes into expanded views and odd gradients, refused", function()
+    local e = hero.zeros(1, 4):expand(3, 4)
+    local cases = {
+      {function() e:fill_(1) end, "fill_: cannot write in place"},
+      {function() e:zero_() end, "expanded view whose elements overlap"},
+      {function() e:copy_(hero.ones(3, 4)) end, "copy_: cannot write in place"},
+      {function() e:index_add_(1, hero.tensor({0}, {dtype = "i64"}), hero.ones(1, 4)) end, "index_add_: cannot write"},
+      {function() e:masked_fill_(hero.ones(3, 4):gt(0), 2) end, "masked_fill_: cannot write"},
+      {function() e[1] = 5 end, "index assignment: cannot write"},
+      {function() e:uniform_() end, "uniform_: cannot write"},
+      {function() hero.addmm_(e, hero.ones(3, 2), hero.ones(2, 4)) end, "addmm_: cannot write"},
+      {function() hero.core.scale_all_({hero.ones(1):expand(10)}, 2) end, "scale_all_: cannot write"},
+    }
+    for _, c in ipairs(cases) do helper.assert_error_contains(c[1], c[2]) end
+    local p = hero.randn(3, 4):requires_grad_()
+    helper.assert_error_contains(function() p.grad = hero.zeros(3, 4, {dtype = "i64"}) end, "gradients are floating")
+    helper.assert_error_contains(function() p.grad = hero.zeros(1, 4):expand(3, 4) end, "expanded view")
+    helper.assert_error_contains(function() p.grad = p end, "shares the tensor's own memory")
+    helper.assert_error_contains(function() p.grad = p:view(12):view(3, 4) end, "shares the tensor's own memory")
+    p.grad = hero.zeros(3, 4, {dtype = "bf16"}) -- a half gradient of a f32 parameter is kept
+    assert.equal("bf16", p.grad:dtype())
+  end)
+
+  it("backward calls nested through a Lua backward, and Lua code run while arguments are read", function()
+    -- a backward inside a Lua backward through the same graph would clobber the outer pass's sums
+    local p = hero.randn(3, 4):requires_grad_()
+    local y, calls = nil, 0
+    local F = hero.autograd.Function {forward = function(_, x) return x:mul(2) end,
+      backward = function(_, g)
+        calls = calls + 1
+        if calls == 1 then y:backward {retain_graph = true} end
+        return g:mul(2)
+      end}
+    y = F(p:exp()):sum()
+    helper.assert_error_contains(function() y:backward {retain_graph = true} end,
+      "part of a graph an enclosing backward call is still differentiating")
+    -- a Lua backward that frees the graph's root: the pass still holds its nodes
+    p = hero.randn(3, 4):requires_grad_()
+    F = hero.autograd.Function {forward = function(_, x) return x:mul(2) end,
+      backward = function(_, g)
+        y:free()
+        collectgarbage()
+        return g:mul(2)
+      end}
+    y = F(p):exp():sum()
+    local want = (p:detach() * 2):exp():sum():item()
+    y:backward()
+    assert.near(2 * want, p.grad:sum():item(), 1e-3 * want)
+    -- lists, shapes and option tables are read before any tensor is taken, or without metamethods
+    local t = hero.randn(2, 3)
+    local evil_shape = setmetatable({}, {__len = function() return 2 end, __index = function(_, i)
+      t:free()
+      collectgarbage()
+      return ({3, 2})[i]
+    end})
+    helper.assert_error_contains(function() t:view(evil_shape) end, "view")
+    assert.is_false(pcall(hero.cat, setmetatable({}, {__len = function() return 2 end,
+      __index = function() return hero.randn(2) end}), 1))
+    local x = hero.randn(2, 3)
+    local evil_opts = setmetatable({}, {__index = function()
+      x:free()
+      collectgarbage()
+    end})
+    helper.assert_error_contains(function() hero.cross_entropy(x, hero.tensor({0, 1}, {dtype = "i64"}), evil_opts) end,
+      "tensor was freed")
+  end)
+
+  it("convolution paddings and activation options it cannot honour", function()
+    local x, w = hero.randn(1, 3, 5), hero.randn(4, 3, 3)
+    helper.assert_error_contains(function() hero.conv1d(x, w, nil, 1 << 62) end, "padding 4611686018427387904 is too large")
+    helper.assert_error_contains(function() hero.conv1d(hero.ones(1, 1, 2), hero.ones(1, 1, 3)) end,
+      "kernel 3 is longer than the padded input (2)")
+    assert.same({1, 1, 2}, hero.conv1d(hero.ones(1, 1, 2), hero.ones(1, 1, 3), nil, 1):size())
+    helper.assert_error_contains(function() x:gelu("tanh") end, "approximate 'tanh' is not supported")
+    assert.equal(x:gelu():sum():item(), x:gelu("none"):sum():item())
+    helper.assert_error_contains(function() hero.nn.TransformerEncoder {layers = -1, hidden_size = 8} end,
+      "layers must be a non-negative integer")
+  end)
 end)

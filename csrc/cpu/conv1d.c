@@ -128,9 +128,13 @@ hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t paddin
         return hr_fail_null(HR_EINVAL, "conv1d: bias %s must be a %s vector of %lld", hr_tensor_desc(bias, a, sizeof a),
                             hr_dtype_name(w->dtype), (long long)w->size[0]);
     if (padding < 0) return hr_fail_null(HR_EINVAL, "conv1d: negative padding %lld", (long long)padding);
+    /* (2^40 keeps the padded length's arithmetic far from overflowing) */
+    if (padding > ((int64_t)1 << 40)) return hr_fail_null(HR_EINVAL, "conv1d: padding %lld is too large", (long long)padding);
     conv_ctx c = {x->size[0], x->size[1], x->size[2], w->size[0], w->size[2], padding, 0, bias != NULL};
     c.out_len = c.len + 2 * padding - c.k + 1;
-    if (c.out_len < 0) return hr_fail_null(HR_EINVAL, "conv1d: kernel %lld is longer than the padded input", (long long)c.k);
+    if (c.out_len < 1) /* as PyTorch: an error, not an empty output */
+        return hr_fail_null(HR_EINVAL, "conv1d: kernel %lld is longer than the padded input (%lld)", (long long)c.k,
+                            (long long)(c.len + 2 * padding));
     if (cuda || hr_gpu_formulations_on_cpu()) {
         if (!hr_device_eq(hr_tensor_device(x), hr_tensor_device(w)) ||
             (bias && !hr_device_eq(hr_tensor_device(x), hr_tensor_device(bias))))

@@ -243,6 +243,9 @@ end
 M.TransformerEncoder = Module:extend("TransformerEncoder")
 function M.TransformerEncoder:__init(opts)
   local n = opts and opts.layers or 1
+  if math.type(n) ~= "integer" or n < 0 then
+    error("nn.TransformerEncoder: layers must be a non-negative integer, got " .. tostring(n), 2)
+  end
   local Sequential = require "hero.nn.sequential"
   local stack = Sequential()
   for _ = 1, n do stack:add(M.TransformerLayer(opts)) end
