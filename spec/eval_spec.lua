@@ -228,22 +228,57 @@ end)
 describe("eval.retrieval full VCMR evaluation", function()
   local E = vfx.expected
 
+  it("ranks equal SVMR scores from the highest flat index down, as argsort(...)[::-1]", function()
+    local hero = require "hero"
+    local sub = R.predict({st_probs = hero.tensor {{{0.1, 0.2, 0.3, 0.4}}}, ed_probs = hero.tensor {{{0.4, 0.3, 0.2, 0.1}}},
+      video_ids = {"v"}, video2idx = {v = 7}, query_ids = {1}, query_vids = {"v"}},
+      {tasks = {"SVMR"}, max_before_nms = 10, min_pred_l = 1, max_pred_l = 3, vfeat_interval = 1})
+    -- top_n_array_2d of NumPy on the same product: (start, end) frame pairs
+    local want = {{1, 2}, {2, 3}, {0, 1}, {1, 3}, {0, 2}, {3, 3}, {3, 2}, {3, 1}, {3, 0}, {2, 2}}
+    local got = {}
+    for i, p in ipairs(sub.SVMR[1].predictions) do got[i] = {math.tointeger(p[2]), math.tointeger(p[3] - 1)} end
+    assert.same(want, got)
+  end)
+
+  it("rounds percentages as NumPy rounds its float64 values", function()
+    local util = require "hero.eval.util"
+    -- round(np.float64(x), 2): 0.025 -> 0.02 and 0.075 -> 0.08, where Python's round gives 0.03, 0.07
+    assert.same({0.02, 0.08, 12.34, -0.02, 2.5}, {util.npround(0.025, 2), util.npround(0.075, 2),
+      util.npround(12.345, 2), util.npround(-0.025, 2), util.npround(2.5, 2)})
+    assert.same({0.03, 0.07}, {util.pyround(0.025, 2), util.pyround(0.075, 2)})
+    -- 3 of 4000 queries right: 0.075 before rounding, NumPy's 0.08 (Python's round would give 0.07)
+    local gt, sub = {}, {video2idx = {v = 0}, VR = {}}
+    for i = 1, 4000 do
+      gt[i] = {desc_id = i, vid_name = i <= 3 and "v" or "w", ts = {0, 1}, type = "v"}
+      sub.VR[i] = {desc_id = i, predictions = {{0, 0, 1, 1}}}
+    end
+    sub.video2idx.w = 1
+    local m = R.eval_retrieval(sub, gt, {use_desc_type = false})
+    assert.equal(0.08, m.VR["r1"])
+  end)
+
   it("reproduces scenario A from the score tensors", function()
     local e = E.A_lmax_eq_max_clip_len
     local res = R.evaluate(vcmr_inputs("vcmr_A_scores.safetensors", vfx.A_inputs), vfx.A_inputs.queries_ground_truth,
       e.model_opts)
-    assert_submission(res.submission, e.result.before_nms.submission, 1e-6)
+    assert_submission(res.submission_before_nms, e.result.before_nms.submission, 1e-6)
     assert_same(res.metrics, e.result.before_nms.metrics)
     assert_submission(res.submission_nms, e.result.after_nms.submission, 1e-6)
     assert_same(res.metrics_nms, e.result.after_nms.metrics)
     assert_same(res.val_log, e.result.val_log)
+    -- the submission validate_full_vcmr returns (and the reference saves): its NMS filtered the
+    -- VCMR and SVMR lists in place, VR stays the top-n list
+    assert.equal(res.submission_nms.VCMR, res.submission.VCMR)
+    assert.equal(res.submission_nms.SVMR, res.submission.SVMR)
+    assert.equal(res.submission_before_nms.VR, res.submission.VR)
+    assert.is_true(#res.submission.VCMR[1].predictions < #res.submission_before_nms.VCMR[1].predictions)
   end)
 
   it("is bit-exact when given the reference's probabilities", function()
     local e = E.A_lmax_eq_max_clip_len
     local inputs, t = vcmr_inputs("vcmr_A_scores.safetensors", vfx.A_inputs, true)
     local res = R.evaluate(inputs, vfx.A_inputs.queries_ground_truth, e.model_opts)
-    assert_submission(res.submission, e.result.before_nms.submission)
+    assert_submission(res.submission_before_nms, e.result.before_nms.submission)
     assert_submission(res.submission_nms, e.result.after_nms.submission)
     assert_same(res.val_log, e.result.val_log)
     -- and the length mask is the reference's
@@ -258,7 +293,7 @@ describe("eval.retrieval full VCMR evaluation", function()
     local res = R.evaluate(vcmr_inputs("vcmr_A_scores.safetensors", vfx.A_inputs, true),
       vfx.A_inputs.queries_ground_truth, opts)
     assert.is_true(#diff(res.submission_nms, e.result.after_nms.submission) > 0)
-    assert_submission(res.submission, e.result.before_nms.submission)
+    assert_submission(res.submission_before_nms, e.result.before_nms.submission)
   end)
 
   it("reproduces the reference's decoding bug only with reference_bug = true (scenario B)", function()
@@ -267,13 +302,13 @@ describe("eval.retrieval full VCMR evaluation", function()
     local opts = copy(e.model_opts)
     opts.reference_bug = true
     local res = R.evaluate(inputs, vfx.A_inputs.queries_ground_truth, opts)
-    assert_submission(res.submission, e.official_result.before_nms.submission)
+    assert_submission(res.submission_before_nms, e.official_result.before_nms.submission)
     assert_same(res.metrics, e.official_result.before_nms.metrics)
     assert_submission(res.submission_nms, e.official_result.after_nms.submission)
     assert_same(res.val_log, e.official_result.val_log)
     -- corrected by default: the real score length decodes the indices
     res = R.evaluate(inputs, vfx.A_inputs.queries_ground_truth, e.model_opts)
-    assert_submission(res.submission, e.correct_result.before_nms.submission)
+    assert_submission(res.submission_before_nms, e.correct_result.before_nms.submission)
     assert_same(res.val_log, e.correct_result.val_log)
   end)
 
@@ -296,7 +331,7 @@ describe("eval.retrieval full VCMR evaluation", function()
     local opts = copy(e.model_opts)
     local res = R.evaluate(inputs, vfx.A_inputs.queries_ground_truth, opts)
     assert.equal(8, #res.submission.VR[1].predictions)
-    assert.equal(15, #res.submission.VCMR[1].predictions)
+    assert.equal(15, #res.submission_before_nms.VCMR[1].predictions)
     opts.reference_bug = true
     helper.assert_error_contains(function() R.evaluate(inputs, vfx.A_inputs.queries_ground_truth, opts) end,
       "selected index k out of range")
@@ -463,6 +498,41 @@ describe("eval.caption", function()
     }
     for _, c in ipairs(cases) do assert.equal(c[2], C.ptb_tokenize(c[1])) end
     assert.equal("caf  ok", C.remove_nonascii("caf\195\169 ok"))
+  end)
+
+  it("drives METEOR as the reference's wrapper: LC_ALL=C, the paraphrase table, one space between words", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p '" .. dir .. "/bin'"))
+    local jar = dir .. "/meteor-1.5.jar"
+    io.open(jar, "wb"):close()
+    assert.equal("LC_ALL=C java -jar -Xmx2G '" .. jar .. "' - - -stdio -l en -norm", C.meteor_command(jar))
+    io.open(dir .. "/paraphrase-en.gz", "wb"):close()
+    assert.equal("LC_ALL=C java -jar -Xmx2G '" .. jar .. "' - - -stdio -l en -norm -a '" .. dir .. "/paraphrase-en.gz'",
+      C.meteor_command(jar))
+    assert.equal("SCORE ||| a b ||| c ||| x y z", C.meteor_score_line({"a  b", "c"}, "x |||  y\tz"))
+    -- a stand-in java speaking the -stdio protocol: stats for SCORE lines, then the scores for EVAL
+    local fake = dir .. "/bin/java"
+    local f = assert(io.open(fake, "wb"))
+    f:write("#!/bin/sh\necho \"$LC_ALL $*\" > \"" .. dir .. "/args\"\n",
+      "n=0\nwhile IFS= read -r line; do\n  case \"$line\" in\n",
+      "    SCORE*) n=$((n+1)); echo \"1 2 3\";;\n",
+      "    EVAL*) i=0; while [ $i -lt $n ]; do echo 0.5; i=$((i+1)); done; echo 0.25;;\n",
+      "  esac\ndone\n")
+    f:close()
+    assert(os.execute("chmod +x '" .. fake .. "'"))
+    local path = os.getenv("PATH")
+    local env_cmd = "PATH='" .. dir .. "/bin':" .. path
+    local lua = arg and arg[-1] or "lua5.4"
+    local script = string.format("local C = require 'hero.eval.caption'; local m, per = C.meteor({{'a b'}, {'c'}}, "
+      .. "{'a  b', 'd'}, %q); io.write(m, ' ', #per, ' ', per[1])", jar)
+    local p = io.popen(env_cmd .. " " .. lua .. " -e " .. string.format("%q", script):gsub("\\\n", "n") .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    assert.equal("0.25 2 0.5", out)
+    local args = io.open(dir .. "/args"):read("a")
+    assert.matches("^C %-jar %-Xmx2G .-meteor%-1%.5%.jar %- %- %-stdio %-l en %-norm %-a .-paraphrase%-en%.gz", args)
+    os.execute("rm -rf '" .. dir .. "'")
   end)
 
   it("accepts a custom tokenizer and checks the clip sets", function()

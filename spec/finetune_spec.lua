@@ -418,6 +418,13 @@ describe("downstream datasets on the TV databases", function()
     end
     assert.are.same({{"90889", "90891", "90893"}, {"90890", "90892"}}, seen)
     helper.assert_error_contains(function() D.Loader{dataset = ds, rank = 2, world_size = 2} end, "0 <= rank")
+    -- equal shares (validation): the fifth query is left out
+    for rank = 0, 1 do
+      local L = D.Loader{dataset = ds, batch_size = 8, seed = 1, shuffle = false, rank = rank, world_size = 2,
+        qids = true, equal_shards = true}
+      seen[rank + 1] = L:next().qids
+    end
+    assert.are.same({{"90889", "90891"}, {"90890", "90892"}}, seen)
   end)
 
   it_db("the loader: seeded epochs, skipped queries reported, resume bit for bit", function()
@@ -843,6 +850,12 @@ describe("fine-tuning and evaluation", function()
     local plain = FT.evaluate("tvc", run.model, hps, {video = run.video, clips = bare, tokenizer = tok})
     assert.are.equal(9, #plain.results)
     assert.are.equal(json.null, plain.metrics) -- nothing to score against
+    -- a clip listed twice is captioned twice, as TvcEvalDataset appends every line's clip
+    local twice = {bare[1], bare[2], bare[1]}
+    local again = FT.evaluate("tvc", run.model, hps, {video = run.video, clips = twice, tokenizer = tok})
+    local n1 = 0
+    for _, r in ipairs(again.results) do if r.clip_id == bare[1].clip_id then n1 = n1 + 1 end end
+    assert.are.equal(2, n1)
     for _, ts in ipairs {{"a", 2}, {5, 1}, {-1, 2}, {0, 1 / 0}} do
       helper.assert_error_contains(function()
         D.ClipListDataset{video = run.video, clips = {{vid_name = "v", clip_id = 3, ts = ts}}}

@@ -93,8 +93,10 @@ VideoSub.__name = "hero.data.VideoSubDataset"
 --- VideoSubDataset{video_db = dir or VideoDb, sub_db = dir or TxtDb, max_clip_len = 100,
 --   max_txt_len = 60, sub_ctx_len = 0, ids = {vid...}}
 -- ids: the videos (default: the keys of the subtitle db's vid2len.json, in file order, as the
--- reference's SubTokLmdb lists them). max_clip_len = -1 keeps every frame. max_txt_len and
--- sub_ctx_len are defaults for the task builders (hero.data.tasks).
+-- reference's SubTokLmdb lists them). max_clip_len = -1 is the reference's uncapped setting, quirk
+-- included: every subtitle and frame of the alignment, but the features without their last frame
+-- (VideoFeatLmdb's features[:-1]; the alignment's frames past them are dropped and counted).
+-- max_txt_len and sub_ctx_len are defaults for the task builders (hero.data.tasks).
 function datasets.VideoSubDataset(opts)
   local op = "hero.data.VideoSubDataset"
   check_opts(op, opts, {"video_db", "sub_db", "max_clip_len", "max_txt_len", "sub_ctx_len", "ids"})
@@ -103,7 +105,7 @@ function datasets.VideoSubDataset(opts)
     sub_ctx_len = opt_int(op, opts, "sub_ctx_len", 0), stats = {frames_dropped = 0}}, VideoSub)
   local vdb = opts.video_db
   if type(vdb) == "string" then
-    vdb = video_db.open(vdb, {max_clip_len = max_clip_len >= 0 and max_clip_len or nil})
+    vdb = video_db.open(vdb, {max_clip_len = max_clip_len})
     self._own_vdb = true
   elseif type(vdb) ~= "table" or type(vdb.get) ~= "function" then
     fail(op, "opts.video_db must be a directory or an open video db")
@@ -208,7 +210,7 @@ function datasets.VideoOnlyDataset(opts)
   end
   local vdb = opts.video_db
   if type(vdb) == "string" then
-    vdb = video_db.open(vdb, {max_clip_len = max_clip_len >= 0 and max_clip_len or nil})
+    vdb = video_db.open(vdb, {max_clip_len = max_clip_len})
     self._own_vdb = true
   elseif type(vdb) ~= "table" or type(vdb.get) ~= "function" or type(vdb.id2nframe) ~= "function" then
     fail(op, "opts.video_db must be a directory or an open video db")

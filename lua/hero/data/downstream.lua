@@ -937,14 +937,14 @@ function M.ClipListDataset(opts)
       end
       if not ok then fail(op, "%s (clip_id %s): descs must be a list of {desc = text}", where, tostring(c.clip_id)) end
     end
+    -- as TvcEvalDataset: every line adds its clip to its video's list (a repeated clip is captioned
+    -- again, with the last line's ts and references)
     local key = tostring(c.clip_id)
-    if by_id[key] == nil then
-      if vid2clips[c.vid_name] == nil then
-        vid2clips[c.vid_name] = {}
-        order[#order + 1] = c.vid_name
-      end
-      table.insert(vid2clips[c.vid_name], key)
+    if vid2clips[c.vid_name] == nil then
+      vid2clips[c.vid_name] = {}
+      order[#order + 1] = c.vid_name
     end
+    table.insert(vid2clips[c.vid_name], key)
     by_id[key] = c
   end
   if #order == 0 then fail(op, "%s holds no clip", source) end
@@ -996,8 +996,10 @@ Loader.__name = "hero.data.downstream.Loader"
 
 --- Loader{dataset = QueryDataset or CaptionDataset, batch_size = 8, seed = 0, shuffle = true,
 --   on_error = "skip" | "error", on_skip = function(id, reason), eval = false, qids = false,
---   rank = 0, world_size = 1}
--- With world_size > 1 the loader serves ids[rank::world_size] only (a data-parallel rank's share).
+--   rank = 0, world_size = 1, equal_shards = false}
+-- With world_size > 1 the loader serves ids[rank::world_size] only (a data-parallel rank's share);
+-- equal_shards = true first leaves out the last (#ids % world_size) ids, so that every rank runs as
+-- many batches in a pass (a validation whose forward gathers every rank's batch needs that).
 -- Serves collated batches forever (:next(); a new Philox-shuffled epoch after the last batch),
 -- one pass in dataset order (:iter()), and its resumable position (:state() / :set_state()).
 -- An id whose item cannot be built is reported and skipped (or raises with on_error = "error").
@@ -1005,7 +1007,7 @@ Loader.__name = "hero.data.downstream.Loader"
 function M.Loader(opts)
   local op = "hero.data.downstream.Loader"
   check_opts(op, opts, {"dataset", "batch_size", "seed", "shuffle", "on_error", "on_skip", "eval", "qids",
-                        "drop_last", "rank", "world_size"})
+                        "drop_last", "rank", "world_size", "equal_shards"})
   local ds = opts.dataset
   if type(ds) ~= "table" or type(ds.item) ~= "function" or type(ds.ids) ~= "function" then
     fail(op, "opts.dataset must be a QueryDataset or CaptionDataset")
@@ -1018,8 +1020,12 @@ function M.Loader(opts)
   end
   if world > 1 then
     -- this rank's share of the ids: ids[rank::world], as the reference partitions them by rank
+    if opts.equal_shards ~= nil and type(opts.equal_shards) ~= "boolean" then
+      fail(op, "opts.equal_shards must be a boolean")
+    end
+    local usable = opts.equal_shards and #ids - #ids % world or #ids
     local mine = {}
-    for i = rank + 1, #ids, world do mine[#mine + 1] = ids[i] end
+    for i = rank + 1, usable, world do mine[#mine + 1] = ids[i] end
     ids = mine
     if #ids == 0 then fail(op, "rank %d of %d gets no query", rank, world) end
   end

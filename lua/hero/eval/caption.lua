@@ -440,12 +440,42 @@ function M.java_options(meteor_jar, ptb_jar)
   return out
 end
 
---- METEOR 1.5 through its -stdio protocol as coco-caption's wrapper drives it (-l en -norm):
--- one SCORE line per sentence, then one EVAL line with all statistics. Returns the corpus score
--- and per-sentence scores, or nil and a reason when Java or the jar is missing.
-function M.meteor(gts, res, jar)
+--- The paraphrase table METEOR is given (-a): `paraphrase` when it is a string, else
+-- paraphrase-en.gz beside the jar when it is there (the reference's wrapper keeps the two side by
+-- side), else nil (the jar's built-in data).
+function M.meteor_paraphrase(jar, paraphrase)
+  if type(paraphrase) == "string" then return paraphrase end
+  if type(jar) ~= "string" then return nil end
+  local beside = (jar:match("^(.*)/[^/]*$") or ".") .. "/paraphrase-en.gz"
+  local f = io.open(beside, "rb")
+  if not f then return nil end
+  f:close()
+  return beside
+end
+
+--- The METEOR command line of the reference's wrapper (eval/pycocoevalcap/meteor/meteor.py):
+-- LC_ALL=C, 2 GB of heap, stdio mode, English, normalised, with the paraphrase table.
+function M.meteor_command(jar, paraphrase)
+  local cmd = "LC_ALL=C java -jar -Xmx2G " .. shell_quote(jar) .. " - - -stdio -l en -norm"
+  local table_path = M.meteor_paraphrase(jar, paraphrase)
+  if table_path then cmd = cmd .. " -a " .. shell_quote(table_path) end
+  return cmd
+end
+
+--- One SCORE line as the wrapper's _stat writes it: '|||' removed from the hypothesis, then every
+-- run of whitespace in the whole line made one space.
+function M.meteor_score_line(refs, hyp)
+  local line = "SCORE ||| " .. table.concat(refs, " ||| ") .. " ||| " .. hyp:gsub("|||", "")
+  return (line:gsub("%s+", " "))
+end
+
+--- METEOR 1.5 through its -stdio protocol as the reference's wrapper drives it
+-- (M.meteor_command): one SCORE line per sentence, then one EVAL line with all statistics.
+-- Returns the corpus score and per-sentence scores, or nil and a reason when Java or the jar is
+-- missing. paraphrase: the table's path (default: M.meteor_paraphrase).
+function M.meteor(gts, res, jar, paraphrase)
   if not M.meteor_available(jar) then return nil, "METEOR needs java and a meteor-1.5.jar (skipped)" end
-  local base = "java -jar -Xmx2G " .. shell_quote(jar) .. " - - -stdio -l en -norm"
+  local base = M.meteor_command(jar, paraphrase)
   local function run(lines)
     local tmp = os.tmpname()
     local f = assert(io.open(tmp, "wb"))
@@ -459,10 +489,7 @@ function M.meteor(gts, res, jar)
     return out
   end
   local score_lines = {}
-  for i = 1, #gts do
-    local hyp = res[i]:gsub("|||", ""):gsub("  ", " ")
-    score_lines[i] = "SCORE ||| " .. table.concat(gts[i], " ||| ") .. " ||| " .. hyp
-  end
+  for i = 1, #gts do score_lines[i] = M.meteor_score_line(gts[i], res[i]) end
   local stats = run(score_lines)
   if #stats < #gts then return nil, "METEOR returned " .. #stats .. " statistics lines for " .. #gts .. " sentences" end
   local evals = {}
@@ -491,7 +518,7 @@ function M.score_tokenized(gts, res, opts)
     scores["Bleu_" .. k], per["Bleu_" .. k] = b[k], bper[k]
   end
   if opts.meteor_jar then
-    local m, mper = M.meteor(gts, res, opts.meteor_jar)
+    local m, mper = M.meteor(gts, res, opts.meteor_jar, opts.meteor_paraphrase)
     if m then scores.METEOR, per.METEOR = m, mper end
   end
   scores.ROUGE_L, per.ROUGE_L = M.rouge_l(gts, res)

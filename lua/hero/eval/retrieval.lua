@@ -7,7 +7,7 @@
 -- {desc_id =, vid_name =, ts = {st, ed} or {{st, ed}, ...} (>= 4 windows, DiDeMo), type = "v"|"t"|"vt"}.
 local util = require "hero.eval.util"
 
-local f32, pyround, pyrepr = util.f32, util.pyround, util.pyrepr
+local f32, npround, pyrepr = util.f32, util.npround, util.pyrepr
 
 local M = {}
 
@@ -153,7 +153,8 @@ end
 -- Metrics (utils/tvr_standalone_eval.py)
 -- --------------------------------------------------------------------------------------------
 
-local function percentage(x) return pyround(x * 100, 2) end
+-- round(np.float64, 2) of the reference's NumPy values: NumPy's rounding (scale, rint, unscale)
+local function percentage(x) return npround(x * 100, 2) end
 
 -- Per ground-truth item: vid-match flags and per-threshold correctness of its first
 -- max_pred predictions.
@@ -539,14 +540,16 @@ function M.predict(inputs, opts)
       local eg = ed:gather(2, gi):view(n, L)
       local prod = (sg:unsqueeze(3) * eg:unsqueeze(2)) * mask
       local top = math.min(opts.max_before_nms, L * L)
-      local sv, si = prod:reshape(n, L * L):topk(top, 2)
+      -- top_n_array_2d ranks with argsort(...)[::-1]: equal scores (the zeros outside the length
+      -- band) come from the highest flat index down, so topk runs on the flipped row
+      local sv, si = prod:reshape(n, L * L):flip(2):topk(top, 2)
       sv, si = sv:totable(), si:totable()
       for i = 1, n do
         local q = q0 + i - 1
         local vidx = video2idx[inputs.query_vids[q]]
         local preds = {}
         for j = 1, top do
-          local f = si[i][j]
+          local f = L * L - 1 - si[i][j]
           preds[j] = {vidx, (f // L) * iv, (f % L + 1) * iv, sv[i][j]}
         end
         sub.SVMR[q] = {desc_id = qids[q], desc = "", predictions = preds}
@@ -600,7 +603,11 @@ end
 -- opts: as predict plus max_after_nms 100, nms_thd 0.5, eval_with_query_type true, split "val",
 --   nms_from = "top_n" (the reference runs NMS on the already cut max_after_nms lists) or
 --   "before_nms" (on the max_before_nms candidates).
--- Returns {submission = before-NMS top-n submission, metrics, submission_nms, metrics_nms, val_log}.
+-- Returns {submission, metrics, submission_nms, metrics_nms, submission_before_nms, val_log}:
+-- metrics come from the top-n lists before NMS; submission is what validate_full_vcmr returns and
+-- the reference saves: those lists, whose VCMR and SVMR predictions its NMS (when it runs, on a
+-- split with ground truth) has replaced by the filtered ones (submission_before_nms keeps the
+-- unfiltered lists).
 function M.evaluate(inputs, ground_truth, opts)
   opts = with_defaults(opts)
   local full = M.predict(inputs, opts)
@@ -617,6 +624,11 @@ function M.evaluate(inputs, ground_truth, opts)
     res.submission_nms = M.nms_submission(src, opts)
     res.metrics_nms = M.eval_retrieval(res.submission_nms, ground_truth, eopts)
     gathered_nms = M.gather_metrics({{n = n, metrics = res.metrics_nms}})
+    -- the reference's NMS rewrites the predictions of the submission it returns and saves
+    -- (post_processing_*_nms work in place): its VCMR and SVMR lists are the filtered ones
+    res.submission_before_nms = sub
+    res.submission = {video2idx = sub.video2idx, VR = sub.VR, VCMR = res.submission_nms.VCMR,
+      SVMR = res.submission_nms.SVMR}
   end
   res.val_log = M.val_log(opts.split or "val", gathered, gathered_nms, opts.nms_thd)
   return res

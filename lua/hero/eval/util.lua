@@ -19,6 +19,19 @@ function M.pyround(x, ndigits)
   return tonumber(string.format("%." .. (ndigits or 0) .. "f", x)) + 0.0
 end
 
+--- NumPy's round(x, ndigits) of a float64 (np.round / round(np.float64)): x * 10^n rounded half
+-- to even, divided by 10^n. It differs from Python's round of the exact binary value in the
+-- last digit now and then: round(0.025, 2) is 0.03 in Python, np.round(0.025, 2) is 0.02.
+function M.npround(x, ndigits)
+  if x ~= x or x == math.huge or x == -math.huge then return x end
+  local scale = 10.0 ^ (ndigits or 0)
+  local y = x * scale
+  local f = math.floor(y)
+  local d = y - f
+  if d > 0.5 or (d == 0.5 and f % 2 ~= 0) then f = f + 1 end
+  return f / scale
+end
+
 --- Python's repr()/str() of a float (shortest round-tripping digits; fixed notation for
 -- 1e-4 <= |x| < 1e16, else d.ddde+XX), used for metric names ("0.5-r1") and ratio strings.
 function M.pyrepr(x)
