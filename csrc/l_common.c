@@ -300,11 +300,35 @@ void hr_lua_check_writable(lua_State *L, const hr_tensor *t, const char *op)
         }
 }
 
+/* The leaf requiring grad whose memory the view t shares, found up the chain of first inputs of
+ * t's graph (views record a node whose input is what they view), or NULL. */
+static const hr_tensor *viewed_leaf(const hr_tensor *t)
+{
+    const hr_node *n = t->grad_fn;
+    for (int depth = 0; n && n->ninputs > 0 && depth < 64; depth++) {
+        const hr_tensor *leaf = n->next[0].leaf;
+        if (leaf) return leaf->requires_grad && leaf->storage && leaf->storage == t->storage ? leaf : NULL;
+        n = n->next[0].node;
+    }
+    return NULL;
+}
+
 void hr_lua_check_inplace(lua_State *L, hr_tensor *t, const char *op)
 {
-    if (t->requires_grad && !t->grad_fn && hr_grad_enabled_flag())
-        luaL_error(L, "%s: a leaf tensor that requires grad cannot be modified in place "
-                      "(do it inside hero.no_grad or on a detached tensor)", op);
+    if (t->requires_grad && hr_grad_enabled_flag()) {
+        if (!t->grad_fn)
+            luaL_error(L, "%s: a leaf tensor that requires grad cannot be modified in place "
+                          "(do it inside hero.no_grad or on a detached tensor)", op);
+        /* a view of such a leaf: the write would change the leaf behind autograd's back (PyTorch
+         * refuses it too) */
+        if (viewed_leaf(t))
+            luaL_error(L, "%s: a view of a leaf tensor that requires grad cannot be modified in place "
+                          "(do it inside hero.no_grad or on a detached tensor)", op);
+        /* any other tensor of the graph: this write is not recorded, so the gradients through it
+         * would be those of the values it replaced */
+        luaL_error(L, "%s: in-place writes are not recorded for autograd and this tensor requires grad "
+                      "(use an out-of-place op such as masked_fill or where, or run it inside hero.no_grad)", op);
+    }
     hr_lua_check_writable(L, t, op);
 }
 

@@ -164,6 +164,14 @@ describe("bad arguments", function()
     helper.assert_error_contains(function() p.grad = p:view(12):view(3, 4) end, "shares the tensor's own memory")
     p.grad = hero.zeros(3, 4, {dtype = "bf16"}) -- a half gradient of a f32 parameter is kept
     assert.equal("bf16", p.grad:dtype())
+    -- unrecorded writes into the graph: a view of a leaf, an intermediate result
+    helper.assert_error_contains(function() p[1]:fill_(1) end, "a view of a leaf tensor that requires grad")
+    helper.assert_error_contains(function() p:t():zero_() end, "a view of a leaf tensor that requires grad")
+    local y = p * 2
+    helper.assert_error_contains(function() y:view(12):fill_(1) end, "in-place writes are not recorded")
+    helper.assert_error_contains(function() y:masked_fill_(y:gt(0), 0) end, "in-place writes are not recorded")
+    hero.no_grad(function() p[1]:fill_(1) end) -- an initialisation, outside the graph
+    assert.same({1, 1, 1, 1}, p[1]:totable())
   end)
 
   it("backward calls nested through a Lua backward, and Lua code run while arguments are read", function()
