@@ -103,7 +103,8 @@ local function parse_args(argv)
   local known = {"config", "fixture", "init", "out", "steps", "total", "resume", "threads", "tasks", "ratios",
                  "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every", "save-every",
                  "seed", "vfeat-dim", "max-frm-seq-len", "quiet", "vfeat-db", "sub-db", "max-clip-len",
-                 "max-txt-len", "sub-ctx-len", "batch-size", "val-batch-size", "bucket", "mask-prob", "train-ids", "valid-ids",
+                 "max-txt-len", "sub-ctx-len", "batch-size", "val-batch-size", "bucket", "mask-prob", "train-ids",
+                 "valid-ids",
                  "on-error", "dist", "workers", "prefetch", "device", "amp", "train-config", "txt-db", "img-db"}
   local ok = {}
   for _, k in ipairs(known) do ok[k] = true end

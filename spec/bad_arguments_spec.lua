@@ -220,7 +220,8 @@ describe("bad arguments", function()
 
   it("convolution paddings and activation options it cannot honour", function()
     local x, w = hero.randn(1, 3, 5), hero.randn(4, 3, 3)
-    helper.assert_error_contains(function() hero.conv1d(x, w, nil, 1 << 62) end, "padding 4611686018427387904 is too large")
+    helper.assert_error_contains(function() hero.conv1d(x, w, nil, 1 << 62) end,
+      "padding 4611686018427387904 is too large")
     helper.assert_error_contains(function() hero.conv1d(hero.ones(1, 1, 2), hero.ones(1, 1, 3)) end,
       "kernel 3 is longer than the padded input (2)")
     assert.same({1, 1, 2}, hero.conv1d(hero.ones(1, 1, 2), hero.ones(1, 1, 3), nil, 1):size())

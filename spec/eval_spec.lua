@@ -229,8 +229,8 @@ describe("eval.retrieval full VCMR evaluation", function()
   local E = vfx.expected
 
   it("ranks equal SVMR scores from the highest flat index down, as argsort(...)[::-1]", function()
-    local hero = require "hero"
-    local sub = R.predict({st_probs = hero.tensor {{{0.1, 0.2, 0.3, 0.4}}}, ed_probs = hero.tensor {{{0.4, 0.3, 0.2, 0.1}}},
+    local sub = R.predict({st_probs = hero.tensor {{{0.1, 0.2, 0.3, 0.4}}},
+      ed_probs = hero.tensor {{{0.4, 0.3, 0.2, 0.1}}},
       video_ids = {"v"}, video2idx = {v = 7}, query_ids = {1}, query_vids = {"v"}},
       {tasks = {"SVMR"}, max_before_nms = 10, min_pred_l = 1, max_pred_l = 3, vfeat_interval = 1})
     -- top_n_array_2d of NumPy on the same product: (start, end) frame pairs

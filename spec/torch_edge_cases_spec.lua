@@ -138,7 +138,8 @@ describe("PyTorch edge cases", function()
   it("refuses values a dtype cannot hold instead of wrapping them", function()
     local mask = hero.tensor {true, false}
     local cases = {
-      {function() hero.tensor({1, 2}, {dtype = "u8"}):masked_fill(mask, 300) end, "value 300 cannot be converted to u8"},
+      {function() hero.tensor({1, 2}, {dtype = "u8"}):masked_fill(mask, 300) end,
+       "value 300 cannot be converted to u8"},
       {function() hero.tensor({1, 2}, {dtype = "f16"}):masked_fill(mask, -1e9) end, "cannot be converted to f16"},
       {function() hero.full({2}, nan, {dtype = "i64"}) end, "cannot be converted to i64"},
       {function() hero.full({2}, 1e300, {dtype = "i32"}) end, "cannot be converted to i32"},

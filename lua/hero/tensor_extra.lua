@@ -34,6 +34,234 @@ function M.install(hero, methods, _metatable)
   function hero.ones_like(t) local o = like(t, "ones_like"); return hero.ones(t:size(), o) end
   function hero.full_like(t, v) local o = like(t, "full_like"); return hero.full(t:size(), v, o) end
   function hero.empty_like(t) local o = like(t, "empty_like"); return hero.empty(t:size(), o) end
+  M.install_math(hero, methods)
+end
+
+-- Largest finite value of each float dtype (nan_to_num's defaults for the infinities).
+local FLOAT_MAX = {f32 = 3.4028234663852886e38, f64 = 1.7976931348623157e308, f16 = 65504.0,
+                   bf16 = 3.3895313892515355e38}
+
+--- PyTorch functions that compose from the C ops (each is a function hero.f(t, ...) and a method
+-- t:f(...); dims count from 1, negative from the end, as everywhere in hero). Gradients flow
+-- through them where PyTorch has one.
+function M.install_math(hero, methods)
+  local function check(t, who)
+    if not hero.is_tensor(t) then error(string.format("%s: expected a hero.Tensor, got %s", who, type(t)), 3) end
+  end
+  local function is_float(t) local d = t:dtype(); return FLOAT_MAX[d] ~= nil end
+  local function both(name, fn)
+    hero[name] = fn
+    methods[name] = fn
+  end
+
+  both("isnan", function(t)
+    check(t, "isnan")
+    return t:ne(t)
+  end)
+  both("isinf", function(t)
+    check(t, "isinf")
+    if not is_float(t) then return hero.zeros(t:size(), {dtype = "bool", device = t:device()}) end
+    return t:detach():abs():eq(math.huge)
+  end)
+  both("isfinite", function(t)
+    check(t, "isfinite")
+    if not is_float(t) then return hero.ones(t:size(), {dtype = "bool", device = t:device()}) end
+    local d = t:detach()
+    return d:eq(d):logical_and(d:abs():ne(math.huge))
+  end)
+  --- nan_to_num(t[, nan = 0][, posinf = the dtype's largest][, neginf = its lowest])
+  both("nan_to_num", function(t, nan, posinf, neginf)
+    check(t, "nan_to_num")
+    if not is_float(t) then return t:clone() end
+    local big = FLOAT_MAX[t:dtype()]
+    local d = t:detach()
+    local out = hero.where(d:ne(d), nan or 0.0, t)
+    out = hero.where(d:eq(math.huge), posinf or big, out)
+    return hero.where(d:eq(-math.huge), neginf or -big, out)
+  end)
+  --- amax / amin(t[, dim][, keepdim]): the largest / smallest values (over every element without dim)
+  both("amax", function(t, dim, keepdim)
+    check(t, "amax")
+    if dim == nil then return t:max() end
+    return (t:max(dim, keepdim or false))
+  end)
+  both("amin", function(t, dim, keepdim)
+    check(t, "amin")
+    if dim == nil then return t:min() end
+    return (t:min(dim, keepdim or false))
+  end)
+  --- logsumexp(t, dim[, keepdim]): log(sum(exp(t))) along dim, shifted by the maximum so that it
+  -- neither overflows nor underflows (rows of -inf give -inf, as PyTorch's)
+  both("logsumexp", function(t, dim, keepdim)
+    check(t, "logsumexp")
+    if dim == nil then error("logsumexp: a dimension is required", 2) end
+    local m = t:detach():max(dim, true)
+    m = hero.where(m:abs():eq(math.huge), 0.0, m)
+    local r = (t - m):exp():sum(dim, true):log() + m
+    if not keepdim then r = r:squeeze(dim) end
+    return r
+  end)
+  --- argsort(t[, dim = -1][, descending = false]): the indices (0-based) that sort t along dim
+  both("argsort", function(t, dim, descending)
+    check(t, "argsort")
+    local _, idx = t:sort(dim or -1, descending or false)
+    return idx
+  end)
+  --- flatten(t[, start_dim = 1][, end_dim = -1]): those dimensions merged into one
+  both("flatten", function(t, start_dim, end_dim)
+    check(t, "flatten")
+    local size = t:size()
+    local n = #size
+    if n == 0 then return t:reshape({1}) end
+    local function pos(d, default, what)
+      d = d or default
+      if math.type(d) ~= "integer" or d == 0 or d > n or d < -n then
+        error(string.format("flatten: %s %s out of range for a %d-D tensor", what, tostring(d), n), 3)
+      end
+      return d > 0 and d or d + n + 1
+    end
+    local s, e = pos(start_dim, 1, "start_dim"), pos(end_dim, -1, "end_dim")
+    if s > e then error(string.format("flatten: start_dim %d is after end_dim %d", s, e), 2) end
+    local shape, merged = {}, 1
+    for i = 1, n do
+      if i < s or i > e then shape[#shape + 1] = size[i]
+      else
+        merged = merged * size[i]
+        if i == e then shape[#shape + 1] = merged end
+      end
+    end
+    return t:reshape(shape)
+  end)
+  -- tril / triu(t[, k = 0]): the lower / upper triangle of the last two dimensions, zeros elsewhere
+  local function triangle(name, keep)
+    both(name, function(t, k)
+      check(t, name)
+      k = k or 0
+      if math.type(k) ~= "integer" then error(name .. ": the diagonal offset must be an integer", 2) end
+      if t:dim() < 2 then error(string.format("%s: expected at least 2 dimensions, got %d", name, t:dim()), 2) end
+      local size = t:size()
+      local r, c = size[#size - 1], size[#size]
+      local dev = t:device()
+      local cols = hero.arange(c, {device = dev}):view(1, c)
+      local rows = hero.arange(r, {device = dev}):view(r, 1)
+      local offset = cols - rows -- j - i
+      return t:masked_fill(keep(offset, k):logical_not(), 0)
+    end)
+  end
+  triangle("tril", function(offset, k) return offset:le(k) end)
+  triangle("triu", function(offset, k) return offset:ge(k) end)
+  --- one_hot(indices (integers)[, num_classes = max + 1]): i64, one more dimension of num_classes
+  both("one_hot", function(idx, num_classes)
+    check(idx, "one_hot")
+    if is_float(idx) or idx:dtype() == "bool" then
+      error("one_hot: expected an integer tensor of class indices, got " .. idx:dtype(), 2)
+    end
+    if idx:numel() > 0 and idx:min():item() < 0 then error("one_hot: class indices must not be negative", 2) end
+    local n = num_classes or (idx:numel() > 0 and idx:max():item() + 1 or 0)
+    if math.type(n) ~= "integer" or n < 1 then error("one_hot: num_classes must be a positive integer", 2) end
+    if idx:numel() > 0 and idx:max():item() >= n then
+      error(string.format("one_hot: class index %d is not below num_classes %d", idx:max():item(), n), 2)
+    end
+    return idx:long():unsqueeze(-1):eq(hero.arange(n, {device = idx:device()})):long()
+  end)
+  --- allclose(a, b[, rtol = 1e-5][, atol = 1e-8][, equal_nan = false]): |a - b| <= atol + rtol |b| everywhere
+  both("allclose", function(a, b, rtol, atol, equal_nan)
+    check(a, "allclose")
+    check(b, "allclose")
+    a, b = a:detach():double(), b:detach():double()
+    local ok = (a - b):abs():le((b:abs() * (rtol or 1e-5)) + (atol or 1e-8))
+    ok = ok:logical_or(a:eq(b)) -- equal infinities
+    if equal_nan then ok = ok:logical_or(a:ne(a):logical_and(b:ne(b))) end
+    return ok:all():item()
+  end)
+  --- outer(a, b): a[i] * b[j] of two vectors
+  both("outer", function(a, b)
+    check(a, "outer")
+    check(b, "outer")
+    if a:dim() ~= 1 or b:dim() ~= 1 then error("outer: expected two 1-D tensors", 2) end
+    return a:unsqueeze(2) * b:unsqueeze(1)
+  end)
+  both("log2", function(t) check(t, "log2"); return t:log() / math.log(2) end)
+  both("log10", function(t) check(t, "log10"); return t:log() / math.log(10) end)
+  --- trunc(t): rounded towards zero (zero gradient, as floor's)
+  both("trunc", function(t)
+    check(t, "trunc")
+    return hero.where(t:detach():ge(0), t:floor(), t:ceil())
+  end)
+  both("silu", function(t) check(t, "silu"); return t * t:sigmoid() end)
+  --- softplus(t[, beta = 1][, threshold = 20]): log(1 + exp(beta t)) / beta, t itself past threshold
+  both("softplus", function(t, beta, threshold)
+    check(t, "softplus")
+    beta, threshold = beta or 1, threshold or 20
+    local bt = t * beta
+    return hero.where(bt:detach():gt(threshold), t, (bt:exp():log1p()) / beta)
+  end)
+  both("leaky_relu", function(t, slope)
+    check(t, "leaky_relu")
+    return hero.where(t:detach():gt(0), t, t * (slope or 0.01))
+  end)
+  --- lerp(a, b, w): a + w (b - a)
+  both("lerp", function(a, b, w)
+    check(a, "lerp")
+    return a + (b - a) * w
+  end)
+  --- addcmul(t, a, b[, value = 1]): t + value * a * b
+  both("addcmul", function(t, a, b, value)
+    check(t, "addcmul")
+    return t + (a * b) * (value or 1)
+  end)
+  both("logical_xor", function(a, b)
+    check(a, "logical_xor")
+    local function truth(x) return hero.is_tensor(x) and x:ne(0) or x end
+    return truth(a):ne(truth(b))
+  end)
+  --- roll(t, shifts, dim): elements moved by shifts along dim, those past the end coming back first
+  both("roll", function(t, shifts, dim)
+    check(t, "roll")
+    if math.type(shifts) ~= "integer" then error("roll: shifts must be an integer", 2) end
+    if dim == nil then return hero.roll(t:reshape({t:numel()}), shifts, 1):view(t:size()) end
+    local n = t:size(dim)
+    if n == 0 then return t:clone() end
+    local s = shifts % n
+    if s == 0 then return t:clone() end
+    return hero.cat({t:narrow(dim, n - s + 1, s), t:narrow(dim, 1, n - s)}, dim)
+  end)
+  --- linspace(start, stop, steps[, opts]): steps values from start to stop, both included
+  function hero.linspace(start, stop, steps, opts)
+    if type(start) ~= "number" or type(stop) ~= "number" then error("linspace: start and stop must be numbers", 2) end
+    if math.type(steps) ~= "integer" or steps < 0 then error("linspace: steps must be a non-negative integer", 2) end
+    if steps == 1 then return hero.full({1}, start, opts) end
+    local vals = {}
+    local step = steps > 1 and (stop - start) / (steps - 1) or 0
+    local half = steps // 2
+    -- as PyTorch: the first half counted from start, the second from stop, so both ends are exact
+    for i = 0, steps - 1 do vals[i + 1] = i < half and start + i * step or stop - (steps - 1 - i) * step end
+    if steps == 0 then return hero.zeros({0}, opts) end
+    return hero.tensor(vals, opts)
+  end
+  --- diag(t[, k = 0]): a vector's diagonal matrix, or a matrix's diagonal as a vector
+  both("diag", function(t, k)
+    check(t, "diag")
+    k = k or 0
+    if t:dim() == 1 then
+      -- the band j - i == k times the vector padded to n, laid along the rows (k >= 0: row i holds
+      -- t[i]) or the columns (k < 0: column j holds t[j]); differentiable through cat and mul
+      local len, dev = t:size(1), t:device()
+      local n = len + math.abs(k)
+      local band = (hero.arange(n, {device = dev}):view(1, n) - hero.arange(n, {device = dev}):view(n, 1)):eq(k)
+      local padded = k == 0 and t or hero.cat({t, hero.zeros({math.abs(k)}, {dtype = t:dtype(), device = dev})})
+      local along = k >= 0 and padded:view(n, 1) or padded:view(1, n)
+      return along:masked_fill(band:logical_not(), 0)
+    elseif t:dim() == 2 then
+      local r, c = t:size(1), t:size(2)
+      local i0, j0 = k < 0 and -k or 0, k > 0 and k or 0
+      local len = math.max(0, math.min(r - i0, c - j0))
+      if len == 0 then return hero.zeros({0}, {dtype = t:dtype(), device = t:device()}) end
+      local idx = (hero.arange(len, {device = t:device()}) + i0) * c + (hero.arange(len, {device = t:device()}) + j0)
+      return t:reshape({r * c}):index_select(1, idx)
+    end
+    error(string.format("diag: expected a 1-D or 2-D tensor, got %d dimensions", t:dim()), 2)
+  end)
 end
 
 return M

@@ -1,0 +1,85 @@
+-- The PyTorch functions hero composes from its C ops (hero.tensor_extra.install_math), against
+-- torch 1.13's values and gradients (spec/fixtures/gen/tensor_math.py).
+local hero = require "hero"
+local helper = require "spec_helper"
+local fx = dofile(helper.fixture("tensor_math.lua"))
+
+local function close(got, want, path)
+  if type(want) == "table" then
+    assert.equal(#want, #got, path .. ": length")
+    for i = 1, #want do close(got[i], want[i], path .. "[" .. i .. "]") end
+    return
+  end
+  if type(want) == "boolean" then
+    assert.equal(want, got, path)
+  elseif want ~= want then
+    assert(got ~= got, path .. ": expected NaN, got " .. tostring(got))
+  elseif want == math.huge or want == -math.huge then
+    assert.equal(want, got, path)
+  else
+    assert(math.abs(got - want) <= 1e-12 * math.max(1, math.abs(want)),
+      string.format("%s: got %.17g, expected %.17g", path, got, want))
+  end
+end
+
+-- tables among the arguments are the other operands (f64 tensors); numbers stay numbers
+local function hero_args(args)
+  local out = {}
+  for i, a in ipairs(args) do out[i] = type(a) == "table" and hero.tensor(a, {dtype = "f64"}) or a end
+  return out
+end
+
+describe("PyTorch functions composed from the C ops", function()
+  it("match torch's values and gradients", function()
+    for k, c in ipairs(fx.cases) do
+      local label = string.format("case %d (%s)", k, c.name)
+      local grad = c.grad ~= nil
+      -- nan_to_num without values: torch's float32 limits
+      local dtype = (c.name == "nan_to_num" and #c.args == 0) and "f32" or "f64"
+      local x = hero.tensor(c.x, {dtype = dtype})
+      if grad then x:requires_grad_() end
+      local args = hero_args(c.args)
+      local y = hero[c.name](x, table.unpack(args))
+      close(y:totable(), c.y, label .. " value")
+      if grad then
+        y:sum():backward()
+        close(x.grad:totable(), c.grad, label .. " gradient")
+      end
+      -- the method is the same function
+      assert.equal(hero[c.name], hero.Tensor[c.name], c.name)
+    end
+  end)
+
+  it("match torch's integer and boolean results", function()
+    local o = fx.other
+    assert.same(o.one_hot, hero.one_hot(hero.tensor({{0, 2}, {1, 0}}, {dtype = "i64"})):totable())
+    assert.same(o.one_hot_4, hero.one_hot(hero.tensor({1, 3}, {dtype = "i64"}), 4):totable())
+    local x = hero.tensor {{1.5, -2.0, 0.25}, {3.0, 0.5, -0.75}}
+    assert.same(o.argsort, x:argsort(2):totable())
+    assert.same(o.argsort_desc_dim1, x:argsort(1, true):totable())
+    close(hero.linspace(-1, 2, 7, {dtype = "f64"}):totable(), o.linspace, "linspace")
+    close(hero.linspace(3, 3, 2, {dtype = "f64"}):totable(), o.linspace_2, "linspace")
+    assert.same(o.allclose, {
+      hero.allclose(hero.tensor {1, 2}, hero.tensor {1 + 1e-6, 2}),
+      hero.allclose(hero.tensor {1, 2}, hero.tensor {1 + 1e-4, 2}),
+      hero.allclose(hero.tensor {0 / 0}, hero.tensor {0 / 0}),
+      hero.allclose(hero.tensor {0 / 0}, hero.tensor {0 / 0}, nil, nil, true),
+      hero.allclose(hero.tensor {1 / 0}, hero.tensor {1 / 0}),
+    })
+    assert.same(o.logical_xor, hero.logical_xor(hero.tensor({0, 1, 2, 0}, {dtype = "i64"}),
+      hero.tensor({0, 0, 3, 5}, {dtype = "i64"})):totable())
+  end)
+
+  it("refuse what they cannot do", function()
+    helper.assert_error_contains(function() hero.one_hot(hero.tensor {0.5}) end, "expected an integer tensor")
+    helper.assert_error_contains(function() hero.one_hot(hero.tensor({3}, {dtype = "i64"}), 2) end,
+      "class index 3 is not below num_classes 2")
+    helper.assert_error_contains(function() hero.one_hot(hero.tensor({-1}, {dtype = "i64"})) end,
+      "must not be negative")
+    helper.assert_error_contains(function() hero.tril(hero.ones(3)) end, "at least 2 dimensions")
+    helper.assert_error_contains(function() hero.flatten(hero.ones(2, 3), 3) end, "start_dim 3 out of range")
+    helper.assert_error_contains(function() hero.logsumexp(hero.ones(2)) end, "a dimension is required")
+    helper.assert_error_contains(function() hero.diag(hero.ones(1, 2, 3)) end, "1-D or 2-D")
+    helper.assert_error_contains(function() hero.isnan(3) end, "expected a hero.Tensor")
+  end)
+end)
