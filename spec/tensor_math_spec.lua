@@ -70,6 +70,24 @@ describe("PyTorch functions composed from the C ops", function()
       hero.tensor({0, 0, 3, 5}, {dtype = "i64"})):totable())
   end)
 
+  it("compute cross_entropy of every shape torch takes: [C], [N, C, d...], class probabilities", function()
+    for k, c in ipairs(fx.cross_entropy) do
+      local label = string.format("cross_entropy case %d", k)
+      local x = hero.tensor(c.logits, {dtype = "f64"}):requires_grad_()
+      local t = c.float_target and hero.tensor(c.target, {dtype = "f64"}) or hero.tensor(c.target, {dtype = "i64"})
+      local y = hero.cross_entropy(x, t, c.opts)
+      close(type(c.y) == "table" and y:totable() or y:item(), c.y, label .. " value")
+      y:sum():backward()
+      close(x.grad:totable(), c.grad, label .. " gradient")
+    end
+    assert.equal(hero.cross_entropy, hero.nn.functional.cross_entropy)
+    helper.assert_error_contains(function()
+      hero.cross_entropy(hero.ones(2, 3, 4), hero.zeros({2, 3}, {dtype = "i64"}))
+    end, "target 2x3 must be 2x4")
+    helper.assert_error_contains(function() hero.cross_entropy(hero.ones(2, 3), hero.ones(2, 4)) end,
+      "class probabilities 2x4 must have the logits' shape 2x3")
+  end)
+
   it("refuse what they cannot do", function()
     helper.assert_error_contains(function() hero.one_hot(hero.tensor {0.5}) end, "expected an integer tensor")
     helper.assert_error_contains(function() hero.one_hot(hero.tensor({3}, {dtype = "i64"}), 2) end,

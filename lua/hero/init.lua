@@ -23,6 +23,8 @@ require("hero.tensor_print").install(core.Tensor, core.metatable)
 require("hero.tensor_extra").install(hero, core.Tensor, core.metatable)
 
 hero.nn = require "hero.nn"
+-- the loss of every shape PyTorch's takes (the C one: [N, C] logits and class indices)
+hero.cross_entropy = hero.nn.functional.cross_entropy
 hero.optim = require "hero.optim"
 hero.autograd = require "hero.autograd"
 hero.models = require "hero.models"

@@ -12,7 +12,7 @@ F.embedding = core.embedding
 F.attention = core.attention
 F.attention_packed = core.attention_packed
 F.conv1d = core.conv1d
-F.cross_entropy = core.cross_entropy
+-- cross_entropy: below (the C loss takes [N, C] logits with class indices)
 F.binary_cross_entropy_with_logits = core.binary_cross_entropy_with_logits
 F.mse_loss = core.mse_loss
 F.softmax = core.softmax
@@ -33,6 +33,59 @@ local function reduce(loss, reduction)
   if reduction == "sum" then return loss:sum() end
   if reduction == nil or reduction == "mean" then return loss:mean() end
   error("unknown reduction '" .. tostring(reduction) .. "' (none, mean or sum)", 3)
+end
+
+--- cross_entropy(logits, target [, {ignore_index = -100, label_smoothing = 0, reduction = "mean"}])
+-- as PyTorch's: logits [N, C] (the fused C loss), [C] with a 0-dim target, or [N, C, d1, ...] with
+-- targets [N, d1, ...] (the classes along dimension 2; "none" gives the target's shape); a float
+-- target of the logits' shape holds class probabilities (soft labels: -sum p log softmax, smoothed
+-- as p (1 - s) + s / C, the mean over N; ignore_index does not apply).
+function F.cross_entropy(logits, target, opts)
+  tensors("cross_entropy", "logits", logits, "target", target)
+  local o = opts or {}
+  if type(o) ~= "table" then error("cross_entropy: options must be a table, got " .. type(o), 2) end
+  local float_target = target:dtype() == "f32" or target:dtype() == "f64" or target:dtype() == "bf16"
+    or target:dtype() == "f16"
+  if float_target then
+    local ls, ts = logits:size(), target:size()
+    if #ls ~= #ts or table.concat(ls, "x") ~= table.concat(ts, "x") then
+      error(string.format("cross_entropy: class probabilities %s must have the logits' shape %s",
+        table.concat(ts, "x"), table.concat(ls, "x")), 2)
+    end
+    local cdim = #ls == 1 and 1 or 2
+    local C = ls[cdim]
+    local s = o.label_smoothing or 0
+    local p = s > 0 and target * (1 - s) + s / C or target
+    local per = -(p * logits:log_softmax(cdim)):sum(cdim)
+    local red = o.reduction or "mean"
+    if red == "none" then return per end
+    if red == "sum" then return per:sum() end
+    if red == "mean" then return #ls == 1 and per or per:sum() / ls[1] end
+    error("cross_entropy: unknown reduction '" .. tostring(red) .. "' (none, mean or sum)", 2)
+  end
+  local nd = logits:dim()
+  if nd == 2 then return core.cross_entropy(logits, target, opts) end
+  if nd == 1 then
+    if target:dim() ~= 0 then error("cross_entropy: [C] logits take a 0-dimensional target", 2) end
+    local r = core.cross_entropy(logits:unsqueeze(1), target:view(1), opts)
+    return o.reduction == "none" and r:view({}) or r
+  end
+  if nd < 1 then error("cross_entropy: logits must have at least one dimension", 2) end
+  -- [N, C, d...]: the classes moved last, every other position a row
+  local C = logits:size(2)
+  local perm = {1}
+  for d = 3, nd do perm[#perm + 1] = d end
+  perm[#perm + 1] = 2
+  local rows = logits:permute(perm):reshape(-1, C)
+  local want = {logits:size(1)}
+  for d = 3, nd do want[#want + 1] = logits:size(d) end
+  if table.concat(target:size(), "x") ~= table.concat(want, "x") then
+    error(string.format("cross_entropy: target %s must be %s for logits %s", table.concat(target:size(), "x"),
+      table.concat(want, "x"), table.concat(logits:size(), "x")), 2)
+  end
+  local r = core.cross_entropy(rows, target:reshape(-1), opts)
+  if o.reduction == "none" then return r:view(want) end
+  return r
 end
 
 --- max(0, -y * (x1 - x2) + margin), PyTorch's margin_ranking_loss (y = 1 or -1, a number or tensor).
