@@ -88,6 +88,27 @@ describe("PyTorch functions composed from the C ops", function()
       "class probabilities 2x4 must have the logits' shape 2x3")
   end)
 
+  it("compute binary_cross_entropy_with_logits with broadcast weights and pos_weight, mse_loss broadcast", function()
+    local function run(list, fn, label)
+      for k, c in ipairs(list) do
+        local x = hero.tensor(c.x, {dtype = "f64"}):requires_grad_()
+        local opts = {}
+        for key, v in pairs(c.opts) do opts[key] = type(v) == "table" and hero.tensor(v, {dtype = "f64"}) or v end
+        local out = fn(x, hero.tensor(c.y, {dtype = "f64"}), opts)
+        close(type(c.out) == "table" and out:totable() or out:item(), c.out, label .. k .. " value")
+        out:sum():backward()
+        close(x.grad:totable(), c.grad, label .. k .. " gradient")
+      end
+    end
+    run(fx.bce, hero.binary_cross_entropy_with_logits, "bce case ")
+    run(fx.mse, hero.mse_loss, "mse case ")
+    helper.assert_error_contains(function()
+      hero.binary_cross_entropy_with_logits(hero.ones(2), hero.ones(2), {pos_weigth = hero.ones(2)})
+    end, "unknown option 'pos_weigth'")
+    helper.assert_error_contains(function() hero.binary_cross_entropy_with_logits(hero.ones(2), hero.ones(3)) end,
+      "target size 3 must be the input size 2")
+  end)
+
   it("refuse what they cannot do", function()
     helper.assert_error_contains(function() hero.one_hot(hero.tensor {0.5}) end, "expected an integer tensor")
     helper.assert_error_contains(function() hero.one_hot(hero.tensor({3}, {dtype = "i64"}), 2) end,

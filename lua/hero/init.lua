@@ -25,6 +25,8 @@ require("hero.tensor_extra").install(hero, core.Tensor, core.metatable)
 hero.nn = require "hero.nn"
 -- the loss of every shape PyTorch's takes (the C one: [N, C] logits and class indices)
 hero.cross_entropy = hero.nn.functional.cross_entropy
+hero.binary_cross_entropy_with_logits = hero.nn.functional.binary_cross_entropy_with_logits
+hero.mse_loss = hero.nn.functional.mse_loss
 hero.optim = require "hero.optim"
 hero.autograd = require "hero.autograd"
 hero.models = require "hero.models"

@@ -13,8 +13,7 @@ F.attention = core.attention
 F.attention_packed = core.attention_packed
 F.conv1d = core.conv1d
 -- cross_entropy: below (the C loss takes [N, C] logits with class indices)
-F.binary_cross_entropy_with_logits = core.binary_cross_entropy_with_logits
-F.mse_loss = core.mse_loss
+-- binary_cross_entropy_with_logits and mse_loss: below (the fused C losses take equal shapes)
 F.softmax = core.softmax
 F.log_softmax = core.log_softmax
 
@@ -85,6 +84,69 @@ function F.cross_entropy(logits, target, opts)
   end
   local r = core.cross_entropy(rows, target:reshape(-1), opts)
   if o.reduction == "none" then return r:view(want) end
+  return r
+end
+
+local function same_shape(a, b) return table.concat(a:size(), "x") == table.concat(b:size(), "x") end
+
+local function check_options(who, opts, known)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then error(string.format("%s: options must be a table, got %s", who, type(opts)), 3) end
+  for k in pairs(opts) do
+    local ok = false
+    for _, name in ipairs(known) do ok = ok or k == name end
+    if not ok then
+      error(string.format("%s: unknown option '%s' (%s)", who, tostring(k), table.concat(known, ", ")), 3)
+    end
+  end
+  return opts
+end
+
+--- binary_cross_entropy_with_logits(x, y [, {weight =, pos_weight =, reduction = "mean"}]) as
+-- PyTorch's: y has x's shape; weight broadcasts to it; pos_weight (broadcast along the last
+-- dimension, one per class) weighs the positive term: (1 - y) x + (1 + (pos_weight - 1) y) *
+-- log(1 + exp(-x)). Without pos_weight and with a weight of x's shape (or none) it is the fused C loss.
+function F.binary_cross_entropy_with_logits(x, y, opts)
+  local who = "binary_cross_entropy_with_logits"
+  tensors(who, "input", x, "target", y)
+  local o = check_options(who, opts, {"weight", "pos_weight", "reduction"})
+  if not same_shape(x, y) then
+    error(string.format("%s: target size %s must be the input size %s", who, table.concat(y:size(), "x"),
+      table.concat(x:size(), "x")), 2)
+  end
+  local w = o.weight
+  if w ~= nil then tensors(who, "weight", w) end
+  if o.pos_weight == nil and (w == nil or same_shape(w, x)) then
+    return core.binary_cross_entropy_with_logits(x, y, o)
+  end
+  local loss
+  if o.pos_weight ~= nil then
+    tensors(who, "pos_weight", o.pos_weight)
+    -- log(1 + exp(-x)), stable: log1p(exp(-|x|)) + max(-x, 0)
+    local sp = (-x:abs()):exp():log1p() + (-x):relu()
+    loss = (1 - y) * x + (1 + (o.pos_weight - 1) * y) * sp
+  else
+    loss = core.binary_cross_entropy_with_logits(x, y, {reduction = "none"})
+  end
+  if w ~= nil then loss = loss * w end
+  local ok, r = pcall(reduce, loss, o.reduction)
+  if not ok then error(who .. ": " .. tostring(r), 2) end
+  return r
+end
+
+--- mse_loss(x, y [, {reduction = "mean"}]): the fused C loss for equal shapes; as PyTorch, shapes
+-- that broadcast give the mean (or sum, or every term) of the broadcast squared differences.
+function F.mse_loss(x, y, opts)
+  tensors("mse_loss", "input", x, "target", y)
+  local o = check_options("mse_loss", opts, {"reduction"})
+  if same_shape(x, y) then return core.mse_loss(x, y, o) end
+  local okd, d = pcall(function() return x - y end)
+  if not okd then
+    error(string.format("mse_loss: input %s and target %s must have the same shape (or shapes that broadcast)",
+      table.concat(x:size(), "x"), table.concat(y:size(), "x")), 2)
+  end
+  local ok, r = pcall(reduce, d:square(), o.reduction)
+  if not ok then error("mse_loss: " .. tostring(r), 2) end
   return r
 end
 
