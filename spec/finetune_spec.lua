@@ -926,6 +926,12 @@ describe("fine-tuning and evaluation", function()
     end, function(q) return {retrieval_key = q.desc_id, clip_name = q.vid_name} end)
     local res2 = FT.evaluate("vr", run.model, hps, {video = run.video, txt_db = out2, split = "val"})
     assert.are.same(res.metrics, res2.metrics)
+    -- entries that also carry a desc_id are still keyed by sen_id, as MsrvttQueryTokLmdb keys them
+    local out3 = query_db_like_tvr("msrvtt_test3.db", function(e)
+      return {desc_id = e.desc_id, desc = e.desc, vid_name = e.vid_name}
+    end, function(q) return {sen_id = q.desc_id, desc_id = "x" .. q.desc_id, clip_name = q.vid_name} end)
+    local res3 = FT.evaluate("vr", run.model, hps, {video = run.video, txt_db = out3, split = "val"})
+    assert.are.same(res.metrics, res3.metrics)
   end)
 end)
 

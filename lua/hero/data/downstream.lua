@@ -663,10 +663,13 @@ function QueryDataset:collate(items, opts)
   return M.violin_collate(items, opts)
 end
 
--- The key of a query_data.jsonl entry: desc_id (TVR, How2R, DiDeMo), else MSR-VTT's sen_id or
--- retrieval_key (MsrvttQueryTokLmdb.query_data tries sen_id for every entry, then retrieval_key).
-local function gt_key_field(entries)
-  for _, field in ipairs {"desc_id", "sen_id", "retrieval_key"} do
+-- The key of a query_data.jsonl entry: desc_id (TVR, How2R, DiDeMo: VCMR), else sen_id or
+-- retrieval_key. VR tries those two first (eval_vr.py reads MSR-VTT through MsrvttQueryTokLmdb,
+-- whose query_data tries sen_id for every entry, then retrieval_key, never desc_id), and desc_id
+-- last, for a VR run on data keyed as TVR's.
+local function gt_key_field(entries, task)
+  local fields = task == "vr" and {"sen_id", "retrieval_key", "desc_id"} or {"desc_id", "sen_id", "retrieval_key"}
+  for _, field in ipairs(fields) do
     local all = #entries > 0
     for _, e in ipairs(entries) do
       if type(e) ~= "table" or e[field] == nil then all = false break end
@@ -685,7 +688,7 @@ function QueryDataset:ground_truth(qids, opts)
   if type(qids) ~= "table" then error("QueryDataset:ground_truth: qids must be an array of query ids", 2) end
   if not (self.db.has_file and self.db:has_file("query_data.jsonl")) then return nil end
   local entries = self.db:json("query_data.jsonl")
-  local field = gt_key_field(entries)
+  local field = gt_key_field(entries, self.task)
   if field == nil then
     error("QueryDataset:ground_truth: query_data.jsonl entries carry no desc_id, sen_id or retrieval_key", 2)
   end
