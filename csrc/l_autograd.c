@@ -110,7 +110,7 @@ static int t_backward(lua_State *L)
     else if (lua_istable(L, 3)) opts = 3;
     bool retain = false;
     if (opts) {
-        lua_getfield(L, opts, "retain_graph");
+        hr_lua_rawfield(L, opts, "retain_graph");
         retain = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }

@@ -220,13 +220,13 @@ void hr_lua_check_fits(lua_State *L, int idx, hr_dtype dt, const char *op)
 void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, const char *op)
 {
     if (idx == 0 || !lua_istable(L, idx)) return;
-    if (lua_getfield(L, idx, "dtype") != LUA_TNIL) {
+    if (hr_lua_rawfield(L, idx, "dtype") != LUA_TNIL) {
         const char *name = lua_tostring(L, -1);
         if (!name) luaL_error(L, "%s: option dtype must be a string", op);
         if (hr_dtype_from_name(name, dt)) hr_lua_error(L, op);
     }
     lua_pop(L, 1);
-    if (lua_getfield(L, idx, "device") != LUA_TNIL) {
+    if (hr_lua_rawfield(L, idx, "device") != LUA_TNIL) {
         const char *name = lua_tostring(L, -1);
         if (!name) luaL_error(L, "%s: option device must be a string", op);
         if (hr_device_parse(name, dev)) hr_lua_error(L, op);
@@ -236,7 +236,7 @@ void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev
 
 lua_Integer hr_lua_opt_field_integer(lua_State *L, int idx, const char *name, lua_Integer def, const char *op)
 {
-    if (lua_getfield(L, idx, name) == LUA_TNIL) {
+    if (hr_lua_rawfield(L, idx, name) == LUA_TNIL) {
         lua_pop(L, 1);
         return def;
     }
@@ -251,7 +251,7 @@ lua_Integer hr_lua_opt_field_integer(lua_State *L, int idx, const char *name, lu
 
 double hr_lua_opt_field_number(lua_State *L, int idx, const char *name, double def, const char *op)
 {
-    if (lua_getfield(L, idx, name) == LUA_TNIL) {
+    if (hr_lua_rawfield(L, idx, name) == LUA_TNIL) {
         lua_pop(L, 1);
         return def;
     }
@@ -265,7 +265,7 @@ double hr_lua_opt_field_number(lua_State *L, int idx, const char *name, double d
 int hr_lua_opt_field_option(lua_State *L, int idx, const char *name, int def, const char *const names[],
                             const char *op)
 {
-    if (lua_getfield(L, idx, name) == LUA_TNIL) {
+    if (hr_lua_rawfield(L, idx, name) == LUA_TNIL) {
         lua_pop(L, 1);
         return def;
     }
@@ -285,6 +285,13 @@ int hr_lua_opt_field_option(lua_State *L, int idx, const char *name, int def, co
     luaL_pushresult(&b);
     if (v) luaL_error(L, "%s: option %s must be %s, got '%s'", op, name, lua_tostring(L, -1), v);
     return luaL_error(L, "%s: option %s must be %s, got a %s", op, name, lua_tostring(L, -1), luaL_typename(L, -2));
+}
+
+int hr_lua_rawfield(lua_State *L, int idx, const char *name)
+{
+    idx = lua_absindex(L, idx);
+    lua_pushstring(L, name);
+    return lua_rawget(L, idx);
 }
 
 void hr_lua_check_writable(lua_State *L, const hr_tensor *t, const char *op)

@@ -124,6 +124,10 @@ int hr_lua_autograd_field(lua_State *L, hr_tensor *t, const char *key);
 bool hr_lua_is_autograd_field(const char *key);
 int hr_lua_autograd_set_field(lua_State *L, hr_tensor *t, const char *key, int value_idx);
 /* Raises an error when t is a leaf that requires grad and is about to be written in place. */
+/* Pushes t[name] of the table at idx without metamethods and returns its type: the bindings read
+ * option tables and lists raw, so that no Lua code (which could free a tensor the binding already
+ * holds) runs while they parse their arguments. */
+int hr_lua_rawfield(lua_State *L, int idx, const char *name);
 /* Raises a Lua error when t is an expanded view (a stride-0 dimension of size > 1), which an
  * in-place write would reach twice. hr_lua_check_inplace includes it. */
 void hr_lua_check_writable(lua_State *L, const hr_tensor *t, const char *op);

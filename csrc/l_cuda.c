@@ -152,7 +152,7 @@ static int c_all_finite(lua_State *L)
         lua_replace(L, 1);
     }
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_Integer n = luaL_len(L, 1);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
     hr_tensor *dev[256];
     int ndev = 0;
     bool ok = true;

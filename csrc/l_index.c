@@ -361,12 +361,12 @@ static int l_split(lua_State *L)
     if (t->ndim == 0) return luaL_error(L, "%s: a 0-dimensional tensor cannot be split", op);
     int dim = opt_dim(L, 3, t->ndim, op);
     if (lua_istable(L, 2)) {
-        lua_Integer n = luaL_len(L, 2);
+        lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
         if (n < 1) return luaL_error(L, "%s: the list of sizes is empty", op);
         if (n > (1 << 24)) return luaL_error(L, "%s: list of %d sizes is too long", op, (int)n);
         int64_t *sizes = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)n, 0);
         for (lua_Integer i = 1; i <= n; i++) {
-            lua_geti(L, 2, i);
+            lua_rawgeti(L, 2, i);
             int isnum;
             lua_Integer v = lua_tointegerx(L, -1, &isnum);
             if (!isnum) return luaL_error(L, "%s: size %d of the list is not an integer (%s)", op, (int)i, luaL_typename(L, -1));

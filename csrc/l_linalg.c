@@ -58,11 +58,11 @@ static void opt_beta_alpha(lua_State *L, int idx, double *beta, double *alpha, c
     *beta = 1;
     *alpha = 1;
     if (lua_istable(L, idx)) {
-        if (lua_getfield(L, idx, "beta") != LUA_TNIL) {
+        if (hr_lua_rawfield(L, idx, "beta") != LUA_TNIL) {
             if (!lua_isnumber(L, -1)) luaL_error(L, "%s: option beta must be a number, got %s", op, luaL_typename(L, -1));
             *beta = lua_tonumber(L, -1);
         }
-        if (lua_getfield(L, idx, "alpha") != LUA_TNIL) {
+        if (hr_lua_rawfield(L, idx, "alpha") != LUA_TNIL) {
             if (!lua_isnumber(L, -1)) luaL_error(L, "%s: option alpha must be a number, got %s", op, luaL_typename(L, -1));
             *alpha = lua_tonumber(L, -1);
         }

@@ -131,8 +131,8 @@ static attention_opts attention_options(lua_State *L, int idx, const char *op)
     attention_opts o = {0, true, NULL};
     int oi = lua_istable(L, idx) ? idx : 0;
     if (oi) {
-        if (lua_getfield(L, oi, "dropout") != LUA_TNIL) o.dropout = luaL_checknumber(L, -1);
-        if (lua_getfield(L, oi, "training") != LUA_TNIL) o.training = lua_toboolean(L, -1);
+        if (hr_lua_rawfield(L, oi, "dropout") != LUA_TNIL) o.dropout = luaL_checknumber(L, -1);
+        if (hr_lua_rawfield(L, oi, "training") != LUA_TNIL) o.training = lua_toboolean(L, -1);
         lua_pop(L, 2);
     }
     o.generator = hr_lua_opt_generator(L, oi, op);
@@ -208,7 +208,7 @@ static int l_bce_with_logits(lua_State *L)
     hr_tensor *y = hr_lua_autocast(L, 2, HR_AUTOCAST_F32, "binary_cross_entropy_with_logits");
     hr_tensor *w = NULL;
     if (lua_istable(L, 3)) {
-        lua_getfield(L, 3, "weight");
+        hr_lua_rawfield(L, 3, "weight");
         if (!lua_isnil(L, -1)) w = hr_lua_check_tensor(L, lua_gettop(L), "binary_cross_entropy_with_logits");
         lua_pop(L, 1);
     }

@@ -70,7 +70,7 @@ hr_generator *hr_lua_opt_generator(lua_State *L, int oi, const char *op)
 {
     hr_generator *g = NULL;
     if (oi && lua_istable(L, oi)) {
-        if (lua_getfield(L, oi, "generator") != LUA_TNIL) {
+        if (hr_lua_rawfield(L, oi, "generator") != LUA_TNIL) {
             g = luaL_testudata(L, -1, HR_GENERATOR_MT);
             if (!g) luaL_error(L, "%s: option generator must be a hero.Generator, got %s", op, type_name(L, -1));
         }
@@ -117,7 +117,7 @@ static void set_state(lua_State *L, hr_generator *g, int idx, const char *op)
     lua_Integer v[2];
     const char *fields[2] = {"seed", "offset"};
     for (int i = 0; i < 2; i++) {
-        lua_getfield(L, idx, fields[i]);
+        hr_lua_rawfield(L, idx, fields[i]);
         int ok;
         v[i] = lua_tointegerx(L, -1, &ok);
         if (!ok || lua_type(L, -1) != LUA_TNUMBER)
@@ -186,9 +186,9 @@ static int l_set_rng_state(lua_State *L)
 static void read_words(lua_State *L, int idx, uint32_t *w, int n, const char *what)
 {
     luaL_checktype(L, idx, LUA_TTABLE);
-    if (luaL_len(L, idx) != n) luaL_error(L, "philox4x32_10: %s must have %d words", what, n);
+    if ((lua_Integer)lua_rawlen(L, idx) != n) luaL_error(L, "philox4x32_10: %s must have %d words", what, n);
     for (int i = 0; i < n; i++) {
-        lua_geti(L, idx, i + 1);
+        lua_rawgeti(L, idx, i + 1);
         int ok;
         lua_Integer v = lua_tointegerx(L, -1, &ok);
         if (!ok || v < 0 || v > 0xffffffffLL)
@@ -226,7 +226,7 @@ static int read_shape(lua_State *L, int idx, int *oi, int64_t *size, const char 
 {
     int ndim;
     /* A table at idx is the shape unless it is the options table (no array part) and nothing follows. */
-    if (lua_istable(L, idx) && (*oi != idx || luaL_len(L, idx) > 0)) {
+    if (lua_istable(L, idx) && (*oi != idx || (lua_Integer)lua_rawlen(L, idx) > 0)) {
         ndim = hr_lua_check_shape(L, idx, size, op);
         if (*oi == idx) *oi = 0;
     } else {
@@ -388,7 +388,7 @@ static int l_bernoulli(lua_State *L)
                        type_name(L, 1));
         p = check_probability(L, 1, op);
     }
-    if (lua_isnoneornil(L, 2) || (oi == 2 && luaL_len(L, 2) == 0)) {
+    if (lua_isnoneornil(L, 2) || (oi == 2 && (lua_Integer)lua_rawlen(L, 2) == 0)) {
         if (pt) {
             ndim = pt->ndim;
             memcpy(size, pt->size, sizeof size);

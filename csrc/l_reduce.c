@@ -53,10 +53,10 @@ static int sum_like(lua_State *L, const char *op, bool mean)
     hr_tensor *r;
     if (lua_istable(L, 2)) {
         int dims[HR_MAX_DIMS];
-        int n = (int)luaL_len(L, 2);
+        int n = (int)(lua_Integer)lua_rawlen(L, 2);
         if (n > HR_MAX_DIMS) return luaL_error(L, "%s: at most %d dimensions in the list, got %d", op, HR_MAX_DIMS, n);
         for (int i = 0; i < n; i++) {
-            lua_geti(L, 2, i + 1);
+            lua_rawgeti(L, 2, i + 1);
             dims[i] = hr_lua_check_dim(L, lua_gettop(L), t->ndim, op);
             lua_pop(L, 1);
         }

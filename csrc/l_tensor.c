@@ -75,7 +75,7 @@ static int make_filled(lua_State *L, const char *op, double value, bool zero, bo
     /* a lone options table is only an options table when it has no array part */
     int shape_idx = 1;
     int ndim;
-    if (lua_istable(L, 1) && (oi != 1 || luaL_len(L, 1) > 0 || lua_gettop(L) == 1)) {
+    if (lua_istable(L, 1) && (oi != 1 || (lua_Integer)lua_rawlen(L, 1) > 0 || lua_gettop(L) == 1)) {
         ndim = hr_lua_check_shape(L, 1, size, op);
         if (oi == 1) oi = 0;
     } else {
@@ -215,9 +215,9 @@ static int nested_shape(lua_State *L, int idx, int64_t *size, bool *has_bool, bo
             lua_pop(L, 1);
             return luaL_error(L, "tensor: nested table deeper than %d levels", HR_MAX_DIMS);
         }
-        size[ndim++] = (int64_t)luaL_len(L, -1);
+        size[ndim++] = (int64_t)(lua_Integer)lua_rawlen(L, -1);
         if (size[ndim - 1] == 0) break;
-        lua_geti(L, -1, 1);
+        lua_rawgeti(L, -1, 1);
         lua_remove(L, -2);
     }
     if (lua_isboolean(L, -1)) *has_bool = true;
@@ -235,7 +235,7 @@ typedef struct {
 
 static void fill_nested(lua_State *L, int idx, int depth, int ndim, const int64_t *size, fill_cursor *c, int64_t *index)
 {
-    if (!lua_istable(L, idx) || (int64_t)luaL_len(L, idx) != size[depth]) {
+    if (!lua_istable(L, idx) || (int64_t)(lua_Integer)lua_rawlen(L, idx) != size[depth]) {
         char path[160] = "";
         size_t used = 0;
         for (int i = 0; i < depth; i++) used += (size_t)snprintf(path + used, sizeof path - used, "[%" PRId64 "]", index[i]);
@@ -246,7 +246,7 @@ static void fill_nested(lua_State *L, int idx, int depth, int ndim, const int64_
     }
     for (int64_t i = 1; i <= size[depth]; i++) {
         index[depth] = i;
-        lua_geti(L, idx, i);
+        lua_rawgeti(L, idx, i);
         if (depth + 1 < ndim) {
             fill_nested(L, lua_gettop(L), depth + 1, ndim, size, c, index);
         } else {

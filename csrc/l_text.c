@@ -45,12 +45,12 @@ static int l_bpe_set_specials(lua_State *L)
 {
     hr_bpe *b = check_bpe(L, 1, "set_specials");
     luaL_checktype(L, 2, LUA_TTABLE);
-    int n = (int)luaL_len(L, 2);
+    int n = (int)(lua_Integer)lua_rawlen(L, 2);
     if (n > 1024) return luaL_error(L, "set_specials: at most 1024 special tokens, got %d", n);
     const char **toks = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);
     size_t *lens = lua_newuserdatauv(L, sizeof(size_t) * (size_t)(n + 1), 0);
     for (int i = 0; i < n; i++) {
-        lua_geti(L, 2, i + 1);
+        lua_rawgeti(L, 2, i + 1);
         if (lua_type(L, -1) != LUA_TSTRING)
             return luaL_error(L, "set_specials: special token #%d is a %s, not a string", i + 1, luaL_typename(L, -1));
         toks[i] = lua_tolstring(L, -1, &lens[i]);
@@ -152,7 +152,7 @@ static int l_bpe_encode_batch(lua_State *L)
     hr_bpe *b = check_bpe(L, 1, "encode_batch");
     luaL_checktype(L, 2, LUA_TTABLE);
     unsigned flags = check_flags(L, 3);
-    lua_Integer n = luaL_len(L, 2);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
     /* Lua owns the scratch arrays (userdata), so a Lua error below leaks nothing but the ids,
      * which are freed before any error is raised. */
     const char **texts = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);
@@ -160,7 +160,7 @@ static int l_bpe_encode_batch(lua_State *L)
     hr_bpe_ids *out = lua_newuserdatauv(L, sizeof(hr_bpe_ids) * (size_t)(n + 1), 0);
     char **errors = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);
     for (lua_Integer i = 0; i < n; i++) {
-        lua_geti(L, 2, i + 1);
+        lua_rawgeti(L, 2, i + 1);
         if (lua_type(L, -1) != LUA_TSTRING)
             return luaL_error(L, "encode_batch: text #%d is a %s, not a string", (int)i + 1, luaL_typename(L, -1));
         texts[i] = lua_tolstring(L, -1, &lens[i]);
@@ -246,10 +246,10 @@ static int64_t *check_ids(lua_State *L, int idx, size_t *n, const char *op)
     }
     if (lua_type(L, idx) != LUA_TTABLE)
         luaL_error(L, "%s: argument #%d: expected a table or tensor of ids, got %s", op, idx, luaL_typename(L, idx));
-    *n = (size_t)luaL_len(L, idx);
+    *n = (size_t)(lua_Integer)lua_rawlen(L, idx);
     int64_t *ids = lua_newuserdatauv(L, sizeof(int64_t) * (*n + 1), 0);
     for (size_t i = 0; i < *n; i++) {
-        lua_geti(L, idx, (lua_Integer)i + 1);
+        lua_rawgeti(L, idx, (lua_Integer)i + 1);
         int isnum;
         lua_Integer v = lua_tointegerx(L, -1, &isnum);
         if (!isnum) luaL_error(L, "%s: id #%d is not an integer (%s)", op, (int)i + 1, luaL_typename(L, -1));

@@ -209,13 +209,29 @@ describe("bad arguments", function()
     helper.assert_error_contains(function() t:view(evil_shape) end, "view")
     assert.is_false(pcall(hero.cat, setmetatable({}, {__len = function() return 2 end,
       __index = function() return hero.randn(2) end}), 1))
+    -- option tables are read raw: a metamethod that would free an argument never runs
     local x = hero.randn(2, 3)
+    local freed = false
     local evil_opts = setmetatable({}, {__index = function()
+      freed = true
       x:free()
       collectgarbage()
     end})
-    helper.assert_error_contains(function() hero.cross_entropy(x, hero.tensor({0, 1}, {dtype = "i64"}), evil_opts) end,
-      "tensor was freed")
+    local calls = {
+      function() return hero.core.cross_entropy(x, hero.tensor({0, 1}, {dtype = "i64"}), evil_opts) end,
+      function() return x:sum(evil_opts) end,
+      function() return hero.core.mse_loss(x, hero.zeros(2, 3), evil_opts) end,
+      function() return hero.core.dropout(x, 0.5, true, evil_opts) end,
+      function() return hero.addmm(hero.zeros(2, 2), x, hero.zeros(3, 2), evil_opts) end,
+      function() return x:to(evil_opts) end,
+      function() return hero.randn_like(x, evil_opts) end,
+    }
+    for i, call in ipairs(calls) do
+      local ok, err = pcall(call)
+      assert.is_false(freed, "call " .. i .. " ran the options' metamethod")
+      assert(ok or not tostring(err):match("freed"), tostring(err))
+    end
+    assert.equal(6, x:numel())
   end)
 
   it("convolution paddings and activation options it cannot honour", function()
