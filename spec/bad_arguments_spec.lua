@@ -217,7 +217,7 @@ describe("bad arguments", function()
       x:free()
       collectgarbage()
     end})
-    local calls = {
+    local raw_reads = {
       function() return hero.core.cross_entropy(x, hero.tensor({0, 1}, {dtype = "i64"}), evil_opts) end,
       function() return x:sum(evil_opts) end,
       function() return hero.core.mse_loss(x, hero.zeros(2, 3), evil_opts) end,
@@ -226,7 +226,7 @@ describe("bad arguments", function()
       function() return x:to(evil_opts) end,
       function() return hero.randn_like(x, evil_opts) end,
     }
-    for i, call in ipairs(calls) do
+    for i, call in ipairs(raw_reads) do
       local ok, err = pcall(call)
       assert.is_false(freed, "call " .. i .. " ran the options' metamethod")
       assert(ok or not tostring(err):match("freed"), tostring(err))
