@@ -291,6 +291,22 @@ describe("HERO checkpoints and configs", function()
     -- nn.Linear's default: U(+-1/sqrt(fan_in))
     local w = sd["q_feat_attn.modular_vector_mapping.weight"]
     assert.is_true(w:abs():max():item() <= 1 / math.sqrt(w:size(2)))
+    -- initializer_range: f_config's for the hierarchical model, c_config's for the temporal
+    -- transformer (HierarchicalVlModel.initialize re-initialises c_encoder with its own config)
+    local other = hero.config.model(cfg.model_config.pretrain)
+    other.f_config.initializer_range, other.c_config.initializer_range = 0.2, 0.5
+    local sd2 = hero.models.HeroForPretraining(other, {vfeat_dim = cfg.constants.vfeat_dim,
+      max_frm_seq_len = cfg.constants.max_frm_seq_len}):state_dict()
+    local function std2(k) return sd2[k]:double():std():item() end
+    assert.near(0.2, std2("v_encoder.f_encoder.encoder.layer.0.attention.self.query.weight"), 0.02)
+    assert.near(0.2, std2("v_encoder.f_encoder.embeddings.word_embeddings.weight"), 0.02)
+    assert.near(0.2, std2("v_encoder.frame_transform.net.1.weight"), 0.02)
+    assert.near(0.5, std2("v_encoder.c_encoder.encoder.layer.0.attention.self.query.weight"), 0.05)
+    assert.near(0.5, std2("v_encoder.c_encoder.embeddings.position_embeddings.weight"), 0.05)
+    -- a raw section asking for another activation than the erf GELU the layers compute
+    local relu = {f_config = helper.tiny_section {hidden_act = "relu"}, c_config = helper.tiny_section()}
+    helper.assert_error_contains(function() hero.models.HeroForPretraining(relu, {vfeat_dim = 8}) end,
+      "cfg.f_config.hidden_act is relu")
   end)
 
   it("starts pre-training from RoBERTa (or from nothing) as the reference's load_partial_pretrained does",

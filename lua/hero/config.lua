@@ -32,6 +32,14 @@ function config.check_model(cfg, who, sections)
       error(string.format("%s: cfg.%s must be a table (%s), got %s", who, s, hint, tostring(cfg[s])), 0)
     end
   end
+  -- a section handed over as decoded JSON (not through config.model) still computes erf GELU only
+  for _, s in ipairs {"f_config", "c_config", "q_config", "d_config"} do
+    local act = type(cfg[s]) == "table" and cfg[s].hidden_act or nil
+    if act ~= nil and act ~= "gelu" then
+      error(string.format("%s: cfg.%s.hidden_act is %s; hero's layers compute \"gelu\" (erf) only", who, s,
+        tostring(act)), 0)
+    end
+  end
 end
 
 --- A sub-config with the reference's defaults filled in (a copy).

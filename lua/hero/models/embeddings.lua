@@ -13,9 +13,9 @@ end
 M.SubEmbeddings = nn.Module:extend("SubEmbeddings")
 function M.SubEmbeddings:__init(cfg, opts)
   opts = opts or {}
-  local o = {init = "bert", dtype = opts.dtype, generator = opts.generator}
+  local o = {init = "bert", std = cfg.initializer_range, dtype = opts.dtype, generator = opts.generator}
   self:add_module("word_embeddings", nn.Embedding(cfg.vocab_size, cfg.hidden_size,
-    {padding_idx = 1, init = "bert", dtype = opts.dtype, generator = opts.generator}))
+    {padding_idx = 1, init = "bert", std = cfg.initializer_range, dtype = opts.dtype, generator = opts.generator}))
   self:add_module("position_embeddings", nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size, o))
   self:add_module("token_type_embeddings", nn.Embedding(math.max(cfg.type_vocab_size or 1, 2), cfg.hidden_size, o))
   self:add_module("LayerNorm", nn.LayerNorm(cfg.hidden_size, {eps = 1e-5, dtype = opts.dtype}))
@@ -32,13 +32,14 @@ end
 M.ImageEmbeddings = nn.Module:extend("ImageEmbeddings")
 function M.ImageEmbeddings:__init(cfg, feat_dim, max_frm_seq_len, opts)
   opts = opts or {}
-  local o = {init = "bert", dtype = opts.dtype, generator = opts.generator}
+  local o = {init = "bert", std = cfg.initializer_range, dtype = opts.dtype, generator = opts.generator}
   self:add_module("img_linear", nn.Linear(feat_dim, cfg.hidden_size, o))
   self:add_module("img_LayerNorm", nn.LayerNorm(feat_dim, {eps = 1e-5, dtype = opts.dtype}))
   self:add_module("position_embeddings", nn.Embedding(max_frm_seq_len, cfg.hidden_size, o))
   -- padding_idx 0: row 0 is added to every unmasked frame but never learns (its gradient is 0)
   self:add_module("mask_embedding", nn.Embedding(2, feat_dim,
-    {padding_idx = 0, init = "bert", dtype = opts.dtype, generator = opts.generator}))
+    {padding_idx = 0, init = "bert", std = cfg.initializer_range, dtype = opts.dtype,
+      generator = opts.generator}))
   self:add_module("LayerNorm", nn.LayerNorm(cfg.hidden_size, {eps = 1e-5, dtype = opts.dtype}))
   self:add_module("dropout", nn.Dropout(cfg.hidden_dropout_prob or 0.1, {generator = opts.generator}))
 end
@@ -56,7 +57,7 @@ M.FrameEmbeddings = nn.Module:extend("FrameEmbeddings")
 function M.FrameEmbeddings:__init(cfg, opts)
   opts = opts or {}
   self:add_module("position_embeddings", nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size,
-    {init = opts.init or "bert", dtype = opts.dtype, generator = opts.generator}))
+    {init = opts.init or "bert", std = cfg.initializer_range, dtype = opts.dtype, generator = opts.generator}))
   self:add_module("LayerNorm", nn.LayerNorm(cfg.hidden_size, {eps = 1e-5, dtype = opts.dtype}))
   self:add_module("dropout", nn.Dropout(cfg.hidden_dropout_prob or 0.1, {generator = opts.generator}))
 end

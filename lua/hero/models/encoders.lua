@@ -13,7 +13,7 @@ local function encoder_opts(cfg, opts)
   return {
     hidden = cfg.hidden_size, heads = cfg.num_attention_heads, intermediate = cfg.intermediate_size,
     eps = cfg.layer_norm_eps or 1e-12, dropout = cfg.hidden_dropout_prob or 0.1,
-    attention_dropout = cfg.attention_probs_dropout_prob or 0.1, init = "bert",
+    attention_dropout = cfg.attention_probs_dropout_prob or 0.1, init = "bert", std = cfg.initializer_range,
     dtype = opts and opts.dtype, generator = opts and opts.generator, layers = cfg.num_hidden_layers,
   }
 end
@@ -22,7 +22,7 @@ M.encoder_opts = encoder_opts
 local function pooler(cfg, opts)
   local p = nn.Module:extend("Pooler")()
   p:add_module("dense", nn.Linear(cfg.hidden_size, cfg.hidden_size,
-    {init = "bert", dtype = opts and opts.dtype, generator = opts and opts.generator}))
+    {init = "bert", std = cfg.initializer_range, dtype = opts and opts.dtype, generator = opts and opts.generator}))
   return p
 end
 
@@ -38,7 +38,7 @@ function M.CrossModalTrm:__init(cfg, feat_dim, max_frm_seq_len, opts)
   self:add_module("img_embeddings", emb.ImageEmbeddings(cfg, feat_dim, max_frm_seq_len, opts))
   self:add_module("pooler", pooler(cfg, opts))
   self:add_module("lm_head", layers.LMHead(cfg.hidden_size, self.embeddings.word_embeddings.weight,
-    {init = "bert", dtype = opts and opts.dtype, generator = opts and opts.generator}))
+    {init = "bert", std = cfg.initializer_range, dtype = opts and opts.dtype, generator = opts and opts.generator}))
 end
 
 --- The compact [frames; text] embedding of every subtitle row (hero-spec §2.4):

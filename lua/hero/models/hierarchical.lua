@@ -18,14 +18,15 @@ function M:__init(cfg, opts)
   self:register_buffer("pad", core.zeros({8, f.hidden_size}, {dtype = opts.dtype or "f32"}))
   self:add_module("f_encoder", enc.CrossModalTrm(f, feat_dim, opts.max_frm_seq_len or 100, opts))
   self:add_module("frame_transform", layers.LinearLayer(feat_dim, f.hidden_size,
-    {dropout = f.hidden_dropout_prob or 0.1, init = "bert", dtype = opts.dtype, generator = opts.generator}))
+    {dropout = f.hidden_dropout_prob or 0.1, init = "bert", std = f.initializer_range, dtype = opts.dtype,
+    generator = opts.generator}))
   self:add_module("c_encoder", enc.TemporalTrm(c, opts))
   self:add_module("feat_regress", layers.FrameFeatureRegression(f.hidden_size, feat_dim,
-    {init = "bert", dtype = opts.dtype, generator = opts.generator}))
+    {init = "bert", std = f.initializer_range, dtype = opts.dtype, generator = opts.generator}))
   self:add_module("fom_output", layers.MLPLayer(f.hidden_size, opts.fom_classes or 100,
-    {init = "bert", dtype = opts.dtype, generator = opts.generator}))
-  self:add_module("mask_embedding", nn.Embedding(2, feat_dim, {padding_idx = 0, init = "bert", dtype = opts.dtype,
-    generator = opts.generator}))
+    {init = "bert", std = f.initializer_range, dtype = opts.dtype, generator = opts.generator}))
+  self:add_module("mask_embedding", nn.Embedding(2, feat_dim, {padding_idx = 0, init = "bert",
+    std = f.initializer_range, dtype = opts.dtype, generator = opts.generator}))
 end
 
 --- Flat indices for collect_frame_outputs: source rows of f_out (row * out + j) and destination

@@ -16,7 +16,7 @@ function M.LinearLayer:__init(in_dim, out_dim, opts)
     self:add_module("LayerNorm", nn.LayerNorm(in_dim, {eps = opts.eps or 1e-5, dtype = opts.dtype}))
   end
   local net = nn.Sequential(nn.Dropout(opts.dropout or 0.1, {generator = opts.generator}),
-    nn.Linear(in_dim, out_dim, {init = opts.init, dtype = opts.dtype, generator = opts.generator}))
+    nn.Linear(in_dim, out_dim, {init = opts.init, std = opts.std, dtype = opts.dtype, generator = opts.generator}))
   if opts.relu ~= false then net:add(nn.ReLU()) end
   self:add_module("net", net)
 end
@@ -28,7 +28,7 @@ end
 M.MLPLayer = nn.Module:extend("MLPLayer")
 function M.MLPLayer:__init(in_dim, out_dim, opts)
   opts = opts or {}
-  local o = {init = opts.init, dtype = opts.dtype, generator = opts.generator}
+  local o = {init = opts.init, std = opts.std, dtype = opts.dtype, generator = opts.generator}
   self:add_module("linear_1", nn.Linear(in_dim, in_dim * 2, o))
   self:add_module("LayerNorm", nn.LayerNorm(in_dim * 2, {eps = 1e-5, dtype = opts.dtype}))
   self:add_module("linear_2", nn.Linear(in_dim * 2, out_dim, o))
@@ -40,7 +40,7 @@ end
 M.FrameFeatureRegression = nn.Module:extend("FrameFeatureRegression")
 function M.FrameFeatureRegression:__init(hidden, feat_dim, opts)
   opts = opts or {}
-  local o = {init = opts.init, dtype = opts.dtype, generator = opts.generator}
+  local o = {init = opts.init, std = opts.std, dtype = opts.dtype, generator = opts.generator}
   self:add_module("net", nn.Sequential(nn.Linear(hidden, hidden, o), nn.GELU(),
     nn.LayerNorm(hidden, {eps = 1e-5, dtype = opts.dtype}), nn.Linear(hidden, feat_dim, o)))
 end
@@ -52,7 +52,7 @@ function M.LMHead:__init(hidden, word_weight, opts)
   opts = opts or {}
   self:register_parameter("bias", core.zeros({word_weight:size(1)}, {dtype = opts.dtype or "f32"}))
   self:add_module("dense", nn.Linear(hidden, hidden,
-    {init = opts.init, dtype = opts.dtype, generator = opts.generator}))
+    {init = opts.init, std = opts.std, dtype = opts.dtype, generator = opts.generator}))
   self:add_module("LayerNorm", nn.LayerNorm(hidden, {eps = 1e-5, dtype = opts.dtype}))
   local decoder = nn.Module:extend("Linear")() -- holds the tied weight under the name decoder.weight
   decoder:register_parameter("weight", word_weight)

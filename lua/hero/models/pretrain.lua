@@ -141,6 +141,10 @@ end
 function M:forward_vsm(batch, opts)
   opts = opts or {}
   local o = self.opts
+  -- the reference's evaluation-mode values (its validate_vsm) in evaluation mode, or when asked:
+  -- the local loss always, summed over the queries, the ranking losses per row (reduction "sum")
+  local evaluate = opts.evaluate
+  if evaluate == nil then evaluate = self.training == false end
   local Y, acts = self.v_encoder:forward_repr(batch)
   local q, qa = self:encode_queries(batch.query_input_ids, batch.query_pos_ids, batch.query_attn_masks)
   for k, t in pairs(qa) do acts[k] = t end
@@ -148,10 +152,8 @@ function M:forward_vsm(batch, opts)
   local mask = batch.c_attn_masks
   local total
   -- local (start/end) loss on a fraction 1 - drop_svmr_prob of the training micro-batches
-  local use_local = o.lw_st_ed ~= 0 and (opts.evaluate or o.drop_svmr_prob == 0 or
+  local use_local = o.lw_st_ed ~= 0 and (evaluate or o.drop_svmr_prob == 0 or
     core.rand({1}, self.generator and {generator = self.generator} or nil):item() > o.drop_svmr_prob)
-  -- opts.evaluate: the reference's evaluation-mode values (its validate_vsm): the local loss always,
-  -- summed over the queries, the ranking losses per row (reduction "sum")
   if use_local then
     local u = self.video_query_linear:forward(q)
     local st_all, ed_all = vsm.st_ed_logits(u, Y, mask, self.video_st_predictor.weight, self.video_ed_predictor.weight)
@@ -162,7 +164,7 @@ function M:forward_vsm(batch, opts)
     local ed = ed_all:gather(2, vidx):squeeze(2)
     acts.st_logits, acts.ed_logits = st, ed
     local t = batch.targets
-    local red = opts.evaluate and "sum" or "mean"
+    local red = evaluate and "sum" or "mean"
     local l = core.cross_entropy(st, t:select(2, 1), {ignore_index = -1, reduction = red})
       + core.cross_entropy(ed, t:select(2, 2), {ignore_index = -1, reduction = red})
     acts.loss_st_ed = l * o.lw_st_ed
@@ -174,14 +176,14 @@ function M:forward_vsm(batch, opts)
   acts.q2video_scores = S
   local l_ctx, l_q = vsm.ranking_losses(S, {margin = o.margin, loss_type = o.ranking_loss_type,
     hard = opts.hard_negative or o.hard_negative, sampled = not o.use_all_neg, generator = self.generator,
-    reduction = opts.evaluate and "sum" or nil})
+    reduction = evaluate and "sum" or nil})
   acts.loss_neg_ctx, acts.loss_neg_q = l_ctx * o.lw_neg_ctx, l_q * o.lw_neg_q
-  local ranking = opts.evaluate and acts.loss_neg_ctx:sum() + acts.loss_neg_q:sum()
+  local ranking = evaluate and acts.loss_neg_ctx:sum() + acts.loss_neg_q:sum()
     or acts.loss_neg_ctx + acts.loss_neg_q
   acts.loss = total and (total + ranking) or ranking
   -- what pretrain.py logs of a VSM micro-batch: each part divided by its weight (0 for a dropped
   -- local loss)
-  if not opts.evaluate then acts.log_parts = M.loss_parts(o, acts.loss_st_ed, l_ctx, l_q) end
+  if not evaluate then acts.log_parts = M.loss_parts(o, acts.loss_st_ed, l_ctx, l_q) end
   return acts
 end
 

@@ -2,7 +2,8 @@
 -- the weight is added in place into the rows that were used.
 -- opts: padding_idx (0-based row whose gradient stays 0; negative counts from the end, as torch's;
 -- with init "torch" the row starts at zero, as torch's, while the reference's "bert" init draws it
--- like the others), init ("torch" N(0,1) | "bert" N(0,0.02)), dtype, generator.
+-- like the others), init ("torch" N(0,1) | "bert" N(0, std)), std (0.02: a config's
+-- initializer_range), dtype, generator.
 local core = require "hero.core"
 local Module = require "hero.nn.module"
 local init = require "hero.nn.init_weights"
@@ -24,7 +25,8 @@ function Embedding:__init(num, dim, opts)
   end
   self.num, self.dim, self.padding_idx = num, dim, pad
   local scheme = init.check(opts.init or "torch", "Embedding")
-  local w = init.normal({num, dim}, scheme == "bert" and 0.02 or 1.0, opts.dtype, opts.generator)
+  local w = init.normal({num, dim}, scheme == "bert" and init.bert_std(opts.std, "Embedding") or 1.0, opts.dtype,
+    opts.generator)
   if pad and scheme == "torch" then w:narrow(1, pad + 1, 1):zero_() end
   self:register_parameter("weight", w)
 end

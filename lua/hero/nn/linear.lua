@@ -1,5 +1,6 @@
 --- nn.Linear(in_features, out_features [, opts]): y = x·Wᵀ + b with W [out, in] (PyTorch layout).
--- opts: bias (true), init ("torch" | "bert"), dtype ("f32"), generator.
+-- opts: bias (true), init ("torch" | "bert"), std (the "bert" init's, 0.02: a config's
+-- initializer_range), dtype ("f32"), generator.
 local core = require "hero.core"
 local Module = require "hero.nn.module"
 local init = require "hero.nn.init_weights"
@@ -15,7 +16,7 @@ function Linear:__init(in_features, out_features, opts)
   local scheme = init.check(opts.init or "torch", "Linear")
   local w, b
   if scheme == "bert" then
-    w = init.normal({out_features, in_features}, 0.02, opts.dtype, opts.generator)
+    w = init.normal({out_features, in_features}, init.bert_std(opts.std, "Linear"), opts.dtype, opts.generator)
     b = core.zeros({out_features}, {dtype = opts.dtype or "f32"})
   else
     local bound = 1 / math.sqrt(in_features)

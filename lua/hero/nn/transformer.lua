@@ -35,7 +35,7 @@ local function config(opts, who)
     hidden = opts.hidden or 768, heads = opts.heads or 12, intermediate = opts.intermediate or 3072,
     eps = opts.eps or 1e-12, dropout = opts.dropout or 0.1,
     attention_dropout = opts.attention_dropout or opts.dropout or 0.1,
-    init = opts.init or "bert", dtype = opts.dtype, generator = opts.generator,
+    init = opts.init or "bert", std = opts.std, dtype = opts.dtype, generator = opts.generator,
   }
   check.sizes(who, 4, "hidden", c.hidden, "heads", c.heads, "intermediate", c.intermediate)
   if c.hidden % c.heads ~= 0 then
@@ -44,7 +44,9 @@ local function config(opts, who)
   return c
 end
 
-local function linear(c, i, o) return Linear(i, o, {init = c.init, dtype = c.dtype, generator = c.generator}) end
+local function linear(c, i, o)
+  return Linear(i, o, {init = c.init, std = c.std, dtype = c.dtype, generator = c.generator})
+end
 
 --- A forward's input: a tensor [B, L, H], else an error naming the module.
 local function check_input(module, x, what)
