@@ -114,9 +114,9 @@ int hr_zip_write(const char *path, size_t n, const char *const *names, const uns
 /* Every member whose name ends in ".npy", keyed by the name without ".npy", in archive order. */
 int hr_npz_parse(const void *buf, size_t len, const char *what, hr_tensor_list *out);
 int hr_npz_load(const char *path, hr_tensor_list *out);
-int hr_npz_save(const char *path, const hr_tensor_list *in, bool compress);
+int hr_npz_save(const char *path, const hr_tensor_list *in, bool compress, bool keep_order);
 /* The same archive's bytes in a malloc'd buffer (*out, *outlen), for values stored elsewhere (LMDB). */
-int hr_npz_encode(const hr_tensor_list *in, bool compress, unsigned char **out, size_t *outlen);
+int hr_npz_encode(const hr_tensor_list *in, bool compress, bool keep_order, unsigned char **out, size_t *outlen);
 
 /* An extractor feature file: an .npz whose member features.npy (or a bare .npy) holds a little-endian
  * float16/float32 2-D array [n, d]; returned in its stored dtype. */

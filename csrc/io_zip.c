@@ -544,10 +544,10 @@ static int cmp_idx_name(const void *a, const void *b, void *names)
     return strcmp(nm[*(const size_t *)a], nm[*(const size_t *)b]);
 }
 
-/* The .npz of the list (members in name order), written to path or, when path is NULL, returned in
- * *out / *outlen. */
-static int npz_assemble(const char *path, const hr_tensor_list *in, bool compress, unsigned char **out,
-                        size_t *outlen)
+/* The .npz of the list (members in name order, or in the list's order with keep_order), written to
+ * path or, when path is NULL, returned in *out / *outlen. */
+static int npz_assemble(const char *path, const hr_tensor_list *in, bool compress, bool keep_order,
+                        unsigned char **out, size_t *outlen)
 {
     size_t n = in->n;
     size_t *order = calloc(n ? n : 1, sizeof *order);
@@ -559,14 +559,17 @@ static int npz_assemble(const char *path, const hr_tensor_list *in, bool compres
         hr_fail(HR_ENOMEM, "out of memory saving %s", path ? path : "an npz archive");
         goto done;
     }
-    /* Members in name order: equal inputs give byte-identical archives. */
+    /* Members in name order: equal inputs give byte-identical archives (or in the caller's order,
+     * as numpy.savez writes its keyword arguments) */
     for (size_t i = 0; i < n; i++) order[i] = i;
-    qsort_r(order, n, sizeof *order, cmp_idx_name, in->names);
+    if (!keep_order) qsort_r(order, n, sizeof *order, cmp_idx_name, in->names);
     for (size_t k = 0; k < n; k++) {
         size_t i = order[k];
-        if (k > 0 && strcmp(in->names[order[k - 1]], in->names[i]) == 0) {
-            hr_fail(HR_EINVAL, "duplicate array name '%s'", in->names[i]);
-            goto done;
+        for (size_t j = 0; j < k; j++) {
+            if (strcmp(in->names[order[j]], in->names[i]) == 0) {
+                hr_fail(HR_EINVAL, "duplicate array name '%s'", in->names[i]);
+                goto done;
+            }
         }
         size_t nl = strlen(in->names[i]);
         names[k] = malloc(nl + 5);
@@ -598,14 +601,14 @@ done:
     return rc;
 }
 
-int hr_npz_save(const char *path, const hr_tensor_list *in, bool compress)
+int hr_npz_save(const char *path, const hr_tensor_list *in, bool compress, bool keep_order)
 {
-    return npz_assemble(path, in, compress, NULL, NULL);
+    return npz_assemble(path, in, compress, keep_order, NULL, NULL);
 }
 
-int hr_npz_encode(const hr_tensor_list *in, bool compress, unsigned char **out, size_t *outlen)
+int hr_npz_encode(const hr_tensor_list *in, bool compress, bool keep_order, unsigned char **out, size_t *outlen)
 {
-    return npz_assemble(NULL, in, compress, out, outlen);
+    return npz_assemble(NULL, in, compress, keep_order, out, outlen);
 }
 
 /* ------------------------------------------------------------------ feature files */

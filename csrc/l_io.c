@@ -29,6 +29,34 @@ static hr_tensor_list *new_list(lua_State *L)
 }
 
 /* Fills l from the name -> tensor table at idx. */
+/* The tensors of the table at idx in the order the array `order` (at oidx) names them: every
+ * entry of the table exactly once. */
+static void ordered_table_to_list(lua_State *L, int idx, int oidx, hr_tensor_list *l, const char *op)
+{
+    lua_Integer n = (lua_Integer)lua_rawlen(L, oidx), count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        count++;
+        lua_pop(L, 1);
+    }
+    if (n != count)
+        luaL_error(L, "%s: option 'order' names %d members for %d tensors", op, (int)n, (int)count);
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (lua_rawgeti(L, oidx, i) != LUA_TSTRING)
+            luaL_error(L, "%s: option 'order' entry %d is not a name", op, (int)i);
+        const char *name = lua_tostring(L, -1);
+        lua_rawget(L, idx);
+        hr_tensor_box *box = luaL_testudata(L, -1, HR_TENSOR_MT);
+        lua_rawgeti(L, oidx, i);
+        name = lua_tostring(L, -1);
+        lua_pop(L, 1);
+        if (!box) luaL_error(L, "%s: option 'order' names '%s', which is not a tensor of the table", op, name);
+        if (!box->t || !box->t->storage) luaL_error(L, "%s: tensor '%s' was freed", op, name);
+        if (hr_tensor_list_add(l, name, box->t)) hr_lua_error(L, op);
+        lua_pop(L, 1);
+    }
+}
+
 static void table_to_list(lua_State *L, int idx, hr_tensor_list *l, const char *op)
 {
     luaL_checktype(L, idx, LUA_TTABLE);
@@ -136,20 +164,27 @@ static int l_load_npz(lua_State *L)
     return 1;
 }
 
-/* The npz writers' options table at idx: {compress = boolean}; any other key is refused (a typo
- * would otherwise silently write a stored archive). Returns compress. */
-static bool npz_options(lua_State *L, int idx, const char *op)
+/* The npz writers' options table at idx: {compress = boolean, order = {names}}; any other key is
+ * refused (a typo would otherwise silently write a stored archive). Returns compress; *has_order
+ * says whether the member order is given. */
+static bool npz_options(lua_State *L, int idx, const char *op, bool *has_order)
 {
+    *has_order = false;
     if (lua_isnoneornil(L, idx)) return false;
     luaL_checktype(L, idx, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "compress") != 0)
-            luaL_error(L, "%s: unknown option '%s' (compress)", op,
-                       lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : luaL_typename(L, -2));
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (!k || (strcmp(k, "compress") != 0 && strcmp(k, "order") != 0))
+            luaL_error(L, "%s: unknown option '%s' (compress, order)", op, k ? k : luaL_typename(L, -2));
         lua_pop(L, 1);
     }
-    lua_getfield(L, idx, "compress");
+    if (hr_lua_rawfield(L, idx, "order") != LUA_TNIL) {
+        luaL_checktype(L, -1, LUA_TTABLE);
+        *has_order = true;
+    }
+    lua_pop(L, 1);
+    hr_lua_rawfield(L, idx, "compress");
     if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
         luaL_error(L, "%s: option 'compress' must be a boolean, got %s", op, luaL_typename(L, -1));
     bool compress = lua_toboolean(L, -1);
@@ -162,11 +197,17 @@ static int l_save_npz(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 3);
-    bool compress = npz_options(L, 3, "save_npz");
+    bool ordered;
+    bool compress = npz_options(L, 3, "save_npz", &ordered);
     hr_tensor_list *l = new_list(L);
-    table_to_list(L, 2, l, "save_npz");
+    if (ordered) {
+        hr_lua_rawfield(L, 3, "order");
+        ordered_table_to_list(L, 2, lua_gettop(L), l, "save_npz");
+    } else {
+        table_to_list(L, 2, l, "save_npz");
+    }
     int rc;
-    HR_LUA_RETRY_INT(L, rc, hr_npz_save(path, l, compress));
+    HR_LUA_RETRY_INT(L, rc, hr_npz_save(path, l, compress, ordered));
     if (rc) return hr_lua_error(L, "save_npz");
     hr_tensor_list_free(l);
     return 0;
@@ -201,13 +242,19 @@ static int l_npz_to_bytes(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 2);
-    bool compress = npz_options(L, 2, "npz_to_bytes");
+    bool ordered;
+    bool compress = npz_options(L, 2, "npz_to_bytes", &ordered);
     hr_tensor_list *l = new_list(L);
-    table_to_list(L, 1, l, "npz_to_bytes");
+    if (ordered) {
+        hr_lua_rawfield(L, 2, "order");
+        ordered_table_to_list(L, 1, lua_gettop(L), l, "npz_to_bytes");
+    } else {
+        table_to_list(L, 1, l, "npz_to_bytes");
+    }
     unsigned char **owned = new_owned_bytes(L);
     size_t len = 0;
     int rc;
-    HR_LUA_RETRY_INT(L, rc, hr_npz_encode(l, compress, owned, &len));
+    HR_LUA_RETRY_INT(L, rc, hr_npz_encode(l, compress, ordered, owned, &len));
     if (rc) return hr_lua_error(L, "npz_to_bytes");
     lua_pushlstring(L, (const char *)*owned, len); /* may raise: the userdata frees the bytes then */
     free(*owned);

@@ -172,8 +172,9 @@ end
 if subs_alone then build_subtitles(read_vid2nframe(opts.vid2nframe), opts.vid2nframe) end
 if not features then os.exit(0) end
 
--- the directory name holds the frame length as the reference formats it (Python's str)
-local fl = tostring(frame_length)
+-- the directory name holds the frame length as convert_videodb.py formats it: Python's str of a
+-- float (2 -> "2.0", 1/3 -> "0.3333333333333333")
+local fl = require("hero.eval.util").pyrepr(frame_length + 0.0)
 local video_dir = string.format("%s/video_db/%s/resnet_slowfast_%s%s", opts.out, name, fl,
   opts.compress and "_compressed" or "")
 local clip_interval = opts["clip-interval"] and tonumber(opts["clip-interval"])

@@ -373,7 +373,17 @@ describe("NumPy files", function()
       "option 'compress' must be a boolean")
     helper.assert_error_contains(function() hero.io.npz_to_bytes({w = hero.ones(2):bfloat16()}) end, "'w'")
     helper.assert_error_contains(function() hero.io.npz_to_bytes({w = hero.ones(1)}, {compres = true}) end,
-      "unknown option 'compres' (compress)")
+      "unknown option 'compres' (compress, order)")
+    -- members in a given order: every tensor named once
+    local ordered = hero.io.npz_to_bytes({b = hero.ones(1), a = hero.zeros(1)}, {order = {"b", "a"}})
+    assert.is_true(ordered:find("b.npy", 1, true) < ordered:find("a.npy", 1, true))
+    local sorted = hero.io.npz_to_bytes({b = hero.ones(1), a = hero.zeros(1)})
+    assert.is_true(sorted:find("a.npy", 1, true) < sorted:find("b.npy", 1, true))
+    helper.assert_error_contains(function() hero.io.npz_to_bytes({a = hero.ones(1)}, {order = {"a", "a"}}) end,
+      "names 2 members for 1 tensors")
+    helper.assert_error_contains(function()
+      hero.io.npz_to_bytes({a = hero.ones(1), b = hero.ones(1)}, {order = {"a", "a"}})
+    end, "duplicate array name 'a'")
     helper.assert_error_contains(function() hero.io.npz_to_bytes({["a\0b"] = hero.ones(1)}) end, "holds a NUL byte")
     local many, one = {}, hero.ones(1)
     for i = 1, 65535 do many["m" .. i] = one end -- 0xFFFF entries would be zip64's marker

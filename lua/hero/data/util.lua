@@ -1,4 +1,12 @@
---- Helpers shared by the database readers.
+--- Helpers shared by the database readers and writers.
+local core = require "hero.core"
+local json = require "hero.json"
+
+-- MessagePack's nil and arrays are hero.json's null and array metatable, on the way in and out:
+-- registered here, so that a reader or writer loaded on its own (require "hero.data.writer",
+-- without hero.data) encodes [] as an array and null as nil, not as an empty map
+core.data_set_markers(json.null, json.array_mt)
+
 local util = {}
 
 --- The directory holding path (a path without a slash lives in "."); trailing slashes are ignored.

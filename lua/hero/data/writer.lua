@@ -279,8 +279,9 @@ function VideoDbWriter:add(vid, feats)
   if self.id2nframe[vid] then error(string.format("VideoDbWriter:add: video '%s' was already added", vid), 2) end
   local f32 = feats:float():contiguous()
   if self.compress then
+    -- np.savez_compressed(features=..., allow_pickle=True) writes its members in that order
     self.builder:put(vid, core.npz_to_bytes({features = f32, allow_pickle = core.tensor(true, {dtype = "bool"})},
-      {compress = true}))
+      {compress = true, order = {"features", "allow_pickle"}}))
   else
     self.builder:put_msgpack(vid, writer.ordered({features = f32}, {"features"}))
   end
@@ -369,7 +370,8 @@ end
 
 --- The subtitle database value of one video in the reference's exact layout (prepro_sub.py):
 -- {vid_name, sub = [{text, start, end}], unmatched_frames, input_ids (one list per subtitle; one
--- empty list per pseudo-subtitle when the video has none), unique_sub2frames, sub2frames, v_id,
+-- empty list per pseudo-subtitle when the video has none; none at all for a video of 0 frames),
+-- unique_sub2frames, sub2frames, v_id,
 -- duration (= frames), max_mtached_sub_len}, keys in that order.
 -- args: vid, subs (as given to align_subtitles), input_ids (array per subtitle), alignment (the
 -- result of hero.data.subtitle_db_alignment).
@@ -380,7 +382,9 @@ function writer.subtitle_value(args)
     subs[i] = writer.ordered({text = s.text, start = s.start, ["end"] = s["end"]}, {"text", "start", "end"})
   end
   local ids = json.array()
-  if #args.subs > 0 then
+  -- prepro_sub.py tokenises the subtitles only of a video with frames: one with none takes its
+  -- pseudo-subtitle branch, which has no step to make (no token lists at all)
+  if #args.subs > 0 and (a.duration or 0) > 0 then
     for i = 1, #args.subs do ids[i] = arr(args.input_ids[i] or {}) end
   else
     for i = 1, #a.unique_sub2frames do ids[i] = json.array() end
