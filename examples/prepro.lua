@@ -33,7 +33,10 @@
 -- (cut each video into clips of S seconds keyed <vid>.<k>, as --clip_interval 60 does for
 -- HowTo100M; the subtitle database is then not aligned here), --vid2nframe FILE (align the
 -- subtitles with these frame counts, as prepro_sub.py --vid2nframe tv_vid2nframe.json does,
--- instead of the features' own; with it --subs needs no features).
+-- instead of the features' own; with it --subs needs no features), --vid2dur-idx FILE (copied into
+-- the subtitle database, as create_txtdb.sh copies TVR's vid2dur_idx.json there: the VCMR
+-- submissions' video indices). meta.json's special ids are the tokenizer's (<s>, </s>, <pad>,
+-- <mask>, <unk>, v_range from "." to "<|endoftext|>"), as the reference's scripts take them.
 -- The subtitle file has one JSON object per line: {"vid_name": "...", "sub": [{"text": "...",
 -- "start": 0.4, "end": 4.1}, ...]}. Features without subtitles are fine; subtitles of videos without
 -- features are skipped and counted.
@@ -58,7 +61,7 @@ end
 local flags = {overwrite = true, strict = true, ["skip-bad-subs"] = true, quiet = true, compress = true}
 local known = {resnet = true, slowfast = true, subs = true, vocab = true, merges = true, out = true, name = true,
                ["frame-length"] = true, queries = true, ["query-db"] = true, ["query-task"] = true, captions = true,
-               ["caption-db"] = true, ["clip-interval"] = true, vid2nframe = true}
+               ["caption-db"] = true, ["clip-interval"] = true, vid2nframe = true, ["vid2dur-idx"] = true}
 local opts = {}
 local i = 1
 while i <= #arg do
@@ -92,6 +95,7 @@ if opts.captions then
   if not opts.subs then usage("--captions needs --subs (the subtitles each clip overlaps)") end
 end
 if opts.subs and not (opts.vocab and opts.merges) then usage("--subs needs --vocab and --merges (the tokenizer)") end
+if opts["vid2dur-idx"] and not opts.subs then usage("--vid2dur-idx goes into the subtitle database: give --subs") end
 if opts.queries then
   if not (opts.vocab and opts.merges) then usage("--queries needs --vocab and --merges (the tokenizer)") end
   if not opts["query-db"] then usage("--queries needs --query-db NAME (the database data/txt_db/NAME.db)") end
@@ -114,7 +118,7 @@ if opts.queries then
   local writers = {tvr = prepro.query_db, tvqa = prepro.qa_db, violin = prepro.violin_db}
   local qok, err = pcall(writers[task], {
     queries = opts.queries, out = out, tokenize = function(s) return tok:encode(s) end, overwrite = opts.overwrite,
-    meta = {annotation = opts.queries, task = task},
+    meta = {annotation = opts.queries, task = task}, specials = hero.data.writer.specials_of(tok),
   })
   if not qok then
     failed(err)
@@ -126,7 +130,8 @@ if opts.captions then
   local out = string.format("%s/txt_db/%s", opts.out, opts["caption-db"])
   local cok, r = pcall(prepro.caption_db, {captions = opts.captions, subs = opts.subs, out = out,
     tokenize = function(s) return tok:encode(s) end, overwrite = opts.overwrite,
-    meta = {annotation = opts.captions, subtitles = opts.subs, task = "tvc"}})
+    meta = {annotation = opts.captions, subtitles = opts.subs, task = "tvc"},
+    specials = hero.data.writer.specials_of(tok)})
   if not cok then
     failed(r)
   end
@@ -154,7 +159,8 @@ local function build_subtitles(counts, counts_path)
   local sok, sub = pcall(prepro.subtitle_db, {
     subs = opts.subs, out = txt_dir, tokenize = function(s) return tok:encode(s) end, vid2nframe = counts,
     frame_length = frame_length, skip_bad_subs = opts["skip-bad-subs"], strict = opts.strict,
-    overwrite = opts.overwrite, task = name,
+    overwrite = opts.overwrite, task = name, specials = hero.data.writer.specials_of(tok),
+    vid2dur_idx = opts["vid2dur-idx"],
     meta = {annotation = opts.subs, vid2nframe = counts_path},
   })
   if not sok then

@@ -441,6 +441,40 @@ describe("prepro", function()
     ref:close()
   end)
 
+  it_db("keeps the annotation's order in the side files, the last of a repeated query, the tokenizer's ids", function()
+    local ref = data.open_txt_db(TDB .. "tv_subtitles.db")
+    local lines = {}
+    for _, k in ipairs(ref:keys()) do table.insert(lines, 1, {vid_name = k, sub = ref:get(k).sub}) end
+    local base = tmpdir("order")
+    prepro.mkdir_p(base)
+    local out = base .. "/tv_subtitles.db"
+    local idx = base .. "/vid2dur_idx.json"
+    local f = assert(io.open(idx, "wb"))
+    f:write('{"val": {"x": [10.5, 0]}}')
+    f:close()
+    prepro.subtitle_db{subs = lines, out = out, tokenize = tokenize, vid2nframe = ref:json("vid2len"),
+      vid2dur_idx = idx}
+    local text = assert(io.open(out .. "/vid2len.json")):read("a")
+    local want = {}
+    for i, l in ipairs(lines) do want[i] = l.vid_name end
+    assert.same(want, json.keys(json.decode(text, {ordered = true}))) -- prepro_sub.py's dict order
+    assert.equal('{"val": {"x": [10.5, 0]}}', assert(io.open(out .. "/vid2dur_idx.json")):read("a"))
+    ref:close()
+    -- a repeated desc_id: the last line's value, the first line's place (db[str(id)] = example)
+    local qout = tmpdir("dup") .. "/q.db"
+    prepro.query_db{queries = {{desc_id = 9, desc = "first one", vid_name = "b", ts = {0, 1}, duration = 3},
+      {desc_id = 2, desc = "other", vid_name = "a", ts = {0, 1}, duration = 3},
+      {desc_id = 9, desc = "second", vid_name = "c", ts = {0, 2}, duration = 3}}, out = qout, tokenize = tokenize}
+    local q = data.open_txt_db(qout)
+    assert.equal("second", q:get("9").desc)
+    assert.same({"9", "2"}, json.keys(json.decode(assert(io.open(qout .. "/id2len.json")):read("a"), {ordered = true})))
+    assert.equal("c", q:json("query2video")["9"])
+    q:close()
+    -- meta.json's ids come from the tokenizer, as prepro_*.py's convert_tokens_to_ids
+    tok = tok or hero.text.Tokenizer.from_files(TOK .. "roberta-base-vocab.json", TOK .. "vocab.bpe")
+    assert.same({CLS = 0, SEP = 2, PAD = 1, MASK = 50264, UNK = 3, v_range = {4, 50261}}, W.specials_of(tok))
+  end)
+
   it_db("writes the reference's query database byte for byte", function()
     local ref = data.open_txt_db(TDB .. "tvr_val.db")
     local out = tmpdir("q") .. "/tvr_val.db"

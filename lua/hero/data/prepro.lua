@@ -235,7 +235,9 @@ end
 -- array), out (the .db directory), tokenize (function(text) -> ids; the text is passed through
 -- hero.text.prepare_subtitle first unless raw_text), vid2nframe ({vid = frames}; videos missing
 -- from it are skipped and counted unless strict), frame_length (1.5), skip_bad_subs, strict,
--- overwrite, meta (extra meta.json fields), specials (token ids for meta.json).
+-- overwrite, meta (extra meta.json fields), specials (token ids for meta.json: hero.data.writer.
+-- specials_of(tokenizer)), vid2dur_idx (a vid2dur_idx.json copied into the database as it is).
+-- Side files in the annotation's video order: vid2len, vid2max_frame_sub_len, sub_info.
 -- Returns {videos = n, ids = {...}, no_features = {...}, dropped_subs = {{vid, index, reason}...}}.
 function prepro.subtitle_db(opts)
   if type(opts) ~= "table" then error("prepro.subtitle_db: expected a table of options, got " .. type(opts), 2) end
@@ -251,7 +253,9 @@ function prepro.subtitle_db(opts)
   end
   prepro.mkdir_p(util.parent_dir(opts.out))
   local w = writer.TxtDbWriter(opts.out, {overwrite = opts.overwrite})
-  local vid2len, vid2max, sub_info = {}, {}, {}
+  -- side files keep the annotation's video order, as prepro_sub.py's dicts do (readers list the
+  -- videos in that order)
+  local vid2len, vid2max, sub_info, order = {}, {}, {}, {}
   local report = {videos = 0, ids = {}, no_features = {}, dropped_subs = {}}
   local ok, err = pcall(function()
     for ln, ex in ipairs(lines) do
@@ -271,13 +275,28 @@ function prepro.subtitle_db(opts)
         vid2len[vid] = a.duration
         vid2max[vid] = a.max_mtached_sub_len
         sub_info[vid] = info
+        order[#order + 1] = vid
         report.videos = report.videos + 1
         report.ids[#report.ids + 1] = vid
       end
     end
-    w:json("vid2len", vid2len)
-    w:json("vid2max_frame_sub_len", vid2max)
-    w:json("sub_info", sub_info)
+    if opts.vid2dur_idx then
+      -- create_txtdb.sh copies TVR's vid2dur_idx.json into the subtitle database: the video indices
+      -- of the VCMR submissions come from it
+      local f, ferr = io.open(opts.vid2dur_idx, "rb")
+      if not f then error("subtitle_db: vid2dur_idx: " .. tostring(ferr), 0) end
+      local bytes = f:read("a")
+      f:close()
+      local okj, parsed = pcall(json.decode, bytes)
+      if not okj or type(parsed) ~= "table" or json.is_array(parsed) then
+        error(string.format("subtitle_db: vid2dur_idx '%s' is not a JSON object {split: {video: [duration, index]}}",
+          opts.vid2dur_idx), 0)
+      end
+      w:raw_file("vid2dur_idx.json", bytes)
+    end
+    w:json("vid2len", writer.ordered(vid2len, order))
+    w:json("vid2max_frame_sub_len", writer.ordered(vid2max, order))
+    w:json("sub_info", writer.ordered(sub_info, order))
     local extra = {frame_length = opts.frame_length or 1.5, task = opts.task or "tv",
                    tokenizer = opts.tokenizer_name or "roberta-base", toker = opts.tokenizer_name or "roberta-base",
                    output = opts.out}
@@ -320,15 +339,27 @@ local function annotation_db(opts, task, entry)
   prepro.mkdir_p(util.parent_dir(opts.out))
   local w = writer.TxtDbWriter(opts.out, {overwrite = opts.overwrite})
   local ok, err = pcall(function()
-    local id2len, q2v, data = {}, {}, {}
+    -- as prepro_query.py's dicts: ids in annotation order, a repeated id keeping its first place
+    -- and its last line's value (db[str(id)] = example overwrites)
+    local id2len, q2v, data, ids, vids = {}, {}, {}, {}, {}
+    local seen = {}
+    local replacing = setmetatable({}, {__index = {
+      put = function(_, key, value) w:put(key, value, seen[key]) end,
+      json = function(_, ...) return w:json(...) end,
+    }})
     for ln, q in ipairs(lines) do
-      local key, len, vid = entry(w, ln, q)
+      local key, len, vid = entry(replacing, ln, q)
+      if not seen[key] then ids[#ids + 1] = key end
+      seen[key] = true
       id2len[key] = len
-      if vid ~= nil then q2v[key] = vid end
+      if vid ~= nil then
+        if q2v[key] == nil then vids[#vids + 1] = key end
+        q2v[key] = vid
+      end
       data[#data + 1] = q
     end
-    w:json("id2len", id2len)
-    w:json("query2video", q2v)
+    w:json("id2len", writer.ordered(id2len, ids))
+    w:json("query2video", writer.ordered(q2v, vids))
     w:json("query_data.jsonl", data)
     w:json("meta", writer.meta(opts.meta or {task = task}, opts.specials))
   end)

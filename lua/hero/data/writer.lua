@@ -152,22 +152,22 @@ local function check_live(self, op)
   end
 end
 
---- Stores raw bytes under key (a key may be written once).
-function LmdbBuilder:put(key, bytes)
+--- Stores raw bytes under key (a key may be written once, unless replace is true).
+function LmdbBuilder:put(key, bytes, replace)
   check_live(self, "LmdbBuilder:put")
   util.check_string(key, "the key", "LmdbBuilder:put")
   util.check_string(bytes, "the value", "LmdbBuilder:put")
-  self.lmdb:put(key, bytes)
+  self.lmdb:put(key, bytes, replace == true)
 end
 
 --- Stores MessagePack(value).
-function LmdbBuilder:put_msgpack(key, value)
-  self:put(key, core.encode_msgpack(value))
+function LmdbBuilder:put_msgpack(key, value, replace)
+  self:put(key, core.encode_msgpack(value), replace)
 end
 
 --- Stores lz4(MessagePack(value)), the text database format.
-function LmdbBuilder:put_lz4_msgpack(key, value)
-  self:put(key, writer.encode_txt_value(value))
+function LmdbBuilder:put_lz4_msgpack(key, value, replace)
+  self:put(key, writer.encode_txt_value(value), replace)
 end
 
 function LmdbBuilder:count()
@@ -194,6 +194,19 @@ function LmdbBuilder:json(name, value, opts)
     json.write_file(path, value, opts)
   end
   self.files[#self.files + 1] = file
+end
+
+--- Writes a side file of the given bytes as they are (a file copied into the database directory,
+-- as the reference's scripts `cp` vid2dur_idx.json into the subtitle database).
+function LmdbBuilder:raw_file(name, bytes)
+  check_live(self, "LmdbBuilder:raw_file")
+  util.check_string(name, "the file name", "LmdbBuilder:raw_file")
+  util.check_string(bytes, "the bytes", "LmdbBuilder:raw_file")
+  if name:find("/") then error("LmdbBuilder:raw_file: the name must not contain '/': " .. name, 2) end
+  local f = assert(io.open(self.tmp .. "/" .. name, "wb"))
+  f:write(bytes)
+  f:close()
+  self.files[#self.files + 1] = name
 end
 
 --- Syncs everything and renames the directory into place. Returns dest.
@@ -327,20 +340,33 @@ function VideoDbWriter:abort() self.builder:abort() end
 
 -- ------------------------------------------------------------------ text databases
 
---- A text LMDB at `dir`: :put(key, value) stores lz4(MessagePack(value)); :json(name, value)
--- writes a side file; :commit(). opts: overwrite, map_size.
+--- A text LMDB at `dir`: :put(key, value [, replace]) stores lz4(MessagePack(value)) (a key once,
+-- unless replace); :json(name, value) writes a side file; :commit(). opts: overwrite, map_size.
 function writer.TxtDbWriter(dir, opts)
   opts = opts or {}
   local b = writer.LmdbBuilder(dir, {overwrite = opts.overwrite, map_size = opts.map_size, what = "TxtDbWriter"})
   local w = {builder = b, dir = b.dest}
-  function w:put(key, value) self.builder:put_lz4_msgpack(key, value) end
+  function w:put(key, value, replace) self.builder:put_lz4_msgpack(key, value, replace) end
   function w:json(name, value, o) self.builder:json(name, value, o) end
+  function w:raw_file(name, bytes) self.builder:raw_file(name, bytes) end
   function w:count() return self.builder:count() end
   function w:commit() return self.builder:commit() end
   function w:abort() self.builder:abort() end
   return setmetatable(w, {__name = "hero.data.TxtDbWriter", __close = function(s, err)
     if err ~= nil then s:abort() end
   end})
+end
+
+--- The special ids of meta.json as prepro_sub.py / prepro_query.py take them from the tokenizer
+-- (tok: a hero.text.Tokenizer): <s>, </s>, <pad>, <mask>, <unk>, and v_range = {id of ".", id of
+-- "<|endoftext|>" + 1}. A token the vocabulary lacks is <unk>'s id, as convert_tokens_to_ids gives;
+-- one a vocabulary without <unk> lacks (GPT-2's has no <s>) is left to writer.meta's RoBERTa default.
+function writer.specials_of(tok)
+  local unk = tok:token_to_id("<unk>")
+  local function id(t) return tok:token_to_id(t) or unk end
+  local lo, eot = id("."), id("<|endoftext|>")
+  return {CLS = id("<s>"), SEP = id("</s>"), PAD = id("<pad>"), MASK = id("<mask>"), UNK = unk,
+          v_range = lo and eot and {lo, eot + 1} or nil}
 end
 
 --- meta.json of a text database: the special token ids and v_range of the tokenizer plus the
