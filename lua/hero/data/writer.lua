@@ -461,7 +461,6 @@ function writer.query_value(q, input_ids)
   added[#added + 1] = {"input_ids", arr(input_ids)}
   added[#added + 1] = {"target", q.ts ~= nil and json_copy(q.ts) or json.null}
   added[#added + 1] = {"qid", tostring(q.desc_id)}
-  if q.type == nil and json.key_order(q) == nil then q = setmetatable({type = "v"}, {__index = q}) end
   return annotated_value(q, {"desc_id", "desc", "vid_name", "ts", "duration", "type"}, added)
 end
 
