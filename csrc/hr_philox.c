@@ -146,7 +146,7 @@ int hr_random_uniform_(hr_generator *g, hr_tensor *t, double a, double b)
     hr_generator_key(g, key);
     uint64_t b0 = hr_generator_reserve(g, blocks_for(n, f64 ? 2 : 4));
     if (f64) hr_cpu_uniform_f64(tg.data, n, key, b0, a, b);
-    else hr_cpu_uniform_f32(tg.data, n, key, b0, a, b);
+    else hr_cpu_uniform_f32(tg.data, n, key, b0, a, b, t->dtype == HR_BF16 ? 8 : t->dtype == HR_F16 ? 11 : 24);
     return target_finish(&tg, t);
 }
 

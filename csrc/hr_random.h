@@ -25,9 +25,11 @@
  *   u53(x, y)  = ((x >> 5) * 2^26 + (y >> 6)) * 2^-53, in [0, 1) on a 2^-53 grid.
  *   w64(j, h)  = W[j][h] | W[j][h+1] << 32 (h even).
  *
- *   uniform_(a, b), f32/bf16/f16:  B = ceil(n/4); element i: u = u24(W[i/4][i%4]);
- *                                  value = a + (b - a) * u in double, rounded once to the dtype
- *                                  (bf16/f16 rounding can reach b itself, as in other libraries).
+ *   uniform_(a, b), f32/bf16/f16:  B = ceil(n/4); element i: x = W[i/4][i%4], u = u24(x) for f32,
+ *                                  and for the halfs u on the dtype's own grid, as PyTorch's:
+ *                                  (x >> 24) * 2^-8 for bf16, (x >> 21) * 2^-11 for f16 (so
+ *                                  rand never gives 1 in any dtype); value = a + (b - a) * u in
+ *                                  double, rounded to the dtype.
  *   uniform_(a, b), f64:           B = ceil(n/2); element i: j = i/2, h = 2*(i%2);
  *                                  u = u53(W[j][h], W[j][h+1]); value = a + (b - a) * u.
  *   normal_(m, s), f32/bf16/f16:   B = ceil(n/4); Box-Muller on word pairs: element i uses block
@@ -267,7 +269,8 @@ int hr_random_dropout_mask_(hr_generator *g, hr_tensor *t, double p);
 
 /* Contiguous outputs of n elements, starting at block `block0` of the stream with `key`.
  * Parallel over blocks with hr_parallel_for; the values do not depend on the chunking. */
-void hr_cpu_uniform_f32(float *out, int64_t n, const uint32_t key[2], uint64_t block0, double a, double b);
+/* bits: the grid of u (24 for f32, 8 for bf16, 11 for f16; see uniform_ above) */
+void hr_cpu_uniform_f32(float *out, int64_t n, const uint32_t key[2], uint64_t block0, double a, double b, int bits);
 void hr_cpu_uniform_f64(double *out, int64_t n, const uint32_t key[2], uint64_t block0, double a, double b);
 void hr_cpu_normal_f32(float *out, int64_t n, const uint32_t key[2], uint64_t block0, double mean, double std);
 void hr_cpu_normal_f64(double *out, int64_t n, const uint32_t key[2], uint64_t block0, double mean, double std);

@@ -244,3 +244,61 @@ describe("optim", function()
     assert.near(0.5, optim.warmup_linear(1, 5, 10, 10), 1e-15)
   end)
 end)
+
+describe("optimizer and loss-scaling API against torch's", function()
+  it("GradScaler keeps its unscale/step/overflow state per optimizer, as torch.cuda.amp.GradScaler", function()
+    local amp = hero.amp
+    local a, b = hero.tensor({1.0}):requires_grad_(), hero.tensor({1.0}):requires_grad_()
+    local oa = optim.AdamW({a}, {lr = 0.1})
+    local ob = optim.AdamW({b}, {lr = 0.1})
+    local sc = amp.GradScaler {init_scale = 1024}
+    sc:scale((a * 2):sum() + (b * 3):sum()):backward()
+    assert.is_true(sc:step(oa))
+    assert.is_true(sc:step(ob))
+    assert.same({{2}, {3}}, {a.grad:totable(), b.grad:totable()}) -- both unscaled
+    helper.assert_error_contains(function() sc:step(oa) end, "already called for this optimizer")
+    sc:update()
+    -- an overflow in the second optimizer's gradients: it skips, the first steps, the scale backs off
+    oa:zero_grad()
+    ob:zero_grad()
+    a.grad, b.grad = hero.tensor {1024.0}, hero.tensor {math.huge}
+    local before = b:item()
+    assert.is_true(sc:step(oa))
+    assert.is_false(sc:step(ob))
+    assert.equal(before, b:item())
+    sc:update()
+    assert.equal(512, sc:get_scale())
+    helper.assert_error_contains(function() sc:update() end, "no inf checks were recorded")
+    -- update(new_scale) keeps the count of clean updates; the state has torch's key
+    local g = amp.GradScaler {init_scale = 8, growth_interval = 2}
+    a.grad = hero.tensor {8.0}
+    g:step(oa)
+    g:update()
+    g:update(16)
+    a.grad = hero.tensor {16.0}
+    g:step(oa)
+    g:update()
+    assert.equal(32, g:get_scale())
+    local sd = g:state_dict()
+    assert.equal(0, sd._growth_tracker)
+    local h = amp.GradScaler()
+    h:load_state_dict {scale = 4.0, growth_factor = 2.0, backoff_factor = 0.5, growth_interval = 9, _growth_tracker = 3}
+    assert.equal(3, h.growth_tracker)
+  end)
+
+  it("clip_grad_norm takes torch's norm_type (2 or inf, also positional), optimizers a list of tensors", function()
+    local p = hero.tensor({0.0, 0.0}):requires_grad_()
+    p.grad = hero.tensor {3.0, 4.0}
+    local norm, factor = optim.clip_grad_norm({p}, 3.0, math.huge)
+    assert.equal(4, norm)
+    assert.near(0.75, factor, 1e-6)
+    assert.near(3.0, p.grad:totable()[2], 1e-5)
+    helper.assert_error_contains(function() optim.clip_grad_norm({p}, 1.0, {norm_type = 1}) end,
+      "norm_type must be 2 or math.huge")
+    local m = hero.nn.Linear(2, 2)
+    local o = optim.Adam(m:parameters(), {lr = 0.1})
+    assert.same({"0", "1"}, {o.entries[1].name, o.entries[2].name})
+    helper.assert_error_contains(function() optim.Adam(m:parameters(), {lr = 0.1, amsgrad = true}) end,
+      "unknown option 'amsgrad'")
+  end)
+end)

@@ -357,6 +357,18 @@ describe("random: distributions (fixed seeds, bounds of about 5 standard errors)
   end)
 end)
 
+describe("random: half-precision uniforms", function()
+  it("draws bf16 and f16 uniforms on the dtype's grid, never 1, as torch's", function()
+    hero.manual_seed(0)
+    for _, c in ipairs {{"bf16", 256}, {"f16", 2048}} do
+      local r = hero.rand({200000}, {dtype = c[1]}):double()
+      assert.equal(0, r:ge(1):sum():item(), c[1])
+      assert.equal(0, (r * c[2] - (r * c[2]):floor()):abs():sum():item(), c[1]) -- multiples of 2^-bits
+      assert.near(0.5, r:mean():item(), 0.01)
+    end
+  end)
+end)
+
 describe("random: errors", function()
   it("rejects empty ranges, bad probabilities and bad parameters", function()
     helper.assert_error_contains(function() hero.randint(5, 5, {2}) end, "randint", "low < high", "low=5 high=5")

@@ -75,7 +75,9 @@ describe("PyTorch functions composed from the C ops", function()
       local label = string.format("cross_entropy case %d", k)
       local x = hero.tensor(c.logits, {dtype = "f64"}):requires_grad_()
       local t = c.float_target and hero.tensor(c.target, {dtype = "f64"}) or hero.tensor(c.target, {dtype = "i64"})
-      local y = hero.cross_entropy(x, t, c.opts)
+      local opts = {}
+      for key, v in pairs(c.opts) do opts[key] = type(v) == "table" and hero.tensor(v, {dtype = "f64"}) or v end
+      local y = hero.cross_entropy(x, t, opts)
       close(type(c.y) == "table" and y:totable() or y:item(), c.y, label .. " value")
       y:sum():backward()
       close(x.grad:totable(), c.grad, label .. " gradient")
@@ -86,6 +88,12 @@ describe("PyTorch functions composed from the C ops", function()
     end, "target 2x3 must be 2x4")
     helper.assert_error_contains(function() hero.cross_entropy(hero.ones(2, 3), hero.ones(2, 4)) end,
       "class probabilities 2x4 must have the logits' shape 2x3")
+    helper.assert_error_contains(function()
+      hero.cross_entropy(hero.ones(2, 3), hero.zeros({2}, {dtype = "i64"}), {wieght = hero.ones(3)})
+    end, "unknown option 'wieght'")
+    helper.assert_error_contains(function()
+      hero.cross_entropy(hero.ones(2, 3), hero.zeros({2}, {dtype = "i64"}), {weight = hero.ones(4)})
+    end, "weight 4 must be a vector of the 3 classes")
   end)
 
   it("compute binary_cross_entropy_with_logits with broadcast weights and pos_weight, mse_loss broadcast", function()

@@ -14,6 +14,7 @@ typedef struct {
     uint32_t key[2];
     uint64_t block0;
     double a, b;     /* uniform: bounds; normal: mean, std */
+    int bits;        /* uniform (f32 and halfs): the grid of u, 2^-bits */
     const double *p; /* bernoulli: per-element probabilities or NULL */
     bool invert;     /* bernoulli: write u >= p instead of u < p */
     int64_t low;     /* randint */
@@ -47,19 +48,22 @@ static void uniform_f32_task(void *ctx, int64_t bb, int64_t be)
     float *out = j->out;
     OWNED_RANGE(j, bb, be, 4, first, last);
     double width = j->b - j->a;
+    int shift = 32 - j->bits;
+    double unit = ldexp(1.0, -j->bits);
     uint32_t w[4];
     for (int64_t i = first; i < last; i++) {
         if (i == first || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
-        out[i] = (float)(j->a + width * (double)hr_philox_u24(w[i & 3]));
+        out[i] = (float)(j->a + width * ((double)(w[i & 3] >> shift) * unit));
     }
 }
 
-void hr_cpu_uniform_f32(float *out, int64_t n, const uint32_t key[2], uint64_t block0, double a, double b)
+void hr_cpu_uniform_f32(float *out, int64_t n, const uint32_t key[2], uint64_t block0, double a, double b, int bits)
 {
     rand_job j;
     job_init(&j, out, n, key, block0);
     j.a = a;
     j.b = b;
+    j.bits = bits;
     hr_parallel_for((n + 3) / 4, BLOCK_GRAIN, uniform_f32_task, &j);
 }
 

@@ -46,8 +46,10 @@ function amp.GradScaler(opts)
     growth_interval = math.tointeger(opts.growth_interval or 2000),
     enabled = opts.enabled ~= false,
     growth_tracker = 0,
-    unscaled = false,
-    found_inf = false,
+    -- per optimizer (or parameter list) since the last update(), as torch's per-optimizer state:
+    -- {unscaled = bool, stepped = bool, found_inf = bool}
+    per_optimizer = {},
+    unscaled_params = setmetatable({}, {__mode = "k"}),
     steps_skipped = 0,
   }, GradScaler)
   if self.growth_factor <= 1 then error("GradScaler: growth_factor must be > 1", 2) end
@@ -70,31 +72,51 @@ local function gradients(target)
   if type(target) ~= "table" and not core.is_tensor(target) then
     error("GradScaler: expected an optimizer or a list of parameters, got " .. type(target), 3)
   end
-  local grads = {}
+  local grads, params = {}, {}
   local list = target.entries or target.params or target
   for _, e in ipairs(list) do
     local p = core.is_tensor(e) and e or e.param
+    if p then params[#params + 1] = p end
     if p and p.grad then grads[#grads + 1] = p.grad end
   end
-  return grads
+  return grads, params
 end
 
---- Divides every gradient by the scale in place and records whether any is inf or NaN.
--- Call it before clipping gradients; step() calls it when it was not called.
+local function state_of(self, target)
+  local st = self.per_optimizer[target]
+  if not st then
+    st = {unscaled = false, stepped = false, found_inf = false}
+    self.per_optimizer[target] = st
+  end
+  return st
+end
+
+--- Divides every gradient of target (an optimizer, or a list of parameters) by the scale in place
+-- and records whether any is inf or NaN. Call it before clipping gradients; step() calls it when
+-- it was not called. Once per optimizer between two update()s, as torch's.
 function GradScaler:unscale_(target)
   if not self.enabled then return end
-  if self.unscaled then error("GradScaler:unscale_: already called since the last update()", 2) end
-  local grads = gradients(target)
+  local grads, params = gradients(target)
+  local st = state_of(self, target)
+  if st.stepped then error("GradScaler:unscale_: called after step() for this optimizer", 2) end
+  -- once per parameter: a second call (the same optimizer, or a list naming the same tensors)
+  -- would divide the gradients twice
+  for _, p in ipairs(params) do
+    if st.unscaled or self.unscaled_params[p] then
+      error("GradScaler:unscale_: already called for these parameters since the last update()", 2)
+    end
+  end
+  for _, p in ipairs(params) do self.unscaled_params[p] = true end
   local inv = 1.0 / self.scale_value
   core.no_grad(function()
     for _, g in ipairs(grads) do g:mul_(inv) end
   end)
-  self.found_inf = not core.all_finite(grads)
-  self.unscaled = true
+  st.found_inf = not core.all_finite(grads)
+  st.unscaled = true
 end
 
---- Unscales (if needed) and steps the optimizer unless a gradient overflowed. Returns true when
--- the optimizer stepped.
+--- Unscales the optimizer's gradients (if needed) and steps it unless one of them overflowed.
+-- Returns true when the optimizer stepped. Once per optimizer between two update()s.
 function GradScaler:step(optimizer, ...)
   if type(optimizer) ~= "table" or type(optimizer.step) ~= "function" then
     error("GradScaler:step: expected an optimizer (with a step method), got " .. type(optimizer), 2)
@@ -103,8 +125,11 @@ function GradScaler:step(optimizer, ...)
     optimizer:step(...)
     return true
   end
-  if not self.unscaled then self:unscale_(optimizer) end
-  if self.found_inf then
+  local st = state_of(self, optimizer)
+  if st.stepped then error("GradScaler:step: already called for this optimizer since the last update()", 2) end
+  if not st.unscaled then self:unscale_(optimizer) end
+  st.stepped = true
+  if st.found_inf then
     self.steps_skipped = self.steps_skipped + 1
     return false
   end
@@ -112,33 +137,48 @@ function GradScaler:step(optimizer, ...)
   return true
 end
 
---- Adjusts the scale after a step: halves it after an overflow, doubles it after growth_interval
--- clean steps; new_scale (optional) sets it directly.
+--- Adjusts the scale after the steps: halves it when any optimizer's gradients overflowed, doubles
+-- it after growth_interval clean updates in a row. new_scale (optional) sets it directly, the count
+-- of clean updates kept (torch's). Without new_scale, some step() or unscale_() must have run since
+-- the last update().
 function GradScaler:update(new_scale)
   if not self.enabled then return end
   if new_scale then
     self.scale_value = positive(new_scale, "new_scale")
-    self.growth_tracker = 0
-  elseif self.found_inf then
-    self.scale_value = self.scale_value * self.backoff_factor
-    self.growth_tracker = 0
   else
-    self.growth_tracker = self.growth_tracker + 1
-    if self.growth_tracker >= self.growth_interval then
-      self.scale_value = self.scale_value * self.growth_factor
+    if next(self.per_optimizer) == nil then
+      error("GradScaler:update: no inf checks were recorded (call step() or unscale_() first)", 2)
+    end
+    local found_inf = false
+    for _, st in pairs(self.per_optimizer) do found_inf = found_inf or st.found_inf end
+    if found_inf then
+      self.scale_value = self.scale_value * self.backoff_factor
       self.growth_tracker = 0
+    else
+      self.growth_tracker = self.growth_tracker + 1
+      if self.growth_tracker >= self.growth_interval then
+        self.scale_value = self.scale_value * self.growth_factor
+        self.growth_tracker = 0
+      end
     end
   end
-  self.unscaled = false
-  self.found_inf = false
+  self.per_optimizer = {}
+  self.unscaled_params = setmetatable({}, {__mode = "k"})
+end
+
+--- Whether a gradient overflowed in this update's unscale_/step calls (any optimizer).
+function GradScaler:found_inf()
+  for _, st in pairs(self.per_optimizer) do if st.found_inf then return true end end
+  return false
 end
 
 function GradScaler:get_scale() return self.enabled and self.scale_value or 1.0 end
 function GradScaler:is_enabled() return self.enabled end
 
 function GradScaler:state_dict()
+  -- torch's keys, so that states move between the two
   return {scale = self.scale_value, growth_factor = self.growth_factor, backoff_factor = self.backoff_factor,
-          growth_interval = self.growth_interval, growth_tracker = self.growth_tracker}
+          growth_interval = self.growth_interval, _growth_tracker = self.growth_tracker}
 end
 
 function GradScaler:load_state_dict(sd)
@@ -146,7 +186,7 @@ function GradScaler:load_state_dict(sd)
   self.growth_factor = sd.growth_factor or self.growth_factor
   self.backoff_factor = sd.backoff_factor or self.backoff_factor
   self.growth_interval = math.tointeger(sd.growth_interval) or self.growth_interval
-  self.growth_tracker = math.tointeger(sd.growth_tracker) or 0
+  self.growth_tracker = math.tointeger(sd._growth_tracker or sd.growth_tracker) or 0
 end
 
 --- Runs fn(...) under autocast with dtype ("bf16", "f16", or nil: off); returns fn's results. The

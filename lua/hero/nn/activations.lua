@@ -4,10 +4,13 @@ local Module = require "hero.nn.module"
 
 local M = {}
 
---- nn.Dropout(p [, {generator = g}]): inverted dropout while training, identity in evaluation.
+--- nn.Dropout(p [, {generator = g}]): inverted dropout while training (p = 1: zeros, as torch's),
+-- identity in evaluation.
 M.Dropout = Module:extend("Dropout")
 function M.Dropout:__init(p, opts)
-  if type(p) ~= "number" or p < 0 or p >= 1 then error("Dropout: p must be in [0, 1), got " .. tostring(p), 3) end
+  if type(p) ~= "number" or not (p >= 0 and p <= 1) then
+    error("Dropout: p must be in [0, 1], got " .. tostring(p), 3)
+  end
   self.p = p
   self.generator = opts and opts.generator
 end

@@ -16,4 +16,16 @@ function M.sizes(who, level, ...)
   end
 end
 
+--- Raises "<who>: unknown option '<k>' (<known>)" for a key of opts that is not in `known`: an
+-- option hero does not implement is refused rather than silently ignored.
+function M.options(who, level, opts, known)
+  local ok = {}
+  for _, k in ipairs(known) do ok[k] = true end
+  for k in pairs(opts) do
+    if not ok[k] then
+      error(string.format("%s: unknown option '%s' (%s)", who, tostring(k), table.concat(known, ", ")), level + 1)
+    end
+  end
+end
+
 return M

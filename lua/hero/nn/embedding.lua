@@ -14,6 +14,8 @@ local Embedding = Module:extend("Embedding")
 function Embedding:__init(num, dim, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("Embedding: opts must be a table, got " .. type(opts), 3) end
+  -- torch's max_norm, scale_grad_by_freq and sparse are not implemented: refused, not ignored
+  check.options("Embedding", 3, opts, {"padding_idx", "init", "std", "dtype", "generator"})
   check.sizes("Embedding", 3, "num_embeddings", num, "embedding_dim", dim)
   local pad = opts.padding_idx
   if pad ~= nil then

@@ -4,6 +4,8 @@ local core = require "hero.core"
 
 local F = {}
 
+local function hero_where(cond, a, b) return core.where(cond, a, b) end
+
 F.linear = core.linear
 F.layer_norm = core.layer_norm
 F.gelu = core.gelu
@@ -34,59 +36,6 @@ local function reduce(loss, reduction)
   error("unknown reduction '" .. tostring(reduction) .. "' (none, mean or sum)", 3)
 end
 
---- cross_entropy(logits, target [, {ignore_index = -100, label_smoothing = 0, reduction = "mean"}])
--- as PyTorch's: logits [N, C] (the fused C loss), [C] with a 0-dim target, or [N, C, d1, ...] with
--- targets [N, d1, ...] (the classes along dimension 2; "none" gives the target's shape); a float
--- target of the logits' shape holds class probabilities (soft labels: -sum p log softmax, smoothed
--- as p (1 - s) + s / C, the mean over N; ignore_index does not apply).
-function F.cross_entropy(logits, target, opts)
-  tensors("cross_entropy", "logits", logits, "target", target)
-  local o = opts or {}
-  if type(o) ~= "table" then error("cross_entropy: options must be a table, got " .. type(o), 2) end
-  local float_target = target:dtype() == "f32" or target:dtype() == "f64" or target:dtype() == "bf16"
-    or target:dtype() == "f16"
-  if float_target then
-    local ls, ts = logits:size(), target:size()
-    if #ls ~= #ts or table.concat(ls, "x") ~= table.concat(ts, "x") then
-      error(string.format("cross_entropy: class probabilities %s must have the logits' shape %s",
-        table.concat(ts, "x"), table.concat(ls, "x")), 2)
-    end
-    local cdim = #ls == 1 and 1 or 2
-    local C = ls[cdim]
-    local s = o.label_smoothing or 0
-    local p = s > 0 and target * (1 - s) + s / C or target
-    local per = -(p * logits:log_softmax(cdim)):sum(cdim)
-    local red = o.reduction or "mean"
-    if red == "none" then return per end
-    if red == "sum" then return per:sum() end
-    if red == "mean" then return #ls == 1 and per or per:sum() / ls[1] end
-    error("cross_entropy: unknown reduction '" .. tostring(red) .. "' (none, mean or sum)", 2)
-  end
-  local nd = logits:dim()
-  if nd == 2 then return core.cross_entropy(logits, target, opts) end
-  if nd == 1 then
-    if target:dim() ~= 0 then error("cross_entropy: [C] logits take a 0-dimensional target", 2) end
-    local r = core.cross_entropy(logits:unsqueeze(1), target:view(1), opts)
-    return o.reduction == "none" and r:view({}) or r
-  end
-  if nd < 1 then error("cross_entropy: logits must have at least one dimension", 2) end
-  -- [N, C, d...]: the classes moved last, every other position a row
-  local C = logits:size(2)
-  local perm = {1}
-  for d = 3, nd do perm[#perm + 1] = d end
-  perm[#perm + 1] = 2
-  local rows = logits:permute(perm):reshape(-1, C)
-  local want = {logits:size(1)}
-  for d = 3, nd do want[#want + 1] = logits:size(d) end
-  if table.concat(target:size(), "x") ~= table.concat(want, "x") then
-    error(string.format("cross_entropy: target %s must be %s for logits %s", table.concat(target:size(), "x"),
-      table.concat(want, "x"), table.concat(logits:size(), "x")), 2)
-  end
-  local r = core.cross_entropy(rows, target:reshape(-1), opts)
-  if o.reduction == "none" then return r:view(want) end
-  return r
-end
-
 local function same_shape(a, b) return table.concat(a:size(), "x") == table.concat(b:size(), "x") end
 
 local function check_options(who, opts, known)
@@ -101,6 +50,109 @@ local function check_options(who, opts, known)
   end
   return opts
 end
+
+local function shape_str(t) return table.concat(t:size(), "x") end
+
+--- cross_entropy(logits, target [, {ignore_index = -100, label_smoothing = 0, reduction = "mean",
+-- weight = [C]}]) as PyTorch's: logits [N, C] (the fused C loss), [C] with a 0-dim target, or
+-- [N, C, d1, ...] with targets [N, d1, ...] (the classes along dimension 2; "none" gives the
+-- target's shape); a float target of the logits' shape holds class probabilities (soft labels:
+-- -sum w p log softmax, smoothed as p (1 - s) + s / C, the mean over the positions). A class
+-- weight w makes the mean over class indices a weighted one (divided by the sum of the targets'
+-- weights) and weighs the smoothing term as torch's does.
+function F.cross_entropy(logits, target, opts)
+  local who = "cross_entropy"
+  tensors(who, "logits", logits, "target", target)
+  local o = check_options(who, opts, {"ignore_index", "label_smoothing", "reduction", "weight"})
+  local red = o.reduction or "mean"
+  if red ~= "none" and red ~= "mean" and red ~= "sum" then
+    error("cross_entropy: unknown reduction '" .. tostring(red) .. "' (none, mean or sum)", 2)
+  end
+  local nd = logits:dim()
+  if nd < 1 then error("cross_entropy: logits must have at least one dimension", 2) end
+  local cdim = nd == 1 and 1 or 2
+  local C = logits:size(cdim)
+  local w = o.weight
+  if w ~= nil then
+    tensors(who, "weight", w)
+    if w:dim() ~= 1 or w:size(1) ~= C then
+      error(string.format("cross_entropy: weight %s must be a vector of the %d classes", shape_str(w), C), 2)
+    end
+  end
+  -- every position a row [M, C] (the classes moved last); out_shape: the per-position result's
+  local rows, out_shape
+  if nd == 1 then
+    rows, out_shape = logits:unsqueeze(1), {}
+  elseif nd == 2 then
+    rows, out_shape = logits, {logits:size(1)}
+  else
+    local perm = {1}
+    for d = 3, nd do perm[#perm + 1] = d end
+    perm[#perm + 1] = 2
+    rows = logits:permute(perm):reshape(-1, C)
+    out_shape = {logits:size(1)}
+    for d = 3, nd do out_shape[#out_shape + 1] = logits:size(d) end
+  end
+  local function shaped(per) return per:view(out_shape) end
+  local s = o.label_smoothing or 0
+  local float_target = target:dtype() == "f32" or target:dtype() == "f64" or target:dtype() == "bf16"
+    or target:dtype() == "f16"
+  if float_target then
+    if not same_shape(logits, target) then
+      error(string.format("cross_entropy: class probabilities %s must have the logits' shape %s",
+        shape_str(target), shape_str(logits)), 2)
+    end
+    local p = target
+    if nd > 2 then
+      local perm = {1}
+      for d = 3, nd do perm[#perm + 1] = d end
+      perm[#perm + 1] = 2
+      p = p:permute(perm):reshape(-1, C)
+    elseif nd == 1 then
+      p = p:unsqueeze(1)
+    end
+    if s > 0 then p = p * (1 - s) + s / C end
+    local lp = rows:log_softmax(2)
+    if w ~= nil then lp = lp * w:view(1, C) end
+    local per = -(p * lp):sum(2)
+    if red == "none" then return shaped(per) end
+    if red == "sum" then return per:sum() end
+    return per:sum() / per:numel() -- torch: the sum over numel / C positions
+  end
+  -- class indices
+  local t
+  if nd == 1 then
+    if target:dim() ~= 0 then error("cross_entropy: [C] logits take a 0-dimensional target", 2) end
+    t = target:view(1)
+  else
+    if nd > 2 and table.concat(target:size(), "x") ~= table.concat(out_shape, "x") then
+      error(string.format("cross_entropy: target %s must be %s for logits %s", shape_str(target),
+        table.concat(out_shape, "x"), shape_str(logits)), 2)
+    end
+    t = target:reshape(-1)
+  end
+  if w == nil then
+    local copts = {ignore_index = o.ignore_index, label_smoothing = o.label_smoothing, reduction = red}
+    local r = core.cross_entropy(rows, t, copts)
+    if red == "none" then return shaped(r) end
+    return r
+  end
+  -- weighted (torch's nll_loss with weight, and its smoothing term -sum_c w_c log p_c)
+  local ignore = o.ignore_index or -100
+  local keep = t:ne(ignore)
+  local safe = hero_where(keep, t, 0)
+  local lp = rows:log_softmax(2)
+  local wt = w:index_select(1, safe) * keep:to(w:dtype())
+  local nll = -lp:gather(2, safe:unsqueeze(2)):squeeze(2) * wt
+  local smooth
+  if s > 0 then smooth = -(lp * w:view(1, C)):sum(2) * keep:to(lp:dtype()) end
+  local function combine(a, b) return b and a * (1 - s) + b * (s / C) or a end
+  if red == "none" then return shaped(combine(nll, smooth)) end
+  if red == "sum" then return combine(nll:sum(), smooth and smooth:sum()) end
+  local total = wt:sum()
+  return combine(nll:sum() / total, smooth and smooth:sum() / total)
+end
+
 
 --- binary_cross_entropy_with_logits(x, y [, {weight =, pos_weight =, reduction = "mean"}]) as
 -- PyTorch's: y has x's shape; weight broadcasts to it; pos_weight (broadcast along the last

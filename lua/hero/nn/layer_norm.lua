@@ -1,4 +1,5 @@
---- nn.LayerNorm(dim [, opts]) over the last dimension: weight 1, bias 0; opts.eps (1e-5), dtype.
+--- nn.LayerNorm(dim [, opts]) over the last dimension: weight 1, bias 0; opts.eps (1e-5), dtype,
+-- elementwise_affine (true; false: no weight or bias, as torch's).
 -- The reference uses eps 1e-12 inside transformer layers and 1e-5 elsewhere: pass it explicitly.
 local core = require "hero.core"
 local Module = require "hero.nn.module"
@@ -9,13 +10,16 @@ local LayerNorm = Module:extend("LayerNorm")
 function LayerNorm:__init(dim, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("LayerNorm: opts must be a table, got " .. type(opts), 3) end
+  check.options("LayerNorm", 3, opts, {"eps", "dtype", "elementwise_affine"})
   if opts.eps ~= nil and (type(opts.eps) ~= "number" or opts.eps ~= opts.eps or opts.eps < 0) then
     error("LayerNorm: opts.eps must be a number >= 0, got " .. tostring(opts.eps), 3)
   end
   check.sizes("LayerNorm", 3, "normalized size", dim)
   self.dim, self.eps = dim, opts.eps or 1e-5
-  self:register_parameter("weight", core.ones({dim}, {dtype = opts.dtype or "f32"}))
-  self:register_parameter("bias", core.zeros({dim}, {dtype = opts.dtype or "f32"}))
+  if opts.elementwise_affine ~= false then
+    self:register_parameter("weight", core.ones({dim}, {dtype = opts.dtype or "f32"}))
+    self:register_parameter("bias", core.zeros({dim}, {dtype = opts.dtype or "f32"}))
+  end
 end
 
 function LayerNorm:forward(x)

@@ -11,6 +11,7 @@ local Linear = Module:extend("Linear")
 function Linear:__init(in_features, out_features, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("Linear: opts must be a table, got " .. type(opts), 3) end
+  check.options("Linear", 3, opts, {"bias", "init", "std", "dtype", "generator"})
   check.sizes("Linear", 3, "in_features", in_features, "out_features", out_features)
   self.in_features, self.out_features = in_features, out_features
   local scheme = init.check(opts.init or "torch", "Linear")

@@ -13,11 +13,16 @@ local function ordered_params(params, who)
   local list = {}
   if #params > 0 then
     for i, pair in ipairs(params) do
-      local name, t = pair[1], pair[2]
-      if type(name) ~= "string" or not core.is_tensor(t) then
-        error(string.format("%s: parameter entry %d must be {name, tensor}", who, i), 4)
+      if core.is_tensor(pair) then
+        -- a plain list of tensors (model:parameters(), as torch.optim takes): named by position
+        list[#list + 1] = {name = tostring(i - 1), param = pair}
+      else
+        local name, t = type(pair) == "table" and pair[1], type(pair) == "table" and pair[2]
+        if type(name) ~= "string" or not core.is_tensor(t) then
+          error(string.format("%s: parameter entry %d must be a tensor or {name, tensor}", who, i), 4)
+        end
+        list[#list + 1] = {name = name, param = t}
       end
-      list[#list + 1] = {name = name, param = t}
     end
   else
     local names = {}
@@ -58,6 +63,14 @@ local function new_optimizer(kind, params, opts)
   opts = opts or {}
   if type(params) ~= "table" then
     error(name .. ": params must be named_parameters() or a name -> tensor table, got " .. type(params), 3)
+  end
+  for k in pairs(opts) do
+    local known = {lr = true, betas = true, eps = true, weight_decay = true, no_decay = true, lr_mul = true,
+                   group = true}
+    if not known[k] then
+      error(string.format("%s: unknown option '%s' (lr, betas, eps, weight_decay, no_decay, lr_mul, group; "
+        .. "amsgrad, maximize and the like are not implemented)", name, tostring(k)), 3)
+    end
   end
   if type(opts.lr) ~= "number" then error(name .. ": opts.lr must be a number", 3) end
   local betas = opts.betas or {0.9, 0.999}
@@ -281,11 +294,12 @@ function optim.warmup_linear(base_lr, step, warmup, total)
   return lr
 end
 
---- Clips the global L2 norm of the gradients of `params` (a list of tensors, a
--- named_parameters() array or a name -> tensor table) to max_norm, with the reference's
--- scale = max_norm / (norm + 1e-6) applied only when below 1. Returns the norm before clipping and
--- the factor (1 when nothing was clipped). With opts.apply == false the gradients are left as they
--- are, for AdamW:step{grad_scale = factor} to apply the factor in its own pass.
+--- Clips the global norm of the gradients of `params` (a list of tensors, a named_parameters()
+-- array or a name -> tensor table) to max_norm, with the reference's scale = max_norm / (norm +
+-- 1e-6) applied only when below 1. Returns the norm before clipping and the factor (1 when nothing
+-- was clipped). opts (or a number, torch's positional norm_type): norm_type 2 (default) or
+-- math.huge (the largest absolute value); apply == false leaves the gradients as they are, for
+-- AdamW:step{grad_scale = factor} to apply the factor in its own pass.
 function optim.clip_grad_norm(params, max_norm, opts)
   if type(params) ~= "table" then
     error("clip_grad_norm: params must be a list of tensors or named parameters, got " .. type(params), 2)
@@ -293,13 +307,29 @@ function optim.clip_grad_norm(params, max_norm, opts)
   if type(max_norm) ~= "number" or max_norm ~= max_norm then
     error("clip_grad_norm: max_norm must be a number, got " .. tostring(max_norm), 2)
   end
+  if type(opts) == "number" then opts = {norm_type = opts} end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("clip_grad_norm: the third argument must be the norm type or an options table, got " .. type(opts), 2)
+  end
+  local norm_type = opts and opts.norm_type or 2
+  if norm_type ~= 2 and norm_type ~= math.huge then
+    error("clip_grad_norm: norm_type must be 2 or math.huge (inf), got " .. tostring(norm_type), 2)
+  end
   local grads = {}
   if core.is_tensor(params[1]) then
     for _, p in ipairs(params) do grads[#grads + 1] = p.grad end
   else
     for _, e in ipairs(ordered_params(params)) do grads[#grads + 1] = e.param.grad end
   end
-  local norm = core.global_norm(grads)
+  local norm
+  if norm_type == 2 then
+    norm = core.global_norm(grads)
+  else
+    norm = 0
+    for _, g in pairs(grads) do
+      if g:numel() > 0 then norm = math.max(norm, g:detach():abs():max():item()) end
+    end
+  end
   local scale = max_norm / (norm + 1e-6)
   if scale >= 1 then return norm, 1 end
   -- {apply = false}: leave the gradients and return the factor, for AdamW:step{grad_scale = factor}
