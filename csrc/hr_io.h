@@ -38,7 +38,9 @@ int hr_tensor_list_add_meta(hr_tensor_list *l, const char *key, const char *valu
  * referencing it is released. Misaligned tensors are copied. As with any mapping, truncating the file
  * in place while its tensors are alive is undefined; hero's own writers never do that (they rename a
  * new file over the old one, so existing mappings keep the old bytes). */
-int hr_safetensors_load(const char *path, hr_tensor_list *out);
+/* use_mmap: tensors view a private mapping of the file (zero-copy; the file must then not be
+ * rewritten in place while they live); otherwise the file is read into one buffer they view. */
+int hr_safetensors_load(const char *path, hr_tensor_list *out, bool use_mmap);
 /* Parses a safetensors image held in memory (tensors are copies). `what` names it in errors. */
 int hr_safetensors_parse(const void *buf, size_t len, const char *what, hr_tensor_list *out);
 /* Writes the tensors (any strides; CPU only) and metadata. Header keys sorted by name; data laid out

@@ -381,6 +381,14 @@ static int check_metadata_unique(jparser *p, const hr_tensor_list *out)
 
 static int parse_metadata(jparser *p, hr_tensor_list *out)
 {
+    /* "__metadata__": null, which the safetensors library reads as no metadata */
+    if (jpeek(p) == 'n') {
+        if (p->len - p->pos >= 4 && memcmp(p->s + p->pos, "null", 4) == 0) {
+            p->pos += 4;
+            return 0;
+        }
+        return jfail(p, "expected '{' or null for __metadata__");
+    }
     if (jexpect(p, '{')) return -1;
     if (jpeek(p) == '}') {
         p->pos++;
@@ -675,7 +683,7 @@ int hr_safetensors_parse(const void *buf, size_t len, const char *what, hr_tenso
     return rc;
 }
 
-int hr_safetensors_load(const char *path, hr_tensor_list *out)
+int hr_safetensors_load(const char *path, hr_tensor_list *out, bool use_mmap)
 {
     char what[512];
     snprintf(what, sizeof what, "'%s'", path);
@@ -696,9 +704,36 @@ int hr_safetensors_load(const char *path, hr_tensor_list *out)
         return hr_fail(HR_EFORMAT, "%s: file too small for a safetensors header (%zu bytes; the length prefix alone is 8)",
                        what, size);
     }
+    hr_storage *map;
+    void *base;
+    if (!use_mmap) {
+        /* The file read into one buffer the tensors view: nothing refers to the file afterwards, so
+         * rewriting it in place (cp over it) cannot change or fault the loaded tensors. */
+        map = hr_storage_new(size, hr_cpu());
+        if (!map) {
+            close(fd);
+            return -1;
+        }
+        base = map->data;
+        size_t got = 0;
+        while (got < size) {
+            ssize_t r = read(fd, (char *)base + got, size - got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {
+                int e = errno;
+                close(fd);
+                hr_storage_release(map);
+                return hr_fail(HR_EIO, "%s: read failed after %zu of %zu bytes: %s", what, got, size,
+                               r == 0 ? "the file shrank while being read" : strerror(e));
+            }
+            got += (size_t)r;
+        }
+        close(fd);
+        goto parse;
+    }
     /* A private writable mapping: tensors can be modified in place (copy-on-write) without ever
      * touching the file. */
-    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     close(fd);
     if (base == MAP_FAILED) {
         /* Some file systems cannot map files: read the bytes instead. */
@@ -709,11 +744,12 @@ int hr_safetensors_load(const char *path, hr_tensor_list *out)
         free(buf);
         return rc;
     }
-    hr_storage *map = hr_storage_new_mmap(base, size, base, size);
+    map = hr_storage_new_mmap(base, size, base, size);
     if (!map) {
         munmap(base, size);
         return -1;
     }
+parse:;
     st_entry *es;
     size_t n = 0, dstart = 0;
     int rc = parse_header(base, size, what, out, &es, &n, &dstart);

@@ -30,7 +30,13 @@
 
 /* ------------------------------------------------------------------ the allow-list */
 
-enum { G_ODICT = 1, G_REBUILD_V2, G_REBUILD, G_PARAM, G_STORAGE0 = 100 };
+enum { G_ODICT = 1, G_REBUILD_V2, G_REBUILD, G_PARAM, G_SIZE, G_STORAGE0 = 100 };
+
+/* torch dtypes, which a checkpoint's config may hold as values (torch.load(weights_only=True)
+ * accepts them): loaded as their names, "torch.float16" */
+static const char *const torch_dtypes[] = {"float16", "float32", "float64", "bfloat16", "int64", "int32", "int16",
+                                           "int8",    "uint8",   "bool",    "half",     "float", "double", "long",
+                                           "int",     "short",   "complex64", "complex128", "cfloat", "cdouble"};
 
 static const struct {
     const char *cls;   /* torch.<cls> */
@@ -43,6 +49,9 @@ static const struct {
     {"LongStorage", HR_I64, "int64", 8},     {"IntStorage", HR_I32, "int32", 4},
     {"ShortStorage", -1, "int16", 2},        {"CharStorage", -1, "int8", 1},
     {"ByteStorage", HR_U8, "uint8", 1},      {"BoolStorage", HR_BOOL, "bool", 1},
+    {"ComplexFloatStorage", -1, "complex64", 8}, {"ComplexDoubleStorage", -1, "complex128", 16},
+    {"QInt8Storage", -1, "qint8", 1},        {"QUInt8Storage", -1, "quint8", 1},
+    {"QInt32Storage", -1, "qint32", 4},
 };
 #define N_STORAGE_TYPES (sizeof storage_types / sizeof storage_types[0])
 
@@ -175,6 +184,14 @@ static hr_pk_value *find_global(hr_pickle *p, void *ctx, const char *module, con
     } else if (strcmp(module, "torch") == 0) {
         for (size_t k = 0; k < N_STORAGE_TYPES; k++)
             if (strcmp(name, storage_types[k].cls) == 0) id = G_STORAGE0 + (int)k;
+        if (strcmp(name, "Size") == 0) id = G_SIZE; /* torch.Size((2, 3)): its ints, as a list */
+        for (size_t k = 0; k < sizeof torch_dtypes / sizeof torch_dtypes[0]; k++) {
+            if (strcmp(name, torch_dtypes[k]) == 0) {
+                char dname[64];
+                snprintf(dname, sizeof dname, "torch.%s", name);
+                return hr_pickle_str(p, HR_PK_STR, dname, strlen(dname));
+            }
+        }
     }
     if (!id)
         return hr_fail_null(HR_EFORMAT,
@@ -347,6 +364,14 @@ static hr_pk_value *reduce(hr_pickle *p, void *ctx, hr_pk_value *fn, hr_pk_value
         if (args->n != 0)
             return hr_fail_null(HR_EFORMAT, "collections.OrderedDict called with %zu arguments (expected none)", args->n);
         return hr_pickle_value(p, HR_PK_DICT);
+    case G_SIZE:
+        if (args->n != 1 || (args->items[0]->type != HR_PK_TUPLE && args->items[0]->type != HR_PK_LIST))
+            return hr_fail_null(HR_EFORMAT, "torch.Size takes one tuple of ints");
+        for (size_t i = 0; i < args->items[0]->n; i++)
+            if (args->items[0]->items[i]->type != HR_PK_INT)
+                return hr_fail_null(HR_EFORMAT, "torch.Size holds a %s, not an int",
+                                    hr_pk_type_name(args->items[0]->items[i]));
+        return args->items[0];
     case G_REBUILD_V2: return rebuild_tensor(p, S, fn->s, args, true);
     case G_REBUILD: return rebuild_tensor(p, S, fn->s, args, false);
     case G_PARAM: {
@@ -695,6 +720,12 @@ int hr_torch_parse(const void *buf, size_t len, const char *what, hr_torch_file 
         rc = load_zip(b, len, what, out, S, &hooks, &big_endian);
     } else if (kind) {
         rc = load_legacy(b, len, what, out, S, &hooks, &big_endian);
+    } else if (len >= 26 && memcmp(b, "L119547037146038801333356", 25) == 0) {
+        /* the legacy magic number as pickle protocol 0/1 writes it (a text LONG) */
+        rc = hr_fail(HR_EFORMAT,
+                     "%s: a legacy PyTorch checkpoint written with pickle protocol 0 or 1, which hero does not read "
+                     "(torch.save's default, protocol 2, and later are supported: re-save it)",
+                     what);
     } else if (len >= 262 && memcmp(b + 257, "ustar", 5) == 0) {
         rc = hr_fail(HR_EFORMAT, "%s: a tar-based checkpoint (PyTorch < 0.4) is not supported: re-save it with a newer PyTorch",
                      what);

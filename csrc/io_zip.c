@@ -489,7 +489,11 @@ int hr_npz_parse(const void *buf, size_t len, const char *what, hr_tensor_list *
     if (hr_zip_open(&z, buf, len, what)) return -1;
     for (size_t i = 0; i < z.n; i++) {
         const char *name = z.entries[i].name;
-        if (!ends_with(name, ".npy")) continue; /* NumPy itself only ever writes .npy members */
+        /* NumPy writes .npy members; a member named otherwise (a zip made by other tools) is read
+         * under its own name when it holds an .npy image, as numpy.load does, and refused by name
+         * otherwise rather than dropped */
+        bool npy_name = ends_with(name, ".npy");
+        if (ends_with(name, "/")) continue; /* a directory entry */
         unsigned char *m;
         size_t mlen;
         hr_tensor *t = NULL;
@@ -503,7 +507,7 @@ int hr_npz_parse(const void *buf, size_t len, const char *what, hr_tensor_list *
             hr_tensor_list_free(out);
             return -1;
         }
-        size_t nl = strlen(name) - 4;
+        size_t nl = strlen(name) - (npy_name ? 4 : 0);
         char *key = malloc(nl + 1);
         int rc = -1;
         if (key) {

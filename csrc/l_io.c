@@ -89,12 +89,28 @@ static void push_tensor_table(lua_State *L, hr_tensor_list *l)
     }
 }
 
+/* load_safetensors(path [, {mmap = false}]) -> tensors, metadata */
 static int l_load_safetensors(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
+    bool use_mmap = false;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_pushnil(L);
+        while (lua_next(L, 2)) {
+            if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "mmap") != 0)
+                return luaL_error(L, "load_safetensors: unknown option '%s' (mmap)",
+                                  lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : luaL_typename(L, -2));
+            lua_pop(L, 1);
+        }
+        hr_lua_rawfield(L, 2, "mmap");
+        use_mmap = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 1);
     hr_tensor_list *l = new_list(L);
     int rc;
-    HR_LUA_RETRY_INT(L, rc, hr_safetensors_load(path, l));
+    HR_LUA_RETRY_INT(L, rc, hr_safetensors_load(path, l, use_mmap));
     if (rc) return hr_lua_error(L, "load_safetensors");
     push_tensor_table(L, l);
     lua_createtable(L, 0, (int)l->nmeta);

@@ -146,7 +146,32 @@ describe("safetensors", function()
     end
   end)
 
-  it("loads zero-copy views that outlive the table and never write to the file", function()
+  it("reads the file into memory: rewriting it in place leaves the loaded tensors alone", function()
+    hero.io.save_safetensors(tmp("inplace.safetensors"), {w = hero.ones(100000)})
+    hero.io.save_safetensors(tmp("small.safetensors"), {w = hero.full({10}, 3)})
+    local t = hero.load(tmp("inplace.safetensors"))
+    -- cp writes over the same file (not a rename): a mapping of it would now read the new bytes,
+    -- or fault past the shorter end
+    assert(os.execute(string.format("cp '%s' '%s'", tmp("small.safetensors"), tmp("inplace.safetensors"))))
+    assert.equal(100000, t.w:sum():item())
+    -- {mmap = true}: the tensors view a private mapping (zero-copy), for files left alone
+    hero.io.save_safetensors(tmp("mapped.safetensors"), {w = hero.ones(8)})
+    local m = hero.load(tmp("mapped.safetensors"), {mmap = true})
+    assert.equal(8, m.w:sum():item())
+    assert.equal(8, hero.io.load_safetensors(tmp("mapped.safetensors"), {mmap = true}).w:sum():item())
+    helper.assert_error_contains(function() hero.io.load_safetensors(tmp("mapped.safetensors"), {map = true}) end,
+      "unknown option 'map' (mmap)")
+    -- "__metadata__": null is no metadata, as the safetensors library reads it
+    local header = '{"__metadata__":null,"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    local f = assert(io.open(tmp("nullmeta.safetensors"), "wb"))
+    f:write(string.pack("<I8", #header), header, string.pack("<f", 1.5))
+    f:close()
+    local got, meta = hero.io.load_safetensors(tmp("nullmeta.safetensors"))
+    assert.equal(1.5, got.x:item())
+    assert.same({}, meta)
+  end)
+
+  it("loads views of one buffer that outlive the table and never write to the file", function()
     hero.io.save_safetensors(tmp("m.safetensors"), {a = hero.ones(4), b = hero.full({2}, 7)})
     local before = read_bytes(tmp("m.safetensors"))
     local got = hero.io.load_safetensors(tmp("m.safetensors"))
@@ -162,7 +187,7 @@ describe("safetensors", function()
     assert.same({1, 1, 1, 1}, hero.io.load_safetensors(tmp("m.safetensors")).a:totable())
   end)
 
-  it("replaces files atomically: tensors mapped from the old file keep their values", function()
+  it("replaces files atomically: tensors loaded from the old file keep their values", function()
     hero.io.save_safetensors(tmp("r.safetensors"), {w = hero.full({3}, 1)})
     local old = hero.io.load_safetensors(tmp("r.safetensors")).w
     hero.io.save_safetensors(tmp("r.safetensors"), {w = hero.full({3}, 2), extra = hero.zeros(1000)})
@@ -337,6 +362,17 @@ describe("NumPy files", function()
       assert.equal(n, m)
     end)
   end
+
+  it("reads a member not named .npy under its own name, as numpy.load, instead of dropping it", function()
+    local bytes = hero.io.npz_to_bytes({raw = hero.arange(3, {dtype = "f64"})})
+    local renamed, n = bytes:gsub("raw%.npy", "rawXnpy") -- the local and the central header
+    assert.equal(2, n)
+    local f = assert(io.open(tmp("renamed.npz"), "wb"))
+    f:write(renamed)
+    f:close()
+    local got = hero.io.load_npz(tmp("renamed.npz"))
+    assert.same({0, 1, 2}, got.rawXnpy:totable())
+  end)
 
   for _, compress in ipairs {false, true} do
     it("round-trips .npz archives (compress = " .. tostring(compress) .. ")", function()

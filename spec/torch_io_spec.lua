@@ -171,6 +171,17 @@ describe("load_torch on files written by torch.save", function()
     end)
   end
 
+  it("a torch.Size and dtypes among the values, as torch.load(weights_only = True) takes them", function()
+    local v = hero.load(torch_file("size_dtype.pt"))
+    assert.same({2, 3}, v.s)
+    assert.equal("torch.float16", v.d)
+    assert.same({1, 1}, v.w:totable())
+    -- and hero.load's torch errors name the caller's line, not hero's own
+    local ok, err = pcall(hero.load, torch_file("complex.pt"))
+    assert.is_false(ok)
+    assert.is_nil(tostring(err):match("io%.lua:%d+"))
+  end)
+
   it("a bare tensor at the root", function()
     local t = hero.io.load_torch(torch_file("scalar_root.pt"))
     assert(hero.is_tensor(t))
@@ -252,6 +263,8 @@ describe("load_torch refuses hostile and broken files", function()
     {"bad_byteorder.pt", "member archive/byteorder must say 'little' or 'big'"},
     {"storage_view.pt", "storage '0' is a view of another storage"},
     {"int16.pt", "storage type torch.ShortStorage holds int16 elements, which no hero dtype represents"},
+    {"complex.pt", "storage type torch.ComplexFloatStorage holds complex64 elements, which no hero dtype represents"},
+    {"protocol0_legacy.pt", "a legacy PyTorch checkpoint written with pickle protocol 0 or 1"},
     {"deep.pt", "values nested deeper than 200 levels"},
     {"tuple_key.pt", "a dict key of type tuple cannot be a Lua table key"},
     {"not_torch.zip", "not a PyTorch checkpoint: the zip archive has no data.pkl member"},

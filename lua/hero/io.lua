@@ -350,6 +350,8 @@ local function file_kind(path)
   f:close()
   local torch = head and core.torch_sniff(head)
   if torch then return torch end
+  -- the legacy magic number in pickle protocol 0/1's text form: load_torch names the protocol
+  if head and head:sub(1, 25) == "L119547037146038801333356" then return "legacy" end
   if head and #head >= 9 and head:sub(9, 9) == "{" then return "safetensors" end
   return "unknown"
 end
@@ -357,16 +359,23 @@ end
 --- Loads what io_.save wrote (the same nested value), or any safetensors file as a flat
 -- {name = tensor} table. Returns the value and the file's metadata table. A PyTorch checkpoint
 -- (zip container or legacy stream, told apart from safetensors by its first bytes) goes to
--- load_torch and comes back with an empty metadata table.
-function io_.load(path)
+-- load_torch and comes back with an empty metadata table. opts.mmap (safetensors): the tensors
+-- view a private mapping of the file instead of a copy of it read into memory (no copy, pages
+-- read as they are touched; the file must then not be rewritten in place while they live).
+function io_.load(path, opts)
   if type(path) ~= "string" then error("hero.load: argument #1: expected a path string, got " .. type(path), 2) end
+  if opts ~= nil and type(opts) ~= "table" then error("hero.load: argument #2: expected an options table", 2) end
   local kind = file_kind(path)
-  if kind == "zip" or kind == "legacy" then return core.load_torch(path), {} end
+  if kind == "zip" or kind == "legacy" then
+    local ok, value = pcall(core.load_torch, path)
+    if not ok then error((tostring(value):gsub("^[^\n]-io%.lua:%d+: ", "")), 2) end -- at the caller's line
+    return value, {}
+  end
   if kind == "unknown" then
     error("hero.load: '" .. path .. "' is neither a safetensors file (an 8-byte header length, then a JSON "
       .. "header) nor a PyTorch checkpoint (torch.save's zip archive or legacy pickle stream)", 2)
   end
-  local read, tensors, meta = pcall(core.load_safetensors, path)
+  local read, tensors, meta = pcall(core.load_safetensors, path, opts and {mmap = opts.mmap == true} or nil)
   if not read then error((tostring(tensors):gsub("^[^\n]-io%.lua:%d+: ", "")), 2) end -- at the caller's line
   local text = meta[io_.STRUCTURE_KEY]
   if text == nil then return tensors, meta end
