@@ -45,7 +45,7 @@ static int lua_fn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     /* the Lua backward runs ops of its own: they must not be recorded */
     bool was = hr_grad_enabled();
     hr_set_grad_enabled(false);
-    int status = lua_pcall(L, 2, node->ninputs, 0);
+    int status = lua_pcall(L, 2, LUA_MULTRET, 0);
     hr_set_grad_enabled(was);
     if (status != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
@@ -53,6 +53,14 @@ static int lua_fn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
         lua_settop(L, top);
         return rc;
     }
+    /* one gradient (or nil) per input, as torch checks: more is an error; missing ones are nil */
+    int nret = lua_gettop(L) - top;
+    if (nret > node->ninputs) {
+        lua_settop(L, top);
+        return hr_fail(HR_EINVAL, "backward returned %d gradients for %d input%s", nret, node->ninputs,
+                       node->ninputs == 1 ? "" : "s");
+    }
+    lua_settop(L, top + node->ninputs);
     int base = lua_gettop(L) - node->ninputs;
     int rc = 0;
     for (int i = 0; i < node->ninputs && rc == 0; i++) {
@@ -95,9 +103,19 @@ static int lua_fn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     }
     lua_settop(L, top);
     if (rc == 0) {
-        for (int i = 0; i < node->ninputs; i++) {
-            if (hr_node_input_needs_grad(node, i) && !gi[i])
-                return hr_fail(HR_EINVAL, "backward returned nil for input %d, which needs a gradient", i + 1);
+        /* nil, as torch's None: no gradient. A leaf gets none at all (its .grad stays as it was); an
+         * intermediate input gets zeros, so that what produced it still hears from every consumer */
+        for (int i = 0; i < node->ninputs && rc == 0; i++) {
+            if (!hr_node_input_needs_grad(node, i) || gi[i]) continue;
+            if (node->next[i].leaf) {
+                gi[i] = HR_GRAD_HANDLED;
+                continue;
+            }
+            int nd;
+            const int64_t *size;
+            hr_node_input_shape(node, i, &nd, &size);
+            hr_dtype dt = node->next[i].node ? node->next[i].node->out_dtype : grad->dtype;
+            if (!(gi[i] = hr_tensor_zeros(nd, size, dt, hr_tensor_device(grad)))) rc = -1;
         }
     }
     return rc;

@@ -139,6 +139,25 @@ static attention_opts attention_options(lua_State *L, int idx, const char *op)
     return o;
 }
 
+/* A mask that broadcasts to [B, Lk] or [B, Lq, Lk] (a size-1 batch or query dimension, as
+ * `scores + mask` broadcasts in PyTorch) as a view of that full shape, pushed on the Lua stack to
+ * keep it alive; any other mask is returned as it is (the kernel's check names it). */
+static hr_tensor *broadcast_mask(lua_State *L, hr_tensor *mask, int64_t B, int64_t Lq, int64_t Lk)
+{
+    if (!mask || (mask->ndim != 2 && mask->ndim != 3) || mask->size[mask->ndim - 1] != Lk) return mask;
+    int64_t b = mask->size[0], q = mask->ndim == 3 ? mask->size[1] : 1;
+    if ((b != 1 && b != B) || (q != 1 && q != Lq)) return mask;
+    if ((mask->ndim == 2 && b == B) || (mask->ndim == 3 && b == B && q == Lq)) return mask;
+    hr_tensor *base = mask->ndim == 3 && q == 1 ? hr_view_select(mask, 1, 0) : mask; /* [b, Lk] */
+    if (!base) hr_lua_error(L, "attention");
+    int64_t full2[2] = {B, Lk}, full3[3] = {B, Lq, Lk};
+    hr_tensor *e = base->ndim == 2 ? hr_view_expand(base, 2, full2) : hr_view_expand(base, 3, full3);
+    if (base != mask) hr_tensor_release(base);
+    if (!e) hr_lua_error(L, "attention");
+    hr_lua_push_tensor(L, e);
+    return e;
+}
+
 /* attention(q, k, v, mask|nil, heads[, {dropout = p, training = bool, generator = g}]) */
 static int l_attention(lua_State *L)
 {
@@ -148,6 +167,7 @@ static int l_attention(lua_State *L)
     hr_tensor *mask = opt_tensor(L, 4, "attention");
     lua_Integer heads = luaL_checkinteger(L, 5);
     attention_opts o = attention_options(L, 6, "attention");
+    if (q->ndim == 3 && k->ndim == 3) mask = broadcast_mask(L, mask, q->size[0], q->size[1], k->size[1]);
     hr_tensor *y;
     HR_LUA_RETRY(L, y, hr_attention(q, k, v, mask, heads, o.dropout, o.training, o.generator));
     if (!y) return hr_lua_error(L, "attention");
@@ -162,6 +182,7 @@ static int l_attention_packed(lua_State *L)
     hr_tensor *mask = opt_tensor(L, 2, "attention_packed");
     lua_Integer heads = luaL_checkinteger(L, 3);
     attention_opts o = attention_options(L, 4, "attention_packed");
+    if (qkv->ndim == 3) mask = broadcast_mask(L, mask, qkv->size[0], qkv->size[1], qkv->size[1]);
     hr_tensor *y;
     HR_LUA_RETRY(L, y, hr_attention_packed(qkv, mask, heads, o.dropout, o.training, o.generator));
     if (!y) return hr_lua_error(L, "attention_packed");

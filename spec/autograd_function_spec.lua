@@ -48,7 +48,33 @@ describe("Lua-defined autograd functions", function()
       forward = function(_, xx) return xx:clone() end,
       backward = function() return nil end,
     }
-    helper.assert_error_contains(function() Nil(x):backward(hero.ones(2)) end, "returned nil for input 1")
+    -- nil is torch's None: no gradient (a leaf's .grad stays as it was, an intermediate gets zeros)
+    Nil(x):backward(hero.ones(2))
+    assert.is_nil(x.grad)
+    local mid = x * 3
+    local z = hero.tensor({1, 1}):requires_grad_()
+    local both = (Nil(mid) + z) * 1
+    both:sum():backward()
+    assert.same({0, 0}, x.grad:totable())
+    assert.same({1, 1}, z.grad:totable())
+    -- more gradients than inputs: an error, as torch's "incorrect number of gradients"
+    local Extra = hero.autograd.Function {forward = function(_, a) return a:mul(2) end,
+      backward = function(_, g) return g, g, g end}
+    helper.assert_error_contains(function() Extra(x):sum():backward() end,
+      "backward returned 3 gradients for 1 input")
+    -- one output tensor; an input handed back is an alias of it (its gradient flows through backward)
+    helper.assert_error_contains(function()
+      local Two = hero.autograd.Function {forward = function(_, a) return a * 2, a * 3 end,
+        backward = function(_, g) return g end}
+      return Two(x)
+    end, "forward returned 2 values")
+    local Identity = hero.autograd.Function {forward = function(_, a) return a end,
+      backward = function(_, g) return g * 5 end}
+    local w = hero.tensor({1, 2}):requires_grad_()
+    local y = Identity(w)
+    assert.same({1, 2}, y:totable())
+    y:sum():backward()
+    assert.same({5, 5}, w.grad:totable())
   end)
 
   it("checks the shape of each returned gradient: summed down when the input broadcasts to it, else an error",
@@ -104,5 +130,18 @@ describe("Lua-defined autograd functions", function()
     by_op = {}
     for _, s in ipairs(stats) do by_op[s.op] = s end
     assert.equal(1, by_op.linear.calls)
+  end)
+
+  it("gradcheck takes non-contiguous inputs and leaves their gradients as they were", function()
+    local x = hero.randn(3, 2, {dtype = "f64"}):t():detach():requires_grad_()
+    x.grad = hero.ones(2, 3, {dtype = "f64"})
+    assert.is_true(hero.testing.gradcheck(function(a) return (a * a):exp() end, {x}))
+    assert.same({{1, 1, 1}, {1, 1, 1}}, x.grad:totable())
+    local y = hero.randn(4, {dtype = "f64"}):requires_grad_()
+    local Wrong = hero.autograd.Function {forward = function(_, a) return a * 2 end,
+      backward = function(_, g) return g * 3 end}
+    helper.assert_error_contains(function() hero.testing.gradcheck(function(a) return Wrong(a) end, {y}) end,
+      "input 1 element 1: analytic")
+    assert.is_nil(y.grad)
   end)
 end)

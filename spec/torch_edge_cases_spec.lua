@@ -155,4 +155,20 @@ describe("PyTorch edge cases", function()
     assert.same({-2}, values(hero.tensor({-2.7}, {dtype = "i64"})))
     assert.equal(math.mininteger, hero.tensor(math.mininteger, {dtype = "i64"}):item())
   end)
+
+  it("broadcasts attention masks with a size-1 batch or query dimension, as scores + mask does", function()
+    hero.manual_seed(1)
+    local q, k, v = hero.randn(2, 3, 8), hero.randn(2, 4, 8), hero.randn(2, 4, 8)
+    local masks = {hero.tensor {{0, -10000, 0, 0}}, hero.randn(2, 1, 4), hero.randn(1, 3, 4), hero.randn(1, 1, 4)}
+    for _, m in ipairs(masks) do
+      local full = m:dim() == 2 and m:expand(2, 4):contiguous() or m:expand(2, 3, 4):contiguous()
+      assert.equal(0, (hero.attention(q, k, v, m, 2) - hero.attention(q, k, v, full, 2)):abs():max():item())
+    end
+    local qkv = hero.randn(2, 4, 24)
+    local m = hero.randn(1, 4)
+    assert.equal(0, (hero.attention_packed(qkv, m, 2) - hero.attention_packed(qkv, m:expand(2, 4):contiguous(), 2))
+      :abs():max():item())
+    helper.assert_error_contains(function() hero.attention(q, k, v, hero.randn(3, 4), 2) end,
+      "must be [B, Lk] or [B, Lq, Lk]")
+  end)
 end)

@@ -6,8 +6,9 @@
 --   }
 --   local y = Square(x)
 --
--- forward runs with recording off and returns one tensor; backward receives the gradient of that
--- output and returns one gradient (or nil) per argument of forward.
+-- forward runs with recording off and returns one tensor (an input returned as it is becomes an
+-- alias of it, as torch's); backward receives the gradient of that output and returns one
+-- gradient (or nil: none, as torch's None) per argument of forward, and no more.
 local core = require "hero.core"
 
 local autograd = {}
@@ -20,10 +21,17 @@ function autograd.Function(def)
   return function(...)
     local ctx = {}
     local args = table.pack(...)
-    local out = core.no_grad(def.forward, ctx, ...)
+    local res = table.pack(core.no_grad(def.forward, ctx, ...))
+    local out = res[1]
     if not core.is_tensor(out) then
       error("autograd.Function: forward must return one tensor, got " .. type(out), 2)
     end
+    if res.n > 1 then
+      error(string.format("autograd.Function: forward returned %d values; a Function has one output tensor", res.n),
+        2)
+    end
+    -- an input (or any tensor already in a graph) handed back: its alias is this function's output
+    if out.requires_grad then out = out:detach() end
     return core.autograd_apply(backward, ctx, out, table.unpack(args, 1, args.n))
   end
 end

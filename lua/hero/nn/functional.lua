@@ -205,7 +205,13 @@ end
 --- max(0, -y * (x1 - x2) + margin), PyTorch's margin_ranking_loss (y = 1 or -1, a number or tensor).
 function F.margin_ranking_loss(x1, x2, y, opts)
   tensors("margin_ranking_loss", "x1", x1, "x2", x2)
-  opts = opts or {}
+  opts = check_options("margin_ranking_loss", opts, {"margin", "reduction"})
+  -- as torch's: the three of one size (a number y aside)
+  for name, t in pairs {x2 = x2, y = y} do
+    if core.is_tensor(t) and not same_shape(t, x1) then
+      error(string.format("margin_ranking_loss: %s %s must have x1's size %s", name, shape_str(t), shape_str(x1)), 2)
+    end
+  end
   local loss = ((x1 - x2) * y * -1 + (opts.margin or 0)):clamp(0, nil)
   return reduce(loss, opts.reduction)
 end
