@@ -905,8 +905,9 @@ ClipListDataset.__name = "hero.data.downstream.ClipListDataset"
 --- ClipListDataset{video = VideoSubDataset, clips = JSON-lines path or array, frame_interval = 1.5,
 --   sub_ctx_len = video's, special_ids = video's}
 -- The clips of inf_tvc.py --target_clip (TvcEvalDataset): one {vid_name, clip_id, ts = {t0, t1},
--- descs = {{desc}} (optional references)} per line, grouped by video in first-seen order; a clip id
--- seen again replaces the earlier clip, as the reference's dict does. Serves :eval_item(vid) (every
+-- descs = {{desc}} (optional references)} per line, grouped by video in first-seen order; every
+-- line adds its clip to its video's list (a clip id seen again is captioned again, with the last
+-- line's ts and references), as the reference's lists and dict do. Serves :eval_item(vid) (every
 -- clip of the video, with its references when given) to a Loader with eval = true.
 function M.ClipListDataset(opts)
   local op = "hero.data.downstream.ClipListDataset"
