@@ -89,6 +89,26 @@ describe("HERO pre-training model against the reference", function()
     assert.parity(lse.loss_neg_ctx, expected.lse_loss_neg_ctx, "activations")
     assert.parity(lse.loss, expected.lse_loss, "activations")
   end)
+
+  it("VSM start/end predictors of another kernel size: padding kernel // 2, as the reference's Conv1d", function()
+    local b = batch("batch_vsm")
+    local opts = {vfeat_dim = cfg.constants.vfeat_dim, max_frm_seq_len = cfg.constants.max_frm_seq_len,
+      vocab_pad = cfg.constants.vocab_pad_pretraining, lw_st_ed = 0.01, drop_svmr_prob = 0, dropout = 0}
+    local m3 = hero.models.HeroForPretraining(cfg.model_config.pretrain, setmetatable({conv_kernel_size = 3},
+      {__index = opts}))
+    assert.same({1, 1, 3}, m3.video_st_predictor.weight:size())
+    local sd = m:state_dict()
+    sd["video_st_predictor.weight"], sd["video_ed_predictor.weight"] = nil, nil
+    m3:load_state_dict(sd, {strict = false}) -- every weight but the two predictors'
+    local out = hero.no_grad(function() return m3:forward(b, "vsm") end)
+    -- the frame scores conv1d'd with the 3-wide kernel, one per frame
+    assert.equal(out.st_logits_all:size(3), b.c_attn_masks:size(2))
+    for _, bad in ipairs {{conv_kernel_size = 4}, {conv_stride = 2}} do
+      helper.assert_error_contains(function()
+        hero.models.HeroForPretraining(cfg.model_config.pretrain, setmetatable(bad, {__index = opts}))
+      end, next(bad))
+    end
+  end)
 end)
 
 describe("HERO pre-training model computing only what the losses read", function()

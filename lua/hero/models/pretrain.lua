@@ -15,7 +15,8 @@ local M = nn.Module:extend("HeroForPretraining")
 -- that logits drop; 0), lw_st_ed (0.01), lw_neg_ctx (8), lw_neg_q (8), margin (0.1),
 -- ranking_loss_type ("hinge"), hard_negative ({pool_size, weight} or nil), drop_svmr_prob (0),
 -- use_all_neg (true: every in-batch negative; false: one drawn per query and per video, from
--- `generator`), nce_temp (1), dtype, generator.
+-- `generator`), nce_temp (1), conv_kernel_size (5: the start/end predictors' odd kernel; conv_stride
+-- 1 only), dtype, generator.
 function M:__init(cfg, opts)
   opts = opts or {}
   config.check_model(cfg, self.__name)
@@ -41,10 +42,21 @@ function M:__init(cfg, opts)
   local o = {init = "torch", dtype = opts.dtype, generator = opts.generator}
   local H = cfg.f_config.hidden_size
   self:add_module("video_query_linear", nn.Linear(H, H, o))
+  -- the start/end predictors: Conv1d(1, 1, conv_kernel_size, stride = conv_stride, padding =
+  -- kernel // 2, bias = False), PyTorch's default init U(+-1/sqrt(kernel))
+  local k = opts.conv_kernel_size or 5
+  if math.type(k) ~= "integer" or k < 1 or k % 2 == 0 then
+    -- an even kernel with padding k // 2 gives L + 1 outputs, which the reference's views refuse too
+    error(string.format("%s: conv_kernel_size must be an odd positive integer, got %s", self.__name, tostring(k)), 3)
+  end
+  if (opts.conv_stride or 1) ~= 1 then
+    error(string.format("%s: conv_stride %s is not supported (the frame scores need one per frame: 1)",
+      self.__name, tostring(opts.conv_stride)), 3)
+  end
   local function conv()
     local m = nn.Module:extend("Conv1d")()
-    local bound = 1 / math.sqrt(5)
-    m:register_parameter("weight", core.empty({1, 1, 5}, {dtype = opts.dtype or "f32"}):uniform_(-bound, bound,
+    local bound = 1 / math.sqrt(k)
+    m:register_parameter("weight", core.empty({1, 1, k}, {dtype = opts.dtype or "f32"}):uniform_(-bound, bound,
       opts.generator and {generator = opts.generator} or nil))
     return m
   end

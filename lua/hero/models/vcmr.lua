@@ -56,7 +56,7 @@ function Vcmr:set_train_st_ed(lw) self.opts.lw_st_ed = lw end
 local function paired_st_ed(u, Y, mask, conv_st, conv_ed)
   local N, L = Y:size(1), Y:size(2)
   local sim = core.matmul(Y, u:unsqueeze(3)):view(N, 1, L)
-  local function head(w) return F.mask_logits(core.conv1d(sim, w, nil, 2):view(N, L), mask) end
+  local function head(w) return F.mask_logits(core.conv1d(sim, w, nil, w:size(3) // 2):view(N, L), mask) end
   return head(conv_st), head(conv_ed)
 end
 

@@ -16,7 +16,7 @@ function M.st_ed_logits(u, Y, mask, conv_st, conv_ed)
   local flat = sim:reshape(Nq * Nv, 1, L)
   local m = mask:unsqueeze(1):expand(Nq, Nv, L)
   local function head(w)
-    return F.mask_logits(core.conv1d(flat, w, nil, 2):view(Nq, Nv, L), m)
+    return F.mask_logits(core.conv1d(flat, w, nil, w:size(3) // 2):view(Nq, Nv, L), m)
   end
   return head(conv_st), head(conv_ed)
 end
