@@ -1,4 +1,5 @@
 local hero = require "hero"
+local helper = require "spec_helper"
 local gradcheck = hero.testing.gradcheck
 
 local function f64(v) return hero.tensor(v, {dtype = "f64"}):requires_grad_() end
@@ -53,8 +54,8 @@ describe("autograd through reductions", function()
   end)
 
   it("refuses prod and cumprod on tensors that require grad", function()
-    assert.has_error(function() x:prod() end)
-    assert.has_error(function() x:cumprod(1) end)
+    helper.assert_error_contains(function() x:prod() end, "prod: not differentiable")
+    helper.assert_error_contains(function() x:cumprod(1) end, "cumprod: not differentiable")
   end)
 end)
 

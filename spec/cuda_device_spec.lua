@@ -110,12 +110,25 @@ describe("hero.amp.GradScaler", function()
       assert.equal(i < 3 and 8 or 16, scaler:get_scale())
     end
     assert.equal(3, stepped())
-    -- an overflow resets the count of clean steps
+    -- an overflow resets the count of clean steps: two clean steps, an overflow, then it takes
+    -- growth_interval clean steps again before the scale grows
+    for _ = 1, 2 do
+      w.grad = hero.tensor {1, 2, 3}
+      scaler:step(opt)
+      scaler:update()
+    end
+    assert.equal(2, scaler.growth_tracker)
     w.grad = hero.tensor {1, 2, 1 / 0}
     scaler:step(opt)
     scaler:update()
     assert.equal(8, scaler:get_scale())
     assert.equal(0, scaler.growth_tracker)
+    for i = 1, 3 do
+      w.grad = hero.tensor {1, 2, 3}
+      scaler:step(opt)
+      scaler:update()
+      assert.equal(i < 3 and 8 or 16, scaler:get_scale())
+    end
   end)
 
   it("unscales explicitly once per step (for gradient clipping) and accepts a parameter list", function()

@@ -731,7 +731,7 @@ describe("CUDA backend #cuda", function()
             local r = function(t) return dt == "f32" and t or t:to(dt):to("f32") end
             local want = run("cpu", "f32", r(q), r(k), r(v), mask, r(seed), opts)
             local got = run(DEVICE, dt, q, k, v, mask, seed, opts)
-            local tol = helper.tolerance[dt == "f16" and "bf16" or dt]
+            local tol = helper.tolerance[dt == "f16" and "attention_f16_device" or dt]
             for i = 1, 4 do assert.tensor_near(got[i], want[i], tol) end
           end
         end

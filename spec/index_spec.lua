@@ -340,9 +340,12 @@ describe("index and join errors", function()
 
   it("leaves the destination untouched when an index is bad", function()
     local y = hero.zeros(3, 4)
-    assert.has_error(function() y:scatter_add_(1, I({{0, 1, 2, 3}}), hero.ones(1, 4)) end)
-    assert.has_error(function() y:index_add_(1, I({0, 1, 9}), hero.ones(3, 4)) end)
-    assert.has_error(function() y:index_copy_(1, I({0, 3}), hero.ones(2, 4)) end)
+    helper.assert_error_contains(function() y:scatter_add_(1, I({{0, 1, 2, 3}}), hero.ones(1, 4)) end,
+      "scatter_add_: index 3 at position [1, 4]", "out of range")
+    helper.assert_error_contains(function() y:index_add_(1, I({0, 1, 9}), hero.ones(3, 4)) end,
+      "index_add_: index 9 at position 3", "out of range")
+    helper.assert_error_contains(function() y:index_copy_(1, I({0, 3}), hero.ones(2, 4)) end,
+      "index_copy_: index 3 at position 2", "out of range")
     for i = 1, 3 do assert.same({0, 0, 0, 0}, y[i]:totable()) end
   end)
 

@@ -258,17 +258,23 @@ describe("optimizer and loss-scaling API against torch's", function()
     assert.same({{2}, {3}}, {a.grad:totable(), b.grad:totable()}) -- both unscaled
     helper.assert_error_contains(function() sc:step(oa) end, "already called for this optimizer")
     sc:update()
-    -- an overflow in the second optimizer's gradients: it skips, the first steps, the scale backs off
-    oa:zero_grad()
-    ob:zero_grad()
-    a.grad, b.grad = hero.tensor {1024.0}, hero.tensor {math.huge}
-    local before = b:item()
-    assert.is_true(sc:step(oa))
-    assert.is_false(sc:step(ob))
-    assert.equal(before, b:item())
-    sc:update()
-    assert.equal(512, sc:get_scale())
+    -- an overflow in one optimizer's gradients (the second's, then the first's): it skips, the other
+    -- steps, and the scale backs off either way
+    for _, inf_in_b in ipairs {true, false} do
+      oa:zero_grad()
+      ob:zero_grad()
+      local s0 = sc:get_scale()
+      a.grad = hero.tensor {inf_in_b and s0 or math.huge}
+      b.grad = hero.tensor {inf_in_b and math.huge or s0}
+      local before_a, before_b = a:item(), b:item()
+      assert.equal(inf_in_b, sc:step(oa)) -- a steps when the overflow is in b
+      assert.equal(not inf_in_b, sc:step(ob))
+      assert.is_true((inf_in_b and b or a):item() == (inf_in_b and before_b or before_a))
+      sc:update()
+      assert.equal(s0 / 2, sc:get_scale())
+    end
     helper.assert_error_contains(function() sc:update() end, "no inf checks were recorded")
+    assert.equal(256, sc:get_scale())
     -- update(new_scale) keeps the count of clean updates; the state has torch's key
     local g = amp.GradScaler {init_scale = 8, growth_interval = 2}
     a.grad = hero.tensor {8.0}

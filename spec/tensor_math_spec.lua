@@ -117,6 +117,16 @@ describe("PyTorch functions composed from the C ops", function()
       "target size 3 must be the input size 2")
   end)
 
+  it("compute the reference's ranking hinge (hinge_loss) as torch's clamp(margin + neg - pos, min = 0)", function()
+    for k, c in ipairs(fx.hinge) do
+      local pos = hero.tensor(c.pos, {dtype = "f64"}):requires_grad_()
+      local out = hero.nn.functional.hinge_loss(pos, hero.tensor(c.neg, {dtype = "f64"}), c.opts)
+      close(type(c.out) == "table" and out:totable() or out:item(), c.out, "hinge case " .. k)
+      out:sum():backward()
+      close(pos.grad:totable(), c.grad, "hinge case " .. k .. " gradient")
+    end
+  end)
+
   it("refuse what they cannot do", function()
     helper.assert_error_contains(function() hero.one_hot(hero.tensor {0.5}) end, "expected an integer tensor")
     helper.assert_error_contains(function() hero.one_hot(hero.tensor({3}, {dtype = "i64"}), 2) end,
