@@ -38,15 +38,17 @@ describe("PyTorch functions composed from the C ops", function()
       local dtype = (c.name == "nan_to_num" and #c.args == 0) and "f32" or "f64"
       local x = hero.tensor(c.x, {dtype = dtype})
       if grad then x:requires_grad_() end
-      local args = hero_args(c.args)
-      local y = hero[c.name](x, table.unpack(args))
+      -- pad's amounts are a list of integers, not a tensor
+      local args = c.name == "pad" and c.args or hero_args(c.args)
+      local fn = hero[c.name] or hero.nn.functional[c.name]
+      local y = fn(x, table.unpack(args))
       close(y:totable(), c.y, label .. " value")
       if grad then
         y:sum():backward()
         close(x.grad:totable(), c.grad, label .. " gradient")
       end
-      -- the method is the same function
-      assert.equal(hero[c.name], hero.Tensor[c.name], c.name)
+      -- the method is the same function (pad lives in hero.nn.functional, as torch's)
+      if hero[c.name] then assert.equal(hero[c.name], hero.Tensor[c.name], c.name) end
     end
   end)
 

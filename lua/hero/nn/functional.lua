@@ -202,6 +202,49 @@ function F.mse_loss(x, y, opts)
   return r
 end
 
+--- pad(t, pads [, mode = "constant"] [, value = 0]) as torch.nn.functional.pad: pads = {left,
+-- right} for the last dimension, {left, right, top, bottom} for the last two, and so on; a negative
+-- amount crops. Constant mode only; differentiable (cat and narrow).
+function F.pad(t, pads, mode, value)
+  tensors("pad", "t", t)
+  if type(pads) ~= "table" or #pads % 2 ~= 0 or #pads == 0 then
+    error("pad: pads must be a list of an even number of amounts {left, right, ...}", 2)
+  end
+  if #pads // 2 > t:dim() then
+    error(string.format("pad: %d pairs of amounts for a %d-D tensor", #pads // 2, t:dim()), 2)
+  end
+  if mode ~= nil and mode ~= "constant" then
+    error("pad: mode '" .. tostring(mode) .. "' is not supported (constant)", 2)
+  end
+  value = value or 0
+  local out = t
+  for pair = 1, #pads // 2 do
+    local dim = t:dim() - pair + 1
+    local before, after = pads[2 * pair - 1], pads[2 * pair]
+    if math.type(before) ~= "integer" or math.type(after) ~= "integer" then
+      error("pad: the amounts must be integers", 2)
+    end
+    local n = out:size(dim)
+    if n + before + after < 0 then
+      error(string.format("pad: cropping %d from a dimension of size %d", -(before + after), n), 2)
+    end
+    -- crops first (negative amounts), then the constant blocks
+    local lo, hi = math.max(0, -before), math.max(0, -after)
+    if lo + hi > 0 then out = out:narrow(dim, lo + 1, n - lo - hi) end
+    local parts = {}
+    local function block(k)
+      local size = out:size()
+      size[dim] = k
+      return core.full(size, value, {dtype = out:dtype(), device = out:device()})
+    end
+    if before > 0 then parts[#parts + 1] = block(before) end
+    parts[#parts + 1] = out
+    if after > 0 then parts[#parts + 1] = block(after) end
+    if #parts > 1 then out = core.cat(parts, dim) end
+  end
+  return out
+end
+
 --- max(0, -y * (x1 - x2) + margin), PyTorch's margin_ranking_loss (y = 1 or -1, a number or tensor).
 function F.margin_ranking_loss(x1, x2, y, opts)
   tensors("margin_ranking_loss", "x1", x1, "x2", x2)
