@@ -318,6 +318,33 @@ describe("Trainer", function()
     assert.is_nil(plain:train(1)[1].parts)
   end)
 
+  it("logs the reference's running means (RunningMeter, 0.99) of every task's micro-batch losses", function()
+    local m = model(0, hero.Generator(4))
+    local meta = train.MetaLoader{tasks = task_loaders {"mlm", "fom"}, ratios = {mlm = 1, fom = 1}, accum = 2,
+      generator = hero.Generator(5)}
+    local out = tmpdir .. "/running"
+    local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      progress = false, out_dir = out}
+    local recs = tr:train(6)
+    -- by hand: the first micro-batch loss as it is, then 0.99 old + 0.01 new, per task
+    local want = {}
+    for _, r in ipairs(recs) do
+      for _, l in ipairs(r.micro_losses) do
+        want[r.task] = want[r.task] == nil and l or l * 0.01 + want[r.task] * 0.99
+      end
+      for task, v in pairs(want) do assert.near(v, r.running[task], 1e-12, task) end
+    end
+    -- TensorBoard: loss/<task> is the running mean (every task seen, at every step), loss_update/<task>
+    -- the update's own mean
+    local pts = require("hero.tensorboard").read_run(out .. "/tensorboard")
+    local at = {}
+    for _, p in ipairs(pts) do at[p.tag .. "@" .. p.step] = p.value end
+    for i, r in ipairs(recs) do
+      assert.near(r.loss, at["loss_update/" .. r.task .. "@" .. i], 1e-6)
+      for task, v in pairs(r.running) do assert.near(v, at["loss/" .. task .. "@" .. i], 1e-6) end
+    end
+  end)
+
   it("validates with the reference's metrics per task (pretrain.py's validate_*), summed over batches", function()
     local PV = require "hero.train.pretrain_valid"
     local m = model(0, hero.Generator(4))

@@ -191,6 +191,9 @@ function Trainer.new(opts)
     required_fields = opts.required_fields or Trainer.required_fields, forward_opts = opts.forward_opts,
     validators = opts.validators, on_validate = opts.on_validate,
     global_step = 0, last_saved = nil, history = {},
+    -- the reference's RunningMeter of every micro-batch loss (and VSM part) per task, smoothing
+    -- 0.99: what its scripts log as loss/<task> at every update
+    running = {},
   }, Trainer)
   self.params = type(self.model.named_parameters) == "function" and self.model:named_parameters() or nil
   if not self.params then error("Trainer: opts.model has no named_parameters method", 2) end
@@ -341,11 +344,14 @@ function Trainer:update()
     if reducer then reducer:begin() end
     if scaler then scaler:scale(out.loss):backward() else out.loss:backward() end
     losses[mb] = out.loss:item()
+    self:meter(task, losses[mb])
     tokens = tokens + count_tokens(batch, self.pad_id)
     -- the loss's parts a model reports (VSM: st_ed, neg_ctx, neg_q), averaged over the micro-batches
     if type(out.log_parts) == "table" then
       for k, v in pairs(out.log_parts) do
-        parts[k] = (parts[k] or 0) + (core.is_tensor(v) and v:item() or v) / self.accum
+        local x = core.is_tensor(v) and v:item() or v
+        parts[k] = (parts[k] or 0) + x / self.accum
+        self:meter(task .. "_" .. k, x)
       end
     end
   end
@@ -393,7 +399,17 @@ function Trainer:update()
     rec.tokens_per_s = seconds > 0 and tokens / seconds or nil
   end
   if next(parts) then rec.parts = parts end
+  local running = {}
+  for k, v in pairs(self.running) do running[k] = v end
+  rec.running = running
   return rec
+end
+
+--- The RunningMeter of name (utils/logger.py): the first value as it is, then 0.99 old + 0.01 new.
+function Trainer:meter(name, value)
+  if value ~= value then return end -- a NaN loss (a skipped f16 update) would poison the mean for good
+  local old = self.running[name]
+  self.running[name] = old == nil and value or value * (1 - 0.99) + old * 0.99
 end
 
 -- ------------------------------------------------------------------ validation
@@ -532,9 +548,14 @@ function Trainer:write_log(rec)
     local function add(tag, v)
       if type(v) == "number" and v == v and v ~= math.huge and v ~= -math.huge then self.tb:add_scalar(tag, v, step) end
     end
-    if rec.task then add("loss/" .. rec.task, rec.loss) end
+    -- loss/<name>: the reference's running means of every task seen so far (its curves overlay
+    -- these); loss_update/<task>: this update's own mean loss and parts
+    if type(rec.running) == "table" then
+      for name, v in pairs(rec.running) do add("loss/" .. name, v) end
+    end
+    if rec.task then add("loss_update/" .. rec.task, rec.loss) end
     if rec.task and type(rec.parts) == "table" then
-      for k, v in pairs(rec.parts) do add("loss/" .. rec.task .. "_" .. k, v) end
+      for k, v in pairs(rec.parts) do add("loss_update/" .. rec.task .. "_" .. k, v) end
     end
     add("lr", rec.lr)
     add("grad_norm", rec.grad_norm)
@@ -639,6 +660,7 @@ function Trainer:save()
                   grad_norm = self.grad_norm},
       world_size = self.world,
       scalers = self:scalers_state(),
+      running = self.running,
       with_grad = self:names_with_grad(),
     })
     -- the log lines and events of the updates this checkpoint covers reach the disk before it is published
@@ -747,6 +769,8 @@ function Trainer:resume(out_dir, step)
   end
   self.loader:set_state(st.loader)
   self:set_rng_state(st.rng)
+  self.running = {}
+  for k, v in pairs(type(st.running) == "table" and st.running or {}) do self.running[k] = v end
   self.global_step = step
   self.last_saved = step
   self.params_synced = false
