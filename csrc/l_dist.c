@@ -153,7 +153,7 @@ static int l_grad_reducer(lua_State *L)
     const char *op = "hero.dist.GradReducer";
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_Integer bytes = luaL_checkinteger(L, 2);
-    int n = (int)luaL_len(L, 1);
+    int n = (int)lua_rawlen(L, 1);
     hr_tensor **ts = lua_newuserdatauv(L, sizeof *ts * (size_t)(n > 0 ? n : 1), 0);
     for (int i = 0; i < n; i++) {
         lua_rawgeti(L, 1, i + 1);
@@ -181,7 +181,7 @@ static int reducer_finish(lua_State *L)
     int n = 0;
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
-        n = (int)luaL_len(L, 2);
+        n = (int)lua_rawlen(L, 2);
     }
     double *extra = lua_newuserdatauv(L, sizeof(double) * (size_t)(n > 0 ? n : 1), 0);
     for (int i = 0; i < n; i++) {

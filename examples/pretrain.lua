@@ -262,10 +262,11 @@ function sources.db(_, _, hps)
         loaders[l.name] = require("hero.data.prefetch").timed(tl)
       end
       if l.val_ids then
-        -- each rank validates its own shard (the reference's video_ids[rank::size]), all of the
-        -- same size: VSM gathers every rank's batch, so the ranks must run as many batches
+        -- each rank validates its own shard (the reference's video_ids[rank::size]); VSM's shards are
+        -- of one size (the last n % world videos left out): it gathers every rank's batch, so the
+        -- ranks must run as many batches
         local vo = {dataset = dataset(target, l.val_ids), seed = hps.seed + 1000 * i + 500, shuffle = false,
-          rank = rank, world_size = world, equal_shards = true}
+          rank = rank, world_size = world, equal_shards = l.task == "vsm"}
         for k, v in pairs(common) do vo[k] = v end
         vo.batch_size = hps.val_batch_size
         valid[l.name] = hero.data.TaskLoader(vo)
@@ -547,6 +548,13 @@ local trainer = train.Trainer{
   dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil, device = device, amp = opts.amp,
 }
 
+-- with --dist a rank that fails while the others wait in a collective ends the whole job at once
+-- (hero.dist.run), instead of leaving them to the watchdog
+local function guarded(fn, ...)
+  if opts.dist then return hero.dist.run(fn, ...) end
+  return fn(...)
+end
+
 local start = 0
 if opts.resume then
   if train.Trainer.latest_step(opts.out) then
@@ -555,7 +563,7 @@ if opts.resume then
       {"workers", "prefetch", "on_error", "save_every", "valid_every", "val_batch_size"})
     if not ok then usage(err) end
   end
-  start = trainer:resume(opts.out) or 0
+  start = guarded(trainer.resume, trainer, opts.out) or 0
   if start > 0 then io.stderr:write(string.format("resumed from %s/ckpt/step_%d\n", opts.out, start)) end
 end
 if start == 0 and rank == 0 then
@@ -565,7 +573,7 @@ end
 
 local todo = math.max(0, steps - start)
 local t0 = hero.core._now()
-trainer:train(todo)
+guarded(trainer.train, trainer, todo)
 local dt = hero.core._now() - t0
 if rank == 0 then
   io.stderr:write(string.format("%d updates in %.2f s (%.4f s per update); checkpoint %s/ckpt/step_%d\n", todo, dt,

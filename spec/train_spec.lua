@@ -485,9 +485,10 @@ describe("Trainer", function()
         scale[r.task] = r.loss_scale / 2
       else
         stepped = stepped + 1
-        -- the gradients were unscaled before clipping: the norm is the true one (f16 against f32,
-        -- from parameters that differ by the skipped updates)
-        assert.is_true(math.abs(r.grad_norm - rec32_6[i].grad_norm) <= 0.05 * rec32_6[i].grad_norm,
+        -- the gradients were unscaled before clipping: the norm is the true one, of f32's size (the
+        -- parameters differ by the skipped updates; still scaled, it would be 2^15-2^16 times larger)
+        local ratio = r.grad_norm / rec32_6[i].grad_norm
+        assert.is_true(ratio > 0.5 and ratio < 2,
           string.format("step %d: f16 gradient norm %g, f32 %g", i, r.grad_norm, rec32_6[i].grad_norm))
       end
     end

@@ -173,6 +173,27 @@ end
 
 -- Validation with the reference's metrics: each rank its own batch; the sums are added over the
 -- ranks before the metrics are made, so the results are the pooled ones of one process.
+-- VSM with drop_svmr_prob 0.8 and dropout 0.1, each rank its own batch: the keep/drop decision of the
+-- start/end loss must be the same on every rank at every update (the reference draws it from the
+-- Python `random` stream its task choice uses, alike on every rank), although dropout consumes
+-- each rank's model generator by its own batch's sizes. Writes the decisions of each rank.
+local function svmr_lockstep(common, rank)
+  local cfg = common.cfg
+  local m = hero.models.HeroForPretraining(cfg.model_config.pretrain, {
+    vfeat_dim = cfg.constants.vfeat_dim, max_frm_seq_len = cfg.constants.max_frm_seq_len,
+    vocab_pad = cfg.constants.vocab_pad_pretraining, lw_st_ed = 0.01, drop_svmr_prob = 0.8,
+    generator = hero.Generator(78)})
+  m:load_state_dict(hero.load(common.dir .. "/weights.safetensors"), {strict = false})
+  train.set_dropout(m, 0.1)
+  local loader = train.MetaLoader{tasks = {vsm = train.CyclingLoader {common.rank_batch("vsm", rank)}},
+    generator = hero.Generator(79)}
+  local tr = train.DistributedTrainer{model = m, optimizer = common.adamw(m), loader = loader, lr = 1e-5,
+    warmup = 1, total = 100, progress = false}
+  local used = {}
+  for i, r in ipairs(tr:train(16)) do used[i] = (r.parts and r.parts.st_ed ~= 0) and "1" or "0" end
+  write(string.format("%s/svmr_rank%d.txt", out, rank), table.concat(used) .. "\n")
+end
+
 local function distributed_validation(common, rank)
   local m = common.model()
   local loader = common.meta_loader(rank, function(t) return train.CyclingLoader {common.rank_batch(t, rank)} end)
@@ -330,6 +351,7 @@ dist.run(function()
     vsm_update(common, rank)
     data_parallel(common, rank)
     distributed_validation(common, rank)
+    svmr_lockstep(common, rank)
     write(string.format("%s/done_rank%d.txt", out, rank), "ok\n")
   elseif mode == "nccl" then
     local rank, world = dist.init {timeout = 120}

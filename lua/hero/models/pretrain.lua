@@ -165,7 +165,8 @@ function M:forward_vsm(batch, opts)
   local total
   -- local (start/end) loss on a fraction 1 - drop_svmr_prob of the training micro-batches
   local use_local = o.lw_st_ed ~= 0 and (evaluate or o.drop_svmr_prob == 0 or
-    core.rand({1}, self.generator and {generator = self.generator} or nil):item() > o.drop_svmr_prob)
+    (opts.draw and opts.draw() or core.rand({1}, self.generator and {generator = self.generator} or nil):item())
+      > o.drop_svmr_prob)
   if use_local then
     local u = self.video_query_linear:forward(q)
     local st_all, ed_all = vsm.st_ed_logits(u, Y, mask, self.video_st_predictor.weight, self.video_ed_predictor.weight)

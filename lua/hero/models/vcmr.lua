@@ -82,7 +82,8 @@ function Vcmr:forward(batch, task, opts)
   local red = training and "mean" or "sum"
   local parts = {}
   local use_local = o.lw_st_ed ~= 0 and (not training or o.drop_svmr_prob == 0 or
-    core.rand({1}, self.generator and {generator = self.generator} or nil):item() > o.drop_svmr_prob)
+    (opts.draw and opts.draw() or core.rand({1}, self.generator and {generator = self.generator} or nil):item())
+      > o.drop_svmr_prob)
   if use_local then
     local u = self.video_query_linear:forward(q)
     local st, ed

@@ -378,10 +378,10 @@ function FT.setup(spec)
   if spec.valid_txt_db then
     -- evaluation items (all queries, single VIOLIN statements); TVC validates on its captions
     local vds = FT.dataset(task, hps, video, spec.valid_txt_db, false)
-    -- each rank validates its share (the reference's qids[rank::size]), all shares of one size:
-    -- the ranking losses gather every rank's batch
+    -- each rank validates its share (the reference's qids[rank::size]); for VCMR/VR, shares of one
+    -- size (the last n % world queries left out): the ranking losses gather every rank's batch
     valid[hps.task] = D.Loader{dataset = vds, batch_size = hps.val_batch_size, seed = hps.seed, shuffle = false,
-      rank = rank, world_size = world, equal_shards = true}
+      rank = rank, world_size = world, equal_shards = task == "vcmr" or task == "vr"}
   end
   -- VCMR/VR: train_vcmr.py's validate_vcmr / train_vr.py's validate_vr (the evaluation-mode losses
   -- over the examples, each part divided by its weight); the other tasks log their mean loss per batch

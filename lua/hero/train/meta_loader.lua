@@ -177,6 +177,14 @@ end
 
 --- The loader's resumable state: micro-step counter, current task, the generator and every task
 -- loader's state (plain values, for hero.save).
+
+--- A uniform number in [0, 1) from the task-draw stream: the reference draws its other per-step
+-- choice (VSM's drop of the start/end loss, random.random()) from the one Python `random` stream
+-- its task choice uses, seeded alike on every rank, so every rank keeps or drops it together.
+function MetaLoader:uniform()
+  return core.rand({1}, {dtype = "f64", generator = self.generator}):item()
+end
+
 function MetaLoader:state()
   local loaders = {}
   for _, name in ipairs(self.order) do loaders[name] = self.tasks[name]:state() end

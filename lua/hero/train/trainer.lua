@@ -258,10 +258,14 @@ end
 --- The options handed to model:forward: opts.forward_opts's, plus all_gather in a distributed run.
 function Trainer:forward_options(task, step)
   local fopts = self.forward_opts and self.forward_opts(task, step) or nil
-  if self.gather then
+  local loader = self.loader
+  if self.gather or type(loader.uniform) == "function" then
     local o = {}
     if fopts then for k, v in pairs(fopts) do o[k] = v end end
-    if o.all_gather == nil then o.all_gather = self.gather end
+    if self.gather and o.all_gather == nil then o.all_gather = self.gather end
+    -- the models' per-step draws (VSM's start/end loss drop) come from the task-draw stream, in
+    -- step on every rank, as the reference's Python `random`
+    if type(loader.uniform) == "function" and o.draw == nil then o.draw = function() return loader:uniform() end end
     fopts = o
   end
   return fopts
@@ -359,14 +363,21 @@ function Trainer:update()
   for _, l in ipairs(losses) do sum = sum + l end
   local mean_loss = sum / #losses
   if self.dist then
-    -- the gradients, this rank's mean loss and token count
+    -- the gradients, and this rank's mean loss, token count and loss parts: the log holds the
+    -- ranks' means (every rank trains the same task, so the parts have the same names)
+    local part_names = {}
+    for k in pairs(parts) do part_names[#part_names + 1] = k end
+    table.sort(part_names)
+    local extra = {mean_loss, tokens}
+    for i, k in ipairs(part_names) do extra[2 + i] = parts[k] end
     local m
     if self:grad_reducer() then
-      m = self:grad_reducer():finish({mean_loss, tokens})
+      m = self:grad_reducer():finish(extra)
     else
-      m = self.dist.average_gradients(self.params, {mean_loss, tokens})
+      m = self.dist.average_gradients(self.params, extra)
     end
     mean_loss, tokens = m[1], math.floor(m[2] * self.world + 0.5)
+    for i, k in ipairs(part_names) do parts[k] = m[2 + i] end
   end
   self.global_step = self.global_step + 1
   local lr = optim.warmup_linear(self.base_lr, self.global_step, self.warmup, self.total)
