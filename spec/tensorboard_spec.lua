@@ -48,4 +48,45 @@ describe("TensorBoard event files", function()
     helper.assert_error_contains(function() tb.Writer("/proc/hero-nope/x") end,
       "tensorboard.Writer: fs_mkdir: cannot create the directory '/proc/hero-nope'")
   end)
+  -- Checked against bytes serialised by TensorBoard's own protocol buffers and against what its
+  -- EventAccumulator shows (spec/fixtures/gen/tensorboard_events.py).
+  describe("against TensorBoard", function()
+    local golden = helper.load_fixture("tensorboard/events.lua")
+
+    -- The TFRecord payloads of an event file, in order.
+    local function bodies(path)
+      local f = assert(io.open(path, "rb"))
+      local data = f:read("a")
+      f:close()
+      local out, pos = {}, 1
+      while pos <= #data do
+        local len = string.unpack("<I8", data, pos)
+        out[#out + 1] = data:sub(pos + 12, pos + 11 + len)
+        pos = pos + 16 + len
+      end
+      return out
+    end
+
+    it("encodes scalars and session starts as TensorBoard's Event messages", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      local w = tb.Writer(dir)
+      w:add_session_start(3)
+      w:add_scalar("loss/mlm", 0.25, 7)
+      w:close()
+      local got = bodies(w.path)
+      assert.equal(3, #got)
+      -- the same bytes after the wall time (field 1: a key byte and a double)
+      assert.equal(golden.session_start_step_3:sub(10), got[2]:sub(10))
+      assert.equal(golden.scalar_step_7:sub(10), got[3]:sub(10))
+      os.execute("rm -r '" .. dir .. "'")
+    end)
+
+    it("reads a resumed run written by TensorBoard as TensorBoard shows it", function()
+      local pts = tb.read_run(helper.fixture("tensorboard/resumed"))
+      local shown = {}
+      for _, p in ipairs(pts) do shown[#shown + 1] = {p.step, p.value} end
+      assert.same(golden.resumed_shown, shown)
+    end)
+  end)
 end)

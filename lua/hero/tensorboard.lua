@@ -63,7 +63,8 @@ end
 local function key(field, wire) return varint((field << 3) | wire) end
 local function bytes_field(field, s) return key(field, 2) .. varint(#s) .. s end
 
---- Event{wall_time = 1 (double), step = 2 (int64), file_version = 3 (string) | summary = 5 (Summary)}
+--- Event{wall_time = 1 (double), step = 2 (int64), file_version = 3 (string) | summary = 5 (Summary) |
+-- session_log = 7 (SessionLog)}
 local function event(wall_time, step, body_field, body)
   local s = key(1, 1) .. string.pack("<d", wall_time)
   if step then s = s .. key(2, 0) .. varint(step) end
@@ -145,8 +146,8 @@ end
 function Writer:add_session_start(step)
   if not self.file then error("tensorboard.Writer: the writer is closed", 2) end
   if math.type(step) ~= "integer" then error("tensorboard.Writer:add_session_start(step): expected an integer", 2) end
-  -- Event.session_log = 6: SessionLog{status = 1 (enum; START = 1)}
-  self.file:write(tensorboard.record(event(wall_time(), step, 6, key(1, 0) .. varint(1))))
+  -- Event.session_log = 7: SessionLog{status = 1 (enum; START = 1)}
+  self.file:write(tensorboard.record(event(wall_time(), step, 7, key(1, 0) .. varint(1))))
 end
 
 --- The file's bytes reach the disk (fsync); called before a checkpoint that covers them is published.
@@ -235,8 +236,8 @@ local function read_events(path)
         error("tensorboard: unexpected wire type " .. wire)
       end
     end
-    if ev[6] then
-      local st = ev[6]:byte(1) == 0x08 and read_varint(ev[6], 2) or 0
+    if ev[7] then -- Event.session_log
+      local st = ev[7]:byte(1) == 0x08 and read_varint(ev[7], 2) or 0
       if st == 1 then out[#out + 1] = {start = true, step = ev[2] or 0, wall_time = ev[1]} end
     end
     if ev[5] then
