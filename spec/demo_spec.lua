@@ -266,6 +266,17 @@ describe("hero.plot", function()
     assert.truthy(svg:match("</svg>\n$"))
     assert.are.same({{1, 1}, {2, 2}, {3, 3}}, hero.plot.smooth({{1, 1}, {2, 3}, {3, 3}}, 2))
   end)
+
+  it("writes well-formed XML whatever the names hold", function()
+    -- control characters have no XML form; a stray byte is not UTF-8
+    local svg = hero.plot.svg_lines{title = "loss\1\27[0m", xlabel = "caf\xe9", ylabel = "y", series = {
+      {name = "a\0b\tc", points = {{1, 1}, {2, 2}}}}}
+    assert.is_nil(svg:find("[%z\1-\8\11\12\14-\31]"))
+    assert.is_truthy(utf8.len(svg))
+    assert.truthy(svg:find("loss??[0m", 1, true))
+    assert.truthy(svg:find("caf\u{FFFD}", 1, true))
+    assert.truthy(svg:find("a?b\tc", 1, true))
+  end)
 end)
 
 describe("make demo", function()

@@ -10,8 +10,25 @@ local plot = {}
 
 local PALETTE = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"}
 
+-- XML 1.0 has no character for the C0 controls other than tab, newline and carriage return (not
+-- even as a reference), so they become "?"; a byte sequence that is not UTF-8 becomes U+FFFD.
 local function esc(s)
-  return (tostring(s):gsub("[&<>\"]", {["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;"}))
+  s = tostring(s)
+  if not utf8.len(s) then
+    local out, i = {}, 1
+    while i <= #s do
+      local ok, cp = pcall(utf8.codepoint, s, i)
+      if ok then
+        local ch = utf8.char(cp)
+        out[#out + 1], i = ch, i + #ch
+      else
+        out[#out + 1], i = "\u{FFFD}", i + 1
+      end
+    end
+    s = table.concat(out)
+  end
+  s = s:gsub("[%z\1-\8\11\12\14-\31]", "?")
+  return (s:gsub("[&<>\"]", {["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;"}))
 end
 
 local function finite(x) return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge end
