@@ -295,6 +295,23 @@ describe("HERO checkpoints and configs", function()
     bad({hidden_size = 64, num_attention_heads = 5}, "not a multiple of num_attention_heads 5")
   end)
 
+  it("names the position table and its setting when a batch has more positions than it", function()
+    local function forward_with(model_cfg, max_frm)
+      return function()
+        local m = hero.models.HeroForPretraining(model_cfg, {vfeat_dim = cfg.constants.vfeat_dim,
+          max_frm_seq_len = max_frm, vocab_pad = cfg.constants.vocab_pad_pretraining, dropout = 0})
+        m:forward(batch("batch_mlm"), "mlm")
+      end
+    end
+    local small_text = hero.json.decode(hero.json.encode(cfg.model_config.pretrain))
+    small_text.f_config.max_position_embeddings = 2
+    helper.assert_error_contains(forward_with(small_text, cfg.constants.max_frm_seq_len),
+      "SubEmbeddings (", "position_embeddings has 2 rows (the config's max_position_embeddings)",
+      "out of range for 2 rows")
+    helper.assert_error_contains(forward_with(cfg.model_config.pretrain, 1),
+      "ImageEmbeddings (", "position_embeddings has 1 rows (max_frm_seq_len")
+  end)
+
   it("initialises as the reference: init_weights' N(0, 0.02) in the encoders, PyTorch's defaults in the "
     .. "VSM heads", function()
     hero.manual_seed(11)

@@ -4,8 +4,16 @@ local nn = require "hero.nn"
 
 local M = {}
 
-local function pos_rows(table_weight, pos_ids)
-  return core.embedding(table_weight, pos_ids)
+-- The rows of owner.position_embeddings at pos_ids. A position past the table names the table and
+-- the setting that sized it (sized_by), which a bare embedding error does not.
+local function pos_rows(owner, pos_ids, sized_by)
+  local table_weight = owner.position_embeddings.weight
+  local ok, rows = pcall(core.embedding, table_weight, pos_ids)
+  if not ok then
+    owner:error("position_embeddings has %d rows (%s): %s", table_weight:size(1), sized_by,
+      tostring(rows):gsub("^[^\n]-%.lua:%d+: ", ""))
+  end
+  return rows
 end
 
 --- SubEmbeddings: LN_1e-5(word[id] + pos[pos] + type[1]) then dropout. Positions are passed
@@ -24,7 +32,8 @@ end
 --- The type-1 row, [H] (also used by the frame embeddings).
 function M.SubEmbeddings:type_row() return self.token_type_embeddings.weight[2] end
 function M.SubEmbeddings:forward(ids, pos_ids)
-  local x = self.word_embeddings:forward(ids) + pos_rows(self.position_embeddings.weight, pos_ids) + self:type_row()
+  local pos = pos_rows(self, pos_ids, "the config's max_position_embeddings")
+  local x = self.word_embeddings:forward(ids) + pos + self:type_row()
   return self.dropout:forward(self.LayerNorm:forward(x))
 end
 
@@ -47,7 +56,7 @@ end
 function M.ImageEmbeddings:forward(feats, pos_ids, type_row, masks)
   if masks then feats = feats + self.mask_embedding:forward(masks:long()) end
   local x = self.img_linear:forward(self.img_LayerNorm:forward(feats))
-  x = x + pos_rows(self.position_embeddings.weight, pos_ids) + type_row
+  x = x + pos_rows(self, pos_ids, "max_frm_seq_len: the checkpoint's frame positions, or 100") + type_row
   return self.dropout:forward(self.LayerNorm:forward(x))
 end
 
@@ -63,7 +72,7 @@ function M.FrameEmbeddings:__init(cfg, opts)
 end
 function M.FrameEmbeddings:forward(x)
   local pos = core.arange(x:size(2), {device = x:device()}):unsqueeze(1)
-  return self.dropout:forward(self.LayerNorm:forward(x + pos_rows(self.position_embeddings.weight, pos)))
+  return self.dropout:forward(self.LayerNorm:forward(x + pos_rows(self, pos, "the config's max_position_embeddings")))
 end
 
 --- The query position embedding (same computation as FrameEmbeddings, its own names).
