@@ -175,7 +175,8 @@ int hr_cuda_adamw_step(hr_adamw_item *items, int n, double beta1, double beta2, 
  * blocks starting at block0 of the stream with key: the same element-to-counter mapping as the CPU
  * (hr_random.h), so a seed gives the same mask on every device. */
 int hr_cuda_bernoulli(hr_tensor *t, const uint32_t key[2], uint64_t block0, double p, bool invert);
-/* uniform_(a, b) for float dtypes, the same mapping as the CPU (f32/bf16/f16 via u24, f64 via u53). */
+/* uniform_(a, b) for float dtypes, the same mapping and arithmetic as the CPU (hr_random.h: f32 via u24,
+ * bf16/f16 on their own grid, f64 via u53; a + (b - a) * u as one fused multiply-add). */
 int hr_cuda_uniform(hr_tensor *t, const uint32_t key[2], uint64_t block0, double a, double b);
 
 /* ------------------------------------------------------------------ autograd-aware device moves */

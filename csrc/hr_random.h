@@ -28,10 +28,11 @@
  *   uniform_(a, b), f32/bf16/f16:  B = ceil(n/4); element i: x = W[i/4][i%4], u = u24(x) for f32,
  *                                  and for the halfs u on the dtype's own grid, as PyTorch's:
  *                                  (x >> 24) * 2^-8 for bf16, (x >> 21) * 2^-11 for f16 (so
- *                                  rand never gives 1 in any dtype); value = a + (b - a) * u in
- *                                  double, rounded to the dtype.
+ *                                  rand never gives 1 in any dtype); value = fma(b - a, u, a)
+ *                                  in double (one rounding, on every build and on a GPU),
+ *                                  rounded to f32, then to bf16/f16.
  *   uniform_(a, b), f64:           B = ceil(n/2); element i: j = i/2, h = 2*(i%2);
- *                                  u = u53(W[j][h], W[j][h+1]); value = a + (b - a) * u.
+ *                                  u = u53(W[j][h], W[j][h+1]); value = fma(b - a, u, a).
  *   normal_(m, s), f32/bf16/f16:   B = ceil(n/4); Box-Muller on word pairs: element i uses block
  *                                  j = i/4 and pair q = (i%4)/2:
  *                                    u1 = ((W[j][2q] >> 8) + 1) * 2^-24   in (0, 1] (log(u1) finite)

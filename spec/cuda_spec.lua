@@ -276,6 +276,15 @@ describe("CUDA backend #cuda", function()
         for _, op in ipairs(positive) do same(dev(p)[op](dev(p)), p[op](p)) end
         if dt == "f32" or dt == "f64" then same(hero.erf(gx), hero.erf(x)) end
         same(gx:clamp(-0.5, 0.5), x:clamp(-0.5, 0.5))
+        -- PyTorch's edges: a NaN bound gives NaN everywhere, crossed bounds give max, sign(NaN) is 0
+        local nan = 0 / 0
+        local edges = hero.tensor({nan, -0.0, 0, -3, 2, 1 / 0, -1 / 0}):to(dt)
+        for _, b in ipairs {{nan, 1}, {0, nan}, {nan, nan}, {1, -1}} do
+          same(dev(edges):clamp(b[1], b[2]), edges:clamp(b[1], b[2]))
+          same(gx:clamp(b[1], b[2]), x:clamp(b[1], b[2]))
+        end
+        same(dev(edges):clamp(nan), edges:clamp(nan))
+        same(dev(edges):sign(), edges:sign())
         same(hero.where(gx:gt(0), gx, 0), hero.where(x:gt(0), x, 0))
         same(hero.logical_not(gx:gt(0)), hero.logical_not(x:gt(0)))
         local y, gy = x:clone(), gx:clone()
@@ -415,6 +424,21 @@ describe("CUDA backend #cuda", function()
         same(hero.addmm(dev(c), dev(m):t(), dev(n), 0.5, 2), hero.addmm(c, m:t(), n, 0.5, 2))
         same(hero.matmul(dev(hero.zeros(3, 0, {dtype = dt})), dev(hero.zeros(0, 2, {dtype = dt}))),
           hero.zeros(3, 2, {dtype = dt}))
+      end
+    end)
+
+    it("alpha = 0 gives beta * c without reading A @ B (BLAS's convention, as the CPU)", function()
+      -- an infinity in A: cuBLAS's 0 * inf would be NaN; the CPU scales c alone (cpu/matmul.c)
+      for _, dt in ipairs {"f32", "f64"} do
+        local m = randn({6, 4}, dt)
+        m[2][3] = 1 / 0
+        local n, c, bias = randn({4, 5}, dt), randn({6, 5}, dt), randn({5}, dt)
+        local exact = {atol = 0, rtol = 0}
+        same(hero.addmm(dev(c), dev(m), dev(n), 0.5, 0), hero.addmm(c, m, n, 0.5, 0), exact)
+        same(hero.addmm(dev(c), dev(m), dev(n), 1, 0), hero.addmm(c, m, n, 1, 0), exact)
+        same(hero.addmm(dev(bias), dev(m), dev(n), 1, 0), hero.addmm(bias, m, n, 1, 0), exact) -- a bias row
+        local nan_c = hero.full({6, 5}, 0 / 0, {dtype = dt})
+        same(hero.addmm(dev(nan_c), dev(m), dev(n), 0, 0), hero.addmm(nan_c, m, n, 0, 0), exact) -- zeros
       end
     end)
 
@@ -632,6 +656,32 @@ describe("CUDA backend #cuda", function()
       hero.manual_seed(3)
       local d2 = hero.rand(1001, {dtype = "f64", device = DEVICE})
       assert.same(d1:totable(), d2:totable())
+      -- uniform_(a, b) with a != 0 in every float dtype (a + (b - a) * u one fused multiply-add on
+      -- both; the halfs on their own grid), contiguous and strided, and the stream position after
+      for _, dt in ipairs(FLOATS) do
+        for _, ab in ipairs {{-0.1, 0.1}, {-2, 6}, {1 / 3, 0.7}} do
+          hero.manual_seed(13)
+          local c = hero.empty({3001}, {dtype = dt}):uniform_(ab[1], ab[2])
+          local after_cpu = hero.default_generator():get_state()
+          hero.manual_seed(13)
+          local g = hero.empty({3001}, {dtype = dt, device = DEVICE}):uniform_(ab[1], ab[2])
+          assert.same(c:totable(), g:totable())
+          assert.same(after_cpu, hero.default_generator():get_state())
+          hero.manual_seed(14)
+          local cs = hero.zeros(40, 9, {dtype = dt})
+          cs:narrow(2, 2, 5):t():uniform_(ab[1], ab[2])
+          hero.manual_seed(14)
+          local gs = hero.zeros(40, 9, {dtype = dt, device = DEVICE})
+          gs:narrow(2, 2, 5):t():uniform_(ab[1], ab[2])
+          assert.same(cs:totable(), gs:totable())
+        end
+        hero.manual_seed(15)
+        local r1 = hero.rand({4099}, {dtype = dt})
+        hero.manual_seed(15)
+        local r2 = hero.rand({4099}, {dtype = dt, device = DEVICE})
+        assert.same(r1:totable(), r2:totable())
+        assert.is_true(r2:max():item() < 1) -- the halfs' grid never reaches 1
+      end
       hero.manual_seed(7)
       check_grad(function(a)
         hero.manual_seed(7)

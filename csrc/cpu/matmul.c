@@ -409,17 +409,20 @@ static hr_tensor *product_cuda(hr_tensor *a, hr_tensor *b, hr_tensor *c, double 
     if (!out) return NULL;
     bool use_c = c && beta != 0;
     bool any = hr_tensor_numel(out) > 0;
+    /* alpha = 0 reads neither A nor B (BLAS's convention, as the CPU's scale_product): beta * c
+     * alone, so that an infinity or NaN in A @ B does not turn into NaN through cuBLAS's 0 * x */
+    bool product = k > 0 && alpha != 0;
     /* a linear layer's bias (a vector along the columns, added once): cuBLAS adds it to the product */
     const hr_tensor *bias = NULL;
-    if (use_c && beta == 1 && k > 0 && any && c->ndim == 1 && c->size[0] == n && n > 1 && c->dtype == a->dtype) {
+    if (use_c && beta == 1 && product && any && c->ndim == 1 && c->size[0] == n && n > 1 && c->dtype == a->dtype) {
         bias = c;
         use_c = false;
     }
     int rc = 0;
     if (use_c) rc = hr_copy_(out, c);
-    else if (k == 0 && any) rc = hr_fill_(out, 0);
+    else if (!product && any) rc = hr_fill_(out, 0);
     if (rc == 0 && any) {
-        if (k == 0) {
+        if (!product) {
             if (use_c && beta != 1) rc = hr_binary_(HR_MUL, out, hr_operand_float(beta), NULL);
         } else {
             rc = hr_cuda_matmul(a, b, a_vec, b_vec, nb, bsize, m, n, k, alpha, use_c ? beta : 0, bias, out);

@@ -53,7 +53,7 @@ static void uniform_f32_task(void *ctx, int64_t bb, int64_t be)
     uint32_t w[4];
     for (int64_t i = first; i < last; i++) {
         if (i == first || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
-        out[i] = (float)(j->a + width * ((double)(w[i & 3] >> shift) * unit));
+        out[i] = (float)fma(width, (double)(w[i & 3] >> shift) * unit, j->a); /* one rounding (as the GPU's) */
     }
 }
 
@@ -77,7 +77,7 @@ static void uniform_f64_task(void *ctx, int64_t bb, int64_t be)
     for (int64_t i = first; i < last; i++) {
         if (i == first || (i & 1) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 1), w);
         int h = 2 * (int)(i & 1);
-        out[i] = j->a + width * hr_philox_u53(w[h], w[h + 1]);
+        out[i] = fma(width, hr_philox_u53(w[h], w[h + 1]), j->a); /* one rounding (as the GPU's) */
     }
 }
 
