@@ -75,7 +75,7 @@ asan: deps
 	 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	 $(call LUA_ENV,csrc/build-asan) $(LUA) spec/run.lua
 
-# HERO end to end on the embedded synthetic dataset (a few minutes on 2 cores): preprocessing into
+# HERO end to end on the embedded synthetic dataset (under a minute on 2 cores): preprocessing into
 # LMDBs, pre-training, VCMR fine-tuning with and without pre-training, evaluation, loss curves.
 demo: build
 	@$(call LUA_ENV,$(BUILD)) $(LUA) examples/demo.lua $(DEMO_ARGS)

@@ -1,4 +1,4 @@
---- `make demo`: HERO end to end on a small embedded dataset, on the CPU, in a few minutes.
+--- `make demo`: HERO end to end on a small embedded dataset, on the CPU, in under a minute.
 --
 --   lua5.4 examples/demo.lua [--out DIR] [--data DIR] [--tiny] [--quiet] [--threads N (1)]
 --                            [--workers N (2)] [--pretrain-steps N] [--finetune-steps N] [--seed N]

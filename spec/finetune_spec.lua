@@ -547,6 +547,22 @@ describe("fine-tuning and evaluation", function()
     if tmpdir and tmpdir:match("^/tmp/") then os.execute('rm -rf "' .. tmpdir .. '"') end
   end)
 
+  it("absent keys take the argparse defaults of the task's own script (train_tvc.py's sub_ctx_len 1)", function()
+    for task, want in pairs {tvc = 1, violin = 0, videoqa = 0, vcmr = 0, vr = 0} do
+      local c = train_config(task)
+      c.sub_ctx_len = nil
+      assert.are.equal(want, FT.hparams(task, c, "cfg").sub_ctx_len, task)
+    end
+    -- a config's own value still wins
+    local c = train_config("tvc")
+    c.sub_ctx_len = 0
+    assert.are.equal(0, FT.hparams("tvc", c, "cfg").sub_ctx_len)
+    c = train_config("tvc")
+    c.max_gen_step, c.max_cap_per_vid = nil, nil
+    local hps = FT.hparams("tvc", c, "cfg")
+    assert.are.same({30, -1}, {hps.max_gen_step, hps.max_cap_per_vid})
+  end)
+
   it_db("optimizer groups: lr_mul on the heads for VideoQA / VIOLIN / TVC, never for VCMR", function()
     local function mul_of(opt, name)
       for _, e in ipairs(opt.entries) do

@@ -123,9 +123,11 @@ function FT.hparams(task, raw, source)
   local function defaults(t)
     for k, v in pairs(t) do if hps[k] == nil then hps[k] = copy({v})[1] end end
   end
-  defaults(DEFAULTS.common)
-  if task == "vcmr" or task == "vr" then defaults(DEFAULTS.vsm) end
+  -- the task's own script first: its defaults replace the shared ones (train_tvc.py's sub_ctx_len
+  -- is 1, config.py's 0), and a key set by an earlier call is no longer absent
   if DEFAULTS[task] then defaults(DEFAULTS[task]) end
+  if task == "vcmr" or task == "vr" then defaults(DEFAULTS.vsm) end
+  defaults(DEFAULTS.common)
   if not optim.by_config_name(hps.optim) then
     fail("%s: optim '%s' is not one of the reference's adamw, adam, adamax", source, tostring(hps.optim))
   end
