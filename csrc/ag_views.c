@@ -6,6 +6,7 @@
 
 #include "hr_autograd.h"
 #include "hr_autograd_ops.h"
+#include "hr_index.h"
 #include "hr_reduce.h"
 
 /* ------------------------------------------------------------------ sum_to_size */
@@ -83,6 +84,7 @@ typedef struct {
     int a, b;        /* op-specific integers (dims) */
     int64_t start;
     int perm[HR_MAX_DIMS];
+    int64_t reps[HR_MAX_DIMS]; /* repeat/tile: one count per dim of the result */
 } view_ctx;
 
 static void remember_input(view_ctx *c, const hr_tensor *in)
@@ -308,4 +310,91 @@ hr_tensor *hr_ag_cast(hr_tensor *t, hr_dtype dt)
     /* to an integer dtype the result simply has no gradient, as in PyTorch */
     if (!hr_dtype_is_float(dt)) return hr_cast(t, dt);
     return record_unary("cast", cast_backward, t, hr_cast(t, dt), NULL);
+}
+
+/* ------------------------------------------------------------------ flip / repeat / tile */
+
+/* flip's gradient is the upstream gradient flipped back along the same dims. */
+static int flip_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const view_ctx *c = node->ctx;
+    gi[0] = hr_flip((hr_tensor *)g, c->a, c->perm);
+    return gi[0] ? 0 : -1;
+}
+
+hr_tensor *hr_ag_flip(hr_tensor *t, int ndims, const int *dims)
+{
+    view_ctx *c;
+    hr_tensor *out = record_unary("flip", flip_backward, t, hr_flip(t, ndims, dims), &c);
+    if (out && c) {
+        c->a = ndims;
+        memcpy(c->perm, dims, sizeof(int) * (size_t)ndims);
+    }
+    return out;
+}
+
+/* Sums the reps copies of g along dim (g's extent there is reps x part): g viewed as
+ * [outer, reps, part, inner] summed over its second dim, so any number of dims fits the view and
+ * the sum is the reduction kernels' (accumulated in double, as sum_to_size's). */
+static hr_tensor *sum_repeats(hr_tensor *g, int dim, int64_t reps)
+{
+    int64_t outer = 1, inner = 1, part = g->size[dim] / reps;
+    for (int i = 0; i < dim; i++) outer *= g->size[i];
+    for (int i = dim + 1; i < g->ndim; i++) inner *= g->size[i];
+    hr_tensor *gc = hr_contiguous(g);
+    if (!gc) return NULL;
+    int64_t four[4] = {outer, reps, part, inner};
+    hr_tensor *v = hr_view_reshape_nocopy(gc, 4, four);
+    hr_tensor_release(gc);
+    if (!v) return NULL;
+    int one = 1;
+    hr_tensor *s = hr_sum_dims(v, &one, 1, false);
+    hr_tensor_release(v);
+    if (!s) return NULL;
+    int64_t size[HR_MAX_DIMS];
+    memcpy(size, g->size, sizeof(int64_t) * (size_t)g->ndim);
+    size[dim] = part;
+    hr_tensor *r = hr_reshape(s, g->ndim, size);
+    hr_tensor_release(s);
+    return r;
+}
+
+/* repeat's gradient: every input element receives the sum of the gradients of its copies. The
+ * result's dims are the counts' (the input left-padded with 1s); those extra dims are dropped by
+ * the final reshape to the input's shape. */
+static int repeat_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const view_ctx *c = node->ctx;
+    hr_tensor *acc = hr_cast(g, g->dtype); /* never a view of the incoming gradient */
+    for (int i = 0; acc && i < g->ndim; i++) {
+        if (c->reps[i] == 1 || g->size[i] == 0) continue;
+        hr_tensor *next = sum_repeats(acc, i, c->reps[i]);
+        hr_tensor_release(acc);
+        acc = next;
+    }
+    if (!acc) return -1;
+    int64_t numel = 1;
+    for (int i = 0; i < c->ndim; i++) numel *= c->size[i];
+    if (numel == 0 || hr_tensor_numel(acc) != numel) { /* a count of 0: no copy carried any gradient */
+        hr_tensor_release(acc);
+        gi[0] = zeros_like_ctx(c, g);
+        return gi[0] ? 0 : -1;
+    }
+    gi[0] = hr_reshape(acc, c->ndim, c->size);
+    hr_tensor_release(acc);
+    return gi[0] ? 0 : -1;
+}
+
+/* repeat (tile = false) or tile (counts padded with leading 1s to the input's dims). */
+hr_tensor *hr_ag_repeat(hr_tensor *t, int nreps, const int64_t *reps, bool tile)
+{
+    view_ctx *c;
+    hr_tensor *out = record_unary(tile ? "tile" : "repeat", repeat_backward, t,
+                                  tile ? hr_tile(t, nreps, reps) : hr_repeat(t, nreps, reps), &c);
+    if (out && c) {
+        /* the counts per dim of the result (tile pads them on the left to the input's dims) */
+        int pad = out->ndim - nreps;
+        for (int i = 0; i < out->ndim; i++) c->reps[i] = i < pad ? 1 : reps[i - pad];
+    }
+    return out;
 }

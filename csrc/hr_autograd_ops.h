@@ -16,6 +16,9 @@ hr_tensor *hr_ag_reshape(hr_tensor *t, int ndim, const int64_t *size);
 hr_tensor *hr_ag_squeeze(hr_tensor *t, int dim);
 hr_tensor *hr_ag_unsqueeze(hr_tensor *t, int dim);
 hr_tensor *hr_ag_expand(hr_tensor *t, int ndim, const int64_t *size);
+/* flip, and repeat/tile (tile: fewer counts than dims are padded with leading 1s), differentiable */
+hr_tensor *hr_ag_flip(hr_tensor *t, int ndims, const int *dims);
+hr_tensor *hr_ag_repeat(hr_tensor *t, int nreps, const int64_t *reps, bool tile);
 hr_tensor *hr_ag_contiguous(hr_tensor *t);
 hr_tensor *hr_ag_clone(hr_tensor *t);
 hr_tensor *hr_ag_cast(hr_tensor *t, hr_dtype dt);

@@ -450,8 +450,7 @@ static int l_flip(lua_State *L)
         dims[i] = d > 0 ? (int)d - 1 : (int)(d + nd);
     }
     hr_tensor *r;
-    refuse_grad(L, op, t, NULL);
-    HR_LUA_RETRY(L, r, hr_flip(t, n, dims));
+    HR_LUA_RETRY(L, r, hr_ag_flip(t, n, dims));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;
 }
@@ -465,9 +464,7 @@ static int repeat_common(lua_State *L, const char *op, bool tile)
     int64_t reps[HR_MAX_DIMS];
     int n = hr_lua_check_shape(L, 2, reps, op);
     hr_tensor *r;
-    refuse_grad(L, op, t, NULL);
-    if (tile) HR_LUA_RETRY(L, r, hr_tile(t, n, reps));
-    else HR_LUA_RETRY(L, r, hr_repeat(t, n, reps));
+    HR_LUA_RETRY(L, r, hr_ag_repeat(t, n, reps, tile));
     hr_lua_push_tensor(L, check_result(L, r, op));
     return 1;
 }

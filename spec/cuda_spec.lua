@@ -978,6 +978,9 @@ describe("CUDA backend #cuda", function()
         hero.cat {hero.ones(2, {dtype = "f32"}), hero.ones(3, {dtype = "f64"})}) -- promotes
       check_grad(function(p, q) return hero.cat({p, q:t()}, 2) end, {randn({3, 2}, "f64"), randn({4, 3}, "f64")})
       check_grad(function(p, q) return hero.stack {p, q} end, {randn({3, 2}, "f64"), randn({3, 2}, "f64")})
+      check_grad(function(p) return p:flip(1, 2) end, {randn({3, 4}, "f64")})
+      check_grad(function(p) return p:t():tile(2, 1, 3) end, {randn({3, 4}, "f64")})
+      check_grad(function(p) return p["repeat"](p, 2, 2) end, {randn({3, 4}, "f32")})
     end)
 
     it("conv1d and the elementwise losses, with gradients", function()
