@@ -907,6 +907,32 @@ describe("fine-tuning and evaluation", function()
     end
   end)
 
+  it("a key the config lacks takes the default of the task script's argparse", function()
+    local cli = hero.cli
+    -- keys a VR run never reads: train_vr.py parses train_vcmr.py's options, VCMR's evaluation too
+    local vr_unread = {task = true, vcmr_eval_video_batch_size = true, vcmr_eval_q_batch_size = true,
+      eval_with_query_type = true, max_before_nms = true, max_after_nms = true, nms_thd = true, q2c_alpha = true,
+      max_vcmr_video = true, full_eval_tasks = true, min_pred_l = true, max_pred_l = true, lw_st_ed = true}
+    for task, script in pairs(FT.REFERENCE_SCRIPT) do
+      local required = {}
+      for _, list in ipairs {FT.REQUIRED.common, FT.REQUIRED[task]} do
+        for _, k in ipairs(list) do required[k] = true end
+      end
+      local c = {}
+      for k in pairs(required) do c[k] = train_config(task)[k] end
+      local hps = FT.hparams(task, c, "cfg")
+      local n = 0
+      for _, o in ipairs(cli.REFERENCE_OPTIONS[script]) do
+        if o.default ~= nil and not required[o.name] and not FT.UNUSED_KEYS[o.name]
+            and not (task == "vr" and vr_unread[o.name]) then
+          assert.are.same(o.default, hps[o.name], script .. ".py --" .. o.name)
+          n = n + 1
+        end
+      end
+      assert.is_true(n >= 10, script)
+    end
+  end)
+
   it("TVC saves the model at each validation: train_tvc.py has no save_steps", function()
     local c = train_config("tvc")
     c.save_steps, c.valid_steps = nil, 300

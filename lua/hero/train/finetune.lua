@@ -160,9 +160,10 @@ function FT.hparams(task, raw, source)
   local function defaults(t)
     for k, v in pairs(t) do if hps[k] == nil then hps[k] = copy({v})[1] end end
   end
-  defaults(DEFAULTS.common)
-  if task == "vcmr" or task == "vr" then defaults(DEFAULTS.vsm) end
+  -- the task's own first: train_tvc.py's parser has sub_ctx_len 1 where config.py's has 0
   if DEFAULTS[task] then defaults(DEFAULTS[task]) end
+  if task == "vcmr" or task == "vr" then defaults(DEFAULTS.vsm) end
+  defaults(DEFAULTS.common)
   if task == "tvc" and raw.save_steps == nil then
     -- train_tvc.py has no save_steps: it writes the model at every validation, each valid_steps
     hps.save_steps = hps.valid_steps
