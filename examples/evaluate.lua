@@ -108,6 +108,9 @@ local function checkpoint_file(ck, run_dir)
     end
     die(string.format("no checkpoint %s in %s/ckpt (step_%s.safetensors or model_step_%s.pt)", ck, run_dir, ck, ck))
   end
+  if not run_dir and ck:match("^%d+[%w_]*$") then
+    die(string.format("checkpoint '%s' does not exist (a step is looked up in --output-dir DIR's ckpt/)", ck))
+  end
   return ck, nil -- FT.read_checkpoint names the missing file
 end
 

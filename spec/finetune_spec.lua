@@ -1378,6 +1378,10 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
       "--txt-db", txt_dir .. "/tvr_val.db"})
     assert.are.equal(2, rc)
     assert.matches("no checkpoint 9 in .*/e/ckpt %(step_9.safetensors or model_step_9.pt%)", text)
+    rc, text = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", "2", "--txt-db",
+      txt_dir .. "/tvr_val.db"})
+    assert.are.equal(2, rc)
+    assert.matches("checkpoint '2' does not exist %(a step is looked up in %-%-output%-dir DIR's ckpt/%)", text)
   end)
 
   it_db("bad input gives clear errors", function()
