@@ -1382,6 +1382,25 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
       txt_dir .. "/tvr_val.db"})
     assert.are.equal(2, rc)
     assert.matches("checkpoint '2' does not exist %(a step is looked up in %-%-output%-dir DIR's ckpt/%)", text)
+    -- eval_violin.py --save_logits: the answers in results_<split>_w_logit/
+    local c = train_config("violin")
+    c.model_config = dir .. "/model.json"
+    json.write_file(dir .. "/train-violin-e.json", c)
+    rc, text = run_example("finetune.lua", {"--task", "violin", "--config", dir .. "/train-violin-e.json",
+      "--checkpoint", dir .. "/init.safetensors", "--txt-db", txt_dir .. "/violin_test.db", "--out", dir .. "/ev",
+      "--steps", "1", "--quiet"})
+    assert.are.equal(0, rc, text)
+    rc, text = run_example("evaluate.lua", {"--task", "violin", "--output-dir", dir .. "/ev", "--checkpoint", "1",
+      "--txt-db", txt_dir .. "/violin_test.db", "--split", "test", "--save-logits", dir .. "/ev_logits.json"})
+    assert.are.equal(0, rc, text)
+    local answers = json.read_file(dir .. "/ev/results_test_w_logit/results_1_all.json")
+    local logits = json.read_file(dir .. "/ev_logits.json")
+    local n = 0
+    for qid, a in pairs(answers) do
+      assert.are.equal(logits[qid][1] > 0 and 1 or 0, a, qid) -- {qid: answer}
+      n = n + 1
+    end
+    assert.is_true(n > 0)
   end)
 
   it_db("bad input gives clear errors", function()
