@@ -3,11 +3,19 @@
 --
 --   lua5.4 examples/evaluate.lua --task vcmr --checkpoint runs/tvr/ckpt/step_5000.safetensors \
 --       --split val --txt-db txt_db/tvr_val.db --vfeat-db video_db/tv --out results.json
+--   lua5.4 examples/evaluate.lua --task vcmr --output-dir runs/tvr --checkpoint 5000 --split val \
+--       --txt-db txt_db/tvr_val.db      (writes runs/tvr/results_val/results_5000_all.json)
 --
 -- Options:
---   --task vcmr|vr|videoqa|violin|tvc   (required)
---   --checkpoint FILE    fine-tuned weights: RUN/ckpt/step_N.safetensors (or a .pt); the run's
---                        RUN/log/hps.json and RUN/log/model_config.json give the options (required)
+--   --task vcmr|vr|videoqa|violin|tvc   (required); or the reference's task name (tvr, how2r,
+--                        didemo_video_only, msrvtt_video_sub, tvqa, ...), which replaces the run's
+--   --checkpoint FILE|STEP  fine-tuned weights: RUN/ckpt/step_N.safetensors (or a .pt); the run's
+--                        RUN/log/hps.json and RUN/log/model_config.json give the options (required).
+--                        With --output-dir, a name that is not a file is a step, as the reference's
+--                        eval_*.py --checkpoint: DIR/ckpt/step_STEP.safetensors, else (a run the
+--                        reference trained) DIR/ckpt/model_step_STEP.pt
+--   --output-dir DIR     the training run's directory (the reference's --output_dir) [the
+--                        checkpoint's RUN, when it lies in RUN/ckpt/]
 --   --config FILE        training config to use instead of RUN/log/hps.json
 --   --model-config FILE  model config instead of RUN/log/model_config.json
 --   --split NAME         val, test, ... (names the corpus split of vid2dur_idx.json and the logs) [val]
@@ -19,11 +27,16 @@
 --                        lines {vid_name, clip_id, ts, descs (optional references: then scored)}
 --   --meteor-jar FILE    (TVC) METEOR 1.5's jar (needs java): METEOR among the metrics
 --   --ptb-jar FILE       (TVC) the Stanford PTBTokenizer's jar: the reference's tokenisation for scoring
---   --out FILE           the results JSON (required); for TVC a name ending in .jsonl gets the
---                        captions as JSON lines, as inf_tvc.py --output writes them
+--   --out FILE           the results JSON; for TVC a name ending in .jsonl gets the captions as JSON
+--                        lines, as inf_tvc.py --output writes them. Without it (not for TVC, whose
+--                        --output the reference requires), the run directory gets what the
+--                        reference's eval_*.py write there: RUN/results_<split>/results_<STEP>_all.json,
+--                        the --submission file below (results_<split>_w_logit/ with --save-logits)
 --   --submission FILE    also the file the reference's eval scripts write (results_<ckpt>_all.json),
 --                        what leaderboards take: VCMR / VR the submission {video2idx, VCMR, SVMR, VR},
 --                        TVQA / VIOLIN {qid: answer}, TVC the captions as JSON lines
+--   --full-eval-tasks VCMR,SVMR,VR  (VCMR) the rankings to compute, as eval_vcmr.py's --full_eval_tasks,
+--                        which does not read the run's [VCMR,SVMR,VR]
 --   --save-logits FILE   (TVQA / VIOLIN) each question's logits {qid: [...]}, as --save_logits
 --   --threads N
 --   --dist               in an MPI job (mpirun -np N ... --dist): every rank evaluates its share of
@@ -54,7 +67,7 @@ local function parse_args(argv)
   local known = {task = true, checkpoint = true, config = true, ["model-config"] = true, split = true,
                  ["txt-db"] = true, ["vfeat-db"] = true, ["sub-db"] = true, vocab = true, merges = true, out = true,
                  threads = true, dist = true, ["target-clip"] = true, ["meteor-jar"] = true, ["ptb-jar"] = true,
-                 submission = true, ["save-logits"] = true}
+                 submission = true, ["save-logits"] = true, ["output-dir"] = true, ["full-eval-tasks"] = true}
   local flags = {dist = true}
   local opts, i = {}, 1
   while i <= #argv do
@@ -79,21 +92,69 @@ local opts = parse_args(arg)
 local rank = 0
 if opts.dist then rank = hero.dist.init() end
 
+-- The weights of --checkpoint: a file, or with the run directory a step (eval_*.py's
+-- f'{output_dir}/ckpt/model_step_{checkpoint}.pt', hero's RUN/ckpt/step_N.safetensors); and the
+-- name the results file takes from it (results_<name>_all.json).
+local function checkpoint_file(ck, run_dir)
+  if exists(ck) then
+    local base = ck:match("[^/]*$")
+    return ck, base:match("^step_(.+)%.safetensors$") or base:match("^model_step_(.+)%.pt$")
+      or base:gsub("%.[^.]*$", "")
+  end
+  if run_dir and not ck:find("/", 1, true) then
+    local ckpt = run_dir .. "/ckpt/"
+    for _, p in ipairs {ckpt .. "step_" .. ck .. ".safetensors", ckpt .. "model_step_" .. ck .. ".pt"} do
+      if exists(p) then return p, ck end
+    end
+    die(string.format("no checkpoint %s in %s/ckpt (step_%s.safetensors or model_step_%s.pt)", ck, run_dir, ck, ck))
+  end
+  if not run_dir and ck:match("^%d+[%w_]*$") then
+    die(string.format("checkpoint '%s' does not exist (a step is looked up in --output-dir DIR's ckpt/)", ck))
+  end
+  return ck, nil -- FT.read_checkpoint names the missing file
+end
+
 local function main()
   if not opts.task then die("--task is required (vcmr, vr, videoqa, violin, tvc)") end
-  local task = FT.check_task(opts.task)
+  local task, ref_task = FT.task_family(opts.task)
   if not opts.checkpoint then die("--checkpoint FILE is required") end
-  if not opts.out then die("--out FILE is required") end
   if opts.threads then hero.set_num_threads(math.tointeger(tonumber(opts.threads)) or die("--threads N")) end
   local split = opts.split or "val"
-  local sd = FT.read_checkpoint(opts.checkpoint)
-  -- the run directory: RUN/ckpt/step_N.safetensors -> RUN
-  local run_dir = opts.checkpoint:match("^(.*)/ckpt/[^/]*$")
+  -- the run directory: --output-dir, else RUN of RUN/ckpt/step_N.safetensors
+  local run_dir = opts["output-dir"] or opts.checkpoint:match("^(.*)/ckpt/[^/]*$")
+  local ck_path, ck_name = checkpoint_file(opts.checkpoint, opts["output-dir"])
+  local sd = FT.read_checkpoint(ck_path)
   local hps_path = opts.config or (run_dir and run_dir .. "/log/hps.json")
   if not hps_path or not exists(hps_path) then
     die(string.format("no training config: %s not found; give --config FILE", hps_path or "RUN/log/hps.json"))
   end
-  local hps = FT.hparams(task, json.read_file(hps_path), hps_path)
+  local raw = json.read_file(hps_path)
+  if ref_task then raw.task = ref_task end -- eval_*.py's --task, not the run's, picks the datasets
+  local hps = FT.hparams(task, raw, hps_path)
+  if opts["full-eval-tasks"] then
+    if task ~= "vcmr" then die("--full-eval-tasks is for --task vcmr") end
+    local list = {}
+    for t in opts["full-eval-tasks"]:gmatch("[^,]+") do
+      if t ~= "VCMR" and t ~= "SVMR" and t ~= "VR" then
+        die("--full-eval-tasks: '" .. t .. "' is not one of VCMR, SVMR, VR")
+      end
+      list[#list + 1] = t
+    end
+    if #list == 0 then die("--full-eval-tasks names no task") end
+    hps.full_eval_tasks = list
+  elseif task == "vcmr" then
+    hps.full_eval_tasks = {"VCMR", "SVMR", "VR"} -- eval_vcmr.py's own default, whatever the run's
+  end
+  -- without --out, the reference's place in the run directory (eval_*.py's result_dir)
+  local default_out
+  if not opts.out then
+    if task == "tvc" then die("--out FILE is required (inf_tvc.py's --output)") end
+    if not (run_dir and ck_name) then
+      die("--out FILE is required (or a checkpoint of a run directory: --output-dir DIR --checkpoint STEP)")
+    end
+    default_out = string.format("%s/results_%s%s/results_%s_all.json", run_dir, split,
+      opts["save-logits"] and "_w_logit" or "", ck_name)
+  end
   local mc = opts["model-config"] or (run_dir and exists(run_dir .. "/log/model_config.json")
     and run_dir .. "/log/model_config.json") or nil
   local cfg = FT.model_config(hps, mc, hps_path)
@@ -127,7 +188,7 @@ local function main()
   local res = FT.evaluate(task, model, hps, {video = video, txt_db = txt, split = split, tokenizer = tok,
     distributed = opts.dist, clips = clips, caption_eval = caption_eval, save_logits = opts["save-logits"] ~= nil})
   if rank ~= 0 then return end
-  res.checkpoint = opts.checkpoint
+  res.checkpoint = ck_path
   -- inf_tvc.py's save_jsonl: one {vid_name, clip_id, ts, descs} per line, written whole or not at all
   local function write_captions(path)
     local lines = {}
@@ -140,16 +201,20 @@ local function main()
     json.write_file(opts["save-logits"], res.logits)
     res.logits = nil
   end
-  if task == "tvc" and opts.out:match("%.jsonl$") then
+  local function write_submission(path)
+    if task == "tvc" then write_captions(path)
+    elseif task == "vcmr" or task == "vr" then json.write_file(path, res.submission)
+    else json.write_file(path, res.results) end
+  end
+  if default_out then
+    os.execute("mkdir -p '" .. default_out:match("^(.*)/[^/]*$"):gsub("'", "'\\''") .. "'")
+    write_submission(default_out)
+  elseif task == "tvc" and opts.out:match("%.jsonl$") then
     write_captions(opts.out)
   else
     json.write_file(opts.out, res, {indent = 1})
   end
-  if opts.submission then
-    if task == "tvc" then write_captions(opts.submission)
-    elseif task == "vcmr" or task == "vr" then json.write_file(opts.submission, res.submission)
-    else json.write_file(opts.submission, res.results) end
-  end
+  if opts.submission then write_submission(opts.submission) end
   local summary = {}
   local m = res.metrics
   if type(m) == "table" then
@@ -160,7 +225,8 @@ local function main()
     if m.METEOR then summary[#summary + 1] = string.format("METEOR %.2f", m.METEOR) end
   end
   io.stderr:write(string.format("%s %s: %s in %.2f s -> %s\n", res.task, split,
-    #summary > 0 and table.concat(summary, ", ") or "predictions only", hero.core._now() - t0, opts.out))
+    #summary > 0 and table.concat(summary, ", ") or "predictions only", hero.core._now() - t0,
+    default_out or opts.out))
 end
 
 -- with --dist a rank that fails ends the whole job (the others would wait forever)

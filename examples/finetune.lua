@@ -5,9 +5,11 @@
 --       --sub-db txt_db/tv_subtitles.db --out runs/tvr [--steps N] [--resume]
 --
 -- Options:
---   --task vcmr|vr|videoqa|violin|tvc   the downstream task (required)
+--   --task vcmr|vr|videoqa|violin|tvc   the downstream task (required); or the reference's task name
+--                        (tvr, how2r, didemo_video_sub, didemo_video_only, msrvtt_video_sub,
+--                        msrvtt_video_only, tvqa, how2qa), which then replaces the config's task
 --   --config FILE        the reference's training config (train-*.json), read as it is (required)
---   --checkpoint FILE    pre-trained weights: the reference's .pt or a .safetensors file (required)
+--   --checkpoint FILE    pre-trained weights: the reference's .pt or a .safetensors file [config's checkpoint]
 --   --txt-db DIR         training text db: queries (tvr_train.db, tvqa_train.db, violin_train.db) or
 --                        the TVC caption db [config's train_query_txt_db / train_db]
 --   --vfeat-db DIR       video features: the LMDB or the directory holding id2nframe.json and
@@ -15,13 +17,15 @@
 --   --sub-db DIR         subtitle db [config's sub_txt_db]; a config whose task is didemo_video_only or
 --                        msrvtt_video_only reads none (its videos have one [CLS] segment of all frames)
 --   --model-config FILE  model config [config's model_config, also looked up next to --config]
---   --out DIR            output: log.jsonl, log/hps.json, log/model_config.json, ckpt/ (required)
+--   --out DIR            output: log.jsonl, log/hps.json, log/model_config.json, ckpt/ [config's output_dir]
 --   --steps N            train until update N [config's num_train_steps]
 --   --valid-txt-db DIR   every valid_steps: validation losses on this db and its full evaluation
---                        (retrieval metrics, accuracy, captions) into OUT/results_val/step_N.json [none]
---   --test-txt-db DIR    with --valid-txt-db: the full evaluation of this split too at every validation
---                        (as test_query_txt_db), into OUT/results_test/step_N.json [none]
---   --no-full-eval       with --valid-txt-db, the losses only
+--                        (retrieval metrics, accuracy, captions) into OUT/results_val/step_N.json
+--                        [config's val_query_txt_db, for TVC val_db]
+--   --test-txt-db DIR    the full evaluation of this split too at every validation, into
+--                        OUT/results_test/step_N.json [config's test_query_txt_db; TVC: none]
+--   --no-valid           no validation at all, whatever the config names
+--   --no-full-eval       the validation losses only
 --   --vocab FILE --merges FILE   (TVC) RoBERTa vocab.json / merges.txt: the validation captions as text,
 --                        with their BLEU, ROUGE-L and CIDEr
 --   --meteor-jar FILE    (TVC) METEOR 1.5's jar (needs java): METEOR among the validation metrics
@@ -33,8 +37,12 @@
 --   --quiet              no progress line
 --   --dist               data-parallel over MPI (mpirun -np N ...): each rank trains on its share of the
 --                        queries, the gradients are averaged, rank 0 logs and checkpoints
+--   --<option> VALUE...  any option of the reference's training script, spelled as there
+--                        (--learning_rate 1e-4, --betas 0.9 0.98, --use_all_neg, --output_dir DIR,
+--                        --nms_thd=-1): it wins over the config's value, as parse_with_config
 -- Each key of the config works as in the reference (misspellings included); keys it lacks take
--- the reference's argparse defaults, except those hero.train.finetune.REQUIRED lists.
+-- the reference's argparse defaults, except those hero.train.finetune.REQUIRED lists. TVC scores
+-- its validation captions against the config's val_ref (JSON lines) when it names one.
 require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local hero = require "hero"
 local json = hero.json
@@ -46,12 +54,12 @@ local function die(msg)
 end
 
 local function parse_args(argv)
-  local flags = {resume = true, quiet = true, ["no-full-eval"] = true, dist = true}
+  local flags = {resume = true, quiet = true, ["no-full-eval"] = true, dist = true, ["no-valid"] = true}
   local known = {task = true, config = true, checkpoint = true, ["txt-db"] = true, ["vfeat-db"] = true,
                  ["sub-db"] = true, ["model-config"] = true, out = true, steps = true, ["valid-txt-db"] = true,
                  ["test-txt-db"] = true, ["no-full-eval"] = true, vocab = true, merges = true, ["save-every"] = true,
                  resume = true, threads = true, ["on-error"] = true, quiet = true, dist = true, ["meteor-jar"] = true,
-                 ["ptb-jar"] = true}
+                 ["ptb-jar"] = true, ["no-valid"] = true}
   local opts, i = {}, 1
   while i <= #argv do
     local name = argv[i]:match("^%-%-([%w%-]+)$")
@@ -81,27 +89,96 @@ end
 
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
-local opts = parse_args(arg)
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+-- a path the config gives (JSON null, as test_query_txt_db: null, is none)
+local function path_of(v) return type(v) == "string" and v or nil end
+
+-- The task decides which reference script's options the command line may hold (train_vcmr.py's,
+-- train_tvc.py's, ...); the options hero spells itself (--task, --config, --checkpoint) stay ours.
+local family, ref_task
+do
+  local name
+  for i, a in ipairs(arg) do if a == "--task" then name = arg[i + 1] end end
+  if name == nil then die("--task is required (vcmr, vr, videoqa, violin, tvc)") end
+  local ok, f, r = pcall(FT.task_family, name)
+  if not ok then die(f) end
+  family, ref_task = f, r
+end
+local ref_values, rest, ref_given
+do
+  local ok, v, r, g = pcall(hero.cli.parse_reference, arg, FT.REFERENCE_SCRIPT[family],
+    {task = true, config = true, checkpoint = true})
+  if not ok then die(v) end
+  ref_values, rest, ref_given = v, r, g
+end
+local opts = parse_args(rest)
 local rank = 0
 if opts.dist then rank = hero.dist.init() end
 
 local function main()
-  if not opts.task then die("--task is required (vcmr, vr, videoqa, violin, tvc)") end
-  local task = FT.check_task(opts.task)
+  local task = family
   if not opts.config then die("--config FILE (the reference's train-*.json) is required") end
-  if not opts.checkpoint then die("--checkpoint FILE is required") end
-  if not opts.out then die("--out DIR is required") end
-  hero.train.check_run_dir(opts.out, opts.resume)
+  for _, pair in ipairs {{"out", "output_dir"}, {"model-config", "model_config"}, {"save-every", "save_steps"},
+                         {"vfeat-db", "vfeat_db"}, {"sub-db", "sub_txt_db"}, {"txt-db", "train_db"},
+                         {"valid-txt-db", "val_db"}} do
+    if opts[pair[1]] and ref_values[pair[2]] ~= nil then
+      die(string.format("--%s and --%s say the same: give one", pair[1], pair[2]))
+    end
+  end
   if opts.threads then hero.set_num_threads(int_arg(opts, "threads")) end
-  local raw = json.read_file(opts.config)
+  -- parse_with_config: the options given on the command line over the config's keys
+  local raw = hero.cli.with_overrides(json.read_file(opts.config), ref_values)
+  if ref_task then raw.task = ref_task end -- the reference's --task wins over the config's too
   local hps = FT.hparams(task, raw, opts.config)
+  if #ref_given > 0 and rank == 0 then
+    io.stderr:write("from the command line: ", table.concat(ref_given, ", "), "\n")
+  end
+  local out = opts.out or path_of(hps.output_dir)
+  if not out then die("--out DIR is required (the config has no output_dir)") end
+  hps.output_dir = out
+  hero.train.check_run_dir(out, opts.resume)
+  local checkpoint = opts.checkpoint or path_of(hps.checkpoint)
+  if not checkpoint then die("--checkpoint FILE is required (the config has no checkpoint)") end
   local cfg, cfg_path = FT.model_config(hps, opts["model-config"], opts.config)
   hps.model_config = cfg_path
-  hps.checkpoint = opts.checkpoint
+  hps.checkpoint = checkpoint
   hps.vfeat_db = opts["vfeat-db"] or hps.vfeat_db
   hps.sub_txt_db = opts["sub-db"] or hps.sub_txt_db
   hps.train_txt_db = opts["txt-db"] or hps.train_query_txt_db or hps.train_db
   if type(hps.vfeat_db) ~= "string" then die("no video features: give --vfeat-db DIR") end
+  -- the splits train_*.py evaluate at every valid_steps: the config's, unless the command line
+  -- names others or none (train_tvc.py reads no test_db)
+  local val_key = task == "tvc" and "val_db" or "val_query_txt_db"
+  local valid_db, test_db = opts["valid-txt-db"], opts["test-txt-db"]
+  local from_config = {}
+  if opts["no-valid"] then
+    if valid_db or test_db then die("--no-valid goes with neither --valid-txt-db nor --test-txt-db") end
+  else
+    if not valid_db and path_of(hps[val_key]) then valid_db, from_config[val_key] = hps[val_key], true end
+    if not test_db and task ~= "tvc" and not opts["no-full-eval"] and path_of(hps.test_query_txt_db) then
+      test_db, from_config.test_query_txt_db = hps.test_query_txt_db, true
+    end
+  end
+  for key, db in pairs {[val_key] = valid_db, test_query_txt_db = test_db} do
+    if from_config[key] and not (exists(db .. "/data.mdb") or exists(db .. "/cap.db/data.mdb")) then
+      die(string.format("the config's %s '%s' is not a text db: give --%s-txt-db DIR, or --no-valid", key, db,
+        key == "test_query_txt_db" and "test" or "valid"))
+    end
+  end
+  if valid_db then hps[val_key] = valid_db end
+  if test_db then hps.test_query_txt_db = test_db end
+  local val_ref = task == "tvc" and valid_db and path_of(hps.val_ref) or nil
+  if val_ref and not exists(val_ref) then
+    die(string.format("the config's val_ref '%s' (the validation captions' references) does not exist", val_ref))
+  end
+  if hps.fp16 == true and rank == 0 then
+    io.stderr:write("note: the config's fp16 is not used: ", FT.UNUSED_KEYS.fp16, "\n")
+  end
   local steps = int_arg(opts, "steps") or hps.num_train_steps
   local tok
   if opts.vocab or opts.merges then
@@ -113,13 +190,13 @@ local function main()
   end
   local jars_ok, caption_eval = pcall(hero.eval.caption.java_options, opts["meteor-jar"], opts["ptb-jar"])
   if not jars_ok then die(caption_eval) end
-  if opts["test-txt-db"] and (not opts["valid-txt-db"] or opts["no-full-eval"]) then
-    die("--test-txt-db is evaluated at each validation: it needs --valid-txt-db (and not --no-full-eval)")
+  if test_db and (not valid_db or opts["no-full-eval"]) then
+    die("--test-txt-db is evaluated at each validation: it needs a validation db (and not --no-full-eval)")
   end
   local run = FT.setup{tokenizer = tok, caption_eval = caption_eval, task = task, hps = hps, model_config = cfg,
-    checkpoint = opts.checkpoint,
-    vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = hps.train_txt_db, out_dir = opts.out,
-    valid_txt_db = opts["valid-txt-db"], test_txt_db = opts["test-txt-db"], full_eval = not opts["no-full-eval"],
+    checkpoint = checkpoint, val_ref = val_ref,
+    vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = hps.train_txt_db, out_dir = out,
+    valid_txt_db = valid_db, test_txt_db = test_db, full_eval = not opts["no-full-eval"],
     save_every = int_arg(opts, "save-every"),
     on_error = opts["on-error"], dist = opts.dist,
     progress = not opts.quiet}
@@ -129,20 +206,20 @@ local function main()
   end
   local start = 0
   if opts.resume then
-    if hero.train.Trainer.latest_step(opts.out) then
+    if hero.train.Trainer.latest_step(out) then
       -- as the reference's TrainingRestorer: the same settings as the run was started with
-      local ok, err = pcall(hero.train.check_resumed_settings, opts.out .. "/log/hps.json", hps,
-        {"save_steps", "valid_steps", "n_workers", "pin_mem"})
+      local ok, err = pcall(hero.train.check_resumed_settings, out .. "/log/hps.json", hps,
+        {"save_steps", "valid_steps", "n_workers", "pin_mem", "output_dir"})
       if not ok then die(err) end
     end
-    start = run.trainer:resume(opts.out) or 0
-    if start > 0 then io.stderr:write(string.format("resumed from %s/ckpt/step_%d\n", opts.out, start)) end
+    start = run.trainer:resume(out) or 0
+    if start > 0 then io.stderr:write(string.format("resumed from %s/ckpt/step_%d\n", out, start)) end
   end
   if start == 0 and rank == 0 then
     -- what evaluate.lua reads back (the reference's save_training_meta)
-    os.execute("mkdir -p " .. shell_quote(opts.out .. "/log"))
-    json.write_file(opts.out .. "/log/hps.json", hps, {indent = 1})
-    json.write_file(opts.out .. "/log/model_config.json", cfg, {indent = 1})
+    os.execute("mkdir -p " .. shell_quote(out .. "/log"))
+    json.write_file(out .. "/log/hps.json", hps, {indent = 1})
+    json.write_file(out .. "/log/model_config.json", cfg, {indent = 1})
   end
   local todo = math.max(0, steps - start)
   local t0 = hero.core._now()
@@ -151,7 +228,7 @@ local function main()
   if rank ~= 0 then return end
   local last = records[#records]
   io.stderr:write(string.format("%d updates in %.2f s%s; checkpoint %s/ckpt/step_%d.safetensors\n", todo, dt,
-    last and string.format(", last loss %.4f", last.loss) or "", opts.out, run.trainer.global_step))
+    last and string.format(", last loss %.4f", last.loss) or "", out, run.trainer.global_step))
   local st = run.loader.stats
   io.stderr:write(string.format("  %s: epoch %d, %d batches, %d items, %d skipped\n", hps.task, run.loader.epoch,
     st.batches, st.items, st.skipped))

@@ -20,7 +20,10 @@
 -- rate schedule, clipping, AdamW betas and decay, dropout, seed, validation and checkpoint intervals,
 -- the VSM losses and their schedules (hard negatives, start/end loss) and use_all_neg; keys it lacks
 -- take the reference's defaults (hero.train.pretrain_config). Loaders are named <task>_<target>_<split>.
--- Options given on the command line win over the config's values.
+-- Options given on the command line win over the config's values, pretrain.py's own spelled as
+-- there too (--learning_rate 5e-5, --hard_negtiave_start_step 1000, --use_all_neg, --output_dir DIR,
+-- ...), as its parse_with_config puts them over the config; a --config that holds targets (and no
+-- model) is such a config, as pretrain.py --config FILE; its output_dir is where --out defaults to.
 --
 -- Options (defaults in brackets):
 --   --train-config FILE  the reference's pre-training config (see above); with --txt-db DIR and
@@ -45,7 +48,7 @@
 --   --prefetch N         batches read ahead per task with --workers [2]
 --   --init FILE          initial weights (safetensors, reference key names) [DIR/weights.safetensors
 --                        with --fixture, else the model's random initialisation]
---   --out DIR            output directory: log.jsonl, hps.json, ckpt/ (required)
+--   --out DIR            output directory: log.jsonl, hps.json, ckpt/ (required) [--train-config's output_dir]
 --   --steps N            train until update N [10]; also the schedule's total unless --total
 --   --total N            updates of the learning-rate schedule [--steps]
 --   --resume             continue from DIR/ckpt/latest when it exists
@@ -284,11 +287,31 @@ end
 
 -- ------------------------------------------------------------------ main
 
-local opts = parse_args(arg)
-if not opts.out then usage("--out DIR is required") end
+-- pretrain.py's options (--learning_rate 3e-5, --output_dir DIR, ...), which go over the
+-- --train-config's keys as parse_with_config puts them; --config, --seed and --dropout are ours
+local ref_values, ref_given, own_args
 do
-  local ok, err = pcall(train.check_run_dir, opts.out, opts.resume)
-  if not ok then usage(err) end
+  local ok, v, rest, g = pcall(hero.cli.parse_reference, arg, "pretrain", {config = true, seed = true, dropout = true})
+  if not ok then usage(tostring(v)) end
+  ref_values, own_args, ref_given = v, rest, g
+end
+local opts = parse_args(own_args)
+-- pretrain.py --config FILE names the training config: a --config holding targets (and no
+-- model) is one, as --train-config
+if opts.config and not opts.config:match("%.lua$") then
+  local ok, t = pcall(json.decode, read_file(opts.config), {source = opts.config})
+  if ok and type(t) == "table" and t.targets ~= nil and t.f_config == nil then
+    if opts["train-config"] then usage("--config and --train-config both name a pre-training config") end
+    opts["train-config"], opts.config = opts.config, nil
+  end
+end
+if #ref_given > 0 and not opts["train-config"] then
+  usage("--" .. ref_given[1] .. " is an option of the reference's config: it goes with --train-config FILE")
+end
+for _, pair in ipairs {{"out", "output_dir"}, {"txt-db", "txt_db"}, {"img-db", "img_db"}} do
+  if opts[pair[1]] and ref_values[pair[2]] ~= nil then
+    usage(string.format("--%s and --%s say the same: give one", pair[1], pair[2]))
+  end
 end
 if opts.dist then rank, world = hero.dist.init() end
 if opts.threads then hero.set_num_threads(int_opt(opts, "threads")) end
@@ -304,14 +327,25 @@ if opts["train-config"] then
     end
   end
   local ok, t = pcall(function()
-    local c = PC.hparams(json.decode(read_file(opts["train-config"]), {source = opts["train-config"]}),
-      opts["train-config"])
+    local raw = json.decode(read_file(opts["train-config"]), {source = opts["train-config"]})
+    if type(raw) == "table" then raw = hero.cli.with_overrides(raw, ref_values) end
+    local c = PC.hparams(raw, opts["train-config"])
     return {c, PC.targets(c, {txt_db = opts["txt-db"], img_db = opts["img-db"]}, FT.video_db_dir)}
   end)
   if not ok then usage((tostring(t):gsub("^[^\n]-:%d+: ", ""))) end
   tc, tc_targets = t[1], t[2]
+  if tc.fp16 == true and not opts.amp and rank == 0 then
+    io.stderr:write("note: the config's fp16 is not used: ", PC.UNUSED_KEYS.fp16, "\n")
+  end
+  -- pretrain.py's output_dir, unless --out names another
+  if not opts.out and type(tc.output_dir) == "string" then opts.out = tc.output_dir end
 elseif opts["txt-db"] or opts["img-db"] then
   usage("--txt-db and --img-db are the roots of a --train-config's paths")
+end
+if not opts.out then usage("--out DIR is required") end
+do
+  local ok, err = pcall(train.check_run_dir, opts.out, opts.resume)
+  if not ok then usage(err) end
 end
 
 local source

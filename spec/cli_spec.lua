@@ -45,6 +45,55 @@ describe("hero.cli", function()
     os.remove(path)
   end)
 
+  it("reads the reference's options as argparse does: types, nargs '+', flags, --name=value, the last wins",
+    function()
+    local values, rest, given = cli.parse_reference({"--learning_rate", "1e-4", "--out", "run", "--betas", "0.9",
+      "0.999", "--use_all_neg", "--nms_thd=-1", "--hard_negtiave_start_step", "-1", "--vfeat_interval", " 2 ",
+      "--checkpoint", "c.pt", "--train_batch_size", "+8", "--seed", "1", "--seed", "2", "--full_eval_tasks", "VR",
+      "SVMR", "--quiet"}, "train_vcmr", {checkpoint = true})
+    assert.same({learning_rate = 1e-4, betas = {0.9, 0.999}, use_all_neg = true, nms_thd = -1.0,
+      hard_negtiave_start_step = {-1}, vfeat_interval = 2.0, train_batch_size = 8, seed = 2,
+      full_eval_tasks = {"VR", "SVMR"}}, values)
+    -- argparse's float: 2 is 2.0 (the video db's directory is resnet_slowfast_2.0, not _2)
+    assert.equal("float", math.type(values.vfeat_interval))
+    assert.equal("integer", math.type(values.train_batch_size))
+    -- what the script reads itself (kept) and what the reference's script does not have stay, in order
+    assert.same({"--out", "run", "--checkpoint", "c.pt", "--quiet"}, rest)
+    assert.same({"learning_rate", "betas", "use_all_neg", "nms_thd", "hard_negtiave_start_step", "vfeat_interval",
+      "train_batch_size", "seed", "full_eval_tasks"}, given)
+    -- each script has its own options: train_tvc.py's lsr, not train_vcmr.py's
+    local v2, r2 = cli.parse_reference({"--lsr", "0.2", "--max_gen_step", "5"}, "train_tvc")
+    assert.same({lsr = 0.2, max_gen_step = 5}, v2)
+    assert.same({}, r2)
+    local v3, r3 = cli.parse_reference({"--lsr", "0.2"}, "train_vcmr")
+    assert.same({}, v3)
+    assert.same({"--lsr", "0.2"}, r3)
+    -- inf and nan as Python's float() reads them
+    assert.equal(math.huge, cli.parse_reference({"--margin", "Infinity"}, "pretrain").margin)
+  end)
+
+  it("names the option of a bad value, a missing value, a bad choice or a flag given a value", function()
+    local function fails(argv, script, ...)
+      helper.assert_error_contains(function() cli.parse_reference(argv, script) end, ...)
+    end
+    fails({"--train_batch_size", "3.5"}, "train_vcmr", "--train_batch_size: invalid int value: '3.5'")
+    fails({"--learning_rate", "0x10"}, "train_vcmr", "--learning_rate: invalid float value: '0x10'")
+    fails({"--learning_rate"}, "train_vcmr", "--learning_rate needs a value")
+    fails({"--betas", "--seed", "1"}, "train_vcmr", "--betas needs one or more values")
+    fails({"--optim", "sgd"}, "train_vcmr", "--optim: invalid choice 'sgd' (train_vcmr.py takes adam, adamax, adamw)")
+    fails({"--full_eval_tasks", "VR", "XR"}, "train_vr", "--full_eval_tasks: invalid choice 'XR'")
+    fails({"--task", "tvqa"}, "train_vcmr", "invalid choice 'tvqa'", "tvr, didemo_video_sub, how2r, didemo_video_only")
+    fails({"--fp16=1"}, "train_tvc", "--fp16 is a flag: it takes no value (got '1')")
+    helper.assert_error_contains(function() cli.parse_reference({}, "train_qa") end,
+      "unknown script 'train_qa' (pretrain, train_tvc, train_vcmr, train_videoQA, train_violin, train_vr)")
+  end)
+
+  it("puts the command line's values over the config's keys, as parse_with_config, and drops config", function()
+    local merged = cli.with_overrides({learning_rate = 1e-4, task = "tvr", extra = 1, config = "x.json"},
+      {learning_rate = 5e-5, use_all_neg = true, config = "y.json"})
+    assert.same({learning_rate = 5e-5, task = "tvr", extra = 1, use_all_neg = true}, merged)
+  end)
+
   for _, script in ipairs {"pretrain", "finetune", "evaluate", "prepro", "demo", "parity"} do
     it("examples/" .. script .. ".lua --help prints its options", function()
       local out, rc = run("examples/" .. script .. ".lua --help")

@@ -923,6 +923,89 @@ describe("fine-tuning and evaluation", function()
     end
   end)
 
+  it("a key the config lacks takes the default of the task script's argparse", function()
+    local cli = hero.cli
+    -- keys a VR run never reads: train_vr.py parses train_vcmr.py's options, VCMR's evaluation too
+    local vr_unread = {task = true, vcmr_eval_video_batch_size = true, vcmr_eval_q_batch_size = true,
+      eval_with_query_type = true, max_before_nms = true, max_after_nms = true, nms_thd = true, q2c_alpha = true,
+      max_vcmr_video = true, full_eval_tasks = true, min_pred_l = true, max_pred_l = true, lw_st_ed = true}
+    for task, script in pairs(FT.REFERENCE_SCRIPT) do
+      local required = {}
+      for _, list in ipairs {FT.REQUIRED.common, FT.REQUIRED[task]} do
+        for _, k in ipairs(list) do required[k] = true end
+      end
+      local c = {}
+      for k in pairs(required) do c[k] = train_config(task)[k] end
+      local hps = FT.hparams(task, c, "cfg")
+      local n = 0
+      for _, o in ipairs(cli.REFERENCE_OPTIONS[script]) do
+        if o.default ~= nil and not required[o.name] and not FT.UNUSED_KEYS[o.name]
+            and not (task == "vr" and vr_unread[o.name]) then
+          assert.are.same(o.default, hps[o.name], script .. ".py --" .. o.name)
+          n = n + 1
+        end
+      end
+      assert.is_true(n >= 10, script)
+    end
+  end)
+
+  it("TVC saves the model at each validation: train_tvc.py has no save_steps", function()
+    local c = train_config("tvc")
+    c.save_steps, c.valid_steps = nil, 300
+    assert.are.equal(300, FT.hparams("tvc", c, "cfg").save_steps)
+    c.save_steps = 40 -- a config that names one (hero's own setting) keeps it
+    assert.are.equal(40, FT.hparams("tvc", c, "cfg").save_steps)
+    c = train_config("videoqa") -- the others take config.py's default
+    c.save_steps, c.valid_steps = nil, 300
+    assert.are.equal(500, FT.hparams("videoqa", c, "cfg").save_steps)
+  end)
+
+  it_db("TVC: the validation captions are scored against the config's val_ref, as train_tvc.py's TVCEval", function()
+    local hps = FT.hparams("tvc", train_config("tvc"), "cfg")
+    local tok = hero.text.Tokenizer.from_files(helper.fixture("tokenizer/roberta-base-vocab.json"),
+      helper.fixture("tokenizer/vocab.bpe"))
+    -- val_ref: every clip of the validation db, each with a reference of its own, not the db's
+    local ref = tmpdir .. "/val_ref.jsonl"
+    do
+      local src <close> = data.open_txt_db(txt_dir .. "/tvr_val.db")
+      local f <close> = assert(io.open(ref, "w"))
+      for _, e in ipairs(src:json("query_data.jsonl")) do
+        f:write(json.encode({clip_id = e.desc_id, descs = {{desc = "someone walks into the room and sits down"}}}),
+          "\n")
+      end
+    end
+    local run = FT.setup{task = "tvc", hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
+      checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+      txt_db = txt_dir .. "/tvr_val.db", valid_txt_db = txt_dir .. "/tvr_val.db", valid_every = 1, tokenizer = tok,
+      val_ref = ref, progress = false}
+    local logged = run.trainer:train(1)[1].valid.full_eval
+    local spec = {video = run.video, txt_db = txt_dir .. "/tvr_val.db", tokenizer = tok}
+    local with_db = FT.evaluate("tvc", run.model, hps, spec).metrics
+    spec.references = ref
+    local with_ref = FT.evaluate("tvc", run.model, hps, spec).metrics
+    assert.is_number(with_ref.CIDEr)
+    assert.is_number(with_ref.Bleu_1)
+    assert.are.same(with_ref, logged)
+    assert.are_not.same(with_db, with_ref)
+    -- the file's clips must be the captioned ones, as TVCEval asserts
+    local f <close> = assert(io.open(tmpdir .. "/val_ref_one.jsonl", "w"))
+    f:write('{"clip_id": 90889, "descs": [{"desc": "a man"}]}\n')
+    f:flush()
+    spec.references = tmpdir .. "/val_ref_one.jsonl"
+    helper.assert_error_contains(function() FT.evaluate("tvc", run.model, hps, spec) end,
+      "9 predicted clips for 1 reference clips")
+    -- examples/finetune.lua hands the config's val_ref on, and names one that is not there
+    local c = train_config("tvc")
+    c.val_db, c.val_ref = txt_dir .. "/tvr_val.db", tmpdir .. "/no_ref.jsonl"
+    json.write_file(tmpdir .. "/train-tvc-ref.json", c)
+    local rc, out = run_example("finetune.lua", {"--task", "tvc", "--config", tmpdir .. "/train-tvc-ref.json",
+      "--checkpoint", tmpdir .. "/init.safetensors", "--txt-db", txt_dir .. "/tvr_val.db",
+      "--out", tmpdir .. "/tvc_ref",
+      "--steps", "1", "--quiet"})
+    assert.are.equal(2, rc)
+    assert.matches("the config's val_ref '.*no_ref.jsonl' %(the validation captions' references%) does not exist", out)
+  end)
+
   it_db("MSR-VTT: queries without moments are scored from query_data.jsonl (sen_id, clip_name) as eval_vr.py",
     function()
     local run, hps = setup_run("vr")
@@ -1212,13 +1295,137 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.matches("no subtitle db", out)
   end)
 
+  it_db("takes the reference's command line: its options over the config's, --task by the reference's name",
+    function()
+    local out = dir .. "/refcli"
+    local rc, text = run_example("finetune.lua", {"--task", "how2r", "--config", dir .. "/train-tvr.json",
+      "--checkpoint", dir .. "/init.safetensors", "--txt-db", txt_dir .. "/tvr_val.db", "--vfeat-db",
+      helper.fixture("data/video_db/tv"), "--output_dir", out, "--learning_rate", "0.5", "--num_train_steps", "7",
+      "--betas", "0.8", "0.9", "--hard_negtiave_start_step", "-1", "--steps", "2", "--quiet"})
+    assert.are.equal(0, rc, text)
+    local hps = json.read_file(out .. "/log/hps.json")
+    assert.are.same({"how2r", 0.5, 7, {0.8, 0.9}, {-1}, out},
+      {hps.task, hps.learning_rate, hps.num_train_steps, hps.betas, hps.hard_negtiave_start_step, hps.output_dir})
+    assert.is_nil(hps.config) -- parse_with_config deletes it
+    -- the schedule is the command line's: warmup-linear from 0.5 over 7 updates (the config: 1e-3, 50)
+    local recs = json.read_lines(out .. "/log.jsonl")
+    assert.are.equal(hero.optim.warmup_linear(0.5, 2, 1, 7), recs[2].lr)
+    assert.are_not.equal(hero.optim.warmup_linear(0.5, 2, 1, 50), recs[2].lr)
+    -- an option of another reference script is not one of train_vcmr.py's
+    rc, text = finetune(dir .. "/refcli2", 1, {"--lsr", "0.2"})
+    assert.are.equal(2, rc)
+    assert.matches("unknown option %-%-lsr", text)
+    rc, text = finetune(dir .. "/refcli3", 1, {"--train_batch_size", "x"})
+    assert.are.equal(2, rc)
+    assert.matches("%-%-train_batch_size: invalid int value: 'x'", text)
+    rc, text = finetune(dir .. "/refcli4", 1, {"--output_dir", dir .. "/refcli5"}) -- beside finetune's --out
+    assert.are.equal(2, rc)
+    assert.matches("%-%-out and %-%-output_dir say the same: give one", text)
+  end)
+
+  it_db("reads the config's checkpoint, output_dir and validation and test dbs, as train_*.py do", function()
+    local c = json.read_file(dir .. "/train-tvr.json")
+    c.checkpoint, c.valid_steps = dir .. "/init.safetensors", 1
+    c.train_query_txt_db, c.val_query_txt_db, c.test_query_txt_db = txt_dir .. "/tvr_val.db",
+      txt_dir .. "/tvr_val.db", json.null
+    local function run(out, over, extra)
+      c.output_dir = dir .. "/" .. out
+      for k, v in pairs(over or {}) do c[k] = v end
+      json.write_file(dir .. "/train-paths.json", c)
+      local args = {"--task", "vcmr", "--config", dir .. "/train-paths.json", "--steps", "1", "--quiet"}
+      for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+      return run_example("finetune.lua", args)
+    end
+    local function exists(path)
+      local f = io.open(path, "rb")
+      if f then f:close() end
+      return f ~= nil
+    end
+    local rc, text = run("cfg1")
+    assert.are.equal(0, rc, text)
+    assert.is_true(exists(dir .. "/cfg1/ckpt/step_1.safetensors"))
+    assert.are.equal(9, #json.read_file(dir .. "/cfg1/results_val/step_1.json").submission.VR)
+    assert.is_table(json.read_lines(dir .. "/cfg1/log.jsonl")[1].valid.full_eval)
+    assert.is_false(exists(dir .. "/cfg1/results_test/step_1.json")) -- test_query_txt_db: null
+    rc, text = run("cfg2", {test_query_txt_db = txt_dir .. "/tvr_val.db"})
+    assert.are.equal(0, rc, text)
+    assert.are.equal(9, #json.read_file(dir .. "/cfg2/results_test/step_1.json").submission.VR)
+    rc, text = run("cfg3", nil, {"--no-valid"})
+    assert.are.equal(0, rc, text)
+    assert.is_nil(json.read_lines(dir .. "/cfg3/log.jsonl")[1].valid)
+    assert.is_false(exists(dir .. "/cfg3/results_val/step_1.json"))
+    rc, text = run("cfg4", {val_query_txt_db = "/nonexistent/tvr_val.db"})
+    assert.are.equal(2, rc)
+    assert.matches("the config's val_query_txt_db '/nonexistent/tvr_val.db' is not a text db: give "
+      .. "%-%-valid%-txt%-db DIR, or %-%-no%-valid", text)
+    rc, text = run("cfg5", {val_query_txt_db = json.null, checkpoint = json.null})
+    assert.are.equal(2, rc)
+    assert.matches("%-%-checkpoint FILE is required %(the config has no checkpoint%)", text)
+  end)
+
+  it_db("evaluates a run directory as eval_*.py do: --output-dir and a step, results_<split>/results_<step>_all.json",
+    function()
+    local rc, text = finetune(dir .. "/e", 2)
+    assert.are.equal(0, rc, text)
+    rc, text = run_example("evaluate.lua", {"--task", "tvr", "--output-dir", dir .. "/e", "--checkpoint", "2",
+      "--txt-db", txt_dir .. "/tvr_val.db"})
+    assert.are.equal(0, rc, text)
+    local sub = json.read_file(dir .. "/e/results_val/results_2_all.json")
+    assert.are.same({"SVMR", "VCMR", "VR", "video2idx"}, (function()
+      local ks = json.keys(sub)
+      table.sort(ks)
+      return ks
+    end)())
+    rc, text = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/e/ckpt/step_2.safetensors",
+      "--txt-db", txt_dir .. "/tvr_val.db", "--out", dir .. "/e_full.json"})
+    assert.are.equal(0, rc, text)
+    assert.are.same(json.read_file(dir .. "/e_full.json").submission, sub)
+    -- a run the reference trained names its weights model_step_<step>.pt (the name is what is
+    -- looked up here; hero.load tells the file's format by its content); eval_vcmr.py computes
+    -- its own --full_eval_tasks, not the run's
+    os.execute(string.format("cp '%s/e/ckpt/step_2.safetensors' '%s/e/ckpt/model_step_2_final.pt'", dir, dir))
+    rc, text = run_example("evaluate.lua", {"--task", "vcmr", "--output-dir", dir .. "/e", "--checkpoint", "2_final",
+      "--txt-db", txt_dir .. "/tvr_val.db", "--full-eval-tasks", "VR"})
+    assert.are.equal(0, rc, text)
+    local only_vr = json.read_file(dir .. "/e/results_val/results_2_final_all.json")
+    assert.are.same(sub.VR, only_vr.VR)
+    assert.is_nil(only_vr.VCMR)
+    rc, text = run_example("evaluate.lua", {"--task", "vcmr", "--output-dir", dir .. "/e", "--checkpoint", "9",
+      "--txt-db", txt_dir .. "/tvr_val.db"})
+    assert.are.equal(2, rc)
+    assert.matches("no checkpoint 9 in .*/e/ckpt %(step_9.safetensors or model_step_9.pt%)", text)
+    rc, text = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", "2", "--txt-db",
+      txt_dir .. "/tvr_val.db"})
+    assert.are.equal(2, rc)
+    assert.matches("checkpoint '2' does not exist %(a step is looked up in %-%-output%-dir DIR's ckpt/%)", text)
+    -- eval_violin.py --save_logits: the answers in results_<split>_w_logit/
+    local c = train_config("violin")
+    c.model_config = dir .. "/model.json"
+    json.write_file(dir .. "/train-violin-e.json", c)
+    rc, text = run_example("finetune.lua", {"--task", "violin", "--config", dir .. "/train-violin-e.json",
+      "--checkpoint", dir .. "/init.safetensors", "--txt-db", txt_dir .. "/violin_test.db", "--out", dir .. "/ev",
+      "--steps", "1", "--quiet"})
+    assert.are.equal(0, rc, text)
+    rc, text = run_example("evaluate.lua", {"--task", "violin", "--output-dir", dir .. "/ev", "--checkpoint", "1",
+      "--txt-db", txt_dir .. "/violin_test.db", "--split", "test", "--save-logits", dir .. "/ev_logits.json"})
+    assert.are.equal(0, rc, text)
+    local answers = json.read_file(dir .. "/ev/results_test_w_logit/results_1_all.json")
+    local logits = json.read_file(dir .. "/ev_logits.json")
+    local n = 0
+    for qid, a in pairs(answers) do
+      assert.are.equal(logits[qid][1] > 0 and 1 or 0, a, qid) -- {qid: answer}
+      n = n + 1
+    end
+    assert.is_true(n > 0)
+  end)
+
   it_db("bad input gives clear errors", function()
     local rc, out = finetune(dir .. "/x", 1, {"--checkpoint", dir .. "/missing.pt"})
     assert.are.equal(2, rc)
     assert.matches("checkpoint '[^']*missing.pt' does not exist", out)
     rc, out = run_example("finetune.lua", {"--task", "vqa", "--config", dir .. "/train-tvr.json"})
     assert.are.equal(2, rc)
-    assert.matches("unknown task 'vqa' %(vcmr, vr, videoqa, violin, tvc%)", out)
+    assert.matches("unknown task 'vqa' %(vcmr, vr, videoqa, violin, tvc; or the reference's tvr, how2r", out)
     rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/nope/ckpt/step_1.safetensors",
       "--out", dir .. "/r.json"})
     assert.are.equal(2, rc)

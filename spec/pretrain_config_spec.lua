@@ -238,6 +238,41 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     assert.equal(60, json.read_file(dir .. "/run3/hps.json").max_txt_len)
   end)
 
+  it_db("examples/pretrain.lua takes pretrain.py's command line: --config FILE and its options over the config's",
+    function()
+    -- pretrain.py --config CONFIG --output_dir DIR --learning_rate X --gradient_accumulation_steps 1 ...
+    local out = dir .. "/refcli"
+    local rc, text = pretrain {"--config", dir .. "/pretrain.json", "--output_dir", out, "--quiet",
+      "--learning_rate", "5e-4", "--gradient_accumulation_steps", "1", "--num_train_steps", "2",
+      "--hard_negtiave_start_step", "-1", "--lw_neg_q", "3"}
+    assert.equal(0, rc, text)
+    local recs = json.read_lines(out .. "/log.jsonl")
+    assert.equal(2, #recs) -- num_train_steps from the command line
+    assert.equal(1, #recs[1].micro_losses)
+    assert.equal(5e-4, recs[1].lr)
+    local hps = json.read_file(out .. "/hps.json")
+    assert.equal(dir .. "/pretrain.json", hps.train_config)
+    assert.same({-1}, hps.reference_config.hard_negtiave_start_step)
+    assert.equal(3.0, hps.reference_config.lw_neg_q)
+    assert.is_nil(hps.reference_config.config)
+    -- the config's output_dir is where --out defaults to
+    json.write_file(dir .. "/pretrain_out.json", released(dir, {output_dir = dir .. "/from_config"}))
+    rc, text = pretrain {"--train-config", dir .. "/pretrain_out.json", "--quiet", "--steps", "1"}
+    assert.equal(0, rc, text)
+    assert.is_true(io.open(dir .. "/from_config/ckpt/step_1.safetensors") ~= nil)
+    -- options of the reference's config need that config; one setting said twice is refused
+    rc, text = pretrain {"--fixture", helper.fixture("hero-smoke"), "--out", dir .. "/x", "--learning_rate", "1"}
+    assert.equal(2, rc)
+    assert.matches("%-%-learning_rate is an option of the reference's config: it goes with "
+      .. "%-%-train%-config FILE", text)
+    rc, text = pretrain {"--config", dir .. "/pretrain.json", "--out", dir .. "/y", "--output_dir", dir .. "/z"}
+    assert.equal(2, rc)
+    assert.matches("%-%-out and %-%-output_dir say the same: give one", text)
+    rc, text = pretrain {"--config", dir .. "/pretrain.json", "--out", dir .. "/y", "--optim", "sgd"}
+    assert.equal(2, rc)
+    assert.matches("%-%-optim: invalid choice 'sgd' %(pretrain.py takes adam, adamax, adamw%)", text)
+  end)
+
   it("is reachable as hero.train.pretrain_config, beside hero.train.pretrain_valid and .finetune", function()
     assert.equal(PC, hero.train.pretrain_config)
     assert.equal(require("hero.train.pretrain_valid"), hero.train.pretrain_valid)

@@ -1,7 +1,16 @@
---- hero.cli: `--help` for command-line scripts. A script's usage is the comment block it starts
--- with (what each of examples/*.lua documents); `--help` or `-h` prints it and exits.
+--- hero.cli: `--help` for command-line scripts, and the reference implementation's command-line
+-- options. A script's usage is the comment block it starts with (what each of examples/*.lua
+-- documents); `--help` or `-h` prints it and exits.
 --
 --   require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source)
+--
+-- The reference's training scripts (pretrain.py, train_vcmr.py, train_vr.py, train_videoQA.py,
+-- train_violin.py, train_tvc.py) take their options from argparse and a --config JSON together
+-- (config/config.py:parse_with_config): an option given on the command line wins, every other key
+-- of the JSON is set as it is (keys argparse does not know included), and what neither gives takes
+-- argparse's default. M.parse_reference reads those options, spelled as the reference spells them
+-- (--learning_rate 1e-4, --betas 0.9 0.98, --use_all_neg, --nms_thd=-1), so that
+-- examples/finetune.lua and examples/pretrain.lua take the reference's command lines.
 local M = {}
 
 --- The comment block at the top of the Lua file at `path` (a "#!" line skipped), without the
@@ -38,6 +47,201 @@ function M.help_if_asked(argv, source)
   io.stdout:write(text and text ~= "" and text .. "\n" or ("no usage found: " .. tostring(err) .. "\n"))
   io.stdout:flush()
   os.exit(0)
+end
+
+-- ------------------------------------------------------------------ the reference's options
+
+-- One option: {name, type ("int", "float", "str" or "flag": store_true), default (argparse's, nil
+-- for None), nargs = "+" (one or more values), choices}.
+local function opt(name, type_, default, extra)
+  local o = {name = name, type = type_, default = default}
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+-- config/config.py: SharedConfigs.__init__ (every training script but train_tvc.py)
+local SHARED = {
+  opt("model_config", "str"), opt("checkpoint", "str"),
+  opt("train_batch_size", "int", 16), opt("val_batch_size", "int", 20),
+  opt("gradient_accumulation_steps", "int", 16), opt("learning_rate", "float", 3e-5),
+  opt("valid_steps", "int", 1000), opt("save_steps", "int", 500),
+  opt("optim", "str", "adam", {choices = {"adam", "adamax", "adamw"}}),
+  opt("betas", "float", {0.9, 0.98}, {nargs = "+"}), opt("dropout", "float", 0.1),
+  opt("weight_decay", "float", 0.0), opt("grad_norm", "float", 0.25), opt("warmup_steps", "int", 4000),
+  opt("lr_mul", "float", 1.0), opt("num_train_steps", "int", 100000), opt("output_dir", "str"),
+  opt("sub_ctx_len", "int", 0), opt("max_clip_len", "int", 100), opt("max_txt_len", "int", 60),
+  opt("vfeat_version", "str", "resnet_slowfast"), opt("vfeat_interval", "float", 1.5),
+  opt("compressed_db", "flag", false), opt("seed", "int", 42), opt("n_workers", "int", 4),
+  opt("pin_mem", "flag", false), opt("fp16", "flag", false), opt("config", "str"),
+}
+
+-- SharedConfigs.get_vsm_args (pre-training and the retrieval tasks)
+local VSM = {
+  opt("drop_svmr_prob", "float", 0), opt("lw_neg_q", "float", 0), opt("lw_neg_ctx", "float", 0),
+  opt("lw_st_ed", "float", 1), opt("ranking_loss_type", "str", "hinge", {choices = {"hinge", "lse"}}),
+  opt("margin", "float", 0.1), opt("hard_pool_size", "int", {20}, {nargs = "+"}),
+  opt("hard_neg_weights", "float", {10}, {nargs = "+"}),
+  opt("hard_negtiave_start_step", "int", {10000}, {nargs = "+"}), -- (sic)
+  opt("train_span_start_step", "int", -1), opt("use_all_neg", "flag", false),
+}
+
+local function concat(...)
+  local out = {}
+  for _, list in ipairs {...} do for _, o in ipairs(list) do out[#out + 1] = o end end
+  return out
+end
+
+-- get_vcmr_args, which train_vr.py's main also calls (it never calls get_vr_args)
+local VCMR = concat(SHARED, {
+  opt("task", "str", "tvr", {choices = {"tvr", "didemo_video_sub", "how2r", "didemo_video_only"}}),
+  opt("vcmr_eval_video_batch_size", "int", 40), opt("vcmr_eval_q_batch_size", "int", 80),
+}, VSM, {
+  opt("eval_with_query_type", "flag", false), opt("max_before_nms", "int", 200), opt("max_after_nms", "int", 100),
+  opt("distributed_eval", "flag", false), opt("nms_thd", "float", 0.5), opt("q2c_alpha", "float", 20),
+  opt("max_vcmr_video", "int", 100),
+  opt("full_eval_tasks", "str", {"VCMR", "SVMR", "VR"}, {nargs = "+", choices = {"VCMR", "SVMR", "VR"}}),
+  opt("min_pred_l", "int", 2), opt("max_pred_l", "int", 16),
+})
+
+--- The options of each reference training script, by the script's name (without .py): lists of
+-- {name, type, default, nargs, choices} in argparse's order.
+M.REFERENCE_OPTIONS = {
+  pretrain = concat(SHARED, {
+    opt("txt_db", "str"), opt("img_db", "str"), opt("targets_ratio", "int", nil, {nargs = "+"}),
+    opt("load_partial_pretrained", "flag", false), opt("skip_layer_loading", "flag", false),
+    opt("mask_prob", "float", 0.15),
+  }, VSM),
+  train_vcmr = VCMR,
+  train_vr = VCMR,
+  train_videoQA = concat(SHARED, {
+    opt("task", "str", "tvqa", {choices = {"tvqa", "how2qa"}}), opt("lw_st_ed", "float", 1),
+  }),
+  train_violin = concat(SHARED, {opt("task", "str", "violin", {choices = {"violin"}})}),
+  -- train_tvc.py has a parser of its own, with other defaults (adamw, decay 0.01, clipping at 2)
+  train_tvc = {
+    opt("model_config", "str"), opt("checkpoint", "str"), opt("sub_txt_db", "str"), opt("vfeat_db", "str"),
+    opt("train_db", "str"), opt("val_db", "str"), opt("val_ref", "str"), opt("test_db", "str"),
+    opt("output_dir", "str"), opt("max_clip_len", "int", 100), opt("max_txt_len", "int", 60),
+    opt("max_gen_step", "int", 30), opt("vfeat_version", "str", "resnet_slowfast"),
+    opt("vfeat_interval", "float", 1.5), opt("compressed_db", "flag", false),
+    opt("train_batch_size", "int", 16), opt("val_batch_size", "int", 20),
+    opt("gradient_accumulation_steps", "int", 16), opt("learning_rate", "float", 3e-5),
+    opt("lr_mul", "float", 1.0), opt("valid_steps", "int", 1000), opt("num_train_steps", "int", 100000),
+    opt("optim", "str", "adamw", {choices = {"adam", "adamax", "adamw"}}),
+    opt("betas", "float", {0.9, 0.98}, {nargs = "+"}), opt("dropout", "float", 0.1),
+    opt("weight_decay", "float", 0.01), opt("grad_norm", "float", 2), opt("warmup_steps", "int", 4000),
+    opt("max_cap_per_vid", "int", -1), opt("lsr", "float", 0.1), opt("sub_ctx_len", "int", 1),
+    opt("seed", "int", 42), opt("fp16", "flag", false), opt("n_workers", "int", 4), opt("pin_mem", "flag", false),
+    opt("config", "str"),
+  },
+}
+
+-- argparse's test for a negative number, which it takes as a value, not as an option
+local function is_negative_number(a)
+  return a:match("^%-%d+$") ~= nil or a:match("^%-%d*%.%d+$") ~= nil
+end
+
+local function looks_like_option(a) return a:sub(1, 1) == "-" and not is_negative_number(a) end
+
+-- Python's int() and float() of a command-line word (surrounding blanks allowed, no hexadecimal)
+local function convert(o, word)
+  local s = word:match("^%s*(.-)%s*$")
+  if o.type == "int" then
+    local n = s:match("^[+-]?%d+$") and math.tointeger(tonumber(s))
+    if n then return n end
+  elseif o.type == "float" then
+    local low = s:lower()
+    local sign, rest = low:match("^([+-]?)(.*)$")
+    if rest == "inf" or rest == "infinity" then return sign == "-" and -math.huge or math.huge end
+    if rest == "nan" then return 0 / 0 end
+    local n = not low:find("x", 1, true) and tonumber(s)
+    if n then return n + 0.0 end
+  else
+    return word
+  end
+  return nil
+end
+
+local function check_choice(o, v, script)
+  if not o.choices then return end
+  for _, c in ipairs(o.choices) do if c == v then return end end
+  error(string.format("--%s: invalid choice '%s' (%s.py takes %s)", o.name, tostring(v), script,
+    table.concat(o.choices, ", ")), 0)
+end
+
+--- Reads the reference script's options out of a command line. argv: the script's arguments;
+-- script: a key of M.REFERENCE_OPTIONS; keep: a set of option names the calling script reads
+-- itself (they stay in the rest, as do options the reference's script does not have). Returns the
+-- values given ({name = value}: integers, floats, strings, true for a flag, arrays for nargs "+"),
+-- the rest of argv in its order, and the names given, in their order. Raises an error naming the
+-- option when a value is missing or is not of the option's type or choices.
+function M.parse_reference(argv, script, keep)
+  if type(argv) ~= "table" then error("parse_reference: argv must be an array of strings, got " .. type(argv), 2) end
+  local list = M.REFERENCE_OPTIONS[script]
+  if not list then
+    local names = {}
+    for k in pairs(M.REFERENCE_OPTIONS) do names[#names + 1] = k end
+    table.sort(names)
+    error(string.format("parse_reference: unknown script '%s' (%s)", tostring(script), table.concat(names, ", ")), 2)
+  end
+  keep = keep or {}
+  local by_name = {}
+  for _, o in ipairs(list) do by_name[o.name] = o end
+  local values, rest, given = {}, {}, {}
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    local name, inline = a:match("^%-%-([^=]+)=(.*)$")
+    name = name or a:match("^%-%-(.+)$")
+    local o = name and not keep[name] and by_name[name]
+    if not o then
+      rest[#rest + 1] = a
+      i = i + 1
+    else
+      i = i + 1
+      local words = {}
+      if inline then
+        words[1] = inline
+      elseif o.type ~= "flag" then
+        while argv[i] ~= nil and not looks_like_option(argv[i]) do
+          words[#words + 1] = argv[i]
+          i = i + 1
+          if o.nargs ~= "+" then break end
+        end
+      end
+      local v
+      if o.type == "flag" then
+        if inline then error(string.format("--%s is a flag: it takes no value (got '%s')", name, inline), 0) end
+        v = true
+      else
+        if #words == 0 then
+          error(string.format("--%s needs %s", name, o.nargs == "+" and "one or more values" or "a value"), 0)
+        end
+        local conv = {}
+        for k, w in ipairs(words) do
+          conv[k] = convert(o, w)
+          if conv[k] == nil then
+            error(string.format("--%s: invalid %s value: '%s'", name, o.type, w), 0)
+          end
+          check_choice(o, conv[k], script)
+        end
+        v = o.nargs == "+" and conv or conv[1]
+      end
+      if values[name] == nil then given[#given + 1] = name end
+      values[name] = v -- given twice, the last one counts (argparse's store)
+    end
+  end
+  return values, rest, given
+end
+
+--- The reference's parse_with_config on an already decoded JSON config: a copy of `config` with
+-- the command-line values (as M.parse_reference returns them) put over it.
+function M.with_overrides(config, values)
+  local out = {}
+  for k, v in pairs(config or {}) do out[k] = v end
+  for k, v in pairs(values or {}) do out[k] = v end
+  out.config = nil -- parse_with_config deletes it: hps.json never holds it
+  return out
 end
 
 return M

@@ -44,6 +44,24 @@ FT.TASK_NAMES = {
   tvc = {"tvc"},
 }
 
+-- The reference script that trains each task (its command-line options: hero.cli.REFERENCE_OPTIONS).
+FT.REFERENCE_SCRIPT = {vcmr = "train_vcmr", vr = "train_vr", videoqa = "train_videoQA", violin = "train_violin",
+                       tvc = "train_tvc"}
+
+--- Keys of the reference's configs that hero reads for nothing, with the reason (README, "Fine-tuning
+-- and evaluation"). None of them changes what is computed except fp16, which examples/finetune.lua
+-- reports when it is on.
+FT.UNUSED_KEYS = {
+  fp16 = "hero fine-tunes in f32 (the reference: apex O2 mixed precision)",
+  n_workers = "the data is read on the training thread",
+  pin_mem = "the data is read on the training thread",
+  rank = "the rank is MPI's (--dist)",
+  n_gpu = "the number of ranks is MPI's (--dist)",
+  distributed_eval = "with --dist every full evaluation is shared by the ranks; the results are the same",
+  vcmr_eval_batch_size = "no reference script reads it (the option is vcmr_eval_q_batch_size)",
+  test_db = "train_tvc.py never reads it",
+}
+
 --- Keys a config must have, per task (their argparse defaults would silently change the run).
 FT.REQUIRED = {
   common = {"learning_rate", "num_train_steps", "warmup_steps", "train_batch_size", "gradient_accumulation_steps",
@@ -96,6 +114,25 @@ function FT.check_task(task)
   return task
 end
 
+--- The CLI task and the reference's task name of a --task value: a CLI task (vcmr, vr, videoqa,
+-- violin, tvc) gives itself and nil; a reference task name (tvr, how2r, didemo_video_sub,
+-- didemo_video_only, msrvtt_video_sub, msrvtt_video_only, tvqa, how2qa) gives its CLI task and
+-- itself. Raises an error for anything else.
+function FT.task_family(name)
+  if FT.TASK_NAMES[name] then return name, nil end
+  for _, family in ipairs(FT.TASKS) do
+    for _, n in ipairs(FT.TASK_NAMES[family]) do
+      if n == name then return family, name end
+    end
+  end
+  local all = {}
+  for _, family in ipairs(FT.TASKS) do
+    for _, n in ipairs(FT.TASK_NAMES[family]) do if n ~= family then all[#all + 1] = n end end
+  end
+  fail("unknown task '%s' (%s; or the reference's %s)", tostring(name), table.concat(FT.TASKS, ", "),
+    table.concat(all, ", "))
+end
+
 --- The run's hyper-parameters: the training config (decoded JSON, as the reference writes it) with
 -- the reference's defaults for absent keys, the misspelled hard_negtiave_start_step also read as
 -- hard_negative_start_step, and `task` set to the reference's task name. `source` names the
@@ -123,11 +160,14 @@ function FT.hparams(task, raw, source)
   local function defaults(t)
     for k, v in pairs(t) do if hps[k] == nil then hps[k] = copy({v})[1] end end
   end
-  -- the task's own script first: its defaults replace the shared ones (train_tvc.py's sub_ctx_len
-  -- is 1, config.py's 0), and a key set by an earlier call is no longer absent
+  -- the task's own first: train_tvc.py's parser has sub_ctx_len 1 where config.py's has 0
   if DEFAULTS[task] then defaults(DEFAULTS[task]) end
   if task == "vcmr" or task == "vr" then defaults(DEFAULTS.vsm) end
   defaults(DEFAULTS.common)
+  if task == "tvc" and raw.save_steps == nil then
+    -- train_tvc.py has no save_steps: it writes the model at every validation, each valid_steps
+    hps.save_steps = hps.valid_steps
+  end
   if not optim.by_config_name(hps.optim) then
     fail("%s: optim '%s' is not one of the reference's adamw, adam, adamax", source, tostring(hps.optim))
   end
@@ -338,7 +378,9 @@ end
 -- evaluation of that split too at every validation, as train_*.py do with test_query_txt_db),
 -- on_error ("skip"), progress, save_every (default hps.save_steps), valid_every (default
 -- hps.valid_steps when valid_txt_db is given), dist (data-parallel over hero.dist: each rank
--- trains on its share of the queries, gradients averaged, rank 0 logs and checkpoints).
+-- trains on its share of the queries, gradients averaged, rank 0 logs and checkpoints), val_ref
+-- (TVC: the validation captions' references, JSON lines as train_tvc.py's val_ref, instead of the
+-- caption db's).
 -- Returns {model, optimizer, loader, trainer, dataset, video, report, max_token}.
 function FT.setup(spec)
   if type(spec) ~= "table" then error("finetune.setup: expected a table of options, got " .. tostring(spec), 2) end
@@ -406,7 +448,8 @@ function FT.setup(spec)
     -- OUT/results_val/step_<N>.json and its numbers logged under "full_eval"
     local function full_eval(step, txt_db, split)
       local res = FT.evaluate(task, model, hps, {video = video, txt_db = txt_db, split = split,
-        tokenizer = spec.tokenizer, caption_eval = spec.caption_eval, distributed = dist ~= nil and world > 1})
+        tokenizer = spec.tokenizer, caption_eval = spec.caption_eval, distributed = dist ~= nil and world > 1,
+        references = split == "val" and spec.val_ref or nil})
       if rank ~= 0 then return nil end
       if spec.out_dir then
         local d = spec.out_dir .. "/results_" .. split
@@ -719,6 +762,16 @@ local function eval_tvc(model, hps, cds, spec)
       with_refs = with_refs and part.with_refs
     end
   end
+  if spec.references then
+    -- train_tvc.py scores against its val_ref file (TVCEval), not the caption db
+    refs, with_refs = {}, true
+    for k, line in ipairs(json.read_lines(spec.references, {complete = true})) do
+      if type(line) ~= "table" or line.clip_id == nil or type(line.descs) ~= "table" then
+        fail("%s: line %d is not {clip_id, descs = [{desc}]}", spec.references, k)
+      end
+      refs[k] = {clip_id = line.clip_id, descs = line.descs}
+    end
+  end
   local out = {results = results, num_clips = #results}
   if with_refs and tok then
     local ev = require("hero.eval.caption").tvc_eval(refs, results, spec.caption_eval)
@@ -738,8 +791,10 @@ end
 -- every rank gets the joined results),
 -- clips (TVC: the clips to caption instead of a db, as inf_tvc.py --target_clip: a JSON-lines
 -- path or array, see ClipListDataset; scored when they carry descs), caption_eval (TVC: options
--- of hero.eval.caption.tvc_eval, e.g. meteor_jar, ptb_jar), save_logits (TVQA/VIOLIN: the
--- results also hold logits = {qid = {...}}).
+-- of hero.eval.caption.tvc_eval, e.g. meteor_jar, ptb_jar), references (TVC: a JSON-lines file of
+-- {clip_id, descs = [{desc}]}, the references the captions are scored against instead of the
+-- db's, as train_tvc.py's val_ref), save_logits (TVQA/VIOLIN: the results also hold logits =
+-- {qid = {...}}).
 -- Returns the results table:
 --   vcmr/vr: {submission = {video2idx, VCMR, SVMR, VR}, metrics, submission_nms, metrics_nms, val_log}
 --   videoqa/violin: {results = {qid = answer}, metrics = {accuracy, loss}, val_log}

@@ -25,6 +25,16 @@ local PC = {}
 
 PC.TASKS = {mlm = true, ["mfm-nce"] = true, mffr = true, fom = true, vsm = true}
 
+--- Keys of the reference's pre-training configs that hero reads for nothing, with the reason
+-- (README, "Pre-training"). Only fp16 changes what is computed; examples/pretrain.lua reports it.
+PC.UNUSED_KEYS = {
+  fp16 = "mixed precision is --amp bf16|f16 (the reference: apex O2 fp16)",
+  n_workers = "batches are made by --workers threads",
+  pin_mem = "batches are made by --workers threads",
+  rank = "the rank is MPI's (--dist)",
+  max_txt_len = "pretrain.py never hands it to its datasets: subtitles are cut at 60 tokens (--max-txt-len)",
+}
+
 --- Keys a config must have (their argparse defaults would silently change the run).
 PC.REQUIRED = {"targets", "learning_rate", "num_train_steps", "warmup_steps", "train_batch_size",
                "gradient_accumulation_steps", "optim", "weight_decay", "grad_norm", "lw_neg_ctx", "lw_neg_q",
