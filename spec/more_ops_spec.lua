@@ -1,6 +1,6 @@
 -- remainder, fmod, floor_divide, atan2, hypot, the inverse and hyperbolic trigonometric functions,
 -- exp2, frac, median, kthvalue, cummax/cummin, unique, bincount, searchsorted/bucketize,
--- count_nonzero, einsum, diff and meshgrid against torch 1.13's values and gradients
+-- count_nonzero, einsum, diff, meshgrid and cross against torch 1.13's values and gradients
 -- (spec/fixtures/gen/more_ops.py), in every layout, plus finite differences and the refusals.
 local hero = require "hero"
 local helper = require "spec_helper"
@@ -405,7 +405,7 @@ describe("unique, bincount, searchsorted, bucketize and count_nonzero against to
   end)
 end)
 
-describe("einsum, diff and meshgrid against torch", function()
+describe("einsum, diff, cross and meshgrid against torch", function()
   it("einsum: explicit and implicit equations, diagonals, ellipsis, broadcasting, with gradients", function()
     for k, c in ipairs(fx.einsum) do
       local label = string.format("einsum case %d (%s)", k, c.eq)
@@ -482,6 +482,27 @@ describe("einsum, diff and meshgrid against torch", function()
       :requires_grad_()}))
     helper.assert_error_contains(function() hero.diff(hero.tensor(1.0)) end, "diff: expected a tensor with at least")
     helper.assert_error_contains(function() hero.diff(hero.ones(3), -1) end, "diff: n must be a non-negative integer")
+  end)
+
+  it("cross along a given or the first dimension of size 3, broadcasting the others, with gradients", function()
+    for k, c in ipairs(fx.cross) do
+      local label = "cross case " .. k
+      local a, b = f64(c.a):requires_grad_(), f64(c.b):requires_grad_()
+      local y = c.dim and hero.cross(a, b, c.dim) or a:cross(b)
+      near(y, c.y, label)
+      local loss = (y * f64(c.w)):sum()
+      loss:backward()
+      near(a.grad, c.ga, label .. " gradient of a")
+      near(b.grad, c.gb, label .. " gradient of b")
+    end
+    assert.is_true(gradcheck(function(a, b) return hero.cross(a, b) end,
+      {hero.randn({3, 2}, {dtype = "f64"}):requires_grad_(), hero.randn({3, 2}, {dtype = "f64"}):requires_grad_()}))
+    helper.assert_error_contains(function() hero.cross(hero.ones(2, 2), hero.ones(2, 2)) end,
+      "cross: no dimension of size 3")
+    helper.assert_error_contains(function() hero.cross(hero.ones(3, 1), hero.ones(1, 3)) end,
+      "cross: dimension 1 must have size 3 in both inputs, got 3 and 1")
+    helper.assert_error_contains(function() hero.cross(hero.ones(3), hero.ones(1, 3)) end,
+      "cross: the inputs must have the same number of dimensions")
   end)
 
   it("meshgrid with ij and xy indexing", function()

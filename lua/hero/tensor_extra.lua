@@ -324,6 +324,42 @@ function M.install_math(hero, methods)
     end
     return table.unpack(out)
   end
+  --- cross(a, b[, dim]): the cross product of 3-vectors along dim (by default a's first dimension of
+  -- size 3, as torch.cross); a and b have as many dimensions, the others broadcasting
+  both("cross", function(a, b, dim)
+    check(a, "cross")
+    check(b, "cross")
+    if a:dim() ~= b:dim() then
+      error(string.format("cross: the inputs must have the same number of dimensions, got %d and %d", a:dim(),
+        b:dim()), 2)
+    end
+    local shape = {}
+    for d = 1, a:dim() do
+      local x, y = a:size(d), b:size(d)
+      if x ~= y and x ~= 1 and y ~= 1 then
+        error(string.format("cross: sizes %d and %d of dimension %d do not broadcast", x, y, d), 2)
+      end
+      shape[d] = x == 1 and y or x
+    end
+    if dim == nil then
+      for d = 1, #shape do if a:size(d) == 3 then dim = d; break end end -- a's, as torch's default
+      if dim == nil then error("cross: no dimension of size 3 in the inputs", 2) end
+    end
+    if math.type(dim) ~= "integer" or dim == 0 or dim > #shape or dim < -#shape then
+      error(string.format("cross: dim %s out of range for %d dimensions", tostring(dim), #shape), 2)
+    end
+    local d = dim > 0 and dim or dim + #shape + 1
+    -- the vectors themselves do not broadcast (torch refuses that too)
+    if a:size(d) ~= 3 or b:size(d) ~= 3 then
+      error(string.format("cross: dimension %d must have size 3 in both inputs, got %d and %d", dim, a:size(d),
+        b:size(d)), 2)
+    end
+    a, b = a:expand(shape), b:expand(shape)
+    local function part(t, i) return t:narrow(dim, i, 1) end
+    return hero.cat({part(a, 2) * part(b, 3) - part(a, 3) * part(b, 2),
+                     part(a, 3) * part(b, 1) - part(a, 1) * part(b, 3),
+                     part(a, 1) * part(b, 2) - part(a, 2) * part(b, 1)}, dim)
+  end)
   --- diag(t[, k = 0]): a vector's diagonal matrix, or a matrix's diagonal as a vector
   both("diag", function(t, k)
     check(t, "diag")
