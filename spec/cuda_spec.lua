@@ -1041,6 +1041,7 @@ describe("CUDA backend #cuda", function()
         function(t) return t:count_nonzero(2) end, function(t) return t:diff(1, 2) end,
         function(t) return hero.einsum("ij,kj->ik", t, t) end,
         function(t) return hero.einsum("ii", t:narrow(2, 1, 5)) end,
+        function(t) return hero.cross(t:narrow(2, 1, 3), t:narrow(2, 4, 3), 2) end,
       } do
         same(fn(dev(x)), fn(x))
       end
