@@ -209,6 +209,22 @@ describe("median, kthvalue, cummax and cummin against torch", function()
     assert.same({1, 2}, select(2, t:median(2)):totable()) -- the lower median in the stable order
   end)
 
+  it("keep the dtype of bf16, f16 and integer tensors, picking their elements exactly", function()
+    local data = {{3.5, -1.25, 2.0, 7.0, 0.5}, {1.0, 4.0, -3.0, 0.0, 6.5}}
+    local ref = hero.tensor(data, {dtype = "f64"})
+    for _, dt in ipairs {"bf16", "f16", "f32", "i32", "i64"} do
+      local x = hero.tensor(data, {dtype = dt})
+      local exact = x:double()
+      for _, r in ipairs {{x:median(2), exact:median(2)}, {x:kthvalue(4, 2), exact:kthvalue(4, 2)},
+                          {(x:cummax(2)), (exact:cummax(2))}, {(x:cummin(1)), (exact:cummin(1))},
+                          {x:unique(), exact:unique()}, {x:median(), exact:median()}} do
+        assert.equal(dt, r[1]:dtype())
+        assert.same(r[2]:totable(), r[1]:double():totable(), dt)
+      end
+      assert.same(select(2, ref:trunc():median(2)):totable(), select(2, x:median(2)):totable(), dt)
+    end
+  end)
+
   it("median of every element: torch's value and its evenly shared gradient", function()
     for k, c in ipairs(fx.selection.global) do
       local x = f64(c.x):requires_grad_()
