@@ -83,6 +83,19 @@ static hr_tensor *masked_zero(hr_tensor *cond, hr_tensor *r)
     return out;
 }
 
+/* trunc(a / b), torch's division with rounding_mode "trunc" for floats: floor above zero, ceil
+ * below (NaN stays NaN) */
+static hr_tensor *trunc_div(hr_operand a, const hr_tensor *b)
+{
+    hr_tensor *q = b ? hr_binary(HR_DIV, a, T(b), NULL) : NULL;
+    hr_tensor *up = bin_s(HR_GE, q, 0.0);
+    hr_tensor *fl = un(HR_FLOOR, q), *ce = un(HR_CEIL, q);
+    hr_tensor *r = up && fl && ce ? hr_where(up, T(fl), T(ce)) : NULL;
+    hr_tensor_release(q);
+    hr_tensor_release(up);
+    return drop2(fl, ce, r);
+}
+
 static hr_tensor *saved_or_null(hr_node *node, int slot) { return slot >= 0 ? hr_node_saved(node, slot) : NULL; }
 
 static int binary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
@@ -177,6 +190,56 @@ static int binary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
         hr_tensor_release(half);
         break;
     }
+    case HR_REMAINDER:
+    case HR_FMOD: {
+        /* a - q b with q = floor(a / b) (remainder) or trunc(a / b) (fmod), q held constant as torch
+         * does: da = g, db = -g q, q computed by torch's own rounding division */
+        if (need[0]) ga = hr_grad_pass_on(g);
+        if (need[1]) {
+            hr_operand av = c->a_is_number ? F(c->a_number) : T(a);
+            hr_tensor *q = c->op == HR_REMAINDER ? hr_binary(HR_FLOOR_DIVIDE, av, T(b), NULL) : trunc_div(av, b);
+            hr_tensor *gq = bin(HR_MUL, g, q);
+            gb = drop2(q, gq, un(HR_NEG, gq));
+        }
+        break;
+    }
+    case HR_ATAN2: {
+        /* atan2(a, b): da = g b / (a^2 + b^2), db = -g a / (a^2 + b^2) (torch's atan2_backward: NaN
+         * at the origin) */
+        hr_operand av = c->a_is_number ? F(c->a_number) : T(a), bv = c->b_is_number ? F(c->b_number) : T(b);
+        /* one side may be a number (not both: then nothing needs a gradient) */
+        hr_tensor *aa = c->a_is_number ? NULL : bin(HR_MUL, a, a), *bb = c->b_is_number ? NULL : bin(HR_MUL, b, b);
+        hr_tensor *sq = c->a_is_number ? bin_s(HR_ADD, bb, c->a_number * c->a_number)
+                        : c->b_is_number ? bin_s(HR_ADD, aa, c->b_number * c->b_number)
+                                         : bin(HR_ADD, aa, bb);
+        hr_tensor *recip = un(HR_RECIPROCAL, sq);
+        hr_tensor_release(aa);
+        hr_tensor_release(bb);
+        hr_tensor_release(sq);
+        if (need[0]) {
+            hr_tensor *gbv = recip ? hr_binary(HR_MUL, T(g), bv, NULL) : NULL;
+            ga = drop(gbv, bin(HR_MUL, gbv, recip));
+        }
+        if (need[1]) {
+            hr_tensor *gav = recip ? hr_binary(HR_MUL, T(g), av, NULL) : NULL;
+            hr_tensor *m = bin(HR_MUL, gav, recip);
+            gb = drop2(gav, m, un(HR_NEG, m));
+        }
+        hr_tensor_release(recip);
+        break;
+    }
+    case HR_HYPOT:
+        /* hypot(a, b): da = g a / out, db = g b / out (NaN at the origin, as torch) */
+        for (int k = 0; k < 2; k++) {
+            if (!need[k]) continue;
+            bool number = k == 0 ? c->a_is_number : c->b_is_number;
+            hr_operand v = number ? F(k == 0 ? c->a_number : c->b_number) : T(k == 0 ? a : b);
+            hr_tensor *gv = hr_binary(HR_MUL, T(g), v, NULL);
+            hr_tensor *r = drop(gv, bin(HR_DIV, gv, out));
+            if (k == 0) ga = r;
+            else gb = r;
+        }
+        break;
     default:
         return hr_fail(HR_EINVAL, "%s is not differentiable", hr_binary_op_name(c->op));
     }
@@ -201,13 +264,18 @@ fail:
 static bool differentiable_binary(hr_binary_op op)
 {
     return op == HR_ADD || op == HR_SUB || op == HR_MUL || op == HR_DIV || op == HR_POW || op == HR_MAXIMUM ||
-           op == HR_MINIMUM;
+           op == HR_MINIMUM || op == HR_REMAINDER || op == HR_FMOD || op == HR_ATAN2 || op == HR_HYPOT;
 }
 
 hr_tensor *hr_ag_binary(hr_binary_op op, hr_operand a, hr_operand b, const hr_operand *alpha)
 {
-    hr_tensor *out = hr_binary(op, a, b, alpha);
     hr_tensor *inputs[2] = {(hr_tensor *)a.t, (hr_tensor *)b.t};
+    /* floor_divide has no derivative (torch says so at backward time); refused before it runs, as
+     * hero's other ops without a backward, rather than cutting the graph silently */
+    if (op == HR_FLOOR_DIVIDE && hr_should_record(2, inputs))
+        return hr_fail_null(HR_EINVAL, "floor_divide: not differentiable; detach() the inputs or run it inside "
+                                       "hero.no_grad");
+    hr_tensor *out = hr_binary(op, a, b, alpha);
     if (!out || !hr_should_record(2, inputs) || !differentiable_binary(op)) return out;
     if (!hr_dtype_is_float(out->dtype)) return out;
     hr_node *node = hr_node_new(hr_binary_op_name(op), binary_backward, 2, inputs, sizeof(bin_ctx));
@@ -227,11 +295,12 @@ hr_tensor *hr_ag_binary(hr_binary_op op, hr_operand a, hr_operand b, const hr_op
         c->dtype[k] = t ? t->dtype : out->dtype;
     }
     bool ok = true;
-    bool save_a = op == HR_MUL || op == HR_POW || op == HR_MAXIMUM || op == HR_MINIMUM || op == HR_DIV;
-    bool save_b = op == HR_MUL || op == HR_DIV || op == HR_POW || op == HR_MAXIMUM || op == HR_MINIMUM;
+    bool uses_both = op == HR_REMAINDER || op == HR_FMOD || op == HR_ATAN2 || op == HR_HYPOT;
+    bool save_a = op == HR_MUL || op == HR_POW || op == HR_MAXIMUM || op == HR_MINIMUM || op == HR_DIV || uses_both;
+    bool save_b = op == HR_MUL || op == HR_DIV || op == HR_POW || op == HR_MAXIMUM || op == HR_MINIMUM || uses_both;
     if (save_a && a.t && (c->slot_a = hr_node_save(node, (hr_tensor *)a.t)) < 0) ok = false;
     if (save_b && b.t && (c->slot_b = hr_node_save(node, (hr_tensor *)b.t)) < 0) ok = false;
-    if ((op == HR_DIV || op == HR_POW) && (c->slot_out = hr_node_save(node, out)) < 0) ok = false;
+    if ((op == HR_DIV || op == HR_POW || op == HR_HYPOT) && (c->slot_out = hr_node_save(node, out)) < 0) ok = false;
     if (!ok) {
         hr_node_release(node);
         return drop(out, NULL);
@@ -329,6 +398,54 @@ static int unary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
         r = drop2(t, u, un(HR_NEG, u));
         break;
     }
+    /* torch 1.13's formulas (derivatives.yaml), in its order of operations */
+    case HR_TAN: { /* g (1 + y^2) */
+        hr_tensor *y2 = bin(HR_MUL, y, y);
+        hr_tensor *t = bin_s(HR_ADD, y2, 1.0);
+        r = drop2(y2, t, bin(HR_MUL, g, t));
+        break;
+    }
+    case HR_ASIN:
+    case HR_ACOS: { /* ±g / sqrt(1 - x^2) */
+        hr_tensor *x2 = bin(HR_MUL, x, x);
+        hr_tensor *t = s_bin(HR_SUB, 1.0, x2);
+        hr_tensor *u = drop2(x2, t, un(HR_RSQRT, t));
+        if (c->op == HR_ACOS) u = drop(u, un(HR_NEG, u));
+        r = drop(u, bin(HR_MUL, g, u));
+        break;
+    }
+    case HR_ATAN: { /* g / (x^2 + 1) */
+        hr_tensor *x2 = bin(HR_MUL, x, x);
+        hr_tensor *t = bin_s(HR_ADD, x2, 1.0);
+        r = drop2(x2, t, bin(HR_DIV, g, t));
+        break;
+    }
+    case HR_SINH:
+    case HR_COSH: { /* g cosh(x), g sinh(x) */
+        hr_tensor *t = un(c->op == HR_SINH ? HR_COSH : HR_SINH, x);
+        r = drop(t, bin(HR_MUL, g, t));
+        break;
+    }
+    case HR_ASINH:
+    case HR_ACOSH: { /* g / sqrt(x^2 ± 1) */
+        hr_tensor *x2 = bin(HR_MUL, x, x);
+        hr_tensor *t = bin_s(HR_ADD, x2, c->op == HR_ASINH ? 1.0 : -1.0);
+        hr_tensor *u = drop2(x2, t, un(HR_RSQRT, t));
+        r = drop(u, bin(HR_MUL, g, u));
+        break;
+    }
+    case HR_ATANH: { /* g / (1 - x^2) */
+        hr_tensor *x2 = bin(HR_MUL, x, x);
+        hr_tensor *t = s_bin(HR_SUB, 1.0, x2);
+        r = drop2(x2, t, bin(HR_DIV, g, t));
+        break;
+    }
+    case HR_EXP2: { /* g y ln 2 */
+        hr_tensor *t = bin(HR_MUL, g, y);
+        r = drop(t, bin_s(HR_MUL, t, M_LN2));
+        break;
+    }
+    case HR_FRAC: r = hr_grad_pass_on(g); break;
     default: return hr_fail(HR_EINVAL, "%s has no backward here", hr_unary_op_name(c->op));
     }
     if (!r) return -1;

@@ -441,6 +441,112 @@ int hr_ag_sort_topk(bool topk, hr_tensor *t, int64_t k, int dim, bool flag, hr_t
     return 0;
 }
 
+/* ------------------------------------------------------------------ kthvalue / median / cummax */
+
+/* Values and indices of an op giving one element of t per position, with the gradient sent to the
+ * element each index names (torch's value_selecting_reduction_backward and cummaxmin_backward):
+ * the outputs come in t's rank (the selected dim kept), and keepdim = false squeezes it after the
+ * node, through the differentiable squeeze. */
+static int selection_with_grad(const char *op, hr_tensor *t, int dim, bool keepdim, int rc, hr_tensor **values,
+                               hr_tensor **indices)
+{
+    if (rc) return rc;
+    int d = dim < 0 ? dim + t->ndim : dim;
+    if (t->ndim == 0) d = 0;
+    if (wants_grad(t, *values)) {
+        hr_node *node = new_node(op, gather_back_backward, t, &d, 1, true);
+        bool ok = node && (((red_ctx *)node->ctx)->slot_idx = hr_node_save(node, *indices)) >= 0;
+        if (!finish(node, *values, ok)) {
+            *values = NULL;
+            hr_tensor_release(*indices);
+            *indices = NULL;
+            return -1;
+        }
+    }
+    if (keepdim || t->ndim == 0) return 0;
+    hr_tensor *v = hr_ag_squeeze(*values, d), *i = hr_view_squeeze(*indices, d);
+    hr_tensor_release(*values);
+    hr_tensor_release(*indices);
+    *values = v;
+    *indices = i;
+    if (v && i) return 0;
+    hr_tensor_release(v);
+    hr_tensor_release(i);
+    *values = *indices = NULL;
+    return -1;
+}
+
+int hr_ag_kthvalue(hr_tensor *t, int64_t k, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices)
+{
+    return selection_with_grad("kthvalue", t, dim, keepdim, hr_kthvalue(t, k, dim, values, indices), values, indices);
+}
+
+int hr_ag_median_dim(hr_tensor *t, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices)
+{
+    return selection_with_grad("median", t, dim, keepdim, hr_median_dim(t, dim, values, indices), values, indices);
+}
+
+int hr_ag_cummax_cummin(bool is_max, hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices)
+{
+    int rc = hr_cummax_cummin(is_max, t, dim, values, indices);
+    return selection_with_grad(is_max ? "cummax" : "cummin", t, dim, true, rc, values, indices);
+}
+
+/* The median of every element: torch's evenly_distribute_backward shares the gradient among the
+ * elements equal to the median (the NaNs, when the median is NaN). */
+static int median_all_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
+{
+    const red_ctx *c = node->ctx;
+    hr_tensor *x = hr_node_saved(node, c->slot_x), *v = hr_node_saved(node, c->slot_out);
+    if (!x || !v) return -1;
+    bool v_nan = false;
+    hr_tensor *vh = hr_host_contiguous(v);
+    if (!vh) return -1;
+    double vv = hr_load_f64(hr_tensor_data(vh), vh->dtype);
+    hr_tensor_release(vh);
+    v_nan = vv != vv;
+    hr_tensor *mask = v_nan ? bin(HR_NE, x, x) : bin(HR_EQ, x, v);
+    hr_tensor *count = mask ? hr_sum(mask, HR_DIM_ALL, false) : NULL;
+    hr_tensor *share = bin(HR_DIV, g, count);
+    hr_tensor *r = mask && share ? hr_where(mask, hr_operand_tensor(share), hr_operand_float(0.0)) : NULL;
+    hr_tensor_release(mask);
+    hr_tensor_release(count);
+    hr_tensor_release(share);
+    if (!r) return -1;
+    gi[0] = r->dtype == c->dtype ? r : drop(r, hr_cast(r, c->dtype));
+    return gi[0] ? 0 : -1;
+}
+
+hr_tensor *hr_ag_median_all(hr_tensor *t)
+{
+    if (hr_tensor_check_live(t, "median")) return NULL;
+    int64_t n = hr_tensor_numel(t);
+    hr_tensor *flat = NULL, *v = NULL, *i = NULL;
+    if (n == 0) {
+        /* torch: NaN for an empty float tensor; integers have no such value */
+        if (!hr_dtype_is_float(t->dtype))
+            return hr_fail_null(HR_EINVAL, "median: the tensor is empty and %s has no NaN to return",
+                                hr_dtype_name(t->dtype));
+        v = hr_tensor_empty(0, NULL, t->dtype, hr_tensor_device(t));
+        if (v && hr_fill_(v, NAN)) v = drop(v, NULL);
+        return v;
+    }
+    int64_t len = n;
+    if (!(flat = hr_reshape(t, 1, &len))) return NULL;
+    int rc = hr_median_dim(flat, 0, &v, &i);
+    hr_tensor_release(flat);
+    hr_tensor_release(i);
+    if (rc) return NULL;
+    int64_t scalar_shape[1] = {1}; /* unread: a 0-dim shape has no sizes */
+    hr_tensor *out = hr_reshape(v, 0, scalar_shape);
+    hr_tensor_release(v);
+    if (!wants_grad(t, out)) return out;
+    hr_node *node = new_node("median", median_all_backward, t, NULL, -1, false);
+    bool ok = node && (((red_ctx *)node->ctx)->slot_x = hr_node_save(node, t)) >= 0 &&
+              (((red_ctx *)node->ctx)->slot_out = hr_node_save(node, out)) >= 0;
+    return finish(node, out, ok);
+}
+
 /* ------------------------------------------------------------------ not differentiable here */
 
 static int refuse(hr_tensor *t, const char *op)

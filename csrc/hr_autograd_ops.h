@@ -54,6 +54,10 @@ hr_tensor *hr_ag_log_softmax(hr_tensor *t, int dim);
 hr_tensor *hr_ag_cumprod(hr_tensor *t, int dim);
 hr_tensor *hr_ag_prod(hr_tensor *t, int dim, bool keepdim);
 int hr_ag_sort_topk(bool topk, hr_tensor *t, int64_t k, int dim, bool flag, hr_tensor **values, hr_tensor **indices);
+int hr_ag_kthvalue(hr_tensor *t, int64_t k, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices);
+int hr_ag_median_dim(hr_tensor *t, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices);
+hr_tensor *hr_ag_median_all(hr_tensor *t); /* the lower median of every element, 0-dim */
+int hr_ag_cummax_cummin(bool is_max, hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices);
 
 /* matrix products (ag_linalg.c) */
 hr_tensor *hr_ag_matmul(hr_tensor *a, hr_tensor *b);

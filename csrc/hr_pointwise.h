@@ -7,7 +7,9 @@
  *   - a tensor and a number: the tensor's dtype, except that an integer or bool tensor with a
  *     non-integer number gives f32, and a bool tensor with an integer number gives i64;
  *   - true division of integers gives f32; arithmetic that would stay bool is refused;
- *   - bf16/f16 are computed in f32 and rounded once when stored.
+ *   - bf16/f16 are computed in f32 and rounded once when stored;
+ *   - remainder, fmod and floor_divide of integers fail on a zero divisor (an error, never SIGFPE);
+ *     INT64_MIN by -1 gives 0 for remainder/fmod and wraps for floor_divide.
  * In-place variants write into self, whose shape must be the broadcast shape; the result is
  * converted to self's dtype when that loses no kind (float into int, or anything into bool, fails).
  */
@@ -24,6 +26,11 @@ typedef enum {
     HR_POW,
     HR_MAXIMUM,
     HR_MINIMUM,
+    HR_REMAINDER,    /* a - floor(a / b) * b: the divisor's sign, as Python's % and torch.remainder */
+    HR_FMOD,         /* C's fmod / %: the dividend's sign */
+    HR_FLOOR_DIVIDE, /* floor(a / b), as torch 1.13's floor_divide (earlier versions truncated) */
+    HR_ATAN2,        /* atan2(a, b); integers give f32 like true division */
+    HR_HYPOT,        /* sqrt(a^2 + b^2) without overflow; float operands only, as in torch */
     /* predicates: the result is a bool tensor */
     HR_EQ,
     HR_NE,
@@ -58,6 +65,17 @@ typedef enum {
     HR_EXPM1,
     HR_SIN,
     HR_COS,
+    HR_TAN,
+    HR_ASIN,
+    HR_ACOS,
+    HR_ATAN,
+    HR_SINH,
+    HR_COSH,
+    HR_ASINH,
+    HR_ACOSH,
+    HR_ATANH,
+    HR_EXP2,
+    HR_FRAC, /* x - trunc(x); refuses integer tensors, as torch */
     HR_NUNARY
 } hr_unary_op;
 

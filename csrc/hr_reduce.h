@@ -57,4 +57,15 @@ int hr_sort(hr_tensor *t, int dim, bool descending, hr_tensor **values, hr_tenso
 /* The k largest (or smallest) along dim, best first; ties keep the lower index first. */
 int hr_topk(hr_tensor *t, int64_t k, int dim, bool largest, hr_tensor **values, hr_tensor **indices);
 
+/* The k-th smallest (k counted from 1, as torch's kthvalue) along dim, NaN ranking above +inf, and
+ * its index; the lower median ((n - 1) / 2 counted from 0) along dim, NaN where the row holds one,
+ * with the first NaN's index. Among equal values, the one a stable sort puts at that position.
+ * The outputs keep dim with size 1 (squeeze it for torch's keepdim = false). Bool is refused. */
+int hr_kthvalue(hr_tensor *t, int64_t k, int dim, hr_tensor **values, hr_tensor **indices);
+int hr_median_dim(hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices);
+
+/* The running maximum (minimum) along dim and the index where it was taken: a later equal element
+ * takes it over, and so does every NaN (torch's cummax / cummin). Same shape as t. */
+int hr_cummax_cummin(bool is_max, hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices);
+
 #endif

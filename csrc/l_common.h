@@ -97,6 +97,7 @@ struct hr_generator *hr_lua_opt_generator(lua_State *L, int oi, const char *op);
 void hr_lua_open_tensor(lua_State *L, int module_idx, int methods_idx);     /* l_tensor.c */
 void hr_lua_open_pointwise(lua_State *L, int module_idx, int methods_idx);  /* l_pointwise.c */
 void hr_lua_open_reduce(lua_State *L, int module_idx, int methods_idx);     /* l_reduce.c */
+void hr_lua_open_search(lua_State *L, int module_idx, int methods_idx);     /* l_search.c */
 void hr_lua_open_linalg(lua_State *L, int module_idx, int methods_idx);     /* l_linalg.c */
 void hr_lua_open_index(lua_State *L, int module_idx, int methods_idx);      /* l_index.c */
 void hr_lua_open_random(lua_State *L, int module_idx, int methods_idx);     /* l_random.c */

@@ -34,6 +34,7 @@ int luaopen_hero_core(lua_State *L)
     hr_lua_open_tensor(L, module_idx, methods_idx);
     hr_lua_open_pointwise(L, module_idx, methods_idx);
     hr_lua_open_reduce(L, module_idx, methods_idx);
+    hr_lua_open_search(L, module_idx, methods_idx);
     hr_lua_open_linalg(L, module_idx, methods_idx);
     hr_lua_open_index(L, module_idx, methods_idx);
     hr_lua_open_random(L, module_idx, methods_idx);

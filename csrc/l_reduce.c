@@ -11,6 +11,9 @@
  *   t:softmax([dim=-1])  t:log_softmax([dim=-1])
  *   t:sort([dim=-1] [, descending=false])  -> values, indices
  *   t:topk(k [, dim=-1] [, largest=true])  -> values, indices
+ *   t:kthvalue(k [, dim=-1] [, keepdim])   -> values, indices (k-th smallest, k from 1)
+ *   t:median()  -> 0-dim;  t:median(dim [, keepdim]) -> values, indices (the lower median)
+ *   t:cummax(dim)  t:cummin(dim)           -> values, indices
  * Dimensions are 1-based (negative from the end); every function is also hero.<name>(t, ...).
  */
 #include <math.h>
@@ -215,6 +218,62 @@ static int l_topk(lua_State *L)
     return 2;
 }
 
+/* t:kthvalue(k [, dim = -1] [, keepdim]) -> values, indices: the k-th smallest (k from 1). */
+static int l_kthvalue(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "kthvalue");
+    if (!lua_isinteger(L, 2))
+        return luaL_error(L, "kthvalue: argument #2 (k) must be an integer, got %s", luaL_typename(L, 2));
+    lua_Integer k = lua_tointeger(L, 2);
+    int dim = lua_isnoneornil(L, 3) ? -1 : hr_lua_check_dim(L, 3, t->ndim, "kthvalue");
+    bool keepdim = opt_bool(L, 4, false, "kthvalue", "keepdim");
+    hr_tensor *v, *i;
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_ag_kthvalue(t, (int64_t)k, dim, keepdim, &v, &i));
+    if (rc) return hr_lua_error(L, "kthvalue");
+    hr_lua_push_tensor(L, v);
+    hr_lua_push_tensor(L, i);
+    return 2;
+}
+
+/* t:median() -> the lower median of every element (0-dim); t:median(dim [, keepdim]) -> values, indices. */
+static int l_median(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "median");
+    int dim = opt_dim(L, 2, t, "median");
+    bool keepdim = opt_bool(L, 3, false, "median", "keepdim");
+    if (dim == HR_DIM_ALL) {
+        hr_tensor *r;
+        HR_LUA_RETRY(L, r, hr_ag_median_all(t));
+        return push_result(L, r, "median");
+    }
+    hr_tensor *v, *i;
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_ag_median_dim(t, dim, keepdim, &v, &i));
+    if (rc) return hr_lua_error(L, "median");
+    hr_lua_push_tensor(L, v);
+    hr_lua_push_tensor(L, i);
+    return 2;
+}
+
+/* t:cummax(dim) / t:cummin(dim) -> values, indices */
+static int cum_extreme(lua_State *L, const char *op, bool is_max)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, op);
+    if (lua_isnoneornil(L, 2)) return luaL_error(L, "%s: argument #2 (dim) is required", op);
+    int dim = hr_lua_check_dim(L, 2, t->ndim, op);
+    hr_tensor *v, *i;
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_ag_cummax_cummin(is_max, t, dim, &v, &i));
+    if (rc) return hr_lua_error(L, op);
+    hr_lua_push_tensor(L, v);
+    hr_lua_push_tensor(L, i);
+    return 2;
+}
+
+static int l_cummax(lua_State *L) { return cum_extreme(L, "cummax", true); }
+static int l_cummin(lua_State *L) { return cum_extreme(L, "cummin", false); }
+
 static const luaL_Reg reduce_functions[] = {
     {"sum", l_sum},
     {"mean", l_mean},
@@ -234,6 +293,10 @@ static const luaL_Reg reduce_functions[] = {
     {"log_softmax", l_log_softmax},
     {"sort", l_sort},
     {"topk", l_topk},
+    {"kthvalue", l_kthvalue},
+    {"median", l_median},
+    {"cummax", l_cummax},
+    {"cummin", l_cummin},
     {NULL, NULL},
 };
 

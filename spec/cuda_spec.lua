@@ -298,7 +298,72 @@ describe("CUDA backend #cuda", function()
       same(dev(i):exp(), i:exp()) -- integer input, f32 result
     end)
 
+    it("remainder, fmod, floor_divide, atan2 and hypot for every dtype, numbers, in place", function()
+      for _, dt in ipairs(FLOATS) do
+        local a, b = randn({3, 4}, dt) * 4, randn({4}, dt)
+        local ga, gb = dev(a), dev(b)
+        for _, op in ipairs {"remainder", "fmod", "floor_divide", "atan2", "hypot"} do
+          same(hero[op](ga, gb), hero[op](a, b))
+          same(hero[op](ga:t(), 1.5), hero[op](a:t(), 1.5))
+          same(hero[op](-2.5, gb), hero[op](-2.5, b))
+          local y, gy = a:clone(), ga:clone()
+          y[op .. "_"](y, b)
+          gy[op .. "_"](gy, gb)
+          same(gy, y)
+        end
+        -- the special values: zero divisors, signed zeros, infinities, NaN
+        local s = hero.tensor({0, -0.0, 5, -5, 1 / 0, 0 / 0, 1, -1}, {dtype = dt})
+        local d = hero.tensor({3, -3, 1 / 0, 1 / 0, 2, 1, 0, -0.0}, {dtype = dt})
+        for _, op in ipairs {"remainder", "fmod", "floor_divide", "atan2", "hypot"} do
+          same(hero[op](dev(s), dev(d)), hero[op](s, d))
+        end
+      end
+      local a = hero.tensor({{-7, 7, -7, 7, 5, 0}, {9, -9, 100, -100, 1, -1}}, {dtype = "i64"})
+      local b = hero.tensor({2, 2, -2, -2, 3, 4}, {dtype = "i64"})
+      for _, op in ipairs {"remainder", "fmod", "floor_divide"} do
+        same(hero[op](dev(a), dev(b)), hero[op](a, b))
+        same(hero[op](dev(a:int()), dev(b:int())), hero[op](a:int(), b:int()))
+        same(hero[op](dev(a), -3), hero[op](a, -3))
+        same(hero[op](dev(a), 2.5), hero[op](a, 2.5)) -- a float number: f32
+        same(hero[op](dev(hero.tensor({math.mininteger}, {dtype = "i64"})), -1),
+          hero[op](hero.tensor({math.mininteger}, {dtype = "i64"}), -1))
+        helper.assert_error_contains(function() hero[op](dev(a), dev(b:clone():fill_(0))) end,
+          op .. ": integer division by zero")
+        helper.assert_error_contains(function() hero[op](dev(a), 0) end, op .. ": integer division by zero")
+      end
+      same(hero.atan2(dev(a), dev(b)), hero.atan2(a, b)) -- integers: f32
+    end)
+
+    it("tan, asin, acos, atan, sinh, cosh, asinh, acosh, atanh, exp2 and frac for every float dtype", function()
+      for _, dt in ipairs(FLOATS) do
+        local x = randn({5, 3}, dt)
+        local unit = x:tanh() * 0.9 -- inside (-1, 1)
+        local above = x:abs() + 1.1 -- above 1
+        local inputs = {tan = x, asin = unit, acos = unit, atan = x * 3, sinh = x, cosh = x, asinh = x * 5,
+                        acosh = above, atanh = unit, exp2 = x * 4, frac = x * 7}
+        for op, v in pairs(inputs) do
+          same(dev(v)[op](dev(v)), v[op](v))
+          same(hero[op](dev(v):t()), hero[op](v:t()))
+        end
+        local edges = hero.tensor({0, -0.0, 1, -1, 2, 1 / 0, -1 / 0, 0 / 0}, {dtype = dt})
+        for op in pairs(inputs) do same(hero[op](dev(edges)), hero[op](edges)) end
+      end
+      local i = hero.tensor({-3, 0, 1, 4}, {dtype = "i64"})
+      for _, op in ipairs {"atan", "sinh", "exp2"} do same(dev(i)[op](dev(i)), i[op](i)) end -- f32 results
+    end)
+
     it("gradients of elementwise ops (with broadcasting)", function()
+      for _, op in ipairs {"remainder", "fmod", "atan2", "hypot"} do
+        check_grad(function(a, b) return hero[op](a, b) end, {randn {3, 4}, randn({4}) + 3})
+        check_grad(function(a, b) return hero[op](a, b) end, {randn({2, 3}, "f64"), randn({2, 1}, "f64") - 3})
+      end
+      for _, op in ipairs {"tan", "atan", "sinh", "cosh", "asinh", "exp2", "frac"} do
+        check_grad(function(a) return hero[op](a) end, {randn {4, 5}})
+      end
+      for _, op in ipairs {"asin", "acos", "atanh"} do
+        check_grad(function(a) return hero[op](a) end, {randn({4, 5}):tanh() * 0.9})
+      end
+      check_grad(function(a) return a:acosh() end, {randn({4, 5}):abs() + 1.1})
       check_grad(function(a, b) return (a * b + a / (b:abs() + 1)):tanh() end, {randn {3, 4}, randn {4}})
       check_grad(function(a, b) return hero.maximum(a, b):sigmoid() - a:pow(2) end, {randn {2, 3}, randn {2, 1}})
       check_grad(function(a) return hero.gelu(a) end, {randn {4, 5}})
@@ -1016,6 +1081,44 @@ describe("CUDA backend #cuda", function()
       check_grad(function(t) return (t:topk(3, 2)) end, {x})
       check_grad(function(t) return t:cumsum(1) end, {x})
       check_grad(function(t) return t:var(2) end, {x})
+    end)
+
+    it("median, kthvalue, cummax/cummin, unique, bincount, searchsorted through the host; einsum, diff", function()
+      local x = randn({5, 7}, "f64")
+      for _, fn in ipairs {
+        function(t) return (t:median(2)) end, function(t) return select(2, t:median(1, true)) end,
+        function(t) return t:median() end, function(t) return (t:kthvalue(3, 2)) end,
+        function(t) return select(2, t:kthvalue(2, 1, true)) end, function(t) return (t:cummax(2)) end,
+        function(t) return select(2, t:cummin(1)) end, function(t) return (t:round():unique()) end,
+        function(t) return select(2, t:round():unique {return_inverse = true}) end,
+        function(t) return select(2, t:round():unique {return_counts = true}) end,
+        function(t) return t:count_nonzero(2) end, function(t) return t:diff(1, 2) end,
+        function(t) return hero.einsum("ij,kj->ik", t, t) end,
+        function(t) return hero.einsum("ii", t:narrow(2, 1, 5)) end,
+        function(t) return hero.cross(t:narrow(2, 1, 3), t:narrow(2, 4, 3), 2) end,
+      } do
+        same(fn(dev(x)), fn(x))
+      end
+      local idx = hero.tensor({0, 3, 1, 1, 5}, {dtype = "i64"})
+      local w = randn({5}, "f32")
+      same(hero.bincount(dev(idx)), hero.bincount(idx))
+      same(hero.bincount(dev(idx), {weights = dev(w), minlength = 8}), hero.bincount(idx, {weights = w, minlength = 8}))
+      local seq, vals = hero.tensor {1, 2, 2, 3, 5}, randn({3, 4}) * 3
+      same(hero.searchsorted(dev(seq), dev(vals)), hero.searchsorted(seq, vals))
+      same(hero.searchsorted(dev(seq), dev(vals), {right = true, out_int32 = true}),
+        hero.searchsorted(seq, vals, {right = true, out_int32 = true}))
+      same(hero.searchsorted(dev(seq), 2.0), hero.searchsorted(seq, 2.0))
+      same(hero.bucketize(dev(vals), dev(seq)), hero.bucketize(vals, seq))
+      local gx, gy = hero.meshgrid(dev(seq), dev(idx), {indexing = "xy"})
+      local cx, cy = hero.meshgrid(seq, idx, {indexing = "xy"})
+      same(gx, cx)
+      same(gy, cy)
+      check_grad(function(t) return (t:median(2)) end, {x})
+      check_grad(function(t) return t:median() end, {x})
+      check_grad(function(t) return (t:kthvalue(2, 1)) end, {x})
+      check_grad(function(t) return (t:cummax(2)) end, {x})
+      check_grad(function(a, b) return hero.einsum("bij,bjk->bik", a, b) end, {randn {2, 3, 4}, randn {2, 4, 5}})
+      check_grad(function(t) return t:diff(2, 1) end, {x})
     end)
 
     it("reproduces the hero-smoke fixture (outputs, gradients, optimizer steps, downstream heads)", function()

@@ -17,6 +17,7 @@
 
 #include "hr_cuda.h"
 #include "hr_pointwise.h"
+#include "hr_reduce.h"
 
 /* Elements per block buffer: small enough for the stack and L1, large enough to amortise calls. */
 #define BLK 512
@@ -32,12 +33,13 @@ typedef union {
 } cvalue;
 
 static const char *const binary_names[HR_NBINARY] = {
-    "add", "sub", "mul", "div", "pow", "maximum", "minimum",
+    "add", "sub", "mul", "div", "pow", "maximum", "minimum", "remainder", "fmod", "floor_divide", "atan2", "hypot",
     "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or",
 };
 static const char *const unary_names[HR_NUNARY] = {
     "neg", "abs", "sign", "square", "relu", "floor", "ceil", "round", "exp", "log",
     "sqrt", "rsqrt", "tanh", "sigmoid", "gelu", "reciprocal", "log1p", "expm1", "sin", "cos",
+    "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "exp2", "frac",
 };
 
 const char *hr_binary_op_name(hr_binary_op op) { return (unsigned)op < HR_NBINARY ? binary_names[op] : "?"; }
@@ -213,7 +215,36 @@ static const void *operand_block(compute_type ct, hr_dtype dt, const char *p, in
 #define E_AND(x, y) ((x) != 0 && (y) != 0)
 #define E_OR(x, y) ((x) != 0 || (y) != 0)
 
-#define DEFINE_FLOAT_ARITH(NAME, TYPE, POW)                                                               \
+/* torch's remainder: fmod moved into the divisor's sign (fmod(-0, b) stays -0). */
+static inline float rem_f32(float x, float y)
+{
+    float m = fmodf(x, y);
+    return (m != 0 && ((y < 0) != (m < 0))) ? m + y : m;
+}
+static inline double rem_f64(double x, double y)
+{
+    double m = fmod(x, y);
+    return (m != 0 && ((y < 0) != (m < 0))) ? m + y : m;
+}
+
+/* torch's floor division of floats (c10::div_floor_floating): the quotient of the exact
+ * remainder's complement, floored, then corrected where a / b rounded across an integer; a zero
+ * divisor gives IEEE's a / b, and a zero quotient keeps the sign a / b has. */
+#define DEFINE_FLOOR_DIV(NAME, T, FMOD, FLOOR, COPYSIGN)                    \
+    static inline T NAME(T x, T y)                                          \
+    {                                                                       \
+        if (y == 0) return x / y;                                           \
+        T mod = FMOD(x, y);                                                 \
+        T div = (x - mod) / y;                                              \
+        if (mod != 0 && ((y < 0) != (mod < 0))) div -= (T)1;                \
+        if (div == 0) return COPYSIGN((T)0, x / y);                         \
+        T fl = FLOOR(div);                                                  \
+        return div - fl > (T)0.5 ? fl + (T)1 : fl;                          \
+    }
+DEFINE_FLOOR_DIV(fdiv_f32, float, fmodf, floorf, copysignf)
+DEFINE_FLOOR_DIV(fdiv_f64, double, fmod, floor, copysign)
+
+#define DEFINE_FLOAT_ARITH(NAME, TYPE, POW, SUFFIX, FMOD, ATAN2, HYPOT)                                   \
     static void NAME(hr_binary_op op, int64_t n, const TYPE *a, int as, const TYPE *b, int bs, TYPE *o,   \
                      TYPE al)                                                                            \
     {                                                                                                    \
@@ -230,12 +261,17 @@ static const void *operand_block(compute_type ct, hr_dtype dt, const char *p, in
             break;                                                                                       \
         case HR_MAXIMUM: BIN_LOOP(E_MAX); break;                                                         \
         case HR_MINIMUM: BIN_LOOP(E_MIN); break;                                                         \
+        case HR_REMAINDER: BIN_LOOP(rem_##SUFFIX); break;                                                \
+        case HR_FMOD: BIN_LOOP(FMOD); break;                                                             \
+        case HR_FLOOR_DIVIDE: BIN_LOOP(fdiv_##SUFFIX); break;                                            \
+        case HR_ATAN2: BIN_LOOP(ATAN2); break;                                                           \
+        case HR_HYPOT: BIN_LOOP(HYPOT); break;                                                           \
         default: break;                                                                                  \
         }                                                                                                \
     }
 
-DEFINE_FLOAT_ARITH(arith_f32, float, E_POWF)
-DEFINE_FLOAT_ARITH(arith_f64, double, E_POWD)
+DEFINE_FLOAT_ARITH(arith_f32, float, E_POWF, f32, fmodf, atan2f, hypotf)
+DEFINE_FLOAT_ARITH(arith_f64, double, E_POWD, f64, fmod, atan2, hypot)
 
 /* Integer arithmetic wraps around like C's unsigned arithmetic (and PyTorch), without the
  * undefined behaviour of signed overflow. */
@@ -259,6 +295,25 @@ static int64_t ipow(int64_t x, int64_t e)
     return (int64_t)r;
 }
 
+/* Integer remainder, fmod and floor division. A zero divisor is refused before any kernel runs
+ * (hr_binary); the guards here only keep the hardware from trapping should one slip through, and
+ * INT64_MIN by -1, which overflows C's / and %, gives what two's complement does: remainder 0, the
+ * quotient wrapped. */
+static inline int64_t irem(int64_t x, int64_t y)
+{
+    if (y == 0 || y == -1) return 0;
+    int64_t r = x % y;
+    return (r != 0 && ((r < 0) != (y < 0))) ? r + y : r;
+}
+static inline int64_t ifmod(int64_t x, int64_t y) { return (y == 0 || y == -1) ? 0 : x % y; }
+static inline int64_t ifloordiv(int64_t x, int64_t y)
+{
+    if (y == 0) return 0;
+    if (y == -1) return wrap_sub(0, x);
+    int64_t q = x / y, r = x % y;
+    return (r != 0 && ((r < 0) != (y < 0))) ? q - 1 : q;
+}
+
 #define E_IADD(x, y) wrap_add((x), (y))
 #define E_ISUB(x, y) wrap_sub((x), (y))
 #define E_IADDA(x, y) wrap_add((x), wrap_mul(al, (y)))
@@ -277,7 +332,10 @@ static void arith_i64(hr_binary_op op, int64_t n, const int64_t *a, int as, cons
     case HR_POW: BIN_LOOP(E_IPOW); break;
     case HR_MAXIMUM: BIN_LOOP(E_MAX); break;
     case HR_MINIMUM: BIN_LOOP(E_MIN); break;
-    default: break; /* HR_DIV never computes in integers */
+    case HR_REMAINDER: BIN_LOOP(irem); break;
+    case HR_FMOD: BIN_LOOP(ifmod); break;
+    case HR_FLOOR_DIVIDE: BIN_LOOP(ifloordiv); break;
+    default: break; /* HR_DIV, HR_ATAN2 and HR_HYPOT never compute in integers */
     }
 }
 
@@ -520,8 +578,13 @@ static int binary_result_dtype(hr_binary_op op, const hr_operand *a, const hr_op
     hr_dtype r = c;
     if (is_predicate(op)) {
         r = HR_BOOL;
-    } else if (op == HR_DIV) {
+    } else if (op == HR_DIV || op == HR_ATAN2) {
         if (!hr_dtype_is_float(c)) c = r = HR_F32; /* true division, as PyTorch */
+    } else if (op == HR_HYPOT && !hr_dtype_is_float(c)) {
+        char x[160], y[160];
+        return hr_fail(HR_EINVAL, "hypot: integer and bool operands are not supported, as in torch (%s and %s); convert "
+                                  "with :float() first",
+                       operand_str(a, x, sizeof x), operand_str(b, y, sizeof y));
     } else if (c == HR_BOOL && op != HR_MAXIMUM && op != HR_MINIMUM) {
         char x[160], y[160];
         return hr_fail(HR_EINVAL,
@@ -542,6 +605,39 @@ static int binary_result_dtype(hr_binary_op op, const hr_operand *a, const hr_op
     *common = c;
     *result = r;
     return 0;
+}
+
+static bool is_integer_division(hr_binary_op op)
+{
+    return op == HR_REMAINDER || op == HR_FMOD || op == HR_FLOOR_DIVIDE;
+}
+
+/* Integer remainder, fmod and floor division by zero have no value: refused as torch does
+ * ("ZeroDivisionError"), before anything is written. A divisor tensor is searched for zeros on its
+ * own device; only the one-byte answer comes back. */
+static int check_integer_divisor(const char *name, hr_binary_op op, hr_dtype common, const hr_operand *b)
+{
+    if (!is_integer_division(op) || hr_dtype_is_float(common)) return 0;
+    if (!b->t) {
+        if (b->i != 0) return 0;
+        return hr_fail(HR_EINVAL, "%s: integer division by zero (the divisor is 0)", name);
+    }
+    if (hr_tensor_numel(b->t) == 0) return 0;
+    hr_tensor *zero = hr_binary(HR_EQ, *b, hr_operand_int(0), NULL);
+    hr_tensor *any = zero ? hr_any(zero, HR_DIM_ALL, false) : NULL;
+    hr_tensor *host = any ? hr_host_contiguous(any) : NULL;
+    hr_tensor_release(zero);
+    hr_tensor_release(any);
+    if (!host) {
+        hr_error_prefix("%s", name);
+        return -1;
+    }
+    bool found = *(const uint8_t *)hr_tensor_data(host) != 0;
+    hr_tensor_release(host);
+    if (!found) return 0;
+    char buf[160];
+    return hr_fail(HR_EINVAL, "%s: integer division by zero (the divisor %s holds a 0)", name,
+                   hr_tensor_desc(b->t, buf, sizeof buf));
 }
 
 static void fill_operand(operand_info *info, const hr_operand *o, compute_type ct, int *slot)
@@ -598,6 +694,7 @@ hr_tensor *hr_binary(hr_binary_op op, hr_operand a, hr_operand b, const hr_opera
     if (check_same_device(name, a.t, b.t)) return NULL;
     hr_dtype common = HR_F32, result = HR_F32;
     if (binary_result_dtype(op, &a, &b, alpha, &common, &result)) return NULL;
+    if (check_integer_divisor(name, op, common, &b)) return NULL;
     int na, nb, nd;
     const int64_t *sa, *sb;
     int64_t shape[HR_MAX_DIMS];
@@ -666,6 +763,7 @@ int hr_binary_(hr_binary_op op, hr_tensor *self, hr_operand b, const hr_operand 
         hr_error_prefix("%s", name);
         return -1;
     }
+    if (check_integer_divisor(name, op, common, &b)) return -1;
     if (!can_store(result, self->dtype))
         return hr_fail(HR_EINVAL, "%s: the result has dtype %s, which cannot be stored in place into a %s tensor", name,
                        hr_dtype_name(result), hr_dtype_name(self->dtype));
@@ -732,6 +830,12 @@ static inline float sigmoid_f32(float v) { return 1.0f / (1.0f + expf(-v)); }
 static inline double sigmoid_f64(double v) { return 1.0 / (1.0 + exp(-v)); }
 static inline float rsqrt_f32(float v) { return 1.0f / sqrtf(v); }
 static inline double rsqrt_f64(double v) { return 1.0 / sqrt(v); }
+/* x - trunc(x), as torch's frac (so frac(±inf) is NaN) */
+static inline float frac_f32(float v) { return v - truncf(v); }
+static inline double frac_f64(double v) { return v - trunc(v); }
+/* The C library's name of a math function for each compute type: LIBM_f32(tan) is tanf. */
+#define LIBM_f32(name) name##f
+#define LIBM_f64(name) name
 
 #define CLAMP_LOOP(T)                                                    \
     do {                                                                 \
@@ -780,6 +884,17 @@ static inline double rsqrt_f64(double v) { return 1.0 / sqrt(v); }
         case HR_EXPM1: UN_LOOP(EXPM1); break;                                                                     \
         case HR_SIN: UN_LOOP(SIN); break;                                                                         \
         case HR_COS: UN_LOOP(COS); break;                                                                         \
+        case HR_TAN: UN_LOOP(LIBM_##SUFFIX(tan)); break;                                                          \
+        case HR_ASIN: UN_LOOP(LIBM_##SUFFIX(asin)); break;                                                        \
+        case HR_ACOS: UN_LOOP(LIBM_##SUFFIX(acos)); break;                                                        \
+        case HR_ATAN: UN_LOOP(LIBM_##SUFFIX(atan)); break;                                                        \
+        case HR_SINH: UN_LOOP(LIBM_##SUFFIX(sinh)); break;                                                        \
+        case HR_COSH: UN_LOOP(LIBM_##SUFFIX(cosh)); break;                                                        \
+        case HR_ASINH: UN_LOOP(LIBM_##SUFFIX(asinh)); break;                                                      \
+        case HR_ACOSH: UN_LOOP(LIBM_##SUFFIX(acosh)); break;                                                      \
+        case HR_ATANH: UN_LOOP(LIBM_##SUFFIX(atanh)); break;                                                      \
+        case HR_EXP2: UN_LOOP(LIBM_##SUFFIX(exp2)); break;                                                        \
+        case HR_FRAC: UN_LOOP(frac_##SUFFIX); break;                                                              \
         default: break;                                                                                           \
         }                                                                                                         \
     }
@@ -863,6 +978,10 @@ static int unary_result_dtype(const char *name, hr_unary_op op, bool clamp, cons
         *out = dt;
         return 0;
     }
+    if (op == HR_FRAC && !hr_dtype_is_float(dt))
+        return hr_fail(HR_EINVAL, "%s: not supported for %s tensors, as in torch (integers have no fractional part; "
+                                  "convert with :float() first)",
+                       name, hr_dtype_name(dt));
     if (keeps_int(op)) {
         if (dt == HR_BOOL)
             return hr_fail(HR_EINVAL, "%s: not supported for bool tensors (convert with :long() or :float() first%s)",

@@ -6,7 +6,9 @@
  * (insertion-sorted runs, then bottom-up merges), so equal keys keep their original order in both
  * directions. NaN ranks above +inf: last when ascending, first when descending, like PyTorch.
  * top-k keeps the k best of a row in a binary heap under the total order "better key, then lower
- * index", so ties resolve to the lower index whatever k is. Output values are copied byte for byte
+ * index", so ties resolve to the lower index whatever k is. kthvalue and median sort each row and
+ * take one position of the ascending order: among equal values the one the stable order puts there
+ * (torch leaves that choice to its selection algorithm). Output values are copied byte for byte
  * from the input element each index names.
  */
 #include <stdatomic.h>
@@ -124,7 +126,12 @@ DEFINE_SORTS(desc_i, pair_i, BEFORE_DESC_I)
 
 /* ------------------------------------------------------------------ rows */
 
+/* What a walk over the rows makes: the sorted row, its k best, or one element of the ascending
+ * order (the k-th smallest, or the lower median, which a NaN in the row replaces by that NaN). */
+typedef enum { ROWS_SORT, ROWS_TOPK, ROWS_KTH, ROWS_MEDIAN } rows_mode;
+
 typedef struct {
+    rows_mode mode;
     bool topk, desc, int_keys;
     int64_t k;
     hr_dtype dt;
@@ -156,10 +163,25 @@ static pair_i get_i(const void *ctx, int64_t i)
     return v;
 }
 
+/* The position in a row's ascending (stable) order that kthvalue / median report: k - 1, or the
+ * lower median (n - 1) / 2 unless the row holds NaN, which sorts last; then the first NaN, which the
+ * stable order puts right after the other values. */
+static int64_t selected_position(const sort_job *j, const pair_d *a, int64_t n)
+{
+    if (j->mode == ROWS_KTH) return j->k - 1;
+    if (!j->int_keys && n > 0 && a[n - 1].k != a[n - 1].k) {
+        int64_t p = n - 1;
+        while (p > 0 && a[p - 1].k != a[p - 1].k) p--;
+        return p;
+    }
+    return (n - 1) / 2;
+}
+
 static void sort_worker(void *arg, int64_t begin, int64_t end)
 {
     sort_job *j = arg;
-    int64_t n = j->gi.n, m = j->topk ? j->k : n;
+    bool select = j->mode == ROWS_KTH || j->mode == ROWS_MEDIAN;
+    int64_t n = j->gi.n, m = j->topk ? j->k : select ? 1 : n;
     size_t psize = j->int_keys ? sizeof(pair_i) : sizeof(pair_d);
     /* sort: n pairs and n of merge space; top-k: a heap of k */
     char *buf = malloc(psize * (size_t)(j->topk ? (m > 0 ? m : 1) : 2 * (n > 0 ? n : 1)));
@@ -183,6 +205,7 @@ static void sort_worker(void *arg, int64_t begin, int64_t end)
                 for (int64_t i = 0; i < n; i++) a[i] = get_i(&rr, i);
                 if (j->desc) desc_i_msort(a, a + n, n);
                 else asc_i_msort(a, a + n, n);
+                if (select) a[0] = a[j->mode == ROWS_KTH ? j->k - 1 : (n - 1) / 2];
             }
             for (int64_t i = 0; i < m; i++) {
                 if (vo) memcpy(vo + i * so * (int64_t)j->el, rr.p + a[i].i * si, j->el);
@@ -197,6 +220,7 @@ static void sort_worker(void *arg, int64_t begin, int64_t end)
                 for (int64_t i = 0; i < n; i++) a[i] = get_d(&rr, i);
                 if (j->desc) desc_d_msort(a, a + n, n);
                 else asc_d_msort(a, a + n, n);
+                if (select) a[0] = a[selected_position(j, a, n)];
             }
             for (int64_t i = 0; i < m; i++) {
                 if (vo) memcpy(vo + i * so * (int64_t)j->el, rr.p + a[i].i * si, j->el);
@@ -207,15 +231,16 @@ static void sort_worker(void *arg, int64_t begin, int64_t end)
     free(buf);
 }
 
-static int sort_rows(const char *name, hr_tensor *t, int dim, bool desc, bool topk, int64_t k, hr_tensor **values,
+static int sort_rows(const char *name, hr_tensor *t, int dim, bool desc, rows_mode mode, int64_t k, hr_tensor **values,
                      hr_tensor **indices)
 {
+    bool topk = mode == ROWS_TOPK, select = mode == ROWS_KTH || mode == ROWS_MEDIAN;
     if (values) *values = NULL;
     if (indices) *indices = NULL;
     if (hr_rows_on_host(t)) {
         hr_tensor *h = hr_rows_host_copy(t), *hv = NULL, *hi = NULL;
         if (!h) return -1;
-        int rc = sort_rows(name, h, dim, desc, topk, k, values ? &hv : NULL, indices ? &hi : NULL);
+        int rc = sort_rows(name, h, dim, desc, mode, k, values ? &hv : NULL, indices ? &hi : NULL);
         hr_tensor_release(h);
         if (rc) return -1;
         return hr_rows_results_back(hv, hi, hr_tensor_device(t), values, indices);
@@ -229,9 +254,22 @@ static int sort_rows(const char *name, hr_tensor *t, int dim, bool desc, bool to
         return hr_fail(HR_EINVAL, "%s: k = %" PRId64 " is out of range for dimension %d of size %" PRId64 " (shape %s)",
                        name, k, d + 1, n, hr_shape_str(t->ndim, t->size, buf, sizeof buf));
     }
+    if (mode == ROWS_KTH && (k < 1 || k > n)) {
+        char buf[160];
+        return hr_fail(HR_EINVAL, "%s: k = %" PRId64 " is out of range 1..%" PRId64 " for dimension %d (shape %s)", name,
+                       k, n, d + 1, hr_shape_str(t->ndim, t->size, buf, sizeof buf));
+    }
+    if (mode == ROWS_MEDIAN && n == 0) {
+        char buf[160];
+        return hr_fail(HR_EINVAL, "%s: dimension %d is empty (shape %s); there is no median", name, d + 1,
+                       hr_shape_str(t->ndim, t->size, buf, sizeof buf));
+    }
+    if (select && t->dtype == HR_BOOL)
+        return hr_fail(HR_EINVAL, "%s: not supported for bool tensors, as in torch (convert with :long() first)", name);
     int64_t osize[HR_MAX_DIMS];
     memcpy(osize, t->size, sizeof osize);
     if (topk && t->ndim) osize[d] = k;
+    if (select && t->ndim) osize[d] = 1;
     hr_tensor *vout = NULL, *iout = NULL;
     if (values && !(vout = hr_tensor_empty(t->ndim, osize, t->dtype, hr_tensor_device(t)))) return -1;
     if (indices && !(iout = hr_tensor_empty(t->ndim, osize, HR_I64, hr_tensor_device(t)))) {
@@ -239,6 +277,7 @@ static int sort_rows(const char *name, hr_tensor *t, int dim, bool desc, bool to
         return -1;
     }
     sort_job j;
+    j.mode = mode;
     j.topk = topk;
     j.desc = desc;
     j.int_keys = hr_dtype_is_int(t->dtype);
@@ -253,7 +292,7 @@ static int sort_rows(const char *name, hr_tensor *t, int dim, bool desc, bool to
     hr_contiguous_strides(t->ndim, osize, ostride);
     hr_rows_init(&j.gi, t->ndim, t->size, t->stride, t->ndim ? d : -1);
     hr_rows_init(&j.go, t->ndim, osize, ostride, t->ndim ? d : -1);
-    int64_t out_numel = j.gi.rows * (topk ? k : n);
+    int64_t out_numel = j.gi.rows * (topk ? k : select ? 1 : n);
     if (out_numel > 0) hr_parallel_for(j.gi.rows, 16384 / (n + 1) + 1, sort_worker, &j);
     if (atomic_load(&j.failed)) {
         if (vout) hr_tensor_release(vout);
@@ -267,10 +306,20 @@ static int sort_rows(const char *name, hr_tensor *t, int dim, bool desc, bool to
 
 int hr_sort(hr_tensor *t, int dim, bool descending, hr_tensor **values, hr_tensor **indices)
 {
-    return sort_rows("sort", t, dim, descending, false, 0, values, indices);
+    return sort_rows("sort", t, dim, descending, ROWS_SORT, 0, values, indices);
 }
 
 int hr_topk(hr_tensor *t, int64_t k, int dim, bool largest, hr_tensor **values, hr_tensor **indices)
 {
-    return sort_rows("topk", t, dim, largest, true, k, values, indices);
+    return sort_rows("topk", t, dim, largest, ROWS_TOPK, k, values, indices);
+}
+
+int hr_kthvalue(hr_tensor *t, int64_t k, int dim, hr_tensor **values, hr_tensor **indices)
+{
+    return sort_rows("kthvalue", t, dim, false, ROWS_KTH, k, values, indices);
+}
+
+int hr_median_dim(hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices)
+{
+    return sort_rows("median", t, dim, false, ROWS_MEDIAN, 0, values, indices);
 }

@@ -38,6 +38,53 @@ __device__ int64_t ipow(int64_t x, int64_t e)
     return (int64_t)r;
 }
 
+__device__ __forceinline__ float f_fmod(float x, float y) { return fmodf(x, y); }
+__device__ __forceinline__ double f_fmod(double x, double y) { return fmod(x, y); }
+__device__ __forceinline__ float floor_of(float v) { return floorf(v); }
+__device__ __forceinline__ double floor_of(double v) { return floor(v); }
+__device__ __forceinline__ float f_copysign(float x, float y) { return copysignf(x, y); }
+__device__ __forceinline__ double f_copysign(double x, double y) { return copysign(x, y); }
+__device__ __forceinline__ float f_atan2(float x, float y) { return atan2f(x, y); }
+__device__ __forceinline__ double f_atan2(double x, double y) { return atan2(x, y); }
+__device__ __forceinline__ float f_hypot(float x, float y) { return hypotf(x, y); }
+__device__ __forceinline__ double f_hypot(double x, double y) { return hypot(x, y); }
+
+/* torch's remainder: fmod moved into the divisor's sign (as cpu/pointwise.c) */
+template <typename T> __device__ __forceinline__ T remainder_of(T x, T y)
+{
+    T m = f_fmod(x, y);
+    return (m != (T)0 && ((y < (T)0) != (m < (T)0))) ? add_rn(m, y) : m;
+}
+
+/* torch's floor division of floats (c10::div_floor_floating), as cpu/pointwise.c */
+template <typename T> __device__ __forceinline__ T floor_divide_of(T x, T y)
+{
+    if (y == (T)0) return x / y;
+    T mod = f_fmod(x, y);
+    T div = sub_rn(x, mod) / y;
+    if (mod != (T)0 && ((y < (T)0) != (mod < (T)0))) div = sub_rn(div, (T)1);
+    if (div == (T)0) return f_copysign((T)0, x / y);
+    T fl = floor_of(div);
+    return sub_rn(div, fl) > (T)0.5 ? add_rn(fl, (T)1) : fl;
+}
+
+/* Integer remainder, fmod and floor division; zero divisors are refused on the host before a
+ * launch, and INT64_MIN by -1 gives what two's complement does (as cpu/pointwise.c). */
+__device__ __forceinline__ int64_t irem(int64_t x, int64_t y)
+{
+    if (y == 0 || y == -1) return 0;
+    int64_t r = x % y;
+    return (r != 0 && ((r < 0) != (y < 0))) ? r + y : r;
+}
+__device__ __forceinline__ int64_t ifmod(int64_t x, int64_t y) { return (y == 0 || y == -1) ? 0 : x % y; }
+__device__ __forceinline__ int64_t ifloordiv(int64_t x, int64_t y)
+{
+    if (y == 0) return 0;
+    if (y == -1) return wrap_sub(0, x);
+    int64_t q = x / y, r = x % y;
+    return (r != 0 && ((r < 0) != (y < 0))) ? q - 1 : q;
+}
+
 template <typename T> __device__ __forceinline__ T arith(int op, T x, T y, T al, bool square);
 
 template <typename T> __device__ __forceinline__ T float_arith(int op, T x, T y, T al, bool square)
@@ -50,6 +97,11 @@ template <typename T> __device__ __forceinline__ T float_arith(int op, T x, T y,
     case HR_POW: return square ? mul_rn(x, x) : pow_of(x, y);
     case HR_MAXIMUM: return (x != x || x > y) ? x : y;
     case HR_MINIMUM: return (x != x || x < y) ? x : y;
+    case HR_REMAINDER: return remainder_of<T>(x, y);
+    case HR_FMOD: return f_fmod(x, y);
+    case HR_FLOOR_DIVIDE: return floor_divide_of<T>(x, y);
+    case HR_ATAN2: return f_atan2(x, y);
+    case HR_HYPOT: return f_hypot(x, y);
     default: return x;
     }
 }
@@ -70,6 +122,9 @@ template <> __device__ __forceinline__ int64_t arith<int64_t>(int op, int64_t x,
     case HR_POW: return ipow(x, y);
     case HR_MAXIMUM: return x > y ? x : y;
     case HR_MINIMUM: return x < y ? x : y;
+    case HR_REMAINDER: return irem(x, y);
+    case HR_FMOD: return ifmod(x, y);
+    case HR_FLOOR_DIVIDE: return ifloordiv(x, y);
     default: return x;
     }
 }
@@ -143,6 +198,28 @@ __device__ __forceinline__ float f_sin(float v) { return sinf(v); }
 __device__ __forceinline__ double f_sin(double v) { return sin(v); }
 __device__ __forceinline__ float f_cos(float v) { return cosf(v); }
 __device__ __forceinline__ double f_cos(double v) { return cos(v); }
+__device__ __forceinline__ float f_tan(float v) { return tanf(v); }
+__device__ __forceinline__ double f_tan(double v) { return tan(v); }
+__device__ __forceinline__ float f_asin(float v) { return asinf(v); }
+__device__ __forceinline__ double f_asin(double v) { return asin(v); }
+__device__ __forceinline__ float f_acos(float v) { return acosf(v); }
+__device__ __forceinline__ double f_acos(double v) { return acos(v); }
+__device__ __forceinline__ float f_atan(float v) { return atanf(v); }
+__device__ __forceinline__ double f_atan(double v) { return atan(v); }
+__device__ __forceinline__ float f_sinh(float v) { return sinhf(v); }
+__device__ __forceinline__ double f_sinh(double v) { return sinh(v); }
+__device__ __forceinline__ float f_cosh(float v) { return coshf(v); }
+__device__ __forceinline__ double f_cosh(double v) { return cosh(v); }
+__device__ __forceinline__ float f_asinh(float v) { return asinhf(v); }
+__device__ __forceinline__ double f_asinh(double v) { return asinh(v); }
+__device__ __forceinline__ float f_acosh(float v) { return acoshf(v); }
+__device__ __forceinline__ double f_acosh(double v) { return acosh(v); }
+__device__ __forceinline__ float f_atanh(float v) { return atanhf(v); }
+__device__ __forceinline__ double f_atanh(double v) { return atanh(v); }
+__device__ __forceinline__ float f_exp2(float v) { return exp2f(v); }
+__device__ __forceinline__ double f_exp2(double v) { return exp2(v); }
+__device__ __forceinline__ float f_trunc(float v) { return truncf(v); }
+__device__ __forceinline__ double f_trunc(double v) { return trunc(v); }
 
 template <typename T> __device__ __forceinline__ T float_unary(int op, T v)
 {
@@ -167,6 +244,17 @@ template <typename T> __device__ __forceinline__ T float_unary(int op, T v)
     case HR_EXPM1: return f_expm1(v);
     case HR_SIN: return f_sin(v);
     case HR_COS: return f_cos(v);
+    case HR_TAN: return f_tan(v);
+    case HR_ASIN: return f_asin(v);
+    case HR_ACOS: return f_acos(v);
+    case HR_ATAN: return f_atan(v);
+    case HR_SINH: return f_sinh(v);
+    case HR_COSH: return f_cosh(v);
+    case HR_ASINH: return f_asinh(v);
+    case HR_ACOSH: return f_acosh(v);
+    case HR_ATANH: return f_atanh(v);
+    case HR_EXP2: return f_exp2(v);
+    case HR_FRAC: return sub_rn(v, f_trunc(v)); /* x - trunc(x), as torch */
     default: return v;
     }
 }

@@ -35,6 +35,12 @@ function M.install(hero, methods, _metatable)
   function hero.full_like(t, v) local o = like(t, "full_like"); return hero.full(t:size(), v, o) end
   function hero.empty_like(t) local o = like(t, "empty_like"); return hero.empty(t:size(), o) end
   M.install_math(hero, methods)
+  require("hero.einsum").install(hero)
+end
+
+local function index_of_value(list, v)
+  for i, x in ipairs(list) do if x == v then return i end end
+  return nil
 end
 
 -- Largest finite value of each float dtype (nan_to_num's defaults for the infinities).
@@ -239,6 +245,121 @@ function M.install_math(hero, methods)
     if steps == 0 then return hero.zeros({0}, opts) end
     return hero.tensor(vals, opts)
   end
+  --- count_nonzero(t[, dim or {dims}]): how many elements are not zero (NaN counts), as i64
+  both("count_nonzero", function(t, dims)
+    check(t, "count_nonzero")
+    if dims == nil then return t:ne(0):sum() end
+    return t:ne(0):sum(dims)
+  end)
+  --- diff(t[, n = 1][, dim = -1][, prepend][, append]): t[i + 1] - t[i] along dim, n times (bool
+  -- tensors: t[i + 1] ~= t[i], as torch's); prepend / append are tensors joined to t along dim first
+  both("diff", function(t, n, dim, prepend, append)
+    check(t, "diff")
+    n, dim = n or 1, dim or -1
+    if math.type(n) ~= "integer" or n < 0 then error("diff: n must be a non-negative integer", 2) end
+    if math.type(dim) ~= "integer" then error("diff: dim must be an integer", 2) end
+    if t:dim() == 0 then error("diff: expected a tensor with at least one dimension, got a 0-dim tensor", 2) end
+    if prepend ~= nil or append ~= nil then
+      local parts = {}
+      for _, p in ipairs {prepend or false, t, append or false} do
+        if p then
+          if not hero.is_tensor(p) then error("diff: prepend and append must be tensors, got " .. type(p), 2) end
+          parts[#parts + 1] = p
+        end
+      end
+      t = hero.cat(parts, dim)
+    end
+    for _ = 1, n do
+      local len = t:size(dim)
+      if len == 0 then break end
+      local hi, lo = t:narrow(dim, 2, len - 1), t:narrow(dim, 1, len - 1)
+      t = t:dtype() == "bool" and hi:ne(lo) or hi - lo
+    end
+    return t
+  end)
+  --- meshgrid(a, b, ... [, {indexing = "ij"}]) or meshgrid({a, b, ...} [, opts]): for 1-D (or 0-dim)
+  -- tensors of sizes n1, n2, ..., as many tensors of shape n1 x n2 x ... (expanded views), the k-th
+  -- repeating the k-th input along its own dimension; "xy" swaps the first two dimensions
+  function hero.meshgrid(...)
+    local args = table.pack(...)
+    local last = args[args.n]
+    local opts = nil
+    -- a trailing plain table that is not a list of tensors holds the options
+    if type(last) == "table" and not hero.is_tensor(last) and not hero.is_tensor(rawget(last, 1)) then
+      opts = last
+      args.n = args.n - 1
+      for k in next, opts do
+        if k ~= "indexing" then error("meshgrid: unknown option '" .. tostring(k) .. "' (indexing)", 2) end
+      end
+    end
+    if args.n == 1 and type(args[1]) == "table" and not hero.is_tensor(args[1]) then
+      args = args[1]
+    else
+      args = {table.unpack(args, 1, args.n)}
+    end
+    local indexing = opts and rawget(opts, "indexing") or "ij"
+    if indexing ~= "ij" and indexing ~= "xy" then
+      error("meshgrid: indexing must be \"ij\" or \"xy\", got " .. tostring(indexing), 2)
+    end
+    if #args == 0 then error("meshgrid: expected at least one tensor", 2) end
+    local sizes = {}
+    for i, t in ipairs(args) do
+      if not hero.is_tensor(t) then error(string.format("meshgrid: argument %d must be a hero.Tensor", i), 2) end
+      if t:dim() > 1 then error(string.format("meshgrid: tensor %d must be 0-dim or 1-D, got %d dimensions", i,
+        t:dim()), 2) end
+      sizes[i] = t:numel()
+    end
+    local swap = indexing == "xy" and #args >= 2
+    local order = {}
+    for i = 1, #args do order[i] = i end
+    if swap then order[1], order[2] = 2, 1 end
+    local shape = {}
+    for d, i in ipairs(order) do shape[d] = sizes[i] end
+    local out = {}
+    for i, t in ipairs(args) do
+      local view = {}
+      for d = 1, #args do view[d] = 1 end
+      view[index_of_value(order, i)] = sizes[i]
+      out[i] = t:reshape(view):expand(shape)
+    end
+    return table.unpack(out)
+  end
+  --- cross(a, b[, dim]): the cross product of 3-vectors along dim (by default a's first dimension of
+  -- size 3, as torch.cross); a and b have as many dimensions, the others broadcasting
+  both("cross", function(a, b, dim)
+    check(a, "cross")
+    check(b, "cross")
+    if a:dim() ~= b:dim() then
+      error(string.format("cross: the inputs must have the same number of dimensions, got %d and %d", a:dim(),
+        b:dim()), 2)
+    end
+    local shape = {}
+    for d = 1, a:dim() do
+      local x, y = a:size(d), b:size(d)
+      if x ~= y and x ~= 1 and y ~= 1 then
+        error(string.format("cross: sizes %d and %d of dimension %d do not broadcast", x, y, d), 2)
+      end
+      shape[d] = x == 1 and y or x
+    end
+    if dim == nil then
+      for d = 1, #shape do if a:size(d) == 3 then dim = d; break end end -- a's, as torch's default
+      if dim == nil then error("cross: no dimension of size 3 in the inputs", 2) end
+    end
+    if math.type(dim) ~= "integer" or dim == 0 or dim > #shape or dim < -#shape then
+      error(string.format("cross: dim %s out of range for %d dimensions", tostring(dim), #shape), 2)
+    end
+    local d = dim > 0 and dim or dim + #shape + 1
+    -- the vectors themselves do not broadcast (torch refuses that too)
+    if a:size(d) ~= 3 or b:size(d) ~= 3 then
+      error(string.format("cross: dimension %d must have size 3 in both inputs, got %d and %d", dim, a:size(d),
+        b:size(d)), 2)
+    end
+    a, b = a:expand(shape), b:expand(shape)
+    local function part(t, i) return t:narrow(dim, i, 1) end
+    return hero.cat({part(a, 2) * part(b, 3) - part(a, 3) * part(b, 2),
+                     part(a, 3) * part(b, 1) - part(a, 1) * part(b, 3),
+                     part(a, 1) * part(b, 2) - part(a, 2) * part(b, 1)}, dim)
+  end)
   --- diag(t[, k = 0]): a vector's diagonal matrix, or a matrix's diagonal as a vector
   both("diag", function(t, k)
     check(t, "diag")
