@@ -547,14 +547,3 @@ hr_tensor *hr_ag_median_all(hr_tensor *t)
     return finish(node, out, ok);
 }
 
-/* ------------------------------------------------------------------ not differentiable here */
-
-static int refuse(hr_tensor *t, const char *op)
-{
-    if (hr_should_record(1, &t))
-        return hr_fail(HR_EINVAL, "%s: not differentiable; detach() the input or run it inside hero.no_grad", op);
-    return 0;
-}
-
-hr_tensor *hr_ag_cumprod(hr_tensor *t, int dim) { return refuse(t, "cumprod") ? NULL : hr_cumprod(t, dim); }
-hr_tensor *hr_ag_prod(hr_tensor *t, int dim, bool keepdim) { return refuse(t, "prod") ? NULL : hr_prod(t, dim, keepdim); }

@@ -1046,6 +1046,12 @@ describe("CUDA backend #cuda", function()
       check_grad(function(p) return p:flip(1, 2) end, {randn({3, 4}, "f64")})
       check_grad(function(p) return p:t():tile(2, 1, 3) end, {randn({3, 4}, "f64")})
       check_grad(function(p) return p["repeat"](p, 2, 2) end, {randn({3, 4}, "f32")})
+      -- prod and cumprod: their gradients make a round trip through the host
+      local z = randn({3, 4}, "f64")
+      z[2][3] = 0
+      check_grad(function(p) return p:prod(2) end, {z})
+      check_grad(function(p) return p:prod() end, {z})
+      check_grad(function(p) return p:t():cumprod(2) end, {z})
     end)
 
     it("conv1d and the elementwise losses, with gradients", function()
