@@ -67,10 +67,11 @@ describe("autograd through reductions", function()
         local y = leaf[c.op](leaf, table.unpack(args))
         assert.equal(c.op, y.grad_fn, c.name)
         assert.same(c.shape, y:size(), c.name)
-        assert.tensor_near(y:detach(), hero.tensor(c.y, {dtype = "f64"}):view(c.shape), {rtol = 1e-15, atol = 0}, c.name)
+        local want = hero.tensor(c.y, {dtype = "f64"}):view(c.shape)
+        assert.tensor_near(y:detach(), want, nil, c.name)
         y:backward(hero.tensor(c.g, {dtype = "f64"}):view(c.shape))
         -- E_k F_k against torch's division where no input is 0: a rounding or two apart
-        assert.tensor_near(leaf.grad, hero.tensor(c.grad, {dtype = "f64"}), {rtol = 1e-14, atol = 1e-15}, c.name)
+        assert.tensor_near(leaf.grad, hero.tensor(c.grad, {dtype = "f64"}), nil, c.name)
       end
     end
     assert.equal(9, n)
