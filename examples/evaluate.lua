@@ -39,6 +39,12 @@
 --                        which does not read the run's [VCMR,SVMR,VR]
 --   --save-logits FILE   (TVQA / VIOLIN) each question's logits {qid: [...]}, as --save_logits
 --   --threads N
+--   --device D           where the model computes: cpu, cuda:N, or cuda (with --dist: the GPU of the
+--                        rank's index on its node) [cpu]; the batches are moved there, the scores and
+--                        rankings come back to the CPU
+--   --amp bf16|f16|f32   every forward pass under hero.amp.autocast (f32: none), the scores read in
+--                        f32 [f32, as eval_*.py without --fp16, whatever the run trained in]; the
+--                        reference's --fp16 is --amp f16
 --   --dist               in an MPI job (mpirun -np N ... --dist): every rank evaluates its share of
 --                        the queries (VCMR / VR: against the whole corpus, which each rank encodes;
 --                        TVC: its share of the videos); rank 0 writes the joined results
@@ -67,8 +73,9 @@ local function parse_args(argv)
   local known = {task = true, checkpoint = true, config = true, ["model-config"] = true, split = true,
                  ["txt-db"] = true, ["vfeat-db"] = true, ["sub-db"] = true, vocab = true, merges = true, out = true,
                  threads = true, dist = true, ["target-clip"] = true, ["meteor-jar"] = true, ["ptb-jar"] = true,
-                 submission = true, ["save-logits"] = true, ["output-dir"] = true, ["full-eval-tasks"] = true}
-  local flags = {dist = true}
+                 submission = true, ["save-logits"] = true, ["output-dir"] = true, ["full-eval-tasks"] = true,
+                 device = true, amp = true, fp16 = true}
+  local flags = {dist = true, fp16 = true}
   local opts, i = {}, 1
   while i <= #argv do
     local name = argv[i]:match("^%-%-([%w%-]+)$")
@@ -119,6 +126,15 @@ local function main()
   local task, ref_task = FT.task_family(opts.task)
   if not opts.checkpoint then die("--checkpoint FILE is required") end
   if opts.threads then hero.set_num_threads(math.tointeger(tonumber(opts.threads)) or die("--threads N")) end
+  local ok_dev, device = pcall(FT.device, opts.device)
+  if not ok_dev then die("--" .. device) end
+  -- eval_*.py's --fp16 (apex O2) is hero's f16 autocast
+  if opts.fp16 and opts.amp and opts.amp ~= "f16" then die("--fp16 is --amp f16: give one of them") end
+  local amp = opts.amp or (opts.fp16 and "f16") or nil
+  if amp ~= nil and amp ~= "bf16" and amp ~= "f16" and amp ~= "f32" then
+    die("--amp must be bf16, f16 or f32, got '" .. amp .. "'")
+  end
+  if amp == "f32" then amp = nil end
   local split = opts.split or "val"
   -- the run directory: --output-dir, else RUN of RUN/ckpt/step_N.safetensors
   local run_dir = opts["output-dir"] or opts.checkpoint:match("^(.*)/ckpt/[^/]*$")
@@ -184,9 +200,11 @@ local function main()
     if not (opts.vocab and opts.merges) then die("--vocab and --merges go together") end
     tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
   end
+  if device ~= "cpu" then model:to(device) end
   local t0 = hero.core._now()
   local res = FT.evaluate(task, model, hps, {video = video, txt_db = txt, split = split, tokenizer = tok,
-    distributed = opts.dist, clips = clips, caption_eval = caption_eval, save_logits = opts["save-logits"] ~= nil})
+    distributed = opts.dist, clips = clips, caption_eval = caption_eval, save_logits = opts["save-logits"] ~= nil,
+    amp = amp})
   if rank ~= 0 then return end
   res.checkpoint = ck_path
   -- inf_tvc.py's save_jsonl: one {vid_name, clip_id, ts, descs} per line, written whole or not at all

@@ -33,6 +33,11 @@
 --   --save-every N       checkpoint every N updates [config's save_steps]
 --   --resume             continue from OUT/ckpt/latest when it exists
 --   --threads N          hero.set_num_threads(N)
+--   --device D           where the model computes: cpu, cuda:N, or cuda (with --dist: the GPU of the
+--                        rank's index on its node) [cpu]; batches are made on the CPU and moved there
+--   --amp bf16|f16|f32   mixed precision: every forward (validation and full evaluation too) under
+--                        hero.amp.autocast, f32 master weights; f16 scales the loss with a GradScaler
+--                        that the checkpoints keep [f32; on a GPU, f16 when the config's fp16 is true]
 --   --on-error skip|error  an unreadable query/video is skipped and reported, or stops the run [skip]
 --   --quiet              no progress line
 --   --dist               data-parallel over MPI (mpirun -np N ...): each rank trains on its share of the
@@ -59,7 +64,7 @@ local function parse_args(argv)
                  ["sub-db"] = true, ["model-config"] = true, out = true, steps = true, ["valid-txt-db"] = true,
                  ["test-txt-db"] = true, ["no-full-eval"] = true, vocab = true, merges = true, ["save-every"] = true,
                  resume = true, threads = true, ["on-error"] = true, quiet = true, dist = true, ["meteor-jar"] = true,
-                 ["ptb-jar"] = true, ["no-valid"] = true}
+                 ["ptb-jar"] = true, ["no-valid"] = true, device = true, amp = true}
   local opts, i = {}, 1
   while i <= #argv do
     local name = argv[i]:match("^%-%-([%w%-]+)$")
@@ -176,9 +181,20 @@ local function main()
   if val_ref and not exists(val_ref) then
     die(string.format("the config's val_ref '%s' (the validation captions' references) does not exist", val_ref))
   end
-  if hps.fp16 == true and rank == 0 then
-    io.stderr:write("note: the config's fp16 is not used: ", FT.UNUSED_KEYS.fp16, "\n")
+  -- where and in what precision: --device, --amp, else the config's fp16 (FT.FP16)
+  local ok_dev, device = pcall(FT.device, opts.device)
+  if not ok_dev then die("--" .. device) end
+  local amp = opts.amp
+  if amp ~= nil and amp ~= "bf16" and amp ~= "f16" and amp ~= "f32" then
+    die("--amp must be bf16, f16 or f32, got '" .. amp .. "'")
   end
+  if amp == nil and hps.fp16 == true then
+    amp = device ~= "cpu" and "f16" or nil
+    if rank == 0 then io.stderr:write("note: ", FT.FP16[device ~= "cpu" and "device" or "cpu"], "\n") end
+  end
+  if amp == "f32" then amp = nil end
+  -- recorded in log/hps.json: --resume refuses another amp (the device may change)
+  hps.device, hps.amp = device, amp
   local steps = int_arg(opts, "steps") or hps.num_train_steps
   local tok
   if opts.vocab or opts.merges then
@@ -198,7 +214,7 @@ local function main()
     vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db, txt_db = hps.train_txt_db, out_dir = out,
     valid_txt_db = valid_db, test_txt_db = test_db, full_eval = not opts["no-full-eval"],
     save_every = int_arg(opts, "save-every"),
-    on_error = opts["on-error"], dist = opts.dist,
+    on_error = opts["on-error"], dist = opts.dist, device = device, amp = amp,
     progress = not opts.quiet}
   if #run.report.missing > 0 then
     io.stderr:write(string.format("%d parameters not in the checkpoint (new heads keep their initialisation)\n",
@@ -209,7 +225,7 @@ local function main()
     if hero.train.Trainer.latest_step(out) then
       -- as the reference's TrainingRestorer: the same settings as the run was started with
       local ok, err = pcall(hero.train.check_resumed_settings, out .. "/log/hps.json", hps,
-        {"save_steps", "valid_steps", "n_workers", "pin_mem", "output_dir"})
+        {"save_steps", "valid_steps", "n_workers", "pin_mem", "output_dir", "device"})
       if not ok then die(err) end
     end
     start = run.trainer:resume(out) or 0

@@ -549,6 +549,7 @@ elseif init_sd or (tc and tc.load_partial_pretrained) then
   end
 end
 if opts.amp and opts.amp ~= "bf16" and opts.amp ~= "f16" then usage("--amp must be bf16 or f16") end
+hps.amp = opts.amp -- in hps.json (absent: f32), so that --resume refuses another precision
 local device = opts.device or "cpu"
 if device == "cuda" then
   -- one GPU per rank: the rank's index among the ranks of its node (what mpirun calls local rank)

@@ -10,6 +10,7 @@ local ON_GPU = DEVICE ~= "cpu"
 -- Cases that only mean something on a real device (device queries, the caching allocator, out of
 -- memory, mixed-device refusals) are reported pending when the CPU stands in, not passed.
 local it_gpu = ON_GPU and it or function(name) pending(name .. " (needs a GPU)") end
+local it_db = helper.it_needs(it, pending, "lmdb", "lz4") -- reads the fixture's HERO databases
 local FLOATS = {"f32", "f64", "bf16", "f16"}
 
 --- A copy of the CPU tensor t on the device under test (always a new tensor).
@@ -1250,5 +1251,128 @@ describe("CUDA backend #cuda", function()
           assert.is_true(math.abs(lb - l) <= 0.02 * math.abs(l), string.format("update %d: %g vs %g", i, lb, l))
         end
       end)
+
+    it_db("fine-tunes and evaluates like on the CPU (FT.setup and FT.evaluate with a device, "
+      .. "examples/finetune.lua and evaluate.lua --device)", function()
+      local FT = require "hero.train.finetune"
+      local json = hero.json
+      local dir = helper.tiny_finetune_dir(4)
+      local txt = helper.fixture("data/txt_db")
+      local DB = {vcmr = txt .. "/tvr_val.db", videoqa = txt .. "/tvqa_val.db"}
+      -- pre-training's learning rate (the case above): AdamW's first steps are about lr * sign(g), so
+      -- a gradient whose rounding differs from the CPU's moves a parameter by up to 2 lr
+      local function config(task)
+        local c = helper.finetune_config(task)
+        c.learning_rate = 3e-5
+        return c
+      end
+      -- 3 updates (validation losses after the third) and the evaluation of the split
+      local function run(task, device, amp)
+        local hps = FT.hparams(task, config(task), "train-" .. task .. ".json")
+        local r = FT.setup{task = task, hps = hps, model_config = FT.model_config(hps, dir .. "/model.json"),
+          checkpoint = dir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+          txt_db = DB[task], valid_txt_db = DB[task], valid_every = 3, full_eval = false, progress = false,
+          device = device, amp = amp}
+        assert.equal(device, r.model:device())
+        local recs = r.trainer:train(3)
+        local tensors
+        local evaluate_full = r.model.evaluate_full
+        r.model.evaluate_full = function(self, ...)
+          local res = evaluate_full(self, ...)
+          tensors = res.tensors
+          return res
+        end
+        -- the results and (VCMR) the score tensors evaluate_full ranked
+        local function evaluate(eval_amp)
+          local res = FT.evaluate(task, r.model, hps, {video = r.video, txt_db = DB[task], amp = eval_amp,
+            save_logits = task == "videoqa"})
+          return res, tensors
+        end
+        local res = evaluate(amp)
+        return {run = r, hps = hps, recs = recs, res = res, tensors = tensors, evaluate = evaluate}
+      end
+      local function valid_loss(rec, hps)
+        local v = rec.valid[hps.task]
+        return type(v) == "table" and v.loss_overall or v
+      end
+      local slack = helper.tolerance.ranking_autocast.queries * 100 / 9 + 0.005 -- 9 queries
+      for _, task in ipairs {"vcmr", "videoqa"} do
+        local c, g = run(task, "cpu"), run(task, DEVICE)
+        -- f32: the parameters after 3 updates (AdamW's moments on the device), the losses
+        local cp = {}
+        for _, p in ipairs(c.run.model:named_parameters()) do cp[p[1]] = p[2] end
+        for _, p in ipairs(g.run.model:named_parameters()) do
+          assert.equal(DEVICE, p[2]:device())
+          local ok, msg = helper.parity(p[2]:detach():cpu(), cp[p[1]]:detach(), "params")
+          assert(ok, task .. " " .. p[1] .. ": " .. msg)
+        end
+        local tol = helper.tolerance.layer_f32_device
+        for i = 1, 3 do
+          assert.near(c.recs[i].loss, g.recs[i].loss, tol.atol + tol.rtol * math.abs(c.recs[i].loss), task)
+        end
+        local vc = valid_loss(c.recs[3], c.hps)
+        assert.near(vc, valid_loss(g.recs[3], g.hps), tol.atol + tol.rtol * math.abs(vc), task .. " validation")
+        -- the evaluation: its scores (VCMR) or logits (TVQA), read back to the host in f32
+        if task == "vcmr" then
+          for _, k in ipairs {"q2video_scores", "st_probs", "ed_probs"} do
+            assert.equal("cpu", g.tensors[k]:device())
+            assert.tensor_near(g.tensors[k], c.tensors[k], tol)
+          end
+          assert.is_true(math.abs(g.res.metrics.VR.r1 - c.res.metrics.VR.r1) <= slack)
+          assert.is_true(math.abs(g.res.metrics.VCMR["0.5-r10"] - c.res.metrics.VCMR["0.5-r10"]) <= slack)
+        else
+          for qid, l in pairs(c.res.logits) do assert.tensor_near(hero.tensor(g.res.logits[qid]), l, tol) end
+        end
+        -- bf16 autocast on the device: the losses near the CPU's f32 ones; the f32 model's scores
+        -- (logits) evaluated under it within bf16's
+        local b = run(task, DEVICE, "bf16")
+        for i = 1, 3 do
+          local l = c.recs[i].loss
+          assert.is_true(math.abs(b.recs[i].loss - l) <= helper.tolerance.loss_bf16_autocast.rtol * math.abs(l),
+            string.format("%s update %d: %g vs %g", task, i, b.recs[i].loss, l))
+        end
+        local res, tensors = g.evaluate("bf16")
+        if task == "vcmr" then
+          for _, k in ipairs {"q2video_scores", "st_probs", "ed_probs"} do
+            assert.equal("f32", tensors[k]:dtype())
+            assert.tensor_near(tensors[k], c.tensors[k], helper.tolerance.bf16)
+          end
+        else
+          for qid, l in pairs(c.res.logits) do
+            assert.tensor_near(hero.tensor(res.logits[qid]), l, helper.tolerance.bf16)
+          end
+        end
+      end
+      -- the command lines: two updates on the device, evaluated there, as on the CPU
+      local cfg = config("vcmr")
+      cfg.model_config = dir .. "/model.json"
+      json.write_file(dir .. "/train-tvr.json", cfg)
+      local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/cuda_spec%.lua$") or "."
+      local function example(script, args)
+        local p = assert(io.popen(string.format("cd '%s' && LUA_PATH='%s' LUA_CPATH='%s' lua5.4 examples/%s %s 2>&1",
+          root, package.path, package.cpath, script, args)))
+        local text = p:read("a")
+        assert(p:close(), script .. " " .. args .. " failed:\n" .. text)
+      end
+      local results = {}
+      for i, device in ipairs {"cpu", DEVICE} do
+        local out = dir .. "/cli-" .. i
+        example("finetune.lua", string.format("--task vcmr --config '%s' --checkpoint '%s' --txt-db '%s' "
+          .. "--out '%s' --steps 2 --quiet --device %s", dir .. "/train-tvr.json", dir .. "/init.safetensors", DB.vcmr,
+          out, device))
+        assert.equal(device, json.read_file(out .. "/log/hps.json").device)
+        example("evaluate.lua", string.format("--task vcmr --checkpoint '%s' --txt-db '%s' --out '%s' --device %s",
+          out .. "/ckpt/step_2.safetensors", DB.vcmr, out .. "/results.json", device))
+        results[i] = {ckpt = hero.load(out .. "/ckpt/step_2.safetensors"), res = json.read_file(out .. "/results.json")}
+      end
+      local on_cpu, on_dev = results[1], results[2]
+      for name, t in pairs(on_cpu.ckpt) do
+        local ok, msg = helper.parity(on_dev.ckpt[name], t, "params")
+        assert(ok, name .. ": " .. msg)
+      end
+      assert.is_true(math.abs(on_dev.res.metrics.VR.r1 - on_cpu.res.metrics.VR.r1) <= slack)
+      assert.equal(9, #on_dev.res.submission.VCMR)
+      hero.fs_rmtree(dir)
+    end)
   end)
 end)

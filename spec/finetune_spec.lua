@@ -482,39 +482,8 @@ local function has_mpirun() return os.execute("command -v mpirun >/dev/null 2>&1
 
 local tiny_section = helper.tiny_section
 
-local TVR_KEYS = {task = "tvr", max_txt_len = 60, lw_neg_q = 8.0, lw_neg_ctx = 8.0, lw_st_ed = 0.01,
-  ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10},
-  hard_negtiave_start_step = {3}, train_span_start_step = 2, drop_svmr_prob = 0.0, use_all_neg = true,
-  eval_with_query_type = true, max_before_nms = 200, max_after_nms = 100, distributed_eval = false, nms_thd = 0.5,
-  q2c_alpha = 20, max_vcmr_video = 100, full_eval_tasks = {"VCMR", "SVMR", "VR"}, min_pred_l = 2, max_pred_l = 16,
-  sub_ctx_len = 0, vcmr_eval_video_batch_size = 3, vcmr_eval_q_batch_size = 4}
-
 -- A released-style training config for the TV fixture databases and the tiny model.
-local function train_config(task)
-  local c = {sub_txt_db = txt_dir .. "/tv_subtitles.db", vfeat_db = helper.fixture("data/video_db/tv"),
-    model_config = "model.json", max_clip_len = 12, vfeat_version = "resnet_slowfast", vfeat_interval = 1.5,
-    compressed_db = false, train_batch_size = 4, val_batch_size = 4, gradient_accumulation_steps = 1,
-    learning_rate = 1e-3, valid_steps = 100, save_steps = 100, num_train_steps = 50, optim = "adamw",
-    betas = {0.9, 0.98}, dropout = 0.0, weight_decay = 0.01, grad_norm = 1.0, warmup_steps = 1, seed = 77}
-  local extra
-  if task == "vcmr" then
-    extra = TVR_KEYS
-  elseif task == "vr" then
-    extra = {task = "msrvtt_video_sub", max_txt_len = 60, lw_neg_q = 10.0, lw_neg_ctx = 10.0,
-      ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10},
-      hard_negtiave_start_step = {0}, use_all_neg = true,
-      max_vr_video = 100, sub_ctx_len = 1, vr_eval_video_batch_size = 4, vr_eval_q_batch_size = 5}
-  elseif task == "videoqa" then
-    extra = {task = "tvqa", max_txt_len = 120, lr_mul = 10.0, lw_st_ed = 0.4, train_batch_size = 3}
-  elseif task == "violin" then
-    extra = {task = "violin", max_txt_len = 120, lr_mul = 8.0, sub_ctx_len = 2, train_batch_size = 2}
-  else
-    extra = {max_txt_len = 16, lr_mul = 10.0, lsr = 0.1, max_gen_step = 4, max_cap_per_vid = -1, sub_ctx_len = 1,
-             train_batch_size = 2}
-  end
-  for k, v in pairs(extra) do c[k] = v end
-  return c
-end
+local train_config = helper.finetune_config
 
 local TXT = {vcmr = "tvr_val.db", vr = "tvr_val.db", videoqa = "tvqa_val.db", violin = "violin_test.db",
              tvc = "tvr_val.db"}
@@ -760,6 +729,183 @@ describe("fine-tuning and evaluation", function()
     end)
   end
 
+  -- ---------------------------------------------------------------- mixed precision
+
+  -- FT.setup of `task` on its TXT db under `amp` (nil, "bf16", "f16"), with `extra` spec keys.
+  local function amp_run(task, amp, extra)
+    local hps = FT.hparams(task, train_config(task), "train-" .. task .. ".json")
+    local spec = {task = task, hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
+      checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+      txt_db = txt_dir .. "/" .. TXT[task], progress = false, amp = amp}
+    for k, v in pairs(extra or {}) do spec[k] = v end
+    return FT.setup(spec), hps
+  end
+
+  local function finite(x) return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge end
+
+  -- |got - want| within a loss tolerance of spec_helper (relative to want)
+  local function near_loss(got, want, tol, what)
+    assert(finite(got), what .. ": " .. tostring(got))
+    assert(math.abs(got - want) <= tol.atol + tol.rtol * math.abs(want),
+      string.format("%s: %.9g under autocast, %.9g in f32 (rtol %g)", what, got, want, tol.rtol))
+  end
+
+  -- Every number of two metric tables (nested as the results hold them) within the share of
+  -- helper.tolerance.ranking_autocast's queries among `n_queries` (the query-type breakdowns, whose
+  -- names hold "by_type": among `n_by_type`); `scale` is all queries' worth (100 for percentages).
+  local function near_metrics(got, want, n_queries, scale, what, n_by_type)
+    local n = 0
+    local function walk(g, w, path)
+      if type(w) == "number" then
+        local count = path:find("by_type", 1, true) and n_by_type or n_queries
+        local slack = helper.tolerance.ranking_autocast.queries * scale / count + 0.005 -- 2-decimal rounding
+        assert(math.abs(g - w) <= slack, string.format("%s %s: %s under autocast, %s in f32", what, path, g, w))
+        n = n + 1
+      elseif type(w) == "table" then
+        for k, v in pairs(w) do walk(g[k], v, path .. "." .. k) end
+      end
+    end
+    walk(got, want, "")
+    assert.is_true(n > 0, what .. ": no metric compared")
+  end
+
+  it_db("fine-tunes VCMR and TVQA under bf16 and f16 autocast: losses near f32's, validation under it too",
+    function()
+    for _, task in ipairs {"vcmr", "videoqa"} do
+      local valid = {valid_txt_db = txt_dir .. "/" .. TXT[task], valid_every = 4, full_eval = task == "vcmr"}
+      local f32_run, hps = amp_run(task, nil, valid)
+      local rec32 = f32_run.trainer:train(4)
+      local bf_out = tmpdir .. "/bf16_" .. task
+      local bf_valid = {out_dir = bf_out}
+      for k, v in pairs(valid) do bf_valid[k] = v end
+      local bf_run = amp_run(task, "bf16", bf_valid)
+      assert.are.equal("bf16", bf_run.trainer.amp)
+      local recbf = bf_run.trainer:train(4)
+      local differs = false
+      for i = 1, 4 do
+        near_loss(recbf[i].loss, rec32[i].loss, helper.tolerance.loss_bf16_autocast, task .. " update " .. i)
+        differs = differs or recbf[i].loss ~= rec32[i].loss
+        assert.is_nil(recbf[i].loss_scale) -- bf16 needs no loss scaling
+      end
+      assert.is_true(differs, task .. ": the bf16 losses are f32's: autocast did not run")
+      -- the validation losses run under the same autocast (the reference validates its fp16 model):
+      -- those logged are the bf16 model's under bf16, not in f32
+      local v32, vbf = rec32[4].valid[hps.task], recbf[4].valid[hps.task]
+      local function overall(v) return task == "vcmr" and v.loss_overall or v end
+      near_loss(overall(vbf), overall(v32), helper.tolerance.loss_bf16_autocast, task .. " validation")
+      assert.are.same(vbf, bf_run.trainer:validate()[hps.task])
+      bf_run.trainer.amp = nil
+      assert.are_not.same(vbf, bf_run.trainer:validate()[hps.task])
+      bf_run.trainer.amp = "bf16"
+      if task == "vcmr" then
+        -- and so does the full evaluation of the validation split: what it wrote is FT.evaluate's
+        -- under bf16 (every score), not f32's
+        assert.is_number(recbf[4].valid.full_eval["valid_val_VR/VR_r1"])
+        local written = json.read_file(bf_out .. "/results_val/step_4.json").submission
+        local espec = {video = bf_run.video, txt_db = txt_dir .. "/tvr_val.db", split = "val"}
+        local in_f32 = json.decode(json.encode(FT.evaluate(task, bf_run.model, hps, espec).submission))
+        espec.amp = "bf16"
+        local in_bf16 = json.decode(json.encode(FT.evaluate(task, bf_run.model, hps, espec).submission))
+        assert.are.same(in_bf16, written)
+        assert.are_not.same(in_f32, written)
+      end
+      -- f16: the first update starts from the same parameters (the later ones differ by the
+      -- updates the loss scaler skips)
+      local rec16 = amp_run(task, "f16").trainer:train(4)
+      near_loss(rec16[1].loss, rec32[1].loss, helper.tolerance.loss_f16_autocast, task .. " f16 update 1")
+      assert.are_not.equal(rec32[1].loss, rec16[1].loss)
+      assert.are.equal(65536, rec16[1].loss_scale)
+      for i = 2, 4 do assert(finite(rec16[i].loss), task .. " f16 update " .. i) end
+    end
+    helper.assert_error_contains(function() amp_run("vcmr", "f32") end, "amp must be 'bf16', 'f16' or nil")
+  end)
+
+  it_db("f16 fine-tuning checkpoints its loss scaler: a resumed run skips and steps as the whole run", function()
+    -- VCMR's first 7 updates overflow at the scales 2^16 .. 2^10 and are skipped; TVQA skips its
+    -- first and its seventh
+    for task, n in pairs {vcmr = 10, videoqa = 8} do
+      local whole_out, half_out = tmpdir .. "/f16_whole_" .. task, tmpdir .. "/f16_half_" .. task
+      local whole, hps = amp_run(task, "f16", {out_dir = whole_out, save_every = 100})
+      local recs = whole.trainer:train(n)
+      local skipped, stepped = 0, 0
+      for _, r in ipairs(recs) do
+        if r.skipped then skipped = skipped + 1 else stepped = stepped + 1 end
+      end
+      assert.is_true(skipped > 0 and stepped > 0, task .. ": the run should both skip and step")
+      local first = amp_run(task, "f16", {out_dir = half_out, save_every = 100})
+      first.trainer:train(n // 2)
+      local st = hero.load(string.format("%s/ckpt/train_state_%d.safetensors", half_out, n // 2))
+      assert.are.equal(first.trainer.scalers[hps.task]:get_scale(), st.scalers[hps.task].scale)
+      assert.are.equal(recs[n // 2 + 1].loss_scale, st.scalers[hps.task].scale)
+      local second = amp_run(task, "f16", {out_dir = half_out, save_every = 100})
+      assert.are.equal(n // 2, second.trainer:resume(half_out))
+      local rest = second.trainer:train(n - n // 2)
+      for i, r in ipairs(rest) do
+        local w = recs[n // 2 + i]
+        assert.are.same({w.loss, w.loss_scale, w.skipped}, {r.loss, r.loss_scale, r.skipped}, task .. " update "
+          .. (n // 2 + i))
+      end
+      local a = hero.load(string.format("%s/ckpt/step_%d.safetensors", whole_out, n))
+      local b = hero.load(string.format("%s/ckpt/step_%d.safetensors", half_out, n))
+      for k, t in pairs(a) do assert(t:eq(b[k]):all():item(), task .. ": " .. k .. " differs after resuming") end
+    end
+  end)
+
+  it_db("evaluates under bf16 and f16 autocast: scores near f32's, the same rankings within one query", function()
+    -- VCMR: the score tensors evaluate_full ranks (f32, on the host), and the metrics
+    local run, hps = amp_run("vcmr")
+    run.trainer:train(3)
+    local tensors = {}
+    local evaluate_full = run.model.evaluate_full
+    run.model.evaluate_full = function(self, corpus, queries, gt, opts)
+      local res = evaluate_full(self, corpus, queries, gt, opts)
+      tensors[opts.amp or "f32"] = res.tensors
+      return res
+    end
+    local spec = {video = run.video, txt_db = txt_dir .. "/tvr_val.db", split = "val"}
+    local res = {f32 = FT.evaluate("vcmr", run.model, hps, spec)}
+    for _, dt in ipairs {"bf16", "f16"} do
+      spec.amp = dt
+      res[dt] = FT.evaluate("vcmr", run.model, hps, spec)
+      for _, k in ipairs {"q2video_scores", "st_probs", "ed_probs"} do
+        local got, want = tensors[dt][k], tensors.f32[k]
+        assert.are.same({"f32", "cpu"}, {got:dtype(), got:device()}, k)
+        assert.tensor_near(got, want, helper.tolerance[dt])
+        assert.is_false(got:eq(want):all():item(), dt .. " " .. k .. ": autocast did not run")
+      end
+      for _, m in ipairs {"metrics", "metrics_nms"} do
+        near_metrics(res[dt][m], res.f32[m], 9, 100, dt .. " " .. m, 3) -- 3 queries of each type
+      end
+      assert.are.equal(9, #res[dt].submission.VCMR)
+    end
+    helper.assert_error_contains(function() FT.evaluate("vcmr", run.model, hps, {video = run.video,
+      txt_db = txt_dir .. "/tvr_val.db", amp = "fp16"}) end, "amp must be 'bf16', 'f16' or nil", "fp16")
+    -- TVQA: every question's logits (read back in f32), the accuracy within one question of 4
+    local qa, qhps = amp_run("videoqa")
+    qa.trainer:train(3)
+    local qspec = {video = qa.video, txt_db = txt_dir .. "/tvqa_val.db", save_logits = true}
+    local q32 = FT.evaluate("videoqa", qa.model, qhps, qspec)
+    for _, dt in ipairs {"bf16", "f16"} do
+      qspec.amp = dt
+      local q = FT.evaluate("videoqa", qa.model, qhps, qspec)
+      assert.are.equal(4, #json.keys(q.logits))
+      for qid, l in pairs(q32.logits) do assert.tensor_near(hero.tensor(q.logits[qid]), l, helper.tolerance[dt]) end
+      near_metrics({accuracy = q.metrics.accuracy}, {accuracy = q32.metrics.accuracy}, 4, 1, dt .. " TVQA")
+      near_loss(q.metrics.loss, q32.metrics.loss, helper.tolerance["loss_" .. dt .. "_autocast"], dt .. " TVQA loss")
+    end
+    -- TVC: greedy decoding under autocast
+    local tvc, thps = amp_run("tvc")
+    local tok = hero.text.Tokenizer.from_files(helper.fixture("tokenizer/roberta-base-vocab.json"),
+      helper.fixture("tokenizer/vocab.bpe"))
+    for _, dt in ipairs {"bf16", "f16"} do
+      local caps = FT.evaluate("tvc", tvc.model, thps, {video = tvc.video, txt_db = txt_dir .. "/tvr_val.db",
+        tokenizer = tok, amp = dt})
+      assert.are.equal(9, #caps.results)
+      for _, r in ipairs(caps.results) do assert.are.equal("string", type(r.descs[1].desc)) end
+      assert.is_number(caps.metrics.CIDEr)
+    end
+  end)
+
   -- A copy of tvr_val.db's queries as another split: `shape(entry)` gives each query_data.jsonl
   -- entry of the new db (nil: the entry as prepro reads it); queries keep their token ids.
   local function query_db_like_tvr(name, prepare, gt_entry)
@@ -939,7 +1085,8 @@ describe("fine-tuning and evaluation", function()
       local hps = FT.hparams(task, c, "cfg")
       local n = 0
       for _, o in ipairs(cli.REFERENCE_OPTIONS[script]) do
-        if o.default ~= nil and not required[o.name] and not FT.UNUSED_KEYS[o.name]
+        -- fp16 is examples/finetune.lua's to read (FT.FP16): absent, it is false, as argparse's
+        if o.default ~= nil and not required[o.name] and not FT.UNUSED_KEYS[o.name] and o.name ~= "fp16"
             and not (task == "vr" and vr_unread[o.name]) then
           assert.are.same(o.default, hps[o.name], script .. ".py --" .. o.name)
           n = n + 1
@@ -1036,18 +1183,7 @@ end)
 
 --- A new temporary directory with the tiny model's config (model.json) and initial weights
 -- (init.safetensors, drawn after manual_seed(seed)).
-local function tiny_model_dir(seed)
-  local d = os.tmpname()
-  os.remove(d)
-  assert(os.execute('mkdir -p "' .. d .. '"'))
-  local cfg = {f_config = tiny_section(), c_config = tiny_section {max_position_embeddings = 32},
-    q_config = tiny_section {num_hidden_layers = 0}}
-  json.write_file(d .. "/model.json", cfg)
-  hero.manual_seed(seed)
-  hero.models.HeroForPretraining(hero.config.model(cfg), {vfeat_dim = 24, max_frm_seq_len = 16})
-    :save_checkpoint(d .. "/init.safetensors")
-  return d
-end
+local tiny_model_dir = helper.tiny_finetune_dir
 
 describe("video-only fine-tuning and evaluation (didemo_video_only, msrvtt_video_only)", function()
   setup(function() tmpdir = tiny_model_dir(5) end)
@@ -1274,6 +1410,77 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.equal(9, #json.read_file(out .. "/results_val/step_2.json").submission.VR)
     local sd = hero.load(out .. "/ckpt/step_3.safetensors")
     assert.is_not_nil(sd["video_query_linear.weight"])
+  end)
+
+  it_db("--device and --amp: recorded in log/hps.json, the amp checked on --resume, a GPU not there named",
+    function()
+    local out = dir .. "/amp"
+    local rc, text = finetune(out, 2, {"--amp", "bf16"})
+    assert.are.equal(0, rc, text)
+    local hps = json.read_file(out .. "/log/hps.json")
+    assert.are.same({"cpu", "bf16"}, {hps.device, hps.amp})
+    -- resumed in another precision: refused, as any other setting; the device may change
+    rc, text = finetune(out, 3, {"--resume"})
+    assert.are.equal(2, rc)
+    assert.matches('amp: "bf16" then, %(absent%) now', text)
+    assert.are.equal(2, hero.train.Trainer.latest_step(out)) -- nothing trained
+    rc, text = finetune(out, 3, {"--resume", "--amp", "bf16"})
+    assert.are.equal(0, rc, text)
+    -- bad values, and a CUDA device this machine does not have (cuda:<number of GPUs>)
+    local n = hero.cuda.device_count()
+    local missing = "cuda:" .. n
+    for _, case in ipairs {
+      {{"--device", missing}, n == 0 and "--device 'cuda:0': no CUDA device is available"
+        or string.format("--device '%s': this machine has %d GPU", missing, n)},
+      {{"--device", "gpu"}, "--device must be cpu, cuda or cuda:N, got 'gpu'"},
+      {{"--amp", "fp16"}, "--amp must be bf16, f16 or f32, got 'fp16'"},
+    } do
+      rc, text = finetune(dir .. "/amp_bad", 1, case[1])
+      assert.are.equal(2, rc, text)
+      assert.truthy(text:find(case[2], 1, true), text)
+      rc, text = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", out .. "/ckpt/step_3.safetensors",
+        "--txt-db", txt_dir .. "/tvr_val.db", "--out", dir .. "/amp_bad.json", table.unpack(case[1])})
+      assert.are.equal(2, rc, text)
+      assert.truthy(text:find(case[2], 1, true), text)
+    end
+    -- the config's fp16 (the reference's apex O2): f16 on a GPU, f32 with a note on the CPU;
+    -- --amp decides when given
+    local c = json.read_file(dir .. "/train-tvr.json")
+    c.fp16 = true
+    json.write_file(dir .. "/train-tvr-fp16.json", c)
+    rc, text = finetune(dir .. "/fp16_cpu", 1, {"--config", dir .. "/train-tvr-fp16.json"})
+    assert.are.equal(0, rc, text)
+    assert.truthy(text:find("note: " .. FT.FP16.cpu, 1, true), text)
+    assert.is_nil(json.read_file(dir .. "/fp16_cpu/log/hps.json").amp)
+    rc, text = finetune(dir .. "/fp16_f16", 1, {"--config", dir .. "/train-tvr-fp16.json", "--amp", "f16"})
+    assert.are.equal(0, rc, text)
+    assert.is_nil(text:find("note: the config's fp16", 1, true), text)
+    assert.are.equal("f16", json.read_file(dir .. "/fp16_f16/log/hps.json").amp)
+    local rec = json.decode(io.lines(dir .. "/fp16_f16/log.jsonl")())
+    assert.are.equal(65536, rec.loss_scale) -- the loss scaler ran
+    -- evaluation: --amp, or the reference's --fp16; the metrics within one query of f32's
+    local function evaluate(name, extra)
+      local args = {"--task", "vcmr", "--checkpoint", out .. "/ckpt/step_3.safetensors", "--txt-db",
+        txt_dir .. "/tvr_val.db", "--out", dir .. "/" .. name .. ".json"}
+      for _, a in ipairs(extra) do args[#args + 1] = a end
+      local erc, etext = run_example("evaluate.lua", args)
+      assert.are.equal(0, erc, etext)
+      return json.read_file(dir .. "/" .. name .. ".json")
+    end
+    local e32, ebf, e16 = evaluate("e32", {}), evaluate("ebf", {"--amp", "bf16"}), evaluate("e16", {"--fp16"})
+    local slack = helper.tolerance.ranking_autocast.queries * 100 / 9 + 0.005 -- 9 queries
+    for _, e in ipairs {ebf, e16} do
+      for _, k in ipairs {"0.5-r1", "0.7-r5", "0.5-r100"} do
+        assert.is_true(math.abs(e.metrics.VCMR[k] - e32.metrics.VCMR[k]) <= slack, k)
+      end
+      assert.is_true(math.abs(e.metrics.VR.r1 - e32.metrics.VR.r1) <= slack)
+      assert.are_not.same(e32.submission.VR, e.submission.VR) -- scored in half precision
+    end
+    assert.are.same(e16.submission, evaluate("e16b", {"--amp", "f16"}).submission) -- --fp16 is --amp f16
+    rc, text = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", out .. "/ckpt/step_3.safetensors",
+      "--txt-db", txt_dir .. "/tvr_val.db", "--out", dir .. "/x.json", "--fp16", "--amp", "bf16"})
+    assert.are.equal(2, rc)
+    assert.matches("%-%-fp16 is %-%-amp f16: give one of them", text)
   end)
 
   it_db("a video-only task needs no subtitle db, in training and in evaluation", function()

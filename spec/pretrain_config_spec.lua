@@ -319,12 +319,13 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
       "--sub-db", fx .. "/txt_db/tv_subtitles.db", "--max-clip-len", "12", "--batch-size", "3", "--accum", "1",
       "--total", "4", "--out", out, "--quiet", "--resume", "--steps", "3"}
     local other = {table.unpack(first)}
-    for _, x in ipairs {"--lr", "9e-4", "--accum", "2"} do other[#other + 1] = x end
+    for _, x in ipairs {"--lr", "9e-4", "--accum", "2", "--amp", "bf16"} do other[#other + 1] = x end
     rc, text = pretrain(other)
     assert.equal(2, rc)
     assert.matches("started with other settings", text)
     assert.matches("lr: [%d.e-]+ then, 0.0009 now", text)
     assert.matches("accum: 1 then, 2 now", text)
+    assert.matches('amp: %(absent%) then, "bf16" now', text) -- the f16 loss scalers, the numbers
     assert.equal(2, hero.train.Trainer.latest_step(out)) -- nothing trained
     -- the same settings (loader threads may differ) resume
     local same = {table.unpack(first)}

@@ -25,6 +25,16 @@ helper.tolerance = {
   -- f16 attention on the tensor cores: P' and dS are rounded to f16 as operands of the next
   -- products, several roundings in a row (bf16's bound, one rounding of bf16's size)
   attention_f16_device = {atol = 1e-2, rtol = 1e-2},
+  -- a fine-tuning loss under autocast against the f32 run's, from the same parameters and batches:
+  -- bf16 keeps 8 significant bits (one rounding: up to 2^-9, 0.2 %) and a loss passes through
+  -- several rounded products (0.6 % seen after 4 VCMR updates of the tiny model); f16 keeps 11
+  -- (2^-12, 0.025 %; 0.03 % seen)
+  loss_bf16_autocast = {atol = 0, rtol = 2e-2},
+  loss_f16_autocast = {atol = 0, rtol = 5e-3},
+  -- an evaluation's metrics under autocast against f32's: a half-precision score may swap two
+  -- nearly equal candidates (a query's videos, moments or a question's answers), which moves a
+  -- metric by one query's share. `queries`: how many queries' rankings may change.
+  ranking_autocast = {queries = 1},
 }
 
 local function flatten(v, out)
@@ -213,6 +223,60 @@ function helper.tiny_section(extra)
     hidden_dropout_prob = 0.1, attention_probs_dropout_prob = 0.1, initializer_range = 0.02}
   for k, v in pairs(extra or {}) do s[k] = v end
   return s
+end
+
+local TVR_KEYS = {task = "tvr", max_txt_len = 60, lw_neg_q = 8.0, lw_neg_ctx = 8.0, lw_st_ed = 0.01,
+  ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10},
+  hard_negtiave_start_step = {3}, train_span_start_step = 2, drop_svmr_prob = 0.0, use_all_neg = true,
+  eval_with_query_type = true, max_before_nms = 200, max_after_nms = 100, distributed_eval = false, nms_thd = 0.5,
+  q2c_alpha = 20, max_vcmr_video = 100, full_eval_tasks = {"VCMR", "SVMR", "VR"}, min_pred_l = 2, max_pred_l = 16,
+  sub_ctx_len = 0, vcmr_eval_video_batch_size = 3, vcmr_eval_q_batch_size = 4}
+
+--- A released-style training config (config/train-*.json) of a fine-tuning task ("vcmr", "vr",
+-- "videoqa", "violin", "tvc") for the TV fixture databases (spec/fixtures/data) and the tiny model
+-- of helper.tiny_finetune_dir (model_config "model.json").
+function helper.finetune_config(task)
+  local c = {sub_txt_db = helper.fixture("data/txt_db") .. "/tv_subtitles.db",
+    vfeat_db = helper.fixture("data/video_db/tv"),
+    model_config = "model.json", max_clip_len = 12, vfeat_version = "resnet_slowfast", vfeat_interval = 1.5,
+    compressed_db = false, train_batch_size = 4, val_batch_size = 4, gradient_accumulation_steps = 1,
+    learning_rate = 1e-3, valid_steps = 100, save_steps = 100, num_train_steps = 50, optim = "adamw",
+    betas = {0.9, 0.98}, dropout = 0.0, weight_decay = 0.01, grad_norm = 1.0, warmup_steps = 1, seed = 77}
+  local extra
+  if task == "vcmr" then
+    extra = TVR_KEYS
+  elseif task == "vr" then
+    extra = {task = "msrvtt_video_sub", max_txt_len = 60, lw_neg_q = 10.0, lw_neg_ctx = 10.0,
+      ranking_loss_type = "hinge", margin = 0.1, hard_pool_size = {2}, hard_neg_weights = {10},
+      hard_negtiave_start_step = {0}, use_all_neg = true,
+      max_vr_video = 100, sub_ctx_len = 1, vr_eval_video_batch_size = 4, vr_eval_q_batch_size = 5}
+  elseif task == "videoqa" then
+    extra = {task = "tvqa", max_txt_len = 120, lr_mul = 10.0, lw_st_ed = 0.4, train_batch_size = 3}
+  elseif task == "violin" then
+    extra = {task = "violin", max_txt_len = 120, lr_mul = 8.0, sub_ctx_len = 2, train_batch_size = 2}
+  else
+    extra = {max_txt_len = 16, lr_mul = 10.0, lsr = 0.1, max_gen_step = 4, max_cap_per_vid = -1, sub_ctx_len = 1,
+             train_batch_size = 2}
+  end
+  for k, v in pairs(extra) do c[k] = v end
+  return c
+end
+
+--- A new directory under /tmp holding model.json (the tiny f/c/q config of helper.tiny_section)
+-- and init.safetensors (a HeroForPretraining of it with 24-value frames, initialised from `seed`):
+-- what helper.finetune_config's runs start from.
+function helper.tiny_finetune_dir(seed)
+  local hero = require "hero"
+  local d = os.tmpname()
+  os.remove(d)
+  assert(os.execute('mkdir -p "' .. d .. '"'))
+  local cfg = {f_config = helper.tiny_section(), c_config = helper.tiny_section {max_position_embeddings = 32},
+    q_config = helper.tiny_section {num_hidden_layers = 0}}
+  hero.json.write_file(d .. "/model.json", cfg)
+  hero.manual_seed(seed)
+  hero.models.HeroForPretraining(hero.config.model(cfg), {vfeat_dim = 24, max_frm_seq_len = 16})
+    :save_checkpoint(d .. "/init.safetensors")
+  return d
 end
 
 return helper

@@ -7,6 +7,7 @@
 --   HeroForVr    MSR-VTT: the same without the local loss (lw_st_ed 0); inference as eval_vr.py
 --                (raw cosine-max scores, no exp).
 local core = require "hero.core"
+local amp = require "hero.amp"
 local F = require "hero.nn.functional"
 local Pretrain = require "hero.models.pretrain"
 local vsm = require "hero.models.vsm"
@@ -130,6 +131,35 @@ function Vcmr:forward(batch, task, opts)
   return acts
 end
 
+-- The batch on `device`: hero.train.Trainer.batch_to moves its tensors (and the row indices of its
+-- masks, made from the host copy); a batch for the CPU is returned as it is.
+local function to_device(batch, device)
+  if device == "cpu" then return batch end
+  return require("hero.train.trainer").batch_to(batch, device)
+end
+
+-- fn(...) under hero.amp.autocast(dtype) when dtype ("bf16", "f16") is given, else fn(...) as it is.
+local function autocast(dtype, fn, ...)
+  if dtype then return amp.autocast(dtype, fn, ...) end
+  return fn(...)
+end
+
+-- A score tensor in f32: autocast leaves the products (and conv1d on a GPU) in bf16/f16, whose
+-- exp(q2c_alpha * s) overflows f16 and whose softmax over the frames and ranking the evaluation
+-- reads in f32, as on the CPU without autocast. Other dtypes are returned as they are.
+local function f32_scores(t)
+  if t ~= nil and (t:dtype() == "bf16" or t:dtype() == "f16") then return t:float() end
+  return t
+end
+
+-- The tensors of `out` on the host (the ranking, its top-k and the JSON read them there); CPU
+-- tensors are kept as they are.
+local function to_host(out)
+  local host = {}
+  for k, t in pairs(out) do host[k] = (core.is_tensor(t) and t:device() ~= "cpu") and t:cpu() or t end
+  return host
+end
+
 -- Runs fn in evaluation mode without gradients, restoring the training flag afterwards.
 local function inference(model, fn, ...)
   local was = model.training
@@ -143,17 +173,20 @@ end
 --- Encodes a corpus of videos once (validate_full_vcmr): video_batches is an array of collated
 -- video batches (video_collate, with num_subs / sub_idx2frame_idx) in corpus order. Every batch's
 -- frame embeddings are zero padded to the longest video of the corpus (the reference pads to
--- max_clip_len then cuts to that length). Returns Y [Nv, Lmax, H], mask [Nv, Lmax].
--- opts.max_clip_len: checks every batch against it, as the reference asserts.
+-- max_clip_len then cuts to that length). Returns Y [Nv, Lmax, H], mask [Nv, Lmax], on the model's
+-- device (each batch is moved there, one at a time). opts.max_clip_len: checks every batch against
+-- it, as the reference asserts; opts.amp ("bf16", "f16"): the passes run under hero.amp.autocast.
 function Vcmr:encode_corpus(video_batches, opts)
   opts = opts or {}
   if type(video_batches) ~= "table" or #video_batches == 0 then
     self:error("encode_corpus: video_batches must be a non-empty array of collated video batches")
   end
+  local device = self:device()
   return inference(self, function()
     local ys, ms, lmax = {}, {}, 0
     for i, b in ipairs(video_batches) do
-      local Y = self.v_encoder:forward_repr(b)
+      b = to_device(b, device)
+      local Y = autocast(opts.amp, self.v_encoder.forward_repr, self.v_encoder, b)
       local L = Y:size(2)
       if opts.max_clip_len and L > opts.max_clip_len then
         self:error("encode_corpus: video batch %d has %d frames, more than max_clip_len %d", i, L, opts.max_clip_len)
@@ -175,25 +208,30 @@ end
 --- Scores one query batch against an encoded corpus (get_pred_from_raw_query with cross=True,
 -- then the softmax and exp of validate_full_vcmr). qbatch: query_input_ids / query_pos_ids /
 -- query_attn_masks. Returns {q_mod, st_logits, ed_logits, st_probs, ed_probs [Nq, Nv, L],
--- q2video_scores, vr_scores_exp [Nq, Nv]} (no video scores when both ranking weights are 0).
--- opts.q2c_alpha (20).
+-- q2video_scores, vr_scores_exp [Nq, Nv]} (no video scores when both ranking weights are 0), on
+-- the model's device, where the query batch is moved. opts.q2c_alpha (20); opts.amp ("bf16",
+-- "f16"): the encoders and products run under hero.amp.autocast, the scores are made f32 before
+-- their softmax and exp.
 function Vcmr:score_queries(Y, mask, qbatch, opts)
   opts = opts or {}
   local alpha = opts.q2c_alpha or 20
+  qbatch = to_device(qbatch, self:device())
   return inference(self, function()
-    local q = self:encode_queries(qbatch.query_input_ids, qbatch.query_pos_ids, qbatch.query_attn_masks)
-    local out = {q_mod = q}
-    if not self.vr_only then
-      local u = self.video_query_linear:forward(q)
-      out.st_logits, out.ed_logits = vsm.st_ed_logits(u, Y, mask, self.video_st_predictor.weight,
-        self.video_ed_predictor.weight)
-      out.st_probs, out.ed_probs = out.st_logits:softmax(3), out.ed_logits:softmax(3)
-    end
-    if self.opts.lw_neg_ctx ~= 0 or self.opts.lw_neg_q ~= 0 then
-      out.q2video_scores = vsm.video_scores(q, Y, mask)
-      out.vr_scores_exp = (out.q2video_scores * alpha):exp()
-    end
-    return out
+    return autocast(opts.amp, function()
+      local q = self:encode_queries(qbatch.query_input_ids, qbatch.query_pos_ids, qbatch.query_attn_masks)
+      local out = {q_mod = q}
+      if not self.vr_only then
+        local u = self.video_query_linear:forward(q)
+        local st, ed = vsm.st_ed_logits(u, Y, mask, self.video_st_predictor.weight, self.video_ed_predictor.weight)
+        out.st_logits, out.ed_logits = f32_scores(st), f32_scores(ed)
+        out.st_probs, out.ed_probs = out.st_logits:softmax(3), out.ed_logits:softmax(3)
+      end
+      if self.opts.lw_neg_ctx ~= 0 or self.opts.lw_neg_q ~= 0 then
+        out.q2video_scores = f32_scores(vsm.video_scores(q, Y, mask))
+        out.vr_scores_exp = (out.q2video_scores * alpha):exp()
+      end
+      return out
+    end)
   end)
 end
 
@@ -208,6 +246,20 @@ local function cat_outputs(list)
   return out
 end
 
+-- Encodes the corpus and scores every query batch against it (on the model's device), each batch's
+-- outputs brought to the host as soon as it is scored, so that the device holds one batch's score
+-- tensors at a time. Returns the outputs joined along the query axis, with frame_embeddings and
+-- c_attn_masks (the encoded corpus), all on the host.
+local function score_corpus(self, corpus, queries, opts)
+  local Y, mask = self:encode_corpus(corpus.batches, opts)
+  local outs = {}
+  for i, qb in ipairs(queries.batches) do outs[i] = to_host(self:score_queries(Y, mask, qb, opts)) end
+  local t = cat_outputs(outs)
+  local host = to_host({frame_embeddings = Y, c_attn_masks = mask})
+  t.frame_embeddings, t.c_attn_masks = host.frame_embeddings, host.c_attn_masks
+  return t
+end
+
 --- The whole of validate_full_vcmr: encode the corpus, score every query batch, rank (VR by
 -- exp(q2c_alpha * score), VCMR over the top max_vcmr_video videos, SVMR on the ground-truth
 -- video), cut to max_after_nms, metrics, NMS and metrics again (hero.eval.retrieval.evaluate).
@@ -218,17 +270,15 @@ end
 -- ground_truth: array of {desc_id, vid_name, ts, type} or nil (predictions only).
 -- opts: q2c_alpha 20, max_vcmr_video 100, min_pred_l 2, max_pred_l 16, max_before_nms 200,
 --   max_after_nms 100, nms_thd 0.5 (-1 off), vfeat_interval 1.5, tasks {"VCMR", "SVMR", "VR"},
---   eval_with_query_type true, max_clip_len, split "val".
+--   eval_with_query_type true, max_clip_len, split "val", amp (nil, "bf16", "f16": the encoders
+--   and products under hero.amp.autocast, the scores in f32).
+-- The batches are made on the CPU and moved to the model's device one at a time.
 -- Returns the evaluation result ({submission, metrics, submission_nms, metrics_nms, val_log})
--- with `tensors` = {frame_embeddings, c_attn_masks, q2video_scores, st_logits, ...}.
+-- with `tensors` = {frame_embeddings, c_attn_masks, q2video_scores, st_logits, ...} on the CPU.
 function Vcmr:evaluate_full(corpus, queries, ground_truth, opts)
   opts = copy(opts)
   local R = require "hero.eval.retrieval"
-  local Y, mask = self:encode_corpus(corpus.batches, opts)
-  local outs = {}
-  for i, qb in ipairs(queries.batches) do outs[i] = self:score_queries(Y, mask, qb, opts) end
-  local t = cat_outputs(outs)
-  t.frame_embeddings, t.c_attn_masks = Y, mask
+  local t = score_corpus(self, corpus, queries, opts)
   local video2idx = corpus.video2idx
   if not video2idx then
     video2idx = {}
@@ -282,15 +332,12 @@ function Vr:forward(batch, task, opts)
 end
 
 --- eval_vr.py: raw cosine-max scores (no exp), top max_vr_video (100) videos, VR R@1/5/10/100
--- without the query-type breakdown. corpus / queries / ground_truth as HeroForVcmr.evaluate_full.
+-- without the query-type breakdown. corpus / queries / ground_truth (and opts.amp) as
+-- HeroForVcmr.evaluate_full.
 function Vr:evaluate_full(corpus, queries, ground_truth, opts)
   opts = copy(opts)
   local R = require "hero.eval.retrieval"
-  local Y, mask = self:encode_corpus(corpus.batches, opts)
-  local outs = {}
-  for i, qb in ipairs(queries.batches) do outs[i] = self:score_queries(Y, mask, qb, opts) end
-  local t = cat_outputs(outs)
-  t.frame_embeddings, t.c_attn_masks = Y, mask
+  local t = score_corpus(self, corpus, queries, opts)
   t.vr_scores_exp = nil
   local video2idx = corpus.video2idx
   if not video2idx then

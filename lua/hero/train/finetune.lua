@@ -49,10 +49,9 @@ FT.REFERENCE_SCRIPT = {vcmr = "train_vcmr", vr = "train_vr", videoqa = "train_vi
                        tvc = "train_tvc"}
 
 --- Keys of the reference's configs that hero reads for nothing, with the reason (README, "Fine-tuning
--- and evaluation"). None of them changes what is computed except fp16, which examples/finetune.lua
--- reports when it is on.
+-- and evaluation"). None of them changes what is computed. (fp16 is read by examples/finetune.lua:
+-- FT.FP16.)
 FT.UNUSED_KEYS = {
-  fp16 = "hero fine-tunes in f32 (the reference: apex O2 mixed precision)",
   n_workers = "the data is read on the training thread",
   pin_mem = "the data is read on the training thread",
   rank = "the rank is MPI's (--dist)",
@@ -60,6 +59,14 @@ FT.UNUSED_KEYS = {
   distributed_eval = "with --dist every full evaluation is shared by the ranks; the results are the same",
   vcmr_eval_batch_size = "no reference script reads it (the option is vcmr_eval_q_batch_size)",
   test_db = "train_tvc.py never reads it",
+}
+
+--- What examples/finetune.lua makes of the config's fp16 (the reference's apex O2 mixed precision)
+-- when --amp does not say: on a GPU, f16 autocast with loss scaling; on the CPU, whose half
+-- autocast is for checking numerics and not for speed, f32 (with a note).
+FT.FP16 = {
+  device = "the config's fp16: f16 autocast with loss scaling (--amp f32 or --amp bf16 to choose otherwise)",
+  cpu = "the config's fp16 is not used on the CPU, which fine-tunes in f32 (--amp f16 to follow it)",
 }
 
 --- Keys a config must have, per task (their argparse defaults would silently change the run).
@@ -104,6 +111,40 @@ local function file_exists(path)
   local f = io.open(path, "rb")
   if f then f:close() return true end
   return false
+end
+
+--- The device a run computes on, checked: "cpu" (or nil), "cuda:N", or "cuda" (the GPU of the
+-- process's index among the ranks of its node, as examples/pretrain.lua --device cuda: `local_rank`,
+-- else mpirun's OMPI_COMM_WORLD_LOCAL_RANK / MPI_LOCALRANKID / SLURM_LOCALID, else 0, modulo the
+-- number of GPUs). A CUDA device this machine does not have is an error naming it.
+function FT.device(name, local_rank)
+  if name == nil or name == "cpu" then return "cpu" end
+  if type(name) ~= "string" or not (name == "cuda" or name:match("^cuda:%d+$")) then
+    fail("device must be cpu, cuda or cuda:N, got '%s'", tostring(name))
+  end
+  local cuda = require "hero.cuda"
+  local n = cuda.device_count()
+  if n == 0 then
+    fail("device '%s': no CUDA device is available (no GPU, no driver, or hero built without CUDA)", name)
+  end
+  if name == "cuda" then
+    local r = local_rank or tonumber(os.getenv("OMPI_COMM_WORLD_LOCAL_RANK") or os.getenv("MPI_LOCALRANKID")
+      or os.getenv("SLURM_LOCALID") or "") or 0
+    return "cuda:" .. math.tointeger(r % n)
+  end
+  local i = math.tointeger(tonumber(name:match("%d+$")))
+  if i >= n then
+    fail("device '%s': this machine has %d GPU%s (cuda:0 to cuda:%d)", name, n, n == 1 and "" or "s", n - 1)
+  end
+  return name
+end
+
+--- Checks an amp setting: nil (f32), "bf16" or "f16" (hero.amp.autocast); returns it.
+function FT.check_amp(amp)
+  if amp ~= nil and amp ~= "bf16" and amp ~= "f16" then
+    fail("amp must be 'bf16', 'f16' or nil (f32), got %s", tostring(amp))
+  end
+  return amp
 end
 
 --- Checks a CLI task name; returns it.
@@ -380,8 +421,11 @@ end
 -- hps.valid_steps when valid_txt_db is given), dist (data-parallel over hero.dist: each rank
 -- trains on its share of the queries, gradients averaged, rank 0 logs and checkpoints), val_ref
 -- (TVC: the validation captions' references, JSON lines as train_tvc.py's val_ref, instead of the
--- caption db's).
--- Returns {model, optimizer, loader, trainer, dataset, video, report, max_token}.
+-- caption db's), device ("cpu"; "cuda:N", see FT.device: the model, and so the optimizer's state,
+-- is moved there and the Trainer moves every batch there, validation included), amp (nil, "bf16",
+-- "f16": the Trainer's hero.amp.autocast of every forward, with a checkpointed loss scaler for f16;
+-- the full evaluations run under it too).
+-- Returns {model, optimizer, loader, trainer, dataset, video, report, device, max_token}.
 function FT.setup(spec)
   if type(spec) ~= "table" then error("finetune.setup: expected a table of options, got " .. tostring(spec), 2) end
   for _, key in ipairs {"hps", "model_config"} do
@@ -391,6 +435,8 @@ function FT.setup(spec)
   end
   local task = FT.check_task(spec.task)
   local hps = spec.hps
+  local amp = FT.check_amp(spec.amp)
+  local device = FT.device(spec.device)
   local sd = FT.read_checkpoint(spec.checkpoint)
   local video = FT.video_dataset(hps, spec.vfeat_db, spec.sub_db, spec.txt_db)
   local ds = FT.dataset(task, hps, video, spec.txt_db, true)
@@ -404,6 +450,8 @@ function FT.setup(spec)
   local gen = core.Generator(hps.seed + 1)
   local model, report = FT.build_model(task, spec.model_config, hps, sd, {generator = gen})
   FT.check_features(model, video, ds)
+  -- before the optimizer, which holds the tensors it is given (its moments are made beside them)
+  if device ~= "cpu" then model:to(device) end
   local opt = FT.optimizer(model, task, hps)
   local reported = {}
   local dist = spec.dist and require("hero.dist") or nil
@@ -449,7 +497,7 @@ function FT.setup(spec)
     local function full_eval(step, txt_db, split)
       local res = FT.evaluate(task, model, hps, {video = video, txt_db = txt_db, split = split,
         tokenizer = spec.tokenizer, caption_eval = spec.caption_eval, distributed = dist ~= nil and world > 1,
-        references = split == "val" and spec.val_ref or nil})
+        references = split == "val" and spec.val_ref or nil, amp = amp})
       if rank ~= 0 then return nil end
       if spec.out_dir then
         local d = spec.out_dir .. "/results_" .. split
@@ -478,10 +526,10 @@ function FT.setup(spec)
     save_every = spec.out_dir and (spec.save_every or hps.save_steps) or 0,
     valid_every = spec.valid_txt_db and (spec.valid_every or hps.valid_steps) or 0, valid = valid,
     forward_opts = FT.forward_opts(task, model, hps), generator = gen, on_validate = on_validate,
-    validators = validators,
+    validators = validators, device = device, amp = amp,
     dist = dist ~= nil or nil, seed = dist and hps.seed or nil}
   return {model = model, optimizer = opt, loader = loader, meta = meta, trainer = trainer, dataset = ds,
-          video = video, report = report}
+          video = video, report = report, device = device}
 end
 
 -- ------------------------------------------------------------------ evaluation
@@ -601,6 +649,26 @@ local function join_ranks(parts, split, nms_thd)
   return res
 end
 
+-- A batch made on the CPU, on the model's device (hero.train.Trainer.batch_to; on the CPU the
+-- batch itself).
+local function to_model(batch, device)
+  return require("hero.train.trainer").batch_to(batch, device)
+end
+
+-- fn(...) under hero.amp.autocast(dtype) when dtype ("bf16", "f16") is given, else fn(...) as it is.
+local function autocast(dtype, fn, ...)
+  if dtype then return require("hero.amp").autocast(dtype, fn, ...) end
+  return fn(...)
+end
+
+-- Logits on the host in f32 or f64 (autocast leaves them bf16/f16, a GPU keeps them there), as
+-- the accuracy, the loss and the JSON read them; a CPU f32 tensor is returned as it is.
+local function host_logits(t)
+  local half = t:dtype() == "bf16" or t:dtype() == "f16"
+  if t:device() == "cpu" and not half then return t end
+  return t:to{device = "cpu", dtype = half and "f32" or t:dtype()}
+end
+
 local function eval_vcmr(task, model, hps, qds, spec)
   local split = spec.split or "val"
   local all_qids = qds:ids()
@@ -638,10 +706,11 @@ local function eval_vcmr(task, model, hps, qds, spec)
       q2c_alpha = hps.q2c_alpha, max_vcmr_video = hps.max_vcmr_video, min_pred_l = hps.min_pred_l,
       max_pred_l = hps.max_pred_l, max_before_nms = hps.max_before_nms, max_after_nms = hps.max_after_nms,
       nms_thd = hps.nms_thd, vfeat_interval = hps.vfeat_interval, tasks = hps.full_eval_tasks,
-      eval_with_query_type = hps.eval_with_query_type, max_clip_len = hps.max_clip_len, split = split})
+      eval_with_query_type = hps.eval_with_query_type, max_clip_len = hps.max_clip_len, split = split,
+      amp = spec.amp})
   else
     res = model:evaluate_full(corpus, {batches = batches, query_ids = all_q}, gt, {
-      max_vr_video = hps.max_vr_video, max_clip_len = hps.max_clip_len, split = split})
+      max_vr_video = hps.max_vr_video, max_clip_len = hps.max_clip_len, split = split, amp = spec.amp})
   end
   if dist then
     local parts = dist.all_gather_object({n = #all_q, submission = res.submission, metrics = res.metrics or json.null,
@@ -673,12 +742,15 @@ local function eval_qa(task, model, hps, qds, spec)
     qids = true, rank = ranks and ranks.rank, world_size = ranks and ranks.world}
   local logits, targets, qids = {}, {}, {}
   local has_gt = true
+  local device = model:device()
   model:evaluate()
   for batch in loader:iter() do
+    local on_device = to_model(batch, device)
     local out = core.no_grad(function()
-      return model:forward(batch, nil, {compute_loss = false, num_questions = batch.targets:size(1)})
+      return autocast(spec.amp, model.forward, model, on_device, nil,
+        {compute_loss = false, num_questions = batch.targets:size(1)})
     end)
-    logits[#logits + 1] = out.logits:detach()
+    logits[#logits + 1] = host_logits(out.logits:detach())
     targets[#targets + 1] = batch.targets:reshape(batch.targets:size(1))
     if batch.targets:min():item() < 0 then has_gt = false end
     for _, q in ipairs(batch.qids) do qids[#qids + 1] = q end
@@ -733,8 +805,11 @@ local function eval_tvc(model, hps, cds, spec)
   local tok = spec.tokenizer
   local results, refs = {}, {}
   local with_refs = true
+  local device = model:device()
   for batch in loader:iter() do
-    local caps = model:greedy_decode(batch, {max_step = hps.max_gen_step, bos = sp.BOS, eos = sp.EOS})
+    -- the captions come back as Lua arrays of ids; the batch's names and references stay on the host
+    local caps = autocast(spec.amp, model.greedy_decode, model, to_model(batch, device),
+      {max_step = hps.max_gen_step, bos = sp.BOS, eos = sp.EOS})
     for i, ids in ipairs(caps) do
       local text
       if tok then text = tok:decode(ids) else
@@ -794,13 +869,17 @@ end
 -- of hero.eval.caption.tvc_eval, e.g. meteor_jar, ptb_jar), references (TVC: a JSON-lines file of
 -- {clip_id, descs = [{desc}]}, the references the captions are scored against instead of the
 -- db's, as train_tvc.py's val_ref), save_logits (TVQA/VIOLIN: the results also hold logits =
--- {qid = {...}}).
+-- {qid = {...}}), amp (nil, "bf16", "f16": every forward pass under hero.amp.autocast; the scores
+-- and logits are read in f32).
+-- The model may be on a GPU (model:to("cuda:0")): every batch, made on the CPU, is moved to the
+-- device of its first parameter, and the scores, rankings and captions come back to the host.
 -- Returns the results table:
 --   vcmr/vr: {submission = {video2idx, VCMR, SVMR, VR}, metrics, submission_nms, metrics_nms, val_log}
 --   videoqa/violin: {results = {qid = answer}, metrics = {accuracy, loss}, val_log}
 --   tvc: {results = {{vid_name, clip_id, ts, descs = {{desc}}}}, metrics = {Bleu_1..4, ROUGE_L, CIDEr}}
 function FT.evaluate(task, model, hps, spec)
   FT.check_task(task)
+  FT.check_amp(spec.amp)
   local ds
   if spec.clips ~= nil then
     if task ~= "tvc" then fail("clips to caption (spec.clips, --target-clip) are for the tvc task, not %s", task) end

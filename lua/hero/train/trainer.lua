@@ -130,9 +130,9 @@ end
 -- generator) when the model does not keep it on its modules; its state is checkpointed too.
 -- A validation source is an array of batches or an object with :iter() (one pass). Batches come
 -- from the loaders on the CPU and are moved to `device` (e.g. after model:cuda()) before forward.
--- amp runs each forward under hero.amp.autocast(amp); with "f16" each task's loss is scaled by its
--- own hero.amp.GradScaler, an update whose gradients overflow is skipped (logged as skipped) and
--- the scalers are checkpointed with the rest.
+-- amp runs each forward (validation's too) under hero.amp.autocast(amp); with "f16" each task's
+-- loss is scaled by its own hero.amp.GradScaler, an update whose gradients overflow is skipped
+-- (logged as skipped) and the scalers are checkpointed with the rest.
 -- dist: true (or the options of hero.dist.init, e.g. {timeout = 600}) trains data-parallel over the
 -- ranks of an MPI job (see the top of this file). seed: seeds hero's default generator; with dist,
 -- each rank gets its own seed derived from it (hero.dist.rank_seed). With dist, the gradients of
@@ -295,6 +295,12 @@ local function batch_to(batch, device)
 end
 Trainer.batch_to = batch_to
 
+--- fn(...) under hero.amp.autocast(opts.amp) when the trainer has one, else fn(...) as it is.
+function Trainer:autocast(fn, ...)
+  if self.amp then return amp.autocast(self.amp, fn, ...) end
+  return fn(...)
+end
+
 --- The loss scaler of a task (f16 training), made on first use; nil without loss scaling.
 function Trainer:scaler(task)
   if not self.scalers then return nil end
@@ -333,12 +339,7 @@ function Trainer:update()
     self:check_batch(task, batch, mb)
     local fopts = self:forward_options(task, self.global_step + 1)
     local dev_batch = batch_to(batch, self.device)
-    local out
-    if self.amp then
-      out = amp.autocast(self.amp, self.model.forward, self.model, dev_batch, task, fopts)
-    else
-      out = self.model:forward(dev_batch, task, fopts)
-    end
+    local out = self:autocast(self.model.forward, self.model, dev_batch, task, fopts)
     if type(out) ~= "table" or not core.is_tensor(out.loss) then
       error(string.format("Trainer: model:forward(batch, '%s') returned no loss tensor", task), 0)
     end
@@ -463,11 +464,14 @@ function Trainer:validate()
         self:check_batch(task, batch, n + 1)
         local fopts = self:forward_options(task, self.global_step)
         local dev_batch = batch_to(batch, self.device)
+        -- under the training's autocast, as the reference validates its fp16 model
         if val then
-          local s = core.no_grad(function() return val.batch(self.model, dev_batch, fopts) end)
+          local s = core.no_grad(function() return self:autocast(val.batch, self.model, dev_batch, fopts) end)
           for k, x in pairs(s) do totals[k] = (totals[k] or 0) + x end
         else
-          local loss = core.no_grad(function() return self.model:forward(dev_batch, task, fopts).loss:item() end)
+          local loss = core.no_grad(function()
+            return self:autocast(self.model.forward, self.model, dev_batch, task, fopts).loss:item()
+          end)
           sum = sum + loss
         end
         n = n + 1
