@@ -83,6 +83,22 @@ describe("hero.text.Tokenizer", function()
     assert.equal(300, checked)
   end)
 
+  it("gives transformers 2.0.0 RoBERTa's ids on random texts from every Unicode plane", function()
+    -- letters, digits and marks anywhere below U+30000, every whitespace Python strips, emoji
+    -- sequences, special tokens and near misses (spec/fixtures/gen/tokenizer_fuzz.py)
+    local cases = helper.load_fixture("tokenizer/fuzz_cases.lua")
+    assert.equal(250, #cases)
+    for i, c in ipairs(cases) do same_list(roberta:encode(c.text), c.ids, "ids of random text " .. i) end
+  end)
+
+  it("takes only the text: the style is the tokenizer's", function()
+    helper.assert_error_contains(function() roberta:encode("a b", {style = "gpt2"}) end,
+      "Tokenizer:encode takes only the text; choose the style with Tokenizer.from_files")
+    helper.assert_error_contains(function() roberta:tokenize("a", nil) end, "Tokenizer:tokenize takes only the text")
+    helper.assert_error_contains(function() roberta:encode_batch({"a"}, true) end, "Tokenizer:encode_batch")
+    helper.assert_error_contains(function() roberta:encode_tensor("a", 1) end, "Tokenizer:encode_tensor")
+  end)
+
   it("gives HERO's subtitle and query preprocessing ids on every case", function()
     for _, c in ipairs(fx.cases) do
       local sub = text.prepare_subtitle(c.text)

@@ -89,14 +89,35 @@ function Tokenizer.from_files(vocab_path, merges_path, opts)
   }, Tokenizer)
 end
 
+-- The style and stripping are the tokenizer's (Tokenizer.from_files' options): an argument after
+-- the text, such as encode(s, {style = "gpt2"}), would otherwise be ignored without a word.
+local function text_only(method, n)
+  if n > 0 then
+    error(("Tokenizer:%s takes only the text; choose the style with Tokenizer.from_files(vocab, merges, "
+      .. "{style = ...})"):format(method), 3)
+  end
+end
+
 --- Lua array of the (0-based) ids of s.
-function Tokenizer:encode(s) return self._bpe:encode(s, self._flags) end
+function Tokenizer:encode(s, ...)
+  text_only("encode", select("#", ...))
+  return self._bpe:encode(s, self._flags)
+end
 --- The ids of s as a 1-D i64 tensor.
-function Tokenizer:encode_tensor(s) return self._bpe:encode_tensor(s, self._flags) end
+function Tokenizer:encode_tensor(s, ...)
+  text_only("encode_tensor", select("#", ...))
+  return self._bpe:encode_tensor(s, self._flags)
+end
 --- Encodes an array of texts on the thread pool; returns an array of id arrays.
-function Tokenizer:encode_batch(texts) return self._bpe:encode_batch(texts, self._flags) end
+function Tokenizer:encode_batch(texts, ...)
+  text_only("encode_batch", select("#", ...))
+  return self._bpe:encode_batch(texts, self._flags)
+end
 --- The token strings of s, in the vocabulary's byte-mapped form ("Ġworld").
-function Tokenizer:tokenize(s) return self._bpe:tokenize(s, self._flags) end
+function Tokenizer:tokenize(s, ...)
+  text_only("tokenize", select("#", ...))
+  return self._bpe:tokenize(s, self._flags)
+end
 --- Text of ids (a Lua array or a 1-D integer tensor). Bytes that are not valid UTF-8 become
 -- U+FFFD, as GPT-2's decoder does; opts.strict = true raises an error instead.
 function Tokenizer:decode(ids, opts)
