@@ -141,4 +141,15 @@ describe("PyTorch functions composed from the C ops", function()
     helper.assert_error_contains(function() hero.diag(hero.ones(1, 2, 3)) end, "1-D or 2-D")
     helper.assert_error_contains(function() hero.isnan(3) end, "expected a hero.Tensor")
   end)
+
+  it("name themselves and the caller's line when an op inside them fails", function()
+    local line = debug.getinfo(1, "l").currentline + 1
+    local ok, err = pcall(function() local n = hero.ones(2):count_nonzero(5); return n end)
+    assert.is_false(ok)
+    assert.equal(string.format("%s:%d: count_nonzero: sum: dimension 5 out of range", debug.getinfo(1, "S").short_src,
+      line), err:match("^(.-) %(the tensor"))
+    ok, err = pcall(function() local d = hero.diff(hero.ones(2), 1, 3); return d end)
+    assert.is_false(ok)
+    assert.truthy(err:find("tensor_math_spec.lua:%d+: diff: size: dimension 3 out of range"), err)
+  end)
 end)

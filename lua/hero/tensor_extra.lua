@@ -55,9 +55,21 @@ function M.install_math(hero, methods)
     if not hero.is_tensor(t) then error(string.format("%s: expected a hero.Tensor, got %s", who, type(t)), 3) end
   end
   local function is_float(t) local d = t:dtype(); return FLOAT_MAX[d] ~= nil end
+  -- An error from an op inside a composed function is raised again naming the function the user
+  -- called, at the user's line (not "sum: ..." at a line of this file).
   local function both(name, fn)
-    hero[name] = fn
-    methods[name] = fn
+    local prefix = name .. ":"
+    local function composed(...)
+      local r = table.pack(pcall(fn, ...))
+      if r[1] then return table.unpack(r, 2, r.n) end
+      local err = r[2]
+      if type(err) ~= "string" then error(err, 0) end
+      err = err:gsub("^[^\n]-%.lua:%d+: ", "")
+      if err:sub(1, #prefix) ~= prefix then err = prefix .. " " .. err end
+      error(err, 2)
+    end
+    hero[name] = composed
+    methods[name] = composed
   end
 
   both("isnan", function(t)
