@@ -65,8 +65,9 @@
 --   --vfeat-dim N        frame feature size [fixture's, else 4352]
 --   --max-frm-seq-len N  frames per subtitle segment [fixture's, else 100]
 --   --quiet              no progress line on stderr
---   --amp bf16|f16       mixed precision: forward under hero.amp.autocast (f32 master weights); f16
---                        scales each task's loss with its own GradScaler [off]
+--   --amp bf16|f16|f32   mixed precision: forward under hero.amp.autocast (f32 master weights); f16
+--                        scales each task's loss with its own GradScaler [f32; a --train-config's
+--                        fp16: true is f16 on a GPU]
 --   --device D           where the model computes: cpu, cuda (with --dist: the GPU of the rank's index
 --                        on its node) or cuda:N [cpu]; batches are made on the CPU and moved there
 --   --dist               data-parallel over MPI (launch with mpirun): each rank reads its shard of the
@@ -334,9 +335,6 @@ if opts["train-config"] then
   end)
   if not ok then usage((tostring(t):gsub("^[^\n]-:%d+: ", ""))) end
   tc, tc_targets = t[1], t[2]
-  if tc.fp16 == true and not opts.amp and rank == 0 then
-    io.stderr:write("note: the config's fp16 is not used: ", PC.UNUSED_KEYS.fp16, "\n")
-  end
   -- pretrain.py's output_dir, unless --out names another
   if not opts.out and type(tc.output_dir) == "string" then opts.out = tc.output_dir end
 elseif opts["txt-db"] or opts["img-db"] then
@@ -548,8 +546,9 @@ elseif init_sd or (tc and tc.load_partial_pretrained) then
       tc.checkpoint, #report.missing, #report.unexpected))
   end
 end
-if opts.amp and opts.amp ~= "bf16" and opts.amp ~= "f16" then usage("--amp must be bf16 or f16") end
-hps.amp = opts.amp -- in hps.json (absent: f32), so that --resume refuses another precision
+if opts.amp and opts.amp ~= "bf16" and opts.amp ~= "f16" and opts.amp ~= "f32" then
+  usage("--amp must be bf16, f16 or f32, got '" .. tostring(opts.amp) .. "'")
+end
 local device = opts.device or "cpu"
 if device == "cuda" then
   -- one GPU per rank: the rank's index among the ranks of its node (what mpirun calls local rank)
@@ -565,6 +564,15 @@ if device ~= "cpu" then
   local ok, err = pcall(model.to, model, device)
   if not ok then usage((tostring(err):gsub("^[^\n]-:%d+: ", ""))) end
 end
+-- the precision: --amp, else the training config's fp16 as fine-tuning reads it (FT.FP16): f16
+-- autocast with loss scaling on a GPU, f32 on the CPU
+local amp = opts.amp
+if amp == nil and tc and tc.fp16 == true then
+  amp = device ~= "cpu" and "f16" or nil
+  if rank == 0 then io.stderr:write("note: ", FT.FP16[device ~= "cpu" and "device" or "cpu"], "\n") end
+end
+if amp == "f32" then amp = nil end
+hps.amp = amp -- in hps.json (absent: f32), so that --resume refuses another precision
 
 -- the config's optim (build_optimizer: lr and betas passed, eps the class's default: AdamW's 1e-6)
 local optimizer = hero.optim.by_config_name(hps.optim)(model:named_parameters(), {lr = hps.lr,
@@ -580,7 +588,7 @@ local trainer = train.Trainer{
   -- validation reports the reference's metrics per task (loss, accuracy, ...), with its loss weights
   validators = require("hero.train.pretrain_valid").validators(vsm_config or model.opts),
   save_every = hps.save_every, out_dir = opts.out, progress = not opts.quiet,
-  dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil, device = device, amp = opts.amp,
+  dist = opts.dist and true or nil, seed = opts.dist and hps.seed or nil, device = device, amp = amp,
 }
 
 -- with --dist a rank that fails while the others wait in a collective ends the whole job at once

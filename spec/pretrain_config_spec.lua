@@ -196,6 +196,10 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     local rc, text = pretrain {"--train-config", dir .. "/pretrain.json", "--out", out, "--quiet"}
     assert.equal(0, rc, text)
     assert.matches("roberta.safetensors: %d+ parameters not in the checkpoint", text)
+    -- the config's fp16 on the CPU: f32, with a note (on a GPU it is f16 autocast)
+    local FT = require "hero.train.finetune"
+    assert.truthy(text:find("note: " .. FT.FP16.cpu, 1, true), text)
+    assert.is_nil(json.read_file(out .. "/hps.json").amp)
     local recs = {}
     for line in io.lines(out .. "/log.jsonl") do recs[#recs + 1] = json.decode(line) end
     assert.equal(4, #recs) -- num_train_steps
@@ -214,8 +218,9 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     assert.is_true(io.open(out .. "/ckpt/step_4.safetensors") ~= nil)
     -- the command line wins over the config
     rc, text = pretrain {"--train-config", dir .. "/pretrain.json", "--out", dir .. "/run2", "--quiet", "--steps", "1",
-      "--accum", "1", "--lr", "5e-4"}
+      "--accum", "1", "--lr", "5e-4", "--amp", "f32"}
     assert.equal(0, rc, text)
+    assert.is_nil(text:find("fp16", 1, true), text) -- --amp chose: no note
     local first = json.decode(io.lines(dir .. "/run2/log.jsonl")())
     assert.equal(1, #first.micro_losses)
     assert.equal(5e-4, first.lr)

@@ -47,7 +47,7 @@ local READ = {
   vcmr_eval_video_batch_size = "the evaluation's video batches", max_vr_video = "the evaluation",
   vr_eval_video_batch_size = "the evaluation's video batches", vr_eval_q_batch_size = "the evaluation's query batches",
   lsr = "the TVC loss", max_cap_per_vid = "the TVC training captions", max_gen_step = "the TVC decoding",
-  fp16 = "examples/finetune.lua: f16 autocast on a GPU unless --amp says otherwise (FT.FP16)",
+  fp16 = "examples/finetune.lua and pretrain.lua: f16 autocast on a GPU unless --amp says otherwise (FT.FP16)",
 }
 
 local TRAIN = {

@@ -61,12 +61,12 @@ FT.UNUSED_KEYS = {
   test_db = "train_tvc.py never reads it",
 }
 
---- What examples/finetune.lua makes of the config's fp16 (the reference's apex O2 mixed precision)
--- when --amp does not say: on a GPU, f16 autocast with loss scaling; on the CPU, whose half
--- autocast is for checking numerics and not for speed, f32 (with a note).
+--- What examples/finetune.lua and pretrain.lua make of the config's fp16 (the reference's apex O2
+-- mixed precision) when --amp does not say: on a GPU, f16 autocast with loss scaling; on the CPU,
+-- whose half autocast is for checking numerics and not for speed, f32 (with a note).
 FT.FP16 = {
   device = "the config's fp16: f16 autocast with loss scaling (--amp f32 or --amp bf16 to choose otherwise)",
-  cpu = "the config's fp16 is not used on the CPU, which fine-tunes in f32 (--amp f16 to follow it)",
+  cpu = "the config's fp16 is not used on the CPU, which trains in f32 (--amp f16 to follow it)",
 }
 
 --- Keys a config must have, per task (their argparse defaults would silently change the run).

@@ -26,9 +26,9 @@ local PC = {}
 PC.TASKS = {mlm = true, ["mfm-nce"] = true, mffr = true, fom = true, vsm = true}
 
 --- Keys of the reference's pre-training configs that hero reads for nothing, with the reason
--- (README, "Pre-training"). Only fp16 changes what is computed; examples/pretrain.lua reports it.
+-- (README, "Pre-training"). None of them changes what is computed. (fp16 is read by
+-- examples/pretrain.lua as fine-tuning reads it: hero.train.finetune.FP16.)
 PC.UNUSED_KEYS = {
-  fp16 = "mixed precision is --amp bf16|f16 (the reference: apex O2 fp16)",
   n_workers = "batches are made by --workers threads",
   pin_mem = "batches are made by --workers threads",
   rank = "the rank is MPI's (--dist)",
