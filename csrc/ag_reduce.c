@@ -486,6 +486,11 @@ int hr_ag_median_dim(hr_tensor *t, int dim, bool keepdim, hr_tensor **values, hr
     return selection_with_grad("median", t, dim, keepdim, hr_median_dim(t, dim, values, indices), values, indices);
 }
 
+int hr_ag_mode(hr_tensor *t, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices)
+{
+    return selection_with_grad("mode", t, dim, keepdim, hr_mode(t, dim, values, indices), values, indices);
+}
+
 int hr_ag_cummax_cummin(bool is_max, hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices)
 {
     int rc = hr_cummax_cummin(is_max, t, dim, values, indices);

@@ -56,6 +56,7 @@ hr_tensor *hr_ag_prod(hr_tensor *t, int dim, bool keepdim);
 int hr_ag_sort_topk(bool topk, hr_tensor *t, int64_t k, int dim, bool flag, hr_tensor **values, hr_tensor **indices);
 int hr_ag_kthvalue(hr_tensor *t, int64_t k, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices);
 int hr_ag_median_dim(hr_tensor *t, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices);
+int hr_ag_mode(hr_tensor *t, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices);
 hr_tensor *hr_ag_median_all(hr_tensor *t); /* the lower median of every element, 0-dim */
 int hr_ag_cummax_cummin(bool is_max, hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices);
 

@@ -63,6 +63,9 @@ int hr_topk(hr_tensor *t, int64_t k, int dim, bool largest, hr_tensor **values, 
  * The outputs keep dim with size 1 (squeeze it for torch's keepdim = false). Bool is refused. */
 int hr_kthvalue(hr_tensor *t, int64_t k, int dim, hr_tensor **values, hr_tensor **indices);
 int hr_median_dim(hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices);
+/* The most frequent value along dim (the smallest of equally frequent ones; NaNs count as one value)
+ * and the index of its last occurrence, as torch.mode. */
+int hr_mode(hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices);
 
 /* The running maximum (minimum) along dim and the index where it was taken: a later equal element
  * takes it over, and so does every NaN (torch's cummax / cummin). Same shape as t. */

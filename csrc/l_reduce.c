@@ -237,6 +237,21 @@ static int l_kthvalue(lua_State *L)
 }
 
 /* t:median() -> the lower median of every element (0-dim); t:median(dim [, keepdim]) -> values, indices. */
+/* t:mode([dim = -1] [, keepdim]) -> values, indices: the most frequent value and its last index. */
+static int l_mode(lua_State *L)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, "mode");
+    int dim = lua_isnoneornil(L, 2) ? -1 : hr_lua_check_dim(L, 2, t->ndim, "mode");
+    bool keepdim = opt_bool(L, 3, false, "mode", "keepdim");
+    hr_tensor *v, *i;
+    int rc;
+    HR_LUA_RETRY_INT(L, rc, hr_ag_mode(t, dim, keepdim, &v, &i));
+    if (rc) return hr_lua_error(L, "mode");
+    hr_lua_push_tensor(L, v);
+    hr_lua_push_tensor(L, i);
+    return 2;
+}
+
 static int l_median(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "median");
@@ -295,6 +310,7 @@ static const luaL_Reg reduce_functions[] = {
     {"topk", l_topk},
     {"kthvalue", l_kthvalue},
     {"median", l_median},
+    {"mode", l_mode},
     {"cummax", l_cummax},
     {"cummin", l_cummin},
     {NULL, NULL},

@@ -1095,6 +1095,7 @@ describe("CUDA backend #cuda", function()
       for _, fn in ipairs {
         function(t) return (t:median(2)) end, function(t) return select(2, t:median(1, true)) end,
         function(t) return t:median() end, function(t) return (t:kthvalue(3, 2)) end,
+        function(t) return (t:mode(2)) end, function(t) return select(2, t:mode(1, true)) end,
         function(t) return select(2, t:kthvalue(2, 1, true)) end, function(t) return (t:cummax(2)) end,
         function(t) return select(2, t:cummin(1)) end, function(t) return (t:round():unique()) end,
         function(t) return select(2, t:round():unique {return_inverse = true}) end,
@@ -1121,6 +1122,7 @@ describe("CUDA backend #cuda", function()
       same(gx, cx)
       same(gy, cy)
       check_grad(function(t) return (t:median(2)) end, {x})
+      check_grad(function(t) return (t:mode(2)) end, {x})
       check_grad(function(t) return t:median() end, {x})
       check_grad(function(t) return (t:kthvalue(2, 1)) end, {x})
       check_grad(function(t) return (t:cummax(2)) end, {x})

@@ -209,6 +209,33 @@ describe("median, kthvalue, cummax and cummin against torch", function()
     assert.same({1, 2}, select(2, t:median(2)):totable()) -- the lower median in the stable order
   end)
 
+  it("mode along a dim: torch's values, last indices and gradients", function()
+    local s = fx.selection
+    for k, c in ipairs(s.mode_cases) do
+      local label = "mode case " .. k
+      for _, layout in ipairs {"contiguous", "transposed"} do
+        local x = operand(s.mode_x, "f64", layout):detach():requires_grad_()
+        local v, i = x:mode(c.dim, c.keepdim)
+        near(v, c.v, label .. " values")
+        assert.same(c.i, i:totable(), label .. " indices")
+        assert.equal("i64", i:dtype())
+        local loss = (v * f64(c.w)):sum()
+        loss:backward()
+        near(x.grad, c.g, label .. " gradient")
+      end
+    end
+    local v, i = i64(s.int_x):mode(2)
+    assert.same(s.int_mode, {v:totable(), i:totable()})
+    for _, dt in ipairs {"bf16", "f16", "i32", "u8"} do
+      local x = hero.tensor({{2, 7, 7, 2, 7}, {1, 1, 0, 0, 3}}, {dtype = dt})
+      local mv, mi = x:mode()
+      assert.equal(dt, mv:dtype())
+      assert.same({{7, 0}, {4, 3}}, {mv:double():totable(), mi:totable()}, dt) -- as torch 1.13
+    end
+    helper.assert_error_contains(function() hero.zeros(2, 0):mode(2) end, "mode: dimension 2 is empty")
+    helper.assert_error_contains(function() hero.tensor {true}:mode() end, "mode: not supported for bool")
+  end)
+
   it("keep the dtype of bf16, f16 and integer tensors, picking their elements exactly", function()
     local data = {{3.5, -1.25, 2.0, 7.0, 0.5}, {1.0, 4.0, -3.0, 0.0, 6.5}}
     local ref = hero.tensor(data, {dtype = "f64"})

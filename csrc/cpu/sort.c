@@ -128,7 +128,7 @@ DEFINE_SORTS(desc_i, pair_i, BEFORE_DESC_I)
 
 /* What a walk over the rows makes: the sorted row, its k best, or one element of the ascending
  * order (the k-th smallest, or the lower median, which a NaN in the row replaces by that NaN). */
-typedef enum { ROWS_SORT, ROWS_TOPK, ROWS_KTH, ROWS_MEDIAN } rows_mode;
+typedef enum { ROWS_SORT, ROWS_TOPK, ROWS_KTH, ROWS_MEDIAN, ROWS_MODE } rows_mode;
 
 typedef struct {
     rows_mode mode;
@@ -177,10 +177,33 @@ static int64_t selected_position(const sort_job *j, const pair_d *a, int64_t n)
     return (n - 1) / 2;
 }
 
+/* mode: in the row's ascending (stable) order, the last element of the longest run of equal values
+ * (the first such run, so the smallest value, when runs tie; NaNs count as one value), as torch's
+ * mode: the value occurring most often, the smallest among equals, with the index of its last
+ * occurrence. */
+#define DEFINE_MODE(NAME, PT, SAME)                                                                \
+    static int64_t NAME##_mode_position(const PT *a, int64_t n)                                    \
+    {                                                                                              \
+        int64_t best = 0, best_len = 0, start = 0;                                                 \
+        for (int64_t i = 1; i <= n; i++) {                                                         \
+            if (i < n && SAME(a[i].k, a[start].k)) continue;                                      \
+            if (i - start > best_len) {                                                            \
+                best_len = i - start;                                                              \
+                best = i - 1;                                                                      \
+            }                                                                                      \
+            start = i;                                                                             \
+        }                                                                                          \
+        return best;                                                                               \
+    }
+#define SAME_D(x, y) ((x) == (y) || ((x) != (x) && (y) != (y)))
+#define SAME_I(x, y) ((x) == (y))
+DEFINE_MODE(d, pair_d, SAME_D)
+DEFINE_MODE(i, pair_i, SAME_I)
+
 static void sort_worker(void *arg, int64_t begin, int64_t end)
 {
     sort_job *j = arg;
-    bool select = j->mode == ROWS_KTH || j->mode == ROWS_MEDIAN;
+    bool select = j->mode == ROWS_KTH || j->mode == ROWS_MEDIAN || j->mode == ROWS_MODE;
     int64_t n = j->gi.n, m = j->topk ? j->k : select ? 1 : n;
     size_t psize = j->int_keys ? sizeof(pair_i) : sizeof(pair_d);
     /* sort: n pairs and n of merge space; top-k: a heap of k */
@@ -205,7 +228,8 @@ static void sort_worker(void *arg, int64_t begin, int64_t end)
                 for (int64_t i = 0; i < n; i++) a[i] = get_i(&rr, i);
                 if (j->desc) desc_i_msort(a, a + n, n);
                 else asc_i_msort(a, a + n, n);
-                if (select) a[0] = a[j->mode == ROWS_KTH ? j->k - 1 : (n - 1) / 2];
+                if (select)
+                    a[0] = a[j->mode == ROWS_KTH ? j->k - 1 : j->mode == ROWS_MODE ? i_mode_position(a, n) : (n - 1) / 2];
             }
             for (int64_t i = 0; i < m; i++) {
                 if (vo) memcpy(vo + i * so * (int64_t)j->el, rr.p + a[i].i * si, j->el);
@@ -220,7 +244,7 @@ static void sort_worker(void *arg, int64_t begin, int64_t end)
                 for (int64_t i = 0; i < n; i++) a[i] = get_d(&rr, i);
                 if (j->desc) desc_d_msort(a, a + n, n);
                 else asc_d_msort(a, a + n, n);
-                if (select) a[0] = a[selected_position(j, a, n)];
+                if (select) a[0] = a[j->mode == ROWS_MODE ? d_mode_position(a, n) : selected_position(j, a, n)];
             }
             for (int64_t i = 0; i < m; i++) {
                 if (vo) memcpy(vo + i * so * (int64_t)j->el, rr.p + a[i].i * si, j->el);
@@ -234,7 +258,7 @@ static void sort_worker(void *arg, int64_t begin, int64_t end)
 static int sort_rows(const char *name, hr_tensor *t, int dim, bool desc, rows_mode mode, int64_t k, hr_tensor **values,
                      hr_tensor **indices)
 {
-    bool topk = mode == ROWS_TOPK, select = mode == ROWS_KTH || mode == ROWS_MEDIAN;
+    bool topk = mode == ROWS_TOPK, select = mode == ROWS_KTH || mode == ROWS_MEDIAN || mode == ROWS_MODE;
     if (values) *values = NULL;
     if (indices) *indices = NULL;
     if (hr_rows_on_host(t)) {
@@ -259,10 +283,10 @@ static int sort_rows(const char *name, hr_tensor *t, int dim, bool desc, rows_mo
         return hr_fail(HR_EINVAL, "%s: k = %" PRId64 " is out of range 1..%" PRId64 " for dimension %d (shape %s)", name,
                        k, n, d + 1, hr_shape_str(t->ndim, t->size, buf, sizeof buf));
     }
-    if (mode == ROWS_MEDIAN && n == 0) {
+    if ((mode == ROWS_MEDIAN || mode == ROWS_MODE) && n == 0) {
         char buf[160];
-        return hr_fail(HR_EINVAL, "%s: dimension %d is empty (shape %s); there is no median", name, d + 1,
-                       hr_shape_str(t->ndim, t->size, buf, sizeof buf));
+        return hr_fail(HR_EINVAL, "%s: dimension %d is empty (shape %s); there is no %s", name, d + 1,
+                       hr_shape_str(t->ndim, t->size, buf, sizeof buf), name);
     }
     if (select && t->dtype == HR_BOOL)
         return hr_fail(HR_EINVAL, "%s: not supported for bool tensors, as in torch (convert with :long() first)", name);
@@ -322,4 +346,9 @@ int hr_kthvalue(hr_tensor *t, int64_t k, int dim, hr_tensor **values, hr_tensor 
 int hr_median_dim(hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices)
 {
     return sort_rows("median", t, dim, false, ROWS_MEDIAN, 0, values, indices);
+}
+
+int hr_mode(hr_tensor *t, int dim, hr_tensor **values, hr_tensor **indices)
+{
+    return sort_rows("mode", t, dim, false, ROWS_MODE, 0, values, indices);
 }
