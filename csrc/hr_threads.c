@@ -58,6 +58,8 @@ static _Thread_local bool serial_thread;
 
 void hr_parallel_set_serial(bool serial) { serial_thread = serial; }
 
+bool hr_parallel_is_serial(void) { return serial_thread; }
+
 static int default_threads(void)
 {
     const char *env = getenv("HERO_NUM_THREADS");

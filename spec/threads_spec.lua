@@ -74,4 +74,17 @@ describe("threads", function()
     hero.set_num_threads(saved)
     assert(ok, err)
   end)
+
+  it("keeps the thread count the main state's: a worker state cannot change it", function()
+    local pool <close> = core.worker_pool{n = 1, script = [[
+      local hero = require "hero"
+      return function(n)
+        hero.set_num_threads(n)
+      end]]}
+    local before = hero.get_num_threads()
+    pool:submit(before + 1)
+    local err = select(2, pcall(pool.get, pool))
+    assert.matches("cannot change it; set it from the main state", tostring(err), 1, true)
+    assert.equal(before, hero.get_num_threads())
+  end)
 end)
