@@ -75,6 +75,26 @@ asan: deps
 	 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	 $(call LUA_ENV,csrc/build-asan) $(LUA) spec/run.lua
 
+# ThreadSanitizer build of the module (csrc/build-tsan) under the specs whose code runs on several
+# threads: the worker pool's parallel kernels (2 threads), the backward engine, the data-loader
+# worker states and their readers, the allocator, training with loader threads. Any report fails
+# the run (csrc/tsan.supp lists the false ones inside uninstrumented libraries). The runtime is
+# preloaded because lua5.4 is not instrumented, with csrc/preload/tsan_start.c to start it in the
+# shells and programs the specs run.
+TSAN_SPECS := spec/threads_spec.lua spec/prefetch_spec.lua spec/data_pipeline_spec.lua spec/data_readers_spec.lua \
+              spec/linalg_spec.lua spec/pointwise_spec.lua spec/reduce_spec.lua spec/index_spec.lua \
+              spec/nn_functional_spec.lua spec/gelu_spec.lua spec/optim_spec.lua spec/random_spec.lua \
+              spec/tokenizer_spec.lua spec/allocator_spec.lua spec/autograd_function_spec.lua \
+              spec/autograd_index_spec.lua spec/autograd_pointwise_spec.lua spec/autograd_reduce_linalg_spec.lua \
+              spec/autograd_views_spec.lua spec/nn_layers_spec.lua spec/hero_model_spec.lua spec/train_spec.lua \
+              spec/pretrain_config_spec.lua spec/demo_spec.lua spec/dist_spec.lua
+tsan: deps
+	$(MAKE) -C csrc SANITIZE=thread
+	@TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 suppressions=$(CURDIR)/csrc/tsan.supp" \
+	 HERO_NUM_THREADS=2 \
+	 LD_PRELOAD="$$(gcc -print-file-name=libtsan.so) $(CURDIR)/csrc/build-tsan/tsan_start.so" \
+	 $(call LUA_ENV,csrc/build-tsan) $(LUA) spec/run.lua $(TSAN_SPECS)
+
 # HERO end to end on the embedded synthetic dataset (under a minute on 2 cores): preprocessing into
 # LMDBs, pre-training, VCMR fine-tuning with and without pre-training, evaluation, loss curves.
 demo: build
@@ -134,5 +154,5 @@ clean:
 	$(MAKE) -C csrc clean
 	rm -rf "$(abspath $(FUZZ_BUILD))"
 
-.PHONY: all deps build test fuzz fuzz-smoke fuzz-long asan demo bench bench-ops lint device-debs device-build install-rock repl \
+.PHONY: all deps build test fuzz fuzz-smoke fuzz-long asan tsan demo bench bench-ops lint device-debs device-build install-rock repl \
         clean

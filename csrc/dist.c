@@ -37,8 +37,10 @@ int hr_dist_abort(const char *msg, int code) { (void)msg; (void)code; return hr_
 #include <time.h>
 #include <unistd.h>
 
-/* MPI is process-wide, so is this state. */
-static bool g_init, g_final, g_watchdog_started;
+/* MPI is process-wide, so is this state. The watchdog thread reads g_rank and g_thread_level,
+ * set before it starts, and g_final, which hr_dist_finalize sets while it runs: atomic. */
+static bool g_init, g_watchdog_started;
+static atomic_bool g_final;
 static int g_rank, g_world = 1, g_thread_level;
 /* Watchdog: the monotonic time (ns) the current collective started (0: none running), its name and
  * the timeout in ns (0: off). Written by the Lua thread, read by the watchdog thread. */
@@ -87,7 +89,7 @@ static void *watchdog_main(void *arg)
                 "hangs or skipped the call); aborting the job\n",
                 g_rank, atomic_load(&g_busy_op), (double)timeout / 1e9);
         fflush(stderr);
-        if (!g_final && g_thread_level >= MPI_THREAD_MULTIPLE) MPI_Abort(MPI_COMM_WORLD, 124);
+        if (!atomic_load(&g_final) && g_thread_level >= MPI_THREAD_MULTIPLE) MPI_Abort(MPI_COMM_WORLD, 124);
         _exit(124); /* MPI cannot be called from this thread: a non-zero exit makes mpirun end the job */
     }
     return NULL;
@@ -428,7 +430,7 @@ int hr_dist_finalize(void)
     /* MPI_Finalize synchronises with the other ranks: under the watchdog too */
     hr_dist_busy_begin("hero.dist.finalize");
     int rc = MPI_Finalize();
-    g_final = true;
+    atomic_store(&g_final, true);
     hr_dist_busy_end();
     return rc == MPI_SUCCESS ? 0 : hr_dist_mpi_fail(rc, "hero.dist.finalize");
 }

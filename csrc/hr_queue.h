@@ -50,5 +50,7 @@ void hr_workq_close(hr_workq *q);
  * pool (hr_threads.c): worker threads preparing data must not take the pool (and its cores) away
  * from the thread that trains. Thread-local; off by default. */
 void hr_parallel_set_serial(bool serial);
+/* Whether hr_parallel_set_serial(true) holds on the calling thread. */
+bool hr_parallel_is_serial(void);
 
 #endif

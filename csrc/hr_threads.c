@@ -28,7 +28,11 @@ typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t work_ready;
     pthread_cond_t work_done;
-    int nthreads;        /* including the calling thread */
+    /* Including the calling thread; 0 until first asked for. Read without the lock by every
+     * parallel loop and kernel, on any thread (a data-loader worker's matmul too), while the Lua
+     * thread may set it: atomic. Relaxed is enough, it publishes no other data (each loop hands
+     * the count it read to run_pieces, which orders the job under the lock). */
+    atomic_int nthreads;
     int started;         /* workers created */
     pthread_t workers[HR_MAX_THREADS];
     /* current job */
@@ -47,13 +51,14 @@ static thread_pool pool = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .work_ready = PTHREAD_COND_INITIALIZER,
     .work_done = PTHREAD_COND_INITIALIZER,
-    .nthreads = 0,
 };
 
 /* Set on threads that must not use the pool (hr_parallel_set_serial, hr_queue.h). */
 static _Thread_local bool serial_thread;
 
 void hr_parallel_set_serial(bool serial) { serial_thread = serial; }
+
+bool hr_parallel_is_serial(void) { return serial_thread; }
 
 static int default_threads(void)
 {
@@ -159,17 +164,23 @@ static void *worker_main(void *arg)
 
 int hr_get_num_threads(void)
 {
-    if (pool.nthreads == 0) hr_set_num_threads(default_threads());
-    return pool.nthreads;
+    int n = atomic_load_explicit(&pool.nthreads, memory_order_relaxed);
+    if (n != 0) return n;
+    /* First use: the default, unless another thread got here first or set a count meanwhile (a
+     * plain store would overwrite that one). */
+    int fresh = default_threads();
+    if (!atomic_compare_exchange_strong_explicit(&pool.nthreads, &n, fresh, memory_order_relaxed,
+                                                 memory_order_relaxed))
+        return n;
+    openblas_set_num_threads(fresh);
+    return fresh;
 }
 
 void hr_set_num_threads(int n)
 {
     if (n < 1) n = 1;
     if (n > HR_MAX_THREADS) n = HR_MAX_THREADS;
-    pthread_mutex_lock(&pool.lock);
-    pool.nthreads = n;
-    pthread_mutex_unlock(&pool.lock);
+    atomic_store_explicit(&pool.nthreads, n, memory_order_relaxed);
     openblas_set_num_threads(n);
 }
 

@@ -5,6 +5,7 @@
 
 #include "hr_autograd_ops.h"
 #include "hr_cuda.h"
+#include "hr_queue.h"
 #include "l_common.h"
 
 /* ------------------------------------------------------------------ lifetime */
@@ -380,6 +381,13 @@ static int l_set_num_threads(lua_State *L)
 {
     lua_Integer n = luaL_checkinteger(L, 1);
     if (n < 1) return luaL_error(L, "set_num_threads: need at least 1 thread, got %d", (int)n);
+    /* The count is the process's. Kernels size per-thread scratch by it and then run their
+     * parallel region, which reads it again: set from a worker state while the main state
+     * computes, a region could run on more threads than its scratch has room for. A worker
+     * state's own loops run on one thread whatever the count. */
+    if (hr_parallel_is_serial())
+        return luaL_error(L, "set_num_threads: the thread count is the process's and a worker state (whose "
+                             "loops run on one thread) cannot change it; set it from the main state");
     hr_set_num_threads((int)n);
     return 0;
 }

@@ -362,10 +362,11 @@ static void matrix_strides(const hr_tensor *t, bool left, int64_t *rs, int64_t *
 }
 
 /* Operands copied because BLAS could not read them in place (a test hook: transposed, narrowed
- * and batch-strided operands must not be copied). Only touched by the calling thread. */
-static int64_t operand_copies;
+ * and batch-strided operands must not be copied). Counted by every thread that multiplies (the
+ * data-loader workers' states too), so atomic; relaxed, as nothing else is ordered by it. */
+static atomic_llong operand_copies;
 
-int64_t hr_matmul_operand_copies(void) { return operand_copies; }
+int64_t hr_matmul_operand_copies(void) { return atomic_load_explicit(&operand_copies, memory_order_relaxed); }
 
 /* Fills o's matrix layout from t; when BLAS cannot read t's matrices as they are, *copy receives a
  * contiguous copy of t that the caller uses (and releases) instead. */
@@ -377,7 +378,7 @@ static int prepare_operand(const char *op, operand *o, hr_tensor *t, bool left, 
     if (!blas || blas_layout(rows, cols, o->rs, o->cs, &o->trans, &o->ld)) return 0;
     hr_tensor *ct = hr_contiguous(t);
     if (!ct) return -1;
-    operand_copies++;
+    atomic_fetch_add_explicit(&operand_copies, 1, memory_order_relaxed);
     *copy = ct;
     matrix_strides(ct, left, &o->rs, &o->cs);
     if (blas_layout(rows, cols, o->rs, o->cs, &o->trans, &o->ld)) return 0;
