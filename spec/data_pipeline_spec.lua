@@ -668,6 +668,23 @@ describe("end to end on the TV databases", function()
   end)
 end)
 
+describe("pad_rows", function()
+  it("pads integer lists into rows and marks their entries", function()
+    local ids, mask = data.pad_rows({{5, 6, 7}, {}, json.array {8}}, 4, 1)
+    assert.are.same({{5, 6, 7, 1}, {1, 1, 1, 1}, {8, 1, 1, 1}}, ids:totable())
+    assert.are.same({{1, 1, 1, 0}, {0, 0, 0, 0}, {1, 0, 0, 0}}, mask:totable())
+    assert.are.equal("i64", ids:dtype())
+    assert.are.equal("i64", mask:dtype())
+    assert.are.same({0, 3}, data.pad_rows({}, 3, -1):size())
+    assert.are.same({{-1, -1}}, data.pad_rows({{}}, 2, -1):totable())
+    helper.assert_error_contains(function() data.pad_rows({{1, 2, 3}}, 2, 1) end, "row 1 has 3 entries",
+      "width 2")
+    helper.assert_error_contains(function() data.pad_rows({{1, "x"}}, 2, 1) end, "entry 2 of row 1")
+    helper.assert_error_contains(function() data.pad_rows({{1}, 5}, 2, 1) end, "row 2 is a number")
+    helper.assert_error_contains(function() data.pad_rows({}, -1, 1) end, "width must be >= 0")
+  end)
+end)
+
 -- ------------------------------------------------------------------ pinned batch contents
 
 -- Every optimisation of reading, decoding, sampling and collating must leave the batches as they
