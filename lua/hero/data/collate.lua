@@ -133,33 +133,36 @@ local function pad_ids(rows, L, field)
   return core.pad_rows(lists, L, PAD_ID)
 end
 
-local function check_frame(op, it, f)
-  if math.type(f) ~= "integer" or f < 0 or f >= it.v_feat:size(1) then
-    fail(op, "video '%s': aligned frame %s is outside its %d feature frames", tostring(it.vid), tostring(f),
-      it.v_feat:size(1))
-  end
+local function bad_frame(op, it, f)
+  fail(op, "video '%s': aligned frame %s is outside its %d feature frames", tostring(it.vid), tostring(f),
+    it.v_feat:size(1))
 end
 
 -- f_v_feats-style gather indices [S * max_vl] for the segments of items; masked(i, f) tells
--- whether frame f of item i reads zeros.
+-- whether frame f of item i reads zeros. With masked, also whether each position is a masked
+-- frame (mfm_collate's f_v_masks).
 local function segment_frame_index(op, items, base, max_vl, masked)
-  local idx, k = {}, 0
+  local idx, fm, k = {}, masked and {} or nil, 0
   for i, it in ipairs(items) do
+    local nf, b = it.v_feat:size(1), base[i]
     for _, seg in ipairs(it.segments) do
       local frames = seg.frames
       for j = 1, max_vl do
         local f = frames[j]
+        local m = false
         k = k + 1
         if f ~= nil then
-          check_frame(op, it, f)
-          idx[k] = (masked and masked(i, f)) and ZERO or base[i] + f
+          if math.type(f) ~= "integer" or f < 0 or f >= nf then bad_frame(op, it, f) end
+          m = masked ~= nil and masked(i, f)
+          idx[k] = m and ZERO or b + f
         else
           idx[k] = ZERO
         end
+        if fm then fm[k] = m end
       end
     end
   end
-  return idx
+  return idx, fm
 end
 
 local function all_segments(items)
@@ -170,7 +173,8 @@ local function all_segments(items)
   return segs
 end
 
--- video_collate's batch, plus the frame parts and bases (mfm_collate gathers its targets from them).
+-- video_collate's batch, plus the frame parts and bases, and with opts.masked the masks of the
+-- masked frames (f_v_masks and c_v_masks as flat arrays) and their rows (mfm_collate's).
 local function video_batch(op, items, opts)
   check_items(op, items)
   local segs = all_segments(items)
@@ -181,7 +185,8 @@ local function video_batch(op, items, opts)
   local batch = {}
   batch.f_sub_input_ids, batch.f_sub_input_attn_masks = pad_ids(segs, max_sl)
   batch.f_sub_pos_ids = arange_row(max_sl, POS_CLAMP)
-  local fidx = segment_frame_index(op, items, base, max_vl, opts.masked)
+  local masked = opts.masked
+  local fidx, fm = segment_frame_index(op, items, base, max_vl, masked)
   batch.f_v_feats = gather_frames(parts, fidx, {S, max_vl})
   batch.f_v_pos_ids = arange_row(max_vl)
   batch.f_attn_masks, batch.f_gather_index = attn_and_gather({segment_columns(segs)}, max_vl, out)
@@ -189,16 +194,21 @@ local function video_batch(op, items, opts)
   local B, L_c = #items, 0
   for _, it in ipairs(items) do L_c = math.max(L_c, it.v_feat:size(1)) end
   local cidx, nframes, k = {}, {}, 0
+  local cm, tgt = masked and {} or nil, masked and {} or nil
   for i, it in ipairs(items) do
-    local nf = it.v_feat:size(1)
+    local nf, b = it.v_feat:size(1), base[i]
     nframes[i] = nf
     for l = 0, L_c - 1 do
+      local m = false
       k = k + 1
       if l < nf then
-        cidx[k] = (opts.masked and opts.masked(i, l)) and ZERO or base[i] + l
+        m = masked ~= nil and masked(i, l)
+        cidx[k] = m and ZERO or b + l
+        if m then tgt[#tgt + 1] = b + l end
       else
         cidx[k] = ZERO
       end
+      if cm then cm[k] = m end
     end
   end
   batch.c_v_feats = gather_frames(parts, cidx, {B, L_c})
@@ -211,7 +221,7 @@ local function video_batch(op, items, opts)
     s2f[i] = it.sub2frames
   end
   batch.num_subs, batch.sub_idx2frame_idx = num_subs, s2f
-  return batch, parts, base
+  return batch, parts, {f_v_masks = fm, c_v_masks = cm, rows = tgt}
 end
 
 --- video_collate: the representation-path tensors (hero-spec §7.6) of items from
@@ -274,30 +284,12 @@ function collate.mfm_collate(items)
     end
   end
   local function masked(i, f) return items[i].c_mask[f + 1] == true end
-  local batch, parts, base = video_batch(op, items, {masked = masked})
+  local batch, parts, masks = video_batch(op, items, {masked = masked})
   local S, max_vl = batch.f_v_feats:size(1), batch.f_v_feats:size(2)
   local B, L_c = batch.c_v_feats:size(1), batch.c_v_feats:size(2)
-  local fm = {}
-  for i, it in ipairs(items) do
-    for _, seg in ipairs(it.segments) do
-      for j = 1, max_vl do
-        local f = seg.frames[j]
-        fm[#fm + 1] = f ~= nil and masked(i, f) or false
-      end
-    end
-  end
-  batch.f_v_masks = bools(fm, {S, max_vl})
-  local cm, tgt = {}, {}
-  for i, it in ipairs(items) do
-    local nf = it.v_feat:size(1)
-    for l = 0, L_c - 1 do
-      local m = l < nf and masked(i, l)
-      cm[#cm + 1] = m
-      if m then tgt[#tgt + 1] = base[i] + l end
-    end
-  end
-  batch.c_v_masks = bools(cm, {B, L_c})
-  batch.feat_targets = gather_frames(parts, tgt)
+  batch.f_v_masks = bools(masks.f_v_masks, {S, max_vl})
+  batch.c_v_masks = bools(masks.c_v_masks, {B, L_c})
+  batch.feat_targets = gather_frames(parts, masks.rows)
   return batch
 end
 
