@@ -110,6 +110,11 @@ bench: build
 bench-ops: build
 	@$(call LUA_ENV,$(BUILD)) $(LUA) examples/bench_ops.lua
 
+# The data pipeline (examples/bench_loader.lua): batches of 32 TV-like videos per pre-training task,
+# by stage on one thread and from PrefetchLoader workers. LOADER_ARGS="--workers 1,2,4 ...".
+bench-loader: build
+	@$(call LUA_ENV,$(BUILD)) $(LUA) examples/bench_loader.lua $(LOADER_ARGS)
+
 lint: deps
 	luacheck lua spec examples
 
@@ -154,5 +159,5 @@ clean:
 	$(MAKE) -C csrc clean
 	rm -rf "$(abspath $(FUZZ_BUILD))"
 
-.PHONY: all deps build test fuzz fuzz-smoke fuzz-long asan tsan demo bench bench-ops lint device-debs device-build install-rock repl \
+.PHONY: all deps build test fuzz fuzz-smoke fuzz-long asan tsan demo bench bench-ops bench-loader lint device-debs device-build install-rock repl \
         clean

@@ -73,6 +73,15 @@ hr_tensor *hr_nonzero(hr_tensor *t);
  * whatever the other shapes are.
  */
 hr_tensor *hr_cat(int n, hr_tensor *const *ts, int dim);
+/*
+ * Rows of n 2-D CPU tensors of one dtype and one width D, picked by a 1-D integer index into their
+ * concatenation along dim 0 (row r of tensor k is at position rows(0) + ... + rows(k-1) + r); -1
+ * picks a row of zeros. The result has the shape lead[0..nlead-1] + [D] (their product must be
+ * index's length), or [len(index), D] when nlead is 0: hr_cat then hr_index_select in one pass,
+ * each row written once and nothing else allocated (how hero.data's collates build their frame
+ * tensors from the videos' features). Every index value is checked before anything is written.
+ */
+hr_tensor *hr_gather_rows(int n, hr_tensor *const *ts, const hr_tensor *index, int nlead, const int64_t *lead);
 /* Joins n tensors of the same shape along a new dim (0..ndim). */
 hr_tensor *hr_stack(int n, hr_tensor *const *ts, int dim);
 /* Views of consecutive pieces of t along dim with the given sizes (their sum must be t's size);

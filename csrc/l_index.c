@@ -293,6 +293,30 @@ static int l_cat(lua_State *L)
     return 1;
 }
 
+/* gather_rows({t1, t2, ...}, index [, shape]): rows of the 2-D tensors' concatenation picked by
+ * index (-1: a row of zeros), shaped shape .. {width} (hr_gather_rows). */
+static int l_gather_rows(lua_State *L)
+{
+    const char *op = "gather_rows";
+    lua_settop(L, 3);
+    int n;
+    hr_tensor **ts = check_tensor_list(L, 1, op, &n);
+    hr_tensor *index = hr_lua_check_tensor(L, 2, op);
+    int64_t lead[HR_MAX_DIMS];
+    int nlead = 0;
+    if (!lua_isnil(L, 3)) {
+        if (!lua_istable(L, 3))
+            return luaL_error(L, "%s: argument #3 (the shape before the rows' width) must be a table, got %s", op,
+                              luaL_typename(L, 3));
+        nlead = hr_lua_check_shape(L, 3, lead, op);
+        if (nlead == 0) return luaL_error(L, "%s: argument #3 (the shape before the rows' width) is empty", op);
+    }
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, hr_gather_rows(n, ts, index, nlead, lead));
+    hr_lua_push_tensor(L, check_result(L, r, op));
+    return 1;
+}
+
 static int l_stack(lua_State *L)
 {
     const char *op = "stack";
@@ -502,6 +526,7 @@ static const luaL_Reg both[] = {
 static const luaL_Reg module_only[] = {
     {"cat", l_cat},
     {"stack", l_stack},
+    {"gather_rows", l_gather_rows},
     {NULL, NULL},
 };
 

@@ -22,6 +22,14 @@
  * queue's mutex), so the core's non-atomic refcounts stay correct; the receiving state accounts
  * the bytes to its own GC (hr_lua_account is per state). Autograd information is not sent.
  *
+ * With hand_over = true, a result's tensor that is the only user of its storage (contiguous over
+ * all of it, no other tensor or view on it, no autograd state) is not copied: the message takes
+ * the storage and the worker's tensor object is freed (using it again there is an error). A
+ * PrefetchLoader batch is ~100 MiB of new tensors per job, which the copy wrote a second time.
+ * Only for a produce that builds its result afresh and keeps no reference to it: a tensor also
+ * held elsewhere in the worker's Lua state (a cache, a dataset's own tensor returned as it is)
+ * would be freed there.
+ *
  * Errors inside produce (or a result that cannot be sent) are caught in the worker with the
  * worker's traceback and raised by the :get() that collects that job; the pool stays usable.
  * :close() stops the workers: jobs not yet started are dropped, running ones finish first, then
@@ -116,6 +124,7 @@ typedef struct {
     lua_State *L;
     wmsg *m;
     const char *op;
+    bool hand_over;    /* tensors that alone use their storage are moved, not copied */
     int memo;          /* stack index: table/tensor -> object number */
     int null_idx;      /* stack index of hero.json.null (nil when unregistered) */
     int array_mt_idx;  /* stack index of hero.json.array_mt (nil when unregistered) */
@@ -192,9 +201,22 @@ static bool encode_ref(encoder *e, int idx)
     return false;
 }
 
+/* Whether t can be handed over as it is: the only tensor on its storage, which it covers exactly
+ * (contiguous from its start), with no autograd state to drop. */
+static bool can_hand_over(const hr_tensor *t)
+{
+    const hr_storage *s = t->storage;
+    if (t->refcount != 1 || s->refcount != 1 || s->kind != HR_STORAGE_HEAP) return false;
+    if (t->requires_grad || t->grad || t->grad_fn) return false;
+    if (t->offset != 0 || !hr_tensor_is_contiguous(t)) return false;
+    return (size_t)hr_tensor_numel(t) * hr_dtype_size(t->dtype) == s->nbytes;
+}
+
 static void encode_tensor(encoder *e, int idx, hr_tensor_box *box)
 {
     lua_State *L = e->L;
+    /* a tensor met again is a reference to the first occurrence, which may have been handed over */
+    if (encode_ref(e, idx)) return;
     if (!box->t || !box->t->storage)
         luaL_error(L, "%s: cannot send a freed tensor (at %s)", e->op, enc_path(e));
     hr_tensor *t = box->t;
@@ -203,7 +225,6 @@ static void encode_tensor(encoder *e, int idx, hr_tensor_box *box)
         luaL_error(L, "%s: cannot send a %s tensor between states (at %s); move it to the cpu first", e->op,
                    hr_device_str(hr_tensor_device(t), dev, sizeof dev), enc_path(e));
     }
-    if (encode_ref(e, idx)) return;
     wmsg *m = e->m;
     if (m->nstor == m->capstor) {
         int cap = m->capstor ? 2 * m->capstor : 8;
@@ -212,17 +233,25 @@ static void encode_tensor(encoder *e, int idx, hr_tensor_box *box)
         m->stor = ns;
         m->capstor = cap;
     }
-    /* A private contiguous copy: its storage has exactly one owner, the message. */
-    hr_tensor *c;
-    HR_LUA_RETRY(L, c, hr_cast(t, t->dtype));
-    if (!c) hr_lua_error(L, e->op);
-    hr_storage_retain(c->storage);
-    m->stor[m->nstor++] = c->storage;
-    hr_tensor_release(c);
     put_u8(e, T_TENSOR);
     put_u8(e, (unsigned)t->dtype);
     put_u8(e, (unsigned)t->ndim);
     for (int d = 0; d < t->ndim; d++) put_i64(e, t->size[d]);
+    if (e->hand_over && can_hand_over(t)) {
+        /* the storage moves into the message, and the tensor object no longer refers to it */
+        hr_storage_retain(t->storage);
+        m->stor[m->nstor++] = t->storage;
+        box->t = NULL;
+        hr_tensor_release(t);
+    } else {
+        /* A private contiguous copy: its storage has exactly one owner, the message. */
+        hr_tensor *c;
+        HR_LUA_RETRY(L, c, hr_cast(t, t->dtype));
+        if (!c) hr_lua_error(L, e->op);
+        hr_storage_retain(c->storage);
+        m->stor[m->nstor++] = c->storage;
+        hr_tensor_release(c);
+    }
     put_i64(e, m->nstor - 1);
 }
 
@@ -298,11 +327,11 @@ static void encode(encoder *e, int idx)
 }
 
 /* Serializes the value at idx; returns the message, owned by a guard left on the stack. */
-static wmsg *encode_value(lua_State *L, int idx, const char *op)
+static wmsg *encode_value(lua_State *L, int idx, const char *op, bool hand_over)
 {
     idx = lua_absindex(L, idx);
     msg_guard *g = new_guarded_msg(L, op);
-    encoder e = {.L = L, .m = g->m, .op = op};
+    encoder e = {.L = L, .m = g->m, .op = op, .hand_over = hand_over};
     luaL_checkstack(L, 8, "worker_pool");
     lua_newtable(L);
     e.memo = lua_gettop(L);
@@ -465,6 +494,7 @@ struct pool_core {
     pthread_cond_t ready_cv;
     int ready;        /* workers done with their start-up (successfully or not) */
     char *init_error; /* the first start-up error, with its traceback */
+    bool hand_over;   /* results' tensors are moved when they alone use their storage */
     double waited;    /* seconds :get() spent blocked */
     int64_t collected;
     worker workers[];
@@ -556,7 +586,7 @@ static int worker_job(lua_State *L)
     msg_free(g->m);
     g->m = NULL;
     lua_call(L, 1, 1);
-    wmsg *res = encode_value(L, -1, "worker_pool: the result of produce");
+    wmsg *res = encode_value(L, -1, "worker_pool: the result of produce", w->pc->hand_over);
     res->worker = w->index;
     msg_guard *rg = lua_touserdata(L, -1);
     rg->m = NULL; /* handed to the caller */
@@ -691,13 +721,13 @@ static char *copy_field_string(lua_State *L, int tbl, const char *field, const c
     return s;
 }
 
-/* hero.core.worker_pool{n =, script =, init =, name =} */
+/* hero.core.worker_pool{n =, script =, init =, name =, hand_over =} */
 static int l_worker_pool(lua_State *L)
 {
     const char *op = "worker_pool";
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    static const char *const known[] = {"n", "script", "init", "name", NULL};
+    static const char *const known[] = {"n", "script", "init", "name", "hand_over", NULL};
     lua_pushnil(L);
     while (lua_next(L, 1)) {
         bool ok = false;
@@ -705,7 +735,8 @@ static int l_worker_pool(lua_State *L)
             for (int i = 0; known[i]; i++) ok = ok || strcmp(known[i], lua_tostring(L, -2)) == 0;
         if (!ok) {
             lua_pushvalue(L, -2);
-            return luaL_error(L, "%s: unknown option '%s' (n, script, init, name)", op, luaL_tolstring(L, -1, NULL));
+            return luaL_error(L, "%s: unknown option '%s' (n, script, init, name, hand_over)", op,
+                              luaL_tolstring(L, -1, NULL));
         }
         lua_pop(L, 1);
     }
@@ -723,6 +754,11 @@ static int l_worker_pool(lua_State *L)
     if (lua_getfield(L, 1, "name") != LUA_TNIL && !lua_isstring(L, -1))
         return luaL_error(L, "%s: opts.name must be a string", op);
     lua_pop(L, 1);
+    int hand_over_type = lua_getfield(L, 1, "hand_over");
+    if (hand_over_type != LUA_TNIL && hand_over_type != LUA_TBOOLEAN)
+        return luaL_error(L, "%s: opts.hand_over must be a boolean, got %s", op, luaL_typename(L, -1));
+    bool hand_over = lua_toboolean(L, -1);
+    lua_pop(L, 1);
 
     pool_box *box = lua_newuserdatauv(L, sizeof *box, 0);
     box->pc = NULL;
@@ -734,6 +770,7 @@ static int l_worker_pool(lua_State *L)
     pthread_cond_init(&pc->ready_cv, NULL);
     box->pc = pc; /* from here on __gc cleans up whatever was set */
     pc->n = (int)n;
+    pc->hand_over = hand_over;
     for (int i = 0; i < pc->n; i++) {
         pc->workers[i].index = i + 1;
         pc->workers[i].pc = pc;
@@ -758,7 +795,7 @@ static int l_worker_pool(lua_State *L)
     lua_getfield(L, 1, "init");
     int init_idx = lua_gettop(L);
     for (int i = 0; i < pc->n; i++) {
-        wmsg *m = encode_value(L, init_idx, "worker_pool: opts.init");
+        wmsg *m = encode_value(L, init_idx, "worker_pool: opts.init", false);
         pc->workers[i].init = m;
         ((msg_guard *)lua_touserdata(L, -1))->m = NULL;
         lua_pop(L, 1);
@@ -792,7 +829,7 @@ static int l_submit(lua_State *L)
 {
     pool_core *pc = check_pool(L, "WorkerPool:submit");
     luaL_checkany(L, 2);
-    wmsg *m = encode_value(L, 2, "WorkerPool:submit");
+    wmsg *m = encode_value(L, 2, "WorkerPool:submit", false);
     int64_t seq = hr_workq_submit(pc->q, m);
     if (seq < 0) return hr_lua_error(L, "WorkerPool:submit");
     ((msg_guard *)lua_touserdata(L, -1))->m = NULL; /* the queue owns it now */

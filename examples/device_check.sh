@@ -18,8 +18,11 @@
 #      by total time under Nsight Systems when it is there.
 #   5. (phase kernels, not in the default) every kernel of the MLM step timed under Nsight Compute
 #      (ncu, one metric per launch), summed by kernel: examples/kernel_times.py.
+#   6. (phase loader, not in the default) examples/bench_loader.lua on the plain TV-like database:
+#      batches of 32 videos per task with 1, 2 and 4 prefetch workers on this machine's cores, and
+#      the training thread's host-to-device copy of each batch (Trainer.batch_to).
 # HERO_CHECK_AMPS="none bf16" (the default) picks the precisions the benchmark and profiles run in.
-#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench,profile,kernels
+#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench,profile,kernels,loader
 #                                              (default: env,specs,layers,bench)
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -179,6 +182,12 @@ if has_phase kernels; then
   else
     echo "== no ncu on this machine"
   fi
+fi
+
+if has_phase loader; then
+  stamp "data pipeline: batches of 32 TV-like videos, 1/2/4 workers, host-to-device copies"
+  timeout -k 5 300 $LUA examples/bench_loader.lua --db plain --workers 1,2,4 --batches 6 --device cuda:0 2>&1 |
+    tee -a "$OUT/loader.log" || status=1
 fi
 
 stamp "done (status $status)"

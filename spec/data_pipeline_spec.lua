@@ -667,3 +667,84 @@ describe("end to end on the TV databases", function()
     assert.are.equal("number", type(st.loaders.vsm.pos))
   end)
 end)
+
+describe("pad_rows", function()
+  it("pads integer lists into rows and marks their entries", function()
+    local ids, mask = data.pad_rows({{5, 6, 7}, {}, json.array {8}}, 4, 1)
+    assert.are.same({{5, 6, 7, 1}, {1, 1, 1, 1}, {8, 1, 1, 1}}, ids:totable())
+    assert.are.same({{1, 1, 1, 0}, {0, 0, 0, 0}, {1, 0, 0, 0}}, mask:totable())
+    assert.are.equal("i64", ids:dtype())
+    assert.are.equal("i64", mask:dtype())
+    assert.are.same({0, 3}, data.pad_rows({}, 3, -1):size())
+    assert.are.same({{-1, -1}}, data.pad_rows({{}}, 2, -1):totable())
+    helper.assert_error_contains(function() data.pad_rows({{1, 2, 3}}, 2, 1) end, "row 1 has 3 entries",
+      "width 2")
+    helper.assert_error_contains(function() data.pad_rows({{1, "x"}}, 2, 1) end, "entry 2 of row 1")
+    helper.assert_error_contains(function() data.pad_rows({{1}, 5}, 2, 1) end, "row 2 is a number")
+    helper.assert_error_contains(function() data.pad_rows({}, -1, 1) end, "width must be >= 0")
+  end)
+end)
+
+-- ------------------------------------------------------------------ pinned batch contents
+
+-- Every optimisation of reading, decoding, sampling and collating must leave the batches as they
+-- are, bit for bit: these digests were taken from the straightforward implementation and fix the
+-- seeded batches of every pre-training task, read from the plain and from the compressed copy of
+-- the TV fixture database (the same features, so the same digests).
+describe("seeded batches are pinned", function()
+  local crc32c = require("hero.tensorboard").crc32c
+
+  -- One line per key, in key order: a tensor's dtype, shape and the CRC-32 of its .npy image (which
+  -- covers the header and every byte of the data), any other value as JSON.
+  local function digest(batch)
+    local keys = {}
+    for k in pairs(batch) do keys[#keys + 1] = k end
+    table.sort(keys)
+    local lines = {}
+    for _, k in ipairs(keys) do
+      local v = batch[k]
+      if hero.is_tensor(v) then
+        local bytes = hero.io.npz_to_bytes({x = v})
+        lines[#lines + 1] = string.format("%s %s %s %08x", k, v:dtype(), table.concat(v:size(), "x"),
+          string.unpack("<I4", bytes, 15)) -- the member's CRC-32 in its local header
+      else
+        lines[#lines + 1] = k .. " " .. json.encode(v)
+      end
+    end
+    return table.concat(lines, "\n")
+  end
+
+  local tv_compressed = helper.fixture("data/video_db/tv/resnet_slowfast_1.5_compressed")
+  local CASES = {
+    {name = "max_clip_len 12, buckets", ds = {max_clip_len = 12}, loader = {batch_size = 3, seed = 11, bucket = 1}},
+    {name = "whole videos, context 1", ds = {max_clip_len = 100, sub_ctx_len = 1},
+     loader = {batch_size = 4, seed = 5}},
+  }
+  local PINNED = {
+    ["max_clip_len 12, buckets"] = {mlm = "3279b272", ["mfm-nce"] = "63f94457", mffr = "63f94457", fom = "f75d64be",
+      vsm = "9cf26cd6"},
+    ["whole videos, context 1"] = {mlm = "4212a8ff", ["mfm-nce"] = "f30b2d1d", mffr = "f30b2d1d", fom = "e481a420",
+      vsm = "2058baf7"},
+  }
+
+  for _, case in ipairs(CASES) do
+    it_db(case.name .. ": the digests of three batches of every task, from either video database", function()
+      for _, vdb in ipairs {tv_video, tv_compressed} do
+        local ds = data.VideoSubDataset{video_db = vdb, sub_db = tv_subs, max_clip_len = case.ds.max_clip_len,
+          sub_ctx_len = case.ds.sub_ctx_len}
+        for _, task in ipairs {"mlm", "mfm-nce", "mffr", "fom", "vsm"} do
+          local opts = {dataset = ds, task = task, on_error = "error"}
+          for k, v in pairs(case.loader) do opts[k] = v end
+          local L = data.TaskLoader(opts)
+          local parts = {}
+          for b = 1, 3 do parts[b] = digest(L:next()) end
+          local got = string.format("%08x", crc32c(table.concat(parts, "\n--\n")))
+          local want = PINNED[case.name][task]
+          assert(got == want, string.format("%s, %s, %s: digest %s, pinned %s; the batches:\n%s", case.name, task,
+            vdb:match("[^/]*$"), got, want, table.concat(parts, "\n--\n")))
+        end
+        ds:close()
+      end
+    end)
+  end
+end)

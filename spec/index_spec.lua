@@ -252,6 +252,39 @@ describe("join ops", function()
     end
   end)
 
+  describe("gather_rows", function()
+    it("is cat then index_select in one pass, -1 giving zeros, shaped as asked", function()
+      local a = hero.randn(3, 5)
+      local b = hero.randn(5, 2):t() -- rows with a column stride: read element by element
+      local e = hero.zeros(0, 5)
+      local idx = I {4, -1, 0, 3, 2, -1}
+      local want = hero.cat({a, b:contiguous(), hero.zeros(1, 5)}):index_select(1, I {4, 5, 0, 3, 2, 5})
+      local got = hero.gather_rows({a, e, b}, idx)
+      assert.same({6, 5}, got:size())
+      assert(got:eq(want):all():item())
+      local shaped = hero.gather_rows({a, e, b}, idx, {2, 3})
+      assert.same({2, 3, 5}, shaped:size())
+      assert(shaped:eq(want:reshape(2, 3, 5)):all():item())
+      assert.same({0, 4, 5}, hero.gather_rows({a}, I({}), {0, 4}):size())
+      assert.same({2, 2}, hero.gather_rows({hero.ones(1, 2, {dtype = "i32"})}, I({0, -1}, "i32")):size())
+    end)
+
+    it("refuses what it cannot gather", function()
+      local a = hero.ones(2, 3)
+      helper.assert_error_contains(function() hero.gather_rows({a}, I {2}) end, "gather_rows", "index 2",
+        "outside -1..1")
+      helper.assert_error_contains(function() hero.gather_rows({a}, I {-2}) end, "outside")
+      helper.assert_error_contains(function() hero.gather_rows({a, hero.ones(2, 4)}, I {0}) end, "rows of 4")
+      helper.assert_error_contains(function() hero.gather_rows({a, hero.ones(2, 3, {dtype = "f64"})}, I {0}) end,
+        "tensor 2 of the list is f64")
+      helper.assert_error_contains(function() hero.gather_rows({hero.ones(3)}, I {0}) end, "1-D, expected 2-D")
+      helper.assert_error_contains(function() hero.gather_rows({a}, I {0, 1}, {3}) end, "holds 3 rows",
+        "index has 2")
+      helper.assert_error_contains(function() hero.gather_rows({a}, hero.tensor({0})) end, "i64 or i32")
+      helper.assert_error_contains(function() hero.gather_rows({}, I {0}) end, "non-empty list")
+    end)
+  end)
+
   describe("split", function()
     for _, c in ipairs(fx.split) do
       it(c.name, function()

@@ -136,6 +136,40 @@ describe("worker_pool", function()
     assert.are.same({1, 1, 1}, pool:get():totable())
   end)
 
+  it("hands over the result's tensors that alone use their storage (hand_over), and copies the others", function()
+    local pool <close> = core.worker_pool{n = 1, hand_over = true, script = [[
+      local hero = require "hero"
+      local last, owner
+      return function(job)
+        if job == "freed?" then
+          local r = {}
+          for k, t in pairs(last) do r[k] = t:is_freed() end
+          return r
+        end
+        owner = hero.arange(12, {dtype = "f32"}) -- kept: the view below shares its storage
+        local base = owner:view(3, 4)
+        last = {fresh = hero.arange(6, {dtype = "i64"}) * 7, view = base, transposed = base:t():contiguous():t(),
+                scalar = hero.tensor(2.5), empty = hero.zeros(0, 3)}
+        local out = {again = last.fresh}
+        for k, t in pairs(last) do out[k] = t end
+        return out
+      end
+    ]]}
+    pool:submit(1)
+    local r = pool:get()
+    assert.are.same({0, 7, 14, 21, 28, 35}, r.fresh:totable())
+    assert.are.equal(true, rawequal(r.fresh, r.again))
+    assert.are.same({{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9, 10, 11}}, r.view:totable())
+    assert.are.same({{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9, 10, 11}}, r.transposed:totable())
+    assert.are.equal(2.5, r.scalar:item())
+    assert.are.same({0, 3}, r.empty:size())
+    pool:submit("freed?")
+    -- moved: the worker's own objects are freed; copied: a view of a shared storage, a transposed one
+    assert.are.same({fresh = true, scalar = true, empty = true, view = false, transposed = false}, pool:get())
+    helper.assert_error_contains(function() core.worker_pool{n = 1, script = "", hand_over = 1} end,
+      "opts.hand_over must be a boolean")
+  end)
+
   it("raises a worker's error at the matching get, with the worker's traceback", function()
     local pool <close> = core.worker_pool{n = 2, script = [[
       local function read_video(id) error("cannot read video " .. id) end

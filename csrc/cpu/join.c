@@ -98,6 +98,88 @@ static hr_tensor *cat_impl(const char *op, int n, hr_tensor *const *ts, int dim)
 
 hr_tensor *hr_cat(int n, hr_tensor *const *ts, int dim) { return cat_impl("cat", n, ts, dim); }
 
+hr_tensor *hr_gather_rows(int n, hr_tensor *const *ts, const hr_tensor *index, int nlead, const int64_t *lead)
+{
+    const char *op = "gather_rows";
+    if (n < 1) return hr_fail_null(HR_EINVAL, "%s: expected a non-empty list of tensors", op);
+    int64_t total = 0, width = 0;
+    for (int i = 0; i < n; i++) {
+        const hr_tensor *t = ts[i];
+        if (!t || !t->storage) return hr_fail_null(HR_EFREED, "%s: tensor %d of the list was freed", op, i + 1);
+        if (hr_tensor_device(t).type != HR_CPU)
+            return hr_fail_null(HR_EDEVICE, "%s: tensor %d of the list is not on the CPU", op, i + 1);
+        if (t->ndim != 2) return hr_fail_null(HR_EINVAL, "%s: tensor %d of the list is %d-D, expected 2-D", op, i + 1, t->ndim);
+        if (i == 0) width = t->size[1];
+        if (t->dtype != ts[0]->dtype)
+            return hr_fail_null(HR_EINVAL, "%s: tensor %d of the list is %s but tensor 1 is %s", op, i + 1,
+                                hr_dtype_name(t->dtype), hr_dtype_name(ts[0]->dtype));
+        if (t->size[1] != width)
+            return hr_fail_null(HR_EINVAL, "%s: tensor %d of the list has rows of %" PRId64 " but tensor 1 of %" PRId64, op,
+                                i + 1, t->size[1], width);
+        total += t->size[0];
+    }
+    if (!index || !index->storage) return hr_fail_null(HR_EFREED, "%s: the index was freed", op);
+    if (hr_tensor_device(index).type != HR_CPU) return hr_fail_null(HR_EDEVICE, "%s: the index is not on the CPU", op);
+    if (index->ndim != 1 || (index->dtype != HR_I64 && index->dtype != HR_I32))
+        return hr_fail_null(HR_EINVAL, "%s: the index must be a 1-D i64 or i32 tensor, got %d-D %s", op, index->ndim,
+                            hr_dtype_name(index->dtype));
+    int64_t m = index->size[0];
+    if (nlead < 0 || nlead + 1 > HR_MAX_DIMS)
+        return hr_fail_null(HR_EINVAL, "%s: the shape has %d dimensions before the rows' width, at most %d", op, nlead,
+                            HR_MAX_DIMS - 1);
+    int64_t size[HR_MAX_DIMS], count = 1;
+    for (int d = 0; d < nlead; d++) {
+        if (lead[d] < 0) return hr_fail_null(HR_EINVAL, "%s: size %d of the shape is negative", op, d + 1);
+        size[d] = lead[d];
+        count *= lead[d];
+    }
+    if (nlead == 0) size[nlead++] = m;
+    else if (count != m)
+        return hr_fail_null(HR_EINVAL, "%s: the shape holds %" PRId64 " rows but the index has %" PRId64, op, count, m);
+    size[nlead] = width;
+    /* the row each index value picks: tensor k, row r; checked before anything is written */
+    int64_t *where = malloc(sizeof *where * 2 * (size_t)(m ? m : 1));
+    if (!where) return hr_fail_null(HR_ENOMEM, "%s: out of memory for %" PRId64 " rows", op, m);
+    const char *ip = (const char *)hr_tensor_data(index);
+    for (int64_t j = 0; j < m; j++) {
+        int64_t v = index->dtype == HR_I64 ? ((const int64_t *)ip)[j * index->stride[0]]
+                                           : ((const int32_t *)ip)[j * index->stride[0]];
+        if (v < -1 || v >= total) {
+            free(where);
+            return hr_fail_null(HR_EINVAL, "%s: index %" PRId64 " at position %" PRId64 " is outside -1..%" PRId64 " (%" PRId64
+                                " rows in the list)", op, v, j + 1, total - 1, total);
+        }
+        int k = -1;
+        if (v >= 0)
+            for (k = 0; v >= ts[k]->size[0]; k++) v -= ts[k]->size[0];
+        where[2 * j] = k;
+        where[2 * j + 1] = v;
+    }
+    hr_tensor *out = hr_tensor_empty(nlead + 1, size, ts[0]->dtype, hr_cpu());
+    if (!out) {
+        free(where);
+        return NULL;
+    }
+    size_t es = hr_dtype_size(ts[0]->dtype), row = (size_t)width * es;
+    char *dst = hr_tensor_data(out);
+    for (int64_t j = 0; j < m; j++, dst += row) {
+        int64_t k = where[2 * j], r = where[2 * j + 1];
+        if (k < 0) {
+            memset(dst, 0, row);
+            continue;
+        }
+        const hr_tensor *t = ts[k];
+        const char *src = (const char *)t->storage->data + (size_t)(t->offset + r * t->stride[0]) * es;
+        if (t->stride[1] == 1 || width <= 1) {
+            memcpy(dst, src, row);
+        } else {
+            for (int64_t c = 0; c < width; c++) memcpy(dst + (size_t)c * es, src + (size_t)(c * t->stride[1]) * es, es);
+        }
+    }
+    free(where);
+    return out;
+}
+
 hr_tensor *hr_stack(int n, hr_tensor *const *ts, int dim)
 {
     const char *op = "stack";

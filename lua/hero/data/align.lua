@@ -384,13 +384,14 @@ function align.compute_sub2frames(db_value, max_clip_len, nframes)
 
   local pairs_in = db_value.unique_sub2frames
   for i = 1, #pairs_in do
-    local where = string.format("%s: unique_sub2frames[%d]", fname, i)
     local p = pairs_in[i]
+    local problem
     if type(p) ~= "table" or math.type(p[1]) ~= "integer" then
-      error(where .. ": expected a {sub_idx, {frames}} pair", 2)
+      problem = "expected a {sub_idx, {frames}} pair"
+    else
+      problem = frame_list_problem(p[2])
     end
-    local problem = frame_list_problem(p[2])
-    if problem then error(where .. ": " .. problem, 2) end
+    if problem then error(string.format("%s: unique_sub2frames[%d]: %s", fname, i, problem), 2) end
   end
   local unmatched = db_value.unmatched_frames or {}
   local problem = frame_list_problem(unmatched)

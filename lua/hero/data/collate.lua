@@ -4,14 +4,19 @@
 -- (ids pad 1, labels / targets -1, masks 0 or false, features 0), hero-spec §7.6 and §2.4.
 --
 -- Input: arrays of items from hero.data.tasks (one per video). Every frame tensor of the batch is
--- gathered by ONE index_select from the videos' features stacked with a zero row: padding, the
--- zero dummy frame of a segment without frames and the frames MFM masks all point at that row.
+-- gathered in one pass from the videos' features (hero.gather_rows: each row written once, nothing
+-- stacked first): padding, the zero dummy frame of a segment without frames and the frames MFM
+-- masks read ZERO, a row of zeros. The token rows are padded in C (hero.core.pad_rows) and the
+-- [segment, position] masks and indices are computed from per-segment lengths with tensor ops, so
+-- that no Lua loop runs over every padded position of a batch (a batch of 32 TV videos has ~1000
+-- segments of ~60 positions).
 local core = require "hero.core"
 
 local collate = {}
 
 local POS_CLAMP = 511
 local PAD_ID = 1
+local ZERO = -1 -- the gather_rows index of a row of zeros
 
 local function fail(op, fmt, ...)
   error(op .. ": " .. string.format(fmt, ...), 3)
@@ -53,20 +58,38 @@ local function check_items(op, items)
   return D
 end
 
--- All frames of the batch stacked, plus one zero row at the end. Returns the tensor, the 0-based
--- row of each item's first frame and the zero row.
-local function frame_source(items, D)
+-- The frames of the batch: each item's f32 features, and the 0-based row of each item's first
+-- frame in their concatenation (what the gather indices count in).
+local function frame_source(items)
   local parts, base, n = {}, {}, 0
   for i, it in ipairs(items) do
     base[i] = n
     local f = it.v_feat
     if f:dtype() ~= "f32" then f = f:float() end
-    if f:size(1) > 0 then parts[#parts + 1] = f end
+    parts[i] = f
     n = n + f:size(1)
   end
-  parts[#parts + 1] = core.zeros({1, D})
-  local src = #parts == 1 and parts[1] or core.cat(parts, 1)
-  return src, base, n
+  return parts, base
+end
+
+-- The rows idx (a Lua array of indices into the concatenated frames, ZERO for zeros) as an f32
+-- tensor of shape lead .. {D}.
+local function gather_frames(parts, idx, lead)
+  local index = #idx > 0 and core.tensor(idx, {dtype = "i64"}) or core.zeros({0}, {dtype = "i64"})
+  return core.gather_rows(parts, index, lead)
+end
+
+-- Per-segment columns [S, 1] (i64) of the frame count (a dummy frame counts 1) and the text length,
+-- and [S, 1] bool of whether the frame is the dummy.
+local function segment_columns(segs)
+  local nf, nt, dummy = {}, {}, {}
+  for s, seg in ipairs(segs) do
+    local n = #seg.frames
+    nf[s], nt[s], dummy[s] = n == 0 and 1 or n, #seg.ids, n == 0
+  end
+  local S = #segs
+  return core.tensor(nf, {dtype = "i64"}):view(S, 1), core.tensor(nt, {dtype = "i64"}):view(S, 1),
+    core.tensor(dummy, {dtype = "bool"}):view(S, 1)
 end
 
 -- Frame counts of a segment in the compact sequence: n (a dummy frame counts 1) and whether it is
@@ -90,71 +113,56 @@ local function layout(segs)
   return max_sl, max_vl, out
 end
 
--- f_attn_masks and f_gather_index (hero-spec §2.4), [S, out] i64 each.
-local function attn_and_gather(segs, max_vl, out)
-  local mask, gather = {}, {}
-  local k = 0
-  for _, seg in ipairs(segs) do
-    local nt = #seg.ids
-    local nf, dummy = seg_frames(seg)
-    for j = 0, out - 1 do
-      k = k + 1
-      if j < nf + nt then
-        mask[k] = (dummy and j == 0) and 0 or 1
-      else
-        mask[k] = 0
-      end
-      if j >= nf and j < nf + nt then gather[k] = max_vl + (j - nf) else gather[k] = j end
-    end
-  end
-  local S = #segs
-  return i64(mask, {S, out}), i64(gather, {S, out})
+-- f_attn_masks and f_gather_index (hero-spec §2.4), [S, out] i64 each, from the segments' columns
+-- (nf, nt, dummy) and j = 0 .. out - 1: the mask is 1 on the frames and text (j < nf + nt) but 0 on
+-- a dummy frame (j = 0); the gather index is max_vl + (j - nf) on the text (nf <= j < nf + nt), j
+-- elsewhere.
+local function attn_and_gather(cols, max_vl, out)
+  local nf, nt, dummy = cols[1], cols[2], cols[3]
+  local j = core.arange(out, {dtype = "i64"}):view(1, out)
+  local valid = j:lt(nf + nt)
+  local mask = core.logical_and(valid, core.logical_not(core.logical_and(dummy, j:eq(0)))):long()
+  local gather = core.where(core.logical_and(j:ge(nf), valid), j - nf + max_vl, j)
+  return mask, gather
 end
 
 -- Padded ids [S, L] (pad 1) and the text-only masks [S, L].
 local function pad_ids(rows, L, field)
-  local ids, masks = {}, {}
-  local k = 0
-  for _, r in ipairs(rows) do
-    local t = r[field or "ids"]
-    for j = 1, L do
-      k = k + 1
-      if j <= #t then
-        ids[k], masks[k] = t[j], 1
-      else
-        ids[k], masks[k] = PAD_ID, 0
-      end
-    end
-  end
-  return i64(ids, {#rows, L}), i64(masks, {#rows, L})
+  local lists = {}
+  for i, r in ipairs(rows) do lists[i] = r[field or "ids"] end
+  return core.pad_rows(lists, L, PAD_ID)
 end
 
-local function check_frame(op, it, f)
-  if math.type(f) ~= "integer" or f < 0 or f >= it.v_feat:size(1) then
-    fail(op, "video '%s': aligned frame %s is outside its %d feature frames", tostring(it.vid), tostring(f),
-      it.v_feat:size(1))
-  end
+local function bad_frame(op, it, f)
+  fail(op, "video '%s': aligned frame %s is outside its %d feature frames", tostring(it.vid), tostring(f),
+    it.v_feat:size(1))
 end
 
 -- f_v_feats-style gather indices [S * max_vl] for the segments of items; masked(i, f) tells
--- whether frame f of item i reads the zero row.
-local function segment_frame_index(op, items, base, zero, max_vl, masked)
-  local idx = {}
+-- whether frame f of item i reads zeros. With masked, also whether each position is a masked
+-- frame (mfm_collate's f_v_masks).
+local function segment_frame_index(op, items, base, max_vl, masked)
+  local idx, fm, k = {}, masked and {} or nil, 0
   for i, it in ipairs(items) do
+    local nf, b = it.v_feat:size(1), base[i]
     for _, seg in ipairs(it.segments) do
       local frames = seg.frames
       for j = 1, max_vl do
         local f = frames[j]
+        local m = false
+        k = k + 1
         if f ~= nil then
-          check_frame(op, it, f)
-          idx[#idx + 1] = (masked and masked(i, f)) and zero or base[i] + f
+          if math.type(f) ~= "integer" or f < 0 or f >= nf then bad_frame(op, it, f) end
+          m = masked ~= nil and masked(i, f)
+          idx[k] = m and ZERO or b + f
         else
-          idx[#idx + 1] = zero
+          idx[k] = ZERO
         end
+        if fm then fm[k] = m end
       end
     end
   end
-  return idx
+  return idx, fm
 end
 
 local function all_segments(items)
@@ -165,89 +173,102 @@ local function all_segments(items)
   return segs
 end
 
---- video_collate: the representation-path tensors (hero-spec §7.6) of items from
--- tasks.video_item (or mfm/fom/vsm items). opts.masked(i, frame) -> true zeroes that frame of item
--- i in f_v_feats and c_v_feats (MFM).
-function collate.video_collate(items, opts)
-  local op = "hero.data.collate.video_collate"
-  opts = opts or {}
-  local D = check_items(op, items)
+-- video_collate's batch, plus the frame parts and bases, and with opts.masked the masks of the
+-- masked frames (f_v_masks and c_v_masks as flat arrays) and their rows (mfm_collate's).
+local function video_batch(op, items, opts)
+  check_items(op, items)
   local segs = all_segments(items)
   local S = #segs
   local max_sl, max_vl, out = layout(segs)
-  local src, base, zero = frame_source(items, D)
+  local parts, base = frame_source(items)
 
   local batch = {}
   batch.f_sub_input_ids, batch.f_sub_input_attn_masks = pad_ids(segs, max_sl)
   batch.f_sub_pos_ids = arange_row(max_sl, POS_CLAMP)
-  local fidx = segment_frame_index(op, items, base, zero, max_vl, opts.masked)
-  batch.f_v_feats = src:index_select(1, i64(fidx, {#fidx})):reshape({S, max_vl, D})
+  local masked = opts.masked
+  local fidx, fm = segment_frame_index(op, items, base, max_vl, masked)
+  batch.f_v_feats = gather_frames(parts, fidx, {S, max_vl})
   batch.f_v_pos_ids = arange_row(max_vl)
-  batch.f_attn_masks, batch.f_gather_index = attn_and_gather(segs, max_vl, out)
+  batch.f_attn_masks, batch.f_gather_index = attn_and_gather({segment_columns(segs)}, max_vl, out)
 
   local B, L_c = #items, 0
   for _, it in ipairs(items) do L_c = math.max(L_c, it.v_feat:size(1)) end
-  local cidx, cmask, cpos = {}, {}, {}
+  local cidx, nframes, k = {}, {}, 0
+  local cm, tgt = masked and {} or nil, masked and {} or nil
   for i, it in ipairs(items) do
-    local nf = it.v_feat:size(1)
+    local nf, b = it.v_feat:size(1), base[i]
+    nframes[i] = nf
     for l = 0, L_c - 1 do
+      local m = false
+      k = k + 1
       if l < nf then
-        cidx[#cidx + 1] = (opts.masked and opts.masked(i, l)) and zero or base[i] + l
-        cmask[#cmask + 1] = 1
+        m = masked ~= nil and masked(i, l)
+        cidx[k] = m and ZERO or b + l
+        if m then tgt[#tgt + 1] = b + l end
       else
-        cidx[#cidx + 1] = zero
-        cmask[#cmask + 1] = 0
+        cidx[k] = ZERO
       end
-      cpos[#cpos + 1] = l
+      if cm then cm[k] = m end
     end
   end
-  if L_c > 0 then
-    batch.c_v_feats = src:index_select(1, i64(cidx, {#cidx})):reshape({B, L_c, D})
-  else
-    batch.c_v_feats = core.zeros({B, 0, D})
-  end
-  batch.c_pos_ids = i64(cpos, {B, L_c})
-  batch.c_attn_masks = i64(cmask, {B, L_c})
+  batch.c_v_feats = gather_frames(parts, cidx, {B, L_c})
+  local pos = core.arange(L_c, {dtype = "i64"}):view(1, L_c)
+  batch.c_pos_ids = pos:expand(B, L_c):contiguous()
+  batch.c_attn_masks = pos:lt(core.tensor(nframes, {dtype = "i64"}):view(B, 1)):long()
   local num_subs, s2f = {}, {}
   for i, it in ipairs(items) do
     num_subs[i] = #it.segments
     s2f[i] = it.sub2frames
   end
   batch.num_subs, batch.sub_idx2frame_idx = num_subs, s2f
-  return batch, src, base
+  return batch, parts, {f_v_masks = fm, c_v_masks = cm, rows = tgt}
+end
+
+--- video_collate: the representation-path tensors (hero-spec §7.6) of items from
+-- tasks.video_item (or mfm/fom/vsm items). opts.masked(i, frame) -> true zeroes that frame of item
+-- i in f_v_feats and c_v_feats (MFM).
+function collate.video_collate(items, opts)
+  return (video_batch("hero.data.collate.video_collate", items, opts or {}))
 end
 
 --- mlm_collate: items from tasks.mlm_item -> {input_ids, position_ids (no clamp), v_feat,
 -- attn_masks, gather_index, txt_mask_tgt, txt_labels} (hero-spec §4.1).
 function collate.mlm_collate(items)
   local op = "hero.data.collate.mlm_collate"
-  local D = check_items(op, items)
+  check_items(op, items)
   local segs = all_segments(items)
   local S = #segs
   local max_sl, max_vl, out = layout(segs)
-  local src, base, zero = frame_source(items, D)
+  local parts, base = frame_source(items)
   local batch = {}
   batch.input_ids = pad_ids(segs, max_sl)
   batch.position_ids = arange_row(max_sl)
-  local fidx = segment_frame_index(op, items, base, zero, max_vl)
-  batch.v_feat = src:index_select(1, i64(fidx, {#fidx})):reshape({S, max_vl, D})
-  batch.attn_masks, batch.gather_index = attn_and_gather(segs, max_vl, out)
-  local tgt, labels = {}, {}
+  local fidx = segment_frame_index(op, items, base, max_vl)
+  batch.v_feat = gather_frames(parts, fidx, {S, max_vl})
+  local cols = {segment_columns(segs)}
+  batch.attn_masks, batch.gather_index = attn_and_gather(cols, max_vl, out)
+  local lists = {}
   for s, seg in ipairs(segs) do
     local lab = seg.labels
     if type(lab) ~= "table" or #lab ~= #seg.ids then
       fail(op, "segment %d has %s labels for %d ids", s, type(lab) == "table" and #lab or "no", #seg.ids)
     end
-    local nf = seg_frames(seg)
-    for j = 0, out - 1 do
-      local t = j - nf + 1
-      local on = t >= 1 and t <= #lab and lab[t] ~= -1
-      tgt[#tgt + 1] = on
-      if on then labels[#labels + 1] = lab[t] end
-    end
+    lists[s] = lab
   end
-  batch.txt_mask_tgt = bools(tgt, {S, out})
-  batch.txt_labels = i64(labels, {#labels})
+  -- txt_mask_tgt [S, out]: the text positions nf <= j < nf + nt whose label (labels[j - nf], -1:
+  -- none) is set; txt_labels: those labels in row-major order.
+  local labels = core.pad_rows(lists, max_sl, -1)
+  if max_sl > 0 then
+    local nf, nt = cols[1], cols[2]
+    local j = core.arange(out, {dtype = "i64"}):view(1, out)
+    local text = core.logical_and(j:ge(nf), j:lt(nf + nt))
+    local picked = labels:gather(2, (j - nf):clamp(0, max_sl - 1))
+    batch.txt_mask_tgt = core.logical_and(text, picked:ne(-1))
+    batch.txt_labels = labels:masked_select(labels:ne(-1))
+  else
+    batch.txt_mask_tgt = core.zeros({S, out}, {dtype = "bool"})
+    batch.txt_labels = core.zeros({0}, {dtype = "i64"})
+  end
   return batch
 end
 
@@ -263,35 +284,12 @@ function collate.mfm_collate(items)
     end
   end
   local function masked(i, f) return items[i].c_mask[f + 1] == true end
-  local batch, src, base = collate.video_collate(items, {masked = masked})
+  local batch, parts, masks = video_batch(op, items, {masked = masked})
   local S, max_vl = batch.f_v_feats:size(1), batch.f_v_feats:size(2)
   local B, L_c = batch.c_v_feats:size(1), batch.c_v_feats:size(2)
-  local fm = {}
-  for i, it in ipairs(items) do
-    for _, seg in ipairs(it.segments) do
-      for j = 1, max_vl do
-        local f = seg.frames[j]
-        fm[#fm + 1] = f ~= nil and masked(i, f) or false
-      end
-    end
-  end
-  batch.f_v_masks = bools(fm, {S, max_vl})
-  local cm, tgt = {}, {}
-  for i, it in ipairs(items) do
-    local nf = it.v_feat:size(1)
-    for l = 0, L_c - 1 do
-      local m = l < nf and masked(i, l)
-      cm[#cm + 1] = m
-      if m then tgt[#tgt + 1] = base[i] + l end
-    end
-  end
-  batch.c_v_masks = bools(cm, {B, L_c})
-  local D = batch.c_v_feats:size(3)
-  if #tgt > 0 then
-    batch.feat_targets = src:index_select(1, i64(tgt, {#tgt}))
-  else
-    batch.feat_targets = core.zeros({0, D})
-  end
+  batch.f_v_masks = bools(masks.f_v_masks, {S, max_vl})
+  batch.c_v_masks = bools(masks.c_v_masks, {B, L_c})
+  batch.feat_targets = gather_frames(parts, masks.rows)
   return batch
 end
 

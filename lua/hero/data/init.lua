@@ -21,6 +21,9 @@ data.decode_msgpack = core.decode_msgpack
 data.lz4_frame_decompress = core.lz4_frame_decompress
 --- .npz bytes -> {member = tensor}.
 data.decode_npz = core.decode_npz
+--- pad_rows(lists, width, pad) -> ids, mask: Lua arrays of integers as the rows of an i64
+-- [#lists, width] tensor filled up with pad, and the i64 mask (1 where a row has an entry).
+data.pad_rows = core.pad_rows
 --- A raw read-only LMDB handle: :get(key) (string or nil), :get_msgpack(key), :get_lz4_msgpack(key
 -- [, max_bytes]), :get_npz(key), :keys() (keys in LMDB order, value sizes), :count(), :close().
 data.open_lmdb = core.lmdb_open

@@ -183,7 +183,11 @@ function M.prefetch_loaders(opts)
     end)
     if not ok then fail("loader '%s': %s", tostring(key), tostring(err)) end
   end
-  local pool = core.worker_pool{n = workers, script = WORKER, init = sent, name = "=hero.data.PrefetchLoader worker"}
+  -- hand_over: a batch's tensors are made afresh for each job and the worker keeps none of them, so
+  -- they move to this thread instead of being copied (the frame tensors are most of a batch's
+  -- ~100 MiB at 32 videos)
+  local pool = core.worker_pool{n = workers, script = WORKER, init = sent, name = "=hero.data.PrefetchLoader worker",
+    hand_over = true}
   local group = setmetatable({pool = pool, collected = 0, results = {}, discard = {}, open = 0}, Group)
   local out = {}
   for key, planner in pairs(planners) do

@@ -242,8 +242,9 @@ local function check_video(op, video)
   end
 end
 
--- tokens of subtitle k (0-based), cut to max_txt_len (-1 or nil: whole)
-local function sub_tokens(video, k, max_len)
+-- Appends the tokens of subtitle k (0-based), cut to max_len (-1 or nil: whole), to out; returns
+-- out. (table.move copies in C: a batch of 32 TV videos copies ~50,000 tokens.)
+local function append_tokens(out, video, k, max_len)
   local t = video.input_ids[k + 1]
   if t == nil then
     error(string.format("video '%s' has no text for subtitle %d (%d texts)", tostring(video.vid), k,
@@ -251,19 +252,14 @@ local function sub_tokens(video, k, max_len)
   end
   local n = #t
   if max_len ~= nil and max_len >= 0 and max_len < n then n = max_len end
-  local out = {}
-  for i = 1, n do out[i] = t[i] end
-  return out
+  return table.move(t, 1, n, #out + 1, out)
 end
 
--- Context text of the segment of subtitle s: tokens of subtitles s-k..s (only those < num_subs,
--- none in `skip`), each cut to max_len, concatenated.
-local function context(video, s, ctx, num_subs, max_len, skip)
-  local out = {}
+-- Appends the context text of the segment of subtitle s to out: tokens of subtitles s-k..s (only
+-- those < num_subs, none in `skip`), each cut to max_len. Returns out.
+local function append_context(out, video, s, ctx, num_subs, max_len, skip)
   for k = s - ctx, s do
-    if k >= 0 and k < num_subs and not (skip and skip[k]) then
-      for _, t in ipairs(sub_tokens(video, k, max_len)) do out[#out + 1] = t end
-    end
+    if k >= 0 and k < num_subs and not (skip and skip[k]) then append_tokens(out, video, k, max_len) end
   end
   return out
 end
@@ -290,11 +286,57 @@ function tasks.video_item(video, opts)
   end
   local max_len = opts.truncate and (opts.max_txt_len or 60) or -1
   for i, pair in ipairs(video.sub2frames) do
-    local ids = {sep}
-    for _, t in ipairs(context(video, pair[1], opts.sub_ctx_len or 0, item.num_subs, max_len)) do ids[#ids + 1] = t end
+    local ids = append_context({sep}, video, pair[1], opts.sub_ctx_len or 0, item.num_subs, max_len)
     item.segments[i] = {ids = ids, frames = pair[2]}
   end
   return item
+end
+
+-- word_decisions(#tokens, opts) then apply_word_decisions(tokens, decisions, mask_id) with [CLS]
+-- (label -1) in front, in one pass: the same draws in the same order, the same ids and labels,
+-- without the decisions array and the two insertions at the front (a batch of 32 TV videos masks
+-- ~1000 segments).
+local function mask_words(tokens, opts, mask_id, cls)
+  local op = "hero.data.tasks.word_decisions"
+  check_generator(op, opts.generator)
+  local p = opts.mask_prob or 0.15
+  local vr = opts.v_range
+  if type(vr) ~= "table" or math.type(vr[1]) ~= "integer" or math.type(vr[2]) ~= "integer" or vr[2] <= vr[1] then
+    fail(op, "opts.v_range must be {lo, hi} integers with lo < hi")
+  end
+  local n = #tokens
+  local ids, labels = {cls}, {-1}
+  if n == 0 then return ids, labels end
+  local u = uniforms(n, opts.generator)
+  local random_at, any = nil, false
+  for i = 1, n do
+    local x, t = u[i], tokens[i]
+    if x < p then
+      any = true
+      labels[i + 1] = t
+      x = x / p
+      if x < 0.8 then
+        ids[i + 1] = mask_id
+      elseif x < 0.9 then
+        ids[i + 1] = 0 -- the random id drawn below
+        random_at = random_at or {}
+        random_at[#random_at + 1] = i + 1
+      else
+        ids[i + 1] = t
+      end
+    else
+      ids[i + 1], labels[i + 1] = t, -1
+    end
+  end
+  if random_at then
+    local r = core.randint(vr[1], vr[2], {#random_at}, {generator = opts.generator}):totable()
+    for j, at in ipairs(random_at) do ids[at] = r[j] end
+  end
+  if not any then
+    labels[2] = tokens[1]
+    ids[2] = mask_id
+  end
+  return ids, labels
 end
 
 --- MLM item (hero-spec §4.1): per segment [CLS] + masked context tokens (each subtitle cut to
@@ -309,17 +351,17 @@ function tasks.mlm_item(video, opts)
   local item = base_item(video)
   local wopts = {generator = opts.generator, mask_prob = opts.mask_prob, v_range = opts.v_range or v_range}
   for i, pair in ipairs(video.sub2frames) do
-    local toks = context(video, pair[1], opts.sub_ctx_len or 0, item.num_subs, opts.max_txt_len or 60)
-    local d
+    local toks = append_context({}, video, pair[1], opts.sub_ctx_len or 0, item.num_subs, opts.max_txt_len or 60)
+    local ids, labels
     if opts.decisions then
-      d = opts.decisions[i]
+      local d = opts.decisions[i]
       if type(d) ~= "table" then fail(op, "opts.decisions has no entry for segment %d", i) end
+      ids, labels = tasks.apply_word_decisions(toks, d, mask)
+      table.insert(ids, 1, cls)
+      table.insert(labels, 1, -1)
     else
-      d = tasks.word_decisions(#toks, wopts)
+      ids, labels = mask_words(toks, wopts, mask, cls)
     end
-    local ids, labels = tasks.apply_word_decisions(toks, d, mask)
-    table.insert(ids, 1, cls)
-    table.insert(labels, 1, -1)
     item.segments[i] = {ids = ids, labels = labels, frames = pair[2]}
   end
   return item
@@ -387,12 +429,10 @@ function tasks.vsm_item(video, opts)
   local queries = {}
   for i, pair in ipairs(video.sub2frames) do
     local s, frames = pair[1], pair[2]
-    local ids = {sep}
-    for _, t in ipairs(context(video, s, ctx, item.num_subs, max_len, chosen)) do ids[#ids + 1] = t end
+    local ids = append_context({sep}, video, s, ctx, item.num_subs, max_len, chosen)
     item.segments[i] = {ids = ids, frames = frames}
     if #frames > 0 and chosen[s] then
-      local q = {cls}
-      for _, t in ipairs(sub_tokens(video, s, max_len)) do q[#q + 1] = t end
+      local q = append_tokens({cls}, video, s, max_len)
       local st = frames[1]
       local ed = math.min(math.max(st + 1, frames[#frames]), item.nframes - 1)
       queries[#queries + 1] = {ids = q, target = {st, ed}}
