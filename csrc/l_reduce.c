@@ -187,6 +187,15 @@ DIM_OP(cumprod, true)
 SOFTMAX_OP(softmax)
 SOFTMAX_OP(log_softmax)
 
+/* Pushes the values and indices a selection made (rc 0), or raises its error. */
+static int push_values_indices(lua_State *L, int rc, hr_tensor *v, hr_tensor *i, const char *op)
+{
+    if (rc) return hr_lua_error(L, op);
+    hr_lua_push_tensor(L, v);
+    hr_lua_push_tensor(L, i);
+    return 2;
+}
+
 static int l_sort(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "sort");
@@ -195,10 +204,7 @@ static int l_sort(lua_State *L)
     hr_tensor *v, *i;
     int rc;
     HR_LUA_RETRY_INT(L, rc, hr_ag_sort_topk(false, t, 0, dim, desc, &v, &i));
-    if (rc) return hr_lua_error(L, "sort");
-    hr_lua_push_tensor(L, v);
-    hr_lua_push_tensor(L, i);
-    return 2;
+    return push_values_indices(L, rc, v, i, "sort");
 }
 
 static int l_topk(lua_State *L)
@@ -212,10 +218,7 @@ static int l_topk(lua_State *L)
     hr_tensor *v, *i;
     int rc;
     HR_LUA_RETRY_INT(L, rc, hr_ag_sort_topk(true, t, (int64_t)k, dim, largest, &v, &i));
-    if (rc) return hr_lua_error(L, "topk");
-    hr_lua_push_tensor(L, v);
-    hr_lua_push_tensor(L, i);
-    return 2;
+    return push_values_indices(L, rc, v, i, "topk");
 }
 
 /* t:kthvalue(k [, dim = -1] [, keepdim]) -> values, indices: the k-th smallest (k from 1). */
@@ -230,13 +233,9 @@ static int l_kthvalue(lua_State *L)
     hr_tensor *v, *i;
     int rc;
     HR_LUA_RETRY_INT(L, rc, hr_ag_kthvalue(t, (int64_t)k, dim, keepdim, &v, &i));
-    if (rc) return hr_lua_error(L, "kthvalue");
-    hr_lua_push_tensor(L, v);
-    hr_lua_push_tensor(L, i);
-    return 2;
+    return push_values_indices(L, rc, v, i, "kthvalue");
 }
 
-/* t:median() -> the lower median of every element (0-dim); t:median(dim [, keepdim]) -> values, indices. */
 /* t:mode([dim = -1] [, keepdim]) -> values, indices: the most frequent value and its last index. */
 static int l_mode(lua_State *L)
 {
@@ -246,12 +245,10 @@ static int l_mode(lua_State *L)
     hr_tensor *v, *i;
     int rc;
     HR_LUA_RETRY_INT(L, rc, hr_ag_mode(t, dim, keepdim, &v, &i));
-    if (rc) return hr_lua_error(L, "mode");
-    hr_lua_push_tensor(L, v);
-    hr_lua_push_tensor(L, i);
-    return 2;
+    return push_values_indices(L, rc, v, i, "mode");
 }
 
+/* t:median() -> the lower median of every element (0-dim); t:median(dim [, keepdim]) -> values, indices. */
 static int l_median(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "median");
@@ -265,10 +262,7 @@ static int l_median(lua_State *L)
     hr_tensor *v, *i;
     int rc;
     HR_LUA_RETRY_INT(L, rc, hr_ag_median_dim(t, dim, keepdim, &v, &i));
-    if (rc) return hr_lua_error(L, "median");
-    hr_lua_push_tensor(L, v);
-    hr_lua_push_tensor(L, i);
-    return 2;
+    return push_values_indices(L, rc, v, i, "median");
 }
 
 /* t:cummax(dim) / t:cummin(dim) -> values, indices */
@@ -280,10 +274,7 @@ static int cum_extreme(lua_State *L, const char *op, bool is_max)
     hr_tensor *v, *i;
     int rc;
     HR_LUA_RETRY_INT(L, rc, hr_ag_cummax_cummin(is_max, t, dim, &v, &i));
-    if (rc) return hr_lua_error(L, op);
-    hr_lua_push_tensor(L, v);
-    hr_lua_push_tensor(L, i);
-    return 2;
+    return push_values_indices(L, rc, v, i, op);
 }
 
 static int l_cummax(lua_State *L) { return cum_extreme(L, "cummax", true); }

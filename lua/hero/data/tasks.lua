@@ -52,6 +52,14 @@ end
 
 -- ------------------------------------------------------------------ samplers
 
+-- The replacement ids' range {lo, hi} (hi exclusive) of word masking.
+local function check_v_range(op, vr)
+  if type(vr) ~= "table" or math.type(vr[1]) ~= "integer" or math.type(vr[2]) ~= "integer" or vr[2] <= vr[1] then
+    fail(op, "opts.v_range must be {lo, hi} integers with lo < hi")
+  end
+  return vr
+end
+
 --- MLM masking decisions for n tokens (hero-spec §4.1): an array of n entries, each false (not
 -- selected), "mask", "keep" or an integer (the random replacement id). opts: generator, mask_prob
 -- (0.15), v_range ({lo, hi}, hi exclusive; required).
@@ -61,10 +69,7 @@ function tasks.word_decisions(n, opts)
   check_table(op, "opts", opts)
   check_generator(op, opts.generator)
   local p = opts.mask_prob or 0.15
-  local vr = opts.v_range
-  if type(vr) ~= "table" or math.type(vr[1]) ~= "integer" or math.type(vr[2]) ~= "integer" or vr[2] <= vr[1] then
-    fail(op, "opts.v_range must be {lo, hi} integers with lo < hi")
-  end
+  local vr = check_v_range(op, opts.v_range)
   local u = uniforms(n, opts.generator)
   local out, random_at = {}, {}
   for i = 1, n do
@@ -300,10 +305,7 @@ local function mask_words(tokens, opts, mask_id, cls)
   local op = "hero.data.tasks.word_decisions"
   check_generator(op, opts.generator)
   local p = opts.mask_prob or 0.15
-  local vr = opts.v_range
-  if type(vr) ~= "table" or math.type(vr[1]) ~= "integer" or math.type(vr[2]) ~= "integer" or vr[2] <= vr[1] then
-    fail(op, "opts.v_range must be {lo, hi} integers with lo < hi")
-  end
+  local vr = check_v_range(op, opts.v_range)
   local n = #tokens
   local ids, labels = {cls}, {-1}
   if n == 0 then return ids, labels end
