@@ -178,14 +178,14 @@ describe("elementwise math against torch", function()
 end)
 
 describe("median, kthvalue, cummax and cummin against torch", function()
-  it("median and kthvalue along a dim: values, indices and gradients", function()
-    local s = fx.selection
-    for k, c in ipairs(s.cases) do
-      local label = string.format("%s case %d", c.op, k)
+  -- Each case's values, i64 indices and the gradient of sum(values * w), from contiguous and
+  -- transposed operands; select_fn(x, case) makes the values and indices.
+  local function check_selections(data, cases, select_fn, name)
+    for k, c in ipairs(cases) do
+      local label = string.format("%s case %d", c.op or name, k)
       for _, layout in ipairs {"contiguous", "transposed"} do
-        local x = operand(s.x, "f64", layout):detach():requires_grad_()
-        local v, i
-        if c.op == "median" then v, i = x:median(c.dim, c.keepdim) else v, i = x:kthvalue(c.k, c.dim, c.keepdim) end
+        local x = operand(data, "f64", layout):detach():requires_grad_()
+        local v, i = select_fn(x, c)
         near(v, c.v, label .. " values")
         assert.same(c.i, i:totable(), label .. " indices")
         assert.equal("i64", i:dtype())
@@ -194,6 +194,14 @@ describe("median, kthvalue, cummax and cummin against torch", function()
         near(x.grad, c.g, label .. " gradient")
       end
     end
+  end
+
+  it("median and kthvalue along a dim: values, indices and gradients", function()
+    local s = fx.selection
+    check_selections(s.x, s.cases, function(x, c)
+      if c.op == "median" then return x:median(c.dim, c.keepdim) end
+      return x:kthvalue(c.k, c.dim, c.keepdim)
+    end)
     assert.same(s.int_median, i64(s.int_x):median(2):totable())
     assert.same(s.int_median_all, i64(s.int_x):median():item())
     assert.same(s.int_kth, (i64(s.int_x):kthvalue(3, 2)):totable())
@@ -211,19 +219,7 @@ describe("median, kthvalue, cummax and cummin against torch", function()
 
   it("mode along a dim: torch's values, last indices and gradients", function()
     local s = fx.selection
-    for k, c in ipairs(s.mode_cases) do
-      local label = "mode case " .. k
-      for _, layout in ipairs {"contiguous", "transposed"} do
-        local x = operand(s.mode_x, "f64", layout):detach():requires_grad_()
-        local v, i = x:mode(c.dim, c.keepdim)
-        near(v, c.v, label .. " values")
-        assert.same(c.i, i:totable(), label .. " indices")
-        assert.equal("i64", i:dtype())
-        local loss = (v * f64(c.w)):sum()
-        loss:backward()
-        near(x.grad, c.g, label .. " gradient")
-      end
-    end
+    check_selections(s.mode_x, s.mode_cases, function(x, c) return x:mode(c.dim, c.keepdim) end, "mode")
     local v, i = i64(s.int_x):mode(2)
     assert.same(s.int_mode, {v:totable(), i:totable()})
     for _, dt in ipairs {"bf16", "f16", "i32", "u8"} do
