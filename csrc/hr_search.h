@@ -17,6 +17,10 @@
  * entry, whose bytes are those of its first occurrence; every NaN is an entry of its own, after
  * +inf, in the order of the input. */
 int hr_unique(const hr_tensor *t, hr_tensor **values, hr_tensor **inverse, hr_tensor **counts);
+/* The distinct slices of t along dim (0-based), as torch.unique(dim = dim): values (t's shape with
+ * dim holding one slice per distinct one, sorted lexicographically by their elements in row-major
+ * order), inverse (1-D, t's size along dim) and counts (1-D). A slice holding NaN equals no other. */
+int hr_unique_dim(const hr_tensor *t, int dim, hr_tensor **values, hr_tensor **inverse, hr_tensor **counts);
 
 /* How often each value 0, 1, ... occurs in the 1-D non-negative integer tensor t (i64), or, with
  * weights (1-D, t's length), the sum of the weights of the elements holding it: f32 for f32

@@ -82,13 +82,23 @@ static int l_unique(lua_State *L)
     (void)opt_field_bool(L, oi, "sorted", true, "unique");
     bool want_inverse = opt_field_bool(L, oi, "return_inverse", false, "unique");
     bool want_counts = opt_field_bool(L, oi, "return_counts", false, "unique");
-    if (oi && hr_lua_rawfield(L, oi, "dim") != LUA_TNIL)
-        return luaL_error(L, "unique: the dim option (unique slices) is not supported; unique works on every element");
+    /* dim: the distinct slices along it (1-based, negative from the end) */
+    bool by_dim = false;
+    int dim = 0;
+    if (oi && hr_lua_rawfield(L, oi, "dim") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1))
+            return luaL_error(L, "unique: option dim must be an integer, got %s", luaL_typename(L, -1));
+        dim = hr_lua_check_dim(L, lua_gettop(L), t->ndim, "unique");
+        by_dim = true;
+    }
     if (oi) lua_pop(L, 1);
     refuse_grad(L, t, "unique");
     hr_tensor *v = NULL, *inv = NULL, *cnt = NULL;
     int rc;
-    HR_LUA_RETRY_INT(L, rc, hr_unique(t, &v, want_inverse ? &inv : NULL, want_counts ? &cnt : NULL));
+    if (by_dim)
+        HR_LUA_RETRY_INT(L, rc, hr_unique_dim(t, dim, &v, want_inverse ? &inv : NULL, want_counts ? &cnt : NULL));
+    else
+        HR_LUA_RETRY_INT(L, rc, hr_unique(t, &v, want_inverse ? &inv : NULL, want_counts ? &cnt : NULL));
     if (rc) return hr_lua_error(L, "unique");
     hr_lua_push_tensor(L, v);
     int n = 1;

@@ -1100,6 +1100,8 @@ describe("CUDA backend #cuda", function()
         function(t) return select(2, t:cummin(1)) end, function(t) return (t:round():unique()) end,
         function(t) return select(2, t:round():unique {return_inverse = true}) end,
         function(t) return select(2, t:round():unique {return_counts = true}) end,
+        function(t) return (t:round():unique {dim = 1}) end,
+        function(t) return select(2, t:round():unique {dim = 2, return_inverse = true}) end,
         function(t) return t:count_nonzero(2) end, function(t) return t:diff(1, 2) end,
         function(t) return hero.einsum("ij,kj->ik", t, t) end,
         function(t) return hero.einsum("ii", t:narrow(2, 1, 5)) end,

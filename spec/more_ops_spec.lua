@@ -311,6 +311,27 @@ describe("median, kthvalue, cummax and cummin against torch", function()
 end)
 
 describe("unique, bincount, searchsorted, bucketize and count_nonzero against torch", function()
+  it("unique with dim: the distinct slices, sorted, their inverse and counts", function()
+    for k, c in ipairs(fx.counting.unique_dim) do
+      local label = "unique dim case " .. k
+      for _, layout in ipairs {"contiguous", "transposed"} do
+        local x = hero.tensor(c.x, {dtype = c.dtype})
+        if layout == "transposed" then x = x:transpose(1, x:dim()):contiguous():transpose(1, x:dim()) end
+        local v, inv, cnt = x:unique {dim = c.dim, return_inverse = true, return_counts = true}
+        assert.equal(c.dtype, v:dtype(), label)
+        assert.same(c.shape, v:size(), label)
+        assert.same(c.v, v:totable(), label .. " values")
+        assert.same(c.inverse, inv:totable(), label .. " inverse")
+        assert.same(c.counts, cnt:totable(), label .. " counts")
+        assert.same(v:totable(), hero.unique(x, {dim = c.dim}):totable())
+      end
+    end
+    -- a slice holding NaN equals no other (as unique's NaN), sorting after the others
+    local v, inv = hero.tensor({{0 / 0, 1}, {0 / 0, 1}, {1, 1}}):unique {dim = 1, return_inverse = true}
+    assert.same({3, 2}, v:size())
+    assert.same({1, 2, 0}, inv:totable())
+  end)
+
   it("unique: sorted values, inverse and counts", function()
     for k, c in ipairs(fx.counting.unique) do
       local label = "unique case " .. k
@@ -341,8 +362,11 @@ describe("unique, bincount, searchsorted, bucketize and count_nonzero against to
     assert.is_true(vals[3] ~= vals[3] and vals[4] ~= vals[4])
     assert.same({2, 1, 3, 0, 0}, inv:totable())
     assert.same({2, 1, 1, 1}, cnt:totable())
-    helper.assert_error_contains(function() hero.unique(hero.ones(2, 2), {dim = 1}) end,
-      "unique: the dim option (unique slices) is not supported")
+    helper.assert_error_contains(function() hero.unique(hero.zeros(2, 0), {dim = 1}) end,
+      "unique: the slices along dimension 1 of a 2x0 tensor are empty")
+    helper.assert_error_contains(function() hero.unique(hero.ones(2, 2), {dim = 1.5}) end,
+      "unique: option dim must be an integer")
+    helper.assert_error_contains(function() hero.unique(hero.ones(2, 2), {dim = 3}) end, "dimension 3 out of range")
     helper.assert_error_contains(function() hero.unique(hero.ones(2), {return_counts = 1}) end,
       "option return_counts must be a boolean")
     helper.assert_error_contains(function() hero.unique(hero.ones(2), {retrun_counts = true}) end,
