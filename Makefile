@@ -10,8 +10,8 @@ LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/
           LUA_CPATH="$(abspath $(1))/?.so;;"
 
 DEBIAN_PACKAGES := lua5.4 liblua5.4-dev lua-busted lua-check luarocks libopenblas-dev zlib1g-dev \
-                   liblmdb-dev liblz4-dev python3-numpy pkg-config make gcc clang libclang-rt-14-dev \
-                   libopenmpi-dev openmpi-bin
+                   liblmdb-dev liblz4-dev libdeflate-dev python3-numpy pkg-config make gcc clang \
+                   libclang-rt-14-dev libopenmpi-dev openmpi-bin
 
 # Fuzzing (fuzz/): build directory, seconds per target and memory limit of `make fuzz-smoke`.
 FUZZ_BUILD ?= $(BUILD)-fuzz
@@ -126,7 +126,7 @@ lint: deps
 DEVICE_DEBS := lua5.4 liblua5.4-0 liblua5.4-dev lua-busted lua-cliargs lua-dkjson lua-filesystem lua-luassert \
                lua-mediator lua-penlight lua-say lua-system lua-term libopenblas0-pthread libopenblas-pthread-dev \
                libopenblas-dev libopenblas0 libgfortran5 libquadmath0 zlib1g zlib1g-dev liblmdb0 liblmdb-dev \
-               liblz4-1 liblz4-dev openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libhwloc15 \
+               liblz4-1 liblz4-dev libdeflate0 libdeflate-dev openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libhwloc15 \
                libevent-2.1-7 libevent-core-2.1-7 libevent-pthreads-2.1-7 libpmix2 libfabric1 libucx0 libibverbs1 \
                librdmacm1 libnl-3-200 libnl-route-3-200 libpsm2-2 libpsm-infinipath1 libmunge2 libnuma1 \
                libpciaccess0 libltdl7 libxnvctrl0 libx11-6 libxext6 libxcb1 libxau6 libxdmcp6 libbsd0 libmd0

@@ -11,7 +11,8 @@ hero implements HERO (Hierarchical Encoder for Video+Language Omni-representatio
 as a Lua 5.4 extension: tensors, layers and training steps are C objects, experiments and task
 heads are Lua scripts. Arithmetic runs on the CPU through OpenBLAS and on NVIDIA GPUs through CUDA.
 Needs OpenBLAS and zlib (Debian: libopenblas-dev zlib1g-dev); LMDB and lz4 (liblmdb-dev liblz4-dev,
-for the HERO databases) and CUDA are used when found.
+for the HERO databases), libdeflate (libdeflate-dev, faster inflate of compressed video databases)
+and CUDA are used when found.
 ]],
    license = "MIT",
 }

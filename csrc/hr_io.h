@@ -107,6 +107,9 @@ int hr_zip_extract(const hr_zip *z, size_t i, unsigned char **out, size_t *outle
 /* Extracts entry i into dst, which holds cap bytes; cap must equal the member's size (checked before
  * anything is written). For callers that own the destination (tensor storages). */
 int hr_zip_extract_to(const hr_zip *z, size_t i, void *dst, size_t cap);
+/* Whether members are inflated (and CRC-32 computed) by libdeflate (HERO_WITH_LIBDEFLATE) rather
+ * than zlib: the results and the errors are the same either way. */
+bool hr_zip_has_libdeflate(void);
 /* Writes a zip with members names[i] = data[i] (deflated when compress). Atomic replace of path. */
 int hr_zip_write(const char *path, size_t n, const char *const *names, const unsigned char *const *data,
                  const size_t *lens, bool compress);

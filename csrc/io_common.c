@@ -6,7 +6,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef HERO_WITH_LIBDEFLATE
+#include <libdeflate.h>
+#else
 #include <zlib.h>
+#endif
 
 #include "hr_io.h"
 
@@ -84,6 +88,10 @@ int hr_tensor_list_add_meta(hr_tensor_list *l, const char *key, const char *valu
 
 uint32_t hr_crc32(const void *buf, size_t len)
 {
+#ifdef HERO_WITH_LIBDEFLATE
+    /* The same CRC-32, several times faster (carry-less multiplication where the CPU has it). */
+    return libdeflate_crc32(0, buf, len);
+#else
     /* zlib's crc32 takes a uInt length: feed big buffers in pieces. */
     uLong crc = crc32(0L, Z_NULL, 0);
     const unsigned char *p = buf;
@@ -94,6 +102,7 @@ uint32_t hr_crc32(const void *buf, size_t len)
         len -= chunk;
     }
     return (uint32_t)crc;
+#endif
 }
 
 int hr_io_read_file(const char *path, unsigned char **out, size_t *len)

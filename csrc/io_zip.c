@@ -5,12 +5,17 @@
  * Reading trusts only the central directory (found through the end-of-central-directory record,
  * zip64 records understood), checks every offset and size against the archive's length before use,
  * bounds the inflated size by deflate's maximum ratio before allocating, and verifies CRC-32.
+ * Members are inflated by libdeflate when hero is built with it (HERO_WITH_LIBDEFLATE), by zlib
+ * otherwise; zlib always deflates, so that equal inputs give byte-identical archives in either build.
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
+#ifdef HERO_WITH_LIBDEFLATE
+#include <libdeflate.h>
+#endif
 
 #include "hr_io.h"
 
@@ -166,10 +171,10 @@ long hr_zip_find(const hr_zip *z, const char *name)
     return -1;
 }
 
-/* Inflates a raw deflate stream of csize bytes into exactly usize bytes at dst. Once dst is full, one
- * more byte of output space (a scratch byte) tells a stream that is longer than the directory says
- * from one that ends exactly there. */
-static int inflate_into(const hr_zip_entry *e, const unsigned char *src, unsigned char *dst)
+/* Inflates a raw deflate stream of csize bytes into exactly usize bytes at dst with zlib. Once dst is
+ * full, one more byte of output space (a scratch byte) tells a stream that is longer than the
+ * directory says from one that ends exactly there. */
+static int inflate_zlib(const hr_zip_entry *e, const unsigned char *src, unsigned char *dst)
 {
     z_stream zs;
     memset(&zs, 0, sizeof zs);
@@ -217,6 +222,43 @@ static int inflate_into(const hr_zip_entry *e, const unsigned char *src, unsigne
                        (size_t)e->usize - out_left, e->usize);
     return 0;
 }
+
+bool hr_zip_has_libdeflate(void)
+{
+#ifdef HERO_WITH_LIBDEFLATE
+    return true;
+#else
+    return false;
+#endif
+}
+
+#ifdef HERO_WITH_LIBDEFLATE
+/* The same with libdeflate, which inflates a whole buffer about 1.6x as fast as zlib's streaming
+ * inflate: asked for exactly usize bytes, it succeeds only when the stream ends exactly there.
+ * Anything else (LIBDEFLATE_SHORT_OUTPUT, LIBDEFLATE_INSUFFICIENT_SPACE, LIBDEFLATE_BAD_DATA) is
+ * diagnosed again by zlib, whose reading is the message: libdeflate's BAD_DATA does not tell a
+ * truncated stream from a corrupt one nor say what is wrong, SHORT_OUTPUT does not say how short, and
+ * the two libraries may meet a stream's first fault in a different order. So a member is refused with
+ * the same words in either build, at the cost of a second pass over a member that is refused anyway.
+ * (libdeflate also accepts a few forms RFC 1951 forbids and zlib refuses, such as code-length counts
+ * of up to 288 / 32 symbols; what it inflates from them must still match the member's CRC-32.)
+ * A decompressor is not safe to share between threads (the loader's workers inflate concurrently):
+ * each call allocates its own (under a microsecond, against 3 ms to inflate a video's features). */
+static int inflate_into(const hr_zip_entry *e, const unsigned char *src, unsigned char *dst)
+{
+    struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
+    if (!d) return hr_fail(HR_ENOMEM, "out of memory starting to inflate zip member %s", e->name);
+    enum libdeflate_result r = libdeflate_deflate_decompress(d, src, (size_t)e->csize, dst, (size_t)e->usize, NULL);
+    libdeflate_free_decompressor(d);
+    if (r == LIBDEFLATE_SUCCESS) return 0;
+    return inflate_zlib(e, src, dst);
+}
+#else
+static int inflate_into(const hr_zip_entry *e, const unsigned char *src, unsigned char *dst)
+{
+    return inflate_zlib(e, src, dst);
+}
+#endif
 
 /* Validates entry i (encryption, local header, bounds, sizes, method) and finds its data. Every check
  * happens before the caller allocates usize bytes. */

@@ -294,6 +294,12 @@ static int l_has_lz4(lua_State *L)
     return 1;
 }
 
+static int l_has_libdeflate(lua_State *L)
+{
+    lua_pushboolean(L, hr_zip_has_libdeflate());
+    return 1;
+}
+
 /* ------------------------------------------------------------------ LMDB handles */
 
 typedef struct {
@@ -491,6 +497,7 @@ void hr_lua_open_data(lua_State *L, int module_idx, int methods_idx)
         {"data_set_markers", l_set_markers},
         {"has_lmdb", l_has_lmdb},
         {"has_lz4", l_has_lz4},
+        {"has_libdeflate", l_has_libdeflate},
         {NULL, NULL},
     };
     lua_pushvalue(L, module_idx);

@@ -527,11 +527,23 @@ describe("hero.data.decode_npz", function()
     local z = data.decode_npz(raw:get("met_s02e03_seg01_clip_05"))
     assert.same({7, 24}, z.features:size())
     assert_err("blob: not a zip archive", data.decode_npz, "not a zip", "blob")
+    -- its member's stream cut short (the directory's compressed size halved) and its CRC-32 changed:
+    -- the same messages whether libdeflate or zlib inflates (data.has_libdeflate)
+    local v = raw:get("met_s02e03_seg01_clip_05")
+    local cd = string.unpack("<I4", v, #v - 21 + 16) + 1 -- the central directory's (only) entry
+    assert.equal("features.npy", v:sub(cd + 46, cd + 45 + string.unpack("<I2", v, cd + 28)))
+    local crc, csize = string.unpack("<I4I4", v, cd + 16)
+    local function patched(at, fmt, x) return v:sub(1, at - 1) .. string.pack(fmt, x) .. v:sub(at + 4) end
+    assert_err("blob: corrupt deflate stream in zip member features.npy (truncated)", data.decode_npz,
+      patched(cd + 20, "<I4", csize // 2), "blob")
+    assert_err(string.format("blob: CRC-32 mismatch in zip member features.npy (directory says %08x, data has %08x)",
+      crc ~ 1, crc), data.decode_npz, patched(cd + 16, "<I4", crc ~ 1), "blob")
     raw:close()
   end)
 
-  it("reports whether LMDB and lz4 support were built in", function()
+  it("reports whether LMDB, lz4 and libdeflate support were built in", function()
     assert.equal("boolean", type(data.has_lmdb)); assert.equal("boolean", type(data.has_lz4))
+    assert.equal("boolean", type(data.has_libdeflate))
     if not data.has_lmdb then
       assert_err("hero was built without LMDB support (install liblmdb-dev and rebuild)", data.open_lmdb, VDB)
     end

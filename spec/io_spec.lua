@@ -426,6 +426,91 @@ describe("NumPy files", function()
     helper.assert_error_contains(function() hero.io.npz_to_bytes(many) end, "65535 members")
   end)
 
+  -- Damaged deflate members: inflated by libdeflate (hero.data.has_libdeflate) or by zlib, every
+  -- case gives the same result and the same message, pinned here for both builds.
+  describe("deflated members", function()
+    -- A zip of one deflated member `name` (x.npy) holding `stream`; its directory says crc, usize
+    -- and csize (default: the stream's length).
+    local function zip_of(stream, usize, crc, csize, name)
+      name, csize = name or "x.npy", csize or #stream
+      local lh = string.pack("<I4I2I2I2I2I2I4I4I4I2I2", 0x04034b50, 20, 0, 8, 0, 0x21, crc, csize, usize, #name, 0)
+      local cd = string.pack("<I4I2I2I2I2I2I2I4I4I4I2I2I2I2I2I4I4", 0x02014b50, 20, 20, 0, 8, 0, 0x21, crc, csize,
+        usize, #name, 0, 0, 0, 0, 0, 0) .. name
+      local body = lh .. name .. stream
+      return body .. cd .. string.pack("<I4I2I2I2I2I4I4I2", 0x06054b50, 0, 0, 1, 1, #cd, #body, 0)
+    end
+    local t = hero.arange(3000, {dtype = "f32"}):mul(0.37):sin()
+    -- The member's .npy image, its CRC-32 and zlib's deflate stream of it, from hero's own archives.
+    local stored = hero.io.npz_to_bytes({x = t})
+    local crc, usize = string.unpack("<I4", stored, 15), string.unpack("<I4", stored, 23)
+    local image = stored:sub(36, 35 + usize)
+    local packed = hero.io.npz_to_bytes({x = t}, {compress = true})
+    local deflated = packed:sub(36, 35 + string.unpack("<I4", packed, 19))
+    assert.equal(2, deflated:byte(1) >> 1 & 3) -- a block with its own (dynamic) Huffman codes
+    local function stored_block(bytes, nlen) -- one final stored block
+      return "\1" .. string.pack("<I2I2", #bytes, nlen or ~#bytes & 0xFFFF) .. bytes
+    end
+    local function refused(bytes, message)
+      helper.assert_error_contains(function() hero.data.decode_npz(bytes) end, message)
+    end
+    local member = "zip member x.npy"
+
+    it("inflates deflate streams to the same bits (dynamic, stored, trailing bytes ignored, empty)", function()
+      for _, z in ipairs {zip_of(deflated, usize, crc), zip_of(stored_block(image), usize, crc),
+                          zip_of(deflated .. "trailing", usize, crc)} do
+        assert.equal(bytes_of(t), bytes_of(hero.data.decode_npz(z).x))
+      end
+      -- an empty member (a final block of fixed codes holding only its end) inflates to nothing,
+      -- which the .npy reader then refuses
+      helper.assert_error_contains(function() hero.data.decode_npz(zip_of("\3\0", 0, 0)) end,
+        "bad .npy magic string (inside zip member x.npy)")
+    end)
+
+    it("refuses a truncated stream", function()
+      local truncated = "corrupt deflate stream in " .. member .. " (truncated)"
+      refused(zip_of(deflated:sub(1, #deflated // 2), usize, crc), truncated)
+      refused(zip_of(stored_block(image):sub(1, 1000), usize, crc), truncated)
+      refused(zip_of("", 0, 0), truncated)
+      -- through a feature file too, named by its path
+      local p = tmp("truncated_member.npz")
+      write_bytes(p, zip_of(deflated:sub(1, 100), usize, crc, nil, "features.npy"))
+      helper.assert_error_contains(function() hero.io.load_features(p) end, p,
+        "corrupt deflate stream in zip member features.npy (truncated)")
+    end)
+
+    it("refuses a corrupt stream with zlib's reason", function()
+      local function corrupt(bytes, why)
+        refused(zip_of(bytes, usize, crc), "corrupt deflate stream in " .. member .. " (zlib: " .. why .. ")")
+      end
+      corrupt(string.char(deflated:byte(1) | 7) .. deflated:sub(2), "invalid block type")
+      corrupt(stored_block(image, #image), "invalid stored block lengths")
+      -- 288 literal/length codes: more than RFC 1951 allows (libdeflate would read them)
+      corrupt(string.char(deflated:byte(1) | 31 << 3) .. deflated:sub(2), "too many length or distance symbols")
+      -- fixed codes: a match of length 3 at distance 1 before any output
+      refused(zip_of("\3\2\0", 3, 0),
+        "corrupt deflate stream in " .. member .. " (zlib: invalid distance too far back)")
+    end)
+
+    it("refuses a member whose stream does not end at its declared size", function()
+      refused(zip_of(deflated, usize + 1, crc),
+        string.format("%s inflates to %d bytes, the directory says %d", member, usize, usize + 1))
+      refused(zip_of(deflated, usize - 1, crc),
+        string.format("%s inflates to more than the %d bytes the directory says", member, usize - 1))
+      refused(zip_of(stored_block(image), 0, crc),
+        member .. " inflates to more than the 0 bytes the directory says")
+      local claim = #deflated * 1032 + 1025
+      refused(zip_of(deflated, claim, crc), string.format(
+        "%s claims %d bytes from %d compressed (more than deflate can produce)", member, claim, #deflated))
+    end)
+
+    it("refuses a member whose bytes do not match its CRC-32", function()
+      local flipped = crc ~ 0x80
+      refused(zip_of(deflated, usize, flipped),
+        string.format("CRC-32 mismatch in %s (directory says %08x, data has %08x)", member, flipped, crc))
+      refused(zip_of(stored_block(image), usize, flipped), "CRC-32 mismatch in " .. member)
+    end)
+  end)
+
   it("writes archives NumPy reads (checked with python3 + numpy when present)", function()
     if not os.execute("/usr/bin/python3 -c 'import numpy' 2>/dev/null") then
       pending("python3 with numpy is not installed")
