@@ -186,23 +186,7 @@ local function batch_bytes(b)
   return n
 end
 
-local function digest(b)
-  local crc32c = require("hero.tensorboard").crc32c
-  local keys = {}
-  for k in pairs(b) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local lines = {}
-  for _, k in ipairs(keys) do
-    local v = b[k]
-    if hero.is_tensor(v) then
-      local bytes = hero.io.npz_to_bytes({x = v})
-      lines[#lines + 1] = string.format("%s %s %08x", k, table.concat(v:size(), "x"), string.unpack("<I4", bytes, 15))
-    else
-      lines[#lines + 1] = k .. " " .. json.encode(v)
-    end
-  end
-  return crc32c(table.concat(lines, "\n"))
-end
+local function digest(b) return require("hero.tensorboard").crc32c(hero.testing.batch_digest(b)) end
 
 local function dataset_spec(kind)
   return {type = "VideoSubDataset", video_db = P[kind], sub_db = P.subs, max_clip_len = 100}

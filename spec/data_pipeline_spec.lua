@@ -693,26 +693,7 @@ end)
 -- the TV fixture database (the same features, so the same digests).
 describe("seeded batches are pinned", function()
   local crc32c = require("hero.tensorboard").crc32c
-
-  -- One line per key, in key order: a tensor's dtype, shape and the CRC-32 of its .npy image (which
-  -- covers the header and every byte of the data), any other value as JSON.
-  local function digest(batch)
-    local keys = {}
-    for k in pairs(batch) do keys[#keys + 1] = k end
-    table.sort(keys)
-    local lines = {}
-    for _, k in ipairs(keys) do
-      local v = batch[k]
-      if hero.is_tensor(v) then
-        local bytes = hero.io.npz_to_bytes({x = v})
-        lines[#lines + 1] = string.format("%s %s %s %08x", k, v:dtype(), table.concat(v:size(), "x"),
-          string.unpack("<I4", bytes, 15)) -- the member's CRC-32 in its local header
-      else
-        lines[#lines + 1] = k .. " " .. json.encode(v)
-      end
-    end
-    return table.concat(lines, "\n")
-  end
+  local digest = hero.testing.batch_digest
 
   local tv_compressed = helper.fixture("data/video_db/tv/resnet_slowfast_1.5_compressed")
   local CASES = {

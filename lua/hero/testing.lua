@@ -1,4 +1,4 @@
---- hero.testing: finite-difference gradient checks.
+--- hero.testing: finite-difference gradient checks, and a digest of a batch.
 local core = require "hero.core"
 
 local testing = {}
@@ -135,6 +135,29 @@ function gradcheck_passes(fn, inputs, v, objective, eps, atol, rtol)
       end
     end
   end
+end
+
+--- A text that pins a batch's content: one line per key, in key order, a tensor's dtype, shape and
+-- the CRC-32 of its .npy image (which covers the header and every byte of the data), any other value
+-- as JSON. Two batches with the same digest hold the same bits.
+function testing.batch_digest(batch)
+  if type(batch) ~= "table" then error("batch_digest: expected a table of batch fields, got " .. type(batch), 2) end
+  local json = require "hero.json"
+  local keys = {}
+  for k in pairs(batch) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  local lines = {}
+  for _, k in ipairs(keys) do
+    local v = batch[k]
+    if core.is_tensor(v) then
+      local bytes = require("hero.io").npz_to_bytes({x = v})
+      lines[#lines + 1] = string.format("%s %s %s %08x", tostring(k), v:dtype(), table.concat(v:size(), "x"),
+        string.unpack("<I4", bytes, 15)) -- the member's CRC-32 in its local header
+    else
+      lines[#lines + 1] = tostring(k) .. " " .. json.encode(v)
+    end
+  end
+  return table.concat(lines, "\n")
 end
 
 return testing
