@@ -76,6 +76,14 @@ void hr_cuda_host_free(void *p);
 /* hr_copy_ when either side is on a CUDA device: broadcasting, dtype conversion, any strides,
  * cpu<->cuda and cuda<->cuda (also between devices). */
 int hr_cuda_copy_(hr_tensor *dst, const hr_tensor *src);
+/* Uploads on a second stream (cuda/upload.cu): between begin and end, the calling thread's copies
+ * from the host to dev are queued on dev's upload stream, overlapping the device's computation, and
+ * the thread waits only for its own transfers' staging. end gives a ticket; await(ticket), on the
+ * thread that uses the tensors, makes dev's compute stream wait for those transfers (the host does
+ * not wait). A ticket is awaited once. */
+int hr_cuda_upload_begin(int dev);
+int hr_cuda_upload_end(int64_t *ticket);
+int hr_cuda_upload_await(int64_t ticket);
 /* Writes the element `value` (hr_dtype_size(t->dtype) bytes, already in t's dtype) everywhere. */
 int hr_cuda_fill_(hr_tensor *t, const void *value);
 

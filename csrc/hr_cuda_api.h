@@ -23,6 +23,9 @@
     X(PTR, void *, host_alloc, (size_t nbytes), (nbytes))                                                          \
     X(VOID, void, host_free, (void *p), (p))                                                                       \
     X(INT, int, copy_, (hr_tensor *dst, const hr_tensor *src), (dst, src))                                         \
+    X(INT, int, upload_begin, (int dev), (dev))                                                                    \
+    X(INT, int, upload_end, (int64_t *ticket), (ticket))                                                           \
+    X(INT, int, upload_await, (int64_t ticket), (ticket))                                                          \
     X(INT, int, fill_, (hr_tensor *t, const void *value), (t, value))                                              \
     X(INT, int, binary,                                                                                            \
       (hr_binary_op op, hr_dtype common, const hr_operand *a, const hr_operand *b, const hr_operand *alpha,        \

@@ -74,6 +74,17 @@ int hr_cuda_copy_(hr_tensor *dst, const hr_tensor *src)
 {
     return FAIL_T("copy_", hr_tensor_device(dst).type == HR_CUDA ? dst : src);
 }
+int hr_cuda_upload_begin(int dev) { return hr_cuda_check_device(dev, "upload_begin"); }
+int hr_cuda_upload_end(int64_t *ticket)
+{
+    *ticket = 0;
+    return hr_fail(HR_EDEVICE, "upload_end: " NO_BACKEND);
+}
+int hr_cuda_upload_await(int64_t ticket)
+{
+    (void)ticket;
+    return hr_fail(HR_EDEVICE, "upload_await: " NO_BACKEND);
+}
 int hr_cuda_fill_(hr_tensor *t, const void *value)
 {
     (void)value;

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "hr_autograd.h"
 #include "hr_cuda.h"
@@ -45,7 +46,14 @@ typedef struct {
     size_t since_collect;
     size_t threshold;
     size_t since_collect_device; /* new bytes of CUDA storages, counted apart: their own threshold */
-    size_t threshold_device;
+    size_t threshold_device, hard_threshold_device;
+    int device_at_collect;       /* the device whose allocator was read at the last collection */
+    int64_t mallocs_at_collect;  /* and its cudaMalloc count then */
+    /* what the collections cost: profile_ops reports it (core._gc_stats) */
+    uint64_t collections, device_collections, pending_collections, idle_collections;
+    double seconds;
+    /* the device limits as fractions of the allocated bytes (hr_lua_set_device_collect_fractions) */
+    double soft_fraction, hard_fraction;
 } gc_state;
 
 static gc_state *get_gc_state(lua_State *L)
@@ -62,6 +70,13 @@ static gc_state *get_gc_state(lua_State *L)
     st->threshold = (size_t)64 << 20;
     st->since_collect_device = 0;
     st->threshold_device = (size_t)1 << 30;
+    st->hard_threshold_device = (size_t)2 << 30;
+    st->device_at_collect = -1;
+    st->mallocs_at_collect = 0;
+    st->collections = st->device_collections = st->pending_collections = st->idle_collections = 0;
+    st->seconds = 0;
+    st->soft_fraction = 0.25;
+    st->hard_fraction = 0.5;
     lua_setfield(L, LUA_REGISTRYINDEX, HR_GC_STATE_KEY);
     return st;
 }
@@ -69,9 +84,21 @@ static gc_state *get_gc_state(lua_State *L)
 /* A full collection; the next one comes after an eighth of the live tensor bytes (at least
  * 64 MiB, at most 256 MiB) have been allocated. A model's Lua heap is small: a collection takes
  * about a millisecond. */
+_Thread_local uint64_t hr_lua_tensors_finalized;
+
+static double monotonic_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static void collect(lua_State *L, gc_state *st)
 {
+    double t0 = monotonic_seconds();
     lua_gc(L, LUA_GCCOLLECT);
+    st->collections++;
+    st->seconds += monotonic_seconds() - t0;
     st->since_collect = 0;
     st->since_collect_device = 0;
     size_t eighth = hr_live_bytes() / 8;
@@ -93,19 +120,40 @@ void hr_lua_account(lua_State *L, size_t nbytes)
         lua_gc(L, LUA_GCSTEP, (int)(nbytes >> 10 > 1 << 20 ? 1 << 20 : nbytes >> 10));
 }
 
-/* Device memory: a collection once new CUDA storages held by Lua reach a quarter of what the
- * device's allocator has handed out (at least 1 GiB). Without it the garbage of a training step
- * (activations and gradients that Lua no longer references) would stay allocated until the
- * device ran out, and the caching allocator would hold the whole card. */
+/* Device memory. Lua does not see device bytes, so garbage tensors would hold their blocks until
+ * the device ran out; hero collects once enough new CUDA storages were made since the last
+ * collection. How much is enough weighs the collection's cost (a full collection, about a
+ * millisecond of host time with a model loaded; a GPU step of the bench model made five of them
+ * and the device waited for the host) against the footprint:
+ *  - a soft limit, a quarter of what the allocator has handed out (at least 1 GiB): past it, a
+ *    collection as soon as the garbage costs device memory, that is when the allocator's cache
+ *    is running low (less than the soft limit left in it) or has had to ask the driver for a
+ *    block (cudaMalloc) since the last collection;
+ *  - a hard limit, half of what the allocator has handed out (at least 2 GiB): past it, a
+ *    collection in any case, so that garbage never holds more than about that.
+ * While the cache still holds the blocks that the last steps freed, a step's garbage only reuses
+ * them and the collections wait for the hard limit. Backward collects first (hr_lua_collect_pending),
+ * so that the forward pass's tensors held only by dead Lua values are freed as backward goes. */
 static void account_device(lua_State *L, size_t nbytes, int dev)
 {
     gc_state *st = get_gc_state(L);
     st->since_collect_device += nbytes;
     if (st->since_collect_device <= st->threshold_device) return;
-    collect(L, st);
     hr_cuda_memstats ms;
-    size_t quarter = hr_cuda_memory_stats(dev, &ms) == 0 ? ms.allocated / 4 : 0;
-    st->threshold_device = quarter > ((size_t)1 << 30) ? quarter : (size_t)1 << 30;
+    bool known = hr_cuda_memory_stats(dev, &ms) == 0;
+    if (known && dev == st->device_at_collect && st->since_collect_device <= st->hard_threshold_device &&
+        ms.num_cuda_mallocs == st->mallocs_at_collect && ms.cached >= st->threshold_device)
+        return;
+    st->device_collections++;
+    collect(L, st);
+    if (hr_cuda_memory_stats(dev, &ms) != 0) memset(&ms, 0, sizeof ms);
+    const size_t gib = (size_t)1 << 30;
+    size_t soft = (size_t)(st->soft_fraction * (double)ms.allocated);
+    size_t hard = (size_t)(st->hard_fraction * (double)ms.allocated);
+    st->threshold_device = soft > gib ? soft : gib;
+    st->hard_threshold_device = hard > 2 * gib ? hard : 2 * gib;
+    st->device_at_collect = dev;
+    st->mallocs_at_collect = ms.num_cuda_mallocs;
 }
 
 void hr_lua_note_garbage(lua_State *L, size_t nbytes) { get_gc_state(L)->since_collect += nbytes; }
@@ -113,7 +161,38 @@ void hr_lua_note_garbage(lua_State *L, size_t nbytes) { get_gc_state(L)->since_c
 void hr_lua_collect_pending(lua_State *L)
 {
     gc_state *st = get_gc_state(L);
-    if (st->since_collect >= ((size_t)1 << 20)) collect(L, st);
+    /* host bytes since the last collection, or device bytes (each step of a GPU model makes GiBs) */
+    if (st->since_collect >= ((size_t)1 << 20) || st->since_collect_device >= ((size_t)64 << 20)) {
+        st->pending_collections++;
+        collect(L, st);
+    }
+}
+
+void hr_lua_collect_while_waiting(lua_State *L)
+{
+    gc_state *st = get_gc_state(L);
+    if (st->since_collect_device >= ((size_t)256 << 20)) {
+        st->idle_collections++;
+        collect(L, st);
+    }
+}
+
+void hr_lua_set_device_collect_fractions(lua_State *L, double soft, double hard)
+{
+    gc_state *st = get_gc_state(L);
+    st->soft_fraction = soft;
+    st->hard_fraction = hard;
+}
+
+void hr_lua_gc_stats(lua_State *L, hr_lua_gc_counts *out)
+{
+    gc_state *st = get_gc_state(L);
+    out->collections = st->collections;
+    out->device_collections = st->device_collections;
+    out->pending_collections = st->pending_collections;
+    out->idle_collections = st->idle_collections;
+    out->seconds = st->seconds;
+    out->finalized = hr_lua_tensors_finalized;
 }
 
 void hr_lua_push_tensor(lua_State *L, hr_tensor *t)

@@ -81,10 +81,29 @@ void hr_lua_register(lua_State *L, int module_idx, int methods_idx, const luaL_R
 
 /* Tells the GC that nbytes of tensor memory were allocated outside Lua's heap. */
 void hr_lua_account(lua_State *L, size_t nbytes);
-/* A full collection if tensors of 1 MiB or more were made since the last one: backward calls it
- * first, so that the forward pass's dead tensors that only Lua still holds are released and the
- * memory the backward pass frees as it goes is really freed. */
+/* A full collection if tensors of 1 MiB (64 MiB on devices) or more were made since the last one:
+ * backward calls it first, so that the forward pass's dead tensors that only Lua still holds are
+ * released and the memory the backward pass frees as it goes is really freed. */
 void hr_lua_collect_pending(lua_State *L);
+/* The full collections hero asked for in this state: all of them, those that new device bytes
+ * set off, those backward set off (hr_lua_collect_pending), those made while the host was about to
+ * wait for a device (hr_lua_collect_while_waiting), and the seconds they took. */
+typedef struct {
+    uint64_t collections, device_collections, pending_collections, idle_collections;
+    double seconds;
+    uint64_t finalized; /* tensor objects finalized on this thread so far */
+} hr_lua_gc_counts;
+void hr_lua_gc_stats(lua_State *L, hr_lua_gc_counts *out);
+/* Tensor objects the collector finalized on this thread (l_tensor.c counts, profiles read). */
+extern _Thread_local uint64_t hr_lua_tensors_finalized;
+/* The device collection limits as fractions of the allocated device bytes: soft (collect when the
+ * allocator's cache runs low; default 0.25) and hard (collect in any case; default 0.5). */
+void hr_lua_set_device_collect_fractions(lua_State *L, double soft, double hard);
+/* The host is about to wait for a device (reading a value back): a full collection if 256 MiB of
+ * device tensors were made since the last one. Its millisecond passes while the device still
+ * works, and the collections that new device bytes would set off during the next forward pass,
+ * when the host is what the device waits for, start from nothing. */
+void hr_lua_collect_while_waiting(lua_State *L);
 /* Counts nbytes of tensor memory that may have become garbage towards the next collection. */
 void hr_lua_note_garbage(lua_State *L, size_t nbytes);
 

@@ -96,8 +96,32 @@ static int c_empty_cache(lua_State *L)
 
 static int c_synchronize(lua_State *L)
 {
+    hr_lua_collect_while_waiting(L); /* the host is about to wait anyway */
     if (hr_cuda_synchronize(lua_isnoneornil(L, 1) ? -1 : opt_device(L, 1, "synchronize")))
         return hr_lua_error(L, "cuda.synchronize");
+    return 0;
+}
+
+/* _upload_begin(device index): this thread's copies to that device go to its upload stream until
+ * _upload_end() -> ticket; _upload_await(ticket) makes the compute stream wait for them. hero.cuda's
+ * upload_async and await_upload wrap these. */
+static int c_upload_begin(lua_State *L)
+{
+    if (hr_cuda_upload_begin(opt_device(L, 1, "upload_async"))) return hr_lua_error(L, "cuda.upload_async");
+    return 0;
+}
+
+static int c_upload_end(lua_State *L)
+{
+    int64_t ticket;
+    if (hr_cuda_upload_end(&ticket)) return hr_lua_error(L, "cuda.upload_async");
+    lua_pushinteger(L, (lua_Integer)ticket);
+    return 1;
+}
+
+static int c_upload_await(lua_State *L)
+{
+    if (hr_cuda_upload_await((int64_t)luaL_checkinteger(L, 1))) return hr_lua_error(L, "cuda.await_upload");
     return 0;
 }
 
@@ -301,6 +325,9 @@ void hr_lua_open_cuda(lua_State *L, int module_idx, int methods_idx)
         {"empty_cache", c_empty_cache},
         {"synchronize", c_synchronize},
         {"host_mirrored", c_host_mirrored},
+        {"_upload_begin", c_upload_begin},
+        {"_upload_end", c_upload_end},
+        {"_upload_await", c_upload_await},
         {"set_allow_tf32", c_set_allow_tf32},
         {"allow_tf32", c_allow_tf32},
         {"all_finite", c_all_finite},

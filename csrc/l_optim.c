@@ -75,6 +75,8 @@ static int l_global_norm(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     hr_tensor **ts;
     int n = collect_tensors(L, 1, &ts, "global_norm");
+    /* on a GPU the norm is read back: the host waits for the backward pass here */
+    if (n > 0 && hr_tensor_device(ts[0]).type == HR_CUDA) hr_lua_collect_while_waiting(L);
     double norm;
     if (hr_global_norm(ts, n, &norm)) return hr_lua_error(L, "global_norm");
     lua_pushnumber(L, norm);

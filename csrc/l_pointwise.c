@@ -164,6 +164,41 @@ static int l_now(lua_State *L)
     return 1;
 }
 
+/* hero.core._gc_stats() -> {collections, device_collections, pending_collections, idle_collections,
+ * seconds, finalized}:
+ * the full collections hero set off so far in this state (l_common.c) and the tensor objects the
+ * collector finalized on this thread, for profiles. */
+static int l_gc_stats(lua_State *L)
+{
+    hr_lua_gc_counts c;
+    hr_lua_gc_stats(L, &c);
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, (lua_Integer)c.collections);
+    lua_setfield(L, -2, "collections");
+    lua_pushinteger(L, (lua_Integer)c.device_collections);
+    lua_setfield(L, -2, "device_collections");
+    lua_pushinteger(L, (lua_Integer)c.pending_collections);
+    lua_setfield(L, -2, "pending_collections");
+    lua_pushinteger(L, (lua_Integer)c.idle_collections);
+    lua_setfield(L, -2, "idle_collections");
+    lua_pushnumber(L, c.seconds);
+    lua_setfield(L, -2, "seconds");
+    lua_pushinteger(L, (lua_Integer)c.finalized);
+    lua_setfield(L, -2, "finalized");
+    return 1;
+}
+
+/* hero.core._set_device_collect_fractions(soft, hard): the limits of the collections that new
+ * device bytes set off, as fractions of the allocated device bytes (l_common.c; for profiles). */
+static int l_set_device_collect_fractions(lua_State *L)
+{
+    double soft = luaL_checknumber(L, 1), hard = luaL_checknumber(L, 2);
+    if (!(soft > 0 && hard >= soft && hard <= 64))
+        return luaL_error(L, "_set_device_collect_fractions: expected 0 < soft <= hard <= 64, got %f and %f", soft, hard);
+    hr_lua_set_device_collect_fractions(L, soft, hard);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ registration */
 
 /* Registers f with op as upvalue under name in the module and/or the methods table. */
@@ -225,6 +260,10 @@ void hr_lua_open_pointwise(lua_State *L, int module_idx, int methods_idx)
     lua_setfield(L, module_idx, "_bench_triad");
     lua_pushcfunction(L, l_now);
     lua_setfield(L, module_idx, "_now");
+    lua_pushcfunction(L, l_gc_stats);
+    lua_setfield(L, module_idx, "_gc_stats");
+    lua_pushcfunction(L, l_set_device_collect_fractions);
+    lua_setfield(L, module_idx, "_set_device_collect_fractions");
 
     /* Operators: `*` is elementwise (matmul is its own op); __eq is left alone so == stays
      * identity, and comparisons are the eq/lt/... methods. __unm receives its operand twice and

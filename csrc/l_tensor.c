@@ -18,6 +18,7 @@ static int tensor_free(lua_State *L)
         hr_tensor *t = box->t;
         box->t = NULL;
         hr_tensor_release(t);
+        hr_lua_tensors_finalized++;
     }
     return 0;
 }
@@ -754,6 +755,9 @@ static int t_item(lua_State *L)
                           hr_shape_str(t->ndim, t->size, buf, sizeof buf));
     }
     if (hr_tensor_device(t).type != HR_CPU) { /* read through a host copy */
+        hr_tensor *mirror = hr_mirror_view(t);
+        if (!mirror) hr_lua_collect_while_waiting(L); /* the read waits for the device (a loss after backward) */
+        hr_tensor_release(mirror);
         hr_tensor *h = to_host(L, t, "item");
         push_element(L, hr_tensor_data(h), h->dtype);
         hr_tensor_release(h);

@@ -28,7 +28,8 @@
  * PrefetchLoader batch is ~100 MiB of new tensors per job, which the copy wrote a second time.
  * Only for a produce that builds its result afresh and keeps no reference to it: a tensor also
  * held elsewhere in the worker's Lua state (a cache, a dataset's own tensor returned as it is)
- * would be freed there.
+ * would be freed there. Device tensors are handed over this way only (a batch a worker uploaded
+ * with hero.cuda.upload_async); one that cannot be handed over is an error.
  *
  * Errors inside produce (or a result that cannot be sent) are caught in the worker with the
  * worker's traceback and raised by the :get() that collects that job; the pool stays usable.
@@ -206,7 +207,9 @@ static bool encode_ref(encoder *e, int idx)
 static bool can_hand_over(const hr_tensor *t)
 {
     const hr_storage *s = t->storage;
-    if (t->refcount != 1 || s->refcount != 1 || s->kind != HR_STORAGE_HEAP) return false;
+    /* host memory of hero's own, or a device block (any thread may free it into the allocator) */
+    bool movable = s->kind == HR_STORAGE_HEAP || s->device.type == HR_CUDA;
+    if (t->refcount != 1 || s->refcount != 1 || !movable) return false;
     if (t->requires_grad || t->grad || t->grad_fn) return false;
     if (t->offset != 0 || !hr_tensor_is_contiguous(t)) return false;
     return (size_t)hr_tensor_numel(t) * hr_dtype_size(t->dtype) == s->nbytes;
@@ -220,10 +223,15 @@ static void encode_tensor(encoder *e, int idx, hr_tensor_box *box)
     if (!box->t || !box->t->storage)
         luaL_error(L, "%s: cannot send a freed tensor (at %s)", e->op, enc_path(e));
     hr_tensor *t = box->t;
-    if (hr_tensor_device(t).type != HR_CPU) {
+    /* a device tensor can only move (hand_over, the only user of its whole storage): a copy would
+     * be another device allocation made on this thread's behalf */
+    if (hr_tensor_device(t).type != HR_CPU && !(e->hand_over && can_hand_over(t))) {
         char dev[16];
-        luaL_error(L, "%s: cannot send a %s tensor between states (at %s); move it to the cpu first", e->op,
-                   hr_device_str(hr_tensor_device(t), dev, sizeof dev), enc_path(e));
+        luaL_error(L, "%s: cannot send a %s tensor between states (at %s)%s", e->op,
+                   hr_device_str(hr_tensor_device(t), dev, sizeof dev), enc_path(e),
+                   e->hand_over ? ": only a device tensor that alone covers its storage is handed over; move it to "
+                                  "the cpu first"
+                                : "; move it to the cpu first (or hand it over: worker_pool{hand_over = true})");
     }
     wmsg *m = e->m;
     if (m->nstor == m->capstor) {

@@ -14,7 +14,14 @@
 --             does nothing else: milliseconds per batch, the pool's throughput (worker start-up
 --             and a first epoch per worker not counted);
 --   device    with --device cuda:N, the time of hero.train.Trainer.batch_to (the training thread's
---             host-to-device copy of a batch, which PrefetchLoader does not overlap).
+--             host-to-device copy of a batch, with the device idle), and then the same batches from
+--             a loop that keeps the device busy for about --step-ms per batch (f32 matrix
+--             products) and reads each batch's features with a kernel, fed by 4 PrefetchLoader
+--             workers two ways: host batches moved by the training thread (Trainer.batch_to), and
+--             PrefetchLoader{device = ...}, whose workers upload them on the device's upload stream
+--             while it computes. Per way, the training thread's milliseconds in next() (+ batch_to)
+--             and the loop's time per batch over the same loop without batches ("loop / busy";
+--             1.00: the batches cost the device nothing).
 -- Medians over the batches; "workers for N ms" is how many workers keep up with a GPU step of
 -- --step-ms ms at the one-thread rate (more cores than workers assumed).
 --
@@ -307,6 +314,60 @@ local function upload(kind, task)
   return median(times) * 1e3
 end
 
+-- Device work of about ms milliseconds, queued without waiting (f32 products of 4096 x 4096).
+local busy_a, busy_b, busy_products_ms
+local function busy_products(ms)
+  if not busy_a then -- timed once, before any loop is
+    busy_a = hero.randn({4096, 4096}):to(a.device)
+    busy_b = hero.randn({4096, 4096}):to(a.device)
+    local _ = busy_a:matmul(busy_b)
+    hero.cuda.synchronize()
+    local t0 = now()
+    for _ = 1, 8 do local _ = busy_a:matmul(busy_b) end
+    hero.cuda.synchronize()
+    busy_products_ms = (now() - t0) / 8 * 1e3
+  end
+  for _ = 1, math.max(1, math.floor(ms / busy_products_ms + 0.5)) do local _ = busy_a:matmul(busy_b) end
+end
+
+-- The training thread's side of a loop that keeps the device busy for --step-ms per batch (see the
+-- top): batches from next_batch() (nil: none), each read by a kernel. Milliseconds per batch of
+-- the loop and of next_batch() alone.
+local function device_loop(next_batch)
+  busy_products(0)
+  local next_s = 0
+  hero.cuda.synchronize()
+  local t0 = now()
+  for _ = 1, a.batches do
+    busy_products(a.step_ms)
+    if next_batch then
+      local tn = now()
+      local batch = next_batch()
+      next_s = next_s + (now() - tn)
+      local _ = batch.f_v_feats and batch.f_v_feats:sum() -- a kernel that reads the uploaded features
+    end
+  end
+  hero.cuda.synchronize()
+  return (now() - t0) / a.batches * 1e3, next_s / a.batches * 1e3
+end
+
+-- The same batches moved by the training thread (PrefetchLoader, then Trainer.batch_to) and by
+-- PrefetchLoader{device =}'s workers, 4 workers each: per way, next()'s milliseconds on the
+-- training thread and the loop's time over the busy-only loop's.
+local function prefetch_device(kind, task)
+  local busy = device_loop(nil)
+  local out = {}
+  for i, device in ipairs {false, a.device} do
+    local L = data.PrefetchLoader{loader_spec = loader_spec(kind, task), workers = 4, depth = 8, device = device or nil}
+    for _ = 1, 4 * math.ceil(a.videos / a.batch) do L:next() end -- start-up and a first epoch per worker
+    local batch_to = hero.train.Trainer.batch_to
+    local loop_ms, next_ms = device_loop(function() return batch_to(L:next(), a.device) end)
+    L:close()
+    out[2 * i - 1], out[2 * i] = next_ms, loop_ms / busy
+  end
+  return table.unpack(out)
+end
+
 print(string.format("# %d videos a batch, medians of %d batches; 1 thread for the stages; %s", a.batch, a.batches,
   os.date("%Y-%m-%d %H:%M")))
 for _, kind in ipairs(a.db) do
@@ -323,8 +384,9 @@ for _, kind in ipairs(a.db) do
   head = head .. string.format(" workers for %g ms |", a.step_ms)
   sep = sep .. "---|"
   if a.device ~= "cpu" then
-    head = head .. " batch_to ms |"
-    sep = sep .. "---|"
+    head = head .. " batch_to ms | host batches: next()+batch_to ms | loop / busy"
+      .. " | device batches: next() ms | loop / busy |"
+    sep = sep .. "---|---|---|---|---|"
   end
   print(head)
   print(sep)
@@ -339,7 +401,9 @@ for _, kind in ipairs(a.db) do
       row = row .. string.format(" %.1f |", mean)
     end
     row = row .. string.format(" %d |", math.ceil(s.total / a.step_ms))
-    if a.device ~= "cpu" then row = row .. string.format(" %.1f |", upload(kind, task)) end
+    if a.device ~= "cpu" then
+      row = row .. string.format(" %.1f | %.2f | %.2f | %.2f | %.2f |", upload(kind, task), prefetch_device(kind, task))
+    end
     print(row)
     io.stdout:flush()
     if a.digest ~= 0 then

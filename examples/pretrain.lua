@@ -188,7 +188,7 @@ end
 -- loaders = {{name, task, train_ids = JSON file or nil (every video of the subtitle db's
 -- vid2len.json), val_ids = JSON file or nil}}}), each with its own seed; a loader's val_ids give
 -- one fixed pass of its task for validation. A skipped video is reported on stderr the first time.
-function sources.db(_, _, hps)
+function sources.db(_, _, hps, device)
   local function ids_from(path)
     if not path then return nil end
     local ids = json.decode(read_file(path), {source = path})
@@ -278,8 +278,9 @@ function sources.db(_, _, hps)
     end
   end
   if hps.workers > 0 then
+    -- on a GPU the workers also upload the batches, overlapping the model's computation
     local ok, l = pcall(hero.data.prefetch_loaders, {loaders = specs, workers = hps.workers, depth = hps.prefetch,
-      on_skip = skips})
+      on_skip = skips, device = device ~= "cpu" and device or nil})
     if not ok then usage(tostring(l)) end
     loaders = l
   end
@@ -501,7 +502,18 @@ elseif opts.workers then
   usage("--workers reads databases: give --vfeat-db and --sub-db")
 end
 
-local task_loaders, valid, train_ds = source(opts, tasks, hps)
+local device = opts.device or "cpu"
+if device == "cuda" then
+  -- one GPU per rank: the rank's index among the ranks of its node (what mpirun calls local rank)
+  local ngpu = hero.cuda.device_count()
+  if ngpu == 0 then usage("--device cuda: no GPU is visible (hero.cuda.device_count() is 0)") end
+  local local_rank = tonumber(os.getenv("OMPI_COMM_WORLD_LOCAL_RANK") or os.getenv("MPI_LOCALRANKID")
+    or os.getenv("SLURM_LOCALID") or "") or rank
+  device = "cuda:" .. math.tointeger(local_rank % ngpu)
+elseif device ~= "cpu" and not device:match("^cuda:%d+$") then
+  usage("--device must be cpu, cuda or cuda:N, got '" .. device .. "'")
+end
+local task_loaders, valid, train_ds = source(opts, tasks, hps, device)
 if train_ds then
   -- the databases must fit the model: token ids below the vocabulary, frames of the feature size
   local mask = train_ds:special_ids().MASK
@@ -548,17 +560,6 @@ elseif init_sd or (tc and tc.load_partial_pretrained) then
 end
 if opts.amp and opts.amp ~= "bf16" and opts.amp ~= "f16" and opts.amp ~= "f32" then
   usage("--amp must be bf16, f16 or f32, got '" .. tostring(opts.amp) .. "'")
-end
-local device = opts.device or "cpu"
-if device == "cuda" then
-  -- one GPU per rank: the rank's index among the ranks of its node (what mpirun calls local rank)
-  local ngpu = hero.cuda.device_count()
-  if ngpu == 0 then usage("--device cuda: no GPU is visible (hero.cuda.device_count() is 0)") end
-  local local_rank = tonumber(os.getenv("OMPI_COMM_WORLD_LOCAL_RANK") or os.getenv("MPI_LOCALRANKID")
-    or os.getenv("SLURM_LOCALID") or "") or rank
-  device = "cuda:" .. math.tointeger(local_rank % ngpu)
-elseif device ~= "cpu" and not device:match("^cuda:%d+$") then
-  usage("--device must be cpu, cuda or cuda:N, got '" .. device .. "'")
 end
 if device ~= "cpu" then
   local ok, err = pcall(model.to, model, device)

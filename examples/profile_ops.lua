@@ -11,6 +11,12 @@
 -- ops' device times (plus their host time); the step is then slower than it runs normally.
 -- With --mode fwdbwd or step a second table splits the backward pass by graph node
 -- (core.backward_profile_start/stop), with the same meaning of --sync.
+-- The header also counts the full Lua collections hero set off per step (core._gc_stats: a
+-- collection releases the dead tensors that only Lua still held) and, on a GPU, the allocations
+-- the caching allocator could not serve (cudaMalloc). --calls NAME (e.g. core.linear) lists every
+-- call of that op in the last timed step: its host time, its tensor arguments, and whether a full
+-- collection ran inside it. --gc SOFT,HARD sets the device collection limits as fractions of the
+-- allocated device bytes (core._set_device_collect_fractions; default 0.25,0.5).
 local hero = require "hero"
 require("hero.cli").help_if_asked(arg, debug.getinfo(1, "S").source) -- --help: the comment above
 local core = hero.core
@@ -19,13 +25,13 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/profile_ops%.lua$") or "
 local bench = assert(loadfile(here .. "/bench_pretrain.lua"))("library")
 
 local a = {config = "hero", device = "cpu", amp = "", videos = 1, mode = "step", reps = 5, top = 30, threads = 1,
-           sync = 0}
+           sync = 0, calls = "", gc = ""}
 local i = 1
 while arg[i] do
   local key = arg[i]:match("^%-%-(.+)$")
   if not key or arg[i + 1] == nil then
     error("usage: profile_ops.lua [--config hero|small|tiny] [--device D] [--amp bf16] [--videos N] "
-      .. "[--mode fwd|fwdbwd|step] [--reps N] [--top N] [--threads N] [--sync 0|1]")
+      .. "[--mode fwd|fwdbwd|step] [--reps N] [--top N] [--threads N] [--sync 0|1] [--calls NAME] [--gc SOFT,HARD]")
   end
   a[key] = tonumber(arg[i + 1]) or arg[i + 1]
   i = i + 2
@@ -38,15 +44,35 @@ local sync_each = a.sync == 1 and a.device ~= "cpu" and hero.cuda.synchronize or
 
 --- fn wrapped: the outermost wrapped call of a nest is charged (a C op calling back into Lua
 -- that calls another op is charged once).
+local gc_stats = core._gc_stats
+local call_log -- the --calls op's calls in the step being timed: {seconds, arguments, collections}
+
+--- The tensor arguments of a call as "shape dtype" strings.
+local function describe(...)
+  local parts = {}
+  for k = 1, select("#", ...) do
+    local v = select(k, ...)
+    if core.is_tensor(v) then
+      parts[#parts + 1] = "[" .. table.concat(v:size(), "x") .. "] " .. v:dtype()
+    end
+  end
+  return table.concat(parts, ", ")
+end
+
 local function wrap(name, fn)
+  local logged = name == a.calls
   return function(...)
     if depth > 0 then return fn(...) end
     depth = 1
+    local collections0 = logged and gc_stats().collections
     local t0 = now()
     local r = table.pack(pcall(fn, ...))
     sync_each()
     local dt = now() - t0
     depth = 0
+    if logged and call_log then
+      call_log[#call_log + 1] = {dt, describe(...), gc_stats().collections - collections0}
+    end
     local s = stats[name]
     if not s then
       s = {name = name, calls = 0, seconds = 0}
@@ -59,6 +85,11 @@ local function wrap(name, fn)
 end
 
 hero.set_num_threads(a.threads)
+if a.gc ~= "" then
+  local soft, hard = tostring(a.gc):match("^([%d.]+),([%d.]+)$")
+  if not soft then error("--gc SOFT,HARD: two fractions, e.g. 0.25,0.5", 0) end
+  core._set_device_collect_fractions(tonumber(soft), tonumber(hard))
+end
 hero.manual_seed(0)
 local c = bench.CONFIGS[a.config]
 local model = hero.models.HeroForPretraining(bench.model_config(c), {vfeat_dim = bench.VFEAT,
@@ -110,12 +141,20 @@ end
 
 collectgarbage()
 local profile_start, profile_stop = core.backward_profile_start, core.backward_profile_stop
+local device_index = a.device ~= "cpu" and (tonumber(a.device:match(":(%d+)$")) or 0)
+local function cuda_mallocs() return device_index and hero.cuda.memory_stats(device_index).num_cuda_mallocs or 0 end
+if device_index then hero.cuda.reset_peak_memory_stats(device_index) end
+local gc0, mallocs0 = gc_stats(), cuda_mallocs()
 profile_start(a.sync == 1)
 local t0 = now()
-for _ = 1, a.reps do step() end
+for rep = 1, a.reps do
+  if rep == a.reps then call_log = {} end
+  step()
+end
 local host = now() - t0
 sync()
 local total = now() - t0
+local gc1, mallocs1 = gc_stats(), cuda_mallocs()
 local nodes = profile_stop()
 for _, o in ipairs(originals) do o[1][o[2]] = o[3] end
 
@@ -139,7 +178,19 @@ local function print_rows(heading, rows, name_of)
       s.seconds / s.calls * 1e6))
   end
 end
+local per = function(field) return (gc1[field] - gc0[field]) / a.reps end
+print(string.format("# per step: %.1f full collections (%.1f set off by new device bytes, %.1f by backward, %.1f while "
+  .. "the host waited) taking %.2f ms, %.0f tensors finalized; %.1f cudaMalloc calls%s", per("collections"),
+  per("device_collections"), per("pending_collections"), per("idle_collections"), per("seconds") * 1e3,
+  per("finalized"), (mallocs1 - mallocs0) / a.reps, device_index and string.format("; peak device memory %.0f MiB",
+  hero.cuda.memory_stats(device_index).peak / 2 ^ 20) or ""))
 print_rows("op", list, function(s) return s.name end)
+if call_log then
+  print(string.format("# every %s call of the last step: host us, collections inside, tensor arguments", a.calls))
+  for k, entry in ipairs(call_log) do
+    print(string.format("%4d %10.1f %3d  %s", k, entry[1] * 1e6, entry[3], entry[2]))
+  end
+end
 
 if #nodes > 0 then
   table.sort(nodes, function(x, y) return x.seconds > y.seconds end)

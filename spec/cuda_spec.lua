@@ -218,6 +218,127 @@ describe("CUDA backend #cuda", function()
     end)
   end)
 
+  describe("uploads on the upload stream", function()
+    it("moves tensors in upload_async, whole after await_upload, small integers kept on the host", function()
+      local host = {
+        ids = hero.arange(20000, {dtype = "i64"}):view(100, 200), -- 160 KB: a mirrored index list
+        flags = hero.tensor({{true, false}, {false, true}}),
+        feats = randn {3000, 400}, -- 4.8 MB: the driver stages it in parts
+        half = randn({64, 72}):to("bf16"),
+        strided = hero.arange(64, {dtype = "f32"}):view(8, 8):t(), -- made contiguous on the host first
+      }
+      local ticket, out, extra = hero.cuda.upload_async(DEVICE, function(tensors, n)
+        local moved = {}
+        for k, t in pairs(tensors) do moved[k] = t:to {device = DEVICE} end
+        -- another dtype on the way: converted on the host, then uploaded
+        moved.converted = hero.arange(12, {dtype = "f64"}):view(3, 4):to {device = DEVICE, dtype = "f32"}
+        return moved, n + 1
+      end, host, 41)
+      assert.equal(42, extra)
+      if ON_GPU then assert.is_true(math.type(ticket) == "integer") else assert.is_false(ticket) end
+      hero.cuda.await_upload(ticket)
+      for k, t in pairs(host) do
+        assert.equal(DEVICE, out[k]:device())
+        assert.same(t:contiguous():totable(), out[k]:totable())
+      end
+      assert.same(hero.arange(12, {dtype = "f32"}):view(3, 4):totable(), out.converted:totable())
+      if ON_GPU then
+        assert.is_true(hero.cuda.host_mirrored(out.ids))
+        assert.is_true(hero.cuda.host_mirrored(out.flags))
+        helper.assert_error_contains(function() hero.cuda.await_upload(ticket) end, "no upload has ticket")
+      end
+      helper.assert_error_contains(function() hero.cuda.await_upload("7") end, "expected a ticket")
+    end)
+
+    it_gpu("refuses nested uploads, leaves none open after an error, and names unknown tickets", function()
+      helper.assert_error_contains(function()
+        hero.cuda.upload_async(DEVICE, function() hero.cuda.upload_async(DEVICE, function() end) end)
+      end, "upload_async", "uploads do not nest")
+      helper.assert_error_contains(function()
+        hero.cuda.upload_async(DEVICE, function() error("made up failure") end)
+      end, "made up failure")
+      local ticket = hero.cuda.upload_async(DEVICE, function() return randn {4}:to {device = DEVICE} end)
+      hero.cuda.await_upload(ticket)
+      helper.assert_error_contains(function() hero.cuda.await_upload(987654321) end, "no upload has ticket 987654321")
+    end)
+
+    it_gpu("never writes an upload into a block that queued kernels still read", function()
+      -- x's block is read by a kernel queued behind a long queue of products, then freed: the
+      -- allocator hands the same block to the next tensor of that size at once, which the upload
+      -- stream fills; it must wait for the queued kernel
+      local a, b = dev(randn {2048, 2048}), dev(randn {2048, 2048})
+      for round = 1, 8 do
+        local values = hero.full({1 << 18}, round)
+        local x = dev(values)
+        for _ = 1, 24 do local _ = a:matmul(b) end
+        local total = x:sum()
+        x = nil -- luacheck: ignore
+        collectgarbage()
+        local ticket, y = hero.cuda.upload_async(DEVICE, function()
+          return hero.full({1 << 18}, -1):to {device = DEVICE}
+        end)
+        hero.cuda.await_upload(ticket)
+        assert.equal(round * (1 << 18), total:item())
+        assert.equal(-(1 << 18), y:sum():item())
+      end
+    end)
+
+    it_gpu("hands device tensors over between Lua states whole, and refuses to copy them", function()
+      local script = [[return function(job)
+        local t = require("hero").arange(6, {dtype = "f32"}):to {device = job.device}
+        if job.view then return {t = t, v = t:narrow(1, 1, 2)} end
+        return {t = t}
+      end]]
+      local pool = hero.core.worker_pool{n = 1, script = script, hand_over = true}
+      pool:submit({device = DEVICE})
+      local r = pool:get()
+      assert.equal(DEVICE, r.t:device())
+      assert.same({0, 1, 2, 3, 4, 5}, r.t:totable())
+      pool:submit({device = DEVICE, view = true}) -- two tensors on one storage: not handed over
+      helper.assert_error_contains(function() pool:get() end, "cannot send a " .. DEVICE .. " tensor",
+        "alone covers its storage")
+      pool:close()
+      local copying = hero.core.worker_pool{n = 1, script = script}
+      copying:submit({device = DEVICE})
+      helper.assert_error_contains(function() copying:get() end, "cannot send a " .. DEVICE .. " tensor", "hand_over")
+      copying:close()
+    end)
+
+    it_db("PrefetchLoader{device =} serves the loader's batches moved to the device by its workers", function()
+      local spec = {dataset = {type = "VideoSubDataset",
+        video_db = helper.fixture("data/video_db/tv/resnet_slowfast_1.5"),
+        sub_db = helper.fixture("data/txt_db/tv_subtitles.db"), max_clip_len = 12},
+        task = "mlm", batch_size = 3, seed = 11, bucket = 1}
+      local plain <close> = hero.data.PrefetchLoader{loader_spec = spec, workers = 2, depth = 2}
+      local moved <close> = hero.data.PrefetchLoader{loader_spec = spec, workers = 2, depth = 3, device = DEVICE}
+      local function same_values(want, got, path)
+        if hero.is_tensor(want) then
+          assert(hero.is_tensor(got), path .. " is not a tensor")
+          assert.equal(want:device(), got:device(), path) -- the mask rows' host copies stay on the host
+          assert.equal(want:dtype(), got:dtype(), path)
+          assert.same(want:cpu():totable(), got:cpu():totable(), path)
+        elseif type(want) == "table" then
+          for k, v in pairs(want) do same_values(v, got[k], path .. "." .. tostring(k)) end
+          for k in pairs(got) do assert(want[k] ~= nil, path .. "." .. tostring(k) .. " extra") end
+        else
+          assert.equal(want, got, path)
+        end
+      end
+      for i = 1, 5 do
+        local want = hero.train.Trainer.batch_to(plain:next(), DEVICE)
+        local got = moved:next()
+        same_values(want, got, "batch " .. i)
+        assert.equal(got, hero.train.Trainer.batch_to(got, DEVICE)) -- already there: not moved again
+      end
+      -- a batch in flight when the loader moves elsewhere is dropped safely
+      moved:set_state(moved:state())
+      same_values(hero.train.Trainer.batch_to(plain:next(), DEVICE), moved:next(), "batch after set_state")
+      helper.assert_error_contains(function()
+        hero.data.PrefetchLoader{loader_spec = spec, workers = 1, device = "gpu"}
+      end, "opts.device must be 'cpu', 'cuda' or 'cuda:N'")
+    end)
+  end)
+
   describe("elementwise", function()
     it("binary arithmetic with broadcasting for every float dtype", function()
       for _, dt in ipairs(FLOATS) do

@@ -52,6 +52,15 @@ int sync(int dev, const char *op);
  * Returns 0 when queued, 1 when not staged (too big for the ring, or no pinned memory: the caller
  * copies and waits itself), -1 on an error. */
 int stage_to_device(int dev, void *dst, const void *src, size_t nbytes, const char *op);
+/* Whether the calling thread's copies to dev go to dev's upload stream (upload.cu). */
+bool uploading(int dev);
+/* Queues nbytes host bytes at src to dst (in dst_storage) on the upload stream of the calling
+ * thread's upload: 0 when queued, 1 when this thread is not uploading to that device, -1 on an
+ * error. src may be freed on return. */
+int upload_queue(hr_storage *dst_storage, void *dst, const void *src, size_t nbytes, const char *op);
+/* Before a device storage's block goes back to the cache: the compute stream waits for the upload
+ * that wrote it, if any. */
+void upload_settle_storage(hr_storage *s);
 
 static inline int dev_of(const hr_tensor *t) { return hr_tensor_device(t).index; }
 static inline bool is_cuda(const hr_tensor *t) { return hr_tensor_device(t).type == HR_CUDA; }

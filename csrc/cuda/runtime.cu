@@ -507,7 +507,11 @@ void hr_cuda_free(int dev, void *p, size_t nbytes)
     s.cached += cls;
 }
 
-static void storage_destroy(hr_storage *s) { hr_cuda_free(s->device.index, s->data, s->nbytes); }
+static void storage_destroy(hr_storage *s)
+{
+    upload_settle_storage(s);
+    hr_cuda_free(s->device.index, s->data, s->nbytes);
+}
 
 hr_storage *hr_cuda_storage_new(size_t nbytes, int dev)
 {
@@ -810,6 +814,28 @@ extern "C" int hr_cuda_copy_(hr_tensor *dst, const hr_tensor *src)
             rc = 0;
         hr_tensor_release(tmp);
         hr_tensor_release(sc_src);
+        return rc;
+    }
+    if (dc && !sc && uploading(dev_of(dst))) {
+        /* on the upload stream (upload.cu): converted on the host first when dtypes or layouts
+         * differ, since a kernel on the compute stream would not be ordered after the transfer */
+        if (!hr_tensor_is_contiguous(dst))
+            return hr_fail(HR_EINVAL, "copy_: a copy to the device during an upload needs a contiguous destination");
+        hr_tensor *hc = nullptr;
+        if (src->dtype == dst->dtype && hr_tensor_is_contiguous(src) && hr_tensor_numel(src) == hr_tensor_numel(dst) &&
+            src->ndim == dst->ndim && memcmp(src->size, dst->size, sizeof(int64_t) * (size_t)dst->ndim) == 0) {
+            hc = (hr_tensor *)src;
+            hr_tensor_retain(hc);
+        } else {
+            hc = hr_tensor_empty(dst->ndim, dst->size, dst->dtype, hr_cpu());
+            if (hc && hr_copy_(hc, src)) {
+                hr_tensor_release(hc);
+                hc = nullptr;
+            }
+        }
+        if (!hc) return -1;
+        rc = upload_queue(dst->storage, hr_tensor_data(dst), hr_tensor_data(hc), nbytes_of(dst), "copy_");
+        hr_tensor_release(hc);
         return rc;
     }
     if (dc) { /* host -> device */

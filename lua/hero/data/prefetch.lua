@@ -23,6 +23,13 @@
 -- prefetch_loaders{loaders = {mlm = spec, vsm = spec, ...}, workers = 2} gives one loader per task
 -- over ONE pool of worker threads (what examples/pretrain.lua --workers uses): every task keeps
 -- `depth` batches in flight, so whichever task the MetaLoader draws next finds its batch ready.
+--
+-- device = "cuda:N" (either constructor): the workers also move each batch to that GPU
+-- (hero.train.batch_to, the mask rows included) on the device's upload stream
+-- (hero.cuda.upload_async), so that the transfer overlaps the model's computation instead of
+-- stopping the training thread; :next() then returns the batch on the device, and the kernels
+-- queued after it read it complete (hero.cuda.await_upload; the host does not wait). "cpu" or nil:
+-- batches stay on the host.
 local core = require "hero.core"
 local loader = require "hero.data.loader"
 
@@ -81,8 +88,14 @@ return function(job)
   local ds = L.dataset
   local dropped = ds.stats and ds.stats.frames_dropped or 0
   local batch, used, skipped = L:make_batch(job)
-  return {batch = batch, used = used, skipped = skipped,
-          frames_dropped = (ds.stats and ds.stats.frames_dropped or 0) - dropped}
+  local res = {batch = batch, used = used, skipped = skipped,
+               frames_dropped = (ds.stats and ds.stats.frames_dropped or 0) - dropped}
+  if job.device and batch ~= nil then
+    -- the batch goes to the GPU from here, on the device's upload stream (hero.cuda.upload_async)
+    res.upload, res.batch = require("hero.cuda").upload_async(job.device, require("hero.train.batch_to"), batch,
+      job.device)
+  end
+  return res
 end
 ]]
 
@@ -95,7 +108,17 @@ Group.__index = Group
 
 function Group:submit(key, plan)
   if not self.pool then error("PrefetchLoader: the loader is closed", 3) end
-  return self.pool:submit({key = key, ids = plan.ids, seed = plan.seed})
+  return self.pool:submit({key = key, ids = plan.ids, seed = plan.seed, device = self.device})
+end
+
+-- The compute stream waits for the transfers of a batch a worker moved to the GPU: what is queued
+-- from now on reads it complete (and a dropped batch's blocks are not reused under its transfers).
+local function await_upload(value)
+  if type(value) == "table" and value.upload then
+    local ticket = value.upload
+    value.upload = nil
+    require("hero.cuda").await_upload(ticket)
+  end
 end
 
 function Group:get(seq)
@@ -105,6 +128,7 @@ function Group:get(seq)
     self.collected = n
     if self.discard[n] then
       self.discard[n] = nil
+      if ok then pcall(await_upload, r) end
     else
       self.results[n] = ok and {value = r} or {err = r}
     end
@@ -112,12 +136,19 @@ function Group:get(seq)
   local r = self.results[seq]
   self.results[seq] = nil
   if r.err then error(r.err, 0) end
+  await_upload(r.value)
   return r.value
 end
 
 -- A job whose result nobody will ask for (its loader moved elsewhere).
 function Group:drop(seq)
-  if seq <= self.collected then self.results[seq] = nil else self.discard[seq] = true end
+  if seq <= self.collected then
+    local r = self.results[seq]
+    if r and r.value then pcall(await_upload, r.value) end
+    self.results[seq] = nil
+  else
+    self.discard[seq] = true
+  end
 end
 
 function Group:release()
@@ -137,7 +168,15 @@ local function check_common(opts, what)
   if math.type(depth) ~= "integer" or depth < 1 then
     fail("opts.depth must be an integer >= 1, got %s", tostring(depth))
   end
-  return workers, depth
+  local device = opts.device
+  if device ~= nil then
+    if type(device) ~= "string" or not (device == "cpu" or device == "cuda" or device:match("^cuda:%d+$")) then
+      fail("opts.device must be 'cpu', 'cuda' or 'cuda:N', got %s", tostring(device))
+    end
+    if device == "cuda" then device = "cuda:0" end
+    if device == "cpu" then device = nil end
+  end
+  return workers, depth, device
 end
 
 local function check_keys(opts, known)
@@ -149,14 +188,14 @@ local function check_keys(opts, known)
 end
 
 --- prefetch_loaders{loaders = {name = loader_spec, ...}, workers = 2, depth = 2,
---   on_skip = function(vid, reason) or {name = function}} -> {name = PrefetchLoader}
+--   on_skip = function(vid, reason) or {name = function}, device = nil | "cuda:N"} -> {name = PrefetchLoader}
 -- Several loaders (one per pre-training task) sharing one pool of `workers` threads; each keeps up
 -- to `depth` batches in flight. Specs that share one dataset spec table share the dataset (on the
 -- main thread and in each worker).
 function M.prefetch_loaders(opts)
   if type(opts) ~= "table" then fail("expected an options table") end
-  check_keys(opts, {"loaders", "workers", "depth", "on_skip"})
-  local workers, depth = check_common(opts, 2)
+  check_keys(opts, {"loaders", "workers", "depth", "on_skip", "device"})
+  local workers, depth, device = check_common(opts, 2)
   if type(opts.loaders) ~= "table" or next(opts.loaders) == nil then
     fail("opts.loaders must be a non-empty table {name = loader_spec}")
   end
@@ -188,7 +227,7 @@ function M.prefetch_loaders(opts)
   -- ~100 MiB at 32 videos)
   local pool = core.worker_pool{n = workers, script = WORKER, init = sent, name = "=hero.data.PrefetchLoader worker",
     hand_over = true}
-  local group = setmetatable({pool = pool, collected = 0, results = {}, discard = {}, open = 0}, Group)
+  local group = setmetatable({pool = pool, collected = 0, results = {}, discard = {}, open = 0, device = device}, Group)
   local out = {}
   for key, planner in pairs(planners) do
     group.open = group.open + 1
@@ -200,18 +239,19 @@ function M.prefetch_loaders(opts)
 end
 
 --- PrefetchLoader{loader_spec = {dataset = {type =, ...}, task =, batch_size =, seed =, ...},
---   workers = 2, depth = 4, on_skip = function(vid, reason)}
+--   workers = 2, depth = 4, on_skip = function(vid, reason), device = nil | "cuda:N"}
 -- loader_spec: hero.data.TaskLoader's options, plain values only (it is copied to every worker),
 -- except on_skip which may be given there or beside it (it runs on the main thread).
 -- depth: batches planned ahead (in flight); at least 1.
 function M.PrefetchLoader(opts)
   if type(opts) ~= "table" then fail("expected an options table") end
-  check_keys(opts, {"loader_spec", "workers", "depth", "on_skip"})
+  check_keys(opts, {"loader_spec", "workers", "depth", "on_skip", "device"})
   local workers, depth = check_common(opts, 4)
   if type(opts.loader_spec) ~= "table" then
     fail("opts.loader_spec must be the TaskLoader's options with a dataset spec")
   end
-  return M.prefetch_loaders{loaders = {opts.loader_spec}, workers = workers, depth = depth, on_skip = opts.on_skip}[1]
+  return M.prefetch_loaders{loaders = {opts.loader_spec}, workers = workers, depth = depth, on_skip = opts.on_skip,
+    device = opts.device}[1]
 end
 
 -- Plans and submits batches until `depth` are in flight.

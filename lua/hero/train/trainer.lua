@@ -98,11 +98,17 @@ end
 -- tokens (query_attn_masks).
 local function count_tokens(batch, pad_id)
   local n = 0
-  local function add(t) if core.is_tensor(t) then n = n + t:sum():item() end end
+  -- a batch a PrefetchLoader moved to a GPU is counted from its host copies (hero.cuda.host_mirrored:
+  -- read back without waiting for the device)
+  local function host(t)
+    if core.is_tensor(t) and t:device() ~= "cpu" and core.cuda.host_mirrored(t) then return t:cpu() end
+    return t
+  end
+  local function add(t) if core.is_tensor(t) then n = n + host(t):sum():item() end end
   if batch.f_sub_input_attn_masks then
     add(batch.f_sub_input_attn_masks)
   elseif core.is_tensor(batch.input_ids) then
-    n = n + batch.input_ids:ne(pad_id):sum():item()
+    n = n + host(batch.input_ids):ne(pad_id):sum():item()
   end
   add(batch.query_attn_masks)
   return math.tointeger(n) or n
@@ -271,28 +277,8 @@ function Trainer:forward_options(task, step)
   return fopts
 end
 
--- A batch with every tensor (at any depth of plain tables) on device; the same table on the CPU.
--- On another device it also carries the row indices of its loss masks, made from the host copy
--- (hero.models.mask_rows), so that the forward pass does not wait for the device to count them.
-local function batch_to(batch, device)
-  if device == "cpu" then return batch end
-  local seen = {}
-  local function walk(v)
-    if core.is_tensor(v) then return v:device() == device and v or v:to {device = device} end
-    if type(v) ~= "table" or getmetatable(v) ~= nil then return v end
-    if seen[v] then return seen[v] end
-    local out = {}
-    seen[v] = out
-    for k, x in pairs(v) do out[k] = walk(x) end
-    return out
-  end
-  local out = walk(batch)
-  if type(out) == "table" and getmetatable(out) == nil then
-    local rows, host = require("hero.models.mask_rows").precompute(batch, device)
-    if next(rows) ~= nil then out._mask_rows, out._mask_rows_host = rows, host end
-  end
-  return out
-end
+-- A batch with every tensor on device (hero.train.batch_to).
+local batch_to = require "hero.train.batch_to"
 Trainer.batch_to = batch_to
 
 --- fn(...) under hero.amp.autocast(opts.amp) when the trainer has one, else fn(...) as it is.
