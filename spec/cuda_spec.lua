@@ -263,24 +263,37 @@ describe("CUDA backend #cuda", function()
     end)
 
     it_gpu("never writes an upload into a block that queued kernels still read", function()
-      -- x's block is read by a kernel queued behind a long queue of products, then freed: the
-      -- allocator hands the same block to the next tensor of that size at once, which the upload
-      -- stream fills; it must wait for the queued kernel
+      -- a kernel queued behind a long queue of products reads a block; the block is then freed (an
+      -- uploaded tensor's goes back to the upload blocks, which the next upload of that size takes
+      -- at once) or written in place by an upload: either way the transfer must wait for the kernel
       local a, b = dev(randn {2048, 2048}), dev(randn {2048, 2048})
-      for round = 1, 8 do
-        local values = hero.full({1 << 18}, round)
-        local x = dev(values)
-        for _ = 1, 24 do local _ = a:matmul(b) end
-        local total = x:sum()
-        x = nil -- luacheck: ignore
-        collectgarbage()
-        local ticket, y = hero.cuda.upload_async(DEVICE, function()
-          return hero.full({1 << 18}, -1):to {device = DEVICE}
-        end)
+      local n = 1 << 18
+      local function upload(fn)
+        local ticket, t = hero.cuda.upload_async(DEVICE, fn)
         hero.cuda.await_upload(ticket)
-        assert.equal(round * (1 << 18), total:item())
-        assert.equal(-(1 << 18), y:sum():item())
+        return t
       end
+      local mallocs
+      for round = 1, 8 do
+        local y = upload(function() return hero.full({n}, round):to {device = DEVICE} end)
+        for _ = 1, 24 do local _ = a:matmul(b) end
+        local total = y:sum()
+        y = nil -- luacheck: ignore
+        collectgarbage()
+        local z = upload(function() return hero.full({n}, -1):to {device = DEVICE} end)
+        assert.equal(round * n, total:item())
+        assert.equal(-n, z:sum():item())
+        -- a tensor made on the compute stream, overwritten in place during an upload
+        local w = dev(hero.full({n}, round))
+        for _ = 1, 24 do local _ = a:matmul(b) end
+        local before = w:sum()
+        upload(function() w:copy_(hero.full({n}, 7)) end)
+        assert.equal(round * n, before:item())
+        assert.equal(7 * n, w:sum():item())
+        -- after the first rounds the upload blocks serve every upload of these sizes
+        if round == 3 then mallocs = hero.cuda.memory_stats().num_cuda_mallocs end
+      end
+      assert.equal(mallocs, hero.cuda.memory_stats().num_cuda_mallocs)
     end)
 
     it_gpu("hands device tensors over between Lua states whole, and refuses to copy them", function()

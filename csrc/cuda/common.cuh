@@ -61,6 +61,12 @@ int upload_queue(hr_storage *dst_storage, void *dst, const void *src, size_t nby
 /* Before a device storage's block goes back to the cache: the compute stream waits for the upload
  * that wrote it, if any. */
 void upload_settle_storage(hr_storage *s);
+/* The calling thread's upload stream for dev (it is uploading to dev); NULL with an error if it
+ * cannot be had. */
+cudaStream_t upload_stream_of(int dev);
+/* Whether a storage's block came from the upload blocks (runtime.cu): an upload into it needs no
+ * wait for the compute stream. */
+bool is_upload_block(const hr_storage *s);
 
 static inline int dev_of(const hr_tensor *t) { return hr_tensor_device(t).index; }
 static inline bool is_cuda(const hr_tensor *t) { return hr_tensor_device(t).type == HR_CUDA; }

@@ -37,6 +37,15 @@ struct DeviceState {
     std::unordered_map<size_t, std::vector<void *>> free_blocks; /* size class -> cached blocks */
     size_t allocated = 0, reserved = 0, peak = 0, cached = 0;
     int64_t num_allocs = 0, num_cuda_mallocs = 0, num_oom_retries = 0;
+    /* blocks of tensors uploaded on the upload stream (cuda/upload.cu), apart from the others: each
+     * free one with the event recorded on the compute stream when it was freed, so that the next
+     * upload into it waits for that point only, never for the whole compute queue */
+    struct UploadBlock {
+        void *p;
+        cudaEvent_t freed;
+    };
+    std::unordered_map<size_t, std::vector<UploadBlock>> upload_free;
+    size_t upload_cached = 0;
     cudaStream_t stream = nullptr;
     cublasHandle_t blas = nullptr;
     cublasLtHandle_t blas_lt = nullptr;
@@ -354,7 +363,19 @@ static size_t release_cached(int dev)
     s.free_blocks.clear();
     s.reserved -= released;
     s.cached -= released;
-    return released;
+    size_t uploads = 0;
+    for (auto &kv : s.upload_free) {
+        for (auto &b : kv.second) {
+            if (b.freed && cudaEventDestroy(b.freed) != cudaSuccess) (void)cudaGetLastError();
+            if (cudaFree(b.p) == cudaSuccess) uploads += kv.first;
+            else (void)cudaGetLastError();
+        }
+        kv.second.clear();
+    }
+    s.upload_free.clear();
+    s.reserved -= uploads;
+    s.upload_cached -= uploads;
+    return released + uploads;
 }
 
 } // namespace hrc
@@ -513,6 +534,96 @@ static void storage_destroy(hr_storage *s)
     hr_cuda_free(s->device.index, s->data, s->nbytes);
 }
 
+/* A block for a tensor the calling thread uploads on dev's upload stream: a free upload block of
+ * the size (the upload stream then waits for the point of the compute stream where it was freed)
+ * or a new one. NULL with an error when the device has no memory left. */
+static void *upload_block_take(int dev, size_t nbytes, cudaStream_t upload)
+{
+    const char *op = "cuda allocation (upload)";
+    if (hr_cuda_check_device(dev, op)) return NULL;
+    bool ok;
+    size_t cls = class_size(nbytes, &ok);
+    if (!ok) return hr_fail_null(HR_ENOMEM, "cuda:%d: allocation of %zu bytes overflows", dev, nbytes);
+    DeviceState &s = states[dev];
+    DeviceState::UploadBlock b = {nullptr, nullptr};
+    {
+        std::lock_guard<std::mutex> g(s.lock);
+        auto it = s.upload_free.find(cls);
+        if (it != s.upload_free.end() && !it->second.empty()) {
+            b = it->second.back();
+            it->second.pop_back();
+            s.upload_cached -= cls;
+            s.allocated += cls;
+            s.num_allocs++;
+            if (s.allocated > s.peak) s.peak = s.allocated;
+        }
+    }
+    if (b.p) {
+        int rc = b.freed ? check(cudaStreamWaitEvent(upload, b.freed, 0), op, "cudaStreamWaitEvent") : 0;
+        if (b.freed && cudaEventDestroy(b.freed) != cudaSuccess) (void)cudaGetLastError();
+        if (rc) {
+            /* not known to be free on the upload stream: it goes to the compute stream's cache */
+            std::lock_guard<std::mutex> g(s.lock);
+            s.free_blocks[cls].push_back(b.p);
+            s.allocated -= cls;
+            s.cached += cls;
+            return NULL;
+        }
+        return b.p;
+    }
+    void *p = nullptr;
+    cudaError_t e = cudaMalloc(&p, cls);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        std::lock_guard<std::mutex> g(s.lock);
+        s.num_oom_retries++;
+        release_cached(dev);
+        e = cudaMalloc(&p, cls);
+    }
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return hr_fail_null(e == cudaErrorMemoryAllocation ? HR_ENOMEM : HR_EDEVICE,
+                            "cuda:%d: out of memory allocating %zu bytes for an upload (%.1f MiB): %s", dev, nbytes,
+                            nbytes / 1048576.0, cudaGetErrorString(e));
+    }
+    std::lock_guard<std::mutex> g(s.lock);
+    s.reserved += cls;
+    s.num_cuda_mallocs++;
+    s.allocated += cls;
+    s.num_allocs++;
+    if (s.allocated > s.peak) s.peak = s.allocated;
+    return p;
+}
+
+/* An uploaded tensor's storage freed (on any thread): its block goes back to the upload blocks,
+ * free from the point of the compute stream queued now (its last reader there). */
+static void upload_storage_destroy(hr_storage *st)
+{
+    upload_settle_storage(st);
+    int dev = st->device.index;
+    bool ok;
+    size_t cls = class_size(st->nbytes, &ok);
+    DeviceState &s = states[dev];
+    cudaStream_t compute = stream(dev);
+    cudaEvent_t ev = nullptr;
+    if (!compute || cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventRecord(ev, compute) != cudaSuccess) {
+        /* no event to order a reuse by: the block joins the compute stream's cache, whose reuse
+         * is ordered by that stream */
+        (void)cudaGetLastError();
+        hr_clear_error();
+        if (ev) (void)cudaEventDestroy(ev);
+        hr_cuda_free(dev, st->data, st->nbytes);
+        return;
+    }
+    std::lock_guard<std::mutex> g(s.lock);
+    s.upload_free[cls].push_back(DeviceState::UploadBlock{st->data, ev});
+    s.allocated -= cls;
+    s.upload_cached += cls;
+}
+
+bool is_upload_block(const hr_storage *s) { return s->destroy == upload_storage_destroy; }
+
 hr_storage *hr_cuda_storage_new(size_t nbytes, int dev)
 {
     hr_storage *s = (hr_storage *)hr_pool_zalloc(HR_POOL_STORAGE, sizeof *s);
@@ -520,7 +631,9 @@ hr_storage *hr_cuda_storage_new(size_t nbytes, int dev)
         hr_fail(HR_ENOMEM, "out of memory allocating a storage header");
         return NULL;
     }
-    s->data = hr_cuda_malloc(dev, nbytes);
+    /* made by a thread uploading to dev (cuda/upload.cu): from the upload blocks */
+    cudaStream_t upload = uploading(dev) ? upload_stream_of(dev) : nullptr;
+    s->data = upload ? upload_block_take(dev, nbytes, upload) : hr_cuda_malloc(dev, nbytes);
     if (!s->data) {
         hr_pool_free(HR_POOL_STORAGE, s);
         return NULL;
@@ -530,7 +643,7 @@ hr_storage *hr_cuda_storage_new(size_t nbytes, int dev)
     s->device.index = dev;
     s->kind = HR_STORAGE_EXTERNAL;
     s->refcount = 1;
-    s->destroy = storage_destroy;
+    s->destroy = upload ? upload_storage_destroy : storage_destroy;
     return s;
 }
 

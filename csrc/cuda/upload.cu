@@ -6,10 +6,12 @@
  * whole transfer, behind everything the device had queued before it. Between
  * hr_cuda_upload_begin(dev) and hr_cuda_upload_end on one thread, that thread's host-to-device
  * copies to dev go to dev's upload stream instead:
- *  - each copy first makes the upload stream wait for the work queued on the compute stream so far:
- *    its destination block may have come from the caching allocator a moment before, freed by
- *    tensors whose kernels are still queued (the cache reuses blocks in stream order, and this is
- *    another stream);
+ *  - the tensors made meanwhile take their blocks from the device's upload blocks (runtime.cu), kept
+ *    apart from the compute stream's cache: a freed upload block carries an event recorded on the
+ *    compute stream when it was freed, and an upload into it waits for that point only. A block of
+ *    the compute stream's cache may be freed by tensors whose kernels are still queued (that cache
+ *    reuses blocks in stream order, and this is another stream), so a copy into a tensor made
+ *    before the upload began waits for all the work queued on the compute stream so far;
  *  - the host bytes are pageable: the driver stages them and the call returns once the caller's
  *    buffer is free, blocking only this thread (a loader worker), never the training thread;
  *  - one event per upload is recorded behind each copy. hr_cuda_upload_end hands it out as a ticket;
@@ -91,6 +93,8 @@ thread_local UploadEvent *current = nullptr;
 
 bool uploading(int dev) { return current && current->dev == dev; }
 
+cudaStream_t upload_stream_of(int dev) { return upload_stream(dev, "upload"); }
+
 int upload_queue(hr_storage *dst_storage, void *dst, const void *src, size_t nbytes, const char *op)
 {
     UploadEvent *u = current;
@@ -99,14 +103,17 @@ int upload_queue(hr_storage *dst_storage, void *dst, const void *src, size_t nby
     cudaStream_t compute = stream(u->dev);
     cudaStream_t up = compute ? upload_stream(u->dev, op) : nullptr;
     if (!up) return -1;
-    /* the destination block is free in the compute stream's order: the upload starts after the work
-     * queued there so far */
-    cudaEvent_t guard;
-    if (check(cudaEventCreateWithFlags(&guard, cudaEventDisableTiming), op, "cudaEventCreate")) return -1;
-    int rc = check(cudaEventRecord(guard, compute), op, "cudaEventRecord");
-    if (!rc) rc = check(cudaStreamWaitEvent(up, guard, 0), op, "cudaStreamWaitEvent");
-    if (cudaEventDestroy(guard) != cudaSuccess) (void)cudaGetLastError();
-    if (rc) return -1;
+    int rc = 0;
+    if (!is_upload_block(dst_storage)) {
+        /* a block of the compute stream's cache (a tensor made before the upload began): free only
+         * in that stream's order, so the transfer starts after the work queued there so far */
+        cudaEvent_t guard;
+        if (check(cudaEventCreateWithFlags(&guard, cudaEventDisableTiming), op, "cudaEventCreate")) return -1;
+        rc = check(cudaEventRecord(guard, compute), op, "cudaEventRecord");
+        if (!rc) rc = check(cudaStreamWaitEvent(up, guard, 0), op, "cudaStreamWaitEvent");
+        if (cudaEventDestroy(guard) != cudaSuccess) (void)cudaGetLastError();
+        if (rc) return -1;
+    }
     if (check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, up), op, "cudaMemcpyAsync (upload stream)") ||
         check(cudaEventRecord(u->done, up), op, "cudaEventRecord"))
         return -1;
