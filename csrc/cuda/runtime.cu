@@ -622,8 +622,6 @@ static void upload_storage_destroy(hr_storage *st)
     s.upload_cached += cls;
 }
 
-bool is_upload_block(const hr_storage *s) { return s->destroy == upload_storage_destroy; }
-
 hr_storage *hr_cuda_storage_new(size_t nbytes, int dev)
 {
     hr_storage *s = (hr_storage *)hr_pool_zalloc(HR_POOL_STORAGE, sizeof *s);
@@ -1012,3 +1010,7 @@ extern "C" int hr_cuda_fill_(hr_tensor *t, const void *value)
     fill_kernel<<<grid_for(n), kThreads, 0, st>>>(g, (char *)hr_tensor_data(t), el, bits, n);
     return check_launch("fill_");
 }
+
+namespace hrc {
+bool is_upload_block(const hr_storage *s) { return s->destroy == upload_storage_destroy; }
+} // namespace hrc
