@@ -226,3 +226,36 @@ describe("host allocator", function()
     assert.equal(0, hero.cached_bytes())
   end)
 end)
+
+describe("collections of garbage tensors", function()
+  it("collects once enough new tensor bytes are made, and counts what it did", function()
+    local core = hero.core
+    local s0 = core._gc_stats()
+    for _, k in ipairs {"collections", "device_collections", "pending_collections", "idle_collections", "finalized"} do
+      assert.equal("integer", math.type(s0[k]), k)
+    end
+    assert.is_number(s0.seconds)
+    -- 40 tensors of 8 MiB, each garbage at once: 320 MiB is past the host threshold (at most 256 MiB)
+    for i = 1, 40 do local _ = block(8, i) end
+    local s1 = core._gc_stats()
+    assert.is_true(s1.collections > s0.collections)
+    assert.is_true(s1.seconds > s0.seconds)
+    assert.is_true(s1.finalized >= s0.finalized + 20) -- the collections freed the blocks made before them
+    assert.equal(s0.device_collections, s1.device_collections) -- no device bytes here
+    -- backward collects first when 1 MiB of tensors was made since the last collection
+    local x = hero.randn({512, 1024}):requires_grad_()
+    local y = (x * 2):sum()
+    local before = core._gc_stats().pending_collections
+    y:backward()
+    assert.equal(before + 1, core._gc_stats().pending_collections)
+  end)
+
+  it("takes device collection limits as fractions of the allocated device bytes", function()
+    local core = hero.core
+    core._set_device_collect_fractions(0.5, 1)
+    core._set_device_collect_fractions(0.25, 0.5) -- the defaults again
+    assert.has_error(function() core._set_device_collect_fractions(0.5, 0.25) end,
+      "_set_device_collect_fractions: expected 0 < soft <= hard <= 64, got 0.5 and 0.25")
+    assert.has_error(function() core._set_device_collect_fractions(0, 1) end)
+  end)
+end)
