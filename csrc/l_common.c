@@ -47,7 +47,7 @@ typedef struct {
     size_t threshold;
     size_t since_collect_device; /* new bytes of CUDA storages, counted apart: their own threshold */
     size_t threshold_device, hard_threshold_device;
-    int device_at_collect;       /* the device whose allocator was read at the last collection */
+    int device_at_collect;       /* the device whose new bytes were counted last (-1: none yet) */
     int64_t mallocs_at_collect;  /* and its cudaMalloc count then */
     /* what the collections cost: profile_ops reports it (core._gc_stats) */
     uint64_t collections, device_collections, pending_collections, idle_collections;
@@ -81,9 +81,6 @@ static gc_state *get_gc_state(lua_State *L)
     return st;
 }
 
-/* A full collection; the next one comes after an eighth of the live tensor bytes (at least
- * 64 MiB, at most 256 MiB) have been allocated. A model's Lua heap is small: a collection takes
- * about a millisecond. */
 _Thread_local uint64_t hr_lua_tensors_finalized;
 
 static double monotonic_seconds(void)
@@ -93,6 +90,26 @@ static double monotonic_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* After a collection, the device limits (account_device) from what the device's allocator has
+ * handed out now, and its cudaMalloc count to tell new requests to the driver by. */
+static void refresh_device_limits(gc_state *st)
+{
+    hr_cuda_memstats ms;
+    if (st->device_at_collect < 0 || hr_cuda_memory_stats(st->device_at_collect, &ms) != 0) {
+        hr_clear_error();
+        memset(&ms, 0, sizeof ms);
+    }
+    const size_t gib = (size_t)1 << 30;
+    size_t soft = (size_t)(st->soft_fraction * (double)ms.allocated);
+    size_t hard = (size_t)(st->hard_fraction * (double)ms.allocated);
+    st->threshold_device = soft > gib ? soft : gib;
+    st->hard_threshold_device = hard > 2 * gib ? hard : 2 * gib;
+    st->mallocs_at_collect = ms.num_cuda_mallocs;
+}
+
+/* A full collection; the next one comes after an eighth of the live tensor bytes (at least
+ * 64 MiB, at most 256 MiB) have been allocated, or after the device limits. A model's Lua heap is
+ * small: a collection takes about a millisecond. */
 static void collect(lua_State *L, gc_state *st)
 {
     double t0 = monotonic_seconds();
@@ -104,6 +121,7 @@ static void collect(lua_State *L, gc_state *st)
     size_t eighth = hr_live_bytes() / 8;
     const size_t lo = (size_t)64 << 20, hi = (size_t)256 << 20;
     st->threshold = eighth < lo ? lo : eighth > hi ? hi : eighth;
+    if (st->device_at_collect >= 0) refresh_device_limits(st);
 }
 
 void hr_lua_account(lua_State *L, size_t nbytes)
@@ -145,15 +163,8 @@ static void account_device(lua_State *L, size_t nbytes, int dev)
         ms.num_cuda_mallocs == st->mallocs_at_collect && ms.cached >= st->threshold_device)
         return;
     st->device_collections++;
-    collect(L, st);
-    if (hr_cuda_memory_stats(dev, &ms) != 0) memset(&ms, 0, sizeof ms);
-    const size_t gib = (size_t)1 << 30;
-    size_t soft = (size_t)(st->soft_fraction * (double)ms.allocated);
-    size_t hard = (size_t)(st->hard_fraction * (double)ms.allocated);
-    st->threshold_device = soft > gib ? soft : gib;
-    st->hard_threshold_device = hard > 2 * gib ? hard : 2 * gib;
     st->device_at_collect = dev;
-    st->mallocs_at_collect = ms.num_cuda_mallocs;
+    collect(L, st);
 }
 
 void hr_lua_note_garbage(lua_State *L, size_t nbytes) { get_gc_state(L)->since_collect += nbytes; }

@@ -91,10 +91,11 @@ void hr_lua_collect_pending(lua_State *L);
 typedef struct {
     uint64_t collections, device_collections, pending_collections, idle_collections;
     double seconds;
-    uint64_t finalized; /* tensor objects finalized on this thread so far */
+    uint64_t finalized; /* tensor objects freed on this thread so far (by the collector or :free()) */
 } hr_lua_gc_counts;
 void hr_lua_gc_stats(lua_State *L, hr_lua_gc_counts *out);
-/* Tensor objects the collector finalized on this thread (l_tensor.c counts, profiles read). */
+/* Tensor objects freed on this thread, by the collector or :free() (l_tensor.c counts, profiles
+ * read). */
 extern _Thread_local uint64_t hr_lua_tensors_finalized;
 /* The device collection limits as fractions of the allocated device bytes: soft (collect when the
  * allocator's cache runs low; default 0.25) and hard (collect in any case; default 0.5). */

@@ -33,33 +33,7 @@ local cuda = {}
 for name, fn in pairs(core.cuda) do cuda[name] = fn end
 
 --- Alias of available(), under PyTorch's name.
-function cuda.is_available() local function finish_upload(ok, ...)
-  local ticket = core.cuda._upload_end()
-  if not ok then
-    -- the tensors made so far are garbage: the compute stream still waits for their transfers, so
-    -- that their blocks are not reused under them
-    pcall(core.cuda._upload_await, ticket)
-    error(..., 0)
-  end
-  return ticket, ...
-end
-
-function cuda.upload_async(device, fn, ...)
-  if type(fn) ~= "function" then error("cuda.upload_async: expected (device, fn, ...), got a " .. type(fn), 2) end
-  if device == "cpu" then return false, fn(...) end
-  core.cuda._upload_begin(device)
-  return finish_upload(pcall(fn, ...))
-end
-
-function cuda.await_upload(ticket)
-  if ticket == false then return end
-  if math.type(ticket) ~= "integer" then
-    error("cuda.await_upload: expected a ticket from upload_async, got " .. tostring(ticket), 2)
-  end
-  core.cuda._upload_await(ticket)
-end
-
-return cuda.available() end
+function cuda.is_available() return cuda.available() end
 
 --- The device string of ordinal i (default 0): "cuda:i".
 function cuda.device(i) return "cuda:" .. tostring(math.tointeger(i or 0)) end
