@@ -19,10 +19,15 @@
 #   5. (phase kernels, not in the default) every kernel of the MLM step timed under Nsight Compute
 #      (ncu, one metric per launch), summed by kernel: examples/kernel_times.py.
 #   6. (phase loader, not in the default) examples/bench_loader.lua on the plain TV-like database:
-#      batches of 32 videos per task with 1, 2 and 4 prefetch workers on this machine's cores, and
-#      the training thread's host-to-device copy of each batch (Trainer.batch_to).
+#      batches of 32 videos per task with 1, 2 and 4 prefetch workers on this machine's cores, the
+#      training thread's host-to-device copy of each batch (Trainer.batch_to), and a loop that keeps
+#      the device busy fed by batches moved by the training thread or uploaded by the workers
+#      (PrefetchLoader{device =}).
+#   7. (phase train, not in the default) examples/pretrain.lua on that database (kept in
+#      /tmp/hero-tvdb), bf16, 32 videos, MLM and VSM: --workers 0 against --workers 4 (batches
+#      uploaded by the workers), milliseconds per update and the losses of both (the same batches).
 # HERO_CHECK_AMPS="none bf16" (the default) picks the precisions the benchmark and profiles run in.
-#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench,profile,kernels,loader
+#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench,profile,kernels,loader,train
 #                                              (default: env,specs,layers,bench)
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -184,10 +189,52 @@ if has_phase kernels; then
   fi
 fi
 
+TVDB=/tmp/hero-tvdb
 if has_phase loader; then
   stamp "data pipeline: batches of 32 TV-like videos, 1/2/4 workers, host-to-device copies"
-  timeout -k 5 300 $LUA examples/bench_loader.lua --db plain --workers 1,2,4 --batches 6 --device cuda:0 2>&1 |
-    tee -a "$OUT/loader.log" || status=1
+  timeout -k 5 300 $LUA examples/bench_loader.lua --db plain --workers 1,2,4 --batches 6 --device cuda:0 \
+    --dir "$TVDB" --keep 1 2>&1 | tee -a "$OUT/loader.log" || status=1
+fi
+
+if has_phase train; then
+  stamp "pre-training on the TV-like database: --workers 0 against --workers 4 (uploads by the workers)"
+  [ -f "$TVDB/bench_loader.json" ] || timeout -k 5 200 $LUA examples/bench_loader.lua --db plain --tasks mlm \
+    --workers 1 --batches 1 --dir "$TVDB" --keep 1 >/dev/null 2>&1
+  for w in 0 4; do
+    rm -rf "/tmp/hero-train-w$w"
+    timeout -k 5 150 $LUA examples/pretrain.lua --config spec/fixtures/reference_config/hero_pretrain.json \
+      --vfeat-db "$TVDB/video_db/tv/resnet_slowfast_1.5" --sub-db "$TVDB/txt_db/tv_subtitles.db" --device cuda:0 \
+      --amp bf16 --workers $w --steps 16 --tasks mlm,vsm --accum 1 --out "/tmp/hero-train-w$w" >"$OUT/train-w$w.log" 2>&1 ||
+      { tail -5 "$OUT/train-w$w.log"; status=1; }
+  done
+  $LUA -e '
+    local json = require "hero.json"
+    local runs = {}
+    for _, w in ipairs {0, 4} do
+      local f = io.open("/tmp/hero-train-w" .. w .. "/log.jsonl")
+      if f then
+        local recs, secs = {}, {}
+        for line in f:lines() do
+          local ok, r = pcall(json.decode, line)
+          if ok and type(r) == "table" and r.step and r.seconds then recs[#recs + 1] = r end
+        end
+        f:close()
+        for i = 4, #recs do secs[#secs + 1] = recs[i].seconds end
+        table.sort(secs)
+        local losses = {}
+        for i = 1, math.min(4, #recs) do losses[i] = string.format("%.5f", recs[i].loss) end
+        print(string.format("--workers %d: %d updates, median %.1f ms an update after the first 3, losses %s", w,
+          #recs, (secs[(#secs + 1) // 2] or 0) * 1e3, table.concat(losses, " ")))
+        runs[w] = recs
+      end
+    end
+    if runs[0] and runs[4] then
+      local d = {}
+      for i = 1, math.min(8, #runs[0], #runs[4]) do
+        d[i] = string.format("%.1e", math.abs(runs[0][i].loss - runs[4][i].loss) / math.max(math.abs(runs[0][i].loss), 1e-9))
+      end
+      print("relative loss differences (the same batches): " .. table.concat(d, " "))
+    end' || status=1
 fi
 
 stamp "done (status $status)"
