@@ -378,6 +378,28 @@ static size_t release_cached(int dev)
     return released + uploads;
 }
 
+/* A block of cls bytes handed to a storage (lock held). */
+static void count_handed_out(DeviceState &s, size_t cls)
+{
+    s.allocated += cls;
+    s.num_allocs++;
+    if (s.allocated > s.peak) s.peak = s.allocated;
+}
+
+/* A new block of cls bytes from the driver (dev current, its lock held); when the device is full,
+ * the cached blocks of other sizes go back to the driver first and it is asked once more. */
+static cudaError_t driver_malloc(int dev, size_t cls, void **p)
+{
+    cudaError_t e = cudaMalloc(p, cls);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        states[dev].num_oom_retries++;
+        release_cached(dev);
+        e = cudaMalloc(p, cls);
+    }
+    return e;
+}
+
 } // namespace hrc
 
 using namespace hrc;
@@ -487,14 +509,7 @@ void *hr_cuda_malloc(int dev, size_t nbytes)
         s.cached -= cls;
     } else {
         if (check(cudaSetDevice(dev), "cuda allocation", "cudaSetDevice")) return NULL;
-        cudaError_t e = cudaMalloc(&p, cls);
-        if (e == cudaErrorMemoryAllocation) {
-            (void)cudaGetLastError();
-            /* give the cached blocks of other sizes back to the driver and try once more */
-            s.num_oom_retries++;
-            release_cached(dev);
-            e = cudaMalloc(&p, cls);
-        }
+        cudaError_t e = driver_malloc(dev, cls, &p);
         if (e != cudaSuccess) {
             (void)cudaGetLastError();
             size_t fr = 0, tot = 0;
@@ -509,9 +524,7 @@ void *hr_cuda_malloc(int dev, size_t nbytes)
         s.reserved += cls;
         s.num_cuda_mallocs++;
     }
-    s.allocated += cls;
-    s.num_allocs++;
-    if (s.allocated > s.peak) s.peak = s.allocated;
+    count_handed_out(s, cls);
     return p;
 }
 
@@ -553,9 +566,7 @@ static void *upload_block_take(int dev, size_t nbytes, cudaStream_t upload)
             b = it->second.back();
             it->second.pop_back();
             s.upload_cached -= cls;
-            s.allocated += cls;
-            s.num_allocs++;
-            if (s.allocated > s.peak) s.peak = s.allocated;
+            count_handed_out(s, cls);
         }
     }
     if (b.p) {
@@ -572,13 +583,10 @@ static void *upload_block_take(int dev, size_t nbytes, cudaStream_t upload)
         return b.p;
     }
     void *p = nullptr;
-    cudaError_t e = cudaMalloc(&p, cls);
-    if (e == cudaErrorMemoryAllocation) {
-        (void)cudaGetLastError();
+    cudaError_t e;
+    {
         std::lock_guard<std::mutex> g(s.lock);
-        s.num_oom_retries++;
-        release_cached(dev);
-        e = cudaMalloc(&p, cls);
+        e = driver_malloc(dev, cls, &p);
     }
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
@@ -589,9 +597,7 @@ static void *upload_block_take(int dev, size_t nbytes, cudaStream_t upload)
     std::lock_guard<std::mutex> g(s.lock);
     s.reserved += cls;
     s.num_cuda_mallocs++;
-    s.allocated += cls;
-    s.num_allocs++;
-    if (s.allocated > s.peak) s.peak = s.allocated;
+    count_handed_out(s, cls);
     return p;
 }
 
