@@ -44,7 +44,8 @@
 --   --valid-ids FILE     JSON array of validation video ids (one fixed pass per validation) [none]
 --   --on-error skip|error  a video that cannot be read is skipped and reported, or stops the run [skip]
 --   --workers N          threads reading and collating batches while the model computes (one pool
---                        shared by every task; the same batches as without) [0: on the training thread]
+--                        shared by every task; the same batches as without; on a GPU they also
+--                        upload them on a second stream) [0: on the training thread]
 --   --prefetch N         batches read ahead per task with --workers [2]
 --   --init FILE          initial weights (safetensors, reference key names) [DIR/weights.safetensors
 --                        with --fixture, else the model's random initialisation]
