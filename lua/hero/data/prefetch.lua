@@ -25,7 +25,7 @@
 -- `depth` batches in flight, so whichever task the MetaLoader draws next finds its batch ready.
 --
 -- device = "cuda:N" (either constructor): the workers also move each batch to that GPU
--- (hero.train.batch_to, the mask rows included) on the device's upload stream
+-- (hero.train.device_batch, the mask rows included) on the device's upload stream
 -- (hero.cuda.upload_async), so that the transfer overlaps the model's computation instead of
 -- stopping the training thread; :next() then returns the batch on the device, and the kernels
 -- queued after it read it complete (hero.cuda.await_upload; the host does not wait). "cpu" or nil:
@@ -92,8 +92,8 @@ return function(job)
                frames_dropped = (ds.stats and ds.stats.frames_dropped or 0) - dropped}
   if job.device and batch ~= nil then
     -- the batch goes to the GPU from here, on the device's upload stream (hero.cuda.upload_async)
-    res.upload, res.batch = require("hero.cuda").upload_async(job.device, require("hero.train.batch_to"), batch,
-      job.device)
+    res.upload, res.batch = require("hero.cuda").upload_async(job.device, require("hero.train.device_batch").to,
+      batch, job.device)
   end
   return res
 end

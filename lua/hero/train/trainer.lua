@@ -277,8 +277,8 @@ function Trainer:forward_options(task, step)
   return fopts
 end
 
--- A batch with every tensor on device (hero.train.batch_to).
-local batch_to = require "hero.train.batch_to"
+-- A batch with every tensor on device (hero.train.device_batch).
+local batch_to = require("hero.train.device_batch").to
 Trainer.batch_to = batch_to
 
 --- fn(...) under hero.amp.autocast(opts.amp) when the trainer has one, else fn(...) as it is.

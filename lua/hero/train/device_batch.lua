@@ -1,6 +1,7 @@
---- hero.train.batch_to: a batch made on the CPU, moved to the model's device.
+--- hero.train.device_batch: a batch made on the CPU, moved to the model's device.
 --
---   local dev_batch = require("hero.train.batch_to")(batch, "cuda:0")
+--   local dev_batch = require("hero.train.device_batch").to(batch, "cuda:0")
+--   -- the same as hero.train.Trainer.batch_to(batch, "cuda:0")
 --
 -- Every tensor at any depth of plain tables moves to `device`; on the CPU the same table comes back.
 -- On another device the batch also carries the row indices of its loss masks, made from the host
@@ -10,7 +11,9 @@
 local core = require "hero.core"
 local mask_rows = require "hero.models.mask_rows"
 
-return function(batch, device)
+local M = {}
+
+function M.to(batch, device)
   if device == "cpu" then return batch end
   if type(batch) == "table" and getmetatable(batch) == nil and batch._device == device then return batch end
   local seen = {}
@@ -31,3 +34,5 @@ return function(batch, device)
   end
   return out
 end
+
+return M
