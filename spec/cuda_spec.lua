@@ -338,7 +338,12 @@ describe("CUDA backend #cuda", function()
         end
       end
       for i = 1, 5 do
-        local want = hero.train.Trainer.batch_to(plain:next(), DEVICE)
+        local host = plain:next()
+        -- moved on this thread (on the upload stream too, then awaited): the host batch's values
+        local want = hero.train.Trainer.batch_to(host, DEVICE)
+        for k, v in pairs(host) do
+          if hero.is_tensor(v) then assert.same(v:totable(), want[k]:cpu():totable(), "batch_to " .. k) end
+        end
         local got = moved:next()
         same_values(want, got, "batch " .. i)
         assert.equal(got, hero.train.Trainer.batch_to(got, DEVICE)) -- already there: not moved again

@@ -92,7 +92,7 @@ return function(job)
                frames_dropped = (ds.stats and ds.stats.frames_dropped or 0) - dropped}
   if job.device and batch ~= nil then
     -- the batch goes to the GPU from here, on the device's upload stream (hero.cuda.upload_async)
-    res.upload, res.batch = require("hero.cuda").upload_async(job.device, require("hero.train.device_batch").to,
+    res.upload, res.batch = require("hero.cuda").upload_async(job.device, require("hero.train.device_batch").move,
       batch, job.device)
   end
   return res
