@@ -6,7 +6,9 @@
 --   device_count()              number of usable GPUs
 --   device_name([i])            name of GPU i (0-based ordinal, default 0)
 --   memory_stats([i])           {allocated, reserved, peak, cached, free, total, num_allocs,
---                               num_cuda_mallocs, num_oom_retries} in bytes / counts
+--                               num_cuda_mallocs, num_oom_retries} in bytes / counts; reserved also
+--                               holds the free blocks kept for uploads (upload_async), which cached
+--                               does not count
 --   reset_peak_memory_stats([i])
 --   empty_cache([i])            collects garbage, returns cached blocks to the driver (bytes released)
 --   synchronize([i])            waits for the queued work of GPU i (default: every GPU used)
