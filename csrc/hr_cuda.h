@@ -171,8 +171,8 @@ struct hr_generator;
  * (the CPU entry points dispatch here after checking their arguments). */
 hr_tensor *hr_cuda_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps);
 hr_tensor *hr_cuda_embedding(hr_tensor *weight, hr_tensor *indices, int64_t padding_idx);
-hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
-                                 hr_reduction reduction);
+hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t classes, int64_t ignore_index,
+                                 double label_smoothing, hr_reduction reduction);
 hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, double p);
 hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads,
                              double dropout_p, bool training, struct hr_generator *gen);

@@ -52,9 +52,9 @@
     X(PTR, hr_tensor *, embedding, (hr_tensor *weight, hr_tensor *indices, int64_t padding_idx),                   \
       (weight, indices, padding_idx))                                                                              \
     X(PTR, hr_tensor *, cross_entropy,                                                                             \
-      (hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,                        \
+      (hr_tensor *logits, hr_tensor *target, int64_t classes, int64_t ignore_index, double label_smoothing,       \
        hr_reduction reduction),                                                                                    \
-      (logits, target, ignore_index, label_smoothing, reduction))                                                  \
+      (logits, target, classes, ignore_index, label_smoothing, reduction))                                         \
     X(PTR, hr_tensor *, dropout, (struct hr_generator *g, hr_tensor *x, double p), (g, x, p))                      \
     X(PTR, hr_tensor *, attention,                                                                                 \
       (hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p, bool training, \

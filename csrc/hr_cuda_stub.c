@@ -165,10 +165,10 @@ hr_tensor *hr_cuda_embedding(hr_tensor *weight, hr_tensor *indices, int64_t padd
     (void)indices, (void)padding_idx;
     return hr_cuda_unsupported_null("embedding", weight);
 }
-hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
-                                 hr_reduction reduction)
+hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t classes, int64_t ignore_index,
+                                 double label_smoothing, hr_reduction reduction)
 {
-    (void)target, (void)ignore_index, (void)label_smoothing, (void)reduction;
+    (void)target, (void)classes, (void)ignore_index, (void)label_smoothing, (void)reduction;
     return hr_cuda_unsupported_null("cross_entropy", logits);
 }
 hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, double p)

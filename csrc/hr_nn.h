@@ -16,16 +16,19 @@ hr_tensor *hr_layer_norm_of_half(hr_tensor *x, hr_tensor *weight, hr_tensor *bia
  * a leaf weight is accumulated in place into the used rows only. padding_idx < 0: none. */
 hr_tensor *hr_embedding(hr_tensor *weight, hr_tensor *indices, int64_t padding_idx);
 
-/* Cross entropy of logits [N, C] against 0-based targets [N] (i64/i32) with ignore_index and label
- * smoothing (PyTorch semantics); reduction: 0 none ([N]), 1 mean over non-ignored, 2 sum. */
+/* Cross entropy of logits [N, W] against 0-based targets [N] (i64/i32) with ignore_index and label
+ * smoothing (PyTorch semantics); reduction: 0 none ([N]), 1 mean over non-ignored, 2 sum. The
+ * classes are the first `classes` columns (<= 0: all W): the others take no part in the loss and
+ * get a zero gradient, so that a vocabulary padded to a multiple of 8 for the products needs no
+ * narrowed copy of the logits or of their gradient. */
 typedef enum { HR_REDUCE_NONE = 0, HR_REDUCE_MEAN = 1, HR_REDUCE_SUM = 2 } hr_reduction;
-hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
-                            hr_reduction reduction);
+hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t classes, int64_t ignore_index,
+                            double label_smoothing, hr_reduction reduction);
 /* cross_entropy(logits:to("f32"), ...) of bf16/f16 GPU logits in one pass (autocast's f32 loss of
  * half logits): the same f32 loss, and the logits' gradient rounded into their dtype as the cast's
  * backward rounds it, without the f32 copy of the logits (rows may be strided). */
-hr_tensor *hr_cross_entropy_of_half(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
-                                    hr_reduction reduction);
+hr_tensor *hr_cross_entropy_of_half(hr_tensor *logits, hr_tensor *target, int64_t classes, int64_t ignore_index,
+                                    double label_smoothing, hr_reduction reduction);
 
 /* Erf GELU: 0.5 * x * (1 + erf(x / sqrt(2))). */
 hr_tensor *hr_gelu(hr_tensor *x);

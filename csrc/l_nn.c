@@ -55,13 +55,13 @@ static int l_embedding(lua_State *L)
     return 1;
 }
 
-/* cross_entropy(logits [N, C], target [N][, {ignore_index = -100, label_smoothing = 0,
- * reduction = "mean"|"sum"|"none"}]) */
+/* cross_entropy(logits [N, W], target [N][, {ignore_index = -100, label_smoothing = 0,
+ * reduction = "mean"|"sum"|"none", classes = W}]): classes, the first columns that are classes */
 static int l_cross_entropy(lua_State *L)
 {
     /* the options first: reading them may run Lua code (metamethods), which must not find the
      * tensors already taken */
-    lua_Integer ignore = -100;
+    lua_Integer ignore = -100, classes = 0;
     double smoothing = 0;
     hr_reduction red = HR_REDUCE_MEAN;
     if (lua_istable(L, 3)) {
@@ -69,6 +69,10 @@ static int l_cross_entropy(lua_State *L)
         ignore = hr_lua_opt_field_integer(L, 3, "ignore_index", ignore, "cross_entropy");
         smoothing = hr_lua_opt_field_number(L, 3, "label_smoothing", smoothing, "cross_entropy");
         red = (hr_reduction)hr_lua_opt_field_option(L, 3, "reduction", (int)red, names, "cross_entropy");
+        classes = hr_lua_opt_field_integer(L, 3, "classes", LUA_MININTEGER, "cross_entropy");
+        if (classes == LUA_MININTEGER) classes = 0; /* all the columns */
+        else if (classes <= 0)
+            return luaL_error(L, "cross_entropy: option classes must be positive, got %I", classes);
     }
     /* autocast's f32 loss of half GPU logits reads them as f32 in the kernel (no cast copy) */
     hr_tensor *x = hr_lua_check_tensor(L, 1, "cross_entropy");
@@ -77,8 +81,8 @@ static int l_cross_entropy(lua_State *L)
     if (!of_half) x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "cross_entropy");
     hr_tensor *t = hr_lua_check_tensor(L, 2, "cross_entropy");
     hr_tensor *y;
-    HR_LUA_RETRY(L, y, of_half ? hr_cross_entropy_of_half(x, t, ignore, smoothing, red)
-                               : hr_cross_entropy(x, t, ignore, smoothing, red));
+    HR_LUA_RETRY(L, y, of_half ? hr_cross_entropy_of_half(x, t, classes, ignore, smoothing, red)
+                               : hr_cross_entropy(x, t, classes, ignore, smoothing, red));
     if (!y) return hr_lua_error(L, "cross_entropy");
     hr_lua_push_tensor(L, y);
     return 1;

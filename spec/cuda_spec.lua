@@ -775,9 +775,30 @@ describe("CUDA backend #cuda", function()
             assert.equal("f32", fused[1]:dtype())
             assert.equal(dt, fused[2]:dtype())
             for i = 1, 2 do assert.same(composed[i]:cpu():totable(), fused[i]:cpu():totable()) end
+            -- the classes read in place from the padded rows ({classes =}): the same loss and gradient
+            local leaf = full:detach():requires_grad_()
+            local with = {classes = cols}
+            for k, v in pairs(opts) do with[k] = v end
+            local loss = hero.amp.autocast("bf16", function() return hero.core.cross_entropy(leaf, target, with) end)
+            loss:sum():backward()
+            assert.same(composed[1]:cpu():totable(), loss:cpu():totable())
+            assert.same(composed[2]:cpu():totable(), leaf.grad:cpu():totable())
           end
         end
       end
+      -- rows of the MLM head's kind: many units of 8 columns per thread, a tail, padded columns
+      local wide = dev((randn {6, 2056} * 3):to("bf16"))
+      local t6 = dev(hero.tensor({0, 2052, 7, -100, 1000, 2047}, {dtype = "i64"}))
+      local function wide_run(classes)
+        local leaf = wide:detach():requires_grad_()
+        local loss = hero.amp.autocast("bf16", function()
+          if classes then return hero.core.cross_entropy(leaf, t6, {classes = 2053, reduction = "none"}) end
+          return hero.core.cross_entropy(leaf:narrow(2, 1, 2053):to("f32"), t6, {reduction = "none"})
+        end)
+        loss:sum():backward()
+        return {loss:cpu():totable(), leaf.grad:cpu():totable()}
+      end
+      assert.same(wide_run(false), wide_run(true))
     end)
 
     it("layer_norm of a half tensor under autocast: the f32 layer norm of its f32 copy, bit for bit", function()
@@ -832,6 +853,13 @@ describe("CUDA backend #cuda", function()
       local t4 = hero.tensor({6, 0, 3, 1}, {dtype = "i32"})
       check_grad(function(x) return hero.cross_entropy(x:narrow(2, 1, 7), t4:to {device = x:device()}) end,
         {randn({4, 9}, "f64")}) -- strided rows (a narrowed vocabulary), i32 targets
+      -- the classes in place ({classes =}), rows read 16 bytes at a time or one element at a time
+      for _, shape in ipairs {{4, 9}, {4, 24}, {3, 1030}} do
+        for _, dt in ipairs {"f32", "f64"} do
+          check_grad(function(x) return hero.core.cross_entropy(x, t4:narrow(1, 1, shape[1]):to {device = x:device()},
+            {classes = 7, reduction = "sum", label_smoothing = 0.1}) end, {randn(shape, dt)})
+        end
+      end
       helper.assert_error_contains(function()
         return hero.cross_entropy(dev(logits), dev(hero.tensor({0, 5, 0, 0, 0, 0}, {dtype = "i64"})))
       end, "cross_entropy", "target 5 at position 2")

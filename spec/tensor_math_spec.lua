@@ -98,6 +98,43 @@ describe("PyTorch functions composed from the C ops", function()
     end, "weight 4 must be a vector of the 3 classes")
   end)
 
+  it("take the classes of core.cross_entropy from the first columns of padded logits (a padded vocabulary)", function()
+    -- the loss of the first C columns in place: the loss of the narrowed logits, and their gradient
+    -- padded with zeros, bit for bit (the narrowed loss is checked against torch above)
+    local target = hero.tensor({0, 4, -100, 2, 6, 1, 6}, {dtype = "i64"})
+    hero.manual_seed(3)
+    for _, dt in ipairs {"f32", "f64"} do
+      for _, opts in ipairs {{reduction = "none"}, {reduction = "mean", label_smoothing = 0.1}, {reduction = "sum"}} do
+        for _, width in ipairs {7, 8, 21, 40} do -- no padding, and rows cut inside and past a vector
+          local full = hero.randn({7, width}, {dtype = dt}) * 3
+          local a = full:clone():requires_grad_()
+          local b = full:clone():requires_grad_()
+          local with = {classes = 7}
+          for k, v in pairs(opts) do with[k] = v end
+          local la = hero.core.cross_entropy(a, target, with)
+          local lb = hero.core.cross_entropy(b:narrow(2, 1, 7), target, opts)
+          assert.same(lb:totable(), la:totable())
+          la:sum():backward()
+          lb:sum():backward()
+          assert.same({7, width}, a.grad:size())
+          assert.same(b.grad:totable(), a.grad:totable())
+          if width > 7 then
+            assert.equal(0, a.grad:narrow(2, 8, width - 7):abs():sum():item())
+          end
+        end
+      end
+    end
+    helper.assert_error_contains(function()
+      hero.core.cross_entropy(hero.ones(2, 5), hero.zeros({2}, {dtype = "i64"}), {classes = 6})
+    end, "cross_entropy: 6 classes in logits", "of 5 columns")
+    helper.assert_error_contains(function()
+      hero.core.cross_entropy(hero.ones(2, 5), hero.tensor({0, 3}, {dtype = "i64"}), {classes = 3})
+    end, "target 3 at position 2 is out of range for 3 classes")
+    helper.assert_error_contains(function()
+      hero.core.cross_entropy(hero.ones(2, 5), hero.zeros({2}, {dtype = "i64"}), {classes = 0})
+    end, "option classes must be positive, got 0")
+  end)
+
   it("compute binary_cross_entropy_with_logits with broadcast weights and pos_weight, mse_loss broadcast", function()
     local function run(list, fn, label)
       for k, c in ipairs(list) do

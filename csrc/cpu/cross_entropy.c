@@ -13,7 +13,7 @@
 #include "cpu/hr_simd.h"
 
 typedef struct {
-    int64_t rows, classes, ignore_index, counted;
+    int64_t rows, classes, width, ignore_index, counted; /* width: the logits' columns (classes first) */
     double smoothing;
     hr_reduction reduction;
 } ce_ctx;
@@ -135,7 +135,7 @@ typedef struct {
     bool per_row;
     double scale; /* 1/count for mean */
     void *gx;
-    int64_t classes, ignore_index;
+    int64_t classes, width, ignore_index; /* gx has width columns, zero past the classes */
     double smoothing;
     hr_dtype dt, gdt;
 } ce_bwd_job;
@@ -143,18 +143,19 @@ typedef struct {
 static void ce_backward_rows(void *arg, int64_t begin, int64_t end)
 {
     const ce_bwd_job *j = arg;
-    int64_t C = j->classes;
+    int64_t C = j->classes, W = j->width;
     double gscalar = j->per_row ? 0 : hr_load_f64(j->g, j->gdt) * j->scale;
     for (int64_t r = begin; r < end; r++) {
         int64_t t = j->target[r];
         double gr = j->per_row ? hr_load_f64((const char *)j->g + (size_t)r * hr_dtype_size(j->gdt), j->gdt) : gscalar;
         if (j->dt == HR_F32) {
             const float *row = (const float *)j->x + r * j->row_stride;
-            float *out = (float *)j->gx + r * C;
+            float *out = (float *)j->gx + r * W;
             if (t == j->ignore_index) {
-                memset(out, 0, sizeof(float) * (size_t)C);
+                memset(out, 0, sizeof(float) * (size_t)W);
                 continue;
             }
+            memset(out + C, 0, sizeof(float) * (size_t)(W - C));
             /* d/dx_c = g * (p_c - smoothing / C - [c == t] (1 - smoothing)) */
             const float lse = (float)j->lse[r], gf = (float)gr, base = (float)(j->smoothing / (double)C);
             const hr_v8f lsev = hr_v8f_splat(lse), gv = hr_v8f_splat(gf), bv = hr_v8f_splat(base);
@@ -177,7 +178,8 @@ static void ce_backward_rows(void *arg, int64_t begin, int64_t end)
             out[t] -= (float)((1.0 - j->smoothing) * gr);
         } else {
             const double *row = (const double *)j->x + r * j->row_stride;
-            double *out = (double *)j->gx + r * C;
+            double *out = (double *)j->gx + r * W;
+            memset(out + C, 0, sizeof(double) * (size_t)(W - C));
             for (int64_t c = 0; c < C; c++) {
                 double v = 0;
                 if (t != j->ignore_index) {
@@ -205,15 +207,15 @@ static int ce_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     ce_bwd_job j = {hr_tensor_data(x), x->stride[0], hr_tensor_data(target), hr_tensor_data(lse), hr_tensor_data(g),
                     c->reduction == HR_REDUCE_NONE,
                     c->reduction == HR_REDUCE_MEAN ? (c->counted ? 1.0 / (double)c->counted : NAN) : 1.0,
-                    hr_tensor_data(gi[0]), c->classes, c->ignore_index, c->smoothing, x->dtype, g->dtype};
+                    hr_tensor_data(gi[0]), c->classes, c->width, c->ignore_index, c->smoothing, x->dtype, g->dtype};
     hr_parallel_for(c->rows, 8, ce_backward_rows, &j);
     hr_tensor_release(g);
     return 0;
 }
 
 /* The checks of both entries: 2-D logits of an accepted dtype (f32/f64, or bf16/f16 on a GPU when
- * half), a matching target, a smoothing in [0, 1]. */
-static int check_args(hr_tensor *logits, hr_tensor *target, double label_smoothing, bool half)
+ * half), a matching target, a smoothing in [0, 1], at most as many classes as columns. */
+static int check_args(hr_tensor *logits, hr_tensor *target, int64_t classes, double label_smoothing, bool half)
 {
     char a[96], b[96];
     if (hr_tensor_check_live(logits, "cross_entropy") || hr_tensor_check_live(target, "cross_entropy")) return -1;
@@ -229,23 +231,26 @@ static int check_args(hr_tensor *logits, hr_tensor *target, double label_smoothi
                        logits->size[0], hr_tensor_desc(target, b, sizeof b));
     if (!(label_smoothing >= 0 && label_smoothing <= 1))
         return hr_fail(HR_EINVAL, "cross_entropy: label_smoothing must be in [0, 1], got %g", label_smoothing);
+    if (classes > logits->size[1])
+        return hr_fail(HR_EINVAL, "cross_entropy: %" PRId64 " classes in logits %s of %" PRId64 " columns", classes,
+                       hr_tensor_desc(logits, a, sizeof a), logits->size[1]);
     return 0;
 }
 
-hr_tensor *hr_cross_entropy_of_half(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
-                                    hr_reduction reduction)
+hr_tensor *hr_cross_entropy_of_half(hr_tensor *logits, hr_tensor *target, int64_t classes, int64_t ignore_index,
+                                    double label_smoothing, hr_reduction reduction)
 {
-    if (check_args(logits, target, label_smoothing, true)) return NULL;
-    return hr_cuda_cross_entropy(logits, target, ignore_index, label_smoothing, reduction);
+    if (check_args(logits, target, classes, label_smoothing, true)) return NULL;
+    return hr_cuda_cross_entropy(logits, target, classes, ignore_index, label_smoothing, reduction);
 }
 
-hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index, double label_smoothing,
-                            hr_reduction reduction)
+hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t classes, int64_t ignore_index,
+                            double label_smoothing, hr_reduction reduction)
 {
-    if (check_args(logits, target, label_smoothing, false)) return NULL;
+    if (check_args(logits, target, classes, label_smoothing, false)) return NULL;
     if (hr_tensor_device(logits).type != HR_CPU || hr_tensor_device(target).type != HR_CPU)
-        return hr_cuda_cross_entropy(logits, target, ignore_index, label_smoothing, reduction);
-    int64_t N = logits->size[0], C = logits->size[1];
+        return hr_cuda_cross_entropy(logits, target, classes, ignore_index, label_smoothing, reduction);
+    int64_t N = logits->size[0], W = logits->size[1], C = classes > 0 ? classes : W;
     /* rows may be strided (e.g. a narrowed vocabulary); the class dimension must be contiguous */
     hr_tensor *x = logits->stride[1] == 1 || logits->size[1] <= 1 ? hr_view_alias(logits) : hr_contiguous(logits);
     hr_tensor *t = hr_cast(target, HR_I64);
@@ -291,6 +296,7 @@ hr_tensor *hr_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore
         ce_ctx *c = node->ctx;
         c->rows = N;
         c->classes = C;
+        c->width = W;
         c->ignore_index = ignore_index;
         c->counted = counted;
         c->smoothing = label_smoothing;

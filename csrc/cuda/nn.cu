@@ -505,7 +505,7 @@ int emb_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 /* ================================================================== cross entropy */
 
 struct CeCtx {
-    int64_t rows, classes, ignore_index, counted;
+    int64_t rows, classes, width, ignore_index, counted; /* width: the logits' columns, classes first */
     double smoothing;
     hr_reduction reduction;
 };
@@ -520,35 +520,136 @@ template <int XDT> __device__ __forceinline__ double exp_of_logit(double v)
     return (double)expf((float)v);
 }
 
-/* Logits of dtype XDT (f32/f64, or bf16/f16 read exactly as their f32 copies), statistics in
- * double as on the CPU. One block per row. */
-template <int XDT>
-__global__ void ce_forward(const char *x, int64_t rs, const int64_t *target, int64_t rows, int64_t C, int64_t ignore,
-                           double smoothing, double *lse_out, double *loss)
+/* The running maximum of a row, NaN-propagating as the CPU's (a NaN logit makes the row's NaN). */
+__device__ __forceinline__ double nan_max(double mx, double v) { return (v > mx || v != v) && mx == mx ? v : mx; }
+
+/* The rows are cut into units of 8 consecutive columns (and the last C % 8 columns), and thread t of
+ * a block takes units t, t + blockDim.x, ...: the order of every sum depends only on C, not on the
+ * dtype or on how the row is read, so that bf16 logits give bit for bit the loss of their f32 copy.
+ * Where the rows are 16-byte aligned (vec) a unit is read in one 16-byte load (two for f32),
+ * otherwise element by element. */
+constexpr int kCeUnit = 8;
+
+/* Unit j of a row of XDT as doubles: exactly the values load_fixed gives. */
+template <int XDT> __device__ __forceinline__ void ce_load_unit(const char *row, int64_t j, bool vec, double v[kCeUnit])
 {
-    __shared__ double sh[kRow];
-    const int el = dtype_size(XDT);
+    constexpr int el = XDT == HR_F64 ? 8 : XDT == HR_F32 ? 4 : 2;
+    if constexpr (XDT == HR_F32) {
+        if (vec) {
+            const float4 *q = (const float4 *)row + 2 * j;
+            float4 a = q[0], b = q[1];
+            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+            return;
+        }
+    } else if constexpr (XDT == HR_BF16 || XDT == HR_F16) {
+        if (vec) {
+            uint4 u = ((const uint4 *)row)[j];
+            uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                uint16_t lo = (uint16_t)(w[k] & 0xffffu), hi = (uint16_t)(w[k] >> 16);
+                v[2 * k] = XDT == HR_BF16 ? bf16_to_f32(lo) : f16_to_f32(lo);
+                v[2 * k + 1] = XDT == HR_BF16 ? bf16_to_f32(hi) : f16_to_f32(hi);
+            }
+            return;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < kCeUnit; k++) v[k] = load_fixed<double, XDT>(row + (j * kCeUnit + k) * el);
+}
+
+/* Gradients o (already in the compute type) stored as unit j of a row of XDT, rounded as store_f32
+ * rounds them (f64: as they are). */
+template <int XDT> __device__ __forceinline__ void ce_store_unit(char *row, int64_t j, bool vec, const double o[kCeUnit])
+{
+    constexpr int el = XDT == HR_F64 ? 8 : XDT == HR_F32 ? 4 : 2;
+    if constexpr (XDT == HR_F32) {
+        if (vec) {
+            float4 *q = (float4 *)row + 2 * j;
+            q[0] = make_float4((float)o[0], (float)o[1], (float)o[2], (float)o[3]);
+            q[1] = make_float4((float)o[4], (float)o[5], (float)o[6], (float)o[7]);
+            return;
+        }
+    } else if constexpr (XDT == HR_BF16 || XDT == HR_F16) {
+        if (vec) {
+            uint32_t w[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                float a = (float)o[2 * k], b = (float)o[2 * k + 1];
+                uint32_t lo = XDT == HR_BF16 ? f32_to_bf16(a) : f32_to_f16(a);
+                uint32_t hi = XDT == HR_BF16 ? f32_to_bf16(b) : f32_to_f16(b);
+                w[k] = lo | (hi << 16);
+            }
+            ((uint4 *)row)[j] = make_uint4(w[0], w[1], w[2], w[3]);
+            return;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < kCeUnit; k++) {
+        char *p = row + (j * kCeUnit + k) * el;
+        if (XDT == HR_F64) *(double *)p = o[k];
+        else store_f32(p, XDT, (float)o[k]);
+    }
+}
+
+/* One block per row of the forward: few enough rows in flight that the second pass over a row
+ * (100 KB of the MLM head's bf16 logits) finds it in L2. */
+constexpr int kCeThreads = 512;
+
+/* NaN-propagating maximum over the block (every thread gets it); sh has 32 doubles. */
+__device__ double block_nan_max(double v, double *sh)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        double w = lane < warps ? sh[lane] : -INFINITY;
+        for (int o = 16; o > 0; o >>= 1) w = nan_max(w, __shfl_xor_sync(0xffffffffu, w, o));
+        if (lane == 0) sh[0] = w;
+    }
+    __syncthreads();
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+/* Logits of dtype XDT (f32/f64, or bf16/f16 read exactly as their f32 copies), statistics in
+ * double as on the CPU: the row's maximum, then the sums of exp(x - max) and of x over its first
+ * C columns, in units (above). One block per row. */
+template <int XDT>
+__global__ void __launch_bounds__(kCeThreads) ce_forward(const char *x, int64_t rs, bool vec, const int64_t *target,
+                                                         int64_t rows, int64_t C, int64_t ignore, double smoothing,
+                                                         double *lse_out, double *loss)
+{
+    __shared__ double sh[32];
+    constexpr int el = XDT == HR_F64 ? 8 : XDT == HR_F32 ? 4 : 2;
+    const int64_t units = C / kCeUnit, tail0 = units * kCeUnit;
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
         const char *row = x + r * rs * el;
         double mx = -INFINITY;
-        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-            double v = load_fixed<double, XDT>(row + c * el);
-            if (v > mx || v != v) mx = (mx != mx) ? mx : v;
+#pragma unroll 2
+        for (int64_t j = threadIdx.x; j < units; j += blockDim.x) {
+            double v[kCeUnit];
+            ce_load_unit<XDT>(row, j, vec, v);
+#pragma unroll
+            for (int k = 0; k < kCeUnit; k++) mx = nan_max(mx, v[k]);
         }
-        sh[threadIdx.x] = mx;
-        __syncthreads();
-        for (int w = blockDim.x / 2; w > 0; w /= 2) {
-            if ((int)threadIdx.x < w) {
-                double o = sh[threadIdx.x + w], cur = sh[threadIdx.x];
-                if (o != o || (cur == cur && o > cur)) sh[threadIdx.x] = o;
-            }
-            __syncthreads();
-        }
-        mx = sh[0];
-        __syncthreads();
+        if (tail0 + threadIdx.x < C) mx = nan_max(mx, load_fixed<double, XDT>(row + (tail0 + threadIdx.x) * el));
+        mx = block_nan_max(mx, sh);
         double se = 0, sx = 0;
-        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-            double v = load_fixed<double, XDT>(row + c * el);
+#pragma unroll 2
+        for (int64_t j = threadIdx.x; j < units; j += blockDim.x) {
+            double v[kCeUnit];
+            ce_load_unit<XDT>(row, j, vec, v);
+#pragma unroll
+            for (int k = 0; k < kCeUnit; k++) {
+                se += exp_of_logit<XDT>(v[k] - mx);
+                sx += v[k];
+            }
+        }
+        if (tail0 + threadIdx.x < C) {
+            double v = load_fixed<double, XDT>(row + (tail0 + threadIdx.x) * el);
             se += exp_of_logit<XDT>(v - mx);
             sx += v;
         }
@@ -566,37 +667,63 @@ __global__ void ce_forward(const char *x, int64_t rs, const int64_t *target, int
                 loss[r] = (1.0 - smoothing) * nll + smoothing * smooth;
             }
         }
-        __syncthreads();
     }
 }
 
-/* The gradient in double, rounded to the compute type (float for f32/bf16/f16 logits, double for
- * f64) and then into the logits' dtype, as the cast's backward would round it. Rows on the grid's
- * y axis (and a loop past 65535), classes on x: no division per element. */
+/* The gradient of one logit in double, rounded to the compute type (float for f32/bf16/f16 logits,
+ * double for f64): columns past the classes, and ignored rows (gr 0 and ignored), get 0. */
 template <int XDT>
-__global__ void ce_backward_kernel(const char *x, int64_t rs, const int64_t *target, const double *lse, const char *g, int gdt,
-                                   bool per_row, double scale, int64_t rows, int64_t C, int64_t ignore, double smoothing,
-                                   char *gx)
+__device__ __forceinline__ double ce_grad_at(double v, int64_t c, int64_t C, int64_t t, bool ignored, double l,
+                                             double base, double target_term, double gr)
 {
-    const int el = dtype_size(XDT);
+    if (ignored || c >= C) return 0.0;
+    double p = exp_of_logit<XDT>(v - l);
+    double g = (p - base - (c == t ? target_term : 0.0)) * gr;
+    return XDT == HR_F64 ? g : (double)(float)g;
+}
+
+/* The gradient in double, rounded to the compute type and then into the logits' dtype, as the
+ * cast's backward would round it, over the W columns of gx's rows (zero past the C classes and
+ * for ignored rows). Rows on the grid's y axis (and a loop past 65535), units of 8 columns on x
+ * (vec: x's and gx's rows 16-byte aligned), the last W % 8 columns one per thread. */
+template <int XDT>
+__global__ void ce_backward_kernel(const char *x, int64_t rs, bool vec, const int64_t *target, const double *lse,
+                                   const char *g, int gdt, bool per_row, double scale, int64_t rows, int64_t C, int64_t W,
+                                   int64_t ignore, double smoothing, char *gx)
+{
+    constexpr int el = XDT == HR_F64 ? 8 : XDT == HR_F32 ? 4 : 2;
     const double gs = per_row ? 0.0 : load_f64(g, gdt) * scale;
+    const double base = smoothing / (double)C, target_term = 1.0 - smoothing;
+    const int64_t units = W / kCeUnit, tail0 = units * kCeUnit;
+    const int64_t first = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, step = (int64_t)gridDim.x * blockDim.x;
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
         const int64_t t = target[r];
-        const double gr = t == ignore ? 0.0 : per_row ? load_f64(g + r * (int64_t)dtype_size(gdt), gdt) : gs;
+        const bool ignored = t == ignore;
+        const double gr = ignored ? 0.0 : per_row ? load_f64(g + r * (int64_t)dtype_size(gdt), gdt) : gs;
         const double l = lse[r];
         const char *row = x + r * rs * el;
-        char *out = gx + r * C * el;
-        for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
-            double v = 0;
-            if (t != ignore) {
-                double p = exp_of_logit<XDT>(load_fixed<double, XDT>(row + c * el) - l);
-                v = (p - smoothing / (double)C - (c == t ? 1.0 - smoothing : 0.0)) * gr;
-            }
-            if (XDT == HR_F64) *(double *)(out + c * el) = v;
-            else store_f32(out + c * el, XDT, (float)v);
+        char *out = gx + r * W * el;
+        for (int64_t j = first; j < units; j += step) {
+            double v[kCeUnit], o[kCeUnit];
+            ce_load_unit<XDT>(row, j, vec, v);
+#pragma unroll
+            for (int k = 0; k < kCeUnit; k++)
+                o[k] = ce_grad_at<XDT>(v[k], j * kCeUnit + k, C, t, ignored, l, base, target_term, gr);
+            ce_store_unit<XDT>(out, j, vec, o);
+        }
+        if (tail0 + first < W) {
+            const int64_t c = tail0 + first;
+            double v = c < C ? load_fixed<double, XDT>(row + c * el) : 0.0;
+            double o = ce_grad_at<XDT>(v, c, C, t, ignored, l, base, target_term, gr);
+            if (XDT == HR_F64) *(double *)(out + c * el) = o;
+            else store_f32(out + c * el, XDT, (float)o);
         }
     }
 }
+
+/* Whether the rows of a [rows, *] tensor at p with rs elements of el bytes between rows can be read
+ * 16 bytes at a time. */
+bool rows_vec_ok(const void *p, int64_t rs, int el) { return ((uintptr_t)p & 15u) == 0 && (rs * el) % 16 == 0; }
 
 int ce_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 {
@@ -607,22 +734,27 @@ int ce_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     if (!st) return -1;
     hr_tensor *g = hr_contiguous((hr_tensor *)grad);
     if (!g) return -1;
-    int64_t size[2] = {c->rows, c->classes};
+    int64_t size[2] = {c->rows, c->width};
     gi[0] = empty_on(x, 2, size, x->dtype);
     int rc = gi[0] ? 0 : -1;
-    int64_t total = c->rows * c->classes;
+    int64_t total = c->rows * c->width;
     if (rc == 0 && total > 0) {
         bool per_row = c->reduction == HR_REDUCE_NONE;
         double scale = c->reduction == HR_REDUCE_MEAN ? (c->counted ? 1.0 / (double)c->counted : NAN) : 1.0;
-        dim3 grid((unsigned)((c->classes + 4 * kThreads - 1) / (4 * kThreads)),
-                  (unsigned)(c->rows < 65535 ? c->rows : 65535));
         const char *xp = (const char *)hr_tensor_data(x), *gp = (const char *)hr_tensor_data(g);
         const int64_t *tp = (const int64_t *)hr_tensor_data(target);
         const double *lp = (const double *)hr_tensor_data(lse);
         char *op = (char *)hr_tensor_data(gi[0]);
+        const int el = (int)hr_dtype_size(x->dtype);
+        const bool vec = x->dtype != HR_F64 && rows_vec_ok(xp, x->stride[0], el) && rows_vec_ok(op, c->width, el);
+        /* a unit of 8 columns per thread (the threads of the first units also take the last W % 8) */
+        const int64_t units = c->width / kCeUnit;
+        dim3 grid(units > kThreads ? (unsigned)((units + kThreads - 1) / kThreads) : 1u,
+                  (unsigned)(c->rows < 65535 ? c->rows : 65535));
         for_float_dtype(x->dtype, [&](auto xdt) {
-            ce_backward_kernel<decltype(xdt)::value><<<grid, kThreads, 0, st>>>(
-                xp, x->stride[0], tp, lp, gp, g->dtype, per_row, scale, c->rows, c->classes, c->ignore_index, c->smoothing, op);
+            ce_backward_kernel<decltype(xdt)::value><<<grid, kThreads, 0, st>>>(xp, x->stride[0], vec, tp, lp, gp, g->dtype,
+                                                                               per_row, scale, c->rows, c->classes, c->width,
+                                                                               c->ignore_index, c->smoothing, op);
         });
         rc = check_launch("cross_entropy backward");
     }
@@ -997,14 +1129,14 @@ extern "C" hr_tensor *hr_cuda_embedding(hr_tensor *weight, hr_tensor *indices, i
     return out;
 }
 
-extern "C" hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t ignore_index,
+extern "C" hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t classes, int64_t ignore_index,
                                             double label_smoothing, hr_reduction reduction)
 {
     const hr_tensor *ts[2] = {logits, target};
     if (same_device("cross_entropy", 2, ts)) return NULL;
     cudaStream_t st = stream(dev_of(logits));
     if (!st) return NULL;
-    int64_t N = logits->size[0], C = logits->size[1];
+    int64_t N = logits->size[0], W = logits->size[1], C = classes > 0 ? classes : W;
     /* bf16/f16 logits (autocast's f32 loss of half logits): read as f32, loss in f32 */
     const hr_dtype out_dtype = logits->dtype == HR_F64 ? HR_F64 : HR_F32;
     hr_tensor *x = logits->stride[1] == 1 || logits->size[1] <= 1 ? hr_view_alias(logits) : hr_contiguous(logits);
@@ -1034,9 +1166,10 @@ extern "C" hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target
         const char *xp = (const char *)hr_tensor_data(x);
         const int64_t *tp = (const int64_t *)hr_tensor_data(t);
         double *lp = (double *)hr_tensor_data(lse), *lossp = (double *)hr_tensor_data(loss);
+        const bool vec = x->dtype != HR_F64 && rows_vec_ok(xp, x->stride[0], (int)hr_dtype_size(x->dtype));
         for_float_dtype(x->dtype, [&](auto xdt) {
-            ce_forward<decltype(xdt)::value><<<rows_grid(N), kRow, 0, st>>>(xp, x->stride[0], tp, N, C, ignore_index,
-                                                                            label_smoothing, lp, lossp);
+            ce_forward<decltype(xdt)::value><<<rows_grid(N), kCeThreads, 0, st>>>(xp, x->stride[0], vec, tp, N, C, ignore_index,
+                                                                                  label_smoothing, lp, lossp);
         });
         if (check_launch("cross_entropy")) goto done;
     } else if (N > 0 && (hr_cuda_memset0(loss->storage) || hr_cuda_memset0(lse->storage))) {
@@ -1070,6 +1203,7 @@ extern "C" hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target
             CeCtx *c = (CeCtx *)node->ctx;
             c->rows = N;
             c->classes = C;
+            c->width = W;
             c->ignore_index = ignore_index;
             c->counted = counted;
             c->smoothing = label_smoothing;

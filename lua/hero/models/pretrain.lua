@@ -87,10 +87,12 @@ function M:forward_mlm(batch)
     h = v.f_encoder.encoder:forward(f_emb, mask, {rows = mask_rows.of(batch, "txt_mask_tgt"),
       rows_host = mask_rows.host_of(batch, "txt_mask_tgt")})
   end
-  local logits = v.f_encoder.lm_head:forward(h)
-  local vocab = logits:size(2) - self.opts.vocab_pad
-  logits = logits:narrow(2, 1, vocab)
-  local per_token = core.cross_entropy(logits, batch.txt_labels, {reduction = "none"})
+  local padded = v.f_encoder.lm_head:forward(h)
+  local vocab = padded:size(2) - self.opts.vocab_pad
+  -- the loss reads the first `vocab` columns in place: the padding gets a zero gradient, with no
+  -- narrowed copy of the logits' gradient
+  local per_token = core.cross_entropy(padded, batch.txt_labels, {reduction = "none", classes = vocab})
+  local logits = padded:narrow(2, 1, vocab)
   return {loss = mean_or_nan(per_token), loss_per_token = per_token, mlm_logits = logits, txt_emb = txt,
           img_emb = img, f_emb = f_emb, f_out = f_out}
 end
