@@ -569,6 +569,11 @@ describe("CUDA backend #cuda", function()
         same(dev(mid):sum(2), mid:sum(2), tol)
         same(dev(mid):mean(1), mid:mean(1), tol)
         same(dev(mid):sum({1, 2}), mid:sum({1, 2}), tol)
+        -- rows 16-byte aligned: a lane reads 4 (f32) or 8 (bf16) neighbouring columns at a time
+        local aligned = randn({2, 300, 520}, dt)
+        same(dev(aligned):sum(2), aligned:sum(2), tol)
+        local bias_grad = randn({641, 1024}, dt)
+        same(dev(bias_grad):sum(1), bias_grad:sum(1), tol)
         local narrow_cols = randn({5, 300, 3}, dt) -- too few columns: transposed first
         same(dev(narrow_cols):sum(2), narrow_cols:sum(2), tol)
       end

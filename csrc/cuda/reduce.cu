@@ -9,6 +9,7 @@
  * few long rows are split over many blocks, and float sums over a dimension that is not the last
  * read the columns in place (partial sums added in a fixed order in both). */
 #include <cmath>
+#include <vector>
 
 #include "cuda/common.cuh"
 
@@ -301,6 +302,51 @@ __global__ void column_partials(const char *src, int dt, int el, int64_t n, int6
     }
 }
 
+/* column_partials where every row of the source is 16-byte aligned (f32/bf16/f16): a lane takes PER
+ * neighbouring columns (4 f32 or 8 bf16/f16, one 16-byte load per row) instead of one, so a block
+ * covers 32 * PER columns. Each column is summed over the same rows in the same order as
+ * column_partials sums it (a warp per stride of rows, then the warps in turn), so the partials
+ * are the same bit for bit; the bias gradients of HERO's linear layers ([21120, 3072] bf16 at 32
+ * videos) read 2-byte elements one at a time before. */
+template <int PER>
+__global__ void column_partials_vec(const char *src, int dt, int64_t n, int64_t inner, int64_t chunks, double *partial)
+{
+    __shared__ double sh[kColGroups][kColWidth * PER];
+    const int lane = threadIdx.x % kColWidth, group = threadIdx.x / kColWidth;
+    const int64_t span0 = (int64_t)blockIdx.x * kColWidth * PER, col0 = span0 + (int64_t)lane * PER;
+    const int64_t chunk = blockIdx.y, o = blockIdx.z;
+    const int64_t r0 = chunk * kColChunk, r1 = r0 + kColChunk < n ? r0 + kColChunk : n;
+    const int el = PER == 4 ? 4 : 2;
+    double s[PER];
+#pragma unroll
+    for (int k = 0; k < PER; k++) s[k] = 0;
+    if (col0 < inner) {
+        const char *base = src + (o * n * inner + col0) * el;
+#pragma unroll 4
+        for (int64_t r = r0 + group; r < r1; r += kColGroups) {
+            float v[8];
+            if (PER == 4) {
+                float4 a = *(const float4 *)(base + r * inner * el);
+                v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+            } else {
+                load8(base + r * inner * el, dt, 0, v);
+            }
+#pragma unroll
+            for (int k = 0; k < PER; k++) s[k] += (double)v[k];
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < PER; k++) sh[group][lane * PER + k] = s[k];
+    __syncthreads();
+    for (int c = threadIdx.x; c < kColWidth * PER; c += blockDim.x) {
+        const int64_t col = span0 + c;
+        if (col >= inner) continue;
+        double t = 0;
+        for (int g = 0; g < kColGroups; g++) t += sh[g][c];
+        partial[(o * chunks + chunk) * inner + col] = t;
+    }
+}
+
 __global__ void column_finish(const double *partial, int64_t chunks, int64_t inner, int64_t total, double divisor,
                               char *out, int odt, int oel)
 {
@@ -326,9 +372,18 @@ int sum_columns(const hr_tensor *t, int d, bool mean, hr_tensor *values, cudaStr
     hr_tensor *part = empty_on(t, 1, &size, HR_F64);
     if (!part) return -1;
     double *pp = (double *)hr_tensor_data(part);
-    dim3 grid((unsigned)((inner + kColWidth - 1) / kColWidth), (unsigned)chunks, (unsigned)outer);
-    column_partials<<<grid, kColWidth * kColGroups, 0, st>>>((const char *)hr_tensor_data(t), t->dtype,
-                                                             (int)hr_dtype_size(t->dtype), n, inner, chunks, pp);
+    const char *src = (const char *)hr_tensor_data(t);
+    /* lanes of PER columns where every row is 16-byte aligned */
+    const int per = t->dtype == HR_F32 ? 4 : t->dtype == HR_BF16 || t->dtype == HR_F16 ? 8 : 0;
+    if (per && ((uintptr_t)src & 15u) == 0 && inner % per == 0) {
+        dim3 grid((unsigned)((inner + kColWidth * per - 1) / (kColWidth * per)), (unsigned)chunks, (unsigned)outer);
+        if (per == 4) column_partials_vec<4><<<grid, kColWidth * kColGroups, 0, st>>>(src, t->dtype, n, inner, chunks, pp);
+        else column_partials_vec<8><<<grid, kColWidth * kColGroups, 0, st>>>(src, t->dtype, n, inner, chunks, pp);
+    } else {
+        dim3 grid((unsigned)((inner + kColWidth - 1) / kColWidth), (unsigned)chunks, (unsigned)outer);
+        column_partials<<<grid, kColWidth * kColGroups, 0, st>>>(src, t->dtype, (int)hr_dtype_size(t->dtype), n, inner,
+                                                                 chunks, pp);
+    }
     column_finish<<<grid_for(outer * inner), kThreads, 0, st>>>(pp, chunks, inner, outer * inner, mean ? (double)n : 1.0,
                                                                 (char *)hr_tensor_data(values), values->dtype,
                                                                 (int)hr_dtype_size(values->dtype));
@@ -362,6 +417,49 @@ __global__ void square_sum_chunks(Geo g, const char *p, int dt, int el, int64_t 
     }
     s = block_sum(s, sh);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+/* The contiguous tensors of a sum of squares in one launch (a model's gradients are a hundred or
+ * more tensors, most of them small: one launch each cost more than their arithmetic). Block b takes
+ * chunk b - first_block of the last item whose first_block is at most b, sums it exactly as
+ * square_sum_chunks does (the same elements per thread, in the same order) and writes its partial
+ * at the item's place in the buffer. */
+struct SquareItem {
+    const char *p;
+    int64_t n, first_block, out;
+    int dt;
+};
+
+__global__ void square_sum_items(const SquareItem *items, int nitems, double *partial)
+{
+    __shared__ double sh[32];
+    const int64_t b = blockIdx.x;
+    int lo = 0, hi = nitems - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (items[mid].first_block <= b) lo = mid;
+        else hi = mid - 1;
+    }
+    const SquareItem it = items[lo];
+    const int64_t chunk = b - it.first_block, begin = chunk * kChunk;
+    const int64_t end = begin + kChunk < it.n ? begin + kChunk : it.n;
+    double s = 0;
+    if (it.dt == HR_F32) {
+        const float *f = (const float *)it.p;
+#pragma unroll 4
+        for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            double v = f[i];
+            s += v * v;
+        }
+    } else {
+        const int el = dtype_size(it.dt);
+        for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            double v = load_f64(it.p + i * el, it.dt);
+            s += v * v;
+        }
+    }
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) partial[it.out + chunk] = s;
 }
 
 __global__ void sum_in_order(const double *partial, int64_t n, double *out)
@@ -574,19 +672,43 @@ extern "C" int hr_cuda_sum_squares(hr_tensor *const *ts, int n, double *out)
     if (!part) return -1;
     double *pp = (double *)hr_tensor_data(part);
     int rc = 0;
-    int64_t at = 0;
+    /* the contiguous tensors in one launch (square_sum_items), the others one launch each; every
+     * tensor's partials at the same place of the buffer either way */
+    std::vector<SquareItem> items;
+    int64_t at = 0, blocks = 0;
     for (int k = 0; k < n && rc == 0; k++) {
         const hr_tensor *t = ts[k];
         int64_t c = square_chunks(t);
         if (c == 0) continue;
-        Geo g;
-        geo_init(&g, t->ndim, t->size);
-        geo_add(&g, t->stride);
-        geo_coalesce(&g);
-        square_sum_chunks<<<(unsigned)c, kRowThreads, 0, st>>>(g, (const char *)hr_tensor_data(t), t->dtype,
-                                                               (int)hr_dtype_size(t->dtype), hr_tensor_numel(t), pp + at);
-        rc = check_launch("sum of squares");
+        if (hr_tensor_is_contiguous(t)) {
+            items.push_back(SquareItem{(const char *)hr_tensor_data(t), hr_tensor_numel(t), blocks, at, t->dtype});
+            blocks += c;
+        } else {
+            Geo g;
+            geo_init(&g, t->ndim, t->size);
+            geo_add(&g, t->stride);
+            geo_coalesce(&g);
+            square_sum_chunks<<<(unsigned)c, kRowThreads, 0, st>>>(g, (const char *)hr_tensor_data(t), t->dtype,
+                                                                   (int)hr_dtype_size(t->dtype), hr_tensor_numel(t), pp + at);
+            rc = check_launch("sum of squares");
+        }
         at += c;
+    }
+    if (rc == 0 && !items.empty()) {
+        const size_t bytes = sizeof(SquareItem) * items.size();
+        SquareItem *dev_items = (SquareItem *)hr_cuda_malloc(dev, bytes);
+        if (!dev_items) rc = -1;
+        else {
+            rc = stage_to_device(dev, dev_items, items.data(), bytes, "sum of squares");
+            if (rc == 1) /* too big for the staging ring: a copy the host waits for */
+                rc = check(cudaMemcpyAsync(dev_items, items.data(), bytes, cudaMemcpyHostToDevice, st), "sum of squares",
+                           "cudaMemcpyAsync") || sync(dev, "sum of squares") ? -1 : 0;
+            if (rc == 0) {
+                square_sum_items<<<(unsigned)blocks, kRowThreads, 0, st>>>(dev_items, (int)items.size(), pp);
+                rc = check_launch("sum of squares");
+            }
+            hr_cuda_free(dev, dev_items, bytes);
+        }
     }
     if (rc == 0) {
         sum_in_order<<<1, 1024, 0, st>>>(pp, chunks, pp + chunks);
