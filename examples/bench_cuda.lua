@@ -106,10 +106,30 @@ do
     {"softmax_f32", function() return scores:softmax(-1) end},
     {"attention_f32", function() return hero.attention(q, q, q, rmask, heads) end},
     {"cross_entropy_f32", function() return NF.cross_entropy(logits, target) end},
+    {"sum_cols_bf16", function() return wide_h:sum(1) end}, -- a bias gradient of the feed-forward layer
   }
   for _, op in ipairs(ops) do
     report("op_" .. op[1], time_ms(function() return hero.no_grad(op[2]) end, 20))
   end
+  -- the MLM head's loss as pre-training runs it: bf16 logits of the padded vocabulary, the classes
+  -- read in place, forward and backward
+  local head = hero.randn(2720, 50272):to {device = DEV, dtype = "bf16"}:requires_grad_()
+  local words = hero.randint(0, 50265, {2720}):to {device = DEV}
+  report("cross_entropy_mlm_bf16_fwd_bwd", time_ms(function()
+    head.grad = nil
+    hero.amp.autocast("bf16", function()
+      return hero.core.cross_entropy(head, words, {classes = 50265})
+    end):backward()
+  end, 20))
+  -- the gradient norm of clip_grad_norm over a model's worth of tensors (HERO's 9 layers and
+  -- embeddings: 161 tensors, 120M values), read back to the host
+  local grads = {(hero.randn(50272, H) * 1e-3):to {device = DEV}}
+  for _ = 1, 9 do
+    for _, shape in ipairs {{3 * H, H}, {3 * H}, {H, H}, {H}, {F, H}, {F}, {H, F}, {H}, {H}, {H}, {H}, {H}} do
+      grads[#grads + 1] = (hero.randn(shape) * 1e-3):to {device = DEV}
+    end
+  end
+  report("global_norm_model", time_ms(function() return hero.core.global_norm(grads) end, 20))
   -- with gradients, in bf16: the attention of the 640 rows (dropout 0.1) and one layer of them
   local qh = hero.randn(R, Lr, H):to {device = DEV, dtype = "bf16"}:requires_grad_()
   local rmask_h = rmask:to("bf16")

@@ -108,10 +108,31 @@ ops = [
     ("softmax_f32", lambda: scores.softmax(-1)),
     ("attention_f32", attention_rows),
     ("cross_entropy_f32", lambda: F.cross_entropy(logits, target)),
+    ("sum_cols_bf16", lambda: wide_h.sum(0)),
 ]
 with torch.no_grad():
     for name, fn in ops:
         report("op_" + name, time_ms(fn, 20))
+
+# the MLM head's loss as the reference runs it: bf16 logits narrowed to the vocabulary, forward and
+# backward under autocast
+head = torch.randn(2720, 50272, device=dev).bfloat16().requires_grad_()
+words = torch.randint(0, 50265, (2720,), device=dev)
+
+def mlm_loss():
+    head.grad = None
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = F.cross_entropy(head[:, :50265].float(), words)
+    loss.backward()
+
+report("cross_entropy_mlm_bf16_fwd_bwd", time_ms(mlm_loss, 20))
+# clip_grad_norm's norm over a model's worth of tensors, read back to the host
+grads = [torch.randn(50272, H, device=dev) * 1e-3]
+for _ in range(9):
+    for shape in [(3 * H, H), (3 * H,), (H, H), (H,), (Fd, H), (Fd,), (H, Fd), (H,), (H,), (H,), (H,), (H,)]:
+        grads.append(torch.randn(*shape, device=dev) * 1e-3)
+report("global_norm_model", time_ms(lambda: torch.linalg.vector_norm(
+    torch.stack([torch.linalg.vector_norm(t) for t in grads])).item(), 20))
 
 
 # with gradients, in bf16: the attention of the 640 rows (dropout 0.1) and one layer of them
