@@ -300,6 +300,15 @@ hr_tensor *hr_ag_expand(hr_tensor *t, int ndim, const int64_t *size)
 static int cast_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
     const view_ctx *c = node->ctx;
+    /* The half gradient of an f32/f64 tensor cast down (autocast's operands) goes on as it is: the
+     * engine widens it where it meets the input's other gradients (hr_autograd.c, accumulate_into),
+     * reading the half values once instead of writing and reading a widened copy. */
+    if ((g->dtype == HR_BF16 || g->dtype == HR_F16) && (c->dtype == HR_F32 || c->dtype == HR_F64) &&
+        hr_grad_is_exclusive(g)) {
+        hr_tensor_retain((hr_tensor *)g);
+        gi[0] = (hr_tensor *)g;
+        return 0;
+    }
     gi[0] = hr_cast(g, c->dtype);
     return gi[0] ? 0 : -1;
 }

@@ -214,6 +214,25 @@ static void accumulate_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
         for (int64_t i = 0; i < n; i++) d[i] += s[i];
         return;
     }
+    /* a half gradient into an f32 one (a cast's gradient, widened here instead of by a copy): the
+     * half value is exact in f32, so this is the f32 sum the cast and the add would give */
+    if (c->dst == HR_F32 && c->src == HR_BF16 && bs[0] == 4 && bs[1] == 2) {
+        float *d = (float *)p[0];
+        const uint16_t *s = (const uint16_t *)p[1];
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)s[i] << 16;
+            float f;
+            memcpy(&f, &u, sizeof f);
+            d[i] += f;
+        }
+        return;
+    }
+    if (c->dst == HR_F32 && c->src == HR_F16 && bs[0] == 4 && bs[1] == 2) {
+        float *d = (float *)p[0];
+        const uint16_t *s = (const uint16_t *)p[1];
+        for (int64_t i = 0; i < n; i++) d[i] += hr_f16_to_f32(s[i]);
+        return;
+    }
     for (int64_t i = 0; i < n; i++) {
         char *d = p[0] + i * bs[0];
         hr_store_f64(d, c->dst, hr_load_f64(d, c->dst) + hr_load_f64(p[1] + i * bs[1], c->src));
@@ -270,29 +289,70 @@ static int same_shape(int na, const int64_t *a, int nb, const int64_t *b)
     return na == nb && memcmp(a, b, sizeof(int64_t) * (size_t)na) == 0;
 }
 
-hr_tensor *hr_grad_pass_on(const hr_tensor *g)
+bool hr_grad_is_exclusive(const hr_tensor *g)
 {
-    hr_tensor *t = (hr_tensor *)g;
     /* only the engine holds g and nothing else shares its storage: once the engine lets go of it
      * (right after the node's backward) the consumer owns it alone and may add into it in place */
-    if (t->refcount == 1 && t->storage && t->storage->refcount == 1 && t->storage->kind != HR_STORAGE_MMAP &&
-        !t->grad_fn && !t->grad && hr_tensor_is_contiguous(t)) {
-        hr_tensor_retain(t);
-        return t;
+    return g->refcount == 1 && g->storage && g->storage->refcount == 1 && g->storage->kind != HR_STORAGE_MMAP &&
+           !g->grad_fn && !g->grad && hr_tensor_is_contiguous(g);
+}
+
+hr_tensor *hr_grad_pass_on(const hr_tensor *g)
+{
+    if (hr_grad_is_exclusive(g)) {
+        hr_tensor_retain((hr_tensor *)g);
+        return (hr_tensor *)g;
     }
     return hr_cast(g, g->dtype);
 }
 
-/* Adds g (a new reference, consumed) to *slot. */
-static int accumulate_into(hr_tensor **slot, hr_tensor *g)
+/* Whether a gradient of dtype narrow waits to be widened to wide: a half gradient of an f32/f64
+ * output (below). */
+static bool widens(hr_dtype narrow, hr_dtype wide)
+{
+    return (narrow == HR_BF16 || narrow == HR_F16) && (wide == HR_F32 || wide == HR_F64);
+}
+
+/* Adds g (a new reference, consumed) to *slot, the gradient of a node's output of dtype want. A cast's
+ * backward passes a half gradient on as it is (cast_backward): the slot may hold it until a gradient of
+ * the output's dtype arrives, which it is then added into, or until the node runs (widened_grad). The
+ * widening is exact and the sum is the same either way round, so this is the sum of the cast
+ * gradients, without a widened copy of each. */
+static int accumulate_into(hr_tensor **slot, hr_tensor *g, hr_dtype want)
 {
     if (!*slot) {
         *slot = g;
         return 0;
     }
-    int rc = hr_grad_accumulate_(*slot, g);
+    hr_tensor *acc = *slot;
+    if (widens(acc->dtype, want)) {
+        if (g->dtype == want) { /* g becomes the slot and the narrower gradient is added into it */
+            int rc = hr_grad_accumulate_(g, acc);
+            hr_tensor_release(acc);
+            *slot = g;
+            return rc;
+        }
+        hr_tensor *wide = hr_cast(acc, want);
+        if (!wide) {
+            hr_tensor_release(g);
+            return -1;
+        }
+        hr_tensor_release(acc);
+        *slot = acc = wide;
+    }
+    int rc = hr_grad_accumulate_(acc, g);
     hr_tensor_release(g);
     return rc;
+}
+
+/* The gradient a node receives: its output's dtype (a half gradient passed on by a cast and never
+ * added to another one is widened now). Consumes g; NULL with an error when the copy fails. */
+static hr_tensor *widened_grad(const hr_node *n, hr_tensor *g)
+{
+    if (!g || !widens(g->dtype, n->out_dtype)) return g;
+    hr_tensor *wide = hr_cast(g, n->out_dtype);
+    hr_tensor_release(g);
+    return wide;
 }
 
 /* Whether the leaf can take g itself as its first gradient: nothing else holds g or its storage
@@ -456,6 +516,8 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
         hr_node *n = stack.items[--stack.len];
         hr_tensor *g = n->grad_acc;
         n->grad_acc = NULL;
+        const bool received = g != NULL;
+        g = widened_grad(n, g);
         hr_tensor **grads_in = hr_zalloc((size_t)(n->ninputs > 0 ? n->ninputs : 1), sizeof *grads_in);
         if (!grads_in) {
             hr_tensor_release(g);
@@ -463,7 +525,8 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
             break;
         }
         if (!g) {
-            rc = hr_fail(HR_EINVAL, "backward: node '%s' received no gradient", n->op);
+            if (!received) rc = hr_fail(HR_EINVAL, "backward: node '%s' received no gradient", n->op);
+            else rc = -1; /* the widening copy failed (out of memory): its error stands */
         } else if (n->buffers_freed && n->nsaved > 0) {
             rc = hr_fail(HR_EINVAL,
                          "backward through the graph a second time: the tensors saved by '%s' were already freed "
@@ -524,7 +587,7 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
                 if (rc == 0) rc = leaf_received(hook, hook_ctx, n->next[i].leaf, gen);
             } else if (n->next[i].node) {
                 hr_node *p = n->next[i].node;
-                rc = accumulate_into(&p->grad_acc, gi);
+                rc = accumulate_into(&p->grad_acc, gi, p->out_dtype);
                 if (rc == 0 && --p->pending == 0)
                     if (list_push(&stack, p)) rc = -1;
             } else {

@@ -103,6 +103,8 @@ bool hr_backward_leaf_pending(const hr_tensor *t);
 /* The incoming gradient g of a node's backward handed on unchanged to one input: g itself (a new
  * reference) when the engine is its only holder, else a copy. At most one input may get it. */
 hr_tensor *hr_grad_pass_on(const hr_tensor *g);
+/* Whether the engine is the only holder of g (a backward may then hand g itself on). */
+bool hr_grad_is_exclusive(const hr_tensor *g);
 
 /* dst += src elementwise (same shape, float dtypes, may differ in dtype); used for accumulation. */
 int hr_grad_accumulate_(hr_tensor *dst, const hr_tensor *src);

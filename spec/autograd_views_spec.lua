@@ -55,6 +55,47 @@ describe("autograd through views and casts", function()
     assert.same({1, 2}, l:totable())
   end)
 
+  it("adds the half gradients of casts down into the f32 gradients of their inputs exactly", function()
+    -- y (f32, a node) reaches the loss through casts to bf16/f16 and through f32 ops, in both orders;
+    -- its gradient must be the f32 sum of the widened half gradients and the f32 ones, as a cast
+    -- of each half gradient followed by the adds gives
+    local x = hero.tensor({1.5, -2.25, 3.0, 0.5}):requires_grad_()
+    local w = hero.tensor({0.375, -1.25, 2.5, 1e-3}) -- exact in bf16 and f16
+    local function half_term(y, dt) return (y:to(dt) * w:to(dt)):to("f32"):sum() end
+    local function f32_term(y) return (y * 2):sum() end
+    local cases = {
+      {function(y) return half_term(y, "bf16") + f32_term(y) end, {"bf16"}, true},
+      {function(y) return f32_term(y) + half_term(y, "bf16") end, {"bf16"}, true},
+      {function(y) return half_term(y, "f16") end, {"f16"}, false},                 -- widened when y's node runs
+      {function(y) return half_term(y, "bf16") + half_term(y, "f16") end, {"bf16", "f16"}, false},
+      {function(y) return half_term(y, "bf16") + half_term(y, "bf16") + f32_term(y) end, {"bf16", "bf16"}, true},
+    }
+    for k, case in ipairs(cases) do
+      x.grad = nil
+      local y = x * 3 -- a node: its gradient slot takes the pass-through
+      case[1](y):backward()
+      -- expected: d/dy = sum of the half terms' w (rounded to their dtype, widened) + 2 if f32 term
+      local dy = hero.zeros(4)
+      for _, dt in ipairs(case[2]) do dy = dy + w:to(dt):to("f32") end
+      if case[3] then dy = dy + 2 end
+      assert.equal("f32", x.grad:dtype(), "case " .. k)
+      assert.same((dy * 3):totable(), x.grad:totable(), "case " .. k)
+    end
+    -- a leaf cast down directly, twice, and its f32 use: the leaf's gradient is f32
+    x.grad = nil
+    local loss = half_term(x, "bf16") + half_term(x, "bf16") + f32_term(x)
+    loss:backward()
+    assert.equal("f32", x.grad:dtype())
+    assert.same((w:to("bf16"):to("f32") * 2 + 2):totable(), x.grad:totable())
+    -- a node's gradient kept half (y:to("bf16") only reaches the loss as bf16) is widened before
+    -- y's own backward runs: an f64 input cast down gets an f64 gradient
+    local z = hero.tensor({0.5, 4}, {dtype = "f64"}):requires_grad_()
+    local half = (z * 1):to("bf16") * hero.tensor({2, 3}, {dtype = "bf16"})
+    half:to("f32"):sum():backward()
+    assert.equal("f64", z.grad:dtype())
+    assert.same({2, 3}, z.grad:totable())
+  end)
+
   it("refuses a second backward through freed buffers and bad gradients", function()
     local x = hero.tensor({1, 2, 3}):requires_grad_()
     local y = x:narrow(1, 1, 2)
