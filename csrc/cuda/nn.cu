@@ -10,6 +10,7 @@ namespace hrc {
 namespace {
 
 constexpr int kRow = 256;
+constexpr int kLnWarps = 8; /* rows per block of the layer norm's warp kernels */
 
 __device__ __forceinline__ float mul_rn(float x, float y) { return __fmul_rn(x, y); }
 __device__ __forceinline__ double mul_rn(double x, double y) { return __dmul_rn(x, y); }
@@ -47,9 +48,11 @@ template <typename T, int XDT> __device__ __forceinline__ T load_fixed(const cha
 }
 
 /* Rows of at most 32 * PER columns: one warp per row, the row in registers (read once), sums by
- * shuffles. */
+ * shuffles. Up to HERO's 768 columns (PER 24) two blocks share a multiprocessor: the compiler gave
+ * the f32 kernel 132 registers a thread, one block of 8 rows a multiprocessor, and the loads of a
+ * row then waited for the reductions of the one before. */
 template <typename T, int PER, int XDT>
-__global__ void ln_forward_warp(const char *x, const T *w, const T *b, T *y, double *mean, double *rstd, int64_t rows, int n,
+__global__ void __launch_bounds__(32 * kLnWarps, PER <= 24 ? 2 : 1) ln_forward_warp(const char *x, const T *w, const T *b, T *y, double *mean, double *rstd, int64_t rows, int n,
                                 double eps)
 {
     const int lane = threadIdx.x & 31, el = dtype_size(XDT);
@@ -228,7 +231,6 @@ __global__ void sum_chunks(const double *part, int64_t chunks, int64_t n, double
 
 unsigned chunk_sum_grid(int64_t n) { return (unsigned)((n + 31) / 32); }
 
-constexpr int kLnWarps = 8; /* rows per block of the warp kernels */
 
 unsigned ln_warp_grid(int64_t rows)
 {
