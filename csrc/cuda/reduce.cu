@@ -9,7 +9,7 @@
  * few long rows are split over many blocks, and float sums over a dimension that is not the last
  * read the columns in place (partial sums added in a fixed order in both). */
 #include <cmath>
-#include <vector>
+#include <cstdlib>
 
 #include "cuda/common.cuh"
 
@@ -674,14 +674,19 @@ extern "C" int hr_cuda_sum_squares(hr_tensor *const *ts, int n, double *out)
     int rc = 0;
     /* the contiguous tensors in one launch (square_sum_items), the others one launch each; every
      * tensor's partials at the same place of the buffer either way */
-    std::vector<SquareItem> items;
+    SquareItem *items = (SquareItem *)malloc(sizeof(SquareItem) * (size_t)n);
+    if (!items) {
+        hr_tensor_release(part);
+        return hr_fail(HR_ENOMEM, "sum of squares: out of memory");
+    }
+    int nitems = 0;
     int64_t at = 0, blocks = 0;
     for (int k = 0; k < n && rc == 0; k++) {
         const hr_tensor *t = ts[k];
         int64_t c = square_chunks(t);
         if (c == 0) continue;
         if (hr_tensor_is_contiguous(t)) {
-            items.push_back(SquareItem{(const char *)hr_tensor_data(t), hr_tensor_numel(t), blocks, at, t->dtype});
+            items[nitems++] = SquareItem{(const char *)hr_tensor_data(t), hr_tensor_numel(t), blocks, at, t->dtype};
             blocks += c;
         } else {
             Geo g;
@@ -694,22 +699,23 @@ extern "C" int hr_cuda_sum_squares(hr_tensor *const *ts, int n, double *out)
         }
         at += c;
     }
-    if (rc == 0 && !items.empty()) {
-        const size_t bytes = sizeof(SquareItem) * items.size();
+    if (rc == 0 && nitems > 0) {
+        const size_t bytes = sizeof(SquareItem) * (size_t)nitems;
         SquareItem *dev_items = (SquareItem *)hr_cuda_malloc(dev, bytes);
         if (!dev_items) rc = -1;
         else {
-            rc = stage_to_device(dev, dev_items, items.data(), bytes, "sum of squares");
+            rc = stage_to_device(dev, dev_items, items, bytes, "sum of squares");
             if (rc == 1) /* too big for the staging ring: a copy the host waits for */
-                rc = check(cudaMemcpyAsync(dev_items, items.data(), bytes, cudaMemcpyHostToDevice, st), "sum of squares",
+                rc = check(cudaMemcpyAsync(dev_items, items, bytes, cudaMemcpyHostToDevice, st), "sum of squares",
                            "cudaMemcpyAsync") || sync(dev, "sum of squares") ? -1 : 0;
             if (rc == 0) {
-                square_sum_items<<<(unsigned)blocks, kRowThreads, 0, st>>>(dev_items, (int)items.size(), pp);
+                square_sum_items<<<(unsigned)blocks, kRowThreads, 0, st>>>(dev_items, nitems, pp);
                 rc = check_launch("sum of squares");
             }
             hr_cuda_free(dev, dev_items, bytes);
         }
     }
+    free(items);
     if (rc == 0) {
         sum_in_order<<<1, 1024, 0, st>>>(pp, chunks, pp + chunks);
         rc = check_launch("sum of squares");
