@@ -42,6 +42,7 @@ struct AttnShape {
     double p;
     bool has_noise, has_mask;
     bool vec; /* q, k, v (and dO) 16-byte aligned with H a multiple of 8: tiles load 16 bytes at a time */
+    bool vec_out; /* the same of the outputs (out, or dq, dk and dv): the tensor-core kernels store 16 bytes at a time */
     int64_t pstride; /* floats between the heads' saved probabilities (Lq * Lk rounded up to whole float4s) */
     uint32_t k0, k1;
     uint64_t block0;
@@ -486,6 +487,30 @@ __device__ void load_heads(const HeadRows (&hr)[NT], int ld, int64_t col0, int d
 
 __device__ __forceinline__ uint16_t to_half(float f, int dt) { return dt == HR_BF16 ? f32_to_bf16(f) : f32_to_f16(f); }
 
+/* The first rows x dh elements of a 16-bit tile (rows ld apart) into the head's block of dst, a
+ * [*, dst_ld] tensor of 16-bit elements, from row row0 and column col0 on: 16 bytes a thread where
+ * dst's rows allow (vec), else one element at a time. The products' results go through the tile
+ * because each lane of a fragment holds scattered 2-byte values: stored as they came, every store
+ * instruction wrote 8 rows' sectors 8 bytes at a time. */
+__device__ void store_half_tile(const uint16_t *tile, int ld, char *dst, int64_t dst_ld, int64_t row0, int64_t col0,
+                                int rows, int dh, bool vec)
+{
+    uint16_t *d16 = (uint16_t *)dst;
+    if (vec) {
+        const int per_row = dh / 8, n = rows * per_row;
+        for (int c = threadIdx.x; c < n; c += blockDim.x) {
+            const int r = c / per_row, d = (c - r * per_row) * 8;
+            *(uint4 *)(d16 + (row0 + r) * dst_ld + col0 + d) = *(const uint4 *)(tile + r * ld + d);
+        }
+        return;
+    }
+    const int n = rows * dh;
+    for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        const int r = e / dh, d = e - r * dh;
+        d16[(row0 + r) * dst_ld + col0 + d] = tile[r * ld + d];
+    }
+}
+
 struct TcTiles {
     int Lq, Lk, dh, pq, pk, ldh, ldk;
 };
@@ -526,7 +551,6 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward_tc(AttnShape s, con
     if (mask) load_mask(Ms, mask, dt, s, b);
     for (int e = threadIdx.x; e < T.pq * T.ldk; e += blockDim.x) Ph[e] = 0;
     __syncthreads();
-    const int el = dtype_size(dt);
     /* S = scale Q Kᵀ + mask: A = Q (k = d along rows), B(d, x) = K[x][d] (k along rows) */
     warp_mma<BF, true, true>(Qh, T.ldh, Kh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
         if (i >= T.Lq || x >= T.Lk) return;
@@ -552,10 +576,13 @@ __global__ void __launch_bounds__(kAttnThreads) attn_forward_tc(AttnShape s, con
         }
     }
     __syncthreads();
-    /* O = P' V: A = P' (k = x along rows), B(x, d) = V[x][d] (k down the columns) */
+    /* O = P' V: A = P' (k = x along rows), B(x, d) = V[x][d] (k down the columns), into Q's tile (Q was
+     * last read by S), then stored whole */
     warp_mma<BF, true, false>(Ph, T.ldk, Vh, T.ldh, T.pq, T.dh, T.pk, [&](int i, int d, float c) {
-        if (i < T.Lq) store_f32(out + ((b * s.Lq + i) * s.H + h * s.dh + d) * el, dt, c);
+        if (i < T.Lq) Qh[i * T.ldh + d] = to_half(c, dt);
     });
+    __syncthreads();
+    store_half_tile(Qh, T.ldh, out, s.H, b * s.Lq, h * s.dh, T.Lq, T.dh, s.vec_out);
 }
 
 template <bool BF>
@@ -597,39 +624,48 @@ __global__ void __launch_bounds__(kAttnThreads) attn_backward_tc(AttnShape s, co
         Pd[i * T.ldk + x] = to_half(s.has_noise ? p * (keep[e] ? s.keep : 0.0f) : p, dt);
     }
     __syncthreads();
-    const int el = dtype_size(dt);
+    /* The three products go into tiles freed by then and are stored whole at the end: dS first (dP
+     * reads V and dO), then dV into V's tile, dQ into dO's (dV was its last reader), dK into K's (dQ
+     * was its last reader). */
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    if (dq || dk) {
+        /* dP = (dO Vᵀ) * noise: A = dO (k = d along rows), B(d, x) = V[x][d] (k along rows) */
+        warp_mma<BF, true, true>(Gh, T.ldh, Vh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
+            if (i < T.Lq && x < T.Lk) Df[i * lp + x] = s.has_noise ? c * (keep[i * T.Lk + x] ? s.keep : 0.0f) : c;
+        });
+        __syncthreads();
+        for (int i = threadIdx.x >> 5; i < T.Lq; i += warps) { /* dS = P * (dP - rowsum(dP * P)) */
+            const float *prow = Ps + i * lp;
+            float *drow = Df + i * lp;
+            double part = 0.0;
+            if (lane < T.Lk) part += (double)drow[lane] * prow[lane];
+            if (lane + 32 < T.Lk) part += (double)drow[lane + 32] * prow[lane + 32];
+            float dot = (float)warp_sum(part);
+            for (int c = 0; c < 2; c++) {
+                int x = lane + 32 * c;
+                if (x < T.Lk) Dh[i * T.ldk + x] = to_half(prow[x] * (drow[x] - dot), dt);
+            }
+        }
+        __syncthreads();
+    }
     if (dv) /* dV = P'ᵀ dO: A(x, i) = P'[i][x] (k = i down the columns), B(i, d) = dO[i][d] (k down the columns) */
         warp_mma<BF, false, false>(Pd, T.ldk, Gh, T.ldh, T.pk, T.dh, T.pq, [&](int x, int d, float c) {
-            if (x < T.Lk) store_f32(dv + ((b * s.Lk + x) * s.ld + h * s.dh + d) * el, dt, c);
+            if (x < T.Lk) Vh[x * T.ldh + d] = to_half(c, dt);
         });
-    if (!dq && !dk) return;
-    /* dP = (dO Vᵀ) * noise: A = dO (k = d along rows), B(d, x) = V[x][d] (k along rows) */
-    warp_mma<BF, true, true>(Gh, T.ldh, Vh, T.ldh, T.pq, T.pk, T.dh, [&](int i, int x, float c) {
-        if (i < T.Lq && x < T.Lk) Df[i * lp + x] = s.has_noise ? c * (keep[i * T.Lk + x] ? s.keep : 0.0f) : c;
-    });
-    __syncthreads();
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    for (int i = threadIdx.x >> 5; i < T.Lq; i += warps) { /* dS = P * (dP - rowsum(dP * P)) */
-        const float *prow = Ps + i * lp;
-        float *drow = Df + i * lp;
-        double part = 0.0;
-        if (lane < T.Lk) part += (double)drow[lane] * prow[lane];
-        if (lane + 32 < T.Lk) part += (double)drow[lane + 32] * prow[lane + 32];
-        float dot = (float)warp_sum(part);
-        for (int c = 0; c < 2; c++) {
-            int x = lane + 32 * c;
-            if (x < T.Lk) Dh[i * T.ldk + x] = to_half(prow[x] * (drow[x] - dot), dt);
-        }
-    }
     __syncthreads();
     if (dq) /* dQ = scale dS K: A = dS (k = x along rows), B(x, d) = K[x][d] (k down the columns) */
         warp_mma<BF, true, false>(Dh, T.ldk, Kh, T.ldh, T.pq, T.dh, T.pk, [&](int i, int d, float c) {
-            if (i < T.Lq) store_f32(dq + ((b * s.Lq + i) * s.ld + h * s.dh + d) * el, dt, s.scale * c);
+            if (i < T.Lq) Gh[i * T.ldh + d] = to_half(s.scale * c, dt);
         });
+    __syncthreads();
     if (dk) /* dK = scale dSᵀ Q: A(x, i) = dS[i][x] (k down the columns), B(i, d) = Q[i][d] (k down the columns) */
         warp_mma<BF, false, false>(Dh, T.ldk, Qh, T.ldh, T.pk, T.dh, T.pq, [&](int x, int d, float c) {
-            if (x < T.Lk) store_f32(dk + ((b * s.Lk + x) * s.ld + h * s.dh + d) * el, dt, s.scale * c);
+            if (x < T.Lk) Kh[x * T.ldh + d] = to_half(s.scale * c, dt);
         });
+    __syncthreads();
+    if (dv) store_half_tile(Vh, T.ldh, dv, s.ld, b * s.Lk, h * s.dh, T.Lk, T.dh, s.vec_out);
+    if (dq) store_half_tile(Gh, T.ldh, dq, s.ld, b * s.Lq, h * s.dh, T.Lq, T.dh, s.vec_out);
+    if (dk) store_half_tile(Kh, T.ldh, dk, s.ld, b * s.Lk, h * s.dh, T.Lk, T.dh, s.vec_out);
 }
 
 bool use_tc(const AttnShape &s, int dt) { return (dt == HR_BF16 || dt == HR_F16) && s.dh % 16 == 0; }
@@ -696,6 +732,8 @@ int attn_backward_node(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
             o1 = outs[1] ? (char *)hr_tensor_data(outs[1]) : nullptr;
             o2 = outs[2] ? (char *)hr_tensor_data(outs[2]) : nullptr;
         }
+        s.vec_out = s.ld % 8 == 0 && (!o0 || ((uintptr_t)o0 & 15u) == 0) && (!o1 || ((uintptr_t)o1 & 15u) == 0) &&
+                    (!o2 || ((uintptr_t)o2 & 15u) == 0);
         unsigned grid = (unsigned)(s.B * s.heads);
         if (use_tc(s, q->dtype)) {
             size_t smem = backward_smem_tc(s);
@@ -773,6 +811,7 @@ hr_tensor *attention_fused_run(AttnShape s, hr_tensor *const *held, int nheld, h
         const char *mp = mask ? (const char *)hr_tensor_data(mask) : nullptr;
         float *pp = probs ? (float *)hr_tensor_data(probs) : nullptr;
         char *op = (char *)hr_tensor_data(out);
+        s.vec_out = s.H % 8 == 0 && ((uintptr_t)op & 15u) == 0;
         unsigned grid = (unsigned)(s.B * s.heads);
         if (!tc) attn_forward<<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, dt, pp, op);
         else if (dt == HR_BF16) attn_forward_tc<true><<<grid, kAttnThreads, smem, st>>>(s, qp, kp, vp, mp, dt, pp, op);
