@@ -925,6 +925,21 @@ describe("CUDA backend #cuda", function()
         hero.manual_seed(7)
         return hero.dropout(a, 0.25)
       end, {randn {5, 9}})
+      -- the backward draws the forward's mask again (the node keeps no noise tensor): of ones, the
+      -- output is the noise, and the gradient is the upstream gradient times it, in every float
+      -- dtype, for counts that are and are not whole vectors of 4 (the vector kernel's tail)
+      local dtypes = DEVICE == "cpu" and {"f32", "f64"} or FLOATS
+      for _, dt in ipairs(dtypes) do
+        for _, n in ipairs {37 * 21, 4096} do
+          local x = dev(hero.ones({n + 1}, {dtype = dt})):narrow(1, 2, n):detach():requires_grad_()
+          hero.manual_seed(21)
+          local y = hero.dropout(x, 0.3)
+          local seed = dev(randn {n}):to(dt)
+          y:backward(seed)
+          assert.equal(dt, x.grad:dtype())
+          assert.same((seed * y:detach()):cpu():totable(), x.grad:cpu():totable())
+        end
+      end
     end)
 
     it("normal_, randint, randperm and bernoulli_ with probabilities give the CPU's draws for a seed", function()

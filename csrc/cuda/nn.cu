@@ -807,19 +807,41 @@ __global__ void bernoulli_kernel(char *out, int dt, int el, int64_t n, uint32_t 
     });
 }
 
+/* keep / (1 - p) as a noise tensor of dtype dt holds it. */
+__device__ __forceinline__ float noise_value(float keep_value, int dt)
+{
+    return dt == HR_BF16 ? bf16_to_f32(f32_to_bf16(keep_value)) : dt == HR_F16 ? f16_to_f32(f32_to_f16(keep_value)) : keep_value;
+}
+
 /* Dropout in one pass for f32/bf16/f16: the keep mask (u >= p, the same counters as
- * bernoulli_kernel), noise = keep ? keep_value : 0 stored for the backward, y = x * noise in f32
- * rounded once: what the mask, divide and multiply kernels give one after another. */
+ * bernoulli_kernel), noise = keep ? keep_value : 0, y = x * noise in f32 rounded once: what the
+ * mask, divide and multiply kernels give one after another. noise, when given, receives the noise
+ * (the forward keeps none: the backward is the same kernel over the gradient, the mask drawn again
+ * from the same counters). */
 __global__ void dropout_kernel(const char *x, char *y, char *noise, int dt, int el, int64_t n, uint32_t k0, uint32_t k1,
                                uint64_t block0, double p, float keep_value)
 {
-    /* the noise value as the dtype holds it */
-    keep_value = dt == HR_BF16 ? bf16_to_f32(f32_to_bf16(keep_value)) : dt == HR_F16 ? f16_to_f32(f32_to_f16(keep_value)) : keep_value;
+    keep_value = noise_value(keep_value, dt);
     for_each_u24(n, k0, k1, block0, [&](int64_t i, double u) {
         bool keep = !(u < p);
         float nz = keep ? keep_value : 0.0f;
-        store_f32(noise + i * el, dt, nz);
+        if (noise) store_f32(noise + i * el, dt, nz);
         store_f32(y + i * el, dt, load_f32(x + i * el, dt) * nz);
+    });
+}
+
+/* The backward for a gradient of another dtype than x's (gdt): g * noise in the compute type of the
+ * two (f32, or f64 for an f64 gradient), rounded into x's dtype dt, as the multiply of the saved
+ * noise and the cast back to dt gave it. */
+__global__ void dropout_grad_kernel(const char *g, int gdt, char *out, int dt, int64_t n, uint32_t k0, uint32_t k1,
+                                    uint64_t block0, double p, float keep_value)
+{
+    keep_value = noise_value(keep_value, dt);
+    const int gel = dtype_size(gdt), el = dtype_size(dt);
+    for_each_u24(n, k0, k1, block0, [&](int64_t i, double u) {
+        float nz = u < p ? 0.0f : keep_value;
+        if (gdt == HR_F64) store_f64(out + i * el, dt, load_f64(g + i * gel, gdt) * (double)nz);
+        else store_f32(out + i * el, dt, load_f32(g + i * gel, gdt) * nz);
     });
 }
 
@@ -854,7 +876,7 @@ __device__ __forceinline__ void store4(char *p, int dt, int64_t j, const float v
 __global__ void dropout_vec4(const char *x, char *y, char *noise, int dt, int64_t n, uint32_t k0, uint32_t k1,
                              uint64_t block0, double p, float keep_value)
 {
-    keep_value = dt == HR_BF16 ? bf16_to_f32(f32_to_bf16(keep_value)) : dt == HR_F16 ? f16_to_f32(f32_to_f16(keep_value)) : keep_value;
+    keep_value = noise_value(keep_value, dt);
     const int64_t stride = (int64_t)gridDim.x * blockDim.x, nb = n / 4;
     const int64_t t0 = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     for (int64_t j = t0; j < nb; j += stride) {
@@ -867,7 +889,7 @@ __global__ void dropout_vec4(const char *x, char *y, char *noise, int dt, int64_
             nz[h] = (double)u24(w[h]) < p ? 0.0f : keep_value;
             xv[h] = xv[h] * nz[h];
         }
-        store4(noise, dt, j, nz);
+        if (noise) store4(noise, dt, j, nz);
         store4(y, dt, j, xv);
     }
     if (t0 == 0 && nb * 4 < n) {
@@ -876,7 +898,7 @@ __global__ void dropout_vec4(const char *x, char *y, char *noise, int dt, int64_
         const int el = dtype_size(dt);
         for (int64_t i = nb * 4; i < n; i++) {
             float nz = (double)u24(w[i - nb * 4]) < p ? 0.0f : keep_value;
-            store_f32(noise + i * el, dt, nz);
+            if (noise) store_f32(noise + i * el, dt, nz);
             store_f32(y + i * el, dt, load_f32(x + i * el, dt) * nz);
         }
     }
@@ -920,6 +942,63 @@ template <typename F> int fill_contiguous(hr_tensor *t, const char *op, F fill)
     if (!rc && scratch) rc = hr_copy_(t, scratch);
     hr_tensor_release(scratch);
     return rc;
+}
+
+/* The counters of a dropout of an f32/bf16/f16 tensor, kept by its node: the backward draws the
+ * mask again from them instead of reading a saved noise tensor (written and read once more per
+ * dropout: 32 MB each way for a bf16 activation of the bench model, and as much device memory held
+ * from the forward to the backward). */
+struct DropoutCtx {
+    uint32_t k0, k1;
+    uint64_t block0;
+    double p;
+    float keep_value;
+    int dtype; /* x's */
+};
+
+/* y = x * noise over n contiguous elements of dtype dt (and the noise into np when given): the
+ * vector kernel where every pointer allows it. */
+int launch_dropout(const char *xp, char *yp, char *np, int dt, int64_t n, const DropoutCtx &c, cudaStream_t st)
+{
+    const uintptr_t align = dt == HR_F32 ? 16 : 8;
+    if ((((uintptr_t)xp | (uintptr_t)yp | (uintptr_t)np) % align) == 0)
+        dropout_vec4<<<grid_for((n + 3) / 4), kThreads, 0, st>>>(xp, yp, np, dt, n, c.k0, c.k1, c.block0, c.p,
+                                                                c.keep_value);
+    else
+        dropout_kernel<<<grid_for((n + 3) / 4), kThreads, 0, st>>>(xp, yp, np, dt, dtype_size(dt), n, c.k0, c.k1, c.block0,
+                                                                  c.p, c.keep_value);
+    return check_launch("dropout");
+}
+
+/* dx = g * noise with the forward's mask drawn again: for a gradient of x's dtype the forward's own
+ * kernel over g (the same f32 product rounded once), else dropout_grad_kernel. */
+int dropout_redraw_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    const DropoutCtx *c = (const DropoutCtx *)node->ctx;
+    hr_tensor *g = hr_contiguous((hr_tensor *)grad);
+    if (!g) return -1;
+    hr_tensor *dx = empty_on(g, g->ndim, g->size, (hr_dtype)c->dtype);
+    cudaStream_t st = dx ? stream(dev_of(g)) : nullptr;
+    int rc = st ? 0 : -1;
+    const int64_t n = hr_tensor_numel(g);
+    if (rc == 0 && n > 0) {
+        const char *gp = (const char *)hr_tensor_data(g);
+        char *dp = (char *)hr_tensor_data(dx);
+        if (g->dtype == c->dtype) {
+            rc = launch_dropout(gp, dp, nullptr, c->dtype, n, *c, st);
+        } else {
+            dropout_grad_kernel<<<grid_for((n + 3) / 4), kThreads, 0, st>>>(gp, g->dtype, dp, c->dtype, n, c->k0, c->k1,
+                                                                           c->block0, c->p, c->keep_value);
+            rc = check_launch("dropout backward");
+        }
+    }
+    hr_tensor_release(g);
+    if (rc) {
+        hr_tensor_release(dx);
+        return -1;
+    }
+    gi[0] = dx;
+    return 0;
 }
 
 /* ================================================================== AdamW */
@@ -1225,43 +1304,9 @@ done:
 
 extern "C" hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, double p)
 {
-    hr_tensor *noise = empty_on(x, x->ndim, x->size, x->dtype);
-    if (!noise) return NULL;
-    hr_tensor *y = nullptr;
-    if (x->dtype != HR_F64) {
-        /* keep / (1 - p) as the divide kernel gives it: in f32, rounded once to the dtype */
-        float keep_value = p < 1 ? 1.0f / (float)(1.0 - p) : 0.0f;
-        hr_tensor *xc = hr_contiguous(x);
-        y = xc ? empty_on(x, x->ndim, x->size, x->dtype) : nullptr;
-        cudaStream_t st = y ? stream(dev_of(x)) : nullptr;
-        int64_t n = hr_tensor_numel(x);
-        int rc = st ? 0 : -1;
-        if (rc == 0 && n > 0) {
-            uint32_t key[2];
-            hr_generator_key(g, key);
-            uint64_t b0 = hr_generator_reserve(g, (uint64_t)((n + 3) / 4));
-            const void *xp = hr_tensor_data(xc);
-            void *yp = hr_tensor_data(y), *np = hr_tensor_data(noise);
-            uintptr_t align = x->dtype == HR_F32 ? 16 : 8;
-            bool floats = x->dtype == HR_F32 || x->dtype == HR_BF16 || x->dtype == HR_F16;
-            if (floats && (((uintptr_t)xp | (uintptr_t)yp | (uintptr_t)np) % align) == 0)
-                dropout_vec4<<<grid_for((n + 3) / 4), kThreads, 0, st>>>((const char *)xp, (char *)yp, (char *)np, x->dtype, n,
-                                                                        key[0], key[1], b0, p, keep_value);
-            else
-                dropout_kernel<<<grid_for((n + 3) / 4), kThreads, 0, st>>>((const char *)hr_tensor_data(xc), (char *)hr_tensor_data(y),
-                                                                      (char *)hr_tensor_data(noise), x->dtype,
-                                                                      (int)hr_dtype_size(x->dtype), n, key[0], key[1], b0, p,
-                                                                      keep_value);
-            rc = check_launch("dropout");
-            if (rc) g->offset = b0;
-        }
-        hr_tensor_release(xc);
-        if (rc) {
-            hr_tensor_release(y);
-            hr_tensor_release(noise);
-            return NULL;
-        }
-    } else {
+    if (x->dtype == HR_F64) { /* the composed ops, keeping the noise for the backward */
+        hr_tensor *noise = empty_on(x, x->ndim, x->size, x->dtype);
+        if (!noise) return NULL;
         if (hr_random_dropout_mask_(g, noise, p)) {
             hr_tensor_release(noise);
             return NULL;
@@ -1271,19 +1316,55 @@ extern "C" hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, doub
             hr_tensor_release(noise);
             return NULL;
         }
-        y = hr_binary(HR_MUL, hr_operand_tensor(x), hr_operand_tensor(noise), nullptr);
+        hr_tensor *y = hr_binary(HR_MUL, hr_operand_tensor(x), hr_operand_tensor(noise), nullptr);
+        if (y && hr_should_record(1, &x)) {
+            hr_node *node = hr_node_new("dropout", dropout_backward, 1, &x, 0);
+            if (!node || hr_node_save(node, noise) < 0) {
+                hr_node_release(node);
+                hr_tensor_release(y);
+                y = nullptr;
+            } else {
+                hr_node_attach(node, y);
+            }
+        }
+        hr_tensor_release(noise);
+        return y;
     }
-    if (y && hr_should_record(1, &x)) {
-        hr_node *node = hr_node_new("dropout", dropout_backward, 1, &x, 0);
-        if (!node || hr_node_save(node, noise) < 0) {
-            hr_node_release(node);
-            hr_tensor_release(y);
-            y = nullptr;
+    /* f32/bf16/f16: one kernel, and no noise tensor: the backward draws the mask again */
+    DropoutCtx c{};
+    c.p = p;
+    /* keep / (1 - p) as the divide kernel gives it: in f32, rounded once to the dtype */
+    c.keep_value = p < 1 ? 1.0f / (float)(1.0 - p) : 0.0f;
+    c.dtype = x->dtype;
+    hr_tensor *xc = hr_contiguous(x);
+    hr_tensor *y = xc ? empty_on(x, x->ndim, x->size, x->dtype) : nullptr;
+    cudaStream_t st = y ? stream(dev_of(x)) : nullptr;
+    int64_t n = hr_tensor_numel(x);
+    int rc = st ? 0 : -1;
+    if (rc == 0) {
+        uint32_t key[2];
+        hr_generator_key(g, key);
+        c.k0 = key[0], c.k1 = key[1];
+        c.block0 = hr_generator_reserve(g, (uint64_t)((n + 3) / 4));
+        if (n > 0) {
+            rc = launch_dropout((const char *)hr_tensor_data(xc), (char *)hr_tensor_data(y), nullptr, x->dtype, n, c, st);
+            if (rc) g->offset = c.block0;
+        }
+    }
+    hr_tensor_release(xc);
+    if (rc == 0 && hr_should_record(1, &x)) {
+        hr_node *node = hr_node_new("dropout", dropout_redraw_backward, 1, &x, sizeof(DropoutCtx));
+        if (!node) {
+            rc = -1;
         } else {
+            *(DropoutCtx *)node->ctx = c;
             hr_node_attach(node, y);
         }
     }
-    hr_tensor_release(noise);
+    if (rc) {
+        hr_tensor_release(y);
+        return NULL;
+    }
     return y;
 }
 
