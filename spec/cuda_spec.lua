@@ -931,13 +931,13 @@ describe("CUDA backend #cuda", function()
       local dtypes = DEVICE == "cpu" and {"f32", "f64"} or FLOATS
       for _, dt in ipairs(dtypes) do
         for _, n in ipairs {37 * 21, 4096} do
-          local x = dev(hero.ones({n + 1}, {dtype = dt})):narrow(1, 2, n):detach():requires_grad_()
+          local ones = dev(hero.ones({n + 1}, {dtype = dt})):narrow(1, 2, n):detach():requires_grad_()
           hero.manual_seed(21)
-          local y = hero.dropout(x, 0.3)
+          local y = hero.dropout(ones, 0.3)
           local seed = dev(randn {n}):to(dt)
           y:backward(seed)
-          assert.equal(dt, x.grad:dtype())
-          assert.same((seed * y:detach()):cpu():totable(), x.grad:cpu():totable())
+          assert.equal(dt, ones.grad:dtype())
+          assert.same((seed * y:detach()):cpu():totable(), ones.grad:cpu():totable())
         end
       end
     end)
