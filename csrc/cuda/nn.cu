@@ -532,27 +532,16 @@ __device__ __forceinline__ double nan_max(double mx, double v) { return (v > mx 
  * otherwise element by element. */
 constexpr int kCeUnit = 8;
 
-/* Unit j of a row of XDT as doubles: exactly the values load_fixed gives. */
+/* Unit j of a row of XDT as doubles: exactly the values load_fixed gives (load8's conversions). */
 template <int XDT> __device__ __forceinline__ void ce_load_unit(const char *row, int64_t j, bool vec, double v[kCeUnit])
 {
     constexpr int el = XDT == HR_F64 ? 8 : XDT == HR_F32 ? 4 : 2;
-    if constexpr (XDT == HR_F32) {
+    if constexpr (XDT != HR_F64) {
         if (vec) {
-            const float4 *q = (const float4 *)row + 2 * j;
-            float4 a = q[0], b = q[1];
-            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-            return;
-        }
-    } else if constexpr (XDT == HR_BF16 || XDT == HR_F16) {
-        if (vec) {
-            uint4 u = ((const uint4 *)row)[j];
-            uint32_t w[4] = {u.x, u.y, u.z, u.w};
+            float f[kCeUnit];
+            load8(row, XDT, j, f);
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                uint16_t lo = (uint16_t)(w[k] & 0xffffu), hi = (uint16_t)(w[k] >> 16);
-                v[2 * k] = XDT == HR_BF16 ? bf16_to_f32(lo) : f16_to_f32(lo);
-                v[2 * k + 1] = XDT == HR_BF16 ? bf16_to_f32(hi) : f16_to_f32(hi);
-            }
+            for (int k = 0; k < kCeUnit; k++) v[k] = f[k];
             return;
         }
     }
@@ -565,24 +554,12 @@ template <int XDT> __device__ __forceinline__ void ce_load_unit(const char *row,
 template <int XDT> __device__ __forceinline__ void ce_store_unit(char *row, int64_t j, bool vec, const double o[kCeUnit])
 {
     constexpr int el = XDT == HR_F64 ? 8 : XDT == HR_F32 ? 4 : 2;
-    if constexpr (XDT == HR_F32) {
+    if constexpr (XDT != HR_F64) {
         if (vec) {
-            float4 *q = (float4 *)row + 2 * j;
-            q[0] = make_float4((float)o[0], (float)o[1], (float)o[2], (float)o[3]);
-            q[1] = make_float4((float)o[4], (float)o[5], (float)o[6], (float)o[7]);
-            return;
-        }
-    } else if constexpr (XDT == HR_BF16 || XDT == HR_F16) {
-        if (vec) {
-            uint32_t w[4];
+            float f[kCeUnit];
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                float a = (float)o[2 * k], b = (float)o[2 * k + 1];
-                uint32_t lo = XDT == HR_BF16 ? f32_to_bf16(a) : f32_to_f16(a);
-                uint32_t hi = XDT == HR_BF16 ? f32_to_bf16(b) : f32_to_f16(b);
-                w[k] = lo | (hi << 16);
-            }
-            ((uint4 *)row)[j] = make_uint4(w[0], w[1], w[2], w[3]);
+            for (int k = 0; k < kCeUnit; k++) f[k] = (float)o[k];
+            store8(row, XDT, j, f);
             return;
         }
     }
