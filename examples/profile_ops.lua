@@ -140,6 +140,14 @@ for _, tbl in ipairs {core, core.Tensor} do
 end
 
 collectgarbage()
+-- what a full collection costs with nothing to free: the traversal of the live heap (the model,
+-- the batch, the optimizer's state); the rest of a collection's cost in the step is finalizing
+local idle_collection
+do
+  local c0 = now()
+  for _ = 1, 5 do collectgarbage() end
+  idle_collection = (now() - c0) / 5
+end
 local profile_start, profile_stop = core.backward_profile_start, core.backward_profile_stop
 local device_index = a.device ~= "cpu" and (tonumber(a.device:match(":(%d+)$")) or 0)
 local function cuda_mallocs() return device_index and hero.cuda.memory_stats(device_index).num_cuda_mallocs or 0 end
@@ -184,6 +192,8 @@ print(string.format("# per step: %.1f full collections (%.1f set off by new devi
   per("device_collections"), per("pending_collections"), per("idle_collections"), per("seconds") * 1e3,
   per("finalized"), (mallocs1 - mallocs0) / a.reps, device_index and string.format("; peak device memory %.0f MiB",
   hero.cuda.memory_stats(device_index).peak / 2 ^ 20) or ""))
+print(string.format("# Lua heap %.0f KiB; a full collection with nothing to free takes %.2f ms", collectgarbage("count"),
+  idle_collection * 1e3))
 print_rows("op", list, function(s) return s.name end)
 if call_log then
   print(string.format("# every %s call of the last step: host us, collections inside, tensor arguments", a.calls))
