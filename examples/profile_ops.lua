@@ -192,8 +192,8 @@ print(string.format("# per step: %.1f full collections (%.1f set off by new devi
   per("device_collections"), per("pending_collections"), per("idle_collections"), per("seconds") * 1e3,
   per("finalized"), (mallocs1 - mallocs0) / a.reps, device_index and string.format("; peak device memory %.0f MiB",
   hero.cuda.memory_stats(device_index).peak / 2 ^ 20) or ""))
-print(string.format("# Lua heap %.0f KiB; a full collection with nothing to free takes %.2f ms", collectgarbage("count"),
-  idle_collection * 1e3))
+print(string.format("# Lua heap %.0f KiB; a full collection with nothing to free takes %.2f ms",
+  collectgarbage("count"), idle_collection * 1e3))
 print_rows("op", list, function(s) return s.name end)
 if call_log then
   print(string.format("# every %s call of the last step: host us, collections inside, tensor arguments", a.calls))
