@@ -326,7 +326,7 @@ static int accumulate_into(hr_tensor **slot, hr_tensor *g, hr_dtype want)
     }
     hr_tensor *acc = *slot;
     if (widens(acc->dtype, want)) {
-        if (g->dtype == want) { /* g becomes the slot and the narrower gradient is added into it */
+        if (g->dtype == want && hr_grad_is_exclusive(g)) { /* g becomes the slot, the half one is added into it */
             int rc = hr_grad_accumulate_(g, acc);
             hr_tensor_release(acc);
             *slot = g;
