@@ -339,6 +339,16 @@ static int accumulate_into(hr_tensor **slot, hr_tensor *g, hr_dtype want)
         }
         hr_tensor_release(acc);
         *slot = acc = wide;
+    } else if (acc->refcount > 1 || acc->storage->refcount > 1 || acc->storage->kind == HR_STORAGE_MMAP) {
+        /* the first gradient is also held elsewhere (a Lua backward handing back a tensor it keeps,
+         * a view of a saved tensor): the sum goes into a copy, never into what the others see */
+        hr_tensor *own = hr_cast(acc, acc->dtype);
+        if (!own) {
+            hr_tensor_release(g);
+            return -1;
+        }
+        hr_tensor_release(acc);
+        *slot = acc = own;
     }
     int rc = hr_grad_accumulate_(acc, g);
     hr_tensor_release(g);

@@ -28,6 +28,24 @@ describe("Lua-defined autograd functions", function()
     assert.is_true(hero.testing.gradcheck(Triple, {x}))
   end)
 
+  it("never adds another gradient into a tensor the Lua backward hands back and still holds", function()
+    local held = hero.tensor {1, 2}
+    local Hand = hero.autograd.Function {
+      forward = function(_, t) return t:clone() end,
+      backward = function() return held end,
+    }
+    local x = hero.tensor({5, 7}):requires_grad_()
+    for _, order in ipairs {1, 2} do -- the held gradient reaching y first, and second
+      x.grad = nil
+      local y = x * 2
+      local a, b = Hand(y):sum(), (y * 3):sum()
+      local loss = order == 1 and a + b or b + a
+      loss:backward()
+      assert.same({1, 2}, held:totable())
+      assert.same({(1 + 3) * 2, (2 + 3) * 2}, x.grad:totable())
+    end
+  end)
+
   it("lets gradcheck catch a wrong backward", function()
     local Wrong = hero.autograd.Function {
       forward = Triple and function(_, x) return x:clone() end,

@@ -94,6 +94,23 @@ describe("autograd through views and casts", function()
     half:to("f32"):sum():backward()
     assert.equal("f64", z.grad:dtype())
     assert.same({2, 3}, z.grad:totable())
+    -- a gradient that Lua still holds (a Lua backward handing back its own tensor) meets a pending
+    -- half one: the sum goes into a new tensor, never into the held one
+    local held = hero.tensor {10, 20, 30, 40}
+    local Hand = hero.autograd.Function {
+      forward = function(_, t) return t:clone() end,
+      backward = function() return held end,
+    }
+    for _, order in ipairs {1, 2} do
+      x.grad = nil
+      local y = x * 3
+      local a, b = half_term(y, "bf16"), Hand(y):sum()
+      local loss = order == 1 and a + b or b + a
+      loss:backward()
+      assert.same({10, 20, 30, 40}, held:totable())
+      local want = (w:to("bf16"):to("f32") + held) * 3
+      assert.same(want:totable(), x.grad:totable())
+    end
   end)
 
   it("refuses a second backward through freed buffers and bad gradients", function()
