@@ -44,6 +44,18 @@ describe("Lua-defined autograd functions", function()
       assert.same({1, 2}, held:totable())
       assert.same({(1 + 3) * 2, (2 + 3) * 2}, x.grad:totable())
     end
+    -- one tensor handed back for two inputs, each of which gets another gradient too
+    local Both = hero.autograd.Function {
+      forward = function(_, p, q) return p + q end,
+      backward = function(_, g) return g, g end,
+    }
+    local u = hero.tensor({1, 2}):requires_grad_()
+    local v = hero.tensor({3, 4}):requires_grad_()
+    local p, q = u * 1, v * 1
+    local loss = Both(p, q):sum() + (p * 5):sum() + (q * 7):sum()
+    loss:backward()
+    assert.same({6, 6}, u.grad:totable())
+    assert.same({8, 8}, v.grad:totable())
   end)
 
   it("lets gradcheck catch a wrong backward", function()
