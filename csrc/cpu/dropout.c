@@ -1,5 +1,6 @@
 /* cpu/dropout.c — inverted dropout from the Philox stream: noise = keep / (1 - p) with
- * keep = u >= p (hr_random_dropout_mask_), y = x * noise, and the same noise scales the gradient. */
+ * keep = u >= p (hr_random_dropout_mask_), y = x * noise, and the same noise scales the gradient.
+ * An f32 dropout keeps its Philox counters, not its noise: the backward draws the mask again. */
 #include "hr_autograd.h"
 #include "hr_cuda.h"
 #include "hr_nn.h"
@@ -62,39 +63,79 @@ static void drop_blocks(void *ctx, int64_t bb, int64_t be)
     uint32_t words[32];
     for (; i + 32 <= last; i += 32) {
         hr_philox_words32(j->key, j->block0 + (uint64_t)(i >> 2), words);
-        for (int t = 0; t < 32; t++) { /* one vector pass: compare, select, multiply */
-            float nz = (words[t] >> 8) < bound ? 0.0f : keep;
-            noise[i + t] = nz;
-            y[i + t] = x[i + t] * nz;
+        if (noise) {
+            for (int t = 0; t < 32; t++) { /* one vector pass: compare, select, multiply */
+                float nz = (words[t] >> 8) < bound ? 0.0f : keep;
+                noise[i + t] = nz;
+                y[i + t] = x[i + t] * nz;
+            }
+        } else {
+            for (int t = 0; t < 32; t++) y[i + t] = x[i + t] * ((words[t] >> 8) < bound ? 0.0f : keep);
         }
     }
     uint32_t w[4];
     for (int64_t start = i; i < last; i++) {
         if (i == start || (i & 3) == 0) hr_philox_block(j->key, j->block0 + (uint64_t)(i >> 2), w);
         float nz = (double)hr_philox_u24(w[i & 3]) < j->p ? 0.0f : j->keep;
-        j->noise[i] = nz;
-        j->y[i] = j->x[i] * nz;
+        if (noise) noise[i] = nz;
+        y[i] = x[i] * nz;
     }
 }
 
-static hr_tensor *dropout_f32(struct hr_generator *g, hr_tensor *x, double p, hr_tensor **noise_out)
+/* What an f32 dropout's node keeps: the counters of its draws (a drop_job without tensors). */
+typedef struct {
+    uint32_t key[2];
+    uint64_t block0;
+    double p;
+    float keep;
+} drop_counters;
+
+/* The gradient: g * noise with the forward's mask drawn again (drop_blocks over g), the numbers of
+ * the product with a saved noise tensor, which the forward no longer writes or keeps. */
+static int dropout_redraw_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    const drop_counters *c = node->ctx;
+    hr_tensor *g = hr_readable_as((hr_tensor *)grad, HR_F32);
+    hr_tensor *dx = g ? hr_tensor_empty(grad->ndim, grad->size, HR_F32, hr_cpu()) : NULL;
+    if (!dx) {
+        hr_tensor_release(g);
+        return -1;
+    }
+    int64_t n = hr_tensor_numel(dx);
+    drop_job j = {hr_tensor_data(g), hr_tensor_data(dx), NULL, n, {c->key[0], c->key[1]}, c->block0, c->p, c->keep};
+    hr_parallel_for((n + 3) / 4, 1 << 11, drop_blocks, &j);
+    hr_tensor_release(g);
+    gi[0] = dx;
+    return 0;
+}
+
+static hr_tensor *dropout_f32(struct hr_generator *g, hr_tensor *x, double p)
 {
     hr_tensor *xc = hr_contiguous(x);
-    hr_tensor *noise = xc ? hr_tensor_empty(x->ndim, x->size, HR_F32, hr_cpu()) : NULL;
-    hr_tensor *y = noise ? hr_tensor_empty(x->ndim, x->size, HR_F32, hr_cpu()) : NULL;
+    hr_tensor *y = xc ? hr_tensor_empty(x->ndim, x->size, HR_F32, hr_cpu()) : NULL;
     if (!y) {
         hr_tensor_release(xc);
-        hr_tensor_release(noise);
         return NULL;
     }
     int64_t n = hr_tensor_numel(x);
-    drop_job j = {hr_tensor_data(xc), hr_tensor_data(y), hr_tensor_data(noise), n, {0, 0}, 0, p,
-                  1.0f / (float)(1.0 - p)};
+    drop_job j = {hr_tensor_data(xc), hr_tensor_data(y), NULL, n, {0, 0}, 0, p, 1.0f / (float)(1.0 - p)};
     hr_generator_key(g, j.key);
     j.block0 = hr_generator_reserve(g, (uint64_t)((n + 3) / 4));
     hr_parallel_for((n + 3) / 4, 1 << 11, drop_blocks, &j);
     hr_tensor_release(xc);
-    *noise_out = noise;
+    if (hr_should_record(1, &x)) {
+        hr_node *node = hr_node_new("dropout", dropout_redraw_backward, 1, &x, sizeof(drop_counters));
+        if (!node) {
+            hr_tensor_release(y);
+            return NULL;
+        }
+        drop_counters *c = node->ctx;
+        c->key[0] = j.key[0], c->key[1] = j.key[1];
+        c->block0 = j.block0;
+        c->p = p;
+        c->keep = j.keep;
+        hr_node_attach(node, y);
+    }
     return y;
 }
 
@@ -137,11 +178,7 @@ hr_tensor *hr_dropout(struct hr_generator *g, hr_tensor *x, double p, bool train
         return hr_fail_null(HR_EINVAL, "dropout: input is %s; f32 and f64 are supported (and bf16/f16 on a GPU)",
                             hr_dtype_name(x->dtype));
     if (hr_tensor_device(x).type != HR_CPU) return hr_cuda_dropout(g, x, p);
-    if (x->dtype == HR_F32 && p < 1) {
-        hr_tensor *noise = NULL;
-        hr_tensor *y = dropout_f32(g, x, p, &noise);
-        return y ? record_dropout(x, y, noise) : NULL;
-    }
+    if (x->dtype == HR_F32 && p < 1) return dropout_f32(g, x, p);
     hr_tensor *noise = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
     if (!noise) return NULL;
     if (hr_random_dropout_mask_(g, noise, p)) {
