@@ -174,6 +174,9 @@ hr_tensor *hr_cuda_embedding(hr_tensor *weight, hr_tensor *indices, int64_t padd
 hr_tensor *hr_cuda_cross_entropy(hr_tensor *logits, hr_tensor *target, int64_t classes, int64_t ignore_index,
                                  double label_smoothing, hr_reduction reduction);
 hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, double p);
+/* dropped: training with 0 < p < 1 (else no mask and no draws). */
+hr_tensor *hr_cuda_dropout_add_layer_norm(struct hr_generator *g, hr_tensor *x, hr_tensor *residual, hr_tensor *weight,
+                                          hr_tensor *bias, double eps, double p, bool dropped);
 hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads,
                              double dropout_p, bool training, struct hr_generator *gen);
 hr_tensor *hr_cuda_attention_packed(hr_tensor *qkv, hr_tensor *mask, int64_t heads, double dropout_p, bool training,

@@ -56,6 +56,10 @@
        hr_reduction reduction),                                                                                    \
       (logits, target, classes, ignore_index, label_smoothing, reduction))                                         \
     X(PTR, hr_tensor *, dropout, (struct hr_generator *g, hr_tensor *x, double p), (g, x, p))                      \
+    X(PTR, hr_tensor *, dropout_add_layer_norm,                                                                    \
+      (struct hr_generator *g, hr_tensor *x, hr_tensor *residual, hr_tensor *weight, hr_tensor *bias, double eps,  \
+       double p, bool dropped),                                                                                    \
+      (g, x, residual, weight, bias, eps, p, dropped))                                                             \
     X(PTR, hr_tensor *, attention,                                                                                 \
       (hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads, double dropout_p, bool training, \
        struct hr_generator *gen),                                                                                  \

@@ -176,6 +176,12 @@ hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, double p)
     (void)g, (void)p;
     return hr_cuda_unsupported_null("dropout", x);
 }
+hr_tensor *hr_cuda_dropout_add_layer_norm(struct hr_generator *g, hr_tensor *x, hr_tensor *residual, hr_tensor *weight,
+                                          hr_tensor *bias, double eps, double p, bool dropped)
+{
+    (void)g, (void)residual, (void)weight, (void)bias, (void)eps, (void)p, (void)dropped;
+    return hr_cuda_unsupported_null("dropout_add_layer_norm", x);
+}
 hr_tensor *hr_cuda_attention(hr_tensor *q, hr_tensor *k, hr_tensor *v, hr_tensor *mask, int64_t heads,
                              double dropout_p, bool training, struct hr_generator *gen)
 {

@@ -40,6 +40,17 @@ hr_tensor *hr_erf(hr_tensor *x);
 struct hr_generator;
 hr_tensor *hr_dropout(struct hr_generator *g, hr_tensor *x, double p, bool training);
 
+/* layer_norm(dropout(x, p, training) + residual, weight, bias, eps) as one node (the end of BERT's
+ * attention and feed-forward blocks): the numbers, the draws and the generator's advance of the three
+ * ops one after another, without the dropout's output, and with the sum's gradient handed to the
+ * residual as it is. It takes x f32 (bf16/f16 too on a GPU: a half projection under autocast, read in
+ * place) and residual f32 of x's shape, weight and bias f32 or NULL, p < 1 when training;
+ * hr_dropout_add_layer_norm_fuses says whether the inputs qualify (others take the three ops). */
+bool hr_dropout_add_layer_norm_fuses(const hr_tensor *x, const hr_tensor *residual, const hr_tensor *weight,
+                                     const hr_tensor *bias, double p, bool training);
+hr_tensor *hr_dropout_add_layer_norm(struct hr_generator *g, hr_tensor *x, hr_tensor *residual, hr_tensor *weight,
+                                     hr_tensor *bias, double eps, double p, bool training);
+
 /* 1-D convolution, stride 1: x [N, C_in, L], w [C_out, C_in, K], bias [C_out] or NULL, zero padding. */
 hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t padding);
 

@@ -3,6 +3,7 @@
 #include "hr_autocast.h"
 #include "hr_nn.h"
 #include "hr_autograd.h"
+#include "hr_autograd_ops.h"
 #include "l_common.h"
 
 static hr_tensor *opt_tensor(lua_State *L, int idx, const char *op)
@@ -10,23 +11,17 @@ static hr_tensor *opt_tensor(lua_State *L, int idx, const char *op)
     return lua_isnoneornil(L, idx) ? NULL : hr_lua_check_tensor(L, idx, op);
 }
 
+static hr_tensor *layer_norm_at(lua_State *L, int idx, hr_tensor *w, hr_tensor *b, double eps, const char *op);
+
 /* layer_norm(x, weight|nil, bias|nil, eps) */
 static int l_layer_norm(lua_State *L)
 {
-    /* autocast's f32 layer norm of a half GPU tensor reads it as f32 in the kernel (no cast copy) */
-    hr_tensor *x = hr_lua_check_tensor(L, 1, "layer_norm");
+    hr_lua_check_tensor(L, 1, "layer_norm");
     hr_tensor *w = opt_tensor(L, 2, "layer_norm");
     hr_tensor *b = opt_tensor(L, 3, "layer_norm");
-    bool of_half = (x->dtype == HR_BF16 || x->dtype == HR_F16) && hr_tensor_device(x).type == HR_CUDA &&
-                   hr_autocast_target(x, HR_AUTOCAST_F32) == HR_F32 && (!w || w->dtype == HR_F32) &&
-                   (!b || b->dtype == HR_F32);
-    if (!of_half) x = hr_lua_autocast(L, 1, HR_AUTOCAST_F32, "layer_norm");
     double eps = luaL_checknumber(L, 4);
     if (!(eps >= 0)) return luaL_error(L, "layer_norm: eps must be >= 0, got %f", (lua_Number)eps);
-    hr_tensor *y;
-    HR_LUA_RETRY(L, y, of_half ? hr_layer_norm_of_half(x, w, b, eps) : hr_layer_norm(x, w, b, eps));
-    if (!y) return hr_lua_error(L, "layer_norm");
-    hr_lua_push_tensor(L, y);
+    hr_lua_push_tensor(L, layer_norm_at(L, 1, w, b, eps, "layer_norm"));
     return 1;
 }
 
@@ -160,6 +155,55 @@ static hr_tensor *broadcast_mask(lua_State *L, hr_tensor *mask, int64_t B, int64
     if (!e) hr_lua_error(L, "attention");
     hr_lua_push_tensor(L, e);
     return e;
+}
+
+/* layer_norm of the tensor at stack index idx (l_layer_norm's autocast included). */
+static hr_tensor *layer_norm_at(lua_State *L, int idx, hr_tensor *w, hr_tensor *b, double eps, const char *op)
+{
+    hr_tensor *x = hr_lua_check_tensor(L, idx, op);
+    bool of_half = (x->dtype == HR_BF16 || x->dtype == HR_F16) && hr_tensor_device(x).type == HR_CUDA &&
+                   hr_autocast_target(x, HR_AUTOCAST_F32) == HR_F32 && (!w || w->dtype == HR_F32) &&
+                   (!b || b->dtype == HR_F32);
+    if (!of_half) x = hr_lua_autocast(L, idx, HR_AUTOCAST_F32, op);
+    hr_tensor *y;
+    HR_LUA_RETRY(L, y, of_half ? hr_layer_norm_of_half(x, w, b, eps) : hr_layer_norm(x, w, b, eps));
+    if (!y) hr_lua_error(L, op);
+    return y;
+}
+
+/* dropout_add_layer_norm(x, residual, weight|nil, bias|nil, eps[, {dropout = p, training = bool,
+ * generator = g}]): layer_norm(dropout(x, p, training) + residual, weight, bias, eps), one node for
+ * the inputs hr_dropout_add_layer_norm_fuses takes, else the three ops (with their autocasts). */
+static int l_dropout_add_layer_norm(lua_State *L)
+{
+    static const char op[] = "dropout_add_layer_norm";
+    attention_opts o = attention_options(L, 6, op);
+    hr_tensor *x = hr_lua_check_tensor(L, 1, op), *r = hr_lua_check_tensor(L, 2, op);
+    hr_tensor *w = opt_tensor(L, 3, op), *b = opt_tensor(L, 4, op);
+    double eps = luaL_checknumber(L, 5);
+    if (!(eps >= 0)) return luaL_error(L, "%s: eps must be >= 0, got %f", op, (lua_Number)eps);
+    if (!(o.dropout >= 0 && o.dropout <= 1))
+        return luaL_error(L, "%s: dropout must be in [0, 1], got %f", op, (lua_Number)o.dropout);
+    hr_tensor *y;
+    bool live = x->storage && r->storage && (!w || w->storage) && (!b || b->storage);
+    if (!live || hr_dropout_add_layer_norm_fuses(x, r, w, b, o.dropout, o.training)) { /* a freed one: its error */
+        HR_LUA_RETRY(L, y, hr_dropout_add_layer_norm(o.generator, x, r, w, b, eps, o.dropout, o.training));
+        if (!y) return hr_lua_error(L, op);
+        hr_lua_push_tensor(L, y);
+        return 1;
+    }
+    x = hr_lua_autocast(L, 1, HR_AUTOCAST_CPU_F32, op);
+    hr_tensor *d;
+    HR_LUA_RETRY(L, d, hr_dropout(o.generator, x, o.dropout, o.training));
+    if (!d) return hr_lua_error(L, op);
+    hr_lua_push_tensor(L, d); /* Lua owns it from here, even if the add raises */
+    hr_tensor *s;
+    HR_LUA_RETRY(L, s, hr_ag_binary(HR_ADD, hr_operand_tensor(d), hr_operand_tensor(r), NULL));
+    if (!s) return hr_lua_error(L, op);
+    hr_lua_push_tensor(L, s);
+    y = layer_norm_at(L, lua_gettop(L), w, b, eps, op);
+    hr_lua_push_tensor(L, y);
+    return 1;
 }
 
 /* attention(q, k, v, mask|nil, heads[, {dropout = p, training = bool, generator = g}]) */
@@ -313,6 +357,7 @@ static const luaL_Reg module_functions[] = {
     {"erf", l_erf},
     {"erf_", l_erf_inplace},
     {"dropout", l_dropout},
+    {"dropout_add_layer_norm", l_dropout_add_layer_norm},
     {"conv1d", l_conv1d},
     {"attention", l_attention},
     {"attention_packed", l_attention_packed},

@@ -121,6 +121,18 @@ do
       return hero.core.cross_entropy(head, words, {classes = 50265})
     end):backward()
   end, 20))
+  -- the end of a BERT block under autocast (one node: core.dropout_add_layer_norm): a bf16
+  -- projection dropped out, added to the f32 residual, layer-normed; forward and backward
+  local proj = hero.randn(T, H):to {device = DEV, dtype = "bf16"}:requires_grad_()
+  local resid = hero.randn(T, H):to {device = DEV}:requires_grad_()
+  local ln_w, ln_b = g:clone():requires_grad_(), b:clone():requires_grad_()
+  local upstream = hero.randn(T, H):to {device = DEV}
+  report("add_norm_bf16_fwd_bwd", time_ms(function()
+    for _, t in ipairs {proj, resid, ln_w, ln_b} do t.grad = nil end
+    hero.amp.autocast("bf16", function()
+      return NF.dropout_add_layer_norm(proj, resid, ln_w, ln_b, 1e-12, {dropout = 0.1, training = true})
+    end):backward(upstream)
+  end, 20))
   -- the gradient norm of clip_grad_norm over a model's worth of tensors (9 transformer layers and the
   -- word embeddings: 109 tensors, 102M values), read back to the host
   local grads = {(hero.randn(50272, H) * 1e-3):to {device = DEV}}

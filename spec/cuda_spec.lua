@@ -827,6 +827,65 @@ describe("CUDA backend #cuda", function()
       end
     end)
 
+    -- the end of BERT's blocks as one node: a half projection under autocast read in place, the sum
+    -- written once; against the dropout, add and layer_norm kernels on the same device
+    it("dropout_add_layer_norm: the three ops' values, draws and gradients bit for bit, x of every dtype", function()
+      local F = hero.nn.functional
+      local dtypes = ON_GPU and {"f32", "bf16", "f16"} or {"f32"}
+      for _, dt in ipairs(dtypes) do
+        -- HERO's rows (the warp kernels), and rows of 37 read at an offset of one row (no vector
+        -- loads; an element count that is not a whole number of counter blocks)
+        for _, shape in ipairs {{6, 768}, {5, 37}} do
+          local rows, cols = shape[1], shape[2]
+          local xbase = dev(randn({rows + 1, cols}):to(dt))
+          local r0, w0, b0, up = dev(randn(shape)), dev(randn {cols}), dev(randn {cols}), dev(randn(shape))
+          for _, o in ipairs {{dropout = 0.1, training = true}, {dropout = 0.1, training = false}, {}} do
+            local function run(fused)
+              local xl = xbase:detach():requires_grad_()
+              local x = xl:narrow(1, 2, rows)
+              local r, w, b = r0:detach():requires_grad_(), w0:detach():requires_grad_(), b0:detach():requires_grad_()
+              local g = hero.Generator(41)
+              local opts = {dropout = o.dropout, training = o.training, generator = g}
+              local y
+              if fused then
+                y = F.dropout_add_layer_norm(x, r, w, b, 1e-12, opts)
+              else
+                local d = hero.dropout(x, o.dropout or 0, o.training ~= false, {generator = g})
+                y = hero.layer_norm(d + r, w, b, 1e-12)
+              end
+              y:backward(up)
+              return {y, xl.grad, r.grad, w.grad, b.grad, hero.rand({3}, {generator = g})}
+            end
+            local fused, composed = run(true), run(false)
+            assert.equal("f32", fused[1]:dtype())
+            assert.equal(dt, fused[2]:dtype())
+            for i = 1, 6 do assert.same(composed[i]:cpu():totable(), fused[i]:cpu():totable()) end
+          end
+        end
+      end
+      -- against the CPU: the same mask for the seed, the layer norm within tolerance
+      check_grad(function(x, r, w, b)
+        local opts = {dropout = 0.2, training = true, generator = hero.Generator(8)}
+        return F.dropout_add_layer_norm(x, r, w, b, 1e-12, opts)
+      end, {randn {6, 768}, randn {6, 768}, randn {768}, randn {768}})
+      -- a transformer layer takes it (stock dropout and LayerNorm): the same as the three ops there
+      local layer = hero.nn.TransformerLayer {hidden = 64, heads = 4, intermediate = 96, dropout = 0.1}
+      if ON_GPU then layer:to(DEVICE) end
+      local x = dev(randn {3, 9, 64})
+      local function layer_run(split)
+        for _, block in ipairs {layer.attention.output, layer.output} do
+          block.dropout.forward = split and function(m, t) return hero.dropout(t, m.p, m.training) end or nil
+        end
+        layer:zero_grad()
+        hero.manual_seed(12)
+        local y = hero.amp.autocast("bf16", function() return layer:forward(x) end)
+        y:sum():backward()
+        return {y, layer.output.LayerNorm.weight.grad, layer.attention.self.query.weight.grad}
+      end
+      local one, three = layer_run(false), layer_run(true)
+      for i = 1, 3 do assert.same(three[i]:cpu():totable(), one[i]:cpu():totable()) end
+    end)
+
     it("embedding forward and backward (repeated rows, padding)", function()
       local w = randn {10, 6}
       local idx = hero.tensor({{1, 3, 3}, {0, 9, 1}}, {dtype = "i64"})

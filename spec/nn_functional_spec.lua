@@ -199,6 +199,102 @@ describe("dropout", function()
   end)
 end)
 
+describe("dropout_add_layer_norm", function()
+  local F = hero.nn.functional
+
+  -- The fused node against the three ops, each input given the same values and the generator the
+  -- same state: outputs, the four gradients and the generator's position after, bit for bit.
+  local function both(shape, opts, make)
+    local cols = shape[#shape]
+    local vals = {x = hero.randn(shape), r = hero.randn(shape), w = hero.randn(cols), b = hero.randn(cols),
+                  up = hero.randn(shape)}
+    local function run(fused)
+      local x, r = make.x(vals.x):requires_grad_(), make.r(vals.r):requires_grad_()
+      local param = make.param or function(v) return v:clone() end
+      local w = opts.affine ~= false and param(vals.w):requires_grad_() or nil
+      local b = opts.affine ~= false and param(vals.b):requires_grad_() or nil
+      local g = hero.Generator(23)
+      local o = {dropout = opts.p, training = opts.training, generator = g}
+      local y
+      if fused then y = F.dropout_add_layer_norm(x, r, w, b, 1e-12, o)
+      else
+        local d = hero.dropout(x, opts.p or 0, opts.training ~= false, {generator = g})
+        y = hero.layer_norm(d + r, w, b, 1e-12)
+      end
+      y:backward(vals.up)
+      return {y:detach(), x.grad, r.grad, w and w.grad, b and b.grad, hero.rand({3}, {generator = g})}
+    end
+    local a, c = run(true), run(false)
+    for k = 1, 6 do
+      assert.equal(c[k] == nil, a[k] == nil)
+      if c[k] then assert.same(c[k]:totable(), a[k]:totable()) end
+    end
+    return a
+  end
+  local plain = {x = function(t) return t:clone() end, r = function(t) return t:clone() end}
+
+  it("gives layer_norm(dropout(x) + residual): the three ops' values, draws and gradients, bit for bit", function()
+    local threads = hero.get_num_threads()
+    for nt = 1, 2 do
+      hero.set_num_threads(nt)
+      for _, shape in ipairs {{3, 5, 16}, {7, 37}, {2, 4099}, {33, 768}} do
+        for _, opts in ipairs {{p = 0.1, training = true}, {p = 0.5, training = true, affine = false},
+                               {p = 0.1, training = false}, {p = 0, training = true}, {}} do
+          local got = both(shape, opts, plain)
+          assert.equal("f32", got[1]:dtype())
+        end
+      end
+    end
+    hero.set_num_threads(threads)
+    -- strided x and residual (read through contiguous copies)
+    local t = {x = function(v) return v:t():contiguous():t() end, r = function(v) return v:t():contiguous():t() end}
+    both({9, 24}, {p = 0.2, training = true}, t)
+  end)
+
+  it("hands each gradient only to the inputs that want one", function()
+    local x, r, w = hero.randn(4, 8), hero.randn(4, 8):requires_grad_(), hero.randn(8)
+    local y = F.dropout_add_layer_norm(x, r, w, nil, 1e-5, {dropout = 0.3, training = true})
+    y:sum():backward()
+    assert.is_nil(x.grad)
+    assert.is_not_nil(r.grad)
+    local xs = hero.randn(4, 8):requires_grad_()
+    F.dropout_add_layer_norm(xs, hero.randn(4, 8), nil, nil, 1e-5):backward(hero.randn(4, 8))
+    assert.is_not_nil(xs.grad)
+    -- nothing needs a gradient: no node
+    assert.is_nil(F.dropout_add_layer_norm(hero.randn(2, 3), hero.randn(2, 3), nil, nil, 1e-5).grad_fn)
+  end)
+
+  it("takes the three ops for inputs the fused node does not (f64, a broadcast residual)", function()
+    local o = {p = 0.2, training = true}
+    local f64 = function(v) return v:double() end
+    both({5, 6}, o, {x = f64, r = f64, param = f64})
+    both({5, 6}, o, {x = function(v) return v:clone() end, r = function(v) return v:narrow(1, 1, 1):clone() end})
+    local x = hero.randn({4, 6}, {dtype = "f64"}):requires_grad_()
+    local r = hero.randn({4, 6}, {dtype = "f64"}):requires_grad_()
+    local w = hero.randn({6}, {dtype = "f64"}):requires_grad_()
+    assert.is_true(hero.testing.gradcheck(function(a, b, c)
+      local opts = {dropout = 0.3, training = true, generator = hero.Generator(4)}
+      return F.dropout_add_layer_norm(a, b, c, nil, 1e-5, opts)
+    end, {x, r, w}))
+  end)
+
+  it("names what is wrong", function()
+    local x, r = hero.randn(2, 5), hero.randn(2, 5)
+    helper.assert_error_contains(function() F.dropout_add_layer_norm(x, r, hero.ones(4), nil, 1e-5) end,
+      "dropout_add_layer_norm", "weight", "vector of 5")
+    helper.assert_error_contains(function() F.dropout_add_layer_norm(x, r, nil, nil, -1) end, "eps must be >= 0")
+    helper.assert_error_contains(function() F.dropout_add_layer_norm(x, r, nil, nil, 1e-5, {dropout = 2}) end,
+      "dropout must be in [0, 1]")
+    helper.assert_error_contains(function() F.dropout_add_layer_norm(x, "r", nil, nil, 1e-5) end,
+      "dropout_add_layer_norm")
+    helper.assert_error_contains(function() F.dropout_add_layer_norm(x, hero.randn(3, 5), nil, nil, 1e-5) end,
+      "dropout_add_layer_norm", "3", "2")
+    local freed = hero.randn(2, 5)
+    freed:free()
+    helper.assert_error_contains(function() F.dropout_add_layer_norm(x, freed, nil, nil, 1e-5) end, "freed")
+  end)
+end)
+
 describe("conv1d", function()
   it("matches NumPy for the VSM start/end predictor shape and passes gradcheck", function()
     local c = fx.conv1d

@@ -1,6 +1,7 @@
 /* cpu/dropout.c — inverted dropout from the Philox stream: noise = keep / (1 - p) with
  * keep = u >= p (hr_random_dropout_mask_), y = x * noise, and the same noise scales the gradient.
  * An f32 dropout keeps its Philox counters, not its noise: the backward draws the mask again. */
+#include "cpu/hr_dropout.h"
 #include "hr_autograd.h"
 #include "hr_cuda.h"
 #include "hr_nn.h"
@@ -45,6 +46,7 @@ static hr_tensor *times(hr_tensor *a, hr_tensor *noise)
 typedef struct {
     const float *x;
     float *y, *noise;
+    const float *add; /* drop_add_blocks: y = x * noise + add */
     int64_t n;
     uint32_t key[2];
     uint64_t block0;
@@ -82,28 +84,53 @@ static void drop_blocks(void *ctx, int64_t bb, int64_t be)
     }
 }
 
-/* What an f32 dropout's node keeps: the counters of its draws (a drop_job without tensors). */
-typedef struct {
-    uint32_t key[2];
-    uint64_t block0;
-    double p;
-    float keep;
-} drop_counters;
+/* The sum of drop_blocks' output and another array (drop_job.add), a stretch at a time while it is
+ * in cache. The product is rounded before the sum, as the dropout and the add give it apart: the
+ * add is a loop of its own over the stored products, which the compiler cannot contract into a
+ * fused multiply-add. */
+enum { DROP_ADD_STRETCH = 1024 }; /* counter blocks: 4096 floats of each array */
+
+static void add_into(float *restrict y, const float *restrict add, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) y[i] = y[i] + add[i];
+}
+
+static void drop_add_blocks(void *ctx, int64_t bb, int64_t be)
+{
+    const drop_job *j = ctx;
+    for (int64_t b = bb; b < be; b += DROP_ADD_STRETCH) {
+        int64_t e = be - b < DROP_ADD_STRETCH ? be : b + DROP_ADD_STRETCH;
+        drop_blocks(ctx, b, e);
+        int64_t i0 = b * 4, i1 = e * 4 < j->n ? e * 4 : j->n;
+        add_into(j->y + i0, j->add + i0, i1 - i0);
+    }
+}
+
+void hr_drop_counters_draw(struct hr_generator *g, int64_t n, double p, hr_drop_counters *c)
+{
+    hr_generator_key(g, c->key);
+    c->block0 = hr_generator_reserve(g, (uint64_t)((n + 3) / 4));
+    c->p = p;
+    c->keep = 1.0f / (float)(1.0 - p);
+}
+
+void hr_drop_apply_f32(const hr_drop_counters *c, const float *x, const float *add, float *y, int64_t n)
+{
+    drop_job j = {x, y, NULL, add, n, {c->key[0], c->key[1]}, c->block0, c->p, c->keep};
+    hr_parallel_for((n + 3) / 4, 1 << 11, add ? drop_add_blocks : drop_blocks, &j);
+}
 
 /* The gradient: g * noise with the forward's mask drawn again (drop_blocks over g), the numbers of
  * the product with a saved noise tensor, which the forward no longer writes or keeps. */
 static int dropout_redraw_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 {
-    const drop_counters *c = node->ctx;
     hr_tensor *g = hr_readable_as((hr_tensor *)grad, HR_F32);
     hr_tensor *dx = g ? hr_tensor_empty(grad->ndim, grad->size, HR_F32, hr_cpu()) : NULL;
     if (!dx) {
         hr_tensor_release(g);
         return -1;
     }
-    int64_t n = hr_tensor_numel(dx);
-    drop_job j = {hr_tensor_data(g), hr_tensor_data(dx), NULL, n, {c->key[0], c->key[1]}, c->block0, c->p, c->keep};
-    hr_parallel_for((n + 3) / 4, 1 << 11, drop_blocks, &j);
+    hr_drop_apply_f32(node->ctx, hr_tensor_data(g), NULL, hr_tensor_data(dx), hr_tensor_numel(dx));
     hr_tensor_release(g);
     gi[0] = dx;
     return 0;
@@ -117,23 +144,17 @@ static hr_tensor *dropout_f32(struct hr_generator *g, hr_tensor *x, double p)
         hr_tensor_release(xc);
         return NULL;
     }
-    int64_t n = hr_tensor_numel(x);
-    drop_job j = {hr_tensor_data(xc), hr_tensor_data(y), NULL, n, {0, 0}, 0, p, 1.0f / (float)(1.0 - p)};
-    hr_generator_key(g, j.key);
-    j.block0 = hr_generator_reserve(g, (uint64_t)((n + 3) / 4));
-    hr_parallel_for((n + 3) / 4, 1 << 11, drop_blocks, &j);
+    hr_drop_counters c;
+    hr_drop_counters_draw(g, hr_tensor_numel(x), p, &c);
+    hr_drop_apply_f32(&c, hr_tensor_data(xc), NULL, hr_tensor_data(y), hr_tensor_numel(x));
     hr_tensor_release(xc);
     if (hr_should_record(1, &x)) {
-        hr_node *node = hr_node_new("dropout", dropout_redraw_backward, 1, &x, sizeof(drop_counters));
+        hr_node *node = hr_node_new("dropout", dropout_redraw_backward, 1, &x, sizeof c);
         if (!node) {
             hr_tensor_release(y);
             return NULL;
         }
-        drop_counters *c = node->ctx;
-        c->key[0] = j.key[0], c->key[1] = j.key[1];
-        c->block0 = j.block0;
-        c->p = p;
-        c->keep = j.keep;
+        *(hr_drop_counters *)node->ctx = c;
         hr_node_attach(node, y);
     }
     return y;

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "cpu/hr_layernorm.h"
 #include "hr_autograd.h"
 #include "hr_cuda.h"
 #include "hr_nn.h"
@@ -101,6 +102,26 @@ static void ln_forward_rows(void *arg, int64_t begin, int64_t end)
     } else {
         LN_FORWARD_ROWS(double, ln_row_sum_f64)
     }
+}
+
+hr_tensor *hr_ln_cpu_forward(const hr_tensor *xc, const hr_tensor *wc, const hr_tensor *bc, double eps,
+                             hr_tensor **mean, hr_tensor **rstd)
+{
+    int64_t cols = xc->ndim ? xc->size[xc->ndim - 1] : 1, rows = cols ? hr_tensor_numel(xc) / cols : 0;
+    hr_tensor *y = hr_tensor_empty(xc->ndim, xc->size, xc->dtype, hr_cpu());
+    *mean = hr_tensor_empty(1, &rows, HR_F64, hr_cpu());
+    *rstd = hr_tensor_empty(1, &rows, HR_F64, hr_cpu());
+    if (!y || !*mean || !*rstd) {
+        hr_tensor_release(y);
+        hr_tensor_release(*mean);
+        hr_tensor_release(*rstd);
+        *mean = *rstd = NULL;
+        return NULL;
+    }
+    ln_fwd_job j = {hr_tensor_data(xc), wc ? hr_tensor_data(wc) : NULL, bc ? hr_tensor_data(bc) : NULL,
+                    hr_tensor_data(y), hr_tensor_data(*mean), hr_tensor_data(*rstd), cols, eps, xc->dtype};
+    if (cols > 0) hr_parallel_for(rows, 16, ln_forward_rows, &j);
+    return y;
 }
 
 typedef struct {
@@ -273,6 +294,32 @@ static hr_tensor *ln_param_grad(const double *part, int64_t chunks, int64_t cols
     return out;
 }
 
+int hr_ln_cpu_backward(const hr_tensor *x, const hr_tensor *mean, const hr_tensor *rstd, const hr_tensor *w,
+                       const hr_tensor *grad, bool need_x, bool need_w, bool need_b, hr_tensor *out[3])
+{
+    int64_t cols = x->ndim ? x->size[x->ndim - 1] : 1, rows = cols ? hr_tensor_numel(x) / cols : 0;
+    hr_tensor *g = hr_readable_as((hr_tensor *)grad, x->dtype); /* contiguous, in the input's dtype */
+    if (!g) return -1;
+    int64_t chunk_rows = ln_chunk_rows(rows), chunks = (rows + chunk_rows - 1) / chunk_rows;
+    int64_t part_size[1] = {chunks * cols * ((need_w ? 1 : 0) + (need_b ? 1 : 0))};
+    hr_tensor *part = part_size[0] ? hr_tensor_empty(1, part_size, HR_F64, hr_cpu()) : NULL;
+    if (need_x) out[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
+    int rc = (part_size[0] && !part) || (need_x && !out[0]) ? -1 : 0;
+    if (rc == 0) {
+        double *pd = part ? hr_tensor_data(part) : NULL;
+        ln_bwd_job j = {hr_tensor_data(x), w ? hr_tensor_data(w) : NULL, hr_tensor_data(g),
+                        need_x ? hr_tensor_data(out[0]) : NULL, hr_tensor_data(mean), hr_tensor_data(rstd),
+                        rows, cols, x->dtype, chunk_rows, need_w ? pd : NULL,
+                        need_b ? pd + (need_w ? chunks * cols : 0) : NULL};
+        hr_parallel_for(chunks, 1, ln_backward_chunks, &j);
+        if (need_w && !(out[1] = ln_param_grad(j.part_dw, chunks, cols, x->dtype))) rc = -1;
+        if (need_b && !(out[2] = ln_param_grad(j.part_db, chunks, cols, x->dtype))) rc = -1;
+    }
+    hr_tensor_release(part);
+    hr_tensor_release(g);
+    return rc;
+}
+
 static int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 {
     const ln_ctx *c = node->ctx;
@@ -281,33 +328,12 @@ static int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     hr_tensor *rstd = hr_node_saved(node, 2);
     hr_tensor *w = c->has_weight ? hr_node_saved(node, 3) : NULL;
     if (!x || !mean || !rstd || (c->has_weight && !w)) return -1;
-    bool need_x = hr_node_input_needs_grad(node, 0);
-    bool need_w = c->has_weight && hr_node_input_needs_grad(node, 1);
-    bool need_b = c->has_bias && hr_node_input_needs_grad(node, 2);
-    hr_tensor *g = hr_readable_as(grad, x->dtype); /* contiguous, in the input's dtype */
-    if (!g) return -1;
-    int64_t chunk_rows = ln_chunk_rows(c->rows), chunks = (c->rows + chunk_rows - 1) / chunk_rows;
-    int64_t part_size[1] = {chunks * c->cols * ((need_w ? 1 : 0) + (need_b ? 1 : 0))};
-    hr_tensor *part = part_size[0] ? hr_tensor_empty(1, part_size, HR_F64, hr_cpu()) : NULL;
-    if (need_x) gi[0] = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
-    int rc = (part_size[0] && !part) || (need_x && !gi[0]) ? -1 : 0;
-    if (rc == 0) {
-        double *pd = part ? hr_tensor_data(part) : NULL;
-        ln_bwd_job j = {hr_tensor_data(x), w ? hr_tensor_data(w) : NULL, hr_tensor_data(g),
-                        need_x ? hr_tensor_data(gi[0]) : NULL, hr_tensor_data(mean), hr_tensor_data(rstd),
-                        c->rows, c->cols, x->dtype, chunk_rows, need_w ? pd : NULL,
-                        need_b ? pd + (need_w ? chunks * c->cols : 0) : NULL};
-        hr_parallel_for(chunks, 1, ln_backward_chunks, &j);
-        if (need_w && !(gi[1] = ln_param_grad(j.part_dw, chunks, c->cols, x->dtype))) rc = -1;
-        if (need_b && !(gi[2] = ln_param_grad(j.part_db, chunks, c->cols, x->dtype))) rc = -1;
-    }
-    hr_tensor_release(part);
-    hr_tensor_release(g);
-    return rc;
+    return hr_ln_cpu_backward(x, mean, rstd, w, grad, hr_node_input_needs_grad(node, 0),
+                              c->has_weight && hr_node_input_needs_grad(node, 1),
+                              c->has_bias && hr_node_input_needs_grad(node, 2), gi);
 }
 
-/* Checks weight and bias (each NULL or a live 1-D tensor of x's row length in dtype pdt). */
-static int check_params(const hr_tensor *x, hr_tensor *weight, hr_tensor *bias, hr_dtype pdt)
+int hr_ln_check_params(const hr_tensor *x, hr_tensor *weight, hr_tensor *bias, hr_dtype pdt, const char *op)
 {
     char a[96], b[96];
     int64_t cols = x->size[x->ndim - 1];
@@ -316,9 +342,9 @@ static int check_params(const hr_tensor *x, hr_tensor *weight, hr_tensor *bias, 
     for (int k = 0; k < 2; k++) {
         hr_tensor *p = params[k];
         if (!p) continue;
-        if (hr_tensor_check_live(p, "layer_norm")) return -1;
+        if (hr_tensor_check_live(p, op)) return -1;
         if (p->ndim != 1 || p->size[0] != cols || p->dtype != pdt)
-            return hr_fail(HR_EINVAL, "layer_norm: %s is %s but the input %s needs a %s vector of %lld", pnames[k],
+            return hr_fail(HR_EINVAL, "%s: %s is %s but the input %s needs a %s vector of %lld", op, pnames[k],
                            hr_tensor_desc(p, a, sizeof a), hr_tensor_desc(x, b, sizeof b), hr_dtype_name(pdt),
                            (long long)cols);
     }
@@ -332,7 +358,7 @@ hr_tensor *hr_layer_norm_of_half(hr_tensor *x, hr_tensor *weight, hr_tensor *bia
         return hr_fail_null(HR_EINVAL, "layer_norm: the f32 layer norm of a half tensor takes a bf16/f16 GPU tensor, not %s",
                             hr_dtype_name(x->dtype));
     if (x->ndim < 1) return hr_fail_null(HR_EINVAL, "layer_norm: input must have at least one dimension");
-    if (check_params(x, weight, bias, HR_F32)) return NULL;
+    if (hr_ln_check_params(x, weight, bias, HR_F32, "layer_norm")) return NULL;
     return hr_cuda_layer_norm(x, weight, bias, eps);
 }
 
@@ -343,7 +369,7 @@ hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, doubl
         return hr_fail_null(HR_EINVAL, "layer_norm: input is %s; f32 and f64 are supported", hr_dtype_name(x->dtype));
     if (x->ndim < 1) return hr_fail_null(HR_EINVAL, "layer_norm: input must have at least one dimension");
     int64_t cols = x->size[x->ndim - 1];
-    if (check_params(x, weight, bias, x->dtype)) return NULL;
+    if (hr_ln_check_params(x, weight, bias, x->dtype, "layer_norm")) return NULL;
     if (hr_tensor_device(x).type != HR_CPU) return hr_cuda_layer_norm(x, weight, bias, eps);
     if ((weight && hr_tensor_device(weight).type != HR_CPU) || (bias && hr_tensor_device(bias).type != HR_CPU))
         return hr_fail_null(HR_EDEVICE, "layer_norm: the input is on the CPU but weight or bias is not");
@@ -351,16 +377,9 @@ hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, doubl
     hr_tensor *wc = weight ? hr_contiguous(weight) : NULL;
     hr_tensor *bc = bias ? hr_contiguous(bias) : NULL;
     int64_t rows = cols ? hr_tensor_numel(x) / cols : 0;
-    hr_tensor *y = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_cpu());
-    hr_tensor *mean = hr_tensor_empty(1, &rows, HR_F64, hr_cpu());
-    hr_tensor *rstd = hr_tensor_empty(1, &rows, HR_F64, hr_cpu());
-    hr_tensor *out = NULL;
-    if (xc && (!weight || wc) && (!bias || bc) && y && mean && rstd) {
-        ln_fwd_job j = {hr_tensor_data(xc), wc ? hr_tensor_data(wc) : NULL, bc ? hr_tensor_data(bc) : NULL,
-                        hr_tensor_data(y), hr_tensor_data(mean), hr_tensor_data(rstd), cols, eps, x->dtype};
-        if (cols > 0) hr_parallel_for(rows, 16, ln_forward_rows, &j);
-        out = y;
-        y = NULL;
+    hr_tensor *mean = NULL, *rstd = NULL;
+    hr_tensor *out = xc && (!weight || wc) && (!bias || bc) ? hr_ln_cpu_forward(xc, wc, bc, eps, &mean, &rstd) : NULL;
+    if (out) {
         hr_tensor *inputs[3] = {x, weight, bias};
         if (hr_should_record(3, inputs)) {
             hr_node *node = hr_node_new("layer_norm", ln_backward, 3, inputs, sizeof(ln_ctx));
@@ -380,7 +399,6 @@ hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, doubl
             }
         }
     }
-    hr_tensor_release(y);
     hr_tensor_release(xc);
     hr_tensor_release(wc);
     hr_tensor_release(bc);

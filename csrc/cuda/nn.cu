@@ -298,22 +298,20 @@ void ln_param_launch(dim3 grid, const char *x, int xdt, const T *g, const double
 /* The dtype of the output, the parameters and the statistics' arithmetic for input dtype dt. */
 hr_dtype ln_compute_dtype(hr_dtype dt) { return dt == HR_F64 ? HR_F64 : HR_F32; }
 
-int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+/* The gradients of the layer norm of x (the forward's contiguous input; mean, rstd and w as it kept
+ * them) for the output gradient g (contiguous, in the compute dtype): gi[0] x's, gi[1] the
+ * weight's, gi[2] the bias's, each when asked for. */
+int ln_gradients(const LnCtx *c, hr_tensor *x, hr_tensor *mean, hr_tensor *rstd, hr_tensor *w, hr_tensor *g, bool need_x,
+                 bool need_w, bool need_b, hr_tensor **gi)
 {
-    const LnCtx *c = (const LnCtx *)node->ctx;
-    hr_tensor *x = hr_node_saved(node, 0), *mean = hr_node_saved(node, 1), *rstd = hr_node_saved(node, 2);
-    hr_tensor *w = c->has_weight ? hr_node_saved(node, 3) : nullptr;
-    if (!x || !mean || !rstd || (c->has_weight && !w)) return -1;
     cudaStream_t st = stream(dev_of(x));
     if (!st) return -1;
     hr_dtype cdt = ln_compute_dtype(x->dtype);
-    hr_tensor *g = hr_cast(grad, cdt);
-    if (!g) return -1;
     int rc = 0;
     bool f64 = cdt == HR_F64;
     const char *xp = (const char *)hr_tensor_data(x);
     const double *mp = (const double *)hr_tensor_data(mean), *rp = (const double *)hr_tensor_data(rstd);
-    if (hr_node_input_needs_grad(node, 0)) {
+    if (need_x) {
         gi[0] = empty_on(x, x->ndim, x->size, x->dtype);
         if (!gi[0]) rc = -1;
         else if (c->rows > 0 && c->cols > 0) {
@@ -327,8 +325,6 @@ int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
             rc = check_launch("layer_norm backward");
         }
     }
-    bool need_w = c->has_weight && hr_node_input_needs_grad(node, 1);
-    bool need_b = c->has_bias && hr_node_input_needs_grad(node, 2);
     if (rc == 0 && (need_w || need_b)) {
         int64_t n = c->cols;
         int64_t chunks = c->rows < 256 ? (c->rows > 0 ? c->rows : 1) : 256;
@@ -365,6 +361,20 @@ int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
         hr_tensor_release(dw);
         hr_tensor_release(db);
     }
+    return rc;
+}
+
+int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    const LnCtx *c = (const LnCtx *)node->ctx;
+    hr_tensor *x = hr_node_saved(node, 0), *mean = hr_node_saved(node, 1), *rstd = hr_node_saved(node, 2);
+    hr_tensor *w = c->has_weight ? hr_node_saved(node, 3) : nullptr;
+    if (!x || !mean || !rstd || (c->has_weight && !w)) return -1;
+    hr_tensor *g = hr_cast(grad, ln_compute_dtype(x->dtype));
+    if (!g) return -1;
+    int rc = ln_gradients(c, x, mean, rstd, w, g, hr_node_input_needs_grad(node, 0),
+                          c->has_weight && hr_node_input_needs_grad(node, 1),
+                          c->has_bias && hr_node_input_needs_grad(node, 2), gi);
     hr_tensor_release(g);
     return rc;
 }
@@ -784,11 +794,14 @@ __global__ void bernoulli_kernel(char *out, int dt, int el, int64_t n, uint32_t 
     });
 }
 
-/* keep / (1 - p) as a noise tensor of dtype dt holds it. */
-__device__ __forceinline__ float noise_value(float keep_value, int dt)
+/* v rounded to dtype dt (f32, bf16 or f16) and read back as f32. */
+__device__ __forceinline__ float round_to(float v, int dt)
 {
-    return dt == HR_BF16 ? bf16_to_f32(f32_to_bf16(keep_value)) : dt == HR_F16 ? f16_to_f32(f32_to_f16(keep_value)) : keep_value;
+    return dt == HR_BF16 ? bf16_to_f32(f32_to_bf16(v)) : dt == HR_F16 ? f16_to_f32(f32_to_f16(v)) : v;
 }
+
+/* keep / (1 - p) as a noise tensor of dtype dt holds it. */
+__device__ __forceinline__ float noise_value(float keep_value, int dt) { return round_to(keep_value, dt); }
 
 /* Dropout in one pass for f32/bf16/f16: the keep mask (u >= p, the same counters as
  * bernoulli_kernel), noise = keep ? keep_value : 0, y = x * noise in f32 rounded once: what the
@@ -976,6 +989,146 @@ int dropout_redraw_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi
     }
     gi[0] = dx;
     return 0;
+}
+
+/* ================================================================== dropout + add + layer norm */
+
+/* layer_norm(dropout(x) + residual) as one node (cpu/add_layernorm.c has the contract): the sum s
+ * of the dropout's output and the residual is written in one pass (no dropout output), the f32
+ * layer norm reads it, and the backward hands the sum's gradient to the residual and, through the
+ * mask drawn again, to x. The numbers are those of the dropout, add and layer norm kernels one
+ * after another. */
+struct AddLnCtx {
+    LnCtx ln;
+    DropoutCtx drop;
+    bool dropped; /* training with 0 < p < 1: the mask applies; else s = x + residual */
+};
+
+/* One element of s: the dropout's product rounded to x's dtype dt (the dropout's output), then the
+ * f32 sum with the residual (the add's); the intrinsics keep the two roundings apart. */
+__device__ __forceinline__ float drop_add_value(float x, float nz, float r, int dt, bool dropped)
+{
+    return __fadd_rn(dropped ? round_to(__fmul_rn(x, nz), dt) : x, r);
+}
+
+/* The mask factors of counter block j (keep_value, or 0 where u < p). */
+__device__ __forceinline__ void block_noise(uint32_t k0, uint32_t k1, uint64_t b, double p, float keep_value, bool dropped,
+                                            float nz[4])
+{
+    uint32_t w[4] = {0, 0, 0, 0};
+    if (dropped) philox_block(k0, k1, b, w);
+#pragma unroll
+    for (int h = 0; h < 4; h++) nz[h] = dropped && (double)u24(w[h]) < p ? 0.0f : keep_value;
+}
+
+/* s = dropout(x) + r over n contiguous elements, 4 (a counter block) per thread and step: x of
+ * dtype dt (f32 16-byte aligned, bf16/f16 8-byte aligned), r and s f32 16-byte aligned. */
+__global__ void dropout_add_vec4(const char *x, int dt, const float *r, float *s, int64_t n, uint32_t k0, uint32_t k1,
+                                 uint64_t block0, double p, float keep_value, bool dropped)
+{
+    keep_value = noise_value(keep_value, dt);
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x, nb = n / 4;
+    const int64_t t0 = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    for (int64_t j = t0; j < nb; j += stride) {
+        float xv[4], nz[4];
+        load4(x, dt, j, xv);
+        const float4 rv = ((const float4 *)r)[j];
+        block_noise(k0, k1, block0 + (uint64_t)j, p, keep_value, dropped, nz);
+        ((float4 *)s)[j] = make_float4(drop_add_value(xv[0], nz[0], rv.x, dt, dropped),
+                                       drop_add_value(xv[1], nz[1], rv.y, dt, dropped),
+                                       drop_add_value(xv[2], nz[2], rv.z, dt, dropped),
+                                       drop_add_value(xv[3], nz[3], rv.w, dt, dropped));
+    }
+    if (t0 == 0 && nb * 4 < n) {
+        float nz[4];
+        block_noise(k0, k1, block0 + (uint64_t)nb, p, keep_value, dropped, nz);
+        const int el = dtype_size(dt);
+        for (int64_t i = nb * 4; i < n; i++) s[i] = drop_add_value(load_f32(x + i * el, dt), nz[i - nb * 4], r[i], dt, dropped);
+    }
+}
+
+/* The same for pointers the vector loads cannot take: one counter block per thread. */
+__global__ void dropout_add_kernel(const char *x, int dt, const float *r, float *s, int64_t n, uint32_t k0, uint32_t k1,
+                                   uint64_t block0, double p, float keep_value, bool dropped)
+{
+    keep_value = noise_value(keep_value, dt);
+    const int el = dtype_size(dt);
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < (n + 3) / 4; j += (int64_t)gridDim.x * blockDim.x) {
+        float nz[4];
+        block_noise(k0, k1, block0 + (uint64_t)j, p, keep_value, dropped, nz);
+        for (int h = 0; h < 4 && j * 4 + h < n; h++) {
+            int64_t i = j * 4 + h;
+            s[i] = drop_add_value(load_f32(x + i * el, dt), nz[h], r[i], dt, dropped);
+        }
+    }
+}
+
+/* x's gradient from the sum's f32 gradient g: g rounded to x's dtype dt (the add hands x's side its
+ * gradient in x's dtype), times the mask drawn again, rounded to dt (the dropout's backward). */
+__global__ void dropout_add_grad_kernel(const float *g, char *dx, int dt, int64_t n, uint32_t k0, uint32_t k1,
+                                        uint64_t block0, double p, float keep_value, bool vec)
+{
+    keep_value = noise_value(keep_value, dt);
+    const int el = dtype_size(dt);
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < (n + 3) / 4; j += (int64_t)gridDim.x * blockDim.x) {
+        float nz[4], v[4];
+        block_noise(k0, k1, block0 + (uint64_t)j, p, keep_value, true, nz);
+        if (vec && j * 4 + 4 <= n) {
+            const float4 gv = ((const float4 *)g)[j];
+            v[0] = __fmul_rn(round_to(gv.x, dt), nz[0]);
+            v[1] = __fmul_rn(round_to(gv.y, dt), nz[1]);
+            v[2] = __fmul_rn(round_to(gv.z, dt), nz[2]);
+            v[3] = __fmul_rn(round_to(gv.w, dt), nz[3]);
+            store4(dx, dt, j, v);
+            continue;
+        }
+        for (int h = 0; h < 4 && j * 4 + h < n; h++) {
+            int64_t i = j * 4 + h;
+            store_f32(dx + i * el, dt, __fmul_rn(round_to(g[i], dt), nz[h]));
+        }
+    }
+}
+
+/* Saved: the sum s (the layer norm's f32 input), its rows' mean and 1/std, and the weight. */
+int addln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
+{
+    const AddLnCtx *c = (const AddLnCtx *)node->ctx;
+    hr_tensor *s = hr_node_saved(node, 0), *mean = hr_node_saved(node, 1), *rstd = hr_node_saved(node, 2);
+    hr_tensor *w = c->ln.has_weight ? hr_node_saved(node, 3) : nullptr;
+    if (!s || !mean || !rstd || (c->ln.has_weight && !w)) return -1;
+    bool need_x = hr_node_input_needs_grad(node, 0), need_r = hr_node_input_needs_grad(node, 1);
+    hr_tensor *g = hr_cast(grad, HR_F32);
+    if (!g) return -1;
+    hr_tensor *out[3] = {nullptr, nullptr, nullptr};
+    int rc = ln_gradients(&c->ln, s, mean, rstd, w, g, need_x || need_r, c->ln.has_weight && hr_node_input_needs_grad(node, 2),
+                          c->ln.has_bias && hr_node_input_needs_grad(node, 3), out);
+    hr_tensor_release(g);
+    hr_tensor *ds = out[0]; /* the sum's gradient: the residual's as it is */
+    gi[2] = out[1];
+    gi[3] = out[2];
+    if (rc == 0 && need_x && c->dropped) {
+        const int64_t n = hr_tensor_numel(ds);
+        gi[0] = empty_on(ds, ds->ndim, ds->size, (hr_dtype)c->drop.dtype);
+        cudaStream_t st = gi[0] ? stream(dev_of(ds)) : nullptr;
+        if (!st) rc = -1;
+        else if (n > 0) {
+            const float *gp = (const float *)hr_tensor_data(ds);
+            char *dp = (char *)hr_tensor_data(gi[0]);
+            const uintptr_t align = c->drop.dtype == HR_F32 ? 16 : 8;
+            bool vec = (uintptr_t)gp % 16 == 0 && (uintptr_t)dp % align == 0;
+            dropout_add_grad_kernel<<<grid_for((n + 3) / 4), kThreads, 0, st>>>(gp, dp, c->drop.dtype, n, c->drop.k0, c->drop.k1,
+                                                                               c->drop.block0, c->drop.p, c->drop.keep_value,
+                                                                               vec);
+            rc = check_launch("dropout_add_layer_norm backward");
+        }
+    } else if (rc == 0 && need_x) { /* x's gradient in its dtype, and a tensor of its own, as the add gives it */
+        if (c->drop.dtype != HR_F32 || need_r) gi[0] = hr_cast(ds, (hr_dtype)c->drop.dtype);
+        else hr_tensor_retain(gi[0] = ds);
+        if (!gi[0]) rc = -1;
+    }
+    if (rc == 0 && need_r) hr_tensor_retain(gi[1] = ds);
+    hr_tensor_release(ds);
+    return rc;
 }
 
 /* ================================================================== AdamW */
@@ -1343,6 +1496,87 @@ extern "C" hr_tensor *hr_cuda_dropout(struct hr_generator *g, hr_tensor *x, doub
         return NULL;
     }
     return y;
+}
+
+extern "C" hr_tensor *hr_cuda_dropout_add_layer_norm(struct hr_generator *g, hr_tensor *x, hr_tensor *residual,
+                                                     hr_tensor *weight, hr_tensor *bias, double eps, double p, bool dropped)
+{
+    static const char op[] = "dropout_add_layer_norm";
+    const hr_tensor *ts[4] = {x, residual, weight, bias};
+    if (same_device(op, 4, ts)) return NULL;
+    cudaStream_t st = stream(dev_of(x));
+    if (!st) return NULL;
+    const int64_t cols = x->size[x->ndim - 1], n = hr_tensor_numel(x);
+    const int64_t rows = cols ? n / cols : 0;
+    hr_tensor *xc = hr_contiguous(x), *rc = hr_contiguous(residual);
+    hr_tensor *wc = weight ? hr_contiguous(weight) : nullptr, *bc = bias ? hr_contiguous(bias) : nullptr;
+    hr_tensor *s = empty_on(x, x->ndim, x->size, HR_F32), *y = empty_on(x, x->ndim, x->size, HR_F32);
+    hr_tensor *mean = empty_on(x, 1, &rows, HR_F64), *rstd = empty_on(x, 1, &rows, HR_F64);
+    hr_tensor *out = nullptr;
+    AddLnCtx c{};
+    c.ln.eps = eps;
+    c.ln.rows = rows;
+    c.ln.cols = cols;
+    c.ln.has_weight = weight != nullptr;
+    c.ln.has_bias = bias != nullptr;
+    c.dropped = dropped;
+    c.drop.p = dropped ? p : 0.0;
+    c.drop.keep_value = dropped ? 1.0f / (float)(1.0 - p) : 1.0f; /* as hr_cuda_dropout computes it */
+    c.drop.dtype = x->dtype;
+    if (xc && rc && (!weight || wc) && (!bias || bc) && s && y && mean && rstd) {
+        if (dropped) {
+            uint32_t key[2];
+            hr_generator_key(g, key);
+            c.drop.k0 = key[0], c.drop.k1 = key[1];
+            c.drop.block0 = hr_generator_reserve(g, (uint64_t)((n + 3) / 4));
+        }
+        int status = 0;
+        if (n > 0) {
+            const char *xp = (const char *)hr_tensor_data(xc);
+            const float *rp = (const float *)hr_tensor_data(rc);
+            float *sp = (float *)hr_tensor_data(s);
+            const uintptr_t align = x->dtype == HR_F32 ? 16 : 8;
+            const DropoutCtx &d = c.drop;
+            if ((uintptr_t)xp % align == 0 && (((uintptr_t)rp | (uintptr_t)sp) % 16) == 0)
+                dropout_add_vec4<<<grid_for((n + 3) / 4), kThreads, 0, st>>>(xp, x->dtype, rp, sp, n, d.k0, d.k1, d.block0, d.p,
+                                                                            d.keep_value, dropped);
+            else
+                dropout_add_kernel<<<grid_for((n + 3) / 4), kThreads, 0, st>>>(xp, x->dtype, rp, sp, n, d.k0, d.k1, d.block0,
+                                                                              d.p, d.keep_value, dropped);
+            if (rows > 0 && cols > 0)
+                ln_forward_launch<float>((const char *)sp, HR_F32, wc ? (const float *)hr_tensor_data(wc) : nullptr,
+                                         bc ? (const float *)hr_tensor_data(bc) : nullptr, (float *)hr_tensor_data(y),
+                                         (double *)hr_tensor_data(mean), (double *)hr_tensor_data(rstd), rows, cols, eps, st);
+            status = check_launch(op);
+            if (status && dropped) g->offset = c.drop.block0; /* nothing drawn: the generator as it was */
+        }
+        hr_tensor *inputs[4] = {x, residual, weight, bias};
+        if (status == 0) {
+            out = y;
+            y = nullptr;
+            if (hr_should_record(4, inputs)) {
+                hr_node *node = hr_node_new(op, addln_backward, 4, inputs, sizeof(AddLnCtx));
+                if (!node || hr_node_save(node, s) < 0 || hr_node_save(node, mean) < 0 || hr_node_save(node, rstd) < 0 ||
+                    (wc && hr_node_save(node, wc) < 0)) {
+                    hr_node_release(node);
+                    hr_tensor_release(out);
+                    out = nullptr;
+                } else {
+                    *(AddLnCtx *)node->ctx = c;
+                    hr_node_attach(node, out);
+                }
+            }
+        }
+    }
+    hr_tensor_release(y);
+    hr_tensor_release(s);
+    hr_tensor_release(xc);
+    hr_tensor_release(rc);
+    hr_tensor_release(wc);
+    hr_tensor_release(bc);
+    hr_tensor_release(mean);
+    hr_tensor_release(rstd);
+    return out;
 }
 
 /* Sequences up to 64 long: one kernel per pass (cuda/attention.cu). Longer ones, f64 and wide

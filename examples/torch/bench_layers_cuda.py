@@ -126,6 +126,22 @@ def mlm_loss():
     loss.backward()
 
 report("cross_entropy_mlm_bf16_fwd_bwd", time_ms(mlm_loss, 20))
+
+# the end of a BERT block under autocast: a bf16 projection dropped out, added to the f32 residual,
+# layer-normed; forward and backward with a given upstream gradient
+proj = torch.randn(T, H, device=dev).bfloat16().requires_grad_()
+resid = torch.randn(T, H, device=dev, requires_grad=True)
+ln_w, ln_b = torch.ones(H, device=dev, requires_grad=True), torch.zeros(H, device=dev, requires_grad=True)
+upstream = torch.randn(T, H, device=dev)
+
+def add_norm():
+    for t in (proj, resid, ln_w, ln_b):
+        t.grad = None
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = F.layer_norm(F.dropout(proj, 0.1, True) + resid, (H,), ln_w, ln_b, 1e-12)
+    y.backward(upstream)
+
+report("add_norm_bf16_fwd_bwd", time_ms(add_norm, 20))
 # clip_grad_norm's norm over a model's worth of tensors, read back to the host
 grads = [torch.randn(50272, H, device=dev) * 1e-3]
 for _ in range(9):

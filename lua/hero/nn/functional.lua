@@ -8,6 +8,7 @@ local function hero_where(cond, a, b) return core.where(cond, a, b) end
 
 F.linear = core.linear
 F.layer_norm = core.layer_norm
+F.dropout_add_layer_norm = core.dropout_add_layer_norm
 F.gelu = core.gelu
 F.dropout = core.dropout
 F.embedding = core.embedding

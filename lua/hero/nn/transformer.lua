@@ -116,8 +116,19 @@ function M.AddNorm:__init(opts, in_features)
   self:add_module("LayerNorm", LayerNorm(c.hidden, {eps = c.eps, dtype = c.dtype}))
   self:add_module("dropout", act.Dropout(c.dropout, {generator = c.generator}))
 end
+--- The dropout, the sum and the LayerNorm are one node (core.dropout_add_layer_norm: the same
+-- numbers and draws, without the dropout's output) while both submodules are the stock ones.
 function M.AddNorm:forward(h, residual)
-  return self.LayerNorm:forward(self.dropout:forward(self.dense:forward(h)) + residual)
+  local ln, drop = self.LayerNorm, self.dropout
+  local x = self.dense:forward(h)
+  if getmetatable(ln) ~= LayerNorm or getmetatable(drop) ~= act.Dropout or rawget(ln, "forward") ~= nil
+    or rawget(drop, "forward") ~= nil then
+    return ln:forward(drop:forward(x) + residual)
+  end
+  local ok, y = pcall(core.dropout_add_layer_norm, x, residual, ln.weight, ln.bias, ln.eps,
+    {dropout = drop.p, training = drop.training, generator = drop.generator})
+  if not ok then self:error("%s", tostring(y)) end
+  return y
 end
 
 --- nn.MultiHeadAttention{hidden, heads, eps, dropout}: self (projections) + output (AddNorm).
