@@ -53,10 +53,12 @@ static hr_tensor *scale(hr_tensor *t, double s)
     return drop(t, hr_binary(HR_MUL, hr_operand_tensor(t), hr_operand_float(s), NULL));
 }
 
-/* Sums to the input's shape, casts to its dtype; consumes t. */
+/* Sums to the input's shape, casts to its dtype; consumes t (a product's fresh result: already of
+ * that shape and dtype, it is returned as it is, where hr_sum_to_size would copy it). */
 static hr_tensor *fit(hr_tensor *t, int ndim, const int64_t *size, hr_dtype dt)
 {
     if (!t) return NULL;
+    if (t->ndim == ndim && memcmp(t->size, size, sizeof(int64_t) * (size_t)ndim) == 0 && t->dtype == dt) return t;
     hr_tensor *s = hr_sum_to_size(t, ndim, size);
     hr_tensor_release(t);
     if (!s || s->dtype == dt) return s;

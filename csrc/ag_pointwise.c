@@ -111,7 +111,8 @@ static int binary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
         if (need[0]) ga = hr_grad_pass_on(g);
         if (need[1]) {
             double f = c->op == HR_ADD ? c->alpha : -c->alpha;
-            gb = f == 1 ? hr_cast(g, g->dtype) : bin_s(HR_MUL, g, f);
+            /* b's own tensor when a takes g too (each consumer may add into its gradient) */
+            gb = f != 1 ? bin_s(HR_MUL, g, f) : need[0] ? hr_cast(g, g->dtype) : hr_grad_pass_on(g);
         }
         break;
     case HR_MUL:

@@ -370,7 +370,9 @@ int ln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     hr_tensor *x = hr_node_saved(node, 0), *mean = hr_node_saved(node, 1), *rstd = hr_node_saved(node, 2);
     hr_tensor *w = c->has_weight ? hr_node_saved(node, 3) : nullptr;
     if (!x || !mean || !rstd || (c->has_weight && !w)) return -1;
-    hr_tensor *g = hr_cast(grad, ln_compute_dtype(x->dtype));
+    /* read in place when it is already contiguous in the compute dtype (a copy of an activation's
+     * gradient, 65 MB each way for one of the bench model's, was made here for every call) */
+    hr_tensor *g = hr_readable_as(grad, ln_compute_dtype(x->dtype));
     if (!g) return -1;
     int rc = ln_gradients(c, x, mean, rstd, w, g, hr_node_input_needs_grad(node, 0),
                           c->has_weight && hr_node_input_needs_grad(node, 1),
@@ -474,7 +476,7 @@ int emb_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     hr_dtype dt = node->out_dtype;
     cudaStream_t st = stream(dev_of(idx));
     if (!st) return -1;
-    hr_tensor *g = hr_cast(grad, dt);
+    hr_tensor *g = hr_readable_as(grad, dt); /* read in place when it can be */
     if (!g) return -1;
     hr_tensor *leaf = node->next[0].leaf;
     bool in_place = leaf && leaf->dtype == dt && hr_device_eq(hr_tensor_device(leaf), hr_tensor_device(idx)) &&
@@ -1097,7 +1099,7 @@ int addln_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     hr_tensor *w = c->ln.has_weight ? hr_node_saved(node, 3) : nullptr;
     if (!s || !mean || !rstd || (c->ln.has_weight && !w)) return -1;
     bool need_x = hr_node_input_needs_grad(node, 0), need_r = hr_node_input_needs_grad(node, 1);
-    hr_tensor *g = hr_cast(grad, HR_F32);
+    hr_tensor *g = hr_readable_as(grad, HR_F32);
     if (!g) return -1;
     hr_tensor *out[3] = {nullptr, nullptr, nullptr};
     int rc = ln_gradients(&c->ln, s, mean, rstd, w, g, need_x || need_r, c->ln.has_weight && hr_node_input_needs_grad(node, 2),
