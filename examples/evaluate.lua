@@ -48,6 +48,12 @@
 --   --dist               in an MPI job (mpirun -np N ... --dist): every rank evaluates its share of
 --                        the queries (VCMR / VR: against the whole corpus, which each rank encodes;
 --                        TVC: its share of the videos); rank 0 writes the joined results
+-- The reference's spellings of these options are read too, those of the evaluation script of --task
+-- (eval_vcmr.py, eval_vr.py, eval_videoQA.py, eval_violin.py, inf_tvc.py): --output_dir, --model_dir,
+-- --ckpt_step, --query_txt_db, --sub_txt_db, --vfeat_db, --full_eval_tasks VCMR SVMR VR, --output,
+-- --target_clip, --save_logits (into RUN/results_<split>_w_logit/logits_<STEP>_all.json), inf_tvc.py's
+-- --max_gen_step (over the run's); --batch_size, --*_eval_video_batch_size, --n_workers, --pin_mem,
+-- --no_pin_mem and --no_fp16 are read for nothing (and said so)
 -- The JSON holds the reference's structure: VCMR / VR: "submission" ({video2idx, VCMR, SVMR, VR}
 -- lists of {desc_id, desc, predictions = [[video_idx, st, ed, score], ...]}), "metrics",
 -- "submission_nms", "metrics_nms" and "val_log"; VideoQA / VIOLIN: "results" ({qid: answer}),
@@ -61,6 +67,11 @@ local FT = require "hero.train.finetune"
 local function die(msg)
   io.stderr:write("evaluate: ", tostring(msg):gsub("^[^:]*:%d+: ", ""), "\n")
   os.exit(2)
+end
+
+-- the directory a results file goes into, made when missing
+local function make_parent(path)
+  os.execute("mkdir -p '" .. path:match("^(.*)/[^/]*$"):gsub("'", "'\\''") .. "'")
 end
 
 local function exists(path)
@@ -78,7 +89,7 @@ local function parse_args(argv)
   local flags = {dist = true, fp16 = true}
   local opts, i = {}, 1
   while i <= #argv do
-    local name = argv[i]:match("^%-%-([%w%-]+)$")
+    local name = argv[i]:match("^%-%-([%w%-_]+)$")
     if not name then
       die("unexpected argument '" .. argv[i] .. "' (lua5.4 examples/evaluate.lua --help for the options)")
     end
@@ -95,7 +106,48 @@ local function parse_args(argv)
   return opts
 end
 
-local opts = parse_args(arg)
+-- The reference's evaluation script for the task: its options, spelled as it spells them, are read
+-- as hero's (--output_dir DIR, --query_txt_db, --full_eval_tasks VCMR SVMR, inf_tvc.py's --model_dir
+-- and --ckpt_step, ...); the options hero spells the same (--task, --checkpoint, --split, --fp16)
+-- stay ours.
+local EVAL_SCRIPT = {vcmr = "eval_vcmr", vr = "eval_vr", videoqa = "eval_videoQA", violin = "eval_violin",
+                     tvc = "inf_tvc"}
+local SAME = { -- hero's option, the reference's
+  {"txt-db", "query_txt_db"}, {"sub-db", "sub_txt_db"}, {"vfeat-db", "vfeat_db"}, {"output-dir", "output_dir"},
+  {"output-dir", "model_dir"}, {"checkpoint", "ckpt_step"}, {"out", "output"}, {"target-clip", "target_clip"},
+  {"full-eval-tasks", "full_eval_tasks"},
+}
+-- what the reference reads for its data loaders and batching alone: nothing to do in hero, where
+-- the run's batch sizes batch the queries and videos (the results are the same)
+local NO_EFFECT = {batch_size = true, vcmr_eval_video_batch_size = true, vr_eval_video_batch_size = true,
+                   n_workers = true, pin_mem = true, no_pin_mem = true, no_fp16 = true}
+
+local ref_values, ref_given = {}, {}
+local opts
+do
+  local name
+  for i, a in ipairs(arg) do if a == "--task" then name = arg[i + 1] end end
+  local rest = arg
+  if name ~= nil then
+    local ok, family = pcall(FT.task_family, name)
+    if not ok then die(family) end
+    local ok2, v, r, g = pcall(hero.cli.parse_reference, arg, EVAL_SCRIPT[family],
+      {task = true, checkpoint = true, split = true, fp16 = true})
+    if not ok2 then die(v) end
+    ref_values, rest, ref_given = v, r, g
+  end
+  opts = parse_args(rest)
+  for _, pair in ipairs(SAME) do
+    local v = ref_values[pair[2]]
+    if v ~= nil then
+      if opts[pair[1]] ~= nil then die(string.format("--%s and --%s say the same: give one", pair[1], pair[2])) end
+      opts[pair[1]] = type(v) == "table" and table.concat(v, ",") or tostring(v)
+    end
+  end
+  if ref_values.save_logits and opts["save-logits"] then
+    die("--save-logits FILE and --save_logits say the same: give one")
+  end
+end
 local rank = 0
 if opts.dist then rank = hero.dist.init() end
 
@@ -163,6 +215,16 @@ local function main()
   end
   -- without --out, the reference's place in the run directory (eval_*.py's result_dir)
   local default_out
+  local logits_in_run = ref_values.save_logits -- eval_*.py's --save_logits: beside the results
+  if logits_in_run then
+    if task ~= "videoqa" and task ~= "violin" then die("--save_logits is for --task videoqa or violin") end
+    if not (run_dir and ck_name) then
+      die("--save_logits writes into the run directory: give --output_dir DIR --checkpoint STEP "
+        .. "(or --save-logits FILE)")
+    end
+    -- the reference pickles logits_<STEP>_all.pkl there; hero writes the same dictionary as JSON
+    opts["save-logits"] = string.format("%s/results_%s_w_logit/logits_%s_all.json", run_dir, split, ck_name)
+  end
   if not opts.out then
     if task == "tvc" then die("--out FILE is required (inf_tvc.py's --output)") end
     if not (run_dir and ck_name) then
@@ -170,6 +232,13 @@ local function main()
     end
     default_out = string.format("%s/results_%s%s/results_%s_all.json", run_dir, split,
       opts["save-logits"] and "_w_logit" or "", ck_name)
+  end
+  if ref_values.max_gen_step then hps.max_gen_step = ref_values.max_gen_step end -- inf_tvc.py's, over the run's
+  local unused = {}
+  for _, name in ipairs(ref_given) do if NO_EFFECT[name] then unused[#unused + 1] = "--" .. name end end
+  if #unused > 0 and rank == 0 then
+    io.stderr:write("read for nothing (the run's batch sizes batch the queries; the data is read on this thread): ",
+      table.concat(unused, ", "), "\n")
   end
   local mc = opts["model-config"] or (run_dir and exists(run_dir .. "/log/model_config.json")
     and run_dir .. "/log/model_config.json") or nil
@@ -216,6 +285,7 @@ local function main()
     hero.core.fs_write_atomic(path, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""))
   end
   if opts["save-logits"] then
+    if logits_in_run then make_parent(opts["save-logits"]) end
     json.write_file(opts["save-logits"], res.logits)
     res.logits = nil
   end
@@ -225,7 +295,7 @@ local function main()
     else json.write_file(path, res.results) end
   end
   if default_out then
-    os.execute("mkdir -p '" .. default_out:match("^(.*)/[^/]*$"):gsub("'", "'\\''") .. "'")
+    make_parent(default_out)
     write_submission(default_out)
   elseif task == "tvc" and opts.out:match("%.jsonl$") then
     write_captions(opts.out)

@@ -1052,6 +1052,26 @@ describe("fine-tuning and evaluation", function()
       assert.are.same({"vid_name", "clip_id", "ts", "descs"}, json.key_order(l))
       assert.are.equal("string", type(l.descs[1].desc))
     end
+    -- inf_tvc.py's options as it spells them: the same captions with the run's max_gen_step (4),
+    -- greedy captions' beginnings with a shorter one
+    local function inf_tvc(steps, file)
+      return run_example("evaluate.lua", {"--task", "tvc", "--model_dir", tmpdir .. "/tvc", "--ckpt_step", "1",
+        "--target_clip", list, "--output", file, "--max_gen_step", steps, "--no_fp16", "--vocab",
+        helper.fixture("tokenizer/roberta-base-vocab.json"), "--merges", helper.fixture("tokenizer/vocab.bpe")})
+    end
+    rc, out = inf_tvc("4", tmpdir .. "/captions_ref.jsonl")
+    assert.are.equal(0, rc, out)
+    assert.matches("read for nothing.*%-%-no_fp16", out)
+    assert.are.same(lines, json.read_lines(tmpdir .. "/captions_ref.jsonl", {ordered = true}))
+    rc, out = inf_tvc("2", tmpdir .. "/captions_short.jsonl")
+    assert.are.equal(0, rc, out)
+    local short, shorter = json.read_lines(tmpdir .. "/captions_short.jsonl"), 0
+    for i, l in ipairs(short) do
+      local full = lines[i].descs[1].desc
+      assert.are.equal(full:sub(1, #l.descs[1].desc), l.descs[1].desc)
+      if #l.descs[1].desc < #full then shorter = shorter + 1 end
+    end
+    assert.is_true(shorter > 0)
     args = {table.unpack(common)}
     for _, a in ipairs {"--out", tmpdir .. "/c.json", "--meteor-jar", tmpdir .. "/nope.jar"} do args[#args + 1] = a end
     rc, out = run_example("evaluate.lua", args)
@@ -1300,6 +1320,23 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.same(key_set(ref.metrics_nms), key_set(res.metrics_nms))
     assert.are.same(key_set(ref.val_log), key_set(res.val_log))
     assert.are.equal(9, #res.submission.VR)
+
+    -- eval_vcmr.py's command line as the reference spells it: the same submission, in the run
+    -- directory's results_val/ (the batch sizes read for nothing, and said so)
+    rc, out = run_example("evaluate.lua", {"--task", "tvr", "--output_dir", dir .. "/a", "--checkpoint", "3",
+      "--split", "val", "--query_txt_db", txt_dir .. "/tvr_val.db", "--full_eval_tasks", "VCMR", "SVMR", "VR",
+      "--batch_size", "80", "--vcmr_eval_video_batch_size", "50", "--n_workers", "4", "--pin_mem"})
+    assert.are.equal(0, rc, out)
+    assert.matches("read for nothing.*%-%-batch_size, %-%-vcmr_eval_video_batch_size, %-%-n_workers, %-%-pin_mem", out)
+    assert.are.same(res.submission, json.read_file(dir .. "/a/results_val/results_3_all.json"))
+    rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/a/ckpt/step_3.safetensors",
+      "--txt-db", txt_dir .. "/tvr_val.db", "--query_txt_db", txt_dir .. "/tvr_val.db", "--out", dir .. "/x.json"})
+    assert.are.equal(2, rc, out)
+    assert.matches("%-%-txt%-db and %-%-query_txt_db say the same: give one", out)
+    rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/a/ckpt/step_3.safetensors",
+      "--full_eval_tasks", "VCMR", "XR", "--out", dir .. "/x.json"})
+    assert.are.equal(2, rc, out)
+    assert.matches("%-%-full_eval_tasks: invalid choice 'XR' %(eval_vcmr.py takes VCMR, SVMR, VR%)", out)
   end)
 
   it_db_mpi("evaluates VideoQA and VIOLIN (answers, logits) and over MPI ranks (--dist), joined as one process",
@@ -1333,6 +1370,14 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
         end
       end
       assert.is_nil(one.logits) -- in their own file
+      -- eval_videoQA.py / eval_violin.py as the reference spells them: --save_logits puts the
+      -- answers and the logits (JSON where the reference pickles) in results_val_w_logit/
+      rc, out = run_example("evaluate.lua", {"--task", task, "--output_dir", dir .. "/" .. task, "--checkpoint", "1",
+        "--query_txt_db", db, "--save_logits"})
+      assert.are.equal(0, rc, out)
+      local w_logit = dir .. "/" .. task .. "/results_val_w_logit/"
+      assert.are.same(one.results, json.read_file(w_logit .. "results_1_all.json"))
+      assert.are.same(logits, json.read_file(w_logit .. "logits_1_all.json"))
       if not has_mpirun() then
         pending("mpirun is not installed (Debian: openmpi-bin): the distributed evaluation is not run")
         return

@@ -136,6 +136,42 @@ M.REFERENCE_OPTIONS = {
   },
 }
 
+-- The evaluation scripts (examples/evaluate.lua reads their options): eval_vcmr.py, eval_vr.py,
+-- eval_videoQA.py, eval_violin.py and inf_tvc.py, each with a parser of its own.
+local function eval_script(dbs, split, task, extra)
+  local list = {
+    opt("sub_txt_db", "str", dbs[1]), opt("vfeat_db", "str", dbs[2]), opt("query_txt_db", "str", dbs[3]),
+    opt("split", "str", split[1], {choices = split[2]}),
+  }
+  if task then list[#list + 1] = opt("task", "str", task[1], {choices = task[2]}) end
+  list[#list + 1] = opt("checkpoint", "str")
+  for _, o in ipairs(extra) do list[#list + 1] = o end
+  return concat(list, {opt("fp16", "flag", false), opt("n_workers", "int", 4), opt("pin_mem", "flag", false)})
+end
+M.REFERENCE_OPTIONS.eval_vcmr = eval_script({"/txt/tv_subtitles.db", "/video/tv", "/txt/tvr_val.db"},
+  {"val", {"val", "test_public", "test"}}, {"tvr", {"tvr", "how2r", "didemo_video_sub", "didemo_video_only"}}, {
+    opt("batch_size", "int", 80), opt("vcmr_eval_video_batch_size", "int", 50),
+    opt("full_eval_tasks", "str", {"VCMR", "SVMR", "VR"}, {nargs = "+", choices = {"VCMR", "SVMR", "VR"}}),
+    opt("output_dir", "str"),
+  })
+M.REFERENCE_OPTIONS.eval_vr = eval_script({"/txt/msrvtt_subtitles.db", "/video/msrvtt", "/txt/msrvtt_val.db"},
+  {"val", {"val", "test"}}, {"msrvtt_video_sub", {"msrvtt_video_sub", "msrvtt_video_only"}}, {
+    opt("batch_size", "int", 80), opt("vr_eval_video_batch_size", "int", 50), opt("output_dir", "str"),
+  })
+M.REFERENCE_OPTIONS.eval_videoQA = concat(eval_script({"/txt/tv_subtitles.db", "/video/tv", "/txt/tvqa_val.db/"},
+  {"val", {"val", "test_public", "test"}}, {"tvqa", {"tvqa", "how2qa"}}, {
+    opt("batch_size", "int", 10), opt("output_dir", "str"),
+  }), {opt("save_logits", "flag", false)})
+M.REFERENCE_OPTIONS.eval_violin = concat(eval_script({"/txt/violin_subtitles.db", "/video/violin",
+  "/txt/violin_test.db"}, {"test", {"val", "test"}}, nil, {
+    opt("batch_size", "int", 10), opt("output_dir", "str"),
+  }), {opt("save_logits", "flag", false)})
+M.REFERENCE_OPTIONS.inf_tvc = {
+  opt("model_dir", "str"), opt("ckpt_step", "int"), opt("output", "str"), opt("batch_size", "int", 8),
+  opt("max_gen_step", "int", 30), opt("n_workers", "int", 4), opt("no_pin_mem", "flag", false),
+  opt("no_fp16", "flag", false), opt("target_clip", "str"),
+}
+
 -- argparse's test for a negative number, which it takes as a value, not as an option
 local function is_negative_number(a)
   return a:match("^%-%d+$") ~= nil or a:match("^%-%d*%.%d+$") ~= nil

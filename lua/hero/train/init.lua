@@ -134,9 +134,9 @@ function train.check_resumed_settings(path, hps, may_differ)
 end
 
 -- The task-level modules, loaded on first use (hero.train.finetune, .pretrain_config,
--- .pretrain_valid): requiring hero.train does not load the model code they pull in.
+-- .pretrain_valid, .device_batch): requiring hero.train does not load the model code they pull in.
 local SUBMODULES = {finetune = "hero.train.finetune", pretrain_config = "hero.train.pretrain_config",
-                    pretrain_valid = "hero.train.pretrain_valid"}
+                    pretrain_valid = "hero.train.pretrain_valid", device_batch = "hero.train.device_batch"}
 setmetatable(train, {__index = function(t, k)
   local name = SUBMODULES[k]
   if not name then return nil end
