@@ -85,7 +85,14 @@ describe("hero.cli", function()
     fails({"--task", "tvqa"}, "train_vcmr", "invalid choice 'tvqa'", "tvr, didemo_video_sub, how2r, didemo_video_only")
     fails({"--fp16=1"}, "train_tvc", "--fp16 is a flag: it takes no value (got '1')")
     helper.assert_error_contains(function() cli.parse_reference({}, "train_qa") end,
-      "unknown script 'train_qa' (pretrain, train_tvc, train_vcmr, train_videoQA, train_violin, train_vr)")
+      "unknown script 'train_qa' (eval_vcmr, eval_videoQA, eval_violin, eval_vr, inf_tvc, pretrain, train_tvc, "
+        .. "train_vcmr, train_videoQA, train_violin, train_vr)")
+    -- the evaluation scripts' own parsers: eval_violin.py has no --task; inf_tvc.py's --ckpt_step is an int
+    local v, rest = cli.parse_reference({"--task", "violin", "--save_logits"}, "eval_violin")
+    assert.same({save_logits = true}, v)
+    assert.same({"--task", "violin"}, rest)
+    fails({"--ckpt_step", "5.5"}, "inf_tvc", "--ckpt_step: invalid int value: '5.5'")
+    fails({"--split", "train"}, "eval_vr", "--split: invalid choice 'train' (eval_vr.py takes val, test)")
   end)
 
   it("puts the command line's values over the config's keys, as parse_with_config, and drops config", function()
