@@ -277,6 +277,37 @@ describe("LmdbBuilder", function()
     end)
   end)
 
+  it_db("keeps the old database when a side file cannot be written whole (a file size limit)", function()
+    local dest = tmpdir("db_full")
+    local b = W.LmdbBuilder(dest)
+    b:put("k", "old")
+    b:json("side.jsonl", {{a = 1}, {a = 2}})
+    b:commit()
+    -- in a process whose files may not grow past 1 MB (and that ignores the signal that would
+    -- kill it): the side file's write fails, and so does the commit that would have published
+    -- the database without it
+    local script = string.format([[
+      local W = require("hero").data.writer
+      local b = W.LmdbBuilder(%q, {overwrite = true})
+      b:put("k", "new")
+      local rows = {}
+      for i = 1, 100000 do rows[i] = {a = i, pad = "xxxxxxxxxxxxxxxxxxxx"} end
+      print(pcall(b.json, b, "side.jsonl", rows))
+      print(pcall(b.raw_file, b, "raw.bin", string.rep("r", 3000000)))
+      print(pcall(b.commit, b))
+      b:abort()]], dest)
+    local lua = arg and arg[-1] or "lua5.4"
+    local p = io.popen("sh -c 'trap \"\" XFSZ; ulimit -f 1024; exec \"$0\" -e \"$1\"' " .. lua .. " "
+      .. string.format("%q", script) .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    assert.matches("false\tLmdbBuilder:json: .*side%.jsonl.*File too large", out)
+    assert.matches("false\tLmdbBuilder:raw_file: .*raw%.bin.*File too large", out)
+    assert.matches("false\tLmdbBuilder: '.*db_full' is not written: a side file failed", out)
+    assert.are.equal("old", data.open_lmdb(dest):get("k"))
+    assert.are.same({{a = 1}, {a = 2}}, json.read_lines(dest .. "/side.jsonl"))
+  end)
+
   it_db("grows the map as values arrive", function()
     local dest = tmpdir("db_grow")
     local b = W.LmdbBuilder(dest, {map_size = 65536})

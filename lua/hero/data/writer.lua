@@ -175,6 +175,17 @@ function LmdbBuilder:count()
   return self.lmdb:count()
 end
 
+-- A side file written whole (synced, renamed into place) or an error naming it: a write that
+-- fails (a full disk, a file size limit) must not leave a torn file for commit() to publish, and
+-- the builder then refuses to commit a database that lacks it.
+local function write_whole(builder, path, bytes, who)
+  local ok, err = pcall(core.fs_write_atomic, path, bytes)
+  if not ok then
+    builder.failed = string.format("%s: %s", who, tostring(err))
+    error(builder.failed, 3)
+  end
+end
+
 --- Writes a JSON side file into the database directory (name with or without ".json"; a
 -- ".jsonl" name takes an array and writes one value per line).
 function LmdbBuilder:json(name, value, opts)
@@ -187,11 +198,9 @@ function LmdbBuilder:json(name, value, opts)
   if file:match("%.jsonl$") then
     local lines = {}
     for i, v in ipairs(value) do lines[i] = json.encode(v) end
-    local f = assert(io.open(path, "wb"))
-    f:write(table.concat(lines, "\n"), #lines > 0 and "\n" or "")
-    f:close()
+    write_whole(self, path, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""), "LmdbBuilder:json")
   else
-    json.write_file(path, value, opts)
+    write_whole(self, path, json.encode(value, opts) .. "\n", "LmdbBuilder:json") -- json.write_file's bytes
   end
   self.files[#self.files + 1] = file
 end
@@ -203,15 +212,17 @@ function LmdbBuilder:raw_file(name, bytes)
   util.check_string(name, "the file name", "LmdbBuilder:raw_file")
   util.check_string(bytes, "the bytes", "LmdbBuilder:raw_file")
   if name:find("/") then error("LmdbBuilder:raw_file: the name must not contain '/': " .. name, 2) end
-  local f = assert(io.open(self.tmp .. "/" .. name, "wb"))
-  f:write(bytes)
-  f:close()
+  write_whole(self, self.tmp .. "/" .. name, bytes, "LmdbBuilder:raw_file")
   self.files[#self.files + 1] = name
 end
 
 --- Syncs everything and renames the directory into place. Returns dest.
 function LmdbBuilder:commit()
   check_live(self, "LmdbBuilder:commit")
+  if self.failed then
+    error(string.format("%s: '%s' is not written: a side file failed (%s); the database there is as it was (abort "
+      .. "the builder)", self.what, self.dest, self.failed), 2)
+  end
   local lmdb = self.lmdb
   self.lmdb = nil
   local ok, err = pcall(function()

@@ -129,15 +129,26 @@ function M.ptb_tokenize(text)
   return table.concat(kept, " ")
 end
 
+-- A temporary file holding text, for a java tool to read; an error naming it when the text cannot be
+-- written whole (a tool reading a torn file would score what it holds without a word).
+local function temp_file(text, who)
+  local tmp = os.tmpname()
+  local f, err = io.open(tmp, "wb")
+  local ok = f and f:write(text)
+  local closed = f and f:close()
+  if not (ok and closed) then
+    os.remove(tmp)
+    error(string.format("%s: cannot write the temporary file %s: %s", who, tmp, tostring(err or "write failed")), 3)
+  end
+  return tmp
+end
+
 --- Runs the Stanford PTBTokenizer jar (java on the PATH) exactly as the reference does and
 -- removes the punctuation tokens. texts: array of strings; returns an array of token strings.
 function M.ptb_tokenize_java(texts, jar)
-  local tmp = os.tmpname()
-  local f = assert(io.open(tmp, "wb"))
   local lines = {}
   for i, t in ipairs(texts) do lines[i] = t:gsub("\n", " ") end
-  f:write(table.concat(lines, "\n"))
-  f:close()
+  local tmp = temp_file(table.concat(lines, "\n"), "ptb_tokenize_java")
   local cmd = string.format("java -cp '%s' edu.stanford.nlp.process.PTBTokenizer -preserveLines -lowerCase '%s'",
     jar:gsub("'", "'\\''"), tmp)
   local p = assert(io.popen(cmd, "r"))
@@ -477,10 +488,7 @@ function M.meteor(gts, res, jar, paraphrase)
   if not M.meteor_available(jar) then return nil, "METEOR needs java and a meteor-1.5.jar (skipped)" end
   local base = M.meteor_command(jar, paraphrase)
   local function run(lines)
-    local tmp = os.tmpname()
-    local f = assert(io.open(tmp, "wb"))
-    f:write(table.concat(lines, "\n"), "\n")
-    f:close()
+    local tmp = temp_file(table.concat(lines, "\n") .. "\n", "meteor")
     local p = assert(io.popen(base .. " < " .. shell_quote(tmp) .. " 2>/dev/null", "r"))
     local out = {}
     for line in p:lines() do out[#out + 1] = line end
