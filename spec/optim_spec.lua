@@ -232,6 +232,33 @@ describe("optim", function()
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, betas = 0.9}) end, "betas must be a pair")
     helper.assert_error_contains(function() optim.AdamW(nil, {lr = 1}) end, "params must be named_parameters()")
     assert.is_table(optim.AdamW({}, {lr = 0, eps = 0, weight_decay = 0}))
+    -- NaN betas, negative or NaN multipliers (ascent), a string for the no-decay list, a group that is
+    -- not a function, two parameters under one name (they would share their moments)
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, betas = {0 / 0, 0.9}}) end,
+      "betas must be in [0, 1)")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, lr_mul = {decay = -1}}) end,
+      "lr_mul[decay] must be a number >= 0, got -1")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, lr_mul = {decay = 0 / 0}}) end, "lr_mul[decay]")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, no_decay = "bias"}) end,
+      "opts.no_decay must be a list of name substrings")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, no_decay = {"bias", 3}}) end,
+      "opts.no_decay[2] must be a string")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, group = "g"}) end,
+      "opts.group must be a function")
+    helper.assert_error_contains(function() optim.AdamW({{"w", w}, {"w", hero.ones(2)}}, {lr = 1}) end,
+      "parameter entries 1 and 2 are both named 'w'")
+    -- a state whose step count is not a count (a negative one made every parameter NaN)
+    for _, step in ipairs {-1, -1.0, 0.5, 0 / 0, math.huge, "3"} do
+      helper.assert_error_contains(function()
+        opt:load_state_dict({state = {w = {step = step, exp_avg = hero.zeros(2), exp_avg_sq = hero.zeros(2)}}})
+      end, "the state of 'w' lacks its step count")
+    end
+    helper.assert_error_contains(function() opt:load_state_dict({betas = {0 / 0, 0.9}}) end, "sd.betas")
+    -- arguments of the wrong kind are named, not met by a Lua error inside
+    helper.assert_error_contains(function() optim.AdamW({w}, 0.1) end, "AdamW: opts must be a table")
+    helper.assert_error_contains(function() opt:step(5) end, "AdamW:step: the argument must be an options table")
+    helper.assert_error_contains(function() optim.clip_grad_norm({w, 5}, 1) end,
+      "clip_grad_norm: params[2] must be a tensor")
   end)
 
   it("names the bad argument of clip_grad_norm and warmup_linear", function()

@@ -24,6 +24,14 @@ local function ordered_params(params, who)
         list[#list + 1] = {name = name, param = t}
       end
     end
+    -- a name is a parameter's key in the state: two under one name would share their moments
+    local seen = {}
+    for i, e in ipairs(list) do
+      if seen[e.name] then
+        error(string.format("%s: parameter entries %d and %d are both named '%s'", who, seen[e.name], i, e.name), 4)
+      end
+      seen[e.name] = i
+    end
   else
     local names = {}
     for name, t in pairs(params) do
@@ -64,6 +72,9 @@ local function new_optimizer(kind, params, opts)
   if type(params) ~= "table" then
     error(name .. ": params must be named_parameters() or a name -> tensor table, got " .. type(params), 3)
   end
+  if type(opts) ~= "table" then
+    error(string.format("%s: opts must be a table such as {lr = 1e-4}, got %s", name, type(opts)), 3)
+  end
   for k in pairs(opts) do
     local known = {lr = true, betas = true, eps = true, weight_decay = true, no_decay = true, lr_mul = true,
                    group = true}
@@ -76,6 +87,19 @@ local function new_optimizer(kind, params, opts)
   local betas = opts.betas or {0.9, 0.999}
   if type(betas) ~= "table" or type(betas[1]) ~= "number" or type(betas[2]) ~= "number" then
     error(name .. ": opts.betas must be a pair of numbers {beta1, beta2}", 3)
+  end
+  local no_decay = opts.no_decay or {}
+  if type(no_decay) ~= "table" then
+    error(string.format("%s: opts.no_decay must be a list of name substrings such as {\"bias\", \"LayerNorm\"}, got %s",
+      name, type(no_decay)), 3)
+  end
+  for i, s in ipairs(no_decay) do
+    if type(s) ~= "string" then
+      error(string.format("%s: opts.no_decay[%d] must be a string, got %s", name, i, type(s)), 3)
+    end
+  end
+  if opts.group ~= nil and type(opts.group) ~= "function" then
+    error(string.format("%s: opts.group must be a function of a parameter's name, got %s", name, type(opts.group)), 3)
   end
   -- as torch.optim: a negative (or NaN) rate, eps or decay is refused
   for _, key in ipairs {"lr", "eps", "weight_decay"} do
@@ -102,11 +126,12 @@ local function new_optimizer(kind, params, opts)
       .. "got %s", name, type(self.lr_mul)), 3)
   end
   for k, v in pairs(self.lr_mul) do
-    if type(v) ~= "number" then
-      error(string.format("%s: opts.lr_mul[%s] must be a number, got %s", name, tostring(k), type(v)), 3)
+    if type(v) ~= "number" or v ~= v or v < 0 then -- as the rate itself: no ascent, no NaN
+      error(string.format("%s: opts.lr_mul[%s] must be a number >= 0, got %s", name, tostring(k), tostring(v)), 3)
     end
   end
-  if self.beta1 < 0 or self.beta1 >= 1 or self.beta2 < 0 or self.beta2 >= 1 then
+  -- written so that NaN fails too
+  if not (self.beta1 >= 0 and self.beta1 < 1 and self.beta2 >= 0 and self.beta2 < 1) then
     error(string.format("%s: betas must be in [0, 1), got {%g, %g}", name, self.beta1, self.beta2), 3)
   end
   for _, e in ipairs(self.entries) do
@@ -153,6 +178,10 @@ function Adam:set_lr(lr) self.lr = lr end
 -- gradients inside the same pass, exactly as scaling them in place first would, without touching
 -- them (a gradient whose dtype differs from its parameter's is scaled in place first).
 function Adam:step(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(string.format("%s:step: the argument must be an options table such as {grad_scale = s}, got %s", self.kind,
+      type(opts)), 2)
+  end
   local grad_scale = opts and opts.grad_scale or 1
   if type(grad_scale) ~= "number" or grad_scale ~= grad_scale then
     error(self.kind .. ":step: opts.grad_scale must be a number, got " .. tostring(grad_scale), 2)
@@ -232,9 +261,10 @@ function Adam:load_state_dict(sd)
   for name, st in pairs(sd.state or {}) do
     local p = known[name]
     if not p then error(string.format("%s:load_state_dict: state for unknown parameter '%s'", kind, name), 2) end
-    if type(st) ~= "table" or math.type(st.step) ~= "integer" and not (type(st.step) == "number"
-        and st.step == math.floor(st.step) and st.step >= 0) then
-      error(string.format("%s:load_state_dict: the state of '%s' lacks its step count", kind, name), 2)
+    local step = type(st) == "table" and st.step
+    if type(step) ~= "number" or step ~= math.floor(step) or step < 0 or step > 2 ^ 53 then
+      error(string.format("%s:load_state_dict: the state of '%s' lacks its step count (an integer >= 0, got %s)", kind,
+        name, tostring(step)), 2)
     end
     local function copy(t, what)
       if not core.is_tensor(t) then
@@ -259,7 +289,7 @@ function Adam:load_state_dict(sd)
   local lr, eps, wd = number("lr", sd.lr), number("eps", sd.eps), number("weight_decay", sd.weight_decay)
   local betas = sd.betas
   if betas ~= nil and (type(betas) ~= "table" or type(betas[1]) ~= "number" or type(betas[2]) ~= "number"
-      or betas[1] < 0 or betas[1] >= 1 or betas[2] < 0 or betas[2] >= 1) then
+      or not (betas[1] >= 0 and betas[1] < 1 and betas[2] >= 0 and betas[2] < 1)) then
     error(string.format("%s:load_state_dict: sd.betas must be two numbers in [0, 1)", kind), 2)
   end
   self.state = state
@@ -317,9 +347,14 @@ function optim.clip_grad_norm(params, max_norm, opts)
   end
   local grads = {}
   if core.is_tensor(params[1]) then
-    for _, p in ipairs(params) do grads[#grads + 1] = p.grad end
+    for i, p in ipairs(params) do
+      if not core.is_tensor(p) then
+        error(string.format("clip_grad_norm: params[%d] must be a tensor (as params[1] is), got %s", i, type(p)), 2)
+      end
+      grads[#grads + 1] = p.grad
+    end
   else
-    for _, e in ipairs(ordered_params(params)) do grads[#grads + 1] = e.param.grad end
+    for _, e in ipairs(ordered_params(params, "clip_grad_norm")) do grads[#grads + 1] = e.param.grad end
   end
   local norm
   if norm_type == 2 then
