@@ -854,6 +854,7 @@ static int t_newindex(lua_State *L)
     if (i < 1 || i > t->size[0])
         return luaL_error(L, "index assignment: position %I out of range for dimension 1 of size %I",
                           lua_tointeger(L, 2), (lua_Integer)t->size[0]);
+    hr_lua_check_fits(L, 3, t->dtype, "index assignment"); /* as fill_: no value wrapped or saturated */
     hr_tensor *row = hr_view_select(t, 0, i - 1);
     if (!row) return hr_lua_error(L, "index assignment");
     int rc;

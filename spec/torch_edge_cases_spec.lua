@@ -146,6 +146,12 @@ describe("PyTorch edge cases", function()
       {function() hero.tensor({math.maxinteger}, {dtype = "i32"}) end, "cannot be converted to i32"},
       {function() hero.tensor(1e39) end, "cannot be converted to f32"},
       {function() hero.zeros(2, {dtype = "i32"}):fill_(2 ^ 31) end, "cannot be converted to i32"},
+      -- index assignment, as fill_
+      {function() hero.zeros(2, {dtype = "u8"})[1] = 300 end, "index assignment: value 300 cannot be converted to u8"},
+      {function() hero.zeros(2, {dtype = "i64"})[1] = nan end, "cannot be converted to i64"},
+      {function() hero.zeros(2, {dtype = "i64"})[2] = math.huge end, "cannot be converted to i64"},
+      {function() hero.zeros(2, {dtype = "i32"})[1] = 1 << 40 end, "cannot be converted to i32"},
+      {function() hero.zeros(2, {dtype = "f16"})[1] = -1e9 end, "cannot be converted to f16"},
     }
     for _, c in ipairs(cases) do helper.assert_error_contains(c[1], c[2]) end
     -- what fits: u8 wraps -255..-1 as PyTorch, halfs take infinities and NaN, integers truncate
