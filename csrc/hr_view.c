@@ -172,6 +172,9 @@ hr_tensor *hr_view_expand(hr_tensor *t, int ndim, const int64_t *size)
     for (int i = 0; i < ndim; i++) {
         int j = i - lead;
         int64_t want = size[i];
+        if (want < -1)
+            return hr_fail_null(HR_EINVAL, "expand: size %" PRId64 " of dimension %d is negative (-1 keeps a size)", want,
+                                i + 1);
         if (j < 0) {
             if (want < 0) return hr_fail_null(HR_EINVAL, "expand: -1 is not allowed for a new leading dimension");
             shape[i] = want;

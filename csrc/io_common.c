@@ -109,7 +109,8 @@ int hr_io_read_file(const char *path, unsigned char **out, size_t *len)
 {
     *out = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would wait for a writer; regular files read as ever */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT) return hr_fail(HR_EIO, "no such file: '%s'", path);
         return hr_fail(HR_EIO, "cannot open '%s': %s", path, strerror(errno));

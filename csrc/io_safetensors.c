@@ -688,7 +688,7 @@ int hr_safetensors_load(const char *path, hr_tensor_list *out, bool use_mmap)
     char what[512];
     snprintf(what, sizeof what, "'%s'", path);
     hr_tensor_list_init(out);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO is refused below, not waited on */
     if (fd < 0) {
         if (errno == ENOENT) return hr_fail(HR_EIO, "no such file: '%s'", path);
         return hr_fail(HR_EIO, "cannot open '%s': %s", path, strerror(errno));

@@ -788,7 +788,7 @@ int hr_torch_load(const char *path, hr_torch_file *out)
     memset(out, 0, sizeof *out);
     char what[512];
     snprintf(what, sizeof what, "'%s'", path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO is refused below, not waited on */
     if (fd < 0) {
         if (errno == ENOENT) return hr_fail(HR_EIO, "no such file: '%s'", path);
         return hr_fail(HR_EIO, "cannot open '%s': %s", path, strerror(errno));

@@ -377,6 +377,32 @@ int hr_lua_opt_field_option(lua_State *L, int idx, const char *name, int def, co
     return luaL_error(L, "%s: option %s must be %s, got a %s", op, name, lua_tostring(L, -1), luaL_typename(L, -2));
 }
 
+const char *hr_lua_check_path(lua_State *L, int idx, const char *op)
+{
+    size_t len;
+    const char *p = luaL_checklstring(L, idx, &len);
+    const char *nul = memchr(p, '\0', len);
+    if (nul) luaL_error(L, "%s: the path holds a NUL byte (at byte %d), which would cut it short", op, (int)(nul - p) + 1);
+    return p;
+}
+
+int hr_lua_options(lua_State *L, int idx, const char *const names[], const char *list, const char *op)
+{
+    if (lua_isnoneornil(L, idx)) return 0;
+    if (!lua_istable(L, idx))
+        luaL_error(L, "%s: argument #%d must be a table of options (%s), got %s", op, idx, list, luaL_typename(L, idx));
+    idx = lua_absindex(L, idx);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        bool known = false;
+        for (int i = 0; k && names[i]; i++) known = known || strcmp(k, names[i]) == 0;
+        if (!known) luaL_error(L, "%s: unknown option '%s' (%s)", op, k ? k : luaL_typename(L, -2), list);
+        lua_pop(L, 1);
+    }
+    return idx;
+}
+
 int hr_lua_rawfield(lua_State *L, int idx, const char *name)
 {
     idx = lua_absindex(L, idx);

@@ -149,6 +149,15 @@ int hr_lua_autograd_set_field(lua_State *L, hr_tensor *t, const char *key, int v
  * option tables and lists raw, so that no Lua code (which could free a tensor the binding already
  * holds) runs while they parse their arguments. */
 int hr_lua_rawfield(lua_State *L, int idx, const char *name);
+
+/* The path string at idx: an error naming op when it holds a NUL byte, which the system calls would
+ * take as its end (a different file than the one named). */
+const char *hr_lua_check_path(lua_State *L, int idx, const char *op);
+
+/* The options table at idx (absent or nil: none), whose keys must all be in names (NULL-terminated;
+ * list names them for the error): a misspelt option would otherwise be ignored and silently change
+ * the result. Returns its absolute index, or 0 when there is none; raises for a non-table. */
+int hr_lua_options(lua_State *L, int idx, const char *const names[], const char *list, const char *op);
 /* Raises a Lua error when t is an expanded view (a stride-0 dimension of size > 1), which an
  * in-place write would reach twice. hr_lua_check_inplace includes it. */
 void hr_lua_check_writable(lua_State *L, const hr_tensor *t, const char *op);

@@ -308,7 +308,7 @@ typedef struct {
 
 static int l_lmdb_open(lua_State *L)
 {
-    const char *dir = luaL_checkstring(L, 1);
+    const char *dir = hr_lua_check_path(L, 1, "lmdb_open");
     lmdb_box *b = lua_newuserdatauv(L, sizeof *b, 1);
     b->db = NULL;
     luaL_setmetatable(L, LMDB_MT);

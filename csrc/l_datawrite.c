@@ -9,9 +9,11 @@
  * by the metatable's __order field when it has one (hero.data.ordered), else sorted: numbers
  * first (ascending), then strings (bytewise).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "hr_datawrite.h"
 #include "hr_io.h"
@@ -358,7 +360,7 @@ static hr_lmdb_writer *check_writer(lua_State *L, const char *op)
 
 static int l_lmdb_writer(lua_State *L)
 {
-    const char *dir = luaL_checkstring(L, 1);
+    const char *dir = hr_lua_check_path(L, 1, "lmdb_writer");
     lua_Integer map = luaL_optinteger(L, 2, 0);
     if (map < 0) return luaL_error(L, "lmdb_writer: argument #2: map_size must be >= 0, got %I", map);
     writer_box *b = lua_newuserdatauv(L, sizeof *b, 1);
@@ -433,14 +435,14 @@ static int w_tostring(lua_State *L)
 
 static int l_fs_mkdir(lua_State *L)
 {
-    const char *p = luaL_checkstring(L, 1);
+    const char *p = hr_lua_check_path(L, 1, "fs_mkdir");
     if (hr_dir_create(p, lua_toboolean(L, 2))) return hr_lua_error(L, "fs_mkdir");
     return 0;
 }
 
 static int l_fs_rmtree(lua_State *L)
 {
-    const char *p = luaL_checkstring(L, 1);
+    const char *p = hr_lua_check_path(L, 1, "fs_rmtree");
     if (p[0] == 0 || strcmp(p, "/") == 0 || strcmp(p, ".") == 0 || strcmp(p, "..") == 0)
         return luaL_error(L, "fs_rmtree: refusing to remove '%s'", p);
     if (hr_dir_remove_tree(p)) return hr_lua_error(L, "fs_rmtree");
@@ -449,14 +451,14 @@ static int l_fs_rmtree(lua_State *L)
 
 static int l_fs_rename(lua_State *L)
 {
-    const char *a = luaL_checkstring(L, 1), *b = luaL_checkstring(L, 2);
+    const char *a = hr_lua_check_path(L, 1, "fs_rename"), *b = hr_lua_check_path(L, 2, "fs_rename");
     if (hr_path_rename(a, b)) return hr_lua_error(L, "fs_rename");
     return 0;
 }
 
 static int l_fs_sync_dir(lua_State *L)
 {
-    const char *p = luaL_checkstring(L, 1);
+    const char *p = hr_lua_check_path(L, 1, "fs_sync_dir");
     if (hr_dir_sync(p)) return hr_lua_error(L, "fs_sync_dir");
     return 0;
 }
@@ -464,7 +466,7 @@ static int l_fs_sync_dir(lua_State *L)
 /* fs_sync(path): fsync of a file (its bytes are on disk) or a directory (its entries are). */
 static int l_fs_sync(lua_State *L)
 {
-    const char *p = luaL_checkstring(L, 1);
+    const char *p = hr_lua_check_path(L, 1, "fs_sync");
     if (hr_path_sync(p)) return hr_lua_error(L, "fs_sync");
     return 0;
 }
@@ -473,7 +475,7 @@ static int l_fs_sync(lua_State *L)
  * directory; readers of path see the old complete file or the new one, even after a crash. */
 static int l_fs_write_atomic(lua_State *L)
 {
-    const char *p = luaL_checkstring(L, 1);
+    const char *p = hr_lua_check_path(L, 1, "fs_write_atomic");
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
     const void *pieces[1] = {data};
@@ -481,10 +483,40 @@ static int l_fs_write_atomic(lua_State *L)
     return 0;
 }
 
+/* fs_kind(path) -> "file", "directory" or "other" (a FIFO, a device, a socket), or nil and the
+ * reason when there is nothing there: what a path is, before anything opens it (opening a FIFO to
+ * read waits for a writer) */
+static int l_fs_kind(lua_State *L)
+{
+    const char *p = hr_lua_check_path(L, 1, "fs_kind");
+    struct stat st;
+    if (stat(p, &st) != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(errno));
+        return 2;
+    }
+    lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "directory" : "other");
+    return 1;
+}
+
+/* fs_read(path) -> the bytes of the regular file at path (anything else, a FIFO included, is refused
+ * rather than waited on) */
+static int l_fs_read(lua_State *L)
+{
+    const char *p = hr_lua_check_path(L, 1, "fs_read");
+    unsigned char *buf;
+    size_t len;
+    if (hr_io_read_file(p, &buf, &len)) return hr_lua_error(L, "fs_read");
+    /* a Lua out-of-memory error in the push would leak buf once: the file was read whole already */
+    lua_pushlstring(L, (const char *)buf, len);
+    free(buf);
+    return 1;
+}
+
 /* fs_listdir(dir) -> {names...} (sorted), {is_dir...} */
 static int l_fs_listdir(lua_State *L)
 {
-    const char *p = luaL_checkstring(L, 1);
+    const char *p = hr_lua_check_path(L, 1, "fs_listdir");
     char **names;
     bool *is_dir;
     size_t n;
@@ -537,6 +569,8 @@ void hr_lua_open_datawrite(lua_State *L, int module_idx, int methods_idx)
         {"fs_sync_dir", l_fs_sync_dir},
         {"fs_sync", l_fs_sync},
         {"fs_write_atomic", l_fs_write_atomic},
+        {"fs_read", l_fs_read},
+        {"fs_kind", l_fs_kind},
         {"fs_listdir", l_fs_listdir},
         {NULL, NULL},
     };

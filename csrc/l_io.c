@@ -92,7 +92,7 @@ static void push_tensor_table(lua_State *L, hr_tensor_list *l)
 /* load_safetensors(path [, {mmap = false}]) -> tensors, metadata */
 static int l_load_safetensors(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = hr_lua_check_path(L, 1, "load_safetensors");
     bool use_mmap = false;
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
@@ -124,7 +124,7 @@ static int l_load_safetensors(lua_State *L)
 
 static int l_save_safetensors(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = hr_lua_check_path(L, 1, "save_safetensors");
     luaL_checktype(L, 2, LUA_TTABLE);
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 3); /* the list userdata goes above the optional argument */
@@ -150,7 +150,7 @@ static int l_save_safetensors(lua_State *L)
 
 static int l_load_npy(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = hr_lua_check_path(L, 1, "load_npy");
     hr_tensor *t;
     HR_LUA_RETRY(L, t, hr_npy_load(path));
     if (!t) return hr_lua_error(L, "load_npy");
@@ -160,7 +160,7 @@ static int l_load_npy(lua_State *L)
 
 static int l_save_npy(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = hr_lua_check_path(L, 1, "save_npy");
     hr_tensor *t = hr_lua_check_tensor(L, 2, "save_npy");
     int rc;
     HR_LUA_RETRY_INT(L, rc, hr_npy_save(path, t));
@@ -170,7 +170,7 @@ static int l_save_npy(lua_State *L)
 
 static int l_load_npz(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = hr_lua_check_path(L, 1, "load_npz");
     hr_tensor_list *l = new_list(L);
     int rc;
     HR_LUA_RETRY_INT(L, rc, hr_npz_load(path, l));
@@ -210,7 +210,7 @@ static bool npz_options(lua_State *L, int idx, const char *op, bool *has_order)
 
 static int l_save_npz(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = hr_lua_check_path(L, 1, "save_npz");
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 3);
     bool ordered;
@@ -281,7 +281,7 @@ static int l_npz_to_bytes(lua_State *L)
 
 static int l_load_features(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = hr_lua_check_path(L, 1, "load_features");
     hr_tensor *t;
     HR_LUA_RETRY(L, t, hr_features_load(path));
     if (!t) return hr_lua_error(L, "load_features");

@@ -56,18 +56,22 @@ static int l_cross_entropy(lua_State *L)
 {
     /* the options first: reading them may run Lua code (metamethods), which must not find the
      * tensors already taken */
-    lua_Integer ignore = -100, classes = 0;
+    lua_Integer ignore = -100, classes = 0; /* classes 0: all the columns */
     double smoothing = 0;
     hr_reduction red = HR_REDUCE_MEAN;
-    if (lua_istable(L, 3)) {
+    static const char *const keys[] = {"ignore_index", "label_smoothing", "reduction", "classes", NULL};
+    int oi = hr_lua_options(L, 3, keys, "ignore_index, label_smoothing, reduction, classes", "cross_entropy");
+    if (oi) {
         static const char *const names[] = {"none", "mean", "sum", NULL};
-        ignore = hr_lua_opt_field_integer(L, 3, "ignore_index", ignore, "cross_entropy");
-        smoothing = hr_lua_opt_field_number(L, 3, "label_smoothing", smoothing, "cross_entropy");
-        red = (hr_reduction)hr_lua_opt_field_option(L, 3, "reduction", (int)red, names, "cross_entropy");
-        classes = hr_lua_opt_field_integer(L, 3, "classes", LUA_MININTEGER, "cross_entropy");
-        if (classes == LUA_MININTEGER) classes = 0; /* all the columns */
-        else if (classes <= 0)
-            return luaL_error(L, "cross_entropy: option classes must be positive, got %I", classes);
+        ignore = hr_lua_opt_field_integer(L, oi, "ignore_index", ignore, "cross_entropy");
+        smoothing = hr_lua_opt_field_number(L, oi, "label_smoothing", smoothing, "cross_entropy");
+        red = (hr_reduction)hr_lua_opt_field_option(L, oi, "reduction", (int)red, names, "cross_entropy");
+        bool given = hr_lua_rawfield(L, oi, "classes") != LUA_TNIL;
+        lua_pop(L, 1);
+        if (given) {
+            classes = hr_lua_opt_field_integer(L, oi, "classes", 0, "cross_entropy");
+            if (classes <= 0) return luaL_error(L, "cross_entropy: option classes must be positive, got %I", classes);
+        }
     }
     /* autocast's f32 loss of half GPU logits reads them as f32 in the kernel (no cast copy) */
     hr_tensor *x = hr_lua_check_tensor(L, 1, "cross_entropy");
@@ -127,12 +131,17 @@ typedef struct {
 
 static attention_opts attention_options(lua_State *L, int idx, const char *op)
 {
+    static const char *const names[] = {"dropout", "training", "generator", NULL};
     attention_opts o = {0, true, NULL};
-    int oi = lua_istable(L, idx) ? idx : 0;
+    int oi = hr_lua_options(L, idx, names, "dropout, training, generator", op);
     if (oi) {
-        if (hr_lua_rawfield(L, oi, "dropout") != LUA_TNIL) o.dropout = luaL_checknumber(L, -1);
-        if (hr_lua_rawfield(L, oi, "training") != LUA_TNIL) o.training = lua_toboolean(L, -1);
-        lua_pop(L, 2);
+        o.dropout = hr_lua_opt_field_number(L, oi, "dropout", 0, op);
+        if (hr_lua_rawfield(L, oi, "training") != LUA_TNIL) {
+            if (!lua_isboolean(L, -1))
+                luaL_error(L, "%s: option training must be a boolean, got %s", op, luaL_typename(L, -1));
+            o.training = lua_toboolean(L, -1);
+        }
+        lua_pop(L, 1);
     }
     o.generator = hr_lua_opt_generator(L, oi, op);
     return o;

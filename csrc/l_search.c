@@ -16,29 +16,6 @@
 #include "hr_search.h"
 #include "l_common.h"
 
-/* Refuses keys of the options table at idx not in names (NULL-terminated). */
-static void check_option_names(lua_State *L, int idx, const char *const names[], const char *list, const char *op)
-{
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        bool known = false;
-        for (int i = 0; k && names[i]; i++) known = known || strcmp(k, names[i]) == 0;
-        if (!known) luaL_error(L, "%s: unknown option '%s' (%s)", op, k ? k : luaL_typename(L, -2), list);
-        lua_pop(L, 1);
-    }
-}
-
-/* The options table at idx (absent or nil: none); its absolute index, or 0. */
-static int opt_table(lua_State *L, int idx, const char *const names[], const char *list, const char *op)
-{
-    if (lua_isnoneornil(L, idx)) return 0;
-    if (!lua_istable(L, idx))
-        luaL_error(L, "%s: argument #%d must be a table of options (%s), got %s", op, idx, list, luaL_typename(L, idx));
-    idx = lua_absindex(L, idx);
-    check_option_names(L, idx, names, list, op);
-    return idx;
-}
 
 static bool opt_field_bool(lua_State *L, int oi, const char *name, bool def, const char *op)
 {
@@ -77,7 +54,7 @@ static int l_unique(lua_State *L)
     static const char *const names[] = {"sorted", "return_inverse", "return_counts", "dim", NULL};
     const char *list = "sorted, return_inverse, return_counts, dim";
     hr_tensor *t = hr_lua_check_tensor(L, 1, "unique");
-    int oi = opt_table(L, 2, names, list, "unique");
+    int oi = hr_lua_options(L, 2, names, list, "unique");
     /* sorted = false lets torch return any order; hero's is always the sorted one */
     (void)opt_field_bool(L, oi, "sorted", true, "unique");
     bool want_inverse = opt_field_bool(L, oi, "return_inverse", false, "unique");
@@ -117,7 +94,7 @@ static int l_bincount(lua_State *L)
 {
     static const char *const names[] = {"weights", "minlength", NULL};
     hr_tensor *t = hr_lua_check_tensor(L, 1, "bincount");
-    int oi = opt_table(L, 2, names, "weights, minlength", "bincount");
+    int oi = hr_lua_options(L, 2, names, "weights, minlength", "bincount");
     lua_Integer minlength = oi ? hr_lua_opt_field_integer(L, oi, "minlength", 0, "bincount") : 0;
     hr_tensor *w = opt_field_tensor(L, oi, "weights", "bincount");
     refuse_grad(L, w, "bincount");
@@ -184,8 +161,8 @@ static int search(lua_State *L, int seq_idx, int values_idx, bool bucketize)
     static const char *const bucket_names[] = {"right", "out_int32", NULL};
     const char *op = bucketize ? "bucketize" : "searchsorted";
     hr_tensor *seq = hr_lua_check_tensor(L, seq_idx, op);
-    int oi = bucketize ? opt_table(L, 3, bucket_names, "right, out_int32", op)
-                       : opt_table(L, 3, sorted_names, "right, side, out_int32, sorter", op);
+    int oi = bucketize ? hr_lua_options(L, 3, bucket_names, "right, out_int32", op)
+                       : hr_lua_options(L, 3, sorted_names, "right, side, out_int32, sorter", op);
     bool right = opt_right(L, oi, !bucketize, op);
     bool out_int32 = opt_field_bool(L, oi, "out_int32", false, op);
     hr_tensor *sorter = bucketize ? NULL : opt_field_tensor(L, oi, "sorter", op);

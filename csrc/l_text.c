@@ -31,8 +31,8 @@ static int l_bpe_free(lua_State *L)
 
 static int l_bpe_load(lua_State *L)
 {
-    const char *vocab = luaL_checkstring(L, 1);
-    const char *merges = luaL_checkstring(L, 2);
+    const char *vocab = hr_lua_check_path(L, 1, "bpe_load");
+    const char *merges = hr_lua_check_path(L, 2, "bpe_load");
     bpe_box *box = lua_newuserdatauv(L, sizeof *box, 0);
     box->b = NULL;
     luaL_setmetatable(L, BPE_MT);

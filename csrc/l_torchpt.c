@@ -145,7 +145,7 @@ static void push_value(conv *c, const hr_pk_value *v, int depth)
 
 static int l_load_torch(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = hr_lua_check_path(L, 1, "load_torch");
     lua_settop(L, 1);
     hr_torch_file *f = lua_newuserdatauv(L, sizeof *f, 0);
     memset(f, 0, sizeof *f);

@@ -122,20 +122,20 @@ local SAME = { -- hero's option, the reference's
 local NO_EFFECT = {batch_size = true, vcmr_eval_video_batch_size = true, vr_eval_video_batch_size = true,
                    n_workers = true, pin_mem = true, no_pin_mem = true, no_fp16 = true}
 
-local ref_values, ref_given = {}, {}
-local opts
+local ref_values, ref_given, opts
 do
-  local name
-  for i, a in ipairs(arg) do if a == "--task" then name = arg[i + 1] end end
-  local rest = arg
-  if name ~= nil then
-    local ok, family = pcall(FT.task_family, name)
-    if not ok then die(family) end
-    local ok2, v, r, g = pcall(hero.cli.parse_reference, arg, EVAL_SCRIPT[family],
-      {task = true, checkpoint = true, split = true, fp16 = true})
-    if not ok2 then die(v) end
-    ref_values, rest, ref_given = v, r, g
+  local name, seen
+  for i, a in ipairs(arg) do
+    if a == "--task" then seen, name = true, arg[i + 1] end
   end
+  if not seen then die("--task is required (vcmr, vr, videoqa, violin, tvc)") end
+  if name == nil or name:match("^%-%-") then die("--task needs a value") end
+  local ok, family = pcall(FT.task_family, name)
+  if not ok then die(family) end
+  local ok2, values, rest, given = pcall(hero.cli.parse_reference, arg, EVAL_SCRIPT[family],
+    {task = true, checkpoint = true, split = true, fp16 = true})
+  if not ok2 then die(values) end
+  ref_values, ref_given = values, given
   opts = parse_args(rest)
   for _, pair in ipairs(SAME) do
     local v = ref_values[pair[2]]

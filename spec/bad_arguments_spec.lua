@@ -22,6 +22,8 @@ describe("bad arguments", function()
     helper.assert_error_contains(function() hero.testing.gradcheck(nil, {}) end, "gradcheck: argument #1")
     helper.assert_error_contains(function() hero.testing.gradcheck(hero.exp, nil) end, "gradcheck: argument #2")
     helper.assert_error_contains(function() hero.amp.GradScaler(1) end, "GradScaler: opts must be a table")
+    helper.assert_error_contains(function() hero.zeros(1, 3):expand(-5, 3) end,
+      "expand: size -5 of dimension 1 is negative")
   end)
 
   it("writers, parity runs and preprocessing", function()

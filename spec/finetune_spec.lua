@@ -1337,6 +1337,12 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
       "--full_eval_tasks", "VCMR", "XR", "--out", dir .. "/x.json"})
     assert.are.equal(2, rc, out)
     assert.matches("%-%-full_eval_tasks: invalid choice 'XR' %(eval_vcmr.py takes VCMR, SVMR, VR%)", out)
+    rc, out = run_example("evaluate.lua", {"--output_dir", dir .. "/a", "--checkpoint", "3"})
+    assert.are.equal(2, rc, out)
+    assert.matches("evaluate: %-%-task is required", out)
+    rc, out = run_example("evaluate.lua", {"--output_dir", dir .. "/a", "--task"})
+    assert.are.equal(2, rc, out)
+    assert.matches("evaluate: %-%-task needs a value", out)
   end)
 
   it_db_mpi("evaluates VideoQA and VIOLIN (answers, logits) and over MPI ranks (--dist), joined as one process",

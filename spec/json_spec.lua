@@ -1,6 +1,7 @@
 --- hero.json: strict decoding with error positions, deterministic encoding.
 require "spec_helper"
 local json = require "hero.json"
+local hero = require "hero"
 
 local function err_of(fn, ...)
   local ok, err = pcall(fn, ...)
@@ -180,6 +181,19 @@ describe("hero.json.encode", function()
     local cyc = {}
     cyc.self = cyc
     assert.truthy(err_of(json.encode, cyc):find("value.self contains itself", 1, true))
+    -- as deep as the decoder reads, and no deeper (a C stack overflow before)
+    local function nested(levels)
+      local root = {}
+      local c = root
+      for _ = 2, levels do
+        c[1] = {}
+        c = c[1]
+      end
+      return root
+    end
+    assert.is_table(json.decode(json.encode(nested(512))))
+    assert.truthy(err_of(json.encode, nested(513)):find("is nested deeper than 512 levels", 1, true))
+    assert.truthy(err_of(json.encode, nested(100000)):find("is nested deeper than 512 levels", 1, true))
     -- a table that appears twice (not a cycle) is fine
     local shared = {1}
     assert.equal('{"a":[1],"b":[1]}', json.encode({a = shared, b = shared}))
@@ -232,12 +246,32 @@ describe("hero.json files", function()
     assert.equal(1, #json.read_lines(path))
     assert.truthy(err_of(json.read_lines, path, {complete = true}):find(path .. ":2:", 1, true))
     os.remove(path)
-    assert.truthy(err_of(json.read_file, path):find("cannot open", 1, true))
+    assert.truthy(err_of(json.read_file, path):find("json.read_file: no such file: '" .. path .. "'", 1, true))
     assert.equal("json.read_file: expected a path string, got nil", err_of(json.read_file, nil))
     local dir = os.tmpname()
     os.remove(dir)
     assert(os.execute("mkdir -p '" .. dir .. "'"))
-    assert.truthy(err_of(json.read_lines, dir):find("json.read_lines: cannot read '" .. dir .. "'", 1, true))
+    assert.truthy(err_of(json.read_lines, dir):find("json.read_lines: '" .. dir .. "' is not a regular file", 1, true))
+    -- a FIFO is refused at once (opening it to read would wait for a writer), as are the tensor
+    -- loaders'; a path with a NUL byte would name another file
+    local fifo = dir .. "/pipe"
+    if os.execute("mkfifo '" .. fifo .. "' 2>/dev/null") then
+      assert.truthy(err_of(json.read_file, fifo):find("is not a regular file", 1, true))
+      for _, load in ipairs {hero.load, hero.io.load_npy, hero.io.load_safetensors} do
+        local ok, err = pcall(load, fifo)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("not a", 1, true), tostring(err))
+      end
+      os.remove(fifo)
+    end
+    local ok_dir, err_dir = pcall(hero.load, dir)
+    assert.is_false(ok_dir)
+    assert.truthy(tostring(err_dir):find("hero.load: '" .. dir .. "' is a directory, not a file", 1, true))
+    assert.truthy(err_of(json.read_file, dir .. "/a\0b"):find("holds a NUL byte", 1, true))
+    local ok, err = pcall(hero.save, dir .. "/a\0b", {x = hero.zeros(1)})
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("holds a NUL byte", 1, true), tostring(err))
+    assert.is_nil(io.open(dir .. "/a")) -- nothing written under the cut-short name
     os.execute("rmdir '" .. dir .. "'")
   end)
 end)

@@ -85,6 +85,23 @@ describe("fused nn nodes (losses and lookups)", function()
       "5 class indices")
   end)
 
+  it("cross_entropy refuses misspelt options and smoothing outside [0, 1], for class indices and probabilities",
+    function()
+    local logits, idx = hero.randn(3, 8), hero.tensor({1, 2, 3}, {dtype = "i64"})
+    helper.assert_error_contains(function() hero.core.cross_entropy(logits, idx, {clases = 8}) end,
+      "unknown option 'clases' (ignore_index, label_smoothing, reduction, classes)")
+    helper.assert_error_contains(function() hero.core.cross_entropy(logits, idx, {classes = math.mininteger}) end,
+      "option classes must be positive")
+    for _, target in ipairs {idx, hero.rand(3, 8)} do
+      for _, s in ipairs {2, -0.5, 0 / 0} do
+        helper.assert_error_contains(function() hero.cross_entropy(logits, target, {label_smoothing = s}) end,
+          "label_smoothing must be in [0, 1]")
+      end
+      helper.assert_error_contains(function() hero.cross_entropy(logits, target, {label_smoothing = "x"}) end,
+        "option label_smoothing must be a number, got string")
+    end
+  end)
+
   it("cross_entropy of f32 rows as wide as a vocabulary agrees with the f64 computation", function()
     -- per-row losses and gradients of f32 logits against the same values in f64 (rounded to f32),
     -- including confident rows whose loss is small: lse - x_t then cancels, so lse must be exact
@@ -292,6 +309,17 @@ describe("dropout_add_layer_norm", function()
     local freed = hero.randn(2, 5)
     freed:free()
     helper.assert_error_contains(function() F.dropout_add_layer_norm(x, freed, nil, nil, 1e-5) end, "freed")
+    -- options of the wrong kind, misspelt or not in a table are refused, not ignored (as attention's)
+    local function opts_fail(o, ...)
+      helper.assert_error_contains(function() F.dropout_add_layer_norm(x, r, nil, nil, 1e-5, o) end, ...)
+      helper.assert_error_contains(function() hero.attention(hero.randn(1, 2, 4), hero.randn(1, 2, 4),
+        hero.randn(1, 2, 4), nil, 2, o) end, ...)
+    end
+    opts_fail({dropout = "abc"}, "option dropout must be a number, got string")
+    opts_fail({training = "no"}, "option training must be a boolean, got string")
+    opts_fail({dropuot = 0.5}, "unknown option 'dropuot' (dropout, training, generator)")
+    opts_fail(0.5, "argument #6 must be a table of options")
+    opts_fail({generator = 3}, "option generator must be a hero.Generator")
   end)
 end)
 

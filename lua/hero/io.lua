@@ -342,8 +342,11 @@ end
 
 -- "zip" / "legacy" when the file starts like a PyTorch checkpoint (torch.save), "safetensors" when
 -- it starts like one (an 8-byte header length, then the JSON header's "{"), "unknown" for any
--- other start, nil when it cannot be opened (load_safetensors then says why).
+-- other start, nil when there is nothing there (load_safetensors then says why), "directory" or
+-- "other" (a FIFO, a device: not opened, since opening a FIFO waits for a writer).
 local function file_kind(path)
+  local what = core.fs_kind(path)
+  if what ~= "file" then return what end -- nil (nothing there), "directory" or "other" (a FIFO, ...)
   local f = io.open(path, "rb")
   if not f then return nil end
   local head = f:read(32)
@@ -366,6 +369,10 @@ function io_.load(path, opts)
   if type(path) ~= "string" then error("hero.load: argument #1: expected a path string, got " .. type(path), 2) end
   if opts ~= nil and type(opts) ~= "table" then error("hero.load: argument #2: expected an options table", 2) end
   local kind = file_kind(path)
+  if kind == "directory" or kind == "other" then
+    error(string.format("hero.load: '%s' is %s, not a file", path, kind == "directory" and "a directory"
+      or "not a regular file"), 2)
+  end
   if kind == "zip" or kind == "legacy" then
     local ok, value = pcall(core.load_torch, path)
     if not ok then error((tostring(value):gsub("^[^\n]-io%.lua:%d+: ", "")), 2) end -- at the caller's line

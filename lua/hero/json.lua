@@ -370,6 +370,8 @@ function json.encode(value, opts)
       put("null")
     elseif tv == "table" then
       if seen[v] then error(format("json.encode: %s contains itself (a cycle)", where()), 0) end
+      -- the decoder's own limit: deeper values could not be read back (and would exhaust the C stack)
+      if depth >= 512 then error(format("json.encode: %s is nested deeper than 512 levels", where()), 0) end
       seen[v] = true
       local count, maxn, all_int, all_str = 0, 0, true, true
       for k in pairs(v) do
@@ -468,6 +470,14 @@ end
 
 local function read_all(path, who)
   if type(path) ~= "string" then error(format("%s: expected a path string, got %s", who, type(path)), 0) end
+  -- through the C module when it is there: regular files only (a FIFO would block io.open until
+  -- something writes to it), and paths with a NUL byte refused
+  local okc, core = pcall(require, "hero.core")
+  if okc and core.fs_read then
+    local ok, text = pcall(core.fs_read, path)
+    if not ok then error(format("%s: %s", who, (tostring(text):gsub("^fs_read: ", ""))), 0) end
+    return text
+  end
   local f, err = io.open(path, "rb")
   if not f then error(format("%s: cannot open '%s': %s", who, path, err), 0) end
   local text, rerr = f:read("a")

@@ -96,6 +96,11 @@ function F.cross_entropy(logits, target, opts)
   end
   local function shaped(per) return per:view(out_shape) end
   local s = o.label_smoothing or 0
+  if type(s) ~= "number" then
+    error("cross_entropy: option label_smoothing must be a number, got " .. type(s), 2)
+  elseif not (s >= 0 and s <= 1) then -- (the class-index path checks it in C too)
+    error("cross_entropy: label_smoothing must be in [0, 1], got " .. tostring(s), 2)
+  end
   local float_target = target:dtype() == "f32" or target:dtype() == "f64" or target:dtype() == "bf16"
     or target:dtype() == "f16"
   if float_target then
