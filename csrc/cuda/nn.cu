@@ -1045,7 +1045,11 @@ __global__ void dropout_add_vec4(const char *x, int dt, const float *r, float *s
         float nz[4];
         block_noise(k0, k1, block0 + (uint64_t)nb, p, keep_value, dropped, nz);
         const int el = dtype_size(dt);
-        for (int64_t i = nb * 4; i < n; i++) s[i] = drop_add_value(load_f32(x + i * el, dt), nz[i - nb * 4], r[i], dt, dropped);
+#pragma unroll
+        for (int h = 0; h < 3; h++) { /* unrolled: nz stays in registers */
+            const int64_t i = nb * 4 + h;
+            if (i < n) s[i] = drop_add_value(load_f32(x + i * el, dt), nz[h], r[i], dt, dropped);
+        }
     }
 }
 
