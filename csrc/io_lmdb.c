@@ -33,6 +33,7 @@ hr_lmdb *hr_lmdb_open(const char *dir)
     int have_data = stat(data, &st) == 0 && S_ISREG(st.st_mode); /* st: data.mdb from here on */
     free(data);
     if (!have_data) return hr_fail_null(HR_EIO, "LMDB directory '%s' has no data.mdb", dir);
+    if (st.st_size == 0) return hr_fail_null(HR_EFORMAT, "LMDB '%s': data.mdb is empty", dir);
 
     hr_lmdb *db = calloc(1, sizeof *db);
     if (!db) return hr_fail_null(HR_ENOMEM, "out of memory opening LMDB '%s'", dir);
@@ -52,6 +53,21 @@ hr_lmdb *hr_lmdb_open(const char *dir)
      * read-only. This is safe as long as no process writes the database while it is open. */
     rc = mdb_env_open(db->env, dir, MDB_RDONLY | MDB_NOLOCK | MDB_NORDAHEAD, 0444);
     if (rc) goto fail;
+    /* A truncated data.mdb (a copy cut short, a full disk) still opens, and the first read of a
+     * page past its end would kill the process with SIGBUS: the pages the header counts must all
+     * be in the file. (A damaged page inside it is read as liblmdb reads it.) */
+    MDB_envinfo info;
+    MDB_stat es;
+    if (mdb_env_info(db->env, &info) == 0 && mdb_env_stat(db->env, &es) == 0) {
+        unsigned long long need = ((unsigned long long)info.me_last_pgno + 1) * es.ms_psize;
+        if ((unsigned long long)st.st_size < need) {
+            hr_fail(HR_EFORMAT, "LMDB '%s': data.mdb is truncated (%lld bytes; its header counts %llu pages of %u "
+                                "bytes, %llu bytes)",
+                    dir, (long long)st.st_size, (unsigned long long)info.me_last_pgno + 1, es.ms_psize, need);
+            hr_lmdb_close(db);
+            return NULL;
+        }
+    }
     rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &db->txn);
     if (rc) goto fail;
     rc = mdb_dbi_open(db->txn, NULL, 0, &db->dbi);
