@@ -338,6 +338,29 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     rc, text = pretrain(same)
     assert.equal(0, rc, text)
     assert.equal(3, hero.train.Trainer.latest_step(out))
+    -- without ckpt/latest the newest complete checkpoint still counts: the run is neither started
+    -- over (writing over its checkpoints) nor resumed unchecked
+    local ckpt3 = hero.load(out .. "/ckpt/step_3.safetensors")
+    os.remove(out .. "/ckpt/latest")
+    assert.equal(3, hero.train.Trainer.latest_step(out))
+    rc, text = pretrain(with("--out", out))
+    assert.equal(2, rc)
+    assert.matches("already holds a run %(checkpoints up to step 3%)", text)
+    rc, text = pretrain(other)
+    assert.equal(2, rc)
+    assert.matches("started with other settings", text)
+    -- nor resumed without the settings to check it against
+    local hps_text = assert(io.open(out .. "/hps.json")):read("a")
+    os.remove(out .. "/hps.json")
+    rc, text = pretrain(same)
+    assert.equal(2, rc)
+    assert.matches("settings %(.*hps%.json%) are missing", text)
+    local f = assert(io.open(out .. "/hps.json", "w"))
+    f:write(hps_text)
+    f:close()
+    for k, t in pairs(hero.load(out .. "/ckpt/step_3.safetensors")) do
+      assert.is_true(t:eq(ckpt3[k]):all():item(), k)
+    end
     rc, text = pretrain(with("--out", dir .. "/r2", "--tasks", "mlm,mlm"))
     assert.equal(2, rc)
     assert.matches("'mlm' is listed twice", text)

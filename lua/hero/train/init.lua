@@ -96,11 +96,15 @@ end
 --- Refuses to resume a run with other settings than it was started with, as the reference's
 -- TrainingRestorer asserts that its options equal the saved hps.json: a resumed run with another
 -- learning rate, schedule, task mix or data would go on as a different experiment under the same
--- name. `path`: the run's saved settings (nothing to check when absent); `hps`: this run's, as it
+-- name. `path`: the run's saved settings (an error when absent: callers ask only for a run with a
+-- checkpoint, whose settings were saved before it); `hps`: this run's, as it
 -- would save them; `may_differ`: keys that do not change the numbers (loader threads, how often to
 -- save). Raises an error naming each differing key with both values.
 function train.check_resumed_settings(path, hps, may_differ)
-  if not exists(path) then return end
+  if not exists(path) then
+    error(string.format("the run's settings (%s) are missing, so a resumed run cannot be checked against them: "
+      .. "restore the file, or give another --out", path), 2)
+  end
   local json = require "hero.json"
   local saved = read_json(path)
   local now = json.decode(json.encode(hps))

@@ -679,13 +679,26 @@ function Trainer:save()
   self.last_saved = n
 end
 
---- The step recorded in out_dir/ckpt/latest, or nil when there is no checkpoint.
+--- The step recorded in out_dir/ckpt/latest, or nil when there is no checkpoint. Without the
+-- latest file (a run killed between its first checkpoint's files and the file that names it, or a
+-- file deleted by hand), the newest step whose weights and train state are both there: taking such
+-- a directory for an empty one would start the run over and write over its checkpoints.
 function Trainer.latest_step(out_dir)
   if type(out_dir) ~= "string" then
     error("Trainer.latest_step: expected the run's output directory, got " .. tostring(out_dir), 2)
   end
   local text = read_file(out_dir .. "/ckpt/latest")
-  if not text then return nil end
+  if not text then
+    local ok, names = pcall(core.fs_listdir, out_dir .. "/ckpt")
+    if not ok then return nil end
+    local have, newest = {}, nil
+    for _, name in ipairs(names) do have[name] = true end
+    for _, name in ipairs(names) do
+      local n = math.tointeger(tonumber(name:match("^step_(%d+)%.safetensors$")))
+      if n and have[string.format("train_state_%d.safetensors", n)] and (not newest or n > newest) then newest = n end
+    end
+    return newest
+  end
   local n = math.tointeger(tonumber(text:match("^%s*(%d+)%s*$")))
   if not n then error(string.format("Trainer: '%s/ckpt/latest' does not hold a step number", out_dir), 0) end
   return n
