@@ -45,7 +45,19 @@ describe("bad arguments", function()
         "(1 and 0)")
       -- an empty corpus: CIDEr-D and ROUGE-L gave NaN
       helper.assert_error_contains(function() C[name]({}, {}) end, name .. ": no sentence to score")
+      -- a sentence without references: ROUGE-L gave NaN, BLEU a Lua error
+      helper.assert_error_contains(function() C[name]({{"a b"}, {}}, {"a b", "a man walks"}) end,
+        name .. ": sentence 2 has no reference")
     end
+    local R = hero.eval.retrieval
+    helper.assert_error_contains(function()
+      R.eval_retrieval({VCMR = {}, SVMR = {}, VR = {}, video2idx = {}}, {}, {})
+    end, "eval_retrieval: the VCMR submission has no query") -- all its metrics were 0 / 0
+    helper.assert_error_contains(function() R.temporal_nms({{0, 1, 0.5}, {0, 1, 0 / 0}}, 0.5) end,
+      "temporal_nms: prediction 2 must be {st, ed, score} with a score that is a number, got")
+    helper.assert_error_contains(function()
+      hero.eval.qa.violin(hero.tensor {0.3, -0.2}, hero.tensor({2, 1}, {dtype = "i64"}), {"a", "b"})
+    end, "violin: target 1 is 2.0; a statement is true (1) or false (0)")
     helper.assert_error_contains(function() hero.eval.retrieval.predict(nil) end, "retrieval.predict: inputs must be")
     helper.assert_error_contains(function() hero.dist.run(nil) end, "hero.dist.run: expected a function")
     helper.assert_error_contains(function() hero.train.check_run_dir(nil) end, "check_run_dir: expected the run")

@@ -77,6 +77,11 @@ function M.violin(logits, targets, qids, opts)
   local pred = p:gt(0.5):totable()
   local y = targets:float():reshape(n)
   local yt = y:totable()
+  for i = 1, n do
+    if yt[i] ~= 0 and yt[i] ~= 1 then
+      error(string.format("violin: target %d is %s; a statement is true (1) or false (0)", i, tostring(yt[i])), 0)
+    end
+  end
   local results, correct = {}, 0
   for i = 1, n do
     local a = pred[i] and 1 or 0

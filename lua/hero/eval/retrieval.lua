@@ -48,6 +48,13 @@ function M.temporal_nms(preds, nms_thd, max_after_nms)
   end
   if type(nms_thd) ~= "number" then error("temporal_nms: nms_thd must be a number, got " .. type(nms_thd), 2) end
   max_after_nms = max_after_nms or 100
+  for i, p in ipairs(preds) do
+    -- a NaN score sorts nowhere: the windows around it would be kept or dropped at random
+    if type(p) ~= "table" or type(p[3]) ~= "number" or p[3] ~= p[3] then
+      error(string.format("temporal_nms: prediction %d must be {st, ed, score} with a score that is a number, got %s",
+        i, type(p) == "table" and tostring(p[3]) or type(p)), 2)
+    end
+  end
   if #preds == 1 then return {{preds[1][1], preds[1][2], preds[1][3]}} end
   local t = util.stable_sort(util.head(preds), function(e) return e[3] end, true)
   local kept = {}
@@ -341,6 +348,8 @@ function M.eval_retrieval(submission, gt, opts)
   local out = {}
   for _, task in ipairs(M.TASKS) do
     if submission[task] then
+      -- no query: every metric would be 0 / 0
+      if #submission[task] == 0 then error(string.format("eval_retrieval: the %s submission has no query", task), 0) end
       local m, bt = M.eval_by_task_type(submission[task], submission.video2idx, gt, task, opts)
       out[task] = m
       if opts.use_desc_type ~= false then out[task .. "_by_type"] = bt end
@@ -614,6 +623,11 @@ function M.evaluate(inputs, ground_truth, opts)
   local sub = M.top_n(full, opts.max_after_nms)
   local res = {submission = sub}
   if ground_truth == nil then return res end
+  -- no queries (a rank's empty share of a distributed evaluation): no metrics, nothing to log
+  if #inputs.query_ids == 0 then
+    res.val_log = {}
+    return res
+  end
   local eopts = {use_desc_type = opts.eval_with_query_type ~= false}
   res.metrics = M.eval_retrieval(sub, ground_truth, eopts)
   local n = #inputs.query_ids

@@ -130,6 +130,13 @@ function M.check_corpus(who, gts, res)
     error(string.format("%s: references and hypotheses differ in number (%d and %d)", who, #gts, #res), 3)
   end
   if #gts == 0 then error(who .. ": no sentence to score", 3) end
+  -- a sentence with no reference has no score (ROUGE-L gave NaN, BLEU a Lua error)
+  for i, refs in ipairs(gts) do
+    if type(refs) ~= "table" or #refs == 0 then
+      error(string.format("%s: sentence %d has no reference (its references must be a non-empty array, got %s)", who,
+        i, type(refs) == "table" and "an empty one" or type(refs)), 3)
+    end
+  end
 end
 
 function M.strip(s)

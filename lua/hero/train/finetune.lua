@@ -629,21 +629,30 @@ local function join_ranks(parts, split, nms_thd)
     end
     return out
   end
-  local n, with_gt = 0, true
+  local n, with_gt, scored = 0, true, 0
   for _, p in ipairs(parts) do
     n = n + p.n
-    if p.metrics == nil or p.metrics == json.null then with_gt = false end
+    -- a rank with no queries has no metrics, and no weight in the average
+    if p.n > 0 then
+      scored = scored + 1
+      if p.metrics == nil or p.metrics == json.null then with_gt = false end
+    end
   end
+  with_gt = with_gt and scored > 0
   local res = {submission = lists("submission"), submission_nms = lists("submission_nms"), num_queries = n,
                metrics = json.null, val_log = {}}
   if with_gt then
     local per, per_nms = {}, {}
-    for r, p in ipairs(parts) do
-      per[r] = {n = p.n, metrics = p.metrics}
-      if p.metrics_nms and p.metrics_nms ~= json.null then per_nms[r] = {n = p.n, metrics = p.metrics_nms} end
+    for _, p in ipairs(parts) do
+      if p.n > 0 then
+        per[#per + 1] = {n = p.n, metrics = p.metrics}
+        if p.metrics_nms and p.metrics_nms ~= json.null then
+          per_nms[#per_nms + 1] = {n = p.n, metrics = p.metrics_nms}
+        end
+      end
     end
     res.metrics = R.gather_metrics(per)
-    if #per_nms == #parts then res.metrics_nms = R.gather_metrics(per_nms) end
+    if #per_nms == #per then res.metrics_nms = R.gather_metrics(per_nms) end
     res.val_log = R.val_log(split, res.metrics, res.metrics_nms, nms_thd)
   end
   return res
