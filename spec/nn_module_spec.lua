@@ -40,6 +40,8 @@ describe("nn.Module", function()
                 ["dense.weight"] = hero.ones(3), ["dense.bias"] = hero.ones(3),
                 position_ids = hero.arange(3), extra = hero.zeros(1)}
     helper.assert_error_contains(function() b:load_state_dict(sd) end, "unexpected keys: extra")
+    helper.assert_error_contains(function() b:load_state_dict(sd, {strcit = false}) end,
+      "load_state_dict: unknown option 'strcit' (strict)")
     local report = b:load_state_dict(sd, {strict = false})
     assert.same({"extra"}, report.unexpected)
     assert.same({1, 2, 3}, b.LayerNorm.weight:totable())

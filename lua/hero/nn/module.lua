@@ -148,6 +148,12 @@ local function shape_str(t) return table.concat(t:size(), "x") end
 function Module:load_state_dict(sd, opts)
   if type(sd) ~= "table" then self:error("load_state_dict: expected a table of tensors by name, got %s", type(sd)) end
   opts = opts or {}
+  if type(opts) ~= "table" then
+    self:error("load_state_dict: opts must be a table such as {strict = false}, got %s", type(opts))
+  end
+  for k in pairs(opts) do -- a misspelt {strcit = false} would load strictly without a word
+    if k ~= "strict" then self:error("load_state_dict: unknown option '%s' (strict)", tostring(k)) end
+  end
   local strict = opts.strict ~= false
   local own = self:state_dict()
   local missing, unexpected = {}, {}
