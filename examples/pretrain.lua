@@ -117,11 +117,14 @@ local function parse_args(argv)
   return opts
 end
 
-local function int_opt(opts, name, default)
+local function int_opt(opts, name, default, min)
   local v = opts[name]
   if v == nil then return default end
   local n = math.tointeger(tonumber(v))
-  if not n or n < 0 then usage(string.format("--%s must be a non-negative integer, got '%s'", name, v)) end
+  min = min or 0
+  if not n or n < min then
+    usage(string.format("--%s must be %s integer, got '%s'", name, min == 0 and "a non-negative" or "a positive", v))
+  end
   return n
 end
 
@@ -317,7 +320,7 @@ for _, pair in ipairs {{"out", "output_dir"}, {"txt-db", "txt_db"}, {"img-db", "
   end
 end
 if opts.dist then rank, world = hero.dist.init() end
-if opts.threads then hero.set_num_threads(int_opt(opts, "threads")) end
+if opts.threads then hero.set_num_threads(int_opt(opts, "threads", nil, 1)) end
 
 -- the reference's pre-training config, when given
 local PC = require "hero.train.pretrain_config"
@@ -443,11 +446,11 @@ local function cfg(key, default)
   if tc and tc[key] ~= nil and tc[key] ~= json.null then return tc[key] end
   return default
 end
-local steps = int_opt(opts, "steps", cfg("num_train_steps", 10))
-local total = int_opt(opts, "total", tc and tc.num_train_steps or steps)
+local steps = int_opt(opts, "steps", cfg("num_train_steps", 10), 1)
+local total = int_opt(opts, "total", tc and tc.num_train_steps or steps, 1)
 local hps = {
   config = cfg_path, fixture = opts.fixture, init = opts.init or (init_sd and tc.checkpoint), tasks = tasks,
-  ratios = ratios, accum = int_opt(opts, "accum", cfg("gradient_accumulation_steps", 2)),
+  ratios = ratios, accum = int_opt(opts, "accum", cfg("gradient_accumulation_steps", 2), 1),
   lr = num_opt(opts, "lr", cfg("learning_rate", 3e-5)), total = total,
   warmup = int_opt(opts, "warmup", cfg("warmup_steps", total // 10)),
   weight_decay = num_opt(opts, "weight-decay", cfg("weight_decay", 0.01)),
@@ -456,7 +459,7 @@ local hps = {
   valid_every = int_opt(opts, "valid-every", cfg("valid_steps", 0)),
   save_every = int_opt(opts, "save-every", cfg("save_steps", 0)),
   seed = int_opt(opts, "seed", cfg("seed", 77)), betas = cfg("betas", {0.9, 0.98}),
-  vfeat_dim = int_opt(opts, "vfeat-dim", constants.vfeat_dim or 4352),
+  vfeat_dim = int_opt(opts, "vfeat-dim", constants.vfeat_dim or 4352, 1),
   max_frm_seq_len = int_opt(opts, "max-frm-seq-len", init_sd and PC.max_frm_seq_len(init_sd)
     or constants.max_frm_seq_len or 100),
   train_config = opts["train-config"], reference_config = tc, vsm_recipe = recipe,
@@ -468,16 +471,16 @@ if hps.vfeat_dim < 1 then usage("--vfeat-dim must be at least 1") end
 if source == sources.db then
   hps.vfeat_db, hps.sub_db, hps.train_ids, hps.valid_ids = opts["vfeat-db"], opts["sub-db"], opts["train-ids"],
     opts["valid-ids"]
-  hps.max_clip_len = int_opt(opts, "max-clip-len", cfg("max_clip_len", 100))
+  hps.max_clip_len = int_opt(opts, "max-clip-len", cfg("max_clip_len", 100), 1)
   -- subtitles are cut at 60 tokens whatever the config's max_txt_len says: pretrain.py's
   -- load_video_sub_dataset never passes it on (VideoFeatSubTokDataset's default); only
   -- --max-txt-len changes the cut
-  hps.max_txt_len = int_opt(opts, "max-txt-len", 60)
+  hps.max_txt_len = int_opt(opts, "max-txt-len", 60, 1)
   hps.sub_ctx_len = int_opt(opts, "sub-ctx-len", cfg("sub_ctx_len", 0))
-  hps.batch_size = int_opt(opts, "batch-size", cfg("train_batch_size", recipe and recipe.train_batch_size or 8))
+  hps.batch_size = int_opt(opts, "batch-size", cfg("train_batch_size", recipe and recipe.train_batch_size or 8), 1)
   -- validation batches keep their own size, as pretrain.py's val_batch_size: MFM-NCE's and VSM's
   -- validation metrics take their negatives from the batch
-  hps.val_batch_size = int_opt(opts, "val-batch-size", tc and tc.val_batch_size or hps.batch_size)
+  hps.val_batch_size = int_opt(opts, "val-batch-size", tc and tc.val_batch_size or hps.batch_size, 1)
   -- the reference draws its batches at random, without length buckets
   hps.bucket = int_opt(opts, "bucket", 0)
   hps.mask_prob = num_opt(opts, "mask-prob", cfg("mask_prob", 0.15))

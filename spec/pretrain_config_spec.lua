@@ -370,6 +370,11 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     rc, text = pretrain(with("--out", dir .. "/r4", "--ratios", "1,,2,1,1"))
     assert.equal(2, rc)
     assert.matches("empty value", text)
+    for _, name in ipairs {"accum", "threads", "batch-size"} do -- a usage error, not a traceback
+      rc, text = pretrain(with("--out", dir .. "/r5", "--" .. name, "0"))
+      assert.equal(2, rc)
+      assert.matches("%-%-" .. name:gsub("%-", "%%-") .. " must be a positive integer, got '0'", text)
+    end
   end)
 
   it_db("examples/pretrain.lua --train-config reads a target's feature shards as one dataset", function()
