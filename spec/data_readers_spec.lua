@@ -498,6 +498,18 @@ describe("hero.data.open_txt_db", function()
     local sub = data.open_txt_db(TDB .. "tv_subtitles.db")
     assert_err("has no id2len.json", sub.ids_with_max_len, sub, 60)
     sub:close()
+    -- a damaged id2len.json is named, not read as fewer (or other) ids
+    local dir = tmpdir()
+    assert(os.execute(string.format("cp '%stvr_val.db/data.mdb' '%s/'", TDB, dir)))
+    for _, case in ipairs {{'{"90889": "x"}', "id2len['90889'] is string, not a length"},
+                           {'{"90889": -5}', "id2len['90889'] is -5, not a length"},
+                           {"[1, 2, 3]", "must be an object {id: length}, got an array"}} do
+      write(dir .. "/id2len.json", case[1])
+      local d = data.open_txt_db(dir)
+      assert_err(case[2], d.ids_with_max_len, d, 60)
+      d:close()
+    end
+    os.execute("rm -rf '" .. dir .. "'")
   end)
 
   it_both("reads side files lazily, in file order", function()

@@ -37,7 +37,11 @@ end
 local function opt_int(op, opts, name, default)
   local v = opts[name]
   if v == nil then return default end
-  if math.type(v) ~= "integer" then fail(op, "opts.%s must be an integer, got %s", name, tostring(v)) end
+  if math.type(v) ~= "integer" then
+    -- the string "5" is named as one, not printed as if it were the number
+    fail(op, "opts.%s must be an integer, got %s", name, type(v) == "number" and tostring(v) or type(v)
+      .. (type(v) == "string" and " '" .. v .. "'" or ""))
+  end
   return v
 end
 

@@ -95,19 +95,24 @@ end
 -- counts as q + max(a). Entries of any other type are dropped, as in the reference.
 function TxtDb:ids_with_max_len(max_txt_len)
   if math.type(max_txt_len) ~= "integer" then
-    error("TxtDb:ids_with_max_len: max_txt_len must be an integer, got " .. tostring(max_txt_len), 2)
+    error("TxtDb:ids_with_max_len: max_txt_len must be an integer, got " .. (type(max_txt_len) == "number"
+      and tostring(max_txt_len) or type(max_txt_len)), 2)
   end
   if not util.file_exists(self._dir .. "/id2len.json") then
     error(string.format("TxtDb:ids_with_max_len: '%s' has no id2len.json", self._dir), 2)
   end
   local id2len = self:json("id2len.json")
+  if type(id2len) ~= "table" or json.is_array(id2len) then
+    error(string.format("TxtDb:ids_with_max_len: '%s/id2len.json' must be an object {id: length}, got %s", self._dir,
+      type(id2len) == "table" and "an array" or type(id2len)), 2)
+  end
   local out = json.array()
   for _, id in ipairs(json.keys(id2len)) do
     local len = id2len[id]
     local keep
     if max_txt_len == -1 then
       keep = true
-    elseif math.type(len) == "integer" then
+    elseif math.type(len) == "integer" and len >= 0 then
       keep = len <= max_txt_len
     elseif json.is_array(len) then
       if #len < 2 then
@@ -122,8 +127,9 @@ function TxtDb:ids_with_max_len(max_txt_len)
         if len[i] > best then best = len[i] end
       end
       keep = len[1] + best <= max_txt_len
-    else
-      keep = false
+    else -- a length that is no length: the database is damaged, and dropping the id would hide it
+      error(string.format("TxtDb:ids_with_max_len: id2len['%s'] is %s, not a length (an integer >= 0, or a QA "
+        .. "entry's list)", id, type(len) == "number" and tostring(len) or type(len)), 2)
     end
     if keep then out[#out + 1] = id end
   end

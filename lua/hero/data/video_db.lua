@@ -38,7 +38,8 @@ function M.open(dir, opts)
   end
   local max_clip_len = opts.max_clip_len
   if max_clip_len ~= nil and math.type(max_clip_len) ~= "integer" then
-    error("open_video_db: max_clip_len must be an integer, got " .. tostring(max_clip_len), 2)
+    error("open_video_db: max_clip_len must be an integer, got " .. (type(max_clip_len) == "number"
+      and tostring(max_clip_len) or type(max_clip_len)), 2)
   end
   local compressed = opts.compressed
   if compressed == nil then
