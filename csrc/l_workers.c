@@ -758,6 +758,20 @@ static int l_worker_pool(lua_State *L)
     if (lua_getfield(L, 1, "script") != LUA_TSTRING)
         return luaL_error(L, "%s: opts.script must be a string of Lua code defining produce(job), got %s", op,
                           luaL_typename(L, -1));
+    {
+        /* compiled here once, so that a script that cannot compile is named at once, in the caller's
+         * thread (each worker compiles it again in its own state) */
+        size_t len;
+        const char *src = lua_tolstring(L, -1, &len);
+        if (luaL_loadbufferx(L, src, len, "=worker_pool script", "t") != LUA_OK) {
+            bool path_like = len > 4 && len < 4096 && !memchr(src, '\n', len) && strcmp(src + len - 4, ".lua") == 0;
+            return luaL_error(L, "%s: opts.script does not compile: %s%s", op, lua_tostring(L, -1),
+                              path_like ? " (it looks like a file path: the script is Lua source, such as "
+                                          "io.open(path):read(\"a\"))"
+                                        : "");
+        }
+        lua_pop(L, 1); /* the compiled chunk */
+    }
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "name") != LUA_TNIL && !lua_isstring(L, -1))
         return luaL_error(L, "%s: opts.name must be a string", op);

@@ -293,6 +293,13 @@ describe("HERO checkpoints and configs", function()
     bad({hidden_dropout_prob = 1}, "f_config.hidden_dropout_prob must be a probability in [0, 1)")
     bad({layer_norm_eps = 0}, "f_config.layer_norm_eps must be a positive number")
     bad({hidden_size = 64, num_attention_heads = 5}, "not a multiple of num_attention_heads 5")
+    bad({vocab_size = 0}, "f_config.vocab_size must be a positive integer (or -1")
+    bad({initializer_range = -0.02}, "f_config.initializer_range must be a number >= 0")
+    -- sections of other widths failed only in the forward pass, deep inside
+    helper.assert_error_contains(function()
+      hero.config.model({f_config = {hidden_size = 64, num_attention_heads = 4},
+                         c_config = {hidden_size = 32, num_attention_heads = 4}})
+    end, "c_config.hidden_size 32 differs from f_config.hidden_size 64")
   end)
 
   it("names the position table and its setting when a batch has more positions than it", function()

@@ -198,6 +198,11 @@ describe("worker_pool", function()
     helper.assert_error_contains(function() core.worker_pool{n = 1, script = "return 1"} end, "no produce(job)")
     helper.assert_error_contains(function() core.worker_pool{n = 0, script = ""} end, "opts.n must be an integer")
     helper.assert_error_contains(function() core.worker_pool{n = 1} end, "opts.script must be a string")
+    -- a script that cannot compile is named at once, a file path given for the source with a hint
+    helper.assert_error_contains(function() core.worker_pool{n = 1, script = "function produce("} end,
+      "opts.script does not compile")
+    helper.assert_error_contains(function() core.worker_pool{n = 1, script = "/tmp/x/produce.lua"} end,
+      "it looks like a file path")
     helper.assert_error_contains(function() core.worker_pool{n = 1, script = "", thread = 1} end,
       "unknown option 'thread'")
     helper.assert_error_contains(function() pool:submit({f = print}) end, "cannot send a function", "value.f")

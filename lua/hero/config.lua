@@ -62,7 +62,10 @@ function config.model_section(section, name)
   end
   need(math.type(out.num_hidden_layers) == "integer" and out.num_hidden_layers >= 0, "num_hidden_layers",
     "a non-negative integer")
-  need(math.type(out.vocab_size) == "integer" and out.vocab_size >= -1, "vocab_size", "an integer")
+  need(math.type(out.vocab_size) == "integer" and (out.vocab_size >= 1 or out.vocab_size == -1), "vocab_size",
+    "a positive integer (or -1: no word embeddings of its own)")
+  need(type(out.initializer_range) == "number" and out.initializer_range >= 0, "initializer_range",
+    "a number >= 0")
   for _, key in ipairs {"hidden_dropout_prob", "attention_probs_dropout_prob"} do
     need(type(out[key]) == "number" and out[key] >= 0 and out[key] < 1, key, "a probability in [0, 1)")
   end
@@ -88,6 +91,15 @@ function config.model(t)
   end
   out.c_config = out.c_config or config.model_section(t.f_config, "c_config")
   out.q_config = out.q_config or out.f_config
+  -- the transformers hand each other their hidden states: one width for all (a mismatch failed
+  -- only in the forward pass, as a broadcast error deep inside)
+  for _, name in ipairs {"c_config", "q_config", "d_config"} do
+    local s = out[name]
+    if s and s.hidden_size ~= out.f_config.hidden_size then
+      error(string.format("config: %s.hidden_size %d differs from f_config.hidden_size %d (the model's "
+        .. "transformers share one width)", name, s.hidden_size, out.f_config.hidden_size), 2)
+    end
+  end
   return out
 end
 
