@@ -194,7 +194,8 @@ describe("worker_pool", function()
     -- start-up errors and bad options
     helper.assert_error_contains(function() core.worker_pool{n = 2, script = "error('no config')"} end,
       "start-up failed in worker", "no config", "stack traceback")
-    helper.assert_error_contains(function() core.worker_pool{n = 1, script = "x = = 1"} end, "start-up failed")
+    helper.assert_error_contains(function() core.worker_pool{n = 1, script = "x = = 1"} end,
+      "opts.script does not compile", "unexpected symbol near '='")
     helper.assert_error_contains(function() core.worker_pool{n = 1, script = "return 1"} end, "no produce(job)")
     helper.assert_error_contains(function() core.worker_pool{n = 0, script = ""} end, "opts.n must be an integer")
     helper.assert_error_contains(function() core.worker_pool{n = 1} end, "opts.script must be a string")
