@@ -415,6 +415,10 @@ describe("HeroForVideoQA against the reference", function()
     assert.is_nil(logits.grad_fn)
     helper.assert_error_contains(function() m:forward(b, "violin") end, "unknown task 'violin'")
     b.targets = hero.zeros({3, 1}, {dtype = "i64"})
+    helper.assert_error_contains(function() m:forward(b, "tvqa") end,
+      "the batch's ts_targets is [2, 2], expected [N, 2]",
+      "N (questions) = 3 from targets dim 1")
+    b.ts_targets = hero.zeros({3, 2}, {dtype = "i64"})
     helper.assert_error_contains(function() m:forward(b, "tvqa") end, "not a multiple of 3 questions")
   end)
 end)
@@ -438,7 +442,9 @@ describe("HeroForViolin against the reference", function()
     assert.parity(scores, ref, "activations")
     helper.assert_error_contains(function() m:forward(b, "tvqa") end, "unknown task 'tvqa'")
     b.q_input_ids = b.q_input_ids:narrow(1, 1, 2)
-    helper.assert_error_contains(function() m:forward(b, "violin") end, "2 text rows for 4 video rows")
+    helper.assert_error_contains(function() m:forward(b, "violin") end, "HeroForViolin",
+      "the batch's q_input_ids is [2, 11], expected [B, Lq]: B (video rows) = 4 from c_v_feats dim 1,",
+      "Lq (query tokens)")
     helper.assert_error_contains(function() hero.models.HeroForViolin(cfg.model_config.finetune, {}) end,
       "vfeat_dim is required")
   end)

@@ -5,6 +5,7 @@ local nn = require "hero.nn"
 local enc = require "hero.models.encoders"
 local layers = require "hero.models.layers"
 local config = require "hero.config"
+local batch_shapes = require "hero.models.batch_shapes"
 
 local M = nn.Module:extend("HierarchicalVlModel")
 
@@ -15,6 +16,7 @@ function M:__init(cfg, opts)
   local f, c = cfg.f_config, cfg.c_config
   local feat_dim = assert(opts.vfeat_dim, "HierarchicalVlModel: opts.vfeat_dim is required")
   self.hidden = f.hidden_size
+  self.feat_dim = feat_dim
   self:register_buffer("pad", core.zeros({8, f.hidden_size}, {dtype = opts.dtype or "f32"}))
   self:add_module("f_encoder", enc.CrossModalTrm(f, feat_dim, opts.max_frm_seq_len or 100, opts))
   self:add_module("frame_transform", layers.LinearLayer(feat_dim, f.hidden_size,
@@ -31,13 +33,31 @@ end
 
 --- Flat indices for collect_frame_outputs: source rows of f_out (row * out + j) and destination
 -- rows of M (b * L_c + frame), from batch.num_subs and batch.sub_idx2frame_idx (0-based).
-local function fusion_indices(batch, out_len, l_c)
+-- An index out of its range would move a subtitle's outputs onto another video's frames (the
+-- flat rows run on into the next video), so each is checked.
+local function fusion_indices(owner, batch, out_len, l_c)
   local src, dst = {}, {}
   local start = 0
   for b, subs in ipairs(batch.sub_idx2frame_idx) do
-    for _, pair in ipairs(subs) do
-      local sid, frames = pair[1], pair[2]
+    local n_subs = batch.num_subs[b]
+    if type(subs) ~= "table" then
+      owner:error("forward_repr: sub_idx2frame_idx[%d] must be a list of {subtitle, frames}, got %s", b, type(subs))
+    end
+    for k, pair in ipairs(subs) do
+      local sid, frames = type(pair) == "table" and pair[1], type(pair) == "table" and pair[2]
+      if math.type(sid) ~= "integer" or sid < 0 or sid >= n_subs or type(frames) ~= "table" then
+        owner:error("forward_repr: sub_idx2frame_idx[%d][%d] must be {subtitle in [0, %d), {frames}}, got %s", b, k,
+          n_subs, type(pair) == "table" and string.format("{%s, %s}", tostring(sid), type(frames)) or type(pair))
+      end
+      if #frames > out_len then
+        owner:error("forward_repr: sub_idx2frame_idx[%d][%d] lists %d frames, a subtitle row has %d positions",
+          b, k, #frames, out_len)
+      end
       for j, f in ipairs(frames) do
+        if math.type(f) ~= "integer" or f < 0 or f >= l_c then
+          owner:error("forward_repr: sub_idx2frame_idx[%d][%d] frame %d is %s, not in [0, %d)", b, k, j,
+            tostring(f), l_c)
+        end
         src[#src + 1] = (start + sid) * out_len + (j - 1)
         dst[#dst + 1] = (b - 1) * l_c + f
       end
@@ -54,9 +74,16 @@ end
 -- Returns Y (or X) and a table of intermediates.
 -- Only the frame positions of the cross-modal output reach the temporal transformer, so its last
 -- layer runs on those rows alone unless the module keeps activations (then acts.f_out is whole).
---- The fields of a collated batch that forward_repr reads (the reference's video_collate).
-M.REPR_FIELDS = {"f_sub_input_ids", "f_sub_pos_ids", "f_v_feats", "f_v_pos_ids", "f_attn_masks", "f_gather_index",
-                 "c_v_feats", "c_attn_masks", "num_subs", "sub_idx2frame_idx"}
+--- The fields of a collated batch that forward_repr reads (the reference's video_collate; their
+-- shapes: hero.models.batch_shapes.REPR).
+M.REPR_FIELDS = batch_shapes.required(batch_shapes.REPR)
+M.REPR_FIELDS[#M.REPR_FIELDS + 1] = "num_subs"
+M.REPR_FIELDS[#M.REPR_FIELDS + 1] = "sub_idx2frame_idx"
+
+--- The dimensions the model fixes, for batch_shapes.check: D, the frame feature width.
+function M:feature_dims()
+  return {D = {size = self.feat_dim, from = "the model's vfeat_dim"}}
+end
 
 function M:forward_repr(batch, opts)
   opts = opts or {}
@@ -67,13 +94,14 @@ function M:forward_repr(batch, opts)
   for _, f in ipairs(M.REPR_FIELDS) do
     if batch[f] == nil then self:error("forward_repr: the batch has no field '%s'", f) end
   end
+  batch_shapes.check_batch(self, "forward_repr: the batch", batch, batch_shapes.REPR, self)
   local acts = {}
   local f_emb, txt, img = self.f_encoder:embed(batch, opts.img_masks)
   acts.txt_emb, acts.img_emb, acts.f_emb = txt, img, f_emb
   local c_feats = batch.c_v_feats
   if opts.c_masks then c_feats = c_feats + self.mask_embedding:forward(opts.c_masks:long()) end
   local B, L_c, H = c_feats:size(1), c_feats:size(2), self.hidden
-  local src, dst = fusion_indices(batch, f_emb:size(2), L_c)
+  local src, dst = fusion_indices(self, batch, f_emb:size(2), L_c)
   local on = {dtype = "i64", device = f_emb:device()}
   local encoder = self.f_encoder.encoder
   local matched = core.zeros({B * L_c, H}, {dtype = f_emb:dtype(), device = f_emb:device()})

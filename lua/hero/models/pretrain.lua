@@ -7,6 +7,7 @@ local Hierarchical = require "hero.models.hierarchical"
 local vsm = require "hero.models.vsm"
 local mask_rows = require "hero.models.mask_rows"
 local config = require "hero.config"
+local batch_shapes = require "hero.models.batch_shapes"
 
 local M = nn.Module:extend("HeroForPretraining")
 
@@ -87,6 +88,10 @@ function M:forward_mlm(batch)
     h = v.f_encoder.encoder:forward(f_emb, mask, {rows = mask_rows.of(batch, "txt_mask_tgt"),
       rows_host = mask_rows.host_of(batch, "txt_mask_tgt")})
   end
+  if h:size(1) ~= batch.txt_labels:size(1) then
+    self:error("forward: the mlm batch's txt_labels has %d labels, its txt_mask_tgt marks %d tokens",
+      batch.txt_labels:size(1), h:size(1))
+  end
   local padded = v.f_encoder.lm_head:forward(h)
   local vocab = padded:size(2) - self.opts.vocab_pad
   -- the loss reads the first `vocab` columns in place: the padding gets a zero gradient, with no
@@ -106,6 +111,10 @@ function M:forward_mfm(batch, kind)
   -- MFFR reads the masked frames only, so the temporal transformer's last layer made just those
   local pred = v.feat_regress:forward(masked and Y or select_rows(Y, batch, "c_v_masks"))
   acts.pred_feat = pred
+  if pred:size(1) ~= batch.feat_targets:size(1) then
+    self:error("forward: the %s batch's feat_targets has %d rows, its c_v_masks marks %d frames",
+      kind == "mffr" and "mffr" or "mfm-nce", batch.feat_targets:size(1), pred:size(1))
+  end
   if kind == "mffr" then
     local d = pred - batch.feat_targets
     local per = (d * d):sum(2):sqrt()
@@ -146,6 +155,8 @@ function M:encode_queries(ids, pos_ids, mask)
         ({"query_input_ids", "query_pos_ids", "query_attn_masks"})[i])
     end
   end
+  batch_shapes.check(self, "encode_queries: the queries", {query_input_ids = ids, query_pos_ids = pos_ids,
+    query_attn_masks = mask}, batch_shapes.QUERIES)
   local z = self.v_encoder.f_encoder:encode_text(ids, pos_ids, mask)
   local q, acts = self.q_feat_attn:forward(z, mask)
   acts.q_f_out = z
@@ -222,20 +233,21 @@ function M:save_checkpoint(path)
   require("hero.models.checkpoint").save(self, path)
 end
 
---- Fields each task's collated batch must have: what the forward pass reads.
-local function with_repr(extra)
-  local out = {}
-  for _, f in ipairs(Hierarchical.REPR_FIELDS) do out[#out + 1] = f end
-  for _, f in ipairs(extra) do out[#out + 1] = f end
-  return out
+--- Fields each task's collated batch must have: what the forward pass reads (their shapes and
+-- dtypes: hero.models.batch_shapes.PRETRAIN).
+M.required_fields = {}
+for task, fields in pairs(batch_shapes.PRETRAIN) do
+  local names = {}
+  if task ~= "mlm" then
+    for _, f in ipairs(Hierarchical.REPR_FIELDS) do names[#names + 1] = f end
+  end
+  for _, f in ipairs(batch_shapes.required(fields)) do
+    local listed = false
+    for _, g in ipairs(names) do listed = listed or g == f end
+    if not listed then names[#names + 1] = f end
+  end
+  M.required_fields[task] = names
 end
-M.required_fields = {
-  mlm = {"input_ids", "position_ids", "v_feat", "gather_index", "attn_masks", "txt_mask_tgt", "txt_labels"},
-  ["mfm-nce"] = with_repr {"f_v_masks", "c_v_masks", "feat_targets"},
-  mffr = with_repr {"f_v_masks", "c_v_masks", "feat_targets"},
-  fom = with_repr {"shuffled_orders", "targets"},
-  vsm = with_repr {"query_input_ids", "query_pos_ids", "query_attn_masks", "q_vidx", "targets"},
-}
 
 --- forward(batch, task[, opts]) with task "mlm", "mfm-nce", "mffr", "fom" or "vsm", or a loader
 -- name the reference's pretrain.py builds from one ("<task>_<target>_<split>", e.g. "mlm_tv_all").
@@ -243,8 +255,14 @@ M.required_fields = {
 function M:forward(batch, task, opts)
   if type(task) == "string" then task = task:match("^([^_]+)") or task end
   if type(batch) ~= "table" then self:error("forward: the batch must be a table of tensors, got %s", type(batch)) end
-  for _, f in ipairs(M.required_fields[task == "mfm" and "mfm-nce" or task] or {}) do
-    if batch[f] == nil then self:error("forward: the %s batch has no field '%s'", task, f) end
+  local fields = batch_shapes.PRETRAIN[task == "mfm" and "mfm-nce" or task]
+  if fields then
+    local what = "forward: the " .. task .. " batch"
+    for _, f in ipairs(M.required_fields[task == "mfm" and "mfm-nce" or task]) do
+      if batch[f] == nil then self:error("%s has no field '%s'", what, f) end
+    end
+    if task == "mlm" then batch_shapes.check(self, what, batch, fields, self.v_encoder:feature_dims())
+    else batch_shapes.check_batch(self, what, batch, fields, self.v_encoder) end
   end
   if task == "mlm" then return self:forward_mlm(batch) end
   if task == "mfm-nce" or task == "mfm" then return self:forward_mfm(batch, "nce") end

@@ -17,6 +17,7 @@ local core = require "hero.core"
 local nn = require "hero.nn"
 local Hierarchical = require "hero.models.hierarchical"
 local config = require "hero.config"
+local batch_shapes = require "hero.models.batch_shapes"
 local enc = require "hero.models.encoders"
 local trf = require "hero.nn.transformer"
 
@@ -131,7 +132,15 @@ local function segments(Y, clip_ranges)
   local B, L, H = Y:size(1), Y:size(2), Y:size(3)
   local rows, lens, max_l = {}, {}, 0
   for v, segs in ipairs(clip_ranges) do
-    for _, se in ipairs(segs) do
+    if type(segs) ~= "table" then
+      error(string.format("HeroForTvc: clip_ranges[%d] must be a list of {st, ed}, got %s", v, type(segs)), 3)
+    end
+    for k, se in ipairs(segs) do
+      -- a negative start would read the previous video's frames (the rows are flat)
+      if type(se) ~= "table" or math.type(se[1]) ~= "integer" or math.type(se[2]) ~= "integer" or se[1] < 0 then
+        error(string.format("HeroForTvc: clip_ranges[%d][%d] must be {st, ed}, integer frames with st >= 0, got %s",
+          v, k, type(se) == "table" and string.format("{%s, %s}", tostring(se[1]), tostring(se[2])) or type(se)), 3)
+      end
       local st, ed = se[1], math.min(se[2], L)
       local n = math.max(ed - st, 0)
       lens[#lens + 1] = {v - 1, st, n}
@@ -194,6 +203,7 @@ end
 --- batch: the reference's TVC collate (cap_input_ids, cap_pos_ids, cap_tgt_ids, cap_attn_mask,
 -- clip_ranges and the representation fields). Returns {loss = the mean of caption_loss's values, ...}.
 function M:forward(batch)
+  batch_shapes.check_batch(self, "forward: the batch", batch, batch_shapes.DOWNSTREAM.tvc, self.v_encoder)
   local enc_out, Y = self:encode(batch)
   local logits, e, h = self:decode(enc_out, batch.cap_attn_mask, batch.cap_input_ids, batch.cap_pos_ids)
   local per = self:caption_loss(logits, batch.cap_tgt_ids)

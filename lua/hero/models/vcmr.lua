@@ -11,6 +11,7 @@ local amp = require "hero.amp"
 local F = require "hero.nn.functional"
 local Pretrain = require "hero.models.pretrain"
 local vsm = require "hero.models.vsm"
+local batch_shapes = require "hero.models.batch_shapes"
 
 local M = {}
 
@@ -75,6 +76,7 @@ function Vcmr:forward(batch, task, opts)
   end
   local o = self.opts
   local training = self.training
+  batch_shapes.check_batch(self, "forward: the batch", batch, batch_shapes.DOWNSTREAM.vcmr, self.v_encoder)
   local Y, acts = self.v_encoder:forward_repr(batch)
   local q, qa = self:encode_queries(batch.query_input_ids, batch.query_pos_ids, batch.query_attn_masks)
   for k, t in pairs(qa) do acts[k] = t end

@@ -10,6 +10,7 @@ local nn = require "hero.nn"
 local F = require "hero.nn.functional"
 local layers = require "hero.models.layers"
 local ds = require "hero.models.downstream"
+local batch_shapes = require "hero.models.batch_shapes"
 
 local M = ds.HeroModel:extend("HeroForVideoQA")
 
@@ -41,6 +42,7 @@ function M:forward(batch, task, opts)
   if task ~= nil and task ~= "tvqa" and task ~= "how2qa" and task ~= "videoqa" then
     self:error("unknown task '%s' (tvqa or how2qa)", tostring(task))
   end
+  batch_shapes.check_batch(self, "forward: the batch", batch, batch_shapes.DOWNSTREAM.videoqa, self.v_encoder)
   local Vflat, acts = ds.fuse_text(self.v_encoder, batch, batch.qa_input_ids, batch.qa_pos_ids,
     batch.qa_attn_masks)
   acts.qa_emb = acts.text_emb

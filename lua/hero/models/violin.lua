@@ -7,6 +7,7 @@ local core = require "hero.core"
 local nn = require "hero.nn"
 local layers = require "hero.models.layers"
 local ds = require "hero.models.downstream"
+local batch_shapes = require "hero.models.batch_shapes"
 
 local M = ds.HeroModel:extend("HeroForViolin")
 
@@ -37,6 +38,7 @@ end
 function M:forward(batch, task, opts)
   opts = opts or {}
   if task ~= nil and task ~= "violin" then self:error("unknown task '%s' (violin)", tostring(task)) end
+  batch_shapes.check_batch(self, "forward: the batch", batch, batch_shapes.DOWNSTREAM.violin, self.v_encoder)
   local V, acts = ds.fuse_text(self.v_encoder, batch, batch.q_input_ids, batch.q_pos_ids, batch.q_attn_masks)
   acts.q_emb = acts.text_emb
   local N, H = V:size(1), V:size(3)
