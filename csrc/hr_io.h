@@ -39,11 +39,19 @@ int hr_tensor_list_add_meta(hr_tensor_list *l, const char *key, const char *valu
  * in place while its tensors are alive is undefined; hero's own writers never do that (they rename a
  * new file over the old one, so existing mappings keep the old bytes). */
 /* use_mmap: tensors view a private mapping of the file (zero-copy; the file must then not be
- * rewritten in place while they live); otherwise the file is read into one buffer they view. */
-int hr_safetensors_load(const char *path, hr_tensor_list *out, bool use_mmap);
-/* Parses a safetensors image held in memory (tensors are copies). `what` names it in errors. */
+ * rewritten in place while they live); otherwise the file is read into one buffer they view.
+ * verify: a file holding hero's CRC-32 list (HR_SAFETENSORS_CRC_KEY) has every tensor's bytes
+ * checked against it (false: loaded unchecked). The list never reaches out's metadata. */
+int hr_safetensors_load(const char *path, hr_tensor_list *out, bool use_mmap, bool verify);
+/* Parses a safetensors image held in memory (tensors are copies, CRC-32 list checked). `what`
+ * names it in errors. */
 int hr_safetensors_parse(const void *buf, size_t len, const char *what, hr_tensor_list *out);
-/* Writes the tensors (any strides; CPU only) and metadata. Header keys sorted by name; data laid out
+/* The metadata key under which the writer stores each tensor's CRC-32 of its bytes: 8 lowercase
+ * hex digits per tensor, in name order, space-separated. Other readers see an ordinary metadata
+ * entry; a caller may not set it. */
+#define HR_SAFETENSORS_CRC_KEY "hero.crc32"
+/* Writes the tensors (any strides; CPU only) and metadata, plus the CRC-32 list when there are
+ * tensors. Header keys sorted by name; data laid out
  * by element size (largest first), then name, so every tensor is aligned for zero-copy loading. */
 int hr_safetensors_save(const char *path, const hr_tensor_list *in);
 /* safetensors dtype names ("F32", ...) of hero dtypes. */

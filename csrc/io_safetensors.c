@@ -668,7 +668,77 @@ static int materialise(const unsigned char *img, size_t dstart, st_entry *es, si
     return 0;
 }
 
-int hr_safetensors_parse(const void *buf, size_t len, const char *what, hr_tensor_list *out)
+/* ------------------------------------------------------------------ checksums */
+
+static int parse_hex8(const char *s, uint32_t *out)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) return -1;
+        v = v << 4 | (uint32_t)d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Compares each tensor's bytes with the CRC-32 list hero's writer stores under HR_SAFETENSORS_CRC_KEY
+ * (8 lowercase hex digits per tensor, in name order, space-separated). */
+static int verify_crcs(const unsigned char *data, st_entry *es, size_t n, const char *list, const char *what)
+{
+    st_entry **order = malloc((n ? n : 1) * sizeof *order);
+    if (!order) return hr_fail(HR_ENOMEM, "%s: out of memory checking the tensors' CRC-32", what);
+    for (size_t i = 0; i < n; i++) order[i] = &es[i];
+    qsort(order, n, sizeof *order, cmp_entry_name);
+    int rc = 0;
+    size_t len = strlen(list);
+    if (n == 0 ? len != 0 : len != 9 * n - 1) {
+        rc = hr_fail(HR_EFORMAT, "%s: the '%s' metadata holds %zu characters, not the %zu of %zu CRC-32 values", what,
+                     HR_SAFETENSORS_CRC_KEY, len, n ? 9 * n - 1 : 0, n);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const st_entry *e = order[i];
+        const char *field = list + 9 * i;
+        uint32_t stored;
+        if (parse_hex8(field, &stored) || (i + 1 < n && field[8] != ' ')) {
+            rc = hr_fail(HR_EFORMAT, "%s: the '%s' metadata is malformed at value %zu (8 hex digits each, separated by "
+                         "spaces)", what, HR_SAFETENSORS_CRC_KEY, i + 1);
+            goto done;
+        }
+        uint32_t read = hr_crc32(data + e->begin, (size_t)(e->end - e->begin));
+        if (read != stored) {
+            rc = hr_fail(HR_EFORMAT, "%s: tensor '%s' does not match the CRC-32 its writer stored (stored %08" PRIx32
+                         ", read %08" PRIx32 "): the file is damaged, or another program changed its data and kept "
+                         "hero's metadata; {verify = false} loads it unchecked", what, e->name, stored, read);
+            goto done;
+        }
+    }
+done:
+    free(order);
+    return rc;
+}
+
+/* Checks the tensors against the stored CRC-32 list when there is one and `verify` asks for it, and
+ * takes the list out of the metadata: it describes the file, not its content. */
+static int check_and_drop_crcs(const unsigned char *data, st_entry *es, size_t n, hr_tensor_list *out, bool verify,
+                               const char *what)
+{
+    for (size_t k = 0; k < out->nmeta; k++) {
+        if (strcmp(out->meta_keys[k], HR_SAFETENSORS_CRC_KEY) != 0) continue;
+        if (verify && verify_crcs(data, es, n, out->meta_vals[k], what)) return -1;
+        free(out->meta_keys[k]);
+        free(out->meta_vals[k]);
+        memmove(out->meta_keys + k, out->meta_keys + k + 1, (out->nmeta - k - 1) * sizeof *out->meta_keys);
+        memmove(out->meta_vals + k, out->meta_vals + k + 1, (out->nmeta - k - 1) * sizeof *out->meta_vals);
+        out->nmeta--;
+        return 0;
+    }
+    return 0;
+}
+
+static int parse_image(const void *buf, size_t len, const char *what, hr_tensor_list *out, bool verify)
 {
     st_entry *es;
     size_t n = 0, dstart = 0;
@@ -677,13 +747,19 @@ int hr_safetensors_parse(const void *buf, size_t len, const char *what, hr_tenso
         hr_tensor_list_free(out);
         return -1;
     }
-    int rc = materialise(buf, dstart, es, n, NULL, what, out);
+    int rc = check_and_drop_crcs((const unsigned char *)buf + dstart, es, n, out, verify, what);
+    if (rc == 0) rc = materialise(buf, dstart, es, n, NULL, what, out);
     free_entries(es, n);
     if (rc) hr_tensor_list_free(out);
     return rc;
 }
 
-int hr_safetensors_load(const char *path, hr_tensor_list *out, bool use_mmap)
+int hr_safetensors_parse(const void *buf, size_t len, const char *what, hr_tensor_list *out)
+{
+    return parse_image(buf, len, what, out, true);
+}
+
+int hr_safetensors_load(const char *path, hr_tensor_list *out, bool use_mmap, bool verify)
 {
     char what[512];
     snprintf(what, sizeof what, "'%s'", path);
@@ -740,7 +816,7 @@ int hr_safetensors_load(const char *path, hr_tensor_list *out, bool use_mmap)
         unsigned char *buf;
         size_t len;
         if (hr_io_read_file(path, &buf, &len)) return -1;
-        int rc = hr_safetensors_parse(buf, len, what, out);
+        int rc = parse_image(buf, len, what, out, verify);
         free(buf);
         return rc;
     }
@@ -754,7 +830,8 @@ parse:;
     size_t n = 0, dstart = 0;
     int rc = parse_header(base, size, what, out, &es, &n, &dstart);
     if (rc == 0) {
-        rc = materialise(base, dstart, es, n, map, what, out);
+        rc = check_and_drop_crcs((const unsigned char *)base + dstart, es, n, out, verify, what);
+        if (rc == 0) rc = materialise(base, dstart, es, n, map, what, out);
         free_entries(es, n);
     }
     /* Tensors that view the mapping hold references; the mapping goes away with the last one. */
@@ -838,14 +915,20 @@ int hr_safetensors_save(const char *path, const hr_tensor_list *in)
         for (size_t j = 0; j < i; j++)
             if (strcmp(in->meta_keys[i], in->meta_keys[j]) == 0)
                 return hr_fail(HR_EINVAL, "duplicate metadata key '%s'", in->meta_keys[i]);
+        if (strcmp(in->meta_keys[i], HR_SAFETENSORS_CRC_KEY) == 0)
+            return hr_fail(HR_EINVAL, "metadata key '%s' is reserved: the writer stores the tensors' checksums under it",
+                           HR_SAFETENSORS_CRC_KEY);
     }
     wr_item *items = calloc(n ? n : 1, sizeof *items);
     wr_item **layout = calloc(n ? n : 1, sizeof *layout);
     const void **pieces = calloc(n + 2, sizeof *pieces);
     size_t *lens = calloc(n + 2, sizeof *lens);
+    /* the metadata, the CRC-32 list included, in key order */
+    const char **mkeys = calloc(in->nmeta + 1, sizeof *mkeys), **mvals = calloc(in->nmeta + 1, sizeof *mvals);
+    char *crcs = malloc(9 * n + 1);
     sbuf hb = {0};
     int rc = -1;
-    if (!items || !layout || !pieces || !lens) {
+    if (!items || !layout || !pieces || !lens || !mkeys || !mvals || !crcs) {
         hr_fail(HR_ENOMEM, "out of memory saving '%s'", path);
         goto done;
     }
@@ -897,31 +980,40 @@ int hr_safetensors_save(const char *path, const hr_tensor_list *in)
         off += layout[i]->nbytes;
     }
 
+    /* Each tensor's CRC-32, in name order: loaders find a damaged byte instead of reading it. */
+    crcs[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        snprintf(crcs + 9 * i, 10, "%08" PRIx32 "%s", hr_crc32(hr_tensor_data(items[i].t), items[i].nbytes),
+                 i + 1 < n ? " " : "");
+    size_t nmeta = 0;
+    for (size_t i = 0; i < in->nmeta; i++) {
+        mkeys[nmeta] = in->meta_keys[i];
+        mvals[nmeta++] = in->meta_vals[i];
+    }
+    if (n > 0) {
+        mkeys[nmeta] = HR_SAFETENSORS_CRC_KEY;
+        mvals[nmeta++] = crcs;
+    }
+    /* Metadata keys sorted too, for byte-identical files from equal inputs. */
+    for (size_t i = 1; i < nmeta; i++)
+        for (size_t j = i; j > 0 && strcmp(mkeys[j - 1], mkeys[j]) > 0; j--) {
+            const char *k = mkeys[j], *v = mvals[j];
+            mkeys[j] = mkeys[j - 1];
+            mvals[j] = mvals[j - 1];
+            mkeys[j - 1] = k;
+            mvals[j - 1] = v;
+        }
     sb_str(&hb, "{");
     bool first = true;
-    if (in->nmeta > 0) {
-        /* Metadata keys sorted too, for byte-identical files from equal inputs. */
-        size_t *mo = malloc(in->nmeta * sizeof *mo);
-        if (!mo) {
-            hr_fail(HR_ENOMEM, "out of memory saving '%s'", path);
-            goto done;
-        }
-        for (size_t i = 0; i < in->nmeta; i++) mo[i] = i;
-        for (size_t i = 1; i < in->nmeta; i++)
-            for (size_t j = i; j > 0 && strcmp(in->meta_keys[mo[j - 1]], in->meta_keys[mo[j]]) > 0; j--) {
-                size_t tmp = mo[j];
-                mo[j] = mo[j - 1];
-                mo[j - 1] = tmp;
-            }
+    if (nmeta > 0) {
         sb_str(&hb, "\"__metadata__\":{");
-        for (size_t i = 0; i < in->nmeta; i++) {
+        for (size_t i = 0; i < nmeta; i++) {
             if (i) sb_str(&hb, ",");
-            sb_json_string(&hb, in->meta_keys[mo[i]]);
+            sb_json_string(&hb, mkeys[i]);
             sb_str(&hb, ":");
-            sb_json_string(&hb, in->meta_vals[mo[i]]);
+            sb_json_string(&hb, mvals[i]);
         }
         sb_str(&hb, "}");
-        free(mo);
         first = false;
     }
     for (size_t i = 0; i < n; i++) {
@@ -965,6 +1057,9 @@ done:
     free(layout);
     free(pieces);
     free(lens);
+    free(mkeys);
+    free(mvals);
+    free(crcs);
     free(hb.p);
     return rc;
 }

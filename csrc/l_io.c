@@ -89,28 +89,35 @@ static void push_tensor_table(lua_State *L, hr_tensor_list *l)
     }
 }
 
-/* load_safetensors(path [, {mmap = false}]) -> tensors, metadata */
+/* load_safetensors(path [, {mmap = false, verify = true}]) -> tensors, metadata */
 static int l_load_safetensors(lua_State *L)
 {
     const char *path = hr_lua_check_path(L, 1, "load_safetensors");
-    bool use_mmap = false;
+    bool use_mmap = false, verify = true;
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         lua_pushnil(L);
         while (lua_next(L, 2)) {
-            if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "mmap") != 0)
-                return luaL_error(L, "load_safetensors: unknown option '%s' (mmap)",
-                                  lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : luaL_typename(L, -2));
+            const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+            if (!key || (strcmp(key, "mmap") != 0 && strcmp(key, "verify") != 0))
+                return luaL_error(L, "load_safetensors: unknown option '%s' (mmap, verify)",
+                                  key ? key : luaL_typename(L, -2));
+            if (lua_type(L, -1) != LUA_TBOOLEAN)
+                return luaL_error(L, "load_safetensors: option '%s' must be a boolean, got %s", key,
+                                  luaL_typename(L, -1));
             lua_pop(L, 1);
         }
         hr_lua_rawfield(L, 2, "mmap");
         use_mmap = lua_toboolean(L, -1);
         lua_pop(L, 1);
+        hr_lua_rawfield(L, 2, "verify");
+        verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
+        lua_pop(L, 1);
     }
     lua_settop(L, 1);
     hr_tensor_list *l = new_list(L);
     int rc;
-    HR_LUA_RETRY_INT(L, rc, hr_safetensors_load(path, l, use_mmap));
+    HR_LUA_RETRY_INT(L, rc, hr_safetensors_load(path, l, use_mmap, verify));
     if (rc) return hr_lua_error(L, "load_safetensors");
     push_tensor_table(L, l);
     lua_createtable(L, 0, (int)l->nmeta);

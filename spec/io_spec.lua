@@ -160,7 +160,7 @@ describe("safetensors", function()
     assert.equal(8, m.w:sum():item())
     assert.equal(8, hero.io.load_safetensors(tmp("mapped.safetensors"), {mmap = true}).w:sum():item())
     helper.assert_error_contains(function() hero.io.load_safetensors(tmp("mapped.safetensors"), {map = true}) end,
-      "unknown option 'map' (mmap)")
+      "unknown option 'map' (mmap, verify)")
     -- "__metadata__": null is no metadata, as the safetensors library reads it
     local header = '{"__metadata__":null,"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
     local f = assert(io.open(tmp("nullmeta.safetensors"), "wb"))
@@ -239,6 +239,72 @@ describe("safetensors", function()
       ["resnet_features/bbt_s06e12_seg01_clip_08"])
     assert.is_not_nil(hero.io.load_safetensors(fixture("data/features/edge/expected_edge_arrays.safetensors"))
       ["edge/compressed.npz"])
+  end)
+
+  it("stores each tensor's CRC-32 and refuses a damaged byte, naming the tensor", function()
+    local src = every_dtype()
+    hero.io.save_safetensors(tmp("crc.safetensors"), src, {note = "kept"})
+    local bytes = read_bytes(tmp("crc.safetensors"))
+    local n = string.unpack("<I8", bytes)
+    local header = bytes:sub(9, 8 + n)
+    -- an ordinary metadata entry for other readers: 8 hex digits per tensor, in name order
+    local list = header:match('"hero%.crc32":"([^"]*)"')
+    assert.equal(10 * 9 - 1, #list)
+    assert.is_truthy(list:match("^%x%x%x%x%x%x%x%x") and not list:find("[A-F]"))
+    local got, meta = hero.io.load_safetensors(tmp("crc.safetensors"))
+    assert.same({note = "kept"}, meta) -- the list describes the file, not its content
+    assert.same(src.f64:totable(), got.f64:totable())
+    assert.is_nil(select(2, hero.io.load_safetensors(tmp("crc.safetensors"), {mmap = true}))["hero.crc32"])
+    -- one bit flipped anywhere in a tensor's bytes: that tensor is named, whichever way it is read
+    local function offsets(name)
+      local a, b = header:match('"' .. name .. '":{"dtype":"[%w]+","shape":%[[%d,]*%],"data_offsets":%[(%d+),(%d+)%]}')
+      return 8 + n + tonumber(a), 8 + n + tonumber(b)
+    end
+    for _, name in ipairs {"bf16", "bool", "f64", "i64", "u8", "scalar"} do
+      local first, stop = offsets(name)
+      local at = stop -- the last byte of the tensor (1-based index = offset)
+      assert.is_true(at > first, name)
+      local flip = (name == "bool") and 0 or 0x10 -- bool: 1 -> 0 stays a valid BOOL byte
+      local bad = bytes:sub(1, at - 1) .. string.char(bytes:byte(at) ~ (flip == 0 and 1 or flip)) .. bytes:sub(at + 1)
+      write_bytes(tmp("damaged.safetensors"), bad)
+      for _, opts in ipairs {{}, {mmap = true}} do
+        helper.assert_error_contains(function() hero.io.load_safetensors(tmp("damaged.safetensors"), opts) end,
+          "damaged.safetensors': tensor '" .. name .. "' does not match the CRC-32 its writer stored",
+          "{verify = false} loads it unchecked")
+      end
+      helper.assert_error_contains(function() hero.load(tmp("damaged.safetensors")) end, "tensor '" .. name .. "'")
+      local t = hero.load(tmp("damaged.safetensors"), {verify = false})
+      assert.are_not.same(src[name]:totable(), t[name]:totable(), name)
+    end
+    -- a damaged list is named as such; a file without one (other writers) is read unchecked
+    local function with_list(l)
+      local h = header:gsub('"hero%.crc32":"[^"]*"', '"hero.crc32":"' .. l .. '"')
+      h = h .. string.rep(" ", n - #h)
+      assert.equal(n, #h)
+      write_bytes(tmp("list.safetensors"), bytes:sub(1, 8) .. h .. bytes:sub(9 + n))
+      return tmp("list.safetensors")
+    end
+    helper.assert_error_contains(function() hero.io.load_safetensors(with_list(list:sub(1, -10))) end,
+      "the 'hero.crc32' metadata holds 80 characters, not the 89 of 10 CRC-32 values")
+    helper.assert_error_contains(function() hero.io.load_safetensors(with_list(list:gsub("^%x", "g"))) end,
+      "the 'hero.crc32' metadata is malformed at value 1")
+    helper.assert_error_contains(function() hero.io.load_safetensors(with_list(list:sub(1, 8) .. "," .. list:sub(10)))
+    end, "malformed at value 1")
+    assert.same(src.i64:totable(), hero.io.load_safetensors(with_list(list), {verify = false}).i64:totable())
+    local plain = header:gsub('"hero%.crc32":"[^"]*",?', "")
+    plain = plain .. string.rep(" ", n - #plain)
+    write_bytes(tmp("plain.safetensors"), bytes:sub(1, 8) .. plain .. bytes:sub(9 + n))
+    assert.same(src.u8:totable(), hero.io.load_safetensors(tmp("plain.safetensors")).u8:totable())
+    -- the writer owns the key; no tensors, no list
+    helper.assert_error_contains(function()
+      hero.io.save_safetensors(tmp("x"), {a = hero.ones(2)}, {["hero.crc32"] = "00000000"})
+    end, "metadata key 'hero.crc32' is reserved")
+    hero.io.save_safetensors(tmp("none.safetensors"), {})
+    assert.is_nil(read_bytes(tmp("none.safetensors")):find("crc32", 1, true))
+    helper.assert_error_contains(function() hero.load(tmp("crc.safetensors"), {verify = "no"}) end,
+      "option 'verify' must be a boolean, got string")
+    helper.assert_error_contains(function() hero.load(tmp("crc.safetensors"), {verfy = false}) end,
+      "unknown option 'verfy' (mmap, verify)")
   end)
 
   it("refuses bad arguments with the reason", function()

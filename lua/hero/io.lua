@@ -365,9 +365,19 @@ end
 -- load_torch and comes back with an empty metadata table. opts.mmap (safetensors): the tensors
 -- view a private mapping of the file instead of a copy of it read into memory (no copy, pages
 -- read as they are touched; the file must then not be rewritten in place while they live).
+-- opts.verify = false (safetensors): the tensors are not checked against the CRC-32 list hero's
+-- writer stores.
 function io_.load(path, opts)
   if type(path) ~= "string" then error("hero.load: argument #1: expected a path string, got " .. type(path), 2) end
   if opts ~= nil and type(opts) ~= "table" then error("hero.load: argument #2: expected an options table", 2) end
+  for k, v in pairs(opts or {}) do
+    if k ~= "mmap" and k ~= "verify" then
+      error(string.format("hero.load: unknown option '%s' (mmap, verify)", tostring(k)), 2)
+    end
+    if type(v) ~= "boolean" then
+      error(string.format("hero.load: option '%s' must be a boolean, got %s", k, type(v)), 2)
+    end
+  end
   local kind = file_kind(path)
   if kind == "directory" or kind == "other" then
     error(string.format("hero.load: '%s' is %s, not a file", path, kind == "directory" and "a directory"
@@ -382,7 +392,8 @@ function io_.load(path, opts)
     error("hero.load: '" .. path .. "' is neither a safetensors file (an 8-byte header length, then a JSON "
       .. "header) nor a PyTorch checkpoint (torch.save's zip archive or legacy pickle stream)", 2)
   end
-  local read, tensors, meta = pcall(core.load_safetensors, path, opts and {mmap = opts.mmap == true} or nil)
+  local read, tensors, meta = pcall(core.load_safetensors, path, opts and {mmap = opts.mmap == true,
+    verify = opts.verify ~= false} or nil)
   if not read then error((tostring(tensors):gsub("^[^\n]-io%.lua:%d+: ", "")), 2) end -- at the caller's line
   local text = meta[io_.STRUCTURE_KEY]
   if text == nil then return tensors, meta end
