@@ -275,3 +275,43 @@ describe("the reference's config/*.json", function()
     end)
   end
 end)
+
+describe("misspelt config keys", function()
+  it("are named with the key they were meant to be, where the reference would keep the default", function()
+    local s = hero.spelling
+    assert.are.equal(3, s.distance("kitten", "sitting"))
+    assert.are.equal(1, s.distance("learning_rte", "learning_rate"))
+    assert.are.equal(1, s.distance("lw_neg_cxt", "lw_neg_xct")) -- a swap of neighbours is one edit
+    assert.are.equal(3, s.distance("abcdef", "xyz", 2)) -- past the limit: limit + 1
+    assert.are.equal("q_config", s.near_miss("q_confg", {"f_config", "q_config"}))
+    assert.is_nil(s.near_miss("output_attentions", {"attention_probs_dropout_prob"}))
+    assert.is_nil(s.near_miss("q_config", {"f_config", "q_config"}))
+
+    helper.assert_error_contains(function() hero.config.model({f_config = {num_hiden_layers = 2}}) end,
+      "f_config.num_hiden_layers is not a key the model reads; did you mean num_hidden_layers?",
+      "num_hidden_layers keeps its default, 12")
+    helper.assert_error_contains(function() hero.config.model({f_config = {}, q_confg = {}}) end,
+      "q_confg is not a section the model reads; did you mean q_config?")
+    -- a key far from every known one is the reference's to ignore, and ours
+    assert.are.equal(2, hero.config.model({f_config = {output_attentions = false, num_hidden_layers = 2}})
+      .f_config.num_hidden_layers)
+    -- a near key beside the one it resembles is not taken for a slip
+    assert.is_table(hero.config.model({f_config = {num_hidden_layers = 2, num_hiden_layers = 3}}))
+
+    local raw = json.read_file(cfg_dir .. "/train-tvr-8gpu.json")
+    raw.lw_neg_q, raw.lw_neq_q = nil, 8
+    helper.assert_error_contains(function() FT.hparams("vcmr", raw, "cfg.json") end,
+      "cfg.json: 'lw_neq_q' is not a key the reference's scripts read; did you mean 'lw_neg_q'?")
+    raw = json.read_file(cfg_dir .. "/pretrain-tv-16gpu.json")
+    raw.warmup_step = raw.warmup_steps
+    raw.warmup_steps = nil
+    helper.assert_error_contains(function() PC.hparams(raw, "p.json") end, "'warmup_step'", "'warmup_steps'")
+    -- every released config, and the run settings hero records in its hps.json, read as they are
+    for _, name in ipairs {"pretrain-tv-16gpu", "train-didemo_video_only-4gpu", "train-didemo_video_sub-8gpu",
+                           "train-msrvtt_video_only-4gpu", "train-msrvtt_video_sub-4gpu", "train-tvc-8gpu",
+                           "train-tvqa-8gpu", "train-tvr-8gpu", "train-violin-8gpu"} do
+      PC.check_spelling(json.read_file(cfg_dir .. "/" .. name .. ".json"), name)
+    end
+    PC.check_spelling({tasks = {"mlm"}, ratios = {1}, workers = 2, accum = 2, save_every = 5}, "hps.json")
+  end)
+end)

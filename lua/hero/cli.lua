@@ -136,6 +136,34 @@ M.REFERENCE_OPTIONS = {
   },
 }
 
+-- Keys of the reference's training configs that no parser declares (each script reads them from
+-- the JSON itself), and the run settings hero's own scripts read from a config or record in their
+-- hps.json (a recorded hps.json given back as a config must not read as misspelt).
+local CONFIG_ONLY = {
+  "rank", "targets", "targets_ratio", "train_query_txt_db", "val_query_txt_db", "test_query_txt_db",
+  "vcmr_eval_batch_size", "vr_eval_video_batch_size", "vr_eval_q_batch_size", "max_vr_video",
+  "hard_negative_start_step", "sub_db", "train_txt_db", "train_ids", "valid_ids", "vfeat_dim", "max_frm_seq_len",
+  "fixture", "init", "tasks", "ratios", "accum", "lr", "total", "warmup", "valid_every", "save_every",
+  "train_config", "reference_config", "vsm_recipe", "workers", "batch_size", "amp", "device", "bucket",
+  "on_error", "prefetch",
+}
+
+--- Whether `key` is misspelt in a training config: the known key (a reference option, a key of the
+-- reference's configs, or one hero's scripts read) one or two edits away from it, when the config
+-- does not hold that key itself; nil otherwise. The reference accepts any key and reads only its
+-- own, so a misspelt one would leave the option at its default without a word.
+function M.misspelt_config_key(key, config)
+  local known = {}
+  for _, list in pairs(M.REFERENCE_OPTIONS) do
+    for _, o in ipairs(list) do known[o.name] = true end
+  end
+  for _, k in ipairs(CONFIG_ONLY) do known[k] = true end
+  if known[key] then return nil end
+  local meant = require("hero.spelling").near_miss(key, known)
+  if meant and config[meant] == nil then return meant end
+  return nil
+end
+
 -- The evaluation scripts (examples/evaluate.lua reads their options): eval_vcmr.py, eval_vr.py,
 -- eval_videoQA.py, eval_violin.py and inf_tvc.py, each with a parser of its own.
 local function eval_script(dbs, split, task, extra)

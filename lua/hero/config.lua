@@ -7,6 +7,7 @@
 -- Training configs (config/train-*.json, pretrain-*.json) are returned as they are, with their
 -- misspelled keys (hard_negtiave_start_step) also available under the correct spelling.
 local json = require "hero.json"
+local spelling = require "hero.spelling"
 
 local config = {}
 
@@ -51,6 +52,14 @@ function config.model_section(section, name)
   for k, v in pairs(MODEL_DEFAULTS) do out[k] = v end
   for k, v in pairs(section) do out[k] = v end
   name = name or "section"
+  -- the reference keeps any key and reads only its own, so a misspelt one left the default in place
+  for k in pairs(section) do
+    local meant = MODEL_DEFAULTS[k] == nil and spelling.near_miss(k, MODEL_DEFAULTS)
+    if meant and section[meant] == nil then
+      error(string.format("config: %s.%s is not a key the model reads; did you mean %s? (as it is, %s keeps "
+        .. "its default, %s)", name, k, meant, meant, tostring(MODEL_DEFAULTS[meant])), 2)
+    end
+  end
   local function need(ok, key, what)
     if not ok then
       error(string.format("config: %s.%s must be %s, got %s", name, key, what, tostring(out[key])), 3)
@@ -86,7 +95,14 @@ function config.model(t)
   end
   local out = {}
   for k, v in pairs(t) do out[k] = v end
-  for _, name in ipairs {"f_config", "c_config", "q_config", "d_config"} do
+  local sections = {"f_config", "c_config", "q_config", "d_config"}
+  for k in pairs(t) do
+    local meant = spelling.near_miss(k, sections)
+    if meant and t[meant] == nil then
+      error(string.format("config: %s is not a section the model reads; did you mean %s?", tostring(k), meant), 2)
+    end
+  end
+  for _, name in ipairs(sections) do
     if t[name] ~= nil then out[name] = config.model_section(t[name], name) end
   end
   out.c_config = out.c_config or config.model_section(t.f_config, "c_config")

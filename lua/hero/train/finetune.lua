@@ -182,6 +182,7 @@ function FT.hparams(task, raw, source)
   FT.check_task(task)
   source = source or "the config"
   if type(raw) ~= "table" then fail("%s is not a JSON object", source) end
+  require("hero.train.pretrain_config").check_spelling(raw, source)
   local hps = copy(raw)
   if hps.hard_negtiave_start_step == nil and hps.hard_negative_start_step ~= nil then
     hps.hard_negtiave_start_step = hps.hard_negative_start_step

@@ -66,11 +66,23 @@ local function check_int(source, hps, k, min)
   end
 end
 
+local function check_spelling(raw, source)
+  for k in pairs(raw) do
+    local meant = type(k) == "string" and require("hero.cli").misspelt_config_key(k, raw)
+    if meant then
+      fail("%s: '%s' is not a key the reference's scripts read; did you mean '%s'? (as it is, %s keeps its "
+        .. "default)", source, k, meant, meant)
+    end
+  end
+end
+PC.check_spelling = check_spelling
+
 --- The run's hyper-parameters: the decoded config with the reference's defaults for absent keys,
 -- hard_negtiave_start_step also read as hard_negative_start_step, everything checked.
 function PC.hparams(raw, source)
   source = source or "the config"
   if type(raw) ~= "table" or json.is_array(raw) then fail("%s is not a JSON object", source) end
+  check_spelling(raw, source)
   local hps = copy(raw)
   if hps.hard_negtiave_start_step == nil and hps.hard_negative_start_step ~= nil then
     hps.hard_negtiave_start_step = hps.hard_negative_start_step
