@@ -77,6 +77,14 @@ static void convert_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
     }
 }
 
+static bool same_layout(const hr_tensor *a, const hr_tensor *b)
+{
+    if (a->dtype != b->dtype || a->offset != b->offset || a->ndim != b->ndim) return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->size[i] != b->size[i] || (a->size[i] > 1 && a->stride[i] != b->stride[i])) return false;
+    return true;
+}
+
 int hr_copy_(hr_tensor *dst, const hr_tensor *src)
 {
     if (hr_tensor_check_live(dst, "copy_ (destination)") || hr_tensor_check_live(src, "copy_ (source)")) return -1;
@@ -87,6 +95,16 @@ int hr_copy_(hr_tensor *dst, const hr_tensor *src)
         char a[160], b[160];
         return hr_fail(HR_EINVAL, "copy_: source of size %s cannot be broadcast to destination of size %s",
                        hr_shape_str(src->ndim, src->size, a, sizeof a), hr_shape_str(dst->ndim, dst->size, b, sizeof b));
+    }
+    /* The source is another view of the destination's memory (x:copy_(x:t())): elements written
+     * early would be read back as sources later, so the source's values are taken out first.
+     * (PyTorch refuses such copies; this one copies what the source held.) */
+    if (dst->storage == src->storage && !same_layout(dst, src)) {
+        hr_tensor *held = hr_cast(src, src->dtype);
+        if (!held) return -1;
+        int rc = hr_copy_(dst, held);
+        hr_tensor_release(held);
+        return rc;
     }
     if (hr_tensor_device(dst).type != HR_CPU || hr_tensor_device(src).type != HR_CPU) {
         hr_tensor *mirror = hr_mirror_view(src); /* src's values kept on the host (hr_mirror.c) */

@@ -107,10 +107,16 @@ static int t_backward(lua_State *L)
      * tensors already taken */
     int opts = 0;
     if (lua_istable(L, 2) && !hr_lua_to_tensor(L, 2)) opts = 2;
-    else if (lua_istable(L, 3)) opts = 3;
+    else if (!lua_isnoneornil(L, 3)) opts = 3;
+    /* a misspelt retain_graph, or PyTorch's create_graph / inputs (no double backward here), would
+     * otherwise be ignored */
+    static const char *const names[] = {"retain_graph", NULL};
+    if (opts) opts = hr_lua_options(L, opts, names, "retain_graph", "backward");
     bool retain = false;
     if (opts) {
-        hr_lua_rawfield(L, opts, "retain_graph");
+        int ty = hr_lua_rawfield(L, opts, "retain_graph");
+        if (ty != LUA_TNIL && ty != LUA_TBOOLEAN)
+            return luaL_error(L, "backward: option retain_graph must be a boolean, got a %s", lua_typename(L, ty));
         retain = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }

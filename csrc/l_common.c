@@ -307,9 +307,13 @@ void hr_lua_check_fits(lua_State *L, int idx, hr_dtype dt, const char *op)
     }
 }
 
-void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, const char *op)
+void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, bool with_generator, const char *op)
 {
     if (idx == 0 || !lua_istable(L, idx)) return;
+    static const char *const plain[] = {"dtype", "device", NULL};
+    static const char *const random[] = {"dtype", "device", "generator", NULL};
+    hr_lua_options(L, idx, with_generator ? random : plain,
+                   with_generator ? "dtype, device, generator" : "dtype, device", op);
     if (hr_lua_rawfield(L, idx, "dtype") != LUA_TNIL) {
         const char *name = lua_tostring(L, -1);
         if (!name) luaL_error(L, "%s: option dtype must be a string", op);

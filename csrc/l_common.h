@@ -42,8 +42,11 @@ hr_dtype hr_lua_opt_dtype(lua_State *L, int idx, hr_dtype def, const char *op);
  * without overflow, as PyTorch's checked conversion: an integer or float beyond the dtype's range,
  * NaN or an infinity into an integer dtype (u8 also takes -255..-1, which wrap, as PyTorch's). */
 void hr_lua_check_fits(lua_State *L, int idx, hr_dtype dt, const char *op);
-/* Reads the fields dtype= and device= of an options table at idx (absent idx/nil: defaults). */
-void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, const char *op);
+/* Reads the fields dtype= and device= of an options table at idx (absent idx/nil: defaults). Any
+ * other key is refused (a misspelt dtype would silently give f32), but generator= when
+ * with_generator (hr_lua_opt_generator reads it). */
+void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, bool with_generator,
+                             const char *op);
 /* Field `name` of the options table at idx (absolute), or def when it is absent; a value of the wrong
  * type is an error naming op and the option ("cross_entropy: option ignore_index must be an integer,
  * got string"). _option: one of names (NULL-terminated), returned as its index. */

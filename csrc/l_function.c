@@ -136,6 +136,12 @@ static int l_autograd_apply(lua_State *L)
     if (out->grad_fn || out->requires_grad)
         return luaL_error(L, "autograd function: forward must compute its output without recording (it runs "
                              "inside hero.no_grad)");
+    /* an integer or bool output has no gradient (its values are steps, as PyTorch marks such outputs
+     * non-differentiable): a gradient flowing into it would be truncated to integers */
+    if (!hr_dtype_is_float(out->dtype)) {
+        lua_settop(L, 3);
+        return 1;
+    }
     hr_node *node = hr_node_new("lua function", lua_fn_backward, n, inputs, sizeof(lua_fn_ctx));
     if (!node) return hr_lua_error(L, "autograd function");
     lua_fn_ctx *c = node->ctx;

@@ -35,6 +35,7 @@ static int l_matmul(lua_State *L)
     hr_tensor *b = hr_lua_check_tensor(L, 2, "matmul");
     hr_tensor *out = hr_lua_check_tensor(L, 3, "matmul");
     hr_lua_check_graph_inplace(L, out, NULL, "matmul (into out)");
+    hr_lua_check_writable(L, out, "matmul (into out)");
     hr_tensor *in[2] = {a, b};
     if (hr_should_record(2, in))
         return luaL_error(L, "matmul: writing into out is not recorded for autograd; use matmul(a, b)");

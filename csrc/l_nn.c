@@ -156,6 +156,10 @@ static hr_tensor *broadcast_mask(lua_State *L, hr_tensor *mask, int64_t B, int64
     int64_t b = mask->size[0], q = mask->ndim == 3 ? mask->size[1] : 1;
     if ((b != 1 && b != B) || (q != 1 && q != Lq)) return mask;
     if ((mask->ndim == 2 && b == B) || (mask->ndim == 3 && b == B && q == Lq)) return mask;
+    /* the expanded view below records nothing: a mask that requires grad is refused here, as the
+     * kernel refuses one of the full shape */
+    if (hr_requires_grad(mask) && hr_grad_enabled())
+        luaL_error(L, "attention: the mask is not differentiable; detach() it");
     hr_tensor *base = mask->ndim == 3 && q == 1 ? hr_view_select(mask, 1, 0) : mask; /* [b, Lk] */
     if (!base) hr_lua_error(L, "attention");
     int64_t full2[2] = {B, Lk}, full3[3] = {B, Lq, Lk};

@@ -278,7 +278,7 @@ static int make_float(lua_State *L, const char *op, bool normal)
     int ndim = read_shape(L, 1, &oi, size, op);
     hr_dtype dt = HR_F32;
     hr_device dev = hr_cpu();
-    hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, true, op);
     need_float(L, dt, op);
     hr_generator *g = hr_lua_opt_generator(L, oi, op);
     hr_tensor *t = new_tensor(L, ndim, size, dt, dev, op);
@@ -295,7 +295,7 @@ static int make_float_like(lua_State *L, const char *op, bool normal)
     int oi = lua_istable(L, 2) ? 2 : 0;
     hr_dtype dt = src->dtype;
     hr_device dev = hr_tensor_device(src);
-    hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, true, op);
     need_float(L, dt, op);
     hr_generator *g = hr_lua_opt_generator(L, oi, op);
     hr_tensor *t = new_tensor(L, src->ndim, src->size, dt, dev, op);
@@ -337,7 +337,7 @@ static int l_randint(lua_State *L)
     int ndim = read_shape(L, shape_idx, &oi, size, op);
     hr_dtype dt = HR_I64;
     hr_device dev = hr_cpu();
-    hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, true, op);
     hr_generator *g = hr_lua_opt_generator(L, oi, op);
     hr_tensor *t = new_tensor(L, ndim, size, dt, dev, op);
     return check_rc(L, hr_random_randint_(g, t, low, high), op);
@@ -352,7 +352,7 @@ static int l_randperm(lua_State *L)
     int oi = lua_istable(L, 2) ? 2 : 0;
     hr_dtype dt = HR_I64;
     hr_device dev = hr_cpu();
-    hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, true, op);
     hr_generator *g = hr_lua_opt_generator(L, oi, op);
     int64_t size = n;
     hr_tensor *t = new_tensor(L, 1, &size, dt, dev, op);
@@ -398,7 +398,7 @@ static int l_bernoulli(lua_State *L)
     } else {
         ndim = read_shape(L, 2, &oi, size, op);
     }
-    hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, true, op);
     hr_generator *g = hr_lua_opt_generator(L, oi, op);
     hr_tensor *t = new_tensor(L, ndim, size, dt, dev, op);
     return check_rc(L, pt ? hr_random_bernoulli_tensor_(g, t, pt) : hr_random_bernoulli_(g, t, p), op);
@@ -416,7 +416,7 @@ static int l_dropout_mask(lua_State *L)
     int oi = lua_istable(L, 3) ? 3 : 0;
     hr_dtype dt = HR_F32;
     hr_device dev = hr_cpu();
-    hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, true, op);
     hr_generator *g = hr_lua_opt_generator(L, oi, op);
     hr_tensor *t = new_tensor(L, ndim, size, dt, dev, op);
     return check_rc(L, hr_random_dropout_mask_(g, t, p), op);

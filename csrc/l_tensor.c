@@ -85,7 +85,7 @@ static int make_filled(lua_State *L, const char *op, double value, bool zero, bo
     }
     hr_dtype dt = HR_F32;
     hr_device dev = hr_cpu();
-    hr_lua_opt_dtype_device(L, oi, &dt, &dev, op);
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, false, op);
     hr_tensor *t = new_filled(L, ndim, size, dt, dev, fill ? value : NAN, zero, op);
     hr_lua_push_tensor(L, t);
     return 1;
@@ -104,7 +104,7 @@ static int l_full(lua_State *L)
     double v = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
     hr_dtype dt = HR_F32;
     hr_device dev = hr_cpu();
-    hr_lua_opt_dtype_device(L, lua_istable(L, 3) ? 3 : 0, &dt, &dev, "full");
+    hr_lua_opt_dtype_device(L, lua_istable(L, 3) ? 3 : 0, &dt, &dev, false, "full");
     hr_lua_check_fits(L, 2, dt, "full");
     hr_tensor *t = new_filled(L, ndim, size, dt, dev, 0, false, "full");
     if (hr_fill_(t, v)) {
@@ -140,7 +140,7 @@ static int l_arange(lua_State *L)
                           (lua_Number)stop, (lua_Number)step);
     hr_dtype dt = all_int ? HR_I64 : HR_F32;
     hr_device dev = hr_cpu();
-    hr_lua_opt_dtype_device(L, oi, &dt, &dev, "arange");
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, false, "arange");
     double count = ceil((stop - start) / step);
     /* integer arguments are counted and stepped exactly in 128 bits: as doubles, values past 2^53
      * would round (and stop - start can pass 64 bits) */
@@ -197,7 +197,7 @@ static int l_eye(lua_State *L)
     size[1] = (!lua_isnoneornil(L, 2) && oi != 2) ? luaL_checkinteger(L, 2) : size[0];
     hr_dtype dt = HR_F32;
     hr_device dev = hr_cpu();
-    hr_lua_opt_dtype_device(L, oi, &dt, &dev, "eye");
+    hr_lua_opt_dtype_device(L, oi, &dt, &dev, false, "eye");
     hr_tensor *t = new_filled(L, 2, size, dt, hr_cpu(), 0, true, "eye");
     hr_lua_push_tensor(L, t);
     char *p = hr_tensor_data(t);
@@ -282,7 +282,7 @@ static int l_tensor(lua_State *L)
     bool has_bool = false, all_int = true;
     if (lua_type(L, 1) == LUA_TNUMBER || lua_type(L, 1) == LUA_TBOOLEAN) {
         if (lua_isboolean(L, 1)) dt = HR_BOOL;
-        hr_lua_opt_dtype_device(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, "tensor");
+        hr_lua_opt_dtype_device(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, false, "tensor");
         hr_lua_check_fits(L, 1, dt, "tensor");
         hr_tensor *t = new_filled(L, 0, size, dt, hr_cpu(), NAN, false, "tensor");
         if (lua_isinteger(L, 1)) hr_store_i64(hr_tensor_data(t), dt, lua_tointeger(L, 1));
@@ -294,7 +294,7 @@ static int l_tensor(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     int ndim = nested_shape(L, 1, size, &has_bool, &all_int);
     if (has_bool) dt = HR_BOOL;
-    hr_lua_opt_dtype_device(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, "tensor");
+    hr_lua_opt_dtype_device(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, false, "tensor");
     hr_tensor *t = new_filled(L, ndim, size, dt, hr_cpu(), NAN, false, "tensor");
     /* keep t owned by a userdata while filling, so a Lua error in between cannot leak it */
     hr_lua_push_tensor(L, t);
@@ -648,7 +648,7 @@ static int t_to(lua_State *L)
         if (hr_dtype_from_name(s, &dt) != 0 && hr_device_parse(s, &dev) != 0)
             return luaL_error(L, "to: '%s' is neither a dtype nor a device", s);
     } else {
-        hr_lua_opt_dtype_device(L, 2, &dt, &dev, "to");
+        hr_lua_opt_dtype_device(L, 2, &dt, &dev, false, "to");
     }
     if (!hr_device_eq(dev, hr_tensor_device(t))) { /* a differentiable move (and cast) between devices */
         hr_tensor *r;

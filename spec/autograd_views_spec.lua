@@ -157,3 +157,38 @@ describe("autograd through views and casts", function()
     assert.same({3, 3}, x:totable())
   end)
 end)
+
+describe("autograd options and outputs", function()
+  it("refuses backward options it does not implement, and integer outputs of a Function carry no gradient", function()
+    local x = hero.tensor({1, 2}):requires_grad_()
+    local z = (x * 2):sum()
+    helper.assert_error_contains(function() z:backward({retian_graph = true}) end,
+      "backward: unknown option 'retian_graph' (retain_graph)")
+    helper.assert_error_contains(function() z:backward({create_graph = true}) end, "unknown option 'create_graph'")
+    helper.assert_error_contains(function() z:backward(nil, 5) end, "argument #3 must be a table of options")
+    helper.assert_error_contains(function() z:backward({retain_graph = 1}) end,
+      "option retain_graph must be a boolean, got a number")
+    z:backward({retain_graph = true})
+    z:backward()
+    assert.same({4, 4}, x.grad:totable())
+    -- a gradient reaching an i64 output was truncated to an integer (2.5 became 2)
+    local ToLong = hero.autograd.Function {
+      forward = function(_, t) return t:long() end,
+      backward = function(_, g) return g:float() end,
+    }
+    local y = ToLong(x)
+    assert.is_false(y.requires_grad)
+    assert.is_nil(y.grad_fn)
+  end)
+
+  it("refuses a mask that requires grad whether or not it broadcasts", function()
+    local q = hero.randn(2, 3, 4)
+    for _, shape in ipairs {{2, 3}, {1, 3}, {1, 1, 3}, {2, 1, 3}} do
+      local m = hero.zeros(shape):requires_grad_()
+      helper.assert_error_contains(function() hero.attention(q, q, q, m, 1) end,
+        "attention: the mask is not differentiable")
+      helper.assert_error_contains(function() hero.attention_packed(hero.randn(2, 3, 12), m, 1) end,
+        "the mask is not differentiable")
+    end
+  end)
+end)

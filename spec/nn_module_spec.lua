@@ -99,3 +99,45 @@ describe("nn.Module", function()
     end
   end)
 end)
+
+describe("module registration and settings", function()
+  it("refuses names, values and options that would silently misbehave", function()
+    local m = nn.Linear(2, 2)
+    -- a "." collided with a child's state_dict entries; "forward" hid the method
+    helper.assert_error_contains(function() m:register_parameter("a.weight", hero.ones(2)) end,
+      "Linear: parameter name must be a non-empty string without '.', got 'a.weight'")
+    helper.assert_error_contains(function() m:register_parameter("forward", hero.ones(2)) end,
+      "parameter name 'forward' is taken: self.forward is already a method of the module")
+    helper.assert_error_contains(function() m:register_buffer(1, hero.ones(2)) end, "got number")
+    helper.assert_error_contains(function() m:register_buffer("b", 5) end, "buffer 'b' must be a tensor, got number")
+    local x = hero.ones(2):requires_grad_()
+    helper.assert_error_contains(function() m:register_parameter("c", x * 2) end,
+      "parameter 'c' must be a leaf tensor")
+    -- a module inside itself made every walk of the tree endless
+    local s = nn.Sequential(nn.Linear(2, 2))
+    helper.assert_error_contains(function() s:add_module("me", s) end, "child 'me' contains this module")
+    local outer = nn.Sequential(s)
+    helper.assert_error_contains(function() s:add_module("up", outer) end, "child 'up' contains this module (as 0)")
+    assert.equal(2, #s:parameters())
+    helper.assert_error_contains(function() s:train("no") end, "train: mode must be a boolean, got string")
+    helper.assert_error_contains(function() m:load_state_dict(m:state_dict(), {strict = "no"}) end,
+      "option strict must be a boolean, got string")
+    helper.assert_error_contains(function() m:load_state_dict({weight = hero.ones(2, 2), bias = hero.tensor(5.0)}) end,
+      "'bias' has size () (0-dim) in the checkpoint but 2 in the model")
+    -- Module:to: dtypes by any name, devices named as such, options checked
+    assert.equal("f64", nn.Linear(2, 2):to("float64").weight:dtype())
+    assert.equal("f64", nn.Linear(2, 2):to({dtype = "double"}).weight:dtype())
+    helper.assert_error_contains(function() m:to("gpu") end, "to: 'gpu' is neither a dtype")
+    helper.assert_error_contains(function() m:to({dtpe = "f64"}) end, "to: unknown option 'dtpe' (dtype, device)")
+    helper.assert_error_contains(function() nn.Dropout(0.5, {inplace = true}) end,
+      "Dropout: unknown option 'inplace' (generator)")
+    helper.assert_error_contains(function()
+      nn.TransformerEncoder {layers = 1, hidden = 8, heads = 2, intermedate = 16}
+    end, "unknown option 'intermedate'")
+    helper.assert_error_contains(function() nn.TransformerLayer {hidden = 8, heads = 2, attention_dropout = 1.5} end,
+      "opts.attention_dropout must be a probability in [0, 1), got 1.5")
+    local enc = nn.TransformerEncoder {layers = 1, hidden = 8, heads = 2, intermediate = 16}
+    helper.assert_error_contains(function() enc:forward(hero.randn(2, 3, 8), nil, {rws = 1}) end,
+      "TransformerEncoder:forward: unknown option 'rws'")
+  end)
+end)

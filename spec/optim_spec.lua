@@ -195,7 +195,7 @@ describe("optim", function()
       local p = hero.zeros(2):requires_grad_()
       p.grad = hero.ones(2)
       optim.AdamW({{"p", p}}, {lr = 1}):step {grad_scale = 0 / 0}
-    end, "grad_scale must be a number")
+    end, "grad_scale must be a finite number >= 0")
     local p = hero.zeros(2):requires_grad_()
     p.grad = hero.ones(2)
     local norm, factor = optim.clip_grad_norm({p}, 10)
@@ -333,5 +333,38 @@ describe("optimizer and loss-scaling API against torch's", function()
     assert.same({"0", "1"}, {o.entries[1].name, o.entries[2].name})
     helper.assert_error_contains(function() optim.Adam(m:parameters(), {lr = 0.1, amsgrad = true}) end,
       "unknown option 'amsgrad'")
+  end)
+end)
+
+describe("optimizer settings changed after construction", function()
+  it("are checked as the constructor checks them", function()
+    local p = hero.tensor({1, 2}):requires_grad_()
+    local o = optim.AdamW({p}, {lr = 0.1})
+    -- a negative rate ascended, NaN spread to every weight, a string failed inside the library
+    helper.assert_error_contains(function() o:set_lr(-5) end,
+      "AdamW:set_lr: the rate must be a finite number >= 0, got -5")
+    helper.assert_error_contains(function() o:set_lr(0 / 0) end, "finite number >= 0")
+    helper.assert_error_contains(function() o:set_lr("abc") end, "got abc")
+    helper.assert_error_contains(function() o:step {grad_scal = 0} end, "AdamW:step: unknown option 'grad_scal'")
+    helper.assert_error_contains(function() o:step {grad_scale = math.huge} end, "got inf")
+    helper.assert_error_contains(function() o:step {grad_scale = -1} end, "got -1")
+    -- one tensor twice was updated twice a step; a computed tensor never had a gradient
+    helper.assert_error_contains(function() optim.AdamW({p, p}, {lr = 0.1}) end,
+      "parameters '0' and '1' are the same tensor")
+    helper.assert_error_contains(function() optim.AdamW({{"a", p}, {"b", p}}, {lr = 0.1}) end, "'a' and 'b'")
+    helper.assert_error_contains(function() optim.Adam({p * 2}, {lr = 0.1}) end, "parameter '0' is not a leaf tensor")
+  end)
+
+  it("clip_grad_norm's infinity norm of NaN gradients is NaN, as the 2-norm; a misspelt option is refused", function()
+    local p = hero.tensor({1, 2, 3}):requires_grad_()
+    p.grad = hero.tensor {0 / 0, 5, 1}
+    local norm, scale = optim.clip_grad_norm({p}, 1, math.huge)
+    assert.is_true(norm ~= norm and scale ~= scale)
+    p.grad = hero.tensor {1, 0 / 0, 5}
+    assert.is_true(optim.clip_grad_norm({p}, 1, {norm_type = math.huge, apply = false}) ~= 0)
+    p.grad = hero.tensor {3, -4, 1}
+    assert.equal(4, (optim.clip_grad_norm({p}, 10, math.huge)))
+    helper.assert_error_contains(function() optim.clip_grad_norm({p}, 1, {norm_tpye = 2}) end,
+      "clip_grad_norm: unknown option 'norm_tpye' (norm_type, apply)")
   end)
 end)

@@ -195,3 +195,35 @@ describe("tensor core", function()
     assert.is_true(hero.live_bytes() - base < 1200 * 1024 * 1024)
   end)
 end)
+
+describe("writes and options that misbehaved silently", function()
+  it("copy_ from another view of the same memory copies what the source held", function()
+    local x = hero.tensor {{1, 2}, {3, 4}}
+    x:copy_(x:t())
+    assert.same({{1, 3}, {2, 4}}, x:totable())
+    local y = hero.arange(6):float()
+    y:view(3, 2):copy_(y:view(2, 3):t())
+    assert.same({0, 3, 1, 4, 2, 5}, y:totable())
+    local z = hero.arange(6):float():view(2, 3)
+    z:copy_(z[1]) -- a broadcast row of itself
+    assert.same({{0, 1, 2}, {0, 1, 2}}, z:totable())
+    local w = hero.arange(4):float()
+    w:narrow(1, 2, 3):copy_(w:narrow(1, 1, 3)) -- shifted by one
+    assert.same({0, 0, 1, 2}, w:totable())
+  end)
+
+  it("refuses an expanded out for matmul and unknown creation options", function()
+    helper.assert_error_contains(function()
+      hero.matmul(hero.eye(2), hero.tensor {{1, 2}, {3, 4}}, hero.zeros(1, 2):expand(2, 2))
+    end, "matmul (into out): cannot write in place", "expanded view")
+    helper.assert_error_contains(function() hero.zeros({2}, {dtyp = "i64"}) end,
+      "zeros: unknown option 'dtyp' (dtype, device)")
+    helper.assert_error_contains(function() hero.tensor({1}, {requires_grad = true}) end,
+      "tensor: unknown option 'requires_grad'")
+    helper.assert_error_contains(function() hero.randn({2}, {generater = 1}) end, "(dtype, device, generator)")
+    helper.assert_error_contains(function() hero.ones(2):to {devic = "cuda:0"} end, "to: unknown option 'devic'")
+    assert.equal("i64", hero.zeros_like(hero.ones(2), {dtype = "i64"}):dtype())
+    assert.equal("f64", hero.full_like(hero.ones(2), 3, {dtype = "f64"}):dtype())
+    helper.assert_error_contains(function() hero.ones_like(hero.ones(2), {dtyp = "i64"}) end, "unknown option 'dtyp'")
+  end)
+end)

@@ -10,10 +10,16 @@ function M.install(hero, methods, _metatable)
   for _, name in ipairs(ALSO_FUNCTIONS) do
     if hero[name] == nil and methods[name] ~= nil then hero[name] = methods[name] end
   end
-  --- Tensor of the same shape, dtype and device filled with zeros/ones/a value.
-  local function like(t, who)
+  --- Tensor of the same shape, dtype and device filled with zeros/ones/a value; opts (dtype =,
+  -- device =) replace t's, and the creation function refuses any other key.
+  local function like(t, who, opts)
     if not hero.is_tensor(t) then error(string.format("%s: expected a hero.Tensor, got %s", who, type(t)), 3) end
-    return {dtype = t:dtype(), device = t:device()}
+    if opts ~= nil and type(opts) ~= "table" then
+      error(string.format("%s: options must be a table (dtype, device), got %s", who, type(opts)), 3)
+    end
+    local o = {dtype = t:dtype(), device = t:device()}
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return o
   end
   local function shape_of(t, shape, who)
     if shape == nil then return t:size() end
@@ -30,10 +36,10 @@ function M.install(hero, methods, _metatable)
     local o = like(t, "new_ones")
     return hero.ones(shape_of(t, shape, "new_ones"), o)
   end
-  function hero.zeros_like(t) local o = like(t, "zeros_like"); return hero.zeros(t:size(), o) end
-  function hero.ones_like(t) local o = like(t, "ones_like"); return hero.ones(t:size(), o) end
-  function hero.full_like(t, v) local o = like(t, "full_like"); return hero.full(t:size(), v, o) end
-  function hero.empty_like(t) local o = like(t, "empty_like"); return hero.empty(t:size(), o) end
+  function hero.zeros_like(t, opts) local o = like(t, "zeros_like", opts); return hero.zeros(t:size(), o) end
+  function hero.ones_like(t, opts) local o = like(t, "ones_like", opts); return hero.ones(t:size(), o) end
+  function hero.full_like(t, v, opts) local o = like(t, "full_like", opts); return hero.full(t:size(), v, o) end
+  function hero.empty_like(t, opts) local o = like(t, "empty_like", opts); return hero.empty(t:size(), o) end
   M.install_math(hero, methods)
   require("hero.einsum").install(hero)
 end

@@ -11,6 +11,10 @@ function M.Dropout:__init(p, opts)
   if type(p) ~= "number" or not (p >= 0 and p <= 1) then
     error("Dropout: p must be in [0, 1], got " .. tostring(p), 3)
   end
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("Dropout: options must be a table ({generator = g}), got " .. type(opts), 3) end
+    require("hero.nn.check").options("Dropout", 3, opts, {"generator"})
+  end
   self.p = p
   self.generator = opts and opts.generator
 end

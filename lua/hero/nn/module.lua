@@ -51,9 +51,28 @@ function Module:error(fmt, ...)
   error(where .. ": " .. string.format(fmt, ...), 2)
 end
 
+-- A name a parameter, buffer or child can be registered under: its state_dict key is the dotted path,
+-- so a "." would collide with a child's entries, and self[name] must not hide a method or a field
+-- of another kind.
+local function check_name(self, kind, name, own)
+  if type(name) ~= "string" or name == "" or name:find(".", 1, true) then
+    self:error("%s name must be a non-empty string without '.', got %s", kind, type(name) == "string"
+      and ("'" .. name .. "'") or type(name))
+  end
+  if own[name] == nil and self[name] ~= nil then
+    self:error("%s name '%s' is taken: self.%s is already %s", kind, name, name,
+      rawget(self, name) == nil and "a method of the module" or "a field of another kind")
+  end
+end
+
 --- Registers a trainable tensor under `name` (also reachable as self[name]).
 function Module:register_parameter(name, t)
-  if not core.is_tensor(t) then self:error("parameter '%s' must be a tensor", name) end
+  if not core.is_tensor(t) then self:error("parameter '%s' must be a tensor", tostring(name)) end
+  check_name(self, "parameter", name, self._params)
+  -- an optimizer updates leaves only: a computed tensor would get no .grad and never change
+  if t.grad_fn ~= nil then
+    self:error("parameter '%s' must be a leaf tensor (it was computed by an op; detach() it)", name)
+  end
   if not self._params[name] then self._param_order[#self._param_order + 1] = name end
   if not t.requires_grad then t:requires_grad_(true) end
   self._params[name] = t
@@ -63,6 +82,8 @@ end
 
 --- Registers a non-trainable tensor that is part of the state_dict (e.g. position ids).
 function Module:register_buffer(name, t)
+  if not core.is_tensor(t) then self:error("buffer '%s' must be a tensor, got %s", tostring(name), type(t)) end
+  check_name(self, "buffer", name, self._buffers)
   if not self._buffers[name] then self._buffer_order[#self._buffer_order + 1] = name end
   self._buffers[name] = t
   self[name] = t
@@ -71,7 +92,15 @@ end
 
 --- Adds a child module under `name` (also reachable as self[name]).
 function Module:add_module(name, m)
-  if type(m) ~= "table" or not m._params then self:error("child '%s' is not a hero.nn.Module", name) end
+  if type(m) ~= "table" or not m._params then self:error("child '%s' is not a hero.nn.Module", tostring(name)) end
+  check_name(self, "child", name, self._modules)
+  -- a module inside itself would make every walk of the tree endless
+  for _, entry in ipairs(m:named_modules()) do
+    if entry[2] == self then
+      self:error("child '%s' contains this module (%s), which would make the module tree a cycle", name,
+        entry[1] == "" and "it is this module" or "as " .. entry[1])
+    end
+  end
   if not self._modules[name] then self._module_order[#self._module_order + 1] = name end
   self._modules[name] = m
   m._name = name
@@ -140,7 +169,7 @@ function Module:state_dict()
   return sd
 end
 
-local function shape_str(t) return table.concat(t:size(), "x") end
+local function shape_str(t) return t:dim() == 0 and "() (0-dim)" or table.concat(t:size(), "x") end
 
 --- Copies tensors of `sd` into this module's parameters and buffers (converting dtypes).
 -- opts.strict (default true): missing or unexpected keys are an error listing them all.
@@ -153,6 +182,9 @@ function Module:load_state_dict(sd, opts)
   end
   for k in pairs(opts) do -- a misspelt {strcit = false} would load strictly without a word
     if k ~= "strict" then self:error("load_state_dict: unknown option '%s' (strict)", tostring(k)) end
+  end
+  if opts.strict ~= nil and type(opts.strict) ~= "boolean" then
+    self:error("load_state_dict: option strict must be a boolean, got %s", type(opts.strict))
   end
   local strict = opts.strict ~= false
   local own = self:state_dict()
@@ -198,6 +230,7 @@ end
 --- Training mode on (default) or off, for this module and every child.
 function Module:train(mode)
   if mode == nil then mode = true end
+  if type(mode) ~= "boolean" then self:error("train: mode must be a boolean, got %s", type(mode)) end
   for _, entry in ipairs(self:named_modules()) do entry[2].training = mode end
   return self
 end
@@ -210,6 +243,7 @@ function Module:evaluate() return self:train(false) end
 -- cross-modal and temporal outputs of every position), as the parity checks compare them.
 function Module:keep_activations(on)
   if on == nil then on = true end
+  if type(on) ~= "boolean" then self:error("keep_activations: expected a boolean, got %s", type(on)) end
   for _, entry in ipairs(self:named_modules()) do entry[2].keeps_activations = on end
   return self
 end
@@ -221,9 +255,30 @@ end
 -- optimizer after moving the model: it holds the tensors it was given. Returns the module.
 function Module:to(where)
   local opts = where
+  -- a dtype by any of its names ("float64", "half"), as Tensor:to takes them
+  local function dtype_named(name)
+    local ok, probe = pcall(core.empty, {0}, {dtype = name})
+    return ok and probe:dtype() or nil
+  end
   if type(where) == "string" then
-    opts = (where == "cpu" or where:find("^cuda")) and {device = where} or {dtype = where}
-  elseif type(where) ~= "table" then
+    if where == "cpu" or where:find("^cuda") then
+      opts = {device = where}
+    else
+      local dt = dtype_named(where)
+      if not dt then
+        self:error("to: '%s' is neither a dtype (f32, f64, bf16, f16) nor a device ('cpu', 'cuda', 'cuda:N')", where)
+      end
+      opts = {dtype = dt}
+    end
+  elseif type(where) == "table" then
+    opts = {}
+    for k, v in pairs(where) do
+      if k ~= "dtype" and k ~= "device" then self:error("to: unknown option '%s' (dtype, device)", tostring(k)) end
+      if type(v) ~= "string" then self:error("to: option %s must be a string, got %s", k, type(v)) end
+      opts[k] = v
+    end
+    if opts.dtype then opts.dtype = dtype_named(opts.dtype) or opts.dtype end
+  else
     self:error("to: expected a device ('cpu', 'cuda:0'), a dtype or {device =, dtype =}, got %s", type(where))
   end
   local floating = {f32 = true, f64 = true, bf16 = true, f16 = true}

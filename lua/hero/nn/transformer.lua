@@ -26,10 +26,21 @@ local function config(opts, who)
     error(string.format("%s: expected a table of options such as {hidden = 768, heads = 12}, got %s", who,
       type(opts)), 4)
   end
+  -- a misspelt size would build the default one without a word
+  check.options(who, 4, opts, {"hidden", "heads", "intermediate", "eps", "dropout", "attention_dropout", "init",
+                               "std", "dtype", "generator", "layers"})
   for _, k in ipairs {"eps", "dropout", "attention_dropout"} do
     if opts[k] ~= nil and type(opts[k]) ~= "number" then
       error(string.format("%s: opts.%s must be a number, got %s", who, k, type(opts[k])), 4)
     end
+  end
+  for _, k in ipairs {"dropout", "attention_dropout"} do
+    if opts[k] ~= nil and not (opts[k] >= 0 and opts[k] < 1) then
+      error(string.format("%s: opts.%s must be a probability in [0, 1), got %s", who, k, tostring(opts[k])), 4)
+    end
+  end
+  if opts.eps ~= nil and (opts.eps ~= opts.eps or opts.eps <= 0) then
+    error(string.format("%s: opts.eps must be positive, got %s", who, tostring(opts.eps)), 4)
   end
   local c = {
     hidden = opts.hidden or 768, heads = opts.heads or 12, intermediate = opts.intermediate or 3072,
@@ -194,6 +205,7 @@ end
 -- caller has it.
 function M.TransformerLayer:forward(x, mask, opts)
   check_input(self, x, "x")
+  if opts ~= nil then check.options(self.__name .. ":forward", 1, opts, {"additive", "rows", "rows_host", "query"}) end
   local ext = mask
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
   local a
@@ -300,6 +312,7 @@ end
 
 function M.TransformerEncoder:forward(x, mask, opts)
   check_input(self, x, "x")
+  if opts ~= nil then check.options(self.__name .. ":forward", 1, opts, {"additive", "rows", "rows_host", "pack"}) end
   local ext = mask
   if mask and not (opts and opts.additive) then ext = M.extended_mask(mask, x:dtype()) end
   local rows = opts and opts.rows

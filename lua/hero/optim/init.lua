@@ -43,6 +43,19 @@ local function ordered_params(params, who)
     table.sort(names)
     for _, name in ipairs(names) do list[#list + 1] = {name = name, param = params[name]} end
   end
+  -- one tensor listed twice would be updated twice a step; a computed tensor never gets a .grad
+  local where = {}
+  for _, e in ipairs(list) do
+    if where[e.param] then
+      error(string.format("%s: parameters '%s' and '%s' are the same tensor (it would be updated twice a step)",
+        who, where[e.param], e.name), 4)
+    end
+    where[e.param] = e.name
+    if e.param.grad_fn ~= nil then
+      error(string.format("%s: parameter '%s' is not a leaf tensor (it was computed by an op, so it never gets "
+        .. "a gradient)", who, e.name), 4)
+    end
+  end
   return list
 end
 
@@ -170,8 +183,14 @@ function optim.by_config_name(name)
   return ({adamw = optim.AdamW, adam = optim.Adam, adamax = optim.Adamax})[name]
 end
 
---- Sets the base learning rate (before the per-group multipliers).
-function Adam:set_lr(lr) self.lr = lr end
+--- Sets the base learning rate (before the per-group multipliers): a number >= 0, as the
+-- constructor takes (a negative rate would ascend, NaN would spread to every weight).
+function Adam:set_lr(lr)
+  if type(lr) ~= "number" or not (lr >= 0 and lr < math.huge) then
+    error(string.format("%s:set_lr: the rate must be a finite number >= 0, got %s", self.kind, tostring(lr)), 2)
+  end
+  self.lr = lr
+end
 
 --- One update of every parameter with a gradient (parameters whose .grad is nil are skipped, as
 -- in the reference). opts.grad_scale (clip_grad_norm's factor with {apply = false}) scales the
@@ -182,9 +201,15 @@ function Adam:step(opts)
     error(string.format("%s:step: the argument must be an options table such as {grad_scale = s}, got %s", self.kind,
       type(opts)), 2)
   end
+  for k in pairs(opts or {}) do
+    if k ~= "grad_scale" then
+      error(string.format("%s:step: unknown option '%s' (grad_scale)", self.kind, tostring(k)), 2)
+    end
+  end
   local grad_scale = opts and opts.grad_scale or 1
-  if type(grad_scale) ~= "number" or grad_scale ~= grad_scale then
-    error(self.kind .. ":step: opts.grad_scale must be a number, got " .. tostring(grad_scale), 2)
+  -- clip_grad_norm's factors lie in [0, 1]; a negative or infinite one would ascend or give NaN
+  if type(grad_scale) ~= "number" or not (grad_scale >= 0 and grad_scale < math.huge) then
+    error(self.kind .. ":step: opts.grad_scale must be a finite number >= 0, got " .. tostring(grad_scale), 2)
   end
   local items = {}
   for _, e in ipairs(self.entries) do
@@ -341,6 +366,11 @@ function optim.clip_grad_norm(params, max_norm, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("clip_grad_norm: the third argument must be the norm type or an options table, got " .. type(opts), 2)
   end
+  for k in pairs(opts or {}) do
+    if k ~= "norm_type" and k ~= "apply" then
+      error(string.format("clip_grad_norm: unknown option '%s' (norm_type, apply)", tostring(k)), 2)
+    end
+  end
   local norm_type = opts and opts.norm_type or 2
   if norm_type ~= 2 and norm_type ~= math.huge then
     error("clip_grad_norm: norm_type must be 2 or math.huge (inf), got " .. tostring(norm_type), 2)
@@ -362,7 +392,12 @@ function optim.clip_grad_norm(params, max_norm, opts)
   else
     norm = 0
     for _, g in pairs(grads) do
-      if g:numel() > 0 then norm = math.max(norm, g:detach():abs():max():item()) end
+      if g:numel() > 0 then
+        -- math.max drops a NaN; the norm of NaN gradients is NaN, as the 2-norm's
+        local m = g:detach():abs():max():item()
+        if m ~= m or m > norm then norm = m end
+        if norm ~= norm then break end
+      end
     end
   end
   local scale = max_norm / (norm + 1e-6)
