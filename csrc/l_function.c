@@ -67,7 +67,11 @@ static int lua_fn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
         int idx = base + 1 + i;
         if (lua_isnil(L, idx)) continue;
         hr_tensor *t = hr_lua_to_tensor(L, idx);
-        if (!t || !t->storage) {
+        if ((t && !t->storage) || (!t && luaL_testudata(L, idx, HR_TENSOR_MT))) {
+            rc = hr_fail(HR_EINVAL, "backward returned a freed tensor for input %d", i + 1);
+            break;
+        }
+        if (!t) {
             rc = hr_fail(HR_EINVAL, "backward returned a %s for input %d (expected a tensor or nil)",
                          luaL_typename(L, idx), i + 1);
             break;

@@ -702,6 +702,17 @@ static int t_fill_(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "fill_");
     hr_lua_check_inplace(L, t, "fill_");
+    if (luaL_testudata(L, 2, HR_TENSOR_MT)) { /* a one-element tensor gives its value, as PyTorch's fill_
+                                                takes a 0-dim tensor */
+        hr_tensor *v = hr_lua_check_tensor(L, 2, "fill_");
+        if (hr_tensor_numel(v) != 1)
+            return luaL_error(L, "fill_: the value must be a number or a one-element tensor, got %I elements",
+                              (lua_Integer)hr_tensor_numel(v));
+        lua_getfield(L, 2, "item");
+        lua_pushvalue(L, 2);
+        lua_call(L, 1, 1);
+        lua_replace(L, 2);
+    }
     hr_lua_check_fits(L, 2, t->dtype, "fill_");
     int rc;
     if (lua_isinteger(L, 2)) {

@@ -179,6 +179,16 @@ describe("autograd options and outputs", function()
     local y = ToLong(x)
     assert.is_false(y.requires_grad)
     assert.is_nil(y.grad_fn)
+    local Freed = hero.autograd.Function {
+      forward = function(_, t) return t * 2 end,
+      backward = function(_, g)
+        local r = g * 2
+        r:free()
+        return r
+      end,
+    }
+    helper.assert_error_contains(function() Freed(x):sum():backward() end,
+      "backward returned a freed tensor for input 1")
   end)
 
   it("refuses a mask that requires grad whether or not it broadcasts", function()

@@ -83,6 +83,14 @@ describe("fused nn nodes (losses and lookups)", function()
       "target 9 at position 4", "7 classes")
     helper.assert_error_contains(function() hero.cross_entropy(x, hero.tensor({1, 2}, {dtype = "i64"})) end,
       "5 class indices")
+    helper.assert_error_contains(function() hero.nn.functional.pad(x, {1, 1}, "constant", "x") end,
+      "pad: the value must be a number, got string")
+    -- a target of N elements in another shape was read flat (PyTorch refuses it)
+    for _, shape in ipairs {{1, 5}, {5, 1}} do
+      helper.assert_error_contains(function()
+        hero.cross_entropy(x, hero.zeros(shape, {dtype = "i64"}))
+      end, "cross_entropy: target " .. shape[1] .. "x" .. shape[2] .. " must be 5 for logits 5x7")
+    end
   end)
 
   it("cross_entropy refuses misspelt options and smoothing outside [0, 1], for class indices and probabilities",

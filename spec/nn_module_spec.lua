@@ -129,6 +129,10 @@ describe("module registration and settings", function()
     assert.equal("f64", nn.Linear(2, 2):to({dtype = "double"}).weight:dtype())
     helper.assert_error_contains(function() m:to("gpu") end, "to: 'gpu' is neither a dtype")
     helper.assert_error_contains(function() m:to({dtpe = "f64"}) end, "to: unknown option 'dtpe' (dtype, device)")
+    helper.assert_error_contains(function() nn.Linear(3, 2, {dtype = "i64"}) end,
+      "Linear: opts.dtype must be a floating dtype (f32, f64, bf16, f16), got i64")
+    helper.assert_error_contains(function() nn.Embedding(3, 2, {dtype = "bool"}) end, "Embedding: opts.dtype")
+    assert.equal("f64", nn.LayerNorm(2, {dtype = "float64"}).weight:dtype())
     helper.assert_error_contains(function() nn.Dropout(0.5, {inplace = true}) end,
       "Dropout: unknown option 'inplace' (generator)")
     helper.assert_error_contains(function()

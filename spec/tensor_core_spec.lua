@@ -226,4 +226,27 @@ describe("writes and options that misbehaved silently", function()
     assert.equal("f64", hero.full_like(hero.ones(2), 3, {dtype = "f64"}):dtype())
     helper.assert_error_contains(function() hero.ones_like(hero.ones(2), {dtyp = "i64"}) end, "unknown option 'dtyp'")
   end)
+
+  it("linspace refuses a huge count at once and keeps its values; fill_ takes a one-element tensor", function()
+    -- it filled a Lua table of 2^60 numbers until memory ran out
+    helper.assert_error_contains(function() hero.linspace(0, 1, 1 << 60) end, "linspace: range of", "too large")
+    helper.assert_error_contains(function() hero.linspace(0, 1, 3, {dtyp = "f64"}) end,
+      "linspace: unknown option 'dtyp'")
+    -- the same numbers as the element-by-element Lua arithmetic (both halves, both ends exact)
+    for _, c in ipairs {{0, 1, 5}, {-3.3, 7.1, 11}, {1e-3, 123.456, 1000}, {5, -5, 7}} do
+      local start, stop, n = c[1], c[2], c[3]
+      local step = (stop - start) / (n - 1)
+      local got = hero.linspace(start, stop, n, {dtype = "f64"}):totable()
+      for i = 0, n - 1 do
+        local want = i < n // 2 and start + i * step or stop - (n - 1 - i) * step
+        assert.equal(want, got[i + 1])
+      end
+    end
+    assert.same({}, hero.linspace(0, 1, 0):totable())
+    assert.same({2}, hero.linspace(2, 9, 1):totable())
+    local t = hero.zeros(3)
+    t:fill_(hero.tensor(3))
+    assert.same({3, 3, 3}, t:totable())
+    helper.assert_error_contains(function() t:fill_(hero.ones(2)) end, "a one-element tensor, got 2 elements")
+  end)
 end)

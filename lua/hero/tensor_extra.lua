@@ -254,14 +254,21 @@ function M.install_math(hero, methods)
   function hero.linspace(start, stop, steps, opts)
     if type(start) ~= "number" or type(stop) ~= "number" then error("linspace: start and stop must be numbers", 2) end
     if math.type(steps) ~= "integer" or steps < 0 then error("linspace: steps must be a non-negative integer", 2) end
+    local function named(ok, v)
+      if not ok then error("linspace: " .. (tostring(v):gsub("^.-%w+: ", "", 1)), 3) end
+      return v
+    end
+    local empty = named(pcall(hero.zeros, {0}, opts)) -- checks the options
+    if steps == 0 then return empty end
     if steps == 1 then return hero.full({1}, start, opts) end
-    local vals = {}
-    local step = steps > 1 and (stop - start) / (steps - 1) or 0
-    local half = steps // 2
-    -- as PyTorch: the first half counted from start, the second from stop, so both ends are exact
-    for i = 0, steps - 1 do vals[i + 1] = i < half and start + i * step or stop - (steps - 1 - i) * step end
-    if steps == 0 then return hero.zeros({0}, opts) end
-    return hero.tensor(vals, opts)
+    local step = (stop - start) / (steps - 1)
+    -- as PyTorch: the first half counted from start, the second from stop, so both ends are exact;
+    -- in f64 as Lua numbers, element by element the same arithmetic, then cast once
+    local i = named(pcall(hero.arange, steps, {dtype = "f64"}))
+    local from_start = i * step + start
+    local from_stop = (i - (steps - 1)) * step + stop
+    local vals = hero.where(i:lt(steps // 2), from_start, from_stop)
+    return vals:to {dtype = empty:dtype(), device = empty:device()}
   end
   --- count_nonzero(t[, dim or {dims}]): how many elements are not zero (NaN counts), as i64
   both("count_nonzero", function(t, dims)

@@ -28,4 +28,16 @@ function M.options(who, level, opts, known)
   end
 end
 
+--- Raises "<who>: opts.dtype must be a floating dtype ..." unless dtype is nil or one: parameters
+-- are trained, so an integer dtype would fail later inside an initialiser, naming neither.
+function M.float_dtype(who, level, dtype)
+  if dtype == nil then return end
+  local ok, probe = pcall(require("hero.core").empty, {0}, {dtype = dtype})
+  local name = ok and probe:dtype() or nil
+  if name ~= "f32" and name ~= "f64" and name ~= "bf16" and name ~= "f16" then
+    error(string.format("%s: opts.dtype must be a floating dtype (f32, f64, bf16, f16), got %s", who, tostring(dtype)),
+      level + 1)
+  end
+end
+
 return M

@@ -16,6 +16,7 @@ function Embedding:__init(num, dim, opts)
   if type(opts) ~= "table" then error("Embedding: opts must be a table, got " .. type(opts), 3) end
   -- torch's max_norm, scale_grad_by_freq and sparse are not implemented: refused, not ignored
   check.options("Embedding", 3, opts, {"padding_idx", "init", "std", "dtype", "generator"})
+  check.float_dtype("Embedding", 3, opts.dtype)
   check.sizes("Embedding", 3, "num_embeddings", num, "embedding_dim", dim)
   local pad = opts.padding_idx
   if pad ~= nil then

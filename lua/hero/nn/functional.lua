@@ -131,7 +131,9 @@ function F.cross_entropy(logits, target, opts)
     if target:dim() ~= 0 then error("cross_entropy: [C] logits take a 0-dimensional target", 2) end
     t = target:view(1)
   else
-    if nd > 2 and table.concat(target:size(), "x") ~= table.concat(out_shape, "x") then
+    -- [N, C] logits too: a [1, N] or [N, 1] target would be read flat (PyTorch refuses it)
+    -- (a vector of another length: the C loss names it)
+    if (nd > 2 or target:dim() ~= 1) and table.concat(target:size(), "x") ~= table.concat(out_shape, "x") then
       error(string.format("cross_entropy: target %s must be %s for logits %s", shape_str(target),
         table.concat(out_shape, "x"), shape_str(logits)), 2)
     end
@@ -223,6 +225,9 @@ function F.pad(t, pads, mode, value)
     error("pad: mode '" .. tostring(mode) .. "' is not supported (constant)", 2)
   end
   value = value or 0
+  if type(value) ~= "number" and type(value) ~= "boolean" then
+    error("pad: the value must be a number, got " .. type(value), 2)
+  end
   local out = t
   for pair = 1, #pads // 2 do
     local dim = t:dim() - pair + 1

@@ -11,6 +11,7 @@ function LayerNorm:__init(dim, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("LayerNorm: opts must be a table, got " .. type(opts), 3) end
   check.options("LayerNorm", 3, opts, {"eps", "dtype", "elementwise_affine"})
+  check.float_dtype("LayerNorm", 3, opts.dtype)
   if opts.eps ~= nil and (type(opts.eps) ~= "number" or opts.eps ~= opts.eps or opts.eps < 0) then
     error("LayerNorm: opts.eps must be a number >= 0, got " .. tostring(opts.eps), 3)
   end

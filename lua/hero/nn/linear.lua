@@ -12,6 +12,7 @@ function Linear:__init(in_features, out_features, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("Linear: opts must be a table, got " .. type(opts), 3) end
   check.options("Linear", 3, opts, {"bias", "init", "std", "dtype", "generator"})
+  check.float_dtype("Linear", 3, opts.dtype)
   check.sizes("Linear", 3, "in_features", in_features, "out_features", out_features)
   self.in_features, self.out_features = in_features, out_features
   local scheme = init.check(opts.init or "torch", "Linear")
