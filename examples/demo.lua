@@ -53,7 +53,7 @@ do
 end
 local function int_opt(name, default)
   if opts[name] == nil then return default end
-  local n = math.tointeger(tonumber(opts[name]))
+  local n = hero.cli.decimal_integer(opts[name])
   if not n or n < 0 then usage("--" .. name .. " must be a non-negative integer") end
   return n
 end

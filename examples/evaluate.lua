@@ -177,7 +177,11 @@ local function main()
   if not opts.task then die("--task is required (vcmr, vr, videoqa, violin, tvc)") end
   local task, ref_task = FT.task_family(opts.task)
   if not opts.checkpoint then die("--checkpoint FILE is required") end
-  if opts.threads then hero.set_num_threads(math.tointeger(tonumber(opts.threads)) or die("--threads N")) end
+  if opts.threads then
+    local n = hero.cli.decimal_integer(opts.threads)
+    if not n or n < 1 then die(string.format("--threads must be a positive integer, got '%s'", opts.threads)) end
+    hero.set_num_threads(n)
+  end
   local ok_dev, device = pcall(FT.device, opts.device)
   if not ok_dev then die("--" .. device) end
   -- eval_*.py's --fp16 (apex O2) is hero's f16 autocast

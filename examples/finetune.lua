@@ -87,7 +87,7 @@ end
 local function int_arg(opts, name)
   local v = opts[name]
   if v == nil then return nil end
-  local n = math.tointeger(tonumber(v))
+  local n = hero.cli.decimal_integer(v)
   if not n or n < 0 then die(string.format("--%s must be a non-negative integer, got '%s'", name, v)) end
   return n
 end

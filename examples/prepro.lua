@@ -105,7 +105,7 @@ if opts.queries then
   end
 end
 local name = opts.name or "tv"
-local frame_length = tonumber(opts["frame-length"] or "1.5")
+local frame_length = hero.cli.decimal_number(opts["frame-length"] or "1.5")
 if not frame_length or not (frame_length > 0 and frame_length < math.huge) then
   usage("--frame-length must be a positive number of seconds")
 end
@@ -183,7 +183,7 @@ if not features then os.exit(0) end
 local fl = require("hero.eval.util").pyrepr(frame_length + 0.0)
 local video_dir = string.format("%s/video_db/%s/resnet_slowfast_%s%s", opts.out, name, fl,
   opts.compress and "_compressed" or "")
-local clip_interval = opts["clip-interval"] and tonumber(opts["clip-interval"])
+local clip_interval = opts["clip-interval"] and hero.cli.decimal_number(opts["clip-interval"])
 if opts["clip-interval"] and not (clip_interval and clip_interval > 0) then
   usage("--clip-interval must be a positive number of seconds")
 end

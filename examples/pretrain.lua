@@ -37,7 +37,9 @@
 --   --max-clip-len N     frames per video [100]      --max-txt-len N  tokens per subtitle (MLM, VSM) [60;
 --                        the config's max_txt_len is not read, as the reference does not]
 --   --sub-ctx-len N      preceding subtitles in each segment's text [0]
---   --batch-size N       videos per micro-batch [32 with databases, 8 with a fixture]
+--   --batch-size N       videos per micro-batch [32, or the --train-config's train_batch_size]; this
+--                        option and those below up to --prefetch read databases (a fixture's batches
+--                        are already collated: they are refused with --fixture)
 --   --val-batch-size N   videos per validation batch [the --train-config's val_batch_size, else --batch-size]
 --   --bucket K           length buckets of K batches [0: none, random batches as the reference]
 --   --mask-prob P        MLM / MFM / FOM rate [0.15] --train-ids FILE  JSON array of video ids [all of vid2len]
@@ -120,7 +122,7 @@ end
 local function int_opt(opts, name, default, min)
   local v = opts[name]
   if v == nil then return default end
-  local n = math.tointeger(tonumber(v))
+  local n = hero.cli.decimal_integer(v)
   min = min or 0
   if not n or n < min then
     usage(string.format("--%s must be %s integer, got '%s'", name, min == 0 and "a non-negative" or "a positive", v))
@@ -131,8 +133,8 @@ end
 local function num_opt(opts, name, default)
   local v = opts[name]
   if v == nil then return default end
-  local n = tonumber(v)
-  if not n then usage(string.format("--%s must be a number, got '%s'", name, v)) end
+  local n = hero.cli.decimal_number(v)
+  if not n then usage(string.format("--%s must be a finite decimal number, got '%s'", name, v)) end
   return n
 end
 
@@ -346,6 +348,9 @@ elseif opts["txt-db"] or opts["img-db"] then
   usage("--txt-db and --img-db are the roots of a --train-config's paths")
 end
 if not opts.out then usage("--out DIR is required") end
+if hero.core.fs_kind(opts.out) and hero.core.fs_kind(opts.out) ~= "directory" then
+  usage("--out " .. opts.out .. " exists and is not a directory")
+end
 do
   local ok, err = pcall(train.check_run_dir, opts.out, opts.resume)
   if not ok then usage(err) end
@@ -466,6 +471,13 @@ local hps = {
   optim = cfg("optim", "adamw"),
 }
 if not (hps.lr > 0 and hps.lr < math.huge) then usage("--lr must be a positive number, got " .. tostring(hps.lr)) end
+if not (hps.dropout >= 0 and hps.dropout < 1) then
+  usage("--dropout must be in [0, 1), got " .. tostring(hps.dropout))
+end
+if hps.weight_decay < 0 then usage("--weight-decay must be >= 0, got " .. tostring(hps.weight_decay)) end
+if hps.warmup >= hps.total then
+  usage(string.format("--warmup (%d updates) must be below the run's %d updates", hps.warmup, hps.total))
+end
 if hps.max_frm_seq_len < 1 then usage("--max-frm-seq-len must be at least 1") end
 if hps.vfeat_dim < 1 then usage("--vfeat-dim must be at least 1") end
 if source == sources.db then
@@ -502,8 +514,13 @@ if source == sources.db then
     end
     hps.targets = {{video_db = opts["vfeat-db"], sub_db = opts["sub-db"], loaders = loaders}}
   end
-elseif opts.workers then
-  usage("--workers reads databases: give --vfeat-db and --sub-db")
+else
+  -- the settings of the database loaders: with a fixture they would be ignored
+  for _, k in ipairs {"workers", "max-clip-len", "max-txt-len", "sub-ctx-len", "batch-size", "val-batch-size",
+                      "bucket", "mask-prob", "on-error", "prefetch", "train-ids", "valid-ids"} do
+    if opts[k] then usage("--" .. k .. " reads databases: give --vfeat-db and --sub-db (a fixture's batches are "
+      .. "already collated)") end
+  end
 end
 
 local device = opts.device or "cpu"
@@ -551,7 +568,8 @@ train.set_dropout(model, hps.dropout)
 local init = opts.init or (opts.fixture and exists(opts.fixture .. "/weights.safetensors")
   and opts.fixture .. "/weights.safetensors")
 if init then
-  model:load_state_dict(hero.load(init), {strict = false})
+  local ok, err = pcall(function() model:load_state_dict(hero.load(init), {strict = false}) end)
+  if not ok then usage("--init " .. init .. ": " .. tostring(err):gsub("^[^\n]-%.lua:%d+: ", "")) end
 elseif init_sd or (tc and tc.load_partial_pretrained) then
   -- with load_partial_pretrained and no checkpoint, the reference's RoBERTa path still runs (on an
   -- empty state dict): its lm_head.dense init, zero vocabulary padding, equal token-type rows

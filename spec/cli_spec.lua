@@ -15,6 +15,17 @@ end
 
 local write = helper.write_file
 
+describe("decimal numbers of the command line", function()
+  it("takes decimal integers and finite decimal numbers only", function()
+    assert.equal(12, cli.decimal_integer("12"))
+    assert.equal(-3, cli.decimal_integer(" -3 "))
+    for _, w in ipairs {"0x1", "1.5", "1e3", "", "abc"} do assert.is_nil(cli.decimal_integer(w), w) end
+    assert.equal(3e-5, cli.decimal_number("3e-5"))
+    assert.equal(0.5, cli.decimal_number("0.5"))
+    for _, w in ipairs {"0x10", "inf", "nan", "1e999", "-1e999", "", "x"} do assert.is_nil(cli.decimal_number(w), w) end
+  end)
+end)
+
 describe("hero.cli", function()
   it("reads the comment block a script starts with, without its markers or a #! line", function()
     local path = os.tmpname()

@@ -321,6 +321,30 @@ describe("LmdbBuilder", function()
   end)
 end)
 
+describe("LmdbBuilder side files and keys", function()
+  it_db("refuses what would publish a damaged or partial database", function()
+    assert_err("LmdbBuilder: the destination is an empty path or the root directory", W.LmdbBuilder, "")
+    assert_err("the destination is an empty path or the root directory", W.LmdbBuilder, "/")
+    assert_err("LmdbBuilder: unknown option 'overwrte'", W.LmdbBuilder, tmpdir("s0"), {overwrte = true})
+    local dest = tmpdir("s1")
+    local b = W.LmdbBuilder(dest)
+    b:put("x", "1")
+    -- a side file named data.mdb replaced the database committed with it
+    assert_err("LmdbBuilder:raw_file: 'data.mdb' cannot name a side file", b.raw_file, b, "data.mdb", "garbage")
+    assert_err("'lock.mdb' cannot name a side file", b.raw_file, b, "lock.mdb", "garbage")
+    -- a .jsonl file of an object was empty, of a list with a hole one line short
+    assert_err("x.jsonl takes a list of values without holes", b.json, b, "x.jsonl", {a = 1})
+    assert_err("y.jsonl takes a list of values without holes", b.json, b, "y.jsonl", {1, nil, 3})
+    b:json("z.jsonl", {1, 2})
+    b:commit()
+    local db = data.open_txt_db(dest)
+    assert.equal("1", db:get_raw("x"))
+    db:close()
+    -- a key listed twice in ordered() dropped another key of the map
+    assert_err("writer.ordered: key 'a' is listed twice (at 1 and 2)", W.ordered, {a = 1, b = 2}, {"a", "a"})
+  end)
+end)
+
 describe("VideoDbWriter", function()
   it_db("writes float32 msgpack values and merges id2nframe.json by min", function()
     local root = tmpdir("vdb")
@@ -600,6 +624,32 @@ describe("prepro", function()
     assert.are.same({"early", "late"}, {v3.sub[1].text, v3.sub[2].text})  -- sorted by start
     assert.are.same({{0, {0}}, {1, {2}}}, v3.unique_sub2frames)
     db:close()
+  end)
+
+  it_db("refuses options and annotations it would misread", function()
+    local n = {v1 = 4}
+    local sub = {text = "ok", start = 0.5, ["end"] = 2.0}
+    -- a misspelt skip_bad_subs was ignored; "sub" as one object (not a list) stored no subtitle
+    assert_err("subtitle_db: unknown option 'skip_bad_sub'", prepro.subtitle_db,
+      {subs = {{vid_name = "v1", sub = {sub}}}, out = tmpdir("o1"), tokenize = tokenize, vid2nframe = n,
+       skip_bad_sub = true})
+    assert_err("subtitle_db: line 1 is not {vid_name = string, sub = [...]}", prepro.subtitle_db,
+      {subs = {{vid_name = "v1", sub = sub}}, out = tmpdir("o2"), tokenize = tokenize, vid2nframe = n})
+    assert.is_false(exists(tmpdir("o2")))
+    local q = {desc_id = 1, desc = "a query", vid_name = "v1", ts = {0, 1, 2}}
+    assert_err("ts must be {start, end} seconds", prepro.query_db, {queries = {q}, out = tmpdir("o3"),
+      tokenize = tokenize})
+    assert_err("query_db: unknown option 'raw_txt'", prepro.query_db, {queries = {q}, out = tmpdir("o4"),
+      tokenize = tokenize, raw_txt = true})
+    local qa = {qid = 7, q = "q", a0 = "a", a1 = "b", a2 = "c", a3 = "d", a4 = "e", vid_name = "v1", answer_idx = 9}
+    assert_err("qa_db: question 7 (entry 1): answer_idx must be an integer 0..4, got 9", prepro.qa_db,
+      {queries = {qa}, out = tmpdir("o5"), tokenize = tokenize})
+    qa.answer_idx = "2"
+    assert_err("answer_idx must be an integer 0..4, got 2", prepro.qa_db,
+      {queries = {qa}, out = tmpdir("o6"), tokenize = tokenize})
+    assert_err("VideoDbWriter: unknown option 'compres'", W.VideoDbWriter, tmpdir("o7"), {compres = true})
+    assert_err("convert_video_db: unknown option 'slowfst'", prepro.convert_video_db,
+      {resnet = "r", slowfast = "s", out = tmpdir("o8"), slowfst = "s"})
   end)
 
   it_db("runs as examples/prepro.lua and fails with the precise message", function()

@@ -277,6 +277,23 @@ describe("hero.plot", function()
     assert.truthy(svg:find("caf\u{FFFD}", 1, true))
     assert.truthy(svg:find("a?b\tc", 1, true))
   end)
+
+  it("draws flat and huge ranges, escapes colours and names bad input", function()
+    -- a flat curve around 1e17 (a step below the spacing of the values) looped until memory ran out;
+    -- two equal values of 1e16 and the range [-1e308, 1e308] drew "nan" coordinates
+    for _, pts in ipairs {{{1, 1e17}, {2, 1e17 + 16}}, {{1, 3e20}, {2, 3e20 + 65536}}, {{1, 1e16}, {2, 1e16}},
+                          {{1, -1e308}, {2, 1e308}}, {{1e16, 1}, {1e16, 2}}} do
+      local svg = hero.plot.svg_lines{series = {{points = pts, color = '"/><script>x</script>'}}}
+      assert.is_nil(svg:find("nan", 1, true))
+      assert.is_nil(svg:find("inf", 1, true))
+      assert.is_nil(svg:find("<script>", 1, true))
+      assert.truthy(svg:find("&quot;/&gt;&lt;script&gt;", 1, true))
+    end
+    helper.assert_error_contains(function() hero.plot.svg_lines{width = "abc"} end,
+      "plot.chart: width and height must be numbers")
+    helper.assert_error_contains(function() hero.plot.svg_lines{series = {{points = {1, 2, 3}}}} end,
+      "series 1 point 1 must be a pair {x, y}, got number")
+  end)
 end)
 
 describe("make demo", function()

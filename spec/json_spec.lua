@@ -1,5 +1,5 @@
 --- hero.json: strict decoding with error positions, deterministic encoding.
-require "spec_helper"
+local helper = require "spec_helper"
 local json = require "hero.json"
 local hero = require "hero"
 
@@ -218,6 +218,21 @@ describe("hero.json.encode", function()
     assert.equal(text, json.encode(back))
     assert.same(doc[1234].ts, back[1234].ts)
     assert.truthy(dt < 5, string.format("0.4 MB took %.2f s", dt))
+  end)
+end)
+
+describe("hero.json options", function()
+  it("refuses unknown options and values of the wrong kind", function()
+    -- a misspelt allow_nan or indent was ignored without a word
+    helper.assert_error_contains(function() json.decode("[1]", {allownan = true}) end,
+      "json.decode: unknown option 'allownan' (allow_nan, max_depth, ordered, source)")
+    helper.assert_error_contains(function() json.decode("[1]", {max_depth = "abc"}) end,
+      "option max_depth must be an integer >= 0, got string")
+    helper.assert_error_contains(function() json.encode({1}, {indnet = 2}) end, "json.encode: unknown option 'indnet'")
+    helper.assert_error_contains(function() json.encode({1}, {indent = 2.5}) end, "option indent must be")
+    helper.assert_error_contains(function() json.encode({1}, 2) end, "json.encode: options must be a table")
+    assert.equal("[\n  1\n]", json.encode({1}, {indent = 2}))
+    assert.equal("[\n\t1\n]", json.encode({1}, {indent = "\t"}))
   end)
 end)
 

@@ -191,6 +191,36 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
     return tonumber(out:match("rc=(%d+)%s*$")), out
   end
 
+  it("examples/pretrain.lua refuses settings it would ignore or that fail later, before it trains", function()
+    local smoke = helper.fixture("hero-smoke")
+    local out = dir .. "/refused"
+    local cases = {
+      {{"--batch-size", "1000"}, "--batch-size reads databases"},
+      {{"--mask-prob", "2"}, "--mask-prob reads databases"},
+      {{"--lr", "0x10"}, "--lr must be a finite decimal number, got '0x10'"},
+      {{"--grad-norm", "1e999"}, "--grad-norm must be a finite decimal number"},
+      {{"--steps", "0x1"}, "--steps must be a positive integer, got '0x1'"},
+      {{"--dropout", "1.5"}, "--dropout must be in [0, 1), got 1.5"},
+      {{"--weight-decay", "-1"}, "--weight-decay must be >= 0"},
+      {{"--warmup", "100"}, "--warmup (100 updates) must be below the run's 2 updates"},
+      {{"--init", "/nonexistent"}, "--init /nonexistent: load_safetensors: no such file"},
+    }
+    for _, c in ipairs(cases) do
+      local args = {"--fixture", smoke, "--out", out, "--steps", "2", "--quiet"}
+      for _, a in ipairs(c[1]) do args[#args + 1] = a end
+      local rc, text = pretrain(args)
+      assert.equal(2, rc, text)
+      assert.truthy(text:find("pretrain: " .. c[2], 1, true), text)
+    end
+    -- an empty --out wrote /hps.json
+    local rc, text = pretrain {"--fixture", smoke, "--out", "", "--steps", "1", "--quiet"}
+    assert.equal(2, rc, text)
+    assert.truthy(text:find("the run directory is an empty path", 1, true), text)
+    rc, text = pretrain {"--fixture", smoke, "--out", helper.fixture("hero-smoke/README.md"), "--steps", "1"}
+    assert.equal(2, rc, text)
+    assert.truthy(text:find("exists and is not a directory", 1, true), text)
+  end)
+
   it_db("examples/pretrain.lua --train-config pre-trains from the released config's keys", function()
     local out = dir .. "/run"
     local rc, text = pretrain {"--train-config", dir .. "/pretrain.json", "--out", out, "--quiet"}

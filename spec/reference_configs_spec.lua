@@ -314,4 +314,37 @@ describe("misspelt config keys", function()
     end
     PC.check_spelling({tasks = {"mlm"}, ratios = {1}, workers = 2, accum = 2, save_every = 5}, "hps.json")
   end)
+
+  it("values of the wrong kind are named with their key (they failed deep in a run or trained otherwise)", function()
+    local function with(k, v)
+      local raw = json.read_file(cfg_dir .. "/train-tvr-8gpu.json")
+      raw[k] = v
+      return raw
+    end
+    -- "LSE" trained with the hinge loss; a negative pool size weighed every negative 0.1; VCMRX evaluated nothing
+    helper.assert_error_contains(function() FT.hparams("vcmr", with("ranking_loss_type", "LSE"), "c.json") end,
+      "c.json: ranking_loss_type must be hinge or lse, got LSE")
+    helper.assert_error_contains(function() FT.hparams("vcmr", with("hard_pool_size", {-3}), "c.json") end,
+      "hard_pool_size[1] must be a positive integer, got -3")
+    helper.assert_error_contains(function() FT.hparams("vcmr", with("full_eval_tasks", {"VCMRX"}), "c.json") end,
+      "full_eval_tasks: 'VCMRX' is not one of VCMR, SVMR, VR")
+    helper.assert_error_contains(function() FT.hparams("vcmr", with("full_eval_tasks", {}), "c.json") end,
+      "full_eval_tasks must be a non-empty list")
+    for k, v in pairs {grad_norm = "x", margin = "x", lw_neg_q = "x", vfeat_interval = "x", learning_rate = 0} do
+      helper.assert_error_contains(function() FT.hparams("vcmr", with(k, v), "c.json") end,
+        "c.json: " .. k .. " must be")
+    end
+    helper.assert_error_contains(function() FT.hparams("vcmr", with("hard_neg_weights", {"x"}), "c.json") end,
+      "hard_neg_weights[1] must be a number >= 0")
+    helper.assert_error_contains(function() FT.hparams("vcmr", with("train_span_start_step", "x"), "c.json") end,
+      "train_span_start_step must be an integer >= -1")
+    helper.assert_error_contains(function() FT.hparams("vcmr", json.array {1, 2}, "c.json") end,
+      "c.json is not a JSON object")
+    local raw = json.read_file(cfg_dir .. "/pretrain-tv-16gpu.json")
+    raw.dropout = 1.5
+    helper.assert_error_contains(function() PC.hparams(raw, "p.json") end, "dropout must be a probability in [0, 1)")
+    -- the released values stay valid: no NMS (nms_thd -1), hard negatives never switched on (-1)
+    assert.is_table(FT.hparams("vcmr", with("nms_thd", -1), "c.json"))
+    assert.is_table(FT.hparams("vcmr", with("hard_negtiave_start_step", {-1}), "c.json"))
+  end)
 end)

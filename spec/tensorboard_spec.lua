@@ -48,6 +48,30 @@ describe("TensorBoard event files", function()
     helper.assert_error_contains(function() tb.Writer("/proc/hero-nope/x") end,
       "tensorboard.Writer: fs_mkdir: cannot create the directory '/proc/hero-nope'")
   end)
+
+  it("refuses an empty path, unknown options and an existing file, and names files after any it finds", function()
+    -- "" wrote an event file at the root of the file system
+    helper.assert_error_contains(function() tb.Writer("") end, "expected a directory path, got an empty string")
+    local dir = os.tmpname()
+    os.remove(dir)
+    helper.assert_error_contains(function() tb.Writer(dir, {file_name = "ev"}) end,
+      "tensorboard.Writer: unknown option 'file_name' (filename)")
+    local w = tb.Writer(dir, {filename = "ev"})
+    w:add_scalar("x", 1, 1)
+    w:close()
+    -- a second Writer with the same name truncated the first one's scalars
+    helper.assert_error_contains(function() tb.Writer(dir, {filename = "ev"}) end, "already exists")
+    assert.equal(1, #tb.read_scalars(dir .. "/ev"))
+    helper.assert_error_contains(function() tb.Writer(dir, {filename = "a/b"}) end, "must be a file name")
+    -- a name whose number is beyond a clock's (wrapped to a negative name before) is not counted
+    local f = assert(io.open(dir .. "/events.out.tfevents.99999999999999999999.h.1", "wb"))
+    f:close()
+    local w2 = tb.Writer(dir)
+    w2:close()
+    local t = tonumber(w2.path:match("tfevents%.(%d+)%."))
+    assert.is_true(t ~= nil and t > 0 and t < (1 << 53))
+    os.execute("rm -r '" .. dir .. "'")
+  end)
   -- Checked against bytes serialised by TensorBoard's own protocol buffers and against what its
   -- EventAccumulator shows (spec/fixtures/gen/tensorboard_events.py).
   describe("against TensorBoard", function()

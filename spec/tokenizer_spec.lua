@@ -293,6 +293,17 @@ describe("hero.text.Tokenizer", function()
   end)
 end)
 
+describe("tokenizer options", function()
+  it("refuses a misspelt option instead of building the other tokenizer", function()
+    helper.assert_error_contains(function() Tokenizer.from_files(GPT2_VOCAB, MERGES, {styel = "gpt2"}) end,
+      "Tokenizer.from_files: unknown option 'styel' (style, strip, special_tokens)")
+    local tok = Tokenizer.from_files(ROBERTA_VOCAB, MERGES)
+    helper.assert_error_contains(function() tok:decode({1}, true) end, "Tokenizer:decode: options must be a table")
+    helper.assert_error_contains(function() tok:decode({1}, {strictt = true}) end, "unknown option 'strictt' (strict)")
+    assert.is_string(tok:decode({0}, {strict = true}))
+  end)
+end)
+
 describe("hero.text normalisation", function()
   it("matches Python's html.unescape, isupper, lower and strip", function()
     for i, c in ipairs(fx.norm) do

@@ -226,6 +226,25 @@ local function convert(o, word)
   return nil
 end
 
+--- The integer a command-line word writes in decimal ("12", "-3"), or nil (hexadecimal "0x1",
+-- "1.5", "1e3" and the like are not integers a user means to give).
+function M.decimal_integer(word)
+  if type(word) ~= "string" then return nil end
+  local s = word:match("^%s*(.-)%s*$")
+  return s:match("^[+-]?%d+$") and math.tointeger(tonumber(s)) or nil
+end
+
+--- The finite number a command-line word writes in decimal ("0.5", "3e-5"), or nil (hexadecimal,
+-- "inf", "nan" and numbers beyond the largest float: no setting of a run takes them).
+function M.decimal_number(word)
+  if type(word) ~= "string" then return nil end
+  local s = word:match("^%s*(.-)%s*$")
+  if s:find("[xX]") then return nil end
+  local n = tonumber(s)
+  if not n or n ~= n or n == math.huge or n == -math.huge then return nil end
+  return n
+end
+
 local function check_choice(o, v, script)
   if not o.choices then return end
   for _, c in ipairs(o.choices) do if c == v then return end end

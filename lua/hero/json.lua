@@ -87,12 +87,39 @@ local function location(text, at)
   return line, at - line_start + 1
 end
 
+-- An options table's keys against the known ones, and each value's type: a misspelt option
+-- ({allownan = true}) would be ignored without a word.
+local function check_opts(who, opts, known)
+  if opts == nil then return end
+  if type(opts) ~= "table" then error(who .. ": options must be a table, got " .. type(opts), 3) end
+  local names = {}
+  for k in pairs(known) do names[#names + 1] = k end
+  table.sort(names)
+  for k, v in pairs(opts) do
+    local want = known[k]
+    if not want then
+      error(string.format("%s: unknown option '%s' (%s)", who, tostring(k), table.concat(names, ", ")), 3)
+    end
+    local ok = (want == "boolean" and type(v) == "boolean") or (want == "string" and type(v) == "string")
+      or (want == "count" and math.type(v) == "integer" and v >= 0)
+      or (want == "indent" and (type(v) == "string" or (math.type(v) == "integer" and v >= 0)))
+    if not ok then
+      error(string.format("%s: option %s must be %s, got %s", who, k, want == "count" and "an integer >= 0"
+        or want == "indent" and "a number of spaces (an integer >= 0) or a string" or "a " .. want,
+        type(v) == "number" and tostring(v) or type(v)), 3)
+    end
+  end
+end
+local DECODE_OPTIONS = {ordered = "boolean", allow_nan = "boolean", max_depth = "count", source = "string"}
+local ENCODE_OPTIONS = {indent = "indent", allow_nan = "boolean"}
+
 --- Decodes a JSON text. opts: ordered (remember object key order), allow_nan, max_depth (512),
 -- source (a name for error messages, e.g. the file path).
 function json.decode(text, opts)
   if type(text) ~= "string" then
     error("json.decode: expected a string, got " .. type(text), 2)
   end
+  check_opts("json.decode", opts, DECODE_OPTIONS)
   local ordered = opts and opts.ordered
   local allow_nan = opts and opts.allow_nan
   local max_depth = opts and opts.max_depth or 512
@@ -326,6 +353,7 @@ json.float_text = float_text
 
 --- Encodes a Lua value as JSON text. opts: indent (number of spaces or a string), allow_nan.
 function json.encode(value, opts)
+  check_opts("json.encode", opts, ENCODE_OPTIONS)
   local indent = opts and opts.indent
   if type(indent) == "number" then indent = string.rep(" ", indent) end
   local allow_nan = opts and opts.allow_nan
@@ -501,6 +529,11 @@ end
 -- (an input that must be whole, such as an annotation file); any other bad line is an error
 -- naming the file and line. Other opts go to json.decode.
 function json.read_lines(path, opts)
+  if opts ~= nil then
+    local known = {complete = "boolean"}
+    for k, v in pairs(DECODE_OPTIONS) do known[k] = v end
+    check_opts("json.read_lines", opts, known)
+  end
   local text = read_all(path, "json.read_lines")
   local out = json.array()
   local lineno = 0

@@ -33,10 +33,21 @@ end
 
 local function finite(x) return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge end
 
+-- [lo, hi] widened to a range of positive width (a single value, or two that differ by less than
+-- their spacing, would divide by zero).
+local function widen(lo, hi)
+  if hi > lo and hi / 2 - lo / 2 > 0 then return lo, hi end
+  local d = math.max(1, math.abs(lo) * 1e-6)
+  return lo - d, hi + d
+end
+
 -- "Nice" tick values covering [lo, hi]: about n steps of 1, 2 or 5 times a power of ten.
+-- Ticks are counted as whole multiples of the step, so a step below the spacing of the values
+-- (a flat curve around 1e17) cannot stall the count; a range that gives no sensible multiples
+-- gets its two ends.
 local function ticks(lo, hi, n)
-  if hi <= lo then hi = lo + 1 end
-  local raw = (hi - lo) / n
+  local raw = (hi / 2 - lo / 2) * 2 / n
+  if not (raw > 0 and finite(raw)) then return {lo, hi} end
   local mag = 10 ^ math.floor(math.log(raw, 10))
   local step = mag
   for _, m in ipairs {1, 2, 5, 10} do
@@ -45,12 +56,10 @@ local function ticks(lo, hi, n)
       break
     end
   end
+  local first, last = math.ceil(lo / step), math.floor(hi / step + 1e-9)
+  if not (finite(first) and finite(last)) or last - first > 4 * n or last < first then return {lo, hi} end
   local out = {}
-  local v = math.ceil(lo / step) * step
-  while v <= hi + step * 1e-9 do
-    out[#out + 1] = v
-    v = v + step
-  end
+  for k = first, last do out[#out + 1] = k * step end
   return out
 end
 
@@ -63,6 +72,23 @@ end
 function plot.chart(opts, x0, y0)
   if type(opts) ~= "table" then error("plot.chart: expected a table of chart options, got " .. type(opts), 2) end
   local W, H = opts.width or 640, opts.height or 360
+  if type(W) ~= "number" or type(H) ~= "number" or not (W > 210 and H > 75 and finite(W) and finite(H)) then
+    error(string.format("plot.chart: width and height must be numbers above 210 and 75, got %s and %s", tostring(W),
+      tostring(H)), 2)
+  end
+  if opts.series ~= nil and type(opts.series) ~= "table" then
+    error("plot.chart: series must be a list of {name =, points = {{x, y}, ...}}, got " .. type(opts.series), 2)
+  end
+  for i, s in ipairs(opts.series or {}) do
+    if type(s) ~= "table" or (s.points ~= nil and type(s.points) ~= "table") then
+      error(string.format("plot.chart: series %d must be a table {name =, points = {{x, y}, ...}}", i), 2)
+    end
+    for j, p in ipairs(s.points or {}) do
+      if type(p) ~= "table" then
+        error(string.format("plot.chart: series %d point %d must be a pair {x, y}, got %s", i, j, type(p)), 2)
+      end
+    end
+  end
   local ml, mr, mt, mb = 60, 150, 30, 45
   local pw, ph = W - ml - mr, H - mt - mb
   local xmin, xmax, ymin, ymax = math.huge, -math.huge, math.huge, -math.huge
@@ -76,12 +102,15 @@ function plot.chart(opts, x0, y0)
   end
   if xmin > xmax then xmin, xmax, ymin, ymax = 0, 1, 0, 1 end
   if opts.ymin then ymin = opts.ymin end
-  if xmax == xmin then xmax = xmin + 1 end
-  if ymax == ymin then ymax = ymin + 1 end
-  local pad = (ymax - ymin) * 0.05
-  ymin, ymax = ymin - (opts.ymin and 0 or pad), ymax + pad
-  local function X(v) return x0 + ml + (v - xmin) / (xmax - xmin) * pw end
-  local function Y(v) return y0 + mt + ph - (v - ymin) / (ymax - ymin) * ph end
+  xmin, xmax = widen(xmin, xmax)
+  ymin, ymax = widen(ymin, ymax)
+  local pad = (ymax / 2 - ymin / 2) * 0.1
+  if finite(ymin - pad) and not opts.ymin then ymin = ymin - pad end
+  if finite(ymax + pad) then ymax = ymax + pad end
+  -- halves: the width of [-1e308, 1e308] is beyond the largest float
+  local function at(v, lo, hi) return (v / 2 - lo / 2) / (hi / 2 - lo / 2) end
+  local function X(v) return x0 + ml + at(v, xmin, xmax) * pw end
+  local function Y(v) return y0 + mt + ph - at(v, ymin, ymax) * ph end
   local out = {}
   local function add(s) out[#out + 1] = s end
   add(string.format('<text x="%g" y="%g" font-size="15" font-weight="bold">%s</text>', x0 + ml, y0 + 20,
@@ -102,7 +131,7 @@ function plot.chart(opts, x0, y0)
   add(string.format('<text x="%g" y="%g" font-size="12" text-anchor="middle" transform="rotate(-90 %g %g)">%s</text>',
     x0 + 15, y0 + mt + ph / 2, x0 + 15, y0 + mt + ph / 2, esc(opts.ylabel or "")))
   for i, s in ipairs(opts.series or {}) do
-    local color = s.color or PALETTE[(i - 1) % #PALETTE + 1]
+    local color = esc(s.color or PALETTE[(i - 1) % #PALETTE + 1])
     local pts = {}
     for _, p in ipairs(s.points or {}) do
       if finite(p[1]) and finite(p[2]) then pts[#pts + 1] = string.format("%.2f,%.2f", X(p[1]), Y(p[2])) end

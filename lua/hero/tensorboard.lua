@@ -90,17 +90,32 @@ local function wall_time()
   return os.time()
 end
 
--- The number in an event file's name: its creation time (seconds).
+-- The number in an event file's name: its creation time (seconds), or nil when it is not one a
+-- clock gives (beyond 2^53 a time would not count up: the next name must still sort after it).
 local function name_time(name)
-  return tonumber(name:match("^events%.out%.tfevents%.(%d+)"))
+  local t = math.tointeger(tonumber(name:match("^events%.out%.tfevents%.(%d+)")))
+  return t and t < (1 << 53) and t or nil
 end
 
 --- Creates dir (if needed) and a new event file in it. opts.filename overrides the file name.
 -- The name's time is at least one second after the newest event file already in dir, so a run
 -- restarted within the same second still sorts after the one it continues.
 function tensorboard.Writer(dir, opts)
-  if type(dir) ~= "string" then error("tensorboard.Writer: expected a directory path, got " .. type(dir), 2) end
+  if type(dir) ~= "string" or dir == "" then
+    error("tensorboard.Writer: expected a directory path, got " .. (dir == "" and "an empty string" or type(dir)), 2)
+  end
   opts = opts or {}
+  if type(opts) ~= "table" then
+    error("tensorboard.Writer: options must be a table ({filename =}), got " .. type(opts), 2)
+  end
+  for k in pairs(opts) do
+    if k ~= "filename" then
+      error(string.format("tensorboard.Writer: unknown option '%s' (filename)", tostring(k)), 2)
+    end
+  end
+  if opts.filename ~= nil and (type(opts.filename) ~= "string" or opts.filename == "" or opts.filename:find("/")) then
+    error("tensorboard.Writer: option filename must be a file name (no '/'), got " .. tostring(opts.filename), 2)
+  end
   local okc, core = pcall(require, "hero.core")
   if okc and core.fs_mkdir then -- without a shell, and a failure is this error rather than mkdir's stderr
     local made, err = pcall(require("hero.data.prepro").mkdir_p, dir)
@@ -125,12 +140,11 @@ function tensorboard.Writer(dir, opts)
     name = string.format("events.out.tfevents.%d.%s.%d", t, host, pid)
   end
   local path = dir .. "/" .. name
-  if not opts.filename then
-    local probe = io.open(path, "rb")
-    if probe then
-      probe:close()
-      error("tensorboard.Writer: " .. path .. " already exists", 2)
-    end
+  -- a Writer never appends to, nor truncates, an event file
+  local probe = io.open(path, "rb")
+  if probe then
+    probe:close()
+    error("tensorboard.Writer: " .. path .. " already exists", 2)
   end
   local f, err = io.open(path, "wb")
   if not f then error("tensorboard.Writer: cannot create " .. path .. ": " .. tostring(err), 2) end

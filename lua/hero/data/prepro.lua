@@ -112,6 +112,8 @@ end
 -- ids = {...}} (with clips, id2nframe and ids hold the clips).
 function prepro.convert_video_db(opts)
   if type(opts) ~= "table" then error("convert_video_db: expected an options table", 2) end
+  util.check_options("convert_video_db", opts, {"resnet", "slowfast", "out", "overwrite", "strict", "progress",
+                                                "compress", "clip_interval", "frame_length"})
   for _, k in ipairs {"resnet", "slowfast", "out"} do
     if type(opts[k]) ~= "string" then error("convert_video_db: opts." .. k .. " (a path) is required", 2) end
   end
@@ -241,6 +243,9 @@ end
 -- Returns {videos = n, ids = {...}, no_features = {...}, dropped_subs = {{vid, index, reason}...}}.
 function prepro.subtitle_db(opts)
   if type(opts) ~= "table" then error("prepro.subtitle_db: expected a table of options, got " .. type(opts), 2) end
+  util.check_options("subtitle_db", opts, {"subs", "out", "tokenize", "raw_text", "vid2nframe", "frame_length",
+                                           "skip_bad_subs", "strict", "overwrite", "meta", "specials", "vid2dur_idx",
+                                           "queries", "task", "tokenizer_name"})
   if type(opts.out) ~= "string" then error("subtitle_db: opts.out (the database directory) is required", 2) end
   if type(opts.tokenize) ~= "function" then error("subtitle_db: opts.tokenize (text -> ids) is required", 2) end
   local lines = opts.subs
@@ -259,7 +264,9 @@ function prepro.subtitle_db(opts)
   local report = {videos = 0, ids = {}, no_features = {}, dropped_subs = {}}
   local ok, err = pcall(function()
     for ln, ex in ipairs(lines) do
-      if type(ex) ~= "table" or type(ex.vid_name) ~= "string" or type(ex.sub) ~= "table" then
+      -- sub given as one object {text, start, end} (not a list of them) would store no subtitle
+      if type(ex) ~= "table" or type(ex.vid_name) ~= "string" or type(ex.sub) ~= "table"
+        or (#ex.sub == 0 and next(ex.sub) ~= nil) then
         error(string.format("subtitle_db: line %d is not {vid_name = string, sub = [...]}", ln), 0)
       end
       local vid = ex.vid_name
@@ -314,7 +321,8 @@ end
 -- Whether ts is one moment {start, end} (seconds, 0 <= start <= end) or, as DiDeMo's, a list of them.
 local function valid_moment(ts)
   local function one(m)
-    return type(m) == "table" and type(m[1]) == "number" and type(m[2]) == "number" and m[1] >= 0 and m[2] >= m[1]
+    return type(m) == "table" and #m == 2 and type(m[1]) == "number" and type(m[2]) == "number" and m[1] >= 0
+      and m[2] >= m[1]
   end
   if one(ts) then return true end
   if type(ts) ~= "table" or #ts == 0 then return false end
@@ -328,6 +336,7 @@ end
 local function annotation_db(opts, task, entry)
   local op = task == "tvr" and "query_db" or task == "tvqa" and "qa_db" or task .. "_db"
   if type(opts) ~= "table" then error(op .. ": expected an options table", 3) end
+  util.check_options(op, opts, {"queries", "out", "tokenize", "raw_text", "overwrite", "meta", "specials"}, 4)
   if type(opts.queries) ~= "string" and type(opts.queries) ~= "table" then
     error(op .. ": opts.queries (a JSON-lines path or an array of annotations) is required", 3)
   end
@@ -428,6 +437,10 @@ function prepro.qa_db(opts)
       error(string.format("qa_db: entry %d is not {qid, q, a0 .. a4, answer_idx, ts, vid_name}", ln), 0)
     end
     check_id("qa_db", ln, "qid", q.qid)
+    if q.answer_idx ~= nil and (math.type(q.answer_idx) ~= "integer" or q.answer_idx < 0 or q.answer_idx > 4) then
+      error(string.format("qa_db: question %s (entry %d): answer_idx must be an integer 0..4, got %s",
+        tostring(q.qid), ln, tostring(q.answer_idx)), 0)
+    end
     local ids, lens = {}, {}
     for i, field in ipairs {"q", "a0", "a1", "a2", "a3", "a4"} do
       if type(q[field]) ~= "string" then
@@ -490,6 +503,7 @@ end
 -- specials. Returns {clips =, captions =}.
 function prepro.caption_db(opts)
   if type(opts) ~= "table" then error("prepro.caption_db: expected a table of options, got " .. type(opts), 2) end
+  util.check_options("caption_db", opts, {"captions", "subs", "out", "tokenize", "overwrite", "meta", "specials"})
   if type(opts.out) ~= "string" then error("caption_db: opts.out (the output directory) is required", 2) end
   local lines = opts.captions
   if type(lines) == "string" then lines = json.read_lines(lines, {complete = true}) end

@@ -31,4 +31,22 @@ function util.check_string(v, what, op)
   end
 end
 
+--- Raises "<op>: unknown option '<k>' (<known>)" for a key of the options table opts (nil: none)
+-- that is not in the list `known`: a misspelt option ({compres = true}) would otherwise be
+-- ignored. `level` as error()'s, counted from the caller of this function (default 3: the caller's
+-- caller).
+function util.check_options(op, opts, known, level)
+  if opts == nil then return end
+  if type(opts) ~= "table" then
+    error(string.format("%s: expected an options table, got %s", op, type(opts)), level or 3)
+  end
+  local ok = {}
+  for _, k in ipairs(known) do ok[k] = true end
+  for k in pairs(opts) do
+    if not ok[k] then
+      error(string.format("%s: unknown option '%s' (%s)", op, tostring(k), table.concat(known, ", ")), level or 3)
+    end
+  end
+end
+
 return util

@@ -37,6 +37,15 @@ function writer.ordered(t, keys)
   if type(t) ~= "table" or type(keys) ~= "table" then
     error("writer.ordered: expected a table and an array of its keys", 2)
   end
+  -- the encoder writes the listed keys (and checks them against the table's when it does): a key
+  -- listed twice would stand for one that is missing, which would be dropped
+  local listed = {}
+  for i, k in ipairs(keys) do
+    if listed[k] then
+      error(string.format("writer.ordered: key '%s' is listed twice (at %d and %d)", tostring(k), listed[k], i), 2)
+    end
+    listed[k] = i
+  end
   return setmetatable(t, {__order = keys, __name = "hero.data.ordered"})
 end
 
@@ -124,9 +133,11 @@ LmdbBuilder.__name = "hero.data.LmdbBuilder"
 -- dest), map_size (initial map size in bytes; it grows), what (a name for messages).
 function writer.LmdbBuilder(dest, opts)
   util.check_string(dest, "argument #1 (the destination directory)", "LmdbBuilder")
+  util.check_options("LmdbBuilder", opts, {"overwrite", "map_size", "what"})
   opts = opts or {}
   dest = dest:gsub("/+$", "")
   local what = opts.what or "LmdbBuilder"
+  if dest == "" then error(string.format("%s: the destination is an empty path or the root directory", what), 2) end
   writer.remove_stale(dest)
   if exists(dest) and not opts.overwrite then
     error(string.format("%s: '%s' already exists (pass overwrite = true to replace it)", what, dest), 2)
@@ -186,16 +197,39 @@ local function write_whole(builder, path, bytes, who)
   end
 end
 
+-- A side file's name: one file of the directory, not LMDB's own (a side file "data.mdb" would
+-- replace the database committed with it).
+local function check_side_name(name, who)
+  util.check_string(name, "the file name", who)
+  if name:find("/") then error(who .. ": the name must not contain '/': " .. name, 3) end
+  if name == "" or name == "." or name == ".." or name == "data.mdb" or name == "lock.mdb" then
+    error(string.format("%s: '%s' cannot name a side file (LMDB's own files are data.mdb and lock.mdb)", who, name), 3)
+  end
+end
+
+-- The values of a list with no holes (1..n), or nil.
+local function list_values(v)
+  if type(v) ~= "table" then return nil end
+  local n = 0
+  for _ in pairs(v) do n = n + 1 end
+  if n ~= #v then return nil end
+  return v
+end
+
 --- Writes a JSON side file into the database directory (name with or without ".json"; a
--- ".jsonl" name takes an array and writes one value per line).
+-- ".jsonl" name takes a list, without holes, and writes one value per line).
 function LmdbBuilder:json(name, value, opts)
   check_live(self, "LmdbBuilder:json")
-  util.check_string(name, "the file name", "LmdbBuilder:json")
-  if name:find("/") then error("LmdbBuilder:json: the name must not contain '/': " .. name, 2) end
+  check_side_name(name, "LmdbBuilder:json")
   local file = name
   if not file:match("%.jsonl?$") then file = file .. ".json" end
   local path = self.tmp .. "/" .. file
   if file:match("%.jsonl$") then
+    -- an object, or a list with a hole, would be written as fewer lines (an empty file for {a = 1})
+    if not list_values(value) then
+      error(string.format("LmdbBuilder:json: %s takes a list of values without holes, one per line, got %s", file,
+        type(value) == "table" and "a table that is not one" or type(value)), 2)
+    end
     local lines = {}
     for i, v in ipairs(value) do lines[i] = json.encode(v) end
     write_whole(self, path, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""), "LmdbBuilder:json")
@@ -209,9 +243,8 @@ end
 -- as the reference's scripts `cp` vid2dur_idx.json into the subtitle database).
 function LmdbBuilder:raw_file(name, bytes)
   check_live(self, "LmdbBuilder:raw_file")
-  util.check_string(name, "the file name", "LmdbBuilder:raw_file")
+  check_side_name(name, "LmdbBuilder:raw_file")
   util.check_string(bytes, "the bytes", "LmdbBuilder:raw_file")
-  if name:find("/") then error("LmdbBuilder:raw_file: the name must not contain '/': " .. name, 2) end
   write_whole(self, self.tmp .. "/" .. name, bytes, "LmdbBuilder:raw_file")
   self.files[#self.files + 1] = name
 end
@@ -275,6 +308,7 @@ VideoDbWriter.__name = "hero.data.VideoDbWriter"
 -- id2nframe.json in dir's parent gets {video id: n}, merged with an existing file by min (as the
 -- reference reconciles it). opts: overwrite, map_size, feat_dim (checked on every add), compress.
 function writer.VideoDbWriter(dir, opts)
+  util.check_options("VideoDbWriter", opts, {"overwrite", "map_size", "feat_dim", "compress"})
   opts = opts or {}
   if opts.compress ~= nil and type(opts.compress) ~= "boolean" then
     error("VideoDbWriter: opts.compress must be a boolean, got " .. type(opts.compress), 2)
@@ -354,6 +388,7 @@ function VideoDbWriter:abort() self.builder:abort() end
 --- A text LMDB at `dir`: :put(key, value [, replace]) stores lz4(MessagePack(value)) (a key once,
 -- unless replace); :json(name, value) writes a side file; :commit(). opts: overwrite, map_size.
 function writer.TxtDbWriter(dir, opts)
+  util.check_options("TxtDbWriter", opts, {"overwrite", "map_size"})
   opts = opts or {}
   local b = writer.LmdbBuilder(dir, {overwrite = opts.overwrite, map_size = opts.map_size, what = "TxtDbWriter"})
   local w = {builder = b, dir = b.dest}

@@ -67,6 +67,11 @@ local STYLES = {
 function Tokenizer.from_files(vocab_path, merges_path, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("Tokenizer.from_files: argument #3: expected an options table", 2) end
+  for k in pairs(opts) do -- a misspelt {styel = "gpt2"} would build the other tokenizer
+    if k ~= "style" and k ~= "strip" and k ~= "special_tokens" then
+      error(string.format("Tokenizer.from_files: unknown option '%s' (style, strip, special_tokens)", tostring(k)), 2)
+    end
+  end
   local style = opts.style or "roberta"
   local base = STYLES[style]
   if not base then
@@ -121,6 +126,15 @@ end
 --- Text of ids (a Lua array or a 1-D integer tensor). Bytes that are not valid UTF-8 become
 -- U+FFFD, as GPT-2's decoder does; opts.strict = true raises an error instead.
 function Tokenizer:decode(ids, opts)
+  if opts ~= nil then
+    if type(opts) ~= "table" then
+      error("Tokenizer:decode: options must be a table ({strict = true}), got " .. type(opts), 2)
+    end
+    for k, v in pairs(opts) do
+      if k ~= "strict" then error(string.format("Tokenizer:decode: unknown option '%s' (strict)", tostring(k)), 2) end
+      if type(v) ~= "boolean" then error("Tokenizer:decode: option strict must be a boolean, got " .. type(v), 2) end
+    end
+  end
   return self._bpe:decode(ids, opts and opts.strict or false)
 end
 --- id of a vocabulary string (nil when absent), and the reverse.

@@ -181,8 +181,9 @@ end
 function FT.hparams(task, raw, source)
   FT.check_task(task)
   source = source or "the config"
-  if type(raw) ~= "table" then fail("%s is not a JSON object", source) end
-  require("hero.train.pretrain_config").check_spelling(raw, source)
+  if type(raw) ~= "table" or json.is_array(raw) then fail("%s is not a JSON object", source) end
+  local PC = require "hero.train.pretrain_config"
+  PC.check_spelling(raw, source)
   local hps = copy(raw)
   if hps.hard_negtiave_start_step == nil and hps.hard_negative_start_step ~= nil then
     hps.hard_negtiave_start_step = hps.hard_negative_start_step
@@ -213,6 +214,7 @@ function FT.hparams(task, raw, source)
   if not optim.by_config_name(hps.optim) then
     fail("%s: optim '%s' is not one of the reference's adamw, adam, adamax", source, tostring(hps.optim))
   end
+  PC.check_types(hps, source)
   for _, k in ipairs {"num_train_steps", "warmup_steps", "train_batch_size", "gradient_accumulation_steps"} do
     if math.type(hps[k]) ~= "integer" or hps[k] < (k == "warmup_steps" and 0 or 1) then
       fail("%s: %s must be a positive integer, got %s", source, k, tostring(hps[k]))

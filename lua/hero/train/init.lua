@@ -74,6 +74,8 @@ end
 -- log without checkpoints, from a run stopped before its first one, is appended to.)
 function train.check_run_dir(out_dir, resume)
   if type(out_dir) ~= "string" then error("check_run_dir: expected the run directory, got " .. type(out_dir), 2) end
+  -- "" would put every file at the root of the file system ("/hps.json")
+  if out_dir == "" then error("the run directory is an empty path: give --out DIR", 2) end
   if resume then return end
   local step = train.Trainer.latest_step(out_dir)
   if step then

@@ -77,6 +77,81 @@ local function check_spelling(raw, source)
 end
 PC.check_spelling = check_spelling
 
+local function finite(v) return type(v) == "number" and v == v and v > -math.huge and v < math.huge end
+
+-- What each key of a training config must hold, where present: a wrong type failed deep inside a
+-- run as a Lua error naming no key, and some values trained silently with another meaning.
+local NUMBERS = {  -- key -> lowest value, and whether it is excluded
+  learning_rate = {0, true}, weight_decay = {0}, grad_norm = {-math.huge}, lr_mul = {0, true},
+  lw_st_ed = {0}, lw_neg_ctx = {0}, lw_neg_q = {0}, margin = {-math.huge}, vfeat_interval = {0, true},
+  nms_thd = {-math.huge}, q2c_alpha = {-math.huge}, mask_prob = {0},
+}
+local PROBABILITIES = {dropout = true, drop_svmr_prob = true, lsr = true, mask_prob = true}
+local INTEGERS = {  -- key -> lowest value
+  valid_steps = 0, save_steps = 0, val_batch_size = 1, max_clip_len = -1, max_txt_len = 0, sub_ctx_len = 0,
+  seed = math.mininteger, train_span_start_step = -1, max_before_nms = 1, max_after_nms = 1, max_vcmr_video = 1,
+  min_pred_l = 0, max_pred_l = 0, max_gen_step = 1, max_cap_per_vid = -1, vcmr_eval_video_batch_size = 1,
+  vcmr_eval_q_batch_size = 1, vr_eval_video_batch_size = 1, vr_eval_q_batch_size = 1, max_vr_video = 1,
+}
+local LISTS = {  -- key -> what each element must be
+  hard_pool_size = "positive integer", hard_neg_weights = "number >= 0", hard_negtiave_start_step = "integer",
+  betas = "number in [0, 1)",
+}
+local FULL_EVAL_TASKS = {VCMR = true, SVMR = true, VR = true}
+
+function PC.check_types(hps, source)
+  for k, lim in pairs(NUMBERS) do
+    local v = hps[k]
+    if v ~= nil and v ~= json.null and (not finite(v) or v < lim[1] or (lim[2] and v == lim[1])) then
+      fail("%s: %s must be a finite number %s %s, got %s", source, k, lim[2] and ">" or ">=", tostring(lim[1]),
+        type(v) == "string" and ("'" .. v .. "'") or tostring(v))
+    end
+  end
+  for k in pairs(PROBABILITIES) do
+    local v = hps[k]
+    if v ~= nil and v ~= json.null and not (finite(v) and v >= 0 and v < 1) then
+      fail("%s: %s must be a probability in [0, 1), got %s", source, k, tostring(v))
+    end
+  end
+  for k, lo in pairs(INTEGERS) do
+    local v = hps[k]
+    if v ~= nil and v ~= json.null and (math.type(v) ~= "integer" or v < lo) then
+      fail("%s: %s must be an integer >= %d, got %s", source, k, lo, tostring(v))
+    end
+  end
+  for k, what in pairs(LISTS) do
+    local list = hps[k]
+    if list ~= nil and list ~= json.null then
+      if type(list) ~= "table" then
+        fail("%s: %s must be a list of %s values, got %s", source, k, what, tostring(list))
+      end
+      for i, v in ipairs(list) do
+        local ok = (what == "positive integer" and math.type(v) == "integer" and v >= 1)
+          or (what == "number >= 0" and finite(v) and v >= 0)
+          or (what == "integer" and math.type(v) == "integer")
+          or (what == "number in [0, 1)" and finite(v) and v >= 0 and v < 1)
+        if not ok then fail("%s: %s[%d] must be %s %s, got %s", source, k, i, what:find("^i") and "an" or "a", what,
+          tostring(v)) end
+      end
+    end
+  end
+  local rl = hps.ranking_loss_type
+  if rl ~= nil and rl ~= "hinge" and rl ~= "lse" then
+    fail("%s: ranking_loss_type must be hinge or lse, got %s", source, tostring(rl))
+  end
+  local tasks = hps.full_eval_tasks
+  if tasks ~= nil then
+    if type(tasks) ~= "table" or #tasks == 0 then
+      fail("%s: full_eval_tasks must be a non-empty list of VCMR, SVMR, VR", source)
+    end
+    for _, t in ipairs(tasks) do
+      if not FULL_EVAL_TASKS[t] then
+        fail("%s: full_eval_tasks: '%s' is not one of VCMR, SVMR, VR", source, tostring(t))
+      end
+    end
+  end
+end
+
 --- The run's hyper-parameters: the decoded config with the reference's defaults for absent keys,
 -- hard_negtiave_start_step also read as hard_negative_start_step, everything checked.
 function PC.hparams(raw, source)
@@ -106,9 +181,7 @@ function PC.hparams(raw, source)
   if hps.warmup_steps >= hps.num_train_steps then
     fail("%s: warmup_steps (%d) must be below num_train_steps (%d)", source, hps.warmup_steps, hps.num_train_steps)
   end
-  if hps.ranking_loss_type ~= "hinge" and hps.ranking_loss_type ~= "lse" then
-    fail("%s: ranking_loss_type must be hinge or lse, got %s", source, tostring(hps.ranking_loss_type))
-  end
+  PC.check_types(hps, source)
   local hs, hp, hw = hps.hard_negtiave_start_step, hps.hard_pool_size, hps.hard_neg_weights
   if type(hs) ~= "table" or type(hp) ~= "table" or type(hw) ~= "table" or #hs ~= #hw or #hp < #hs then
     fail("%s: hard_negtiave_start_step, hard_pool_size and hard_neg_weights must be lists of matching length", source)

@@ -182,6 +182,7 @@ function Trainer.new(opts)
       error(string.format("Trainer: opts.%s must be a non-negative integer", k), 2)
     end
   end
+  if opts.out_dir == "" then error("Trainer: opts.out_dir is an empty path", 2) end
   if (opts.save_every or 0) > 0 and type(opts.out_dir) ~= "string" then
     error("Trainer: opts.save_every needs opts.out_dir", 2)
   end
