@@ -163,7 +163,26 @@ static int write_all(int fd, const void *p, size_t n)
     return 0;
 }
 
+static int write_atomic_at(const char *path, size_t n, const void *const *pieces, const size_t *lens);
+
 int hr_io_write_atomic(const char *path, size_t n, const void *const *pieces, const size_t *lens)
+{
+    /* A symbolic link stays one: the file it names gets the new content (the rename would
+     * otherwise replace the link by a plain file and leave its target as it was). A link whose
+     * target does not exist is replaced, as before. */
+    struct stat lst;
+    if (lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode)) {
+        char *target = realpath(path, NULL);
+        if (target) {
+            int rc = write_atomic_at(target, n, pieces, lens);
+            free(target);
+            return rc;
+        }
+    }
+    return write_atomic_at(path, n, pieces, lens);
+}
+
+static int write_atomic_at(const char *path, size_t n, const void *const *pieces, const size_t *lens)
 {
     /* Writing next to the destination keeps the final rename on one file system, so readers see
      * either the old complete file or the new complete file, never a torn one. */
@@ -175,6 +194,16 @@ int hr_io_write_atomic(const char *path, size_t n, const void *const *pieces, co
     if (fd < 0) {
         int e = errno;
         hr_fail(HR_EIO, "cannot create '%s': %s", tmp, strerror(e));
+        free(tmp);
+        return -1;
+    }
+    /* A file replaced keeps its permission bits (a private 0600 file must not come back 0644). */
+    struct stat old;
+    if (stat(path, &old) == 0 && S_ISREG(old.st_mode) && fchmod(fd, old.st_mode & 07777) != 0) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        hr_fail(HR_EIO, "cannot give '%s' the permissions of '%s': %s", tmp, path, strerror(e));
         free(tmp);
         return -1;
     }

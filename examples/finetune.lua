@@ -107,8 +107,9 @@ local function path_of(v) return type(v) == "string" and v or nil end
 -- train_tvc.py's, ...); the options hero spells itself (--task, --config, --checkpoint) stay ours.
 local family, ref_task
 do
-  local name
-  for i, a in ipairs(arg) do if a == "--task" then name = arg[i + 1] end end
+  local name, given
+  for i, a in ipairs(arg) do if a == "--task" then name, given = arg[i + 1], true end end
+  if given and name == nil then die("--task needs a value (vcmr, vr, videoqa, violin, tvc)") end
   if name == nil then die("--task is required (vcmr, vr, videoqa, violin, tvc)") end
   local ok, f, r = pcall(FT.task_family, name)
   if not ok then die(f) end

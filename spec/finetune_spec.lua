@@ -1343,6 +1343,9 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     rc, out = run_example("evaluate.lua", {"--output_dir", dir .. "/a", "--task"})
     assert.are.equal(2, rc, out)
     assert.matches("evaluate: %-%-task needs a value", out)
+    rc, out = run_example("finetune.lua", {"--config", "x.json", "--task"})
+    assert.are.equal(2, rc, out)
+    assert.matches("finetune: %-%-task needs a value", out)
   end)
 
   it_db_mpi("evaluates VideoQA and VIOLIN (answers, logits) and over MPI ranks (--dist), joined as one process",

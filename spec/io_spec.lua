@@ -195,6 +195,26 @@ describe("safetensors", function()
     assert.same({2, 2, 2}, hero.io.load_safetensors(tmp("r.safetensors")).w:totable())
   end)
 
+  it("replaces a file keeping its permissions, and the file a symbolic link names", function()
+    -- a private file came back 0644; a link became a plain file and its target kept the old data
+    local function mode(path)
+      local p = io.popen("stat -c %a '" .. path .. "'")
+      local m = p:read("l")
+      p:close()
+      return m
+    end
+    hero.json.write_file(tmp("priv.json"), {a = 1})
+    assert(os.execute("chmod 600 '" .. tmp("priv.json") .. "'"))
+    hero.json.write_file(tmp("priv.json"), {a = 2})
+    assert.equal("600", mode(tmp("priv.json")))
+    assert.same({a = 2}, hero.json.read_file(tmp("priv.json")))
+    hero.io.save_safetensors(tmp("target.safetensors"), {w = hero.full({2}, 1)})
+    assert(os.execute("ln -sf target.safetensors '" .. tmp("link.safetensors") .. "'"))
+    hero.io.save_safetensors(tmp("link.safetensors"), {w = hero.full({2}, 7)})
+    assert.equal("target.safetensors", io.popen("readlink '" .. tmp("link.safetensors") .. "'"):read("l"))
+    assert.same({7, 7}, hero.io.load_safetensors(tmp("target.safetensors")).w:totable())
+  end)
+
   for _, file in ipairs {"second_unaligned.safetensors", "second_aligned.safetensors"} do
     it("reads files of a second producer: " .. file, function()
       local got, meta = hero.io.load_safetensors(fixture("io/" .. file))

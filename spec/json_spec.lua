@@ -232,6 +232,8 @@ describe("hero.json options", function()
     helper.assert_error_contains(function() json.encode({1}, {indent = 2.5}) end, "option indent must be")
     helper.assert_error_contains(function() json.encode({1}, 2) end, "json.encode: options must be a table")
     assert.equal("[\n  1\n]", json.encode({1}, {indent = 2}))
+    -- a control byte is named by its code, not written raw into the message
+    helper.assert_error_contains(function() json.decode("[1,\v2]") end, "unexpected byte 0x0B at line 1 column 4")
     assert.equal("[\n\t1\n]", json.encode({1}, {indent = "\t"}))
   end)
 end)

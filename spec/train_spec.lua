@@ -345,6 +345,16 @@ describe("Trainer", function()
     end
   end)
 
+  it("gives no ranking loss (NaN, written as null) when no query was validated, as the other tasks", function()
+    -- every validation video unreadable gave VSM losses of 0 beside the other tasks' nulls
+    local PV = require "hero.train.pretrain_valid"
+    local r = PV.validators{lw_st_ed = 0.01, lw_neg_ctx = 8, lw_neg_q = 8}.vsm.finish({})
+    for _, k in ipairs {"loss_overall", "loss_st_ed", "loss_neg_ctx", "loss_neg_q"} do
+      assert.is_true(r[k] ~= r[k], k)
+    end
+    assert.is_nil(PV.ranking_validator({st_ed = false}, nil).finish({}).loss_st_ed)
+  end)
+
   it("validates with the reference's metrics per task (pretrain.py's validate_*), summed over batches", function()
     local PV = require "hero.train.pretrain_valid"
     local m = model(0, hero.Generator(4))

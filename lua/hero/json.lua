@@ -312,7 +312,9 @@ function json.decode(text, opts)
     if allow_nan and c == 78 then return literal("NaN", 0 / 0) end
     if allow_nan and c == 73 then return literal("Infinity", math.huge) end
     if not c then fail("unexpected end of input") end
-    fail(format("unexpected character '%s'", char(c)))
+    -- a control byte or one of a multi-byte sequence is shown by its code, not written raw
+    fail(c >= 32 and c < 127 and format("unexpected character '%s'", char(c))
+      or format("unexpected byte 0x%02X", c))
   end
 
   skip_ws()

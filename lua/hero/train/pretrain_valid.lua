@@ -62,6 +62,11 @@ function M.ranking_validator(w, forward)
       return s
     end,
     finish = function(s)
+      -- no query validated (every video unreadable): no value, as the other tasks' NaN, not a loss of 0
+      if (s.n or 0) == 0 then
+        local none = 0 / 0
+        return {loss_overall = none, loss_st_ed = has_st_ed and none or nil, loss_neg_ctx = none, loss_neg_q = none}
+      end
       local st_ed, ctx, q, n_pos = s.st_ed or 0, s.ctx or 0, s.q or 0, s.n_pos or 0
       if lw_st_ed ~= 0 then st_ed = ratio(st_ed, s.n) / lw_st_ed end
       if n_pos > 0 and lw_q > 0 and lw_ctx > 0 then
