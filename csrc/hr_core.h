@@ -305,6 +305,7 @@ void hr_iter_run(hr_iter *it, hr_iter_kernel kernel, void *ctx, bool parallel);
 
 /* ------------------------------------------------------------------ threads (hr_threads.c) */
 
+#define HR_MAX_THREADS 256        /* the most threads a parallel region runs on */
 void hr_set_num_threads(int n);  /* sets OpenBLAS's pool too */
 int hr_get_num_threads(void);
 /* Runs fn(ctx, begin, end) over [0, n) split in chunks of at least `grain` items across the pool.

@@ -16,7 +16,6 @@
 /* OpenBLAS's thread control (declared here to avoid depending on a particular cblas.h). */
 void openblas_set_num_threads(int num_threads);
 
-#define HR_MAX_THREADS 256
 
 /* How long a thread polls for the next job (a worker) or for the helpers' end (the caller)
  * before it sleeps on the condition variable, unless HERO_SPIN_US says otherwise. A sleeping

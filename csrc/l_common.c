@@ -383,6 +383,9 @@ int hr_lua_opt_field_option(lua_State *L, int idx, const char *name, int def, co
 
 const char *hr_lua_check_path(lua_State *L, int idx, const char *op)
 {
+    /* a number would be taken for the file named by its digits ("5" in the working directory) */
+    if (lua_type(L, idx) != LUA_TSTRING)
+        luaL_error(L, "%s: argument #%d: expected a path string, got %s", op, idx, luaL_typename(L, idx));
     size_t len;
     const char *p = luaL_checklstring(L, idx, &len);
     const char *nul = memchr(p, '\0', len);

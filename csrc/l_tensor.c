@@ -381,7 +381,10 @@ static int l_cached_bytes(lua_State *L)
 static int l_set_num_threads(lua_State *L)
 {
     lua_Integer n = luaL_checkinteger(L, 1);
-    if (n < 1) return luaL_error(L, "set_num_threads: need at least 1 thread, got %d", (int)n);
+    /* compared before any narrowing: 2^32 + 3 must not become 3 threads */
+    if (n < 1) return luaL_error(L, "set_num_threads: need at least 1 thread, got %I", n);
+    if (n > HR_MAX_THREADS)
+        return luaL_error(L, "set_num_threads: at most %d threads, got %I", HR_MAX_THREADS, n);
     /* The count is the process's. Kernels size per-thread scratch by it and then run their
      * parallel region, which reads it again: set from a worker state while the main state
      * computes, a region could run on more threads than its scratch has room for. A worker

@@ -227,6 +227,15 @@ describe("writes and options that misbehaved silently", function()
     helper.assert_error_contains(function() hero.ones_like(hero.ones(2), {dtyp = "i64"}) end, "unknown option 'dtyp'")
   end)
 
+  it("set_num_threads refuses a count it cannot run instead of wrapping or clamping it", function()
+    local n = hero.get_num_threads()
+    helper.assert_error_contains(function() hero.set_num_threads((1 << 32) + 3) end,
+      "set_num_threads: at most 256 threads, got 4294967299")
+    helper.assert_error_contains(function() hero.set_num_threads(-(1 << 32) + 1) end,
+      "need at least 1 thread, got -4294967295")
+    assert.equal(n, hero.get_num_threads())
+  end)
+
   it("linspace refuses a huge count at once and keeps its values; fill_ takes a one-element tensor", function()
     -- it filled a Lua table of 2^60 numbers until memory ran out
     helper.assert_error_contains(function() hero.linspace(0, 1, 1 << 60) end, "linspace: range of", "too large")

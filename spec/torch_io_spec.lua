@@ -283,6 +283,9 @@ describe("load_torch refuses hostile and broken files", function()
     write_bytes(tmp("empty.pt"), "")
     helper.assert_error_contains(function() hero.io.load_torch(tmp("empty.pt")) end, "empty file")
     helper.assert_error_contains(function() hero.io.load_torch(tmpdir) end, "not a readable regular file")
-    helper.assert_error_contains(function() hero.io.load_torch() end, "bad argument #1")
+    helper.assert_error_contains(function() hero.io.load_torch() end,
+      "argument #1: expected a path string, got no value")
+    -- a number was read as the file named by its digits
+    helper.assert_error_contains(function() hero.io.load_torch(5) end, "expected a path string, got number")
   end)
 end)
