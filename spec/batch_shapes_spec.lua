@@ -22,7 +22,7 @@ end
 local function pretrain_model()
   local m = hero.models.HeroForPretraining(cfg.model_config.pretrain, {
     vfeat_dim = cfg.constants.vfeat_dim, max_frm_seq_len = cfg.constants.max_frm_seq_len,
-    vocab_pad = cfg.constants.vocab_pad_pretraining, lw_st_ed = 0.01, drop_svmr_prob = 0, dropout = 0,
+    vocab_pad = cfg.constants.vocab_pad_pretraining, lw_st_ed = 0.01, drop_svmr_prob = 0,
   })
   m:load_state_dict(load("weights"), {strict = false})
   return m:evaluate()

@@ -80,7 +80,12 @@ describe("hero.dist in one process", function()
     helper.assert_error_contains(function() dist.broadcast(hero.ones(2)) end, "hero.dist.broadcast", why)
     helper.assert_error_contains(function() dist.broadcast(hero.ones(2), 3) end, "root 3 is not a rank (0..0)")
     helper.assert_error_contains(function() dist.barrier() end, why)
-    helper.assert_error_contains(function() dist.all_reduce(hero.ones(2), "prod") end, "invalid option 'prod'")
+    helper.assert_error_contains(function() dist.all_reduce(hero.ones(2), "prod") end,
+      "hero.dist.all_reduce: unknown reduction 'prod' (sum, mean, max, min)")
+    helper.assert_error_contains(function() dist.GradReducer({hero.ones(2)}, {bucket_md = 1}) end,
+      "GradReducer: unknown option 'bucket_md' (bucket_mb)")
+    helper.assert_error_contains(function() dist.GradReducer({hero.ones(2)}, {bucket_mb = 0 / 0}) end,
+      "bucket_mb must be a positive number of MiB")
     local t = hero.ones(2)
     t:free()
     helper.assert_error_contains(function() dist.all_reduce(t) end, "freed")

@@ -15,7 +15,7 @@ end
 local function model()
   local m = hero.models.HeroForPretraining(cfg.model_config.pretrain, {
     vfeat_dim = cfg.constants.vfeat_dim, max_frm_seq_len = cfg.constants.max_frm_seq_len,
-    vocab_pad = cfg.constants.vocab_pad_pretraining, lw_st_ed = 0.01, drop_svmr_prob = 0, dropout = 0,
+    vocab_pad = cfg.constants.vocab_pad_pretraining, lw_st_ed = 0.01, drop_svmr_prob = 0,
   })
   local w = load("weights")
   local report = m:load_state_dict(w, {strict = false})
@@ -93,7 +93,7 @@ describe("HERO pre-training model against the reference", function()
   it("VSM start/end predictors of another kernel size: padding kernel // 2, as the reference's Conv1d", function()
     local b = batch("batch_vsm")
     local opts = {vfeat_dim = cfg.constants.vfeat_dim, max_frm_seq_len = cfg.constants.max_frm_seq_len,
-      vocab_pad = cfg.constants.vocab_pad_pretraining, lw_st_ed = 0.01, drop_svmr_prob = 0, dropout = 0}
+      vocab_pad = cfg.constants.vocab_pad_pretraining, lw_st_ed = 0.01, drop_svmr_prob = 0}
     local m3 = hero.models.HeroForPretraining(cfg.model_config.pretrain, setmetatable({conv_kernel_size = 3},
       {__index = opts}))
     assert.same({1, 1, 3}, m3.video_st_predictor.weight:size())
@@ -306,7 +306,7 @@ describe("HERO checkpoints and configs", function()
     local function forward_with(model_cfg, max_frm)
       return function()
         local m = hero.models.HeroForPretraining(model_cfg, {vfeat_dim = cfg.constants.vfeat_dim,
-          max_frm_seq_len = max_frm, vocab_pad = cfg.constants.vocab_pad_pretraining, dropout = 0})
+          max_frm_seq_len = max_frm, vocab_pad = cfg.constants.vocab_pad_pretraining})
         m:forward(batch("batch_mlm"), "mlm")
       end
     end

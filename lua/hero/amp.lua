@@ -39,6 +39,16 @@ end
 function amp.GradScaler(opts)
   if opts ~= nil and type(opts) ~= "table" then error("GradScaler: opts must be a table, got " .. type(opts), 2) end
   opts = opts or {}
+  for k in pairs(opts) do -- a misspelt {init_scal = 128} kept 2^16
+    if k ~= "init_scale" and k ~= "growth_factor" and k ~= "backoff_factor" and k ~= "growth_interval"
+      and k ~= "enabled" then
+      error(string.format("GradScaler: unknown option '%s' (init_scale, growth_factor, backoff_factor, "
+        .. "growth_interval, enabled)", tostring(k)), 2)
+    end
+  end
+  if opts.enabled ~= nil and type(opts.enabled) ~= "boolean" then
+    error("GradScaler: option enabled must be a boolean, got " .. type(opts.enabled), 2)
+  end
   local self = setmetatable({
     scale_value = positive(opts.init_scale or 2.0 ^ 16, "init_scale"),
     growth_factor = positive(opts.growth_factor or 2.0, "growth_factor"),
@@ -74,7 +84,10 @@ local function gradients(target)
   end
   local grads, params = {}, {}
   local list = target.entries or target.params or target
-  for _, e in ipairs(list) do
+  for i, e in ipairs(list) do
+    if not core.is_tensor(e) and not (type(e) == "table" and core.is_tensor(e.param)) then
+      error(string.format("GradScaler: parameter %d is a %s, not a tensor", i, type(e)), 3)
+    end
     local p = core.is_tensor(e) and e or e.param
     if p then params[#params + 1] = p end
     if p and p.grad then grads[#grads + 1] = p.grad end
@@ -128,12 +141,15 @@ function GradScaler:step(optimizer, ...)
   local st = state_of(self, optimizer)
   if st.stepped then error("GradScaler:step: already called for this optimizer since the last update()", 2) end
   if not st.unscaled then self:unscale_(optimizer) end
-  st.stepped = true
   if st.found_inf then
+    st.stepped = true
     self.steps_skipped = self.steps_skipped + 1
     return false
   end
+  -- stepped once the step has run: an optimizer that raised (a bad option) has not stepped, and
+  -- update() must not count its update as a clean one
   optimizer:step(...)
+  st.stepped = true
   return true
 end
 
@@ -181,12 +197,26 @@ function GradScaler:state_dict()
           growth_interval = self.growth_interval, _growth_tracker = self.growth_tracker}
 end
 
+--- Loads a state_dict (torch's keys), checked as the constructor checks its options; nothing
+-- changes when a value is refused.
 function GradScaler:load_state_dict(sd)
-  self.scale_value = positive(sd.scale, "scale")
-  self.growth_factor = sd.growth_factor or self.growth_factor
-  self.backoff_factor = sd.backoff_factor or self.backoff_factor
-  self.growth_interval = math.tointeger(sd.growth_interval) or self.growth_interval
-  self.growth_tracker = math.tointeger(sd._growth_tracker or sd.growth_tracker) or 0
+  if type(sd) ~= "table" then error("GradScaler:load_state_dict: expected a state table, got " .. type(sd), 2) end
+  local scale = positive(sd.scale, "scale")
+  local growth = positive(sd.growth_factor or self.growth_factor, "growth_factor")
+  local backoff = positive(sd.backoff_factor or self.backoff_factor, "backoff_factor")
+  if growth <= 1 then error("GradScaler:load_state_dict: growth_factor must be > 1, got " .. growth, 2) end
+  if backoff >= 1 then error("GradScaler:load_state_dict: backoff_factor must be < 1, got " .. backoff, 2) end
+  local interval = sd.growth_interval == nil and self.growth_interval or math.tointeger(sd.growth_interval)
+  if not interval or interval < 1 then
+    error("GradScaler:load_state_dict: growth_interval must be a positive integer, got "
+      .. tostring(sd.growth_interval), 2)
+  end
+  local tracker = sd._growth_tracker or sd.growth_tracker or 0
+  if not math.tointeger(tracker) or tracker < 0 then
+    error("GradScaler:load_state_dict: the growth tracker must be an integer >= 0, got " .. tostring(tracker), 2)
+  end
+  self.scale_value, self.growth_factor, self.backoff_factor = scale, growth, backoff
+  self.growth_interval, self.growth_tracker = interval, math.tointeger(tracker)
 end
 
 --- Runs fn(...) under autocast with dtype ("bf16", "f16", or nil: off); returns fn's results. The

@@ -148,6 +148,17 @@ local CONFIG_ONLY = {
   "on_error", "prefetch",
 }
 
+--- The names of the reference's options and config keys (a set): a table of the reference's
+-- options handed over whole holds them beside those a function reads.
+function M.reference_option_names()
+  local known = {}
+  for _, list in pairs(M.REFERENCE_OPTIONS) do
+    for _, o in ipairs(list) do known[o.name] = true end
+  end
+  for _, k in ipairs(CONFIG_ONLY) do known[k] = true end
+  return known
+end
+
 --- Whether `key` is misspelt in a training config: the known key (a reference option, a key of the
 -- reference's configs, or one hero's scripts read) one or two edits away from it, when the config
 -- does not hold that key itself; nil otherwise. The reference accepts any key and reads only its

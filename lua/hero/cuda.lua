@@ -38,7 +38,11 @@ for name, fn in pairs(core.cuda) do cuda[name] = fn end
 function cuda.is_available() return cuda.available() end
 
 --- The device string of ordinal i (default 0): "cuda:i".
-function cuda.device(i) return "cuda:" .. tostring(math.tointeger(i or 0)) end
+function cuda.device(i)
+  local n = math.tointeger(i or 0)
+  if not n or n < 0 then error("cuda.device: the index must be an integer >= 0, got " .. tostring(i), 2) end
+  return "cuda:" .. n
+end
 
 local function finish_upload(ok, ...)
   local ticket = core.cuda._upload_end()

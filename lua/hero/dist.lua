@@ -70,12 +70,12 @@ end
 
 --- all_reduce(t [, op]): in place; CUDA tensors through NCCL, CPU tensors through MPI.
 function dist.all_reduce(t, op)
-  if not is_cuda(t) then return mpi_all_reduce(t, op) end
   op = op or "sum"
   local what = "hero.dist.all_reduce"
   if op ~= "sum" and op ~= "mean" and op ~= "max" and op ~= "min" then
     error(string.format("%s: unknown reduction '%s' (sum, mean, max, min)", what, tostring(op)), 2)
   end
+  if not is_cuda(t) then return mpi_all_reduce(t, op) end
   local floating = t:dtype() == "f32" or t:dtype() == "f64" or t:dtype() == "bf16" or t:dtype() == "f16"
   if op == "mean" and not floating then error(what .. ": 'mean' needs a floating tensor, got " .. t:dtype(), 2) end
   nccl_ready(t, what)
@@ -383,8 +383,19 @@ end
 -- the parameters' .grad and returns the means of the extra numbers. `r:counts()` -> buckets,
 -- buckets started during the pass. CPU f32/f64 parameters (see overlap_possible).
 function dist.GradReducer(params, opts)
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("hero.dist.GradReducer: options must be a table ({bucket_mb =})", 2) end
+    for k in pairs(opts) do
+      if k ~= "bucket_mb" then
+        error(string.format("hero.dist.GradReducer: unknown option '%s' (bucket_mb)", tostring(k)), 2)
+      end
+    end
+  end
   local mb = opts and opts.bucket_mb or 25
-  if type(mb) ~= "number" or mb <= 0 then error("hero.dist.GradReducer: bucket_mb must be a positive number", 2) end
+  -- NaN made buckets of one byte; past 2^30 MiB the byte count leaves the integers
+  if type(mb) ~= "number" or not (mb > 0 and mb <= 2 ^ 30) then
+    error("hero.dist.GradReducer: bucket_mb must be a positive number of MiB (at most 2^30), got " .. tostring(mb), 2)
+  end
   return core_grad_reducer(tensors_of(params), math.max(1, math.floor(mb * 2 ^ 20)))
 end
 

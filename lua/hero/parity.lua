@@ -453,7 +453,7 @@ end
 --- Runs every case; returns the results and whether all passed.
 function parity.run(dir, opts)
   if type(dir) ~= "string" then error("parity.run: expected a fixture directory, got " .. type(dir), 2) end
-  opts = opts or {}
+  opts = require("hero.models.options").check("parity.run", opts, {device = "string", print = "any"}, 2)
   local config = json.read_file(dir .. "/config.json")
   local tol = config.tolerances and config.tolerances.recommended
   if not tol then error("parity: " .. dir .. "/config.json has no tolerances.recommended", 2) end

@@ -289,8 +289,21 @@ local function attempt(t, fn, ...)
   return pcall(fn, ...)
 end
 
+-- The options as the printer reads them: a value set to nil, a negative count or a string failed
+-- deep inside the printer.
+local function check_options()
+  local o = M.options
+  for key, least in pairs {threshold = 0, edgeitems = 1, linewidth = 1} do
+    local v = o[key]
+    if math.type(v) ~= "integer" or v < least then
+      error(string.format("tensor_print.options.%s must be an integer >= %d, got %s", key, least, tostring(v)), 3)
+    end
+  end
+end
+
 --- The text tostring(t) gives.
 function M.tostring(t)
+  check_options()
   if t:is_freed() then return "[hero.Tensor (freed)]" end
   local sizes = t:size()
   local foot = footer(t, sizes)

@@ -46,14 +46,20 @@ function testing.gradcheck(fn, inputs, opts)
     error("gradcheck: argument #1 must be a function of the inputs, got " .. type(fn), 2)
   end
   if type(inputs) ~= "table" then error("gradcheck: argument #2 must be a list of inputs, got " .. type(inputs), 2) end
-  opts = opts or {}
+  -- eps 0 or NaN made every numeric derivative NaN, which no comparison fails: any gradient passed
+  opts = require("hero.models.options").check("gradcheck", opts, {eps = "number > 0", atol = "number >= 0",
+    rtol = "number >= 0"}, 2)
   local eps, atol, rtol = opts.eps or 1e-6, opts.atol or 1e-5, opts.rtol or 1e-3
   for i, x in ipairs(inputs) do
     if core.is_tensor(x) and x.requires_grad and x:dtype() ~= "f64" then
       error(string.format("gradcheck: input %d is %s; use f64 inputs", i, x:dtype()), 2)
     end
   end
+  local needs = false
+  for _, x in ipairs(inputs) do needs = needs or (core.is_tensor(x) and x.requires_grad) end
+  if not needs then error("gradcheck: no input requires grad (nothing to check)", 2) end
   local out = fn(table.unpack(inputs))
+  if not core.is_tensor(out) then error("gradcheck: fn must return a tensor, got " .. type(out), 2) end
   local v = cotangent_like(out, 12345)
   local v_vals = flat_values(v)
   local function objective()
@@ -106,9 +112,10 @@ function gradcheck_passes(fn, inputs, v, objective, eps, atol, rtol)
           analytic[i] = g
         else
           for k = 1, #g do
-            if g[k] ~= analytic[i][k] then
-              error(string.format("gradcheck: input %d element %d: backward is not deterministic (%.17g vs %.17g)",
-                i, k, analytic[i][k], g[k]), 0)
+            -- NaN on both passes is no agreement either
+            if g[k] ~= analytic[i][k] or g[k] ~= g[k] then
+              error(string.format("gradcheck: input %d element %d: %s (%.17g vs %.17g)", i, k,
+                g[k] ~= g[k] and "the gradient is NaN" or "backward is not deterministic", analytic[i][k], g[k]), 0)
             end
           end
         end
@@ -129,7 +136,9 @@ function gradcheck_passes(fn, inputs, v, objective, eps, atol, rtol)
         core.no_grad(function() cell:fill_(orig) end)
         local numeric = (plus - minus) / (2 * eps)
         local a = analytic[i][k]
-        if math.abs(a - numeric) > atol + rtol * math.abs(numeric) then
+        -- written so that a NaN on either side fails
+        local err = math.abs(a - numeric)
+        if err ~= err or err > atol + rtol * math.abs(numeric) then
           error(string.format("gradcheck: input %d element %d: analytic %.10g, numeric %.10g", i, k, a, numeric), 0)
         end
       end

@@ -427,7 +427,29 @@ local DEFAULTS = {
   max_after_nms = 100, nms_thd = 0.5, vfeat_interval = 1.5, query_batch_size = 16,
 }
 
-local function with_defaults(opts)
+-- What each option holds: a misspelt {nms_thresh = -1} ran NMS at 0.5, a NaN q2c_alpha ranked by
+-- NaN scores and reported a recall, tasks = {"vr"} evaluated nothing.
+local OPTIONS = {
+  q2c_alpha = "number", max_vcmr_video = "integer >= 1", min_pred_l = "integer >= 0", max_pred_l = "integer >= 1",
+  max_before_nms = "integer >= 1", max_after_nms = "integer >= 1", nms_thd = "number", vfeat_interval = "number > 0",
+  query_batch_size = "integer >= 1", tasks = "table", reference_bug = "boolean", max_clip_len = "integer >= 1",
+  eval_with_query_type = "boolean", split = "string", nms_from = {"before_nms", "after_nms"}, amp = "any",
+  max_vr_video = "integer >= 1",
+}
+M.OPTIONS = OPTIONS
+local TASK_NAMES = {VCMR = true, SVMR = true, VR = true}
+
+local function with_defaults(opts, who)
+  require("hero.models.options").check(who or "retrieval", opts, OPTIONS, 3,
+    require("hero.cli").reference_option_names())
+  if opts and opts.tasks then
+    if #opts.tasks == 0 then error((who or "retrieval") .. ": option tasks must list VCMR, SVMR or VR", 3) end
+    for _, t in ipairs(opts.tasks) do
+      if not TASK_NAMES[t] then
+        error(string.format("%s: option tasks: '%s' is not one of VCMR, SVMR, VR", who or "retrieval", tostring(t)), 3)
+      end
+    end
+  end
   local o = {}
   for k, v in pairs(DEFAULTS) do o[k] = v end
   for k, v in pairs(opts or {}) do o[k] = v end
@@ -454,7 +476,7 @@ function M.predict(inputs, opts)
   if type(inputs) ~= "table" then
     error("retrieval.predict: inputs must be a table of score tensors, got " .. type(inputs), 2)
   end
-  opts = with_defaults(opts)
+  opts = with_defaults(opts, "retrieval.predict")
   local tasks = {}
   for _, t in ipairs(opts.tasks or M.TASKS) do tasks[t] = true end
   local q2v = inputs.q2video_exp_scores or inputs.q2video_scores
@@ -618,7 +640,7 @@ end
 -- split with ground truth) has replaced by the filtered ones (submission_before_nms keeps the
 -- unfiltered lists).
 function M.evaluate(inputs, ground_truth, opts)
-  opts = with_defaults(opts)
+  opts = with_defaults(opts, "retrieval.evaluate")
   local full = M.predict(inputs, opts)
   local sub = M.top_n(full, opts.max_after_nms)
   local res = {submission = sub}

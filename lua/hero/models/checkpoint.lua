@@ -12,10 +12,21 @@ local M = {}
 
 --- Splits a loaded file into tensors (legacy names fixed) and other values.
 function M.normalize(sd)
-  local tensors, extras = {}, {}
+  if type(sd) ~= "table" then
+    error("checkpoint: expected a path or a table of tensors by name, got " .. type(sd), 3)
+  end
+  local tensors, extras, from = {}, {}, {}
   for k, v in pairs(sd) do
+    if type(k) ~= "string" then error("checkpoint: a key of the state dict is a " .. type(k) .. ", not a name", 3) end
     if core.is_tensor(v) then
       local name = k:gsub("gamma", "weight"):gsub("beta", "bias")
+      -- "x.gamma" beside "x.weight" name one tensor twice: which one loads would depend on the
+      -- order of a Lua table
+      if from[name] then
+        error(string.format("checkpoint: '%s' and '%s' both name '%s' (gamma/beta are read as weight/bias)",
+          from[name], k, name), 3)
+      end
+      from[name] = k
       tensors[name] = v
     else
       extras[k] = v
@@ -125,7 +136,7 @@ end
 --- Loads a checkpoint into a model with the reference's non-strict rules. Returns the report
 -- {missing, unexpected} and the non-tensor entries of the file.
 function M.load_into(model, path_or_sd, opts)
-  opts = opts or {}
+  opts = require("hero.models.options").check("load_checkpoint", opts, {strict = "boolean"}, 2)
   local tensors, extras
   if type(path_or_sd) == "string" then tensors, extras = M.read(path_or_sd)
   else tensors, extras = M.normalize(path_or_sd) end
@@ -151,6 +162,10 @@ end
 
 --- Writes the model's state_dict as safetensors with the reference's key names.
 function M.save(model, path)
+  -- a number would be written as a file named "5" in the working directory
+  if type(path) ~= "string" or path == "" then
+    error("save_checkpoint: expected a file path, got " .. (path == "" and "an empty string" or type(path)), 3)
+  end
   local io_ = require "hero.io"
   local sd = {}
   for k, v in pairs(model:state_dict()) do sd[k] = v:detach() end

@@ -14,6 +14,9 @@ local M = {}
 
 --- Sets every dropout probability of a model (nn.Dropout modules and attention dropout) to p.
 function M.set_dropout(model, p)
+  if type(p) ~= "number" or not (p >= 0 and p < 1) then
+    error(string.format("set_dropout: p must be a probability in [0, 1), got %s", tostring(p)), 2)
+  end
   for _, entry in ipairs(model:named_modules()) do
     local mod = entry[2]
     if mod.__name == "Dropout" then mod.p = p end
@@ -28,6 +31,11 @@ M.HeroModel = nn.Module:extend("HeroModel")
 -- given, fine-tuning never pads it); opts: vfeat_dim (required), max_frm_seq_len (100), dtype,
 -- generator.
 function M.HeroModel:__init(cfg, opts)
+  -- the heads' classes check their own, larger, option sets first
+  if self.__name == "HeroModel" then
+    local options = require "hero.models.options"
+    opts = options.check(self.__name, opts, options.ENCODER, 3)
+  end
   opts = opts or {}
   config.check_model(cfg, self.__name)
   if not opts.vfeat_dim then error(self.__name .. ": opts.vfeat_dim is required", 3) end

@@ -8,6 +8,7 @@ local vsm = require "hero.models.vsm"
 local mask_rows = require "hero.models.mask_rows"
 local config = require "hero.config"
 local batch_shapes = require "hero.models.batch_shapes"
+local options = require "hero.models.options"
 
 local M = nn.Module:extend("HeroForPretraining")
 
@@ -19,7 +20,8 @@ local M = nn.Module:extend("HeroForPretraining")
 -- `generator`), nce_temp (1), conv_kernel_size (5: the start/end predictors' odd kernel; conv_stride
 -- 1 only), dtype, generator.
 function M:__init(cfg, opts)
-  opts = opts or {}
+  opts = options.check(self.__name, opts, options.PRETRAIN, 3)
+  options.check_hard_negative(self.__name, opts.hard_negative, 3)
   config.check_model(cfg, self.__name)
   -- the reference pads the vocabulary to a multiple of 8 rows (pad_vocab) and drops the padding
   -- columns from the MLM logits
@@ -164,7 +166,8 @@ function M:encode_queries(ids, pos_ids, mask)
 end
 
 function M:forward_vsm(batch, opts)
-  opts = opts or {}
+  opts = options.check(self.__name .. ":forward", opts, options.RANKING_FORWARD, 2)
+  options.check_hard_negative(self.__name .. ":forward", opts.hard_negative, 2)
   local o = self.opts
   -- the reference's evaluation-mode values (its validate_vsm) in evaluation mode, or when asked:
   -- the local loss always, summed over the queries, the ranking losses per row (reduction "sum")

@@ -106,7 +106,8 @@ end
 --- cfg: {f_config, c_config, d_config} (the reference's hero_tvc.json); opts: vfeat_dim (required),
 -- max_frm_seq_len (100), lsr (0.1; 0 uses plain cross entropy), dtype, generator.
 function M:__init(cfg, opts)
-  opts = opts or {}
+  local options = require "hero.models.options"
+  opts = options.check(self.__name, opts, options.with(options.ENCODER, {lsr = "probability < 1"}), 3)
   config.check_model(cfg, self.__name, {"f_config", "c_config", "d_config"})
   local f, d = cfg.f_config, cfg.d_config
   self.cfg = cfg
@@ -211,9 +212,25 @@ function M:forward(batch)
           dec_out = h, c_out = Y}
 end
 
-local function gen_opts(opts)
-  opts = opts or {}
-  return opts.max_step or opts.max_gen_step or 30, opts.bos or 0, opts.eos or 2
+-- The decoding options of greedy_decode (beam = false) and beam_search, checked: a misspelt
+-- max_steps decoded 30 steps, a NaN length penalty ranked by insertion order, and a step past the
+-- decoder's positions failed only there.
+local DECODE = {max_step = "integer >= 1", max_gen_step = "integer >= 1", bos = "integer >= 0", eos = "integer >= 0"}
+local BEAM = {beam_size = "integer >= 1", length_penalty = "number", n_best = "integer >= 1"}
+local function gen_opts(self, opts, beam)
+  local options = require "hero.models.options"
+  opts = options.check(self.__name .. (beam and ":beam_search" or ":greedy_decode"), opts,
+    beam and options.with(DECODE, BEAM) or DECODE, 3)
+  local max_step = opts.max_step or opts.max_gen_step or 30
+  local positions = self.position_embeddings.weight:size(1)
+  if max_step > positions then
+    self:error("%s: max_step %d exceeds the decoder's %d positions", beam and "beam_search" or "greedy_decode",
+      max_step, positions)
+  end
+  if beam and (opts.beam_size or 4) > self.vocab_size then
+    self:error("beam_search: beam_size %d exceeds the vocabulary's %d tokens", opts.beam_size or 4, self.vocab_size)
+  end
+  return max_step, opts.bos or 0, opts.eos or 2, opts
 end
 
 --- Runs fn in evaluation mode without gradients, restoring the training flag afterwards.
@@ -241,8 +258,7 @@ end
 -- Returns the captions (Lua arrays of ids) and {output_ids [N, max_step], step_argmax [N, max_step],
 -- last_logits [N, max_step, V]}.
 function M:greedy_decode(batch, opts)
-  local max_step, bos, eos = gen_opts(opts)
-  if max_step < 1 then self:error("max_step must be at least 1, got %s", tostring(max_step)) end
+  local max_step, bos, eos = gen_opts(self, opts, false)
   return self:_inference(function()
     local enc_out = self:encode(batch)
     local mask = batch.cap_attn_mask
@@ -280,8 +296,8 @@ end
 -- Returns the best caption per segment (Lua arrays of ids) and, per segment, the n_best finished
 -- hypotheses {ids =, logprob =, score =, length =}, best first.
 function M:beam_search(batch, opts)
-  opts = opts or {}
-  local max_step, bos, eos = gen_opts(opts)
+  local max_step, bos, eos
+  max_step, bos, eos, opts = gen_opts(self, opts, true)
   local K = opts.beam_size or 4
   local alpha = opts.length_penalty or 0
   local n_best = opts.n_best or 1

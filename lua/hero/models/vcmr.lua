@@ -18,6 +18,13 @@ local M = {}
 local VCMR_TASKS = {tvr = true, how2r = true, didemo_video_sub = true, didemo_video_only = true, vcmr = true}
 local VR_TASKS = {msrvtt_video_sub = true, msrvtt_video_only = true, vr = true}
 
+-- The evaluation options (hero.eval.retrieval's, which every step of evaluate_full reads its
+-- share of), checked where they enter; the reference's other options pass.
+local function check_eval_opts(who, opts)
+  return require("hero.models.options").check(who, opts, require("hero.eval.retrieval").OPTIONS, 3,
+    require("hero.cli").reference_option_names())
+end
+
 local function copy(t)
   local o = {}
   for k, v in pairs(t or {}) do o[k] = v end
@@ -70,7 +77,9 @@ end
 -- in evaluation mode the reference's "sum" reduction (summed CE, per-query ranking vectors) and
 -- `loss` is the sum of everything. opts: cross (force the cross st/ed path), hard_negative.
 function Vcmr:forward(batch, task, opts)
-  opts = opts or {}
+  local options = require "hero.models.options"
+  opts = options.check(self.__name .. ":forward", opts, options.RANKING_FORWARD, 2)
+  options.check_hard_negative(self.__name .. ":forward", opts.hard_negative, 2)
   if task ~= nil and not VCMR_TASKS[task] and not (VR_TASKS[task] and self.vr_only) then
     self:error("unknown task '%s' (tvr, how2r, didemo_video_sub or didemo_video_only)", tostring(task))
   end
@@ -179,7 +188,7 @@ end
 -- device (each batch is moved there, one at a time). opts.max_clip_len: checks every batch against
 -- it, as the reference asserts; opts.amp ("bf16", "f16"): the passes run under hero.amp.autocast.
 function Vcmr:encode_corpus(video_batches, opts)
-  opts = opts or {}
+  opts = check_eval_opts(self.__name .. ":encode_corpus", opts)
   if type(video_batches) ~= "table" or #video_batches == 0 then
     self:error("encode_corpus: video_batches must be a non-empty array of collated video batches")
   end
@@ -215,7 +224,8 @@ end
 -- "f16"): the encoders and products run under hero.amp.autocast, the scores are made f32 before
 -- their softmax and exp.
 function Vcmr:score_queries(Y, mask, qbatch, opts)
-  opts = opts or {}
+  opts = check_eval_opts(self.__name .. ":score_queries", opts)
+  if type(qbatch) ~= "table" then self:error("score_queries: the query batch must be a table, got %s", type(qbatch)) end
   local alpha = opts.q2c_alpha or 20
   qbatch = to_device(qbatch, self:device())
   return inference(self, function()
@@ -278,7 +288,13 @@ end
 -- Returns the evaluation result ({submission, metrics, submission_nms, metrics_nms, val_log})
 -- with `tensors` = {frame_embeddings, c_attn_masks, q2video_scores, st_logits, ...} on the CPU.
 function Vcmr:evaluate_full(corpus, queries, ground_truth, opts)
-  opts = copy(opts)
+  opts = copy(check_eval_opts(self.__name .. ":evaluate_full", opts))
+  if type(corpus) ~= "table" or type(corpus.batches) ~= "table" or #corpus.batches == 0 then
+    self:error("evaluate_full: corpus must be {batches = {video batches...}, video_ids = {...}}")
+  end
+  if type(queries) ~= "table" or type(queries.batches) ~= "table" or #queries.batches == 0 then
+    self:error("evaluate_full: queries must be {batches = {query batches...}, query_ids = {...}}")
+  end
   local R = require "hero.eval.retrieval"
   local t = score_corpus(self, corpus, queries, opts)
   local video2idx = corpus.video2idx
@@ -337,7 +353,7 @@ end
 -- without the query-type breakdown. corpus / queries / ground_truth (and opts.amp) as
 -- HeroForVcmr.evaluate_full.
 function Vr:evaluate_full(corpus, queries, ground_truth, opts)
-  opts = copy(opts)
+  opts = copy(check_eval_opts(self.__name .. ":evaluate_full", opts))
   local R = require "hero.eval.retrieval"
   local t = score_corpus(self, corpus, queries, opts)
   t.vr_scores_exp = nil

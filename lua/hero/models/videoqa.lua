@@ -18,7 +18,8 @@ local M = ds.HeroModel:extend("HeroForVideoQA")
 -- weight train_videoQA.py applies), dtype, generator. Heads get PyTorch's default initialisation,
 -- and st_ed_pool starts as a copy of qa_pool (the reference deep-copies it).
 function M:__init(cfg, opts)
-  opts = opts or {}
+  local options = require "hero.models.options"
+  opts = options.check(self.__name, opts, options.with(options.ENCODER, {lw_st_ed = "number >= 0"}), 3)
   ds.HeroModel.__init(self, cfg, opts)
   self.lw_st_ed = opts.lw_st_ed or 0.4
   local H = cfg.c_config.hidden_size
@@ -38,7 +39,10 @@ end
 -- [N, L_c], intermediates, and with targets: loss_qa, loss_temporal, loss}. opts.compute_loss
 -- false skips the losses.
 function M:forward(batch, task, opts)
-  opts = opts or {}
+  local options = require "hero.models.options"
+  -- (draw and all_gather: what the Trainer hands every model's forward; this one has no use for them)
+  opts = options.check(self.__name .. ":forward", opts, {compute_loss = "boolean", num_questions = "integer >= 1",
+    lw_st_ed = "number >= 0", draw = "function", all_gather = "any"}, 2)
   if task ~= nil and task ~= "tvqa" and task ~= "how2qa" and task ~= "videoqa" then
     self:error("unknown task '%s' (tvqa or how2qa)", tostring(task))
   end
@@ -69,6 +73,7 @@ function M:forward(batch, task, opts)
   acts.logits = self.qa_pred_head:forward(pooled_qa):squeeze(3)             -- [N, A]
   if opts.compute_loss == false or not batch.targets then return acts end
   local ts = batch.ts_targets
+  if ts == nil then self:error("forward: the batch has targets but no ts_targets (the answers' moments)") end
   local l_st = core.cross_entropy(acts.st_logits, ts:select(2, 1), {ignore_index = -1})
   local l_ed = core.cross_entropy(acts.ed_logits, ts:select(2, 2), {ignore_index = -1})
   acts.loss_temporal = (l_st + l_ed) / 2
@@ -79,9 +84,18 @@ end
 
 --- Answer predictions (0-based argmax over the answers, as validate_videoQA) of a batch.
 function M:predict(batch)
-  local out = core.no_grad(function() return self:forward(batch, nil, {compute_loss = false,
-    num_questions = batch.num_questions or (batch.targets and batch.targets:size(1))
-      or batch.qa_input_ids:size(1) // 5}) end)
+  if type(batch) ~= "table" then self:error("predict: the batch must be a table of tensors, got %s", type(batch)) end
+  local n = batch.num_questions or (batch.targets and batch.targets:size(1))
+  if not n then
+    -- without targets, five answer copies per question (TVQA's, as the collate writes them): a
+    -- batch of another count would be read as fewer questions with more answers
+    local rows = core.is_tensor(batch.qa_input_ids) and batch.qa_input_ids:size(1) or 0
+    if rows % 5 ~= 0 or rows == 0 then
+      self:error("predict: %d answer rows are not five per question; give batch.num_questions", rows)
+    end
+    n = rows // 5
+  end
+  local out = core.no_grad(function() return self:forward(batch, nil, {compute_loss = false, num_questions = n}) end)
   local _, idx = out.logits:max(2)
   return idx, out.logits
 end

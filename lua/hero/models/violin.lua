@@ -14,7 +14,8 @@ local M = ds.HeroModel:extend("HeroForViolin")
 --- cfg: fine-tuning config; opts: vfeat_dim (required), max_frm_seq_len, dtype, generator.
 -- Heads get PyTorch's default initialisation.
 function M:__init(cfg, opts)
-  opts = opts or {}
+  local options = require "hero.models.options"
+  opts = options.check(self.__name, opts, options.ENCODER, 3)
   ds.HeroModel.__init(self, cfg, opts)
   local H = cfg.c_config.hidden_size
   self:add_module("violin_pool", nn.Linear(H, 1, {bias = false, init = "torch", dtype = opts.dtype,
@@ -36,7 +37,9 @@ end
 -- Returns {logits [N, 1], scores [N] (sigmoid), intermediates, loss (with targets)}.
 -- opts.compute_loss false skips the loss.
 function M:forward(batch, task, opts)
-  opts = opts or {}
+  -- (draw and all_gather: what the Trainer hands every model's forward; this one has no use for them)
+  opts = require("hero.models.options").check(self.__name .. ":forward", opts, {compute_loss = "boolean",
+    draw = "function", all_gather = "any"}, 2)
   if task ~= nil and task ~= "violin" then self:error("unknown task '%s' (violin)", tostring(task)) end
   batch_shapes.check_batch(self, "forward: the batch", batch, batch_shapes.DOWNSTREAM.violin, self.v_encoder)
   local V, acts = ds.fuse_text(self.v_encoder, batch, batch.q_input_ids, batch.q_pos_ids, batch.q_attn_masks)

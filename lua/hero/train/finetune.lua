@@ -760,7 +760,7 @@ local function eval_qa(task, model, hps, qds, spec)
     local on_device = to_model(batch, device)
     local out = core.no_grad(function()
       return autocast(spec.amp, model.forward, model, on_device, nil,
-        {compute_loss = false, num_questions = batch.targets:size(1)})
+        {compute_loss = false, num_questions = task == "videoqa" and batch.targets:size(1) or nil})
     end)
     logits[#logits + 1] = host_logits(out.logits:detach())
     targets[#targets + 1] = batch.targets:reshape(batch.targets:size(1))
