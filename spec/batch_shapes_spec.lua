@@ -3,21 +3,7 @@ local helper = require "spec_helper"
 local fx = helper.load_fixture("hero_smoke_batches.lua")
 local cfg = fx.config
 
-local function load(name) return hero.load(helper.fixture("hero-smoke/" .. name .. ".safetensors")) end
-
-local function deep_copy(v)
-  if type(v) ~= "table" then return v end
-  local out = {}
-  for k, x in pairs(v) do out[k] = deep_copy(x) end
-  return out
-end
-
--- the Lua fields are copies: the cases below change them
-local function batch(name)
-  local b = load(name)
-  for k, v in pairs(fx[name] or {}) do b[k] = deep_copy(v) end
-  return b
-end
+local load, batch = helper.smoke, helper.smoke_batch -- the batch's Lua fields are copies: the cases change them
 
 local function pretrain_model()
   local m = hero.models.HeroForPretraining(cfg.model_config.pretrain, {

@@ -6,12 +6,7 @@ local helper = require "spec_helper"
 local fx = helper.load_fixture("hero_smoke_batches.lua")
 local cfg = fx.config
 
-local function load(name) return hero.load(helper.fixture("hero-smoke/" .. name .. ".safetensors")) end
-local function batch(name)
-  local b = load(name)
-  for k, v in pairs(fx[name] or {}) do b[k] = v end
-  return b
-end
+local load, batch = helper.smoke, helper.smoke_batch
 local base = {vfeat_dim = cfg.constants.vfeat_dim, max_frm_seq_len = cfg.constants.max_frm_seq_len}
 local function with(extra)
   local o = {}

@@ -183,6 +183,28 @@ function helper.load_fixture(name)
   return chunk()
 end
 
+--- A hero-smoke fixture file (spec/fixtures/hero-smoke/<name>.safetensors) as hero.load reads it.
+function helper.smoke(name)
+  return require("hero").load(helper.fixture("hero-smoke/" .. name .. ".safetensors"))
+end
+
+local function deep_copy(v)
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = deep_copy(x) end
+  return out
+end
+
+--- A collated hero-smoke batch: its tensors, and its Lua fields (num_subs, sub_idx2frame_idx, ...)
+-- from hero_smoke_batches.lua, copied so that a spec may change them.
+local smoke_sides
+function helper.smoke_batch(name)
+  smoke_sides = smoke_sides or helper.load_fixture("hero_smoke_batches.lua")
+  local b = helper.smoke(name)
+  for k, v in pairs(smoke_sides[name] or {}) do b[k] = deep_copy(v) end
+  return b
+end
+
 --- `it` when hero was built with every optional library named ("lmdb", "lz4", "mpi"), else a
 -- stand-in that reports the spec as pending with what is missing (the top-level Makefile installs
 -- them all, so `make test` runs every spec). busted's `it` and `pending` exist only in spec files,
