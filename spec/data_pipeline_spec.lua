@@ -729,3 +729,53 @@ describe("seeded batches are pinned", function()
     end)
   end
 end)
+
+describe("data options that were misread without a word", function()
+  it_db("are refused: misspelt keys, values out of range, holes in lists, states of another loader", function()
+    local errs = helper.assert_error_contains
+    local ds = tv_dataset()
+    local sp = ds:special_ids()
+    local v = ds:get(ds:ids()[1])
+    -- the item builders and TaskLoader's task_opts: mask_prb kept 0.15, mask_prob 2 masked every frame
+    errs(function() data.TaskLoader{dataset = ds, task = "mfm-nce", batch_size = 2, task_opts = {mask_prb = 0.99}} end,
+      "TaskLoader: task_opts: unknown option 'mask_prb'")
+    errs(function() tasks.mfm_item(v, {generator = hero.Generator(1), special_ids = sp, mask_prob = 2}) end,
+      "option mask_prob must be a probability in [0, 1], got 2")
+    errs(function() tasks.frame_mask(4, {generator = hero.Generator(1), mask_prob = 0 / 0}) end,
+      "the masking probability must be in [0, 1]")
+    errs(function() tasks.video_item(v, {special_ids = sp, sub_ctx_len = -3}) end,
+      "option sub_ctx_len must be an integer >= 0, got -3")
+    errs(function() tasks.video_item(v, {special_ids = sp, truncat = true}) end, "unknown option 'truncat'")
+    errs(function() tasks.mfm_item(v, {special_ids = sp, c_mask = {1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0}}) end,
+      "opts.c_mask[1] must be a boolean, got 1")
+    errs(function() tasks.vsm_item(v, {special_ids = sp, query_subs = {0, 999}}) end,
+      "opts.query_subs[2] = 999 is not a subtitle")
+    errs(function()
+      tasks.random_word({5, 6, 7}, {generator = hero.Generator(1), v_range = {4, 990}, mask_prob = 1})
+    end,
+      "opts.mask_id (the MASK token id) must be an integer")
+    errs(function() data.TaskLoader{dataset = ds, task = "mlm", shuffle = "no"} end, "opts.shuffle must be a boolean")
+    -- datasets: 0 frames per video, a context that removed the text, holes in ids
+    errs(function() tv_dataset {max_clip_len = 0} end, "opts.max_clip_len must be -1 (no limit) or at least 1, got 0")
+    errs(function() data.open_video_db(tv_video, {max_clip_len = -5}) end,
+      "open_video_db: max_clip_len must be -1 (the reference's default) or at least 1, got -5")
+    errs(function() data.VideoSubDataset{video_db = tv_video, sub_db = tv_subs, sub_ctx_len = -5} end,
+      "opts.sub_ctx_len must be at least 0, got -5")
+    errs(function() data.VideoSubDataset{video_db = tv_video, sub_db = tv_subs, ids = {"a", nil, "x"}} end,
+      "opts.ids must be an array of video ids (1..n, no holes)")
+    -- a state of a loader with another batch size resumed other batches
+    local a = data.TaskLoader{dataset = ds, task = "mlm", batch_size = 2, seed = 1}
+    a:next()
+    local st = a:state()
+    local b = data.TaskLoader{dataset = ds, task = "mlm", batch_size = 3, seed = 1}
+    errs(function() b:set_state(st) end, "set_state: the state is of a loader with batch_size = 2, this one has 3")
+    st.batches = "lots"
+    errs(function() a:set_state(st) end, "set_state: batches must be a count, got lots")
+    -- MetaLoader and alignment: ratio = {...} and frame_len were ignored
+    errs(function() hero.train.MetaLoader{tasks = {mlm = a}, ratio = {mlm = 100}} end,
+      "MetaLoader: unknown option 'ratio'")
+    errs(function() hero.train.MetaLoader{tasks = {mlm = a}, ratios = {mlm = 1000000000}} end,
+      "the ratios add up to 1000000000 draws per pool")
+    errs(function() data.align_subtitles({}, 0, {frame_len = 3}) end, "unknown option 'frame_len' (frame_length)")
+  end)
+end)

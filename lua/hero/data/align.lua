@@ -104,6 +104,11 @@ function align.align_subtitles(subs, nframes, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error(string.format("%s: argument #3: expected an options table, got %s", fname, type(opts)), 2)
   end
+  for k in pairs(opts or {}) do -- a misspelt {frame_len = 3} aligned at 1.5 s
+    if k ~= "frame_length" then
+      error(string.format("%s: unknown option '%s' (frame_length)", fname, tostring(k)), 2)
+    end
+  end
   local frame_length = 1.5
   if opts and opts.frame_length ~= nil then frame_length = opts.frame_length end
   if type(frame_length) ~= "number" or frame_length ~= frame_length or frame_length <= 0 or

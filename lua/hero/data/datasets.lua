@@ -34,6 +34,10 @@ local function check_opts(op, opts, known)
   end
 end
 
+-- The least value of each integer option: -1 means "no limit" where it does (max_txt_len; max_clip_len,
+-- whose other values must keep a frame), and a context cannot be negative (it removed the text).
+local LEAST = {max_clip_len = -1, max_txt_len = -1, sub_ctx_len = 0}
+
 local function opt_int(op, opts, name, default)
   local v = opts[name]
   if v == nil then return default end
@@ -41,6 +45,10 @@ local function opt_int(op, opts, name, default)
     -- the string "5" is named as one, not printed as if it were the number
     fail(op, "opts.%s must be an integer, got %s", name, type(v) == "number" and tostring(v) or type(v)
       .. (type(v) == "string" and " '" .. v .. "'" or ""))
+  end
+  if LEAST[name] and (v < LEAST[name] or (name == "max_clip_len" and v == 0)) then
+    fail(op, "opts.%s must be %s, got %d", name, name == "max_clip_len" and "-1 (no limit) or at least 1"
+      or name == "max_txt_len" and "-1 (no limit) or at least 0" or "at least 0", v)
   end
   return v
 end
@@ -71,6 +79,12 @@ end
 -- A copy of opts.ids (an array of video id strings), or an error naming the bad entry.
 local function copy_ids(op, ids)
   if type(ids) ~= "table" then fail(op, "opts.ids must be an array of video ids") end
+  -- a table with holes or other keys would be read as fewer ids (or none)
+  local n = 0
+  for _ in pairs(ids) do n = n + 1 end
+  if n ~= #ids then
+    fail(op, "opts.ids must be an array of video ids (1..n, no holes), got %d entries for %d", n, #ids)
+  end
   local copy = {}
   for i, v in ipairs(ids) do
     if type(v) ~= "string" then fail(op, "opts.ids[%d] is not a string", i) end

@@ -523,6 +523,9 @@ function M.QueryDataset(opts)
     fail(op, "a video-only dataset serves the retrieval tasks (vcmr, vr: DiDeMo and MSR-VTT video_only); %s reads "
       .. "subtitles", task)
   end
+  local options = require "hero.models.options"
+  options.check(op, opts, {task = "any", video = "any", query_db = "any", max_txt_len = "integer >= -1",
+    frame_interval = "number > 0", train = "boolean", ids = "list", sub_ctx_len = "integer >= 0"}, 2)
   local db, own = open_db(op, opts.query_db)
   local self = setmetatable({task = task, video = video, db = db, _own = own, train = opts.train ~= false,
     frame_interval = opts.frame_interval or 1.5, max_txt_len = opts.max_txt_len or -1,

@@ -87,6 +87,9 @@ function M.TaskLoader(opts)
   end
   if #ids == 0 then fail("the dataset gives this process no video") end
   local seed = int_opt(opts, "seed", 0, 0)
+  if opts.task_opts ~= nil and type(opts.task_opts) ~= "table" then
+    fail("opts.task_opts must be a table of the item builders' options, got %s", type(opts.task_opts))
+  end
   local topts = {}
   for k, v in pairs(opts.task_opts or {}) do topts[k] = v end
   topts.special_ids = topts.special_ids or (ds.special_ids and ds:special_ids())
@@ -94,6 +97,15 @@ function M.TaskLoader(opts)
   if topts.max_txt_len == nil then topts.max_txt_len = ds.max_txt_len end
   if topts.v_range == nil and topts.special_ids then topts.v_range = topts.special_ids.v_range end
   if opts.on_skip ~= nil and type(opts.on_skip) ~= "function" then fail("opts.on_skip must be a function") end
+  for _, k in ipairs {"shuffle", "drop_last"} do -- "no" and 0 read as true and false
+    if opts[k] ~= nil and type(opts[k]) ~= "boolean" then
+      fail("opts.%s must be a boolean, got %s", k, type(opts[k]))
+    end
+  end
+  -- checked here, not an epoch of skipped videos later
+  local okt, terr = pcall(require("hero.models.options").check, "task_opts", topts,
+    require("hero.data.tasks").ITEM_OPTIONS)
+  if not okt then fail("%s", (tostring(terr):gsub("^[^\n]-:%d+: ", ""))) end
   local self = setmetatable({
     dataset = ds, task = task, collate = col, ids = ids, batch_size = int_opt(opts, "batch_size", 8, 1),
     seed = seed, shuffle = opts.shuffle ~= false, bucket = int_opt(opts, "bucket", 0, 0),
@@ -282,8 +294,14 @@ function TaskLoader:state()
   for i, p in ipairs(self.stats.skipped_ids) do skipped[i] = {p[1], p[2]} end
   return {task = self.task, n = #self.ids, epoch = self.epoch, pos = self.pos, epoch_start = self.epoch_start,
           batches = self.stats.batches, videos = self.stats.videos, skipped = self.stats.skipped,
-          skipped_ids = skipped}
+          skipped_ids = skipped, batch_size = self.batch_size, seed = self.seed, shuffle = self.shuffle,
+          bucket = self.bucket, drop_last = self.drop_last}
 end
+
+-- The settings that decide the batches a state continues: a state of another loader would resume
+-- other batches (states written before they were recorded carry none of them, and are taken as
+-- they are).
+local PLAN_SETTINGS = {"batch_size", "seed", "shuffle", "bucket", "drop_last"}
 
 function TaskLoader:set_state(s)
   if type(s) ~= "table" or math.type(s.epoch) ~= "integer" or math.type(s.pos) ~= "integer"
@@ -295,6 +313,20 @@ function TaskLoader:set_state(s)
   end
   if s.n ~= #self.ids then
     fail("set_state: the state is for %s videos, this loader has %d", tostring(s.n), #self.ids)
+  end
+  for _, k in ipairs(PLAN_SETTINGS) do
+    if s[k] ~= nil and s[k] ~= self[k] then
+      fail("set_state: the state is of a loader with %s = %s, this one has %s", k, tostring(s[k]), tostring(self[k]))
+    end
+  end
+  if s.epoch < 0 then fail("set_state: epoch %d is negative", s.epoch) end
+  for _, k in ipairs {"batches", "videos", "skipped"} do
+    if s[k] ~= nil and (math.type(s[k]) ~= "integer" or s[k] < 0) then
+      fail("set_state: %s must be a count, got %s", k, tostring(s[k]))
+    end
+  end
+  if s.skipped_ids ~= nil and type(s.skipped_ids) ~= "table" then
+    fail("set_state: skipped_ids must be a list of {id, reason}, got %s", type(s.skipped_ids))
   end
   self.order_gen:set_state(s.epoch_start)
   self:_plan_epoch()

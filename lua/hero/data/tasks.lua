@@ -19,6 +19,19 @@ local core = require "hero.core"
 
 local tasks = {}
 
+--- The options of the item builders (TaskLoader's task_opts): a misspelt mask_prb kept 0.15, a
+-- mask_prob of 2 masked every frame, a negative sub_ctx_len removed the text.
+tasks.ITEM_OPTIONS = {
+  generator = "generator", special_ids = "table", sub_ctx_len = "integer >= 0", max_txt_len = "integer >= -1",
+  truncate = "boolean", mask_prob = "probability", reorder_prob = "probability", v_range = "table",
+  decisions = "table", c_mask = "table", reorder = "table", query_per_video = "integer >= 1", query_subs = "list",
+  mask_id = "integer",
+}
+
+local function check_item_opts(op, opts)
+  require("hero.models.options").check(op, opts, tasks.ITEM_OPTIONS, 3)
+end
+
 local function fail(op, fmt, ...)
   error(op .. ": " .. string.format(fmt, ...), 3)
 end
@@ -45,6 +58,15 @@ local function check_generator(op, g)
   end
 end
 
+-- A masking probability in [0, 1] (2 masked everything; NaN and negative values are refused; 0
+-- selects nothing, so the one forced position is all).
+local function probability(op, p)
+  if type(p) ~= "number" or not (p >= 0 and p <= 1) then
+    fail(op, "the masking probability must be in [0, 1], got %s", tostring(p))
+  end
+  return p
+end
+
 local function uniforms(n, g)
   if n == 0 then return {} end
   return core.rand({n}, gen_opts(g)):totable()
@@ -68,7 +90,7 @@ function tasks.word_decisions(n, opts)
   check_count(op, "n", n)
   check_table(op, "opts", opts)
   check_generator(op, opts.generator)
-  local p = opts.mask_prob or 0.15
+  local p = probability(op, opts.mask_prob or 0.15)
   local vr = check_v_range(op, opts.v_range)
   local u = uniforms(n, opts.generator)
   local out, random_at = {}, {}
@@ -134,6 +156,11 @@ end
 function tasks.random_word(tokens, opts)
   check_table("hero.data.tasks.random_word", "tokens", tokens)
   check_table("hero.data.tasks.random_word", "opts", opts)
+  -- without it the masked positions became holes in the ids
+  if math.type(opts.mask_id) ~= "integer" then
+    fail("hero.data.tasks.random_word", "opts.mask_id (the MASK token id) must be an integer, got %s",
+      tostring(opts.mask_id))
+  end
   local d = tasks.word_decisions(#tokens, opts)
   return tasks.apply_word_decisions(tokens, d, opts.mask_id)
 end
@@ -145,7 +172,7 @@ function tasks.frame_mask(n, opts)
   check_table(op, "opts", opts)
   check_generator(op, opts.generator)
   if math.type(n) ~= "integer" or n < 1 then fail(op, "a video needs at least one frame, got %s", tostring(n)) end
-  local p = opts.mask_prob or 0.15
+  local p = probability(op, opts.mask_prob or 0.15)
   local u = uniforms(n, opts.generator)
   local m, any = {}, false
   for i = 1, n do
@@ -194,7 +221,7 @@ function tasks.random_reorder(n, opts)
   check_count("hero.data.tasks.random_reorder", "n", n)
   check_table("hero.data.tasks.random_reorder", "opts", opts)
   check_generator("hero.data.tasks.random_reorder", opts.generator)
-  local p = opts.reorder_prob or opts.mask_prob or 0.15
+  local p = probability("hero.data.tasks.random_reorder", opts.reorder_prob or opts.mask_prob or 0.15)
   local u = uniforms(n, opts.generator)
   local P = {}
   for i = 1, n do
@@ -282,6 +309,7 @@ end
 function tasks.video_item(video, opts)
   local op = "hero.data.tasks.video_item"
   opts = opts or {}
+  check_item_opts(op, opts)
   check_video(op, video)
   local cls, sep = specials(opts, op)
   local item = base_item(video)
@@ -304,7 +332,7 @@ end
 local function mask_words(tokens, opts, mask_id, cls)
   local op = "hero.data.tasks.word_decisions"
   check_generator(op, opts.generator)
-  local p = opts.mask_prob or 0.15
+  local p = probability(op, opts.mask_prob or 0.15)
   local vr = check_v_range(op, opts.v_range)
   local n = #tokens
   local ids, labels = {cls}, {-1}
@@ -347,6 +375,7 @@ end
 -- decisions = {per segment: an array as tasks.word_decisions returns} instead of the generator.
 function tasks.mlm_item(video, opts)
   local op = "hero.data.tasks.mlm_item"
+  check_item_opts(op, opts)
   check_video(op, video)
   local cls, _, mask, v_range = specials(opts, op)
   if math.type(mask) ~= "integer" then fail(op, "the MASK id is missing from opts.special_ids") end
@@ -380,6 +409,11 @@ function tasks.mfm_item(video, opts)
     m = tasks.frame_mask(n, opts)
   elseif #m ~= n then
     fail(op, "opts.c_mask has %d entries for a video of %d frames", #m, n)
+  else
+    -- 1 and 0 read as unmasked: an MFM batch with no masked frame
+    for i, v in ipairs(m) do
+      if type(v) ~= "boolean" then fail(op, "opts.c_mask[%d] must be a boolean, got %s", i, tostring(v)) end
+    end
   end
   item.c_mask = m
   return item
@@ -407,6 +441,7 @@ end
 -- {sub indices} (the recorded choice).
 function tasks.vsm_item(video, opts)
   local op = "hero.data.tasks.vsm_item"
+  check_item_opts(op, opts)
   check_video(op, video)
   local cls, sep = specials(opts, op)
   local per_video = opts.query_per_video or 5
@@ -422,7 +457,15 @@ function tasks.vsm_item(video, opts)
   local chosen
   if opts.query_subs then
     chosen = {}
-    for _, k in ipairs(opts.query_subs) do chosen[k] = true end
+    local is_candidate = {}
+    for _, k in ipairs(candidates) do is_candidate[k] = true end
+    for i, k in ipairs(opts.query_subs) do
+      if not is_candidate[k] then
+        fail(op, "opts.query_subs[%d] = %s is not a subtitle of '%s' with aligned frames", i, tostring(k),
+          tostring(video.vid))
+      end
+      chosen[k] = true
+    end
   else
     chosen = tasks.sample_queries(candidates, per_video, opts)
   end

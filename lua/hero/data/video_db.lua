@@ -41,6 +41,11 @@ function M.open(dir, opts)
     error("open_video_db: max_clip_len must be an integer, got " .. (type(max_clip_len) == "number"
       and tostring(max_clip_len) or type(max_clip_len)), 2)
   end
+  -- 0 kept no frame of any video; -5 dropped the last five (Python slicing), where only -1 is the
+  -- reference's setting
+  if max_clip_len ~= nil and max_clip_len ~= -1 and max_clip_len < 1 then
+    error("open_video_db: max_clip_len must be -1 (the reference's default) or at least 1, got " .. max_clip_len, 2)
+  end
   local compressed = opts.compressed
   if compressed == nil then
     compressed = dir:gsub("/+$", ""):match("_compressed$") ~= nil

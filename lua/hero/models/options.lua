@@ -23,17 +23,29 @@ local CHECKS = {
   integer = function(v) return math.type(v) == "integer" end,
   ["integer >= 0"] = function(v) return math.type(v) == "integer" and v >= 0 end,
   ["integer >= 1"] = function(v) return math.type(v) == "integer" and v >= 1 end,
+  ["integer >= -1"] = function(v) return math.type(v) == "integer" and v >= -1 end,
+  ["-1 or integer >= 1"] = function(v) return math.type(v) == "integer" and (v == -1 or v >= 1) end,
   number = finite,
   ["number >= 0"] = function(v) return finite(v) and v >= 0 end,
   ["number > 0"] = function(v) return finite(v) and v > 0 end,
   probability = function(v) return finite(v) and v >= 0 and v <= 1 end,
   ["probability < 1"] = function(v) return finite(v) and v >= 0 and v < 1 end,
+  ["probability > 0"] = function(v) return finite(v) and v > 0 and v <= 1 end,
+  list = function(v)
+    if type(v) ~= "table" then return false end
+    local n = 0
+    for _ in pairs(v) do n = n + 1 end
+    return n == #v
+  end,
 }
 
 local function describe(kind)
   if type(kind) == "table" then return "one of " .. table.concat(kind, ", ") end
   if kind == "probability" then return "a probability in [0, 1]" end
   if kind == "probability < 1" then return "a probability in [0, 1)" end
+  if kind == "probability > 0" then return "a probability in (0, 1]" end
+  if kind == "-1 or integer >= 1" then return "-1 (no limit) or an integer >= 1" end
+  if kind == "list" then return "a list without holes" end
   if kind == "generator" then return "a hero.Generator" end
   if kind:find("^integer") then return "an " .. kind end
   if kind:find("^number") then return "a finite " .. kind end

@@ -91,8 +91,29 @@ end
 -- every task needs a ratio. order: the order of the names in the pool (default: sorted), which
 -- together with the generator fixes the draws. generator: a hero.Generator (default: a new one
 -- seeded with `seed`).
+-- The pool holds each task ratio times: past this it would not fit in memory (the reference's
+-- ratios are single digits).
+local MAX_POOL = 1000000
+
 function M.MetaLoader(opts)
   if type(opts) ~= "table" then error("MetaLoader: expected an options table", 2) end
+  for k in pairs(opts) do -- a misspelt ratio = {...} or acum = 4 was ignored
+    if k ~= "tasks" and k ~= "ratios" and k ~= "order" and k ~= "accum" and k ~= "generator" and k ~= "seed" then
+      error(string.format("MetaLoader: unknown option '%s' (tasks, ratios, order, accum, generator, seed)",
+        tostring(k)), 2)
+    end
+  end
+  if opts.ratios ~= nil and type(opts.ratios) ~= "table" then
+    error("MetaLoader: opts.ratios must be a table {task name = ratio}, got " .. type(opts.ratios), 2)
+  end
+  if opts.order ~= nil and type(opts.order) ~= "table" then
+    error("MetaLoader: opts.order must be a list of task names, got " .. type(opts.order), 2)
+  end
+  local draws = 0
+  for _, r in pairs(opts.ratios or {}) do if math.type(r) == "integer" then draws = draws + r end end
+  if draws > MAX_POOL then
+    error(string.format("MetaLoader: the ratios add up to %d draws per pool, more than %d", draws, MAX_POOL), 2)
+  end
   local tasks = opts.tasks
   if type(tasks) ~= "table" or next(tasks) == nil then
     error("MetaLoader: opts.tasks must be a non-empty table {task name = loader}", 2)
