@@ -62,6 +62,13 @@ end
 
 local function is_null(v) return v == nil or v == json.null end
 
+-- The options of tasks.video_item among a downstream builder's (which also holds frame_interval,
+-- train, ...: video_item refuses keys it does not read).
+local function video_opts(opts)
+  return {special_ids = opts.special_ids, sub_ctx_len = opts.sub_ctx_len, max_txt_len = opts.max_txt_len,
+          truncate = opts.truncate}
+end
+
 local function copy_ids(op, t, what)
   if type(t) ~= "table" then fail(op, "%s must be an array of token ids, got %s", what, type(t)) end
   local out = {}
@@ -167,7 +174,7 @@ function M.vcmr_item(video, examples, opts)
   local op = "hero.data.downstream.vcmr_item"
   opts = opts or {}
   local sp = specials(opts, op)
-  local item = tasks.video_item(video, opts)
+  local item = tasks.video_item(video, video_opts(opts))
   local max_idx = item.nframes - 1
   item.queries = {}
   for i, ex in ipairs(examples) do
@@ -207,7 +214,7 @@ function M.videoqa_item(video, examples, opts)
   local op = "hero.data.downstream.videoqa_item"
   opts = opts or {}
   local sp = specials(opts, op)
-  local base = tasks.video_item(video, opts)
+  local base = tasks.video_item(video, video_opts(opts))
   local item = {vid = base.vid, copies = {}, qa_ids = {}, targets = {}, ts_targets = {}, qids = {}}
   for i, ex in ipairs(examples) do
     local lists = ex.input_ids
@@ -248,7 +255,7 @@ function M.violin_item(video, examples, opts)
   local op = "hero.data.downstream.violin_item"
   opts = opts or {}
   local sp = specials(opts, op)
-  local base = tasks.video_item(video, opts)
+  local base = tasks.video_item(video, video_opts(opts))
   local item = {vid = base.vid, copies = {}, q_ids = {}, targets = {}, qids = {}}
   for i, ex in ipairs(examples) do
     local q = {sp.SEP}
@@ -270,7 +277,7 @@ function M.tvc_item(video, examples, opts)
   opts = opts or {}
   local sp = specials(opts, op)
   local bos, eos = sp.BOS or sp.CLS, sp.EOS or sp.SEP
-  local item = tasks.video_item(video, opts)
+  local item = tasks.video_item(video, video_opts(opts))
   local max_len = opts.max_txt_len or -1
   item.captions = {}
   for i, ex in ipairs(examples) do
