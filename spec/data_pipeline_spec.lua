@@ -777,5 +777,13 @@ describe("data options that were misread without a word", function()
     errs(function() hero.train.MetaLoader{tasks = {mlm = a}, ratios = {mlm = 1000000000}} end,
       "the ratios add up to 1000000000 draws per pool")
     errs(function() data.align_subtitles({}, 0, {frame_len = 3}) end, "unknown option 'frame_len' (frame_length)")
+    errs(function() data.open_txt_db(tv_subs, {max_value_bytes = "10"}) end,
+      "open_txt_db: max_value_bytes must be an integer >= 1, got '10'")
+    errs(function() data.PrefetchLoader {loader_spec = {}, on_skip = 5} end,
+      "on_skip must be a function or a table {loader name = function}, got number")
+    local closed = tv_dataset()
+    local vid = closed:ids()[1]
+    closed:close()
+    errs(function() closed:get(vid) end, "VideoSubDataset:get: the dataset is closed")
   end)
 end)

@@ -160,6 +160,7 @@ function VideoSub:length(vid) return capped_length(self._vid2len, vid, self.max_
 function VideoSub:get(vid)
   local op = "VideoSubDataset:get"
   if type(vid) ~= "string" then fail(op, "the video id must be a string, got %s", type(vid)) end
+  if self.sub_db == nil then fail(op, "the dataset is closed") end
   local sub = self.sub_db:get(vid)
   if sub == nil then return nil, string.format("video '%s' is not in the subtitle db", vid) end
   local feats = self.video_db:get(vid)

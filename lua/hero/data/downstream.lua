@@ -577,6 +577,7 @@ end
 
 --- The decoded query db value of qid (with qid set), or nil and the reason.
 function QueryDataset:example(qid)
+  if self.db == nil then fail("QueryDataset:example", "the dataset is closed") end
   local ex = self.db:get(qid)
   if ex == nil then return nil, string.format("query '%s' is not in the query db", qid) end
   if type(ex) ~= "table" then

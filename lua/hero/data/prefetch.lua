@@ -195,6 +195,14 @@ end
 function M.prefetch_loaders(opts)
   if type(opts) ~= "table" then fail("expected an options table") end
   check_keys(opts, {"loaders", "workers", "depth", "on_skip", "device"})
+  if opts.on_skip ~= nil and type(opts.on_skip) ~= "function" and type(opts.on_skip) ~= "table" then
+    fail("on_skip must be a function or a table {loader name = function}, got %s", type(opts.on_skip))
+  end
+  for name in pairs(type(opts.on_skip) == "table" and opts.on_skip or {}) do
+    if type(opts.loaders) == "table" and opts.loaders[name] == nil then
+      fail("on_skip names '%s', which is not one of the loaders", tostring(name))
+    end
+  end
   local workers, depth, device = check_common(opts, 2)
   if type(opts.loaders) ~= "table" or next(opts.loaders) == nil then
     fail("opts.loaders must be a non-empty table {name = loader_spec}")

@@ -30,6 +30,11 @@ function M.open(dir, opts)
       error(string.format("open_txt_db: unknown option '%s' (max_value_bytes)", tostring(k)), 2)
     end
   end
+  local mx = opts.max_value_bytes
+  if mx ~= nil and (math.type(mx) ~= "integer" or mx < 1) then
+    error("open_txt_db: max_value_bytes must be an integer >= 1, got " .. (type(mx) == "string" and ("'" .. mx .. "'")
+      or tostring(mx)), 2)
+  end
   local lmdb = core.lmdb_open(dir)
   return setmetatable({_lmdb = lmdb, _dir = dir:gsub("/+$", ""), _json = {},
                        _max = opts.max_value_bytes}, TxtDb)
