@@ -31,6 +31,18 @@ hr_tensor *hr_lua_check_tensor(lua_State *L, int idx, const char *op)
     return box->t;
 }
 
+bool hr_lua_in_finalizer(lua_State *L)
+{
+#if LUA_VERSION_RELEASE_NUM >= 50404
+    /* Lua 5.4.4 and later refuse every lua_gc request (-1) while a finalizer runs */
+    return lua_gc(L, LUA_GCISRUNNING) < 0;
+#else
+    /* earlier 5.4 releases stop the collector while a finalizer runs; a collector stopped by the
+     * program defers the releases too, which is only later, never unsafe */
+    return lua_gc(L, LUA_GCISRUNNING) == 0;
+#endif
+}
+
 int hr_lua_error(lua_State *L, const char *op)
 {
     const char *msg = hr_last_error();
@@ -214,6 +226,7 @@ void hr_lua_push_tensor(lua_State *L, hr_tensor *t)
     }
     hr_tensor_box *box = lua_newuserdatauv(L, sizeof *box, 0);
     box->t = NULL;
+    box->deferred = NULL;
     luaL_setmetatable(L, HR_TENSOR_MT);
     box->t = t;
     /* Only fresh storages are new bytes; views share theirs. */

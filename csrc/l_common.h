@@ -16,9 +16,12 @@
 
 #define HR_TENSOR_MT "hero.Tensor"
 
-/* The userdata is a box holding one reference to a core tensor (NULL once freed). */
+/* The userdata is a box holding one reference to a core tensor (NULL once freed). A :free() called
+ * from a finalizer moves the reference to `deferred`, which the box's own __gc releases (see
+ * hr_lua_in_finalizer). */
 typedef struct {
     hr_tensor *t;
+    hr_tensor *deferred;
 } hr_tensor_box;
 
 /* Returns the live tensor at idx or raises "op: argument #idx: expected a hero.Tensor, got X" /
@@ -29,6 +32,14 @@ hr_tensor *hr_lua_to_tensor(lua_State *L, int idx);
 /* Pushes a new userdata owning t (takes over the caller's reference). If t is NULL, raises the
  * core's last error. Accounts the storage bytes to the GC (see hr_lua_account). */
 void hr_lua_push_tensor(lua_State *L, hr_tensor *t);
+/* Whether a finalizer (__gc) is running in this state. The collector runs finalizers inside whatever
+ * allocation set it off, which may be in the middle of a binding holding raw pointers to objects it
+ * took from its arguments (a tensor's core, an LMDB mapping, a worker pool, a tokenizer). So an
+ * explicit release (t:free(), db:close(), pool:close(), tokenizer:free()) called from a finalizer only
+ * marks its object released: every later use from Lua is refused as after a release, and the memory
+ * goes when the object's own __gc runs, which is when nothing, a binding's arguments included, can
+ * reach it. */
+bool hr_lua_in_finalizer(lua_State *L);
 /* Raises the core's last error as a Lua error, prefixed with op. Never returns. */
 int hr_lua_error(lua_State *L, const char *op);
 

@@ -304,6 +304,7 @@ static int l_has_libdeflate(lua_State *L)
 
 typedef struct {
     hr_lmdb *db;
+    hr_lmdb *deferred; /* closed from a finalizer: unmapped by the box's own __gc */
 } lmdb_box;
 
 static int l_lmdb_open(lua_State *L)
@@ -311,6 +312,7 @@ static int l_lmdb_open(lua_State *L)
     const char *dir = hr_lua_check_path(L, 1, "lmdb_open");
     lmdb_box *b = lua_newuserdatauv(L, sizeof *b, 1);
     b->db = NULL;
+    b->deferred = NULL;
     luaL_setmetatable(L, LMDB_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1); /* the directory, for messages and :path() */
@@ -430,11 +432,25 @@ static int m_count(lua_State *L)
     return 1;
 }
 
+/* db:close() and the end of a `local db <close>`: a close from a finalizer leaves the mapping to
+ * __gc, since a binding may be reading a value out of it (hr_lua_in_finalizer) */
 static int m_close(lua_State *L)
 {
     lmdb_box *b = luaL_checkudata(L, 1, LMDB_MT);
-    hr_lmdb_close(b->db);
+    hr_lmdb *db = b->db;
     b->db = NULL;
+    if (db && hr_lua_in_finalizer(L) && !b->deferred) b->deferred = db;
+    else hr_lmdb_close(db);
+    return 0;
+}
+
+static int m_gc(lua_State *L)
+{
+    lmdb_box *b = luaL_checkudata(L, 1, LMDB_MT);
+    hr_lmdb_close(b->db);
+    hr_lmdb_close(b->deferred);
+    b->db = NULL;
+    b->deferred = NULL;
     return 0;
 }
 
@@ -479,7 +495,7 @@ void hr_lua_open_data(lua_State *L, int module_idx, int methods_idx)
         lua_newtable(L);
         luaL_setfuncs(L, lmdb_methods, 0);
         lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, m_close);
+        lua_pushcfunction(L, m_gc);
         lua_setfield(L, -2, "__gc");
         lua_pushcfunction(L, m_close);
         lua_setfield(L, -2, "__close");

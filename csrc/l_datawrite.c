@@ -376,11 +376,13 @@ static int l_lmdb_writer(lua_State *L)
 /* w:put(key, value [, overwrite]) */
 static int w_put(lua_State *L)
 {
-    hr_lmdb_writer *w = check_writer(L, "LmdbWriter:put");
     size_t kl, vl;
+    /* the arguments first: converting a number allocates, which may run a finalizer that aborts the
+     * writer; nothing runs Lua between taking the handle and using it */
     const char *k = luaL_checklstring(L, 2, &kl);
     const char *v = luaL_checklstring(L, 3, &vl);
     bool overwrite = lua_toboolean(L, 4);
+    hr_lmdb_writer *w = check_writer(L, "LmdbWriter:put");
     if (hr_lmdb_writer_put(w, k, kl, v, vl, overwrite)) return hr_lua_error(L, "LmdbWriter:put");
     return 0;
 }

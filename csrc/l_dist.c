@@ -138,6 +138,7 @@ static int l_abort(lua_State *L)
 
 typedef struct {
     hr_grad_reducer *r;
+    hr_grad_reducer *deferred; /* freed from a finalizer (a backward may be using its hooks): __gc frees it */
 } reducer_box;
 
 static hr_grad_reducer *check_reducer(lua_State *L, const char *op)
@@ -162,6 +163,7 @@ static int l_grad_reducer(lua_State *L)
     }
     reducer_box *b = lua_newuserdatauv(L, sizeof *b, 0);
     b->r = NULL;
+    b->deferred = NULL;
     luaL_setmetatable(L, REDUCER_MT);
     b->r = hr_grad_reducer_new(ts, n, (int64_t)bytes);
     if (!b->r) return hr_lua_error(L, op);
@@ -177,7 +179,6 @@ static int reducer_begin(lua_State *L)
 /* finish([extra numbers]) -> their means over the ranks */
 static int reducer_finish(lua_State *L)
 {
-    hr_grad_reducer *r = check_reducer(L, "GradReducer:finish");
     int n = 0;
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
@@ -190,6 +191,8 @@ static int reducer_finish(lua_State *L)
         extra[i] = lua_tonumber(L, -1);
         lua_pop(L, 1);
     }
+    /* taken after the allocation above, whose collection may have run a finalizer freeing it */
+    hr_grad_reducer *r = check_reducer(L, "GradReducer:finish");
     if (hr_grad_reducer_finish(r, extra, n)) return hr_lua_error(L, "GradReducer:finish");
     lua_createtable(L, n, 0);
     for (int i = 0; i < n; i++) {
@@ -209,11 +212,24 @@ static int reducer_counts(lua_State *L)
     return 2;
 }
 
+/* reducer:free() and the end of a `local r <close>` (see hr_lua_in_finalizer) */
+static int reducer_free(lua_State *L)
+{
+    reducer_box *b = luaL_checkudata(L, 1, REDUCER_MT);
+    hr_grad_reducer *r = b->r;
+    b->r = NULL;
+    if (r && hr_lua_in_finalizer(L) && !b->deferred) b->deferred = r;
+    else hr_grad_reducer_free(r);
+    return 0;
+}
+
 static int reducer_gc(lua_State *L)
 {
     reducer_box *b = luaL_checkudata(L, 1, REDUCER_MT);
     hr_grad_reducer_free(b->r);
+    hr_grad_reducer_free(b->deferred);
     b->r = NULL;
+    b->deferred = NULL;
     return 0;
 }
 
@@ -222,14 +238,14 @@ void hr_lua_open_dist(lua_State *L, int module_idx, int methods_idx)
     (void)methods_idx;
     static const luaL_Reg reducer_methods[] = {
         {"begin", reducer_begin}, {"finish", reducer_finish}, {"counts", reducer_counts},
-        {"free", reducer_gc},     {NULL, NULL},
+        {"free", reducer_free},   {NULL, NULL},
     };
     luaL_newmetatable(L, REDUCER_MT);
     luaL_newlib(L, reducer_methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, reducer_gc);
     lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, reducer_gc); /* local r <close> = dist.GradReducer(...): freed at scope end */
+    lua_pushcfunction(L, reducer_free); /* local r <close> = dist.GradReducer(...): freed at scope end */
     lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {

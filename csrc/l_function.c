@@ -41,6 +41,7 @@ static int lua_fn_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
     }
     hr_tensor_box *box = lua_newuserdatauv(L, sizeof *box, 0);
     box->t = g;
+    box->deferred = NULL;
     luaL_setmetatable(L, HR_TENSOR_MT);
     /* the Lua backward runs ops of its own: they must not be recorded */
     bool was = hr_grad_enabled();

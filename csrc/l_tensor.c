@@ -11,15 +11,34 @@
 /* ------------------------------------------------------------------ lifetime */
 
 /* __gc, __close and :free() are this one idempotent function. */
+/* t:free() and the end of a `local t <close>`: the tensor is freed for Lua at once, and its memory
+ * goes now, or at the box's own collection when called from a finalizer (hr_lua_in_finalizer). */
 static int tensor_free(lua_State *L)
 {
     hr_tensor_box *box = luaL_checkudata(L, 1, HR_TENSOR_MT);
     if (box->t) {
         hr_tensor *t = box->t;
         box->t = NULL;
+        if (hr_lua_in_finalizer(L) && !box->deferred) {
+            box->deferred = t;
+            return 0;
+        }
         hr_tensor_release(t);
         hr_lua_tensors_finalized++;
     }
+    return 0;
+}
+
+/* __gc: nothing can reach the box any more, so both references go. */
+static int tensor_gc(lua_State *L)
+{
+    hr_tensor_box *box = luaL_checkudata(L, 1, HR_TENSOR_MT);
+    hr_tensor *t = box->t, *deferred = box->deferred;
+    box->t = NULL;
+    box->deferred = NULL;
+    if (t) hr_tensor_release(t);
+    if (deferred) hr_tensor_release(deferred);
+    if (t || deferred) hr_lua_tensors_finalized++;
     return 0;
 }
 
@@ -701,6 +720,8 @@ static int t_copy_(lua_State *L)
     return 1;
 }
 
+static int t_item(lua_State *L);
+
 static int t_fill_(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "fill_");
@@ -711,7 +732,8 @@ static int t_fill_(lua_State *L)
         if (hr_tensor_numel(v) != 1)
             return luaL_error(L, "fill_: the value must be a number or a one-element tensor, got %I elements",
                               (lua_Integer)hr_tensor_numel(v));
-        lua_getfield(L, 2, "item");
+        /* t_item itself, not v.item: a method replaced in Lua could free t */
+        lua_pushcfunction(L, t_item);
         lua_pushvalue(L, 2);
         lua_call(L, 1, 1);
         lua_replace(L, 2);
@@ -959,7 +981,7 @@ void hr_lua_open_tensor(lua_State *L, int module_idx, int methods_idx)
 
     /* metatable entries */
     luaL_getmetatable(L, HR_TENSOR_MT);
-    lua_pushcfunction(L, tensor_free);
+    lua_pushcfunction(L, tensor_gc);
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, tensor_free);
     lua_setfield(L, -2, "__close");

@@ -10,7 +10,8 @@
 #define BPE_MT "hero.text.BPE"
 
 typedef struct {
-    hr_bpe *b; /* NULL once freed */
+    hr_bpe *b;        /* NULL once freed */
+    hr_bpe *deferred; /* freed from a finalizer: released by the box's own __gc */
 } bpe_box;
 
 static hr_bpe *check_bpe(lua_State *L, int idx, const char *op)
@@ -21,11 +22,25 @@ static hr_bpe *check_bpe(lua_State *L, int idx, const char *op)
     return box->b;
 }
 
+/* tokenizer:free(): from a finalizer, the memory waits for __gc, since a binding may be tokenizing
+ * with it (hr_lua_in_finalizer) */
 static int l_bpe_free(lua_State *L)
 {
     bpe_box *box = luaL_checkudata(L, 1, BPE_MT);
-    hr_bpe_free(box->b);
+    hr_bpe *b = box->b;
     box->b = NULL;
+    if (b && hr_lua_in_finalizer(L) && !box->deferred) box->deferred = b;
+    else hr_bpe_free(b);
+    return 0;
+}
+
+static int l_bpe_gc(lua_State *L)
+{
+    bpe_box *box = luaL_checkudata(L, 1, BPE_MT);
+    hr_bpe_free(box->b);
+    hr_bpe_free(box->deferred);
+    box->b = NULL;
+    box->deferred = NULL;
     return 0;
 }
 
@@ -35,6 +50,7 @@ static int l_bpe_load(lua_State *L)
     const char *merges = hr_lua_check_path(L, 2, "bpe_load");
     bpe_box *box = lua_newuserdatauv(L, sizeof *box, 0);
     box->b = NULL;
+    box->deferred = NULL;
     luaL_setmetatable(L, BPE_MT);
     HR_LUA_RETRY(L, box->b, hr_bpe_load(vocab, merges));
     if (!box->b) return hr_lua_error(L, "Tokenizer.from_files");
@@ -396,7 +412,7 @@ void hr_lua_open_text(lua_State *L, int module_idx, int methods_idx)
     luaL_newmetatable(L, BPE_MT);
     luaL_newlib(L, bpe_methods);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_bpe_free);
+    lua_pushcfunction(L, l_bpe_gc);
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, l_bpe_free);
     lua_setfield(L, -2, "__close");

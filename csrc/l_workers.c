@@ -510,6 +510,7 @@ struct pool_core {
 
 typedef struct {
     pool_core *pc;
+    pool_core *deferred; /* closed from a finalizer: shut down by the box's own __gc */
 } pool_box;
 
 static char *dup_str(const char *s, size_t n)
@@ -784,6 +785,7 @@ static int l_worker_pool(lua_State *L)
 
     pool_box *box = lua_newuserdatauv(L, sizeof *box, 0);
     box->pc = NULL;
+    box->deferred = NULL;
     luaL_setmetatable(L, POOL_MT);
     int box_idx = lua_gettop(L);
     pool_core *pc = calloc(1, sizeof *pc + sizeof(worker) * (size_t)n);
@@ -910,12 +912,26 @@ static int l_wait_seconds(lua_State *L)
     return 1;
 }
 
+/* pool:close(): from a finalizer, the shutdown waits for __gc, since a binding may be using the pool
+ * (hr_lua_in_finalizer) */
 static int l_close(lua_State *L)
 {
     pool_box *b = luaL_checkudata(L, 1, POOL_MT);
     pool_core *pc = b->pc;
     b->pc = NULL;
+    if (pc && hr_lua_in_finalizer(L) && !b->deferred) b->deferred = pc;
+    else pool_destroy(pc);
+    return 0;
+}
+
+static int l_pool_gc(lua_State *L)
+{
+    pool_box *b = luaL_checkudata(L, 1, POOL_MT);
+    pool_core *pc = b->pc, *deferred = b->deferred;
+    b->pc = NULL;
+    b->deferred = NULL;
     pool_destroy(pc);
+    pool_destroy(deferred);
     return 0;
 }
 
@@ -946,7 +962,7 @@ void hr_lua_open_workers(lua_State *L, int module_idx, int methods_idx)
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_close);
+    lua_pushcfunction(L, l_pool_gc);
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, l_close);
     lua_setfield(L, -2, "__close");

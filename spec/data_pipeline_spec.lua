@@ -594,6 +594,28 @@ describe("TaskLoader", function()
     assert.matches("truncated msgpack", M.stats.skipped_ids[1][2])
   end)
 
+  it("stops on an interrupt or an out-of-memory error instead of skipping the video", function()
+    -- lua5.4 raises "interrupted!" on Ctrl-C, with the position of the Lua code it stopped
+    for _, msg in ipairs{"interrupted!", "video_db.lua:95: interrupted!", "not enough memory",
+      "zeros: out of memory allocating 4096 bytes"} do
+      local mem = data.MemoryDataset{special_ids = SMOKE_IDS, videos = {
+        bad = {v_feat = hero.ones(2, 3), sub2frames = {{0, {0, 1}}}, input_ids = {{5, 6}}},
+        good = {v_feat = hero.ones(2, 3), sub2frames = {{0, {0, 1}}}, input_ids = {{5, 6}}}}}
+      local get = mem.get
+      mem.get = function(self, vid)
+        if vid == "bad" then error(msg, 0) end
+        return get(self, vid)
+      end
+      local L = data.TaskLoader{dataset = mem, task = "vsm", batch_size = 2, seed = 1}
+      local ok, err = pcall(L.next, L)
+      assert.is_false(ok, msg)
+      assert.are.equal(msg, err)
+      assert.are.equal(0, L.stats.skipped)
+    end
+    assert.is_false(data.util.is_fatal_error("video 'x': interrupted! by a typo"))
+    assert.is_false(data.util.is_fatal_error({"interrupted!"}))
+  end)
+
   it_db("iter() is one fixed pass that does not move the position; rank/world_size shard the videos", function()
     local ds = tv_dataset()
     local L = data.TaskLoader{dataset = ds, task = "mlm", batch_size = 3, seed = 2}

@@ -446,6 +446,23 @@ describe("downstream datasets on the TV databases", function()
     assert.matches("nope.*not in the query db", skipped[1])
     local strict = D.Loader{dataset = ds, batch_size = 5, on_error = "error", shuffle = false}
     helper.assert_error_contains(function() strict:next() end, "'nope'", "not in the query db")
+    -- a state of a loader with other settings would resume other batches
+    for k, v in pairs{batch_size = 3, seed = 6, shuffle = false, drop_last = true} do
+      local opts = {dataset = ds, batch_size = 2, seed = 5}
+      opts[k] = v
+      helper.assert_error_contains(function() D.Loader(opts):set_state(st) end, "with " .. k .. " = ")
+    end
+    local bad_pos = {}
+    for k, v in pairs(st) do bad_pos[k] = v end
+    bad_pos.pos = 99
+    local M = D.Loader{dataset = ds, batch_size = 2, seed = 5}
+    local first = M:next()
+    M = D.Loader{dataset = ds, batch_size = 2, seed = 5}
+    helper.assert_error_contains(function() M:set_state(bad_pos) end, "position 99 is outside 1..4")
+    -- the refused state left the loader as it was
+    assert(M:next().query_input_ids:eq(first.query_input_ids):all():item())
+    bad_pos.pos, bad_pos.items = 1, -1
+    helper.assert_error_contains(function() M:set_state(bad_pos) end, "items must be a count")
   end)
 end)
 

@@ -8,7 +8,10 @@
 --
 -- forward runs with recording off and returns one tensor (an input returned as it is becomes an
 -- alias of it, as torch's); backward receives the gradient of that output and returns one
--- gradient (or nil: none, as torch's None) per argument of forward, and no more.
+-- gradient (or nil: none, as torch's None) per argument of forward, and no more. A field of ctx
+-- holding the output itself is replaced by an alias without the autograd node (same values), so
+-- that keeping the output for backward does not keep it alive forever; keep it in ctx's own fields,
+-- not in a table inside ctx, where it would.
 local core = require "hero.core"
 
 local autograd = {}
@@ -32,7 +35,21 @@ function autograd.Function(def)
     end
     -- an input (or any tensor already in a graph) handed back: its alias is this function's output
     if out.requires_grad then out = out:detach() end
-    return core.autograd_apply(backward, ctx, out, table.unpack(args, 1, args.n))
+    out = core.autograd_apply(backward, ctx, out, table.unpack(args, 1, args.n))
+    if out.grad_fn then
+      -- ctx.y = y, the natural way to keep an output for backward, would close a cycle the collector
+      -- cannot see through (output -> its node, kept in C -> ctx -> output) and keep every such output
+      -- and its graph alive. backward gets an alias of the output instead: the same values, without
+      -- the node.
+      local alias
+      for key, value in next, ctx do
+        if rawequal(value, out) then
+          alias = alias or out:detach()
+          rawset(ctx, key, alias)
+        end
+      end
+    end
+    return out
   end
 end
 

@@ -17,6 +17,7 @@ local core = require "hero.core"
 local json = require "hero.json"
 local tasks = require "hero.data.tasks"
 local collate = require "hero.data.collate"
+local data_util = require "hero.data.util"
 local txt_db = require "hero.data.txt_db"
 
 local M = {}
@@ -1096,7 +1097,9 @@ function Loader:_build(ids, g)
       if self.eval and self.dataset.eval_item then return self.dataset:eval_item(id) end
       return self.dataset:item(id, {generator = g})
     end)
-    if not ok then
+    if not ok and data_util.is_fatal_error(item) then
+      error(item, 0)
+    elseif not ok then
       self:_skip(id, tostring(item):gsub("^[^:]*:%d+: ", ""))
     elseif item == nil then
       self:_skip(id, why or "not found")
@@ -1151,22 +1154,48 @@ end
 
 function Loader:__len() return #self.plan end
 
+-- The settings that decide the batches: a state saved under others would resume other batches.
+local PLAN_SETTINGS = {"batch_size", "seed", "shuffle", "drop_last"}
+
 function Loader:state()
-  return {n = #self.ids, epoch = self.epoch, pos = self.pos, epoch_start = self.epoch_start,
-          sampler = self.sample_gen:get_state(), batches = self.stats.batches, items = self.stats.items,
-          skipped = self.stats.skipped}
+  local s = {n = #self.ids, epoch = self.epoch, pos = self.pos, epoch_start = self.epoch_start,
+             sampler = self.sample_gen:get_state(), batches = self.stats.batches, items = self.stats.items,
+             skipped = self.stats.skipped}
+  for _, k in ipairs(PLAN_SETTINGS) do s[k] = self[k] end
+  return s
 end
 
+--- Resumes a state() of a loader over the same ids with the same settings (states saved before the
+-- settings were recorded carry none and are taken as they are).
 function Loader:set_state(s)
-  if type(s) ~= "table" or math.type(s.pos) ~= "integer" or type(s.epoch_start) ~= "table" then
-    error("hero.data.downstream.Loader:set_state: expected the table that state() returned", 2)
+  local function refuse(fmt, ...)
+    error("hero.data.downstream.Loader:set_state: " .. string.format(fmt, ...), 3)
   end
-  if s.n ~= #self.ids then
-    error(string.format("hero.data.downstream.Loader:set_state: the state is for %s ids, this loader has %d",
-      tostring(s.n), #self.ids), 2)
+  if type(s) ~= "table" or math.type(s.pos) ~= "integer" or math.type(s.epoch) ~= "integer"
+      or type(s.epoch_start) ~= "table" or type(s.sampler) ~= "table" then
+    refuse("expected the table that state() returned")
   end
+  if s.n ~= #self.ids then refuse("the state is for %s ids, this loader has %d", tostring(s.n), #self.ids) end
+  for _, k in ipairs(PLAN_SETTINGS) do
+    if s[k] ~= nil and s[k] ~= self[k] then
+      refuse("the state is of a loader with %s = %s, this one has %s", k, tostring(s[k]), tostring(self[k]))
+    end
+  end
+  if s.epoch < 0 then refuse("epoch %d is negative", s.epoch) end
+  for _, k in ipairs{"batches", "items", "skipped"} do
+    if s[k] ~= nil and (math.type(s[k]) ~= "integer" or s[k] < 0) then
+      refuse("%s must be a count, got %s", k, tostring(s[k]))
+    end
+  end
+  local old_gen, old_plan, old_start = self.order_gen:get_state(), self.plan, self.epoch_start
   self.order_gen:set_state(s.epoch_start)
   self:_plan()
+  if s.pos < 1 or s.pos > #self.plan + 1 then
+    local n = #self.plan
+    self.order_gen:set_state(old_gen)
+    self.plan, self.epoch_start = old_plan, old_start
+    refuse("position %d is outside 1..%d", s.pos, n + 1)
+  end
   self.epoch, self.pos = s.epoch, s.pos
   self.sample_gen:set_state(s.sampler)
   self.stats.batches, self.stats.items, self.stats.skipped = s.batches or 0, s.items or 0, s.skipped or 0

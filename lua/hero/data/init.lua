@@ -51,6 +51,8 @@ data.VideoOnlyDataset = datasets.VideoOnlyDataset
 data.ConcatDataset = datasets.ConcatDataset
 data.tasks = require "hero.data.tasks"
 data.collate = require "hero.data.collate"
+-- is_fatal_error: which errors a loader lets through instead of skipping the item
+data.util = require "hero.data.util"
 data.TaskLoader = require("hero.data.loader").TaskLoader
 --- Writing databases (hero.data.writer): MessagePack encoding, lz4 frames, atomic LMDB builders,
 -- the video and text database writers and the reference's value layouts.

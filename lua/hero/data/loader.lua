@@ -22,6 +22,7 @@
 local core = require "hero.core"
 local tasks = require "hero.data.tasks"
 local collate = require "hero.data.collate"
+local data_util = require "hero.data.util"
 
 local M = {}
 
@@ -194,6 +195,8 @@ function TaskLoader:_collate(ids, g)
     if ok then
       items[#items + 1] = item
       used[#used + 1] = vid
+    elseif data_util.is_fatal_error(item) then
+      error(item, 0)
     else
       local msg = tostring(item):gsub("^[^:]*:%d+: ", "")
       if self.on_error == "error" then
@@ -328,10 +331,16 @@ function TaskLoader:set_state(s)
   if s.skipped_ids ~= nil and type(s.skipped_ids) ~= "table" then
     fail("set_state: skipped_ids must be a list of {id, reason}, got %s", type(s.skipped_ids))
   end
+  -- the epoch's plan is rebuilt from the state's generator; a position outside it puts the loader
+  -- back as it was
+  local old_gen, old_plan = self.order_gen:get_state(), self.plan
   self.order_gen:set_state(s.epoch_start)
   self:_plan_epoch()
   if s.pos < 1 or s.pos > #self.plan + 1 then
-    fail("set_state: position %d is outside 1..%d", s.pos, #self.plan + 1)
+    local n = #self.plan
+    self.order_gen:set_state(old_gen)
+    self.plan = old_plan
+    fail("set_state: position %d is outside 1..%d", s.pos, n + 1)
   end
   self.epoch, self.pos = s.epoch, s.pos
   local ids = {}

@@ -165,6 +165,8 @@ function prepro.convert_video_db(opts)
       elseif fok then
         w:add(vid, feats)
         kept[#kept + 1] = vid
+      elseif util.is_fatal_error(feats) then
+        error(feats, 0)
       elseif opts.strict then
         error("convert_video_db: " .. tostring(feats), 0)
       else

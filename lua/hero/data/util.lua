@@ -19,6 +19,17 @@ function util.parent_dir(path)
   return parent
 end
 
+--- Whether err, the error value of a pcall around one item's reading, must stop the program instead
+-- of marking that item bad and going on: the interrupt that lua5.4 raises on Ctrl-C (with the
+-- position of the code it stopped, when that is Lua code), Lua's own out-of-memory error and hero's
+-- out-of-memory errors. Skipping those would swallow a Ctrl-C, or train on other data than asked for
+-- because memory ran short for a moment.
+function util.is_fatal_error(err)
+  if type(err) ~= "string" then return false end
+  return err == "interrupted!" or err:match(":%d+: interrupted!$") ~= nil or err == "not enough memory"
+    or err:find("out of memory", 1, true) ~= nil
+end
+
 function util.file_exists(path)
   local f = io.open(path, "rb")
   if f then f:close() return true end

@@ -636,11 +636,18 @@ end
 
 -- ckpt/train_state_<N>.safetensors (optimizer, step, RNG states, loader states) and then the
 -- `latest` pointer, each atomically. A failure leaves the previous checkpoint and `latest` as they
--- were and raises an error.
+-- were and raises an error; with several ranks, on every rank: rank 0 publishes `latest` only when
+-- every rank wrote its own train state.
 function Trainer:save()
   local dir = self:ckpt_dir()
   local n = self.global_step
   local multi = self.dist and self.world > 1
+  -- whether every rank's ok is true (the barrier between the phases): the worst over the ranks
+  local function all_ranks(ok)
+    local t = core.tensor({ok and 0 or 1}, {dtype = "i64"})
+    self.dist.all_reduce(t, "max")
+    return t:item() == 0
+  end
   local ok, err = pcall(function()
     mkdir_p(dir)
     if multi and self.rank > 0 then
@@ -649,7 +656,9 @@ function Trainer:save()
         {global_step = n, rank = self.rank, rng = self:rng_state(), loader = self.loader:state()})
     end
   end)
-  if multi then self.dist.barrier() end
+  if multi and not all_ranks(ok) and ok then
+    ok, err = false, "another rank could not write its train state (its own error says why)"
+  end
   if ok and self.rank == 0 then ok, err = pcall(function()
     io_.save(string.format("%s/step_%d.safetensors", dir, n), self.model:state_dict())
     io_.save(string.format("%s/train_state_%d.safetensors", dir, n), {
@@ -673,7 +682,9 @@ function Trainer:save()
     if self.tb then self.tb:sync() end
     write_atomic(dir .. "/latest", tostring(n) .. "\n")
   end) end
-  if multi then self.dist.barrier() end
+  if multi and not all_ranks(ok) and ok then
+    ok, err = false, "rank 0 could not write the checkpoint (its own error says why)"
+  end
   if not ok then
     error(string.format("Trainer: saving the checkpoint of step %d failed: %s", n, tostring(err)), 0)
   end
