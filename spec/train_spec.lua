@@ -250,6 +250,17 @@ describe("Trainer", function()
     end
   end)
 
+  it("stops the run when a log line or a TensorBoard event cannot be written (a full disk)", function()
+    local out = tmpdir .. "/full"
+    local m = model(0)
+    local meta = train.MetaLoader{tasks = task_loaders {"mlm"}, accum = 1, seed = 8}
+    local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
+      out_dir = out, progress = false}
+    assert(os.execute("mkdir -p '" .. out .. "' && ln -s /dev/full '" .. out .. "/log.jsonl'"))
+    -- /dev/full fails every write with ENOSPC, as a full disk does
+    helper.assert_error_contains(function() tr:train(1) end, "log.jsonl failed", "No space left on device")
+  end)
+
   it("writes log.jsonl lines with every field, validation results and checkpoints that reload exactly", function()
     local out = tmpdir .. "/log"
     local m = model(0.1, hero.Generator(4))

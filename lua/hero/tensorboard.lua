@@ -149,40 +149,65 @@ function tensorboard.Writer(dir, opts)
   local f, err = io.open(path, "wb")
   if not f then error("tensorboard.Writer: cannot create " .. path .. ": " .. tostring(err), 2) end
   local self = setmetatable({path = path, file = f}, Writer)
-  f:write(tensorboard.record(event(wall_time(), nil, 3, "brain.Event:2")))
-  f:flush()
+  self:_write(tensorboard.record(event(wall_time(), nil, 3, "brain.Event:2")))
+  self:flush()
   return self
+end
+
+-- Every write and flush is checked: a full disk must stop the run rather than leave points out, or
+-- a torn record in the middle of the file, where readers stop. After a failure the writer refuses
+-- to go on, so the torn record stays the file's last one (which readers skip).
+local function usable(self, level)
+  if not self.file then error("tensorboard.Writer: the writer is closed", level + 1) end
+  if self.failed then
+    error(string.format("tensorboard.Writer: an earlier write to %s failed (%s)", self.path, self.failed), level + 1)
+  end
+end
+
+local function check_io(self, ok, err, what)
+  if ok then return end
+  self.failed = tostring(err)
+  error(string.format("tensorboard.Writer: %s %s failed: %s", what, self.path, tostring(err)), 3)
+end
+
+function Writer:_write(bytes)
+  usable(self, 2)
+  local ok, err = self.file:write(bytes)
+  check_io(self, ok, err, "writing")
 end
 
 --- Writes SessionLog{status = START} at `step`: readers drop every point of an earlier file (or
 -- earlier in this one) whose step is >= step. A run resumed from the checkpoint of step N writes
 -- it with step N + 1 before its first point.
 function Writer:add_session_start(step)
-  if not self.file then error("tensorboard.Writer: the writer is closed", 2) end
+  usable(self, 1)
   if math.type(step) ~= "integer" then error("tensorboard.Writer:add_session_start(step): expected an integer", 2) end
   -- Event.session_log = 7: SessionLog{status = 1 (enum; START = 1)}
-  self.file:write(tensorboard.record(event(wall_time(), step, 7, key(1, 0) .. varint(1))))
+  self:_write(tensorboard.record(event(wall_time(), step, 7, key(1, 0) .. varint(1))))
 end
 
 --- The file's bytes reach the disk (fsync); called before a checkpoint that covers them is published.
 function Writer:sync()
   if not self.file then return end
-  self.file:flush()
+  self:flush()
   local okc, core = pcall(require, "hero.core")
   if okc and core.fs_sync then core.fs_sync(self.path) end
 end
 
 --- Appends a scalar point.
 function Writer:add_scalar(tag, value, step)
-  if not self.file then error("tensorboard.Writer: the writer is closed", 2) end
+  usable(self, 1)
   if type(tag) ~= "string" or type(value) ~= "number" or math.type(step) ~= "integer" then
     error("tensorboard.Writer:add_scalar(tag, value, step): expected a string, a number and an integer", 2)
   end
-  self.file:write(tensorboard.record(event(wall_time(), step, 5, scalar_summary(tag, value))))
+  self:_write(tensorboard.record(event(wall_time(), step, 5, scalar_summary(tag, value))))
 end
 
 function Writer:flush()
-  if self.file then self.file:flush() end
+  if not self.file then return end
+  usable(self, 1)
+  local ok, err = self.file:flush()
+  check_io(self, ok, err, "flushing")
 end
 
 function Writer:close()

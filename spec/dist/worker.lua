@@ -37,6 +37,14 @@ local function write(path, text)
   f:close()
 end
 
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
 -- ------------------------------------------------------------------ collectives
 
 local function collectives(rank, world)
@@ -169,6 +177,38 @@ local function data_parallel(common, rank)
   for _, p in ipairs(m:named_parameters()) do
     check(near(p[2]:detach(), p2[p[1]]:detach(), 0), "rank %d: %s differs after resuming", rank, p[1])
   end
+end
+
+-- A checkpoint that one rank cannot write fails the save on every rank, and `latest` keeps naming
+-- the previous checkpoint (rank 0 published it although rank 1 had failed, and the run could not be
+-- resumed). Writes each rank's error.
+local function failed_save(common, rank)
+  local m = common.model()
+  local dir = out .. "/failed_save"
+  local tr = trainer(common, rank, m, common.adamw(m), dir)
+  tr:train(2) -- the checkpoint of update 2 (save_every = 2)
+  check(read_file(dir .. "/ckpt/latest") == "2\n", "rank %d: no checkpoint of update 2", rank)
+  -- a directory where rank 1's train state of update 4 goes: its rename fails
+  if rank == 1 then hero.core.fs_mkdir(dir .. "/ckpt/train_state_4_rank1.safetensors", true) end
+  dist.barrier()
+  local ok, err = pcall(tr.train, tr, 2)
+  check(not ok, "rank %d: the save of update 4 did not fail", rank)
+  check(tostring(err):find("saving the checkpoint of step 4 failed", 1, true), "rank %d: %s", rank, tostring(err))
+  dist.barrier()
+  check(read_file(dir .. "/ckpt/latest") == "2\n", "rank %d: latest moved past the failed save", rank)
+  write(string.format("%s/failed_save_rank%d.txt", out, rank), tostring(err) .. "\n")
+end
+
+-- Ranks given different schedules are refused by every rank when the Trainer is made (a rank with
+-- more steps waited in a collective until the watchdog ended the job).
+local function mismatched_schedule(common, rank)
+  local m = common.model()
+  local loader = common.meta_loader(rank, function(t) return train.CyclingLoader {common.rank_batch(t, rank)} end)
+  local sc = common.schedule
+  local ok, err = pcall(train.Trainer, {model = m, optimizer = common.adamw(m), loader = loader, lr = sc.lr,
+    warmup = sc.warmup, total = sc.total + rank, progress = false, dist = true, seed = common.SEED})
+  check(not ok, "rank %d: a Trainer with another rank's schedule was made", rank)
+  check(tostring(err):find("every rank must run the same schedule", 1, true), "rank %d: %s", rank, tostring(err))
 end
 
 -- Validation with the reference's metrics: each rank its own batch; the sums are added over the
@@ -352,6 +392,8 @@ dist.run(function()
     data_parallel(common, rank)
     distributed_validation(common, rank)
     svmr_lockstep(common, rank)
+    failed_save(common, rank)
+    mismatched_schedule(common, rank)
     write(string.format("%s/done_rank%d.txt", out, rank), "ok\n")
   elseif mode == "nccl" then
     local rank, world = dist.init {timeout = 120}

@@ -220,7 +220,21 @@ function Trainer.new(opts)
     self.dist, self.rank, self.world = dist, dist.rank(), dist.world_size()
     self.overlap, self.bucket_mb = opts.overlap ~= false, opts.bucket_mb
     if self.rank ~= 0 then self.log, self.progress = false, false end
-    if self.world > 1 then self.gather = dist.all_gather_grad end
+    if self.world > 1 then
+      self.gather = dist.all_gather_grad
+      -- every rank must run the same schedule over the same task pool: a rank with other tasks
+      -- would index rank 0's task draw in its own pool, and one with other steps or accumulation
+      -- would wait in a collective the others never reach (until the watchdog ends the job)
+      local pool = type(self.loader.pool) == "table" and table.concat(self.loader.pool, ",") or "?"
+      local mine = string.format("tasks %s, accum %d, steps %s, warmup %s, lr %s, amp %s", pool, accum,
+        tostring(total), tostring(warmup), tostring(opts.lr), tostring(opts.amp or "none"))
+      for r, theirs in ipairs(dist.all_gather_object(mine)) do
+        if theirs ~= mine then
+          error(string.format("Trainer: rank %d runs %s; rank %d runs %s: every rank must run the same schedule",
+            self.rank, mine, r - 1, theirs), 2)
+        end
+      end
+    end
     -- every rank trains the task rank 0 drew (the other ranks' draws only keep their generators moving)
     if type(self.loader.draw) == "function" then
       self.loader.share = function(i)
@@ -537,8 +551,12 @@ function Trainer:write_log(rec)
   end
   local clean = {}
   for k, v in pairs(rec) do clean[k] = cleaned(v) end
-  self.log_file:write(json.encode(clean), "\n")
-  self.log_file:flush()
+  -- a failed write (a full disk) stops the run: going on would leave lines out, or a torn line in
+  -- the middle of the log, where a resumed run's reader stops; stopped here it is the last line,
+  -- which the resumed run drops
+  local ok, err = self.log_file:write(json.encode(clean), "\n")
+  if ok then ok, err = self.log_file:flush() end
+  if not ok then error(string.format("Trainer: writing %s/log.jsonl failed: %s", self.out_dir, tostring(err)), 0) end
   -- the same scalars as TensorBoard events (out_dir/tensorboard/), read by TensorBoard as they come
   if not self.tb then
     self.tb = require("hero.tensorboard").Writer(self.out_dir .. "/tensorboard")
@@ -676,7 +694,8 @@ function Trainer:save()
     })
     -- the log lines and events of the updates this checkpoint covers reach the disk before it is published
     if self.log_file then
-      self.log_file:flush()
+      local flushed, ferr = self.log_file:flush()
+      if not flushed then error("writing log.jsonl failed: " .. tostring(ferr), 0) end
       io_.fsync(self.out_dir .. "/log.jsonl")
     end
     if self.tb then self.tb:sync() end
