@@ -30,20 +30,26 @@
 
 extern char **environ;
 
+/* Raises unless opts[field] is nil or a path (checked before the file actions exist, which an
+ * error would leak). */
+static void check_redirect(lua_State *L, int opts_idx, const char *field)
+{
+    int t = lua_getfield(L, opts_idx, field);
+    if (t == LUA_TSTRING) hr_lua_check_path(L, lua_gettop(L), "_spawn");
+    else if (t != LUA_TNIL) luaL_error(L, "_spawn: opts.%s must be a file path", field);
+    lua_pop(L, 1);
+}
+
 /* Redirects fd to path (opened for writing, created, truncated unless `append`). */
 static int add_redirect(lua_State *L, posix_spawn_file_actions_t *fa, int opts_idx, const char *field, int fd)
 {
     int rc = 0;
-    lua_getfield(L, opts_idx, field);
-    if (lua_type(L, -1) == LUA_TSTRING) {
+    if (lua_getfield(L, opts_idx, field) == LUA_TSTRING) {
         lua_getfield(L, opts_idx, "append");
         int append = lua_toboolean(L, -1);
         lua_pop(L, 1);
         int flags = O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC);
         rc = posix_spawn_file_actions_addopen(fa, fd, lua_tostring(L, -1), flags, 0666);
-    } else if (!lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return luaL_error(L, "_spawn: opts.%s must be a file path", field);
     }
     lua_pop(L, 1);
     return rc;
@@ -63,9 +69,16 @@ static int l_spawn(lua_State *L)
     for (lua_Integer i = 1; i <= n; i++) {
         int t = lua_geti(L, 1, i);
         if (t != LUA_TSTRING && t != LUA_TNUMBER) return luaL_error(L, "_spawn: argv[%d] must be a string", (int)i);
-        argv[i - 1] = lua_tostring(L, -1);
+        size_t len;
+        argv[i - 1] = lua_tolstring(L, -1, &len);
+        /* the program would see the argument cut at the NUL */
+        if (strlen(argv[i - 1]) != len) return luaL_error(L, "_spawn: argv[%d] holds a NUL byte", (int)i);
     }
     argv[n] = NULL;
+    if (opts_idx) {
+        check_redirect(L, opts_idx, "stdout");
+        check_redirect(L, opts_idx, "stderr");
+    }
     posix_spawn_file_actions_t fa;
     if (posix_spawn_file_actions_init(&fa) != 0) return luaL_error(L, "_spawn: out of memory");
     int rc = 0;

@@ -631,7 +631,7 @@ static int t_unsqueeze(lua_State *L)
     /* positions range over ndim+1 slots: 1..ndim+1 or -1..-(ndim+1) */
     lua_Integer d = luaL_checkinteger(L, 2);
     int n = t->ndim + 1;
-    if (d == 0 || d > n || d < -n) return luaL_error(L, "unsqueeze: position %d out of range 1..%d (or -1..-%d)", (int)d, n, n);
+    if (d == 0 || d > n || d < -n) return luaL_error(L, "unsqueeze: position %I out of range 1..%d (or -1..-%d)", d, n, n);
     int pos = d > 0 ? (int)d - 1 : (int)(d + n);
     hr_lua_push_tensor(L, check_result(L, hr_ag_unsqueeze(t, pos), "unsqueeze"));
     return 1;

@@ -260,4 +260,15 @@ describe("bad arguments", function()
     helper.assert_error_contains(function() hero.nn.TransformerEncoder {layers = -1, hidden_size = 8} end,
       "layers must be a non-negative integer")
   end)
+
+  it("extreme integers named as they were given, and NUL bytes in process arguments", function()
+    -- the position was cut to an int (-1) and the amount wrapped around
+    helper.assert_error_contains(function() hero.zeros(2):unsqueeze(math.maxinteger) end,
+      "position 9223372036854775807 out of range")
+    helper.assert_error_contains(function() hero.nn.functional.pad(hero.zeros(2), {math.maxinteger, 1}) end,
+      "amount 9223372036854775807 is beyond any size")
+    -- a redirection to "/tmp/x\0y" created /tmp/x
+    helper.assert_error_contains(function() hero.core._spawn({"true"}, {stdout = "/tmp/x\0y"}) end, "NUL byte")
+    helper.assert_error_contains(function() hero.core._spawn({"echo", "a\0b"}) end, "argv[2] holds a NUL byte")
+  end)
 end)

@@ -235,6 +235,10 @@ function F.pad(t, pads, mode, value)
     if math.type(before) ~= "integer" or math.type(after) ~= "integer" then
       error("pad: the amounts must be integers", 2)
     end
+    -- beyond any tensor's size (and the sums below cannot wrap around)
+    if math.abs(before) > 1 << 48 or math.abs(after) > 1 << 48 then
+      error(string.format("pad: amount %d is beyond any size", math.abs(before) > 1 << 48 and before or after), 2)
+    end
     local n = out:size(dim)
     if n + before + after < 0 then
       error(string.format("pad: cropping %d from a dimension of size %d", -(before + after), n), 2)
