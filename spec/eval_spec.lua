@@ -486,6 +486,20 @@ describe("eval.caption", function()
     end
   end)
 
+  it("keeps a word holding a control byte one word: no n-gram passes for a longer one", function()
+    -- RoBERTa token 50109 decodes to "\1", so generated captions can hold it; the bigram
+    -- {"a\1b", "c"} must not count as the trigram {"a", "b", "c"}
+    local b = C.bleu({{"a b c"}}, {"a\1b c"}, 4)
+    local half = 0.5 * math.exp(1 - 3 / 2) -- 1 of 2 unigrams, brevity penalty for 2 words against 3
+    assert.near(half, b[1], 1e-9)
+    for k = 2, 4 do assert.is_true(b[k] < 1e-6, "BLEU-" .. k) end
+    local same, _ = C.cider({{"a b c"}, {"x y"}}, {"a\1b c", "x y"})
+    local apart, _ = C.cider({{"a b c"}, {"x y"}}, {"q c", "x y"})
+    assert.equal(apart, same) -- "a\1b" is just another unseen word
+    local out = C.tvc_eval({{clip_id = 1, descs = {"a b c"}}}, {{clip_id = 1, desc = "a\1b c"}})
+    assert.is_true(out.scores_x100.Bleu_3 < 1e-3)
+  end)
+
   it("tokenises like the PTB tokenizer for common constructs", function()
     local cases = {
       {"The woman takes Joey's remote.", "the woman takes joey 's remote"},

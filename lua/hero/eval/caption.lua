@@ -180,9 +180,12 @@ local function split_ws(s)
   return w
 end
 
--- Counts of the 1..n-grams of a sentence, keyed by the n-gram joined with a separator byte, and
--- the keys in first-seen order (the order Python's dict iterates in).
-local SEP = "\1"
+-- Counts of the 1..n-grams of a sentence, keyed by the n-gram's words joined with a space, and
+-- the keys in first-seen order (the order Python's dict iterates in). The words come from
+-- splitting at whitespace, so none contains a space: a key is never the key of another n-gram
+-- (a byte a word can hold, such as "\1" that RoBERTa token 50109 decodes to, would let the bigram
+-- {"a\1b", "c"} pass for the trigram {"a", "b", "c"}), and its spaces count its words.
+local SEP = " "
 local function precook(s, n)
   local words = split_ws(s)
   local counts, order = {}, {}
@@ -200,7 +203,7 @@ local function precook(s, n)
 end
 
 local function ngram_len(g)
-  local _, seps = g:gsub(SEP, "")
+  local _, seps = g:gsub(SEP, SEP)
   return seps + 1
 end
 
