@@ -133,6 +133,12 @@ describe("downstream targets", function()
     assert.are.same({0, 2}, {D.tvc_st_ed({0, 3.75}, 1.5, 10)})  -- 2.5 -> 2
     assert.are.same({1, 4}, {D.tvc_st_ed({1.5, 5.25}, 1.5, 10)}) -- 3.5 -> 4
     assert.are.same({10, 10}, {D.tvc_st_ed({20, 30}, 1.5, 10)})  -- an empty segment past the video
+    -- a time whose frame index does not fit an integer is capped like any other (Python's ints)
+    assert.are.same({4, 4}, {D.tvc_st_ed({1e20, 1e20 + 1e5}, 1.5, 4)})
+    assert.are.same({0, 4}, {D.tvc_st_ed({0, 1e300}, 1.5, 4)})
+    assert.are.same({4, 4}, {D.st_ed_label({1e20, 1e20 + 1e5}, 1.5, 4)})
+    assert.are.same({4, 4}, {D.qa_st_ed_label("1e20-1e21", 1.5, 4)})
+    helper.assert_error_contains(function() D.tvc_st_ed({-1e20, 3}, 1.5, 4) end, "tvc_st_ed", "out of range")
     assert.are.equal(2, D.round_half_even(2.5))
     assert.are.equal(-2, D.round_half_even(-2.5))
     assert.are.equal("vl6660-1", D.paired_statement_id("vl6660-0"))

@@ -139,8 +139,12 @@ function M.tvc_st_ed(ts, frame_interval, nframes)
   if type(ts) ~= "table" or not finite(ts[1]) or not finite(ts[2]) then
     fail(op, "ts must be {start, end} finite seconds")
   end
-  local st = math.min(math.tointeger(math.floor(ts[1] / frame_interval)), nframes)
+  -- clamped as floats first: the frame index of a huge time does not fit an integer, and Python's
+  -- unbounded ints cap it at nframes like any other
+  local st = math.min(math.floor(ts[1] / frame_interval), nframes)
   local ed = math.min(math.max(M.round_half_even(ts[2] / frame_interval), st + 1), nframes)
+  st, ed = math.tointeger(st), math.tointeger(ed)
+  if not st or not ed then fail(op, "ts {%s, %s} is out of range", tostring(ts[1]), tostring(ts[2])) end
   return st, ed
 end
 
