@@ -373,6 +373,44 @@ describe("downstream datasets on the TV databases", function()
     os.execute('rm -rf "' .. out .. '"')
   end)
 
+  it_db("TVC: a video of no frame is skipped at evaluation as in training, not failing its batch", function()
+    local prepro = require "hero.data.prepro"
+    local out = os.tmpname()
+    os.remove(out)
+    prepro.caption_db{captions = {
+        {clip_id = 1, vid_name = "empty", ts = {0, 3}, duration = 5, descs = {{desc_id = 7, desc = "a b"}}},
+        {clip_id = 2, vid_name = "full", ts = {0, 3}, duration = 5, descs = {{desc_id = 8, desc = "c d"}}}},
+      subs = {{vid_name = "empty", sub = {}}, {vid_name = "full", sub = {}}}, out = out,
+      tokenize = function(text) local ids = {} for w in text:gmatch("%S+") do ids[#ids + 1] = #w + 10 end return ids end}
+    local function frames(n)
+      local idx = {}
+      for f = 1, n do idx[f] = f - 1 end
+      return {v_feat = hero.zeros({n, 4}), sub2frames = n > 0 and {{0, idx}} or {}, input_ids = {{11, 12}}}
+    end
+    local video = data.MemoryDataset{videos = {empty = frames(0), full = frames(3)},
+      special_ids = {CLS = 0, BOS = 0, SEP = 2, EOS = 2, PAD = 1, MASK = 50264}}
+    local ds = D.CaptionDataset{video = video, cap_db = out}
+    local item, why = ds:item("empty")
+    assert.is_nil(item)
+    assert.are.equal("video 'empty' has no frame", why)
+    item, why = ds:eval_item("empty")
+    assert.is_nil(item)
+    assert.are.equal("video 'empty' has no frame", why)
+    assert.is_table(ds:eval_item("full"))
+    -- the evaluation loader drops the empty video and still batches the other one
+    local skipped = {}
+    local loader = D.Loader{dataset = ds, batch_size = 4, shuffle = false, eval = true,
+      on_skip = function(id, reason) skipped[#skipped + 1] = id .. ": " .. reason end}
+    local clips = {}
+    for b in loader:iter() do
+      for _, c in ipairs(b.clip_ids) do clips[#clips + 1] = c end
+    end
+    assert.are.same({"empty: video 'empty' has no frame"}, skipped)
+    assert.are.same({"2"}, clips)
+    ds:close()
+    os.execute('rm -rf "' .. out .. '"')
+  end)
+
   it_db("TVQA: five answer copies per question, the 120-token filter, ts targets", function()
     local qa = D.QueryDataset{task = "videoqa", video = tv_videos(), query_db = txt_dir .. "/tvqa_val.db",
       max_txt_len = 120}

@@ -882,6 +882,9 @@ end
 function CaptionDataset:eval_item(vid)
   local video, why = self.video:get(vid)
   if video == nil then return nil, why end
+  -- as item(): a video of no frame has no segment to caption, and its item would fail the collate
+  -- of the whole batch
+  if video.v_feat:size(1) == 0 then return nil, string.format("video '%s' has no frame", vid) end
   local exs = {}
   if self.clip_db then
     for i, cid in ipairs(self._vid2clips[vid] or {}) do
