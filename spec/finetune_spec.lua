@@ -230,6 +230,18 @@ describe("downstream collates rebuild the reference's batches", function()
     helper.assert_error_contains(function()
       D.videoqa_item(ds:get("vid_a"), {{input_ids = {{5}}}}, {special_ids = SMOKE_IDS})
     end, "input_ids must be {question, answer1, ...}")
+    -- 5 answers beside 3: the model's [questions, answers] view would regroup them as 4 + 4
+    local five = D.videoqa_item(ds:get("vid_a"), {{input_ids = {{5}, {6}, {7}, {8}, {9}, {10}}, target = 0,
+      qid = "q5"}}, {special_ids = SMOKE_IDS})
+    local three = D.videoqa_item(ds:get("vid_a"), {{input_ids = {{5}, {6}, {7}, {8}}, target = 0, qid = "q3"}},
+      {special_ids = SMOKE_IDS})
+    helper.assert_error_contains(function() D.videoqa_collate({five, three}) end, "videoqa_collate",
+      "question 'q3' has 3 answers but question 'q5' has 5")
+    local unnamed = D.videoqa_item(ds:get("vid_a"), {{input_ids = {{5}, {6}, {7}, {8}}, target = 0},
+      {input_ids = {{5}, {6}, {7}}, target = 0}}, {special_ids = SMOKE_IDS})
+    helper.assert_error_contains(function() D.videoqa_collate({unnamed}) end,
+      "question 2 of item 1 has 2 answers but question 1 of item 1 has 3")
+    assert.are.equal(6, D.videoqa_collate({three, three}).qa_input_ids:size(1)) -- equal counts batch as before
   end)
 end)
 

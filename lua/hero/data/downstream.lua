@@ -220,12 +220,14 @@ function M.videoqa_item(video, examples, opts)
   opts = opts or {}
   local sp = specials(opts, op)
   local base = tasks.video_item(video, video_opts(opts))
-  local item = {vid = base.vid, copies = {}, qa_ids = {}, targets = {}, ts_targets = {}, qids = {}}
+  local item = {vid = base.vid, copies = {}, qa_ids = {}, targets = {}, ts_targets = {}, qids = {},
+                answer_counts = {}}
   for i, ex in ipairs(examples) do
     local lists = ex.input_ids
     if type(lists) ~= "table" or #lists < 2 then
       fail(op, "question %d: input_ids must be {question, answer1, ...} (%s)", i, tostring(ex.qid))
     end
+    item.answer_counts[i] = #lists - 1
     local q = copy_ids(op, lists[1], "question input_ids")
     for a = 2, #lists do
       local qa = {sp.SEP}
@@ -388,6 +390,26 @@ function M.videoqa_collate(items, opts)
   local op = "hero.data.downstream.videoqa_collate"
   opts = opts or {}
   local batch = collate.video_collate(copies_of(op, items))
+  -- the model views the rows as [questions, answers]: a question with another number of answers
+  -- would be regrouped with its neighbours' answers without a word
+  local function question_name(i, k, qid)
+    if qid ~= nil then return string.format("question '%s'", tostring(qid)) end
+    return string.format("question %d of item %d", k, i)
+  end
+  local answers, first
+  for i, it in ipairs(items) do
+    if type(it.answer_counts) ~= "table" then
+      fail(op, "item %d has no answer_counts (build it with hero.data.downstream.videoqa_item)", i)
+    end
+    for k, n in ipairs(it.answer_counts) do
+      if answers == nil then
+        answers, first = n, question_name(i, k, it.qids[k])
+      elseif n ~= answers then
+        fail(op, "%s has %d answers but %s has %d: every question of a batch needs the same number",
+          question_name(i, k, it.qids[k]), n, first, answers)
+      end
+    end
+  end
   local rows, tg, ts, qids = {}, {}, {}, {}
   for _, it in ipairs(items) do
     for _, r in ipairs(it.qa_ids) do rows[#rows + 1] = r end
