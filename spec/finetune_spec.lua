@@ -250,6 +250,22 @@ end)
 local FT = require "hero.train.finetune"
 local expected_txt = json.read_file(txt_dir .. "/expected_txt_db.json")
 
+-- The TVR validation queries of one type ("v", "t" or "vt") as a query database in dir: a split
+-- lacking the other types, whose by-type metrics have no sample.
+local function single_type_query_db(dir, desc_type)
+  local prepro = require "hero.data.prepro"
+  local tok = hero.text.Tokenizer.from_files(helper.fixture("tokenizer/roberta-base-vocab.json"),
+    helper.fixture("tokenizer/vocab.bpe"))
+  local kept = {}
+  for _, q in ipairs(json.read_lines(txt_dir .. "/tvr_val.db/query_data.jsonl", {ordered = true})) do
+    if q.type == desc_type then kept[#kept + 1] = q end
+  end
+  local out = dir .. "/tvr_" .. desc_type .. "_only.db"
+  prepro.query_db{queries = kept, out = out, tokenize = function(text) return tok:encode(text) end,
+    meta = json.read_file(txt_dir .. "/tvr_val.db/meta.json")}
+  return out, #kept
+end
+
 local function tv_videos(sub_ctx_len)
   return data.VideoSubDataset{video_db = tv_video, sub_db = txt_dir .. "/tv_subtitles.db", max_clip_len = 12,
     sub_ctx_len = sub_ctx_len or 0}
@@ -393,7 +409,11 @@ describe("downstream datasets on the TV databases", function()
         {clip_id = 1, vid_name = "empty", ts = {0, 3}, duration = 5, descs = {{desc_id = 7, desc = "a b"}}},
         {clip_id = 2, vid_name = "full", ts = {0, 3}, duration = 5, descs = {{desc_id = 8, desc = "c d"}}}},
       subs = {{vid_name = "empty", sub = {}}, {vid_name = "full", sub = {}}}, out = out,
-      tokenize = function(text) local ids = {} for w in text:gmatch("%S+") do ids[#ids + 1] = #w + 10 end return ids end}
+      tokenize = function(text)
+        local ids = {}
+        for w in text:gmatch("%S+") do ids[#ids + 1] = #w + 10 end
+        return ids
+      end}
     local function frames(n)
       local idx = {}
       for f = 1, n do idx[f] = f - 1 end
@@ -587,6 +607,44 @@ describe("fine-tuning and evaluation", function()
   end)
   teardown(function()
     if tmpdir and tmpdir:match("^/tmp/") then os.execute('rm -rf "' .. tmpdir .. '"') end
+  end)
+
+  it_db("VCMR: a validation split lacking a query type writes its NaN by-type metrics as the reference", function()
+    local out = tmpdir .. "/vcmr_t_only"
+    local t_only, n = single_type_query_db(tmpdir, "t")
+    assert.are.equal(3, n)
+    local raw = train_config("vcmr")
+    local hps = FT.hparams("vcmr", raw, "cfg")
+    local run = FT.setup{task = "vcmr", hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
+      checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+      txt_db = txt_dir .. "/tvr_val.db", valid_txt_db = t_only, valid_every = 1, out_dir = out, save_every = 100,
+      progress = false}
+    local recs = run.trainer:train(1)
+    -- results_val/step_1.json: NaN where train_vcmr.py's json.dump writes NaN (0 / 0 queries of type v)
+    local path = out .. "/results_val/step_1.json"
+    local text = assert(io.open(path)):read("a")
+    assert.truthy(text:find('"v%-0%.5%-r1": ?NaN'), "no NaN written for the missing type")
+    local res = json.read_file(path, {allow_nan = true})
+    local v = res.metrics.VCMR_by_type["v-0.5-r1"]
+    assert.is_true(v ~= v)
+    assert.is_number(res.metrics.VCMR_by_type["t-0.5-r1"])
+    assert.are.equal(res.metrics.VCMR["0.5-r1"], res.metrics.VCMR_by_type["t-0.5-r1"])
+    -- the run goes on: the record holds the NaN, log.jsonl strict JSON with null, TensorBoard skips it
+    local full = recs[1].valid.full_eval
+    local key = "valid_val_VCMR_by_type/VCMR_by_type_v-0.5-r1"
+    assert.is_true(full[key] ~= full[key])
+    local last
+    for l in io.lines(out .. "/log.jsonl") do last = l end
+    local logged = json.decode(last).valid.full_eval
+    assert.are.equal(json.null, logged[key])
+    assert.is_number(logged["valid_val_VR/VR_r1"])
+    local tags = {}
+    for _, sc in ipairs(require("hero.tensorboard").read_run(out .. "/tensorboard")) do
+      assert.is_true(sc.value == sc.value, sc.tag)
+      tags[sc.tag] = true
+    end
+    assert.is_nil(tags["valid/full_eval/" .. key])
+    assert.is_true(tags["valid/full_eval/valid_val_VR/VR_r1"])
   end)
 
   it("absent keys take the argparse defaults of the task's own script (train_tvc.py's sub_ctx_len 1)", function()
@@ -1393,6 +1451,16 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.same(key_set(ref.metrics_nms), key_set(res.metrics_nms))
     assert.are.same(key_set(ref.val_log), key_set(res.val_log))
     assert.are.equal(9, #res.submission.VR)
+    -- a split without "v" or "vt" queries: its by-type metrics are NaN, written as eval_vcmr.py's
+    -- json.dump writes them (readable by Python's json), not an error that leaves no file
+    local t_only = single_type_query_db(dir, "t")
+    rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/a/ckpt/step_3.safetensors",
+      "--split", "val", "--txt-db", t_only, "--out", dir .. "/t_only.json", "--submission", dir .. "/t_only_all.json"})
+    assert.are.equal(0, rc, out)
+    local t_res = json.read_file(dir .. "/t_only.json", {allow_nan = true})
+    local nan = t_res.metrics.SVMR_by_type["vt-0.5-r1"]
+    assert.is_true(nan ~= nan)
+    assert.are.equal(3, #json.read_file(dir .. "/t_only_all.json").VR)
 
     -- eval_vcmr.py's command line as the reference spells it: the same submission, in the run
     -- directory's results_val/ (the batch sizes read for nothing, and said so)
