@@ -280,23 +280,26 @@ local function main()
     amp = amp})
   if rank ~= 0 then return end
   res.checkpoint = ck_path
+  -- Results files as the reference's json.dump writes them: a metric without a sample (by-type
+  -- recall of a query type the split lacks, 0 / 0) is NaN, which Python's json reads back
+  local as_python = {allow_nan = true}
   -- inf_tvc.py's save_jsonl: one {vid_name, clip_id, ts, descs} per line, written whole or not at all
   local function write_captions(path)
     local lines = {}
     for i, r in ipairs(res.results) do
-      lines[i] = json.encode(hero.data.writer.ordered(r, {"vid_name", "clip_id", "ts", "descs"}))
+      lines[i] = json.encode(hero.data.writer.ordered(r, {"vid_name", "clip_id", "ts", "descs"}), as_python)
     end
     hero.core.fs_write_atomic(path, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""))
   end
   if opts["save-logits"] then
     if logits_in_run then make_parent(opts["save-logits"]) end
-    json.write_file(opts["save-logits"], res.logits)
+    json.write_file(opts["save-logits"], res.logits, as_python)
     res.logits = nil
   end
   local function write_submission(path)
     if task == "tvc" then write_captions(path)
-    elseif task == "vcmr" or task == "vr" then json.write_file(path, res.submission)
-    else json.write_file(path, res.results) end
+    elseif task == "vcmr" or task == "vr" then json.write_file(path, res.submission, as_python)
+    else json.write_file(path, res.results, as_python) end
   end
   if default_out then
     make_parent(default_out)
@@ -304,7 +307,7 @@ local function main()
   elseif task == "tvc" and opts.out:match("%.jsonl$") then
     write_captions(opts.out)
   else
-    json.write_file(opts.out, res, {indent = 1})
+    json.write_file(opts.out, res, {indent = 1, allow_nan = true})
   end
   if opts.submission then write_submission(opts.submission) end
   local summary = {}

@@ -543,6 +543,36 @@ describe("prepro", function()
       ts = {3, 1}, duration = 5}}, out = tmpdir("q2") .. "/bad.db", tokenize = tokenize})
   end)
 
+  it_db("TVC caption databases: a repeated desc_id or clip_id replaces the value, as prepro_tvc.py", function()
+    local subs = {{vid_name = "v1", sub = {{text = "hi", start = 0, ["end"] = 2}}}, {vid_name = "v2", sub = {}}}
+    local out = tmpdir("cap_dup")
+    local r = prepro.caption_db{captions = {
+        {clip_id = 1, vid_name = "v1", ts = {0, 3}, duration = 5, descs = {{desc_id = 7, desc = "first"}}},
+        {clip_id = 2, vid_name = "v1", ts = {3, 6}, duration = 5, descs = {{desc_id = 7, desc = "second"}}},
+        {clip_id = 1, vid_name = "v2", ts = {1, 2}, duration = 4, descs = {{desc_id = 8, desc = "third"}}}},
+      subs = subs, out = out, tokenize = tokenize}
+    assert.same({clips = 3, captions = 3}, r)
+    local cap, clip = data.open_txt_db(out .. "/cap.db"), data.open_txt_db(out .. "/clip.db")
+    -- cap_db[cap_id] = cap, clip_db[clip_id] = clip: the last line's value
+    assert.equal("second", cap:get("7").desc)
+    assert.equal("2", cap:get("7").clip_id)
+    assert.equal("v2", clip:get("1").vid_name)
+    assert.equal("third", clip:get("1").captions[1].text)
+    -- the dicts keep the last video; the lists append the id again, as the reference's
+    assert.same({["7"] = "v1", ["8"] = "v2"}, cap:json("cap2vid"))
+    assert.same({v1 = {"7", "7"}, v2 = {"8"}}, cap:json("vid2caps"))
+    assert.same({["1"] = "v2", ["2"] = "v1"}, clip:json("clip2vid"))
+    assert.same({v1 = {"1", "2"}, v2 = {"1"}}, clip:json("vid2clips"))
+    cap:close()
+    clip:close()
+    -- negative or reversed moments are refused, as query_db refuses them
+    for i, ts in ipairs {{-3, 2}, {6, 1}, {0 / 0, 3}, {1}} do
+      assert_err("caption_db: clip 1 (entry 1): ts must be {start, end} seconds with 0 <= start <= end",
+        prepro.caption_db, {captions = {{clip_id = 1, vid_name = "v1", ts = ts, duration = 5,
+          descs = {{desc_id = 7, desc = "a"}}}}, subs = subs, out = tmpdir("cap_bad" .. i), tokenize = tokenize})
+    end
+  end)
+
   it_db("writes the reference's TVQA question database byte for byte (prepro_query.py --task tvqa)", function()
     local out = tmpdir("qa") .. "/tvqa_val.db"
     prepro.qa_db{queries = TDB .. "tvqa_val.db/query_data.jsonl", out = out, tokenize = tokenize}

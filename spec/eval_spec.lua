@@ -435,6 +435,12 @@ describe("eval.qa", function()
     local log1, res1 = Q.violin(vl.logits:narrow(1, 5, 1), vl.targets:narrow(1, 5, 1), {"x"})
     assert.equal(1.0, log1["valid/test_acc"])
     assert.same({x = 1}, res1)
+    -- no statement (a rank's empty share): nothing, as videoqa with no question
+    local log0, res0 = Q.violin(vl.logits:narrow(1, 1, 0), vl.targets:narrow(1, 1, 0), {})
+    assert.same({}, log0)
+    assert.same({}, res0)
+    local qlog0, qres0 = Q.videoqa(vq.logits:narrow(1, 1, 0), vq.targets:narrow(1, 1, 0), {})
+    assert.same({qlog0, qres0}, {log0, res0})
   end)
   it("checks its inputs", function()
     helper.assert_error_contains(function() Q.videoqa(vq.logits, vq.targets, {1, 2}) end, "qids must list the 13")
@@ -486,18 +492,43 @@ describe("eval.caption", function()
     end
   end)
 
-  it("tokenises like the PTB tokenizer for common constructs", function()
-    local cases = {
-      {"The woman takes Joey's remote.", "the woman takes joey 's remote"},
-      {"He doesn't want it, they're done!", "he does n't want it they 're done"},
-      {"She cannot go -- (really) \"now\"...", "she can not go really now"},
-      {"Mr. Smith paid $1,000.50 at 10:30.", "mr. smith paid $ 1,000.50 at 10:30"},
-      {"The dogs' toys; a well-known U.S. shop?", "the dogs toys a well-known u.s. shop"},
-      {"  I'm gonna   leave  ", "i 'm gon na leave"},
-      {"", ""},
-    }
-    for _, c in ipairs(cases) do assert.equal(c[2], C.ptb_tokenize(c[1])) end
+  it("keeps a word holding a control byte one word: no n-gram passes for a longer one", function()
+    -- RoBERTa token 50109 decodes to "\1", so generated captions can hold it; the bigram
+    -- {"a\1b", "c"} must not count as the trigram {"a", "b", "c"}
+    local b = C.bleu({{"a b c"}}, {"a\1b c"}, 4)
+    local half = 0.5 * math.exp(1 - 3 / 2) -- 1 of 2 unigrams, brevity penalty for 2 words against 3
+    assert.near(half, b[1], 1e-9)
+    for k = 2, 4 do assert.is_true(b[k] < 1e-6, "BLEU-" .. k) end
+    local same, _ = C.cider({{"a b c"}, {"x y"}}, {"a\1b c", "x y"})
+    local apart, _ = C.cider({{"a b c"}, {"x y"}}, {"q c", "x y"})
+    assert.equal(apart, same) -- "a\1b" is just another unseen word
+    local out = C.tvc_eval({{clip_id = 1, descs = {"a b c"}}}, {{clip_id = 1, desc = "a\1b c"}})
+    assert.is_true(out.scores_x100.Bleu_3 < 1e-3)
+  end)
+
+  it("tokenises as the reference's Stanford PTBTokenizer 3.4.1 and PUNCTUATIONS removal", function()
+    -- the jar's output on caption-like sentences (names, quotes, contractions, numbers, hyphens,
+    -- slashes, ellipses, brackets, abbreviations)
+    local cases = helper.load_fixture("eval/ptb_tokens.lua")
+    assert.is_true(#cases > 500)
+    for _, c in ipairs(cases) do assert.equal(c[2], C.ptb_tokenize(c[1]), c[1]) end
+    -- the forms where the reference keeps what looks like punctuation: lower-case brackets (its list
+    -- is upper-case) and runs of ? and !
+    assert.equal("ross -lrb- david -rrb- hugs rachel", C.ptb_tokenize("Ross (David) hugs Rachel."))
+    assert.equal("joey asks what ?! loudly", C.ptb_tokenize('Joey asks "What?!" loudly.'))
+    assert.same({"-lsb-", "laughs", "-rsb-"}, C.ptb_tokens("[laughs]"))
+    assert.equal("", C.ptb_tokenize(""))
     assert.equal("caf  ok", C.remove_nonascii("caf\195\169 ok"))
+  end)
+
+  it("scores those forms as the reference does", function()
+    -- pycocoevalcap on these captions: BLEU-4 0.0067, CIDEr 344.6 (x100)
+    local refs = {{clip_id = 1, descs = {"Ross (David) hugs Rachel."}},
+                  {clip_id = 2, descs = {'Joey asks "What?!" loudly.'}}}
+    local preds = {{clip_id = 1, desc = "Ross hugs Rachel."}, {clip_id = 2, desc = "Joey asks what loudly."}}
+    local out = C.tvc_eval(refs, preds)
+    assert.near(0.0067156680828525, out.scores_x100.Bleu_4, 1e-12)
+    assert.near(344.64804289638, out.scores_x100.CIDEr, 1e-9)
   end)
 
   it("drives METEOR as the reference's wrapper: LC_ALL=C, the paraphrase table, one space between words", function()

@@ -133,6 +133,12 @@ describe("downstream targets", function()
     assert.are.same({0, 2}, {D.tvc_st_ed({0, 3.75}, 1.5, 10)})  -- 2.5 -> 2
     assert.are.same({1, 4}, {D.tvc_st_ed({1.5, 5.25}, 1.5, 10)}) -- 3.5 -> 4
     assert.are.same({10, 10}, {D.tvc_st_ed({20, 30}, 1.5, 10)})  -- an empty segment past the video
+    -- a time whose frame index does not fit an integer is capped like any other (Python's ints)
+    assert.are.same({4, 4}, {D.tvc_st_ed({1e20, 1e20 + 1e5}, 1.5, 4)})
+    assert.are.same({0, 4}, {D.tvc_st_ed({0, 1e300}, 1.5, 4)})
+    assert.are.same({4, 4}, {D.st_ed_label({1e20, 1e20 + 1e5}, 1.5, 4)})
+    assert.are.same({4, 4}, {D.qa_st_ed_label("1e20-1e21", 1.5, 4)})
+    helper.assert_error_contains(function() D.tvc_st_ed({-1e20, 3}, 1.5, 4) end, "tvc_st_ed", "out of range")
     assert.are.equal(2, D.round_half_even(2.5))
     assert.are.equal(-2, D.round_half_even(-2.5))
     assert.are.equal("vl6660-1", D.paired_statement_id("vl6660-0"))
@@ -224,6 +230,18 @@ describe("downstream collates rebuild the reference's batches", function()
     helper.assert_error_contains(function()
       D.videoqa_item(ds:get("vid_a"), {{input_ids = {{5}}}}, {special_ids = SMOKE_IDS})
     end, "input_ids must be {question, answer1, ...}")
+    -- 5 answers beside 3: the model's [questions, answers] view would regroup them as 4 + 4
+    local five = D.videoqa_item(ds:get("vid_a"), {{input_ids = {{5}, {6}, {7}, {8}, {9}, {10}}, target = 0,
+      qid = "q5"}}, {special_ids = SMOKE_IDS})
+    local three = D.videoqa_item(ds:get("vid_a"), {{input_ids = {{5}, {6}, {7}, {8}}, target = 0, qid = "q3"}},
+      {special_ids = SMOKE_IDS})
+    helper.assert_error_contains(function() D.videoqa_collate({five, three}) end, "videoqa_collate",
+      "question 'q3' has 3 answers but question 'q5' has 5")
+    local unnamed = D.videoqa_item(ds:get("vid_a"), {{input_ids = {{5}, {6}, {7}, {8}}, target = 0},
+      {input_ids = {{5}, {6}, {7}}, target = 0}}, {special_ids = SMOKE_IDS})
+    helper.assert_error_contains(function() D.videoqa_collate({unnamed}) end,
+      "question 2 of item 1 has 2 answers but question 1 of item 1 has 3")
+    assert.are.equal(6, D.videoqa_collate({three, three}).qa_input_ids:size(1)) -- equal counts batch as before
   end)
 end)
 
@@ -231,6 +249,22 @@ end)
 
 local FT = require "hero.train.finetune"
 local expected_txt = json.read_file(txt_dir .. "/expected_txt_db.json")
+
+-- The TVR validation queries of one type ("v", "t" or "vt") as a query database in dir: a split
+-- lacking the other types, whose by-type metrics have no sample.
+local function single_type_query_db(dir, desc_type)
+  local prepro = require "hero.data.prepro"
+  local tok = hero.text.Tokenizer.from_files(helper.fixture("tokenizer/roberta-base-vocab.json"),
+    helper.fixture("tokenizer/vocab.bpe"))
+  local kept = {}
+  for _, q in ipairs(json.read_lines(txt_dir .. "/tvr_val.db/query_data.jsonl", {ordered = true})) do
+    if q.type == desc_type then kept[#kept + 1] = q end
+  end
+  local out = dir .. "/tvr_" .. desc_type .. "_only.db"
+  prepro.query_db{queries = kept, out = out, tokenize = function(text) return tok:encode(text) end,
+    meta = json.read_file(txt_dir .. "/tvr_val.db/meta.json")}
+  return out, #kept
+end
 
 local function tv_videos(sub_ctx_len)
   return data.VideoSubDataset{video_db = tv_video, sub_db = txt_dir .. "/tv_subtitles.db", max_clip_len = 12,
@@ -364,6 +398,48 @@ describe("downstream datasets on the TV databases", function()
         subs = subs, out = out .. "/bad", tokenize = function() return {} end}
     end, "video 'nope' has no subtitles")
     assert.is_nil(io.open(out .. "/bad/cap.db/data.mdb")) -- nothing half-written
+    os.execute('rm -rf "' .. out .. '"')
+  end)
+
+  it_db("TVC: a video of no frame is skipped at evaluation as in training, not failing its batch", function()
+    local prepro = require "hero.data.prepro"
+    local out = os.tmpname()
+    os.remove(out)
+    prepro.caption_db{captions = {
+        {clip_id = 1, vid_name = "empty", ts = {0, 3}, duration = 5, descs = {{desc_id = 7, desc = "a b"}}},
+        {clip_id = 2, vid_name = "full", ts = {0, 3}, duration = 5, descs = {{desc_id = 8, desc = "c d"}}}},
+      subs = {{vid_name = "empty", sub = {}}, {vid_name = "full", sub = {}}}, out = out,
+      tokenize = function(text)
+        local ids = {}
+        for w in text:gmatch("%S+") do ids[#ids + 1] = #w + 10 end
+        return ids
+      end}
+    local function frames(n)
+      local idx = {}
+      for f = 1, n do idx[f] = f - 1 end
+      return {v_feat = hero.zeros({n, 4}), sub2frames = n > 0 and {{0, idx}} or {}, input_ids = {{11, 12}}}
+    end
+    local video = data.MemoryDataset{videos = {empty = frames(0), full = frames(3)},
+      special_ids = {CLS = 0, BOS = 0, SEP = 2, EOS = 2, PAD = 1, MASK = 50264}}
+    local ds = D.CaptionDataset{video = video, cap_db = out}
+    local item, why = ds:item("empty")
+    assert.is_nil(item)
+    assert.are.equal("video 'empty' has no frame", why)
+    item, why = ds:eval_item("empty")
+    assert.is_nil(item)
+    assert.are.equal("video 'empty' has no frame", why)
+    assert.is_table(ds:eval_item("full"))
+    -- the evaluation loader drops the empty video and still batches the other one
+    local skipped = {}
+    local loader = D.Loader{dataset = ds, batch_size = 4, shuffle = false, eval = true,
+      on_skip = function(id, reason) skipped[#skipped + 1] = id .. ": " .. reason end}
+    local clips = {}
+    for b in loader:iter() do
+      for _, c in ipairs(b.clip_ids) do clips[#clips + 1] = c end
+    end
+    assert.are.same({"empty: video 'empty' has no frame"}, skipped)
+    assert.are.same({"2"}, clips)
+    ds:close()
     os.execute('rm -rf "' .. out .. '"')
   end)
 
@@ -531,6 +607,44 @@ describe("fine-tuning and evaluation", function()
   end)
   teardown(function()
     if tmpdir and tmpdir:match("^/tmp/") then os.execute('rm -rf "' .. tmpdir .. '"') end
+  end)
+
+  it_db("VCMR: a validation split lacking a query type writes its NaN by-type metrics as the reference", function()
+    local out = tmpdir .. "/vcmr_t_only"
+    local t_only, n = single_type_query_db(tmpdir, "t")
+    assert.are.equal(3, n)
+    local raw = train_config("vcmr")
+    local hps = FT.hparams("vcmr", raw, "cfg")
+    local run = FT.setup{task = "vcmr", hps = hps, model_config = FT.model_config(hps, tmpdir .. "/model.json"),
+      checkpoint = tmpdir .. "/init.safetensors", vfeat_db = hps.vfeat_db, sub_db = hps.sub_txt_db,
+      txt_db = txt_dir .. "/tvr_val.db", valid_txt_db = t_only, valid_every = 1, out_dir = out, save_every = 100,
+      progress = false}
+    local recs = run.trainer:train(1)
+    -- results_val/step_1.json: NaN where train_vcmr.py's json.dump writes NaN (0 / 0 queries of type v)
+    local path = out .. "/results_val/step_1.json"
+    local text = assert(io.open(path)):read("a")
+    assert.truthy(text:find('"v%-0%.5%-r1": ?NaN'), "no NaN written for the missing type")
+    local res = json.read_file(path, {allow_nan = true})
+    local v = res.metrics.VCMR_by_type["v-0.5-r1"]
+    assert.is_true(v ~= v)
+    assert.is_number(res.metrics.VCMR_by_type["t-0.5-r1"])
+    assert.are.equal(res.metrics.VCMR["0.5-r1"], res.metrics.VCMR_by_type["t-0.5-r1"])
+    -- the run goes on: the record holds the NaN, log.jsonl strict JSON with null, TensorBoard skips it
+    local full = recs[1].valid.full_eval
+    local key = "valid_val_VCMR_by_type/VCMR_by_type_v-0.5-r1"
+    assert.is_true(full[key] ~= full[key])
+    local last
+    for l in io.lines(out .. "/log.jsonl") do last = l end
+    local logged = json.decode(last).valid.full_eval
+    assert.are.equal(json.null, logged[key])
+    assert.is_number(logged["valid_val_VR/VR_r1"])
+    local tags = {}
+    for _, sc in ipairs(require("hero.tensorboard").read_run(out .. "/tensorboard")) do
+      assert.is_true(sc.value == sc.value, sc.tag)
+      tags[sc.tag] = true
+    end
+    assert.is_nil(tags["valid/full_eval/" .. key])
+    assert.is_true(tags["valid/full_eval/valid_val_VR/VR_r1"])
   end)
 
   it("absent keys take the argparse defaults of the task's own script (train_tvc.py's sub_ctx_len 1)", function()
@@ -1337,6 +1451,16 @@ describe("examples/finetune.lua and examples/evaluate.lua", function()
     assert.are.same(key_set(ref.metrics_nms), key_set(res.metrics_nms))
     assert.are.same(key_set(ref.val_log), key_set(res.val_log))
     assert.are.equal(9, #res.submission.VR)
+    -- a split without "v" or "vt" queries: its by-type metrics are NaN, written as eval_vcmr.py's
+    -- json.dump writes them (readable by Python's json), not an error that leaves no file
+    local t_only = single_type_query_db(dir, "t")
+    rc, out = run_example("evaluate.lua", {"--task", "vcmr", "--checkpoint", dir .. "/a/ckpt/step_3.safetensors",
+      "--split", "val", "--txt-db", t_only, "--out", dir .. "/t_only.json", "--submission", dir .. "/t_only_all.json"})
+    assert.are.equal(0, rc, out)
+    local t_res = json.read_file(dir .. "/t_only.json", {allow_nan = true})
+    local nan = t_res.metrics.SVMR_by_type["vt-0.5-r1"]
+    assert.is_true(nan ~= nan)
+    assert.are.equal(3, #json.read_file(dir .. "/t_only_all.json").VR)
 
     -- eval_vcmr.py's command line as the reference spells it: the same submission, in the run
     -- directory's results_val/ (the batch sizes read for nothing, and said so)

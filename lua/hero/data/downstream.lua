@@ -139,8 +139,12 @@ function M.tvc_st_ed(ts, frame_interval, nframes)
   if type(ts) ~= "table" or not finite(ts[1]) or not finite(ts[2]) then
     fail(op, "ts must be {start, end} finite seconds")
   end
-  local st = math.min(math.tointeger(math.floor(ts[1] / frame_interval)), nframes)
+  -- clamped as floats first: the frame index of a huge time does not fit an integer, and Python's
+  -- unbounded ints cap it at nframes like any other
+  local st = math.min(math.floor(ts[1] / frame_interval), nframes)
   local ed = math.min(math.max(M.round_half_even(ts[2] / frame_interval), st + 1), nframes)
+  st, ed = math.tointeger(st), math.tointeger(ed)
+  if not st or not ed then fail(op, "ts {%s, %s} is out of range", tostring(ts[1]), tostring(ts[2])) end
   return st, ed
 end
 
@@ -216,12 +220,14 @@ function M.videoqa_item(video, examples, opts)
   opts = opts or {}
   local sp = specials(opts, op)
   local base = tasks.video_item(video, video_opts(opts))
-  local item = {vid = base.vid, copies = {}, qa_ids = {}, targets = {}, ts_targets = {}, qids = {}}
+  local item = {vid = base.vid, copies = {}, qa_ids = {}, targets = {}, ts_targets = {}, qids = {},
+                answer_counts = {}}
   for i, ex in ipairs(examples) do
     local lists = ex.input_ids
     if type(lists) ~= "table" or #lists < 2 then
       fail(op, "question %d: input_ids must be {question, answer1, ...} (%s)", i, tostring(ex.qid))
     end
+    item.answer_counts[i] = #lists - 1
     local q = copy_ids(op, lists[1], "question input_ids")
     for a = 2, #lists do
       local qa = {sp.SEP}
@@ -384,6 +390,26 @@ function M.videoqa_collate(items, opts)
   local op = "hero.data.downstream.videoqa_collate"
   opts = opts or {}
   local batch = collate.video_collate(copies_of(op, items))
+  -- the model views the rows as [questions, answers]: a question with another number of answers
+  -- would be regrouped with its neighbours' answers without a word
+  local function question_name(i, k, qid)
+    if qid ~= nil then return string.format("question '%s'", tostring(qid)) end
+    return string.format("question %d of item %d", k, i)
+  end
+  local answers, first
+  for i, it in ipairs(items) do
+    if type(it.answer_counts) ~= "table" then
+      fail(op, "item %d has no answer_counts (build it with hero.data.downstream.videoqa_item)", i)
+    end
+    for k, n in ipairs(it.answer_counts) do
+      if answers == nil then
+        answers, first = n, question_name(i, k, it.qids[k])
+      elseif n ~= answers then
+        fail(op, "%s has %d answers but %s has %d: every question of a batch needs the same number",
+          question_name(i, k, it.qids[k]), n, first, answers)
+      end
+    end
+  end
   local rows, tg, ts, qids = {}, {}, {}, {}
   for _, it in ipairs(items) do
     for _, r in ipairs(it.qa_ids) do rows[#rows + 1] = r end
@@ -878,6 +904,9 @@ end
 function CaptionDataset:eval_item(vid)
   local video, why = self.video:get(vid)
   if video == nil then return nil, why end
+  -- as item(): a video of no frame has no segment to caption, and its item would fail the collate
+  -- of the whole batch
+  if video.v_feat:size(1) == 0 then return nil, string.format("video '%s' has no frame", vid) end
   local exs = {}
   if self.clip_db then
     for i, cid in ipairs(self._vid2clips[vid] or {}) do

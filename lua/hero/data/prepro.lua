@@ -320,15 +320,17 @@ function prepro.subtitle_db(opts)
   return report
 end
 
+-- Whether m is one moment {start, end} (seconds, 0 <= start <= end).
+local function one_moment(m)
+  return type(m) == "table" and #m == 2 and type(m[1]) == "number" and type(m[2]) == "number" and m[1] >= 0
+    and m[2] >= m[1]
+end
+
 -- Whether ts is one moment {start, end} (seconds, 0 <= start <= end) or, as DiDeMo's, a list of them.
 local function valid_moment(ts)
-  local function one(m)
-    return type(m) == "table" and #m == 2 and type(m[1]) == "number" and type(m[2]) == "number" and m[1] >= 0
-      and m[2] >= m[1]
-  end
-  if one(ts) then return true end
+  if one_moment(ts) then return true end
   if type(ts) ~= "table" or #ts == 0 then return false end
-  for _, m in ipairs(ts) do if not one(m) then return false end end
+  for _, m in ipairs(ts) do if not one_moment(m) then return false end end
   return true
 end
 
@@ -502,7 +504,8 @@ end
 -- (JSON-lines path or array of {clip_id, vid_name, ts, duration, descs = {{desc_id, desc}}}),
 -- subs (the subtitle JSON lines {vid_name, sub = {{text, start, end}}}, for each clip's overlapping
 -- subtitles), out, tokenize (text -> ids; captions are tokenized as they are), overwrite, meta,
--- specials. Returns {clips =, captions =}.
+-- specials. ts must be {start, end} seconds with 0 <= start <= end; a repeated desc_id or clip_id
+-- replaces the earlier value, as in prepro_tvc.py. Returns {clips =, captions =}.
 function prepro.caption_db(opts)
   if type(opts) ~= "table" then error("prepro.caption_db: expected a table of options, got " .. type(opts), 2) end
   util.check_options("caption_db", opts, {"captions", "subs", "out", "tokenize", "overwrite", "meta", "specials"})
@@ -523,14 +526,19 @@ function prepro.caption_db(opts)
   local ok, err = pcall(function()
     local cap2vid, clip2vid, vid2caps, vid2clips = {}, {}, {}, {}
     local cap_vids, clip_vids = {}, {} -- first-seen order of the videos
+    -- a repeated desc_id or clip_id replaces the stored value, as prepro_tvc.py's
+    -- cap_db[cap_id] = cap and clip_db[clip_id] = clip do; its id is listed again in vid2caps /
+    -- vid2clips, as the reference's list appends
+    local cap_written, clip_written = {}, {}
     for ln, ex in ipairs(lines) do
       if type(ex) ~= "table" or ex.clip_id == nil or type(ex.vid_name) ~= "string" or type(ex.descs) ~= "table" then
         error(string.format("caption_db: entry %d is not {clip_id, vid_name, ts, duration, descs}", ln), 0)
       end
       local ts = ex.ts
-      if type(ts) ~= "table" or type(ts[1]) ~= "number" or type(ts[2]) ~= "number" then
-        error(string.format("caption_db: clip %s (entry %d): ts must be {start, end} seconds", tostring(ex.clip_id),
-          ln), 0)
+      -- as query_db: a negative or reversed moment is a broken annotation, not a clip to caption
+      if not one_moment(ts) then
+        error(string.format("caption_db: clip %s (entry %d): ts must be {start, end} seconds with 0 <= start <= end",
+          tostring(ex.clip_id), ln), 0)
       end
       local vsubs = vid2subs[ex.vid_name]
       if vsubs == nil then
@@ -551,12 +559,14 @@ function prepro.caption_db(opts)
       group(vid2clips, clip_vids, vid, clip_id)
       for i, cap in ipairs(ex.descs) do
         local cap_id = tostring(cap.desc_id)
-        cw:put(cap_id, caps[i])
+        cw:put(cap_id, caps[i], cap_written[cap_id])
+        cap_written[cap_id] = true
         cap2vid[cap_id] = vid
         group(vid2caps, cap_vids, vid, cap_id)
         report.captions = report.captions + 1
       end
-      lw:put(clip_id, clip)
+      lw:put(clip_id, clip, clip_written[clip_id])
+      clip_written[clip_id] = true
       report.clips = report.clips + 1
     end
     cw:json("id2len", {})

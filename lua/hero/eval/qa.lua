@@ -66,13 +66,15 @@ end
 -- sigmoid (log terms clamped at -100, as PyTorch's BCE) / N; accuracy = correct / N.
 -- logits [N, 1] or [N], targets 0/1 [N], qids array; opts.split ("test") names the log keys,
 -- opts.batch_size the float32 batch sums. Returns val_log {"valid/<split>_loss", "valid/<split>_acc"},
--- results {tostring(qid) = 0 or 1}.
+-- results {tostring(qid) = 0 or 1}; with no row both are empty.
 function M.violin(logits, targets, qids, opts)
   opts = opts or {}
   local h = hero()
   if h.is_tensor(logits) and logits:dim() == 1 then logits = logits:unsqueeze(2) end
   local n = check(logits, targets, qids, "violin", 1)
   if targets == nil then error("violin: targets are required (the reference always computes the loss)", 0) end
+  -- no statement (an empty share of a split): no loss and no accuracy to average, as videoqa
+  if n == 0 then return {}, {} end
   local p = M.sigmoid_f32(logits):reshape(n)
   local pred = p:gt(0.5):totable()
   local y = targets:float():reshape(n)

@@ -505,7 +505,9 @@ function FT.setup(spec)
       if spec.out_dir then
         local d = spec.out_dir .. "/results_" .. split
         os.execute("mkdir -p '" .. d:gsub("'", "'\\''") .. "'")
-        json.write_file(string.format("%s/step_%d.json", d, step), res)
+        -- as train_*.py's json.dump: a metric of no sample (a query type the split lacks) is NaN;
+        -- the log and TensorBoard get null / nothing for it (Trainer:write_log)
+        json.write_file(string.format("%s/step_%d.json", d, step), res, {allow_nan = true})
       end
       local flat = {}
       local source = (task == "vcmr" or task == "vr") and res.val_log or res.metrics
