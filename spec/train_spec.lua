@@ -251,7 +251,7 @@ describe("Trainer", function()
   end)
 
   it("stops the run when a log line or a TensorBoard event cannot be written (a full disk)", function()
-    local out = tmpdir .. "/full"
+    local out = tmpdir .. "/disk_full"
     local m = model(0)
     local meta = train.MetaLoader{tasks = task_loaders {"mlm"}, accum = 1, seed = 8}
     local tr = train.Trainer{model = m, optimizer = adamw(m), loader = meta, lr = 1e-3, warmup = 1, total = 10,
