@@ -66,8 +66,34 @@ static int index_select_backward(hr_node *node, const hr_tensor *g, hr_tensor **
     return 0;
 }
 
+/* A 0-dim self is read as the one-element vector it holds, as torch does: gather then gives the
+ * index's shape (a 0-dim or 1-D index), index_select of one index a 0-dim value. The reshapes are
+ * on the tape, so the gradient comes back 0-dimensional. */
+static hr_tensor *scalar_self(bool gather, hr_tensor *t, int dim, const hr_tensor *index)
+{
+    const char *op = gather ? "gather" : "index_select";
+    char buf[160];
+    if (dim != 0 && dim != -1)
+        return hr_fail_null(HR_EINVAL, "%s: dimension %d out of range for a 0-dimensional tensor", op, dim + 1);
+    if (index->ndim > 1 || (!gather && hr_tensor_numel(index) != 1))
+        return hr_fail_null(HR_EINVAL, "%s: a 0-dimensional self takes %s, got %s", op,
+                            gather ? "a 0-dimensional or 1-D index" : "one index (0-dimensional or of size 1)",
+                            hr_tensor_desc(index, buf, sizeof buf));
+    int64_t one = 1, n = hr_tensor_numel(index);
+    hr_tensor *t1 = hr_ag_reshape(t, 1, &one);
+    hr_tensor *i1 = hr_reshape((hr_tensor *)index, 1, &n);
+    hr_tensor *out = t1 && i1 ? (gather ? hr_ag_gather(t1, 0, i1) : hr_ag_index_select(t1, 0, i1)) : NULL;
+    hr_tensor_release(t1);
+    hr_tensor_release(i1);
+    if (!out || (gather && index->ndim == 1)) return out;
+    hr_tensor *r = hr_ag_reshape(out, 0, &one);
+    hr_tensor_release(out);
+    return r;
+}
+
 hr_tensor *hr_ag_index_select(hr_tensor *t, int dim, const hr_tensor *index)
 {
+    if (t->ndim == 0) return scalar_self(false, t, dim, index);
     hr_tensor *out = hr_index_select(t, dim, index);
     if (!out || !hr_should_record(1, &t)) return out;
     hr_node *node = record("index_select", index_select_backward, 1, &t, out, t, dim);
@@ -96,6 +122,7 @@ static int gather_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 
 hr_tensor *hr_ag_gather(hr_tensor *t, int dim, const hr_tensor *index)
 {
+    if (t->ndim == 0) return scalar_self(true, t, dim, index);
     hr_tensor *out = hr_gather(t, dim, index);
     if (!out || !hr_should_record(1, &t)) return out;
     hr_node *node = record("gather", gather_backward, 1, &t, out, t, dim);

@@ -150,7 +150,9 @@ static int binary_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
             hr_tensor *la = c->a_is_number ? NULL : un(HR_LOG, a);
             hr_tensor *go = bin(HR_MUL, g, out);
             if (c->a_is_number) {
-                gb = drop(go, bin_s(HR_MUL, go, c->a_number == 0 ? 0.0 : log(c->a_number)));
+                /* log(0) = -inf as for a tensor base: where b < 0, out * log(0) = inf * -inf
+                 * gives torch's -inf; b >= 0 is masked to zero below */
+                gb = drop(go, bin_s(HR_MUL, go, log(c->a_number)));
                 if (c->a_number == 0) gb = masked_zero(bin_s(HR_GE, b, 0.0), gb);
             } else {
                 hr_tensor *a0 = bin_s(HR_EQ, a, 0.0), *bge = bin_s(HR_GE, b, 0.0);

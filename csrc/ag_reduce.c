@@ -168,10 +168,22 @@ static hr_tensor *select_onehot(const red_ctx *c, hr_tensor *ik, hr_tensor *gk)
     return r;
 }
 
+/* A selection from a 0-dim tensor picks its one element: the gradient is g itself in t's dtype
+ * (scatter_add_ has no dimension to scatter along). */
+static int scalar_selection_backward(const red_ctx *c, const hr_tensor *g, hr_tensor **gi)
+{
+    if (hr_tensor_numel(g) == 0) /* topk with k = 0 */
+        gi[0] = hr_tensor_zeros(0, c->size, c->dtype, hr_tensor_device(g));
+    else
+        gi[0] = expand_back(c, g);
+    return gi[0] ? 0 : -1;
+}
+
 /* With a dim: the gradient goes to the selected index. */
 static int select_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
     const red_ctx *c = node->ctx;
+    if (c->ndim == 0) return scalar_selection_backward(c, g, gi);
     hr_tensor *idx = hr_node_saved(node, c->slot_idx);
     if (!idx) return -1;
     hr_tensor *ik = keep_shape(c, idx);
@@ -193,31 +205,54 @@ static int select_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
     return gi[0] ? 0 : -1;
 }
 
-/* Over every element: the gradient is shared by all elements equal to the extreme, or by the
- * NaNs when the extreme is NaN (PyTorch's evenly_distribute_backward). */
+/* Over every element, or along c->dim for amax/amin: the gradient is shared by all elements equal
+ * to the extreme, or by the NaNs when the extreme is NaN (PyTorch's evenly_distribute_backward and
+ * amax's scale_grad_by_count, whose NaN rows get NaN where hero shares the gradient as max does). */
 static int extreme_all_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
     const red_ctx *c = node->ctx;
-    hr_tensor *x = hr_node_saved(node, c->slot_x), *v = hr_node_saved(node, c->slot_out);
-    if (!x || !v) return -1;
+    hr_tensor *x = hr_node_saved(node, c->slot_x), *v0 = hr_node_saved(node, c->slot_out);
+    if (!x || !v0) return -1;
+    /* both in the keepdim shape, so that they broadcast against x */
+    hr_tensor *v = keep_shape(c, v0), *gk = keep_shape(c, g);
     hr_tensor *eq = bin(HR_EQ, x, v), *x_nan = bin(HR_NE, x, x), *v_nan = bin(HR_NE, v, v);
     hr_tensor *both_nan = bin(HR_LOGICAL_AND, x_nan, v_nan);
     hr_tensor *m = bin(HR_LOGICAL_OR, eq, both_nan);
+    hr_tensor_release(v);
     hr_tensor_release(eq);
     hr_tensor_release(x_nan);
     hr_tensor_release(v_nan);
     hr_tensor_release(both_nan);
     hr_tensor *mf = m ? hr_cast(m, g->dtype) : NULL;
     hr_tensor_release(m);
-    hr_tensor *cnt = mf ? hr_sum(mf, HR_DIM_ALL, false) : NULL;
-    hr_tensor *share = bin(HR_DIV, g, cnt);
+    hr_tensor *cnt = mf ? hr_sum(mf, c->dim >= 0 ? c->dim : HR_DIM_ALL, c->dim >= 0) : NULL;
+    hr_tensor *share = bin(HR_DIV, gk, cnt);
     hr_tensor *r = bin(HR_MUL, mf, share);
+    hr_tensor_release(gk);
     hr_tensor_release(mf);
     hr_tensor_release(cnt);
     hr_tensor_release(share);
     if (!r) return -1;
     gi[0] = r->dtype == c->dtype ? r : drop(r, hr_cast(r, c->dtype));
     return gi[0] ? 0 : -1;
+}
+
+/* amax / amin along dim (HR_DIM_ALL: every element): max's values with the gradient shared by tied
+ * elements, where max along a dim sends it to the one its index names. */
+hr_tensor *hr_ag_amax_amin(bool is_max, hr_tensor *t, int dim, bool keepdim)
+{
+    hr_tensor *v = NULL, *i = NULL;
+    bool all = dim == HR_DIM_ALL;
+    int rc = is_max ? hr_max(t, dim, keepdim, &v, all ? NULL : &i) : hr_min(t, dim, keepdim, &v, all ? NULL : &i);
+    hr_tensor_release(i);
+    if (rc || !wants_grad(t, v)) return rc ? NULL : v;
+    int d = dim < 0 && !all ? dim + t->ndim : dim;
+    if (!all && t->ndim == 0) all = true;
+    hr_node *node = all ? new_node(is_max ? "amax" : "amin", extreme_all_backward, t, NULL, -1, keepdim)
+                        : new_node(is_max ? "amax" : "amin", extreme_all_backward, t, &d, 1, keepdim);
+    bool ok = node && (((red_ctx *)node->ctx)->slot_x = hr_node_save(node, t)) >= 0 &&
+              (((red_ctx *)node->ctx)->slot_out = hr_node_save(node, v)) >= 0;
+    return finish(node, v, ok);
 }
 
 int hr_ag_max_min(bool is_max, hr_tensor *t, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices)
@@ -413,6 +448,7 @@ hr_tensor *hr_ag_log_softmax(hr_tensor *t, int dim)
 static int gather_back_backward(hr_node *node, const hr_tensor *g, hr_tensor **gi)
 {
     const red_ctx *c = node->ctx;
+    if (c->ndim == 0) return scalar_selection_backward(c, g, gi);
     hr_tensor *idx = hr_node_saved(node, c->slot_idx);
     if (!idx) return -1;
     hr_tensor *gc = hr_contiguous((hr_tensor *)g);

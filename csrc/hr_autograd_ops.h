@@ -46,6 +46,7 @@ hr_tensor *hr_ag_mean(hr_tensor *t, int dim, bool keepdim);
 hr_tensor *hr_ag_sum_dims(hr_tensor *t, const int *dims, int n, bool keepdim);
 hr_tensor *hr_ag_mean_dims(hr_tensor *t, const int *dims, int n, bool keepdim);
 int hr_ag_max_min(bool is_max, hr_tensor *t, int dim, bool keepdim, hr_tensor **values, hr_tensor **indices);
+hr_tensor *hr_ag_amax_amin(bool is_max, hr_tensor *t, int dim, bool keepdim);
 hr_tensor *hr_ag_var_std(bool is_std, hr_tensor *t, int dim, bool unbiased, bool keepdim);
 hr_tensor *hr_ag_norm(hr_tensor *t, double p, int dim, bool keepdim);
 hr_tensor *hr_ag_cumsum(hr_tensor *t, int dim);

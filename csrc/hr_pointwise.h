@@ -8,6 +8,8 @@
  *     non-integer number gives f32, and a bool tensor with an integer number gives i64;
  *   - true division of integers gives f32; arithmetic that would stay bool is refused;
  *   - bf16/f16 are computed in f32 and rounded once when stored;
+ *   - a number, and a 0-dim tensor that does not decide the dtype, is converted to that dtype
+ *     before the op (integers wrap, bf16/f16 round), as PyTorch; comparisons use the exact value;
  *   - remainder, fmod and floor_divide of integers fail on a zero divisor (an error, never SIGFPE);
  *     INT64_MIN by -1 gives 0 for remainder/fmod and wraps for floor_divide.
  * In-place variants write into self, whose shape must be the broadcast shape; the result is

@@ -121,6 +121,20 @@ static int max_like(lua_State *L, const char *op, bool is_max)
 static int l_max(lua_State *L) { return max_like(L, "max", true); }
 static int l_min(lua_State *L) { return max_like(L, "min", false); }
 
+/* amax / amin(t[, dim][, keepdim]): the values only, the gradient shared among tied elements. */
+static int amax_like(lua_State *L, const char *op, bool is_max)
+{
+    hr_tensor *t = hr_lua_check_tensor(L, 1, op);
+    int dim = opt_dim(L, 2, t, op);
+    bool keepdim = opt_bool(L, 3, false, op, "keepdim");
+    hr_tensor *r;
+    HR_LUA_RETRY(L, r, hr_ag_amax_amin(is_max, t, dim, keepdim));
+    return push_result(L, r, op);
+}
+
+static int l_amax(lua_State *L) { return amax_like(L, "amax", true); }
+static int l_amin(lua_State *L) { return amax_like(L, "amin", false); }
+
 static int var_like(lua_State *L, const char *op, bool is_std)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, op);
@@ -286,6 +300,8 @@ static const luaL_Reg reduce_functions[] = {
     {"prod", l_prod},
     {"max", l_max},
     {"min", l_min},
+    {"amax", l_amax},
+    {"amin", l_amin},
     {"argmax", l_argmax},
     {"argmin", l_argmin},
     {"var", l_var},

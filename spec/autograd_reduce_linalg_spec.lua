@@ -88,6 +88,55 @@ describe("autograd through reductions", function()
   end)
 end)
 
+describe("autograd through reductions at torch's special points", function()
+  local function grad_of(x, f, g)
+    x = x:requires_grad_()
+    local y = f(x)
+    if g then y = y * g end
+    y:sum():backward()
+    return x.grad:totable()
+  end
+
+  it("amax and amin share a dim's gradient evenly among tied elements, as torch", function()
+    local x = hero.tensor {{1, 3, 3}, {2, 2, 0}}
+    assert.same({{0, 0.5, 0.5}, {0.5, 0.5, 0}}, grad_of(x, function(t) return t:amax(2) end))
+    assert.same({{0.5, 0, 0.5}, {0, 0, 1}},
+      grad_of(hero.tensor {{1, 3, 1}, {2, 2, 0}}, function(t) return t:amin(2, true) end))
+    -- along the first dim, with the upstream gradient, infinities tied
+    local inf = math.huge
+    assert.same({{0, 0, 0}, {1, 2, 3}},
+      grad_of(hero.tensor {{inf, inf, 1}, {-inf, 2, -inf}}, function(t) return t:amin(1) end, hero.tensor {1, 2, 3}))
+    assert.same({{0.5, 0.5, 0}, {0, 2, 0}},
+      grad_of(hero.tensor {{inf, inf, 1}, {-inf, 2, -inf}}, function(t) return t:amax(-1) end, hero.tensor {1, 2}))
+    -- the values are max's and min's; without a dim, every element
+    assert.same({3, 2}, hero.tensor({{1, 3, 3}, {2, 2, 0}}):amax(2):totable())
+    assert.same({{1}, {0}}, hero.tensor({{1, 3, 3}, {2, 2, 0}}):amin(2, true):totable())
+    assert.same({0, 0.5, 0, 0.5}, grad_of(hero.tensor {1, 3, 0, 3}, function(t) return t:amax() end))
+    local distinct = f64 {{0.3, -1.2, 2.2}, {1.1, 0.5, -0.7}}
+    assert.is_true(gradcheck(function(t) return t:amax(2) end, {distinct}))
+    assert.is_true(gradcheck(function(t) return t:amin(1, true) end, {distinct}))
+  end)
+
+  it("passes a 0-dim tensor's gradient through its selections along a dim", function()
+    local cases = {
+      max = function(t) return (t:max(1)) end, min = function(t) return (t:min(-1, true)) end,
+      sort = function(t) return (t:sort()) end, topk = function(t) return (t:topk(1)) end,
+      median = function(t) return (t:median(1)) end, kthvalue = function(t) return (t:kthvalue(1)) end,
+      mode = function(t) return (t:mode()) end, cummax = function(t) return (t:cummax(1)) end,
+      cummin = function(t) return (t:cummin(1)) end,
+    }
+    for name, f in pairs(cases) do
+      local x = hero.tensor(2.5):requires_grad_()
+      local y = f(x)
+      assert.equal(2.5, y:item(), name)
+      local z = y * 3
+      z:backward()
+      assert.equal(0, x.grad:dim(), name)
+      assert.equal(3, x.grad:item(), name)
+    end
+  end)
+end)
+
 describe("autograd through matrix products", function()
   local a = f64 {{0.5, -1.0, 2.0}, {1.5, 0.25, -0.75}}
   local b = f64 {{1.0, 2.0}, {-0.5, 0.3}, {0.7, -1.1}}

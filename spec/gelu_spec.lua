@@ -98,9 +98,32 @@ describe("erf and the erf GELU", function()
     end
   end)
 
-  it("names the problem for other dtypes and freed tensors", function()
-    helper.assert_error_contains(function() hero.erf(hero.tensor({1, 2}, {dtype = "i64"})) end,
-      "erf", "f32 or f64", "i64")
+  it("takes every dtype as torch: halfs computed in f32 and rounded once, integers and bool to f32", function()
+    -- torch 1.13
+    local i = hero.tensor({1, 0, -2}, {dtype = "i64"}):erf()
+    assert.equal("f32", i:dtype())
+    assert.tensor_near(i, {0.8427007794380188, 0, -0.9953222870826721})
+    assert.tensor_near(hero.tensor({true, false}):erf(), {0.8427007794380188, 0})
+    assert.equal("f32", hero.tensor({3}, {dtype = "u8"}):erf():dtype())
+    for _, dt in ipairs {"bf16", "f16"} do
+      local x = hero.tensor({0.5, -1.25, 3}, {dtype = dt}):requires_grad_()
+      local y = x:erf()
+      assert.equal(dt, y:dtype())
+      local x32 = x:detach():float():requires_grad_()
+      local y32 = x32:erf()
+      assert.same(y32:to(dt):totable(), y:totable())
+      y:sum():backward()
+      y32:sum():backward()
+      assert.equal(dt, x.grad:dtype())
+      assert.same(x32.grad:to(dt):totable(), x.grad:totable())
+      if dt == "bf16" then
+        assert.same({0.51953125, -0.921875, 1}, y:totable())
+        assert.tensor_near(x.grad, {0.875, 0.236328125, 0.00013828277587890625})
+      end
+    end
+  end)
+
+  it("names the problem for freed tensors", function()
     local x = hero.ones(3)
     x:free()
     helper.assert_error_contains(function() hero.erf(x) end, "erf")

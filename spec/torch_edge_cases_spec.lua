@@ -178,3 +178,97 @@ describe("PyTorch edge cases", function()
       "must be [B, Lk] or [B, Lq, Lk]")
   end)
 end)
+
+describe("PyTorch edge cases of numbers beside tensors and of limits", function()
+  it("converts a number, and a 0-dim tensor that does not decide the dtype, to the op's dtype first", function()
+    local u8 = hero.tensor({0, 3, 200}, {dtype = "u8"})
+    -- -3 is 253 in u8: the minimum keeps every element, floor_divide divides by 253
+    assert.same({0, 3, 200}, values(u8:minimum(-3)))
+    assert.same({0, 0, 0}, values(u8:floor_divide(-3)))
+    assert.same({0, 3, 200}, values(u8:remainder(-3)))
+    assert.same({253, 253, 253}, values(u8:maximum(-3)))
+    local inplace = hero.tensor({5, 250}, {dtype = "u8"})
+    inplace:floor_divide_(-3)
+    assert.same({0, 0}, values(inplace))
+    -- a divisor that wraps to 0 is a division by zero
+    helper.assert_error_contains(function() u8:floor_divide(256) end, "floor_divide", "division by zero")
+    -- wrapping arithmetic is unchanged
+    assert.same({44, 47, 244}, values(u8 + 300))
+    assert.same({0, 132, 96}, values(u8 * 300))
+    -- an i32 tensor with a 0-dim i64: its low 32 bits (-2^40 is 0, 2^33 + 5 is 5)
+    local i32 = hero.tensor({0, 3, -7}, {dtype = "i32"})
+    assert.same({0, 0, -7}, values(i32:minimum(hero.tensor(-(1 << 40), {dtype = "i64"}))))
+    assert.same({5, 5, 5}, values(i32:maximum(hero.tensor((1 << 33) + 5, {dtype = "i64"}))))
+    assert.same({0, 3, -7}, values(i32 + (1 << 40)))
+    -- halfs: the exponent rounded to bf16 (-2), 1e6 to inf in f16
+    local bf = hero.tensor({-1.515625}, {dtype = "bf16"})
+    assert.equal(0.435546875, bf:pow(hero.tensor(-1.99907)):item())
+    assert.equal(0.435546875, bf:pow(-1.99907):item())
+    local f16 = hero.tensor({0, 1}, {dtype = "f16"})
+    for _, y in ipairs {f16 * 1e6, f16 * hero.tensor(1e6), f16 * hero.tensor(1e6, {dtype = "f64"})} do
+      local v = values(y)
+      assert.is_true(is_nan(v[1]))
+      assert.equal(math.huge, v[2])
+    end
+    assert.same({1}, values(hero.tensor({1}, {dtype = "f16"}) + hero.tensor(1e-4)))
+    -- a true division or atan2 of integers computes in f32: nothing is narrowed
+    assert.near(3 / 2 ^ 40, values(i32 / (1 << 40))[2], 1e-18)
+    -- comparisons compare with the exact number
+    assert.same({true, true, true}, values(u8:lt(256)))
+  end)
+
+  it("gives softplus' gradient 1 past the threshold, infinities included, and keeps its values", function()
+    local x = hero.tensor({1, 30, 100, 1000, math.huge, -math.huge, 20, -100}):requires_grad_()
+    local y = hero.softplus(x)
+    y:sum():backward()
+    assert.tensor_near(y, {1.3132616281509399, 30, 100, 1000, math.huge, 0, 20, 3.783505853677006e-44})
+    assert.tensor_near(x.grad, {0.7310585975646973, 1, 1, 1, 1, 0, 1, 3.783505853677006e-44})
+    -- beta and threshold: the threshold is on beta x
+    x = hero.tensor({1, 10, 1000, -100}):requires_grad_()
+    y = hero.softplus(x, 2, 20)
+    y:sum():backward()
+    assert.tensor_near(y, {1.0634640455245972, 10, 1000, 0})
+    assert.tensor_near(x.grad, {0.8807970285415649, 1, 1, 0})
+    local nan_grad = grad_of(hero.tensor {nan}, function(t) return hero.softplus(t) end)
+    assert.is_true(is_nan(nan_grad[1]))
+  end)
+
+  it("says infinities of another sign or size are not close, as torch's allclose", function()
+    local inf = math.huge
+    assert.is_false(hero.allclose(hero.tensor {inf}, hero.tensor {-inf}))
+    assert.is_false(hero.allclose(hero.tensor {1}, hero.tensor {inf}))
+    assert.is_false(hero.allclose(hero.tensor {inf}, hero.tensor {1}))
+    assert.is_true(hero.allclose(hero.tensor {inf, -inf, 1}, hero.tensor {inf, -inf, 1 + 1e-7}))
+    assert.is_false(hero.allclose(hero.tensor {nan}, hero.tensor {inf}, nil, nil, true))
+    assert.is_true(hero.allclose(hero.tensor {nan, inf}, hero.tensor {nan, inf}, nil, nil, true))
+  end)
+
+  it("gives pow(0, e) the exponent gradient -inf where e < 0, as a tensor base does", function()
+    local g = grad_of(hero.tensor {-1, 0, 1, 2, -0.5}, function(e) return hero.pow(0, e) end)
+    assert.same({-math.huge, 0, 0, 0, -math.huge}, g)
+    assert.same(g, grad_of(hero.tensor {-1, 0, 1, 2, -0.5}, function(e) return hero.pow(hero.zeros(5), e) end))
+  end)
+
+  it("takes a logsumexp over an empty dim, and gather and index_select from a 0-dim tensor", function()
+    assert.same({-math.huge, -math.huge}, values(hero.zeros(2, 0):logsumexp(2)))
+    assert.same({{-math.huge}, {-math.huge}}, values(hero.zeros(2, 0):logsumexp(-1, true)))
+    assert.same({-math.huge, -math.huge, -math.huge}, values(hero.zeros(0, 3):logsumexp(1)))
+    local s = hero.tensor(3.5):requires_grad_()
+    local g = s:gather(1, hero.tensor({0, 0}, {dtype = "i64"}))
+    assert.same({3.5, 3.5}, values(g))
+    g:sum():backward()
+    assert.same({0, 2}, {s.grad:dim(), s.grad:item()})
+    s.grad = nil
+    local one = s:gather(-1, hero.tensor(0, {dtype = "i64"}))
+    assert.same({0, 3.5}, {one:dim(), one:item()})
+    for _, idx in ipairs {hero.tensor(0, {dtype = "i64"}), hero.tensor({0}, {dtype = "i32"})} do
+      local r = s:index_select(1, idx)
+      assert.same({0, 3.5}, {r:dim(), r:item()})
+    end
+    s:index_select(1, hero.tensor({0}, {dtype = "i64"})):backward()
+    assert.same({0, 1}, {s.grad:dim(), s.grad:item()})
+    helper.assert_error_contains(function() s:gather(1, hero.tensor(1, {dtype = "i64"})) end, "gather", "out of range")
+    helper.assert_error_contains(function() s:index_select(1, hero.tensor({0, 0}, {dtype = "i64"})) end,
+      "index_select", "one index")
+  end)
+end)

@@ -108,11 +108,11 @@ static void ce_forward_rows(void *arg, int64_t begin, int64_t end)
             for (int64_t c = 0; c < C; c++)
                 if (row[c] > mx || row[c] != row[c]) mx = row[c];
             double s = 0;
-            for (int64_t c = 0; c < C; c++) {
-                s += exp(row[c] - mx);
-                sum_x += row[c];
-            }
+            for (int64_t c = 0; c < C; c++) s += exp(row[c] - mx);
             lse = mx + log(s);
+            /* only with smoothing, as for f32: a -inf logit would make 0 * smooth NaN */
+            if (j->smoothing != 0)
+                for (int64_t c = 0; c < C; c++) sum_x += row[c];
             xt = t == j->ignore_index ? 0 : row[t];
         }
         j->lse[r] = lse;

@@ -89,6 +89,20 @@ static int gelu_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
             hr_tensor_release(gi[0]);
             gi[0] = NULL;
         }
+    } else if (gi[0] && half) {
+        /* the CPU kernels are f32/f64: the f32 gradient of f32 copies, rounded once into x's dtype */
+        hr_tensor_release(gi[0]);
+        gi[0] = NULL;
+        hr_tensor *xf = hr_cast(x, HR_F32), *gf = hr_cast(g, HR_F32);
+        hr_tensor *r = xf && gf ? hr_tensor_empty(x->ndim, x->size, HR_F32, hr_cpu()) : NULL;
+        if (r) {
+            gelu_job j = {hr_tensor_data(xf), hr_tensor_data(gf), hr_tensor_data(r), HR_F32};
+            hr_parallel_for(hr_tensor_numel(x), 1 << 14, gelu_backward_range, &j);
+            gi[0] = hr_cast(r, x->dtype);
+        }
+        hr_tensor_release(xf);
+        hr_tensor_release(gf);
+        hr_tensor_release(r);
     } else if (gi[0]) {
         gelu_job j = {hr_tensor_data(x), hr_tensor_data(g), hr_tensor_data(gi[0]), x->dtype};
         hr_parallel_for(hr_tensor_numel(x), 1 << 14, gelu_backward_range, &j);
@@ -118,19 +132,18 @@ hr_tensor *hr_gelu(hr_tensor *x)
     if (hr_tensor_check_live(x, "gelu")) return NULL;
     if (x->dtype != HR_F32 && x->dtype != HR_F64) {
         bool half = x->dtype == HR_BF16 || x->dtype == HR_F16;
-        if (half && hr_tensor_device(x).type == HR_CUDA && hr_should_record(1, &x)) {
-            /* autocast on a GPU: computed in f32 and rounded once, forward and backward (what f32
-             * GELU between two casts gives, without the f32 copies) */
-            if (!hr_cuda_compiled()) return hr_cuda_unsupported_null("gelu", x);
+        if (half && hr_should_record(1, &x)) {
+            /* computed in f32 and rounded once, forward and backward (what f32 GELU between two
+             * casts gives, without the f32 copies on a GPU: autocast's case), as torch's CPU
+             * kernels allow for bf16 */
+            if (hr_tensor_device(x).type == HR_CUDA && !hr_cuda_compiled()) return hr_cuda_unsupported_null("gelu", x);
             hr_tensor *xc = hr_contiguous(x);
             hr_tensor *y = xc ? hr_unary(HR_GELU, xc) : NULL;
             if (y) y = record_pointwise_node(y, "gelu", gelu_backward, x, xc);
             hr_tensor_release(xc);
             return y;
         }
-        /* halfs and integers: the plain elementwise kernel (no gradient: they cannot require one) */
-        if (hr_should_record(1, &x))
-            return hr_fail_null(HR_EINVAL, "gelu: differentiable for f32 and f64 inputs, got %s", hr_dtype_name(x->dtype));
+        /* halfs and integers: the plain elementwise kernel (no gradient: integers cannot require one) */
         return hr_unary(HR_GELU, x);
     }
     bool cuda = hr_tensor_device(x).type == HR_CUDA;
@@ -210,8 +223,17 @@ static int erf_backward(hr_node *node, const hr_tensor *grad, hr_tensor **gi)
 hr_tensor *hr_erf(hr_tensor *x)
 {
     if (hr_tensor_check_live(x, "erf")) return NULL;
-    if (x->dtype != HR_F32 && x->dtype != HR_F64)
-        return hr_fail_null(HR_EINVAL, "erf: expected an f32 or f64 tensor, got %s", hr_dtype_name(x->dtype));
+    if (x->dtype != HR_F32 && x->dtype != HR_F64) {
+        /* as torch: bf16/f16 computed in f32 and rounded once (the casts on the tape, for the
+         * gradient), integers and bool give f32 */
+        hr_tensor *xf = hr_ag_cast(x, HR_F32);
+        hr_tensor *yf = xf ? hr_erf(xf) : NULL;
+        hr_tensor_release(xf);
+        if (!yf || !hr_dtype_is_float(x->dtype)) return yf;
+        hr_tensor *y = hr_ag_cast(yf, x->dtype);
+        hr_tensor_release(yf);
+        return y;
+    }
     hr_tensor *xc = hr_contiguous(x);
     if (!xc) return NULL;
     hr_tensor *y = hr_tensor_empty(x->ndim, x->size, x->dtype, hr_tensor_device(x));

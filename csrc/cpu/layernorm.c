@@ -5,6 +5,7 @@
 
 #include "cpu/hr_layernorm.h"
 #include "hr_autograd.h"
+#include "hr_autograd_ops.h"
 #include "hr_cuda.h"
 #include "hr_nn.h"
 
@@ -362,11 +363,31 @@ hr_tensor *hr_layer_norm_of_half(hr_tensor *x, hr_tensor *weight, hr_tensor *bia
     return hr_cuda_layer_norm(x, weight, bias, eps);
 }
 
+/* A bf16/f16 input (and its parameters, of its dtype) as torch's CPU kernel takes it: normalised in
+ * f32 and rounded once, through casts on the tape so that the gradients come back in each one's
+ * dtype. */
+static hr_tensor *layer_norm_via_f32(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps)
+{
+    if (x->ndim < 1) return hr_fail_null(HR_EINVAL, "layer_norm: input must have at least one dimension");
+    if (hr_ln_check_params(x, weight, bias, x->dtype, "layer_norm")) return NULL;
+    hr_tensor *xf = hr_ag_cast(x, HR_F32);
+    hr_tensor *wf = weight ? hr_ag_cast(weight, HR_F32) : NULL, *bf = bias ? hr_ag_cast(bias, HR_F32) : NULL;
+    hr_tensor *yf = xf && (!weight || wf) && (!bias || bf) ? hr_layer_norm(xf, wf, bf, eps) : NULL;
+    hr_tensor *y = yf ? hr_ag_cast(yf, x->dtype) : NULL;
+    hr_tensor_release(xf);
+    hr_tensor_release(wf);
+    hr_tensor_release(bf);
+    hr_tensor_release(yf);
+    return y;
+}
+
 hr_tensor *hr_layer_norm(hr_tensor *x, hr_tensor *weight, hr_tensor *bias, double eps)
 {
     if (hr_tensor_check_live(x, "layer_norm")) return NULL;
+    if (x->dtype == HR_BF16 || x->dtype == HR_F16) return layer_norm_via_f32(x, weight, bias, eps);
     if (x->dtype != HR_F32 && x->dtype != HR_F64)
-        return hr_fail_null(HR_EINVAL, "layer_norm: input is %s; f32 and f64 are supported", hr_dtype_name(x->dtype));
+        return hr_fail_null(HR_EINVAL, "layer_norm: input is %s; f32, f64, bf16 and f16 are supported",
+                            hr_dtype_name(x->dtype));
     if (x->ndim < 1) return hr_fail_null(HR_EINVAL, "layer_norm: input must have at least one dimension");
     int64_t cols = x->size[x->ndim - 1];
     if (hr_ln_check_params(x, weight, bias, x->dtype, "layer_norm")) return NULL;

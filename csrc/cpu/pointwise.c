@@ -640,6 +640,46 @@ static int check_integer_divisor(const char *name, hr_binary_op op, hr_dtype com
                    hr_tensor_desc(b->t, buf, sizeof buf));
 }
 
+/* PyTorch converts a number, and a 0-dim tensor that did not decide the dtype, to the dtype the op
+ * computes in before the op: a u8 minimum with -3 compares with 253, floor_divide by -3 divides by
+ * 253, an i32 minimum with a 0-dim i64 takes its low 32 bits, a bf16 pow takes its exponent rounded
+ * to bf16 and an f16 product with 1e6 multiplies by inf. Only dtypes narrower than their compute
+ * type need it: u8, i32 and bool (computed in int64), bf16 and f16 (in float); f32 and f64 loads
+ * already round so. Comparisons keep the exact value (u8 < 256 is true, where torch converts 256
+ * to 0). A number is converted in place; a 0-dim tensor is replaced by a converted copy, returned
+ * in *held for the caller to release. Done once per op, never per element. */
+static int narrow_operand(hr_binary_op op, hr_operand *o, hr_dtype common, hr_tensor **held)
+{
+    *held = NULL;
+    if (is_predicate(op)) return 0;
+    bool narrow_int = common == HR_U8 || common == HR_I32 || common == HR_BOOL;
+    bool narrow_half = common == HR_BF16 || common == HR_F16;
+    if (!narrow_int && !narrow_half) return 0;
+    if (o->t) {
+        hr_dtype d = o->t->dtype;
+        /* bool, and u8 beside anything but bool, hold only values every narrower dtype holds */
+        if (o->t->ndim != 0 || d == common || d == HR_BOOL || (d == HR_U8 && common != HR_BOOL)) return 0;
+        *held = hr_cast(o->t, common);
+        if (!*held) return -1;
+        o->t = *held;
+        return 0;
+    }
+    if (narrow_int) {
+        /* (a float number with an integer tensor made the op f32, so o is an integer or a bool) */
+        int64_t v = o->i;
+        v = common == HR_U8 ? (int64_t)(uint8_t)(uint64_t)v
+            : common == HR_I32 ? (int64_t)(int32_t)(uint32_t)(uint64_t)v : (int64_t)(v != 0);
+        o->i = v;
+        o->f = (double)v;
+        return 0;
+    }
+    float f = o->kind == HR_SCALAR_FLOAT ? (float)o->f : (float)o->i;
+    f = common == HR_BF16 ? hr_bf16_to_f32(hr_f32_to_bf16(f)) : hr_f16_to_f32(hr_f32_to_f16(f));
+    o->kind = HR_SCALAR_FLOAT;
+    o->f = f;
+    return 0;
+}
+
 static void fill_operand(operand_info *info, const hr_operand *o, compute_type ct, int *slot)
 {
     if (o->t) {
@@ -694,7 +734,6 @@ hr_tensor *hr_binary(hr_binary_op op, hr_operand a, hr_operand b, const hr_opera
     if (check_same_device(name, a.t, b.t)) return NULL;
     hr_dtype common = HR_F32, result = HR_F32;
     if (binary_result_dtype(op, &a, &b, alpha, &common, &result)) return NULL;
-    if (check_integer_divisor(name, op, common, &b)) return NULL;
     int na, nb, nd;
     const int64_t *sa, *sb;
     int64_t shape[HR_MAX_DIMS];
@@ -702,19 +741,25 @@ hr_tensor *hr_binary(hr_binary_op op, hr_operand a, hr_operand b, const hr_opera
     shape_of(&b, &nb, &sb);
     if (hr_broadcast_shape(name, na, sa, nb, sb, &nd, shape)) return NULL;
     hr_device dev = a.t ? hr_tensor_device(a.t) : hr_tensor_device(b.t);
-    hr_tensor *out = hr_tensor_empty(nd, shape, result, dev);
-    if (!out) return NULL;
+    hr_tensor *held_a = NULL, *held_b = NULL, *out = NULL;
+    if (narrow_operand(op, &a, common, &held_a) || narrow_operand(op, &b, common, &held_b) ||
+        check_integer_divisor(name, op, common, &b))
+        goto done;
+    if (!(out = hr_tensor_empty(nd, shape, result, dev))) goto done;
     if (dev.type == HR_CUDA) {
         if (hr_cuda_binary(op, common, &a, &b, alpha, out)) {
             hr_tensor_release(out);
-            return NULL;
+            out = NULL;
         }
-        return out;
+        goto done;
     }
     binary_ctx c;
     operand_list ops;
     binary_setup(&c, op, common, &a, &b, alpha, out, &ops);
     run_walk(nd, shape, &ops, binary_kernel, &c);
+done:
+    hr_tensor_release(held_a);
+    hr_tensor_release(held_b);
     return out;
 }
 
@@ -763,7 +808,6 @@ int hr_binary_(hr_binary_op op, hr_tensor *self, hr_operand b, const hr_operand 
         hr_error_prefix("%s", name);
         return -1;
     }
-    if (check_integer_divisor(name, op, common, &b)) return -1;
     if (!can_store(result, self->dtype))
         return hr_fail(HR_EINVAL, "%s: the result has dtype %s, which cannot be stored in place into a %s tensor", name,
                        hr_dtype_name(result), hr_dtype_name(self->dtype));
@@ -778,9 +822,15 @@ int hr_binary_(hr_binary_op op, hr_tensor *self, hr_operand b, const hr_operand 
                        hr_shape_str(nd, shape, x, sizeof x), hr_shape_str(self->ndim, self->size, y, sizeof y));
     }
     if (check_writable(name, self)) return -1;
-    /* b overlapping self in another layout would be read after being overwritten: copy it first */
     hr_tensor *copy = NULL;
-    if (b.t && b.t->storage == self->storage && !same_view(b.t, self)) {
+    if (narrow_operand(op, &b, common, &copy)) return -1;
+    if (check_integer_divisor(name, op, common, &b)) {
+        hr_tensor_release(copy);
+        return -1;
+    }
+    /* b overlapping self in another layout would be read after being overwritten: copy it first
+     * (a narrowed 0-dim b is a copy already) */
+    if (!copy && b.t && b.t->storage == self->storage && !same_view(b.t, self)) {
         copy = hr_cast(b.t, b.t->dtype);
         if (!copy) return -1;
         b.t = copy;

@@ -654,7 +654,9 @@ __global__ void __launch_bounds__(kCeThreads) ce_forward(const char *x, int64_t 
                 loss[r] = 0;
             } else {
                 double nll = lse - load_fixed<double, XDT>(row + t * el);
-                double smooth = lse - sx / (double)C;
+                /* the sum of the logits only with smoothing, as on the CPU: a -inf logit would
+                 * make 0 * smooth NaN */
+                double smooth = lse - (smoothing != 0 ? sx : 0.0) / (double)C;
                 loss[r] = (1.0 - smoothing) * nll + smoothing * smooth;
             }
         }

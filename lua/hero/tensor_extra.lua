@@ -103,24 +103,21 @@ function M.install_math(hero, methods)
     out = hero.where(d:eq(math.huge), posinf or big, out)
     return hero.where(d:eq(-math.huge), neginf or -big, out)
   end)
-  --- amax / amin(t[, dim][, keepdim]): the largest / smallest values (over every element without dim)
-  both("amax", function(t, dim, keepdim)
-    check(t, "amax")
-    if dim == nil then return t:max() end
-    return (t:max(dim, keepdim or false))
-  end)
-  both("amin", function(t, dim, keepdim)
-    check(t, "amin")
-    if dim == nil then return t:min() end
-    return (t:min(dim, keepdim or false))
-  end)
   --- logsumexp(t, dim[, keepdim]): log(sum(exp(t))) along dim, shifted by the maximum so that it
   -- neither overflows nor underflows (rows of -inf give -inf, as PyTorch's)
   both("logsumexp", function(t, dim, keepdim)
     check(t, "logsumexp")
     if dim == nil then error("logsumexp: a dimension is required", 2) end
-    local m = t:detach():max(dim, true)
-    m = hero.where(m:abs():eq(math.huge), 0.0, m)
+    local m
+    if t:dim() > 0 and t:size(dim) == 0 then
+      -- nothing to shift by (max has no identity); the empty sum gives log(0) = -inf, as torch
+      local shape = t:size()
+      shape[dim < 0 and dim + #shape + 1 or dim] = 1
+      m = hero.zeros(shape, {dtype = t:dtype(), device = t:device()})
+    else
+      m = t:detach():max(dim, true)
+      m = hero.where(m:abs():eq(math.huge), 0.0, m)
+    end
     local r = (t - m):exp():sum(dim, true):log() + m
     if not keepdim then r = r:squeeze(dim) end
     return r
@@ -193,8 +190,11 @@ function M.install_math(hero, methods)
     check(a, "allclose")
     check(b, "allclose")
     a, b = a:detach():double(), b:detach():double()
-    local ok = (a - b):abs():le((b:abs() * (rtol or 1e-5)) + (atol or 1e-8))
-    ok = ok:logical_or(a:eq(b)) -- equal infinities
+    -- torch's isclose: an infinite difference is never close (inf against -inf, or 1 against inf,
+    -- whose allowed error rtol |b| is infinite too); equal infinities are, through a == b
+    local err = (a - b):abs()
+    local ok = err:le((b:abs() * (rtol or 1e-5)) + (atol or 1e-8)):logical_and(err:ne(math.huge))
+    ok = ok:logical_or(a:eq(b))
     if equal_nan then ok = ok:logical_or(a:ne(a):logical_and(b:ne(b))) end
     return ok:all():item()
   end)
@@ -218,7 +218,11 @@ function M.install_math(hero, methods)
     check(t, "softplus")
     beta, threshold = beta or 1, threshold or 20
     local bt = t * beta
-    return hero.where(bt:detach():gt(threshold), t, (bt:exp():log1p()) / beta)
+    local linear = bt:detach():gt(threshold)
+    -- the unused branch gets a finite input: exp(bt) of a large bt is inf, and its gradient 0 * inf
+    -- would be NaN through where's zero for that branch
+    local safe = hero.where(linear, 0.0, bt)
+    return hero.where(linear, t, (safe:exp():log1p()) / beta)
   end)
   both("leaky_relu", function(t, slope)
     check(t, "leaky_relu")

@@ -151,9 +151,11 @@ function F.cross_entropy(logits, target, opts)
   local safe = hero_where(keep, t, 0)
   local lp = rows:log_softmax(2)
   local wt = w:index_select(1, safe) * keep:to(w:dtype())
-  local nll = -lp:gather(2, safe:unsqueeze(2)):squeeze(2) * wt
+  -- ignored rows are chosen out by where, not multiplied by 0: with every row ignored the mean
+  -- divides by a total of 0, and 0 * inf would give them NaN gradients (torch: 0)
+  local nll = hero_where(keep, -lp:gather(2, safe:unsqueeze(2)):squeeze(2) * wt, 0)
   local smooth
-  if s > 0 then smooth = -(lp * w:view(1, C)):sum(2) * keep:to(lp:dtype()) end
+  if s > 0 then smooth = hero_where(keep, -(lp * w:view(1, C)):sum(2), 0) end
   local function combine(a, b) return b and a * (1 - s) + b * (s / C) or a end
   if red == "none" then return shaped(combine(nll, smooth)) end
   if red == "sum" then return combine(nll:sum(), smooth and smooth:sum()) end
@@ -182,8 +184,12 @@ function F.binary_cross_entropy_with_logits(x, y, opts)
   local loss
   if o.pos_weight ~= nil then
     tensors(who, "pos_weight", o.pos_weight)
-    -- log(1 + exp(-x)), stable: log1p(exp(-|x|)) + max(-x, 0)
-    local sp = (-x:abs()):exp():log1p() + (-x):relu()
+    -- log(1 + exp(-x)), stable: log1p(exp(-x)) for x >= 0, log1p(exp(x)) - x below, each branch
+    -- fed only its own side's values so that exp never overflows (the values of log1p(exp(-|x|)) +
+    -- max(-x, 0), whose gradient at 0 would be abs's and relu's 0 instead of -1/2)
+    local pos = x:detach():ge(0)
+    local sp = hero_where(pos, (-hero_where(pos, x, 0)):exp():log1p(),
+                          hero_where(pos, 0, x):exp():log1p() - x)
     loss = (1 - y) * x + (1 + (o.pos_weight - 1) * y) * sp
   else
     loss = core.binary_cross_entropy_with_logits(x, y, {reduction = "none"})
