@@ -174,7 +174,9 @@ int hr_lz4_frame_compress(const void *src, size_t len, int level, unsigned char 
     LZ4F_preferences_t prefs;
     memset(&prefs, 0, sizeof prefs);
     prefs.frameInfo.blockSizeID = LZ4F_max64KB;
-    prefs.frameInfo.blockMode = LZ4F_blockIndependent;
+    /* linked blocks, python-lz4's lz4.frame.compress default: values over one 64 KiB block are then
+     * the bytes it writes (a single block is marked independent either way) */
+    prefs.frameInfo.blockMode = LZ4F_blockLinked;
     prefs.frameInfo.contentChecksumFlag = LZ4F_noContentChecksum;
     prefs.frameInfo.contentSize = (unsigned long long)len;
     prefs.compressionLevel = level;

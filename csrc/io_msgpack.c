@@ -272,10 +272,30 @@ static const struct {
     {"<i4", HR_I32}, {"|u1", HR_U8},  {"|b1", HR_BOOL},
 };
 
+/* Whether map is a msgpack_numpy array: its "nd" key is bin, as msgpack_numpy writes its keys (bytes)
+ * and as its decoder looks them up (b'nd'); a str "nd" is an ordinary field (an annotation's), unless
+ * the map has exactly msgpack_numpy's five keys, as a writer without bin types stores them. */
+static bool is_numpy_map(const hr_mp_node *map)
+{
+    bool str_nd = false;
+    for (size_t i = 0; i < map->v.c.n; i++) {
+        const hr_mp_node *k = &map->v.c.items[2 * i];
+        if ((k->type == HR_MP_STR || k->type == HR_MP_BIN) && k->v.s.len == 2 && memcmp(k->v.s.ptr, "nd", 2) == 0) {
+            if (k->type == HR_MP_BIN) return true;
+            str_nd = true;
+        }
+    }
+    if (!str_nd || map->v.c.n != 5) return false;
+    static const char *const keys[] = {"type", "kind", "shape", "data"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!mp_field(map, keys[i])) return false;
+    return true;
+}
+
 int hr_msgpack_numpy(const hr_mp_node *map, hr_tensor **out)
 {
     *out = NULL;
-    if (!map || map->type != HR_MP_MAP) return 0;
+    if (!map || map->type != HR_MP_MAP || !is_numpy_map(map)) return 0;
     const hr_mp_node *nd = mp_field(map, "nd");
     if (!nd || nd->type != HR_MP_BOOL) return 0;
     const hr_mp_node *type = mp_field(map, "type");

@@ -429,10 +429,15 @@ static int zip_assemble(const char *what, const char *path, size_t n, const char
             hr_fail(HR_ENOMEM, "out of memory writing %s", what);
             goto done;
         }
-        /* Fixed date (1980-01-01 00:00) keeps the archives byte-identical for equal inputs. */
+        /* Fixed date (1980-01-01 00:00) keeps the archives byte-identical for equal inputs. A name
+         * that is not ASCII sets flag bit 11 (the name is UTF-8), as numpy.savez's zipfile does:
+         * readers take it for CP437 otherwise. */
+        uint16_t flags = 0;
+        for (size_t b = 0; b < nlen; b++)
+            if ((unsigned char)names[i][b] >= 0x80) flags = 0x800;
         wr32(lh, SIG_LOCAL);
         wr16(lh + 4, 20);
-        wr16(lh + 6, 0);
+        wr16(lh + 6, flags);
         wr16(lh + 8, method);
         wr16(lh + 10, 0);
         wr16(lh + 12, 0x21);
@@ -451,7 +456,7 @@ static int zip_assemble(const char *what, const char *path, size_t n, const char
         wr32(c, SIG_CENTRAL);
         wr16(c + 4, 20);
         wr16(c + 6, 20);
-        wr16(c + 8, 0);
+        wr16(c + 8, flags);
         wr16(c + 10, method);
         wr16(c + 12, 0);
         wr16(c + 14, 0x21);

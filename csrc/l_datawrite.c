@@ -164,7 +164,15 @@ static void enc_table(enc_ctx *c, int idx)
         if (ordered) lua_replace(L, -2);
         else lua_pop(L, 2);
     }
-    if (marked || (count > 0 && all_int)) {
+    /* Positive integer keys starting at 1 are an array (with holes: a mistake, most likely a nil in
+     * a list); other integer keys ({[10] = "x"}), and any table with an __order, are a map, as a
+     * Python dict with those keys is written. */
+    bool has_first = false;
+    if (!marked && !ordered && count > 0 && all_int) {
+        has_first = lua_rawgeti(L, idx, 1) != LUA_TNIL;
+        lua_pop(L, 1);
+    }
+    if (marked || has_first) {
         if (!all_int) enc_fail(c, "is marked as an array but has keys other than 1..n");
         if ((size_t)maxn != count) enc_fail(c, "is an array with holes (use hero.data.null for missing values)");
         enc_check(c, hr_mp_put_array(c->b, count));

@@ -99,6 +99,24 @@ describe("encode_msgpack", function()
     assert.are.equal("82a16101a16202", hex(enc({b = 2, a = 1})))
     assert.are.equal("83" .. "0a" .. "a0" .. "a161" .. "a0" .. "a162" .. "a0", hex(enc({[10] = "", a = "", b = ""})))
     assert.are.equal("82a16202a16101", hex(enc(W.ordered({a = 1, b = 2}, {"b", "a"}))))
+    -- integer keys not starting at 1 are a map, as msgpack.packb writes a dict with those keys
+    -- (they were refused as an array with holes); ordered() always writes a map in its order
+    assert.are.equal("810aa178", hex(enc({[10] = "x"})))
+    assert.are.equal("8202a16203a163", hex(enc({[2] = "b", [3] = "c"})))
+    assert.are.equal("8202a16201a161", hex(enc(W.ordered({[2] = "b", [1] = "a"}, {2, 1}))))
+    assert.are.equal("8101a161", hex(enc(W.ordered({[1] = "a"}, {1}))))
+  end)
+
+  it("reads a map with a str 'nd' field as the map it is, not as a msgpack_numpy array", function()
+    -- msgpack_numpy's keys are bin (b'nd'); an annotation's "nd" field is str
+    local v = data.decode_msgpack(enc({desc_id = 7, desc = "a query", nd = true}))
+    assert.are.same({desc_id = 7, desc = "a query", nd = true}, v)
+    local t = data.decode_msgpack(enc({f = hero.tensor({1, 2}, {dtype = "f32"})})).f
+    assert.is_true(hero.core.is_tensor(t))
+    -- msgpack_numpy's five keys as str (a writer without bin types) still make an array
+    local str_keys = "85a26e64c3a474797065a33c6634a46b696e64a0a57368617065910" .. "1a464617461c4040000803f"
+    local bytes = str_keys:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)
+    assert.are.same({1}, data.decode_msgpack(bytes):totable())
   end)
 
   it("writes [] and null as an array and nil when the writer is loaded on its own", function()
@@ -199,12 +217,17 @@ describe("lz4_frame_compress", function()
     end
   end)
 
-  it_db("uses python-lz4's frame options (independent 64 KiB blocks, content size, no checksum)", function()
+  it_db("uses python-lz4's frame options (linked 64 KiB blocks, content size, no checksum)", function()
     local db = data.open_txt_db(TDB .. "tv_subtitles.db")
     local ref = db:get_raw(db:keys()[1])
     db:close()
     local c = data.lz4_frame_compress("x")
     assert.are.equal(hex(ref:sub(1, 6)), hex(c:sub(1, 6)))  -- magic, FLG, BD
+    -- several blocks: linked (FLG 0x48: version 1, content size), as lz4.frame.compress writes them;
+    -- a single block is marked independent (0x68) by liblz4 either way
+    assert.are.equal("68", hex(c:sub(5, 5)))
+    local big = data.lz4_frame_compress(string.rep("hero pre-training ", 8000))
+    assert.are.equal("48", hex(big:sub(5, 5)))
     assert_err("level must be 0..12", data.lz4_frame_compress, "x", 13)
   end)
 
