@@ -117,8 +117,7 @@ describe("a release from a finalizer", function()
     local pool = core.worker_pool{n = 1, script = "return function(job) return #job end"}
     pool:submit({1})
     assert.equal(1, pool:get())
-    local closer = setmetatable({}, {__gc = function() pool:close() end})
-    closer = nil -- luacheck: ignore 311
+    do setmetatable({}, {__gc = function() pool:close() end}) end
     collectgarbage()
     assert.is_true(pool:is_closed())
     helper.assert_error_contains(function() pool:submit({}) end, "closed")
