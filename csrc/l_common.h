@@ -40,6 +40,25 @@ void hr_lua_push_tensor(lua_State *L, hr_tensor *t);
  * goes when the object's own __gc runs, which is when nothing, a binding's arguments included, can
  * reach it. */
 bool hr_lua_in_finalizer(lua_State *L);
+/* The explicit release and the __gc of a box whose object sits in box->FIELD and, once released from
+ * a finalizer, in box->deferred: DESTROY(object) must accept NULL. */
+#define HR_LUA_RELEASE_OR_DEFER(L, box, FIELD, DESTROY)                          \
+    do {                                                                          \
+        void *released_ = (void *)(box)->FIELD;                                   \
+        (box)->FIELD = NULL;                                                      \
+        if (released_ && hr_lua_in_finalizer(L) && !(box)->deferred)              \
+            (box)->deferred = released_;                                          \
+        else                                                                      \
+            DESTROY(released_);                                                   \
+    } while (0)
+#define HR_LUA_RELEASE_ALL(box, FIELD, DESTROY)                                   \
+    do {                                                                          \
+        void *held_ = (void *)(box)->FIELD, *deferred_ = (void *)(box)->deferred; \
+        (box)->FIELD = NULL;                                                      \
+        (box)->deferred = NULL;                                                   \
+        DESTROY(held_);                                                           \
+        DESTROY(deferred_);                                                       \
+    } while (0)
 /* Raises the core's last error as a Lua error, prefixed with op. Never returns. */
 int hr_lua_error(lua_State *L, const char *op);
 

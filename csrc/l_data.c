@@ -437,20 +437,14 @@ static int m_count(lua_State *L)
 static int m_close(lua_State *L)
 {
     lmdb_box *b = luaL_checkudata(L, 1, LMDB_MT);
-    hr_lmdb *db = b->db;
-    b->db = NULL;
-    if (db && hr_lua_in_finalizer(L) && !b->deferred) b->deferred = db;
-    else hr_lmdb_close(db);
+    HR_LUA_RELEASE_OR_DEFER(L, b, db, hr_lmdb_close);
     return 0;
 }
 
 static int m_gc(lua_State *L)
 {
     lmdb_box *b = luaL_checkudata(L, 1, LMDB_MT);
-    hr_lmdb_close(b->db);
-    hr_lmdb_close(b->deferred);
-    b->db = NULL;
-    b->deferred = NULL;
+    HR_LUA_RELEASE_ALL(b, db, hr_lmdb_close);
     return 0;
 }
 

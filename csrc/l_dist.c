@@ -216,20 +216,14 @@ static int reducer_counts(lua_State *L)
 static int reducer_free(lua_State *L)
 {
     reducer_box *b = luaL_checkudata(L, 1, REDUCER_MT);
-    hr_grad_reducer *r = b->r;
-    b->r = NULL;
-    if (r && hr_lua_in_finalizer(L) && !b->deferred) b->deferred = r;
-    else hr_grad_reducer_free(r);
+    HR_LUA_RELEASE_OR_DEFER(L, b, r, hr_grad_reducer_free);
     return 0;
 }
 
 static int reducer_gc(lua_State *L)
 {
     reducer_box *b = luaL_checkudata(L, 1, REDUCER_MT);
-    hr_grad_reducer_free(b->r);
-    hr_grad_reducer_free(b->deferred);
-    b->r = NULL;
-    b->deferred = NULL;
+    HR_LUA_RELEASE_ALL(b, r, hr_grad_reducer_free);
     return 0;
 }
 

@@ -10,7 +10,6 @@
 
 /* ------------------------------------------------------------------ lifetime */
 
-/* __gc, __close and :free() are this one idempotent function. */
 /* t:free() and the end of a `local t <close>`: the tensor is freed for Lua at once, and its memory
  * goes now, or at the box's own collection when called from a finalizer (hr_lua_in_finalizer). */
 static int tensor_free(lua_State *L)

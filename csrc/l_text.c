@@ -27,20 +27,14 @@ static hr_bpe *check_bpe(lua_State *L, int idx, const char *op)
 static int l_bpe_free(lua_State *L)
 {
     bpe_box *box = luaL_checkudata(L, 1, BPE_MT);
-    hr_bpe *b = box->b;
-    box->b = NULL;
-    if (b && hr_lua_in_finalizer(L) && !box->deferred) box->deferred = b;
-    else hr_bpe_free(b);
+    HR_LUA_RELEASE_OR_DEFER(L, box, b, hr_bpe_free);
     return 0;
 }
 
 static int l_bpe_gc(lua_State *L)
 {
     bpe_box *box = luaL_checkudata(L, 1, BPE_MT);
-    hr_bpe_free(box->b);
-    hr_bpe_free(box->deferred);
-    box->b = NULL;
-    box->deferred = NULL;
+    HR_LUA_RELEASE_ALL(box, b, hr_bpe_free);
     return 0;
 }
 

@@ -917,21 +917,14 @@ static int l_wait_seconds(lua_State *L)
 static int l_close(lua_State *L)
 {
     pool_box *b = luaL_checkudata(L, 1, POOL_MT);
-    pool_core *pc = b->pc;
-    b->pc = NULL;
-    if (pc && hr_lua_in_finalizer(L) && !b->deferred) b->deferred = pc;
-    else pool_destroy(pc);
+    HR_LUA_RELEASE_OR_DEFER(L, b, pc, pool_destroy);
     return 0;
 }
 
 static int l_pool_gc(lua_State *L)
 {
     pool_box *b = luaL_checkudata(L, 1, POOL_MT);
-    pool_core *pc = b->pc, *deferred = b->deferred;
-    b->pc = NULL;
-    b->deferred = NULL;
-    pool_destroy(pc);
-    pool_destroy(deferred);
+    HR_LUA_RELEASE_ALL(b, pc, pool_destroy);
     return 0;
 }
 

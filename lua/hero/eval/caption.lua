@@ -56,16 +56,20 @@ local REDAUX = {["'s"] = true, ["'m"] = true, ["'d"] = true, ["'re"] = true, ["'
 
 local function is_alpha(c) return c ~= "" and c:find("^%a") ~= nil end
 
--- WORD: letters and digits, starting with a letter, pieces joined by . ! or ? ("mr.smith", "hi!there").
-local function match_word(s, i)
-  local _, e = s:find("^%a%w*", i)
+-- The end of the longest run at i of `first` followed by any number of `more` (anchored patterns),
+-- or nil when `first` does not match.
+local function match_run(s, i, first, more)
+  local _, e = s:find(first, i)
   if not e then return nil end
   while true do
-    local _, e2 = s:find("^[.!?]%a%w*", e + 1)
+    local _, e2 = s:find(more, e + 1)
     if not e2 then return e end
     e = e2
   end
 end
+
+-- WORD: letters and digits, starting with a letter, pieces joined by . ! or ? ("mr.smith", "hi!there").
+local function match_word(s, i) return match_run(s, i, "^%a%w*", "^[.!?]%a%w*") end
 
 -- NUMBER: [-+]? digits with . , (or :) groups ("1,000.50", "10:30", ".5", "-5"); no_colon: only
 -- . and , (the numbers inside a hyphenated THING: "1:30-2:30" is "1:30" "-2:30").
@@ -129,15 +133,7 @@ local function match_slashed(s, i)
 end
 
 -- ACRONYM: single letters each followed by a period ("u.s.", "a.m.", "w.").
-local function match_acronym(s, i)
-  local _, e = s:find("^%a%.", i)
-  if not e then return nil end
-  while true do
-    local _, e2 = s:find("^%a%.", e + 1)
-    if not e2 then return e end
-    e = e2
-  end
-end
+local function match_acronym(s, i) return match_run(s, i, "^%a%.", "^%a%.") end
 
 -- Words with an apostrophe that stay whole ("o'brien", "ma'am", "'cause", "'n'", "'80s", "'em").
 local function match_apostrophe_word(s, low, i)
