@@ -5,8 +5,10 @@
  * process hangs instead of failing. Allocations only fail under an address-space limit (ulimit -v,
  * RLIMIT_AS) or strict overcommit (vm.overcommit_memory = 2). There ("limited"), hero:
  *   - runs BLAS regions one at a time, from one calling thread each, with OpenBLAS single-threaded
- *     (its threaded driver mallocs per call and exits the process when that fails; results do not
- *     depend on the split), so OpenBLAS never needs a second buffer nor any other allocation;
+ *     at all times (its threaded driver mallocs per call and exits the process when that fails, and
+ *     each thread it starts asks for a buffer of its own; results do not depend on the split), so
+ *     OpenBLAS never needs a second buffer nor any other allocation (hr_set_num_threads leaves
+ *     OpenBLAS at one thread there);
  *   - before the first region, maps and unmaps (without touching) a buffer's worth of address
  *     space: when that fails, the operation fails with an out-of-memory error and the process goes
  *     on. Once a region has run, the buffer exists and is reused.
@@ -59,7 +61,6 @@ int hr_blas_begin(const char *op)
     if (p == MAP_FAILED && hr_empty_cache() > 0) /* blocks kept for reuse go back first */
         p = mmap(NULL, BLAS_BUFFER_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
-        openblas_set_num_threads(hr_get_num_threads());
         pthread_mutex_unlock(&lock);
         return hr_fail(HR_ENOMEM, "%s: out of memory: the BLAS library needs %zu MiB of work space and the "
                        "address space left is smaller", op, BLAS_BUFFER_BYTES >> 20);
@@ -72,6 +73,5 @@ void hr_blas_end(void)
 {
     if (!limited) return;
     have_buffer = true;
-    openblas_set_num_threads(hr_get_num_threads());
     pthread_mutex_unlock(&lock);
 }

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #endif
 
+#include "hr_blas_guard.h"
 #include "hr_core.h"
 #include "hr_queue.h"
 
@@ -171,7 +172,7 @@ int hr_get_num_threads(void)
     if (!atomic_compare_exchange_strong_explicit(&pool.nthreads, &n, fresh, memory_order_relaxed,
                                                  memory_order_relaxed))
         return n;
-    openblas_set_num_threads(fresh);
+    openblas_set_num_threads(hr_blas_limited() ? 1 : fresh);
     return fresh;
 }
 
@@ -180,7 +181,10 @@ void hr_set_num_threads(int n)
     if (n < 1) n = 1;
     if (n > HR_MAX_THREADS) n = HR_MAX_THREADS;
     atomic_store_explicit(&pool.nthreads, n, memory_order_relaxed);
-    openblas_set_num_threads(n);
+    /* Under an address-space limit OpenBLAS stays single-threaded (hr_blas_guard.c): each thread it
+     * starts asks for a 128 MiB buffer and retries forever when that fails, which hung the process
+     * (and kept the cores busy in the kernel) after a large count. */
+    openblas_set_num_threads(hr_blas_limited() ? 1 : n);
 }
 
 /* Workers are created lazily and never destroyed; a smaller thread count leaves extras idle. */

@@ -139,4 +139,22 @@ describe("host out of memory", function()
     print(string.format("\n  oom spec: ulimit -v %d kB (peak %d kB + %d kB), %d failures, all \"out of memory\"",
       limit, peak, MARGIN_KB, fails))
   end)
+
+  -- A large thread count under the limit: OpenBLAS started that many threads, each asking for a
+  -- 128 MiB buffer and retrying forever when it failed, so the process hung at exit (and kept the
+  -- cores busy in the kernel meanwhile); OpenBLAS now stays single-threaded under a limit.
+  it_limited("a large thread count under ulimit -v neither hangs nor slows the process", function()
+    local script = [[
+local hero = require "hero"
+local x = hero.randn(512, 512)
+for _ = 1, 5 do hero.matmul(x, x):sum() end
+hero.set_num_threads(64)
+hero.set_num_threads(2)
+for _ = 1, 5 do hero.matmul(x, x):sum() end
+print("DONE")
+]]
+    local out, ok = run_child(script, 2000000)
+    assert.is_true(ok, "the child hung or died under ulimit -v 2000000:\n" .. out)
+    assert.matches("DONE", out)
+  end)
 end)
