@@ -27,7 +27,9 @@
 #      /tmp/hero-tvdb), bf16, 32 videos, MLM and VSM: --workers 0 against --workers 4 (batches
 #      uploaded by the workers), milliseconds per update and the losses of both (the same batches).
 # HERO_CHECK_AMPS="none bf16" (the default) picks the precisions the benchmark and profiles run in.
-#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench,profile,kernels,loader,train
+#   8. (phase alternate, not in the default) hero's and PyTorch's bf16 MLM step in alternating
+#      processes, HERO_CHECK_ROUNDS rounds (5): the median ratio with its min and max.
+#   sh examples/device_check.sh [phases]      phases: any of env,specs,layers,bench,profile,kernels,loader,train,alternate
 #                                              (default: env,specs,layers,bench)
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -91,7 +93,7 @@ if ! carried_build_ok; then
 fi
 export LUA_CPATH="$BUILD/?.so;${HERO_DEB_LUA_CPATH:+$HERO_DEB_LUA_CPATH;};"
 has_phase env && ! has_phase specs && ! has_phase layers && ! has_phase bench && ! has_phase profile &&
-  ! has_phase kernels && exit $status
+  ! has_phase kernels && ! has_phase alternate && exit $status
 
 if has_phase specs; then
   for spec in spec/cuda_spec.lua spec/cuda_device_spec.lua spec/dist_spec.lua; do
@@ -186,6 +188,34 @@ if has_phase kernels; then
     done
   else
     echo "== no ncu on this machine"
+  fi
+fi
+
+# Phase alternate: hero's bf16 MLM step and PyTorch's in turns (A B A B ...), one process each per
+# round, so that both sides of a round see the same machine; the median of the per-round ratios,
+# with their min and max (HERO_CHECK_ROUNDS rounds, default 5).
+if has_phase alternate; then
+  if [ -f .bench/hero_torch_bench.py ] && torch_ok; then
+    stamp "alternating rounds: hero and PyTorch, bf16 MLM step, 32 videos"
+    : >"$OUT/alternate.log"
+    round=1
+    while [ "$round" -le "${HERO_CHECK_ROUNDS:-5}" ]; do
+      h=$(timeout -k 5 120 $LUA examples/bench_pretrain.lua --config hero --device cuda:0 --amp bf16 --videos 32 \
+        --tasks mlm --modes step --reps 10 --warmup 3 2>&1 | awk '/ step +median/ { print $7 }')
+      t=$(env -u LD_LIBRARY_PATH timeout -k 5 120 python3 examples/torch/bench_torch_cuda.py --baseline .bench/hero_torch_bench.py \
+        --config hero --videos 32 --amp bf16 --tasks mlm --modes step --reps 10 --warmup 3 2>&1 | awk '/ step amp=/ { print $7 }')
+      echo "round $round: hero ${h:-?} ms, PyTorch ${t:-?} ms" | tee -a "$OUT/alternate.log"
+      [ -n "$h" ] && [ -n "$t" ] || status=1
+      round=$((round + 1))
+    done
+    awk '/^round/ && $4 + 0 > 0 && $7 + 0 > 0 { r[++n] = $4 / $7; h[n] = $4; t[n] = $7 }
+      function median(a, n,   i, j, x) { for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+      END { if (n == 0) exit 1; mr = median(r, n); lo = r[1]; hi = r[n]
+        printf "hero / PyTorch, bf16 MLM step: median %.3f (min %.3f, max %.3f) over %d rounds; median times %.1f ms and %.1f ms\n",
+          mr, lo, hi, n, median(h, n), median(t, n) }' "$OUT/alternate.log" | tee -a "$OUT/alternate.log" || status=1
+  else
+    echo "== no CUDA PyTorch or no .bench/hero_torch_bench.py: no alternating rounds"
   fi
 fi
 
