@@ -603,9 +603,10 @@ describe("CUDA backend #cuda", function()
           same(dev(x):log_softmax(d), x:log_softmax(d))
         end
       end
-      -- rows of every length: one warp per row up to 1024 elements, a block per row above
-      for _, n in ipairs {1, 31, 33, 1024, 1025, 3000} do
-        for _, dt in ipairs {"f32", "bf16"} do
+      -- rows of every length: one warp per row up to 1024 elements (held in registers up to 32, 64
+      -- and 128 elements), a block per row above
+      for _, n in ipairs {1, 31, 32, 33, 64, 65, 128, 129, 1024, 1025, 3000} do
+        for _, dt in ipairs(n <= 129 and {"f32", "bf16", "f64"} or {"f32", "bf16"}) do
           local x = randn({5, n}, dt) * 4
           same(dev(x):softmax(2), x:softmax(2))
           same(dev(x):log_softmax(2), x:log_softmax(2))
@@ -616,6 +617,13 @@ describe("CUDA backend #cuda", function()
       end
       local nan_row = hero.tensor {{1, 0 / 0, 2}, {1, 2, 3}}
       same(dev(nan_row):softmax(2), nan_row:softmax(2))
+      -- masked scores: -inf entries, and a row that is -inf throughout (NaN, as on the CPU)
+      local masked = hero.tensor {{-math.huge, 0, 1}, {-math.huge, -math.huge, -math.huge}, {2, -math.huge, 2}}
+      for _, long in ipairs {false, true} do
+        local x = long and masked:tile(1, 40) or masked -- rows of 3 and of 120
+        same(dev(x):softmax(2), x:softmax(2))
+        same(dev(x):log_softmax(2), x:log_softmax(2))
+      end
       check_grad(function(a) return a:softmax(-1) end, {randn {4, 6}})
       check_grad(function(a) return a:log_softmax(1) end, {randn {4, 6}})
       check_grad(function(a) return a:sum(1) + a:mean(2, true):sum() end, {randn {3, 5}})

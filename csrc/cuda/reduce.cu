@@ -230,6 +230,62 @@ unsigned row_grid(int64_t rows)
     return (unsigned)(rows < 65535 * 16 ? rows : 65535 * 16);
 }
 
+/* Rows of at most 32 * V elements (the 33-score rows of HERO's attention, 60-frame rows of the
+ * temporal transformer): each lane keeps its V values and their exponentials in registers, so a row
+ * is read once and each exponential computed once, and only the scale the output needs (1/sum or
+ * log sum) is worked out. Every value goes through the operations of softmax_rows_warp in the same
+ * order, so both give the same bits. */
+template <typename T, int V>
+__global__ void softmax_rows_regs(const char *src, int dt, int el, int64_t rows, int64_t n, bool log_out, char *out)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t step = (int64_t)gridDim.x * kWarpsPerBlock;
+    for (int64_t r = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5); r < rows; r += step) {
+        const char *row = src + r * n * el;
+        char *orow = out + r * n * el;
+        T v[V], e[V];
+        T mx = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            const int64_t i = lane + 32 * k;
+            v[k] = i < n ? load<T>(row + i * el, dt) : (T)0;
+            if (i < n && (v[k] > mx || v[k] != v[k])) mx = (mx != mx) ? mx : v[k];
+        }
+        mx = warp_max_nan_of<T>(mx);
+        double s = 0;
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            v[k] -= mx;
+            e[k] = exp_of(v[k]);
+            if (lane + 32 * k < n) s += (double)e[k];
+        }
+        s = warp_sum(s);
+        if (log_out) {
+            const T ls = (T)log(s);
+#pragma unroll
+            for (int k = 0; k < V; k++)
+                if (lane + 32 * k < n) store(orow + (lane + 32 * k) * (int64_t)el, dt, v[k] - ls);
+        } else {
+            const T inv = (T)(1.0 / s);
+#pragma unroll
+            for (int k = 0; k < V; k++)
+                if (lane + 32 * k < n) store(orow + (lane + 32 * k) * (int64_t)el, dt, e[k] * inv);
+        }
+    }
+}
+
+/* softmax_rows_regs for rows of at most 128 elements, softmax_rows_warp for longer ones. */
+template <typename T>
+void launch_softmax_short(const char *sp, int dt, int el, int64_t rows, int64_t n, bool log_out, char *dp,
+                          cudaStream_t st)
+{
+    const unsigned grid = warp_row_grid(rows);
+    if (n <= 32) softmax_rows_regs<T, 1><<<grid, kRowThreads, 0, st>>>(sp, dt, el, rows, n, log_out, dp);
+    else if (n <= 64) softmax_rows_regs<T, 2><<<grid, kRowThreads, 0, st>>>(sp, dt, el, rows, n, log_out, dp);
+    else if (n <= 128) softmax_rows_regs<T, 4><<<grid, kRowThreads, 0, st>>>(sp, dt, el, rows, n, log_out, dp);
+    else softmax_rows_warp<T><<<grid, kRowThreads, 0, st>>>(sp, dt, el, rows, n, log_out, dp);
+}
+
 /* t with dimension d moved last, contiguous (a new reference). */
 hr_tensor *rows_along(hr_tensor *t, int d)
 {
@@ -571,12 +627,8 @@ extern "C" int hr_cuda_softmax(hr_tensor *t, int dim, bool log_out, hr_tensor *o
         int el = (int)hr_dtype_size(src->dtype);
         char *dp = (char *)hr_tensor_data(dst);
         if (n <= kShortRow)
-            if (src->dtype == HR_F64)
-                softmax_rows_warp<double><<<warp_row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out,
-                                                                                       dp);
-            else
-                softmax_rows_warp<float><<<warp_row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out,
-                                                                                      dp);
+            if (src->dtype == HR_F64) launch_softmax_short<double>(sp, src->dtype, el, rows, n, log_out, dp, st);
+            else launch_softmax_short<float>(sp, src->dtype, el, rows, n, log_out, dp, st);
         else
             softmax_rows<<<row_grid(rows), kRowThreads, 0, st>>>(sp, src->dtype, el, rows, n, log_out, dp);
         rc = check_launch(name);
