@@ -11,17 +11,17 @@ static hr_tensor *opt_tensor(lua_State *L, int idx, const char *op)
     return lua_isnoneornil(L, idx) ? NULL : hr_lua_check_tensor(L, idx, op);
 }
 
-static hr_tensor *layer_norm_at(lua_State *L, int idx, hr_tensor *w, hr_tensor *b, double eps, const char *op);
+static hr_tensor *layer_norm_at(lua_State *L, int idx, int w_idx, int b_idx, double eps, const char *op);
 
 /* layer_norm(x, weight|nil, bias|nil, eps) */
 static int l_layer_norm(lua_State *L)
 {
     hr_lua_check_tensor(L, 1, "layer_norm");
-    hr_tensor *w = opt_tensor(L, 2, "layer_norm");
-    hr_tensor *b = opt_tensor(L, 3, "layer_norm");
+    opt_tensor(L, 2, "layer_norm");
+    opt_tensor(L, 3, "layer_norm");
     double eps = luaL_checknumber(L, 4);
     if (!(eps >= 0)) return luaL_error(L, "layer_norm: eps must be >= 0, got %f", (lua_Number)eps);
-    hr_lua_push_tensor(L, layer_norm_at(L, 1, w, b, eps, "layer_norm"));
+    hr_lua_push_tensor(L, layer_norm_at(L, 1, 2, 3, eps, "layer_norm"));
     return 1;
 }
 
@@ -170,14 +170,19 @@ static hr_tensor *broadcast_mask(lua_State *L, hr_tensor *mask, int64_t B, int64
     return e;
 }
 
-/* layer_norm of the tensor at stack index idx (l_layer_norm's autocast included). */
-static hr_tensor *layer_norm_at(lua_State *L, int idx, hr_tensor *w, hr_tensor *b, double eps, const char *op)
+/* layer_norm of the tensor at stack index idx with the weight and bias at w_idx and b_idx (nil:
+ * none), l_layer_norm's autocast included: like torch's, it casts every half argument up to f32,
+ * so a model converted to bf16 runs its layer norms in f32 under autocast as well. */
+static hr_tensor *layer_norm_at(lua_State *L, int idx, int w_idx, int b_idx, double eps, const char *op)
 {
     hr_tensor *x = hr_lua_check_tensor(L, idx, op);
+    hr_tensor *w = opt_tensor(L, w_idx, op), *b = opt_tensor(L, b_idx, op);
     bool of_half = (x->dtype == HR_BF16 || x->dtype == HR_F16) && hr_tensor_device(x).type == HR_CUDA &&
                    hr_autocast_target(x, HR_AUTOCAST_F32) == HR_F32 && (!w || w->dtype == HR_F32) &&
                    (!b || b->dtype == HR_F32);
     if (!of_half) x = hr_lua_autocast(L, idx, HR_AUTOCAST_F32, op);
+    if (w) w = hr_lua_autocast(L, w_idx, HR_AUTOCAST_F32, op);
+    if (b) b = hr_lua_autocast(L, b_idx, HR_AUTOCAST_F32, op);
     hr_tensor *y;
     HR_LUA_RETRY(L, y, of_half ? hr_layer_norm_of_half(x, w, b, eps) : hr_layer_norm(x, w, b, eps));
     if (!y) hr_lua_error(L, op);
@@ -214,7 +219,7 @@ static int l_dropout_add_layer_norm(lua_State *L)
     HR_LUA_RETRY(L, s, hr_ag_binary(HR_ADD, hr_operand_tensor(d), hr_operand_tensor(r), NULL));
     if (!s) return hr_lua_error(L, op);
     hr_lua_push_tensor(L, s);
-    y = layer_norm_at(L, lua_gettop(L), w, b, eps, op);
+    y = layer_norm_at(L, lua_gettop(L), 3, 4, eps, op);
     hr_lua_push_tensor(L, y);
     return 1;
 }

@@ -54,6 +54,27 @@ describe("hero.amp.autocast", function()
     helper.assert_error_contains(function() amp.autocast("f32", function() end) end, "must be 'bf16', 'f16' or nil")
   end)
 
+  it("casts half weights and biases of layer_norm up to f32 too (a model converted to bf16)", function()
+    local g = hero.Generator(4)
+    local x = hero.randn({3, 8}, {generator = g}):to("bf16")
+    local w = (hero.randn({8}, {generator = g}) * 0.1 + 1):to("bf16"):requires_grad_()
+    local b = (hero.randn({8}, {generator = g}) * 0.1):to("bf16"):requires_grad_()
+    local r = hero.randn({3, 8}, {generator = g}):to("bf16")
+    for _, dt in ipairs {"bf16", "f16"} do
+      local y = amp.autocast(dt, hero.layer_norm, x, w, b, 1e-5)
+      assert.equal("f32", y:dtype())
+      assert.same(hero.layer_norm(x:to("f32"), w:to("f32"), b:to("f32"), 1e-5):totable(), y:totable())
+      local z = amp.autocast(dt, hero.dropout_add_layer_norm, x, r, w, b, 1e-5, {dropout = 0})
+      assert.same(hero.layer_norm(x:to("f32") + r:to("f32"), w:to("f32"), b:to("f32"), 1e-5):totable(), z:totable())
+    end
+    -- the gradients reach the half parameters in their dtype
+    amp.autocast("bf16", hero.layer_norm, x, w, b, 1e-5):sum():backward()
+    assert.equal("bf16", w.grad:dtype())
+    assert.equal("bf16", b.grad:dtype())
+    local ln = hero.nn.LayerNorm(8):to("bf16")
+    assert.equal("f32", amp.autocast("bf16", function() return ln:forward(x) end):dtype())
+  end)
+
   it("gives f32 parameters f32 gradients through the casts", function()
     local g = hero.Generator(5)
     local x = hero.randn({5, 6}, {generator = g})

@@ -143,6 +143,82 @@ describe("hero.amp.GradScaler", function()
     assert.tensor_near(w.grad, {0.25, 0.5})
   end)
 
+  it("steps after unscale_ on a parameter list; a partly unscaled optimizer is an error", function()
+    local w, _, opt, stepped = problem()
+    local scaler = hero.amp.GradScaler {init_scale = 4}
+    w.grad = hero.tensor {4, 8, 12}
+    scaler:unscale_ {w}
+    assert.is_true(scaler:step(opt))
+    assert.equal(1, stepped())
+    assert.tensor_near(w.grad, {1, 2, 3})
+    scaler:update()
+    local v = hero.tensor({1}):requires_grad_()
+    local two = {entries = {{name = "w", param = w}, {name = "v", param = v}}, step = function() end}
+    w.grad, v.grad = hero.tensor {4, 4, 4}, hero.tensor {4}
+    scaler:unscale_ {w}
+    helper.assert_error_contains(function() scaler:step(two) end, "GradScaler:step: 1 of this optimizer's 2")
+    -- an overflow in a list-unscaled gradient skips the step
+    scaler:update()
+    w.grad = hero.tensor {1, 1 / 0, 1}
+    scaler:unscale_ {w}
+    assert.is_false(scaler:step(opt))
+    assert.equal(1, stepped())
+  end)
+
+  it("does not count a step whose optimizer raised, which can be stepped again", function()
+    local w = hero.tensor({1}):requires_grad_()
+    local fail, calls = true, 0
+    local opt = {params = {w}, step = function()
+      calls = calls + 1
+      if fail then error("optimizer failed") end
+    end}
+    local scaler = hero.amp.GradScaler {init_scale = 8, growth_interval = 1}
+    w.grad = hero.tensor {8}
+    helper.assert_error_contains(function() scaler:step(opt) end, "optimizer failed")
+    scaler:update()
+    assert.equal(8, scaler:get_scale()) -- not grown
+    assert.equal(0, scaler.growth_tracker)
+    w.grad = hero.tensor {8}
+    helper.assert_error_contains(function() scaler:step(opt) end, "optimizer failed")
+    fail = false
+    assert.is_true(scaler:step(opt)) -- again, the gradients unscaled once
+    assert.tensor_near(w.grad, {1})
+    scaler:update()
+    assert.equal(16, scaler:get_scale())
+    assert.equal(3, calls)
+  end)
+
+  it("keeps the scale in f32 as torch does", function()
+    -- torch.cuda.amp.GradScaler's scales for this pattern of clean (.) and overflowed (x) steps
+    local function run(opts, pattern)
+      local w = hero.tensor({1}):requires_grad_()
+      local opt = {params = {w}, step = function() end}
+      local scaler = hero.amp.GradScaler(opts)
+      local out = {}
+      for i = 1, #pattern do
+        w.grad = hero.tensor {pattern:sub(i, i) == "x" and math.huge or 1}
+        scaler:step(opt)
+        scaler:update()
+        out[i] = string.format("%.9g", scaler:get_scale())
+      end
+      return table.concat(out, " ")
+    end
+    assert.equal("3.29999995 5.61000013 1.68300009 1.68300009 2.8611002 0.858330071 0.858330071 0.257499039 "
+      .. "0.257499039 0.437748373", run({init_scale = 3.3, growth_factor = 1.7, backoff_factor = 0.3,
+        growth_interval = 2}, "..x..x.x.."))
+    -- no growth past f32's largest finite value
+    assert.equal("1.70141183e+38 1.70141183e+38", run({init_scale = 2 ^ 126, growth_interval = 1}, ".."))
+    helper.assert_error_contains(function() hero.amp.GradScaler {init_scale = 1e39} end, "finite f32")
+  end)
+
+  it("refuses f16 gradients, as torch does", function()
+    local w = hero.tensor({1, 2}, {dtype = "f16"}):requires_grad_()
+    w.grad = hero.tensor({4, 8}, {dtype = "f16"})
+    local scaler = hero.amp.GradScaler {init_scale = 4}
+    helper.assert_error_contains(function() scaler:unscale_ {w} end, "parameter 1 has an f16 gradient")
+    assert.same({4, 8}, w.grad:totable())
+  end)
+
   it("round-trips its state, can be disabled, and checks its options", function()
     local scaler = hero.amp.GradScaler {init_scale = 32, growth_interval = 5}
     scaler.growth_tracker = 3
@@ -152,6 +228,16 @@ describe("hero.amp.GradScaler", function()
     assert.equal(3, other.growth_tracker)
     assert.equal(5, other.growth_interval)
     local off = hero.amp.GradScaler {enabled = false}
+    -- as torch's: a disabled scaler's state is empty, and loading one into it changes nothing
+    assert.same({}, off:state_dict())
+    off:load_state_dict(scaler:state_dict())
+    assert.equal(1, off:get_scale())
+    helper.assert_error_contains(function() other:load_state_dict(off:state_dict()) end, "the state is empty")
+    -- strings are refused, and shown quoted
+    helper.assert_error_contains(function() hero.amp.GradScaler {growth_interval = "10"} end,
+      'growth_interval must be a positive integer, got "10"')
+    helper.assert_error_contains(function() other:load_state_dict {scale = 2, _growth_tracker = "3"} end,
+      'got "3"')
     local _, x, opt, stepped = problem()
     assert.is_true(rawequal(x, off:scale(x)))
     assert.is_true(off:step(opt))
