@@ -473,6 +473,8 @@ static int l_flip(lua_State *L)
                               (int)d, t->ndim, t->ndim == 1 ? "" : "s", nd, nd);
         dims[i] = d > 0 ? (int)d - 1 : (int)(d + nd);
     }
+    /* a 0-dim tensor's one nameable dim (1 or -1, as torch's 0 or -1) has nothing to reverse: a copy */
+    if (t->ndim == 0) n = 0;
     hr_tensor *r;
     HR_LUA_RETRY(L, r, hr_ag_flip(t, n, dims));
     hr_lua_push_tensor(L, check_result(L, r, op));

@@ -125,7 +125,8 @@ static int l_full(lua_State *L)
     hr_lua_opt_dtype_device(L, lua_istable(L, 3) ? 3 : 0, &dt, &dev, false, "full");
     hr_lua_check_fits(L, 2, dt, "full");
     hr_tensor *t = new_filled(L, ndim, size, dt, dev, 0, false, "full");
-    if (hr_fill_(t, v)) {
+    /* an integer goes in as itself, as fill_'s: through a double, 2^53 + 1 would become 2^53 */
+    if (lua_isinteger(L, 2) ? hr_fill_i64_(t, lua_tointeger(L, 2)) : hr_fill_(t, v)) {
         hr_tensor_release(t);
         hr_lua_error(L, "full");
     }
@@ -896,6 +897,7 @@ static int t_newindex(lua_State *L)
     hr_tensor *src = hr_lua_to_tensor(L, 3);
     if (src) rc = hr_copy_(row, src);
     else if (lua_isboolean(L, 3)) rc = hr_fill_(row, lua_toboolean(L, 3));
+    else if (lua_isinteger(L, 3)) rc = hr_fill_i64_(row, lua_tointeger(L, 3)); /* exact, as fill_ */
     else if (lua_type(L, 3) == LUA_TNUMBER) rc = hr_fill_(row, lua_tonumber(L, 3));
     else {
         hr_tensor_release(row);

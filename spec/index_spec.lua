@@ -156,6 +156,15 @@ describe("index ops", function()
       local x = I({1, 2, 3})
       x:masked_fill_(hero.tensor({false, true, false}), 9007199254740993)
       assert.same({1, 9007199254740993, 3}, x:totable())
+      -- full, full_like and index assignment as well (they went through a double)
+      assert.same({9007199254740993, 9007199254740993}, hero.full({2}, 9007199254740993, {dtype = "i64"}):totable())
+      assert.same({math.maxinteger - 1}, hero.full({1}, math.maxinteger - 1, {dtype = "i64"}):totable())
+      assert.same({math.mininteger + 1}, hero.full_like(I {0}, math.mininteger + 1):totable())
+      x[1] = 9007199254740993
+      x[3] = math.maxinteger - 1
+      assert.same({9007199254740993, 9007199254740993, math.maxinteger - 1}, x:totable())
+      -- an integer into a float tensor rounds once, as fill_ does
+      assert.same(hero.full({1}, 16777217, {dtype = "f32"}):totable(), hero.zeros(1):fill_(16777217):totable())
     end)
   end)
 
@@ -451,6 +460,9 @@ describe("index and join errors", function()
     assert.equal(1, #x:split(math.maxinteger))
     helper.assert_error_contains(function() x:flip(1, 1) end, "flip", "listed twice")
     helper.assert_error_contains(function() x:flip(3) end, "flip", "dimension 3 out of range")
+    -- a 0-dim tensor's dimension 1 (or -1) has nothing to reverse, as torch's flip(-1)
+    assert.same(5, hero.tensor(5):flip(-1):item())
+    helper.assert_error_contains(function() hero.tensor(5):flip(2) end, "flip", "dimension 2 out of range")
     helper.assert_error_contains(function() x["repeat"](x, {2}) end, "repeat", "need at least one per dimension")
     helper.assert_error_contains(function() x:tile(2, -1) end, "tile", "negative")
     -- a result size past 64 bits is refused, not wrapped around

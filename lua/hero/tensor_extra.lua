@@ -133,7 +133,15 @@ function M.install_math(hero, methods)
     check(t, "flatten")
     local size = t:size()
     local n = #size
-    if n == 0 then return t:reshape({1}) end
+    if n == 0 then
+      -- a 0-dim tensor has the one dimension 1 (or -1) to name, as torch's [-1, 0]
+      for _, d in ipairs {{start_dim, "start_dim"}, {end_dim, "end_dim"}} do
+        if d[1] ~= nil and d[1] ~= 1 and d[1] ~= -1 then
+          error(string.format("flatten: %s %s out of range for a 0-D tensor (1 or -1)", d[2], tostring(d[1])), 2)
+        end
+      end
+      return t:reshape({1})
+    end
     local function pos(d, default, what)
       d = d or default
       if math.type(d) ~= "integer" or d == 0 or d > n or d < -n then
