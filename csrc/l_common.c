@@ -320,6 +320,14 @@ void hr_lua_check_fits(lua_State *L, int idx, hr_dtype dt, const char *op)
     }
 }
 
+int hr_lua_opts_arg(lua_State *L, int idx, const char *op)
+{
+    if (lua_istable(L, idx)) return idx;
+    if (lua_isnoneornil(L, idx)) return 0;
+    return luaL_error(L, "%s: argument #%d must be an options table such as {dtype = \"f64\"}, got %s%s", op, idx,
+                      luaL_typename(L, idx), lua_type(L, idx) == LUA_TSTRING ? " (write {dtype = ...})" : "");
+}
+
 void hr_lua_opt_dtype_device(lua_State *L, int idx, hr_dtype *dt, hr_device *dev, bool with_generator, const char *op)
 {
     if (idx == 0 || !lua_istable(L, idx)) return;

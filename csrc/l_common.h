@@ -72,6 +72,10 @@ hr_dtype hr_lua_opt_dtype(lua_State *L, int idx, hr_dtype def, const char *op);
  * without overflow, as PyTorch's checked conversion: an integer or float beyond the dtype's range,
  * NaN or an infinity into an integer dtype (u8 also takes -255..-1, which wrap, as PyTorch's). */
 void hr_lua_check_fits(lua_State *L, int idx, hr_dtype dt, const char *op);
+/* The stack index of an optional options table at argument idx: idx when it is a table, 0 when it
+ * is absent or nil; anything else is an error naming op and the argument (a dtype name given in
+ * its place, hero.tensor(v, "f64"), would silently give f32). */
+int hr_lua_opts_arg(lua_State *L, int idx, const char *op);
 /* Reads the fields dtype= and device= of an options table at idx (absent idx/nil: defaults). Any
  * other key is refused (a misspelt dtype would silently give f32), but generator= when
  * with_generator (hr_lua_opt_generator reads it). */

@@ -93,7 +93,7 @@ static int l_dropout(lua_State *L)
     hr_tensor *x = hr_lua_autocast(L, 1, HR_AUTOCAST_CPU_F32, "dropout");
     double p = luaL_checknumber(L, 2);
     bool training = lua_isnoneornil(L, 3) ? true : lua_toboolean(L, 3);
-    int oi = lua_istable(L, 4) ? 4 : 0;
+    int oi = hr_lua_opts_arg(L, 4, "dropout");
     struct hr_generator *g = hr_lua_opt_generator(L, oi, "dropout");
     hr_tensor *y;
     HR_LUA_RETRY(L, y, hr_dropout(g, x, p, training));

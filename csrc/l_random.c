@@ -292,7 +292,7 @@ static int l_randn(lua_State *L) { return make_float(L, "randn", true); }
 static int make_float_like(lua_State *L, const char *op, bool normal)
 {
     hr_tensor *src = hr_lua_check_tensor(L, 1, op);
-    int oi = lua_istable(L, 2) ? 2 : 0;
+    int oi = hr_lua_opts_arg(L, 2, op);
     hr_dtype dt = src->dtype;
     hr_device dev = hr_tensor_device(src);
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, true, op);
@@ -349,7 +349,7 @@ static int l_randperm(lua_State *L)
     const char *op = "randperm";
     lua_Integer n = check_int_arg(L, 1, op, "n");
     if (n < 0) luaL_error(L, "%s: n must be >= 0, got %I", op, n);
-    int oi = lua_istable(L, 2) ? 2 : 0;
+    int oi = hr_lua_opts_arg(L, 2, op);
     hr_dtype dt = HR_I64;
     hr_device dev = hr_cpu();
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, true, op);
@@ -413,7 +413,7 @@ static int l_dropout_mask(lua_State *L)
     int none = 0;
     int ndim = read_shape(L, 1, &none, size, op);
     double p = check_probability(L, 2, op);
-    int oi = lua_istable(L, 3) ? 3 : 0;
+    int oi = hr_lua_opts_arg(L, 3, op);
     hr_dtype dt = HR_F32;
     hr_device dev = hr_cpu();
     hr_lua_opt_dtype_device(L, oi, &dt, &dev, true, op);

@@ -120,9 +120,9 @@ static int l_full(lua_State *L)
     int ndim = hr_lua_check_shape(L, 1, size, "full");
     if (!lua_istable(L, 1)) luaL_error(L, "full: argument #1 must be a shape table such as {2, 3}");
     double v = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
-    hr_dtype dt = HR_F32;
+    hr_dtype dt = lua_isboolean(L, 2) ? HR_BOOL : HR_F32; /* as torch's full and hero.tensor(true) */
     hr_device dev = hr_cpu();
-    hr_lua_opt_dtype_device(L, lua_istable(L, 3) ? 3 : 0, &dt, &dev, false, "full");
+    hr_lua_opt_dtype_device(L, hr_lua_opts_arg(L, 3, "full"), &dt, &dev, false, "full");
     hr_lua_check_fits(L, 2, dt, "full");
     hr_tensor *t = new_filled(L, ndim, size, dt, dev, 0, false, "full");
     /* an integer goes in as itself, as fill_'s: through a double, 2^53 + 1 would become 2^53 */
@@ -247,6 +247,21 @@ static int nested_shape(lua_State *L, int idx, int64_t *size, bool *has_bool, bo
     return ndim;
 }
 
+/* Whether every leaf of the nested table at idx (depth levels down, ndim in all) is a boolean; a
+ * shape that is not rectangular is fill_nested's to report. */
+static bool all_leaves_bool(lua_State *L, int idx, int depth, int ndim)
+{
+    bool all = true;
+    lua_Integer n = lua_istable(L, idx) ? (lua_Integer)lua_rawlen(L, idx) : 0;
+    for (lua_Integer i = 1; all && i <= n; i++) {
+        int t = lua_rawgeti(L, idx, i);
+        if (depth + 1 < ndim) all = all_leaves_bool(L, lua_gettop(L), depth + 1, ndim);
+        else all = t == LUA_TBOOLEAN;
+        lua_pop(L, 1);
+    }
+    return all;
+}
+
 typedef struct {
     char *data;
     hr_dtype dt;
@@ -301,7 +316,7 @@ static int l_tensor(lua_State *L)
     bool has_bool = false, all_int = true;
     if (lua_type(L, 1) == LUA_TNUMBER || lua_type(L, 1) == LUA_TBOOLEAN) {
         if (lua_isboolean(L, 1)) dt = HR_BOOL;
-        hr_lua_opt_dtype_device(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, false, "tensor");
+        hr_lua_opt_dtype_device(L, hr_lua_opts_arg(L, 2, "tensor"), &dt, &dev, false, "tensor");
         hr_lua_check_fits(L, 1, dt, "tensor");
         hr_tensor *t = new_filled(L, 0, size, dt, hr_cpu(), NAN, false, "tensor");
         if (lua_isinteger(L, 1)) hr_store_i64(hr_tensor_data(t), dt, lua_tointeger(L, 1));
@@ -312,8 +327,9 @@ static int l_tensor(lua_State *L)
     }
     luaL_checktype(L, 1, LUA_TTABLE);
     int ndim = nested_shape(L, 1, size, &has_bool, &all_int);
-    if (has_bool) dt = HR_BOOL;
-    hr_lua_opt_dtype_device(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, false, "tensor");
+    /* bool when every element is a boolean; numbers among them make it f32 (torch's float) */
+    if (has_bool) dt = ndim > 0 && !all_leaves_bool(L, 1, 0, ndim) ? HR_F32 : HR_BOOL;
+    hr_lua_opt_dtype_device(L, hr_lua_opts_arg(L, 2, "tensor"), &dt, &dev, false, "tensor");
     hr_tensor *t = new_filled(L, ndim, size, dt, hr_cpu(), NAN, false, "tensor");
     /* keep t owned by a userdata while filling, so a Lua error in between cannot leak it */
     hr_lua_push_tensor(L, t);
@@ -850,6 +866,12 @@ static int t_index(lua_State *L)
         if (!lua_isinteger(L, 2)) return luaL_error(L, "index: position must be an integer, got %f", lua_tonumber(L, 2));
         if (t->ndim == 0) return luaL_error(L, "index: cannot index a 0-dimensional tensor (use :item())");
         lua_Integer i = lua_tointeger(L, 2);
+        /* the position just past the end is nil, as a Lua sequence's, so that ipairs(t) stops there;
+         * any other position out of range is an error */
+        if (i == (lua_Integer)t->size[0] + 1) {
+            lua_pushnil(L);
+            return 1;
+        }
         if (i < 0) i += t->size[0] + 1;
         if (i < 1 || i > t->size[0])
             return luaL_error(L, "index: position %I out of range for dimension 1 of size %I", lua_tointeger(L, 2),
@@ -857,6 +879,11 @@ static int t_index(lua_State *L)
         hr_lua_push_tensor(L, check_result(L, hr_ag_select(t, 0, i - 1), "index"));
         return 1;
     }
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return luaL_error(L, "index: a key must be an integer position or a method name, got %s%s", luaL_typename(L, 2),
+                          luaL_testudata(L, 2, HR_TENSOR_MT) ? " (index with a tensor through index_select, "
+                                                               "masked_select or gather)"
+                                                             : "");
     if (lua_type(L, 2) == LUA_TSTRING) {
         hr_tensor_box *box = luaL_checkudata(L, 1, HR_TENSOR_MT);
         const char *key = lua_tostring(L, 2);
@@ -882,7 +909,11 @@ static int t_newindex(lua_State *L)
         if (hr_lua_autograd_set_field(L, t, key, 3)) return 0;
         return luaL_error(L, "index assignment: tensors have no settable field '%s'", key);
     }
-    if (!lua_isinteger(L, 2)) return luaL_error(L, "index assignment: position must be an integer");
+    if (!lua_isinteger(L, 2))
+        return luaL_error(L, "index assignment: position must be an integer, got %s%s", luaL_typename(L, 2),
+                          luaL_testudata(L, 2, HR_TENSOR_MT) ? " (assign through a tensor with masked_fill_, "
+                                                               "index_copy_ or scatter_)"
+                                                             : "");
     hr_lua_check_inplace(L, t, "index assignment");
     if (t->ndim == 0) return luaL_error(L, "index assignment: cannot index a 0-dimensional tensor");
     lua_Integer i = lua_tointeger(L, 2);

@@ -131,6 +131,18 @@ describe("utility options", function()
     tp.options.edgeitems = 3
     assert.is_false(ok)
     assert.truthy(tostring(err):find("tensor_print.options.edgeitems must be an integer >= 1, got nil", 1, true))
+    -- a huge edgeitems shows everything (2 * edgeitems overflowed and summarised every dimension)
+    tp.options.edgeitems = math.maxinteger
+    local text = tostring(hero.arange(2000))
+    tp.options.edgeitems = 3
+    assert.truthy(text:find("1999", 1, true))
+    assert.falsy(text:find("...", 1, true))
+    local saved = tp.options
+    tp.options = nil
+    ok, err = pcall(tostring, hero.ones(2))
+    tp.options = saved
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("tensor_print.options must be a table", 1, true))
     errs(function() hero.cuda.device(1.5) end, "cuda.device: the index must be an integer >= 0, got 1.5")
     assert.equal("cuda:1", hero.cuda.device(1))
     errs(function() hero.parity.run(helper.fixture("hero-smoke"), {devce = "cuda:0"}) end,

@@ -13,6 +13,36 @@ describe("tensor core", function()
     assert.same({true, false}, b:totable())
     local i = hero.tensor({9007199254740993, -3}, {dtype = "i64"})
     assert.same({9007199254740993, -3}, i:totable())
+    -- bool only when every element is a boolean, whichever comes first
+    local mixed = hero.tensor {true, 2, 0.5}
+    assert.equal("f32", mixed:dtype())
+    assert.same({1, 2, 0.5}, mixed:totable())
+    assert.equal("f32", hero.tensor({{false}, {3}}):dtype())
+    assert.equal("bool", hero.tensor({{true}, {false}}):dtype())
+    assert.equal("bool", hero.full({2}, true):dtype()) -- as torch's full
+    assert.same({true, true}, hero.full({2}, true):totable())
+    -- a dtype name where the options table goes is refused, not ignored
+    for _, f in ipairs {
+      function() return hero.tensor({1.5}, "f64") end, function() return hero.tensor(1.5, "f64") end,
+      function() return hero.full({2}, 1, "f64") end, function() return hero.linspace(0, 1, 3, "f64") end,
+      function() return hero.randperm(3, "i32") end, function() return hero.rand_like(hero.zeros(2), "f64") end,
+    } do
+      helper.assert_error_contains(f, "must be an options table")
+    end
+  end)
+
+  it("iterates with ipairs: the position just past the end is nil", function()
+    local t = hero.tensor {10, 20, 30}
+    local seen = {}
+    for i, v in ipairs(t) do seen[i] = v:item() end
+    assert.same({10, 20, 30}, seen)
+    assert.is_nil(t[4])
+    helper.assert_error_contains(function() return t[5] end, "position 5 out of range")
+    helper.assert_error_contains(function() return t[-4] end, "position -4 out of range")
+    -- keys that are neither positions nor names are errors, not nil
+    helper.assert_error_contains(function() return t[t:gt(15)] end, "a key must be", "masked_select")
+    helper.assert_error_contains(function() return t[true] end, "a key must be", "boolean")
+    helper.assert_error_contains(function() t[t:gt(15)] = 0 end, "position must be an integer", "masked_fill_")
   end)
 
   it("rejects ragged tables with the position", function()
@@ -177,7 +207,7 @@ describe("tensor core", function()
     helper.assert_error_contains(function() t:narrow(2, 3, 2) end, "narrow", "size 3")
     -- a start and length whose sum passes 64 bits are refused (the sum is never formed)
     helper.assert_error_contains(function() t:narrow(2, 2, math.maxinteger) end, "narrow", "outside dimension 2")
-    helper.assert_error_contains(function() return t[3] end, "position 3", "size 2")
+    helper.assert_error_contains(function() return t[4] end, "position 4", "size 2")
     helper.assert_error_contains(function() t:view(4, 2) end, "view", "4x2", "2x3")
     -- shapes whose element count passes 64 bits are refused before any product wraps around
     helper.assert_error_contains(function() hero.zeros(0):view(2 ^ 32, 2 ^ 32) end, "view", "64 bits")

@@ -266,6 +266,9 @@ function M.install_math(hero, methods)
   function hero.linspace(start, stop, steps, opts)
     if type(start) ~= "number" or type(stop) ~= "number" then error("linspace: start and stop must be numbers", 2) end
     if math.type(steps) ~= "integer" or steps < 0 then error("linspace: steps must be a non-negative integer", 2) end
+    if opts ~= nil and type(opts) ~= "table" then
+      error("linspace: argument #4 must be an options table such as {dtype = \"f64\"}, got " .. type(opts), 2)
+    end
     local function named(ok, v)
       if not ok then error("linspace: " .. (tostring(v):gsub("^.-%w+: ", "", 1)), 3) end
       return v

@@ -33,7 +33,7 @@ end
 local function kept_positions(n, summarise)
   local edge = M.options.edgeitems
   local out = {}
-  if summarise and n > 2 * edge then
+  if summarise and n - edge > edge then -- not n > 2 * edge: that overflows for a huge edgeitems
     for i = 1, edge do out[#out + 1] = i end
     out[#out + 1] = GAP
     for i = n - edge + 1, n do out[#out + 1] = i end
@@ -50,7 +50,7 @@ local function gather_summary(t, sizes, read)
   local edge, ndim = M.options.edgeitems, #sizes
   local ranges = {}
   for d = 1, ndim do
-    if sizes[d] > 2 * edge then
+    if sizes[d] - edge > edge then
       ranges[d] = {{1, edge}, {sizes[d] - edge + 1, edge}}
     else
       ranges[d] = {{1, sizes[d]}}
@@ -293,6 +293,9 @@ end
 -- deep inside the printer.
 local function check_options()
   local o = M.options
+  if type(o) ~= "table" then
+    error("tensor_print.options must be a table (threshold, edgeitems, linewidth), got " .. type(o), 3)
+  end
   for key, least in pairs {threshold = 0, edgeitems = 1, linewidth = 1} do
     local v = o[key]
     if math.type(v) ~= "integer" or v < least then
