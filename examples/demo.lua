@@ -31,25 +31,12 @@ local function usage(msg)
   os.exit(2)
 end
 
-local opts = {}
+local opts
 do
-  local flags = {tiny = true, quiet = true}
-  local i = 1
-  while i <= #arg do
-    local name = arg[i]:match("^%-%-([%w%-]+)$")
-    if not name then usage("unexpected argument '" .. arg[i] .. "'") end
-    if flags[name] then
-      opts[name] = true
-      i = i + 1
-    else
-      if arg[i + 1] == nil then usage("--" .. name .. " needs a value") end
-      opts[name] = arg[i + 1]
-      i = i + 2
-    end
-  end
-  local known = {out = 1, data = 1, tiny = 1, quiet = 1, threads = 1, ["pretrain-steps"] = 1, ["finetune-steps"] = 1,
-                 seed = 1, workers = 1}
-  for k in pairs(opts) do if not known[k] then usage("unknown option --" .. k) end end
+  local err
+  opts, err = hero.cli.parse_options(arg, {flags = hero.cli.set {"tiny", "quiet"},
+    values = hero.cli.set {"out", "data", "threads", "pretrain-steps", "finetune-steps", "seed", "workers"}})
+  if not opts then usage(err) end
 end
 local function int_opt(name, default)
   if opts[name] == nil then return default end
@@ -60,7 +47,10 @@ end
 
 -- One thread by default: the tensors of this small model are too small to gain from more, and one
 -- thread makes the printed numbers the same on every machine.
-hero.set_num_threads(int_opt("threads", 1))
+do
+  local ok, err = hero.cli.set_threads(opts.threads or "1")
+  if not ok then usage(err) end
+end
 local tiny = opts.tiny
 local seed = int_opt("seed", 7)
 local P = {
@@ -71,6 +61,10 @@ local P = {
   batch = tiny and 4 or 12, ft_batch = tiny and 4 or 12, workers = int_opt("workers", 2),
   lr = 1e-3, ft_lr = 5e-4, hidden = tiny and 32 or 64,
 }
+-- checked before the data is generated, not when the pool starts after it
+if P.workers > hero.cli.MAX_WORKERS then
+  usage(string.format("--workers must be at most %d, got %d", hero.cli.MAX_WORKERS, P.workers))
+end
 
 local function say(...) if not opts.quiet then io.stdout:write(string.format(...)) io.stdout:flush() end end
 local now = hero.core._now
@@ -87,6 +81,10 @@ if not made then
   usage(string.format("cannot use --out %s: %s", out, (tostring(mkdir_err):gsub("^[^\n]-%.lua:%d+: ", ""))))
 end
 local data_dir = opts.data or (out .. "/data")
+if opts.data then -- a file where the data directory belongs failed inside the generator
+  local data_ok, err = hero.cli.make_dir(data_dir, "--data")
+  if not data_ok then usage(err) end
+end
 local t_start = now()
 
 -- ------------------------------------------------------------------ 1. data

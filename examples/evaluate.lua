@@ -69,9 +69,12 @@ local function die(msg)
   os.exit(2)
 end
 
--- the directory a results file goes into, made when missing
-local function make_parent(path)
-  os.execute("mkdir -p '" .. path:match("^(.*)/[^/]*$"):gsub("'", "'\\''") .. "'")
+-- the directory a results file goes into, made when missing (flag: the option that named the file)
+local function make_parent(path, flag)
+  local dir = path:match("^(.*)/[^/]*$")
+  if not dir or dir == "" then return end
+  local made, err = hero.cli.make_dir(dir, flag)
+  if not made then die(err) end
 end
 
 local function exists(path)
@@ -81,27 +84,12 @@ local function exists(path)
 end
 
 local function parse_args(argv)
-  local known = {task = true, checkpoint = true, config = true, ["model-config"] = true, split = true,
-                 ["txt-db"] = true, ["vfeat-db"] = true, ["sub-db"] = true, vocab = true, merges = true, out = true,
-                 threads = true, dist = true, ["target-clip"] = true, ["meteor-jar"] = true, ["ptb-jar"] = true,
-                 submission = true, ["save-logits"] = true, ["output-dir"] = true, ["full-eval-tasks"] = true,
-                 device = true, amp = true, fp16 = true}
-  local flags = {dist = true, fp16 = true}
-  local opts, i = {}, 1
-  while i <= #argv do
-    local name = argv[i]:match("^%-%-([%w%-_]+)$")
-    if not name then
-      die("unexpected argument '" .. argv[i] .. "' (lua5.4 examples/evaluate.lua --help for the options)")
-    end
-    if not known[name] then die("unknown option --" .. name) end
-    if flags[name] then
-      opts[name] = true
-      i = i + 1
-    else
-      if argv[i + 1] == nil then die("--" .. name .. " needs a value") end
-      opts[name] = argv[i + 1]
-      i = i + 2
-    end
+  local opts, err = hero.cli.parse_options(argv, {flags = hero.cli.set {"dist", "fp16"},
+    values = hero.cli.set {"task", "checkpoint", "config", "model-config", "split", "txt-db", "vfeat-db", "sub-db",
+                           "vocab", "merges", "out", "threads", "target-clip", "meteor-jar", "ptb-jar", "submission",
+                           "save-logits", "output-dir", "full-eval-tasks", "device", "amp"}})
+  if not opts then
+    die(err .. (err:match("^unexpected") and " (lua5.4 examples/evaluate.lua --help for the options)" or ""))
   end
   return opts
 end
@@ -178,9 +166,8 @@ local function main()
   local task, ref_task = FT.task_family(opts.task)
   if not opts.checkpoint then die("--checkpoint FILE is required") end
   if opts.threads then
-    local n = hero.cli.decimal_integer(opts.threads)
-    if not n or n < 1 then die(string.format("--threads must be a positive integer, got '%s'", opts.threads)) end
-    hero.set_num_threads(n)
+    local ok, err = hero.cli.set_threads(opts.threads)
+    if not ok then die(err) end
   end
   local ok_dev, device = pcall(FT.device, opts.device)
   if not ok_dev then die("--" .. device) end
@@ -237,6 +224,18 @@ local function main()
     default_out = string.format("%s/results_%s%s/results_%s_all.json", run_dir, split,
       opts["save-logits"] and "_w_logit" or "", ck_name)
   end
+  do -- each output a file of its own: one named twice held only what was written last
+    local outputs = {{default_out and "the results file" or "--out", default_out or opts.out},
+                     {"--submission", opts.submission}, {"--save-logits", opts["save-logits"]}}
+    for i = 1, #outputs do
+      for j = i + 1, #outputs do
+        local a, b = outputs[i], outputs[j]
+        if a[2] and b[2] and hero.cli.same_path(a[2], b[2]) then
+          die(string.format("%s and %s both name %s: give each output a file of its own", a[1], b[1], b[2]))
+        end
+      end
+    end
+  end
   if ref_values.max_gen_step then hps.max_gen_step = ref_values.max_gen_step end -- inf_tvc.py's, over the run's
   local unused = {}
   for _, name in ipairs(ref_given) do if NO_EFFECT[name] then unused[#unused + 1] = "--" .. name end end
@@ -292,7 +291,7 @@ local function main()
     hero.core.fs_write_atomic(path, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""))
   end
   if opts["save-logits"] then
-    if logits_in_run then make_parent(opts["save-logits"]) end
+    if logits_in_run then make_parent(opts["save-logits"], "--save_logits") end
     json.write_file(opts["save-logits"], res.logits, as_python)
     res.logits = nil
   end
@@ -302,7 +301,7 @@ local function main()
     else json.write_file(path, res.results, as_python) end
   end
   if default_out then
-    make_parent(default_out)
+    make_parent(default_out, "--output-dir")
     write_submission(default_out)
   elseif task == "tvc" and opts.out:match("%.jsonl$") then
     write_captions(opts.out)

@@ -59,40 +59,27 @@ local function die(msg)
 end
 
 local function parse_args(argv)
-  local flags = {resume = true, quiet = true, ["no-full-eval"] = true, dist = true, ["no-valid"] = true}
-  local known = {task = true, config = true, checkpoint = true, ["txt-db"] = true, ["vfeat-db"] = true,
-                 ["sub-db"] = true, ["model-config"] = true, out = true, steps = true, ["valid-txt-db"] = true,
-                 ["test-txt-db"] = true, ["no-full-eval"] = true, vocab = true, merges = true, ["save-every"] = true,
-                 resume = true, threads = true, ["on-error"] = true, quiet = true, dist = true, ["meteor-jar"] = true,
-                 ["ptb-jar"] = true, ["no-valid"] = true, device = true, amp = true}
-  local opts, i = {}, 1
-  while i <= #argv do
-    local name = argv[i]:match("^%-%-([%w%-]+)$")
-    if not name then
-      die("unexpected argument '" .. argv[i] .. "' (lua5.4 examples/finetune.lua --help for the options)")
-    end
-    if not known[name] then die("unknown option --" .. name) end
-    if flags[name] then
-      opts[name] = true
-      i = i + 1
-    else
-      if argv[i + 1] == nil then die("--" .. name .. " needs a value") end
-      opts[name] = argv[i + 1]
-      i = i + 2
-    end
+  local opts, err = hero.cli.parse_options(argv, {
+    flags = hero.cli.set {"resume", "quiet", "no-full-eval", "dist", "no-valid"},
+    values = hero.cli.set {"task", "config", "checkpoint", "txt-db", "vfeat-db", "sub-db", "model-config", "out",
+                           "steps", "valid-txt-db", "test-txt-db", "vocab", "merges", "save-every", "threads",
+                           "on-error", "meteor-jar", "ptb-jar", "device", "amp"}})
+  if not opts then
+    die(err .. (err:match("^unexpected") and " (lua5.4 examples/finetune.lua --help for the options)" or ""))
   end
   return opts
 end
 
-local function int_arg(opts, name)
+local function int_arg(opts, name, min)
   local v = opts[name]
   if v == nil then return nil end
   local n = hero.cli.decimal_integer(v)
-  if not n or n < 0 then die(string.format("--%s must be a non-negative integer, got '%s'", name, v)) end
+  min = min or 0
+  if not n or n < min then
+    die(string.format("--%s must be %s integer, got '%s'", name, min == 0 and "a non-negative" or "a positive", v))
+  end
   return n
 end
-
-local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 local function exists(path)
   local f = io.open(path, "rb")
@@ -136,7 +123,10 @@ local function main()
       die(string.format("--%s and --%s say the same: give one", pair[1], pair[2]))
     end
   end
-  if opts.threads then hero.set_num_threads(int_arg(opts, "threads")) end
+  if opts.threads then
+    local ok, err = hero.cli.set_threads(opts.threads)
+    if not ok then die(err) end
+  end
   -- parse_with_config: the options given on the command line over the config's keys
   local raw = hero.cli.with_overrides(json.read_file(opts.config), ref_values)
   if ref_task then raw.task = ref_task end -- the reference's --task wins over the config's too
@@ -196,7 +186,8 @@ local function main()
   if amp == "f32" then amp = nil end
   -- recorded in log/hps.json: --resume refuses another amp (the device may change)
   hps.device, hps.amp = device, amp
-  local steps = int_arg(opts, "steps") or hps.num_train_steps
+  -- at least one update, as pretrain.lua: --steps 0 wrote no checkpoint but said it had
+  local steps = int_arg(opts, "steps", 1) or hps.num_train_steps
   local tok
   if opts.vocab or opts.merges then
     if not (opts.vocab and opts.merges) then die("--vocab and --merges go together") end
@@ -234,7 +225,10 @@ local function main()
   end
   if start == 0 and rank == 0 then
     -- what evaluate.lua reads back (the reference's save_training_meta)
-    os.execute("mkdir -p " .. shell_quote(out .. "/log"))
+    for _, dir in ipairs {out, out .. "/log"} do
+      local made, err = hero.cli.make_dir(dir, "--out")
+      if not made then die(err) end
+    end
     json.write_file(out .. "/log/hps.json", hps, {indent = 1})
     json.write_file(out .. "/log/model_config.json", cfg, {indent = 1})
   end

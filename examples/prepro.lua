@@ -52,31 +52,21 @@ end
 -- A step that failed: its error in the command line's words, exit status 1.
 local function failed(err, newline)
   -- the library's own file:line says nothing to the command line's user
-  local msg = tostring(err):gsub("^[^\n]-/hero/[%w_/]+%.lua:%d+: ", "")
+  local msg = hero.cli.error_text(err)
   msg = msg:gsub("pass overwrite = true", "pass --overwrite")
   io.stderr:write(newline and "\n" or "", "prepro: ", msg, "\n")
   os.exit(1)
 end
 
-local flags = {overwrite = true, strict = true, ["skip-bad-subs"] = true, quiet = true, compress = true}
-local known = {resnet = true, slowfast = true, subs = true, vocab = true, merges = true, out = true, name = true,
-               ["frame-length"] = true, queries = true, ["query-db"] = true, ["query-task"] = true, captions = true,
-               ["caption-db"] = true, ["clip-interval"] = true, vid2nframe = true, ["vid2dur-idx"] = true}
-local opts = {}
-local i = 1
-while i <= #arg do
-  local name = arg[i]:match("^%-%-([%w%-]+)$")
-  if not name then usage("unexpected argument '" .. arg[i] .. "'") end
-  if flags[name] then
-    opts[name] = true
-    i = i + 1
-  elseif known[name] then
-    if arg[i + 1] == nil then usage("--" .. name .. " needs a value") end
-    opts[name] = arg[i + 1]
-    i = i + 2
-  else
-    usage("unknown option --" .. name)
-  end
+local opts
+do
+  local err
+  opts, err = hero.cli.parse_options(arg, {
+    flags = hero.cli.set {"overwrite", "strict", "skip-bad-subs", "quiet", "compress"},
+    values = hero.cli.set {"resnet", "slowfast", "subs", "vocab", "merges", "out", "name", "frame-length", "queries",
+                           "query-db", "query-task", "captions", "caption-db", "clip-interval", "vid2nframe",
+                           "vid2dur-idx"}})
+  if not opts then usage(err) end
 end
 if not opts.out then usage("--out is required") end
 local features = opts.resnet or opts.slowfast
@@ -109,37 +99,41 @@ local frame_length = hero.cli.decimal_number(opts["frame-length"] or "1.5")
 if not frame_length or not (frame_length > 0 and frame_length < math.huge) then
   usage("--frame-length must be a positive number of seconds")
 end
+local clip_interval = opts["clip-interval"] and hero.cli.decimal_number(opts["clip-interval"])
+if opts["clip-interval"] then
+  if not (clip_interval and clip_interval > 0) then
+    usage("--clip-interval must be a positive number of seconds, got '" .. opts["clip-interval"] .. "'")
+  end
+  if not features then usage("--clip-interval cuts the video database: give --resnet and --slowfast") end
+  if opts.subs then usage("--clip-interval and --subs do not go together: clips have no subtitles here") end
+end
 local function say(...) if not opts.quiet then io.stderr:write(string.format(...)) end end
 
-if opts.queries then
-  local tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
-  local task = opts["query-task"] or "tvr"
-  local out = string.format("%s/txt_db/%s.db", opts.out, opts["query-db"])
-  local writers = {tvr = prepro.query_db, tvqa = prepro.qa_db, violin = prepro.violin_db}
-  local qok, err = pcall(writers[task], {
-    queries = opts.queries, out = out, tokenize = function(s) return tok:encode(s) end, overwrite = opts.overwrite,
-    meta = {annotation = opts.queries, task = task}, specials = hero.data.writer.specials_of(tok),
-  })
-  if not qok then
-    failed(err)
+-- ------------------------------------------------------------------ every input checked first
+-- Nothing is written before every input has been read or looked at: a bad --vocab or --vid2nframe
+-- found after the video database was built left it behind, and the rerun with the input fixed
+-- then stopped at "already exists (pass --overwrite)".
+
+-- the input files the options name: present, and files rather than directories
+for _, k in ipairs {"subs", "queries", "captions", "vid2dur-idx"} do
+  local path = opts[k]
+  if path then
+    local kind = hero.core.fs_kind(path)
+    if kind == nil then usage(string.format("--%s %s does not exist", k, path)) end
+    if kind == "directory" then usage(string.format("--%s %s is a directory, not a file", k, path)) end
   end
-  say("query database %s\n", out)
 end
-if opts.captions then
-  local tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
-  local out = string.format("%s/txt_db/%s", opts.out, opts["caption-db"])
-  local cok, r = pcall(prepro.caption_db, {captions = opts.captions, subs = opts.subs, out = out,
-    tokenize = function(s) return tok:encode(s) end, overwrite = opts.overwrite,
-    meta = {annotation = opts.captions, subtitles = opts.subs, task = "tvc"},
-    specials = hero.data.writer.specials_of(tok)})
-  if not cok then
-    failed(r)
-  end
-  say("caption databases %s: %d clips, %d captions\n", out, r.clips, r.captions)
+
+local tok
+if opts.queries or opts.captions or opts.subs then
+  local err
+  tok, err = hero.cli.tokenizer(opts.vocab, opts.merges)
+  if not tok then usage(err) end
 end
+
 local function read_vid2nframe(path)
   local ok, t = pcall(hero.json.read_file, path)
-  if not ok then usage("--vid2nframe: " .. tostring(t)) end
+  if not ok then usage("--vid2nframe: " .. hero.cli.error_text(t)) end
   if type(t) ~= "table" or next(t) == nil or hero.json.is_array(t) then
     usage(string.format("--vid2nframe: '%s' must be a JSON object mapping video ids to frame counts", path))
   end
@@ -151,13 +145,73 @@ local function read_vid2nframe(path)
   end
   return t
 end
+local vid2nframe = opts.vid2nframe and read_vid2nframe(opts.vid2nframe)
+
+-- the feature files: at least one video with both (empty directories built an empty database
+-- and reported "0 videos of nil-dimensional features")
+local video_dir
+if features then
+  local ok, pairs_, _, lonely = pcall(prepro.collect_feature_pairs, opts.resnet, opts.slowfast)
+  if not ok then failed(pairs_) end
+  if next(pairs_) == nil then
+    usage(string.format("--resnet %s and --slowfast %s hold no features: no video has both a ResNet and a "
+      .. "SlowFast file (*.npz, *.npy)%s", opts.resnet, opts.slowfast,
+      #lonely > 0 and string.format("; %d have only one", #lonely) or ""))
+  end
+  -- the directory name holds the frame length as convert_videodb.py formats it: Python's str of a
+  -- float (2 -> "2.0", 1/3 -> "0.3333333333333333")
+  local fl = require("hero.eval.util").pyrepr(frame_length + 0.0)
+  video_dir = string.format("%s/video_db/%s/resnet_slowfast_%s%s", opts.out, name, fl,
+    opts.compress and "_compressed" or "")
+end
+
+-- the databases this run writes: without --overwrite, none may exist yet
+local outputs = {}
+if opts.queries then outputs[#outputs + 1] = string.format("%s/txt_db/%s.db", opts.out, opts["query-db"]) end
+if opts.captions then outputs[#outputs + 1] = string.format("%s/txt_db/%s/cap.db", opts.out, opts["caption-db"]) end
+if subs_alone or (opts.subs and features) then
+  outputs[#outputs + 1] = string.format("%s/txt_db/%s_subtitles.db", opts.out, name)
+end
+if video_dir then outputs[#outputs + 1] = video_dir end
+if not opts.overwrite then
+  for _, dir in ipairs(outputs) do
+    if hero.core.fs_kind(dir) then usage(string.format("'%s' already exists (pass --overwrite to replace it)", dir)) end
+  end
+end
+
+-- ------------------------------------------------------------------ the databases
+local function tokenize(s) return tok:encode(s) end
+
+if opts.queries then
+  local task = opts["query-task"] or "tvr"
+  local out = string.format("%s/txt_db/%s.db", opts.out, opts["query-db"])
+  local writers = {tvr = prepro.query_db, tvqa = prepro.qa_db, violin = prepro.violin_db}
+  local qok, err = pcall(writers[task], {
+    queries = opts.queries, out = out, tokenize = tokenize, overwrite = opts.overwrite,
+    meta = {annotation = opts.queries, task = task}, specials = hero.data.writer.specials_of(tok),
+  })
+  if not qok then
+    failed(err)
+  end
+  say("query database %s\n", out)
+end
+if opts.captions then
+  local out = string.format("%s/txt_db/%s", opts.out, opts["caption-db"])
+  local cok, r = pcall(prepro.caption_db, {captions = opts.captions, subs = opts.subs, out = out,
+    tokenize = tokenize, overwrite = opts.overwrite,
+    meta = {annotation = opts.captions, subtitles = opts.subs, task = "tvc"},
+    specials = hero.data.writer.specials_of(tok)})
+  if not cok then
+    failed(r)
+  end
+  say("caption databases %s: %d clips, %d captions\n", out, r.clips, r.captions)
+end
 
 -- The subtitle database, aligned with the frame counts {vid = n} read from counts_path.
 local function build_subtitles(counts, counts_path)
-  local tok = hero.text.Tokenizer.from_files(opts.vocab, opts.merges)
   local txt_dir = string.format("%s/txt_db/%s_subtitles.db", opts.out, name)
   local sok, sub = pcall(prepro.subtitle_db, {
-    subs = opts.subs, out = txt_dir, tokenize = function(s) return tok:encode(s) end, vid2nframe = counts,
+    subs = opts.subs, out = txt_dir, tokenize = tokenize, vid2nframe = counts,
     frame_length = frame_length, skip_bad_subs = opts["skip-bad-subs"], strict = opts.strict,
     overwrite = opts.overwrite, task = name, specials = hero.data.writer.specials_of(tok),
     vid2dur_idx = opts["vid2dur-idx"],
@@ -175,21 +229,9 @@ local function build_subtitles(counts, counts_path)
   if #sub.dropped_subs > 0 then say("  %d invalid subtitles dropped\n", #sub.dropped_subs) end
 end
 
-if subs_alone then build_subtitles(read_vid2nframe(opts.vid2nframe), opts.vid2nframe) end
+if subs_alone then build_subtitles(vid2nframe, opts.vid2nframe) end
 if not features then os.exit(0) end
 
--- the directory name holds the frame length as convert_videodb.py formats it: Python's str of a
--- float (2 -> "2.0", 1/3 -> "0.3333333333333333")
-local fl = require("hero.eval.util").pyrepr(frame_length + 0.0)
-local video_dir = string.format("%s/video_db/%s/resnet_slowfast_%s%s", opts.out, name, fl,
-  opts.compress and "_compressed" or "")
-local clip_interval = opts["clip-interval"] and hero.cli.decimal_number(opts["clip-interval"])
-if opts["clip-interval"] and not (clip_interval and clip_interval > 0) then
-  usage("--clip-interval must be a positive number of seconds")
-end
-if clip_interval and opts.subs then
-  usage("--clip-interval and --subs do not go together: clips have no subtitles here")
-end
 local ok, report = pcall(prepro.convert_video_db, {
   resnet = opts.resnet, slowfast = opts.slowfast, out = video_dir, overwrite = opts.overwrite, strict = opts.strict,
   compress = opts.compress, clip_interval = clip_interval, frame_length = frame_length,
@@ -207,6 +249,6 @@ if #report.corrupted > 0 then say("  %d videos skipped (listed in corrupted.json
 if opts.subs then
   -- the reference aligns with the frame counts of its --vid2nframe file (tv_vid2nframe.json) when given
   local counts, counts_path = report.id2nframe, video_dir:gsub("/[^/]*$", "") .. "/id2nframe.json"
-  if opts.vid2nframe then counts, counts_path = read_vid2nframe(opts.vid2nframe), opts.vid2nframe end
+  if vid2nframe then counts, counts_path = vid2nframe, opts.vid2nframe end
   build_subtitles(counts, counts_path)
 end

@@ -86,36 +86,20 @@ local rank, world = 0, 1 -- set by hero.dist.init() with --dist
 -- ------------------------------------------------------------------ command line
 
 local function usage(msg)
-  io.stderr:write("pretrain: ", msg, "\n(lua5.4 examples/pretrain.lua --help for the options)\n")
+  -- a library's error reads without its position inside hero (hero.cli.error_text)
+  io.stderr:write("pretrain: ", hero.cli.error_text(msg), "\n(lua5.4 examples/pretrain.lua --help for the options)\n")
   os.exit(2)
 end
 
 local function parse_args(argv)
-  local flags = {resume = true, quiet = true, dist = true}
-  local opts = {}
-  local i = 1
-  while i <= #argv do
-    local a = argv[i]
-    local name = a:match("^%-%-([%w%-]+)$")
-    if not name then usage("unexpected argument '" .. a .. "'") end
-    if flags[name] then
-      opts[name] = true
-      i = i + 1
-    else
-      if argv[i + 1] == nil then usage("--" .. name .. " needs a value") end
-      opts[name] = argv[i + 1]
-      i = i + 2
-    end
-  end
-  local known = {"config", "fixture", "init", "out", "steps", "total", "resume", "threads", "tasks", "ratios",
-                 "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every", "save-every",
-                 "seed", "vfeat-dim", "max-frm-seq-len", "quiet", "vfeat-db", "sub-db", "max-clip-len",
-                 "max-txt-len", "sub-ctx-len", "batch-size", "val-batch-size", "bucket", "mask-prob", "train-ids",
-                 "valid-ids",
-                 "on-error", "dist", "workers", "prefetch", "device", "amp", "train-config", "txt-db", "img-db"}
-  local ok = {}
-  for _, k in ipairs(known) do ok[k] = true end
-  for k in pairs(opts) do if not ok[k] then usage("unknown option --" .. k) end end
+  local opts, err = hero.cli.parse_options(argv, {flags = hero.cli.set {"resume", "quiet", "dist"},
+    values = hero.cli.set {"config", "fixture", "init", "out", "steps", "total", "threads", "tasks", "ratios",
+                           "accum", "lr", "warmup", "weight-decay", "grad-norm", "dropout", "valid-every",
+                           "save-every", "seed", "vfeat-dim", "max-frm-seq-len", "vfeat-db", "sub-db",
+                           "max-clip-len", "max-txt-len", "sub-ctx-len", "batch-size", "val-batch-size", "bucket",
+                           "mask-prob", "train-ids", "valid-ids", "on-error", "workers", "prefetch", "device", "amp",
+                           "train-config", "txt-db", "img-db"}})
+  if not opts then usage(err) end
   return opts
 end
 
@@ -144,11 +128,9 @@ local function split(s)
   return out
 end
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then usage("cannot read " .. tostring(err)) end
-  local s = f:read("a")
-  f:close()
+local function read_file(path, flag)
+  local s, err = hero.cli.read_file(path, flag)
+  if not s then usage(err) end
   return s
 end
 
@@ -159,14 +141,14 @@ local function exists(path)
 end
 
 --- A config file: JSON, or Lua returning a table.
-local function load_config(path)
+local function load_config(path, flag)
   local ok, t
   if path:match("%.lua$") then
     local chunk, err = loadfile(path, "t", {math = math})
     if not chunk then usage(err) end
     ok, t = pcall(chunk)
   else
-    ok, t = pcall(json.decode, read_file(path), {source = path})
+    ok, t = pcall(json.decode, read_file(path, flag), {source = path})
   end
   if not ok then usage(tostring(t)) end
   if type(t) ~= "table" then usage(string.format("%s does not hold a config object (got a %s)", path, type(t))) end
@@ -194,7 +176,12 @@ end
 -- loaders = {{name, task, train_ids = JSON file or nil (every video of the subtitle db's
 -- vid2len.json), val_ids = JSON file or nil}}}), each with its own seed; a loader's val_ids give
 -- one fixed pass of its task for validation. A skipped video is reported on stderr the first time.
-function sources.db(_, _, hps, device)
+function sources.db(opts, _, hps, device)
+  -- an id file the command line names is named by its option in messages
+  local flag_of = {}
+  for _, k in ipairs {"train-ids", "valid-ids"} do
+    if opts[k] then flag_of[opts[k]] = "--" .. k .. " " end
+  end
   local function ids_from(path)
     if not path then return nil end
     local ids = json.decode(read_file(path), {source = path})
@@ -205,19 +192,42 @@ function sources.db(_, _, hps, device)
     return {video_db = target.video_db, sub_db = target.sub_db, max_clip_len = hps.max_clip_len,
             max_txt_len = hps.max_txt_len, sub_ctx_len = hps.sub_ctx_len, ids = ids}
   end
+  -- The videos of an id file are looked up in both databases before anything is written: a file
+  -- none of whose ids they hold ran until the first epoch found nothing to read, after hps.json
+  -- was written. Some missing ids are fine: those videos are skipped and reported, as unreadable ones.
+  local function check_ids(ds, path)
+    if not path then return ds end
+    local function set(list)
+      local out = {}
+      for _, k in ipairs(list) do out[k] = true end
+      return out
+    end
+    local in_sub, in_video = set(ds.sub_db:keys()), set(ds.video_db:keys())
+    local ids, found, first_missing = ds:ids(), 0, nil
+    for _, vid in ipairs(ids) do
+      if in_sub[vid] and in_video[vid] then found = found + 1 else first_missing = first_missing or vid end
+    end
+    if found == 0 then
+      usage(string.format("%s%s: none of its %d video ids is in both the video db and the subtitle db (first: '%s')",
+        flag_of[path] or "", path, #ids, tostring(first_missing)))
+    end
+    return ds
+  end
   local opened = {} -- one dataset per (target, id file)
   local function dataset(target, path)
     local key = target.video_db .. "\0" .. target.sub_db .. "\0" .. tostring(path)
     if type(path) == "table" then key = key .. "\0" .. table.concat(path, "\0") end
     if not opened[key] then
       local ok, ds = pcall(function()
-        if type(path) ~= "table" then return hero.data.VideoSubDataset(dataset_opts(target, ids_from(path))) end
+        if type(path) ~= "table" then
+          return check_ids(hero.data.VideoSubDataset(dataset_opts(target, ids_from(path))), path)
+        end
         -- the target's feature shards, each with its id file, as one dataset
         local parts = {}
         for k, shard in ipairs(target.shards) do
           local o = dataset_opts(target, ids_from(path[k]))
           o.video_db = shard
-          parts[k] = hero.data.VideoSubDataset(o)
+          parts[k] = check_ids(hero.data.VideoSubDataset(o), path[k])
         end
         return hero.data.ConcatDataset {parts = parts}
       end)
@@ -279,7 +289,9 @@ function sources.db(_, _, hps, device)
           rank = rank, world_size = world, equal_shards = l.task == "vsm"}
         for k, v in pairs(common) do vo[k] = v end
         vo.batch_size = hps.val_batch_size
-        valid[l.name] = hero.data.TaskLoader(vo)
+        local ok, vl = pcall(hero.data.TaskLoader, vo)
+        if not ok then usage(tostring(vl)) end
+        valid[l.name] = vl
       end
     end
   end
@@ -307,7 +319,7 @@ local opts = parse_args(own_args)
 -- pretrain.py --config FILE names the training config: a --config holding targets (and no
 -- model) is one, as --train-config
 if opts.config and not opts.config:match("%.lua$") then
-  local ok, t = pcall(json.decode, read_file(opts.config), {source = opts.config})
+  local ok, t = pcall(json.decode, read_file(opts.config, "--config"), {source = opts.config})
   if ok and type(t) == "table" and t.targets ~= nil and t.f_config == nil then
     if opts["train-config"] then usage("--config and --train-config both name a pre-training config") end
     opts["train-config"], opts.config = opts.config, nil
@@ -322,7 +334,10 @@ for _, pair in ipairs {{"out", "output_dir"}, {"txt-db", "txt_db"}, {"img-db", "
   end
 end
 if opts.dist then rank, world = hero.dist.init() end
-if opts.threads then hero.set_num_threads(int_opt(opts, "threads", nil, 1)) end
+if opts.threads then
+  local ok, err = hero.cli.set_threads(opts.threads)
+  if not ok then usage(err) end
+end
 
 -- the reference's pre-training config, when given
 local PC = require "hero.train.pretrain_config"
@@ -335,7 +350,7 @@ if opts["train-config"] then
     end
   end
   local ok, t = pcall(function()
-    local raw = json.decode(read_file(opts["train-config"]), {source = opts["train-config"]})
+    local raw = json.decode(read_file(opts["train-config"], "--train-config"), {source = opts["train-config"]})
     if type(raw) == "table" then raw = hero.cli.with_overrides(raw, ref_values) end
     local c = PC.hparams(raw, opts["train-config"])
     return {c, PC.targets(c, {txt_db = opts["txt-db"], img_db = opts["img-db"]}, FT.video_db_dir)}
@@ -386,7 +401,7 @@ if tc then
   model_cfg, cfg_path = c, p
 else
   if not cfg_path then usage("--config FILE is required") end
-  local raw = load_config(cfg_path)
+  local raw = load_config(cfg_path, opts.config and "--config" or nil)
   if raw.f_config then
     model_cfg = raw
   elseif raw.model_config then
@@ -431,7 +446,7 @@ else
     local r = split(opts.ratios)
     if #r ~= #tasks then usage(string.format("--ratios has %d values for %d tasks", #r, #tasks)) end
     for i, t in ipairs(tasks) do
-      ratios[t] = math.tointeger(tonumber(r[i]))
+      ratios[t] = hero.cli.decimal_integer(r[i]) -- decimal, as every other integer of the command line
       if not ratios[t] or ratios[t] < 1 then usage("--ratios must be positive integers, got '" .. r[i] .. "'") end
     end
   else
@@ -443,7 +458,9 @@ end
 local init_sd
 if tc and not opts.init and type(tc.checkpoint) == "string" then
   if not exists(tc.checkpoint) then usage("the config's checkpoint '" .. tc.checkpoint .. "' does not exist") end
-  init_sd = require("hero.models.checkpoint").read(tc.checkpoint)
+  local ok, sd = pcall(require("hero.models.checkpoint").read, tc.checkpoint)
+  if not ok then usage("the config's checkpoint: " .. tostring(sd)) end
+  init_sd = sd
 end
 
 -- a value of the config (tc[key]) unless the command line gives it
@@ -503,6 +520,9 @@ if source == sources.db then
   if hps.batch_size < 1 then usage("--batch-size must be at least 1") end
   if hps.val_batch_size < 1 then usage("--val-batch-size must be at least 1") end
   hps.workers = int_opt(opts, "workers", 0)
+  if hps.workers > hero.cli.MAX_WORKERS then
+    usage(string.format("--workers must be at most %d, got %d", hero.cli.MAX_WORKERS, hps.workers))
+  end
   hps.prefetch = int_opt(opts, "prefetch", 2)
   if hps.prefetch < 1 then usage("--prefetch must be at least 1") end
   if tc then
@@ -623,23 +643,47 @@ end
 
 local start = 0
 if opts.resume then
-  if train.Trainer.latest_step(opts.out) then
+  -- a checkpoint that cannot be read back (a torn or foreign ckpt/latest, a truncated step file)
+  -- is named, without a traceback; with --dist, hero.dist.run ends every rank on it
+  local function resume_failed(err)
+    usage("--resume: " .. hero.cli.error_text(err):gsub("^Trainer:?%w*: ", ""))
+  end
+  local ok_latest, latest = pcall(train.Trainer.latest_step, opts.out)
+  if not ok_latest then resume_failed(latest) end
+  if latest then
     -- as the reference's TrainingRestorer: the same settings as the run was started with
     local ok, err = pcall(train.check_resumed_settings, opts.out .. "/hps.json", hps,
       {"workers", "prefetch", "on_error", "save_every", "valid_every", "val_batch_size"})
     if not ok then usage(err) end
   end
-  start = guarded(trainer.resume, trainer, opts.out) or 0
+  if opts.dist then
+    start = guarded(trainer.resume, trainer, opts.out) or 0
+  else
+    local ok_resume, step = pcall(trainer.resume, trainer, opts.out)
+    if not ok_resume then resume_failed(step) end
+    start = step or 0
+  end
   if start > 0 then io.stderr:write(string.format("resumed from %s/ckpt/step_%d\n", opts.out, start)) end
 end
 if start == 0 and rank == 0 then
-  os.execute("mkdir -p '" .. opts.out:gsub("'", "'\\''") .. "'")
+  local made, err = hero.cli.make_dir(opts.out, "--out")
+  if not made then usage(err) end
   json.write_file(opts.out .. "/hps.json", hps, {indent = 1}) -- atomic: a kill leaves the old file or the new
 end
 
 local todo = math.max(0, steps - start)
 local t0 = hero.core._now()
-guarded(trainer.train, trainer, todo)
+if opts.dist then
+  guarded(trainer.train, trainer, todo)
+else
+  -- a failure while training (a video that cannot be read with --on-error error, a full disk) is
+  -- its message, with the checkpoints written so far kept for --resume; exit status 1: not a usage error
+  local ok, err = pcall(trainer.train, trainer, todo)
+  if not ok then
+    io.stderr:write("\npretrain: ", hero.cli.error_text(err), "\n")
+    os.exit(1)
+  end
+end
 local dt = hero.core._now() - t0
 if rank == 0 then
   io.stderr:write(string.format("%d updates in %.2f s (%.4f s per update); checkpoint %s/ckpt/step_%d\n", todo, dt,

@@ -49,10 +49,152 @@ function M.help_if_asked(argv, source)
   os.exit(0)
 end
 
+-- ------------------------------------------------------------------ hero's own command lines
+
+--- Reads the options of one of hero's scripts: `--name VALUE` for the names in spec.values,
+-- `--name` alone for those in spec.flags (both sets). Returns {name = value or true} (an option
+-- given twice: the last one counts), or nil and a one-line message naming what is wrong: a word
+-- that is no option, an unknown option, or a missing value. A value may not start with "--": that
+-- word is the next option, and `--out --quiet` taking "--quiet" for the directory would fail much
+-- later, far from the mistake. Values starting with a single "-" (-1, -x) are values.
+function M.parse_options(argv, spec)
+  if type(argv) ~= "table" then error("parse_options: argv must be an array of strings, got " .. type(argv), 2) end
+  local values, flags = spec.values or {}, spec.flags or {}
+  local opts, i = {}, 1
+  while i <= #argv do
+    local a = argv[i]
+    local name = type(a) == "string" and a:match("^%-%-(%w[%w%-_]*)$")
+    if not name then return nil, "unexpected argument '" .. tostring(a) .. "'" end
+    if flags[name] then
+      opts[name] = true
+      i = i + 1
+    elseif values[name] then
+      local v = argv[i + 1]
+      if v == nil or v:match("^%-%-") then return nil, "--" .. name .. " needs a value" end
+      opts[name] = v
+      i = i + 2
+    else
+      return nil, "unknown option --" .. name
+    end
+  end
+  return opts
+end
+
+--- A set of the names in the array `list` (what M.parse_options takes).
+function M.set(list)
+  local s = {}
+  for _, k in ipairs(list) do s[k] = true end
+  return s
+end
+
+--- An error's message without the positions inside hero's library or its example scripts that
+-- lead it (".../hero/data/video_db.lua:56: ", "examples/pretrain.lua:617: "): they say nothing to a
+-- command line's user. Positions in other files (a user's Lua config that does not load) stay.
+function M.error_text(err)
+  local msg = tostring(err)
+  local n, m
+  repeat
+    msg, n = msg:gsub("^[^%s:]-hero/[^%s:]-%.lua:%d+: ", "", 1)
+    msg, m = msg:gsub("^[^%s:]-examples/[^%s:/]+%.lua:%d+: ", "", 1)
+  until n + m == 0
+  return msg
+end
+
+--- Makes the directory `path` and its missing parents (mkdir -p, without a shell: a name starting
+-- with "-" or holding quotes is a name). Returns true, or nil and "cannot create FLAG PATH: reason"
+-- (flag: the option that named it, e.g. "--out").
+function M.make_dir(path, flag)
+  local core = require "hero.core"
+  local kind = core.fs_kind(path)
+  if kind == "directory" then return true end
+  local what = flag and (flag .. " " .. path) or path
+  if kind then return nil, string.format("cannot create %s: it exists and is not a directory", what) end
+  local acc = path:sub(1, 1) == "/" and "" or nil
+  for part in path:gmatch("[^/]+") do
+    acc = acc and (acc .. "/" .. part) or part
+    local ok, err = pcall(core.fs_mkdir, acc, true)
+    if not ok then
+      -- for `path` itself the reason alone ("Permission denied"); for a parent, which one
+      local reason = M.error_text(err):gsub("^fs_mkdir: ", "")
+      if acc == path then reason = reason:gsub("^cannot create the directory '.-': ", "") end
+      return nil, string.format("cannot create %s: %s", what, reason)
+    end
+  end
+  return true
+end
+
+-- `path` made absolute (against the working directory) and written plainly: "." and empty parts
+-- dropped, ".." taken back; symbolic links are not followed.
+local function plain_path(path)
+  if path:sub(1, 1) ~= "/" then
+    local cwd = os.getenv("PWD")
+    if not cwd or cwd:sub(1, 1) ~= "/" then
+      local p = io.popen("pwd")
+      cwd = p and p:read("l") or ""
+      if p then p:close() end
+    end
+    path = cwd .. "/" .. path
+  end
+  local parts = {}
+  for part in path:gmatch("[^/]+") do
+    if part == ".." then parts[#parts] = nil elseif part ~= "." then parts[#parts + 1] = part end
+  end
+  return "/" .. table.concat(parts, "/")
+end
+
+--- Whether two paths name the same file as written (results.json, ./results.json and its absolute
+-- path do; two links to one file are not detected). Outputs named twice would leave only the last
+-- one written, without a word.
+function M.same_path(a, b)
+  return plain_path(a) == plain_path(b)
+end
+
+--- The contents of the file `path` that option `flag` names ("--config"; nil: a file named
+-- otherwise), or nil and a one-line message naming both: missing, unreadable, or a directory
+-- (which io.open opens, and whose read gives nil, a message about nothing in particular).
+function M.read_file(path, flag)
+  local what = flag and (flag .. " " .. path) or path
+  if require("hero.core").fs_kind(path) == "directory" then
+    return nil, string.format("cannot read %s: it is a directory, not a file", what)
+  end
+  local f, err = io.open(path, "rb")
+  if not f then return nil, string.format("cannot read %s: %s", what, tostring(err):gsub("^.-: ", "", 1)) end
+  local s, rerr = f:read("a")
+  f:close()
+  if not s then return nil, string.format("cannot read %s: %s", what, tostring(rerr)) end
+  return s
+end
+
+--- hero.set_num_threads with the count a command line gives (`word`, of option `flag`): true, or
+-- nil and a message naming the option (not a decimal integer, below 1, above the thread limit).
+function M.set_threads(word, flag)
+  flag = flag or "--threads"
+  local n = M.decimal_integer(word)
+  if not n or n < 1 then return nil, string.format("%s must be a positive integer, got '%s'", flag, tostring(word)) end
+  local ok, err = pcall(require("hero").set_num_threads, n)
+  if not ok then return nil, flag .. ": " .. M.error_text(err):gsub("^set_num_threads: ", "") end
+  return true
+end
+
+--- The RoBERTa tokenizer of the files --vocab and --merges name (hero.text.Tokenizer.from_files),
+-- or nil and a one-line message naming both options and what is wrong with the file (missing, a
+-- directory, malformed).
+function M.tokenizer(vocab, merges)
+  local ok, tok = pcall(require("hero.text").Tokenizer.from_files, vocab, merges)
+  if ok then return tok end
+  return nil, string.format("cannot load the tokenizer of --vocab %s --merges %s: %s", tostring(vocab),
+    tostring(merges), (M.error_text(tok):gsub("^Tokenizer%.from_files: ", "")))
+end
+
+--- The most worker threads a pool may start (hero.core.worker_pool's opts.n; csrc/l_workers.c
+-- MAX_WORKERS): a command line's worker count is checked against it before any work.
+M.MAX_WORKERS = 256
+
 -- ------------------------------------------------------------------ the reference's options
 
 -- One option: {name, type ("int", "float", "str" or "flag": store_true), default (argparse's, nil
--- for None), nargs = "+" (one or more values), choices}.
+-- for None), nargs = "+" (one or more values), choices, pair = true (nargs "+" that must be two
+-- values: argparse takes --betas 0.9, which fails only in the optimizer)}.
 local function opt(name, type_, default, extra)
   local o = {name = name, type = type_, default = default}
   for k, v in pairs(extra or {}) do o[k] = v end
@@ -66,7 +208,7 @@ local SHARED = {
   opt("gradient_accumulation_steps", "int", 16), opt("learning_rate", "float", 3e-5),
   opt("valid_steps", "int", 1000), opt("save_steps", "int", 500),
   opt("optim", "str", "adam", {choices = {"adam", "adamax", "adamw"}}),
-  opt("betas", "float", {0.9, 0.98}, {nargs = "+"}), opt("dropout", "float", 0.1),
+  opt("betas", "float", {0.9, 0.98}, {nargs = "+", pair = true}), opt("dropout", "float", 0.1),
   opt("weight_decay", "float", 0.0), opt("grad_norm", "float", 0.25), opt("warmup_steps", "int", 4000),
   opt("lr_mul", "float", 1.0), opt("num_train_steps", "int", 100000), opt("output_dir", "str"),
   opt("sub_ctx_len", "int", 0), opt("max_clip_len", "int", 100), opt("max_txt_len", "int", 60),
@@ -128,7 +270,7 @@ M.REFERENCE_OPTIONS = {
     opt("gradient_accumulation_steps", "int", 16), opt("learning_rate", "float", 3e-5),
     opt("lr_mul", "float", 1.0), opt("valid_steps", "int", 1000), opt("num_train_steps", "int", 100000),
     opt("optim", "str", "adamw", {choices = {"adam", "adamax", "adamw"}}),
-    opt("betas", "float", {0.9, 0.98}, {nargs = "+"}), opt("dropout", "float", 0.1),
+    opt("betas", "float", {0.9, 0.98}, {nargs = "+", pair = true}), opt("dropout", "float", 0.1),
     opt("weight_decay", "float", 0.01), opt("grad_norm", "float", 2), opt("warmup_steps", "int", 4000),
     opt("max_cap_per_vid", "int", -1), opt("lsr", "float", 0.1), opt("sub_ctx_len", "int", 1),
     opt("seed", "int", 42), opt("fp16", "flag", false), opt("n_workers", "int", 4), opt("pin_mem", "flag", false),
@@ -318,6 +460,9 @@ function M.parse_reference(argv, script, keep)
             error(string.format("--%s: invalid %s value: '%s'", name, o.type, w), 0)
           end
           check_choice(o, conv[k], script)
+        end
+        if o.pair and #conv ~= 2 then
+          error(string.format("--%s takes two values, got %d", name, #conv), 0)
         end
         v = o.nargs == "+" and conv or conv[1]
       end

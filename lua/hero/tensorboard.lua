@@ -121,7 +121,7 @@ function tensorboard.Writer(dir, opts)
     local made, err = pcall(require("hero.data.prepro").mkdir_p, dir)
     if not made then error("tensorboard.Writer: " .. tostring(err):gsub("^[^\n]-%.lua:%d+: ", ""), 2) end
   else
-    os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
+    os.execute("mkdir -p -- '" .. dir:gsub("'", "'\\''") .. "'")
   end
   local name = opts.filename
   if not name then

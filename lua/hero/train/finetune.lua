@@ -217,7 +217,7 @@ function FT.hparams(task, raw, source)
   PC.check_types(hps, source)
   for _, k in ipairs {"num_train_steps", "warmup_steps", "train_batch_size", "gradient_accumulation_steps"} do
     if math.type(hps[k]) ~= "integer" or hps[k] < (k == "warmup_steps" and 0 or 1) then
-      fail("%s: %s must be a positive integer, got %s", source, k, tostring(hps[k]))
+      fail("%s: %s must be a positive integer, got %s", source, k, PC.shown(hps[k]))
     end
   end
   if hps.warmup_steps >= hps.num_train_steps then
@@ -504,7 +504,7 @@ function FT.setup(spec)
       if rank ~= 0 then return nil end
       if spec.out_dir then
         local d = spec.out_dir .. "/results_" .. split
-        os.execute("mkdir -p '" .. d:gsub("'", "'\\''") .. "'")
+        os.execute("mkdir -p -- '" .. d:gsub("'", "'\\''") .. "'")
         -- as train_*.py's json.dump: a metric of no sample (a query type the split lacks) is NaN;
         -- the log and TensorBoard get null / nothing for it (Trainer:write_log)
         json.write_file(string.format("%s/step_%d.json", d, step), res, {allow_nan = true})

@@ -60,9 +60,19 @@ end
 
 local function is_null(v) return v == nil or v == json.null end
 
+--- A config value as a message shows it: a string as a string (num_train_steps "10" shown as 10
+-- read as if a valid integer were refused), a table by its kind.
+local function shown(v)
+  if type(v) == "string" then return "a string (" .. json.encode(v) .. ")" end
+  if v == json.null then return "null" end
+  if type(v) == "table" then return json.is_array(v) and "a list" or "an object" end
+  return tostring(v)
+end
+PC.shown = shown
+
 local function check_int(source, hps, k, min)
   if math.type(hps[k]) ~= "integer" or hps[k] < min then
-    fail("%s: %s must be an integer >= %d, got %s", source, k, min, tostring(hps[k]))
+    fail("%s: %s must be an integer >= %d, got %s", source, k, min, shown(hps[k]))
   end
 end
 
@@ -104,26 +114,26 @@ function PC.check_types(hps, source)
     local v = hps[k]
     if v ~= nil and v ~= json.null and (not finite(v) or v < lim[1] or (lim[2] and v == lim[1])) then
       fail("%s: %s must be a finite number %s %s, got %s", source, k, lim[2] and ">" or ">=", tostring(lim[1]),
-        type(v) == "string" and ("'" .. v .. "'") or tostring(v))
+        shown(v))
     end
   end
   for k in pairs(PROBABILITIES) do
     local v = hps[k]
     if v ~= nil and v ~= json.null and not (finite(v) and v >= 0 and v < 1) then
-      fail("%s: %s must be a probability in [0, 1), got %s", source, k, tostring(v))
+      fail("%s: %s must be a probability in [0, 1), got %s", source, k, shown(v))
     end
   end
   for k, lo in pairs(INTEGERS) do
     local v = hps[k]
     if v ~= nil and v ~= json.null and (math.type(v) ~= "integer" or v < lo) then
-      fail("%s: %s must be an integer >= %d, got %s", source, k, lo, tostring(v))
+      fail("%s: %s must be an integer >= %d, got %s", source, k, lo, shown(v))
     end
   end
   for k, what in pairs(LISTS) do
     local list = hps[k]
     if list ~= nil and list ~= json.null then
       if type(list) ~= "table" then
-        fail("%s: %s must be a list of %s values, got %s", source, k, what, tostring(list))
+        fail("%s: %s must be a list of %s values, got %s", source, k, what, shown(list))
       end
       for i, v in ipairs(list) do
         local ok = (what == "positive integer" and math.type(v) == "integer" and v >= 1)
@@ -131,9 +141,14 @@ function PC.check_types(hps, source)
           or (what == "integer" and math.type(v) == "integer")
           or (what == "number in [0, 1)" and finite(v) and v >= 0 and v < 1)
         if not ok then fail("%s: %s[%d] must be %s %s, got %s", source, k, i, what:find("^i") and "an" or "a", what,
-          tostring(v)) end
+          shown(v)) end
       end
     end
+  end
+  -- AdamW's (beta1, beta2): one value, or three, failed in the optimizer as a bare Lua error
+  local betas = hps.betas
+  if type(betas) == "table" and #betas ~= 2 then
+    fail("%s: betas must be a pair [beta1, beta2], got %d value%s", source, #betas, #betas == 1 and "" or "s")
   end
   local rl = hps.ranking_loss_type
   if rl ~= nil and rl ~= "hinge" and rl ~= "lse" then

@@ -48,7 +48,7 @@ Trainer.required_fields = require("hero.models.pretrain").required_fields
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 local function mkdir_p(dir)
-  local ok = os.execute("mkdir -p " .. shell_quote(dir) .. " 2>/dev/null")
+  local ok = os.execute("mkdir -p -- " .. shell_quote(dir) .. " 2>/dev/null") -- "--": a name may start with "-"
   if not ok then error(string.format("Trainer: cannot create the directory '%s'", dir), 0) end
 end
 
