@@ -76,7 +76,7 @@ describe("optim", function()
     again:step()
     assert.same(w:totable(), w3:totable())
     assert.equal(2, again.state.w.step)
-    helper.assert_error_contains(function() optim.Adam({}, {lr = -1}) end, "Adam: opts.lr must be a number >= 0")
+    helper.assert_error_contains(function() optim.Adam({}, {lr = -1}) end, "Adam: opts.lr must be a finite number >= 0")
     -- load_state_dict checks everything before it changes anything, and restores the settings too
     local before = opt:state_dict()
     local bad = {state = {w = {step = 1, exp_avg = hero.zeros(3), exp_inf = hero.zeros(4)}}}
@@ -118,6 +118,41 @@ describe("optim", function()
     opt:step()
     opt2:step()
     assert.same(w:totable(), w2:totable())
+  end)
+
+  it("gives a snapshot in state_dict: a state taken before a step resumes that moment exactly", function()
+    local w = hero.tensor({1, 2, 3}):requires_grad_()
+    local opt = optim.AdamW({{"w", w}}, {lr = 0.1})
+    w.grad = hero.tensor {1, -1, 0.5}
+    opt:step()
+    local sd = opt:state_dict()
+    local at = w:detach():clone()
+    opt:step() -- training goes on; sd keeps step 1's moments with its count
+    assert.equal(1, sd.state.w.step)
+    assert.is_false(rawequal(sd.state.w.exp_avg, opt.state.w.exp_avg))
+    local w2 = at:requires_grad_()
+    local opt2 = optim.AdamW({{"w", w2}}, {lr = 0.1})
+    opt2:load_state_dict(sd)
+    w2.grad = hero.tensor {1, -1, 0.5}
+    opt2:step()
+    assert.same(w:totable(), w2:totable())
+    -- torch's layout keys a plain list's parameters by their 0-based position
+    local p = hero.tensor({1}):requires_grad_()
+    local plain = optim.AdamW({p}, {lr = 0.1})
+    plain:load_state_dict {state = {[0] = {step = 2, exp_avg = hero.tensor {0.5}, exp_avg_sq = hero.tensor {0.25}}}}
+    assert.equal(2, plain.state["0"].step)
+  end)
+
+  it("clips a strided gradient with the numbers of a contiguous one", function()
+    local g = hero.Generator(11)
+    local base = hero.randn({16, 16}, {generator = g})
+    local a = hero.zeros(16, 16):requires_grad_()
+    local b = hero.zeros(16, 16):requires_grad_()
+    a.grad = base:t() -- strided
+    b.grad = base:t():contiguous()
+    optim.clip_grad_norm({a}, 0.37)
+    optim.clip_grad_norm({b}, 0.37)
+    assert.same(b.grad:totable(), a.grad:totable())
   end)
 
   it("clips the global norm with the reference's formula", function()
@@ -216,16 +251,24 @@ describe("optim", function()
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, lr_mul = 10.0}) end,
       "lr_mul must be a table {[group] = multiplier}")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, lr_mul = {head = "10"}}) end,
-      "lr_mul[head] must be a number")
+      'lr_mul[head] must be a finite number >= 0, got "10"')
+    -- without opts.group the groups are decay and no_decay: another key would be ignored
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, lr_mul = {head = 10}}) end,
+      "names the group 'head'")
+    -- infinite rates, decays and multipliers are refused as set_lr refuses them
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = math.huge}) end, "opts.lr must be a finite number")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, weight_decay = math.huge}) end,
+      "opts.weight_decay must be a finite number")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, weight_decay = "0.01"}) end, 'got "0.01"')
     local w = hero.tensor({1, 2}):requires_grad_()
     local opt = optim.AdamW({{"w", w}}, {lr = 0.1})
     helper.assert_error_contains(function()
       opt:load_state_dict({state = {x = {step = 1, exp_avg = hero.zeros(2), exp_avg_sq = hero.zeros(2)}}})
     end, "unknown parameter 'x'")
     -- as torch.optim.AdamW: negative or NaN rates, eps and decay; betas outside [0, 1)
-    helper.assert_error_contains(function() optim.AdamW({}, {lr = -1}) end, "opts.lr must be a number >= 0, got -1")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = -1}) end, "opts.lr must be a finite number >= 0, got -1")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, eps = "x"}) end,
-      "opts.eps must be a number >= 0")
+      "opts.eps must be a finite number >= 0")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, weight_decay = 0 / 0}) end, "weight_decay")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, betas = {1.5, 0.9}}) end,
       "betas must be in [0, 1)")
@@ -237,7 +280,7 @@ describe("optim", function()
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, betas = {0 / 0, 0.9}}) end,
       "betas must be in [0, 1)")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, lr_mul = {decay = -1}}) end,
-      "lr_mul[decay] must be a number >= 0, got -1")
+      "lr_mul[decay] must be a finite number >= 0, got -1")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, lr_mul = {decay = 0 / 0}}) end, "lr_mul[decay]")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, no_decay = "bias"}) end,
       "opts.no_decay must be a list of name substrings")
@@ -344,7 +387,7 @@ describe("optimizer settings changed after construction", function()
     helper.assert_error_contains(function() o:set_lr(-5) end,
       "AdamW:set_lr: the rate must be a finite number >= 0, got -5")
     helper.assert_error_contains(function() o:set_lr(0 / 0) end, "finite number >= 0")
-    helper.assert_error_contains(function() o:set_lr("abc") end, "got abc")
+    helper.assert_error_contains(function() o:set_lr("abc") end, 'got "abc"')
     helper.assert_error_contains(function() o:step {grad_scal = 0} end, "AdamW:step: unknown option 'grad_scal'")
     helper.assert_error_contains(function() o:step {grad_scale = math.huge} end, "got inf")
     helper.assert_error_contains(function() o:step {grad_scale = -1} end, "got -1")

@@ -173,6 +173,26 @@ describe("MetaLoader", function()
 end)
 
 describe("Trainer", function()
+  it("steps without clipping when grad_norm is off, an inf gradient included (as the reference)", function()
+    local w = hero.tensor({1, 2, 3}):requires_grad_()
+    local v = hero.tensor({4, 5}):requires_grad_()
+    local scale = hero.tensor {math.huge, 1, 1}
+    local m = {
+      forward = function() return {loss = (w * scale):sum() + v:sum()} end,
+      named_parameters = function() return {{"w", w}, {"v", v}} end,
+    }
+    local opt = hero.optim.AdamW(m.named_parameters(), {lr = 0.1})
+    local meta = train.MetaLoader{tasks = {a = train.CyclingLoader {{}}}}
+    local tr = train.Trainer{model = m, optimizer = opt, loader = meta, lr = 0.1, total = 10, grad_norm = false,
+      log = false, progress = false}
+    local rec = tr:update() -- the clipping factor inf / inf was NaN, and AdamW refused it
+    assert.equal(math.huge, rec.grad_norm)
+    local got = w:totable()
+    assert.is_true(got[1] ~= got[1])
+    assert.is_true(got[2] < 2 and got[3] < 3)
+    for _, x in ipairs(v:totable()) do assert.is_true(x == x and x < 5) end
+  end)
+
   it("sums the gradients of the accum micro-batches (no division)", function()
     local m = model(0)
     local rec = recorder(m)

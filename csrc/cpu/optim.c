@@ -415,9 +415,19 @@ static void scale_kernel(void *arg, int64_t n, char **p, const int64_t *bs)
         for (int64_t i = 0; i < n; i++) f[i] *= s;
         return;
     }
+    if (c->dt == HR_F64) {
+        for (int64_t i = 0; i < n; i++) {
+            char *q = p[0] + i * bs[0];
+            hr_store_f64(q, c->dt, hr_load_f64(q, c->dt) * c->scale);
+        }
+        return;
+    }
+    /* f32 at any stride, and bf16/f16 through f32, multiply in float as the contiguous loop above
+     * (and torch's mul_ by its f32 factor) does: a double product rounded once differs by an ulp */
+    const float s = (float)c->scale;
     for (int64_t i = 0; i < n; i++) {
         char *q = p[0] + i * bs[0];
-        hr_store_f64(q, c->dt, hr_load_f64(q, c->dt) * c->scale);
+        hr_store_f64(q, c->dt, (double)((float)hr_load_f64(q, c->dt) * s));
     }
 }
 

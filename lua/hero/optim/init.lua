@@ -59,6 +59,9 @@ local function ordered_params(params, who)
   return list
 end
 
+-- a value as messages show it: a string quoted, so that "0.01" does not read as the number
+local function shown(v) return type(v) == "string" and string.format("%q", v) or tostring(v) end
+
 local function contains_any(name, substrings)
   for _, s in ipairs(substrings) do
     if name:find(s, 1, true) then return true end
@@ -96,7 +99,7 @@ local function new_optimizer(kind, params, opts)
         .. "amsgrad, maximize and the like are not implemented)", name, tostring(k)), 3)
     end
   end
-  if type(opts.lr) ~= "number" then error(name .. ": opts.lr must be a number", 3) end
+  if type(opts.lr) ~= "number" then error(name .. ": opts.lr must be a number, got " .. shown(opts.lr), 3) end
   local betas = opts.betas or {0.9, 0.999}
   if type(betas) ~= "table" or type(betas[1]) ~= "number" or type(betas[2]) ~= "number" then
     error(name .. ": opts.betas must be a pair of numbers {beta1, beta2}", 3)
@@ -114,11 +117,12 @@ local function new_optimizer(kind, params, opts)
   if opts.group ~= nil and type(opts.group) ~= "function" then
     error(string.format("%s: opts.group must be a function of a parameter's name, got %s", name, type(opts.group)), 3)
   end
-  -- as torch.optim: a negative (or NaN) rate, eps or decay is refused
+  -- as torch.optim: a negative (or NaN) rate, eps or decay is refused; an infinite one too (as
+  -- set_lr refuses it), since it turns every weight it touches into inf or NaN
   for _, key in ipairs {"lr", "eps", "weight_decay"} do
     local v = opts[key]
-    if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0) then
-      error(string.format("%s: opts.%s must be a number >= 0, got %s", name, key, tostring(v)), 3)
+    if v ~= nil and (type(v) ~= "number" or not (v >= 0 and v < math.huge)) then
+      error(string.format("%s: opts.%s must be a finite number >= 0, got %s", name, key, shown(v)), 3)
     end
   end
   local entries = ordered_params(params, name)
@@ -139,8 +143,8 @@ local function new_optimizer(kind, params, opts)
       .. "got %s", name, type(self.lr_mul)), 3)
   end
   for k, v in pairs(self.lr_mul) do
-    if type(v) ~= "number" or v ~= v or v < 0 then -- as the rate itself: no ascent, no NaN
-      error(string.format("%s: opts.lr_mul[%s] must be a number >= 0, got %s", name, tostring(k), tostring(v)), 3)
+    if type(v) ~= "number" or not (v >= 0 and v < math.huge) then -- as the rate itself: no ascent, no NaN
+      error(string.format("%s: opts.lr_mul[%s] must be a finite number >= 0, got %s", name, tostring(k), shown(v)), 3)
     end
   end
   -- written so that NaN fails too
@@ -150,6 +154,17 @@ local function new_optimizer(kind, params, opts)
   for _, e in ipairs(self.entries) do
     e.decay = not contains_any(e.name, self.no_decay)
     e.group = opts.group and opts.group(e.name) or (e.decay and "decay" or "no_decay")
+  end
+  -- without opts.group the groups are "decay" and "no_decay": a multiplier for another key (lr_mul
+  -- given without its group function) would be ignored without a word. (With opts.group a group
+  -- may be empty, as the reference's param groups may.)
+  if not opts.group then
+    for k in pairs(self.lr_mul) do
+      if k ~= "decay" and k ~= "no_decay" then
+        error(string.format("%s: opts.lr_mul names the group '%s', but without opts.group the groups are 'decay' "
+          .. "and 'no_decay'", name, tostring(k)), 3)
+      end
+    end
   end
   return self
 end
@@ -187,7 +202,7 @@ end
 -- constructor takes (a negative rate would ascend, NaN would spread to every weight).
 function Adam:set_lr(lr)
   if type(lr) ~= "number" or not (lr >= 0 and lr < math.huge) then
-    error(string.format("%s:set_lr: the rate must be a finite number >= 0, got %s", self.kind, tostring(lr)), 2)
+    error(string.format("%s:set_lr: the rate must be a finite number >= 0, got %s", self.kind, shown(lr)), 2)
   end
   self.lr = lr
 end
@@ -258,11 +273,13 @@ function Adam:zero_grad()
 end
 
 --- Optimizer state as a nested table of tensors and numbers (for hero.save); the second moment is
--- named as torch names it (exp_avg_sq, or exp_inf for Adamax).
+-- named as torch names it (exp_avg_sq, or exp_inf for Adamax). A snapshot: the moments are copies,
+-- so a state taken before a step still holds that moment's moments with its step count (the live
+-- tensors with a copied count resumed with the wrong bias correction).
 function Adam:state_dict()
   local state = {}
   for name, st in pairs(self.state) do
-    state[name] = {step = st.step, exp_avg = st.exp_avg, [self.second] = st.exp_avg_sq}
+    state[name] = {step = st.step, exp_avg = st.exp_avg:clone(), [self.second] = st.exp_avg_sq:clone()}
   end
   return {lr = self.lr, betas = {self.beta1, self.beta2}, eps = self.eps, weight_decay = self.weight_decay,
           state = state}
@@ -283,7 +300,9 @@ function Adam:load_state_dict(sd)
   local known = {}
   for _, e in ipairs(self.entries) do known[e.name] = e.param end
   local state = {}
-  for name, st in pairs(sd.state or {}) do
+  for key, st in pairs(sd.state or {}) do
+    -- torch's layout keys a plain list's parameters by their 0-based position, hero's by its string
+    local name = math.type(key) == "integer" and tostring(key) or key
     local p = known[name]
     if not p then error(string.format("%s:load_state_dict: state for unknown parameter '%s'", kind, name), 2) end
     local step = type(st) == "table" and st.step

@@ -384,7 +384,9 @@ function Trainer:update()
   self.global_step = self.global_step + 1
   local lr = optim.warmup_linear(self.base_lr, self.global_step, self.warmup, self.total)
   self.optimizer:set_lr(lr)
-  local max_norm = self.grad_norm > 0 and self.grad_norm or math.huge
+  -- grad_norm <= 0: no clipping, as the reference's `if opts.grad_norm != -1` (the norm is still
+  -- logged; an inf norm must not turn into a NaN factor)
+  local clip = self.grad_norm > 0
   local scaler = self:scaler(task)
   local scale, skipped
   if scaler then
@@ -394,7 +396,9 @@ function Trainer:update()
   -- hero's AdamW applies the clipping factor inside its update pass (the same numbers, one pass
   -- over the gradients fewer); other optimizers get clipped gradients
   local fused = self.optimizer.fused_grad_scale and not scaler
-  local norm, factor = optim.clip_grad_norm(self.params, max_norm, fused and {apply = false} or nil)
+  local norm, factor = optim.clip_grad_norm(self.params, clip and self.grad_norm or math.huge,
+    (fused or not clip) and {apply = false} or nil)
+  if not clip then factor = 1 end
   if scaler then
     skipped = not scaler:step(self.optimizer)
     scaler:update()
