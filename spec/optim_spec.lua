@@ -256,7 +256,8 @@ describe("optim", function()
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, lr_mul = {head = 10}}) end,
       "names the group 'head'")
     -- infinite rates, decays and multipliers are refused as set_lr refuses them
-    helper.assert_error_contains(function() optim.AdamW({}, {lr = math.huge}) end, "opts.lr must be a finite number")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = math.huge}) end,
+      "opts.lr must be a finite number")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, weight_decay = math.huge}) end,
       "opts.weight_decay must be a finite number")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, weight_decay = "0.01"}) end, 'got "0.01"')
