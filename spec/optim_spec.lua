@@ -267,7 +267,8 @@ describe("optim", function()
       opt:load_state_dict({state = {x = {step = 1, exp_avg = hero.zeros(2), exp_avg_sq = hero.zeros(2)}}})
     end, "unknown parameter 'x'")
     -- as torch.optim.AdamW: negative or NaN rates, eps and decay; betas outside [0, 1)
-    helper.assert_error_contains(function() optim.AdamW({}, {lr = -1}) end, "opts.lr must be a finite number >= 0, got -1")
+    helper.assert_error_contains(function() optim.AdamW({}, {lr = -1}) end,
+      "opts.lr must be a finite number >= 0, got -1")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, eps = "x"}) end,
       "opts.eps must be a finite number >= 0")
     helper.assert_error_contains(function() optim.AdamW({}, {lr = 1, weight_decay = 0 / 0}) end, "weight_decay")
