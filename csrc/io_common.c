@@ -1,6 +1,7 @@
 /* io_common.c — pieces shared by the file formats: named tensor lists, whole-file reads, atomic writes. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +166,10 @@ static int write_all(int fd, const void *p, size_t n)
 
 static int write_atomic_at(const char *path, size_t n, const void *const *pieces, const size_t *lens);
 
+/* Numbers the temporary files of this process: threads share the pid, and two of them writing one
+ * path through the same temporary name would publish each other's (or a mixed) file. */
+static atomic_ulong temp_serial;
+
 int hr_io_write_atomic(const char *path, size_t n, const void *const *pieces, const size_t *lens)
 {
     /* A symbolic link stays one: the file it names gets the new content (the rename would
@@ -186,11 +191,21 @@ static int write_atomic_at(const char *path, size_t n, const void *const *pieces
 {
     /* Writing next to the destination keeps the final rename on one file system, so readers see
      * either the old complete file or the new complete file, never a torn one. */
+    /* Only a regular file is replaced: the rename would turn a device or a FIFO into a plain file
+     * (as root, hero.save("/dev/null", ...) would delete the device node) */
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return hr_fail(HR_EIO, "cannot replace '%s': it is %s, not a regular file", path,
+                       S_ISDIR(st.st_mode)    ? "a directory"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                                              : "a special file");
     size_t plen = strlen(path);
-    char *tmp = malloc(plen + 32);
+    char *tmp = malloc(plen + 64);
     if (!tmp) return hr_fail(HR_ENOMEM, "out of memory");
-    snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    /* path.tmp.<pid>.<serial>: unique among this process's threads; O_EXCL refuses a leftover */
+    snprintf(tmp, plen + 64, "%s.tmp.%ld.%lu", path, (long)getpid(), atomic_fetch_add(&temp_serial, 1) + 1);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0) {
         int e = errno;
         hr_fail(HR_EIO, "cannot create '%s': %s", tmp, strerror(e));

@@ -173,7 +173,7 @@ describe("hero.dist over MPI (2 ranks on the CPU)", function()
       assert.equal("ok\n", read(out .. "/done_rank1.txt"))
       -- a save that rank 1 could not write failed on both ranks and left `latest` where it was
       assert.matches("another rank could not write its train state", read(out .. "/failed_save_rank0.txt"))
-      assert.matches("Is a directory", read(out .. "/failed_save_rank1.txt"))
+      assert.matches("is a directory, not a regular file", read(out .. "/failed_save_rank1.txt"))
     end)
 
   it("keeps or drops VSM's start/end loss on every rank together (the task-draw stream's draws)", function()

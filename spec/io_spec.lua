@@ -215,6 +215,55 @@ describe("safetensors", function()
     assert.same({7, 7}, hero.io.load_safetensors(tmp("target.safetensors")).w:totable())
   end)
 
+  it("replaces only regular files: a FIFO, a device or a link to one is refused and stays", function()
+    local fifo = tmp("a.fifo")
+    os.remove(fifo)
+    assert(os.execute("mkfifo '" .. fifo .. "'"))
+    helper.assert_error_contains(function() hero.json.write_file(fifo, {a = 1}) end, "it is a FIFO, not a regular file")
+    assert(os.execute("ln -sf /dev/null '" .. tmp("null.link") .. "'"))
+    helper.assert_error_contains(function() hero.save(tmp("null.link"), {w = hero.ones(1)}) end,
+      "'/dev/null': it is a device")
+    assert(os.execute("test -p '" .. fifo .. "' && test -c /dev/null"))
+    os.remove(fifo)
+    os.remove(tmp("null.link"))
+  end)
+
+  it("names the file in an error about the value being written, and leaves the file as it was", function()
+    hero.json.write_file(tmp("named.json"), {old = true})
+    helper.assert_error_contains(function() hero.json.write_file(tmp("named.json"), {y = {z = print}}) end,
+      "json.write_file: '" .. tmp("named.json") .. "' is not written", "value.y.z is a function")
+    assert.same({old = true}, hero.json.read_file(tmp("named.json")))
+    local freed = hero.ones(2)
+    freed:free()
+    helper.assert_error_contains(function() hero.save(tmp("named.st"), {n = {a = hero.ones(1), b = freed}}) end,
+      "hero.save: '" .. tmp("named.st") .. "' is not written", "'n.b' was freed")
+  end)
+
+  it("gives each write its own temporary file: threads replacing one file publish whole files", function()
+    local path = tmp("shared.bin")
+    local pool = hero.core.worker_pool{n = 2, init = {path = path}, script = [[
+      local init, worker = ...
+      local hero = require "hero"
+      function produce()
+        local ok, err = pcall(hero.io.write_atomic, init.path, string.rep(worker == 1 and "A" or "B",
+          worker == 1 and 400000 or 200000))
+        return ok and "ok" or tostring(err)
+      end
+    ]]}
+    for _ = 1, 20 do
+      pool:submit(1)
+      pool:submit(2)
+      for _ = 1, 2 do assert.equal("ok", pool:get()) end
+      local f = assert(io.open(path, "rb"))
+      local bytes = f:read("a")
+      f:close()
+      assert.is_true(bytes == string.rep("A", 400000) or bytes == string.rep("B", 200000))
+    end
+    pool:close()
+    for _, name in ipairs(hero.fs_listdir(tmp(""))) do assert.is_nil(name:find("shared.bin.tmp", 1, true), name) end
+    assert.is_true(hero.io.is_temporary("x.json.tmp.123.4"))
+  end)
+
   for _, file in ipairs {"second_unaligned.safetensors", "second_aligned.safetensors"} do
     it("reads files of a second producer: " .. file, function()
       local got, meta = hero.io.load_safetensors(fixture("io/" .. file))

@@ -57,6 +57,32 @@ describe("TensorBoard event files", function()
     os.execute("rm -r '" .. dir .. "'")
   end)
 
+  it("raises when closing fails (a file size limit), naming the file", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local script = string.format([[
+      local tb = require "hero.tensorboard"
+      local w = tb.Writer(%q)
+      for i = 1, 60 do w:add_scalar("loss", i * 0.5, i) end
+      local ok, err = pcall(w.close, w)
+      io.write(ok and "closed" or tostring(err))
+    ]], dir)
+    -- buffered records only reach the file at close: past the 1 KiB limit that write fails (EFBIG)
+    local file = dir .. ".lua"
+    local f = assert(io.open(file, "w"))
+    f:write(script)
+    f:close()
+    -- the interpreter with this process's module paths, so that the child loads the same hero
+    local p = io.popen(string.format("sh -c \"trap '' XFSZ; ulimit -f 1; LUA_PATH='%s' LUA_CPATH='%s' lua5.4 '%s' 2>&1\"",
+      package.path, package.cpath, file))
+    local out = p:read("a")
+    p:close()
+    assert.truthy(out:find("tensorboard.Writer:", 1, true), out)
+    assert.truthy(out:find("failed: File too large", 1, true), out)
+    os.remove(file)
+    os.execute("rm -r '" .. dir .. "'")
+  end)
+
   it("makes the directory, and names one it cannot make", function()
     local dir = os.tmpname()
     os.remove(dir)

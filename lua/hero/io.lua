@@ -19,18 +19,21 @@ end
 -- as a string (an LMDB value, a network payload); hero.data.decode_npz reads it back.
 io_.npz_to_bytes = core.npz_to_bytes
 
---- write_atomic(path, bytes): replaces path as a whole, durably: the bytes go to path.tmp.<pid>
--- beside it, are fsynced, renamed over path, and the directory is fsynced. A reader (or a crash at
--- any moment) sees the old complete file or the new complete file, never a torn one; a writer
--- killed midway leaves only a path.tmp.<pid> file behind (io_.remove_stale_temporaries).
+--- write_atomic(path, bytes): replaces path as a whole, durably: the bytes go to
+-- path.tmp.<pid>.<n> beside it (n numbers this process's writes, so threads writing one path do not
+-- share a temporary file), are fsynced, renamed over path, and the directory is fsynced. A reader
+-- (or a crash at any moment) sees the old complete file or the new complete file, never a torn one;
+-- a writer killed midway leaves only a path.tmp.<pid>.<n> file behind
+-- (io_.remove_stale_temporaries). Only a regular file (or a missing one) is replaced: a device, a
+-- FIFO or a directory at path is an error.
 io_.write_atomic = core.fs_write_atomic
 --- fsync(path): the bytes of a file (or the entries of a directory) reach the disk.
 io_.fsync = core.fs_sync
 
---- True when `name` is a temporary file of an atomic writer: "<name>.tmp.<pid>" (hero.save,
--- write_atomic, json.write_file) or "<name>.tmp".
+--- True when `name` is a temporary file of an atomic writer: "<name>.tmp.<pid>.<n>" (hero.save,
+-- write_atomic, json.write_file), "<name>.tmp.<pid>" (earlier versions) or "<name>.tmp".
 function io_.is_temporary(name)
-  return name:match("%.tmp%.%d+$") ~= nil or name:match("%.tmp$") ~= nil
+  return name:match("%.tmp%.%d+$") ~= nil or name:match("%.tmp%.%d+%.%d+$") ~= nil or name:match("%.tmp$") ~= nil
 end
 
 --- Removes the temporary files (io_.is_temporary) directly inside dir that a killed writer left
@@ -331,13 +334,21 @@ end
 -- tensors and plain values) with its structure in the metadata. The file is replaced atomically.
 function io_.save(path, value)
   if type(path) ~= "string" then error("hero.save: argument #1: expected a path string, got " .. type(path), 2) end
-  if is_flat(value) then
-    core.save_safetensors(path, value)
-    return
+  -- every failure names the file (which is left as it was), whatever part of the value it was in
+  local ok, err = pcall(function()
+    if is_flat(value) then
+      core.save_safetensors(path, value)
+      return
+    end
+    local tensors = {}
+    local structure = encode(value, {}, tensors, {})
+    core.save_safetensors(path, tensors, {[io_.STRUCTURE_KEY] = structure})
+  end)
+  if not ok then
+    local msg = tostring(err):gsub("^[^%s:]-hero/io%.lua:%d+: ", ""):gsub("^hero%.save: ", "")
+    if not msg:find(path, 1, true) then msg = string.format("'%s' is not written: %s", path, msg) end
+    error("hero.save: " .. msg, 2)
   end
-  local tensors = {}
-  local structure = encode(value, {}, tensors, {})
-  core.save_safetensors(path, tensors, {[io_.STRUCTURE_KEY] = structure})
 end
 
 -- "zip" / "legacy" when the file starts like a PyTorch checkpoint (torch.save), "safetensors" when

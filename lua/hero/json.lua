@@ -562,7 +562,10 @@ end
 -- file beside path (fsynced) renamed over it, then an fsync of the directory (hero.io.write_atomic),
 -- so a crash leaves the old complete file or the new one.
 function json.write_file(path, value, opts)
-  local text = json.encode(value, opts) .. "\n"
+  -- a value that cannot be written is an error naming the file it was for (which is left as it was)
+  local okt, text = pcall(json.encode, value, opts)
+  if not okt then error(format("json.write_file: '%s' is not written: %s", tostring(path), tostring(text)), 2) end
+  text = text .. "\n"
   local okc, core = pcall(require, "hero.core")
   if okc and core.fs_write_atomic then
     local ok, err = pcall(core.fs_write_atomic, path, text)

@@ -210,15 +210,26 @@ function Writer:flush()
   check_io(self, ok, err, "flushing")
 end
 
+--- Flushes and closes the event file; a failed flush or close (a full disk, a file size limit) is
+-- an error naming the file, as a failed write is. Closing twice is fine.
 function Writer:close()
-  if self.file then
-    self.file:close()
-    self.file = nil
-  end
+  local f = self.file
+  if not f then return end
+  self.file = nil
+  local fok, ferr = f:flush()
+  local cok, cerr = f:close()
+  if not fok then check_io(self, fok, ferr, "flushing") end
+  check_io(self, cok, cerr, "closing")
 end
 
 Writer.__close = Writer.close
-Writer.__gc = Writer.close
+-- the collector cannot report an error: it only releases the file (close() reports)
+function Writer:__gc()
+  if self.file then
+    pcall(self.file.close, self.file)
+    self.file = nil
+  end
+end
 
 -- Decodes an event file: an array of {step, tag, value, wall_time} scalars and
 -- {start = true, step} session starts, in file order. A torn last record (the file ends inside it,

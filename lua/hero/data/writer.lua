@@ -84,7 +84,7 @@ local function tmp_name(dest)
 end
 
 --- Cleans up after writers of dest that were killed: their "<dest>.partial-<pid>@<host>-..."
--- directories (the process is gone from this host) and the "<file>.tmp.<pid>" files beside dest
+-- directories (the process is gone from this host) and the "<file>.tmp.<pid>[.<n>]" files beside dest
 -- of atomic writes whose process is gone (id2nframe.json's) are removed; when dest is missing and a
 -- killed overwrite left the previous database as "<...>.old" (it was killed between its two
 -- renames), that previous database is renamed back to dest. Directories of live writers, of other
@@ -98,8 +98,8 @@ function writer.remove_stale(dest)
   local me = host()
   local olds = {}
   for i, name in ipairs(names) do
-    -- "<file>.tmp.<pid>" of an atomic write (id2nframe.json, corrupted.json) of a dead process
-    local tpid = not is_dir[i] and tonumber(name:match("%.tmp%.(%d+)$"))
+    -- "<file>.tmp.<pid>[.<n>]" of an atomic write (id2nframe.json, corrupted.json) of a dead process
+    local tpid = not is_dir[i] and tonumber(name:match("%.tmp%.(%d+)$") or name:match("%.tmp%.(%d+)%.%d+$"))
     if tpid and tpid ~= core._getpid() and not core._alive(tpid) and os.remove(parent .. "/" .. name) then
       n = n + 1
     end
@@ -265,7 +265,12 @@ function LmdbBuilder:commit()
       if not self.overwrite then error(string.format("'%s' appeared while it was being written", self.dest), 0) end
       local old = tmp_name(self.dest) .. ".old"
       core.fs_rename(self.dest, old)
-      core.fs_rename(self.tmp, self.dest)
+      local put, perr = pcall(core.fs_rename, self.tmp, self.dest)
+      if not put then
+        -- the old database goes back where it was; only if that fails too, the error says where it is
+        local back = pcall(core.fs_rename, old, self.dest)
+        error(back and perr or string.format("%s (the database that was there is now '%s')", tostring(perr), old), 0)
+      end
       core.fs_rmtree(old)
     else
       core.fs_rename(self.tmp, self.dest)
