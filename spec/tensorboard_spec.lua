@@ -73,8 +73,8 @@ describe("TensorBoard event files", function()
     f:write(script)
     f:close()
     -- the interpreter with this process's module paths, so that the child loads the same hero
-    local p = io.popen(string.format("sh -c \"trap '' XFSZ; ulimit -f 1; LUA_PATH='%s' LUA_CPATH='%s' lua5.4 '%s' 2>&1\"",
-      package.path, package.cpath, file))
+    local cmd = "trap '' XFSZ; ulimit -f 1; LUA_PATH='%s' LUA_CPATH='%s' lua5.4 '%s' 2>&1"
+    local p = io.popen(string.format("sh -c \"" .. cmd .. "\"", package.path, package.cpath, file))
     local out = p:read("a")
     p:close()
     assert.truthy(out:find("tensorboard.Writer:", 1, true), out)
