@@ -292,17 +292,17 @@ describe("LmdbBuilder", function()
       assert.is_nil(n:find("partial", 1, true), n)
     end
     -- a commit whose last rename fails puts the database that was there back
-    local e = W.LmdbBuilder(dest, {overwrite = true})
-    e:put("k", "newer")
+    local failing = W.LmdbBuilder(dest, {overwrite = true})
+    failing:put("k", "newer")
     local real = hero.core.fs_rename
-    hero.core.fs_rename = function(a, b)
-      if b == dest and not a:find("%.old$") then error("fs_rename: injected failure", 0) end
-      return real(a, b)
+    hero.core.fs_rename = function(from, to)
+      if to == dest and not from:find("%.old$") then error("fs_rename: injected failure", 0) end
+      return real(from, to)
     end
-    local ok, err = pcall(e.commit, e)
+    local committed, commit_err = pcall(failing.commit, failing)
     hero.core.fs_rename = real
-    assert.is_false(ok)
-    assert.truthy(tostring(err):find("injected failure", 1, true))
+    assert.is_false(committed)
+    assert.truthy(tostring(commit_err):find("injected failure", 1, true))
     assert.are.equal("new", data.open_lmdb(dest):get("k"))
     for _, n in ipairs(hero.fs_listdir(tmp_root)) do
       assert.is_nil(n:find("partial", 1, true), n)
