@@ -144,4 +144,57 @@ describe("module registration and settings", function()
     helper.assert_error_contains(function() enc:forward(hero.randn(2, 3, 8), nil, {rws = 1}) end,
       "TransformerEncoder:forward: unknown option 'rws'")
   end)
+
+  it("keeps assignments to registered names and the registries one thing, as torch's", function()
+    local l = nn.Linear(3, 2)
+    local w = hero.zeros(2, 3)
+    l.weight = w -- a new parameter in its place
+    assert.is_true(rawequal(w, l.weight))
+    assert.is_true(rawequal(w, l:parameters()[1]))
+    assert.is_true(w.requires_grad)
+    assert.same(hero.zeros(2, 3):totable(), l:state_dict().weight:totable())
+    local M = nn.Module:extend("BufferHolder")
+    function M:__init() self:register_buffer("buf", hero.zeros(2)) end
+    local m = M()
+    m.buf = hero.ones(2) -- replaces the buffer
+    assert.same({1, 1}, m:state_dict().buf:totable())
+    helper.assert_error_contains(function() m.buf = 3 end, "buffer 'buf' must be a tensor")
+    local holder = nn.Module:extend("Holder")()
+    holder.lin = nn.Linear(2, 2) -- a module assigned to a new name is a child
+    assert.equal(2, #holder:parameters())
+    assert.equal("lin", holder.lin:path())
+    helper.assert_error_contains(function() l.weight = nil end, "cannot be removed")
+    holder.note = "plain" -- anything else is a plain field
+    assert.equal("plain", rawget(holder, "note"))
+  end)
+
+  it("gives detached state_dict values, keeps frozen parameters frozen through :to, and more of torch's rules",
+    function()
+      local l = nn.Linear(3, 2)
+      local sd = l:state_dict()
+      assert.is_false(sd.weight.requires_grad)
+      sd.weight:clone():fill_(1) -- recorded nothing: an edit of a copy works
+      l.weight:requires_grad_(false)
+      l:to("f64")
+      assert.is_false(l.weight.requires_grad)
+      assert.is_true(l.bias.requires_grad)
+      -- a buffer registered with persistent = false moves with the module but is not saved
+      local M = nn.Module:extend("Transient")
+      function M:__init()
+        self:register_buffer("kept", hero.zeros(1))
+        self:register_buffer("scratch", hero.zeros(1), false)
+      end
+      local m = M():to("f64")
+      assert.equal("f64", m.scratch:dtype())
+      assert.is_nil(m:state_dict().scratch)
+      assert.is_not_nil(m:state_dict().kept)
+      -- a number key among the unexpected ones is listed, not compared with strings
+      helper.assert_error_contains(function() l:load_state_dict {[1] = hero.zeros(1), extra = hero.zeros(1)} end,
+        "unexpected keys: 1, extra")
+      helper.assert_error_contains(function() return nn.GELU {approximate = "tanh"} end, "GELU: takes no arguments")
+      helper.assert_error_contains(function() return nn.ReLU(true) end, "ReLU: takes no arguments")
+      local holder = nn.Module:extend("Ints")()
+      helper.assert_error_contains(function() holder:register_parameter("n", hero.tensor({1}, {dtype = "i64"})) end,
+        "Ints: parameter 'n' must be a floating tensor")
+    end)
 end)

@@ -23,13 +23,25 @@ function M.Dropout:forward(x)
 end
 function M.Dropout:extra_repr() return string.format("p=%g", self.p) end
 
+-- These take no options: torch's (GELU's approximate = "tanh", ReLU's inplace) would be ignored
+-- without a word, so any argument is refused.
+local function no_arguments(name, n)
+  if n > 0 then
+    error(string.format("%s: takes no arguments (torch's approximate and inplace options are not implemented)", name),
+      4)
+  end
+end
+
 M.GELU = Module:extend("GELU")
+function M.GELU.__init(_, ...) no_arguments("GELU", select("#", ...)) end
 function M.GELU.forward(_, x) return core.gelu(x) end
 
 M.ReLU = Module:extend("ReLU")
+function M.ReLU.__init(_, ...) no_arguments("ReLU", select("#", ...)) end
 function M.ReLU.forward(_, x) return x:relu() end
 
 M.Tanh = Module:extend("Tanh")
+function M.Tanh.__init(_, ...) no_arguments("Tanh", select("#", ...)) end
 function M.Tanh.forward(_, x) return x:tanh() end
 
 return M

@@ -4,8 +4,53 @@
 local core = require "hero.core"
 
 local Module = {}
-Module.__index = Module
 Module.__name = "Module"
+
+-- Registered parameters, buffers and children live in their registries only, not as fields of the
+-- instance: self.weight finds them through __index, and an assignment to their name reaches
+-- __newindex, which keeps the registry and the field one thing (a tensor assigned to a registered
+-- parameter's name used to run forward while state_dict, parameters() and :to kept the old one).
+local function instance_index(cls)
+  return function(t, k)
+    local params = rawget(t, "_params")
+    if params then
+      local v = params[k]
+      if v ~= nil then return v end
+      v = rawget(t, "_buffers")[k]
+      if v ~= nil then return v end
+      v = rawget(t, "_modules")[k]
+      if v ~= nil then return v end
+    end
+    return cls[k]
+  end
+end
+Module.__index = instance_index(Module)
+
+local function is_module(v) return type(v) == "table" and rawget(v, "_params") ~= nil end
+
+--- self.name = value: for a registered parameter, registers value in its place (as torch's
+-- assignment of an nn.Parameter: an optimizer made before holds the old tensor); for a buffer,
+-- replaces the buffer; for a child, or a new name given a module, adds that module as the child
+-- (as torch registers it); anything else is a plain field.
+function Module.__newindex(t, k, v)
+  local params = rawget(t, "_params")
+  -- names starting with "_" are the module's own bookkeeping (_parent, _name): plain fields
+  if params and type(k) == "string" and k:sub(1, 1) ~= "_" then
+    if params[k] ~= nil then
+      if v == nil then t:error("parameter '%s' cannot be removed by assigning nil", k) end
+      t:register_parameter(k, v)
+      return
+    elseif rawget(t, "_buffers")[k] ~= nil then
+      if not core.is_tensor(v) then t:error("buffer '%s' must be a tensor, got %s", k, type(v)) end
+      rawget(t, "_buffers")[k] = v
+      return
+    elseif rawget(t, "_modules")[k] ~= nil or is_module(v) then
+      t:add_module(k, v)
+      return
+    end
+  end
+  rawset(t, k, v)
+end
 
 local function construct(cls, ...)
   local self = setmetatable({
@@ -26,7 +71,7 @@ function Module:extend(name)
   for k, v in pairs(self) do
     if k:find("^__") then cls[k] = v end -- metamethods are not inherited through __index
   end
-  cls.__index = cls
+  cls.__index = instance_index(cls)
   cls.__name = name
   cls.super = self
   cls.new = function(...) return construct(cls, ...) end
@@ -59,9 +104,13 @@ local function check_name(self, kind, name, own)
     self:error("%s name must be a non-empty string without '.', got %s", kind, type(name) == "string"
       and ("'" .. name .. "'") or type(name))
   end
-  if own[name] == nil and self[name] ~= nil then
-    self:error("%s name '%s' is taken: self.%s is already %s", kind, name, name,
-      rawget(self, name) == nil and "a method of the module" or "a field of another kind")
+  if own[name] == nil then
+    local taken = (own ~= self._params and self._params[name] ~= nil and "a parameter")
+      or (own ~= self._buffers and self._buffers[name] ~= nil and "a buffer")
+      or (own ~= self._modules and self._modules[name] ~= nil and "a child module")
+      or (rawget(self, name) ~= nil and "a field of another kind")
+      or (self[name] ~= nil and "a method of the module")
+    if taken then self:error("%s name '%s' is taken: self.%s is already %s", kind, name, name, taken) end
   end
 end
 
@@ -73,26 +122,42 @@ function Module:register_parameter(name, t)
   if t.grad_fn ~= nil then
     self:error("parameter '%s' must be a leaf tensor (it was computed by an op; detach() it)", name)
   end
+  local dt = t:dtype()
+  if dt ~= "f32" and dt ~= "f64" and dt ~= "bf16" and dt ~= "f16" then
+    self:error("parameter '%s' must be a floating tensor (f32, f64, bf16, f16), got %s", name, dt)
+  end
   if not self._params[name] then self._param_order[#self._param_order + 1] = name end
   if not t.requires_grad then t:requires_grad_(true) end
   self._params[name] = t
-  self[name] = t
   return t
 end
 
---- Registers a non-trainable tensor that is part of the state_dict (e.g. position ids).
-function Module:register_buffer(name, t)
+--- Registers a non-trainable tensor that is part of the state_dict (e.g. position ids), unless
+-- persistent is false (torch's): then it moves with :to but stays out of state_dict.
+function Module:register_buffer(name, t, persistent)
   if not core.is_tensor(t) then self:error("buffer '%s' must be a tensor, got %s", tostring(name), type(t)) end
+  if persistent ~= nil and type(persistent) ~= "boolean" then
+    self:error("register_buffer: persistent must be a boolean, got %s", type(persistent))
+  end
   check_name(self, "buffer", name, self._buffers)
   if not self._buffers[name] then self._buffer_order[#self._buffer_order + 1] = name end
   self._buffers[name] = t
-  self[name] = t
+  local transient = rawget(self, "_non_persistent")
+  if persistent == false then
+    if not transient then
+      transient = {}
+      rawset(self, "_non_persistent", transient)
+    end
+    transient[name] = true
+  elseif transient then
+    transient[name] = nil
+  end
   return t
 end
 
 --- Adds a child module under `name` (also reachable as self[name]).
 function Module:add_module(name, m)
-  if type(m) ~= "table" or not m._params then self:error("child '%s' is not a hero.nn.Module", tostring(name)) end
+  if not is_module(m) then self:error("child '%s' is not a hero.nn.Module", tostring(name)) end
   check_name(self, "child", name, self._modules)
   -- a module inside itself would make every walk of the tree endless
   for _, entry in ipairs(m:named_modules()) do
@@ -103,9 +168,8 @@ function Module:add_module(name, m)
   end
   if not self._modules[name] then self._module_order[#self._module_order + 1] = name end
   self._modules[name] = m
-  m._name = name
-  m._parent = self
-  self[name] = m
+  rawset(m, "_name", name)
+  rawset(m, "_parent", self)
   return m
 end
 
@@ -156,15 +220,19 @@ function Module:parameters()
   return out
 end
 
---- Flat table name -> tensor of every parameter and buffer (tied weights under every name, as
--- PyTorch's state_dict does).
+--- Flat table name -> tensor of every parameter and persistent buffer (tied weights under every
+-- name, as PyTorch's state_dict does). As torch's, the values are detached: they share the
+-- parameters' memory but record no graph, so editing a copy of one (clone():fill_()) works.
 function Module:state_dict()
   local sd = {}
   for _, entry in ipairs(self:named_modules()) do
     local prefix, m = entry[1], entry[2]
     local function key(n) return prefix == "" and n or prefix .. "." .. n end
-    for _, n in ipairs(m._param_order) do sd[key(n)] = m._params[n] end
-    for _, n in ipairs(m._buffer_order) do sd[key(n)] = m._buffers[n] end
+    for _, n in ipairs(m._param_order) do sd[key(n)] = m._params[n]:detach() end
+    local transient = rawget(m, "_non_persistent") or {}
+    for _, n in ipairs(m._buffer_order) do
+      if not transient[n] then sd[key(n)] = m._buffers[n] end
+    end
   end
   return sd
 end
@@ -193,7 +261,7 @@ function Module:load_state_dict(sd, opts)
     if sd[name] == nil then missing[#missing + 1] = name end
   end
   for name in pairs(sd) do
-    if own[name] == nil then unexpected[#unexpected + 1] = name end
+    if own[name] == nil then unexpected[#unexpected + 1] = tostring(name) end -- a number key too
   end
   table.sort(missing)
   table.sort(unexpected)
@@ -293,7 +361,8 @@ function Module:to(where)
     local r = t
     if o.device ~= t:device() or o.dtype ~= t:dtype() then
       r = core.no_grad(function() return t:detach():to(o) end)
-      if is_param then r:requires_grad_(true) end
+      -- a frozen parameter (requires_grad_(false)) stays frozen, as torch's
+      if is_param and t.requires_grad then r:requires_grad_(true) end
     end
     moved[t] = r
     return r
