@@ -384,6 +384,10 @@ static int accumulate_leaf(hr_tensor *leaf, hr_tensor *g)
         hr_tensor_release(g);
         return -1;
     }
+    if (!leaf->requires_grad) { /* frozen (requires_grad_(false)) after the forward pass: torch skips it too */
+        hr_tensor_release(g);
+        return 0;
+    }
     if (!leaf->grad && can_adopt(leaf, g)) {
         g->requires_grad = false;
         leaf->grad = g; /* the reference passes to the leaf: no copy */
@@ -608,6 +612,7 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
         hr_backward_profile_add("(gradient accumulation)", t_acc);
         if (!retain_graph) {
             free_saved(n);
+            if (n->saved_release) n->saved_release(n->ctx);
             n->buffers_freed = true;
         }
     }

@@ -52,6 +52,9 @@ struct hr_node {
     /* op-specific payload (integers, dims, scalars), freed with the node */
     void *ctx;
     void (*ctx_destroy)(void *ctx);
+    /* what backward without retain_graph frees of ctx (NULL: nothing), as it frees the saved
+     * tensors: a Lua function's ctx table, which may hold the tensors its forward kept */
+    void (*saved_release)(void *ctx);
     /* engine scratch; env is hr_backward's env argument, for backward functions that call back into
      * the caller (Lua-defined functions receive the running lua_State there) */
     void *env;

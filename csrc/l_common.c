@@ -483,6 +483,14 @@ void hr_lua_check_inplace(lua_State *L, hr_tensor *t, const char *op)
     hr_lua_check_writable(L, t, op);
 }
 
+void hr_lua_check_source_detached(lua_State *L, hr_tensor *src, const char *op)
+{
+    if (src && hr_grad_enabled_flag() && hr_requires_grad(src))
+        luaL_error(L, "%s: the value written requires grad, and in-place writes are not recorded for autograd, so "
+                      "its gradient would be lost (build the result with an op such as where, cat or index_copy, "
+                      "or detach() the value)", op);
+}
+
 void hr_lua_check_graph_inplace(lua_State *L, hr_tensor *self, hr_tensor *other, const char *op)
 {
     hr_tensor *in[2] = {self, other};

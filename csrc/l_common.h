@@ -201,6 +201,9 @@ void hr_lua_check_writable(lua_State *L, const hr_tensor *t, const char *op);
 void hr_lua_check_inplace(lua_State *L, hr_tensor *t, const char *op);
 /* In-place arithmetic is not recorded on the tape: refuses when self or other takes part in a graph
  * (while recording), instead of silently producing wrong gradients. */
+/* An in-place write (copy_, fill_, index assignment) of src, a value that requires grad while grad
+ * mode is on, is refused: the write is not recorded, so src's gradient would be lost without a word. */
+void hr_lua_check_source_detached(lua_State *L, hr_tensor *src, const char *op);
 void hr_lua_check_graph_inplace(lua_State *L, hr_tensor *self, hr_tensor *other, const char *op);
 
 #endif

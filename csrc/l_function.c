@@ -151,6 +151,10 @@ static int l_autograd_apply(lua_State *L)
     if (!node) return hr_lua_error(L, "autograd function");
     lua_fn_ctx *c = node->ctx;
     node->ctx_destroy = lua_fn_destroy;
+    /* its backward ran and the graph is not kept: drop the ctx (and what it holds, often the
+     * previous function's output) at once. Held until the node itself went, a chain of n
+     * functions took n full collections to free. */
+    node->saved_release = lua_fn_destroy;
     lua_pushvalue(L, 1);
     c->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, 2);

@@ -434,7 +434,7 @@ static double opt_number(lua_State *L, int idx, int oi, double def)
 static int t_uniform_(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "uniform_");
-    hr_lua_check_writable(L, t, "uniform_");
+    hr_lua_check_inplace(L, t, "uniform_"); /* as any write: a leaf or graph tensor is refused */
     int oi = opts_index(L, 2);
     double a = opt_number(L, 2, oi, 0), b = opt_number(L, 3, oi, 1);
     hr_generator *g = hr_lua_opt_generator(L, oi, "uniform_");
@@ -447,7 +447,7 @@ static int t_uniform_(lua_State *L)
 static int t_normal_(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "normal_");
-    hr_lua_check_writable(L, t, "normal_");
+    hr_lua_check_inplace(L, t, "normal_");
     int oi = opts_index(L, 2);
     double mean = opt_number(L, 2, oi, 0), std = opt_number(L, 3, oi, 1);
     hr_generator *g = hr_lua_opt_generator(L, oi, "normal_");
@@ -460,7 +460,7 @@ static int t_normal_(lua_State *L)
 static int t_bernoulli_(lua_State *L)
 {
     hr_tensor *t = hr_lua_check_tensor(L, 1, "bernoulli_");
-    hr_lua_check_writable(L, t, "bernoulli_");
+    hr_lua_check_inplace(L, t, "bernoulli_");
     int oi = opts_index(L, 2);
     hr_generator *g = hr_lua_opt_generator(L, oi, "bernoulli_");
     int rc;

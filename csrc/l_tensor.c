@@ -731,6 +731,7 @@ static int t_copy_(lua_State *L)
     hr_tensor *dst = hr_lua_check_tensor(L, 1, "copy_");
     hr_tensor *src = hr_lua_check_tensor(L, 2, "copy_");
     hr_lua_check_inplace(L, dst, "copy_");
+    hr_lua_check_source_detached(L, src, "copy_");
     if (hr_copy_(dst, src)) hr_lua_error(L, "copy_");
     lua_settop(L, 1);
     return 1;
@@ -745,6 +746,7 @@ static int t_fill_(lua_State *L)
     if (luaL_testudata(L, 2, HR_TENSOR_MT)) { /* a one-element tensor gives its value, as PyTorch's fill_
                                                 takes a 0-dim tensor */
         hr_tensor *v = hr_lua_check_tensor(L, 2, "fill_");
+        hr_lua_check_source_detached(L, v, "fill_");
         if (hr_tensor_numel(v) != 1)
             return luaL_error(L, "fill_: the value must be a number or a one-element tensor, got %I elements",
                               (lua_Integer)hr_tensor_numel(v));
@@ -922,6 +924,7 @@ static int t_newindex(lua_State *L)
         return luaL_error(L, "index assignment: position %I out of range for dimension 1 of size %I",
                           lua_tointeger(L, 2), (lua_Integer)t->size[0]);
     hr_lua_check_fits(L, 3, t->dtype, "index assignment"); /* as fill_: no value wrapped or saturated */
+    hr_lua_check_source_detached(L, hr_lua_to_tensor(L, 3), "index assignment");
     hr_tensor *row = hr_view_select(t, 0, i - 1);
     if (!row) return hr_lua_error(L, "index assignment");
     int rc;

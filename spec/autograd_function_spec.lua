@@ -174,4 +174,66 @@ describe("Lua-defined autograd functions", function()
       "input 1 element 1: analytic")
     assert.is_nil(y.grad)
   end)
+
+  it("frees a chain of functions that keep their input in ctx with one collection after backward", function()
+    local Keep = hero.autograd.Function {
+      forward = function(ctx, x) ctx.x = x; return x * 1.0 end,
+      backward = function(_, g) return g end,
+    }
+    local w = hero.randn(256, 256):requires_grad_()
+    collectgarbage()
+    local before = hero.live_bytes()
+    local y = w
+    for _ = 1, 12 do y = Keep(y) end
+    y:sum():backward()
+    y = nil -- luacheck: ignore 311
+    collectgarbage()
+    -- each ctx held the previous output until its node went: one link per collection
+    assert.is_true(hero.live_bytes() - before <= 256 * 256 * 4 + 4096, tostring(hero.live_bytes() - before))
+  end)
+
+  it("gradcheck takes a missing gradient as zeros, as torch's", function()
+    local f = function(a, _) return (a * a):sum() end
+    assert.is_true(hero.testing.gradcheck(f, {hero.randn({3}, {dtype = "f64"}):requires_grad_(),
+      hero.randn({2}, {dtype = "f64"}):requires_grad_()}))
+    -- a function that does use the input still fails without its gradient
+    local Drop = hero.autograd.Function {
+      forward = function(_, a, b) return a * b end,
+      backward = function(_, g) return g, nil end,
+    }
+    assert.has_error(function()
+      hero.testing.gradcheck(function(a, b) return Drop(a, b) end, {hero.randn({3}, {dtype = "f64"}):requires_grad_(),
+        hero.randn({3}, {dtype = "f64"}):requires_grad_()})
+    end)
+  end)
+end)
+
+describe("writes that would lose a gradient", function()
+  it("refuses copy_, fill_ and index assignment of a value that requires grad (allowed in no_grad)", function()
+    local x = hero.tensor({1, 2}):requires_grad_()
+    local buf = hero.zeros(2)
+    helper.assert_error_contains(function() buf:copy_(x) end, "copy_: the value written requires grad")
+    helper.assert_error_contains(function() buf:fill_(x:sum()) end, "fill_: the value written requires grad")
+    helper.assert_error_contains(function() buf[1] = x[2] end, "index assignment: the value written requires grad")
+    hero.no_grad(function() buf:copy_(x) end)
+    assert.same({1, 2}, buf:totable())
+    buf:copy_(x:detach())
+  end)
+
+  it("refuses random fills of a leaf that requires grad or of a tensor in the graph, as other writes", function()
+    local w = hero.zeros(2):requires_grad_()
+    helper.assert_error_contains(function() w:normal_() end, "normal_: a leaf tensor that requires grad")
+    local h = w * 2
+    helper.assert_error_contains(function() h:uniform_() end, "uniform_: in-place writes are not recorded")
+    helper.assert_error_contains(function() h:bernoulli_(0.5) end, "bernoulli_: in-place writes are not recorded")
+    hero.no_grad(function() w:uniform_(-1, 1) end)
+  end)
+
+  it("gives no gradient to a leaf frozen between the forward and the backward pass, as torch", function()
+    local x = hero.tensor({1, 2}):requires_grad_()
+    local y = (x * hero.tensor {3, 4}):sum()
+    x:requires_grad_(false)
+    y:backward()
+    assert.is_nil(x.grad)
+  end)
 end)
