@@ -179,6 +179,20 @@ describe("PyTorch functions composed from the C ops", function()
     assert.same({1}, hero.tensor(5):flatten(1, -1):size())
     helper.assert_error_contains(function() hero.tensor(5):flatten(7) end, "start_dim 7 out of range for a 0-D")
     helper.assert_error_contains(function() hero.tensor(5):flatten(1, 2) end, "end_dim 2 out of range for a 0-D")
+    -- one_hot's num_classes = -1 is torch's "from the indices"
+    assert.same({{1, 0, 0}, {0, 0, 1}}, hero.one_hot(hero.tensor({0, 2}, {dtype = "i64"}), -1):totable())
+    -- diag past the edge of a matrix is empty but stays in the graph (zero gradient), as torch's
+    local m = hero.randn({3, 5}, {dtype = "f64"}):requires_grad_()
+    local d = hero.diag(m, 5)
+    assert.same({0}, d:size())
+    d:sum():backward()
+    assert.same(hero.zeros({3, 5}, {dtype = "f64"}):totable(), m.grad:totable())
+    helper.assert_error_contains(function() hero.diag(m, 1.5) end, "diag: the diagonal offset must be an integer")
+    -- pad: one side cropping past the dimension is pad's own error, as both sides together
+    helper.assert_error_contains(function() hero.nn.functional.pad(hero.ones(2, 3), {-4, 2}) end,
+      "pad: cropping 4 from a dimension of size 3")
+    helper.assert_error_contains(function() hero.conv1d(hero.ones(1, 1, 4), hero.ones(1, 1, 0)) end,
+      "conv1d: weight", "kernel of size 0")
     helper.assert_error_contains(function() hero.logsumexp(hero.ones(2)) end, "a dimension is required")
     helper.assert_error_contains(function() hero.diag(hero.ones(1, 2, 3)) end, "1-D or 2-D")
     helper.assert_error_contains(function() hero.isnan(3) end, "expected a hero.Tensor")

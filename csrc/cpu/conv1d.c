@@ -130,6 +130,8 @@ hr_tensor *hr_conv1d(hr_tensor *x, hr_tensor *w, hr_tensor *bias, int64_t paddin
     if (padding < 0) return hr_fail_null(HR_EINVAL, "conv1d: negative padding %lld", (long long)padding);
     /* (2^40 keeps the padded length's arithmetic far from overflowing) */
     if (padding > ((int64_t)1 << 40)) return hr_fail_null(HR_EINVAL, "conv1d: padding %lld is too large", (long long)padding);
+    if (w->size[2] == 0) /* as PyTorch: a kernel of size 0 has nothing to slide */
+        return hr_fail_null(HR_EINVAL, "conv1d: weight %s has a kernel of size 0", hr_tensor_desc(w, b, sizeof b));
     conv_ctx c = {x->size[0], x->size[1], x->size[2], w->size[0], w->size[2], padding, 0, bias != NULL};
     c.out_len = c.len + 2 * padding - c.k + 1;
     if (c.out_len < 1) /* as PyTorch: an error, not an empty output */

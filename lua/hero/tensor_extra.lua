@@ -180,12 +180,14 @@ function M.install_math(hero, methods)
   triangle("tril", function(offset, k) return offset:le(k) end)
   triangle("triu", function(offset, k) return offset:ge(k) end)
   --- one_hot(indices (integers)[, num_classes = max + 1]): i64, one more dimension of num_classes
+  -- (num_classes = -1, torch's default, also means max + 1)
   both("one_hot", function(idx, num_classes)
     check(idx, "one_hot")
     if is_float(idx) or idx:dtype() == "bool" then
       error("one_hot: expected an integer tensor of class indices, got " .. idx:dtype(), 2)
     end
     if idx:numel() > 0 and idx:min():item() < 0 then error("one_hot: class indices must not be negative", 2) end
+    if num_classes == -1 then num_classes = nil end
     local n = num_classes or (idx:numel() > 0 and idx:max():item() + 1 or 0)
     if math.type(n) ~= "integer" or n < 1 then error("one_hot: num_classes must be a positive integer", 2) end
     if idx:numel() > 0 and idx:max():item() >= n then
@@ -404,6 +406,7 @@ function M.install_math(hero, methods)
   both("diag", function(t, k)
     check(t, "diag")
     k = k or 0
+    if math.type(k) ~= "integer" then error("diag: the diagonal offset must be an integer, got " .. tostring(k), 2) end
     if t:dim() == 1 then
       -- the band j - i == k times the vector padded to n, laid along the rows (k >= 0: row i holds
       -- t[i]) or the columns (k < 0: column j holds t[j]); differentiable through cat and mul
@@ -417,7 +420,8 @@ function M.install_math(hero, methods)
       local r, c = t:size(1), t:size(2)
       local i0, j0 = k < 0 and -k or 0, k > 0 and k or 0
       local len = math.max(0, math.min(r - i0, c - j0))
-      if len == 0 then return hero.zeros({0}, {dtype = t:dtype(), device = t:device()}) end
+      -- past the edge: empty, but still of t's graph (its gradient is zeros), as torch's
+      if len == 0 then return t:reshape({r * c}):narrow(1, 1, 0) end
       local idx = (hero.arange(len, {device = t:device()}) + i0) * c + (hero.arange(len, {device = t:device()}) + j0)
       return t:reshape({r * c}):index_select(1, idx)
     end

@@ -246,8 +246,10 @@ function F.pad(t, pads, mode, value)
       error(string.format("pad: amount %d is beyond any size", math.abs(before) > 1 << 48 and before or after), 2)
     end
     local n = out:size(dim)
-    if n + before + after < 0 then
-      error(string.format("pad: cropping %d from a dimension of size %d", -(before + after), n), 2)
+    -- the crops come first: each side's, or both together, may not take more than the dimension has
+    local crop = math.max(0, -before) + math.max(0, -after)
+    if crop > n or n + before + after < 0 then
+      error(string.format("pad: cropping %d from a dimension of size %d", math.max(crop, -(before + after)), n), 2)
     end
     -- crops first (negative amounts), then the constant blocks
     local lo, hi = math.max(0, -before), math.max(0, -after)
