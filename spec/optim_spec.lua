@@ -143,6 +143,14 @@ describe("optim", function()
     assert.equal(2, plain.state["0"].step)
   end)
 
+  it("prints its class and settings in the REPL, as the GradScaler does", function()
+    local opt = optim.AdamW({{"w", hero.zeros(2):requires_grad_()}}, {lr = 1e-4, weight_decay = 0.01})
+    assert.equal("AdamW(lr=0.0001, betas=(0.9, 0.999), eps=1e-06, weight_decay=0.01; 1 parameters, 0 with state)",
+      tostring(opt))
+    assert.truthy(tostring(hero.amp.GradScaler()):find("GradScaler(scale=65536, growth_factor=2", 1, true))
+    assert.equal("GradScaler(disabled)", tostring(hero.amp.GradScaler {enabled = false}))
+  end)
+
   it("clips a strided gradient with the numbers of a contiguous one", function()
     local g = hero.Generator(11)
     local base = hero.randn({16, 16}, {generator = g})

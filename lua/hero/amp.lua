@@ -250,6 +250,14 @@ function GradScaler:found_inf()
 end
 
 function GradScaler:get_scale() return self.enabled and self.scale_value or 1.0 end
+
+--- What the REPL shows: the scale and the rules that move it.
+function GradScaler:__tostring()
+  if not self.enabled then return "GradScaler(disabled)" end
+  return string.format("GradScaler(scale=%.9g, growth_factor=%g, backoff_factor=%g, growth_interval=%d, "
+    .. "clean steps=%d, skipped=%d)", self.scale_value, self.growth_factor, self.backoff_factor, self.growth_interval,
+    self.growth_tracker, self.steps_skipped)
+end
 function GradScaler:is_enabled() return self.enabled end
 
 function GradScaler:state_dict()

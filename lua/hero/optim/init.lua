@@ -198,6 +198,18 @@ function optim.by_config_name(name)
   return ({adamw = optim.AdamW, adam = optim.Adam, adamax = optim.Adamax})[name]
 end
 
+--- What the REPL shows: the class, its settings and how many parameters it updates (and have state).
+function Adam:__tostring()
+  local stepped = 0
+  for _ in pairs(self.state) do stepped = stepped + 1 end
+  local muls = {}
+  for k, v in pairs(self.lr_mul) do muls[#muls + 1] = string.format("%s=%g", tostring(k), v) end
+  table.sort(muls)
+  return string.format("%s(lr=%g, betas=(%g, %g), eps=%g, weight_decay=%g%s; %d parameters, %d with state)", self.kind,
+    self.lr, self.beta1, self.beta2, self.eps, self.weight_decay,
+    #muls > 0 and (", lr_mul={" .. table.concat(muls, ", ") .. "}") or "", #self.entries, stepped)
+end
+
 --- Sets the base learning rate (before the per-group multipliers): a number >= 0, as the
 -- constructor takes (a negative rate would ascend, NaN would spread to every weight).
 function Adam:set_lr(lr)
