@@ -277,6 +277,32 @@ describe("PrefetchLoader", function()
     end
   end)
 
+  it_db("stays where it was when set_state refuses a state, and keeps its position when closed", function()
+    local spec = tv_spec("mlm", {batch_size = 2, bucket = nil})
+    local sync = sync_loader(spec)
+    local P = data.PrefetchLoader{loader_spec = spec, workers = 2, depth = 3}
+    for _ = 1, 2 do
+      sync:next()
+      P:next()
+    end
+    local bad = sync:state()
+    bad.pos = 99
+    local before = P:state()
+    helper.assert_error_contains(function() P:set_state(bad) end, "position 99 is outside")
+    helper.assert_error_contains(function() sync:set_state(bad) end, "position 99 is outside")
+    assert.are.same(before, P:state())
+    assert.are.same(before, sync:state()) -- the TaskLoader's epoch_start too: a checkpoint resumes right
+    for i = 1, 4 do
+      local ok, why = same_batch(sync:next(), P:next())
+      assert(ok, "batch " .. i .. " after the refused state: " .. tostring(why))
+    end
+    -- closing drops the batches in flight, which were never consumed
+    local at = P:state()
+    P:close()
+    assert.are.same(at, P:state())
+    helper.assert_error_contains(function() P:set_state(at) end, "the loader is closed")
+  end)
+
   it_db("shares one pool between loaders (prefetch_loaders) and keeps each sequence", function()
     local dspec = {type = "VideoSubDataset", video_db = tv_video, sub_db = tv_subs, max_clip_len = 12}
     local specs = {}

@@ -172,6 +172,23 @@ describe("MetaLoader", function()
   end)
 end)
 
+describe("MetaLoader:set_state", function()
+  it("moves every task or none: a task refusing its state puts back those already moved", function()
+    local C = train.CyclingLoader
+    local function make()
+      return train.MetaLoader{tasks = {fom = C {{1}, {2}, {3}}, vsm = C {{4}, {5}, {6}}}, seed = 1}
+    end
+    local a = make()
+    for _ = 1, 4 do a:next() end
+    local saved = a:state()
+    local m = make()
+    local before = hero.json.encode(m:state())
+    saved.loaders.vsm.pos = 99
+    helper.assert_error_contains(function() m:set_state(saved) end, "position 99 is outside")
+    assert.equal(before, hero.json.encode(m:state()))
+  end)
+end)
+
 describe("Trainer", function()
   it("steps without clipping when grad_norm is off, an inf gradient included (as the reference)", function()
     local w = hero.tensor({1, 2, 3}):requires_grad_()

@@ -333,13 +333,13 @@ function TaskLoader:set_state(s)
   end
   -- the epoch's plan is rebuilt from the state's generator; a position outside it puts the loader
   -- back as it was
-  local old_gen, old_plan = self.order_gen:get_state(), self.plan
+  local old_gen, old_plan, old_start = self.order_gen:get_state(), self.plan, self.epoch_start
   self.order_gen:set_state(s.epoch_start)
   self:_plan_epoch()
   if s.pos < 1 or s.pos > #self.plan + 1 then
     local n = #self.plan
     self.order_gen:set_state(old_gen)
-    self.plan = old_plan
+    self.plan, self.epoch_start = old_plan, old_start -- state() would mix the two epochs
     fail("set_state: position %d is outside 1..%d", s.pos, n + 1)
   end
   self.epoch, self.pos = s.epoch, s.pos

@@ -312,8 +312,10 @@ function Prefetch:wait_seconds() return self.waited, self.waits, self.first_wait
 -- wait_seconds() that faster or more workers would remove (the rest is planning and hand-over).
 function Prefetch:blocked_seconds() return self.blocked end
 
---- The resumable position: TaskLoader:state() at the next batch to consume.
+--- The resumable position: TaskLoader:state() at the next batch to consume (after close(), the
+-- one it had when closed: the batches dropped in flight were never consumed).
 function Prefetch:state()
+  if self.closed_state then return self.closed_state end
   local s = self.loader:state()
   local first = self.inflight[1]
   if first then
@@ -325,9 +327,12 @@ end
 --- Continues from a state() of a PrefetchLoader or TaskLoader with the same spec. Batches in
 -- flight are dropped when they arrive (errors included) and planned again from the new position.
 function Prefetch:set_state(s)
+  if not self.group then error("PrefetchLoader:set_state: the loader is closed", 2) end
+  -- the state is checked (TaskLoader:set_state puts itself back when it refuses one) before the
+  -- batches in flight are dropped: a refused state leaves the loader where it was
+  self.loader:set_state(s)
   for _, plan in ipairs(self.inflight) do self.group:drop(plan.job) end
   self.inflight = {}
-  self.loader:set_state(s)
   self.stats = self.loader.stats
   self.epoch = s.epoch
 end
@@ -340,7 +345,10 @@ function Prefetch:__len() return #self.loader end
 --- Leaves the shared pool: the last loader of a pool to close stops the workers (joining them).
 -- Idempotent. The datasets are closed by the garbage collector (loaders may share them).
 function Prefetch:close()
-  if self.group then self.group:release() end
+  if self.group then
+    self.closed_state = self:state()
+    self.group:release()
+  end
   self.group, self.inflight = nil, {}
 end
 

@@ -229,8 +229,23 @@ function MetaLoader:set_state(s)
   for _, name in ipairs(self.order) do
     if s.loaders[name] == nil then error(string.format("MetaLoader:set_state: no state for task '%s'", name), 2) end
   end
-  for _, name in ipairs(self.order) do self.tasks[name]:set_state(s.loaders[name]) end
-  self.generator:set_state(s.generator)
+  -- all or nothing: a task that refuses its state puts back the tasks (and the generator) already
+  -- moved, so the loader stays where it was
+  local before, done = {}, {}
+  for _, name in ipairs(self.order) do before[name] = self.tasks[name]:state() end
+  local gen_before = self.generator:get_state()
+  local ok, err = pcall(function()
+    for _, name in ipairs(self.order) do
+      self.tasks[name]:set_state(s.loaders[name])
+      done[#done + 1] = name
+    end
+    self.generator:set_state(s.generator)
+  end)
+  if not ok then
+    for _, name in ipairs(done) do self.tasks[name]:set_state(before[name]) end
+    self.generator:set_state(gen_before)
+    error(err, 0)
+  end
   self.micro = s.micro
   self.current = s.current
 end
