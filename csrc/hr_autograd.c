@@ -541,7 +541,8 @@ int hr_backward(hr_tensor *root, const hr_tensor *grad, bool retain_graph, void 
         if (!g) {
             if (!received) rc = hr_fail(HR_EINVAL, "backward: node '%s' received no gradient", n->op);
             else rc = -1; /* the widening copy failed (out of memory): its error stands */
-        } else if (n->buffers_freed && n->nsaved > 0) {
+        } else if (n->buffers_freed && (n->nsaved > 0 || n->saved_release)) {
+            /* (a Lua function's ctx, released as the saved tensors are, counts as saved) */
             rc = hr_fail(HR_EINVAL,
                          "backward through the graph a second time: the tensors saved by '%s' were already freed "
                          "(pass retain_graph = true to the first backward)",

@@ -185,8 +185,11 @@ describe("Lua-defined autograd functions", function()
     local before = hero.live_bytes()
     local y = w
     for _ = 1, 12 do y = Keep(y) end
-    y:sum():backward()
-    y = nil -- luacheck: ignore 311
+    local loss = y:sum()
+    loss:backward()
+    -- its ctx went with the first backward: a second one says so (retain_graph keeps it)
+    helper.assert_error_contains(function() loss:backward() end, "backward through the graph a second time")
+    y, loss = nil, nil -- luacheck: ignore 311
     collectgarbage()
     -- each ctx held the previous output until its node went: one link per collection
     assert.is_true(hero.live_bytes() - before <= 256 * 256 * 4 + 4096, tostring(hero.live_bytes() - before))
