@@ -15,5 +15,8 @@ models.layers = require "hero.models.layers"
 models.vsm = require "hero.models.vsm"
 models.checkpoint = require "hero.models.checkpoint"
 models.HeroForTvc = require "hero.models.tvc"
+-- the batch layouts each task's forward reads, and the option checks the constructors share
+models.batch_shapes = require "hero.models.batch_shapes"
+models.options = require "hero.models.options"
 
 return models
