@@ -492,6 +492,10 @@ if not (hps.dropout >= 0 and hps.dropout < 1) then
   usage("--dropout must be in [0, 1), got " .. tostring(hps.dropout))
 end
 if hps.weight_decay < 0 then usage("--weight-decay must be >= 0, got " .. tostring(hps.weight_decay)) end
+-- as the reference: -1 is "no clipping"; 0 or another negative would zero or turn the step around
+if hps.grad_norm ~= -1 and hps.grad_norm <= 0 then
+  usage("--grad-norm must be > 0 (the norm to clip at) or -1 (no clipping), got " .. tostring(hps.grad_norm))
+end
 if hps.warmup >= hps.total then
   usage(string.format("--warmup (%d updates) must be below the run's %d updates", hps.warmup, hps.total))
 end

@@ -86,6 +86,12 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
       c[k] = nil
       helper.assert_error_contains(function() PC.hparams(c, "cfg.json") end, "cfg.json lacks '" .. k .. "'")
     end
+    -- the reference clips unless grad_norm is -1: 0 or another negative would zero or reverse its step
+    for _, gn in ipairs {0, -2} do
+      helper.assert_error_contains(function() PC.hparams(released(dir, {grad_norm = gn}), "c") end,
+        "grad_norm must be > 0 (the norm to clip at) or -1 (no clipping)")
+    end
+    assert.equal(-1, PC.hparams(released(dir, {grad_norm = -1}), "c").grad_norm)
     helper.assert_error_contains(function() PC.hparams(released(dir, {optim = "sgd"}), "c") end,
       "optim 'sgd' is not one of the reference's adamw, adam, adamax")
     assert.equal("adam", PC.hparams(released(dir, {optim = "adam"}), "c").optim)
@@ -199,6 +205,7 @@ describe("the reference's pre-training config (hero.train.pretrain_config)", fun
       {{"--mask-prob", "2"}, "--mask-prob reads databases"},
       {{"--lr", "0x10"}, "--lr must be a finite decimal number, got '0x10'"},
       {{"--grad-norm", "1e999"}, "--grad-norm must be a finite decimal number"},
+      {{"--grad-norm", "0"}, "--grad-norm must be > 0 (the norm to clip at) or -1 (no clipping)"},
       {{"--steps", "0x1"}, "--steps must be a positive integer, got '0x1'"},
       {{"--dropout", "1.5"}, "--dropout must be in [0, 1), got 1.5"},
       {{"--weight-decay", "-1"}, "--weight-decay must be >= 0"},

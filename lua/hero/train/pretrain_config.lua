@@ -117,6 +117,13 @@ function PC.check_types(hps, source)
         shown(v))
     end
   end
+  -- the reference clips unless grad_norm is -1 (`if opts.grad_norm != -1`): at 0 it zeroes every
+  -- gradient and below 0 it turns the step around, which no config means; hero's Trainer took any
+  -- value <= 0 as "off", so these configs trained another model without a word
+  local gn = hps.grad_norm
+  if gn ~= nil and gn ~= json.null and finite(gn) and gn ~= -1 and gn <= 0 then
+    fail("%s: grad_norm must be > 0 (the norm to clip at) or -1 (no clipping), got %s", source, shown(gn))
+  end
   for k in pairs(PROBABILITIES) do
     local v = hps[k]
     if v ~= nil and v ~= json.null and not (finite(v) and v >= 0 and v < 1) then

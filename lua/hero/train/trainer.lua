@@ -384,8 +384,8 @@ function Trainer:update()
   self.global_step = self.global_step + 1
   local lr = optim.warmup_linear(self.base_lr, self.global_step, self.warmup, self.total)
   self.optimizer:set_lr(lr)
-  -- grad_norm <= 0: no clipping, as the reference's `if opts.grad_norm != -1` (the norm is still
-  -- logged; an inf norm must not turn into a NaN factor)
+  -- grad_norm false (or <= 0): no clipping, as the reference's grad_norm -1 (the configs refuse its
+  -- other values <= 0); the norm is still logged, and an inf norm must not turn into a NaN factor
   local clip = self.grad_norm > 0
   local scaler = self:scaler(task)
   local scale, skipped
