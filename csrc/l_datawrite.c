@@ -481,7 +481,7 @@ static int l_fs_sync(lua_State *L)
     return 0;
 }
 
-/* fs_write_atomic(path, bytes): path.tmp.<pid> beside path, fsync, rename over path, fsync of the
+/* fs_write_atomic(path, bytes): path.tmp.<pid>.<n> beside path, fsync, rename over path, fsync of the
  * directory; readers of path see the old complete file or the new one, even after a crash. */
 static int l_fs_write_atomic(lua_State *L)
 {

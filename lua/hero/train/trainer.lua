@@ -16,7 +16,7 @@
 -- ignore. :resume() cuts log.jsonl back to the checkpoint's step (dropping the torn line and the
 -- lines of updates that are done again; without a checkpoint, every line) and the new TensorBoard
 -- file starts with a session start at step + 1, so every step appears once. Temporary files of a
--- killed writer (*.tmp.<pid>) are never read and are removed when training starts again.
+-- killed writer (*.tmp.<pid>.<n>) are never read and are removed when training starts again.
 --
 -- Data-parallel (opts.dist, hero-spec §4.6, §6.3): one process per rank under mpirun, each with its
 -- own shard of the data. The parameters are broadcast from rank 0 before the first update; the task
@@ -66,7 +66,7 @@ local function read_file(path)
   return s
 end
 
---- Writes text to path atomically and durably (hero.io.write_atomic: path.tmp.<pid>, fsync, rename,
+--- Writes text to path atomically and durably (hero.io.write_atomic: path.tmp.<pid>.<n>, fsync, rename,
 -- fsync of the directory).
 local function write_atomic(path, text)
   local ok, err = pcall(io_.write_atomic, path, text)
