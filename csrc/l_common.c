@@ -246,10 +246,30 @@ int hr_lua_check_dim(lua_State *L, int idx, int ndim, const char *op)
     return d > 0 ? (int)d - 1 : (int)(d + n);
 }
 
+void hr_lua_check_list(lua_State *L, int idx, const char *op, const char *what)
+{
+    idx = lua_absindex(L, idx);
+    lua_Unsigned len = lua_rawlen(L, idx);
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) { /* raw traversal: no metamethod runs */
+        lua_pop(L, 1);
+        lua_Integer k = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+        if (k < 1 || (lua_Unsigned)k > len) {
+            const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            if (name)
+                luaL_error(L, "%s: %s must be a list such as {1, 2}, got a table with key '%s' (options by name such "
+                              "as {dim = 2} are not taken: pass the values as arguments)",
+                           op, what, name);
+            luaL_error(L, "%s: %s must be a list such as {1, 2} (keys 1..n only)", op, what);
+        }
+    }
+}
+
 int hr_lua_check_shape(lua_State *L, int idx, int64_t *size, const char *op)
 {
     int n = 0;
     if (lua_istable(L, idx)) {
+        hr_lua_check_list(L, idx, op, "the list of sizes or dimensions");
         /* raw reads: no metamethod (Lua code) runs while the caller holds tensor pointers */
         lua_Unsigned len = lua_rawlen(L, idx);
         if (len > HR_MAX_DIMS) return luaL_error(L, "%s: at most %d dimensions, got %d", op, HR_MAX_DIMS, (int)len);

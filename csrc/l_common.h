@@ -66,6 +66,9 @@ int hr_lua_error(lua_State *L, const char *op);
 int hr_lua_check_dim(lua_State *L, int idx, int ndim, const char *op);
 /* Reads a shape given either as a table {2,3} or as integers from idx to the top. */
 int hr_lua_check_shape(lua_State *L, int idx, int64_t *size, const char *op);
+/* The table at idx must be a plain list (keys 1..#t only): a keyword table such as {dim = 2} (a
+ * torch habit) read as a list is empty, and the op ran over everything without a word. */
+void hr_lua_check_list(lua_State *L, int idx, const char *op, const char *what);
 /* Parses a dtype name at idx, or returns def when the slot is nil/none. */
 hr_dtype hr_lua_opt_dtype(lua_State *L, int idx, hr_dtype def, const char *op);
 /* Raises a Lua error naming op when the number (or boolean) at idx cannot be stored in dtype dt

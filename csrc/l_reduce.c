@@ -55,6 +55,7 @@ static int sum_like(lua_State *L, const char *op, bool mean)
     bool keepdim = opt_bool(L, 3, false, op, "keepdim");
     hr_tensor *r;
     if (lua_istable(L, 2)) {
+        hr_lua_check_list(L, 2, op, "the list of dimensions");
         int dims[HR_MAX_DIMS];
         int n = (int)(lua_Integer)lua_rawlen(L, 2);
         if (n > HR_MAX_DIMS) return luaL_error(L, "%s: at most %d dimensions in the list, got %d", op, HR_MAX_DIMS, n);

@@ -149,3 +149,39 @@ describe("utility options", function()
       "parity.run: unknown option 'devce'")
   end)
 end)
+
+describe("common mistakes of a torch user", function()
+  it("refuses keyword tables where a list of dims is read (they ran over everything)", function()
+    local t = hero.arange(6):view(2, 3)
+    helper.assert_error_contains(function() return t:sum {dim = 2} end, "sum:", "key 'dim'")
+    helper.assert_error_contains(function() return t:double():mean {dim = 1} end, "mean:", "key 'dim'")
+    helper.assert_error_contains(function() return t:flip {dims = {1}} end, "flip:", "key 'dims'")
+    assert.same({3, 12}, t:sum {2}:totable())
+  end)
+
+  it("names the method and the fix for a '.' written for ':'", function()
+    local lin = hero.nn.Linear(4, 2)
+    helper.assert_error_contains(function() return lin.forward(hero.ones(1, 4)) end,
+      "Linear.forward: called with '.'", "model:forward")
+    helper.assert_error_contains(function() return lin.parameters() end, "Module.parameters: called with '.'")
+    local opt = hero.optim.AdamW(lin:named_parameters(), {lr = 1})
+    helper.assert_error_contains(function() opt.step() end, "optimizer.step: called with '.'")
+    local scaler = hero.amp.GradScaler()
+    -- it did nothing at all
+    helper.assert_error_contains(function() scaler.unscale_(opt) end, "GradScaler.unscale_: called with '.'")
+    local meta = hero.train.MetaLoader {tasks = {a = hero.train.CyclingLoader {{1}}}}
+    helper.assert_error_contains(function() meta.next() end, "MetaLoader.next: called with '.'")
+    assert.equal(lin, lin:eval()) -- torch's name for evaluate()
+    assert.is_false(lin.training)
+  end)
+
+  it("prints the training objects by what they hold", function()
+    local meta = hero.train.MetaLoader {tasks = {a = hero.train.CyclingLoader {{1}, {2}}}}
+    assert.equal("hero.train.MetaLoader(tasks a, accum 1, 0 micro-batches drawn)", tostring(meta))
+    assert.equal("hero.train.CyclingLoader(2 batches, next 1)", tostring(hero.train.CyclingLoader {{1}, {2}}))
+    local tok = hero.text.Tokenizer.from_files(helper.fixture("tokenizer/encoder.json"),
+      helper.fixture("tokenizer/vocab.bpe"))
+    tok:free()
+    assert.truthy(tostring(tok):find("freed", 1, true))
+  end)
+end)

@@ -310,4 +310,7 @@ end
 --- The dtype autocast casts to in this thread, or nil when it is off.
 function amp.autocast_dtype() return core._autocast_state() end
 
+require("hero.colon").guard(GradScaler, "GradScaler", {"scale", "unscale_", "step", "update", "found_inf",
+  "get_scale", "is_enabled", "state_dict", "load_state_dict"})
+
 return amp

@@ -170,6 +170,11 @@ local function check_io(self, ok, err, what)
   error(string.format("tensorboard.Writer: %s %s failed: %s", what, self.path, tostring(err)), 3)
 end
 
+function Writer:__tostring()
+  return string.format("hero.tensorboard.Writer(%s%s)", tostring(self.path),
+    not self.file and ", closed" or self.failed and ", failed" or "")
+end
+
 function Writer:_write(bytes)
   usable(self, 2)
   local ok, err = self.file:write(bytes)

@@ -353,6 +353,7 @@ function TaskLoader:__tostring()
     self.batch_size, self.epoch, self.pos, #self.plan)
 end
 
+require("hero.colon").guard(TaskLoader, "TaskLoader", {"next", "state", "set_state"})
 M.TaskLoader_class = TaskLoader
 
 return M

@@ -377,6 +377,7 @@ function M.timed(l)
   return l
 end
 
+require("hero.colon").guard(Prefetch, "PrefetchLoader", {"next", "state", "set_state", "close"})
 M.PrefetchLoader_class = Prefetch
 
 return M

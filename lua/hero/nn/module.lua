@@ -75,7 +75,23 @@ function Module:extend(name)
   cls.__name = name
   cls.super = self
   cls.new = function(...) return construct(cls, ...) end
-  return setmetatable(cls, {__index = self, __call = function(c, ...) return construct(c, ...) end})
+  -- a forward defined on the class is guarded against model.forward(x) (a "." for ":"), which
+  -- failed inside the layer with "attempt to call a nil value (method 'error')"
+  local function define(c, k, v)
+    if k == "forward" and type(v) == "function" then
+      local f = v
+      v = function(m, ...)
+        if not is_module(m) then
+          error(string.format("%s.forward: called with '.' (self is %s); write model:forward(...) or model(...)",
+            name, m == nil and "nil" or type(m)), 2)
+        end
+        return f(m, ...)
+      end
+    end
+    rawset(c, k, v)
+  end
+  local function call(c, ...) return construct(c, ...) end
+  return setmetatable(cls, {__index = self, __newindex = define, __call = call})
 end
 
 --- The dotted path of this module from the root it was added to ("" for a root).
@@ -304,6 +320,8 @@ function Module:train(mode)
 end
 
 function Module:evaluate() return self:train(false) end
+--- torch's name for evaluate().
+function Module:eval() return self:train(false) end
 
 --- Full intermediate activations on (true) or off (default), for this module and every child.
 -- Off, a model computes only what its outputs and loss read (the last cross-modal layer of MLM
@@ -432,5 +450,8 @@ function Module:__tostring()
   walk(self, "", nil)
   return table.concat(lines, "\n")
 end
+
+require("hero.colon").guard(Module, "Module", {"named_parameters", "parameters", "state_dict", "load_state_dict",
+  "train", "evaluate", "to", "zero_grad", "named_modules", "children", "named_children"}, is_module)
 
 return Module

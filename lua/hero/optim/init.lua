@@ -438,4 +438,6 @@ function optim.clip_grad_norm(params, max_norm, opts)
   return norm, scale
 end
 
+require("hero.colon").guard(Adam, "optimizer", {"set_lr", "step", "zero_grad", "state_dict", "load_state_dict"})
+
 return optim

@@ -150,8 +150,13 @@ function Tokenizer:cache_clear() self._bpe:cache_clear() end
 function Tokenizer:free() self._bpe:free() end
 
 function Tokenizer:__tostring()
-  local info = self._bpe:info()
+  -- print must work on a freed tokenizer too (info() is an error then)
+  local ok, info = pcall(self._bpe.info, self._bpe)
+  if not ok then return ("hero.text.Tokenizer(%s, freed)"):format(self.style) end
   return ("hero.text.Tokenizer(%s, %d tokens, %d merges)"):format(self.style, info.vocab_size, info.merges)
 end
+
+require("hero.colon").guard(Tokenizer, "Tokenizer", {"encode", "encode_tensor", "encode_batch", "tokenize", "decode",
+  "token_to_id", "id_to_token", "vocab_size", "info", "cache_clear", "free"})
 
 return text

@@ -250,6 +250,18 @@ function MetaLoader:set_state(s)
   self.current = s.current
 end
 
+function MetaLoader:__tostring()
+  return string.format("hero.train.MetaLoader(tasks %s, accum %d, %d micro-batches drawn)",
+    table.concat(self.order, ","), self.accum, self.micro)
+end
+
+function CyclingLoader:__tostring()
+  return string.format("hero.train.CyclingLoader(%d batches, next %d)", #self.batches, self.pos)
+end
+
+local colon = require "hero.colon"
+colon.guard(MetaLoader, "MetaLoader", {"next", "state", "set_state"})
+colon.guard(CyclingLoader, "CyclingLoader", {"next", "state", "set_state"})
 M.MetaLoader_class = MetaLoader
 M.CyclingLoader_class = CyclingLoader
 

@@ -35,6 +35,10 @@ local json = require "hero.json"
 local Trainer = {}
 Trainer.__index = Trainer
 Trainer.__name = "Trainer"
+function Trainer:__tostring()
+  return string.format("hero.train.Trainer(update %d of %d, lr %g, warmup %d%s)", self.global_step or 0,
+    self.total or 0, self.base_lr or 0, self.warmup or 0, self.out_dir and (", out " .. self.out_dir) or "")
+end
 
 local FORMAT_VERSION = 1
 
