@@ -171,6 +171,10 @@ describe("common mistakes of a torch user", function()
     helper.assert_error_contains(function() scaler.unscale_(opt) end, "GradScaler.unscale_: called with '.'")
     local meta = hero.train.MetaLoader {tasks = {a = hero.train.CyclingLoader {{1}}}}
     helper.assert_error_contains(function() meta.next() end, "MetaLoader.next: called with '.'")
+    -- a table standing for a model (its __index the model) is still one
+    local wrapper = setmetatable({}, {__index = lin})
+    assert.equal(2, #wrapper:named_parameters())
+    assert.same({1, 2}, wrapper:forward(hero.ones(1, 4)):size())
     assert.equal(lin, lin:eval()) -- torch's name for evaluate()
     assert.is_false(lin.training)
   end)

@@ -27,6 +27,8 @@ end
 Module.__index = instance_index(Module)
 
 local function is_module(v) return type(v) == "table" and rawget(v, "_params") ~= nil end
+-- a module, or a table standing for one (a wrapper whose __index is the model), as a method's self
+local function acts_as_module(v) return type(v) == "table" and type(v._params) == "table" end
 
 --- self.name = value: for a registered parameter, registers value in its place (as torch's
 -- assignment of an nn.Parameter: an optimizer made before holds the old tensor); for a buffer,
@@ -81,7 +83,7 @@ function Module:extend(name)
     if k == "forward" and type(v) == "function" then
       local f = v
       v = function(m, ...)
-        if not is_module(m) then
+        if not acts_as_module(m) then
           error(string.format("%s.forward: called with '.' (self is %s); write model:forward(...) or model(...)",
             name, m == nil and "nil" or type(m)), 2)
         end
@@ -452,6 +454,6 @@ function Module:__tostring()
 end
 
 require("hero.colon").guard(Module, "Module", {"named_parameters", "parameters", "state_dict", "load_state_dict",
-  "train", "evaluate", "to", "zero_grad", "named_modules", "children", "named_children"}, is_module)
+  "train", "evaluate", "to", "zero_grad", "named_modules", "children", "named_children"}, acts_as_module)
 
 return Module
